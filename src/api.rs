@@ -1,0 +1,515 @@
+//! The script API, described once for both languages.
+//!
+//! Every script-visible operation is one [`Builtin`] in [`BUILTINS`]: its class, name, kind and
+//! a Rust function over engine-neutral arguments ([`Args`]) that returns an [`Outcome`]. The Lua
+//! and Rhai adapters (`engine::lua`, `engine::rhai`) walk this table and expose each entry the
+//! way their language expects (`parrun.Queue()` and `q:put(v)` in Lua, `Queue()` and
+//! `q.put(v)` in Rhai), so adding or changing an operation is one edit here.
+//!
+//! A blocking operation does not block inside the call: it returns [`Outcome::Wait`], a
+//! closure the adapter runs *without* the GIL (Rhai: inside `Gil::allow_threads`; Lua: after
+//! yielding to the thread's driver, because mlua holds its own lock for the whole `resume`).
+//! That is the one mechanism by which every blocking call releases the GIL.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::runtime::Host;
+use crate::sync::{Lock, Queue};
+use crate::thread::{ScriptThread, Target};
+use crate::Value;
+
+/// The classes of host objects scripts can hold.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum Class {
+    /// Free functions: `parrun.sleep` in Lua, `sleep` in Rhai.
+    Global,
+    Thread,
+    Queue,
+    Lock,
+}
+
+impl Class {
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Global => "parrun",
+            Class::Thread => "Thread",
+            Class::Queue => "Queue",
+            Class::Lock => "Lock",
+        }
+    }
+}
+
+/// A host object held by a script. Cloning gives another handle to the same object.
+#[derive(Clone)]
+pub enum Object {
+    Thread(Arc<ScriptThread>),
+    Queue(Queue),
+    Lock(Lock),
+}
+
+impl Object {
+    pub fn class(&self) -> Class {
+        match self {
+            Object::Thread(_) => Class::Thread,
+            Object::Queue(_) => Class::Queue,
+            Object::Lock(_) => Class::Lock,
+        }
+    }
+
+    /// Whether two handles name the same object.
+    pub fn same(&self, other: &Object) -> bool {
+        match (self, other) {
+            (Object::Thread(a), Object::Thread(b)) => Arc::ptr_eq(a, b),
+            (Object::Queue(a), Object::Queue(b)) => a.same(b),
+            (Object::Lock(a), Object::Lock(b)) => a.same(b),
+            _ => false,
+        }
+    }
+
+    /// How the object prints (`tostring` in Lua, `to_string` in Rhai).
+    pub fn describe(&self) -> String {
+        match self {
+            Object::Thread(t) => {
+                let state = if t.is_alive() {
+                    "started"
+                } else if t.is_started() {
+                    "stopped"
+                } else {
+                    "initial"
+                };
+                format!("<Thread({}, {state})>", t.name())
+            }
+            Object::Queue(q) => format!("<Queue qsize={}>", q.len()),
+            Object::Lock(l) => {
+                format!("<Lock {}>", if l.locked() { "locked" } else { "unlocked" })
+            }
+        }
+    }
+}
+
+/// What an operation gives back to the script.
+pub enum Ret {
+    Value(Value),
+    Object(Object),
+}
+
+impl From<Value> for Ret {
+    fn from(v: Value) -> Self {
+        Ret::Value(v)
+    }
+}
+
+/// The blocking part of an operation, run without the GIL.
+pub type Wait = Box<dyn FnOnce() -> Result<Ret, String> + Send>;
+
+/// The result of calling a builtin.
+pub enum Outcome {
+    /// Finished without blocking.
+    Done(Ret),
+    /// Must wait: the adapter releases the GIL, runs this, and takes the GIL back.
+    Wait(Wait),
+}
+
+impl Outcome {
+    fn value(v: Value) -> Result<Outcome, String> {
+        Ok(Outcome::Done(Ret::Value(v)))
+    }
+    fn nil() -> Result<Outcome, String> {
+        Self::value(Value::Nil)
+    }
+    fn object(o: Object) -> Result<Outcome, String> {
+        Ok(Outcome::Done(Ret::Object(o)))
+    }
+    fn wait(f: impl FnOnce() -> Result<Ret, String> + Send + 'static) -> Result<Outcome, String> {
+        Ok(Outcome::Wait(Box::new(f)))
+    }
+}
+
+/// The arguments of one call, as the engine adapter presents them. For a method, argument 0
+/// is the receiver (`self`).
+pub trait Args {
+    fn len(&self) -> usize;
+    /// Argument `i` as data (copied out of the engine).
+    fn value(&mut self, i: usize) -> Result<Value, String>;
+    /// Argument `i` as a host object.
+    fn object(&mut self, i: usize) -> Result<Object, String>;
+    /// Argument `func` (a script function: a Lua function, a Rhai function pointer, closure or
+    /// function name) bound to the elements of the array at `args`, to run on another thread.
+    fn target(&mut self, func: usize, args: Option<usize>) -> Result<Box<dyn Target>, String>;
+}
+
+/// How an adapter exposes a builtin.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Kind {
+    /// A function (class `Global`) or method.
+    Call,
+    /// A read-only property: `t.name`.
+    Getter,
+    /// `obj:NAME(f, ...)` / `obj.NAME(f)`: calls method `enter`, then `f`, then `exit`, even if
+    /// `f` raised an error (Python's `with lock:`).
+    Scoped {
+        enter: &'static str,
+        exit: &'static str,
+    },
+}
+
+/// One script-visible operation.
+pub struct Builtin {
+    pub class: Class,
+    pub name: &'static str,
+    pub kind: Kind,
+    /// How many arguments it takes, not counting the receiver: (at least, at most).
+    pub arity: (usize, usize),
+    pub call: fn(&Arc<Host>, &mut dyn Args) -> Result<Outcome, String>,
+}
+
+impl Builtin {
+    /// `Queue.get`, `parrun.sleep`: how errors name the operation.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.class.name(), self.name)
+    }
+
+    /// Number of leading arguments that are the receiver.
+    pub fn receivers(&self) -> usize {
+        usize::from(self.class != Class::Global)
+    }
+}
+
+// ---- argument helpers ----
+
+fn number(args: &mut dyn Args, i: usize, what: &str) -> Result<f64, String> {
+    let v = args.value(i)?;
+    v.as_f64()
+        .ok_or_else(|| format!("{what} must be a number, got {}", v.type_name()))
+}
+
+/// An optional timeout in seconds at argument `i`: absent or nil waits forever.
+fn timeout(args: &mut dyn Args, i: usize) -> Result<Option<Duration>, String> {
+    if i >= args.len() || args.value(i)? == Value::Nil {
+        return Ok(None);
+    }
+    let secs = number(args, i, "timeout")?;
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| format!("timeout must be a non-negative number of seconds, got {secs}"))
+}
+
+fn thread(args: &mut dyn Args) -> Result<Arc<ScriptThread>, String> {
+    match args.object(0)? {
+        Object::Thread(t) => Ok(t),
+        other => Err(format!("expected a Thread, got a {}", other.class().name())),
+    }
+}
+
+fn queue(args: &mut dyn Args) -> Result<Queue, String> {
+    match args.object(0)? {
+        Object::Queue(q) => Ok(q),
+        other => Err(format!("expected a Queue, got a {}", other.class().name())),
+    }
+}
+
+fn lock(args: &mut dyn Args) -> Result<Lock, String> {
+    match args.object(0)? {
+        Object::Lock(l) => Ok(l),
+        other => Err(format!("expected a Lock, got a {}", other.class().name())),
+    }
+}
+
+/// A float in [0, 1) from a per-thread xorshift generator, reseeded in a new process.
+fn random_float() -> f64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
+    }
+    static SALT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    STATE.with(|cell| {
+        let (pid, mut x) = cell.get();
+        let me = std::process::id();
+        if pid != me || x == 0 {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let salt = SALT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+            x = (nanos ^ salt ^ (u64::from(me) << 32)) | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        cell.set((me, x));
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// Every operation scripts can call, in both languages.
+pub static BUILTINS: &[Builtin] = &[
+    // ---- free functions ----
+    Builtin {
+        class: Class::Global,
+        name: "Thread",
+        kind: Kind::Call,
+        arity: (1, 3),
+        call: |host, args| {
+            let has_args = args.len() > 1 && args.value(1).map_or(true, |v| v != Value::Nil);
+            let target = args.target(0, has_args.then_some(1))?;
+            let name = match args.len() > 2 {
+                true => match args.value(2)? {
+                    Value::Str(s) => s,
+                    Value::Nil => host.next_thread_name(),
+                    other => return Err(format!("name must be a string, got {}", other.type_name())),
+                },
+                false => host.next_thread_name(),
+            };
+            Outcome::object(Object::Thread(ScriptThread::new(name, target)))
+        },
+    },
+    Builtin {
+        class: Class::Global,
+        name: "Queue",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| Outcome::object(Object::Queue(Queue::new())),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "Lock",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| Outcome::object(Object::Lock(Lock::new())),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "sleep",
+        kind: Kind::Call,
+        arity: (1, 1),
+        call: |_, args| {
+            let secs = number(args, 0, "seconds")?;
+            let d = Duration::try_from_secs_f64(secs)
+                .map_err(|_| format!("seconds must be a non-negative number, got {secs}"))?;
+            Outcome::wait(move || {
+                std::thread::sleep(d);
+                Ok(Value::Nil.into())
+            })
+        },
+    },
+    Builtin {
+        class: Class::Global,
+        name: "time",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_err(|e| e.to_string())?;
+            Outcome::value(Value::Float(now.as_secs_f64()))
+        },
+    },
+    Builtin {
+        class: Class::Global,
+        name: "getpid",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| Outcome::value(Value::Int(i64::from(std::process::id()))),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "cpu_count",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Outcome::value(Value::Int(n as i64))
+        },
+    },
+    Builtin {
+        class: Class::Global,
+        name: "random",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| Outcome::value(Value::Float(random_float())),
+    },
+    // ---- Thread ----
+    Builtin {
+        class: Class::Thread,
+        name: "start",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |host, args| {
+            thread(args)?.start(host)?;
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Thread,
+        name: "join",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| {
+            let t = thread(args)?;
+            let timeout = timeout(args, 1)?;
+            if !t.is_started() {
+                return Err("cannot join a thread before it is started".into());
+            }
+            if !t.is_alive() {
+                return Outcome::nil();
+            }
+            Outcome::wait(move || {
+                t.wait(timeout);
+                Ok(Value::Nil.into())
+            })
+        },
+    },
+    Builtin {
+        class: Class::Thread,
+        name: "is_alive",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(thread(args)?.is_alive())),
+    },
+    Builtin {
+        class: Class::Thread,
+        name: "name",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Str(thread(args)?.name().to_owned())),
+    },
+    // ---- Queue ----
+    Builtin {
+        class: Class::Queue,
+        name: "put",
+        kind: Kind::Call,
+        arity: (1, 1),
+        call: |_, args| {
+            let q = queue(args)?;
+            q.put(args.value(1)?);
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "get",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| {
+            let q = queue(args)?;
+            let timeout = timeout(args, 1)?;
+            // Take a waiting value without giving the GIL up.
+            if let Ok(v) = q.get(Some(Duration::ZERO)) {
+                return Outcome::value(v);
+            }
+            Outcome::wait(move || q.get(timeout).map(Ret::Value).map_err(|e| e.to_string()))
+        },
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "empty",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(queue(args)?.is_empty())),
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "qsize",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Int(queue(args)?.len() as i64)),
+    },
+    // ---- Lock ----
+    Builtin {
+        class: Class::Lock,
+        name: "acquire",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| {
+            let l = lock(args)?;
+            let timeout = timeout(args, 1)?;
+            if l.acquire(Some(Duration::ZERO)) {
+                return Outcome::value(Value::Bool(true));
+            }
+            Outcome::wait(move || Ok(Value::Bool(l.acquire(timeout)).into()))
+        },
+    },
+    Builtin {
+        class: Class::Lock,
+        name: "release",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            lock(args)?.release()?;
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Lock,
+        name: "locked",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(lock(args)?.locked())),
+    },
+    Builtin {
+        class: Class::Lock,
+        name: "with",
+        kind: Kind::Scoped {
+            enter: "acquire",
+            exit: "release",
+        },
+        arity: (1, 1),
+        call: |_, _| Err("a scoped builtin is run by its adapter".into()),
+    },
+];
+
+/// The builtin of `class` called `name`.
+pub fn find(class: Class, name: &str) -> Option<&'static Builtin> {
+    BUILTINS.iter().find(|b| b.class == class && b.name == name)
+}
+
+/// Checks the argument count of a call against the builtin's arity.
+pub fn check_arity(b: &Builtin, given: usize) -> Result<(), String> {
+    let given = given.saturating_sub(b.receivers());
+    let (min, max) = b.arity;
+    if given < min || given > max {
+        let expected = if min == max {
+            format!("{min}")
+        } else {
+            format!("{min} to {max}")
+        };
+        return Err(format!(
+            "expects {expected} argument{}, got {given}",
+            if max == 1 { "" } else { "s" }
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scoped_builtin_names_methods_that_exist() {
+        for b in BUILTINS {
+            if let Kind::Scoped { enter, exit } = b.kind {
+                assert!(find(b.class, enter).is_some(), "{} enter", b.qualified_name());
+                assert!(find(b.class, exit).is_some(), "{} exit", b.qualified_name());
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_unique_per_class() {
+        for (i, a) in BUILTINS.iter().enumerate() {
+            for b in &BUILTINS[i + 1..] {
+                assert!(a.class != b.class || a.name != b.name, "{}", a.qualified_name());
+            }
+        }
+    }
+
+    #[test]
+    fn random_is_in_the_unit_interval_and_varies() {
+        let xs: Vec<f64> = (0..1000).map(|_| random_float()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!((0.4..0.6).contains(&mean), "mean {mean}");
+    }
+}

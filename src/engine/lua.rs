@@ -1,0 +1,448 @@
+//! The Lua adapter: one `mlua::Lua` state (vendored Lua 5.4) shared by every script thread.
+//!
+//! Each script thread, the main chunk included, is a coroutine driven by its own OS thread
+//! ([`drive`]). The driver holds the GIL while it resumes the coroutine, and the coroutine gives
+//! control back in two ways:
+//! - a *request*: a blocking builtin yields it (see `prelude.lua`); the driver runs it with the
+//!   GIL released and resumes the coroutine with the answer;
+//! - a *hook yield*: a thread waiting for the GIL installs a count hook on the running
+//!   coroutine ([`arm_hook`]); the hook yields, and the driver hands the GIL over.
+//!
+//! The hook is installed only on demand, as CPython's eval breaker is set: a permanently
+//! installed count hook halves Lua's speed (shared/notes/lua-gil.md), so a script with one
+//! thread runs at full speed.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use mlua::serde::{DeserializeOptions, SerializeOptions};
+use mlua::thread::ThreadStatus;
+use mlua::{
+    AnyUserData, Function, IntoLua, IntoLuaMulti, LightUserData, Lua, LuaSerdeExt, LuaString,
+    MetaMethod, MultiValue, Table, Thread as Coroutine, UserData, UserDataMethods,
+    Value as LuaValue,
+};
+
+use super::untransferable;
+use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
+use crate::gil::{Gil, Interrupter};
+use crate::runtime::{Error, Host, Script};
+use crate::thread::Target;
+use crate::{output, Value};
+
+const PRELUDE: &str = include_str!("prelude.lua");
+
+/// The address of this byte tags request yields; a script cannot forge a light userdata.
+static WAIT_TAG: u8 = 0;
+
+fn wait_tag() -> LuaValue {
+    LuaValue::LightUserData(LightUserData(std::ptr::addr_of!(WAIT_TAG) as *mut c_void))
+}
+
+thread_local! {
+    /// The GIL of the state this OS thread is running Lua code in (read by the hook).
+    static CURRENT_GIL: RefCell<Option<Arc<Gil>>> = const { RefCell::new(None) };
+    /// Set by the hook when it yields, so the driver can tell a hook yield from a request.
+    static HOOK_YIELDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How a GIL waiter interrupts the Lua holder: install the hook on its coroutine.
+pub(crate) fn interrupter() -> Option<Interrupter> {
+    Some(arm_hook)
+}
+
+fn arm_hook(token: usize) {
+    // SAFETY: `token` is the `lua_State` of the coroutine the GIL holder is resuming; the GIL
+    // calls this under its own mutex while that holder is registered, and the holder clears its
+    // token before the coroutine can be collected. Lua documents `lua_sethook` as safe to call
+    // asynchronously (the stock interpreter calls it from a signal handler).
+    unsafe {
+        mlua::ffi::lua_sethook(
+            token as *mut mlua::ffi::lua_State,
+            Some(gil_hook),
+            mlua::ffi::LUA_MASKCOUNT,
+            1,
+        )
+    }
+}
+
+/// The count hook: yields to the driver if a switch is requested, else uninstalls itself.
+unsafe extern "C-unwind" fn gil_hook(state: *mut mlua::ffi::lua_State, _: *mut mlua::ffi::lua_Debug) {
+    let requested = CURRENT_GIL.with(|g| g.borrow().as_ref().is_some_and(|g| g.drop_requested()));
+    if !requested {
+        mlua::ffi::lua_sethook(state, None, 0, 0);
+    } else if mlua::ffi::lua_isyieldable(state) != 0 {
+        // The hook stays installed so that mlua recognises this as a hook yield and resumes
+        // the coroutine without arguments; on resumption it fires once more and uninstalls.
+        HOOK_YIELDED.set(true);
+        mlua::ffi::lua_yield(state, 0);
+    } else {
+        // Inside a C call (a sort comparator, say): try again a little later.
+        mlua::ffi::lua_sethook(state, Some(gil_hook), mlua::ffi::LUA_MASKCOUNT, 1000);
+    }
+}
+
+fn to_lua_options() -> SerializeOptions {
+    SerializeOptions::new()
+        .serialize_none_to_null(false)
+        .serialize_unit_to_null(false)
+        .set_array_metatable(false)
+}
+
+fn from_lua_options() -> DeserializeOptions {
+    DeserializeOptions::new()
+        .deny_unsupported_types(true)
+        .deny_recursive_tables(true)
+        .detect_mixed_tables(true)
+}
+
+/// Converts a Lua value to a [`Value`] (through mlua's serde support).
+pub fn to_value(lua: &Lua, v: LuaValue) -> Result<Value, String> {
+    match &v {
+        LuaValue::UserData(ud) if ud.is::<LuaObject>() => {
+            return Err(untransferable("a parrun object is not data"))
+        }
+        LuaValue::Function(_) | LuaValue::Thread(_) | LuaValue::UserData(_) => {
+            return Err(untransferable(format!("a {} is not data", v.type_name())))
+        }
+        _ => {}
+    }
+    lua.from_value_with(v, from_lua_options())
+        .map_err(|e| untransferable(e))
+}
+
+/// Converts a [`Value`] to a Lua value (through mlua's serde support).
+pub fn from_value(lua: &Lua, v: &Value) -> mlua::Result<LuaValue> {
+    lua.to_value_with(v, to_lua_options())
+}
+
+fn ret_to_lua(lua: &Lua, ret: Ret) -> mlua::Result<LuaValue> {
+    match ret {
+        Ret::Value(v) => from_value(lua, &v),
+        Ret::Object(o) => lua.create_userdata(LuaObject(o)).map(LuaValue::UserData),
+    }
+}
+
+/// A host object as Lua sees it: methods through `__index` from the class table.
+struct LuaObject(Object);
+
+impl UserData for LuaObject {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_function(
+            MetaMethod::Index,
+            |lua, (ud, key): (AnyUserData, LuaString)| {
+                let class = ud.borrow::<LuaObject>()?.0.class();
+                let key = key.to_str()?;
+                if let Some(b) = api::find(class, &key).filter(|b| b.kind == Kind::Getter) {
+                    let host = lua
+                        .app_data_ref::<Arc<Host>>()
+                        .ok_or_else(|| mlua::Error::runtime("parrun host is gone"))?
+                        .clone();
+                    let mut args = LuaArgs {
+                        lua,
+                        vals: vec![LuaValue::UserData(ud)],
+                        host: &host,
+                    };
+                    return match (b.call)(&host, &mut args) {
+                        Ok(Outcome::Done(ret)) => ret_to_lua(lua, ret),
+                        Ok(Outcome::Wait(_)) => Err(mlua::Error::runtime("a property cannot block")),
+                        Err(msg) => Err(mlua::Error::runtime(msg)),
+                    };
+                }
+                let classes: Table = lua.named_registry_value("parrun.classes")?;
+                classes.get::<Table>(class.name())?.get::<LuaValue>(&*key)
+            },
+        );
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| Ok(this.0.describe()));
+        methods.add_meta_function(MetaMethod::Eq, |_, (a, b): (AnyUserData, AnyUserData)| {
+            let (a, b) = (a.borrow::<LuaObject>()?, b.borrow::<LuaObject>()?);
+            Ok(a.0.same(&b.0))
+        });
+    }
+}
+
+/// A blocking request yielded to the driver.
+/// (A mutex only to make it `Sync`, as mlua's `send` feature asks of userdata.)
+struct Request(std::sync::Mutex<Option<Wait>>);
+impl UserData for Request {}
+
+fn take_request(v: &LuaValue) -> mlua::Result<Wait> {
+    let LuaValue::UserData(ud) = v else {
+        return Err(mlua::Error::runtime("malformed parrun request"));
+    };
+    ud.borrow::<Request>()?
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .ok_or_else(|| mlua::Error::runtime("parrun request already used"))
+}
+
+fn answer(lua: &Lua, result: Result<Ret, String>) -> mlua::Result<MultiValue> {
+    match result {
+        Ok(ret) => (true, ret_to_lua(lua, ret)?).into_lua_multi(lua),
+        Err(msg) => (false, msg).into_lua_multi(lua),
+    }
+}
+
+struct LuaArgs<'a> {
+    lua: &'a Lua,
+    vals: Vec<LuaValue>,
+    host: &'a Arc<Host>,
+}
+
+impl LuaArgs<'_> {
+    fn get(&self, i: usize) -> LuaValue {
+        self.vals.get(i).cloned().unwrap_or(LuaValue::Nil)
+    }
+}
+
+impl Args for LuaArgs<'_> {
+    fn len(&self) -> usize {
+        self.vals.len()
+    }
+
+    fn value(&mut self, i: usize) -> Result<Value, String> {
+        to_value(self.lua, self.get(i))
+    }
+
+    fn object(&mut self, i: usize) -> Result<Object, String> {
+        match self.get(i) {
+            LuaValue::UserData(ud) if ud.is::<LuaObject>() => ud
+                .borrow::<LuaObject>()
+                .map(|o| o.0.clone())
+                .map_err(|e| e.to_string()),
+            other => Err(format!(
+                "expected a parrun object, got {} (call methods with `:`, as in q:put(v))",
+                other.type_name()
+            )),
+        }
+    }
+
+    fn target(&mut self, func: usize, args: Option<usize>) -> Result<Box<dyn Target>, String> {
+        let f = match self.get(func) {
+            LuaValue::Function(f) => f,
+            LuaValue::String(name) => {
+                let name = name.to_string_lossy();
+                self.lua
+                    .globals()
+                    .get::<Function>(&*name)
+                    .map_err(|_| format!("no global function named `{name}`"))?
+            }
+            other => return Err(format!("expected a function, got {}", other.type_name())),
+        };
+        let args = match args.map(|i| self.get(i)) {
+            None => Vec::new(),
+            Some(LuaValue::Table(t)) => {
+                let n = t.get::<Option<i64>>("n").ok().flatten().unwrap_or(t.raw_len() as i64);
+                (1..=n).map(|i| t.raw_get(i)).collect::<mlua::Result<_>>().map_err(|e| e.to_string())?
+            }
+            Some(other) => {
+                return Err(format!("arguments must be a table, got {}", other.type_name()))
+            }
+        };
+        Ok(Box::new(LuaTarget {
+            lua: self.lua.clone(),
+            host: self.host.clone(),
+            f,
+            args,
+        }))
+    }
+}
+
+struct LuaTarget {
+    lua: Lua,
+    host: Arc<Host>,
+    f: Function,
+    args: Vec<LuaValue>,
+}
+
+impl Target for LuaTarget {
+    fn run(self: Box<Self>) -> Result<(), String> {
+        let LuaTarget { lua, host, f, args } = *self;
+        start_driver(&lua, &host, f, MultiValue::from_vec(args)).map_err(error_text)
+    }
+}
+
+/// Creates the coroutine for a script thread and drives it to the end. Call with the GIL held.
+fn start_driver(lua: &Lua, host: &Host, f: Function, args: MultiValue) -> mlua::Result<()> {
+    let co = lua.create_thread(f)?;
+    let drivers: Table = lua.named_registry_value("parrun.drivers")?;
+    drivers.raw_set(&co, true)?;
+    drive(lua, host, &co, args)
+}
+
+/// Resumes `co` until it finishes, serving its requests and hook yields. Holds the GIL except
+/// while a request waits or another thread has its turn.
+fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::Result<()> {
+    let token = co.to_pointer() as usize;
+    let gil = &host.gil;
+    gil.set_holder_token(token);
+    CURRENT_GIL.with(|g| *g.borrow_mut() = Some(gil.clone()));
+    let result = loop {
+        let out: MultiValue = match co.resume(args) {
+            Ok(out) => out,
+            Err(e) => break Err(e),
+        };
+        if co.status() != ThreadStatus::Resumable {
+            break Ok(());
+        }
+        if HOOK_YIELDED.replace(false) {
+            gil.yield_turn(token);
+            args = MultiValue::new();
+            continue;
+        }
+        let wait = match (out.front(), out.get(1)) {
+            (Some(tag), Some(request)) if *tag == wait_tag() => take_request(request)?,
+            _ => break Err(mlua::Error::runtime("unexpected yield from a script thread")),
+        };
+        let result = gil.allow_threads(token, wait);
+        args = answer(lua, result)?;
+    };
+    // The coroutine may be collected once we return: the GIL must not point at it.
+    gil.set_holder_token(0);
+    result
+}
+
+/// The text of a Lua error, as the stock interpreter prints it (message, then traceback).
+fn error_text(e: mlua::Error) -> String {
+    match e {
+        mlua::Error::RuntimeError(msg) => msg,
+        mlua::Error::SyntaxError { message, .. } => message,
+        mlua::Error::CallbackError { traceback, cause } => {
+            format!("{}\n{traceback}", error_text((*cause).clone()))
+        }
+        mlua::Error::MemoryError(msg) => format!("not enough memory: {msg}"),
+        other => other.to_string(),
+    }
+}
+
+/// Builds the `parrun` table from [`api::BUILTINS`] and installs the prelude.
+fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
+    lua.set_app_data(host.clone());
+    let functions = lua.create_table()?;
+    let methods = lua.create_table()?;
+    let scoped = lua.create_table()?;
+    for b in api::BUILTINS {
+        match b.kind {
+            Kind::Call if b.class == Class::Global => functions.set(b.name, raw_builtin(lua, host, b)?)?,
+            Kind::Call => class_table(lua, &methods, b.class)?.set(b.name, raw_builtin(lua, host, b)?)?,
+            Kind::Getter => {}
+            Kind::Scoped { enter, exit } => {
+                class_table(lua, &scoped, b.class)?.set(b.name, [enter, exit])?
+            }
+        }
+    }
+    // Every class gets a method table, even one with only properties.
+    for b in api::BUILTINS.iter().filter(|b| b.class != Class::Global) {
+        class_table(lua, &methods, b.class)?;
+    }
+    let builtins = lua.create_table()?;
+    builtins.set("functions", functions)?;
+    builtins.set("methods", methods)?;
+    builtins.set("scoped", scoped)?;
+
+    let run_here = lua.create_function(|lua, request: LuaValue| {
+        let wait = take_request(&request)?;
+        answer(lua, wait())
+    })?;
+    let write_line = lua.create_function(|_, line: LuaString| {
+        output::write_line(&line.as_bytes()).map_err(|e| mlua::Error::runtime(format!("print: {e}")))
+    })?;
+    let drivers = lua.create_table()?;
+    let weak_keys = lua.create_table()?;
+    weak_keys.set("__mode", "k")?;
+    drivers.set_metatable(Some(weak_keys))?;
+    lua.set_named_registry_value("parrun.drivers", &drivers)?;
+
+    let (parrun, classes): (Table, Table) = lua
+        .load(PRELUDE)
+        .set_name("=parrun prelude")
+        .call((wait_tag(), builtins, run_here, write_line, drivers))?;
+    lua.set_named_registry_value("parrun.classes", classes)?;
+    lua.globals().set("parrun", &parrun)?;
+    let loaded: Table = lua.globals().get::<Table>("package")?.get("loaded")?;
+    loaded.set("parrun", parrun)?;
+    Ok(())
+}
+
+fn class_table(lua: &Lua, parent: &Table, class: Class) -> mlua::Result<Table> {
+    if let Some(t) = parent.get::<Option<Table>>(class.name())? {
+        return Ok(t);
+    }
+    let t = lua.create_table()?;
+    parent.set(class.name(), &t)?;
+    Ok(t)
+}
+
+/// The raw Rust side of a builtin: returns (0, result), (1, request) or (2, message).
+fn raw_builtin(lua: &Lua, host: &Arc<Host>, b: &'static Builtin) -> mlua::Result<Function> {
+    let host = host.clone();
+    lua.create_function(move |lua, vals: MultiValue| {
+        let outcome = api::check_arity(b, vals.len()).and_then(|()| {
+            let mut args = LuaArgs {
+                lua,
+                vals: vals.into_vec(),
+                host: &host,
+            };
+            (b.call)(&host, &mut args)
+        });
+        match outcome {
+            Ok(Outcome::Done(ret)) => (0, ret_to_lua(lua, ret)?).into_lua_multi(lua),
+            Ok(Outcome::Wait(wait)) => {
+                let wait: Wait =
+                    Box::new(move || wait().map_err(|msg| format!("{}: {msg}", b.qualified_name())));
+                let request = Request(std::sync::Mutex::new(Some(wait)));
+                (1, lua.create_userdata(request)?).into_lua_multi(lua)
+            }
+            Err(msg) => (2, format!("{}: {msg}", b.qualified_name())).into_lua_multi(lua),
+        }
+    })
+}
+
+/// Sets `arg` as the stock interpreter does, and lets `require` find modules next to the script.
+fn install_script_env(lua: &Lua, script: &Script) -> mlua::Result<()> {
+    let arg = lua.create_table()?;
+    arg.raw_set(-1, "parrun")?;
+    arg.raw_set(0, script.name.as_str())?;
+    for (i, a) in script.args.iter().enumerate() {
+        arg.raw_set(i as i64 + 1, a.as_str())?;
+    }
+    lua.globals().set("arg", arg)?;
+    if let Some(dir) = &script.dir {
+        let package: Table = lua.globals().get("package")?;
+        let path: String = package.get("path")?;
+        let dir = dir.display();
+        package.set("path", format!("{dir}/?.lua;{dir}/?/init.lua;{path}"))?;
+    }
+    Ok(())
+}
+
+/// Runs a script in a fresh Lua state and waits for the threads it started.
+pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
+    // The stock interpreter's full standard library, `debug` included (mlua's safe mode
+    // refuses it).
+    // SAFETY: scripts get the same powers as under the stock `lua` binary, by design.
+    let lua = unsafe { Lua::unsafe_new() };
+    let setup = install_api(&lua, &host).and_then(|()| install_script_env(&lua, &script));
+    setup.map_err(|e| Error::Script(format!("parrun: cannot set up Lua: {}", error_text(e))))?;
+    let main = lua
+        .load(script.code_without_shebang())
+        .set_name(format!("@{}", script.name))
+        .into_function()
+        .map_err(|e| Error::Script(error_text(e)))?;
+    let args = script
+        .args
+        .iter()
+        .map(|a| a.as_str().into_lua(&lua))
+        .collect::<mlua::Result<MultiValue>>()
+        .map_err(|e| Error::Script(error_text(e)))?;
+
+    host.gil.acquire(0);
+    let result = start_driver(&lua, &host, main, args);
+    host.gil.allow_threads(0, || host.wait_for_threads());
+    host.gil.release();
+    CURRENT_GIL.with(|g| g.borrow_mut().take());
+    result.map(|()| 0).map_err(|e| Error::Script(error_text(e)))
+}

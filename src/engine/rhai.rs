@@ -1,0 +1,352 @@
+//! The Rhai adapter: one `Engine` and one `AST` shared by every script thread (feature `sync`),
+//! each thread with its own scope; the GIL is checked in `on_progress`.
+
+use std::any::TypeId;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock, Weak};
+
+use ::rhai::module_resolvers::FileModuleResolver;
+use ::rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Position, Scope, AST};
+
+use super::untransferable;
+use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
+use crate::runtime::{Error, Host, Script};
+use crate::thread::Target;
+use crate::{output, Value};
+
+type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// What the registered functions need at call time; the engine and AST are set once built.
+struct Shared {
+    host: Arc<Host>,
+    engine: OnceLock<Weak<Engine>>,
+    ast: OnceLock<Arc<AST>>,
+    script_name: String,
+}
+
+impl Shared {
+    fn engine_and_ast(&self) -> Result<(Arc<Engine>, Arc<AST>), String> {
+        let engine = self.engine.get().and_then(Weak::upgrade);
+        match (engine, self.ast.get()) {
+            (Some(e), Some(a)) => Ok((e, a.clone())),
+            _ => Err("the script's engine has already shut down".into()),
+        }
+    }
+}
+
+/// Runs a script in a fresh engine and waits for the threads it started.
+pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
+    let shared = Arc::new(Shared {
+        host: host.clone(),
+        engine: OnceLock::new(),
+        ast: OnceLock::new(),
+        script_name: script.name.clone(),
+    });
+    let mut engine = Engine::new();
+    if let Some(dir) = &script.dir {
+        engine.set_module_resolver(FileModuleResolver::new_with_path(dir));
+    }
+    engine.on_print(|s| {
+        // A closed stdout cannot be reported from here; the script goes on as rhai-run does.
+        let _ = output::write_line(s.as_bytes());
+    });
+    engine.on_debug(|s, source, pos| {
+        let at = source.map_or(String::new(), |src| format!("{src}:"));
+        output::write_stderr(&format!("{at}{pos:?} | {s}"));
+    });
+    let gil = host.gil.clone();
+    engine.on_progress(move |_| {
+        if gil.drop_requested() {
+            gil.yield_turn(0);
+        }
+        None
+    });
+    register_builtins(&mut engine, &shared);
+
+    let engine = Arc::new(engine);
+    let _ = shared.engine.set(Arc::downgrade(&engine));
+    let mut ast = engine
+        .compile(script.code_without_shebang())
+        .map_err(|e| {
+            let pos = e.1;
+            Error::Script(format!(
+                "{}:{}: syntax error: {}",
+                script.name,
+                position_text(pos),
+                e.0
+            ))
+        })?;
+    ast.set_source(script.name.clone());
+    let ast = Arc::new(ast);
+    let _ = shared.ast.set(ast.clone());
+
+    let mut scope = Scope::new();
+    let args: Array = script.args.iter().map(|a| Dynamic::from(a.clone())).collect();
+    scope.push_constant("ARGS", args);
+
+    host.gil.acquire(0);
+    let result = engine.run_ast_with_scope(&mut scope, &ast);
+    host.gil.allow_threads(0, || host.wait_for_threads());
+    host.gil.release();
+    match result {
+        Ok(()) => Ok(0),
+        Err(err) => match *err {
+            EvalAltResult::Exit(value, _) => Ok(exit_status(&value)),
+            other => Err(Error::Script(format_error(&script.name, other))),
+        },
+    }
+}
+
+/// `exit()` → 0, `exit(3)` → 3; any other value is a failure, as a non-integer `sys.exit` is.
+fn exit_status(value: &Dynamic) -> i32 {
+    if value.is_unit() {
+        0
+    } else {
+        value.as_int().map_or(1, |n| n as i32)
+    }
+}
+
+fn position_text(pos: Position) -> String {
+    match (pos.line(), pos.position()) {
+        (Some(l), Some(c)) => format!("{l}:{c}"),
+        (Some(l), None) => l.to_string(),
+        _ => "?".into(),
+    }
+}
+
+/// "file:line:col: message" for the innermost error (where the script really failed).
+fn format_error(script: &str, err: EvalAltResult) -> String {
+    let mut err = err;
+    let mut source = script.to_owned();
+    let mut trace = Vec::new();
+    loop {
+        err = match err {
+            EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
+                trace.push(format!("  in call to {name} at {source}:{}", position_text(pos)));
+                if !src.is_empty() {
+                    source = src;
+                }
+                *inner
+            }
+            EvalAltResult::ErrorInModule(path, inner, pos) => {
+                trace.push(format!("  in module '{path}' at {source}:{}", position_text(pos)));
+                if !path.is_empty() {
+                    source = path;
+                }
+                *inner
+            }
+            other => break err_line(&source, other, &trace),
+        };
+    }
+}
+
+fn err_line(source: &str, mut err: EvalAltResult, trace: &[String]) -> String {
+    let pos = err.position();
+    err.clear_position();
+    let message = match &err {
+        EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
+        other => other.to_string(),
+    };
+    let mut text = format!("{source}:{}: {message}", position_text(pos));
+    for t in trace.iter().rev() {
+        text.push('\n');
+        text.push_str(t);
+    }
+    text
+}
+
+// ---- binding the API ----
+
+fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
+    engine.register_type_with_name::<Object>("Object");
+    engine.register_fn("to_string", |o: &mut Object| o.describe());
+    engine.register_fn("to_debug", |o: &mut Object| o.describe());
+    engine.register_fn("==", |a: &mut Object, b: Object| a.same(&b));
+    engine.register_fn("!=", |a: &mut Object, b: Object| !a.same(&b));
+
+    // One registration per (name, argument count): builtins of different classes that share a
+    // name are told apart by the receiver's class when called.
+    let mut by_name: BTreeMap<(&str, usize), Vec<&'static Builtin>> = BTreeMap::new();
+    for b in api::BUILTINS {
+        match b.kind {
+            Kind::Call => {
+                for n in b.arity.0..=b.arity.1 {
+                    by_name.entry((b.name, n + b.receivers())).or_default().push(b);
+                }
+            }
+            Kind::Getter => {
+                let shared = shared.clone();
+                let name = b.name;
+                engine.register_get(name, move |o: &mut Object| -> RhaiResult<Dynamic> {
+                    let b = api::find(o.class(), name)
+                        .ok_or_else(|| format!("{} has no property `{name}`", o.class().name()))?;
+                    let mut receiver = Dynamic::from(o.clone());
+                    invoke(&shared, b, &mut [&mut receiver])
+                });
+            }
+            Kind::Scoped { .. } => {
+                // `with` is a reserved word in Rhai, so `lock.with(f)` cannot parse; the scoped
+                // form is Python's own shape instead: `with lock { ... }`.
+                let shared = shared.clone();
+                let name = b.name;
+                let syntax = [name, "$expr$", "$block$"];
+                if let Err(e) = engine.register_custom_syntax(syntax, false, move |ctx, inputs| {
+                    let receiver = ctx.eval_expression_tree(&inputs[0])?;
+                    scoped(&shared, name, receiver, || ctx.eval_expression_tree(&inputs[1]))
+                }) {
+                    panic!("cannot register `{name}` syntax: {e}");
+                }
+            }
+        }
+    }
+    for ((name, n), candidates) in by_name {
+        let mut signatures = vec![vec![TypeId::of::<Dynamic>(); n]];
+        if candidates[0].class != Class::Global {
+            signatures[0][0] = TypeId::of::<Object>();
+        } else if n == 1 {
+            // Rhai's own `sleep(INT)` and `sleep(FLOAT)` (which keep the GIL) match those types
+            // exactly and would win over a wildcard: register the exact types too.
+            signatures.push(vec![TypeId::of::<::rhai::INT>()]);
+            signatures.push(vec![TypeId::of::<::rhai::FLOAT>()]);
+        }
+        for types in signatures {
+            let shared = shared.clone();
+            let candidates = candidates.clone();
+            engine.register_raw_fn(name, types, move |_ctx, args| {
+                let b = pick(&candidates, args)?;
+                invoke(&shared, b, args)
+            });
+        }
+    }
+}
+
+/// The candidate whose class is the receiver's.
+fn pick(candidates: &[&'static Builtin], args: &mut [&mut Dynamic]) -> RhaiResult<&'static Builtin> {
+    let first = candidates[0];
+    if first.class == Class::Global {
+        return Ok(first);
+    }
+    let class = args[0].read_lock::<Object>().map(|o| o.class());
+    candidates
+        .iter()
+        .find(|b| Some(b.class) == class)
+        .copied()
+        .ok_or_else(|| match class {
+            Some(c) => format!("{} has no method `{}`", c.name(), first.name).into(),
+            None => format!("`{}` needs a parrun object", first.name).into(),
+        })
+}
+
+fn invoke(shared: &Arc<Shared>, b: &Builtin, args: &mut [&mut Dynamic]) -> RhaiResult<Dynamic> {
+    let fail = |msg: String| -> Box<EvalAltResult> { format!("{}: {msg}", b.qualified_name()).into() };
+    api::check_arity(b, args.len()).map_err(fail)?;
+    let outcome = (b.call)(&shared.host, &mut RhaiArgs { args, shared }).map_err(fail)?;
+    let ret = match outcome {
+        Outcome::Done(ret) => ret,
+        Outcome::Wait(wait) => shared.host.gil.allow_threads(0, wait).map_err(fail)?,
+    };
+    match ret {
+        Ret::Value(v) => ::rhai::serde::to_dynamic(&v).map_err(|e| fail(e.to_string())),
+        Ret::Object(o) => Ok(Dynamic::from(o)),
+    }
+}
+
+/// Runs `body` between the receiver's `enter` and `exit` methods; `exit` runs even when
+/// `body` fails.
+fn scoped(
+    shared: &Arc<Shared>,
+    name: &str,
+    receiver: Dynamic,
+    body: impl FnOnce() -> RhaiResult<Dynamic>,
+) -> RhaiResult<Dynamic> {
+    let class = receiver
+        .read_lock::<Object>()
+        .map(|o| o.class())
+        .ok_or_else(|| format!("`{name}` needs a parrun object, got {}", receiver.type_name()))?;
+    let Some(Kind::Scoped { enter, exit }) = api::find(class, name).map(|b| b.kind) else {
+        return Err(format!("{} cannot be used with `{name}`", class.name()).into());
+    };
+    let method = |m: &str| {
+        api::find(class, m).ok_or_else(|| format!("{}.{m} is missing", class.name()))
+    };
+    let (enter, exit) = (method(enter)?, method(exit)?);
+    let mut receiver = receiver;
+    let _ = invoke(shared, enter, &mut [&mut receiver])?;
+    let result = body();
+    let _ = invoke(shared, exit, &mut [&mut receiver])?;
+    result
+}
+
+struct RhaiArgs<'a, 'b> {
+    args: &'a mut [&'b mut Dynamic],
+    shared: &'a Arc<Shared>,
+}
+
+impl Args for RhaiArgs<'_, '_> {
+    fn len(&self) -> usize {
+        self.args.len()
+    }
+
+    fn value(&mut self, i: usize) -> Result<Value, String> {
+        let d = self.args[i].flatten_clone();
+        if d.is::<Object>() || d.is::<FnPtr>() {
+            return Err(untransferable(format!("a {} is not data", d.type_name())));
+        }
+        ::rhai::serde::from_dynamic::<Value>(&d).map_err(|e| untransferable(e))
+    }
+
+    fn object(&mut self, i: usize) -> Result<Object, String> {
+        let d = self.args[i].flatten_clone();
+        let type_name = d.type_name();
+        d.try_cast::<Object>()
+            .ok_or_else(|| format!("expected a parrun object, got {type_name}"))
+    }
+
+    fn target(&mut self, func: usize, args: Option<usize>) -> Result<Box<dyn Target>, String> {
+        let f = self.args[func].flatten_clone();
+        let f = if let Some(name) = f.clone().try_cast::<::rhai::ImmutableString>() {
+            FnPtr::new(name.as_str()).map_err(|e| e.to_string())?
+        } else {
+            let type_name = f.type_name();
+            f.try_cast::<FnPtr>().ok_or_else(|| {
+                format!("expected a function (a name, Fn(\"name\") or a closure), got {type_name}")
+            })?
+        };
+        let args = match args {
+            None => Vec::new(),
+            Some(i) => {
+                let a = self.args[i].flatten_clone();
+                let type_name = a.type_name();
+                a.try_cast::<Array>()
+                    .ok_or_else(|| format!("arguments must be an array, got {type_name}"))?
+                    .into_iter()
+                    .collect()
+            }
+        };
+        Ok(Box::new(RhaiTarget {
+            shared: self.shared.clone(),
+            f,
+            args,
+        }))
+    }
+}
+
+struct RhaiTarget {
+    shared: Arc<Shared>,
+    f: FnPtr,
+    args: Vec<Dynamic>,
+}
+
+impl Target for RhaiTarget {
+    fn run(self: Box<Self>) -> Result<(), String> {
+        let (engine, ast) = self.shared.engine_and_ast()?;
+        match self.f.call::<Dynamic>(&engine, &ast, self.args) {
+            Ok(_) => Ok(()),
+            Err(err) => match *err {
+                // `exit()` in a thread ends that thread, as `sys.exit` does in Python.
+                EvalAltResult::Exit(..) => Ok(()),
+                other => Err(format_error(&self.shared.script_name, other)),
+            },
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! # parrun
+//!
+//! Run Lua and Rhai scripts with the parallelism toolkit of Python's `threading` and
+//! `multiprocessing`: `Thread`, `Queue`, `Lock`, `sleep`, `time`, ... in both languages, with
+//! one API.
+//!
+//! ## How to use
+//!
+//! From a shell: `parrun script.lua [ARGS..]` or `parrun script.rhai [ARGS..]`.
+//!
+//! From Rust, build a [`Runtime`] and run a file or a string:
+//!
+//! ```
+//! use parrun::{Language, Runtime};
+//!
+//! let code = r#"
+//!     let q = Queue();
+//!     let t = Thread(|q, n| q.put(n * n), [q, 7]);
+//!     t.start();
+//!     t.join();
+//!     if q.get() != 49 { throw "wrong square"; }
+//! "#;
+//! assert_eq!(Runtime::new().run_source(Language::Rhai, "demo.rhai", code).unwrap(), 0);
+//! ```
+//!
+//! A script error comes back as [`Error::Script`], whose message names the file and line.
+//!
+//! ## Crate layout
+//!
+//! - [`runtime`]: [`Runtime`], the builder that runs scripts, and [`Error`].
+//! - [`value`]: [`Value`], the engine-neutral data that crosses threads.
+//! - [`api`]: every script-visible operation, described once for both languages.
+//! - `engine`: the Lua (mlua, vendored Lua 5.4) and Rhai adapters of that description.
+//! - [`gil`]: the global interpreter lock of the `gil` model.
+//! - [`thread`], [`sync`]: script threads, `Queue` and `Lock`.
+//! - [`output`]: printing, one `write(2)` per line.
+
+pub mod api;
+mod engine;
+pub mod gil;
+pub mod output;
+pub mod runtime;
+pub mod sync;
+pub mod thread;
+pub mod value;
+
+pub use runtime::{Error, Language, Runtime};
+pub use value::Value;

@@ -1,0 +1,77 @@
+//! The `parrun` command: parses arguments and hands them to [`parrun::Runtime`].
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use parrun::{Error, Language, Runtime};
+
+/// Run Lua and Rhai scripts with threads, queues, locks and (soon) process pools.
+#[derive(Parser)]
+#[command(name = "parrun", version)]
+struct Cli {
+    /// The script's language, instead of the one its extension names.
+    #[arg(long, value_name = "lua|rhai")]
+    lang: Option<Language>,
+
+    /// Run CODE instead of a script file (needs --lang); every positional is an argument.
+    #[arg(short = 'e', value_name = "CODE")]
+    eval: Option<String>,
+
+    /// How long a thread may hold the GIL while another waits, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5.0)]
+    switch_interval: f64,
+
+    /// The script (`-` reads it from standard input), then the arguments it receives.
+    #[arg(value_name = "SCRIPT [ARGS]", trailing_var_arg = true, allow_hyphen_values = true)]
+    rest: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
+        Err(err) => {
+            eprintln!("parrun: {err}");
+            ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32, Error> {
+    let interval = Duration::try_from_secs_f64(cli.switch_interval / 1000.0)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| Error::Usage("--switch-interval must be a positive number of ms".into()))?;
+    let mut runtime = Runtime::new().switch_interval(interval);
+    if let Some(lang) = cli.lang {
+        runtime = runtime.language(lang);
+    }
+    let need_lang = |what: &str| {
+        cli.lang
+            .ok_or_else(|| Error::Usage(format!("{what} needs --lang lua or --lang rhai")))
+    };
+    if let Some(code) = &cli.eval {
+        let lang = need_lang("-e")?;
+        return runtime.args(cli.rest.clone()).run_source(lang, "(command line)", code);
+    }
+    let Some((script, args)) = cli.rest.split_first() else {
+        return Err(Error::Usage(
+            "no script given: parrun SCRIPT [ARGS..] (see parrun --help)".into(),
+        ));
+    };
+    let runtime = runtime.args(args.iter().cloned());
+    if script == "-" {
+        let lang = need_lang("reading the script from standard input")?;
+        let mut code = String::new();
+        std::io::stdin()
+            .read_to_string(&mut code)
+            .map_err(|source| Error::Read {
+                path: "-".into(),
+                source,
+            })?;
+        return runtime.run_source(lang, "(stdin)", &code);
+    }
+    runtime.run_file(script)
+}

@@ -1,0 +1,235 @@
+//! [`Runtime`]: the embedding API's entry point, and [`Host`], the state one script run shares
+//! between its threads.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::engine;
+use crate::gil::{Gil, DEFAULT_SWITCH_INTERVAL};
+use crate::thread::ScriptThread;
+
+/// A script language parrun runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Language {
+    Lua,
+    Rhai,
+}
+
+impl Language {
+    /// The language a file name's extension names (`.lua`, `.rhai`).
+    pub fn from_path(path: &Path) -> Option<Language> {
+        match path.extension()?.to_str()? {
+            "lua" => Some(Language::Lua),
+            "rhai" => Some(Language::Rhai),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Language {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "lua" => Ok(Language::Lua),
+            "rhai" => Ok(Language::Rhai),
+            other => Err(format!("unknown language `{other}` (expected lua or rhai)")),
+        }
+    }
+}
+
+/// Why a script could not run, or how it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A syntax or runtime error in the script, with file, line and the script's message.
+    #[error("{0}")]
+    Script(String),
+    /// The script file could not be read.
+    #[error("cannot read script `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The runtime was asked for something it cannot do (an unknown language, say).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// The process exit status that reports this error: 1 for a script error, 2 for bad usage.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Script(_) => 1,
+            Error::Read { .. } | Error::Usage(_) => 2,
+        }
+    }
+}
+
+/// A script to run: its code, the name errors use, and the arguments it receives.
+pub(crate) struct Script {
+    pub name: String,
+    pub dir: Option<PathBuf>,
+    pub code: String,
+    pub args: Vec<String>,
+}
+
+impl Script {
+    /// The code with a leading `#!` line blanked (kept as an empty line, so line numbers hold).
+    pub fn code_without_shebang(&self) -> &str {
+        match self.code.strip_prefix("#!") {
+            Some(rest) => rest.find('\n').map_or("", |i| &rest[i..]),
+            None => &self.code,
+        }
+    }
+}
+
+/// Runs scripts. Configure with the builder methods, then call [`Runtime::run_file`] or
+/// [`Runtime::run_source`].
+///
+/// ```
+/// use parrun::{Language, Runtime};
+/// let status = Runtime::new()
+///     .run_source(Language::Lua, "demo.lua", "local q = parrun.Queue(); q:put(13); assert(q:get() == 13)")
+///     .unwrap();
+/// assert_eq!(status, 0);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    language: Option<Language>,
+    switch_interval: Duration,
+    args: Vec<String>,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Runtime {
+    pub fn new() -> Self {
+        Runtime {
+            language: None,
+            switch_interval: DEFAULT_SWITCH_INTERVAL,
+            args: Vec::new(),
+        }
+    }
+
+    /// The language to use instead of the one the file extension names.
+    pub fn language(mut self, language: Language) -> Self {
+        self.language = Some(language);
+        self
+    }
+
+    /// How long a thread may keep the GIL while another waits (default 5 ms, as CPython).
+    pub fn switch_interval(mut self, interval: Duration) -> Self {
+        self.switch_interval = interval;
+        self
+    }
+
+    /// Arguments the script receives (Lua: `arg` and `...`; Rhai: `ARGS`).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Runs a script file and returns its exit status (0 when it ends normally).
+    pub fn run_file(&self, path: impl AsRef<Path>) -> Result<i32, Error> {
+        let path = path.as_ref();
+        let language = match self.language.or_else(|| Language::from_path(path)) {
+            Some(l) => l,
+            None => {
+                return Err(Error::Usage(format!(
+                    "cannot tell the language of `{}`: use a .lua or .rhai file, or --lang",
+                    path.display()
+                )))
+            }
+        };
+        let code = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let dir = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }.to_owned());
+        self.run(
+            language,
+            Script {
+                name: path.display().to_string(),
+                dir,
+                code,
+                args: self.args.clone(),
+            },
+        )
+    }
+
+    /// Runs script source; `name` is what error messages call it.
+    pub fn run_source(&self, language: Language, name: &str, code: &str) -> Result<i32, Error> {
+        let language = self.language.unwrap_or(language);
+        self.run(
+            language,
+            Script {
+                name: name.to_owned(),
+                dir: None,
+                code: code.to_owned(),
+                args: self.args.clone(),
+            },
+        )
+    }
+
+    fn run(&self, language: Language, script: Script) -> Result<i32, Error> {
+        match language {
+            Language::Lua => engine::lua::run(self.host(engine::lua::interrupter()), script),
+            Language::Rhai => engine::rhai::run(self.host(None), script),
+        }
+    }
+
+    fn host(&self, interrupter: Option<crate::gil::Interrupter>) -> Arc<Host> {
+        Arc::new(Host {
+            gil: Arc::new(Gil::new(self.switch_interval, interrupter)),
+            threads: Mutex::new(Vec::new()),
+            thread_counter: AtomicU64::new(0),
+        })
+    }
+}
+
+/// What the threads of one script run share: the GIL and the registry of started threads.
+pub struct Host {
+    pub gil: Arc<Gil>,
+    threads: Mutex<Vec<Arc<ScriptThread>>>,
+    thread_counter: AtomicU64,
+}
+
+impl Host {
+    /// "Thread-1", "Thread-2", ... as Python names them.
+    pub fn next_thread_name(&self) -> String {
+        format!("Thread-{}", self.thread_counter.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    pub(crate) fn register_thread(&self, t: Arc<ScriptThread>) {
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        threads.retain(|t| t.is_alive());
+        threads.push(t);
+    }
+
+    /// Waits for every started thread, as Python does before it exits. Call without the GIL.
+    pub(crate) fn wait_for_threads(&self) {
+        loop {
+            let running: Vec<_> = {
+                let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+                threads.iter().filter(|t| t.is_alive()).cloned().collect()
+            };
+            if running.is_empty() {
+                return;
+            }
+            for t in running {
+                t.wait(None);
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Script threads of the `gil` model (Python's `threading.Thread`).
+//!
+//! A [`ScriptThread`] owns an engine-specific [`Target`] (the function and its arguments) until
+//! `start`, then runs it on a new OS thread that holds the GIL while it runs script code. The
+//! thread registry in [`Host`] lets the runtime wait for every started thread before the script
+//! ends, as Python waits for non-daemon threads.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::runtime::Host;
+
+/// A script function bound to its arguments, runnable on another OS thread of the same engine.
+pub trait Target: Send {
+    /// Runs the function. Called with the GIL held; returns with it held. An error is the
+    /// script's message, already naming file and line.
+    fn run(self: Box<Self>) -> Result<(), String>;
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum RunState {
+    New,
+    Running,
+    Done,
+}
+
+/// A script-visible thread.
+pub struct ScriptThread {
+    name: String,
+    target: Mutex<Option<Box<dyn Target>>>,
+    state: Mutex<RunState>,
+    changed: Condvar,
+}
+
+impl ScriptThread {
+    pub fn new(name: String, target: Box<dyn Target>) -> Arc<Self> {
+        Arc::new(ScriptThread {
+            name,
+            target: Mutex::new(Some(target)),
+            state: Mutex::new(RunState::New),
+            changed: Condvar::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn state(&self) -> RunState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_state(&self, s: RunState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
+        self.changed.notify_all();
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.state() == RunState::Running
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.state() != RunState::New
+    }
+
+    /// Starts the thread. Must be called with the GIL held (the new thread queues for it).
+    pub fn start(self: &Arc<Self>, host: &Arc<Host>) -> Result<(), String> {
+        let target = self
+            .target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or("threads can only be started once")?;
+        self.set_state(RunState::Running);
+        host.register_thread(self.clone());
+        let me = self.clone();
+        let gil = host.gil.clone();
+        let spawned = std::thread::Builder::new()
+            .name(self.name.clone())
+            .spawn(move || {
+                gil.acquire(0);
+                let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
+                gil.release();
+                let failure = match outcome {
+                    Ok(Ok(())) => None,
+                    Ok(Err(msg)) => Some(msg),
+                    Err(panic) => Some(format!("internal error (panic): {}", panic_text(&panic))),
+                };
+                if let Some(msg) = failure {
+                    crate::output::write_stderr(&format!("Exception in thread {}:\n{msg}", me.name));
+                }
+                me.set_state(RunState::Done);
+            });
+        if let Err(e) = spawned {
+            self.set_state(RunState::Done);
+            return Err(format!("cannot start an OS thread: {e}"));
+        }
+        Ok(())
+    }
+
+    /// Waits until the thread has finished; false if `timeout` passed first.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while *state == RunState::Running {
+            state = match deadline {
+                None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    self.changed
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+        true
+    }
+}
+
+/// The message of a caught panic.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
