@@ -131,6 +131,9 @@ impl Outcome {
 /// is the receiver (`self`).
 pub trait Args {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Argument `i` as data (copied out of the engine).
     fn value(&mut self, i: usize) -> Result<Value, String>;
     /// Argument `i` as a host object.

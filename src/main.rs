@@ -23,9 +23,13 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 5.0)]
     switch_interval: f64,
 
-    /// The script (`-` reads it from standard input), then the arguments it receives.
-    #[arg(value_name = "SCRIPT [ARGS]", trailing_var_arg = true, allow_hyphen_values = true)]
-    rest: Vec<String>,
+    /// The script to run (`-` reads it from standard input).
+    #[arg(value_name = "SCRIPT")]
+    script: Option<String>,
+
+    /// Arguments the script receives (Lua: `arg` and `...`; Rhai: `ARGS`).
+    #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -54,14 +58,16 @@ fn run(cli: Cli) -> Result<i32, Error> {
     };
     if let Some(code) = &cli.eval {
         let lang = need_lang("-e")?;
-        return runtime.args(cli.rest.clone()).run_source(lang, "(command line)", code);
+        // With -e there is no script file: every positional is an argument.
+        let args = cli.script.iter().chain(&cli.args).cloned();
+        return runtime.args(args).run_source(lang, "(command line)", code);
     }
-    let Some((script, args)) = cli.rest.split_first() else {
+    let Some(script) = &cli.script else {
         return Err(Error::Usage(
             "no script given: parrun SCRIPT [ARGS..] (see parrun --help)".into(),
         ));
     };
-    let runtime = runtime.args(args.iter().cloned());
+    let runtime = runtime.args(cli.args.iter().cloned());
     if script == "-" {
         let lang = need_lang("reading the script from standard input")?;
         let mut code = String::new();

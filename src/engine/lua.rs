@@ -109,7 +109,7 @@ pub fn to_value(lua: &Lua, v: LuaValue) -> Result<Value, String> {
         _ => {}
     }
     lua.from_value_with(v, from_lua_options())
-        .map_err(|e| untransferable(e))
+        .map_err(untransferable)
 }
 
 /// Converts a [`Value`] to a Lua value (through mlua's serde support).
@@ -445,4 +445,100 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     host.gil.release();
     CURRENT_GIL.with(|g| g.borrow_mut().take());
     result.map(|()| 0).map_err(|e| Error::Script(error_text(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_kind() -> Value {
+        Value::Map(vec![
+            (Value::Str("nil_is_dropped_by_lua".into()), Value::Bool(true)),
+            (Value::Int(1), Value::Int(-7)),
+            (Value::Str("float".into()), Value::Float(2.5)),
+            (Value::Str("whole_float".into()), Value::Float(3.0)),
+            (Value::Str("text".into()), Value::Str("héllo".into())),
+            (Value::Str("bytes".into()), Value::Bytes(vec![0, 255, 10, 0])),
+            (
+                Value::Str("nested".into()),
+                Value::Array(vec![
+                    Value::Int(1),
+                    Value::Array(vec![Value::Str("deep".into()), Value::Bool(false)]),
+                    Value::Map(vec![(Value::Str("k".into()), Value::Float(-0.5))]),
+                ]),
+            ),
+        ])
+    }
+
+    fn sorted(v: Value) -> Value {
+        match v {
+            Value::Map(mut entries) => {
+                entries.sort_by_key(|(k, _)| format!("{k:?}"));
+                Value::Map(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+            }
+            Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+            other => other,
+        }
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_lua() {
+        let lua = Lua::new();
+        for v in [
+            Value::Nil,
+            Value::Bool(false),
+            Value::Int(i64::MIN),
+            Value::Float(f64::MAX),
+            Value::Str(String::new()),
+            Value::Bytes(vec![0xff, 0xfe]),
+            Value::Array(vec![Value::Int(1), Value::Float(1.0)]),
+            every_kind(),
+        ] {
+            let back = to_value(&lua, from_value(&lua, &v).unwrap()).unwrap();
+            assert_eq!(sorted(back), sorted(v));
+        }
+    }
+
+    #[test]
+    fn lua_tables_keep_their_shape() {
+        let lua = Lua::new();
+        let eval = |code: &str| to_value(&lua, lua.load(code).eval::<LuaValue>().unwrap()).unwrap();
+        assert_eq!(eval("3"), Value::Int(3));
+        assert_eq!(eval("3.0"), Value::Float(3.0));
+        assert_eq!(
+            eval("{1, nil, 3}"),
+            Value::Array(vec![Value::Int(1), Value::Nil, Value::Int(3)])
+        );
+        assert_eq!(eval("'\\0\\255x'"), Value::Bytes(vec![0, 255, b'x']));
+        let Value::Map(mut mixed) = eval("{10, 20, x = 'y', [2.5] = true}") else {
+            panic!("a table with string keys is a map");
+        };
+        mixed.sort_by_key(|(k, _)| format!("{k:?}"));
+        assert_eq!(
+            mixed,
+            vec![
+                (Value::Float(2.5), Value::Bool(true)),
+                (Value::Int(1), Value::Int(10)),
+                (Value::Int(2), Value::Int(20)),
+                (Value::Str("x".into()), Value::Str("y".into())),
+            ]
+        );
+        // A sparse table stays a map with integer keys, and goes back as the same table.
+        let sparse = eval("{[1] = 'a', [1000] = 'b'}");
+        assert!(matches!(sparse, Value::Map(_)), "{sparse:?}");
+        let t: Table = from_value(&lua, &sparse).unwrap().as_table().unwrap().clone();
+        assert_eq!(t.get::<String>(1000).unwrap(), "b");
+        assert_eq!(t.get::<Option<String>>(2).unwrap(), None);
+    }
+
+    #[test]
+    fn values_that_cannot_travel_are_named() {
+        let lua = Lua::new();
+        let f = lua.load("function() end").eval::<LuaValue>().unwrap();
+        assert!(to_value(&lua, f).unwrap_err().contains("function"));
+        let co = lua.load("coroutine.create(print)").eval::<LuaValue>().unwrap();
+        assert!(to_value(&lua, co).unwrap_err().contains("thread"));
+        let cyclic = lua.load("local t = {} t.self = t return t").eval::<LuaValue>().unwrap();
+        assert!(to_value(&lua, cyclic).unwrap_err().contains("recursive"));
+    }
 }

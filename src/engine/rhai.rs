@@ -22,6 +22,9 @@ struct Shared {
     engine: OnceLock<Weak<Engine>>,
     ast: OnceLock<Arc<AST>>,
     script_name: String,
+    /// The status `exit(n)` asked for in the main script thread (Rhai itself discards it).
+    exit_status: std::sync::Mutex<Option<i32>>,
+    main_thread: std::thread::ThreadId,
 }
 
 impl Shared {
@@ -41,6 +44,8 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         engine: OnceLock::new(),
         ast: OnceLock::new(),
         script_name: script.name.clone(),
+        exit_status: std::sync::Mutex::new(None),
+        main_thread: std::thread::current().id(),
     });
     let mut engine = Engine::new();
     if let Some(dir) = &script.dir {
@@ -62,6 +67,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         None
     });
     register_builtins(&mut engine, &shared);
+    register_exit(&mut engine, &shared);
 
     let engine = Arc::new(engine);
     let _ = shared.engine.set(Arc::downgrade(&engine));
@@ -88,17 +94,34 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     let result = engine.run_ast_with_scope(&mut scope, &ast);
     host.gil.allow_threads(0, || host.wait_for_threads());
     host.gil.release();
+    let exit_status = *shared.exit_status.lock().unwrap_or_else(|e| e.into_inner());
     match result {
-        Ok(()) => Ok(0),
+        Ok(()) => Ok(exit_status.unwrap_or(0)),
         Err(err) => match *err {
-            EvalAltResult::Exit(value, _) => Ok(exit_status(&value)),
+            EvalAltResult::Exit(value, _) => Ok(exit_status_of(&value)),
             other => Err(Error::Script(format_error(&script.name, other))),
         },
     }
 }
 
+/// `exit()` / `exit(value)` as in Rhai, but the main thread's value becomes the exit status
+/// (Rhai's own `exit` ends the script and drops the value).
+fn register_exit(engine: &mut Engine, shared: &Arc<Shared>) {
+    let exit = |shared: &Shared, value: Dynamic| -> RhaiResult<Dynamic> {
+        if std::thread::current().id() == shared.main_thread {
+            *shared.exit_status.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(exit_status_of(&value));
+        }
+        Err(EvalAltResult::Exit(value, Position::NONE).into())
+    };
+    let s = shared.clone();
+    engine.register_fn("exit", move || exit(&s, Dynamic::UNIT));
+    let s = shared.clone();
+    engine.register_fn("exit", move |value: Dynamic| exit(&s, value));
+}
+
 /// `exit()` → 0, `exit(3)` → 3; any other value is a failure, as a non-integer `sys.exit` is.
-fn exit_status(value: &Dynamic) -> i32 {
+fn exit_status_of(value: &Dynamic) -> i32 {
     if value.is_unit() {
         0
     } else {
@@ -292,7 +315,7 @@ impl Args for RhaiArgs<'_, '_> {
         if d.is::<Object>() || d.is::<FnPtr>() {
             return Err(untransferable(format!("a {} is not data", d.type_name())));
         }
-        ::rhai::serde::from_dynamic::<Value>(&d).map_err(|e| untransferable(e))
+        ::rhai::serde::from_dynamic::<Value>(&d).map_err(untransferable)
     }
 
     fn object(&mut self, i: usize) -> Result<Object, String> {
@@ -348,5 +371,61 @@ impl Target for RhaiTarget {
                 other => Err(format_error(&self.shared.script_name, other)),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::rhai::serde::{from_dynamic, to_dynamic};
+
+    fn round_trip(v: &Value) -> Value {
+        from_dynamic(&to_dynamic(v).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_rhai() {
+        let nested = Value::Map(vec![
+            (Value::Str("a".into()), Value::Int(1)),
+            (Value::Str("b".into()), Value::Float(1.0)),
+            (
+                Value::Str("c".into()),
+                Value::Array(vec![
+                    Value::Nil,
+                    Value::Bool(true),
+                    Value::Str("s".into()),
+                    Value::Bytes(vec![0, 1, 255]),
+                    Value::Map(vec![(Value::Str("deep".into()), Value::Array(vec![]))]),
+                ]),
+            ),
+        ]);
+        for v in [
+            Value::Nil,
+            Value::Bool(true),
+            Value::Int(i64::MAX),
+            Value::Float(-0.25),
+            Value::Str("ünïcode".into()),
+            Value::Bytes(vec![]),
+            nested,
+        ] {
+            assert_eq!(round_trip(&v), v);
+        }
+    }
+
+    #[test]
+    fn rhai_values_keep_their_types() {
+        let engine = Engine::new();
+        let eval = |code: &str| from_dynamic::<Value>(&engine.eval::<Dynamic>(code).unwrap()).unwrap();
+        assert_eq!(eval("3"), Value::Int(3));
+        assert_eq!(eval("3.0"), Value::Float(3.0));
+        assert_eq!(eval("'x'"), Value::Str("x".into()));
+        assert_eq!(eval("blob(2, 7)"), Value::Bytes(vec![7, 7]));
+        assert_eq!(
+            eval("#{b: [1, ()], a: 2}"),
+            Value::Map(vec![
+                (Value::Str("a".into()), Value::Int(2)),
+                (Value::Str("b".into()), Value::Array(vec![Value::Int(1), Value::Nil])),
+            ])
+        );
     }
 }
