@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::process::ScriptProcess;
 use crate::runtime::Host;
 use crate::sync::{Lock, Queue};
 use crate::thread::{ScriptThread, Target};
@@ -28,6 +29,7 @@ pub enum Class {
     Thread,
     Queue,
     Lock,
+    Process,
 }
 
 impl Class {
@@ -37,6 +39,7 @@ impl Class {
             Class::Thread => "Thread",
             Class::Queue => "Queue",
             Class::Lock => "Lock",
+            Class::Process => "Process",
         }
     }
 }
@@ -47,6 +50,7 @@ pub enum Object {
     Thread(Arc<ScriptThread>),
     Queue(Queue),
     Lock(Lock),
+    Process(Arc<ScriptProcess>),
 }
 
 impl Object {
@@ -55,6 +59,7 @@ impl Object {
             Object::Thread(_) => Class::Thread,
             Object::Queue(_) => Class::Queue,
             Object::Lock(_) => Class::Lock,
+            Object::Process(_) => Class::Process,
         }
     }
 
@@ -64,6 +69,7 @@ impl Object {
             (Object::Thread(a), Object::Thread(b)) => Arc::ptr_eq(a, b),
             (Object::Queue(a), Object::Queue(b)) => a.same(b),
             (Object::Lock(a), Object::Lock(b)) => a.same(b),
+            (Object::Process(a), Object::Process(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -81,9 +87,22 @@ impl Object {
                 };
                 format!("<Thread({}, {state})>", t.name())
             }
-            Object::Queue(q) => format!("<Queue qsize={}>", q.len()),
-            Object::Lock(l) => {
-                format!("<Lock {}>", if l.locked() { "locked" } else { "unlocked" })
+            Object::Queue(q) => match q.len() {
+                Ok(n) => format!("<Queue qsize={n}>"),
+                Err(_) => "<Queue>".into(),
+            },
+            Object::Lock(l) => match l.locked() {
+                Ok(true) => "<Lock locked>".into(),
+                Ok(false) => "<Lock unlocked>".into(),
+                Err(_) => "<Lock>".into(),
+            },
+            Object::Process(p) => {
+                let state = match p.exitcode() {
+                    Some(code) => format!("stopped exitcode={code}"),
+                    None if p.is_started() => "started".into(),
+                    None => "initial".into(),
+                };
+                format!("<Process({}, {state})>", p.name())
             }
         }
     }
@@ -110,6 +129,10 @@ pub enum Outcome {
     Done(Ret),
     /// Must wait: the adapter releases the GIL, runs this, and takes the GIL back.
     Wait(Wait),
+    /// Must fork: the adapter runs this with the GIL held and outside any engine call that
+    /// holds an engine-wide lock (Lua: in the thread's driver), so the child starts with a
+    /// consistent engine.
+    Fork(Wait),
 }
 
 impl Outcome {
@@ -199,6 +222,11 @@ fn timeout(args: &mut dyn Args, i: usize) -> Result<Option<Duration>, String> {
         .map_err(|_| format!("timeout must be a non-negative number of seconds, got {secs}"))
 }
 
+/// `Some(i)` if argument `i` is present and not nil.
+fn has_args(args: &mut dyn Args, i: usize) -> Option<usize> {
+    (args.len() > i && args.value(i).map_or(true, |v| v != Value::Nil)).then_some(i)
+}
+
 fn thread(args: &mut dyn Args) -> Result<Arc<ScriptThread>, String> {
     match args.object(0)? {
         Object::Thread(t) => Ok(t),
@@ -210,6 +238,25 @@ fn queue(args: &mut dyn Args) -> Result<Queue, String> {
     match args.object(0)? {
         Object::Queue(q) => Ok(q),
         other => Err(format!("expected a Queue, got a {}", other.class().name())),
+    }
+}
+
+fn process(args: &mut dyn Args) -> Result<Arc<ScriptProcess>, String> {
+    match args.object(0)? {
+        Object::Process(p) => Ok(p),
+        other => Err(format!("expected a Process, got a {}", other.class().name())),
+    }
+}
+
+/// An optional string argument, or `default`.
+fn opt_name(args: &mut dyn Args, i: usize, default: impl FnOnce() -> String) -> Result<String, String> {
+    if i >= args.len() {
+        return Ok(default());
+    }
+    match args.value(i)? {
+        Value::Str(s) => Ok(s),
+        Value::Nil => Ok(default()),
+        other => Err(format!("name must be a string, got {}", other.type_name())),
     }
 }
 
@@ -254,17 +301,22 @@ pub static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (1, 3),
         call: |host, args| {
-            let has_args = args.len() > 1 && args.value(1).map_or(true, |v| v != Value::Nil);
-            let target = args.target(0, has_args.then_some(1))?;
-            let name = match args.len() > 2 {
-                true => match args.value(2)? {
-                    Value::Str(s) => s,
-                    Value::Nil => host.next_thread_name(),
-                    other => return Err(format!("name must be a string, got {}", other.type_name())),
-                },
-                false => host.next_thread_name(),
-            };
+            let at = has_args(args, 1);
+            let target = args.target(0, at)?;
+            let name = opt_name(args, 2, || host.next_thread_name())?;
             Outcome::object(Object::Thread(ScriptThread::new(name, target)))
+        },
+    },
+    Builtin {
+        class: Class::Global,
+        name: "Process",
+        kind: Kind::Call,
+        arity: (1, 3),
+        call: |host, args| {
+            let at = has_args(args, 1);
+            let target = args.target(0, at)?;
+            let name = opt_name(args, 2, || host.next_process_name())?;
+            Outcome::object(Object::Process(ScriptProcess::new(name, target)))
         },
     },
     Builtin {
@@ -377,6 +429,93 @@ pub static BUILTINS: &[Builtin] = &[
         arity: (0, 0),
         call: |_, args| Outcome::value(Value::Str(thread(args)?.name().to_owned())),
     },
+    // ---- Process ----
+    Builtin {
+        class: Class::Process,
+        name: "start",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |host, args| {
+            let p = process(args)?;
+            if p.is_started() {
+                return Err("a process can only be started once".into());
+            }
+            let host = host.clone();
+            Ok(Outcome::Fork(Box::new(move || {
+                p.start(&host)?;
+                Ok(Value::Nil.into())
+            })))
+        },
+    },
+    Builtin {
+        class: Class::Process,
+        name: "join",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| {
+            let p = process(args)?;
+            let timeout = timeout(args, 1)?;
+            if !p.is_started() {
+                return Err("cannot join a process before it is started".into());
+            }
+            Outcome::wait(move || {
+                p.wait(timeout);
+                Ok(Value::Nil.into())
+            })
+        },
+    },
+    Builtin {
+        class: Class::Process,
+        name: "is_alive",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(process(args)?.is_alive())),
+    },
+    Builtin {
+        class: Class::Process,
+        name: "terminate",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            process(args)?.signal(nix::sys::signal::Signal::SIGTERM)?;
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Process,
+        name: "kill",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            process(args)?.signal(nix::sys::signal::Signal::SIGKILL)?;
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Process,
+        name: "name",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Str(process(args)?.name().to_owned())),
+    },
+    Builtin {
+        class: Class::Process,
+        name: "pid",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| {
+            Outcome::value(process(args)?.pid().map_or(Value::Nil, |p| Value::Int(p.into())))
+        },
+    },
+    Builtin {
+        class: Class::Process,
+        name: "exitcode",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| {
+            Outcome::value(process(args)?.exitcode().map_or(Value::Nil, |c| Value::Int(c.into())))
+        },
+    },
     // ---- Queue ----
     Builtin {
         class: Class::Queue,
@@ -385,7 +524,7 @@ pub static BUILTINS: &[Builtin] = &[
         arity: (1, 1),
         call: |_, args| {
             let q = queue(args)?;
-            q.put(args.value(1)?);
+            q.put(args.value(1)?)?;
             Outcome::nil()
         },
     },
@@ -398,8 +537,10 @@ pub static BUILTINS: &[Builtin] = &[
             let q = queue(args)?;
             let timeout = timeout(args, 1)?;
             // Take a waiting value without giving the GIL up.
-            if let Ok(v) = q.get(Some(Duration::ZERO)) {
-                return Outcome::value(v);
+            if q.is_local() {
+                if let Ok(v) = q.get(Some(Duration::ZERO)) {
+                    return Outcome::value(v);
+                }
             }
             Outcome::wait(move || q.get(timeout).map(Ret::Value).map_err(|e| e.to_string()))
         },
@@ -409,14 +550,14 @@ pub static BUILTINS: &[Builtin] = &[
         name: "empty",
         kind: Kind::Call,
         arity: (0, 0),
-        call: |_, args| Outcome::value(Value::Bool(queue(args)?.is_empty())),
+        call: |_, args| Outcome::value(Value::Bool(queue(args)?.is_empty()?)),
     },
     Builtin {
         class: Class::Queue,
         name: "qsize",
         kind: Kind::Call,
         arity: (0, 0),
-        call: |_, args| Outcome::value(Value::Int(queue(args)?.len() as i64)),
+        call: |_, args| Outcome::value(Value::Int(queue(args)?.len()? as i64)),
     },
     // ---- Lock ----
     Builtin {
@@ -427,10 +568,10 @@ pub static BUILTINS: &[Builtin] = &[
         call: |_, args| {
             let l = lock(args)?;
             let timeout = timeout(args, 1)?;
-            if l.acquire(Some(Duration::ZERO)) {
+            if l.is_local() && l.acquire(Some(Duration::ZERO))? {
                 return Outcome::value(Value::Bool(true));
             }
-            Outcome::wait(move || Ok(Value::Bool(l.acquire(timeout)).into()))
+            Outcome::wait(move || Ok(Value::Bool(l.acquire(timeout)?).into()))
         },
     },
     Builtin {
@@ -448,7 +589,7 @@ pub static BUILTINS: &[Builtin] = &[
         name: "locked",
         kind: Kind::Call,
         arity: (0, 0),
-        call: |_, args| Outcome::value(Value::Bool(lock(args)?.locked())),
+        call: |_, args| Outcome::value(Value::Bool(lock(args)?.locked()?)),
     },
     Builtin {
         class: Class::Lock,

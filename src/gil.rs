@@ -134,9 +134,34 @@ impl Gil {
         result
     }
 
+    /// Holds the lock's internal state across a `fork`, so that no other thread holds it
+    /// then; see [`GilForkGuard::reset_in_child`].
+    pub(crate) fn fork_guard(&self) -> GilForkGuard<'_> {
+        GilForkGuard {
+            state: self.lock_state(),
+            gil: self,
+        }
+    }
+
     /// Number of times the lock was granted: a measure of switching.
     pub fn grants(&self) -> u64 {
         self.lock_state().grants
+    }
+}
+
+/// The GIL's state held across a fork.
+pub(crate) struct GilForkGuard<'a> {
+    state: MutexGuard<'a, State>,
+    gil: &'a Gil,
+}
+
+impl GilForkGuard<'_> {
+    /// In the child: the forking thread holds the lock and is the only thread; the waiters
+    /// in line belong to the parent.
+    pub(crate) fn reset_in_child(mut self) {
+        debug_assert!(self.state.locked, "fork without the GIL");
+        self.state.next_ticket = self.state.serving;
+        self.gil.drop_request.store(false, Ordering::Relaxed);
     }
 }
 

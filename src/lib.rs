@@ -36,9 +36,13 @@
 //! - [`output`]: printing, one `write(2)` per line.
 
 pub mod api;
+pub mod codec;
+mod fork;
+mod link;
 mod engine;
 pub mod gil;
 pub mod output;
+pub mod process;
 pub mod runtime;
 pub mod sync;
 pub mod thread;

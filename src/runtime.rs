@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::engine;
 use crate::gil::{Gil, DEFAULT_SWITCH_INTERVAL};
+use crate::process::ScriptProcess;
 use crate::thread::ScriptThread;
 
 /// A script language parrun runs.
@@ -194,18 +195,71 @@ impl Runtime {
             gil: Arc::new(Gil::new(self.switch_interval, interrupter)),
             threads: Mutex::new(Vec::new()),
             thread_counter: AtomicU64::new(0),
+            processes: Mutex::new(Vec::new()),
+            process_counter: AtomicU64::new(0),
         })
     }
 }
 
-/// What the threads of one script run share: the GIL and the registry of started threads.
+/// What the threads of one script run share: the GIL and the registries of started threads
+/// and processes.
 pub struct Host {
     pub gil: Arc<Gil>,
     threads: Mutex<Vec<Arc<ScriptThread>>>,
     thread_counter: AtomicU64,
+    processes: Mutex<Vec<Arc<ScriptProcess>>>,
+    process_counter: AtomicU64,
+}
+
+/// The host's locks, held across a fork (see `crate::fork`).
+pub(crate) struct HostForkGuard<'a> {
+    gil: crate::gil::GilForkGuard<'a>,
+    threads: MutexGuard<'a, Vec<Arc<ScriptThread>>>,
+    processes: MutexGuard<'a, Vec<Arc<ScriptProcess>>>,
+}
+
+impl HostForkGuard<'_> {
+    /// In the child: the parent's threads and child processes are not this process's.
+    pub(crate) fn reset_in_child(mut self) {
+        self.gil.reset_in_child();
+        self.threads.clear();
+        self.processes.clear();
+    }
 }
 
 impl Host {
+    pub(crate) fn lock_for_fork(&self) -> HostForkGuard<'_> {
+        HostForkGuard {
+            threads: self.threads.lock().unwrap_or_else(|e| e.into_inner()),
+            processes: self.processes.lock().unwrap_or_else(|e| e.into_inner()),
+            gil: self.gil.fork_guard(),
+        }
+    }
+
+    /// "Process-1", "Process-2", ... as Python names them.
+    pub fn next_process_name(&self) -> String {
+        format!("Process-{}", self.process_counter.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    pub(crate) fn register_process(&self, p: Arc<ScriptProcess>) {
+        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        processes.retain(|p| p.is_alive());
+        processes.push(p);
+    }
+
+    /// Waits for (and reaps) every started child process, as Python does at exit.
+    fn wait_for_processes(&self) {
+        let processes: Vec<_> = self
+            .processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for p in processes {
+            p.wait(None);
+        }
+    }
+
     /// "Thread-1", "Thread-2", ... as Python names them.
     pub fn next_thread_name(&self) -> String {
         format!("Thread-{}", self.thread_counter.fetch_add(1, Ordering::Relaxed) + 1)
@@ -217,8 +271,14 @@ impl Host {
         threads.push(t);
     }
 
-    /// Waits for every started thread, as Python does before it exits. Call without the GIL.
-    pub(crate) fn wait_for_threads(&self) {
+    /// What Python does before it exits: waits for every started thread and child process.
+    /// Call without the GIL.
+    pub(crate) fn finish(&self) {
+        self.wait_for_threads();
+        self.wait_for_processes();
+    }
+
+    fn wait_for_threads(&self) {
         loop {
             let running: Vec<_> = {
                 let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());

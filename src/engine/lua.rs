@@ -146,7 +146,9 @@ impl UserData for LuaObject {
                     };
                     return match (b.call)(&host, &mut args) {
                         Ok(Outcome::Done(ret)) => ret_to_lua(lua, ret),
-                        Ok(Outcome::Wait(_)) => Err(mlua::Error::runtime("a property cannot block")),
+                        Ok(Outcome::Wait(_) | Outcome::Fork(_)) => {
+                            Err(mlua::Error::runtime("a property cannot block"))
+                        }
                         Err(msg) => Err(mlua::Error::runtime(msg)),
                     };
                 }
@@ -162,12 +164,34 @@ impl UserData for LuaObject {
     }
 }
 
-/// A blocking request yielded to the driver.
-/// (A mutex only to make it `Sync`, as mlua's `send` feature asks of userdata.)
-struct Request(std::sync::Mutex<Option<Wait>>);
+/// A request yielded to the driver: a wait (run without the GIL) or a fork (run with it, outside
+/// the engine). (A mutex only to make it `Sync`, as mlua's `send` feature asks of userdata.)
+struct Request(std::sync::Mutex<Option<Pending>>);
 impl UserData for Request {}
 
-fn take_request(v: &LuaValue) -> mlua::Result<Wait> {
+enum Pending {
+    Wait(Wait),
+    Fork(Wait),
+}
+
+impl Pending {
+    /// Runs the request from the driver.
+    fn run(self, gil: &Gil, token: usize) -> Result<Ret, String> {
+        match self {
+            Pending::Wait(wait) => gil.allow_threads(token, wait),
+            Pending::Fork(fork) => fork(),
+        }
+    }
+
+    /// Runs the request where Lua cannot yield: in place, keeping the GIL.
+    fn run_here(self) -> Result<Ret, String> {
+        match self {
+            Pending::Wait(f) | Pending::Fork(f) => f(),
+        }
+    }
+}
+
+fn take_request(v: &LuaValue) -> mlua::Result<Pending> {
     let LuaValue::UserData(ud) = v else {
         return Err(mlua::Error::runtime("malformed parrun request"));
     };
@@ -293,11 +317,11 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
             args = MultiValue::new();
             continue;
         }
-        let wait = match (out.front(), out.get(1)) {
+        let pending = match (out.front(), out.get(1)) {
             (Some(tag), Some(request)) if *tag == wait_tag() => take_request(request)?,
             _ => break Err(mlua::Error::runtime("unexpected yield from a script thread")),
         };
-        let result = gil.allow_threads(token, wait);
+        let result = pending.run(gil, token);
         args = answer(lua, result)?;
     };
     // The coroutine may be collected once we return: the GIL must not point at it.
@@ -344,8 +368,8 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     builtins.set("scoped", scoped)?;
 
     let run_here = lua.create_function(|lua, request: LuaValue| {
-        let wait = take_request(&request)?;
-        answer(lua, wait())
+        let pending = take_request(&request)?;
+        answer(lua, pending.run_here())
     })?;
     let write_line = lua.create_function(|_, line: LuaString| {
         output::write_line(&line.as_bytes()).map_err(|e| mlua::Error::runtime(format!("print: {e}")))
@@ -391,14 +415,21 @@ fn raw_builtin(lua: &Lua, host: &Arc<Host>, b: &'static Builtin) -> mlua::Result
         match outcome {
             Ok(Outcome::Done(ret)) => (0, ret_to_lua(lua, ret)?).into_lua_multi(lua),
             Ok(Outcome::Wait(wait)) => {
-                let wait: Wait =
-                    Box::new(move || wait().map_err(|msg| format!("{}: {msg}", b.qualified_name())));
-                let request = Request(std::sync::Mutex::new(Some(wait)));
+                let request = Request(std::sync::Mutex::new(Some(Pending::Wait(named(b, wait)))));
+                (1, lua.create_userdata(request)?).into_lua_multi(lua)
+            }
+            Ok(Outcome::Fork(fork)) => {
+                let request = Request(std::sync::Mutex::new(Some(Pending::Fork(named(b, fork)))));
                 (1, lua.create_userdata(request)?).into_lua_multi(lua)
             }
             Err(msg) => (2, format!("{}: {msg}", b.qualified_name())).into_lua_multi(lua),
         }
     })
+}
+
+/// Prefixes the errors of a deferred operation with the builtin's name.
+fn named(b: &'static Builtin, f: Wait) -> Wait {
+    Box::new(move || f().map_err(|msg| format!("{}: {msg}", b.qualified_name())))
 }
 
 /// Sets `arg` as the stock interpreter does, and lets `require` find modules next to the script.
@@ -441,7 +472,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
 
     host.gil.acquire(0);
     let result = start_driver(&lua, &host, main, args);
-    host.gil.allow_threads(0, || host.wait_for_threads());
+    host.gil.allow_threads(0, || host.finish());
     host.gil.release();
     CURRENT_GIL.with(|g| g.borrow_mut().take());
     result.map(|()| 0).map_err(|e| Error::Script(error_text(e)))

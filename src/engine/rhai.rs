@@ -92,7 +92,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
 
     host.gil.acquire(0);
     let result = engine.run_ast_with_scope(&mut scope, &ast);
-    host.gil.allow_threads(0, || host.wait_for_threads());
+    host.gil.allow_threads(0, || host.finish());
     host.gil.release();
     let exit_status = *shared.exit_status.lock().unwrap_or_else(|e| e.into_inner());
     match result {
@@ -267,6 +267,7 @@ fn invoke(shared: &Arc<Shared>, b: &Builtin, args: &mut [&mut Dynamic]) -> RhaiR
     let ret = match outcome {
         Outcome::Done(ret) => ret,
         Outcome::Wait(wait) => shared.host.gil.allow_threads(0, wait).map_err(fail)?,
+        Outcome::Fork(fork) => fork().map_err(fail)?,
     };
     match ret {
         Ret::Value(v) => ::rhai::serde::to_dynamic(&v).map_err(|e| fail(e.to_string())),

@@ -9,4 +9,6 @@ mod lock;
 mod queue;
 
 pub use lock::Lock;
+pub(crate) use lock::LockInner;
 pub use queue::{Queue, QueueError};
+pub(crate) use queue::QueueInner;

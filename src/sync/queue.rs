@@ -1,15 +1,26 @@
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-
+use crate::fork::{self, SharedObject};
+use crate::link::{self, Op};
 use crate::Value;
 
-/// A FIFO queue of values shared by script threads (Python's `queue.Queue` /
+/// A FIFO queue of values shared by script threads and processes (Python's `queue.Queue` and
 /// `multiprocessing.Queue`). Cloning gives another handle to the same queue.
+///
+/// The queue lives in the process that created it; in a forked child the same handle reaches
+/// it through the parent link (`crate::link`).
 #[derive(Clone)]
 pub struct Queue {
-    inner: Arc<(Sender<Value>, Receiver<Value>)>,
+    inner: Arc<QueueInner>,
+}
+
+pub(crate) struct QueueInner {
+    id: u64,
+    owner: u32,
+    items: Mutex<VecDeque<Value>>,
+    ready: Condvar,
 }
 
 /// Why a `get` returned no value.
@@ -17,6 +28,8 @@ pub struct Queue {
 pub enum QueueError {
     #[error("queue is empty: nothing arrived within {0:?} (Empty)")]
     Empty(Duration),
+    #[error("{0}")]
+    Remote(String),
 }
 
 impl Default for Queue {
@@ -27,38 +40,106 @@ impl Default for Queue {
 
 impl Queue {
     pub fn new() -> Self {
+        let mut inner = None;
+        fork::register_object(|id| {
+            let q = Arc::new(QueueInner {
+                id,
+                owner: std::process::id(),
+                items: Mutex::new(VecDeque::new()),
+                ready: Condvar::new(),
+            });
+            let weak = Arc::downgrade(&q);
+            inner = Some(q);
+            SharedObject::Queue(weak)
+        });
         Queue {
-            inner: Arc::new(crossbeam_channel::unbounded()),
+            inner: inner.expect("register_object calls its maker"),
         }
+    }
+
+    pub(crate) fn from_inner(inner: Arc<QueueInner>) -> Self {
+        Queue { inner }
+    }
+
+    /// Whether this process owns the object (else operations go through the parent link).
+    pub fn is_local(&self) -> bool {
+        self.inner.owner == std::process::id()
+    }
+
+    fn items(&self) -> std::sync::MutexGuard<'_, VecDeque<Value>> {
+        self.inner.items.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds a value at the back. Never blocks (the queue is unbounded).
-    pub fn put(&self, value: Value) {
-        // Cannot fail: this queue holds its own receiver.
-        let _ = self.inner.0.send(value);
+    pub fn put(&self, value: Value) -> Result<(), String> {
+        if !self.is_local() {
+            return link::remote_post(self.inner.id, Op::Put(value));
+        }
+        self.items().push_back(value);
+        self.inner.ready.notify_one();
+        Ok(())
     }
 
-    /// Takes the value at the front, waiting for one; `None` waits forever.
-    pub fn get(&self, timeout: Option<Duration>) -> Result<Value, QueueError> {
-        match timeout {
-            None => Ok(self.inner.1.recv().expect("queue holds its own sender")),
-            Some(t) => self.inner.1.recv_timeout(t).map_err(|e| match e {
-                RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected => QueueError::Empty(t),
-            }),
+    /// Puts a value taken for a consumer that vanished back at the front.
+    pub(crate) fn unget(&self, value: Value) {
+        if self.is_local() {
+            self.items().push_front(value);
+            self.inner.ready.notify_one();
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.inner.1.len()
+    /// Takes the value at the front, waiting for one; `None` waits for ever.
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Value, QueueError> {
+        if !self.is_local() {
+            return link::remote_call(self.inner.id, Op::Get(timeout.map(|t| t.as_secs_f64())))
+                .map_err(|e| {
+                    if e.contains("(Empty)") {
+                        QueueError::Empty(timeout.unwrap_or_default())
+                    } else {
+                        QueueError::Remote(e)
+                    }
+                });
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut items = self.items();
+        loop {
+            if let Some(v) = items.pop_front() {
+                return Ok(v);
+            }
+            items = match deadline {
+                None => self.inner.ready.wait(items).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(QueueError::Empty(timeout.unwrap_or_default()));
+                    }
+                    self.inner
+                        .ready
+                        .wait_timeout(items, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.inner.1.is_empty()
+    pub fn len(&self) -> Result<usize, String> {
+        if !self.is_local() {
+            return match link::remote_call(self.inner.id, Op::Len)? {
+                Value::Int(n) => Ok(n as usize),
+                other => Err(format!("bad qsize reply: {other:?}")),
+            };
+        }
+        Ok(self.items().len())
+    }
+
+    pub fn is_empty(&self) -> Result<bool, String> {
+        self.len().map(|n| n == 0)
     }
 
     /// Whether two handles name the same queue.
     pub fn same(&self, other: &Queue) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+        self.inner.id == other.inner.id
     }
 }
 
@@ -69,13 +150,23 @@ mod tests {
     #[test]
     fn values_come_out_in_order_and_timeout_reports_empty() {
         let q = Queue::new();
-        q.put(Value::Int(1));
-        q.put(Value::Str("two".into()));
-        assert_eq!(q.len(), 2);
+        q.put(Value::Int(1)).unwrap();
+        q.put(Value::Str("two".into())).unwrap();
+        assert_eq!(q.len(), Ok(2));
         assert_eq!(q.get(None), Ok(Value::Int(1)));
         assert_eq!(q.get(Some(Duration::ZERO)), Ok(Value::Str("two".into())));
-        assert!(q.is_empty());
+        assert_eq!(q.is_empty(), Ok(true));
         let wait = Duration::from_millis(10);
         assert_eq!(q.get(Some(wait)), Err(QueueError::Empty(wait)));
+    }
+
+    #[test]
+    fn a_waiting_get_is_woken_by_a_put_from_another_thread() {
+        let q = Queue::new();
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || q2.get(Some(Duration::from_secs(10))));
+        std::thread::sleep(Duration::from_millis(20));
+        q.put(Value::Bool(true)).unwrap();
+        assert_eq!(t.join().unwrap(), Ok(Value::Bool(true)));
     }
 }

@@ -1,0 +1,173 @@
+//! `fork(2)` done safely in a process that has threads, and the process-wide state it guards.
+//!
+//! Only the forking thread exists in the child, so a mutex another thread held at the moment of
+//! the fork would stay locked there for ever. [`fork_child`] therefore forks only with the GIL
+//! held (no other thread is inside an engine), takes every process-wide mutex parrun owns before
+//! forking and lets go of it on both sides, and resets in the child what describes the parent's
+//! other threads. The child closes the parent's internal descriptors it does not need, asks the
+//! kernel to kill it if the parent dies (`PR_SET_PDEATHSIG`), runs its work and leaves with
+//! `_exit`, never returning into the parent's stack.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+
+use nix::sys::signal::Signal;
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::link::{self, LinkClient};
+use crate::runtime::Host;
+use crate::sync::{LockInner, QueueInner};
+
+/// An object that other processes can reach through the parent link, by id.
+#[derive(Clone)]
+pub(crate) enum SharedObject {
+    Queue(Weak<QueueInner>),
+    Lock(Weak<LockInner>),
+}
+
+#[derive(Default)]
+struct ProcessState {
+    objects: HashMap<u64, SharedObject>,
+    parent_link: Option<Arc<LinkClient>>,
+    /// Descriptors parrun opened for its own channels: a child closes those it does not use.
+    internal_fds: HashSet<RawFd>,
+    next_object: u64,
+}
+
+static PROCESS: LazyLock<Mutex<ProcessState>> = LazyLock::new(Mutex::default);
+
+fn process_state() -> MutexGuard<'static, ProcessState> {
+    PROCESS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A new id for a shared object, unique across the processes of one run.
+pub(crate) fn register_object(make: impl FnOnce(u64) -> SharedObject) -> u64 {
+    let mut state = process_state();
+    state.next_object += 1;
+    let id = (u64::from(std::process::id()) << 32) | state.next_object;
+    let object = make(id);
+    state.objects.insert(id, object);
+    if state.objects.len() % 256 == 0 {
+        state.objects.retain(|_, o| match o {
+            SharedObject::Queue(q) => q.strong_count() > 0,
+            SharedObject::Lock(l) => l.strong_count() > 0,
+        });
+    }
+    id
+}
+
+pub(crate) fn find_object(id: u64) -> Option<SharedObject> {
+    process_state().objects.get(&id).cloned()
+}
+
+/// The link to the parent process, in a forked child.
+pub(crate) fn parent_link() -> Option<Arc<LinkClient>> {
+    process_state().parent_link.clone()
+}
+
+/// Marks a descriptor as one of parrun's own channels.
+pub(crate) fn register_fd(fd: RawFd) {
+    process_state().internal_fds.insert(fd);
+}
+
+pub(crate) fn unregister_fd(fd: RawFd) {
+    process_state().internal_fds.remove(&fd);
+}
+
+/// A forked child, seen from the parent.
+pub(crate) struct Child {
+    pub pid: Pid,
+    /// The thread serving the child's requests on its parent link; it ends when the child does.
+    pub link_server: std::thread::JoinHandle<()>,
+}
+
+/// Forks a child that runs `work` and exits with the status it returns.
+///
+/// Call with the GIL held and outside any engine call that holds an engine lock; `keep` lists
+/// internal descriptors the child still needs (its pool pipes, say).
+pub(crate) fn fork_child(
+    host: &Host,
+    keep: &[RawFd],
+    work: impl FnOnce() -> i32,
+) -> Result<Child, String> {
+    let (parent_end, child_end) =
+        UnixStream::pair().map_err(|e| format!("cannot create a channel: {e}"))?;
+    let parent_pid = nix::unistd::getpid();
+    // Output buffered by C stdio (Lua's io.write) would otherwise be written twice.
+    // SAFETY: fflush(NULL) flushes every C stream; no Rust invariant is involved.
+    unsafe { nix::libc::fflush(std::ptr::null_mut()) };
+
+    let state = process_state();
+    let host_guard = host.lock_for_fork();
+    // SAFETY: the child only runs code that takes no lock another thread may hold: every
+    // process-wide mutex of parrun is held by this thread across the fork, the GIL is held by
+    // this thread, and the child ends with `_exit`.
+    match unsafe { fork() } {
+        Err(e) => Err(format!("fork failed: {e}")),
+        Ok(ForkResult::Parent { child }) => {
+            drop(host_guard);
+            drop(state);
+            drop(child_end);
+            register_fd(parent_end.as_raw_fd());
+            let link_server = link::serve(parent_end)
+                .map_err(|e| format!("cannot start the link thread: {e}"))?;
+            Ok(Child { pid: child, link_server })
+        }
+        Ok(ForkResult::Child) => {
+            host_guard.reset_in_child();
+            let mut state = state;
+            for fd in state.internal_fds.drain() {
+                if !keep.contains(&fd) {
+                    // SAFETY: closing our own copy of a descriptor parrun opened.
+                    unsafe { nix::libc::close(fd) };
+                }
+            }
+            state.internal_fds.extend(keep.iter().copied());
+            state.internal_fds.insert(child_end.as_raw_fd());
+            state.parent_link = Some(Arc::new(LinkClient::new(child_end)));
+            drop(state);
+            die_with_parent(parent_pid);
+            let status = catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+                crate::output::write_stderr(&format!(
+                    "parrun: internal error in child process: {}",
+                    crate::thread::panic_text(&*panic)
+                ));
+                70
+            });
+            exit_now(status)
+        }
+    }
+}
+
+/// Asks the kernel to kill this process when its parent dies, and checks the parent has not
+/// died already (before the request took effect).
+fn die_with_parent(parent: Pid) {
+    // SAFETY: prctl with an integer argument.
+    unsafe { nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, Signal::SIGKILL as nix::libc::c_ulong) };
+    if nix::unistd::getppid() != parent {
+        exit_now(1);
+    }
+}
+
+/// Leaves the process at once: flushes C stdio and calls `_exit` (no destructors, no atexit
+/// handlers inherited from the parent).
+pub(crate) fn exit_now(status: i32) -> ! {
+    // SAFETY: flushing C streams and leaving the process.
+    unsafe {
+        nix::libc::fflush(std::ptr::null_mut());
+        nix::libc::_exit(status)
+    }
+}
+
+/// How a child ended, as Python's `exitcode`: the status, or minus the signal.
+pub(crate) fn exit_code(status: nix::sys::wait::WaitStatus) -> Option<i32> {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, signal, _) => Some(-(signal as i32)),
+        _ => None,
+    }
+}

@@ -1,0 +1,317 @@
+//! The parent link: how a forked child reaches the `Queue`s and `Lock`s its parent owns.
+//!
+//! A `Queue` or `Lock` lives in the process that created it. A child inherits a copy of the
+//! handle; operations on it from the child travel as [`Request`]s over a Unix socket to a
+//! thread in the parent ([`serve`]), which performs them on the real object and replies. So a
+//! child that puts a large value never blocks on a full pipe (the parent's link thread reads
+//! continuously, whatever the parent's script is doing), and a parent that joins a child before
+//! getting its results cannot deadlock, unlike `multiprocessing.Queue`. A request for an object
+//! the parent only holds a handle to is forwarded up the same way.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Sender};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::fork::{self, SharedObject};
+use crate::Value;
+
+/// An operation on a shared object.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) enum Op {
+    Put(Value),
+    Get(Option<f64>),
+    Len,
+    Acquire(Option<f64>),
+    Release,
+    Locked,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub(crate) struct Request {
+    /// 0 asks for no reply.
+    id: u64,
+    object: u64,
+    op: Op,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct Reply {
+    id: u64,
+    result: Result<Value, String>,
+}
+
+/// The child's end of its link to the parent.
+pub(crate) struct LinkClient {
+    writer: Mutex<UnixStream>,
+    pending: Arc<Mutex<HashMap<u64, Sender<Result<Value, String>>>>>,
+    next_id: AtomicU64,
+    reader: OnceLock<()>,
+}
+
+impl LinkClient {
+    pub(crate) fn new(stream: UnixStream) -> Self {
+        LinkClient {
+            writer: Mutex::new(stream),
+            pending: Arc::default(),
+            next_id: AtomicU64::new(1),
+            reader: OnceLock::new(),
+        }
+    }
+
+    fn send(&self, request: &Request) -> Result<(), String> {
+        let mut buf = Vec::new();
+        codec::encode_into(&mut buf, request).map_err(|e| e.to_string())?;
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        w.write_all(&buf)
+            .map_err(|e| format!("lost the link to the parent process: {e}"))
+    }
+
+    /// The reader thread starts on first use: most children never call the parent.
+    fn start_reader(&self) -> Result<(), String> {
+        let mut failure = None;
+        self.reader.get_or_init(|| {
+            let stream = match self.writer.lock().unwrap_or_else(|e| e.into_inner()).try_clone() {
+                Ok(s) => s,
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    return;
+                }
+            };
+            let pending = self.pending.clone();
+            let spawned = std::thread::Builder::new()
+                .name("parrun-link".into())
+                .spawn(move || read_replies(stream, pending));
+            if let Err(e) = spawned {
+                failure = Some(e.to_string());
+            }
+        });
+        failure.map_or(Ok(()), |e| Err(format!("cannot start the link reader: {e}")))
+    }
+
+    /// Performs `op` on `object` in the parent and waits for the answer.
+    pub(crate) fn call(&self, object: u64, op: Op) -> Result<Value, String> {
+        self.start_reader()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = bounded(1);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        self.send(&Request { id, object, op })?;
+        rx.recv()
+            .unwrap_or_else(|_| Err("lost the link to the parent process".into()))
+    }
+
+    /// Sends `op` without waiting (a `put`): the parent applies requests in order.
+    pub(crate) fn post(&self, object: u64, op: Op) -> Result<(), String> {
+        self.send(&Request { id: 0, object, op })
+    }
+}
+
+fn read_replies(
+    mut stream: UnixStream,
+    pending: Arc<Mutex<HashMap<u64, Sender<Result<Value, String>>>>>,
+) {
+    let mut buf = Vec::new();
+    while let Ok(reply) = codec::read_frame::<Reply>(&mut stream, &mut buf) {
+        let waiter = pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&reply.id);
+        if let Some(w) = waiter {
+            let _ = w.send(reply.result);
+        }
+    }
+    // The parent is gone: fail every caller still waiting.
+    for (_, w) in pending.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+        let _ = w.send(Err("lost the link to the parent process".into()));
+    }
+}
+
+/// Performs `op` on the object with `id` in the process that owns it.
+pub(crate) fn remote_call(object: u64, op: Op) -> Result<Value, String> {
+    fork::parent_link()
+        .ok_or("this object belongs to another process, which this one cannot reach")?
+        .call(object, op)
+}
+
+pub(crate) fn remote_post(object: u64, op: Op) -> Result<(), String> {
+    fork::parent_link()
+        .ok_or("this object belongs to another process, which this one cannot reach")?
+        .post(object, op)
+}
+
+/// The parent's side: serves one child's requests until the child closes its end.
+pub(crate) fn serve(stream: UnixStream) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("parrun-link-server".into())
+        .spawn(move || serve_loop(stream))
+}
+
+/// How often a waiting server-side operation checks that the child is still there, so that it
+/// never takes a value out of a queue for a child that has died.
+const LIVENESS_CHECK: Duration = Duration::from_millis(50);
+
+fn serve_loop(stream: UnixStream) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let Ok(writer) = stream.try_clone() else {
+        return;
+    };
+    let writer = Arc::new(Mutex::new(writer));
+    let alive = Arc::new(AtomicBool::new(true));
+    let mut reader = stream;
+    let mut buf = Vec::new();
+    while let Ok(request) = codec::read_frame::<Request>(&mut reader, &mut buf) {
+        let writer = writer.clone();
+        let reply = move |result: Result<Value, String>| -> bool {
+            if request.id == 0 {
+                if let Err(e) = result {
+                    crate::output::write_stderr(&format!("parrun: a child's request failed: {e}"));
+                }
+                return true;
+            }
+            let mut frame = Vec::new();
+            let msg = Reply { id: request.id, result };
+            if codec::encode_into(&mut frame, &msg).is_err() {
+                return false;
+            }
+            let sent = writer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(&frame)
+                .is_ok();
+            sent
+        };
+        let Some(object) = fork::find_object(request.object) else {
+            reply(Err("the object no longer exists in its owning process".into()));
+            continue;
+        };
+        perform(object, request.op, reply, alive.clone());
+    }
+    alive.store(false, Ordering::Release);
+    fork::unregister_fd(fd);
+}
+
+/// Runs one request; one that may wait runs on a thread of its own.
+fn perform(
+    object: SharedObject,
+    op: Op,
+    reply: impl FnOnce(Result<Value, String>) -> bool + Send + 'static,
+    alive: Arc<AtomicBool>,
+) {
+    let gone = || Err::<Value, String>("the object no longer exists in its owning process".into());
+    match (object, op) {
+        (SharedObject::Queue(q), op) => {
+            let Some(q) = q.upgrade().map(crate::sync::Queue::from_inner) else {
+                reply(gone());
+                return;
+            };
+            match op {
+                Op::Put(v) => {
+                    reply(q.put(v).map(|()| Value::Nil));
+                }
+                Op::Len => {
+                    reply(q.len().map(|n| Value::Int(n as i64)));
+                }
+                Op::Get(timeout) => {
+                    if let Ok(v) = q.get(Some(Duration::ZERO)) {
+                        if !reply(Ok(v.clone())) {
+                            q.unget(v);
+                        }
+                        return;
+                    }
+                    spawn_waiter(move || {
+                        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t));
+                        loop {
+                            if !alive.load(Ordering::Acquire) {
+                                return;
+                            }
+                            let slice = deadline.map_or(LIVENESS_CHECK, |d| {
+                                d.saturating_duration_since(Instant::now()).min(LIVENESS_CHECK)
+                            });
+                            match q.get(Some(slice)) {
+                                Ok(v) => {
+                                    if !reply(Ok(v.clone())) {
+                                        q.unget(v);
+                                    }
+                                    return;
+                                }
+                                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                                    let waited = Duration::from_secs_f64(timeout.unwrap_or(0.0));
+                                    reply(Err(crate::sync::QueueError::Empty(waited).to_string()));
+                                    return;
+                                }
+                                Err(_) => {}
+                            }
+                        }
+                    });
+                }
+                other => {
+                    reply(Err(format!("a Queue cannot {other:?}")));
+                }
+            }
+        }
+        (SharedObject::Lock(l), op) => {
+            let Some(l) = l.upgrade().map(crate::sync::Lock::from_inner) else {
+                reply(gone());
+                return;
+            };
+            match op {
+                Op::Release => {
+                    reply(l.release().map(|()| Value::Nil));
+                }
+                Op::Locked => {
+                    reply(l.locked().map(Value::Bool));
+                }
+                Op::Acquire(timeout) => spawn_waiter(move || {
+                    let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t));
+                    loop {
+                        if !alive.load(Ordering::Acquire) {
+                            return;
+                        }
+                        let slice = deadline.map_or(LIVENESS_CHECK, |d| {
+                            d.saturating_duration_since(Instant::now()).min(LIVENESS_CHECK)
+                        });
+                        match l.acquire(Some(slice)) {
+                            Ok(true) => {
+                                if !reply(Ok(Value::Bool(true))) {
+                                    let _ = l.release();
+                                }
+                                return;
+                            }
+                            Ok(false) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                                reply(Ok(Value::Bool(false)));
+                                return;
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                reply(Err(e));
+                                return;
+                            }
+                        }
+                    }
+                }),
+                other => {
+                    reply(Err(format!("a Lock cannot {other:?}")));
+                }
+            }
+        }
+    }
+}
+
+fn spawn_waiter(f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("parrun-link-wait".into())
+        .spawn(f)
+    {
+        crate::output::write_stderr(&format!("parrun: cannot start a waiting thread: {e}"));
+    }
+}
