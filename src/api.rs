@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::gil::Gil;
+use crate::pool::{Callback, FunctionSpec, Job, JobKind, Pool, PoolOptions, TaskEngine};
 use crate::process::ScriptProcess;
 use crate::runtime::Host;
 use crate::sync::{Lock, Queue};
@@ -30,6 +32,9 @@ pub enum Class {
     Queue,
     Lock,
     Process,
+    Pool,
+    AsyncResult,
+    ResultIterator,
 }
 
 impl Class {
@@ -40,6 +45,9 @@ impl Class {
             Class::Queue => "Queue",
             Class::Lock => "Lock",
             Class::Process => "Process",
+            Class::Pool => "Pool",
+            Class::AsyncResult => "AsyncResult",
+            Class::ResultIterator => "ResultIterator",
         }
     }
 }
@@ -51,6 +59,10 @@ pub enum Object {
     Queue(Queue),
     Lock(Lock),
     Process(Arc<ScriptProcess>),
+    Pool(Arc<Pool>),
+    AsyncResult(Arc<Job>),
+    /// An `imap`/`imap_unordered` iterator; it keeps the GIL so engines can wait without it.
+    ResultIterator(Arc<Job>, Arc<Gil>),
 }
 
 impl Object {
@@ -60,6 +72,9 @@ impl Object {
             Object::Queue(_) => Class::Queue,
             Object::Lock(_) => Class::Lock,
             Object::Process(_) => Class::Process,
+            Object::Pool(_) => Class::Pool,
+            Object::AsyncResult(_) => Class::AsyncResult,
+            Object::ResultIterator(..) => Class::ResultIterator,
         }
     }
 
@@ -70,6 +85,9 @@ impl Object {
             (Object::Queue(a), Object::Queue(b)) => a.same(b),
             (Object::Lock(a), Object::Lock(b)) => a.same(b),
             (Object::Process(a), Object::Process(b)) => Arc::ptr_eq(a, b),
+            (Object::Pool(a), Object::Pool(b)) => Arc::ptr_eq(a, b),
+            (Object::AsyncResult(a), Object::AsyncResult(b)) => Arc::ptr_eq(a, b),
+            (Object::ResultIterator(a, _), Object::ResultIterator(b, _)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -104,6 +122,11 @@ impl Object {
                 };
                 format!("<Process({}, {state})>", p.name())
             }
+            Object::Pool(p) => format!("<Pool {}>", if p.is_open() { "open" } else { "closed" }),
+            Object::AsyncResult(j) => {
+                format!("<AsyncResult {}>", if j.ready() { "ready" } else { "pending" })
+            }
+            Object::ResultIterator(..) => "<ResultIterator>".into(),
         }
     }
 }
@@ -164,6 +187,17 @@ pub trait Args {
     /// Argument `func` (a script function: a Lua function, a Rhai function pointer, closure or
     /// function name) bound to the elements of the array at `args`, to run on another thread.
     fn target(&mut self, func: usize, args: Option<usize>) -> Result<Box<dyn Target>, String>;
+    /// Argument `i` (a script function) encoded to run in a worker.
+    fn function(&mut self, i: usize) -> Result<Arc<FunctionSpec>, String>;
+    /// Argument `i` (a script function) to call later in this process, with the GIL held.
+    fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String>;
+    /// Field `key` of the table or map at argument `i`, appended as a new argument: its index,
+    /// or `None` if absent or nil.
+    fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String>;
+    /// How a worker of this engine runs tasks.
+    fn task_engine(&mut self) -> Arc<dyn TaskEngine>;
+    /// Whether argument `i` is a Lua table or a Rhai object map (without converting it).
+    fn is_map(&mut self, i: usize) -> bool;
 }
 
 /// How an adapter exposes a builtin.
@@ -260,6 +294,120 @@ fn opt_name(args: &mut dyn Args, i: usize, default: impl FnOnce() -> String) -> 
     }
 }
 
+fn pool(args: &mut dyn Args) -> Result<Arc<Pool>, String> {
+    match args.object(0)? {
+        Object::Pool(p) => Ok(p),
+        other => Err(format!("expected a Pool, got a {}", other.class().name())),
+    }
+}
+
+fn job(args: &mut dyn Args) -> Result<Arc<Job>, String> {
+    match args.object(0)? {
+        Object::AsyncResult(j) | Object::ResultIterator(j, _) => Ok(j),
+        other => Err(format!("expected an AsyncResult, got a {}", other.class().name())),
+    }
+}
+
+/// An optional non-negative integer at argument `i`.
+fn opt_count(args: &mut dyn Args, i: usize, what: &str) -> Result<Option<usize>, String> {
+    if i >= args.len() {
+        return Ok(None);
+    }
+    match args.value(i)? {
+        Value::Nil => Ok(None),
+        Value::Int(n) if n >= 0 => Ok(Some(n as usize)),
+        Value::Float(f) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as usize)),
+        other => Err(format!("{what} must be a non-negative integer, got {other:?}")),
+    }
+}
+
+/// The elements of the array at argument `i` (an empty Lua table is an empty list).
+fn elements(args: &mut dyn Args, i: usize, what: &str) -> Result<Vec<Value>, String> {
+    match args.value(i)? {
+        Value::Array(items) => Ok(items),
+        Value::Map(entries) if entries.is_empty() => Ok(Vec::new()),
+        other => Err(format!("{what} must be an array, got {}", other.type_name())),
+    }
+}
+
+/// The argument lists of a map (`[x]` each) or starmap (each element is the list).
+fn calls(args: &mut dyn Args, i: usize, star: bool) -> Result<Vec<Vec<Value>>, String> {
+    let items = elements(args, i, "the iterable")?;
+    if !star {
+        return Ok(items.into_iter().map(|x| vec![x]).collect());
+    }
+    items
+        .into_iter()
+        .map(|x| match x {
+            Value::Array(a) => Ok(a),
+            Value::Map(m) if m.is_empty() => Ok(Vec::new()),
+            other => Err(format!("starmap needs an array of argument arrays, got {}", other.type_name())),
+        })
+        .collect()
+}
+
+/// Python's default `map` chunk size: about four chunks per worker.
+fn default_chunksize(items: usize, workers: usize) -> usize {
+    let per = workers * 4;
+    (items / per + usize::from(items % per != 0)).max(1)
+}
+
+/// `callback` and `error_callback` at arguments `ok` and `ok + 1`, if given.
+type Callbacks = Option<(Option<Box<dyn Callback>>, Option<Box<dyn Callback>>)>;
+fn callbacks(args: &mut dyn Args, ok: usize) -> Result<Callbacks, String> {
+    let mut pick = |i: usize| -> Result<Option<Box<dyn Callback>>, String> {
+        match has_args(args, i) {
+            Some(i) => args.callback(i).map(Some),
+            None => Ok(None),
+        }
+    };
+    let (a, b) = (pick(ok)?, pick(ok + 1)?);
+    Ok((a.is_some() || b.is_some()).then_some((a, b)))
+}
+
+/// Submits `f` over argument lists; used by every Pool method that runs work.
+fn submit(
+    args: &mut dyn Args,
+    kind: JobKind,
+    star: bool,
+    chunk_at: Option<usize>,
+    callbacks_at: Option<usize>,
+) -> Result<Arc<Job>, String> {
+    let p = pool(args)?;
+    let f = args.function(1)?;
+    let (calls, chunksize) = match kind {
+        JobKind::Single => {
+            let list = match has_args(args, 2) {
+                Some(i) => elements(args, i, "args")?,
+                None => Vec::new(),
+            };
+            (vec![list], 1)
+        }
+        _ => {
+            let calls = calls(args, 2, star)?;
+            let given = match chunk_at {
+                Some(i) => opt_count(args, i, "chunksize")?,
+                None => None,
+            };
+            let chunksize = match (given, kind) {
+                (Some(c), _) => c.max(1),
+                (None, JobKind::List) => default_chunksize(calls.len(), p.size()),
+                (None, _) => 1,
+            };
+            (calls, chunksize)
+        }
+    };
+    let cbs = match callbacks_at {
+        Some(i) => callbacks(args, i)?,
+        None => None,
+    };
+    p.submit(kind, f, calls, chunksize, cbs)
+}
+
+fn wait_for(job: Arc<Job>) -> Result<Outcome, String> {
+    Outcome::wait(move || job.get(None).map(Ret::Value))
+}
+
 fn lock(args: &mut dyn Args) -> Result<Lock, String> {
     match args.object(0)? {
         Object::Lock(l) => Ok(l),
@@ -317,6 +465,57 @@ pub static BUILTINS: &[Builtin] = &[
             let target = args.target(0, at)?;
             let name = opt_name(args, 2, || host.next_process_name())?;
             Outcome::object(Object::Process(ScriptProcess::new(name, target)))
+        },
+    },
+    Builtin {
+        class: Class::Global,
+        name: "Pool",
+        kind: Kind::Call,
+        arity: (0, 2),
+        call: |host, args| {
+            // Pool(), Pool(4), Pool(4, options), Pool(options)
+            let (count_at, options_at) = match args.len() {
+                0 => (None, None),
+                _ if args.is_map(0) => (None, Some(0)),
+                1 => (Some(0), None),
+                _ => (Some(0), has_args(args, 1)),
+            };
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let mut processes = match count_at {
+                Some(i) => opt_count(args, i, "processes")?.unwrap_or(cpus),
+                None => cpus,
+            };
+            let mut initializer = None;
+            let mut maxtasksperchild = None;
+            if let Some(o) = options_at {
+                if let Some(i) = args.field(o, "processes")? {
+                    processes = opt_count(args, i, "processes")?.unwrap_or(cpus);
+                }
+                if let Some(i) = args.field(o, "initializer")? {
+                    let f = args.function(i)?;
+                    let initargs = match args.field(o, "initargs")? {
+                        Some(j) => elements(args, j, "initargs")?,
+                        None => Vec::new(),
+                    };
+                    initializer = Some((f, initargs));
+                }
+                if let Some(i) = args.field(o, "maxtasksperchild")? {
+                    maxtasksperchild = opt_count(args, i, "maxtasksperchild")?;
+                    if maxtasksperchild == Some(0) {
+                        return Err("maxtasksperchild must be at least 1".into());
+                    }
+                }
+            }
+            let options = PoolOptions {
+                processes,
+                initializer,
+                maxtasksperchild,
+            };
+            let engine = args.task_engine();
+            let host = host.clone();
+            Ok(Outcome::Fork(Box::new(move || {
+                Pool::start(&host, engine, options).map(|p| Ret::Object(Object::Pool(p)))
+            })))
         },
     },
     Builtin {
@@ -514,6 +713,170 @@ pub static BUILTINS: &[Builtin] = &[
         arity: (0, 0),
         call: |_, args| {
             Outcome::value(process(args)?.exitcode().map_or(Value::Nil, |c| Value::Int(c.into())))
+        },
+    },
+    // ---- Pool ----
+    Builtin {
+        class: Class::Pool,
+        name: "apply",
+        kind: Kind::Call,
+        arity: (1, 2),
+        call: |_, args| wait_for(submit(args, JobKind::Single, false, None, None)?),
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "apply_async",
+        kind: Kind::Call,
+        arity: (1, 4),
+        call: |_, args| {
+            let job = submit(args, JobKind::Single, false, None, Some(3))?;
+            Outcome::object(Object::AsyncResult(job))
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "map",
+        kind: Kind::Call,
+        arity: (2, 3),
+        call: |_, args| wait_for(submit(args, JobKind::List, false, Some(3), None)?),
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "map_async",
+        kind: Kind::Call,
+        arity: (2, 5),
+        call: |_, args| {
+            let job = submit(args, JobKind::List, false, Some(3), Some(4))?;
+            Outcome::object(Object::AsyncResult(job))
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "starmap",
+        kind: Kind::Call,
+        arity: (2, 3),
+        call: |_, args| wait_for(submit(args, JobKind::List, true, Some(3), None)?),
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "starmap_async",
+        kind: Kind::Call,
+        arity: (2, 5),
+        call: |_, args| {
+            let job = submit(args, JobKind::List, true, Some(3), Some(4))?;
+            Outcome::object(Object::AsyncResult(job))
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "imap",
+        kind: Kind::Call,
+        arity: (2, 3),
+        call: |host, args| {
+            let job = submit(args, JobKind::Ordered, false, Some(3), None)?;
+            Outcome::object(Object::ResultIterator(job, host.gil.clone()))
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "imap_unordered",
+        kind: Kind::Call,
+        arity: (2, 3),
+        call: |host, args| {
+            let job = submit(args, JobKind::Unordered, false, Some(3), None)?;
+            Outcome::object(Object::ResultIterator(job, host.gil.clone()))
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "close",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            pool(args)?.close();
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "join",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            let p = pool(args)?;
+            if p.is_open() {
+                return Err("join() on a running pool: call close() or terminate() first (ValueError)".into());
+            }
+            Outcome::wait(move || p.join().map(|()| Value::Nil.into()))
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "terminate",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            let p = pool(args)?;
+            Outcome::wait(move || {
+                p.terminate();
+                Ok(Value::Nil.into())
+            })
+        },
+    },
+    // ---- AsyncResult ----
+    Builtin {
+        class: Class::AsyncResult,
+        name: "get",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| {
+            let j = job(args)?;
+            let timeout = timeout(args, 1)?;
+            Outcome::wait(move || j.get(timeout).map(Ret::Value))
+        },
+    },
+    Builtin {
+        class: Class::AsyncResult,
+        name: "wait",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| {
+            let j = job(args)?;
+            let timeout = timeout(args, 1)?;
+            Outcome::wait(move || {
+                j.wait(timeout);
+                Ok(Value::Nil.into())
+            })
+        },
+    },
+    Builtin {
+        class: Class::AsyncResult,
+        name: "ready",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(job(args)?.ready())),
+    },
+    Builtin {
+        class: Class::AsyncResult,
+        name: "successful",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(job(args)?.successful()?)),
+    },
+    // ---- ResultIterator ----
+    Builtin {
+        class: Class::ResultIterator,
+        name: "next",
+        kind: Kind::Call,
+        arity: (0, 2),
+        call: |_, args| {
+            let j = job(args)?;
+            // Lua's generic `for` passes (state, control) = (nil, last value): not a timeout.
+            let timeout = match args.len() {
+                2 => timeout(args, 1)?,
+                _ => None,
+            };
+            Outcome::wait(move || j.next_item(timeout).map(|v| Ret::Value(v.unwrap_or_default())))
         },
     },
     // ---- Queue ----

@@ -42,6 +42,7 @@ mod link;
 mod engine;
 pub mod gil;
 pub mod output;
+pub mod pool;
 pub mod process;
 pub mod runtime;
 pub mod sync;

@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use crate::engine;
 use crate::gil::{Gil, DEFAULT_SWITCH_INTERVAL};
+use crate::pool::Pool;
 use crate::process::ScriptProcess;
 use crate::thread::ScriptThread;
 
@@ -197,6 +198,7 @@ impl Runtime {
             thread_counter: AtomicU64::new(0),
             processes: Mutex::new(Vec::new()),
             process_counter: AtomicU64::new(0),
+            pools: Mutex::new(Vec::new()),
         })
     }
 }
@@ -209,6 +211,7 @@ pub struct Host {
     thread_counter: AtomicU64,
     processes: Mutex<Vec<Arc<ScriptProcess>>>,
     process_counter: AtomicU64,
+    pools: Mutex<Vec<Weak<Pool>>>,
 }
 
 /// The host's locks, held across a fork (see `crate::fork`).
@@ -216,6 +219,7 @@ pub(crate) struct HostForkGuard<'a> {
     gil: crate::gil::GilForkGuard<'a>,
     threads: MutexGuard<'a, Vec<Arc<ScriptThread>>>,
     processes: MutexGuard<'a, Vec<Arc<ScriptProcess>>>,
+    pools: MutexGuard<'a, Vec<Weak<Pool>>>,
 }
 
 impl HostForkGuard<'_> {
@@ -224,6 +228,7 @@ impl HostForkGuard<'_> {
         self.gil.reset_in_child();
         self.threads.clear();
         self.processes.clear();
+        self.pools.clear();
     }
 }
 
@@ -232,6 +237,7 @@ impl Host {
         HostForkGuard {
             threads: self.threads.lock().unwrap_or_else(|e| e.into_inner()),
             processes: self.processes.lock().unwrap_or_else(|e| e.into_inner()),
+            pools: self.pools.lock().unwrap_or_else(|e| e.into_inner()),
             gil: self.gil.fork_guard(),
         }
     }
@@ -275,7 +281,28 @@ impl Host {
     /// Call without the GIL.
     pub(crate) fn finish(&self) {
         self.wait_for_threads();
+        self.terminate_pools();
         self.wait_for_processes();
+    }
+
+    pub(crate) fn register_pool(&self, pool: &Arc<Pool>) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(pool));
+    }
+
+    /// A pool still running when the script ends is terminated, as Python's finalizer does.
+    fn terminate_pools(&self) {
+        let pools: Vec<_> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .filter_map(|p| p.upgrade())
+            .collect();
+        for pool in pools {
+            pool.terminate();
+        }
     }
 
     fn wait_for_threads(&self) {

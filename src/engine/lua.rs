@@ -14,7 +14,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use mlua::serde::{DeserializeOptions, SerializeOptions};
 use mlua::thread::ThreadStatus;
@@ -26,10 +27,13 @@ use mlua::{
 
 use super::untransferable;
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
+use crate::pool::{Callback, FunctionSpec, TaskEngine};
 use crate::gil::{Gil, Interrupter};
 use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
 use crate::{output, Value};
+
+mod transport;
 
 const PRELUDE: &str = include_str!("prelude.lua");
 
@@ -128,6 +132,14 @@ fn ret_to_lua(lua: &Lua, ret: Ret) -> mlua::Result<LuaValue> {
 struct LuaObject(Object);
 
 impl UserData for LuaObject {
+    fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
+        // `for x in pool:imap(f, xs)`: calling an object calls its `next` method, from Lua so
+        // that the wait can yield.
+        fields.add_meta_field_with(MetaMethod::Call, |lua| {
+            lua.named_registry_value::<Function>("parrun.call")
+        });
+    }
+
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_meta_function(
             MetaMethod::Index,
@@ -273,6 +285,130 @@ impl Args for LuaArgs<'_> {
             args,
         }))
     }
+
+    fn function(&mut self, i: usize) -> Result<Arc<FunctionSpec>, String> {
+        let f = self.script_function(i)?;
+        encoded_function(self.lua, &f)
+    }
+
+    fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {
+        Ok(Box::new(LuaCallback {
+            lua: self.lua.clone(),
+            host: self.host.clone(),
+            f: self.script_function(i)?,
+        }))
+    }
+
+    fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String> {
+        let LuaValue::Table(t) = self.get(i) else {
+            return Err(format!("options must be a table, got {}", self.get(i).type_name()));
+        };
+        match t.get::<LuaValue>(key).map_err(|e| e.to_string())? {
+            LuaValue::Nil => Ok(None),
+            v => {
+                self.vals.push(v);
+                Ok(Some(self.vals.len() - 1))
+            }
+        }
+    }
+
+    fn is_map(&mut self, i: usize) -> bool {
+        matches!(self.get(i), LuaValue::Table(_))
+    }
+
+    fn task_engine(&mut self) -> Arc<dyn TaskEngine> {
+        Arc::new(LuaTaskEngine {
+            lua: self.lua.clone(),
+            host: self.host.clone(),
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+impl LuaArgs<'_> {
+    /// Argument `i` as a Lua function (a function, or the name of a global one).
+    fn script_function(&self, i: usize) -> Result<Function, String> {
+        match self.get(i) {
+            LuaValue::Function(f) => Ok(f),
+            LuaValue::String(name) => {
+                let name = name.to_string_lossy();
+                self.lua
+                    .globals()
+                    .get::<Function>(&*name)
+                    .map_err(|_| format!("no global function named `{name}`"))
+            }
+            other => Err(format!("expected a function, got {}", other.type_name())),
+        }
+    }
+}
+
+struct LuaCallback {
+    lua: Lua,
+    host: Arc<Host>,
+    f: Function,
+}
+
+impl Callback for LuaCallback {
+    fn call(&self, arg: Value) -> Result<(), String> {
+        let arg = from_value(&self.lua, &arg).map_err(error_text)?;
+        start_driver(&self.lua, &self.host, self.f.clone(), MultiValue::from_vec(vec![arg]))
+            .map(drop)
+            .map_err(error_text)
+    }
+}
+
+/// Runs pool tasks in a worker: functions are decoded once and kept.
+struct LuaTaskEngine {
+    lua: Lua,
+    host: Arc<Host>,
+    functions: Mutex<HashMap<u64, Function>>,
+}
+
+impl TaskEngine for LuaTaskEngine {
+    fn call(&self, spec: &FunctionSpec, args: Vec<Value>) -> Result<Value, String> {
+        let lua = &self.lua;
+        let cached = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(&spec.key).cloned();
+        let f = match cached {
+            Some(f) => f,
+            None => {
+                let f = transport::decode(lua, &spec.code)?;
+                self.functions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(spec.key, f.clone());
+                f
+            }
+        };
+        let args = args
+            .iter()
+            .map(|v| from_value(lua, v))
+            .collect::<mlua::Result<Vec<_>>>()
+            .map_err(error_text)?;
+        let out = start_driver(lua, &self.host, f, MultiValue::from_vec(args)).map_err(error_text)?;
+        to_value(lua, out.into_iter().next().unwrap_or(LuaValue::Nil))
+            .map_err(|e| format!("the task's result {e}"))
+    }
+}
+
+/// Encodes a function for workers once per Lua state: the encoding is kept, and the function
+/// pinned so that its address (the cache key) is never reused by another function.
+fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSpec>, String> {
+    type Cache = HashMap<usize, Arc<FunctionSpec>>;
+    let key = f.to_pointer() as usize;
+    if lua.app_data_ref::<Cache>().is_none() {
+        lua.set_app_data(Cache::new());
+    }
+    if let Some(spec) = lua.app_data_ref::<Cache>().and_then(|c| c.get(&key).cloned()) {
+        return Ok(spec);
+    }
+    let code = transport::encode(lua, f)?;
+    let pinned: Table = lua.named_registry_value("parrun.pinned").map_err(error_text)?;
+    pinned.raw_set(f, true).map_err(error_text)?;
+    let spec = Arc::new(FunctionSpec { key: key as u64, code });
+    if let Some(mut cache) = lua.app_data_mut::<Cache>() {
+        cache.insert(key, spec.clone());
+    }
+    Ok(spec)
 }
 
 struct LuaTarget {
@@ -285,12 +421,15 @@ struct LuaTarget {
 impl Target for LuaTarget {
     fn run(self: Box<Self>) -> Result<(), String> {
         let LuaTarget { lua, host, f, args } = *self;
-        start_driver(&lua, &host, f, MultiValue::from_vec(args)).map_err(error_text)
+        start_driver(&lua, &host, f, MultiValue::from_vec(args))
+            .map(drop)
+            .map_err(error_text)
     }
 }
 
-/// Creates the coroutine for a script thread and drives it to the end. Call with the GIL held.
-fn start_driver(lua: &Lua, host: &Host, f: Function, args: MultiValue) -> mlua::Result<()> {
+/// Creates the coroutine for a script thread and drives it to the end; returns what the
+/// function returned. Call with the GIL held.
+fn start_driver(lua: &Lua, host: &Host, f: Function, args: MultiValue) -> mlua::Result<MultiValue> {
     let co = lua.create_thread(f)?;
     let drivers: Table = lua.named_registry_value("parrun.drivers")?;
     drivers.raw_set(&co, true)?;
@@ -299,7 +438,7 @@ fn start_driver(lua: &Lua, host: &Host, f: Function, args: MultiValue) -> mlua::
 
 /// Resumes `co` until it finishes, serving its requests and hook yields. Holds the GIL except
 /// while a request waits or another thread has its turn.
-fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::Result<()> {
+fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::Result<MultiValue> {
     let token = co.to_pointer() as usize;
     let gil = &host.gil;
     gil.set_holder_token(token);
@@ -310,7 +449,7 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
             Err(e) => break Err(e),
         };
         if co.status() != ThreadStatus::Resumable {
-            break Ok(());
+            break Ok(out);
         }
         if HOOK_YIELDED.replace(false) {
             gil.yield_turn(token);
@@ -379,12 +518,15 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     weak_keys.set("__mode", "k")?;
     drivers.set_metatable(Some(weak_keys))?;
     lua.set_named_registry_value("parrun.drivers", &drivers)?;
+    lua.set_named_registry_value("parrun.pinned", lua.create_table()?)?;
+    transport::install(lua)?;
 
-    let (parrun, classes): (Table, Table) = lua
+    let (parrun, classes, iterate): (Table, Table, Function) = lua
         .load(PRELUDE)
         .set_name("=parrun prelude")
         .call((wait_tag(), builtins, run_here, write_line, drivers))?;
     lua.set_named_registry_value("parrun.classes", classes)?;
+    lua.set_named_registry_value("parrun.call", iterate)?;
     lua.globals().set("parrun", &parrun)?;
     let loaded: Table = lua.globals().get::<Table>("package")?.get("loaded")?;
     loaded.set("parrun", parrun)?;
@@ -475,7 +617,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     host.gil.allow_threads(0, || host.finish());
     host.gil.release();
     CURRENT_GIL.with(|g| g.borrow_mut().take());
-    result.map(|()| 0).map_err(|e| Error::Script(error_text(e)))
+    result.map(|_| 0).map_err(|e| Error::Script(error_text(e)))
 }
 
 #[cfg(test)]

@@ -9,5 +9,5 @@ pub mod rhai;
 
 /// The message for a value that cannot be copied out of an engine.
 pub(crate) fn untransferable(what: impl std::fmt::Display) -> String {
-    format!("cannot send this value to another thread: {what}")
+    format!("cannot send this value to another thread or process: {what}")
 }

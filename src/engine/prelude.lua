@@ -129,4 +129,9 @@ print = function(...)
   write_line(concat(parts, "\t", 1, n))
 end
 
-return parrun, classes
+-- Calling an object iterates it: `for x in pool:imap(f, xs) do ... end`.
+local function iterate(self)
+  return self:next()
+end
+
+return parrun, classes, iterate

@@ -10,6 +10,7 @@ use ::rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Position, Scope, AST}
 
 use super::untransferable;
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
+use crate::pool::{Callback, FunctionSpec, TaskEngine};
 use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
 use crate::{output, Value};
@@ -145,7 +146,9 @@ fn format_error(script: &str, err: EvalAltResult) -> String {
     loop {
         err = match err {
             EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
-                trace.push(format!("  in call to {name} at {source}:{}", position_text(pos)));
+                if !name.starts_with("anon$") {
+                    trace.push(format!("  in call to {name} at {source}:{}", position_text(pos)));
+                }
                 if !src.is_empty() {
                     source = src;
                 }
@@ -182,6 +185,7 @@ fn err_line(source: &str, mut err: EvalAltResult, trace: &[String]) -> String {
 
 fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
     engine.register_type_with_name::<Object>("Object");
+    engine.register_iterator_result::<Object, Dynamic>();
     engine.register_fn("to_string", |o: &mut Object| o.describe());
     engine.register_fn("to_debug", |o: &mut Object| o.describe());
     engine.register_fn("==", |a: &mut Object, b: Object| a.same(&b));
@@ -263,7 +267,7 @@ fn pick(candidates: &[&'static Builtin], args: &mut [&mut Dynamic]) -> RhaiResul
 fn invoke(shared: &Arc<Shared>, b: &Builtin, args: &mut [&mut Dynamic]) -> RhaiResult<Dynamic> {
     let fail = |msg: String| -> Box<EvalAltResult> { format!("{}: {msg}", b.qualified_name()).into() };
     api::check_arity(b, args.len()).map_err(fail)?;
-    let outcome = (b.call)(&shared.host, &mut RhaiArgs { args, shared }).map_err(fail)?;
+    let outcome = (b.call)(&shared.host, &mut RhaiArgs::new(args, shared)).map_err(fail)?;
     let ret = match outcome {
         Outcome::Done(ret) => ret,
         Outcome::Wait(wait) => shared.host.gil.allow_threads(0, wait).map_err(fail)?,
@@ -303,16 +307,47 @@ fn scoped(
 
 struct RhaiArgs<'a, 'b> {
     args: &'a mut [&'b mut Dynamic],
+    /// Fields pulled out of option maps (see `Args::field`), numbered after the arguments.
+    extra: Vec<Dynamic>,
     shared: &'a Arc<Shared>,
+}
+
+impl RhaiArgs<'_, '_> {
+    fn new<'a, 'b>(args: &'a mut [&'b mut Dynamic], shared: &'a Arc<Shared>) -> RhaiArgs<'a, 'b> {
+        RhaiArgs {
+            args,
+            extra: Vec::new(),
+            shared,
+        }
+    }
+
+    /// Argument `i`, with a shared (captured) value read out.
+    fn get(&self, i: usize) -> Dynamic {
+        match self.args.get(i) {
+            Some(d) => d.flatten_clone(),
+            None => self.extra.get(i - self.args.len()).cloned().unwrap_or(Dynamic::UNIT),
+        }
+    }
+
+    fn fn_ptr(&self, i: usize) -> Result<FnPtr, String> {
+        let f = self.get(i);
+        if let Some(name) = f.clone().try_cast::<::rhai::ImmutableString>() {
+            return FnPtr::new(name.as_str()).map_err(|e| e.to_string());
+        }
+        let type_name = f.type_name();
+        f.try_cast::<FnPtr>().ok_or_else(|| {
+            format!("expected a function (a name, Fn(\"name\") or a closure), got {type_name}")
+        })
+    }
 }
 
 impl Args for RhaiArgs<'_, '_> {
     fn len(&self) -> usize {
-        self.args.len()
+        self.args.len() + self.extra.len()
     }
 
     fn value(&mut self, i: usize) -> Result<Value, String> {
-        let d = self.args[i].flatten_clone();
+        let d = self.get(i);
         if d.is::<Object>() || d.is::<FnPtr>() {
             return Err(untransferable(format!("a {} is not data", d.type_name())));
         }
@@ -320,26 +355,18 @@ impl Args for RhaiArgs<'_, '_> {
     }
 
     fn object(&mut self, i: usize) -> Result<Object, String> {
-        let d = self.args[i].flatten_clone();
+        let d = self.get(i);
         let type_name = d.type_name();
         d.try_cast::<Object>()
             .ok_or_else(|| format!("expected a parrun object, got {type_name}"))
     }
 
     fn target(&mut self, func: usize, args: Option<usize>) -> Result<Box<dyn Target>, String> {
-        let f = self.args[func].flatten_clone();
-        let f = if let Some(name) = f.clone().try_cast::<::rhai::ImmutableString>() {
-            FnPtr::new(name.as_str()).map_err(|e| e.to_string())?
-        } else {
-            let type_name = f.type_name();
-            f.try_cast::<FnPtr>().ok_or_else(|| {
-                format!("expected a function (a name, Fn(\"name\") or a closure), got {type_name}")
-            })?
-        };
+        let f = self.fn_ptr(func)?;
         let args = match args {
             None => Vec::new(),
             Some(i) => {
-                let a = self.args[i].flatten_clone();
+                let a = self.get(i);
                 let type_name = a.type_name();
                 a.try_cast::<Array>()
                     .ok_or_else(|| format!("arguments must be an array, got {type_name}"))?
@@ -351,6 +378,157 @@ impl Args for RhaiArgs<'_, '_> {
             shared: self.shared.clone(),
             f,
             args,
+        }))
+    }
+
+    fn function(&mut self, i: usize) -> Result<Arc<FunctionSpec>, String> {
+        let f = self.fn_ptr(i)?;
+        let curry = f
+            .curry()
+            .iter()
+            .map(|d| ::rhai::serde::from_dynamic::<Value>(&d.flatten_clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot send the function's captured values: {e}"))?;
+        let wire = RhaiFunction {
+            name: f.fn_name().to_owned(),
+            curry,
+        };
+        let code = rmp_serde::to_vec(&wire).map_err(|e| e.to_string())?;
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            code.hash(&mut h);
+            h.finish()
+        };
+        Ok(Arc::new(FunctionSpec { key, code }))
+    }
+
+    fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {
+        Ok(Box::new(RhaiCallback {
+            shared: self.shared.clone(),
+            f: self.fn_ptr(i)?,
+        }))
+    }
+
+    fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String> {
+        let map = self.get(i);
+        let type_name = map.type_name();
+        let map = map
+            .try_cast::<::rhai::Map>()
+            .ok_or_else(|| format!("options must be a map, got {type_name}"))?;
+        match map.get(key) {
+            None => Ok(None),
+            Some(v) if v.is_unit() => Ok(None),
+            Some(v) => {
+                self.extra.push(v.clone());
+                Ok(Some(self.len() - 1))
+            }
+        }
+    }
+
+    fn is_map(&mut self, i: usize) -> bool {
+        self.get(i).is_map()
+    }
+
+    fn task_engine(&mut self) -> Arc<dyn TaskEngine> {
+        Arc::new(RhaiTaskEngine {
+            shared: self.shared.clone(),
+            functions: Default::default(),
+        })
+    }
+}
+
+/// A Rhai function as it travels to a worker: every script function (closures too) is in the
+/// AST the worker inherited, so its name and its curried (captured) values are enough.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RhaiFunction {
+    name: String,
+    curry: Vec<Value>,
+}
+
+struct RhaiTaskEngine {
+    shared: Arc<Shared>,
+    functions: std::sync::Mutex<std::collections::HashMap<u64, FnPtr>>,
+}
+
+/// Rebuilds a function pointer in the worker. A closure's function is anonymous (`anon$...`,
+/// not a name `Fn` accepts), so it is looked up in the AST the worker inherited.
+fn decode_function(ast: &AST, code: &[u8]) -> Result<FnPtr, String> {
+    let wire: RhaiFunction =
+        rmp_serde::from_slice(code).map_err(|e| format!("bad function encoding: {e}"))?;
+    let mut f = match ast.iter_fn_def().find(|d| d.name == wire.name) {
+        Some(def) if wire.name.starts_with("anon$") => FnPtr::from(def.clone()),
+        _ => FnPtr::new(wire.name.as_str()).map_err(|e| e.to_string())?,
+    };
+    for v in &wire.curry {
+        f.add_curry(::rhai::serde::to_dynamic(v).map_err(|e| e.to_string())?);
+    }
+    Ok(f)
+}
+
+impl TaskEngine for RhaiTaskEngine {
+    fn call(&self, spec: &FunctionSpec, args: Vec<Value>) -> Result<Value, String> {
+        let (engine, ast) = self.shared.engine_and_ast()?;
+        let cached = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(&spec.key).cloned();
+        let f = match cached {
+            Some(f) => f,
+            None => {
+                let f = decode_function(&ast, &spec.code)?;
+                self.functions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(spec.key, f.clone());
+                f
+            }
+        };
+        let args = args
+            .iter()
+            .map(::rhai::serde::to_dynamic)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let result = f
+            .call::<Dynamic>(&engine, &ast, args)
+            .map_err(|e| format_error(&self.shared.script_name, *e))?;
+        if result.is::<Object>() || result.is::<FnPtr>() {
+            return Err(untransferable(format!("the task returned a {}", result.type_name())));
+        }
+        ::rhai::serde::from_dynamic::<Value>(&result).map_err(untransferable)
+    }
+}
+
+struct RhaiCallback {
+    shared: Arc<Shared>,
+    f: FnPtr,
+}
+
+impl Callback for RhaiCallback {
+    fn call(&self, arg: Value) -> Result<(), String> {
+        let (engine, ast) = self.shared.engine_and_ast()?;
+        let arg = ::rhai::serde::to_dynamic(&arg).map_err(|e| e.to_string())?;
+        self.f
+            .call::<Dynamic>(&engine, &ast, (arg,))
+            .map(drop)
+            .map_err(|e| format_error(&self.shared.script_name, *e))
+    }
+}
+
+/// `for x in pool.imap(f, xs)`: iterating a result iterator waits (without the GIL) for each
+/// item in turn.
+impl IntoIterator for Object {
+    type Item = RhaiResult<Dynamic>;
+    type IntoIter = Box<dyn Iterator<Item = RhaiResult<Dynamic>> + Send + Sync>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let Object::ResultIterator(job, gil) = self else {
+            let msg = format!("a {} cannot be iterated", self.class().name());
+            return Box::new(std::iter::once(Err(msg.into())));
+        };
+        Box::new(std::iter::from_fn(move || {
+            match gil.allow_threads(0, || job.next_item(None)) {
+                Ok(Some(v)) => Some(::rhai::serde::to_dynamic(&v)),
+                Ok(None) => None,
+                Err(e) => Some(Err(e.into())),
+            }
         }))
     }
 }

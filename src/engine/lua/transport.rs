@@ -1,0 +1,219 @@
+//! Lua functions as data: bytecode plus upvalues, so a pool worker can call a function the
+//! parent passes it.
+//!
+//! A function travels as its bytecode (`string.dump`, debug info kept so errors name lines)
+//! and its upvalues: `_ENV` becomes the worker's globals; a Lua function is encoded too
+//! (cycles, such as a recursive local function, are kept); a table, C function or userdata
+//! that the script reaches by a global path (`math.floor`, a `require`d module) is sent as that
+//! path and found again in the worker; any other value is copied as data. A value that fits
+//! none of these is an error that names the upvalue. Binary chunks are loaded only here, from
+//! what this module encoded, never from script-provided strings.
+
+use std::collections::HashMap;
+
+use mlua::chunk::ChunkMode;
+use mlua::{Function, Lua, Table, Value as LuaValue};
+use serde::{Deserialize, Serialize};
+
+use super::{error_text, from_value, to_value};
+use crate::Value;
+
+#[derive(Serialize, Deserialize)]
+enum Wire {
+    /// Bytecode: the function is the first; the others are functions its upvalues refer to.
+    Functions(Vec<FunctionDef>),
+    /// A function the worker already has, reached from the globals (`print`, `string.upper`).
+    Path(Vec<String>),
+}
+
+#[derive(Serialize, Deserialize)]
+struct FunctionDef {
+    #[serde(with = "serde_bytes")]
+    bytecode: Vec<u8>,
+    upvalues: Vec<Upvalue>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Upvalue {
+    Env,
+    Data(Value),
+    Function(u32),
+    Path(Vec<String>),
+}
+
+/// Keeps the debug functions the transport needs, before a sandbox can remove them.
+pub(super) fn install(lua: &Lua) -> mlua::Result<()> {
+    let debug: Table = lua.globals().get("debug")?;
+    lua.set_named_registry_value("parrun.getupvalue", debug.get::<Function>("getupvalue")?)?;
+    lua.set_named_registry_value("parrun.setupvalue", debug.get::<Function>("setupvalue")?)?;
+    Ok(())
+}
+
+struct Encoder<'a> {
+    lua: &'a Lua,
+    globals: Table,
+    getupvalue: Function,
+    defs: Vec<FunctionDef>,
+    index: HashMap<usize, u32>,
+}
+
+/// Encodes `f` for a worker.
+pub(super) fn encode(lua: &Lua, f: &Function) -> Result<Vec<u8>, String> {
+    let mut enc = Encoder {
+        lua,
+        globals: lua.globals(),
+        getupvalue: lua.named_registry_value("parrun.getupvalue").map_err(error_text)?,
+        defs: Vec::new(),
+        index: HashMap::new(),
+    };
+    let value = LuaValue::Function(f.clone());
+    let wire = if f.info().what == "C" {
+        let path = enc.path_of(&value).ok_or(
+            "a C function that is not reachable from the globals cannot be sent to a worker",
+        )?;
+        Wire::Path(path)
+    } else {
+        match enc.function(f) {
+            Ok(_) => Wire::Functions(enc.defs),
+            // A global function whose upvalues cannot travel is still the worker's own.
+            Err(e) => Wire::Path(enc.path_of(&value).ok_or(e)?),
+        }
+    };
+    rmp_serde::to_vec(&wire).map_err(|e| e.to_string())
+}
+
+impl Encoder<'_> {
+    fn function(&mut self, f: &Function) -> Result<u32, String> {
+        let key = f.to_pointer() as usize;
+        if let Some(&i) = self.index.get(&key) {
+            return Ok(i);
+        }
+        let i = self.defs.len() as u32;
+        self.index.insert(key, i);
+        self.defs.push(FunctionDef {
+            bytecode: f.dump(false),
+            upvalues: Vec::new(),
+        });
+        let mut upvalues = Vec::new();
+        for n in 1.. {
+            let (name, value): (Option<String>, LuaValue) =
+                self.getupvalue.call((f, n)).map_err(error_text)?;
+            let Some(name) = name else { break };
+            upvalues.push(self.upvalue(&name, value)?);
+        }
+        self.defs[i as usize].upvalues = upvalues;
+        Ok(i)
+    }
+
+    fn upvalue(&mut self, name: &str, value: LuaValue) -> Result<Upvalue, String> {
+        let cannot = |what: &str| {
+            format!("cannot send a function to a worker: its upvalue `{name}` is {what}")
+        };
+        match &value {
+            LuaValue::Table(t) if t == &self.globals => Ok(Upvalue::Env),
+            LuaValue::Function(f) if f.info().what != "C" => Ok(Upvalue::Function(self.function(f)?)),
+            LuaValue::Function(_) | LuaValue::UserData(_) | LuaValue::LightUserData(_) => self
+                .path_of(&value)
+                .map(Upvalue::Path)
+                .ok_or_else(|| cannot(&format!("a {} not reachable from the globals", value.type_name()))),
+            LuaValue::Table(_) => match self.path_of(&value) {
+                Some(path) => Ok(Upvalue::Path(path)),
+                None => to_value(self.lua, value).map(Upvalue::Data).map_err(|e| cannot(&e)),
+            },
+            LuaValue::Thread(_) => Err(cannot("a coroutine")),
+            _ => to_value(self.lua, value).map(Upvalue::Data).map_err(|e| cannot(&e)),
+        }
+    }
+
+    /// Where the script reaches `value` from the globals: `math.floor`, `package.loaded.m`.
+    fn path_of(&self, value: &LuaValue) -> Option<Vec<String>> {
+        let target = value.to_pointer();
+        let roots: Vec<(Vec<String>, Table)> = {
+            let mut roots = vec![(Vec::new(), self.globals.clone())];
+            if let Ok(loaded) = self
+                .globals
+                .get::<Table>("package")
+                .and_then(|p| p.get::<Table>("loaded"))
+            {
+                roots.push((vec!["package".into(), "loaded".into()], loaded));
+            }
+            roots
+        };
+        for (prefix, root) in roots {
+            let mut tables = Vec::new();
+            for (k, v) in root.pairs::<LuaValue, LuaValue>().flatten() {
+                let LuaValue::String(k) = k else { continue };
+                let Ok(k) = k.to_str().map(|s| s.to_string()) else { continue };
+                if v.to_pointer() == target {
+                    return Some([prefix.clone(), vec![k]].concat());
+                }
+                if let LuaValue::Table(t) = v {
+                    tables.push((k, t));
+                }
+            }
+            for (k, t) in tables {
+                for (k2, v) in t.pairs::<LuaValue, LuaValue>().flatten() {
+                    let LuaValue::String(k2) = k2 else { continue };
+                    if v.to_pointer() == target {
+                        let k2 = k2.to_str().ok()?.to_string();
+                        return Some([prefix.clone(), vec![k.clone(), k2]].concat());
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Rebuilds an encoded function in this state.
+pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
+    let wire: Wire = rmp_serde::from_slice(code).map_err(|e| format!("bad function encoding: {e}"))?;
+    let globals = lua.globals();
+    let defs = match wire {
+        Wire::Path(path) => {
+            return match resolve(&globals, &path)? {
+                LuaValue::Function(f) => Ok(f),
+                other => Err(format!("`{}` is a {} in the worker", path.join("."), other.type_name())),
+            }
+        }
+        Wire::Functions(defs) => defs,
+    };
+    let setupvalue: Function = lua.named_registry_value("parrun.setupvalue").map_err(error_text)?;
+    let functions = defs
+        .iter()
+        .map(|d| {
+            lua.load(&d.bytecode[..])
+                .set_mode(ChunkMode::Binary)
+                .into_function()
+                .map_err(error_text)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (def, f) in defs.iter().zip(&functions) {
+        for (n, up) in def.upvalues.iter().enumerate() {
+            let value = match up {
+                Upvalue::Env => LuaValue::Table(globals.clone()),
+                Upvalue::Data(v) => from_value(lua, v).map_err(error_text)?,
+                Upvalue::Function(i) => LuaValue::Function(
+                    functions
+                        .get(*i as usize)
+                        .ok_or("bad function encoding: upvalue index")?
+                        .clone(),
+                ),
+                Upvalue::Path(path) => resolve(&globals, path)?,
+            };
+            setupvalue.call::<()>((f, n + 1, value)).map_err(error_text)?;
+        }
+    }
+    functions.into_iter().next().ok_or_else(|| "bad function encoding: empty".into())
+}
+
+fn resolve(globals: &Table, path: &[String]) -> Result<LuaValue, String> {
+    let mut value = LuaValue::Table(globals.clone());
+    for key in path {
+        let LuaValue::Table(t) = value else {
+            return Err(format!("`{}` is not reachable in the worker", path.join(".")));
+        };
+        value = t.get::<LuaValue>(key.as_str()).map_err(error_text)?;
+    }
+    Ok(value)
+}

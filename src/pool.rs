@@ -1,0 +1,984 @@
+//! Process pools of the `fork` model (Python's `multiprocessing.Pool`).
+//!
+//! Workers are forked when the pool is created and inherit the script state as of then. Each
+//! worker has a task pipe and a result pipe. A supervisor thread in the parent assigns tasks
+//! and reads results; a writer thread per worker writes its tasks, so the supervisor never
+//! blocks on a full pipe.
+//!
+//! - **Dispatch.** Tasks wait in one pending queue. Each worker has a *window* of tasks in
+//!   flight: 1 while tasks are slow (so a later task starts on whichever worker frees up
+//!   first, as in Python), up to [`MAX_WINDOW`] when tasks are fast, because one round trip per
+//!   task is bound by pipe wake-up latency (shared/notes/ipc.md). The window follows the task
+//!   time workers report. Tasks assigned in one pass go out in one write.
+//! - **Functions** travel once per worker: the adapter encodes a script function once
+//!   ([`FunctionSpec`]), the worker decodes and keeps it.
+//! - **Failures.** A task's script error comes back as its result. A worker that dies (a
+//!   signal, a crash) fails the task it was running with an error naming the signal; the tasks
+//!   queued behind it go back to the pending queue, and a replacement is forked.
+//! - **Shutdown.** `close` then `join` lets the work finish and the workers exit; `terminate`
+//!   kills them and fails what is unfinished; a pool still open when the script ends is
+//!   terminated.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::fork;
+use crate::runtime::Host;
+use crate::Value;
+
+/// The most tasks queued to one worker at a time.
+pub const MAX_WINDOW: usize = 64;
+/// How much work (in µs of task time) to keep queued per worker.
+const WINDOW_WORK_MICROS: f64 = 2000.0;
+
+/// A script function encoded by its engine adapter, to be called in a worker.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct FunctionSpec {
+    /// Identity: the same function encodes to the same key.
+    pub key: u64,
+    #[serde(with = "serde_bytes")]
+    pub code: Vec<u8>,
+}
+
+/// How a worker runs tasks: provided by the engine adapter.
+pub trait TaskEngine: Send + Sync {
+    /// Calls `function` with `args`. Runs in a worker process, with the GIL held.
+    fn call(&self, function: &FunctionSpec, args: Vec<Value>) -> Result<Value, String>;
+}
+
+/// A script function the parent calls when a result is ready (`callback`, `error_callback`).
+pub trait Callback: Send {
+    /// Called with the GIL held.
+    fn call(&self, arg: Value) -> Result<(), String>;
+}
+
+/// How a pool is set up.
+pub struct PoolOptions {
+    pub processes: usize,
+    pub initializer: Option<(Arc<FunctionSpec>, Vec<Value>)>,
+    pub maxtasksperchild: Option<usize>,
+}
+
+// ---- wire messages ----
+
+#[derive(Serialize)]
+enum ToWorkerOut<'a> {
+    Function(&'a FunctionSpec),
+    Task {
+        id: u64,
+        function: u64,
+        calls: &'a [Vec<Value>],
+    },
+}
+
+#[derive(Deserialize)]
+enum ToWorker {
+    Function(FunctionSpec),
+    Task {
+        id: u64,
+        function: u64,
+        calls: Vec<Vec<Value>>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct FromWorker {
+    /// 0 reports an initializer failure.
+    id: u64,
+    micros: u64,
+    result: Result<Vec<Value>, String>,
+}
+
+// ---- jobs: what scripts wait on ----
+
+/// What a job's result looks like to the script.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum JobKind {
+    /// `apply`, `apply_async`: one value.
+    Single,
+    /// `map`, `starmap` and their `_async` forms: an array in input order.
+    List,
+    /// `imap`: an iterator in input order.
+    Ordered,
+    /// `imap_unordered`: an iterator in completion order.
+    Unordered,
+}
+
+struct JobState {
+    slots: Vec<Option<Result<Value, String>>>,
+    remaining: usize,
+    /// Completion order of finished items (for `imap_unordered`).
+    finished_order: VecDeque<usize>,
+    /// Next item an iterator hands out.
+    cursor: usize,
+    /// Set when the whole job failed (terminated pool, broken pool).
+    failure: Option<String>,
+    /// Ready for `get`: results in and callbacks run.
+    ready: bool,
+}
+
+/// A submitted piece of work: an `AsyncResult`, or the state behind an `imap` iterator.
+pub struct Job {
+    kind: JobKind,
+    state: Mutex<JobState>,
+    changed: Condvar,
+    callbacks: Mutex<Option<(Option<Box<dyn Callback>>, Option<Box<dyn Callback>>)>>,
+}
+
+impl Job {
+    fn new(kind: JobKind, items: usize) -> Arc<Job> {
+        Arc::new(Job {
+            kind,
+            state: Mutex::new(JobState {
+                slots: (0..items).map(|_| None).collect(),
+                remaining: items,
+                finished_order: VecDeque::new(),
+                cursor: 0,
+                failure: None,
+                ready: false,
+            }),
+            changed: Condvar::new(),
+            callbacks: Mutex::new(None),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, JobState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn kind(&self) -> JobKind {
+        self.kind
+    }
+
+    /// Stores results for items `first..`; returns true when this completed the job.
+    fn complete(&self, first: usize, results: Result<Vec<Value>, String>, count: usize) -> bool {
+        let mut s = self.state();
+        match results {
+            Ok(values) => {
+                for (i, v) in values.into_iter().enumerate().take(count) {
+                    if s.slots[first + i].is_none() {
+                        s.slots[first + i] = Some(Ok(v));
+                        s.finished_order.push_back(first + i);
+                        s.remaining -= 1;
+                    }
+                }
+            }
+            Err(msg) => {
+                for i in first..first + count {
+                    if s.slots[i].is_none() {
+                        s.slots[i] = Some(Err(msg.clone()));
+                        s.finished_order.push_back(i);
+                        s.remaining -= 1;
+                    }
+                }
+            }
+        }
+        let done = s.remaining == 0;
+        drop(s);
+        self.changed.notify_all();
+        done
+    }
+
+    /// Fails the whole job at once (a terminated or broken pool).
+    fn fail(&self, msg: &str) {
+        let mut s = self.state();
+        if s.ready {
+            return;
+        }
+        s.failure = Some(msg.to_owned());
+        s.ready = true;
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    fn mark_ready(&self) {
+        self.state().ready = true;
+        self.changed.notify_all();
+    }
+
+    /// The job's outcome once all items are in: the value, or the first error.
+    fn outcome(&self, s: &JobState) -> Result<Value, String> {
+        if let Some(f) = &s.failure {
+            return Err(f.clone());
+        }
+        let mut values = Vec::with_capacity(s.slots.len());
+        for slot in &s.slots {
+            match slot {
+                Some(Ok(v)) => values.push(v.clone()),
+                Some(Err(e)) => return Err(e.clone()),
+                None => return Err("result missing".into()),
+            }
+        }
+        match self.kind {
+            JobKind::Single => Ok(values.pop().unwrap_or(Value::Nil)),
+            _ => Ok(Value::Array(values)),
+        }
+    }
+
+    /// Waits until ready; false on timeout.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut s = self.state();
+        while !s.ready {
+            s = match deadline {
+                None => self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    self.changed.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+        }
+        true
+    }
+
+    /// `AsyncResult.get`: the value, the task's error, or a timeout error.
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Value, String> {
+        if !self.wait(timeout) {
+            return Err(format!(
+                "timed out after {:?} waiting for the result (TimeoutError)",
+                timeout.unwrap_or_default()
+            ));
+        }
+        let s = self.state();
+        self.outcome(&s)
+    }
+
+    pub fn ready(&self) -> bool {
+        self.state().ready
+    }
+
+    /// `AsyncResult.successful`: an error if not ready yet, as in Python.
+    pub fn successful(&self) -> Result<bool, String> {
+        let s = self.state();
+        if !s.ready {
+            return Err("the result is not ready (ValueError)".into());
+        }
+        Ok(self.outcome(&s).is_ok())
+    }
+
+    /// The next item of an `imap`/`imap_unordered` iterator; `None` at the end.
+    pub fn next_item(&self, timeout: Option<Duration>) -> Result<Option<Value>, String> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut s = self.state();
+        loop {
+            if s.cursor >= s.slots.len() {
+                return Ok(None);
+            }
+            if let Some(f) = &s.failure {
+                return Err(f.clone());
+            }
+            let index = match self.kind {
+                JobKind::Unordered => s.finished_order.front().copied(),
+                _ => s.slots[s.cursor].is_some().then_some(s.cursor),
+            };
+            if let Some(i) = index {
+                if self.kind == JobKind::Unordered {
+                    s.finished_order.pop_front();
+                }
+                s.cursor += 1;
+                return match s.slots[i].take() {
+                    Some(Ok(v)) => Ok(Some(v)),
+                    Some(Err(e)) => Err(e),
+                    None => Err("result missing".into()),
+                };
+            }
+            s = match deadline {
+                None => self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err("timed out waiting for the next result (TimeoutError)".into());
+                    }
+                    self.changed.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+        }
+    }
+}
+
+// ---- the pool ----
+
+struct Task {
+    id: u64,
+    job: Arc<Job>,
+    first: usize,
+    function: Arc<FunctionSpec>,
+    calls: Vec<Vec<Value>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Status {
+    Open,
+    Closed,
+    Terminated,
+    Broken,
+}
+
+struct Shared {
+    status: Status,
+    broken_reason: Option<String>,
+    pending: VecDeque<Task>,
+    /// Jobs with results still to come, so that terminate can fail them.
+    live_jobs: Vec<std::sync::Weak<Job>>,
+    next_task: u64,
+    supervisor_done: bool,
+}
+
+/// A pool of forked worker processes.
+pub struct Pool {
+    host: Arc<Host>,
+    engine: Arc<dyn TaskEngine>,
+    options: PoolOptions,
+    shared: Mutex<Shared>,
+    shared_changed: Condvar,
+    wake_tx: File,
+    callbacks_tx: Sender<(Arc<Job>, Result<Value, String>)>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Worker {
+    pid: Pid,
+    tasks: Option<Sender<Vec<u8>>>,
+    writer: Option<JoinHandle<()>>,
+    results: File,
+    rbuf: Vec<u8>,
+    in_flight: VecDeque<Task>,
+    known: HashSet<u64>,
+    sent: usize,
+    link: Option<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Forks the workers. Call with the GIL held, outside any engine lock.
+    pub fn start(
+        host: &Arc<Host>,
+        engine: Arc<dyn TaskEngine>,
+        options: PoolOptions,
+    ) -> Result<Arc<Pool>, String> {
+        if options.processes == 0 {
+            return Err("processes must be at least 1".into());
+        }
+        let (wake_rx, wake_tx) = pipe()?;
+        set_nonblocking(wake_rx.as_raw_fd())?;
+        let (callbacks_tx, callbacks_rx) = unbounded();
+        let pool = Arc::new(Pool {
+            host: host.clone(),
+            engine,
+            options,
+            shared: Mutex::new(Shared {
+                status: Status::Open,
+                broken_reason: None,
+                pending: VecDeque::new(),
+                live_jobs: Vec::new(),
+                next_task: 1,
+                supervisor_done: false,
+            }),
+            shared_changed: Condvar::new(),
+            wake_tx: File::from(wake_tx),
+            callbacks_tx,
+            supervisor: Mutex::new(None),
+        });
+        let mut workers = Vec::with_capacity(pool.options.processes);
+        for _ in 0..pool.options.processes {
+            match pool.spawn_worker() {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    for w in &workers {
+                        let _ = kill(w.pid, Signal::SIGKILL);
+                        let _ = waitpid(w.pid, None);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let supervisor_pool = pool.clone();
+        let handle = std::thread::Builder::new()
+            .name("parrun-pool".into())
+            .spawn(move || supervisor_pool.supervise(workers, File::from(wake_rx)))
+            .map_err(|e| format!("cannot start the pool thread: {e}"))?;
+        *pool.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        let callback_host = host.clone();
+        std::thread::Builder::new()
+            .name("parrun-pool-callbacks".into())
+            .spawn(move || run_callbacks(callback_host, callbacks_rx))
+            .map_err(|e| format!("cannot start the callback thread: {e}"))?;
+        host.register_pool(&pool);
+        Ok(pool)
+    }
+
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self) {
+        let _ = (&self.wake_tx).write(&[1]);
+    }
+
+    /// Forks one worker. Call with the GIL held.
+    fn spawn_worker(&self) -> Result<Worker, String> {
+        let (task_rx, task_tx) = pipe()?;
+        let (result_rx, result_tx) = pipe()?;
+        fork::register_fd(task_tx.as_raw_fd());
+        fork::register_fd(result_rx.as_raw_fd());
+        let keep = [task_rx.as_raw_fd(), result_tx.as_raw_fd()];
+        let engine = self.engine.clone();
+        let init = self
+            .options
+            .initializer
+            .as_ref()
+            .map(|(f, args)| (f.clone(), args.clone()));
+        let max_tasks = self.options.maxtasksperchild;
+        let child = fork::fork_child(&self.host, &keep, move || {
+            worker_main(&*engine, File::from(task_rx), File::from(result_tx), init, max_tasks)
+        });
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                fork::unregister_fd(task_tx.as_raw_fd());
+                fork::unregister_fd(result_rx.as_raw_fd());
+                return Err(e);
+            }
+        };
+        // (The child's ends went with the closure, dropped in this process.)
+        set_nonblocking(result_rx.as_raw_fd())?;
+        let (tx, rx) = unbounded::<Vec<u8>>();
+        let task_fd = task_tx.as_raw_fd();
+        let mut task_file = File::from(task_tx);
+        let writer = std::thread::Builder::new()
+            .name("parrun-pool-writer".into())
+            .spawn(move || {
+                for batch in rx {
+                    if task_file.write_all(&batch).is_err() {
+                        break;
+                    }
+                }
+                fork::unregister_fd(task_fd);
+            })
+            .map_err(|e| format!("cannot start a pool writer thread: {e}"))?;
+        Ok(Worker {
+            pid: child.pid,
+            tasks: Some(tx),
+            writer: Some(writer),
+            results: File::from(result_rx),
+            rbuf: Vec::new(),
+            in_flight: VecDeque::new(),
+            known: HashSet::new(),
+            sent: 0,
+            link: Some(child.link_server),
+        })
+    }
+
+    /// Queues a job of `calls` in chunks of `chunksize`. Errors if the pool is not open.
+    pub fn submit(
+        &self,
+        kind: JobKind,
+        function: Arc<FunctionSpec>,
+        calls: Vec<Vec<Value>>,
+        chunksize: usize,
+        callbacks: Option<(Option<Box<dyn Callback>>, Option<Box<dyn Callback>>)>,
+    ) -> Result<Arc<Job>, String> {
+        let job = Job::new(kind, calls.len());
+        *job.callbacks.lock().unwrap_or_else(|e| e.into_inner()) = callbacks;
+        let mut s = self.shared();
+        match s.status {
+            Status::Open => {}
+            Status::Closed => return Err("the pool is closed (ValueError: Pool not running)".into()),
+            Status::Terminated => {
+                return Err("the pool is terminated (ValueError: Pool not running)".into())
+            }
+            Status::Broken => {
+                return Err(s.broken_reason.clone().unwrap_or_else(|| "the pool is broken".into()))
+            }
+        }
+        if calls.is_empty() {
+            drop(s);
+            self.finish_job(&job);
+            return Ok(job);
+        }
+        let chunksize = chunksize.max(1);
+        let mut first = 0;
+        let mut calls = calls.into_iter().peekable();
+        while calls.peek().is_some() {
+            let chunk: Vec<Vec<Value>> = calls.by_ref().take(chunksize).collect();
+            let n = chunk.len();
+            let id = s.next_task;
+            s.next_task += 1;
+            s.pending.push_back(Task {
+                id,
+                job: job.clone(),
+                first,
+                function: function.clone(),
+                calls: chunk,
+            });
+            first += n;
+        }
+        s.live_jobs.retain(|j| j.strong_count() > 0);
+        s.live_jobs.push(Arc::downgrade(&job));
+        drop(s);
+        self.wake();
+        Ok(job)
+    }
+
+    /// Completes a job: runs its callback (on the callback thread), then marks it ready.
+    fn finish_job(&self, job: &Arc<Job>) {
+        let has_callbacks = job
+            .callbacks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|(ok, err)| ok.is_some() || err.is_some());
+        if has_callbacks {
+            let outcome = job.outcome(&job.state());
+            if self.callbacks_tx.send((job.clone(), outcome)).is_ok() {
+                return;
+            }
+        }
+        job.mark_ready();
+    }
+
+    pub fn close(&self) {
+        let mut s = self.shared();
+        if s.status == Status::Open {
+            s.status = Status::Closed;
+        }
+        drop(s);
+        self.wake();
+    }
+
+    /// Kills the workers and fails every unfinished job.
+    pub fn terminate(&self) {
+        let mut s = self.shared();
+        if matches!(s.status, Status::Terminated) {
+            return;
+        }
+        s.status = Status::Terminated;
+        let jobs: Vec<_> = s.live_jobs.drain(..).filter_map(|j| j.upgrade()).collect();
+        s.pending.clear();
+        drop(s);
+        for job in jobs {
+            job.fail("the pool was terminated before this result was ready");
+        }
+        self.wake();
+        self.wait_supervisor();
+    }
+
+    /// Waits for the workers to exit; an error unless the pool was closed or terminated.
+    pub fn join(&self) -> Result<(), String> {
+        if self.shared().status == Status::Open {
+            return Err("join() on a running pool: call close() or terminate() first (ValueError)".into());
+        }
+        self.wait_supervisor();
+        Ok(())
+    }
+
+    /// The number of worker processes.
+    pub fn size(&self) -> usize {
+        self.options.processes
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.shared().status == Status::Open
+    }
+
+    fn wait_supervisor(&self) {
+        let mut s = self.shared();
+        while !s.supervisor_done {
+            s = self.shared_changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(s);
+        if let Some(h) = self.supervisor.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+
+    // ---- the supervisor thread ----
+
+    fn supervise(self: Arc<Self>, mut workers: Vec<Worker>, mut wake: File) {
+        let mut task_micros = f64::NAN;
+        loop {
+            let status = self.shared().status;
+            if matches!(status, Status::Terminated | Status::Broken) {
+                for w in &workers {
+                    let _ = kill(w.pid, Signal::SIGKILL);
+                }
+                break;
+            }
+            self.dispatch(&mut workers, task_micros);
+            if status == Status::Closed {
+                let idle = self.shared().pending.is_empty()
+                    && workers.iter().all(|w| w.in_flight.is_empty());
+                if idle {
+                    break;
+                }
+            }
+            let readable = {
+                let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+                fds.extend(workers.iter().map(|w| PollFd::new(w.results.as_fd(), PollFlags::POLLIN)));
+                match poll(&mut fds, PollTimeout::from(200u16)) {
+                    Ok(_) => fds
+                        .iter()
+                        .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                        .collect::<Vec<_>>(),
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        self.break_pool(&format!("the pool cannot poll its workers: {e}"));
+                        continue;
+                    }
+                }
+            };
+            if readable[0] {
+                let mut sink = [0u8; 256];
+                while matches!(wake.read(&mut sink), Ok(n) if n > 0) {}
+            }
+            let mut i = 0;
+            while i < workers.len() {
+                if !readable[i + 1] {
+                    i += 1;
+                    continue;
+                }
+                match self.read_results(&mut workers[i], &mut task_micros) {
+                    Ok(()) => i += 1,
+                    Err(ended) => {
+                        let dead = workers.swap_remove(i);
+                        self.bury(dead, &ended);
+                        if let Some(w) = self.replacement() {
+                            workers.push(w);
+                        }
+                        // The swap moved another worker to `i`; poll again rather than guess.
+                        break;
+                    }
+                }
+            }
+        }
+        // Shut the workers down: closing a task pipe ends the worker's loop.
+        for w in &mut workers {
+            w.tasks.take();
+        }
+        for mut w in workers {
+            if let Some(h) = w.writer.take() {
+                let _ = h.join();
+            }
+            let _ = waitpid(w.pid, None);
+            if let Some(h) = w.link.take() {
+                let _ = h.join();
+            }
+            fork::unregister_fd(w.results.as_raw_fd());
+        }
+        self.shared().supervisor_done = true;
+        self.shared_changed.notify_all();
+    }
+
+    /// Assigns pending tasks to workers with room in their window, one batch write each.
+    fn dispatch(&self, workers: &mut [Worker], task_micros: f64) {
+        let window = if task_micros.is_nan() {
+            1
+        } else {
+            ((WINDOW_WORK_MICROS / task_micros.max(1.0)) as usize).clamp(1, MAX_WINDOW)
+        };
+        let mut s = self.shared();
+        if s.pending.is_empty() {
+            return;
+        }
+        let mut batches: Vec<Vec<u8>> = vec![Vec::new(); workers.len()];
+        loop {
+            let mut assigned = false;
+            for (w, batch) in workers.iter_mut().zip(batches.iter_mut()) {
+                let limit = self.options.maxtasksperchild.map_or(usize::MAX, |m| m - w.sent);
+                if w.in_flight.len() >= window || limit == 0 {
+                    continue;
+                }
+                let Some(task) = s.pending.pop_front() else {
+                    break;
+                };
+                if w.known.insert(task.function.key) {
+                    let _ = codec::encode_into(batch, &ToWorkerOut::Function(&task.function));
+                }
+                let msg = ToWorkerOut::Task {
+                    id: task.id,
+                    function: task.function.key,
+                    calls: &task.calls,
+                };
+                if let Err(e) = codec::encode_into(batch, &msg) {
+                    let n = task.calls.len();
+                    if task.job.complete(task.first, Err(e.to_string()), n) {
+                        self.finish_job(&task.job);
+                    }
+                    continue;
+                }
+                w.sent += 1;
+                w.in_flight.push_back(task);
+                assigned = true;
+            }
+            if !assigned || s.pending.is_empty() {
+                break;
+            }
+        }
+        drop(s);
+        for (w, batch) in workers.iter_mut().zip(batches) {
+            if !batch.is_empty() {
+                if let Some(tx) = &w.tasks {
+                    let _ = tx.send(batch);
+                }
+            }
+        }
+    }
+
+    /// Reads every whole frame a worker has written. `Err` when the worker's pipe ended.
+    fn read_results(&self, w: &mut Worker, task_micros: &mut f64) -> Result<(), String> {
+        let mut chunk = [0u8; 64 * 1024];
+        let mut ended = None;
+        loop {
+            match w.results.read(&mut chunk) {
+                Ok(0) => {
+                    ended = Some("closed its result pipe".to_string());
+                    break;
+                }
+                Ok(n) => w.rbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    ended = Some(format!("result pipe error: {e}"));
+                    break;
+                }
+            }
+        }
+        let mut offset = 0;
+        while w.rbuf.len() - offset >= 4 {
+            let len = u32::from_le_bytes(w.rbuf[offset..offset + 4].try_into().unwrap()) as usize;
+            if w.rbuf.len() - offset - 4 < len {
+                break;
+            }
+            let frame = &w.rbuf[offset + 4..offset + 4 + len];
+            offset += 4 + len;
+            let msg: FromWorker = match codec::decode(frame) {
+                Ok(m) => m,
+                Err(e) => {
+                    ended = Some(format!("sent a malformed result: {e}"));
+                    break;
+                }
+            };
+            if msg.id == 0 {
+                let reason = msg.result.err().unwrap_or_default();
+                self.break_pool(&format!("the pool's initializer failed: {reason}"));
+                continue;
+            }
+            let micros = msg.micros as f64;
+            *task_micros = if task_micros.is_nan() {
+                micros
+            } else {
+                0.8 * *task_micros + 0.2 * micros
+            };
+            let Some(pos) = w.in_flight.iter().position(|t| t.id == msg.id) else {
+                continue;
+            };
+            let task = w.in_flight.remove(pos).expect("position is in range");
+            let n = task.calls.len();
+            if task.job.complete(task.first, msg.result, n) {
+                self.finish_job(&task.job);
+            }
+        }
+        w.rbuf.drain(..offset);
+        match ended {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// A worker's pipe ended: reap it, fail the task it was running, requeue the rest.
+    fn bury(&self, mut w: Worker, how: &str) {
+        w.tasks.take();
+        let _ = kill(w.pid, Signal::SIGKILL);
+        let status = waitpid(w.pid, None);
+        if let Some(h) = w.writer.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = w.link.take() {
+            let _ = h.join();
+        }
+        fork::unregister_fd(w.results.as_raw_fd());
+        let cause = match status {
+            Ok(WaitStatus::Signaled(_, sig, _)) => format!("was killed by signal {sig} ({})", sig as i32),
+            Ok(WaitStatus::Exited(_, code)) => format!("exited with status {code}"),
+            _ => how.to_string(),
+        };
+        let mut running = w.in_flight.pop_front();
+        // A worker that exited by itself (maxtasksperchild) was running nothing.
+        if matches!(status, Ok(WaitStatus::Exited(_, 0))) {
+            if let Some(t) = running.take() {
+                w.in_flight.push_front(t);
+            }
+        }
+        if let Some(task) = running {
+            let msg = format!("worker process {} {cause} while running this task", w.pid);
+            let n = task.calls.len();
+            if task.job.complete(task.first, Err(msg), n) {
+                self.finish_job(&task.job);
+            }
+        }
+        let mut s = self.shared();
+        while let Some(t) = w.in_flight.pop_back() {
+            s.pending.push_front(t);
+        }
+    }
+
+    /// A new worker for one that ended, if the pool still has work for it.
+    fn replacement(&self) -> Option<Worker> {
+        let s = self.shared();
+        let wanted = match s.status {
+            Status::Open => true,
+            Status::Closed => !s.pending.is_empty(),
+            _ => false,
+        };
+        drop(s);
+        if !wanted {
+            return None;
+        }
+        let gil = self.host.gil.clone();
+        gil.acquire(0);
+        let worker = self.spawn_worker();
+        gil.release();
+        match worker {
+            Ok(w) => Some(w),
+            Err(e) => {
+                self.break_pool(&format!("cannot start a replacement worker: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Marks the pool unusable and fails every unfinished job with `reason`.
+    fn break_pool(&self, reason: &str) {
+        let mut s = self.shared();
+        if matches!(s.status, Status::Terminated | Status::Broken) {
+            return;
+        }
+        s.status = Status::Broken;
+        s.broken_reason = Some(reason.to_owned());
+        let jobs: Vec<_> = s.live_jobs.drain(..).filter_map(|j| j.upgrade()).collect();
+        s.pending.clear();
+        drop(s);
+        for job in jobs {
+            job.fail(reason);
+        }
+    }
+}
+
+/// Runs `callback`/`error_callback` with the GIL, then marks each job ready.
+fn run_callbacks(host: Arc<Host>, rx: Receiver<(Arc<Job>, Result<Value, String>)>) {
+    for (job, outcome) in rx {
+        let callbacks = job.callbacks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((ok, err)) = callbacks {
+            let (callback, arg) = match outcome {
+                Ok(v) => (ok, v),
+                Err(e) => (err, Value::Str(e)),
+            };
+            if let Some(cb) = callback {
+                host.gil.acquire(0);
+                let result = cb.call(arg);
+                drop(cb);
+                host.gil.release();
+                if let Err(e) = result {
+                    crate::output::write_stderr(&format!("Exception in pool callback:\n{e}"));
+                }
+            }
+        }
+        job.mark_ready();
+    }
+}
+
+// ---- the worker process ----
+
+fn worker_main(
+    engine: &dyn TaskEngine,
+    mut tasks: File,
+    mut results: File,
+    init: Option<(Arc<FunctionSpec>, Vec<Value>)>,
+    max_tasks: Option<usize>,
+) -> i32 {
+    let mut out = Vec::new();
+    if let Some((f, args)) = init {
+        if let Err(e) = engine.call(&f, args) {
+            let msg = FromWorker { id: 0, micros: 0, result: Err(e) };
+            let _ = codec::write_frame(&mut results, &mut out, &msg);
+            return 1;
+        }
+    }
+    let mut functions: HashMap<u64, FunctionSpec> = HashMap::new();
+    let mut buf = Vec::new();
+    let mut done = 0usize;
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, &mut tasks);
+    loop {
+        let msg = match codec::read_frame::<ToWorker>(&mut reader, &mut buf) {
+            Ok(m) => m,
+            Err(codec::CodecError::Closed) => return 0,
+            Err(e) => {
+                crate::output::write_stderr(&format!("parrun worker: {e}"));
+                return 1;
+            }
+        };
+        match msg {
+            ToWorker::Function(f) => {
+                functions.insert(f.key, f);
+            }
+            ToWorker::Task { id, function, calls } => {
+                let start = Instant::now();
+                let result = match functions.get(&function) {
+                    None => Err("internal error: function not sent to the worker".to_string()),
+                    Some(f) => calls.into_iter().map(|args| engine.call(f, args)).collect(),
+                };
+                let msg = FromWorker {
+                    id,
+                    micros: start.elapsed().as_micros() as u64,
+                    result,
+                };
+                if let Err(e) = codec::write_frame(&mut results, &mut out, &msg) {
+                    // A result that cannot be encoded still has to answer the task.
+                    let msg = FromWorker {
+                        id,
+                        micros: 0,
+                        result: Err(format!("cannot send the result back: {e}")),
+                    };
+                    if codec::write_frame(&mut results, &mut out, &msg).is_err() {
+                        return 1;
+                    }
+                }
+                done += 1;
+                if max_tasks.is_some_and(|m| done >= m) {
+                    return 0;
+                }
+            }
+        }
+    }
+}
+
+// ---- small helpers ----
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))
+}
+
+fn set_nonblocking(fd: RawFd) -> Result<(), String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    // SAFETY: fd is open for the duration of the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
+    fcntl(fd, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
