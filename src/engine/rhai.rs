@@ -72,23 +72,25 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
 
     let engine = Arc::new(engine);
     let _ = shared.engine.set(Arc::downgrade(&engine));
-    let mut ast = engine
-        .compile(script.code_without_shebang())
-        .map_err(|e| {
-            let pos = e.1;
-            Error::Script(format!(
-                "{}:{}: syntax error: {}",
-                script.name,
-                position_text(pos),
-                e.0
-            ))
-        })?;
+    let mut ast = engine.compile(script.code_without_shebang()).map_err(|e| {
+        let pos = e.1;
+        Error::Script(format!(
+            "{}:{}: syntax error: {}",
+            script.name,
+            position_text(pos),
+            e.0
+        ))
+    })?;
     ast.set_source(script.name.clone());
     let ast = Arc::new(ast);
     let _ = shared.ast.set(ast.clone());
 
     let mut scope = Scope::new();
-    let args: Array = script.args.iter().map(|a| Dynamic::from(a.clone())).collect();
+    let args: Array = script
+        .args
+        .iter()
+        .map(|a| Dynamic::from(a.clone()))
+        .collect();
     scope.push_constant("ARGS", args);
 
     host.gil.acquire(0);
@@ -147,7 +149,10 @@ fn format_error(script: &str, err: EvalAltResult) -> String {
         err = match err {
             EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
                 if !name.starts_with("anon$") {
-                    trace.push(format!("  in call to {name} at {source}:{}", position_text(pos)));
+                    trace.push(format!(
+                        "  in call to {name} at {source}:{}",
+                        position_text(pos)
+                    ));
                 }
                 if !src.is_empty() {
                     source = src;
@@ -155,7 +160,10 @@ fn format_error(script: &str, err: EvalAltResult) -> String {
                 *inner
             }
             EvalAltResult::ErrorInModule(path, inner, pos) => {
-                trace.push(format!("  in module '{path}' at {source}:{}", position_text(pos)));
+                trace.push(format!(
+                    "  in module '{path}' at {source}:{}",
+                    position_text(pos)
+                ));
                 if !path.is_empty() {
                     source = path;
                 }
@@ -198,7 +206,10 @@ fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
         match b.kind {
             Kind::Call => {
                 for n in b.arity.0..=b.arity.1 {
-                    by_name.entry((b.name, n + b.receivers())).or_default().push(b);
+                    by_name
+                        .entry((b.name, n + b.receivers()))
+                        .or_default()
+                        .push(b);
                 }
             }
             Kind::Getter => {
@@ -208,7 +219,7 @@ fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
                     let b = api::find(o.class(), name)
                         .ok_or_else(|| format!("{} has no property `{name}`", o.class().name()))?;
                     let mut receiver = Dynamic::from(o.clone());
-                    invoke(&shared, b, &mut [&mut receiver])
+                    invoke(&shared, b, &mut [&mut receiver], None)
                 });
             }
             Kind::Scoped { .. } => {
@@ -219,7 +230,9 @@ fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
                 let syntax = [name, "$expr$", "$block$"];
                 if let Err(e) = engine.register_custom_syntax(syntax, false, move |ctx, inputs| {
                     let receiver = ctx.eval_expression_tree(&inputs[0])?;
-                    scoped(&shared, name, receiver, || ctx.eval_expression_tree(&inputs[1]))
+                    scoped(&shared, name, receiver, || {
+                        ctx.eval_expression_tree(&inputs[1])
+                    })
                 }) {
                     panic!("cannot register `{name}` syntax: {e}");
                 }
@@ -239,16 +252,20 @@ fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
         for types in signatures {
             let shared = shared.clone();
             let candidates = candidates.clone();
-            engine.register_raw_fn(name, types, move |_ctx, args| {
+            engine.register_raw_fn(name, types, move |ctx, args| {
                 let b = pick(&candidates, args)?;
-                invoke(&shared, b, args)
+                let constants = ctx.global_runtime_state().constants.clone();
+                invoke(&shared, b, args, constants)
             });
         }
     }
 }
 
 /// The candidate whose class is the receiver's.
-fn pick(candidates: &[&'static Builtin], args: &mut [&mut Dynamic]) -> RhaiResult<&'static Builtin> {
+fn pick(
+    candidates: &[&'static Builtin],
+    args: &mut [&mut Dynamic],
+) -> RhaiResult<&'static Builtin> {
     let first = candidates[0];
     if first.class == Class::Global {
         return Ok(first);
@@ -264,10 +281,18 @@ fn pick(candidates: &[&'static Builtin], args: &mut [&mut Dynamic]) -> RhaiResul
         })
 }
 
-fn invoke(shared: &Arc<Shared>, b: &Builtin, args: &mut [&mut Dynamic]) -> RhaiResult<Dynamic> {
-    let fail = |msg: String| -> Box<EvalAltResult> { format!("{}: {msg}", b.qualified_name()).into() };
+/// Calls a builtin. `constants` are the calling script's `global::` constants, which functions
+/// it hands to threads and workers keep seeing.
+fn invoke(
+    shared: &Arc<Shared>,
+    b: &Builtin,
+    args: &mut [&mut Dynamic],
+    constants: Option<Constants>,
+) -> RhaiResult<Dynamic> {
+    let fail =
+        |msg: String| -> Box<EvalAltResult> { format!("{}: {msg}", b.qualified_name()).into() };
     api::check_arity(b, args.len()).map_err(fail)?;
-    let outcome = (b.call)(&shared.host, &mut RhaiArgs::new(args, shared)).map_err(fail)?;
+    let outcome = (b.call)(&shared.host, &mut RhaiArgs::new(args, shared, constants)).map_err(fail)?;
     let ret = match outcome {
         Outcome::Done(ret) => ret,
         Outcome::Wait(wait) => shared.host.gil.allow_threads(0, wait).map_err(fail)?,
@@ -290,18 +315,22 @@ fn scoped(
     let class = receiver
         .read_lock::<Object>()
         .map(|o| o.class())
-        .ok_or_else(|| format!("`{name}` needs a parrun object, got {}", receiver.type_name()))?;
+        .ok_or_else(|| {
+            format!(
+                "`{name}` needs a parrun object, got {}",
+                receiver.type_name()
+            )
+        })?;
     let Some(Kind::Scoped { enter, exit }) = api::find(class, name).map(|b| b.kind) else {
         return Err(format!("{} cannot be used with `{name}`", class.name()).into());
     };
-    let method = |m: &str| {
-        api::find(class, m).ok_or_else(|| format!("{}.{m} is missing", class.name()))
-    };
+    let method =
+        |m: &str| api::find(class, m).ok_or_else(|| format!("{}.{m} is missing", class.name()));
     let (enter, exit) = (method(enter)?, method(exit)?);
     let mut receiver = receiver;
-    let _ = invoke(shared, enter, &mut [&mut receiver])?;
+    let _ = invoke(shared, enter, &mut [&mut receiver], None)?;
     let result = body();
-    let _ = invoke(shared, exit, &mut [&mut receiver])?;
+    let _ = invoke(shared, exit, &mut [&mut receiver], None)?;
     result
 }
 
@@ -310,14 +339,29 @@ struct RhaiArgs<'a, 'b> {
     /// Fields pulled out of option maps (see `Args::field`), numbered after the arguments.
     extra: Vec<Dynamic>,
     shared: &'a Arc<Shared>,
+    constants: Option<Constants>,
 }
 
 impl RhaiArgs<'_, '_> {
-    fn new<'a, 'b>(args: &'a mut [&'b mut Dynamic], shared: &'a Arc<Shared>) -> RhaiArgs<'a, 'b> {
+    fn new<'a, 'b>(
+        args: &'a mut [&'b mut Dynamic],
+        shared: &'a Arc<Shared>,
+        constants: Option<Constants>,
+    ) -> RhaiArgs<'a, 'b> {
         RhaiArgs {
             args,
             extra: Vec::new(),
             shared,
+            constants,
+        }
+    }
+
+    /// A script function bound to what it needs to run on another thread or in a worker.
+    fn bound(&self, f: FnPtr) -> BoundFn {
+        BoundFn {
+            shared: self.shared.clone(),
+            constants: self.constants.clone(),
+            f,
         }
     }
 
@@ -325,7 +369,11 @@ impl RhaiArgs<'_, '_> {
     fn get(&self, i: usize) -> Dynamic {
         match self.args.get(i) {
             Some(d) => d.flatten_clone(),
-            None => self.extra.get(i - self.args.len()).cloned().unwrap_or(Dynamic::UNIT),
+            None => self
+                .extra
+                .get(i - self.args.len())
+                .cloned()
+                .unwrap_or(Dynamic::UNIT),
         }
     }
 
@@ -375,8 +423,7 @@ impl Args for RhaiArgs<'_, '_> {
             }
         };
         Ok(Box::new(RhaiTarget {
-            shared: self.shared.clone(),
-            f,
+            f: self.bound(f),
             args,
         }))
     }
@@ -404,10 +451,7 @@ impl Args for RhaiArgs<'_, '_> {
     }
 
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {
-        Ok(Box::new(RhaiCallback {
-            shared: self.shared.clone(),
-            f: self.fn_ptr(i)?,
-        }))
+        Ok(Box::new(self.bound(self.fn_ptr(i)?)))
     }
 
     fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String> {
@@ -433,6 +477,7 @@ impl Args for RhaiArgs<'_, '_> {
     fn task_engine(&mut self) -> Arc<dyn TaskEngine> {
         Arc::new(RhaiTaskEngine {
             shared: self.shared.clone(),
+            constants: self.constants.clone(),
             functions: Default::default(),
         })
     }
@@ -448,6 +493,7 @@ struct RhaiFunction {
 
 struct RhaiTaskEngine {
     shared: Arc<Shared>,
+    constants: Option<Constants>,
     functions: std::sync::Mutex<std::collections::HashMap<u64, FnPtr>>,
 }
 
@@ -468,8 +514,13 @@ fn decode_function(ast: &AST, code: &[u8]) -> Result<FnPtr, String> {
 
 impl TaskEngine for RhaiTaskEngine {
     fn call(&self, spec: &FunctionSpec, args: Vec<Value>) -> Result<Value, String> {
-        let (engine, ast) = self.shared.engine_and_ast()?;
-        let cached = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(&spec.key).cloned();
+        let (_, ast) = self.shared.engine_and_ast()?;
+        let cached = self
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&spec.key)
+            .cloned();
         let f = match cached {
             Some(f) => f,
             None => {
@@ -486,29 +537,59 @@ impl TaskEngine for RhaiTaskEngine {
             .map(::rhai::serde::to_dynamic)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
-        let result = f
-            .call::<Dynamic>(&engine, &ast, args)
-            .map_err(|e| format_error(&self.shared.script_name, *e))?;
+        let bound = BoundFn {
+            shared: self.shared.clone(),
+            constants: self.constants.clone(),
+            f,
+        };
+        let result = bound.call(args)?;
         if result.is::<Object>() || result.is::<FnPtr>() {
-            return Err(untransferable(format!("the task returned a {}", result.type_name())));
+            return Err(untransferable(format!(
+                "the task returned a {}",
+                result.type_name()
+            )));
         }
         ::rhai::serde::from_dynamic::<Value>(&result).map_err(untransferable)
     }
 }
 
-struct RhaiCallback {
+/// The `global::` constants of the running script.
+type Constants = ::rhai::Shared<::rhai::Locked<std::collections::BTreeMap<::rhai::ImmutableString, Dynamic>>>;
+
+/// A script function with the script's AST and constants, callable from any thread.
+struct BoundFn {
     shared: Arc<Shared>,
+    constants: Option<Constants>,
     f: FnPtr,
 }
 
-impl Callback for RhaiCallback {
-    fn call(&self, arg: Value) -> Result<(), String> {
-        let (engine, ast) = self.shared.engine_and_ast()?;
-        let arg = ::rhai::serde::to_dynamic(&arg).map_err(|e| e.to_string())?;
-        self.f
-            .call::<Dynamic>(&engine, &ast, (arg,))
-            .map(drop)
+impl BoundFn {
+    fn call(&self, args: Vec<Dynamic>) -> Result<Dynamic, String> {
+        self.call_raw(args)
             .map_err(|e| format_error(&self.shared.script_name, *e))
+    }
+
+    fn call_raw(&self, mut args: Vec<Dynamic>) -> RhaiResult<Dynamic> {
+        let (engine, ast) = self.shared.engine_and_ast()?;
+        let mut global = engine.new_global_runtime_state();
+        global.lib.push(ast.shared_lib().clone());
+        global.constants = self.constants.clone();
+        global.source = ast.source().map(Into::into);
+        let ctx = ::rhai::NativeCallContext::new_with_all_fields(
+            &engine,
+            self.f.fn_name(),
+            None,
+            &global,
+            Position::NONE,
+        );
+        self.f.call_raw(&ctx, None, &mut args[..])
+    }
+}
+
+impl Callback for BoundFn {
+    fn call(&self, arg: Value) -> Result<(), String> {
+        let arg = ::rhai::serde::to_dynamic(&arg).map_err(|e| e.to_string())?;
+        BoundFn::call(self, vec![arg]).map(drop)
     }
 }
 
@@ -534,20 +615,18 @@ impl IntoIterator for Object {
 }
 
 struct RhaiTarget {
-    shared: Arc<Shared>,
-    f: FnPtr,
+    f: BoundFn,
     args: Vec<Dynamic>,
 }
 
 impl Target for RhaiTarget {
     fn run(self: Box<Self>) -> Result<(), String> {
-        let (engine, ast) = self.shared.engine_and_ast()?;
-        match self.f.call::<Dynamic>(&engine, &ast, self.args) {
+        match self.f.call_raw(self.args) {
             Ok(_) => Ok(()),
             Err(err) => match *err {
                 // `exit()` in a thread ends that thread, as `sys.exit` does in Python.
                 EvalAltResult::Exit(..) => Ok(()),
-                other => Err(format_error(&self.shared.script_name, other)),
+                other => Err(format_error(&self.f.shared.script_name, other)),
             },
         }
     }
@@ -594,7 +673,8 @@ mod tests {
     #[test]
     fn rhai_values_keep_their_types() {
         let engine = Engine::new();
-        let eval = |code: &str| from_dynamic::<Value>(&engine.eval::<Dynamic>(code).unwrap()).unwrap();
+        let eval =
+            |code: &str| from_dynamic::<Value>(&engine.eval::<Dynamic>(code).unwrap()).unwrap();
         assert_eq!(eval("3"), Value::Int(3));
         assert_eq!(eval("3.0"), Value::Float(3.0));
         assert_eq!(eval("'x'"), Value::Str("x".into()));
@@ -603,7 +683,10 @@ mod tests {
             eval("#{b: [1, ()], a: 2}"),
             Value::Map(vec![
                 (Value::Str("a".into()), Value::Int(2)),
-                (Value::Str("b".into()), Value::Array(vec![Value::Int(1), Value::Nil])),
+                (
+                    Value::Str("b".into()),
+                    Value::Array(vec![Value::Int(1), Value::Nil])
+                ),
             ])
         );
     }
