@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::gil::Gil;
-use crate::pool::{Callback, FunctionSpec, Job, JobKind, Pool, PoolOptions, TaskEngine};
+use crate::pool::{Callback, Calls, FunctionSpec, Job, JobKind, Pool, PoolOptions, TaskEngine};
 use crate::process::ScriptProcess;
 use crate::runtime::Host;
 use crate::sync::{Lock, Queue};
@@ -331,10 +331,10 @@ fn elements(args: &mut dyn Args, i: usize, what: &str) -> Result<Vec<Value>, Str
 }
 
 /// The argument lists of a map (`[x]` each) or starmap (each element is the list).
-fn calls(args: &mut dyn Args, i: usize, star: bool) -> Result<Vec<Vec<Value>>, String> {
+fn calls(args: &mut dyn Args, i: usize, star: bool) -> Result<Calls, String> {
     let items = elements(args, i, "the iterable")?;
     if !star {
-        return Ok(items.into_iter().map(|x| vec![x]).collect());
+        return Ok(Calls::Each(items));
     }
     items
         .into_iter()
@@ -343,7 +343,8 @@ fn calls(args: &mut dyn Args, i: usize, star: bool) -> Result<Vec<Vec<Value>>, S
             Value::Map(m) if m.is_empty() => Ok(Vec::new()),
             other => Err(format!("starmap needs an array of argument arrays, got {}", other.type_name())),
         })
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(Calls::Lists)
 }
 
 /// Python's default `map` chunk size: about four chunks per worker.
@@ -381,7 +382,7 @@ fn submit(
                 Some(i) => elements(args, i, "args")?,
                 None => Vec::new(),
             };
-            (vec![list], 1)
+            (Calls::Lists(vec![list]), 1)
         }
         _ => {
             let calls = calls(args, 2, star)?;

@@ -53,10 +53,49 @@ pub struct FunctionSpec {
     pub code: Vec<u8>,
 }
 
+/// The argument lists of a task's calls.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum Calls {
+    /// One argument per call (`map`, `imap`): kept flat, no list per item.
+    Each(Vec<Value>),
+    /// An argument list per call (`apply`, `starmap`).
+    Lists(Vec<Vec<Value>>),
+}
+
+impl Calls {
+    pub fn len(&self) -> usize {
+        match self {
+            Calls::Each(v) => v.len(),
+            Calls::Lists(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Splits into chunks of at most `size` calls.
+    fn chunks(self, size: usize) -> Vec<Calls> {
+        fn split<T>(items: Vec<T>, size: usize, wrap: fn(Vec<T>) -> Calls) -> Vec<Calls> {
+            let mut out = Vec::with_capacity(items.len().div_ceil(size));
+            let mut items = items.into_iter().peekable();
+            while items.peek().is_some() {
+                out.push(wrap(items.by_ref().take(size).collect()));
+            }
+            out
+        }
+        match self {
+            Calls::Each(v) => split(v, size, Calls::Each),
+            Calls::Lists(v) => split(v, size, Calls::Lists),
+        }
+    }
+}
+
 /// How a worker runs tasks: provided by the engine adapter.
 pub trait TaskEngine: Send + Sync {
-    /// Calls `function` with `args`. Runs in a worker process, with the GIL held.
-    fn call(&self, function: &FunctionSpec, args: Vec<Value>) -> Result<Value, String>;
+    /// Calls `function` once per entry of `calls`, in order; the results, or the first error.
+    /// Runs in a worker process, with the GIL held.
+    fn call_many(&self, function: &FunctionSpec, calls: Calls) -> Result<Vec<Value>, String>;
 }
 
 /// A script function the parent calls when a result is ready (`callback`, `error_callback`).
@@ -80,7 +119,7 @@ enum ToWorkerOut<'a> {
     Task {
         id: u64,
         function: u64,
-        calls: &'a [Vec<Value>],
+        calls: &'a Calls,
     },
 }
 
@@ -90,7 +129,7 @@ enum ToWorker {
     Task {
         id: u64,
         function: u64,
-        calls: Vec<Vec<Value>>,
+        calls: Calls,
     },
 }
 
@@ -171,8 +210,10 @@ impl Job {
                 for (i, v) in values.into_iter().enumerate().take(count) {
                     if s.slots[first + i].is_none() {
                         s.slots[first + i] = Some(Ok(v));
-                        s.finished_order.push_back(first + i);
                         s.remaining -= 1;
+                        if self.kind == JobKind::Unordered {
+                            s.finished_order.push_back(first + i);
+                        }
                     }
                 }
             }
@@ -180,8 +221,10 @@ impl Job {
                 for i in first..first + count {
                     if s.slots[i].is_none() {
                         s.slots[i] = Some(Err(msg.clone()));
-                        s.finished_order.push_back(i);
                         s.remaining -= 1;
+                        if self.kind == JobKind::Unordered {
+                            s.finished_order.push_back(i);
+                        }
                     }
                 }
             }
@@ -319,7 +362,7 @@ struct Task {
     job: Arc<Job>,
     first: usize,
     function: Arc<FunctionSpec>,
-    calls: Vec<Vec<Value>>,
+    calls: Calls,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -489,7 +532,7 @@ impl Pool {
         &self,
         kind: JobKind,
         function: Arc<FunctionSpec>,
-        calls: Vec<Vec<Value>>,
+        calls: Calls,
         chunksize: usize,
         callbacks: Option<(Option<Box<dyn Callback>>, Option<Box<dyn Callback>>)>,
     ) -> Result<Arc<Job>, String> {
@@ -511,11 +554,8 @@ impl Pool {
             self.finish_job(&job);
             return Ok(job);
         }
-        let chunksize = chunksize.max(1);
         let mut first = 0;
-        let mut calls = calls.into_iter().peekable();
-        while calls.peek().is_some() {
-            let chunk: Vec<Vec<Value>> = calls.by_ref().take(chunksize).collect();
+        for chunk in calls.chunks(chunksize.max(1)) {
             let n = chunk.len();
             let id = s.next_task;
             s.next_task += 1;
@@ -913,7 +953,7 @@ fn worker_main(
 ) -> i32 {
     let mut out = Vec::new();
     if let Some((f, args)) = init {
-        if let Err(e) = engine.call(&f, args) {
+        if let Err(e) = engine.call_many(&f, Calls::Lists(vec![args])) {
             let msg = FromWorker { id: 0, micros: 0, result: Err(e) };
             let _ = codec::write_frame(&mut results, &mut out, &msg);
             return 1;
@@ -940,7 +980,7 @@ fn worker_main(
                 let start = Instant::now();
                 let result = match functions.get(&function) {
                     None => Err("internal error: function not sent to the worker".to_string()),
-                    Some(f) => calls.into_iter().map(|args| engine.call(f, args)).collect(),
+                    Some(f) => engine.call_many(f, calls),
                 };
                 let msg = FromWorker {
                     id,

@@ -27,7 +27,7 @@ use mlua::{
 
 use super::untransferable;
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
-use crate::pool::{Callback, FunctionSpec, TaskEngine};
+use crate::pool::{Callback, Calls, FunctionSpec, TaskEngine};
 use crate::gil::{Gil, Interrupter};
 use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
@@ -364,29 +364,60 @@ struct LuaTaskEngine {
     functions: Mutex<HashMap<u64, Function>>,
 }
 
+impl LuaTaskEngine {
+    fn function(&self, spec: &FunctionSpec) -> Result<Function, String> {
+        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = functions.get(&spec.key) {
+            return Ok(f.clone());
+        }
+        let f = transport::decode(&self.lua, &spec.code)?;
+        functions.insert(spec.key, f.clone());
+        Ok(f)
+    }
+}
+
 impl TaskEngine for LuaTaskEngine {
-    fn call(&self, spec: &FunctionSpec, args: Vec<Value>) -> Result<Value, String> {
+    /// The whole chunk runs in one coroutine, by the prelude's `run_chunk`: one resume per
+    /// chunk, not per call.
+    fn call_many(&self, spec: &FunctionSpec, calls: Calls) -> Result<Vec<Value>, String> {
         let lua = &self.lua;
-        let cached = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(&spec.key).cloned();
-        let f = match cached {
-            Some(f) => f,
-            None => {
-                let f = transport::decode(lua, &spec.code)?;
-                self.functions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(spec.key, f.clone());
-                f
+        let f = self.function(spec)?;
+        let count = calls.len();
+        let (calls, single) = match calls {
+            Calls::Each(values) => (from_value(lua, &Value::Array(values)).map_err(error_text)?, true),
+            Calls::Lists(lists) => {
+                let table = lua.create_table_with_capacity(lists.len(), 0).map_err(error_text)?;
+                for (i, list) in lists.iter().enumerate() {
+                    let args = lua.create_table_with_capacity(list.len(), 1).map_err(error_text)?;
+                    for (j, v) in list.iter().enumerate() {
+                        args.raw_set(j + 1, from_value(lua, v).map_err(error_text)?)
+                            .map_err(error_text)?;
+                    }
+                    args.raw_set("n", list.len()).map_err(error_text)?;
+                    table.raw_set(i + 1, args).map_err(error_text)?;
+                }
+                (LuaValue::Table(table), false)
             }
         };
-        let args = args
-            .iter()
-            .map(|v| from_value(lua, v))
-            .collect::<mlua::Result<Vec<_>>>()
-            .map_err(error_text)?;
-        let out = start_driver(lua, &self.host, f, MultiValue::from_vec(args)).map_err(error_text)?;
-        to_value(lua, out.into_iter().next().unwrap_or(LuaValue::Nil))
-            .map_err(|e| format!("the task's result {e}"))
+        let run_chunk: Function = lua.named_registry_value("parrun.run_chunk").map_err(error_text)?;
+        let args = (f, calls, count, single).into_lua_multi(lua).map_err(error_text)?;
+        let out = start_driver(lua, &self.host, run_chunk, args).map_err(error_text)?;
+        let Some(LuaValue::Table(results)) = out.into_iter().next() else {
+            return Err("internal error: the chunk runner returned no table".into());
+        };
+        // One conversion for the whole chunk, unless nil results left it something else than a
+        // list of `count` values.
+        if let Ok(Value::Array(values)) = to_value(lua, LuaValue::Table(results.clone())) {
+            if values.len() == count {
+                return Ok(values);
+            }
+        }
+        (1..=count)
+            .map(|i| {
+                let v = results.raw_get::<LuaValue>(i).map_err(error_text)?;
+                to_value(lua, v).map_err(|e| format!("the task's result {e}"))
+            })
+            .collect()
     }
 }
 
@@ -521,12 +552,13 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     lua.set_named_registry_value("parrun.pinned", lua.create_table()?)?;
     transport::install(lua)?;
 
-    let (parrun, classes, iterate): (Table, Table, Function) = lua
+    let (parrun, classes, iterate, run_chunk): (Table, Table, Function, Function) = lua
         .load(PRELUDE)
         .set_name("=parrun prelude")
         .call((wait_tag(), builtins, run_here, write_line, drivers))?;
     lua.set_named_registry_value("parrun.classes", classes)?;
     lua.set_named_registry_value("parrun.call", iterate)?;
+    lua.set_named_registry_value("parrun.run_chunk", run_chunk)?;
     lua.globals().set("parrun", &parrun)?;
     let loaded: Table = lua.globals().get::<Table>("package")?.get("loaded")?;
     loaded.set("parrun", parrun)?;

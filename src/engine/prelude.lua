@@ -134,4 +134,21 @@ local function iterate(self)
   return self:next()
 end
 
-return parrun, classes, iterate
+-- A pool task: f over a chunk of calls in one coroutine. `single`: calls[i] is the one
+-- argument of call i; otherwise calls[i] is an argument list with its length in `n`.
+local function run_chunk(f, calls, count, single)
+  local results = {}
+  if single then
+    for i = 1, count do
+      results[i] = f(calls[i])
+    end
+  else
+    for i = 1, count do
+      local args = calls[i]
+      results[i] = f(unpack(args, 1, args.n))
+    end
+  end
+  return results
+end
+
+return parrun, classes, iterate, run_chunk

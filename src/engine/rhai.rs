@@ -10,7 +10,7 @@ use ::rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Position, Scope, AST}
 
 use super::untransferable;
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
-use crate::pool::{Callback, FunctionSpec, TaskEngine};
+use crate::pool::{Callback, Calls, FunctionSpec, TaskEngine};
 use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
 use crate::{output, Value};
@@ -513,43 +513,48 @@ fn decode_function(ast: &AST, code: &[u8]) -> Result<FnPtr, String> {
 }
 
 impl TaskEngine for RhaiTaskEngine {
-    fn call(&self, spec: &FunctionSpec, args: Vec<Value>) -> Result<Value, String> {
-        let (_, ast) = self.shared.engine_and_ast()?;
-        let cached = self
-            .functions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&spec.key)
-            .cloned();
-        let f = match cached {
-            Some(f) => f,
-            None => {
-                let f = decode_function(&ast, &spec.code)?;
-                self.functions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(spec.key, f.clone());
-                f
+    fn call_many(&self, spec: &FunctionSpec, calls: Calls) -> Result<Vec<Value>, String> {
+        let (engine, ast) = self.shared.engine_and_ast()?;
+        let f = {
+            let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+            match functions.get(&spec.key) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = decode_function(&ast, &spec.code)?;
+                    functions.insert(spec.key, f.clone());
+                    f
+                }
             }
         };
-        let args = args
-            .iter()
-            .map(::rhai::serde::to_dynamic)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let bound = BoundFn {
-            shared: self.shared.clone(),
-            constants: self.constants.clone(),
-            f,
+        // One runtime state for the whole chunk.
+        let mut global = engine.new_global_runtime_state();
+        global.lib.push(ast.shared_lib().clone());
+        global.constants = self.constants.clone();
+        global.source = ast.source().map(Into::into);
+        let ctx = ::rhai::NativeCallContext::new_with_all_fields(
+            &engine,
+            f.fn_name(),
+            None,
+            &global,
+            Position::NONE,
+        );
+        let to_dynamic = |v: &Value| ::rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
+        let call = |mut args: Vec<Dynamic>| -> Result<Value, String> {
+            let result = f
+                .call_raw(&ctx, None, &mut args[..])
+                .map_err(|e| format_error(&self.shared.script_name, *e))?;
+            if result.is::<Object>() || result.is::<FnPtr>() {
+                return Err(untransferable(format!("the task returned a {}", result.type_name())));
+            }
+            ::rhai::serde::from_dynamic::<Value>(&result).map_err(untransferable)
         };
-        let result = bound.call(args)?;
-        if result.is::<Object>() || result.is::<FnPtr>() {
-            return Err(untransferable(format!(
-                "the task returned a {}",
-                result.type_name()
-            )));
+        match calls {
+            Calls::Each(values) => values.iter().map(|v| call(vec![to_dynamic(v)?])).collect(),
+            Calls::Lists(lists) => lists
+                .iter()
+                .map(|list| call(list.iter().map(to_dynamic).collect::<Result<_, _>>()?))
+                .collect(),
         }
-        ::rhai::serde::from_dynamic::<Value>(&result).map_err(untransferable)
     }
 }
 
