@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::gil::Gil;
-use crate::pool::{Callback, Calls, FunctionSpec, Job, JobKind, Pool, PoolOptions, TaskEngine};
+use crate::pool::{
+    Callback, Callbacks, Calls, FunctionSpec, Job, JobKind, Pool, PoolOptions, TaskEngine,
+};
 use crate::process::ScriptProcess;
 use crate::runtime::Host;
 use crate::sync::{Lock, Queue};
@@ -124,7 +126,10 @@ impl Object {
             }
             Object::Pool(p) => format!("<Pool {}>", if p.is_open() { "open" } else { "closed" }),
             Object::AsyncResult(j) => {
-                format!("<AsyncResult {}>", if j.ready() { "ready" } else { "pending" })
+                format!(
+                    "<AsyncResult {}>",
+                    if j.ready() { "ready" } else { "pending" }
+                )
             }
             Object::ResultIterator(..) => "<ResultIterator>".into(),
         }
@@ -278,12 +283,19 @@ fn queue(args: &mut dyn Args) -> Result<Queue, String> {
 fn process(args: &mut dyn Args) -> Result<Arc<ScriptProcess>, String> {
     match args.object(0)? {
         Object::Process(p) => Ok(p),
-        other => Err(format!("expected a Process, got a {}", other.class().name())),
+        other => Err(format!(
+            "expected a Process, got a {}",
+            other.class().name()
+        )),
     }
 }
 
 /// An optional string argument, or `default`.
-fn opt_name(args: &mut dyn Args, i: usize, default: impl FnOnce() -> String) -> Result<String, String> {
+fn opt_name(
+    args: &mut dyn Args,
+    i: usize,
+    default: impl FnOnce() -> String,
+) -> Result<String, String> {
     if i >= args.len() {
         return Ok(default());
     }
@@ -304,7 +316,10 @@ fn pool(args: &mut dyn Args) -> Result<Arc<Pool>, String> {
 fn job(args: &mut dyn Args) -> Result<Arc<Job>, String> {
     match args.object(0)? {
         Object::AsyncResult(j) | Object::ResultIterator(j, _) => Ok(j),
-        other => Err(format!("expected an AsyncResult, got a {}", other.class().name())),
+        other => Err(format!(
+            "expected an AsyncResult, got a {}",
+            other.class().name()
+        )),
     }
 }
 
@@ -317,7 +332,9 @@ fn opt_count(args: &mut dyn Args, i: usize, what: &str) -> Result<Option<usize>,
         Value::Nil => Ok(None),
         Value::Int(n) if n >= 0 => Ok(Some(n as usize)),
         Value::Float(f) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as usize)),
-        other => Err(format!("{what} must be a non-negative integer, got {other:?}")),
+        other => Err(format!(
+            "{what} must be a non-negative integer, got {other:?}"
+        )),
     }
 }
 
@@ -326,7 +343,10 @@ fn elements(args: &mut dyn Args, i: usize, what: &str) -> Result<Vec<Value>, Str
     match args.value(i)? {
         Value::Array(items) => Ok(items),
         Value::Map(entries) if entries.is_empty() => Ok(Vec::new()),
-        other => Err(format!("{what} must be an array, got {}", other.type_name())),
+        other => Err(format!(
+            "{what} must be an array, got {}",
+            other.type_name()
+        )),
     }
 }
 
@@ -341,7 +361,10 @@ fn calls(args: &mut dyn Args, i: usize, star: bool) -> Result<Calls, String> {
         .map(|x| match x {
             Value::Array(a) => Ok(a),
             Value::Map(m) if m.is_empty() => Ok(Vec::new()),
-            other => Err(format!("starmap needs an array of argument arrays, got {}", other.type_name())),
+            other => Err(format!(
+                "starmap needs an array of argument arrays, got {}",
+                other.type_name()
+            )),
         })
         .collect::<Result<_, _>>()
         .map(Calls::Lists)
@@ -350,11 +373,10 @@ fn calls(args: &mut dyn Args, i: usize, star: bool) -> Result<Calls, String> {
 /// Python's default `map` chunk size: about four chunks per worker.
 fn default_chunksize(items: usize, workers: usize) -> usize {
     let per = workers * 4;
-    (items / per + usize::from(items % per != 0)).max(1)
+    items.div_ceil(per).max(1)
 }
 
 /// `callback` and `error_callback` at arguments `ok` and `ok + 1`, if given.
-type Callbacks = Option<(Option<Box<dyn Callback>>, Option<Box<dyn Callback>>)>;
 fn callbacks(args: &mut dyn Args, ok: usize) -> Result<Callbacks, String> {
     let mut pick = |i: usize| -> Result<Option<Box<dyn Callback>>, String> {
         match has_args(args, i) {
@@ -704,7 +726,11 @@ pub static BUILTINS: &[Builtin] = &[
         kind: Kind::Getter,
         arity: (0, 0),
         call: |_, args| {
-            Outcome::value(process(args)?.pid().map_or(Value::Nil, |p| Value::Int(p.into())))
+            Outcome::value(
+                process(args)?
+                    .pid()
+                    .map_or(Value::Nil, |p| Value::Int(p.into())),
+            )
         },
     },
     Builtin {
@@ -713,7 +739,11 @@ pub static BUILTINS: &[Builtin] = &[
         kind: Kind::Getter,
         arity: (0, 0),
         call: |_, args| {
-            Outcome::value(process(args)?.exitcode().map_or(Value::Nil, |c| Value::Int(c.into())))
+            Outcome::value(
+                process(args)?
+                    .exitcode()
+                    .map_or(Value::Nil, |c| Value::Int(c.into())),
+            )
         },
     },
     // ---- Pool ----
@@ -806,7 +836,10 @@ pub static BUILTINS: &[Builtin] = &[
         call: |_, args| {
             let p = pool(args)?;
             if p.is_open() {
-                return Err("join() on a running pool: call close() or terminate() first (ValueError)".into());
+                return Err(
+                    "join() on a running pool: call close() or terminate() first (ValueError)"
+                        .into(),
+                );
             }
             Outcome::wait(move || p.join().map(|()| Value::Nil.into()))
         },
@@ -877,7 +910,10 @@ pub static BUILTINS: &[Builtin] = &[
                 2 => timeout(args, 1)?,
                 _ => None,
             };
-            Outcome::wait(move || j.next_item(timeout).map(|v| Ret::Value(v.unwrap_or_default())))
+            Outcome::wait(move || {
+                j.next_item(timeout)
+                    .map(|v| Ret::Value(v.unwrap_or_default()))
+            })
         },
     },
     // ---- Queue ----
@@ -998,7 +1034,11 @@ mod tests {
     fn every_scoped_builtin_names_methods_that_exist() {
         for b in BUILTINS {
             if let Kind::Scoped { enter, exit } = b.kind {
-                assert!(find(b.class, enter).is_some(), "{} enter", b.qualified_name());
+                assert!(
+                    find(b.class, enter).is_some(),
+                    "{} enter",
+                    b.qualified_name()
+                );
                 assert!(find(b.class, exit).is_some(), "{} exit", b.qualified_name());
             }
         }
@@ -1008,7 +1048,11 @@ mod tests {
     fn names_are_unique_per_class() {
         for (i, a) in BUILTINS.iter().enumerate() {
             for b in &BUILTINS[i + 1..] {
-                assert!(a.class != b.class || a.name != b.name, "{}", a.qualified_name());
+                assert!(
+                    a.class != b.class || a.name != b.name,
+                    "{}",
+                    a.qualified_name()
+                );
             }
         }
     }

@@ -73,7 +73,9 @@ pub fn read_payload(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<(), CodecErr
     }
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(CodecError::Malformed(format!("frame length {len} exceeds the limit")));
+        return Err(CodecError::Malformed(format!(
+            "frame length {len} exceeds the limit"
+        )));
     }
     buf.clear();
     // Grow with the data that really arrives: a garbage length must not allocate a gigabyte.
@@ -88,7 +90,10 @@ pub fn read_payload(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<(), CodecErr
 }
 
 /// Reads and decodes one frame.
-pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<T, CodecError> {
+pub fn read_frame<T: DeserializeOwned>(
+    r: &mut impl Read,
+    buf: &mut Vec<u8>,
+) -> Result<T, CodecError> {
     read_payload(r, buf)?;
     decode(buf)
 }
@@ -102,7 +107,10 @@ mod tests {
         Value::Map(vec![
             (Value::Int(1), Value::Float(1.0)),
             (Value::Str("b".into()), Value::Bytes(vec![0, 159, 146, 150])),
-            (Value::Float(2.5), Value::Array(vec![Value::Nil, Value::Bool(true)])),
+            (
+                Value::Float(2.5),
+                Value::Array(vec![Value::Nil, Value::Bool(true)]),
+            ),
         ])
     }
 
@@ -110,16 +118,33 @@ mod tests {
     fn frames_round_trip_and_keep_types() {
         let mut wire = Vec::new();
         let mut scratch = Vec::new();
-        for v in [Value::Int(3), Value::Float(3.0), Value::Str("3".into()), sample()] {
+        for v in [
+            Value::Int(3),
+            Value::Float(3.0),
+            Value::Str("3".into()),
+            sample(),
+        ] {
             write_frame(&mut wire, &mut scratch, &v).unwrap();
         }
         let mut r = &wire[..];
         let mut buf = Vec::new();
-        assert_eq!(read_frame::<Value>(&mut r, &mut buf).unwrap(), Value::Int(3));
-        assert_eq!(read_frame::<Value>(&mut r, &mut buf).unwrap(), Value::Float(3.0));
-        assert_eq!(read_frame::<Value>(&mut r, &mut buf).unwrap(), Value::Str("3".into()));
+        assert_eq!(
+            read_frame::<Value>(&mut r, &mut buf).unwrap(),
+            Value::Int(3)
+        );
+        assert_eq!(
+            read_frame::<Value>(&mut r, &mut buf).unwrap(),
+            Value::Float(3.0)
+        );
+        assert_eq!(
+            read_frame::<Value>(&mut r, &mut buf).unwrap(),
+            Value::Str("3".into())
+        );
         assert_eq!(read_frame::<Value>(&mut r, &mut buf).unwrap(), sample());
-        assert!(matches!(read_frame::<Value>(&mut r, &mut buf), Err(CodecError::Closed)));
+        assert!(matches!(
+            read_frame::<Value>(&mut r, &mut buf),
+            Err(CodecError::Closed)
+        ));
     }
 
     #[test]
@@ -129,7 +154,10 @@ mod tests {
         for cut in 1..wire.len() {
             let mut r = &wire[..cut];
             let err = read_frame::<Value>(&mut r, &mut Vec::new()).unwrap_err();
-            assert!(matches!(err, CodecError::Malformed(_)), "cut at {cut}: {err}");
+            assert!(
+                matches!(err, CodecError::Malformed(_)),
+                "cut at {cut}: {err}"
+            );
         }
         let mut huge = &u32::MAX.to_le_bytes()[..];
         assert!(matches!(

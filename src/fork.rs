@@ -50,7 +50,7 @@ pub(crate) fn register_object(make: impl FnOnce(u64) -> SharedObject) -> u64 {
     let id = (u64::from(std::process::id()) << 32) | state.next_object;
     let object = make(id);
     state.objects.insert(id, object);
-    if state.objects.len() % 256 == 0 {
+    if state.objects.len().is_multiple_of(256) {
         state.objects.retain(|_, o| match o {
             SharedObject::Queue(q) => q.strong_count() > 0,
             SharedObject::Lock(l) => l.strong_count() > 0,
@@ -114,7 +114,10 @@ pub(crate) fn fork_child(
             register_fd(parent_end.as_raw_fd());
             let link_server = link::serve(parent_end)
                 .map_err(|e| format!("cannot start the link thread: {e}"))?;
-            Ok(Child { pid: child, link_server })
+            Ok(Child {
+                pid: child,
+                link_server,
+            })
         }
         Ok(ForkResult::Child) => {
             host_guard.reset_in_child();
@@ -146,7 +149,12 @@ pub(crate) fn fork_child(
 /// died already (before the request took effect).
 fn die_with_parent(parent: Pid) {
     // SAFETY: prctl with an integer argument.
-    unsafe { nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, Signal::SIGKILL as nix::libc::c_ulong) };
+    unsafe {
+        nix::libc::prctl(
+            nix::libc::PR_SET_PDEATHSIG,
+            Signal::SIGKILL as nix::libc::c_ulong,
+        )
+    };
     if nix::unistd::getppid() != parent {
         exit_now(1);
     }

@@ -37,10 +37,10 @@
 
 pub mod api;
 pub mod codec;
-mod fork;
-mod link;
 mod engine;
+mod fork;
 pub mod gil;
+mod link;
 pub mod output;
 pub mod pool;
 pub mod process;

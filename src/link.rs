@@ -47,10 +47,13 @@ struct Reply {
     result: Result<Value, String>,
 }
 
+/// Callers waiting for a reply, by request id.
+type Pending = Arc<Mutex<HashMap<u64, Sender<Result<Value, String>>>>>;
+
 /// The child's end of its link to the parent.
 pub(crate) struct LinkClient {
     writer: Mutex<UnixStream>,
-    pending: Arc<Mutex<HashMap<u64, Sender<Result<Value, String>>>>>,
+    pending: Pending,
     next_id: AtomicU64,
     reader: OnceLock<()>,
 }
@@ -77,7 +80,12 @@ impl LinkClient {
     fn start_reader(&self) -> Result<(), String> {
         let mut failure = None;
         self.reader.get_or_init(|| {
-            let stream = match self.writer.lock().unwrap_or_else(|e| e.into_inner()).try_clone() {
+            let stream = match self
+                .writer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .try_clone()
+            {
                 Ok(s) => s,
                 Err(e) => {
                     failure = Some(e.to_string());
@@ -92,7 +100,9 @@ impl LinkClient {
                 failure = Some(e.to_string());
             }
         });
-        failure.map_or(Ok(()), |e| Err(format!("cannot start the link reader: {e}")))
+        failure.map_or(Ok(()), |e| {
+            Err(format!("cannot start the link reader: {e}"))
+        })
     }
 
     /// Performs `op` on `object` in the parent and waits for the answer.
@@ -115,10 +125,7 @@ impl LinkClient {
     }
 }
 
-fn read_replies(
-    mut stream: UnixStream,
-    pending: Arc<Mutex<HashMap<u64, Sender<Result<Value, String>>>>>,
-) {
+fn read_replies(mut stream: UnixStream, pending: Pending) {
     let mut buf = Vec::new();
     while let Ok(reply) = codec::read_frame::<Reply>(&mut stream, &mut buf) {
         let waiter = pending
@@ -179,7 +186,10 @@ fn serve_loop(stream: UnixStream) {
                 return true;
             }
             let mut frame = Vec::new();
-            let msg = Reply { id: request.id, result };
+            let msg = Reply {
+                id: request.id,
+                result,
+            };
             if codec::encode_into(&mut frame, &msg).is_err() {
                 return false;
             }
@@ -191,7 +201,9 @@ fn serve_loop(stream: UnixStream) {
             sent
         };
         let Some(object) = fork::find_object(request.object) else {
-            reply(Err("the object no longer exists in its owning process".into()));
+            reply(Err(
+                "the object no longer exists in its owning process".into()
+            ));
             continue;
         };
         perform(object, request.op, reply, alive.clone());
@@ -235,7 +247,8 @@ fn perform(
                                 return;
                             }
                             let slice = deadline.map_or(LIVENESS_CHECK, |d| {
-                                d.saturating_duration_since(Instant::now()).min(LIVENESS_CHECK)
+                                d.saturating_duration_since(Instant::now())
+                                    .min(LIVENESS_CHECK)
                             });
                             match q.get(Some(slice)) {
                                 Ok(v) => {
@@ -278,7 +291,8 @@ fn perform(
                             return;
                         }
                         let slice = deadline.map_or(LIVENESS_CHECK, |d| {
-                            d.saturating_duration_since(Instant::now()).min(LIVENESS_CHECK)
+                            d.saturating_duration_since(Instant::now())
+                                .min(LIVENESS_CHECK)
                         });
                         match l.acquire(Some(slice)) {
                             Ok(true) => {

@@ -28,7 +28,11 @@ struct Cli {
     script: Option<String>,
 
     /// Arguments the script receives (Lua: `arg` and `...`; Rhai: `ARGS`).
-    #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     args: Vec<String>,
 }
 

@@ -104,6 +104,9 @@ pub trait Callback: Send {
     fn call(&self, arg: Value) -> Result<(), String>;
 }
 
+/// A job's `callback` and `error_callback`, if any.
+pub type Callbacks = Option<(Option<Box<dyn Callback>>, Option<Box<dyn Callback>>)>;
+
 /// How a pool is set up.
 pub struct PoolOptions {
     pub processes: usize,
@@ -174,7 +177,7 @@ pub struct Job {
     kind: JobKind,
     state: Mutex<JobState>,
     changed: Condvar,
-    callbacks: Mutex<Option<(Option<Box<dyn Callback>>, Option<Box<dyn Callback>>)>>,
+    callbacks: Mutex<Callbacks>,
 }
 
 impl Job {
@@ -283,7 +286,10 @@ impl Job {
                     if left.is_zero() {
                         return false;
                     }
-                    self.changed.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0
+                    self.changed
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
                 }
             };
         }
@@ -348,7 +354,10 @@ impl Job {
                     if left.is_zero() {
                         return Err("timed out waiting for the next result (TimeoutError)".into());
                     }
-                    self.changed.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0
+                    self.changed
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
                 }
             };
         }
@@ -488,7 +497,13 @@ impl Pool {
             .map(|(f, args)| (f.clone(), args.clone()));
         let max_tasks = self.options.maxtasksperchild;
         let child = fork::fork_child(&self.host, &keep, move || {
-            worker_main(&*engine, File::from(task_rx), File::from(result_tx), init, max_tasks)
+            worker_main(
+                &*engine,
+                File::from(task_rx),
+                File::from(result_tx),
+                init,
+                max_tasks,
+            )
         });
         let child = match child {
             Ok(c) => c,
@@ -534,19 +549,24 @@ impl Pool {
         function: Arc<FunctionSpec>,
         calls: Calls,
         chunksize: usize,
-        callbacks: Option<(Option<Box<dyn Callback>>, Option<Box<dyn Callback>>)>,
+        callbacks: Callbacks,
     ) -> Result<Arc<Job>, String> {
         let job = Job::new(kind, calls.len());
         *job.callbacks.lock().unwrap_or_else(|e| e.into_inner()) = callbacks;
         let mut s = self.shared();
         match s.status {
             Status::Open => {}
-            Status::Closed => return Err("the pool is closed (ValueError: Pool not running)".into()),
+            Status::Closed => {
+                return Err("the pool is closed (ValueError: Pool not running)".into())
+            }
             Status::Terminated => {
                 return Err("the pool is terminated (ValueError: Pool not running)".into())
             }
             Status::Broken => {
-                return Err(s.broken_reason.clone().unwrap_or_else(|| "the pool is broken".into()))
+                return Err(s
+                    .broken_reason
+                    .clone()
+                    .unwrap_or_else(|| "the pool is broken".into()))
             }
         }
         if calls.is_empty() {
@@ -621,7 +641,9 @@ impl Pool {
     /// Waits for the workers to exit; an error unless the pool was closed or terminated.
     pub fn join(&self) -> Result<(), String> {
         if self.shared().status == Status::Open {
-            return Err("join() on a running pool: call close() or terminate() first (ValueError)".into());
+            return Err(
+                "join() on a running pool: call close() or terminate() first (ValueError)".into(),
+            );
         }
         self.wait_supervisor();
         Ok(())
@@ -639,10 +661,18 @@ impl Pool {
     fn wait_supervisor(&self) {
         let mut s = self.shared();
         while !s.supervisor_done {
-            s = self.shared_changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = self
+                .shared_changed
+                .wait(s)
+                .unwrap_or_else(|e| e.into_inner());
         }
         drop(s);
-        if let Some(h) = self.supervisor.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             let _ = h.join();
         }
     }
@@ -669,7 +699,11 @@ impl Pool {
             }
             let readable = {
                 let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
-                fds.extend(workers.iter().map(|w| PollFd::new(w.results.as_fd(), PollFlags::POLLIN)));
+                fds.extend(
+                    workers
+                        .iter()
+                        .map(|w| PollFd::new(w.results.as_fd(), PollFlags::POLLIN)),
+                );
                 match poll(&mut fds, PollTimeout::from(200u16)) {
                     Ok(_) => fds
                         .iter()
@@ -739,7 +773,10 @@ impl Pool {
         loop {
             let mut assigned = false;
             for (w, batch) in workers.iter_mut().zip(batches.iter_mut()) {
-                let limit = self.options.maxtasksperchild.map_or(usize::MAX, |m| m - w.sent);
+                let limit = self
+                    .options
+                    .maxtasksperchild
+                    .map_or(usize::MAX, |m| m - w.sent);
                 if w.in_flight.len() >= window || limit == 0 {
                     continue;
                 }
@@ -853,7 +890,9 @@ impl Pool {
         }
         fork::unregister_fd(w.results.as_raw_fd());
         let cause = match status {
-            Ok(WaitStatus::Signaled(_, sig, _)) => format!("was killed by signal {sig} ({})", sig as i32),
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                format!("was killed by signal {sig} ({})", sig as i32)
+            }
             Ok(WaitStatus::Exited(_, code)) => format!("exited with status {code}"),
             _ => how.to_string(),
         };
@@ -922,7 +961,11 @@ impl Pool {
 /// Runs `callback`/`error_callback` with the GIL, then marks each job ready.
 fn run_callbacks(host: Arc<Host>, rx: Receiver<(Arc<Job>, Result<Value, String>)>) {
     for (job, outcome) in rx {
-        let callbacks = job.callbacks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let callbacks = job
+            .callbacks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some((ok, err)) = callbacks {
             let (callback, arg) = match outcome {
                 Ok(v) => (ok, v),
@@ -954,7 +997,11 @@ fn worker_main(
     let mut out = Vec::new();
     if let Some((f, args)) = init {
         if let Err(e) = engine.call_many(&f, Calls::Lists(vec![args])) {
-            let msg = FromWorker { id: 0, micros: 0, result: Err(e) };
+            let msg = FromWorker {
+                id: 0,
+                micros: 0,
+                result: Err(e),
+            };
             let _ = codec::write_frame(&mut results, &mut out, &msg);
             return 1;
         }
@@ -976,7 +1023,11 @@ fn worker_main(
             ToWorker::Function(f) => {
                 functions.insert(f.key, f);
             }
-            ToWorker::Task { id, function, calls } => {
+            ToWorker::Task {
+                id,
+                function,
+                calls,
+            } => {
                 let start = Instant::now();
                 let result = match functions.get(&function) {
                     None => Err("internal error: function not sent to the worker".to_string()),
@@ -1010,7 +1061,8 @@ fn worker_main(
 // ---- small helpers ----
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("cannot create a pipe: {e}"))
 }
 
 fn set_nonblocking(fd: RawFd) -> Result<(), String> {
@@ -1018,7 +1070,10 @@ fn set_nonblocking(fd: RawFd) -> Result<(), String> {
     // SAFETY: fd is open for the duration of the call.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
-    fcntl(fd, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK))
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }

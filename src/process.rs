@@ -19,8 +19,14 @@ use crate::thread::Target;
 
 enum State {
     New,
-    Running { pid: Pid, link: Option<JoinHandle<()>> },
-    Done { pid: Pid, code: i32 },
+    Running {
+        pid: Pid,
+        link: Option<JoinHandle<()>>,
+    },
+    Done {
+        pid: Pid,
+        code: i32,
+    },
 }
 
 /// A script-visible process.

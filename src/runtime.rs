@@ -156,9 +156,14 @@ impl Runtime {
             path: path.to_owned(),
             source,
         })?;
-        let dir = path
-            .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }.to_owned());
+        let dir = path.parent().map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+            .to_owned()
+        });
         self.run(
             language,
             Script {
@@ -244,7 +249,10 @@ impl Host {
 
     /// "Process-1", "Process-2", ... as Python names them.
     pub fn next_process_name(&self) -> String {
-        format!("Process-{}", self.process_counter.fetch_add(1, Ordering::Relaxed) + 1)
+        format!(
+            "Process-{}",
+            self.process_counter.fetch_add(1, Ordering::Relaxed) + 1
+        )
     }
 
     pub(crate) fn register_process(&self, p: Arc<ScriptProcess>) {
@@ -268,7 +276,10 @@ impl Host {
 
     /// "Thread-1", "Thread-2", ... as Python names them.
     pub fn next_thread_name(&self) -> String {
-        format!("Thread-{}", self.thread_counter.fetch_add(1, Ordering::Relaxed) + 1)
+        format!(
+            "Thread-{}",
+            self.thread_counter.fetch_add(1, Ordering::Relaxed) + 1
+        )
     }
 
     pub(crate) fn register_thread(&self, t: Arc<ScriptThread>) {

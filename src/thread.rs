@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 use crate::runtime::Host;
 
+/// Stack for a script thread: as much as the main thread gets, so recursion limits are the
+/// engine's, not the OS thread's.
+pub const SCRIPT_THREAD_STACK: usize = 8 << 20;
+
 /// A script function bound to its arguments, runnable on another OS thread of the same engine.
 pub trait Target: Send {
     /// Runs the function. Called with the GIL held; returns with it held. An error is the
@@ -78,6 +82,7 @@ impl ScriptThread {
         let gil = host.gil.clone();
         let spawned = std::thread::Builder::new()
             .name(self.name.clone())
+            .stack_size(SCRIPT_THREAD_STACK)
             .spawn(move || {
                 gil.acquire(0);
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
@@ -88,7 +93,10 @@ impl ScriptThread {
                     Err(panic) => Some(format!("internal error (panic): {}", panic_text(&panic))),
                 };
                 if let Some(msg) = failure {
-                    crate::output::write_stderr(&format!("Exception in thread {}:\n{msg}", me.name));
+                    crate::output::write_stderr(&format!(
+                        "Exception in thread {}:\n{msg}",
+                        me.name
+                    ));
                 }
                 me.set_state(RunState::Done);
             });

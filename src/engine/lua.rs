@@ -13,8 +13,8 @@
 //! thread runs at full speed.
 
 use std::cell::{Cell, RefCell};
-use std::ffi::c_void;
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use mlua::serde::{DeserializeOptions, SerializeOptions};
@@ -27,8 +27,8 @@ use mlua::{
 
 use super::untransferable;
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
-use crate::pool::{Callback, Calls, FunctionSpec, TaskEngine};
 use crate::gil::{Gil, Interrupter};
+use crate::pool::{Callback, Calls, FunctionSpec, TaskEngine};
 use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
 use crate::{output, Value};
@@ -72,7 +72,10 @@ fn arm_hook(token: usize) {
 }
 
 /// The count hook: yields to the driver if a switch is requested, else uninstalls itself.
-unsafe extern "C-unwind" fn gil_hook(state: *mut mlua::ffi::lua_State, _: *mut mlua::ffi::lua_Debug) {
+unsafe extern "C-unwind" fn gil_hook(
+    state: *mut mlua::ffi::lua_State,
+    _: *mut mlua::ffi::lua_Debug,
+) {
     let requested = CURRENT_GIL.with(|g| g.borrow().as_ref().is_some_and(|g| g.drop_requested()));
     if !requested {
         mlua::ffi::lua_sethook(state, None, 0, 0);
@@ -271,11 +274,21 @@ impl Args for LuaArgs<'_> {
         let args = match args.map(|i| self.get(i)) {
             None => Vec::new(),
             Some(LuaValue::Table(t)) => {
-                let n = t.get::<Option<i64>>("n").ok().flatten().unwrap_or(t.raw_len() as i64);
-                (1..=n).map(|i| t.raw_get(i)).collect::<mlua::Result<_>>().map_err(|e| e.to_string())?
+                let n = t
+                    .get::<Option<i64>>("n")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(t.raw_len() as i64);
+                (1..=n)
+                    .map(|i| t.raw_get(i))
+                    .collect::<mlua::Result<_>>()
+                    .map_err(|e| e.to_string())?
             }
             Some(other) => {
-                return Err(format!("arguments must be a table, got {}", other.type_name()))
+                return Err(format!(
+                    "arguments must be a table, got {}",
+                    other.type_name()
+                ))
             }
         };
         Ok(Box::new(LuaTarget {
@@ -301,7 +314,10 @@ impl Args for LuaArgs<'_> {
 
     fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String> {
         let LuaValue::Table(t) = self.get(i) else {
-            return Err(format!("options must be a table, got {}", self.get(i).type_name()));
+            return Err(format!(
+                "options must be a table, got {}",
+                self.get(i).type_name()
+            ));
         };
         match t.get::<LuaValue>(key).map_err(|e| e.to_string())? {
             LuaValue::Nil => Ok(None),
@@ -351,9 +367,14 @@ struct LuaCallback {
 impl Callback for LuaCallback {
     fn call(&self, arg: Value) -> Result<(), String> {
         let arg = from_value(&self.lua, &arg).map_err(error_text)?;
-        start_driver(&self.lua, &self.host, self.f.clone(), MultiValue::from_vec(vec![arg]))
-            .map(drop)
-            .map_err(error_text)
+        start_driver(
+            &self.lua,
+            &self.host,
+            self.f.clone(),
+            MultiValue::from_vec(vec![arg]),
+        )
+        .map(drop)
+        .map_err(error_text)
     }
 }
 
@@ -384,11 +405,18 @@ impl TaskEngine for LuaTaskEngine {
         let f = self.function(spec)?;
         let count = calls.len();
         let (calls, single) = match calls {
-            Calls::Each(values) => (from_value(lua, &Value::Array(values)).map_err(error_text)?, true),
+            Calls::Each(values) => (
+                from_value(lua, &Value::Array(values)).map_err(error_text)?,
+                true,
+            ),
             Calls::Lists(lists) => {
-                let table = lua.create_table_with_capacity(lists.len(), 0).map_err(error_text)?;
+                let table = lua
+                    .create_table_with_capacity(lists.len(), 0)
+                    .map_err(error_text)?;
                 for (i, list) in lists.iter().enumerate() {
-                    let args = lua.create_table_with_capacity(list.len(), 1).map_err(error_text)?;
+                    let args = lua
+                        .create_table_with_capacity(list.len(), 1)
+                        .map_err(error_text)?;
                     for (j, v) in list.iter().enumerate() {
                         args.raw_set(j + 1, from_value(lua, v).map_err(error_text)?)
                             .map_err(error_text)?;
@@ -399,8 +427,12 @@ impl TaskEngine for LuaTaskEngine {
                 (LuaValue::Table(table), false)
             }
         };
-        let run_chunk: Function = lua.named_registry_value("parrun.run_chunk").map_err(error_text)?;
-        let args = (f, calls, count, single).into_lua_multi(lua).map_err(error_text)?;
+        let run_chunk: Function = lua
+            .named_registry_value("parrun.run_chunk")
+            .map_err(error_text)?;
+        let args = (f, calls, count, single)
+            .into_lua_multi(lua)
+            .map_err(error_text)?;
         let out = start_driver(lua, &self.host, run_chunk, args).map_err(error_text)?;
         let Some(LuaValue::Table(results)) = out.into_iter().next() else {
             return Err("internal error: the chunk runner returned no table".into());
@@ -429,13 +461,21 @@ fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSpec>, String
     if lua.app_data_ref::<Cache>().is_none() {
         lua.set_app_data(Cache::new());
     }
-    if let Some(spec) = lua.app_data_ref::<Cache>().and_then(|c| c.get(&key).cloned()) {
+    if let Some(spec) = lua
+        .app_data_ref::<Cache>()
+        .and_then(|c| c.get(&key).cloned())
+    {
         return Ok(spec);
     }
     let code = transport::encode(lua, f)?;
-    let pinned: Table = lua.named_registry_value("parrun.pinned").map_err(error_text)?;
+    let pinned: Table = lua
+        .named_registry_value("parrun.pinned")
+        .map_err(error_text)?;
     pinned.raw_set(f, true).map_err(error_text)?;
-    let spec = Arc::new(FunctionSpec { key: key as u64, code });
+    let spec = Arc::new(FunctionSpec {
+        key: key as u64,
+        code,
+    });
     if let Some(mut cache) = lua.app_data_mut::<Cache>() {
         cache.insert(key, spec.clone());
     }
@@ -489,7 +529,11 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
         }
         let pending = match (out.front(), out.get(1)) {
             (Some(tag), Some(request)) if *tag == wait_tag() => take_request(request)?,
-            _ => break Err(mlua::Error::runtime("unexpected yield from a script thread")),
+            _ => {
+                break Err(mlua::Error::runtime(
+                    "unexpected yield from a script thread",
+                ))
+            }
         };
         let result = pending.run(gil, token);
         args = answer(lua, result)?;
@@ -520,8 +564,12 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     let scoped = lua.create_table()?;
     for b in api::BUILTINS {
         match b.kind {
-            Kind::Call if b.class == Class::Global => functions.set(b.name, raw_builtin(lua, host, b)?)?,
-            Kind::Call => class_table(lua, &methods, b.class)?.set(b.name, raw_builtin(lua, host, b)?)?,
+            Kind::Call if b.class == Class::Global => {
+                functions.set(b.name, raw_builtin(lua, host, b)?)?
+            }
+            Kind::Call => {
+                class_table(lua, &methods, b.class)?.set(b.name, raw_builtin(lua, host, b)?)?
+            }
             Kind::Getter => {}
             Kind::Scoped { enter, exit } => {
                 class_table(lua, &scoped, b.class)?.set(b.name, [enter, exit])?
@@ -542,7 +590,8 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
         answer(lua, pending.run_here())
     })?;
     let write_line = lua.create_function(|_, line: LuaString| {
-        output::write_line(&line.as_bytes()).map_err(|e| mlua::Error::runtime(format!("print: {e}")))
+        output::write_line(&line.as_bytes())
+            .map_err(|e| mlua::Error::runtime(format!("print: {e}")))
     })?;
     let drivers = lua.create_table()?;
     let weak_keys = lua.create_table()?;
@@ -658,12 +707,18 @@ mod tests {
 
     fn every_kind() -> Value {
         Value::Map(vec![
-            (Value::Str("nil_is_dropped_by_lua".into()), Value::Bool(true)),
+            (
+                Value::Str("nil_is_dropped_by_lua".into()),
+                Value::Bool(true),
+            ),
             (Value::Int(1), Value::Int(-7)),
             (Value::Str("float".into()), Value::Float(2.5)),
             (Value::Str("whole_float".into()), Value::Float(3.0)),
             (Value::Str("text".into()), Value::Str("héllo".into())),
-            (Value::Str("bytes".into()), Value::Bytes(vec![0, 255, 10, 0])),
+            (
+                Value::Str("bytes".into()),
+                Value::Bytes(vec![0, 255, 10, 0]),
+            ),
             (
                 Value::Str("nested".into()),
                 Value::Array(vec![
@@ -731,7 +786,11 @@ mod tests {
         // A sparse table stays a map with integer keys, and goes back as the same table.
         let sparse = eval("{[1] = 'a', [1000] = 'b'}");
         assert!(matches!(sparse, Value::Map(_)), "{sparse:?}");
-        let t: Table = from_value(&lua, &sparse).unwrap().as_table().unwrap().clone();
+        let t: Table = from_value(&lua, &sparse)
+            .unwrap()
+            .as_table()
+            .unwrap()
+            .clone();
         assert_eq!(t.get::<String>(1000).unwrap(), "b");
         assert_eq!(t.get::<Option<String>>(2).unwrap(), None);
     }
@@ -741,9 +800,15 @@ mod tests {
         let lua = Lua::new();
         let f = lua.load("function() end").eval::<LuaValue>().unwrap();
         assert!(to_value(&lua, f).unwrap_err().contains("function"));
-        let co = lua.load("coroutine.create(print)").eval::<LuaValue>().unwrap();
+        let co = lua
+            .load("coroutine.create(print)")
+            .eval::<LuaValue>()
+            .unwrap();
         assert!(to_value(&lua, co).unwrap_err().contains("thread"));
-        let cyclic = lua.load("local t = {} t.self = t return t").eval::<LuaValue>().unwrap();
+        let cyclic = lua
+            .load("local t = {} t.self = t return t")
+            .eval::<LuaValue>()
+            .unwrap();
         assert!(to_value(&lua, cyclic).unwrap_err().contains("recursive"));
     }
 }

@@ -49,6 +49,9 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         main_thread: std::thread::current().id(),
     });
     let mut engine = Engine::new();
+    // Rhai's release-build default; its debug builds allow only 8 levels, and a script must
+    // behave the same whichever way parrun was built.
+    engine.set_max_call_levels(64);
     if let Some(dir) = &script.dir {
         engine.set_module_resolver(FileModuleResolver::new_with_path(dir));
     }
@@ -292,7 +295,8 @@ fn invoke(
     let fail =
         |msg: String| -> Box<EvalAltResult> { format!("{}: {msg}", b.qualified_name()).into() };
     api::check_arity(b, args.len()).map_err(fail)?;
-    let outcome = (b.call)(&shared.host, &mut RhaiArgs::new(args, shared, constants)).map_err(fail)?;
+    let outcome =
+        (b.call)(&shared.host, &mut RhaiArgs::new(args, shared, constants)).map_err(fail)?;
     let ret = match outcome {
         Outcome::Done(ret) => ret,
         Outcome::Wait(wait) => shared.host.gil.allow_threads(0, wait).map_err(fail)?,
@@ -544,7 +548,10 @@ impl TaskEngine for RhaiTaskEngine {
                 .call_raw(&ctx, None, &mut args[..])
                 .map_err(|e| format_error(&self.shared.script_name, *e))?;
             if result.is::<Object>() || result.is::<FnPtr>() {
-                return Err(untransferable(format!("the task returned a {}", result.type_name())));
+                return Err(untransferable(format!(
+                    "the task returned a {}",
+                    result.type_name()
+                )));
             }
             ::rhai::serde::from_dynamic::<Value>(&result).map_err(untransferable)
         };
@@ -559,7 +566,8 @@ impl TaskEngine for RhaiTaskEngine {
 }
 
 /// The `global::` constants of the running script.
-type Constants = ::rhai::Shared<::rhai::Locked<std::collections::BTreeMap<::rhai::ImmutableString, Dynamic>>>;
+type Constants =
+    ::rhai::Shared<::rhai::Locked<std::collections::BTreeMap<::rhai::ImmutableString, Dynamic>>>;
 
 /// A script function with the script's AST and constants, callable from any thread.
 struct BoundFn {

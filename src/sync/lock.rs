@@ -68,7 +68,11 @@ impl Lock {
         let mut held = self.held();
         while *held {
             held = match deadline {
-                None => self.inner.freed.wait(held).unwrap_or_else(|e| e.into_inner()),
+                None => self
+                    .inner
+                    .freed
+                    .wait(held)
+                    .unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {

@@ -10,5 +10,5 @@ mod queue;
 
 pub use lock::Lock;
 pub(crate) use lock::LockInner;
-pub use queue::{Queue, QueueError};
 pub(crate) use queue::QueueInner;
+pub use queue::{Queue, QueueError};

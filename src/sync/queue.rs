@@ -107,7 +107,11 @@ impl Queue {
                 return Ok(v);
             }
             items = match deadline {
-                None => self.inner.ready.wait(items).unwrap_or_else(|e| e.into_inner()),
+                None => self
+                    .inner
+                    .ready
+                    .wait(items)
+                    .unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {

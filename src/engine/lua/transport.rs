@@ -62,7 +62,9 @@ pub(super) fn encode(lua: &Lua, f: &Function) -> Result<Vec<u8>, String> {
     let mut enc = Encoder {
         lua,
         globals: lua.globals(),
-        getupvalue: lua.named_registry_value("parrun.getupvalue").map_err(error_text)?,
+        getupvalue: lua
+            .named_registry_value("parrun.getupvalue")
+            .map_err(error_text)?,
         defs: Vec::new(),
         index: HashMap::new(),
     };
@@ -111,17 +113,27 @@ impl Encoder<'_> {
         };
         match &value {
             LuaValue::Table(t) if t == &self.globals => Ok(Upvalue::Env),
-            LuaValue::Function(f) if f.info().what != "C" => Ok(Upvalue::Function(self.function(f)?)),
-            LuaValue::Function(_) | LuaValue::UserData(_) | LuaValue::LightUserData(_) => self
-                .path_of(&value)
-                .map(Upvalue::Path)
-                .ok_or_else(|| cannot(&format!("a {} not reachable from the globals", value.type_name()))),
+            LuaValue::Function(f) if f.info().what != "C" => {
+                Ok(Upvalue::Function(self.function(f)?))
+            }
+            LuaValue::Function(_) | LuaValue::UserData(_) | LuaValue::LightUserData(_) => {
+                self.path_of(&value).map(Upvalue::Path).ok_or_else(|| {
+                    cannot(&format!(
+                        "a {} not reachable from the globals",
+                        value.type_name()
+                    ))
+                })
+            }
             LuaValue::Table(_) => match self.path_of(&value) {
                 Some(path) => Ok(Upvalue::Path(path)),
-                None => to_value(self.lua, value).map(Upvalue::Data).map_err(|e| cannot(&e)),
+                None => to_value(self.lua, value)
+                    .map(Upvalue::Data)
+                    .map_err(|e| cannot(&e)),
             },
             LuaValue::Thread(_) => Err(cannot("a coroutine")),
-            _ => to_value(self.lua, value).map(Upvalue::Data).map_err(|e| cannot(&e)),
+            _ => to_value(self.lua, value)
+                .map(Upvalue::Data)
+                .map_err(|e| cannot(&e)),
         }
     }
 
@@ -143,7 +155,9 @@ impl Encoder<'_> {
             let mut tables = Vec::new();
             for (k, v) in root.pairs::<LuaValue, LuaValue>().flatten() {
                 let LuaValue::String(k) = k else { continue };
-                let Ok(k) = k.to_str().map(|s| s.to_string()) else { continue };
+                let Ok(k) = k.to_str().map(|s| s.to_string()) else {
+                    continue;
+                };
                 if v.to_pointer() == target {
                     return Some([prefix.clone(), vec![k]].concat());
                 }
@@ -167,18 +181,25 @@ impl Encoder<'_> {
 
 /// Rebuilds an encoded function in this state.
 pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
-    let wire: Wire = rmp_serde::from_slice(code).map_err(|e| format!("bad function encoding: {e}"))?;
+    let wire: Wire =
+        rmp_serde::from_slice(code).map_err(|e| format!("bad function encoding: {e}"))?;
     let globals = lua.globals();
     let defs = match wire {
         Wire::Path(path) => {
             return match resolve(&globals, &path)? {
                 LuaValue::Function(f) => Ok(f),
-                other => Err(format!("`{}` is a {} in the worker", path.join("."), other.type_name())),
+                other => Err(format!(
+                    "`{}` is a {} in the worker",
+                    path.join("."),
+                    other.type_name()
+                )),
             }
         }
         Wire::Functions(defs) => defs,
     };
-    let setupvalue: Function = lua.named_registry_value("parrun.setupvalue").map_err(error_text)?;
+    let setupvalue: Function = lua
+        .named_registry_value("parrun.setupvalue")
+        .map_err(error_text)?;
     let functions = defs
         .iter()
         .map(|d| {
@@ -201,17 +222,25 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
                 ),
                 Upvalue::Path(path) => resolve(&globals, path)?,
             };
-            setupvalue.call::<()>((f, n + 1, value)).map_err(error_text)?;
+            setupvalue
+                .call::<()>((f, n + 1, value))
+                .map_err(error_text)?;
         }
     }
-    functions.into_iter().next().ok_or_else(|| "bad function encoding: empty".into())
+    functions
+        .into_iter()
+        .next()
+        .ok_or_else(|| "bad function encoding: empty".into())
 }
 
 fn resolve(globals: &Table, path: &[String]) -> Result<LuaValue, String> {
     let mut value = LuaValue::Table(globals.clone());
     for key in path {
         let LuaValue::Table(t) = value else {
-            return Err(format!("`{}` is not reachable in the worker", path.join(".")));
+            return Err(format!(
+                "`{}` is not reachable in the worker",
+                path.join(".")
+            ));
         };
         value = t.get::<LuaValue>(key.as_str()).map_err(error_text)?;
     }

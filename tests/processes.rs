@@ -1,0 +1,614 @@
+//! End-to-end tests of processes and pools (the `fork` model), each in Lua and Rhai.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Output, Run};
+
+/// Writes `code` to a fresh temporary script file and returns its path.
+fn script(name: &str, ext: &str, code: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "parrun-proc-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.{ext}"));
+    std::fs::write(&path, code).unwrap();
+    path
+}
+
+fn run_script(name: &str, ext: &str, code: &str) -> Output {
+    let path = script(name, ext, code);
+    Run::new([path.to_str().unwrap()]).output()
+}
+
+/// Runs the same program written in both languages and checks the same stdout.
+fn both(name: &str, lua: &str, rhai: &str, check: impl Fn(&Output)) {
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        let out = run_script(name, ext, code);
+        check(&out);
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie has exited; only its entry remains until it is reaped.
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn process_exit_codes_follow_python() {
+    both(
+        "exitcodes",
+        r#"
+local ok = parrun.Process(function() end) ok:start() ok:join()
+local bad = parrun.Process(function() error("child failed") end) bad:start() bad:join()
+local slow = parrun.Process(function() parrun.sleep(30) end) slow:start()
+print("alive", slow:is_alive())
+slow:terminate() slow:join()
+local slow2 = parrun.Process(function() parrun.sleep(30) end) slow2:start() slow2:kill() slow2:join()
+print("codes", ok.exitcode, bad.exitcode, slow.exitcode, slow2.exitcode, slow:is_alive())
+"#,
+        r#"
+let ok = Process(|| (), []); ok.start(); ok.join();
+let bad = Process(|| throw "child failed", []); bad.start(); bad.join();
+let slow = Process(|| sleep(30), []); slow.start();
+print(`alive	${slow.is_alive()}`);
+slow.terminate(); slow.join();
+let slow2 = Process(|| sleep(30), []); slow2.start(); slow2.kill(); slow2.join();
+print(`codes	${ok.exitcode}	${bad.exitcode}	${slow.exitcode}	${slow2.exitcode}	${slow.is_alive()}`);
+"#,
+        |out| {
+            out.assert_success()
+                .assert_stdout_contains("alive\ttrue")
+                .assert_stdout_contains("codes\t0\t1\t-15\t-9\tfalse")
+                .assert_stderr_contains("Process Process-2:")
+                .assert_stderr_contains("child failed");
+        },
+    );
+}
+
+#[test]
+fn a_large_value_put_before_the_parent_joins_does_not_deadlock() {
+    both(
+        "bigput",
+        r#"
+local q = parrun.Queue()
+local p = parrun.Process(function(q) q:put(string.rep("x", 8000000)) q:put("after") end, {q})
+p:start() p:join()
+print(#q:get(), q:get(), p.exitcode)
+"#,
+        r#"
+let q = Queue();
+let p = Process(|q| { let s = "x"; s.pad(8000000, "x"); q.put(s); q.put("after"); }, [q]);
+p.start(); p.join();
+print(`${q.get().len()} ${q.get()} ${p.exitcode}`);
+"#,
+        |out| {
+            out.assert_success();
+            let line = out.stdout_lines().join(" ");
+            assert!(
+                line.contains("8000000") && line.contains("after"),
+                "{}",
+                out.describe()
+            );
+        },
+    );
+}
+
+#[test]
+fn queue_keeps_order_per_producer_with_many_writers() {
+    both(
+        "order",
+        r#"
+local q = parrun.Queue()
+local ps = {}
+for id = 1, 3 do
+  ps[id] = parrun.Process(function(q, id) for i = 1, 300 do q:put({id, i}) end end, {q, id})
+  ps[id]:start()
+end
+local last, count = {0, 0, 0}, 0
+for _ = 1, 900 do
+  local v = q:get(20)
+  assert(v[2] == last[v[1]] + 1, "out of order") last[v[1]] = v[2] count = count + 1
+end
+for _, p in ipairs(ps) do p:join() end
+print("in order", count)
+"#,
+        r#"
+let q = Queue();
+let ps = [];
+for id in 0..3 {
+  let p = Process(|q, id| { for i in 1..=300 { q.put([id, i]); } }, [q, id]);
+  p.start(); ps.push(p);
+}
+let last = [0, 0, 0]; let count = 0;
+for n in 0..900 {
+  let v = q.get(20);
+  if v[1] != last[v[0]] + 1 { throw "out of order"; }
+  last[v[0]] = v[1]; count += 1;
+}
+for p in ps { p.join(); }
+print(`in order ${count}`);
+"#,
+        |out| {
+            out.assert_success();
+            assert!(
+                out.stdout.contains("in order") && out.stdout.contains("900"),
+                "{}",
+                out.describe()
+            );
+        },
+    );
+}
+
+#[test]
+fn pool_methods_behave_like_multiprocessing() {
+    both(
+        "poolapi",
+        r#"
+local pool = parrun.Pool(2)
+local function sq(x) return x * x end
+print("apply", pool:apply(sq, {7}))
+print("map", table.concat(pool:map(sq, {1, 2, 3, 4}), ","))
+print("map1", table.concat(pool:map(sq, {1, 2, 3, 4}, 1), ","))
+print("starmap", table.concat(pool:starmap(function(a, b) return a * b end, {{2, 3}, {4, 5}}), ","))
+local r = pool:map_async(sq, {5, 6}) r:wait(10)
+print("map_async", r:ready(), r:successful(), table.concat(r:get(), ","))
+local seen = {}
+for v in pool:imap(sq, {1, 2, 3}) do seen[#seen + 1] = v end
+print("imap", table.concat(seen, ","))
+local total = 0
+for v in pool:imap_unordered(sq, {1, 2, 3}) do total = total + v end
+print("imap_unordered", total)
+local got = parrun.Queue()
+local a = pool:apply_async(sq, {9}, function(v) got:put(v) end)
+print("callback", a:get(10), got:get(10))
+local e = pool:apply_async(function() error("bad task") end, {}, nil, function(err) got:put(err) end)
+print("error_callback", pcall(e.get, e, 10), got:get(10):find("bad task") ~= nil, e:successful())
+local slow = pool:apply_async(parrun.sleep, {5})
+print("timeout", pcall(slow.get, slow, 0.05))
+print("join open", pcall(pool.join, pool))
+pool:terminate()
+print("after terminate", pcall(slow.get, slow))
+print("submit after terminate", pcall(pool.map, pool, sq, {1}))
+"#,
+        r#"
+let pool = Pool(2);
+fn sq(x) { x * x }
+print(`apply ${pool.apply(sq, [7])}`);
+print(`map ${pool.map(sq, [1, 2, 3, 4])}`);
+print(`map1 ${pool.map(sq, [1, 2, 3, 4], 1)}`);
+print(`starmap ${pool.starmap(|a, b| a * b, [[2, 3], [4, 5]])}`);
+let r = pool.map_async(sq, [5, 6]); r.wait(10);
+print(`map_async ${r.ready()} ${r.successful()} ${r.get()}`);
+let seen = []; for v in pool.imap(sq, [1, 2, 3]) { seen.push(v); }
+print(`imap ${seen}`);
+let total = 0; for v in pool.imap_unordered(sq, [1, 2, 3]) { total += v; }
+print(`imap_unordered ${total}`);
+let got = Queue();
+let a = pool.apply_async(sq, [9], |v| got.put(v));
+print(`callback ${a.get(10)} ${got.get(10)}`);
+let e = pool.apply_async(|| throw "bad task", [], (), |err| got.put(err));
+let failed = false; try { e.get(10); } catch (x) { failed = true; }
+print(`error_callback ${failed} ${got.get(10).contains("bad task")} ${e.successful()}`);
+let slow = pool.apply_async(|s| sleep(s), [5]);
+let m = "no"; try { slow.get(0.05); } catch (x) { m = x; } print(`timeout ${m}`);
+m = "no"; try { pool.join(); } catch (x) { m = x; } print(`join open ${m}`);
+pool.terminate();
+m = "no"; try { slow.get(); } catch (x) { m = x; } print(`after terminate ${m}`);
+m = "no"; try { pool.map(sq, [1]); } catch (x) { m = x; } print(`submit after terminate ${m}`);
+"#,
+        |out| {
+            out.assert_success();
+            let text = out
+                .stdout
+                .replace('\t', " ")
+                .replace(", ", ",")
+                .replace(['[', ']'], "");
+            for expected in [
+                "apply 49",
+                "map 1,4,9,16",
+                "map1 1,4,9,16",
+                "starmap 6,20",
+                "map_async true true 25,36",
+                "imap 1,4,9",
+                "imap_unordered 14",
+                "callback 81 81",
+                "error_callback",
+                "true false",
+            ] {
+                assert!(
+                    text.contains(expected),
+                    "missing {expected:?}\n{}",
+                    out.describe()
+                );
+            }
+            assert!(text.contains("TimeoutError"), "{}", out.describe());
+            assert!(
+                text.contains("join open") && text.contains("close() or terminate()"),
+                "{}",
+                out.describe()
+            );
+            assert!(
+                text.contains("terminated before this result"),
+                "{}",
+                out.describe()
+            );
+            assert!(text.contains("Pool not running"), "{}", out.describe());
+        },
+    );
+}
+
+#[test]
+fn a_task_error_names_the_workers_message_and_line_and_the_pool_goes_on() {
+    both(
+        "taskerror",
+        "local pool = parrun.Pool(2)\nlocal ok, err = pcall(pool.map, pool, function(x)\n  if x == 3 then error(\"three is bad\") end\n  return x\nend, {1, 2, 3, 4})\nprint(err)\nprint(\"after\", table.concat(pool:map(function(x) return x + 1 end, {1, 2}), \",\"))\n",
+        "let pool = Pool(2);\nlet err = \"\"; try { pool.map(|x| {\n  if x == 3 { throw \"three is bad\"; }\n  x }, [1, 2, 3, 4]); } catch (e) { err = e; }\nprint(err);\nprint(`after ${pool.map(|x| x + 1, [1, 2])}`);\n",
+        |out| {
+            out.assert_success()
+                .assert_stdout_contains("three is bad")
+                .assert_stdout_contains(":3")
+                .assert_stdout_contains("after");
+            assert!(out.stdout.contains("2,3") || out.stdout.contains("[2, 3]"), "{}", out.describe());
+        },
+    );
+}
+
+#[test]
+fn values_arrive_as_they_left_through_a_worker() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+local v = {
+  int = 3, float = 3.0, neg = -7, big = math.maxinteger, text = "héllo",
+  bytes = "\0\255\254\0x", nested = {1, {2, {3, {"deep"}}}},
+  holes = {1, nil, 3}, mixed = {10, 20, x = "y", [2.5] = true},
+  sparse = {[1] = "a", [1000] = "b"}, empty = {},
+}
+local r = pool:apply(function(t) return t end, {v})
+print(math.type(r.int), math.type(r.float), r.neg, r.big == math.maxinteger, r.text)
+print(#r.bytes, r.bytes == v.bytes)
+print(r.nested[2][2][2][1], r.holes[1], r.holes[2], r.holes[3])
+print(r.mixed[1], r.mixed[2], r.mixed.x, r.mixed[2.5], r.sparse[1000], r.sparse[2], next(r.empty))
+"#;
+    let out = run_script("values", "lua", lua);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        vec![
+            "integer\tfloat\t-7\ttrue\théllo",
+            "5\ttrue",
+            "deep\t1\tnil\t3",
+            "10\t20\ty\ttrue\tb\tnil\tnil",
+        ],
+        "{}",
+        out.describe()
+    );
+    let rhai = r#"
+let pool = Pool(1);
+let v = #{ int: 3, float: 3.0, text: "héllo", blob: blob(3, 255), nested: [1, [2, [3, ["deep"]]]], unit: (), map: #{a: #{b: [1.5]}} };
+let r = pool.apply(|t| t, [v]);
+print(`${type_of(r.int)} ${type_of(r.float)} ${r.text} ${type_of(r.blob)} ${r.blob.len()} ${r.nested[1][1][1][0]} ${type_of(r.unit)} ${r.map.a.b[0]}`);
+"#;
+    let out = run_script("values", "rhai", rhai);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        vec!["i64 f64 héllo blob 3 deep () 1.5"],
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn functions_travel_with_what_they_use() {
+    both(
+        "functions",
+        r#"
+function helper(x) return x * 10 end
+function uses_helper(x) return helper(x) + 1 end
+local floor, offset = math.floor, 0.5
+local function closure(x) return floor(x + offset) end
+local function fact(n) if n <= 1 then return 1 end return n * fact(n - 1) end
+local pool = parrun.Pool(2)
+print(table.concat(pool:map(uses_helper, {1, 2}), ","), table.concat(pool:map(closure, {1.2, 2.7}), ","), pool:apply(fact, {10}))
+local co = coroutine.create(print)
+local ok, err = pcall(pool.map, pool, function(x) return co end, {1})
+print(ok, err)
+"#,
+        r#"
+fn helper(x) { x * 10 }
+fn uses_helper(x) { helper(x) + 1 }
+fn fact(n) { if n <= 1 { 1 } else { n * fact(n - 1) } }
+let offset = 5;
+let pool = Pool(2);
+print(`${pool.map(uses_helper, [1, 2])} ${pool.map(|x| x + offset, [1, 2])} ${pool.apply(fact, [10])}`);
+let q = Queue();
+let err = ""; try { pool.map(|x| x, [q]); } catch (e) { err = e; }
+print(`false ${err}`);
+"#,
+        |out| {
+            out.assert_success();
+            let text = out.stdout.replace(", ", ",");
+            assert!(text.contains("11,21"), "{}", out.describe());
+            assert!(text.contains("3628800"), "{}", out.describe());
+            assert!(
+                text.contains("1,3") || text.contains("6,7"),
+                "{}",
+                out.describe()
+            );
+            assert!(
+                text.contains("false") && text.contains("cannot send"),
+                "{}",
+                out.describe()
+            );
+        },
+    );
+}
+
+#[test]
+fn lines_printed_by_workers_never_mix() {
+    both(
+        "lines",
+        r#"
+local pool = parrun.Pool(2)
+local line = string.rep("abcdefgh", 500)
+pool:map(function(i) for _ = 1, 20 do print(i .. ":" .. line) end end, {1, 2, 3, 4}, 1)
+"#,
+        r#"
+let pool = Pool(2);
+pool.map(|i| { let line = "abcdefgh"; line.pad(4000, "x"); for n in 0..20 { print(`${i}:${line}`); } }, [1, 2, 3, 4], 1);
+"#,
+        |out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(lines.len(), 80, "{}", out.describe());
+            let first = lines[0].split_once(':').unwrap().1.to_owned();
+            for l in lines {
+                let (id, rest) = l.split_once(':').expect("a whole line");
+                assert!(["1", "2", "3", "4"].contains(&id), "mixed line: {l:.80}");
+                assert_eq!(rest, first, "a line was torn");
+            }
+        },
+    );
+}
+
+#[test]
+fn a_pool_can_be_created_while_threads_run_and_print() {
+    both(
+        "forkthreads",
+        r#"
+local stop = parrun.Queue()
+local ts = {}
+for id = 1, 2 do
+  ts[id] = parrun.Thread(function()
+    while stop:empty() do print("thread " .. id) parrun.sleep(0.001) end
+  end)
+  ts[id]:start()
+end
+for round = 1, 5 do
+  local pool = parrun.Pool(2)
+  assert(pool:map(function(x) return x * 2 end, {1, 2, 3})[3] == 6)
+  pool:close() pool:join()
+end
+stop:put(true)
+for _, t in ipairs(ts) do t:join() end
+print("pools done")
+"#,
+        r#"
+let stop = Queue();
+let ts = [];
+for id in 0..2 {
+  let t = Thread(|id| { while stop.empty() { print(`thread ${id}`); sleep(0.001); } }, [id]);
+  t.start(); ts.push(t);
+}
+for round in 0..5 {
+  let pool = Pool(2);
+  if pool.map(|x| x * 2, [1, 2, 3])[2] != 6 { throw "bad"; }
+  pool.close(); pool.join();
+}
+stop.put(true);
+for t in ts { t.join(); }
+print("pools done");
+"#,
+        |out| {
+            out.assert_success().assert_stdout_contains("pools done");
+        },
+    );
+}
+
+#[test]
+fn pool_options_initializer_and_maxtasksperchild() {
+    both(
+        "options",
+        r#"
+local pool = parrun.Pool(1, {initializer = function(x) SEED = x end, initargs = {42}, maxtasksperchild = 2})
+local r = pool:map(function() return {SEED, parrun.getpid()} end, {1, 2, 3, 4, 5, 6}, 1)
+local pids = {}
+for _, v in ipairs(r) do assert(v[1] == 42) pids[v[2]] = true end
+local n = 0 for _ in pairs(pids) do n = n + 1 end
+print("workers used", n)
+pool:close() pool:join()
+"#,
+        r#"
+let pool = Pool(#{processes: 1, initializer: |x| print(`init ${x}`), initargs: [42], maxtasksperchild: 2});
+let r = pool.map(|x| getpid(), [1, 2, 3, 4, 5, 6], 1);
+let pids = #{}; for p in r { pids[`${p}`] = true; }
+print(`workers used ${pids.len()}`);
+pool.close(); pool.join();
+"#,
+        |out| {
+            out.assert_success().assert_stdout_contains(
+                "workers used\t3"
+                    .replace(
+                        '\t',
+                        if out.command.ends_with("lua") {
+                            "\t"
+                        } else {
+                            " "
+                        },
+                    )
+                    .as_str(),
+            );
+        },
+    );
+}
+
+/// Starts a script, waits for a line `pid N` on its stdout, and returns the child and N.
+// The child is returned for the caller to wait on; every early exit here kills and reaps it.
+#[allow(clippy::zombie_processes)]
+fn start_and_read_pid(
+    path: &PathBuf,
+) -> (
+    std::process::Child,
+    i32,
+    BufReader<std::process::ChildStdout>,
+) {
+    let mut child = Command::new(common::parrun_bin())
+        .arg(path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let start = Instant::now();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no pid line within 30 s");
+        }
+        if reader.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the script ended before printing its worker's pid");
+        }
+        if let Some(pid) = line.trim().strip_prefix("pid ") {
+            return (child, pid.parse().unwrap(), reader);
+        }
+    }
+}
+
+fn wait_child(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("parrun did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_killed_worker_fails_its_task_and_is_replaced() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+local r = pool:apply_async(function() print("pid " .. parrun.getpid()) parrun.sleep(30) return 1 end, {})
+local ok, err = pcall(r.get, r, 25)
+print("error:", err)
+print("after", pool:apply(function(x) return x * 2 end, {21}))
+"#;
+    let rhai = r#"
+let pool = Pool(1);
+let r = pool.apply_async(|| { print(`pid ${getpid()}`); sleep(30); 1 }, []);
+let err = "none"; try { r.get(25); } catch (e) { err = e; }
+print(`error: ${err}`);
+print(`after ${pool.apply(|x| x * 2, [21])}`);
+"#;
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        let path = script("killed", ext, code);
+        let (mut child, worker, mut reader) = start_and_read_pid(&path);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(worker),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let status = wait_child(&mut child, Duration::from_secs(30));
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+        assert!(status.success(), "{ext}: {status:?}\n{rest}");
+        assert!(
+            rest.contains("SIGKILL"),
+            "{ext}: the error names the signal:\n{rest}"
+        );
+        assert!(
+            rest.contains("after") && rest.contains("42"),
+            "{ext}: the pool recovered:\n{rest}"
+        );
+        assert!(!alive(worker), "{ext}: the killed worker was not reaped");
+    }
+}
+
+#[test]
+fn workers_die_with_the_parent() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+for _, pid in ipairs(pool:map(function() return parrun.getpid() end, {1, 2}, 1)) do print("pid " .. pid) end
+parrun.sleep(60)
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+for pid in pool.map(|x| getpid(), [1, 2], 1) { print(`pid ${pid}`); }
+sleep(60);
+"#;
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        let path = script("orphans", ext, code);
+        let (mut child, worker, _reader) = start_and_read_pid(&path);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let start = Instant::now();
+        while alive(worker) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(worker), "{ext}: worker {worker} outlived its parent");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{ext}: took {:?}",
+            start.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_script_that_ends_without_joining_its_pool_leaves_no_worker() {
+    both(
+        "nojoin",
+        r#"
+local pool = parrun.Pool(2)
+for _, pid in ipairs(pool:map(function() return parrun.getpid() end, {1, 2}, 1)) do print("pid " .. pid) end
+pool:apply_async(parrun.sleep, {30})
+"#,
+        r#"
+let pool = Pool(2);
+for pid in pool.map(|x| getpid(), [1, 2], 1) { print(`pid ${pid}`); }
+pool.apply_async(|s| sleep(s), [30]);
+"#,
+        |out| {
+            out.assert_success();
+            assert!(out.elapsed < Duration::from_secs(20), "{}", out.describe());
+            for line in out.stdout_lines() {
+                let pid: i32 = line.strip_prefix("pid ").unwrap().parse().unwrap();
+                assert!(!alive(pid), "worker {pid} is still running");
+            }
+        },
+    );
+}
