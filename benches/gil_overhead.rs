@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use parrun::{Language, Runtime};
 
 const LUA_LOOP: &str = "local s = 0 for i = 1, 30000000 do s = s + i % 7 end assert(s > 0)";
-const RHAI_LOOP: &str = "let s = 0; for i in 0..1000000 { s += i % 7; } if s <= 0 { throw \"bad\"; }";
+const RHAI_LOOP: &str =
+    "let s = 0; for i in 0..1000000 { s += i % 7; } if s <= 0 { throw \"bad\"; }";
 
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
@@ -51,12 +52,26 @@ fn main() {
             let lua = unsafe { mlua::Lua::unsafe_new() };
             lua.load(LUA_LOOP).exec().unwrap();
         },
-        || assert_eq!(runtime.run_source(Language::Lua, "loop.lua", LUA_LOOP).unwrap(), 0),
+        || {
+            assert_eq!(
+                runtime
+                    .run_source(Language::Lua, "loop.lua", LUA_LOOP)
+                    .unwrap(),
+                0
+            )
+        },
     );
     compare(
         "rhai",
         runs,
         || rhai::Engine::new().run(RHAI_LOOP).unwrap(),
-        || assert_eq!(runtime.run_source(Language::Rhai, "loop.rhai", RHAI_LOOP).unwrap(), 0),
+        || {
+            assert_eq!(
+                runtime
+                    .run_source(Language::Rhai, "loop.rhai", RHAI_LOOP)
+                    .unwrap(),
+                0
+            )
+        },
     );
 }
