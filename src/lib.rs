@@ -1,8 +1,9 @@
 //! # parrun
 //!
 //! Run Lua and Rhai scripts with the parallelism toolkit of Python's `threading` and
-//! `multiprocessing`: `Thread`, `Queue`, `Lock`, `sleep`, `time`, ... in both languages, with
-//! one API.
+//! `multiprocessing`: `Thread`, `Process`, `Queue`, `Lock`, `Pool`, `sleep`, `time`, ... in
+//! both languages, with one API. Threads share one engine under a global interpreter lock, as
+//! in CPython; processes and pool workers are forks of the running script.
 //!
 //! ## How to use
 //!
@@ -33,6 +34,10 @@
 //! - `engine`: the Lua (mlua, vendored Lua 5.4) and Rhai adapters of that description.
 //! - [`gil`]: the global interpreter lock of the `gil` model.
 //! - [`thread`], [`sync`]: script threads, `Queue` and `Lock`.
+//! - [`process`], [`pool`]: forked processes and process pools.
+//! - `fork`, `link`: forking safely from a threaded process; how children reach the parent's
+//!   queues and locks.
+//! - [`codec`]: frames on pipes (MessagePack).
 //! - [`output`]: printing, one `write(2)` per line.
 
 pub mod api;

@@ -41,8 +41,10 @@ use crate::Value;
 
 /// The most tasks queued to one worker at a time.
 pub const MAX_WINDOW: usize = 64;
-/// How much work (in µs of task time) to keep queued per worker.
-const WINDOW_WORK_MICROS: f64 = 2000.0;
+/// How much work (in µs of task time) to keep queued per worker: enough that a worker never
+/// waits for the round trip of its next task, little enough that slow tasks are not pinned to
+/// one worker while another is idle.
+const WINDOW_WORK_MICROS: f64 = 20_000.0;
 
 /// A script function encoded by its engine adapter, to be called in a worker.
 #[derive(Serialize, Deserialize, Debug)]

@@ -1,6 +1,6 @@
 //! Script processes of the `fork` model (Python's `multiprocessing.Process`).
 //!
-//! `start` forks the running script (see [`crate::fork`]): the child calls the target in its
+//! `start` forks the running script (see `crate::fork`): the child calls the target in its
 //! own copy of the engine and exits with 0, or 1 after a script error (reported on stderr as
 //! "Process NAME:"). The return value is dropped, as in Python; results come back through a
 //! `Queue`. The parent reaps the child in `join`/`is_alive`, or at the end of the script.
