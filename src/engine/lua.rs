@@ -22,7 +22,7 @@ use mlua::thread::ThreadStatus;
 use mlua::{
     AnyUserData, Function, IntoLua, IntoLuaMulti, LightUserData, Lua, LuaSerdeExt, LuaString,
     MetaMethod, MultiValue, Table, Thread as Coroutine, UserData, UserDataMethods,
-    Value as LuaValue,
+    Value as LuaValue, WeakLua,
 };
 
 use super::untransferable;
@@ -292,7 +292,7 @@ impl Args for LuaArgs<'_> {
             }
         };
         Ok(Box::new(LuaTarget {
-            lua: self.lua.clone(),
+            lua: self.lua.weak(),
             host: self.host.clone(),
             f,
             args,
@@ -306,7 +306,7 @@ impl Args for LuaArgs<'_> {
 
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {
         Ok(Box::new(LuaCallback {
-            lua: self.lua.clone(),
+            lua: self.lua.weak(),
             host: self.host.clone(),
             f: self.script_function(i)?,
         }))
@@ -334,7 +334,7 @@ impl Args for LuaArgs<'_> {
 
     fn task_engine(&mut self) -> Arc<dyn TaskEngine> {
         Arc::new(LuaTaskEngine {
-            lua: self.lua.clone(),
+            lua: self.lua.weak(),
             host: self.host.clone(),
             functions: Mutex::new(HashMap::new()),
         })
@@ -358,17 +358,25 @@ impl LuaArgs<'_> {
     }
 }
 
+/// Targets, callbacks and task engines hold the state weakly: they live inside objects the
+/// state itself holds, and a strong reference would keep it alive for ever.
+fn upgrade(lua: &WeakLua) -> Result<Lua, String> {
+    lua.try_upgrade()
+        .ok_or_else(|| "the script's Lua state has shut down".into())
+}
+
 struct LuaCallback {
-    lua: Lua,
+    lua: WeakLua,
     host: Arc<Host>,
     f: Function,
 }
 
 impl Callback for LuaCallback {
     fn call(&self, arg: Value) -> Result<(), String> {
-        let arg = from_value(&self.lua, &arg).map_err(error_text)?;
+        let lua = upgrade(&self.lua)?;
+        let arg = from_value(&lua, &arg).map_err(error_text)?;
         start_driver(
-            &self.lua,
+            &lua,
             &self.host,
             self.f.clone(),
             MultiValue::from_vec(vec![arg]),
@@ -380,7 +388,7 @@ impl Callback for LuaCallback {
 
 /// Runs pool tasks in a worker: functions are decoded once and kept.
 struct LuaTaskEngine {
-    lua: Lua,
+    lua: WeakLua,
     host: Arc<Host>,
     functions: Mutex<HashMap<u64, Function>>,
 }
@@ -391,7 +399,7 @@ impl LuaTaskEngine {
         if let Some(f) = functions.get(&spec.key) {
             return Ok(f.clone());
         }
-        let f = transport::decode(&self.lua, &spec.code)?;
+        let f = transport::decode(&upgrade(&self.lua)?, &spec.code)?;
         functions.insert(spec.key, f.clone());
         Ok(f)
     }
@@ -401,7 +409,7 @@ impl TaskEngine for LuaTaskEngine {
     /// The whole chunk runs in one coroutine, by the prelude's `run_chunk`: one resume per
     /// chunk, not per call.
     fn call_many(&self, spec: &FunctionSpec, calls: Calls) -> Result<Vec<Value>, String> {
-        let lua = &self.lua;
+        let lua = &upgrade(&self.lua)?;
         let f = self.function(spec)?;
         let count = calls.len();
         let (calls, single) = match calls {
@@ -483,7 +491,7 @@ fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSpec>, String
 }
 
 struct LuaTarget {
-    lua: Lua,
+    lua: WeakLua,
     host: Arc<Host>,
     f: Function,
     args: Vec<LuaValue>,
@@ -492,7 +500,7 @@ struct LuaTarget {
 impl Target for LuaTarget {
     fn run(self: Box<Self>) -> Result<(), String> {
         let LuaTarget { lua, host, f, args } = *self;
-        start_driver(&lua, &host, f, MultiValue::from_vec(args))
+        start_driver(&upgrade(&lua)?, &host, f, MultiValue::from_vec(args))
             .map(drop)
             .map_err(error_text)
     }
