@@ -1,0 +1,332 @@
+//! Helpers shared by the integration tests: run the built `parrun` binary with a timeout, and
+//! write scripts into throw-away directories.
+//!
+//! Each test binary uses only some of these helpers.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long one run of the binary may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The path of the `parrun` binary Cargo built for these tests.
+pub fn parrun_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_parrun")
+}
+
+/// The crate's root directory (where `scripts/` and `examples/` live).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What one run of the binary produced.
+#[derive(Debug)]
+pub struct Output {
+    /// What ran, for failure messages.
+    pub command: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    /// The exit code (`None` if a signal ended the process).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Panics with the whole run described unless the exit code is `code`.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "expected exit code {code}\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// Panics unless the run exited 0.
+    #[track_caller]
+    pub fn assert_success(&self) -> &Self {
+        self.assert_code(0)
+    }
+
+    /// Panics unless stdout contains `needle`.
+    #[track_caller]
+    pub fn assert_stdout_contains(&self, needle: &str) -> &Self {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// Panics unless stderr contains `needle`.
+    #[track_caller]
+    pub fn assert_stderr_contains(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// The lines of stdout.
+    pub fn stdout_lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+
+    /// The value after `prefix` on the first stdout line that starts with it.
+    #[track_caller]
+    pub fn stdout_value(&self, prefix: &str) -> &str {
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no stdout line starts with {prefix:?}\n{}", self.describe()))
+            .trim()
+    }
+
+    /// The command, its status, elapsed time and both streams, for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "command: {}\nstatus: {}\nelapsed: {:?}\n--- stdout ---\n{}--- stderr ---\n{}--------------",
+            self.command, self.status, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+/// One run of the binary, configured with builder methods and started with [`Run::output`].
+pub struct Run {
+    args: Vec<String>,
+    stdin: Option<String>,
+    timeout: Duration,
+    dir: Option<PathBuf>,
+}
+
+impl Run {
+    pub fn new<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Run {
+            args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
+            stdin: None,
+            timeout: TIMEOUT,
+            dir: None,
+        }
+    }
+
+    /// Text written to the child's standard input (otherwise it reads nothing: stdin is null).
+    pub fn stdin(mut self, text: &str) -> Self {
+        self.stdin = Some(text.to_owned());
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The child's working directory (default: the crate root).
+    pub fn dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.dir = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// Runs the binary to the end; kills it and panics if it outlives the timeout.
+    #[track_caller]
+    pub fn output(self) -> Output {
+        let command = format!("parrun {}", shell_words(&self.args));
+        let mut cmd = Command::new(parrun_bin());
+        cmd.args(&self.args)
+            .current_dir(self.dir.as_deref().unwrap_or(repo_root()))
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let start = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+
+        // Feed stdin and drain stdout/stderr on their own threads so no pipe can fill up and
+        // stall the child while we wait.
+        let stdin_writer = self.stdin.map(|text| {
+            let mut pipe = child.stdin.take().expect("stdin is piped");
+            std::thread::spawn(move || {
+                // The script may exit without reading everything: a broken pipe is fine.
+                let _ = pipe.write_all(text.as_bytes());
+            })
+        });
+        let stdout = drain(child.stdout.take().expect("stdout is piped"));
+        let stderr = drain(child.stderr.take().expect("stderr is piped"));
+
+        let status = wait_with_timeout(&mut child, self.timeout);
+        let elapsed = start.elapsed();
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            // The pipes close once the child is dead, so the readers finish.
+            let stdout = stdout.join().unwrap_or_default();
+            let stderr = stderr.join().unwrap_or_default();
+            panic!(
+                "timed out: `{command}` still running after {:?}; killed it\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}--------------",
+                self.timeout
+            );
+        };
+        if let Some(w) = stdin_writer {
+            let _ = w.join();
+        }
+        Output {
+            command,
+            status,
+            stdout: stdout.join().expect("stdout reader panicked"),
+            stderr: stderr.join().expect("stderr reader panicked"),
+            elapsed,
+        }
+    }
+}
+
+/// Runs `parrun ARGS..` from the crate root with the default timeout.
+#[track_caller]
+pub fn run<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    Run::new(args).output()
+}
+
+/// Runs `parrun ARGS..` with `stdin` as its standard input.
+#[track_caller]
+pub fn run_with_stdin<I, S>(args: I, stdin: &str) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    Run::new(args).stdin(stdin).output()
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Polls the child until it exits; `None` if it is still running after `timeout`.
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(e) => panic!("cannot wait for parrun: {e}"),
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A directory under the system temp dir, unique to this process and call, removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "parrun-test-{label}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `name` (relative to the directory) with `contents`; returns its full path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+        }
+        std::fs::write(&path, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The two script languages, for tests that run the same check in both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    Lua,
+    Rhai,
+}
+
+impl Lang {
+    pub const ALL: [Lang; 2] = [Lang::Lua, Lang::Rhai];
+
+    /// `lua` / `rhai`: the `--lang` value and the file extension.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lang::Lua => "lua",
+            Lang::Rhai => "rhai",
+        }
+    }
+
+    /// `NAME.lua` / `NAME.rhai`.
+    pub fn file(self, stem: &str) -> String {
+        format!("{stem}.{}", self.name())
+    }
+}
