@@ -203,6 +203,8 @@ pub trait Args {
     fn task_engine(&mut self) -> Arc<dyn TaskEngine>;
     /// Whether argument `i` is a Lua table or a Rhai object map (without converting it).
     fn is_map(&mut self, i: usize) -> bool;
+    /// Whether argument `i` is absent or nil (without converting it).
+    fn is_nil(&mut self, i: usize) -> bool;
 }
 
 /// How an adapter exposes a builtin.
@@ -252,7 +254,7 @@ fn number(args: &mut dyn Args, i: usize, what: &str) -> Result<f64, String> {
 
 /// An optional timeout in seconds at argument `i`: absent or nil waits forever.
 fn timeout(args: &mut dyn Args, i: usize) -> Result<Option<Duration>, String> {
-    if i >= args.len() || args.value(i)? == Value::Nil {
+    if args.is_nil(i) {
         return Ok(None);
     }
     let secs = number(args, i, "timeout")?;
@@ -263,7 +265,7 @@ fn timeout(args: &mut dyn Args, i: usize) -> Result<Option<Duration>, String> {
 
 /// `Some(i)` if argument `i` is present and not nil.
 fn has_args(args: &mut dyn Args, i: usize) -> Option<usize> {
-    (args.len() > i && args.value(i).map_or(true, |v| v != Value::Nil)).then_some(i)
+    (!args.is_nil(i)).then_some(i)
 }
 
 fn thread(args: &mut dyn Args) -> Result<Arc<ScriptThread>, String> {
@@ -296,7 +298,7 @@ fn opt_name(
     i: usize,
     default: impl FnOnce() -> String,
 ) -> Result<String, String> {
-    if i >= args.len() {
+    if args.is_nil(i) {
         return Ok(default());
     }
     match args.value(i)? {
@@ -325,7 +327,7 @@ fn job(args: &mut dyn Args) -> Result<Arc<Job>, String> {
 
 /// An optional non-negative integer at argument `i`.
 fn opt_count(args: &mut dyn Args, i: usize, what: &str) -> Result<Option<usize>, String> {
-    if i >= args.len() {
+    if args.is_nil(i) {
         return Ok(None);
     }
     match args.value(i)? {

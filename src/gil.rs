@@ -228,6 +228,11 @@ mod tests {
             g2.release();
         });
         assert!(spin_until_requested(&gil, Duration::from_secs(10)));
+        // The request is set just before the interrupter runs: give it a moment.
+        let start = Instant::now();
+        while SEEN.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(10) {
+            std::hint::spin_loop();
+        }
         assert_eq!(SEEN.load(Ordering::SeqCst), 42);
         gil.release();
         waiter.join().unwrap();

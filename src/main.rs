@@ -37,7 +37,22 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, as for every other usage error.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("parrun: {first} (see parrun --help)");
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
         Err(err) => {

@@ -185,7 +185,6 @@ fn unknown_flag_is_a_usage_error() {
 /// Flag errors come from clap, which prints several lines (error, tip, usage, "For more
 /// information..."); the CLI promises one line for every usage error.
 #[test]
-#[ignore = "parrun bug: clap's flag errors span several lines on stderr, not one"]
 fn flag_errors_are_one_line() {
     let dir = TempDir::new("flagline");
     dir.write("ok.lua", "print('should not run')\n");

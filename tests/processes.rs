@@ -7,25 +7,18 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Output, Run};
+use common::{Output, Run, TempDir};
 
-/// Writes `code` to a fresh temporary script file and returns its path.
-fn script(name: &str, ext: &str, code: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "parrun-proc-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}.{ext}"));
-    std::fs::write(&path, code).unwrap();
-    path
+/// Writes `code` to a fresh temporary script file and returns its path. The directory is
+/// removed when the test process ends its run of this script (see `common::TempDir`).
+fn script(name: &str, ext: &str, code: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(name);
+    let path = dir.write(&format!("{name}.{ext}"), code);
+    (dir, path)
 }
 
 fn run_script(name: &str, ext: &str, code: &str) -> Output {
-    let path = script(name, ext, code);
+    let (_dir, path) = script(name, ext, code);
     Run::new([path.to_str().unwrap()]).output()
 }
 
@@ -535,7 +528,7 @@ print(`error: ${err}`);
 print(`after ${pool.apply(|x| x * 2, [21])}`);
 "#;
     for (ext, code) in [("lua", lua), ("rhai", rhai)] {
-        let path = script("killed", ext, code);
+        let (_dir, path) = script("killed", ext, code);
         let (mut child, worker, mut reader) = start_and_read_pid(&path);
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(worker),
@@ -571,7 +564,7 @@ for pid in pool.map(|x| getpid(), [1, 2], 1) { print(`pid ${pid}`); }
 sleep(60);
 "#;
     for (ext, code) in [("lua", lua), ("rhai", rhai)] {
-        let path = script("orphans", ext, code);
+        let (_dir, path) = script("orphans", ext, code);
         let (mut child, worker, _reader) = start_and_read_pid(&path);
         child.kill().unwrap();
         child.wait().unwrap();

@@ -332,6 +332,10 @@ impl Args for LuaArgs<'_> {
         matches!(self.get(i), LuaValue::Table(_))
     }
 
+    fn is_nil(&mut self, i: usize) -> bool {
+        self.get(i).is_nil()
+    }
+
     fn task_engine(&mut self) -> Arc<dyn TaskEngine> {
         Arc::new(LuaTaskEngine {
             lua: self.lua.weak(),

@@ -151,7 +151,8 @@ fn format_error(script: &str, err: EvalAltResult) -> String {
     loop {
         err = match err {
             EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
-                if !name.starts_with("anon$") {
+                // Calls made from Rust (a thread's target) have no call site.
+                if !name.starts_with("anon$") && !pos.is_none() {
                     trace.push(format!(
                         "  in call to {name} at {source}:{}",
                         position_text(pos)
@@ -400,8 +401,14 @@ impl Args for RhaiArgs<'_, '_> {
 
     fn value(&mut self, i: usize) -> Result<Value, String> {
         let d = self.get(i);
-        if d.is::<Object>() || d.is::<FnPtr>() {
-            return Err(untransferable(format!("a {} is not data", d.type_name())));
+        if let Some(o) = d.read_lock::<Object>() {
+            return Err(untransferable(format!(
+                "a {} is not data",
+                o.class().name()
+            )));
+        }
+        if d.is::<FnPtr>() {
+            return Err(untransferable("a function is not data"));
         }
         ::rhai::serde::from_dynamic::<Value>(&d).map_err(untransferable)
     }
@@ -476,6 +483,10 @@ impl Args for RhaiArgs<'_, '_> {
 
     fn is_map(&mut self, i: usize) -> bool {
         self.get(i).is_map()
+    }
+
+    fn is_nil(&mut self, i: usize) -> bool {
+        i >= self.len() || self.get(i).is_unit()
     }
 
     fn task_engine(&mut self) -> Arc<dyn TaskEngine> {
