@@ -984,7 +984,6 @@ fn blocking_call_on_a_shared_upvalue_lua() {
 /// Today the second worker fails with "Data race detected" and the main thread's `q.put`
 /// deadlocks: the blocked `q.get()` keeps Rhai's lock on the captured variable `q`.
 #[test]
-#[ignore = "parrun bug: a blocking method call on a closure-captured Rhai variable holds the variable's lock (Data race detected / deadlock)"]
 fn blocking_call_on_a_captured_variable_rhai() {
     check_captured_queue(Lang::Rhai);
 }
