@@ -241,29 +241,18 @@ fn perform(
                         return;
                     }
                     spawn_waiter(move || {
-                        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t));
-                        loop {
-                            if !alive.load(Ordering::Acquire) {
-                                return;
-                            }
-                            let slice = deadline.map_or(LIVENESS_CHECK, |d| {
-                                d.saturating_duration_since(Instant::now())
-                                    .min(LIVENESS_CHECK)
-                            });
-                            match q.get(Some(slice)) {
-                                Ok(v) => {
-                                    if !reply(Ok(v.clone())) {
-                                        q.unget(v);
-                                    }
-                                    return;
+                        let got =
+                            wait_while_alive(&alive, timeout, |slice| q.get(Some(slice)).ok());
+                        match got {
+                            Waited::Got(v) => {
+                                if !reply(Ok(v.clone())) {
+                                    q.unget(v);
                                 }
-                                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                                    let waited = Duration::from_secs_f64(timeout.unwrap_or(0.0));
-                                    reply(Err(crate::sync::QueueError::Empty(waited).to_string()));
-                                    return;
-                                }
-                                Err(_) => {}
                             }
+                            Waited::TimedOut(waited) => {
+                                reply(Err(crate::sync::QueueError::Empty(waited).to_string()));
+                            }
+                            Waited::ChildGone => {}
                         }
                     });
                 }
@@ -285,38 +274,67 @@ fn perform(
                     reply(l.locked().map(Value::Bool));
                 }
                 Op::Acquire(timeout) => spawn_waiter(move || {
-                    let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t));
-                    loop {
-                        if !alive.load(Ordering::Acquire) {
-                            return;
-                        }
-                        let slice = deadline.map_or(LIVENESS_CHECK, |d| {
-                            d.saturating_duration_since(Instant::now())
-                                .min(LIVENESS_CHECK)
-                        });
-                        match l.acquire(Some(slice)) {
-                            Ok(true) => {
-                                if !reply(Ok(Value::Bool(true))) {
-                                    let _ = l.release();
-                                }
-                                return;
-                            }
-                            Ok(false) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                                reply(Ok(Value::Bool(false)));
-                                return;
-                            }
-                            Ok(false) => {}
+                    let mut failure = None;
+                    let got =
+                        wait_while_alive(&alive, timeout, |slice| match l.acquire(Some(slice)) {
+                            Ok(true) => Some(()),
+                            Ok(false) => None,
                             Err(e) => {
-                                reply(Err(e));
-                                return;
+                                failure = Some(e);
+                                Some(())
+                            }
+                        });
+                    match (got, failure) {
+                        (_, Some(e)) => {
+                            reply(Err(e));
+                        }
+                        (Waited::Got(()), None) => {
+                            if !reply(Ok(Value::Bool(true))) {
+                                let _ = l.release();
                             }
                         }
+                        (Waited::TimedOut(_), None) => {
+                            reply(Ok(Value::Bool(false)));
+                        }
+                        (Waited::ChildGone, None) => {}
                     }
                 }),
                 other => {
                     reply(Err(format!("a Lock cannot {other:?}")));
                 }
             }
+        }
+    }
+}
+
+enum Waited<T> {
+    Got(T),
+    TimedOut(Duration),
+    ChildGone,
+}
+
+/// Retries `attempt` (which waits at most the slice it is given) until it succeeds, `timeout`
+/// seconds pass, or the child that asked has gone, so that nothing is taken for a dead child.
+fn wait_while_alive<T>(
+    alive: &AtomicBool,
+    timeout: Option<f64>,
+    mut attempt: impl FnMut(Duration) -> Option<T>,
+) -> Waited<T> {
+    let waited = Duration::from_secs_f64(timeout.unwrap_or(0.0).max(0.0));
+    let deadline = timeout.map(|_| Instant::now() + waited);
+    loop {
+        if !alive.load(Ordering::Acquire) {
+            return Waited::ChildGone;
+        }
+        let slice = deadline.map_or(LIVENESS_CHECK, |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(LIVENESS_CHECK)
+        });
+        if let Some(v) = attempt(slice) {
+            return Waited::Got(v);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Waited::TimedOut(waited);
         }
     }
 }

@@ -605,3 +605,37 @@ pool.apply_async(|s| sleep(s), [30]);
         },
     );
 }
+
+#[test]
+fn a_lock_works_across_processes() {
+    both(
+        "xlock",
+        r#"
+local l, q = parrun.Lock(), parrun.Queue()
+l:acquire()
+local p = parrun.Process(function(l, q) q:put(l:acquire(0.1)) end, {l, q}) p:start() p:join()
+l:release()
+local p2 = parrun.Process(function(l, q) q:put(l:acquire(5)) l:release() end, {l, q}) p2:start() p2:join()
+local p3 = parrun.Process(function(l, q) l:with(function() q:put(l:locked()) end) end, {l, q}) p3:start() p3:join()
+print(q:get(), q:get(), q:get(), l:locked())
+"#,
+        r#"
+let l = Lock(); let q = Queue();
+l.acquire();
+let p = Process(|l, q| q.put(l.acquire(0.1)), [l, q]); p.start(); p.join();
+l.release();
+let p2 = Process(|l, q| { q.put(l.acquire(5)); l.release(); }, [l, q]); p2.start(); p2.join();
+let p3 = Process(|l, q| { with l { q.put(l.locked()); } }, [l, q]); p3.start(); p3.join();
+print(`${q.get()}	${q.get()}	${q.get()}	${l.locked()}`);
+"#,
+        |out| {
+            out.assert_success();
+            assert_eq!(
+                out.stdout_lines(),
+                vec!["false\ttrue\ttrue\tfalse"],
+                "{}",
+                out.describe()
+            );
+        },
+    );
+}

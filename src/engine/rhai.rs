@@ -570,10 +570,7 @@ impl TaskEngine for RhaiTaskEngine {
             }
         };
         // One runtime state for the whole chunk.
-        let mut global = engine.new_global_runtime_state();
-        global.lib.push(ast.shared_lib().clone());
-        global.constants = self.constants.clone();
-        global.source = ast.source().map(Into::into);
+        let global = script_global(&engine, &ast, &self.constants);
         let ctx = ::rhai::NativeCallContext::new_with_all_fields(
             &engine,
             f.fn_name(),
@@ -608,6 +605,20 @@ impl TaskEngine for RhaiTaskEngine {
 type Constants =
     ::rhai::Shared<::rhai::Locked<std::collections::BTreeMap<::rhai::ImmutableString, Dynamic>>>;
 
+/// The runtime state a call from Rust needs to see the script's functions and `global::`
+/// constants, as a call from the script would.
+fn script_global(
+    engine: &Engine,
+    ast: &AST,
+    constants: &Option<Constants>,
+) -> ::rhai::GlobalRuntimeState {
+    let mut global = engine.new_global_runtime_state();
+    global.lib.push(ast.shared_lib().clone());
+    global.constants = constants.clone();
+    global.source = ast.source().map(Into::into);
+    global
+}
+
 /// A script function with the script's AST and constants, callable from any thread.
 struct BoundFn {
     shared: Arc<Shared>,
@@ -623,10 +634,7 @@ impl BoundFn {
 
     fn call_raw(&self, mut args: Vec<Dynamic>) -> RhaiResult<Dynamic> {
         let (engine, ast) = self.shared.engine_and_ast()?;
-        let mut global = engine.new_global_runtime_state();
-        global.lib.push(ast.shared_lib().clone());
-        global.constants = self.constants.clone();
-        global.source = ast.source().map(Into::into);
+        let global = script_global(&engine, &ast, &self.constants);
         let ctx = ::rhai::NativeCallContext::new_with_all_fields(
             &engine,
             self.f.fn_name(),
