@@ -2,6 +2,11 @@
 //! (no GIL, no parrun) and by `parrun::Runtime`, alternately, reporting medians and the ratio.
 //!
 //! `cargo bench --bench gil_overhead` (set `PARRUN_BENCH_RUNS` to change the repeat count).
+//!
+//! On a noisy machine wall time varies more than the difference measured; for a repeatable
+//! figure count instructions instead: `PARRUN_BENCH_ONLY=lua-bare` (or `lua-parrun`,
+//! `rhai-bare`, `rhai-parrun`) runs that one variant once, to compare under
+//! `valgrind --tool=callgrind`.
 
 use std::time::{Duration, Instant};
 
@@ -45,33 +50,27 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let runtime = Runtime::new();
-    compare(
-        "lua",
-        runs,
-        || {
-            let lua = unsafe { mlua::Lua::unsafe_new() };
-            lua.load(LUA_LOOP).exec().unwrap();
-        },
-        || {
-            assert_eq!(
-                runtime
-                    .run_source(Language::Lua, "loop.lua", LUA_LOOP)
-                    .unwrap(),
-                0
-            )
-        },
-    );
-    compare(
-        "rhai",
-        runs,
-        || rhai::Engine::new().run(RHAI_LOOP).unwrap(),
-        || {
-            assert_eq!(
-                runtime
-                    .run_source(Language::Rhai, "loop.rhai", RHAI_LOOP)
-                    .unwrap(),
-                0
-            )
-        },
-    );
+    let lua_bare = || {
+        let lua = unsafe { mlua::Lua::unsafe_new() };
+        lua.load(LUA_LOOP).exec().unwrap();
+    };
+    let lua_parrun = || {
+        let status = runtime.run_source(Language::Lua, "loop.lua", LUA_LOOP);
+        assert_eq!(status.unwrap(), 0);
+    };
+    let rhai_bare = || rhai::Engine::new().run(RHAI_LOOP).unwrap();
+    let rhai_parrun = || {
+        let status = runtime.run_source(Language::Rhai, "loop.rhai", RHAI_LOOP);
+        assert_eq!(status.unwrap(), 0);
+    };
+    match std::env::var("PARRUN_BENCH_ONLY").as_deref() {
+        Ok("lua-bare") => return lua_bare(),
+        Ok("lua-parrun") => return lua_parrun(),
+        Ok("rhai-bare") => return rhai_bare(),
+        Ok("rhai-parrun") => return rhai_parrun(),
+        Ok(other) => panic!("unknown PARRUN_BENCH_ONLY={other}"),
+        Err(_) => {}
+    }
+    compare("lua", runs, lua_bare, lua_parrun);
+    compare("rhai", runs, rhai_bare, rhai_parrun);
 }
