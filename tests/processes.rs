@@ -639,3 +639,56 @@ print(`${q.get()}	${q.get()}	${q.get()}	${l.locked()}`);
         },
     );
 }
+
+/// With the default size, the first `cpu_count()` tasks start at once; a later one starts only
+/// when a worker frees up.
+#[test]
+fn the_first_cpu_count_tasks_start_at_once() {
+    both(
+        "startatonce",
+        r#"
+local pool = parrun.Pool()
+local function task(i) print("start " .. parrun.getpid()) parrun.sleep(0.3) print("end " .. parrun.getpid()) return i end
+print("cpus " .. parrun.cpu_count())
+local rs = {}
+for i = 1, parrun.cpu_count() + 1 do rs[i] = pool:apply_async(task, {i}) end
+for _, r in ipairs(rs) do r:get(20) end
+"#,
+        r#"
+let pool = Pool();
+fn task(i) { print(`start ${getpid()}`); sleep(0.3); print(`end ${getpid()}`); i }
+print(`cpus ${cpu_count()}`);
+let rs = [];
+for i in 0..cpu_count() + 1 { rs.push(pool.apply_async(task, [i])); }
+for r in rs { r.get(20); }
+"#,
+        |out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            let cpus: usize = lines[0].strip_prefix("cpus ").unwrap().parse().unwrap();
+            let first: Vec<&str> = lines[1..=cpus].to_vec();
+            assert!(
+                first.iter().all(|l| l.starts_with("start ")),
+                "{}",
+                out.describe()
+            );
+            let pids: std::collections::BTreeSet<_> = first.iter().collect();
+            assert_eq!(
+                pids.len(),
+                cpus,
+                "one task per worker first\n{}",
+                out.describe()
+            );
+            // The extra task starts after some task ended.
+            let extra = lines
+                .iter()
+                .skip(cpus + 1)
+                .position(|l| l.starts_with("start "));
+            let first_end = lines
+                .iter()
+                .skip(cpus + 1)
+                .position(|l| l.starts_with("end "));
+            assert!(first_end < extra, "{}", out.describe());
+        },
+    );
+}
