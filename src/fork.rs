@@ -132,6 +132,7 @@ pub(crate) fn fork_child(
             state.internal_fds.insert(child_end.as_raw_fd());
             state.parent_link = Some(Arc::new(LinkClient::new(child_end)));
             drop(state);
+            crate::signals::reset_in_child();
             die_with_parent(parent_pid);
             let status = catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
                 crate::output::write_stderr(&format!(

@@ -50,6 +50,7 @@ pub mod output;
 pub mod pool;
 pub mod process;
 pub mod runtime;
+pub mod signals;
 pub mod sync;
 pub mod thread;
 pub mod value;

@@ -37,6 +37,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = parrun::signals::install() {
+        eprintln!("parrun: cannot install signal handling: {e}");
+        return ExitCode::from(2);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

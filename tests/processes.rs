@@ -692,3 +692,63 @@ for r in rs { r.get(20); }
         },
     );
 }
+
+/// Ctrl-C or `kill` during a `map`: one line, status 128 + signal, no worker left.
+#[test]
+fn sigint_and_sigterm_during_a_map_stop_everything() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+for _, pid in ipairs(pool:map(function() return parrun.getpid() end, {1, 2}, 1)) do print("pid " .. pid) end
+pool:map(function(x) parrun.sleep(30) return x end, {1, 2, 3, 4}, 1)
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+for pid in pool.map(|x| getpid(), [1, 2], 1) { print(`pid ${pid}`); }
+pool.map(|x| { sleep(30); x }, [1, 2, 3, 4], 1);
+"#;
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        for (signal, status) in [
+            (nix::sys::signal::Signal::SIGINT, 130),
+            (nix::sys::signal::Signal::SIGTERM, 143),
+        ] {
+            let (_dir, path) = script("signals", ext, code);
+            let mut child = Command::new(common::parrun_bin())
+                .arg(&path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut reader = BufReader::new(child.stdout.take().unwrap());
+            let mut pids = Vec::new();
+            let mut line = String::new();
+            while pids.len() < 2 && reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if let Some(pid) = line.trim().strip_prefix("pid ") {
+                    pids.push(pid.parse::<i32>().unwrap());
+                }
+                line.clear();
+            }
+            // The workers are inside the long map once the parent has printed both pids.
+            std::thread::sleep(Duration::from_millis(300));
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+            let exit = wait_child(&mut child, Duration::from_secs(20));
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            assert_eq!(exit.code(), Some(status), "{ext} {signal}: {stderr}");
+            assert_eq!(
+                stderr.lines().count(),
+                1,
+                "{ext} {signal}: one line: {stderr}"
+            );
+            assert!(stderr.contains(signal.as_str()), "{ext}: {stderr}");
+            let start = Instant::now();
+            while pids.iter().any(|&p| alive(p)) && start.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(pids.len(), 2, "{ext}: saw the workers");
+            assert!(
+                pids.iter().all(|&p| !alive(p)),
+                "{ext} {signal}: a worker outlived parrun"
+            );
+        }
+    }
+}
