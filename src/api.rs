@@ -17,7 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::gil::Gil;
 use crate::pool::{
-    Callback, Callbacks, Calls, FunctionSpec, Job, JobKind, Pool, PoolOptions, TaskEngine,
+    Callback, Callbacks, Calls, FunctionSpec, Job, JobKind, Pool, PoolHandle, PoolOptions,
+    TaskEngine,
 };
 use crate::process::ScriptProcess;
 use crate::runtime::Host;
@@ -61,10 +62,11 @@ pub enum Object {
     Queue(Queue),
     Lock(Lock),
     Process(Arc<ScriptProcess>),
-    Pool(Arc<Pool>),
-    AsyncResult(Arc<Job>),
+    Pool(Arc<PoolHandle>),
+    /// A job's result; it keeps its pool alive, as in Python.
+    AsyncResult(Arc<Job>, Arc<PoolHandle>),
     /// An `imap`/`imap_unordered` iterator; it keeps the GIL so engines can wait without it.
-    ResultIterator(Arc<Job>, Arc<Gil>),
+    ResultIterator(Arc<Job>, Arc<Gil>, Arc<PoolHandle>),
 }
 
 impl Object {
@@ -75,7 +77,7 @@ impl Object {
             Object::Lock(_) => Class::Lock,
             Object::Process(_) => Class::Process,
             Object::Pool(_) => Class::Pool,
-            Object::AsyncResult(_) => Class::AsyncResult,
+            Object::AsyncResult(..) => Class::AsyncResult,
             Object::ResultIterator(..) => Class::ResultIterator,
         }
     }
@@ -88,8 +90,8 @@ impl Object {
             (Object::Lock(a), Object::Lock(b)) => a.same(b),
             (Object::Process(a), Object::Process(b)) => Arc::ptr_eq(a, b),
             (Object::Pool(a), Object::Pool(b)) => Arc::ptr_eq(a, b),
-            (Object::AsyncResult(a), Object::AsyncResult(b)) => Arc::ptr_eq(a, b),
-            (Object::ResultIterator(a, _), Object::ResultIterator(b, _)) => Arc::ptr_eq(a, b),
+            (Object::AsyncResult(a, _), Object::AsyncResult(b, _)) => Arc::ptr_eq(a, b),
+            (Object::ResultIterator(a, ..), Object::ResultIterator(b, ..)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -125,7 +127,7 @@ impl Object {
                 format!("<Process({}, {state})>", p.name())
             }
             Object::Pool(p) => format!("<Pool {}>", if p.is_open() { "open" } else { "closed" }),
-            Object::AsyncResult(j) => {
+            Object::AsyncResult(j, _) => {
                 format!(
                     "<AsyncResult {}>",
                     if j.ready() { "ready" } else { "pending" }
@@ -308,7 +310,7 @@ fn opt_name(
     }
 }
 
-fn pool(args: &mut dyn Args) -> Result<Arc<Pool>, String> {
+fn pool(args: &mut dyn Args) -> Result<Arc<PoolHandle>, String> {
     match args.object(0)? {
         Object::Pool(p) => Ok(p),
         other => Err(format!("expected a Pool, got a {}", other.class().name())),
@@ -317,7 +319,7 @@ fn pool(args: &mut dyn Args) -> Result<Arc<Pool>, String> {
 
 fn job(args: &mut dyn Args) -> Result<Arc<Job>, String> {
     match args.object(0)? {
-        Object::AsyncResult(j) | Object::ResultIterator(j, _) => Ok(j),
+        Object::AsyncResult(j, _) | Object::ResultIterator(j, ..) => Ok(j),
         other => Err(format!(
             "expected an AsyncResult, got a {}",
             other.class().name()
@@ -397,7 +399,7 @@ fn submit(
     star: bool,
     chunk_at: Option<usize>,
     callbacks_at: Option<usize>,
-) -> Result<Arc<Job>, String> {
+) -> Result<(Arc<Job>, Arc<PoolHandle>), String> {
     let p = pool(args)?;
     let f = args.function(1)?;
     let (calls, chunksize) = match kind {
@@ -426,10 +428,11 @@ fn submit(
         Some(i) => callbacks(args, i)?,
         None => None,
     };
-    p.submit(kind, f, calls, chunksize, cbs)
+    let job = p.submit(kind, f, calls, chunksize, cbs)?;
+    Ok((job, p))
 }
 
-fn wait_for(job: Arc<Job>) -> Result<Outcome, String> {
+fn wait_for((job, _): (Arc<Job>, Arc<PoolHandle>)) -> Result<Outcome, String> {
     Outcome::wait(move || job.get(None).map(Ret::Value))
 }
 
@@ -539,7 +542,8 @@ pub static BUILTINS: &[Builtin] = &[
             let engine = args.task_engine();
             let host = host.clone();
             Ok(Outcome::Fork(Box::new(move || {
-                Pool::start(&host, engine, options).map(|p| Ret::Object(Object::Pool(p)))
+                let pool = Pool::start(&host, engine, options)?;
+                Ok(Ret::Object(Object::Pool(Arc::new(PoolHandle(pool)))))
             })))
         },
     },
@@ -762,8 +766,8 @@ pub static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (1, 4),
         call: |_, args| {
-            let job = submit(args, JobKind::Single, false, None, Some(3))?;
-            Outcome::object(Object::AsyncResult(job))
+            let (job, p) = submit(args, JobKind::Single, false, None, Some(3))?;
+            Outcome::object(Object::AsyncResult(job, p))
         },
     },
     Builtin {
@@ -779,8 +783,8 @@ pub static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (2, 5),
         call: |_, args| {
-            let job = submit(args, JobKind::List, false, Some(3), Some(4))?;
-            Outcome::object(Object::AsyncResult(job))
+            let (job, p) = submit(args, JobKind::List, false, Some(3), Some(4))?;
+            Outcome::object(Object::AsyncResult(job, p))
         },
     },
     Builtin {
@@ -796,8 +800,8 @@ pub static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (2, 5),
         call: |_, args| {
-            let job = submit(args, JobKind::List, true, Some(3), Some(4))?;
-            Outcome::object(Object::AsyncResult(job))
+            let (job, p) = submit(args, JobKind::List, true, Some(3), Some(4))?;
+            Outcome::object(Object::AsyncResult(job, p))
         },
     },
     Builtin {
@@ -806,8 +810,8 @@ pub static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (2, 3),
         call: |host, args| {
-            let job = submit(args, JobKind::Ordered, false, Some(3), None)?;
-            Outcome::object(Object::ResultIterator(job, host.gil.clone()))
+            let (job, p) = submit(args, JobKind::Ordered, false, Some(3), None)?;
+            Outcome::object(Object::ResultIterator(job, host.gil.clone(), p))
         },
     },
     Builtin {
@@ -816,8 +820,8 @@ pub static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (2, 3),
         call: |host, args| {
-            let job = submit(args, JobKind::Unordered, false, Some(3), None)?;
-            Outcome::object(Object::ResultIterator(job, host.gil.clone()))
+            let (job, p) = submit(args, JobKind::Unordered, false, Some(3), None)?;
+            Outcome::object(Object::ResultIterator(job, host.gil.clone(), p))
         },
     },
     Builtin {

@@ -394,6 +394,26 @@ struct Shared {
     supervisor_done: bool,
 }
 
+/// The script's handle on a pool: when the script drops its last one, the pool is stopped
+/// (as CPython's `Pool.__del__` terminates a pool nobody joined), so unreachable pools do not
+/// keep their workers.
+pub struct PoolHandle(pub Arc<Pool>);
+
+impl std::ops::Deref for PoolHandle {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        &self.0
+    }
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        // Never wait here: a handle may be dropped by Lua's garbage collector, with the GIL
+        // held, and the supervisor may be waiting for the GIL to fork a replacement.
+        self.0.stop();
+    }
+}
+
 /// A pool of forked worker processes.
 pub struct Pool {
     host: Arc<Host>,
@@ -623,8 +643,14 @@ impl Pool {
         self.wake();
     }
 
-    /// Kills the workers and fails every unfinished job.
+    /// Kills the workers and fails every unfinished job; returns once they are gone.
     pub fn terminate(&self) {
+        self.stop();
+        self.wait_supervisor();
+    }
+
+    /// Asks the supervisor to kill the workers and fails every unfinished job, without waiting.
+    pub fn stop(&self) {
         let mut s = self.shared();
         if matches!(s.status, Status::Terminated) {
             return;
@@ -637,7 +663,6 @@ impl Pool {
             job.fail("the pool was terminated before this result was ready");
         }
         self.wake();
-        self.wait_supervisor();
     }
 
     /// Waits for the workers to exit; an error unless the pool was closed or terminated.

@@ -752,3 +752,78 @@ pool.map(|x| { sleep(30); x }, [1, 2, 3, 4], 1);
         }
     }
 }
+
+/// Open descriptors of `pid`, and how many live child processes it has.
+fn fds_and_children(pid: u32) -> (usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let children = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            fields.get(1) == Some(&pid.to_string().as_str()) && fields.first() != Some(&"Z")
+        })
+        .count();
+    (fds, children)
+}
+
+/// Many pools created, used and closed, or simply dropped, leak no descriptor and no process.
+#[test]
+fn pools_in_a_loop_leak_nothing() {
+    let lua = r#"
+print("before") parrun.sleep(1)
+for i = 1, 100 do
+  local pool = parrun.Pool(2)
+  assert(pool:map(function(x) return x + 1 end, {1, 2, 3})[3] == 4)
+  if i % 2 == 0 then pool:close() pool:join() end
+  if i % 10 == 0 then collectgarbage() end
+end
+collectgarbage() collectgarbage()
+parrun.sleep(1)
+print("after") parrun.sleep(3)
+"#;
+    let rhai = r#"
+print("before"); sleep(1);
+for i in 1..=100 {
+  let pool = Pool(2);
+  if pool.map(|x| x + 1, [1, 2, 3])[2] != 4 { throw "bad"; }
+  if i % 2 == 0 { pool.close(); pool.join(); }
+}
+sleep(1);
+print("after"); sleep(3);
+"#;
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        let (_dir, path) = script("leaks", ext, code);
+        let mut child = Command::new(common::parrun_bin())
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let mut counts = Vec::new();
+        while counts.len() < 2 && reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.trim() == "before" || line.trim() == "after" {
+                counts.push(fds_and_children(pid));
+            }
+            line.clear();
+        }
+        let status = wait_child(&mut child, Duration::from_secs(120));
+        assert!(status.success(), "{ext}: {status:?}");
+        assert_eq!(counts.len(), 2, "{ext}: the script did not get through");
+        assert_eq!(
+            counts[0], counts[1],
+            "{ext}: (fds, children) before vs after"
+        );
+    }
+}

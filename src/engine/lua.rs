@@ -172,6 +172,14 @@ impl UserData for LuaObject {
             },
         );
         methods.add_meta_method(MetaMethod::ToString, |_, this, ()| Ok(this.0.describe()));
+        // `local pool <close> = parrun.Pool()`: leaving the scope terminates the pool, as
+        // leaving Python's `with Pool() as pool:` does.
+        methods.add_meta_method(MetaMethod::Close, |_, this, _: mlua::MultiValue| {
+            if let Object::Pool(p) = &this.0 {
+                p.stop();
+            }
+            Ok(())
+        });
         methods.add_meta_function(MetaMethod::Eq, |_, (a, b): (AnyUserData, AnyUserData)| {
             let (a, b) = (a.borrow::<LuaObject>()?, b.borrow::<LuaObject>()?);
             Ok(a.0.same(&b.0))

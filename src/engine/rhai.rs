@@ -660,11 +660,12 @@ impl IntoIterator for Object {
     type IntoIter = Box<dyn Iterator<Item = RhaiResult<Dynamic>> + Send + Sync>;
 
     fn into_iter(self) -> Self::IntoIter {
-        let Object::ResultIterator(job, gil) = self else {
+        let Object::ResultIterator(job, gil, pool) = self else {
             let msg = format!("a {} cannot be iterated", self.class().name());
             return Box::new(std::iter::once(Err(msg.into())));
         };
         Box::new(std::iter::from_fn(move || {
+            let _keep_alive = &pool;
             match gil.allow_threads(0, || job.next_item(None)) {
                 Ok(Some(v)) => Some(::rhai::serde::to_dynamic(&v)),
                 Ok(None) => None,
