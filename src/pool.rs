@@ -803,7 +803,7 @@ impl Pool {
                 let limit = self
                     .options
                     .maxtasksperchild
-                    .map_or(usize::MAX, |m| m - w.sent);
+                    .map_or(usize::MAX, |m| m.saturating_sub(w.sent));
                 if w.in_flight.len() >= window || limit == 0 {
                     continue;
                 }
