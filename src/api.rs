@@ -515,6 +515,7 @@ pub static BUILTINS: &[Builtin] = &[
             };
             let mut initializer = None;
             let mut maxtasksperchild = None;
+            let mut task_timeout = host.task_timeout();
             if let Some(o) = options_at {
                 if let Some(i) = args.field(o, "processes")? {
                     processes = opt_count(args, i, "processes")?.unwrap_or(cpus);
@@ -527,6 +528,9 @@ pub static BUILTINS: &[Builtin] = &[
                     };
                     initializer = Some((f, initargs));
                 }
+                if let Some(i) = args.field(o, "task_timeout")? {
+                    task_timeout = timeout(args, i)?;
+                }
                 if let Some(i) = args.field(o, "maxtasksperchild")? {
                     maxtasksperchild = opt_count(args, i, "maxtasksperchild")?;
                     if maxtasksperchild == Some(0) {
@@ -538,6 +542,7 @@ pub static BUILTINS: &[Builtin] = &[
                 processes,
                 initializer,
                 maxtasksperchild,
+                task_timeout,
             };
             let engine = args.task_engine();
             let host = host.clone();

@@ -19,6 +19,10 @@ struct Cli {
     #[arg(short = 'e', value_name = "CODE")]
     eval: Option<String>,
 
+    /// Stop a pool task that runs longer than this many seconds (its worker is replaced).
+    #[arg(long, value_name = "SECONDS")]
+    task_timeout: Option<f64>,
+
     /// How long a thread may hold the GIL while another waits, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5.0)]
     switch_interval: f64,
@@ -72,6 +76,15 @@ fn run(cli: Cli) -> Result<i32, Error> {
         .filter(|d| !d.is_zero())
         .ok_or_else(|| Error::Usage("--switch-interval must be a positive number of ms".into()))?;
     let mut runtime = Runtime::new().switch_interval(interval);
+    if let Some(secs) = cli.task_timeout {
+        let timeout = Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                Error::Usage("--task-timeout must be a positive number of seconds".into())
+            })?;
+        runtime = runtime.task_timeout(timeout);
+    }
     if let Some(lang) = cli.lang {
         runtime = runtime.language(lang);
     }

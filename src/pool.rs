@@ -114,6 +114,8 @@ pub struct PoolOptions {
     pub processes: usize,
     pub initializer: Option<(Arc<FunctionSpec>, Vec<Value>)>,
     pub maxtasksperchild: Option<usize>,
+    /// A task running longer is stopped: its worker is killed and replaced, the task fails.
+    pub task_timeout: Option<Duration>,
 }
 
 // ---- wire messages ----
@@ -436,6 +438,10 @@ struct Worker {
     known: HashSet<u64>,
     sent: usize,
     link: Option<JoinHandle<()>>,
+    /// When the task at the front of `in_flight` started (tasks run one after another).
+    running_since: Option<Instant>,
+    /// Killed by the supervisor because its task ran past the task timeout.
+    timed_out: bool,
 }
 
 impl Pool {
@@ -561,6 +567,8 @@ impl Pool {
             known: HashSet::new(),
             sent: 0,
             link: Some(child.link_server),
+            running_since: None,
+            timed_out: false,
         })
     }
 
@@ -731,7 +739,12 @@ impl Pool {
                         .iter()
                         .map(|w| PollFd::new(w.results.as_fd(), PollFlags::POLLIN)),
                 );
-                match poll(&mut fds, PollTimeout::from(200u16)) {
+                let wait = self.next_deadline(&workers).map_or(200, |d| {
+                    d.saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .min(200) as u16
+                });
+                match poll(&mut fds, PollTimeout::from(wait)) {
                     Ok(_) => fds
                         .iter()
                         .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
@@ -743,6 +756,7 @@ impl Pool {
                     }
                 }
             };
+            self.kill_overdue(&mut workers);
             if readable[0] {
                 let mut sink = [0u8; 256];
                 while matches!(wake.read(&mut sink), Ok(n) if n > 0) {}
@@ -783,6 +797,31 @@ impl Pool {
         }
         self.shared().supervisor_done = true;
         self.shared_changed.notify_all();
+    }
+
+    /// When the earliest running task reaches the task timeout, if there is one.
+    fn next_deadline(&self, workers: &[Worker]) -> Option<Instant> {
+        let timeout = self.options.task_timeout?;
+        workers
+            .iter()
+            .filter(|w| !w.timed_out)
+            .filter_map(|w| w.running_since)
+            .min()
+            .map(|since| since + timeout)
+    }
+
+    /// Kills the workers whose task has run past the task timeout; their pipes then end and
+    /// they are buried and replaced like any dead worker.
+    fn kill_overdue(&self, workers: &mut [Worker]) {
+        let Some(timeout) = self.options.task_timeout else {
+            return;
+        };
+        for w in workers.iter_mut() {
+            if !w.timed_out && w.running_since.is_some_and(|s| s.elapsed() >= timeout) {
+                w.timed_out = true;
+                let _ = kill(w.pid, Signal::SIGKILL);
+            }
+        }
     }
 
     /// Assigns pending tasks to workers with room in their window, one batch write each.
@@ -826,6 +865,9 @@ impl Pool {
                     continue;
                 }
                 w.sent += 1;
+                if w.in_flight.is_empty() {
+                    w.running_since = Some(Instant::now());
+                }
                 w.in_flight.push_back(task);
                 assigned = true;
             }
@@ -892,6 +934,7 @@ impl Pool {
                 continue;
             };
             let task = w.in_flight.remove(pos).expect("position is in range");
+            w.running_since = (!w.in_flight.is_empty()).then(Instant::now);
             let n = task.calls.len();
             if task.job.complete(task.first, msg.result, n) {
                 self.finish_job(&task.job);
@@ -916,12 +959,21 @@ impl Pool {
             let _ = h.join();
         }
         fork::unregister_fd(w.results.as_raw_fd());
-        let cause = match status {
-            Ok(WaitStatus::Signaled(_, sig, _)) => {
-                format!("was killed by signal {sig} ({})", sig as i32)
+        let pid = w.pid;
+        let failure = match status {
+            _ if w.timed_out => format!(
+                "the task ran longer than the task timeout of {:?}: worker process {pid} was \
+                 killed and replaced",
+                self.options.task_timeout.unwrap_or_default()
+            ),
+            Ok(WaitStatus::Signaled(_, sig, _)) => format!(
+                "worker process {pid} was killed by signal {sig} ({}) while running this task",
+                sig as i32
+            ),
+            Ok(WaitStatus::Exited(_, code)) => {
+                format!("worker process {pid} exited with status {code} while running this task")
             }
-            Ok(WaitStatus::Exited(_, code)) => format!("exited with status {code}"),
-            _ => how.to_string(),
+            _ => format!("worker process {pid} {how} while running this task"),
         };
         let mut running = w.in_flight.pop_front();
         // A worker that exited by itself (maxtasksperchild) was running nothing.
@@ -931,9 +983,8 @@ impl Pool {
             }
         }
         if let Some(task) = running {
-            let msg = format!("worker process {} {cause} while running this task", w.pid);
             let n = task.calls.len();
-            if task.job.complete(task.first, Err(msg), n) {
+            if task.job.complete(task.first, Err(failure), n) {
                 self.finish_job(&task.job);
             }
         }

@@ -100,6 +100,7 @@ impl Script {
 pub struct Runtime {
     language: Option<Language>,
     switch_interval: Duration,
+    task_timeout: Option<Duration>,
     args: Vec<String>,
 }
 
@@ -114,8 +115,16 @@ impl Runtime {
         Runtime {
             language: None,
             switch_interval: DEFAULT_SWITCH_INTERVAL,
+            task_timeout: None,
             args: Vec::new(),
         }
+    }
+
+    /// The default for every pool's `task_timeout`: a task running longer fails, and its worker
+    /// is killed and replaced.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
     }
 
     /// The language to use instead of the one the file extension names.
@@ -204,6 +213,7 @@ impl Runtime {
             processes: Mutex::new(Vec::new()),
             process_counter: AtomicU64::new(0),
             pools: Mutex::new(Vec::new()),
+            task_timeout: self.task_timeout,
         })
     }
 }
@@ -217,6 +227,7 @@ pub struct Host {
     processes: Mutex<Vec<Arc<ScriptProcess>>>,
     process_counter: AtomicU64,
     pools: Mutex<Vec<Weak<Pool>>>,
+    task_timeout: Option<Duration>,
 }
 
 /// The host's locks, held across a fork (see `crate::fork`).
@@ -245,6 +256,11 @@ impl Host {
             pools: self.pools.lock().unwrap_or_else(|e| e.into_inner()),
             gil: self.gil.fork_guard(),
         }
+    }
+
+    /// The default task timeout of pools.
+    pub fn task_timeout(&self) -> Option<Duration> {
+        self.task_timeout
     }
 
     /// "Process-1", "Process-2", ... as Python names them.

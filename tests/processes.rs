@@ -827,3 +827,41 @@ print("after"); sleep(3);
         );
     }
 }
+
+/// A task looping for ever under a task timeout fails with a clear error; the pool goes on.
+#[test]
+fn a_task_past_its_timeout_is_stopped_and_the_pool_survives() {
+    both(
+        "tasktimeout",
+        r#"
+local pool = parrun.Pool(2, {task_timeout = 0.3})
+local ok, err = pcall(pool.apply, pool, function() while true do end end, {})
+print(ok, err)
+print("after", pool:apply(function(x) return x * 2 end, {21}))
+print("slow but in time", table.concat(pool:map(function(x) parrun.sleep(0.1) return x end, {1, 2, 3}, 1), ","))
+"#,
+        r#"
+let pool = Pool(2, #{task_timeout: 0.3});
+let err = ""; try { pool.apply(|| { loop {} }, []); } catch (e) { err = e; }
+print(`false	${err}`);
+print(`after	${pool.apply(|x| x * 2, [21])}`);
+print(`slow but in time	${pool.map(|x| { sleep(0.1); x }, [1, 2, 3], 1)}`);
+"#,
+        |out| {
+            out.assert_success()
+                .assert_stdout_contains("task timeout of 300ms")
+                .assert_stdout_contains("after\t42");
+            let text = out.stdout.replace(", ", ",");
+            assert!(text.contains("1,2,3"), "{}", out.describe());
+        },
+    );
+    // The command-line default applies to every pool.
+    let (_dir, path) = script(
+        "clitimeout",
+        "rhai",
+        "let p = Pool(1); try { p.apply(|| { loop {} }, []); } catch (e) { print(e); }",
+    );
+    let out = Run::new(["--task-timeout", "0.2", path.to_str().unwrap()]).output();
+    out.assert_success()
+        .assert_stdout_contains("task timeout of 200ms");
+}
