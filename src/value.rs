@@ -13,6 +13,10 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
+/// How deeply arrays and maps may nest in a value that travels (mlua's serde default, applied
+/// to both languages so that a script behaves the same in each).
+pub const MAX_DEPTH: usize = 128;
+
 /// Script data that can be copied from one engine (or thread) to another.
 ///
 /// ```

@@ -92,6 +92,7 @@ unsafe extern "C-unwind" fn gil_hook(
 
 fn to_lua_options() -> SerializeOptions {
     SerializeOptions::new()
+        .recursion_limit(crate::value::MAX_DEPTH)
         .serialize_none_to_null(false)
         .serialize_unit_to_null(false)
         .set_array_metatable(false)
@@ -99,6 +100,7 @@ fn to_lua_options() -> SerializeOptions {
 
 fn from_lua_options() -> DeserializeOptions {
     DeserializeOptions::new()
+        .recursion_limit(crate::value::MAX_DEPTH)
         .deny_unsupported_types(true)
         .deny_recursive_tables(true)
         .detect_mixed_tables(true)

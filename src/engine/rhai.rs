@@ -221,6 +221,30 @@ fn err_line(source: &str, mut err: EvalAltResult, trace: &[String]) -> String {
     text
 }
 
+/// Converts a Rhai value to a [`Value`] (through rhai's serde support), refusing values nested
+/// deeper than [`crate::value::MAX_DEPTH`] before the conversion's recursion can overflow.
+fn to_value(d: &Dynamic) -> Result<Value, String> {
+    fn too_deep(d: &Dynamic, depth: usize) -> bool {
+        if depth > crate::value::MAX_DEPTH {
+            return true;
+        }
+        if let Some(items) = d.read_lock::<Array>() {
+            return items.iter().any(|x| too_deep(x, depth + 1));
+        }
+        if let Some(map) = d.read_lock::<::rhai::Map>() {
+            return map.values().any(|x| too_deep(x, depth + 1));
+        }
+        false
+    }
+    if too_deep(d, 0) {
+        return Err(untransferable(format!(
+            "recursion limit exceeded: arrays or maps nested deeper than {} levels",
+            crate::value::MAX_DEPTH
+        )));
+    }
+    ::rhai::serde::from_dynamic::<Value>(d).map_err(untransferable)
+}
+
 // ---- binding the API ----
 
 fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
@@ -438,7 +462,7 @@ impl Args for RhaiArgs<'_, '_> {
         if d.is::<FnPtr>() {
             return Err(untransferable("a function is not data"));
         }
-        ::rhai::serde::from_dynamic::<Value>(&d).map_err(untransferable)
+        to_value(&d)
     }
 
     fn object(&mut self, i: usize) -> Result<Object, String> {
@@ -472,7 +496,7 @@ impl Args for RhaiArgs<'_, '_> {
         let curry = f
             .curry()
             .iter()
-            .map(|d| ::rhai::serde::from_dynamic::<Value>(&d.flatten_clone()))
+            .map(|d| to_value(&d.flatten_clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("cannot send the function's captured values: {e}"))?;
         let wire = RhaiFunction {
@@ -589,7 +613,7 @@ impl TaskEngine for RhaiTaskEngine {
                     result.type_name()
                 )));
             }
-            ::rhai::serde::from_dynamic::<Value>(&result).map_err(untransferable)
+            to_value(&result)
         };
         match calls {
             Calls::Each(values) => values.iter().map(|v| call(vec![to_dynamic(v)?])).collect(),

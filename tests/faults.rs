@@ -1,0 +1,221 @@
+//! The fault matrix: bad values, deep recursion and misuse end in clear errors, never a crash
+//! or a hang, in both languages.
+
+mod common;
+
+use common::{Output, Run, TempDir};
+
+fn run_script(name: &str, ext: &str, code: &str) -> Output {
+    let dir = TempDir::new(name);
+    let path = dir.write(&format!("{name}.{ext}"), code);
+    Run::new([path.to_str().unwrap()]).output()
+}
+
+fn both(name: &str, lua: &str, rhai: &str, check: impl Fn(&Output)) {
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        check(&run_script(name, ext, code));
+    }
+}
+
+#[test]
+fn a_100_mb_string_travels_to_a_worker_and_back_intact() {
+    both(
+        "bigstring",
+        r#"
+local pool = parrun.Pool(1)
+local s = string.rep("ab\0", 35000000)
+print(pool:apply(function(x) return #x end, {s}))
+local back = pool:apply(function(n) return string.rep("z", n) end, {100000000})
+print(#back, back:sub(1, 3), back:sub(-3))
+"#,
+        r#"
+let pool = Pool(1);
+let s = "a"; s.pad(100000000, "b");
+print(pool.apply(|x| x.len(), [s]));
+let back = pool.apply(|n| { let z = "z"; z.pad(n, "z"); z }, [100000000]);
+print(`${back.len()} ${back.sub_string(0, 3)}`);
+"#,
+        |out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert!(
+                lines[0] == "105000000" || lines[0] == "100000000",
+                "{}",
+                out.describe()
+            );
+            assert!(lines[1].starts_with("100000000"), "{}", out.describe());
+            assert!(lines[1].contains("zzz"), "{}", out.describe());
+        },
+    );
+}
+
+#[test]
+fn a_table_nested_10000_deep_fails_with_a_clear_error() {
+    both(
+        "deepvalue",
+        r#"
+local pool = parrun.Pool(1)
+local t = {} local cur = t
+for i = 1, 10000 do cur[1] = {} cur = cur[1] end
+print(pcall(pool.apply, pool, function(x) return 1 end, {t}))
+local q = parrun.Queue()
+print(pcall(q.put, q, t))
+print("still fine", pool:apply(function(x) return x end, {{{{1}}}})[1][1][1])
+"#,
+        r#"
+let pool = Pool(1);
+// (3,000 deep: Rhai copies the array at each step, so 10,000 takes long in a debug build.)
+let t = [];
+for i in 0..3000 { t = [t]; }
+let err = ""; try { pool.apply(|x| 1, [t]); } catch (e) { err = e; }
+print(`false	${err}`);
+let q = Queue();
+err = ""; try { q.put(t); } catch (e) { err = e; }
+print(`false	${err}`);
+print(`still fine	${pool.apply(|x| x, [[[[1]]]])[0][0][0]}`);
+"#,
+        |out| {
+            out.assert_success().assert_stdout_contains("still fine\t1");
+            let lines = out.stdout_lines();
+            for l in &lines[..2] {
+                assert!(l.starts_with("false"), "{}", out.describe());
+                assert!(
+                    l.contains("recursion") || l.contains("depth") || l.contains("nest"),
+                    "{l}"
+                );
+            }
+        },
+    );
+}
+
+#[test]
+fn deep_recursion_is_an_engine_error_not_a_crash() {
+    let out = run_script(
+        "recursion",
+        "lua",
+        "local function f(n) return f(n + 1) + 1 end\nprint(pcall(f, 1))\nlocal pool = parrun.Pool(1)\nprint(pcall(pool.apply, pool, f, {1}))\nprint('alive')\n",
+    );
+    out.assert_success().assert_stdout_contains("alive");
+    assert_eq!(
+        out.stdout.matches("stack overflow").count(),
+        2,
+        "{}",
+        out.describe()
+    );
+    // In a Rhai worker, the task fails and the error reaches the parent, which goes on.
+    let out = run_script(
+        "recursion",
+        "rhai",
+        "fn f(n) { f(n + 1) + 1 }\nlet pool = Pool(1);\nlet e = \"\"; try { pool.apply(f, [1]); } catch (x) { e = x; }\nprint(e);\nprint(\"alive\");\n",
+    );
+    out.assert_success()
+        .assert_stdout_contains("Stack overflow")
+        .assert_stdout_contains("alive");
+    // Rhai's stack overflow cannot be caught by the script itself: it ends the script with the
+    // engine's error (exit 1), not a crash of parrun.
+    let out = run_script("recursion", "rhai", "fn f(n) { f(n + 1) + 1 }\nf(1);\n");
+    out.assert_code(1).assert_stderr_contains("Stack overflow");
+}
+
+#[test]
+fn values_that_cannot_travel_are_named() {
+    let out = run_script(
+        "untravel",
+        "lua",
+        r#"
+local pool = parrun.Pool(1)
+local q = parrun.Queue()
+for _, v in ipairs({coroutine.create(print), io.stdout, q, function() end}) do
+  local ok, err = pcall(q.put, q, v)
+  print(ok, err)
+end
+print(pcall(pool.apply, pool, function(x) return x end, {io.stdout}))
+"#,
+    );
+    out.assert_success();
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 5, "{}", out.describe());
+    for (line, what) in lines.iter().zip([
+        "thread",
+        "userdata",
+        "parrun object",
+        "function",
+        "userdata",
+    ]) {
+        assert!(
+            line.starts_with("false") && line.contains(what),
+            "{what}: {line}"
+        );
+        assert!(line.contains("cannot send"), "{line}");
+    }
+    let out = run_script(
+        "untravel",
+        "rhai",
+        r#"
+let pool = Pool(1);
+let q = Queue();
+fn f() {}
+for v in [Fn("f"), q, pool, timestamp()] {
+  let err = ""; try { q.put(v); } catch (e) { err = e; }
+  print(`false	${err}`);
+}
+"#,
+    );
+    out.assert_success();
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 4, "{}", out.describe());
+    for (line, what) in lines.iter().zip(["function", "Queue", "Pool", "timestamp"]) {
+        assert!(
+            line.contains("cannot send") && line.to_lowercase().contains(&what.to_lowercase()),
+            "{what}: {line}"
+        );
+    }
+}
+
+#[test]
+fn misuse_gets_the_documented_error() {
+    both(
+        "misuse",
+        r#"
+local t = parrun.Thread(function() end) t:start() t:join()
+print(pcall(t.start, t))
+local p = parrun.Process(function() end) p:start() p:join()
+print(pcall(p.start, p))
+local pool = parrun.Pool(1)
+print(pcall(pool.join, pool))
+local q = parrun.Queue()
+print(pcall(q.get, q, 0.05))
+local l = parrun.Lock()
+print(pcall(l.release, l))
+"#,
+        r#"
+let t = Thread(|| (), []); t.start(); t.join();
+let e = ""; try { t.start(); } catch (x) { e = x; } print(`false	${e}`);
+let p = Process(|| (), []); p.start(); p.join();
+e = ""; try { p.start(); } catch (x) { e = x; } print(`false	${e}`);
+let pool = Pool(1);
+e = ""; try { pool.join(); } catch (x) { e = x; } print(`false	${e}`);
+let q = Queue();
+e = ""; try { q.get(0.05); } catch (x) { e = x; } print(`false	${e}`);
+let l = Lock();
+e = ""; try { l.release(); } catch (x) { e = x; } print(`false	${e}`);
+"#,
+        |out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(lines.len(), 5, "{}", out.describe());
+            for (line, what) in lines.iter().zip([
+                "only be started once",
+                "only be started once",
+                "close() or terminate()",
+                "Empty",
+                "unlocked Lock",
+            ]) {
+                assert!(
+                    line.starts_with("false") && line.contains(what),
+                    "{what}: {line}"
+                );
+            }
+        },
+    );
+}
