@@ -55,5 +55,5 @@ pub mod sync;
 pub mod thread;
 pub mod value;
 
-pub use runtime::{Error, Language, Runtime};
+pub use runtime::{Error, Language, Runtime, Settings};
 pub use value::Value;

@@ -23,6 +23,14 @@ struct Cli {
     #[arg(long, value_name = "SECONDS")]
     task_timeout: Option<f64>,
 
+    /// No file, process or code-loading facilities for the script (see the README).
+    #[arg(long)]
+    sandbox: bool,
+
+    /// Cap each engine's memory at BYTES (suffixes k, M, G).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    max_memory: Option<usize>,
+
     /// How long a thread may hold the GIL while another waits, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5.0)]
     switch_interval: f64,
@@ -70,12 +78,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// `1000`, `64k`, `512M`, `2G` (powers of 1024).
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let (digits, scale) = match text.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&text[..i], 1 << 10),
+        Some((i, 'm' | 'M')) => (&text[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&text[..i], 1 << 30),
+        _ => (text, 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size in bytes (like 512M)"))?;
+    n.checked_mul(scale)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("`{text}` is not a usable size"))
+}
+
 fn run(cli: Cli) -> Result<i32, Error> {
     let interval = Duration::try_from_secs_f64(cli.switch_interval / 1000.0)
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| Error::Usage("--switch-interval must be a positive number of ms".into()))?;
-    let mut runtime = Runtime::new().switch_interval(interval);
+    let mut runtime = Runtime::new()
+        .switch_interval(interval)
+        .sandbox(cli.sandbox);
+    if let Some(bytes) = cli.max_memory {
+        runtime = runtime.max_memory(bytes);
+    }
     if let Some(secs) = cli.task_timeout {
         let timeout = Duration::try_from_secs_f64(secs)
             .ok()

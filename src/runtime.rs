@@ -100,8 +100,19 @@ impl Script {
 pub struct Runtime {
     language: Option<Language>,
     switch_interval: Duration,
-    task_timeout: Option<Duration>,
+    settings: Settings,
     args: Vec<String>,
+}
+
+/// Safety switches and limits a run applies to every engine it creates.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Default `task_timeout` of pools.
+    pub task_timeout: Option<Duration>,
+    /// Scripts get no file, process or code-loading facilities (see [`Runtime::sandbox`]).
+    pub sandbox: bool,
+    /// Memory an engine may use, in bytes (see [`Runtime::max_memory`]).
+    pub max_memory: Option<usize>,
 }
 
 impl Default for Runtime {
@@ -115,7 +126,7 @@ impl Runtime {
         Runtime {
             language: None,
             switch_interval: DEFAULT_SWITCH_INTERVAL,
-            task_timeout: None,
+            settings: Settings::default(),
             args: Vec::new(),
         }
     }
@@ -123,7 +134,26 @@ impl Runtime {
     /// The default for every pool's `task_timeout`: a task running longer fails, and its worker
     /// is killed and replaced.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
-        self.task_timeout = Some(timeout);
+        self.settings.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Runs scripts without file, process or code-loading facilities. Lua loses `io`,
+    /// `os.execute`, `os.remove`, `os.rename`, `os.tmpname`, `loadfile`, `dofile`,
+    /// `package.loadlib` and C modules, `debug`, and `load` of binary chunks (`load` takes text
+    /// only); `require` of Lua modules next to the script still works. Rhai loses `eval` and
+    /// `import`.
+    pub fn sandbox(mut self, enabled: bool) -> Self {
+        self.settings.sandbox = enabled;
+        self
+    }
+
+    /// Caps the memory of every engine (the main script's and each pool worker's). Lua counts
+    /// every allocation of the state and raises "not enough memory"; Rhai has no allocation
+    /// accounting, so the cap becomes its size limits: the longest string (`bytes`), and the
+    /// largest array and map (`bytes / 16` elements).
+    pub fn max_memory(mut self, bytes: usize) -> Self {
+        self.settings.max_memory = Some(bytes);
         self
     }
 
@@ -213,7 +243,7 @@ impl Runtime {
             processes: Mutex::new(Vec::new()),
             process_counter: AtomicU64::new(0),
             pools: Mutex::new(Vec::new()),
-            task_timeout: self.task_timeout,
+            settings: self.settings.clone(),
         })
     }
 }
@@ -227,7 +257,7 @@ pub struct Host {
     processes: Mutex<Vec<Arc<ScriptProcess>>>,
     process_counter: AtomicU64,
     pools: Mutex<Vec<Weak<Pool>>>,
-    task_timeout: Option<Duration>,
+    pub(crate) settings: Settings,
 }
 
 /// The host's locks, held across a fork (see `crate::fork`).
@@ -260,7 +290,7 @@ impl Host {
 
     /// The default task timeout of pools.
     pub fn task_timeout(&self) -> Option<Duration> {
-        self.task_timeout
+        self.settings.task_timeout
     }
 
     /// "Process-1", "Process-2", ... as Python names them.

@@ -219,3 +219,87 @@ e = ""; try { l.release(); } catch (x) { e = x; } print(`false	${e}`);
         },
     );
 }
+
+fn run_with(flags: &[&str], name: &str, ext: &str, code: &str) -> Output {
+    let dir = TempDir::new(name);
+    let path = dir.write(&format!("{name}.{ext}"), code);
+    let mut args: Vec<&str> = flags.to_vec();
+    args.push(path.to_str().unwrap());
+    Run::new(args).output()
+}
+
+#[test]
+fn the_sandbox_takes_files_processes_and_code_loading_away() {
+    let lua = r#"
+print(io, debug, os.execute, os.remove, os.rename, loadfile, dofile, package.loadlib)
+print(load("return 1 + 1")())
+print(load(string.dump(function() return 42 end)))
+print(parrun.Pool(1):apply(function(x) return x * 2 end, {21}))
+"#;
+    let out = run_with(&["--sandbox"], "sandbox", "lua", lua);
+    out.assert_success();
+    let lines = out.stdout_lines();
+    assert_eq!(lines[0], ["nil"; 8].join("\t"), "{}", out.describe());
+    assert_eq!(lines[1], "2");
+    assert!(
+        lines[2].starts_with("nil\t") && lines[2].contains("binary chunk"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(lines[3], "42");
+    // Without the switch, Lua is the stock language.
+    let out = run_with(
+        &[],
+        "sandbox",
+        "lua",
+        "print(io ~= nil, debug ~= nil, load(string.dump(function() return 7 end))())",
+    );
+    out.assert_success().assert_stdout_contains("true\ttrue\t7");
+
+    let out = run_with(&["--sandbox"], "sandbox", "rhai", "print(eval(\"1 + 1\"));");
+    out.assert_code(1)
+        .assert_stderr_contains("'eval' is disabled");
+    let dir = TempDir::new("sandboxmod");
+    dir.write("m.rhai", "fn hi() { 1 }");
+    let path = dir.write("main.rhai", "import \"m\" as m;\nprint(m::hi());");
+    let out = Run::new(["--sandbox", path.to_str().unwrap()]).output();
+    out.assert_code(1)
+        .assert_stderr_contains("Module not found");
+    let out = Run::new([path.to_str().unwrap()]).output();
+    out.assert_success().assert_stdout_contains("1");
+}
+
+#[test]
+fn a_task_past_the_memory_cap_fails_and_the_pool_survives() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+print(pcall(pool.apply, pool, function() local t = {} for i = 1, 1e8 do t[i] = i end return #t end, {}))
+print("after", pool:apply(function(x) return x + 1 end, {1}))
+print(pcall(string.rep, "x", 200 * 1024 * 1024))
+"#;
+    let out = run_with(&["--max-memory", "64M"], "memory", "lua", lua);
+    out.assert_success();
+    let lines = out.stdout_lines();
+    assert!(
+        lines[0].starts_with("false") && lines[0].contains("not enough memory"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(lines[1], "after\t2", "{}", out.describe());
+    assert!(
+        lines[2].starts_with("false") && lines[2].contains("not enough memory"),
+        "{}",
+        out.describe()
+    );
+
+    let rhai = r#"
+let pool = Pool(1);
+let e = ""; try { pool.apply(|| { let a = [0]; loop { a += a; } }, []); } catch (x) { e = x; }
+print(e);
+print(`after ${pool.apply(|x| x + 1, [1])}`);
+"#;
+    let out = run_with(&["--max-memory", "64M"], "memory", "rhai", rhai);
+    out.assert_success()
+        .assert_stdout_contains("too large")
+        .assert_stdout_contains("after 2");
+}

@@ -573,7 +573,7 @@ fn error_text(e: mlua::Error) -> String {
         mlua::Error::CallbackError { traceback, cause } => {
             format!("{}\n{traceback}", error_text((*cause).clone()))
         }
-        mlua::Error::MemoryError(msg) => format!("not enough memory: {msg}"),
+        mlua::Error::MemoryError(msg) => msg,
         other => other.to_string(),
     }
 }
@@ -695,13 +695,39 @@ fn install_script_env(lua: &Lua, script: &Script) -> mlua::Result<()> {
     Ok(())
 }
 
+/// What a sandboxed script loses (see `Runtime::sandbox`).
+const SANDBOX: &str = r#"
+io = nil; package.loaded.io = nil
+debug = nil; package.loaded.debug = nil
+os.execute, os.remove, os.rename, os.tmpname = nil, nil, nil, nil
+loadfile, dofile = nil, nil
+package.loadlib, package.cpath = nil, ""
+package.searchers[3], package.searchers[4] = nil, nil
+local load = load
+_G.load = function(chunk, name, mode, env)
+  return load(chunk, name, "t", env)
+end
+"#;
+
+fn apply_settings(lua: &Lua, settings: &crate::runtime::Settings) -> mlua::Result<()> {
+    if settings.sandbox {
+        lua.load(SANDBOX).set_name("=parrun sandbox").exec()?;
+    }
+    if let Some(bytes) = settings.max_memory {
+        lua.set_memory_limit(bytes)?;
+    }
+    Ok(())
+}
+
 /// Runs a script in a fresh Lua state and waits for the threads it started.
 pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     // The stock interpreter's full standard library, `debug` included (mlua's safe mode
     // refuses it).
     // SAFETY: scripts get the same powers as under the stock `lua` binary, by design.
     let lua = unsafe { Lua::unsafe_new() };
-    let setup = install_api(&lua, &host).and_then(|()| install_script_env(&lua, &script));
+    let setup = install_api(&lua, &host)
+        .and_then(|()| install_script_env(&lua, &script))
+        .and_then(|()| apply_settings(&lua, &host.settings));
     setup.map_err(|e| Error::Script(format!("parrun: cannot set up Lua: {}", error_text(e))))?;
     let main = lua
         .load(script.code_without_shebang())

@@ -52,8 +52,16 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     // Rhai's release-build default; its debug builds allow only 8 levels, and a script must
     // behave the same whichever way parrun was built.
     engine.set_max_call_levels(64);
-    if let Some(dir) = &script.dir {
+    if host.settings.sandbox {
+        engine.disable_symbol("eval");
+        engine.set_module_resolver(::rhai::module_resolvers::DummyModuleResolver::new());
+    } else if let Some(dir) = &script.dir {
         engine.set_module_resolver(FileModuleResolver::new_with_path(dir));
+    }
+    if let Some(bytes) = host.settings.max_memory {
+        engine.set_max_string_size(bytes);
+        engine.set_max_array_size(bytes / 16);
+        engine.set_max_map_size(bytes / 16);
     }
     engine.on_print(|s| {
         // A closed stdout cannot be reported from here; the script goes on as rhai-run does.
