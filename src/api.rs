@@ -958,6 +958,16 @@ pub static BUILTINS: &[Builtin] = &[
     },
     Builtin {
         class: Class::Queue,
+        name: "close",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            queue(args)?.close();
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Queue,
         name: "empty",
         kind: Kind::Call,
         arity: (0, 0),

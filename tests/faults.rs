@@ -187,6 +187,8 @@ local q = parrun.Queue()
 print(pcall(q.get, q, 0.05))
 local l = parrun.Lock()
 print(pcall(l.release, l))
+q:close()
+print(pcall(q.put, q, 1))
 "#,
         r#"
 let t = Thread(|| (), []); t.start(); t.join();
@@ -199,17 +201,20 @@ let q = Queue();
 e = ""; try { q.get(0.05); } catch (x) { e = x; } print(`false	${e}`);
 let l = Lock();
 e = ""; try { l.release(); } catch (x) { e = x; } print(`false	${e}`);
+q.close();
+e = ""; try { q.put(1); } catch (x) { e = x; } print(`false	${e}`);
 "#,
         |out| {
             out.assert_success();
             let lines = out.stdout_lines();
-            assert_eq!(lines.len(), 5, "{}", out.describe());
+            assert_eq!(lines.len(), 6, "{}", out.describe());
             for (line, what) in lines.iter().zip([
                 "only be started once",
                 "only be started once",
                 "close() or terminate()",
                 "Empty",
                 "unlocked Lock",
+                "Queue is closed",
             ]) {
                 assert!(
                     line.starts_with("false") && line.contains(what),

@@ -19,6 +19,9 @@ pub struct Queue {
 pub(crate) struct QueueInner {
     id: u64,
     owner: u32,
+    /// Set by `close`. Each process has its own copy of this struct, so closing is per process,
+    /// as `multiprocessing.Queue.close` is.
+    closed: std::sync::atomic::AtomicBool,
     items: Mutex<VecDeque<Value>>,
     ready: Condvar,
 }
@@ -45,6 +48,7 @@ impl Queue {
             let q = Arc::new(QueueInner {
                 id,
                 owner: std::process::id(),
+                closed: Default::default(),
                 items: Mutex::new(VecDeque::new()),
                 ready: Condvar::new(),
             });
@@ -70,8 +74,18 @@ impl Queue {
         self.inner.items.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// No more values will be put on this queue by this process; a later `put` is an error.
+    pub fn close(&self) {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Adds a value at the back. Never blocks (the queue is unbounded).
     pub fn put(&self, value: Value) -> Result<(), String> {
+        if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("the queue is closed (ValueError: Queue is closed)".into());
+        }
         if !self.is_local() {
             return link::remote_post(self.inner.id, Op::Put(value));
         }
