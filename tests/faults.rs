@@ -3,18 +3,10 @@
 
 mod common;
 
-use common::{Output, Run, TempDir};
+use common::{both, run_code, Output, Run, TempDir};
 
 fn run_script(name: &str, ext: &str, code: &str) -> Output {
-    let dir = TempDir::new(name);
-    let path = dir.write(&format!("{name}.{ext}"), code);
-    Run::new([path.to_str().unwrap()]).output()
-}
-
-fn both(name: &str, lua: &str, rhai: &str, check: impl Fn(&Output)) {
-    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
-        check(&run_script(name, ext, code));
-    }
+    run_code(&[], name, ext, code)
 }
 
 #[test]
@@ -225,14 +217,6 @@ e = ""; try { q.put(1); } catch (x) { e = x; } print(`false	${e}`);
     );
 }
 
-fn run_with(flags: &[&str], name: &str, ext: &str, code: &str) -> Output {
-    let dir = TempDir::new(name);
-    let path = dir.write(&format!("{name}.{ext}"), code);
-    let mut args: Vec<&str> = flags.to_vec();
-    args.push(path.to_str().unwrap());
-    Run::new(args).output()
-}
-
 #[test]
 fn the_sandbox_takes_files_processes_and_code_loading_away() {
     let lua = r#"
@@ -241,7 +225,7 @@ print(load("return 1 + 1")())
 print(load(string.dump(function() return 42 end)))
 print(parrun.Pool(1):apply(function(x) return x * 2 end, {21}))
 "#;
-    let out = run_with(&["--sandbox"], "sandbox", "lua", lua);
+    let out = run_code(&["--sandbox"], "sandbox", "lua", lua);
     out.assert_success();
     let lines = out.stdout_lines();
     assert_eq!(lines[0], ["nil"; 8].join("\t"), "{}", out.describe());
@@ -253,7 +237,7 @@ print(parrun.Pool(1):apply(function(x) return x * 2 end, {21}))
     );
     assert_eq!(lines[3], "42");
     // Without the switch, Lua is the stock language.
-    let out = run_with(
+    let out = run_code(
         &[],
         "sandbox",
         "lua",
@@ -261,7 +245,7 @@ print(parrun.Pool(1):apply(function(x) return x * 2 end, {21}))
     );
     out.assert_success().assert_stdout_contains("true\ttrue\t7");
 
-    let out = run_with(&["--sandbox"], "sandbox", "rhai", "print(eval(\"1 + 1\"));");
+    let out = run_code(&["--sandbox"], "sandbox", "rhai", "print(eval(\"1 + 1\"));");
     out.assert_code(1)
         .assert_stderr_contains("'eval' is disabled");
     let dir = TempDir::new("sandboxmod");
@@ -282,7 +266,7 @@ print(pcall(pool.apply, pool, function() local t = {} for i = 1, 1e8 do t[i] = i
 print("after", pool:apply(function(x) return x + 1 end, {1}))
 print(pcall(string.rep, "x", 200 * 1024 * 1024))
 "#;
-    let out = run_with(&["--max-memory", "64M"], "memory", "lua", lua);
+    let out = run_code(&["--max-memory", "64M"], "memory", "lua", lua);
     out.assert_success();
     let lines = out.stdout_lines();
     assert!(
@@ -303,7 +287,7 @@ let e = ""; try { pool.apply(|| { let a = [0]; loop { a += a; } }, []); } catch 
 print(e);
 print(`after ${pool.apply(|x| x + 1, [1])}`);
 "#;
-    let out = run_with(&["--max-memory", "64M"], "memory", "rhai", rhai);
+    let out = run_code(&["--max-memory", "64M"], "memory", "rhai", rhai);
     out.assert_success()
         .assert_stdout_contains("too large")
         .assert_stdout_contains("after 2");

@@ -7,27 +7,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Output, Run, TempDir};
-
-/// Writes `code` to a fresh temporary script file and returns its path. The directory is
-/// removed when the test process ends its run of this script (see `common::TempDir`).
-fn script(name: &str, ext: &str, code: &str) -> (TempDir, PathBuf) {
-    let dir = TempDir::new(name);
-    let path = dir.write(&format!("{name}.{ext}"), code);
-    (dir, path)
-}
+use common::{both, run_code, script, Output, Run};
 
 fn run_script(name: &str, ext: &str, code: &str) -> Output {
-    let (_dir, path) = script(name, ext, code);
-    Run::new([path.to_str().unwrap()]).output()
-}
-
-/// Runs the same program written in both languages and checks the same stdout.
-fn both(name: &str, lua: &str, rhai: &str, check: impl Fn(&Output)) {
-    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
-        let out = run_script(name, ext, code);
-        check(&out);
-    }
+    run_code(&[], name, ext, code)
 }
 
 fn alive(pid: i32) -> bool {

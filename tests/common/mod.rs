@@ -330,3 +330,26 @@ impl Lang {
         format!("{stem}.{}", self.name())
     }
 }
+
+/// Writes `code` to `NAME.EXT` in a fresh temporary directory (removed when the returned
+/// `TempDir` is dropped) and returns both.
+pub fn script(name: &str, ext: &str, code: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(name);
+    let path = dir.write(&format!("{name}.{ext}"), code);
+    (dir, path)
+}
+
+/// Runs `code` as a script of the language `ext` (`lua` or `rhai`), with `flags` before it.
+pub fn run_code(flags: &[&str], name: &str, ext: &str, code: &str) -> Output {
+    let (_dir, path) = script(name, ext, code);
+    let mut args: Vec<&str> = flags.to_vec();
+    args.push(path.to_str().expect("a UTF-8 temp path"));
+    Run::new(args).output()
+}
+
+/// Runs the same program written in Lua and in Rhai, checking each run with `check`.
+pub fn both(name: &str, lua: &str, rhai: &str, check: impl Fn(&Output)) {
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        check(&run_code(&[], name, ext, code));
+    }
+}
