@@ -292,3 +292,24 @@ print(`after ${pool.apply(|x| x + 1, [1])}`);
         .assert_stdout_contains("too large")
         .assert_stdout_contains("after 2");
 }
+
+/// A script's own coroutines yield their own values while another thread keeps asking for the
+/// GIL (the switch must only ever interrupt the thread's driving coroutine).
+#[test]
+fn script_coroutines_are_not_disturbed_by_gil_switches() {
+    let lua = r#"
+local function spinner() for r = 1, 10 do local x = 0 for i = 1, 3e5 do x = x + i end end end
+local t = parrun.Thread(spinner) t:start()
+local bad = 0
+for i = 1, 30000 do
+  local co = coroutine.create(function() local s = 0 for j = 1, 50 do s = s + j end coroutine.yield(s) return 7 end)
+  local ok, v = coroutine.resume(co)
+  local ok2, w = coroutine.resume(co)
+  if v ~= 1275 or w ~= 7 then bad = bad + 1 end
+end
+t:join()
+print("bad", bad)
+"#;
+    let out = run_code(&["--switch-interval", "1"], "coswitch", "lua", lua);
+    out.assert_success().assert_stdout_contains("bad\t0");
+}

@@ -49,6 +49,8 @@ thread_local! {
     static CURRENT_GIL: RefCell<Option<Arc<Gil>>> = const { RefCell::new(None) };
     /// Set by the hook when it yields, so the driver can tell a hook yield from a request.
     static HOOK_YIELDED: Cell<bool> = const { Cell::new(false) };
+    /// The `lua_State` of the coroutine this OS thread's driver is resuming.
+    static CURRENT_DRIVER: Cell<usize> = const { Cell::new(0) };
 }
 
 /// How a GIL waiter interrupts the Lua holder: install the hook on its coroutine.
@@ -76,6 +78,13 @@ unsafe extern "C-unwind" fn gil_hook(
     state: *mut mlua::ffi::lua_State,
     _: *mut mlua::ffi::lua_Debug,
 ) {
+    // A coroutine the script creates copies the hook of its creator at that moment; only the
+    // driver's own coroutine may yield to the driver, or the script's `coroutine.resume` would
+    // receive the hand-over as if its coroutine had yielded.
+    if state as usize != CURRENT_DRIVER.get() {
+        mlua::ffi::lua_sethook(state, None, 0, 0);
+        return;
+    }
     let requested = CURRENT_GIL.with(|g| g.borrow().as_ref().is_some_and(|g| g.drop_requested()));
     if !requested {
         mlua::ffi::lua_sethook(state, None, 0, 0);
@@ -536,6 +545,7 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
     let gil = &host.gil;
     gil.set_holder_token(token);
     CURRENT_GIL.with(|g| *g.borrow_mut() = Some(gil.clone()));
+    let outer_driver = CURRENT_DRIVER.replace(token);
     let result = loop {
         let out: MultiValue = match co.resume(args) {
             Ok(out) => out,
@@ -562,6 +572,7 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
     };
     // The coroutine may be collected once we return: the GIL must not point at it.
     gil.set_holder_token(0);
+    CURRENT_DRIVER.set(outer_driver);
     result
 }
 
