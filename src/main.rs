@@ -31,6 +31,10 @@ struct Cli {
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     max_memory: Option<usize>,
 
+    /// Stop a script thread or pool task after about N instructions (Rhai: operations).
+    #[arg(long, value_name = "N")]
+    max_instructions: Option<u64>,
+
     /// How long a thread may hold the GIL while another waits, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5.0)]
     switch_interval: f64,
@@ -104,6 +108,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
         .sandbox(cli.sandbox);
     if let Some(bytes) = cli.max_memory {
         runtime = runtime.max_memory(bytes);
+    }
+    if let Some(count) = cli.max_instructions {
+        runtime = runtime.max_instructions(count);
     }
     if let Some(secs) = cli.task_timeout {
         let timeout = Duration::try_from_secs_f64(secs)

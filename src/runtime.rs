@@ -113,6 +113,9 @@ pub struct Settings {
     pub sandbox: bool,
     /// Memory an engine may use, in bytes (see [`Runtime::max_memory`]).
     pub max_memory: Option<usize>,
+    /// Instructions one script thread, callback or pool task may execute (see
+    /// [`Runtime::max_instructions`]).
+    pub max_instructions: Option<u64>,
 }
 
 impl Default for Runtime {
@@ -154,6 +157,15 @@ impl Runtime {
     /// largest array and map (`bytes / 16` elements).
     pub fn max_memory(mut self, bytes: usize) -> Self {
         self.settings.max_memory = Some(bytes);
+        self
+    }
+
+    /// Stops a script thread, callback or pool task (a `map` chunk is one task) after about
+    /// `count` instructions with an error the script cannot catch. Lua counts VM instructions
+    /// (checked every 1,000, through the same on-demand count hook as the GIL, so it costs
+    /// nothing when unset); Rhai counts its operations (`Engine::set_max_operations`).
+    pub fn max_instructions(mut self, count: u64) -> Self {
+        self.settings.max_instructions = Some(count);
         self
     }
 

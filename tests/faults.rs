@@ -313,3 +313,52 @@ print("bad", bad)
     let out = run_code(&["--switch-interval", "1"], "coswitch", "lua", lua);
     out.assert_success().assert_stdout_contains("bad\t0");
 }
+
+/// An instruction budget stops a runaway task, thread or script with an error; a pool task's
+/// failure leaves the pool usable, a thread's leaves the script running.
+#[test]
+fn the_instruction_limit_stops_runaway_code() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+print(pcall(pool.apply, pool, function() while true do end end, {}))
+print("after", pool:apply(function(x) return x + 1 end, {1}))
+local t = parrun.Thread(function() while true do end end) t:start() t:join()
+print("main goes on")
+while true do end
+"#;
+    let rhai = r#"
+let pool = Pool(1);
+let e = ""; try { pool.apply(|| { loop {} }, []); } catch (x) { e = x; }
+print(`false	${e}`);
+print(`after	${pool.apply(|x| x + 1, [1])}`);
+let t = Thread(|| { loop {} }, []); t.start(); t.join();
+print("main goes on");
+loop {}
+"#;
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        let out = run_code(
+            &["--max-instructions", "2000000"],
+            "instructions",
+            ext,
+            code,
+        );
+        out.assert_code(1)
+            .assert_stdout_contains("after\t2")
+            .assert_stdout_contains("main goes on")
+            .assert_stderr_contains("Exception in thread Thread-1");
+        let lines = out.stdout_lines();
+        let limit =
+            |s: &str| s.contains("instruction limit exceeded") || s.contains("Too many operations");
+        assert!(
+            lines[0].starts_with("false") && limit(lines[0]),
+            "{}",
+            out.describe()
+        );
+        assert_eq!(
+            out.stderr.lines().filter(|l| limit(l)).count(),
+            2,
+            "{}",
+            out.describe()
+        );
+    }
+}

@@ -51,7 +51,16 @@ thread_local! {
     static HOOK_YIELDED: Cell<bool> = const { Cell::new(false) };
     /// The `lua_State` of the coroutine this OS thread's driver is resuming.
     static CURRENT_DRIVER: Cell<usize> = const { Cell::new(0) };
+    /// Instructions the running script thread or task may still execute (`--max-instructions`),
+    /// and whether the hook found them spent.
+    static BUDGET: Cell<Option<i64>> = const { Cell::new(None) };
+    static BUDGET_SPENT: Cell<bool> = const { Cell::new(false) };
 }
+
+/// How many instructions run between two checks of the instruction budget.
+const BUDGET_STEP: std::ffi::c_int = 1000;
+
+thread_local! {}
 
 /// How a GIL waiter interrupts the Lua holder: install the hook on its coroutine.
 pub(crate) fn interrupter() -> Option<Interrupter> {
@@ -85,10 +94,27 @@ unsafe extern "C-unwind" fn gil_hook(
         mlua::ffi::lua_sethook(state, None, 0, 0);
         return;
     }
+    let yieldable = mlua::ffi::lua_isyieldable(state) != 0;
+    if let Some(left) = BUDGET.get() {
+        // The hook's count is how many instructions ran since it last fired.
+        let left = left - i64::from(mlua::ffi::lua_gethookcount(state));
+        BUDGET.set(Some(left));
+        if left <= 0 && yieldable {
+            // The driver ends the coroutine with an error (it is not resumed again).
+            BUDGET_SPENT.set(true);
+            mlua::ffi::lua_yield(state, 0);
+            return;
+        }
+    }
     let requested = CURRENT_GIL.with(|g| g.borrow().as_ref().is_some_and(|g| g.drop_requested()));
     if !requested {
-        mlua::ffi::lua_sethook(state, None, 0, 0);
-    } else if mlua::ffi::lua_isyieldable(state) != 0 {
+        match BUDGET.get() {
+            Some(_) => {
+                mlua::ffi::lua_sethook(state, Some(gil_hook), mlua::ffi::LUA_MASKCOUNT, BUDGET_STEP)
+            }
+            None => mlua::ffi::lua_sethook(state, None, 0, 0),
+        }
+    } else if yieldable {
         // The hook stays installed so that mlua recognises this as a hook yield and resumes
         // the coroutine without arguments; on resumption it fires once more and uninstalls.
         HOOK_YIELDED.set(true);
@@ -546,6 +572,20 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
     gil.set_holder_token(token);
     CURRENT_GIL.with(|g| *g.borrow_mut() = Some(gil.clone()));
     let outer_driver = CURRENT_DRIVER.replace(token);
+    // Each script thread, callback and pool task gets the whole instruction budget.
+    let limit = host.settings.max_instructions;
+    let outer_budget = BUDGET.replace(limit.map(|n| n.min(i64::MAX as u64) as i64));
+    if limit.is_some() {
+        // SAFETY: `token` is the state of `co`, which this driver holds and resumes.
+        unsafe {
+            mlua::ffi::lua_sethook(
+                token as *mut mlua::ffi::lua_State,
+                Some(gil_hook),
+                mlua::ffi::LUA_MASKCOUNT,
+                BUDGET_STEP,
+            )
+        };
+    }
     let result = loop {
         let out: MultiValue = match co.resume(args) {
             Ok(out) => out,
@@ -553,6 +593,12 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
         };
         if co.status() != ThreadStatus::Resumable {
             break Ok(out);
+        }
+        if BUDGET_SPENT.replace(false) {
+            let limit = limit.unwrap_or_default();
+            break Err(mlua::Error::runtime(format!(
+                "instruction limit exceeded: more than {limit} instructions (--max-instructions)"
+            )));
         }
         if HOOK_YIELDED.replace(false) {
             gil.yield_turn(token);
@@ -573,6 +619,7 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
     // The coroutine may be collected once we return: the GIL must not point at it.
     gil.set_holder_token(0);
     CURRENT_DRIVER.set(outer_driver);
+    BUDGET.set(outer_budget);
     result
 }
 

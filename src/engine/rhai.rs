@@ -58,6 +58,9 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     } else if let Some(dir) = &script.dir {
         engine.set_module_resolver(FileModuleResolver::new_with_path(dir));
     }
+    if let Some(count) = host.settings.max_instructions {
+        engine.set_max_operations(count);
+    }
     if let Some(bytes) = host.settings.max_memory {
         engine.set_max_string_size(bytes);
         engine.set_max_array_size(bytes / 16);
