@@ -967,12 +967,10 @@ fn check_captured_queue(lang: Lang) {
         .timeout(std::time::Duration::from_secs(15))
         .output();
     out.assert_success();
-    assert_eq!(
-        out.stdout_lines(),
-        ["got 1", "got 2", "done"],
-        "{}",
-        out.describe()
-    );
+    // Which woken worker prints first is up to the GIL's hand-over order.
+    let mut lines = out.stdout_lines();
+    lines[..2].sort_unstable();
+    assert_eq!(lines, ["got 1", "got 2", "done"], "{}", out.describe());
     assert!(out.stderr.is_empty(), "{}", out.describe());
 }
 
@@ -981,8 +979,8 @@ fn blocking_call_on_a_shared_upvalue_lua() {
     check_captured_queue(Lang::Lua);
 }
 
-/// Today the second worker fails with "Data race detected" and the main thread's `q.put`
-/// deadlocks: the blocked `q.get()` keeps Rhai's lock on the captured variable `q`.
+/// The blocked `q.get()` must not keep Rhai's lock on the captured variable `q` (it did once:
+/// the second worker failed with "Data race detected" and the main thread's `q.put` hung).
 #[test]
 fn blocking_call_on_a_captured_variable_rhai() {
     check_captured_queue(Lang::Rhai);
