@@ -35,6 +35,10 @@ struct Cli {
     #[arg(long, value_name = "N")]
     max_instructions: Option<u64>,
 
+    /// Stop a script thread or pool task whose calls nest deeper than N.
+    #[arg(long, value_name = "N")]
+    max_call_depth: Option<usize>,
+
     /// How long a thread may hold the GIL while another waits, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5.0)]
     switch_interval: f64,
@@ -111,6 +115,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
     }
     if let Some(count) = cli.max_instructions {
         runtime = runtime.max_instructions(count);
+    }
+    if let Some(depth) = cli.max_call_depth {
+        runtime = runtime.max_call_depth(depth);
     }
     if let Some(secs) = cli.task_timeout {
         let timeout = Duration::try_from_secs_f64(secs)

@@ -116,6 +116,8 @@ pub struct Settings {
     /// Instructions one script thread, callback or pool task may execute (see
     /// [`Runtime::max_instructions`]).
     pub max_instructions: Option<u64>,
+    /// How deeply calls may nest (see [`Runtime::max_call_depth`]).
+    pub max_call_depth: Option<usize>,
 }
 
 impl Default for Runtime {
@@ -166,6 +168,15 @@ impl Runtime {
     /// nothing when unset); Rhai counts its operations (`Engine::set_max_operations`).
     pub fn max_instructions(mut self, count: u64) -> Self {
         self.settings.max_instructions = Some(count);
+        self
+    }
+
+    /// Stops a script thread, callback or pool task whose calls nest deeper than `depth`, with
+    /// an error the script cannot catch. Lua counts the frames on the thread's stack (checked at
+    /// each call through a call hook, installed only when a limit is set); Rhai uses
+    /// `Engine::set_max_call_levels` (64 by default, as in Rhai's release builds).
+    pub fn max_call_depth(mut self, depth: usize) -> Self {
+        self.settings.max_call_depth = Some(depth);
         self
     }
 

@@ -362,3 +362,74 @@ loop {}
         );
     }
 }
+
+/// A call-depth limit stops recursion past it with an error; shallower code runs.
+#[test]
+fn the_call_depth_limit_stops_deep_recursion() {
+    let lua = r#"
+local function f(n) if n == 0 then return 0 end return 1 + f(n - 1) end
+print(f(50))
+local pool = parrun.Pool(1)
+print(pcall(pool.apply, pool, f, {500}))
+print("after", pool:apply(f, {10}))
+print(f(500))
+"#;
+    let rhai = r#"
+fn f(n) { if n == 0 { 0 } else { 1 + f(n - 1) } }
+print(f(50));
+let pool = Pool(1);
+let e = ""; try { pool.apply(f, [500]); } catch (x) { e = x; }
+print(`false	${e}`);
+print(`after	${pool.apply(f, [10])}`);
+print(f(500));
+"#;
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        let out = run_code(&["--max-call-depth", "100"], "depth", ext, code);
+        out.assert_code(1).assert_stdout_contains("after\t10");
+        let lines = out.stdout_lines();
+        assert_eq!(lines[0], "50", "{}", out.describe());
+        let deep =
+            |s: &str| s.contains("call depth limit exceeded") || s.contains("Stack overflow");
+        assert!(
+            lines[1].starts_with("false") && deep(lines[1]),
+            "{}",
+            out.describe()
+        );
+        assert!(deep(&out.stderr), "{}", out.describe());
+    }
+}
+
+/// Limits and the GIL share Lua's count hook: threads still take turns under a limit.
+#[test]
+fn threads_still_interleave_under_limits() {
+    let lua = r#"
+local log = parrun.Queue()
+local function spin(id) for r = 1, 5 do local x = 0 for i = 1, 200000 do x = x + i end log:put(id) end end
+local a, b = parrun.Thread(spin, {1}), parrun.Thread(spin, {2})
+a:start() b:start() a:join() b:join()
+local s = "" while not log:empty() do s = s .. log:get() end
+print(s)
+"#;
+    let out = run_code(
+        &[
+            "--switch-interval",
+            "1",
+            "--max-instructions",
+            "100000000",
+            "--max-call-depth",
+            "50",
+        ],
+        "limitsgil",
+        "lua",
+        lua,
+    );
+    out.assert_success();
+    let seq = out.stdout_lines()[0].to_owned();
+    assert_eq!(seq.len(), 10, "{}", out.describe());
+    let last_first = seq.rfind('1').unwrap();
+    let first_second = seq.find('2').unwrap();
+    assert!(
+        first_second < last_first,
+        "the threads ran one after the other: {seq}"
+    );
+}

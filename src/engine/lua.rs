@@ -55,6 +55,10 @@ thread_local! {
     /// and whether the hook found them spent.
     static BUDGET: Cell<Option<i64>> = const { Cell::new(None) };
     static BUDGET_SPENT: Cell<bool> = const { Cell::new(false) };
+    /// The deepest call stack the running script thread or task may have (`--max-call-depth`),
+    /// and whether a call went deeper.
+    static MAX_CALL_DEPTH: Cell<Option<std::ffi::c_int>> = const { Cell::new(None) };
+    static DEPTH_EXCEEDED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// How many instructions run between two checks of the instruction budget.
@@ -73,20 +77,19 @@ fn arm_hook(token: usize) {
     // token before the coroutine can be collected. Lua documents `lua_sethook` as safe to call
     // asynchronously (the stock interpreter calls it from a signal handler).
     unsafe {
-        mlua::ffi::lua_sethook(
-            token as *mut mlua::ffi::lua_State,
-            Some(gil_hook),
-            mlua::ffi::LUA_MASKCOUNT,
-            1,
-        )
+        let state = token as *mut mlua::ffi::lua_State;
+        // Keep the call events a depth limit asked for.
+        let mask = mlua::ffi::lua_gethookmask(state) | mlua::ffi::LUA_MASKCOUNT;
+        mlua::ffi::lua_sethook(state, Some(gil_hook), mask, 1)
     }
 }
 
 /// The count hook: yields to the driver if a switch is requested, else uninstalls itself.
 unsafe extern "C-unwind" fn gil_hook(
     state: *mut mlua::ffi::lua_State,
-    _: *mut mlua::ffi::lua_Debug,
+    ar: *mut mlua::ffi::lua_Debug,
 ) {
+    use mlua::ffi::{LUA_HOOKCALL, LUA_HOOKTAILCALL, LUA_MASKCOUNT};
     // A coroutine the script creates copies the hook of its creator at that moment; only the
     // driver's own coroutine may yield to the driver, or the script's `coroutine.resume` would
     // receive the hand-over as if its coroutine had yielded.
@@ -94,34 +97,68 @@ unsafe extern "C-unwind" fn gil_hook(
         mlua::ffi::lua_sethook(state, None, 0, 0);
         return;
     }
+    let event = (*ar).event;
+    if event == LUA_HOOKCALL || event == LUA_HOOKTAILCALL {
+        // A call hook cannot yield: note the overflow and yield at the next instruction.
+        if let Some(max) = MAX_CALL_DEPTH.get() {
+            let mut frame: mlua::ffi::lua_Debug = std::mem::zeroed();
+            if mlua::ffi::lua_getstack(state, max, &mut frame) != 0 {
+                DEPTH_EXCEEDED.set(true);
+                mlua::ffi::lua_sethook(state, Some(gil_hook), hook_mask() | LUA_MASKCOUNT, 1);
+            }
+        }
+        return;
+    }
     let yieldable = mlua::ffi::lua_isyieldable(state) != 0;
+    if DEPTH_EXCEEDED.get() && yieldable {
+        // The driver ends the coroutine with an error (it is not resumed again).
+        mlua::ffi::lua_yield(state, 0);
+        return;
+    }
     if let Some(left) = BUDGET.get() {
         // The hook's count is how many instructions ran since it last fired.
         let left = left - i64::from(mlua::ffi::lua_gethookcount(state));
         BUDGET.set(Some(left));
         if left <= 0 && yieldable {
-            // The driver ends the coroutine with an error (it is not resumed again).
             BUDGET_SPENT.set(true);
             mlua::ffi::lua_yield(state, 0);
             return;
         }
     }
     let requested = CURRENT_GIL.with(|g| g.borrow().as_ref().is_some_and(|g| g.drop_requested()));
-    if !requested {
-        match BUDGET.get() {
-            Some(_) => {
-                mlua::ffi::lua_sethook(state, Some(gil_hook), mlua::ffi::LUA_MASKCOUNT, BUDGET_STEP)
-            }
-            None => mlua::ffi::lua_sethook(state, None, 0, 0),
-        }
-    } else if yieldable {
+    if requested && yieldable {
         // The hook stays installed so that mlua recognises this as a hook yield and resumes
-        // the coroutine without arguments; on resumption it fires once more and uninstalls.
+        // the coroutine without arguments; on resumption it fires once more and re-arms.
         HOOK_YIELDED.set(true);
         mlua::ffi::lua_yield(state, 0);
-    } else {
+    } else if requested || DEPTH_EXCEEDED.get() {
         // Inside a C call (a sort comparator, say): try again a little later.
-        mlua::ffi::lua_sethook(state, Some(gil_hook), mlua::ffi::LUA_MASKCOUNT, 1000);
+        mlua::ffi::lua_sethook(state, Some(gil_hook), hook_mask() | LUA_MASKCOUNT, 1000);
+    } else {
+        arm_limits(state);
+    }
+}
+
+/// The hook events the running thread's limits need (none without limits).
+fn hook_mask() -> std::ffi::c_int {
+    let mut mask = 0;
+    if BUDGET.get().is_some() {
+        mask |= mlua::ffi::LUA_MASKCOUNT;
+    }
+    if MAX_CALL_DEPTH.get().is_some() {
+        mask |= mlua::ffi::LUA_MASKCALL;
+    }
+    mask
+}
+
+/// Installs the hook the limits need on `state`, or removes it when there are none.
+///
+/// # Safety
+/// `state` must be the coroutine this OS thread's driver is resuming.
+unsafe fn arm_limits(state: *mut mlua::ffi::lua_State) {
+    match hook_mask() {
+        0 => mlua::ffi::lua_sethook(state, None, 0, 0),
+        mask => mlua::ffi::lua_sethook(state, Some(gil_hook), mask, BUDGET_STEP),
     }
 }
 
@@ -575,17 +612,10 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
     // Each script thread, callback and pool task gets the whole instruction budget.
     let limit = host.settings.max_instructions;
     let outer_budget = BUDGET.replace(limit.map(|n| n.min(i64::MAX as u64) as i64));
-    if limit.is_some() {
-        // SAFETY: `token` is the state of `co`, which this driver holds and resumes.
-        unsafe {
-            mlua::ffi::lua_sethook(
-                token as *mut mlua::ffi::lua_State,
-                Some(gil_hook),
-                mlua::ffi::LUA_MASKCOUNT,
-                BUDGET_STEP,
-            )
-        };
-    }
+    let depth = host.settings.max_call_depth;
+    let outer_depth = MAX_CALL_DEPTH.replace(depth.map(|d| d.min(i32::MAX as usize) as i32));
+    // SAFETY: `token` is the state of `co`, which this driver holds and resumes.
+    unsafe { arm_limits(token as *mut mlua::ffi::lua_State) };
     let result = loop {
         let out: MultiValue = match co.resume(args) {
             Ok(out) => out,
@@ -593,6 +623,12 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
         };
         if co.status() != ThreadStatus::Resumable {
             break Ok(out);
+        }
+        if DEPTH_EXCEEDED.replace(false) {
+            let depth = depth.unwrap_or_default();
+            break Err(mlua::Error::runtime(format!(
+                "call depth limit exceeded: more than {depth} nested calls (--max-call-depth)"
+            )));
         }
         if BUDGET_SPENT.replace(false) {
             let limit = limit.unwrap_or_default();
@@ -620,6 +656,7 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
     gil.set_holder_token(0);
     CURRENT_DRIVER.set(outer_driver);
     BUDGET.set(outer_budget);
+    MAX_CALL_DEPTH.set(outer_depth);
     result
 }
 

@@ -51,7 +51,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     let mut engine = Engine::new();
     // Rhai's release-build default; its debug builds allow only 8 levels, and a script must
     // behave the same whichever way parrun was built.
-    engine.set_max_call_levels(64);
+    engine.set_max_call_levels(host.settings.max_call_depth.unwrap_or(64));
     if host.settings.sandbox {
         engine.disable_symbol("eval");
         engine.set_module_resolver(::rhai::module_resolvers::DummyModuleResolver::new());
