@@ -600,6 +600,25 @@ pub static BUILTINS: &[Builtin] = &[
         arity: (0, 0),
         call: |_, _| Outcome::value(Value::Int(i64::from(std::process::id()))),
     },
+    // Fault injection for parrun's own tests: inert unless PARRUN_TEST_FAULTS is set.
+    Builtin {
+        class: Class::Global,
+        name: "_test_fault",
+        kind: Kind::Call,
+        arity: (1, 1),
+        call: |_, args| {
+            if std::env::var_os("PARRUN_TEST_FAULTS").is_none() {
+                return Err(
+                    "fault injection is off (set PARRUN_TEST_FAULTS for parrun's tests)".into(),
+                );
+            }
+            match args.value(0)? {
+                Value::Str(s) if s == "panic" => panic!("injected host panic"),
+                Value::Str(s) if s == "abort" => std::process::abort(),
+                other => Err(format!("unknown fault {other:?}")),
+            }
+        },
+    },
     Builtin {
         class: Class::Global,
         name: "cpu_count",

@@ -77,6 +77,9 @@ pub(crate) fn unregister_fd(fd: RawFd) {
     process_state().internal_fds.remove(&fd);
 }
 
+/// The status a child exits with after a Rust panic (a bug in parrun, or a host function).
+pub(crate) const PANIC_STATUS: i32 = 70;
+
 /// A forked child, seen from the parent.
 pub(crate) struct Child {
     pub pid: Pid,
@@ -139,7 +142,7 @@ pub(crate) fn fork_child(
                     "parrun: internal error in child process: {}",
                     crate::thread::panic_text(&*panic)
                 ));
-                70
+                PANIC_STATUS
             });
             exit_now(status)
         }

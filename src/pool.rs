@@ -950,8 +950,7 @@ impl Pool {
     /// A worker's pipe ended: reap it, fail the task it was running, requeue the rest.
     fn bury(&self, mut w: Worker, how: &str) {
         w.tasks.take();
-        let _ = kill(w.pid, Signal::SIGKILL);
-        let status = waitpid(w.pid, None);
+        let status = reap(w.pid, BURY_GRACE);
         if let Some(h) = w.writer.take() {
             let _ = h.join();
         }
@@ -969,6 +968,10 @@ impl Pool {
             Ok(WaitStatus::Signaled(_, sig, _)) => format!(
                 "worker process {pid} was killed by signal {sig} ({}) while running this task",
                 sig as i32
+            ),
+            Ok(WaitStatus::Exited(_, fork::PANIC_STATUS)) => format!(
+                "worker process {pid} failed inside parrun (a host panic, reported on stderr) \
+                 while running this task"
             ),
             Ok(WaitStatus::Exited(_, code)) => {
                 format!("worker process {pid} exited with status {code} while running this task")
@@ -1137,6 +1140,28 @@ fn worker_main(
 }
 
 // ---- small helpers ----
+
+/// How long a worker whose result pipe ended may take to exit by itself (a panicking worker
+/// closes its pipe while unwinding, before it exits) before it is killed.
+const BURY_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits up to `grace` for `pid` to exit, then kills it; returns how it ended.
+fn reap(pid: Pid, grace: Duration) -> nix::Result<WaitStatus> {
+    use nix::sys::wait::WaitPidFlag;
+    let deadline = Instant::now() + grace;
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(WaitStatus::StillAlive) => {
+                let _ = kill(pid, Signal::SIGKILL);
+                return waitpid(pid, None);
+            }
+            other => return other,
+        }
+    }
+}
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)

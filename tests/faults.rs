@@ -433,3 +433,51 @@ print(s)
         "the threads ran one after the other: {seq}"
     );
 }
+
+/// A worker that panics inside a host function, or aborts, fails its task with an error that
+/// says so; the pool replaces it and goes on. (`_test_fault` works only under
+/// PARRUN_TEST_FAULTS.)
+#[test]
+fn a_host_panic_or_abort_in_a_worker_fails_only_its_task() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+print(pcall(pool.apply, pool, function() parrun._test_fault("panic") end, {}))
+print(pcall(pool.apply, pool, function() parrun._test_fault("abort") end, {}))
+print("after", pool:apply(function(x) return x + 1 end, {1}))
+"#;
+    let rhai = r#"
+let pool = Pool(1);
+let e = ""; try { pool.apply(|| _test_fault("panic"), []); } catch (x) { e = x; } print(`false	${e}`);
+e = ""; try { pool.apply(|| _test_fault("abort"), []); } catch (x) { e = x; } print(`false	${e}`);
+print(`after	${pool.apply(|x| x + 1, [1])}`);
+"#;
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        let dir = TempDir::new("hostpanic");
+        let path = dir.write(&format!("hostpanic.{ext}"), code);
+        let out = Run::new([path.to_str().unwrap()])
+            .env("PARRUN_TEST_FAULTS", "1")
+            .env("RUST_BACKTRACE", "0")
+            .output();
+        out.assert_success().assert_stdout_contains("after\t2");
+        let lines = out.stdout_lines();
+        assert!(
+            lines[0].starts_with("false") && lines[0].contains("host panic"),
+            "{}",
+            out.describe()
+        );
+        assert!(
+            lines[1].starts_with("false") && lines[1].contains("SIGABRT"),
+            "{}",
+            out.describe()
+        );
+    }
+    // Without the variable, the hook does nothing harmful.
+    let out = run_code(
+        &[],
+        "nofaults",
+        "lua",
+        "print(pcall(parrun._test_fault, 'panic'))",
+    );
+    out.assert_success()
+        .assert_stdout_contains("fault injection is off");
+}

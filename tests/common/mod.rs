@@ -111,6 +111,7 @@ pub struct Run {
     stdin: Option<String>,
     timeout: Duration,
     dir: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 impl Run {
@@ -124,6 +125,7 @@ impl Run {
             stdin: None,
             timeout: TIMEOUT,
             dir: None,
+            env: Vec::new(),
         }
     }
 
@@ -138,6 +140,12 @@ impl Run {
         self
     }
 
+    /// Sets an environment variable for the child.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// The child's working directory (default: the crate root).
     pub fn dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.dir = Some(dir.as_ref().to_owned());
@@ -149,6 +157,7 @@ impl Run {
     pub fn output(self) -> Output {
         let command = format!("parrun {}", shell_words(&self.args));
         let mut cmd = Command::new(parrun_bin());
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.args(&self.args)
             .current_dir(self.dir.as_deref().unwrap_or(repo_root()))
             .stdin(if self.stdin.is_some() {
