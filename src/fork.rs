@@ -91,11 +91,68 @@ pub(crate) struct Child {
 ///
 /// Call with the GIL held and outside any engine call that holds an engine lock; `keep` lists
 /// internal descriptors the child still needs (its pool pipes, say).
+///
+/// The fork itself happens on this process's *forker* thread, which lives as long as the
+/// process: the kernel sends `PR_SET_PDEATHSIG` when the thread that forked a child ends, not
+/// the process, so a child forked by a script thread or a pool's supervisor would die with
+/// that thread.
 pub(crate) fn fork_child(
-    host: &Host,
-    keep: &[RawFd],
-    work: impl FnOnce() -> i32,
+    host: &Arc<Host>,
+    keep: Vec<RawFd>,
+    work: impl FnOnce() -> i32 + Send + 'static,
 ) -> Result<Child, String> {
+    let host = host.clone();
+    on_forker(move || fork_here(&host, &keep, work))
+}
+
+/// Runs `job` on the forker thread (started on first use in each process) and waits for it.
+fn on_forker<R: Send + 'static>(job: impl FnOnce() -> R + Send + 'static) -> R {
+    type Job = Box<dyn FnOnce() + Send>;
+    static FORKER: Mutex<Option<(u32, crossbeam_channel::Sender<Job>)>> = Mutex::new(None);
+    let me = std::process::id();
+    let sender = {
+        let mut forker = FORKER.lock().unwrap_or_else(|e| e.into_inner());
+        match &*forker {
+            // (A forked child inherits its parent's entry, but not the thread behind it.)
+            Some((pid, tx)) if *pid == me => Some(tx.clone()),
+            _ => {
+                let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+                let spawned = std::thread::Builder::new()
+                    .name("parrun-forker".into())
+                    .stack_size(crate::thread::SCRIPT_THREAD_STACK)
+                    .spawn(move || {
+                        for job in rx {
+                            job();
+                        }
+                    });
+                spawned.ok().map(|_| {
+                    *forker = Some((me, tx.clone()));
+                    tx
+                })
+            }
+        }
+    };
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let job: Job = Box::new(move || {
+        let _ = done_tx.send(job());
+    });
+    match sender {
+        Some(tx) => match tx.send(job) {
+            Ok(()) => done_rx.recv().expect("the forker thread answers every job"),
+            Err(e) => {
+                (e.into_inner())();
+                done_rx.recv().expect("the job ran here")
+            }
+        },
+        // No thread could be started: fork from here (children then follow this thread).
+        None => {
+            job();
+            done_rx.recv().expect("the job ran here")
+        }
+    }
+}
+
+fn fork_here(host: &Host, keep: &[RawFd], work: impl FnOnce() -> i32) -> Result<Child, String> {
     let (parent_end, child_end) =
         UnixStream::pair().map_err(|e| format!("cannot create a channel: {e}"))?;
     let parent_pid = nix::unistd::getpid();

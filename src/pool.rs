@@ -524,7 +524,7 @@ impl Pool {
             .as_ref()
             .map(|(f, args)| (f.clone(), args.clone()));
         let max_tasks = self.options.maxtasksperchild;
-        let child = fork::fork_child(&self.host, &keep, move || {
+        let child = fork::fork_child(&self.host, keep.to_vec(), move || {
             worker_main(
                 &*engine,
                 File::from(task_rx),

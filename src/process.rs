@@ -62,12 +62,19 @@ impl ScriptProcess {
             .take()
             .ok_or("a process can only be started once")?;
         let name = self.name.clone();
-        let child = fork::fork_child(host, &[], move || match target.run() {
-            Ok(()) => 0,
-            Err(msg) => {
-                crate::output::write_stderr(&format!("Process {name}:\n{msg}"));
-                1
-            }
+        let child_host = host.clone();
+        let child = fork::fork_child(host, Vec::new(), move || {
+            let status = match target.run() {
+                Ok(()) => 0,
+                Err(msg) => {
+                    crate::output::write_stderr(&format!("Process {name}:\n{msg}"));
+                    1
+                }
+            };
+            // As a Python child does before it exits: wait for the threads and processes the
+            // target started.
+            child_host.gil.allow_threads(0, || child_host.finish());
+            status
         })?;
         *self.state() = State::Running {
             pid: child.pid,

@@ -758,16 +758,17 @@ fn fds_and_children(pid: u32) -> (usize, usize) {
     (fds, children)
 }
 
-/// Many pools created, used and closed, or simply dropped, leak no descriptor and no process.
+/// 1,000 pools created (some used), then closed and joined or simply dropped, leak no
+/// descriptor and no process.
 #[test]
 fn pools_in_a_loop_leak_nothing() {
     let lua = r#"
 print("before") parrun.sleep(1)
-for i = 1, 100 do
-  local pool = parrun.Pool(2)
-  assert(pool:map(function(x) return x + 1 end, {1, 2, 3})[3] == 4)
+for i = 1, 1000 do
+  local pool = parrun.Pool(1)
+  if i % 10 == 0 then assert(pool:map(function(x) return x + 1 end, {1, 2, 3})[3] == 4) end
   if i % 2 == 0 then pool:close() pool:join() end
-  if i % 10 == 0 then collectgarbage() end
+  if i % 50 == 0 then collectgarbage() end
 end
 collectgarbage() collectgarbage()
 parrun.sleep(1)
@@ -775,9 +776,9 @@ print("after") parrun.sleep(3)
 "#;
     let rhai = r#"
 print("before"); sleep(1);
-for i in 1..=100 {
-  let pool = Pool(2);
-  if pool.map(|x| x + 1, [1, 2, 3])[2] != 4 { throw "bad"; }
+for i in 1..=1000 {
+  let pool = Pool(1);
+  if i % 10 == 0 && pool.map(|x| x + 1, [1, 2, 3])[2] != 4 { throw "bad"; }
   if i % 2 == 0 { pool.close(); pool.join(); }
 }
 sleep(1);
@@ -847,4 +848,57 @@ print(`slow but in time	${pool.map(|x| { sleep(0.1); x }, [1, 2, 3], 1)}`);
     let out = Run::new(["--task-timeout", "0.2", path.to_str().unwrap()]).output();
     out.assert_success()
         .assert_stdout_contains("task timeout of 200ms");
+}
+
+/// A process started by a script thread outlives that thread (the kernel's parent-death
+/// signal follows the forking *thread*, so parrun forks from a thread that lives as long as
+/// the process), and a process waits for the threads its target started, as Python's does.
+#[test]
+fn processes_outlive_the_thread_that_started_them_and_wait_for_their_own_threads() {
+    both(
+        "lifetimes",
+        r#"
+local q = parrun.Queue()
+local holder = {}
+local t = parrun.Thread(function()
+  holder.p = parrun.Process(function(q) parrun.sleep(0.5) q:put("child of a thread done") end, {q})
+  holder.p:start()
+end)
+t:start() t:join()
+print(q:get(10)) holder.p:join() print("exitcode", holder.p.exitcode)
+local p = parrun.Process(function(q)
+  parrun.Thread(function() parrun.sleep(0.3) q:put("thread in a child done") end):start()
+end, {q})
+p:start() p:join()
+print(q:get(0))
+"#,
+        r#"
+let q = Queue();
+let box = Queue();
+let t = Thread(|q, box| {
+  let p = Process(|q| { sleep(0.5); q.put("child of a thread done"); }, [q]);
+  p.start();
+  box.put(p.pid);
+}, [q, box]);
+t.start(); t.join();
+print(q.get(10));
+print(`exitcode	${if box.get() > 0 { 0 } else { 1 }}`);
+let p = Process(|q| { Thread(|q| { sleep(0.3); q.put("thread in a child done"); }, [q]).start(); }, [q]);
+p.start(); p.join();
+print(q.get(0));
+"#,
+        |out| {
+            out.assert_success();
+            assert_eq!(
+                out.stdout_lines(),
+                vec![
+                    "child of a thread done",
+                    "exitcode\t0",
+                    "thread in a child done"
+                ],
+                "{}",
+                out.describe()
+            );
+        },
+    );
 }

@@ -463,7 +463,12 @@ impl Args for RhaiArgs<'_, '_> {
     }
 
     fn value(&mut self, i: usize) -> Result<Value, String> {
-        let d = self.get(i);
+        // By reference: cloning a deeply nested value first would recurse as deep as it nests.
+        let unit = Dynamic::UNIT;
+        let d: &Dynamic = match self.args.get(i) {
+            Some(d) => d,
+            None => self.extra.get(i - self.args.len()).unwrap_or(&unit),
+        };
         if let Some(o) = d.read_lock::<Object>() {
             return Err(untransferable(format!(
                 "a {} is not data",
@@ -473,7 +478,7 @@ impl Args for RhaiArgs<'_, '_> {
         if d.is::<FnPtr>() {
             return Err(untransferable("a function is not data"));
         }
-        to_value(&d)
+        to_value(d)
     }
 
     fn object(&mut self, i: usize) -> Result<Object, String> {
