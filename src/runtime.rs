@@ -252,10 +252,22 @@ impl Runtime {
     }
 
     fn run(&self, language: Language, script: Script) -> Result<i32, Error> {
-        match language {
+        let run = move || match language {
             Language::Lua => engine::lua::run(self.host(engine::lua::interrupter()), script),
             Language::Rhai => engine::rhai::run(self.host(None), script),
-        }
+        };
+        // The script's main thread gets the same large stack as every script thread, whatever
+        // thread the embedder calls from: engines recurse (Rhai copies nested values
+        // recursively), and their own limits, not the OS thread's, should decide how deep.
+        std::thread::scope(|scope| {
+            let main = std::thread::Builder::new()
+                .name("parrun-main".into())
+                .stack_size(crate::thread::SCRIPT_THREAD_STACK)
+                .spawn_scoped(scope, run)
+                .map_err(|e| Error::Usage(format!("cannot start the script's thread: {e}")))?;
+            main.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     fn host(&self, interrupter: Option<crate::gil::Interrupter>) -> Arc<Host> {

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::runtime::Host;
 
-/// Stack for a script thread: as much as the main thread gets, so recursion limits are the
-/// engine's, not the OS thread's.
-pub const SCRIPT_THREAD_STACK: usize = 8 << 20;
+/// Stack for a script thread (the main script's too): address space reserved, not memory
+/// used, so large enough that recursion limits are the engine's, not the OS thread's.
+pub const SCRIPT_THREAD_STACK: usize = 64 << 20;
 
 /// A script function bound to its arguments, runnable on another OS thread of the same engine.
 pub trait Target: Send {
