@@ -98,6 +98,40 @@ pub fn read_frame<T: DeserializeOwned>(
     decode(buf)
 }
 
+/// Feeds `decode` `cases` byte strings: `valid` framed and then mutated, or random bytes. A
+/// bounded, seeded fuzz for the decoders of every message type (see the tests of `pool`,
+/// `link` and this module).
+#[cfg(test)]
+pub(crate) fn fuzz_frames<T: Serialize>(valid: &T, cases: usize, mut decode: impl FnMut(&[u8])) {
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut framed = Vec::new();
+    write_frame(&mut framed, &mut Vec::new(), valid).unwrap();
+    for _ in 0..cases {
+        let mut bytes = if next() % 2 == 0 {
+            framed.clone()
+        } else {
+            (0..next() % 64).map(|_| next() as u8).collect()
+        };
+        if next() % 4 == 0 {
+            let keep = (next() as usize) % (bytes.len() + 1);
+            bytes.truncate(keep);
+        }
+        for _ in 0..(next() % 4) {
+            if !bytes.is_empty() {
+                let i = (next() as usize) % bytes.len();
+                bytes[i] = next() as u8;
+            }
+        }
+        decode(&bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,32 +203,8 @@ mod tests {
     /// A bounded fuzz of the decoder: arbitrary bytes never panic or hang, they decode or fail.
     #[test]
     fn garbage_never_panics() {
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        let valid = {
-            let mut w = Vec::new();
-            write_frame(&mut w, &mut Vec::new(), &sample()).unwrap();
-            w
-        };
-        for _ in 0..20_000 {
-            let mut bytes = if next() % 2 == 0 {
-                valid.clone()
-            } else {
-                (0..next() % 64).map(|_| next() as u8).collect()
-            };
-            for _ in 0..(next() % 4) {
-                if !bytes.is_empty() {
-                    let i = (next() as usize) % bytes.len();
-                    bytes[i] = next() as u8;
-                }
-            }
-            let mut r = &bytes[..];
-            let _ = read_frame::<Value>(&mut r, &mut Vec::new());
-        }
+        fuzz_frames(&sample(), 20_000, |mut bytes| {
+            let _ = read_frame::<Value>(&mut bytes, &mut Vec::new());
+        });
     }
 }

@@ -347,3 +347,28 @@ fn spawn_waiter(f: impl FnOnce() + Send + 'static) {
         crate::output::write_stderr(&format!("parrun: cannot start a waiting thread: {e}"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Garbage or truncated frames on a parent link are errors, never a panic.
+    #[test]
+    fn link_messages_survive_garbage() {
+        let request = Request {
+            id: 3,
+            object: 42,
+            op: Op::Put(Value::Array(vec![Value::Int(1)])),
+        };
+        codec::fuzz_frames(&request, 10_000, |mut bytes| {
+            let _ = codec::read_frame::<Request>(&mut bytes, &mut Vec::new());
+        });
+        let reply = Reply {
+            id: 3,
+            result: Err("Empty".into()),
+        };
+        codec::fuzz_frames(&reply, 10_000, |mut bytes| {
+            let _ = codec::read_frame::<Reply>(&mut bytes, &mut Vec::new());
+        });
+    }
+}

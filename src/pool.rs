@@ -1180,3 +1180,59 @@ fn set_nonblocking(fd: RawFd) -> Result<(), String> {
     .map(|_| ())
     .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Garbage or truncated frames on a worker's pipes are errors, never a panic.
+    #[test]
+    fn worker_messages_survive_garbage() {
+        let spec = FunctionSpec {
+            key: 7,
+            code: vec![1, 2, 3],
+        };
+        let calls = Calls::Lists(vec![vec![Value::Int(1), Value::Str("x".into())]]);
+        let task = ToWorkerOut::Task {
+            id: 9,
+            function: 7,
+            calls: &calls,
+        };
+        codec::fuzz_frames(&task, 10_000, |mut bytes| {
+            let _ = codec::read_frame::<ToWorker>(&mut bytes, &mut Vec::new());
+        });
+        codec::fuzz_frames(&ToWorkerOut::Function(&spec), 5_000, |mut bytes| {
+            let _ = codec::read_frame::<ToWorker>(&mut bytes, &mut Vec::new());
+        });
+        let result = FromWorker {
+            id: 9,
+            micros: 3,
+            result: Ok(vec![Value::Float(2.5)]),
+        };
+        codec::fuzz_frames(&result, 10_000, |mut bytes| {
+            let _ = codec::read_frame::<FromWorker>(&mut bytes, &mut Vec::new());
+        });
+    }
+
+    #[test]
+    fn a_task_frame_round_trips() {
+        let calls = Calls::Each(vec![Value::Int(1), Value::Nil]);
+        let mut wire = Vec::new();
+        let msg = ToWorkerOut::Task {
+            id: 5,
+            function: 8,
+            calls: &calls,
+        };
+        codec::write_frame(&mut wire, &mut Vec::new(), &msg).unwrap();
+        match codec::read_frame::<ToWorker>(&mut &wire[..], &mut Vec::new()).unwrap() {
+            ToWorker::Task {
+                id,
+                function,
+                calls: Calls::Each(v),
+            } => {
+                assert_eq!((id, function, v), (5, 8, vec![Value::Int(1), Value::Nil]));
+            }
+            _ => panic!("decoded the wrong message"),
+        }
+    }
+}
