@@ -145,8 +145,8 @@ impl Runtime {
 
     /// Runs scripts without file, process or code-loading facilities. Lua loses `io`,
     /// `os.execute`, `os.remove`, `os.rename`, `os.tmpname`, `loadfile`, `dofile`,
-    /// `package.loadlib` and C modules, `debug`, and `load` of binary chunks (`load` takes text
-    /// only); `require` of Lua modules next to the script still works. Rhai loses `eval` and
+    /// `package.loadlib` and C modules, and `debug` (its `load` takes text only, sandboxed or
+    /// not); `require` of Lua modules next to the script still works. Rhai loses `eval` and
     /// `import`.
     pub fn sandbox(mut self, enabled: bool) -> Self {
         self.settings.sandbox = enabled;

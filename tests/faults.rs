@@ -50,6 +50,9 @@ local pool = parrun.Pool(1)
 local t = {} local cur = t
 for i = 1, 10000 do cur[1] = {} cur = cur[1] end
 print(pcall(pool.apply, pool, function(x) return 1 end, {t}))
+print(pcall(pool.apply, pool, function(n)
+  local r = {} local cur = r for i = 1, n do cur[1] = {} cur = cur[1] end return r
+end, {10000}))
 local q = parrun.Queue()
 print(pcall(q.put, q, t))
 print("still fine", pool:apply(function(x) return x end, {{{{1}}}})[1][1][1])
@@ -61,6 +64,8 @@ let t = [];
 for i in 0..10000 { t = [take(t)]; }
 let err = ""; try { pool.apply(|x| 1, [t]); } catch (e) { err = e; }
 print(`false	${err}`);
+err = ""; try { pool.apply(|n| { let r = []; for i in 0..n { r = [take(r)]; } r }, [10000]); } catch (e) { err = e; }
+print(`false	${err}`);
 let q = Queue();
 err = ""; try { q.put(t); } catch (e) { err = e; }
 print(`false	${err}`);
@@ -69,7 +74,7 @@ print(`still fine	${pool.apply(|x| x, [[[[1]]]])[0][0][0]}`);
         |out| {
             out.assert_success().assert_stdout_contains("still fine\t1");
             let lines = out.stdout_lines();
-            for l in &lines[..2] {
+            for l in &lines[..3] {
                 assert!(l.starts_with("false"), "{}", out.describe());
                 assert!(
                     l.contains("recursion") || l.contains("depth") || l.contains("nest"),
@@ -236,14 +241,15 @@ print(parrun.Pool(1):apply(function(x) return x * 2 end, {21}))
         out.describe()
     );
     assert_eq!(lines[3], "42");
-    // Without the switch, Lua is the stock language.
+    // Without the switch, Lua has its whole library; binary chunks are refused all the same.
     let out = run_code(
         &[],
         "sandbox",
         "lua",
-        "print(io ~= nil, debug ~= nil, load(string.dump(function() return 7 end))())",
+        "print(io ~= nil, debug ~= nil, load(string.dump(function() return 7 end)))",
     );
-    out.assert_success().assert_stdout_contains("true\ttrue\t7");
+    out.assert_success()
+        .assert_stdout_contains("true\ttrue\tnil\tattempt to load a binary chunk");
 
     let out = run_code(&["--sandbox"], "sandbox", "rhai", "print(eval(\"1 + 1\"));");
     out.assert_code(1)

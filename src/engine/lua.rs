@@ -798,13 +798,26 @@ os.execute, os.remove, os.rename, os.tmpname = nil, nil, nil, nil
 loadfile, dofile = nil, nil
 package.loadlib, package.cpath = nil, ""
 package.searchers[3], package.searchers[4] = nil, nil
-local load = load
+"#;
+
+/// Always: scripts load text only. A crafted binary chunk can crash Lua 5.4 (its manual says
+/// so), and parrun moves functions between engines on its own checked path instead.
+const TEXT_ONLY: &str = r#"
+local load, loadfile = load, loadfile
 _G.load = function(chunk, name, mode, env)
   return load(chunk, name, "t", env)
+end
+_G.loadfile = function(filename, mode, env)
+  return loadfile(filename, "t", env)
+end
+_G.dofile = function(filename)
+  local f = assert(_G.loadfile(filename))
+  return f()
 end
 "#;
 
 fn apply_settings(lua: &Lua, settings: &crate::runtime::Settings) -> mlua::Result<()> {
+    lua.load(TEXT_ONLY).set_name("=parrun").exec()?;
     if settings.sandbox {
         lua.load(SANDBOX).set_name("=parrun sandbox").exec()?;
     }
