@@ -280,24 +280,7 @@ impl Job {
 
     /// Waits until ready; false on timeout.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut s = self.state();
-        while !s.ready {
-            s = match deadline {
-                None => self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    self.changed
-                        .wait_timeout(s, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
-        }
-        true
+        crate::thread::wait_while(&self.changed, self.state(), timeout, |s| !s.ready).is_some()
     }
 
     /// `AsyncResult.get`: the value, the task's error, or a timeout error.

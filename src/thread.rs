@@ -7,7 +7,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::runtime::Host;
 
@@ -109,24 +109,31 @@ impl ScriptThread {
 
     /// Waits until the thread has finished; false if `timeout` passed first.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while *state == RunState::Running {
-            state = match deadline {
-                None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    self.changed
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        wait_while(&self.changed, state, timeout, |s| *s == RunState::Running).is_some()
+    }
+}
+
+/// Waits on `changed` while `busy` holds, for at most `timeout` (for ever if `None`); the guard
+/// back, or `None` if the time ran out first.
+pub(crate) fn wait_while<'a, T>(
+    changed: &Condvar,
+    guard: std::sync::MutexGuard<'a, T>,
+    timeout: Option<Duration>,
+    mut busy: impl FnMut(&mut T) -> bool,
+) -> Option<std::sync::MutexGuard<'a, T>> {
+    match timeout {
+        None => Some(
+            changed
+                .wait_while(guard, busy)
+                .unwrap_or_else(|e| e.into_inner()),
+        ),
+        Some(t) => {
+            let (mut guard, _) = changed
+                .wait_timeout_while(guard, t, &mut busy)
+                .unwrap_or_else(|e| e.into_inner());
+            (!busy(&mut guard)).then_some(guard)
         }
-        true
     }
 }
 
