@@ -1,5 +1,5 @@
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::fork::{self, SharedObject};
 use crate::link::{self, Op};
@@ -64,28 +64,11 @@ impl Lock {
             let op = Op::Acquire(timeout.map(|t| t.as_secs_f64()));
             return Ok(link::remote_call(self.inner.id, op)? == Value::Bool(true));
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut held = self.held();
-        while *held {
-            held = match deadline {
-                None => self
-                    .inner
-                    .freed
-                    .wait(held)
-                    .unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(false);
-                    }
-                    self.inner
-                        .freed
-                        .wait_timeout(held, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
-        }
+        let held = self.held();
+        let Some(mut held) = crate::thread::wait_while(&self.inner.freed, held, timeout, |h| *h)
+        else {
+            return Ok(false);
+        };
         *held = true;
         Ok(true)
     }

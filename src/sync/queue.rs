@@ -1,6 +1,6 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::fork::{self, SharedObject};
 use crate::link::{self, Op};
@@ -114,30 +114,10 @@ impl Queue {
                     }
                 });
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut items = self.items();
-        loop {
-            if let Some(v) = items.pop_front() {
-                return Ok(v);
-            }
-            items = match deadline {
-                None => self
-                    .inner
-                    .ready
-                    .wait(items)
-                    .unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(QueueError::Empty(timeout.unwrap_or_default()));
-                    }
-                    self.inner
-                        .ready
-                        .wait_timeout(items, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
+        let items = self.items();
+        match crate::thread::wait_while(&self.inner.ready, items, timeout, |q| q.is_empty()) {
+            Some(mut items) => Ok(items.pop_front().expect("woken with an item")),
+            None => Err(QueueError::Empty(timeout.unwrap_or_default())),
         }
     }
 
