@@ -25,6 +25,10 @@
 //! ```
 //!
 //! A script error comes back as [`Error::Script`], whose message names the file and line.
+//! Safety switches and limits are builder methods too: [`Runtime::sandbox`],
+//! [`Runtime::max_memory`], [`Runtime::max_instructions`], [`Runtime::max_call_depth`],
+//! [`Runtime::task_timeout`]. A command-line program embedding parrun can call
+//! [`signals::install`] first thing in `main` for parrun's Ctrl-C handling.
 //!
 //! ## Crate layout
 //!
@@ -39,6 +43,7 @@
 //!   queues and locks.
 //! - [`codec`]: frames on pipes (MessagePack).
 //! - [`output`]: printing, one `write(2)` per line.
+//! - [`signals`]: SIGINT and SIGTERM for command-line use.
 
 pub mod api;
 pub mod codec;
