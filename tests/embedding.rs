@@ -1,0 +1,105 @@
+//! The embedding API: limits and switches set on `Runtime` act as their command-line flags do.
+
+use std::time::Duration;
+
+use parrun::{Error, Language, Runtime};
+
+/// Runs `test` on its own thread and fails if it takes longer than a minute, so a hang in the
+/// library fails the test instead of blocking the suite.
+fn within_a_minute(test: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        test();
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(Duration::from_secs(60)) {
+        Ok(()) => worker.join().unwrap(),
+        // The test panicked: report its panic.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(worker.join().unwrap_err())
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("timed out after 60 s"),
+    }
+}
+
+fn script_error(result: Result<i32, Error>) -> String {
+    match result {
+        Err(Error::Script(msg)) => msg,
+        other => panic!("expected a script error, got {other:?}"),
+    }
+}
+
+#[test]
+fn limits_set_on_the_runtime_apply_in_both_languages() {
+    within_a_minute(limits);
+}
+
+fn limits() {
+    let limited = Runtime::new().max_instructions(1_000_000);
+    let msg = script_error(limited.run_source(Language::Lua, "spin.lua", "while true do end"));
+    assert!(msg.contains("instruction limit exceeded"), "{msg}");
+    let msg = script_error(limited.run_source(Language::Rhai, "spin.rhai", "loop {}"));
+    assert!(msg.contains("Too many operations"), "{msg}");
+
+    let shallow = Runtime::new().max_call_depth(20);
+    let lua =
+        "local function f(n) return n == 0 and 0 or 1 + f(n - 1) end\nassert(f(5) == 5)\nf(100)";
+    let msg = script_error(shallow.run_source(Language::Lua, "deep.lua", lua));
+    assert!(msg.contains("call depth limit exceeded"), "{msg}");
+    let rhai = "fn f(n) { if n == 0 { 0 } else { 1 + f(n - 1) } }\nf(5);\nf(100);";
+    let msg = script_error(shallow.run_source(Language::Rhai, "deep.rhai", rhai));
+    assert!(msg.contains("Stack overflow"), "{msg}");
+
+    let small = Runtime::new().max_memory(16 << 20);
+    let lua = "local t = {} for i = 1, 1e8 do t[i] = i end";
+    let msg = script_error(small.run_source(Language::Lua, "mem.lua", lua));
+    assert!(msg.contains("not enough memory"), "{msg}");
+    let rhai = "let a = [0]; loop { a += a; }";
+    let msg = script_error(small.run_source(Language::Rhai, "mem.rhai", rhai));
+    assert!(msg.contains("too large"), "{msg}");
+}
+
+#[test]
+fn sandbox_and_task_timeout_set_on_the_runtime() {
+    within_a_minute(sandbox_and_task_timeout);
+}
+
+fn sandbox_and_task_timeout() {
+    let sandboxed = Runtime::new().sandbox(true);
+    assert_eq!(
+        sandboxed
+            .run_source(
+                Language::Lua,
+                "sb.lua",
+                "assert(io == nil and debug == nil)"
+            )
+            .unwrap(),
+        0
+    );
+    let msg = script_error(sandboxed.run_source(Language::Rhai, "sb.rhai", "eval(\"1\")"));
+    assert!(msg.contains("eval"), "{msg}");
+
+    let impatient = Runtime::new().task_timeout(Duration::from_millis(200));
+    let lua = r#"
+local pool = parrun.Pool(1)
+local ok, err = pcall(pool.apply, pool, function() while true do end end, {})
+assert(not ok and err:find("task timeout"), err)
+assert(pool:apply(function(x) return x + 1 end, {1}) == 2)
+"#;
+    assert_eq!(
+        impatient.run_source(Language::Lua, "to.lua", lua).unwrap(),
+        0
+    );
+    let rhai = r#"
+let pool = Pool(1);
+let e = ""; try { pool.apply(|| { loop {} }, []); } catch (x) { e = x; }
+if !e.contains("task timeout") { throw e; }
+if pool.apply(|x| x + 1, [1]) != 2 { throw "pool broken"; }
+"#;
+    assert_eq!(
+        impatient
+            .run_source(Language::Rhai, "to.rhai", rhai)
+            .unwrap(),
+        0
+    );
+}
