@@ -202,7 +202,7 @@ pub trait Args {
     /// or `None` if absent or nil.
     fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String>;
     /// How a worker of this engine runs tasks.
-    fn task_engine(&mut self) -> Arc<dyn TaskEngine>;
+    fn task_engine(&mut self) -> Result<Arc<dyn TaskEngine>, String>;
     /// Whether argument `i` is a Lua table or a Rhai object map (without converting it).
     fn is_map(&mut self, i: usize) -> bool;
     /// Whether argument `i` is absent or nil (without converting it).
@@ -544,7 +544,7 @@ pub static BUILTINS: &[Builtin] = &[
                 maxtasksperchild,
                 task_timeout,
             };
-            let engine = args.task_engine();
+            let engine = args.task_engine()?;
             let host = host.clone();
             Ok(Outcome::Fork(Box::new(move || {
                 let pool = Pool::start(&host, engine, options)?;

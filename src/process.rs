@@ -55,12 +55,8 @@ impl ScriptProcess {
 
     /// Forks the child. Call with the GIL held and outside any engine lock.
     pub fn start(self: &Arc<Self>, host: &Arc<Host>) -> Result<(), String> {
-        let target = self
-            .target
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or("a process can only be started once")?;
+        let target =
+            crate::thread::take_target(&self.target, "a process can only be started once")?;
         let name = self.name.clone();
         let child_host = host.clone();
         let child = fork::fork_child(host, Vec::new(), move || {

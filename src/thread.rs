@@ -70,12 +70,7 @@ impl ScriptThread {
 
     /// Starts the thread. Must be called with the GIL held (the new thread queues for it).
     pub fn start(self: &Arc<Self>, host: &Arc<Host>) -> Result<(), String> {
-        let target = self
-            .target
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or("threads can only be started once")?;
+        let target = take_target(&self.target, "threads can only be started once")?;
         self.set_state(RunState::Running);
         host.register_thread(self.clone());
         let me = self.clone();
@@ -135,6 +130,17 @@ pub(crate) fn wait_while<'a, T>(
             (!busy(&mut guard)).then_some(guard)
         }
     }
+}
+
+/// The target of a thread or process, which `start` takes exactly once.
+pub(crate) fn take_target(
+    slot: &Mutex<Option<Box<dyn Target>>>,
+    started_twice: &str,
+) -> Result<Box<dyn Target>, String> {
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .ok_or_else(|| started_twice.to_owned())
 }
 
 /// The message of a caught panic.

@@ -418,12 +418,17 @@ impl Args for LuaArgs<'_> {
         self.get(i).is_nil()
     }
 
-    fn task_engine(&mut self) -> Arc<dyn TaskEngine> {
-        Arc::new(LuaTaskEngine {
+    fn task_engine(&mut self) -> Result<Arc<dyn TaskEngine>, String> {
+        let run_chunk = self
+            .lua
+            .named_registry_value("parrun.run_chunk")
+            .map_err(error_text)?;
+        Ok(Arc::new(LuaTaskEngine {
             lua: self.lua.weak(),
             host: self.host.clone(),
+            run_chunk,
             functions: Mutex::new(HashMap::new()),
-        })
+        }))
     }
 }
 
@@ -475,6 +480,8 @@ impl Callback for LuaCallback {
 /// Runs pool tasks in a worker: functions are decoded once and kept.
 struct LuaTaskEngine {
     lua: WeakLua,
+    /// The prelude's chunk runner, looked up once per pool rather than once per task.
+    run_chunk: Function,
     host: Arc<Host>,
     functions: Mutex<HashMap<u64, Function>>,
 }
@@ -521,13 +528,11 @@ impl TaskEngine for LuaTaskEngine {
                 (LuaValue::Table(table), false)
             }
         };
-        let run_chunk: Function = lua
-            .named_registry_value("parrun.run_chunk")
-            .map_err(error_text)?;
         let args = (f, calls, count, single)
             .into_lua_multi(lua)
             .map_err(error_text)?;
-        let out = start_driver(lua, &self.host, run_chunk, args).map_err(error_text)?;
+        let out =
+            start_driver(lua, &self.host, self.run_chunk.clone(), args).map_err(error_text)?;
         let Some(LuaValue::Table(results)) = out.into_iter().next() else {
             return Err("internal error: the chunk runner returned no table".into());
         };

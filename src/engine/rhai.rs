@@ -557,12 +557,12 @@ impl Args for RhaiArgs<'_, '_> {
         i >= self.len() || self.get(i).is_unit()
     }
 
-    fn task_engine(&mut self) -> Arc<dyn TaskEngine> {
-        Arc::new(RhaiTaskEngine {
+    fn task_engine(&mut self) -> Result<Arc<dyn TaskEngine>, String> {
+        Ok(Arc::new(RhaiTaskEngine {
             shared: self.shared.clone(),
             constants: self.constants.clone(),
             functions: Default::default(),
-        })
+        }))
     }
 }
 
