@@ -17,14 +17,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::gil::Gil;
 use crate::pool::{
-    Callback, Callbacks, Calls, FunctionSpec, Job, JobKind, Pool, PoolHandle, PoolOptions,
-    TaskEngine,
+    Callback, Callbacks, Calls, FunctionSpec, Job, JobKind, Pool, PoolHandle, PoolOptions, Workers,
 };
 use crate::process::ScriptProcess;
 use crate::runtime::Host;
 use crate::sync::{Lock, Queue};
 use crate::thread::{ScriptThread, Target};
-use crate::Value;
+use crate::{Mode, Value};
 
 /// The classes of host objects scripts can hold.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -194,15 +193,16 @@ pub trait Args {
     /// Argument `func` (a script function: a Lua function, a Rhai function pointer, closure or
     /// function name) bound to the elements of the array at `args`, to run on another thread.
     fn target(&mut self, func: usize, args: Option<usize>) -> Result<Box<dyn Target>, String>;
-    /// Argument `i` (a script function) encoded to run in a worker.
-    fn function(&mut self, i: usize) -> Result<Arc<FunctionSpec>, String>;
+    /// Argument `i` (a script function) made ready to run in a worker of a `mode` pool.
+    fn function(&mut self, i: usize, mode: Mode) -> Result<Arc<FunctionSpec>, String>;
     /// Argument `i` (a script function) to call later in this process, with the GIL held.
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String>;
     /// Field `key` of the table or map at argument `i`, appended as a new argument: its index,
     /// or `None` if absent or nil.
     fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String>;
-    /// How a worker of this engine runs tasks.
-    fn task_engine(&mut self) -> Result<Arc<dyn TaskEngine>, String>;
+    /// What runs the tasks of a `mode` pool of `count` workers. For `isolated`, this builds
+    /// an engine per worker from a snapshot of the script's state, now.
+    fn workers(&mut self, mode: Mode, count: usize) -> Result<Workers, String>;
     /// Whether argument `i` is a Lua table or a Rhai object map (without converting it).
     fn is_map(&mut self, i: usize) -> bool;
     /// Whether argument `i` is absent or nil (without converting it).
@@ -401,7 +401,7 @@ fn submit(
     callbacks_at: Option<usize>,
 ) -> Result<(Arc<Job>, Arc<PoolHandle>), String> {
     let p = pool(args)?;
-    let f = args.function(1)?;
+    let f = args.function(1, p.mode())?;
     let (calls, chunksize) = match kind {
         JobKind::Single => {
             let list = match has_args(args, 2) {
@@ -430,6 +430,65 @@ fn submit(
     };
     let job = p.submit(kind, f, calls, chunksize, cbs)?;
     Ok((job, p))
+}
+
+/// `Pool()`, `Pool(4)`, `Pool(4, options)`, `Pool(options)`; `ThreadPool` likewise, in `gil`
+/// mode unless its options say otherwise.
+fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome, String> {
+    let (count_at, options_at) = match args.len() {
+        0 => (None, None),
+        _ if args.is_map(0) => (None, Some(0)),
+        1 => (Some(0), None),
+        _ => (Some(0), has_args(args, 1)),
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut options = PoolOptions {
+        processes: match count_at {
+            Some(i) => opt_count(args, i, "processes")?.unwrap_or(cpus),
+            None => cpus,
+        },
+        initializer: None,
+        maxtasksperchild: None,
+        task_timeout: host.task_timeout(),
+        mode,
+    };
+    if let Some(o) = options_at {
+        if let Some(i) = args.field(o, "mode")? {
+            options.mode = match args.value(i)? {
+                Value::Str(name) => name.parse()?,
+                other => return Err(format!("mode must be a string, got {}", other.type_name())),
+            };
+        }
+        if let Some(i) = args.field(o, "processes")? {
+            options.processes = opt_count(args, i, "processes")?.unwrap_or(cpus);
+        }
+        if let Some(i) = args.field(o, "initializer")? {
+            let f = args.function(i, options.mode)?;
+            let initargs = match args.field(o, "initargs")? {
+                Some(j) => elements(args, j, "initargs")?,
+                None => Vec::new(),
+            };
+            options.initializer = Some((f, initargs));
+        }
+        if let Some(i) = args.field(o, "task_timeout")? {
+            options.task_timeout = timeout(args, i)?;
+        }
+        if let Some(i) = args.field(o, "maxtasksperchild")? {
+            options.maxtasksperchild = opt_count(args, i, "maxtasksperchild")?;
+            if options.maxtasksperchild == Some(0) {
+                return Err("maxtasksperchild must be at least 1".into());
+            }
+        }
+    }
+    if options.processes == 0 {
+        return Err("processes must be at least 1".into());
+    }
+    let workers = args.workers(options.mode, options.processes)?;
+    let host = host.clone();
+    Ok(Outcome::Fork(Box::new(move || {
+        let pool = Pool::start(&host, workers, options)?;
+        Ok(Ret::Object(Object::Pool(Arc::new(PoolHandle(pool)))))
+    })))
 }
 
 fn wait_for((job, _): (Arc<Job>, Arc<PoolHandle>)) -> Result<Outcome, String> {
@@ -500,57 +559,21 @@ pub static BUILTINS: &[Builtin] = &[
         name: "Pool",
         kind: Kind::Call,
         arity: (0, 2),
-        call: |host, args| {
-            // Pool(), Pool(4), Pool(4, options), Pool(options)
-            let (count_at, options_at) = match args.len() {
-                0 => (None, None),
-                _ if args.is_map(0) => (None, Some(0)),
-                1 => (Some(0), None),
-                _ => (Some(0), has_args(args, 1)),
-            };
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let mut processes = match count_at {
-                Some(i) => opt_count(args, i, "processes")?.unwrap_or(cpus),
-                None => cpus,
-            };
-            let mut initializer = None;
-            let mut maxtasksperchild = None;
-            let mut task_timeout = host.task_timeout();
-            if let Some(o) = options_at {
-                if let Some(i) = args.field(o, "processes")? {
-                    processes = opt_count(args, i, "processes")?.unwrap_or(cpus);
-                }
-                if let Some(i) = args.field(o, "initializer")? {
-                    let f = args.function(i)?;
-                    let initargs = match args.field(o, "initargs")? {
-                        Some(j) => elements(args, j, "initargs")?,
-                        None => Vec::new(),
-                    };
-                    initializer = Some((f, initargs));
-                }
-                if let Some(i) = args.field(o, "task_timeout")? {
-                    task_timeout = timeout(args, i)?;
-                }
-                if let Some(i) = args.field(o, "maxtasksperchild")? {
-                    maxtasksperchild = opt_count(args, i, "maxtasksperchild")?;
-                    if maxtasksperchild == Some(0) {
-                        return Err("maxtasksperchild must be at least 1".into());
-                    }
-                }
-            }
-            let options = PoolOptions {
-                processes,
-                initializer,
-                maxtasksperchild,
-                task_timeout,
-            };
-            let engine = args.task_engine()?;
-            let host = host.clone();
-            Ok(Outcome::Fork(Box::new(move || {
-                let pool = Pool::start(&host, engine, options)?;
-                Ok(Ret::Object(Object::Pool(Arc::new(PoolHandle(pool)))))
-            })))
-        },
+        call: |host, args| new_pool(host, args, host.mode()),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "ThreadPool",
+        kind: Kind::Call,
+        arity: (0, 2),
+        call: |host, args| new_pool(host, args, Mode::Gil),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "mode",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |host, _| Outcome::value(Value::Str(host.mode().name().into())),
     },
     Builtin {
         class: Class::Global,

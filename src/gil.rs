@@ -59,6 +59,11 @@ impl Gil {
     }
 
     /// The switch interval.
+    /// How this GIL interrupts its holder (the engine's), for a GIL of another engine.
+    pub fn interrupter(&self) -> Option<Interrupter> {
+        self.interrupter
+    }
+
     pub fn interval(&self) -> Duration {
         self.interval
     }

@@ -60,5 +60,5 @@ pub mod sync;
 pub mod thread;
 pub mod value;
 
-pub use runtime::{Error, Language, Runtime, Settings};
+pub use runtime::{Error, Language, Mode, Runtime, Settings};
 pub use value::Value;

@@ -7,13 +7,18 @@ use std::time::Duration;
 use clap::Parser;
 use parrun::{Error, Language, Runtime};
 
-/// Run Lua and Rhai scripts with threads, queues, locks and (soon) process pools.
+/// Run Lua and Rhai scripts with threads, queues, locks, processes and pools.
 #[derive(Parser)]
 #[command(name = "parrun", version)]
 struct Cli {
     /// The script's language, instead of the one its extension names.
     #[arg(long, value_name = "lua|rhai")]
     lang: Option<Language>,
+
+    /// What Pool and Process run on: forked processes, isolated engines on threads, or
+    /// threads under the GIL.
+    #[arg(long, value_name = "gil|fork|isolated", default_value = "fork")]
+    mode: parrun::Mode,
 
     /// Run CODE instead of a script file (needs --lang); every positional is an argument.
     #[arg(short = 'e', value_name = "CODE")]
@@ -109,7 +114,8 @@ fn run(cli: Cli) -> Result<i32, Error> {
         .ok_or_else(|| Error::Usage("--switch-interval must be a positive number of ms".into()))?;
     let mut runtime = Runtime::new()
         .switch_interval(interval)
-        .sandbox(cli.sandbox);
+        .sandbox(cli.sandbox)
+        .mode(cli.mode);
     if let Some(bytes) = cli.max_memory {
         runtime = runtime.max_memory(bytes);
     }

@@ -1,10 +1,17 @@
-//! Process pools of the `fork` model (Python's `multiprocessing.Pool`).
+//! Pools (Python's `multiprocessing.Pool` and `ThreadPool`), in every execution model.
 //!
-//! Workers are forked when the pool is created and inherit the script state as of then. Each
-//! worker has a task pipe and a result pipe. A supervisor thread in the parent assigns tasks
-//! and reads results; a writer thread per worker writes its tasks, so the supervisor never
-//! blocks on a full pipe.
+//! Jobs, chunking, results, callbacks and shutdown are one mechanism; what runs the tasks is
+//! a [`Workers`] backend:
+//! - **Forked processes** (`fork`). Workers are forked when the pool is created and inherit the
+//!   script state as of then. Each worker has a task pipe and a result pipe. A supervisor
+//!   thread in the parent assigns tasks and reads results; a writer thread per worker writes
+//!   its tasks, so the supervisor never blocks on a full pipe.
+//! - **Threads** (`isolated`, `gil`). Each worker thread takes tasks from the pending queue
+//!   itself and completes their jobs directly: no pipe, no codec, no supervisor round trip.
+//!   An isolated worker runs its own engine under that engine's own (uncontended) GIL; a `gil`
+//!   worker runs the script's engine under the script's GIL.
 //!
+//! For forked workers:
 //! - **Dispatch.** Tasks wait in one pending queue. Each worker has a *window* of tasks in
 //!   flight: 1 while tasks are slow (so a later task starts on whichever worker frees up
 //!   first, as in Python), up to [`MAX_WINDOW`] when tasks are fast, because one round trip per
@@ -23,6 +30,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,12 +55,17 @@ pub const MAX_WINDOW: usize = 64;
 const WINDOW_WORK_MICROS: f64 = 20_000.0;
 
 /// A script function encoded by its engine adapter, to be called in a worker.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize)]
 pub struct FunctionSpec {
     /// Identity: the same function encodes to the same key.
     pub key: u64,
+    /// The function as data, for a worker with another engine (fork, isolated).
     #[serde(with = "serde_bytes")]
     pub code: Vec<u8>,
+    /// The function itself, for a worker in the script's own engine (`gil`): closures keep
+    /// sharing their state, as in Python's `ThreadPool`. Never sent.
+    #[serde(skip)]
+    pub local: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// The argument lists of a task's calls.
@@ -96,8 +109,20 @@ impl Calls {
 /// How a worker runs tasks: provided by the engine adapter.
 pub trait TaskEngine: Send + Sync {
     /// Calls `function` once per entry of `calls`, in order; the results, or the first error.
-    /// Runs in a worker process, with the GIL held.
+    /// Runs with [`TaskEngine::gil`] held.
     fn call_many(&self, function: &FunctionSpec, calls: Calls) -> Result<Vec<Value>, String>;
+
+    /// The lock this engine's code runs under: the script's GIL, or an isolated engine's own.
+    fn gil(&self) -> Arc<crate::gil::Gil>;
+}
+
+/// What runs a pool's tasks.
+pub enum Workers {
+    /// Forked worker processes, each running its copy of this engine.
+    Forked(Arc<dyn TaskEngine>),
+    /// One OS thread per engine: isolated engines, one each, or the script's engine for every
+    /// thread (`gil`).
+    Threads(Vec<Arc<dyn TaskEngine>>),
 }
 
 /// A script function the parent calls when a result is ready (`callback`, `error_callback`).
@@ -116,6 +141,8 @@ pub struct PoolOptions {
     pub maxtasksperchild: Option<usize>,
     /// A task running longer is stopped: its worker is killed and replaced, the task fails.
     pub task_timeout: Option<Duration>,
+    /// What the pool's workers are, as `mode()` reports it.
+    pub mode: crate::Mode,
 }
 
 // ---- wire messages ----
@@ -238,7 +265,11 @@ impl Job {
         }
         let done = s.remaining == 0;
         drop(s);
-        self.changed.notify_all();
+        // Only an iterator waits for single items; `get` and `wait` wait for `ready`, which is
+        // announced on its own. Waking them for every item would cost a context switch each.
+        if matches!(self.kind, JobKind::Ordered | JobKind::Unordered) {
+            self.changed.notify_all();
+        }
         done
     }
 
@@ -377,6 +408,8 @@ struct Shared {
     live_jobs: Vec<std::sync::Weak<Job>>,
     next_task: u64,
     supervisor_done: bool,
+    /// Worker threads still running (thread-backed pools).
+    live_threads: usize,
 }
 
 /// The script's handle on a pool: when the script drops its last one, the pool is stopped
@@ -399,10 +432,11 @@ impl Drop for PoolHandle {
     }
 }
 
-/// A pool of forked worker processes.
+/// A pool of workers: forked processes or threads.
 pub struct Pool {
     host: Arc<Host>,
-    engine: Arc<dyn TaskEngine>,
+    /// The engine forked workers run (none for a thread-backed pool).
+    forked: Option<Arc<dyn TaskEngine>>,
     options: PoolOptions,
     shared: Mutex<Shared>,
     shared_changed: Condvar,
@@ -428,21 +462,25 @@ struct Worker {
 }
 
 impl Pool {
-    /// Forks the workers. Call with the GIL held, outside any engine lock.
+    /// Starts the workers. Call with the GIL held, outside any engine lock.
     pub fn start(
         host: &Arc<Host>,
-        engine: Arc<dyn TaskEngine>,
+        workers: Workers,
         options: PoolOptions,
     ) -> Result<Arc<Pool>, String> {
         if options.processes == 0 {
             return Err("processes must be at least 1".into());
         }
+        let (forked, threads) = match workers {
+            Workers::Forked(engine) => (Some(engine), Vec::new()),
+            Workers::Threads(engines) => (None, engines),
+        };
         let (wake_rx, wake_tx) = pipe()?;
         set_nonblocking(wake_rx.as_raw_fd())?;
         let (callbacks_tx, callbacks_rx) = unbounded();
         let pool = Arc::new(Pool {
             host: host.clone(),
-            engine,
+            forked,
             options,
             shared: Mutex::new(Shared {
                 status: Status::Open,
@@ -451,12 +489,50 @@ impl Pool {
                 live_jobs: Vec::new(),
                 next_task: 1,
                 supervisor_done: false,
+                live_threads: threads.len(),
             }),
             shared_changed: Condvar::new(),
             wake_tx: File::from(wake_tx),
             callbacks_tx,
             supervisor: Mutex::new(None),
         });
+        let callback_host = host.clone();
+        std::thread::Builder::new()
+            .name("parrun-pool-callbacks".into())
+            .spawn(move || run_callbacks(callback_host, callbacks_rx))
+            .map_err(|e| format!("cannot start the callback thread: {e}"))?;
+        if pool.forked.is_none() {
+            pool.start_threads(threads)?;
+        } else {
+            pool.start_supervisor(wake_rx)?;
+        }
+        host.register_pool(&pool);
+        Ok(pool)
+    }
+
+    /// Starts one worker thread per engine.
+    fn start_threads(self: &Arc<Self>, engines: Vec<Arc<dyn TaskEngine>>) -> Result<(), String> {
+        for engine in engines {
+            let pool = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("parrun-pool-worker".into())
+                .stack_size(crate::thread::SCRIPT_THREAD_STACK)
+                .spawn(move || pool.work(engine));
+            if let Err(e) = spawned {
+                let mut s = self.shared();
+                s.live_threads -= 1;
+                s.supervisor_done = s.live_threads == 0;
+                drop(s);
+                self.stop();
+                return Err(format!("cannot start a pool worker thread: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Forks the workers and starts the supervisor.
+    fn start_supervisor(self: &Arc<Self>, wake_rx: OwnedFd) -> Result<(), String> {
+        let pool = self;
         let mut workers = Vec::with_capacity(pool.options.processes);
         for _ in 0..pool.options.processes {
             match pool.spawn_worker() {
@@ -476,21 +552,89 @@ impl Pool {
             .spawn(move || supervisor_pool.supervise(workers, File::from(wake_rx)))
             .map_err(|e| format!("cannot start the pool thread: {e}"))?;
         *pool.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-        let callback_host = host.clone();
-        std::thread::Builder::new()
-            .name("parrun-pool-callbacks".into())
-            .spawn(move || run_callbacks(callback_host, callbacks_rx))
-            .map_err(|e| format!("cannot start the callback thread: {e}"))?;
-        host.register_pool(&pool);
-        Ok(pool)
+        Ok(())
+    }
+
+    /// A worker thread: runs the initializer, then takes tasks until the pool closes.
+    fn work(self: Arc<Self>, engine: Arc<dyn TaskEngine>) {
+        let gil = engine.gil();
+        let run = |function: &FunctionSpec, calls: Calls| {
+            gil.acquire(0);
+            let outcome = catch_unwind(AssertUnwindSafe(|| engine.call_many(function, calls)));
+            gil.release();
+            outcome.unwrap_or_else(|panic| {
+                Err(format!(
+                    "a pool worker thread failed inside parrun (a host panic): {}",
+                    crate::thread::panic_text(&panic)
+                ))
+            })
+        };
+        if let Some((f, args)) = &self.options.initializer {
+            if let Err(reason) = run(f, Calls::Lists(vec![args.clone()])) {
+                self.break_pool(&format!("the pool's initializer failed: {reason}"));
+            }
+        }
+        while let Some(task) = self.next_task() {
+            let Task {
+                job,
+                first,
+                function,
+                calls,
+                ..
+            } = task;
+            let n = calls.len();
+            let result = run(&function, calls);
+            // A terminated pool has failed the job already.
+            if self.is_running() && job.complete(first, result, n) {
+                self.finish_job(&job);
+            }
+        }
+        let mut s = self.shared();
+        s.live_threads -= 1;
+        if s.live_threads == 0 {
+            s.supervisor_done = true;
+        }
+        drop(s);
+        self.shared_changed.notify_all();
+    }
+
+    /// The next task for a worker thread; `None` once the pool is closed and drained, or
+    /// stopped.
+    fn next_task(&self) -> Option<Task> {
+        let mut s = self.shared();
+        loop {
+            match s.status {
+                Status::Terminated | Status::Broken => return None,
+                Status::Open | Status::Closed => {}
+            }
+            if let Some(task) = s.pending.pop_front() {
+                return Some(task);
+            }
+            if s.status == Status::Closed {
+                return None;
+            }
+            s = self
+                .shared_changed
+                .wait(s)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        matches!(self.shared().status, Status::Open | Status::Closed)
     }
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Tells the supervisor or the worker threads that there is news (work, a state change).
     fn wake(&self) {
-        let _ = (&self.wake_tx).write(&[1]);
+        if self.forked.is_some() {
+            let _ = (&self.wake_tx).write(&[1]);
+        } else {
+            self.shared_changed.notify_all();
+        }
     }
 
     /// Forks one worker. Call with the GIL held.
@@ -500,7 +644,10 @@ impl Pool {
         fork::register_fd(task_tx.as_raw_fd());
         fork::register_fd(result_rx.as_raw_fd());
         let keep = [task_rx.as_raw_fd(), result_tx.as_raw_fd()];
-        let engine = self.engine.clone();
+        let engine = self
+            .forked
+            .clone()
+            .ok_or("internal error: forking a worker for a thread pool")?;
         let init = self
             .options
             .initializer
@@ -667,9 +814,14 @@ impl Pool {
         Ok(())
     }
 
-    /// The number of worker processes.
+    /// The number of workers.
     pub fn size(&self) -> usize {
         self.options.processes
+    }
+
+    /// What the workers are.
+    pub fn mode(&self) -> crate::Mode {
+        self.options.mode
     }
 
     pub fn is_open(&self) -> bool {
@@ -1019,6 +1171,7 @@ impl Pool {
         for job in jobs {
             job.fail(reason);
         }
+        self.wake();
     }
 }
 
@@ -1174,6 +1327,7 @@ mod tests {
         let spec = FunctionSpec {
             key: 7,
             code: vec![1, 2, 3],
+            local: None,
         };
         let calls = Calls::Lists(vec![vec![Value::Int(1), Value::Str("x".into())]]);
         let task = ToWorkerOut::Task {

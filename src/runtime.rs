@@ -41,6 +41,51 @@ impl std::str::FromStr for Language {
     }
 }
 
+/// What `Pool` and `Process` run on (`--mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Threads in the script's own engine, under its GIL (Python's `ThreadPool`): CPU-bound
+    /// work gains nothing, waiting overlaps.
+    Gil,
+    /// Forked processes, each with a copy-on-write copy of the engine (the default, as in
+    /// CPython on Linux).
+    #[default]
+    Fork,
+    /// OS threads, each with an engine of its own built from a snapshot of the script's state;
+    /// no lock is shared, so CPU-bound work scales as with fork.
+    Isolated,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Gil => "gil",
+            Mode::Fork => "fork",
+            Mode::Isolated => "isolated",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gil" => Ok(Mode::Gil),
+            "fork" => Ok(Mode::Fork),
+            "isolated" => Ok(Mode::Isolated),
+            other => Err(format!(
+                "unknown mode `{other}` (expected gil, fork or isolated)"
+            )),
+        }
+    }
+}
+
 /// Why a script could not run, or how it failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -107,6 +152,8 @@ pub struct Runtime {
 /// Safety switches and limits a run applies to every engine it creates.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
+    /// What `Pool` and `Process` run on unless a pool asks otherwise.
+    pub mode: Mode,
     /// Default `task_timeout` of pools.
     pub task_timeout: Option<Duration>,
     /// Scripts get no file, process or code-loading facilities (see [`Runtime::sandbox`]).
@@ -177,6 +224,14 @@ impl Runtime {
     /// `Engine::set_max_call_levels` (64 by default, as in Rhai's release builds).
     pub fn max_call_depth(mut self, depth: usize) -> Self {
         self.settings.max_call_depth = Some(depth);
+        self
+    }
+
+    /// What `Pool` and `Process` run on: forked processes (the default), isolated engines on
+    /// threads, or threads under the script's GIL. A pool can ask for another with its `mode`
+    /// option; scripts read the run's mode with `mode()`.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.settings.mode = mode;
         self
     }
 
@@ -321,6 +376,24 @@ impl Host {
             pools: self.pools.lock().unwrap_or_else(|e| e.into_inner()),
             gil: self.gil.fork_guard(),
         }
+    }
+
+    /// A host for an isolated engine: its own GIL and registries, the same settings.
+    pub(crate) fn isolated(&self) -> Arc<Host> {
+        Arc::new(Host {
+            gil: Arc::new(Gil::new(self.gil.interval(), self.gil.interrupter())),
+            threads: Mutex::new(Vec::new()),
+            thread_counter: AtomicU64::new(0),
+            processes: Mutex::new(Vec::new()),
+            process_counter: AtomicU64::new(0),
+            pools: Mutex::new(Vec::new()),
+            settings: self.settings.clone(),
+        })
+    }
+
+    /// The run's execution model for `Pool` and `Process`.
+    pub fn mode(&self) -> Mode {
+        self.settings.mode
     }
 
     /// The default task timeout of pools.

@@ -28,11 +28,12 @@ use mlua::{
 use super::untransferable;
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
 use crate::gil::{Gil, Interrupter};
-use crate::pool::{Callback, Calls, FunctionSpec, TaskEngine};
+use crate::pool::{Callback, Calls, FunctionSpec, TaskEngine, Workers};
 use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
-use crate::{output, Value};
+use crate::{output, Mode, Value};
 
+mod snapshot;
 mod transport;
 
 const PRELUDE: &str = include_str!("prelude.lua");
@@ -381,8 +382,16 @@ impl Args for LuaArgs<'_> {
         }))
     }
 
-    fn function(&mut self, i: usize) -> Result<Arc<FunctionSpec>, String> {
+    fn function(&mut self, i: usize, mode: Mode) -> Result<Arc<FunctionSpec>, String> {
         let f = self.script_function(i)?;
+        if mode == Mode::Gil {
+            // Run in this state: the function itself, its upvalues still shared.
+            return Ok(Arc::new(FunctionSpec {
+                key: f.to_pointer() as u64,
+                code: Vec::new(),
+                local: Some(Arc::new(f)),
+            }));
+        }
         encoded_function(self.lua, &f)
     }
 
@@ -418,17 +427,21 @@ impl Args for LuaArgs<'_> {
         self.get(i).is_nil()
     }
 
-    fn task_engine(&mut self) -> Result<Arc<dyn TaskEngine>, String> {
-        let run_chunk = self
-            .lua
-            .named_registry_value("parrun.run_chunk")
-            .map_err(error_text)?;
-        Ok(Arc::new(LuaTaskEngine {
-            lua: self.lua.weak(),
-            host: self.host.clone(),
-            run_chunk,
-            functions: Mutex::new(HashMap::new()),
-        }))
+    fn workers(&mut self, mode: Mode, count: usize) -> Result<Workers, String> {
+        Ok(match mode {
+            Mode::Fork => Workers::Forked(LuaTaskEngine::new(self.lua, self.host, None)?),
+            Mode::Gil => {
+                Workers::Threads(vec![LuaTaskEngine::new(self.lua, self.host, None)?; count])
+            }
+            Mode::Isolated => Workers::Threads(
+                (0..count)
+                    .map(|_| {
+                        let state = isolated_state(self.lua, self.host)?;
+                        LuaTaskEngine::new(&state.0, &state.1, Some(state.0.clone()))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        })
     }
 }
 
@@ -484,10 +497,32 @@ struct LuaTaskEngine {
     run_chunk: Function,
     host: Arc<Host>,
     functions: Mutex<HashMap<u64, Function>>,
+    /// An isolated worker's state, which nothing else keeps alive.
+    _state: Option<Lua>,
 }
 
 impl LuaTaskEngine {
+    fn new(lua: &Lua, host: &Arc<Host>, owned: Option<Lua>) -> Result<Arc<dyn TaskEngine>, String> {
+        let run_chunk = lua
+            .named_registry_value("parrun.run_chunk")
+            .map_err(error_text)?;
+        Ok(Arc::new(LuaTaskEngine {
+            lua: lua.weak(),
+            host: host.clone(),
+            run_chunk,
+            functions: Mutex::new(HashMap::new()),
+            _state: owned,
+        }))
+    }
+
     fn function(&self, spec: &FunctionSpec) -> Result<Function, String> {
+        if let Some(f) = spec
+            .local
+            .as_ref()
+            .and_then(|l| l.downcast_ref::<Function>())
+        {
+            return Ok(f.clone());
+        }
         let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = functions.get(&spec.key) {
             return Ok(f.clone());
@@ -499,6 +534,10 @@ impl LuaTaskEngine {
 }
 
 impl TaskEngine for LuaTaskEngine {
+    fn gil(&self) -> Arc<Gil> {
+        self.host.gil.clone()
+    }
+
     /// The whole chunk runs in one coroutine, by the prelude's `run_chunk`: one resume per
     /// chunk, not per call.
     fn call_many(&self, spec: &FunctionSpec, calls: Calls) -> Result<Vec<Value>, String> {
@@ -574,6 +613,7 @@ fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSpec>, String
     let spec = Arc::new(FunctionSpec {
         key: key as u64,
         code,
+        local: None,
     });
     if let Some(mut cache) = lua.app_data_mut::<Cache>() {
         cache.insert(key, spec.clone());
@@ -832,16 +872,34 @@ fn apply_settings(lua: &Lua, settings: &crate::runtime::Settings) -> mlua::Resul
     Ok(())
 }
 
-/// Runs a script in a fresh Lua state and waits for the threads it started.
-pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
+/// A state with the standard library, parrun's API and the run's settings: the script's, or
+/// an isolated worker's before the snapshot is copied in.
+fn new_state(host: &Arc<Host>) -> mlua::Result<Lua> {
     // The stock interpreter's full standard library, `debug` included (mlua's safe mode
     // refuses it).
     // SAFETY: scripts get the same powers as under the stock `lua` binary, by design.
     let lua = unsafe { Lua::unsafe_new() };
-    let setup = install_api(&lua, &host)
-        .and_then(|()| install_script_env(&lua, &script))
-        .and_then(|()| apply_settings(&lua, &host.settings));
-    setup.map_err(|e| Error::Script(format!("parrun: cannot set up Lua: {}", error_text(e))))?;
+    install_api(&lua, host)?;
+    apply_settings(&lua, &host.settings)?;
+    snapshot::record_pristine(&lua)?;
+    Ok(lua)
+}
+
+/// An isolated worker's state and host: a new state holding a copy of `parent`'s script state
+/// as of now, with a GIL of its own.
+fn isolated_state(parent: &Lua, host: &Host) -> Result<(Lua, Arc<Host>), String> {
+    let host = host.isolated();
+    let lua = new_state(&host).map_err(|e| format!("cannot set up a worker: {}", error_text(e)))?;
+    snapshot::copy_globals(parent, &lua)
+        .map_err(|e| format!("cannot copy the script's state to a worker: {e}"))?;
+    Ok((lua, host))
+}
+
+/// Runs a script in a fresh Lua state and waits for the threads it started.
+pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
+    let setup = new_state(&host).and_then(|lua| install_script_env(&lua, &script).map(|()| lua));
+    let lua = setup
+        .map_err(|e| Error::Script(format!("parrun: cannot set up Lua: {}", error_text(e))))?;
     let main = lua
         .load(script.code_without_shebang())
         .set_name(format!("@{}", script.name))

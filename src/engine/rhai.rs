@@ -1,5 +1,10 @@
 //! The Rhai adapter: one `Engine` and one `AST` shared by every script thread (feature `sync`),
 //! each thread with its own scope; the GIL is checked in `on_progress`.
+//!
+//! An isolated worker gets an `Engine` of its own, built by the same [`build_engine`] around
+//! its own host (its own GIL), and shares the script's compiled `AST` (immutable, and every
+//! script function is in it) and a copy of its `global::` constants: that is a Rhai script's
+//! whole state, since Rhai functions see no other variables.
 
 use std::any::TypeId;
 use std::collections::BTreeMap;
@@ -10,10 +15,10 @@ use ::rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Position, Scope, AST}
 
 use super::untransferable;
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
-use crate::pool::{Callback, Calls, FunctionSpec, TaskEngine};
+use crate::pool::{Callback, Calls, FunctionSpec, TaskEngine, Workers};
 use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
-use crate::{output, Value};
+use crate::{output, Mode, Value};
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
@@ -23,6 +28,8 @@ struct Shared {
     engine: OnceLock<Weak<Engine>>,
     ast: OnceLock<Arc<AST>>,
     script_name: String,
+    /// Where `import` looks for modules.
+    script_dir: Option<std::path::PathBuf>,
     /// The status `exit(n)` asked for in the main script thread (Rhai itself discards it).
     exit_status: std::sync::Mutex<Option<i32>>,
     main_thread: std::thread::ThreadId,
@@ -45,44 +52,11 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         engine: OnceLock::new(),
         ast: OnceLock::new(),
         script_name: script.name.clone(),
+        script_dir: script.dir.clone(),
         exit_status: std::sync::Mutex::new(None),
         main_thread: std::thread::current().id(),
     });
-    let mut engine = Engine::new();
-    // Rhai's release-build default; its debug builds allow only 8 levels, and a script must
-    // behave the same whichever way parrun was built.
-    engine.set_max_call_levels(host.settings.max_call_depth.unwrap_or(64));
-    if host.settings.sandbox {
-        engine.disable_symbol("eval");
-        engine.set_module_resolver(::rhai::module_resolvers::DummyModuleResolver::new());
-    } else if let Some(dir) = &script.dir {
-        engine.set_module_resolver(FileModuleResolver::new_with_path(dir));
-    }
-    if let Some(count) = host.settings.max_instructions {
-        engine.set_max_operations(count);
-    }
-    if let Some(bytes) = host.settings.max_memory {
-        engine.set_max_string_size(bytes);
-        engine.set_max_array_size(bytes / 16);
-        engine.set_max_map_size(bytes / 16);
-    }
-    engine.on_print(|s| {
-        // A closed stdout cannot be reported from here; the script goes on as rhai-run does.
-        let _ = output::write_line(s.as_bytes());
-    });
-    engine.on_debug(|s, source, pos| {
-        let at = source.map_or(String::new(), |src| format!("{src}:"));
-        output::write_stderr(&format!("{at}{pos:?} | {s}"));
-    });
-    let gil = host.gil.clone();
-    engine.on_progress(move |_| {
-        if gil.drop_requested() {
-            gil.yield_turn(0);
-        }
-        None
-    });
-    register_builtins(&mut engine, &shared);
-    register_exit(&mut engine, &shared);
+    let mut engine = build_engine(&shared);
     let mut ast = engine.compile(script.code_without_shebang()).map_err(|e| {
         let pos = e.1;
         Error::Script(format!(
@@ -98,7 +72,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     // waits without the GIL, and another thread touching `q` would fail ("Data race"). The
     // fix costs about 16% more instructions on every variable read, and only closures make
     // variables shared, so it is installed only for scripts that have closures.
-    if ast.iter_fn_def().any(|f| f.name.starts_with("anon$")) {
+    if has_closures(&ast) {
         resolve_shared_objects(&mut engine);
     }
     let engine = Arc::new(engine);
@@ -126,6 +100,52 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
             other => Err(Error::Script(format_error(&script.name, other))),
         },
     }
+}
+
+/// An engine with parrun's settings and API, for the script or an isolated worker. The
+/// variable hook for closures is added by the caller, once the AST is known.
+fn build_engine(shared: &Arc<Shared>) -> Engine {
+    let host = &shared.host;
+    let mut engine = Engine::new();
+    // Rhai's release-build default; its debug builds allow only 8 levels, and a script must
+    // behave the same whichever way parrun was built.
+    engine.set_max_call_levels(host.settings.max_call_depth.unwrap_or(64));
+    if host.settings.sandbox {
+        engine.disable_symbol("eval");
+        engine.set_module_resolver(::rhai::module_resolvers::DummyModuleResolver::new());
+    } else if let Some(dir) = &shared.script_dir {
+        engine.set_module_resolver(FileModuleResolver::new_with_path(dir));
+    }
+    if let Some(count) = host.settings.max_instructions {
+        engine.set_max_operations(count);
+    }
+    if let Some(bytes) = host.settings.max_memory {
+        engine.set_max_string_size(bytes);
+        engine.set_max_array_size(bytes / 16);
+        engine.set_max_map_size(bytes / 16);
+    }
+    engine.on_print(|s| {
+        // A closed stdout cannot be reported from here; the script goes on as rhai-run does.
+        let _ = output::write_line(s.as_bytes());
+    });
+    engine.on_debug(|s, source, pos| {
+        let at = source.map_or(String::new(), |src| format!("{src}:"));
+        output::write_stderr(&format!("{at}{pos:?} | {s}"));
+    });
+    let gil = host.gil.clone();
+    engine.on_progress(move |_| {
+        if gil.drop_requested() {
+            gil.yield_turn(0);
+        }
+        None
+    });
+    register_builtins(&mut engine, shared);
+    register_exit(&mut engine, shared);
+    engine
+}
+
+fn has_closures(ast: &AST) -> bool {
+    ast.iter_fn_def().any(|f| f.name.starts_with("anon$"))
 }
 
 /// `exit()` / `exit(value)` as in Rhai, but the main thread's value becomes the exit status
@@ -507,8 +527,17 @@ impl Args for RhaiArgs<'_, '_> {
         }))
     }
 
-    fn function(&mut self, i: usize) -> Result<Arc<FunctionSpec>, String> {
+    fn function(&mut self, i: usize, mode: Mode) -> Result<Arc<FunctionSpec>, String> {
         let f = self.fn_ptr(i)?;
+        if mode == Mode::Gil {
+            // Run in this engine: the function itself, captured variables still shared.
+            let key = Arc::as_ptr(&self.shared) as u64 ^ hash(f.fn_name().as_bytes());
+            return Ok(Arc::new(FunctionSpec {
+                key,
+                code: Vec::new(),
+                local: Some(Arc::new(self.bound(f))),
+            }));
+        }
         let curry = f
             .curry()
             .iter()
@@ -520,13 +549,11 @@ impl Args for RhaiArgs<'_, '_> {
             curry,
         };
         let code = rmp_serde::to_vec(&wire).map_err(|e| e.to_string())?;
-        let key = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            code.hash(&mut h);
-            h.finish()
-        };
-        Ok(Arc::new(FunctionSpec { key, code }))
+        Ok(Arc::new(FunctionSpec {
+            key: hash(&code),
+            code,
+            local: None,
+        }))
     }
 
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {
@@ -557,13 +584,67 @@ impl Args for RhaiArgs<'_, '_> {
         i >= self.len() || self.get(i).is_unit()
     }
 
-    fn task_engine(&mut self) -> Result<Arc<dyn TaskEngine>, String> {
-        Ok(Arc::new(RhaiTaskEngine {
-            shared: self.shared.clone(),
-            constants: self.constants.clone(),
-            functions: Default::default(),
-        }))
+    fn workers(&mut self, mode: Mode, count: usize) -> Result<Workers, String> {
+        let here = || -> Arc<dyn TaskEngine> {
+            Arc::new(RhaiTaskEngine {
+                shared: self.shared.clone(),
+                constants: self.constants.clone(),
+                functions: Default::default(),
+                _engine: None,
+            })
+        };
+        Ok(match mode {
+            Mode::Fork => Workers::Forked(here()),
+            Mode::Gil => Workers::Threads(vec![here(); count]),
+            Mode::Isolated => Workers::Threads(
+                (0..count)
+                    .map(|_| isolated_engine(&self.shared, &self.constants))
+                    .collect::<Result<_, _>>()?,
+            ),
+        })
     }
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// A worker engine of its own: the script's AST, a copy of its constants as of now, and a host
+/// (and GIL) of its own.
+fn isolated_engine(
+    parent: &Arc<Shared>,
+    constants: &Option<Constants>,
+) -> Result<Arc<dyn TaskEngine>, String> {
+    let (_, ast) = parent.engine_and_ast()?;
+    let shared = Arc::new(Shared {
+        host: parent.host.isolated(),
+        engine: OnceLock::new(),
+        ast: OnceLock::new(),
+        script_name: parent.script_name.clone(),
+        script_dir: parent.script_dir.clone(),
+        exit_status: std::sync::Mutex::new(None),
+        main_thread: std::thread::current().id(),
+    });
+    let mut engine = build_engine(&shared);
+    if has_closures(&ast) {
+        resolve_shared_objects(&mut engine);
+    }
+    let engine = Arc::new(engine);
+    let _ = shared.engine.set(Arc::downgrade(&engine));
+    let _ = shared.ast.set(ast);
+    let constants = constants.as_ref().map(|c| {
+        let copy = c.read().map(|m| m.clone()).unwrap_or_default();
+        ::rhai::Shared::new(::rhai::Locked::new(copy))
+    });
+    Ok(Arc::new(RhaiTaskEngine {
+        shared,
+        constants,
+        functions: Default::default(),
+        _engine: Some(engine),
+    }))
 }
 
 /// A Rhai function as it travels to a worker: every script function (closures too) is in the
@@ -578,6 +659,8 @@ struct RhaiTaskEngine {
     shared: Arc<Shared>,
     constants: Option<Constants>,
     functions: std::sync::Mutex<std::collections::HashMap<u64, FnPtr>>,
+    /// An isolated worker's engine, which nothing else keeps alive.
+    _engine: Option<Arc<Engine>>,
 }
 
 /// Rebuilds a function pointer in the worker. A closure's function is anonymous (`anon$...`,
@@ -596,9 +679,19 @@ fn decode_function(ast: &AST, code: &[u8]) -> Result<FnPtr, String> {
 }
 
 impl TaskEngine for RhaiTaskEngine {
+    fn gil(&self) -> Arc<crate::gil::Gil> {
+        self.shared.host.gil.clone()
+    }
+
     fn call_many(&self, spec: &FunctionSpec, calls: Calls) -> Result<Vec<Value>, String> {
         let (engine, ast) = self.shared.engine_and_ast()?;
-        let f = {
+        let bound = spec
+            .local
+            .as_ref()
+            .and_then(|l| l.downcast_ref::<BoundFn>());
+        let f = if let Some(bound) = bound {
+            bound.f.clone()
+        } else {
             let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
             match functions.get(&spec.key) {
                 Some(f) => f.clone(),
@@ -610,7 +703,8 @@ impl TaskEngine for RhaiTaskEngine {
             }
         };
         // One runtime state for the whole chunk.
-        let global = script_global(&engine, &ast, &self.constants);
+        let constants = bound.map_or(&self.constants, |b| &b.constants);
+        let global = script_global(&engine, &ast, constants);
         let ctx = ::rhai::NativeCallContext::new_with_all_fields(
             &engine,
             f.fn_name(),

@@ -46,6 +46,8 @@ pub(super) fn install(lua: &Lua) -> mlua::Result<()> {
     let debug: Table = lua.globals().get("debug")?;
     lua.set_named_registry_value("parrun.getupvalue", debug.get::<Function>("getupvalue")?)?;
     lua.set_named_registry_value("parrun.setupvalue", debug.get::<Function>("setupvalue")?)?;
+    lua.set_named_registry_value("parrun.upvalueid", debug.get::<Function>("upvalueid")?)?;
+    lua.set_named_registry_value("parrun.upvaluejoin", debug.get::<Function>("upvaluejoin")?)?;
     Ok(())
 }
 
