@@ -429,15 +429,16 @@ impl Args for LuaArgs<'_> {
 
     fn workers(&mut self, mode: Mode, count: usize) -> Result<Workers, String> {
         Ok(match mode {
-            Mode::Fork => Workers::Forked(LuaTaskEngine::new(self.lua, self.host, None)?),
-            Mode::Gil => {
-                Workers::Threads(vec![LuaTaskEngine::new(self.lua, self.host, None)?; count])
-            }
+            Mode::Fork => Workers::Forked(LuaTaskEngine::for_state(self.lua, self.host, None)?),
+            Mode::Gil => Workers::Threads(vec![
+                LuaTaskEngine::for_state(self.lua, self.host, None)?;
+                count
+            ]),
             Mode::Isolated => Workers::Threads(
                 (0..count)
                     .map(|_| {
                         let state = isolated_state(self.lua, self.host)?;
-                        LuaTaskEngine::new(&state.0, &state.1, Some(state.0.clone()))
+                        LuaTaskEngine::for_state(&state.0, &state.1, Some(state.0.clone()))
                     })
                     .collect::<Result<_, _>>()?,
             ),
@@ -502,7 +503,11 @@ struct LuaTaskEngine {
 }
 
 impl LuaTaskEngine {
-    fn new(lua: &Lua, host: &Arc<Host>, owned: Option<Lua>) -> Result<Arc<dyn TaskEngine>, String> {
+    fn for_state(
+        lua: &Lua,
+        host: &Arc<Host>,
+        owned: Option<Lua>,
+    ) -> Result<Arc<dyn TaskEngine>, String> {
         let run_chunk = lua
             .named_registry_value("parrun.run_chunk")
             .map_err(error_text)?;

@@ -531,11 +531,11 @@ impl Args for RhaiArgs<'_, '_> {
         let f = self.fn_ptr(i)?;
         if mode == Mode::Gil {
             // Run in this engine: the function itself, captured variables still shared.
-            let key = Arc::as_ptr(&self.shared) as u64 ^ hash(f.fn_name().as_bytes());
+            let local = Arc::new(self.bound(f));
             return Ok(Arc::new(FunctionSpec {
-                key,
+                key: Arc::as_ptr(&local) as u64,
                 code: Vec::new(),
-                local: Some(Arc::new(self.bound(f))),
+                local: Some(local),
             }));
         }
         let curry = f
@@ -598,7 +598,7 @@ impl Args for RhaiArgs<'_, '_> {
             Mode::Gil => Workers::Threads(vec![here(); count]),
             Mode::Isolated => Workers::Threads(
                 (0..count)
-                    .map(|_| isolated_engine(&self.shared, &self.constants))
+                    .map(|_| isolated_engine(self.shared, &self.constants))
                     .collect::<Result<_, _>>()?,
             ),
         })
