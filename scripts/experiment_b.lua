@@ -1,10 +1,12 @@
--- Experiment B: CPU-bound work done serially, by two processes and by two threads.
+-- Experiment B: CPU-bound work done serially, by two processes, by two threads and by two
+-- isolated threads.
 --
 -- calculate() sums i * i for i in 0 .. N-1 and puts the sum on a queue. The exact sum for
 -- N = 10,000,000 is 333333283333335000000, beyond a 64-bit integer, so it is kept in two
 -- limbs: hi * 10^15 + lo (each term i * i < 10^15, so one carry at most per step).
 -- Processes run on separate cores; threads share one interpreter lock (the GIL) and so are no
--- faster than serial.
+-- faster than serial; isolated threads each have an engine of their own, so they run on
+-- separate cores without fork. "processes" follow --mode (fork by default).
 --
 -- usage: parrun scripts/experiment_b.lua [N]    (default 10000000)
 
@@ -50,9 +52,9 @@ local serial = timed("serial", function(queue)
   calculate(queue)
 end)
 
-local function in_parallel(kind)
+local function in_parallel(kind, options)
   return function(queue)
-    local workers = { kind(calculate, { queue }), kind(calculate, { queue }) }
+    local workers = { kind(calculate, { queue }, options), kind(calculate, { queue }, options) }
     for _, w in ipairs(workers) do w:start() end
     for _, w in ipairs(workers) do w:join() end
   end
@@ -60,5 +62,7 @@ end
 
 local processes = timed("processes", in_parallel(parrun.Process))
 local threads = timed("threads", in_parallel(parrun.Thread))
+local isolated = timed("isolated threads", in_parallel(parrun.Process, { mode = "isolated" }))
 print(("processes speedup: %.2fx"):format(serial / processes))
 print(("threads speedup: %.2fx"):format(serial / threads))
+print(("isolated threads speedup: %.2fx"):format(serial / isolated))

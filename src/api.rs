@@ -294,6 +294,14 @@ fn process(args: &mut dyn Args) -> Result<Arc<ScriptProcess>, String> {
     }
 }
 
+/// Argument `i` as an execution model: "gil", "fork" or "isolated".
+fn mode_value(args: &mut dyn Args, i: usize) -> Result<Mode, String> {
+    match args.value(i)? {
+        Value::Str(name) => name.parse(),
+        other => Err(format!("mode must be a string, got {}", other.type_name())),
+    }
+}
+
 /// An optional string argument, or `default`.
 fn opt_name(
     args: &mut dyn Args,
@@ -454,10 +462,7 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
     };
     if let Some(o) = options_at {
         if let Some(i) = args.field(o, "mode")? {
-            options.mode = match args.value(i)? {
-                Value::Str(name) => name.parse()?,
-                other => return Err(format!("mode must be a string, got {}", other.type_name())),
-            };
+            options.mode = mode_value(args, i)?;
         }
         if let Some(i) = args.field(o, "processes")? {
             options.processes = opt_count(args, i, "processes")?.unwrap_or(cpus);
@@ -548,10 +553,22 @@ pub static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (1, 3),
         call: |host, args| {
+            // Process(f), Process(f, args), Process(f, args, name), Process(f, args, options)
             let at = has_args(args, 1);
             let target = args.target(0, at)?;
-            let name = opt_name(args, 2, || host.next_process_name())?;
-            Outcome::object(Object::Process(ScriptProcess::new(name, target)))
+            let mut mode = host.mode();
+            let name = if !args.is_nil(2) && args.is_map(2) {
+                if let Some(i) = args.field(2, "mode")? {
+                    mode = mode_value(args, i)?;
+                }
+                match args.field(2, "name")? {
+                    Some(i) => opt_name(args, i, || host.next_process_name())?,
+                    None => host.next_process_name(),
+                }
+            } else {
+                opt_name(args, 2, || host.next_process_name())?
+            };
+            Outcome::object(Object::Process(ScriptProcess::new(name, target, mode)))
         },
     },
     Builtin {

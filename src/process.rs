@@ -1,11 +1,20 @@
-//! Script processes of the `fork` model (Python's `multiprocessing.Process`).
+//! Script processes (Python's `multiprocessing.Process`), in every execution model.
 //!
-//! `start` forks the running script (see `crate::fork`): the child calls the target in its
-//! own copy of the engine and exits with 0, or 1 after a script error (reported on stderr as
-//! "Process NAME:"). The return value is dropped, as in Python; results come back through a
-//! `Queue`. The parent reaps the child in `join`/`is_alive`, or at the end of the script.
+//! In the `fork` model, `start` forks the running script (see `crate::fork`): the child calls
+//! the target in its own copy of the engine and exits with 0, or 1 after a script error
+//! (reported on stderr as "Process NAME:"). The parent reaps the child in `join`/`is_alive`,
+//! or at the end of the script.
+//!
+//! In the `isolated` model the target runs on an OS thread in an engine of its own, built at
+//! `start` from a snapshot of the script's state; in the `gil` model, on an OS thread of the
+//! script's engine. Both end with the same exit codes as a forked child (0, or 1 after an
+//! error), and `pid` is this process's. A thread cannot be killed: `terminate` and `kill` are
+//! errors there.
+//!
+//! The target's return value is dropped, as in Python; results come back through a `Queue`.
 
-use std::sync::{Arc, Mutex};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,9 +25,12 @@ use nix::unistd::Pid;
 use crate::fork;
 use crate::runtime::Host;
 use crate::thread::Target;
+use crate::Mode;
 
 enum State {
     New,
+    /// Running on a thread of this process (`isolated`, `gil`).
+    Thread(Arc<ThreadExit>),
     Running {
         pid: Pid,
         link: Option<JoinHandle<()>>,
@@ -29,17 +41,26 @@ enum State {
     },
 }
 
+/// The exit code of a thread-backed process, once it has one.
+#[derive(Default)]
+struct ThreadExit {
+    code: Mutex<Option<i32>>,
+    changed: Condvar,
+}
+
 /// A script-visible process.
 pub struct ScriptProcess {
     name: String,
+    mode: Mode,
     target: Mutex<Option<Box<dyn Target>>>,
     state: Mutex<State>,
 }
 
 impl ScriptProcess {
-    pub fn new(name: String, target: Box<dyn Target>) -> Arc<Self> {
+    pub fn new(name: String, target: Box<dyn Target>, mode: Mode) -> Arc<Self> {
         Arc::new(ScriptProcess {
             name,
+            mode,
             target: Mutex::new(Some(target)),
             state: Mutex::new(State::New),
         })
@@ -53,10 +74,71 @@ impl ScriptProcess {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Forks the child. Call with the GIL held and outside any engine lock.
+    /// Starts the process: forks the child, or starts its thread. Call with the GIL held and
+    /// outside any engine lock.
     pub fn start(self: &Arc<Self>, host: &Arc<Host>) -> Result<(), String> {
         let target =
             crate::thread::take_target(&self.target, "a process can only be started once")?;
+        match self.mode {
+            Mode::Fork => self.fork(host, target),
+            Mode::Isolated => {
+                let (target, own_host) = target.isolated()?;
+                self.spawn(host, Some(own_host), target)
+            }
+            Mode::Gil => self.spawn(host, None, target),
+        }
+    }
+
+    /// Runs `target` on a new OS thread, in the engine of `own_host` (isolated) or of `host`.
+    fn spawn(
+        self: &Arc<Self>,
+        host: &Arc<Host>,
+        own_host: Option<Arc<Host>>,
+        target: Box<dyn Target>,
+    ) -> Result<(), String> {
+        let runs_on = own_host.clone().unwrap_or_else(|| host.clone());
+        let exit = Arc::new(ThreadExit::default());
+        let done = exit.clone();
+        let name = self.name.clone();
+        std::thread::Builder::new()
+            .name(name.clone())
+            .stack_size(crate::thread::SCRIPT_THREAD_STACK)
+            .spawn(move || {
+                let gil = &runs_on.gil;
+                gil.acquire(0);
+                let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
+                let code = match outcome {
+                    Ok(Ok(())) => 0,
+                    Ok(Err(msg)) => {
+                        crate::output::write_stderr(&format!("Process {name}:\n{msg}"));
+                        1
+                    }
+                    Err(panic) => {
+                        let text = crate::thread::panic_text(&panic);
+                        crate::output::write_stderr(&format!(
+                            "Process {name}: internal error (panic): {text}"
+                        ));
+                        fork::PANIC_STATUS
+                    }
+                };
+                // An isolated process waits for the threads its target started in its engine,
+                // as a child process does; a gil one leaves them to the script, whose threads
+                // they are.
+                if own_host.is_some() {
+                    gil.allow_threads(0, || runs_on.finish());
+                }
+                gil.release();
+                *done.code.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
+                done.changed.notify_all();
+            })
+            .map_err(|e| format!("cannot start an OS thread: {e}"))?;
+        *self.state() = State::Thread(exit);
+        host.register_process(self.clone());
+        Ok(())
+    }
+
+    /// Forks the child.
+    fn fork(self: &Arc<Self>, host: &Arc<Host>, target: Box<dyn Target>) -> Result<(), String> {
         let name = self.name.clone();
         let child_host = host.clone();
         let child = fork::fork_child(host, Vec::new(), move || {
@@ -84,6 +166,7 @@ impl ScriptProcess {
     pub fn pid(&self) -> Option<i32> {
         match &*self.state() {
             State::New => None,
+            State::Thread(_) => Some(std::process::id() as i32),
             State::Running { pid, .. } | State::Done { pid, .. } => Some(pid.as_raw()),
         }
     }
@@ -93,6 +176,7 @@ impl ScriptProcess {
         let mut state = self.state();
         let (pid, link) = match &mut *state {
             State::New => return None,
+            State::Thread(exit) => return *exit.code.lock().unwrap_or_else(|e| e.into_inner()),
             State::Done { code, .. } => return Some(*code),
             State::Running { pid, link } => (*pid, link),
         };
@@ -116,7 +200,7 @@ impl ScriptProcess {
     }
 
     pub fn is_alive(&self) -> bool {
-        matches!(&*self.state(), State::Running { .. }) && self.poll().is_none()
+        matches!(&*self.state(), State::Running { .. } | State::Thread(_)) && self.poll().is_none()
     }
 
     pub fn is_started(&self) -> bool {
@@ -125,6 +209,15 @@ impl ScriptProcess {
 
     /// Waits for the child to end; false if `timeout` passed first. Call without the GIL.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        let thread_exit = match &*self.state() {
+            State::Thread(exit) => Some(exit.clone()),
+            _ => None,
+        };
+        if let Some(exit) = thread_exit {
+            let code = exit.code.lock().unwrap_or_else(|e| e.into_inner());
+            return crate::thread::wait_while(&exit.changed, code, timeout, |c| c.is_none())
+                .is_some();
+        }
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut pause = Duration::from_micros(200);
         loop {
@@ -143,9 +236,15 @@ impl ScriptProcess {
 
     /// Sends `signal` to a running child.
     pub fn signal(&self, signal: Signal) -> Result<(), String> {
-        if let State::Running { pid, .. } = &*self.state() {
-            kill(*pid, signal).map_err(|e| format!("cannot signal process: {e}"))?;
+        match &*self.state() {
+            State::Running { pid, .. } => {
+                kill(*pid, signal).map_err(|e| format!("cannot signal process: {e}"))
+            }
+            State::Thread(_) => Err(format!(
+                "a {} process runs on a thread, which cannot be killed (use --mode fork)",
+                self.mode
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }

@@ -20,6 +20,10 @@ pub trait Target: Send {
     /// Runs the function. Called with the GIL held; returns with it held. An error is the
     /// script's message, already naming file and line.
     fn run(self: Box<Self>) -> Result<(), String>;
+
+    /// The same call in an engine of its own, built now from a snapshot of the script's state
+    /// (the isolated model's `Process`), and that engine's host. Call with the GIL held.
+    fn isolated(self: Box<Self>) -> Result<(Box<dyn Target>, Arc<Host>), String>;
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]

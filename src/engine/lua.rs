@@ -379,6 +379,7 @@ impl Args for LuaArgs<'_> {
             host: self.host.clone(),
             f,
             args,
+            _state: None,
         }))
     }
 
@@ -437,8 +438,8 @@ impl Args for LuaArgs<'_> {
             Mode::Isolated => Workers::Threads(
                 (0..count)
                     .map(|_| {
-                        let state = isolated_state(self.lua, self.host)?;
-                        LuaTaskEngine::for_state(&state.0, &state.1, Some(state.0.clone()))
+                        let (state, host, _) = isolated_state(self.lua, self.host, Vec::new())?;
+                        LuaTaskEngine::for_state(&state, &host, Some(state.clone()))
                     })
                     .collect::<Result<_, _>>()?,
             ),
@@ -631,14 +632,40 @@ struct LuaTarget {
     host: Arc<Host>,
     f: Function,
     args: Vec<LuaValue>,
+    /// An isolated target's state, which nothing else keeps alive.
+    _state: Option<Lua>,
 }
 
 impl Target for LuaTarget {
     fn run(self: Box<Self>) -> Result<(), String> {
-        let LuaTarget { lua, host, f, args } = *self;
+        let LuaTarget {
+            lua,
+            host,
+            f,
+            args,
+            _state,
+        } = *self;
         start_driver(&upgrade(&lua)?, &host, f, MultiValue::from_vec(args))
             .map(drop)
             .map_err(error_text)
+    }
+
+    fn isolated(self: Box<Self>) -> Result<(Box<dyn Target>, Arc<Host>), String> {
+        let parent = upgrade(&self.lua)?;
+        let mut values = vec![LuaValue::Function(self.f)];
+        values.extend(self.args);
+        let (state, host, mut copies) = isolated_state(&parent, &self.host, values)?;
+        let Some(LuaValue::Function(f)) = (!copies.is_empty()).then(|| copies.remove(0)) else {
+            return Err("a function that cannot be copied to another engine".into());
+        };
+        let target = LuaTarget {
+            lua: state.weak(),
+            host: host.clone(),
+            f,
+            args: copies,
+            _state: Some(state),
+        };
+        Ok((Box::new(target), host))
     }
 }
 
@@ -890,14 +917,19 @@ fn new_state(host: &Arc<Host>) -> mlua::Result<Lua> {
     Ok(lua)
 }
 
-/// An isolated worker's state and host: a new state holding a copy of `parent`'s script state
-/// as of now, with a GIL of its own.
-fn isolated_state(parent: &Lua, host: &Host) -> Result<(Lua, Arc<Host>), String> {
+/// An isolated engine: a new state holding a copy of `parent`'s script state as of now, with a
+/// host (and GIL) of its own; and the copies of `values` in it.
+fn isolated_state(
+    parent: &Lua,
+    host: &Host,
+    values: Vec<LuaValue>,
+) -> Result<(Lua, Arc<Host>, Vec<LuaValue>), String> {
     let host = host.isolated();
-    let lua = new_state(&host).map_err(|e| format!("cannot set up a worker: {}", error_text(e)))?;
-    snapshot::copy_globals(parent, &lua)
-        .map_err(|e| format!("cannot copy the script's state to a worker: {e}"))?;
-    Ok((lua, host))
+    let lua = new_state(&host)
+        .map_err(|e| format!("cannot set up an isolated engine: {}", error_text(e)))?;
+    let copies = snapshot::copy_state(parent, &lua, values)
+        .map_err(|e| format!("cannot copy the script's state to an isolated engine: {e}"))?;
+    Ok((lua, host, copies))
 }
 
 /// Runs a script in a fresh Lua state and waits for the threads it started.

@@ -524,6 +524,7 @@ impl Args for RhaiArgs<'_, '_> {
         Ok(Box::new(RhaiTarget {
             f: self.bound(f),
             args,
+            _engine: None,
         }))
     }
 
@@ -612,12 +613,9 @@ fn hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// A worker engine of its own: the script's AST, a copy of its constants as of now, and a host
-/// (and GIL) of its own.
-fn isolated_engine(
-    parent: &Arc<Shared>,
-    constants: &Option<Constants>,
-) -> Result<Arc<dyn TaskEngine>, String> {
+/// An engine of its own for an isolated worker or process: the script's AST, and a host (and
+/// GIL) of its own.
+fn isolated_shared(parent: &Arc<Shared>) -> Result<(Arc<Shared>, Arc<Engine>), String> {
     let (_, ast) = parent.engine_and_ast()?;
     let shared = Arc::new(Shared {
         host: parent.host.isolated(),
@@ -635,13 +633,49 @@ fn isolated_engine(
     let engine = Arc::new(engine);
     let _ = shared.engine.set(Arc::downgrade(&engine));
     let _ = shared.ast.set(ast);
-    let constants = constants.as_ref().map(|c| {
-        let copy = c.read().map(|m| m.clone()).unwrap_or_default();
+    Ok((shared, engine))
+}
+
+/// The script's `global::` constants as of now, for another engine.
+fn copied_constants(constants: &Option<Constants>) -> Option<Constants> {
+    constants.as_ref().map(|c| {
+        let copy = c
+            .read()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), detached(v))).collect())
+            .unwrap_or_default();
         ::rhai::Shared::new(::rhai::Locked::new(copy))
-    });
+    })
+}
+
+/// A deep copy of `value` that shares no variable with this engine (a closure's captured
+/// variables are shared); parrun objects stay the same objects.
+fn detached(value: &Dynamic) -> Dynamic {
+    let value = value.flatten_clone();
+    if value.is_array() {
+        let items = value.cast::<Array>();
+        Dynamic::from_array(items.iter().map(detached).collect())
+    } else if value.is_map() {
+        let map = value.cast::<::rhai::Map>();
+        Dynamic::from_map(map.iter().map(|(k, v)| (k.clone(), detached(v))).collect())
+    } else if value.is::<FnPtr>() {
+        let mut f = value.cast::<FnPtr>();
+        let curry: Vec<Dynamic> = f.iter_curry().map(detached).collect();
+        f.set_curry(curry);
+        Dynamic::from(f)
+    } else {
+        value
+    }
+}
+
+/// A pool worker's engine of its own, with the script's constants as of now.
+fn isolated_engine(
+    parent: &Arc<Shared>,
+    constants: &Option<Constants>,
+) -> Result<Arc<dyn TaskEngine>, String> {
+    let (shared, engine) = isolated_shared(parent)?;
     Ok(Arc::new(RhaiTaskEngine {
         shared,
-        constants,
+        constants: copied_constants(constants),
         functions: Default::default(),
         _engine: Some(engine),
     }))
@@ -812,9 +846,27 @@ impl IntoIterator for Object {
 struct RhaiTarget {
     f: BoundFn,
     args: Vec<Dynamic>,
+    /// An isolated target's engine, which nothing else keeps alive.
+    _engine: Option<Arc<Engine>>,
 }
 
 impl Target for RhaiTarget {
+    fn isolated(self: Box<Self>) -> Result<(Box<dyn Target>, Arc<Host>), String> {
+        let (shared, engine) = isolated_shared(&self.f.shared)?;
+        let host = shared.host.clone();
+        let f = detached(&Dynamic::from(self.f.f)).cast::<FnPtr>();
+        let target = RhaiTarget {
+            f: BoundFn {
+                shared,
+                constants: copied_constants(&self.f.constants),
+                f,
+            },
+            args: self.args.iter().map(detached).collect(),
+            _engine: Some(engine),
+        };
+        Ok((Box::new(target), host))
+    }
+
     fn run(self: Box<Self>) -> Result<(), String> {
         match self.f.call_raw(self.args) {
             Ok(_) => Ok(()),

@@ -66,13 +66,33 @@ pub(super) fn record_pristine(lua: &Lua) -> mlua::Result<()> {
     lua.set_named_registry_value("parrun.pristine", pristine)
 }
 
-/// Copies `src`'s globals into `dst`, a state set up the same way.
-pub(super) fn copy_globals(src: &Lua, dst: &Lua) -> Result<(), String> {
+/// Copies `src`'s globals into `dst`, a state set up the same way, and then `values` (the
+/// target and arguments of a `Process`): their copies, which share what they reach with the
+/// copied globals.
+pub(super) fn copy_state(
+    src: &Lua,
+    dst: &Lua,
+    values: Vec<LuaValue>,
+) -> Result<Vec<LuaValue>, String> {
     let mut copier = Copier::new(src, dst).map_err(error_text)?;
     copier
         .copy(LuaValue::Table(src.globals()))
-        .and_then(|_| copier.finish())
-        .map_err(error_text)
+        .map_err(error_text)?;
+    let mut copies = Vec::with_capacity(values.len());
+    for (i, value) in values.into_iter().enumerate() {
+        let type_name = value.type_name();
+        match copier.copy(value).map_err(error_text)? {
+            Some(copy) => copies.push(copy),
+            None => {
+                return Err(super::untransferable(format!(
+                    "value {} is a {type_name}, which cannot be copied to another engine",
+                    i + 1
+                )))
+            }
+        }
+    }
+    copier.finish().map_err(error_text)?;
+    Ok(copies)
 }
 
 enum Pending {
