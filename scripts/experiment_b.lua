@@ -47,6 +47,7 @@ local function timed(name, run)
   return elapsed
 end
 
+print(("mode: %s"):format(parrun.mode()))
 local serial = timed("serial", function(queue)
   calculate(queue)
   calculate(queue)

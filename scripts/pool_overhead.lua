@@ -16,6 +16,7 @@ for i = 1, N do
 end
 local expected = N * (N + 1) // 2 + N
 
+print(("mode: %s"):format(parrun.mode()))
 local pool = parrun.Pool()
 pool:map(inc, { 1, 2, 3 }) -- the workers are up and know the function
 

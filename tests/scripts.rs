@@ -183,7 +183,8 @@ fn check_experiment_b(lang: Lang, n: Option<u128>) {
     let out = run(&args);
     out.assert_success();
     let total = squares_total(n.unwrap_or(10_000_000));
-    for name in ["serial", "processes", "threads"] {
+    assert_eq!(out.stdout_value("mode:"), "fork", "{}", out.describe());
+    for name in ["serial", "processes", "threads", "isolated threads"] {
         assert_eq!(
             out.stdout_value(&format!("{name} total:")),
             total,
@@ -198,7 +199,11 @@ fn check_experiment_b(lang: Lang, n: Option<u128>) {
             out.describe()
         );
     }
-    for name in ["processes speedup:", "threads speedup:"] {
+    for name in [
+        "processes speedup:",
+        "threads speedup:",
+        "isolated threads speedup:",
+    ] {
         let speedup = out.stdout_value(name);
         // A tiny N can time the serial run as 0.000 s, so 0.00x is a fair answer.
         let x = speedup
@@ -210,7 +215,7 @@ fn check_experiment_b(lang: Lang, n: Option<u128>) {
             out.describe()
         );
     }
-    assert_eq!(out.stdout_lines().len(), 8, "{}", out.describe());
+    assert_eq!(out.stdout_lines().len(), 12, "{}", out.describe());
 }
 
 /// 150,000 makes each partial sum pass 10^15, so both limb carries are exercised.
@@ -244,8 +249,12 @@ fn pool_overhead() {
         ]);
         out.assert_success();
         let lines = out.stdout_lines();
-        assert_eq!(lines.len(), 2, "{}", out.describe());
-        for (line, name) in lines.iter().zip(["map default chunks", "map chunksize 1"]) {
+        assert_eq!(lines.len(), 3, "{}", out.describe());
+        assert_eq!(lines[0], "mode: fork", "{}", out.describe());
+        for (line, name) in lines[1..]
+            .iter()
+            .zip(["map default chunks", "map chunksize 1"])
+        {
             let prefix = format!("{name}: 500 tasks, results ok, ");
             assert!(
                 line.starts_with(&prefix),
