@@ -58,12 +58,12 @@ impl Gil {
         }
     }
 
-    /// The switch interval.
     /// How this GIL interrupts its holder (the engine's), for a GIL of another engine.
     pub fn interrupter(&self) -> Option<Interrupter> {
         self.interrupter
     }
 
+    /// The switch interval.
     pub fn interval(&self) -> Duration {
         self.interval
     }
@@ -116,6 +116,21 @@ impl Gil {
     /// Sets the holder's token (for a holder that only learns it after acquiring).
     pub fn set_holder_token(&self, token: usize) {
         self.lock_state().holder_token = token;
+    }
+
+    /// Makes the holder stop at its next check, as a waiter asking for a switch does: the
+    /// holder then finds a cancellation (see `crate::cancel`) or simply switches.
+    pub fn interrupt(&self) {
+        let s = self.lock_state();
+        if !s.locked {
+            return;
+        }
+        self.drop_request.store(true, Ordering::Release);
+        if let (Some(interrupt), token) = (self.interrupter, s.holder_token) {
+            if token != 0 {
+                interrupt(token);
+            }
+        }
     }
 
     /// Whether a waiter has asked the holder to switch. Cheap: one atomic load.

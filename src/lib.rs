@@ -46,6 +46,7 @@
 //! - [`signals`]: SIGINT and SIGTERM for command-line use.
 
 pub mod api;
+mod cancel;
 pub mod codec;
 mod engine;
 mod fork;

@@ -42,6 +42,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::cancel::Cancel;
 use crate::codec;
 use crate::fork;
 use crate::runtime::Host;
@@ -442,8 +443,29 @@ pub struct Pool {
     shared_changed: Condvar,
     wake_tx: File,
     callbacks_tx: Sender<(Arc<Job>, Result<Value, String>)>,
+    /// The supervisor (forked workers) or the watchdog (worker threads).
     supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// The worker threads, as the watchdog sees them.
+    slots: Mutex<Vec<Arc<ThreadSlot>>>,
 }
+
+/// A worker thread as the watchdog sees it: what it runs under, and how to stop its task.
+struct ThreadSlot {
+    gil: Arc<crate::gil::Gil>,
+    cancel: Arc<Cancel>,
+    /// When the running task started; `None` between tasks.
+    running_since: Mutex<Option<Instant>>,
+}
+
+impl ThreadSlot {
+    fn running_since(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.running_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How often the watchdog repeats a cancellation: in the `gil` model another thread may hold
+/// the lock when it is first asked.
+const CANCEL_RETRY: Duration = Duration::from_millis(20);
 
 struct Worker {
     pid: Pid,
@@ -495,6 +517,7 @@ impl Pool {
             wake_tx: File::from(wake_tx),
             callbacks_tx,
             supervisor: Mutex::new(None),
+            slots: Mutex::new(Vec::new()),
         });
         let callback_host = host.clone();
         std::thread::Builder::new()
@@ -510,14 +533,23 @@ impl Pool {
         Ok(pool)
     }
 
-    /// Starts one worker thread per engine.
+    /// Starts one worker thread per engine, and the watchdog that stops their overdue tasks.
     fn start_threads(self: &Arc<Self>, engines: Vec<Arc<dyn TaskEngine>>) -> Result<(), String> {
         for engine in engines {
+            let slot = Arc::new(ThreadSlot {
+                gil: engine.gil(),
+                cancel: Arc::default(),
+                running_since: Mutex::new(None),
+            });
+            self.slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(slot.clone());
             let pool = self.clone();
             let spawned = std::thread::Builder::new()
                 .name("parrun-pool-worker".into())
                 .stack_size(crate::thread::SCRIPT_THREAD_STACK)
-                .spawn(move || pool.work(engine));
+                .spawn(move || pool.work(engine, slot));
             if let Err(e) = spawned {
                 let mut s = self.shared();
                 s.live_threads -= 1;
@@ -527,7 +559,63 @@ impl Pool {
                 return Err(format!("cannot start a pool worker thread: {e}"));
             }
         }
+        let pool = self.clone();
+        let watchdog = std::thread::Builder::new()
+            .name("parrun-pool-watchdog".into())
+            .spawn(move || pool.watch())
+            .map_err(|e| format!("cannot start the pool thread: {e}"))?;
+        *self.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = Some(watchdog);
         Ok(())
+    }
+
+    /// The watchdog of worker threads: cancels a task past the task timeout, and every running
+    /// task once the pool is terminated. Ends when the workers have.
+    fn watch(self: Arc<Self>) {
+        let mut s = self.shared();
+        while !s.supervisor_done {
+            let stopping = matches!(s.status, Status::Terminated | Status::Broken);
+            drop(s);
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for slot in slots {
+                let running = slot.running_since();
+                let Some(since) = *running else { continue };
+                let deadline = self.options.task_timeout.map(|t| since + t);
+                let reason = if stopping {
+                    "the pool was terminated while this task ran".to_string()
+                } else if deadline.is_some_and(|d| d <= now) {
+                    format!(
+                        "the task ran longer than the task timeout of {:?}: it was stopped",
+                        self.options.task_timeout.unwrap_or_default()
+                    )
+                } else {
+                    next = earlier(next, deadline);
+                    continue;
+                };
+                // Under the slot's lock, so the request cannot outlive the task it is for.
+                slot.cancel.request(reason);
+                slot.gil.interrupt();
+                next = earlier(next, Some(now + CANCEL_RETRY));
+            }
+            s = self.shared();
+            if s.supervisor_done {
+                break;
+            }
+            s = match next {
+                None => self
+                    .shared_changed
+                    .wait(s)
+                    .unwrap_or_else(|e| e.into_inner()),
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    self.shared_changed
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
     }
 
     /// Forks the workers and starts the supervisor.
@@ -556,7 +644,8 @@ impl Pool {
     }
 
     /// A worker thread: runs the initializer, then takes tasks until the pool closes.
-    fn work(self: Arc<Self>, engine: Arc<dyn TaskEngine>) {
+    fn work(self: Arc<Self>, engine: Arc<dyn TaskEngine>, slot: Arc<ThreadSlot>) {
+        crate::cancel::install(Some(slot.cancel.clone()));
         let gil = engine.gil();
         let run = |function: &FunctionSpec, calls: Calls| {
             gil.acquire(0);
@@ -565,7 +654,7 @@ impl Pool {
             outcome.unwrap_or_else(|panic| {
                 Err(format!(
                     "a pool worker thread failed inside parrun (a host panic): {}",
-                    crate::thread::panic_text(&panic)
+                    crate::thread::panic_text(&*panic)
                 ))
             })
         };
@@ -583,12 +672,23 @@ impl Pool {
                 ..
             } = task;
             let n = calls.len();
+            *slot.running_since() = Some(Instant::now());
+            if self.options.task_timeout.is_some() {
+                // Tell the watchdog about the new deadline.
+                self.shared_changed.notify_all();
+            }
             let result = run(&function, calls);
+            {
+                let mut running = slot.running_since();
+                *running = None;
+                slot.cancel.clear();
+            }
             // A terminated pool has failed the job already.
             if self.is_running() && job.complete(first, result, n) {
                 self.finish_job(&job);
             }
         }
+        crate::cancel::install(None);
         let mut s = self.shared();
         s.live_threads -= 1;
         if s.live_threads == 0 {
@@ -1276,6 +1376,14 @@ fn worker_main(
 }
 
 // ---- small helpers ----
+
+/// The earlier of two optional instants (`None` is "never").
+fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
 
 /// How long a worker whose result pipe ended may take to exit by itself (a panicking worker
 /// closes its pipe while unwinding, before it exits) before it is killed.

@@ -114,7 +114,7 @@ impl ScriptProcess {
                         1
                     }
                     Err(panic) => {
-                        let text = crate::thread::panic_text(&panic);
+                        let text = crate::thread::panic_text(&*panic);
                         crate::output::write_stderr(&format!(
                             "Process {name}: internal error (panic): {text}"
                         ));

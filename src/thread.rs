@@ -89,7 +89,7 @@ impl ScriptThread {
                 let failure = match outcome {
                     Ok(Ok(())) => None,
                     Ok(Err(msg)) => Some(msg),
-                    Err(panic) => Some(format!("internal error (panic): {}", panic_text(&panic))),
+                    Err(panic) => Some(format!("internal error (panic): {}", panic_text(&*panic))),
                 };
                 if let Some(msg) = failure {
                     crate::output::write_stderr(&format!(

@@ -714,6 +714,9 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
             )));
         }
         if HOOK_YIELDED.replace(false) {
+            if let Some(reason) = crate::cancel::requested() {
+                break Err(mlua::Error::runtime(reason));
+            }
             gil.yield_turn(token);
             args = MultiValue::new();
             continue;

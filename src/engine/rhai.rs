@@ -135,6 +135,9 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
     let gil = host.gil.clone();
     engine.on_progress(move |_| {
         if gil.drop_requested() {
+            if let Some(reason) = crate::cancel::requested() {
+                return Some(Dynamic::from(reason));
+            }
             gil.yield_turn(0);
         }
         None
@@ -242,6 +245,8 @@ fn err_line(source: &str, mut err: EvalAltResult, trace: &[String]) -> String {
     err.clear_position();
     let message = match &err {
         EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
+        // Stopped by parrun (a cancelled pool task): the value says why.
+        EvalAltResult::ErrorTerminated(value, _) if value.is_string() => value.to_string(),
         other => other.to_string(),
     };
     let mut text = format!("{source}:{}: {message}", position_text(pos));

@@ -1,0 +1,76 @@
+//! Stopping a task that runs on a thread (the pools of the `isolated` and `gil` models).
+//!
+//! A forked worker whose task runs too long is killed; a thread cannot be. Instead its task is
+//! *cancelled*: the reason is set on the worker's [`Cancel`], and the engine it runs in is
+//! interrupted through its GIL ([`crate::gil::Gil::interrupt`]), the same way a waiting thread
+//! asks for a switch. At that check the engine finds the request ([`requested`]) and ends the
+//! task with the reason as its error (Rhai: `on_progress`; Lua: the hook yield its driver
+//! sees). Nothing is checked on the hot path that was not checked before.
+//!
+//! A task blocked in a wait (`sleep`, `Queue.get`) is stopped when the wait returns.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A worker thread's cancellation request.
+#[derive(Default)]
+pub struct Cancel {
+    requested: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl Cancel {
+    /// Asks the task the worker is running to stop with `reason` as its error.
+    pub fn request(&self, reason: String) {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+        self.requested.store(true, Ordering::Release);
+    }
+
+    /// Withdraws a request (between tasks).
+    pub fn clear(&self) {
+        self.requested.store(false, Ordering::Release);
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.requested.load(Ordering::Acquire).then(|| {
+            self.reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        })
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<Cancel>>> = const { RefCell::new(None) };
+}
+
+/// Makes `cancel` the request this thread's engine checks.
+pub fn install(cancel: Option<Arc<Cancel>>) {
+    CURRENT.with(|c| *c.borrow_mut() = cancel);
+}
+
+/// Why the task on this thread must stop, if it must.
+pub fn requested() -> Option<String> {
+    CURRENT.with(|c| c.borrow().as_ref().and_then(|c| c.reason()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_reaches_only_the_thread_it_was_installed_on() {
+        let cancel = Arc::new(Cancel::default());
+        install(Some(cancel.clone()));
+        assert_eq!(requested(), None);
+        cancel.request("too slow".into());
+        assert_eq!(requested().as_deref(), Some("too slow"));
+        let elsewhere = std::thread::spawn(requested).join().unwrap();
+        assert_eq!(elsewhere, None);
+        cancel.clear();
+        assert_eq!(requested(), None);
+        install(None);
+    }
+}
