@@ -615,10 +615,7 @@ pub static BUILTINS: &[Builtin] = &[
             let secs = number(args, 0, "seconds")?;
             let d = Duration::try_from_secs_f64(secs)
                 .map_err(|_| format!("seconds must be a non-negative number, got {secs}"))?;
-            Outcome::wait(move || {
-                std::thread::sleep(d);
-                Ok(Value::Nil.into())
-            })
+            Outcome::wait(move || crate::cancel::sleep(d).map(|()| Value::Nil.into()))
         },
     },
     Builtin {

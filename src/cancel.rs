@@ -7,17 +7,21 @@
 //! task with the reason as its error (Rhai: `on_progress`; Lua: the hook yield its driver
 //! sees). Nothing is checked on the hot path that was not checked before.
 //!
-//! A task blocked in a wait (`sleep`, `Queue.get`) is stopped when the wait returns.
+//! A task asleep (`sleep`) wakes up at once with the error; one blocked in another wait
+//! (`Queue.get`, `Lock.acquire`) is stopped when that wait returns.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// A worker thread's cancellation request.
 #[derive(Default)]
 pub struct Cancel {
     requested: AtomicBool,
     reason: Mutex<String>,
+    /// Wakes a cancelled task that sleeps.
+    woken: Condvar,
 }
 
 impl Cancel {
@@ -25,6 +29,7 @@ impl Cancel {
     pub fn request(&self, reason: String) {
         *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
         self.requested.store(true, Ordering::Release);
+        self.woken.notify_all();
     }
 
     /// Withdraws a request (between tasks).
@@ -56,6 +61,30 @@ pub fn requested() -> Option<String> {
     CURRENT.with(|c| c.borrow().as_ref().and_then(|c| c.reason()))
 }
 
+/// Sleeps for `duration`, or until the task on this thread is cancelled: then the reason.
+pub fn sleep(duration: Duration) -> Result<(), String> {
+    let Some(cancel) = CURRENT.with(|c| c.borrow().clone()) else {
+        std::thread::sleep(duration);
+        return Ok(());
+    };
+    let deadline = Instant::now() + duration;
+    let mut reason = cancel.reason.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if cancel.requested.load(Ordering::Acquire) {
+            return Err(reason.clone());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        reason = cancel
+            .woken
+            .wait_timeout(reason, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,8 +98,19 @@ mod tests {
         assert_eq!(requested().as_deref(), Some("too slow"));
         let elsewhere = std::thread::spawn(requested).join().unwrap();
         assert_eq!(elsewhere, None);
+        assert_eq!(sleep(Duration::from_secs(60)), Err("too slow".to_string()));
         cancel.clear();
         assert_eq!(requested(), None);
+        let sleeper = std::thread::spawn({
+            let cancel = cancel.clone();
+            move || {
+                install(Some(cancel));
+                sleep(Duration::from_secs(60))
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        cancel.request("stop".into());
+        assert_eq!(sleeper.join().unwrap(), Err("stop".to_string()));
         install(None);
     }
 }

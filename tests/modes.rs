@@ -5,9 +5,7 @@
 
 mod common;
 
-use common::{run, Lang, Output};
-
-const MODES: [&str; 3] = ["fork", "gil", "isolated"];
+use common::{run, Lang, Output, MODES};
 
 /// What a run printed that must not depend on the mode: every line except times, speedups,
 /// rates, the mode line and workers' pid lines (which are counted instead).

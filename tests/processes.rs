@@ -1,4 +1,5 @@
-//! End-to-end tests of processes and pools (the `fork` model), each in Lua and Rhai.
+//! End-to-end tests of processes and pools, each in Lua and Rhai: in the `fork` model, and
+//! where the behaviour is the same in every model, in all three (`--mode`).
 
 mod common;
 
@@ -7,11 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{both, run_code, script, Output, Run};
-
-fn run_script(name: &str, ext: &str, code: &str) -> Output {
-    run_code(&[], name, ext, code)
-}
+use common::{both, both_in_modes, run_code, script, Output, Run, MODES};
 
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -58,7 +55,8 @@ print(`codes	${ok.exitcode}	${bad.exitcode}	${slow.exitcode}	${slow2.exitcode}	$
 
 #[test]
 fn a_large_value_put_before_the_parent_joins_does_not_deadlock() {
-    both(
+    both_in_modes(
+        &MODES,
         "bigput",
         r#"
 local q = parrun.Queue()
@@ -72,7 +70,7 @@ let p = Process(|q| { let s = "x"; s.pad(8000000, "x"); q.put(s); q.put("after")
 p.start(); p.join();
 print(`${q.get().len()} ${q.get()} ${p.exitcode}`);
 "#,
-        |out| {
+        |_, out| {
             out.assert_success();
             let line = out.stdout_lines().join(" ");
             assert!(
@@ -86,7 +84,8 @@ print(`${q.get().len()} ${q.get()} ${p.exitcode}`);
 
 #[test]
 fn queue_keeps_order_per_producer_with_many_writers() {
-    both(
+    both_in_modes(
+        &MODES,
         "order",
         r#"
 local q = parrun.Queue()
@@ -119,7 +118,7 @@ for n in 0..900 {
 for p in ps { p.join(); }
 print(`in order ${count}`);
 "#,
-        |out| {
+        |_, out| {
             out.assert_success();
             assert!(
                 out.stdout.contains("in order") && out.stdout.contains("900"),
@@ -132,7 +131,8 @@ print(`in order ${count}`);
 
 #[test]
 fn pool_methods_behave_like_multiprocessing() {
-    both(
+    both_in_modes(
+        &MODES,
         "poolapi",
         r#"
 local pool = parrun.Pool(2)
@@ -187,7 +187,7 @@ pool.terminate();
 m = "no"; try { slow.get(); } catch (x) { m = x; } print(`after terminate ${m}`);
 m = "no"; try { pool.map(sq, [1]); } catch (x) { m = x; } print(`submit after terminate ${m}`);
 "#,
-        |out| {
+        |_, out| {
             out.assert_success();
             let text = out
                 .stdout
@@ -230,11 +230,12 @@ m = "no"; try { pool.map(sq, [1]); } catch (x) { m = x; } print(`submit after te
 
 #[test]
 fn a_task_error_names_the_workers_message_and_line_and_the_pool_goes_on() {
-    both(
+    both_in_modes(
+        &MODES,
         "taskerror",
         "local pool = parrun.Pool(2)\nlocal ok, err = pcall(pool.map, pool, function(x)\n  if x == 3 then error(\"three is bad\") end\n  return x\nend, {1, 2, 3, 4})\nprint(err)\nprint(\"after\", table.concat(pool:map(function(x) return x + 1 end, {1, 2}), \",\"))\n",
         "let pool = Pool(2);\nlet err = \"\"; try { pool.map(|x| {\n  if x == 3 { throw \"three is bad\"; }\n  x }, [1, 2, 3, 4]); } catch (e) { err = e; }\nprint(err);\nprint(`after ${pool.map(|x| x + 1, [1, 2])}`);\n",
-        |out| {
+        |_, out| {
             out.assert_success()
                 .assert_stdout_contains("three is bad")
                 .assert_stdout_contains(":3")
@@ -260,38 +261,43 @@ print(#r.bytes, r.bytes == v.bytes)
 print(r.nested[2][2][2][1], r.holes[1], r.holes[2], r.holes[3])
 print(r.mixed[1], r.mixed[2], r.mixed.x, r.mixed[2.5], r.sparse[1000], r.sparse[2], next(r.empty))
 "#;
-    let out = run_script("values", "lua", lua);
-    out.assert_success();
-    assert_eq!(
-        out.stdout_lines(),
-        vec![
-            "integer\tfloat\t-7\ttrue\théllo",
-            "5\ttrue",
-            "deep\t1\tnil\t3",
-            "10\t20\ty\ttrue\tb\tnil\tnil",
-        ],
-        "{}",
-        out.describe()
-    );
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "values", "lua", lua);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            vec![
+                "integer\tfloat\t-7\ttrue\théllo",
+                "5\ttrue",
+                "deep\t1\tnil\t3",
+                "10\t20\ty\ttrue\tb\tnil\tnil",
+            ],
+            "{}",
+            out.describe()
+        );
+    }
     let rhai = r#"
 let pool = Pool(1);
 let v = #{ int: 3, float: 3.0, text: "héllo", blob: blob(3, 255), nested: [1, [2, [3, ["deep"]]]], unit: (), map: #{a: #{b: [1.5]}} };
 let r = pool.apply(|t| t, [v]);
 print(`${type_of(r.int)} ${type_of(r.float)} ${r.text} ${type_of(r.blob)} ${r.blob.len()} ${r.nested[1][1][1][0]} ${type_of(r.unit)} ${r.map.a.b[0]}`);
 "#;
-    let out = run_script("values", "rhai", rhai);
-    out.assert_success();
-    assert_eq!(
-        out.stdout_lines(),
-        vec!["i64 f64 héllo blob 3 deep () 1.5"],
-        "{}",
-        out.describe()
-    );
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "values", "rhai", rhai);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            vec!["i64 f64 héllo blob 3 deep () 1.5"],
+            "{}",
+            out.describe()
+        );
+    }
 }
 
 #[test]
 fn functions_travel_with_what_they_use() {
-    both(
+    both_in_modes(
+        &MODES,
         "functions",
         r#"
 function helper(x) return x * 10 end
@@ -316,7 +322,7 @@ let q = Queue();
 let err = ""; try { pool.map(|x| x, [q]); } catch (e) { err = e; }
 print(`false ${err}`);
 "#,
-        |out| {
+        |_, out| {
             out.assert_success();
             let text = out.stdout.replace(", ", ",");
             assert!(text.contains("11,21"), "{}", out.describe());
@@ -337,7 +343,8 @@ print(`false ${err}`);
 
 #[test]
 fn lines_printed_by_workers_never_mix() {
-    both(
+    both_in_modes(
+        &MODES,
         "lines",
         r#"
 local pool = parrun.Pool(2)
@@ -348,7 +355,7 @@ pool:map(function(i) for _ = 1, 20 do print(i .. ":" .. line) end end, {1, 2, 3,
 let pool = Pool(2);
 pool.map(|i| { let line = "abcdefgh"; line.pad(4000, "x"); for n in 0..20 { print(`${i}:${line}`); } }, [1, 2, 3, 4], 1);
 "#,
-        |out| {
+        |_, out| {
             out.assert_success();
             let lines = out.stdout_lines();
             assert_eq!(lines.len(), 80, "{}", out.describe());
@@ -364,7 +371,8 @@ pool.map(|i| { let line = "abcdefgh"; line.pad(4000, "x"); for n in 0..20 { prin
 
 #[test]
 fn a_pool_can_be_created_while_threads_run_and_print() {
-    both(
+    both_in_modes(
+        &MODES,
         "forkthreads",
         r#"
 local stop = parrun.Queue()
@@ -400,7 +408,7 @@ stop.put(true);
 for t in ts { t.join(); }
 print("pools done");
 "#,
-        |out| {
+        |_, out| {
             out.assert_success().assert_stdout_contains("pools done");
         },
     );
@@ -591,7 +599,8 @@ pool.apply_async(|s| sleep(s), [30]);
 
 #[test]
 fn a_lock_works_across_processes() {
-    both(
+    both_in_modes(
+        &MODES,
         "xlock",
         r#"
 local l, q = parrun.Lock(), parrun.Queue()
@@ -611,7 +620,7 @@ let p2 = Process(|l, q| { q.put(l.acquire(5)); l.release(); }, [l, q]); p2.start
 let p3 = Process(|l, q| { with l { q.put(l.locked()); } }, [l, q]); p3.start(); p3.join();
 print(`${q.get()}	${q.get()}	${q.get()}	${l.locked()}`);
 "#,
-        |out| {
+        |_, out| {
             out.assert_success();
             assert_eq!(
                 out.stdout_lines(),
@@ -815,7 +824,8 @@ print("after"); sleep(3);
 /// A task looping for ever under a task timeout fails with a clear error; the pool goes on.
 #[test]
 fn a_task_past_its_timeout_is_stopped_and_the_pool_survives() {
-    both(
+    both_in_modes(
+        &MODES,
         "tasktimeout",
         r#"
 local pool = parrun.Pool(2, {task_timeout = 0.3})
@@ -831,7 +841,7 @@ print(`false	${err}`);
 print(`after	${pool.apply(|x| x * 2, [21])}`);
 print(`slow but in time	${pool.map(|x| { sleep(0.1); x }, [1, 2, 3], 1)}`);
 "#,
-        |out| {
+        |_, out| {
             out.assert_success()
                 .assert_stdout_contains("task timeout of 300ms")
                 .assert_stdout_contains("after\t42");

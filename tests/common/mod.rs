@@ -356,6 +356,25 @@ pub fn run_code(flags: &[&str], name: &str, ext: &str, code: &str) -> Output {
     Run::new(args).output()
 }
 
+/// The execution models, as `--mode` names them.
+pub const MODES: [&str; 3] = ["fork", "gil", "isolated"];
+
+/// Runs the same program written in Lua and in Rhai under each of `modes` (`--mode`),
+/// checking each run with `check(mode, output)`.
+pub fn both_in_modes(
+    modes: &[&str],
+    name: &str,
+    lua: &str,
+    rhai: &str,
+    check: impl Fn(&str, &Output),
+) {
+    for mode in modes {
+        for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+            check(mode, &run_code(&["--mode", mode], name, ext, code));
+        }
+    }
+}
+
 /// Runs the same program written in Lua and in Rhai, checking each run with `check`.
 pub fn both(name: &str, lua: &str, rhai: &str, check: impl Fn(&Output)) {
     for (ext, code) in [("lua", lua), ("rhai", rhai)] {
