@@ -131,3 +131,158 @@ fn dir_of(file: &str) -> &str {
 fn stem_of(file: &str) -> &str {
     file.rsplit_once('/').map_or(file, |(_, stem)| stem)
 }
+
+/// An isolated worker starts from a copy of the script's state as of pool creation, as a forked
+/// one does: a `require`d module, a function added to `string`, a table with a metatable, two
+/// global functions sharing one local, a cycle. What the worker changes stays there. The gil
+/// model runs in the script's own state, so there the change is shared, as in Python's
+/// `ThreadPool`.
+#[test]
+fn an_isolated_worker_starts_from_a_snapshot_of_the_script() {
+    let dir = common::TempDir::new("snapshot");
+    dir.write(
+        "helper.lua",
+        "return { double = function(x) return x * 2 end }",
+    );
+    let script = dir.write(
+        "snapshot.lua",
+        r#"
+local helper = require("helper")
+function string.shout(s) return s:upper() .. "!" end
+CONFIG = setmetatable({ scale = 3 }, { __index = function(_, k) return "default " .. k end })
+local count = 0
+function bump() count = count + 1 return count end
+function peek() return count end
+RING = {} RING.self = RING
+local pool = parrun.Pool(2)
+CONFIG.scale = 100
+local r = pool:apply(function()
+  local a, b = bump(), bump()
+  return { helper.double(21), ("hi"):shout(), CONFIG.scale, CONFIG.missing, a + b, peek(),
+           tostring(RING.self == RING) }
+end)
+print(table.concat(r, " "))
+print("script's count", peek())
+"#,
+    );
+    for mode in MODES {
+        let out = run(["--mode", mode, script.to_str().unwrap()]);
+        out.assert_success();
+        let expected = if mode == "gil" {
+            "42 HI! 100 default missing 3 2 true\nscript's count\t2\n"
+        } else {
+            "42 HI! 3 default missing 3 2 true\nscript's count\t0\n"
+        };
+        assert_eq!(out.stdout, expected, "{}", out.describe());
+    }
+}
+
+/// `ThreadPool` runs in the script's engine whatever `--mode` says: a closure's captured
+/// variable is the script's own.
+#[test]
+fn a_thread_pool_shares_the_scripts_variables() {
+    common::both_in_modes(
+        &MODES,
+        "threadpool",
+        r#"
+local hits = 0
+local tp = parrun.ThreadPool(2)
+tp:map(function(x) hits = hits + x end, {1, 2, 3}, 1)
+tp:close() tp:join()
+print("hits", hits)
+"#,
+        r#"
+let hits = 0;
+let tp = ThreadPool(2);
+tp.map(|x| { hits += x; }, [1, 2, 3], 1);
+tp.close(); tp.join();
+print(`hits	${hits}`);
+"#,
+        |_, out| {
+            out.assert_success();
+            assert_eq!(out.stdout, "hits\t6\n", "{}", out.describe());
+        },
+    );
+}
+
+/// A thread-backed process ends with a forked child's exit codes, reports this process's pid,
+/// and sees the script as of `start()`; it cannot be killed, and says so.
+#[test]
+fn thread_backed_processes_follow_the_fork_rules() {
+    common::both_in_modes(
+        &["gil", "isolated"],
+        "threadproc",
+        r#"
+X = 1
+local q = parrun.Queue()
+local ok = parrun.Process(function(q) q:put(X) X = 99 end, {q})
+X = 2
+ok:start() ok:join()
+local bad = parrun.Process(function() error("child failed") end) bad:start() bad:join()
+print("codes", ok.exitcode, bad.exitcode, ok.pid == parrun.getpid(), q:get())
+local slow = parrun.Process(function() parrun.sleep(0.2) end) slow:start()
+local killed, err = pcall(slow.terminate, slow)
+slow:join()
+print("terminate", killed, err:find("cannot be killed") ~= nil, slow.exitcode)
+print("X", X)
+"#,
+        r#"
+let q = Queue();
+let ok = Process(|q| q.put(mode()), [q]);
+ok.start(); ok.join();
+let bad = Process(|| throw "child failed", []); bad.start(); bad.join();
+print(`codes	${ok.exitcode}	${bad.exitcode}	${ok.pid == getpid()}	${q.get()}`);
+let slow = Process(|| sleep(0.2), []); slow.start();
+let killed = true; let found = false;
+try { slow.terminate(); } catch (e) { killed = false; found = e.contains("cannot be killed"); }
+slow.join();
+print(`terminate	${killed}	${found}	${slow.exitcode}`);
+"#,
+        |mode, out| {
+            out.assert_success()
+                .assert_stdout_contains("terminate\tfalse\ttrue\t0")
+                .assert_stderr_contains("child failed");
+            if out.command.ends_with(".lua") {
+                out.assert_stdout_contains("codes\t0\t1\ttrue\t2");
+                // The gil process ran in the script's state; the isolated one in a copy.
+                let x = if mode == "gil" { "X\t99" } else { "X\t2" };
+                out.assert_stdout_contains(x);
+            } else {
+                out.assert_stdout_contains(&format!("codes\t0\t1\ttrue\t{mode}"));
+            }
+        },
+    );
+}
+
+/// `terminate` stops tasks that loop or sleep in every model (a thread's task is cancelled at
+/// its next instruction, and its sleep wakes), and `get` then fails at once.
+#[test]
+fn terminate_stops_running_tasks_in_every_mode() {
+    common::both_in_modes(
+        &MODES,
+        "terminate",
+        r#"
+local pool = parrun.Pool(2)
+local spin = pool:apply_async(function() while true do end end)
+local nap = pool:apply_async(parrun.sleep, {30})
+parrun.sleep(0.2)
+local t0 = parrun.time()
+pool:terminate()
+print("stopped quickly", parrun.time() - t0 < 10, pcall(spin.get, spin))
+"#,
+        r#"
+let pool = Pool(2);
+let spin = pool.apply_async(|| { loop {} }, []);
+let nap = pool.apply_async(|s| sleep(s), [30]);
+sleep(0.2);
+let t0 = time();
+pool.terminate();
+let failed = false; try { spin.get(); } catch (e) { failed = true; }
+print(`stopped quickly	${time() - t0 < 10.0}	${!failed}`);
+"#,
+        |_, out| {
+            out.assert_success()
+                .assert_stdout_contains("stopped quickly\ttrue\tfalse");
+        },
+    );
+}
