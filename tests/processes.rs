@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{both, both_in_modes, run_code, script, Output, Run, MODES};
+use common::{both, both_in_modes, run_code, script, Run, MODES};
 
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
