@@ -108,9 +108,13 @@ impl Gil {
         debug_assert!(s.locked, "GIL released by a thread that does not hold it");
         s.locked = false;
         s.holder_token = 0;
+        // Tickets handed out but not yet served are threads in line.
+        let waiting = s.next_ticket > s.serving;
         drop(s);
-        // Every waiter must re-check: only the one whose ticket is served proceeds.
-        self.turn.notify_all();
+        if waiting {
+            // Every waiter must re-check: only the one whose ticket is served proceeds.
+            self.turn.notify_all();
+        }
     }
 
     /// Sets the holder's token (for a holder that only learns it after acquiring).

@@ -166,3 +166,8 @@ fn run(cli: Cli) -> Result<i32, Error> {
     }
     runtime.run_file(script)
 }
+
+// Scripts allocate many small values (tables, strings, task results) from several threads at
+// once; mimalloc's per-thread heaps keep them from contending on one allocator lock.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -499,6 +499,8 @@ struct LuaTaskEngine {
     run_chunk: Function,
     host: Arc<Host>,
     functions: Mutex<HashMap<u64, Function>>,
+    /// A finished task's coroutine, for the next task.
+    spare: Mutex<Option<Coroutine>>,
     /// An isolated worker's state, which nothing else keeps alive.
     _state: Option<Lua>,
 }
@@ -517,8 +519,23 @@ impl LuaTaskEngine {
             host: host.clone(),
             run_chunk,
             functions: Mutex::new(HashMap::new()),
+            spare: Mutex::new(None),
             _state: owned,
         }))
+    }
+
+    /// A coroutine running the chunk runner: the one a finished task left, reset, or a new one.
+    /// Reusing it spares a task the coroutine's allocation and its garbage.
+    fn driver(&self, lua: &Lua) -> mlua::Result<Coroutine> {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(co) = spare {
+            co.reset(self.run_chunk.clone())?;
+            return Ok(co);
+        }
+        let co = lua.create_thread(self.run_chunk.clone())?;
+        let drivers: Table = lua.named_registry_value("parrun.drivers")?;
+        drivers.raw_set(&co, true)?;
+        Ok(co)
     }
 
     fn function(&self, spec: &FunctionSpec) -> Result<Function, String> {
@@ -576,8 +593,12 @@ impl TaskEngine for LuaTaskEngine {
         let args = (f, calls, count, single)
             .into_lua_multi(lua)
             .map_err(error_text)?;
-        let out =
-            start_driver(lua, &self.host, self.run_chunk.clone(), args).map_err(error_text)?;
+        let co = self.driver(lua).map_err(error_text)?;
+        let out = drive(lua, &self.host, &co, args);
+        if co.status() == ThreadStatus::Finished {
+            *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = Some(co);
+        }
+        let out = out.map_err(error_text)?;
         let Some(LuaValue::Table(results)) = out.into_iter().next() else {
             return Err("internal error: the chunk runner returned no table".into());
         };
