@@ -698,13 +698,19 @@ let pool = Pool(2);
 for pid in pool.map(|x| getpid(), [1, 2], 1) { print(`pid ${pid}`); }
 pool.map(|x| { sleep(30); x }, [1, 2, 3, 4], 1);
 "#;
-    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+    let runs = MODES
+        .iter()
+        .flat_map(|mode| [("lua", lua), ("rhai", rhai)].map(|(ext, code)| (*mode, ext, code)));
+    for (mode, lang, code) in runs {
         for (signal, status) in [
             (nix::sys::signal::Signal::SIGINT, 130),
             (nix::sys::signal::Signal::SIGTERM, 143),
         ] {
-            let (_dir, path) = script("signals", ext, code);
+            let (_dir, path) = script("signals", lang, code);
+            // Failure messages name the language and mode.
+            let ext = format!("{lang} --mode {mode}");
             let mut child = Command::new(common::parrun_bin())
+                .args(["--mode", mode])
                 .arg(&path)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
