@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Runs parrun's benchmark scripts (Lua and Rhai) beside the same programs in CPython, in
-interleaved rounds so that machine noise hits all of them alike, and prints medians and
-ratios.
+"""Runs parrun's benchmark scripts (Lua and Rhai, in each execution model asked for) beside
+the same programs in CPython, in interleaved rounds so that machine noise hits all of them
+alike, and prints medians, each parrun median's ratio to CPython's, and for timed runs the
+speedup over the same program's serial time.
 
-    python3 bench/compare.py [--runs 5] [--mode fork] [BENCH ...]
+    python3 bench/compare.py [--runs 5] [--modes fork,isolated,gil] [BENCH ...]
 
 BENCH is experiment_a, experiment_b or pool_overhead (default: all). Build first with
 `cargo build --release`.
@@ -22,13 +23,14 @@ TIME = re.compile(r"^(.*) time: ([0-9.]+) s$")
 RATE = re.compile(r"^(.*): \d+ tasks, results (\w+), [0-9.]+ s, ([0-9.]+) tasks/s$")
 
 
-def commands(bench, extra):
+def commands(bench, modes):
     script = os.path.join(ROOT, "scripts", bench)
-    return {
-        "lua": [PARRUN, *extra, script + ".lua"],
-        "rhai": [PARRUN, *extra, script + ".rhai"],
-        "cpython": [sys.executable, os.path.join(ROOT, "bench", "python", bench + ".py")],
-    }
+    cmds = {}
+    for lang in ("lua", "rhai"):
+        for mode in modes:
+            cmds[f"{lang}-{mode}"] = [PARRUN, "--mode", mode, f"{script}.{lang}"]
+    cmds["cpython"] = [sys.executable, os.path.join(ROOT, "bench", "python", bench + ".py")]
+    return cmds
 
 
 def measure(cmd):
@@ -44,26 +46,57 @@ def measure(cmd):
     return found
 
 
+def fmt(x):
+    if x is None:
+        return f"{'-':>14}"
+    return f"{x:>14.3f}" if x < 1000 else f"{x:>14.0f}"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--mode", help="parrun --mode (when supported)")
+    ap.add_argument("--modes", default="fork", help="comma-separated parrun --mode values")
     ap.add_argument("benches", nargs="*", default=BENCHES)
     args = ap.parse_args()
-    extra = ["--mode", args.mode] if args.mode else []
+    modes = args.modes.split(",")
     for bench in args.benches:
-        cmds = commands(bench, extra)
+        cmds = commands(bench, modes)
         samples = {name: [] for name in cmds}
         for _ in range(args.runs):
             for name, cmd in cmds.items():
                 samples[name].append(measure(cmd))
-        print(f"\n## {bench} (medians of {args.runs} runs)")
-        metrics = list(samples["cpython"][0])
-        print(f"{'metric':32} " + " ".join(f"{n:>10}" for n in cmds) + "   lua/cpy  rhai/cpy")
-        for metric in metrics:
-            med = {n: statistics.median(s[metric] for s in samples[n]) for n in cmds}
-            row = " ".join(f"{med[n]:>10.3f}" if med[n] < 1000 else f"{med[n]:>10.0f}" for n in cmds)
-            print(f"{metric:32} {row}   {med['lua'] / med['cpython']:7.2f}  {med['rhai'] / med['cpython']:8.2f}")
+        metrics = []
+        for runs in samples.values():
+            metrics += [m for m in runs[0] if m not in metrics]
+        med = {
+            (n, m): statistics.median(s[m] for s in samples[n]) if m in samples[n][0] else None
+            for n in cmds
+            for m in metrics
+        }
+        print(f"\n## {bench}: medians of {args.runs} runs")
+        print(f"{'metric':28}" + "".join(f"{n:>14}" for n in cmds))
+        for m in metrics:
+            print(f"{m:28}" + "".join(fmt(med[(n, m)]) for n in cmds))
+        print(f"\n## {bench}: ratio to CPython (time: CPython / parrun; rate: parrun / CPython)")
+        for m in metrics:
+            cpy = med[("cpython", m)]
+            if cpy is None:
+                continue
+            row = []
+            for n in cmds:
+                v = med[(n, m)]
+                row.append(None if v is None else (cpy / v if m.endswith("(s)") else v / cpy))
+            print(f"{m:28}" + "".join(fmt(r) for r in row))
+        if any(m.startswith("serial") for m in metrics):
+            print(f"\n## {bench}: speedup over serial (serial time / time)")
+            serial = [m for m in metrics if m.startswith("serial")][0]
+            for m in metrics:
+                if m.endswith("(s)") and m != serial:
+                    row = [
+                        None if med[(n, m)] in (None, 0) else med[(n, serial)] / med[(n, m)]
+                        for n in cmds
+                    ]
+                    print(f"{m:28}" + "".join(fmt(r) for r in row))
 
 
 if __name__ == "__main__":
