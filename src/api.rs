@@ -201,8 +201,9 @@ pub trait Args {
     /// or `None` if absent or nil.
     fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String>;
     /// What runs the tasks of a `mode` pool of `count` workers. For `isolated`, this builds
-    /// an engine per worker from a snapshot of the script's state, now.
-    fn workers(&mut self, mode: Mode, count: usize) -> Result<Workers, String>;
+    /// an engine per worker from a snapshot of the script's state, now; `renewable` engines
+    /// can make fresh ones from that snapshot later (`maxtasksperchild`).
+    fn workers(&mut self, mode: Mode, count: usize, renewable: bool) -> Result<Workers, String>;
     /// Whether argument `i` is a Lua table or a Rhai object map (without converting it).
     fn is_map(&mut self, i: usize) -> bool;
     /// Whether argument `i` is absent or nil (without converting it).
@@ -488,7 +489,8 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
     if options.processes == 0 {
         return Err("processes must be at least 1".into());
     }
-    let workers = args.workers(options.mode, options.processes)?;
+    let renewable = options.maxtasksperchild.is_some();
+    let workers = args.workers(options.mode, options.processes, renewable)?;
     let host = host.clone();
     Ok(Outcome::Fork(Box::new(move || {
         let pool = Pool::start(&host, workers, options)?;

@@ -115,6 +115,12 @@ pub trait TaskEngine: Send + Sync {
 
     /// The lock this engine's code runs under: the script's GIL, or an isolated engine's own.
     fn gil(&self) -> Arc<crate::gil::Gil>;
+
+    /// A fresh engine from the snapshot this one started from, for a worker that has run
+    /// `maxtasksperchild` tasks; `None` for an engine that is not renewed (the script's own).
+    fn renewed(&self) -> Option<Result<Arc<dyn TaskEngine>, String>> {
+        None
+    }
 }
 
 /// What runs a pool's tasks.
@@ -451,7 +457,7 @@ pub struct Pool {
 
 /// A worker thread as the watchdog sees it: what it runs under, and how to stop its task.
 struct ThreadSlot {
-    gil: Arc<crate::gil::Gil>,
+    gil: Mutex<Arc<crate::gil::Gil>>,
     cancel: Arc<Cancel>,
     /// When the running task started; `None` between tasks.
     running_since: Mutex<Option<Instant>>,
@@ -537,7 +543,7 @@ impl Pool {
     fn start_threads(self: &Arc<Self>, engines: Vec<Arc<dyn TaskEngine>>) -> Result<(), String> {
         for engine in engines {
             let slot = Arc::new(ThreadSlot {
-                gil: engine.gil(),
+                gil: Mutex::new(engine.gil()),
                 cancel: Arc::default(),
                 running_since: Mutex::new(None),
             });
@@ -595,7 +601,10 @@ impl Pool {
                 };
                 // Under the slot's lock, so the request cannot outlive the task it is for.
                 slot.cancel.request(reason);
-                slot.gil.interrupt();
+                slot.gil
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .interrupt();
                 next = earlier(next, Some(now + CANCEL_RETRY));
             }
             s = self.shared();
@@ -644,10 +653,10 @@ impl Pool {
     }
 
     /// A worker thread: runs the initializer, then takes tasks until the pool closes.
-    fn work(self: Arc<Self>, engine: Arc<dyn TaskEngine>, slot: Arc<ThreadSlot>) {
+    fn work(self: Arc<Self>, mut engine: Arc<dyn TaskEngine>, slot: Arc<ThreadSlot>) {
         crate::cancel::install(Some(slot.cancel.clone()));
-        let gil = engine.gil();
-        let run = |function: &FunctionSpec, calls: Calls| {
+        let run = |engine: &Arc<dyn TaskEngine>, function: &FunctionSpec, calls: Calls| {
+            let gil = engine.gil();
             gil.acquire(0);
             let outcome = catch_unwind(AssertUnwindSafe(|| engine.call_many(function, calls)));
             gil.release();
@@ -658,11 +667,15 @@ impl Pool {
                 ))
             })
         };
-        if let Some((f, args)) = &self.options.initializer {
-            if let Err(reason) = run(f, Calls::Lists(vec![args.clone()])) {
-                self.break_pool(&format!("the pool's initializer failed: {reason}"));
+        let initialize = |engine: &Arc<dyn TaskEngine>| {
+            if let Some((f, args)) = &self.options.initializer {
+                if let Err(reason) = run(engine, f, Calls::Lists(vec![args.clone()])) {
+                    self.break_pool(&format!("the pool's initializer failed: {reason}"));
+                }
             }
-        }
+        };
+        initialize(&engine);
+        let mut done = 0;
         while let Some(task) = self.next_task() {
             let Task {
                 job,
@@ -677,7 +690,7 @@ impl Pool {
                 // Tell the watchdog about the new deadline.
                 self.shared_changed.notify_all();
             }
-            let result = run(&function, calls);
+            let result = run(&engine, &function, calls);
             {
                 let mut running = slot.running_since();
                 *running = None;
@@ -686,6 +699,21 @@ impl Pool {
             // A terminated pool has failed the job already.
             if self.is_running() && job.complete(first, result, n) {
                 self.finish_job(&job);
+            }
+            done += 1;
+            if self.options.maxtasksperchild.is_some_and(|m| done >= m) {
+                // As a forked worker is replaced by a fresh fork: a fresh engine from the
+                // snapshot taken when the pool was created.
+                done = 0;
+                match engine.renewed() {
+                    Some(Ok(fresh)) => {
+                        engine = fresh;
+                        *slot.gil.lock().unwrap_or_else(|e| e.into_inner()) = engine.gil();
+                        initialize(&engine);
+                    }
+                    Some(Err(e)) => self.break_pool(&format!("cannot renew a worker: {e}")),
+                    None => {}
+                }
             }
         }
         crate::cancel::install(None);

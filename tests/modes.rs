@@ -286,3 +286,25 @@ print(`stopped quickly	${time() - t0 < 10.0}	${!failed}`);
         },
     );
 }
+
+/// `maxtasksperchild` gives a worker a fresh start from the pool's snapshot after that many
+/// tasks: a new fork, or a new isolated engine (the initializer runs again in it). In the gil
+/// model the state is the script's own, so nothing starts afresh.
+#[test]
+fn maxtasksperchild_renews_workers_from_the_snapshot() {
+    let lua = r#"
+COUNT = 0
+local pool = parrun.Pool(1, {maxtasksperchild = 2, initializer = function() COUNT = COUNT + 10 end})
+print(table.concat(pool:map(function() COUNT = COUNT + 1 return COUNT end, {1, 2, 3, 4, 5, 6}, 1), " "))
+pool:close() pool:join()
+"#;
+    for mode in MODES {
+        let out = common::run_code(&["--mode", mode], "renew", "lua", lua);
+        out.assert_success();
+        let expected = match mode {
+            "gil" => "11 12 13 14 15 16\n",
+            _ => "11 12 11 12 11 12\n",
+        };
+        assert_eq!(out.stdout, expected, "{}", out.describe());
+    }
+}

@@ -428,21 +428,25 @@ impl Args for LuaArgs<'_> {
         self.get(i).is_nil()
     }
 
-    fn workers(&mut self, mode: Mode, count: usize) -> Result<Workers, String> {
+    fn workers(&mut self, mode: Mode, count: usize, renewable: bool) -> Result<Workers, String> {
         Ok(match mode {
-            Mode::Fork => Workers::Forked(LuaTaskEngine::for_state(self.lua, self.host, None)?),
-            Mode::Gil => Workers::Threads(vec![
-                LuaTaskEngine::for_state(self.lua, self.host, None)?;
-                count
-            ]),
-            Mode::Isolated => Workers::Threads(
-                (0..count)
-                    .map(|_| {
+            Mode::Fork => Workers::Forked(LuaTaskEngine::here(self.lua, self.host)?),
+            Mode::Gil => Workers::Threads(vec![LuaTaskEngine::here(self.lua, self.host)?; count]),
+            Mode::Isolated => {
+                // A renewable pool keeps one untouched copy to build replacements from.
+                let template = match renewable {
+                    true => {
                         let (state, host, _) = isolated_state(self.lua, self.host, Vec::new())?;
-                        LuaTaskEngine::for_state(&state, &host, Some(state.clone()))
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
+                        Some(Arc::new(Template { state, host }))
+                    }
+                    false => None,
+                };
+                Workers::Threads(
+                    (0..count)
+                        .map(|_| LuaTaskEngine::isolated(self.lua, self.host, template.clone()))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
         })
     }
 }
@@ -503,13 +507,38 @@ struct LuaTaskEngine {
     spare: Mutex<Option<Coroutine>>,
     /// An isolated worker's state, which nothing else keeps alive.
     _state: Option<Lua>,
+    /// What a renewable isolated engine's replacement is copied from.
+    template: Option<Arc<Template>>,
+}
+
+/// An untouched copy of the script's state as of pool creation, from which a renewable
+/// isolated pool builds its replacement engines.
+struct Template {
+    state: Lua,
+    host: Arc<Host>,
 }
 
 impl LuaTaskEngine {
+    /// Runs tasks in the script's own state (fork, gil).
+    fn here(lua: &Lua, host: &Arc<Host>) -> Result<Arc<dyn TaskEngine>, String> {
+        Self::for_state(lua, host, None, None)
+    }
+
+    /// Runs tasks in a state of its own, a copy of `source`'s script state as of now.
+    fn isolated(
+        source: &Lua,
+        host: &Host,
+        template: Option<Arc<Template>>,
+    ) -> Result<Arc<dyn TaskEngine>, String> {
+        let (state, host, _) = isolated_state(source, host, Vec::new())?;
+        Self::for_state(&state, &host, Some(state.clone()), template)
+    }
+
     fn for_state(
         lua: &Lua,
         host: &Arc<Host>,
         owned: Option<Lua>,
+        template: Option<Arc<Template>>,
     ) -> Result<Arc<dyn TaskEngine>, String> {
         let run_chunk = lua
             .named_registry_value("parrun.run_chunk")
@@ -521,6 +550,7 @@ impl LuaTaskEngine {
             functions: Mutex::new(HashMap::new()),
             spare: Mutex::new(None),
             _state: owned,
+            template,
         }))
     }
 
@@ -559,6 +589,16 @@ impl LuaTaskEngine {
 impl TaskEngine for LuaTaskEngine {
     fn gil(&self) -> Arc<Gil> {
         self.host.gil.clone()
+    }
+
+    fn renewed(&self) -> Option<Result<Arc<dyn TaskEngine>, String>> {
+        let template = self.template.as_ref()?;
+        // The template is only read; its own lock keeps two workers renewing at once apart.
+        Some(LuaTaskEngine::isolated(
+            &template.state,
+            &template.host,
+            Some(template.clone()),
+        ))
     }
 
     /// The whole chunk runs in one coroutine, by the prelude's `run_chunk`: one resume per
