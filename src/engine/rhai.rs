@@ -30,6 +30,8 @@ struct Shared {
     script_name: String,
     /// Where `import` looks for modules.
     script_dir: Option<std::path::PathBuf>,
+    /// The script's code, which an isolated engine compiles for itself.
+    code: Arc<str>,
     /// The status `exit(n)` asked for in the main script thread (Rhai itself discards it).
     exit_status: std::sync::Mutex<Option<i32>>,
     main_thread: std::thread::ThreadId,
@@ -53,6 +55,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         ast: OnceLock::new(),
         script_name: script.name.clone(),
         script_dir: script.dir.clone(),
+        code: script.code_without_shebang().into(),
         exit_status: std::sync::Mutex::new(None),
         main_thread: std::thread::current().id(),
     });
@@ -590,23 +593,28 @@ impl Args for RhaiArgs<'_, '_> {
         i >= self.len() || self.get(i).is_unit()
     }
 
-    fn workers(&mut self, mode: Mode, count: usize) -> Result<Workers, String> {
+    fn workers(&mut self, mode: Mode, count: usize, renewable: bool) -> Result<Workers, String> {
         let here = || -> Arc<dyn TaskEngine> {
             Arc::new(RhaiTaskEngine {
                 shared: self.shared.clone(),
                 constants: self.constants.clone(),
                 functions: Default::default(),
                 _engine: None,
+                snapshot: None,
             })
         };
         Ok(match mode {
             Mode::Fork => Workers::Forked(here()),
             Mode::Gil => Workers::Threads(vec![here(); count]),
-            Mode::Isolated => Workers::Threads(
-                (0..count)
-                    .map(|_| isolated_engine(self.shared, &self.constants))
-                    .collect::<Result<_, _>>()?,
-            ),
+            Mode::Isolated => {
+                // The script's state as of now: its AST (immutable) and a copy of its constants.
+                let snapshot = Arc::new((self.shared.clone(), copied_constants(&self.constants)));
+                Workers::Threads(
+                    (0..count)
+                        .map(|_| isolated_engine(&snapshot, renewable))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
         })
     }
 }
@@ -621,17 +629,22 @@ fn hash(bytes: &[u8]) -> u64 {
 /// An engine of its own for an isolated worker or process: the script's AST, and a host (and
 /// GIL) of its own.
 fn isolated_shared(parent: &Arc<Shared>) -> Result<(Arc<Shared>, Arc<Engine>), String> {
-    let (_, ast) = parent.engine_and_ast()?;
     let shared = Arc::new(Shared {
         host: parent.host.isolated(),
         engine: OnceLock::new(),
         ast: OnceLock::new(),
         script_name: parent.script_name.clone(),
         script_dir: parent.script_dir.clone(),
+        code: parent.code.clone(),
         exit_status: std::sync::Mutex::new(None),
         main_thread: std::thread::current().id(),
     });
     let mut engine = build_engine(&shared);
+    // An AST of its own rather than the script's: engines on two cores sharing one AST would
+    // update the same reference counts on every call, and that costs more than the compile.
+    let mut ast = engine.compile(&*parent.code).map_err(|e| e.to_string())?;
+    ast.set_source(parent.script_name.clone());
+    let ast = Arc::new(ast);
     if has_closures(&ast) {
         resolve_shared_objects(&mut engine);
     }
@@ -672,17 +685,21 @@ fn detached(value: &Dynamic) -> Dynamic {
     }
 }
 
-/// A pool worker's engine of its own, with the script's constants as of now.
-fn isolated_engine(
-    parent: &Arc<Shared>,
-    constants: &Option<Constants>,
-) -> Result<Arc<dyn TaskEngine>, String> {
+/// What an isolated pool's engines are built from: the script's `Shared` (for its AST) and its
+/// constants as of pool creation.
+type Snapshot = Arc<(Arc<Shared>, Option<Constants>)>;
+
+/// A pool worker's engine of its own, from `snapshot`; a `renewable` one keeps the snapshot to
+/// build its replacement.
+fn isolated_engine(snapshot: &Snapshot, renewable: bool) -> Result<Arc<dyn TaskEngine>, String> {
+    let (parent, constants) = &**snapshot;
     let (shared, engine) = isolated_shared(parent)?;
     Ok(Arc::new(RhaiTaskEngine {
         shared,
         constants: copied_constants(constants),
         functions: Default::default(),
         _engine: Some(engine),
+        snapshot: renewable.then(|| snapshot.clone()),
     }))
 }
 
@@ -700,6 +717,8 @@ struct RhaiTaskEngine {
     functions: std::sync::Mutex<std::collections::HashMap<u64, FnPtr>>,
     /// An isolated worker's engine, which nothing else keeps alive.
     _engine: Option<Arc<Engine>>,
+    /// What a renewable isolated engine's replacement is built from.
+    snapshot: Option<Snapshot>,
 }
 
 /// Rebuilds a function pointer in the worker. A closure's function is anonymous (`anon$...`,
@@ -720,6 +739,11 @@ fn decode_function(ast: &AST, code: &[u8]) -> Result<FnPtr, String> {
 impl TaskEngine for RhaiTaskEngine {
     fn gil(&self) -> Arc<crate::gil::Gil> {
         self.shared.host.gil.clone()
+    }
+
+    fn renewed(&self) -> Option<Result<Arc<dyn TaskEngine>, String>> {
+        let snapshot = self.snapshot.as_ref()?;
+        Some(isolated_engine(snapshot, true))
     }
 
     fn call_many(&self, spec: &FunctionSpec, calls: Calls) -> Result<Vec<Value>, String> {
