@@ -3,7 +3,9 @@
 //! Run Lua and Rhai scripts with the parallelism toolkit of Python's `threading` and
 //! `multiprocessing`: `Thread`, `Process`, `Queue`, `Lock`, `Pool`, `sleep`, `time`, ... in
 //! both languages, with one API. Threads share one engine under a global interpreter lock, as
-//! in CPython; processes and pool workers are forks of the running script.
+//! in CPython. Processes and pool workers run in the execution model [`Runtime::mode`] picks
+//! ([`Mode`]): forks of the running script (the default), isolated engines on threads built from
+//! a snapshot of the script, or threads under the GIL.
 //!
 //! ## How to use
 //!
@@ -38,7 +40,8 @@
 //! - `engine`: the Lua (mlua, vendored Lua 5.4) and Rhai adapters of that description.
 //! - [`gil`]: the global interpreter lock of the `gil` model.
 //! - [`thread`], [`sync`]: script threads, `Queue` and `Lock`.
-//! - [`process`], [`pool`]: forked processes and process pools.
+//! - [`process`], [`pool`]: processes and pools, forked or on threads; `cancel`: how a
+//!   thread's task is stopped.
 //! - `fork`, `link`: forking safely from a threaded process; how children reach the parent's
 //!   queues and locks.
 //! - [`codec`]: frames on pipes (MessagePack).
