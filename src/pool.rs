@@ -146,7 +146,8 @@ pub struct PoolOptions {
     pub processes: usize,
     pub initializer: Option<(Arc<FunctionSpec>, Vec<Value>)>,
     pub maxtasksperchild: Option<usize>,
-    /// A task running longer is stopped: its worker is killed and replaced, the task fails.
+    /// A task running longer fails: a forked worker is killed and replaced, a thread's task
+    /// is cancelled.
     pub task_timeout: Option<Duration>,
     /// What the pool's workers are, as `mode()` reports it.
     pub mode: crate::Mode,
@@ -447,7 +448,8 @@ pub struct Pool {
     options: PoolOptions,
     shared: Mutex<Shared>,
     shared_changed: Condvar,
-    wake_tx: File,
+    /// Wakes the supervisor of forked workers from its `poll`.
+    wake_tx: Option<File>,
     callbacks_tx: Sender<(Arc<Job>, Result<Value, String>)>,
     /// The supervisor (forked workers) or the watchdog (worker threads).
     supervisor: Mutex<Option<JoinHandle<()>>>,
@@ -503,8 +505,14 @@ impl Pool {
             Workers::Forked(engine) => (Some(engine), Vec::new()),
             Workers::Threads(engines) => (None, engines),
         };
-        let (wake_rx, wake_tx) = pipe()?;
-        set_nonblocking(wake_rx.as_raw_fd())?;
+        let (wake_rx, wake_tx) = match forked {
+            Some(_) => {
+                let (rx, tx) = pipe()?;
+                set_nonblocking(rx.as_raw_fd())?;
+                (Some(rx), Some(File::from(tx)))
+            }
+            None => (None, None),
+        };
         let (callbacks_tx, callbacks_rx) = unbounded();
         let pool = Arc::new(Pool {
             host: host.clone(),
@@ -520,7 +528,7 @@ impl Pool {
                 live_threads: threads.len(),
             }),
             shared_changed: Condvar::new(),
-            wake_tx: File::from(wake_tx),
+            wake_tx,
             callbacks_tx,
             supervisor: Mutex::new(None),
             slots: Mutex::new(Vec::new()),
@@ -530,10 +538,9 @@ impl Pool {
             .name("parrun-pool-callbacks".into())
             .spawn(move || run_callbacks(callback_host, callbacks_rx))
             .map_err(|e| format!("cannot start the callback thread: {e}"))?;
-        if pool.forked.is_none() {
-            pool.start_threads(threads)?;
-        } else {
-            pool.start_supervisor(wake_rx)?;
+        match wake_rx {
+            Some(wake_rx) => pool.start_supervisor(wake_rx)?,
+            None => pool.start_threads(threads)?,
         }
         host.register_pool(&pool);
         Ok(pool)
@@ -758,10 +765,11 @@ impl Pool {
 
     /// Tells the supervisor or the worker threads that there is news (work, a state change).
     fn wake(&self) {
-        if self.forked.is_some() {
-            let _ = (&self.wake_tx).write(&[1]);
-        } else {
-            self.shared_changed.notify_all();
+        match &self.wake_tx {
+            Some(pipe) => {
+                let _ = (&*pipe).write(&[1]);
+            }
+            None => self.shared_changed.notify_all(),
         }
     }
 

@@ -2,9 +2,9 @@
 //! each thread with its own scope; the GIL is checked in `on_progress`.
 //!
 //! An isolated worker gets an `Engine` of its own, built by the same [`build_engine`] around
-//! its own host (its own GIL), and shares the script's compiled `AST` (immutable, and every
-//! script function is in it) and a copy of its `global::` constants: that is a Rhai script's
-//! whole state, since Rhai functions see no other variables.
+//! its own host (its own GIL), its own compile of the script (every script function is in
+//! it) and a copy of the script's `global::` constants: that is a Rhai script's whole state,
+//! since Rhai functions see no other variables.
 
 use std::any::TypeId;
 use std::collections::BTreeMap;
@@ -607,7 +607,7 @@ impl Args for RhaiArgs<'_, '_> {
             Mode::Fork => Workers::Forked(here()),
             Mode::Gil => Workers::Threads(vec![here(); count]),
             Mode::Isolated => {
-                // The script's state as of now: its AST (immutable) and a copy of its constants.
+                // The script's state as of now: its code (never changes) and its constants.
                 let snapshot = Arc::new((self.shared.clone(), copied_constants(&self.constants)));
                 Workers::Threads(
                     (0..count)
@@ -626,8 +626,8 @@ fn hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// An engine of its own for an isolated worker or process: the script's AST, and a host (and
-/// GIL) of its own.
+/// An engine of its own for an isolated worker or process: its own compile of the script, and a
+/// host (and GIL) of its own.
 fn isolated_shared(parent: &Arc<Shared>) -> Result<(Arc<Shared>, Arc<Engine>), String> {
     let shared = Arc::new(Shared {
         host: parent.host.isolated(),
@@ -685,8 +685,8 @@ fn detached(value: &Dynamic) -> Dynamic {
     }
 }
 
-/// What an isolated pool's engines are built from: the script's `Shared` (for its AST) and its
-/// constants as of pool creation.
+/// What an isolated pool's engines are built from: the script's `Shared` (for its code and
+/// settings) and its constants as of pool creation.
 type Snapshot = Arc<(Arc<Shared>, Option<Constants>)>;
 
 /// A pool worker's engine of its own, from `snapshot`; a `renewable` one keeps the snapshot to
