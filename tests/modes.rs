@@ -308,3 +308,36 @@ pool:close() pool:join()
         assert_eq!(out.stdout, expected, "{}", out.describe());
     }
 }
+
+/// A worker reaches the script's `Queue` through a global as well as through an argument, in
+/// every mode; a structure nested far deeper than the value limit (a linked list) still
+/// reaches an isolated worker, because the snapshot copies without recursion.
+#[test]
+fn workers_see_global_queues_and_deep_structures() {
+    let lua = r#"
+Q = parrun.Queue()
+LIST = nil
+for i = 1, 200000 do LIST = { next = LIST } end
+local pool = parrun.Pool(2)
+local lengths = pool:map(function(x)
+  Q:put(x)
+  local n, node = 0, LIST
+  while node do n, node = n + 1, node.next end
+  return n
+end, {1, 2, 3}, 1)
+local sum = 0
+for _ = 1, 3 do sum = sum + Q:get(10) end
+print(sum, table.concat(lengths, " "))
+pool:close() pool:join()
+"#;
+    for mode in MODES {
+        let out = common::run_code(&["--mode", mode], "globalq", "lua", lua);
+        out.assert_success();
+        assert_eq!(
+            out.stdout,
+            "6\t200000 200000 200000\n",
+            "{}",
+            out.describe()
+        );
+    }
+}
