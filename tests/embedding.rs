@@ -103,3 +103,35 @@ if pool.apply(|x| x + 1, [1]) != 2 { throw "pool broken"; }
         0
     );
 }
+
+/// `Runtime::mode` picks what pools and processes run on; the script sees it in `mode()`, and
+/// an isolated pool's workers compute in engines of their own.
+#[test]
+fn the_mode_set_on_the_runtime_reaches_the_script() {
+    within_a_minute(|| {
+        for mode in [
+            parrun::Mode::Gil,
+            parrun::Mode::Fork,
+            parrun::Mode::Isolated,
+        ] {
+            let runtime = Runtime::new().mode(mode);
+            let lua = format!(
+                "assert(parrun.mode() == '{mode}')\n\
+                 local p = parrun.Pool(2)\n\
+                 assert(p:map(function(x) return x * x end, {{1, 2, 3}})[3] == 9)\n\
+                 p:close() p:join()"
+            );
+            assert_eq!(runtime.run_source(Language::Lua, "m.lua", &lua).unwrap(), 0);
+            let rhai = format!(
+                "if mode() != \"{mode}\" {{ throw \"wrong mode\"; }}\n\
+                 let p = Pool(2);\n\
+                 if p.map(|x| x * x, [1, 2, 3])[2] != 9 {{ throw \"wrong result\"; }}\n\
+                 p.close(); p.join();"
+            );
+            assert_eq!(
+                runtime.run_source(Language::Rhai, "m.rhai", &rhai).unwrap(),
+                0
+            );
+        }
+    });
+}
