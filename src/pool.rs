@@ -669,7 +669,7 @@ impl Pool {
             gil.release();
             outcome.unwrap_or_else(|panic| {
                 Err(format!(
-                    "a pool worker thread failed inside parrun (a host panic): {}",
+                    "a pool worker thread failed inside parrun (a host panic: {})",
                     crate::thread::panic_text(&*panic)
                 ))
             })

@@ -3,7 +3,15 @@
 
 mod common;
 
-use common::{both, run_code, Output, Run, TempDir};
+use common::{both, both_in_modes, run_code, Output, Run, TempDir, MODES};
+
+/// (mode, language, code) for each mode and language.
+fn in_every_mode<'a>(lua: &'a str, rhai: &'a str) -> Vec<(&'static str, &'static str, &'a str)> {
+    MODES
+        .iter()
+        .flat_map(|mode| [(*mode, "lua", lua), (*mode, "rhai", rhai)])
+        .collect()
+}
 
 fn run_script(name: &str, ext: &str, code: &str) -> Output {
     run_code(&[], name, ext, code)
@@ -43,7 +51,8 @@ print(`${back.len()} ${back.sub_string(0, 3)}`);
 
 #[test]
 fn a_table_nested_10000_deep_fails_with_a_clear_error() {
-    both(
+    both_in_modes(
+        &MODES,
         "deepvalue",
         r#"
 local pool = parrun.Pool(1)
@@ -71,7 +80,7 @@ err = ""; try { q.put(t); } catch (e) { err = e; }
 print(`false	${err}`);
 print(`still fine	${pool.apply(|x| x, [[[[1]]]])[0][0][0]}`);
 "#,
-        |out| {
+        |_, out| {
             out.assert_success().assert_stdout_contains("still fine\t1");
             let lines = out.stdout_lines();
             for l in &lines[..3] {
@@ -272,20 +281,27 @@ print(pcall(pool.apply, pool, function() local t = {} for i = 1, 1e8 do t[i] = i
 print("after", pool:apply(function(x) return x + 1 end, {1}))
 print(pcall(string.rep, "x", 200 * 1024 * 1024))
 "#;
-    let out = run_code(&["--max-memory", "64M"], "memory", "lua", lua);
-    out.assert_success();
-    let lines = out.stdout_lines();
-    assert!(
-        lines[0].starts_with("false") && lines[0].contains("not enough memory"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(lines[1], "after\t2", "{}", out.describe());
-    assert!(
-        lines[2].starts_with("false") && lines[2].contains("not enough memory"),
-        "{}",
-        out.describe()
-    );
+    for mode in MODES {
+        let out = run_code(
+            &["--max-memory", "64M", "--mode", mode],
+            "memory",
+            "lua",
+            lua,
+        );
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert!(
+            lines[0].starts_with("false") && lines[0].contains("not enough memory"),
+            "{}",
+            out.describe()
+        );
+        assert_eq!(lines[1], "after\t2", "{}", out.describe());
+        assert!(
+            lines[2].starts_with("false") && lines[2].contains("not enough memory"),
+            "{}",
+            out.describe()
+        );
+    }
 
     let rhai = r#"
 let pool = Pool(1);
@@ -293,10 +309,17 @@ let e = ""; try { pool.apply(|| { let a = [0]; loop { a += a; } }, []); } catch 
 print(e);
 print(`after ${pool.apply(|x| x + 1, [1])}`);
 "#;
-    let out = run_code(&["--max-memory", "64M"], "memory", "rhai", rhai);
-    out.assert_success()
-        .assert_stdout_contains("too large")
-        .assert_stdout_contains("after 2");
+    for mode in MODES {
+        let out = run_code(
+            &["--max-memory", "64M", "--mode", mode],
+            "memory",
+            "rhai",
+            rhai,
+        );
+        out.assert_success()
+            .assert_stdout_contains("too large")
+            .assert_stdout_contains("after 2");
+    }
 }
 
 /// A script's own coroutines yield their own values while another thread keeps asking for the
@@ -341,9 +364,9 @@ let t = Thread(|| { loop {} }, []); t.start(); t.join();
 print("main goes on");
 loop {}
 "#;
-    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+    for (mode, ext, code) in in_every_mode(lua, rhai) {
         let out = run_code(
-            &["--max-instructions", "2000000"],
+            &["--max-instructions", "2000000", "--mode", mode],
             "instructions",
             ext,
             code,
@@ -389,8 +412,13 @@ print(`false	${e}`);
 print(`after	${pool.apply(f, [10])}`);
 print(f(500));
 "#;
-    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
-        let out = run_code(&["--max-call-depth", "100"], "depth", ext, code);
+    for (mode, ext, code) in in_every_mode(lua, rhai) {
+        let out = run_code(
+            &["--max-call-depth", "100", "--mode", mode],
+            "depth",
+            ext,
+            code,
+        );
         out.assert_code(1).assert_stdout_contains("after\t10");
         let lines = out.stdout_lines();
         assert_eq!(lines[0], "50", "{}", out.describe());
@@ -486,4 +514,38 @@ print(`after	${pool.apply(|x| x + 1, [1])}`);
     );
     out.assert_success()
         .assert_stdout_contains("fault injection is off");
+}
+
+/// In the thread-backed models a host panic fails only its task and the worker goes on; an
+/// abort would end the whole run (one process), so only the panic is injected there.
+#[test]
+fn a_host_panic_in_a_worker_thread_fails_only_its_task() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+print(pcall(pool.apply, pool, function() parrun._test_fault("panic") end, {}))
+print("after", pool:apply(function(x) return x + 1 end, {1}))
+"#;
+    let rhai = r#"
+let pool = Pool(1);
+let e = ""; try { pool.apply(|| _test_fault("panic"), []); } catch (x) { e = x; } print(`false	${e}`);
+print(`after	${pool.apply(|x| x + 1, [1])}`);
+"#;
+    for (mode, ext, code) in in_every_mode(lua, rhai) {
+        if mode == "fork" {
+            continue;
+        }
+        let dir = TempDir::new("threadpanic");
+        let path = dir.write(&format!("threadpanic.{ext}"), code);
+        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
+            .env("PARRUN_TEST_FAULTS", "1")
+            .env("RUST_BACKTRACE", "0")
+            .output();
+        out.assert_success().assert_stdout_contains("after\t2");
+        let first = out.stdout_lines()[0].to_owned();
+        assert!(
+            first.starts_with("false") && first.contains("host panic: injected host panic"),
+            "{}",
+            out.describe()
+        );
+    }
 }
