@@ -51,8 +51,7 @@ pub(super) fn install(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
-struct Encoder<'a> {
-    lua: &'a Lua,
+struct Encoder {
     globals: Table,
     getupvalue: Function,
     defs: Vec<FunctionDef>,
@@ -62,7 +61,6 @@ struct Encoder<'a> {
 /// Encodes `f` for a worker.
 pub(super) fn encode(lua: &Lua, f: &Function) -> Result<Vec<u8>, String> {
     let mut enc = Encoder {
-        lua,
         globals: lua.globals(),
         getupvalue: lua
             .named_registry_value("parrun.getupvalue")
@@ -86,7 +84,7 @@ pub(super) fn encode(lua: &Lua, f: &Function) -> Result<Vec<u8>, String> {
     rmp_serde::to_vec(&wire).map_err(|e| e.to_string())
 }
 
-impl Encoder<'_> {
+impl Encoder {
     fn function(&mut self, f: &Function) -> Result<u32, String> {
         let key = f.to_pointer() as usize;
         if let Some(&i) = self.index.get(&key) {
@@ -128,14 +126,10 @@ impl Encoder<'_> {
             }
             LuaValue::Table(_) => match self.path_of(&value) {
                 Some(path) => Ok(Upvalue::Path(path)),
-                None => to_value(self.lua, value)
-                    .map(Upvalue::Data)
-                    .map_err(|e| cannot(&e)),
+                None => to_value(value).map(Upvalue::Data).map_err(|e| cannot(&e)),
             },
             LuaValue::Thread(_) => Err(cannot("a coroutine")),
-            _ => to_value(self.lua, value)
-                .map(Upvalue::Data)
-                .map_err(|e| cannot(&e)),
+            _ => to_value(value).map(Upvalue::Data).map_err(|e| cannot(&e)),
         }
     }
 
