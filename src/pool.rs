@@ -583,11 +583,13 @@ impl Pool {
 
     /// The watchdog of worker threads: cancels a task past the task timeout, and every running
     /// task once the pool is terminated. Ends when the workers have.
+    ///
+    /// It holds the pool's lock from its scan of the workers until it waits, and a worker
+    /// announces a new task under that lock, so the news cannot fall between the two.
     fn watch(self: Arc<Self>) {
         let mut s = self.shared();
         while !s.supervisor_done {
             let stopping = matches!(s.status, Status::Terminated | Status::Broken);
-            drop(s);
             let now = Instant::now();
             let mut next: Option<Instant> = None;
             let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -613,10 +615,6 @@ impl Pool {
                     .unwrap_or_else(|e| e.into_inner())
                     .interrupt();
                 next = earlier(next, Some(now + CANCEL_RETRY));
-            }
-            s = self.shared();
-            if s.supervisor_done {
-                break;
             }
             s = match next {
                 None => self
@@ -694,7 +692,8 @@ impl Pool {
             let n = calls.len();
             *slot.running_since() = Some(Instant::now());
             if self.options.task_timeout.is_some() {
-                // Tell the watchdog about the new deadline.
+                // Tell the watchdog about the new deadline, under the lock it waits with.
+                let _pool = self.shared();
                 self.shared_changed.notify_all();
             }
             let result = run(&engine, &function, calls);
