@@ -27,8 +27,12 @@ pub struct Cancel {
 impl Cancel {
     /// Asks the task the worker is running to stop with `reason` as its error.
     pub fn request(&self, reason: String) {
-        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+        let mut why = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        *why = reason;
+        // Set under the lock a sleeper checks it with, so the wake-up cannot come between its
+        // check and its wait.
         self.requested.store(true, Ordering::Release);
+        drop(why);
         self.woken.notify_all();
     }
 
