@@ -8,7 +8,9 @@
 //! sees). Nothing is checked on the hot path that was not checked before.
 //!
 //! A task asleep (`sleep`) wakes up at once with the error; one blocked in another wait
-//! (`Queue.get`, `Lock.acquire`) is stopped when that wait returns.
+//! (`Queue.get`, `Lock.acquire`, `join`) looks for a cancellation every [`POLL`] and gives up
+//! its wait; the engine adapters then end the task with the reason as soon as any wait
+//! returns.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +66,15 @@ pub fn install(cancel: Option<Arc<Cancel>>) {
 pub fn requested() -> Option<String> {
     CURRENT.with(|c| c.borrow().as_ref().and_then(|c| c.reason()))
 }
+
+/// Whether this thread runs tasks that can be cancelled (a pool's worker thread).
+pub fn installed() -> bool {
+    CURRENT.with(|c| c.borrow().is_some())
+}
+
+/// How often a cancellable thread's waits (`Queue.get`, `Lock.acquire`, `join`) look for a
+/// cancellation.
+pub const POLL: Duration = Duration::from_millis(20);
 
 /// Sleeps for `duration`, or until the task on this thread is cancelled: then the reason.
 pub fn sleep(duration: Duration) -> Result<(), String> {

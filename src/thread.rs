@@ -117,10 +117,29 @@ impl ScriptThread {
 /// back, or `None` if the time ran out first.
 pub(crate) fn wait_while<'a, T>(
     changed: &Condvar,
-    guard: std::sync::MutexGuard<'a, T>,
+    mut guard: std::sync::MutexGuard<'a, T>,
     timeout: Option<Duration>,
     mut busy: impl FnMut(&mut T) -> bool,
 ) -> Option<std::sync::MutexGuard<'a, T>> {
+    if crate::cancel::installed() {
+        // A pool's worker thread: wait in slices, and give up once its task is cancelled.
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            if !busy(&mut guard) {
+                return Some(guard);
+            }
+            let now = std::time::Instant::now();
+            if crate::cancel::requested().is_some() || deadline.is_some_and(|d| now >= d) {
+                return None;
+            }
+            let slice =
+                deadline.map_or(crate::cancel::POLL, |d| (d - now).min(crate::cancel::POLL));
+            guard = changed
+                .wait_timeout(guard, slice)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
     match timeout {
         None => Some(
             changed

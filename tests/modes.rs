@@ -254,26 +254,32 @@ print(`terminate	${killed}	${found}	${slow.exitcode}`);
     );
 }
 
-/// `terminate` stops tasks that loop or sleep in every model (a thread's task is cancelled at
-/// its next instruction, and its sleep wakes), and `get` then fails at once.
+/// `terminate` stops tasks that loop, sleep or wait on a queue in every model (a thread's task
+/// is cancelled at its next instruction, its sleep wakes, its wait gives up), and `get` then
+/// fails at once.
 #[test]
 fn terminate_stops_running_tasks_in_every_mode() {
     common::both_in_modes(
         &MODES,
         "terminate",
         r#"
-local pool = parrun.Pool(2)
+NEVER = parrun.Queue()
+local pool = parrun.Pool(3)
 local spin = pool:apply_async(function() while true do end end)
 local nap = pool:apply_async(parrun.sleep, {30})
+local stuck = pool:apply_async(function() return NEVER:get() end)
 parrun.sleep(0.2)
 local t0 = parrun.time()
 pool:terminate()
 print("stopped quickly", parrun.time() - t0 < 10, pcall(spin.get, spin))
 "#,
         r#"
-let pool = Pool(2);
+const NEVER = Queue();
+fn wait_for_ever() { global::NEVER.get() }
+let pool = Pool(3);
 let spin = pool.apply_async(|| { loop {} }, []);
 let nap = pool.apply_async(|s| sleep(s), [30]);
+let stuck = pool.apply_async(wait_for_ever, []);
 sleep(0.2);
 let t0 = time();
 pool.terminate();

@@ -790,6 +790,10 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
             }
         };
         let result = pending.run(gil, token);
+        // A cancelled task ends here, whatever its wait returned.
+        if let Some(reason) = crate::cancel::requested() {
+            break Err(mlua::Error::runtime(reason));
+        }
         args = answer(lua, result)?;
     };
     // The coroutine may be collected once we return: the GIL must not point at it.

@@ -391,7 +391,14 @@ fn invoke(
         (b.call)(&shared.host, &mut RhaiArgs::new(args, shared, constants)).map_err(fail)?;
     let ret = match outcome {
         Outcome::Done(ret) => ret,
-        Outcome::Wait(wait) => shared.host.gil.allow_threads(0, wait).map_err(fail)?,
+        Outcome::Wait(wait) => {
+            let result = shared.host.gil.allow_threads(0, wait);
+            // A cancelled task ends here, whatever its wait returned.
+            if let Some(reason) = crate::cancel::requested() {
+                return Err(EvalAltResult::ErrorTerminated(reason.into(), Position::NONE).into());
+            }
+            result.map_err(fail)?
+        }
         Outcome::Fork(fork) => fork().map_err(fail)?,
     };
     match ret {
