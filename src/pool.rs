@@ -443,18 +443,24 @@ impl Drop for PoolHandle {
 /// A pool of workers: forked processes or threads.
 pub struct Pool {
     host: Arc<Host>,
-    /// The engine forked workers run (none for a thread-backed pool).
-    forked: Option<Arc<dyn TaskEngine>>,
+    /// What only forked workers have (none for a thread-backed pool).
+    forked: Option<Forked>,
     options: PoolOptions,
     shared: Mutex<Shared>,
     shared_changed: Condvar,
-    /// Wakes the supervisor of forked workers from its `poll`.
-    wake_tx: Option<File>,
     callbacks_tx: Sender<(Arc<Job>, Result<Value, String>)>,
     /// The supervisor (forked workers) or the watchdog (worker threads).
     supervisor: Mutex<Option<JoinHandle<()>>>,
     /// The worker threads, as the watchdog sees them.
     slots: Mutex<Vec<Arc<ThreadSlot>>>,
+}
+
+/// The parts of a pool of forked workers.
+struct Forked {
+    /// The engine the workers run, in their copy of the process.
+    engine: Arc<dyn TaskEngine>,
+    /// Wakes the supervisor from its `poll`.
+    wake_tx: File,
 }
 
 /// A worker thread as the watchdog sees it: what it runs under, and how to stop its task.
@@ -501,17 +507,14 @@ impl Pool {
         if options.processes == 0 {
             return Err("processes must be at least 1".into());
         }
-        let (forked, threads) = match workers {
-            Workers::Forked(engine) => (Some(engine), Vec::new()),
-            Workers::Threads(engines) => (None, engines),
-        };
-        let (wake_rx, wake_tx) = match forked {
-            Some(_) => {
+        let (forked, wake_rx, threads) = match workers {
+            Workers::Forked(engine) => {
                 let (rx, tx) = pipe()?;
                 set_nonblocking(rx.as_raw_fd())?;
-                (Some(rx), Some(File::from(tx)))
+                let wake_tx = File::from(tx);
+                (Some(Forked { engine, wake_tx }), Some(rx), Vec::new())
             }
-            None => (None, None),
+            Workers::Threads(engines) => (None, None, engines),
         };
         let (callbacks_tx, callbacks_rx) = unbounded();
         let pool = Arc::new(Pool {
@@ -528,7 +531,6 @@ impl Pool {
                 live_threads: threads.len(),
             }),
             shared_changed: Condvar::new(),
-            wake_tx,
             callbacks_tx,
             supervisor: Mutex::new(None),
             slots: Mutex::new(Vec::new()),
@@ -764,9 +766,9 @@ impl Pool {
 
     /// Tells the supervisor or the worker threads that there is news (work, a state change).
     fn wake(&self) {
-        match &self.wake_tx {
-            Some(pipe) => {
-                let _ = (&*pipe).write(&[1]);
+        match &self.forked {
+            Some(forked) => {
+                let _ = (&forked.wake_tx).write(&[1]);
             }
             None => self.shared_changed.notify_all(),
         }
@@ -781,8 +783,10 @@ impl Pool {
         let keep = [task_rx.as_raw_fd(), result_tx.as_raw_fd()];
         let engine = self
             .forked
-            .clone()
-            .ok_or("internal error: forking a worker for a thread pool")?;
+            .as_ref()
+            .ok_or("internal error: forking a worker for a thread pool")?
+            .engine
+            .clone();
         let init = self
             .options
             .initializer

@@ -326,15 +326,10 @@ impl Runtime {
     }
 
     fn host(&self, interrupter: Option<crate::gil::Interrupter>) -> Arc<Host> {
-        Arc::new(Host {
-            gil: Arc::new(Gil::new(self.switch_interval, interrupter)),
-            threads: Mutex::new(Vec::new()),
-            thread_counter: AtomicU64::new(0),
-            processes: Mutex::new(Vec::new()),
-            process_counter: AtomicU64::new(0),
-            pools: Mutex::new(Vec::new()),
-            settings: self.settings.clone(),
-        })
+        Host::new(
+            Gil::new(self.switch_interval, interrupter),
+            self.settings.clone(),
+        )
     }
 }
 
@@ -380,14 +375,20 @@ impl Host {
 
     /// A host for an isolated engine: its own GIL and registries, the same settings.
     pub(crate) fn isolated(&self) -> Arc<Host> {
+        let gil = Gil::new(self.gil.interval(), self.gil.interrupter());
+        Host::new(gil, self.settings.clone())
+    }
+
+    /// A host with `gil` and no threads, processes or pools yet.
+    fn new(gil: Gil, settings: Settings) -> Arc<Host> {
         Arc::new(Host {
-            gil: Arc::new(Gil::new(self.gil.interval(), self.gil.interrupter())),
+            gil: Arc::new(gil),
             threads: Mutex::new(Vec::new()),
             thread_counter: AtomicU64::new(0),
             processes: Mutex::new(Vec::new()),
             process_counter: AtomicU64::new(0),
             pools: Mutex::new(Vec::new()),
-            settings: self.settings.clone(),
+            settings,
         })
     }
 

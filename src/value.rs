@@ -227,6 +227,15 @@ fn unsupported(what: &str) -> BuildError {
     BuildError(format!("a {what} is not data"))
 }
 
+/// `Serializer` methods for the integer types that always fit in an `i64`.
+macro_rules! integers_fit {
+    ($($method:ident: $int:ty),*) => {
+        $(fn $method(self, v: $int) -> Result<Value, BuildError> {
+            Ok(Value::Int(v.into()))
+        })*
+    };
+}
+
 impl Serializer for ValueSerializer {
     type Ok = Value;
     type Error = BuildError;
@@ -241,27 +250,15 @@ impl Serializer for ValueSerializer {
     fn serialize_bool(self, v: bool) -> Result<Value, BuildError> {
         Ok(Value::Bool(v))
     }
-    fn serialize_i8(self, v: i8) -> Result<Value, BuildError> {
-        Ok(Value::Int(v.into()))
-    }
-    fn serialize_i16(self, v: i16) -> Result<Value, BuildError> {
-        Ok(Value::Int(v.into()))
-    }
-    fn serialize_i32(self, v: i32) -> Result<Value, BuildError> {
-        Ok(Value::Int(v.into()))
-    }
-    fn serialize_i64(self, v: i64) -> Result<Value, BuildError> {
-        Ok(Value::Int(v))
-    }
-    fn serialize_u8(self, v: u8) -> Result<Value, BuildError> {
-        Ok(Value::Int(v.into()))
-    }
-    fn serialize_u16(self, v: u16) -> Result<Value, BuildError> {
-        Ok(Value::Int(v.into()))
-    }
-    fn serialize_u32(self, v: u32) -> Result<Value, BuildError> {
-        Ok(Value::Int(v.into()))
-    }
+    integers_fit!(
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32
+    );
     fn serialize_u64(self, v: u64) -> Result<Value, BuildError> {
         i64::try_from(v)
             .map(Value::Int)

@@ -38,6 +38,24 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(
+        host: Arc<Host>,
+        script_name: String,
+        script_dir: Option<std::path::PathBuf>,
+        code: Arc<str>,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            host,
+            engine: OnceLock::new(),
+            ast: OnceLock::new(),
+            script_name,
+            script_dir,
+            code,
+            exit_status: std::sync::Mutex::new(None),
+            main_thread: std::thread::current().id(),
+        })
+    }
+
     fn engine_and_ast(&self) -> Result<(Arc<Engine>, Arc<AST>), String> {
         let engine = self.engine.get().and_then(Weak::upgrade);
         match (engine, self.ast.get()) {
@@ -49,39 +67,20 @@ impl Shared {
 
 /// Runs a script in a fresh engine and waits for the threads it started.
 pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
-    let shared = Arc::new(Shared {
-        host: host.clone(),
-        engine: OnceLock::new(),
-        ast: OnceLock::new(),
-        script_name: script.name.clone(),
-        script_dir: script.dir.clone(),
-        code: script.code_without_shebang().into(),
-        exit_status: std::sync::Mutex::new(None),
-        main_thread: std::thread::current().id(),
-    });
-    let mut engine = build_engine(&shared);
-    let mut ast = engine.compile(script.code_without_shebang()).map_err(|e| {
-        let pos = e.1;
+    let shared = Shared::new(
+        host.clone(),
+        script.name.clone(),
+        script.dir.clone(),
+        script.code_without_shebang().into(),
+    );
+    let (engine, ast) = start_engine(&shared).map_err(|e| {
         Error::Script(format!(
             "{}:{}: syntax error: {}",
             script.name,
-            position_text(pos),
+            position_text(e.1),
             e.0
         ))
     })?;
-    ast.set_source(script.name.clone());
-    // A variable captured by a closure is shared, and Rhai write-locks a shared variable for
-    // the whole of a method call on it: a blocking `q.get()` would keep that lock while it
-    // waits without the GIL, and another thread touching `q` would fail ("Data race"). The
-    // fix costs about 16% more instructions on every variable read, and only closures make
-    // variables shared, so it is installed only for scripts that have closures.
-    if has_closures(&ast) {
-        resolve_shared_objects(&mut engine);
-    }
-    let engine = Arc::new(engine);
-    let _ = shared.engine.set(Arc::downgrade(&engine));
-    let ast = Arc::new(ast);
-    let _ = shared.ast.set(ast.clone());
 
     let mut scope = Scope::new();
     let args: Array = script
@@ -106,7 +105,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
 }
 
 /// An engine with parrun's settings and API, for the script or an isolated worker. The
-/// variable hook for closures is added by the caller, once the AST is known.
+/// variable hook for closures is added by [`start_engine`], once the AST is known.
 fn build_engine(shared: &Arc<Shared>) -> Engine {
     let host = &shared.host;
     let mut engine = Engine::new();
@@ -150,8 +149,25 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
     engine
 }
 
-fn has_closures(ast: &AST) -> bool {
-    ast.iter_fn_def().any(|f| f.name.starts_with("anon$"))
+/// Builds the engine of `shared` and compiles its script; both are then reachable from
+/// `shared` (the engine weakly: the caller keeps it alive).
+fn start_engine(shared: &Arc<Shared>) -> Result<(Arc<Engine>, Arc<AST>), ::rhai::ParseError> {
+    let mut engine = build_engine(shared);
+    let mut ast = engine.compile(&*shared.code)?;
+    ast.set_source(shared.script_name.clone());
+    // A variable captured by a closure is shared, and Rhai write-locks a shared variable for
+    // the whole of a method call on it: a blocking `q.get()` would keep that lock while it
+    // waits without the GIL, and another thread touching `q` would fail ("Data race"). The
+    // fix costs about 16% more instructions on every variable read, and only closures make
+    // variables shared, so it is installed only for scripts that have closures.
+    if ast.iter_fn_def().any(|f| f.name.starts_with("anon$")) {
+        resolve_shared_objects(&mut engine);
+    }
+    let engine = Arc::new(engine);
+    let _ = shared.engine.set(Arc::downgrade(&engine));
+    let ast = Arc::new(ast);
+    let _ = shared.ast.set(ast.clone());
+    Ok((engine, ast))
 }
 
 /// `exit()` / `exit(value)` as in Rhai, but the main thread's value becomes the exit status
@@ -636,28 +652,15 @@ fn hash(bytes: &[u8]) -> u64 {
 /// An engine of its own for an isolated worker or process: its own compile of the script, and a
 /// host (and GIL) of its own.
 fn isolated_shared(parent: &Arc<Shared>) -> Result<(Arc<Shared>, Arc<Engine>), String> {
-    let shared = Arc::new(Shared {
-        host: parent.host.isolated(),
-        engine: OnceLock::new(),
-        ast: OnceLock::new(),
-        script_name: parent.script_name.clone(),
-        script_dir: parent.script_dir.clone(),
-        code: parent.code.clone(),
-        exit_status: std::sync::Mutex::new(None),
-        main_thread: std::thread::current().id(),
-    });
-    let mut engine = build_engine(&shared);
+    let shared = Shared::new(
+        parent.host.isolated(),
+        parent.script_name.clone(),
+        parent.script_dir.clone(),
+        parent.code.clone(),
+    );
     // An AST of its own rather than the script's: engines on two cores sharing one AST would
     // update the same reference counts on every call, and that costs more than the compile.
-    let mut ast = engine.compile(&*parent.code).map_err(|e| e.to_string())?;
-    ast.set_source(parent.script_name.clone());
-    let ast = Arc::new(ast);
-    if has_closures(&ast) {
-        resolve_shared_objects(&mut engine);
-    }
-    let engine = Arc::new(engine);
-    let _ = shared.engine.set(Arc::downgrade(&engine));
-    let _ = shared.ast.set(ast);
+    let (engine, _) = start_engine(&shared).map_err(|e| e.to_string())?;
     Ok((shared, engine))
 }
 
