@@ -499,7 +499,7 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
 }
 
 fn wait_for((job, _): (Arc<Job>, Arc<PoolHandle>)) -> Result<Outcome, String> {
-    Outcome::wait(move || job.get(None).map(Ret::Value))
+    Outcome::wait(move || job.take().map(Ret::Value))
 }
 
 fn lock(args: &mut dyn Args) -> Result<Lock, String> {

@@ -90,19 +90,65 @@ impl Calls {
         self.len() == 0
     }
 
-    /// Splits into chunks of at most `size` calls.
-    fn chunks(self, size: usize) -> Vec<Calls> {
-        fn split<T>(items: Vec<T>, size: usize, wrap: fn(Vec<T>) -> Calls) -> Vec<Calls> {
-            let mut out = Vec::with_capacity(items.len().div_ceil(size));
-            let mut items = items.into_iter().peekable();
-            while items.peek().is_some() {
-                out.push(wrap(items.by_ref().take(size).collect()));
-            }
-            out
-        }
+    /// All the calls, borrowed.
+    pub fn as_slice(&self) -> CallSlice<'_> {
         match self {
-            Calls::Each(v) => split(v, size, Calls::Each),
-            Calls::Lists(v) => split(v, size, Calls::Lists),
+            Calls::Each(v) => CallSlice::Each(v),
+            Calls::Lists(v) => CallSlice::Lists(v),
+        }
+    }
+
+    /// Splits into chunks of at most `size` calls that share this list: nothing is copied.
+    fn chunks(self, size: usize) -> Vec<Chunk> {
+        let all = Arc::new(self);
+        let len = all.len();
+        (0..len)
+            .step_by(size.max(1))
+            .map(|start| Chunk {
+                all: all.clone(),
+                range: start..(start + size).min(len),
+            })
+            .collect()
+    }
+}
+
+/// Some of a job's calls, borrowed: what an engine runs, and what goes down a worker's pipe
+/// (encoded as the [`Calls`] it decodes to).
+#[derive(Serialize, Debug, Clone, Copy)]
+pub enum CallSlice<'a> {
+    Each(&'a [Value]),
+    Lists(&'a [Vec<Value>]),
+}
+
+impl CallSlice<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            CallSlice::Each(v) => v.len(),
+            CallSlice::Lists(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A task's calls: a range of the list its job's tasks share.
+struct Chunk {
+    all: Arc<Calls>,
+    range: std::ops::Range<usize>,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    fn as_slice(&self) -> CallSlice<'_> {
+        let r = self.range.clone();
+        match &*self.all {
+            Calls::Each(v) => CallSlice::Each(&v[r]),
+            Calls::Lists(v) => CallSlice::Lists(&v[r]),
         }
     }
 }
@@ -111,7 +157,11 @@ impl Calls {
 pub trait TaskEngine: Send + Sync {
     /// Calls `function` once per entry of `calls`, in order; the results, or the first error.
     /// Runs with [`TaskEngine::gil`] held.
-    fn call_many(&self, function: &FunctionSpec, calls: Calls) -> Result<Vec<Value>, String>;
+    fn call_many(
+        &self,
+        function: &FunctionSpec,
+        calls: CallSlice<'_>,
+    ) -> Result<Vec<Value>, String>;
 
     /// The lock this engine's code runs under: the script's GIL, or an isolated engine's own.
     fn gil(&self) -> Arc<crate::gil::Gil>;
@@ -161,7 +211,7 @@ enum ToWorkerOut<'a> {
     Task {
         id: u64,
         function: u64,
-        calls: &'a Calls,
+        calls: CallSlice<'a>,
     },
 }
 
@@ -247,10 +297,13 @@ impl Job {
     /// Stores results for items `first..`; returns true when this completed the job.
     fn complete(&self, first: usize, results: Result<Vec<Value>, String>, count: usize) -> bool {
         let mut s = self.state();
+        let before = s.remaining;
         match results {
+            // A slot filled already (or taken by `take`) keeps what it has, should a task
+            // ever report twice.
             Ok(values) => {
                 for (i, v) in values.into_iter().enumerate().take(count) {
-                    if s.slots[first + i].is_none() {
+                    if s.slots.get(first + i).is_some_and(Option::is_none) {
                         s.slots[first + i] = Some(Ok(v));
                         s.remaining -= 1;
                         if self.kind == JobKind::Unordered {
@@ -261,7 +314,7 @@ impl Job {
             }
             Err(msg) => {
                 for i in first..first + count {
-                    if s.slots[i].is_none() {
+                    if s.slots.get(i).is_some_and(Option::is_none) {
                         s.slots[i] = Some(Err(msg.clone()));
                         s.remaining -= 1;
                         if self.kind == JobKind::Unordered {
@@ -271,7 +324,7 @@ impl Job {
                 }
             }
         }
-        let done = s.remaining == 0;
+        let done = s.remaining == 0 && s.remaining < before;
         drop(s);
         // Only an iterator waits for single items; `get` and `wait` wait for `ready`, which is
         // announced on its own. Waking them for every item would cost a context switch each.
@@ -300,20 +353,40 @@ impl Job {
 
     /// The job's outcome once all items are in: the value, or the first error.
     fn outcome(&self, s: &JobState) -> Result<Value, String> {
+        Self::first_error(s)?;
+        let values = s.slots.iter().flatten().flatten().cloned().collect();
+        Ok(self.assemble(values))
+    }
+
+    /// [`Job::outcome`] for its only reader: the values are moved out, not copied.
+    fn take_outcome(&self, s: &mut JobState) -> Result<Value, String> {
+        Self::first_error(s)?;
+        // A plain `map` lets the collection reuse the slots' allocation.
+        let values = std::mem::take(&mut s.slots)
+            .into_iter()
+            .map(|slot| slot.and_then(Result::ok).unwrap_or_default())
+            .collect();
+        Ok(self.assemble(values))
+    }
+
+    fn first_error(s: &JobState) -> Result<(), String> {
         if let Some(f) = &s.failure {
             return Err(f.clone());
         }
-        let mut values = Vec::with_capacity(s.slots.len());
         for slot in &s.slots {
             match slot {
-                Some(Ok(v)) => values.push(v.clone()),
+                Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.clone()),
                 None => return Err("result missing".into()),
             }
         }
+        Ok(())
+    }
+
+    fn assemble(&self, mut values: Vec<Value>) -> Value {
         match self.kind {
-            JobKind::Single => Ok(values.pop().unwrap_or(Value::Nil)),
-            _ => Ok(Value::Array(values)),
+            JobKind::Single => values.pop().unwrap_or(Value::Nil),
+            _ => Value::Array(values),
         }
     }
 
@@ -334,6 +407,13 @@ impl Job {
         self.outcome(&s)
     }
 
+    /// [`Job::get`] for a job nothing else reads (`map`, `apply`): the results are moved out.
+    pub fn take(&self) -> Result<Value, String> {
+        self.wait(None);
+        let mut s = self.state();
+        self.take_outcome(&mut s)
+    }
+
     pub fn ready(&self) -> bool {
         self.state().ready
     }
@@ -344,7 +424,7 @@ impl Job {
         if !s.ready {
             return Err("the result is not ready (ValueError)".into());
         }
-        Ok(self.outcome(&s).is_ok())
+        Ok(Self::first_error(&s).is_ok())
     }
 
     /// The next item of an `imap`/`imap_unordered` iterator; `None` at the end.
@@ -397,7 +477,7 @@ struct Task {
     job: Arc<Job>,
     first: usize,
     function: Arc<FunctionSpec>,
-    calls: Calls,
+    calls: Chunk,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -662,7 +742,7 @@ impl Pool {
     /// A worker thread: runs the initializer, then takes tasks until the pool closes.
     fn work(self: Arc<Self>, mut engine: Arc<dyn TaskEngine>, slot: Arc<ThreadSlot>) {
         crate::cancel::install(Some(slot.cancel.clone()));
-        let run = |engine: &Arc<dyn TaskEngine>, function: &FunctionSpec, calls: Calls| {
+        let run = |engine: &Arc<dyn TaskEngine>, function: &FunctionSpec, calls: CallSlice<'_>| {
             let gil = engine.gil();
             gil.acquire(0);
             let outcome = catch_unwind(AssertUnwindSafe(|| engine.call_many(function, calls)));
@@ -676,7 +756,7 @@ impl Pool {
         };
         let initialize = |engine: &Arc<dyn TaskEngine>| {
             if let Some((f, args)) = &self.options.initializer {
-                if let Err(reason) = run(engine, f, Calls::Lists(vec![args.clone()])) {
+                if let Err(reason) = run(engine, f, CallSlice::Lists(std::slice::from_ref(args))) {
                     self.break_pool(&format!("the pool's initializer failed: {reason}"));
                 }
             }
@@ -698,7 +778,7 @@ impl Pool {
                 let _pool = self.shared();
                 self.shared_changed.notify_all();
             }
-            let result = run(&engine, &function, calls);
+            let result = run(&engine, &function, calls.as_slice());
             {
                 let mut running = slot.running_since();
                 *running = None;
@@ -1129,7 +1209,7 @@ impl Pool {
                 let msg = ToWorkerOut::Task {
                     id: task.id,
                     function: task.function.key,
-                    calls: &task.calls,
+                    calls: task.calls.as_slice(),
                 };
                 if let Err(e) = codec::encode_into(batch, &msg) {
                     let n = task.calls.len();
@@ -1352,7 +1432,7 @@ fn worker_main(
 ) -> i32 {
     let mut out = Vec::new();
     if let Some((f, args)) = init {
-        if let Err(e) = engine.call_many(&f, Calls::Lists(vec![args])) {
+        if let Err(e) = engine.call_many(&f, CallSlice::Lists(&[args])) {
             let msg = FromWorker {
                 id: 0,
                 micros: 0,
@@ -1387,7 +1467,7 @@ fn worker_main(
                 let start = Instant::now();
                 let result = match functions.get(&function) {
                     None => Err("internal error: function not sent to the worker".to_string()),
-                    Some(f) => engine.call_many(f, calls),
+                    Some(f) => engine.call_many(f, calls.as_slice()),
                 };
                 let msg = FromWorker {
                     id,
@@ -1480,7 +1560,7 @@ mod tests {
         let task = ToWorkerOut::Task {
             id: 9,
             function: 7,
-            calls: &calls,
+            calls: calls.as_slice(),
         };
         codec::fuzz_frames(&task, 10_000, |mut bytes| {
             let _ = codec::read_frame::<ToWorker>(&mut bytes, &mut Vec::new());
@@ -1499,13 +1579,43 @@ mod tests {
     }
 
     #[test]
+    fn a_taken_job_ignores_a_second_report() {
+        let job = Job::new(JobKind::List, 2);
+        assert!(!job.complete(1, Ok(vec![Value::Int(2)]), 1));
+        assert!(job.complete(0, Ok(vec![Value::Int(1)]), 1));
+        job.mark_ready();
+        let all = Value::Array(vec![Value::Int(1), Value::Int(2)]);
+        assert_eq!(job.get(None).unwrap(), all, "get copies");
+        assert!(job.successful().unwrap());
+        assert_eq!(job.take().unwrap(), all, "take moves");
+        assert!(
+            !job.complete(0, Ok(vec![Value::Int(9)]), 1),
+            "completed only once"
+        );
+        assert!(!job.complete(1, Err("late".into()), 1));
+    }
+
+    #[test]
+    fn chunks_share_the_list() {
+        let calls = Calls::Each((0..10).map(Value::Int).collect());
+        let chunks = calls.chunks(4);
+        let lens: Vec<usize> = chunks.iter().map(Chunk::len).collect();
+        assert_eq!(lens, [4, 4, 2]);
+        assert!(Arc::ptr_eq(&chunks[0].all, &chunks[2].all));
+        match chunks[2].as_slice() {
+            CallSlice::Each(v) => assert_eq!(v, [Value::Int(8), Value::Int(9)]),
+            CallSlice::Lists(_) => panic!("map calls became argument lists"),
+        }
+    }
+
+    #[test]
     fn a_task_frame_round_trips() {
         let calls = Calls::Each(vec![Value::Int(1), Value::Nil]);
         let mut wire = Vec::new();
         let msg = ToWorkerOut::Task {
             id: 5,
             function: 8,
-            calls: &calls,
+            calls: calls.as_slice(),
         };
         codec::write_frame(&mut wire, &mut Vec::new(), &msg).unwrap();
         match codec::read_frame::<ToWorker>(&mut &wire[..], &mut Vec::new()).unwrap() {

@@ -28,7 +28,7 @@ use mlua::{
 use super::untransferable;
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
 use crate::gil::{Gil, Interrupter};
-use crate::pool::{Callback, Calls, FunctionSpec, TaskEngine, Workers};
+use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
 use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
 use crate::{output, Mode, Value};
@@ -200,11 +200,14 @@ pub fn to_value(v: LuaValue) -> Result<Value, String> {
 /// takes the state's lock again for every element, about 65 ns per item against 11.
 pub fn from_value(lua: &Lua, v: &Value) -> mlua::Result<LuaValue> {
     match v {
-        Value::Array(items) => lua
-            .create_sequence_from(items.iter().map(Item))
-            .map(LuaValue::Table),
+        Value::Array(items) => sequence(lua, items).map(LuaValue::Table),
         _ => lua.to_value_with(v, to_lua_options()),
     }
+}
+
+/// A Lua sequence of `items`, each converted by serde.
+fn sequence(lua: &Lua, items: &[Value]) -> mlua::Result<Table> {
+    lua.create_sequence_from(items.iter().map(Item))
 }
 
 /// One item of a list, converted by serde.
@@ -620,16 +623,16 @@ impl TaskEngine for LuaTaskEngine {
 
     /// The whole chunk runs in one coroutine, by the prelude's `run_chunk`: one resume per
     /// chunk, not per call.
-    fn call_many(&self, spec: &FunctionSpec, calls: Calls) -> Result<Vec<Value>, String> {
+    fn call_many(&self, spec: &FunctionSpec, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
         let lua = &upgrade(&self.lua)?;
         let f = self.function(spec)?;
         let count = calls.len();
         let (calls, single) = match calls {
-            Calls::Each(values) => (
-                from_value(lua, &Value::Array(values)).map_err(error_text)?,
+            CallSlice::Each(values) => (
+                LuaValue::Table(sequence(lua, values).map_err(error_text)?),
                 true,
             ),
-            Calls::Lists(lists) => {
+            CallSlice::Lists(lists) => {
                 let table = lua
                     .create_table_with_capacity(lists.len(), 0)
                     .map_err(error_text)?;

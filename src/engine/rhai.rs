@@ -15,7 +15,7 @@ use ::rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Position, Scope, AST}
 
 use super::untransferable;
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
-use crate::pool::{Callback, Calls, FunctionSpec, TaskEngine, Workers};
+use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
 use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
 use crate::{output, Mode, Value};
@@ -756,7 +756,7 @@ impl TaskEngine for RhaiTaskEngine {
         Some(isolated_engine(snapshot, true))
     }
 
-    fn call_many(&self, spec: &FunctionSpec, calls: Calls) -> Result<Vec<Value>, String> {
+    fn call_many(&self, spec: &FunctionSpec, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
         let (engine, ast) = self.shared.engine_and_ast()?;
         let bound = spec
             .local
@@ -799,8 +799,8 @@ impl TaskEngine for RhaiTaskEngine {
             to_value(&result)
         };
         match calls {
-            Calls::Each(values) => values.iter().map(|v| call(vec![to_dynamic(v)?])).collect(),
-            Calls::Lists(lists) => lists
+            CallSlice::Each(values) => values.iter().map(|v| call(vec![to_dynamic(v)?])).collect(),
+            CallSlice::Lists(lists) => lists
                 .iter()
                 .map(|list| call(list.iter().map(to_dynamic).collect::<Result<_, _>>()?))
                 .collect(),
