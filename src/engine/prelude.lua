@@ -136,8 +136,7 @@ end
 
 -- A pool task: f over a chunk of calls in one coroutine. `single`: calls[i] is the one
 -- argument of call i; otherwise calls[i] is an argument list with its length in `n`.
-local function run_chunk(f, calls, count, single)
-  local results = {}
+local function run_chunk(f, calls, count, single, results)
   if single then
     for i = 1, count do
       results[i] = f(calls[i])
