@@ -129,6 +129,54 @@ print(`in order ${count}`);
     );
 }
 
+/// A function sent to workers is called as the script would call it: Rhai overloads are
+/// chosen by the number of arguments, a script function whose arity does not match falls back
+/// to the function of that name that does (here Rhai's own `abs`), and curried values come
+/// first.
+#[test]
+fn pool_functions_dispatch_as_script_calls_do() {
+    both_in_modes(
+        &MODES,
+        "dispatch",
+        r#"
+local function show(xs) local s = "" for _, x in ipairs(xs) do s = s .. tostring(x) .. "|" end return s end
+local function f(x, y) if y == nil then return "one " .. x end return "two " .. x .. " " .. y end
+local function g(a, b) return a * 10 + b end
+local pool = parrun.Pool(2)
+print("overload " .. show(pool:map(f, {1, 2})) .. " " .. show(pool:starmap(f, {{1}, {2, 3}})))
+print("fallback " .. show(pool:map(math.abs, {-1, -2})))
+print("curried " .. show(pool:map(function(x) return g(4, x) end, {1, 2})))
+print("wrong arity", pcall(pool.starmap, pool, g, {{1}}))
+pool:close() pool:join()
+"#,
+        r#"
+fn show(xs) { let s = ""; for x in xs { s += `${x}|`; } s }
+fn f(x) { `one ${x}` }
+fn f(x, y) { `two ${x} ${y}` }
+fn g(a, b) { a * 10 + b }
+fn abs(a, b) { a + b }
+let pool = Pool(2);
+print(`overload ${show(pool.map(f, [1, 2]))} ${show(pool.starmap(f, [[1], [2, 3]]))}`);
+print(`fallback ${show(pool.map(abs, [-1, -2]))}`);
+print(`curried ${show(pool.map(Fn("g").curry(4), [1, 2]))}`);
+let ok = true; try { pool.starmap(g, [[1]]); } catch (e) { ok = false; }
+print(`wrong arity ${ok}`);
+pool.close(); pool.join();
+"#,
+        |_, out| {
+            out.assert_success()
+                .assert_stdout_contains("overload one 1|one 2| one 1|two 2 3|")
+                .assert_stdout_contains("fallback 1|2|")
+                .assert_stdout_contains("curried 41|42|");
+            assert!(
+                out.stdout.replace('\t', " ").contains("wrong arity false"),
+                "{}",
+                out.describe()
+            );
+        },
+    );
+}
+
 #[test]
 fn pool_methods_behave_like_multiprocessing() {
     both_in_modes(
