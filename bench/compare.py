@@ -2,7 +2,8 @@
 """Runs parrun's benchmark scripts (Lua and Rhai, in each execution model asked for) beside
 the same programs in CPython, in interleaved rounds so that machine noise hits all of them
 alike, and prints medians (of times, rates, and of the speedups each run prints, which pair
-the runs being compared), and each parrun median's ratio to CPython's.
+the runs being compared), the spread of those speedups, and ratios paired per round: each
+parrun run against the CPython run of its round, and each mode against the first mode.
 
     python3 bench/compare.py [--runs 5] [--modes fork,isolated,gil] [--langs lua,rhai] [BENCH ...]
 
@@ -82,16 +83,51 @@ def main():
         print(f"{'metric':28}" + "".join(f"{n:>14}" for n in cmds))
         for m in metrics:
             print(f"{m:28}" + "".join(fmt(med[(n, m)]) for n in cmds))
-        print(f"\n## {bench}: ratio to CPython (time: CPython / parrun; rate: parrun / CPython)")
+        print(
+            f"\n## {bench}: against CPython, paired per round "
+            "(time: CPython / parrun; rate: parrun / CPython; median)"
+        )
         for m in metrics:
-            cpy = med[("cpython", m)]
-            if cpy is None or m.endswith("(x)"):
+            if med[("cpython", m)] is None or m.endswith("(x)"):
                 continue
-            row = []
-            for n in cmds:
-                v = med[(n, m)]
-                row.append(None if v is None else (cpy / v if m.endswith("(s)") else v / cpy))
-            print(f"{m:28}" + "".join(fmt(r) for r in row))
+            print(f"{m:28}" + "".join(fmt(per_round(samples, n, "cpython", m)) for n in cmds))
+        spread = [m for m in metrics if m.endswith("(x)")]
+        if spread:
+            print(f"\n## {bench}: speedups, lowest and highest of the {args.runs} runs")
+            for m in spread:
+                cells = []
+                for n in cmds:
+                    got = [s[m] for s in samples[n] if m in s]
+                    cells.append(f"{min(got):.2f}-{max(got):.2f}" if got else "-")
+                print(f"{m:28}" + "".join(f"{c:>14}" for c in cells))
+        paired(bench, cmds, samples, metrics, modes, args)
+
+
+def paired(bench, cmds, samples, metrics, modes, args):
+    """Each mode against the first one, run by run (the runs of one round are neighbours in
+    time), then the median: a model-to-model ratio that machine drift does not skew."""
+    if len(modes) < 2:
+        return
+    base = modes[0]
+    print(f"\n## {bench}: each mode against {base}, paired per round (median of {args.runs})")
+    names = [n for n in cmds if n != "cpython" and not n.endswith("-" + base)]
+    print(f"{'metric':28}" + "".join(f"{n:>14}" for n in names))
+    for m in metrics:
+        if m.endswith("(x)"):
+            continue
+        row = [per_round(samples, n, n.rsplit("-", 1)[0] + "-" + base, m) for n in names]
+        print(f"{m:28}" + "".join(fmt(r) for r in row))
+
+
+def per_round(samples, name, ref, metric):
+    """The median over rounds of how much faster `name` was than `ref` in the same round: a
+    rate over the reference rate, or the reference time over this time."""
+    ratios = [
+        a[metric] / b[metric] if metric.endswith("(tasks/s)") else b[metric] / a[metric]
+        for a, b in zip(samples[name], samples[ref])
+        if a.get(metric) and b.get(metric)
+    ]
+    return statistics.median(ratios) if ratios else None
 
 
 if __name__ == "__main__":
