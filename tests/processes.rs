@@ -308,6 +308,8 @@ print(math.type(r.int), math.type(r.float), r.neg, r.big == math.maxinteger, r.t
 print(#r.bytes, r.bytes == v.bytes)
 print(r.nested[2][2][2][1], r.holes[1], r.holes[2], r.holes[3])
 print(r.mixed[1], r.mixed[2], r.mixed.x, r.mixed[2.5], r.sparse[1000], r.sparse[2], next(r.empty))
+local m = pool:map(function(x) if x % 2 == 0 then return nil end return {x, nil, x, k = "v"} end, {1, 2, 3})
+print(m[1][1], m[1][2], m[1][3], m[1].k, m[2], m[3][3])
 "#;
     for mode in MODES {
         let out = run_code(&["--mode", mode], "values", "lua", lua);
@@ -319,6 +321,7 @@ print(r.mixed[1], r.mixed[2], r.mixed.x, r.mixed[2.5], r.sparse[1000], r.sparse[
                 "5\ttrue",
                 "deep\t1\tnil\t3",
                 "10\t20\ty\ttrue\tb\tnil\tnil",
+                "1\tnil\t1\tv\tnil\t3",
             ],
             "{}",
             out.describe()

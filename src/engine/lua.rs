@@ -651,6 +651,12 @@ impl TaskEngine for LuaTaskEngine {
         let results = lua
             .create_table_with_capacity(count, 0)
             .map_err(error_text)?;
+        // mlua's mark for a sequence: it then serializes the table as the sequence of its
+        // length, without first scanning every key for others (the runner sets only 1..count).
+        // Each result keeps the usual detection of holes and mixed keys.
+        results
+            .set_metatable(Some(lua.array_metatable()))
+            .map_err(error_text)?;
         let args = (f, calls, count, single, results)
             .into_lua_multi(lua)
             .map_err(error_text)?;
