@@ -268,7 +268,13 @@ fn err_line(source: &str, mut err: EvalAltResult, trace: &[String]) -> String {
         EvalAltResult::ErrorTerminated(value, _) if value.is_string() => value.to_string(),
         other => other.to_string(),
     };
-    let mut text = format!("{source}:{}: {message}", position_text(pos));
+    // An error with no position (a function a pool task was given does not exist) names the
+    // script alone; the caller's error adds the line of the call that submitted it.
+    let mut text = if pos.is_none() {
+        format!("{source}: {message}")
+    } else {
+        format!("{source}:{}: {message}", position_text(pos))
+    };
     for t in trace.iter().rev() {
         text.push('\n');
         text.push_str(t);
