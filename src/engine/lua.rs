@@ -184,15 +184,13 @@ pub fn to_value(v: LuaValue) -> Result<Value, String> {
     }
     // Through mlua's `Serialize`, which walks a table once under one lock; its `Deserializer`
     // takes the state's lock again for every element (about 115 ns against 70 per item).
-    Value::from_serialize(&serializable(&v)).map_err(untransferable)
-}
-
-fn serializable(v: &LuaValue) -> mlua::SerializableValue<'_> {
-    v.to_serializable()
+    let data = v
+        .to_serializable()
         .recursion_limit(crate::value::MAX_DEPTH)
         .deny_unsupported_types(true)
         .deny_recursive_tables(true)
-        .detect_mixed_tables(true)
+        .detect_mixed_tables(true);
+    Value::from_serialize(&data).map_err(untransferable)
 }
 
 /// Converts a [`Value`] to a Lua value (through mlua's serde support).
