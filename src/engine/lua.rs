@@ -14,15 +14,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use mlua::serde::SerializeOptions;
 use mlua::thread::ThreadStatus;
 use mlua::{
-    AnyUserData, Function, IntoLua, IntoLuaMulti, LightUserData, Lua, LuaSerdeExt, LuaString,
-    MetaMethod, MultiValue, Table, Thread as Coroutine, UserData, UserDataMethods,
-    Value as LuaValue, WeakLua,
+    AnyUserData, Function, IntoLua, IntoLuaMulti, Lua, LuaSerdeExt, LuaString, MetaMethod,
+    MultiValue, Table, Thread as Coroutine, UserData, UserDataMethods, Value as LuaValue, WeakLua,
 };
 
 use super::untransferable;
@@ -31,19 +29,13 @@ use crate::gil::{Gil, Interrupter};
 use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
 use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
-use crate::{output, Mode, Value};
+use crate::{Mode, Value};
 
+mod native;
 mod snapshot;
 mod transport;
 
-const PRELUDE: &str = include_str!("prelude.lua");
-
-/// The address of this byte tags request yields; a script cannot forge a light userdata.
-static WAIT_TAG: u8 = 0;
-
-fn wait_tag() -> LuaValue {
-    LuaValue::LightUserData(LightUserData(std::ptr::addr_of!(WAIT_TAG) as *mut c_void))
-}
+use native::wait_tag;
 
 thread_local! {
     /// The GIL of the state this OS thread is running Lua code in (read by the hook).
@@ -64,8 +56,6 @@ thread_local! {
 
 /// How many instructions run between two checks of the instruction budget.
 const BUDGET_STEP: std::ffi::c_int = 1000;
-
-thread_local! {}
 
 /// How a GIL waiter interrupts the Lua holder: install the hook on its coroutine.
 pub(crate) fn interrupter() -> Option<Interrupter> {
@@ -843,58 +833,51 @@ fn error_text(e: mlua::Error) -> String {
     }
 }
 
-/// Builds the `parrun` table from [`api::BUILTINS`] and installs the prelude.
+/// Builds the `parrun` table from [`api::BUILTINS`] and replaces the stock functions parrun
+/// changes (see [`native`]).
 fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     lua.set_app_data(host.clone());
-    let functions = lua.create_table()?;
-    let methods = lua.create_table()?;
-    let scoped = lua.create_table()?;
-    for b in api::BUILTINS {
-        match b.kind {
-            Kind::Call if b.class == Class::Global => {
-                functions.set(b.name, raw_builtin(lua, host, b)?)?
-            }
-            Kind::Call => {
-                class_table(lua, &methods, b.class)?.set(b.name, raw_builtin(lua, host, b)?)?
-            }
-            Kind::Getter => {}
-            Kind::Scoped { enter, exit } => {
-                class_table(lua, &scoped, b.class)?.set(b.name, [enter, exit])?
-            }
-        }
-    }
-    // Every class gets a method table, even one with only properties.
-    for b in api::BUILTINS.iter().filter(|b| b.class != Class::Global) {
-        class_table(lua, &methods, b.class)?;
-    }
-    let builtins = lua.create_table()?;
-    builtins.set("functions", functions)?;
-    builtins.set("methods", methods)?;
-    builtins.set("scoped", scoped)?;
-
     let run_here = lua.create_function(|lua, request: LuaValue| {
         let pending = take_request(&request)?;
         answer(lua, pending.run_here())
     })?;
-    let write_line = lua.create_function(|_, line: LuaString| {
-        output::write_line(&line.as_bytes())
-            .map_err(|e| mlua::Error::runtime(format!("print: {e}")))
-    })?;
+    let parrun = lua.create_table()?;
+    let classes = lua.create_table()?;
+    for b in api::BUILTINS {
+        match b.kind {
+            Kind::Call if b.class == Class::Global => parrun.set(
+                b.name,
+                native::builtin(lua, raw_builtin(lua, host, b)?, &run_here)?,
+            )?,
+            Kind::Call => class_table(lua, &classes, b.class)?.set(
+                b.name,
+                native::builtin(lua, raw_builtin(lua, host, b)?, &run_here)?,
+            )?,
+            // Every class gets a method table, even one with only properties.
+            Kind::Getter | Kind::Scoped { .. } => drop(class_table(lua, &classes, b.class)?),
+        }
+    }
+    // `obj:with(f, ...)`, from the methods it pairs (defined above).
+    for b in api::BUILTINS {
+        if let Kind::Scoped { enter, exit } = b.kind {
+            let methods = class_table(lua, &classes, b.class)?;
+            let scoped = native::scoped(lua, methods.get(enter)?, methods.get(exit)?)?;
+            methods.set(b.name, scoped)?;
+        }
+    }
+
     let drivers = lua.create_table()?;
     let weak_keys = lua.create_table()?;
     weak_keys.set("__mode", "k")?;
     drivers.set_metatable(Some(weak_keys))?;
+    native::install_stock(lua, &run_here, &drivers)?;
     lua.set_named_registry_value("parrun.drivers", &drivers)?;
     lua.set_named_registry_value("parrun.pinned", lua.create_table()?)?;
     transport::install(lua)?;
 
-    let (parrun, classes, iterate, run_chunk): (Table, Table, Function, Function) = lua
-        .load(PRELUDE)
-        .set_name("=parrun prelude")
-        .call((wait_tag(), builtins, run_here, write_line, drivers))?;
     lua.set_named_registry_value("parrun.classes", classes)?;
-    lua.set_named_registry_value("parrun.call", iterate)?;
-    lua.set_named_registry_value("parrun.run_chunk", run_chunk)?;
+    lua.set_named_registry_value("parrun.call", native::iterate(lua)?)?;
+    lua.set_named_registry_value("parrun.run_chunk", native::run_chunk(lua)?)?;
     lua.globals().set("parrun", &parrun)?;
     let loaded: Table = lua.globals().get::<Table>("package")?.get("loaded")?;
     loaded.set("parrun", parrun)?;
@@ -970,24 +953,7 @@ package.loadlib, package.cpath = nil, ""
 package.searchers[3], package.searchers[4] = nil, nil
 "#;
 
-/// Always: scripts load text only. A crafted binary chunk can crash Lua 5.4 (its manual says
-/// so), and parrun moves functions between engines on its own checked path instead.
-const TEXT_ONLY: &str = r#"
-local load, loadfile = load, loadfile
-_G.load = function(chunk, name, mode, env)
-  return load(chunk, name, "t", env)
-end
-_G.loadfile = function(filename, mode, env)
-  return loadfile(filename, "t", env)
-end
-_G.dofile = function(filename)
-  local f = assert(_G.loadfile(filename))
-  return f()
-end
-"#;
-
 fn apply_settings(lua: &Lua, settings: &crate::runtime::Settings) -> mlua::Result<()> {
-    lua.load(TEXT_ONLY).set_name("=parrun").exec()?;
     if settings.sandbox {
         lua.load(SANDBOX).set_name("=parrun sandbox").exec()?;
     }

@@ -1,0 +1,641 @@
+//! parrun's Lua glue, written against Lua's C API: the builtins' wrappers, the pool's chunk
+//! runner, and parrun's versions of stock functions (`print`, `load`, `loadfile`, `dofile`,
+//! the Lua module searcher and `coroutine.resume`/`wrap`/`running`/`isyieldable`/`yield`).
+//!
+//! They are C functions, as the stock ones are: `debug.getinfo(print).what` is `"C"`,
+//! `debug.upvaluejoin` refuses them, and a traceback shows `[C]` frames where the stock
+//! interpreter shows them, never a frame of parrun's own.
+//!
+//! Two things differ from stock Lua, both on purpose:
+//! - **Blocking builtins yield to the driver.** A builtin returns `(status, payload)`: 0 = done,
+//!   2 = error, 1 = a request that must wait. The wrapper yields the request, tagged with
+//!   [`wait_tag`], to the OS thread driving the coroutine, which waits with the GIL released and
+//!   resumes the coroutine with `(ok, result)` (see `engine::lua::drive`). Where Lua cannot yield
+//!   (inside a C call that has no continuation: a `table.sort` comparator, a `gsub` callback) the
+//!   request runs in place and keeps the GIL, as a C extension that does not release the GIL
+//!   does in CPython.
+//! - **The script's own coroutines relay those requests.** `coroutine.resume` and the function
+//!   `coroutine.wrap` returns pass a tagged request out to the driver and its answer back in, so
+//!   blocking calls work (and release the GIL) inside coroutines. To the script, the coroutine a
+//!   driver runs looks like the main thread does under the stock interpreter.
+//! - **Text chunks only.** `load`, `loadfile`, `dofile` and `require` refuse binary chunks: a
+//!   crafted one can crash Lua 5.4 (its manual says so). They otherwise call the stock code.
+//!
+//! Safety: a Lua error unwinds by `longjmp` through these functions, so none of them holds a
+//! Rust value with a destructor while it calls a Lua API function that may raise one.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::ptr;
+
+use mlua::ffi::{self, lua_State};
+use mlua::{Function, LightUserData, Lua, Table, Value as LuaValue};
+
+unsafe extern "C-unwind" {
+    // Part of lauxlib since 5.4; mlua-sys does not declare it.
+    fn luaL_typeerror(state: *mut lua_State, arg: c_int, tname: *const c_char) -> c_int;
+}
+
+/// The address of this byte tags request yields; a script cannot forge a light userdata.
+static WAIT_TAG: u8 = 0;
+
+fn wait_tag_ptr() -> *mut c_void {
+    ptr::addr_of!(WAIT_TAG) as *mut c_void
+}
+
+/// The tag a request yield carries first, as a Lua value.
+pub(super) fn wait_tag() -> LuaValue {
+    LuaValue::LightUserData(LightUserData(wait_tag_ptr()))
+}
+
+/// Whether the value at `idx` is the wait tag.
+unsafe fn is_wait_tag(state: *mut lua_State, idx: c_int) -> bool {
+    ffi::lua_type(state, idx) == ffi::LUA_TLIGHTUSERDATA
+        && ffi::lua_touserdata(state, idx) == wait_tag_ptr()
+}
+
+/// Pushes `text` and raises it as a Lua error with the caller's position, as `error(text, 2)`
+/// would from a Lua wrapper. `text` is copied into Lua and dropped before the error is raised.
+unsafe fn raise(state: *mut lua_State, text: String) -> c_int {
+    ffi::luaL_where(state, 1);
+    ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
+    drop(text);
+    ffi::lua_concat(state, 2);
+    ffi::lua_error(state)
+}
+
+/// Raises the value on top of the stack, prefixed by the caller's position if it is a string.
+unsafe fn raise_top_with_position(state: *mut lua_State) -> c_int {
+    if ffi::lua_type(state, -1) == ffi::LUA_TSTRING {
+        ffi::luaL_where(state, 1);
+        ffi::lua_insert(state, -2);
+        ffi::lua_concat(state, 2);
+    }
+    ffi::lua_error(state)
+}
+
+/// Makes a C closure of `f` over `upvalues`.
+fn closure(lua: &Lua, f: ffi::lua_CFunction, upvalues: Vec<LuaValue>) -> mlua::Result<Function> {
+    let count = upvalues.len() as c_int;
+    // SAFETY: the upvalues are pushed by mlua as the closure's arguments; pushcclosure pops
+    // exactly them and leaves the closure, which exec_raw returns.
+    unsafe {
+        lua.exec_raw::<Function>(mlua::MultiValue::from_vec(upvalues), |state| {
+            ffi::lua_pushcclosure(state, f, count);
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Builtins
+
+/// Wraps a raw builtin (a Rust function returning `(status, payload)`) as the function scripts
+/// call: it returns the payload, raises the error, or yields the request to the driver.
+pub(super) fn builtin(lua: &Lua, raw: Function, run_here: &Function) -> mlua::Result<Function> {
+    closure(
+        lua,
+        call_builtin,
+        vec![
+            LuaValue::Function(raw),
+            LuaValue::Function(run_here.clone()),
+        ],
+    )
+}
+
+unsafe extern "C-unwind" fn call_builtin(state: *mut lua_State) -> c_int {
+    let argc = ffi::lua_gettop(state);
+    ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+    ffi::lua_insert(state, 1);
+    ffi::lua_call(state, argc, 2);
+    match ffi::lua_tointeger(state, 1) {
+        0 => 1,
+        1 => {
+            // [status, request] -> [WAIT, request]
+            ffi::lua_pushlightuserdata(state, wait_tag_ptr());
+            ffi::lua_replace(state, 1);
+            wait_for_request(state, ffi::lua_upvalueindex(2), builtin_answered)
+        }
+        _ => raise_top_with_position(state),
+    }
+}
+
+/// With `[.., WAIT, request]` on top: yields them to the driver, whose answer `(ok, result)`
+/// replaces them; or, where the coroutine cannot yield, runs the request in place with
+/// `run_here` (at index `run_here`). Then calls `answered`, the caller's continuation.
+unsafe fn wait_for_request(
+    state: *mut lua_State,
+    run_here: c_int,
+    answered: ffi::lua_KFunction,
+) -> c_int {
+    if !pass_request_out(state, answered) {
+        run_in_place(state, run_here);
+    }
+    answered(state, ffi::LUA_OK, 0)
+}
+
+/// Yields `[.., WAIT, request]` to whoever resumes this coroutine; when resumed, Lua continues
+/// in `answered` with the answer `(ok, result)` in their place. False if it cannot yield here.
+///
+/// The yield happens in a call to [`yield_all`], not in the caller's frame: mlua clears the
+/// frame a coroutine yielded from when it resumes it, and the caller's own stack must survive.
+unsafe fn pass_request_out(state: *mut lua_State, answered: ffi::lua_KFunction) -> bool {
+    if ffi::lua_isyieldable(state) == 0 {
+        return false;
+    }
+    ffi::lua_pushcfunction(state, yield_all);
+    ffi::lua_insert(state, -3);
+    ffi::lua_callk(state, 2, 2, 0, Some(answered));
+    true
+}
+
+/// `coroutine.yield` itself: yields every argument; its results are the resumer's values.
+unsafe extern "C-unwind" fn yield_all(state: *mut lua_State) -> c_int {
+    ffi::lua_yield(state, ffi::lua_gettop(state))
+}
+
+/// `[.., WAIT, request]` -> `[.., ok, result]`, waiting with the GIL held.
+unsafe fn run_in_place(state: *mut lua_State, run_here: c_int) {
+    ffi::lua_remove(state, -2);
+    ffi::lua_pushvalue(state, run_here);
+    ffi::lua_insert(state, -2);
+    ffi::lua_call(state, 1, 2);
+}
+
+/// `[ok, result]`: the result, or the error raised at the caller's position.
+unsafe extern "C-unwind" fn builtin_answered(
+    state: *mut lua_State,
+    _status: c_int,
+    _ctx: ffi::lua_KContext,
+) -> c_int {
+    if ffi::lua_toboolean(state, -2) != 0 {
+        return 1;
+    }
+    raise_top_with_position(state)
+}
+
+/// `obj:with(f, ...)`: `enter(obj)`, `f(...)`, `exit(obj)` even if `f` fails; then `f`'s
+/// results, or its error raised again unchanged.
+pub(super) fn scoped(lua: &Lua, enter: Function, exit: Function) -> mlua::Result<Function> {
+    closure(
+        lua,
+        scoped_enter,
+        vec![LuaValue::Function(enter), LuaValue::Function(exit)],
+    )
+}
+
+/// Continuation contexts of `with`: the step reached, and how `f` ended.
+const SCOPED_CALL: ffi::lua_KContext = 1;
+const SCOPED_EXIT_OK: ffi::lua_KContext = 2;
+const SCOPED_EXIT_ERR: ffi::lua_KContext = 3;
+
+unsafe extern "C-unwind" fn scoped_enter(state: *mut lua_State) -> c_int {
+    // [self, f, args..]
+    ffi::luaL_checkstack(state, 2, ptr::null());
+    ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+    ffi::lua_pushvalue(state, 1);
+    ffi::lua_callk(state, 1, 0, SCOPED_CALL, Some(scoped_step));
+    scoped_step(state, ffi::LUA_OK, SCOPED_CALL)
+}
+
+unsafe extern "C-unwind" fn scoped_step(
+    state: *mut lua_State,
+    status: c_int,
+    ctx: ffi::lua_KContext,
+) -> c_int {
+    match ctx {
+        SCOPED_CALL => {
+            // [self, f, args..]: call f protected; its results stay above self.
+            let argc = ffi::lua_gettop(state) - 2;
+            let status = ffi::lua_pcallk(state, argc, ffi::LUA_MULTRET, 0, 0, Some(scoped_ran));
+            scoped_ran(state, status, 0)
+        }
+        _ => {
+            // exit(self) has returned: [self, results..] or [self, error]
+            let _ = status;
+            if ctx == SCOPED_EXIT_ERR {
+                ffi::lua_error(state);
+            }
+            ffi::lua_gettop(state) - 1
+        }
+    }
+}
+
+/// `f` has ended (status `LUA_OK`/`LUA_YIELD` = returned); calls `exit(self)`.
+unsafe extern "C-unwind" fn scoped_ran(
+    state: *mut lua_State,
+    status: c_int,
+    _ctx: ffi::lua_KContext,
+) -> c_int {
+    let next = match status {
+        ffi::LUA_OK | ffi::LUA_YIELD => SCOPED_EXIT_OK,
+        _ => SCOPED_EXIT_ERR,
+    };
+    ffi::luaL_checkstack(state, 2, ptr::null());
+    ffi::lua_pushvalue(state, ffi::lua_upvalueindex(2));
+    ffi::lua_pushvalue(state, 1);
+    ffi::lua_callk(state, 1, 0, next, Some(scoped_step));
+    scoped_step(state, ffi::LUA_OK, next)
+}
+
+/// Calling a parrun object calls its `next` method: `for x in pool:imap(f, xs) do .. end`.
+pub(super) fn iterate(lua: &Lua) -> mlua::Result<Function> {
+    closure(lua, call_next, Vec::new())
+}
+
+unsafe extern "C-unwind" fn call_next(state: *mut lua_State) -> c_int {
+    ffi::lua_settop(state, 1);
+    ffi::lua_getfield(state, 1, c"next".as_ptr());
+    ffi::lua_insert(state, 1);
+    ffi::lua_callk(state, 1, ffi::LUA_MULTRET, 0, Some(return_all));
+    ffi::lua_gettop(state)
+}
+
+unsafe extern "C-unwind" fn return_all(
+    state: *mut lua_State,
+    _status: c_int,
+    _ctx: ffi::lua_KContext,
+) -> c_int {
+    ffi::lua_gettop(state)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pool's chunk runner
+
+/// A pool task: `run_chunk(f, calls, count, single, results)` calls `f` once per call of the
+/// chunk in one coroutine, and fills `results[i]`. `single`: `calls[i]` is the one argument of
+/// call `i`; otherwise `calls[i]` is an argument list with its length in `n`.
+pub(super) fn run_chunk(lua: &Lua) -> mlua::Result<Function> {
+    closure(lua, chunk_start, Vec::new())
+}
+
+const CHUNK_F: c_int = 1;
+const CHUNK_CALLS: c_int = 2;
+const CHUNK_COUNT: c_int = 3;
+const CHUNK_SINGLE: c_int = 4;
+const CHUNK_RESULTS: c_int = 5;
+
+unsafe extern "C-unwind" fn chunk_start(state: *mut lua_State) -> c_int {
+    ffi::lua_settop(state, CHUNK_RESULTS);
+    chunk_from(state, 1)
+}
+
+/// Runs calls `first..=count`; a call that yields continues in [`chunk_resumed`].
+unsafe fn chunk_from(state: *mut lua_State, first: ffi::lua_Integer) -> c_int {
+    let count = ffi::lua_tointeger(state, CHUNK_COUNT);
+    let single = ffi::lua_toboolean(state, CHUNK_SINGLE) != 0;
+    for i in first..=count {
+        ffi::lua_pushvalue(state, CHUNK_F);
+        ffi::lua_rawgeti(state, CHUNK_CALLS, i);
+        let argc = if single {
+            1
+        } else {
+            let args = ffi::lua_gettop(state);
+            ffi::lua_getfield(state, args, c"n".as_ptr());
+            let n = ffi::lua_tointeger(state, -1) as c_int;
+            ffi::lua_pop(state, 1);
+            ffi::luaL_checkstack(state, n, c"too many arguments".as_ptr());
+            for j in 1..=n {
+                ffi::lua_rawgeti(state, args, ffi::lua_Integer::from(j));
+            }
+            ffi::lua_remove(state, args);
+            n
+        };
+        ffi::lua_callk(state, argc, 1, i as ffi::lua_KContext, Some(chunk_resumed));
+        ffi::lua_rawseti(state, CHUNK_RESULTS, i);
+    }
+    ffi::lua_settop(state, CHUNK_RESULTS);
+    1
+}
+
+unsafe extern "C-unwind" fn chunk_resumed(
+    state: *mut lua_State,
+    _status: c_int,
+    ctx: ffi::lua_KContext,
+) -> c_int {
+    let i = ctx as ffi::lua_Integer;
+    ffi::lua_rawseti(state, CHUNK_RESULTS, i);
+    chunk_from(state, i + 1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stock functions
+
+/// Replaces `print`, `load`, `loadfile`, `dofile`, the Lua module searcher and the coroutine
+/// functions with parrun's (see the module doc). `write_line` writes one line of output;
+/// `run_here` runs a request in place; `drivers` is the weak set of driver coroutines.
+pub(super) fn install_stock(lua: &Lua, run_here: &Function, drivers: &Table) -> mlua::Result<()> {
+    let globals = lua.globals();
+    let stock = |name: &str| -> mlua::Result<LuaValue> { globals.raw_get(name) };
+    globals.raw_set("print", closure(lua, print, Vec::new())?)?;
+    globals.raw_set("load", closure(lua, load, vec![stock("load")?])?)?;
+    globals.raw_set(
+        "loadfile",
+        closure(lua, loadfile, vec![stock("loadfile")?])?,
+    )?;
+    globals.raw_set("dofile", closure(lua, dofile, Vec::new())?)?;
+
+    let package: Table = globals.raw_get("package")?;
+    let searchers: Table = package.raw_get("searchers")?;
+    let searchpath: LuaValue = package.raw_get("searchpath")?;
+    let searcher = closure(
+        lua,
+        search_lua,
+        vec![LuaValue::Table(package.clone()), searchpath],
+    )?;
+    searchers.raw_set(2, searcher)?;
+
+    let coroutine: Table = globals.raw_get("coroutine")?;
+    let run_here = LuaValue::Function(run_here.clone());
+    let drivers = LuaValue::Table(drivers.clone());
+    coroutine.raw_set("resume", closure(lua, co_resume, vec![run_here.clone()])?)?;
+    coroutine.raw_set("wrap", closure(lua, co_wrap, vec![run_here])?)?;
+    coroutine.raw_set("running", closure(lua, co_running, vec![drivers.clone()])?)?;
+    coroutine.raw_set(
+        "isyieldable",
+        closure(lua, co_isyieldable, vec![drivers.clone()])?,
+    )?;
+    coroutine.raw_set("yield", closure(lua, co_yield, vec![drivers])?)?;
+    Ok(())
+}
+
+/// Stock `print` (each argument through `luaL_tolstring`, tab-separated), written as one line
+/// with one `write(2)`, so lines from several threads never mix.
+unsafe extern "C-unwind" fn print(state: *mut lua_State) -> c_int {
+    let argc = ffi::lua_gettop(state);
+    ffi::luaL_checkstack(state, 2, c"too many arguments to print".as_ptr());
+    // The line is built on the Lua stack, so that an error in a `__tostring` leaves nothing of
+    // ours to clean up.
+    ffi::lua_pushlstring(state, c"".as_ptr(), 0);
+    for i in 1..=argc {
+        if i > 1 {
+            ffi::lua_pushlstring(state, c"\t".as_ptr(), 1);
+            ffi::lua_concat(state, 2);
+        }
+        ffi::luaL_tolstring(state, i, ptr::null_mut());
+        ffi::lua_concat(state, 2);
+    }
+    let mut len = 0;
+    let text = ffi::lua_tolstring(state, -1, &mut len);
+    let written = crate::output::write_line(std::slice::from_raw_parts(text.cast(), len));
+    match written {
+        Ok(()) => 0,
+        Err(e) => raise(state, format!("print: {e}")),
+    }
+}
+
+/// The mode a script asked for, without `b`: absent means text only.
+unsafe fn text_only_mode(state: *mut lua_State, idx: c_int) {
+    match ffi::lua_type(state, idx) {
+        ffi::LUA_TNONE | ffi::LUA_TNIL => {
+            ffi::lua_pushstring(state, c"t".as_ptr());
+        }
+        ffi::LUA_TSTRING => {
+            let mut len = 0;
+            let mode = ffi::lua_tolstring(state, idx, &mut len);
+            let mode = std::slice::from_raw_parts(mode.cast::<u8>(), len);
+            // At most a few letters: a fixed buffer, so nothing needs dropping.
+            let mut text = [0u8; 8];
+            let mut n = 0;
+            for &c in mode.iter().filter(|&&c| c != b'b').take(text.len()) {
+                text[n] = c;
+                n += 1;
+            }
+            ffi::lua_pushlstring(state, text.as_ptr().cast(), n);
+        }
+        // Anything else: left for the stock function to reject with its own message.
+        _ => ffi::lua_pushvalue(state, idx),
+    }
+    ffi::lua_replace(state, idx);
+}
+
+/// Calls the stock C function held in upvalue 1 in this same call frame, so its argument
+/// errors name this function as the script called it.
+unsafe fn call_stock(state: *mut lua_State) -> c_int {
+    match ffi::lua_tocfunction(state, ffi::lua_upvalueindex(1)) {
+        Some(stock) => stock(state),
+        None => ffi::luaL_error(state, c"parrun: the stock function is missing".as_ptr()),
+    }
+}
+
+/// `load(chunk [, chunkname [, mode [, env]]])`, text chunks only.
+unsafe extern "C-unwind" fn load(state: *mut lua_State) -> c_int {
+    if ffi::lua_gettop(state) < 3 {
+        ffi::lua_settop(state, 3);
+    }
+    text_only_mode(state, 3);
+    call_stock(state)
+}
+
+/// `loadfile([filename [, mode [, env]]])`, text chunks only.
+unsafe extern "C-unwind" fn loadfile(state: *mut lua_State) -> c_int {
+    if ffi::lua_gettop(state) < 2 {
+        ffi::lua_settop(state, 2);
+    }
+    text_only_mode(state, 2);
+    call_stock(state)
+}
+
+/// `dofile([filename])`, as stock (its chunk may yield), text chunks only.
+unsafe extern "C-unwind" fn dofile(state: *mut lua_State) -> c_int {
+    let name = ffi::luaL_optlstring(state, 1, ptr::null(), ptr::null_mut());
+    ffi::lua_settop(state, 1);
+    if ffi::luaL_loadfilex(state, name, c"t".as_ptr()) != ffi::LUA_OK {
+        ffi::lua_error(state);
+    }
+    ffi::lua_callk(state, 0, ffi::LUA_MULTRET, 0, Some(dofile_done));
+    dofile_done(state, ffi::LUA_OK, 0)
+}
+
+unsafe extern "C-unwind" fn dofile_done(
+    state: *mut lua_State,
+    _status: c_int,
+    _ctx: ffi::lua_KContext,
+) -> c_int {
+    ffi::lua_gettop(state) - 1
+}
+
+/// `package.searchers[2]`, the searcher for Lua modules on `package.path`, as stock except that
+/// it loads text chunks only. Upvalues: `package`, the stock `package.searchpath`.
+unsafe extern "C-unwind" fn search_lua(state: *mut lua_State) -> c_int {
+    let name = ffi::luaL_checklstring(state, 1, ptr::null_mut());
+    ffi::lua_settop(state, 1);
+    if ffi::lua_getfield(state, ffi::lua_upvalueindex(1), c"path".as_ptr()) != ffi::LUA_TSTRING {
+        return ffi::luaL_error(state, c"'package.path' must be a string".as_ptr());
+    }
+    // [name, path] -> searchpath(name, path) -> [name, filename | nil, message]
+    ffi::lua_pushvalue(state, ffi::lua_upvalueindex(2));
+    ffi::lua_pushvalue(state, 1);
+    ffi::lua_pushvalue(state, 2);
+    ffi::lua_call(state, 2, 2);
+    if ffi::lua_isnil(state, -2) != 0 {
+        // Not found: the searcher's answer is the list of files it tried.
+        return 1;
+    }
+    ffi::lua_pop(state, 1);
+    let filename = ffi::lua_tolstring(state, -1, ptr::null_mut());
+    if ffi::luaL_loadfilex(state, filename, c"t".as_ptr()) == ffi::LUA_OK {
+        // [.., filename, chunk] -> chunk, filename
+        ffi::lua_insert(state, -2);
+        return 2;
+    }
+    ffi::luaL_error(
+        state,
+        c"error loading module '%s' from file '%s':\n\t%s".as_ptr(),
+        name,
+        filename,
+        ffi::lua_tolstring(state, -1, ptr::null_mut()),
+    )
+}
+
+/// Whether `co` is a coroutine a driver runs (upvalue 1 is the set of them).
+unsafe fn is_driver(state: *mut lua_State, co_index: c_int) -> bool {
+    ffi::lua_pushvalue(state, co_index);
+    let found = ffi::lua_rawget(state, ffi::lua_upvalueindex(1)) != ffi::LUA_TNIL;
+    ffi::lua_pop(state, 1);
+    found
+}
+
+unsafe extern "C-unwind" fn co_running(state: *mut lua_State) -> c_int {
+    let is_main = ffi::lua_pushthread(state) != 0;
+    let is_main = is_main || is_driver(state, -1);
+    ffi::lua_pushboolean(state, c_int::from(is_main));
+    2
+}
+
+unsafe extern "C-unwind" fn co_isyieldable(state: *mut lua_State) -> c_int {
+    let co = if ffi::lua_type(state, 1) == ffi::LUA_TNONE {
+        ffi::lua_settop(state, 0);
+        ffi::lua_pushthread(state);
+        state
+    } else {
+        get_coroutine(state)
+    };
+    let yieldable = !is_driver(state, 1) && ffi::lua_isyieldable(co) != 0;
+    ffi::lua_pushboolean(state, c_int::from(yieldable));
+    1
+}
+
+unsafe extern "C-unwind" fn co_yield(state: *mut lua_State) -> c_int {
+    ffi::lua_pushthread(state);
+    let driver = is_driver(state, -1);
+    ffi::lua_pop(state, 1);
+    if driver {
+        return ffi::luaL_error(state, c"attempt to yield from outside a coroutine".as_ptr());
+    }
+    yield_all(state)
+}
+
+unsafe fn get_coroutine(state: *mut lua_State) -> *mut lua_State {
+    let co = ffi::lua_tothread(state, 1);
+    if co.is_null() {
+        luaL_typeerror(state, 1, c"thread".as_ptr());
+    }
+    co
+}
+
+/// Resumes `co` with the `narg` values on top of the stack; returns the number of results now
+/// on top, or -1 with the error on top (stock `auxresume`).
+unsafe fn aux_resume(state: *mut lua_State, co: *mut lua_State, narg: c_int) -> c_int {
+    if ffi::lua_checkstack(co, narg) == 0 {
+        ffi::lua_pushstring(state, c"too many arguments to resume".as_ptr());
+        return -1;
+    }
+    ffi::lua_xmove(state, co, narg);
+    let mut nres = 0;
+    let status = ffi::lua_resume(co, state, narg, &mut nres);
+    if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
+        if ffi::lua_checkstack(state, nres + 1) == 0 {
+            ffi::lua_pop(co, nres);
+            ffi::lua_pushstring(state, c"too many results to resume".as_ptr());
+            return -1;
+        }
+        ffi::lua_xmove(co, state, nres);
+        nres
+    } else {
+        ffi::lua_xmove(co, state, 1);
+        -1
+    }
+}
+
+/// Whether `co` has just yielded a request (`[WAIT, request]` on top, `results` of them).
+unsafe fn yielded_request(state: *mut lua_State, co: *mut lua_State, results: c_int) -> bool {
+    results == 2 && is_wait_tag(state, -2) && ffi::lua_status(co) == ffi::LUA_YIELD
+}
+
+/// `coroutine.resume(co, ...)`. Upvalue 1: `run_here`.
+unsafe extern "C-unwind" fn co_resume(state: *mut lua_State) -> c_int {
+    get_coroutine(state);
+    resume_relay(state, ffi::LUA_OK, 0)
+}
+
+/// Resumes the coroutine at index 1 with everything above it, relaying its requests.
+unsafe extern "C-unwind" fn resume_relay(
+    state: *mut lua_State,
+    _status: c_int,
+    _ctx: ffi::lua_KContext,
+) -> c_int {
+    loop {
+        let co = ffi::lua_tothread(state, 1);
+        let r = aux_resume(state, co, ffi::lua_gettop(state) - 1);
+        if r < 0 {
+            ffi::lua_pushboolean(state, 0);
+            ffi::lua_insert(state, -2);
+            return 2;
+        }
+        if !yielded_request(state, co, r) {
+            ffi::lua_pushboolean(state, 1);
+            ffi::lua_insert(state, -(r + 1));
+            return r + 1;
+        }
+        // Whether it was passed out or run here, the answer replaces the request.
+        if !pass_request_out(state, resume_relay) {
+            run_in_place(state, ffi::lua_upvalueindex(1));
+        }
+    }
+}
+
+/// `coroutine.wrap(f)`. Upvalue 1: `run_here`.
+unsafe extern "C-unwind" fn co_wrap(state: *mut lua_State) -> c_int {
+    ffi::luaL_checktype(state, 1, ffi::LUA_TFUNCTION);
+    let co = ffi::lua_newthread(state);
+    ffi::lua_pushvalue(state, 1);
+    ffi::lua_xmove(state, co, 1);
+    ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+    ffi::lua_pushcclosure(state, wrapped, 2);
+    1
+}
+
+/// A function `coroutine.wrap` made. Upvalues: the coroutine, `run_here`.
+unsafe extern "C-unwind" fn wrapped(state: *mut lua_State) -> c_int {
+    wrapped_relay(state, ffi::LUA_OK, 0)
+}
+
+unsafe extern "C-unwind" fn wrapped_relay(
+    state: *mut lua_State,
+    _status: c_int,
+    _ctx: ffi::lua_KContext,
+) -> c_int {
+    loop {
+        let co = ffi::lua_tothread(state, ffi::lua_upvalueindex(1));
+        let r = aux_resume(state, co, ffi::lua_gettop(state));
+        if r < 0 {
+            // Stock `auxwrap`: close the dead coroutine, and add the position to a message.
+            let mut status = ffi::lua_status(co);
+            if status != ffi::LUA_OK && status != ffi::LUA_YIELD {
+                status = ffi::lua_closethread(co, state);
+                ffi::lua_xmove(co, state, 1);
+            }
+            if status != ffi::LUA_ERRMEM && ffi::lua_type(state, -1) == ffi::LUA_TSTRING {
+                ffi::luaL_where(state, 1);
+                ffi::lua_insert(state, -2);
+                ffi::lua_concat(state, 2);
+            }
+            ffi::lua_error(state);
+        }
+        if !yielded_request(state, co, r) {
+            return r;
+        }
+        if !pass_request_out(state, wrapped_relay) {
+            run_in_place(state, ffi::lua_upvalueindex(2));
+        }
+    }
+}

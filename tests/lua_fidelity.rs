@@ -1,0 +1,149 @@
+//! Lua as the stock `lua5.4` interpreter runs it: `load` and its relatives, functions parrun
+//! replaces that must still be C functions, source bytes, `arg`, C modules, error positions
+//! and tracebacks, in the main script and in pool workers of every execution model.
+
+mod common;
+
+use common::{Run, TempDir, MODES};
+
+/// A directory holding `probe.lua`, which exercises `load`, `loadfile`, `dofile` and `require`
+/// and returns what it saw as text, plus the files it loads: a text chunk, a binary chunk and
+/// two modules (one of them binary).
+fn load_probe_dir() -> TempDir {
+    let dir = TempDir::new("load-probe");
+    dir.write("text.lua", "return x + 100, 'text'\n");
+    dir.write("textmod.lua", "return 'textmod!'\n");
+    // Binary chunks are written by Lua itself (string.dump), so they are real ones.
+    let _ = dir.write(
+        "make_binary.lua",
+        r#"
+local dir = ...
+for name, code in pairs({["binary.luac"] = "return 7", ["binmod.lua"] = "return 8"}) do
+  local f = assert(io.open(dir .. "/" .. name, "wb"))
+  f:write(string.dump(load(code)))
+  f:close()
+end
+"#,
+    );
+    let maker = dir.path().join("make_binary.lua");
+    let dir_arg = dir.path().to_str().expect("a UTF-8 temp path");
+    Run::new([maker.to_str().unwrap(), dir_arg])
+        .output()
+        .assert_success();
+    dir.write(
+        "probe.lua",
+        r#"
+local dir = assert(arg[1])
+package.path = dir .. "/?.lua;" .. package.path
+x = 41
+function probe()
+  local out = {}
+  local function add(...)
+    local t = table.pack(...)
+    for i = 1, t.n do t[i] = tostring(t[i]) end
+    out[#out + 1] = table.concat(t, " ", 1, t.n)
+  end
+  add(load("return 1 + x")())
+  add(load("return x", "=c", "t", {x = 5})())
+  add(pcall(load("return x", "=c", "t", nil)))
+  local pieces, i = {"return ", "2 ", "+ x"}, 0
+  add(load(function() i = i + 1 return pieces[i] end)())
+  add(load("x =", "=mychunk"))
+  add(load("x =", "@file.lua"))
+  add(load(string.dump(function() return 1 end)))
+  add(load(string.dump(function() return 1 end), "bin", "bt"))
+  add(loadfile(dir .. "/text.lua")())
+  add(loadfile(dir .. "/text.lua", "t", {x = 1})())
+  add(loadfile(dir .. "/binary.luac"))
+  add(dofile(dir .. "/text.lua"))
+  add(pcall(dofile, dir .. "/binary.luac"))
+  local ok, err = pcall(require, "binmod")
+  add(ok, (err:gsub("from file '[^']*'", "from file F")))
+  add((require("textmod")))
+  return table.concat(out, "\n")
+end
+print("main")
+print(probe())
+local pool = parrun.Pool(1)
+print("worker")
+print(pool:map(probe, {1})[1])
+pool:close()
+pool:join()
+"#,
+    );
+    dir
+}
+
+/// What `probe()` returns: stock Lua 5.4's answers, except that binary chunks are refused.
+const LOAD_PROBE: &str = "42
+5
+false c:1: attempt to index a nil value (upvalue '_ENV')
+43
+nil mychunk:1: unexpected symbol near <eof>
+nil file.lua:1: unexpected symbol near <eof>
+nil attempt to load a binary chunk (mode is 't')
+nil attempt to load a binary chunk (mode is 't')
+141 text
+101 text
+nil attempt to load a binary chunk (mode is 't')
+141 text
+false attempt to load a binary chunk (mode is 't')
+false error loading module 'binmod' from file F:
+\tattempt to load a binary chunk (mode is 't')
+textmod!";
+
+#[test]
+fn load_loadfile_dofile_and_require_behave_as_stock_for_text_and_refuse_binary() {
+    let dir = load_probe_dir();
+    let probe = dir.path().join("probe.lua");
+    let dir_arg = dir.path().to_str().expect("a UTF-8 temp path");
+    for mode in MODES {
+        let out = Run::new(["--mode", mode, probe.to_str().unwrap(), dir_arg]).output();
+        out.assert_success();
+        let want = format!("main\n{LOAD_PROBE}\nworker\n{LOAD_PROBE}\n");
+        assert_eq!(out.stdout, want, "--mode {mode}\n{}", out.describe());
+    }
+}
+
+/// Functions parrun provides in place of stock ones, and its own builtins, are C functions as
+/// the stock ones are, in the script and in workers.
+#[test]
+fn replaced_stock_functions_and_builtins_are_c_functions() {
+    let code = r#"
+function kinds()
+  local names = {"print", "load", "loadfile", "dofile", "require", "coroutine.resume",
+    "coroutine.wrap", "coroutine.running", "coroutine.isyieldable", "coroutine.yield",
+    "parrun.sleep", "parrun.Queue", "parrun.Pool"}
+  local out = {}
+  for _, name in ipairs(names) do
+    local f = _G
+    for part in name:gmatch("[^.]+") do f = f[part] end
+    local info = debug.getinfo(f, "S")
+    out[#out + 1] = name .. "=" .. info.what .. info.short_src
+  end
+  local wrapped = coroutine.wrap(function() end)
+  out[#out + 1] = "wrapped=" .. debug.getinfo(wrapped, "S").what
+  out[#out + 1] = "upvaluejoin=" .. tostring(pcall(debug.upvaluejoin, print, 1, function() return out end, 1))
+  return table.concat(out, " ")
+end
+print(kinds())
+local pool = parrun.Pool(1)
+print(pool:map(kinds, {1})[1])
+pool:close()
+pool:join()
+"#;
+    let want = "print=C[C] load=C[C] loadfile=C[C] dofile=C[C] require=C[C] \
+                coroutine.resume=C[C] coroutine.wrap=C[C] coroutine.running=C[C] \
+                coroutine.isyieldable=C[C] coroutine.yield=C[C] parrun.sleep=C[C] \
+                parrun.Queue=C[C] parrun.Pool=C[C] wrapped=C upvaluejoin=false";
+    for mode in MODES {
+        let out = common::run_code(&["--mode", mode], "cfunctions", "lua", code);
+        out.assert_success();
+        assert_eq!(
+            out.stdout,
+            format!("{want}\n{want}\n"),
+            "--mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}
