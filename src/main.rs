@@ -155,9 +155,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
     let runtime = runtime.args(cli.args.iter().cloned());
     if script == "-" {
         let lang = need_lang("reading the script from standard input")?;
-        let mut code = String::new();
+        let mut code = Vec::new();
         std::io::stdin()
-            .read_to_string(&mut code)
+            .read_to_end(&mut code)
             .map_err(|source| Error::Read {
                 path: "-".into(),
                 source,

@@ -114,20 +114,42 @@ impl Error {
 }
 
 /// A script to run: its code, the name errors use, and the arguments it receives.
+///
+/// The code is bytes: Lua source is bytes (a string literal may hold any of them), while Rhai
+/// needs UTF-8 and checks it in [`Script::text`].
 pub(crate) struct Script {
     pub name: String,
     pub dir: Option<PathBuf>,
-    pub code: String,
+    pub code: Vec<u8>,
     pub args: Vec<String>,
 }
 
 impl Script {
     /// The code with a leading `#!` line blanked (kept as an empty line, so line numbers hold).
-    pub fn code_without_shebang(&self) -> &str {
-        match self.code.strip_prefix("#!") {
-            Some(rest) => rest.find('\n').map_or("", |i| &rest[i..]),
+    pub fn code_without_shebang(&self) -> &[u8] {
+        match self.code.strip_prefix(b"#!") {
+            Some(rest) => rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(&[][..], |i| &rest[i..]),
             None => &self.code,
         }
+    }
+
+    /// The code (without its `#!` line) as text, or a syntax error that names the line and the
+    /// offset of the first byte that is not UTF-8.
+    pub fn text(&self) -> Result<&str, Error> {
+        let code = self.code_without_shebang();
+        std::str::from_utf8(code).map_err(|e| {
+            let at = e.valid_up_to();
+            // Offsets and lines count from the file's start, `#!` line included.
+            let offset = at + (self.code.len() - code.len());
+            let line = self.code[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
+            Error::Script(format!(
+                "{}:{line}: syntax error: the script is not valid UTF-8 (byte 0x{:02x} at offset {offset})",
+                self.name, code[at]
+            ))
+        })
     }
 }
 
@@ -269,7 +291,7 @@ impl Runtime {
                 )))
             }
         };
-        let code = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        let code = std::fs::read(path).map_err(|source| Error::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -292,15 +314,21 @@ impl Runtime {
         )
     }
 
-    /// Runs script source; `name` is what error messages call it.
-    pub fn run_source(&self, language: Language, name: &str, code: &str) -> Result<i32, Error> {
+    /// Runs script source; `name` is what error messages call it. Lua source may be any bytes;
+    /// Rhai source must be UTF-8.
+    pub fn run_source(
+        &self,
+        language: Language,
+        name: &str,
+        code: impl AsRef<[u8]>,
+    ) -> Result<i32, Error> {
         let language = self.language.unwrap_or(language);
         self.run(
             language,
             Script {
                 name: name.to_owned(),
                 dir: None,
-                code: code.to_owned(),
+                code: code.as_ref().to_owned(),
                 args: self.args.clone(),
             },
         )

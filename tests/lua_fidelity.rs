@@ -147,3 +147,42 @@ pool:join()
         );
     }
 }
+
+/// Lua source is bytes: a script (or stdin) that is not UTF-8 runs as under `lua5.4`, and its
+/// strings keep every byte, also on their way through a worker. Rhai needs UTF-8: such a
+/// script is a syntax error naming the file, the line and the offset.
+#[test]
+fn source_that_is_not_utf8_runs_in_lua_and_is_a_named_syntax_error_in_rhai() {
+    let dir = TempDir::new("bytes");
+    let lua = dir.path().join("latin1.lua");
+    std::fs::write(
+        &lua,
+        b"-- caf\xe9 in Latin-1\nlocal s = \"caf\xe9\"\nlocal pool = parrun.Pool(1)\n\
+          local back = pool:map(function(v) return v .. \"\\xff\" end, {s})[1]\n\
+          pool:close() pool:join()\nprint(#s, s:byte(4), #back, back:byte(5))\n",
+    )
+    .unwrap();
+    for mode in MODES {
+        let out = Run::new(["--mode", mode, lua.to_str().unwrap()]).output();
+        out.assert_success();
+        assert_eq!(
+            out.stdout,
+            "4\t233\t5\t255\n",
+            "--mode {mode}\n{}",
+            out.describe()
+        );
+    }
+    let stdin = Run::new(["--lang", "lua", "-"])
+        .stdin_bytes(b"io.write(#\"\xe9\xe8\", \"\\n\")")
+        .output();
+    stdin.assert_success();
+    assert_eq!(stdin.stdout, "2\n", "{}", stdin.describe());
+
+    let rhai = dir.path().join("latin1.rhai");
+    std::fs::write(&rhai, b"let x = 1;\nlet s = \"caf\xe9\";\nprint(s);\n").unwrap();
+    let out = Run::new([rhai.to_str().unwrap()]).output();
+    out.assert_code(1);
+    out.assert_stderr_contains("latin1.rhai:2: syntax error: the script is not valid UTF-8");
+    out.assert_stderr_contains("byte 0xe9 at offset 23");
+    assert!(out.stdout.is_empty(), "{}", out.describe());
+}

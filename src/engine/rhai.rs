@@ -71,7 +71,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         host.clone(),
         script.name.clone(),
         script.dir.clone(),
-        script.code_without_shebang().into(),
+        script.text()?.into(),
     );
     let (engine, ast) = start_engine(&shared).map_err(|e| {
         Error::Script(format!(

@@ -108,7 +108,7 @@ impl Output {
 /// One run of the binary, configured with builder methods and started with [`Run::output`].
 pub struct Run {
     args: Vec<String>,
-    stdin: Option<String>,
+    stdin: Option<Vec<u8>>,
     timeout: Duration,
     dir: Option<PathBuf>,
     env: Vec<(String, String)>,
@@ -130,8 +130,13 @@ impl Run {
     }
 
     /// Text written to the child's standard input (otherwise it reads nothing: stdin is null).
-    pub fn stdin(mut self, text: &str) -> Self {
-        self.stdin = Some(text.to_owned());
+    pub fn stdin(self, text: &str) -> Self {
+        self.stdin_bytes(text.as_bytes())
+    }
+
+    /// Bytes written to the child's standard input.
+    pub fn stdin_bytes(mut self, bytes: &[u8]) -> Self {
+        self.stdin = Some(bytes.to_owned());
         self
     }
 
@@ -178,7 +183,7 @@ impl Run {
             let mut pipe = child.stdin.take().expect("stdin is piped");
             std::thread::spawn(move || {
                 // The script may exit without reading everything: a broken pipe is fine.
-                let _ = pipe.write_all(text.as_bytes());
+                let _ = pipe.write_all(&text);
             })
         });
         let stdout = drain(child.stdout.take().expect("stdout is piped"));
