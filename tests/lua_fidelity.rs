@@ -186,3 +186,134 @@ fn source_that_is_not_utf8_runs_in_lua_and_is_a_named_syntax_error_in_rhai() {
     out.assert_stderr_contains("byte 0xe9 at offset 23");
     assert!(out.stdout.is_empty(), "{}", out.describe());
 }
+
+/// Where Debian's lua5.4 finds the C modules of its `lua-*` packages.
+const SYSTEM_CMODULES: &str = "/usr/lib/x86_64-linux-gnu/lua/5.4";
+
+/// Whether the system's Lua C modules this suite loads are installed. `./test.sh` (the README's
+/// test command, and CI) installs them and sets PARRUN_REQUIRE_SYSTEM_LUA, which makes their
+/// absence a failure; a bare `cargo test` elsewhere says what it skipped.
+fn system_modules_installed(what: &str) -> bool {
+    let present = ["lfs.so", "lpeg.so"]
+        .iter()
+        .all(|m| std::path::Path::new(SYSTEM_CMODULES).join(m).exists());
+    if !present {
+        assert!(
+            std::env::var_os("PARRUN_REQUIRE_SYSTEM_LUA").is_none(),
+            "{what}: Debian's lua-filesystem and lua-lpeg are not installed in {SYSTEM_CMODULES}"
+        );
+        eprintln!("skipped {what}: install lua-filesystem and lua-lpeg (./test.sh does)");
+    }
+    present
+}
+
+/// C modules from the system's packages load from the default `package.cpath` (the binary
+/// exports Lua's C API), in the script, in pool workers and in processes of every model: an
+/// isolated engine requires the script's C modules again, so a local or global reference to
+/// them works there too.
+#[test]
+fn system_c_modules_load_in_the_script_and_in_workers_of_every_mode() {
+    if !system_modules_installed("C modules") {
+        return;
+    }
+    let code = r#"
+local lfs = require "lfs"
+lpeg = require "lpeg"
+local function probe(path)
+  return lfs.attributes(path, "mode") .. " " .. lpeg.match(lpeg.C(lpeg.R("az")^1), "abc1")
+end
+print(probe("/"))
+local pool = parrun.Pool(2)
+print(table.concat(pool:map(probe, {"/", "/"}), ","))
+pool:close()
+pool:join()
+local p = parrun.Process(function() print("process " .. probe("/")) end, {})
+p:start()
+p:join()
+print(p.exitcode)
+"#;
+    for mode in MODES {
+        let out = common::run_code(&["--mode", mode], "cmodules", "lua", code);
+        out.assert_success();
+        assert_eq!(
+            out.stdout,
+            "directory abc\ndirectory abc,directory abc\nprocess directory abc\n0\n",
+            "--mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}
+
+/// Debian lua5.4's default `package.path`.
+const STOCK_PATH: &str = "/usr/local/share/lua/5.4/?.lua;/usr/local/share/lua/5.4/?/init.lua;\
+     /usr/local/lib/lua/5.4/?.lua;/usr/local/lib/lua/5.4/?/init.lua;/usr/share/lua/5.4/?.lua;\
+     /usr/share/lua/5.4/?/init.lua;./?.lua;./?/init.lua";
+
+/// `package.path` and `package.cpath` start as the system's lua5.4 has them, and LUA_PATH,
+/// LUA_CPATH and their `_5_4` forms change them as they change the stock interpreter's.
+#[test]
+fn search_paths_start_as_stock_and_follow_the_environment() {
+    let dir = TempDir::new("paths");
+    dir.write("mods/fromenv.lua", "return 'found by LUA_PATH'\n");
+    dir.write("mods54/fromenv.lua", "return 'found by LUA_PATH_5_4'\n");
+    let script = dir.write(
+        "paths.lua",
+        "print(package.path)\nprint(package.cpath)\nprint(pcall(require, 'fromenv'))\n",
+    );
+    let script = script.to_str().unwrap();
+    let plain = Run::new([script]).dir(dir.path()).output();
+    plain.assert_success();
+    let lines = plain.stdout_lines();
+    let script_dir = dir.path().display().to_string();
+    // The script's own directory comes first (parrun's addition), then the stock default.
+    assert_eq!(
+        lines[0],
+        format!("{script_dir}/?.lua;{script_dir}/?/init.lua;{STOCK_PATH}"),
+        "{}",
+        plain.describe()
+    );
+    assert_eq!(
+        lines[1],
+        format!(
+            "/usr/local/lib/lua/5.4/?.so;{SYSTEM_CMODULES}/?.so;/usr/lib/lua/5.4/?.so;\
+             /usr/local/lib/lua/5.4/loadall.so;./?.so"
+        )
+    );
+    assert!(
+        lines[2].starts_with("false\tmodule 'fromenv' not found"),
+        "{}",
+        plain.describe()
+    );
+
+    let mods = format!("{}/mods/?.lua;;", dir.path().display());
+    let with_env = Run::new([script]).env("LUA_PATH", &mods).output();
+    with_env.assert_success();
+    let lines = with_env.stdout_lines();
+    let with_default = mods.replace(";;", &format!(";{STOCK_PATH}"));
+    assert!(lines[0].ends_with(&with_default), "{}", with_env.describe());
+    assert!(
+        lines[2].contains("found by LUA_PATH\t"),
+        "{}",
+        with_env.describe()
+    );
+
+    let mods54 = format!("{}/mods54/?.lua", dir.path().display());
+    let versioned = Run::new([script])
+        .env("LUA_PATH", &mods)
+        .env("LUA_PATH_5_4", &mods54)
+        .env("LUA_CPATH_5_4", "/nowhere/?.so")
+        .output();
+    versioned.assert_success();
+    let lines = versioned.stdout_lines();
+    assert!(
+        lines[0].ends_with(&format!(";{mods54}")),
+        "{}",
+        versioned.describe()
+    );
+    assert_eq!(lines[1], "/nowhere/?.so");
+    assert!(
+        lines[2].contains("found by LUA_PATH_5_4"),
+        "{}",
+        versioned.describe()
+    );
+}

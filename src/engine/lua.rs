@@ -32,6 +32,7 @@ use crate::thread::Target;
 use crate::{Mode, Value};
 
 mod native;
+mod paths;
 mod snapshot;
 mod transport;
 
@@ -970,6 +971,7 @@ fn new_state(host: &Arc<Host>) -> mlua::Result<Lua> {
     // refuses it).
     // SAFETY: scripts get the same powers as under the stock `lua` binary, by design.
     let lua = unsafe { Lua::unsafe_new() };
+    paths::install(&lua)?;
     install_api(&lua, host)?;
     apply_settings(&lua, &host.settings)?;
     snapshot::record_pristine(&lua)?;

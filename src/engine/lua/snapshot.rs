@@ -75,6 +75,7 @@ pub(super) fn copy_state(
     values: Vec<LuaValue>,
 ) -> Result<Vec<LuaValue>, String> {
     let mut copier = Copier::new(src, dst).map_err(error_text)?;
+    copier.require_c_modules().map_err(error_text)?;
     copier
         .copy(LuaValue::Table(src.globals()))
         .map_err(error_text)?;
@@ -93,6 +94,23 @@ pub(super) fn copy_state(
     }
     copier.finish().map_err(error_text)?;
     Ok(copies)
+}
+
+/// Whether a module is, or holds, a C function.
+fn holds_c_functions(module: &LuaValue) -> mlua::Result<bool> {
+    Ok(match module {
+        LuaValue::Function(f) => f.info().what == "C",
+        LuaValue::Table(t) => {
+            let mut found = false;
+            for pair in t.pairs::<LuaValue, LuaValue>() {
+                if let (_, LuaValue::Function(f)) = pair? {
+                    found |= f.info().what == "C";
+                }
+            }
+            found
+        }
+        _ => false,
+    })
 }
 
 enum Pending {
@@ -135,6 +153,79 @@ impl<'a> Copier<'a> {
             upvaluejoin: dst.named_registry_value("parrun.upvaluejoin")?,
             upvalues: HashMap::new(),
         })
+    }
+
+    /// C modules cannot be copied: each one the script required (a `package.loaded` entry that
+    /// the set-up did not make, holding C functions) is required again in the destination, with
+    /// the script's search paths, and the script's module and its functions are mapped to the
+    /// destination's own. A module that fails to load there is left out, as any value that
+    /// cannot be copied is.
+    fn require_c_modules(&mut self) -> mlua::Result<()> {
+        let src_package: Table = self.src.globals().get("package")?;
+        let dst_package: Table = self.dst.globals().get("package")?;
+        let src_loaded: Table = src_package.get("loaded")?;
+        let dst_loaded: Table = dst_package.get("loaded")?;
+        let mut names = Vec::new();
+        for pair in src_loaded.pairs::<LuaString, LuaValue>() {
+            let (name, module) = pair?;
+            let fresh = dst_loaded
+                .raw_get::<LuaValue>(self.dst.create_string(name.as_bytes())?)?
+                .is_nil();
+            if fresh && holds_c_functions(&module)? {
+                names.push(name);
+            }
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        for field in ["path", "cpath"] {
+            if let LuaValue::String(p) = src_package.get::<LuaValue>(field)? {
+                dst_package.set(field, self.dst.create_string(p.as_bytes())?)?;
+            }
+        }
+        let require: Function = self.dst.globals().get("require")?;
+        for name in names {
+            let module: LuaValue = src_loaded.raw_get(&name)?;
+            let Ok(copy) = require.call::<LuaValue>(self.dst.create_string(name.as_bytes())?)
+            else {
+                continue;
+            };
+            self.map_module(module, copy)?;
+        }
+        Ok(())
+    }
+
+    /// Maps a module of the source to the destination's copy: a C function to the one of the
+    /// same name, a table to the table, whose other entries are then copied as usual.
+    fn map_module(&mut self, src: LuaValue, dst: LuaValue) -> mlua::Result<()> {
+        match (&src, &dst) {
+            (LuaValue::Function(_), LuaValue::Function(_)) => {
+                self.memo.insert(src.to_pointer(), dst);
+            }
+            (LuaValue::Table(s), LuaValue::Table(d)) => {
+                for pair in s.pairs::<LuaValue, LuaValue>() {
+                    let (key, value) = pair?;
+                    let LuaValue::Function(f) = &value else {
+                        continue;
+                    };
+                    let Some(key) = self.copy(key)? else { continue };
+                    match d.raw_get::<LuaValue>(key)? {
+                        theirs @ LuaValue::Function(_) if f.info().what == "C" => {
+                            self.memo.insert(value.to_pointer(), theirs);
+                        }
+                        _ => {}
+                    }
+                }
+                self.memo.insert(src.to_pointer(), dst.clone());
+                self.pending.push(Pending::Table {
+                    src: s.clone(),
+                    dst: d.clone(),
+                    pristine: true,
+                });
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// `value` in the destination state (filled in later for tables and functions), or `None`
