@@ -152,7 +152,13 @@ fn run(cli: Cli) -> Result<i32, Error> {
             "no script given: parrun SCRIPT [ARGS..] (see parrun --help)".into(),
         ));
     };
-    let runtime = runtime.args(cli.args.iter().cloned());
+    // As the stock `lua` does: everything before the script, from argv[0] on, goes to
+    // arg[-n] .. arg[-1]. The script's own arguments end the command line.
+    let argv: Vec<String> = std::env::args().collect();
+    let before = argv.len().saturating_sub(cli.args.len() + 1);
+    let runtime = runtime
+        .interpreter_args(argv.into_iter().take(before))
+        .args(cli.args.iter().cloned());
     if script == "-" {
         let lang = need_lang("reading the script from standard input")?;
         let mut code = Vec::new();

@@ -122,6 +122,8 @@ pub(crate) struct Script {
     pub dir: Option<PathBuf>,
     pub code: Vec<u8>,
     pub args: Vec<String>,
+    /// The command line before the script (Lua: `arg[-n] .. arg[-1]`).
+    pub interpreter: Vec<String>,
 }
 
 impl Script {
@@ -169,6 +171,7 @@ pub struct Runtime {
     switch_interval: Duration,
     settings: Settings,
     args: Vec<String>,
+    interpreter: Vec<String>,
 }
 
 /// Safety switches and limits a run applies to every engine it creates.
@@ -202,6 +205,7 @@ impl Runtime {
             switch_interval: DEFAULT_SWITCH_INTERVAL,
             settings: Settings::default(),
             args: Vec::new(),
+            interpreter: std::env::args().take(1).collect(),
         }
     }
 
@@ -279,6 +283,19 @@ impl Runtime {
         self
     }
 
+    /// The command line that runs the script, before the script's name: Lua puts it in
+    /// `arg[-n] .. arg[-1]`, as the stock interpreter does, so a script can run its interpreter
+    /// again (`os.execute(arg[-1] .. " child.lua")`). The default is this program's name as
+    /// invoked (`argv[0]`); the `parrun` binary passes its options too.
+    pub fn interpreter_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.interpreter = args.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Runs a script file and returns its exit status (0 when it ends normally).
     pub fn run_file(&self, path: impl AsRef<Path>) -> Result<i32, Error> {
         let path = path.as_ref();
@@ -310,6 +327,7 @@ impl Runtime {
                 dir,
                 code,
                 args: self.args.clone(),
+                interpreter: self.interpreter.clone(),
             },
         )
     }
@@ -330,6 +348,7 @@ impl Runtime {
                 dir: None,
                 code: code.as_ref().to_owned(),
                 args: self.args.clone(),
+                interpreter: self.interpreter.clone(),
             },
         )
     }

@@ -317,3 +317,39 @@ fn search_paths_start_as_stock_and_follow_the_environment() {
         versioned.describe()
     );
 }
+
+/// `arg` holds the command line as the stock interpreter sets it: the interpreter and its
+/// options at negative indices (`arg[-1]` is the last of them), so a script can run its
+/// interpreter again.
+#[test]
+fn arg_holds_the_interpreter_command_line_and_a_script_can_run_it_again() {
+    let dir = TempDir::new("argv");
+    dir.write("child.lua", "print('child ran with ' .. arg[1])\n");
+    let parent = dir.write(
+        "parent.lua",
+        r#"
+local i = -1
+while arg[i - 1] do i = i - 1 end
+local interpreter = arg[i]
+print("options", table.concat(arg, " ", i + 1, -1), "script", arg[0], "args", table.concat(arg, " "))
+local dir = arg[0]:match("^(.*)/[^/]*$")
+assert(os.execute("'" .. interpreter .. "' '" .. dir .. "/child.lua' x"))
+"#,
+    );
+    let parent = parent.to_str().unwrap();
+    let out = Run::new(["--mode", "isolated", parent, "a", "b"]).output();
+    out.assert_success();
+    assert_eq!(
+        out.stdout,
+        format!("options\t--mode isolated\tscript\t{parent}\targs\ta b\nchild ran with x\n"),
+        "{}",
+        out.describe()
+    );
+    let bare = Run::new([parent]).output();
+    bare.assert_success();
+    assert!(
+        bare.stdout.starts_with("options\t\tscript"),
+        "{}",
+        bare.describe()
+    );
+}

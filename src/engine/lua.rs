@@ -929,7 +929,10 @@ fn named(b: &'static Builtin, f: Wait) -> Wait {
 /// Sets `arg` as the stock interpreter does, and lets `require` find modules next to the script.
 fn install_script_env(lua: &Lua, script: &Script) -> mlua::Result<()> {
     let arg = lua.create_table()?;
-    arg.raw_set(-1, "parrun")?;
+    let before = script.interpreter.len() as i64;
+    for (i, a) in script.interpreter.iter().enumerate() {
+        arg.raw_set(i as i64 - before, a.as_str())?;
+    }
     arg.raw_set(0, script.name.as_str())?;
     for (i, a) in script.args.iter().enumerate() {
         arg.raw_set(i as i64 + 1, a.as_str())?;
