@@ -353,3 +353,52 @@ assert(os.execute("'" .. interpreter .. "' '" .. dir .. "/child.lua' x"))
         bare.describe()
     );
 }
+
+/// The limits stop a pool task with an error that names the file and line it stopped at and
+/// carries a traceback, as every other runtime error does; no traceback shows a frame of
+/// parrun's own Lua glue.
+#[test]
+fn limit_errors_in_tasks_name_their_place_and_tracebacks_show_no_parrun_frames() {
+    let code = r#"local function spin(n) local s = 0 while true do s = s + n end end
+local function deep(n) return deep(n + 1) + 1 end
+local pool = parrun.Pool(1)
+print(pcall(pool.map, pool, spin, {1}))
+print(pcall(pool.map, pool, deep, {1}))
+local lock = parrun.Lock()
+print(pcall(lock.with, lock, function() error("in with") end))
+local t = parrun.Thread(function() lock:with(function() error("in thread") end) end, {})
+t:start()
+t:join()
+pool:map(function(x) parrun.sleep(0) error("task failed") end, {1})
+"#;
+    let (dir, _) = common::script("limits", "lua", code);
+    for mode in MODES {
+        let out = Run::new([
+            "--mode",
+            mode,
+            "--max-instructions",
+            "100000",
+            "--max-call-depth",
+            "50",
+            "limits.lua",
+        ])
+        .dir(dir.path())
+        .output();
+        out.assert_code(1);
+        let all = format!("{}{}", out.stdout, out.stderr);
+        for want in [
+            "false\tPool.map: limits.lua:1: instruction limit exceeded: more than 100000 instructions (--max-instructions)\nstack traceback:\n\tlimits.lua:1: in function <limits.lua:1>",
+            "false\tPool.map: limits.lua:2: call depth limit exceeded: more than 50 nested calls (--max-call-depth)\nstack traceback:\n\tlimits.lua:2: in upvalue 'deep'",
+            "false\tlimits.lua:7: in with\n",
+            "limits.lua:8: in thread",
+            "parrun: limits.lua:11: Pool.map: limits.lua:11: task failed\nstack traceback:\n\t[C]: in function 'error'\n\tlimits.lua:11: in function <limits.lua:11>",
+        ] {
+            assert!(all.contains(want), "--mode {mode}: lacks {want:?}\n{}", out.describe());
+        }
+        assert!(
+            !all.contains("parrun prelude") && !all.contains("[string"),
+            "{}",
+            out.describe()
+        );
+    }
+}

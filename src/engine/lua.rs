@@ -778,17 +778,20 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
         if co.status() != ThreadStatus::Resumable {
             break Ok(out);
         }
+        let co_state = token as *mut mlua::ffi::lua_State;
         if DEPTH_EXCEEDED.replace(false) {
             let depth = depth.unwrap_or_default();
-            break Err(mlua::Error::runtime(format!(
+            let message = format!(
                 "call depth limit exceeded: more than {depth} nested calls (--max-call-depth)"
-            )));
+            );
+            break Err(native::stopped_error(lua, co_state, &message));
         }
         if BUDGET_SPENT.replace(false) {
             let limit = limit.unwrap_or_default();
-            break Err(mlua::Error::runtime(format!(
+            let message = format!(
                 "instruction limit exceeded: more than {limit} instructions (--max-instructions)"
-            )));
+            );
+            break Err(native::stopped_error(lua, co_state, &message));
         }
         if HOOK_YIELDED.replace(false) {
             if let Some(reason) = crate::cancel::requested() {
