@@ -23,7 +23,7 @@ use mlua::{
     MultiValue, Table, Thread as Coroutine, UserData, UserDataMethods, Value as LuaValue, WeakLua,
 };
 
-use super::untransferable;
+use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
 use crate::gil::{Gil, Interrupter};
 use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
@@ -164,14 +164,13 @@ fn to_lua_options() -> SerializeOptions {
 
 /// Converts a Lua value to a [`Value`] (through mlua's serde support).
 pub fn to_value(v: LuaValue) -> Result<Value, String> {
-    match &v {
-        LuaValue::UserData(ud) if ud.is::<LuaObject>() => {
-            return Err(untransferable("a parrun object is not data"))
-        }
-        LuaValue::Function(_) | LuaValue::Thread(_) | LuaValue::UserData(_) => {
-            return Err(untransferable(format!("a {} is not data", v.type_name())))
-        }
-        _ => {}
+    data_of(v).map_err(untransferable)
+}
+
+/// [`to_value`], whose error says only what could not be converted and where.
+fn data_of(v: LuaValue) -> Result<Value, String> {
+    if let Some(kind) = unsendable_kind(&v) {
+        return Err(unsendable(&kind, &[], false));
     }
     // Through mlua's `Serialize`, which walks a table once under one lock; its `Deserializer`
     // takes the state's lock again for every element (about 115 ns against 70 per item).
@@ -181,7 +180,55 @@ pub fn to_value(v: LuaValue) -> Result<Value, String> {
         .deny_unsupported_types(true)
         .deny_recursive_tables(true)
         .detect_mixed_tables(true);
-    Value::from_serialize(&data).map_err(untransferable)
+    Value::from_serialize(&data).map_err(|e| match find_unsendable(&v) {
+        Some((kind, path, used_as_key)) => unsendable(&kind, &path, used_as_key),
+        None => e.to_string(),
+    })
+}
+
+/// What a value that cannot travel is, in the words of [`unsendable`]; `None` for data.
+pub(super) fn unsendable_kind(v: &LuaValue) -> Option<String> {
+    Some(match v {
+        LuaValue::Function(_) => "a function".into(),
+        LuaValue::Thread(_) => "a coroutine".into(),
+        LuaValue::UserData(ud) => match ud.borrow::<LuaObject>() {
+            Ok(object) => format!("a {}", object.0.class().name()),
+            Err(_) => "a userdata".into(),
+        },
+        LuaValue::LightUserData(_) => "a light userdata".into(),
+        LuaValue::Error(_) | LuaValue::Other(..) => format!("a {}", v.type_name()),
+        _ => return None,
+    })
+}
+
+/// The first value inside `v` that cannot travel: what it is, the keys that lead to it, and
+/// whether it is used as a key. Only walked once a conversion has failed.
+fn find_unsendable(v: &LuaValue) -> Option<(String, Vec<String>, bool)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut pending = vec![(v.clone(), Vec::new())];
+    while let Some((value, path)) = pending.pop() {
+        let LuaValue::Table(t) = value else { continue };
+        if !seen.insert(t.to_pointer()) || path.len() > crate::value::MAX_DEPTH {
+            continue;
+        }
+        for (key, item) in t.pairs::<LuaValue, LuaValue>().flatten() {
+            if let Some(kind) = unsendable_kind(&key) {
+                return Some((kind, path, true));
+            }
+            let mut here = path.clone();
+            here.push(match &key {
+                LuaValue::String(s) => s.to_string_lossy(),
+                other => other
+                    .to_string()
+                    .unwrap_or_else(|_| other.type_name().into()),
+            });
+            if let Some(kind) = unsendable_kind(&item) {
+                return Some((kind, here, false));
+            }
+            pending.push((item, here));
+        }
+    }
+    None
 }
 
 /// Converts a [`Value`] to a Lua value (through mlua's serde support).
@@ -668,7 +715,7 @@ impl TaskEngine for LuaTaskEngine {
         (1..=count)
             .map(|i| {
                 let v = results.raw_get::<LuaValue>(i).map_err(error_text)?;
-                to_value(v).map_err(|e| format!("the task's result {e}"))
+                data_of(v).map_err(|what| format!("cannot send a task's result back: {what}"))
             })
             .collect()
     }

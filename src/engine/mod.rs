@@ -11,3 +11,15 @@ pub mod rhai;
 pub(crate) fn untransferable(what: impl std::fmt::Display) -> String {
     format!("cannot send this value to another thread or process: {what}")
 }
+
+/// What cannot travel and where it sits in the value sent, worded alike by both engines: what
+/// it is (`a function`, `a coroutine`, `a Queue`) and the keys from the top, joined by dots:
+/// `a function at key "a.b"`. [`untransferable`] makes the whole message of it.
+pub(crate) fn unsendable(kind: &str, path: &[String], used_as_key: bool) -> String {
+    let role = if used_as_key { " used as a key" } else { "" };
+    let at = match path {
+        [] => String::new(),
+        keys => format!(" at key \"{}\"", keys.join(".")),
+    };
+    format!("{kind}{role}{at}")
+}

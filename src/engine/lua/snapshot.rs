@@ -81,14 +81,17 @@ pub(super) fn copy_state(
         .map_err(error_text)?;
     let mut copies = Vec::with_capacity(values.len());
     for (i, value) in values.into_iter().enumerate() {
-        let type_name = value.type_name();
+        let kind = super::unsendable_kind(&value).unwrap_or_else(|| value.type_name().into());
         match copier.copy(value).map_err(error_text)? {
             Some(copy) => copies.push(copy),
             None => {
-                return Err(super::untransferable(format!(
-                    "value {} is a {type_name}, which cannot be copied to another engine",
-                    i + 1
-                )))
+                let what = match i {
+                    0 => "the target".to_owned(),
+                    i => format!("argument {i}"),
+                };
+                return Err(format!(
+                    "{what} is {kind}, which cannot be copied to another engine"
+                ));
             }
         }
     }

@@ -15,7 +15,7 @@ use mlua::chunk::ChunkMode;
 use mlua::{Function, Lua, Table, Value as LuaValue};
 use serde::{Deserialize, Serialize};
 
-use super::{error_text, from_value, to_value};
+use super::{data_of, error_text, from_value, unsendable_kind};
 use crate::Value;
 
 #[derive(Serialize, Deserialize)]
@@ -118,18 +118,16 @@ impl Encoder {
             }
             LuaValue::Function(_) | LuaValue::UserData(_) | LuaValue::LightUserData(_) => {
                 self.path_of(&value).map(Upvalue::Path).ok_or_else(|| {
-                    cannot(&format!(
-                        "a {} not reachable from the globals",
-                        value.type_name()
-                    ))
+                    let kind = unsendable_kind(&value).unwrap_or_default();
+                    cannot(&format!("{kind} not reachable from the globals"))
                 })
             }
             LuaValue::Table(_) => match self.path_of(&value) {
                 Some(path) => Ok(Upvalue::Path(path)),
-                None => to_value(value).map(Upvalue::Data).map_err(|e| cannot(&e)),
+                None => data_of(value).map(Upvalue::Data).map_err(|e| cannot(&e)),
             },
             LuaValue::Thread(_) => Err(cannot("a coroutine")),
-            _ => to_value(value).map(Upvalue::Data).map_err(|e| cannot(&e)),
+            _ => data_of(value).map(Upvalue::Data).map_err(|e| cannot(&e)),
         }
     }
 
