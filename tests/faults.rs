@@ -131,28 +131,32 @@ fn values_that_cannot_travel_are_named() {
         r#"
 local pool = parrun.Pool(1)
 local q = parrun.Queue()
-for _, v in ipairs({coroutine.create(print), io.stdout, q, function() end}) do
+for _, v in ipairs({coroutine.create(print), io.stdout, q, function() end,
+                    {a = {b = function() end}}, {1, 2, {x = coroutine.create(print)}},
+                    {[print] = true}}) do
   local ok, err = pcall(q.put, q, v)
   print(ok, err)
 end
-print(pcall(pool.apply, pool, function(x) return x end, {io.stdout}))
+print(pcall(pool.apply, pool, function(x) return x end, {{f = io.stdout}}))
+print(pcall(pool.apply, pool, function() return {k = {coroutine.create(print)}} end, {}))
 "#,
     );
     out.assert_success();
     let lines = out.stdout_lines();
-    assert_eq!(lines.len(), 5, "{}", out.describe());
-    for (line, what) in lines.iter().zip([
-        "thread",
-        "userdata",
-        "parrun object",
-        "function",
-        "userdata",
+    assert_eq!(lines.len(), 9, "{}", out.describe());
+    let put = "false\tQueue.put: cannot send this value to another thread or process: ";
+    for (line, want) in lines.iter().zip([
+        format!("{put}a coroutine"),
+        format!("{put}a userdata"),
+        format!("{put}a Queue"),
+        format!("{put}a function"),
+        format!("{put}a function at key \"a.b\""),
+        format!("{put}a coroutine at key \"3.x\""),
+        format!("{put}a function used as a key"),
+        "false\tPool.apply: cannot send this value to another thread or process: a userdata at key \"1.f\"".into(),
+        "false\tPool.apply: cannot send a task's result back: a coroutine at key \"k.1\"".into(),
     ]) {
-        assert!(
-            line.starts_with("false") && line.contains(what),
-            "{what}: {line}"
-        );
-        assert!(line.contains("cannot send"), "{line}");
+        assert_eq!(line, &want, "{}", out.describe());
     }
     let out = run_script(
         "untravel",
