@@ -32,6 +32,10 @@ struct Cli {
     #[arg(long)]
     sandbox: bool,
 
+    /// Let Lua load binary (precompiled) chunks, as stock Lua does (not with --sandbox).
+    #[arg(long)]
+    binary_chunks: bool,
+
     /// Cap each engine's memory at BYTES (suffixes k, M, G).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     max_memory: Option<usize>,
@@ -115,6 +119,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
     let mut runtime = Runtime::new()
         .switch_interval(interval)
         .sandbox(cli.sandbox)
+        .binary_chunks(cli.binary_chunks)
         .mode(cli.mode);
     if let Some(bytes) = cli.max_memory {
         runtime = runtime.max_memory(bytes);

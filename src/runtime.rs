@@ -183,6 +183,8 @@ pub struct Settings {
     pub task_timeout: Option<Duration>,
     /// Scripts get no file, process or code-loading facilities (see [`Runtime::sandbox`]).
     pub sandbox: bool,
+    /// Lua may load binary chunks (see [`Runtime::binary_chunks`]).
+    pub binary_chunks: bool,
     /// Memory an engine may use, in bytes (see [`Runtime::max_memory`]).
     pub max_memory: Option<usize>,
     /// Instructions one script thread, callback or pool task may execute (see
@@ -223,6 +225,15 @@ impl Runtime {
     /// `import`.
     pub fn sandbox(mut self, enabled: bool) -> Self {
         self.settings.sandbox = enabled;
+        self
+    }
+
+    /// Lets Lua load binary (precompiled) chunks, as the stock interpreter does: the script
+    /// file itself, `load`, `loadfile`, `dofile` and `require`. Off by default, and always off
+    /// with [`Runtime::sandbox`]: a crafted binary chunk can crash Lua 5.4 (its manual says so),
+    /// so only turn it on for bytecode you trust (your own `luac` output).
+    pub fn binary_chunks(mut self, enabled: bool) -> Self {
+        self.settings.binary_chunks = enabled;
         self
     }
 

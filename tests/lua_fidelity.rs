@@ -402,3 +402,45 @@ pool:map(function(x) parrun.sleep(0) error("task failed") end, {1})
         );
     }
 }
+
+/// A script file is read as the stock interpreter reads it: a UTF-8 byte-order mark and a
+/// first line starting with `#` are skipped, line numbers kept. A binary chunk, as a script or
+/// through `load`, runs only with `--binary-chunks`, and never with `--sandbox`.
+#[test]
+fn script_files_skip_a_mark_and_a_hash_line_and_binary_chunks_need_the_switch() {
+    let dir = TempDir::new("chunks");
+    let marked = dir.path().join("marked.lua");
+    std::fs::write(
+        &marked,
+        b"\xEF\xBB\xBF# any first line\nprint('line', debug.getinfo(1, 'l').currentline)\n",
+    )
+    .unwrap();
+    let out = Run::new([marked.to_str().unwrap()]).output();
+    out.assert_success();
+    assert_eq!(out.stdout, "line\t2\n", "{}", out.describe());
+
+    // A binary script, dumped by Lua itself.
+    let make = dir.write(
+        "make.lua",
+        "local f = assert(io.open(arg[1], 'wb'))\n\
+         f:write(string.dump(load('print(\"from a binary chunk\", load(...)) return 3')))\n\
+         f:close()\n",
+    );
+    let binary = dir.path().join("binary.lua");
+    let binary = binary.to_str().unwrap();
+    Run::new([make.to_str().unwrap(), binary])
+        .output()
+        .assert_success();
+    let refused = Run::new([binary]).output();
+    refused.assert_code(1);
+    refused.assert_stderr_contains("binary.lua: a binary (precompiled) chunk");
+    refused.assert_stderr_contains("--binary-chunks");
+    let allowed = Run::new(["--binary-chunks", binary, "\x1bLua"]).output();
+    allowed.assert_success();
+    // `load` too takes binary chunks then (this one is truncated, so Lua's own error shows).
+    allowed.assert_stdout_contains("from a binary chunk\tnil\t");
+    allowed.assert_stdout_contains("truncated");
+    let sandboxed = Run::new(["--binary-chunks", "--sandbox", binary]).output();
+    sandboxed.assert_code(1);
+    sandboxed.assert_stderr_contains("a binary (precompiled) chunk");
+}

@@ -921,7 +921,8 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     let weak_keys = lua.create_table()?;
     weak_keys.set("__mode", "k")?;
     drivers.set_metatable(Some(weak_keys))?;
-    native::install_stock(lua, &run_here, &drivers)?;
+    let text_only = !host.settings.binary_chunks || host.settings.sandbox;
+    native::install_stock(lua, &run_here, &drivers, text_only)?;
     lua.set_named_registry_value("parrun.drivers", &drivers)?;
     lua.set_named_registry_value("parrun.pinned", lua.create_table()?)?;
     transport::install(lua)?;
@@ -1046,14 +1047,38 @@ fn isolated_state(
     Ok((lua, host, copies))
 }
 
+/// A script file's chunk as the stock interpreter reads it (`luaL_loadfilex`): without a UTF-8
+/// byte-order mark, and with a first line that starts with `#` (`#!/usr/bin/env lua`) blanked,
+/// its newline kept so that line numbers hold.
+fn chunk_source(code: &[u8]) -> &[u8] {
+    let code = code.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(code);
+    match code.first() {
+        Some(b'#') => code
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(&[][..], |i| &code[i..]),
+        _ => code,
+    }
+}
+
 /// Runs a script in a fresh Lua state and waits for the threads it started.
 pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     let setup = new_state(&host).and_then(|lua| install_script_env(&lua, &script).map(|()| lua));
     let lua = setup
         .map_err(|e| Error::Script(format!("parrun: cannot set up Lua: {}", error_text(e))))?;
-    let main = lua
-        .load(script.code_without_shebang())
-        .set_name(format!("@{}", script.name))
+    let source = chunk_source(&script.code);
+    let mut main = lua.load(source).set_name(format!("@{}", script.name));
+    if !host.settings.binary_chunks || host.settings.sandbox {
+        if source.first() == Some(&0x1b) {
+            return Err(Error::Script(format!(
+                "{}: a binary (precompiled) chunk: parrun runs text chunks only, unless \
+                 --binary-chunks (Runtime::binary_chunks) allows them",
+                script.name
+            )));
+        }
+        main = main.set_mode(mlua::chunk::ChunkMode::Text);
+    }
+    let main = main
         .into_function()
         .map_err(|e| Error::Script(error_text(e)))?;
     let args = script

@@ -319,29 +319,33 @@ unsafe extern "C-unwind" fn chunk_resumed(
 // ---------------------------------------------------------------------------------------------
 // Stock functions
 
-/// Replaces `print`, `load`, `loadfile`, `dofile`, the Lua module searcher and the coroutine
-/// functions with parrun's (see the module doc). `write_line` writes one line of output;
-/// `run_here` runs a request in place; `drivers` is the weak set of driver coroutines.
-pub(super) fn install_stock(lua: &Lua, run_here: &Function, drivers: &Table) -> mlua::Result<()> {
+/// Replaces `print` and the coroutine functions with parrun's (see the module doc), and with
+/// `text_only`, `load`, `loadfile`, `dofile` and the Lua module searcher. `run_here` runs a
+/// request in place; `drivers` is the weak set of driver coroutines.
+pub(super) fn install_stock(
+    lua: &Lua,
+    run_here: &Function,
+    drivers: &Table,
+    text_only: bool,
+) -> mlua::Result<()> {
     let globals = lua.globals();
-    let stock = |name: &str| -> mlua::Result<LuaValue> { globals.raw_get(name) };
     globals.raw_set("print", closure(lua, print, Vec::new())?)?;
-    globals.raw_set("load", closure(lua, load, vec![stock("load")?])?)?;
-    globals.raw_set(
-        "loadfile",
-        closure(lua, loadfile, vec![stock("loadfile")?])?,
-    )?;
-    globals.raw_set("dofile", closure(lua, dofile, Vec::new())?)?;
-
-    let package: Table = globals.raw_get("package")?;
-    let searchers: Table = package.raw_get("searchers")?;
-    let searchpath: LuaValue = package.raw_get("searchpath")?;
-    let searcher = closure(
-        lua,
-        search_lua,
-        vec![LuaValue::Table(package.clone()), searchpath],
-    )?;
-    searchers.raw_set(2, searcher)?;
+    if text_only {
+        let stock = |name: &str| -> mlua::Result<LuaValue> { globals.raw_get(name) };
+        globals.raw_set("load", closure(lua, load, vec![stock("load")?])?)?;
+        let loadfile = closure(lua, loadfile, vec![stock("loadfile")?])?;
+        globals.raw_set("loadfile", loadfile)?;
+        globals.raw_set("dofile", closure(lua, dofile, Vec::new())?)?;
+        let package: Table = globals.raw_get("package")?;
+        let searchers: Table = package.raw_get("searchers")?;
+        let searchpath: LuaValue = package.raw_get("searchpath")?;
+        let searcher = closure(
+            lua,
+            search_lua,
+            vec![LuaValue::Table(package.clone()), searchpath],
+        )?;
+        searchers.raw_set(2, searcher)?;
+    }
 
     let coroutine: Table = globals.raw_get("coroutine")?;
     let run_here = LuaValue::Function(run_here.clone());
