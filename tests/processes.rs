@@ -347,6 +347,60 @@ print(`${type_of(r.int)} ${type_of(r.float)} ${r.text} ${type_of(r.blob)} ${r.bl
     }
 }
 
+/// A Rhai `char` stays a `char` wherever it goes: through a `Queue` (from a worker back to the
+/// script), as a task's result, as an argument of a `Thread`, a `Process` and `apply_async`, as
+/// a closure's captured value, and inside arrays and maps, in every mode. (Lua has no char, so
+/// its side is `values_arrive_as_they_left_through_a_worker`: strings stay strings.)
+#[test]
+fn a_rhai_char_stays_a_char_everywhere() {
+    let rhai = r#"
+const Q = Queue();
+fn d(v) {
+    let t = type_of(v);
+    if t == "array" { let s = []; for x in v { s.push(d(x)); } return s; }
+    if t == "map" { let m = #{}; for k in v.keys() { m[k] = d(v[k]); } return m; }
+    `${t}:${v}`
+}
+fn report(tag, c, v) { global::Q.put([tag, d(c), d(v), c, v]); }
+let v = ['a', #{k: 'é'}, "s"];
+let pool = Pool(2);
+let t = Thread(report, ["thread", 't', v]); t.start(); t.join();
+let p = Process(report, ["process", 'p', v]); p.start(); p.join();
+pool.apply_async(|c, v| report("apply_async", c, v), ['y', v]).get(10);
+pool.map(|c| report("map", c, [c]), ['🦀']);
+for i in 0..4 {
+    let m = Q.get(10);
+    print(`${m[0]}: got ${m[1]} ${m[2]}, sent back ${d(m[3])} ${d(m[4])}`);
+}
+let k = 'k';
+print(`results: ${d(pool.map(|c| c, ['m', 'n']))} ${d(pool.apply(|| [k, #{c: k}], []))}`);
+for x in pool.imap(|c| #{c: c}, ['i']) { print(`imap: ${d(x)}`); }
+Q.put('q');
+print(`queue: ${d(Q.get())}`);
+pool.close(); pool.join();
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "chars", "rhai", rhai);
+        out.assert_success();
+        let v = r#"["char:a", #{"k": "char:é"}, "string:s"]"#;
+        let trip = |tag: &str, c: &str| format!("{tag}: got char:{c} {v}, sent back char:{c} {v}");
+        assert_eq!(
+            out.stdout_lines(),
+            [
+                trip("thread", "t"),
+                trip("process", "p"),
+                trip("apply_async", "y"),
+                r#"map: got char:🦀 ["char:🦀"], sent back char:🦀 ["char:🦀"]"#.into(),
+                r#"results: ["char:m", "char:n"] ["char:k", #{"c": "char:k"}]"#.into(),
+                r#"imap: #{"c": "char:i"}"#.into(),
+                "queue: char:q".to_string(),
+            ],
+            "--mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}
+
 #[test]
 fn functions_travel_with_what_they_use() {
     both_in_modes(

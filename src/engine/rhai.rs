@@ -964,6 +964,7 @@ mod tests {
             Value::Float(-0.25),
             Value::Str("ünïcode".into()),
             Value::Bytes(vec![]),
+            Value::Char('é'),
             nested,
         ] {
             assert_eq!(round_trip(&v), v);
@@ -977,7 +978,8 @@ mod tests {
             |code: &str| from_dynamic::<Value>(&engine.eval::<Dynamic>(code).unwrap()).unwrap();
         assert_eq!(eval("3"), Value::Int(3));
         assert_eq!(eval("3.0"), Value::Float(3.0));
-        assert_eq!(eval("'x'"), Value::Str("x".into()));
+        assert_eq!(eval("\"x\""), Value::Str("x".into()));
+        assert_eq!(eval("'x'"), Value::Char('x'));
         assert_eq!(eval("blob(2, 7)"), Value::Bytes(vec![7, 7]));
         assert_eq!(
             eval("#{b: [1, ()], a: 2}"),
