@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{both, both_in_modes, run_code, script, Run, MODES};
+use common::{both, both_in_modes, run_code, script, Lang, Run, TempDir, MODES};
 
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -398,6 +398,105 @@ pool.close(); pool.join();
             "--mode {mode}\n{}",
             out.describe()
         );
+    }
+}
+
+/// The modules a script imports (`import "m" as m;` in Rhai, `require` in Lua) are seen by its
+/// functions wherever they run, as they are when the script calls them itself: pool tasks
+/// given as functions, by name (`Fn("name")`, a global's name in Lua) and as closures,
+/// `apply_async`, a `Thread` and a `Process`, workers renewed by `maxtasksperchild`. A module's
+/// functions call each other and a module it imports itself (Rhai's `import "more"` in
+/// `lib/helpers.rhai` is `lib/more.rhai`, next to it); a module first imported inside a
+/// function, in the task or in the function that submits it (after the workers started), is
+/// found too. The script loaded `m` once, and no worker runs its code again. An error inside a
+/// module function run in a worker names the module's file and line. parrun runs from another
+/// directory than the script's.
+#[test]
+fn functions_see_the_scripts_modules_wherever_they_run() {
+    let rhai_files: &[(&str, &str)] = &[
+        (
+            "m.rhai",
+            r#"import "lib/helpers" as h;
+fn f(x) { x * 10 + helper() }
+fn helper() { h::one() }
+fn boom(x) {
+    let y = x;
+    throw `boom ${y}`;
+}
+export const K = 5;
+print("loading m");
+"#,
+        ),
+        (
+            "lib/helpers.rhai",
+            "import \"more\" as more;\nfn one() { more::value() }\n",
+        ),
+        ("lib/more.rhai", "fn value() { 1 }\n"),
+        ("late.rhai", "fn twice(x) { x * 2 }\n"),
+        (
+            "mods.rhai",
+            r#"import "m" as m;
+const Q = Queue();
+fn g(x) { m::f(x) }
+fn late(x) { import "late" as l; l::twice(x) }
+fn fail(x) { m::boom(x) }
+fn send(x) { global::Q.put(m::f(x)); }
+fn submit(pool) { import "late" as l; pool.map(|x| l::twice(x), [8]) }
+let pool = Pool(2);
+print(`main: ${g(1)} ${m::K}`);
+print(`map: ${pool.map(g, [1, 2])}`);
+print(`closure: ${pool.map(|x| m::f(x) + m::K, [1])}`);
+print(`Fn: ${pool.apply(Fn("g"), [3])}`);
+print(`async: ${pool.apply_async(|x| m::f(x), [4]).get(10)}`);
+print(`import in the task: ${pool.map(late, [5, 6])}`);
+print(`import in the caller: ${submit(pool)}`);
+let t = Thread(Fn("send"), [6]); t.start(); t.join();
+let p = Process(|x| global::Q.put(m::f(x)), [7]); p.start(); p.join();
+print(`thread, process: ${Q.get(10)} ${Q.get(10)}`);
+let renewed = Pool(1, #{maxtasksperchild: 1});
+print(`renewed: ${renewed.map(g, [1, 2, 3], 1)}`);
+try { pool.apply(fail, [9]); } catch (e) { print(`error: ${e}`); }
+pool.close(); pool.join();
+"#,
+        ),
+    ];
+    for lang in [Lang::Rhai] {
+        let (files, error) = match lang {
+            Lang::Rhai => (rhai_files, "/m.rhai:6:5: boom 9"),
+            Lang::Lua => unreachable!("Lua's side comes with its fix"),
+        };
+        let dir = TempDir::new("modules");
+        for (name, code) in files {
+            dir.write(name, code);
+        }
+        let main = dir.path().join(lang.file("mods"));
+        for mode in MODES {
+            let out = Run::new(["--mode", mode, main.to_str().unwrap()]).output();
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(
+                lines[..lines.len().min(10)],
+                [
+                    "loading m",
+                    "main: 11 5",
+                    "map: [11, 21]",
+                    "closure: [16]",
+                    "Fn: 31",
+                    "async: 41",
+                    "import in the task: [10, 12]",
+                    "import in the caller: [16]",
+                    "thread, process: 61 71",
+                    "renewed: [11, 21, 31]",
+                ],
+                "--mode {mode}\n{}",
+                out.describe()
+            );
+            assert!(
+                lines.len() > 10 && lines[10].starts_with("error: ") && lines[10].contains(error),
+                "--mode {mode}: the error does not name {error}\n{}",
+                out.describe()
+            );
+        }
     }
 }
 
