@@ -460,10 +460,61 @@ pool.close(); pool.join();
 "#,
         ),
     ];
-    for lang in [Lang::Rhai] {
+    let lua_files: &[(&str, &str)] = &[
+        (
+            "m.lua",
+            r#"local h = require "lib.helpers"
+local M = {}
+local function helper() return h.one() end
+function M.f(x) return x * 10 + helper() end
+function M.boom(x)
+  local y = x
+  error("boom " .. y)
+end
+M.K = 5
+print("loading m")
+return M
+"#,
+        ),
+        (
+            "lib/helpers.lua",
+            "local more = require \"lib.more\"\nreturn { one = function() return more.value() end }\n",
+        ),
+        ("lib/more.lua", "return { value = function() return 1 end }\n"),
+        ("late.lua", "return { twice = function(x) return x * 2 end }\n"),
+        (
+            "mods.lua",
+            r#"local m = require "m"
+Q = parrun.Queue()
+function g(x) return m.f(x) end
+local function late(x) return require("late").twice(x) end
+local function fail(x) return m.boom(x) end
+function send(x) Q:put(m.f(x)) end
+local function submit(pool) local l = require "late" return pool:map(function(x) return l.twice(x) end, {8}) end
+local function list(t) return "[" .. table.concat(t, ", ") .. "]" end
+local pool = parrun.Pool(2)
+print(("main: %d %d"):format(g(1), m.K))
+print("map: " .. list(pool:map(g, {1, 2})))
+print("closure: " .. list(pool:map(function(x) return m.f(x) + m.K end, {1})))
+print("Fn: " .. pool:apply("g", {3}))
+print("async: " .. pool:apply_async(function(x) return m.f(x) end, {4}):get(10))
+print("import in the task: " .. list(pool:map(late, {5, 6})))
+print("import in the caller: " .. list(submit(pool)))
+local t = parrun.Thread("send", {6}) t:start() t:join()
+local p = parrun.Process(function(x) Q:put(m.f(x)) end, {7}) p:start() p:join()
+print(("thread, process: %d %d"):format(Q:get(10), Q:get(10)))
+local renewed = parrun.Pool(1, {maxtasksperchild = 1})
+print("renewed: " .. list(renewed:map(g, {1, 2, 3}, 1)))
+local ok, e = pcall(pool.apply, pool, fail, {9})
+print("error: " .. tostring(e))
+pool:close() pool:join()
+"#,
+        ),
+    ];
+    for lang in Lang::ALL {
         let (files, error) = match lang {
             Lang::Rhai => (rhai_files, "/m.rhai:6:5: boom 9"),
-            Lang::Lua => unreachable!("Lua's side comes with its fix"),
+            Lang::Lua => (lua_files, "m.lua:7: boom 9"),
         };
         let dir = TempDir::new("modules");
         for (name, code) in files {
