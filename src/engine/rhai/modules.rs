@@ -124,3 +124,52 @@ pub(super) fn find(engine: &Engine, loaded: &Loaded, source: &str) -> RhaiResult
 pub(super) fn copied(loaded: &Loaded) -> Loaded {
     Arc::new(Mutex::new(lock(loaded).clone()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relative import starts in the importing file's directory, a module is loaded once
+    /// and known by its file's path, and a missing one is named as the script wrote it.
+    #[test]
+    fn imports_start_in_the_importers_directory_and_load_once() {
+        let dir = std::env::temp_dir().join(format!("parrun-modules-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("lib")).unwrap();
+        std::fs::write(
+            dir.join("lib/m.rhai"),
+            "import \"n\" as n;\nfn f() { n::g() }\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("lib/n.rhai"), "fn g() { 42 }\n").unwrap();
+        let loaded = Loaded::default();
+        let mut engine = Engine::new();
+        engine.set_module_resolver(ScriptModules::new(loaded.clone()));
+        let script = dir.join("main.rhai").to_string_lossy().into_owned();
+        let run = |code: &str| {
+            let mut ast = engine.compile(code).unwrap();
+            ast.set_source(script.as_str());
+            engine.eval_ast::<i64>(&ast)
+        };
+
+        assert_eq!(run("import \"lib/m\" as m; m::f()").unwrap(), 42);
+        let m = dir.join("lib/m.rhai").to_string_lossy().into_owned();
+        let n = dir.join("lib/n.rhai").to_string_lossy().into_owned();
+        let first = lock(&loaded)
+            .get(&m)
+            .cloned()
+            .expect("lib/m.rhai is loaded");
+        assert_eq!(first.id(), Some(m.as_str()));
+        assert!(lock(&loaded).contains_key(&n), "{:?}", lock(&loaded).keys());
+
+        assert_eq!(run("import \"lib/m\" as m; m::f()").unwrap(), 42);
+        assert!(Arc::ptr_eq(&first, &lock(&loaded)[&m]), "loaded again");
+        assert!(Arc::ptr_eq(&first, &find(&engine, &loaded, &m).unwrap()));
+
+        let err = run("import \"lib/none\" as x; 1").unwrap_err();
+        assert!(
+            matches!(&*err, EvalAltResult::ErrorModuleNotFound(p, _) if p == "lib/none"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
