@@ -181,6 +181,39 @@ mod tests {
         ));
     }
 
+    /// A char stays a char on the wire, alone and inside arrays and maps (MessagePack itself
+    /// would make it a string), and a frame that claims to be a char but is not one is refused.
+    #[test]
+    fn chars_cross_the_wire_as_chars() {
+        let v = Value::Array(vec![
+            Value::Char('x'),
+            Value::Char('é'),
+            Value::Char('€'),
+            Value::Char('🦀'),
+            Value::Str("x".into()),
+            Value::Map(vec![(Value::Str("c".into()), Value::Char('\0'))]),
+        ]);
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &mut Vec::new(), &v).unwrap();
+        assert_eq!(
+            read_frame::<Value>(&mut &wire[..], &mut Vec::new()).unwrap(),
+            v
+        );
+
+        // MessagePack fixext 2 and fixext 1: marker, extension type, data.
+        let ext = crate::value::CHAR_EXT as u8;
+        for (payload, why) in [
+            (vec![0xd5, ext, b'a', b'b'], "two characters"),
+            (vec![0xd4, ext, 0xff], "not UTF-8"),
+        ] {
+            assert!(decode::<Value>(&payload).is_err(), "{why} decoded");
+        }
+        assert_eq!(
+            decode::<Value>(&[0xd4, ext, b'z']).unwrap(),
+            Value::Char('z')
+        );
+    }
+
     #[test]
     fn truncated_and_oversized_frames_are_rejected() {
         let mut wire = Vec::new();

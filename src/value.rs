@@ -10,6 +10,12 @@
 //! The mapping keeps what scripts care about: integers stay integers and floats floats; strings
 //! that are not UTF-8 (Lua strings are bytes) become [`Value::Bytes`] and go back as the same
 //! bytes; maps keep keys of any type (a Lua table with holes or mixed keys keeps its keys).
+//!
+//! A Rhai `char` stays a [`Value::Char`]. A human-readable format (the engines' serde) gets it
+//! as a serde `char`: Rhai makes it a `char` again, Lua (which has no char) a one-character
+//! string, as mlua's serde makes any `char`. A binary format (the MessagePack wire, see
+//! `codec`) would write a serde `char` as a plain string, so there it is a MessagePack
+//! extension value of type [`CHAR_EXT`] holding the char's UTF-8 bytes.
 
 use std::fmt;
 
@@ -19,6 +25,9 @@ use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 /// How deeply arrays and maps may nest in a value that travels (mlua's serde default, applied
 /// to both languages so that a script behaves the same in each).
 pub const MAX_DEPTH: usize = 128;
+
+/// The MessagePack extension type of a [`Value::Char`] on the wire.
+pub const CHAR_EXT: i8 = 1;
 
 /// Script data that can be copied from one engine (or thread) to another.
 ///
@@ -37,6 +46,8 @@ pub enum Value {
     Float(f64),
     /// A UTF-8 string.
     Str(String),
+    /// A Rhai `char` (Lua has none: it reaches Lua as a one-character string).
+    Char(char),
     /// Bytes that are not UTF-8: a Lua string with arbitrary bytes, a Rhai `Blob`.
     Bytes(Vec<u8>),
     /// A Lua sequence (holes kept as `Nil`), a Rhai array.
@@ -54,6 +65,7 @@ impl Value {
             Value::Int(_) => "integer",
             Value::Float(_) => "float",
             Value::Str(_) => "string",
+            Value::Char(_) => "char",
             Value::Bytes(_) => "bytes",
             Value::Array(_) => "array",
             Value::Map(_) => "map",
@@ -78,6 +90,15 @@ impl Serialize for Value {
             Value::Int(i) => s.serialize_i64(*i),
             Value::Float(f) => s.serialize_f64(*f),
             Value::Str(v) => s.serialize_str(v),
+            Value::Char(c) if s.is_human_readable() => s.serialize_char(*c),
+            Value::Char(c) => {
+                let mut utf8 = [0; 4];
+                let ext = (
+                    CHAR_EXT,
+                    serde_bytes::Bytes::new(c.encode_utf8(&mut utf8).as_bytes()),
+                );
+                s.serialize_newtype_struct(rmp_serde::MSGPACK_EXT_STRUCT_NAME, &ext)
+            }
             Value::Bytes(b) => s.serialize_bytes(b),
             Value::Array(items) => {
                 let mut seq = s.serialize_seq(Some(items.len()))?;
@@ -103,7 +124,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("nil, a boolean, a number, a string, an array or a map")
+        f.write_str("nil, a boolean, a number, a string, a char, an array or a map")
     }
     fn visit_unit<E>(self) -> Result<Value, E> {
         Ok(Value::Nil)
@@ -114,8 +135,23 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         Value::deserialize(d)
     }
+    /// MessagePack hands an extension value over as a newtype holding `[type, bytes]`.
     fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Value::deserialize(d)
+        match Value::deserialize(d)? {
+            Value::Array(ext) if ext.first() == Some(&Value::Int(CHAR_EXT.into())) => {
+                let mut chars = match ext.get(1) {
+                    Some(Value::Bytes(b)) if ext.len() == 2 => std::str::from_utf8(b)
+                        .map_err(|_| de::Error::custom("a char that is not UTF-8"))?
+                        .chars(),
+                    _ => return Err(de::Error::custom("a malformed char")),
+                };
+                match (chars.next(), chars.next()) {
+                    (Some(c), None) => Ok(Value::Char(c)),
+                    _ => Err(de::Error::custom("a char that is not one character")),
+                }
+            }
+            other => Ok(other),
+        }
     }
     fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
         Ok(Value::Bool(v))
@@ -132,7 +168,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Float(v))
     }
     fn visit_char<E>(self, v: char) -> Result<Value, E> {
-        Ok(Value::Str(v.to_string()))
+        Ok(Value::Char(v))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
         Ok(Value::Str(v.to_owned()))
@@ -271,7 +307,7 @@ impl Serializer for ValueSerializer {
         Ok(Value::Float(v))
     }
     fn serialize_char(self, v: char) -> Result<Value, BuildError> {
-        Ok(Value::Str(v.to_string()))
+        Ok(Value::Char(v))
     }
     fn serialize_str(self, v: &str) -> Result<Value, BuildError> {
         Ok(Value::Str(v.to_owned()))
@@ -438,7 +474,17 @@ mod tests {
         ]);
         assert_eq!(Value::from_serialize(&v).unwrap(), v);
         assert_eq!(Value::from_serialize(&Some(3u8)).unwrap(), Value::Int(3));
+        assert_eq!(Value::from_serialize(&'c').unwrap(), Value::Char('c'));
         let too_big = Value::from_serialize(&u64::MAX).unwrap_err();
         assert!(too_big.contains("does not fit"), "{too_big}");
+    }
+
+    /// Lua has no char: a [`Value::Char`] reaches Lua as a one-character string.
+    #[test]
+    fn a_char_reaches_lua_as_a_one_character_string() {
+        use mlua::LuaSerdeExt;
+        let lua = mlua::Lua::new();
+        let v = lua.to_value(&Value::Char('é')).unwrap();
+        assert_eq!(v.as_string().unwrap().to_str().unwrap(), "é");
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{both, both_in_modes, run_code, script, Run, MODES};
+use common::{both, both_in_modes, run_code, script, Lang, Run, TempDir, MODES};
 
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -344,6 +344,210 @@ print(`${type_of(r.int)} ${type_of(r.float)} ${r.text} ${type_of(r.blob)} ${r.bl
             "{}",
             out.describe()
         );
+    }
+}
+
+/// A Rhai `char` stays a `char` wherever it goes: through a `Queue` (from a worker back to the
+/// script), as a task's result, as an argument of a `Thread`, a `Process` and `apply_async`, as
+/// a closure's captured value, and inside arrays and maps, in every mode. (Lua has no char, so
+/// its side is `values_arrive_as_they_left_through_a_worker`: strings stay strings.)
+#[test]
+fn a_rhai_char_stays_a_char_everywhere() {
+    let rhai = r#"
+const Q = Queue();
+fn d(v) {
+    let t = type_of(v);
+    if t == "array" { let s = []; for x in v { s.push(d(x)); } return s; }
+    if t == "map" { let m = #{}; for k in v.keys() { m[k] = d(v[k]); } return m; }
+    `${t}:${v}`
+}
+fn report(tag, c, v) { global::Q.put([tag, d(c), d(v), c, v]); }
+let v = ['a', #{k: 'é'}, "s"];
+let pool = Pool(2);
+let t = Thread(report, ["thread", 't', v]); t.start(); t.join();
+let p = Process(report, ["process", 'p', v]); p.start(); p.join();
+pool.apply_async(|c, v| report("apply_async", c, v), ['y', v]).get(10);
+pool.map(|c| report("map", c, [c]), ['🦀']);
+for i in 0..4 {
+    let m = Q.get(10);
+    print(`${m[0]}: got ${m[1]} ${m[2]}, sent back ${d(m[3])} ${d(m[4])}`);
+}
+let k = 'k';
+print(`results: ${d(pool.map(|c| c, ['m', 'n']))} ${d(pool.apply(|| [k, #{c: k}], []))}`);
+for x in pool.imap(|c| #{c: c}, ['i']) { print(`imap: ${d(x)}`); }
+Q.put('q');
+print(`queue: ${d(Q.get())}`);
+pool.close(); pool.join();
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "chars", "rhai", rhai);
+        out.assert_success();
+        let v = r#"["char:a", #{"k": "char:é"}, "string:s"]"#;
+        let trip = |tag: &str, c: &str| format!("{tag}: got char:{c} {v}, sent back char:{c} {v}");
+        assert_eq!(
+            out.stdout_lines(),
+            [
+                trip("thread", "t"),
+                trip("process", "p"),
+                trip("apply_async", "y"),
+                r#"map: got char:🦀 ["char:🦀"], sent back char:🦀 ["char:🦀"]"#.into(),
+                r#"results: ["char:m", "char:n"] ["char:k", #{"c": "char:k"}]"#.into(),
+                r#"imap: #{"c": "char:i"}"#.into(),
+                "queue: char:q".to_string(),
+            ],
+            "--mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}
+
+/// The modules a script imports (`import "m" as m;` in Rhai, `require` in Lua) are seen by its
+/// functions wherever they run, as they are when the script calls them itself: pool tasks
+/// given as functions, by name (`Fn("name")`, a global's name in Lua) and as closures,
+/// `apply_async`, a `Thread` and a `Process`, workers renewed by `maxtasksperchild`. A module's
+/// functions call each other and a module it imports itself (Rhai's `import "more"` in
+/// `lib/helpers.rhai` is `lib/more.rhai`, next to it); a module first imported inside a
+/// function, in the task or in the function that submits it (after the workers started), is
+/// found too. The script loaded `m` once, and no worker runs its code again. An error inside a
+/// module function run in a worker names the module's file and line. parrun runs from another
+/// directory than the script's.
+#[test]
+fn functions_see_the_scripts_modules_wherever_they_run() {
+    let rhai_files: &[(&str, &str)] = &[
+        (
+            "m.rhai",
+            r#"import "lib/helpers" as h;
+fn f(x) { x * 10 + helper() }
+fn helper() { h::one() }
+fn boom(x) {
+    let y = x;
+    throw `boom ${y}`;
+}
+export const K = 5;
+print("loading m");
+"#,
+        ),
+        (
+            "lib/helpers.rhai",
+            "import \"more\" as more;\nfn one() { more::value() }\n",
+        ),
+        ("lib/more.rhai", "fn value() { 1 }\n"),
+        ("late.rhai", "fn twice(x) { x * 2 }\n"),
+        (
+            "mods.rhai",
+            r#"import "m" as m;
+const Q = Queue();
+fn g(x) { m::f(x) }
+fn late(x) { import "late" as l; l::twice(x) }
+fn fail(x) { m::boom(x) }
+fn send(x) { global::Q.put(m::f(x)); }
+fn submit(pool) { import "late" as l; pool.map(|x| l::twice(x), [8]) }
+let pool = Pool(2);
+print(`main: ${g(1)} ${m::K}`);
+print(`map: ${pool.map(g, [1, 2])}`);
+print(`closure: ${pool.map(|x| m::f(x) + m::K, [1])}`);
+print(`Fn: ${pool.apply(Fn("g"), [3])}`);
+print(`async: ${pool.apply_async(|x| m::f(x), [4]).get(10)}`);
+print(`import in the task: ${pool.map(late, [5, 6])}`);
+print(`import in the caller: ${submit(pool)}`);
+let t = Thread(Fn("send"), [6]); t.start(); t.join();
+let p = Process(|x| global::Q.put(m::f(x)), [7]); p.start(); p.join();
+print(`thread, process: ${Q.get(10)} ${Q.get(10)}`);
+let renewed = Pool(1, #{maxtasksperchild: 1});
+print(`renewed: ${renewed.map(g, [1, 2, 3], 1)}`);
+try { pool.apply(fail, [9]); } catch (e) { print(`error: ${e}`); }
+pool.close(); pool.join();
+"#,
+        ),
+    ];
+    let lua_files: &[(&str, &str)] = &[
+        (
+            "m.lua",
+            r#"local h = require "lib.helpers"
+local M = {}
+local function helper() return h.one() end
+function M.f(x) return x * 10 + helper() end
+function M.boom(x)
+  local y = x
+  error("boom " .. y)
+end
+M.K = 5
+print("loading m")
+return M
+"#,
+        ),
+        (
+            "lib/helpers.lua",
+            "local more = require \"lib.more\"\nreturn { one = function() return more.value() end }\n",
+        ),
+        ("lib/more.lua", "return { value = function() return 1 end }\n"),
+        ("late.lua", "return { twice = function(x) return x * 2 end }\n"),
+        (
+            "mods.lua",
+            r#"local m = require "m"
+Q = parrun.Queue()
+function g(x) return m.f(x) end
+local function late(x) return require("late").twice(x) end
+local function fail(x) return m.boom(x) end
+function send(x) Q:put(m.f(x)) end
+local function submit(pool) local l = require "late" return pool:map(function(x) return l.twice(x) end, {8}) end
+local function list(t) return "[" .. table.concat(t, ", ") .. "]" end
+local pool = parrun.Pool(2)
+print(("main: %d %d"):format(g(1), m.K))
+print("map: " .. list(pool:map(g, {1, 2})))
+print("closure: " .. list(pool:map(function(x) return m.f(x) + m.K end, {1})))
+print("Fn: " .. pool:apply("g", {3}))
+print("async: " .. pool:apply_async(function(x) return m.f(x) end, {4}):get(10))
+print("import in the task: " .. list(pool:map(late, {5, 6})))
+print("import in the caller: " .. list(submit(pool)))
+local t = parrun.Thread("send", {6}) t:start() t:join()
+local p = parrun.Process(function(x) Q:put(m.f(x)) end, {7}) p:start() p:join()
+print(("thread, process: %d %d"):format(Q:get(10), Q:get(10)))
+local renewed = parrun.Pool(1, {maxtasksperchild = 1})
+print("renewed: " .. list(renewed:map(g, {1, 2, 3}, 1)))
+local ok, e = pcall(pool.apply, pool, fail, {9})
+print("error: " .. tostring(e))
+pool:close() pool:join()
+"#,
+        ),
+    ];
+    for lang in Lang::ALL {
+        let (files, error) = match lang {
+            Lang::Rhai => (rhai_files, "/m.rhai:6:5: boom 9"),
+            Lang::Lua => (lua_files, "m.lua:7: boom 9"),
+        };
+        let dir = TempDir::new("modules");
+        for (name, code) in files {
+            dir.write(name, code);
+        }
+        let main = dir.path().join(lang.file("mods"));
+        for mode in MODES {
+            let out = Run::new(["--mode", mode, main.to_str().unwrap()]).output();
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(
+                lines[..lines.len().min(10)],
+                [
+                    "loading m",
+                    "main: 11 5",
+                    "map: [11, 21]",
+                    "closure: [16]",
+                    "Fn: 31",
+                    "async: 41",
+                    "import in the task: [10, 12]",
+                    "import in the caller: [16]",
+                    "thread, process: 61 71",
+                    "renewed: [11, 21, 31]",
+                ],
+                "--mode {mode}\n{}",
+                out.describe()
+            );
+            assert!(
+                lines.len() > 10 && lines[10].starts_with("error: ") && lines[10].contains(error),
+                "--mode {mode}: the error does not name {error}\n{}",
+                out.describe()
+            );
+        }
     }
 }
 

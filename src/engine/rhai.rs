@@ -3,15 +3,21 @@
 //!
 //! An isolated worker gets an `Engine` of its own, built by the same [`build_engine`] around
 //! its own host (its own GIL), its own compile of the script (every script function is in
-//! it) and a copy of the script's `global::` constants: that is a Rhai script's whole state,
-//! since Rhai functions see no other variables.
+//! it), a copy of the script's `global::` constants and the modules the script loaded: that is
+//! a Rhai script's whole state, since Rhai functions see no other variables.
+//!
+//! A function handed to a thread, a process or a pool sees what it would see if the script
+//! called it there: the constants and the modules imported at that point ([`Env`]), so
+//! `m::f(x)` works in a worker after `import "m" as m;`.
 
 use std::any::TypeId;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, Weak};
 
-use ::rhai::module_resolvers::FileModuleResolver;
-use ::rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Position, Scope, AST};
+use ::rhai::{
+    Array, Dynamic, Engine, EvalAltResult, FnPtr, GlobalRuntimeState, ImmutableString, Position,
+    Scope, AST,
+};
 
 use super::untransferable;
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
@@ -19,6 +25,10 @@ use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
 use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
 use crate::{output, Mode, Value};
+
+mod modules;
+
+use modules::{Loaded, ScriptModules, SharedModule};
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
@@ -28,8 +38,8 @@ struct Shared {
     engine: OnceLock<Weak<Engine>>,
     ast: OnceLock<Arc<AST>>,
     script_name: String,
-    /// Where `import` looks for modules.
-    script_dir: Option<std::path::PathBuf>,
+    /// The modules this engine has loaded.
+    modules: Loaded,
     /// The script's code, which an isolated engine compiles for itself.
     code: Arc<str>,
     /// The status `exit(n)` asked for in the main script thread (Rhai itself discards it).
@@ -38,18 +48,13 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(
-        host: Arc<Host>,
-        script_name: String,
-        script_dir: Option<std::path::PathBuf>,
-        code: Arc<str>,
-    ) -> Arc<Shared> {
+    fn new(host: Arc<Host>, script_name: String, code: Arc<str>, modules: Loaded) -> Arc<Shared> {
         Arc::new(Shared {
             host,
             engine: OnceLock::new(),
             ast: OnceLock::new(),
             script_name,
-            script_dir,
+            modules,
             code,
             exit_status: std::sync::Mutex::new(None),
             main_thread: std::thread::current().id(),
@@ -70,8 +75,8 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     let shared = Shared::new(
         host.clone(),
         script.name.clone(),
-        script.dir.clone(),
         script.text()?.into(),
+        Loaded::default(),
     );
     let (engine, ast) = start_engine(&shared).map_err(|e| {
         Error::Script(format!(
@@ -115,8 +120,8 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
     if host.settings.sandbox {
         engine.disable_symbol("eval");
         engine.set_module_resolver(::rhai::module_resolvers::DummyModuleResolver::new());
-    } else if let Some(dir) = &shared.script_dir {
-        engine.set_module_resolver(FileModuleResolver::new_with_path(dir));
+    } else {
+        engine.set_module_resolver(ScriptModules::new(shared.modules.clone()));
     }
     if let Some(count) = host.settings.max_instructions {
         engine.set_max_operations(count);
@@ -371,8 +376,7 @@ fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
             let candidates = candidates.clone();
             engine.register_raw_fn(name, types, move |ctx, args| {
                 let b = pick(&candidates, args)?;
-                let constants = ctx.global_runtime_state().constants.clone();
-                invoke(&shared, b, args, constants)
+                invoke(&shared, b, args, Some(ctx.global_runtime_state()))
             });
         }
     }
@@ -398,19 +402,18 @@ fn pick(
         })
 }
 
-/// Calls a builtin. `constants` are the calling script's `global::` constants, which functions
-/// it hands to threads and workers keep seeing.
+/// Calls a builtin. `global` is the caller's runtime state, whose constants and imported
+/// modules the functions it hands to threads and workers keep seeing.
 fn invoke(
     shared: &Arc<Shared>,
     b: &Builtin,
     args: &mut [&mut Dynamic],
-    constants: Option<Constants>,
+    global: Option<&GlobalRuntimeState>,
 ) -> RhaiResult<Dynamic> {
     let fail =
         |msg: String| -> Box<EvalAltResult> { format!("{}: {msg}", b.qualified_name()).into() };
     api::check_arity(b, args.len()).map_err(fail)?;
-    let outcome =
-        (b.call)(&shared.host, &mut RhaiArgs::new(args, shared, constants)).map_err(fail)?;
+    let outcome = (b.call)(&shared.host, &mut RhaiArgs::new(args, shared, global)).map_err(fail)?;
     let ret = match outcome {
         Outcome::Done(ret) => ret,
         Outcome::Wait(wait) => {
@@ -464,28 +467,33 @@ struct RhaiArgs<'a, 'b> {
     /// Fields pulled out of option maps (see `Args::field`), numbered after the arguments.
     extra: Vec<Dynamic>,
     shared: &'a Arc<Shared>,
-    constants: Option<Constants>,
+    /// The caller's runtime state (none for a property or `with`, which take no function).
+    global: Option<&'a GlobalRuntimeState>,
 }
 
 impl RhaiArgs<'_, '_> {
     fn new<'a, 'b>(
         args: &'a mut [&'b mut Dynamic],
         shared: &'a Arc<Shared>,
-        constants: Option<Constants>,
+        global: Option<&'a GlobalRuntimeState>,
     ) -> RhaiArgs<'a, 'b> {
         RhaiArgs {
             args,
             extra: Vec::new(),
             shared,
-            constants,
+            global,
         }
+    }
+
+    fn env(&self) -> Env {
+        self.global.map(Env::of).unwrap_or_default()
     }
 
     /// A script function bound to what it needs to run on another thread or in a worker.
     fn bound(&self, f: FnPtr) -> BoundFn {
         BoundFn {
             shared: self.shared.clone(),
-            constants: self.constants.clone(),
+            env: self.env(),
             f,
         }
     }
@@ -582,9 +590,17 @@ impl Args for RhaiArgs<'_, '_> {
             .map(|d| to_value(&d.flatten_clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("cannot send the function's captured values: {e}"))?;
+        // The modules go by source: the worker has the same modules, or loads them.
+        let imports = self
+            .env()
+            .imports
+            .iter()
+            .filter_map(|(name, m)| Some((name.to_string(), m.id()?.to_owned())))
+            .collect();
         let wire = RhaiFunction {
             name: f.fn_name().to_owned(),
             curry,
+            imports,
         };
         let code = rmp_serde::to_vec(&wire).map_err(|e| e.to_string())?;
         Ok(Arc::new(FunctionSpec {
@@ -623,10 +639,11 @@ impl Args for RhaiArgs<'_, '_> {
     }
 
     fn workers(&mut self, mode: Mode, count: usize, renewable: bool) -> Result<Workers, String> {
+        let constants = self.env().constants;
         let here = || -> Arc<dyn TaskEngine> {
             Arc::new(RhaiTaskEngine {
                 shared: self.shared.clone(),
-                constants: self.constants.clone(),
+                constants: constants.clone(),
                 functions: Default::default(),
                 _engine: None,
                 snapshot: None,
@@ -636,8 +653,13 @@ impl Args for RhaiArgs<'_, '_> {
             Mode::Fork => Workers::Forked(here()),
             Mode::Gil => Workers::Threads(vec![here(); count]),
             Mode::Isolated => {
-                // The script's state as of now: its code (never changes) and its constants.
-                let snapshot = Arc::new((self.shared.clone(), copied_constants(&self.constants)));
+                // The script's state as of now: its code (never changes), its constants and
+                // the modules it has loaded.
+                let snapshot = Arc::new(Snapshot {
+                    parent: self.shared.clone(),
+                    constants: copied_constants(&constants),
+                    modules: modules::copied(&self.shared.modules),
+                });
                 Workers::Threads(
                     (0..count)
                         .map(|_| isolated_engine(&snapshot, renewable))
@@ -655,14 +677,17 @@ fn hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// An engine of its own for an isolated worker or process: its own compile of the script, and a
-/// host (and GIL) of its own.
-fn isolated_shared(parent: &Arc<Shared>) -> Result<(Arc<Shared>, Arc<Engine>), String> {
+/// An engine of its own for an isolated worker or process: its own compile of the script, a
+/// host (and GIL) of its own, and `modules` (the script's, as of now) as its loaded modules.
+fn isolated_shared(
+    parent: &Arc<Shared>,
+    modules: Loaded,
+) -> Result<(Arc<Shared>, Arc<Engine>), String> {
     let shared = Shared::new(
         parent.host.isolated(),
         parent.script_name.clone(),
-        parent.script_dir.clone(),
         parent.code.clone(),
+        modules,
     );
     // An AST of its own rather than the script's: engines on two cores sharing one AST would
     // update the same reference counts on every call, and that costs more than the compile.
@@ -701,18 +726,24 @@ fn detached(value: &Dynamic) -> Dynamic {
     }
 }
 
-/// What an isolated pool's engines are built from: the script's `Shared` (for its code and
-/// settings) and its constants as of pool creation.
-type Snapshot = Arc<(Arc<Shared>, Option<Constants>)>;
+/// What an isolated pool's engines are built from, as of pool creation.
+struct Snapshot {
+    /// The script's `Shared`, for its code and settings.
+    parent: Arc<Shared>,
+    constants: Option<Constants>,
+    modules: Loaded,
+}
 
 /// A pool worker's engine of its own, from `snapshot`; a `renewable` one keeps the snapshot to
 /// build its replacement.
-fn isolated_engine(snapshot: &Snapshot, renewable: bool) -> Result<Arc<dyn TaskEngine>, String> {
-    let (parent, constants) = &**snapshot;
-    let (shared, engine) = isolated_shared(parent)?;
+fn isolated_engine(
+    snapshot: &Arc<Snapshot>,
+    renewable: bool,
+) -> Result<Arc<dyn TaskEngine>, String> {
+    let (shared, engine) = isolated_shared(&snapshot.parent, modules::copied(&snapshot.modules))?;
     Ok(Arc::new(RhaiTaskEngine {
         shared,
-        constants: copied_constants(constants),
+        constants: copied_constants(&snapshot.constants),
         functions: Default::default(),
         _engine: Some(engine),
         snapshot: renewable.then(|| snapshot.clone()),
@@ -720,28 +751,45 @@ fn isolated_engine(snapshot: &Snapshot, renewable: bool) -> Result<Arc<dyn TaskE
 }
 
 /// A Rhai function as it travels to a worker: every script function (closures too) is in the
-/// AST the worker inherited, so its name and its curried (captured) values are enough.
+/// AST the worker inherited, so its name and its curried (captured) values are enough, with the
+/// modules imported where it was handed over: (name, source) in import order.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct RhaiFunction {
     name: String,
     curry: Vec<Value>,
+    imports: Vec<(String, String)>,
 }
 
 struct RhaiTaskEngine {
     shared: Arc<Shared>,
     constants: Option<Constants>,
-    functions: std::sync::Mutex<std::collections::HashMap<u64, FnPtr>>,
+    functions: std::sync::Mutex<std::collections::HashMap<u64, (FnPtr, Imports)>>,
     /// An isolated worker's engine, which nothing else keeps alive.
     _engine: Option<Arc<Engine>>,
     /// What a renewable isolated engine's replacement is built from.
-    snapshot: Option<Snapshot>,
+    snapshot: Option<Arc<Snapshot>>,
 }
 
-/// Rebuilds a function pointer in the worker. A closure's function is anonymous (`anon$...`,
-/// not a name `Fn` accepts), so it is looked up in the AST the worker inherited.
-fn decode_function(ast: &AST, code: &[u8]) -> Result<FnPtr, String> {
+/// Rebuilds a function pointer in the worker, with the modules it sees. A closure's function is
+/// anonymous (`anon$...`, not a name `Fn` accepts), so it is looked up in the AST the worker
+/// inherited.
+fn decode_function(
+    engine: &Engine,
+    shared: &Shared,
+    ast: &AST,
+    code: &[u8],
+) -> Result<(FnPtr, Imports), String> {
     let wire: RhaiFunction =
         rmp_serde::from_slice(code).map_err(|e| format!("bad function encoding: {e}"))?;
+    let imports = wire
+        .imports
+        .iter()
+        .map(|(name, source)| {
+            let module = modules::find(engine, &shared.modules, source)
+                .map_err(|e| format_error(&shared.script_name, *e))?;
+            Ok((name.into(), module))
+        })
+        .collect::<Result<_, String>>()?;
     // A pointer linked to the script function is called directly (about a quarter less per
     // call than one resolved by name on every call); Rhai still dispatches by name when the
     // number of arguments differs. A name several functions share (overloads) stays a name.
@@ -753,7 +801,7 @@ fn decode_function(ast: &AST, code: &[u8]) -> Result<FnPtr, String> {
     for v in &wire.curry {
         f.add_curry(::rhai::serde::to_dynamic(v).map_err(|e| e.to_string())?);
     }
-    Ok(f)
+    Ok((f, imports))
 }
 
 impl TaskEngine for RhaiTaskEngine {
@@ -772,22 +820,24 @@ impl TaskEngine for RhaiTaskEngine {
             .local
             .as_ref()
             .and_then(|l| l.downcast_ref::<BoundFn>());
-        let f = if let Some(bound) = bound {
-            bound.f.clone()
+        let (f, imports) = if let Some(bound) = bound {
+            (bound.f.clone(), bound.env.imports.clone())
         } else {
-            let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-            match functions.get(&spec.key) {
-                Some(f) => f.clone(),
+            let functions = || self.functions.lock().unwrap_or_else(|e| e.into_inner());
+            let known = functions().get(&spec.key).cloned();
+            match known {
+                Some(f) => f,
                 None => {
-                    let f = decode_function(&ast, &spec.code)?;
-                    functions.insert(spec.key, f.clone());
+                    // Without the lock: loading a module runs script code.
+                    let f = decode_function(&engine, &self.shared, &ast, &spec.code)?;
+                    functions().insert(spec.key, f.clone());
                     f
                 }
             }
         };
         // One runtime state for the whole chunk.
-        let constants = bound.map_or(&self.constants, |b| &b.constants);
-        let global = script_global(&engine, &ast, constants);
+        let constants = bound.map_or(&self.constants, |b| &b.env.constants);
+        let global = script_global(&engine, &ast, constants, &imports);
         let ctx = ::rhai::NativeCallContext::new_with_all_fields(
             &engine,
             f.fn_name(),
@@ -826,24 +876,62 @@ impl TaskEngine for RhaiTaskEngine {
 type Constants =
     ::rhai::Shared<::rhai::Locked<std::collections::BTreeMap<::rhai::ImmutableString, Dynamic>>>;
 
-/// The runtime state a call from Rust needs to see the script's functions and `global::`
-/// constants, as a call from the script would.
+/// Imported modules by the names they were imported as, in import order (a later import of a
+/// name hides an earlier one).
+type Imports = Vec<(ImmutableString, SharedModule)>;
+
+/// What a script function sees besides its arguments and the script's functions, as of the
+/// call that hands it to a thread, a process or a pool: the `global::` constants and the
+/// modules imported there (at the top of the script, or in the function making the call).
+#[derive(Clone, Default)]
+struct Env {
+    constants: Option<Constants>,
+    imports: Imports,
+}
+
+impl Env {
+    fn of(global: &GlobalRuntimeState) -> Env {
+        Env {
+            constants: global.constants.clone(),
+            imports: global
+                .scan_imports_raw()
+                .map(|(name, m)| (name.clone(), m.clone()))
+                .collect(),
+        }
+    }
+
+    /// This environment for another engine: the constants copied, the modules shared (see
+    /// `modules::copied`).
+    fn isolated(&self) -> Env {
+        Env {
+            constants: copied_constants(&self.constants),
+            imports: self.imports.clone(),
+        }
+    }
+}
+
+/// The runtime state a call from Rust needs to see the script's functions, its `global::`
+/// constants and the modules in `imports`, as a call from the script would.
 fn script_global(
     engine: &Engine,
     ast: &AST,
     constants: &Option<Constants>,
-) -> ::rhai::GlobalRuntimeState {
+    imports: &Imports,
+) -> GlobalRuntimeState {
     let mut global = engine.new_global_runtime_state();
     global.lib.push(ast.shared_lib().clone());
     global.constants = constants.clone();
     global.source = ast.source().map(Into::into);
+    for (name, module) in imports {
+        global.push_import(name.clone(), module.clone());
+    }
     global
 }
 
-/// A script function with the script's AST and constants, callable from any thread.
+/// A script function with the script's AST, constants and modules, callable from any thread.
 struct BoundFn {
     shared: Arc<Shared>,
-    constants: Option<Constants>,
+    env: Env,
     f: FnPtr,
 }
 
@@ -855,7 +943,7 @@ impl BoundFn {
 
     fn call_raw(&self, mut args: Vec<Dynamic>) -> RhaiResult<Dynamic> {
         let (engine, ast) = self.shared.engine_and_ast()?;
-        let global = script_global(&engine, &ast, &self.constants);
+        let global = script_global(&engine, &ast, &self.env.constants, &self.env.imports);
         let ctx = ::rhai::NativeCallContext::new_with_all_fields(
             &engine,
             self.f.fn_name(),
@@ -905,15 +993,13 @@ struct RhaiTarget {
 
 impl Target for RhaiTarget {
     fn isolated(self: Box<Self>) -> Result<(Box<dyn Target>, Arc<Host>), String> {
-        let (shared, engine) = isolated_shared(&self.f.shared)?;
+        let (shared, engine) =
+            isolated_shared(&self.f.shared, modules::copied(&self.f.shared.modules))?;
         let host = shared.host.clone();
         let f = detached(&Dynamic::from(self.f.f)).cast::<FnPtr>();
+        let env = self.f.env.isolated();
         let target = RhaiTarget {
-            f: BoundFn {
-                shared,
-                constants: copied_constants(&self.f.constants),
-                f,
-            },
+            f: BoundFn { shared, env, f },
             args: self.args.iter().map(detached).collect(),
             _engine: Some(engine),
         };
@@ -964,6 +1050,7 @@ mod tests {
             Value::Float(-0.25),
             Value::Str("ünïcode".into()),
             Value::Bytes(vec![]),
+            Value::Char('é'),
             nested,
         ] {
             assert_eq!(round_trip(&v), v);
@@ -977,7 +1064,8 @@ mod tests {
             |code: &str| from_dynamic::<Value>(&engine.eval::<Dynamic>(code).unwrap()).unwrap();
         assert_eq!(eval("3"), Value::Int(3));
         assert_eq!(eval("3.0"), Value::Float(3.0));
-        assert_eq!(eval("'x'"), Value::Str("x".into()));
+        assert_eq!(eval("\"x\""), Value::Str("x".into()));
+        assert_eq!(eval("'x'"), Value::Char('x'));
         assert_eq!(eval("blob(2, 7)"), Value::Bytes(vec![7, 7]));
         assert_eq!(
             eval("#{b: [1, ()], a: 2}"),

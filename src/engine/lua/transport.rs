@@ -5,9 +5,10 @@
 //! and its upvalues: `_ENV` becomes the worker's globals; a Lua function is encoded too
 //! (cycles, such as a recursive local function, are kept); a table, C function or userdata
 //! that the script reaches by a global path (`math.floor`, a `require`d module) is sent as that
-//! path and found again in the worker; any other value is copied as data. A value that fits
-//! none of these is an error that names the upvalue. Binary chunks are loaded only here, from
-//! what this module encoded, never from script-provided strings.
+//! path and found again in the worker (a module the worker lacks is `require`d there); any
+//! other value is copied as data. A value that fits none of these is an error that names the
+//! upvalue. Binary chunks are loaded only here, from what this module encoded, never from
+//! script-provided strings.
 
 use std::collections::HashMap;
 
@@ -227,9 +228,12 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
         .ok_or_else(|| "bad function encoding: empty".into())
 }
 
+/// The value at `path` from the worker's globals. A module the script required after the
+/// worker's state was copied (or forked) is not in the worker's `package.loaded`: the worker
+/// requires it, as the script did.
 fn resolve(globals: &Table, path: &[String]) -> Result<LuaValue, String> {
     let mut value = LuaValue::Table(globals.clone());
-    for key in path {
+    for (i, key) in path.iter().enumerate() {
         let LuaValue::Table(t) = value else {
             return Err(format!(
                 "`{}` is not reachable in the worker",
@@ -237,6 +241,10 @@ fn resolve(globals: &Table, path: &[String]) -> Result<LuaValue, String> {
             ));
         };
         value = t.get::<LuaValue>(key.as_str()).map_err(error_text)?;
+        if value.is_nil() && i == 2 && path[..2] == ["package", "loaded"] {
+            let require: Function = globals.get("require").map_err(error_text)?;
+            value = require.call(key.as_str()).map_err(error_text)?;
+        }
     }
     Ok(value)
 }
