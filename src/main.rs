@@ -20,7 +20,8 @@ struct Cli {
     #[arg(long, value_name = "gil|fork|isolated", default_value = "fork")]
     mode: parrun::Mode,
 
-    /// Run CODE instead of a script file (needs --lang); every positional is an argument.
+    /// Run CODE instead of a script file (Lua, as `lua -e` does, unless --lang rhai); every
+    /// positional is an argument.
     #[arg(short = 'e', value_name = "CODE")]
     eval: Option<String>,
 
@@ -52,7 +53,7 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 5.0)]
     switch_interval: f64,
 
-    /// The script to run (`-` reads it from standard input).
+    /// The script to run (`-` reads it from standard input: Lua, unless --lang rhai).
     #[arg(value_name = "SCRIPT")]
     script: Option<String>,
 
@@ -142,12 +143,11 @@ fn run(cli: Cli) -> Result<i32, Error> {
     if let Some(lang) = cli.lang {
         runtime = runtime.language(lang);
     }
-    let need_lang = |what: &str| {
-        cli.lang
-            .ok_or_else(|| Error::Usage(format!("{what} needs --lang lua or --lang rhai")))
-    };
+    // Code without a file name to tell its language from is Lua, as for the stock `lua`
+    // command, so that a Lua script can run its interpreter again with `-e` or `-`.
+    let unnamed_lang = cli.lang.unwrap_or(Language::Lua);
     if let Some(code) = &cli.eval {
-        let lang = need_lang("-e")?;
+        let lang = unnamed_lang;
         // With -e there is no script file: every positional is an argument.
         let args = cli.script.iter().chain(&cli.args).cloned();
         return runtime.args(args).run_source(lang, "(command line)", code);
@@ -165,7 +165,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
         .interpreter_args(argv.into_iter().take(before))
         .args(cli.args.iter().cloned());
     if script == "-" {
-        let lang = need_lang("reading the script from standard input")?;
+        let lang = unnamed_lang;
         let mut code = Vec::new();
         std::io::stdin()
             .read_to_end(&mut code)

@@ -215,10 +215,22 @@ fn bad_option_values_are_usage_errors() {
 }
 
 #[test]
-fn no_script_or_missing_lang_is_a_usage_error() {
+fn no_script_is_a_usage_error() {
     assert_usage_error(&run::<[&str; 0], &str>([]), "script");
-    assert_usage_error(&run(["-e", "print(1)"]), "--lang");
-    assert_usage_error(&run_with_stdin(["-"], "print(1)"), "--lang");
+}
+
+/// Code given without a file (`-e`, `-`) is Lua unless --lang says otherwise, as for the stock
+/// `lua` command.
+#[test]
+fn code_without_a_file_is_lua_unless_lang_says_otherwise() {
+    let out = run(["-e", "print(_VERSION, os.exit(20, true))"]);
+    out.assert_code(20);
+    let out = run_with_stdin(["-"], "print(select('#', ...), _VERSION)");
+    out.assert_success();
+    assert_eq!(out.stdout, "0\tLua 5.4\n", "{}", out.describe());
+    let out = run(["--lang", "rhai", "-e", "print(type_of(1))"]);
+    out.assert_success();
+    assert_eq!(out.stdout, "i64\n", "{}", out.describe());
 }
 
 // ---------------------------------------------------------------------------------------
