@@ -744,9 +744,9 @@ impl Pool {
         crate::cancel::install(Some(slot.cancel.clone()));
         let run = |engine: &Arc<dyn TaskEngine>, function: &FunctionSpec, calls: CallSlice<'_>| {
             let gil = engine.gil();
-            gil.acquire(0);
+            let held = gil.lock(0);
             let outcome = catch_unwind(AssertUnwindSafe(|| engine.call_many(function, calls)));
-            gil.release();
+            drop(held);
             outcome.unwrap_or_else(|panic| {
                 Err(format!(
                     "a pool worker thread failed inside parrun (a host panic: {})",
@@ -1363,10 +1363,10 @@ impl Pool {
         if !wanted {
             return None;
         }
-        let gil = self.host.gil.clone();
-        gil.acquire(0);
-        let worker = self.spawn_worker();
-        gil.release();
+        let worker = {
+            let _held = self.host.gil.lock(0);
+            self.spawn_worker()
+        };
         match worker {
             Ok(w) => Some(w),
             Err(e) => {
@@ -1408,10 +1408,10 @@ fn run_callbacks(host: Arc<Host>, rx: Receiver<(Arc<Job>, Result<Value, String>)
                 Err(e) => (err, Value::Str(e)),
             };
             if let Some(cb) = callback {
-                host.gil.acquire(0);
+                let held = host.gil.lock(0);
                 let result = cb.call(arg);
                 drop(cb);
-                host.gil.release();
+                drop(held);
                 if let Err(e) = result {
                     crate::output::write_stderr(&format!("Exception in pool callback:\n{e}"));
                 }

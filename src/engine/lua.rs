@@ -1042,10 +1042,10 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         .collect::<mlua::Result<MultiValue>>()
         .map_err(|e| Error::Script(error_text(e)))?;
 
-    host.gil.acquire(0);
+    let held = host.gil.lock(0);
     let result = start_driver(&lua, &host, main, args);
     host.gil.allow_threads(0, || host.finish());
-    host.gil.release();
+    drop(held);
     CURRENT_GIL.with(|g| g.borrow_mut().take());
     result.map(|_| 0).map_err(|e| Error::Script(error_text(e)))
 }
