@@ -127,9 +127,10 @@ impl Gil {
         }
     }
 
-    /// Sets the holder's token (for a holder that only learns it after acquiring).
-    pub fn set_holder_token(&self, token: usize) {
-        self.lock_state().holder_token = token;
+    /// Sets the holder's token (for a holder that only learns it after acquiring); returns the
+    /// one it replaces, for the holder to put back.
+    pub fn set_holder_token(&self, token: usize) -> usize {
+        std::mem::replace(&mut self.lock_state().holder_token, token)
     }
 
     /// Makes the holder stop at its next check, as a waiter asking for a switch does: the
