@@ -28,7 +28,7 @@
 //!   pool still open when the script ends is terminated.
 //!
 //! Callbacks run one at a time on the pool's callback thread, with the GIL (CPython's result
-//! handler thread). The pool keeps
+//! handler thread). A callback that panics inside parrun fails its own result. The pool keeps
 //! the jobs not ready yet by id (`LiveJobs`), so submitting costs the same however many jobs
 //! are in flight.
 
@@ -343,7 +343,7 @@ impl Job {
         done
     }
 
-    /// Fails the whole job at once (a terminated or broken pool).
+    /// Fails the whole job at once (a terminated or broken pool, a callback that panicked).
     fn fail(&self, msg: &str) {
         let mut s = self.state();
         if s.ready {
@@ -528,10 +528,13 @@ impl LiveJobs {
         live
     }
 
-    /// The callback of `job` has ended: the job is ready.
-    fn end_callback(&self, job: &Job) {
+    /// The callback of `job` has ended: the job is ready, or failed with `failure`.
+    fn end_callback(&self, job: &Job, failure: Option<String>) {
         let mut s = self.state();
-        job.mark_ready();
+        match failure {
+            Some(msg) => job.fail(&msg),
+            None => job.mark_ready(),
+        }
         s.in_callback = false;
         self.changed.notify_all();
     }
@@ -844,15 +847,50 @@ impl Pool {
         let supervisor_pool = pool.clone();
         let handle = std::thread::Builder::new()
             .name("parrun-pool".into())
-            .spawn(move || supervisor_pool.supervise(workers, File::from(wake_rx)))
+            .spawn(move || {
+                let pool = supervisor_pool;
+                let wake = File::from(wake_rx);
+                if let Err(panic) =
+                    catch_unwind(AssertUnwindSafe(|| pool.clone().supervise(workers, wake)))
+                {
+                    // The workers went with the unwinding: their task pipes closed, so they end
+                    // by themselves. The pool fails its work rather than leave `join` waiting.
+                    pool.break_pool(&format!(
+                        "the pool's supervisor failed inside parrun (a host panic: {})",
+                        crate::thread::panic_text(&*panic)
+                    ));
+                    pool.shared().supervisor_done = true;
+                    pool.shared_changed.notify_all();
+                }
+            })
             .map_err(|e| format!("cannot start the pool thread: {e}"))?;
         *pool.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(())
     }
 
-    /// A worker thread: runs the initializer, then takes tasks until the pool closes.
-    fn work(self: Arc<Self>, mut engine: Arc<dyn TaskEngine>, slot: Arc<ThreadSlot>) {
+    /// A worker thread: runs the initializer, then takes tasks until the pool closes. A host
+    /// panic that escapes a task's own catch breaks the pool, so that `join` cannot wait for
+    /// ever on work this thread was to do.
+    fn work(self: Arc<Self>, engine: Arc<dyn TaskEngine>, slot: Arc<ThreadSlot>) {
         crate::cancel::install(Some(slot.cancel.clone()));
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.serve(engine, &slot))) {
+            self.break_pool(&format!(
+                "a pool worker thread failed inside parrun (a host panic: {})",
+                crate::thread::panic_text(&*panic)
+            ));
+        }
+        crate::cancel::install(None);
+        let mut s = self.shared();
+        s.live_threads -= 1;
+        if s.live_threads == 0 {
+            s.supervisor_done = true;
+        }
+        drop(s);
+        self.shared_changed.notify_all();
+    }
+
+    /// [`Pool::work`]'s loop.
+    fn serve(&self, mut engine: Arc<dyn TaskEngine>, slot: &ThreadSlot) {
         let run = |engine: &Arc<dyn TaskEngine>, function: &FunctionSpec, calls: CallSlice<'_>| {
             let gil = engine.gil();
             let held = gil.lock(0);
@@ -915,14 +953,6 @@ impl Pool {
                 }
             }
         }
-        crate::cancel::install(None);
-        let mut s = self.shared();
-        s.live_threads -= 1;
-        if s.live_threads == 0 {
-            s.supervisor_done = true;
-        }
-        drop(s);
-        self.shared_changed.notify_all();
     }
 
     /// The next task for a worker thread; `None` once the pool is closed and drained, or
@@ -1521,7 +1551,8 @@ impl Pool {
     }
 }
 
-/// Runs `callback`/`error_callback` with the GIL, then marks each job ready.
+/// Runs `callback`/`error_callback` with the GIL, then marks each job ready. A callback that
+/// panics inside parrun fails its job with the reason; the thread goes on with the next.
 fn run_callbacks(
     host: Arc<Host>,
     live: Arc<LiveJobs>,
@@ -1536,22 +1567,30 @@ fn run_callbacks(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        let mut failure = None;
         if let Some((ok, err)) = callbacks {
             let (callback, arg) = match outcome {
                 Ok(v) => (ok, v),
                 Err(e) => (err, Value::Str(e)),
             };
             if let Some(cb) = callback {
-                let held = host.gil.lock(0);
-                let result = cb.call(arg);
-                drop(cb);
-                drop(held);
-                if let Err(e) = result {
-                    crate::output::write_stderr(&format!("Exception in pool callback:\n{e}"));
+                let _held = host.gil.lock(0);
+                // The callback is dropped inside, with the GIL: it holds the engine's values.
+                match catch_unwind(AssertUnwindSafe(move || cb.call(arg))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        crate::output::write_stderr(&format!("Exception in pool callback:\n{e}"))
+                    }
+                    Err(panic) => {
+                        failure = Some(format!(
+                            "the callback failed inside parrun (a host panic: {})",
+                            crate::thread::panic_text(&*panic)
+                        ))
+                    }
                 }
             }
         }
-        live.end_callback(&job);
+        live.end_callback(&job, failure);
     }
 }
 
@@ -1796,24 +1835,29 @@ mod tests {
             .unwrap()
     }
 
-    /// A callback that records its argument, after `pause`.
+    /// A callback that records its argument, after `pause`; it panics on `panic_on`.
     struct Record {
         seen: Arc<Mutex<Vec<Value>>>,
         pause: Duration,
+        panic_on: Option<Value>,
     }
 
     impl Callback for Record {
         fn call(&self, arg: Value) -> Result<(), String> {
             std::thread::sleep(self.pause);
+            if self.panic_on.as_ref() == Some(&arg) {
+                panic!("a host bug in a callback");
+            }
             self.seen.lock().unwrap().push(arg);
             Ok(())
         }
     }
 
-    fn record(seen: &Arc<Mutex<Vec<Value>>>, pause: Duration) -> Callbacks {
+    fn record(seen: &Arc<Mutex<Vec<Value>>>, pause: Duration, panic_on: Option<i64>) -> Callbacks {
         let ok: Box<dyn Callback> = Box::new(Record {
             seen: seen.clone(),
             pause,
+            panic_on: panic_on.map(Value::Int),
         });
         Some((Some(ok), None))
     }
@@ -1860,7 +1904,7 @@ mod tests {
         let (pool, _gate) = echo_pool(true);
         let seen = Arc::default();
         let jobs: Vec<_> = (0..6)
-            .map(|i| apply(&pool, i, record(&seen, Duration::from_millis(20))))
+            .map(|i| apply(&pool, i, record(&seen, Duration::from_millis(20), None)))
             .collect();
         pool.close();
         let joined = pool.clone();
@@ -1883,7 +1927,7 @@ mod tests {
         let (pool, _gate) = echo_pool(true);
         let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
         let jobs: Vec<_> = (0..4)
-            .map(|i| apply(&pool, i, record(&seen, Duration::from_millis(100))))
+            .map(|i| apply(&pool, i, record(&seen, Duration::from_millis(100), None)))
             .collect();
         // Wait for the first callback to be running.
         let start = Instant::now();
@@ -1903,6 +1947,30 @@ mod tests {
         assert!(jobs.iter().all(|j| j.ready()));
         let failed = jobs.iter().filter(|j| j.get(None).is_err()).count();
         assert_eq!(failed, 4 - ran);
+    }
+
+    /// A callback that panics fails its own job with the reason and releases the GIL; the
+    /// callbacks after it run.
+    #[test]
+    fn a_panicking_callback_fails_its_job_and_the_rest_go_on() {
+        let (pool, _gate) = echo_pool(true);
+        let seen = Arc::default();
+        let jobs: Vec<_> = (0..3)
+            .map(|i| apply(&pool, i, record(&seen, Duration::ZERO, Some(1))))
+            .collect();
+        pool.close();
+        let joined = pool.clone();
+        within(move || joined.join()).unwrap();
+        let err = jobs[1].get(LONG).unwrap_err();
+        assert!(
+            err.contains("callback") && err.contains("a host bug in a callback"),
+            "{err}"
+        );
+        assert_eq!(jobs[0].get(LONG), Ok(Value::Int(0)));
+        assert_eq!(jobs[2].get(LONG), Ok(Value::Int(2)));
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        let host = pool.host.clone();
+        within(move || drop(host.gil.lock(0)));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Pool semantics as CPython's `multiprocessing.Pool` has them, end to end, in Lua and Rhai and
-//! in every execution model: `join` waits for the callbacks, a pool ends without a hang however
-//! it is left, and many submissions all arrive.
+//! in every execution model: `join` waits for the callbacks, many submissions all arrive, and a
+//! callback that fails inside parrun fails its result instead of hanging the run.
 
 mod common;
 
@@ -195,6 +195,60 @@ print(`wrong	${wrong}	called	${called.len()}	imap	${k}`);
         assert_eq!(
             out.stdout_lines(),
             ["wrong\t0\tcalled\t3000\timap\t3000"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    });
+}
+
+/// A callback or error_callback that panics inside parrun (injected: `_test_fault` works only
+/// under PARRUN_TEST_FAULTS) fails its own result with the reason; the GIL it held is released,
+/// so the script, the workers and later callbacks go on.
+#[test]
+fn a_host_panic_in_a_callback_fails_its_result_not_the_run() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+local r = pool:apply_async(function(x) return x end, {1}, function(v) parrun._test_fault("panic") end)
+print(pcall(r.get, r, 10))
+local e = pool:apply_async(function() error("bad") end, {}, nil, function(err) parrun._test_fault("panic") end)
+print(pcall(e.get, e, 10))
+local got = parrun.Queue()
+local a = pool:apply_async(function(x) return x + 1 end, {1}, function(v) got:put(v) end)
+print("after", a:get(10), got:get(10))
+pool:close()
+pool:join()
+print("joined", r:ready(), r:successful(), e:successful(), a:successful())
+"#;
+    let rhai = r#"
+let pool = Pool(1);
+let r = pool.apply_async(|x| x, [1], |v| _test_fault("panic"));
+let m = ""; try { r.get(10); } catch (x) { m = x; } print(`false	${m}`);
+let e = pool.apply_async(|| throw "bad", [], (), |err| _test_fault("panic"));
+m = ""; try { e.get(10); } catch (x) { m = x; } print(`false	${m}`);
+let got = Queue();
+let a = pool.apply_async(|x| x + 1, [1], |v| got.put(v));
+print(`after	${a.get(10)}	${got.get(10)}`);
+pool.close();
+pool.join();
+print(`joined	${r.ready()}	${r.successful()}	${e.successful()}	${a.successful()}`);
+"#;
+    let env = [("PARRUN_TEST_FAULTS", "1")];
+    in_every_mode("callbackpanic", &env, lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert_eq!(lines.len(), 4, "mode {mode}\n{}", out.describe());
+        for line in &lines[..2] {
+            assert!(
+                line.starts_with("false")
+                    && line.contains("callback failed inside parrun")
+                    && line.contains("injected host panic"),
+                "mode {mode}\n{}",
+                out.describe()
+            );
+        }
+        assert_eq!(
+            lines[2..],
+            ["after\t2\t2", "joined\ttrue\tfalse\tfalse\ttrue"],
             "mode {mode}\n{}",
             out.describe()
         );
