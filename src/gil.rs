@@ -13,7 +13,10 @@
 //! - **Free when alone.** With one thread nobody waits, so nothing is ever requested: the only
 //!   cost is an atomic load where the engine polls.
 //!
-//! Blocking calls run through [`Gil::allow_threads`], which releases the lock while they wait.
+//! The lock is taken only through [`Gil::lock`], whose [`GilGuard`] gives it up when dropped, so
+//! a thread that panics while it holds the lock (a host bug in a callback, say) releases it as
+//! it unwinds instead of stopping every other thread for good. Blocking calls run through
+//! [`Gil::allow_threads`], which releases the lock while they wait.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -73,8 +76,15 @@ impl Gil {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the lock, waiting in line. `token` identifies the new holder to the interrupter.
-    pub fn acquire(&self, token: usize) {
+    /// Takes the lock, waiting in line, until the guard drops. `token` identifies the new holder
+    /// to the interrupter.
+    pub fn lock(&self, token: usize) -> GilGuard<'_> {
+        self.acquire(token);
+        GilGuard { gil: self }
+    }
+
+    /// Takes the lock, waiting in line. Paired with [`Gil::release`] by a guard only.
+    fn acquire(&self, token: usize) {
         let mut s = self.lock_state();
         let ticket = s.next_ticket;
         s.next_ticket += 1;
@@ -103,7 +113,7 @@ impl Gil {
     }
 
     /// Gives the lock up.
-    pub fn release(&self) {
+    fn release(&self) {
         let mut s = self.lock_state();
         debug_assert!(s.locked, "GIL released by a thread that does not hold it");
         s.locked = false;
@@ -117,9 +127,10 @@ impl Gil {
         }
     }
 
-    /// Sets the holder's token (for a holder that only learns it after acquiring).
-    pub fn set_holder_token(&self, token: usize) {
-        self.lock_state().holder_token = token;
+    /// Sets the holder's token (for a holder that only learns it after acquiring); returns the
+    /// one it replaces, for the holder to put back.
+    pub fn set_holder_token(&self, token: usize) -> usize {
+        std::mem::replace(&mut self.lock_state().holder_token, token)
     }
 
     /// Makes the holder stop at its next check, as a waiter asking for a switch does: the
@@ -143,13 +154,15 @@ impl Gil {
         self.drop_request.load(Ordering::Relaxed)
     }
 
-    /// Hands the lock to the next waiter and waits for another turn.
+    /// Hands the lock to the next waiter and waits for another turn. Call while holding the
+    /// lock (a [`GilGuard`] up the stack).
     pub fn yield_turn(&self, token: usize) {
         self.release();
         self.acquire(token);
     }
 
-    /// Runs `wait` without the lock (a blocking call), then takes the lock back.
+    /// Runs `wait` without the lock (a blocking call), then takes the lock back, even if `wait`
+    /// panics. Call while holding the lock (a [`GilGuard`] up the stack).
     pub fn allow_threads<R>(&self, token: usize, wait: impl FnOnce() -> R) -> R {
         self.release();
         let reacquire = Reacquire { gil: self, token };
@@ -170,6 +183,19 @@ impl Gil {
     /// Number of times the lock was granted: a measure of switching.
     pub fn grants(&self) -> u64 {
         self.lock_state().grants
+    }
+}
+
+/// The GIL held by this thread: dropping the guard gives it up, on every way out of the scope,
+/// a panic's unwinding included.
+#[must_use = "the GIL is released as soon as the guard is dropped"]
+pub struct GilGuard<'a> {
+    gil: &'a Gil,
+}
+
+impl Drop for GilGuard<'_> {
+    fn drop(&mut self) {
+        self.gil.release();
     }
 }
 
@@ -222,18 +248,15 @@ mod tests {
     #[test]
     fn a_waiter_gets_a_drop_request_through_and_the_lock_handed_over() {
         let gil = Arc::new(Gil::new(Duration::from_millis(2), None));
-        gil.acquire(0);
+        let held = gil.lock(0);
         let g2 = gil.clone();
-        let waiter = std::thread::spawn(move || {
-            g2.acquire(0);
-            g2.release();
-        });
+        let waiter = std::thread::spawn(move || drop(g2.lock(0)));
         assert!(
             spin_until_requested(&gil, Duration::from_secs(10)),
             "the waiting thread never asked for the lock"
         );
         gil.yield_turn(0);
-        gil.release();
+        drop(held);
         waiter.join().unwrap();
         assert!(gil.grants() >= 3);
     }
@@ -245,12 +268,9 @@ mod tests {
             SEEN.store(token, Ordering::SeqCst);
         }
         let gil = Arc::new(Gil::new(Duration::from_millis(1), Some(interrupt)));
-        gil.acquire(42);
+        let held = gil.lock(42);
         let g2 = gil.clone();
-        let waiter = std::thread::spawn(move || {
-            g2.acquire(7);
-            g2.release();
-        });
+        let waiter = std::thread::spawn(move || drop(g2.lock(7)));
         assert!(spin_until_requested(&gil, Duration::from_secs(10)));
         // The request is set just before the interrupter runs: give it a moment.
         let start = Instant::now();
@@ -258,7 +278,7 @@ mod tests {
             std::hint::spin_loop();
         }
         assert_eq!(SEEN.load(Ordering::SeqCst), 42);
-        gil.release();
+        drop(held);
         waiter.join().unwrap();
     }
 
@@ -272,7 +292,7 @@ mod tests {
                 let gil = gil.clone();
                 let log = log.clone();
                 std::thread::spawn(move || {
-                    gil.acquire(0);
+                    let _held = gil.lock(0);
                     let mut turns = 0;
                     while turns < 20 {
                         if gil.drop_requested() {
@@ -282,7 +302,6 @@ mod tests {
                         }
                         std::hint::spin_loop();
                     }
-                    gil.release();
                 })
             })
             .collect();
@@ -299,19 +318,49 @@ mod tests {
     #[test]
     fn allow_threads_releases_the_lock_while_blocked() {
         let gil = Arc::new(Gil::new(Duration::from_millis(5), None));
-        gil.acquire(0);
+        let held = gil.lock(0);
         let (tx, rx) = std::sync::mpsc::channel();
         let g2 = gil.clone();
         let other = std::thread::spawn(move || {
-            g2.acquire(0);
+            let _held = g2.lock(0);
             tx.send(()).unwrap();
-            g2.release();
         });
         // While we "block", the other thread must get the lock without any drop request.
         gil.allow_threads(0, || rx.recv_timeout(Duration::from_secs(10)))
             .expect("the lock was not released during a blocking call");
         assert!(!gil.drop_requested());
-        gil.release();
+        drop(held);
         other.join().unwrap();
+    }
+
+    /// A thread that panics while it holds the lock gives it up as it unwinds, also from inside
+    /// a blocking call: the other threads go on.
+    #[test]
+    fn a_panic_while_holding_the_lock_releases_it() {
+        let gil = Arc::new(Gil::new(Duration::from_millis(5), None));
+        let g2 = gil.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = g2.lock(0);
+            panic!("a host bug");
+        })
+        .join();
+        assert!(panicked.is_err());
+        let g3 = gil.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = g3.lock(0);
+            g3.allow_threads(0, || panic!("a host bug while blocked"));
+        })
+        .join();
+        assert!(panicked.is_err());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let g4 = gil.clone();
+        let last = std::thread::spawn(move || {
+            let _held = g4.lock(0);
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the lock stayed with a thread that panicked");
+        last.join().unwrap();
+        assert!(!gil.lock_state().locked);
     }
 }

@@ -22,9 +22,15 @@
 //! - **Failures.** A task's script error comes back as its result. A worker that dies (a
 //!   signal, a crash) fails the task it was running with an error naming the signal; the tasks
 //!   queued behind it go back to the pending queue, and a replacement is forked.
-//! - **Shutdown.** `close` then `join` lets the work finish and the workers exit; `terminate`
-//!   kills them and fails what is unfinished; a pool still open when the script ends is
-//!   terminated.
+//! - **Shutdown.** `close` then `join` lets the work finish and the workers exit, and returns
+//!   once every callback has run and every result is ready, as CPython's; `terminate` kills
+//!   the workers, fails what is unfinished, lets a running callback end and runs no other; a
+//!   pool still open when the script ends is terminated.
+//!
+//! Callbacks run one at a time on the pool's callback thread, with the GIL (CPython's result
+//! handler thread). A callback that panics inside parrun fails its own result. The pool keeps
+//! the jobs not ready yet by id (`LiveJobs`), so submitting costs the same however many jobs
+//! are in flight.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -263,6 +269,8 @@ struct JobState {
 
 /// A submitted piece of work: an `AsyncResult`, or the state behind an `imap` iterator.
 pub struct Job {
+    /// Unique in its pool: the job's key among the pool's [`LiveJobs`].
+    id: u64,
     kind: JobKind,
     state: Mutex<JobState>,
     changed: Condvar,
@@ -270,8 +278,9 @@ pub struct Job {
 }
 
 impl Job {
-    fn new(kind: JobKind, items: usize) -> Arc<Job> {
+    fn new(id: u64, kind: JobKind, items: usize) -> Arc<Job> {
         Arc::new(Job {
+            id,
             kind,
             state: Mutex::new(JobState {
                 slots: (0..items).map(|_| None).collect(),
@@ -334,7 +343,7 @@ impl Job {
         done
     }
 
-    /// Fails the whole job at once (a terminated or broken pool).
+    /// Fails the whole job at once (a terminated or broken pool, a callback that panicked).
     fn fail(&self, msg: &str) {
         let mut s = self.state();
         if s.ready {
@@ -470,6 +479,101 @@ impl Job {
     }
 }
 
+/// A pool's jobs that are not ready yet: what `terminate` fails and what `join` waits for.
+///
+/// A job is entered once when it is submitted and leaves once, by its id, when it becomes ready
+/// (its results in and its callback run) or fails, so the work per job is constant however many
+/// jobs are in flight or still held by the script.
+#[derive(Default)]
+struct LiveJobs {
+    state: Mutex<LiveState>,
+    /// Notified when a job leaves or a callback ends.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct LiveState {
+    jobs: HashMap<u64, Arc<Job>>,
+    /// A callback is running. Its job has left `jobs` already, so that a terminate meanwhile
+    /// cannot fail it under the callback's feet, but it is not ready until the callback ends.
+    in_callback: bool,
+}
+
+impl LiveJobs {
+    fn state(&self) -> MutexGuard<'_, LiveState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(&self, job: &Arc<Job>) {
+        self.state().jobs.insert(job.id, job.clone());
+    }
+
+    /// Marks `job` ready and forgets it.
+    fn ready(&self, job: &Job) {
+        // Both under the registry's lock: whoever finds a job ready finds it gone, and whoever
+        // finds the registry empty finds every job ready.
+        let mut s = self.state();
+        job.mark_ready();
+        if s.jobs.remove(&job.id).is_some() {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Takes `job` out for its callback; false if it has failed already (a terminated pool),
+    /// and its callback must not run.
+    fn start_callback(&self, job: &Job) -> bool {
+        let mut s = self.state();
+        let live = s.jobs.remove(&job.id).is_some();
+        s.in_callback = live;
+        live
+    }
+
+    /// The callback of `job` has ended: the job is ready, or failed with `failure`.
+    fn end_callback(&self, job: &Job, failure: Option<String>) {
+        let mut s = self.state();
+        match failure {
+            Some(msg) => job.fail(&msg),
+            None => job.mark_ready(),
+        }
+        s.in_callback = false;
+        self.changed.notify_all();
+    }
+
+    /// Fails every job not ready yet with `reason` (a callback already running finishes).
+    fn fail_all(&self, reason: &str) {
+        let jobs: Vec<_> = self.state().jobs.drain().map(|(_, job)| job).collect();
+        for job in jobs {
+            job.fail(reason);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until every job is ready and no callback runs.
+    fn wait_all_ready(&self) {
+        let s = self.state();
+        let _s = self
+            .changed
+            .wait_while(s, |s| !s.jobs.is_empty() || s.in_callback)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// Waits until no callback runs.
+    fn wait_no_callback(&self) {
+        let s = self.state();
+        let _s = self
+            .changed
+            .wait_while(s, |s| s.in_callback)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// How many jobs are not ready yet.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let s = self.state();
+        s.jobs.len() + usize::from(s.in_callback)
+    }
+}
+
 // ---- the pool ----
 
 struct Task {
@@ -492,8 +596,7 @@ struct Shared {
     status: Status,
     broken_reason: Option<String>,
     pending: VecDeque<Task>,
-    /// Jobs with results still to come, so that terminate can fail them.
-    live_jobs: Vec<std::sync::Weak<Job>>,
+    next_job: u64,
     next_task: u64,
     supervisor_done: bool,
     /// Worker threads still running (thread-backed pools).
@@ -528,7 +631,11 @@ pub struct Pool {
     options: PoolOptions,
     shared: Mutex<Shared>,
     shared_changed: Condvar,
+    /// The jobs not ready yet, shared with the callback thread.
+    live: Arc<LiveJobs>,
     callbacks_tx: Sender<(Arc<Job>, Result<Value, String>)>,
+    /// The thread that runs `callback`/`error_callback`: a callback cannot wait for itself.
+    callback_thread: std::thread::ThreadId,
     /// The supervisor (forked workers) or the watchdog (worker threads).
     supervisor: Mutex<Option<JoinHandle<()>>>,
     /// The worker threads, as the watchdog sees them.
@@ -591,12 +698,22 @@ impl Pool {
             Workers::Forked(engine) => {
                 let (rx, tx) = pipe()?;
                 set_nonblocking(rx.as_raw_fd())?;
+                // A full pipe already holds a wake-up: a submit never blocks on it.
+                set_nonblocking(tx.as_raw_fd())?;
                 let wake_tx = File::from(tx);
                 (Some(Forked { engine, wake_tx }), Some(rx), Vec::new())
             }
             Workers::Threads(engines) => (None, None, engines),
         };
         let (callbacks_tx, callbacks_rx) = unbounded();
+        let live = Arc::new(LiveJobs::default());
+        let (callback_host, callback_live) = (host.clone(), live.clone());
+        let callback_thread = std::thread::Builder::new()
+            .name("parrun-pool-callbacks".into())
+            .spawn(move || run_callbacks(callback_host, callback_live, callbacks_rx))
+            .map_err(|e| format!("cannot start the callback thread: {e}"))?
+            .thread()
+            .id();
         let pool = Arc::new(Pool {
             host: host.clone(),
             forked,
@@ -605,21 +722,18 @@ impl Pool {
                 status: Status::Open,
                 broken_reason: None,
                 pending: VecDeque::new(),
-                live_jobs: Vec::new(),
+                next_job: 1,
                 next_task: 1,
                 supervisor_done: false,
                 live_threads: threads.len(),
             }),
             shared_changed: Condvar::new(),
+            live,
             callbacks_tx,
+            callback_thread,
             supervisor: Mutex::new(None),
             slots: Mutex::new(Vec::new()),
         });
-        let callback_host = host.clone();
-        std::thread::Builder::new()
-            .name("parrun-pool-callbacks".into())
-            .spawn(move || run_callbacks(callback_host, callbacks_rx))
-            .map_err(|e| format!("cannot start the callback thread: {e}"))?;
         match wake_rx {
             Some(wake_rx) => pool.start_supervisor(wake_rx)?,
             None => pool.start_threads(threads)?,
@@ -733,20 +847,55 @@ impl Pool {
         let supervisor_pool = pool.clone();
         let handle = std::thread::Builder::new()
             .name("parrun-pool".into())
-            .spawn(move || supervisor_pool.supervise(workers, File::from(wake_rx)))
+            .spawn(move || {
+                let pool = supervisor_pool;
+                let wake = File::from(wake_rx);
+                if let Err(panic) =
+                    catch_unwind(AssertUnwindSafe(|| pool.clone().supervise(workers, wake)))
+                {
+                    // The workers went with the unwinding: their task pipes closed, so they end
+                    // by themselves. The pool fails its work rather than leave `join` waiting.
+                    pool.break_pool(&format!(
+                        "the pool's supervisor failed inside parrun (a host panic: {})",
+                        crate::thread::panic_text(&*panic)
+                    ));
+                    pool.shared().supervisor_done = true;
+                    pool.shared_changed.notify_all();
+                }
+            })
             .map_err(|e| format!("cannot start the pool thread: {e}"))?;
         *pool.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(())
     }
 
-    /// A worker thread: runs the initializer, then takes tasks until the pool closes.
-    fn work(self: Arc<Self>, mut engine: Arc<dyn TaskEngine>, slot: Arc<ThreadSlot>) {
+    /// A worker thread: runs the initializer, then takes tasks until the pool closes. A host
+    /// panic that escapes a task's own catch breaks the pool, so that `join` cannot wait for
+    /// ever on work this thread was to do.
+    fn work(self: Arc<Self>, engine: Arc<dyn TaskEngine>, slot: Arc<ThreadSlot>) {
         crate::cancel::install(Some(slot.cancel.clone()));
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.serve(engine, &slot))) {
+            self.break_pool(&format!(
+                "a pool worker thread failed inside parrun (a host panic: {})",
+                crate::thread::panic_text(&*panic)
+            ));
+        }
+        crate::cancel::install(None);
+        let mut s = self.shared();
+        s.live_threads -= 1;
+        if s.live_threads == 0 {
+            s.supervisor_done = true;
+        }
+        drop(s);
+        self.shared_changed.notify_all();
+    }
+
+    /// [`Pool::work`]'s loop.
+    fn serve(&self, mut engine: Arc<dyn TaskEngine>, slot: &ThreadSlot) {
         let run = |engine: &Arc<dyn TaskEngine>, function: &FunctionSpec, calls: CallSlice<'_>| {
             let gil = engine.gil();
-            gil.acquire(0);
+            let held = gil.lock(0);
             let outcome = catch_unwind(AssertUnwindSafe(|| engine.call_many(function, calls)));
-            gil.release();
+            drop(held);
             outcome.unwrap_or_else(|panic| {
                 Err(format!(
                     "a pool worker thread failed inside parrun (a host panic: {})",
@@ -804,14 +953,6 @@ impl Pool {
                 }
             }
         }
-        crate::cancel::install(None);
-        let mut s = self.shared();
-        s.live_threads -= 1;
-        if s.live_threads == 0 {
-            s.supervisor_done = true;
-        }
-        drop(s);
-        self.shared_changed.notify_all();
     }
 
     /// The next task for a worker thread; `None` once the pool is closed and drained, or
@@ -930,8 +1071,6 @@ impl Pool {
         chunksize: usize,
         callbacks: Callbacks,
     ) -> Result<Arc<Job>, String> {
-        let job = Job::new(kind, calls.len());
-        *job.callbacks.lock().unwrap_or_else(|e| e.into_inner()) = callbacks;
         let mut s = self.shared();
         match s.status {
             Status::Open => {}
@@ -948,6 +1087,11 @@ impl Pool {
                     .unwrap_or_else(|| "the pool is broken".into()))
             }
         }
+        let job = Job::new(s.next_job, kind, calls.len());
+        s.next_job += 1;
+        *job.callbacks.lock().unwrap_or_else(|e| e.into_inner()) = callbacks;
+        // Entered under the pool's lock, so that a terminate either finds it or refuses it.
+        self.live.insert(&job);
         if calls.is_empty() {
             drop(s);
             self.finish_job(&job);
@@ -967,8 +1111,6 @@ impl Pool {
             });
             first += n;
         }
-        s.live_jobs.retain(|j| j.strong_count() > 0);
-        s.live_jobs.push(Arc::downgrade(&job));
         drop(s);
         self.wake();
         Ok(job)
@@ -988,7 +1130,7 @@ impl Pool {
                 return;
             }
         }
-        job.mark_ready();
+        self.live.ready(job);
     }
 
     pub fn close(&self) {
@@ -1000,10 +1142,16 @@ impl Pool {
         self.wake();
     }
 
-    /// Kills the workers and fails every unfinished job; returns once they are gone.
+    /// Kills the workers and fails every unfinished job; returns once they are gone and a
+    /// callback that was running has ended. No callback runs after that, as in CPython, whose
+    /// terminate stops the result handler thread.
     pub fn terminate(&self) {
         self.stop();
         self.wait_supervisor();
+        // From a callback, the running callback is the caller.
+        if !self.on_callback_thread() {
+            self.live.wait_no_callback();
+        }
     }
 
     /// Asks the supervisor to kill the workers and fails every unfinished job, without waiting.
@@ -1013,24 +1161,36 @@ impl Pool {
             return;
         }
         s.status = Status::Terminated;
-        let jobs: Vec<_> = s.live_jobs.drain(..).filter_map(|j| j.upgrade()).collect();
         s.pending.clear();
         drop(s);
-        for job in jobs {
-            job.fail("the pool was terminated before this result was ready");
-        }
+        self.live
+            .fail_all("the pool was terminated before this result was ready");
         self.wake();
     }
 
-    /// Waits for the workers to exit; an error unless the pool was closed or terminated.
+    /// Waits for the workers to exit and for every job to be ready, its callback run (as
+    /// CPython's join waits for its result handler); an error unless the pool was closed or
+    /// terminated, or from one of the pool's own callbacks, which would wait for itself.
     pub fn join(&self) -> Result<(), String> {
         if self.shared().status == Status::Open {
             return Err(
                 "join() on a running pool: call close() or terminate() first (ValueError)".into(),
             );
         }
+        if self.on_callback_thread() {
+            return Err(
+                "join() from one of the pool's own callbacks would wait for itself \
+                 (RuntimeError: cannot join current thread)"
+                    .into(),
+            );
+        }
         self.wait_supervisor();
+        self.live.wait_all_ready();
         Ok(())
+    }
+
+    fn on_callback_thread(&self) -> bool {
+        std::thread::current().id() == self.callback_thread
     }
 
     /// The number of workers.
@@ -1363,10 +1523,10 @@ impl Pool {
         if !wanted {
             return None;
         }
-        let gil = self.host.gil.clone();
-        gil.acquire(0);
-        let worker = self.spawn_worker();
-        gil.release();
+        let worker = {
+            let _held = self.host.gil.lock(0);
+            self.spawn_worker()
+        };
         match worker {
             Ok(w) => Some(w),
             Err(e) => {
@@ -1384,40 +1544,53 @@ impl Pool {
         }
         s.status = Status::Broken;
         s.broken_reason = Some(reason.to_owned());
-        let jobs: Vec<_> = s.live_jobs.drain(..).filter_map(|j| j.upgrade()).collect();
         s.pending.clear();
         drop(s);
-        for job in jobs {
-            job.fail(reason);
-        }
+        self.live.fail_all(reason);
         self.wake();
     }
 }
 
-/// Runs `callback`/`error_callback` with the GIL, then marks each job ready.
-fn run_callbacks(host: Arc<Host>, rx: Receiver<(Arc<Job>, Result<Value, String>)>) {
+/// Runs `callback`/`error_callback` with the GIL, then marks each job ready. A callback that
+/// panics inside parrun fails its job with the reason; the thread goes on with the next.
+fn run_callbacks(
+    host: Arc<Host>,
+    live: Arc<LiveJobs>,
+    rx: Receiver<(Arc<Job>, Result<Value, String>)>,
+) {
     for (job, outcome) in rx {
+        if !live.start_callback(&job) {
+            continue;
+        }
         let callbacks = job
             .callbacks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        let mut failure = None;
         if let Some((ok, err)) = callbacks {
             let (callback, arg) = match outcome {
                 Ok(v) => (ok, v),
                 Err(e) => (err, Value::Str(e)),
             };
             if let Some(cb) = callback {
-                host.gil.acquire(0);
-                let result = cb.call(arg);
-                drop(cb);
-                host.gil.release();
-                if let Err(e) = result {
-                    crate::output::write_stderr(&format!("Exception in pool callback:\n{e}"));
+                let _held = host.gil.lock(0);
+                // The callback is dropped inside, with the GIL: it holds the engine's values.
+                match catch_unwind(AssertUnwindSafe(move || cb.call(arg))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        crate::output::write_stderr(&format!("Exception in pool callback:\n{e}"))
+                    }
+                    Err(panic) => {
+                        failure = Some(format!(
+                            "the callback failed inside parrun (a host panic: {})",
+                            crate::thread::panic_text(&*panic)
+                        ))
+                    }
                 }
             }
         }
-        job.mark_ready();
+        live.end_callback(&job, failure);
     }
 }
 
@@ -1580,7 +1753,7 @@ mod tests {
 
     #[test]
     fn a_taken_job_ignores_a_second_report() {
-        let job = Job::new(JobKind::List, 2);
+        let job = Job::new(1, JobKind::List, 2);
         assert!(!job.complete(1, Ok(vec![Value::Int(2)]), 1));
         assert!(job.complete(0, Ok(vec![Value::Int(1)]), 1));
         job.mark_ready();
@@ -1593,6 +1766,211 @@ mod tests {
             "completed only once"
         );
         assert!(!job.complete(1, Err("late".into()), 1));
+    }
+
+    /// A task engine of its own (as an isolated worker's) whose function returns its first
+    /// argument, once `gate` is open.
+    struct Echo {
+        gil: Arc<crate::gil::Gil>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl TaskEngine for Echo {
+        fn call_many(&self, _: &FunctionSpec, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+            let (open, changed) = &*self.gate;
+            let _open = changed
+                .wait_while(open.lock().unwrap(), |open| !*open)
+                .unwrap();
+            Ok(match calls {
+                CallSlice::Each(v) => v.to_vec(),
+                CallSlice::Lists(v) => v.iter().map(|args| args[0].clone()).collect(),
+            })
+        }
+
+        fn gil(&self) -> Arc<crate::gil::Gil> {
+            self.gil.clone()
+        }
+    }
+
+    /// A pool of two `Echo` threads, with the gate they wait at (open if `open`).
+    fn echo_pool(open: bool) -> (Arc<Pool>, Arc<(Mutex<bool>, Condvar)>) {
+        let host = crate::Runtime::new().host(None);
+        let gate = Arc::new((Mutex::new(open), Condvar::new()));
+        let engines = (0..2)
+            .map(|_| {
+                let engine: Arc<dyn TaskEngine> = Arc::new(Echo {
+                    gil: Arc::new(crate::gil::Gil::new(Duration::from_millis(5), None)),
+                    gate: gate.clone(),
+                });
+                engine
+            })
+            .collect();
+        let options = PoolOptions {
+            processes: 2,
+            initializer: None,
+            maxtasksperchild: None,
+            task_timeout: None,
+            mode: crate::Mode::Isolated,
+        };
+        let pool = Pool::start(&host, Workers::Threads(engines), options).unwrap();
+        (pool, gate)
+    }
+
+    fn open(gate: &(Mutex<bool>, Condvar)) {
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+    }
+
+    fn echo() -> Arc<FunctionSpec> {
+        Arc::new(FunctionSpec {
+            key: 1,
+            code: Vec::new(),
+            local: None,
+        })
+    }
+
+    fn apply(pool: &Pool, x: i64, callbacks: Callbacks) -> Arc<Job> {
+        let calls = Calls::Lists(vec![vec![Value::Int(x)]]);
+        pool.submit(JobKind::Single, echo(), calls, 1, callbacks)
+            .unwrap()
+    }
+
+    /// A callback that records its argument, after `pause`; it panics on `panic_on`.
+    struct Record {
+        seen: Arc<Mutex<Vec<Value>>>,
+        pause: Duration,
+        panic_on: Option<Value>,
+    }
+
+    impl Callback for Record {
+        fn call(&self, arg: Value) -> Result<(), String> {
+            std::thread::sleep(self.pause);
+            if self.panic_on.as_ref() == Some(&arg) {
+                panic!("a host bug in a callback");
+            }
+            self.seen.lock().unwrap().push(arg);
+            Ok(())
+        }
+    }
+
+    fn record(seen: &Arc<Mutex<Vec<Value>>>, pause: Duration, panic_on: Option<i64>) -> Callbacks {
+        let ok: Box<dyn Callback> = Box::new(Record {
+            seen: seen.clone(),
+            pause,
+            panic_on: panic_on.map(Value::Int),
+        });
+        Some((Some(ok), None))
+    }
+
+    const LONG: Option<Duration> = Some(Duration::from_secs(20));
+
+    /// Runs `f` on a thread of its own and fails the test if it has not returned within 20 s,
+    /// so that a hang fails rather than blocks the run.
+    fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(LONG.unwrap())
+            .expect("still waiting after 20 s: a hang")
+    }
+
+    /// The registry of unfinished jobs holds only those: a job leaves it when it is ready,
+    /// even while the script still holds its result, so a submission never meets the jobs
+    /// before it (the old registry kept every held job and scanned them all per submission).
+    #[test]
+    fn a_ready_job_leaves_the_registry_while_its_result_is_held() {
+        let (pool, gate) = echo_pool(true);
+        let mut held = Vec::new();
+        for i in 0..2_000 {
+            let job = apply(&pool, i, None);
+            assert_eq!(job.get(LONG), Ok(Value::Int(i)));
+            held.push(job);
+            assert_eq!(pool.live.len(), 0, "job {i} stayed registered once ready");
+        }
+        // Unfinished jobs are all there, and only until they are ready.
+        *gate.0.lock().unwrap() = false;
+        let waiting: Vec<_> = (0..100).map(|i| apply(&pool, i, None)).collect();
+        assert_eq!(pool.live.len(), 100);
+        open(&gate);
+        pool.close();
+        let joined = pool.clone();
+        within(move || joined.join()).unwrap();
+        assert_eq!(pool.live.len(), 0);
+        assert!(waiting.iter().chain(&held).all(|j| j.ready()));
+    }
+
+    /// `join` returns once every callback has run and every result is ready, as CPython's.
+    #[test]
+    fn join_waits_for_every_callback() {
+        let (pool, _gate) = echo_pool(true);
+        let seen = Arc::default();
+        let jobs: Vec<_> = (0..6)
+            .map(|i| apply(&pool, i, record(&seen, Duration::from_millis(20), None)))
+            .collect();
+        pool.close();
+        let joined = pool.clone();
+        within(move || joined.join()).unwrap();
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            6,
+            "join returned before the callbacks ran"
+        );
+        for job in &jobs {
+            assert!(job.ready());
+            assert_eq!(job.successful(), Ok(true));
+        }
+    }
+
+    /// `terminate` lets a running callback end and runs no other: the jobs whose callbacks
+    /// had not started fail, and nothing runs once it has returned.
+    #[test]
+    fn terminate_waits_for_the_running_callback_and_runs_no_more() {
+        let (pool, _gate) = echo_pool(true);
+        let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let jobs: Vec<_> = (0..4)
+            .map(|i| apply(&pool, i, record(&seen, Duration::from_millis(100), None)))
+            .collect();
+        // Wait for the first callback to be running.
+        let start = Instant::now();
+        while !pool.live.state().in_callback && start.elapsed() < LONG.unwrap() {
+            std::thread::yield_now();
+        }
+        let terminated = pool.clone();
+        within(move || terminated.terminate());
+        let ran = seen.lock().unwrap().len();
+        assert!(ran >= 1, "terminate did not wait for the running callback");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            ran,
+            "a callback ran after terminate"
+        );
+        assert!(jobs.iter().all(|j| j.ready()));
+        let failed = jobs.iter().filter(|j| j.get(None).is_err()).count();
+        assert_eq!(failed, 4 - ran);
+    }
+
+    /// A callback that panics fails its own job with the reason and releases the GIL; the
+    /// callbacks after it run.
+    #[test]
+    fn a_panicking_callback_fails_its_job_and_the_rest_go_on() {
+        let (pool, _gate) = echo_pool(true);
+        let seen = Arc::default();
+        let jobs: Vec<_> = (0..3)
+            .map(|i| apply(&pool, i, record(&seen, Duration::ZERO, Some(1))))
+            .collect();
+        pool.close();
+        let joined = pool.clone();
+        within(move || joined.join()).unwrap();
+        let err = jobs[1].get(LONG).unwrap_err();
+        assert!(
+            err.contains("callback") && err.contains("a host bug in a callback"),
+            "{err}"
+        );
+        assert_eq!(jobs[0].get(LONG), Ok(Value::Int(0)));
+        assert_eq!(jobs[2].get(LONG), Ok(Value::Int(2)));
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        let host = pool.host.clone();
+        within(move || drop(host.gil.lock(0)));
     }
 
     #[test]

@@ -105,7 +105,7 @@ impl ScriptProcess {
             .stack_size(crate::thread::SCRIPT_THREAD_STACK)
             .spawn(move || {
                 let gil = &runs_on.gil;
-                gil.acquire(0);
+                let held = gil.lock(0);
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
                 let code = match outcome {
                     Ok(Ok(())) => 0,
@@ -127,7 +127,7 @@ impl ScriptProcess {
                 if own_host.is_some() {
                     gil.allow_threads(0, || runs_on.finish());
                 }
-                gil.release();
+                drop(held);
                 *done.code.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
                 done.changed.notify_all();
             })

@@ -383,7 +383,8 @@ impl Runtime {
         })
     }
 
-    fn host(&self, interrupter: Option<crate::gil::Interrupter>) -> Arc<Host> {
+    /// A fresh host with this runtime's settings (also what the crate's unit tests run on).
+    pub(crate) fn host(&self, interrupter: Option<crate::gil::Interrupter>) -> Arc<Host> {
         Host::new(
             Gil::new(self.switch_interval, interrupter),
             self.settings.clone(),

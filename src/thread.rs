@@ -83,9 +83,9 @@ impl ScriptThread {
             .name(self.name.clone())
             .stack_size(SCRIPT_THREAD_STACK)
             .spawn(move || {
-                gil.acquire(0);
+                let held = gil.lock(0);
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
-                gil.release();
+                drop(held);
                 let failure = match outcome {
                     Ok(Ok(())) => None,
                     Ok(Err(msg)) => Some(msg),

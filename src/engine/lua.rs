@@ -807,14 +807,18 @@ fn start_driver(lua: &Lua, host: &Host, f: Function, args: MultiValue) -> mlua::
 fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::Result<MultiValue> {
     let token = co.to_pointer() as usize;
     let gil = &host.gil;
-    gil.set_holder_token(token);
+    let holder = gil.set_holder_token(token);
     CURRENT_GIL.with(|g| *g.borrow_mut() = Some(gil.clone()));
-    let outer_driver = CURRENT_DRIVER.replace(token);
     // Each script thread, callback and pool task gets the whole instruction budget.
     let limit = host.settings.max_instructions;
-    let outer_budget = BUDGET.replace(limit.map(|n| n.min(i64::MAX as u64) as i64));
     let depth = host.settings.max_call_depth;
-    let outer_depth = MAX_CALL_DEPTH.replace(depth.map(|d| d.min(i32::MAX as usize) as i32));
+    let _outer = DriverScope {
+        gil,
+        holder,
+        driver: CURRENT_DRIVER.replace(token),
+        budget: BUDGET.replace(limit.map(|n| n.min(i64::MAX as u64) as i64)),
+        depth: MAX_CALL_DEPTH.replace(depth.map(|d| d.min(i32::MAX as usize) as i32)),
+    };
     // SAFETY: `token` is the state of `co`, which this driver holds and resumes.
     unsafe { arm_limits(token as *mut mlua::ffi::lua_State) };
     let result = loop {
@@ -863,12 +867,28 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
         }
         args = answer(lua, result)?;
     };
-    // The coroutine may be collected once we return: the GIL must not point at it.
-    gil.set_holder_token(0);
-    CURRENT_DRIVER.set(outer_driver);
-    BUDGET.set(outer_budget);
-    MAX_CALL_DEPTH.set(outer_depth);
     result
+}
+
+/// What [`drive`] changed on its thread, put back however it ends: by a return, an early `?`,
+/// or a host panic unwinding through it (a panicking callback leaves its thread to serve the
+/// next one).
+struct DriverScope<'a> {
+    gil: &'a Gil,
+    holder: usize,
+    driver: usize,
+    budget: Option<i64>,
+    depth: Option<std::ffi::c_int>,
+}
+
+impl Drop for DriverScope<'_> {
+    fn drop(&mut self) {
+        // The coroutine may be collected once the driver returns: the GIL must not point at it.
+        self.gil.set_holder_token(self.holder);
+        CURRENT_DRIVER.set(self.driver);
+        BUDGET.set(self.budget);
+        MAX_CALL_DEPTH.set(self.depth);
+    }
 }
 
 /// The text of a Lua error, as the stock interpreter prints it (message, then traceback).
@@ -1088,10 +1108,10 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         .collect::<mlua::Result<MultiValue>>()
         .map_err(|e| Error::Script(error_text(e)))?;
 
-    host.gil.acquire(0);
+    let held = host.gil.lock(0);
     let result = start_driver(&lua, &host, main, args);
     host.gil.allow_threads(0, || host.finish());
-    host.gil.release();
+    drop(held);
     CURRENT_GIL.with(|g| g.borrow_mut().take());
     result.map(|_| 0).map_err(|e| Error::Script(error_text(e)))
 }

@@ -95,10 +95,10 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         .collect();
     scope.push_constant("ARGS", args);
 
-    host.gil.acquire(0);
+    let held = host.gil.lock(0);
     let result = engine.run_ast_with_scope(&mut scope, &ast);
     host.gil.allow_threads(0, || host.finish());
-    host.gil.release();
+    drop(held);
     let exit_status = *shared.exit_status.lock().unwrap_or_else(|e| e.into_inner());
     match result {
         Ok(()) => Ok(exit_status.unwrap_or(0)),
