@@ -182,6 +182,11 @@ fn fork_here(host: &Host, keep: &[RawFd], work: impl FnOnce() -> i32) -> Result<
         Ok(ForkResult::Child) => {
             host_guard.reset_in_child();
             let mut state = state;
+            // This process's own link is one of the descriptors closed below: its stream must
+            // not be closed again (by a drop) once the new link replaces it.
+            if let Some(link) = state.parent_link.take() {
+                std::mem::forget(link);
+            }
             for fd in state.internal_fds.drain() {
                 if !keep.contains(&fd) {
                     // SAFETY: closing our own copy of a descriptor parrun opened.

@@ -738,6 +738,43 @@ for r in rs { r.get(20); }
     );
 }
 
+/// A forked process can run a pool of its own: its workers, forked from the process, drop the
+/// process's own parent link cleanly (no descriptor is closed twice).
+#[test]
+fn a_process_can_run_a_pool_of_its_own() {
+    both(
+        "nestedpool",
+        r#"
+local q = parrun.Queue()
+local p = parrun.Process(function(q)
+  local inner = parrun.Pool(2)
+  q:put(#inner:map(function(x) return x * 2 end, {1, 2, 3}, 1))
+end, {q})
+p:start() p:join()
+print("results", q:get(0), "exitcode", p.exitcode)
+"#,
+        r#"
+let q = Queue();
+let p = Process(|q| {
+  let inner = Pool(2);
+  q.put(inner.map(|x| x * 2, [1, 2, 3], 1).len());
+}, [q]);
+p.start(); p.join();
+print(`results	${q.get(0)}	exitcode	${p.exitcode}`);
+"#,
+        |out| {
+            out.assert_success();
+            assert_eq!(
+                out.stdout_lines(),
+                ["results\t3\texitcode\t0"],
+                "{}",
+                out.describe()
+            );
+            assert_eq!(out.stderr, "", "{}", out.describe());
+        },
+    );
+}
+
 /// Ctrl-C or `kill` during a `map`: one line, status 128 + signal, no worker left.
 #[test]
 fn sigint_and_sigterm_during_a_map_stop_everything() {
