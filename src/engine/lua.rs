@@ -782,7 +782,10 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
     let result = loop {
         let out: MultiValue = match co.resume(args) {
             Ok(out) => out,
-            Err(e) => break Err(e),
+            Err(e) => {
+                let e = close_variables(co, &e).unwrap_or(e);
+                break Err(e);
+            }
         };
         if co.status() != ThreadStatus::Resumable {
             break Ok(out);
@@ -828,6 +831,43 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
     BUDGET.set(outer_budget);
     MAX_CALL_DEPTH.set(outer_depth);
     result
+}
+
+/// Runs the `<close>` variables a coroutine that died of `error` left pending, as a protected
+/// call does in the stock interpreter (a Ctrl-C's KeyboardInterrupt, any uncaught error); the
+/// error a closer raised instead, if one did. Call with the GIL held.
+fn close_variables(co: &Coroutine, error: &mlua::Error) -> Option<mlua::Error> {
+    if co.status() != ThreadStatus::Error {
+        return None;
+    }
+    // mlua has moved the error object off the coroutine's stack: the closers get its text (with
+    // the traceback, as under `lua5.4`, whose message handler adds one first).
+    let text = error_text(error.clone());
+    // SAFETY: the coroutine is dead and not running; the GIL keeps every other thread out of
+    // this state; the text is pushed where `lua_closethread` looks for the error object, and
+    // the final error object is read before anything else touches the stack.
+    unsafe {
+        let state = co.state();
+        if mlua::ffi::lua_checkstack(state, 1) == 0 {
+            return None;
+        }
+        mlua::ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
+        mlua::ffi::lua_closethread(state, std::ptr::null_mut());
+        if mlua::ffi::lua_gettop(state) == 0 {
+            return None;
+        }
+        let mut len = 0;
+        let last = mlua::ffi::lua_tolstring(state, -1, &mut len);
+        let last = (!last.is_null()).then(|| std::slice::from_raw_parts(last.cast::<u8>(), len));
+        let replaced = match last {
+            Some(bytes) if bytes != text.as_bytes() => Some(mlua::Error::runtime(
+                String::from_utf8_lossy(bytes).into_owned(),
+            )),
+            _ => None,
+        };
+        mlua::ffi::lua_settop(state, 0);
+        replaced
+    }
 }
 
 /// The text of a Lua error, as the stock interpreter prints it (message, then traceback).
