@@ -30,7 +30,8 @@
 //! Safety switches and limits are builder methods too: [`Runtime::sandbox`],
 //! [`Runtime::max_memory`], [`Runtime::max_instructions`], [`Runtime::max_call_depth`],
 //! [`Runtime::task_timeout`]. A command-line program embedding parrun can call
-//! [`signals::install`] first thing in `main` for parrun's Ctrl-C handling.
+//! [`signals::install`] first thing in `main` for parrun's handling of Ctrl-C and SIGTERM;
+//! running a script never installs it by itself.
 //!
 //! ## Crate layout
 //!

@@ -16,7 +16,11 @@ pub fn write_line(text: &[u8]) -> io::Result<()> {
 }
 
 /// Writes a message to standard error in one call (for reports such as "Exception in thread").
+/// Silent while the process ends at once (a signal): nothing it says then is news.
 pub fn write_stderr(text: &str) {
+    if crate::fork::ending() {
+        return;
+    }
     let mut msg = text.to_owned();
     if !msg.ends_with('\n') {
         msg.push('\n');

@@ -110,6 +110,15 @@ unsafe extern "C-unwind" fn gil_hook(
         }
         return;
     }
+    if crate::cancel::take_interrupt() {
+        // Ctrl-C: an error raised where the script runs, which `pcall` can catch.
+        arm_limits(state);
+        let text = crate::cancel::KEYBOARD_INTERRUPT;
+        mlua::ffi::luaL_where(state, 0);
+        mlua::ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
+        mlua::ffi::lua_concat(state, 2);
+        mlua::ffi::lua_error(state);
+    }
     let yieldable = mlua::ffi::lua_isyieldable(state) != 0;
     if DEPTH_EXCEEDED.get() && yieldable {
         // The driver ends the coroutine with an error (it is not resumed again).
@@ -296,7 +305,7 @@ impl Pending {
     /// Runs the request from the driver.
     fn run(self, gil: &Gil, token: usize) -> Result<Ret, String> {
         match self {
-            Pending::Wait(wait) => gil.allow_threads(token, wait),
+            Pending::Wait(wait) => interruptible(gil.allow_threads(token, wait)),
             Pending::Fork(fork) => fork(),
         }
     }
@@ -304,8 +313,17 @@ impl Pending {
     /// Runs the request where Lua cannot yield: in place, keeping the GIL.
     fn run_here(self) -> Result<Ret, String> {
         match self {
-            Pending::Wait(f) | Pending::Fork(f) => f(),
+            Pending::Wait(f) => interruptible(f()),
+            Pending::Fork(f) => f(),
         }
+    }
+}
+
+/// A wait that a Ctrl-C cut short raises the KeyboardInterrupt where it was called.
+fn interruptible(result: Result<Ret, String>) -> Result<Ret, String> {
+    match crate::cancel::take_interrupt() {
+        true => Err(crate::cancel::KEYBOARD_INTERRUPT.into()),
+        false => result,
     }
 }
 
@@ -780,6 +798,10 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
     // SAFETY: `token` is the state of `co`, which this driver holds and resumes.
     unsafe { arm_limits(token as *mut mlua::ffi::lua_State) };
     let result = loop {
+        if crate::cancel::interrupt_pending() {
+            // Raised at the coroutine's first instruction (see `gil_hook`).
+            arm_hook(token);
+        }
         let out: MultiValue = match co.resume(args) {
             Ok(out) => out,
             Err(e) => {
