@@ -1,4 +1,4 @@
-//! Ctrl-C and `kill`: how the command-line runner stops.
+//! Ctrl-C, `kill` and a closed standard output: how the command-line runner ends.
 //!
 //! [`install`] blocks SIGINT and SIGTERM in the calling thread (and so in every thread started
 //! after it) and waits for them on a thread of its own:
@@ -12,6 +12,9 @@
 //!   SIGTERM stop the process at once: one line on stderr (`parrun: stopped by SIGINT`), every
 //!   child terminated and reaped (`crate::fork::end_process`), status 128 + the signal (130,
 //!   143).
+//!
+//! It also makes `print` on a closed standard output end the run quietly, as the stock `lua`
+//! does (see `crate::output`).
 //!
 //! Children: a forked child restores the default handling of both signals; a pool worker ignores
 //! SIGINT (its parent stops it). A forked child that forks children of its own catches SIGTERM
@@ -50,6 +53,7 @@ pub fn install() -> std::io::Result<()> {
     let set = handled();
     set.thread_block().map_err(std::io::Error::from)?;
     INSTALLED.store(true, Ordering::Release);
+    crate::output::end_on_closed_stdout();
     // SAFETY: registering a plain function with the C library.
     unsafe { nix::libc::atexit(hold_exit) };
     std::thread::Builder::new()

@@ -1,6 +1,7 @@
 //! End-to-end tests of parrun as a Unix citizen, each in Lua and Rhai: Ctrl-C (SIGINT) as
-//! Python's `KeyboardInterrupt`, and SIGTERM. Every child parrun forked must be gone (reaped,
-//! not a zombie) once it has ended.
+//! Python's `KeyboardInterrupt`, SIGTERM, and a standard output whose reader has gone
+//! (`parrun x | head -1`). Every child parrun forked must be gone (reaped, not a zombie) once it
+//! has ended.
 //!
 //! This test process makes itself a *subreaper*: a child parrun left behind is then adopted by
 //! the test (not by init, which may reap it unseen) and stays visible in `/proc` as our zombie.
@@ -8,6 +9,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Once;
@@ -458,5 +460,113 @@ loop {
         assert_eq!(stderr, "parrun: stopped by SIGINT\n", "{lang}");
         assert!(took < Duration::from_millis(1500), "{lang}: took {took:?}");
         assert_reaped(&workers, lang);
+    }
+}
+
+/// Reads stdout until `enough` (given each line) says so, then closes it (as `head` does) and
+/// waits for the end.
+fn close_stdout_after(
+    what: &str,
+    args: &[&str],
+    mut enough: impl FnMut(&str) -> bool,
+) -> (ExitStatus, String) {
+    adopt_orphans();
+    let mut child = Command::new(common::parrun_bin())
+        .args(args)
+        .current_dir(common::repo_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start parrun");
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    {
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if enough(line.trim_end()) {
+                break;
+            }
+            line.clear();
+        }
+    }
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running {TIMEOUT:?} after its stdout was closed");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (status, stderr.join().unwrap())
+}
+
+/// `parrun x | head -1`: once the reader has gone, the next `print` ends the run quietly, as
+/// `lua5.4` does: killed by SIGPIPE, nothing on stderr, whether the script or its workers print,
+/// in every mode; no worker is left.
+#[test]
+fn a_closed_stdout_ends_the_run_quietly() {
+    let main_lua = "for i = 1, 10000000 do print(i) end";
+    let main_rhai = "for i in 0..10000000 { print(i); }";
+    let workers_lua = r#"
+local pool = parrun.Pool(2)
+pool:map(function(x)
+  print("pid " .. parrun.getpid())
+  for i = 1, 10000000 do print(x, i) end
+  return x
+end, {1, 2}, 1)
+print("the parent goes on")
+"#;
+    let workers_rhai = r#"
+let pool = Pool(2);
+pool.map(|x| {
+  print(`pid ${getpid()}`);
+  for i in 0..10000000 { print(`${x} ${i}`); }
+  x
+}, [1, 2], 1);
+print("the parent goes on");
+"#;
+    let cases = [
+        ("lua", "main", main_lua),
+        ("rhai", "main", main_rhai),
+        ("lua", "workers", workers_lua),
+        ("rhai", "workers", workers_rhai),
+    ];
+    for mode in MODES {
+        for (lang, who, code) in cases {
+            let what = format!("{lang} --mode {mode}, {who} printing");
+            let (_dir, path) = script("epipe", lang, code);
+            let mut pids: Vec<Proc> = Vec::new();
+            let mut lines = 0;
+            let (status, stderr) =
+                close_stdout_after(&what, &["--mode", mode, path.to_str().unwrap()], |line| {
+                    if let Some(pid) = line.strip_prefix("pid ") {
+                        pids.push(Proc::now(pid.parse().unwrap()));
+                    }
+                    lines += 1;
+                    who == "main" || pids.len() == 2 || lines > 100_000
+                });
+            assert_eq!(
+                status.signal(),
+                Some(Signal::SIGPIPE as i32),
+                "{what}: {status:?}\n{stderr}"
+            );
+            assert_eq!(stderr, "", "{what}: nothing on stderr");
+            if who == "workers" {
+                assert_eq!(pids.len(), 2, "{what}: saw both workers");
+                if mode == "fork" {
+                    assert_reaped(&pids, &what);
+                }
+            }
+        }
     }
 }
