@@ -1,4 +1,5 @@
-//! Stopping a task that runs on a thread (the pools of the `isolated` and `gil` models).
+//! Stopping a task that runs on a thread (the pools of the `isolated` and `gil` models), and
+//! interrupting a run's main script thread (Ctrl-C).
 //!
 //! A forked worker whose task runs too long is killed; a thread cannot be. Instead its task is
 //! *cancelled*: the reason is set on the worker's [`Cancel`], and the engine it runs in is

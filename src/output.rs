@@ -7,7 +7,7 @@
 //!
 //! Standard output gone (`parrun x.lua | head -1`: the reader closed the pipe, `EPIPE`): under
 //! the command-line runner ([`crate::signals::install`]) the whole run ends quietly, as the stock
-//! `lua` does when SIGPIPE kills it, whichever thread or process printed ([`stdout_gone`]).
+//! `lua` does when SIGPIPE kills it, whichever thread or process printed (`stdout_gone`).
 //! Embedded, `write_line` returns the error instead: the host's process is its own to end.
 
 use std::io;

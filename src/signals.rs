@@ -19,7 +19,7 @@
 //! Children: a forked child restores the default handling of both signals; a pool worker ignores
 //! SIGINT (its parent stops it). A forked child that forks children of its own catches SIGTERM
 //! (and SIGINT, where it is not ignored) to terminate and reap them before it dies by that signal
-//! ([`guard_children`]). Nothing here is installed by the library itself: only [`install`] does.
+//! (`guard_children`). Nothing here is installed by the library itself: only [`install`] does.
 
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
