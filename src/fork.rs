@@ -7,14 +7,25 @@
 //! other threads. The child closes the parent's internal descriptors it does not need, asks the
 //! kernel to kill it if the parent dies (`PR_SET_PDEATHSIG`), runs its work and leaves with
 //! `_exit`, never returning into the parent's stack.
+//!
+//! It also owns the registry of this process's live children (forked, not yet reaped), so that
+//! a process that must end at once ([`end_process`]: a signal, standard output gone) first
+//! terminates and reaps every one of them, as CPython's pool finaliser does. Children are
+//! signalled ([`signal_child`]) and reaped ([`wait_child`]) only under the registry's lock, so a
+//! pid is never signalled after it was reaped and possibly reused. A forked child starts with an
+//! empty registry: its parent's children are not its own.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
+use nix::errno::Errno;
+use nix::sys::signal::{kill, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::link::{self, LinkClient};
@@ -35,6 +46,10 @@ struct ProcessState {
     /// Descriptors parrun opened for its own channels: a child closes those it does not use.
     internal_fds: HashSet<RawFd>,
     next_object: u64,
+    /// Children forked by this process and not yet reaped.
+    children: HashSet<Pid>,
+    /// The process is ending: no more forks.
+    closed: bool,
 }
 
 static PROCESS: LazyLock<Mutex<ProcessState>> = LazyLock::new(Mutex::default);
@@ -160,7 +175,11 @@ fn fork_here(host: &Host, keep: &[RawFd], work: impl FnOnce() -> i32) -> Result<
     // SAFETY: fflush(NULL) flushes every C stream; no Rust invariant is involved.
     unsafe { nix::libc::fflush(std::ptr::null_mut()) };
 
-    let state = process_state();
+    let mut state = process_state();
+    if state.closed {
+        return Err("the process is ending".into());
+    }
+    let mains = crate::cancel::lock_for_fork();
     let host_guard = host.lock_for_fork();
     // SAFETY: the child only runs code that takes no lock another thread may hold: every
     // process-wide mutex of parrun is held by this thread across the fork, the GIL is held by
@@ -168,8 +187,15 @@ fn fork_here(host: &Host, keep: &[RawFd], work: impl FnOnce() -> i32) -> Result<
     match unsafe { fork() } {
         Err(e) => Err(format!("fork failed: {e}")),
         Ok(ForkResult::Parent { child }) => {
+            state.children.insert(child);
+            let forked_child = state.parent_link.is_some();
             drop(host_guard);
+            drop(mains);
             drop(state);
+            if forked_child {
+                // A child with children of its own reaps them too when it is stopped.
+                crate::signals::guard_children();
+            }
             drop(child_end);
             register_fd(parent_end.as_raw_fd());
             let link_server = link::serve(parent_end)
@@ -181,7 +207,14 @@ fn fork_here(host: &Host, keep: &[RawFd], work: impl FnOnce() -> i32) -> Result<
         }
         Ok(ForkResult::Child) => {
             host_guard.reset_in_child();
-            let mut state = state;
+            mains.reset_in_child();
+            state.children.clear();
+            ENDING.store(false, Ordering::Relaxed);
+            // This process's own link is one of the descriptors closed below: its stream must
+            // not be closed again (by a drop) once the new link replaces it.
+            if let Some(link) = state.parent_link.take() {
+                std::mem::forget(link);
+            }
             for fd in state.internal_fds.drain() {
                 if !keep.contains(&fd) {
                     // SAFETY: closing our own copy of a descriptor parrun opened.
@@ -218,6 +251,120 @@ fn die_with_parent(parent: Pid) {
     };
     if nix::unistd::getppid() != parent {
         exit_now(1);
+    }
+}
+
+/// Sends `signal` to a child not yet reaped (`ESRCH` for one already reaped).
+pub(crate) fn signal_child(pid: Pid, signal: Signal) -> nix::Result<()> {
+    let state = process_state();
+    if !state.children.contains(&pid) {
+        return Err(Errno::ESRCH);
+    }
+    kill(pid, signal)
+}
+
+/// Reaps a child: waits for it to end (`block`), or only looks (`StillAlive` if it runs).
+pub(crate) fn wait_child(pid: Pid, block: bool) -> nix::Result<WaitStatus> {
+    if block {
+        // Wait for the end without reaping, then reap under the registry's lock.
+        loop {
+            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+                Ok(_) => break,
+            }
+        }
+    }
+    reap_registered(&mut process_state(), pid)
+}
+
+fn reap_registered(state: &mut ProcessState, pid: Pid) -> nix::Result<WaitStatus> {
+    let status = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+    if !matches!(status, Ok(WaitStatus::StillAlive)) {
+        state.children.remove(&pid);
+    }
+    status
+}
+
+/// How long children get to exit after SIGTERM before SIGKILL, and again after SIGKILL before
+/// they are left to the kernel's parent-death signal.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// Terminates every child (SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL) and reaps it;
+/// no child is forked from then on.
+pub(crate) fn stop_children() {
+    process_state().closed = true;
+    for signal in [Signal::SIGTERM, Signal::SIGKILL] {
+        let deadline = Instant::now() + STOP_GRACE;
+        let mut first = true;
+        loop {
+            let mut state = process_state();
+            let children: Vec<Pid> = state.children.iter().copied().collect();
+            if children.is_empty() {
+                return;
+            }
+            for pid in children {
+                if first {
+                    let _ = kill(pid, signal);
+                }
+                let _ = reap_registered(&mut state, pid);
+            }
+            drop(state);
+            if Instant::now() >= deadline {
+                break;
+            }
+            first = false;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Set once the process has started to end at once; see [`end_process`].
+static ENDING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the process is ending at once (its output is then silent).
+pub(crate) fn ending() -> bool {
+    ENDING.load(Ordering::Acquire)
+}
+
+/// How a process that must end at once ends.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ending {
+    /// `_exit` with this status.
+    Status(i32),
+    /// Dies by this signal, with its default action, as a process the signal killed.
+    Signal(Signal),
+}
+
+/// Ends the process at once, from any thread: terminates and reaps its children first. A second
+/// caller (another thread) waits for the first to end the process.
+pub(crate) fn end_process(how: Ending) -> ! {
+    if ENDING.swap(true, Ordering::AcqRel) {
+        park_for_ever();
+    }
+    stop_children();
+    match how {
+        Ending::Status(status) => exit_now(status),
+        Ending::Signal(signal) => {
+            // SAFETY: restoring the default action of a signal and raising it in this thread.
+            unsafe {
+                let _ = nix::sys::signal::signal(signal, SigHandler::SigDfl);
+                let mut set = SigSet::empty();
+                set.add(signal);
+                let _ =
+                    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+                nix::libc::raise(signal as nix::libc::c_int);
+            }
+            exit_now(128 + signal as i32)
+        }
+    }
+}
+
+/// Blocks the calling thread until the process ends (also from an `atexit` handler, so nothing
+/// thread-local).
+pub(crate) fn park_for_ever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

@@ -30,7 +30,8 @@
 //! Safety switches and limits are builder methods too: [`Runtime::sandbox`],
 //! [`Runtime::max_memory`], [`Runtime::max_instructions`], [`Runtime::max_call_depth`],
 //! [`Runtime::task_timeout`]. A command-line program embedding parrun can call
-//! [`signals::install`] first thing in `main` for parrun's Ctrl-C handling.
+//! [`signals::install`] first thing in `main` for parrun's handling of Ctrl-C, SIGTERM and a
+//! closed standard output; running a script never installs it by itself.
 //!
 //! ## Crate layout
 //!
@@ -46,7 +47,7 @@
 //!   queues and locks.
 //! - [`codec`]: frames on pipes (MessagePack).
 //! - [`output`]: printing, one `write(2)` per line.
-//! - [`signals`]: SIGINT and SIGTERM for command-line use.
+//! - [`signals`]: SIGINT, SIGTERM and a closed standard output for command-line use.
 
 pub mod api;
 mod cancel;

@@ -31,6 +31,8 @@ pub(crate) enum Op {
     Acquire(Option<f64>),
     Release,
     Locked,
+    /// The child found standard output gone: the run ends (see `crate::output::stdout_gone`).
+    StdoutGone,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -149,6 +151,12 @@ pub(crate) fn remote_call(object: u64, op: Op) -> Result<Value, String> {
         .call(object, op)
 }
 
+/// In a forked child: tells the parent that standard output is gone; false in the top process
+/// (or if the parent cannot be told).
+pub(crate) fn report_stdout_gone() -> bool {
+    fork::parent_link().is_some_and(|link| link.post(0, Op::StdoutGone).is_ok())
+}
+
 pub(crate) fn remote_post(object: u64, op: Op) -> Result<(), String> {
     fork::parent_link()
         .ok_or("this object belongs to another process, which this one cannot reach")?
@@ -177,6 +185,9 @@ fn serve_loop(stream: UnixStream) {
     let mut reader = stream;
     let mut buf = Vec::new();
     while let Ok(request) = codec::read_frame::<Request>(&mut reader, &mut buf) {
+        if matches!(request.op, Op::StdoutGone) {
+            crate::output::stdout_gone();
+        }
         let writer = writer.clone();
         let reply = move |result: Result<Value, String>| -> bool {
             if request.id == 0 {

@@ -90,7 +90,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
         Err(err) => {
-            eprintln!("parrun: {err}");
+            // Silent if the run is ending at once meanwhile (a signal, standard output gone).
+            parrun::output::write_stderr(&format!("parrun: {err}"));
             ExitCode::from(err.exit_code() as u8)
         }
     }

@@ -4,19 +4,72 @@
 //! and no Rust-side lock is taken, so a forked child can print even if another thread held a
 //! lock at the moment of the fork. C stdio (Lua's `io.write`) is flushed first so output stays in
 //! program order.
+//!
+//! Standard output gone (`parrun x.lua | head -1`: the reader closed the pipe, `EPIPE`): under
+//! the command-line runner ([`crate::signals::install`]) the whole run ends quietly, as the stock
+//! `lua` does when SIGPIPE kills it, whichever thread or process printed (`stdout_gone`).
+//! Embedded, `write_line` returns the error instead: the host's process is its own to end.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Whether a closed standard output ends the run (set by `crate::signals::install`).
+static END_ON_CLOSED_STDOUT: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn end_on_closed_stdout() {
+    END_ON_CLOSED_STDOUT.store(true, Ordering::Release);
+}
 
 /// Writes `text` followed by a newline to standard output in one call.
+///
+/// Under the command-line runner, a closed standard output does not return: the run ends (see
+/// the module documentation).
 pub fn write_line(text: &[u8]) -> io::Result<()> {
     let mut line = Vec::with_capacity(text.len() + 1);
     line.extend_from_slice(text);
     line.push(b'\n');
-    write_fd(1, &line)
+    match write_fd(1, &line) {
+        Err(e)
+            if e.raw_os_error() == Some(nix::libc::EPIPE)
+                && END_ON_CLOSED_STDOUT.load(Ordering::Acquire) =>
+        {
+            stdout_gone()
+        }
+        other => other,
+    }
+}
+
+/// How long a forked child that found standard output gone waits for its parent to end the run
+/// (and it with it) before it dies by itself.
+const PARENT_ENDS_RUN: Duration = Duration::from_secs(5);
+
+/// Standard output is gone: ends the run as a process killed by SIGPIPE, after every child is
+/// terminated and reaped. A forked child asks its parent to do so (up its parent link, to the
+/// top) rather than dying by itself: its parent would see a worker killed, fail its task and
+/// report it.
+pub(crate) fn stdout_gone() -> ! {
+    if crate::fork::ending() {
+        crate::fork::park_for_ever();
+    }
+    if crate::link::report_stdout_gone() {
+        let deadline = Instant::now() + PARENT_ENDS_RUN;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    crate::fork::end_process(crate::fork::Ending::Signal(
+        nix::sys::signal::Signal::SIGPIPE,
+    ))
 }
 
 /// Writes a message to standard error in one call (for reports such as "Exception in thread").
+/// Silent while the process ends at once (a signal, standard output gone): nothing it says then
+/// is news.
 pub fn write_stderr(text: &str) {
+    if crate::fork::ending() {
+        return;
+    }
     let mut msg = text.to_owned();
     if !msg.ends_with('\n') {
         msg.push('\n');

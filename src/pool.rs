@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -462,15 +462,29 @@ impl Job {
                     None => Err("result missing".into()),
                 };
             }
-            s = match deadline {
-                None => self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err("timed out waiting for the next result (TimeoutError)".into());
+            if crate::cancel::stop_waiting() {
+                return Err("the wait was interrupted".into());
+            }
+            let left = match deadline {
+                Some(d) => match d.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => {
+                        return Err("timed out waiting for the next result (TimeoutError)".into())
                     }
+                    left => Some(left),
+                },
+                None => None,
+            };
+            // A cancellable thread (a pool's worker, a run's main thread) looks for a
+            // cancellation or an interrupt every `POLL`.
+            let slice = match crate::cancel::installed() {
+                true => Some(left.map_or(crate::cancel::POLL, |l| l.min(crate::cancel::POLL))),
+                false => left,
+            };
+            s = match slice {
+                None => self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
+                Some(slice) => {
                     self.changed
-                        .wait_timeout(s, left)
+                        .wait_timeout(s, slice)
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
@@ -837,8 +851,8 @@ impl Pool {
                 Ok(w) => workers.push(w),
                 Err(e) => {
                     for w in &workers {
-                        let _ = kill(w.pid, Signal::SIGKILL);
-                        let _ = waitpid(w.pid, None);
+                        let _ = fork::signal_child(w.pid, Signal::SIGKILL);
+                        let _ = fork::wait_child(w.pid, true);
                     }
                     return Err(e);
                 }
@@ -1015,6 +1029,8 @@ impl Pool {
             .map(|(f, args)| (f.clone(), args.clone()));
         let max_tasks = self.options.maxtasksperchild;
         let child = fork::fork_child(&self.host, keep.to_vec(), move || {
+            // Ctrl-C is for the script's main thread; the parent stops its workers itself.
+            crate::signals::ignore_interrupts();
             worker_main(
                 &*engine,
                 File::from(task_rx),
@@ -1210,10 +1226,22 @@ impl Pool {
     fn wait_supervisor(&self) {
         let mut s = self.shared();
         while !s.supervisor_done {
-            s = self
-                .shared_changed
-                .wait(s)
-                .unwrap_or_else(|e| e.into_inner());
+            if crate::cancel::stop_waiting() {
+                // An interrupted `join`: the workers go on, and are waited for at the end.
+                return;
+            }
+            s = match crate::cancel::installed() {
+                true => {
+                    self.shared_changed
+                        .wait_timeout(s, crate::cancel::POLL)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                false => self
+                    .shared_changed
+                    .wait(s)
+                    .unwrap_or_else(|e| e.into_inner()),
+            };
         }
         drop(s);
         if let Some(h) = self
@@ -1234,7 +1262,7 @@ impl Pool {
             let status = self.shared().status;
             if matches!(status, Status::Terminated | Status::Broken) {
                 for w in &workers {
-                    let _ = kill(w.pid, Signal::SIGKILL);
+                    let _ = fork::signal_child(w.pid, Signal::SIGKILL);
                 }
                 break;
             }
@@ -1303,7 +1331,7 @@ impl Pool {
             if let Some(h) = w.writer.take() {
                 let _ = h.join();
             }
-            let _ = waitpid(w.pid, None);
+            let _ = fork::wait_child(w.pid, true);
             if let Some(h) = w.link.take() {
                 let _ = h.join();
             }
@@ -1333,7 +1361,7 @@ impl Pool {
         for w in workers.iter_mut() {
             if !w.timed_out && w.running_since.is_some_and(|s| s.elapsed() >= timeout) {
                 w.timed_out = true;
-                let _ = kill(w.pid, Signal::SIGKILL);
+                let _ = fork::signal_child(w.pid, Signal::SIGKILL);
             }
         }
     }
@@ -1683,16 +1711,15 @@ const BURY_GRACE: Duration = Duration::from_secs(2);
 
 /// Waits up to `grace` for `pid` to exit, then kills it; returns how it ended.
 fn reap(pid: Pid, grace: Duration) -> nix::Result<WaitStatus> {
-    use nix::sys::wait::WaitPidFlag;
     let deadline = Instant::now() + grace;
     loop {
-        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        match fork::wait_child(pid, false) {
             Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Ok(WaitStatus::StillAlive) => {
-                let _ = kill(pid, Signal::SIGKILL);
-                return waitpid(pid, None);
+                let _ = fork::signal_child(pid, Signal::SIGKILL);
+                return fork::wait_child(pid, true);
             }
             other => return other,
         }

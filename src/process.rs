@@ -18,8 +18,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::fork;
@@ -180,7 +180,7 @@ impl ScriptProcess {
             State::Done { code, .. } => return Some(*code),
             State::Running { pid, link } => (*pid, link),
         };
-        let code = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        let code = match fork::wait_child(pid, false) {
             Ok(WaitStatus::StillAlive) => return None,
             Ok(status) => fork::exit_code(status)?,
             // Not our child (a handle inherited through fork): treat it as ended.
@@ -224,6 +224,9 @@ impl ScriptProcess {
             if self.poll().is_some() || !self.is_started() {
                 return true;
             }
+            if crate::cancel::stop_waiting() {
+                return false;
+            }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return false;
@@ -238,7 +241,7 @@ impl ScriptProcess {
     pub fn signal(&self, signal: Signal) -> Result<(), String> {
         match &*self.state() {
             State::Running { pid, .. } => {
-                kill(*pid, signal).map_err(|e| format!("cannot signal process: {e}"))
+                fork::signal_child(*pid, signal).map_err(|e| format!("cannot signal process: {e}"))
             }
             State::Thread(_) => Err(format!(
                 "a {} process runs on a thread, which cannot be killed (use --mode fork)",

@@ -101,14 +101,20 @@ pub enum Error {
     /// The runtime was asked for something it cannot do (an unknown language, say).
     #[error("{0}")]
     Usage(String),
+    /// The script ended with a `KeyboardInterrupt` it did not catch (Ctrl-C, see
+    /// [`crate::signals`]); the message names file and line, as a script error's does.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl Error {
-    /// The process exit status that reports this error: 1 for a script error, 2 for bad usage.
+    /// The process exit status that reports this error: 1 for a script error, 2 for bad usage,
+    /// 130 (128 + SIGINT, as a shell reports Ctrl-C) for an uncaught `KeyboardInterrupt`.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Script(_) => 1,
             Error::Read { .. } | Error::Usage(_) => 2,
+            Error::Interrupted(_) => 130,
         }
     }
 }
@@ -365,9 +371,25 @@ impl Runtime {
     }
 
     fn run(&self, language: Language, script: Script) -> Result<i32, Error> {
-        let run = move || match language {
-            Language::Lua => engine::lua::run(self.host(engine::lua::interrupter()), script),
-            Language::Rhai => engine::rhai::run(self.host(None), script),
+        let run = move || {
+            let host = match language {
+                Language::Lua => self.host(engine::lua::interrupter()),
+                Language::Rhai => self.host(None),
+            };
+            // The thread Ctrl-C interrupts, as Python's main thread.
+            let main = crate::cancel::enter_main(host.gil.clone());
+            let result = match language {
+                Language::Lua => engine::lua::run(host, script),
+                Language::Rhai => engine::rhai::run(host, script),
+            };
+            match result {
+                Err(Error::Script(msg))
+                    if main.raised() && msg.contains(crate::cancel::KEYBOARD_INTERRUPT) =>
+                {
+                    Err(Error::Interrupted(msg))
+                }
+                other => other,
+            }
         };
         // The script's main thread gets the same large stack as every script thread, whatever
         // thread the embedder calls from: engines recurse (Rhai copies nested values
@@ -505,6 +527,8 @@ impl Host {
     /// What Python does before it exits: waits for every started thread and child process.
     /// Call without the GIL.
     pub(crate) fn finish(&self) {
+        // The main script thread's code has returned: Ctrl-C now stops the run at once.
+        crate::cancel::main_done();
         self.wait_for_threads();
         self.terminate_pools();
         self.wait_for_processes();

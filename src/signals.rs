@@ -1,12 +1,45 @@
-//! Ctrl-C and `kill`: a clean stop for the command-line runner.
+//! Ctrl-C, `kill` and a closed standard output: how the command-line runner ends.
 //!
 //! [`install`] blocks SIGINT and SIGTERM in the calling thread (and so in every thread started
-//! after it) and waits for them on a thread of its own. On a signal it prints one line and ends
-//! the process with 128 + the signal number (130, 143), as a shell reports a signal. Children
-//! never outlive it: each asked the kernel to kill it when its parent dies (see `crate::fork`),
-//! and a forked child restores the default handling so that `terminate()` and Ctrl-C reach it.
+//! after it) and waits for them on a thread of its own:
+//!
+//! - The first SIGINT raises `KeyboardInterrupt` in the main script thread, as in Python (see
+//!   `crate::cancel`): at its next instruction, or in the wait it is blocked in. The script can
+//!   catch it; uncaught, the run shuts down as after any error (pools terminated, threads and
+//!   processes waited for) and ends with status 130.
+//! - A second SIGINT within [`SECOND_CHANCE`] of the first, a script that has not taken the
+//!   interrupt by then or is still shutting down, a SIGINT with no script code running, and
+//!   SIGTERM stop the process at once: one line on stderr (`parrun: stopped by SIGINT`), every
+//!   child terminated and reaped (`crate::fork::end_process`), status 128 + the signal (130,
+//!   143).
+//!
+//! It also makes `print` on a closed standard output end the run quietly, as the stock `lua`
+//! does (see `crate::output`).
+//!
+//! Children: a forked child restores the default handling of both signals; a pool worker ignores
+//! SIGINT (its parent stops it). A forked child that forks children of its own catches SIGTERM
+//! (and SIGINT, where it is not ignored) to terminate and reap them before it dies by that signal
+//! (`guard_children`). Nothing here is installed by the library itself: only [`install`] does.
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+
+use crate::cancel::{self, MainState};
+use crate::fork::{self, Ending};
+
+/// How long after a first SIGINT a second one stops the run at once, and how long a script
+/// gets to raise the interrupt and shut down.
+pub const SECOND_CHANCE: Duration = Duration::from_secs(2);
+
+/// How often a pending interrupt is delivered again (the engine's GIL may have been held by
+/// another thread).
+const REPEAT: Duration = Duration::from_millis(20);
+
+/// Whether [`install`] was called in this process (or in the parent it was forked from).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 fn handled() -> SigSet {
     let mut set = SigSet::empty();
@@ -19,18 +52,151 @@ fn handled() -> SigSet {
 pub fn install() -> std::io::Result<()> {
     let set = handled();
     set.thread_block().map_err(std::io::Error::from)?;
+    INSTALLED.store(true, Ordering::Release);
+    crate::output::end_on_closed_stdout();
+    // SAFETY: registering a plain function with the C library.
+    unsafe { nix::libc::atexit(hold_exit) };
     std::thread::Builder::new()
         .name("parrun-signals".into())
-        .spawn(move || {
-            if let Ok(signal) = set.wait() {
-                crate::output::write_stderr(&format!("parrun: stopped by {signal}"));
-                crate::fork::exit_now(128 + signal as i32);
-            }
-        })?;
+        .spawn(move || watch(&set))?;
     Ok(())
+}
+
+/// While another thread ends the process at once (its children being reaped), a thread that
+/// calls `exit` waits instead of ending it with another status.
+extern "C" fn hold_exit() {
+    if fork::ending() {
+        fork::park_for_ever();
+    }
+}
+
+fn watch(set: &SigSet) {
+    let mut first: Option<Instant> = None;
+    loop {
+        let signal = wait_for(set, first.map(|_| REPEAT));
+        match signal {
+            Some(Signal::SIGINT) if first.is_none() => match cancel::interrupt_main() {
+                MainState::Idle => stop(Signal::SIGINT),
+                _ => first = Some(Instant::now()),
+            },
+            Some(signal @ (Signal::SIGINT | Signal::SIGTERM)) => stop(signal),
+            _ => {}
+        }
+        let Some(since) = first else { continue };
+        let late = since.elapsed() >= SECOND_CHANCE;
+        match cancel::main_state() {
+            // Caught: the script goes on, and a later Ctrl-C is a first one again.
+            MainState::Running if late => first = None,
+            MainState::Running => {}
+            // Not taken in time, or shutting down for too long.
+            MainState::Pending | MainState::Idle if late => stop(Signal::SIGINT),
+            MainState::Pending => cancel::repeat_interrupt(),
+            MainState::Idle => {}
+        }
+    }
+}
+
+/// The next of `set`'s signals, waiting at most `timeout` (for ever if `None`).
+fn wait_for(set: &SigSet, timeout: Option<Duration>) -> Option<Signal> {
+    let Some(timeout) = timeout else {
+        return set.wait().ok();
+    };
+    let ts = nix::libc::timespec {
+        tv_sec: timeout.as_secs() as nix::libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as nix::libc::c_long,
+    };
+    // SAFETY: the set and the timespec outlive the call; no siginfo is asked for.
+    let n = unsafe { nix::libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    Signal::try_from(n).ok()
+}
+
+/// Ends the process at once, as stopped by `signal`.
+fn stop(signal: Signal) -> ! {
+    if !fork::ending() {
+        crate::output::write_stderr(&format!("parrun: stopped by {signal}"));
+    }
+    fork::end_process(Ending::Status(128 + signal as i32))
 }
 
 /// In a forked child: signals behave by default again.
 pub(crate) fn reset_in_child() {
+    GUARDED.store(false, Ordering::Relaxed);
+    WAKE.store(-1, Ordering::Relaxed);
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: restoring a signal's default action.
+        unsafe {
+            let _ = nix::sys::signal::signal(signal, SigHandler::SigDfl);
+        }
+    }
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&handled()), None);
+}
+
+/// In a pool worker: Ctrl-C in a terminal reaches the whole process group, but a worker's fate
+/// is its parent's to decide (the main thread gets the KeyboardInterrupt; the pool then stops).
+pub(crate) fn ignore_interrupts() {
+    // SAFETY: ignoring a signal.
+    unsafe {
+        let _ = nix::sys::signal::signal(Signal::SIGINT, SigHandler::SigIgn);
+    }
+}
+
+/// Whether this process guards its children (see [`guard_children`]).
+static GUARDED: AtomicBool = AtomicBool::new(false);
+/// The pipe's write end the signal handler writes the signal's number to.
+static WAKE: AtomicI32 = AtomicI32::new(-1);
+
+/// In a forked child that has just forked one of its own: on SIGTERM (and SIGINT, unless
+/// ignored) terminate and reap the children, then die by that signal. A handler that writes to a
+/// pipe, read by a thread: unlike a blocked signal, it works whatever the masks of the threads
+/// the child already runs. Only where [`install`] was called.
+pub(crate) fn guard_children() {
+    if !INSTALLED.load(Ordering::Acquire) || GUARDED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let Ok((read_end, write_end)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+        return;
+    };
+    let _ = nix::fcntl::fcntl(
+        &write_end,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    fork::register_fd(read_end.as_raw_fd());
+    fork::register_fd(write_end.as_raw_fd());
+    let mut reader = std::fs::File::from(read_end);
+    let spawned = std::thread::Builder::new()
+        .name("parrun-signals".into())
+        .spawn(move || {
+            let mut byte = [0u8; 1];
+            while std::io::Read::read(&mut reader, &mut byte).is_ok_and(|n| n == 1) {
+                if let Ok(signal) = Signal::try_from(i32::from(byte[0])) {
+                    fork::end_process(Ending::Signal(signal));
+                }
+            }
+        });
+    if spawned.is_err() {
+        return;
+    }
+    WAKE.store(write_end.into_raw_fd(), Ordering::Release);
+    let action = SigAction::new(
+        SigHandler::Handler(relay),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: `relay` only calls async-signal-safe functions.
+    unsafe {
+        let _ = nix::sys::signal::sigaction(Signal::SIGTERM, &action);
+        if let Ok(old) = nix::sys::signal::sigaction(Signal::SIGINT, &action) {
+            if old.handler() == SigHandler::SigIgn {
+                let _ = nix::sys::signal::sigaction(Signal::SIGINT, &old);
+            }
+        }
+    }
+}
+
+extern "C" fn relay(signal: nix::libc::c_int) {
+    let saved = nix::errno::Errno::last_raw();
+    let byte = signal as u8;
+    // SAFETY: write(2) is async-signal-safe; the byte outlives the call.
+    unsafe { nix::libc::write(WAKE.load(Ordering::Relaxed), (&byte as *const u8).cast(), 1) };
+    nix::errno::Errno::set_raw(saved);
 }

@@ -122,14 +122,15 @@ pub(crate) fn wait_while<'a, T>(
     mut busy: impl FnMut(&mut T) -> bool,
 ) -> Option<std::sync::MutexGuard<'a, T>> {
     if crate::cancel::installed() {
-        // A pool's worker thread: wait in slices, and give up once its task is cancelled.
+        // A pool's worker thread, or a run's main thread: wait in slices, and give up once its
+        // task is cancelled or a KeyboardInterrupt is pending.
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
             if !busy(&mut guard) {
                 return Some(guard);
             }
             let now = std::time::Instant::now();
-            if crate::cancel::requested().is_some() || deadline.is_some_and(|d| now >= d) {
+            if crate::cancel::stop_waiting() || deadline.is_some_and(|d| now >= d) {
                 return None;
             }
             let slice =

@@ -394,6 +394,52 @@ fn lua_os_exit_sets_the_status() {
     run_script(Lang::Lua, "os.exit(false)").assert_code(1);
 }
 
+/// An error that ends a script, a thread or a pool task runs the `<close>` variables it leaves
+/// behind with the error, as a protected call (the stock interpreter's main chunk) does.
+#[test]
+fn lua_close_variables_run_when_an_error_ends_the_code() {
+    let code = r#"
+        local function guard(name)
+          return setmetatable({}, {__close = function(_, e) print(name .. " closed: " .. tostring(e):match("boom %a+")) end})
+        end
+        local t = parrun.Thread(function() local g <close> = guard("thread") error("boom thread") end)
+        t:start() t:join()
+        local pool = parrun.Pool(1)
+        print(pcall(pool.apply, pool, function() local g <close> = guard("task") error("boom task") end, {}))
+        local g <close> = guard("main")
+        error("boom main")
+    "#;
+    for mode in ["fork", "gil", "isolated"] {
+        let out = run_script_with(Lang::Lua, code, &["--mode", mode], &[]);
+        out.assert_code(1).assert_stderr_contains("boom main");
+        // (The task's error, printed by `pcall`, spans several lines with its traceback.)
+        let lines = out.stdout_lines();
+        assert_eq!(
+            lines[0],
+            "thread closed: boom thread",
+            "{mode}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            lines[1],
+            "task closed: boom task",
+            "{mode}: {}",
+            out.describe()
+        );
+        assert!(
+            lines[2].starts_with("false\t"),
+            "{mode}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            lines.last(),
+            Some(&"main closed: boom main"),
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}
+
 #[test]
 fn lua_string_library() {
     let code = r#"

@@ -942,70 +942,41 @@ for r in rs { r.get(20); }
     );
 }
 
-/// Ctrl-C or `kill` during a `map`: one line, status 128 + signal, no worker left.
+/// A forked process can run a pool of its own: its workers, forked from the process, drop the
+/// process's own parent link cleanly (no descriptor is closed twice).
 #[test]
-fn sigint_and_sigterm_during_a_map_stop_everything() {
-    let lua = r#"
-local pool = parrun.Pool(2)
-for _, pid in ipairs(pool:map(function() return parrun.getpid() end, {1, 2}, 1)) do print("pid " .. pid) end
-pool:map(function(x) parrun.sleep(30) return x end, {1, 2, 3, 4}, 1)
-"#;
-    let rhai = r#"
-let pool = Pool(2);
-for pid in pool.map(|x| getpid(), [1, 2], 1) { print(`pid ${pid}`); }
-pool.map(|x| { sleep(30); x }, [1, 2, 3, 4], 1);
-"#;
-    let runs = MODES
-        .iter()
-        .flat_map(|mode| [("lua", lua), ("rhai", rhai)].map(|(ext, code)| (*mode, ext, code)));
-    for (mode, lang, code) in runs {
-        for (signal, status) in [
-            (nix::sys::signal::Signal::SIGINT, 130),
-            (nix::sys::signal::Signal::SIGTERM, 143),
-        ] {
-            let (_dir, path) = script("signals", lang, code);
-            // Failure messages name the language and mode.
-            let ext = format!("{lang} --mode {mode}");
-            let mut child = Command::new(common::parrun_bin())
-                .args(["--mode", mode])
-                .arg(&path)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut reader = BufReader::new(child.stdout.take().unwrap());
-            let mut pids = Vec::new();
-            let mut line = String::new();
-            while pids.len() < 2 && reader.read_line(&mut line).unwrap_or(0) > 0 {
-                if let Some(pid) = line.trim().strip_prefix("pid ") {
-                    pids.push(pid.parse::<i32>().unwrap());
-                }
-                line.clear();
-            }
-            // The workers are inside the long map once the parent has printed both pids.
-            std::thread::sleep(Duration::from_millis(300));
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
-            let exit = wait_child(&mut child, Duration::from_secs(20));
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-            assert_eq!(exit.code(), Some(status), "{ext} {signal}: {stderr}");
+fn a_process_can_run_a_pool_of_its_own() {
+    both(
+        "nestedpool",
+        r#"
+local q = parrun.Queue()
+local p = parrun.Process(function(q)
+  local inner = parrun.Pool(2)
+  q:put(#inner:map(function(x) return x * 2 end, {1, 2, 3}, 1))
+end, {q})
+p:start() p:join()
+print("results", q:get(0), "exitcode", p.exitcode)
+"#,
+        r#"
+let q = Queue();
+let p = Process(|q| {
+  let inner = Pool(2);
+  q.put(inner.map(|x| x * 2, [1, 2, 3], 1).len());
+}, [q]);
+p.start(); p.join();
+print(`results	${q.get(0)}	exitcode	${p.exitcode}`);
+"#,
+        |out| {
+            out.assert_success();
             assert_eq!(
-                stderr.lines().count(),
-                1,
-                "{ext} {signal}: one line: {stderr}"
+                out.stdout_lines(),
+                ["results\t3\texitcode\t0"],
+                "{}",
+                out.describe()
             );
-            assert!(stderr.contains(signal.as_str()), "{ext}: {stderr}");
-            let start = Instant::now();
-            while pids.iter().any(|&p| alive(p)) && start.elapsed() < Duration::from_secs(5) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            assert_eq!(pids.len(), 2, "{ext}: saw the workers");
-            assert!(
-                pids.iter().all(|&p| !alive(p)),
-                "{ext} {signal}: a worker outlived parrun"
-            );
-        }
-    }
+            assert_eq!(out.stderr, "", "{}", out.describe());
+        },
+    );
 }
 
 /// Open descriptors of `pid`, and how many live child processes it has.

@@ -101,6 +101,15 @@ unsafe extern "C-unwind" fn gil_hook(
         }
         return;
     }
+    if crate::cancel::take_interrupt() {
+        // Ctrl-C: an error raised where the script runs, which `pcall` can catch.
+        arm_limits(state);
+        let text = crate::cancel::KEYBOARD_INTERRUPT;
+        mlua::ffi::luaL_where(state, 0);
+        mlua::ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
+        mlua::ffi::lua_concat(state, 2);
+        mlua::ffi::lua_error(state);
+    }
     let yieldable = mlua::ffi::lua_isyieldable(state) != 0;
     if DEPTH_EXCEEDED.get() && yieldable {
         // The driver ends the coroutine with an error (it is not resumed again).
@@ -334,7 +343,7 @@ impl Pending {
     /// Runs the request from the driver.
     fn run(self, gil: &Gil, token: usize) -> Result<Ret, String> {
         match self {
-            Pending::Wait(wait) => gil.allow_threads(token, wait),
+            Pending::Wait(wait) => interruptible(gil.allow_threads(token, wait)),
             Pending::Fork(fork) => fork(),
         }
     }
@@ -342,8 +351,17 @@ impl Pending {
     /// Runs the request where Lua cannot yield: in place, keeping the GIL.
     fn run_here(self) -> Result<Ret, String> {
         match self {
-            Pending::Wait(f) | Pending::Fork(f) => f(),
+            Pending::Wait(f) => interruptible(f()),
+            Pending::Fork(f) => f(),
         }
+    }
+}
+
+/// A wait that a Ctrl-C cut short raises the KeyboardInterrupt where it was called.
+fn interruptible(result: Result<Ret, String>) -> Result<Ret, String> {
+    match crate::cancel::take_interrupt() {
+        true => Err(crate::cancel::KEYBOARD_INTERRUPT.into()),
+        false => result,
     }
 }
 
@@ -822,9 +840,16 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
     // SAFETY: `token` is the state of `co`, which this driver holds and resumes.
     unsafe { arm_limits(token as *mut mlua::ffi::lua_State) };
     let result = loop {
+        if crate::cancel::interrupt_pending() {
+            // Raised at the coroutine's first instruction (see `gil_hook`).
+            arm_hook(token);
+        }
         let out: MultiValue = match co.resume(args) {
             Ok(out) => out,
-            Err(e) => break Err(e),
+            Err(e) => {
+                let e = close_variables(co, &e).unwrap_or(e);
+                break Err(e);
+            }
         };
         if co.status() != ThreadStatus::Resumable {
             break Ok(out);
@@ -888,6 +913,43 @@ impl Drop for DriverScope<'_> {
         CURRENT_DRIVER.set(self.driver);
         BUDGET.set(self.budget);
         MAX_CALL_DEPTH.set(self.depth);
+    }
+}
+
+/// Runs the `<close>` variables a coroutine that died of `error` left pending, as a protected
+/// call does in the stock interpreter (a Ctrl-C's KeyboardInterrupt, any uncaught error); the
+/// error a closer raised instead, if one did. Call with the GIL held.
+fn close_variables(co: &Coroutine, error: &mlua::Error) -> Option<mlua::Error> {
+    if co.status() != ThreadStatus::Error {
+        return None;
+    }
+    // mlua has moved the error object off the coroutine's stack: the closers get its text (with
+    // the traceback, as under `lua5.4`, whose message handler adds one first).
+    let text = error_text(error.clone());
+    // SAFETY: the coroutine is dead and not running; the GIL keeps every other thread out of
+    // this state; the text is pushed where `lua_closethread` looks for the error object, and
+    // the final error object is read before anything else touches the stack.
+    unsafe {
+        let state = co.state();
+        if mlua::ffi::lua_checkstack(state, 1) == 0 {
+            return None;
+        }
+        mlua::ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
+        mlua::ffi::lua_closethread(state, std::ptr::null_mut());
+        if mlua::ffi::lua_gettop(state) == 0 {
+            return None;
+        }
+        let mut len = 0;
+        let last = mlua::ffi::lua_tolstring(state, -1, &mut len);
+        let last = (!last.is_null()).then(|| std::slice::from_raw_parts(last.cast::<u8>(), len));
+        let replaced = match last {
+            Some(bytes) if bytes != text.as_bytes() => Some(mlua::Error::runtime(
+                String::from_utf8_lossy(bytes).into_owned(),
+            )),
+            _ => None,
+        };
+        mlua::ffi::lua_settop(state, 0);
+        replaced
     }
 }
 

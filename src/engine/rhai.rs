@@ -145,6 +145,11 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
             if let Some(reason) = crate::cancel::requested() {
                 return Some(Dynamic::from(reason));
             }
+            // Rhai cannot catch what stops it here: a Ctrl-C is left to the next parrun call
+            // for a while, where it is an error `try` catches (see `crate::cancel`).
+            if crate::cancel::interrupt_overdue() {
+                return Some(Dynamic::from(crate::cancel::KEYBOARD_INTERRUPT));
+            }
             gil.yield_turn(0);
         }
         None
@@ -375,6 +380,9 @@ fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
             let shared = shared.clone();
             let candidates = candidates.clone();
             engine.register_raw_fn(name, types, move |ctx, args| {
+                if crate::cancel::take_interrupt() {
+                    return Err(interrupted());
+                }
                 let b = pick(&candidates, args)?;
                 invoke(&shared, b, args, Some(ctx.global_runtime_state()))
             });
@@ -422,6 +430,9 @@ fn invoke(
             if let Some(reason) = crate::cancel::requested() {
                 return Err(EvalAltResult::ErrorTerminated(reason.into(), Position::NONE).into());
             }
+            if crate::cancel::take_interrupt() {
+                return Err(interrupted());
+            }
             result.map_err(fail)?
         }
         Outcome::Fork(fork) => fork().map_err(fail)?,
@@ -430,6 +441,11 @@ fn invoke(
         Ret::Value(v) => ::rhai::serde::to_dynamic(&v).map_err(|e| fail(e.to_string())),
         Ret::Object(o) => Ok(Dynamic::from(o)),
     }
+}
+
+/// Ctrl-C's KeyboardInterrupt, as an error `try` can catch.
+fn interrupted() -> Box<EvalAltResult> {
+    crate::cancel::KEYBOARD_INTERRUPT.into()
 }
 
 /// Runs `body` between the receiver's `enter` and `exit` methods; `exit` runs even when
@@ -975,7 +991,11 @@ impl IntoIterator for Object {
         };
         Box::new(std::iter::from_fn(move || {
             let _keep_alive = &pool;
-            match gil.allow_threads(0, || job.next_item(None)) {
+            let next = gil.allow_threads(0, || job.next_item(None));
+            if crate::cancel::take_interrupt() {
+                return Some(Err(interrupted()));
+            }
+            match next {
                 Ok(Some(v)) => Some(::rhai::serde::to_dynamic(&v)),
                 Ok(None) => None,
                 Err(e) => Some(Err(e.into())),

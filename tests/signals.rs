@@ -1,0 +1,574 @@
+//! End-to-end tests of parrun as a Unix citizen, each in Lua and Rhai: Ctrl-C (SIGINT) as
+//! Python's `KeyboardInterrupt`, SIGTERM, and a standard output whose reader has gone
+//! (`parrun x | head -1`). Every child parrun forked must be gone (reaped, not a zombie) once it
+//! has ended.
+//!
+//! This test process makes itself a *subreaper*: a child parrun left behind is then adopted by
+//! the test (not by init, which may reap it unseen) and stays visible in `/proc` as our zombie.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Once;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{script, TempDir, MODES};
+use nix::sys::signal::Signal;
+
+/// How long one run may take before the test fails.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn adopt_orphans() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: prctl with integer arguments.
+        let done = unsafe { nix::libc::prctl(nix::libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(done, 0, "cannot become a subreaper");
+    });
+}
+
+/// A process as seen when the script printed its pid: the pid and its start time, so that a pid
+/// reused later by another process is not taken for it.
+#[derive(Clone, Copy, Debug)]
+struct Proc {
+    pid: i32,
+    start: u64,
+}
+
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is [0], ppid [1], start
+    // time [19].
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+impl Proc {
+    fn now(pid: i32) -> Proc {
+        let start = stat_fields(pid)
+            .and_then(|f| f.get(19)?.parse().ok())
+            .unwrap_or_else(|| panic!("process {pid} is not there"));
+        Proc { pid, start }
+    }
+
+    /// Its state letter if it still exists (`Z`: a zombie nobody reaped).
+    fn still_there(&self) -> Option<String> {
+        let fields = stat_fields(self.pid)?;
+        (fields.get(19)?.parse::<u64>().ok()? == self.start).then(|| fields[0].clone())
+    }
+}
+
+/// Fails if any of `procs` is still there once parrun has exited; reaps the zombies it finds
+/// (adopted by this process), so that a failure leaves nothing behind.
+#[track_caller]
+fn assert_reaped(procs: &[Proc], what: &str) {
+    let left: Vec<(i32, String)> = procs
+        .iter()
+        .filter_map(|p| p.still_there().map(|state| (p.pid, state)))
+        .collect();
+    for (pid, _) in &left {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(*pid), None);
+    }
+    assert!(
+        left.is_empty(),
+        "{what}: children of parrun left behind (pid, state): {left:?}"
+    );
+}
+
+/// A running `parrun`, its stdout read line by line, its stderr collected.
+struct Parrun {
+    what: String,
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Option<JoinHandle<String>>,
+    /// Every line read so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl Parrun {
+    fn start(what: &str, args: &[&str]) -> Parrun {
+        adopt_orphans();
+        let mut child = Command::new(common::parrun_bin())
+            .args(args)
+            .current_dir(common::repo_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start parrun");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Parrun {
+            what: what.to_owned(),
+            child,
+            lines,
+            stderr: Some(stderr),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the next line that starts with `prefix`.
+    #[track_caller]
+    fn line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: no line starting with {prefix:?} within {TIMEOUT:?}; saw {:?}",
+                    self.what, self.seen
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let stderr = self.kill_and_stderr();
+                    panic!(
+                        "{}: stdout ended before a line starting with {prefix:?}; saw {:?}\n{stderr}",
+                        self.what, self.seen
+                    )
+                }
+            }
+        }
+    }
+
+    /// The processes whose pids the script printed as `pid N` lines, `count` of them.
+    #[track_caller]
+    fn pids(&mut self, count: usize) -> Vec<Proc> {
+        (0..count)
+            .map(|_| {
+                let line = self.line("pid ");
+                Proc::now(line["pid ".len()..].trim().parse().expect("a pid"))
+            })
+            .collect()
+    }
+
+    fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    fn kill_and_stderr(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+
+    /// Waits for the exit; its status, stderr, and how long the wait took.
+    #[track_caller]
+    fn finish(&mut self) -> (ExitStatus, String, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let stderr = self.stderr.take().unwrap().join().unwrap();
+                // Lines printed after the ones waited for (the reader ends with the pipe).
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+                    self.seen.push(line);
+                }
+                return (status, stderr, start.elapsed());
+            }
+            if start.elapsed() > TIMEOUT {
+                let stderr = self.kill_and_stderr();
+                panic!("{}: still running after {TIMEOUT:?}\n{stderr}", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Parrun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A pool of two whose workers' pids are printed, then a `map` that waits for 30 s.
+const MAP_LUA: &str = r#"
+local pool = parrun.Pool(2)
+for _, pid in ipairs(pool:map(function() return parrun.getpid() end, {1, 2}, 1)) do print("pid " .. pid) end
+print("ready")
+pool:map(function(x) parrun.sleep(30) return x end, {1, 2, 3, 4}, 1)
+print("not reached")
+"#;
+const MAP_RHAI: &str = r#"
+let pool = Pool(2);
+for pid in pool.map(|x| getpid(), [1, 2], 1) { print(`pid ${pid}`); }
+print("ready");
+pool.map(|x| { sleep(30); x }, [1, 2, 3, 4], 1);
+print("not reached");
+"#;
+
+/// Runs `parrun --mode MODE` on a script written into a fresh directory.
+fn start(what: &str, mode: &str, lang: &str, code: &str) -> (TempDir, Parrun) {
+    let (dir, path) = script("signals", lang, code);
+    let parrun = Parrun::start(what, &["--mode", mode, path.to_str().unwrap()]);
+    (dir, parrun)
+}
+
+/// The first Ctrl-C during a `map` raises KeyboardInterrupt in the main thread, which ends the
+/// wait; uncaught, the run shuts down (the pool is terminated, its workers reaped) and ends with
+/// 130 after printing the error where it was raised, well before the 2 s limit.
+#[test]
+fn ctrl_c_during_a_map_is_a_keyboard_interrupt_and_ends_with_130() {
+    for mode in MODES {
+        for (lang, code, line) in [
+            ("lua", MAP_LUA, "signals.lua:5:"),
+            ("rhai", MAP_RHAI, "signals.rhai:5:"),
+        ] {
+            let what = format!("{lang} --mode {mode}");
+            let (_dir, mut parrun) = start(&what, mode, lang, code);
+            let workers = parrun.pids(2);
+            parrun.line("ready");
+            // The workers are inside the long map once the parent has printed "ready".
+            std::thread::sleep(Duration::from_millis(300));
+            parrun.signal(Signal::SIGINT);
+            let (status, stderr, _) = parrun.finish();
+            assert_eq!(status.code(), Some(130), "{what}: {stderr}");
+            assert!(
+                stderr.contains("KeyboardInterrupt") && stderr.contains(line),
+                "{what}: the error names where it was raised: {stderr}"
+            );
+            // Not stopped at once by the 2 s limit: shut down cleanly.
+            assert!(
+                !stderr.contains("stopped by"),
+                "{what}: a clean shutdown: {stderr}"
+            );
+            assert_reaped(&workers, &what);
+        }
+    }
+}
+
+/// SIGTERM stops at once with 143 and one line, in every mode; no worker is left.
+#[test]
+fn sigterm_during_a_map_stops_at_once_with_143() {
+    for mode in MODES {
+        for (lang, code) in [("lua", MAP_LUA), ("rhai", MAP_RHAI)] {
+            let what = format!("{lang} --mode {mode}");
+            let (_dir, mut parrun) = start(&what, mode, lang, code);
+            let workers = parrun.pids(2);
+            parrun.line("ready");
+            std::thread::sleep(Duration::from_millis(300));
+            parrun.signal(Signal::SIGTERM);
+            let (status, stderr, _) = parrun.finish();
+            assert_eq!(status.code(), Some(143), "{what}: {stderr}");
+            assert_eq!(stderr, "parrun: stopped by SIGTERM\n", "{what}");
+            assert_reaped(&workers, &what);
+        }
+    }
+}
+
+/// A pool, and a process with a pool of its own: every pid printed, then waits for ever.
+const NESTED_LUA: &str = r#"
+local q = parrun.Queue()
+local pool = parrun.Pool(2)
+for _, pid in ipairs(pool:map(function() return parrun.getpid() end, {1, 2}, 1)) do print("pid " .. pid) end
+local p = parrun.Process(function(q)
+  local inner = parrun.Pool(2)
+  for _, pid in ipairs(inner:map(function() return parrun.getpid() end, {1, 2}, 1)) do q:put(pid) end
+  q:put(parrun.getpid())
+  inner:map(function(x) parrun.sleep(30) return x end, {1, 2}, 1)
+end, {q})
+p:start()
+for _ = 1, 3 do print("pid " .. q:get(20)) end
+print("ready")
+pool:map(function(x) parrun.sleep(30) return x end, {1, 2, 3, 4}, 1)
+"#;
+const NESTED_RHAI: &str = r#"
+let q = Queue();
+let pool = Pool(2);
+for pid in pool.map(|x| getpid(), [1, 2], 1) { print(`pid ${pid}`); }
+let p = Process(|q| {
+  let inner = Pool(2);
+  for pid in inner.map(|x| getpid(), [1, 2], 1) { q.put(pid); }
+  q.put(getpid());
+  inner.map(|x| { sleep(30); x }, [1, 2], 1);
+}, [q]);
+p.start();
+for i in 0..3 { print(`pid ${q.get(20)}`); }
+print("ready");
+pool.map(|x| { sleep(30); x }, [1, 2, 3, 4], 1);
+"#;
+
+/// SIGTERM, or a Ctrl-C the script takes but cannot finish on within 2 s (it waits for its
+/// process at exit, as Python does): every child and grandchild is terminated and reaped.
+#[test]
+fn stopping_at_once_reaps_grandchildren_too() {
+    for (lang, code) in [("lua", NESTED_LUA), ("rhai", NESTED_RHAI)] {
+        for (signal, status) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+            let what = format!("{lang} {signal}");
+            let (_dir, mut parrun) = start(&what, "fork", lang, code);
+            let children = parrun.pids(5);
+            parrun.line("ready");
+            std::thread::sleep(Duration::from_millis(300));
+            parrun.signal(signal);
+            let (exit, stderr, took) = parrun.finish();
+            assert_eq!(exit.code(), Some(status), "{what}: {stderr}");
+            assert_eq!(
+                stderr,
+                format!("parrun: stopped by {signal}\n"),
+                "{what}: one line"
+            );
+            if signal == Signal::SIGINT {
+                // (Timed from just after the signal was sent, so a little under 2 s is fine.)
+                let limit = 1900..8000;
+                assert!(
+                    limit.contains(&took.as_millis()),
+                    "{what}: stopped after {took:?}"
+                );
+            }
+            assert_reaped(&children, &what);
+        }
+    }
+}
+
+/// A KeyboardInterrupt is an error the script catches (Lua `pcall`, Rhai `try`), in a wait or
+/// in running code; uncaught, Lua's `<close>` variables run, and the run ends with 130.
+#[test]
+fn keyboard_interrupt_can_be_caught() {
+    let lua = r#"
+local guard <close> = setmetatable({}, {__close = function(_, e) print("closed " .. tostring(e):match("KeyboardInterrupt")) end})
+print("ready wait")
+local ok, e = pcall(parrun.sleep, 30)
+print("caught wait " .. tostring(e))
+print("ready busy")
+local ok2, e2 = pcall(function() local n = 0 while true do n = n + 1 end end)
+print("caught busy " .. tostring(e2))
+print("ready last")
+parrun.sleep(30)
+"#;
+    // Rhai catches it where the script calls parrun (see `keyboard_interrupt_stops_pure_rhai`).
+    let rhai = r#"
+print("ready wait");
+try { sleep(30); } catch (e) { print(`caught wait ${e}`); }
+print("ready busy");
+try { let n = 0; loop { n += 1; if n % 100 == 0 { getpid(); } } } catch (e) { print(`caught busy ${e}`); }
+print("ready last");
+sleep(30);
+"#;
+    std::thread::scope(|scope| {
+        for (lang, code) in [("lua", lua), ("rhai", rhai)] {
+            scope.spawn(move || {
+                let (_dir, mut parrun) = start(lang, "fork", lang, code);
+                for step in ["wait", "busy", "last"] {
+                    parrun.line(&format!("ready {step}"));
+                    std::thread::sleep(Duration::from_millis(200));
+                    parrun.signal(Signal::SIGINT);
+                    if step != "last" {
+                        let caught = parrun.line(&format!("caught {step}"));
+                        assert!(caught.contains("KeyboardInterrupt"), "{lang}: {caught}");
+                        // A second Ctrl-C within 2 s of the first would stop the run.
+                        std::thread::sleep(Duration::from_millis(2100));
+                    }
+                }
+                let (status, stderr, _) = parrun.finish();
+                assert_eq!(status.code(), Some(130), "{lang}: {stderr}");
+                assert!(
+                    stderr.contains(&format!("signals.{lang}:"))
+                        && stderr.contains("KeyboardInterrupt"),
+                    "{lang}: {stderr}"
+                );
+                if lang == "lua" {
+                    assert!(
+                        parrun.seen.iter().any(|l| l == "closed KeyboardInterrupt"),
+                        "lua: the <close> variable ran: {:?}",
+                        parrun.seen
+                    );
+                }
+            });
+        }
+    });
+}
+
+/// Rhai cannot catch what `on_progress` raises: a script that makes no parrun call is stopped
+/// where it runs, shortly after the Ctrl-C, with 130.
+#[test]
+fn keyboard_interrupt_stops_pure_rhai_code() {
+    let (_dir, mut parrun) = start(
+        "rhai loop",
+        "fork",
+        "rhai",
+        "print(\"ready\"); let n = 0; try { loop { n += 1; } } catch { print(\"caught\"); }",
+    );
+    parrun.line("ready");
+    std::thread::sleep(Duration::from_millis(200));
+    parrun.signal(Signal::SIGINT);
+    let (status, stderr, _) = parrun.finish();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    // Stopped where it ran (not by the 2 s limit's "stopped by SIGINT"), uncaught.
+    assert!(stderr.contains("signals.rhai:1:"), "{stderr}");
+    assert!(stderr.contains("KeyboardInterrupt"), "{stderr}");
+    assert!(!parrun.seen.iter().any(|l| l == "caught"), "{stderr}");
+}
+
+/// A script that catches every KeyboardInterrupt runs on after one; a second Ctrl-C within
+/// 2 s stops it at once (one line, 130) and its workers are reaped.
+#[test]
+fn a_second_ctrl_c_stops_at_once() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+for _, pid in ipairs(pool:map(function() return parrun.getpid() end, {1, 2}, 1)) do print("pid " .. pid) end
+while true do
+  print("waiting")
+  local ok, e = pcall(parrun.sleep, 30)
+  print("caught " .. tostring(e))
+end
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+for pid in pool.map(|x| getpid(), [1, 2], 1) { print(`pid ${pid}`); }
+loop {
+  print("waiting");
+  try { sleep(30); } catch (e) { print(`caught ${e}`); }
+}
+"#;
+    for (lang, code) in [("lua", lua), ("rhai", rhai)] {
+        let (_dir, mut parrun) = start(lang, "fork", lang, code);
+        let workers = parrun.pids(2);
+        parrun.line("waiting");
+        std::thread::sleep(Duration::from_millis(200));
+        parrun.signal(Signal::SIGINT);
+        parrun.line("caught");
+        // Caught: the script goes on.
+        parrun.line("waiting");
+        std::thread::sleep(Duration::from_millis(200));
+        parrun.signal(Signal::SIGINT);
+        let (status, stderr, took) = parrun.finish();
+        assert_eq!(status.code(), Some(130), "{lang}: {stderr}");
+        assert_eq!(stderr, "parrun: stopped by SIGINT\n", "{lang}");
+        assert!(took < Duration::from_secs(5), "{lang}: took {took:?}");
+        assert_reaped(&workers, lang);
+    }
+}
+
+/// Reads stdout until `enough` (given each line) says so, then closes it (as `head` does) and
+/// waits for the end.
+fn close_stdout_after(
+    what: &str,
+    args: &[&str],
+    mut enough: impl FnMut(&str) -> bool,
+) -> (ExitStatus, String) {
+    adopt_orphans();
+    let mut child = Command::new(common::parrun_bin())
+        .args(args)
+        .current_dir(common::repo_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start parrun");
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    {
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if enough(line.trim_end()) {
+                break;
+            }
+            line.clear();
+        }
+    }
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running {TIMEOUT:?} after its stdout was closed");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (status, stderr.join().unwrap())
+}
+
+/// `parrun x | head -1`: once the reader has gone, the next `print` ends the run quietly, as
+/// `lua5.4` does: killed by SIGPIPE, nothing on stderr, whether the script or its workers print,
+/// in every mode; no worker is left.
+#[test]
+fn a_closed_stdout_ends_the_run_quietly() {
+    let main_lua = "for i = 1, 10000000 do print(i) end";
+    let main_rhai = "for i in 0..10000000 { print(i); }";
+    let workers_lua = r#"
+local pool = parrun.Pool(2)
+pool:map(function(x)
+  print("pid " .. parrun.getpid())
+  for i = 1, 10000000 do print(x, i) end
+  return x
+end, {1, 2}, 1)
+print("the parent goes on")
+"#;
+    let workers_rhai = r#"
+let pool = Pool(2);
+pool.map(|x| {
+  print(`pid ${getpid()}`);
+  for i in 0..10000000 { print(`${x} ${i}`); }
+  x
+}, [1, 2], 1);
+print("the parent goes on");
+"#;
+    let cases = [
+        ("lua", "main", main_lua),
+        ("rhai", "main", main_rhai),
+        ("lua", "workers", workers_lua),
+        ("rhai", "workers", workers_rhai),
+    ];
+    for mode in MODES {
+        for (lang, who, code) in cases {
+            let what = format!("{lang} --mode {mode}, {who} printing");
+            let (_dir, path) = script("epipe", lang, code);
+            let mut pids: Vec<Proc> = Vec::new();
+            let mut lines = 0;
+            let (status, stderr) =
+                close_stdout_after(&what, &["--mode", mode, path.to_str().unwrap()], |line| {
+                    if let Some(pid) = line.strip_prefix("pid ") {
+                        pids.push(Proc::now(pid.parse().unwrap()));
+                    }
+                    lines += 1;
+                    who == "main" || pids.len() == 2 || lines > 100_000
+                });
+            assert_eq!(
+                status.signal(),
+                Some(Signal::SIGPIPE as i32),
+                "{what}: {status:?}\n{stderr}"
+            );
+            assert_eq!(stderr, "", "{what}: nothing on stderr");
+            if who == "workers" {
+                assert_eq!(pids.len(), 2, "{what}: saw both workers");
+                if mode == "fork" {
+                    assert_reaped(&pids, &what);
+                }
+            }
+        }
+    }
+}
