@@ -444,3 +444,32 @@ fn script_files_skip_a_mark_and_a_hash_line_and_binary_chunks_need_the_switch() 
     sandboxed.assert_code(1);
     sandboxed.assert_stderr_contains("a binary (precompiled) chunk");
 }
+
+/// A blocking call inside the script's own coroutines, nested, created by `coroutine.wrap` or
+/// `coroutine.create`, still releases the GIL (the producer below can only run while the
+/// consumer waits); where Lua cannot yield (a `table.sort` comparator) it runs in place.
+#[test]
+fn blocking_calls_inside_nested_coroutines_release_the_gil() {
+    let code = r#"
+local q = parrun.Queue()
+local producer = parrun.Thread(function() for i = 1, 3 do q:put(i) end end, {})
+local outer = coroutine.wrap(function()
+  local inner = coroutine.create(function()
+    for _ = 1, 3 do coroutine.yield(q:get(5)) end
+  end)
+  for _ = 1, 3 do
+    local ok, v = coroutine.resume(inner)
+    coroutine.yield(ok and v * 10)
+  end
+end)
+producer:start()
+print(outer(), outer(), outer())
+producer:join()
+local t = {3, 1, 2}
+table.sort(t, function(a, b) parrun.sleep(0) return a < b end)
+print(table.concat(t, " "))
+"#;
+    let out = common::run_code(&[], "nested", "lua", code);
+    out.assert_success();
+    assert_eq!(out.stdout, "10\t20\t30\n1 2 3\n", "{}", out.describe());
+}

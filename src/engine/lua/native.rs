@@ -577,22 +577,37 @@ unsafe extern "C-unwind" fn resume_relay(
     _status: c_int,
     _ctx: ffi::lua_KContext,
 ) -> c_int {
+    let co = ffi::lua_tothread(state, 1);
+    let r = relay(state, co, 1, ffi::lua_upvalueindex(1), resume_relay);
+    if r < 0 {
+        ffi::lua_pushboolean(state, 0);
+        ffi::lua_insert(state, -2);
+        return 2;
+    }
+    ffi::lua_pushboolean(state, 1);
+    ffi::lua_insert(state, -(r + 1));
+    r + 1
+}
+
+/// Resumes `co` with the values above index `below`, and again with the answer each time it
+/// yields a request (passed out to whoever resumes this coroutine, continuing in `k`, or run
+/// here with `run_here`), until it yields something else, returns or fails: then
+/// [`aux_resume`]'s result.
+unsafe fn relay(
+    state: *mut lua_State,
+    co: *mut lua_State,
+    below: c_int,
+    run_here: c_int,
+    k: ffi::lua_KFunction,
+) -> c_int {
     loop {
-        let co = ffi::lua_tothread(state, 1);
-        let r = aux_resume(state, co, ffi::lua_gettop(state) - 1);
-        if r < 0 {
-            ffi::lua_pushboolean(state, 0);
-            ffi::lua_insert(state, -2);
-            return 2;
-        }
-        if !yielded_request(state, co, r) {
-            ffi::lua_pushboolean(state, 1);
-            ffi::lua_insert(state, -(r + 1));
-            return r + 1;
+        let r = aux_resume(state, co, ffi::lua_gettop(state) - below);
+        if r < 0 || !yielded_request(state, co, r) {
+            return r;
         }
         // Whether it was passed out or run here, the answer replaces the request.
-        if !pass_request_out(state, resume_relay) {
-            run_in_place(state, ffi::lua_upvalueindex(1));
+        if !pass_request_out(state, k) {
+            run_in_place(state, run_here);
         }
     }
 }
@@ -618,30 +633,23 @@ unsafe extern "C-unwind" fn wrapped_relay(
     _status: c_int,
     _ctx: ffi::lua_KContext,
 ) -> c_int {
-    loop {
-        let co = ffi::lua_tothread(state, ffi::lua_upvalueindex(1));
-        let r = aux_resume(state, co, ffi::lua_gettop(state));
-        if r < 0 {
-            // Stock `auxwrap`: close the dead coroutine, and add the position to a message.
-            let mut status = ffi::lua_status(co);
-            if status != ffi::LUA_OK && status != ffi::LUA_YIELD {
-                status = ffi::lua_closethread(co, state);
-                ffi::lua_xmove(co, state, 1);
-            }
-            if status != ffi::LUA_ERRMEM && ffi::lua_type(state, -1) == ffi::LUA_TSTRING {
-                ffi::luaL_where(state, 1);
-                ffi::lua_insert(state, -2);
-                ffi::lua_concat(state, 2);
-            }
-            ffi::lua_error(state);
-        }
-        if !yielded_request(state, co, r) {
-            return r;
-        }
-        if !pass_request_out(state, wrapped_relay) {
-            run_in_place(state, ffi::lua_upvalueindex(2));
-        }
+    let co = ffi::lua_tothread(state, ffi::lua_upvalueindex(1));
+    let r = relay(state, co, 0, ffi::lua_upvalueindex(2), wrapped_relay);
+    if r >= 0 {
+        return r;
     }
+    // Stock `auxwrap`: close the dead coroutine, and add the position to a message.
+    let mut status = ffi::lua_status(co);
+    if status != ffi::LUA_OK && status != ffi::LUA_YIELD {
+        status = ffi::lua_closethread(co, state);
+        ffi::lua_xmove(co, state, 1);
+    }
+    if status != ffi::LUA_ERRMEM && ffi::lua_type(state, -1) == ffi::LUA_TSTRING {
+        ffi::luaL_where(state, 1);
+        ffi::lua_insert(state, -2);
+        ffi::lua_concat(state, 2);
+    }
+    ffi::lua_error(state)
 }
 
 /// The error that ends a coroutine the driver stopped (a limit it exceeded): `message` with the
