@@ -54,6 +54,7 @@ pub fn install() -> std::io::Result<()> {
     set.thread_block().map_err(std::io::Error::from)?;
     INSTALLED.store(true, Ordering::Release);
     crate::output::end_on_closed_stdout();
+    end_on_sigpipe()?;
     // SAFETY: registering a plain function with the C library.
     unsafe { nix::libc::atexit(hold_exit) };
     std::thread::Builder::new()
@@ -118,10 +119,71 @@ fn stop(signal: Signal) -> ! {
     fork::end_process(Ending::Status(128 + signal as i32))
 }
 
+/// The write end of the pipe through which [`on_sigpipe`] reports a closed standard output.
+static STDOUT_GONE: AtomicI32 = AtomicI32::new(-1);
+
+/// Output that does not go through `print` (Lua's `io.write`, through C stdio) meets a closed
+/// standard output as SIGPIPE and then EPIPE, which C stdio only hands back to the script: a
+/// loop of `io.write` piped into `head` would run on. So a handler replaces Rust's ignoring of
+/// SIGPIPE: when standard output is the broken pipe (a SIGPIPE from another pipe is not the
+/// run's end), it wakes a thread that ends the run as a `print` on a closed standard output
+/// does. The handler also means that programs the script starts (`os.execute`, `io.popen`)
+/// get SIGPIPE's default action back when they exec, as under `lua`, instead of inheriting
+/// "ignored".
+fn end_on_sigpipe() -> std::io::Result<()> {
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        &write_end,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    fork::register_fd(read_end.as_raw_fd());
+    fork::register_fd(write_end.as_raw_fd());
+    let mut reader = std::fs::File::from(read_end);
+    std::thread::Builder::new()
+        .name("parrun-sigpipe".into())
+        .spawn(move || {
+            let mut byte = [0u8; 1];
+            if std::io::Read::read(&mut reader, &mut byte).is_ok_and(|n| n == 1) {
+                crate::output::stdout_gone();
+            }
+        })?;
+    STDOUT_GONE.store(write_end.into_raw_fd(), Ordering::Release);
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigpipe),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: `on_sigpipe` only calls async-signal-safe functions.
+    unsafe { nix::sys::signal::sigaction(Signal::SIGPIPE, &action) }?;
+    Ok(())
+}
+
+extern "C" fn on_sigpipe(_: nix::libc::c_int) {
+    let saved = nix::errno::Errno::last_raw();
+    let mut stdout = nix::libc::pollfd {
+        fd: 1,
+        events: nix::libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll(2) and write(2) are async-signal-safe; their arguments outlive the calls.
+    unsafe {
+        let broken =
+            nix::libc::poll(&mut stdout, 1, 0) == 1 && stdout.revents & nix::libc::POLLERR != 0;
+        let wake = STDOUT_GONE.load(Ordering::Relaxed);
+        if broken && wake >= 0 {
+            nix::libc::write(wake, [1u8].as_ptr().cast(), 1);
+        }
+    }
+    nix::errno::Errno::set_raw(saved);
+}
+
 /// In a forked child: signals behave by default again.
 pub(crate) fn reset_in_child() {
     GUARDED.store(false, Ordering::Relaxed);
     WAKE.store(-1, Ordering::Relaxed);
+    // The thread that acts on a closed standard output is the parent's; a child's `print`
+    // reports it up its parent link instead (see `crate::output`).
+    STDOUT_GONE.store(-1, Ordering::Relaxed);
     for signal in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: restoring a signal's default action.
         unsafe {

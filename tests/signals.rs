@@ -572,3 +572,34 @@ print("the parent goes on");
         }
     }
 }
+
+/// Output that bypasses `print` (Lua's `io.write`, through C stdio) ends the run the same way
+/// once the reader has gone, instead of writing on into a broken pipe; and programs the script
+/// starts get SIGPIPE's default action, as under `lua` (a `yes | head -1` inside ends quietly
+/// rather than complaining of a broken pipe).
+#[test]
+fn io_write_to_a_closed_stdout_ends_the_run_too_and_children_get_default_sigpipe() {
+    let (_dir, path) = script(
+        "iowrite",
+        "lua",
+        "for i = 1, 100000000 do io.write(i, '\\n') end",
+    );
+    let what = "io.write into a closed pipe";
+    let (status, stderr) = close_stdout_after(what, &[path.to_str().unwrap()], |_| true);
+    assert_eq!(
+        status.signal(),
+        Some(Signal::SIGPIPE as i32),
+        "{what}: {status:?}\n{stderr}"
+    );
+    assert_eq!(stderr, "", "{what}: nothing on stderr");
+
+    let out = common::run_code(
+        &[],
+        "childpipe",
+        "lua",
+        "print(os.execute('yes | head -1 > /dev/null'))",
+    );
+    out.assert_success();
+    assert_eq!(out.stdout, "true\texit\t0\n", "{}", out.describe());
+    assert!(!out.stderr.contains("Broken pipe"), "{}", out.describe());
+}
