@@ -29,7 +29,8 @@
 //! A script error comes back as [`Error::Script`], whose message names the file and line.
 //! Safety switches and limits are builder methods too: [`Runtime::sandbox`],
 //! [`Runtime::max_memory`], [`Runtime::max_instructions`], [`Runtime::max_call_depth`],
-//! [`Runtime::task_timeout`]. A command-line program embedding parrun can call
+//! [`Runtime::task_timeout`], [`Runtime::binary_chunks`]; [`Runtime::interpreter_args`] sets
+//! what a Lua script sees in `arg[-1]`. A command-line program embedding parrun can call
 //! [`signals::install`] first thing in `main` for parrun's handling of Ctrl-C, SIGTERM and a
 //! closed standard output; running a script never installs it by itself.
 //!
