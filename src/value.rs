@@ -219,7 +219,7 @@ impl Value {
     }
 }
 
-/// The error of [`ValueSerializer`]: a message.
+/// The error of building a `Value` through serde: a message.
 #[derive(Debug)]
 pub struct BuildError(String);
 
