@@ -27,6 +27,7 @@ use crate::thread::Target;
 use crate::{output, Mode, Value};
 
 mod modules;
+mod stops;
 
 use modules::{Loaded, ScriptModules, SharedModule};
 
@@ -96,6 +97,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     scope.push_constant("ARGS", args);
 
     host.gil.acquire(0);
+    stops::begin();
     let result = engine.run_ast_with_scope(&mut scope, &ast);
     host.gil.allow_threads(0, || host.finish());
     host.gil.release();
@@ -123,8 +125,21 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
     } else {
         engine.set_module_resolver(ScriptModules::new(shared.modules.clone()));
     }
-    if let Some(count) = host.settings.max_instructions {
-        engine.set_max_operations(count);
+    let settings = &host.settings;
+    // A limit is there to stop scripts: step through them to know where they stop. Stepping
+    // makes Rhai code about half as slow again, so a timeout alone (which a slower script
+    // reaches sooner) does not.
+    let tracked = settings.max_instructions.is_some()
+        || settings.max_call_depth.is_some()
+        || settings.max_memory.is_some();
+    if tracked {
+        stops::track(&mut engine);
+    }
+    let limit = settings.max_instructions;
+    if let Some(count) = limit {
+        // The step after the count passes the limit stops the script (`on_progress`); Rhai's
+        // own check, one operation later, stops one that takes no step (an empty loop body).
+        engine.set_max_operations(count.saturating_add(1));
     }
     if let Some(bytes) = host.settings.max_memory {
         engine.set_max_string_size(bytes);
@@ -140,18 +155,37 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
         output::write_stderr(&format!("{at}{pos:?} | {s}"));
     });
     let gil = host.gil.clone();
-    engine.on_progress(move |_| {
-        if gil.drop_requested() {
-            if let Some(reason) = crate::cancel::requested() {
-                return Some(Dynamic::from(reason));
+    // Called for every operation: the limit's comparison only where there is a limit.
+    match limit {
+        Some(max) => engine.on_progress(move |operations| {
+            if operations > max {
+                stops::stop_at_next_step(stops::Stop::Limit);
+                return None;
             }
-            gil.yield_turn(0);
-        }
-        None
-    });
+            progress(&gil, tracked)
+        }),
+        None => engine.on_progress(move |_| progress(&gil, tracked)),
+    };
     register_builtins(&mut engine, shared);
     register_exit(&mut engine, shared);
     engine
+}
+
+/// `on_progress` without the limit: a switch when another thread waits for the GIL, or the
+/// end of a cancelled task.
+#[inline(always)]
+fn progress(gil: &crate::gil::Gil, tracked: bool) -> Option<Dynamic> {
+    if gil.drop_requested() {
+        if let Some(reason) = crate::cancel::requested() {
+            // Tracked, the next step stops it, where it knows the place.
+            if tracked && stops::stop_at_next_step(stops::Stop::Cancel(reason.clone())) {
+                return None;
+            }
+            return Some(Dynamic::from(reason));
+        }
+        gil.yield_turn(0);
+    }
+    None
 }
 
 /// Builds the engine of `shared` and compiles its script; both are then reachable from
@@ -231,18 +265,46 @@ fn position_text(pos: Position) -> String {
 
 /// "file:line:col: message" for the innermost error (where the script really failed).
 fn format_error(script: &str, err: EvalAltResult) -> String {
+    error_text(script, err, None)
+}
+
+/// The error of a call from Rust to `f` with `args` arguments (a pool task, a thread's target,
+/// a callback): as [`format_error`], but a system exception Rhai left without a place, when
+/// none was tracked, names `f` and the line it starts at.
+fn call_error(shared: &Shared, f: &FnPtr, args: usize, err: EvalAltResult) -> String {
+    let def = shared.ast.get().and_then(|ast| {
+        let arity = f.curry().len() + args;
+        let mut defs = ast
+            .iter_fn_def()
+            .filter(|d| d.name == f.fn_name())
+            .peekable();
+        let first = defs.peek().cloned();
+        defs.find(|d| d.params.len() == arity)
+            .or(first)
+            .map(|d| d.body.start_position())
+    });
+    let name = if f.is_anonymous() {
+        "an anonymous function".to_owned()
+    } else {
+        format!("function {}", f.fn_name())
+    };
+    error_text(
+        &shared.script_name,
+        err,
+        Some((name, def.unwrap_or(Position::NONE))),
+    )
+}
+
+/// [`format_error`]; `called` is the function a call from Rust ran and where it starts.
+fn error_text(script: &str, err: EvalAltResult, called: Option<(String, Position)>) -> String {
     let mut err = err;
     let mut source = script.to_owned();
     let mut trace = Vec::new();
     loop {
         err = match err {
             EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
-                // Calls made from Rust (a thread's target) have no call site.
-                if !name.starts_with("anon$") && !pos.is_none() {
-                    trace.push(format!(
-                        "  in call to {name} at {source}:{}",
-                        position_text(pos)
-                    ));
+                if let Some(line) = call_line(&name, &source, pos) {
+                    trace.push(line);
                 }
                 if !src.is_empty() {
                     source = src;
@@ -259,20 +321,61 @@ fn format_error(script: &str, err: EvalAltResult) -> String {
                 }
                 *inner
             }
-            other => break err_line(&source, other, &trace),
+            other => break err_line(script, &source, other, trace, called),
         };
     }
 }
 
-fn err_line(source: &str, mut err: EvalAltResult, trace: &[String]) -> String {
-    let pos = err.position();
+/// A line of a trace for a call to `name` at `pos` in `source`; none for a call from Rust (a
+/// thread's target has no call site) or to a closure.
+fn call_line(name: &str, source: &str, pos: Position) -> Option<String> {
+    (!name.starts_with("anon$") && !pos.is_none())
+        .then(|| format!("  in call to {name} at {source}:{}", position_text(pos)))
+}
+
+fn err_line(
+    script: &str,
+    source: &str,
+    mut err: EvalAltResult,
+    mut trace: Vec<String>,
+    called: Option<(String, Position)>,
+) -> String {
+    let mut source = source.to_owned();
+    let mut pos = err.position();
+    // Rhai moved a system exception to the outermost call: where it really stopped was tracked.
+    if let Some(place) = stops::take(&err) {
+        pos = place.pos;
+        if let Some(s) = place.source {
+            source = s.to_string();
+        }
+        // A frame's source is the called function's: a call site is in its caller's.
+        let mut caller = script;
+        for (name, src, at) in &place.calls {
+            trace.extend(call_line(name, caller, *at));
+            caller = src.as_ref().map_or(script, |s| s.as_str());
+        }
+    }
     err.clear_position();
-    let message = match &err {
+    let mut message = match &err {
         EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
         // Stopped by parrun (a cancelled pool task): the value says why.
         EvalAltResult::ErrorTerminated(value, _) if value.is_string() => value.to_string(),
         other => other.to_string(),
     };
+    if let (true, true, Some((name, def))) = (pos.is_none(), err.is_system_exception(), called) {
+        // Rhai keeps no place for it and none was tracked: the best honest place is where
+        // the function the call ran starts.
+        let here = if def.is_none() {
+            ""
+        } else {
+            ", which starts here"
+        };
+        (pos, source) = (def, script.to_owned());
+        message = format!(
+            "{message} (in {name}{here}; the line where it stopped is known only with \
+             --max-instructions, --max-call-depth or --max-memory)"
+        );
+    }
     // An error with no position (a function a pool task was given does not exist) names the
     // script alone; the caller's error adds the line of the call that submitted it.
     let mut text = if pos.is_none() {
@@ -847,9 +950,10 @@ impl TaskEngine for RhaiTaskEngine {
         );
         let to_dynamic = |v: &Value| ::rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
         let call = |args: &mut [Dynamic]| -> Result<Value, String> {
+            stops::begin();
             let result = f
-                .call_raw(&ctx, None, args)
-                .map_err(|e| format_error(&self.shared.script_name, *e))?;
+                .call_raw(&ctx, None, &mut *args)
+                .map_err(|e| call_error(&self.shared, &f, args.len(), *e))?;
             if result.is::<Object>() || result.is::<FnPtr>() {
                 return Err(untransferable(format!(
                     "the task returned a {}",
@@ -937,11 +1041,13 @@ struct BoundFn {
 
 impl BoundFn {
     fn call(&self, args: Vec<Dynamic>) -> Result<Dynamic, String> {
+        let count = args.len();
         self.call_raw(args)
-            .map_err(|e| format_error(&self.shared.script_name, *e))
+            .map_err(|e| call_error(&self.shared, &self.f, count, *e))
     }
 
     fn call_raw(&self, mut args: Vec<Dynamic>) -> RhaiResult<Dynamic> {
+        stops::begin();
         let (engine, ast) = self.shared.engine_and_ast()?;
         let global = script_global(&engine, &ast, &self.env.constants, &self.env.imports);
         let ctx = ::rhai::NativeCallContext::new_with_all_fields(
@@ -1007,12 +1113,13 @@ impl Target for RhaiTarget {
     }
 
     fn run(self: Box<Self>) -> Result<(), String> {
+        let count = self.args.len();
         match self.f.call_raw(self.args) {
             Ok(_) => Ok(()),
             Err(err) => match *err {
                 // `exit()` in a thread ends that thread, as `sys.exit` does in Python.
                 EvalAltResult::Exit(..) => Ok(()),
-                other => Err(format_error(&self.f.shared.script_name, other)),
+                other => Err(call_error(&self.f.shared, &self.f.f, count, other)),
             },
         }
     }
