@@ -158,27 +158,57 @@ print(pcall(pool.apply, pool, function() return {k = {coroutine.create(print)}} 
     ]) {
         assert_eq!(line, &want, "{}", out.describe());
     }
-    let out = run_script(
-        "untravel",
-        "rhai",
-        r#"
+    // Rhai: the same words; an array's index is Rhai's own, from 0.
+    let rhai = r#"
 let pool = Pool(1);
 let q = Queue();
 fn f() {}
-for v in [Fn("f"), q, pool, timestamp()] {
+for v in [Fn("f"), |x| x, q, pool, Lock(), timestamp(), 0..3,
+          #{a: #{b: Fn("f")}}, [1, 2, #{x: q}]] {
   let err = ""; try { q.put(v); } catch (e) { err = e; }
   print(`false	${err}`);
 }
-"#,
-    );
-    out.assert_success();
-    let lines = out.stdout_lines();
-    assert_eq!(lines.len(), 4, "{}", out.describe());
-    for (line, what) in lines.iter().zip(["function", "Queue", "Pool", "timestamp"]) {
-        assert!(
-            line.contains("cannot send") && line.to_lowercase().contains(&what.to_lowercase()),
-            "{what}: {line}"
-        );
+let err = ""; try { pool.apply(|x| x, [#{f: timestamp()}]); } catch (e) { err = e; }
+print(`false	${err}`);
+err = ""; try { pool.map(|x| x, [1, Fn("f")]); } catch (e) { err = e; }
+print(`false	${err}`);
+err = ""; try { pool.apply(|| #{k: [1, Fn("f")]}, []); } catch (e) { err = e; }
+print(`false	${err}`);
+let cap = [Fn("f")];
+err = ""; try { pool.apply(|| cap, []); } catch (e) { err = e; }
+print(`false	${err}`);
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "untravel", "rhai", rhai);
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert_eq!(lines.len(), 13, "{}", out.describe());
+        // Under the GIL a closure runs where it was made: its captured values stay, and only
+        // what it returns has to travel.
+        let captured = if mode == "gil" {
+            "false\tPool.apply: cannot send a task's result back: a function at key \"0\"".into()
+        } else {
+            "false\tPool.apply: cannot send a function to a worker: its captured variable `cap` is \
+             a function at key \"0\""
+                .to_owned()
+        };
+        for (line, want) in lines.iter().zip([
+            format!("{put}a function"),
+            format!("{put}a function"),
+            format!("{put}a Queue"),
+            format!("{put}a Pool"),
+            format!("{put}a Lock"),
+            format!("{put}a timestamp"),
+            format!("{put}a range"),
+            format!("{put}a function at key \"a.b\""),
+            format!("{put}a Queue at key \"2.x\""),
+            "false\tPool.apply: cannot send this value to another thread or process: a timestamp at key \"0.f\"".into(),
+            "false\tPool.map: cannot send this value to another thread or process: a function at key \"1\"".into(),
+            "false\tPool.apply: cannot send a task's result back: a function at key \"k.1\"".into(),
+            captured,
+        ]) {
+            assert_eq!(line, &want, "--mode {mode}: {}", out.describe());
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use ::rhai::{
     Scope, AST,
 };
 
-use super::untransferable;
+use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
 use crate::runtime::{Error, Host, Script};
@@ -392,7 +392,13 @@ fn err_line(
 
 /// Converts a Rhai value to a [`Value`] (through rhai's serde support), refusing values nested
 /// deeper than [`crate::value::MAX_DEPTH`] before the conversion's recursion can overflow.
-fn to_value(d: &Dynamic) -> Result<Value, String> {
+/// `shared` is the engine's, which names the types it knows.
+fn to_value(shared: &Shared, d: &Dynamic) -> Result<Value, String> {
+    data_of(shared, d).map_err(untransferable)
+}
+
+/// [`to_value`], whose error says only what could not be converted and where.
+fn data_of(shared: &Shared, d: &Dynamic) -> Result<Value, String> {
     fn too_deep(d: &Dynamic, depth: usize) -> bool {
         if depth > crate::value::MAX_DEPTH {
             return true;
@@ -406,12 +412,75 @@ fn to_value(d: &Dynamic) -> Result<Value, String> {
         false
     }
     if too_deep(d, 0) {
-        return Err(untransferable(format!(
+        return Err(format!(
             "recursion limit exceeded: arrays or maps nested deeper than {} levels",
             crate::value::MAX_DEPTH
-        )));
+        ));
     }
-    ::rhai::serde::from_dynamic::<Value>(d).map_err(untransferable)
+    ::rhai::serde::from_dynamic::<Value>(d).map_err(|e| {
+        let mut path = Vec::new();
+        match find_unsendable(shared, d, &mut path) {
+            Some(kind) => unsendable(&kind, &path, false),
+            None => e.to_string(),
+        }
+    })
+}
+
+/// What a Rhai value that cannot travel is, in the words of [`unsendable`]; `None` for data.
+fn unsendable_kind(shared: &Shared, d: &Dynamic) -> Option<String> {
+    let data = d.is_unit()
+        || d.is_bool()
+        || d.is_int()
+        || d.is_float()
+        || d.is_string()
+        || d.is_char()
+        || d.is_blob()
+        || d.is_array()
+        || d.is_map();
+    if data {
+        return None;
+    }
+    if d.is_fnptr() {
+        return Some("a function".into());
+    }
+    if let Some(o) = d.read_lock::<Object>() {
+        return Some(format!("a {}", o.class().name()));
+    }
+    // As Rhai names it (`timestamp`, `range`), not as Rust does.
+    let name = d.type_name();
+    let engine = shared.engine.get().and_then(Weak::upgrade);
+    Some(format!(
+        "a {}",
+        engine.as_ref().map_or(name, |e| e.map_type_name(name))
+    ))
+}
+
+/// The first value inside `d` (or `d` itself) that cannot travel: what it is, with the keys
+/// that lead to it pushed on `path`. An array's index is Rhai's own, from 0, as a Rhai script
+/// would write it (Lua's paths count from 1, as Lua does). Only walked once a conversion has
+/// failed, on a value no deeper than [`crate::value::MAX_DEPTH`].
+fn find_unsendable(shared: &Shared, d: &Dynamic, path: &mut Vec<String>) -> Option<String> {
+    if let Some(kind) = unsendable_kind(shared, d) {
+        return Some(kind);
+    }
+    let mut within = |key: String, item: &Dynamic| {
+        path.push(key);
+        let found = find_unsendable(shared, item, path);
+        if found.is_none() {
+            path.pop();
+        }
+        found
+    };
+    if let Some(items) = d.read_lock::<Array>() {
+        return items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| within(i.to_string(), item));
+    }
+    if let Some(map) = d.read_lock::<::rhai::Map>() {
+        return map.iter().find_map(|(k, item)| within(k.to_string(), item));
+    }
+    None
 }
 
 // ---- binding the API ----
@@ -637,16 +706,7 @@ impl Args for RhaiArgs<'_, '_> {
             Some(d) => d,
             None => self.extra.get(i - self.args.len()).unwrap_or(&unit),
         };
-        if let Some(o) = d.read_lock::<Object>() {
-            return Err(untransferable(format!(
-                "a {} is not data",
-                o.class().name()
-            )));
-        }
-        if d.is::<FnPtr>() {
-            return Err(untransferable("a function is not data"));
-        }
-        to_value(d)
+        to_value(self.shared, d)
     }
 
     fn object(&mut self, i: usize) -> Result<Object, String> {
@@ -690,9 +750,22 @@ impl Args for RhaiArgs<'_, '_> {
         let curry = f
             .curry()
             .iter()
-            .map(|d| to_value(&d.flatten_clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("cannot send the function's captured values: {e}"))?;
+            .enumerate()
+            .map(|(i, d)| {
+                data_of(self.shared, &d.flatten_clone()).map_err(|what| {
+                    // A closure's captured variables are the first parameters of its function.
+                    let ast = self.shared.ast.get();
+                    let def = ast.and_then(|a| a.iter_fn_def().find(|d| d.name == f.fn_name()));
+                    let which = def
+                        .and_then(|d| d.params.get(i))
+                        .map_or(format!("{i}"), |name| format!("`{name}`"));
+                    format!(
+                        "cannot send a function to a worker: its captured variable {which} is \
+                         {what}"
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // The modules go by source: the worker has the same modules, or loads them.
         let imports = self
             .env()
@@ -954,13 +1027,8 @@ impl TaskEngine for RhaiTaskEngine {
             let result = f
                 .call_raw(&ctx, None, &mut *args)
                 .map_err(|e| call_error(&self.shared, &f, args.len(), *e))?;
-            if result.is::<Object>() || result.is::<FnPtr>() {
-                return Err(untransferable(format!(
-                    "the task returned a {}",
-                    result.type_name()
-                )));
-            }
-            to_value(&result)
+            data_of(&self.shared, &result)
+                .map_err(|what| format!("cannot send a task's result back: {what}"))
         };
         match calls {
             CallSlice::Each(values) => values.iter().map(|v| call(&mut [to_dynamic(v)?])).collect(),
