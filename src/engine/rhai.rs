@@ -127,7 +127,7 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
     }
     let settings = &host.settings;
     // A limit is there to stop scripts: step through them to know where they stop. Stepping
-    // makes Rhai code about half as slow again, so a timeout alone (which a slower script
+    // makes Rhai code take about 1.6 times as long, so a timeout alone (which a slower script
     // reaches sooner) does not.
     let tracked = settings.max_instructions.is_some()
         || settings.max_call_depth.is_some()

@@ -10,7 +10,7 @@
 //! its place in a thread-local, and a stop parrun makes itself (the operation limit, a
 //! cancellation) is made by that step, at the node whose operation tripped it, where the calls
 //! in progress are known too. The error's formatter then takes the place ([`take`]). Stepping
-//! makes Rhai code about 1.5 times as slow, so without a limit nothing is tracked; a task's
+//! makes Rhai code take about 1.6 times as long, so without a limit nothing is tracked; a task's
 //! error then names the function the task runs and the line it starts at (`super::call_error`).
 
 use std::cell::{Cell, RefCell};
