@@ -158,27 +158,57 @@ print(pcall(pool.apply, pool, function() return {k = {coroutine.create(print)}} 
     ]) {
         assert_eq!(line, &want, "{}", out.describe());
     }
-    let out = run_script(
-        "untravel",
-        "rhai",
-        r#"
+    // Rhai: the same words; an array's index is Rhai's own, from 0.
+    let rhai = r#"
 let pool = Pool(1);
 let q = Queue();
 fn f() {}
-for v in [Fn("f"), q, pool, timestamp()] {
+for v in [Fn("f"), |x| x, q, pool, Lock(), timestamp(), 0..3,
+          #{a: #{b: Fn("f")}}, [1, 2, #{x: q}]] {
   let err = ""; try { q.put(v); } catch (e) { err = e; }
   print(`false	${err}`);
 }
-"#,
-    );
-    out.assert_success();
-    let lines = out.stdout_lines();
-    assert_eq!(lines.len(), 4, "{}", out.describe());
-    for (line, what) in lines.iter().zip(["function", "Queue", "Pool", "timestamp"]) {
-        assert!(
-            line.contains("cannot send") && line.to_lowercase().contains(&what.to_lowercase()),
-            "{what}: {line}"
-        );
+let err = ""; try { pool.apply(|x| x, [#{f: timestamp()}]); } catch (e) { err = e; }
+print(`false	${err}`);
+err = ""; try { pool.map(|x| x, [1, Fn("f")]); } catch (e) { err = e; }
+print(`false	${err}`);
+err = ""; try { pool.apply(|| #{k: [1, Fn("f")]}, []); } catch (e) { err = e; }
+print(`false	${err}`);
+let cap = [Fn("f")];
+err = ""; try { pool.apply(|| cap, []); } catch (e) { err = e; }
+print(`false	${err}`);
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "untravel", "rhai", rhai);
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert_eq!(lines.len(), 13, "{}", out.describe());
+        // Under the GIL a closure runs where it was made: its captured values stay, and only
+        // what it returns has to travel.
+        let captured = if mode == "gil" {
+            "false\tPool.apply: cannot send a task's result back: a function at key \"0\"".into()
+        } else {
+            "false\tPool.apply: cannot send a function to a worker: its captured variable `cap` is \
+             a function at key \"0\""
+                .to_owned()
+        };
+        for (line, want) in lines.iter().zip([
+            format!("{put}a function"),
+            format!("{put}a function"),
+            format!("{put}a Queue"),
+            format!("{put}a Pool"),
+            format!("{put}a Lock"),
+            format!("{put}a timestamp"),
+            format!("{put}a range"),
+            format!("{put}a function at key \"a.b\""),
+            format!("{put}a Queue at key \"2.x\""),
+            "false\tPool.apply: cannot send this value to another thread or process: a timestamp at key \"0.f\"".into(),
+            "false\tPool.map: cannot send this value to another thread or process: a function at key \"1\"".into(),
+            "false\tPool.apply: cannot send a task's result back: a function at key \"k.1\"".into(),
+            captured,
+        ]) {
+            assert_eq!(line, &want, "--mode {mode}: {}", out.describe());
+        }
     }
 }
 
@@ -434,6 +464,125 @@ print(f(500));
             out.describe()
         );
         assert!(deep(&out.stderr), "{}", out.describe());
+    }
+}
+
+/// `text` with the column dropped from every `NAME:LINE:COLUMN` position, since which node of a
+/// line trips a limit depends on the count.
+fn lines_only(text: &str, name: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(name) {
+        let (before, after) = rest.split_at(at + name.len());
+        out.push_str(before);
+        rest = after;
+        let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let Some(tail) = rest.strip_prefix(':') else {
+            continue;
+        };
+        let line = digits(tail);
+        if line == 0 {
+            continue;
+        }
+        out.push_str(&rest[..=line]);
+        rest = &tail[line..];
+        if let Some(column) = rest.strip_prefix(':').filter(|c| digits(c) > 0) {
+            rest = &column[digits(column)..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Rhai gives the operation limit, `Stack overflow` and a cancellation the position of the
+/// outermost call, which a task called from Rust does not have: where it stopped is tracked
+/// instead (the line, and the calls in progress for a stop parrun makes), in pool tasks,
+/// threads, processes and the main script of every mode. Without a limit, a task's error names
+/// its function and the line it starts at.
+#[test]
+fn rhai_limit_errors_in_tasks_name_their_place() {
+    let code = r#"fn spin(n) {
+  let s = 0;
+  loop {
+    s += n;
+  }
+}
+fn deep(n) { deep(n + 1) + 1 }
+fn nested(n) {
+  spin(n)
+}
+fn nap(n) {
+  sleep(10);
+}
+let pool = Pool(1);
+let e = ""; try { pool.map(spin, [1]); } catch (x) { e = x; } print(e);
+e = ""; try { pool.map(deep, [1]); } catch (x) { e = x; } print(e);
+e = ""; try { pool.map(nested, [1]); } catch (x) { e = x; } print(e);
+let timed = Pool(1, #{task_timeout: 0.2});
+e = ""; try { timed.map(nap, [1]); } catch (x) { e = x; } print(e);
+let t = Thread(nested, [1]); t.start(); t.join();
+let p = Process(deep, [1]); p.start(); p.join();
+nested(1);
+"#;
+    let (dir, _) = common::script("limits", "rhai", code);
+    for mode in MODES {
+        let args = ["--mode", mode, "--max-instructions", "100000"];
+        let out = Run::new(
+            args.iter()
+                .chain(&["--max-call-depth", "50", "limits.rhai"]),
+        )
+        .dir(dir.path())
+        .output();
+        out.assert_code(1);
+        let all = lines_only(&format!("{}{}", out.stdout, out.stderr), "limits.rhai");
+        let nap = if mode == "fork" {
+            // A forked worker past its timeout is killed: nothing can say where it was.
+            "Pool.map: the task ran longer than the task timeout of 200ms: worker process".into()
+        } else {
+            "Pool.map: limits.rhai:12: the task ran longer than the task timeout of 200ms: it \
+             was stopped\n"
+                .to_owned()
+        };
+        for want in [
+            "Pool.map: limits.rhai:4: Too many operations\n".into(),
+            "Pool.map: limits.rhai:7: Stack overflow\n".into(),
+            "Pool.map: limits.rhai:4: Too many operations\n  in call to spin at limits.rhai:9\n"
+                .into(),
+            nap,
+            "Exception in thread Thread-1:\nlimits.rhai:4: Too many operations\n  in call to \
+             spin at limits.rhai:9\n"
+                .into(),
+            "Process Process-1:\nlimits.rhai:7: Stack overflow\n".into(),
+            "parrun: limits.rhai:4: Too many operations\n  in call to spin at limits.rhai:9\n  \
+             in call to nested at limits.rhai:22\n"
+                .to_owned(),
+        ] {
+            assert!(
+                all.contains(&want),
+                "--mode {mode}: lacks {want:?}\n{}",
+                out.describe()
+            );
+        }
+    }
+
+    // No limit: Rhai keeps no place and none is tracked.
+    let code = "fn deep(n) {\n  deep(n + 1) + 1\n}\nlet pool = Pool(1);\n\
+                let e = \"\"; try { pool.map(deep, [1]); } catch (x) { e = x; } print(e);\n\
+                let t = Thread(|x| deep(x), [1]); t.start(); t.join();\n";
+    let (dir, _) = common::script("limits", "rhai", code);
+    for mode in MODES {
+        let out = Run::new(["--mode", mode, "limits.rhai"])
+            .dir(dir.path())
+            .output();
+        out.assert_success();
+        let why = "which starts here; the line where it stopped is known only with \
+                   --max-instructions, --max-call-depth or --max-memory)";
+        out.assert_stdout_contains(&format!(
+            "Pool.map: limits.rhai:1:12: Stack overflow (in function deep, {why}\n"
+        ))
+        .assert_stderr_contains(&format!(
+            "limits.rhai:6:20: Stack overflow (in an anonymous function, {why}\n"
+        ));
     }
 }
 

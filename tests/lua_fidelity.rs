@@ -369,6 +369,8 @@ print(pcall(lock.with, lock, function() error("in with") end))
 local t = parrun.Thread(function() lock:with(function() error("in thread") end) end, {})
 t:start()
 t:join()
+local timed = parrun.Pool(1, {task_timeout = 0.2})
+print(pcall(timed.map, timed, function(x) parrun.sleep(10) end, {1}))
 pool:map(function(x) parrun.sleep(0) error("task failed") end, {1})
 "#;
     let (dir, _) = common::script("limits", "lua", code);
@@ -386,12 +388,21 @@ pool:map(function(x) parrun.sleep(0) error("task failed") end, {1})
         .output();
         out.assert_code(1);
         let all = format!("{}{}", out.stdout, out.stderr);
+        let timeout = "false\tPool.map: the task ran longer than the task timeout of 200ms:";
+        let timed_out = if mode == "fork" {
+            // A forked worker past its timeout is killed: nothing can say where it was.
+            format!("{timeout} worker process")
+        } else {
+            format!("{timeout} it was stopped\nstack traceback:")
+                .replace("Pool.map: ", "Pool.map: limits.lua:12: ")
+        };
         for want in [
+            &timed_out,
             "false\tPool.map: limits.lua:1: instruction limit exceeded: more than 100000 instructions (--max-instructions)\nstack traceback:\n\tlimits.lua:1: in function <limits.lua:1>",
             "false\tPool.map: limits.lua:2: call depth limit exceeded: more than 50 nested calls (--max-call-depth)\nstack traceback:\n\tlimits.lua:2: in upvalue 'deep'",
             "false\tlimits.lua:7: in with\n",
             "limits.lua:8: in thread",
-            "parrun: limits.lua:11: Pool.map: limits.lua:11: task failed\nstack traceback:\n\t[C]: in function 'error'\n\tlimits.lua:11: in function <limits.lua:11>",
+            "parrun: limits.lua:13: Pool.map: limits.lua:13: task failed\nstack traceback:\n\t[C]: in function 'error'\n\tlimits.lua:13: in function <limits.lua:13>",
         ] {
             assert!(all.contains(want), "--mode {mode}: lacks {want:?}\n{}", out.describe());
         }

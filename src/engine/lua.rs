@@ -871,7 +871,7 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
         }
         if HOOK_YIELDED.replace(false) {
             if let Some(reason) = crate::cancel::requested() {
-                break Err(mlua::Error::runtime(reason));
+                break Err(native::stopped_error(lua, co_state, &reason));
             }
             gil.yield_turn(token);
             args = MultiValue::new();
@@ -888,7 +888,7 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
         let result = pending.run(gil, token);
         // A cancelled task ends here, whatever its wait returned.
         if let Some(reason) = crate::cancel::requested() {
-            break Err(mlua::Error::runtime(reason));
+            break Err(native::stopped_error(lua, co_state, &reason));
         }
         args = answer(lua, result)?;
     };

@@ -19,7 +19,7 @@ use ::rhai::{
     Scope, AST,
 };
 
-use super::untransferable;
+use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
 use crate::runtime::{Error, Host, Script};
@@ -27,6 +27,7 @@ use crate::thread::Target;
 use crate::{output, Mode, Value};
 
 mod modules;
+mod stops;
 
 use modules::{Loaded, ScriptModules, SharedModule};
 
@@ -96,6 +97,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     scope.push_constant("ARGS", args);
 
     let held = host.gil.lock(0);
+    stops::begin();
     let result = engine.run_ast_with_scope(&mut scope, &ast);
     host.gil.allow_threads(0, || host.finish());
     drop(held);
@@ -123,8 +125,21 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
     } else {
         engine.set_module_resolver(ScriptModules::new(shared.modules.clone()));
     }
-    if let Some(count) = host.settings.max_instructions {
-        engine.set_max_operations(count);
+    let settings = &host.settings;
+    // A limit is there to stop scripts: step through them to know where they stop. Stepping
+    // makes Rhai code take about 1.6 times as long, so a timeout alone (which a slower script
+    // reaches sooner) does not.
+    let tracked = settings.max_instructions.is_some()
+        || settings.max_call_depth.is_some()
+        || settings.max_memory.is_some();
+    if tracked {
+        stops::track(&mut engine);
+    }
+    let limit = settings.max_instructions;
+    if let Some(count) = limit {
+        // The step after the count passes the limit stops the script (`on_progress`); Rhai's
+        // own check, one operation later, stops one that takes no step (an empty loop body).
+        engine.set_max_operations(count.saturating_add(1));
     }
     if let Some(bytes) = host.settings.max_memory {
         engine.set_max_string_size(bytes);
@@ -140,23 +155,42 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
         output::write_stderr(&format!("{at}{pos:?} | {s}"));
     });
     let gil = host.gil.clone();
-    engine.on_progress(move |_| {
-        if gil.drop_requested() {
-            if let Some(reason) = crate::cancel::requested() {
-                return Some(Dynamic::from(reason));
+    // Called for every operation: the limit's comparison only where there is a limit.
+    match limit {
+        Some(max) => engine.on_progress(move |operations| {
+            if operations > max {
+                stops::stop_at_next_step(stops::Stop::Limit);
+                return None;
             }
-            // Rhai cannot catch what stops it here: a Ctrl-C is left to the next parrun call
-            // for a while, where it is an error `try` catches (see `crate::cancel`).
-            if crate::cancel::interrupt_overdue() {
-                return Some(Dynamic::from(crate::cancel::KEYBOARD_INTERRUPT));
-            }
-            gil.yield_turn(0);
-        }
-        None
-    });
+            progress(&gil, tracked)
+        }),
+        None => engine.on_progress(move |_| progress(&gil, tracked)),
+    };
     register_builtins(&mut engine, shared);
     register_exit(&mut engine, shared);
     engine
+}
+
+/// `on_progress` without the limit: a switch when another thread waits for the GIL, or the
+/// end of a cancelled task.
+#[inline(always)]
+fn progress(gil: &crate::gil::Gil, tracked: bool) -> Option<Dynamic> {
+    if gil.drop_requested() {
+        if let Some(reason) = crate::cancel::requested() {
+            // Tracked, the next step stops it, where it knows the place.
+            if tracked && stops::stop_at_next_step(stops::Stop::Cancel(reason.clone())) {
+                return None;
+            }
+            return Some(Dynamic::from(reason));
+        }
+        // Rhai cannot catch what stops it here: a Ctrl-C is left to the next parrun call for a
+        // while, where it is an error `try` catches (see `crate::cancel`).
+        if crate::cancel::interrupt_overdue() {
+            return Some(Dynamic::from(crate::cancel::KEYBOARD_INTERRUPT));
+        }
+        gil.yield_turn(0);
+    }
+    None
 }
 
 /// Builds the engine of `shared` and compiles its script; both are then reachable from
@@ -236,18 +270,46 @@ fn position_text(pos: Position) -> String {
 
 /// "file:line:col: message" for the innermost error (where the script really failed).
 fn format_error(script: &str, err: EvalAltResult) -> String {
+    error_text(script, err, None)
+}
+
+/// The error of a call from Rust to `f` with `args` arguments (a pool task, a thread's target,
+/// a callback): as [`format_error`], but a system exception Rhai left without a place, when
+/// none was tracked, names `f` and the line it starts at.
+fn call_error(shared: &Shared, f: &FnPtr, args: usize, err: EvalAltResult) -> String {
+    let def = shared.ast.get().and_then(|ast| {
+        let arity = f.curry().len() + args;
+        let mut defs = ast
+            .iter_fn_def()
+            .filter(|d| d.name == f.fn_name())
+            .peekable();
+        let first = defs.peek().cloned();
+        defs.find(|d| d.params.len() == arity)
+            .or(first)
+            .map(|d| d.body.start_position())
+    });
+    let name = if f.is_anonymous() {
+        "an anonymous function".to_owned()
+    } else {
+        format!("function {}", f.fn_name())
+    };
+    error_text(
+        &shared.script_name,
+        err,
+        Some((name, def.unwrap_or(Position::NONE))),
+    )
+}
+
+/// [`format_error`]; `called` is the function a call from Rust ran and where it starts.
+fn error_text(script: &str, err: EvalAltResult, called: Option<(String, Position)>) -> String {
     let mut err = err;
     let mut source = script.to_owned();
     let mut trace = Vec::new();
     loop {
         err = match err {
             EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
-                // Calls made from Rust (a thread's target) have no call site.
-                if !name.starts_with("anon$") && !pos.is_none() {
-                    trace.push(format!(
-                        "  in call to {name} at {source}:{}",
-                        position_text(pos)
-                    ));
+                if let Some(line) = call_line(&name, &source, pos) {
+                    trace.push(line);
                 }
                 if !src.is_empty() {
                     source = src;
@@ -264,20 +326,61 @@ fn format_error(script: &str, err: EvalAltResult) -> String {
                 }
                 *inner
             }
-            other => break err_line(&source, other, &trace),
+            other => break err_line(script, &source, other, trace, called),
         };
     }
 }
 
-fn err_line(source: &str, mut err: EvalAltResult, trace: &[String]) -> String {
-    let pos = err.position();
+/// A line of a trace for a call to `name` at `pos` in `source`; none for a call from Rust (a
+/// thread's target has no call site) or to a closure.
+fn call_line(name: &str, source: &str, pos: Position) -> Option<String> {
+    (!name.starts_with("anon$") && !pos.is_none())
+        .then(|| format!("  in call to {name} at {source}:{}", position_text(pos)))
+}
+
+fn err_line(
+    script: &str,
+    source: &str,
+    mut err: EvalAltResult,
+    mut trace: Vec<String>,
+    called: Option<(String, Position)>,
+) -> String {
+    let mut source = source.to_owned();
+    let mut pos = err.position();
+    // Rhai moved a system exception to the outermost call: where it really stopped was tracked.
+    if let Some(place) = stops::take(&err) {
+        pos = place.pos;
+        if let Some(s) = place.source {
+            source = s.to_string();
+        }
+        // A frame's source is the called function's: a call site is in its caller's.
+        let mut caller = script;
+        for (name, src, at) in &place.calls {
+            trace.extend(call_line(name, caller, *at));
+            caller = src.as_ref().map_or(script, |s| s.as_str());
+        }
+    }
     err.clear_position();
-    let message = match &err {
+    let mut message = match &err {
         EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
         // Stopped by parrun (a cancelled pool task): the value says why.
         EvalAltResult::ErrorTerminated(value, _) if value.is_string() => value.to_string(),
         other => other.to_string(),
     };
+    if let (true, true, Some((name, def))) = (pos.is_none(), err.is_system_exception(), called) {
+        // Rhai keeps no place for it and none was tracked: the best honest place is where
+        // the function the call ran starts.
+        let here = if def.is_none() {
+            ""
+        } else {
+            ", which starts here"
+        };
+        (pos, source) = (def, script.to_owned());
+        message = format!(
+            "{message} (in {name}{here}; the line where it stopped is known only with \
+             --max-instructions, --max-call-depth or --max-memory)"
+        );
+    }
     // An error with no position (a function a pool task was given does not exist) names the
     // script alone; the caller's error adds the line of the call that submitted it.
     let mut text = if pos.is_none() {
@@ -294,7 +397,13 @@ fn err_line(source: &str, mut err: EvalAltResult, trace: &[String]) -> String {
 
 /// Converts a Rhai value to a [`Value`] (through rhai's serde support), refusing values nested
 /// deeper than [`crate::value::MAX_DEPTH`] before the conversion's recursion can overflow.
-fn to_value(d: &Dynamic) -> Result<Value, String> {
+/// `shared` is the engine's, which names the types it knows.
+fn to_value(shared: &Shared, d: &Dynamic) -> Result<Value, String> {
+    data_of(shared, d).map_err(untransferable)
+}
+
+/// [`to_value`], whose error says only what could not be converted and where.
+fn data_of(shared: &Shared, d: &Dynamic) -> Result<Value, String> {
     fn too_deep(d: &Dynamic, depth: usize) -> bool {
         if depth > crate::value::MAX_DEPTH {
             return true;
@@ -308,12 +417,75 @@ fn to_value(d: &Dynamic) -> Result<Value, String> {
         false
     }
     if too_deep(d, 0) {
-        return Err(untransferable(format!(
+        return Err(format!(
             "recursion limit exceeded: arrays or maps nested deeper than {} levels",
             crate::value::MAX_DEPTH
-        )));
+        ));
     }
-    ::rhai::serde::from_dynamic::<Value>(d).map_err(untransferable)
+    ::rhai::serde::from_dynamic::<Value>(d).map_err(|e| {
+        let mut path = Vec::new();
+        match find_unsendable(shared, d, &mut path) {
+            Some(kind) => unsendable(&kind, &path, false),
+            None => e.to_string(),
+        }
+    })
+}
+
+/// What a Rhai value that cannot travel is, in the words of [`unsendable`]; `None` for data.
+fn unsendable_kind(shared: &Shared, d: &Dynamic) -> Option<String> {
+    let data = d.is_unit()
+        || d.is_bool()
+        || d.is_int()
+        || d.is_float()
+        || d.is_string()
+        || d.is_char()
+        || d.is_blob()
+        || d.is_array()
+        || d.is_map();
+    if data {
+        return None;
+    }
+    if d.is_fnptr() {
+        return Some("a function".into());
+    }
+    if let Some(o) = d.read_lock::<Object>() {
+        return Some(format!("a {}", o.class().name()));
+    }
+    // As Rhai names it (`timestamp`, `range`), not as Rust does.
+    let name = d.type_name();
+    let engine = shared.engine.get().and_then(Weak::upgrade);
+    Some(format!(
+        "a {}",
+        engine.as_ref().map_or(name, |e| e.map_type_name(name))
+    ))
+}
+
+/// The first value inside `d` (or `d` itself) that cannot travel: what it is, with the keys
+/// that lead to it pushed on `path`. An array's index is Rhai's own, from 0, as a Rhai script
+/// would write it (Lua's paths count from 1, as Lua does). Only walked once a conversion has
+/// failed, on a value no deeper than [`crate::value::MAX_DEPTH`].
+fn find_unsendable(shared: &Shared, d: &Dynamic, path: &mut Vec<String>) -> Option<String> {
+    if let Some(kind) = unsendable_kind(shared, d) {
+        return Some(kind);
+    }
+    let mut within = |key: String, item: &Dynamic| {
+        path.push(key);
+        let found = find_unsendable(shared, item, path);
+        if found.is_none() {
+            path.pop();
+        }
+        found
+    };
+    if let Some(items) = d.read_lock::<Array>() {
+        return items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| within(i.to_string(), item));
+    }
+    if let Some(map) = d.read_lock::<::rhai::Map>() {
+        return map.iter().find_map(|(k, item)| within(k.to_string(), item));
+    }
+    None
 }
 
 // ---- binding the API ----
@@ -550,16 +722,7 @@ impl Args for RhaiArgs<'_, '_> {
             Some(d) => d,
             None => self.extra.get(i - self.args.len()).unwrap_or(&unit),
         };
-        if let Some(o) = d.read_lock::<Object>() {
-            return Err(untransferable(format!(
-                "a {} is not data",
-                o.class().name()
-            )));
-        }
-        if d.is::<FnPtr>() {
-            return Err(untransferable("a function is not data"));
-        }
-        to_value(d)
+        to_value(self.shared, d)
     }
 
     fn object(&mut self, i: usize) -> Result<Object, String> {
@@ -603,9 +766,22 @@ impl Args for RhaiArgs<'_, '_> {
         let curry = f
             .curry()
             .iter()
-            .map(|d| to_value(&d.flatten_clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("cannot send the function's captured values: {e}"))?;
+            .enumerate()
+            .map(|(i, d)| {
+                data_of(self.shared, &d.flatten_clone()).map_err(|what| {
+                    // A closure's captured variables are the first parameters of its function.
+                    let ast = self.shared.ast.get();
+                    let def = ast.and_then(|a| a.iter_fn_def().find(|d| d.name == f.fn_name()));
+                    let which = def
+                        .and_then(|d| d.params.get(i))
+                        .map_or(format!("{i}"), |name| format!("`{name}`"));
+                    format!(
+                        "cannot send a function to a worker: its captured variable {which} is \
+                         {what}"
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // The modules go by source: the worker has the same modules, or loads them.
         let imports = self
             .env()
@@ -863,16 +1039,12 @@ impl TaskEngine for RhaiTaskEngine {
         );
         let to_dynamic = |v: &Value| ::rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
         let call = |args: &mut [Dynamic]| -> Result<Value, String> {
+            stops::begin();
             let result = f
-                .call_raw(&ctx, None, args)
-                .map_err(|e| format_error(&self.shared.script_name, *e))?;
-            if result.is::<Object>() || result.is::<FnPtr>() {
-                return Err(untransferable(format!(
-                    "the task returned a {}",
-                    result.type_name()
-                )));
-            }
-            to_value(&result)
+                .call_raw(&ctx, None, &mut *args)
+                .map_err(|e| call_error(&self.shared, &f, args.len(), *e))?;
+            data_of(&self.shared, &result)
+                .map_err(|what| format!("cannot send a task's result back: {what}"))
         };
         match calls {
             CallSlice::Each(values) => values.iter().map(|v| call(&mut [to_dynamic(v)?])).collect(),
@@ -953,11 +1125,13 @@ struct BoundFn {
 
 impl BoundFn {
     fn call(&self, args: Vec<Dynamic>) -> Result<Dynamic, String> {
+        let count = args.len();
         self.call_raw(args)
-            .map_err(|e| format_error(&self.shared.script_name, *e))
+            .map_err(|e| call_error(&self.shared, &self.f, count, *e))
     }
 
     fn call_raw(&self, mut args: Vec<Dynamic>) -> RhaiResult<Dynamic> {
+        stops::begin();
         let (engine, ast) = self.shared.engine_and_ast()?;
         let global = script_global(&engine, &ast, &self.env.constants, &self.env.imports);
         let ctx = ::rhai::NativeCallContext::new_with_all_fields(
@@ -1027,12 +1201,13 @@ impl Target for RhaiTarget {
     }
 
     fn run(self: Box<Self>) -> Result<(), String> {
+        let count = self.args.len();
         match self.f.call_raw(self.args) {
             Ok(_) => Ok(()),
             Err(err) => match *err {
                 // `exit()` in a thread ends that thread, as `sys.exit` does in Python.
                 EvalAltResult::Exit(..) => Ok(()),
-                other => Err(format_error(&self.f.shared.script_name, other)),
+                other => Err(call_error(&self.f.shared, &self.f.f, count, other)),
             },
         }
     }

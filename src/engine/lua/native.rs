@@ -652,19 +652,25 @@ unsafe extern "C-unwind" fn wrapped_relay(
     ffi::lua_error(state)
 }
 
-/// The error that ends a coroutine the driver stopped (a limit it exceeded): `message` with the
-/// position `co` stopped at in front and its traceback after, as Lua reports a runtime error.
-/// `co` must be suspended (it yielded from the hook) and is not resumed again.
+/// The error that ends a coroutine the driver stopped (a limit it exceeded, a cancellation):
+/// `message` with the position `co` stopped at in front (the innermost Lua function's: a
+/// coroutine stopped in a wait is in the builtin's C function) and its traceback after, as Lua
+/// reports a runtime error. `co` must be suspended (it yielded from the hook or for a wait) and
+/// is not resumed again.
 pub(super) fn stopped_error(lua: &Lua, co: *mut lua_State, message: &str) -> mlua::Error {
     // SAFETY: `co` is a suspended coroutine of `lua`, only read here; the closure runs in
     // protected mode on `lua`'s own stack, with the message as its one argument.
     let text = unsafe {
         lua.exec_raw::<mlua::LuaString>(message, |state| {
             let mut ar: ffi::lua_Debug = std::mem::zeroed();
-            if ffi::lua_getstack(co, 0, &mut ar) != 0
+            let mut level = 0;
+            while ffi::lua_getstack(co, level, &mut ar) != 0
                 && ffi::lua_getinfo(co, c"Sl".as_ptr(), &mut ar) != 0
-                && ar.currentline > 0
+                && ar.currentline <= 0
             {
+                level += 1;
+            }
+            if ar.currentline > 0 {
                 ffi::lua_pushfstring(
                     state,
                     c"%s:%d: ".as_ptr(),
