@@ -90,17 +90,23 @@ struct Parrun {
     seen: Vec<String>,
 }
 
+/// Starts `parrun ARGS..` as this process's child (a subreaper: see [`adopt_orphans`]), its
+/// output piped.
+fn spawn_parrun(args: &[&str]) -> Child {
+    adopt_orphans();
+    Command::new(common::parrun_bin())
+        .args(args)
+        .current_dir(common::repo_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start parrun")
+}
+
 impl Parrun {
     fn start(what: &str, args: &[&str]) -> Parrun {
-        adopt_orphans();
-        let mut child = Command::new(common::parrun_bin())
-            .args(args)
-            .current_dir(common::repo_root())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start parrun");
+        let mut child = spawn_parrun(args);
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -472,15 +478,7 @@ fn close_stdout_after(
     args: &[&str],
     mut enough: impl FnMut(&str) -> bool,
 ) -> (ExitStatus, String) {
-    adopt_orphans();
-    let mut child = Command::new(common::parrun_bin())
-        .args(args)
-        .current_dir(common::repo_root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start parrun");
+    let mut child = spawn_parrun(args);
     let mut stderr = child.stderr.take().unwrap();
     let stderr = std::thread::spawn(move || {
         let mut text = String::new();
