@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::gil::Gil;
 use crate::pool::{
     Callback, Callbacks, Calls, FunctionSpec, Job, JobKind, Pool, PoolHandle, PoolOptions, Workers,
 };
 use crate::process::ScriptProcess;
+use crate::rt::gil::Gil;
 use crate::runtime::Host;
 use crate::sync::{Lock, Queue};
 use crate::thread::{ScriptThread, Target};
@@ -617,7 +617,7 @@ pub static BUILTINS: &[Builtin] = &[
             let secs = number(args, 0, "seconds")?;
             let d = Duration::try_from_secs_f64(secs)
                 .map_err(|_| format!("seconds must be a non-negative number, got {secs}"))?;
-            Outcome::wait(move || crate::cancel::sleep(d).map(|()| Value::Nil.into()))
+            Outcome::wait(move || crate::rt::cancel::sleep(d).map(|()| Value::Nil.into()))
         },
     },
     Builtin {

@@ -51,20 +51,17 @@
 //! - [`signals`]: SIGINT, SIGTERM and a closed standard output for command-line use.
 
 pub mod api;
-mod cancel;
-pub mod codec;
 mod engine;
-mod fork;
-pub mod gil;
 mod link;
-pub mod output;
 pub mod pool;
 pub mod process;
+mod rt;
 pub mod runtime;
-pub mod signals;
 pub mod sync;
 pub mod thread;
 pub mod value;
+
+pub use rt::signals;
 
 pub use runtime::{Error, Language, Mode, Runtime, Settings};
 pub use value::Value;

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Sender};
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
-use crate::fork::{self, SharedObject};
+use crate::rt::codec;
+use crate::rt::fork::{self, SharedObject};
 use crate::Value;
 
 /// An operation on a shared object.
@@ -31,7 +31,7 @@ pub(crate) enum Op {
     Acquire(Option<f64>),
     Release,
     Locked,
-    /// The child found standard output gone: the run ends (see `crate::output::stdout_gone`).
+    /// The child found standard output gone: the run ends (see `crate::rt::output::stdout_gone`).
     StdoutGone,
 }
 
@@ -186,13 +186,15 @@ fn serve_loop(stream: UnixStream) {
     let mut buf = Vec::new();
     while let Ok(request) = codec::read_frame::<Request>(&mut reader, &mut buf) {
         if matches!(request.op, Op::StdoutGone) {
-            crate::output::stdout_gone();
+            crate::rt::output::stdout_gone();
         }
         let writer = writer.clone();
         let reply = move |result: Result<Value, String>| -> bool {
             if request.id == 0 {
                 if let Err(e) = result {
-                    crate::output::write_stderr(&format!("parrun: a child's request failed: {e}"));
+                    crate::rt::output::write_stderr(&format!(
+                        "parrun: a child's request failed: {e}"
+                    ));
                 }
                 return true;
             }
@@ -355,7 +357,7 @@ fn spawn_waiter(f: impl FnOnce() + Send + 'static) {
         .name("parrun-link-wait".into())
         .spawn(f)
     {
-        crate::output::write_stderr(&format!("parrun: cannot start a waiting thread: {e}"));
+        crate::rt::output::write_stderr(&format!("parrun: cannot start a waiting thread: {e}"));
     }
 }
 

@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
         Err(err) => {
             // Silent if the run is ending at once meanwhile (a signal, standard output gone).
-            parrun::output::write_stderr(&format!("parrun: {err}"));
+            parrun::signals::report(&format!("parrun: {err}"));
             ExitCode::from(err.exit_code() as u8)
         }
     }

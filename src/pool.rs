@@ -48,9 +48,9 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::cancel::Cancel;
-use crate::codec;
-use crate::fork;
+use crate::rt::cancel::Cancel;
+use crate::rt::codec;
+use crate::rt::fork;
 use crate::runtime::Host;
 use crate::Value;
 
@@ -170,7 +170,7 @@ pub trait TaskEngine: Send + Sync {
     ) -> Result<Vec<Value>, String>;
 
     /// The lock this engine's code runs under: the script's GIL, or an isolated engine's own.
-    fn gil(&self) -> Arc<crate::gil::Gil>;
+    fn gil(&self) -> Arc<crate::rt::gil::Gil>;
 
     /// A fresh engine from the snapshot this one started from, for a worker that has run
     /// `maxtasksperchild` tasks; `None` for an engine that is not renewed (the script's own).
@@ -401,7 +401,7 @@ impl Job {
 
     /// Waits until ready; false on timeout.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        crate::thread::wait_while(&self.changed, self.state(), timeout, |s| !s.ready).is_some()
+        crate::rt::threads::wait_while(&self.changed, self.state(), timeout, |s| !s.ready).is_some()
     }
 
     /// `AsyncResult.get`: the value, the task's error, or a timeout error.
@@ -462,7 +462,7 @@ impl Job {
                     None => Err("result missing".into()),
                 };
             }
-            if crate::cancel::stop_waiting() {
+            if crate::rt::cancel::stop_waiting() {
                 return Err("the wait was interrupted".into());
             }
             let left = match deadline {
@@ -476,8 +476,10 @@ impl Job {
             };
             // A cancellable thread (a pool's worker, a run's main thread) looks for a
             // cancellation or an interrupt every `POLL`.
-            let slice = match crate::cancel::installed() {
-                true => Some(left.map_or(crate::cancel::POLL, |l| l.min(crate::cancel::POLL))),
+            let slice = match crate::rt::cancel::installed() {
+                true => {
+                    Some(left.map_or(crate::rt::cancel::POLL, |l| l.min(crate::rt::cancel::POLL)))
+                }
                 false => left,
             };
             s = match slice {
@@ -666,7 +668,7 @@ struct Forked {
 
 /// A worker thread as the watchdog sees it: what it runs under, and how to stop its task.
 struct ThreadSlot {
-    gil: Mutex<Arc<crate::gil::Gil>>,
+    gil: Mutex<Arc<crate::rt::gil::Gil>>,
     cancel: Arc<Cancel>,
     /// When the running task started; `None` between tasks.
     running_since: Mutex<Option<Instant>>,
@@ -771,7 +773,7 @@ impl Pool {
             let pool = self.clone();
             let spawned = std::thread::Builder::new()
                 .name("parrun-pool-worker".into())
-                .stack_size(crate::thread::SCRIPT_THREAD_STACK)
+                .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
                 .spawn(move || pool.work(engine, slot));
             if let Err(e) = spawned {
                 let mut s = self.shared();
@@ -871,7 +873,7 @@ impl Pool {
                     // by themselves. The pool fails its work rather than leave `join` waiting.
                     pool.break_pool(&format!(
                         "the pool's supervisor failed inside parrun (a host panic: {})",
-                        crate::thread::panic_text(&*panic)
+                        crate::rt::threads::panic_text(&*panic)
                     ));
                     pool.shared().supervisor_done = true;
                     pool.shared_changed.notify_all();
@@ -886,14 +888,14 @@ impl Pool {
     /// panic that escapes a task's own catch breaks the pool, so that `join` cannot wait for
     /// ever on work this thread was to do.
     fn work(self: Arc<Self>, engine: Arc<dyn TaskEngine>, slot: Arc<ThreadSlot>) {
-        crate::cancel::install(Some(slot.cancel.clone()));
+        crate::rt::cancel::install(Some(slot.cancel.clone()));
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.serve(engine, &slot))) {
             self.break_pool(&format!(
                 "a pool worker thread failed inside parrun (a host panic: {})",
-                crate::thread::panic_text(&*panic)
+                crate::rt::threads::panic_text(&*panic)
             ));
         }
-        crate::cancel::install(None);
+        crate::rt::cancel::install(None);
         let mut s = self.shared();
         s.live_threads -= 1;
         if s.live_threads == 0 {
@@ -913,7 +915,7 @@ impl Pool {
             outcome.unwrap_or_else(|panic| {
                 Err(format!(
                     "a pool worker thread failed inside parrun (a host panic: {})",
-                    crate::thread::panic_text(&*panic)
+                    crate::rt::threads::panic_text(&*panic)
                 ))
             })
         };
@@ -1030,7 +1032,7 @@ impl Pool {
         let max_tasks = self.options.maxtasksperchild;
         let child = fork::fork_child(&self.host, keep.to_vec(), move || {
             // Ctrl-C is for the script's main thread; the parent stops its workers itself.
-            crate::signals::ignore_interrupts();
+            crate::rt::signals::ignore_interrupts();
             worker_main(
                 &*engine,
                 File::from(task_rx),
@@ -1226,14 +1228,14 @@ impl Pool {
     fn wait_supervisor(&self) {
         let mut s = self.shared();
         while !s.supervisor_done {
-            if crate::cancel::stop_waiting() {
+            if crate::rt::cancel::stop_waiting() {
                 // An interrupted `join`: the workers go on, and are waited for at the end.
                 return;
             }
-            s = match crate::cancel::installed() {
+            s = match crate::rt::cancel::installed() {
                 true => {
                     self.shared_changed
-                        .wait_timeout(s, crate::cancel::POLL)
+                        .wait_timeout(s, crate::rt::cancel::POLL)
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
@@ -1606,13 +1608,13 @@ fn run_callbacks(
                 // The callback is dropped inside, with the GIL: it holds the engine's values.
                 match catch_unwind(AssertUnwindSafe(move || cb.call(arg))) {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        crate::output::write_stderr(&format!("Exception in pool callback:\n{e}"))
-                    }
+                    Ok(Err(e)) => crate::rt::output::write_stderr(&format!(
+                        "Exception in pool callback:\n{e}"
+                    )),
                     Err(panic) => {
                         failure = Some(format!(
                             "the callback failed inside parrun (a host panic: {})",
-                            crate::thread::panic_text(&*panic)
+                            crate::rt::threads::panic_text(&*panic)
                         ))
                     }
                 }
@@ -1652,7 +1654,7 @@ fn worker_main(
             Ok(m) => m,
             Err(codec::CodecError::Closed) => return 0,
             Err(e) => {
-                crate::output::write_stderr(&format!("parrun worker: {e}"));
+                crate::rt::output::write_stderr(&format!("parrun worker: {e}"));
                 return 1;
             }
         };
@@ -1798,7 +1800,7 @@ mod tests {
     /// A task engine of its own (as an isolated worker's) whose function returns its first
     /// argument, once `gate` is open.
     struct Echo {
-        gil: Arc<crate::gil::Gil>,
+        gil: Arc<crate::rt::gil::Gil>,
         gate: Arc<(Mutex<bool>, Condvar)>,
     }
 
@@ -1814,7 +1816,7 @@ mod tests {
             })
         }
 
-        fn gil(&self) -> Arc<crate::gil::Gil> {
+        fn gil(&self) -> Arc<crate::rt::gil::Gil> {
             self.gil.clone()
         }
     }
@@ -1826,7 +1828,7 @@ mod tests {
         let engines = (0..2)
             .map(|_| {
                 let engine: Arc<dyn TaskEngine> = Arc::new(Echo {
-                    gil: Arc::new(crate::gil::Gil::new(Duration::from_millis(5), None)),
+                    gil: Arc::new(crate::rt::gil::Gil::new(Duration::from_millis(5), None)),
                     gate: gate.clone(),
                 });
                 engine

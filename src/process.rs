@@ -1,6 +1,6 @@
 //! Script processes (Python's `multiprocessing.Process`), in every execution model.
 //!
-//! In the `fork` model, `start` forks the running script (see `crate::fork`): the child calls
+//! In the `fork` model, `start` forks the running script (see `crate::rt::fork`): the child calls
 //! the target in its own copy of the engine and exits with 0, or 1 after a script error
 //! (reported on stderr as "Process NAME:"). The parent reaps the child in `join`/`is_alive`,
 //! or at the end of the script.
@@ -22,7 +22,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
-use crate::fork;
+use crate::rt::fork;
 use crate::runtime::Host;
 use crate::thread::Target;
 use crate::Mode;
@@ -102,7 +102,7 @@ impl ScriptProcess {
         let name = self.name.clone();
         std::thread::Builder::new()
             .name(name.clone())
-            .stack_size(crate::thread::SCRIPT_THREAD_STACK)
+            .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
                 let gil = &runs_on.gil;
                 let held = gil.lock(0);
@@ -110,12 +110,12 @@ impl ScriptProcess {
                 let code = match outcome {
                     Ok(Ok(())) => 0,
                     Ok(Err(msg)) => {
-                        crate::output::write_stderr(&format!("Process {name}:\n{msg}"));
+                        crate::rt::output::write_stderr(&format!("Process {name}:\n{msg}"));
                         1
                     }
                     Err(panic) => {
-                        let text = crate::thread::panic_text(&*panic);
-                        crate::output::write_stderr(&format!(
+                        let text = crate::rt::threads::panic_text(&*panic);
+                        crate::rt::output::write_stderr(&format!(
                             "Process {name}: internal error (panic): {text}"
                         ));
                         fork::PANIC_STATUS
@@ -145,7 +145,7 @@ impl ScriptProcess {
             let status = match target.run() {
                 Ok(()) => 0,
                 Err(msg) => {
-                    crate::output::write_stderr(&format!("Process {name}:\n{msg}"));
+                    crate::rt::output::write_stderr(&format!("Process {name}:\n{msg}"));
                     1
                 }
             };
@@ -215,7 +215,7 @@ impl ScriptProcess {
         };
         if let Some(exit) = thread_exit {
             let code = exit.code.lock().unwrap_or_else(|e| e.into_inner());
-            return crate::thread::wait_while(&exit.changed, code, timeout, |c| c.is_none())
+            return crate::rt::threads::wait_while(&exit.changed, code, timeout, |c| c.is_none())
                 .is_some();
         }
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -224,7 +224,7 @@ impl ScriptProcess {
             if self.poll().is_some() || !self.is_started() {
                 return true;
             }
-            if crate::cancel::stop_waiting() {
+            if crate::rt::cancel::stop_waiting() {
                 return false;
             }
             let now = Instant::now();

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use crate::engine;
-use crate::gil::{Gil, DEFAULT_SWITCH_INTERVAL};
 use crate::pool::Pool;
 use crate::process::ScriptProcess;
+use crate::rt::gil::{Gil, DEFAULT_SWITCH_INTERVAL};
 use crate::thread::ScriptThread;
 
 /// A script language parrun runs.
@@ -102,7 +102,7 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// The script ended with a `KeyboardInterrupt` it did not catch (Ctrl-C, see
-    /// [`crate::signals`]); the message names file and line, as a script error's does.
+    /// [`crate::rt::signals`]); the message names file and line, as a script error's does.
     #[error("{0}")]
     Interrupted(String),
 }
@@ -377,14 +377,14 @@ impl Runtime {
                 Language::Rhai => self.host(None),
             };
             // The thread Ctrl-C interrupts, as Python's main thread.
-            let main = crate::cancel::enter_main(host.gil.clone());
+            let main = crate::rt::cancel::enter_main(host.gil.clone());
             let result = match language {
                 Language::Lua => engine::lua::run(host, script),
                 Language::Rhai => engine::rhai::run(host, script),
             };
             match result {
                 Err(Error::Script(msg))
-                    if main.raised() && msg.contains(crate::cancel::KEYBOARD_INTERRUPT) =>
+                    if main.raised() && msg.contains(crate::rt::cancel::KEYBOARD_INTERRUPT) =>
                 {
                     Err(Error::Interrupted(msg))
                 }
@@ -397,7 +397,7 @@ impl Runtime {
         std::thread::scope(|scope| {
             let main = std::thread::Builder::new()
                 .name("parrun-main".into())
-                .stack_size(crate::thread::SCRIPT_THREAD_STACK)
+                .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
                 .spawn_scoped(scope, run)
                 .map_err(|e| Error::Usage(format!("cannot start the script's thread: {e}")))?;
             main.join()
@@ -406,7 +406,7 @@ impl Runtime {
     }
 
     /// A fresh host with this runtime's settings (also what the crate's unit tests run on).
-    pub(crate) fn host(&self, interrupter: Option<crate::gil::Interrupter>) -> Arc<Host> {
+    pub(crate) fn host(&self, interrupter: Option<crate::rt::gil::Interrupter>) -> Arc<Host> {
         Host::new(
             Gil::new(self.switch_interval, interrupter),
             self.settings.clone(),
@@ -437,9 +437,9 @@ pub struct Host {
     pub(crate) settings: Settings,
 }
 
-/// The host's locks, held across a fork (see `crate::fork`).
+/// The host's locks, held across a fork (see `crate::rt::fork`).
 pub(crate) struct HostForkGuard<'a> {
-    gil: crate::gil::GilForkGuard<'a>,
+    gil: crate::rt::gil::GilForkGuard<'a>,
     threads: MutexGuard<'a, Vec<Arc<ScriptThread>>>,
     processes: MutexGuard<'a, Vec<Arc<ScriptProcess>>>,
     pools: MutexGuard<'a, Vec<Weak<Pool>>>,
@@ -537,7 +537,7 @@ impl Host {
     /// Call without the GIL.
     pub(crate) fn finish(&self) {
         // The main script thread's code has returned: Ctrl-C now stops the run at once.
-        crate::cancel::main_done();
+        crate::rt::cancel::main_done();
         self.wait_for_threads();
         self.terminate_pools();
         self.wait_for_processes();

@@ -11,10 +11,6 @@ use std::time::Duration;
 
 use crate::runtime::Host;
 
-/// Stack for a script thread (the main script's too): address space reserved, not memory
-/// used, so large enough that recursion limits are the engine's, not the OS thread's.
-pub const SCRIPT_THREAD_STACK: usize = 64 << 20;
-
 /// A script function bound to its arguments, runnable on another OS thread of the same engine.
 pub trait Target: Send {
     /// Runs the function. Called with the GIL held; returns with it held. An error is the
@@ -81,7 +77,7 @@ impl ScriptThread {
         let gil = host.gil.clone();
         let spawned = std::thread::Builder::new()
             .name(self.name.clone())
-            .stack_size(SCRIPT_THREAD_STACK)
+            .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
                 let held = gil.lock(0);
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
@@ -89,10 +85,13 @@ impl ScriptThread {
                 let failure = match outcome {
                     Ok(Ok(())) => None,
                     Ok(Err(msg)) => Some(msg),
-                    Err(panic) => Some(format!("internal error (panic): {}", panic_text(&*panic))),
+                    Err(panic) => Some(format!(
+                        "internal error (panic): {}",
+                        crate::rt::threads::panic_text(&*panic)
+                    )),
                 };
                 if let Some(msg) = failure {
-                    crate::output::write_stderr(&format!(
+                    crate::rt::output::write_stderr(&format!(
                         "Exception in thread {}:\n{msg}",
                         me.name
                     ));
@@ -109,50 +108,8 @@ impl ScriptThread {
     /// Waits until the thread has finished; false if `timeout` passed first.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        wait_while(&self.changed, state, timeout, |s| *s == RunState::Running).is_some()
-    }
-}
-
-/// Waits on `changed` while `busy` holds, for at most `timeout` (for ever if `None`); the guard
-/// back, or `None` if the time ran out first.
-pub(crate) fn wait_while<'a, T>(
-    changed: &Condvar,
-    mut guard: std::sync::MutexGuard<'a, T>,
-    timeout: Option<Duration>,
-    mut busy: impl FnMut(&mut T) -> bool,
-) -> Option<std::sync::MutexGuard<'a, T>> {
-    if crate::cancel::installed() {
-        // A pool's worker thread, or a run's main thread: wait in slices, and give up once its
-        // task is cancelled or a KeyboardInterrupt is pending.
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
-        loop {
-            if !busy(&mut guard) {
-                return Some(guard);
-            }
-            let now = std::time::Instant::now();
-            if crate::cancel::stop_waiting() || deadline.is_some_and(|d| now >= d) {
-                return None;
-            }
-            let slice =
-                deadline.map_or(crate::cancel::POLL, |d| (d - now).min(crate::cancel::POLL));
-            guard = changed
-                .wait_timeout(guard, slice)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-    match timeout {
-        None => Some(
-            changed
-                .wait_while(guard, busy)
-                .unwrap_or_else(|e| e.into_inner()),
-        ),
-        Some(t) => {
-            let (mut guard, _) = changed
-                .wait_timeout_while(guard, t, &mut busy)
-                .unwrap_or_else(|e| e.into_inner());
-            (!busy(&mut guard)).then_some(guard)
-        }
+        crate::rt::threads::wait_while(&self.changed, state, timeout, |s| *s == RunState::Running)
+            .is_some()
     }
 }
 
@@ -165,15 +122,4 @@ pub(crate) fn take_target(
         .unwrap_or_else(|e| e.into_inner())
         .take()
         .ok_or_else(|| started_twice.to_owned())
-}
-
-/// The message of a caught panic.
-pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
-    }
 }

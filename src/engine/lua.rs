@@ -25,8 +25,8 @@ use mlua::{
 
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
-use crate::gil::{Gil, Interrupter};
 use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
+use crate::rt::gil::{Gil, Interrupter};
 use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
 use crate::{Mode, Value};
@@ -101,10 +101,10 @@ unsafe extern "C-unwind" fn gil_hook(
         }
         return;
     }
-    if crate::cancel::take_interrupt() {
+    if crate::rt::cancel::take_interrupt() {
         // Ctrl-C: an error raised where the script runs, which `pcall` can catch.
         arm_limits(state);
-        let text = crate::cancel::KEYBOARD_INTERRUPT;
+        let text = crate::rt::cancel::KEYBOARD_INTERRUPT;
         mlua::ffi::luaL_where(state, 0);
         mlua::ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
         mlua::ffi::lua_concat(state, 2);
@@ -359,8 +359,8 @@ impl Pending {
 
 /// A wait that a Ctrl-C cut short raises the KeyboardInterrupt where it was called.
 fn interruptible(result: Result<Ret, String>) -> Result<Ret, String> {
-    match crate::cancel::take_interrupt() {
-        true => Err(crate::cancel::KEYBOARD_INTERRUPT.into()),
+    match crate::rt::cancel::take_interrupt() {
+        true => Err(crate::rt::cancel::KEYBOARD_INTERRUPT.into()),
         false => result,
     }
 }
@@ -840,7 +840,7 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
     // SAFETY: `token` is the state of `co`, which this driver holds and resumes.
     unsafe { arm_limits(token as *mut mlua::ffi::lua_State) };
     let result = loop {
-        if crate::cancel::interrupt_pending() {
+        if crate::rt::cancel::interrupt_pending() {
             // Raised at the coroutine's first instruction (see `gil_hook`).
             arm_hook(token);
         }
@@ -870,7 +870,7 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
             break Err(native::stopped_error(lua, co_state, &message));
         }
         if HOOK_YIELDED.replace(false) {
-            if let Some(reason) = crate::cancel::requested() {
+            if let Some(reason) = crate::rt::cancel::requested() {
                 break Err(native::stopped_error(lua, co_state, &reason));
             }
             gil.yield_turn(token);
@@ -887,7 +887,7 @@ fn drive(lua: &Lua, host: &Host, co: &Coroutine, mut args: MultiValue) -> mlua::
         };
         let result = pending.run(gil, token);
         // A cancelled task ends here, whatever its wait returned.
-        if let Some(reason) = crate::cancel::requested() {
+        if let Some(reason) = crate::rt::cancel::requested() {
             break Err(native::stopped_error(lua, co_state, &reason));
         }
         args = answer(lua, result)?;

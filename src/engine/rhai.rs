@@ -22,9 +22,10 @@ use ::rhai::{
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
+use crate::rt::output;
 use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
-use crate::{output, Mode, Value};
+use crate::{Mode, Value};
 
 mod modules;
 mod stops;
@@ -174,9 +175,9 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
 /// `on_progress` without the limit: a switch when another thread waits for the GIL, or the
 /// end of a cancelled task.
 #[inline(always)]
-fn progress(gil: &crate::gil::Gil, tracked: bool) -> Option<Dynamic> {
+fn progress(gil: &crate::rt::gil::Gil, tracked: bool) -> Option<Dynamic> {
     if gil.drop_requested() {
-        if let Some(reason) = crate::cancel::requested() {
+        if let Some(reason) = crate::rt::cancel::requested() {
             // Tracked, the next step stops it, where it knows the place.
             if tracked && stops::stop_at_next_step(stops::Stop::Cancel(reason.clone())) {
                 return None;
@@ -184,9 +185,9 @@ fn progress(gil: &crate::gil::Gil, tracked: bool) -> Option<Dynamic> {
             return Some(Dynamic::from(reason));
         }
         // Rhai cannot catch what stops it here: a Ctrl-C is left to the next parrun call for a
-        // while, where it is an error `try` catches (see `crate::cancel`).
-        if crate::cancel::interrupt_overdue() {
-            return Some(Dynamic::from(crate::cancel::KEYBOARD_INTERRUPT));
+        // while, where it is an error `try` catches (see `crate::rt::cancel`).
+        if crate::rt::cancel::interrupt_overdue() {
+            return Some(Dynamic::from(crate::rt::cancel::KEYBOARD_INTERRUPT));
         }
         gil.yield_turn(0);
     }
@@ -552,7 +553,7 @@ fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
             let shared = shared.clone();
             let candidates = candidates.clone();
             engine.register_raw_fn(name, types, move |ctx, args| {
-                if crate::cancel::take_interrupt() {
+                if crate::rt::cancel::take_interrupt() {
                     return Err(interrupted());
                 }
                 let b = pick(&candidates, args)?;
@@ -599,10 +600,10 @@ fn invoke(
         Outcome::Wait(wait) => {
             let result = shared.host.gil.allow_threads(0, wait);
             // A cancelled task ends here, whatever its wait returned.
-            if let Some(reason) = crate::cancel::requested() {
+            if let Some(reason) = crate::rt::cancel::requested() {
                 return Err(EvalAltResult::ErrorTerminated(reason.into(), Position::NONE).into());
             }
-            if crate::cancel::take_interrupt() {
+            if crate::rt::cancel::take_interrupt() {
                 return Err(interrupted());
             }
             result.map_err(fail)?
@@ -617,7 +618,7 @@ fn invoke(
 
 /// Ctrl-C's KeyboardInterrupt, as an error `try` can catch.
 fn interrupted() -> Box<EvalAltResult> {
-    crate::cancel::KEYBOARD_INTERRUPT.into()
+    crate::rt::cancel::KEYBOARD_INTERRUPT.into()
 }
 
 /// Runs `body` between the receiver's `enter` and `exit` methods; `exit` runs even when
@@ -997,7 +998,7 @@ fn decode_function(
 }
 
 impl TaskEngine for RhaiTaskEngine {
-    fn gil(&self) -> Arc<crate::gil::Gil> {
+    fn gil(&self) -> Arc<crate::rt::gil::Gil> {
         self.shared.host.gil.clone()
     }
 
@@ -1166,7 +1167,7 @@ impl IntoIterator for Object {
         Box::new(std::iter::from_fn(move || {
             let _keep_alive = &pool;
             let next = gil.allow_threads(0, || job.next_item(None));
-            if crate::cancel::take_interrupt() {
+            if crate::rt::cancel::take_interrupt() {
                 return Some(Err(interrupted()));
             }
             match next {

@@ -1,8 +1,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::fork::{self, SharedObject};
 use crate::link::{self, Op};
+use crate::rt::fork::{self, SharedObject};
 use crate::Value;
 
 /// A non-reentrant lock that any thread or process may release (Python's `threading.Lock` and
@@ -65,7 +65,8 @@ impl Lock {
             return Ok(link::remote_call(self.inner.id, op)? == Value::Bool(true));
         }
         let held = self.held();
-        let Some(mut held) = crate::thread::wait_while(&self.inner.freed, held, timeout, |h| *h)
+        let Some(mut held) =
+            crate::rt::threads::wait_while(&self.inner.freed, held, timeout, |h| *h)
         else {
             return Ok(false);
         };

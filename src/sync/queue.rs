@@ -2,8 +2,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::fork::{self, SharedObject};
 use crate::link::{self, Op};
+use crate::rt::fork::{self, SharedObject};
 use crate::Value;
 
 /// A FIFO queue of values shared by script threads and processes (Python's `queue.Queue` and
@@ -115,7 +115,7 @@ impl Queue {
                 });
         }
         let items = self.items();
-        match crate::thread::wait_while(&self.inner.ready, items, timeout, |q| q.is_empty()) {
+        match crate::rt::threads::wait_while(&self.inner.ready, items, timeout, |q| q.is_empty()) {
             Some(mut items) => Ok(items.pop_front().expect("woken with an item")),
             None => Err(QueueError::Empty(timeout.unwrap_or_default())),
         }

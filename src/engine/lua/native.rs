@@ -379,7 +379,7 @@ unsafe extern "C-unwind" fn print(state: *mut lua_State) -> c_int {
     }
     let mut len = 0;
     let text = ffi::lua_tolstring(state, -1, &mut len);
-    let written = crate::output::write_line(std::slice::from_raw_parts(text.cast(), len));
+    let written = crate::rt::output::write_line(std::slice::from_raw_parts(text.cast(), len));
     match written {
         Ok(()) => 0,
         Err(e) => raise(state, format!("print: {e}")),

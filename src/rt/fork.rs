@@ -134,7 +134,7 @@ fn on_forker<R: Send + 'static>(job: impl FnOnce() -> R + Send + 'static) -> R {
                 let (tx, rx) = crossbeam_channel::unbounded::<Job>();
                 let spawned = std::thread::Builder::new()
                     .name("parrun-forker".into())
-                    .stack_size(crate::thread::SCRIPT_THREAD_STACK)
+                    .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
                     .spawn(move || {
                         for job in rx {
                             job();
@@ -179,7 +179,7 @@ fn fork_here(host: &Host, keep: &[RawFd], work: impl FnOnce() -> i32) -> Result<
     if state.closed {
         return Err("the process is ending".into());
     }
-    let mains = crate::cancel::lock_for_fork();
+    let mains = crate::rt::cancel::lock_for_fork();
     let host_guard = host.lock_for_fork();
     // SAFETY: the child only runs code that takes no lock another thread may hold: every
     // process-wide mutex of parrun is held by this thread across the fork, the GIL is held by
@@ -194,7 +194,7 @@ fn fork_here(host: &Host, keep: &[RawFd], work: impl FnOnce() -> i32) -> Result<
             drop(state);
             if forked_child {
                 // A child with children of its own reaps them too when it is stopped.
-                crate::signals::guard_children();
+                crate::rt::signals::guard_children();
             }
             drop(child_end);
             register_fd(parent_end.as_raw_fd());
@@ -225,12 +225,12 @@ fn fork_here(host: &Host, keep: &[RawFd], work: impl FnOnce() -> i32) -> Result<
             state.internal_fds.insert(child_end.as_raw_fd());
             state.parent_link = Some(Arc::new(LinkClient::new(child_end)));
             drop(state);
-            crate::signals::reset_in_child();
+            crate::rt::signals::reset_in_child();
             die_with_parent(parent_pid);
             let status = catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
-                crate::output::write_stderr(&format!(
+                crate::rt::output::write_stderr(&format!(
                     "parrun: internal error in child process: {}",
-                    crate::thread::panic_text(&*panic)
+                    crate::rt::threads::panic_text(&*panic)
                 ));
                 PANIC_STATUS
             });

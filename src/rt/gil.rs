@@ -134,7 +134,7 @@ impl Gil {
     }
 
     /// Makes the holder stop at its next check, as a waiter asking for a switch does: the
-    /// holder then finds a cancellation (see `crate::cancel`) or simply switches.
+    /// holder then finds a cancellation (see `crate::rt::cancel`) or simply switches.
     pub fn interrupt(&self) {
         let s = self.lock_state();
         if !s.locked {

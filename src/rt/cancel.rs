@@ -3,7 +3,7 @@
 //!
 //! A forked worker whose task runs too long is killed; a thread cannot be. Instead its task is
 //! *cancelled*: the reason is set on the worker's [`Cancel`], and the engine it runs in is
-//! interrupted through its GIL ([`crate::gil::Gil::interrupt`]), the same way a waiting thread
+//! interrupted through its GIL ([`crate::rt::gil::Gil::interrupt`]), the same way a waiting thread
 //! asks for a switch. At that check the engine finds the request ([`requested`]) and ends the
 //! task with the reason as its error (Rhai: `on_progress`; Lua: the hook yield its driver
 //! sees). Nothing is checked on the hot path that was not checked before.
@@ -15,7 +15,7 @@
 //!
 //! The same seam carries Ctrl-C to the main script thread, as Python's `KeyboardInterrupt`:
 //! [`enter_main`] registers a run's main thread, [`interrupt_main`] (called by
-//! `crate::signals` on SIGINT) marks an interrupt *pending* there and interrupts its engine
+//! `crate::rt::signals` on SIGINT) marks an interrupt *pending* there and interrupts its engine
 //! through its GIL. Unlike a cancellation, an interrupt is raised once as an ordinary error the
 //! script can catch ([`KEYBOARD_INTERRUPT`]): the engine takes it ([`take_interrupt`]) at its
 //! next instruction (Lua: the GIL's count hook) or when a wait ends (every wait gives up on a
@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::gil::Gil;
+use crate::rt::gil::Gil;
 
 /// The error a Ctrl-C raises in the main script thread, as Python names it.
 pub const KEYBOARD_INTERRUPT: &str = "KeyboardInterrupt";
@@ -237,7 +237,7 @@ pub(crate) fn main_done() {
     });
 }
 
-/// What a Ctrl-C found, for `crate::signals`.
+/// What a Ctrl-C found, for `crate::rt::signals`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MainState {
     /// No script code runs in this process (none started, or every one has returned).
@@ -295,7 +295,7 @@ pub fn repeat_interrupt() {
     }
 }
 
-/// The registry held across a fork (see `crate::fork`): a child has no main thread of its own.
+/// The registry held across a fork (see `crate::rt::fork`): a child has no main thread of its own.
 pub(crate) struct MainsForkGuard(MutexGuard<'static, Vec<Arc<MainThread>>>);
 
 pub(crate) fn lock_for_fork() -> MainsForkGuard {

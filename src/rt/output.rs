@@ -6,7 +6,7 @@
 //! program order.
 //!
 //! Standard output gone (`parrun x.lua | head -1`: the reader closed the pipe, `EPIPE`): under
-//! the command-line runner ([`crate::signals::install`]) the whole run ends quietly, as the stock
+//! the command-line runner ([`crate::rt::signals::install`]) the whole run ends quietly, as the stock
 //! `lua` does when SIGPIPE kills it, whichever thread or process printed (`stdout_gone`).
 //! Embedded, `write_line` returns the error instead: the host's process is its own to end.
 
@@ -14,7 +14,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Whether a closed standard output ends the run (set by `crate::signals::install`).
+/// Whether a closed standard output ends the run (set by `crate::rt::signals::install`).
 static END_ON_CLOSED_STDOUT: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn end_on_closed_stdout() {
@@ -49,8 +49,8 @@ const PARENT_ENDS_RUN: Duration = Duration::from_secs(5);
 /// top) rather than dying by itself: its parent would see a worker killed, fail its task and
 /// report it.
 pub(crate) fn stdout_gone() -> ! {
-    if crate::fork::ending() {
-        crate::fork::park_for_ever();
+    if crate::rt::fork::ending() {
+        crate::rt::fork::park_for_ever();
     }
     if crate::link::report_stdout_gone() {
         let deadline = Instant::now() + PARENT_ENDS_RUN;
@@ -58,7 +58,7 @@ pub(crate) fn stdout_gone() -> ! {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    crate::fork::end_process(crate::fork::Ending::Signal(
+    crate::rt::fork::end_process(crate::rt::fork::Ending::Signal(
         nix::sys::signal::Signal::SIGPIPE,
     ))
 }
@@ -67,7 +67,7 @@ pub(crate) fn stdout_gone() -> ! {
 /// Silent while the process ends at once (a signal, standard output gone): nothing it says then
 /// is news.
 pub fn write_stderr(text: &str) {
-    if crate::fork::ending() {
+    if crate::rt::fork::ending() {
         return;
     }
     let mut msg = text.to_owned();

@@ -4,17 +4,17 @@
 //! after it) and waits for them on a thread of its own:
 //!
 //! - The first SIGINT raises `KeyboardInterrupt` in the main script thread, as in Python (see
-//!   `crate::cancel`): at its next instruction, or in the wait it is blocked in. The script can
+//!   `crate::rt::cancel`): at its next instruction, or in the wait it is blocked in. The script can
 //!   catch it; uncaught, the run shuts down as after any error (pools terminated, threads and
 //!   processes waited for) and ends with status 130.
 //! - A second SIGINT within [`SECOND_CHANCE`] of the first, a script that has not taken the
 //!   interrupt by then or is still shutting down, a SIGINT with no script code running, and
 //!   SIGTERM stop the process at once: one line on stderr (`parrun: stopped by SIGINT`), every
-//!   child terminated and reaped (`crate::fork::end_process`), status 128 + the signal (130,
+//!   child terminated and reaped (`crate::rt::fork::end_process`), status 128 + the signal (130,
 //!   143).
 //!
 //! It also makes `print` on a closed standard output end the run quietly, as the stock `lua`
-//! does (see `crate::output`).
+//! does (see `crate::rt::output`).
 //!
 //! Children: a forked child restores the default handling of both signals; a pool worker ignores
 //! SIGINT (its parent stops it). A forked child that forks children of its own catches SIGTERM
@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 
-use crate::cancel::{self, MainState};
-use crate::fork::{self, Ending};
+use crate::rt::cancel::{self, MainState};
+use crate::rt::fork::{self, Ending};
 
 /// How long after a first SIGINT a second one stops the run at once, and how long a script
 /// gets to raise the interrupt and shut down.
@@ -53,7 +53,7 @@ pub fn install() -> std::io::Result<()> {
     let set = handled();
     set.thread_block().map_err(std::io::Error::from)?;
     INSTALLED.store(true, Ordering::Release);
-    crate::output::end_on_closed_stdout();
+    crate::rt::output::end_on_closed_stdout();
     end_on_sigpipe()?;
     // SAFETY: registering a plain function with the C library.
     unsafe { nix::libc::atexit(hold_exit) };
@@ -114,7 +114,7 @@ fn wait_for(set: &SigSet, timeout: Option<Duration>) -> Option<Signal> {
 /// Ends the process at once, as stopped by `signal`.
 fn stop(signal: Signal) -> ! {
     if !fork::ending() {
-        crate::output::write_stderr(&format!("parrun: stopped by {signal}"));
+        crate::rt::output::write_stderr(&format!("parrun: stopped by {signal}"));
     }
     fork::end_process(Ending::Status(128 + signal as i32))
 }
@@ -144,7 +144,7 @@ fn end_on_sigpipe() -> std::io::Result<()> {
         .spawn(move || {
             let mut byte = [0u8; 1];
             if std::io::Read::read(&mut reader, &mut byte).is_ok_and(|n| n == 1) {
-                crate::output::stdout_gone();
+                crate::rt::output::stdout_gone();
             }
         })?;
     STDOUT_GONE.store(write_end.into_raw_fd(), Ordering::Release);
@@ -182,7 +182,7 @@ pub(crate) fn reset_in_child() {
     GUARDED.store(false, Ordering::Relaxed);
     WAKE.store(-1, Ordering::Relaxed);
     // The thread that acts on a closed standard output is the parent's; a child's `print`
-    // reports it up its parent link instead (see `crate::output`).
+    // reports it up its parent link instead (see `crate::rt::output`).
     STDOUT_GONE.store(-1, Ordering::Relaxed);
     for signal in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: restoring a signal's default action.
@@ -261,4 +261,10 @@ extern "C" fn relay(signal: nix::libc::c_int) {
     // SAFETY: write(2) is async-signal-safe; the byte outlives the call.
     unsafe { nix::libc::write(WAKE.load(Ordering::Relaxed), (&byte as *const u8).cast(), 1) };
     nix::errno::Errno::set_raw(saved);
+}
+
+/// Writes one line to standard error, for the command-line runner's own messages: silent while
+/// the process ends at once (a signal, standard output gone), as every report of parrun's is.
+pub fn report(text: &str) {
+    crate::rt::output::write_stderr(text);
 }

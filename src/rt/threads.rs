@@ -1,0 +1,65 @@
+//! Helpers for the OS threads parrun starts: the stack a script thread gets, waiting on a
+//! condition variable in a way a cancellation or a Ctrl-C can cut short, and the text of a
+//! caught panic.
+
+use std::sync::{Condvar, MutexGuard};
+use std::time::Duration;
+
+/// Stack for a script thread (the main script's too): address space reserved, not memory
+/// used, so large enough that recursion limits are the engine's, not the OS thread's.
+pub(crate) const SCRIPT_THREAD_STACK: usize = 64 << 20;
+
+/// Waits on `changed` while `busy` holds, for at most `timeout` (for ever if `None`); the guard
+/// back, or `None` if the time ran out first.
+pub(crate) fn wait_while<'a, T>(
+    changed: &Condvar,
+    mut guard: MutexGuard<'a, T>,
+    timeout: Option<Duration>,
+    mut busy: impl FnMut(&mut T) -> bool,
+) -> Option<MutexGuard<'a, T>> {
+    if crate::rt::cancel::installed() {
+        // A pool's worker thread, or a run's main thread: wait in slices, and give up once its
+        // task is cancelled or a KeyboardInterrupt is pending.
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            if !busy(&mut guard) {
+                return Some(guard);
+            }
+            let now = std::time::Instant::now();
+            if crate::rt::cancel::stop_waiting() || deadline.is_some_and(|d| now >= d) {
+                return None;
+            }
+            let slice = deadline.map_or(crate::rt::cancel::POLL, |d| {
+                (d - now).min(crate::rt::cancel::POLL)
+            });
+            guard = changed
+                .wait_timeout(guard, slice)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+    match timeout {
+        None => Some(
+            changed
+                .wait_while(guard, busy)
+                .unwrap_or_else(|e| e.into_inner()),
+        ),
+        Some(t) => {
+            let (mut guard, _) = changed
+                .wait_timeout_while(guard, t, &mut busy)
+                .unwrap_or_else(|e| e.into_inner());
+            (!busy(&mut guard)).then_some(guard)
+        }
+    }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
