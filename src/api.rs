@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::host::Host;
 use crate::pool::{
     Callback, Callbacks, Calls, FunctionSpec, Job, JobKind, Pool, PoolHandle, PoolOptions, Workers,
 };
 use crate::process::ScriptProcess;
 use crate::rt::gil::Gil;
-use crate::runtime::Host;
 use crate::sync::{Lock, Queue};
 use crate::thread::{ScriptThread, Target};
 use crate::{Mode, Value};
@@ -63,7 +63,7 @@ pub enum Object {
     Process(Arc<ScriptProcess>),
     Pool(Arc<PoolHandle>),
     /// A job's result; it keeps its pool alive, as in Python.
-    AsyncResult(Arc<Job>, Arc<PoolHandle>),
+    AsyncResult(Arc<Job>, #[allow(dead_code)] Arc<PoolHandle>),
     /// An `imap`/`imap_unordered` iterator; it keeps the GIL so engines can wait without it.
     ResultIterator(Arc<Job>, Arc<Gil>, Arc<PoolHandle>),
 }
@@ -183,9 +183,6 @@ impl Outcome {
 /// is the receiver (`self`).
 pub trait Args {
     fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
     /// Argument `i` as data (copied out of the engine).
     fn value(&mut self, i: usize) -> Result<Value, String>;
     /// Argument `i` as a host object.

@@ -36,32 +36,34 @@
 //!
 //! ## Crate layout
 //!
-//! - [`runtime`]: [`Runtime`], the builder that runs scripts, and [`Error`].
-//! - [`value`]: [`Value`], the engine-neutral data that crosses threads.
-//! - [`api`]: every script-visible operation, described once for both languages.
-//! - `engine`: the Lua (mlua, vendored Lua 5.4) and Rhai adapters of that description.
-//! - [`gil`]: the global interpreter lock of the `gil` model.
-//! - [`thread`], [`sync`]: script threads, `Queue` and `Lock`.
-//! - [`process`], [`pool`]: processes and pools, forked or on threads; `cancel`: how a
-//!   thread's task is stopped.
-//! - `fork`, `link`: forking safely from a threaded process; how children reach the parent's
-//!   queues and locks.
-//! - [`codec`]: frames on pipes (MessagePack).
-//! - [`output`]: printing, one `write(2)` per line.
-//! - [`signals`]: SIGINT, SIGTERM and a closed standard output for command-line use.
+//! The public surface is [`Runtime`], [`Language`], [`Mode`], [`Settings`], [`Error`],
+//! [`Value`] and [`signals`]. Inside, every module imports only from the layers below it
+//! (`tests/layers.rs` checks it), top down:
+//!
+//! - `runtime`: the builder; picks the engine.
+//! - `engine/lua`, `engine/rhai`: what is about each language.
+//! - `api`: every script-visible operation, described once for both languages.
+//! - `thread`, `process`, `sync`, `pool`: Python's objects.
+//! - `host`, `error`, `link`: the per-run state, errors, the parent link.
+//! - `rt`: the machinery (GIL, cancellation, codec, output, signals, fork, thread helpers);
+//!   `value`: the data that crosses threads and processes.
 
-pub mod api;
+mod api;
 mod engine;
+mod error;
+mod host;
 mod link;
-pub mod pool;
-pub mod process;
+mod pool;
+mod process;
 mod rt;
-pub mod runtime;
-pub mod sync;
-pub mod thread;
-pub mod value;
+mod runtime;
+mod sync;
+mod thread;
+mod value;
 
 pub use rt::signals;
 
-pub use runtime::{Error, Language, Mode, Runtime, Settings};
+pub use error::Error;
+pub use host::{Mode, Settings};
+pub use runtime::{Language, Runtime};
 pub use value::Value;

@@ -48,10 +48,10 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::host::{Finish, Host, Stage};
 use crate::rt::cancel::Cancel;
 use crate::rt::codec;
 use crate::rt::fork;
-use crate::runtime::Host;
 use crate::Value;
 
 /// The most tasks queued to one worker at a time.
@@ -132,10 +132,6 @@ impl CallSlice<'_> {
             CallSlice::Each(v) => v.len(),
             CallSlice::Lists(v) => v.len(),
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -297,10 +293,6 @@ impl Job {
 
     fn state(&self) -> MutexGuard<'_, JobState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn kind(&self) -> JobKind {
-        self.kind
     }
 
     /// Stores results for items `first..`; returns true when this completed the job.
@@ -700,6 +692,26 @@ struct Worker {
     timed_out: bool,
 }
 
+/// A pool the run terminates when it ends, if it is still running then, as Python's finaliser
+/// does. Held weakly: a pool the script no longer reaches still shuts down when dropped.
+struct Unfinished(std::sync::Weak<Pool>);
+
+impl Finish for Unfinished {
+    fn stage(&self) -> Stage {
+        Stage::Pools
+    }
+
+    fn pending(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+
+    fn finish(&self) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.terminate();
+        }
+    }
+}
+
 impl Pool {
     /// Starts the workers. Call with the GIL held, outside any engine lock.
     pub fn start(
@@ -754,7 +766,7 @@ impl Pool {
             Some(wake_rx) => pool.start_supervisor(wake_rx)?,
             None => pool.start_threads(threads)?,
         }
-        host.register_pool(&pool);
+        host.register(Arc::new(Unfinished(Arc::downgrade(&pool))));
         Ok(pool)
     }
 

@@ -22,8 +22,8 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
+use crate::host::{Finish, Host, Stage};
 use crate::rt::fork;
-use crate::runtime::Host;
 use crate::thread::Target;
 use crate::Mode;
 
@@ -133,7 +133,7 @@ impl ScriptProcess {
             })
             .map_err(|e| format!("cannot start an OS thread: {e}"))?;
         *self.state() = State::Thread(exit);
-        host.register_process(self.clone());
+        host.register(self.clone());
         Ok(())
     }
 
@@ -158,7 +158,7 @@ impl ScriptProcess {
             pid: child.pid,
             link: Some(child.link_server),
         };
-        host.register_process(self.clone());
+        host.register(self.clone());
         Ok(())
     }
 
@@ -249,5 +249,20 @@ impl ScriptProcess {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// A started child process is waited for (and reaped) before the run ends, as Python does.
+impl Finish for ScriptProcess {
+    fn stage(&self) -> Stage {
+        Stage::Processes
+    }
+
+    fn pending(&self) -> bool {
+        self.is_alive()
+    }
+
+    fn finish(&self) {
+        self.wait(None);
     }
 }

@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::runtime::Host;
+use crate::host::{Finish, Host, Stage};
 
 /// A script function bound to its arguments, runnable on another OS thread of the same engine.
 pub trait Target: Send {
@@ -72,7 +72,7 @@ impl ScriptThread {
     pub fn start(self: &Arc<Self>, host: &Arc<Host>) -> Result<(), String> {
         let target = take_target(&self.target, "threads can only be started once")?;
         self.set_state(RunState::Running);
-        host.register_thread(self.clone());
+        host.register(self.clone());
         let me = self.clone();
         let gil = host.gil.clone();
         let spawned = std::thread::Builder::new()
@@ -122,4 +122,19 @@ pub(crate) fn take_target(
         .unwrap_or_else(|e| e.into_inner())
         .take()
         .ok_or_else(|| started_twice.to_owned())
+}
+
+/// A started thread is waited for before the run ends, as Python waits for non-daemon threads.
+impl Finish for ScriptThread {
+    fn stage(&self) -> Stage {
+        Stage::Threads
+    }
+
+    fn pending(&self) -> bool {
+        self.is_alive()
+    }
+
+    fn finish(&self) {
+        self.wait(None);
+    }
 }

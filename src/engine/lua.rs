@@ -25,9 +25,10 @@ use mlua::{
 
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
+use crate::error::Error;
+use crate::host::{Host, Script};
 use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
 use crate::rt::gil::{Gil, Interrupter};
-use crate::runtime::{Error, Host, Script};
 use crate::thread::Target;
 use crate::{Mode, Value};
 
@@ -1090,7 +1091,7 @@ package.loadlib, package.cpath = nil, ""
 package.searchers[3], package.searchers[4] = nil, nil
 "#;
 
-fn apply_settings(lua: &Lua, settings: &crate::runtime::Settings) -> mlua::Result<()> {
+fn apply_settings(lua: &Lua, settings: &crate::host::Settings) -> mlua::Result<()> {
     if settings.sandbox {
         lua.load(SANDBOX).set_name("=parrun sandbox").exec()?;
     }

@@ -28,8 +28,8 @@ use nix::sys::signal::{kill, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
+use crate::host::Host;
 use crate::link::{self, LinkClient};
-use crate::runtime::Host;
 use crate::sync::{LockInner, QueueInner};
 
 /// An object that other processes can reach through the parent link, by id.

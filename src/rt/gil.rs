@@ -181,6 +181,7 @@ impl Gil {
     }
 
     /// Number of times the lock was granted: a measure of switching.
+    #[cfg(test)]
     pub fn grants(&self) -> u64 {
         self.lock_state().grants
     }

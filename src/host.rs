@@ -1,0 +1,301 @@
+//! [`Host`]: the state one script run shares between its threads (the GIL, the settings, what
+//! it must finish before it ends); the run's [`Settings`] and execution [`Mode`]; and the
+//! [`Script`] it runs.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::rt::gil::Gil;
+
+/// What `Pool` and `Process` run on (`--mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Threads in the script's own engine, under its GIL (Python's `ThreadPool`): CPU-bound
+    /// work gains nothing, waiting overlaps.
+    Gil,
+    /// Forked processes, each with a copy-on-write copy of the engine (the default, as in
+    /// CPython on Linux).
+    #[default]
+    Fork,
+    /// OS threads, each with an engine of its own built from a snapshot of the script's state;
+    /// no lock is shared, so CPU-bound work scales as with fork.
+    Isolated,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Gil => "gil",
+            Mode::Fork => "fork",
+            Mode::Isolated => "isolated",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gil" => Ok(Mode::Gil),
+            "fork" => Ok(Mode::Fork),
+            "isolated" => Ok(Mode::Isolated),
+            other => Err(format!(
+                "unknown mode `{other}` (expected gil, fork or isolated)"
+            )),
+        }
+    }
+}
+
+/// A script to run: its code, the name errors use, and the arguments it receives.
+///
+/// The code is bytes: Lua source is bytes (a string literal may hold any of them), while Rhai
+/// needs UTF-8 and checks it in [`Script::text`].
+pub(crate) struct Script {
+    pub name: String,
+    pub dir: Option<PathBuf>,
+    pub code: Vec<u8>,
+    pub args: Vec<String>,
+    /// The command line before the script (Lua: `arg[-n] .. arg[-1]`).
+    pub interpreter: Vec<String>,
+}
+
+impl Script {
+    /// The code with a leading `#!` line blanked (kept as an empty line, so line numbers hold).
+    pub fn code_without_shebang(&self) -> &[u8] {
+        match self.code.strip_prefix(b"#!") {
+            Some(rest) => rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(&[][..], |i| &rest[i..]),
+            None => &self.code,
+        }
+    }
+
+    /// The code (without its `#!` line) as text, or a syntax error that names the line and the
+    /// offset of the first byte that is not UTF-8.
+    pub fn text(&self) -> Result<&str, Error> {
+        let code = self.code_without_shebang();
+        std::str::from_utf8(code).map_err(|e| {
+            let at = e.valid_up_to();
+            // Offsets and lines count from the file's start, `#!` line included.
+            let offset = at + (self.code.len() - code.len());
+            let line = self.code[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
+            Error::Script(format!(
+                "{}:{line}: syntax error: the script is not valid UTF-8 (byte 0x{:02x} at offset {offset})",
+                self.name, code[at]
+            ))
+        })
+    }
+}
+
+/// Safety switches and limits a run applies to every engine it creates.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// What `Pool` and `Process` run on unless a pool asks otherwise.
+    pub mode: Mode,
+    /// Default `task_timeout` of pools.
+    pub task_timeout: Option<Duration>,
+    /// Scripts get no file, process or code-loading facilities (see [`Runtime::sandbox`]).
+    pub sandbox: bool,
+    /// Lua may load binary chunks (see [`Runtime::binary_chunks`]).
+    pub binary_chunks: bool,
+    /// Memory an engine may use, in bytes (see [`Runtime::max_memory`]).
+    pub max_memory: Option<usize>,
+    /// Instructions one script thread, callback or pool task may execute (see
+    /// [`Runtime::max_instructions`]).
+    pub max_instructions: Option<u64>,
+    /// How deeply calls may nest (see [`Runtime::max_call_depth`]).
+    pub max_call_depth: Option<usize>,
+}
+
+/// Adds `item` to a list of started things, dropping the finished ones (`!live`) first whenever
+/// the list is full; after a sweep it has room for at least as many again, so starting n
+/// things costs O(n) in all, however many stay alive (a sweep on every start was O(n²)).
+fn push_sweeping<T>(list: &mut Vec<T>, item: T, live: impl Fn(&T) -> bool) {
+    if list.len() == list.capacity() {
+        list.retain(live);
+        list.reserve(list.len().max(16));
+    }
+    list.push(item);
+}
+
+/// What a run must see to before it ends, as Python does at exit, in the order of [`Stage`].
+pub(crate) trait Finish: Send + Sync {
+    fn stage(&self) -> Stage;
+    /// Whether it still needs seeing to (a thread running, a process not reaped, a pool alive).
+    fn pending(&self) -> bool;
+    /// Waits for it, or stops it. Called without the GIL.
+    fn finish(&self);
+}
+
+/// The order in which a run's started things are finished: threads are waited for (any they
+/// start too), then pools still running are terminated, then child processes are waited for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Stage {
+    Threads,
+    Pools,
+    Processes,
+}
+
+/// What the threads of one script run share: the GIL, the settings, and what the run must
+/// finish before it ends.
+pub(crate) struct Host {
+    pub gil: Arc<Gil>,
+    started: Mutex<Vec<Arc<dyn Finish>>>,
+    thread_counter: AtomicU64,
+    process_counter: AtomicU64,
+    pub(crate) settings: Settings,
+}
+
+/// The host's locks, held across a fork (see `crate::rt::fork`).
+pub(crate) struct HostForkGuard<'a> {
+    gil: crate::rt::gil::GilForkGuard<'a>,
+    started: MutexGuard<'a, Vec<Arc<dyn Finish>>>,
+}
+
+impl HostForkGuard<'_> {
+    /// In the child: the parent's threads, pools and child processes are not this process's.
+    pub(crate) fn reset_in_child(mut self) {
+        self.gil.reset_in_child();
+        self.started.clear();
+    }
+}
+
+impl Host {
+    pub(crate) fn lock_for_fork(&self) -> HostForkGuard<'_> {
+        HostForkGuard {
+            started: self.started.lock().unwrap_or_else(|e| e.into_inner()),
+            gil: self.gil.fork_guard(),
+        }
+    }
+
+    /// A host for an isolated engine: its own GIL and registries, the same settings.
+    pub(crate) fn isolated(&self) -> Arc<Host> {
+        let gil = Gil::new(self.gil.interval(), self.gil.interrupter());
+        Host::new(gil, self.settings.clone())
+    }
+
+    /// A host with `gil` and nothing started yet.
+    pub(crate) fn new(gil: Gil, settings: Settings) -> Arc<Host> {
+        Arc::new(Host {
+            gil: Arc::new(gil),
+            started: Mutex::new(Vec::new()),
+            thread_counter: AtomicU64::new(0),
+            process_counter: AtomicU64::new(0),
+            settings,
+        })
+    }
+
+    /// The run's execution model for `Pool` and `Process`.
+    pub fn mode(&self) -> Mode {
+        self.settings.mode
+    }
+
+    /// The default task timeout of pools.
+    pub fn task_timeout(&self) -> Option<Duration> {
+        self.settings.task_timeout
+    }
+
+    /// "Process-1", "Process-2", ... as Python names them.
+    pub fn next_process_name(&self) -> String {
+        format!(
+            "Process-{}",
+            self.process_counter.fetch_add(1, Ordering::Relaxed) + 1
+        )
+    }
+
+    /// "Thread-1", "Thread-2", ... as Python names them.
+    pub fn next_thread_name(&self) -> String {
+        format!(
+            "Thread-{}",
+            self.thread_counter.fetch_add(1, Ordering::Relaxed) + 1
+        )
+    }
+
+    /// Something started (a thread, a process, a pool) that the run must finish before it
+    /// ends.
+    pub(crate) fn register(&self, started: Arc<dyn Finish>) {
+        let mut list = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        push_sweeping(&mut list, started, |s| s.pending());
+    }
+
+    /// What Python does before it exits: waits for every started thread (and the threads they
+    /// start), terminates the pools still running, waits for every child process. Call without
+    /// the GIL.
+    pub(crate) fn finish(&self) {
+        // The main script thread's code has returned: Ctrl-C now stops the run at once.
+        crate::rt::cancel::main_done();
+        loop {
+            let running = self.pending(|stage| stage == Stage::Threads);
+            if running.is_empty() {
+                break;
+            }
+            for thread in running {
+                thread.finish();
+            }
+        }
+        for stage in [Stage::Pools, Stage::Processes] {
+            for started in self.pending(|s| s == stage) {
+                started.finish();
+            }
+        }
+        self.started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// The started things of the stages `wanted` that still need finishing.
+    fn pending(&self, wanted: impl Fn(Stage) -> bool) -> Vec<Arc<dyn Finish>> {
+        let list = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        list.iter()
+            .filter(|s| wanted(s.stage()) && s.pending())
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_sweeping;
+    use std::cell::Cell;
+
+    /// Starting n things checks O(n) of them in all, whether all stay alive, all finish at
+    /// once, or one finishes between every two starts.
+    #[test]
+    fn registering_is_linear_however_many_stay_alive() {
+        let n = 20_000usize;
+        for pattern in ["all alive", "all done", "one done per start"] {
+            let checks = Cell::new(0usize);
+            let mut list: Vec<usize> = Vec::new();
+            for i in 0..n {
+                let done_below = match pattern {
+                    "all alive" => 0,
+                    "all done" => i,
+                    _ => i / 2,
+                };
+                push_sweeping(&mut list, i, |&item| {
+                    checks.set(checks.get() + 1);
+                    item >= done_below
+                });
+            }
+            assert!(
+                checks.get() <= 4 * n,
+                "{pattern}: {} checks for {n} starts",
+                checks.get()
+            );
+            if pattern == "all alive" {
+                assert_eq!(list, (0..n).collect::<Vec<_>>(), "nothing alive is dropped");
+            }
+        }
+    }
+}
