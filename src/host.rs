@@ -104,16 +104,16 @@ pub struct Settings {
     pub mode: Mode,
     /// Default `task_timeout` of pools.
     pub task_timeout: Option<Duration>,
-    /// Scripts get no file, process or code-loading facilities (see [`Runtime::sandbox`]).
+    /// Scripts get no file, process or code-loading facilities (see [`Runtime::sandbox`](crate::Runtime::sandbox)).
     pub sandbox: bool,
-    /// Lua may load binary chunks (see [`Runtime::binary_chunks`]).
+    /// Lua may load binary chunks (see [`Runtime::binary_chunks`](crate::Runtime::binary_chunks)).
     pub binary_chunks: bool,
-    /// Memory an engine may use, in bytes (see [`Runtime::max_memory`]).
+    /// Memory an engine may use, in bytes (see [`Runtime::max_memory`](crate::Runtime::max_memory)).
     pub max_memory: Option<usize>,
     /// Instructions one script thread, callback or pool task may execute (see
-    /// [`Runtime::max_instructions`]).
+    /// [`Runtime::max_instructions`](crate::Runtime::max_instructions)).
     pub max_instructions: Option<u64>,
-    /// How deeply calls may nest (see [`Runtime::max_call_depth`]).
+    /// How deeply calls may nest (see [`Runtime::max_call_depth`](crate::Runtime::max_call_depth)).
     pub max_call_depth: Option<usize>,
 }
 
