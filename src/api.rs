@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::host::Host;
+use crate::host::Mode;
 use crate::pool::{
     Callback, Callbacks, Calls, FunctionSpec, Job, JobKind, Pool, PoolHandle, PoolOptions, Workers,
 };
@@ -23,7 +24,7 @@ use crate::process::ScriptProcess;
 use crate::rt::gil::Gil;
 use crate::sync::{Lock, Queue};
 use crate::thread::{ScriptThread, Target};
-use crate::{Mode, Value};
+use crate::value::Value;
 
 /// The classes of host objects scripts can hold.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]

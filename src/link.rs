@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rt::codec;
 use crate::rt::fork::{self, SharedObject};
-use crate::Value;
+use crate::value::Value;
 
 /// An operation on a shared object.
 #[derive(Serialize, Deserialize, Debug, Clone)]

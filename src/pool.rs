@@ -52,7 +52,7 @@ use crate::host::{Finish, Host, Stage};
 use crate::rt::cancel::Cancel;
 use crate::rt::codec;
 use crate::rt::fork;
-use crate::Value;
+use crate::value::Value;
 
 /// The most tasks queued to one worker at a time.
 pub const MAX_WINDOW: usize = 64;
@@ -202,7 +202,7 @@ pub struct PoolOptions {
     /// is cancelled.
     pub task_timeout: Option<Duration>,
     /// What the pool's workers are, as `mode()` reports it.
-    pub mode: crate::Mode,
+    pub mode: crate::host::Mode,
 }
 
 // ---- wire messages ----
@@ -1229,7 +1229,7 @@ impl Pool {
     }
 
     /// What the workers are.
-    pub fn mode(&self) -> crate::Mode {
+    pub fn mode(&self) -> crate::host::Mode {
         self.options.mode
     }
 
@@ -1835,7 +1835,10 @@ mod tests {
 
     /// A pool of two `Echo` threads, with the gate they wait at (open if `open`).
     fn echo_pool(open: bool) -> (Arc<Pool>, Arc<(Mutex<bool>, Condvar)>) {
-        let host = crate::Runtime::new().host(None);
+        let host = crate::host::Host::new(
+            crate::rt::gil::Gil::new(crate::rt::gil::DEFAULT_SWITCH_INTERVAL, None),
+            crate::host::Settings::default(),
+        );
         let gate = Arc::new((Mutex::new(open), Condvar::new()));
         let engines = (0..2)
             .map(|_| {
@@ -1851,7 +1854,7 @@ mod tests {
             initializer: None,
             maxtasksperchild: None,
             task_timeout: None,
-            mode: crate::Mode::Isolated,
+            mode: crate::host::Mode::Isolated,
         };
         let pool = Pool::start(&host, Workers::Threads(engines), options).unwrap();
         (pool, gate)

@@ -22,10 +22,10 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
+use crate::host::Mode;
 use crate::host::{Finish, Host, Stage};
 use crate::rt::fork;
 use crate::thread::Target;
-use crate::Mode;
 
 enum State {
     New,

@@ -26,11 +26,12 @@ use mlua::{
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
 use crate::error::Error;
+use crate::host::Mode;
 use crate::host::{Host, Script};
 use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
 use crate::rt::gil::{Gil, Interrupter};
 use crate::thread::Target;
-use crate::{Mode, Value};
+use crate::value::Value;
 
 mod native;
 mod paths;

@@ -22,11 +22,12 @@ use ::rhai::{
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::error::Error;
+use crate::host::Mode;
 use crate::host::{Host, Script};
 use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
 use crate::rt::output;
 use crate::thread::Target;
-use crate::{Mode, Value};
+use crate::value::Value;
 
 mod modules;
 mod stops;

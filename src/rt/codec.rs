@@ -135,7 +135,7 @@ pub(crate) fn fuzz_frames<T: Serialize>(valid: &T, cases: usize, mut decode: imp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Value;
+    use crate::value::Value;
 
     fn sample() -> Value {
         Value::Map(vec![

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use crate::link::{self, Op};
 use crate::rt::fork::{self, SharedObject};
-use crate::Value;
+use crate::value::Value;
 
 /// A non-reentrant lock that any thread or process may release (Python's `threading.Lock` and
 /// `multiprocessing.Lock`). It lives in the process that created it; a forked child reaches it

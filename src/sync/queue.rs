@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::link::{self, Op};
 use crate::rt::fork::{self, SharedObject};
-use crate::Value;
+use crate::value::Value;
 
 /// A FIFO queue of values shared by script threads and processes (Python's `queue.Queue` and
 /// `multiprocessing.Queue`). Cloning gives another handle to the same queue.

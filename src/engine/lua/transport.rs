@@ -17,7 +17,7 @@ use mlua::{Function, Lua, Table, Value as LuaValue};
 use serde::{Deserialize, Serialize};
 
 use super::{data_of, error_text, from_value, unsendable_kind};
-use crate::Value;
+use crate::value::Value;
 
 #[derive(Serialize, Deserialize)]
 enum Wire {
