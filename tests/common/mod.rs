@@ -386,3 +386,36 @@ pub fn both(name: &str, lua: &str, rhai: &str, check: impl Fn(&Output)) {
         check(&run_code(&[], name, ext, code));
     }
 }
+
+/// Writes `code` as `main.lua` / `main.rhai` in a fresh temp dir and runs
+/// `parrun FLAGS.. main.EXT ARGS..` from that directory (so messages name `main.EXT`).
+pub fn run_main_with(lang: Lang, code: &str, flags: &[&str], args: &[&str]) -> Output {
+    let dir = TempDir::new(lang.name());
+    let file = lang.file("main");
+    dir.write(&file, code);
+    let mut argv: Vec<&str> = flags.to_vec();
+    argv.push(&file);
+    argv.extend_from_slice(args);
+    Run::new(argv).dir(dir.path()).output()
+}
+
+/// [`run_main_with`] without flags or arguments.
+pub fn run_main(lang: Lang, code: &str) -> Output {
+    run_main_with(lang, code, &[], &[])
+}
+
+/// The non-empty lines of stderr.
+pub fn stderr_lines(out: &Output) -> Vec<&str> {
+    out.stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+/// The number printed after `prefix` (`prefix` then the value to the end of the line).
+#[track_caller]
+pub fn float_after(out: &Output, prefix: &str) -> f64 {
+    let text = out.stdout_value(prefix);
+    text.parse()
+        .unwrap_or_else(|e| panic!("{prefix}{text:?} is not a number: {e}\n{}", out.describe()))
+}

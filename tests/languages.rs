@@ -1,0 +1,331 @@
+//! The engines are the real languages: Lua 5.4 as the stock interpreter runs it (`require`,
+//! `debug`, `os.exit`, `<close>`, strings, metatables, coroutines) and Rhai as `rhai-run` runs it
+//! (modules, `timestamp`, `exit`, closures, overflow). (`lua_fidelity.rs` and
+//! `lua_testsuite.rs` hold the Lua interpreter's finer points.)
+
+mod common;
+
+use common::{run_main, run_main_with, Lang, Run, TempDir};
+
+// ---------------------------------------------------------------------------------------
+// Lua is the real Lua 5.4
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn lua_require_finds_a_module_next_to_the_script() {
+    let dir = TempDir::new("require");
+    dir.write(
+        "app/helper.lua",
+        "local M = {}\nfunction M.double(x) return x * 2 end\nM.loaded_as = ...\nreturn M\n",
+    );
+    let main = dir.write(
+        "app/main.lua",
+        r#"
+            local helper = require("helper")
+            print(helper.double(21), helper.loaded_as)
+            print(require("helper") == helper)
+            print(require("parrun") == parrun)
+        "#,
+    );
+    // Run from elsewhere: the module is found next to the script, not in the working dir.
+    let out = Run::new([main.to_str().unwrap()]).dir(dir.path()).output();
+    out.assert_success();
+    assert_eq!(out.stdout, "42\thelper\ntrue\ntrue\n", "{}", out.describe());
+}
+
+#[test]
+fn lua_debug_library_is_present() {
+    let code = r#"
+        print(type(debug), type(debug.getinfo), type(debug.sethook), type(debug.traceback))
+        print("line " .. debug.getinfo(1, "l").currentline)
+        local function f() return debug.traceback("here") end
+        print(f():match("^here\nstack traceback:") ~= nil)
+        local up = 7
+        local function g() return up end
+        print(debug.getupvalue(g, 1))
+    "#;
+    let out = run_main(Lang::Lua, code);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        [
+            "table\tfunction\tfunction\tfunction",
+            "line 3",
+            "true",
+            "up\t7"
+        ],
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn lua_os_exit_sets_the_status() {
+    let out = run_main(
+        Lang::Lua,
+        "print('bye')\nos.exit(3)\nprint('not reached')\n",
+    );
+    out.assert_code(3);
+    assert_eq!(out.stdout, "bye\n", "{}", out.describe());
+    run_main(Lang::Lua, "os.exit(true)").assert_code(0);
+    run_main(Lang::Lua, "os.exit(false)").assert_code(1);
+}
+
+/// An error that ends a script, a thread or a pool task runs the `<close>` variables it leaves
+/// behind with the error, as a protected call (the stock interpreter's main chunk) does.
+#[test]
+fn lua_close_variables_run_when_an_error_ends_the_code() {
+    let code = r#"
+        local function guard(name)
+          return setmetatable({}, {__close = function(_, e) print(name .. " closed: " .. tostring(e):match("boom %a+")) end})
+        end
+        local t = parrun.Thread(function() local g <close> = guard("thread") error("boom thread") end)
+        t:start() t:join()
+        local pool = parrun.Pool(1)
+        print(pcall(pool.apply, pool, function() local g <close> = guard("task") error("boom task") end, {}))
+        local g <close> = guard("main")
+        error("boom main")
+    "#;
+    for mode in ["fork", "gil", "isolated"] {
+        let out = run_main_with(Lang::Lua, code, &["--mode", mode], &[]);
+        out.assert_code(1).assert_stderr_contains("boom main");
+        // (The task's error, printed by `pcall`, spans several lines with its traceback.)
+        let lines = out.stdout_lines();
+        assert_eq!(
+            lines[0],
+            "thread closed: boom thread",
+            "{mode}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            lines[1],
+            "task closed: boom task",
+            "{mode}: {}",
+            out.describe()
+        );
+        assert!(
+            lines[2].starts_with("false\t"),
+            "{mode}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            lines.last(),
+            Some(&"main closed: boom main"),
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}
+
+#[test]
+fn lua_string_library() {
+    let code = r#"
+        print(string.format("%5.2f|%-4s|%03d|%x|%q", math.pi, "ab", 7, 255, "a\nb"))
+        print(("hello world"):gsub("o", "0"))
+        print(string.find("key = value", "(%w+)%s*=%s*(%w+)"))
+        print(("abc"):rep(3, "-"), ("Hello"):upper(), ("Hello"):byte(1), string.char(72, 105))
+        local words = {}
+        for w in ("the quick brown fox"):gmatch("%a+") do words[#words + 1] = w end
+        print(#words, table.concat(words, ","), utf8.len("héllo"))
+        print(math.type(1), math.type(1.0), 7 // 2, 7 / 2, 2^10, 3 & 5, 1 << 4)
+    "#;
+    let out = run_main(Lang::Lua, code);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        [
+            " 3.14|ab  |007|ff|\"a\\",
+            "b\"",
+            "hell0 w0rld\t2",
+            "1\t11\tkey\tvalue",
+            "abc-abc-abc\tHELLO\t72\tHi",
+            "4\tthe,quick,brown,fox\t5",
+            "integer\tfloat\t3\t3.5\t1024.0\t1\t16",
+        ],
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn lua_metatables() {
+    let code = r#"
+        local Vec = {}
+        Vec.__index = Vec
+        Vec.__add = function(a, b) return Vec.new(a.x + b.x, a.y + b.y) end
+        Vec.__eq = function(a, b) return a.x == b.x and a.y == b.y end
+        Vec.__tostring = function(v) return "(" .. v.x .. ", " .. v.y .. ")" end
+        Vec.__len = function() return 2 end
+        Vec.__call = function(v, k) return v.x * k end
+        function Vec.new(x, y) return setmetatable({x = x, y = y}, Vec) end
+        function Vec:dot(o) return self.x * o.x + self.y * o.y end
+        local a, b = Vec.new(1, 2), Vec.new(3, 4)
+        print(tostring(a + b), a:dot(b), #a, a(10), a + b == Vec.new(4, 6))
+        local defaults = setmetatable({}, {__index = function(_, k) return k .. "?" end})
+        print(defaults.colour, rawget(defaults, "colour"))
+        local log = {}
+        local proxy = setmetatable({}, {__newindex = function(t, k, v) log[#log + 1] = k; rawset(t, k, v) end})
+        proxy.a = 1; proxy.b = 2; proxy.a = 3
+        print(table.concat(log, ","), proxy.a, getmetatable("").__index == string)
+    "#;
+    let out = run_main(Lang::Lua, code);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        ["(4, 6)\t11\t2\t10\ttrue", "colour?\tnil", "a,b\t3\ttrue"],
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn lua_coroutines_work_and_may_block() {
+    let code = r#"
+        -- A generator.
+        local gen = coroutine.wrap(function()
+            for i = 1, 3 do coroutine.yield(i * 10) end
+        end)
+        print(gen(), gen(), gen())
+
+        -- Values pass both ways through resume/yield, and status is tracked.
+        local co = coroutine.create(function(a)
+            local b = coroutine.yield(a + 1)
+            return b * 2
+        end)
+        print(coroutine.resume(co, 1))
+        print(coroutine.status(co))
+        print(coroutine.resume(co, 5))
+        print(coroutine.status(co), coroutine.resume(co))
+        print(coroutine.isyieldable(), select(2, coroutine.running()))
+
+        -- A blocking call inside a coroutine: it works, and releases the GIL so another
+        -- thread runs meanwhile.
+        local q = parrun.Queue()
+        local t = parrun.Thread(function() q:put("thread ran") end)
+        local sleeper = coroutine.create(function()
+            local t0 = parrun.time()
+            t:start()
+            parrun.sleep(0.3)
+            local seen = q:qsize()
+            coroutine.yield(parrun.time() - t0)
+            return seen
+        end)
+        local ok, slept = coroutine.resume(sleeper)
+        print(ok, slept >= 0.25)
+        print(coroutine.resume(sleeper))
+        t:join()
+        print(q:get())
+
+        -- An error inside a coroutine is returned by resume.
+        local bad = coroutine.create(function() error("inside", 0) end)
+        print(coroutine.resume(bad))
+    "#;
+    let out = run_main(Lang::Lua, code);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        [
+            "10\t20\t30",
+            "true\t2",
+            "suspended",
+            "true\t10",
+            "dead\tfalse\tcannot resume dead coroutine",
+            "false\ttrue",
+            "true\ttrue",
+            "true\t1",
+            "thread ran",
+            "false\tinside",
+        ],
+        "{}",
+        out.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Rhai is the real Rhai
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn rhai_import_finds_a_module_next_to_the_script() {
+    let dir = TempDir::new("import");
+    dir.write(
+        "app/util.rhai",
+        "fn triple(x) { x * 3 }\nexport const NAME = \"util\";\n",
+    );
+    let main = dir.write(
+        "app/main.rhai",
+        "import \"util\" as u;\nprint(u::triple(14));\nprint(u::NAME);\n",
+    );
+    let out = Run::new([main.to_str().unwrap()]).dir(dir.path()).output();
+    out.assert_success();
+    assert_eq!(out.stdout, "42\nutil\n", "{}", out.describe());
+}
+
+#[test]
+fn rhai_timestamp() {
+    let code = r#"
+        let t = timestamp();
+        sleep(0.1);
+        let e = t.elapsed;
+        print(type_of(t));
+        print(e >= 0.09 && e < 30.0);
+    "#;
+    let out = run_main(Lang::Rhai, code);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        ["timestamp", "true"],
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn rhai_exit_sets_the_status() {
+    let out = run_main(
+        Lang::Rhai,
+        "print(\"bye\");\nexit(3);\nprint(\"not reached\");\n",
+    );
+    out.assert_code(3);
+    assert_eq!(out.stdout, "bye\n", "{}", out.describe());
+    run_main(Lang::Rhai, "exit();").assert_code(0);
+}
+
+#[test]
+fn rhai_closures_and_ranges() {
+    let code = r#"
+        let total = 0;
+        for i in 0..10 { total += i; }
+        for i in 1..=3 { total += i * 100; }
+        for i in range(0, 10, 3) { total += i * 1000; }
+        print(total);
+
+        let k = 5;
+        let add_k = |x| x + k;
+        print(add_k.call(1));
+        print([1, 2, 3].map(|x| x * k));
+
+        let counter = 0;
+        let bump = || counter += 1;
+        bump.call(); bump.call(); bump.call();
+        print(counter);
+
+        fn apply(f, x) { f.call(x) }
+        print(apply(|x| x * x, 9));
+        print([5, 3, 8, 1].filter(|x| x > 2).reduce(|sum, x| sum + x, 0));
+    "#;
+    let out = run_main(Lang::Rhai, code);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        ["18645", "6", "[5, 10, 15]", "3", "81", "16"],
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn rhai_integer_overflow_is_an_error() {
+    let out = run_main(Lang::Rhai, "let x = 9223372036854775807;\nlet y = x + 1;\n");
+    out.assert_code(1).assert_stderr_contains("main.rhai:2");
+}

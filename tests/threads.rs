@@ -1,0 +1,593 @@
+//! Script threads, queues and locks under the GIL: errors in threads, `Queue.get` timeouts,
+//! copying, the scoped lock, shared state, CPU-bound threads interleaving, blocking calls
+//! overlapping, the forms a thread's function takes, and the script waiting for its threads.
+
+mod common;
+
+use common::{float_after, run_main, run_main_with, Lang, Run, TempDir};
+
+// ---------------------------------------------------------------------------------------
+// Threads, queues, locks
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn error_in_a_thread_is_reported_and_the_script_goes_on() {
+    let lua = "local function worker(n)\n  if n == 2 then error('bad worker') end\n  print('ok ' .. n)\nend\n\
+               local a = parrun.Thread(worker, {1})\nlocal b = parrun.Thread(worker, {2}, 'Boom')\n\
+               local c = parrun.Thread(worker, {2})\n\
+               print(a.name, b.name, c.name)\n\
+               a:start() a:join() b:start() b:join() c:start() c:join()\n\
+               print('still running', b:is_alive())\n";
+    let rhai = "fn worker(n) {\n  if n == 2 { throw \"bad worker\"; }\n  print(`ok ${n}`);\n}\n\
+                let a = Thread(worker, [1]);\nlet b = Thread(worker, [2], \"Boom\");\n\
+                let c = Thread(Fn(\"worker\"), [2]);\n\
+                print(`${a.name}\t${b.name}\t${c.name}`);\n\
+                a.start(); a.join(); b.start(); b.join(); c.start(); c.join();\n\
+                print(`still running\t${b.is_alive()}`);\n";
+    for (lang, code) in [(Lang::Lua, lua), (Lang::Rhai, rhai)] {
+        let out = run_main(lang, code);
+        out.assert_success()
+            .assert_stderr_contains("Exception in thread Boom:")
+            .assert_stderr_contains("Exception in thread Thread-2:")
+            .assert_stderr_contains(&format!("{}:2:", lang.file("main")))
+            .assert_stderr_contains("bad worker");
+        assert_eq!(
+            out.stdout_lines(),
+            ["Thread-1\tBoom\tThread-2", "ok 1", "still running\tfalse"],
+            "{}",
+            out.describe()
+        );
+        // The report names the thread first, then the error.
+        let header = out.stderr.find("Exception in thread Boom:").unwrap();
+        let message = out.stderr[header..].find("bad worker");
+        assert!(message.is_some(), "{}", out.describe());
+    }
+}
+
+#[test]
+fn queue_get_timeout_raises_empty() {
+    let lua = r#"
+        local q = parrun.Queue()
+        local t0 = parrun.time()
+        local ok, err = pcall(function() return q:get(0.2) end)
+        print(ok, parrun.time() - t0 >= 0.15)
+        print(err)
+        q:put("x")
+        print(q:get(0.2), q:empty(), q:qsize())
+    "#;
+    let rhai = r#"
+        let q = Queue();
+        let t0 = time();
+        try {
+            q.get(0.2);
+            print("no error");
+        } catch (err) {
+            print(`false ${time() - t0 >= 0.15}`);
+            print(err);
+        }
+        q.put("x");
+        print(`${q.get(0.2)} ${q.empty()} ${q.qsize()}`);
+    "#;
+    for (lang, code) in [(Lang::Lua, lua), (Lang::Rhai, rhai)] {
+        let out = run_main(lang, code);
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert_eq!(lines.len(), 3, "{}", out.describe());
+        assert_eq!(
+            lines[0].replace('\t', " "),
+            "false true",
+            "{}",
+            out.describe()
+        );
+        assert!(lines[1].contains("Empty"), "{}", out.describe());
+        assert_eq!(
+            lines[2].replace('\t', " "),
+            "x true 0",
+            "{}",
+            out.describe()
+        );
+    }
+
+    // Uncaught, it ends the script with status 1.
+    let out = run_main(Lang::Lua, "parrun.Queue():get(0.05)\n");
+    out.assert_code(1).assert_stderr_contains("Empty");
+    let out = run_main(Lang::Rhai, "Queue().get(0.05);\n");
+    out.assert_code(1).assert_stderr_contains("Empty");
+}
+
+#[test]
+fn queue_values_are_copied_and_objects_are_refused() {
+    let lua = r#"
+        local q = parrun.Queue()
+        local t = {1, 2, {x = "y"}}
+        q:put(t)
+        t[1] = 99
+        local got = q:get()
+        print(got[1], got[3].x, got == t)
+        q:put(1.5) q:put(true) q:put("s") q:put(7)
+        local f, b, s, i = q:get(), q:get(), q:get(), q:get()
+        print(f, b, s, i, math.type(i))
+        print(pcall(q.put, q, q))
+        print(pcall(q.put, q, print))
+    "#;
+    let out = run_main(Lang::Lua, lua);
+    out.assert_success();
+    let lines = out.stdout_lines();
+    assert_eq!(
+        lines[..2],
+        ["1\ty\tfalse", "1.5\ttrue\ts\t7\tinteger"],
+        "{}",
+        out.describe()
+    );
+    assert!(lines[2].starts_with("false\t"), "{}", out.describe());
+    assert!(lines[3].starts_with("false\t"), "{}", out.describe());
+
+    let rhai = r#"
+        let q = Queue();
+        let t = [1, 2, #{x: "y"}];
+        q.put(t);
+        t[0] = 99;
+        let got = q.get();
+        print(`${got[0]} ${got[2].x}`);
+        q.put(1.5); q.put(true); q.put("s"); q.put(7);
+        print(`${q.get()} ${q.get()} ${q.get()} ${type_of(q.get())}`);
+        try { q.put(q); print("put a queue"); } catch (e) { print("refused"); }
+    "#;
+    let out = run_main(Lang::Rhai, rhai);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        ["1 y", "1.5 true s i64", "refused"],
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn lock_scoped_form_releases_the_lock_when_the_body_fails() {
+    let lua = r#"
+        local lock = parrun.Lock()
+        local ok, err = pcall(function()
+            return lock:with(function() error("x") end)
+        end)
+        print(ok, err:match("x$") ~= nil, lock:locked())
+        print(lock:with(function(a, b) print("inside", lock:locked()) return a + b, a * b end, 3, 4))
+        print(lock:locked(), lock:acquire(), lock:locked(), lock:acquire(0.05))
+        lock:release()
+        print(lock:locked())
+    "#;
+    let out = run_main(Lang::Lua, lua);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        [
+            "false\ttrue\tfalse",
+            "inside\ttrue",
+            "7\t12",
+            "false\ttrue\ttrue\tfalse",
+            "false",
+        ],
+        "{}",
+        out.describe()
+    );
+
+    let rhai = r#"
+        let lock = Lock();
+        try {
+            with lock { throw "x"; }
+        } catch (err) {
+            print(`caught ${err} ${lock.locked()}`);
+        }
+        let v = with lock { print(`inside ${lock.locked()}`); 42 };
+        print(v);
+        print(`${lock.locked()} ${lock.acquire()} ${lock.locked()} ${lock.acquire(0.05)}`);
+        lock.release();
+        print(lock.locked());
+    "#;
+    let out = run_main(Lang::Rhai, rhai);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        [
+            "caught x false",
+            "inside true",
+            "42",
+            "false true true false",
+            "false"
+        ],
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn shared_state_under_a_lock() {
+    // Lua: a global counter, shared by every thread, incremented under the lock.
+    let lua = r#"
+        counter = 0
+        local lock = parrun.Lock()
+        local function work(n)
+            for _ = 1, n do
+                lock:with(function()
+                    local c = counter
+                    for _ = 1, 10 do end  -- widen the window between read and write
+                    counter = c + 1
+                end)
+            end
+        end
+        local threads = {}
+        for i = 1, 4 do
+            threads[i] = parrun.Thread(work, {2000})
+            threads[i]:start()
+        end
+        for _, t in ipairs(threads) do t:join() end
+        print("counter = " .. counter)
+    "#;
+    // Rhai: a counter captured by the closure every thread runs.
+    let rhai = r#"
+        let counter = 0;
+        let lock = Lock();
+        let work = |n| {
+            for round in 0..n {
+                with lock {
+                    let c = counter;
+                    for spin in 0..10 {}
+                    counter = c + 1;
+                }
+            }
+        };
+        let threads = [];
+        for i in 0..4 {
+            let t = Thread(work, [300]);
+            t.start();
+            threads.push(t);
+        }
+        for t in threads { t.join(); }
+        print(`counter = ${counter}`);
+    "#;
+    let out = run_main_with(Lang::Lua, lua, &["--switch-interval", "1"], &[]);
+    out.assert_success();
+    assert_eq!(out.stdout, "counter = 8000\n", "{}", out.describe());
+    let out = run_main_with(Lang::Rhai, rhai, &["--switch-interval", "1"], &[]);
+    out.assert_success();
+    assert_eq!(out.stdout, "counter = 1200\n", "{}", out.describe());
+}
+
+/// Two CPU-bound threads, `ROUNDS` rounds each of ~10-30 ms busy work, each putting its id on
+/// a queue after every round; prints the sequence of ids.
+const ROUNDS: usize = 8;
+
+fn interleave_script(lang: Lang) -> String {
+    match lang {
+        Lang::Lua => format!(
+            r#"
+            local q = parrun.Queue()
+            local function busy(id)
+                for _ = 1, {ROUNDS} do
+                    local x = 0
+                    for i = 1, 1000000 do x = x + i % 7 end
+                    q:put(id)
+                end
+            end
+            local a = parrun.Thread(busy, {{1}})
+            local b = parrun.Thread(busy, {{2}})
+            a:start() b:start()
+            a:join() b:join()
+            local seq = {{}}
+            while not q:empty() do seq[#seq + 1] = q:get() end
+            print("sequence: " .. table.concat(seq, " "))
+            "#
+        ),
+        Lang::Rhai => format!(
+            r#"
+            let q = Queue();
+            fn busy(q, id) {{
+                for round in 0..{ROUNDS} {{
+                    let x = 0;
+                    for i in 0..10000 {{ x += i % 7; }}
+                    q.put(id);
+                }}
+            }}
+            let a = Thread(busy, [q, 1]);
+            let b = Thread(busy, [q, 2]);
+            a.start(); b.start();
+            a.join(); b.join();
+            let seq = "";
+            while !q.empty() {{ seq += ` ${{q.get()}}`; }}
+            print(`sequence:${{seq}}`);
+            "#
+        ),
+    }
+}
+
+#[test]
+fn cpu_bound_threads_interleave() {
+    for lang in Lang::ALL {
+        let out = run_main_with(
+            lang,
+            &interleave_script(lang),
+            &["--switch-interval", "1"],
+            &[],
+        );
+        out.assert_success();
+        let seq: Vec<u32> = out
+            .stdout_value("sequence:")
+            .split_whitespace()
+            .map(|id| id.parse().expect("an id"))
+            .collect();
+        for id in [1, 2] {
+            assert_eq!(
+                seq.iter().filter(|&&x| x == id).count(),
+                ROUNDS,
+                "thread {id} did not report every round ({lang:?})\n{}",
+                out.describe()
+            );
+        }
+        // The thread that finished first: both ids must appear before its last entry, or the
+        // threads ran one after the other instead of taking turns.
+        let last = |id| seq.iter().rposition(|&x| x == id).unwrap();
+        let first_done = last(1).min(last(2));
+        let before = &seq[..first_done];
+        assert!(
+            before.contains(&1) && before.contains(&2),
+            "the threads did not interleave ({lang:?}): {seq:?}\n{}",
+            out.describe()
+        );
+    }
+}
+
+/// A thread blocked in a method of a variable it shares with other threads (a Lua upvalue, a
+/// Rhai closure capture) must not stop the others from using that variable.
+fn captured_queue_script(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Lua => {
+            r#"
+            local q = parrun.Queue()
+            local function worker() print("got " .. q:get()) end
+            local a, b = parrun.Thread(worker), parrun.Thread(worker)
+            a:start() b:start()
+            parrun.sleep(0.2)  -- both workers are now blocked in q:get()
+            q:put(1) q:put(2)
+            a:join() b:join()
+            print("done")
+            "#
+        }
+        Lang::Rhai => {
+            r#"
+            let q = Queue();
+            let worker = || print(`got ${q.get()}`);
+            let a = Thread(worker, []);
+            let b = Thread(worker, []);
+            a.start(); b.start();
+            sleep(0.2);  // both workers are now blocked in q.get()
+            q.put(1); q.put(2);
+            a.join(); b.join();
+            print("done");
+            "#
+        }
+    }
+}
+
+#[track_caller]
+fn check_captured_queue(lang: Lang) {
+    let dir = TempDir::new("captured");
+    let file = lang.file("main");
+    dir.write(&file, captured_queue_script(lang));
+    let out = Run::new([file.as_str()])
+        .dir(dir.path())
+        .timeout(std::time::Duration::from_secs(15))
+        .output();
+    out.assert_success();
+    // Which woken worker prints first is up to the GIL's hand-over order.
+    let mut lines = out.stdout_lines();
+    lines[..2].sort_unstable();
+    assert_eq!(lines, ["got 1", "got 2", "done"], "{}", out.describe());
+    assert!(out.stderr.is_empty(), "{}", out.describe());
+}
+
+#[test]
+fn blocking_call_on_a_shared_upvalue_lua() {
+    check_captured_queue(Lang::Lua);
+}
+
+/// The blocked `q.get()` must not keep Rhai's lock on the captured variable `q` (it did once:
+/// the second worker failed with "Data race detected" and the main thread's `q.put` hung).
+#[test]
+fn blocking_call_on_a_captured_variable_rhai() {
+    check_captured_queue(Lang::Rhai);
+}
+
+#[test]
+fn sleeping_threads_overlap() {
+    // Each thread records (relative to t0) when it starts and finishes its 0.5 s sleep.
+    let lua = r#"
+        local q = parrun.Queue()
+        local t0 = parrun.time()
+        local function napper()
+            local start = parrun.time() - t0
+            parrun.sleep(0.5)
+            q:put({start = start, finish = parrun.time() - t0})
+        end
+        local threads = {}
+        for i = 1, 4 do
+            threads[i] = parrun.Thread(napper)
+            threads[i]:start()
+        end
+        for _, t in ipairs(threads) do t:join() end
+        local elapsed = parrun.time() - t0
+        local last_start, first_finish = -1, math.huge
+        for _ = 1, 4 do
+            local r = q:get()
+            last_start = math.max(last_start, r.start)
+            first_finish = math.min(first_finish, r.finish)
+        end
+        print("elapsed: " .. elapsed)
+        print("last start: " .. last_start)
+        print("first finish: " .. first_finish)
+    "#;
+    let rhai = r#"
+        let q = Queue();
+        let t0 = time();
+        let napper = || {
+            let start = time() - t0;
+            sleep(0.5);
+            q.put(#{ start: start, finish: time() - t0 });
+        };
+        let threads = [];
+        for i in 0..4 {
+            let t = Thread(napper, []);
+            t.start();
+            threads.push(t);
+        }
+        for t in threads { t.join(); }
+        let elapsed = time() - t0;
+        let last_start = -1.0;
+        let first_finish = 1e9;
+        for i in 0..4 {
+            let r = q.get();
+            last_start = max(last_start, r.start);
+            first_finish = min(first_finish, r.finish);
+        }
+        print(`elapsed: ${elapsed}`);
+        print(`last start: ${last_start}`);
+        print(`first finish: ${first_finish}`);
+    "#;
+    for (lang, code) in [(Lang::Lua, lua), (Lang::Rhai, rhai)] {
+        let out = run_main(lang, code);
+        out.assert_success();
+        let elapsed = float_after(&out, "elapsed:");
+        let last_start = float_after(&out, "last start:");
+        let first_finish = float_after(&out, "first finish:");
+        assert!(
+            elapsed >= 0.45,
+            "4 threads sleeping 0.5 s finished too soon: {elapsed} s ({lang:?})\n{}",
+            out.describe()
+        );
+        assert!(
+            elapsed < 1.0,
+            "4 threads sleeping 0.5 s took {elapsed} s: the sleeps did not overlap ({lang:?})\n{}",
+            out.describe()
+        );
+        assert!(
+            last_start < first_finish,
+            "a thread finished sleeping before another one started ({lang:?})\n{}",
+            out.describe()
+        );
+    }
+}
+
+#[test]
+fn thread_functions_in_every_form() {
+    // Lua: a function value, a closure over upvalues, and a global function's name.
+    let lua = r#"
+        local q = parrun.Queue()
+        function global_worker(x) q:put("global " .. x) end
+        local function local_worker(x, y) q:put("local " .. x + y) end
+        local k = 100
+        local ts = {
+            parrun.Thread(local_worker, {1, 2}),
+            parrun.Thread(function() q:put("closure " .. k) end),
+            parrun.Thread("global_worker", {"by name"}),
+        }
+        for _, t in ipairs(ts) do t:start() t:join() end
+        while not q:empty() do print(q:get()) end
+        print(ts[1]:is_alive(), tostring(ts[1]):match("^<Thread%(Thread%-1") ~= nil)
+    "#;
+    let out = run_main(Lang::Lua, lua);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        ["local 3", "closure 100", "global by name", "false\ttrue"],
+        "{}",
+        out.describe()
+    );
+
+    // Rhai: a bare function name, Fn("name"), and a closure.
+    let rhai = r#"
+        let q = Queue();
+        fn worker(q, x, y) { q.put(`named ${x + y}`); }
+        let k = 100;
+        let ts = [
+            Thread(worker, [q, 1, 2]),
+            Thread(Fn("worker"), [q, 10, 20]),
+            Thread(|| q.put(`closure ${k}`), []),
+        ];
+        for t in ts { t.start(); t.join(); }
+        while !q.empty() { print(q.get()); }
+        print(ts[0].is_alive());
+    "#;
+    let out = run_main(Lang::Rhai, rhai);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        ["named 3", "named 30", "closure 100", "false"],
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn the_script_waits_for_unjoined_threads() {
+    let lua = r#"
+        parrun.Thread(function() parrun.sleep(0.2) print("thread done") end):start()
+        print("main done")
+    "#;
+    let rhai = r#"
+        Thread(|| { sleep(0.2); print("thread done"); }, []).start();
+        print("main done");
+    "#;
+    for (lang, code) in [(Lang::Lua, lua), (Lang::Rhai, rhai)] {
+        let out = run_main(lang, code);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["main done", "thread done"],
+            "{}",
+            out.describe()
+        );
+    }
+}
+
+#[test]
+fn utility_functions() {
+    let lua = r#"
+        local t = parrun.time()
+        print(math.type(t), t > 1.6e9)
+        print(math.type(parrun.getpid()), parrun.getpid() > 0)
+        print(math.type(parrun.cpu_count()), parrun.cpu_count() >= 1)
+        local ok = true
+        for _ = 1, 1000 do
+            local r = parrun.random()
+            if not (r >= 0 and r < 1) then ok = false end
+        end
+        print(ok)
+    "#;
+    let rhai = r#"
+        let t = time();
+        print(`${type_of(t)} ${t > 1.6e9}`);
+        print(`${type_of(getpid())} ${getpid() > 0}`);
+        print(`${type_of(cpu_count())} ${cpu_count() >= 1}`);
+        let ok = true;
+        for i in 0..1000 {
+            let r = random();
+            if !(r >= 0.0 && r < 1.0) { ok = false; }
+        }
+        print(ok);
+    "#;
+    let out = run_main(Lang::Lua, lua);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        ["float\ttrue", "integer\ttrue", "integer\ttrue", "true"],
+        "{}",
+        out.describe()
+    );
+    let out = run_main(Lang::Rhai, rhai);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        ["f64 true", "i64 true", "i64 true", "true"],
+        "{}",
+        out.describe()
+    );
+}
