@@ -1,4 +1,4 @@
-//! `Value`: the engine-neutral data that crosses threads (and, later, processes).
+//! `Value`: the engine-neutral data that crosses threads and processes, and reaches Rust.
 //!
 //! Both engines convert to and from `Value` through their crates' serde support
 //! (`mlua`'s `Serialize` for Lua values and `LuaSerdeExt`, `rhai::serde`): `Value` implements
@@ -257,12 +257,6 @@ impl Builder {
     }
 }
 
-type Unsupported = serde::ser::Impossible<Value, BuildError>;
-
-fn unsupported(what: &str) -> BuildError {
-    BuildError(format!("a {what} is not data"))
-}
-
 /// `Serializer` methods for the integer types that always fit in an `i64`.
 macro_rules! integers_fit {
     ($($method:ident: $int:ty),*) => {
@@ -278,10 +272,10 @@ impl Serializer for ValueSerializer {
     type SerializeSeq = Builder;
     type SerializeTuple = Builder;
     type SerializeTupleStruct = Builder;
-    type SerializeTupleVariant = Unsupported;
+    type SerializeTupleVariant = VariantBuilder;
     type SerializeMap = Builder;
     type SerializeStruct = Builder;
-    type SerializeStructVariant = Unsupported;
+    type SerializeStructVariant = VariantBuilder;
 
     fn serialize_bool(self, v: bool) -> Result<Value, BuildError> {
         Ok(Value::Bool(v))
@@ -346,10 +340,10 @@ impl Serializer for ValueSerializer {
         self,
         _: &'static str,
         _: u32,
-        _: &'static str,
-        _: &T,
+        variant: &'static str,
+        v: &T,
     ) -> Result<Value, BuildError> {
-        Err(unsupported("enum variant"))
+        Ok(tagged(variant, v.serialize(self)?))
     }
     fn serialize_seq(self, len: Option<usize>) -> Result<Builder, BuildError> {
         Ok(Builder::with_capacity(len.unwrap_or(0), 0))
@@ -364,10 +358,13 @@ impl Serializer for ValueSerializer {
         self,
         _: &'static str,
         _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Unsupported, BuildError> {
-        Err(unsupported("enum variant"))
+        variant: &'static str,
+        len: usize,
+    ) -> Result<VariantBuilder, BuildError> {
+        Ok(VariantBuilder {
+            variant,
+            fields: Builder::with_capacity(len, 0),
+        })
     }
     fn serialize_map(self, len: Option<usize>) -> Result<Builder, BuildError> {
         Ok(Builder::with_capacity(0, len.unwrap_or(0)))
@@ -379,10 +376,51 @@ impl Serializer for ValueSerializer {
         self,
         _: &'static str,
         _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Unsupported, BuildError> {
-        Err(unsupported("enum variant"))
+        variant: &'static str,
+        len: usize,
+    ) -> Result<VariantBuilder, BuildError> {
+        Ok(VariantBuilder {
+            variant,
+            fields: Builder::with_capacity(0, len),
+        })
+    }
+}
+
+/// An enum variant with content, as serde's default (externally tagged) representation has it
+/// and [`Value::deserialize_into`] reads it: a one-entry map from the variant's name.
+fn tagged(variant: &'static str, content: Value) -> Value {
+    Value::Map(vec![(Value::Str(variant.to_owned()), content)])
+}
+
+/// A tuple or struct variant being built.
+struct VariantBuilder {
+    variant: &'static str,
+    fields: Builder,
+}
+
+impl serde::ser::SerializeTupleVariant for VariantBuilder {
+    type Ok = Value;
+    type Error = BuildError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), BuildError> {
+        SerializeSeq::serialize_element(&mut self.fields, v)
+    }
+    fn end(self) -> Result<Value, BuildError> {
+        Ok(tagged(self.variant, SerializeSeq::end(self.fields)?))
+    }
+}
+
+impl serde::ser::SerializeStructVariant for VariantBuilder {
+    type Ok = Value;
+    type Error = BuildError;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        v: &T,
+    ) -> Result<(), BuildError> {
+        serde::ser::SerializeStruct::serialize_field(&mut self.fields, name, v)
+    }
+    fn end(self) -> Result<Value, BuildError> {
+        Ok(tagged(self.variant, SerializeMap::end(self.fields)?))
     }
 }
 
@@ -457,6 +495,224 @@ impl serde::ser::SerializeStruct for Builder {
     }
 }
 
+/// Reads a [`Value`] into anything serde can deserialize: the way data reaches Rust from a
+/// script (a host function's arguments, a script's result). A whole float reads as an integer
+/// where one is wanted (Lua's `3.0`), a one-character string as a `char`, a map with string
+/// keys as a struct, a string as a unit enum variant and a one-entry map as any other variant.
+///
+/// ```
+/// use parrun::Value;
+/// #[derive(serde::Deserialize, Debug, PartialEq)]
+/// struct Point { x: i64, y: f64 }
+/// let v = Value::Map(vec![
+///     (Value::Str("x".into()), Value::Float(3.0)),
+///     (Value::Str("y".into()), Value::Int(2)),
+/// ]);
+/// assert_eq!(v.deserialize_into::<Point>().unwrap(), Point { x: 3, y: 2.0 });
+/// ```
+impl Value {
+    pub fn deserialize_into<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        T::deserialize(self).map_err(|e: ReadError| e.0)
+    }
+}
+
+/// The error of reading a `Value` into a Rust type: a message.
+#[derive(Debug)]
+pub struct ReadError(String);
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+impl de::Error for ReadError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        ReadError(msg.to_string())
+    }
+}
+
+impl<'de> de::IntoDeserializer<'de, ReadError> for Value {
+    type Deserializer = Value;
+    fn into_deserializer(self) -> Value {
+        self
+    }
+}
+
+/// A whole float as the integer it holds, if it fits.
+fn whole(f: f64) -> Option<i64> {
+    (f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64).then_some(f as i64)
+}
+
+macro_rules! deserialize_integers {
+    ($($method:ident)*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ReadError> {
+            match self {
+                Value::Float(f) => match whole(f) {
+                    Some(i) => visitor.visit_i64(i),
+                    None => visitor.visit_f64(f),
+                },
+                other => other.deserialize_any(visitor),
+            }
+        }
+    )*};
+}
+
+impl<'de> Deserializer<'de> for Value {
+    type Error = ReadError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ReadError> {
+        match self {
+            Value::Nil => visitor.visit_unit(),
+            Value::Bool(b) => visitor.visit_bool(b),
+            Value::Int(i) => visitor.visit_i64(i),
+            Value::Float(f) => visitor.visit_f64(f),
+            Value::Str(s) => visitor.visit_string(s),
+            Value::Char(c) => visitor.visit_char(c),
+            Value::Bytes(b) => visitor.visit_byte_buf(b),
+            Value::Array(items) => {
+                let mut seq = de::value::SeqDeserializer::new(items.into_iter());
+                let value = visitor.visit_seq(&mut seq)?;
+                seq.end()?;
+                Ok(value)
+            }
+            Value::Map(entries) => {
+                let mut map = de::value::MapDeserializer::new(entries.into_iter());
+                let value = visitor.visit_map(&mut map)?;
+                map.end()?;
+                Ok(value)
+            }
+        }
+    }
+
+    deserialize_integers! {
+        deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64 deserialize_i128
+        deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_u128
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ReadError> {
+        match self {
+            Value::Nil => visitor.visit_none(),
+            other => visitor.visit_some(other),
+        }
+    }
+
+    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ReadError> {
+        match self {
+            Value::Str(s) if s.chars().count() == 1 => {
+                visitor.visit_char(s.chars().next().unwrap_or_default())
+            }
+            other => other.deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, ReadError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ReadError> {
+        match self {
+            Value::Str(variant) => visitor.visit_enum(de::value::StringDeserializer::new(variant)),
+            Value::Map(mut entries) if entries.len() == 1 => {
+                let (variant, content) = entries.pop().unwrap_or_default();
+                visitor.visit_enum(EnumValue { variant, content })
+            }
+            other => Err(de::Error::invalid_type(
+                other.unexpected(),
+                &"an enum variant",
+            )),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool f32 f64 str string bytes byte_buf unit unit_struct seq tuple tuple_struct map
+        struct identifier ignored_any
+    }
+}
+
+impl Value {
+    /// What serde's messages call this value when it is not what a type wants.
+    fn unexpected(&self) -> de::Unexpected<'_> {
+        match self {
+            Value::Nil => de::Unexpected::Unit,
+            Value::Bool(b) => de::Unexpected::Bool(*b),
+            Value::Int(i) => de::Unexpected::Signed(*i),
+            Value::Float(f) => de::Unexpected::Float(*f),
+            Value::Str(s) => de::Unexpected::Str(s),
+            Value::Char(c) => de::Unexpected::Char(*c),
+            Value::Bytes(b) => de::Unexpected::Bytes(b),
+            Value::Array(_) => de::Unexpected::Seq,
+            Value::Map(_) => de::Unexpected::Map,
+        }
+    }
+}
+
+/// An enum variant written as a one-entry map: `{Variant = content}`.
+struct EnumValue {
+    variant: Value,
+    content: Value,
+}
+
+impl<'de> de::EnumAccess<'de> for EnumValue {
+    type Error = ReadError;
+    type Variant = Value;
+
+    fn variant_seed<S: de::DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<(S::Value, Value), ReadError> {
+        Ok((seed.deserialize(self.variant)?, self.content))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for Value {
+    type Error = ReadError;
+
+    fn unit_variant(self) -> Result<(), ReadError> {
+        match self {
+            Value::Nil => Ok(()),
+            other => Err(de::Error::invalid_type(
+                other.unexpected(),
+                &"a unit variant",
+            )),
+        }
+    }
+
+    fn newtype_variant_seed<S: de::DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<S::Value, ReadError> {
+        seed.deserialize(self)
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, ReadError> {
+        self.deserialize_any(visitor)
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ReadError> {
+        self.deserialize_any(visitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,6 +733,75 @@ mod tests {
         assert_eq!(Value::from_serialize(&'c').unwrap(), Value::Char('c'));
         let too_big = Value::from_serialize(&u64::MAX).unwrap_err();
         assert!(too_big.contains("does not fit"), "{too_big}");
+    }
+
+    /// What serde serializes reads back as the same Rust value: every kind, nesting, options,
+    /// structs, enums of each shape, maps with any keys; whole floats read as integers.
+    #[test]
+    fn deserialize_into_reads_back_what_from_serialize_built() {
+        use std::collections::BTreeMap;
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Clone)]
+        enum Shape {
+            Dot,
+            Circle(f64),
+            Pair(i32, String),
+            Rect { w: u16, h: u16 },
+        }
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Clone)]
+        struct Record {
+            id: u64,
+            name: String,
+            tags: Vec<String>,
+            score: Option<f32>,
+            shapes: Vec<Shape>,
+            counts: BTreeMap<i32, bool>,
+            initial: char,
+            raw: serde_bytes::ByteBuf,
+            nested: Vec<Vec<Option<i8>>>,
+        }
+        fn back<T>(x: &T) -> T
+        where
+            T: serde::Serialize + serde::de::DeserializeOwned,
+        {
+            Value::from_serialize(x)
+                .unwrap()
+                .deserialize_into()
+                .unwrap()
+        }
+        let record = Record {
+            id: 7,
+            name: "héllo".into(),
+            tags: vec!["a".into(), String::new()],
+            score: None,
+            shapes: vec![
+                Shape::Dot,
+                Shape::Circle(1.5),
+                Shape::Pair(-3, "x".into()),
+                Shape::Rect { w: 2, h: 3 },
+            ],
+            counts: [(1, true), (-2, false)].into_iter().collect(),
+            initial: 'é',
+            raw: serde_bytes::ByteBuf::from(vec![0, 255]),
+            nested: vec![vec![Some(1), None], vec![]],
+        };
+        assert_eq!(back(&record), record);
+        assert_eq!(
+            back(&(1i64, "two".to_string(), 3.5f64)),
+            (1, "two".into(), 3.5)
+        );
+        assert_eq!(back(&Some(Some(2u8))), Some(Some(2)));
+        assert_eq!(back(&i64::MIN), i64::MIN);
+        assert_eq!(Value::Float(3.0).deserialize_into::<u8>().unwrap(), 3);
+        assert_eq!(
+            Value::Str("z".into()).deserialize_into::<char>().unwrap(),
+            'z'
+        );
+        let err = Value::Float(3.5).deserialize_into::<i32>().unwrap_err();
+        assert!(err.contains("invalid type"), "{err}");
+        let err = Value::Str("x".into())
+            .deserialize_into::<Vec<i32>>()
+            .unwrap_err();
+        assert!(err.contains("invalid type"), "{err}");
     }
 
     /// Lua has no char: a [`Value::Char`] reaches Lua as a one-character string.
