@@ -35,7 +35,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -725,9 +725,9 @@ impl Pool {
         let (forked, wake_rx, threads) = match workers {
             Workers::Forked(engine) => {
                 let (rx, tx) = pipe()?;
-                set_nonblocking(rx.as_raw_fd())?;
+                set_nonblocking(&rx)?;
                 // A full pipe already holds a wake-up: a submit never blocks on it.
-                set_nonblocking(tx.as_raw_fd())?;
+                set_nonblocking(&tx)?;
                 let wake_tx = File::from(tx);
                 (Some(Forked { engine, wake_tx }), Some(rx), Vec::new())
             }
@@ -1062,7 +1062,7 @@ impl Pool {
             }
         };
         // (The child's ends went with the closure, dropped in this process.)
-        set_nonblocking(result_rx.as_raw_fd())?;
+        set_nonblocking(&result_rx)?;
         let (tx, rx) = unbounded::<Vec<u8>>();
         let task_fd = task_tx.as_raw_fd();
         let mut task_file = File::from(task_tx);
@@ -1745,10 +1745,9 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
         .map_err(|e| format!("cannot create a pipe: {e}"))
 }
 
-fn set_nonblocking(fd: RawFd) -> Result<(), String> {
+fn set_nonblocking(fd: impl AsFd) -> Result<(), String> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    // SAFETY: fd is open for the duration of the call.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let fd = fd.as_fd();
     let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
     fcntl(
         fd,

@@ -242,13 +242,7 @@ fn fork_here(host: &Host, keep: &[RawFd], work: impl FnOnce() -> i32) -> Result<
 /// Asks the kernel to kill this process when its parent dies, and checks the parent has not
 /// died already (before the request took effect).
 fn die_with_parent(parent: Pid) {
-    // SAFETY: prctl with an integer argument.
-    unsafe {
-        nix::libc::prctl(
-            nix::libc::PR_SET_PDEATHSIG,
-            Signal::SIGKILL as nix::libc::c_ulong,
-        )
-    };
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if nix::unistd::getppid() != parent {
         exit_now(1);
     }

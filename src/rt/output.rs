@@ -11,8 +11,11 @@
 //! Embedded, `write_line` returns the error instead: the host's process is its own to end.
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
 
 /// Whether a closed standard output ends the run (set by `crate::rt::signals::install`).
 static END_ON_CLOSED_STDOUT: AtomicBool = AtomicBool::new(false);
@@ -29,7 +32,7 @@ pub fn write_line(text: &[u8]) -> io::Result<()> {
     let mut line = Vec::with_capacity(text.len() + 1);
     line.extend_from_slice(text);
     line.push(b'\n');
-    match write_fd(1, &line) {
+    match write_fd(stdout_fd(), &line) {
         Err(e)
             if e.raw_os_error() == Some(nix::libc::EPIPE)
                 && END_ON_CLOSED_STDOUT.load(Ordering::Acquire) =>
@@ -74,26 +77,35 @@ pub fn write_stderr(text: &str) {
     if !msg.ends_with('\n') {
         msg.push('\n');
     }
-    // Nothing sensible can be done if stderr itself is gone.
-    let _ = write_fd(2, msg.as_bytes());
+    // Nothing sensible can be done if stderr itself is gone. (`io::stderr()` is a constant
+    // static, unlike stdout: its descriptor comes without a lock or a first use to finish.)
+    let _ = write_fd(io::stderr(), msg.as_bytes());
 }
 
-fn write_fd(fd: i32, mut bytes: &[u8]) -> io::Result<()> {
-    // SAFETY: fflush on the C library's own stdout stream; Lua's io library writes through it.
+/// Standard output's descriptor, borrowed as `io::stdout().as_fd()` borrows it. Not through
+/// `io::stdout()` itself: that builds std's buffered stdout in a `OnceLock` on first use, and
+/// a child forked while another thread was doing so would wait on it for ever.
+fn stdout_fd() -> BorrowedFd<'static> {
+    // SAFETY: descriptor 1 is the process's standard output for its whole life (parrun never
+    // closes it), the same promise std's own `Stdout::as_fd` makes.
+    unsafe { BorrowedFd::borrow_raw(1) }
+}
+
+/// Writes all of `bytes` with `write(2)` on the descriptor itself: no Rust lock is taken (a
+/// forked child may write whatever lock another thread held at the fork).
+fn write_fd(fd: impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
+    // Output buffered by C stdio (Lua's `io.write`) goes first, so both stay in program order.
+    // SAFETY: fflush(NULL) flushes every C stdio stream; it takes only the C library's own
+    // stream locks (which glibc resets in a forked child) and touches no Rust state.
     unsafe {
         nix::libc::fflush(std::ptr::null_mut());
     }
     while !bytes.is_empty() {
-        // SAFETY: writing an initialised slice to a descriptor we do not own or close.
-        let n = unsafe { nix::libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
+        match nix::unistd::write(&fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        bytes = &bytes[n as usize..];
     }
     Ok(())
 }
