@@ -10,17 +10,132 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::rt::codec;
-use crate::rt::fork::{self, SharedObject};
+use crate::host::Host;
+use crate::rt::atfork::{ForkHeld, ForkSafe};
+use crate::rt::{cancel, codec, fork, output, signals};
+use crate::sync::{LockInner, QueueInner};
 use crate::value::Value;
+
+/// An object that other processes can reach through the parent link, by id.
+#[derive(Clone)]
+pub(crate) enum SharedObject {
+    Queue(Weak<QueueInner>),
+    Lock(Weak<LockInner>),
+}
+
+/// This process's objects other processes may reach, and its own link to its parent.
+#[derive(Default)]
+struct Registry {
+    objects: HashMap<u64, SharedObject>,
+    next_object: u64,
+    /// In a forked child: the link to its parent.
+    parent_link: Option<Arc<LinkClient>>,
+}
+
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A new id for a shared object, unique across the processes of one run.
+pub(crate) fn register_object(make: impl FnOnce(u64) -> SharedObject) -> u64 {
+    let mut registry = registry();
+    registry.next_object += 1;
+    let id = (u64::from(std::process::id()) << 32) | registry.next_object;
+    let object = make(id);
+    registry.objects.insert(id, object);
+    if registry.objects.len().is_multiple_of(256) {
+        registry.objects.retain(|_, o| match o {
+            SharedObject::Queue(q) => q.strong_count() > 0,
+            SharedObject::Lock(l) => l.strong_count() > 0,
+        });
+    }
+    id
+}
+
+fn find_object(id: u64) -> Option<SharedObject> {
+    registry().objects.get(&id).cloned()
+}
+
+/// The link to the parent process, in a forked child.
+fn parent_link() -> Option<Arc<LinkClient>> {
+    registry().parent_link.clone()
+}
+
+/// The registry as a fork guard (see `crate::rt::atfork`).
+struct Objects;
+
+impl ForkSafe for Objects {
+    fn hold(&self) -> Box<dyn ForkHeld + '_> {
+        Box::new(RegistryHeld(registry()))
+    }
+}
+
+struct RegistryHeld(MutexGuard<'static, Registry>);
+
+impl ForkHeld for RegistryHeld {
+    /// The child keeps the objects (a request for one of them is forwarded to its owner); its
+    /// parent's link is not its own.
+    fn reset_in_child(mut self: Box<Self>) {
+        // This process's own link is one of the descriptors the fork closes in the child: its
+        // stream must not be closed again (by a drop) once the new link replaces it.
+        if let Some(link) = self.0.parent_link.take() {
+            std::mem::forget(link);
+        }
+    }
+}
+
+/// A forked child, seen from the parent.
+pub(crate) struct Child {
+    pub pid: Pid,
+    /// The thread serving the child's requests on its parent link; it ends when the child does.
+    pub link_server: JoinHandle<()>,
+}
+
+/// Forks a child that runs `work`, with a link to this process, and exits with the status
+/// `work` returns (see `crate::rt::fork::fork_child`).
+///
+/// Call with `host`'s GIL held and outside any engine call that holds an engine lock; `keep`
+/// lists internal descriptors the child still needs (its pool pipes, say).
+pub(crate) fn fork_child(
+    host: &Arc<Host>,
+    keep: Vec<RawFd>,
+    work: impl FnOnce() -> i32 + Send + 'static,
+) -> Result<Child, String> {
+    output::report_stdout_gone_with(report_stdout_gone);
+    let guards: [Arc<dyn ForkSafe>; 3] = [
+        host.clone(),
+        Arc::new(cancel::MainThreads),
+        Arc::new(Objects),
+    ];
+    let forked = fork::fork_child(&guards, keep, move |stream| {
+        signals::reset_in_child();
+        registry().parent_link = Some(Arc::new(LinkClient::new(stream)));
+        work()
+    })?;
+    if parent_link().is_some() {
+        // A child with children of its own reaps them too when it is stopped.
+        signals::guard_children();
+    }
+    let link_server =
+        serve(forked.stream).map_err(|e| format!("cannot start the link thread: {e}"))?;
+    Ok(Child {
+        pid: forked.pid,
+        link_server,
+    })
+}
 
 /// An operation on a shared object.
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -31,7 +146,7 @@ pub(crate) enum Op {
     Acquire(Option<f64>),
     Release,
     Locked,
-    /// The child found standard output gone: the run ends (see `crate::rt::output::stdout_gone`).
+    /// The child found standard output gone: the run ends (see `output::stdout_gone`).
     StdoutGone,
 }
 
@@ -146,19 +261,19 @@ fn read_replies(mut stream: UnixStream, pending: Pending) {
 
 /// Performs `op` on the object with `id` in the process that owns it.
 pub(crate) fn remote_call(object: u64, op: Op) -> Result<Value, String> {
-    fork::parent_link()
+    parent_link()
         .ok_or("this object belongs to another process, which this one cannot reach")?
         .call(object, op)
 }
 
 /// In a forked child: tells the parent that standard output is gone; false in the top process
 /// (or if the parent cannot be told).
-pub(crate) fn report_stdout_gone() -> bool {
-    fork::parent_link().is_some_and(|link| link.post(0, Op::StdoutGone).is_ok())
+fn report_stdout_gone() -> bool {
+    parent_link().is_some_and(|link| link.post(0, Op::StdoutGone).is_ok())
 }
 
 pub(crate) fn remote_post(object: u64, op: Op) -> Result<(), String> {
-    fork::parent_link()
+    parent_link()
         .ok_or("this object belongs to another process, which this one cannot reach")?
         .post(object, op)
 }
@@ -186,15 +301,13 @@ fn serve_loop(stream: UnixStream) {
     let mut buf = Vec::new();
     while let Ok(request) = codec::read_frame::<Request>(&mut reader, &mut buf) {
         if matches!(request.op, Op::StdoutGone) {
-            crate::rt::output::stdout_gone();
+            output::stdout_gone();
         }
         let writer = writer.clone();
         let reply = move |result: Result<Value, String>| -> bool {
             if request.id == 0 {
                 if let Err(e) = result {
-                    crate::rt::output::write_stderr(&format!(
-                        "parrun: a child's request failed: {e}"
-                    ));
+                    output::write_stderr(&format!("parrun: a child's request failed: {e}"));
                 }
                 return true;
             }
@@ -213,7 +326,7 @@ fn serve_loop(stream: UnixStream) {
                 .is_ok();
             sent
         };
-        let Some(object) = fork::find_object(request.object) else {
+        let Some(object) = find_object(request.object) else {
             reply(Err(
                 "the object no longer exists in its owning process".into()
             ));
@@ -357,7 +470,7 @@ fn spawn_waiter(f: impl FnOnce() + Send + 'static) {
         .name("parrun-link-wait".into())
         .spawn(f)
     {
-        crate::rt::output::write_stderr(&format!("parrun: cannot start a waiting thread: {e}"));
+        output::write_stderr(&format!("parrun: cannot start a waiting thread: {e}"));
     }
 }
 

@@ -49,9 +49,10 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::host::{Finish, Host, Stage};
+use crate::link;
 use crate::rt::cancel::Cancel;
 use crate::rt::codec;
-use crate::rt::fork;
+use crate::rt::{children, exit, fork};
 use crate::value::Value;
 
 /// The most tasks queued to one worker at a time.
@@ -865,8 +866,8 @@ impl Pool {
                 Ok(w) => workers.push(w),
                 Err(e) => {
                     for w in &workers {
-                        let _ = fork::signal_child(w.pid, Signal::SIGKILL);
-                        let _ = fork::wait_child(w.pid, true);
+                        let _ = children::signal_child(w.pid, Signal::SIGKILL);
+                        let _ = children::wait_child(w.pid, true);
                     }
                     return Err(e);
                 }
@@ -1042,7 +1043,7 @@ impl Pool {
             .as_ref()
             .map(|(f, args)| (f.clone(), args.clone()));
         let max_tasks = self.options.maxtasksperchild;
-        let child = fork::fork_child(&self.host, keep.to_vec(), move || {
+        let child = link::fork_child(&self.host, keep.to_vec(), move || {
             // Ctrl-C is for the script's main thread; the parent stops its workers itself.
             crate::rt::signals::ignore_interrupts();
             worker_main(
@@ -1276,7 +1277,7 @@ impl Pool {
             let status = self.shared().status;
             if matches!(status, Status::Terminated | Status::Broken) {
                 for w in &workers {
-                    let _ = fork::signal_child(w.pid, Signal::SIGKILL);
+                    let _ = children::signal_child(w.pid, Signal::SIGKILL);
                 }
                 break;
             }
@@ -1345,7 +1346,7 @@ impl Pool {
             if let Some(h) = w.writer.take() {
                 let _ = h.join();
             }
-            let _ = fork::wait_child(w.pid, true);
+            let _ = children::wait_child(w.pid, true);
             if let Some(h) = w.link.take() {
                 let _ = h.join();
             }
@@ -1375,7 +1376,7 @@ impl Pool {
         for w in workers.iter_mut() {
             if !w.timed_out && w.running_since.is_some_and(|s| s.elapsed() >= timeout) {
                 w.timed_out = true;
-                let _ = fork::signal_child(w.pid, Signal::SIGKILL);
+                let _ = children::signal_child(w.pid, Signal::SIGKILL);
             }
         }
     }
@@ -1525,7 +1526,7 @@ impl Pool {
                 "worker process {pid} was killed by signal {sig} ({}) while running this task",
                 sig as i32
             ),
-            Ok(WaitStatus::Exited(_, fork::PANIC_STATUS)) => format!(
+            Ok(WaitStatus::Exited(_, exit::PANIC_STATUS)) => format!(
                 "worker process {pid} failed inside parrun (a host panic, reported on stderr) \
                  while running this task"
             ),
@@ -1727,13 +1728,13 @@ const BURY_GRACE: Duration = Duration::from_secs(2);
 fn reap(pid: Pid, grace: Duration) -> nix::Result<WaitStatus> {
     let deadline = Instant::now() + grace;
     loop {
-        match fork::wait_child(pid, false) {
+        match children::wait_child(pid, false) {
             Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Ok(WaitStatus::StillAlive) => {
-                let _ = fork::signal_child(pid, Signal::SIGKILL);
-                return fork::wait_child(pid, true);
+                let _ = children::signal_child(pid, Signal::SIGKILL);
+                return children::wait_child(pid, true);
             }
             other => return other,
         }

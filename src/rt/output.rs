@@ -13,9 +13,12 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+
+use crate::rt::exit;
 
 /// Whether a closed standard output ends the run (set by `crate::rt::signals::install`).
 static END_ON_CLOSED_STDOUT: AtomicBool = AtomicBool::new(false);
@@ -47,30 +50,38 @@ pub fn write_line(text: &[u8]) -> io::Result<()> {
 /// (and it with it) before it dies by itself.
 const PARENT_ENDS_RUN: Duration = Duration::from_secs(5);
 
+/// In a forked child, how standard output gone is reported up to the parent (true once the
+/// parent has been told). The parent link installs it (`crate::link`): this module knows
+/// nothing of links.
+static REPORT_UP: OnceLock<fn() -> bool> = OnceLock::new();
+
+/// Sets how a forked child reports standard output gone to its parent (see [`stdout_gone`]).
+pub(crate) fn report_stdout_gone_with(report: fn() -> bool) {
+    let _ = REPORT_UP.set(report);
+}
+
 /// Standard output is gone: ends the run as a process killed by SIGPIPE, after every child is
 /// terminated and reaped. A forked child asks its parent to do so (up its parent link, to the
 /// top) rather than dying by itself: its parent would see a worker killed, fail its task and
 /// report it.
 pub(crate) fn stdout_gone() -> ! {
-    if crate::rt::fork::ending() {
-        crate::rt::fork::park_for_ever();
+    if exit::ending() {
+        exit::park_for_ever();
     }
-    if crate::link::report_stdout_gone() {
+    if REPORT_UP.get().is_some_and(|report| report()) {
         let deadline = Instant::now() + PARENT_ENDS_RUN;
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    crate::rt::fork::end_process(crate::rt::fork::Ending::Signal(
-        nix::sys::signal::Signal::SIGPIPE,
-    ))
+    exit::end_process(exit::Ending::Signal(nix::sys::signal::Signal::SIGPIPE))
 }
 
 /// Writes a message to standard error in one call (for reports such as "Exception in thread").
 /// Silent while the process ends at once (a signal, standard output gone): nothing it says then
 /// is news.
 pub fn write_stderr(text: &str) {
-    if crate::rt::fork::ending() {
+    if exit::ending() {
         return;
     }
     let mut msg = text.to_owned();

@@ -1,8 +1,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::link::{self, Op};
-use crate::rt::fork::{self, SharedObject};
+use crate::link::{self, Op, SharedObject};
 use crate::value::Value;
 
 /// A non-reentrant lock that any thread or process may release (Python's `threading.Lock` and
@@ -29,7 +28,7 @@ impl Default for Lock {
 impl Lock {
     pub fn new() -> Self {
         let mut inner = None;
-        fork::register_object(|id| {
+        link::register_object(|id| {
             let l = Arc::new(LockInner {
                 id,
                 owner: std::process::id(),

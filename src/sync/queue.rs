@@ -2,8 +2,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::link::{self, Op};
-use crate::rt::fork::{self, SharedObject};
+use crate::link::{self, Op, SharedObject};
 use crate::value::Value;
 
 /// A FIFO queue of values shared by script threads and processes (Python's `queue.Queue` and
@@ -44,7 +43,7 @@ impl Default for Queue {
 impl Queue {
     pub fn new() -> Self {
         let mut inner = None;
-        fork::register_object(|id| {
+        link::register_object(|id| {
             let q = Arc::new(QueueInner {
                 id,
                 owner: std::process::id(),
