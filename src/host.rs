@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::gil::Gil;
 
 /// What `Pool` and `Process` run on (`--mode`).
@@ -156,28 +157,31 @@ pub(crate) struct Host {
     pub(crate) settings: Settings,
 }
 
-/// The host's locks, held across a fork (see `crate::rt::fork`).
-pub(crate) struct HostForkGuard<'a> {
+/// The host's locks, held across a fork (see `crate::rt::atfork`).
+struct HostForkGuard<'a> {
     gil: crate::rt::gil::GilForkGuard<'a>,
     started: MutexGuard<'a, Vec<Arc<dyn Finish>>>,
 }
 
-impl HostForkGuard<'_> {
+impl ForkSafe for Host {
+    fn hold(&self) -> Box<dyn ForkHeld + '_> {
+        Box::new(HostForkGuard {
+            started: self.started.lock().unwrap_or_else(|e| e.into_inner()),
+            gil: self.gil.fork_guard(),
+        })
+    }
+}
+
+impl ForkHeld for HostForkGuard<'_> {
     /// In the child: the parent's threads, pools and child processes are not this process's.
-    pub(crate) fn reset_in_child(mut self) {
-        self.gil.reset_in_child();
-        self.started.clear();
+    fn reset_in_child(self: Box<Self>) {
+        let HostForkGuard { gil, mut started } = *self;
+        gil.reset_in_child();
+        started.clear();
     }
 }
 
 impl Host {
-    pub(crate) fn lock_for_fork(&self) -> HostForkGuard<'_> {
-        HostForkGuard {
-            started: self.started.lock().unwrap_or_else(|e| e.into_inner()),
-            gil: self.gil.fork_guard(),
-        }
-    }
-
     /// A host for an isolated engine: its own GIL and registries, the same settings.
     pub(crate) fn isolated(&self) -> Arc<Host> {
         let gil = Gil::new(self.gil.interval(), self.gil.interrupter());

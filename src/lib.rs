@@ -45,8 +45,9 @@
 //! - `api`: every script-visible operation, described once for both languages.
 //! - `thread`, `process`, `sync`, `pool`: Python's objects.
 //! - `host`, `error`, `link`: the per-run state, errors, the parent link.
-//! - `rt`: the machinery (GIL, cancellation, codec, output, signals, fork, thread helpers);
-//!   `value`: the data that crosses threads and processes.
+//! - `rt`: the machinery (GIL, cancellation, codec, output, signals, fork with its guards, the
+//!   children registry and how a process ends, thread helpers); `value`: the data that crosses
+//!   threads and processes.
 
 mod api;
 mod engine;

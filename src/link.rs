@@ -1,42 +1,176 @@
-//! The parent link: how a forked child reaches the `Queue`s and `Lock`s its parent owns.
+//! The parent link: how a forked child reaches the objects its parent owns.
 //!
-//! A `Queue` or `Lock` lives in the process that created it. A child inherits a copy of the
-//! handle; operations on it from the child travel as [`Request`]s over a Unix socket to a
-//! thread in the parent ([`serve`]), which performs them on the real object and replies. So a
+//! An object other processes may use (a `Queue`, a `Lock`: `crate::sync`) lives in the process
+//! that created it, which registers it here ([`register_object`]) under an id unique across the
+//! run. A child inherits a copy of the handle; operations on it from the child travel as
+//! requests ([`Op`]) over a Unix socket to a thread in the parent ([`serve`]), which finds the
+//! object by id and lets it perform the operation ([`RemoteObject::perform`]) and answer
+//! ([`Caller`]), a failure as a typed [`RemoteError`]. The link knows no object type. So a
 //! child that puts a large value never blocks on a full pipe (the parent's link thread reads
 //! continuously, whatever the parent's script is doing), and a parent that joins a child before
 //! getting its results cannot deadlock, unlike `multiprocessing.Queue`. A request for an object
 //! the parent only holds a handle to is forwarded up the same way.
+//!
+//! [`fork_child`] forks a child with a link to this process (see `crate::rt::fork`).
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::rt::codec;
-use crate::rt::fork::{self, SharedObject};
+use crate::host::Host;
+use crate::rt::atfork::{ForkHeld, ForkSafe};
+use crate::rt::{cancel, codec, fork, output, signals};
 use crate::value::Value;
 
-/// An operation on a shared object.
+/// An object other processes reach through the link, by the id [`register_object`] gave it.
+pub(crate) trait RemoteObject: Send + Sync {
+    /// Performs `op`, which a child asked for, and answers it through `caller`: at once, or
+    /// later from a thread of its own ([`Caller::answer_later`]) if it must wait.
+    fn perform(self: Arc<Self>, op: Op, caller: Caller);
+}
+
+/// An operation a child asks of an object its parent owns.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub(crate) enum Op {
     Put(Value),
-    Get(Option<f64>),
+    /// Waits at most this long (for ever if `None`).
+    Get(Option<Duration>),
     Len,
-    Acquire(Option<f64>),
+    /// Waits at most this long (for ever if `None`).
+    Acquire(Option<Duration>),
     Release,
     Locked,
     /// The child found standard output gone: the run ends (see `crate::rt::output::stdout_gone`).
     StdoutGone,
 }
 
+/// Why an operation on an object in another process failed, as it crosses the link.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum RemoteError {
+    /// Nothing arrived within the time waited (a `get` that timed out).
+    #[error("nothing arrived within {0:?}")]
+    Empty(Duration),
+    /// The owning process no longer has the object.
+    #[error("the object no longer exists in its owning process")]
+    Gone,
+    /// Any other failure, as the object or the link words it.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// This process's objects other processes may reach, and its own link to its parent.
+#[derive(Default)]
+struct Registry {
+    objects: HashMap<u64, Weak<dyn RemoteObject>>,
+    next_object: u64,
+    /// In a forked child: the link to its parent.
+    parent_link: Option<Arc<LinkClient>>,
+}
+
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Makes an object other processes may reach: `make` builds it from its id, unique across the
+/// processes of one run. The registry holds it weakly: it lives as long as its handles.
+pub(crate) fn register_object<T: RemoteObject + 'static>(make: impl FnOnce(u64) -> T) -> Arc<T> {
+    let mut registry = registry();
+    registry.next_object += 1;
+    let id = (u64::from(std::process::id()) << 32) | registry.next_object;
+    let object = Arc::new(make(id));
+    let weak: Weak<dyn RemoteObject> = Arc::downgrade(&object) as _;
+    registry.objects.insert(id, weak);
+    if registry.objects.len().is_multiple_of(256) {
+        registry.objects.retain(|_, o| o.strong_count() > 0);
+    }
+    object
+}
+
+fn find_object(id: u64) -> Option<Arc<dyn RemoteObject>> {
+    registry().objects.get(&id).and_then(Weak::upgrade)
+}
+
+/// The link to the parent process, in a forked child.
+fn parent_link() -> Option<Arc<LinkClient>> {
+    registry().parent_link.clone()
+}
+
+/// The registry as a fork guard (see `crate::rt::atfork`).
+struct Objects;
+
+impl ForkSafe for Objects {
+    fn hold(&self) -> Box<dyn ForkHeld + '_> {
+        Box::new(RegistryHeld(registry()))
+    }
+}
+
+struct RegistryHeld(MutexGuard<'static, Registry>);
+
+impl ForkHeld for RegistryHeld {
+    /// The child keeps the objects (a request for one of them is forwarded to its owner); its
+    /// parent's link is not its own.
+    fn reset_in_child(mut self: Box<Self>) {
+        // This process's own link is one of the descriptors the fork closes in the child: its
+        // stream must not be closed again (by a drop) once the new link replaces it.
+        if let Some(link) = self.0.parent_link.take() {
+            std::mem::forget(link);
+        }
+    }
+}
+
+/// A forked child, seen from the parent.
+pub(crate) struct Child {
+    pub pid: Pid,
+    /// The thread serving the child's requests on its parent link; it ends when the child does.
+    pub link_server: JoinHandle<()>,
+}
+
+/// Forks a child that runs `work`, with a link to this process, and exits with the status
+/// `work` returns (see `crate::rt::fork::fork_child`).
+///
+/// Call with `host`'s GIL held and outside any engine call that holds an engine lock; `keep`
+/// lists internal descriptors the child still needs (its pool pipes, say).
+pub(crate) fn fork_child(
+    host: &Arc<Host>,
+    keep: Vec<RawFd>,
+    work: impl FnOnce() -> i32 + Send + 'static,
+) -> Result<Child, String> {
+    output::report_stdout_gone_with(report_stdout_gone);
+    let guards: [Arc<dyn ForkSafe>; 3] = [
+        host.clone(),
+        Arc::new(cancel::MainThreads),
+        Arc::new(Objects),
+    ];
+    let forked = fork::fork_child(&guards, keep, move |stream| {
+        signals::reset_in_child();
+        registry().parent_link = Some(Arc::new(LinkClient::new(stream)));
+        work()
+    })?;
+    if parent_link().is_some() {
+        // A child with children of its own reaps them too when it is stopped.
+        signals::guard_children();
+    }
+    let link_server =
+        serve(forked.stream).map_err(|e| format!("cannot start the link thread: {e}"))?;
+    Ok(Child {
+        pid: forked.pid,
+        link_server,
+    })
+}
+
 #[derive(Serialize, Deserialize, Debug)]
-pub(crate) struct Request {
+struct Request {
     /// 0 asks for no reply.
     id: u64,
     object: u64,
@@ -46,14 +180,18 @@ pub(crate) struct Request {
 #[derive(Serialize, Deserialize, Debug)]
 struct Reply {
     id: u64,
-    result: Result<Value, String>,
+    result: Result<Value, RemoteError>,
 }
 
 /// Callers waiting for a reply, by request id.
-type Pending = Arc<Mutex<HashMap<u64, Sender<Result<Value, String>>>>>;
+type Pending = Arc<Mutex<HashMap<u64, Sender<Result<Value, RemoteError>>>>>;
+
+fn link_lost() -> RemoteError {
+    RemoteError::Other("lost the link to the parent process".into())
+}
 
 /// The child's end of its link to the parent.
-pub(crate) struct LinkClient {
+struct LinkClient {
     writer: Mutex<UnixStream>,
     pending: Pending,
     next_id: AtomicU64,
@@ -61,7 +199,7 @@ pub(crate) struct LinkClient {
 }
 
 impl LinkClient {
-    pub(crate) fn new(stream: UnixStream) -> Self {
+    fn new(stream: UnixStream) -> Self {
         LinkClient {
             writer: Mutex::new(stream),
             pending: Arc::default(),
@@ -70,16 +208,16 @@ impl LinkClient {
         }
     }
 
-    fn send(&self, request: &Request) -> Result<(), String> {
+    fn send(&self, request: &Request) -> Result<(), RemoteError> {
         let mut buf = Vec::new();
-        codec::encode_into(&mut buf, request).map_err(|e| e.to_string())?;
+        codec::encode_into(&mut buf, request).map_err(|e| RemoteError::Other(e.to_string()))?;
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         w.write_all(&buf)
-            .map_err(|e| format!("lost the link to the parent process: {e}"))
+            .map_err(|e| RemoteError::Other(format!("lost the link to the parent process: {e}")))
     }
 
     /// The reader thread starts on first use: most children never call the parent.
-    fn start_reader(&self) -> Result<(), String> {
+    fn start_reader(&self) -> Result<(), RemoteError> {
         let mut failure = None;
         self.reader.get_or_init(|| {
             let stream = match self
@@ -103,12 +241,14 @@ impl LinkClient {
             }
         });
         failure.map_or(Ok(()), |e| {
-            Err(format!("cannot start the link reader: {e}"))
+            Err(RemoteError::Other(format!(
+                "cannot start the link reader: {e}"
+            )))
         })
     }
 
     /// Performs `op` on `object` in the parent and waits for the answer.
-    pub(crate) fn call(&self, object: u64, op: Op) -> Result<Value, String> {
+    fn call(&self, object: u64, op: Op) -> Result<Value, RemoteError> {
         self.start_reader()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = bounded(1);
@@ -117,12 +257,11 @@ impl LinkClient {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
         self.send(&Request { id, object, op })?;
-        rx.recv()
-            .unwrap_or_else(|_| Err("lost the link to the parent process".into()))
+        rx.recv().unwrap_or_else(|_| Err(link_lost()))
     }
 
     /// Sends `op` without waiting (a `put`): the parent applies requests in order.
-    pub(crate) fn post(&self, object: u64, op: Op) -> Result<(), String> {
+    fn post(&self, object: u64, op: Op) -> Result<(), RemoteError> {
         self.send(&Request { id: 0, object, op })
     }
 }
@@ -140,31 +279,36 @@ fn read_replies(mut stream: UnixStream, pending: Pending) {
     }
     // The parent is gone: fail every caller still waiting.
     for (_, w) in pending.lock().unwrap_or_else(|e| e.into_inner()).drain() {
-        let _ = w.send(Err("lost the link to the parent process".into()));
+        let _ = w.send(Err(link_lost()));
     }
 }
 
-/// Performs `op` on the object with `id` in the process that owns it.
-pub(crate) fn remote_call(object: u64, op: Op) -> Result<Value, String> {
-    fork::parent_link()
-        .ok_or("this object belongs to another process, which this one cannot reach")?
+fn unreachable_owner() -> RemoteError {
+    RemoteError::Other("this object belongs to another process, which this one cannot reach".into())
+}
+
+/// Performs `op` on the object with `id` in the process that owns it, and waits for the answer.
+pub(crate) fn remote_call(object: u64, op: Op) -> Result<Value, RemoteError> {
+    parent_link()
+        .ok_or_else(unreachable_owner)?
         .call(object, op)
+}
+
+/// Sends `op` to the object with `id` in the process that owns it, without waiting.
+pub(crate) fn remote_post(object: u64, op: Op) -> Result<(), RemoteError> {
+    parent_link()
+        .ok_or_else(unreachable_owner)?
+        .post(object, op)
 }
 
 /// In a forked child: tells the parent that standard output is gone; false in the top process
 /// (or if the parent cannot be told).
-pub(crate) fn report_stdout_gone() -> bool {
-    fork::parent_link().is_some_and(|link| link.post(0, Op::StdoutGone).is_ok())
-}
-
-pub(crate) fn remote_post(object: u64, op: Op) -> Result<(), String> {
-    fork::parent_link()
-        .ok_or("this object belongs to another process, which this one cannot reach")?
-        .post(object, op)
+fn report_stdout_gone() -> bool {
+    parent_link().is_some_and(|link| link.post(0, Op::StdoutGone).is_ok())
 }
 
 /// The parent's side: serves one child's requests until the child closes its end.
-pub(crate) fn serve(stream: UnixStream) -> std::io::Result<std::thread::JoinHandle<()>> {
+fn serve(stream: UnixStream) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("parrun-link-server".into())
         .spawn(move || serve_loop(stream))
@@ -186,178 +330,105 @@ fn serve_loop(stream: UnixStream) {
     let mut buf = Vec::new();
     while let Ok(request) = codec::read_frame::<Request>(&mut reader, &mut buf) {
         if matches!(request.op, Op::StdoutGone) {
-            crate::rt::output::stdout_gone();
+            output::stdout_gone();
         }
-        let writer = writer.clone();
-        let reply = move |result: Result<Value, String>| -> bool {
-            if request.id == 0 {
-                if let Err(e) = result {
-                    crate::rt::output::write_stderr(&format!(
-                        "parrun: a child's request failed: {e}"
-                    ));
-                }
-                return true;
-            }
-            let mut frame = Vec::new();
-            let msg = Reply {
-                id: request.id,
-                result,
-            };
-            if codec::encode_into(&mut frame, &msg).is_err() {
-                return false;
-            }
-            let sent = writer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write_all(&frame)
-                .is_ok();
-            sent
+        let caller = Caller {
+            id: request.id,
+            writer: writer.clone(),
+            alive: alive.clone(),
         };
-        let Some(object) = fork::find_object(request.object) else {
-            reply(Err(
-                "the object no longer exists in its owning process".into()
-            ));
-            continue;
-        };
-        perform(object, request.op, reply, alive.clone());
+        match find_object(request.object) {
+            Some(object) => object.perform(request.op, caller),
+            None => {
+                caller.answer(Err(RemoteError::Gone));
+            }
+        }
     }
     alive.store(false, Ordering::Release);
     fork::unregister_fd(fd);
 }
 
-/// Runs one request; one that may wait runs on a thread of its own.
-fn perform(
-    object: SharedObject,
-    op: Op,
-    reply: impl FnOnce(Result<Value, String>) -> bool + Send + 'static,
+/// A child's request being answered, on the parent's side of the link.
+pub(crate) struct Caller {
+    /// 0: the child asked for no reply.
+    id: u64,
+    writer: Arc<Mutex<UnixStream>>,
+    /// False once the child has closed its end.
     alive: Arc<AtomicBool>,
-) {
-    let gone = || Err::<Value, String>("the object no longer exists in its owning process".into());
-    match (object, op) {
-        (SharedObject::Queue(q), op) => {
-            let Some(q) = q.upgrade().map(crate::sync::Queue::from_inner) else {
-                reply(gone());
-                return;
-            };
-            match op {
-                Op::Put(v) => {
-                    reply(q.put(v).map(|()| Value::Nil));
-                }
-                Op::Len => {
-                    reply(q.len().map(|n| Value::Int(n as i64)));
-                }
-                Op::Get(timeout) => {
-                    if let Ok(v) = q.get(Some(Duration::ZERO)) {
-                        if !reply(Ok(v.clone())) {
-                            q.unget(v);
-                        }
-                        return;
-                    }
-                    spawn_waiter(move || {
-                        let got =
-                            wait_while_alive(&alive, timeout, |slice| q.get(Some(slice)).ok());
-                        match got {
-                            Waited::Got(v) => {
-                                if !reply(Ok(v.clone())) {
-                                    q.unget(v);
-                                }
-                            }
-                            Waited::TimedOut(waited) => {
-                                reply(Err(crate::sync::QueueError::Empty(waited).to_string()));
-                            }
-                            Waited::ChildGone => {}
-                        }
-                    });
-                }
-                other => {
-                    reply(Err(format!("a Queue cannot {other:?}")));
-                }
-            }
-        }
-        (SharedObject::Lock(l), op) => {
-            let Some(l) = l.upgrade().map(crate::sync::Lock::from_inner) else {
-                reply(gone());
-                return;
-            };
-            match op {
-                Op::Release => {
-                    reply(l.release().map(|()| Value::Nil));
-                }
-                Op::Locked => {
-                    reply(l.locked().map(Value::Bool));
-                }
-                Op::Acquire(timeout) => spawn_waiter(move || {
-                    let mut failure = None;
-                    let got =
-                        wait_while_alive(&alive, timeout, |slice| match l.acquire(Some(slice)) {
-                            Ok(true) => Some(()),
-                            Ok(false) => None,
-                            Err(e) => {
-                                failure = Some(e);
-                                Some(())
-                            }
-                        });
-                    match (got, failure) {
-                        (_, Some(e)) => {
-                            reply(Err(e));
-                        }
-                        (Waited::Got(()), None) => {
-                            if !reply(Ok(Value::Bool(true))) {
-                                let _ = l.release();
-                            }
-                        }
-                        (Waited::TimedOut(_), None) => {
-                            reply(Ok(Value::Bool(false)));
-                        }
-                        (Waited::ChildGone, None) => {}
-                    }
-                }),
-                other => {
-                    reply(Err(format!("a Lock cannot {other:?}")));
-                }
-            }
-        }
-    }
 }
 
-enum Waited<T> {
+/// How [`Caller::wait`] ended.
+pub(crate) enum Waited<T> {
     Got(T),
+    /// The timeout passed; how long it was.
     TimedOut(Duration),
-    ChildGone,
+    /// The child that asked has gone.
+    CallerGone,
 }
 
-/// Retries `attempt` (which waits at most the slice it is given) until it succeeds, `timeout`
-/// seconds pass, or the child that asked has gone, so that nothing is taken for a dead child.
-fn wait_while_alive<T>(
-    alive: &AtomicBool,
-    timeout: Option<f64>,
-    mut attempt: impl FnMut(Duration) -> Option<T>,
-) -> Waited<T> {
-    let waited = Duration::from_secs_f64(timeout.unwrap_or(0.0).max(0.0));
-    let deadline = timeout.map(|_| Instant::now() + waited);
-    loop {
-        if !alive.load(Ordering::Acquire) {
-            return Waited::ChildGone;
+impl Caller {
+    /// Sends the answer; false if it could not reach the child (a value taken for it must then
+    /// go back). A request that asked for no reply (a `put`) reports its failure on stderr.
+    pub(crate) fn answer(self, result: Result<Value, RemoteError>) -> bool {
+        if self.id == 0 {
+            if let Err(e) = result {
+                output::write_stderr(&format!("parrun: a child's request failed: {e}"));
+            }
+            return true;
         }
-        let slice = deadline.map_or(LIVENESS_CHECK, |d| {
-            d.saturating_duration_since(Instant::now())
-                .min(LIVENESS_CHECK)
-        });
-        if let Some(v) = attempt(slice) {
-            return Waited::Got(v);
+        let mut frame = Vec::new();
+        let msg = Reply {
+            id: self.id,
+            result,
+        };
+        if codec::encode_into(&mut frame, &msg).is_err() {
+            return false;
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Waited::TimedOut(waited);
+        let sent = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(&frame)
+            .is_ok();
+        sent
+    }
+
+    /// Answers from a thread of its own, for an operation that waits: the link goes on serving
+    /// the child's other requests meanwhile.
+    pub(crate) fn answer_later(self, wait: impl FnOnce(Caller) + Send + 'static) {
+        if let Err(e) = std::thread::Builder::new()
+            .name("parrun-link-wait".into())
+            .spawn(move || wait(self))
+        {
+            output::write_stderr(&format!("parrun: cannot start a waiting thread: {e}"));
         }
     }
-}
 
-fn spawn_waiter(f: impl FnOnce() + Send + 'static) {
-    if let Err(e) = std::thread::Builder::new()
-        .name("parrun-link-wait".into())
-        .spawn(f)
-    {
-        crate::rt::output::write_stderr(&format!("parrun: cannot start a waiting thread: {e}"));
+    /// Retries `attempt` (which waits at most the slice it is given) until it succeeds,
+    /// `timeout` passes, or the child that asked has gone, so that nothing is taken for a dead
+    /// child.
+    pub(crate) fn wait<T>(
+        &self,
+        timeout: Option<Duration>,
+        mut attempt: impl FnMut(Duration) -> Option<T>,
+    ) -> Waited<T> {
+        let waited = timeout.unwrap_or_default();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if !self.alive.load(Ordering::Acquire) {
+                return Waited::CallerGone;
+            }
+            let slice = deadline.map_or(LIVENESS_CHECK, |d| {
+                d.saturating_duration_since(Instant::now())
+                    .min(LIVENESS_CHECK)
+            });
+            if let Some(v) = attempt(slice) {
+                return Waited::Got(v);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Waited::TimedOut(waited);
+            }
+        }
     }
 }
 
@@ -371,17 +442,82 @@ mod tests {
         let request = Request {
             id: 3,
             object: 42,
-            op: Op::Put(Value::Array(vec![Value::Int(1)])),
+            op: Op::Get(Some(Duration::from_millis(1500))),
         };
         codec::fuzz_frames(&request, 10_000, |mut bytes| {
             let _ = codec::read_frame::<Request>(&mut bytes, &mut Vec::new());
         });
         let reply = Reply {
             id: 3,
-            result: Err("Empty".into()),
+            result: Err(RemoteError::Empty(Duration::from_millis(1500))),
         };
         codec::fuzz_frames(&reply, 10_000, |mut bytes| {
             let _ = codec::read_frame::<Reply>(&mut bytes, &mut Vec::new());
         });
+    }
+
+    /// Answers `Get(t)` with nothing after `t`, `Put(v)` with `v`.
+    struct Echo(u64);
+
+    impl RemoteObject for Echo {
+        fn perform(self: Arc<Self>, op: Op, caller: Caller) {
+            match op {
+                Op::Put(v) => {
+                    caller.answer(Ok(v));
+                }
+                Op::Get(timeout) => caller.answer_later(move |caller| {
+                    let waited = caller.wait(timeout, |slice| {
+                        std::thread::sleep(slice);
+                        None::<()>
+                    });
+                    caller.answer(match waited {
+                        Waited::TimedOut(waited) => Err(RemoteError::Empty(waited)),
+                        _ => Err(RemoteError::Other("not timed out".into())),
+                    });
+                }),
+                other => {
+                    caller.answer(Err(RemoteError::Other(format!("cannot {other:?}"))));
+                }
+            }
+        }
+    }
+
+    /// Over a real link (both ends in this process): an object's typed error comes back as
+    /// it was sent, its duration to the nanosecond; an unknown object is `Gone`.
+    #[test]
+    fn errors_cross_the_link_typed() {
+        let body = std::thread::spawn(|| {
+            let echo = register_object(Echo);
+            let id = echo.0;
+            let (parent_end, child_end) = UnixStream::pair().unwrap();
+            let server = serve(parent_end).unwrap();
+            let client = LinkClient::new(child_end);
+            let odd = Duration::new(0, 12_345_679);
+            assert_eq!(
+                client.call(id, Op::Get(Some(odd))),
+                Err(RemoteError::Empty(odd))
+            );
+            assert_eq!(client.call(id, Op::Put(Value::Int(7))), Ok(Value::Int(7)));
+            assert_eq!(
+                client.call(id, Op::Len),
+                Err(RemoteError::Other("cannot Len".into()))
+            );
+            assert_eq!(client.call(id + 1, Op::Len), Err(RemoteError::Gone));
+            drop(echo);
+            assert_eq!(client.call(id, Op::Len), Err(RemoteError::Gone));
+            // (The client's reader holds a copy of its end: shut the connection itself.)
+            let _ = client
+                .writer
+                .lock()
+                .unwrap()
+                .shutdown(std::net::Shutdown::Both);
+            server.join().unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !body.is_finished() {
+            assert!(Instant::now() < deadline, "the link did not answer in time");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        body.join().unwrap();
     }
 }

@@ -35,7 +35,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -49,9 +49,10 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::host::{Finish, Host, Stage};
+use crate::link;
 use crate::rt::cancel::Cancel;
 use crate::rt::codec;
-use crate::rt::fork;
+use crate::rt::{children, exit, fork};
 use crate::value::Value;
 
 /// The most tasks queued to one worker at a time.
@@ -725,9 +726,9 @@ impl Pool {
         let (forked, wake_rx, threads) = match workers {
             Workers::Forked(engine) => {
                 let (rx, tx) = pipe()?;
-                set_nonblocking(rx.as_raw_fd())?;
+                set_nonblocking(&rx)?;
                 // A full pipe already holds a wake-up: a submit never blocks on it.
-                set_nonblocking(tx.as_raw_fd())?;
+                set_nonblocking(&tx)?;
                 let wake_tx = File::from(tx);
                 (Some(Forked { engine, wake_tx }), Some(rx), Vec::new())
             }
@@ -865,8 +866,8 @@ impl Pool {
                 Ok(w) => workers.push(w),
                 Err(e) => {
                     for w in &workers {
-                        let _ = fork::signal_child(w.pid, Signal::SIGKILL);
-                        let _ = fork::wait_child(w.pid, true);
+                        let _ = children::signal_child(w.pid, Signal::SIGKILL);
+                        let _ = children::wait_child(w.pid, true);
                     }
                     return Err(e);
                 }
@@ -1042,7 +1043,7 @@ impl Pool {
             .as_ref()
             .map(|(f, args)| (f.clone(), args.clone()));
         let max_tasks = self.options.maxtasksperchild;
-        let child = fork::fork_child(&self.host, keep.to_vec(), move || {
+        let child = link::fork_child(&self.host, keep.to_vec(), move || {
             // Ctrl-C is for the script's main thread; the parent stops its workers itself.
             crate::rt::signals::ignore_interrupts();
             worker_main(
@@ -1062,7 +1063,7 @@ impl Pool {
             }
         };
         // (The child's ends went with the closure, dropped in this process.)
-        set_nonblocking(result_rx.as_raw_fd())?;
+        set_nonblocking(&result_rx)?;
         let (tx, rx) = unbounded::<Vec<u8>>();
         let task_fd = task_tx.as_raw_fd();
         let mut task_file = File::from(task_tx);
@@ -1276,7 +1277,7 @@ impl Pool {
             let status = self.shared().status;
             if matches!(status, Status::Terminated | Status::Broken) {
                 for w in &workers {
-                    let _ = fork::signal_child(w.pid, Signal::SIGKILL);
+                    let _ = children::signal_child(w.pid, Signal::SIGKILL);
                 }
                 break;
             }
@@ -1345,7 +1346,7 @@ impl Pool {
             if let Some(h) = w.writer.take() {
                 let _ = h.join();
             }
-            let _ = fork::wait_child(w.pid, true);
+            let _ = children::wait_child(w.pid, true);
             if let Some(h) = w.link.take() {
                 let _ = h.join();
             }
@@ -1375,7 +1376,7 @@ impl Pool {
         for w in workers.iter_mut() {
             if !w.timed_out && w.running_since.is_some_and(|s| s.elapsed() >= timeout) {
                 w.timed_out = true;
-                let _ = fork::signal_child(w.pid, Signal::SIGKILL);
+                let _ = children::signal_child(w.pid, Signal::SIGKILL);
             }
         }
     }
@@ -1525,7 +1526,7 @@ impl Pool {
                 "worker process {pid} was killed by signal {sig} ({}) while running this task",
                 sig as i32
             ),
-            Ok(WaitStatus::Exited(_, fork::PANIC_STATUS)) => format!(
+            Ok(WaitStatus::Exited(_, exit::PANIC_STATUS)) => format!(
                 "worker process {pid} failed inside parrun (a host panic, reported on stderr) \
                  while running this task"
             ),
@@ -1727,13 +1728,13 @@ const BURY_GRACE: Duration = Duration::from_secs(2);
 fn reap(pid: Pid, grace: Duration) -> nix::Result<WaitStatus> {
     let deadline = Instant::now() + grace;
     loop {
-        match fork::wait_child(pid, false) {
+        match children::wait_child(pid, false) {
             Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Ok(WaitStatus::StillAlive) => {
-                let _ = fork::signal_child(pid, Signal::SIGKILL);
-                return fork::wait_child(pid, true);
+                let _ = children::signal_child(pid, Signal::SIGKILL);
+                return children::wait_child(pid, true);
             }
             other => return other,
         }
@@ -1745,10 +1746,9 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
         .map_err(|e| format!("cannot create a pipe: {e}"))
 }
 
-fn set_nonblocking(fd: RawFd) -> Result<(), String> {
+fn set_nonblocking(fd: impl AsFd) -> Result<(), String> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    // SAFETY: fd is open for the duration of the call.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let fd = fd.as_fd();
     let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
     fcntl(
         fd,

@@ -24,7 +24,8 @@ use nix::unistd::Pid;
 
 use crate::host::Mode;
 use crate::host::{Finish, Host, Stage};
-use crate::rt::fork;
+use crate::link;
+use crate::rt::{children, exit};
 use crate::thread::Target;
 
 enum State {
@@ -118,7 +119,7 @@ impl ScriptProcess {
                         crate::rt::output::write_stderr(&format!(
                             "Process {name}: internal error (panic): {text}"
                         ));
-                        fork::PANIC_STATUS
+                        exit::PANIC_STATUS
                     }
                 };
                 // An isolated process waits for the threads its target started in its engine,
@@ -141,7 +142,7 @@ impl ScriptProcess {
     fn fork(self: &Arc<Self>, host: &Arc<Host>, target: Box<dyn Target>) -> Result<(), String> {
         let name = self.name.clone();
         let child_host = host.clone();
-        let child = fork::fork_child(host, Vec::new(), move || {
+        let child = link::fork_child(host, Vec::new(), move || {
             let status = match target.run() {
                 Ok(()) => 0,
                 Err(msg) => {
@@ -180,9 +181,9 @@ impl ScriptProcess {
             State::Done { code, .. } => return Some(*code),
             State::Running { pid, link } => (*pid, link),
         };
-        let code = match fork::wait_child(pid, false) {
+        let code = match children::wait_child(pid, false) {
             Ok(WaitStatus::StillAlive) => return None,
-            Ok(status) => fork::exit_code(status)?,
+            Ok(status) => children::exit_code(status)?,
             // Not our child (a handle inherited through fork): treat it as ended.
             Err(_) => -1,
         };
@@ -240,9 +241,8 @@ impl ScriptProcess {
     /// Sends `signal` to a running child.
     pub fn signal(&self, signal: Signal) -> Result<(), String> {
         match &*self.state() {
-            State::Running { pid, .. } => {
-                fork::signal_child(*pid, signal).map_err(|e| format!("cannot signal process: {e}"))
-            }
+            State::Running { pid, .. } => children::signal_child(*pid, signal)
+                .map_err(|e| format!("cannot signal process: {e}")),
             State::Thread(_) => Err(format!(
                 "a {} process runs on a thread, which cannot be killed (use --mode fork)",
                 self.mode

@@ -889,6 +889,69 @@ print(`${q.get()}	${q.get()}	${q.get()}	${l.locked()}`);
     );
 }
 
+/// A queue's and a lock's errors read the same in a child as in the process that owns them,
+/// in every model: in `fork` they cross the parent link as typed errors (an `Empty` with the
+/// time waited, to the microsecond), from a child and from a grandchild (forwarded up).
+#[test]
+fn a_parents_queue_and_lock_fail_the_same_in_children_and_grandchildren() {
+    both_in_modes(
+        &MODES,
+        "remoteerrors",
+        r#"
+local q, l, out = parrun.Queue(), parrun.Lock(), parrun.Queue()
+local function use(who, q, l, out)
+  local ok, e = pcall(q.get, q, 0.0123456789)
+  out:put(who .. " " .. tostring(ok) .. " " .. tostring(e))
+  ok, e = pcall(l.release, l)
+  out:put(who .. " " .. tostring(ok) .. " " .. tostring(e))
+  out:put(who .. " " .. tostring(l:acquire(0.01)) .. " " .. tostring(l:locked()))
+  l:release()
+end
+local p = parrun.Process(function(q, l, out)
+  use("child", q, l, out)
+  local g = parrun.Process(function(q, l, out) use("grandchild", q, l, out) end, {q, l, out})
+  g:start() g:join()
+end, {q, l, out})
+p:start() p:join()
+for _ = 1, 6 do print(out:get(10)) end
+print("exitcode " .. p.exitcode)
+"#,
+        r#"
+let q = Queue(); let l = Lock(); let out = Queue();
+fn use_them(who, q, l, out) {
+  try { q.get(0.0123456789); out.put(`${who} true`); } catch (e) { out.put(`${who} false ${e}`); }
+  try { l.release(); out.put(`${who} true`); } catch (e) { out.put(`${who} false ${e}`); }
+  out.put(`${who} ${l.acquire(0.01)} ${l.locked()}`);
+  l.release();
+}
+let p = Process(|q, l, out| {
+  use_them("child", q, l, out);
+  let g = Process(|q, l, out| use_them("grandchild", q, l, out), [q, l, out]);
+  g.start(); g.join();
+}, [q, l, out]);
+p.start(); p.join();
+for i in 0..6 { print(out.get(10)); }
+print(`exitcode ${p.exitcode}`);
+"#,
+        |mode, out| {
+            out.assert_success();
+            let mut expected = Vec::new();
+            for who in ["child", "grandchild"] {
+                expected.extend([
+                    format!(
+                        "{who} false Queue.get: queue is empty: nothing arrived within \
+                         12.345679ms (Empty)"
+                    ),
+                    format!("{who} false Lock.release: release of an unlocked Lock"),
+                    format!("{who} true true"),
+                ]);
+            }
+            expected.push("exitcode 0".into());
+            assert_eq!(out.stdout_lines(), expected, "{mode}: {}", out.describe());
+        },
+    );
+}
+
 /// With the default size, the first `cpu_count()` tasks start at once; a later one starts only
 /// when a worker frees up.
 #[test]

@@ -352,6 +352,46 @@ fn stopping_at_once_reaps_grandchildren_too() {
     }
 }
 
+/// SIGKILL leaves parrun no chance to stop anything: its children and grandchildren die with
+/// their parent all the same (the kernel's parent-death signal), none is left running.
+#[test]
+fn a_parent_killed_outright_takes_every_child_with_it() {
+    for (lang, code) in [("lua", NESTED_LUA), ("rhai", NESTED_RHAI)] {
+        let what = format!("{lang} SIGKILL");
+        let (_dir, mut parrun) = start(&what, "fork", lang, code);
+        let children = parrun.pids(5);
+        parrun.line("ready");
+        parrun.signal(Signal::SIGKILL);
+        // (Not `finish`: its stderr stays open as long as a child lives.)
+        let exit = parrun.child.wait().unwrap();
+        assert_eq!(exit.signal(), Some(Signal::SIGKILL as i32), "{what}");
+        // Dead means gone or a zombie (adopted by this test, a subreaper, which reaps it).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let running = || -> Vec<(i32, String)> {
+            children
+                .iter()
+                .filter_map(|p| p.still_there().map(|state| (p.pid, state)))
+                .filter(|(_, state)| state != "Z")
+                .collect()
+        };
+        while !running().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = running();
+        for p in &children {
+            if p.still_there().is_some() {
+                let pid = nix::unistd::Pid::from_raw(p.pid);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+        }
+        assert!(
+            left.is_empty(),
+            "{what}: still running (pid, state): {left:?}"
+        );
+    }
+}
+
 /// A KeyboardInterrupt is an error the script catches (Lua `pcall`, Rhai `try`), in a wait or
 /// in running code; uncaught, Lua's `<close>` variables run, and the run ends with 130.
 #[test]

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::gil::Gil;
 
 /// The error a Ctrl-C raises in the main script thread, as Python names it.
@@ -295,15 +296,20 @@ pub fn repeat_interrupt() {
     }
 }
 
-/// The registry held across a fork (see `crate::rt::fork`): a child has no main thread of its own.
-pub(crate) struct MainsForkGuard(MutexGuard<'static, Vec<Arc<MainThread>>>);
+/// The registry of main threads, as a fork guard (see `crate::rt::atfork`): a child has no
+/// main thread of its own.
+pub(crate) struct MainThreads;
 
-pub(crate) fn lock_for_fork() -> MainsForkGuard {
-    MainsForkGuard(mains())
+impl ForkSafe for MainThreads {
+    fn hold(&self) -> Box<dyn ForkHeld + '_> {
+        Box::new(MainsHeld(mains()))
+    }
 }
 
-impl MainsForkGuard {
-    pub(crate) fn reset_in_child(mut self) {
+struct MainsHeld(MutexGuard<'static, Vec<Arc<MainThread>>>);
+
+impl ForkHeld for MainsHeld {
+    fn reset_in_child(mut self: Box<Self>) {
         self.0.clear();
     }
 }

@@ -1,9 +1,14 @@
 //! The runtime's machinery, with no knowledge of scripts, engines or Python's objects: the GIL,
 //! how a thread's task is cancelled, the frames on pipes, output, signals, forking safely from a
-//! threaded process, and thread helpers. Everything above is built on these.
+//! threaded process (`fork`, with the state it holds across the fork behind `atfork`'s trait),
+//! the children a process forked and how it ends at once (`children`, `exit`), and thread
+//! helpers. Everything above is built on these; none of them imports from above.
 
+pub(crate) mod atfork;
 pub(crate) mod cancel;
+pub(crate) mod children;
 pub(crate) mod codec;
+pub(crate) mod exit;
 pub(crate) mod fork;
 pub(crate) mod gil;
 pub(crate) mod output;

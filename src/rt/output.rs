@@ -11,8 +11,14 @@
 //! Embedded, `write_line` returns the error instead: the host's process is its own to end.
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+
+use crate::rt::exit;
 
 /// Whether a closed standard output ends the run (set by `crate::rt::signals::install`).
 static END_ON_CLOSED_STDOUT: AtomicBool = AtomicBool::new(false);
@@ -29,7 +35,7 @@ pub fn write_line(text: &[u8]) -> io::Result<()> {
     let mut line = Vec::with_capacity(text.len() + 1);
     line.extend_from_slice(text);
     line.push(b'\n');
-    match write_fd(1, &line) {
+    match write_fd(stdout_fd(), &line) {
         Err(e)
             if e.raw_os_error() == Some(nix::libc::EPIPE)
                 && END_ON_CLOSED_STDOUT.load(Ordering::Acquire) =>
@@ -44,56 +50,73 @@ pub fn write_line(text: &[u8]) -> io::Result<()> {
 /// (and it with it) before it dies by itself.
 const PARENT_ENDS_RUN: Duration = Duration::from_secs(5);
 
+/// In a forked child, how standard output gone is reported up to the parent (true once the
+/// parent has been told). The parent link installs it (`crate::link`): this module knows
+/// nothing of links.
+static REPORT_UP: OnceLock<fn() -> bool> = OnceLock::new();
+
+/// Sets how a forked child reports standard output gone to its parent (see [`stdout_gone`]).
+pub(crate) fn report_stdout_gone_with(report: fn() -> bool) {
+    let _ = REPORT_UP.set(report);
+}
+
 /// Standard output is gone: ends the run as a process killed by SIGPIPE, after every child is
 /// terminated and reaped. A forked child asks its parent to do so (up its parent link, to the
 /// top) rather than dying by itself: its parent would see a worker killed, fail its task and
 /// report it.
 pub(crate) fn stdout_gone() -> ! {
-    if crate::rt::fork::ending() {
-        crate::rt::fork::park_for_ever();
+    if exit::ending() {
+        exit::park_for_ever();
     }
-    if crate::link::report_stdout_gone() {
+    if REPORT_UP.get().is_some_and(|report| report()) {
         let deadline = Instant::now() + PARENT_ENDS_RUN;
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    crate::rt::fork::end_process(crate::rt::fork::Ending::Signal(
-        nix::sys::signal::Signal::SIGPIPE,
-    ))
+    exit::end_process(exit::Ending::Signal(nix::sys::signal::Signal::SIGPIPE))
 }
 
 /// Writes a message to standard error in one call (for reports such as "Exception in thread").
 /// Silent while the process ends at once (a signal, standard output gone): nothing it says then
 /// is news.
 pub fn write_stderr(text: &str) {
-    if crate::rt::fork::ending() {
+    if exit::ending() {
         return;
     }
     let mut msg = text.to_owned();
     if !msg.ends_with('\n') {
         msg.push('\n');
     }
-    // Nothing sensible can be done if stderr itself is gone.
-    let _ = write_fd(2, msg.as_bytes());
+    // Nothing sensible can be done if stderr itself is gone. (`io::stderr()` is a constant
+    // static, unlike stdout: its descriptor comes without a lock or a first use to finish.)
+    let _ = write_fd(io::stderr(), msg.as_bytes());
 }
 
-fn write_fd(fd: i32, mut bytes: &[u8]) -> io::Result<()> {
-    // SAFETY: fflush on the C library's own stdout stream; Lua's io library writes through it.
+/// Standard output's descriptor, borrowed as `io::stdout().as_fd()` borrows it. Not through
+/// `io::stdout()` itself: that builds std's buffered stdout in a `OnceLock` on first use, and
+/// a child forked while another thread was doing so would wait on it for ever.
+fn stdout_fd() -> BorrowedFd<'static> {
+    // SAFETY: descriptor 1 is the process's standard output for its whole life (parrun never
+    // closes it), the same promise std's own `Stdout::as_fd` makes.
+    unsafe { BorrowedFd::borrow_raw(1) }
+}
+
+/// Writes all of `bytes` with `write(2)` on the descriptor itself: no Rust lock is taken (a
+/// forked child may write whatever lock another thread held at the fork).
+fn write_fd(fd: impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
+    // Output buffered by C stdio (Lua's `io.write`) goes first, so both stay in program order.
+    // SAFETY: fflush(NULL) flushes every C stdio stream; it takes only the C library's own
+    // stream locks (which glibc resets in a forked child) and touches no Rust state.
     unsafe {
         nix::libc::fflush(std::ptr::null_mut());
     }
     while !bytes.is_empty() {
-        // SAFETY: writing an initialised slice to a descriptor we do not own or close.
-        let n = unsafe { nix::libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
+        match nix::unistd::write(&fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        bytes = &bytes[n as usize..];
     }
     Ok(())
 }

@@ -10,7 +10,7 @@
 //! - A second SIGINT within [`SECOND_CHANCE`] of the first, a script that has not taken the
 //!   interrupt by then or is still shutting down, a SIGINT with no script code running, and
 //!   SIGTERM stop the process at once: one line on stderr (`parrun: stopped by SIGINT`), every
-//!   child terminated and reaped (`crate::rt::fork::end_process`), status 128 + the signal (130,
+//!   child terminated and reaped (`crate::rt::exit::end_process`), status 128 + the signal (130,
 //!   143).
 //!
 //! It also makes `print` on a closed standard output end the run quietly, as the stock `lua`
@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 
 use crate::rt::cancel::{self, MainState};
-use crate::rt::fork::{self, Ending};
+use crate::rt::exit::{self, Ending};
+use crate::rt::fork;
 
 /// How long after a first SIGINT a second one stops the run at once, and how long a script
 /// gets to raise the interrupt and shut down.
@@ -66,8 +67,8 @@ pub fn install() -> std::io::Result<()> {
 /// While another thread ends the process at once (its children being reaped), a thread that
 /// calls `exit` waits instead of ending it with another status.
 extern "C" fn hold_exit() {
-    if fork::ending() {
-        fork::park_for_ever();
+    if exit::ending() {
+        exit::park_for_ever();
     }
 }
 
@@ -113,10 +114,10 @@ fn wait_for(set: &SigSet, timeout: Option<Duration>) -> Option<Signal> {
 
 /// Ends the process at once, as stopped by `signal`.
 fn stop(signal: Signal) -> ! {
-    if !fork::ending() {
+    if !exit::ending() {
         crate::rt::output::write_stderr(&format!("parrun: stopped by {signal}"));
     }
-    fork::end_process(Ending::Status(128 + signal as i32))
+    exit::end_process(Ending::Status(128 + signal as i32))
 }
 
 /// The write end of the pipe through which [`on_sigpipe`] reports a closed standard output.
@@ -231,7 +232,7 @@ pub(crate) fn guard_children() {
             let mut byte = [0u8; 1];
             while std::io::Read::read(&mut reader, &mut byte).is_ok_and(|n| n == 1) {
                 if let Ok(signal) = Signal::try_from(i32::from(byte[0])) {
-                    fork::end_process(Ending::Signal(signal));
+                    exit::end_process(Ending::Signal(signal));
                 }
             }
         });

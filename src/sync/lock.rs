@@ -1,8 +1,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::link::{self, Op};
-use crate::rt::fork::{self, SharedObject};
+use crate::link::{self, Caller, Op, RemoteError, RemoteObject, Waited};
 use crate::value::Value;
 
 /// A non-reentrant lock that any thread or process may release (Python's `threading.Lock` and
@@ -13,7 +12,7 @@ pub struct Lock {
     inner: Arc<LockInner>,
 }
 
-pub(crate) struct LockInner {
+struct LockInner {
     id: u64,
     owner: u32,
     held: Mutex<bool>,
@@ -28,24 +27,12 @@ impl Default for Lock {
 
 impl Lock {
     pub fn new() -> Self {
-        let mut inner = None;
-        fork::register_object(|id| {
-            let l = Arc::new(LockInner {
-                id,
-                owner: std::process::id(),
-                held: Mutex::new(false),
-                freed: Condvar::new(),
-            });
-            let weak = Arc::downgrade(&l);
-            inner = Some(l);
-            SharedObject::Lock(weak)
+        let inner = link::register_object(|id| LockInner {
+            id,
+            owner: std::process::id(),
+            held: Mutex::new(false),
+            freed: Condvar::new(),
         });
-        Lock {
-            inner: inner.expect("register_object calls its maker"),
-        }
-    }
-
-    pub(crate) fn from_inner(inner: Arc<LockInner>) -> Self {
         Lock { inner }
     }
 
@@ -61,8 +48,8 @@ impl Lock {
     /// Waits until the lock is free and takes it; `Some(t)` gives up after `t` with `false`.
     pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool, String> {
         if !self.is_local() {
-            let op = Op::Acquire(timeout.map(|t| t.as_secs_f64()));
-            return Ok(link::remote_call(self.inner.id, op)? == Value::Bool(true));
+            let answer = link::remote_call(self.inner.id, Op::Acquire(timeout));
+            return Ok(answer.map_err(|e| e.to_string())? == Value::Bool(true));
         }
         let held = self.held();
         let Some(mut held) =
@@ -77,7 +64,9 @@ impl Lock {
     /// Frees the lock; an error if it was not held, as in Python.
     pub fn release(&self) -> Result<(), String> {
         if !self.is_local() {
-            return link::remote_call(self.inner.id, Op::Release).map(|_| ());
+            return link::remote_call(self.inner.id, Op::Release)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
         }
         let mut held = self.held();
         if !*held {
@@ -90,13 +79,58 @@ impl Lock {
 
     pub fn locked(&self) -> Result<bool, String> {
         if !self.is_local() {
-            return Ok(link::remote_call(self.inner.id, Op::Locked)? == Value::Bool(true));
+            let answer = link::remote_call(self.inner.id, Op::Locked);
+            return Ok(answer.map_err(|e| e.to_string())? == Value::Bool(true));
         }
         Ok(*self.held())
     }
 
     pub fn same(&self, other: &Lock) -> bool {
         self.inner.id == other.inner.id
+    }
+}
+
+/// A child's operations on a lock this process owns (or forwards, if it only holds a handle).
+impl RemoteObject for LockInner {
+    fn perform(self: Arc<Self>, op: Op, caller: Caller) {
+        let l = Lock { inner: self };
+        match op {
+            Op::Release => {
+                caller.answer(l.release().map(|()| Value::Nil).map_err(RemoteError::Other));
+            }
+            Op::Locked => {
+                caller.answer(l.locked().map(Value::Bool).map_err(RemoteError::Other));
+            }
+            Op::Acquire(timeout) => caller.answer_later(move |caller| {
+                let mut failure = None;
+                let got = caller.wait(timeout, |slice| match l.acquire(Some(slice)) {
+                    Ok(true) => Some(()),
+                    Ok(false) => None,
+                    Err(e) => {
+                        failure = Some(e);
+                        Some(())
+                    }
+                });
+                match (got, failure) {
+                    (_, Some(e)) => {
+                        caller.answer(Err(RemoteError::Other(e)));
+                    }
+                    (Waited::Got(()), None) => {
+                        // Taken for a child that can no longer be told: free it again.
+                        if !caller.answer(Ok(Value::Bool(true))) {
+                            let _ = l.release();
+                        }
+                    }
+                    (Waited::TimedOut(_), None) => {
+                        caller.answer(Ok(Value::Bool(false)));
+                    }
+                    (Waited::CallerGone, None) => {}
+                }
+            }),
+            other => {
+                caller.answer(Err(RemoteError::Other(format!("a Lock cannot {other:?}"))));
+            }
+        }
     }
 }
 

@@ -4,11 +4,14 @@
 //! a queue is a copy (as with `multiprocessing.Queue`), whichever execution model runs the
 //! script. Their blocking operations take a timeout and never touch the GIL themselves: the
 //! binding layer runs them through `Gil::allow_threads`.
+//!
+//! Each lives in the process that created it and is registered with the parent link
+//! (`crate::link::register_object`): a forked child's handle sends its operations there, and
+//! the owner performs them (`crate::link::RemoteObject`), a failure going back as a typed
+//! `crate::link::RemoteError`.
 
 mod lock;
 mod queue;
 
 pub use lock::Lock;
-pub(crate) use lock::LockInner;
-pub(crate) use queue::QueueInner;
-pub use queue::{Queue, QueueError};
+pub use queue::Queue;

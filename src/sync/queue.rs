@@ -2,8 +2,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::link::{self, Op};
-use crate::rt::fork::{self, SharedObject};
+use crate::link::{self, Caller, Op, RemoteError, RemoteObject, Waited};
 use crate::value::Value;
 
 /// A FIFO queue of values shared by script threads and processes (Python's `queue.Queue` and
@@ -16,7 +15,7 @@ pub struct Queue {
     inner: Arc<QueueInner>,
 }
 
-pub(crate) struct QueueInner {
+struct QueueInner {
     id: u64,
     owner: u32,
     /// Set by `close`. Each process has its own copy of this struct, so closing is per process,
@@ -43,25 +42,13 @@ impl Default for Queue {
 
 impl Queue {
     pub fn new() -> Self {
-        let mut inner = None;
-        fork::register_object(|id| {
-            let q = Arc::new(QueueInner {
-                id,
-                owner: std::process::id(),
-                closed: Default::default(),
-                items: Mutex::new(VecDeque::new()),
-                ready: Condvar::new(),
-            });
-            let weak = Arc::downgrade(&q);
-            inner = Some(q);
-            SharedObject::Queue(weak)
+        let inner = link::register_object(|id| QueueInner {
+            id,
+            owner: std::process::id(),
+            closed: Default::default(),
+            items: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
         });
-        Queue {
-            inner: inner.expect("register_object calls its maker"),
-        }
-    }
-
-    pub(crate) fn from_inner(inner: Arc<QueueInner>) -> Self {
         Queue { inner }
     }
 
@@ -87,7 +74,7 @@ impl Queue {
             return Err("the queue is closed (ValueError: Queue is closed)".into());
         }
         if !self.is_local() {
-            return link::remote_post(self.inner.id, Op::Put(value));
+            return link::remote_post(self.inner.id, Op::Put(value)).map_err(|e| e.to_string());
         }
         self.items().push_back(value);
         self.inner.ready.notify_one();
@@ -95,7 +82,7 @@ impl Queue {
     }
 
     /// Puts a value taken for a consumer that vanished back at the front.
-    pub(crate) fn unget(&self, value: Value) {
+    fn unget(&self, value: Value) {
         if self.is_local() {
             self.items().push_front(value);
             self.inner.ready.notify_one();
@@ -105,14 +92,10 @@ impl Queue {
     /// Takes the value at the front, waiting for one; `None` waits for ever.
     pub fn get(&self, timeout: Option<Duration>) -> Result<Value, QueueError> {
         if !self.is_local() {
-            return link::remote_call(self.inner.id, Op::Get(timeout.map(|t| t.as_secs_f64())))
-                .map_err(|e| {
-                    if e.contains("(Empty)") {
-                        QueueError::Empty(timeout.unwrap_or_default())
-                    } else {
-                        QueueError::Remote(e)
-                    }
-                });
+            return link::remote_call(self.inner.id, Op::Get(timeout)).map_err(|e| match e {
+                RemoteError::Empty(waited) => QueueError::Empty(waited),
+                other => QueueError::Remote(other.to_string()),
+            });
         }
         let items = self.items();
         match crate::rt::threads::wait_while(&self.inner.ready, items, timeout, |q| q.is_empty()) {
@@ -123,7 +106,7 @@ impl Queue {
 
     pub fn len(&self) -> Result<usize, String> {
         if !self.is_local() {
-            return match link::remote_call(self.inner.id, Op::Len)? {
+            return match link::remote_call(self.inner.id, Op::Len).map_err(|e| e.to_string())? {
                 Value::Int(n) => Ok(n as usize),
                 other => Err(format!("bad qsize reply: {other:?}")),
             };
@@ -138,6 +121,49 @@ impl Queue {
     /// Whether two handles name the same queue.
     pub fn same(&self, other: &Queue) -> bool {
         self.inner.id == other.inner.id
+    }
+}
+
+/// A child's operations on a queue this process owns (or forwards, if it only holds a handle).
+impl RemoteObject for QueueInner {
+    fn perform(self: Arc<Self>, op: Op, caller: Caller) {
+        let q = Queue { inner: self };
+        match op {
+            Op::Put(v) => {
+                caller.answer(q.put(v).map(|()| Value::Nil).map_err(RemoteError::Other));
+            }
+            Op::Len => {
+                caller.answer(
+                    q.len()
+                        .map(|n| Value::Int(n as i64))
+                        .map_err(RemoteError::Other),
+                );
+            }
+            Op::Get(timeout) => {
+                if let Ok(v) = q.get(Some(Duration::ZERO)) {
+                    if !caller.answer(Ok(v.clone())) {
+                        q.unget(v);
+                    }
+                    return;
+                }
+                caller.answer_later(move |caller| {
+                    match caller.wait(timeout, |slice| q.get(Some(slice)).ok()) {
+                        Waited::Got(v) => {
+                            if !caller.answer(Ok(v.clone())) {
+                                q.unget(v);
+                            }
+                        }
+                        Waited::TimedOut(waited) => {
+                            caller.answer(Err(RemoteError::Empty(waited)));
+                        }
+                        Waited::CallerGone => {}
+                    }
+                });
+            }
+            other => {
+                caller.answer(Err(RemoteError::Other(format!("a Queue cannot {other:?}"))));
+            }
+        }
     }
 }
 
