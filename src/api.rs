@@ -17,13 +17,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::host::Host;
 use crate::host::Mode;
-use crate::pool::{
-    Callback, Callbacks, Calls, FunctionSpec, Job, JobKind, Pool, PoolHandle, PoolOptions, Workers,
-};
+use crate::pool::{Callbacks, Job, JobKind, Pool, PoolHandle, PoolOptions, Workers};
 use crate::process::ScriptProcess;
 use crate::rt::gil::Gil;
+use crate::script::{Callback, Calls, FunctionSpec, Target};
 use crate::sync::{Lock, Queue};
-use crate::thread::{ScriptThread, Target};
+use crate::thread::ScriptThread;
 use crate::value::Value;
 
 /// The classes of host objects scripts can hold.

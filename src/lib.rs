@@ -57,6 +57,7 @@ mod pool;
 mod process;
 mod rt;
 mod runtime;
+mod script;
 mod sync;
 mod thread;
 mod value;

@@ -52,6 +52,7 @@ use crate::host::{Finish, Host, Stage};
 use crate::rt::cancel::Cancel;
 use crate::rt::codec;
 use crate::rt::fork;
+use crate::script::{CallSlice, Callback, Calls, FunctionSpec, TaskEngine};
 use crate::value::Value;
 
 /// The most tasks queued to one worker at a time.
@@ -61,84 +62,23 @@ pub const MAX_WINDOW: usize = 64;
 /// one worker while another is idle.
 const WINDOW_WORK_MICROS: f64 = 20_000.0;
 
-/// A script function encoded by its engine adapter, to be called in a worker.
-#[derive(Serialize, Deserialize)]
-pub struct FunctionSpec {
-    /// Identity: the same function encodes to the same key.
-    pub key: u64,
-    /// The function as data, for a worker with another engine (fork, isolated).
-    #[serde(with = "serde_bytes")]
-    pub code: Vec<u8>,
-    /// The function itself, for a worker in the script's own engine (`gil`): closures keep
-    /// sharing their state, as in Python's `ThreadPool`. Never sent.
-    #[serde(skip)]
-    pub local: Option<Arc<dyn std::any::Any + Send + Sync>>,
-}
-
-/// The argument lists of a task's calls.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub enum Calls {
-    /// One argument per call (`map`, `imap`): kept flat, no list per item.
-    Each(Vec<Value>),
-    /// An argument list per call (`apply`, `starmap`).
-    Lists(Vec<Vec<Value>>),
-}
-
-impl Calls {
-    pub fn len(&self) -> usize {
-        match self {
-            Calls::Each(v) => v.len(),
-            Calls::Lists(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// All the calls, borrowed.
-    pub fn as_slice(&self) -> CallSlice<'_> {
-        match self {
-            Calls::Each(v) => CallSlice::Each(v),
-            Calls::Lists(v) => CallSlice::Lists(v),
-        }
-    }
-
-    /// Splits into chunks of at most `size` calls that share this list: nothing is copied.
-    fn chunks(self, size: usize) -> Vec<Chunk> {
-        let all = Arc::new(self);
-        let len = all.len();
-        (0..len)
-            .step_by(size.max(1))
-            .map(|start| Chunk {
-                all: all.clone(),
-                range: start..(start + size).min(len),
-            })
-            .collect()
-    }
-}
-
-/// Some of a job's calls, borrowed: what an engine runs, and what goes down a worker's pipe
-/// (encoded as the [`Calls`] it decodes to).
-#[derive(Serialize, Debug, Clone, Copy)]
-pub enum CallSlice<'a> {
-    Each(&'a [Value]),
-    Lists(&'a [Vec<Value>]),
-}
-
-impl CallSlice<'_> {
-    pub fn len(&self) -> usize {
-        match self {
-            CallSlice::Each(v) => v.len(),
-            CallSlice::Lists(v) => v.len(),
-        }
-    }
-}
-
 /// A task's calls: a range of the list its job's tasks share.
 struct Chunk {
     all: Arc<Calls>,
     range: std::ops::Range<usize>,
+}
+
+/// Splits `calls` into chunks of at most `size` calls that share one list: nothing is copied.
+fn chunks(calls: Calls, size: usize) -> Vec<Chunk> {
+    let all = Arc::new(calls);
+    let len = all.len();
+    (0..len)
+        .step_by(size.max(1))
+        .map(|start| Chunk {
+            all: all.clone(),
+            range: start..(start + size).min(len),
+        })
+        .collect()
 }
 
 impl Chunk {
@@ -155,26 +95,6 @@ impl Chunk {
     }
 }
 
-/// How a worker runs tasks: provided by the engine adapter.
-pub trait TaskEngine: Send + Sync {
-    /// Calls `function` once per entry of `calls`, in order; the results, or the first error.
-    /// Runs with [`TaskEngine::gil`] held.
-    fn call_many(
-        &self,
-        function: &FunctionSpec,
-        calls: CallSlice<'_>,
-    ) -> Result<Vec<Value>, String>;
-
-    /// The lock this engine's code runs under: the script's GIL, or an isolated engine's own.
-    fn gil(&self) -> Arc<crate::rt::gil::Gil>;
-
-    /// A fresh engine from the snapshot this one started from, for a worker that has run
-    /// `maxtasksperchild` tasks; `None` for an engine that is not renewed (the script's own).
-    fn renewed(&self) -> Option<Result<Arc<dyn TaskEngine>, String>> {
-        None
-    }
-}
-
 /// What runs a pool's tasks.
 pub enum Workers {
     /// Forked worker processes, each running its copy of this engine.
@@ -182,12 +102,6 @@ pub enum Workers {
     /// One OS thread per engine: isolated engines, one each, or the script's engine for every
     /// thread (`gil`).
     Threads(Vec<Arc<dyn TaskEngine>>),
-}
-
-/// A script function the parent calls when a result is ready (`callback`, `error_callback`).
-pub trait Callback: Send {
-    /// Called with the GIL held.
-    fn call(&self, arg: Value) -> Result<(), String>;
 }
 
 /// A job's `callback` and `error_callback`, if any.
@@ -1128,7 +1042,7 @@ impl Pool {
             return Ok(job);
         }
         let mut first = 0;
-        for chunk in calls.chunks(chunksize.max(1)) {
+        for chunk in chunks(calls, chunksize.max(1)) {
             let n = chunk.len();
             let id = s.next_task;
             s.next_task += 1;
@@ -2020,7 +1934,7 @@ mod tests {
     #[test]
     fn chunks_share_the_list() {
         let calls = Calls::Each((0..10).map(Value::Int).collect());
-        let chunks = calls.chunks(4);
+        let chunks = chunks(calls, 4);
         let lens: Vec<usize> = chunks.iter().map(Chunk::len).collect();
         assert_eq!(lens, [4, 4, 2]);
         assert!(Arc::ptr_eq(&chunks[0].all, &chunks[2].all));

@@ -25,7 +25,7 @@ use nix::unistd::Pid;
 use crate::host::Mode;
 use crate::host::{Finish, Host, Stage};
 use crate::rt::fork;
-use crate::thread::Target;
+use crate::script::{take_target, Target};
 
 enum State {
     New,
@@ -77,8 +77,7 @@ impl ScriptProcess {
     /// Starts the process: forks the child, or starts its thread. Call with the GIL held and
     /// outside any engine lock.
     pub fn start(self: &Arc<Self>, host: &Arc<Host>) -> Result<(), String> {
-        let target =
-            crate::thread::take_target(&self.target, "a process can only be started once")?;
+        let target = take_target(&self.target, "a process can only be started once")?;
         match self.mode {
             Mode::Fork => self.fork(host, target),
             Mode::Isolated => {

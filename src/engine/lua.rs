@@ -28,9 +28,9 @@ use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
 use crate::error::Error;
 use crate::host::Mode;
 use crate::host::{Host, Script};
-use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
+use crate::pool::Workers;
 use crate::rt::gil::{Gil, Interrupter};
-use crate::thread::Target;
+use crate::script::{CallSlice, Callback, FunctionSpec, Target, TaskEngine};
 use crate::value::Value;
 
 mod native;

@@ -24,9 +24,9 @@ use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::error::Error;
 use crate::host::Mode;
 use crate::host::{Host, Script};
-use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
+use crate::pool::Workers;
 use crate::rt::output;
-use crate::thread::Target;
+use crate::script::{CallSlice, Callback, FunctionSpec, Target, TaskEngine};
 use crate::value::Value;
 
 mod modules;
