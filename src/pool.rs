@@ -52,7 +52,7 @@ use crate::host::{Finish, Host, Stage};
 use crate::rt::cancel::Cancel;
 use crate::rt::codec;
 use crate::rt::fork;
-use crate::script::{CallSlice, Callback, Calls, FunctionSpec, TaskEngine};
+use crate::script::{CallSlice, Callback, Calls, FunctionSpec, TaskEngine, TaskFn};
 use crate::value::Value;
 
 /// The most tasks queued to one worker at a time.
@@ -123,7 +123,11 @@ pub struct PoolOptions {
 
 #[derive(Serialize)]
 enum ToWorkerOut<'a> {
-    Function(&'a FunctionSpec),
+    Function {
+        key: u64,
+        #[serde(with = "serde_bytes")]
+        code: &'a [u8],
+    },
     Task {
         id: u64,
         function: u64,
@@ -133,7 +137,11 @@ enum ToWorkerOut<'a> {
 
 #[derive(Deserialize)]
 enum ToWorker {
-    Function(FunctionSpec),
+    Function {
+        key: u64,
+        #[serde(with = "serde_bytes")]
+        code: Vec<u8>,
+    },
     Task {
         id: u64,
         function: u64,
@@ -688,7 +696,7 @@ impl Pool {
     fn start_threads(self: &Arc<Self>, engines: Vec<Arc<dyn TaskEngine>>) -> Result<(), String> {
         for engine in engines {
             let slot = Arc::new(ThreadSlot {
-                gil: Mutex::new(engine.gil()),
+                gil: Mutex::new(engine.host().gil.clone()),
                 cancel: Arc::default(),
                 running_since: Mutex::new(None),
             });
@@ -832,27 +840,29 @@ impl Pool {
     }
 
     /// [`Pool::work`]'s loop.
-    fn serve(&self, mut engine: Arc<dyn TaskEngine>, slot: &ThreadSlot) {
-        let run = |engine: &Arc<dyn TaskEngine>, function: &FunctionSpec, calls: CallSlice<'_>| {
-            let gil = engine.gil();
-            let held = gil.lock(0);
-            let outcome = catch_unwind(AssertUnwindSafe(|| engine.call_many(function, calls)));
-            drop(held);
-            outcome.unwrap_or_else(|panic| {
-                Err(format!(
-                    "a pool worker thread failed inside parrun (a host panic: {})",
-                    crate::rt::threads::panic_text(&*panic)
-                ))
-            })
+    fn serve(&self, engine: Arc<dyn TaskEngine>, slot: &ThreadSlot) {
+        let run = |functions: &mut Functions, function: &FunctionSpec, calls: CallSlice<'_>| {
+            let gil = functions.engine().host().gil.clone();
+            let _held = gil.lock(0);
+            catch_unwind(AssertUnwindSafe(|| functions.call_many(function, calls))).unwrap_or_else(
+                |panic| {
+                    Err(format!(
+                        "a pool worker thread failed inside parrun (a host panic: {})",
+                        crate::rt::threads::panic_text(&*panic)
+                    ))
+                },
+            )
         };
-        let initialize = |engine: &Arc<dyn TaskEngine>| {
+        let initialize = |functions: &mut Functions| {
             if let Some((f, args)) = &self.options.initializer {
-                if let Err(reason) = run(engine, f, CallSlice::Lists(std::slice::from_ref(args))) {
+                let args = CallSlice::Lists(std::slice::from_ref(args));
+                if let Err(reason) = run(functions, f, args) {
                     self.break_pool(&format!("the pool's initializer failed: {reason}"));
                 }
             }
         };
-        initialize(&engine);
+        let mut functions = Functions::new(engine);
+        initialize(&mut functions);
         let mut done = 0;
         while let Some(task) = self.next_task() {
             let Task {
@@ -869,7 +879,7 @@ impl Pool {
                 let _pool = self.shared();
                 self.shared_changed.notify_all();
             }
-            let result = run(&engine, &function, calls.as_slice());
+            let result = run(&mut functions, &function, calls.as_slice());
             {
                 let mut running = slot.running_since();
                 *running = None;
@@ -884,11 +894,12 @@ impl Pool {
                 // As a forked worker is replaced by a fresh fork: a fresh engine from the
                 // snapshot taken when the pool was created.
                 done = 0;
-                match engine.renewed() {
+                match functions.engine().renewed() {
                     Some(Ok(fresh)) => {
-                        engine = fresh;
-                        *slot.gil.lock().unwrap_or_else(|e| e.into_inner()) = engine.gil();
-                        initialize(&engine);
+                        *slot.gil.lock().unwrap_or_else(|e| e.into_inner()) =
+                            fresh.host().gil.clone();
+                        functions = Functions::new(fresh);
+                        initialize(&mut functions);
                     }
                     Some(Err(e)) => self.break_pool(&format!("cannot renew a worker: {e}")),
                     None => {}
@@ -960,7 +971,7 @@ impl Pool {
             // Ctrl-C is for the script's main thread; the parent stops its workers itself.
             crate::rt::signals::ignore_interrupts();
             worker_main(
-                &*engine,
+                engine,
                 File::from(task_rx),
                 File::from(result_tx),
                 init,
@@ -1319,17 +1330,29 @@ impl Pool {
                 let Some(task) = s.pending.pop_front() else {
                     break;
                 };
-                if w.known.insert(task.function.key) {
-                    let _ = codec::encode_into(batch, &ToWorkerOut::Function(&task.function));
-                }
-                let msg = ToWorkerOut::Task {
-                    id: task.id,
-                    function: task.function.key,
-                    calls: task.calls.as_slice(),
+                let encoded = match &*task.function {
+                    FunctionSpec::Encoded { key, code } => {
+                        if w.known.insert(*key) {
+                            let message = ToWorkerOut::Function { key: *key, code };
+                            let _ = codec::encode_into(batch, &message);
+                        }
+                        codec::encode_into(
+                            batch,
+                            &ToWorkerOut::Task {
+                                id: task.id,
+                                function: *key,
+                                calls: task.calls.as_slice(),
+                            },
+                        )
+                        .map_err(|e| e.to_string())
+                    }
+                    FunctionSpec::Local(_) => {
+                        Err("internal error: a local function sent to a forked worker".into())
+                    }
                 };
-                if let Err(e) = codec::encode_into(batch, &msg) {
+                if let Err(e) = encoded {
                     let n = task.calls.len();
-                    if task.job.complete(task.first, Err(e.to_string()), n) {
+                    if task.job.complete(task.first, Err(e), n) {
                         self.finish_job(&task.job);
                     }
                     continue;
@@ -1552,16 +1575,87 @@ fn run_callbacks(
 
 // ---- the worker process ----
 
+/// A worker's engine and the functions it has been sent: one cache per worker, by key, of
+/// each function's decoded handle. A forked worker keeps a function's bytes only until its
+/// first task decodes them; a local function (`gil`) is its own handle.
+struct Functions {
+    engine: Arc<dyn TaskEngine>,
+    known: HashMap<u64, Known>,
+}
+
+enum Known {
+    Encoded(Vec<u8>),
+    Decoded(Arc<dyn TaskFn>),
+}
+
+impl Functions {
+    fn new(engine: Arc<dyn TaskEngine>) -> Functions {
+        Functions {
+            engine,
+            known: HashMap::new(),
+        }
+    }
+
+    fn engine(&self) -> &Arc<dyn TaskEngine> {
+        &self.engine
+    }
+
+    /// A function sent ahead of its tasks (a forked worker's pipe), decoded when first called.
+    fn learn(&mut self, key: u64, code: Vec<u8>) {
+        self.known.entry(key).or_insert(Known::Encoded(code));
+    }
+
+    /// Calls `function` once per entry of `calls`. Call with the engine's GIL held.
+    fn call_many(
+        &mut self,
+        function: &FunctionSpec,
+        calls: CallSlice<'_>,
+    ) -> Result<Vec<Value>, String> {
+        match function {
+            FunctionSpec::Local(f) => f.call_many(calls),
+            FunctionSpec::Encoded { key, code } => self.decoded(*key, Some(code))?.call_many(calls),
+        }
+    }
+
+    /// Calls the function [`Functions::learn`] was given as `key`.
+    fn call_key(&mut self, key: u64, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+        self.decoded(key, None)?.call_many(calls)
+    }
+
+    /// The handle of function `key`, decoded now if it has not been yet (from `code`, or from
+    /// what [`Functions::learn`] kept). A function that fails to decode is tried again by its
+    /// next task, as a module that failed to load may load later.
+    fn decoded(&mut self, key: u64, code: Option<&[u8]>) -> Result<&dyn TaskFn, String> {
+        use std::collections::hash_map::Entry;
+        let slot = match self.known.entry(key) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                let code = code.ok_or("internal error: function not sent to the worker")?;
+                slot.insert(Known::Decoded(self.engine.decode(code)?))
+            }
+        };
+        if let Known::Encoded(code) = slot {
+            let f = self.engine.decode(code)?;
+            *slot = Known::Decoded(f);
+        }
+        match slot {
+            Known::Decoded(f) => Ok(&**f),
+            Known::Encoded(_) => Err("internal error: a function was not decoded".into()),
+        }
+    }
+}
+
 fn worker_main(
-    engine: &dyn TaskEngine,
+    engine: Arc<dyn TaskEngine>,
     mut tasks: File,
     mut results: File,
     init: Option<(Arc<FunctionSpec>, Vec<Value>)>,
     max_tasks: Option<usize>,
 ) -> i32 {
     let mut out = Vec::new();
+    let mut functions = Functions::new(engine);
     if let Some((f, args)) = init {
-        if let Err(e) = engine.call_many(&f, CallSlice::Lists(&[args])) {
+        if let Err(e) = functions.call_many(&f, CallSlice::Lists(&[args])) {
             let msg = FromWorker {
                 id: 0,
                 micros: 0,
@@ -1571,7 +1665,6 @@ fn worker_main(
             return 1;
         }
     }
-    let mut functions: HashMap<u64, FunctionSpec> = HashMap::new();
     let mut buf = Vec::new();
     let mut done = 0usize;
     let mut reader = std::io::BufReader::with_capacity(64 * 1024, &mut tasks);
@@ -1585,19 +1678,14 @@ fn worker_main(
             }
         };
         match msg {
-            ToWorker::Function(f) => {
-                functions.insert(f.key, f);
-            }
+            ToWorker::Function { key, code } => functions.learn(key, code),
             ToWorker::Task {
                 id,
                 function,
                 calls,
             } => {
                 let start = Instant::now();
-                let result = match functions.get(&function) {
-                    None => Err("internal error: function not sent to the worker".to_string()),
-                    Some(f) => engine.call_many(f, calls.as_slice()),
-                };
+                let result = functions.call_key(function, calls.as_slice());
                 let msg = FromWorker {
                     id,
                     micros: start.elapsed().as_micros() as u64,
@@ -1679,11 +1767,6 @@ mod tests {
     /// Garbage or truncated frames on a worker's pipes are errors, never a panic.
     #[test]
     fn worker_messages_survive_garbage() {
-        let spec = FunctionSpec {
-            key: 7,
-            code: vec![1, 2, 3],
-            local: None,
-        };
         let calls = Calls::Lists(vec![vec![Value::Int(1), Value::Str("x".into())]]);
         let task = ToWorkerOut::Task {
             id: 9,
@@ -1693,7 +1776,11 @@ mod tests {
         codec::fuzz_frames(&task, 10_000, |mut bytes| {
             let _ = codec::read_frame::<ToWorker>(&mut bytes, &mut Vec::new());
         });
-        codec::fuzz_frames(&ToWorkerOut::Function(&spec), 5_000, |mut bytes| {
+        let function = ToWorkerOut::Function {
+            key: 7,
+            code: &[1, 2, 3],
+        };
+        codec::fuzz_frames(&function, 5_000, |mut bytes| {
             let _ = codec::read_frame::<ToWorker>(&mut bytes, &mut Vec::new());
         });
         let result = FromWorker {
@@ -1723,16 +1810,28 @@ mod tests {
         assert!(!job.complete(1, Err("late".into()), 1));
     }
 
-    /// A task engine of its own (as an isolated worker's) whose function returns its first
-    /// argument, once `gate` is open.
+    /// A task engine of its own (as an isolated worker's) whose every function returns its
+    /// first argument, once `gate` is open.
     struct Echo {
-        gil: Arc<crate::rt::gil::Gil>,
+        host: Arc<Host>,
         gate: Arc<(Mutex<bool>, Condvar)>,
     }
 
+    struct EchoFn(Arc<(Mutex<bool>, Condvar)>);
+
     impl TaskEngine for Echo {
-        fn call_many(&self, _: &FunctionSpec, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
-            let (open, changed) = &*self.gate;
+        fn host(&self) -> &Arc<Host> {
+            &self.host
+        }
+
+        fn decode(&self, _: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
+            Ok(Arc::new(EchoFn(self.gate.clone())))
+        }
+    }
+
+    impl TaskFn for EchoFn {
+        fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+            let (open, changed) = &*self.0;
             let _open = changed
                 .wait_while(open.lock().unwrap(), |open| !*open)
                 .unwrap();
@@ -1740,10 +1839,6 @@ mod tests {
                 CallSlice::Each(v) => v.to_vec(),
                 CallSlice::Lists(v) => v.iter().map(|args| args[0].clone()).collect(),
             })
-        }
-
-        fn gil(&self) -> Arc<crate::rt::gil::Gil> {
-            self.gil.clone()
         }
     }
 
@@ -1757,7 +1852,10 @@ mod tests {
         let engines = (0..2)
             .map(|_| {
                 let engine: Arc<dyn TaskEngine> = Arc::new(Echo {
-                    gil: Arc::new(crate::rt::gil::Gil::new(Duration::from_millis(5), None)),
+                    host: crate::host::Host::new(
+                        crate::rt::gil::Gil::new(Duration::from_millis(5), None),
+                        crate::host::Settings::default(),
+                    ),
                     gate: gate.clone(),
                 });
                 engine
@@ -1780,10 +1878,9 @@ mod tests {
     }
 
     fn echo() -> Arc<FunctionSpec> {
-        Arc::new(FunctionSpec {
+        Arc::new(FunctionSpec::Encoded {
             key: 1,
             code: Vec::new(),
-            local: None,
         })
     }
 

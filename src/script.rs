@@ -33,18 +33,26 @@ pub(crate) fn take_target(
         .ok_or_else(|| started_twice.to_owned())
 }
 
-/// A script function encoded by its engine adapter, to be called in a worker.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct FunctionSpec {
-    /// Identity: the same function encodes to the same key.
-    pub key: u64,
-    /// The function as data, for a worker with another engine (fork, isolated).
-    #[serde(with = "serde_bytes")]
-    pub code: Vec<u8>,
-    /// The function itself, for a worker in the script's own engine (`gil`): closures keep
+/// A script function as a pool carries it to its workers.
+pub(crate) enum FunctionSpec {
+    /// The function itself, for workers in the engine that made it (`gil`): closures keep
     /// sharing their state, as in Python's `ThreadPool`. Never sent.
-    #[serde(skip)]
-    pub local: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    Local(Arc<dyn TaskFn>),
+    /// The function as data, for a worker with another engine (fork, isolated), which decodes
+    /// it once ([`TaskEngine::decode`]) and keeps it by `key`.
+    Encoded {
+        /// Identity: the same function encodes to the same key.
+        key: u64,
+        code: Vec<u8>,
+    },
+}
+
+/// A script function ready to run pool tasks in one engine: the script's own function (a
+/// [`FunctionSpec::Local`]), or one a worker's engine decoded.
+pub(crate) trait TaskFn: Send + Sync {
+    /// Calls the function once per entry of `calls`, in order; the results, or the first
+    /// error. Call with its engine's GIL held.
+    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String>;
 }
 
 /// The argument lists of a task's calls.
@@ -94,18 +102,16 @@ impl CallSlice<'_> {
     }
 }
 
-/// How a worker runs tasks: provided by the engine adapter.
+/// An engine a pool worker runs tasks in: provided by the engine adapter.
 pub(crate) trait TaskEngine: Send + Sync {
-    /// Calls `function` once per entry of `calls`, in order; the results, or the first error.
-    /// Runs with [`TaskEngine::gil`] held.
-    fn call_many(
-        &self,
-        function: &FunctionSpec,
-        calls: CallSlice<'_>,
-    ) -> Result<Vec<Value>, String>;
+    /// The host this engine's code runs under: the script's (its GIL), or an isolated
+    /// engine's own.
+    fn host(&self) -> &Arc<Host>;
 
-    /// The lock this engine's code runs under: the script's GIL, or an isolated engine's own.
-    fn gil(&self) -> Arc<crate::rt::gil::Gil>;
+    /// A function another engine of the same script encoded ([`FunctionSpec::Encoded`]), as a
+    /// handle that calls it in this engine. Call with this engine's GIL held: decoding may run
+    /// script code (a Rhai module's).
+    fn decode(&self, code: &[u8]) -> Result<Arc<dyn TaskFn>, String>;
 
     /// A fresh engine from the snapshot this one started from, for a worker that has run
     /// `maxtasksperchild` tasks; `None` for an engine that is not renewed (the script's own).

@@ -30,7 +30,7 @@ use crate::host::Mode;
 use crate::host::{Host, Script};
 use crate::pool::Workers;
 use crate::rt::gil::{Gil, Interrupter};
-use crate::script::{CallSlice, Callback, FunctionSpec, Target, TaskEngine};
+use crate::script::{CallSlice, Callback, FunctionSpec, Target, TaskEngine, TaskFn};
 use crate::value::Value;
 
 mod native;
@@ -465,11 +465,11 @@ impl Args for LuaArgs<'_> {
         let f = self.script_function(i)?;
         if mode == Mode::Gil {
             // Run in this state: the function itself, its upvalues still shared.
-            return Ok(Arc::new(FunctionSpec {
-                key: f.to_pointer() as u64,
-                code: Vec::new(),
-                local: Some(Arc::new(f)),
-            }));
+            let tasks = Tasks::of(self.lua)?;
+            return Ok(Arc::new(FunctionSpec::Local(Arc::new(LuaTask {
+                tasks,
+                f,
+            }))));
         }
         encoded_function(self.lua, &f)
     }
@@ -508,8 +508,8 @@ impl Args for LuaArgs<'_> {
 
     fn workers(&mut self, mode: Mode, count: usize, renewable: bool) -> Result<Workers, String> {
         Ok(match mode {
-            Mode::Fork => Workers::Forked(LuaTaskEngine::here(self.lua, self.host)?),
-            Mode::Gil => Workers::Threads(vec![LuaTaskEngine::here(self.lua, self.host)?; count]),
+            Mode::Fork => Workers::Forked(LuaTaskEngine::here(self.lua)?),
+            Mode::Gil => Workers::Threads(vec![LuaTaskEngine::here(self.lua)?; count]),
             Mode::Isolated => {
                 // A renewable pool keeps one untouched copy to build replacements from.
                 let template = match renewable {
@@ -574,62 +574,34 @@ impl Callback for LuaCallback {
     }
 }
 
-/// Runs pool tasks in a worker: functions are decoded once and kept.
-struct LuaTaskEngine {
+/// What running pool tasks in a Lua state takes, set up once per state (in its app data).
+struct Tasks {
     lua: WeakLua,
-    /// The prelude's chunk runner, looked up once per pool rather than once per task.
+    /// The prelude's chunk runner.
     run_chunk: Function,
     host: Arc<Host>,
-    functions: Mutex<HashMap<u64, Function>>,
     /// A finished task's coroutine, for the next task.
     spare: Mutex<Option<Coroutine>>,
-    /// An isolated worker's state, which nothing else keeps alive.
-    _state: Option<Lua>,
-    /// What a renewable isolated engine's replacement is copied from.
-    template: Option<Arc<Template>>,
 }
 
-/// An untouched copy of the script's state as of pool creation, from which a renewable
-/// isolated pool builds its replacement engines.
-struct Template {
-    state: Lua,
-    host: Arc<Host>,
-}
-
-impl LuaTaskEngine {
-    /// Runs tasks in the script's own state (fork, gil).
-    fn here(lua: &Lua, host: &Arc<Host>) -> Result<Arc<dyn TaskEngine>, String> {
-        Self::for_state(lua, host, None, None)
-    }
-
-    /// Runs tasks in a state of its own, a copy of `source`'s script state as of now.
-    fn isolated(
-        source: &Lua,
-        host: &Host,
-        template: Option<Arc<Template>>,
-    ) -> Result<Arc<dyn TaskEngine>, String> {
-        let (state, host, _) = isolated_state(source, host, Vec::new())?;
-        Self::for_state(&state, &host, Some(state.clone()), template)
-    }
-
-    fn for_state(
-        lua: &Lua,
-        host: &Arc<Host>,
-        owned: Option<Lua>,
-        template: Option<Arc<Template>>,
-    ) -> Result<Arc<dyn TaskEngine>, String> {
-        let run_chunk = lua
-            .named_registry_value("parrun.run_chunk")
-            .map_err(error_text)?;
-        Ok(Arc::new(LuaTaskEngine {
+impl Tasks {
+    /// Sets up `lua` for tasks; call once its chunk runner is registered.
+    fn install(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
+        let tasks = Tasks {
             lua: lua.weak(),
+            run_chunk: lua.named_registry_value("parrun.run_chunk")?,
             host: host.clone(),
-            run_chunk,
-            functions: Mutex::new(HashMap::new()),
             spare: Mutex::new(None),
-            _state: owned,
-            template,
-        }))
+        };
+        lua.set_app_data(Arc::new(tasks));
+        Ok(())
+    }
+
+    /// The task set-up of `lua`.
+    fn of(lua: &Lua) -> Result<Arc<Tasks>, String> {
+        lua.app_data_ref::<Arc<Tasks>>()
+            .map(|tasks| tasks.clone())
+            .ok_or_else(|| "internal error: a Lua state without its task set-up".into())
     }
 
     /// A coroutine running the chunk runner: the one a finished task left, reset, or a new one.
@@ -646,44 +618,10 @@ impl LuaTaskEngine {
         Ok(co)
     }
 
-    fn function(&self, spec: &FunctionSpec) -> Result<Function, String> {
-        if let Some(f) = spec
-            .local
-            .as_ref()
-            .and_then(|l| l.downcast_ref::<Function>())
-        {
-            return Ok(f.clone());
-        }
-        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = functions.get(&spec.key) {
-            return Ok(f.clone());
-        }
-        let f = transport::decode(&upgrade(&self.lua)?, &spec.code)?;
-        functions.insert(spec.key, f.clone());
-        Ok(f)
-    }
-}
-
-impl TaskEngine for LuaTaskEngine {
-    fn gil(&self) -> Arc<Gil> {
-        self.host.gil.clone()
-    }
-
-    fn renewed(&self) -> Option<Result<Arc<dyn TaskEngine>, String>> {
-        let template = self.template.as_ref()?;
-        // The template is only read; its own lock keeps two workers renewing at once apart.
-        Some(LuaTaskEngine::isolated(
-            &template.state,
-            &template.host,
-            Some(template.clone()),
-        ))
-    }
-
-    /// The whole chunk runs in one coroutine, by the prelude's `run_chunk`: one resume per
-    /// chunk, not per call.
-    fn call_many(&self, spec: &FunctionSpec, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+    /// Calls `f` once per entry of `calls`. The whole chunk runs in one coroutine, by the
+    /// prelude's `run_chunk`: one resume per chunk, not per call.
+    fn call_many(&self, f: &Function, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
         let lua = &upgrade(&self.lua)?;
-        let f = self.function(spec)?;
         let count = calls.len();
         let (calls, single) = match calls {
             CallSlice::Each(values) => (
@@ -741,6 +679,84 @@ impl TaskEngine for LuaTaskEngine {
     }
 }
 
+/// A Lua function ready to run pool tasks in its state: the script's own (`gil`), or one a
+/// worker decoded.
+struct LuaTask {
+    tasks: Arc<Tasks>,
+    f: Function,
+}
+
+impl TaskFn for LuaTask {
+    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+        self.tasks.call_many(&self.f, calls)
+    }
+}
+
+/// A Lua state as a pool worker's engine: the script's own, or an isolated worker's.
+struct LuaTaskEngine {
+    tasks: Arc<Tasks>,
+    /// An isolated worker's state, which nothing else keeps alive.
+    _state: Option<Lua>,
+    /// What a renewable isolated engine's replacement is copied from.
+    template: Option<Arc<Template>>,
+}
+
+/// An untouched copy of the script's state as of pool creation, from which a renewable
+/// isolated pool builds its replacement engines.
+struct Template {
+    state: Lua,
+    host: Arc<Host>,
+}
+
+impl LuaTaskEngine {
+    /// Runs tasks in the script's own state (fork, gil).
+    fn here(lua: &Lua) -> Result<Arc<dyn TaskEngine>, String> {
+        Ok(Arc::new(LuaTaskEngine {
+            tasks: Tasks::of(lua)?,
+            _state: None,
+            template: None,
+        }))
+    }
+
+    /// Runs tasks in a state of its own, a copy of `source`'s script state as of now.
+    fn isolated(
+        source: &Lua,
+        host: &Host,
+        template: Option<Arc<Template>>,
+    ) -> Result<Arc<dyn TaskEngine>, String> {
+        let (state, _, _) = isolated_state(source, host, Vec::new())?;
+        Ok(Arc::new(LuaTaskEngine {
+            tasks: Tasks::of(&state)?,
+            _state: Some(state),
+            template,
+        }))
+    }
+}
+
+impl TaskEngine for LuaTaskEngine {
+    fn host(&self) -> &Arc<Host> {
+        &self.tasks.host
+    }
+
+    fn decode(&self, code: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
+        let f = transport::decode(&upgrade(&self.tasks.lua)?, code)?;
+        Ok(Arc::new(LuaTask {
+            tasks: self.tasks.clone(),
+            f,
+        }))
+    }
+
+    fn renewed(&self) -> Option<Result<Arc<dyn TaskEngine>, String>> {
+        let template = self.template.as_ref()?;
+        // The template is only read; its own lock keeps two workers renewing at once apart.
+        Some(LuaTaskEngine::isolated(
+            &template.state,
+            &template.host,
+            Some(template.clone()),
+        ))
+    }
+}
+
 /// Encodes a function for workers once per Lua state: the encoding is kept, and the function
 /// pinned so that its address (the cache key) is never reused by another function.
 fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSpec>, String> {
@@ -760,10 +776,9 @@ fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSpec>, String
         .named_registry_value("parrun.pinned")
         .map_err(error_text)?;
     pinned.raw_set(f, true).map_err(error_text)?;
-    let spec = Arc::new(FunctionSpec {
+    let spec = Arc::new(FunctionSpec::Encoded {
         key: key as u64,
         code,
-        local: None,
     });
     if let Some(mut cache) = lua.app_data_mut::<Cache>() {
         cache.insert(key, spec.clone());
@@ -1014,6 +1029,7 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     lua.set_named_registry_value("parrun.classes", classes)?;
     lua.set_named_registry_value("parrun.call", native::iterate(lua)?)?;
     lua.set_named_registry_value("parrun.run_chunk", native::run_chunk(lua)?)?;
+    Tasks::install(lua, host)?;
     lua.globals().set("parrun", &parrun)?;
     let loaded: Table = lua.globals().get::<Table>("package")?.get("loaded")?;
     loaded.set("parrun", parrun)?;

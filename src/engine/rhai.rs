@@ -26,7 +26,7 @@ use crate::host::Mode;
 use crate::host::{Host, Script};
 use crate::pool::Workers;
 use crate::rt::output;
-use crate::script::{CallSlice, Callback, FunctionSpec, Target, TaskEngine};
+use crate::script::{CallSlice, Callback, FunctionSpec, Target, TaskEngine, TaskFn};
 use crate::value::Value;
 
 mod modules;
@@ -759,12 +759,7 @@ impl Args for RhaiArgs<'_, '_> {
         let f = self.fn_ptr(i)?;
         if mode == Mode::Gil {
             // Run in this engine: the function itself, captured variables still shared.
-            let local = Arc::new(self.bound(f));
-            return Ok(Arc::new(FunctionSpec {
-                key: Arc::as_ptr(&local) as u64,
-                code: Vec::new(),
-                local: Some(local),
-            }));
+            return Ok(Arc::new(FunctionSpec::Local(Arc::new(self.bound(f)))));
         }
         let curry = f
             .curry()
@@ -798,10 +793,9 @@ impl Args for RhaiArgs<'_, '_> {
             imports,
         };
         let code = rmp_serde::to_vec(&wire).map_err(|e| e.to_string())?;
-        Ok(Arc::new(FunctionSpec {
+        Ok(Arc::new(FunctionSpec::Encoded {
             key: hash(&code),
             code,
-            local: None,
         }))
     }
 
@@ -839,7 +833,6 @@ impl Args for RhaiArgs<'_, '_> {
             Arc::new(RhaiTaskEngine {
                 shared: self.shared.clone(),
                 constants: constants.clone(),
-                functions: Default::default(),
                 _engine: None,
                 snapshot: None,
             })
@@ -939,7 +932,6 @@ fn isolated_engine(
     Ok(Arc::new(RhaiTaskEngine {
         shared,
         constants: copied_constants(&snapshot.constants),
-        functions: Default::default(),
         _engine: Some(engine),
         snapshot: renewable.then(|| snapshot.clone()),
     }))
@@ -955,10 +947,11 @@ struct RhaiFunction {
     imports: Vec<(String, String)>,
 }
 
+/// A Rhai engine as a pool worker's: the script's own, or an isolated worker's.
 struct RhaiTaskEngine {
     shared: Arc<Shared>,
+    /// The `global::` constants its functions see.
     constants: Option<Constants>,
-    functions: std::sync::Mutex<std::collections::HashMap<u64, (FnPtr, Imports)>>,
     /// An isolated worker's engine, which nothing else keeps alive.
     _engine: Option<Arc<Engine>>,
     /// What a renewable isolated engine's replacement is built from.
@@ -1000,66 +993,27 @@ fn decode_function(
 }
 
 impl TaskEngine for RhaiTaskEngine {
-    fn gil(&self) -> Arc<crate::rt::gil::Gil> {
-        self.shared.host.gil.clone()
+    fn host(&self) -> &Arc<Host> {
+        &self.shared.host
+    }
+
+    fn decode(&self, code: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
+        let (engine, ast) = self.shared.engine_and_ast()?;
+        let (f, imports) = decode_function(&engine, &self.shared, &ast, code)?;
+        let env = Env {
+            constants: self.constants.clone(),
+            imports,
+        };
+        Ok(Arc::new(BoundFn {
+            shared: self.shared.clone(),
+            env,
+            f,
+        }))
     }
 
     fn renewed(&self) -> Option<Result<Arc<dyn TaskEngine>, String>> {
         let snapshot = self.snapshot.as_ref()?;
         Some(isolated_engine(snapshot, true))
-    }
-
-    fn call_many(&self, spec: &FunctionSpec, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
-        let (engine, ast) = self.shared.engine_and_ast()?;
-        let bound = spec
-            .local
-            .as_ref()
-            .and_then(|l| l.downcast_ref::<BoundFn>());
-        let (f, imports) = if let Some(bound) = bound {
-            (bound.f.clone(), bound.env.imports.clone())
-        } else {
-            let functions = || self.functions.lock().unwrap_or_else(|e| e.into_inner());
-            let known = functions().get(&spec.key).cloned();
-            match known {
-                Some(f) => f,
-                None => {
-                    // Without the lock: loading a module runs script code.
-                    let f = decode_function(&engine, &self.shared, &ast, &spec.code)?;
-                    functions().insert(spec.key, f.clone());
-                    f
-                }
-            }
-        };
-        // One runtime state for the whole chunk.
-        let constants = bound.map_or(&self.constants, |b| &b.env.constants);
-        let global = script_global(&engine, &ast, constants, &imports);
-        let ctx = ::rhai::NativeCallContext::new_with_all_fields(
-            &engine,
-            f.fn_name(),
-            None,
-            &global,
-            Position::NONE,
-        );
-        let to_dynamic = |v: &Value| ::rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
-        let call = |args: &mut [Dynamic]| -> Result<Value, String> {
-            stops::begin();
-            let result = f
-                .call_raw(&ctx, None, &mut *args)
-                .map_err(|e| call_error(&self.shared, &f, args.len(), *e))?;
-            data_of(&self.shared, &result)
-                .map_err(|what| format!("cannot send a task's result back: {what}"))
-        };
-        match calls {
-            CallSlice::Each(values) => values.iter().map(|v| call(&mut [to_dynamic(v)?])).collect(),
-            CallSlice::Lists(lists) => lists
-                .iter()
-                .map(|list| {
-                    let mut args: Vec<Dynamic> =
-                        list.iter().map(to_dynamic).collect::<Result<_, _>>()?;
-                    call(&mut args)
-                })
-                .collect(),
-        }
     }
 }
 
@@ -1145,6 +1099,42 @@ impl BoundFn {
             Position::NONE,
         );
         self.f.call_raw(&ctx, None, &mut args[..])
+    }
+}
+
+impl TaskFn for BoundFn {
+    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+        let (engine, ast) = self.shared.engine_and_ast()?;
+        // One runtime state for the whole chunk.
+        let global = script_global(&engine, &ast, &self.env.constants, &self.env.imports);
+        let ctx = ::rhai::NativeCallContext::new_with_all_fields(
+            &engine,
+            self.f.fn_name(),
+            None,
+            &global,
+            Position::NONE,
+        );
+        let to_dynamic = |v: &Value| ::rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
+        let call = |args: &mut [Dynamic]| -> Result<Value, String> {
+            stops::begin();
+            let result = self
+                .f
+                .call_raw(&ctx, None, &mut *args)
+                .map_err(|e| call_error(&self.shared, &self.f, args.len(), *e))?;
+            data_of(&self.shared, &result)
+                .map_err(|what| format!("cannot send a task's result back: {what}"))
+        };
+        match calls {
+            CallSlice::Each(values) => values.iter().map(|v| call(&mut [to_dynamic(v)?])).collect(),
+            CallSlice::Lists(lists) => lists
+                .iter()
+                .map(|list| {
+                    let mut args: Vec<Dynamic> =
+                        list.iter().map(to_dynamic).collect::<Result<_, _>>()?;
+                    call(&mut args)
+                })
+                .collect(),
+        }
     }
 }
 
