@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::exec;
 use crate::host::Host;
 use crate::host::Mode;
-use crate::pool::{Callbacks, Job, JobKind, Pool, PoolHandle, PoolOptions, Workers};
+use crate::pool::{Callbacks, Job, JobKind, Pool, PoolHandle, PoolOptions};
 use crate::process::ScriptProcess;
 use crate::rt::gil::Gil;
-use crate::script::{Callback, Calls, FunctionSpec, Target};
+use crate::script::{Callback, Calls, FunctionSpec, ScriptEngine, Target, Travel};
 use crate::sync::{Lock, Queue};
 use crate::thread::ScriptThread;
 use crate::value::Value;
@@ -190,17 +191,16 @@ pub trait Args {
     /// Argument `func` (a script function: a Lua function, a Rhai function pointer, closure or
     /// function name) bound to the elements of the array at `args`, to run on another thread.
     fn target(&mut self, func: usize, args: Option<usize>) -> Result<Box<dyn Target>, String>;
-    /// Argument `i` (a script function) made ready to run in a worker of a `mode` pool.
-    fn function(&mut self, i: usize, mode: Mode) -> Result<Arc<FunctionSpec>, String>;
+    /// Argument `i` (a script function) made ready to travel to a pool's workers as `travel`
+    /// says.
+    fn function(&mut self, i: usize, travel: Travel) -> Result<Arc<FunctionSpec>, String>;
     /// Argument `i` (a script function) to call later in this process, with the GIL held.
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String>;
     /// Field `key` of the table or map at argument `i`, appended as a new argument: its index,
     /// or `None` if absent or nil.
     fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String>;
-    /// What runs the tasks of a `mode` pool of `count` workers. For `isolated`, this builds
-    /// an engine per worker from a snapshot of the script's state, now; `renewable` engines
-    /// can make fresh ones from that snapshot later (`maxtasksperchild`).
-    fn workers(&mut self, mode: Mode, count: usize, renewable: bool) -> Result<Workers, String>;
+    /// The engine the call runs in, as of this call: for a pool's workers.
+    fn engine(&self) -> &dyn ScriptEngine;
     /// Whether argument `i` is a Lua table or a Rhai object map (without converting it).
     fn is_map(&mut self, i: usize) -> bool;
     /// Whether argument `i` is absent or nil (without converting it).
@@ -407,7 +407,7 @@ fn submit(
     callbacks_at: Option<usize>,
 ) -> Result<(Arc<Job>, Arc<PoolHandle>), String> {
     let p = pool(args)?;
-    let f = args.function(1, p.mode())?;
+    let f = args.function(1, p.travel())?;
     let (calls, chunksize) = match kind {
         JobKind::Single => {
             let list = match has_args(args, 2) {
@@ -466,7 +466,7 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
             options.processes = opt_count(args, i, "processes")?.unwrap_or(cpus);
         }
         if let Some(i) = args.field(o, "initializer")? {
-            let f = args.function(i, options.mode)?;
+            let f = args.function(i, exec::model(options.mode).travel())?;
             let initargs = match args.field(o, "initargs")? {
                 Some(j) => elements(args, j, "initargs")?,
                 None => Vec::new(),
@@ -483,11 +483,7 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
             }
         }
     }
-    if options.processes == 0 {
-        return Err("processes must be at least 1".into());
-    }
-    let renewable = options.maxtasksperchild.is_some();
-    let workers = args.workers(options.mode, options.processes, renewable)?;
+    let workers = Pool::workers(&options, args.engine())?;
     let host = host.clone();
     Ok(Outcome::Fork(Box::new(move || {
         let pool = Pool::start(&host, workers, options)?;

@@ -1,7 +1,7 @@
 //! Pools (Python's `multiprocessing.Pool` and `ThreadPool`), in every execution model.
 //!
 //! Jobs, chunking, results, callbacks and shutdown are one mechanism; what runs the tasks is
-//! a [`Workers`] backend:
+//! one of two backends, which the execution model chooses and builds ([`Workers`]):
 //! - **Forked processes** (`fork`). Workers are forked when the pool is created and inherit the
 //!   script state as of then. Each worker has a task pipe and a result pipe. A supervisor
 //!   thread in the parent assigns tasks and reads results; a writer thread per worker writes
@@ -18,7 +18,7 @@
 //!   task is bound by pipe wake-up latency (shared/notes/ipc.md). The window follows the task
 //!   time workers report. Tasks assigned in one pass go out in one write.
 //! - **Functions** travel once per worker: the adapter encodes a script function once
-//!   ([`FunctionSpec`]), the worker decodes and keeps it.
+//!   ([`FunctionSpec`]), the worker decodes and keeps it ([`Functions`]).
 //! - **Failures.** A task's script error comes back as its result. A worker that dies (a
 //!   signal, a crash) fails the task it was running with an error naming the signal; the tasks
 //!   queued behind it go back to the pending queue, and a replacement is forked.
@@ -48,11 +48,14 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::exec::{self, Workers};
 use crate::host::{Finish, Host, Stage};
 use crate::rt::cancel::Cancel;
 use crate::rt::codec;
 use crate::rt::fork;
-use crate::script::{CallSlice, Callback, Calls, FunctionSpec, TaskEngine, TaskFn};
+use crate::script::{
+    CallSlice, Callback, Calls, FunctionSpec, ScriptEngine, Snapshot, TaskEngine, TaskFn, Travel,
+};
 use crate::value::Value;
 
 /// The most tasks queued to one worker at a time.
@@ -93,15 +96,6 @@ impl Chunk {
             Calls::Lists(v) => CallSlice::Lists(&v[r]),
         }
     }
-}
-
-/// What runs a pool's tasks.
-pub enum Workers {
-    /// Forked worker processes, each running its copy of this engine.
-    Forked(Arc<dyn TaskEngine>),
-    /// One OS thread per engine: isolated engines, one each, or the script's engine for every
-    /// thread (`gil`).
-    Threads(Vec<Arc<dyn TaskEngine>>),
 }
 
 /// A job's `callback` and `error_callback`, if any.
@@ -635,6 +629,16 @@ impl Finish for Unfinished {
 }
 
 impl Pool {
+    /// What runs the tasks of a pool with `options`, from `engine` as of now (the call that
+    /// creates the pool), as its execution model builds it. Call with the GIL held.
+    pub fn workers(options: &PoolOptions, engine: &dyn ScriptEngine) -> Result<Workers, String> {
+        if options.processes == 0 {
+            return Err("processes must be at least 1".into());
+        }
+        let renewable = options.maxtasksperchild.is_some();
+        exec::model(options.mode).workers(engine, options.processes, renewable)
+    }
+
     /// Starts the workers. Call with the GIL held, outside any engine lock.
     pub fn start(
         host: &Arc<Host>,
@@ -644,16 +648,16 @@ impl Pool {
         if options.processes == 0 {
             return Err("processes must be at least 1".into());
         }
-        let (forked, wake_rx, threads) = match workers {
+        let (forked, wake_rx, threads, renew) = match workers {
             Workers::Forked(engine) => {
                 let (rx, tx) = pipe()?;
                 set_nonblocking(rx.as_raw_fd())?;
                 // A full pipe already holds a wake-up: a submit never blocks on it.
                 set_nonblocking(tx.as_raw_fd())?;
                 let wake_tx = File::from(tx);
-                (Some(Forked { engine, wake_tx }), Some(rx), Vec::new())
+                (Some(Forked { engine, wake_tx }), Some(rx), Vec::new(), None)
             }
-            Workers::Threads(engines) => (None, None, engines),
+            Workers::Threads { engines, renew } => (None, None, engines, renew),
         };
         let (callbacks_tx, callbacks_rx) = unbounded();
         let live = Arc::new(LiveJobs::default());
@@ -686,14 +690,18 @@ impl Pool {
         });
         match wake_rx {
             Some(wake_rx) => pool.start_supervisor(wake_rx)?,
-            None => pool.start_threads(threads)?,
+            None => pool.start_threads(threads, renew)?,
         }
         host.register(Arc::new(Unfinished(Arc::downgrade(&pool))));
         Ok(pool)
     }
 
     /// Starts one worker thread per engine, and the watchdog that stops their overdue tasks.
-    fn start_threads(self: &Arc<Self>, engines: Vec<Arc<dyn TaskEngine>>) -> Result<(), String> {
+    fn start_threads(
+        self: &Arc<Self>,
+        engines: Vec<Arc<dyn TaskEngine>>,
+        renew: Option<Arc<dyn Snapshot>>,
+    ) -> Result<(), String> {
         for engine in engines {
             let slot = Arc::new(ThreadSlot {
                 gil: Mutex::new(engine.host().gil.clone()),
@@ -705,10 +713,11 @@ impl Pool {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(slot.clone());
             let pool = self.clone();
+            let renew = renew.clone();
             let spawned = std::thread::Builder::new()
                 .name("parrun-pool-worker".into())
                 .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
-                .spawn(move || pool.work(engine, slot));
+                .spawn(move || pool.work(engine, slot, renew));
             if let Err(e) = spawned {
                 let mut s = self.shared();
                 s.live_threads -= 1;
@@ -821,9 +830,15 @@ impl Pool {
     /// A worker thread: runs the initializer, then takes tasks until the pool closes. A host
     /// panic that escapes a task's own catch breaks the pool, so that `join` cannot wait for
     /// ever on work this thread was to do.
-    fn work(self: Arc<Self>, engine: Arc<dyn TaskEngine>, slot: Arc<ThreadSlot>) {
+    fn work(
+        self: Arc<Self>,
+        engine: Arc<dyn TaskEngine>,
+        slot: Arc<ThreadSlot>,
+        renew: Option<Arc<dyn Snapshot>>,
+    ) {
         crate::rt::cancel::install(Some(slot.cancel.clone()));
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.serve(engine, &slot))) {
+        let served = catch_unwind(AssertUnwindSafe(|| self.serve(engine, &slot, renew)));
+        if let Err(panic) = served {
             self.break_pool(&format!(
                 "a pool worker thread failed inside parrun (a host panic: {})",
                 crate::rt::threads::panic_text(&*panic)
@@ -840,7 +855,12 @@ impl Pool {
     }
 
     /// [`Pool::work`]'s loop.
-    fn serve(&self, engine: Arc<dyn TaskEngine>, slot: &ThreadSlot) {
+    fn serve(
+        &self,
+        engine: Arc<dyn TaskEngine>,
+        slot: &ThreadSlot,
+        renew: Option<Arc<dyn Snapshot>>,
+    ) {
         let run = |functions: &mut Functions, function: &FunctionSpec, calls: CallSlice<'_>| {
             let gil = functions.engine().host().gil.clone();
             let _held = gil.lock(0);
@@ -890,19 +910,19 @@ impl Pool {
                 self.finish_job(&job);
             }
             done += 1;
+            let Some(renew) = &renew else { continue };
             if self.options.maxtasksperchild.is_some_and(|m| done >= m) {
                 // As a forked worker is replaced by a fresh fork: a fresh engine from the
                 // snapshot taken when the pool was created.
                 done = 0;
-                match functions.engine().renewed() {
-                    Some(Ok(fresh)) => {
+                match renew.instantiate() {
+                    Ok(fresh) => {
                         *slot.gil.lock().unwrap_or_else(|e| e.into_inner()) =
-                            fresh.host().gil.clone();
-                        functions = Functions::new(fresh);
+                            fresh.engine.host().gil.clone();
+                        functions = Functions::new(fresh.engine);
                         initialize(&mut functions);
                     }
-                    Some(Err(e)) => self.break_pool(&format!("cannot renew a worker: {e}")),
-                    None => {}
+                    Err(e) => self.break_pool(&format!("cannot renew a worker: {e}")),
                 }
             }
         }
@@ -1153,9 +1173,9 @@ impl Pool {
         self.options.processes
     }
 
-    /// What the workers are.
-    pub fn mode(&self) -> crate::host::Mode {
-        self.options.mode
+    /// How a function travels to the workers.
+    pub fn travel(&self) -> Travel {
+        exec::model(self.options.mode).travel()
     }
 
     pub fn is_open(&self) -> bool {
@@ -1868,7 +1888,11 @@ mod tests {
             task_timeout: None,
             mode: crate::host::Mode::Isolated,
         };
-        let pool = Pool::start(&host, Workers::Threads(engines), options).unwrap();
+        let workers = Workers::Threads {
+            engines,
+            renew: None,
+        };
+        let pool = Pool::start(&host, workers, options).unwrap();
         (pool, gate)
     }
 

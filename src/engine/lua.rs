@@ -26,11 +26,12 @@ use mlua::{
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
 use crate::error::Error;
-use crate::host::Mode;
 use crate::host::{Host, Script};
-use crate::pool::Workers;
 use crate::rt::gil::{Gil, Interrupter};
-use crate::script::{CallSlice, Callback, FunctionSpec, Target, TaskEngine, TaskFn};
+use crate::script::{
+    CallSlice, Callback, FunctionSpec, Instance, ScriptEngine, Snapshot, Target, TaskEngine,
+    TaskFn, Travel,
+};
 use crate::value::Value;
 
 mod native;
@@ -457,21 +458,22 @@ impl Args for LuaArgs<'_> {
             host: self.host.clone(),
             f,
             args,
-            _state: None,
         }))
     }
 
-    fn function(&mut self, i: usize, mode: Mode) -> Result<Arc<FunctionSpec>, String> {
+    fn function(&mut self, i: usize, travel: Travel) -> Result<Arc<FunctionSpec>, String> {
         let f = self.script_function(i)?;
-        if mode == Mode::Gil {
-            // Run in this state: the function itself, its upvalues still shared.
-            let tasks = Tasks::of(self.lua)?;
-            return Ok(Arc::new(FunctionSpec::Local(Arc::new(LuaTask {
-                tasks,
-                f,
-            }))));
+        match travel {
+            // The function itself, its upvalues still shared.
+            Travel::Local => {
+                let tasks = Tasks::of(self.lua)?;
+                Ok(Arc::new(FunctionSpec::Local(Arc::new(LuaTask {
+                    tasks,
+                    f,
+                }))))
+            }
+            Travel::Encoded => encoded_function(self.lua, &f),
         }
-        encoded_function(self.lua, &f)
     }
 
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {
@@ -506,26 +508,22 @@ impl Args for LuaArgs<'_> {
         self.get(i).is_nil()
     }
 
-    fn workers(&mut self, mode: Mode, count: usize, renewable: bool) -> Result<Workers, String> {
-        Ok(match mode {
-            Mode::Fork => Workers::Forked(LuaTaskEngine::here(self.lua)?),
-            Mode::Gil => Workers::Threads(vec![LuaTaskEngine::here(self.lua)?; count]),
-            Mode::Isolated => {
-                // A renewable pool keeps one untouched copy to build replacements from.
-                let template = match renewable {
-                    true => {
-                        let (state, host, _) = isolated_state(self.lua, self.host, Vec::new())?;
-                        Some(Arc::new(Template { state, host }))
-                    }
-                    false => None,
-                };
-                Workers::Threads(
-                    (0..count)
-                        .map(|_| LuaTaskEngine::isolated(self.lua, self.host, template.clone()))
-                        .collect::<Result<_, _>>()?,
-                )
-            }
-        })
+    fn engine(&self) -> &dyn ScriptEngine {
+        self
+    }
+}
+
+impl ScriptEngine for LuaArgs<'_> {
+    fn here(&self) -> Result<Arc<dyn TaskEngine>, String> {
+        LuaTaskEngine::here(self.lua)
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>, String> {
+        Ok(Box::new(LuaSnapshot::take(
+            self.lua,
+            self.host,
+            Vec::new(),
+        )?))
     }
 }
 
@@ -695,17 +693,8 @@ impl TaskFn for LuaTask {
 /// A Lua state as a pool worker's engine: the script's own, or an isolated worker's.
 struct LuaTaskEngine {
     tasks: Arc<Tasks>,
-    /// An isolated worker's state, which nothing else keeps alive.
+    /// An isolated engine's state, which nothing else keeps alive.
     _state: Option<Lua>,
-    /// What a renewable isolated engine's replacement is copied from.
-    template: Option<Arc<Template>>,
-}
-
-/// An untouched copy of the script's state as of pool creation, from which a renewable
-/// isolated pool builds its replacement engines.
-struct Template {
-    state: Lua,
-    host: Arc<Host>,
 }
 
 impl LuaTaskEngine {
@@ -714,21 +703,6 @@ impl LuaTaskEngine {
         Ok(Arc::new(LuaTaskEngine {
             tasks: Tasks::of(lua)?,
             _state: None,
-            template: None,
-        }))
-    }
-
-    /// Runs tasks in a state of its own, a copy of `source`'s script state as of now.
-    fn isolated(
-        source: &Lua,
-        host: &Host,
-        template: Option<Arc<Template>>,
-    ) -> Result<Arc<dyn TaskEngine>, String> {
-        let (state, _, _) = isolated_state(source, host, Vec::new())?;
-        Ok(Arc::new(LuaTaskEngine {
-            tasks: Tasks::of(&state)?,
-            _state: Some(state),
-            template,
         }))
     }
 }
@@ -745,15 +719,56 @@ impl TaskEngine for LuaTaskEngine {
             f,
         }))
     }
+}
 
-    fn renewed(&self) -> Option<Result<Arc<dyn TaskEngine>, String>> {
-        let template = self.template.as_ref()?;
-        // The template is only read; its own lock keeps two workers renewing at once apart.
-        Some(LuaTaskEngine::isolated(
-            &template.state,
-            &template.host,
-            Some(template.clone()),
-        ))
+/// A copy of the script's state as of one moment, in a state of its own with a host of its
+/// own, from which isolated engines are copied; a snapshot of a call holds the call's function
+/// and arguments, copied with the state.
+struct LuaSnapshot {
+    state: Lua,
+    host: Arc<Host>,
+    /// The call's function, then its arguments, in `state` (none for a snapshot of the
+    /// engine).
+    call: Vec<LuaValue>,
+}
+
+impl LuaSnapshot {
+    /// A copy of `source`'s state (`host`'s) as of now, with `call` copied along.
+    fn take(source: &Lua, host: &Host, call: Vec<LuaValue>) -> Result<LuaSnapshot, String> {
+        let (state, host, call) = isolated_state(source, host, call)?;
+        Ok(LuaSnapshot { state, host, call })
+    }
+
+    /// The snapshot's state as an engine, with its call bound there.
+    fn instance(self) -> Result<Instance, String> {
+        let LuaSnapshot { state, host, call } = self;
+        let mut call = call.into_iter();
+        let target: Option<Box<dyn Target>> = match call.next() {
+            None => None,
+            Some(LuaValue::Function(f)) => Some(Box::new(LuaTarget {
+                lua: state.weak(),
+                host,
+                f,
+                args: call.collect(),
+            })),
+            Some(_) => return Err("a function that cannot be copied to another engine".into()),
+        };
+        let engine = Arc::new(LuaTaskEngine {
+            tasks: Tasks::of(&state)?,
+            _state: Some(state),
+        });
+        Ok(Instance { engine, target })
+    }
+}
+
+impl Snapshot for LuaSnapshot {
+    fn instantiate(&self) -> Result<Instance, String> {
+        // The snapshot is only read; its own lock keeps two copies at once apart.
+        LuaSnapshot::take(&self.state, &self.host, self.call.clone())?.instance()
+    }
+
+    fn into_instance(self: Box<Self>) -> Result<Instance, String> {
+        self.instance()
     }
 }
 
@@ -791,40 +806,21 @@ struct LuaTarget {
     host: Arc<Host>,
     f: Function,
     args: Vec<LuaValue>,
-    /// An isolated target's state, which nothing else keeps alive.
-    _state: Option<Lua>,
 }
 
 impl Target for LuaTarget {
     fn run(self: Box<Self>) -> Result<(), String> {
-        let LuaTarget {
-            lua,
-            host,
-            f,
-            args,
-            _state,
-        } = *self;
+        let LuaTarget { lua, host, f, args } = *self;
         start_driver(&upgrade(&lua)?, &host, f, MultiValue::from_vec(args))
             .map(drop)
             .map_err(error_text)
     }
 
-    fn isolated(self: Box<Self>) -> Result<(Box<dyn Target>, Arc<Host>), String> {
+    fn snapshot(self: Box<Self>) -> Result<Box<dyn Snapshot>, String> {
         let parent = upgrade(&self.lua)?;
-        let mut values = vec![LuaValue::Function(self.f)];
-        values.extend(self.args);
-        let (state, host, mut copies) = isolated_state(&parent, &self.host, values)?;
-        let Some(LuaValue::Function(f)) = (!copies.is_empty()).then(|| copies.remove(0)) else {
-            return Err("a function that cannot be copied to another engine".into());
-        };
-        let target = LuaTarget {
-            lua: state.weak(),
-            host: host.clone(),
-            f,
-            args: copies,
-            _state: Some(state),
-        };
-        Ok((Box::new(target), host))
+        let mut call = vec![LuaValue::Function(self.f)];
+        call.extend(self.args);
+        Ok(Box::new(LuaSnapshot::take(&parent, &self.host, call)?))
     }
 }
 

@@ -22,11 +22,12 @@ use ::rhai::{
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::error::Error;
-use crate::host::Mode;
 use crate::host::{Host, Script};
-use crate::pool::Workers;
 use crate::rt::output;
-use crate::script::{CallSlice, Callback, FunctionSpec, Target, TaskEngine, TaskFn};
+use crate::script::{
+    CallSlice, Callback, FunctionSpec, Instance, ScriptEngine, Snapshot, Target, TaskEngine,
+    TaskFn, Travel,
+};
 use crate::value::Value;
 
 mod modules;
@@ -751,14 +752,13 @@ impl Args for RhaiArgs<'_, '_> {
         Ok(Box::new(RhaiTarget {
             f: self.bound(f),
             args,
-            _engine: None,
         }))
     }
 
-    fn function(&mut self, i: usize, mode: Mode) -> Result<Arc<FunctionSpec>, String> {
+    fn function(&mut self, i: usize, travel: Travel) -> Result<Arc<FunctionSpec>, String> {
         let f = self.fn_ptr(i)?;
-        if mode == Mode::Gil {
-            // Run in this engine: the function itself, captured variables still shared.
+        if travel == Travel::Local {
+            // The function itself, captured variables still shared.
             return Ok(Arc::new(FunctionSpec::Local(Arc::new(self.bound(f)))));
         }
         let curry = f
@@ -827,34 +827,29 @@ impl Args for RhaiArgs<'_, '_> {
         i >= self.len() || self.get(i).is_unit()
     }
 
-    fn workers(&mut self, mode: Mode, count: usize, renewable: bool) -> Result<Workers, String> {
-        let constants = self.env().constants;
-        let here = || -> Arc<dyn TaskEngine> {
-            Arc::new(RhaiTaskEngine {
-                shared: self.shared.clone(),
-                constants: constants.clone(),
-                _engine: None,
-                snapshot: None,
-            })
-        };
-        Ok(match mode {
-            Mode::Fork => Workers::Forked(here()),
-            Mode::Gil => Workers::Threads(vec![here(); count]),
-            Mode::Isolated => {
-                // The script's state as of now: its code (never changes), its constants and
-                // the modules it has loaded.
-                let snapshot = Arc::new(Snapshot {
-                    parent: self.shared.clone(),
-                    constants: copied_constants(&constants),
-                    modules: modules::copied(&self.shared.modules),
-                });
-                Workers::Threads(
-                    (0..count)
-                        .map(|_| isolated_engine(&snapshot, renewable))
-                        .collect::<Result<_, _>>()?,
-                )
-            }
-        })
+    fn engine(&self) -> &dyn ScriptEngine {
+        self
+    }
+}
+
+impl ScriptEngine for RhaiArgs<'_, '_> {
+    fn here(&self) -> Result<Arc<dyn TaskEngine>, String> {
+        Ok(Arc::new(RhaiTaskEngine {
+            shared: self.shared.clone(),
+            constants: self.env().constants,
+            _engine: None,
+        }))
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>, String> {
+        // The script's state as of now: its code (never changes), its constants and the
+        // modules it has loaded.
+        Ok(Box::new(RhaiSnapshot {
+            parent: self.shared.clone(),
+            constants: copied_constants(&self.env().constants),
+            modules: modules::copied(&self.shared.modules),
+            call: None,
+        }))
     }
 }
 
@@ -914,27 +909,81 @@ fn detached(value: &Dynamic) -> Dynamic {
     }
 }
 
-/// What an isolated pool's engines are built from, as of pool creation.
-struct Snapshot {
+/// What isolated engines are built from: the script's state as of one moment (its code, which
+/// never changes, copies of its `global::` constants and of the modules it has loaded), and
+/// for a snapshot of a call, the call, detached from the script's variables.
+struct RhaiSnapshot {
     /// The script's `Shared`, for its code and settings.
     parent: Arc<Shared>,
     constants: Option<Constants>,
     modules: Loaded,
+    call: Option<Call>,
 }
 
-/// A pool worker's engine of its own, from `snapshot`; a `renewable` one keeps the snapshot to
-/// build its replacement.
-fn isolated_engine(
-    snapshot: &Arc<Snapshot>,
-    renewable: bool,
-) -> Result<Arc<dyn TaskEngine>, String> {
-    let (shared, engine) = isolated_shared(&snapshot.parent, modules::copied(&snapshot.modules))?;
-    Ok(Arc::new(RhaiTaskEngine {
-        shared,
-        constants: copied_constants(&snapshot.constants),
-        _engine: Some(engine),
-        snapshot: renewable.then(|| snapshot.clone()),
-    }))
+/// A thread's or process's call, as a snapshot holds it.
+#[derive(Clone)]
+struct Call {
+    f: FnPtr,
+    imports: Imports,
+    args: Vec<Dynamic>,
+}
+
+impl RhaiSnapshot {
+    /// An engine of its own with `constants` and `modules`, and `call` bound there.
+    fn instance(
+        parent: &Arc<Shared>,
+        constants: Option<Constants>,
+        modules: Loaded,
+        call: Option<Call>,
+    ) -> Result<Instance, String> {
+        let (shared, engine) = isolated_shared(parent, modules)?;
+        let target = call.map(|call| -> Box<dyn Target> {
+            let env = Env {
+                constants: constants.clone(),
+                imports: call.imports,
+            };
+            Box::new(RhaiTarget {
+                f: BoundFn {
+                    shared: shared.clone(),
+                    env,
+                    f: call.f,
+                },
+                args: call.args,
+            })
+        });
+        let engine = Arc::new(RhaiTaskEngine {
+            shared,
+            constants,
+            _engine: Some(engine),
+        });
+        Ok(Instance { engine, target })
+    }
+}
+
+impl Snapshot for RhaiSnapshot {
+    fn instantiate(&self) -> Result<Instance, String> {
+        let call = self.call.as_ref().map(|call| Call {
+            f: detached(&Dynamic::from(call.f.clone())).cast::<FnPtr>(),
+            imports: call.imports.clone(),
+            args: call.args.iter().map(detached).collect(),
+        });
+        RhaiSnapshot::instance(
+            &self.parent,
+            copied_constants(&self.constants),
+            modules::copied(&self.modules),
+            call,
+        )
+    }
+
+    fn into_instance(self: Box<Self>) -> Result<Instance, String> {
+        let RhaiSnapshot {
+            parent,
+            constants,
+            modules,
+            call,
+        } = *self;
+        RhaiSnapshot::instance(&parent, constants, modules, call)
+    }
 }
 
 /// A Rhai function as it travels to a worker: every script function (closures too) is in the
@@ -952,10 +1001,8 @@ struct RhaiTaskEngine {
     shared: Arc<Shared>,
     /// The `global::` constants its functions see.
     constants: Option<Constants>,
-    /// An isolated worker's engine, which nothing else keeps alive.
+    /// An isolated engine, which nothing else keeps alive.
     _engine: Option<Arc<Engine>>,
-    /// What a renewable isolated engine's replacement is built from.
-    snapshot: Option<Arc<Snapshot>>,
 }
 
 /// Rebuilds a function pointer in the worker, with the modules it sees. A closure's function is
@@ -1009,11 +1056,6 @@ impl TaskEngine for RhaiTaskEngine {
             env,
             f,
         }))
-    }
-
-    fn renewed(&self) -> Option<Result<Arc<dyn TaskEngine>, String>> {
-        let snapshot = self.snapshot.as_ref()?;
-        Some(isolated_engine(snapshot, true))
     }
 }
 
@@ -1174,23 +1216,23 @@ impl IntoIterator for Object {
 struct RhaiTarget {
     f: BoundFn,
     args: Vec<Dynamic>,
-    /// An isolated target's engine, which nothing else keeps alive.
-    _engine: Option<Arc<Engine>>,
 }
 
 impl Target for RhaiTarget {
-    fn isolated(self: Box<Self>) -> Result<(Box<dyn Target>, Arc<Host>), String> {
-        let (shared, engine) =
-            isolated_shared(&self.f.shared, modules::copied(&self.f.shared.modules))?;
-        let host = shared.host.clone();
-        let f = detached(&Dynamic::from(self.f.f)).cast::<FnPtr>();
-        let env = self.f.env.isolated();
-        let target = RhaiTarget {
-            f: BoundFn { shared, env, f },
+    fn snapshot(self: Box<Self>) -> Result<Box<dyn Snapshot>, String> {
+        let BoundFn { shared, env, f } = self.f;
+        let env = env.isolated();
+        let call = Call {
+            f: detached(&Dynamic::from(f)).cast::<FnPtr>(),
+            imports: env.imports,
             args: self.args.iter().map(detached).collect(),
-            _engine: Some(engine),
         };
-        Ok((Box::new(target), host))
+        Ok(Box::new(RhaiSnapshot {
+            modules: modules::copied(&shared.modules),
+            constants: env.constants,
+            call: Some(call),
+            parent: shared,
+        }))
     }
 
     fn run(self: Box<Self>) -> Result<(), String> {
