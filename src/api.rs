@@ -238,6 +238,11 @@ impl Builtin {
         format!("{}.{}", self.class.name(), self.name)
     }
 
+    /// An error of this operation, as scripts see it: `Queue.get: timed out ...`.
+    pub fn error(&self, msg: impl std::fmt::Display) -> String {
+        format!("{}: {msg}", self.qualified_name())
+    }
+
     /// Number of leading arguments that are the receiver.
     pub fn receivers(&self) -> usize {
         usize::from(self.class != Class::Global)

@@ -122,7 +122,7 @@ impl ScriptProcess {
                 // process in the script's engine leaves them to the script, whose threads
                 // they are.
                 if engine.is_some() {
-                    gil.allow_threads(0, || runs_on.finish());
+                    runs_on.finish_holding_gil();
                 }
                 drop(engine);
                 drop(held);
@@ -149,7 +149,7 @@ impl ScriptProcess {
             };
             // As a Python child does before it exits: wait for the threads and processes the
             // target started.
-            child_host.gil.allow_threads(0, || child_host.finish());
+            child_host.finish_holding_gil();
             status
         })?;
         *self.state() = State::Running {

@@ -1063,14 +1063,14 @@ fn raw_builtin(lua: &Lua, host: &Arc<Host>, b: &'static Builtin) -> mlua::Result
                 let request = Request(std::sync::Mutex::new(Some(Pending::Fork(named(b, fork)))));
                 (1, lua.create_userdata(request)?).into_lua_multi(lua)
             }
-            Err(msg) => (2, format!("{}: {msg}", b.qualified_name())).into_lua_multi(lua),
+            Err(msg) => (2, b.error(msg)).into_lua_multi(lua),
         }
     })
 }
 
 /// Prefixes the errors of a deferred operation with the builtin's name.
 fn named(b: &'static Builtin, f: Wait) -> Wait {
-    Box::new(move || f().map_err(|msg| format!("{}: {msg}", b.qualified_name())))
+    Box::new(move || f().map_err(|msg| b.error(msg)))
 }
 
 /// Sets `arg` as the stock interpreter does, and lets `require` find modules next to the script.
@@ -1184,10 +1184,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         .collect::<mlua::Result<MultiValue>>()
         .map_err(|e| Error::Script(error_text(e)))?;
 
-    let held = host.gil.lock(0);
-    let result = start_driver(&lua, &host, main, args);
-    host.gil.allow_threads(0, || host.finish());
-    drop(held);
+    let result = host.run_main(|| start_driver(&lua, &host, main, args));
     CURRENT_GIL.with(|g| g.borrow_mut().take());
     result.map(|_| 0).map_err(|e| Error::Script(error_text(e)))
 }

@@ -100,11 +100,10 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         .collect();
     scope.push_constant("ARGS", args);
 
-    let held = host.gil.lock(0);
-    stops::begin();
-    let result = engine.run_ast_with_scope(&mut scope, &ast);
-    host.gil.allow_threads(0, || host.finish());
-    drop(held);
+    let result = host.run_main(|| {
+        stops::begin();
+        engine.run_ast_with_scope(&mut scope, &ast)
+    });
     let exit_status = *shared.exit_status.lock().unwrap_or_else(|e| e.into_inner());
     match result {
         Ok(()) => Ok(exit_status.unwrap_or(0)),
@@ -594,8 +593,7 @@ fn invoke(
     args: &mut [&mut Dynamic],
     global: Option<&GlobalRuntimeState>,
 ) -> RhaiResult<Dynamic> {
-    let fail =
-        |msg: String| -> Box<EvalAltResult> { format!("{}: {msg}", b.qualified_name()).into() };
+    let fail = |msg: String| -> Box<EvalAltResult> { b.error(msg).into() };
     api::check_arity(b, args.len()).map_err(fail)?;
     let outcome = (b.call)(&shared.host, &mut RhaiArgs::new(args, shared, global)).map_err(fail)?;
     let ret = match outcome {
@@ -842,14 +840,8 @@ impl ScriptEngine for RhaiArgs<'_, '_> {
     }
 
     fn snapshot(&self) -> Result<Box<dyn Snapshot>, String> {
-        // The script's state as of now: its code (never changes), its constants and the
-        // modules it has loaded.
-        Ok(Box::new(RhaiSnapshot {
-            parent: self.shared.clone(),
-            constants: copied_constants(&self.env().constants),
-            modules: modules::copied(&self.shared.modules),
-            call: None,
-        }))
+        let live = RhaiSnapshot::live(self.shared, self.env().constants, None);
+        Ok(Box::new(live.copied()))
     }
 }
 
@@ -929,31 +921,50 @@ struct Call {
 }
 
 impl RhaiSnapshot {
-    /// An engine of its own with `constants` and `modules`, and `call` bound there.
-    fn instance(
-        parent: &Arc<Shared>,
-        constants: Option<Constants>,
-        modules: Loaded,
-        call: Option<Call>,
-    ) -> Result<Instance, String> {
-        let (shared, engine) = isolated_shared(parent, modules)?;
-        let target = call.map(|call| -> Box<dyn Target> {
+    /// The script's state as `shared`'s engine and a call (`constants`, `call`) see it now,
+    /// as it is, not yet copied.
+    fn live(shared: &Arc<Shared>, constants: Option<Constants>, call: Option<Call>) -> Self {
+        RhaiSnapshot {
+            parent: shared.clone(),
+            constants,
+            modules: shared.modules.clone(),
+            call,
+        }
+    }
+
+    /// A snapshot with copies of all this one holds, which share nothing with it: constants,
+    /// the list of loaded modules, the call's captured variables and arguments.
+    fn copied(&self) -> RhaiSnapshot {
+        RhaiSnapshot {
+            parent: self.parent.clone(),
+            constants: copied_constants(&self.constants),
+            modules: modules::copied(&self.modules),
+            call: self.call.as_ref().map(|call| Call {
+                f: detached(&Dynamic::from(call.f.clone())).cast::<FnPtr>(),
+                imports: call.imports.clone(),
+                args: call.args.iter().map(detached).collect(),
+            }),
+        }
+    }
+
+    /// An engine of its own with this snapshot's state, and its call bound there.
+    fn instance(self) -> Result<Instance, String> {
+        let (shared, engine) = isolated_shared(&self.parent, self.modules)?;
+        let target = self.call.map(|call| -> Box<dyn Target> {
             let env = Env {
-                constants: constants.clone(),
+                constants: self.constants.clone(),
                 imports: call.imports,
             };
-            Box::new(RhaiTarget {
-                f: BoundFn {
-                    shared: shared.clone(),
-                    env,
-                    f: call.f,
-                },
-                args: call.args,
-            })
+            let f = BoundFn {
+                shared: shared.clone(),
+                env,
+                f: call.f,
+            };
+            Box::new(RhaiTarget { f, args: call.args })
         });
         let engine = Arc::new(RhaiTaskEngine {
             shared,
-            constants,
+            constants: self.constants,
             _engine: Some(engine),
         });
         Ok(Instance { engine, target })
@@ -962,27 +973,11 @@ impl RhaiSnapshot {
 
 impl Snapshot for RhaiSnapshot {
     fn instantiate(&self) -> Result<Instance, String> {
-        let call = self.call.as_ref().map(|call| Call {
-            f: detached(&Dynamic::from(call.f.clone())).cast::<FnPtr>(),
-            imports: call.imports.clone(),
-            args: call.args.iter().map(detached).collect(),
-        });
-        RhaiSnapshot::instance(
-            &self.parent,
-            copied_constants(&self.constants),
-            modules::copied(&self.modules),
-            call,
-        )
+        self.copied().instance()
     }
 
     fn into_instance(self: Box<Self>) -> Result<Instance, String> {
-        let RhaiSnapshot {
-            parent,
-            constants,
-            modules,
-            call,
-        } = *self;
-        RhaiSnapshot::instance(&parent, constants, modules, call)
+        self.instance()
     }
 }
 
@@ -1084,15 +1079,6 @@ impl Env {
                 .scan_imports_raw()
                 .map(|(name, m)| (name.clone(), m.clone()))
                 .collect(),
-        }
-    }
-
-    /// This environment for another engine: the constants copied, the modules shared (see
-    /// `modules::copied`).
-    fn isolated(&self) -> Env {
-        Env {
-            constants: copied_constants(&self.constants),
-            imports: self.imports.clone(),
         }
     }
 }
@@ -1221,18 +1207,13 @@ struct RhaiTarget {
 impl Target for RhaiTarget {
     fn snapshot(self: Box<Self>) -> Result<Box<dyn Snapshot>, String> {
         let BoundFn { shared, env, f } = self.f;
-        let env = env.isolated();
         let call = Call {
-            f: detached(&Dynamic::from(f)).cast::<FnPtr>(),
+            f,
             imports: env.imports,
-            args: self.args.iter().map(detached).collect(),
+            args: self.args,
         };
-        Ok(Box::new(RhaiSnapshot {
-            modules: modules::copied(&shared.modules),
-            constants: env.constants,
-            call: Some(call),
-            parent: shared,
-        }))
+        let live = RhaiSnapshot::live(&shared, env.constants, Some(call));
+        Ok(Box::new(live.copied()))
     }
 
     fn run(self: Box<Self>) -> Result<(), String> {
