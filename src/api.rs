@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::exec;
 use crate::host::Host;
 use crate::host::Mode;
-use crate::pool::{Callbacks, Job, JobKind, Pool, PoolHandle, PoolOptions};
+use crate::pool::{Callbacks, Job, JobKind, Pool, PoolConfig, PoolHandle};
 use crate::process::ScriptProcess;
 use crate::rt::gil::Gil;
 use crate::script::{Callback, Calls, FunctionSpec, ScriptEngine, Target, Travel};
@@ -385,12 +385,6 @@ fn calls(args: &mut dyn Args, i: usize, star: bool) -> Result<Calls, String> {
         .map(Calls::Lists)
 }
 
-/// Python's default `map` chunk size: about four chunks per worker.
-fn default_chunksize(items: usize, workers: usize) -> usize {
-    let per = workers * 4;
-    items.div_ceil(per).max(1)
-}
-
 /// `callback` and `error_callback` at arguments `ok` and `ok + 1`, if given.
 fn callbacks(args: &mut dyn Args, ok: usize) -> Result<Callbacks, String> {
     let mut pick = |i: usize| -> Result<Option<Box<dyn Callback>>, String> {
@@ -419,18 +413,13 @@ fn submit(
                 Some(i) => elements(args, i, "args")?,
                 None => Vec::new(),
             };
-            (Calls::Lists(vec![list]), 1)
+            (Calls::Lists(vec![list]), None)
         }
         _ => {
             let calls = calls(args, 2, star)?;
-            let given = match chunk_at {
+            let chunksize = match chunk_at {
                 Some(i) => opt_count(args, i, "chunksize")?,
                 None => None,
-            };
-            let chunksize = match (given, kind) {
-                (Some(c), _) => c.max(1),
-                (None, JobKind::List) => default_chunksize(calls.len(), p.size()),
-                (None, _) => 1,
             };
             (calls, chunksize)
         }
@@ -444,7 +433,7 @@ fn submit(
 }
 
 /// `Pool()`, `Pool(4)`, `Pool(4, options)`, `Pool(options)`; `ThreadPool` likewise, in `gil`
-/// mode unless its options say otherwise.
+/// mode unless its options say otherwise. The pool checks what was asked.
 fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome, String> {
     let (count_at, options_at) = match args.len() {
         0 => (None, None),
@@ -452,11 +441,10 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
         1 => (Some(0), None),
         _ => (Some(0), has_args(args, 1)),
     };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut options = PoolOptions {
+    let mut config = PoolConfig {
         processes: match count_at {
-            Some(i) => opt_count(args, i, "processes")?.unwrap_or(cpus),
-            None => cpus,
+            Some(i) => opt_count(args, i, "processes")?,
+            None => None,
         },
         initializer: None,
         maxtasksperchild: None,
@@ -465,33 +453,30 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
     };
     if let Some(o) = options_at {
         if let Some(i) = args.field(o, "mode")? {
-            options.mode = mode_value(args, i)?;
+            config.mode = mode_value(args, i)?;
         }
         if let Some(i) = args.field(o, "processes")? {
-            options.processes = opt_count(args, i, "processes")?.unwrap_or(cpus);
+            config.processes = opt_count(args, i, "processes")?;
         }
         if let Some(i) = args.field(o, "initializer")? {
-            let f = args.function(i, exec::model(options.mode).travel())?;
+            let f = args.function(i, exec::model(config.mode).travel())?;
             let initargs = match args.field(o, "initargs")? {
                 Some(j) => elements(args, j, "initargs")?,
                 None => Vec::new(),
             };
-            options.initializer = Some((f, initargs));
+            config.initializer = Some((f, initargs));
         }
         if let Some(i) = args.field(o, "task_timeout")? {
-            options.task_timeout = timeout(args, i)?;
+            config.task_timeout = timeout(args, i)?;
         }
         if let Some(i) = args.field(o, "maxtasksperchild")? {
-            options.maxtasksperchild = opt_count(args, i, "maxtasksperchild")?;
-            if options.maxtasksperchild == Some(0) {
-                return Err("maxtasksperchild must be at least 1".into());
-            }
+            config.maxtasksperchild = opt_count(args, i, "maxtasksperchild")?;
         }
     }
-    let workers = Pool::workers(&options, args.engine())?;
+    let pool = Pool::prepare(config, args.engine())?;
     let host = host.clone();
     Ok(Outcome::Fork(Box::new(move || {
-        let pool = Pool::start(&host, workers, options)?;
+        let pool = pool.start(&host)?;
         Ok(Ret::Object(Object::Pool(Arc::new(PoolHandle(pool)))))
     })))
 }
@@ -902,12 +887,6 @@ pub static BUILTINS: &[Builtin] = &[
         arity: (0, 0),
         call: |_, args| {
             let p = pool(args)?;
-            if p.is_open() {
-                return Err(
-                    "join() on a running pool: call close() or terminate() first (ValueError)"
-                        .into(),
-                );
-            }
             Outcome::wait(move || p.join().map(|()| Value::Nil.into()))
         },
     },

@@ -49,7 +49,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::exec::{self, Workers};
-use crate::host::{Finish, Host, Stage};
+use crate::host::{Finish, Host, Mode, Stage};
 use crate::rt::cancel::Cancel;
 use crate::rt::codec;
 use crate::rt::fork;
@@ -101,16 +101,33 @@ impl Chunk {
 /// A job's `callback` and `error_callback`, if any.
 pub type Callbacks = Option<(Option<Box<dyn Callback>>, Option<Box<dyn Callback>>)>;
 
-/// How a pool is set up.
-pub struct PoolOptions {
-    pub processes: usize,
+/// A pool as the script asks for it (`Pool(processes, options)`); [`Pool::prepare`] checks it.
+pub struct PoolConfig {
+    /// How many workers; `None`: one per CPU, as Python's `os.cpu_count()`.
+    pub processes: Option<usize>,
+    /// What every worker calls before its first task (a renewed one too), with its arguments.
     pub initializer: Option<(Arc<FunctionSpec>, Vec<Value>)>,
+    /// How many tasks a worker runs before a fresh one takes its place.
     pub maxtasksperchild: Option<usize>,
     /// A task running longer fails: a forked worker is killed and replaced, a thread's task
     /// is cancelled.
     pub task_timeout: Option<Duration>,
-    /// What the pool's workers are, as `mode()` reports it.
-    pub mode: crate::host::Mode,
+    /// The execution model of the workers.
+    pub mode: Mode,
+}
+
+/// A pool ready to start ([`NewPool::start`]): its config checked, its workers' engines built.
+pub struct NewPool {
+    config: PoolConfig,
+    size: usize,
+    workers: Workers,
+}
+
+impl NewPool {
+    /// Starts the workers. Call with the GIL held, outside any engine lock.
+    pub fn start(self, host: &Arc<Host>) -> Result<Arc<Pool>, String> {
+        Pool::start(host, self)
+    }
 }
 
 // ---- wire messages ----
@@ -552,7 +569,9 @@ pub struct Pool {
     host: Arc<Host>,
     /// What only forked workers have (none for a thread-backed pool).
     forked: Option<Forked>,
-    options: PoolOptions,
+    config: PoolConfig,
+    /// The number of workers.
+    size: usize,
     shared: Mutex<Shared>,
     shared_changed: Condvar,
     /// The jobs not ready yet, shared with the callback thread.
@@ -629,25 +648,35 @@ impl Finish for Unfinished {
 }
 
 impl Pool {
-    /// What runs the tasks of a pool with `options`, from `engine` as of now (the call that
-    /// creates the pool), as its execution model builds it. Call with the GIL held.
-    pub fn workers(options: &PoolOptions, engine: &dyn ScriptEngine) -> Result<Workers, String> {
-        if options.processes == 0 {
+    /// Checks `config`, as CPython's `Pool` does, and has its execution model build the
+    /// workers' engines from `engine`, as of now (the call that creates the pool: an isolated
+    /// pool's snapshot is taken here). Call with the GIL held.
+    pub fn prepare(config: PoolConfig, engine: &dyn ScriptEngine) -> Result<NewPool, String> {
+        if config.maxtasksperchild == Some(0) {
+            return Err("maxtasksperchild must be at least 1".into());
+        }
+        let size = config
+            .processes
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if size == 0 {
             return Err("processes must be at least 1".into());
         }
-        let renewable = options.maxtasksperchild.is_some();
-        exec::model(options.mode).workers(engine, options.processes, renewable)
+        let renewable = config.maxtasksperchild.is_some();
+        let workers = exec::model(config.mode).workers(engine, size, renewable)?;
+        Ok(NewPool {
+            config,
+            size,
+            workers,
+        })
     }
 
-    /// Starts the workers. Call with the GIL held, outside any engine lock.
-    pub fn start(
-        host: &Arc<Host>,
-        workers: Workers,
-        options: PoolOptions,
-    ) -> Result<Arc<Pool>, String> {
-        if options.processes == 0 {
-            return Err("processes must be at least 1".into());
-        }
+    /// Starts the workers of `new`. Call with the GIL held, outside any engine lock.
+    fn start(host: &Arc<Host>, new: NewPool) -> Result<Arc<Pool>, String> {
+        let NewPool {
+            config,
+            size,
+            workers,
+        } = new;
         let (forked, wake_rx, threads, renew) = match workers {
             Workers::Forked(engine) => {
                 let (rx, tx) = pipe()?;
@@ -671,7 +700,8 @@ impl Pool {
         let pool = Arc::new(Pool {
             host: host.clone(),
             forked,
-            options,
+            config,
+            size,
             shared: Mutex::new(Shared {
                 status: Status::Open,
                 broken_reason: None,
@@ -751,13 +781,13 @@ impl Pool {
             for slot in slots {
                 let running = slot.running_since();
                 let Some(since) = *running else { continue };
-                let deadline = self.options.task_timeout.map(|t| since + t);
+                let deadline = self.config.task_timeout.map(|t| since + t);
                 let reason = if stopping {
                     "the pool was terminated while this task ran".to_string()
                 } else if deadline.is_some_and(|d| d <= now) {
                     format!(
                         "the task ran longer than the task timeout of {:?}: it was stopped",
-                        self.options.task_timeout.unwrap_or_default()
+                        self.config.task_timeout.unwrap_or_default()
                     )
                 } else {
                     next = earlier(next, deadline);
@@ -790,8 +820,8 @@ impl Pool {
     /// Forks the workers and starts the supervisor.
     fn start_supervisor(self: &Arc<Self>, wake_rx: OwnedFd) -> Result<(), String> {
         let pool = self;
-        let mut workers = Vec::with_capacity(pool.options.processes);
-        for _ in 0..pool.options.processes {
+        let mut workers = Vec::with_capacity(pool.size);
+        for _ in 0..pool.size {
             match pool.spawn_worker() {
                 Ok(w) => workers.push(w),
                 Err(e) => {
@@ -874,7 +904,7 @@ impl Pool {
             )
         };
         let initialize = |functions: &mut Functions| {
-            if let Some((f, args)) = &self.options.initializer {
+            if let Some((f, args)) = &self.config.initializer {
                 let args = CallSlice::Lists(std::slice::from_ref(args));
                 if let Err(reason) = run(functions, f, args) {
                     self.break_pool(&format!("the pool's initializer failed: {reason}"));
@@ -894,7 +924,7 @@ impl Pool {
             } = task;
             let n = calls.len();
             *slot.running_since() = Some(Instant::now());
-            if self.options.task_timeout.is_some() {
+            if self.config.task_timeout.is_some() {
                 // Tell the watchdog about the new deadline, under the lock it waits with.
                 let _pool = self.shared();
                 self.shared_changed.notify_all();
@@ -911,7 +941,7 @@ impl Pool {
             }
             done += 1;
             let Some(renew) = &renew else { continue };
-            if self.options.maxtasksperchild.is_some_and(|m| done >= m) {
+            if self.config.maxtasksperchild.is_some_and(|m| done >= m) {
                 // As a forked worker is replaced by a fresh fork: a fresh engine from the
                 // snapshot taken when the pool was created.
                 done = 0;
@@ -982,11 +1012,11 @@ impl Pool {
             .engine
             .clone();
         let init = self
-            .options
+            .config
             .initializer
             .as_ref()
             .map(|(f, args)| (f.clone(), args.clone()));
-        let max_tasks = self.options.maxtasksperchild;
+        let max_tasks = self.config.maxtasksperchild;
         let child = fork::fork_child(&self.host, keep.to_vec(), move || {
             // Ctrl-C is for the script's main thread; the parent stops its workers itself.
             crate::rt::signals::ignore_interrupts();
@@ -1037,15 +1067,22 @@ impl Pool {
         })
     }
 
-    /// Queues a job of `calls` in chunks of `chunksize`. Errors if the pool is not open.
+    /// Queues a job of `calls` in chunks of `chunksize` (by default, one call each, and for
+    /// `map` Python's size). Errors if the pool is not open.
     pub fn submit(
         &self,
         kind: JobKind,
         function: Arc<FunctionSpec>,
         calls: Calls,
-        chunksize: usize,
+        chunksize: Option<usize>,
         callbacks: Callbacks,
     ) -> Result<Arc<Job>, String> {
+        let chunksize = match (chunksize, kind) {
+            (Some(size), _) => size.max(1),
+            // Python's default for `map`: about four chunks per worker.
+            (None, JobKind::List) => calls.len().div_ceil(self.size * 4).max(1),
+            (None, _) => 1,
+        };
         let mut s = self.shared();
         match s.status {
             Status::Open => {}
@@ -1073,7 +1110,7 @@ impl Pool {
             return Ok(job);
         }
         let mut first = 0;
-        for chunk in chunks(calls, chunksize.max(1)) {
+        for chunk in chunks(calls, chunksize) {
             let n = chunk.len();
             let id = s.next_task;
             s.next_task += 1;
@@ -1168,14 +1205,9 @@ impl Pool {
         std::thread::current().id() == self.callback_thread
     }
 
-    /// The number of workers.
-    pub fn size(&self) -> usize {
-        self.options.processes
-    }
-
     /// How a function travels to the workers.
     pub fn travel(&self) -> Travel {
-        exec::model(self.options.mode).travel()
+        exec::model(self.config.mode).travel()
     }
 
     pub fn is_open(&self) -> bool {
@@ -1302,7 +1334,7 @@ impl Pool {
 
     /// When the earliest running task reaches the task timeout, if there is one.
     fn next_deadline(&self, workers: &[Worker]) -> Option<Instant> {
-        let timeout = self.options.task_timeout?;
+        let timeout = self.config.task_timeout?;
         workers
             .iter()
             .filter(|w| !w.timed_out)
@@ -1314,7 +1346,7 @@ impl Pool {
     /// Kills the workers whose task has run past the task timeout; their pipes then end and
     /// they are buried and replaced like any dead worker.
     fn kill_overdue(&self, workers: &mut [Worker]) {
-        let Some(timeout) = self.options.task_timeout else {
+        let Some(timeout) = self.config.task_timeout else {
             return;
         };
         for w in workers.iter_mut() {
@@ -1341,7 +1373,7 @@ impl Pool {
             let mut assigned = false;
             for (w, batch) in workers.iter_mut().zip(batches.iter_mut()) {
                 let limit = self
-                    .options
+                    .config
                     .maxtasksperchild
                     .map_or(usize::MAX, |m| m.saturating_sub(w.sent));
                 if w.in_flight.len() >= window || limit == 0 {
@@ -1476,7 +1508,7 @@ impl Pool {
             _ if w.timed_out => format!(
                 "the task ran longer than the task timeout of {:?}: worker process {pid} was \
                  killed and replaced",
-                self.options.task_timeout.unwrap_or_default()
+                self.config.task_timeout.unwrap_or_default()
             ),
             Ok(WaitStatus::Signaled(_, sig, _)) => format!(
                 "worker process {pid} was killed by signal {sig} ({}) while running this task",
@@ -1831,13 +1863,14 @@ mod tests {
     }
 
     /// A task engine of its own (as an isolated worker's) whose every function returns its
-    /// first argument, once `gate` is open.
+    /// first argument, once `gate` is open, and notes how many calls each task had.
     struct Echo {
         host: Arc<Host>,
         gate: Arc<(Mutex<bool>, Condvar)>,
+        sizes: Arc<Mutex<Vec<usize>>>,
     }
 
-    struct EchoFn(Arc<(Mutex<bool>, Condvar)>);
+    struct EchoFn(Arc<(Mutex<bool>, Condvar)>, Arc<Mutex<Vec<usize>>>);
 
     impl TaskEngine for Echo {
         fn host(&self) -> &Arc<Host> {
@@ -1845,7 +1878,7 @@ mod tests {
         }
 
         fn decode(&self, _: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
-            Ok(Arc::new(EchoFn(self.gate.clone())))
+            Ok(Arc::new(EchoFn(self.gate.clone(), self.sizes.clone())))
         }
     }
 
@@ -1855,6 +1888,7 @@ mod tests {
             let _open = changed
                 .wait_while(open.lock().unwrap(), |open| !*open)
                 .unwrap();
+            self.1.lock().unwrap().push(calls.len());
             Ok(match calls {
                 CallSlice::Each(v) => v.to_vec(),
                 CallSlice::Lists(v) => v.iter().map(|args| args[0].clone()).collect(),
@@ -1863,12 +1897,22 @@ mod tests {
     }
 
     /// A pool of two `Echo` threads, with the gate they wait at (open if `open`).
-    fn echo_pool(open: bool) -> (Arc<Pool>, Arc<(Mutex<bool>, Condvar)>) {
+    fn echo_pool(open: bool) -> (Arc<Pool>, Gate) {
+        let (pool, gate, _) = echo_pool_noting_sizes(open);
+        (pool, gate)
+    }
+
+    type Gate = Arc<(Mutex<bool>, Condvar)>;
+    type Sizes = Arc<Mutex<Vec<usize>>>;
+
+    /// [`echo_pool`], and the number of calls of every task it ran, in the order they ran.
+    fn echo_pool_noting_sizes(open: bool) -> (Arc<Pool>, Gate, Sizes) {
         let host = crate::host::Host::new(
             crate::rt::gil::Gil::new(crate::rt::gil::DEFAULT_SWITCH_INTERVAL, None),
             crate::host::Settings::default(),
         );
         let gate = Arc::new((Mutex::new(open), Condvar::new()));
+        let sizes = Sizes::default();
         let engines = (0..2)
             .map(|_| {
                 let engine: Arc<dyn TaskEngine> = Arc::new(Echo {
@@ -1877,23 +1921,29 @@ mod tests {
                         crate::host::Settings::default(),
                     ),
                     gate: gate.clone(),
+                    sizes: sizes.clone(),
                 });
                 engine
             })
             .collect();
-        let options = PoolOptions {
-            processes: 2,
+        let config = PoolConfig {
+            processes: Some(2),
             initializer: None,
             maxtasksperchild: None,
             task_timeout: None,
-            mode: crate::host::Mode::Isolated,
+            mode: Mode::Isolated,
         };
         let workers = Workers::Threads {
             engines,
             renew: None,
         };
-        let pool = Pool::start(&host, workers, options).unwrap();
-        (pool, gate)
+        let new = NewPool {
+            config,
+            size: 2,
+            workers,
+        };
+        let pool = new.start(&host).unwrap();
+        (pool, gate, sizes)
     }
 
     fn open(gate: &(Mutex<bool>, Condvar)) {
@@ -1910,7 +1960,7 @@ mod tests {
 
     fn apply(pool: &Pool, x: i64, callbacks: Callbacks) -> Arc<Job> {
         let calls = Calls::Lists(vec![vec![Value::Int(x)]]);
-        pool.submit(JobKind::Single, echo(), calls, 1, callbacks)
+        pool.submit(JobKind::Single, echo(), calls, None, callbacks)
             .unwrap()
     }
 
@@ -2050,6 +2100,30 @@ mod tests {
         assert_eq!(seen.lock().unwrap().len(), 2);
         let host = pool.host.clone();
         within(move || drop(host.gil.lock(0)));
+    }
+
+    /// The pool decides the chunks: Python's default for `map` (about four per worker), one
+    /// call per task for the iterators, or what the script asked for (at least one).
+    #[test]
+    fn the_pool_chooses_the_chunk_size_as_python_does() {
+        let (pool, _gate, sizes) = echo_pool_noting_sizes(true);
+        let twenty = || Calls::Each((0..20).map(Value::Int).collect());
+        let chunks_of = |kind, chunksize| {
+            let job = pool
+                .submit(kind, echo(), twenty(), chunksize, None)
+                .unwrap();
+            let joined = job.clone();
+            within(move || joined.wait(None));
+            let mut seen = std::mem::take(&mut *sizes.lock().unwrap());
+            seen.sort_unstable();
+            seen
+        };
+        // 20 calls, 2 workers: chunks of ceil(20 / 8) = 3.
+        assert_eq!(chunks_of(JobKind::List, None), [2, 3, 3, 3, 3, 3, 3]);
+        assert_eq!(chunks_of(JobKind::List, Some(7)), [6, 7, 7]);
+        assert_eq!(chunks_of(JobKind::List, Some(0)), [1; 20]);
+        assert_eq!(chunks_of(JobKind::Ordered, None), [1; 20]);
+        assert_eq!(chunks_of(JobKind::Unordered, Some(10)), [10, 10]);
     }
 
     #[test]
