@@ -979,7 +979,7 @@ fn error_text(e: mlua::Error) -> String {
     }
 }
 
-/// Builds the `parrun` table from [`api::BUILTINS`] and replaces the stock functions parrun
+/// Builds the `parrun` table from [`api::builtins`] and replaces the stock functions parrun
 /// changes (see [`native`]).
 fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     lua.set_app_data(host.clone());
@@ -989,7 +989,7 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     })?;
     let parrun = lua.create_table()?;
     let classes = lua.create_table()?;
-    for b in api::BUILTINS {
+    for b in api::builtins() {
         match b.kind {
             Kind::Call if b.class == Class::Global => parrun.set(
                 b.name,
@@ -1004,7 +1004,7 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
         }
     }
     // `obj:with(f, ...)`, from the methods it pairs (defined above).
-    for b in api::BUILTINS {
+    for b in api::builtins() {
         if let Kind::Scoped { enter, exit } = b.kind {
             let methods = class_table(lua, &classes, b.class)?;
             let scoped = native::scoped(lua, methods.get(enter)?, methods.get(exit)?)?;

@@ -504,7 +504,7 @@ fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
     // One registration per (name, argument count): builtins of different classes that share a
     // name are told apart by the receiver's class when called.
     let mut by_name: BTreeMap<(&str, usize), Vec<&'static Builtin>> = BTreeMap::new();
-    for b in api::BUILTINS {
+    for b in api::builtins() {
         match b.kind {
             Kind::Call => {
                 for n in b.arity.0..=b.arity.1 {
