@@ -153,7 +153,8 @@ impl CallSlice<'_> {
     }
 }
 
-/// An engine a pool worker runs tasks in: provided by the engine adapter.
+/// An engine to run work in, as the adapter provides it: a pool worker's (its tasks), or an
+/// isolated process's (which holds it, and with it the engine's state, while it runs).
 pub(crate) trait TaskEngine: Send + Sync {
     /// The host this engine's code runs under: the script's (its GIL), or an isolated
     /// engine's own.
