@@ -2126,6 +2126,86 @@ mod tests {
         assert_eq!(chunks_of(JobKind::Unordered, Some(10)), [10, 10]);
     }
 
+    /// An engine whose functions return how many times it has decoded, and whose decoding
+    /// fails while `broken` is set.
+    struct Counting {
+        host: Arc<Host>,
+        decoded: Arc<Mutex<usize>>,
+        broken: Mutex<bool>,
+    }
+
+    struct Count(usize);
+
+    impl TaskEngine for Counting {
+        fn host(&self) -> &Arc<Host> {
+            &self.host
+        }
+
+        fn decode(&self, _: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
+            if *self.broken.lock().unwrap() {
+                return Err("cannot decode yet".into());
+            }
+            let mut decoded = self.decoded.lock().unwrap();
+            *decoded += 1;
+            Ok(Arc::new(Count(*decoded)))
+        }
+    }
+
+    impl TaskFn for Count {
+        fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+            Ok(vec![Value::Int(self.0 as i64); calls.len()])
+        }
+    }
+
+    /// A worker decodes each function once, by key, whether it came with its task (a thread)
+    /// or ahead of it (a forked worker's pipe); a local function is its own handle; a function
+    /// that failed to decode is tried again by its next task.
+    #[test]
+    fn a_worker_decodes_each_function_once() {
+        let decoded = Arc::new(Mutex::new(0));
+        let engine = Arc::new(Counting {
+            host: Host::new(
+                crate::rt::gil::Gil::new(Duration::from_millis(5), None),
+                crate::host::Settings::default(),
+            ),
+            decoded: decoded.clone(),
+            broken: Mutex::new(false),
+        });
+        let mut functions = Functions::new(engine.clone());
+        let one = Calls::Each(vec![Value::Nil]);
+        let encoded = |key| FunctionSpec::Encoded { key, code: vec![1] };
+        for _ in 0..3 {
+            let got = functions.call_many(&encoded(7), one.as_slice());
+            assert_eq!(got, Ok(vec![Value::Int(1)]));
+        }
+        functions.learn(8, vec![2]);
+        for _ in 0..3 {
+            assert_eq!(
+                functions.call_key(8, one.as_slice()),
+                Ok(vec![Value::Int(2)])
+            );
+        }
+        let local = FunctionSpec::Local(Arc::new(Count(99)));
+        assert_eq!(
+            functions.call_many(&local, one.as_slice()),
+            Ok(vec![Value::Int(99)])
+        );
+        assert!(functions.call_key(9, one.as_slice()).is_err(), "never sent");
+        *engine.broken.lock().unwrap() = true;
+        functions.learn(10, vec![3]);
+        assert!(functions.call_key(10, one.as_slice()).is_err());
+        *engine.broken.lock().unwrap() = false;
+        assert_eq!(
+            functions.call_key(10, one.as_slice()),
+            Ok(vec![Value::Int(3)])
+        );
+        assert_eq!(
+            *decoded.lock().unwrap(),
+            3,
+            "decoded more than once per function"
+        );
+    }
+
     #[test]
     fn chunks_share_the_list() {
         let calls = Calls::Each((0..10).map(Value::Int).collect());
