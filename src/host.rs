@@ -232,6 +232,20 @@ impl Host {
         push_sweeping(&mut list, started, |s| s.pending());
     }
 
+    /// Runs a script's main code: `main` with the GIL, then what Python does before it exits
+    /// ([`Host::finish_holding_gil`]); what `main` returned.
+    pub(crate) fn run_main<T>(&self, main: impl FnOnce() -> T) -> T {
+        let _held = self.gil.lock(0);
+        let result = main();
+        self.finish_holding_gil();
+        result
+    }
+
+    /// [`Host::finish`] from a thread that holds the GIL, which it gives up while it waits.
+    pub(crate) fn finish_holding_gil(&self) {
+        self.gil.allow_threads(0, || self.finish());
+    }
+
     /// What Python does before it exits: waits for every started thread (and the threads they
     /// start), terminates the pools still running, waits for every child process. Call without
     /// the GIL.

@@ -43,7 +43,9 @@
 //! - `runtime`: the builder; picks the engine.
 //! - `engine/lua`, `engine/rhai`: what is about each language.
 //! - `api`: every script-visible operation, described once for both languages.
-//! - `thread`, `process`, `sync`, `pool`: Python's objects.
+//! - `thread`, `process`, `sync`, `pool`: Python's objects; `exec`: the execution models, one
+//!   module each (`gil`, `fork`, `isolated`), the only code that decides by [`Mode`].
+//! - `script`: the engine seam, what parrun needs from an engine (itself, or a snapshot of it).
 //! - `host`, `error`, `link`: the per-run state, errors, the parent link.
 //! - `rt`: the machinery (GIL, cancellation, codec, output, signals, fork with its guards, the
 //!   children registry and how a process ends, thread helpers); `value`: the data that crosses
@@ -52,12 +54,14 @@
 mod api;
 mod engine;
 mod error;
+mod exec;
 mod host;
 mod link;
 mod pool;
 mod process;
 mod rt;
 mod runtime;
+mod script;
 mod sync;
 mod thread;
 mod value;

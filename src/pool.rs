@@ -1,7 +1,7 @@
 //! Pools (Python's `multiprocessing.Pool` and `ThreadPool`), in every execution model.
 //!
 //! Jobs, chunking, results, callbacks and shutdown are one mechanism; what runs the tasks is
-//! a [`Workers`] backend:
+//! one of two backends, which the execution model chooses and builds ([`Workers`]):
 //! - **Forked processes** (`fork`). Workers are forked when the pool is created and inherit the
 //!   script state as of then. Each worker has a task pipe and a result pipe. A supervisor
 //!   thread in the parent assigns tasks and reads results; a writer thread per worker writes
@@ -18,7 +18,7 @@
 //!   task is bound by pipe wake-up latency (shared/notes/ipc.md). The window follows the task
 //!   time workers report. Tasks assigned in one pass go out in one write.
 //! - **Functions** travel once per worker: the adapter encodes a script function once
-//!   ([`FunctionSpec`]), the worker decodes and keeps it.
+//!   ([`FunctionSpec`]), the worker decodes and keeps it ([`Functions`]).
 //! - **Failures.** A task's script error comes back as its result. A worker that dies (a
 //!   signal, a crash) fails the task it was running with an error naming the signal; the tasks
 //!   queued behind it go back to the pending queue, and a replacement is forked.
@@ -48,11 +48,15 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::host::{Finish, Host, Stage};
+use crate::exec::{self, Workers};
+use crate::host::{Finish, Host, Mode, Stage};
 use crate::link;
 use crate::rt::cancel::Cancel;
 use crate::rt::codec;
 use crate::rt::{children, exit, fork};
+use crate::script::{
+    CallSlice, Callback, Calls, FunctionSpec, ScriptEngine, Snapshot, TaskEngine, TaskFn, Travel,
+};
 use crate::value::Value;
 
 /// The most tasks queued to one worker at a time.
@@ -62,84 +66,23 @@ pub const MAX_WINDOW: usize = 64;
 /// one worker while another is idle.
 const WINDOW_WORK_MICROS: f64 = 20_000.0;
 
-/// A script function encoded by its engine adapter, to be called in a worker.
-#[derive(Serialize, Deserialize)]
-pub struct FunctionSpec {
-    /// Identity: the same function encodes to the same key.
-    pub key: u64,
-    /// The function as data, for a worker with another engine (fork, isolated).
-    #[serde(with = "serde_bytes")]
-    pub code: Vec<u8>,
-    /// The function itself, for a worker in the script's own engine (`gil`): closures keep
-    /// sharing their state, as in Python's `ThreadPool`. Never sent.
-    #[serde(skip)]
-    pub local: Option<Arc<dyn std::any::Any + Send + Sync>>,
-}
-
-/// The argument lists of a task's calls.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub enum Calls {
-    /// One argument per call (`map`, `imap`): kept flat, no list per item.
-    Each(Vec<Value>),
-    /// An argument list per call (`apply`, `starmap`).
-    Lists(Vec<Vec<Value>>),
-}
-
-impl Calls {
-    pub fn len(&self) -> usize {
-        match self {
-            Calls::Each(v) => v.len(),
-            Calls::Lists(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// All the calls, borrowed.
-    pub fn as_slice(&self) -> CallSlice<'_> {
-        match self {
-            Calls::Each(v) => CallSlice::Each(v),
-            Calls::Lists(v) => CallSlice::Lists(v),
-        }
-    }
-
-    /// Splits into chunks of at most `size` calls that share this list: nothing is copied.
-    fn chunks(self, size: usize) -> Vec<Chunk> {
-        let all = Arc::new(self);
-        let len = all.len();
-        (0..len)
-            .step_by(size.max(1))
-            .map(|start| Chunk {
-                all: all.clone(),
-                range: start..(start + size).min(len),
-            })
-            .collect()
-    }
-}
-
-/// Some of a job's calls, borrowed: what an engine runs, and what goes down a worker's pipe
-/// (encoded as the [`Calls`] it decodes to).
-#[derive(Serialize, Debug, Clone, Copy)]
-pub enum CallSlice<'a> {
-    Each(&'a [Value]),
-    Lists(&'a [Vec<Value>]),
-}
-
-impl CallSlice<'_> {
-    pub fn len(&self) -> usize {
-        match self {
-            CallSlice::Each(v) => v.len(),
-            CallSlice::Lists(v) => v.len(),
-        }
-    }
-}
-
 /// A task's calls: a range of the list its job's tasks share.
 struct Chunk {
     all: Arc<Calls>,
     range: std::ops::Range<usize>,
+}
+
+/// Splits `calls` into chunks of at most `size` calls that share one list: nothing is copied.
+fn chunks(calls: Calls, size: usize) -> Vec<Chunk> {
+    let all = Arc::new(calls);
+    let len = all.len();
+    (0..len)
+        .step_by(size.max(1))
+        .map(|start| Chunk {
+            all: all.clone(),
+            range: start..(start + size).min(len),
+        })
+        .collect()
 }
 
 impl Chunk {
@@ -156,61 +99,47 @@ impl Chunk {
     }
 }
 
-/// How a worker runs tasks: provided by the engine adapter.
-pub trait TaskEngine: Send + Sync {
-    /// Calls `function` once per entry of `calls`, in order; the results, or the first error.
-    /// Runs with [`TaskEngine::gil`] held.
-    fn call_many(
-        &self,
-        function: &FunctionSpec,
-        calls: CallSlice<'_>,
-    ) -> Result<Vec<Value>, String>;
-
-    /// The lock this engine's code runs under: the script's GIL, or an isolated engine's own.
-    fn gil(&self) -> Arc<crate::rt::gil::Gil>;
-
-    /// A fresh engine from the snapshot this one started from, for a worker that has run
-    /// `maxtasksperchild` tasks; `None` for an engine that is not renewed (the script's own).
-    fn renewed(&self) -> Option<Result<Arc<dyn TaskEngine>, String>> {
-        None
-    }
-}
-
-/// What runs a pool's tasks.
-pub enum Workers {
-    /// Forked worker processes, each running its copy of this engine.
-    Forked(Arc<dyn TaskEngine>),
-    /// One OS thread per engine: isolated engines, one each, or the script's engine for every
-    /// thread (`gil`).
-    Threads(Vec<Arc<dyn TaskEngine>>),
-}
-
-/// A script function the parent calls when a result is ready (`callback`, `error_callback`).
-pub trait Callback: Send {
-    /// Called with the GIL held.
-    fn call(&self, arg: Value) -> Result<(), String>;
-}
-
 /// A job's `callback` and `error_callback`, if any.
 pub type Callbacks = Option<(Option<Box<dyn Callback>>, Option<Box<dyn Callback>>)>;
 
-/// How a pool is set up.
-pub struct PoolOptions {
-    pub processes: usize,
+/// A pool as the script asks for it (`Pool(processes, options)`); [`Pool::prepare`] checks it.
+pub struct PoolConfig {
+    /// How many workers; `None`: one per CPU, as Python's `os.cpu_count()`.
+    pub processes: Option<usize>,
+    /// What every worker calls before its first task (a renewed one too), with its arguments.
     pub initializer: Option<(Arc<FunctionSpec>, Vec<Value>)>,
+    /// How many tasks a worker runs before a fresh one takes its place.
     pub maxtasksperchild: Option<usize>,
     /// A task running longer fails: a forked worker is killed and replaced, a thread's task
     /// is cancelled.
     pub task_timeout: Option<Duration>,
-    /// What the pool's workers are, as `mode()` reports it.
-    pub mode: crate::host::Mode,
+    /// The execution model of the workers.
+    pub mode: Mode,
+}
+
+/// A pool ready to start ([`NewPool::start`]): its config checked, its workers' engines built.
+pub struct NewPool {
+    config: PoolConfig,
+    size: usize,
+    workers: Workers,
+}
+
+impl NewPool {
+    /// Starts the workers. Call with the GIL held, outside any engine lock.
+    pub fn start(self, host: &Arc<Host>) -> Result<Arc<Pool>, String> {
+        Pool::start(host, self)
+    }
 }
 
 // ---- wire messages ----
 
 #[derive(Serialize)]
 enum ToWorkerOut<'a> {
-    Function(&'a FunctionSpec),
+    Function {
+        key: u64,
+        #[serde(with = "serde_bytes")]
+        code: &'a [u8],
+    },
     Task {
         id: u64,
         function: u64,
@@ -220,7 +149,11 @@ enum ToWorkerOut<'a> {
 
 #[derive(Deserialize)]
 enum ToWorker {
-    Function(FunctionSpec),
+    Function {
+        key: u64,
+        #[serde(with = "serde_bytes")]
+        code: Vec<u8>,
+    },
     Task {
         id: u64,
         function: u64,
@@ -637,7 +570,9 @@ pub struct Pool {
     host: Arc<Host>,
     /// What only forked workers have (none for a thread-backed pool).
     forked: Option<Forked>,
-    options: PoolOptions,
+    config: PoolConfig,
+    /// The number of workers.
+    size: usize,
     shared: Mutex<Shared>,
     shared_changed: Condvar,
     /// The jobs not ready yet, shared with the callback thread.
@@ -714,25 +649,45 @@ impl Finish for Unfinished {
 }
 
 impl Pool {
-    /// Starts the workers. Call with the GIL held, outside any engine lock.
-    pub fn start(
-        host: &Arc<Host>,
-        workers: Workers,
-        options: PoolOptions,
-    ) -> Result<Arc<Pool>, String> {
-        if options.processes == 0 {
+    /// Checks `config`, as CPython's `Pool` does, and has its execution model build the
+    /// workers' engines from `engine`, as of now (the call that creates the pool: an isolated
+    /// pool's snapshot is taken here). Call with the GIL held.
+    pub fn prepare(config: PoolConfig, engine: &dyn ScriptEngine) -> Result<NewPool, String> {
+        if config.maxtasksperchild == Some(0) {
+            return Err("maxtasksperchild must be at least 1".into());
+        }
+        let size = config
+            .processes
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if size == 0 {
             return Err("processes must be at least 1".into());
         }
-        let (forked, wake_rx, threads) = match workers {
+        let renewable = config.maxtasksperchild.is_some();
+        let workers = exec::model(config.mode).workers(engine, size, renewable)?;
+        Ok(NewPool {
+            config,
+            size,
+            workers,
+        })
+    }
+
+    /// Starts the workers of `new`. Call with the GIL held, outside any engine lock.
+    fn start(host: &Arc<Host>, new: NewPool) -> Result<Arc<Pool>, String> {
+        let NewPool {
+            config,
+            size,
+            workers,
+        } = new;
+        let (forked, wake_rx, threads, renew) = match workers {
             Workers::Forked(engine) => {
                 let (rx, tx) = pipe()?;
                 set_nonblocking(&rx)?;
                 // A full pipe already holds a wake-up: a submit never blocks on it.
                 set_nonblocking(&tx)?;
                 let wake_tx = File::from(tx);
-                (Some(Forked { engine, wake_tx }), Some(rx), Vec::new())
+                (Some(Forked { engine, wake_tx }), Some(rx), Vec::new(), None)
             }
-            Workers::Threads(engines) => (None, None, engines),
+            Workers::Threads { engines, renew } => (None, None, engines, renew),
         };
         let (callbacks_tx, callbacks_rx) = unbounded();
         let live = Arc::new(LiveJobs::default());
@@ -746,7 +701,8 @@ impl Pool {
         let pool = Arc::new(Pool {
             host: host.clone(),
             forked,
-            options,
+            config,
+            size,
             shared: Mutex::new(Shared {
                 status: Status::Open,
                 broken_reason: None,
@@ -765,17 +721,21 @@ impl Pool {
         });
         match wake_rx {
             Some(wake_rx) => pool.start_supervisor(wake_rx)?,
-            None => pool.start_threads(threads)?,
+            None => pool.start_threads(threads, renew)?,
         }
         host.register(Arc::new(Unfinished(Arc::downgrade(&pool))));
         Ok(pool)
     }
 
     /// Starts one worker thread per engine, and the watchdog that stops their overdue tasks.
-    fn start_threads(self: &Arc<Self>, engines: Vec<Arc<dyn TaskEngine>>) -> Result<(), String> {
+    fn start_threads(
+        self: &Arc<Self>,
+        engines: Vec<Arc<dyn TaskEngine>>,
+        renew: Option<Arc<dyn Snapshot>>,
+    ) -> Result<(), String> {
         for engine in engines {
             let slot = Arc::new(ThreadSlot {
-                gil: Mutex::new(engine.gil()),
+                gil: Mutex::new(engine.host().gil.clone()),
                 cancel: Arc::default(),
                 running_since: Mutex::new(None),
             });
@@ -784,10 +744,11 @@ impl Pool {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(slot.clone());
             let pool = self.clone();
+            let renew = renew.clone();
             let spawned = std::thread::Builder::new()
                 .name("parrun-pool-worker".into())
                 .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
-                .spawn(move || pool.work(engine, slot));
+                .spawn(move || pool.work(engine, slot, renew));
             if let Err(e) = spawned {
                 let mut s = self.shared();
                 s.live_threads -= 1;
@@ -821,13 +782,13 @@ impl Pool {
             for slot in slots {
                 let running = slot.running_since();
                 let Some(since) = *running else { continue };
-                let deadline = self.options.task_timeout.map(|t| since + t);
+                let deadline = self.config.task_timeout.map(|t| since + t);
                 let reason = if stopping {
                     "the pool was terminated while this task ran".to_string()
                 } else if deadline.is_some_and(|d| d <= now) {
                     format!(
                         "the task ran longer than the task timeout of {:?}: it was stopped",
-                        self.options.task_timeout.unwrap_or_default()
+                        self.config.task_timeout.unwrap_or_default()
                     )
                 } else {
                     next = earlier(next, deadline);
@@ -860,8 +821,8 @@ impl Pool {
     /// Forks the workers and starts the supervisor.
     fn start_supervisor(self: &Arc<Self>, wake_rx: OwnedFd) -> Result<(), String> {
         let pool = self;
-        let mut workers = Vec::with_capacity(pool.options.processes);
-        for _ in 0..pool.options.processes {
+        let mut workers = Vec::with_capacity(pool.size);
+        for _ in 0..pool.size {
             match pool.spawn_worker() {
                 Ok(w) => workers.push(w),
                 Err(e) => {
@@ -900,9 +861,15 @@ impl Pool {
     /// A worker thread: runs the initializer, then takes tasks until the pool closes. A host
     /// panic that escapes a task's own catch breaks the pool, so that `join` cannot wait for
     /// ever on work this thread was to do.
-    fn work(self: Arc<Self>, engine: Arc<dyn TaskEngine>, slot: Arc<ThreadSlot>) {
+    fn work(
+        self: Arc<Self>,
+        engine: Arc<dyn TaskEngine>,
+        slot: Arc<ThreadSlot>,
+        renew: Option<Arc<dyn Snapshot>>,
+    ) {
         crate::rt::cancel::install(Some(slot.cancel.clone()));
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.serve(engine, &slot))) {
+        let served = catch_unwind(AssertUnwindSafe(|| self.serve(engine, &slot, renew)));
+        if let Err(panic) = served {
             self.break_pool(&format!(
                 "a pool worker thread failed inside parrun (a host panic: {})",
                 crate::rt::threads::panic_text(&*panic)
@@ -919,27 +886,34 @@ impl Pool {
     }
 
     /// [`Pool::work`]'s loop.
-    fn serve(&self, mut engine: Arc<dyn TaskEngine>, slot: &ThreadSlot) {
-        let run = |engine: &Arc<dyn TaskEngine>, function: &FunctionSpec, calls: CallSlice<'_>| {
-            let gil = engine.gil();
-            let held = gil.lock(0);
-            let outcome = catch_unwind(AssertUnwindSafe(|| engine.call_many(function, calls)));
-            drop(held);
-            outcome.unwrap_or_else(|panic| {
-                Err(format!(
-                    "a pool worker thread failed inside parrun (a host panic: {})",
-                    crate::rt::threads::panic_text(&*panic)
-                ))
-            })
+    fn serve(
+        &self,
+        engine: Arc<dyn TaskEngine>,
+        slot: &ThreadSlot,
+        renew: Option<Arc<dyn Snapshot>>,
+    ) {
+        let run = |functions: &mut Functions, function: &FunctionSpec, calls: CallSlice<'_>| {
+            let gil = functions.engine().host().gil.clone();
+            let _held = gil.lock(0);
+            catch_unwind(AssertUnwindSafe(|| functions.call_many(function, calls))).unwrap_or_else(
+                |panic| {
+                    Err(format!(
+                        "a pool worker thread failed inside parrun (a host panic: {})",
+                        crate::rt::threads::panic_text(&*panic)
+                    ))
+                },
+            )
         };
-        let initialize = |engine: &Arc<dyn TaskEngine>| {
-            if let Some((f, args)) = &self.options.initializer {
-                if let Err(reason) = run(engine, f, CallSlice::Lists(std::slice::from_ref(args))) {
+        let initialize = |functions: &mut Functions| {
+            if let Some((f, args)) = &self.config.initializer {
+                let args = CallSlice::Lists(std::slice::from_ref(args));
+                if let Err(reason) = run(functions, f, args) {
                     self.break_pool(&format!("the pool's initializer failed: {reason}"));
                 }
             }
         };
-        initialize(&engine);
+        let mut functions = Functions::new(engine);
+        initialize(&mut functions);
         let mut done = 0;
         while let Some(task) = self.next_task() {
             let Task {
@@ -951,12 +925,12 @@ impl Pool {
             } = task;
             let n = calls.len();
             *slot.running_since() = Some(Instant::now());
-            if self.options.task_timeout.is_some() {
+            if self.config.task_timeout.is_some() {
                 // Tell the watchdog about the new deadline, under the lock it waits with.
                 let _pool = self.shared();
                 self.shared_changed.notify_all();
             }
-            let result = run(&engine, &function, calls.as_slice());
+            let result = run(&mut functions, &function, calls.as_slice());
             {
                 let mut running = slot.running_since();
                 *running = None;
@@ -967,18 +941,19 @@ impl Pool {
                 self.finish_job(&job);
             }
             done += 1;
-            if self.options.maxtasksperchild.is_some_and(|m| done >= m) {
+            let Some(renew) = &renew else { continue };
+            if self.config.maxtasksperchild.is_some_and(|m| done >= m) {
                 // As a forked worker is replaced by a fresh fork: a fresh engine from the
                 // snapshot taken when the pool was created.
                 done = 0;
-                match engine.renewed() {
-                    Some(Ok(fresh)) => {
-                        engine = fresh;
-                        *slot.gil.lock().unwrap_or_else(|e| e.into_inner()) = engine.gil();
-                        initialize(&engine);
+                match renew.instantiate() {
+                    Ok(fresh) => {
+                        *slot.gil.lock().unwrap_or_else(|e| e.into_inner()) =
+                            fresh.engine.host().gil.clone();
+                        functions = Functions::new(fresh.engine);
+                        initialize(&mut functions);
                     }
-                    Some(Err(e)) => self.break_pool(&format!("cannot renew a worker: {e}")),
-                    None => {}
+                    Err(e) => self.break_pool(&format!("cannot renew a worker: {e}")),
                 }
             }
         }
@@ -1038,16 +1013,16 @@ impl Pool {
             .engine
             .clone();
         let init = self
-            .options
+            .config
             .initializer
             .as_ref()
             .map(|(f, args)| (f.clone(), args.clone()));
-        let max_tasks = self.options.maxtasksperchild;
+        let max_tasks = self.config.maxtasksperchild;
         let child = link::fork_child(&self.host, keep.to_vec(), move || {
             // Ctrl-C is for the script's main thread; the parent stops its workers itself.
             crate::rt::signals::ignore_interrupts();
             worker_main(
-                &*engine,
+                engine,
                 File::from(task_rx),
                 File::from(result_tx),
                 init,
@@ -1093,15 +1068,22 @@ impl Pool {
         })
     }
 
-    /// Queues a job of `calls` in chunks of `chunksize`. Errors if the pool is not open.
+    /// Queues a job of `calls` in chunks of `chunksize` (by default, one call each, and for
+    /// `map` Python's size). Errors if the pool is not open.
     pub fn submit(
         &self,
         kind: JobKind,
         function: Arc<FunctionSpec>,
         calls: Calls,
-        chunksize: usize,
+        chunksize: Option<usize>,
         callbacks: Callbacks,
     ) -> Result<Arc<Job>, String> {
+        let chunksize = match (chunksize, kind) {
+            (Some(size), _) => size.max(1),
+            // Python's default for `map`: about four chunks per worker.
+            (None, JobKind::List) => calls.len().div_ceil(self.size * 4).max(1),
+            (None, _) => 1,
+        };
         let mut s = self.shared();
         match s.status {
             Status::Open => {}
@@ -1129,7 +1111,7 @@ impl Pool {
             return Ok(job);
         }
         let mut first = 0;
-        for chunk in calls.chunks(chunksize.max(1)) {
+        for chunk in chunks(calls, chunksize) {
             let n = chunk.len();
             let id = s.next_task;
             s.next_task += 1;
@@ -1224,14 +1206,9 @@ impl Pool {
         std::thread::current().id() == self.callback_thread
     }
 
-    /// The number of workers.
-    pub fn size(&self) -> usize {
-        self.options.processes
-    }
-
-    /// What the workers are.
-    pub fn mode(&self) -> crate::host::Mode {
-        self.options.mode
+    /// How a function travels to the workers.
+    pub fn travel(&self) -> Travel {
+        exec::model(self.config.mode).travel()
     }
 
     pub fn is_open(&self) -> bool {
@@ -1358,7 +1335,7 @@ impl Pool {
 
     /// When the earliest running task reaches the task timeout, if there is one.
     fn next_deadline(&self, workers: &[Worker]) -> Option<Instant> {
-        let timeout = self.options.task_timeout?;
+        let timeout = self.config.task_timeout?;
         workers
             .iter()
             .filter(|w| !w.timed_out)
@@ -1370,7 +1347,7 @@ impl Pool {
     /// Kills the workers whose task has run past the task timeout; their pipes then end and
     /// they are buried and replaced like any dead worker.
     fn kill_overdue(&self, workers: &mut [Worker]) {
-        let Some(timeout) = self.options.task_timeout else {
+        let Some(timeout) = self.config.task_timeout else {
             return;
         };
         for w in workers.iter_mut() {
@@ -1397,7 +1374,7 @@ impl Pool {
             let mut assigned = false;
             for (w, batch) in workers.iter_mut().zip(batches.iter_mut()) {
                 let limit = self
-                    .options
+                    .config
                     .maxtasksperchild
                     .map_or(usize::MAX, |m| m.saturating_sub(w.sent));
                 if w.in_flight.len() >= window || limit == 0 {
@@ -1406,17 +1383,29 @@ impl Pool {
                 let Some(task) = s.pending.pop_front() else {
                     break;
                 };
-                if w.known.insert(task.function.key) {
-                    let _ = codec::encode_into(batch, &ToWorkerOut::Function(&task.function));
-                }
-                let msg = ToWorkerOut::Task {
-                    id: task.id,
-                    function: task.function.key,
-                    calls: task.calls.as_slice(),
+                let encoded = match &*task.function {
+                    FunctionSpec::Encoded { key, code } => {
+                        if w.known.insert(*key) {
+                            let message = ToWorkerOut::Function { key: *key, code };
+                            let _ = codec::encode_into(batch, &message);
+                        }
+                        codec::encode_into(
+                            batch,
+                            &ToWorkerOut::Task {
+                                id: task.id,
+                                function: *key,
+                                calls: task.calls.as_slice(),
+                            },
+                        )
+                        .map_err(|e| e.to_string())
+                    }
+                    FunctionSpec::Local(_) => {
+                        Err("internal error: a local function sent to a forked worker".into())
+                    }
                 };
-                if let Err(e) = codec::encode_into(batch, &msg) {
+                if let Err(e) = encoded {
                     let n = task.calls.len();
-                    if task.job.complete(task.first, Err(e.to_string()), n) {
+                    if task.job.complete(task.first, Err(e), n) {
                         self.finish_job(&task.job);
                     }
                     continue;
@@ -1520,7 +1509,7 @@ impl Pool {
             _ if w.timed_out => format!(
                 "the task ran longer than the task timeout of {:?}: worker process {pid} was \
                  killed and replaced",
-                self.options.task_timeout.unwrap_or_default()
+                self.config.task_timeout.unwrap_or_default()
             ),
             Ok(WaitStatus::Signaled(_, sig, _)) => format!(
                 "worker process {pid} was killed by signal {sig} ({}) while running this task",
@@ -1639,16 +1628,87 @@ fn run_callbacks(
 
 // ---- the worker process ----
 
+/// A worker's engine and the functions it has been sent: one cache per worker, by key, of
+/// each function's decoded handle. A forked worker keeps a function's bytes only until its
+/// first task decodes them; a local function (`gil`) is its own handle.
+struct Functions {
+    engine: Arc<dyn TaskEngine>,
+    known: HashMap<u64, Known>,
+}
+
+enum Known {
+    Encoded(Vec<u8>),
+    Decoded(Arc<dyn TaskFn>),
+}
+
+impl Functions {
+    fn new(engine: Arc<dyn TaskEngine>) -> Functions {
+        Functions {
+            engine,
+            known: HashMap::new(),
+        }
+    }
+
+    fn engine(&self) -> &Arc<dyn TaskEngine> {
+        &self.engine
+    }
+
+    /// A function sent ahead of its tasks (a forked worker's pipe), decoded when first called.
+    fn learn(&mut self, key: u64, code: Vec<u8>) {
+        self.known.entry(key).or_insert(Known::Encoded(code));
+    }
+
+    /// Calls `function` once per entry of `calls`. Call with the engine's GIL held.
+    fn call_many(
+        &mut self,
+        function: &FunctionSpec,
+        calls: CallSlice<'_>,
+    ) -> Result<Vec<Value>, String> {
+        match function {
+            FunctionSpec::Local(f) => f.call_many(calls),
+            FunctionSpec::Encoded { key, code } => self.decoded(*key, Some(code))?.call_many(calls),
+        }
+    }
+
+    /// Calls the function [`Functions::learn`] was given as `key`.
+    fn call_key(&mut self, key: u64, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+        self.decoded(key, None)?.call_many(calls)
+    }
+
+    /// The handle of function `key`, decoded now if it has not been yet (from `code`, or from
+    /// what [`Functions::learn`] kept). A function that fails to decode is tried again by its
+    /// next task, as a module that failed to load may load later.
+    fn decoded(&mut self, key: u64, code: Option<&[u8]>) -> Result<&dyn TaskFn, String> {
+        use std::collections::hash_map::Entry;
+        let slot = match self.known.entry(key) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                let code = code.ok_or("internal error: function not sent to the worker")?;
+                slot.insert(Known::Decoded(self.engine.decode(code)?))
+            }
+        };
+        if let Known::Encoded(code) = slot {
+            let f = self.engine.decode(code)?;
+            *slot = Known::Decoded(f);
+        }
+        match slot {
+            Known::Decoded(f) => Ok(&**f),
+            Known::Encoded(_) => Err("internal error: a function was not decoded".into()),
+        }
+    }
+}
+
 fn worker_main(
-    engine: &dyn TaskEngine,
+    engine: Arc<dyn TaskEngine>,
     mut tasks: File,
     mut results: File,
     init: Option<(Arc<FunctionSpec>, Vec<Value>)>,
     max_tasks: Option<usize>,
 ) -> i32 {
     let mut out = Vec::new();
+    let mut functions = Functions::new(engine);
     if let Some((f, args)) = init {
-        if let Err(e) = engine.call_many(&f, CallSlice::Lists(&[args])) {
+        if let Err(e) = functions.call_many(&f, CallSlice::Lists(&[args])) {
             let msg = FromWorker {
                 id: 0,
                 micros: 0,
@@ -1658,7 +1718,6 @@ fn worker_main(
             return 1;
         }
     }
-    let mut functions: HashMap<u64, FunctionSpec> = HashMap::new();
     let mut buf = Vec::new();
     let mut done = 0usize;
     let mut reader = std::io::BufReader::with_capacity(64 * 1024, &mut tasks);
@@ -1672,19 +1731,14 @@ fn worker_main(
             }
         };
         match msg {
-            ToWorker::Function(f) => {
-                functions.insert(f.key, f);
-            }
+            ToWorker::Function { key, code } => functions.learn(key, code),
             ToWorker::Task {
                 id,
                 function,
                 calls,
             } => {
                 let start = Instant::now();
-                let result = match functions.get(&function) {
-                    None => Err("internal error: function not sent to the worker".to_string()),
-                    Some(f) => engine.call_many(f, calls.as_slice()),
-                };
+                let result = functions.call_key(function, calls.as_slice());
                 let msg = FromWorker {
                     id,
                     micros: start.elapsed().as_micros() as u64,
@@ -1765,11 +1819,6 @@ mod tests {
     /// Garbage or truncated frames on a worker's pipes are errors, never a panic.
     #[test]
     fn worker_messages_survive_garbage() {
-        let spec = FunctionSpec {
-            key: 7,
-            code: vec![1, 2, 3],
-            local: None,
-        };
         let calls = Calls::Lists(vec![vec![Value::Int(1), Value::Str("x".into())]]);
         let task = ToWorkerOut::Task {
             id: 9,
@@ -1779,7 +1828,11 @@ mod tests {
         codec::fuzz_frames(&task, 10_000, |mut bytes| {
             let _ = codec::read_frame::<ToWorker>(&mut bytes, &mut Vec::new());
         });
-        codec::fuzz_frames(&ToWorkerOut::Function(&spec), 5_000, |mut bytes| {
+        let function = ToWorkerOut::Function {
+            key: 7,
+            code: &[1, 2, 3],
+        };
+        codec::fuzz_frames(&function, 5_000, |mut bytes| {
             let _ = codec::read_frame::<ToWorker>(&mut bytes, &mut Vec::new());
         });
         let result = FromWorker {
@@ -1809,55 +1862,88 @@ mod tests {
         assert!(!job.complete(1, Err("late".into()), 1));
     }
 
-    /// A task engine of its own (as an isolated worker's) whose function returns its first
-    /// argument, once `gate` is open.
+    /// A task engine of its own (as an isolated worker's) whose every function returns its
+    /// first argument, once `gate` is open, and notes how many calls each task had.
     struct Echo {
-        gil: Arc<crate::rt::gil::Gil>,
+        host: Arc<Host>,
         gate: Arc<(Mutex<bool>, Condvar)>,
+        sizes: Arc<Mutex<Vec<usize>>>,
     }
 
+    struct EchoFn(Arc<(Mutex<bool>, Condvar)>, Arc<Mutex<Vec<usize>>>);
+
     impl TaskEngine for Echo {
-        fn call_many(&self, _: &FunctionSpec, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
-            let (open, changed) = &*self.gate;
+        fn host(&self) -> &Arc<Host> {
+            &self.host
+        }
+
+        fn decode(&self, _: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
+            Ok(Arc::new(EchoFn(self.gate.clone(), self.sizes.clone())))
+        }
+    }
+
+    impl TaskFn for EchoFn {
+        fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+            let (open, changed) = &*self.0;
             let _open = changed
                 .wait_while(open.lock().unwrap(), |open| !*open)
                 .unwrap();
+            self.1.lock().unwrap().push(calls.len());
             Ok(match calls {
                 CallSlice::Each(v) => v.to_vec(),
                 CallSlice::Lists(v) => v.iter().map(|args| args[0].clone()).collect(),
             })
         }
-
-        fn gil(&self) -> Arc<crate::rt::gil::Gil> {
-            self.gil.clone()
-        }
     }
 
     /// A pool of two `Echo` threads, with the gate they wait at (open if `open`).
-    fn echo_pool(open: bool) -> (Arc<Pool>, Arc<(Mutex<bool>, Condvar)>) {
+    fn echo_pool(open: bool) -> (Arc<Pool>, Gate) {
+        let (pool, gate, _) = echo_pool_noting_sizes(open);
+        (pool, gate)
+    }
+
+    type Gate = Arc<(Mutex<bool>, Condvar)>;
+    type Sizes = Arc<Mutex<Vec<usize>>>;
+
+    /// [`echo_pool`], and the number of calls of every task it ran, in the order they ran.
+    fn echo_pool_noting_sizes(open: bool) -> (Arc<Pool>, Gate, Sizes) {
         let host = crate::host::Host::new(
             crate::rt::gil::Gil::new(crate::rt::gil::DEFAULT_SWITCH_INTERVAL, None),
             crate::host::Settings::default(),
         );
         let gate = Arc::new((Mutex::new(open), Condvar::new()));
+        let sizes = Sizes::default();
         let engines = (0..2)
             .map(|_| {
                 let engine: Arc<dyn TaskEngine> = Arc::new(Echo {
-                    gil: Arc::new(crate::rt::gil::Gil::new(Duration::from_millis(5), None)),
+                    host: crate::host::Host::new(
+                        crate::rt::gil::Gil::new(Duration::from_millis(5), None),
+                        crate::host::Settings::default(),
+                    ),
                     gate: gate.clone(),
+                    sizes: sizes.clone(),
                 });
                 engine
             })
             .collect();
-        let options = PoolOptions {
-            processes: 2,
+        let config = PoolConfig {
+            processes: Some(2),
             initializer: None,
             maxtasksperchild: None,
             task_timeout: None,
-            mode: crate::host::Mode::Isolated,
+            mode: Mode::Isolated,
         };
-        let pool = Pool::start(&host, Workers::Threads(engines), options).unwrap();
-        (pool, gate)
+        let workers = Workers::Threads {
+            engines,
+            renew: None,
+        };
+        let new = NewPool {
+            config,
+            size: 2,
+            workers,
+        };
+        let pool = new.start(&host).unwrap();
+        (pool, gate, sizes)
     }
 
     fn open(gate: &(Mutex<bool>, Condvar)) {
@@ -1866,16 +1952,15 @@ mod tests {
     }
 
     fn echo() -> Arc<FunctionSpec> {
-        Arc::new(FunctionSpec {
+        Arc::new(FunctionSpec::Encoded {
             key: 1,
             code: Vec::new(),
-            local: None,
         })
     }
 
     fn apply(pool: &Pool, x: i64, callbacks: Callbacks) -> Arc<Job> {
         let calls = Calls::Lists(vec![vec![Value::Int(x)]]);
-        pool.submit(JobKind::Single, echo(), calls, 1, callbacks)
+        pool.submit(JobKind::Single, echo(), calls, None, callbacks)
             .unwrap()
     }
 
@@ -2017,10 +2102,114 @@ mod tests {
         within(move || drop(host.gil.lock(0)));
     }
 
+    /// The pool decides the chunks: Python's default for `map` (about four per worker), one
+    /// call per task for the iterators, or what the script asked for (at least one).
+    #[test]
+    fn the_pool_chooses_the_chunk_size_as_python_does() {
+        let (pool, _gate, sizes) = echo_pool_noting_sizes(true);
+        let twenty = || Calls::Each((0..20).map(Value::Int).collect());
+        let chunks_of = |kind, chunksize| {
+            let job = pool
+                .submit(kind, echo(), twenty(), chunksize, None)
+                .unwrap();
+            let joined = job.clone();
+            within(move || joined.wait(None));
+            let mut seen = std::mem::take(&mut *sizes.lock().unwrap());
+            seen.sort_unstable();
+            seen
+        };
+        // 20 calls, 2 workers: chunks of ceil(20 / 8) = 3.
+        assert_eq!(chunks_of(JobKind::List, None), [2, 3, 3, 3, 3, 3, 3]);
+        assert_eq!(chunks_of(JobKind::List, Some(7)), [6, 7, 7]);
+        assert_eq!(chunks_of(JobKind::List, Some(0)), [1; 20]);
+        assert_eq!(chunks_of(JobKind::Ordered, None), [1; 20]);
+        assert_eq!(chunks_of(JobKind::Unordered, Some(10)), [10, 10]);
+    }
+
+    /// An engine whose functions return how many times it has decoded, and whose decoding
+    /// fails while `broken` is set.
+    struct Counting {
+        host: Arc<Host>,
+        decoded: Arc<Mutex<usize>>,
+        broken: Mutex<bool>,
+    }
+
+    struct Count(usize);
+
+    impl TaskEngine for Counting {
+        fn host(&self) -> &Arc<Host> {
+            &self.host
+        }
+
+        fn decode(&self, _: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
+            if *self.broken.lock().unwrap() {
+                return Err("cannot decode yet".into());
+            }
+            let mut decoded = self.decoded.lock().unwrap();
+            *decoded += 1;
+            Ok(Arc::new(Count(*decoded)))
+        }
+    }
+
+    impl TaskFn for Count {
+        fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+            Ok(vec![Value::Int(self.0 as i64); calls.len()])
+        }
+    }
+
+    /// A worker decodes each function once, by key, whether it came with its task (a thread)
+    /// or ahead of it (a forked worker's pipe); a local function is its own handle; a function
+    /// that failed to decode is tried again by its next task.
+    #[test]
+    fn a_worker_decodes_each_function_once() {
+        let decoded = Arc::new(Mutex::new(0));
+        let engine = Arc::new(Counting {
+            host: Host::new(
+                crate::rt::gil::Gil::new(Duration::from_millis(5), None),
+                crate::host::Settings::default(),
+            ),
+            decoded: decoded.clone(),
+            broken: Mutex::new(false),
+        });
+        let mut functions = Functions::new(engine.clone());
+        let one = Calls::Each(vec![Value::Nil]);
+        let encoded = |key| FunctionSpec::Encoded { key, code: vec![1] };
+        for _ in 0..3 {
+            let got = functions.call_many(&encoded(7), one.as_slice());
+            assert_eq!(got, Ok(vec![Value::Int(1)]));
+        }
+        functions.learn(8, vec![2]);
+        for _ in 0..3 {
+            assert_eq!(
+                functions.call_key(8, one.as_slice()),
+                Ok(vec![Value::Int(2)])
+            );
+        }
+        let local = FunctionSpec::Local(Arc::new(Count(99)));
+        assert_eq!(
+            functions.call_many(&local, one.as_slice()),
+            Ok(vec![Value::Int(99)])
+        );
+        assert!(functions.call_key(9, one.as_slice()).is_err(), "never sent");
+        *engine.broken.lock().unwrap() = true;
+        functions.learn(10, vec![3]);
+        assert!(functions.call_key(10, one.as_slice()).is_err());
+        *engine.broken.lock().unwrap() = false;
+        assert_eq!(
+            functions.call_key(10, one.as_slice()),
+            Ok(vec![Value::Int(3)])
+        );
+        assert_eq!(
+            *decoded.lock().unwrap(),
+            3,
+            "decoded more than once per function"
+        );
+    }
+
     #[test]
     fn chunks_share_the_list() {
         let calls = Calls::Each((0..10).map(Value::Int).collect());
-        let chunks = calls.chunks(4);
+        let chunks = chunks(calls, 4);
         let lens: Vec<usize> = chunks.iter().map(Chunk::len).collect();
         assert_eq!(lens, [4, 4, 2]);
         assert!(Arc::ptr_eq(&chunks[0].all, &chunks[2].all));

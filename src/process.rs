@@ -1,15 +1,15 @@
 //! Script processes (Python's `multiprocessing.Process`), in every execution model.
 //!
-//! In the `fork` model, `start` forks the running script (see `crate::rt::fork`): the child calls
-//! the target in its own copy of the engine and exits with 0, or 1 after a script error
-//! (reported on stderr as "Process NAME:"). The parent reaps the child in `join`/`is_alive`,
-//! or at the end of the script.
-//!
-//! In the `isolated` model the target runs on an OS thread in an engine of its own, built at
-//! `start` from a snapshot of the script's state; in the `gil` model, on an OS thread of the
-//! script's engine. Both end with the same exit codes as a forked child (0, or 1 after an
-//! error), and `pid` is this process's. A thread cannot be killed: `terminate` and `kill` are
-//! errors there.
+//! The execution model (`crate::exec`) says at `start` how the target runs, and this module
+//! runs it:
+//! - in a forked child (`fork`, see `crate::rt::fork`): the child calls the target in its own
+//!   copy of the engine and exits with 0, or 1 after a script error (reported on stderr as
+//!   "Process NAME:"). The parent reaps the child in `join`/`is_alive`, or at the end of the
+//!   script.
+//! - on an OS thread: in an engine of its own, built at `start` from a snapshot of the
+//!   script's state (`isolated`), or in the script's engine (`gil`). Both end with the same
+//!   exit codes as a forked child (0, or 1 after an error), and `pid` is this process's. A
+//!   thread cannot be killed: `terminate` and `kill` are errors there.
 //!
 //! The target's return value is dropped, as in Python; results come back through a `Queue`.
 
@@ -22,11 +22,12 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
+use crate::exec::{self, Launch};
 use crate::host::Mode;
 use crate::host::{Finish, Host, Stage};
 use crate::link;
 use crate::rt::{children, exit};
-use crate::thread::Target;
+use crate::script::{take_target, Target, TaskEngine};
 
 enum State {
     New,
@@ -78,26 +79,21 @@ impl ScriptProcess {
     /// Starts the process: forks the child, or starts its thread. Call with the GIL held and
     /// outside any engine lock.
     pub fn start(self: &Arc<Self>, host: &Arc<Host>) -> Result<(), String> {
-        let target =
-            crate::thread::take_target(&self.target, "a process can only be started once")?;
-        match self.mode {
-            Mode::Fork => self.fork(host, target),
-            Mode::Isolated => {
-                let (target, own_host) = target.isolated()?;
-                self.spawn(host, Some(own_host), target)
-            }
-            Mode::Gil => self.spawn(host, None, target),
+        let target = take_target(&self.target, "a process can only be started once")?;
+        match exec::model(self.mode).launch(target)? {
+            Launch::Fork(target) => self.fork(host, target),
+            Launch::Thread { target, engine } => self.spawn(host, engine, target),
         }
     }
 
-    /// Runs `target` on a new OS thread, in the engine of `own_host` (isolated) or of `host`.
+    /// Runs `target` on a new OS thread, in `engine` (one of its own) or in the script's.
     fn spawn(
         self: &Arc<Self>,
         host: &Arc<Host>,
-        own_host: Option<Arc<Host>>,
+        engine: Option<Arc<dyn TaskEngine>>,
         target: Box<dyn Target>,
     ) -> Result<(), String> {
-        let runs_on = own_host.clone().unwrap_or_else(|| host.clone());
+        let runs_on = engine.as_ref().map_or(host, |e| e.host()).clone();
         let exit = Arc::new(ThreadExit::default());
         let done = exit.clone();
         let name = self.name.clone();
@@ -122,12 +118,14 @@ impl ScriptProcess {
                         exit::PANIC_STATUS
                     }
                 };
-                // An isolated process waits for the threads its target started in its engine,
-                // as a child process does; a gil one leaves them to the script, whose threads
+                // A process in an engine of its own waits for the threads its target started
+                // there, as a child process does, and keeps the engine until they are done; a
+                // process in the script's engine leaves them to the script, whose threads
                 // they are.
-                if own_host.is_some() {
-                    gil.allow_threads(0, || runs_on.finish());
+                if engine.is_some() {
+                    runs_on.finish_holding_gil();
                 }
+                drop(engine);
                 drop(held);
                 *done.code.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
                 done.changed.notify_all();
@@ -152,7 +150,7 @@ impl ScriptProcess {
             };
             // As a Python child does before it exits: wait for the threads and processes the
             // target started.
-            child_host.gil.allow_threads(0, || child_host.finish());
+            child_host.finish_holding_gil();
             status
         })?;
         *self.state() = State::Running {

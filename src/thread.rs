@@ -10,17 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::host::{Finish, Host, Stage};
-
-/// A script function bound to its arguments, runnable on another OS thread of the same engine.
-pub trait Target: Send {
-    /// Runs the function. Called with the GIL held; returns with it held. An error is the
-    /// script's message, already naming file and line.
-    fn run(self: Box<Self>) -> Result<(), String>;
-
-    /// The same call in an engine of its own, built now from a snapshot of the script's state
-    /// (the isolated model's `Process`), and that engine's host. Call with the GIL held.
-    fn isolated(self: Box<Self>) -> Result<(Box<dyn Target>, Arc<Host>), String>;
-}
+use crate::script::{take_target, Target};
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum RunState {
@@ -111,17 +101,6 @@ impl ScriptThread {
         crate::rt::threads::wait_while(&self.changed, state, timeout, |s| *s == RunState::Running)
             .is_some()
     }
-}
-
-/// The target of a thread or process, which `start` takes exactly once.
-pub(crate) fn take_target(
-    slot: &Mutex<Option<Box<dyn Target>>>,
-    started_twice: &str,
-) -> Result<Box<dyn Target>, String> {
-    slot.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .ok_or_else(|| started_twice.to_owned())
 }
 
 /// A started thread is waited for before the run ends, as Python waits for non-daemon threads.

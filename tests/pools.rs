@@ -254,3 +254,48 @@ print(`joined	${r.ready()}	${r.successful()}	${e.successful()}	${a.successful()}
         );
     });
 }
+
+/// A pool checks what the script asks of it once, as CPython's does (`maxtasksperchild`, then
+/// `processes`), and `join` on a pool still open is a ValueError that leaves the pool usable.
+#[test]
+fn a_pool_checks_its_options_and_join_before_close() {
+    let lua = r#"
+local function try(f, ...) local ok, e = pcall(f, ...) print(ok and "no error" or e) end
+try(parrun.Pool, 0)
+try(parrun.Pool, 1, {maxtasksperchild = 0})
+try(parrun.Pool, 0, {maxtasksperchild = 0})
+local pool = parrun.Pool(2)
+try(pool.join, pool)
+print(table.concat(pool:map(function(x) return x * 2 end, {1, 2, 3}), ", "))
+pool:close() pool:join()
+print("joined")
+"#;
+    let rhai = r#"
+try { Pool(0); print("no error"); } catch (e) { print(e); }
+try { Pool(1, #{maxtasksperchild: 0}); print("no error"); } catch (e) { print(e); }
+try { Pool(#{processes: 0, maxtasksperchild: 0}); print("no error"); } catch (e) { print(e); }
+let pool = Pool(2);
+try { pool.join(); print("no error"); } catch (e) { print(e); }
+let doubled = pool.map(|x| x * 2, [1, 2, 3]);
+print(`${doubled[0]}, ${doubled[1]}, ${doubled[2]}`);
+pool.close(); pool.join();
+print("joined");
+"#;
+    in_every_mode("options", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            [
+                "parrun.Pool: processes must be at least 1",
+                "parrun.Pool: maxtasksperchild must be at least 1",
+                "parrun.Pool: maxtasksperchild must be at least 1",
+                "Pool.join: join() on a running pool: call close() or terminate() first \
+                 (ValueError)",
+                "2, 4, 6",
+                "joined",
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}

@@ -1209,3 +1209,38 @@ print(q.get(0));
         },
     );
 }
+
+/// A thread that a process's target starts runs to its end in every model: a process in an
+/// engine of its own (`isolated`) keeps that engine until the threads it started there are
+/// done, as a forked child keeps its copy (the engine went with the target, and the thread
+/// found it shut down).
+#[test]
+fn a_thread_started_by_a_process_finds_its_engine_in_every_mode() {
+    both_in_modes(
+        &MODES,
+        "process_thread",
+        r#"
+local q = parrun.Queue()
+local p = parrun.Process(function(q)
+  parrun.Thread(function(q) parrun.sleep(0.2) q:put("thread in a process done") end, {q}):start()
+end, {q})
+p:start() p:join()
+print(q:get(10), p.exitcode)
+"#,
+        r#"
+let q = Queue();
+let p = Process(|q| { Thread(|q| { sleep(0.2); q.put("thread in a process done"); }, [q]).start(); }, [q]);
+p.start(); p.join();
+print(`${q.get(10)} ${p.exitcode}`);
+"#,
+        |mode, out| {
+            assert!(
+                !out.stderr.contains("Exception"),
+                "{mode}: {}",
+                out.describe()
+            );
+            out.assert_success()
+                .assert_stdout_contains("thread in a process done");
+        },
+    );
+}

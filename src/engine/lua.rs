@@ -26,11 +26,12 @@ use mlua::{
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
 use crate::error::Error;
-use crate::host::Mode;
 use crate::host::{Host, Script};
-use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
 use crate::rt::gil::{Gil, Interrupter};
-use crate::thread::Target;
+use crate::script::{
+    CallSlice, Callback, FunctionSpec, Instance, ScriptEngine, Snapshot, Target, TaskEngine,
+    TaskFn, Travel,
+};
 use crate::value::Value;
 
 mod native;
@@ -457,21 +458,22 @@ impl Args for LuaArgs<'_> {
             host: self.host.clone(),
             f,
             args,
-            _state: None,
         }))
     }
 
-    fn function(&mut self, i: usize, mode: Mode) -> Result<Arc<FunctionSpec>, String> {
+    fn function(&mut self, i: usize, travel: Travel) -> Result<Arc<FunctionSpec>, String> {
         let f = self.script_function(i)?;
-        if mode == Mode::Gil {
-            // Run in this state: the function itself, its upvalues still shared.
-            return Ok(Arc::new(FunctionSpec {
-                key: f.to_pointer() as u64,
-                code: Vec::new(),
-                local: Some(Arc::new(f)),
-            }));
+        match travel {
+            // The function itself, its upvalues still shared.
+            Travel::Local => {
+                let tasks = Tasks::of(self.lua)?;
+                Ok(Arc::new(FunctionSpec::Local(Arc::new(LuaTask {
+                    tasks,
+                    f,
+                }))))
+            }
+            Travel::Encoded => encoded_function(self.lua, &f),
         }
-        encoded_function(self.lua, &f)
     }
 
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {
@@ -506,26 +508,22 @@ impl Args for LuaArgs<'_> {
         self.get(i).is_nil()
     }
 
-    fn workers(&mut self, mode: Mode, count: usize, renewable: bool) -> Result<Workers, String> {
-        Ok(match mode {
-            Mode::Fork => Workers::Forked(LuaTaskEngine::here(self.lua, self.host)?),
-            Mode::Gil => Workers::Threads(vec![LuaTaskEngine::here(self.lua, self.host)?; count]),
-            Mode::Isolated => {
-                // A renewable pool keeps one untouched copy to build replacements from.
-                let template = match renewable {
-                    true => {
-                        let (state, host, _) = isolated_state(self.lua, self.host, Vec::new())?;
-                        Some(Arc::new(Template { state, host }))
-                    }
-                    false => None,
-                };
-                Workers::Threads(
-                    (0..count)
-                        .map(|_| LuaTaskEngine::isolated(self.lua, self.host, template.clone()))
-                        .collect::<Result<_, _>>()?,
-                )
-            }
-        })
+    fn engine(&self) -> &dyn ScriptEngine {
+        self
+    }
+}
+
+impl ScriptEngine for LuaArgs<'_> {
+    fn here(&self) -> Result<Arc<dyn TaskEngine>, String> {
+        LuaTaskEngine::here(self.lua)
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>, String> {
+        Ok(Box::new(LuaSnapshot::take(
+            self.lua,
+            self.host,
+            Vec::new(),
+        )?))
     }
 }
 
@@ -574,62 +572,34 @@ impl Callback for LuaCallback {
     }
 }
 
-/// Runs pool tasks in a worker: functions are decoded once and kept.
-struct LuaTaskEngine {
+/// What running pool tasks in a Lua state takes, set up once per state (in its app data).
+struct Tasks {
     lua: WeakLua,
-    /// The prelude's chunk runner, looked up once per pool rather than once per task.
+    /// The prelude's chunk runner.
     run_chunk: Function,
     host: Arc<Host>,
-    functions: Mutex<HashMap<u64, Function>>,
     /// A finished task's coroutine, for the next task.
     spare: Mutex<Option<Coroutine>>,
-    /// An isolated worker's state, which nothing else keeps alive.
-    _state: Option<Lua>,
-    /// What a renewable isolated engine's replacement is copied from.
-    template: Option<Arc<Template>>,
 }
 
-/// An untouched copy of the script's state as of pool creation, from which a renewable
-/// isolated pool builds its replacement engines.
-struct Template {
-    state: Lua,
-    host: Arc<Host>,
-}
-
-impl LuaTaskEngine {
-    /// Runs tasks in the script's own state (fork, gil).
-    fn here(lua: &Lua, host: &Arc<Host>) -> Result<Arc<dyn TaskEngine>, String> {
-        Self::for_state(lua, host, None, None)
-    }
-
-    /// Runs tasks in a state of its own, a copy of `source`'s script state as of now.
-    fn isolated(
-        source: &Lua,
-        host: &Host,
-        template: Option<Arc<Template>>,
-    ) -> Result<Arc<dyn TaskEngine>, String> {
-        let (state, host, _) = isolated_state(source, host, Vec::new())?;
-        Self::for_state(&state, &host, Some(state.clone()), template)
-    }
-
-    fn for_state(
-        lua: &Lua,
-        host: &Arc<Host>,
-        owned: Option<Lua>,
-        template: Option<Arc<Template>>,
-    ) -> Result<Arc<dyn TaskEngine>, String> {
-        let run_chunk = lua
-            .named_registry_value("parrun.run_chunk")
-            .map_err(error_text)?;
-        Ok(Arc::new(LuaTaskEngine {
+impl Tasks {
+    /// Sets up `lua` for tasks; call once its chunk runner is registered.
+    fn install(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
+        let tasks = Tasks {
             lua: lua.weak(),
+            run_chunk: lua.named_registry_value("parrun.run_chunk")?,
             host: host.clone(),
-            run_chunk,
-            functions: Mutex::new(HashMap::new()),
             spare: Mutex::new(None),
-            _state: owned,
-            template,
-        }))
+        };
+        lua.set_app_data(Arc::new(tasks));
+        Ok(())
+    }
+
+    /// The task set-up of `lua`.
+    fn of(lua: &Lua) -> Result<Arc<Tasks>, String> {
+        lua.app_data_ref::<Arc<Tasks>>()
+            .map(|tasks| tasks.clone())
+            .ok_or_else(|| "internal error: a Lua state without its task set-up".into())
     }
 
     /// A coroutine running the chunk runner: the one a finished task left, reset, or a new one.
@@ -646,44 +616,10 @@ impl LuaTaskEngine {
         Ok(co)
     }
 
-    fn function(&self, spec: &FunctionSpec) -> Result<Function, String> {
-        if let Some(f) = spec
-            .local
-            .as_ref()
-            .and_then(|l| l.downcast_ref::<Function>())
-        {
-            return Ok(f.clone());
-        }
-        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = functions.get(&spec.key) {
-            return Ok(f.clone());
-        }
-        let f = transport::decode(&upgrade(&self.lua)?, &spec.code)?;
-        functions.insert(spec.key, f.clone());
-        Ok(f)
-    }
-}
-
-impl TaskEngine for LuaTaskEngine {
-    fn gil(&self) -> Arc<Gil> {
-        self.host.gil.clone()
-    }
-
-    fn renewed(&self) -> Option<Result<Arc<dyn TaskEngine>, String>> {
-        let template = self.template.as_ref()?;
-        // The template is only read; its own lock keeps two workers renewing at once apart.
-        Some(LuaTaskEngine::isolated(
-            &template.state,
-            &template.host,
-            Some(template.clone()),
-        ))
-    }
-
-    /// The whole chunk runs in one coroutine, by the prelude's `run_chunk`: one resume per
-    /// chunk, not per call.
-    fn call_many(&self, spec: &FunctionSpec, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+    /// Calls `f` once per entry of `calls`. The whole chunk runs in one coroutine, by the
+    /// prelude's `run_chunk`: one resume per chunk, not per call.
+    fn call_many(&self, f: &Function, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
         let lua = &upgrade(&self.lua)?;
-        let f = self.function(spec)?;
         let count = calls.len();
         let (calls, single) = match calls {
             CallSlice::Each(values) => (
@@ -741,6 +677,101 @@ impl TaskEngine for LuaTaskEngine {
     }
 }
 
+/// A Lua function ready to run pool tasks in its state: the script's own (`gil`), or one a
+/// worker decoded.
+struct LuaTask {
+    tasks: Arc<Tasks>,
+    f: Function,
+}
+
+impl TaskFn for LuaTask {
+    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+        self.tasks.call_many(&self.f, calls)
+    }
+}
+
+/// A Lua state as a pool worker's engine: the script's own, or an isolated worker's.
+struct LuaTaskEngine {
+    tasks: Arc<Tasks>,
+    /// An isolated engine's state, which nothing else keeps alive.
+    _state: Option<Lua>,
+}
+
+impl LuaTaskEngine {
+    /// Runs tasks in the script's own state (fork, gil).
+    fn here(lua: &Lua) -> Result<Arc<dyn TaskEngine>, String> {
+        Ok(Arc::new(LuaTaskEngine {
+            tasks: Tasks::of(lua)?,
+            _state: None,
+        }))
+    }
+}
+
+impl TaskEngine for LuaTaskEngine {
+    fn host(&self) -> &Arc<Host> {
+        &self.tasks.host
+    }
+
+    fn decode(&self, code: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
+        let f = transport::decode(&upgrade(&self.tasks.lua)?, code)?;
+        Ok(Arc::new(LuaTask {
+            tasks: self.tasks.clone(),
+            f,
+        }))
+    }
+}
+
+/// A copy of the script's state as of one moment, in a state of its own with a host of its
+/// own, from which isolated engines are copied; a snapshot of a call holds the call's function
+/// and arguments, copied with the state.
+struct LuaSnapshot {
+    state: Lua,
+    host: Arc<Host>,
+    /// The call's function, then its arguments, in `state` (none for a snapshot of the
+    /// engine).
+    call: Vec<LuaValue>,
+}
+
+impl LuaSnapshot {
+    /// A copy of `source`'s state (`host`'s) as of now, with `call` copied along.
+    fn take(source: &Lua, host: &Host, call: Vec<LuaValue>) -> Result<LuaSnapshot, String> {
+        let (state, host, call) = isolated_state(source, host, call)?;
+        Ok(LuaSnapshot { state, host, call })
+    }
+
+    /// The snapshot's state as an engine, with its call bound there.
+    fn instance(self) -> Result<Instance, String> {
+        let LuaSnapshot { state, host, call } = self;
+        let mut call = call.into_iter();
+        let target: Option<Box<dyn Target>> = match call.next() {
+            None => None,
+            Some(LuaValue::Function(f)) => Some(Box::new(LuaTarget {
+                lua: state.weak(),
+                host,
+                f,
+                args: call.collect(),
+            })),
+            Some(_) => return Err("a function that cannot be copied to another engine".into()),
+        };
+        let engine = Arc::new(LuaTaskEngine {
+            tasks: Tasks::of(&state)?,
+            _state: Some(state),
+        });
+        Ok(Instance { engine, target })
+    }
+}
+
+impl Snapshot for LuaSnapshot {
+    fn instantiate(&self) -> Result<Instance, String> {
+        // The snapshot is only read; its own lock keeps two copies at once apart.
+        LuaSnapshot::take(&self.state, &self.host, self.call.clone())?.instance()
+    }
+
+    fn into_instance(self: Box<Self>) -> Result<Instance, String> {
+        self.instance()
+    }
+}
+
 /// Encodes a function for workers once per Lua state: the encoding is kept, and the function
 /// pinned so that its address (the cache key) is never reused by another function.
 fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSpec>, String> {
@@ -760,10 +791,9 @@ fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSpec>, String
         .named_registry_value("parrun.pinned")
         .map_err(error_text)?;
     pinned.raw_set(f, true).map_err(error_text)?;
-    let spec = Arc::new(FunctionSpec {
+    let spec = Arc::new(FunctionSpec::Encoded {
         key: key as u64,
         code,
-        local: None,
     });
     if let Some(mut cache) = lua.app_data_mut::<Cache>() {
         cache.insert(key, spec.clone());
@@ -776,40 +806,21 @@ struct LuaTarget {
     host: Arc<Host>,
     f: Function,
     args: Vec<LuaValue>,
-    /// An isolated target's state, which nothing else keeps alive.
-    _state: Option<Lua>,
 }
 
 impl Target for LuaTarget {
     fn run(self: Box<Self>) -> Result<(), String> {
-        let LuaTarget {
-            lua,
-            host,
-            f,
-            args,
-            _state,
-        } = *self;
+        let LuaTarget { lua, host, f, args } = *self;
         start_driver(&upgrade(&lua)?, &host, f, MultiValue::from_vec(args))
             .map(drop)
             .map_err(error_text)
     }
 
-    fn isolated(self: Box<Self>) -> Result<(Box<dyn Target>, Arc<Host>), String> {
+    fn snapshot(self: Box<Self>) -> Result<Box<dyn Snapshot>, String> {
         let parent = upgrade(&self.lua)?;
-        let mut values = vec![LuaValue::Function(self.f)];
-        values.extend(self.args);
-        let (state, host, mut copies) = isolated_state(&parent, &self.host, values)?;
-        let Some(LuaValue::Function(f)) = (!copies.is_empty()).then(|| copies.remove(0)) else {
-            return Err("a function that cannot be copied to another engine".into());
-        };
-        let target = LuaTarget {
-            lua: state.weak(),
-            host: host.clone(),
-            f,
-            args: copies,
-            _state: Some(state),
-        };
-        Ok((Box::new(target), host))
+        let mut call = vec![LuaValue::Function(self.f)];
+        call.extend(self.args);
+        Ok(Box::new(LuaSnapshot::take(&parent, &self.host, call)?))
     }
 }
 
@@ -968,7 +979,7 @@ fn error_text(e: mlua::Error) -> String {
     }
 }
 
-/// Builds the `parrun` table from [`api::BUILTINS`] and replaces the stock functions parrun
+/// Builds the `parrun` table from [`api::builtins`] and replaces the stock functions parrun
 /// changes (see [`native`]).
 fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     lua.set_app_data(host.clone());
@@ -978,7 +989,7 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     })?;
     let parrun = lua.create_table()?;
     let classes = lua.create_table()?;
-    for b in api::BUILTINS {
+    for b in api::builtins() {
         match b.kind {
             Kind::Call if b.class == Class::Global => parrun.set(
                 b.name,
@@ -993,7 +1004,7 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
         }
     }
     // `obj:with(f, ...)`, from the methods it pairs (defined above).
-    for b in api::BUILTINS {
+    for b in api::builtins() {
         if let Kind::Scoped { enter, exit } = b.kind {
             let methods = class_table(lua, &classes, b.class)?;
             let scoped = native::scoped(lua, methods.get(enter)?, methods.get(exit)?)?;
@@ -1014,6 +1025,7 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     lua.set_named_registry_value("parrun.classes", classes)?;
     lua.set_named_registry_value("parrun.call", native::iterate(lua)?)?;
     lua.set_named_registry_value("parrun.run_chunk", native::run_chunk(lua)?)?;
+    Tasks::install(lua, host)?;
     lua.globals().set("parrun", &parrun)?;
     let loaded: Table = lua.globals().get::<Table>("package")?.get("loaded")?;
     loaded.set("parrun", parrun)?;
@@ -1051,14 +1063,14 @@ fn raw_builtin(lua: &Lua, host: &Arc<Host>, b: &'static Builtin) -> mlua::Result
                 let request = Request(std::sync::Mutex::new(Some(Pending::Fork(named(b, fork)))));
                 (1, lua.create_userdata(request)?).into_lua_multi(lua)
             }
-            Err(msg) => (2, format!("{}: {msg}", b.qualified_name())).into_lua_multi(lua),
+            Err(msg) => (2, b.error(msg)).into_lua_multi(lua),
         }
     })
 }
 
 /// Prefixes the errors of a deferred operation with the builtin's name.
 fn named(b: &'static Builtin, f: Wait) -> Wait {
-    Box::new(move || f().map_err(|msg| format!("{}: {msg}", b.qualified_name())))
+    Box::new(move || f().map_err(|msg| b.error(msg)))
 }
 
 /// Sets `arg` as the stock interpreter does, and lets `require` find modules next to the script.
@@ -1172,10 +1184,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         .collect::<mlua::Result<MultiValue>>()
         .map_err(|e| Error::Script(error_text(e)))?;
 
-    let held = host.gil.lock(0);
-    let result = start_driver(&lua, &host, main, args);
-    host.gil.allow_threads(0, || host.finish());
-    drop(held);
+    let result = host.run_main(|| start_driver(&lua, &host, main, args));
     CURRENT_GIL.with(|g| g.borrow_mut().take());
     result.map(|_| 0).map_err(|e| Error::Script(error_text(e)))
 }

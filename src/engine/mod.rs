@@ -1,4 +1,4 @@
-//! The engine adapters: each exposes [`crate::api::BUILTINS`] to its language and runs scripts.
+//! The engine adapters: each exposes [`crate::api::builtins`] to its language and runs scripts.
 //!
 //! Both follow the same rules: a thread holds the GIL while it runs script code; a builtin's
 //! [`crate::api::Outcome::Wait`] runs with the GIL released; values cross between threads as

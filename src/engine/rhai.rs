@@ -22,11 +22,12 @@ use ::rhai::{
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::error::Error;
-use crate::host::Mode;
 use crate::host::{Host, Script};
-use crate::pool::{CallSlice, Callback, FunctionSpec, TaskEngine, Workers};
 use crate::rt::output;
-use crate::thread::Target;
+use crate::script::{
+    CallSlice, Callback, FunctionSpec, Instance, ScriptEngine, Snapshot, Target, TaskEngine,
+    TaskFn, Travel,
+};
 use crate::value::Value;
 
 mod modules;
@@ -99,11 +100,10 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         .collect();
     scope.push_constant("ARGS", args);
 
-    let held = host.gil.lock(0);
-    stops::begin();
-    let result = engine.run_ast_with_scope(&mut scope, &ast);
-    host.gil.allow_threads(0, || host.finish());
-    drop(held);
+    let result = host.run_main(|| {
+        stops::begin();
+        engine.run_ast_with_scope(&mut scope, &ast)
+    });
     let exit_status = *shared.exit_status.lock().unwrap_or_else(|e| e.into_inner());
     match result {
         Ok(()) => Ok(exit_status.unwrap_or(0)),
@@ -504,7 +504,7 @@ fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
     // One registration per (name, argument count): builtins of different classes that share a
     // name are told apart by the receiver's class when called.
     let mut by_name: BTreeMap<(&str, usize), Vec<&'static Builtin>> = BTreeMap::new();
-    for b in api::BUILTINS {
+    for b in api::builtins() {
         match b.kind {
             Kind::Call => {
                 for n in b.arity.0..=b.arity.1 {
@@ -593,8 +593,7 @@ fn invoke(
     args: &mut [&mut Dynamic],
     global: Option<&GlobalRuntimeState>,
 ) -> RhaiResult<Dynamic> {
-    let fail =
-        |msg: String| -> Box<EvalAltResult> { format!("{}: {msg}", b.qualified_name()).into() };
+    let fail = |msg: String| -> Box<EvalAltResult> { b.error(msg).into() };
     api::check_arity(b, args.len()).map_err(fail)?;
     let outcome = (b.call)(&shared.host, &mut RhaiArgs::new(args, shared, global)).map_err(fail)?;
     let ret = match outcome {
@@ -751,20 +750,14 @@ impl Args for RhaiArgs<'_, '_> {
         Ok(Box::new(RhaiTarget {
             f: self.bound(f),
             args,
-            _engine: None,
         }))
     }
 
-    fn function(&mut self, i: usize, mode: Mode) -> Result<Arc<FunctionSpec>, String> {
+    fn function(&mut self, i: usize, travel: Travel) -> Result<Arc<FunctionSpec>, String> {
         let f = self.fn_ptr(i)?;
-        if mode == Mode::Gil {
-            // Run in this engine: the function itself, captured variables still shared.
-            let local = Arc::new(self.bound(f));
-            return Ok(Arc::new(FunctionSpec {
-                key: Arc::as_ptr(&local) as u64,
-                code: Vec::new(),
-                local: Some(local),
-            }));
+        if travel == Travel::Local {
+            // The function itself, captured variables still shared.
+            return Ok(Arc::new(FunctionSpec::Local(Arc::new(self.bound(f)))));
         }
         let curry = f
             .curry()
@@ -798,10 +791,9 @@ impl Args for RhaiArgs<'_, '_> {
             imports,
         };
         let code = rmp_serde::to_vec(&wire).map_err(|e| e.to_string())?;
-        Ok(Arc::new(FunctionSpec {
+        Ok(Arc::new(FunctionSpec::Encoded {
             key: hash(&code),
             code,
-            local: None,
         }))
     }
 
@@ -833,35 +825,23 @@ impl Args for RhaiArgs<'_, '_> {
         i >= self.len() || self.get(i).is_unit()
     }
 
-    fn workers(&mut self, mode: Mode, count: usize, renewable: bool) -> Result<Workers, String> {
-        let constants = self.env().constants;
-        let here = || -> Arc<dyn TaskEngine> {
-            Arc::new(RhaiTaskEngine {
-                shared: self.shared.clone(),
-                constants: constants.clone(),
-                functions: Default::default(),
-                _engine: None,
-                snapshot: None,
-            })
-        };
-        Ok(match mode {
-            Mode::Fork => Workers::Forked(here()),
-            Mode::Gil => Workers::Threads(vec![here(); count]),
-            Mode::Isolated => {
-                // The script's state as of now: its code (never changes), its constants and
-                // the modules it has loaded.
-                let snapshot = Arc::new(Snapshot {
-                    parent: self.shared.clone(),
-                    constants: copied_constants(&constants),
-                    modules: modules::copied(&self.shared.modules),
-                });
-                Workers::Threads(
-                    (0..count)
-                        .map(|_| isolated_engine(&snapshot, renewable))
-                        .collect::<Result<_, _>>()?,
-                )
-            }
-        })
+    fn engine(&self) -> &dyn ScriptEngine {
+        self
+    }
+}
+
+impl ScriptEngine for RhaiArgs<'_, '_> {
+    fn here(&self) -> Result<Arc<dyn TaskEngine>, String> {
+        Ok(Arc::new(RhaiTaskEngine {
+            shared: self.shared.clone(),
+            constants: self.env().constants,
+            _engine: None,
+        }))
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>, String> {
+        let live = RhaiSnapshot::live(self.shared, self.env().constants, None);
+        Ok(Box::new(live.copied()))
     }
 }
 
@@ -921,28 +901,84 @@ fn detached(value: &Dynamic) -> Dynamic {
     }
 }
 
-/// What an isolated pool's engines are built from, as of pool creation.
-struct Snapshot {
+/// What isolated engines are built from: the script's state as of one moment (its code, which
+/// never changes, copies of its `global::` constants and of the modules it has loaded), and
+/// for a snapshot of a call, the call, detached from the script's variables.
+struct RhaiSnapshot {
     /// The script's `Shared`, for its code and settings.
     parent: Arc<Shared>,
     constants: Option<Constants>,
     modules: Loaded,
+    call: Option<Call>,
 }
 
-/// A pool worker's engine of its own, from `snapshot`; a `renewable` one keeps the snapshot to
-/// build its replacement.
-fn isolated_engine(
-    snapshot: &Arc<Snapshot>,
-    renewable: bool,
-) -> Result<Arc<dyn TaskEngine>, String> {
-    let (shared, engine) = isolated_shared(&snapshot.parent, modules::copied(&snapshot.modules))?;
-    Ok(Arc::new(RhaiTaskEngine {
-        shared,
-        constants: copied_constants(&snapshot.constants),
-        functions: Default::default(),
-        _engine: Some(engine),
-        snapshot: renewable.then(|| snapshot.clone()),
-    }))
+/// A thread's or process's call, as a snapshot holds it.
+#[derive(Clone)]
+struct Call {
+    f: FnPtr,
+    imports: Imports,
+    args: Vec<Dynamic>,
+}
+
+impl RhaiSnapshot {
+    /// The script's state as `shared`'s engine and a call (`constants`, `call`) see it now,
+    /// as it is, not yet copied.
+    fn live(shared: &Arc<Shared>, constants: Option<Constants>, call: Option<Call>) -> Self {
+        RhaiSnapshot {
+            parent: shared.clone(),
+            constants,
+            modules: shared.modules.clone(),
+            call,
+        }
+    }
+
+    /// A snapshot with copies of all this one holds, which share nothing with it: constants,
+    /// the list of loaded modules, the call's captured variables and arguments.
+    fn copied(&self) -> RhaiSnapshot {
+        RhaiSnapshot {
+            parent: self.parent.clone(),
+            constants: copied_constants(&self.constants),
+            modules: modules::copied(&self.modules),
+            call: self.call.as_ref().map(|call| Call {
+                f: detached(&Dynamic::from(call.f.clone())).cast::<FnPtr>(),
+                imports: call.imports.clone(),
+                args: call.args.iter().map(detached).collect(),
+            }),
+        }
+    }
+
+    /// An engine of its own with this snapshot's state, and its call bound there.
+    fn instance(self) -> Result<Instance, String> {
+        let (shared, engine) = isolated_shared(&self.parent, self.modules)?;
+        let target = self.call.map(|call| -> Box<dyn Target> {
+            let env = Env {
+                constants: self.constants.clone(),
+                imports: call.imports,
+            };
+            let f = BoundFn {
+                shared: shared.clone(),
+                env,
+                f: call.f,
+            };
+            Box::new(RhaiTarget { f, args: call.args })
+        });
+        let engine = Arc::new(RhaiTaskEngine {
+            shared,
+            constants: self.constants,
+            _engine: Some(engine),
+        });
+        Ok(Instance { engine, target })
+    }
+}
+
+impl Snapshot for RhaiSnapshot {
+    fn instantiate(&self) -> Result<Instance, String> {
+        self.copied().instance()
+    }
+
+    fn into_instance(self: Box<Self>) -> Result<Instance, String> {
+        self.instance()
+    }
 }
 
 /// A Rhai function as it travels to a worker: every script function (closures too) is in the
@@ -955,14 +991,13 @@ struct RhaiFunction {
     imports: Vec<(String, String)>,
 }
 
+/// A Rhai engine as a pool worker's: the script's own, or an isolated worker's.
 struct RhaiTaskEngine {
     shared: Arc<Shared>,
+    /// The `global::` constants its functions see.
     constants: Option<Constants>,
-    functions: std::sync::Mutex<std::collections::HashMap<u64, (FnPtr, Imports)>>,
-    /// An isolated worker's engine, which nothing else keeps alive.
+    /// An isolated engine, which nothing else keeps alive.
     _engine: Option<Arc<Engine>>,
-    /// What a renewable isolated engine's replacement is built from.
-    snapshot: Option<Arc<Snapshot>>,
 }
 
 /// Rebuilds a function pointer in the worker, with the modules it sees. A closure's function is
@@ -1000,66 +1035,22 @@ fn decode_function(
 }
 
 impl TaskEngine for RhaiTaskEngine {
-    fn gil(&self) -> Arc<crate::rt::gil::Gil> {
-        self.shared.host.gil.clone()
+    fn host(&self) -> &Arc<Host> {
+        &self.shared.host
     }
 
-    fn renewed(&self) -> Option<Result<Arc<dyn TaskEngine>, String>> {
-        let snapshot = self.snapshot.as_ref()?;
-        Some(isolated_engine(snapshot, true))
-    }
-
-    fn call_many(&self, spec: &FunctionSpec, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+    fn decode(&self, code: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
         let (engine, ast) = self.shared.engine_and_ast()?;
-        let bound = spec
-            .local
-            .as_ref()
-            .and_then(|l| l.downcast_ref::<BoundFn>());
-        let (f, imports) = if let Some(bound) = bound {
-            (bound.f.clone(), bound.env.imports.clone())
-        } else {
-            let functions = || self.functions.lock().unwrap_or_else(|e| e.into_inner());
-            let known = functions().get(&spec.key).cloned();
-            match known {
-                Some(f) => f,
-                None => {
-                    // Without the lock: loading a module runs script code.
-                    let f = decode_function(&engine, &self.shared, &ast, &spec.code)?;
-                    functions().insert(spec.key, f.clone());
-                    f
-                }
-            }
+        let (f, imports) = decode_function(&engine, &self.shared, &ast, code)?;
+        let env = Env {
+            constants: self.constants.clone(),
+            imports,
         };
-        // One runtime state for the whole chunk.
-        let constants = bound.map_or(&self.constants, |b| &b.env.constants);
-        let global = script_global(&engine, &ast, constants, &imports);
-        let ctx = ::rhai::NativeCallContext::new_with_all_fields(
-            &engine,
-            f.fn_name(),
-            None,
-            &global,
-            Position::NONE,
-        );
-        let to_dynamic = |v: &Value| ::rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
-        let call = |args: &mut [Dynamic]| -> Result<Value, String> {
-            stops::begin();
-            let result = f
-                .call_raw(&ctx, None, &mut *args)
-                .map_err(|e| call_error(&self.shared, &f, args.len(), *e))?;
-            data_of(&self.shared, &result)
-                .map_err(|what| format!("cannot send a task's result back: {what}"))
-        };
-        match calls {
-            CallSlice::Each(values) => values.iter().map(|v| call(&mut [to_dynamic(v)?])).collect(),
-            CallSlice::Lists(lists) => lists
-                .iter()
-                .map(|list| {
-                    let mut args: Vec<Dynamic> =
-                        list.iter().map(to_dynamic).collect::<Result<_, _>>()?;
-                    call(&mut args)
-                })
-                .collect(),
-        }
+        Ok(Arc::new(BoundFn {
+            shared: self.shared.clone(),
+            env,
+            f,
+        }))
     }
 }
 
@@ -1088,15 +1079,6 @@ impl Env {
                 .scan_imports_raw()
                 .map(|(name, m)| (name.clone(), m.clone()))
                 .collect(),
-        }
-    }
-
-    /// This environment for another engine: the constants copied, the modules shared (see
-    /// `modules::copied`).
-    fn isolated(&self) -> Env {
-        Env {
-            constants: copied_constants(&self.constants),
-            imports: self.imports.clone(),
         }
     }
 }
@@ -1148,6 +1130,42 @@ impl BoundFn {
     }
 }
 
+impl TaskFn for BoundFn {
+    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+        let (engine, ast) = self.shared.engine_and_ast()?;
+        // One runtime state for the whole chunk.
+        let global = script_global(&engine, &ast, &self.env.constants, &self.env.imports);
+        let ctx = ::rhai::NativeCallContext::new_with_all_fields(
+            &engine,
+            self.f.fn_name(),
+            None,
+            &global,
+            Position::NONE,
+        );
+        let to_dynamic = |v: &Value| ::rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
+        let call = |args: &mut [Dynamic]| -> Result<Value, String> {
+            stops::begin();
+            let result = self
+                .f
+                .call_raw(&ctx, None, &mut *args)
+                .map_err(|e| call_error(&self.shared, &self.f, args.len(), *e))?;
+            data_of(&self.shared, &result)
+                .map_err(|what| format!("cannot send a task's result back: {what}"))
+        };
+        match calls {
+            CallSlice::Each(values) => values.iter().map(|v| call(&mut [to_dynamic(v)?])).collect(),
+            CallSlice::Lists(lists) => lists
+                .iter()
+                .map(|list| {
+                    let mut args: Vec<Dynamic> =
+                        list.iter().map(to_dynamic).collect::<Result<_, _>>()?;
+                    call(&mut args)
+                })
+                .collect(),
+        }
+    }
+}
+
 impl Callback for BoundFn {
     fn call(&self, arg: Value) -> Result<(), String> {
         let arg = ::rhai::serde::to_dynamic(&arg).map_err(|e| e.to_string())?;
@@ -1184,23 +1202,18 @@ impl IntoIterator for Object {
 struct RhaiTarget {
     f: BoundFn,
     args: Vec<Dynamic>,
-    /// An isolated target's engine, which nothing else keeps alive.
-    _engine: Option<Arc<Engine>>,
 }
 
 impl Target for RhaiTarget {
-    fn isolated(self: Box<Self>) -> Result<(Box<dyn Target>, Arc<Host>), String> {
-        let (shared, engine) =
-            isolated_shared(&self.f.shared, modules::copied(&self.f.shared.modules))?;
-        let host = shared.host.clone();
-        let f = detached(&Dynamic::from(self.f.f)).cast::<FnPtr>();
-        let env = self.f.env.isolated();
-        let target = RhaiTarget {
-            f: BoundFn { shared, env, f },
-            args: self.args.iter().map(detached).collect(),
-            _engine: Some(engine),
+    fn snapshot(self: Box<Self>) -> Result<Box<dyn Snapshot>, String> {
+        let BoundFn { shared, env, f } = self.f;
+        let call = Call {
+            f,
+            imports: env.imports,
+            args: self.args,
         };
-        Ok((Box::new(target), host))
+        let live = RhaiSnapshot::live(&shared, env.constants, Some(call));
+        Ok(Box::new(live.copied()))
     }
 
     fn run(self: Box<Self>) -> Result<(), String> {

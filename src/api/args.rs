@@ -1,0 +1,84 @@
+//! Reading a builtin's arguments: numbers, timeouts, counts, names, arrays, execution models.
+
+use std::time::Duration;
+
+use super::Args;
+use crate::host::Mode;
+use crate::value::Value;
+
+pub(super) fn number(args: &mut dyn Args, i: usize, what: &str) -> Result<f64, String> {
+    let v = args.value(i)?;
+    v.as_f64()
+        .ok_or_else(|| format!("{what} must be a number, got {}", v.type_name()))
+}
+
+/// An optional timeout in seconds at argument `i`: absent or nil waits forever.
+pub(super) fn timeout(args: &mut dyn Args, i: usize) -> Result<Option<Duration>, String> {
+    if args.is_nil(i) {
+        return Ok(None);
+    }
+    let secs = number(args, i, "timeout")?;
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| format!("timeout must be a non-negative number of seconds, got {secs}"))
+}
+
+/// `Some(i)` if argument `i` is present and not nil.
+pub(super) fn has_args(args: &mut dyn Args, i: usize) -> Option<usize> {
+    (!args.is_nil(i)).then_some(i)
+}
+
+/// An optional non-negative integer at argument `i`.
+pub(super) fn opt_count(
+    args: &mut dyn Args,
+    i: usize,
+    what: &str,
+) -> Result<Option<usize>, String> {
+    if args.is_nil(i) {
+        return Ok(None);
+    }
+    match args.value(i)? {
+        Value::Nil => Ok(None),
+        Value::Int(n) if n >= 0 => Ok(Some(n as usize)),
+        Value::Float(f) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as usize)),
+        other => Err(format!(
+            "{what} must be a non-negative integer, got {other:?}"
+        )),
+    }
+}
+
+/// An optional string argument, or `default`.
+pub(super) fn opt_name(
+    args: &mut dyn Args,
+    i: usize,
+    default: impl FnOnce() -> String,
+) -> Result<String, String> {
+    if args.is_nil(i) {
+        return Ok(default());
+    }
+    match args.value(i)? {
+        Value::Str(s) => Ok(s),
+        Value::Nil => Ok(default()),
+        other => Err(format!("name must be a string, got {}", other.type_name())),
+    }
+}
+
+/// The elements of the array at argument `i` (an empty Lua table is an empty list).
+pub(super) fn elements(args: &mut dyn Args, i: usize, what: &str) -> Result<Vec<Value>, String> {
+    match args.value(i)? {
+        Value::Array(items) => Ok(items),
+        Value::Map(entries) if entries.is_empty() => Ok(Vec::new()),
+        other => Err(format!(
+            "{what} must be an array, got {}",
+            other.type_name()
+        )),
+    }
+}
+
+/// Argument `i` as an execution model: "gil", "fork" or "isolated".
+pub(super) fn mode_value(args: &mut dyn Args, i: usize) -> Result<Mode, String> {
+    match args.value(i)? {
+        Value::Str(name) => name.parse(),
+        other => Err(format!("mode must be a string, got {}", other.type_name())),
+    }
+}

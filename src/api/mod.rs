@@ -1,0 +1,343 @@
+//! The script API, described once for both languages.
+//!
+//! Every script-visible operation is one [`Builtin`] (see [`builtins`]): its class, name, kind
+//! and a Rust function over engine-neutral arguments ([`Args`]) that returns an [`Outcome`].
+//! The Lua and Rhai adapters (`engine::lua`, `engine::rhai`) walk the table and expose each
+//! entry the way their language expects (`parrun.Queue()` and `q:put(v)` in Lua, `Queue()` and
+//! `q.put(v)` in Rhai), so adding or changing an operation is one edit here.
+//!
+//! The table comes in parts, one per Python module it follows: [`threading`] (`Thread`,
+//! `Lock`, `Queue`, and `sleep`, `time`, `random`), [`processing`] (`Process`, `Pool`,
+//! `ThreadPool`, `AsyncResult`, the `imap` iterators, `getpid`, `cpu_count`, `mode`); the
+//! argument helpers they share are in `args`. A builtin reads and checks its arguments and
+//! hands the objects what was asked: a pool's policy (its defaults, its checks) is the pool's.
+//!
+//! A blocking operation does not block inside the call: it returns [`Outcome::Wait`], a
+//! closure the adapter runs *without* the GIL (Rhai: inside `Gil::allow_threads`; Lua: after
+//! yielding to the thread's driver, because mlua holds its own lock for the whole `resume`).
+//! That is the one mechanism by which every blocking call releases the GIL.
+
+use std::sync::Arc;
+
+use crate::host::Host;
+use crate::pool::{Job, PoolHandle};
+use crate::process::ScriptProcess;
+use crate::rt::gil::Gil;
+use crate::script::{Callback, FunctionSpec, ScriptEngine, Target, Travel};
+use crate::sync::{Lock, Queue};
+use crate::thread::ScriptThread;
+use crate::value::Value;
+
+mod args;
+mod processing;
+mod threading;
+
+/// The classes of host objects scripts can hold.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum Class {
+    /// Free functions: `parrun.sleep` in Lua, `sleep` in Rhai.
+    Global,
+    Thread,
+    Queue,
+    Lock,
+    Process,
+    Pool,
+    AsyncResult,
+    ResultIterator,
+}
+
+impl Class {
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Global => "parrun",
+            Class::Thread => "Thread",
+            Class::Queue => "Queue",
+            Class::Lock => "Lock",
+            Class::Process => "Process",
+            Class::Pool => "Pool",
+            Class::AsyncResult => "AsyncResult",
+            Class::ResultIterator => "ResultIterator",
+        }
+    }
+}
+
+/// A host object held by a script. Cloning gives another handle to the same object.
+#[derive(Clone)]
+pub enum Object {
+    Thread(Arc<ScriptThread>),
+    Queue(Queue),
+    Lock(Lock),
+    Process(Arc<ScriptProcess>),
+    Pool(Arc<PoolHandle>),
+    /// A job's result; it keeps its pool alive, as in Python.
+    AsyncResult(Arc<Job>, #[allow(dead_code)] Arc<PoolHandle>),
+    /// An `imap`/`imap_unordered` iterator; it keeps the GIL so engines can wait without it.
+    ResultIterator(Arc<Job>, Arc<Gil>, Arc<PoolHandle>),
+}
+
+impl Object {
+    pub fn class(&self) -> Class {
+        match self {
+            Object::Thread(_) => Class::Thread,
+            Object::Queue(_) => Class::Queue,
+            Object::Lock(_) => Class::Lock,
+            Object::Process(_) => Class::Process,
+            Object::Pool(_) => Class::Pool,
+            Object::AsyncResult(..) => Class::AsyncResult,
+            Object::ResultIterator(..) => Class::ResultIterator,
+        }
+    }
+
+    /// Whether two handles name the same object.
+    pub fn same(&self, other: &Object) -> bool {
+        match (self, other) {
+            (Object::Thread(a), Object::Thread(b)) => Arc::ptr_eq(a, b),
+            (Object::Queue(a), Object::Queue(b)) => a.same(b),
+            (Object::Lock(a), Object::Lock(b)) => a.same(b),
+            (Object::Process(a), Object::Process(b)) => Arc::ptr_eq(a, b),
+            (Object::Pool(a), Object::Pool(b)) => Arc::ptr_eq(a, b),
+            (Object::AsyncResult(a, _), Object::AsyncResult(b, _)) => Arc::ptr_eq(a, b),
+            (Object::ResultIterator(a, ..), Object::ResultIterator(b, ..)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// How the object prints (`tostring` in Lua, `to_string` in Rhai).
+    pub fn describe(&self) -> String {
+        match self {
+            Object::Thread(t) => {
+                let state = if t.is_alive() {
+                    "started"
+                } else if t.is_started() {
+                    "stopped"
+                } else {
+                    "initial"
+                };
+                format!("<Thread({}, {state})>", t.name())
+            }
+            Object::Queue(q) => match q.len() {
+                Ok(n) => format!("<Queue qsize={n}>"),
+                Err(_) => "<Queue>".into(),
+            },
+            Object::Lock(l) => match l.locked() {
+                Ok(true) => "<Lock locked>".into(),
+                Ok(false) => "<Lock unlocked>".into(),
+                Err(_) => "<Lock>".into(),
+            },
+            Object::Process(p) => {
+                let state = match p.exitcode() {
+                    Some(code) => format!("stopped exitcode={code}"),
+                    None if p.is_started() => "started".into(),
+                    None => "initial".into(),
+                };
+                format!("<Process({}, {state})>", p.name())
+            }
+            Object::Pool(p) => format!("<Pool {}>", if p.is_open() { "open" } else { "closed" }),
+            Object::AsyncResult(j, _) => {
+                format!(
+                    "<AsyncResult {}>",
+                    if j.ready() { "ready" } else { "pending" }
+                )
+            }
+            Object::ResultIterator(..) => "<ResultIterator>".into(),
+        }
+    }
+}
+
+/// What an operation gives back to the script.
+pub enum Ret {
+    Value(Value),
+    Object(Object),
+}
+
+impl From<Value> for Ret {
+    fn from(v: Value) -> Self {
+        Ret::Value(v)
+    }
+}
+
+/// The blocking part of an operation, run without the GIL.
+pub type Wait = Box<dyn FnOnce() -> Result<Ret, String> + Send>;
+
+/// The result of calling a builtin.
+pub enum Outcome {
+    /// Finished without blocking.
+    Done(Ret),
+    /// Must wait: the adapter releases the GIL, runs this, and takes the GIL back.
+    Wait(Wait),
+    /// Must fork: the adapter runs this with the GIL held and outside any engine call that
+    /// holds an engine-wide lock (Lua: in the thread's driver), so the child starts with a
+    /// consistent engine.
+    Fork(Wait),
+}
+
+impl Outcome {
+    fn value(v: Value) -> Result<Outcome, String> {
+        Ok(Outcome::Done(Ret::Value(v)))
+    }
+    fn nil() -> Result<Outcome, String> {
+        Self::value(Value::Nil)
+    }
+    fn object(o: Object) -> Result<Outcome, String> {
+        Ok(Outcome::Done(Ret::Object(o)))
+    }
+    fn wait(f: impl FnOnce() -> Result<Ret, String> + Send + 'static) -> Result<Outcome, String> {
+        Ok(Outcome::Wait(Box::new(f)))
+    }
+}
+
+/// The arguments of one call, as the engine adapter presents them. For a method, argument 0
+/// is the receiver (`self`).
+pub trait Args {
+    fn len(&self) -> usize;
+    /// Argument `i` as data (copied out of the engine).
+    fn value(&mut self, i: usize) -> Result<Value, String>;
+    /// Argument `i` as a host object.
+    fn object(&mut self, i: usize) -> Result<Object, String>;
+    /// Argument `func` (a script function: a Lua function, a Rhai function pointer, closure or
+    /// function name) bound to the elements of the array at `args`, to run on another thread.
+    fn target(&mut self, func: usize, args: Option<usize>) -> Result<Box<dyn Target>, String>;
+    /// Argument `i` (a script function) made ready to travel to a pool's workers as `travel`
+    /// says.
+    fn function(&mut self, i: usize, travel: Travel) -> Result<Arc<FunctionSpec>, String>;
+    /// Argument `i` (a script function) to call later in this process, with the GIL held.
+    fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String>;
+    /// Field `key` of the table or map at argument `i`, appended as a new argument: its index,
+    /// or `None` if absent or nil.
+    fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String>;
+    /// The engine the call runs in, as of this call: for a pool's workers.
+    fn engine(&self) -> &dyn ScriptEngine;
+    /// Whether argument `i` is a Lua table or a Rhai object map (without converting it).
+    fn is_map(&mut self, i: usize) -> bool;
+    /// Whether argument `i` is absent or nil (without converting it).
+    fn is_nil(&mut self, i: usize) -> bool;
+}
+
+/// How an adapter exposes a builtin.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Kind {
+    /// A function (class `Global`) or method.
+    Call,
+    /// A read-only property: `t.name`.
+    Getter,
+    /// `obj:NAME(f, ...)` / `obj.NAME(f)`: calls method `enter`, then `f`, then `exit`, even if
+    /// `f` raised an error (Python's `with lock:`).
+    Scoped {
+        enter: &'static str,
+        exit: &'static str,
+    },
+}
+
+/// One script-visible operation.
+pub struct Builtin {
+    pub class: Class,
+    pub name: &'static str,
+    pub kind: Kind,
+    /// How many arguments it takes, not counting the receiver: (at least, at most).
+    pub arity: (usize, usize),
+    pub call: fn(&Arc<Host>, &mut dyn Args) -> Result<Outcome, String>,
+}
+
+impl Builtin {
+    /// `Queue.get`, `parrun.sleep`: how errors name the operation.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.class.name(), self.name)
+    }
+
+    /// An error of this operation, as scripts see it: `Queue.get: timed out ...`.
+    pub fn error(&self, msg: impl std::fmt::Display) -> String {
+        format!("{}: {msg}", self.qualified_name())
+    }
+
+    /// Number of leading arguments that are the receiver.
+    pub fn receivers(&self) -> usize {
+        usize::from(self.class != Class::Global)
+    }
+}
+
+/// The parts of the table, one per Python module, and parrun's own.
+static PARTS: &[&[Builtin]] = &[threading::BUILTINS, processing::BUILTINS, TESTING];
+
+/// Every operation scripts can call, in both languages.
+pub fn builtins() -> impl Iterator<Item = &'static Builtin> {
+    PARTS.iter().flat_map(|part| part.iter())
+}
+
+/// parrun's own, for its tests.
+static TESTING: &[Builtin] = &[
+    // Fault injection for parrun's own tests: inert unless PARRUN_TEST_FAULTS is set.
+    Builtin {
+        class: Class::Global,
+        name: "_test_fault",
+        kind: Kind::Call,
+        arity: (1, 1),
+        call: |_, args| {
+            if std::env::var_os("PARRUN_TEST_FAULTS").is_none() {
+                return Err(
+                    "fault injection is off (set PARRUN_TEST_FAULTS for parrun's tests)".into(),
+                );
+            }
+            match args.value(0)? {
+                Value::Str(s) if s == "panic" => panic!("injected host panic"),
+                Value::Str(s) if s == "abort" => std::process::abort(),
+                other => Err(format!("unknown fault {other:?}")),
+            }
+        },
+    },
+];
+
+/// The builtin of `class` called `name`.
+pub fn find(class: Class, name: &str) -> Option<&'static Builtin> {
+    builtins().find(|b| b.class == class && b.name == name)
+}
+
+/// Checks the argument count of a call against the builtin's arity.
+pub fn check_arity(b: &Builtin, given: usize) -> Result<(), String> {
+    let given = given.saturating_sub(b.receivers());
+    let (min, max) = b.arity;
+    if given < min || given > max {
+        let expected = if min == max {
+            format!("{min}")
+        } else {
+            format!("{min} to {max}")
+        };
+        return Err(format!(
+            "expects {expected} argument{}, got {given}",
+            if max == 1 { "" } else { "s" }
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scoped_builtin_names_methods_that_exist() {
+        for b in builtins() {
+            if let Kind::Scoped { enter, exit } = b.kind {
+                assert!(
+                    find(b.class, enter).is_some(),
+                    "{} enter",
+                    b.qualified_name()
+                );
+                assert!(find(b.class, exit).is_some(), "{} exit", b.qualified_name());
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_unique_per_class() {
+        let all: Vec<&Builtin> = builtins().collect();
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert!(
+                    a.class != b.class || a.name != b.name,
+                    "{}",
+                    a.qualified_name()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! The builtins of Python's `multiprocessing`: `Process`, `Pool` (and `ThreadPool`, from
+//! `multiprocessing.pool`), `AsyncResult`, the `imap` iterators, `cpu_count`, and parrun's
+//! `mode` and `getpid`.
+
+use std::sync::Arc;
+
+use super::args::{elements, has_args, mode_value, opt_count, opt_name, timeout};
+use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
+use crate::exec;
+use crate::host::{Host, Mode};
+use crate::pool::{Callbacks, Job, JobKind, Pool, PoolConfig, PoolHandle};
+use crate::process::ScriptProcess;
+use crate::script::{Callback, Calls};
+use crate::value::Value;
+
+fn process(args: &mut dyn Args) -> Result<Arc<ScriptProcess>, String> {
+    match args.object(0)? {
+        Object::Process(p) => Ok(p),
+        other => Err(format!(
+            "expected a Process, got a {}",
+            other.class().name()
+        )),
+    }
+}
+
+fn pool(args: &mut dyn Args) -> Result<Arc<PoolHandle>, String> {
+    match args.object(0)? {
+        Object::Pool(p) => Ok(p),
+        other => Err(format!("expected a Pool, got a {}", other.class().name())),
+    }
+}
+
+fn job(args: &mut dyn Args) -> Result<Arc<Job>, String> {
+    match args.object(0)? {
+        Object::AsyncResult(j, _) | Object::ResultIterator(j, ..) => Ok(j),
+        other => Err(format!(
+            "expected an AsyncResult, got a {}",
+            other.class().name()
+        )),
+    }
+}
+
+/// The argument lists of a map (`[x]` each) or starmap (each element is the list).
+fn calls(args: &mut dyn Args, i: usize, star: bool) -> Result<Calls, String> {
+    let items = elements(args, i, "the iterable")?;
+    if !star {
+        return Ok(Calls::Each(items));
+    }
+    items
+        .into_iter()
+        .map(|x| match x {
+            Value::Array(a) => Ok(a),
+            Value::Map(m) if m.is_empty() => Ok(Vec::new()),
+            other => Err(format!(
+                "starmap needs an array of argument arrays, got {}",
+                other.type_name()
+            )),
+        })
+        .collect::<Result<_, _>>()
+        .map(Calls::Lists)
+}
+
+/// `callback` and `error_callback` at arguments `ok` and `ok + 1`, if given.
+fn callbacks(args: &mut dyn Args, ok: usize) -> Result<Callbacks, String> {
+    let mut pick = |i: usize| -> Result<Option<Box<dyn Callback>>, String> {
+        match has_args(args, i) {
+            Some(i) => args.callback(i).map(Some),
+            None => Ok(None),
+        }
+    };
+    let (a, b) = (pick(ok)?, pick(ok + 1)?);
+    Ok((a.is_some() || b.is_some()).then_some((a, b)))
+}
+
+/// Submits `f` over argument lists; used by every Pool method that runs work.
+fn submit(
+    args: &mut dyn Args,
+    kind: JobKind,
+    star: bool,
+    chunk_at: Option<usize>,
+    callbacks_at: Option<usize>,
+) -> Result<(Arc<Job>, Arc<PoolHandle>), String> {
+    let p = pool(args)?;
+    let f = args.function(1, p.travel())?;
+    let (calls, chunksize) = match kind {
+        JobKind::Single => {
+            let list = match has_args(args, 2) {
+                Some(i) => elements(args, i, "args")?,
+                None => Vec::new(),
+            };
+            (Calls::Lists(vec![list]), None)
+        }
+        _ => {
+            let calls = calls(args, 2, star)?;
+            let chunksize = match chunk_at {
+                Some(i) => opt_count(args, i, "chunksize")?,
+                None => None,
+            };
+            (calls, chunksize)
+        }
+    };
+    let cbs = match callbacks_at {
+        Some(i) => callbacks(args, i)?,
+        None => None,
+    };
+    let job = p.submit(kind, f, calls, chunksize, cbs)?;
+    Ok((job, p))
+}
+
+/// `Pool()`, `Pool(4)`, `Pool(4, options)`, `Pool(options)`; `ThreadPool` likewise, in `gil`
+/// mode unless its options say otherwise. The pool checks what was asked.
+fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome, String> {
+    let (count_at, options_at) = match args.len() {
+        0 => (None, None),
+        _ if args.is_map(0) => (None, Some(0)),
+        1 => (Some(0), None),
+        _ => (Some(0), has_args(args, 1)),
+    };
+    let mut config = PoolConfig {
+        processes: match count_at {
+            Some(i) => opt_count(args, i, "processes")?,
+            None => None,
+        },
+        initializer: None,
+        maxtasksperchild: None,
+        task_timeout: host.task_timeout(),
+        mode,
+    };
+    if let Some(o) = options_at {
+        if let Some(i) = args.field(o, "mode")? {
+            config.mode = mode_value(args, i)?;
+        }
+        if let Some(i) = args.field(o, "processes")? {
+            config.processes = opt_count(args, i, "processes")?;
+        }
+        if let Some(i) = args.field(o, "initializer")? {
+            let f = args.function(i, exec::model(config.mode).travel())?;
+            let initargs = match args.field(o, "initargs")? {
+                Some(j) => elements(args, j, "initargs")?,
+                None => Vec::new(),
+            };
+            config.initializer = Some((f, initargs));
+        }
+        if let Some(i) = args.field(o, "task_timeout")? {
+            config.task_timeout = timeout(args, i)?;
+        }
+        if let Some(i) = args.field(o, "maxtasksperchild")? {
+            config.maxtasksperchild = opt_count(args, i, "maxtasksperchild")?;
+        }
+    }
+    let pool = Pool::prepare(config, args.engine())?;
+    let host = host.clone();
+    Ok(Outcome::Fork(Box::new(move || {
+        let pool = pool.start(&host)?;
+        Ok(Ret::Object(Object::Pool(Arc::new(PoolHandle(pool)))))
+    })))
+}
+
+fn wait_for((job, _): (Arc<Job>, Arc<PoolHandle>)) -> Result<Outcome, String> {
+    Outcome::wait(move || job.take().map(Ret::Value))
+}
+
+/// The operations of Python's `multiprocessing`.
+pub(super) static BUILTINS: &[Builtin] = &[
+    Builtin {
+        class: Class::Global,
+        name: "Process",
+        kind: Kind::Call,
+        arity: (1, 3),
+        call: |host, args| {
+            // Process(f), Process(f, args), Process(f, args, name), Process(f, args, options)
+            let at = has_args(args, 1);
+            let target = args.target(0, at)?;
+            let mut mode = host.mode();
+            let name = if !args.is_nil(2) && args.is_map(2) {
+                if let Some(i) = args.field(2, "mode")? {
+                    mode = mode_value(args, i)?;
+                }
+                match args.field(2, "name")? {
+                    Some(i) => opt_name(args, i, || host.next_process_name())?,
+                    None => host.next_process_name(),
+                }
+            } else {
+                opt_name(args, 2, || host.next_process_name())?
+            };
+            Outcome::object(Object::Process(ScriptProcess::new(name, target, mode)))
+        },
+    },
+    Builtin {
+        class: Class::Global,
+        name: "Pool",
+        kind: Kind::Call,
+        arity: (0, 2),
+        call: |host, args| new_pool(host, args, host.mode()),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "ThreadPool",
+        kind: Kind::Call,
+        arity: (0, 2),
+        call: |host, args| new_pool(host, args, Mode::Gil),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "mode",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |host, _| Outcome::value(Value::Str(host.mode().name().into())),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "getpid",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| Outcome::value(Value::Int(i64::from(std::process::id()))),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "cpu_count",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Outcome::value(Value::Int(n as i64))
+        },
+    },
+    Builtin {
+        class: Class::Process,
+        name: "start",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |host, args| {
+            let p = process(args)?;
+            if p.is_started() {
+                return Err("a process can only be started once".into());
+            }
+            let host = host.clone();
+            Ok(Outcome::Fork(Box::new(move || {
+                p.start(&host)?;
+                Ok(Value::Nil.into())
+            })))
+        },
+    },
+    Builtin {
+        class: Class::Process,
+        name: "join",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| {
+            let p = process(args)?;
+            let timeout = timeout(args, 1)?;
+            if !p.is_started() {
+                return Err("cannot join a process before it is started".into());
+            }
+            Outcome::wait(move || {
+                p.wait(timeout);
+                Ok(Value::Nil.into())
+            })
+        },
+    },
+    Builtin {
+        class: Class::Process,
+        name: "is_alive",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(process(args)?.is_alive())),
+    },
+    Builtin {
+        class: Class::Process,
+        name: "terminate",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            process(args)?.signal(nix::sys::signal::Signal::SIGTERM)?;
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Process,
+        name: "kill",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            process(args)?.signal(nix::sys::signal::Signal::SIGKILL)?;
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Process,
+        name: "name",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Str(process(args)?.name().to_owned())),
+    },
+    Builtin {
+        class: Class::Process,
+        name: "pid",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| {
+            Outcome::value(
+                process(args)?
+                    .pid()
+                    .map_or(Value::Nil, |p| Value::Int(p.into())),
+            )
+        },
+    },
+    Builtin {
+        class: Class::Process,
+        name: "exitcode",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| {
+            Outcome::value(
+                process(args)?
+                    .exitcode()
+                    .map_or(Value::Nil, |c| Value::Int(c.into())),
+            )
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "apply",
+        kind: Kind::Call,
+        arity: (1, 2),
+        call: |_, args| wait_for(submit(args, JobKind::Single, false, None, None)?),
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "apply_async",
+        kind: Kind::Call,
+        arity: (1, 4),
+        call: |_, args| {
+            let (job, p) = submit(args, JobKind::Single, false, None, Some(3))?;
+            Outcome::object(Object::AsyncResult(job, p))
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "map",
+        kind: Kind::Call,
+        arity: (2, 3),
+        call: |_, args| wait_for(submit(args, JobKind::List, false, Some(3), None)?),
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "map_async",
+        kind: Kind::Call,
+        arity: (2, 5),
+        call: |_, args| {
+            let (job, p) = submit(args, JobKind::List, false, Some(3), Some(4))?;
+            Outcome::object(Object::AsyncResult(job, p))
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "starmap",
+        kind: Kind::Call,
+        arity: (2, 3),
+        call: |_, args| wait_for(submit(args, JobKind::List, true, Some(3), None)?),
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "starmap_async",
+        kind: Kind::Call,
+        arity: (2, 5),
+        call: |_, args| {
+            let (job, p) = submit(args, JobKind::List, true, Some(3), Some(4))?;
+            Outcome::object(Object::AsyncResult(job, p))
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "imap",
+        kind: Kind::Call,
+        arity: (2, 3),
+        call: |host, args| {
+            let (job, p) = submit(args, JobKind::Ordered, false, Some(3), None)?;
+            Outcome::object(Object::ResultIterator(job, host.gil.clone(), p))
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "imap_unordered",
+        kind: Kind::Call,
+        arity: (2, 3),
+        call: |host, args| {
+            let (job, p) = submit(args, JobKind::Unordered, false, Some(3), None)?;
+            Outcome::object(Object::ResultIterator(job, host.gil.clone(), p))
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "close",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            pool(args)?.close();
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "join",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            let p = pool(args)?;
+            Outcome::wait(move || p.join().map(|()| Value::Nil.into()))
+        },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "terminate",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            let p = pool(args)?;
+            Outcome::wait(move || {
+                p.terminate();
+                Ok(Value::Nil.into())
+            })
+        },
+    },
+    Builtin {
+        class: Class::AsyncResult,
+        name: "get",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| {
+            let j = job(args)?;
+            let timeout = timeout(args, 1)?;
+            Outcome::wait(move || j.get(timeout).map(Ret::Value))
+        },
+    },
+    Builtin {
+        class: Class::AsyncResult,
+        name: "wait",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| {
+            let j = job(args)?;
+            let timeout = timeout(args, 1)?;
+            Outcome::wait(move || {
+                j.wait(timeout);
+                Ok(Value::Nil.into())
+            })
+        },
+    },
+    Builtin {
+        class: Class::AsyncResult,
+        name: "ready",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(job(args)?.ready())),
+    },
+    Builtin {
+        class: Class::AsyncResult,
+        name: "successful",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(job(args)?.successful()?)),
+    },
+    Builtin {
+        class: Class::ResultIterator,
+        name: "next",
+        kind: Kind::Call,
+        arity: (0, 2),
+        call: |_, args| {
+            let j = job(args)?;
+            // Lua's generic `for` passes (state, control) = (nil, last value): not a timeout.
+            let timeout = match args.len() {
+                2 => timeout(args, 1)?,
+                _ => None,
+            };
+            Outcome::wait(move || {
+                j.next_item(timeout)
+                    .map(|v| Ret::Value(v.unwrap_or_default()))
+            })
+        },
+    },
+];

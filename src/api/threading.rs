@@ -1,0 +1,269 @@
+//! The builtins of Python's `threading` and `queue` (and `time.sleep`, `time.time`,
+//! `random.random`): `Thread`, `Lock`, `Queue`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::args::{has_args, number, opt_name, timeout};
+use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
+use crate::sync::{Lock, Queue};
+use crate::thread::ScriptThread;
+use crate::value::Value;
+
+fn thread(args: &mut dyn Args) -> Result<Arc<ScriptThread>, String> {
+    match args.object(0)? {
+        Object::Thread(t) => Ok(t),
+        other => Err(format!("expected a Thread, got a {}", other.class().name())),
+    }
+}
+
+fn queue(args: &mut dyn Args) -> Result<Queue, String> {
+    match args.object(0)? {
+        Object::Queue(q) => Ok(q),
+        other => Err(format!("expected a Queue, got a {}", other.class().name())),
+    }
+}
+
+fn lock(args: &mut dyn Args) -> Result<Lock, String> {
+    match args.object(0)? {
+        Object::Lock(l) => Ok(l),
+        other => Err(format!("expected a Lock, got a {}", other.class().name())),
+    }
+}
+
+/// A float in [0, 1) from a per-thread xorshift generator, reseeded in a new process.
+fn random_float() -> f64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
+    }
+    static SALT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    STATE.with(|cell| {
+        let (pid, mut x) = cell.get();
+        let me = std::process::id();
+        if pid != me || x == 0 {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let salt = SALT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+            x = (nanos ^ salt ^ (u64::from(me) << 32)) | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        cell.set((me, x));
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// The operations of Python's `threading` and `queue`, and the clock and sleep.
+pub(super) static BUILTINS: &[Builtin] = &[
+    Builtin {
+        class: Class::Global,
+        name: "Thread",
+        kind: Kind::Call,
+        arity: (1, 3),
+        call: |host, args| {
+            let at = has_args(args, 1);
+            let target = args.target(0, at)?;
+            let name = opt_name(args, 2, || host.next_thread_name())?;
+            Outcome::object(Object::Thread(ScriptThread::new(name, target)))
+        },
+    },
+    Builtin {
+        class: Class::Global,
+        name: "Queue",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| Outcome::object(Object::Queue(Queue::new())),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "Lock",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| Outcome::object(Object::Lock(Lock::new())),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "sleep",
+        kind: Kind::Call,
+        arity: (1, 1),
+        call: |_, args| {
+            let secs = number(args, 0, "seconds")?;
+            let d = Duration::try_from_secs_f64(secs)
+                .map_err(|_| format!("seconds must be a non-negative number, got {secs}"))?;
+            Outcome::wait(move || crate::rt::cancel::sleep(d).map(|()| Value::Nil.into()))
+        },
+    },
+    Builtin {
+        class: Class::Global,
+        name: "time",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_err(|e| e.to_string())?;
+            Outcome::value(Value::Float(now.as_secs_f64()))
+        },
+    },
+    Builtin {
+        class: Class::Global,
+        name: "random",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| Outcome::value(Value::Float(random_float())),
+    },
+    Builtin {
+        class: Class::Thread,
+        name: "start",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |host, args| {
+            thread(args)?.start(host)?;
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Thread,
+        name: "join",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| {
+            let t = thread(args)?;
+            let timeout = timeout(args, 1)?;
+            if !t.is_started() {
+                return Err("cannot join a thread before it is started".into());
+            }
+            if !t.is_alive() {
+                return Outcome::nil();
+            }
+            Outcome::wait(move || {
+                t.wait(timeout);
+                Ok(Value::Nil.into())
+            })
+        },
+    },
+    Builtin {
+        class: Class::Thread,
+        name: "is_alive",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(thread(args)?.is_alive())),
+    },
+    Builtin {
+        class: Class::Thread,
+        name: "name",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Str(thread(args)?.name().to_owned())),
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "put",
+        kind: Kind::Call,
+        arity: (1, 1),
+        call: |_, args| {
+            let q = queue(args)?;
+            q.put(args.value(1)?)?;
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "get",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| {
+            let q = queue(args)?;
+            let timeout = timeout(args, 1)?;
+            // Take a waiting value without giving the GIL up.
+            if q.is_local() {
+                if let Ok(v) = q.get(Some(Duration::ZERO)) {
+                    return Outcome::value(v);
+                }
+            }
+            Outcome::wait(move || q.get(timeout).map(Ret::Value).map_err(|e| e.to_string()))
+        },
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "close",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            queue(args)?.close();
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "empty",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(queue(args)?.is_empty()?)),
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "qsize",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Int(queue(args)?.len()? as i64)),
+    },
+    Builtin {
+        class: Class::Lock,
+        name: "acquire",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| {
+            let l = lock(args)?;
+            let timeout = timeout(args, 1)?;
+            if l.is_local() && l.acquire(Some(Duration::ZERO))? {
+                return Outcome::value(Value::Bool(true));
+            }
+            Outcome::wait(move || Ok(Value::Bool(l.acquire(timeout)?).into()))
+        },
+    },
+    Builtin {
+        class: Class::Lock,
+        name: "release",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            lock(args)?.release()?;
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Lock,
+        name: "locked",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(lock(args)?.locked()?)),
+    },
+    Builtin {
+        class: Class::Lock,
+        name: "with",
+        kind: Kind::Scoped {
+            enter: "acquire",
+            exit: "release",
+        },
+        arity: (1, 1),
+        call: |_, _| Err("a scoped builtin is run by its adapter".into()),
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_is_in_the_unit_interval_and_varies() {
+        let xs: Vec<f64> = (0..1000).map(|_| random_float()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!((0.4..0.6).contains(&mean), "mean {mean}");
+    }
+}

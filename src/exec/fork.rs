@@ -1,0 +1,28 @@
+//! The `fork` model (the default, as CPython's on Linux): pool workers and processes are forks
+//! of the running script, each with a copy-on-write copy of its engine. Functions travel
+//! encoded, down a worker's pipe.
+
+use super::{Launch, Model, Workers};
+use crate::script::{ScriptEngine, Target, Travel};
+
+pub(super) struct Fork;
+
+impl Model for Fork {
+    fn travel(&self) -> Travel {
+        Travel::Encoded
+    }
+
+    fn workers(
+        &self,
+        engine: &dyn ScriptEngine,
+        _count: usize,
+        _renewable: bool,
+    ) -> Result<Workers, String> {
+        // A worker that has run `maxtasksperchild` tasks exits and a fresh fork replaces it.
+        Ok(Workers::Forked(engine.here()?))
+    }
+
+    fn launch(&self, target: Box<dyn Target>) -> Result<Launch, String> {
+        Ok(Launch::Fork(target))
+    }
+}

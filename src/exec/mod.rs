@@ -1,0 +1,75 @@
+//! The execution models, one module each behind one interface ([`Model`]): how a pool gets its
+//! workers and their engines, how a process runs its target, and whether a function travels
+//! to a pool's workers as itself or encoded. This is the only code that decides by
+//! [`Mode`]; a new model is one more module here (and its variant of `Mode`).
+//!
+//! - [`gil`]: threads in the script's own engine, under its GIL.
+//! - [`fork`]: forked processes, each with a copy of the script's engine.
+//! - [`isolated`]: threads, each with an engine of its own built from a snapshot.
+//!
+//! A model only chooses and builds; the mechanisms are the pool's (worker threads, forked
+//! workers) and the process's (a forked child, a thread), and the engines come from the
+//! engine seam ([`ScriptEngine`]: the engine itself, or a snapshot of it).
+
+use std::sync::Arc;
+
+use crate::host::Mode;
+use crate::script::{ScriptEngine, Snapshot, Target, TaskEngine, Travel};
+
+mod fork;
+mod gil;
+mod isolated;
+
+/// One execution model.
+pub(crate) trait Model: Sync {
+    /// How a script function travels to this model's pool workers.
+    fn travel(&self) -> Travel;
+
+    /// What runs the tasks of a pool of `count` workers (at least one), with engines from
+    /// `engine` as of the call that creates the pool. `renewable`: a worker gets a fresh engine
+    /// after `maxtasksperchild` tasks. Call with the GIL held.
+    fn workers(
+        &self,
+        engine: &dyn ScriptEngine,
+        count: usize,
+        renewable: bool,
+    ) -> Result<Workers, String>;
+
+    /// How a process runs `target`, as of its `start`. Call with the GIL held.
+    fn launch(&self, target: Box<dyn Target>) -> Result<Launch, String>;
+}
+
+/// The model of `mode`.
+pub(crate) fn model(mode: Mode) -> &'static dyn Model {
+    match mode {
+        Mode::Gil => &gil::Gil,
+        Mode::Fork => &fork::Fork,
+        Mode::Isolated => &isolated::Isolated,
+    }
+}
+
+/// What runs a pool's tasks.
+pub(crate) enum Workers {
+    /// Forked worker processes, each running its copy of this engine.
+    Forked(Arc<dyn TaskEngine>),
+    /// One OS thread per engine.
+    Threads {
+        engines: Vec<Arc<dyn TaskEngine>>,
+        /// What a worker's fresh engine is built from after `maxtasksperchild` tasks; without
+        /// it a worker keeps its engine.
+        renew: Option<Arc<dyn Snapshot>>,
+    },
+}
+
+/// How a process runs its target.
+pub(crate) enum Launch {
+    /// In a forked child, in its copy of the script's engine.
+    Fork(Box<dyn Target>),
+    /// On an OS thread of this process, in the script's engine (`engine` is `None`), or in an
+    /// engine of its own, which the thread keeps alive and whose threads the process waits
+    /// for before it ends, as a forked child does.
+    Thread {
+        target: Box<dyn Target>,
+        engine: Option<Arc<dyn TaskEngine>>,
+    },
+}

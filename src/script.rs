@@ -1,0 +1,173 @@
+//! The engine seam: what parrun needs from the engine a script runs in, and nothing about
+//! pools or execution models.
+//!
+//! An engine answers two questions ([`ScriptEngine`]): *give me yourself* (a [`TaskEngine`]
+//! that runs pool tasks in the script's own engine) and *give me a snapshot of yourself* (a
+//! [`Snapshot`] of the script's state as of now, from which fresh engines are built, each with
+//! a host and GIL of its own). Which of the two a pool or a process uses is the execution
+//! model's business (`crate::exec`), not the engine's.
+//!
+//! What runs in an engine: a [`Target`] (a function bound to its arguments: a thread's or a
+//! process's), a [`TaskFn`] (a function a pool worker calls on many argument lists,
+//! [`Calls`]), a [`Callback`] (a function the parent calls with a result). A function travels
+//! to a pool's workers as a [`FunctionSpec`]: itself, or encoded for another engine to decode.
+//! Each engine adapter (`engine::lua`, `engine::rhai`) implements these for its language.
+
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::Host;
+use crate::value::Value;
+
+/// The engine a script runs in, as of one call of the script (each adapter's builtin
+/// arguments implement it): what a pool or a process gets its engines from.
+pub(crate) trait ScriptEngine {
+    /// This engine, to run pool tasks in: the script's own (a `gil` pool's threads share it, a
+    /// forked worker runs its copy).
+    fn here(&self) -> Result<Arc<dyn TaskEngine>, String>;
+
+    /// A snapshot of the script's state as of now, to build fresh engines from.
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>, String>;
+}
+
+/// A script's state as of one moment, from which fresh engines are built, each with a host
+/// (and GIL) of its own and the same settings.
+pub(crate) trait Snapshot: Send + Sync {
+    /// A fresh engine with the snapshot's state. The snapshot is only read: any thread may
+    /// call this, at any time (a pool worker renewed after `maxtasksperchild` tasks does).
+    fn instantiate(&self) -> Result<Instance, String>;
+
+    /// The snapshot itself as the last engine built from it, which spares a copy where
+    /// [`Snapshot::instantiate`] copies the state (Lua's).
+    fn into_instance(self: Box<Self>) -> Result<Instance, String>;
+}
+
+/// A fresh engine built from a [`Snapshot`].
+pub(crate) struct Instance {
+    /// The engine; it keeps its state alive, so whatever runs in it must hold it.
+    pub engine: Arc<dyn TaskEngine>,
+    /// The call the snapshot was taken of ([`Target::snapshot`]), bound in the new engine.
+    pub target: Option<Box<dyn Target>>,
+}
+
+/// A script function bound to its arguments, runnable on another OS thread of the same engine.
+pub(crate) trait Target: Send {
+    /// Runs the function. Called with the GIL held; returns with it held. An error is the
+    /// script's message, already naming file and line.
+    fn run(self: Box<Self>) -> Result<(), String>;
+
+    /// A snapshot of the script's state as of now that holds this call: an engine built from
+    /// it comes with the call bound in it ([`Instance::target`]), and the call's function and
+    /// arguments share what they reach with the copied state, as in a fork. Call with the GIL
+    /// held.
+    fn snapshot(self: Box<Self>) -> Result<Box<dyn Snapshot>, String>;
+}
+
+/// The target of a thread or process, which `start` takes exactly once.
+pub(crate) fn take_target(
+    slot: &Mutex<Option<Box<dyn Target>>>,
+    started_twice: &str,
+) -> Result<Box<dyn Target>, String> {
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .ok_or_else(|| started_twice.to_owned())
+}
+
+/// How a script function travels to a pool's workers; the execution model decides.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Travel {
+    /// As itself ([`FunctionSpec::Local`]): the workers run in the engine that made it.
+    Local,
+    /// Encoded ([`FunctionSpec::Encoded`]): the workers have engines of their own.
+    Encoded,
+}
+
+/// A script function as a pool carries it to its workers.
+pub(crate) enum FunctionSpec {
+    /// The function itself, for workers in the engine that made it (`gil`): closures keep
+    /// sharing their state, as in Python's `ThreadPool`. Never sent.
+    Local(Arc<dyn TaskFn>),
+    /// The function as data, for a worker with another engine (fork, isolated), which decodes
+    /// it once ([`TaskEngine::decode`]) and keeps it by `key`.
+    Encoded {
+        /// Identity: the same function encodes to the same key.
+        key: u64,
+        code: Vec<u8>,
+    },
+}
+
+/// A script function ready to run pool tasks in one engine: the script's own function (a
+/// [`FunctionSpec::Local`]), or one a worker's engine decoded.
+pub(crate) trait TaskFn: Send + Sync {
+    /// Calls the function once per entry of `calls`, in order; the results, or the first
+    /// error. Call with its engine's GIL held.
+    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String>;
+}
+
+/// The argument lists of a task's calls.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) enum Calls {
+    /// One argument per call (`map`, `imap`): kept flat, no list per item.
+    Each(Vec<Value>),
+    /// An argument list per call (`apply`, `starmap`).
+    Lists(Vec<Vec<Value>>),
+}
+
+impl Calls {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Calls::Each(v) => v.len(),
+            Calls::Lists(v) => v.len(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All the calls, borrowed.
+    pub(crate) fn as_slice(&self) -> CallSlice<'_> {
+        match self {
+            Calls::Each(v) => CallSlice::Each(v),
+            Calls::Lists(v) => CallSlice::Lists(v),
+        }
+    }
+}
+
+/// Some of a job's calls, borrowed: what an engine runs, and what goes down a worker's pipe
+/// (encoded as the [`Calls`] it decodes to).
+#[derive(Serialize, Debug, Clone, Copy)]
+pub(crate) enum CallSlice<'a> {
+    Each(&'a [Value]),
+    Lists(&'a [Vec<Value>]),
+}
+
+impl CallSlice<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            CallSlice::Each(v) => v.len(),
+            CallSlice::Lists(v) => v.len(),
+        }
+    }
+}
+
+/// An engine to run work in, as the adapter provides it: a pool worker's (its tasks), or an
+/// isolated process's (which holds it, and with it the engine's state, while it runs).
+pub(crate) trait TaskEngine: Send + Sync {
+    /// The host this engine's code runs under: the script's (its GIL), or an isolated
+    /// engine's own.
+    fn host(&self) -> &Arc<Host>;
+
+    /// A function another engine of the same script encoded ([`FunctionSpec::Encoded`]), as a
+    /// handle that calls it in this engine. Call with this engine's GIL held: decoding may run
+    /// script code (a Rhai module's).
+    fn decode(&self, code: &[u8]) -> Result<Arc<dyn TaskFn>, String>;
+}
+
+/// A script function the parent calls when a result is ready (`callback`, `error_callback`).
+pub(crate) trait Callback: Send {
+    /// Called with the GIL held.
+    fn call(&self, arg: Value) -> Result<(), String>;
+}
