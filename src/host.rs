@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::gil::Gil;
+use crate::rt::poison::Recover;
 
 /// What `Pool` and `Process` run on (`--mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -166,7 +167,7 @@ struct HostForkGuard<'a> {
 impl ForkSafe for Host {
     fn hold(&self) -> Box<dyn ForkHeld + '_> {
         Box::new(HostForkGuard {
-            started: self.started.lock().unwrap_or_else(|e| e.into_inner()),
+            started: self.started.lock().recover(),
             gil: self.gil.fork_guard(),
         })
     }
@@ -228,7 +229,7 @@ impl Host {
     /// Something started (a thread, a process, a pool) that the run must finish before it
     /// ends.
     pub(crate) fn register(&self, started: Arc<dyn Finish>) {
-        let mut list = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = self.started.lock().recover();
         push_sweeping(&mut list, started, |s| s.pending());
     }
 
@@ -266,15 +267,12 @@ impl Host {
                 started.finish();
             }
         }
-        self.started
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.started.lock().recover().clear();
     }
 
     /// The started things of the stages `wanted` that still need finishing.
     fn pending(&self, wanted: impl Fn(Stage) -> bool) -> Vec<Arc<dyn Finish>> {
-        let list = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        let list = self.started.lock().recover();
         list.iter()
             .filter(|s| wanted(s.stage()) && s.pending())
             .cloned()

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::Host;
 use crate::rt::atfork::{ForkHeld, ForkSafe};
+use crate::rt::poison::Recover;
 use crate::rt::{cancel, codec, fork, output, signals};
 use crate::value::Value;
 
@@ -79,7 +80,7 @@ struct Registry {
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
 
 fn registry() -> MutexGuard<'static, Registry> {
-    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+    REGISTRY.lock().recover()
 }
 
 /// Makes an object other processes may reach: `make` builds it from its id, unique across the
@@ -211,7 +212,7 @@ impl LinkClient {
     fn send(&self, request: &Request) -> Result<(), RemoteError> {
         let mut buf = Vec::new();
         codec::encode_into(&mut buf, request).map_err(|e| RemoteError::Other(e.to_string()))?;
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.writer.lock().recover();
         w.write_all(&buf)
             .map_err(|e| RemoteError::Other(format!("lost the link to the parent process: {e}")))
     }
@@ -220,12 +221,7 @@ impl LinkClient {
     fn start_reader(&self) -> Result<(), RemoteError> {
         let mut failure = None;
         self.reader.get_or_init(|| {
-            let stream = match self
-                .writer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .try_clone()
-            {
+            let stream = match self.writer.lock().recover().try_clone() {
                 Ok(s) => s,
                 Err(e) => {
                     failure = Some(e.to_string());
@@ -252,10 +248,7 @@ impl LinkClient {
         self.start_reader()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = bounded(1);
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        self.pending.lock().recover().insert(id, tx);
         self.send(&Request { id, object, op })?;
         rx.recv().unwrap_or_else(|_| Err(link_lost()))
     }
@@ -269,16 +262,13 @@ impl LinkClient {
 fn read_replies(mut stream: UnixStream, pending: Pending) {
     let mut buf = Vec::new();
     while let Ok(reply) = codec::read_frame::<Reply>(&mut stream, &mut buf) {
-        let waiter = pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&reply.id);
+        let waiter = pending.lock().recover().remove(&reply.id);
         if let Some(w) = waiter {
             let _ = w.send(reply.result);
         }
     }
     // The parent is gone: fail every caller still waiting.
-    for (_, w) in pending.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+    for (_, w) in pending.lock().recover().drain() {
         let _ = w.send(Err(link_lost()));
     }
 }
@@ -384,12 +374,7 @@ impl Caller {
         if codec::encode_into(&mut frame, &msg).is_err() {
             return false;
         }
-        let sent = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_all(&frame)
-            .is_ok();
+        let sent = self.writer.lock().recover().write_all(&frame).is_ok();
         sent
     }
 

@@ -53,6 +53,7 @@ use crate::host::{Finish, Host, Mode, Stage};
 use crate::link;
 use crate::rt::cancel::Cancel;
 use crate::rt::codec;
+use crate::rt::poison::Recover;
 use crate::rt::{children, exit, fork};
 use crate::script::{
     CallSlice, Callback, Calls, FunctionSpec, ScriptEngine, Snapshot, TaskEngine, TaskFn, Travel,
@@ -226,7 +227,7 @@ impl Job {
     }
 
     fn state(&self) -> MutexGuard<'_, JobState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().recover()
     }
 
     /// Stores results for items `first..`; returns true when this completed the job.
@@ -409,13 +410,8 @@ impl Job {
                 false => left,
             };
             s = match slice {
-                None => self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
-                Some(slice) => {
-                    self.changed
-                        .wait_timeout(s, slice)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
+                None => self.changed.wait(s).recover(),
+                Some(slice) => self.changed.wait_timeout(s, slice).recover().0,
             };
         }
     }
@@ -443,7 +439,7 @@ struct LiveState {
 
 impl LiveJobs {
     fn state(&self) -> MutexGuard<'_, LiveState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().recover()
     }
 
     fn insert(&self, job: &Arc<Job>) {
@@ -496,16 +492,13 @@ impl LiveJobs {
         let _s = self
             .changed
             .wait_while(s, |s| !s.jobs.is_empty() || s.in_callback)
-            .unwrap_or_else(|e| e.into_inner());
+            .recover();
     }
 
     /// Waits until no callback runs.
     fn wait_no_callback(&self) {
         let s = self.state();
-        let _s = self
-            .changed
-            .wait_while(s, |s| s.in_callback)
-            .unwrap_or_else(|e| e.into_inner());
+        let _s = self.changed.wait_while(s, |s| s.in_callback).recover();
     }
 
     /// How many jobs are not ready yet.
@@ -604,7 +597,7 @@ struct ThreadSlot {
 
 impl ThreadSlot {
     fn running_since(&self) -> MutexGuard<'_, Option<Instant>> {
-        self.running_since.lock().unwrap_or_else(|e| e.into_inner())
+        self.running_since.lock().recover()
     }
 }
 
@@ -739,10 +732,7 @@ impl Pool {
                 cancel: Arc::default(),
                 running_since: Mutex::new(None),
             });
-            self.slots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(slot.clone());
+            self.slots.lock().recover().push(slot.clone());
             let pool = self.clone();
             let renew = renew.clone();
             let spawned = std::thread::Builder::new()
@@ -763,7 +753,7 @@ impl Pool {
             .name("parrun-pool-watchdog".into())
             .spawn(move || pool.watch())
             .map_err(|e| format!("cannot start the pool thread: {e}"))?;
-        *self.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = Some(watchdog);
+        *self.supervisor.lock().recover() = Some(watchdog);
         Ok(())
     }
 
@@ -778,7 +768,7 @@ impl Pool {
             let stopping = matches!(s.status, Status::Terminated | Status::Broken);
             let now = Instant::now();
             let mut next: Option<Instant> = None;
-            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let slots = self.slots.lock().recover().clone();
             for slot in slots {
                 let running = slot.running_since();
                 let Some(since) = *running else { continue };
@@ -796,23 +786,14 @@ impl Pool {
                 };
                 // Under the slot's lock, so the request cannot outlive the task it is for.
                 slot.cancel.request(reason);
-                slot.gil
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .interrupt();
+                slot.gil.lock().recover().interrupt();
                 next = earlier(next, Some(now + CANCEL_RETRY));
             }
             s = match next {
-                None => self
-                    .shared_changed
-                    .wait(s)
-                    .unwrap_or_else(|e| e.into_inner()),
+                None => self.shared_changed.wait(s).recover(),
                 Some(at) => {
                     let left = at.saturating_duration_since(Instant::now());
-                    self.shared_changed
-                        .wait_timeout(s, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
+                    self.shared_changed.wait_timeout(s, left).recover().0
                 }
             };
         }
@@ -854,7 +835,7 @@ impl Pool {
                 }
             })
             .map_err(|e| format!("cannot start the pool thread: {e}"))?;
-        *pool.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        *pool.supervisor.lock().recover() = Some(handle);
         Ok(())
     }
 
@@ -948,8 +929,7 @@ impl Pool {
                 done = 0;
                 match renew.instantiate() {
                     Ok(fresh) => {
-                        *slot.gil.lock().unwrap_or_else(|e| e.into_inner()) =
-                            fresh.engine.host().gil.clone();
+                        *slot.gil.lock().recover() = fresh.engine.host().gil.clone();
                         functions = Functions::new(fresh.engine);
                         initialize(&mut functions);
                     }
@@ -974,10 +954,7 @@ impl Pool {
             if s.status == Status::Closed {
                 return None;
             }
-            s = self
-                .shared_changed
-                .wait(s)
-                .unwrap_or_else(|e| e.into_inner());
+            s = self.shared_changed.wait(s).recover();
         }
     }
 
@@ -986,7 +963,7 @@ impl Pool {
     }
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.lock().recover()
     }
 
     /// Tells the supervisor or the worker threads that there is news (work, a state change).
@@ -1102,7 +1079,7 @@ impl Pool {
         }
         let job = Job::new(s.next_job, kind, calls.len());
         s.next_job += 1;
-        *job.callbacks.lock().unwrap_or_else(|e| e.into_inner()) = callbacks;
+        *job.callbacks.lock().recover() = callbacks;
         // Entered under the pool's lock, so that a terminate either finds it or refuses it.
         self.live.insert(&job);
         if calls.is_empty() {
@@ -1134,7 +1111,7 @@ impl Pool {
         let has_callbacks = job
             .callbacks
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .recover()
             .as_ref()
             .is_some_and(|(ok, err)| ok.is_some() || err.is_some());
         if has_callbacks {
@@ -1226,22 +1203,14 @@ impl Pool {
                 true => {
                     self.shared_changed
                         .wait_timeout(s, crate::rt::cancel::POLL)
-                        .unwrap_or_else(|e| e.into_inner())
+                        .recover()
                         .0
                 }
-                false => self
-                    .shared_changed
-                    .wait(s)
-                    .unwrap_or_else(|e| e.into_inner()),
+                false => self.shared_changed.wait(s).recover(),
             };
         }
         drop(s);
-        if let Some(h) = self
-            .supervisor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(h) = self.supervisor.lock().recover().take() {
             let _ = h.join();
         }
     }
@@ -1594,11 +1563,7 @@ fn run_callbacks(
         if !live.start_callback(&job) {
             continue;
         }
-        let callbacks = job
-            .callbacks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let callbacks = job.callbacks.lock().recover().take();
         let mut failure = None;
         if let Some((ok, err)) = callbacks {
             let (callback, arg) = match outcome {

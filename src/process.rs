@@ -26,6 +26,7 @@ use crate::exec::{self, Launch};
 use crate::host::Mode;
 use crate::host::{Finish, Host, Stage};
 use crate::link;
+use crate::rt::poison::Recover;
 use crate::rt::{children, exit};
 use crate::script::{take_target, Target, TaskEngine};
 
@@ -73,7 +74,7 @@ impl ScriptProcess {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().recover()
     }
 
     /// Starts the process: forks the child, or starts its thread. Call with the GIL held and
@@ -127,7 +128,7 @@ impl ScriptProcess {
                 }
                 drop(engine);
                 drop(held);
-                *done.code.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
+                *done.code.lock().recover() = Some(code);
                 done.changed.notify_all();
             })
             .map_err(|e| format!("cannot start an OS thread: {e}"))?;
@@ -175,7 +176,7 @@ impl ScriptProcess {
         let mut state = self.state();
         let (pid, link) = match &mut *state {
             State::New => return None,
-            State::Thread(exit) => return *exit.code.lock().unwrap_or_else(|e| e.into_inner()),
+            State::Thread(exit) => return *exit.code.lock().recover(),
             State::Done { code, .. } => return Some(*code),
             State::Running { pid, link } => (*pid, link),
         };
@@ -213,7 +214,7 @@ impl ScriptProcess {
             _ => None,
         };
         if let Some(exit) = thread_exit {
-            let code = exit.code.lock().unwrap_or_else(|e| e.into_inner());
+            let code = exit.code.lock().recover();
             return crate::rt::threads::wait_while(&exit.changed, code, timeout, |c| c.is_none())
                 .is_some();
         }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::host::Host;
+use crate::rt::poison::Recover;
 use crate::value::Value;
 
 /// The engine a script runs in, as of one call of the script (each adapter's builtin
@@ -70,7 +71,7 @@ pub(crate) fn take_target(
     started_twice: &str,
 ) -> Result<Box<dyn Target>, String> {
     slot.lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .recover()
         .take()
         .ok_or_else(|| started_twice.to_owned())
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::host::{Finish, Host, Stage};
+use crate::rt::poison::Recover;
 use crate::script::{take_target, Target};
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -42,11 +43,11 @@ impl ScriptThread {
     }
 
     fn state(&self) -> RunState {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+        *self.state.lock().recover()
     }
 
     fn set_state(&self, s: RunState) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
+        *self.state.lock().recover() = s;
         self.changed.notify_all();
     }
 
@@ -97,7 +98,7 @@ impl ScriptThread {
 
     /// Waits until the thread has finished; false if `timeout` passed first.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state.lock().recover();
         crate::rt::threads::wait_while(&self.changed, state, timeout, |s| *s == RunState::Running)
             .is_some()
     }

@@ -39,6 +39,7 @@ mod paths;
 mod snapshot;
 mod transport;
 
+use crate::rt::poison::Recover;
 use native::wait_tag;
 
 thread_local! {
@@ -375,7 +376,7 @@ fn take_request(v: &LuaValue) -> mlua::Result<Pending> {
     ud.borrow::<Request>()?
         .0
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .recover()
         .take()
         .ok_or_else(|| mlua::Error::runtime("parrun request already used"))
 }
@@ -605,7 +606,7 @@ impl Tasks {
     /// A coroutine running the chunk runner: the one a finished task left, reset, or a new one.
     /// Reusing it spares a task the coroutine's allocation and its garbage.
     fn driver(&self, lua: &Lua) -> mlua::Result<Coroutine> {
-        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let spare = self.spare.lock().recover().take();
         if let Some(co) = spare {
             co.reset(self.run_chunk.clone())?;
             return Ok(co);
@@ -655,7 +656,7 @@ impl Tasks {
         let co = self.driver(lua).map_err(error_text)?;
         let out = drive(lua, &self.host, &co, args);
         if co.status() == ThreadStatus::Finished {
-            *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = Some(co);
+            *self.spare.lock().recover() = Some(co);
         }
         let out = out.map_err(error_text)?;
         let Some(LuaValue::Table(results)) = out.into_iter().next() else {

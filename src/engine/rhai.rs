@@ -33,6 +33,7 @@ use crate::value::Value;
 mod modules;
 mod stops;
 
+use crate::rt::poison::Recover;
 use modules::{Loaded, ScriptModules, SharedModule};
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
@@ -104,7 +105,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         stops::begin();
         engine.run_ast_with_scope(&mut scope, &ast)
     });
-    let exit_status = *shared.exit_status.lock().unwrap_or_else(|e| e.into_inner());
+    let exit_status = *shared.exit_status.lock().recover();
     match result {
         Ok(()) => Ok(exit_status.unwrap_or(0)),
         Err(err) => match *err {
@@ -222,8 +223,7 @@ fn start_engine(shared: &Arc<Shared>) -> Result<(Arc<Engine>, Arc<AST>), ::rhai:
 fn register_exit(engine: &mut Engine, shared: &Arc<Shared>) {
     let exit = |shared: &Shared, value: Dynamic| -> RhaiResult<Dynamic> {
         if std::thread::current().id() == shared.main_thread {
-            *shared.exit_status.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(exit_status_of(&value));
+            *shared.exit_status.lock().recover() = Some(exit_status_of(&value));
         }
         Err(EvalAltResult::Exit(value, Position::NONE).into())
     };

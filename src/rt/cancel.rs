@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::gil::Gil;
+use crate::rt::poison::Recover;
 
 /// The error a Ctrl-C raises in the main script thread, as Python names it.
 pub const KEYBOARD_INTERRUPT: &str = "KeyboardInterrupt";
@@ -54,7 +55,7 @@ pub struct Cancel {
 impl Cancel {
     /// Asks the task the worker is running to stop with `reason` as its error.
     pub fn request(&self, reason: String) {
-        let mut why = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let mut why = self.reason.lock().recover();
         *why = reason;
         // Set under the lock a sleeper checks it with, so the wake-up cannot come between its
         // check and its wait.
@@ -70,12 +71,12 @@ impl Cancel {
 
     /// Marks a KeyboardInterrupt pending and wakes a sleep.
     fn interrupt(&self) {
-        let mut since = self.interrupt.lock().unwrap_or_else(|e| e.into_inner());
+        let mut since = self.interrupt.lock().recover();
         since.get_or_insert_with(Instant::now);
         self.interrupt_pending.store(true, Ordering::Release);
         drop(since);
         // Under the lock a sleeper checks with, as for a request.
-        drop(self.reason.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(self.reason.lock().recover());
         self.woken.notify_all();
     }
 
@@ -84,7 +85,7 @@ impl Cancel {
         if !self.interrupt_pending.load(Ordering::Acquire) {
             return None;
         }
-        let since = *self.interrupt.lock().unwrap_or_else(|e| e.into_inner());
+        let since = *self.interrupt.lock().recover();
         since.map(|t| t.elapsed())
     }
 
@@ -93,7 +94,7 @@ impl Cancel {
         if !self.interrupt_pending.load(Ordering::Acquire) {
             return false;
         }
-        let mut since = self.interrupt.lock().unwrap_or_else(|e| e.into_inner());
+        let mut since = self.interrupt.lock().recover();
         self.interrupt_pending.store(false, Ordering::Release);
         since.take().is_some()
     }
@@ -103,12 +104,9 @@ impl Cancel {
     }
 
     fn reason(&self) -> Option<String> {
-        self.requested.load(Ordering::Acquire).then(|| {
-            self.reason
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-        })
+        self.requested
+            .load(Ordering::Acquire)
+            .then(|| self.reason.lock().recover().clone())
     }
 }
 
@@ -185,7 +183,7 @@ pub(crate) struct MainThread {
 static MAINS: Mutex<Vec<Arc<MainThread>>> = Mutex::new(Vec::new());
 
 fn mains() -> MutexGuard<'static, Vec<Arc<MainThread>>> {
-    MAINS.lock().unwrap_or_else(|e| e.into_inner())
+    MAINS.lock().recover()
 }
 
 thread_local! {
@@ -325,7 +323,7 @@ pub fn sleep(duration: Duration) -> Result<(), String> {
         return Ok(());
     };
     let deadline = Instant::now() + duration;
-    let mut reason = cancel.reason.lock().unwrap_or_else(|e| e.into_inner());
+    let mut reason = cancel.reason.lock().recover();
     loop {
         if cancel.requested.load(Ordering::Acquire) {
             return Err(reason.clone());
@@ -338,11 +336,7 @@ pub fn sleep(duration: Duration) -> Result<(), String> {
         if left.is_zero() {
             return Ok(());
         }
-        reason = cancel
-            .woken
-            .wait_timeout(reason, left)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
+        reason = cancel.woken.wait_timeout(reason, left).recover().0;
     }
 }
 

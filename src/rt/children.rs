@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::rt::poison::Recover;
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
@@ -27,7 +28,7 @@ struct Children {
 static CHILDREN: LazyLock<Mutex<Children>> = LazyLock::new(Mutex::default);
 
 fn children() -> MutexGuard<'static, Children> {
-    CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
+    CHILDREN.lock().recover()
 }
 
 /// The registry, held across a fork by `crate::rt::fork`.

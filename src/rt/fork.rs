@@ -25,12 +25,13 @@ use nix::unistd::{fork, ForkResult, Pid};
 use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::children;
 use crate::rt::exit::{self, PANIC_STATUS};
+use crate::rt::poison::Recover;
 
 /// Descriptors parrun opened for its own channels: a child closes those it does not use.
 static INTERNAL_FDS: LazyLock<Mutex<HashSet<RawFd>>> = LazyLock::new(Mutex::default);
 
 fn internal_fds() -> MutexGuard<'static, HashSet<RawFd>> {
-    INTERNAL_FDS.lock().unwrap_or_else(|e| e.into_inner())
+    INTERNAL_FDS.lock().recover()
 }
 
 /// Marks a descriptor as one of parrun's own channels.
@@ -74,7 +75,7 @@ fn on_forker<R: Send + 'static>(job: impl FnOnce() -> R + Send + 'static) -> R {
     static FORKER: Mutex<Option<(u32, crossbeam_channel::Sender<Job>)>> = Mutex::new(None);
     let me = std::process::id();
     let sender = {
-        let mut forker = FORKER.lock().unwrap_or_else(|e| e.into_inner());
+        let mut forker = FORKER.lock().recover();
         match &*forker {
             // (A forked child inherits its parent's entry, but not the thread behind it.)
             Some((pid, tx)) if *pid == me => Some(tx.clone()),

@@ -18,6 +18,7 @@
 //! it unwinds instead of stopping every other thread for good. Blocking calls run through
 //! [`Gil::allow_threads`], which releases the lock while they wait.
 
+use crate::rt::poison::Recover;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -73,7 +74,7 @@ impl Gil {
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // A panic while holding this short internal mutex cannot leave `State` half-updated.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().recover()
     }
 
     /// Takes the lock, waiting in line, until the guard drops. `token` identifies the new holder
@@ -90,10 +91,7 @@ impl Gil {
         s.next_ticket += 1;
         while s.locked || s.serving != ticket {
             let grants = s.grants;
-            let (guard, timeout) = self
-                .turn
-                .wait_timeout(s, self.interval)
-                .unwrap_or_else(|e| e.into_inner());
+            let (guard, timeout) = self.turn.wait_timeout(s, self.interval).recover();
             s = guard;
             let holder_kept_it = s.locked && s.grants == grants;
             if timeout.timed_out() && holder_kept_it && s.serving == ticket {

@@ -12,5 +12,6 @@ pub(crate) mod exit;
 pub(crate) mod fork;
 pub(crate) mod gil;
 pub(crate) mod output;
+pub(crate) mod poison;
 pub mod signals;
 pub(crate) mod threads;

@@ -2,6 +2,7 @@
 //! condition variable in a way a cancellation or a Ctrl-C can cut short, and the text of a
 //! caught panic.
 
+use crate::rt::poison::Recover;
 use std::sync::{Condvar, MutexGuard};
 use std::time::Duration;
 
@@ -32,22 +33,13 @@ pub(crate) fn wait_while<'a, T>(
             let slice = deadline.map_or(crate::rt::cancel::POLL, |d| {
                 (d - now).min(crate::rt::cancel::POLL)
             });
-            guard = changed
-                .wait_timeout(guard, slice)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            guard = changed.wait_timeout(guard, slice).recover().0;
         }
     }
     match timeout {
-        None => Some(
-            changed
-                .wait_while(guard, busy)
-                .unwrap_or_else(|e| e.into_inner()),
-        ),
+        None => Some(changed.wait_while(guard, busy).recover()),
         Some(t) => {
-            let (mut guard, _) = changed
-                .wait_timeout_while(guard, t, &mut busy)
-                .unwrap_or_else(|e| e.into_inner());
+            let (mut guard, _) = changed.wait_timeout_while(guard, t, &mut busy).recover();
             (!busy(&mut guard)).then_some(guard)
         }
     }

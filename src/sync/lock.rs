@@ -2,6 +2,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::link::{self, Caller, Op, RemoteError, RemoteObject, Waited};
+use crate::rt::poison::Recover;
 use crate::value::Value;
 
 /// A non-reentrant lock that any thread or process may release (Python's `threading.Lock` and
@@ -42,7 +43,7 @@ impl Lock {
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, bool> {
-        self.inner.held.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.held.lock().recover()
     }
 
     /// Waits until the lock is free and takes it; `Some(t)` gives up after `t` with `false`.

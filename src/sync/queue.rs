@@ -3,6 +3,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::link::{self, Caller, Op, RemoteError, RemoteObject, Waited};
+use crate::rt::poison::Recover;
 use crate::value::Value;
 
 /// A FIFO queue of values shared by script threads and processes (Python's `queue.Queue` and
@@ -58,7 +59,7 @@ impl Queue {
     }
 
     fn items(&self) -> std::sync::MutexGuard<'_, VecDeque<Value>> {
-        self.inner.items.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.items.lock().recover()
     }
 
     /// No more values will be put on this queue by this process; a later `put` is an error.

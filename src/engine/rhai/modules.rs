@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::rt::poison::Recover;
 use ::rhai::{Engine, EvalAltResult, GlobalRuntimeState, Module, ModuleResolver, Position, Scope};
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
@@ -28,7 +29,7 @@ pub(super) type SharedModule = ::rhai::Shared<Module>;
 pub(super) type Loaded = Arc<Mutex<HashMap<String, SharedModule>>>;
 
 fn lock(loaded: &Loaded) -> MutexGuard<'_, HashMap<String, SharedModule>> {
-    loaded.lock().unwrap_or_else(|e| e.into_inner())
+    loaded.lock().recover()
 }
 
 /// The module a script or module imports, by file, relative to the importer's directory.
