@@ -1,0 +1,161 @@
+//! [`LuaArgs`]: a builtin's arguments as the engine-neutral API reads them, and the engine as
+//! the execution models ask for it (here, or a snapshot).
+
+use super::*;
+
+pub(super) struct LuaArgs<'a> {
+    pub(super) lua: &'a Lua,
+    pub(super) vals: Vec<LuaValue>,
+    pub(super) host: &'a Arc<Host>,
+}
+
+impl LuaArgs<'_> {
+    pub(super) fn get(&self, i: usize) -> LuaValue {
+        self.vals.get(i).cloned().unwrap_or(LuaValue::Nil)
+    }
+}
+
+impl Args for LuaArgs<'_> {
+    fn len(&self) -> usize {
+        self.vals.len()
+    }
+
+    fn value(&mut self, i: usize) -> Result<Value, String> {
+        to_value(self.get(i))
+    }
+
+    fn object(&mut self, i: usize) -> Result<Object, String> {
+        match self.get(i) {
+            LuaValue::UserData(ud) if ud.is::<LuaObject>() => ud
+                .borrow::<LuaObject>()
+                .map(|o| o.0.clone())
+                .map_err(|e| e.to_string()),
+            other => Err(format!(
+                "expected a parrun object, got {} (call methods with `:`, as in q:put(v))",
+                other.type_name()
+            )),
+        }
+    }
+
+    fn target(&mut self, func: usize, args: Option<usize>) -> Result<Box<dyn Target>, String> {
+        let f = match self.get(func) {
+            LuaValue::Function(f) => f,
+            LuaValue::String(name) => {
+                let name = name.to_string_lossy();
+                self.lua
+                    .globals()
+                    .get::<Function>(&*name)
+                    .map_err(|_| format!("no global function named `{name}`"))?
+            }
+            other => return Err(format!("expected a function, got {}", other.type_name())),
+        };
+        let args = match args.map(|i| self.get(i)) {
+            None => Vec::new(),
+            Some(LuaValue::Table(t)) => {
+                let n = t
+                    .get::<Option<i64>>("n")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(t.raw_len() as i64);
+                (1..=n)
+                    .map(|i| t.raw_get(i))
+                    .collect::<mlua::Result<_>>()
+                    .map_err(|e| e.to_string())?
+            }
+            Some(other) => {
+                return Err(format!(
+                    "arguments must be a table, got {}",
+                    other.type_name()
+                ))
+            }
+        };
+        Ok(Box::new(LuaTarget {
+            lua: self.lua.weak(),
+            host: self.host.clone(),
+            f,
+            args,
+        }))
+    }
+
+    fn function(&mut self, i: usize, travel: Travel) -> Result<Arc<FunctionSpec>, String> {
+        let f = self.script_function(i)?;
+        match travel {
+            // The function itself, its upvalues still shared.
+            Travel::Local => {
+                let tasks = Tasks::of(self.lua)?;
+                Ok(Arc::new(FunctionSpec::Local(Arc::new(LuaTask {
+                    tasks,
+                    f,
+                }))))
+            }
+            Travel::Encoded => encoded_function(self.lua, &f),
+        }
+    }
+
+    fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {
+        Ok(Box::new(LuaCallback {
+            lua: self.lua.weak(),
+            host: self.host.clone(),
+            f: self.script_function(i)?,
+        }))
+    }
+
+    fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String> {
+        let LuaValue::Table(t) = self.get(i) else {
+            return Err(format!(
+                "options must be a table, got {}",
+                self.get(i).type_name()
+            ));
+        };
+        match t.get::<LuaValue>(key).map_err(|e| e.to_string())? {
+            LuaValue::Nil => Ok(None),
+            v => {
+                self.vals.push(v);
+                Ok(Some(self.vals.len() - 1))
+            }
+        }
+    }
+
+    fn is_map(&mut self, i: usize) -> bool {
+        matches!(self.get(i), LuaValue::Table(_))
+    }
+
+    fn is_nil(&mut self, i: usize) -> bool {
+        self.get(i).is_nil()
+    }
+
+    fn engine(&self) -> &dyn ScriptEngine {
+        self
+    }
+}
+
+impl ScriptEngine for LuaArgs<'_> {
+    fn here(&self) -> Result<Arc<dyn TaskEngine>, String> {
+        LuaTaskEngine::here(self.lua)
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>, String> {
+        Ok(Box::new(LuaSnapshot::take(
+            self.lua,
+            self.host,
+            Vec::new(),
+        )?))
+    }
+}
+
+impl LuaArgs<'_> {
+    /// Argument `i` as a Lua function (a function, or the name of a global one).
+    pub(super) fn script_function(&self, i: usize) -> Result<Function, String> {
+        match self.get(i) {
+            LuaValue::Function(f) => Ok(f),
+            LuaValue::String(name) => {
+                let name = name.to_string_lossy();
+                self.lua
+                    .globals()
+                    .get::<Function>(&*name)
+                    .map_err(|_| format!("no global function named `{name}`"))
+            }
+            other => Err(format!("expected a function, got {}", other.type_name())),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Lua values to [`Value`] and back, through mlua's serde support; and what a value that cannot
+//! travel is called, and where it sits.
+
+use super::*;
+
+pub(super) fn to_lua_options() -> SerializeOptions {
+    SerializeOptions::new()
+        .recursion_limit(crate::value::MAX_DEPTH)
+        .serialize_none_to_null(false)
+        .serialize_unit_to_null(false)
+        .set_array_metatable(false)
+}
+
+/// Converts a Lua value to a [`Value`] (through mlua's serde support).
+pub fn to_value(v: LuaValue) -> Result<Value, String> {
+    data_of(v).map_err(untransferable)
+}
+
+/// [`to_value`], whose error says only what could not be converted and where.
+pub(super) fn data_of(v: LuaValue) -> Result<Value, String> {
+    if let Some(kind) = unsendable_kind(&v) {
+        return Err(unsendable(&kind, &[], false));
+    }
+    // Through mlua's `Serialize`, which walks a table once under one lock; its `Deserializer`
+    // takes the state's lock again for every element (about 115 ns against 70 per item).
+    let data = v
+        .to_serializable()
+        .recursion_limit(crate::value::MAX_DEPTH)
+        .deny_unsupported_types(true)
+        .deny_recursive_tables(true)
+        .detect_mixed_tables(true);
+    Value::from_serialize(&data).map_err(|e| match find_unsendable(&v) {
+        Some((kind, path, used_as_key)) => unsendable(&kind, &path, used_as_key),
+        None => e.to_string(),
+    })
+}
+
+/// What a value that cannot travel is, in the words of [`unsendable`]; `None` for data.
+pub(super) fn unsendable_kind(v: &LuaValue) -> Option<String> {
+    Some(match v {
+        LuaValue::Function(_) => "a function".into(),
+        LuaValue::Thread(_) => "a coroutine".into(),
+        LuaValue::UserData(ud) => match ud.borrow::<LuaObject>() {
+            Ok(object) => format!("a {}", object.0.class().name()),
+            Err(_) => "a userdata".into(),
+        },
+        LuaValue::LightUserData(_) => "a light userdata".into(),
+        LuaValue::Error(_) | LuaValue::Other(..) => format!("a {}", v.type_name()),
+        _ => return None,
+    })
+}
+
+/// The first value inside `v` that cannot travel: what it is, the keys that lead to it, and
+/// whether it is used as a key. Only walked once a conversion has failed.
+pub(super) fn find_unsendable(v: &LuaValue) -> Option<(String, Vec<String>, bool)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut pending = vec![(v.clone(), Vec::new())];
+    while let Some((value, path)) = pending.pop() {
+        let LuaValue::Table(t) = value else { continue };
+        if !seen.insert(t.to_pointer()) || path.len() > crate::value::MAX_DEPTH {
+            continue;
+        }
+        for (key, item) in t.pairs::<LuaValue, LuaValue>().flatten() {
+            if let Some(kind) = unsendable_kind(&key) {
+                return Some((kind, path, true));
+            }
+            let mut here = path.clone();
+            here.push(match &key {
+                LuaValue::String(s) => s.to_string_lossy(),
+                other => other
+                    .to_string()
+                    .unwrap_or_else(|_| other.type_name().into()),
+            });
+            if let Some(kind) = unsendable_kind(&item) {
+                return Some((kind, here, false));
+            }
+            pending.push((item, here));
+        }
+    }
+    None
+}
+
+/// Converts a [`Value`] to a Lua value (through mlua's serde support).
+///
+/// A list (a chunk's arguments, `map`'s results, a list from a queue) is built by mlua's
+/// `create_sequence_from` under one lock, each item still converted by serde: mlua's serializer
+/// takes the state's lock again for every element, about 65 ns per item against 11.
+pub fn from_value(lua: &Lua, v: &Value) -> mlua::Result<LuaValue> {
+    match v {
+        Value::Array(items) => sequence(lua, items).map(LuaValue::Table),
+        _ => lua.to_value_with(v, to_lua_options()),
+    }
+}
+
+/// A Lua sequence of `items`, each converted by serde.
+pub(super) fn sequence(lua: &Lua, items: &[Value]) -> mlua::Result<Table> {
+    lua.create_sequence_from(items.iter().map(Item))
+}
+
+/// One item of a list, converted by serde.
+pub(super) struct Item<'a>(pub(super) &'a Value);
+
+impl IntoLua for Item<'_> {
+    fn into_lua(self, lua: &Lua) -> mlua::Result<LuaValue> {
+        lua.to_value_with(self.0, to_lua_options())
+    }
+}
+
+pub(super) fn ret_to_lua(lua: &Lua, ret: Ret) -> mlua::Result<LuaValue> {
+    match ret {
+        Ret::Value(v) => from_value(lua, &v),
+        Ret::Object(o) => lua.create_userdata(LuaObject(o)).map(LuaValue::UserData),
+    }
+}

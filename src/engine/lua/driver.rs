@@ -1,0 +1,284 @@
+//! The coroutine driver: each script thread, callback and pool task is a coroutine that an OS
+//! thread resumes with the GIL held ([`drive`]), serving the requests it yields (waits run with
+//! the GIL released) and the hook's yields (the GIL handed over). The count hook is installed on
+//! demand, by a thread waiting for the GIL ([`arm_hook`]) or for the instruction and call-depth
+//! limits; every unsafe call into Lua's hook API is here.
+
+use super::*;
+
+thread_local! {
+    /// The GIL of the state this OS thread is running Lua code in (read by the hook).
+    pub(super) static CURRENT_GIL: RefCell<Option<Arc<Gil>>> = const { RefCell::new(None) };
+    /// Set by the hook when it yields, so the driver can tell a hook yield from a request.
+    pub(super) static HOOK_YIELDED: Cell<bool> = const { Cell::new(false) };
+    /// The `lua_State` of the coroutine this OS thread's driver is resuming.
+    pub(super) static CURRENT_DRIVER: Cell<usize> = const { Cell::new(0) };
+    /// Instructions the running script thread or task may still execute (`--max-instructions`),
+    /// and whether the hook found them spent.
+    pub(super) static BUDGET: Cell<Option<i64>> = const { Cell::new(None) };
+    pub(super) static BUDGET_SPENT: Cell<bool> = const { Cell::new(false) };
+    /// The deepest call stack the running script thread or task may have (`--max-call-depth`),
+    /// and whether a call went deeper.
+    pub(super) static MAX_CALL_DEPTH: Cell<Option<std::ffi::c_int>> = const { Cell::new(None) };
+    pub(super) static DEPTH_EXCEEDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How many instructions run between two checks of the instruction budget.
+pub(super) const BUDGET_STEP: std::ffi::c_int = 1000;
+
+/// How a GIL waiter interrupts the Lua holder: install the hook on its coroutine.
+pub(crate) fn interrupter() -> Option<Interrupter> {
+    Some(arm_hook)
+}
+
+pub(super) fn arm_hook(token: usize) {
+    // SAFETY: `token` is the `lua_State` of the coroutine the GIL holder is resuming; the GIL
+    // calls this under its own mutex while that holder is registered, and the holder clears its
+    // token before the coroutine can be collected. Lua documents `lua_sethook` as safe to call
+    // asynchronously (the stock interpreter calls it from a signal handler).
+    unsafe {
+        let state = token as *mut mlua::ffi::lua_State;
+        // Keep the call events a depth limit asked for.
+        let mask = mlua::ffi::lua_gethookmask(state) | mlua::ffi::LUA_MASKCOUNT;
+        mlua::ffi::lua_sethook(state, Some(gil_hook), mask, 1)
+    }
+}
+
+/// The count hook: yields to the driver if a switch is requested, else uninstalls itself.
+pub(super) unsafe extern "C-unwind" fn gil_hook(
+    state: *mut mlua::ffi::lua_State,
+    ar: *mut mlua::ffi::lua_Debug,
+) {
+    use mlua::ffi::{LUA_HOOKCALL, LUA_HOOKTAILCALL, LUA_MASKCOUNT};
+    // A coroutine the script creates copies the hook of its creator at that moment; only the
+    // driver's own coroutine may yield to the driver, or the script's `coroutine.resume` would
+    // receive the hand-over as if its coroutine had yielded.
+    if state as usize != CURRENT_DRIVER.get() {
+        mlua::ffi::lua_sethook(state, None, 0, 0);
+        return;
+    }
+    let event = (*ar).event;
+    if event == LUA_HOOKCALL || event == LUA_HOOKTAILCALL {
+        // A call hook cannot yield: note the overflow and yield at the next instruction.
+        if let Some(max) = MAX_CALL_DEPTH.get() {
+            let mut frame: mlua::ffi::lua_Debug = std::mem::zeroed();
+            if mlua::ffi::lua_getstack(state, max, &mut frame) != 0 {
+                DEPTH_EXCEEDED.set(true);
+                mlua::ffi::lua_sethook(state, Some(gil_hook), hook_mask() | LUA_MASKCOUNT, 1);
+            }
+        }
+        return;
+    }
+    if crate::rt::cancel::take_interrupt() {
+        // Ctrl-C: an error raised where the script runs, which `pcall` can catch.
+        arm_limits(state);
+        let text = crate::rt::cancel::KEYBOARD_INTERRUPT;
+        mlua::ffi::luaL_where(state, 0);
+        mlua::ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
+        mlua::ffi::lua_concat(state, 2);
+        mlua::ffi::lua_error(state);
+    }
+    let yieldable = mlua::ffi::lua_isyieldable(state) != 0;
+    if DEPTH_EXCEEDED.get() && yieldable {
+        // The driver ends the coroutine with an error (it is not resumed again).
+        mlua::ffi::lua_yield(state, 0);
+        return;
+    }
+    if let Some(left) = BUDGET.get() {
+        // The hook's count is how many instructions ran since it last fired.
+        let left = left - i64::from(mlua::ffi::lua_gethookcount(state));
+        BUDGET.set(Some(left));
+        if left <= 0 && yieldable {
+            BUDGET_SPENT.set(true);
+            mlua::ffi::lua_yield(state, 0);
+            return;
+        }
+    }
+    let requested = CURRENT_GIL.with(|g| g.borrow().as_ref().is_some_and(|g| g.drop_requested()));
+    if requested && yieldable {
+        // The hook stays installed so that mlua recognises this as a hook yield and resumes
+        // the coroutine without arguments; on resumption it fires once more and re-arms.
+        HOOK_YIELDED.set(true);
+        mlua::ffi::lua_yield(state, 0);
+    } else if requested || DEPTH_EXCEEDED.get() {
+        // Inside a C call (a sort comparator, say): try again a little later.
+        mlua::ffi::lua_sethook(state, Some(gil_hook), hook_mask() | LUA_MASKCOUNT, 1000);
+    } else {
+        arm_limits(state);
+    }
+}
+
+/// The hook events the running thread's limits need (none without limits).
+pub(super) fn hook_mask() -> std::ffi::c_int {
+    let mut mask = 0;
+    if BUDGET.get().is_some() {
+        mask |= mlua::ffi::LUA_MASKCOUNT;
+    }
+    if MAX_CALL_DEPTH.get().is_some() {
+        mask |= mlua::ffi::LUA_MASKCALL;
+    }
+    mask
+}
+
+/// Installs the hook the limits need on `state`, or removes it when there are none.
+///
+/// # Safety
+/// `state` must be the coroutine this OS thread's driver is resuming.
+pub(super) unsafe fn arm_limits(state: *mut mlua::ffi::lua_State) {
+    match hook_mask() {
+        0 => mlua::ffi::lua_sethook(state, None, 0, 0),
+        mask => mlua::ffi::lua_sethook(state, Some(gil_hook), mask, BUDGET_STEP),
+    }
+}
+
+/// Creates the coroutine for a script thread and drives it to the end; returns what the
+/// function returned. Call with the GIL held.
+pub(super) fn start_driver(
+    lua: &Lua,
+    host: &Host,
+    f: Function,
+    args: MultiValue,
+) -> mlua::Result<MultiValue> {
+    let co = lua.create_thread(f)?;
+    let drivers: Table = lua.named_registry_value("parrun.drivers")?;
+    drivers.raw_set(&co, true)?;
+    drive(lua, host, &co, args)
+}
+
+/// Resumes `co` until it finishes, serving its requests and hook yields. Holds the GIL except
+/// while a request waits or another thread has its turn.
+pub(super) fn drive(
+    lua: &Lua,
+    host: &Host,
+    co: &Coroutine,
+    mut args: MultiValue,
+) -> mlua::Result<MultiValue> {
+    let token = co.to_pointer() as usize;
+    let gil = &host.gil;
+    let holder = gil.set_holder_token(token);
+    CURRENT_GIL.with(|g| *g.borrow_mut() = Some(gil.clone()));
+    // Each script thread, callback and pool task gets the whole instruction budget.
+    let limit = host.settings.max_instructions;
+    let depth = host.settings.max_call_depth;
+    let _outer = DriverScope {
+        gil,
+        holder,
+        driver: CURRENT_DRIVER.replace(token),
+        budget: BUDGET.replace(limit.map(|n| n.min(i64::MAX as u64) as i64)),
+        depth: MAX_CALL_DEPTH.replace(depth.map(|d| d.min(i32::MAX as usize) as i32)),
+    };
+    // SAFETY: `token` is the state of `co`, which this driver holds and resumes.
+    unsafe { arm_limits(token as *mut mlua::ffi::lua_State) };
+    let result = loop {
+        if crate::rt::cancel::interrupt_pending() {
+            // Raised at the coroutine's first instruction (see `gil_hook`).
+            arm_hook(token);
+        }
+        let out: MultiValue = match co.resume(args) {
+            Ok(out) => out,
+            Err(e) => {
+                let e = close_variables(co, &e).unwrap_or(e);
+                break Err(e);
+            }
+        };
+        if co.status() != ThreadStatus::Resumable {
+            break Ok(out);
+        }
+        let co_state = token as *mut mlua::ffi::lua_State;
+        if DEPTH_EXCEEDED.replace(false) {
+            let depth = depth.unwrap_or_default();
+            let message = format!(
+                "call depth limit exceeded: more than {depth} nested calls (--max-call-depth)"
+            );
+            break Err(native::stopped_error(lua, co_state, &message));
+        }
+        if BUDGET_SPENT.replace(false) {
+            let limit = limit.unwrap_or_default();
+            let message = format!(
+                "instruction limit exceeded: more than {limit} instructions (--max-instructions)"
+            );
+            break Err(native::stopped_error(lua, co_state, &message));
+        }
+        if HOOK_YIELDED.replace(false) {
+            if let Some(reason) = crate::rt::cancel::requested() {
+                break Err(native::stopped_error(lua, co_state, &reason));
+            }
+            gil.yield_turn(token);
+            args = MultiValue::new();
+            continue;
+        }
+        let pending = match (out.front(), out.get(1)) {
+            (Some(tag), Some(request)) if *tag == wait_tag() => take_request(request)?,
+            _ => {
+                break Err(mlua::Error::runtime(
+                    "unexpected yield from a script thread",
+                ))
+            }
+        };
+        let result = pending.run(gil, token);
+        // A cancelled task ends here, whatever its wait returned.
+        if let Some(reason) = crate::rt::cancel::requested() {
+            break Err(native::stopped_error(lua, co_state, &reason));
+        }
+        args = answer(lua, result)?;
+    };
+    result
+}
+
+/// What [`drive`] changed on its thread, put back however it ends: by a return, an early `?`,
+/// or a host panic unwinding through it (a panicking callback leaves its thread to serve the
+/// next one).
+pub(super) struct DriverScope<'a> {
+    pub(super) gil: &'a Gil,
+    pub(super) holder: usize,
+    pub(super) driver: usize,
+    pub(super) budget: Option<i64>,
+    pub(super) depth: Option<std::ffi::c_int>,
+}
+
+impl Drop for DriverScope<'_> {
+    fn drop(&mut self) {
+        // The coroutine may be collected once the driver returns: the GIL must not point at it.
+        self.gil.set_holder_token(self.holder);
+        CURRENT_DRIVER.set(self.driver);
+        BUDGET.set(self.budget);
+        MAX_CALL_DEPTH.set(self.depth);
+    }
+}
+
+/// Runs the `<close>` variables a coroutine that died of `error` left pending, as a protected
+/// call does in the stock interpreter (a Ctrl-C's KeyboardInterrupt, any uncaught error); the
+/// error a closer raised instead, if one did. Call with the GIL held.
+pub(super) fn close_variables(co: &Coroutine, error: &mlua::Error) -> Option<mlua::Error> {
+    if co.status() != ThreadStatus::Error {
+        return None;
+    }
+    // mlua has moved the error object off the coroutine's stack: the closers get its text (with
+    // the traceback, as under `lua5.4`, whose message handler adds one first).
+    let text = error_text(error.clone());
+    // SAFETY: the coroutine is dead and not running; the GIL keeps every other thread out of
+    // this state; the text is pushed where `lua_closethread` looks for the error object, and
+    // the final error object is read before anything else touches the stack.
+    unsafe {
+        let state = co.state();
+        if mlua::ffi::lua_checkstack(state, 1) == 0 {
+            return None;
+        }
+        mlua::ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
+        mlua::ffi::lua_closethread(state, std::ptr::null_mut());
+        if mlua::ffi::lua_gettop(state) == 0 {
+            return None;
+        }
+        let mut len = 0;
+        let last = mlua::ffi::lua_tolstring(state, -1, &mut len);
+        let last = (!last.is_null()).then(|| std::slice::from_raw_parts(last.cast::<u8>(), len));
+        let replaced = match last {
+            Some(bytes) if bytes != text.as_bytes() => Some(mlua::Error::runtime(
+                String::from_utf8_lossy(bytes).into_owned(),
+            )),
+            _ => None,
+        };
+        mlua::ffi::lua_settop(state, 0);
+        replaced
+    }
+}

@@ -1,0 +1,115 @@
+//! parrun objects as Lua userdata (methods through `__index` from the class tables), and the
+//! requests a blocking builtin yields to the driver.
+
+use super::*;
+
+/// A host object as Lua sees it: methods through `__index` from the class table.
+pub(super) struct LuaObject(pub(super) Object);
+
+impl UserData for LuaObject {
+    fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
+        // `for x in pool:imap(f, xs)`: calling an object calls its `next` method, from Lua so
+        // that the wait can yield.
+        fields.add_meta_field_with(MetaMethod::Call, |lua| {
+            lua.named_registry_value::<Function>("parrun.call")
+        });
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_function(
+            MetaMethod::Index,
+            |lua, (ud, key): (AnyUserData, LuaString)| {
+                let class = ud.borrow::<LuaObject>()?.0.class();
+                let key = key.to_str()?;
+                if let Some(b) = api::find(class, &key).filter(|b| b.kind == Kind::Getter) {
+                    let host = lua
+                        .app_data_ref::<Arc<Host>>()
+                        .ok_or_else(|| mlua::Error::runtime("parrun host is gone"))?
+                        .clone();
+                    let mut args = LuaArgs {
+                        lua,
+                        vals: vec![LuaValue::UserData(ud)],
+                        host: &host,
+                    };
+                    return match (b.call)(&host, &mut args) {
+                        Ok(Outcome::Done(ret)) => ret_to_lua(lua, ret),
+                        Ok(Outcome::Wait(_) | Outcome::Fork(_)) => {
+                            Err(mlua::Error::runtime("a property cannot block"))
+                        }
+                        Err(msg) => Err(mlua::Error::runtime(msg)),
+                    };
+                }
+                let classes: Table = lua.named_registry_value("parrun.classes")?;
+                classes.get::<Table>(class.name())?.get::<LuaValue>(&*key)
+            },
+        );
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| Ok(this.0.describe()));
+        // `local pool <close> = parrun.Pool()`: leaving the scope terminates the pool, as
+        // leaving Python's `with Pool() as pool:` does.
+        methods.add_meta_method(MetaMethod::Close, |_, this, _: mlua::MultiValue| {
+            if let Object::Pool(p) = &this.0 {
+                p.stop();
+            }
+            Ok(())
+        });
+        methods.add_meta_function(MetaMethod::Eq, |_, (a, b): (AnyUserData, AnyUserData)| {
+            let (a, b) = (a.borrow::<LuaObject>()?, b.borrow::<LuaObject>()?);
+            Ok(a.0.same(&b.0))
+        });
+    }
+}
+
+/// A request yielded to the driver: a wait (run without the GIL) or a fork (run with it, outside
+/// the engine). (A mutex only to make it `Sync`, as mlua's `send` feature asks of userdata.)
+pub(super) struct Request(pub(super) std::sync::Mutex<Option<Pending>>);
+impl UserData for Request {}
+
+pub(super) enum Pending {
+    Wait(Wait),
+    Fork(Wait),
+}
+
+impl Pending {
+    /// Runs the request from the driver.
+    pub(super) fn run(self, gil: &Gil, token: usize) -> Result<Ret, String> {
+        match self {
+            Pending::Wait(wait) => interruptible(gil.allow_threads(token, wait)),
+            Pending::Fork(fork) => fork(),
+        }
+    }
+
+    /// Runs the request where Lua cannot yield: in place, keeping the GIL.
+    pub(super) fn run_here(self) -> Result<Ret, String> {
+        match self {
+            Pending::Wait(f) => interruptible(f()),
+            Pending::Fork(f) => f(),
+        }
+    }
+}
+
+/// A wait that a Ctrl-C cut short raises the KeyboardInterrupt where it was called.
+pub(super) fn interruptible(result: Result<Ret, String>) -> Result<Ret, String> {
+    match crate::rt::cancel::take_interrupt() {
+        true => Err(crate::rt::cancel::KEYBOARD_INTERRUPT.into()),
+        false => result,
+    }
+}
+
+pub(super) fn take_request(v: &LuaValue) -> mlua::Result<Pending> {
+    let LuaValue::UserData(ud) = v else {
+        return Err(mlua::Error::runtime("malformed parrun request"));
+    };
+    ud.borrow::<Request>()?
+        .0
+        .lock()
+        .recover()
+        .take()
+        .ok_or_else(|| mlua::Error::runtime("parrun request already used"))
+}
+
+pub(super) fn answer(lua: &Lua, result: Result<Ret, String>) -> mlua::Result<MultiValue> {
+    match result {
+        Ok(ret) => (true, ret_to_lua(lua, ret)?).into_lua_multi(lua),
+        Err(msg) => (false, msg).into_lua_multi(lua),
+    }
+}

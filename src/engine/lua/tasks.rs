@@ -1,0 +1,292 @@
+//! What runs outside the main chunk: callbacks, pool tasks (functions decoded once per worker,
+//! a whole chunk in one coroutine), snapshots for isolated engines, and thread targets.
+
+use super::*;
+
+/// Targets, callbacks and task engines hold the state weakly: they live inside objects the
+/// state itself holds, and a strong reference would keep it alive for ever.
+pub(super) fn upgrade(lua: &WeakLua) -> Result<Lua, String> {
+    lua.try_upgrade()
+        .ok_or_else(|| "the script's Lua state has shut down".into())
+}
+
+pub(super) struct LuaCallback {
+    pub(super) lua: WeakLua,
+    pub(super) host: Arc<Host>,
+    pub(super) f: Function,
+}
+
+impl Callback for LuaCallback {
+    fn call(&self, arg: Value) -> Result<(), String> {
+        let lua = upgrade(&self.lua)?;
+        let arg = from_value(&lua, &arg).map_err(error_text)?;
+        start_driver(
+            &lua,
+            &self.host,
+            self.f.clone(),
+            MultiValue::from_vec(vec![arg]),
+        )
+        .map(drop)
+        .map_err(error_text)
+    }
+}
+
+/// What running pool tasks in a Lua state takes, set up once per state (in its app data).
+pub(super) struct Tasks {
+    pub(super) lua: WeakLua,
+    /// The prelude's chunk runner.
+    pub(super) run_chunk: Function,
+    pub(super) host: Arc<Host>,
+    /// A finished task's coroutine, for the next task.
+    pub(super) spare: Mutex<Option<Coroutine>>,
+}
+
+impl Tasks {
+    /// Sets up `lua` for tasks; call once its chunk runner is registered.
+    pub(super) fn install(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
+        let tasks = Tasks {
+            lua: lua.weak(),
+            run_chunk: lua.named_registry_value("parrun.run_chunk")?,
+            host: host.clone(),
+            spare: Mutex::new(None),
+        };
+        lua.set_app_data(Arc::new(tasks));
+        Ok(())
+    }
+
+    /// The task set-up of `lua`.
+    pub(super) fn of(lua: &Lua) -> Result<Arc<Tasks>, String> {
+        lua.app_data_ref::<Arc<Tasks>>()
+            .map(|tasks| tasks.clone())
+            .ok_or_else(|| "internal error: a Lua state without its task set-up".into())
+    }
+
+    /// A coroutine running the chunk runner: the one a finished task left, reset, or a new one.
+    /// Reusing it spares a task the coroutine's allocation and its garbage.
+    pub(super) fn driver(&self, lua: &Lua) -> mlua::Result<Coroutine> {
+        let spare = self.spare.lock().recover().take();
+        if let Some(co) = spare {
+            co.reset(self.run_chunk.clone())?;
+            return Ok(co);
+        }
+        let co = lua.create_thread(self.run_chunk.clone())?;
+        let drivers: Table = lua.named_registry_value("parrun.drivers")?;
+        drivers.raw_set(&co, true)?;
+        Ok(co)
+    }
+
+    /// Calls `f` once per entry of `calls`. The whole chunk runs in one coroutine, by the
+    /// prelude's `run_chunk`: one resume per chunk, not per call.
+    pub(super) fn call_many(
+        &self,
+        f: &Function,
+        calls: CallSlice<'_>,
+    ) -> Result<Vec<Value>, String> {
+        let lua = &upgrade(&self.lua)?;
+        let count = calls.len();
+        let (calls, single) = match calls {
+            CallSlice::Each(values) => (
+                LuaValue::Table(sequence(lua, values).map_err(error_text)?),
+                true,
+            ),
+            CallSlice::Lists(lists) => {
+                let tables = lists
+                    .iter()
+                    .map(|list| {
+                        let args = sequence(lua, list)?;
+                        args.raw_set("n", list.len())?;
+                        Ok(args)
+                    })
+                    .collect::<mlua::Result<Vec<Table>>>()
+                    .map_err(error_text)?;
+                let table = lua.create_sequence_from(tables).map_err(error_text)?;
+                (LuaValue::Table(table), false)
+            }
+        };
+        let results = lua
+            .create_table_with_capacity(count, 0)
+            .map_err(error_text)?;
+        // mlua's mark for a sequence: it then serializes the table as the sequence of its
+        // length, without first scanning every key for others (the runner sets only 1..count).
+        // Each result keeps the usual detection of holes and mixed keys.
+        results
+            .set_metatable(Some(lua.array_metatable()))
+            .map_err(error_text)?;
+        let args = (f, calls, count, single, results)
+            .into_lua_multi(lua)
+            .map_err(error_text)?;
+        let co = self.driver(lua).map_err(error_text)?;
+        let out = drive(lua, &self.host, &co, args);
+        if co.status() == ThreadStatus::Finished {
+            *self.spare.lock().recover() = Some(co);
+        }
+        let out = out.map_err(error_text)?;
+        let Some(LuaValue::Table(results)) = out.into_iter().next() else {
+            return Err("internal error: the chunk runner returned no table".into());
+        };
+        // One conversion for the whole chunk, unless nil results left it something else than a
+        // list of `count` values.
+        if let Ok(Value::Array(values)) = to_value(LuaValue::Table(results.clone())) {
+            if values.len() == count {
+                return Ok(values);
+            }
+        }
+        (1..=count)
+            .map(|i| {
+                let v = results.raw_get::<LuaValue>(i).map_err(error_text)?;
+                data_of(v).map_err(|what| format!("cannot send a task's result back: {what}"))
+            })
+            .collect()
+    }
+}
+
+/// A Lua function ready to run pool tasks in its state: the script's own (`gil`), or one a
+/// worker decoded.
+pub(super) struct LuaTask {
+    pub(super) tasks: Arc<Tasks>,
+    pub(super) f: Function,
+}
+
+impl TaskFn for LuaTask {
+    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+        self.tasks.call_many(&self.f, calls)
+    }
+}
+
+/// A Lua state as a pool worker's engine: the script's own, or an isolated worker's.
+pub(super) struct LuaTaskEngine {
+    pub(super) tasks: Arc<Tasks>,
+    /// An isolated engine's state, which nothing else keeps alive.
+    pub(super) _state: Option<Lua>,
+}
+
+impl LuaTaskEngine {
+    /// Runs tasks in the script's own state (fork, gil).
+    pub(super) fn here(lua: &Lua) -> Result<Arc<dyn TaskEngine>, String> {
+        Ok(Arc::new(LuaTaskEngine {
+            tasks: Tasks::of(lua)?,
+            _state: None,
+        }))
+    }
+}
+
+impl TaskEngine for LuaTaskEngine {
+    fn host(&self) -> &Arc<Host> {
+        &self.tasks.host
+    }
+
+    fn decode(&self, code: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
+        let f = transport::decode(&upgrade(&self.tasks.lua)?, code)?;
+        Ok(Arc::new(LuaTask {
+            tasks: self.tasks.clone(),
+            f,
+        }))
+    }
+}
+
+/// A copy of the script's state as of one moment, in a state of its own with a host of its
+/// own, from which isolated engines are copied; a snapshot of a call holds the call's function
+/// and arguments, copied with the state.
+pub(super) struct LuaSnapshot {
+    pub(super) state: Lua,
+    pub(super) host: Arc<Host>,
+    /// The call's function, then its arguments, in `state` (none for a snapshot of the
+    /// engine).
+    pub(super) call: Vec<LuaValue>,
+}
+
+impl LuaSnapshot {
+    /// A copy of `source`'s state (`host`'s) as of now, with `call` copied along.
+    pub(super) fn take(
+        source: &Lua,
+        host: &Host,
+        call: Vec<LuaValue>,
+    ) -> Result<LuaSnapshot, String> {
+        let (state, host, call) = isolated_state(source, host, call)?;
+        Ok(LuaSnapshot { state, host, call })
+    }
+
+    /// The snapshot's state as an engine, with its call bound there.
+    pub(super) fn instance(self) -> Result<Instance, String> {
+        let LuaSnapshot { state, host, call } = self;
+        let mut call = call.into_iter();
+        let target: Option<Box<dyn Target>> = match call.next() {
+            None => None,
+            Some(LuaValue::Function(f)) => Some(Box::new(LuaTarget {
+                lua: state.weak(),
+                host,
+                f,
+                args: call.collect(),
+            })),
+            Some(_) => return Err("a function that cannot be copied to another engine".into()),
+        };
+        let engine = Arc::new(LuaTaskEngine {
+            tasks: Tasks::of(&state)?,
+            _state: Some(state),
+        });
+        Ok(Instance { engine, target })
+    }
+}
+
+impl Snapshot for LuaSnapshot {
+    fn instantiate(&self) -> Result<Instance, String> {
+        // The snapshot is only read; its own lock keeps two copies at once apart.
+        LuaSnapshot::take(&self.state, &self.host, self.call.clone())?.instance()
+    }
+
+    fn into_instance(self: Box<Self>) -> Result<Instance, String> {
+        self.instance()
+    }
+}
+
+/// Encodes a function for workers once per Lua state: the encoding is kept, and the function
+/// pinned so that its address (the cache key) is never reused by another function.
+pub(super) fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSpec>, String> {
+    type Cache = HashMap<usize, Arc<FunctionSpec>>;
+    let key = f.to_pointer() as usize;
+    if lua.app_data_ref::<Cache>().is_none() {
+        lua.set_app_data(Cache::new());
+    }
+    if let Some(spec) = lua
+        .app_data_ref::<Cache>()
+        .and_then(|c| c.get(&key).cloned())
+    {
+        return Ok(spec);
+    }
+    let code = transport::encode(lua, f)?;
+    let pinned: Table = lua
+        .named_registry_value("parrun.pinned")
+        .map_err(error_text)?;
+    pinned.raw_set(f, true).map_err(error_text)?;
+    let spec = Arc::new(FunctionSpec::Encoded {
+        key: key as u64,
+        code,
+    });
+    if let Some(mut cache) = lua.app_data_mut::<Cache>() {
+        cache.insert(key, spec.clone());
+    }
+    Ok(spec)
+}
+
+pub(super) struct LuaTarget {
+    pub(super) lua: WeakLua,
+    pub(super) host: Arc<Host>,
+    pub(super) f: Function,
+    pub(super) args: Vec<LuaValue>,
+}
+
+impl Target for LuaTarget {
+    fn run(self: Box<Self>) -> Result<(), String> {
+        let LuaTarget { lua, host, f, args } = *self;
+        start_driver(&upgrade(&lua)?, &host, f, MultiValue::from_vec(args))
+            .map(drop)
+            .map_err(error_text)
+    }
+
+    fn snapshot(self: Box<Self>) -> Result<Box<dyn Snapshot>, String> {
+        let parent = upgrade(&self.lua)?;
+        let mut call = vec![LuaValue::Function(self.f)];
+        call.extend(self.args);
+        Ok(Box::new(LuaSnapshot::take(&parent, &self.host, call)?))
+    }
+}
