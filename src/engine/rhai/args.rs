@@ -1,0 +1,197 @@
+//! [`RhaiArgs`]: a builtin's arguments as the engine-neutral API reads them, and the engine as
+//! the execution models ask for it (here, or a snapshot).
+
+use super::*;
+
+pub(super) struct RhaiArgs<'a, 'b> {
+    pub(super) args: &'a mut [&'b mut Dynamic],
+    /// Fields pulled out of option maps (see `Args::field`), numbered after the arguments.
+    pub(super) extra: Vec<Dynamic>,
+    pub(super) shared: &'a Arc<Shared>,
+    /// The caller's runtime state (none for a property or `with`, which take no function).
+    pub(super) global: Option<&'a GlobalRuntimeState>,
+}
+
+impl RhaiArgs<'_, '_> {
+    pub(super) fn new<'a, 'b>(
+        args: &'a mut [&'b mut Dynamic],
+        shared: &'a Arc<Shared>,
+        global: Option<&'a GlobalRuntimeState>,
+    ) -> RhaiArgs<'a, 'b> {
+        RhaiArgs {
+            args,
+            extra: Vec::new(),
+            shared,
+            global,
+        }
+    }
+
+    pub(super) fn env(&self) -> Env {
+        self.global.map(Env::of).unwrap_or_default()
+    }
+
+    /// A script function bound to what it needs to run on another thread or in a worker.
+    pub(super) fn bound(&self, f: FnPtr) -> BoundFn {
+        BoundFn {
+            shared: self.shared.clone(),
+            env: self.env(),
+            f,
+        }
+    }
+
+    /// Argument `i`, with a shared (captured) value read out.
+    pub(super) fn get(&self, i: usize) -> Dynamic {
+        match self.args.get(i) {
+            Some(d) => d.flatten_clone(),
+            None => self
+                .extra
+                .get(i - self.args.len())
+                .cloned()
+                .unwrap_or(Dynamic::UNIT),
+        }
+    }
+
+    pub(super) fn fn_ptr(&self, i: usize) -> Result<FnPtr, String> {
+        let f = self.get(i);
+        if let Some(name) = f.clone().try_cast::<::rhai::ImmutableString>() {
+            return FnPtr::new(name.as_str()).map_err(|e| e.to_string());
+        }
+        let type_name = f.type_name();
+        f.try_cast::<FnPtr>().ok_or_else(|| {
+            format!("expected a function (a name, Fn(\"name\") or a closure), got {type_name}")
+        })
+    }
+}
+
+impl Args for RhaiArgs<'_, '_> {
+    fn len(&self) -> usize {
+        self.args.len() + self.extra.len()
+    }
+
+    fn value(&mut self, i: usize) -> Result<Value, String> {
+        // By reference: cloning a deeply nested value first would recurse as deep as it nests.
+        let unit = Dynamic::UNIT;
+        let d: &Dynamic = match self.args.get(i) {
+            Some(d) => d,
+            None => self.extra.get(i - self.args.len()).unwrap_or(&unit),
+        };
+        to_value(self.shared, d)
+    }
+
+    fn object(&mut self, i: usize) -> Result<Object, String> {
+        let d = self.get(i);
+        let type_name = d.type_name();
+        d.try_cast::<Object>()
+            .ok_or_else(|| format!("expected a parrun object, got {type_name}"))
+    }
+
+    fn target(&mut self, func: usize, args: Option<usize>) -> Result<Box<dyn Target>, String> {
+        let f = self.fn_ptr(func)?;
+        let args = match args {
+            None => Vec::new(),
+            Some(i) => {
+                let a = self.get(i);
+                let type_name = a.type_name();
+                a.try_cast::<Array>()
+                    .ok_or_else(|| format!("arguments must be an array, got {type_name}"))?
+                    .into_iter()
+                    .collect()
+            }
+        };
+        Ok(Box::new(RhaiTarget {
+            f: self.bound(f),
+            args,
+        }))
+    }
+
+    fn function(&mut self, i: usize, travel: Travel) -> Result<Arc<FunctionSpec>, String> {
+        let f = self.fn_ptr(i)?;
+        if travel == Travel::Local {
+            // The function itself, captured variables still shared.
+            return Ok(Arc::new(FunctionSpec::Local(Arc::new(self.bound(f)))));
+        }
+        let curry = f
+            .curry()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                data_of(self.shared, &d.flatten_clone()).map_err(|what| {
+                    // A closure's captured variables are the first parameters of its function.
+                    let ast = self.shared.ast.get();
+                    let def = ast.and_then(|a| a.iter_fn_def().find(|d| d.name == f.fn_name()));
+                    let which = def
+                        .and_then(|d| d.params.get(i))
+                        .map_or(format!("{i}"), |name| format!("`{name}`"));
+                    format!(
+                        "cannot send a function to a worker: its captured variable {which} is \
+                         {what}"
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // The modules go by source: the worker has the same modules, or loads them.
+        let imports = self
+            .env()
+            .imports
+            .iter()
+            .filter_map(|(name, m)| Some((name.to_string(), m.id()?.to_owned())))
+            .collect();
+        let wire = RhaiFunction {
+            name: f.fn_name().to_owned(),
+            curry,
+            imports,
+        };
+        let code = rmp_serde::to_vec(&wire).map_err(|e| e.to_string())?;
+        Ok(Arc::new(FunctionSpec::Encoded {
+            key: hash(&code),
+            code,
+        }))
+    }
+
+    fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {
+        Ok(Box::new(self.bound(self.fn_ptr(i)?)))
+    }
+
+    fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String> {
+        let map = self.get(i);
+        let type_name = map.type_name();
+        let map = map
+            .try_cast::<::rhai::Map>()
+            .ok_or_else(|| format!("options must be a map, got {type_name}"))?;
+        match map.get(key) {
+            None => Ok(None),
+            Some(v) if v.is_unit() => Ok(None),
+            Some(v) => {
+                self.extra.push(v.clone());
+                Ok(Some(self.len() - 1))
+            }
+        }
+    }
+
+    fn is_map(&mut self, i: usize) -> bool {
+        self.get(i).is_map()
+    }
+
+    fn is_nil(&mut self, i: usize) -> bool {
+        i >= self.len() || self.get(i).is_unit()
+    }
+
+    fn engine(&self) -> &dyn ScriptEngine {
+        self
+    }
+}
+
+impl ScriptEngine for RhaiArgs<'_, '_> {
+    fn here(&self) -> Result<Arc<dyn TaskEngine>, String> {
+        Ok(Arc::new(RhaiTaskEngine {
+            shared: self.shared.clone(),
+            constants: self.env().constants,
+            _engine: None,
+        }))
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>, String> {
+        let live = RhaiSnapshot::live(self.shared, self.env().constants, None);
+        Ok(Box::new(live.copied()))
+    }
+}

@@ -1,0 +1,163 @@
+//! The engine-neutral builtins registered as Rhai functions and methods: each call reads its
+//! arguments through [`RhaiArgs`], and a wait runs with the GIL released.
+
+use super::*;
+
+pub(super) fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
+    engine.register_type_with_name::<Object>("Object");
+    engine.register_iterator_result::<Object, Dynamic>();
+    engine.register_fn("to_string", |o: &mut Object| o.describe());
+    engine.register_fn("to_debug", |o: &mut Object| o.describe());
+    engine.register_fn("==", |a: &mut Object, b: Object| a.same(&b));
+    engine.register_fn("!=", |a: &mut Object, b: Object| !a.same(&b));
+
+    // One registration per (name, argument count): builtins of different classes that share a
+    // name are told apart by the receiver's class when called.
+    let mut by_name: BTreeMap<(&str, usize), Vec<&'static Builtin>> = BTreeMap::new();
+    for b in api::builtins() {
+        match b.kind {
+            Kind::Call => {
+                for n in b.arity.0..=b.arity.1 {
+                    by_name
+                        .entry((b.name, n + b.receivers()))
+                        .or_default()
+                        .push(b);
+                }
+            }
+            Kind::Getter => {
+                let shared = shared.clone();
+                let name = b.name;
+                engine.register_get(name, move |o: &mut Object| -> RhaiResult<Dynamic> {
+                    let b = api::find(o.class(), name)
+                        .ok_or_else(|| format!("{} has no property `{name}`", o.class().name()))?;
+                    let mut receiver = Dynamic::from(o.clone());
+                    invoke(&shared, b, &mut [&mut receiver], None)
+                });
+            }
+            Kind::Scoped { .. } => {
+                // `with` is a reserved word in Rhai, so `lock.with(f)` cannot parse; the scoped
+                // form is Python's own shape instead: `with lock { ... }`.
+                let shared = shared.clone();
+                let name = b.name;
+                let syntax = [name, "$expr$", "$block$"];
+                if let Err(e) = engine.register_custom_syntax(syntax, false, move |ctx, inputs| {
+                    let receiver = ctx.eval_expression_tree(&inputs[0])?;
+                    scoped(&shared, name, receiver, || {
+                        ctx.eval_expression_tree(&inputs[1])
+                    })
+                }) {
+                    panic!("cannot register `{name}` syntax: {e}");
+                }
+            }
+        }
+    }
+    for ((name, n), candidates) in by_name {
+        let mut signatures = vec![vec![TypeId::of::<Dynamic>(); n]];
+        if candidates[0].class != Class::Global {
+            signatures[0][0] = TypeId::of::<Object>();
+        } else if n == 1 {
+            // Rhai's own `sleep(INT)` and `sleep(FLOAT)` (which keep the GIL) match those types
+            // exactly and would win over a wildcard: register the exact types too.
+            signatures.push(vec![TypeId::of::<::rhai::INT>()]);
+            signatures.push(vec![TypeId::of::<::rhai::FLOAT>()]);
+        }
+        for types in signatures {
+            let shared = shared.clone();
+            let candidates = candidates.clone();
+            engine.register_raw_fn(name, types, move |ctx, args| {
+                if crate::rt::cancel::take_interrupt() {
+                    return Err(interrupted());
+                }
+                let b = pick(&candidates, args)?;
+                invoke(&shared, b, args, Some(ctx.global_runtime_state()))
+            });
+        }
+    }
+}
+
+/// The candidate whose class is the receiver's.
+pub(super) fn pick(
+    candidates: &[&'static Builtin],
+    args: &mut [&mut Dynamic],
+) -> RhaiResult<&'static Builtin> {
+    let first = candidates[0];
+    if first.class == Class::Global {
+        return Ok(first);
+    }
+    let class = args[0].read_lock::<Object>().map(|o| o.class());
+    candidates
+        .iter()
+        .find(|b| Some(b.class) == class)
+        .copied()
+        .ok_or_else(|| match class {
+            Some(c) => format!("{} has no method `{}`", c.name(), first.name).into(),
+            None => format!("`{}` needs a parrun object", first.name).into(),
+        })
+}
+
+/// Calls a builtin. `global` is the caller's runtime state, whose constants and imported
+/// modules the functions it hands to threads and workers keep seeing.
+pub(super) fn invoke(
+    shared: &Arc<Shared>,
+    b: &Builtin,
+    args: &mut [&mut Dynamic],
+    global: Option<&GlobalRuntimeState>,
+) -> RhaiResult<Dynamic> {
+    let fail = |msg: String| -> Box<EvalAltResult> { b.error(msg).into() };
+    api::check_arity(b, args.len()).map_err(fail)?;
+    let outcome = (b.call)(&shared.host, &mut RhaiArgs::new(args, shared, global)).map_err(fail)?;
+    let ret = match outcome {
+        Outcome::Done(ret) => ret,
+        Outcome::Wait(wait) => {
+            let result = shared.host.gil.allow_threads(0, wait);
+            // A cancelled task ends here, whatever its wait returned.
+            if let Some(reason) = crate::rt::cancel::requested() {
+                return Err(EvalAltResult::ErrorTerminated(reason.into(), Position::NONE).into());
+            }
+            if crate::rt::cancel::take_interrupt() {
+                return Err(interrupted());
+            }
+            result.map_err(fail)?
+        }
+        Outcome::Fork(fork) => fork().map_err(fail)?,
+    };
+    match ret {
+        Ret::Value(v) => ::rhai::serde::to_dynamic(&v).map_err(|e| fail(e.to_string())),
+        Ret::Object(o) => Ok(Dynamic::from(o)),
+    }
+}
+
+/// Ctrl-C's KeyboardInterrupt, as an error `try` can catch.
+pub(super) fn interrupted() -> Box<EvalAltResult> {
+    crate::rt::cancel::KEYBOARD_INTERRUPT.into()
+}
+
+/// Runs `body` between the receiver's `enter` and `exit` methods; `exit` runs even when
+/// `body` fails.
+pub(super) fn scoped(
+    shared: &Arc<Shared>,
+    name: &str,
+    receiver: Dynamic,
+    body: impl FnOnce() -> RhaiResult<Dynamic>,
+) -> RhaiResult<Dynamic> {
+    let class = receiver
+        .read_lock::<Object>()
+        .map(|o| o.class())
+        .ok_or_else(|| {
+            format!(
+                "`{name}` needs a parrun object, got {}",
+                receiver.type_name()
+            )
+        })?;
+    let Some(Kind::Scoped { enter, exit }) = api::find(class, name).map(|b| b.kind) else {
+        return Err(format!("{} cannot be used with `{name}`", class.name()).into());
+    };
+    let method =
+        |m: &str| api::find(class, m).ok_or_else(|| format!("{}.{m} is missing", class.name()));
+    let (enter, exit) = (method(enter)?, method(exit)?);
+    let mut receiver = receiver;
+    let _ = invoke(shared, enter, &mut [&mut receiver], None)?;
+    let result = body();
+    let _ = invoke(shared, exit, &mut [&mut receiver], None)?;
+    result
+}

@@ -1,0 +1,143 @@
+//! Rhai's errors as parrun reports them: `FILE:LINE:COL: message`, the innermost place a script
+//! failed, the calls that led there, and the place a limit or a cancellation stopped it.
+
+use super::*;
+
+pub(super) fn position_text(pos: Position) -> String {
+    match (pos.line(), pos.position()) {
+        (Some(l), Some(c)) => format!("{l}:{c}"),
+        (Some(l), None) => l.to_string(),
+        _ => "?".into(),
+    }
+}
+
+/// "file:line:col: message" for the innermost error (where the script really failed).
+pub(super) fn format_error(script: &str, err: EvalAltResult) -> String {
+    error_text(script, err, None)
+}
+
+/// The error of a call from Rust to `f` with `args` arguments (a pool task, a thread's target,
+/// a callback): as [`format_error`], but a system exception Rhai left without a place, when
+/// none was tracked, names `f` and the line it starts at.
+pub(super) fn call_error(shared: &Shared, f: &FnPtr, args: usize, err: EvalAltResult) -> String {
+    let def = shared.ast.get().and_then(|ast| {
+        let arity = f.curry().len() + args;
+        let mut defs = ast
+            .iter_fn_def()
+            .filter(|d| d.name == f.fn_name())
+            .peekable();
+        let first = defs.peek().cloned();
+        defs.find(|d| d.params.len() == arity)
+            .or(first)
+            .map(|d| d.body.start_position())
+    });
+    let name = if f.is_anonymous() {
+        "an anonymous function".to_owned()
+    } else {
+        format!("function {}", f.fn_name())
+    };
+    error_text(
+        &shared.script_name,
+        err,
+        Some((name, def.unwrap_or(Position::NONE))),
+    )
+}
+
+/// [`format_error`]; `called` is the function a call from Rust ran and where it starts.
+pub(super) fn error_text(
+    script: &str,
+    err: EvalAltResult,
+    called: Option<(String, Position)>,
+) -> String {
+    let mut err = err;
+    let mut source = script.to_owned();
+    let mut trace = Vec::new();
+    loop {
+        err = match err {
+            EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
+                if let Some(line) = call_line(&name, &source, pos) {
+                    trace.push(line);
+                }
+                if !src.is_empty() {
+                    source = src;
+                }
+                *inner
+            }
+            EvalAltResult::ErrorInModule(path, inner, pos) => {
+                trace.push(format!(
+                    "  in module '{path}' at {source}:{}",
+                    position_text(pos)
+                ));
+                if !path.is_empty() {
+                    source = path;
+                }
+                *inner
+            }
+            other => break err_line(script, &source, other, trace, called),
+        };
+    }
+}
+
+/// A line of a trace for a call to `name` at `pos` in `source`; none for a call from Rust (a
+/// thread's target has no call site) or to a closure.
+pub(super) fn call_line(name: &str, source: &str, pos: Position) -> Option<String> {
+    (!name.starts_with("anon$") && !pos.is_none())
+        .then(|| format!("  in call to {name} at {source}:{}", position_text(pos)))
+}
+
+pub(super) fn err_line(
+    script: &str,
+    source: &str,
+    mut err: EvalAltResult,
+    mut trace: Vec<String>,
+    called: Option<(String, Position)>,
+) -> String {
+    let mut source = source.to_owned();
+    let mut pos = err.position();
+    // Rhai moved a system exception to the outermost call: where it really stopped was tracked.
+    if let Some(place) = stops::take(&err) {
+        pos = place.pos;
+        if let Some(s) = place.source {
+            source = s.to_string();
+        }
+        // A frame's source is the called function's: a call site is in its caller's.
+        let mut caller = script;
+        for (name, src, at) in &place.calls {
+            trace.extend(call_line(name, caller, *at));
+            caller = src.as_ref().map_or(script, |s| s.as_str());
+        }
+    }
+    err.clear_position();
+    let mut message = match &err {
+        EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
+        // Stopped by parrun (a cancelled pool task): the value says why.
+        EvalAltResult::ErrorTerminated(value, _) if value.is_string() => value.to_string(),
+        other => other.to_string(),
+    };
+    if let (true, true, Some((name, def))) = (pos.is_none(), err.is_system_exception(), called) {
+        // Rhai keeps no place for it and none was tracked: the best honest place is where
+        // the function the call ran starts.
+        let here = if def.is_none() {
+            ""
+        } else {
+            ", which starts here"
+        };
+        (pos, source) = (def, script.to_owned());
+        message = format!(
+            "{message} (in {name}{here}; the line where it stopped is known only with \
+             --max-instructions, --max-call-depth or --max-memory)"
+        );
+    }
+    // An error with no position (a function a pool task was given does not exist) names the
+    // script alone; the caller's error adds the line of the call that submitted it.
+    let mut text = if pos.is_none() {
+        format!("{source}: {message}")
+    } else {
+        format!("{source}:{}: {message}", position_text(pos))
+    };
+    for t in trace.iter().rev() {
+        text.push('\n');
+        text.push_str(t);
+    }
+    text
+}

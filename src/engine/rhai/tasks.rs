@@ -1,0 +1,393 @@
+//! What runs outside the main script: snapshots for isolated engines, pool tasks, callbacks
+//! and thread targets, each a function bound to the constants and modules it was handed over
+//! with ([`Env`]).
+
+use super::*;
+
+pub(super) fn hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// An engine of its own for an isolated worker or process: its own compile of the script, a
+/// host (and GIL) of its own, and `modules` (the script's, as of now) as its loaded modules.
+pub(super) fn isolated_shared(
+    parent: &Arc<Shared>,
+    modules: Loaded,
+) -> Result<(Arc<Shared>, Arc<Engine>), String> {
+    let shared = Shared::new(
+        parent.host.isolated(),
+        parent.script_name.clone(),
+        parent.code.clone(),
+        modules,
+    );
+    // An AST of its own rather than the script's: engines on two cores sharing one AST would
+    // update the same reference counts on every call, and that costs more than the compile.
+    let (engine, _) = start_engine(&shared).map_err(|e| e.to_string())?;
+    Ok((shared, engine))
+}
+
+/// The script's `global::` constants as of now, for another engine.
+pub(super) fn copied_constants(constants: &Option<Constants>) -> Option<Constants> {
+    constants.as_ref().map(|c| {
+        let copy = c
+            .read()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), detached(v))).collect())
+            .unwrap_or_default();
+        ::rhai::Shared::new(::rhai::Locked::new(copy))
+    })
+}
+
+/// A deep copy of `value` that shares no variable with this engine (a closure's captured
+/// variables are shared); parrun objects stay the same objects.
+pub(super) fn detached(value: &Dynamic) -> Dynamic {
+    let value = value.flatten_clone();
+    if value.is_array() {
+        let items = value.cast::<Array>();
+        Dynamic::from_array(items.iter().map(detached).collect())
+    } else if value.is_map() {
+        let map = value.cast::<::rhai::Map>();
+        Dynamic::from_map(map.iter().map(|(k, v)| (k.clone(), detached(v))).collect())
+    } else if value.is::<FnPtr>() {
+        let mut f = value.cast::<FnPtr>();
+        let curry: Vec<Dynamic> = f.iter_curry().map(detached).collect();
+        f.set_curry(curry);
+        Dynamic::from(f)
+    } else {
+        value
+    }
+}
+
+/// What isolated engines are built from: the script's state as of one moment (its code, which
+/// never changes, copies of its `global::` constants and of the modules it has loaded), and
+/// for a snapshot of a call, the call, detached from the script's variables.
+pub(super) struct RhaiSnapshot {
+    /// The script's `Shared`, for its code and settings.
+    pub(super) parent: Arc<Shared>,
+    pub(super) constants: Option<Constants>,
+    pub(super) modules: Loaded,
+    pub(super) call: Option<Call>,
+}
+
+/// A thread's or process's call, as a snapshot holds it.
+#[derive(Clone)]
+pub(super) struct Call {
+    pub(super) f: FnPtr,
+    pub(super) imports: Imports,
+    pub(super) args: Vec<Dynamic>,
+}
+
+impl RhaiSnapshot {
+    /// The script's state as `shared`'s engine and a call (`constants`, `call`) see it now,
+    /// as it is, not yet copied.
+    pub(super) fn live(
+        shared: &Arc<Shared>,
+        constants: Option<Constants>,
+        call: Option<Call>,
+    ) -> Self {
+        RhaiSnapshot {
+            parent: shared.clone(),
+            constants,
+            modules: shared.modules.clone(),
+            call,
+        }
+    }
+
+    /// A snapshot with copies of all this one holds, which share nothing with it: constants,
+    /// the list of loaded modules, the call's captured variables and arguments.
+    pub(super) fn copied(&self) -> RhaiSnapshot {
+        RhaiSnapshot {
+            parent: self.parent.clone(),
+            constants: copied_constants(&self.constants),
+            modules: modules::copied(&self.modules),
+            call: self.call.as_ref().map(|call| Call {
+                f: detached(&Dynamic::from(call.f.clone())).cast::<FnPtr>(),
+                imports: call.imports.clone(),
+                args: call.args.iter().map(detached).collect(),
+            }),
+        }
+    }
+
+    /// An engine of its own with this snapshot's state, and its call bound there.
+    pub(super) fn instance(self) -> Result<Instance, String> {
+        let (shared, engine) = isolated_shared(&self.parent, self.modules)?;
+        let target = self.call.map(|call| -> Box<dyn Target> {
+            let env = Env {
+                constants: self.constants.clone(),
+                imports: call.imports,
+            };
+            let f = BoundFn {
+                shared: shared.clone(),
+                env,
+                f: call.f,
+            };
+            Box::new(RhaiTarget { f, args: call.args })
+        });
+        let engine = Arc::new(RhaiTaskEngine {
+            shared,
+            constants: self.constants,
+            _engine: Some(engine),
+        });
+        Ok(Instance { engine, target })
+    }
+}
+
+impl Snapshot for RhaiSnapshot {
+    fn instantiate(&self) -> Result<Instance, String> {
+        self.copied().instance()
+    }
+
+    fn into_instance(self: Box<Self>) -> Result<Instance, String> {
+        self.instance()
+    }
+}
+
+/// A Rhai function as it travels to a worker: every script function (closures too) is in the
+/// AST the worker inherited, so its name and its curried (captured) values are enough, with the
+/// modules imported where it was handed over: (name, source) in import order.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct RhaiFunction {
+    pub(super) name: String,
+    pub(super) curry: Vec<Value>,
+    pub(super) imports: Vec<(String, String)>,
+}
+
+/// A Rhai engine as a pool worker's: the script's own, or an isolated worker's.
+pub(super) struct RhaiTaskEngine {
+    pub(super) shared: Arc<Shared>,
+    /// The `global::` constants its functions see.
+    pub(super) constants: Option<Constants>,
+    /// An isolated engine, which nothing else keeps alive.
+    pub(super) _engine: Option<Arc<Engine>>,
+}
+
+/// Rebuilds a function pointer in the worker, with the modules it sees. A closure's function is
+/// anonymous (`anon$...`, not a name `Fn` accepts), so it is looked up in the AST the worker
+/// inherited.
+pub(super) fn decode_function(
+    engine: &Engine,
+    shared: &Shared,
+    ast: &AST,
+    code: &[u8],
+) -> Result<(FnPtr, Imports), String> {
+    let wire: RhaiFunction =
+        rmp_serde::from_slice(code).map_err(|e| format!("bad function encoding: {e}"))?;
+    let imports = wire
+        .imports
+        .iter()
+        .map(|(name, source)| {
+            let module = modules::find(engine, &shared.modules, source)
+                .map_err(|e| format_error(&shared.script_name, *e))?;
+            Ok((name.into(), module))
+        })
+        .collect::<Result<_, String>>()?;
+    // A pointer linked to the script function is called directly (about a quarter less per
+    // call than one resolved by name on every call); Rhai still dispatches by name when the
+    // number of arguments differs. A name several functions share (overloads) stays a name.
+    let mut defs = ast.iter_fn_def().filter(|d| d.name == wire.name);
+    let mut f = match (defs.next(), defs.next()) {
+        (Some(def), None) => FnPtr::from(def.clone()),
+        _ => FnPtr::new(wire.name.as_str()).map_err(|e| e.to_string())?,
+    };
+    for v in &wire.curry {
+        f.add_curry(::rhai::serde::to_dynamic(v).map_err(|e| e.to_string())?);
+    }
+    Ok((f, imports))
+}
+
+impl TaskEngine for RhaiTaskEngine {
+    fn host(&self) -> &Arc<Host> {
+        &self.shared.host
+    }
+
+    fn decode(&self, code: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
+        let (engine, ast) = self.shared.engine_and_ast()?;
+        let (f, imports) = decode_function(&engine, &self.shared, &ast, code)?;
+        let env = Env {
+            constants: self.constants.clone(),
+            imports,
+        };
+        Ok(Arc::new(BoundFn {
+            shared: self.shared.clone(),
+            env,
+            f,
+        }))
+    }
+}
+
+/// The `global::` constants of the running script.
+pub(super) type Constants =
+    ::rhai::Shared<::rhai::Locked<std::collections::BTreeMap<::rhai::ImmutableString, Dynamic>>>;
+
+/// Imported modules by the names they were imported as, in import order (a later import of a
+/// name hides an earlier one).
+pub(super) type Imports = Vec<(ImmutableString, SharedModule)>;
+
+/// What a script function sees besides its arguments and the script's functions, as of the
+/// call that hands it to a thread, a process or a pool: the `global::` constants and the
+/// modules imported there (at the top of the script, or in the function making the call).
+#[derive(Clone, Default)]
+pub(super) struct Env {
+    pub(super) constants: Option<Constants>,
+    pub(super) imports: Imports,
+}
+
+impl Env {
+    pub(super) fn of(global: &GlobalRuntimeState) -> Env {
+        Env {
+            constants: global.constants.clone(),
+            imports: global
+                .scan_imports_raw()
+                .map(|(name, m)| (name.clone(), m.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The runtime state a call from Rust needs to see the script's functions, its `global::`
+/// constants and the modules in `imports`, as a call from the script would.
+pub(super) fn script_global(
+    engine: &Engine,
+    ast: &AST,
+    constants: &Option<Constants>,
+    imports: &Imports,
+) -> GlobalRuntimeState {
+    let mut global = engine.new_global_runtime_state();
+    global.lib.push(ast.shared_lib().clone());
+    global.constants = constants.clone();
+    global.source = ast.source().map(Into::into);
+    for (name, module) in imports {
+        global.push_import(name.clone(), module.clone());
+    }
+    global
+}
+
+/// A script function with the script's AST, constants and modules, callable from any thread.
+pub(super) struct BoundFn {
+    pub(super) shared: Arc<Shared>,
+    pub(super) env: Env,
+    pub(super) f: FnPtr,
+}
+
+impl BoundFn {
+    pub(super) fn call(&self, args: Vec<Dynamic>) -> Result<Dynamic, String> {
+        let count = args.len();
+        self.call_raw(args)
+            .map_err(|e| call_error(&self.shared, &self.f, count, *e))
+    }
+
+    pub(super) fn call_raw(&self, mut args: Vec<Dynamic>) -> RhaiResult<Dynamic> {
+        stops::begin();
+        let (engine, ast) = self.shared.engine_and_ast()?;
+        let global = script_global(&engine, &ast, &self.env.constants, &self.env.imports);
+        let ctx = ::rhai::NativeCallContext::new_with_all_fields(
+            &engine,
+            self.f.fn_name(),
+            None,
+            &global,
+            Position::NONE,
+        );
+        self.f.call_raw(&ctx, None, &mut args[..])
+    }
+}
+
+impl TaskFn for BoundFn {
+    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+        let (engine, ast) = self.shared.engine_and_ast()?;
+        // One runtime state for the whole chunk.
+        let global = script_global(&engine, &ast, &self.env.constants, &self.env.imports);
+        let ctx = ::rhai::NativeCallContext::new_with_all_fields(
+            &engine,
+            self.f.fn_name(),
+            None,
+            &global,
+            Position::NONE,
+        );
+        let to_dynamic = |v: &Value| ::rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
+        let call = |args: &mut [Dynamic]| -> Result<Value, String> {
+            stops::begin();
+            let result = self
+                .f
+                .call_raw(&ctx, None, &mut *args)
+                .map_err(|e| call_error(&self.shared, &self.f, args.len(), *e))?;
+            data_of(&self.shared, &result)
+                .map_err(|what| format!("cannot send a task's result back: {what}"))
+        };
+        match calls {
+            CallSlice::Each(values) => values.iter().map(|v| call(&mut [to_dynamic(v)?])).collect(),
+            CallSlice::Lists(lists) => lists
+                .iter()
+                .map(|list| {
+                    let mut args: Vec<Dynamic> =
+                        list.iter().map(to_dynamic).collect::<Result<_, _>>()?;
+                    call(&mut args)
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Callback for BoundFn {
+    fn call(&self, arg: Value) -> Result<(), String> {
+        let arg = ::rhai::serde::to_dynamic(&arg).map_err(|e| e.to_string())?;
+        BoundFn::call(self, vec![arg]).map(drop)
+    }
+}
+
+/// `for x in pool.imap(f, xs)`: iterating a result iterator waits (without the GIL) for each
+/// item in turn.
+impl IntoIterator for Object {
+    type Item = RhaiResult<Dynamic>;
+    type IntoIter = Box<dyn Iterator<Item = RhaiResult<Dynamic>> + Send + Sync>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let Object::ResultIterator(job, gil, pool) = self else {
+            let msg = format!("a {} cannot be iterated", self.class().name());
+            return Box::new(std::iter::once(Err(msg.into())));
+        };
+        Box::new(std::iter::from_fn(move || {
+            let _keep_alive = &pool;
+            let next = gil.allow_threads(0, || job.next_item(None));
+            if crate::rt::cancel::take_interrupt() {
+                return Some(Err(interrupted()));
+            }
+            match next {
+                Ok(Some(v)) => Some(::rhai::serde::to_dynamic(&v)),
+                Ok(None) => None,
+                Err(e) => Some(Err(e.into())),
+            }
+        }))
+    }
+}
+
+pub(super) struct RhaiTarget {
+    pub(super) f: BoundFn,
+    pub(super) args: Vec<Dynamic>,
+}
+
+impl Target for RhaiTarget {
+    fn snapshot(self: Box<Self>) -> Result<Box<dyn Snapshot>, String> {
+        let BoundFn { shared, env, f } = self.f;
+        let call = Call {
+            f,
+            imports: env.imports,
+            args: self.args,
+        };
+        let live = RhaiSnapshot::live(&shared, env.constants, Some(call));
+        Ok(Box::new(live.copied()))
+    }
+
+    fn run(self: Box<Self>) -> Result<(), String> {
+        let count = self.args.len();
+        match self.f.call_raw(self.args) {
+            Ok(_) => Ok(()),
+            Err(err) => match *err {
+                // `exit()` in a thread ends that thread, as `sys.exit` does in Python.
+                EvalAltResult::Exit(..) => Ok(()),
+                other => Err(call_error(&self.f.shared, &self.f.f, count, other)),
+            },
+        }
+    }
+}
