@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::gil::Gil;
 use crate::rt::poison::Recover;
+use crate::value::Value;
 
 /// What `Pool` and `Process` run on (`--mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -148,14 +149,46 @@ pub(crate) enum Stage {
     Processes,
 }
 
-/// What the threads of one script run share: the GIL, the settings, and what the run must
-/// finish before it ends.
+/// A Rust function scripts call by name (see `Runtime::function`): its arguments and result
+/// cross as [`Value`]s.
+#[derive(Clone)]
+pub(crate) struct HostFunction {
+    pub name: String,
+    /// How many arguments it takes at most (fewer are padded with nil).
+    pub arity: usize,
+    /// Whether it runs without the GIL, as a blocking builtin does.
+    pub blocking: bool,
+    pub call: Arc<dyn Fn(Vec<Value>) -> Result<Value, String> + Send + Sync>,
+}
+
+/// What an embedding program adds to every engine of a run: host functions and globals.
+#[derive(Clone, Default)]
+pub(crate) struct Embedding {
+    pub functions: Vec<HostFunction>,
+    pub globals: Vec<(String, Value)>,
+}
+
+impl std::fmt::Debug for Embedding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedding")
+            .field(
+                "functions",
+                &self.functions.iter().map(|h| &h.name).collect::<Vec<_>>(),
+            )
+            .field("globals", &self.globals)
+            .finish()
+    }
+}
+
+/// What the threads of one script run share: the GIL, the settings, what the embedding program
+/// added, and what the run must finish before it ends.
 pub(crate) struct Host {
     pub gil: Arc<Gil>,
     started: Mutex<Vec<Arc<dyn Finish>>>,
     thread_counter: AtomicU64,
     process_counter: AtomicU64,
     pub(crate) settings: Settings,
+    pub(crate) embedding: Arc<Embedding>,
 }
 
 /// The host's locks, held across a fork (see `crate::rt::atfork`).
@@ -186,17 +219,28 @@ impl Host {
     /// A host for an isolated engine: its own GIL and registries, the same settings.
     pub(crate) fn isolated(&self) -> Arc<Host> {
         let gil = Gil::new(self.gil.interval(), self.gil.interrupter());
-        Host::new(gil, self.settings.clone())
+        Host::with_embedding(gil, self.settings.clone(), self.embedding.clone())
     }
 
     /// A host with `gil` and nothing started yet.
+    #[cfg(test)]
     pub(crate) fn new(gil: Gil, settings: Settings) -> Arc<Host> {
+        Host::with_embedding(gil, settings, Arc::default())
+    }
+
+    /// A host with `gil`, what the embedding program added, and nothing started yet.
+    pub(crate) fn with_embedding(
+        gil: Gil,
+        settings: Settings,
+        embedding: Arc<Embedding>,
+    ) -> Arc<Host> {
         Arc::new(Host {
             gil: Arc::new(gil),
             started: Mutex::new(Vec::new()),
             thread_counter: AtomicU64::new(0),
             process_counter: AtomicU64::new(0),
             settings,
+            embedding,
         })
     }
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use crate::engine;
 use crate::error::Error;
-use crate::host::{Host, Mode, Script, Settings};
+use crate::host::{Embedding, Host, HostFunction, Mode, Script, Settings};
 use crate::rt::gil::{Gil, DEFAULT_SWITCH_INTERVAL};
+use crate::value::Value;
 
 /// A script language parrun runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +57,7 @@ pub struct Runtime {
     settings: Settings,
     args: Vec<String>,
     interpreter: Vec<String>,
+    embedding: Arc<Embedding>,
 }
 
 impl Default for Runtime {
@@ -72,7 +74,112 @@ impl Runtime {
             settings: Settings::default(),
             args: Vec::new(),
             interpreter: std::env::args().take(1).collect(),
+            embedding: Arc::default(),
         }
+    }
+
+    /// Makes `f` a function scripts call by `name`: a global in both languages (`lookup("k")`),
+    /// also `parrun.lookup` in Lua, in every engine the run makes (the script's, its threads',
+    /// every worker's and process's, whatever the execution model). Its arguments arrive as a
+    /// tuple that serde reads from the script's values (a table or map reads as a struct, and
+    /// missing trailing arguments as nil, so `Option` parameters may be left out); its result
+    /// goes back through serde. An `Err` is an error the script can catch, raised where it called
+    /// `f` (`name: message`); a panic in `f` is such an error too, never a crash. It runs with
+    /// the GIL held: a function that waits should be a [`Runtime::blocking_function`].
+    ///
+    /// ```
+    /// use parrun::{Language, Runtime};
+    /// let status = Runtime::new()
+    ///     .function("add", |(a, b): (i64, i64)| Ok::<_, String>(a + b))
+    ///     .run_source(Language::Lua, "add.lua", "assert(add(2, 3) == 5)")
+    ///     .unwrap();
+    /// assert_eq!(status, 0);
+    /// ```
+    pub fn function<A, R, E, F>(self, name: &str, f: F) -> Self
+    where
+        A: HostArgs,
+        R: serde::Serialize,
+        E: std::fmt::Display,
+        F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
+    {
+        self.add_function(name, false, f)
+    }
+
+    /// [`Runtime::function`] for a function that waits (on a network, a file, a lock of the
+    /// host's): it runs without the GIL, as `sleep` does, so the script's other threads go on.
+    pub fn blocking_function<A, R, E, F>(self, name: &str, f: F) -> Self
+    where
+        A: HostArgs,
+        R: serde::Serialize,
+        E: std::fmt::Display,
+        F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
+    {
+        self.add_function(name, true, f)
+    }
+
+    fn add_function<A, R, E, F>(mut self, name: &str, blocking: bool, f: F) -> Self
+    where
+        A: HostArgs,
+        R: serde::Serialize,
+        E: std::fmt::Display,
+        F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
+    {
+        let call = move |mut values: Vec<Value>| -> Result<Value, String> {
+            if values.len() > A::ARITY {
+                return Err(format!(
+                    "takes at most {} argument{}, got {}",
+                    A::ARITY,
+                    if A::ARITY == 1 { "" } else { "s" },
+                    values.len()
+                ));
+            }
+            values.resize(A::ARITY, Value::Nil);
+            let input = match A::ARITY {
+                0 => Value::Nil,
+                _ => Value::Array(values),
+            };
+            let args: A = input
+                .deserialize_into()
+                .map_err(|e| format!("bad arguments: {e}"))?;
+            let result = f(args).map_err(|e| e.to_string())?;
+            Value::from_serialize(&result).map_err(|e| format!("bad result: {e}"))
+        };
+        let embedding = Arc::make_mut(&mut self.embedding);
+        embedding.functions.retain(|h| h.name != name);
+        embedding.functions.push(HostFunction {
+            name: name.to_owned(),
+            arity: A::ARITY,
+            blocking,
+            call: Arc::new(call),
+        });
+        self
+    }
+
+    /// Makes `value` a global named `name` for the script and every engine it starts (a config
+    /// map, a list of records), converted through serde. Lua reads it as a global; Rhai as a
+    /// constant, which its functions reach as `global::name`, as any top-level constant.
+    ///
+    /// ```
+    /// use parrun::{Language, Runtime};
+    /// let config = std::collections::BTreeMap::from([("retries", 3)]);
+    /// let status = Runtime::new()
+    ///     .global("config", &config)
+    ///     .unwrap()
+    ///     .run_source(Language::Rhai, "cfg.rhai", "if config.retries != 3 { throw \"no\" }")
+    ///     .unwrap();
+    /// assert_eq!(status, 0);
+    /// ```
+    pub fn global<T: serde::Serialize + ?Sized>(
+        mut self,
+        name: &str,
+        value: &T,
+    ) -> Result<Self, Error> {
+        let value = Value::from_serialize(value)
+            .map_err(|e| Error::Usage(format!("global `{name}`: {e}")))?;
+        let embedding = Arc::make_mut(&mut self.embedding);
+        embedding.globals.retain(|(n, _)| n != name);
+        embedding.globals.push((name.to_owned(), value));
+        Ok(self)
     }
 
     /// The default for every pool's `task_timeout`: a task running longer fails, and its worker
@@ -265,9 +372,40 @@ impl Runtime {
 
     /// A fresh host with this runtime's settings (also what the crate's unit tests run on).
     pub(crate) fn host(&self, interrupter: Option<crate::rt::gil::Interrupter>) -> Arc<Host> {
-        Host::new(
+        Host::with_embedding(
             Gil::new(self.switch_interval, interrupter),
             self.settings.clone(),
+            self.embedding.clone(),
         )
     }
+}
+
+/// The arguments of a host function (see [`Runtime::function`]): a tuple of up to eight types
+/// serde can read, `()` for none.
+pub trait HostArgs: serde::de::DeserializeOwned {
+    /// How many arguments the tuple holds.
+    const ARITY: usize;
+}
+
+impl HostArgs for () {
+    const ARITY: usize = 0;
+}
+
+macro_rules! host_args {
+    ($($n:literal: $($t:ident)*;)*) => {$(
+        impl<$($t: serde::de::DeserializeOwned),*> HostArgs for ($($t,)*) {
+            const ARITY: usize = $n;
+        }
+    )*};
+}
+
+host_args! {
+    1: A;
+    2: A B;
+    3: A B C;
+    4: A B C D;
+    5: A B C D E;
+    6: A B C D E F;
+    7: A B C D E F G;
+    8: A B C D E F G H;
 }

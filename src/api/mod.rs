@@ -29,6 +29,7 @@ use crate::thread::ScriptThread;
 use crate::value::Value;
 
 mod args;
+pub(crate) mod host_fns;
 mod processing;
 mod threading;
 

@@ -113,6 +113,12 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     lua.set_named_registry_value("parrun.call", native::iterate(lua)?)?;
     lua.set_named_registry_value("parrun.run_chunk", native::run_chunk(lua)?)?;
     Tasks::install(lua, host)?;
+    // The embedding program's functions: globals, and in the `parrun` table too.
+    for (index, f) in host.embedding.functions.iter().enumerate() {
+        let function = native::builtin(lua, raw_host_function(lua, host, index)?, &run_here)?;
+        parrun.set(f.name.as_str(), &function)?;
+        lua.globals().set(f.name.as_str(), function)?;
+    }
     lua.globals().set("parrun", &parrun)?;
     let loaded: Table = lua.globals().get::<Table>("package")?.get("loaded")?;
     loaded.set("parrun", parrun)?;
@@ -130,38 +136,71 @@ fn class_table(lua: &Lua, parent: &Table, class: Class) -> mlua::Result<Table> {
 
 /// The raw Rust side of a builtin: returns (0, result), (1, request) or (2, message).
 fn raw_builtin(lua: &Lua, host: &Arc<Host>, b: &'static Builtin) -> mlua::Result<Function> {
+    raw_function(
+        lua,
+        host,
+        move |host, args| {
+            api::check_arity(b, args.len())?;
+            (b.call)(host, args)
+        },
+        move |msg| b.error(msg),
+    )
+}
+
+/// The raw Rust side of the embedding program's function number `index` (see
+/// `Runtime::function`), as [`raw_builtin`]'s.
+fn raw_host_function(lua: &Lua, host: &Arc<Host>, index: usize) -> mlua::Result<Function> {
+    let embedding = host.embedding.clone();
+    let named = host.embedding.clone();
+    raw_function(
+        lua,
+        host,
+        move |_, args| api::host_fns::call(&embedding.functions[index], args),
+        move |msg| api::host_fns::error(&named.functions[index], msg),
+    )
+}
+
+/// A raw function that runs `call` on its arguments and answers (0, result), (1, request) or
+/// (2, message), each error (also a deferred operation's) worded by `error`.
+fn raw_function(
+    lua: &Lua,
+    host: &Arc<Host>,
+    call: impl Fn(&Arc<Host>, &mut dyn Args) -> Result<Outcome, String> + Send + 'static,
+    error: impl Fn(String) -> String + Clone + Send + Sync + 'static,
+) -> mlua::Result<Function> {
     let host = host.clone();
     lua.create_function(move |lua, vals: MultiValue| {
-        let outcome = api::check_arity(b, vals.len()).and_then(|()| {
-            let mut args = LuaArgs {
-                lua,
-                vals: vals.into_vec(),
-                host: &host,
-            };
-            (b.call)(&host, &mut args)
-        });
-        match outcome {
+        let mut args = LuaArgs {
+            lua,
+            vals: vals.into_vec(),
+            host: &host,
+        };
+        let request = |pending: Pending| -> mlua::Result<MultiValue> {
+            let request = Request(std::sync::Mutex::new(Some(pending)));
+            (1, lua.create_userdata(request)?).into_lua_multi(lua)
+        };
+        match call(&host, &mut args) {
             Ok(Outcome::Done(ret)) => (0, ret_to_lua(lua, ret)?).into_lua_multi(lua),
-            Ok(Outcome::Wait(wait)) => {
-                let request = Request(std::sync::Mutex::new(Some(Pending::Wait(named(b, wait)))));
-                (1, lua.create_userdata(request)?).into_lua_multi(lua)
-            }
-            Ok(Outcome::Fork(fork)) => {
-                let request = Request(std::sync::Mutex::new(Some(Pending::Fork(named(b, fork)))));
-                (1, lua.create_userdata(request)?).into_lua_multi(lua)
-            }
-            Err(msg) => (2, b.error(msg)).into_lua_multi(lua),
+            Ok(Outcome::Wait(wait)) => request(Pending::Wait(named(error.clone(), wait))),
+            Ok(Outcome::Fork(fork)) => request(Pending::Fork(named(error.clone(), fork))),
+            Err(msg) => (2, error(msg)).into_lua_multi(lua),
         }
     })
 }
 
-/// Prefixes the errors of a deferred operation with the builtin's name.
-fn named(b: &'static Builtin, f: Wait) -> Wait {
-    Box::new(move || f().map_err(|msg| b.error(msg)))
+/// Words the errors of a deferred operation as its function's.
+fn named(error: impl Fn(String) -> String + Send + 'static, f: Wait) -> Wait {
+    Box::new(move || f().map_err(error))
 }
 
 /// Sets `arg` as the stock interpreter does, and lets `require` find modules next to the script.
 fn install_script_env(lua: &Lua, script: &Script) -> mlua::Result<()> {
+    // The embedding program's globals (see `Runtime::global`).
+    if let Some(host) = lua.app_data_ref::<Arc<Host>>().map(|h| h.clone()) {
+        for (name, value) in &host.embedding.globals {
+            lua.globals().set(name.as_str(), from_value(lua, value)?)?;
+        }
+    }
     let arg = lua.create_table()?;
     let before = script.interpreter.len() as i64;
     for (i, a) in script.interpreter.iter().enumerate() {

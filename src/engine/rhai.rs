@@ -182,6 +182,16 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
     };
     register_builtins(&mut engine, shared);
     register_exit(&mut engine, shared);
+    let host = shared.host.clone();
+    engine.register_fn("parrun_global", move |name: &str| -> RhaiResult<Dynamic> {
+        let (_, value) = host
+            .embedding
+            .globals
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| format!("no global `{name}`"))?;
+        ::rhai::serde::to_dynamic(value)
+    });
     engine
 }
 
@@ -212,6 +222,17 @@ fn progress(gil: &crate::rt::gil::Gil, tracked: bool) -> Option<Dynamic> {
 fn start_engine(shared: &Arc<Shared>) -> Result<(Arc<Engine>, Arc<AST>), ::rhai::ParseError> {
     let mut engine = build_engine(shared);
     let mut ast = engine.compile(&*shared.code)?;
+    // The embedding program's globals (`Runtime::global`) are top-level constants in front of
+    // the script, so that its functions reach them as `global::name`, as any constant of the
+    // script's, and they travel to workers with the script's other constants.
+    let globals = &shared.host.embedding.globals;
+    if !globals.is_empty() {
+        let declarations: String = globals
+            .iter()
+            .map(|(name, _)| format!("const {name} = parrun_global({name:?});\n"))
+            .collect();
+        ast = engine.compile(&declarations)?.merge(&ast);
+    }
     ast.set_source(shared.script_name.clone());
     // A variable captured by a closure is shared, and Rhai write-locks a shared variable for
     // the whole of a method call on it: a blocking `q.get()` would keep that lock while it

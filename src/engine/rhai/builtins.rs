@@ -51,6 +51,27 @@ pub(super) fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
             }
         }
     }
+    // The embedding program's functions, callable with up to their number of arguments.
+    for (index, f) in shared.host.embedding.functions.iter().enumerate() {
+        for n in 0..=f.arity {
+            let shared = shared.clone();
+            let types = vec![TypeId::of::<Dynamic>(); n];
+            engine.register_raw_fn(f.name.as_str(), types, move |ctx, args| {
+                if crate::rt::cancel::take_interrupt() {
+                    return Err(interrupted());
+                }
+                let embedding = shared.host.embedding.clone();
+                let f = &embedding.functions[index];
+                invoke_with(
+                    &shared,
+                    |_, args| api::host_fns::call(f, args),
+                    |msg| api::host_fns::error(f, msg),
+                    args,
+                    Some(ctx.global_runtime_state()),
+                )
+            });
+        }
+    }
     for ((name, n), candidates) in by_name {
         let mut signatures = vec![vec![TypeId::of::<Dynamic>(); n]];
         if candidates[0].class != Class::Global {
@@ -103,9 +124,26 @@ pub(super) fn invoke(
     args: &mut [&mut Dynamic],
     global: Option<&GlobalRuntimeState>,
 ) -> RhaiResult<Dynamic> {
-    let fail = |msg: String| -> Box<EvalAltResult> { b.error(msg).into() };
-    api::check_arity(b, args.len()).map_err(fail)?;
-    let outcome = (b.call)(&shared.host, &mut RhaiArgs::new(args, shared, global)).map_err(fail)?;
+    api::check_arity(b, args.len()).map_err(|msg| b.error(msg))?;
+    invoke_with(
+        shared,
+        |host, args| (b.call)(host, args),
+        |msg| b.error(msg),
+        args,
+        global,
+    )
+}
+
+/// Calls `call` on the arguments and answers as a builtin does; `error` words its errors.
+pub(super) fn invoke_with(
+    shared: &Arc<Shared>,
+    call: impl FnOnce(&Arc<Host>, &mut dyn Args) -> Result<Outcome, String>,
+    error: impl Fn(String) -> String,
+    args: &mut [&mut Dynamic],
+    global: Option<&GlobalRuntimeState>,
+) -> RhaiResult<Dynamic> {
+    let fail = |msg: String| -> Box<EvalAltResult> { error(msg).into() };
+    let outcome = call(&shared.host, &mut RhaiArgs::new(args, shared, global)).map_err(fail)?;
     let ret = match outcome {
         Outcome::Done(ret) => ret,
         Outcome::Wait(wait) => {

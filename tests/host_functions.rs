@@ -1,0 +1,145 @@
+//! Host functions and globals from the embedding program (`Runtime::function`,
+//! `Runtime::blocking_function`, `Runtime::global`), in both languages and every execution
+//! model: in the script, its threads, its pool workers and its processes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use parrun::{Language, Mode, Runtime};
+
+/// Runs `test` on its own thread and fails if it takes longer than two minutes.
+fn in_time(test: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        test();
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(Duration::from_secs(120)) {
+        Ok(()) => worker.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(worker.join().unwrap_err())
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("timed out"),
+    }
+}
+
+const MODES: [Mode; 3] = [Mode::Gil, Mode::Fork, Mode::Isolated];
+
+/// A runtime with `lookup(key)` over a table, `boom()` that panics, `release()` and the
+/// blocking `wait_released(seconds)` that waits for it, and the global `config`.
+fn runtime(mode: Mode) -> Runtime {
+    let table: HashMap<String, i64> = [("k1", 10), ("k2", 20), ("k3", 30)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let flag = Arc::new((Mutex::new(false), Condvar::new()));
+    let released = flag.clone();
+    Runtime::new()
+        .mode(mode)
+        .function("lookup", move |(key,): (String,)| {
+            table
+                .get(&key)
+                .copied()
+                .ok_or_else(|| format!("no key {key}"))
+        })
+        .function("boom", |(): ()| -> Result<i64, String> {
+            panic!("boom inside")
+        })
+        .function("release", move |(): ()| {
+            *released.0.lock().unwrap() = true;
+            released.1.notify_all();
+            Ok::<_, String>(())
+        })
+        .blocking_function("wait_released", move |(secs,): (f64,)| {
+            let (lock, changed) = &*flag;
+            let guard = lock.lock().unwrap();
+            let (guard, _) = changed
+                .wait_timeout_while(guard, Duration::from_secs_f64(secs), |done| !*done)
+                .unwrap();
+            Ok::<_, String>(*guard)
+        })
+        .global("config", &HashMap::from([("factor", 3)]))
+        .unwrap()
+}
+
+const LUA: &str = r#"
+local q = parrun.Queue()
+local function work(x) return lookup("k" .. x) * config.factor end
+assert(lookup("k1") == 10 and parrun.lookup("k2") == 20)
+local pool = parrun.Pool(2)
+local r = pool:map(work, {1, 2, 3})
+assert(r[1] == 30 and r[2] == 60 and r[3] == 90, table.concat(r, ","))
+local ok, err = pcall(pool.map, pool, function(x) return lookup("nope") end, {1})
+assert(not ok and err:find("lookup: no key nope"), tostring(err))
+pool:close()
+pool:join()
+local t = parrun.Thread(function() q:put(lookup("k3")) end, {})
+t:start()
+t:join()
+assert(q:get(5) == 30)
+local p = parrun.Process(function() q:put(work(2)) end, {})
+p:start()
+p:join()
+assert(q:get(5) == 60, "process")
+ok, err = pcall(lookup, "missing")
+assert(not ok and err:find("lookup: no key missing"), err)
+ok, err = pcall(boom)
+assert(not ok and err:find("boom: the host function panicked: boom inside"), err)
+ok, err = pcall(lookup, 1, 2)
+assert(not ok and err:find("takes at most 1 argument"), err)
+ok, err = pcall(lookup, {})
+assert(not ok and err:find("bad arguments"), err)
+-- A blocking function releases the GIL: the thread that releases it runs meanwhile.
+local releaser = parrun.Thread(function() release() end, {})
+releaser:start()
+assert(wait_released(10) == true, "the blocking function kept the GIL")
+releaser:join()
+"#;
+
+const RHAI: &str = r#"
+let q = Queue();
+fn work(x) { lookup(`k${x}`) * global::config.factor }
+if lookup("k1") != 10 { throw "k1"; }
+let pool = Pool(2);
+let r = pool.map(work, [1, 2, 3]);
+if r != [30, 60, 90] { throw `map ${r}`; }
+let e = "";
+try { pool.map(|x| lookup("nope"), [1]); } catch (x) { e = `${x}`; }
+if !e.contains("lookup: no key nope") { throw `worker error: ${e}`; }
+pool.close();
+pool.join();
+let t = Thread(|q| q.put(lookup("k3")), [q]);
+t.start();
+t.join();
+if q.get(5) != 30 { throw "thread"; }
+let p = Process(|q| q.put(work(2)), [q]);
+p.start();
+p.join();
+if q.get(5) != 60 { throw "process"; }
+e = "";
+try { lookup("missing"); } catch (x) { e = `${x}`; }
+if !e.contains("lookup: no key missing") { throw `error: ${e}`; }
+e = "";
+try { boom(); } catch (x) { e = `${x}`; }
+if !e.contains("boom: the host function panicked: boom inside") { throw `panic: ${e}`; }
+let releaser = Thread(|| release(), []);
+releaser.start();
+if wait_released(10.0) != true { throw "the blocking function kept the GIL"; }
+releaser.join();
+"#;
+
+#[test]
+fn host_functions_and_globals_reach_every_engine_in_both_languages() {
+    in_time(|| {
+        for mode in MODES {
+            for (language, name, code) in [
+                (Language::Lua, "host.lua", LUA),
+                (Language::Rhai, "host.rhai", RHAI),
+            ] {
+                let status = runtime(mode).run_source(language, name, code);
+                assert!(matches!(status, Ok(0)), "{name} in {mode:?}: {status:?}");
+            }
+        }
+    });
+}
