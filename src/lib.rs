@@ -70,5 +70,5 @@ pub use rt::signals;
 
 pub use error::Error;
 pub use host::{Mode, Settings};
-pub use runtime::{Language, Runtime};
+pub use runtime::{HostArgs, Language, Runtime};
 pub use value::Value;
