@@ -1,5 +1,7 @@
-//! [`Error`]: why a script could not run, or how it failed.
+//! [`Error`]: why a script could not run, or how it failed; [`ScriptError`], a script's error
+//! as data.
 
+use std::fmt;
 use std::path::PathBuf;
 
 /// Why a script could not run, or how it failed.
@@ -7,7 +9,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// A syntax or runtime error in the script, with file, line and the script's message.
     #[error("{0}")]
-    Script(String),
+    Script(ScriptError),
     /// The script file could not be read.
     #[error("cannot read script `{path}`: {source}")]
     Read {
@@ -18,9 +20,9 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// The script ended with a `KeyboardInterrupt` it did not catch (Ctrl-C, see
-    /// [`crate::rt::signals`]); the message names file and line, as a script error's does.
+    /// [`crate::signals`]); it names file and line, as a script error does.
     #[error("{0}")]
-    Interrupted(String),
+    Interrupted(ScriptError),
 }
 
 impl Error {
@@ -32,5 +34,133 @@ impl Error {
             Error::Read { .. } | Error::Usage(_) => 2,
             Error::Interrupted(_) => 130,
         }
+    }
+
+    /// A script error from the text an engine reports (`FILE:LINE[:COL]: message`, then Lua's
+    /// traceback), taken apart into its fields.
+    pub(crate) fn script(text: String) -> Error {
+        Error::Script(ScriptError::from_text(text))
+    }
+}
+
+/// A script's error as data: where it happened, what it says, and the calls that led there. It
+/// prints as parrun reports it: `FILE:LINE: message` (Rhai adds the column), then the traceback.
+///
+/// ```
+/// use parrun::{Error, Language, Runtime};
+/// let err = Runtime::new()
+///     .run_source(Language::Lua, "bad.lua", "local x = 1\nerror('no luck')")
+///     .unwrap_err();
+/// let Error::Script(e) = err else { panic!("a script error") };
+/// assert_eq!((e.file.as_deref(), e.line, e.message.as_str()), (Some("bad.lua"), Some(2), "no luck"));
+/// assert!(e.to_string().starts_with("bad.lua:2: no luck"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptError {
+    /// The script (or module) the error happened in, as errors name it.
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// The column (Rhai gives one; Lua does not).
+    pub column: Option<u32>,
+    /// What the script said, without the place.
+    pub message: String,
+    /// The calls that led there: Lua's `stack traceback:` lines, Rhai's `in call to` lines.
+    pub traceback: Option<String>,
+}
+
+impl ScriptError {
+    /// Takes `FILE:LINE[:COL]: message` and what follows on other lines apart; a text that does
+    /// not start with a place is all message.
+    fn from_text(text: String) -> ScriptError {
+        let (first, rest) = match text.split_once('\n') {
+            Some((first, rest)) => (first, Some(rest.to_owned())),
+            None => (text.as_str(), None),
+        };
+        let whole = ScriptError {
+            file: None,
+            line: None,
+            column: None,
+            message: first.to_owned(),
+            traceback: rest.clone(),
+        };
+        let Some((place, message)) = first.split_once(": ") else {
+            return whole;
+        };
+        let mut parts = place.rsplitn(3, ':');
+        let (last, middle, head) = (parts.next(), parts.next(), parts.next());
+        let number = |s: Option<&str>| s.and_then(|s| s.parse::<u32>().ok());
+        let parsed = match (number(last), number(middle), head) {
+            (Some(column), Some(line), Some(file)) => Some((file, line, Some(column))),
+            (Some(line), _, _) => {
+                let file = place.rsplit_once(':').map(|(f, _)| f);
+                file.map(|f| (f, line, None))
+            }
+            _ => None,
+        };
+        let Some((file, line, column)) = parsed.filter(|(f, ..)| !f.is_empty()) else {
+            return whole;
+        };
+        let error = ScriptError {
+            file: Some(file.to_owned()),
+            line: Some(line),
+            column,
+            message: message.to_owned(),
+            traceback: rest,
+        };
+        // Only a reading that prints back the same text is kept.
+        if error.to_string() == text {
+            error
+        } else {
+            whole
+        }
+    }
+}
+
+impl fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let (Some(file), Some(line)) = (&self.file, self.line) {
+            write!(f, "{file}:{line}:")?;
+            if let Some(column) = self.column {
+                write!(f, "{column}:")?;
+            }
+            f.write_str(" ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(traceback) = &self.traceback {
+            write!(f, "\n{traceback}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ScriptError {}
+
+#[cfg(test)]
+mod tests {
+    use super::ScriptError;
+
+    #[test]
+    fn a_reported_error_comes_apart_and_prints_back_the_same() {
+        for text in [
+            "main.lua:3: boom\nstack traceback:\n\t[C]: in function 'error'",
+            "x.rhai:7:1: Too many operations\n  in call to spin at x.rhai:7:1",
+            "/tmp/a:b/c.lua:12: message: with colons",
+            "no place at all",
+            "parrun: cannot set up Lua: not enough memory",
+        ] {
+            let e = ScriptError::from_text(text.to_owned());
+            assert_eq!(e.to_string(), text);
+        }
+        let e = ScriptError::from_text("x.rhai:7:1: Too many operations".into());
+        assert_eq!(
+            (e.file.as_deref(), e.line, e.column, e.message.as_str()),
+            (Some("x.rhai"), Some(7), Some(1), "Too many operations")
+        );
+        let e = ScriptError::from_text("/tmp/a:b/c.lua:12: m: n".into());
+        assert_eq!(
+            (e.file.as_deref(), e.line, e.column),
+            (Some("/tmp/a:b/c.lua"), Some(12), None)
+        );
+        assert_eq!(e.message, "m: n");
     }
 }

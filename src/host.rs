@@ -92,7 +92,7 @@ impl Script {
             // Offsets and lines count from the file's start, `#!` line included.
             let offset = at + (self.code.len() - code.len());
             let line = self.code[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
-            Error::Script(format!(
+            Error::script(format!(
                 "{}:{line}: syntax error: the script is not valid UTF-8 (byte 0x{:02x} at offset {offset})",
                 self.name, code[at]
             ))

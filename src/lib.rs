@@ -68,7 +68,7 @@ mod value;
 
 pub use rt::signals;
 
-pub use error::Error;
+pub use error::{Error, ScriptError};
 pub use host::{Mode, Settings};
 pub use runtime::{HostArgs, Language, Runtime};
 pub use value::Value;

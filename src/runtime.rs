@@ -348,10 +348,12 @@ impl Runtime {
                 Language::Rhai => engine::rhai::run(host, script),
             };
             match result {
-                Err(Error::Script(msg))
-                    if main.raised() && msg.contains(crate::rt::cancel::KEYBOARD_INTERRUPT) =>
+                Err(Error::Script(e))
+                    if main.raised()
+                        && e.to_string()
+                            .contains(crate::rt::cancel::KEYBOARD_INTERRUPT) =>
                 {
-                    Err(Error::Interrupted(msg))
+                    Err(Error::Interrupted(e))
                 }
                 other => other,
             }

@@ -24,7 +24,7 @@ fn within_a_minute(test: impl FnOnce() + Send + 'static) {
 
 fn script_error(result: Result<i32, Error>) -> String {
     match result {
-        Err(Error::Script(msg)) => msg,
+        Err(Error::Script(e)) => e.to_string(),
         other => panic!("expected a script error, got {other:?}"),
     }
 }
@@ -133,5 +133,42 @@ fn the_mode_set_on_the_runtime_reaches_the_script() {
                 0
             );
         }
+    });
+}
+
+/// A script error is data: file, line (and Rhai's column), message and traceback as fields,
+/// printing as the command line reports it.
+#[test]
+fn script_errors_carry_their_place_as_fields() {
+    within_a_minute(|| {
+        let lua =
+            Runtime::new().run_source(Language::Lua, "e.lua", "local a = 1\nerror('bad ' .. a)");
+        let Err(Error::Script(e)) = lua else {
+            panic!("expected a script error: {lua:?}")
+        };
+        assert_eq!(e.file.as_deref(), Some("e.lua"));
+        assert_eq!((e.line, e.column), (Some(2), None));
+        assert_eq!(e.message, "bad 1");
+        assert!(
+            e.traceback
+                .as_deref()
+                .is_some_and(|t| t.starts_with("stack traceback:")),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("e.lua:2: bad 1\nstack traceback:"),
+            "{e}"
+        );
+
+        let rhai =
+            Runtime::new().run_source(Language::Rhai, "e.rhai", "let a = 1;\n  throw `bad ${a}`;");
+        let Err(Error::Script(e)) = rhai else {
+            panic!("expected a script error: {rhai:?}")
+        };
+        assert_eq!(e.file.as_deref(), Some("e.rhai"));
+        assert_eq!((e.line, e.column), (Some(2), Some(3)));
+        assert_eq!(e.message, "bad 1");
+        assert_eq!(e.to_string(), "e.rhai:2:3: bad 1");
     });
 }

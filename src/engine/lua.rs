@@ -287,12 +287,12 @@ fn chunk_source(code: &[u8]) -> &[u8] {
 pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     let setup = new_state(&host).and_then(|lua| install_script_env(&lua, &script).map(|()| lua));
     let lua = setup
-        .map_err(|e| Error::Script(format!("parrun: cannot set up Lua: {}", error_text(e))))?;
+        .map_err(|e| Error::script(format!("parrun: cannot set up Lua: {}", error_text(e))))?;
     let source = chunk_source(&script.code);
     let mut main = lua.load(source).set_name(format!("@{}", script.name));
     if !host.settings.binary_chunks || host.settings.sandbox {
         if source.first() == Some(&0x1b) {
-            return Err(Error::Script(format!(
+            return Err(Error::script(format!(
                 "{}: a binary (precompiled) chunk: parrun runs text chunks only, unless \
                  --binary-chunks (Runtime::binary_chunks) allows them",
                 script.name
@@ -302,17 +302,17 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
     }
     let main = main
         .into_function()
-        .map_err(|e| Error::Script(error_text(e)))?;
+        .map_err(|e| Error::script(error_text(e)))?;
     let args = script
         .args
         .iter()
         .map(|a| a.as_str().into_lua(&lua))
         .collect::<mlua::Result<MultiValue>>()
-        .map_err(|e| Error::Script(error_text(e)))?;
+        .map_err(|e| Error::script(error_text(e)))?;
 
     let result = host.run_main(|| start_driver(&lua, &host, main, args));
     CURRENT_GIL.with(|g| g.borrow_mut().take());
-    result.map(|_| 0).map_err(|e| Error::Script(error_text(e)))
+    result.map(|_| 0).map_err(|e| Error::script(error_text(e)))
 }
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         Loaded::default(),
     );
     let (engine, ast) = start_engine(&shared).map_err(|e| {
-        Error::Script(format!(
+        Error::script(format!(
             "{}:{}: syntax error: {}",
             script.name,
             position_text(e.1),
@@ -120,7 +120,7 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
         Ok(()) => Ok(exit_status.unwrap_or(0)),
         Err(err) => match *err {
             EvalAltResult::Exit(value, _) => Ok(exit_status_of(&value)),
-            other => Err(Error::Script(format_error(&script.name, other))),
+            other => Err(Error::script(format_error(&script.name, other))),
         },
     }
 }
