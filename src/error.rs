@@ -23,6 +23,10 @@ pub enum Error {
     /// [`crate::signals`]); it names file and line, as a script error does.
     #[error("{0}")]
     Interrupted(ScriptError),
+    /// The script ended with this exit status (`os.exit(n)`, `exit(n)`) where a value was
+    /// expected of it ([`crate::Runtime::eval`]).
+    #[error("the script exited with status {0}")]
+    Exited(i32),
 }
 
 impl Error {
@@ -33,6 +37,7 @@ impl Error {
             Error::Script(_) => 1,
             Error::Read { .. } | Error::Usage(_) => 2,
             Error::Interrupted(_) => 130,
+            Error::Exited(status) => *status,
         }
     }
 

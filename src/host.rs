@@ -149,6 +149,13 @@ pub(crate) enum Stage {
     Processes,
 }
 
+/// How a script's run ended: its exit status (0, or what `os.exit`/`exit` gave) and the value
+/// its main chunk returned (Lua's `return x`, Rhai's last expression), if it is data.
+pub(crate) struct Ended {
+    pub status: i32,
+    pub value: Result<Value, String>,
+}
+
 /// A Rust function scripts call by name (see `Runtime::function`): its arguments and result
 /// cross as [`Value`]s.
 #[derive(Clone)]

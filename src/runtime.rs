@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::engine;
 use crate::error::Error;
-use crate::host::{Embedding, Host, HostFunction, Mode, Script, Settings};
+use crate::host::{Embedding, Ended, Host, HostFunction, Mode, Script, Settings};
 use crate::rt::gil::{Gil, DEFAULT_SWITCH_INTERVAL};
 use crate::value::Value;
 
@@ -312,6 +312,7 @@ impl Runtime {
                 interpreter: self.interpreter.clone(),
             },
         )
+        .map(|ended| ended.status)
     }
 
     /// Runs script source; `name` is what error messages call it. Lua source may be any bytes;
@@ -322,20 +323,53 @@ impl Runtime {
         name: &str,
         code: impl AsRef<[u8]>,
     ) -> Result<i32, Error> {
+        self.run_code(language, name, code.as_ref())
+            .map(|ended| ended.status)
+    }
+
+    /// Runs script source and gives back the value it returns (Lua: `return x` from the main
+    /// chunk; Rhai: its last expression), read by serde into `T`. The run is whole: the script's
+    /// threads, pools and processes are finished before it returns. A script that exits with a
+    /// status other than 0 is [`Error::Exited`].
+    ///
+    /// ```
+    /// use parrun::{Language, Runtime};
+    /// let squares: Vec<i64> = Runtime::new()
+    ///     .eval(Language::Rhai, "squares.rhai", "let pool = Pool(2); pool.map(|x| x * x, [1, 2, 3])")
+    ///     .unwrap();
+    /// assert_eq!(squares, [1, 4, 9]);
+    /// ```
+    pub fn eval<T: serde::de::DeserializeOwned>(
+        &self,
+        language: Language,
+        name: &str,
+        code: impl AsRef<[u8]>,
+    ) -> Result<T, Error> {
+        let ended = self.run_code(language, name, code.as_ref())?;
+        if ended.status != 0 {
+            return Err(Error::Exited(ended.status));
+        }
+        ended
+            .value
+            .and_then(|v| v.deserialize_into::<T>())
+            .map_err(|e| Error::Usage(format!("{name}: the script's result: {e}")))
+    }
+
+    fn run_code(&self, language: Language, name: &str, code: &[u8]) -> Result<Ended, Error> {
         let language = self.language.unwrap_or(language);
         self.run(
             language,
             Script {
                 name: name.to_owned(),
                 dir: None,
-                code: code.as_ref().to_owned(),
+                code: code.to_owned(),
                 args: self.args.clone(),
                 interpreter: self.interpreter.clone(),
             },
         )
     }
 
-    fn run(&self, language: Language, script: Script) -> Result<i32, Error> {
+    fn run(&self, language: Language, script: Script) -> Result<Ended, Error> {
         let run = move || {
             let host = match language {
                 Language::Lua => self.host(engine::lua::interrupter()),

@@ -172,3 +172,67 @@ fn script_errors_carry_their_place_as_fields() {
         assert_eq!(e.to_string(), "e.rhai:2:3: bad 1");
     });
 }
+
+/// `os.exit(n)` / `exit(n)` end the script with status n and never the program running it;
+/// `eval` gives back the script's value (Lua's `return`, Rhai's last expression) as a Rust
+/// type, after the run has finished what the script started.
+#[test]
+fn exit_ends_the_script_not_the_host_and_eval_returns_the_scripts_value() {
+    within_a_minute(|| {
+        for sandbox in [false, true] {
+            let rt = Runtime::new().sandbox(sandbox);
+            let lua = "local t = parrun.Thread(function() parrun.sleep(0.05) end, {}) t:start() os.exit(7)";
+            assert_eq!(rt.run_source(Language::Lua, "exit.lua", lua).unwrap(), 7);
+            assert_eq!(
+                rt.run_source(Language::Lua, "exit.lua", "os.exit(false)")
+                    .unwrap(),
+                1
+            );
+            assert_eq!(
+                rt.run_source(Language::Rhai, "exit.rhai", "exit(7);")
+                    .unwrap(),
+                7
+            );
+        }
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Summary {
+            count: usize,
+            squares: Vec<i64>,
+        }
+        for mode in [
+            parrun::Mode::Gil,
+            parrun::Mode::Fork,
+            parrun::Mode::Isolated,
+        ] {
+            let rt = Runtime::new().mode(mode);
+            let lua: Summary = rt
+                .eval(
+                    Language::Lua,
+                    "sum.lua",
+                    "local pool = parrun.Pool(2)\nlocal s = pool:map(function(x) return x * x end, {1, 2, 3})\n\
+                     return {count = #s, squares = s}",
+                )
+                .unwrap();
+            let rhai: Summary = rt
+                .eval(
+                    Language::Rhai,
+                    "sum.rhai",
+                    "let pool = Pool(2);\nlet s = pool.map(|x| x * x, [1, 2, 3]);\n#{count: s.len(), squares: s}",
+                )
+                .unwrap();
+            let want = Summary {
+                count: 3,
+                squares: vec![1, 4, 9],
+            };
+            assert_eq!(lua, want, "{mode:?}");
+            assert_eq!(rhai, want, "{mode:?}");
+        }
+        let exited = Runtime::new().eval::<i64>(Language::Lua, "x.lua", "os.exit(3)");
+        assert!(matches!(exited, Err(Error::Exited(3))), "{exited:?}");
+        let wrong = Runtime::new().eval::<i64>(Language::Rhai, "x.rhai", "\"text\"");
+        assert!(
+            matches!(wrong, Err(Error::Usage(ref m)) if m.contains("invalid type")),
+            "{wrong:?}"
+        );
+    });
+}

@@ -26,7 +26,7 @@ use mlua::{
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
 use crate::error::Error;
-use crate::host::{Host, Script};
+use crate::host::{Ended, Host, Script};
 use crate::rt::gil::{Gil, Interrupter};
 use crate::script::{
     CallSlice, Callback, FunctionSpec, Instance, ScriptEngine, Snapshot, Target, TaskEngine,
@@ -113,6 +113,28 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     lua.set_named_registry_value("parrun.call", native::iterate(lua)?)?;
     lua.set_named_registry_value("parrun.run_chunk", native::run_chunk(lua)?)?;
     Tasks::install(lua, host)?;
+    // `os.exit` ends the script's run (or a thread), never the process: the program embedding
+    // parrun goes on, and the run finishes what the script started (see `Exit`).
+    let exit = lua.create_function(|lua, (code, _close): (LuaValue, LuaValue)| {
+        let status = match &code {
+            LuaValue::Nil => 0,
+            LuaValue::Boolean(ok) => i32::from(!ok),
+            other => match lua.coerce_integer(other.clone())? {
+                Some(n) => n as i32,
+                None => {
+                    let msg = format!(
+                        "bad argument #1 to 'exit' (number expected, got {})",
+                        other.type_name()
+                    );
+                    return (2, msg).into_lua_multi(lua);
+                }
+            },
+        };
+        let request = Request(std::sync::Mutex::new(Some(Pending::Exit(status))));
+        (1, lua.create_userdata(request)?).into_lua_multi(lua)
+    })?;
+    let os: Table = lua.globals().get("os")?;
+    os.set("exit", native::builtin(lua, exit, &run_here)?)?;
     // The embedding program's functions: globals, and in the `parrun` table too.
     for (index, f) in host.embedding.functions.iter().enumerate() {
         let function = native::builtin(lua, raw_host_function(lua, host, index)?, &run_here)?;
@@ -284,7 +306,7 @@ fn chunk_source(code: &[u8]) -> &[u8] {
 }
 
 /// Runs a script in a fresh Lua state and waits for the threads it started.
-pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
+pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<Ended, Error> {
     let setup = new_state(&host).and_then(|lua| install_script_env(&lua, &script).map(|()| lua));
     let lua = setup
         .map_err(|e| Error::script(format!("parrun: cannot set up Lua: {}", error_text(e))))?;
@@ -312,7 +334,19 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
 
     let result = host.run_main(|| start_driver(&lua, &host, main, args));
     CURRENT_GIL.with(|g| g.borrow_mut().take());
-    result.map(|_| 0).map_err(|e| Error::script(error_text(e)))
+    match result {
+        Ok(returned) => Ok(Ended {
+            status: 0,
+            value: to_value(returned.into_iter().next().unwrap_or(LuaValue::Nil)),
+        }),
+        Err(e) => match exit_status(&e) {
+            Some(status) => Ok(Ended {
+                status,
+                value: Ok(Value::Nil),
+            }),
+            None => Err(Error::script(error_text(e))),
+        },
+    }
 }
 
 #[cfg(test)]

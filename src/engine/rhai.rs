@@ -22,7 +22,7 @@ use ::rhai::{
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::error::Error;
-use crate::host::{Host, Script};
+use crate::host::{Ended, Host, Script};
 use crate::rt::output;
 use crate::script::{
     CallSlice, Callback, FunctionSpec, Instance, ScriptEngine, Snapshot, Target, TaskEngine,
@@ -87,7 +87,7 @@ impl Shared {
 }
 
 /// Runs a script in a fresh engine and waits for the threads it started.
-pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
+pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<Ended, Error> {
     let shared = Shared::new(
         host.clone(),
         script.name.clone(),
@@ -113,13 +113,19 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<i32, Error> {
 
     let result = host.run_main(|| {
         stops::begin();
-        engine.run_ast_with_scope(&mut scope, &ast)
+        engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
     });
     let exit_status = *shared.exit_status.lock().recover();
     match result {
-        Ok(()) => Ok(exit_status.unwrap_or(0)),
+        Ok(value) => Ok(Ended {
+            status: exit_status.unwrap_or(0),
+            value: to_value(&shared, &value),
+        }),
         Err(err) => match *err {
-            EvalAltResult::Exit(value, _) => Ok(exit_status_of(&value)),
+            EvalAltResult::Exit(value, _) => Ok(Ended {
+                status: exit_status_of(&value),
+                value: Ok(Value::Nil),
+            }),
             other => Err(Error::script(format_error(&script.name, other))),
         },
     }

@@ -215,6 +215,9 @@ pub(super) fn drive(
                 ))
             }
         };
+        if let Pending::Exit(status) = pending {
+            break Err(mlua::Error::external(Exit(status)));
+        }
         let result = pending.run(gil, token);
         // A cancelled task ends here, whatever its wait returned.
         if let Some(reason) = crate::rt::cancel::requested() {

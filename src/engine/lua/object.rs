@@ -67,6 +67,36 @@ impl UserData for Request {}
 pub(super) enum Pending {
     Wait(Wait),
     Fork(Wait),
+    /// `os.exit(status)`: the driver ends the coroutine (see [`Exit`]).
+    Exit(i32),
+}
+
+/// The error that ends a coroutine on `os.exit(status)`: the main chunk's run ends with the
+/// status (parrun then finishes what the script started, as Python does after `sys.exit`); a
+/// thread ends, as after Python's `sys.exit` in a thread; a pool task fails with this message.
+/// It never ends the process itself, so a program embedding parrun keeps running.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Exit(pub(super) i32);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "os.exit({}) called outside the script's main thread",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// The status `os.exit` ended a coroutine with, if `e` is that ending.
+pub(super) fn exit_status(e: &mlua::Error) -> Option<i32> {
+    match e {
+        mlua::Error::ExternalError(inner) => inner.downcast_ref::<Exit>().map(|x| x.0),
+        mlua::Error::CallbackError { cause, .. } => exit_status(cause),
+        _ => None,
+    }
 }
 
 impl Pending {
@@ -75,6 +105,7 @@ impl Pending {
         match self {
             Pending::Wait(wait) => interruptible(gil.allow_threads(token, wait)),
             Pending::Fork(fork) => fork(),
+            Pending::Exit(_) => Err("os.exit is handled by the driver".into()),
         }
     }
 
@@ -83,6 +114,9 @@ impl Pending {
         match self {
             Pending::Wait(f) => interruptible(f()),
             Pending::Fork(f) => f(),
+            // Inside a C call (a sort comparator, a metamethod Lua calls from C) the coroutine
+            // cannot be ended from here.
+            Pending::Exit(_) => Err("os.exit cannot end the script from inside a C call".into()),
         }
     }
 }

@@ -278,9 +278,12 @@ pub(super) struct LuaTarget {
 impl Target for LuaTarget {
     fn run(self: Box<Self>) -> Result<(), String> {
         let LuaTarget { lua, host, f, args } = *self;
-        start_driver(&upgrade(&lua)?, &host, f, MultiValue::from_vec(args))
-            .map(drop)
-            .map_err(error_text)
+        match start_driver(&upgrade(&lua)?, &host, f, MultiValue::from_vec(args)) {
+            Ok(_) => Ok(()),
+            // `os.exit` ends the thread or process target, as `sys.exit` does in Python.
+            Err(e) if exit_status(&e).is_some() => Ok(()),
+            Err(e) => Err(error_text(e)),
+        }
     }
 
     fn snapshot(self: Box<Self>) -> Result<Box<dyn Snapshot>, String> {
