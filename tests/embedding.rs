@@ -236,3 +236,38 @@ fn exit_ends_the_script_not_the_host_and_eval_returns_the_scripts_value() {
         );
     });
 }
+
+/// The README's embedding example, as it stands there.
+#[test]
+fn the_readmes_embedding_example_runs() {
+    within_a_minute(|| {
+        readme_example().unwrap();
+    });
+}
+
+fn readme_example() -> Result<(), Error> {
+    use parrun::Mode;
+    use std::collections::HashMap;
+
+    let prices: HashMap<String, f64> = HashMap::from([("tea".into(), 2.5)]);
+    let runtime = Runtime::new()
+        .mode(Mode::Isolated) // what Pool and Process run on (default Fork)
+        .function("price", move |(item,): (String,)| {
+            prices
+                .get(&item)
+                .copied()
+                .ok_or_else(|| format!("no price for {item}"))
+        })
+        .global("config", &HashMap::from([("tax", 1.2)]))?;
+    let total: f64 = runtime.eval(
+        Language::Lua,
+        "total.lua",
+        r#"
+    local pool = parrun.Pool(2)
+    local each = pool:map(function(item) return price(item) * config.tax end, {"tea", "tea"})
+    return each[1] + each[2]
+"#,
+    )?;
+    assert_eq!(total, 6.0);
+    Ok(())
+}
