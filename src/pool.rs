@@ -610,7 +610,8 @@ struct Worker {
     tasks: Option<Sender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
     results: File,
-    rbuf: Vec<u8>,
+    /// What the worker has written, cut into frames.
+    frames: codec::FrameBuf,
     in_flight: VecDeque<Task>,
     known: HashSet<u64>,
     sent: usize,
@@ -1035,7 +1036,7 @@ impl Pool {
             tasks: Some(tx),
             writer: Some(writer),
             results: File::from(result_rx),
-            rbuf: Vec::new(),
+            frames: codec::FrameBuf::default(),
             in_flight: VecDeque::new(),
             known: HashSet::new(),
             sent: 0,
@@ -1410,7 +1411,7 @@ impl Pool {
                     ended = Some("closed its result pipe".to_string());
                     break;
                 }
-                Ok(n) => w.rbuf.extend_from_slice(&chunk[..n]),
+                Ok(n) => w.frames.push(&chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -1419,14 +1420,15 @@ impl Pool {
                 }
             }
         }
-        let mut offset = 0;
-        while w.rbuf.len() - offset >= 4 {
-            let len = u32::from_le_bytes(w.rbuf[offset..offset + 4].try_into().unwrap()) as usize;
-            if w.rbuf.len() - offset - 4 < len {
-                break;
-            }
-            let frame = &w.rbuf[offset + 4..offset + 4 + len];
-            offset += 4 + len;
+        loop {
+            let frame = match w.frames.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    ended = Some(format!("sent a malformed result: {e}"));
+                    break;
+                }
+            };
             let msg: FromWorker = match codec::decode(frame) {
                 Ok(m) => m,
                 Err(e) => {
@@ -1455,7 +1457,6 @@ impl Pool {
                 self.finish_job(&task.job);
             }
         }
-        w.rbuf.drain(..offset);
         match ended {
             Some(e) => Err(e),
             None => Ok(()),
@@ -1807,6 +1808,16 @@ mod tests {
         };
         codec::fuzz_frames(&result, 10_000, |mut bytes| {
             let _ = codec::read_frame::<FromWorker>(&mut bytes, &mut Vec::new());
+        });
+        // As the supervisor reads them: through a frame buffer, in pieces.
+        codec::fuzz_frames(&result, 10_000, |bytes| {
+            let mut frames = codec::FrameBuf::default();
+            for piece in bytes.chunks(5) {
+                frames.push(piece);
+                while let Ok(Some(frame)) = frames.next_frame() {
+                    let _ = codec::decode::<FromWorker>(frame);
+                }
+            }
         });
     }
 
