@@ -100,8 +100,19 @@ impl Chunk {
     }
 }
 
-/// A job's `callback` and `error_callback`, if any.
-pub type Callbacks = Option<(Option<Box<dyn Callback>>, Option<Box<dyn Callback>>)>;
+/// A job's `callback` (called with its value) and `error_callback` (called with its error),
+/// each given or not.
+#[derive(Default)]
+pub struct Callbacks {
+    pub ok: Option<Box<dyn Callback>>,
+    pub err: Option<Box<dyn Callback>>,
+}
+
+impl Callbacks {
+    fn is_empty(&self) -> bool {
+        self.ok.is_none() && self.err.is_none()
+    }
+}
 
 /// A pool as the script asks for it (`Pool(processes, options)`); [`Pool::prepare`] checks it.
 pub struct PoolConfig {
@@ -222,7 +233,7 @@ impl Job {
                 ready: false,
             }),
             changed: Condvar::new(),
-            callbacks: Mutex::new(None),
+            callbacks: Mutex::default(),
         })
     }
 
@@ -1109,13 +1120,7 @@ impl Pool {
 
     /// Completes a job: runs its callback (on the callback thread), then marks it ready.
     fn finish_job(&self, job: &Arc<Job>) {
-        let has_callbacks = job
-            .callbacks
-            .lock()
-            .recover()
-            .as_ref()
-            .is_some_and(|(ok, err)| ok.is_some() || err.is_some());
-        if has_callbacks {
+        if !job.callbacks.lock().recover().is_empty() {
             let outcome = job.outcome(&job.state());
             if self.callbacks_tx.send((job.clone(), outcome)).is_ok() {
                 return;
@@ -1564,27 +1569,25 @@ fn run_callbacks(
         if !live.start_callback(&job) {
             continue;
         }
-        let callbacks = job.callbacks.lock().recover().take();
+        let Callbacks { ok, err } = std::mem::take(&mut *job.callbacks.lock().recover());
+        let (callback, arg) = match outcome {
+            Ok(v) => (ok, v),
+            Err(e) => (err, Value::Str(e)),
+        };
         let mut failure = None;
-        if let Some((ok, err)) = callbacks {
-            let (callback, arg) = match outcome {
-                Ok(v) => (ok, v),
-                Err(e) => (err, Value::Str(e)),
-            };
-            if let Some(cb) = callback {
-                let _held = host.gil.lock(0);
-                // The callback is dropped inside, with the GIL: it holds the engine's values.
-                match catch_unwind(AssertUnwindSafe(move || cb.call(arg))) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => crate::rt::output::write_stderr(&format!(
-                        "Exception in pool callback:\n{e}"
-                    )),
-                    Err(panic) => {
-                        failure = Some(format!(
-                            "the callback failed inside parrun (a host panic: {})",
-                            crate::rt::threads::panic_text(&*panic)
-                        ))
-                    }
+        if let Some(cb) = callback {
+            let _held = host.gil.lock(0);
+            // The callback is dropped inside, with the GIL: it holds the engine's values.
+            match catch_unwind(AssertUnwindSafe(move || cb.call(arg))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    crate::rt::output::write_stderr(&format!("Exception in pool callback:\n{e}"))
+                }
+                Err(panic) => {
+                    failure = Some(format!(
+                        "the callback failed inside parrun (a host panic: {})",
+                        crate::rt::threads::panic_text(&*panic)
+                    ))
                 }
             }
         }
@@ -1964,7 +1967,10 @@ mod tests {
             pause,
             panic_on: panic_on.map(Value::Int),
         });
-        Some((Some(ok), None))
+        Callbacks {
+            ok: Some(ok),
+            err: None,
+        }
     }
 
     const LONG: Option<Duration> = Some(Duration::from_secs(20));
@@ -1986,14 +1992,16 @@ mod tests {
         let (pool, gate) = echo_pool(true);
         let mut held = Vec::new();
         for i in 0..2_000 {
-            let job = apply(&pool, i, None);
+            let job = apply(&pool, i, Callbacks::default());
             assert_eq!(job.get(LONG), Ok(Value::Int(i)));
             held.push(job);
             assert_eq!(pool.live.len(), 0, "job {i} stayed registered once ready");
         }
         // Unfinished jobs are all there, and only until they are ready.
         *gate.0.lock().unwrap() = false;
-        let waiting: Vec<_> = (0..100).map(|i| apply(&pool, i, None)).collect();
+        let waiting: Vec<_> = (0..100)
+            .map(|i| apply(&pool, i, Callbacks::default()))
+            .collect();
         assert_eq!(pool.live.len(), 100);
         open(&gate);
         pool.close();
@@ -2086,7 +2094,7 @@ mod tests {
         let twenty = || Calls::Each((0..20).map(Value::Int).collect());
         let chunks_of = |kind, chunksize| {
             let job = pool
-                .submit(kind, echo(), twenty(), chunksize, None)
+                .submit(kind, echo(), twenty(), chunksize, Callbacks::default())
                 .unwrap();
             let joined = job.clone();
             within(move || joined.wait(None));

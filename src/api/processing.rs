@@ -68,8 +68,10 @@ fn callbacks(args: &mut dyn Args, ok: usize) -> Result<Callbacks, String> {
             None => Ok(None),
         }
     };
-    let (a, b) = (pick(ok)?, pick(ok + 1)?);
-    Ok((a.is_some() || b.is_some()).then_some((a, b)))
+    Ok(Callbacks {
+        ok: pick(ok)?,
+        err: pick(ok + 1)?,
+    })
 }
 
 /// Submits `f` over argument lists; used by every Pool method that runs work.
@@ -101,7 +103,7 @@ fn submit(
     };
     let cbs = match callbacks_at {
         Some(i) => callbacks(args, i)?,
-        None => None,
+        None => Callbacks::default(),
     };
     let job = p.submit(kind, f, calls, chunksize, cbs)?;
     Ok((job, p))
