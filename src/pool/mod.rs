@@ -32,7 +32,7 @@
 //! the jobs not ready yet by id (`LiveJobs`), so submitting costs the same however many jobs
 //! are in flight.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -41,7 +41,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Sender};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
@@ -54,13 +54,15 @@ use crate::rt::cancel::Cancel;
 use crate::rt::codec;
 use crate::rt::poison::Recover;
 use crate::rt::{children, exit, fork};
-use crate::script::{
-    CallSlice, Callback, Calls, FunctionSpec, ScriptEngine, Snapshot, TaskEngine, Travel,
-};
+use crate::script::{CallSlice, Calls, FunctionSpec, ScriptEngine, Snapshot, TaskEngine, Travel};
 use crate::value::Value;
 
+mod callbacks;
+mod job;
 mod worker;
 
+use callbacks::Finisher;
+pub use job::{AsyncResult, Callbacks, JobKind};
 use worker::{worker_main, FromWorker, Functions, ToWorkerOut};
 
 /// The most tasks queued to one worker at a time.
@@ -103,20 +105,6 @@ impl Chunk {
     }
 }
 
-/// A job's `callback` (called with its value) and `error_callback` (called with its error),
-/// each given or not.
-#[derive(Default)]
-pub struct Callbacks {
-    pub ok: Option<Box<dyn Callback>>,
-    pub err: Option<Box<dyn Callback>>,
-}
-
-impl Callbacks {
-    fn is_empty(&self) -> bool {
-        self.ok.is_none() && self.err.is_none()
-    }
-}
-
 /// A pool as the script asks for it (`Pool(processes, options)`); [`Pool::prepare`] checks it.
 pub struct PoolConfig {
     /// How many workers; `None`: one per CPU, as Python's `os.cpu_count()`.
@@ -146,350 +134,11 @@ impl NewPool {
     }
 }
 
-// ---- jobs: what scripts wait on ----
-
-/// What a job's result looks like to the script.
-#[derive(Clone, Copy, PartialEq, Debug)]
-pub enum JobKind {
-    /// `apply`, `apply_async`: one value.
-    Single,
-    /// `map`, `starmap` and their `_async` forms: an array in input order.
-    List,
-    /// `imap`: an iterator in input order.
-    Ordered,
-    /// `imap_unordered`: an iterator in completion order.
-    Unordered,
-}
-
-struct JobState {
-    slots: Vec<Option<Result<Value, String>>>,
-    remaining: usize,
-    /// Completion order of finished items (for `imap_unordered`).
-    finished_order: VecDeque<usize>,
-    /// Next item an iterator hands out.
-    cursor: usize,
-    /// Set when the whole job failed (terminated pool, broken pool).
-    failure: Option<String>,
-    /// Ready for `get`: results in and callbacks run.
-    ready: bool,
-}
-
-/// A submitted piece of work: an `AsyncResult`, or the state behind an `imap` iterator.
-pub struct Job {
-    /// Unique in its pool: the job's key among the pool's [`LiveJobs`].
-    id: u64,
-    kind: JobKind,
-    state: Mutex<JobState>,
-    changed: Condvar,
-    callbacks: Mutex<Callbacks>,
-}
-
-impl Job {
-    fn new(id: u64, kind: JobKind, items: usize) -> Arc<Job> {
-        Arc::new(Job {
-            id,
-            kind,
-            state: Mutex::new(JobState {
-                slots: (0..items).map(|_| None).collect(),
-                remaining: items,
-                finished_order: VecDeque::new(),
-                cursor: 0,
-                failure: None,
-                ready: false,
-            }),
-            changed: Condvar::new(),
-            callbacks: Mutex::default(),
-        })
-    }
-
-    fn state(&self) -> MutexGuard<'_, JobState> {
-        self.state.lock().recover()
-    }
-
-    /// Stores results for items `first..`; returns true when this completed the job.
-    fn complete(&self, first: usize, results: Result<Vec<Value>, String>, count: usize) -> bool {
-        let mut s = self.state();
-        let before = s.remaining;
-        match results {
-            // A slot filled already (or taken by `take`) keeps what it has, should a task
-            // ever report twice.
-            Ok(values) => {
-                for (i, v) in values.into_iter().enumerate().take(count) {
-                    if s.slots.get(first + i).is_some_and(Option::is_none) {
-                        s.slots[first + i] = Some(Ok(v));
-                        s.remaining -= 1;
-                        if self.kind == JobKind::Unordered {
-                            s.finished_order.push_back(first + i);
-                        }
-                    }
-                }
-            }
-            Err(msg) => {
-                for i in first..first + count {
-                    if s.slots.get(i).is_some_and(Option::is_none) {
-                        s.slots[i] = Some(Err(msg.clone()));
-                        s.remaining -= 1;
-                        if self.kind == JobKind::Unordered {
-                            s.finished_order.push_back(i);
-                        }
-                    }
-                }
-            }
-        }
-        let done = s.remaining == 0 && s.remaining < before;
-        drop(s);
-        // Only an iterator waits for single items; `get` and `wait` wait for `ready`, which is
-        // announced on its own. Waking them for every item would cost a context switch each.
-        if matches!(self.kind, JobKind::Ordered | JobKind::Unordered) {
-            self.changed.notify_all();
-        }
-        done
-    }
-
-    /// Fails the whole job at once (a terminated or broken pool, a callback that panicked).
-    fn fail(&self, msg: &str) {
-        let mut s = self.state();
-        if s.ready {
-            return;
-        }
-        s.failure = Some(msg.to_owned());
-        s.ready = true;
-        drop(s);
-        self.changed.notify_all();
-    }
-
-    fn mark_ready(&self) {
-        self.state().ready = true;
-        self.changed.notify_all();
-    }
-
-    /// The job's outcome once all items are in: the value, or the first error.
-    fn outcome(&self, s: &JobState) -> Result<Value, String> {
-        Self::first_error(s)?;
-        let values = s.slots.iter().flatten().flatten().cloned().collect();
-        Ok(self.assemble(values))
-    }
-
-    /// [`Job::outcome`] for its only reader: the values are moved out, not copied.
-    fn take_outcome(&self, s: &mut JobState) -> Result<Value, String> {
-        Self::first_error(s)?;
-        // A plain `map` lets the collection reuse the slots' allocation.
-        let values = std::mem::take(&mut s.slots)
-            .into_iter()
-            .map(|slot| slot.and_then(Result::ok).unwrap_or_default())
-            .collect();
-        Ok(self.assemble(values))
-    }
-
-    fn first_error(s: &JobState) -> Result<(), String> {
-        if let Some(f) = &s.failure {
-            return Err(f.clone());
-        }
-        for slot in &s.slots {
-            match slot {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.clone()),
-                None => return Err("result missing".into()),
-            }
-        }
-        Ok(())
-    }
-
-    fn assemble(&self, mut values: Vec<Value>) -> Value {
-        match self.kind {
-            JobKind::Single => values.pop().unwrap_or(Value::Nil),
-            _ => Value::Array(values),
-        }
-    }
-
-    /// Waits until ready; false on timeout.
-    pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        crate::rt::threads::wait_while(&self.changed, self.state(), timeout, |s| !s.ready).is_some()
-    }
-
-    /// `AsyncResult.get`: the value, the task's error, or a timeout error.
-    pub fn get(&self, timeout: Option<Duration>) -> Result<Value, String> {
-        if !self.wait(timeout) {
-            return Err(format!(
-                "timed out after {:?} waiting for the result (TimeoutError)",
-                timeout.unwrap_or_default()
-            ));
-        }
-        let s = self.state();
-        self.outcome(&s)
-    }
-
-    /// [`Job::get`] for a job nothing else reads (`map`, `apply`): the results are moved out.
-    pub fn take(&self) -> Result<Value, String> {
-        self.wait(None);
-        let mut s = self.state();
-        self.take_outcome(&mut s)
-    }
-
-    pub fn ready(&self) -> bool {
-        self.state().ready
-    }
-
-    /// `AsyncResult.successful`: an error if not ready yet, as in Python.
-    pub fn successful(&self) -> Result<bool, String> {
-        let s = self.state();
-        if !s.ready {
-            return Err("the result is not ready (ValueError)".into());
-        }
-        Ok(Self::first_error(&s).is_ok())
-    }
-
-    /// The next item of an `imap`/`imap_unordered` iterator; `None` at the end.
-    pub fn next_item(&self, timeout: Option<Duration>) -> Result<Option<Value>, String> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut s = self.state();
-        loop {
-            if s.cursor >= s.slots.len() {
-                return Ok(None);
-            }
-            if let Some(f) = &s.failure {
-                return Err(f.clone());
-            }
-            let index = match self.kind {
-                JobKind::Unordered => s.finished_order.front().copied(),
-                _ => s.slots[s.cursor].is_some().then_some(s.cursor),
-            };
-            if let Some(i) = index {
-                if self.kind == JobKind::Unordered {
-                    s.finished_order.pop_front();
-                }
-                s.cursor += 1;
-                return match s.slots[i].take() {
-                    Some(Ok(v)) => Ok(Some(v)),
-                    Some(Err(e)) => Err(e),
-                    None => Err("result missing".into()),
-                };
-            }
-            if crate::rt::cancel::stop_waiting() {
-                return Err("the wait was interrupted".into());
-            }
-            let left = match deadline {
-                Some(d) => match d.saturating_duration_since(Instant::now()) {
-                    left if left.is_zero() => {
-                        return Err("timed out waiting for the next result (TimeoutError)".into())
-                    }
-                    left => Some(left),
-                },
-                None => None,
-            };
-            // A cancellable thread (a pool's worker, a run's main thread) looks for a
-            // cancellation or an interrupt every `POLL`.
-            let slice = match crate::rt::cancel::installed() {
-                true => {
-                    Some(left.map_or(crate::rt::cancel::POLL, |l| l.min(crate::rt::cancel::POLL)))
-                }
-                false => left,
-            };
-            s = match slice {
-                None => self.changed.wait(s).recover(),
-                Some(slice) => self.changed.wait_timeout(s, slice).recover().0,
-            };
-        }
-    }
-}
-
-/// A pool's jobs that are not ready yet: what `terminate` fails and what `join` waits for.
-///
-/// A job is entered once when it is submitted and leaves once, by its id, when it becomes ready
-/// (its results in and its callback run) or fails, so the work per job is constant however many
-/// jobs are in flight or still held by the script.
-#[derive(Default)]
-struct LiveJobs {
-    state: Mutex<LiveState>,
-    /// Notified when a job leaves or a callback ends.
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct LiveState {
-    jobs: HashMap<u64, Arc<Job>>,
-    /// A callback is running. Its job has left `jobs` already, so that a terminate meanwhile
-    /// cannot fail it under the callback's feet, but it is not ready until the callback ends.
-    in_callback: bool,
-}
-
-impl LiveJobs {
-    fn state(&self) -> MutexGuard<'_, LiveState> {
-        self.state.lock().recover()
-    }
-
-    fn insert(&self, job: &Arc<Job>) {
-        self.state().jobs.insert(job.id, job.clone());
-    }
-
-    /// Marks `job` ready and forgets it.
-    fn ready(&self, job: &Job) {
-        // Both under the registry's lock: whoever finds a job ready finds it gone, and whoever
-        // finds the registry empty finds every job ready.
-        let mut s = self.state();
-        job.mark_ready();
-        if s.jobs.remove(&job.id).is_some() {
-            self.changed.notify_all();
-        }
-    }
-
-    /// Takes `job` out for its callback; false if it has failed already (a terminated pool),
-    /// and its callback must not run.
-    fn start_callback(&self, job: &Job) -> bool {
-        let mut s = self.state();
-        let live = s.jobs.remove(&job.id).is_some();
-        s.in_callback = live;
-        live
-    }
-
-    /// The callback of `job` has ended: the job is ready, or failed with `failure`.
-    fn end_callback(&self, job: &Job, failure: Option<String>) {
-        let mut s = self.state();
-        match failure {
-            Some(msg) => job.fail(&msg),
-            None => job.mark_ready(),
-        }
-        s.in_callback = false;
-        self.changed.notify_all();
-    }
-
-    /// Fails every job not ready yet with `reason` (a callback already running finishes).
-    fn fail_all(&self, reason: &str) {
-        let jobs: Vec<_> = self.state().jobs.drain().map(|(_, job)| job).collect();
-        for job in jobs {
-            job.fail(reason);
-        }
-        self.changed.notify_all();
-    }
-
-    /// Waits until every job is ready and no callback runs.
-    fn wait_all_ready(&self) {
-        let s = self.state();
-        let _s = self
-            .changed
-            .wait_while(s, |s| !s.jobs.is_empty() || s.in_callback)
-            .recover();
-    }
-
-    /// Waits until no callback runs.
-    fn wait_no_callback(&self) {
-        let s = self.state();
-        let _s = self.changed.wait_while(s, |s| s.in_callback).recover();
-    }
-
-    /// How many jobs are not ready yet.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        let s = self.state();
-        s.jobs.len() + usize::from(s.in_callback)
-    }
-}
-
 // ---- the pool ----
 
 struct Task {
     id: u64,
-    job: Arc<Job>,
+    job: Arc<AsyncResult>,
     first: usize,
     function: Arc<FunctionSpec>,
     calls: Chunk,
@@ -545,10 +194,7 @@ pub struct Pool {
     shared: Mutex<Shared>,
     shared_changed: Condvar,
     /// The jobs not ready yet, shared with the callback thread.
-    live: Arc<LiveJobs>,
-    callbacks_tx: Sender<(Arc<Job>, Result<Value, String>)>,
-    /// The thread that runs `callback`/`error_callback`: a callback cannot wait for itself.
-    callback_thread: std::thread::ThreadId,
+    finisher: Finisher,
     /// The supervisor (forked workers) or the watchdog (worker threads).
     supervisor: Mutex<Option<JoinHandle<()>>>,
     /// The worker threads, as the watchdog sees them.
@@ -659,15 +305,7 @@ impl Pool {
             }
             Workers::Threads { engines, renew } => (None, None, engines, renew),
         };
-        let (callbacks_tx, callbacks_rx) = unbounded();
-        let live = Arc::new(LiveJobs::default());
-        let (callback_host, callback_live) = (host.clone(), live.clone());
-        let callback_thread = std::thread::Builder::new()
-            .name("parrun-pool-callbacks".into())
-            .spawn(move || run_callbacks(callback_host, callback_live, callbacks_rx))
-            .map_err(|e| format!("cannot start the callback thread: {e}"))?
-            .thread()
-            .id();
+        let finisher = Finisher::start(host)?;
         let pool = Arc::new(Pool {
             host: host.clone(),
             forked,
@@ -683,9 +321,7 @@ impl Pool {
                 live_threads: threads.len(),
             }),
             shared_changed: Condvar::new(),
-            live,
-            callbacks_tx,
-            callback_thread,
+            finisher,
             supervisor: Mutex::new(None),
             slots: Mutex::new(Vec::new()),
         });
@@ -896,7 +532,7 @@ impl Pool {
             }
             // A terminated pool has failed the job already.
             if self.is_running() && job.complete(first, result, n) {
-                self.finish_job(&job);
+                self.finisher.finish(&job);
             }
             done += 1;
             let Some(renew) = &renew else { continue };
@@ -1031,7 +667,7 @@ impl Pool {
         calls: Calls,
         chunksize: Option<usize>,
         callbacks: Callbacks,
-    ) -> Result<Arc<Job>, String> {
+    ) -> Result<Arc<AsyncResult>, String> {
         let chunksize = match (chunksize, kind) {
             (Some(size), _) => size.max(1),
             // Python's default for `map`: about four chunks per worker.
@@ -1054,14 +690,13 @@ impl Pool {
                     .unwrap_or_else(|| "the pool is broken".into()))
             }
         }
-        let job = Job::new(s.next_job, kind, calls.len());
+        let job = Arc::new(AsyncResult::new(s.next_job, kind, calls.len(), callbacks));
         s.next_job += 1;
-        *job.callbacks.lock().recover() = callbacks;
         // Entered under the pool's lock, so that a terminate either finds it or refuses it.
-        self.live.insert(&job);
+        self.finisher.enter(&job);
         if calls.is_empty() {
             drop(s);
-            self.finish_job(&job);
+            self.finisher.finish(&job);
             return Ok(job);
         }
         let mut first = 0;
@@ -1083,17 +718,6 @@ impl Pool {
         Ok(job)
     }
 
-    /// Completes a job: runs its callback (on the callback thread), then marks it ready.
-    fn finish_job(&self, job: &Arc<Job>) {
-        if !job.callbacks.lock().recover().is_empty() {
-            let outcome = job.outcome(&job.state());
-            if self.callbacks_tx.send((job.clone(), outcome)).is_ok() {
-                return;
-            }
-        }
-        self.live.ready(job);
-    }
-
     pub fn close(&self) {
         let mut s = self.shared();
         if s.status == Status::Open {
@@ -1110,8 +734,8 @@ impl Pool {
         self.stop();
         self.wait_supervisor();
         // From a callback, the running callback is the caller.
-        if !self.on_callback_thread() {
-            self.live.wait_no_callback();
+        if !self.finisher.on_callback_thread() {
+            self.finisher.wait_no_callback();
         }
     }
 
@@ -1124,7 +748,7 @@ impl Pool {
         s.status = Status::Terminated;
         s.pending.clear();
         drop(s);
-        self.live
+        self.finisher
             .fail_all("the pool was terminated before this result was ready");
         self.wake();
     }
@@ -1138,7 +762,7 @@ impl Pool {
                 "join() on a running pool: call close() or terminate() first (ValueError)".into(),
             );
         }
-        if self.on_callback_thread() {
+        if self.finisher.on_callback_thread() {
             return Err(
                 "join() from one of the pool's own callbacks would wait for itself \
                  (RuntimeError: cannot join current thread)"
@@ -1146,12 +770,8 @@ impl Pool {
             );
         }
         self.wait_supervisor();
-        self.live.wait_all_ready();
+        self.finisher.wait_all_ready();
         Ok(())
-    }
-
-    fn on_callback_thread(&self) -> bool {
-        std::thread::current().id() == self.callback_thread
     }
 
     /// How a function travels to the workers.
@@ -1346,7 +966,7 @@ impl Pool {
                 if let Err(e) = encoded {
                     let n = task.calls.len();
                     if task.job.complete(task.first, Err(e), n) {
-                        self.finish_job(&task.job);
+                        self.finisher.finish(&task.job);
                     }
                     continue;
                 }
@@ -1424,7 +1044,7 @@ impl Pool {
             w.running_since = (!w.in_flight.is_empty()).then(Instant::now);
             let n = task.calls.len();
             if task.job.complete(task.first, msg.result, n) {
-                self.finish_job(&task.job);
+                self.finisher.finish(&task.job);
             }
         }
         match ended {
@@ -1474,7 +1094,7 @@ impl Pool {
         if let Some(task) = running {
             let n = task.calls.len();
             if task.job.complete(task.first, Err(failure), n) {
-                self.finish_job(&task.job);
+                self.finisher.finish(&task.job);
             }
         }
         let mut s = self.shared();
@@ -1518,45 +1138,8 @@ impl Pool {
         s.broken_reason = Some(reason.to_owned());
         s.pending.clear();
         drop(s);
-        self.live.fail_all(reason);
+        self.finisher.fail_all(reason);
         self.wake();
-    }
-}
-
-/// Runs `callback`/`error_callback` with the GIL, then marks each job ready. A callback that
-/// panics inside parrun fails its job with the reason; the thread goes on with the next.
-fn run_callbacks(
-    host: Arc<Host>,
-    live: Arc<LiveJobs>,
-    rx: Receiver<(Arc<Job>, Result<Value, String>)>,
-) {
-    for (job, outcome) in rx {
-        if !live.start_callback(&job) {
-            continue;
-        }
-        let Callbacks { ok, err } = std::mem::take(&mut *job.callbacks.lock().recover());
-        let (callback, arg) = match outcome {
-            Ok(v) => (ok, v),
-            Err(e) => (err, Value::Str(e)),
-        };
-        let mut failure = None;
-        if let Some(cb) = callback {
-            let _held = host.gil.lock(0);
-            // The callback is dropped inside, with the GIL: it holds the engine's values.
-            match catch_unwind(AssertUnwindSafe(move || cb.call(arg))) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    crate::rt::output::write_stderr(&format!("Exception in pool callback:\n{e}"))
-                }
-                Err(panic) => {
-                    failure = Some(format!(
-                        "the callback failed inside parrun (a host panic: {})",
-                        crate::rt::threads::panic_text(&*panic)
-                    ))
-                }
-            }
-        }
-        live.end_callback(&job, failure);
     }
 }
 
@@ -1611,24 +1194,7 @@ fn set_nonblocking(fd: impl AsFd) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::script::TaskFn;
-
-    #[test]
-    fn a_taken_job_ignores_a_second_report() {
-        let job = Job::new(1, JobKind::List, 2);
-        assert!(!job.complete(1, Ok(vec![Value::Int(2)]), 1));
-        assert!(job.complete(0, Ok(vec![Value::Int(1)]), 1));
-        job.mark_ready();
-        let all = Value::Array(vec![Value::Int(1), Value::Int(2)]);
-        assert_eq!(job.get(None).unwrap(), all, "get copies");
-        assert!(job.successful().unwrap());
-        assert_eq!(job.take().unwrap(), all, "take moves");
-        assert!(
-            !job.complete(0, Ok(vec![Value::Int(9)]), 1),
-            "completed only once"
-        );
-        assert!(!job.complete(1, Err("late".into()), 1));
-    }
+    use crate::script::{Callback, TaskFn};
 
     /// A task engine of its own (as an isolated worker's) whose every function returns its
     /// first argument, once `gate` is open, and notes how many calls each task had.
@@ -1726,7 +1292,7 @@ mod tests {
         })
     }
 
-    fn apply(pool: &Pool, x: i64, callbacks: Callbacks) -> Arc<Job> {
+    fn apply(pool: &Pool, x: i64, callbacks: Callbacks) -> Arc<AsyncResult> {
         let calls = Calls::Lists(vec![vec![Value::Int(x)]]);
         pool.submit(JobKind::Single, echo(), calls, None, callbacks)
             .unwrap()
@@ -1784,19 +1350,23 @@ mod tests {
             let job = apply(&pool, i, Callbacks::default());
             assert_eq!(job.get(LONG), Ok(Value::Int(i)));
             held.push(job);
-            assert_eq!(pool.live.len(), 0, "job {i} stayed registered once ready");
+            assert_eq!(
+                pool.finisher.unready(),
+                0,
+                "job {i} stayed registered once ready"
+            );
         }
         // Unfinished jobs are all there, and only until they are ready.
         *gate.0.lock().unwrap() = false;
         let waiting: Vec<_> = (0..100)
             .map(|i| apply(&pool, i, Callbacks::default()))
             .collect();
-        assert_eq!(pool.live.len(), 100);
+        assert_eq!(pool.finisher.unready(), 100);
         open(&gate);
         pool.close();
         let joined = pool.clone();
         within(move || joined.join()).unwrap();
-        assert_eq!(pool.live.len(), 0);
+        assert_eq!(pool.finisher.unready(), 0);
         assert!(waiting.iter().chain(&held).all(|j| j.ready()));
     }
 
@@ -1833,7 +1403,7 @@ mod tests {
             .collect();
         // Wait for the first callback to be running.
         let start = Instant::now();
-        while !pool.live.state().in_callback && start.elapsed() < LONG.unwrap() {
+        while !pool.finisher.in_callback() && start.elapsed() < LONG.unwrap() {
             std::thread::yield_now();
         }
         let terminated = pool.clone();
