@@ -1,76 +1,85 @@
 //! Pools (Python's `multiprocessing.Pool` and `ThreadPool`), in every execution model.
 //!
-//! Jobs, chunking, results, callbacks and shutdown are one mechanism; what runs the tasks is
-//! one of two backends, which the execution model chooses and builds ([`Workers`]):
-//! - **Forked processes** (`fork`). Workers are forked when the pool is created and inherit the
-//!   script state as of then. Each worker has a task pipe and a result pipe. A supervisor
-//!   thread in the parent assigns tasks and reads results; a writer thread per worker writes
-//!   its tasks, so the supervisor never blocks on a full pipe.
-//! - **Threads** (`isolated`, `gil`). Each worker thread takes tasks from the pending queue
-//!   itself and completes their jobs directly: no pipe, no codec, no supervisor round trip.
-//!   An isolated worker runs its own engine under that engine's own (uncontended) GIL; a `gil`
-//!   worker runs the script's engine under the script's GIL.
+//! Jobs, chunking, results, callbacks and shutdown are one mechanism, here; what runs the
+//! tasks is one of two backends behind one small interface ([`Backend`]), which the execution
+//! model chooses and builds (`crate::exec`):
+//! - [`forked`] (`fork`): worker processes, fed by a supervisor thread through pipes;
+//! - [`threads`] (`isolated`, `gil`): worker threads that take tasks from the pending queue
+//!   themselves, and a watchdog that stops overdue tasks.
 //!
-//! For forked workers:
-//! - **Dispatch.** Tasks wait in one pending queue. Each worker has a *window* of tasks in
-//!   flight: 1 while tasks are slow (so a later task starts on whichever worker frees up
-//!   first, as in Python), up to [`MAX_WINDOW`] when tasks are fast, because one round trip per
-//!   task is bound by pipe wake-up latency (shared/notes/ipc.md). The window follows the task
-//!   time workers report. Tasks assigned in one pass go out in one write.
-//! - **Functions** travel once per worker: the adapter encodes a script function once
-//!   ([`FunctionSpec`]), the worker decodes and keeps it ([`Functions`]).
-//! - **Failures.** A task's script error comes back as its result. A worker that dies (a
-//!   signal, a crash) fails the task it was running with an error naming the signal; the tasks
-//!   queued behind it go back to the pending queue, and a replacement is forked.
-//! - **Shutdown.** `close` then `join` lets the work finish and the workers exit, and returns
-//!   once every callback has run and every result is ready, as CPython's; `terminate` kills
-//!   the workers, fails what is unfinished, lets a running callback end and runs no other; a
-//!   pool still open when the script ends is terminated.
+//! The rest, one file per idea:
+//! - [`job`]: a job's [`AsyncResult`], what the script waits on (result slots, a ready latch,
+//!   an `imap` iterator's cursor);
+//! - [`callbacks`]: how a job finishes (its callback first, on the callback thread) and the
+//!   jobs not ready yet, which `terminate` fails and `join` waits for;
+//! - [`worker`]: what a worker runs (the function cache, a forked worker's loop, the wire).
 //!
-//! Callbacks run one at a time on the pool's callback thread, with the GIL (CPython's result
-//! handler thread). A callback that panics inside parrun fails its own result. The pool keeps
-//! the jobs not ready yet by id (`LiveJobs`), so submitting costs the same however many jobs
-//! are in flight.
+//! A submitted job is cut into tasks (chunks of its calls, sharing one list) that wait in the
+//! pool's pending queue. **Shutdown:** `close` then `join` lets the work finish and the workers
+//! exit, and returns once every callback has run and every result is ready, as CPython's;
+//! `terminate` kills (or stops) the workers, fails what is unfinished, lets a running callback
+//! end and runs no other; a pool still open when the script ends is terminated.
 
-use std::collections::{HashSet, VecDeque};
-use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use crossbeam_channel::{unbounded, Sender};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::Signal;
-use nix::sys::wait::WaitStatus;
-use nix::unistd::Pid;
+use std::time::Duration;
 
 use crate::exec::{self, Workers};
 use crate::host::{Finish, Host, Mode, Stage};
-use crate::link;
-use crate::rt::cancel::Cancel;
-use crate::rt::codec;
+use crate::rt::cancel;
 use crate::rt::poison::Recover;
-use crate::rt::{children, exit, fork};
-use crate::script::{CallSlice, Calls, FunctionSpec, ScriptEngine, Snapshot, TaskEngine, Travel};
+use crate::script::{CallSlice, Calls, FunctionSpec, ScriptEngine, Travel};
 use crate::value::Value;
 
 mod callbacks;
+mod forked;
 mod job;
+mod threads;
 mod worker;
 
 use callbacks::Finisher;
 pub use job::{AsyncResult, Callbacks, JobKind};
-use worker::{worker_main, FromWorker, Functions, ToWorkerOut};
 
-/// The most tasks queued to one worker at a time.
-pub const MAX_WINDOW: usize = 64;
-/// How much work (in µs of task time) to keep queued per worker: enough that a worker never
-/// waits for the round trip of its next task, little enough that slow tasks are not pinned to
-/// one worker while another is idle.
-const WINDOW_WORK_MICROS: f64 = 20_000.0;
+/// What a pool needs from the backend that runs its tasks once it has started them
+/// ([`forked::start`], [`threads::start`]: each takes what its workers are built from). A
+/// backend's workers take tasks from the pool's pending queue, report results to their jobs,
+/// watch the pool's status, and call [`Pool::workers_ended`] when the last of them is gone; the
+/// pool only has to tell them that something changed.
+trait Backend: Send + Sync {
+    /// Tells the workers, or the thread that feeds them, that there is news: work in the
+    /// pending queue, or a new status. Never blocks.
+    fn wake(&self, pool: &Pool);
+}
+
+/// A pool as the script asks for it (`Pool(processes, options)`); [`Pool::prepare`] checks it.
+pub struct PoolConfig {
+    /// How many workers; `None`: one per CPU, as Python's `os.cpu_count()`.
+    pub processes: Option<usize>,
+    /// What every worker calls before its first task (a renewed one too), with its arguments.
+    pub initializer: Option<(Arc<FunctionSpec>, Vec<Value>)>,
+    /// How many tasks a worker runs before a fresh one takes its place.
+    pub maxtasksperchild: Option<usize>,
+    /// A task running longer fails: a forked worker is killed and replaced, a thread's task
+    /// is cancelled.
+    pub task_timeout: Option<Duration>,
+    /// The execution model of the workers.
+    pub mode: Mode,
+}
+
+/// A pool ready to start ([`NewPool::start`]): its config checked, its workers' engines built.
+pub struct NewPool {
+    config: PoolConfig,
+    size: usize,
+    workers: Workers,
+}
+
+impl NewPool {
+    /// Starts the workers. Call with the GIL held, outside any engine lock.
+    pub fn start(self, host: &Arc<Host>) -> Result<Arc<Pool>, String> {
+        Pool::start(host, self)
+    }
+}
 
 /// A task's calls: a range of the list its job's tasks share.
 struct Chunk {
@@ -105,62 +114,58 @@ impl Chunk {
     }
 }
 
-/// A pool as the script asks for it (`Pool(processes, options)`); [`Pool::prepare`] checks it.
-pub struct PoolConfig {
-    /// How many workers; `None`: one per CPU, as Python's `os.cpu_count()`.
-    pub processes: Option<usize>,
-    /// What every worker calls before its first task (a renewed one too), with its arguments.
-    pub initializer: Option<(Arc<FunctionSpec>, Vec<Value>)>,
-    /// How many tasks a worker runs before a fresh one takes its place.
-    pub maxtasksperchild: Option<usize>,
-    /// A task running longer fails: a forked worker is killed and replaced, a thread's task
-    /// is cancelled.
-    pub task_timeout: Option<Duration>,
-    /// The execution model of the workers.
-    pub mode: Mode,
-}
-
-/// A pool ready to start ([`NewPool::start`]): its config checked, its workers' engines built.
-pub struct NewPool {
-    config: PoolConfig,
-    size: usize,
-    workers: Workers,
-}
-
-impl NewPool {
-    /// Starts the workers. Call with the GIL held, outside any engine lock.
-    pub fn start(self, host: &Arc<Host>) -> Result<Arc<Pool>, String> {
-        Pool::start(host, self)
-    }
-}
-
-// ---- the pool ----
-
+/// A chunk of a job's calls, waiting for a worker or running on one.
 struct Task {
+    /// Unique in its pool: how a forked worker's result names it.
     id: u64,
     job: Arc<AsyncResult>,
+    /// The index of its first call in the job.
     first: usize,
     function: Arc<FunctionSpec>,
     calls: Chunk,
 }
 
+/// Where a pool is in its life.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Status {
+    /// Takes work.
     Open,
+    /// `close`d: finishes its work, takes no more.
     Closed,
+    /// `terminate`d (or dropped): its workers are stopped, its unfinished jobs failed.
     Terminated,
+    /// Its initializer, or parrun itself, failed: as terminated, with a reason.
     Broken,
 }
 
-struct Shared {
+/// A pool's state that changes, under its lock.
+struct PoolState {
     status: Status,
+    /// Why a broken pool broke: what a submission to it fails with.
     broken_reason: Option<String>,
+    /// Tasks not given to a worker yet.
     pending: VecDeque<Task>,
     next_job: u64,
     next_task: u64,
-    supervisor_done: bool,
-    /// Worker threads still running (thread-backed pools).
-    live_threads: usize,
+    /// Every worker has ended (and so has the supervisor or the watchdog).
+    workers_done: bool,
+}
+
+/// A pool of workers: forked processes or threads.
+pub struct Pool {
+    host: Arc<Host>,
+    config: PoolConfig,
+    /// The number of workers.
+    size: usize,
+    state: Mutex<PoolState>,
+    /// Notified when the state changes: thread workers wait on it for tasks, the watchdog for
+    /// news, `join` for the workers' end.
+    changed: Condvar,
+    finisher: Finisher,
+    backend: Box<dyn Backend>,
+    /// The thread that oversees the workers (the forked workers' supervisor, the worker
+    /// threads' watchdog), joined once the workers have ended.
+    overseer: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The script's handle on a pool: when the script drops its last one, the pool is stopped
@@ -181,67 +186,6 @@ impl Drop for PoolHandle {
         // held, and the supervisor may be waiting for the GIL to fork a replacement.
         self.0.stop();
     }
-}
-
-/// A pool of workers: forked processes or threads.
-pub struct Pool {
-    host: Arc<Host>,
-    /// What only forked workers have (none for a thread-backed pool).
-    forked: Option<Forked>,
-    config: PoolConfig,
-    /// The number of workers.
-    size: usize,
-    shared: Mutex<Shared>,
-    shared_changed: Condvar,
-    /// The jobs not ready yet, shared with the callback thread.
-    finisher: Finisher,
-    /// The supervisor (forked workers) or the watchdog (worker threads).
-    supervisor: Mutex<Option<JoinHandle<()>>>,
-    /// The worker threads, as the watchdog sees them.
-    slots: Mutex<Vec<Arc<ThreadSlot>>>,
-}
-
-/// The parts of a pool of forked workers.
-struct Forked {
-    /// The engine the workers run, in their copy of the process.
-    engine: Arc<dyn TaskEngine>,
-    /// Wakes the supervisor from its `poll`.
-    wake_tx: File,
-}
-
-/// A worker thread as the watchdog sees it: what it runs under, and how to stop its task.
-struct ThreadSlot {
-    gil: Mutex<Arc<crate::rt::gil::Gil>>,
-    cancel: Arc<Cancel>,
-    /// When the running task started; `None` between tasks.
-    running_since: Mutex<Option<Instant>>,
-}
-
-impl ThreadSlot {
-    fn running_since(&self) -> MutexGuard<'_, Option<Instant>> {
-        self.running_since.lock().recover()
-    }
-}
-
-/// How often the watchdog repeats a cancellation: in the `gil` model another thread may hold
-/// the lock when it is first asked.
-const CANCEL_RETRY: Duration = Duration::from_millis(20);
-
-struct Worker {
-    pid: Pid,
-    tasks: Option<Sender<Vec<u8>>>,
-    writer: Option<JoinHandle<()>>,
-    results: File,
-    /// What the worker has written, cut into frames.
-    frames: codec::FrameBuf,
-    in_flight: VecDeque<Task>,
-    known: HashSet<u64>,
-    sent: usize,
-    link: Option<JoinHandle<()>>,
-    /// When the task at the front of `in_flight` started (tasks run one after another).
-    running_since: Option<Instant>,
-    /// Killed by the supervisor because its task ran past the task timeout.
-    timed_out: bool,
 }
 
 /// A pool the run terminates when it ends, if it is still running then, as Python's finaliser
@@ -294,368 +238,41 @@ impl Pool {
             size,
             workers,
         } = new;
-        let (forked, wake_rx, threads, renew) = match workers {
-            Workers::Forked(engine) => {
-                let (rx, tx) = pipe()?;
-                set_nonblocking(&rx)?;
-                // A full pipe already holds a wake-up: a submit never blocks on it.
-                set_nonblocking(&tx)?;
-                let wake_tx = File::from(tx);
-                (Some(Forked { engine, wake_tx }), Some(rx), Vec::new(), None)
-            }
-            Workers::Threads { engines, renew } => (None, None, engines, renew),
+        let new_pool = |backend: Box<dyn Backend>| -> Result<Arc<Pool>, String> {
+            Ok(Arc::new(Pool {
+                host: host.clone(),
+                config,
+                size,
+                state: Mutex::new(PoolState {
+                    status: Status::Open,
+                    broken_reason: None,
+                    pending: VecDeque::new(),
+                    next_job: 1,
+                    next_task: 1,
+                    workers_done: false,
+                }),
+                changed: Condvar::new(),
+                finisher: Finisher::start(host)?,
+                backend,
+                overseer: Mutex::new(None),
+            }))
         };
-        let finisher = Finisher::start(host)?;
-        let pool = Arc::new(Pool {
-            host: host.clone(),
-            forked,
-            config,
-            size,
-            shared: Mutex::new(Shared {
-                status: Status::Open,
-                broken_reason: None,
-                pending: VecDeque::new(),
-                next_job: 1,
-                next_task: 1,
-                supervisor_done: false,
-                live_threads: threads.len(),
-            }),
-            shared_changed: Condvar::new(),
-            finisher,
-            supervisor: Mutex::new(None),
-            slots: Mutex::new(Vec::new()),
-        });
-        match wake_rx {
-            Some(wake_rx) => pool.start_supervisor(wake_rx)?,
-            None => pool.start_threads(threads, renew)?,
-        }
+        let (pool, overseer) = match workers {
+            Workers::Forked(engine) => {
+                let (backend, wake_rx) = forked::Forked::new()?;
+                let pool = new_pool(Box::new(backend))?;
+                let overseer = forked::start(&pool, engine, wake_rx)?;
+                (pool, overseer)
+            }
+            Workers::Threads { engines, renew } => {
+                let pool = new_pool(Box::new(threads::Threads))?;
+                let overseer = threads::start(&pool, engines, renew)?;
+                (pool, overseer)
+            }
+        };
+        *pool.overseer.lock().recover() = Some(overseer);
         host.register(Arc::new(Unfinished(Arc::downgrade(&pool))));
         Ok(pool)
-    }
-
-    /// Starts one worker thread per engine, and the watchdog that stops their overdue tasks.
-    fn start_threads(
-        self: &Arc<Self>,
-        engines: Vec<Arc<dyn TaskEngine>>,
-        renew: Option<Arc<dyn Snapshot>>,
-    ) -> Result<(), String> {
-        for engine in engines {
-            let slot = Arc::new(ThreadSlot {
-                gil: Mutex::new(engine.host().gil.clone()),
-                cancel: Arc::default(),
-                running_since: Mutex::new(None),
-            });
-            self.slots.lock().recover().push(slot.clone());
-            let pool = self.clone();
-            let renew = renew.clone();
-            let spawned = std::thread::Builder::new()
-                .name("parrun-pool-worker".into())
-                .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
-                .spawn(move || pool.work(engine, slot, renew));
-            if let Err(e) = spawned {
-                let mut s = self.shared();
-                s.live_threads -= 1;
-                s.supervisor_done = s.live_threads == 0;
-                drop(s);
-                self.stop();
-                return Err(format!("cannot start a pool worker thread: {e}"));
-            }
-        }
-        let pool = self.clone();
-        let watchdog = std::thread::Builder::new()
-            .name("parrun-pool-watchdog".into())
-            .spawn(move || pool.watch())
-            .map_err(|e| format!("cannot start the pool thread: {e}"))?;
-        *self.supervisor.lock().recover() = Some(watchdog);
-        Ok(())
-    }
-
-    /// The watchdog of worker threads: cancels a task past the task timeout, and every running
-    /// task once the pool is terminated. Ends when the workers have.
-    ///
-    /// It holds the pool's lock from its scan of the workers until it waits, and a worker
-    /// announces a new task under that lock, so the news cannot fall between the two.
-    fn watch(self: Arc<Self>) {
-        let mut s = self.shared();
-        while !s.supervisor_done {
-            let stopping = matches!(s.status, Status::Terminated | Status::Broken);
-            let now = Instant::now();
-            let mut next: Option<Instant> = None;
-            let slots = self.slots.lock().recover().clone();
-            for slot in slots {
-                let running = slot.running_since();
-                let Some(since) = *running else { continue };
-                let deadline = self.config.task_timeout.map(|t| since + t);
-                let reason = if stopping {
-                    "the pool was terminated while this task ran".to_string()
-                } else if deadline.is_some_and(|d| d <= now) {
-                    format!(
-                        "the task ran longer than the task timeout of {:?}: it was stopped",
-                        self.config.task_timeout.unwrap_or_default()
-                    )
-                } else {
-                    next = earlier(next, deadline);
-                    continue;
-                };
-                // Under the slot's lock, so the request cannot outlive the task it is for.
-                slot.cancel.request(reason);
-                slot.gil.lock().recover().interrupt();
-                next = earlier(next, Some(now + CANCEL_RETRY));
-            }
-            s = match next {
-                None => self.shared_changed.wait(s).recover(),
-                Some(at) => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    self.shared_changed.wait_timeout(s, left).recover().0
-                }
-            };
-        }
-    }
-
-    /// Forks the workers and starts the supervisor.
-    fn start_supervisor(self: &Arc<Self>, wake_rx: OwnedFd) -> Result<(), String> {
-        let pool = self;
-        let mut workers = Vec::with_capacity(pool.size);
-        for _ in 0..pool.size {
-            match pool.spawn_worker() {
-                Ok(w) => workers.push(w),
-                Err(e) => {
-                    for w in &workers {
-                        let _ = children::signal_child(w.pid, Signal::SIGKILL);
-                        let _ = children::wait_child(w.pid, true);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        let supervisor_pool = pool.clone();
-        let handle = std::thread::Builder::new()
-            .name("parrun-pool".into())
-            .spawn(move || {
-                let pool = supervisor_pool;
-                let wake = File::from(wake_rx);
-                if let Err(panic) =
-                    catch_unwind(AssertUnwindSafe(|| pool.clone().supervise(workers, wake)))
-                {
-                    // The workers went with the unwinding: their task pipes closed, so they end
-                    // by themselves. The pool fails its work rather than leave `join` waiting.
-                    pool.break_pool(&format!(
-                        "the pool's supervisor failed inside parrun (a host panic: {})",
-                        crate::rt::threads::panic_text(&*panic)
-                    ));
-                    pool.shared().supervisor_done = true;
-                    pool.shared_changed.notify_all();
-                }
-            })
-            .map_err(|e| format!("cannot start the pool thread: {e}"))?;
-        *pool.supervisor.lock().recover() = Some(handle);
-        Ok(())
-    }
-
-    /// A worker thread: runs the initializer, then takes tasks until the pool closes. A host
-    /// panic that escapes a task's own catch breaks the pool, so that `join` cannot wait for
-    /// ever on work this thread was to do.
-    fn work(
-        self: Arc<Self>,
-        engine: Arc<dyn TaskEngine>,
-        slot: Arc<ThreadSlot>,
-        renew: Option<Arc<dyn Snapshot>>,
-    ) {
-        crate::rt::cancel::install(Some(slot.cancel.clone()));
-        let served = catch_unwind(AssertUnwindSafe(|| self.serve(engine, &slot, renew)));
-        if let Err(panic) = served {
-            self.break_pool(&format!(
-                "a pool worker thread failed inside parrun (a host panic: {})",
-                crate::rt::threads::panic_text(&*panic)
-            ));
-        }
-        crate::rt::cancel::install(None);
-        let mut s = self.shared();
-        s.live_threads -= 1;
-        if s.live_threads == 0 {
-            s.supervisor_done = true;
-        }
-        drop(s);
-        self.shared_changed.notify_all();
-    }
-
-    /// [`Pool::work`]'s loop.
-    fn serve(
-        &self,
-        engine: Arc<dyn TaskEngine>,
-        slot: &ThreadSlot,
-        renew: Option<Arc<dyn Snapshot>>,
-    ) {
-        let run = |functions: &mut Functions, function: &FunctionSpec, calls: CallSlice<'_>| {
-            let gil = functions.engine().host().gil.clone();
-            let _held = gil.lock(0);
-            catch_unwind(AssertUnwindSafe(|| functions.call_many(function, calls))).unwrap_or_else(
-                |panic| {
-                    Err(format!(
-                        "a pool worker thread failed inside parrun (a host panic: {})",
-                        crate::rt::threads::panic_text(&*panic)
-                    ))
-                },
-            )
-        };
-        let initialize = |functions: &mut Functions| {
-            if let Some((f, args)) = &self.config.initializer {
-                let args = CallSlice::Lists(std::slice::from_ref(args));
-                if let Err(reason) = run(functions, f, args) {
-                    self.break_pool(&format!("the pool's initializer failed: {reason}"));
-                }
-            }
-        };
-        let mut functions = Functions::new(engine);
-        initialize(&mut functions);
-        let mut done = 0;
-        while let Some(task) = self.next_task() {
-            let Task {
-                job,
-                first,
-                function,
-                calls,
-                ..
-            } = task;
-            let n = calls.len();
-            *slot.running_since() = Some(Instant::now());
-            if self.config.task_timeout.is_some() {
-                // Tell the watchdog about the new deadline, under the lock it waits with.
-                let _pool = self.shared();
-                self.shared_changed.notify_all();
-            }
-            let result = run(&mut functions, &function, calls.as_slice());
-            {
-                let mut running = slot.running_since();
-                *running = None;
-                slot.cancel.clear();
-            }
-            // A terminated pool has failed the job already.
-            if self.is_running() && job.complete(first, result, n) {
-                self.finisher.finish(&job);
-            }
-            done += 1;
-            let Some(renew) = &renew else { continue };
-            if self.config.maxtasksperchild.is_some_and(|m| done >= m) {
-                // As a forked worker is replaced by a fresh fork: a fresh engine from the
-                // snapshot taken when the pool was created.
-                done = 0;
-                match renew.instantiate() {
-                    Ok(fresh) => {
-                        *slot.gil.lock().recover() = fresh.engine.host().gil.clone();
-                        functions = Functions::new(fresh.engine);
-                        initialize(&mut functions);
-                    }
-                    Err(e) => self.break_pool(&format!("cannot renew a worker: {e}")),
-                }
-            }
-        }
-    }
-
-    /// The next task for a worker thread; `None` once the pool is closed and drained, or
-    /// stopped.
-    fn next_task(&self) -> Option<Task> {
-        let mut s = self.shared();
-        loop {
-            match s.status {
-                Status::Terminated | Status::Broken => return None,
-                Status::Open | Status::Closed => {}
-            }
-            if let Some(task) = s.pending.pop_front() {
-                return Some(task);
-            }
-            if s.status == Status::Closed {
-                return None;
-            }
-            s = self.shared_changed.wait(s).recover();
-        }
-    }
-
-    fn is_running(&self) -> bool {
-        matches!(self.shared().status, Status::Open | Status::Closed)
-    }
-
-    fn shared(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().recover()
-    }
-
-    /// Tells the supervisor or the worker threads that there is news (work, a state change).
-    fn wake(&self) {
-        match &self.forked {
-            Some(forked) => {
-                let _ = (&forked.wake_tx).write(&[1]);
-            }
-            None => self.shared_changed.notify_all(),
-        }
-    }
-
-    /// Forks one worker. Call with the GIL held.
-    fn spawn_worker(&self) -> Result<Worker, String> {
-        let (task_rx, task_tx) = pipe()?;
-        let (result_rx, result_tx) = pipe()?;
-        fork::register_fd(task_tx.as_raw_fd());
-        fork::register_fd(result_rx.as_raw_fd());
-        let keep = [task_rx.as_raw_fd(), result_tx.as_raw_fd()];
-        let engine = self
-            .forked
-            .as_ref()
-            .ok_or("internal error: forking a worker for a thread pool")?
-            .engine
-            .clone();
-        let init = self
-            .config
-            .initializer
-            .as_ref()
-            .map(|(f, args)| (f.clone(), args.clone()));
-        let max_tasks = self.config.maxtasksperchild;
-        let child = link::fork_child(&self.host, keep.to_vec(), move || {
-            // Ctrl-C is for the script's main thread; the parent stops its workers itself.
-            crate::rt::signals::ignore_interrupts();
-            worker_main(
-                engine,
-                File::from(task_rx),
-                File::from(result_tx),
-                init,
-                max_tasks,
-            )
-        });
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                fork::unregister_fd(task_tx.as_raw_fd());
-                fork::unregister_fd(result_rx.as_raw_fd());
-                return Err(e);
-            }
-        };
-        // (The child's ends went with the closure, dropped in this process.)
-        set_nonblocking(&result_rx)?;
-        let (tx, rx) = unbounded::<Vec<u8>>();
-        let task_fd = task_tx.as_raw_fd();
-        let mut task_file = File::from(task_tx);
-        let writer = std::thread::Builder::new()
-            .name("parrun-pool-writer".into())
-            .spawn(move || {
-                for batch in rx {
-                    if task_file.write_all(&batch).is_err() {
-                        break;
-                    }
-                }
-                fork::unregister_fd(task_fd);
-            })
-            .map_err(|e| format!("cannot start a pool writer thread: {e}"))?;
-        Ok(Worker {
-            pid: child.pid,
-            tasks: Some(tx),
-            writer: Some(writer),
-            results: File::from(result_rx),
-            frames: codec::FrameBuf::default(),
-            in_flight: VecDeque::new(),
-            known: HashSet::new(),
-            sent: 0,
-            link: Some(child.link_server),
-            running_since: None,
-            timed_out: false,
-        })
     }
 
     /// Queues a job of `calls` in chunks of `chunksize` (by default, one call each, and for
@@ -674,7 +291,7 @@ impl Pool {
             (None, JobKind::List) => calls.len().div_ceil(self.size * 4).max(1),
             (None, _) => 1,
         };
-        let mut s = self.shared();
+        let mut s = self.state();
         match s.status {
             Status::Open => {}
             Status::Closed => {
@@ -719,7 +336,7 @@ impl Pool {
     }
 
     pub fn close(&self) {
-        let mut s = self.shared();
+        let mut s = self.state();
         if s.status == Status::Open {
             s.status = Status::Closed;
         }
@@ -732,16 +349,16 @@ impl Pool {
     /// terminate stops the result handler thread.
     pub fn terminate(&self) {
         self.stop();
-        self.wait_supervisor();
+        self.wait_workers();
         // From a callback, the running callback is the caller.
         if !self.finisher.on_callback_thread() {
             self.finisher.wait_no_callback();
         }
     }
 
-    /// Asks the supervisor to kill the workers and fails every unfinished job, without waiting.
+    /// Asks the backend to stop the workers and fails every unfinished job, without waiting.
     pub fn stop(&self) {
-        let mut s = self.shared();
+        let mut s = self.state();
         if matches!(s.status, Status::Terminated) {
             return;
         }
@@ -757,7 +374,7 @@ impl Pool {
     /// CPython's join waits for its result handler); an error unless the pool was closed or
     /// terminated, or from one of the pool's own callbacks, which would wait for itself.
     pub fn join(&self) -> Result<(), String> {
-        if self.shared().status == Status::Open {
+        if self.state().status == Status::Open {
             return Err(
                 "join() on a running pool: call close() or terminate() first (ValueError)".into(),
             );
@@ -769,7 +386,7 @@ impl Pool {
                     .into(),
             );
         }
-        self.wait_supervisor();
+        self.wait_workers();
         self.finisher.wait_all_ready();
         Ok(())
     }
@@ -780,357 +397,50 @@ impl Pool {
     }
 
     pub fn is_open(&self) -> bool {
-        self.shared().status == Status::Open
+        self.state().status == Status::Open
     }
 
-    fn wait_supervisor(&self) {
-        let mut s = self.shared();
-        while !s.supervisor_done {
-            if crate::rt::cancel::stop_waiting() {
+    /// Waits until the workers have ended, then joins the thread that oversaw them.
+    fn wait_workers(&self) {
+        let mut s = self.state();
+        while !s.workers_done {
+            if cancel::stop_waiting() {
                 // An interrupted `join`: the workers go on, and are waited for at the end.
                 return;
             }
-            s = match crate::rt::cancel::installed() {
-                true => {
-                    self.shared_changed
-                        .wait_timeout(s, crate::rt::cancel::POLL)
-                        .recover()
-                        .0
-                }
-                false => self.shared_changed.wait(s).recover(),
+            s = match cancel::installed() {
+                true => self.changed.wait_timeout(s, cancel::POLL).recover().0,
+                false => self.changed.wait(s).recover(),
             };
         }
         drop(s);
-        if let Some(h) = self.supervisor.lock().recover().take() {
+        if let Some(h) = self.overseer.lock().recover().take() {
             let _ = h.join();
         }
     }
 
-    // ---- the supervisor thread ----
-
-    fn supervise(self: Arc<Self>, mut workers: Vec<Worker>, mut wake: File) {
-        let mut task_micros = f64::NAN;
-        loop {
-            let status = self.shared().status;
-            if matches!(status, Status::Terminated | Status::Broken) {
-                for w in &workers {
-                    let _ = children::signal_child(w.pid, Signal::SIGKILL);
-                }
-                break;
-            }
-            self.dispatch(&mut workers, task_micros);
-            if status == Status::Closed {
-                let idle = self.shared().pending.is_empty()
-                    && workers.iter().all(|w| w.in_flight.is_empty());
-                if idle {
-                    break;
-                }
-            }
-            let readable = {
-                let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
-                fds.extend(
-                    workers
-                        .iter()
-                        .map(|w| PollFd::new(w.results.as_fd(), PollFlags::POLLIN)),
-                );
-                let wait = self.next_deadline(&workers).map_or(200, |d| {
-                    d.saturating_duration_since(Instant::now())
-                        .as_millis()
-                        .min(200) as u16
-                });
-                match poll(&mut fds, PollTimeout::from(wait)) {
-                    Ok(_) => fds
-                        .iter()
-                        .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                        .collect::<Vec<_>>(),
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => {
-                        self.break_pool(&format!("the pool cannot poll its workers: {e}"));
-                        continue;
-                    }
-                }
-            };
-            self.kill_overdue(&mut workers);
-            if readable[0] {
-                let mut sink = [0u8; 256];
-                while matches!(wake.read(&mut sink), Ok(n) if n > 0) {}
-            }
-            let mut i = 0;
-            while i < workers.len() {
-                if !readable[i + 1] {
-                    i += 1;
-                    continue;
-                }
-                match self.read_results(&mut workers[i], &mut task_micros) {
-                    Ok(()) => i += 1,
-                    Err(ended) => {
-                        let dead = workers.swap_remove(i);
-                        self.bury(dead, &ended);
-                        if let Some(w) = self.replacement() {
-                            workers.push(w);
-                        }
-                        // The swap moved another worker to `i`; poll again rather than guess.
-                        break;
-                    }
-                }
-            }
-        }
-        // Shut the workers down: closing a task pipe ends the worker's loop.
-        for w in &mut workers {
-            w.tasks.take();
-        }
-        for mut w in workers {
-            if let Some(h) = w.writer.take() {
-                let _ = h.join();
-            }
-            let _ = children::wait_child(w.pid, true);
-            if let Some(h) = w.link.take() {
-                let _ = h.join();
-            }
-            fork::unregister_fd(w.results.as_raw_fd());
-        }
-        self.shared().supervisor_done = true;
-        self.shared_changed.notify_all();
+    /// Called by the backend when the last worker has ended.
+    fn workers_ended(&self) {
+        self.state().workers_done = true;
+        self.changed.notify_all();
     }
 
-    /// When the earliest running task reaches the task timeout, if there is one.
-    fn next_deadline(&self, workers: &[Worker]) -> Option<Instant> {
-        let timeout = self.config.task_timeout?;
-        workers
-            .iter()
-            .filter(|w| !w.timed_out)
-            .filter_map(|w| w.running_since)
-            .min()
-            .map(|since| since + timeout)
+    fn state(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().recover()
     }
 
-    /// Kills the workers whose task has run past the task timeout; their pipes then end and
-    /// they are buried and replaced like any dead worker.
-    fn kill_overdue(&self, workers: &mut [Worker]) {
-        let Some(timeout) = self.config.task_timeout else {
-            return;
-        };
-        for w in workers.iter_mut() {
-            if !w.timed_out && w.running_since.is_some_and(|s| s.elapsed() >= timeout) {
-                w.timed_out = true;
-                let _ = children::signal_child(w.pid, Signal::SIGKILL);
-            }
-        }
+    fn is_running(&self) -> bool {
+        matches!(self.state().status, Status::Open | Status::Closed)
     }
 
-    /// Assigns pending tasks to workers with room in their window, one batch write each.
-    fn dispatch(&self, workers: &mut [Worker], task_micros: f64) {
-        let window = if task_micros.is_nan() {
-            1
-        } else {
-            ((WINDOW_WORK_MICROS / task_micros.max(1.0)) as usize).clamp(1, MAX_WINDOW)
-        };
-        let mut s = self.shared();
-        if s.pending.is_empty() {
-            return;
-        }
-        let mut batches: Vec<Vec<u8>> = vec![Vec::new(); workers.len()];
-        loop {
-            let mut assigned = false;
-            for (w, batch) in workers.iter_mut().zip(batches.iter_mut()) {
-                let limit = self
-                    .config
-                    .maxtasksperchild
-                    .map_or(usize::MAX, |m| m.saturating_sub(w.sent));
-                if w.in_flight.len() >= window || limit == 0 {
-                    continue;
-                }
-                let Some(task) = s.pending.pop_front() else {
-                    break;
-                };
-                let encoded = match &*task.function {
-                    FunctionSpec::Encoded { key, code } => {
-                        if w.known.insert(*key) {
-                            let message = ToWorkerOut::Function { key: *key, code };
-                            let _ = codec::encode_into(batch, &message);
-                        }
-                        codec::encode_into(
-                            batch,
-                            &ToWorkerOut::Task {
-                                id: task.id,
-                                function: *key,
-                                calls: task.calls.as_slice(),
-                            },
-                        )
-                        .map_err(|e| e.to_string())
-                    }
-                    FunctionSpec::Local(_) => {
-                        Err("internal error: a local function sent to a forked worker".into())
-                    }
-                };
-                if let Err(e) = encoded {
-                    let n = task.calls.len();
-                    if task.job.complete(task.first, Err(e), n) {
-                        self.finisher.finish(&task.job);
-                    }
-                    continue;
-                }
-                w.sent += 1;
-                if w.in_flight.is_empty() {
-                    w.running_since = Some(Instant::now());
-                }
-                w.in_flight.push_back(task);
-                assigned = true;
-            }
-            if !assigned || s.pending.is_empty() {
-                break;
-            }
-        }
-        drop(s);
-        for (w, batch) in workers.iter_mut().zip(batches) {
-            if !batch.is_empty() {
-                if let Some(tx) = &w.tasks {
-                    let _ = tx.send(batch);
-                }
-            }
-        }
-    }
-
-    /// Reads every whole frame a worker has written. `Err` when the worker's pipe ended.
-    fn read_results(&self, w: &mut Worker, task_micros: &mut f64) -> Result<(), String> {
-        let mut chunk = [0u8; 64 * 1024];
-        let mut ended = None;
-        loop {
-            match w.results.read(&mut chunk) {
-                Ok(0) => {
-                    ended = Some("closed its result pipe".to_string());
-                    break;
-                }
-                Ok(n) => w.frames.push(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    ended = Some(format!("result pipe error: {e}"));
-                    break;
-                }
-            }
-        }
-        loop {
-            let frame = match w.frames.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
-                    ended = Some(format!("sent a malformed result: {e}"));
-                    break;
-                }
-            };
-            let msg: FromWorker = match codec::decode(frame) {
-                Ok(m) => m,
-                Err(e) => {
-                    ended = Some(format!("sent a malformed result: {e}"));
-                    break;
-                }
-            };
-            if msg.id == 0 {
-                let reason = msg.result.err().unwrap_or_default();
-                self.break_pool(&format!("the pool's initializer failed: {reason}"));
-                continue;
-            }
-            let micros = msg.micros as f64;
-            *task_micros = if task_micros.is_nan() {
-                micros
-            } else {
-                0.8 * *task_micros + 0.2 * micros
-            };
-            let Some(pos) = w.in_flight.iter().position(|t| t.id == msg.id) else {
-                continue;
-            };
-            let task = w.in_flight.remove(pos).expect("position is in range");
-            w.running_since = (!w.in_flight.is_empty()).then(Instant::now);
-            let n = task.calls.len();
-            if task.job.complete(task.first, msg.result, n) {
-                self.finisher.finish(&task.job);
-            }
-        }
-        match ended {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    /// A worker's pipe ended: reap it, fail the task it was running, requeue the rest.
-    fn bury(&self, mut w: Worker, how: &str) {
-        w.tasks.take();
-        let status = reap(w.pid, BURY_GRACE);
-        if let Some(h) = w.writer.take() {
-            let _ = h.join();
-        }
-        if let Some(h) = w.link.take() {
-            let _ = h.join();
-        }
-        fork::unregister_fd(w.results.as_raw_fd());
-        let pid = w.pid;
-        let failure = match status {
-            _ if w.timed_out => format!(
-                "the task ran longer than the task timeout of {:?}: worker process {pid} was \
-                 killed and replaced",
-                self.config.task_timeout.unwrap_or_default()
-            ),
-            Ok(WaitStatus::Signaled(_, sig, _)) => format!(
-                "worker process {pid} was killed by signal {sig} ({}) while running this task",
-                sig as i32
-            ),
-            Ok(WaitStatus::Exited(_, exit::PANIC_STATUS)) => format!(
-                "worker process {pid} failed inside parrun (a host panic, reported on stderr) \
-                 while running this task"
-            ),
-            Ok(WaitStatus::Exited(_, code)) => {
-                format!("worker process {pid} exited with status {code} while running this task")
-            }
-            _ => format!("worker process {pid} {how} while running this task"),
-        };
-        let mut running = w.in_flight.pop_front();
-        // A worker that exited by itself (maxtasksperchild) was running nothing.
-        if matches!(status, Ok(WaitStatus::Exited(_, 0))) {
-            if let Some(t) = running.take() {
-                w.in_flight.push_front(t);
-            }
-        }
-        if let Some(task) = running {
-            let n = task.calls.len();
-            if task.job.complete(task.first, Err(failure), n) {
-                self.finisher.finish(&task.job);
-            }
-        }
-        let mut s = self.shared();
-        while let Some(t) = w.in_flight.pop_back() {
-            s.pending.push_front(t);
-        }
-    }
-
-    /// A new worker for one that ended, if the pool still has work for it.
-    fn replacement(&self) -> Option<Worker> {
-        let s = self.shared();
-        let wanted = match s.status {
-            Status::Open => true,
-            Status::Closed => !s.pending.is_empty(),
-            _ => false,
-        };
-        drop(s);
-        if !wanted {
-            return None;
-        }
-        let worker = {
-            let _held = self.host.gil.lock(0);
-            self.spawn_worker()
-        };
-        match worker {
-            Ok(w) => Some(w),
-            Err(e) => {
-                self.break_pool(&format!("cannot start a replacement worker: {e}"));
-                None
-            }
-        }
+    /// Tells the workers that there is news (work, a state change).
+    fn wake(&self) {
+        self.backend.wake(self);
     }
 
     /// Marks the pool unusable and fails every unfinished job with `reason`.
     fn break_pool(&self, reason: &str) {
-        let mut s = self.shared();
+        let mut s = self.state();
         if matches!(s.status, Status::Terminated | Status::Broken) {
             return;
         }
@@ -1143,58 +453,12 @@ impl Pool {
     }
 }
 
-// ---- small helpers ----
-
-/// The earlier of two optional instants (`None` is "never").
-fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// How long a worker whose result pipe ended may take to exit by itself (a panicking worker
-/// closes its pipe while unwinding, before it exits) before it is killed.
-const BURY_GRACE: Duration = Duration::from_secs(2);
-
-/// Waits up to `grace` for `pid` to exit, then kills it; returns how it ended.
-fn reap(pid: Pid, grace: Duration) -> nix::Result<WaitStatus> {
-    let deadline = Instant::now() + grace;
-    loop {
-        match children::wait_child(pid, false) {
-            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Ok(WaitStatus::StillAlive) => {
-                let _ = children::signal_child(pid, Signal::SIGKILL);
-                return children::wait_child(pid, true);
-            }
-            other => return other,
-        }
-    }
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| format!("cannot create a pipe: {e}"))
-}
-
-fn set_nonblocking(fd: impl AsFd) -> Result<(), String> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let fd = fd.as_fd();
-    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
-    fcntl(
-        fd,
-        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
-    )
-    .map(|_| ())
-    .map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::script::{Callback, TaskFn};
+    use std::time::Instant;
+
+    use crate::script::{Callback, TaskEngine, TaskFn};
 
     /// A task engine of its own (as an isolated worker's) whose every function returns its
     /// first argument, once `gate` is open, and notes how many calls each task had.
