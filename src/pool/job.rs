@@ -40,7 +40,9 @@ pub enum JobKind {
 /// each given or not.
 #[derive(Default)]
 pub struct Callbacks {
+    /// `callback`: called with the job's value once all its results are in.
     pub ok: Option<Box<dyn Callback>>,
+    /// `error_callback`: called with the job's first error instead.
     pub err: Option<Box<dyn Callback>>,
 }
 

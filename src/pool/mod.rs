@@ -335,6 +335,7 @@ impl Pool {
         Ok(job)
     }
 
+    /// `Pool.close`: takes no more work; the workers exit once what was submitted is done.
     pub fn close(&self) {
         let mut s = self.state();
         if s.status == Status::Open {
@@ -396,6 +397,7 @@ impl Pool {
         exec::model(self.config.mode).travel()
     }
 
+    /// Whether the pool still takes work (neither closed, terminated nor broken).
     pub fn is_open(&self) -> bool {
         self.state().status == Status::Open
     }
