@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use crate::host::Host;
-use crate::pool::{Job, PoolHandle};
+use crate::pool::{AsyncResult, PoolHandle};
 use crate::process::ScriptProcess;
 use crate::rt::gil::Gil;
 use crate::script::{Callback, FunctionSpec, ScriptEngine, Target, Travel};
@@ -71,9 +71,9 @@ pub enum Object {
     Process(Arc<ScriptProcess>),
     Pool(Arc<PoolHandle>),
     /// A job's result; it keeps its pool alive, as in Python.
-    AsyncResult(Arc<Job>, #[allow(dead_code)] Arc<PoolHandle>),
+    AsyncResult(Arc<AsyncResult>, #[allow(dead_code)] Arc<PoolHandle>),
     /// An `imap`/`imap_unordered` iterator; it keeps the GIL so engines can wait without it.
-    ResultIterator(Arc<Job>, Arc<Gil>, Arc<PoolHandle>),
+    ResultIterator(Arc<AsyncResult>, Arc<Gil>, Arc<PoolHandle>),
 }
 
 impl Object {

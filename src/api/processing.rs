@@ -8,7 +8,7 @@ use super::args::{elements, has_args, mode_value, opt_count, opt_name, timeout};
 use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::exec;
 use crate::host::{Host, Mode};
-use crate::pool::{Callbacks, Job, JobKind, Pool, PoolConfig, PoolHandle};
+use crate::pool::{AsyncResult, Callbacks, JobKind, Pool, PoolConfig, PoolHandle};
 use crate::process::ScriptProcess;
 use crate::script::{Callback, Calls};
 use crate::value::Value;
@@ -30,7 +30,7 @@ fn pool(args: &mut dyn Args) -> Result<Arc<PoolHandle>, String> {
     }
 }
 
-fn job(args: &mut dyn Args) -> Result<Arc<Job>, String> {
+fn job(args: &mut dyn Args) -> Result<Arc<AsyncResult>, String> {
     match args.object(0)? {
         Object::AsyncResult(j, _) | Object::ResultIterator(j, ..) => Ok(j),
         other => Err(format!(
@@ -68,8 +68,10 @@ fn callbacks(args: &mut dyn Args, ok: usize) -> Result<Callbacks, String> {
             None => Ok(None),
         }
     };
-    let (a, b) = (pick(ok)?, pick(ok + 1)?);
-    Ok((a.is_some() || b.is_some()).then_some((a, b)))
+    Ok(Callbacks {
+        ok: pick(ok)?,
+        err: pick(ok + 1)?,
+    })
 }
 
 /// Submits `f` over argument lists; used by every Pool method that runs work.
@@ -79,7 +81,7 @@ fn submit(
     star: bool,
     chunk_at: Option<usize>,
     callbacks_at: Option<usize>,
-) -> Result<(Arc<Job>, Arc<PoolHandle>), String> {
+) -> Result<(Arc<AsyncResult>, Arc<PoolHandle>), String> {
     let p = pool(args)?;
     let f = args.function(1, p.travel())?;
     let (calls, chunksize) = match kind {
@@ -101,7 +103,7 @@ fn submit(
     };
     let cbs = match callbacks_at {
         Some(i) => callbacks(args, i)?,
-        None => None,
+        None => Callbacks::default(),
     };
     let job = p.submit(kind, f, calls, chunksize, cbs)?;
     Ok((job, p))
@@ -156,7 +158,7 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
     })))
 }
 
-fn wait_for((job, _): (Arc<Job>, Arc<PoolHandle>)) -> Result<Outcome, String> {
+fn wait_for((job, _): (Arc<AsyncResult>, Arc<PoolHandle>)) -> Result<Outcome, String> {
     Outcome::wait(move || job.take().map(Ret::Value))
 }
 

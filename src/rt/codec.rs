@@ -3,7 +3,9 @@
 //! MessagePack is self-describing, so [`crate::Value`]'s one serde implementation serves both
 //! the engines' serde conversions and the wire (a non-self-describing format such as postcard
 //! cannot drive `deserialize_any`). A frame is written with one `write_all` into a reused
-//! buffer, and a reader never trusts a length beyond [`MAX_FRAME`].
+//! buffer, and a reader never trusts a length beyond [`MAX_FRAME`]: a blocking reader reads
+//! one frame at a time ([`read_frame`]), a non-blocking one pushes what arrives into a
+//! [`FrameBuf`] and takes the whole frames out.
 
 use std::io::{self, Read, Write};
 
@@ -96,6 +98,60 @@ pub fn read_frame<T: DeserializeOwned>(
 ) -> Result<T, CodecError> {
     read_payload(r, buf)?;
     decode(buf)
+}
+
+/// Frames assembled from bytes as they arrive, for a reader that cannot block (a pool's
+/// supervisor, which polls many pipes): [`FrameBuf::push`] what a read returned, then take
+/// every whole frame's payload with [`FrameBuf::next_frame`]. A partial frame waits for the
+/// rest; a length beyond [`MAX_FRAME`] is refused before its bytes are waited for.
+#[derive(Default)]
+pub struct FrameBuf {
+    buf: Vec<u8>,
+    /// Where the first frame not taken yet starts.
+    start: usize,
+}
+
+impl FrameBuf {
+    /// Appends bytes read from the channel.
+    pub fn push(&mut self, bytes: &[u8]) {
+        // Drop what was taken before growing: the buffer stays as large as one read plus the
+        // one frame in progress.
+        if self.start == self.buf.len() {
+            self.buf.clear();
+        } else if self.start > 0 {
+            self.buf.drain(..self.start);
+        }
+        self.start = 0;
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The payload of the next whole frame, `None` until all of it has arrived; an error if
+    /// its length prefix exceeds [`MAX_FRAME`] (the channel is out of step, and the frames
+    /// after it are garbage too).
+    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, CodecError> {
+        let rest = &self.buf[self.start..];
+        let Some(prefix) = rest.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes(*prefix) as usize;
+        if len > MAX_FRAME {
+            return Err(CodecError::Malformed(format!(
+                "frame length {len} exceeds the limit"
+            )));
+        }
+        if rest.len() - 4 < len {
+            return Ok(None);
+        }
+        let payload = self.start + 4..self.start + 4 + len;
+        self.start = payload.end;
+        Ok(Some(&self.buf[payload]))
+    }
+
+    /// Bytes pushed and not yet taken as a whole frame.
+    #[cfg(test)]
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
 }
 
 /// Feeds `decode` `cases` byte strings: `valid` framed and then mutated, or random bytes. A
@@ -233,11 +289,98 @@ mod tests {
         ));
     }
 
+    /// Decodes every whole frame `frames` holds now.
+    fn drain(frames: &mut FrameBuf) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(payload) = frames.next_frame().unwrap() {
+            out.push(decode(payload).unwrap());
+        }
+        out
+    }
+
+    /// A frame split over reads, at every byte, comes out once it is whole, and only then.
+    #[test]
+    fn a_frame_buf_joins_a_frame_split_over_reads() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &mut Vec::new(), &sample()).unwrap();
+        for cut in 0..=wire.len() {
+            let mut frames = FrameBuf::default();
+            frames.push(&wire[..cut]);
+            let early = drain(&mut frames);
+            if cut < wire.len() {
+                assert!(early.is_empty(), "a frame came out after {cut} bytes");
+            }
+            frames.push(&wire[cut..]);
+            let late = drain(&mut frames);
+            assert_eq!([early, late].concat(), [sample()], "cut at {cut}");
+            assert_eq!(frames.pending(), 0);
+        }
+        // One byte per read.
+        let mut frames = FrameBuf::default();
+        let mut got = Vec::new();
+        for byte in &wire {
+            frames.push(std::slice::from_ref(byte));
+            got.extend(drain(&mut frames));
+        }
+        assert_eq!(got, [sample()]);
+    }
+
+    /// Several frames in one read all come out, in order; the start of the next one waits.
+    #[test]
+    fn a_frame_buf_splits_several_frames_in_one_read() {
+        let values: Vec<Value> = (0..5)
+            .map(Value::Int)
+            .chain([
+                sample(),
+                Value::Str(String::new()),
+                Value::Array(Vec::new()),
+            ])
+            .collect();
+        let mut wire = Vec::new();
+        for v in &values {
+            encode_into(&mut wire, v).unwrap();
+        }
+        let mut next = Vec::new();
+        encode_into(&mut next, &Value::Int(99)).unwrap();
+        let mut frames = FrameBuf::default();
+        frames.push(&wire);
+        frames.push(&next[..3]);
+        assert_eq!(drain(&mut frames), values);
+        assert_eq!(frames.pending(), 3);
+        frames.push(&next[3..]);
+        assert_eq!(drain(&mut frames), [Value::Int(99)]);
+        assert_eq!(frames.pending(), 0);
+    }
+
+    /// A length prefix beyond the limit is refused at once, not waited for.
+    #[test]
+    fn a_frame_buf_refuses_a_too_large_length() {
+        let mut frames = FrameBuf::default();
+        frames.push(&((MAX_FRAME + 1) as u32).to_le_bytes());
+        assert!(matches!(frames.next_frame(), Err(CodecError::Malformed(_))));
+        let mut frames = FrameBuf::default();
+        frames.push(&(MAX_FRAME as u32).to_le_bytes());
+        assert!(
+            matches!(frames.next_frame(), Ok(None)),
+            "the limit itself is allowed"
+        );
+    }
+
     /// A bounded fuzz of the decoder: arbitrary bytes never panic or hang, they decode or fail.
     #[test]
     fn garbage_never_panics() {
         fuzz_frames(&sample(), 20_000, |mut bytes| {
             let _ = read_frame::<Value>(&mut bytes, &mut Vec::new());
+        });
+        // The same bytes through a frame buffer, in reads of a few bytes.
+        fuzz_frames(&sample(), 20_000, |bytes| {
+            let mut frames = FrameBuf::default();
+            for piece in bytes.chunks(3) {
+                frames.push(piece);
+                while let Ok(Some(payload)) = frames.next_frame() {
+                    let _ = decode::<Value>(payload);
+                }
+            }
         });
     }
 }

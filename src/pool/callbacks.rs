@@ -1,0 +1,227 @@
+//! How a pool's jobs finish: a job whose results are in runs its `callback` or
+//! `error_callback` first, one at a time on the pool's callback thread with the GIL (CPython's
+//! result handler thread), and only then is it ready ([`Finisher`]). The pool keeps the jobs not
+//! ready yet by id ([`LiveJobs`]): what `terminate` fails and what `join` waits for. A callback
+//! that panics inside parrun fails its own job.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::ThreadId;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use super::job::{AsyncResult, Callbacks};
+use crate::host::Host;
+use crate::rt::poison::Recover;
+use crate::value::Value;
+
+/// A job whose results are in, with the outcome its callback is called with.
+type Finished = (Arc<AsyncResult>, Result<Value, String>);
+
+/// A pool's way of finishing its jobs: the registry of those not ready yet, and the callback
+/// thread.
+pub(super) struct Finisher {
+    live: Arc<LiveJobs>,
+    callbacks: Sender<Finished>,
+    /// The thread that runs `callback`/`error_callback`: a callback cannot wait for itself.
+    thread: ThreadId,
+}
+
+impl Finisher {
+    /// Starts the callback thread; callbacks run under `host`'s GIL.
+    pub(super) fn start(host: &Arc<Host>) -> Result<Finisher, String> {
+        let (callbacks, rx) = unbounded();
+        let live = Arc::new(LiveJobs::default());
+        let (host, thread_live) = (host.clone(), live.clone());
+        let thread = std::thread::Builder::new()
+            .name("parrun-pool-callbacks".into())
+            .spawn(move || run_callbacks(host, thread_live, rx))
+            .map_err(|e| format!("cannot start the callback thread: {e}"))?
+            .thread()
+            .id();
+        Ok(Finisher {
+            live,
+            callbacks,
+            thread,
+        })
+    }
+
+    /// Enters a job just submitted; it stays until it is ready or fails.
+    pub(super) fn enter(&self, job: &Arc<AsyncResult>) {
+        self.live.insert(job);
+    }
+
+    /// Finishes a job whose results are in: runs its callback (on the callback thread), then
+    /// marks it ready.
+    pub(super) fn finish(&self, job: &Arc<AsyncResult>) {
+        if job.has_callbacks() {
+            let outcome = job.outcome();
+            if self.callbacks.send((job.clone(), outcome)).is_ok() {
+                return;
+            }
+        }
+        self.live.ready(job);
+    }
+
+    /// Fails every job not ready yet with `reason` (a callback already running finishes).
+    pub(super) fn fail_all(&self, reason: &str) {
+        self.live.fail_all(reason);
+    }
+
+    /// Waits until every job is ready and no callback runs.
+    pub(super) fn wait_all_ready(&self) {
+        self.live.wait_all_ready();
+    }
+
+    /// Waits until no callback runs.
+    pub(super) fn wait_no_callback(&self) {
+        self.live.wait_no_callback();
+    }
+
+    /// Whether the caller is one of the pool's callbacks.
+    pub(super) fn on_callback_thread(&self) -> bool {
+        std::thread::current().id() == self.thread
+    }
+
+    /// How many jobs are not ready yet.
+    #[cfg(test)]
+    pub(super) fn unready(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether a callback is running.
+    #[cfg(test)]
+    pub(super) fn in_callback(&self) -> bool {
+        self.live.state().in_callback
+    }
+}
+
+/// A pool's jobs that are not ready yet: what `terminate` fails and what `join` waits for.
+///
+/// A job is entered once when it is submitted and leaves once, by its id, when it becomes ready
+/// (its results in and its callback run) or fails, so the work per job is constant however many
+/// jobs are in flight or still held by the script.
+#[derive(Default)]
+struct LiveJobs {
+    state: Mutex<LiveState>,
+    /// Notified when a job leaves or a callback ends.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct LiveState {
+    jobs: HashMap<u64, Arc<AsyncResult>>,
+    /// A callback is running. Its job has left `jobs` already, so that a terminate meanwhile
+    /// cannot fail it under the callback's feet, but it is not ready until the callback ends.
+    in_callback: bool,
+}
+
+impl LiveJobs {
+    fn state(&self) -> MutexGuard<'_, LiveState> {
+        self.state.lock().recover()
+    }
+
+    fn insert(&self, job: &Arc<AsyncResult>) {
+        self.state().jobs.insert(job.id(), job.clone());
+    }
+
+    /// Marks `job` ready and forgets it.
+    fn ready(&self, job: &AsyncResult) {
+        // Both under the registry's lock: whoever finds a job ready finds it gone, and whoever
+        // finds the registry empty finds every job ready.
+        let mut s = self.state();
+        job.set_ready();
+        if s.jobs.remove(&job.id()).is_some() {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Takes `job` out for its callback; false if it has failed already (a terminated pool),
+    /// and its callback must not run.
+    fn start_callback(&self, job: &AsyncResult) -> bool {
+        let mut s = self.state();
+        let live = s.jobs.remove(&job.id()).is_some();
+        s.in_callback = live;
+        live
+    }
+
+    /// The callback of `job` has ended: the job is ready, or failed with `failure`.
+    fn end_callback(&self, job: &AsyncResult, failure: Option<String>) {
+        let mut s = self.state();
+        match failure {
+            Some(msg) => job.fail(&msg),
+            None => job.set_ready(),
+        }
+        s.in_callback = false;
+        self.changed.notify_all();
+    }
+
+    /// Fails every job not ready yet with `reason` (a callback already running finishes).
+    fn fail_all(&self, reason: &str) {
+        let jobs: Vec<_> = self.state().jobs.drain().map(|(_, job)| job).collect();
+        for job in jobs {
+            job.fail(reason);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until every job is ready and no callback runs.
+    fn wait_all_ready(&self) {
+        let s = self.state();
+        let _s = self
+            .changed
+            .wait_while(s, |s| !s.jobs.is_empty() || s.in_callback)
+            .recover();
+    }
+
+    /// Waits until no callback runs.
+    fn wait_no_callback(&self) {
+        let s = self.state();
+        let _s = self.changed.wait_while(s, |s| s.in_callback).recover();
+    }
+
+    /// How many jobs are not ready yet.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let s = self.state();
+        s.jobs.len() + usize::from(s.in_callback)
+    }
+}
+
+/// Runs `callback`/`error_callback` with the GIL, then marks each job ready. A callback that
+/// panics inside parrun fails its job with the reason; the thread goes on with the next.
+fn run_callbacks(
+    host: Arc<Host>,
+    live: Arc<LiveJobs>,
+    rx: Receiver<(Arc<AsyncResult>, Result<Value, String>)>,
+) {
+    for (job, outcome) in rx {
+        if !live.start_callback(&job) {
+            continue;
+        }
+        let Callbacks { ok, err } = job.take_callbacks();
+        let (callback, arg) = match outcome {
+            Ok(v) => (ok, v),
+            Err(e) => (err, Value::Str(e)),
+        };
+        let mut failure = None;
+        if let Some(cb) = callback {
+            let _held = host.gil.lock(0);
+            // The callback is dropped inside, with the GIL: it holds the engine's values.
+            match catch_unwind(AssertUnwindSafe(move || cb.call(arg))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    crate::rt::output::write_stderr(&format!("Exception in pool callback:\n{e}"))
+                }
+                Err(panic) => {
+                    failure = Some(format!(
+                        "the callback failed inside parrun (a host panic: {})",
+                        crate::rt::threads::panic_text(&*panic)
+                    ))
+                }
+            }
+        }
+        live.end_callback(&job, failure);
+    }
+}

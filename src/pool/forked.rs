@@ -1,0 +1,606 @@
+//! The forked backend (`fork`): worker processes and the supervisor thread that feeds them.
+//!
+//! Workers are forked when the pool is created and inherit the script state as of then. Each
+//! has a task pipe and a result pipe ([`super::worker`] is what runs in it). The supervisor, a
+//! thread in the parent, assigns tasks and reads results; a writer thread per worker writes its
+//! tasks, so the supervisor never blocks on a full pipe. The supervisor reads results without
+//! blocking, from every worker's pipe in one `poll`, and cuts them into frames with a
+//! [`FrameBuf`].
+//!
+//! - **Dispatch.** Tasks wait in the pool's pending queue. Each worker has a *window* of tasks
+//!   in flight: 1 while tasks are slow (so a later task starts on whichever worker frees up
+//!   first, as in Python), up to [`MAX_WINDOW`] when tasks are fast, because one round trip
+//!   per task is bound by pipe wake-up latency (shared/notes/ipc.md). The window follows the
+//!   task time workers report. Tasks assigned in one pass go out in one write.
+//! - **Functions** travel once per worker: the adapter encodes a script function once
+//!   ([`FunctionSpec`]), the worker decodes and keeps it.
+//! - **Failures.** A worker that dies (a signal, a crash) or is killed for running past the
+//!   task timeout is buried: the task it was running fails with an error naming the cause, the
+//!   tasks queued behind it go back to the pending queue, and a replacement is forked while the
+//!   pool has work for it.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Sender};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use super::worker::{worker_main, FromWorker, ToWorkerOut};
+use super::{Backend, Pool, Status, Task};
+use crate::link;
+use crate::rt::codec::{self, FrameBuf};
+use crate::rt::{children, exit, fork};
+use crate::script::{FunctionSpec, TaskEngine};
+
+/// The most tasks queued to one worker at a time.
+pub const MAX_WINDOW: usize = 64;
+/// How much work (in µs of task time) to keep queued per worker: enough that a worker never
+/// waits for the round trip of its next task, little enough that slow tasks are not pinned to
+/// one worker while another is idle.
+const WINDOW_WORK_MICROS: f64 = 20_000.0;
+/// How long a worker whose result pipe ended may take to exit by itself (a panicking worker
+/// closes its pipe while unwinding, before it exits) before it is killed.
+const BURY_GRACE: Duration = Duration::from_secs(2);
+/// How much of a result pipe the supervisor reads at a time (a pipe holds 64 KiB).
+const READ_CHUNK: usize = 64 * 1024;
+/// The longest the supervisor sleeps in `poll` without news.
+const POLL_MILLIS: u16 = 200;
+
+/// The supervisor sleeps in `poll`; the pool wakes it through a pipe.
+pub(super) struct Forked {
+    wake_tx: File,
+}
+
+impl Forked {
+    /// The backend, and the read end of its wake pipe for [`start`].
+    pub(super) fn new() -> Result<(Forked, OwnedFd), String> {
+        let (rx, tx) = pipe()?;
+        set_nonblocking(&rx)?;
+        // A full pipe already holds a wake-up: a submit never blocks on it.
+        set_nonblocking(&tx)?;
+        Ok((Forked { wake_tx: tx.into() }, rx))
+    }
+}
+
+impl Backend for Forked {
+    fn wake(&self, _: &Pool) {
+        let _ = (&self.wake_tx).write(&[1]);
+    }
+}
+
+/// Forks the workers, each running `engine` in its copy of the process, and starts their
+/// supervisor; returns the supervisor, which ends when the workers have. Call with the GIL
+/// held.
+pub(super) fn start(
+    pool: &Arc<Pool>,
+    engine: Arc<dyn TaskEngine>,
+    wake_rx: OwnedFd,
+) -> Result<JoinHandle<()>, String> {
+    let mut supervisor = Supervisor {
+        pool: pool.clone(),
+        engine,
+        children: Vec::with_capacity(pool.size),
+        wake: wake_rx.into(),
+        task_micros: f64::NAN,
+        scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+    };
+    for _ in 0..pool.size {
+        match supervisor.fork_child() {
+            Ok(child) => supervisor.children.push(child),
+            Err(e) => {
+                for child in &supervisor.children {
+                    let _ = children::signal_child(child.pid, Signal::SIGKILL);
+                    let _ = children::wait_child(child.pid, true);
+                }
+                return Err(e);
+            }
+        }
+    }
+    std::thread::Builder::new()
+        .name("parrun-pool".into())
+        .spawn(move || {
+            let pool = supervisor.pool.clone();
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| supervisor.run())) {
+                // The workers went with the unwinding: their task pipes closed, so they end
+                // by themselves. The pool fails its work rather than leave `join` waiting.
+                pool.break_pool(&format!(
+                    "the pool's supervisor failed inside parrun (a host panic: {})",
+                    crate::rt::threads::panic_text(&*panic)
+                ));
+                pool.workers_ended();
+            }
+        })
+        .map_err(|e| format!("cannot start the pool thread: {e}"))
+}
+
+/// A forked worker as the supervisor sees it.
+struct Child {
+    pid: Pid,
+    /// Batches of encoded messages for the writer thread; dropped to close the task pipe.
+    tasks: Option<Sender<Vec<u8>>>,
+    writer: Option<JoinHandle<()>>,
+    results: File,
+    /// What the worker has written, cut into frames.
+    frames: FrameBuf,
+    /// The tasks sent and not answered yet, in the order the worker runs them.
+    in_flight: VecDeque<Task>,
+    /// The keys of the functions sent to it.
+    known: HashSet<u64>,
+    /// How many tasks it was sent (for `maxtasksperchild`).
+    sent: usize,
+    /// The server of its link to the parent's queues and locks.
+    link: Option<JoinHandle<()>>,
+    /// When the task at the front of `in_flight` started (tasks run one after another).
+    running_since: Option<Instant>,
+    /// Killed by the supervisor because its task ran past the task timeout.
+    timed_out: bool,
+}
+
+/// The supervisor thread's state: the pool, the workers, and what it knows of their tasks.
+struct Supervisor {
+    pool: Arc<Pool>,
+    /// The engine the workers run, in their copy of the process.
+    engine: Arc<dyn TaskEngine>,
+    children: Vec<Child>,
+    /// The read end of the pool's wake pipe.
+    wake: File,
+    /// A moving average of the task time workers report (NaN before the first report).
+    task_micros: f64,
+    /// Where result pipes are read into: made once, because zeroing a fresh 64 KiB for every
+    /// read cost about a fifth of the supervisor's instructions when each task is one call.
+    scratch: Box<[u8]>,
+}
+
+impl Supervisor {
+    /// Supervises until the pool is stopped, or closed with no work left; then shuts the
+    /// workers down.
+    fn run(mut self) {
+        while self.poll_once() {}
+        self.shutdown();
+    }
+
+    /// One round: dispatches pending tasks, waits for results or news, kills overdue workers
+    /// and reads what arrived. False when supervision is over.
+    fn poll_once(&mut self) -> bool {
+        let status = self.pool.state().status;
+        if matches!(status, Status::Terminated | Status::Broken) {
+            for child in &self.children {
+                let _ = children::signal_child(child.pid, Signal::SIGKILL);
+            }
+            return false;
+        }
+        self.dispatch();
+        if status == Status::Closed {
+            let idle = self.pool.state().pending.is_empty()
+                && self.children.iter().all(|c| c.in_flight.is_empty());
+            if idle {
+                return false;
+            }
+        }
+        let Some(readable) = self.wait_readable() else {
+            return true;
+        };
+        self.kill_overdue();
+        self.drain_readable(&readable);
+        true
+    }
+
+    /// Waits in `poll` for the wake pipe (index 0) or a result pipe (index 1 + the child's),
+    /// until the next task deadline at the latest; which are readable, or `None` if the wait
+    /// was cut short.
+    fn wait_readable(&self) -> Option<Vec<bool>> {
+        let mut fds = vec![PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
+        fds.extend(
+            self.children
+                .iter()
+                .map(|c| PollFd::new(c.results.as_fd(), PollFlags::POLLIN)),
+        );
+        let wait = self.next_deadline().map_or(POLL_MILLIS, |d| {
+            d.saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(u128::from(POLL_MILLIS)) as u16
+        });
+        match poll(&mut fds, PollTimeout::from(wait)) {
+            Ok(_) => Some(
+                fds.iter()
+                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                    .collect(),
+            ),
+            Err(nix::errno::Errno::EINTR) => None,
+            Err(e) => {
+                self.pool
+                    .break_pool(&format!("the pool cannot poll its workers: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Empties the wake pipe and reads the results of every readable worker; a worker whose
+    /// pipe ended is buried and replaced.
+    fn drain_readable(&mut self, readable: &[bool]) {
+        if readable[0] {
+            let mut sink = [0u8; 256];
+            while matches!(self.wake.read(&mut sink), Ok(n) if n > 0) {}
+        }
+        for i in 0..self.children.len() {
+            if !readable[i + 1] {
+                continue;
+            }
+            if let Err(ended) = self.read_results(i) {
+                let dead = self.children.swap_remove(i);
+                self.bury(dead, &ended);
+                if let Some(child) = self.replacement() {
+                    self.children.push(child);
+                }
+                // The swap moved another worker to `i`; poll again rather than guess.
+                return;
+            }
+        }
+    }
+
+    /// Closes the task pipes, which ends the workers' loops, and waits for the workers, their
+    /// writer threads and link servers; then tells the pool its workers have ended.
+    fn shutdown(mut self) {
+        for child in &mut self.children {
+            child.tasks.take();
+        }
+        for mut child in std::mem::take(&mut self.children) {
+            if let Some(h) = child.writer.take() {
+                let _ = h.join();
+            }
+            let _ = children::wait_child(child.pid, true);
+            if let Some(h) = child.link.take() {
+                let _ = h.join();
+            }
+            fork::unregister_fd(child.results.as_raw_fd());
+        }
+        self.pool.workers_ended();
+    }
+
+    /// When the earliest running task reaches the task timeout, if there is one.
+    fn next_deadline(&self) -> Option<Instant> {
+        let timeout = self.pool.config.task_timeout?;
+        self.children
+            .iter()
+            .filter(|c| !c.timed_out)
+            .filter_map(|c| c.running_since)
+            .min()
+            .map(|since| since + timeout)
+    }
+
+    /// Kills the workers whose task has run past the task timeout; their pipes then end and
+    /// they are buried and replaced like any dead worker.
+    fn kill_overdue(&mut self) {
+        let Some(timeout) = self.pool.config.task_timeout else {
+            return;
+        };
+        for child in &mut self.children {
+            if !child.timed_out && child.running_since.is_some_and(|s| s.elapsed() >= timeout) {
+                child.timed_out = true;
+                let _ = children::signal_child(child.pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Assigns pending tasks to workers with room in their window, one batch write each.
+    fn dispatch(&mut self) {
+        let window = if self.task_micros.is_nan() {
+            1
+        } else {
+            ((WINDOW_WORK_MICROS / self.task_micros.max(1.0)) as usize).clamp(1, MAX_WINDOW)
+        };
+        let pool = &*self.pool;
+        let mut s = pool.state();
+        if s.pending.is_empty() {
+            return;
+        }
+        let mut batches: Vec<Vec<u8>> = vec![Vec::new(); self.children.len()];
+        loop {
+            let mut assigned = false;
+            for (child, batch) in self.children.iter_mut().zip(batches.iter_mut()) {
+                let limit = pool
+                    .config
+                    .maxtasksperchild
+                    .map_or(usize::MAX, |m| m.saturating_sub(child.sent));
+                if child.in_flight.len() >= window || limit == 0 {
+                    continue;
+                }
+                let Some(task) = s.pending.pop_front() else {
+                    break;
+                };
+                if let Err(e) = encode_task(child, batch, &task) {
+                    let n = task.calls.len();
+                    if task.job.complete(task.first, Err(e), n) {
+                        pool.finisher.finish(&task.job);
+                    }
+                    continue;
+                }
+                child.sent += 1;
+                if child.in_flight.is_empty() {
+                    child.running_since = Some(Instant::now());
+                }
+                child.in_flight.push_back(task);
+                assigned = true;
+            }
+            if !assigned || s.pending.is_empty() {
+                break;
+            }
+        }
+        drop(s);
+        for (child, batch) in self.children.iter().zip(batches) {
+            if !batch.is_empty() {
+                if let Some(tx) = &child.tasks {
+                    let _ = tx.send(batch);
+                }
+            }
+        }
+    }
+
+    /// Reads every whole frame child `i` has written. `Err` when the worker's pipe ended or
+    /// it wrote garbage.
+    fn read_results(&mut self, i: usize) -> Result<(), String> {
+        let ended = read_available(&mut self.children[i], &mut self.scratch);
+        match self.take_results(i).or(ended) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Completes the tasks whose results child `i` has sent whole; what is wrong if it sent
+    /// garbage.
+    fn take_results(&mut self, i: usize) -> Option<String> {
+        let child = &mut self.children[i];
+        loop {
+            let msg: FromWorker = match child.frames.next_frame() {
+                Ok(Some(frame)) => match codec::decode(frame) {
+                    Ok(m) => m,
+                    Err(e) => return Some(format!("sent a malformed result: {e}")),
+                },
+                Ok(None) => return None,
+                Err(e) => return Some(format!("sent a malformed result: {e}")),
+            };
+            if msg.id == 0 {
+                let reason = msg.result.err().unwrap_or_default();
+                self.pool
+                    .break_pool(&format!("the pool's initializer failed: {reason}"));
+                continue;
+            }
+            let micros = msg.micros as f64;
+            self.task_micros = if self.task_micros.is_nan() {
+                micros
+            } else {
+                0.8 * self.task_micros + 0.2 * micros
+            };
+            let Some(pos) = child.in_flight.iter().position(|t| t.id == msg.id) else {
+                continue;
+            };
+            let task = child.in_flight.remove(pos).expect("position is in range");
+            child.running_since = (!child.in_flight.is_empty()).then(Instant::now);
+            let n = task.calls.len();
+            if task.job.complete(task.first, msg.result, n) {
+                self.pool.finisher.finish(&task.job);
+            }
+        }
+    }
+
+    /// A worker's pipe ended: reap it, fail the task it was running, requeue the rest.
+    fn bury(&self, mut child: Child, how: &str) {
+        child.tasks.take();
+        let status = reap(child.pid, BURY_GRACE);
+        if let Some(h) = child.writer.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = child.link.take() {
+            let _ = h.join();
+        }
+        fork::unregister_fd(child.results.as_raw_fd());
+        let pid = child.pid;
+        let failure = match status {
+            _ if child.timed_out => format!(
+                "the task ran longer than the task timeout of {:?}: worker process {pid} was \
+                 killed and replaced",
+                self.pool.config.task_timeout.unwrap_or_default()
+            ),
+            Ok(WaitStatus::Signaled(_, sig, _)) => format!(
+                "worker process {pid} was killed by signal {sig} ({}) while running this task",
+                sig as i32
+            ),
+            Ok(WaitStatus::Exited(_, exit::PANIC_STATUS)) => format!(
+                "worker process {pid} failed inside parrun (a host panic, reported on stderr) \
+                 while running this task"
+            ),
+            Ok(WaitStatus::Exited(_, code)) => {
+                format!("worker process {pid} exited with status {code} while running this task")
+            }
+            _ => format!("worker process {pid} {how} while running this task"),
+        };
+        let mut running = child.in_flight.pop_front();
+        // A worker that exited by itself (maxtasksperchild) was running nothing.
+        if matches!(status, Ok(WaitStatus::Exited(_, 0))) {
+            if let Some(t) = running.take() {
+                child.in_flight.push_front(t);
+            }
+        }
+        if let Some(task) = running {
+            let n = task.calls.len();
+            if task.job.complete(task.first, Err(failure), n) {
+                self.pool.finisher.finish(&task.job);
+            }
+        }
+        let mut s = self.pool.state();
+        while let Some(t) = child.in_flight.pop_back() {
+            s.pending.push_front(t);
+        }
+    }
+
+    /// A new worker for one that ended, if the pool still has work for it.
+    fn replacement(&self) -> Option<Child> {
+        let s = self.pool.state();
+        let wanted = match s.status {
+            Status::Open => true,
+            Status::Closed => !s.pending.is_empty(),
+            _ => false,
+        };
+        drop(s);
+        if !wanted {
+            return None;
+        }
+        let child = {
+            let _held = self.pool.host.gil.lock(0);
+            self.fork_child()
+        };
+        match child {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.pool
+                    .break_pool(&format!("cannot start a replacement worker: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Forks one worker, with its pipes and writer thread. Call with the GIL held.
+    fn fork_child(&self) -> Result<Child, String> {
+        let (task_rx, task_tx) = pipe()?;
+        let (result_rx, result_tx) = pipe()?;
+        fork::register_fd(task_tx.as_raw_fd());
+        fork::register_fd(result_rx.as_raw_fd());
+        let keep = [task_rx.as_raw_fd(), result_tx.as_raw_fd()];
+        let engine = self.engine.clone();
+        let config = &self.pool.config;
+        let init = config
+            .initializer
+            .as_ref()
+            .map(|(f, args)| (f.clone(), args.clone()));
+        let max_tasks = config.maxtasksperchild;
+        let forked = link::fork_child(&self.pool.host, keep.to_vec(), move || {
+            // Ctrl-C is for the script's main thread; the parent stops its workers itself.
+            crate::rt::signals::ignore_interrupts();
+            worker_main(
+                engine,
+                File::from(task_rx),
+                File::from(result_tx),
+                init,
+                max_tasks,
+            )
+        });
+        let forked = match forked {
+            Ok(c) => c,
+            Err(e) => {
+                fork::unregister_fd(task_tx.as_raw_fd());
+                fork::unregister_fd(result_rx.as_raw_fd());
+                return Err(e);
+            }
+        };
+        // (The child's ends went with the closure, dropped in this process.)
+        set_nonblocking(&result_rx)?;
+        let (tx, writer) = start_writer(task_tx)?;
+        Ok(Child {
+            pid: forked.pid,
+            tasks: Some(tx),
+            writer: Some(writer),
+            results: File::from(result_rx),
+            frames: FrameBuf::default(),
+            in_flight: VecDeque::new(),
+            known: HashSet::new(),
+            sent: 0,
+            link: Some(forked.link_server),
+            running_since: None,
+            timed_out: false,
+        })
+    }
+}
+
+/// Reads what `child` has written into its frame buffer, through `scratch`, until the pipe is
+/// empty; how the pipe ended, if it did.
+fn read_available(child: &mut Child, scratch: &mut [u8]) -> Option<String> {
+    loop {
+        match child.results.read(scratch) {
+            Ok(0) => return Some("closed its result pipe".to_string()),
+            Ok(n) => child.frames.push(&scratch[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Some(format!("result pipe error: {e}")),
+        }
+    }
+}
+
+/// Starts the thread that writes a worker's task pipe: what is sent on the channel, in order.
+/// Dropping the sender closes the pipe.
+fn start_writer(task_tx: OwnedFd) -> Result<(Sender<Vec<u8>>, JoinHandle<()>), String> {
+    let (tx, rx) = unbounded::<Vec<u8>>();
+    let task_fd = task_tx.as_raw_fd();
+    let mut task_file = File::from(task_tx);
+    let writer = std::thread::Builder::new()
+        .name("parrun-pool-writer".into())
+        .spawn(move || {
+            for batch in rx {
+                if task_file.write_all(&batch).is_err() {
+                    break;
+                }
+            }
+            fork::unregister_fd(task_fd);
+        })
+        .map_err(|e| format!("cannot start a pool writer thread: {e}"))?;
+    Ok((tx, writer))
+}
+
+/// Appends `task` to `batch` for `child`, its function first if the child has not had it.
+fn encode_task(child: &mut Child, batch: &mut Vec<u8>, task: &Task) -> Result<(), String> {
+    let FunctionSpec::Encoded { key, code } = &*task.function else {
+        return Err("internal error: a local function sent to a forked worker".into());
+    };
+    if child.known.insert(*key) {
+        let message = ToWorkerOut::Function { key: *key, code };
+        let _ = codec::encode_into(batch, &message);
+    }
+    let message = ToWorkerOut::Task {
+        id: task.id,
+        function: *key,
+        calls: task.calls.as_slice(),
+    };
+    codec::encode_into(batch, &message).map_err(|e| e.to_string())
+}
+
+/// Waits up to `grace` for `pid` to exit, then kills it; returns how it ended.
+fn reap(pid: Pid, grace: Duration) -> nix::Result<WaitStatus> {
+    let deadline = Instant::now() + grace;
+    loop {
+        match children::wait_child(pid, false) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(WaitStatus::StillAlive) => {
+                let _ = children::signal_child(pid, Signal::SIGKILL);
+                return children::wait_child(pid, true);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("cannot create a pipe: {e}"))
+}
+
+fn set_nonblocking(fd: impl AsFd) -> Result<(), String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let fd = fd.as_fd();
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}

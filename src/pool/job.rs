@@ -1,0 +1,488 @@
+//! A job's [`AsyncResult`]: what the script holds and waits on once it has submitted work to a
+//! pool (Python's `AsyncResult` from `apply_async` and `map_async`, and the same state behind
+//! `apply`, `map` and the `imap` iterators).
+//!
+//! As rayon keeps a job apart from the latch that says it is done, an `AsyncResult` is three
+//! small mechanisms:
+//! - [`Slots`]: the results by index as tasks report them ([`Slots::complete`]), read once all
+//!   are in (copied for `get`, moved out for `map`'s only reader);
+//! - [`Ready`]: a latch set once, when the results are in and the callback has run, or when the
+//!   job fails as a whole; `get`, `wait` and `ready` ask it;
+//! - [`Cursor`]: an `imap` iterator's view of the slots: the next item in input order, or in
+//!   completion order for `imap_unordered`.
+//!
+//! When a job is ready is the pool's decision (its callback first, see `super::callbacks`);
+//! this module keeps the state and answers the script.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::rt::cancel;
+use crate::rt::poison::Recover;
+use crate::script::Callback;
+use crate::value::Value;
+
+/// What a job's result looks like to the script.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum JobKind {
+    /// `apply`, `apply_async`: one value.
+    Single,
+    /// `map`, `starmap` and their `_async` forms: an array in input order.
+    List,
+    /// `imap`: an iterator in input order.
+    Ordered,
+    /// `imap_unordered`: an iterator in completion order.
+    Unordered,
+}
+
+/// A job's `callback` (called with its value) and `error_callback` (called with its error),
+/// each given or not.
+#[derive(Default)]
+pub struct Callbacks {
+    /// `callback`: called with the job's value once all its results are in.
+    pub ok: Option<Box<dyn Callback>>,
+    /// `error_callback`: called with the job's first error instead.
+    pub err: Option<Box<dyn Callback>>,
+}
+
+impl Callbacks {
+    pub(super) fn is_empty(&self) -> bool {
+        self.ok.is_none() && self.err.is_none()
+    }
+}
+
+/// One submitted job's state: its results, whether it is ready, an iterator's place in it, and
+/// the callbacks still to run.
+pub struct AsyncResult {
+    /// Unique in its pool: the job's key among the pool's jobs not ready yet.
+    id: u64,
+    kind: JobKind,
+    slots: Mutex<Slots>,
+    /// Notified when an item comes in for an iterator, or the job fails.
+    arrived: Condvar,
+    ready: Ready,
+    callbacks: Mutex<Callbacks>,
+}
+
+impl AsyncResult {
+    pub(super) fn new(id: u64, kind: JobKind, items: usize, callbacks: Callbacks) -> AsyncResult {
+        AsyncResult {
+            id,
+            kind,
+            slots: Mutex::new(Slots::new(items)),
+            arrived: Condvar::new(),
+            ready: Ready::default(),
+            callbacks: Mutex::new(callbacks),
+        }
+    }
+
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().recover()
+    }
+
+    /// Stores the results of items `first..first + count` (one value each, or one error for
+    /// all); true when this filled the last empty slot.
+    pub(super) fn complete(
+        &self,
+        first: usize,
+        results: Result<Vec<Value>, String>,
+        count: usize,
+    ) -> bool {
+        let unordered = self.kind == JobKind::Unordered;
+        let done = self.slots().complete(first, results, count, unordered);
+        // Only an iterator waits for single items; `get` and `wait` wait for `ready`, which is
+        // announced on its own. Waking them for every item would cost a context switch each.
+        if matches!(self.kind, JobKind::Ordered | JobKind::Unordered) {
+            self.arrived.notify_all();
+        }
+        done
+    }
+
+    /// Fails the whole job at once (a terminated or broken pool, a callback that panicked),
+    /// unless it is ready already.
+    pub(super) fn fail(&self, msg: &str) {
+        let mut s = self.slots();
+        // The check and the failure under the slots' lock, which readers take after the latch:
+        // whoever has seen the job ready with its results never sees it failed later.
+        if self.ready.is_set() {
+            return;
+        }
+        s.failure = Some(msg.to_owned());
+        self.ready.set();
+        drop(s);
+        self.arrived.notify_all();
+    }
+
+    /// The results are in and the callback has run.
+    pub(super) fn set_ready(&self) {
+        self.ready.set();
+    }
+
+    pub(super) fn has_callbacks(&self) -> bool {
+        !self.callbacks.lock().recover().is_empty()
+    }
+
+    /// The callbacks, for the callback thread to run once.
+    pub(super) fn take_callbacks(&self) -> Callbacks {
+        std::mem::take(&mut *self.callbacks.lock().recover())
+    }
+
+    /// The value once all items are in (copied), or the first error.
+    pub(super) fn outcome(&self) -> Result<Value, String> {
+        let values = self.slots().values()?;
+        Ok(self.assemble(values))
+    }
+
+    fn assemble(&self, mut values: Vec<Value>) -> Value {
+        match self.kind {
+            JobKind::Single => values.pop().unwrap_or(Value::Nil),
+            _ => Value::Array(values),
+        }
+    }
+
+    /// `AsyncResult.wait`: waits until ready; false on timeout.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        self.ready.wait(timeout)
+    }
+
+    /// `AsyncResult.get`: the value, the task's error, or a timeout error.
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Value, String> {
+        if !self.wait(timeout) {
+            return Err(format!(
+                "timed out after {:?} waiting for the result (TimeoutError)",
+                timeout.unwrap_or_default()
+            ));
+        }
+        self.outcome()
+    }
+
+    /// [`AsyncResult::get`] for a job nothing else reads (`map`, `apply`): the results are
+    /// moved out, not copied.
+    pub fn take(&self) -> Result<Value, String> {
+        self.wait(None);
+        let values = self.slots().take_values()?;
+        Ok(self.assemble(values))
+    }
+
+    /// `AsyncResult.ready`.
+    pub fn ready(&self) -> bool {
+        self.ready.is_set()
+    }
+
+    /// `AsyncResult.successful`: an error if not ready yet, as in Python.
+    pub fn successful(&self) -> Result<bool, String> {
+        if !self.ready.is_set() {
+            return Err("the result is not ready (ValueError)".into());
+        }
+        Ok(self.slots().first_error().is_ok())
+    }
+
+    /// The next item of an `imap`/`imap_unordered` iterator; `None` at the end.
+    pub fn next_item(&self, timeout: Option<Duration>) -> Result<Option<Value>, String> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut s = self.slots();
+        loop {
+            if s.cursor.at_end(s.items.len()) {
+                return Ok(None);
+            }
+            if let Some(f) = &s.failure {
+                return Err(f.clone());
+            }
+            if let Some(item) = s.next_item(self.kind) {
+                return item.map(Some);
+            }
+            if cancel::stop_waiting() {
+                return Err("the wait was interrupted".into());
+            }
+            let left = match deadline {
+                Some(d) => match d.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => {
+                        return Err("timed out waiting for the next result (TimeoutError)".into())
+                    }
+                    left => Some(left),
+                },
+                None => None,
+            };
+            // A cancellable thread (a pool's worker, a run's main thread) looks for a
+            // cancellation or an interrupt every `POLL`.
+            let slice = match cancel::installed() {
+                true => Some(left.map_or(cancel::POLL, |l| l.min(cancel::POLL))),
+                false => left,
+            };
+            s = match slice {
+                None => self.arrived.wait(s).recover(),
+                Some(slice) => self.arrived.wait_timeout(s, slice).recover().0,
+            };
+        }
+    }
+}
+
+/// A job's results by item index, as its tasks report them.
+struct Slots {
+    items: Vec<Option<Result<Value, String>>>,
+    /// Items not reported yet.
+    remaining: usize,
+    /// Set when the whole job failed: it stands for every item.
+    failure: Option<String>,
+    cursor: Cursor,
+}
+
+impl Slots {
+    fn new(items: usize) -> Slots {
+        Slots {
+            items: (0..items).map(|_| None).collect(),
+            remaining: items,
+            failure: None,
+            cursor: Cursor::default(),
+        }
+    }
+
+    /// Stores results for items `first..first + count`; true when this filled the last empty
+    /// slot. `unordered`: an `imap_unordered` iterator follows the completion order.
+    fn complete(
+        &mut self,
+        first: usize,
+        results: Result<Vec<Value>, String>,
+        count: usize,
+        unordered: bool,
+    ) -> bool {
+        let before = self.remaining;
+        let mut fill = |i: usize, result: Result<Value, String>| {
+            // A slot filled already (or emptied by an iterator) keeps what it has, should a
+            // task ever report twice.
+            if self.items.get(i).is_some_and(Option::is_none) {
+                self.items[i] = Some(result);
+                self.remaining -= 1;
+                if unordered {
+                    self.cursor.finished.push_back(i);
+                }
+            }
+        };
+        match results {
+            Ok(values) => {
+                for (i, v) in values.into_iter().enumerate().take(count) {
+                    fill(first + i, Ok(v));
+                }
+            }
+            Err(msg) => {
+                for i in first..first + count {
+                    fill(i, Err(msg.clone()));
+                }
+            }
+        }
+        self.remaining == 0 && self.remaining < before
+    }
+
+    /// The job's failure, or the first item's error, or a missing item's.
+    fn first_error(&self) -> Result<(), String> {
+        if let Some(f) = &self.failure {
+            return Err(f.clone());
+        }
+        for slot in &self.items {
+            match slot {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.clone()),
+                None => return Err("result missing".into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every item's value, copied, or the first error.
+    fn values(&self) -> Result<Vec<Value>, String> {
+        self.first_error()?;
+        Ok(self.items.iter().flatten().flatten().cloned().collect())
+    }
+
+    /// [`Slots::values`] for their only reader: the values are moved out.
+    fn take_values(&mut self) -> Result<Vec<Value>, String> {
+        self.first_error()?;
+        // A plain `map` lets the collection reuse the slots' allocation.
+        Ok(std::mem::take(&mut self.items)
+            .into_iter()
+            .map(|slot| slot.and_then(Result::ok).unwrap_or_default())
+            .collect())
+    }
+
+    /// The iterator's next item, moved out of its slot, if it has come in.
+    fn next_item(&mut self, kind: JobKind) -> Option<Result<Value, String>> {
+        let i = self.cursor.advance(kind, &self.items)?;
+        Some(
+            self.items[i]
+                .take()
+                .unwrap_or_else(|| Err("result missing".into())),
+        )
+    }
+}
+
+/// An `imap` iterator's place among a job's items.
+#[derive(Default)]
+struct Cursor {
+    /// How many items the iterator has handed out.
+    taken: usize,
+    /// Items finished and not handed out yet, in completion order (`imap_unordered` only).
+    finished: VecDeque<usize>,
+}
+
+impl Cursor {
+    fn at_end(&self, items: usize) -> bool {
+        self.taken >= items
+    }
+
+    /// The index of the item to hand out next, if it has come in: the next in input order, or
+    /// the earliest finished for `imap_unordered`. Counts it as handed out.
+    fn advance(&mut self, kind: JobKind, items: &[Option<Result<Value, String>>]) -> Option<usize> {
+        let i = match kind {
+            JobKind::Unordered => self.finished.pop_front()?,
+            _ => Some(self.taken).filter(|&i| items.get(i).is_some_and(Option::is_some))?,
+        };
+        self.taken += 1;
+        Some(i)
+    }
+}
+
+/// A latch set once: the job is ready (its results in and its callback run, or failed).
+#[derive(Default)]
+struct Ready {
+    set: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Ready {
+    fn set(&self) {
+        *self.set.lock().recover() = true;
+        self.changed.notify_all();
+    }
+
+    fn is_set(&self) -> bool {
+        *self.set.lock().recover()
+    }
+
+    /// Waits until set, for at most `timeout`; false if the time ran out first, or the wait
+    /// was given up (a cancelled task, a pending interrupt).
+    fn wait(&self, timeout: Option<Duration>) -> bool {
+        let set = self.set.lock().recover();
+        crate::rt::threads::wait_while(&self.changed, set, timeout, |set| !*set).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(v: &[i64]) -> Vec<Value> {
+        v.iter().copied().map(Value::Int).collect()
+    }
+
+    #[test]
+    fn a_taken_job_ignores_a_second_report() {
+        let job = AsyncResult::new(1, JobKind::List, 2, Callbacks::default());
+        assert!(!job.complete(1, Ok(vec![Value::Int(2)]), 1));
+        assert!(job.complete(0, Ok(vec![Value::Int(1)]), 1));
+        job.set_ready();
+        let all = Value::Array(vec![Value::Int(1), Value::Int(2)]);
+        assert_eq!(job.get(None).unwrap(), all, "get copies");
+        assert!(job.successful().unwrap());
+        assert_eq!(job.take().unwrap(), all, "take moves");
+        assert!(
+            !job.complete(0, Ok(vec![Value::Int(9)]), 1),
+            "completed only once"
+        );
+        assert!(!job.complete(1, Err("late".into()), 1));
+    }
+
+    /// A job's error stands for all the items of its task; the first error in input order is
+    /// the job's.
+    #[test]
+    fn a_task_error_fills_its_items_and_the_first_is_the_job_error() {
+        let job = AsyncResult::new(1, JobKind::List, 4, Callbacks::default());
+        assert!(!job.complete(2, Err("late error".into()), 2));
+        assert!(!job.complete(0, Ok(ints(&[0])), 1));
+        assert!(job.complete(1, Err("early error".into()), 1));
+        job.set_ready();
+        assert_eq!(job.get(None), Err("early error".into()));
+        assert_eq!(job.successful(), Ok(false));
+    }
+
+    /// The latch: not ready until set, a wait with a timeout gives up, `successful` refuses
+    /// to answer before; a waiter on another thread wakes when it is set.
+    #[test]
+    fn the_ready_latch_is_waited_for_with_a_timeout() {
+        let job = std::sync::Arc::new(AsyncResult::new(
+            1,
+            JobKind::Single,
+            1,
+            Callbacks::default(),
+        ));
+        assert!(!job.ready());
+        assert!(job.successful().is_err());
+        assert!(!job.wait(Some(Duration::from_millis(10))));
+        let err = job.get(Some(Duration::from_millis(10))).unwrap_err();
+        assert!(err.contains("TimeoutError"), "{err}");
+        assert!(job.complete(0, Ok(ints(&[7])), 1));
+        assert!(
+            !job.ready(),
+            "complete alone does not make a job ready: its callback runs first"
+        );
+        let waiter = job.clone();
+        let waited = std::thread::spawn(move || waiter.get(Some(Duration::from_secs(20))));
+        std::thread::sleep(Duration::from_millis(20));
+        job.set_ready();
+        assert_eq!(waited.join().unwrap(), Ok(Value::Int(7)));
+    }
+
+    /// A failure counts only before the job is ready; once failed, results that come in late
+    /// do not make it succeed.
+    #[test]
+    fn a_job_is_failed_or_ready_never_one_then_the_other() {
+        let ready = AsyncResult::new(1, JobKind::Single, 1, Callbacks::default());
+        ready.complete(0, Ok(ints(&[1])), 1);
+        ready.set_ready();
+        ready.fail("terminated");
+        assert_eq!(ready.get(None), Ok(Value::Int(1)));
+
+        let failed = AsyncResult::new(2, JobKind::List, 2, Callbacks::default());
+        failed.fail("terminated");
+        assert!(failed.ready());
+        failed.complete(0, Ok(ints(&[1, 2])), 2);
+        failed.set_ready();
+        assert_eq!(failed.get(None), Err("terminated".into()));
+        assert_eq!(failed.take(), Err("terminated".into()));
+    }
+
+    /// `imap` hands items out in input order, each once it is in; `imap_unordered` in the
+    /// order they finished; both end after the last, and a failure ends them with its reason.
+    #[test]
+    fn iterators_follow_input_or_completion_order() {
+        let short = Some(Duration::from_millis(5));
+        let ordered = AsyncResult::new(1, JobKind::Ordered, 3, Callbacks::default());
+        ordered.complete(1, Ok(ints(&[11])), 1);
+        assert!(ordered
+            .next_item(short)
+            .unwrap_err()
+            .contains("TimeoutError"));
+        ordered.complete(0, Ok(ints(&[10])), 1);
+        ordered.complete(2, Err("boom".into()), 1);
+        assert_eq!(ordered.next_item(short), Ok(Some(Value::Int(10))));
+        assert_eq!(ordered.next_item(short), Ok(Some(Value::Int(11))));
+        assert_eq!(ordered.next_item(short), Err("boom".into()));
+        assert_eq!(ordered.next_item(short), Ok(None));
+
+        let unordered = AsyncResult::new(2, JobKind::Unordered, 3, Callbacks::default());
+        unordered.complete(2, Ok(ints(&[12])), 1);
+        unordered.complete(0, Ok(ints(&[10])), 1);
+        assert_eq!(unordered.next_item(short), Ok(Some(Value::Int(12))));
+        assert_eq!(unordered.next_item(short), Ok(Some(Value::Int(10))));
+        assert!(unordered.next_item(short).is_err(), "item 1 is not in");
+        unordered.fail("the pool was terminated");
+        assert_eq!(
+            unordered.next_item(short),
+            Err("the pool was terminated".into())
+        );
+    }
+}

@@ -1,0 +1,750 @@
+//! Pools (Python's `multiprocessing.Pool` and `ThreadPool`), in every execution model.
+//!
+//! Jobs, chunking, results, callbacks and shutdown are one mechanism, here; what runs the
+//! tasks is one of two backends behind one small interface ([`Backend`]), which the execution
+//! model chooses and builds (`crate::exec`):
+//! - [`forked`] (`fork`): worker processes, fed by a supervisor thread through pipes;
+//! - [`threads`] (`isolated`, `gil`): worker threads that take tasks from the pending queue
+//!   themselves, and a watchdog that stops overdue tasks.
+//!
+//! The rest, one file per idea:
+//! - [`job`]: a job's [`AsyncResult`], what the script waits on (result slots, a ready latch,
+//!   an `imap` iterator's cursor);
+//! - [`callbacks`]: how a job finishes (its callback first, on the callback thread) and the
+//!   jobs not ready yet, which `terminate` fails and `join` waits for;
+//! - [`worker`]: what a worker runs (the function cache, a forked worker's loop, the wire).
+//!
+//! A submitted job is cut into tasks (chunks of its calls, sharing one list) that wait in the
+//! pool's pending queue. **Shutdown:** `close` then `join` lets the work finish and the workers
+//! exit, and returns once every callback has run and every result is ready, as CPython's;
+//! `terminate` kills (or stops) the workers, fails what is unfinished, lets a running callback
+//! end and runs no other; a pool still open when the script ends is terminated.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::exec::{self, Workers};
+use crate::host::{Finish, Host, Mode, Stage};
+use crate::rt::cancel;
+use crate::rt::poison::Recover;
+use crate::script::{CallSlice, Calls, FunctionSpec, ScriptEngine, Travel};
+use crate::value::Value;
+
+mod callbacks;
+mod forked;
+mod job;
+mod threads;
+mod worker;
+
+use callbacks::Finisher;
+pub use job::{AsyncResult, Callbacks, JobKind};
+
+/// What a pool needs from the backend that runs its tasks once it has started them
+/// ([`forked::start`], [`threads::start`]: each takes what its workers are built from). A
+/// backend's workers take tasks from the pool's pending queue, report results to their jobs,
+/// watch the pool's status, and call [`Pool::workers_ended`] when the last of them is gone; the
+/// pool only has to tell them that something changed.
+trait Backend: Send + Sync {
+    /// Tells the workers, or the thread that feeds them, that there is news: work in the
+    /// pending queue, or a new status. Never blocks.
+    fn wake(&self, pool: &Pool);
+}
+
+/// A pool as the script asks for it (`Pool(processes, options)`); [`Pool::prepare`] checks it.
+pub struct PoolConfig {
+    /// How many workers; `None`: one per CPU, as Python's `os.cpu_count()`.
+    pub processes: Option<usize>,
+    /// What every worker calls before its first task (a renewed one too), with its arguments.
+    pub initializer: Option<(Arc<FunctionSpec>, Vec<Value>)>,
+    /// How many tasks a worker runs before a fresh one takes its place.
+    pub maxtasksperchild: Option<usize>,
+    /// A task running longer fails: a forked worker is killed and replaced, a thread's task
+    /// is cancelled.
+    pub task_timeout: Option<Duration>,
+    /// The execution model of the workers.
+    pub mode: Mode,
+}
+
+/// A pool ready to start ([`NewPool::start`]): its config checked, its workers' engines built.
+pub struct NewPool {
+    config: PoolConfig,
+    size: usize,
+    workers: Workers,
+}
+
+impl NewPool {
+    /// Starts the workers. Call with the GIL held, outside any engine lock.
+    pub fn start(self, host: &Arc<Host>) -> Result<Arc<Pool>, String> {
+        Pool::start(host, self)
+    }
+}
+
+/// A task's calls: a range of the list its job's tasks share.
+struct Chunk {
+    all: Arc<Calls>,
+    range: std::ops::Range<usize>,
+}
+
+/// Splits `calls` into chunks of at most `size` calls that share one list: nothing is copied.
+fn chunks(calls: Calls, size: usize) -> Vec<Chunk> {
+    let all = Arc::new(calls);
+    let len = all.len();
+    (0..len)
+        .step_by(size.max(1))
+        .map(|start| Chunk {
+            all: all.clone(),
+            range: start..(start + size).min(len),
+        })
+        .collect()
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    fn as_slice(&self) -> CallSlice<'_> {
+        let r = self.range.clone();
+        match &*self.all {
+            Calls::Each(v) => CallSlice::Each(&v[r]),
+            Calls::Lists(v) => CallSlice::Lists(&v[r]),
+        }
+    }
+}
+
+/// A chunk of a job's calls, waiting for a worker or running on one.
+struct Task {
+    /// Unique in its pool: how a forked worker's result names it.
+    id: u64,
+    job: Arc<AsyncResult>,
+    /// The index of its first call in the job.
+    first: usize,
+    function: Arc<FunctionSpec>,
+    calls: Chunk,
+}
+
+/// Where a pool is in its life.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Status {
+    /// Takes work.
+    Open,
+    /// `close`d: finishes its work, takes no more.
+    Closed,
+    /// `terminate`d (or dropped): its workers are stopped, its unfinished jobs failed.
+    Terminated,
+    /// Its initializer, or parrun itself, failed: as terminated, with a reason.
+    Broken,
+}
+
+/// A pool's state that changes, under its lock.
+struct PoolState {
+    status: Status,
+    /// Why a broken pool broke: what a submission to it fails with.
+    broken_reason: Option<String>,
+    /// Tasks not given to a worker yet.
+    pending: VecDeque<Task>,
+    next_job: u64,
+    next_task: u64,
+    /// Every worker has ended (and so has the supervisor or the watchdog).
+    workers_done: bool,
+}
+
+/// A pool of workers: forked processes or threads.
+pub struct Pool {
+    host: Arc<Host>,
+    config: PoolConfig,
+    /// The number of workers.
+    size: usize,
+    state: Mutex<PoolState>,
+    /// Notified when the state changes: thread workers wait on it for tasks, the watchdog for
+    /// news, `join` for the workers' end.
+    changed: Condvar,
+    finisher: Finisher,
+    backend: Box<dyn Backend>,
+    /// The thread that oversees the workers (the forked workers' supervisor, the worker
+    /// threads' watchdog), joined once the workers have ended.
+    overseer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The script's handle on a pool: when the script drops its last one, the pool is stopped
+/// (as CPython's `Pool.__del__` terminates a pool nobody joined), so unreachable pools do not
+/// keep their workers.
+pub struct PoolHandle(pub Arc<Pool>);
+
+impl std::ops::Deref for PoolHandle {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        &self.0
+    }
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        // Never wait here: a handle may be dropped by Lua's garbage collector, with the GIL
+        // held, and the supervisor may be waiting for the GIL to fork a replacement.
+        self.0.stop();
+    }
+}
+
+/// A pool the run terminates when it ends, if it is still running then, as Python's finaliser
+/// does. Held weakly: a pool the script no longer reaches still shuts down when dropped.
+struct Unfinished(std::sync::Weak<Pool>);
+
+impl Finish for Unfinished {
+    fn stage(&self) -> Stage {
+        Stage::Pools
+    }
+
+    fn pending(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+
+    fn finish(&self) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.terminate();
+        }
+    }
+}
+
+impl Pool {
+    /// Checks `config`, as CPython's `Pool` does, and has its execution model build the
+    /// workers' engines from `engine`, as of now (the call that creates the pool: an isolated
+    /// pool's snapshot is taken here). Call with the GIL held.
+    pub fn prepare(config: PoolConfig, engine: &dyn ScriptEngine) -> Result<NewPool, String> {
+        if config.maxtasksperchild == Some(0) {
+            return Err("maxtasksperchild must be at least 1".into());
+        }
+        let size = config
+            .processes
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if size == 0 {
+            return Err("processes must be at least 1".into());
+        }
+        let renewable = config.maxtasksperchild.is_some();
+        let workers = exec::model(config.mode).workers(engine, size, renewable)?;
+        Ok(NewPool {
+            config,
+            size,
+            workers,
+        })
+    }
+
+    /// Starts the workers of `new`. Call with the GIL held, outside any engine lock.
+    fn start(host: &Arc<Host>, new: NewPool) -> Result<Arc<Pool>, String> {
+        let NewPool {
+            config,
+            size,
+            workers,
+        } = new;
+        let new_pool = |backend: Box<dyn Backend>| -> Result<Arc<Pool>, String> {
+            Ok(Arc::new(Pool {
+                host: host.clone(),
+                config,
+                size,
+                state: Mutex::new(PoolState {
+                    status: Status::Open,
+                    broken_reason: None,
+                    pending: VecDeque::new(),
+                    next_job: 1,
+                    next_task: 1,
+                    workers_done: false,
+                }),
+                changed: Condvar::new(),
+                finisher: Finisher::start(host)?,
+                backend,
+                overseer: Mutex::new(None),
+            }))
+        };
+        let (pool, overseer) = match workers {
+            Workers::Forked(engine) => {
+                let (backend, wake_rx) = forked::Forked::new()?;
+                let pool = new_pool(Box::new(backend))?;
+                let overseer = forked::start(&pool, engine, wake_rx)?;
+                (pool, overseer)
+            }
+            Workers::Threads { engines, renew } => {
+                let pool = new_pool(Box::new(threads::Threads))?;
+                let overseer = threads::start(&pool, engines, renew)?;
+                (pool, overseer)
+            }
+        };
+        *pool.overseer.lock().recover() = Some(overseer);
+        host.register(Arc::new(Unfinished(Arc::downgrade(&pool))));
+        Ok(pool)
+    }
+
+    /// Queues a job of `calls` in chunks of `chunksize` (by default, one call each, and for
+    /// `map` Python's size). Errors if the pool is not open.
+    pub fn submit(
+        &self,
+        kind: JobKind,
+        function: Arc<FunctionSpec>,
+        calls: Calls,
+        chunksize: Option<usize>,
+        callbacks: Callbacks,
+    ) -> Result<Arc<AsyncResult>, String> {
+        let chunksize = match (chunksize, kind) {
+            (Some(size), _) => size.max(1),
+            // Python's default for `map`: about four chunks per worker.
+            (None, JobKind::List) => calls.len().div_ceil(self.size * 4).max(1),
+            (None, _) => 1,
+        };
+        let mut s = self.state();
+        match s.status {
+            Status::Open => {}
+            Status::Closed => {
+                return Err("the pool is closed (ValueError: Pool not running)".into())
+            }
+            Status::Terminated => {
+                return Err("the pool is terminated (ValueError: Pool not running)".into())
+            }
+            Status::Broken => {
+                return Err(s
+                    .broken_reason
+                    .clone()
+                    .unwrap_or_else(|| "the pool is broken".into()))
+            }
+        }
+        let job = Arc::new(AsyncResult::new(s.next_job, kind, calls.len(), callbacks));
+        s.next_job += 1;
+        // Entered under the pool's lock, so that a terminate either finds it or refuses it.
+        self.finisher.enter(&job);
+        if calls.is_empty() {
+            drop(s);
+            self.finisher.finish(&job);
+            return Ok(job);
+        }
+        let mut first = 0;
+        for chunk in chunks(calls, chunksize) {
+            let n = chunk.len();
+            let id = s.next_task;
+            s.next_task += 1;
+            s.pending.push_back(Task {
+                id,
+                job: job.clone(),
+                first,
+                function: function.clone(),
+                calls: chunk,
+            });
+            first += n;
+        }
+        drop(s);
+        self.wake();
+        Ok(job)
+    }
+
+    /// `Pool.close`: takes no more work; the workers exit once what was submitted is done.
+    pub fn close(&self) {
+        let mut s = self.state();
+        if s.status == Status::Open {
+            s.status = Status::Closed;
+        }
+        drop(s);
+        self.wake();
+    }
+
+    /// Kills the workers and fails every unfinished job; returns once they are gone and a
+    /// callback that was running has ended. No callback runs after that, as in CPython, whose
+    /// terminate stops the result handler thread.
+    pub fn terminate(&self) {
+        self.stop();
+        self.wait_workers();
+        // From a callback, the running callback is the caller.
+        if !self.finisher.on_callback_thread() {
+            self.finisher.wait_no_callback();
+        }
+    }
+
+    /// Asks the backend to stop the workers and fails every unfinished job, without waiting.
+    pub fn stop(&self) {
+        let mut s = self.state();
+        if matches!(s.status, Status::Terminated) {
+            return;
+        }
+        s.status = Status::Terminated;
+        s.pending.clear();
+        drop(s);
+        self.finisher
+            .fail_all("the pool was terminated before this result was ready");
+        self.wake();
+    }
+
+    /// Waits for the workers to exit and for every job to be ready, its callback run (as
+    /// CPython's join waits for its result handler); an error unless the pool was closed or
+    /// terminated, or from one of the pool's own callbacks, which would wait for itself.
+    pub fn join(&self) -> Result<(), String> {
+        if self.state().status == Status::Open {
+            return Err(
+                "join() on a running pool: call close() or terminate() first (ValueError)".into(),
+            );
+        }
+        if self.finisher.on_callback_thread() {
+            return Err(
+                "join() from one of the pool's own callbacks would wait for itself \
+                 (RuntimeError: cannot join current thread)"
+                    .into(),
+            );
+        }
+        self.wait_workers();
+        self.finisher.wait_all_ready();
+        Ok(())
+    }
+
+    /// How a function travels to the workers.
+    pub fn travel(&self) -> Travel {
+        exec::model(self.config.mode).travel()
+    }
+
+    /// Whether the pool still takes work (neither closed, terminated nor broken).
+    pub fn is_open(&self) -> bool {
+        self.state().status == Status::Open
+    }
+
+    /// Waits until the workers have ended, then joins the thread that oversaw them.
+    fn wait_workers(&self) {
+        let mut s = self.state();
+        while !s.workers_done {
+            if cancel::stop_waiting() {
+                // An interrupted `join`: the workers go on, and are waited for at the end.
+                return;
+            }
+            s = match cancel::installed() {
+                true => self.changed.wait_timeout(s, cancel::POLL).recover().0,
+                false => self.changed.wait(s).recover(),
+            };
+        }
+        drop(s);
+        if let Some(h) = self.overseer.lock().recover().take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Called by the backend when the last worker has ended.
+    fn workers_ended(&self) {
+        self.state().workers_done = true;
+        self.changed.notify_all();
+    }
+
+    fn state(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().recover()
+    }
+
+    fn is_running(&self) -> bool {
+        matches!(self.state().status, Status::Open | Status::Closed)
+    }
+
+    /// Tells the workers that there is news (work, a state change).
+    fn wake(&self) {
+        self.backend.wake(self);
+    }
+
+    /// Marks the pool unusable and fails every unfinished job with `reason`.
+    fn break_pool(&self, reason: &str) {
+        let mut s = self.state();
+        if matches!(s.status, Status::Terminated | Status::Broken) {
+            return;
+        }
+        s.status = Status::Broken;
+        s.broken_reason = Some(reason.to_owned());
+        s.pending.clear();
+        drop(s);
+        self.finisher.fail_all(reason);
+        self.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    use crate::script::{Callback, TaskEngine, TaskFn};
+
+    /// A task engine of its own (as an isolated worker's) whose every function returns its
+    /// first argument, once `gate` is open, and notes how many calls each task had.
+    struct Echo {
+        host: Arc<Host>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+        sizes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    struct EchoFn(Arc<(Mutex<bool>, Condvar)>, Arc<Mutex<Vec<usize>>>);
+
+    impl TaskEngine for Echo {
+        fn host(&self) -> &Arc<Host> {
+            &self.host
+        }
+
+        fn decode(&self, _: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
+            Ok(Arc::new(EchoFn(self.gate.clone(), self.sizes.clone())))
+        }
+    }
+
+    impl TaskFn for EchoFn {
+        fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+            let (open, changed) = &*self.0;
+            let _open = changed
+                .wait_while(open.lock().unwrap(), |open| !*open)
+                .unwrap();
+            self.1.lock().unwrap().push(calls.len());
+            Ok(match calls {
+                CallSlice::Each(v) => v.to_vec(),
+                CallSlice::Lists(v) => v.iter().map(|args| args[0].clone()).collect(),
+            })
+        }
+    }
+
+    /// A pool of two `Echo` threads, with the gate they wait at (open if `open`).
+    fn echo_pool(open: bool) -> (Arc<Pool>, Gate) {
+        let (pool, gate, _) = echo_pool_noting_sizes(open);
+        (pool, gate)
+    }
+
+    type Gate = Arc<(Mutex<bool>, Condvar)>;
+    type Sizes = Arc<Mutex<Vec<usize>>>;
+
+    /// [`echo_pool`], and the number of calls of every task it ran, in the order they ran.
+    fn echo_pool_noting_sizes(open: bool) -> (Arc<Pool>, Gate, Sizes) {
+        let host = crate::host::Host::new(
+            crate::rt::gil::Gil::new(crate::rt::gil::DEFAULT_SWITCH_INTERVAL, None),
+            crate::host::Settings::default(),
+        );
+        let gate = Arc::new((Mutex::new(open), Condvar::new()));
+        let sizes = Sizes::default();
+        let engines = (0..2)
+            .map(|_| {
+                let engine: Arc<dyn TaskEngine> = Arc::new(Echo {
+                    host: crate::host::Host::new(
+                        crate::rt::gil::Gil::new(Duration::from_millis(5), None),
+                        crate::host::Settings::default(),
+                    ),
+                    gate: gate.clone(),
+                    sizes: sizes.clone(),
+                });
+                engine
+            })
+            .collect();
+        let config = PoolConfig {
+            processes: Some(2),
+            initializer: None,
+            maxtasksperchild: None,
+            task_timeout: None,
+            mode: Mode::Isolated,
+        };
+        let workers = Workers::Threads {
+            engines,
+            renew: None,
+        };
+        let new = NewPool {
+            config,
+            size: 2,
+            workers,
+        };
+        let pool = new.start(&host).unwrap();
+        (pool, gate, sizes)
+    }
+
+    fn open(gate: &(Mutex<bool>, Condvar)) {
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+    }
+
+    fn echo() -> Arc<FunctionSpec> {
+        Arc::new(FunctionSpec::Encoded {
+            key: 1,
+            code: Vec::new(),
+        })
+    }
+
+    fn apply(pool: &Pool, x: i64, callbacks: Callbacks) -> Arc<AsyncResult> {
+        let calls = Calls::Lists(vec![vec![Value::Int(x)]]);
+        pool.submit(JobKind::Single, echo(), calls, None, callbacks)
+            .unwrap()
+    }
+
+    /// A callback that records its argument, after `pause`; it panics on `panic_on`.
+    struct Record {
+        seen: Arc<Mutex<Vec<Value>>>,
+        pause: Duration,
+        panic_on: Option<Value>,
+    }
+
+    impl Callback for Record {
+        fn call(&self, arg: Value) -> Result<(), String> {
+            std::thread::sleep(self.pause);
+            if self.panic_on.as_ref() == Some(&arg) {
+                panic!("a host bug in a callback");
+            }
+            self.seen.lock().unwrap().push(arg);
+            Ok(())
+        }
+    }
+
+    fn record(seen: &Arc<Mutex<Vec<Value>>>, pause: Duration, panic_on: Option<i64>) -> Callbacks {
+        let ok: Box<dyn Callback> = Box::new(Record {
+            seen: seen.clone(),
+            pause,
+            panic_on: panic_on.map(Value::Int),
+        });
+        Callbacks {
+            ok: Some(ok),
+            err: None,
+        }
+    }
+
+    const LONG: Option<Duration> = Some(Duration::from_secs(20));
+
+    /// Runs `f` on a thread of its own and fails the test if it has not returned within 20 s,
+    /// so that a hang fails rather than blocks the run.
+    fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(LONG.unwrap())
+            .expect("still waiting after 20 s: a hang")
+    }
+
+    /// The registry of unfinished jobs holds only those: a job leaves it when it is ready,
+    /// even while the script still holds its result, so a submission never meets the jobs
+    /// before it (the old registry kept every held job and scanned them all per submission).
+    #[test]
+    fn a_ready_job_leaves_the_registry_while_its_result_is_held() {
+        let (pool, gate) = echo_pool(true);
+        let mut held = Vec::new();
+        for i in 0..2_000 {
+            let job = apply(&pool, i, Callbacks::default());
+            assert_eq!(job.get(LONG), Ok(Value::Int(i)));
+            held.push(job);
+            assert_eq!(
+                pool.finisher.unready(),
+                0,
+                "job {i} stayed registered once ready"
+            );
+        }
+        // Unfinished jobs are all there, and only until they are ready.
+        *gate.0.lock().unwrap() = false;
+        let waiting: Vec<_> = (0..100)
+            .map(|i| apply(&pool, i, Callbacks::default()))
+            .collect();
+        assert_eq!(pool.finisher.unready(), 100);
+        open(&gate);
+        pool.close();
+        let joined = pool.clone();
+        within(move || joined.join()).unwrap();
+        assert_eq!(pool.finisher.unready(), 0);
+        assert!(waiting.iter().chain(&held).all(|j| j.ready()));
+    }
+
+    /// `join` returns once every callback has run and every result is ready, as CPython's.
+    #[test]
+    fn join_waits_for_every_callback() {
+        let (pool, _gate) = echo_pool(true);
+        let seen = Arc::default();
+        let jobs: Vec<_> = (0..6)
+            .map(|i| apply(&pool, i, record(&seen, Duration::from_millis(20), None)))
+            .collect();
+        pool.close();
+        let joined = pool.clone();
+        within(move || joined.join()).unwrap();
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            6,
+            "join returned before the callbacks ran"
+        );
+        for job in &jobs {
+            assert!(job.ready());
+            assert_eq!(job.successful(), Ok(true));
+        }
+    }
+
+    /// `terminate` lets a running callback end and runs no other: the jobs whose callbacks
+    /// had not started fail, and nothing runs once it has returned.
+    #[test]
+    fn terminate_waits_for_the_running_callback_and_runs_no_more() {
+        let (pool, _gate) = echo_pool(true);
+        let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let jobs: Vec<_> = (0..4)
+            .map(|i| apply(&pool, i, record(&seen, Duration::from_millis(100), None)))
+            .collect();
+        // Wait for the first callback to be running.
+        let start = Instant::now();
+        while !pool.finisher.in_callback() && start.elapsed() < LONG.unwrap() {
+            std::thread::yield_now();
+        }
+        let terminated = pool.clone();
+        within(move || terminated.terminate());
+        let ran = seen.lock().unwrap().len();
+        assert!(ran >= 1, "terminate did not wait for the running callback");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            ran,
+            "a callback ran after terminate"
+        );
+        assert!(jobs.iter().all(|j| j.ready()));
+        let failed = jobs.iter().filter(|j| j.get(None).is_err()).count();
+        assert_eq!(failed, 4 - ran);
+    }
+
+    /// A callback that panics fails its own job with the reason and releases the GIL; the
+    /// callbacks after it run.
+    #[test]
+    fn a_panicking_callback_fails_its_job_and_the_rest_go_on() {
+        let (pool, _gate) = echo_pool(true);
+        let seen = Arc::default();
+        let jobs: Vec<_> = (0..3)
+            .map(|i| apply(&pool, i, record(&seen, Duration::ZERO, Some(1))))
+            .collect();
+        pool.close();
+        let joined = pool.clone();
+        within(move || joined.join()).unwrap();
+        let err = jobs[1].get(LONG).unwrap_err();
+        assert!(
+            err.contains("callback") && err.contains("a host bug in a callback"),
+            "{err}"
+        );
+        assert_eq!(jobs[0].get(LONG), Ok(Value::Int(0)));
+        assert_eq!(jobs[2].get(LONG), Ok(Value::Int(2)));
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        let host = pool.host.clone();
+        within(move || drop(host.gil.lock(0)));
+    }
+
+    /// The pool decides the chunks: Python's default for `map` (about four per worker), one
+    /// call per task for the iterators, or what the script asked for (at least one).
+    #[test]
+    fn the_pool_chooses_the_chunk_size_as_python_does() {
+        let (pool, _gate, sizes) = echo_pool_noting_sizes(true);
+        let twenty = || Calls::Each((0..20).map(Value::Int).collect());
+        let chunks_of = |kind, chunksize| {
+            let job = pool
+                .submit(kind, echo(), twenty(), chunksize, Callbacks::default())
+                .unwrap();
+            let joined = job.clone();
+            within(move || joined.wait(None));
+            let mut seen = std::mem::take(&mut *sizes.lock().unwrap());
+            seen.sort_unstable();
+            seen
+        };
+        // 20 calls, 2 workers: chunks of ceil(20 / 8) = 3.
+        assert_eq!(chunks_of(JobKind::List, None), [2, 3, 3, 3, 3, 3, 3]);
+        assert_eq!(chunks_of(JobKind::List, Some(7)), [6, 7, 7]);
+        assert_eq!(chunks_of(JobKind::List, Some(0)), [1; 20]);
+        assert_eq!(chunks_of(JobKind::Ordered, None), [1; 20]);
+        assert_eq!(chunks_of(JobKind::Unordered, Some(10)), [10, 10]);
+    }
+
+    #[test]
+    fn chunks_share_the_list() {
+        let calls = Calls::Each((0..10).map(Value::Int).collect());
+        let chunks = chunks(calls, 4);
+        let lens: Vec<usize> = chunks.iter().map(Chunk::len).collect();
+        assert_eq!(lens, [4, 4, 2]);
+        assert!(Arc::ptr_eq(&chunks[0].all, &chunks[2].all));
+        match chunks[2].as_slice() {
+            CallSlice::Each(v) => assert_eq!(v, [Value::Int(8), Value::Int(9)]),
+            CallSlice::Lists(_) => panic!("map calls became argument lists"),
+        }
+    }
+}

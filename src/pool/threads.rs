@@ -1,0 +1,269 @@
+//! The thread backend (`gil`, `isolated`): one OS thread per worker, and a watchdog.
+//!
+//! Each worker thread takes tasks from the pool's pending queue itself and completes their jobs
+//! directly: no pipe, no codec, no supervisor round trip. An isolated worker runs its own
+//! engine under that engine's own (uncontended) GIL; a `gil` worker runs the script's engine
+//! under the script's GIL. After `maxtasksperchild` tasks a worker with a snapshot to renew
+//! from gets a fresh engine, as a forked worker is replaced by a fresh fork.
+//!
+//! A thread cannot be killed, so a task is stopped by cancelling it ([`Cancel`]): the watchdog
+//! asks a task past the task timeout, and every running task once the pool is terminated, to
+//! stop at its next instruction (the engine's interrupt) or wait.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::worker::Functions;
+use super::{Backend, Pool, Status, Task};
+use crate::rt::cancel::{self, Cancel};
+use crate::rt::gil::Gil;
+use crate::rt::poison::Recover;
+use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
+use crate::script::{CallSlice, FunctionSpec, Snapshot, TaskEngine};
+
+/// How often the watchdog repeats a cancellation: in the `gil` model another thread may hold
+/// the lock when it is first asked.
+const CANCEL_RETRY: Duration = Duration::from_millis(20);
+
+/// Worker threads wait for work on the pool's own condition variable.
+pub(super) struct Threads;
+
+impl Backend for Threads {
+    fn wake(&self, pool: &Pool) {
+        pool.changed.notify_all();
+    }
+}
+
+/// A worker thread as the watchdog sees it: what it runs under, and how to stop its task.
+struct WorkerThread {
+    /// The GIL of the engine it runs (a renewed engine brings its own).
+    gil: Mutex<Arc<Gil>>,
+    cancel: Arc<Cancel>,
+    /// When the running task started; `None` between tasks.
+    running_since: Mutex<Option<Instant>>,
+}
+
+impl WorkerThread {
+    fn running_since(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.running_since.lock().recover()
+    }
+}
+
+/// Starts one worker thread per engine, and the watchdog that stops their overdue tasks;
+/// returns the watchdog, which ends when the workers have.
+pub(super) fn start(
+    pool: &Arc<Pool>,
+    engines: Vec<Arc<dyn TaskEngine>>,
+    renew: Option<Arc<dyn Snapshot>>,
+) -> Result<JoinHandle<()>, String> {
+    let count = engines.len();
+    // Counted down by each thread as it ends; the last one tells the pool.
+    let running = Arc::new(AtomicUsize::new(count));
+    let mut watched = Vec::with_capacity(count);
+    for (started, engine) in engines.into_iter().enumerate() {
+        let thread = Arc::new(WorkerThread {
+            gil: Mutex::new(engine.host().gil.clone()),
+            cancel: Arc::default(),
+            running_since: Mutex::new(None),
+        });
+        watched.push(thread.clone());
+        let (pool_, renew, running_) = (pool.clone(), renew.clone(), running.clone());
+        let spawned = std::thread::Builder::new()
+            .name("parrun-pool-worker".into())
+            .stack_size(SCRIPT_THREAD_STACK)
+            .spawn(move || work(&pool_, engine, &thread, renew, &running_));
+        if let Err(e) = spawned {
+            // The threads not started will not count themselves out.
+            let unstarted = count - started;
+            if running.fetch_sub(unstarted, Ordering::AcqRel) == unstarted {
+                pool.workers_ended();
+            }
+            pool.stop();
+            return Err(format!("cannot start a pool worker thread: {e}"));
+        }
+    }
+    let pool = pool.clone();
+    std::thread::Builder::new()
+        .name("parrun-pool-watchdog".into())
+        .spawn(move || watch(&pool, &watched))
+        .map_err(|e| format!("cannot start the pool thread: {e}"))
+}
+
+/// The watchdog of worker threads: cancels a task past the task timeout, and every running
+/// task once the pool is terminated. Ends when the workers have.
+///
+/// It holds the pool's lock from its scan of the workers until it waits, and a worker
+/// announces a new task under that lock, so the news cannot fall between the two.
+fn watch(pool: &Pool, threads: &[Arc<WorkerThread>]) {
+    let timeout = pool.config.task_timeout;
+    let mut s = pool.state();
+    while !s.workers_done {
+        let stopping = matches!(s.status, Status::Terminated | Status::Broken);
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for thread in threads {
+            let running = thread.running_since();
+            let Some(since) = *running else { continue };
+            let deadline = timeout.map(|t| since + t);
+            let reason = if stopping {
+                "the pool was terminated while this task ran".to_string()
+            } else if deadline.is_some_and(|d| d <= now) {
+                format!(
+                    "the task ran longer than the task timeout of {:?}: it was stopped",
+                    timeout.unwrap_or_default()
+                )
+            } else {
+                next = earlier(next, deadline);
+                continue;
+            };
+            // Under the thread's lock, so the request cannot outlive the task it is for.
+            thread.cancel.request(reason);
+            thread.gil.lock().recover().interrupt();
+            next = earlier(next, Some(now + CANCEL_RETRY));
+        }
+        s = match next {
+            None => pool.changed.wait(s).recover(),
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                pool.changed.wait_timeout(s, left).recover().0
+            }
+        };
+    }
+}
+
+/// A worker thread: runs the initializer, then takes tasks until the pool closes. A host
+/// panic that escapes a task's own catch breaks the pool, so that `join` cannot wait for ever
+/// on work this thread was to do.
+fn work(
+    pool: &Pool,
+    engine: Arc<dyn TaskEngine>,
+    thread: &WorkerThread,
+    renew: Option<Arc<dyn Snapshot>>,
+    running: &AtomicUsize,
+) {
+    cancel::install(Some(thread.cancel.clone()));
+    let served = catch_unwind(AssertUnwindSafe(|| serve(pool, engine, thread, renew)));
+    if let Err(panic) = served {
+        pool.break_pool(&format!(
+            "a pool worker thread failed inside parrun (a host panic: {})",
+            panic_text(&*panic)
+        ));
+    }
+    cancel::install(None);
+    if running.fetch_sub(1, Ordering::AcqRel) == 1 {
+        pool.workers_ended();
+    }
+}
+
+/// Runs `function` on `calls` in the worker's engine, with its GIL; a host panic is the
+/// task's error.
+fn run(
+    functions: &mut Functions,
+    function: &FunctionSpec,
+    calls: CallSlice<'_>,
+) -> Result<Vec<crate::value::Value>, String> {
+    let gil = functions.engine().host().gil.clone();
+    let _held = gil.lock(0);
+    catch_unwind(AssertUnwindSafe(|| functions.call_many(function, calls))).unwrap_or_else(
+        |panic| {
+            Err(format!(
+                "a pool worker thread failed inside parrun (a host panic: {})",
+                panic_text(&*panic)
+            ))
+        },
+    )
+}
+
+/// Runs the pool's initializer, if it has one, in a worker's (new) engine; a failure breaks
+/// the pool.
+fn initialize(pool: &Pool, functions: &mut Functions) {
+    if let Some((f, args)) = &pool.config.initializer {
+        let args = CallSlice::Lists(std::slice::from_ref(args));
+        if let Err(reason) = run(functions, f, args) {
+            pool.break_pool(&format!("the pool's initializer failed: {reason}"));
+        }
+    }
+}
+
+/// [`work`]'s loop.
+fn serve(
+    pool: &Pool,
+    engine: Arc<dyn TaskEngine>,
+    thread: &WorkerThread,
+    renew: Option<Arc<dyn Snapshot>>,
+) {
+    let mut functions = Functions::new(engine);
+    initialize(pool, &mut functions);
+    let mut done = 0;
+    while let Some(task) = next_task(pool) {
+        let Task {
+            job,
+            first,
+            function,
+            calls,
+            ..
+        } = task;
+        let n = calls.len();
+        *thread.running_since() = Some(Instant::now());
+        if pool.config.task_timeout.is_some() {
+            // Tell the watchdog about the new deadline, under the lock it waits with.
+            let _pool = pool.state();
+            pool.changed.notify_all();
+        }
+        let result = run(&mut functions, &function, calls.as_slice());
+        {
+            let mut running = thread.running_since();
+            *running = None;
+            thread.cancel.clear();
+        }
+        // A terminated pool has failed the job already.
+        if pool.is_running() && job.complete(first, result, n) {
+            pool.finisher.finish(&job);
+        }
+        done += 1;
+        let Some(renew) = &renew else { continue };
+        if pool.config.maxtasksperchild.is_some_and(|m| done >= m) {
+            // As a forked worker is replaced by a fresh fork: a fresh engine from the
+            // snapshot taken when the pool was created.
+            done = 0;
+            match renew.instantiate() {
+                Ok(fresh) => {
+                    *thread.gil.lock().recover() = fresh.engine.host().gil.clone();
+                    functions = Functions::new(fresh.engine);
+                    initialize(pool, &mut functions);
+                }
+                Err(e) => pool.break_pool(&format!("cannot renew a worker: {e}")),
+            }
+        }
+    }
+}
+
+/// The next task for a worker thread; `None` once the pool is closed and drained, or
+/// stopped.
+fn next_task(pool: &Pool) -> Option<Task> {
+    let mut s = pool.state();
+    loop {
+        match s.status {
+            Status::Terminated | Status::Broken => return None,
+            Status::Open | Status::Closed => {}
+        }
+        if let Some(task) = s.pending.pop_front() {
+            return Some(task);
+        }
+        if s.status == Status::Closed {
+            return None;
+        }
+        s = pool.changed.wait(s).recover();
+    }
+}
+
+/// The earlier of two optional instants (`None` is "never").
+fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

@@ -1,0 +1,351 @@
+//! What a pool's workers run: the one cache of functions every worker keeps ([`Functions`]:
+//! a worker thread's and a forked worker's alike), and a forked worker's loop
+//! ([`worker_main`]) with the messages on its two pipes.
+//!
+//! A forked worker reads tasks from its task pipe and writes one result frame per task to its
+//! result pipe. A function crosses the task pipe once per worker, ahead of its first task
+//! ([`ToWorkerOut::Function`]); tasks name it by key. A task's calls are borrowed from the job
+//! on the way out ([`ToWorkerOut`]) and owned on the way in ([`ToWorker`]): the same bytes.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rt::codec;
+use crate::script::{CallSlice, Calls, FunctionSpec, TaskEngine, TaskFn};
+use crate::value::Value;
+
+/// A message down a forked worker's task pipe, as the supervisor writes it.
+#[derive(Serialize)]
+pub(super) enum ToWorkerOut<'a> {
+    /// A function the worker keeps by `key` for the tasks that name it.
+    Function {
+        key: u64,
+        #[serde(with = "serde_bytes")]
+        code: &'a [u8],
+    },
+    /// Calls of the function `function`; answered by one [`FromWorker`] with the same `id`.
+    Task {
+        id: u64,
+        function: u64,
+        calls: CallSlice<'a>,
+    },
+}
+
+/// A [`ToWorkerOut`] as the worker reads it.
+#[derive(Deserialize)]
+pub(super) enum ToWorker {
+    Function {
+        key: u64,
+        #[serde(with = "serde_bytes")]
+        code: Vec<u8>,
+    },
+    Task {
+        id: u64,
+        function: u64,
+        calls: Calls,
+    },
+}
+
+/// A message up a forked worker's result pipe: a task's results.
+#[derive(Serialize, Deserialize)]
+pub(super) struct FromWorker {
+    /// The task's id; 0 reports an initializer failure.
+    pub(super) id: u64,
+    /// How long the task ran, for the supervisor's dispatch window.
+    pub(super) micros: u64,
+    /// One value per call, or the first call's error.
+    pub(super) result: Result<Vec<Value>, String>,
+}
+
+/// A worker's engine and the functions it has been sent: one cache per worker, by key, of
+/// each function's decoded handle. A forked worker keeps a function's bytes only until its
+/// first task decodes them; a local function (`gil`) is its own handle.
+pub(super) struct Functions {
+    engine: Arc<dyn TaskEngine>,
+    known: HashMap<u64, Known>,
+}
+
+enum Known {
+    Encoded(Vec<u8>),
+    Decoded(Arc<dyn TaskFn>),
+}
+
+impl Functions {
+    pub(super) fn new(engine: Arc<dyn TaskEngine>) -> Functions {
+        Functions {
+            engine,
+            known: HashMap::new(),
+        }
+    }
+
+    pub(super) fn engine(&self) -> &Arc<dyn TaskEngine> {
+        &self.engine
+    }
+
+    /// A function sent ahead of its tasks (a forked worker's pipe), decoded when first called.
+    fn learn(&mut self, key: u64, code: Vec<u8>) {
+        self.known.entry(key).or_insert(Known::Encoded(code));
+    }
+
+    /// Calls `function` once per entry of `calls`. Call with the engine's GIL held.
+    pub(super) fn call_many(
+        &mut self,
+        function: &FunctionSpec,
+        calls: CallSlice<'_>,
+    ) -> Result<Vec<Value>, String> {
+        match function {
+            FunctionSpec::Local(f) => f.call_many(calls),
+            FunctionSpec::Encoded { key, code } => self.decoded(*key, Some(code))?.call_many(calls),
+        }
+    }
+
+    /// Calls the function [`Functions::learn`] was given as `key`.
+    fn call_key(&mut self, key: u64, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+        self.decoded(key, None)?.call_many(calls)
+    }
+
+    /// The handle of function `key`, decoded now if it has not been yet (from `code`, or from
+    /// what [`Functions::learn`] kept). A function that fails to decode is tried again by its
+    /// next task, as a module that failed to load may load later.
+    fn decoded(&mut self, key: u64, code: Option<&[u8]>) -> Result<&dyn TaskFn, String> {
+        use std::collections::hash_map::Entry;
+        let slot = match self.known.entry(key) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                let code = code.ok_or("internal error: function not sent to the worker")?;
+                slot.insert(Known::Decoded(self.engine.decode(code)?))
+            }
+        };
+        if let Known::Encoded(code) = slot {
+            let f = self.engine.decode(code)?;
+            *slot = Known::Decoded(f);
+        }
+        match slot {
+            Known::Decoded(f) => Ok(&**f),
+            Known::Encoded(_) => Err("internal error: a function was not decoded".into()),
+        }
+    }
+}
+
+/// A forked worker's life: runs the initializer, then the tasks from `tasks` until the pipe
+/// closes or `max_tasks` have run; the process's exit status (1 when the initializer failed or
+/// the pipes broke).
+pub(super) fn worker_main(
+    engine: Arc<dyn TaskEngine>,
+    mut tasks: File,
+    mut results: File,
+    init: Option<(Arc<FunctionSpec>, Vec<Value>)>,
+    max_tasks: Option<usize>,
+) -> i32 {
+    let mut out = Vec::new();
+    let mut functions = Functions::new(engine);
+    if let Some((f, args)) = init {
+        if let Err(e) = functions.call_many(&f, CallSlice::Lists(&[args])) {
+            let msg = FromWorker {
+                id: 0,
+                micros: 0,
+                result: Err(e),
+            };
+            let _ = codec::write_frame(&mut results, &mut out, &msg);
+            return 1;
+        }
+    }
+    let mut buf = Vec::new();
+    let mut done = 0usize;
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, &mut tasks);
+    loop {
+        let msg = match codec::read_frame::<ToWorker>(&mut reader, &mut buf) {
+            Ok(m) => m,
+            Err(codec::CodecError::Closed) => return 0,
+            Err(e) => {
+                crate::rt::output::write_stderr(&format!("parrun worker: {e}"));
+                return 1;
+            }
+        };
+        match msg {
+            ToWorker::Function { key, code } => functions.learn(key, code),
+            ToWorker::Task {
+                id,
+                function,
+                calls,
+            } => {
+                let start = Instant::now();
+                let result = functions.call_key(function, calls.as_slice());
+                let msg = FromWorker {
+                    id,
+                    micros: start.elapsed().as_micros() as u64,
+                    result,
+                };
+                if let Err(e) = codec::write_frame(&mut results, &mut out, &msg) {
+                    // A result that cannot be encoded still has to answer the task.
+                    let msg = FromWorker {
+                        id,
+                        micros: 0,
+                        result: Err(format!("cannot send the result back: {e}")),
+                    };
+                    if codec::write_frame(&mut results, &mut out, &msg).is_err() {
+                        return 1;
+                    }
+                }
+                done += 1;
+                if max_tasks.is_some_and(|m| done >= m) {
+                    return 0;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::host::Host;
+
+    /// Garbage or truncated frames on a worker's pipes are errors, never a panic.
+    #[test]
+    fn worker_messages_survive_garbage() {
+        let calls = Calls::Lists(vec![vec![Value::Int(1), Value::Str("x".into())]]);
+        let task = ToWorkerOut::Task {
+            id: 9,
+            function: 7,
+            calls: calls.as_slice(),
+        };
+        codec::fuzz_frames(&task, 10_000, |mut bytes| {
+            let _ = codec::read_frame::<ToWorker>(&mut bytes, &mut Vec::new());
+        });
+        let function = ToWorkerOut::Function {
+            key: 7,
+            code: &[1, 2, 3],
+        };
+        codec::fuzz_frames(&function, 5_000, |mut bytes| {
+            let _ = codec::read_frame::<ToWorker>(&mut bytes, &mut Vec::new());
+        });
+        let result = FromWorker {
+            id: 9,
+            micros: 3,
+            result: Ok(vec![Value::Float(2.5)]),
+        };
+        codec::fuzz_frames(&result, 10_000, |mut bytes| {
+            let _ = codec::read_frame::<FromWorker>(&mut bytes, &mut Vec::new());
+        });
+        // As the supervisor reads them: through a frame buffer, in pieces.
+        codec::fuzz_frames(&result, 10_000, |bytes| {
+            let mut frames = codec::FrameBuf::default();
+            for piece in bytes.chunks(5) {
+                frames.push(piece);
+                while let Ok(Some(frame)) = frames.next_frame() {
+                    let _ = codec::decode::<FromWorker>(frame);
+                }
+            }
+        });
+    }
+
+    /// An engine whose functions return how many times it has decoded, and whose decoding
+    /// fails while `broken` is set.
+    struct Counting {
+        host: Arc<Host>,
+        decoded: Arc<Mutex<usize>>,
+        broken: Mutex<bool>,
+    }
+
+    struct Count(usize);
+
+    impl TaskEngine for Counting {
+        fn host(&self) -> &Arc<Host> {
+            &self.host
+        }
+
+        fn decode(&self, _: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
+            if *self.broken.lock().unwrap() {
+                return Err("cannot decode yet".into());
+            }
+            let mut decoded = self.decoded.lock().unwrap();
+            *decoded += 1;
+            Ok(Arc::new(Count(*decoded)))
+        }
+    }
+
+    impl TaskFn for Count {
+        fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+            Ok(vec![Value::Int(self.0 as i64); calls.len()])
+        }
+    }
+
+    /// A worker decodes each function once, by key, whether it came with its task (a thread)
+    /// or ahead of it (a forked worker's pipe); a local function is its own handle; a function
+    /// that failed to decode is tried again by its next task.
+    #[test]
+    fn a_worker_decodes_each_function_once() {
+        let decoded = Arc::new(Mutex::new(0));
+        let engine = Arc::new(Counting {
+            host: Host::new(
+                crate::rt::gil::Gil::new(Duration::from_millis(5), None),
+                crate::host::Settings::default(),
+            ),
+            decoded: decoded.clone(),
+            broken: Mutex::new(false),
+        });
+        let mut functions = Functions::new(engine.clone());
+        let one = Calls::Each(vec![Value::Nil]);
+        let encoded = |key| FunctionSpec::Encoded { key, code: vec![1] };
+        for _ in 0..3 {
+            let got = functions.call_many(&encoded(7), one.as_slice());
+            assert_eq!(got, Ok(vec![Value::Int(1)]));
+        }
+        functions.learn(8, vec![2]);
+        for _ in 0..3 {
+            assert_eq!(
+                functions.call_key(8, one.as_slice()),
+                Ok(vec![Value::Int(2)])
+            );
+        }
+        let local = FunctionSpec::Local(Arc::new(Count(99)));
+        assert_eq!(
+            functions.call_many(&local, one.as_slice()),
+            Ok(vec![Value::Int(99)])
+        );
+        assert!(functions.call_key(9, one.as_slice()).is_err(), "never sent");
+        *engine.broken.lock().unwrap() = true;
+        functions.learn(10, vec![3]);
+        assert!(functions.call_key(10, one.as_slice()).is_err());
+        *engine.broken.lock().unwrap() = false;
+        assert_eq!(
+            functions.call_key(10, one.as_slice()),
+            Ok(vec![Value::Int(3)])
+        );
+        assert_eq!(
+            *decoded.lock().unwrap(),
+            3,
+            "decoded more than once per function"
+        );
+    }
+
+    #[test]
+    fn a_task_frame_round_trips() {
+        let calls = Calls::Each(vec![Value::Int(1), Value::Nil]);
+        let mut wire = Vec::new();
+        let msg = ToWorkerOut::Task {
+            id: 5,
+            function: 8,
+            calls: calls.as_slice(),
+        };
+        codec::write_frame(&mut wire, &mut Vec::new(), &msg).unwrap();
+        match codec::read_frame::<ToWorker>(&mut &wire[..], &mut Vec::new()).unwrap() {
+            ToWorker::Task {
+                id,
+                function,
+                calls: Calls::Each(v),
+            } => {
+                assert_eq!((id, function, v), (5, 8, vec![Value::Int(1), Value::Nil]));
+            }
+            _ => panic!("decoded the wrong message"),
+        }
+    }
+}
