@@ -3,12 +3,14 @@
 //! The execution model (`crate::exec`) says at `start` how the target runs, and this module
 //! runs it:
 //! - in a forked child (`fork`, see `crate::rt::fork`): the child calls the target in its own
-//!   copy of the engine and exits with 0, or 1 after a script error (reported on stderr as
+//!   copy of the engine and exits with 0, the status `os.exit(n)` / `exit(n)` gave (as
+//!   `sys.exit(n)` in Python), or 1 after a script error (reported on stderr as
 //!   "Process NAME:"). The parent reaps the child in `join`/`is_alive`, or at the end of the
 //!   script.
 //! - on an OS thread: in an engine of its own, built at `start` from a snapshot of the
 //!   script's state (`isolated`), or in the script's engine (`gil`). Both end with the same
-//!   exit codes as a forked child (0, or 1 after an error), and `pid` is this process's. A
+//!   exit codes as a forked child (`n & 0xff` for `exit(n)`, as the OS keeps of a status), and
+//!   `pid` is this process's. A
 //!   thread cannot be killed: `terminate` and `kill` are errors there.
 //!
 //! The target's return value is dropped, as in Python; results come back through a `Queue`.
@@ -106,7 +108,8 @@ impl ScriptProcess {
                 let held = gil.lock(0);
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
                 let code = match outcome {
-                    Ok(Ok(())) => 0,
+                    // What a forked child's exit status would carry of it.
+                    Ok(Ok(status)) => status & 0xff,
                     Ok(Err(msg)) => {
                         crate::rt::output::write_stderr(&format!("Process {name}:\n{msg}"));
                         1
@@ -143,7 +146,7 @@ impl ScriptProcess {
         let child_host = host.clone();
         let child = link::fork_child(host, Vec::new(), move || {
             let status = match target.run() {
-                Ok(()) => 0,
+                Ok(status) => status,
                 Err(msg) => {
                     crate::rt::output::write_stderr(&format!("Process {name}:\n{msg}"));
                     1

@@ -74,7 +74,8 @@ impl ScriptThread {
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
                 drop(held);
                 let failure = match outcome {
-                    Ok(Ok(())) => None,
+                    // A thread's exit status is dropped, as `sys.exit` in a Python thread.
+                    Ok(Ok(_status)) => None,
                     Ok(Err(msg)) => Some(msg),
                     Err(panic) => Some(format!(
                         "internal error (panic): {}",
