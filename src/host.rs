@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::gil::Gil;
+use crate::rt::output::Output;
 use crate::rt::poison::Recover;
 use crate::value::Value;
 
@@ -168,11 +169,13 @@ pub(crate) struct HostFunction {
     pub call: Arc<dyn Fn(Vec<Value>) -> Result<Value, String> + Send + Sync>,
 }
 
-/// What an embedding program adds to every engine of a run: host functions and globals.
+/// What an embedding program adds to every engine of a run: host functions, globals, and
+/// where the run's output goes.
 #[derive(Clone, Default)]
 pub(crate) struct Embedding {
     pub functions: Vec<HostFunction>,
     pub globals: Vec<(String, Value)>,
+    pub output: Output,
 }
 
 impl std::fmt::Debug for Embedding {
@@ -183,6 +186,7 @@ impl std::fmt::Debug for Embedding {
                 &self.functions.iter().map(|h| &h.name).collect::<Vec<_>>(),
             )
             .field("globals", &self.globals)
+            .field("output", &self.output)
             .finish()
     }
 }
@@ -249,6 +253,17 @@ impl Host {
             settings,
             embedding,
         })
+    }
+
+    /// Where the run's `print` lines and reports go.
+    pub fn output(&self) -> &Output {
+        &self.embedding.output
+    }
+
+    /// Writes a report (an error a thread or process ended with) where the run's standard
+    /// error goes.
+    pub fn report(&self, text: &str) {
+        self.embedding.output.report(text);
     }
 
     /// The run's execution model for `Pool` and `Process`.

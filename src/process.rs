@@ -111,14 +111,12 @@ impl ScriptProcess {
                     // What a forked child's exit status would carry of it.
                     Ok(Ok(status)) => status & 0xff,
                     Ok(Err(msg)) => {
-                        crate::rt::output::write_stderr(&format!("Process {name}:\n{msg}"));
+                        runs_on.report(&format!("Process {name}:\n{msg}"));
                         1
                     }
                     Err(panic) => {
                         let text = crate::rt::threads::panic_text(&*panic);
-                        crate::rt::output::write_stderr(&format!(
-                            "Process {name}: internal error (panic): {text}"
-                        ));
+                        runs_on.report(&format!("Process {name}: internal error (panic): {text}"));
                         exit::PANIC_STATUS
                     }
                 };
@@ -148,7 +146,7 @@ impl ScriptProcess {
             let status = match target.run() {
                 Ok(status) => status,
                 Err(msg) => {
-                    crate::rt::output::write_stderr(&format!("Process {name}:\n{msg}"));
+                    child_host.report(&format!("Process {name}:\n{msg}"));
                     1
                 }
             };

@@ -66,6 +66,7 @@ impl ScriptThread {
         host.register(self.clone());
         let me = self.clone();
         let gil = host.gil.clone();
+        let output = host.output().clone();
         let spawned = std::thread::Builder::new()
             .name(self.name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
@@ -83,10 +84,7 @@ impl ScriptThread {
                     )),
                 };
                 if let Some(msg) = failure {
-                    crate::rt::output::write_stderr(&format!(
-                        "Exception in thread {}:\n{msg}",
-                        me.name
-                    ));
+                    output.report(&format!("Exception in thread {}:\n{msg}", me.name));
                 }
                 me.set_state(RunState::Done);
             });

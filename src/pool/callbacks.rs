@@ -211,9 +211,7 @@ fn run_callbacks(
             // The callback is dropped inside, with the GIL: it holds the engine's values.
             match catch_unwind(AssertUnwindSafe(move || cb.call(arg))) {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    crate::rt::output::write_stderr(&format!("Exception in pool callback:\n{e}"))
-                }
+                Ok(Err(e)) => host.report(&format!("Exception in pool callback:\n{e}")),
                 Err(panic) => {
                     failure = Some(format!(
                         "the callback failed inside parrun (a host panic: {})",
