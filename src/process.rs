@@ -29,6 +29,7 @@ use crate::host::Mode;
 use crate::host::{Finish, Host, Stage};
 use crate::link;
 use crate::rt::poison::Recover;
+use crate::rt::threads::Joiner;
 use crate::rt::{children, exit};
 use crate::script::{take_target, Target, TaskEngine};
 
@@ -51,6 +52,7 @@ enum State {
 struct ThreadExit {
     code: Mutex<Option<i32>>,
     changed: Condvar,
+    joiner: Joiner,
 }
 
 /// A script-visible process.
@@ -100,7 +102,7 @@ impl ScriptProcess {
         let exit = Arc::new(ThreadExit::default());
         let done = exit.clone();
         let name = self.name.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
@@ -133,6 +135,7 @@ impl ScriptProcess {
                 done.changed.notify_all();
             })
             .map_err(|e| format!("cannot start an OS thread: {e}"))?;
+        exit.joiner.set(handle);
         *self.state() = State::Thread(exit);
         host.register(self.clone());
         Ok(())
@@ -208,13 +211,17 @@ impl ScriptProcess {
         !matches!(&*self.state(), State::New)
     }
 
-    /// Waits for the child to end; false if `timeout` passed first. Call without the GIL.
-    pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        let thread_exit = match &*self.state() {
+    /// How a process on a thread ends, for one.
+    fn thread_exit(&self) -> Option<Arc<ThreadExit>> {
+        match &*self.state() {
             State::Thread(exit) => Some(exit.clone()),
             _ => None,
-        };
-        if let Some(exit) = thread_exit {
+        }
+    }
+
+    /// Waits for the child to end; false if `timeout` passed first. Call without the GIL.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        if let Some(exit) = self.thread_exit() {
             let code = exit.code.lock().recover();
             return crate::rt::threads::wait_while(&exit.changed, code, timeout, |c| c.is_none())
                 .is_some();
@@ -258,11 +265,19 @@ impl Finish for ScriptProcess {
         Stage::Processes
     }
 
+    /// Also while the OS thread of a process on a thread, done with the script, has not been
+    /// joined.
     fn pending(&self) -> bool {
         self.is_alive()
+            || self
+                .thread_exit()
+                .is_some_and(|exit| exit.joiner.join(false))
     }
 
     fn finish(&self) {
         self.wait(None);
+        if let Some(exit) = self.thread_exit() {
+            exit.joiner.join(true);
+        }
     }
 }

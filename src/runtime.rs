@@ -287,7 +287,8 @@ impl Runtime {
 
     /// What `Pool` and `Process` run on: forked processes (the default), isolated engines on
     /// threads, or threads under the script's GIL. A pool can ask for another with its `mode`
-    /// option; scripts read the run's mode with `mode()`.
+    /// option; scripts read the run's mode with `mode()`. [`Mode::Fork`] says what forking
+    /// asks of the program embedding parrun.
     pub fn mode(mut self, mode: Mode) -> Self {
         self.settings.mode = mode;
         self
@@ -455,6 +456,8 @@ impl Runtime {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         });
         self.embedding.output.flush();
+        // The run has reaped every child it forked: the thread that forked them may go.
+        crate::rt::fork::retire_forker();
         ended
     }
 

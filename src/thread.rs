@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::host::{Finish, Host, Stage};
 use crate::rt::poison::Recover;
+use crate::rt::threads::Joiner;
 use crate::script::{take_target, Target};
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -26,6 +27,7 @@ pub struct ScriptThread {
     target: Mutex<Option<Box<dyn Target>>>,
     state: Mutex<RunState>,
     changed: Condvar,
+    joiner: Joiner,
 }
 
 impl ScriptThread {
@@ -35,6 +37,7 @@ impl ScriptThread {
             target: Mutex::new(Some(target)),
             state: Mutex::new(RunState::New),
             changed: Condvar::new(),
+            joiner: Joiner::default(),
         })
     }
 
@@ -88,9 +91,12 @@ impl ScriptThread {
                 }
                 me.set_state(RunState::Done);
             });
-        if let Err(e) = spawned {
-            self.set_state(RunState::Done);
-            return Err(format!("cannot start an OS thread: {e}"));
+        match spawned {
+            Ok(handle) => self.joiner.set(handle),
+            Err(e) => {
+                self.set_state(RunState::Done);
+                return Err(format!("cannot start an OS thread: {e}"));
+            }
         }
         Ok(())
     }
@@ -109,11 +115,13 @@ impl Finish for ScriptThread {
         Stage::Threads
     }
 
+    /// Also while its OS thread, done with the script, has not been joined.
     fn pending(&self) -> bool {
-        self.is_alive()
+        self.is_alive() || self.joiner.join(false)
     }
 
     fn finish(&self) {
         self.wait(None);
+        self.joiner.join(true);
     }
 }
