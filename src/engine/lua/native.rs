@@ -404,9 +404,10 @@ unsafe extern "C-unwind" fn print(state: *mut lua_State) -> c_int {
         None => crate::rt::output::write_line(text),
         Some(sink) => sink.write_line(Stream::Stdout, text),
     };
-    match written {
-        Ok(()) => 0,
-        Err(e) => raise(state, format!("print: {e}")),
+    // The error is dropped before Lua's error unwinds past this frame (it may own memory).
+    match written.err().map(|e| format!("print: {e}")) {
+        None => 0,
+        Some(msg) => raise(state, msg),
     }
 }
 
