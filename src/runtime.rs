@@ -189,8 +189,11 @@ impl Runtime {
     /// newline included, is one `write_all` on `writer`, under a lock, so lines never mix; the
     /// writer is flushed when a run ends. A write that fails (or panics) is an error in Lua's
     /// `print`, which the script may catch; Rhai's `print` cannot raise one, so its failures are
-    /// reported on standard error. Lua's `io.write` and `io.stdout` stay on fd 1 (they are C
-    /// streams; [`Runtime::sandbox`] removes them).
+    /// reported on standard error. A forked child's lines reach the writer in the order it
+    /// printed them, each before the child is joined (a `Process`'s `join`, a pool's `join` or
+    /// `terminate`, the end of the run), and before anything it puts on a `Queue` afterwards;
+    /// they may trail the results a pool worker sends back. Lua's `io.write` and `io.stdout`
+    /// stay on fd 1 (they are C streams; [`Runtime::sandbox`] removes them).
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
