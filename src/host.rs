@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::gil::Gil;
+use crate::rt::output::Output;
 use crate::rt::poison::Recover;
 use crate::value::Value;
 
@@ -21,6 +22,23 @@ pub enum Mode {
     Gil,
     /// Forked processes, each with a copy-on-write copy of the engine (the default, as in
     /// CPython on Linux).
+    ///
+    /// What this asks of a program embedding parrun: only the forking thread exists in a
+    /// child, so parrun forks while it holds the run's GIL and every lock of its own (a host
+    /// thread in the middle of a parrun call is handled as a script thread is), and the child
+    /// runs only the script and ends with `_exit` (no destructor or `atexit` handler of the
+    /// host runs there). The host's own locks are not held across the fork. So a host function
+    /// or global is safe in a forked worker if it computes from its arguments, reads data the
+    /// host set up before the run (the child has a copy), or makes its own system calls; it
+    /// must not take a lock another host thread may hold (a `Mutex` shared with the host's
+    /// threads, a logger or an async runtime with threads of its own) nor expect its writes to
+    /// memory to reach the host (the child's memory is its own: send results back as return
+    /// values). The writers given to [`Runtime::stdout`](crate::Runtime::stdout) and
+    /// [`Runtime::stderr`](crate::Runtime::stderr) are never touched in a child (its lines
+    /// travel to the parent). parrun reaps its children itself with `waitpid` on their pids:
+    /// the host must not reap them for it (a `waitpid(-1)` loop, `SIGCHLD` set to `SIG_IGN`),
+    /// or their exit codes are lost. A run returns with every child it forked reaped and
+    /// every thread it started joined, and changes no signal handler or mask.
     #[default]
     Fork,
     /// OS threads, each with an engine of its own built from a snapshot of the script's state;
@@ -168,11 +186,13 @@ pub(crate) struct HostFunction {
     pub call: Arc<dyn Fn(Vec<Value>) -> Result<Value, String> + Send + Sync>,
 }
 
-/// What an embedding program adds to every engine of a run: host functions and globals.
+/// What an embedding program adds to every engine of a run: host functions, globals, and
+/// where the run's output goes.
 #[derive(Clone, Default)]
 pub(crate) struct Embedding {
     pub functions: Vec<HostFunction>,
     pub globals: Vec<(String, Value)>,
+    pub output: Output,
 }
 
 impl std::fmt::Debug for Embedding {
@@ -183,6 +203,7 @@ impl std::fmt::Debug for Embedding {
                 &self.functions.iter().map(|h| &h.name).collect::<Vec<_>>(),
             )
             .field("globals", &self.globals)
+            .field("output", &self.output)
             .finish()
     }
 }
@@ -249,6 +270,17 @@ impl Host {
             settings,
             embedding,
         })
+    }
+
+    /// Where the run's `print` lines and reports go.
+    pub fn output(&self) -> &Output {
+        &self.embedding.output
+    }
+
+    /// Writes a report (an error a thread or process ended with) where the run's standard
+    /// error goes.
+    pub fn report(&self, text: &str) {
+        self.embedding.output.report(text);
     }
 
     /// The run's execution model for `Pool` and `Process`.

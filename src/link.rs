@@ -52,6 +52,9 @@ pub(crate) enum Op {
     Locked,
     /// The child found standard output gone: the run ends (see `crate::rt::output::stdout_gone`).
     StdoutGone,
+    /// Whole lines the child printed, for the writer the run's output goes to (see
+    /// `crate::rt::output::Sink`).
+    Output(output::Stream, serde_bytes::ByteBuf),
 }
 
 /// Why an operation on an object in another process failed, as it crosses the link.
@@ -148,6 +151,7 @@ pub(crate) fn fork_child(
     work: impl FnOnce() -> i32 + Send + 'static,
 ) -> Result<Child, String> {
     output::report_stdout_gone_with(report_stdout_gone);
+    output::forward_with(forward_output);
     let guards: [Arc<dyn ForkSafe>; 3] = [
         host.clone(),
         Arc::new(cancel::MainThreads),
@@ -162,8 +166,8 @@ pub(crate) fn fork_child(
         // A child with children of its own reaps them too when it is stopped.
         signals::guard_children();
     }
-    let link_server =
-        serve(forked.stream).map_err(|e| format!("cannot start the link thread: {e}"))?;
+    let link_server = serve(forked.stream, host.output().clone())
+        .map_err(|e| format!("cannot start the link thread: {e}"))?;
     Ok(Child {
         pid: forked.pid,
         link_server,
@@ -297,18 +301,30 @@ fn report_stdout_gone() -> bool {
     parent_link().is_some_and(|link| link.post(0, Op::StdoutGone).is_ok())
 }
 
-/// The parent's side: serves one child's requests until the child closes its end.
-fn serve(stream: UnixStream) -> std::io::Result<JoinHandle<()>> {
+/// In a forked child: sends lines up to the process whose writer the run's output goes to
+/// (through this process's parent, which forwards them further up if the writer is not its).
+/// Without waiting: the parent applies requests in order, and before `join` returns.
+fn forward_output(stream: output::Stream, bytes: &[u8]) -> std::io::Result<()> {
+    let op = Op::Output(stream, serde_bytes::ByteBuf::from(bytes));
+    parent_link()
+        .ok_or_else(unreachable_owner)
+        .and_then(|link| link.post(0, op))
+        .map_err(std::io::Error::other)
+}
+
+/// The parent's side: serves one child's requests until the child closes its end; lines the
+/// child printed go where `output` says.
+fn serve(stream: UnixStream, output: output::Output) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("parrun-link-server".into())
-        .spawn(move || serve_loop(stream))
+        .spawn(move || serve_loop(stream, output))
 }
 
 /// How often a waiting server-side operation checks that the child is still there, so that it
 /// never takes a value out of a queue for a child that has died.
 const LIVENESS_CHECK: Duration = Duration::from_millis(50);
 
-fn serve_loop(stream: UnixStream) {
+fn serve_loop(stream: UnixStream, output: output::Output) {
     use std::os::fd::AsRawFd;
     let fd = stream.as_raw_fd();
     let Ok(writer) = stream.try_clone() else {
@@ -319,16 +335,21 @@ fn serve_loop(stream: UnixStream) {
     let mut reader = stream;
     let mut buf = Vec::new();
     while let Ok(request) = codec::read_frame::<Request>(&mut reader, &mut buf) {
-        if matches!(request.op, Op::StdoutGone) {
-            output::stdout_gone();
-        }
+        let op = match request.op {
+            Op::StdoutGone => output::stdout_gone(),
+            Op::Output(stream, bytes) => {
+                output.write_forwarded(stream, &bytes);
+                continue;
+            }
+            op => op,
+        };
         let caller = Caller {
             id: request.id,
             writer: writer.clone(),
             alive: alive.clone(),
         };
         match find_object(request.object) {
-            Some(object) => object.perform(request.op, caller),
+            Some(object) => object.perform(op, caller),
             None => {
                 caller.answer(Err(RemoteError::Gone));
             }
@@ -475,7 +496,7 @@ mod tests {
             let echo = register_object(Echo);
             let id = echo.0;
             let (parent_end, child_end) = UnixStream::pair().unwrap();
-            let server = serve(parent_end).unwrap();
+            let server = serve(parent_end, output::Output::default()).unwrap();
             let client = LinkClient::new(child_end);
             let odd = Duration::new(0, 12_345_679);
             assert_eq!(

@@ -3,12 +3,14 @@
 //! The execution model (`crate::exec`) says at `start` how the target runs, and this module
 //! runs it:
 //! - in a forked child (`fork`, see `crate::rt::fork`): the child calls the target in its own
-//!   copy of the engine and exits with 0, or 1 after a script error (reported on stderr as
+//!   copy of the engine and exits with 0, the status `os.exit(n)` / `exit(n)` gave (as
+//!   `sys.exit(n)` in Python), or 1 after a script error (reported on stderr as
 //!   "Process NAME:"). The parent reaps the child in `join`/`is_alive`, or at the end of the
 //!   script.
 //! - on an OS thread: in an engine of its own, built at `start` from a snapshot of the
 //!   script's state (`isolated`), or in the script's engine (`gil`). Both end with the same
-//!   exit codes as a forked child (0, or 1 after an error), and `pid` is this process's. A
+//!   exit codes as a forked child (`n & 0xff` for `exit(n)`, as the OS keeps of a status), and
+//!   `pid` is this process's. A
 //!   thread cannot be killed: `terminate` and `kill` are errors there.
 //!
 //! The target's return value is dropped, as in Python; results come back through a `Queue`.
@@ -27,6 +29,7 @@ use crate::host::Mode;
 use crate::host::{Finish, Host, Stage};
 use crate::link;
 use crate::rt::poison::Recover;
+use crate::rt::threads::Joiner;
 use crate::rt::{children, exit};
 use crate::script::{take_target, Target, TaskEngine};
 
@@ -49,6 +52,7 @@ enum State {
 struct ThreadExit {
     code: Mutex<Option<i32>>,
     changed: Condvar,
+    joiner: Joiner,
 }
 
 /// A script-visible process.
@@ -98,7 +102,7 @@ impl ScriptProcess {
         let exit = Arc::new(ThreadExit::default());
         let done = exit.clone();
         let name = self.name.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
@@ -106,16 +110,15 @@ impl ScriptProcess {
                 let held = gil.lock(0);
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
                 let code = match outcome {
-                    Ok(Ok(())) => 0,
+                    // What a forked child's exit status would carry of it.
+                    Ok(Ok(status)) => status & 0xff,
                     Ok(Err(msg)) => {
-                        crate::rt::output::write_stderr(&format!("Process {name}:\n{msg}"));
+                        runs_on.report(&format!("Process {name}:\n{msg}"));
                         1
                     }
                     Err(panic) => {
                         let text = crate::rt::threads::panic_text(&*panic);
-                        crate::rt::output::write_stderr(&format!(
-                            "Process {name}: internal error (panic): {text}"
-                        ));
+                        runs_on.report(&format!("Process {name}: internal error (panic): {text}"));
                         exit::PANIC_STATUS
                     }
                 };
@@ -132,6 +135,7 @@ impl ScriptProcess {
                 done.changed.notify_all();
             })
             .map_err(|e| format!("cannot start an OS thread: {e}"))?;
+        exit.joiner.set(handle);
         *self.state() = State::Thread(exit);
         host.register(self.clone());
         Ok(())
@@ -143,9 +147,9 @@ impl ScriptProcess {
         let child_host = host.clone();
         let child = link::fork_child(host, Vec::new(), move || {
             let status = match target.run() {
-                Ok(()) => 0,
+                Ok(status) => status,
                 Err(msg) => {
-                    crate::rt::output::write_stderr(&format!("Process {name}:\n{msg}"));
+                    child_host.report(&format!("Process {name}:\n{msg}"));
                     1
                 }
             };
@@ -207,13 +211,17 @@ impl ScriptProcess {
         !matches!(&*self.state(), State::New)
     }
 
-    /// Waits for the child to end; false if `timeout` passed first. Call without the GIL.
-    pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        let thread_exit = match &*self.state() {
+    /// How a process on a thread ends, for one.
+    fn thread_exit(&self) -> Option<Arc<ThreadExit>> {
+        match &*self.state() {
             State::Thread(exit) => Some(exit.clone()),
             _ => None,
-        };
-        if let Some(exit) = thread_exit {
+        }
+    }
+
+    /// Waits for the child to end; false if `timeout` passed first. Call without the GIL.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        if let Some(exit) = self.thread_exit() {
             let code = exit.code.lock().recover();
             return crate::rt::threads::wait_while(&exit.changed, code, timeout, |c| c.is_none())
                 .is_some();
@@ -257,11 +265,19 @@ impl Finish for ScriptProcess {
         Stage::Processes
     }
 
+    /// Also while the OS thread of a process on a thread, done with the script, has not been
+    /// joined.
     fn pending(&self) -> bool {
         self.is_alive()
+            || self
+                .thread_exit()
+                .is_some_and(|exit| exit.joiner.join(false))
     }
 
     fn finish(&self) {
         self.wait(None);
+        if let Some(exit) = self.thread_exit() {
+            exit.joiner.join(true);
+        }
     }
 }

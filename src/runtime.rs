@@ -9,6 +9,7 @@ use crate::engine;
 use crate::error::Error;
 use crate::host::{Embedding, Ended, Host, HostFunction, Mode, Script, Settings};
 use crate::rt::gil::{Gil, DEFAULT_SWITCH_INTERVAL};
+use crate::rt::output::Sink;
 use crate::value::Value;
 
 /// A script language parrun runs.
@@ -182,6 +183,58 @@ impl Runtime {
         Ok(self)
     }
 
+    /// Sends the script's `print` lines to `writer` instead of standard output (fd 1): the main
+    /// script's and those of everything it starts, in every mode (threads, isolated workers,
+    /// forked pool workers and processes, whose lines come up to this process). Each line,
+    /// newline included, is one `write_all` on `writer`, under a lock, so lines never mix; the
+    /// writer is flushed when a run ends. A write that fails (or panics) is an error in Lua's
+    /// `print`, which the script may catch; Rhai's `print` cannot raise one, so its failures are
+    /// reported on standard error. A forked child's lines reach the writer in the order it
+    /// printed them, each before the child is joined (a `Process`'s `join`, a pool's `join` or
+    /// `terminate`, the end of the run), and before anything it puts on a `Queue` afterwards;
+    /// they may trail the results a pool worker sends back. Lua's `io.write` and `io.stdout`
+    /// stay on fd 1 (they are C streams; [`Runtime::sandbox`] removes them).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use parrun::{Language, Mode, Runtime};
+    ///
+    /// #[derive(Clone, Default)]
+    /// struct Lines(Arc<Mutex<Vec<u8>>>);
+    /// impl std::io::Write for Lines {
+    ///     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+    ///         self.0.lock().unwrap().extend_from_slice(buf);
+    ///         Ok(buf.len())
+    ///     }
+    ///     fn flush(&mut self) -> std::io::Result<()> {
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let lines = Lines::default();
+    /// let script = "let p = Process(|| print(\"from a child\")); p.start(); p.join(); print(\"done\");";
+    /// Runtime::new()
+    ///     .mode(Mode::Fork)
+    ///     .stdout(lines.clone())
+    ///     .run_source(Language::Rhai, "out.rhai", script)
+    ///     .unwrap();
+    /// assert_eq!(&*lines.0.lock().unwrap(), b"from a child\ndone\n");
+    /// ```
+    pub fn stdout(mut self, writer: impl std::io::Write + Send + 'static) -> Self {
+        Arc::make_mut(&mut self.embedding).output.stdout = Some(Sink::new(Box::new(writer)));
+        self
+    }
+
+    /// Sends what the run writes to standard error (fd 2) to `writer` instead, as
+    /// [`Runtime::stdout`] does for `print`: Rhai's `debug` lines, and the errors parrun reports
+    /// for the script's threads, processes, pool workers and callbacks ("Exception in thread
+    /// ...", "Process ...:" with the traceback), whichever process they happen in. The main
+    /// script's own error is not written anywhere: `run_*` returns it ([`Error::Script`]).
+    pub fn stderr(mut self, writer: impl std::io::Write + Send + 'static) -> Self {
+        Arc::make_mut(&mut self.embedding).output.stderr = Some(Sink::new(Box::new(writer)));
+        self
+    }
+
     /// The default for every pool's `task_timeout`: a task running longer fails, and its worker
     /// is killed and replaced.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
@@ -237,7 +290,8 @@ impl Runtime {
 
     /// What `Pool` and `Process` run on: forked processes (the default), isolated engines on
     /// threads, or threads under the script's GIL. A pool can ask for another with its `mode`
-    /// option; scripts read the run's mode with `mode()`.
+    /// option; scripts read the run's mode with `mode()`. [`Mode::Fork`] says what forking
+    /// asks of the program embedding parrun.
     pub fn mode(mut self, mode: Mode) -> Self {
         self.settings.mode = mode;
         self
@@ -395,7 +449,7 @@ impl Runtime {
         // The script's main thread gets the same large stack as every script thread, whatever
         // thread the embedder calls from: engines recurse (Rhai copies nested values
         // recursively), and their own limits, not the OS thread's, should decide how deep.
-        std::thread::scope(|scope| {
+        let ended = std::thread::scope(|scope| {
             let main = std::thread::Builder::new()
                 .name("parrun-main".into())
                 .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
@@ -403,7 +457,11 @@ impl Runtime {
                 .map_err(|e| Error::Usage(format!("cannot start the script's thread: {e}")))?;
             main.join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        });
+        self.embedding.output.flush();
+        // The run has reaped every child it forked: the thread that forked them may go.
+        crate::rt::fork::retire_forker();
+        ended
     }
 
     /// A fresh host with this runtime's settings (also what the crate's unit tests run on).

@@ -54,9 +54,11 @@ pub(crate) struct Instance {
 
 /// A script function bound to its arguments, runnable on another OS thread of the same engine.
 pub(crate) trait Target: Send {
-    /// Runs the function. Called with the GIL held; returns with it held. An error is the
-    /// script's message, already naming file and line.
-    fn run(self: Box<Self>) -> Result<(), String>;
+    /// Runs the function. Called with the GIL held; returns with it held. Gives the exit status
+    /// the function ended with: 0 when it returned, `n` when it called `os.exit(n)` / `exit(n)`
+    /// (a process's exit code, as `sys.exit(n)` gives in Python; a thread drops it). An error is
+    /// the script's message, already naming file and line.
+    fn run(self: Box<Self>) -> Result<i32, String>;
 
     /// A snapshot of the script's state as of now that holds this call: an engine built from
     /// it comes with the call bound in it ([`Instance::target`]), and the call's function and

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::host::{Finish, Host, Stage};
 use crate::rt::poison::Recover;
+use crate::rt::threads::Joiner;
 use crate::script::{take_target, Target};
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -26,6 +27,7 @@ pub struct ScriptThread {
     target: Mutex<Option<Box<dyn Target>>>,
     state: Mutex<RunState>,
     changed: Condvar,
+    joiner: Joiner,
 }
 
 impl ScriptThread {
@@ -35,6 +37,7 @@ impl ScriptThread {
             target: Mutex::new(Some(target)),
             state: Mutex::new(RunState::New),
             changed: Condvar::new(),
+            joiner: Joiner::default(),
         })
     }
 
@@ -66,6 +69,7 @@ impl ScriptThread {
         host.register(self.clone());
         let me = self.clone();
         let gil = host.gil.clone();
+        let output = host.output().clone();
         let spawned = std::thread::Builder::new()
             .name(self.name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
@@ -74,7 +78,8 @@ impl ScriptThread {
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
                 drop(held);
                 let failure = match outcome {
-                    Ok(Ok(())) => None,
+                    // A thread's exit status is dropped, as `sys.exit` in a Python thread.
+                    Ok(Ok(_status)) => None,
                     Ok(Err(msg)) => Some(msg),
                     Err(panic) => Some(format!(
                         "internal error (panic): {}",
@@ -82,16 +87,16 @@ impl ScriptThread {
                     )),
                 };
                 if let Some(msg) = failure {
-                    crate::rt::output::write_stderr(&format!(
-                        "Exception in thread {}:\n{msg}",
-                        me.name
-                    ));
+                    output.report(&format!("Exception in thread {}:\n{msg}", me.name));
                 }
                 me.set_state(RunState::Done);
             });
-        if let Err(e) = spawned {
-            self.set_state(RunState::Done);
-            return Err(format!("cannot start an OS thread: {e}"));
+        match spawned {
+            Ok(handle) => self.joiner.set(handle),
+            Err(e) => {
+                self.set_state(RunState::Done);
+                return Err(format!("cannot start an OS thread: {e}"));
+            }
         }
         Ok(())
     }
@@ -110,11 +115,13 @@ impl Finish for ScriptThread {
         Stage::Threads
     }
 
+    /// Also while its OS thread, done with the script, has not been joined.
     fn pending(&self) -> bool {
-        self.is_alive()
+        self.is_alive() || self.joiner.join(false)
     }
 
     fn finish(&self) {
         self.wait(None);
+        self.joiner.join(true);
     }
 }

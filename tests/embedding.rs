@@ -271,3 +271,31 @@ fn readme_example() -> Result<(), Error> {
     assert_eq!(total, 6.0);
     Ok(())
 }
+
+/// Through the library too: a process's `os.exit(n)` / `exit(n)` is its exit code in every
+/// mode, and the main script's own `exit(n)` is the status `run_source` returns.
+#[test]
+fn a_process_exit_status_reaches_the_library_caller() {
+    within_a_minute(|| {
+        for mode in [
+            parrun::Mode::Gil,
+            parrun::Mode::Fork,
+            parrun::Mode::Isolated,
+        ] {
+            let rt = Runtime::new().mode(mode);
+            let lua = "local p = parrun.Process(function() os.exit(9) end)\n\
+                       p:start() p:join() os.exit(p.exitcode + 1)";
+            assert_eq!(
+                rt.run_source(Language::Lua, "p.lua", lua).unwrap(),
+                10,
+                "{mode:?}"
+            );
+            let rhai = "let p = Process(|| exit(9));\np.start(); p.join(); exit(p.exitcode + 1);";
+            assert_eq!(
+                rt.run_source(Language::Rhai, "p.rhai", rhai).unwrap(),
+                10,
+                "{mode:?}"
+            );
+        }
+    });
+}

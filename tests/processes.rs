@@ -1244,3 +1244,51 @@ print(`${q.get(10)} ${p.exitcode}`);
         },
     );
 }
+
+/// `os.exit(n)` / `exit(n)` in a process's target is its exit code, as `sys.exit(n)` is in
+/// Python (`exit()` 0, a status past 255 what the OS keeps of it), in every model; in a thread
+/// it ends only the thread.
+#[test]
+fn exit_in_a_process_target_is_its_exitcode() {
+    both_in_modes(
+        &MODES,
+        "exitcodes",
+        r#"
+local codes = {}
+for _, n in ipairs({3, 0, 256 + 7}) do
+  local p = parrun.Process(function(n) os.exit(n) end, {n})
+  p:start() p:join()
+  codes[#codes + 1] = p.exitcode
+end
+local p = parrun.Process(function() os.exit() end)
+p:start() p:join()
+codes[#codes + 1] = p.exitcode
+local t = parrun.Thread(function() os.exit(5) end)
+t:start() t:join()
+print("codes " .. table.concat(codes, " "))
+"#,
+        r#"
+let codes = [];
+for n in [3, 0, 256 + 7] {
+  let p = Process(|n| exit(n), [n]);
+  p.start(); p.join();
+  codes.push(p.exitcode);
+}
+let p = Process(|| exit());
+p.start(); p.join();
+codes.push(p.exitcode);
+let t = Thread(|| exit(5));
+t.start(); t.join();
+print(`codes ${codes[0]} ${codes[1]} ${codes[2]} ${codes[3]}`);
+"#,
+        |mode, out| {
+            out.assert_success();
+            assert_eq!(
+                out.stdout_lines(),
+                ["codes 3 0 7 0"],
+                "{mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}

@@ -104,7 +104,8 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     weak_keys.set("__mode", "k")?;
     drivers.set_metatable(Some(weak_keys))?;
     let text_only = !host.settings.binary_chunks || host.settings.sandbox;
-    native::install_stock(lua, &run_here, &drivers, text_only)?;
+    let stdout = host.output().stdout.as_ref();
+    native::install_stock(lua, &run_here, &drivers, text_only, stdout)?;
     lua.set_named_registry_value("parrun.drivers", &drivers)?;
     lua.set_named_registry_value("parrun.pinned", lua.create_table()?)?;
     transport::install(lua)?;

@@ -166,13 +166,25 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
         engine.set_max_array_size(bytes / 16);
         engine.set_max_map_size(bytes / 16);
     }
-    engine.on_print(|s| {
-        // A closed stdout cannot be reported from here; the script goes on as rhai-run does.
-        let _ = output::write_line(s.as_bytes());
-    });
-    engine.on_debug(|s, source, pos| {
+    match host.output().stdout.clone() {
+        None => engine.on_print(|s| {
+            // A closed stdout cannot be reported from here; the script goes on as rhai-run does.
+            let _ = output::write_line(s.as_bytes());
+        }),
+        Some(sink) => {
+            // Nor can a failed writer (Rhai's `print` cannot raise): standard error is told.
+            let out = host.output().clone();
+            engine.on_print(move |s| {
+                if let Err(e) = sink.write_line(output::Stream::Stdout, s.as_bytes()) {
+                    out.report(&format!("print: {e}"));
+                }
+            })
+        }
+    };
+    let out = host.output().clone();
+    engine.on_debug(move |s, source, pos| {
         let at = source.map_or(String::new(), |src| format!("{src}:"));
-        output::write_stderr(&format!("{at}{pos:?} | {s}"));
+        out.report(&format!("{at}{pos:?} | {s}"));
     });
     let gil = host.gil.clone();
     // Called for every operation: the limit's comparison only where there is a limit.

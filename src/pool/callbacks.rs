@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::ThreadId;
+use std::thread::{JoinHandle, ThreadId};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
@@ -23,9 +23,11 @@ type Finished = (Arc<AsyncResult>, Result<Value, String>);
 /// thread.
 pub(super) struct Finisher {
     live: Arc<LiveJobs>,
-    callbacks: Sender<Finished>,
+    /// Taken by [`Finisher::shut`], which ends the callback thread.
+    callbacks: Mutex<Option<Sender<Finished>>>,
     /// The thread that runs `callback`/`error_callback`: a callback cannot wait for itself.
     thread: ThreadId,
+    handle: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Finisher {
@@ -34,17 +36,31 @@ impl Finisher {
         let (callbacks, rx) = unbounded();
         let live = Arc::new(LiveJobs::default());
         let (host, thread_live) = (host.clone(), live.clone());
-        let thread = std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("parrun-pool-callbacks".into())
             .spawn(move || run_callbacks(host, thread_live, rx))
-            .map_err(|e| format!("cannot start the callback thread: {e}"))?
-            .thread()
-            .id();
+            .map_err(|e| format!("cannot start the callback thread: {e}"))?;
         Ok(Finisher {
             live,
-            callbacks,
-            thread,
+            callbacks: Mutex::new(Some(callbacks)),
+            thread: handle.thread().id(),
+            handle: Mutex::new(Some(handle)),
         })
+    }
+
+    /// Ends the callback thread and waits for it, once no job can finish any more (the
+    /// workers have ended, and every callback has run or been failed): a pool joined or
+    /// terminated leaves no thread behind. Not from a callback (the thread would wait for
+    /// itself: it ends when the pool is dropped). Call without the GIL.
+    pub(super) fn shut(&self) {
+        if self.on_callback_thread() {
+            return;
+        }
+        drop(self.callbacks.lock().recover().take());
+        let handle = self.handle.lock().recover().take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
     }
 
     /// Enters a job just submitted; it stays until it is ready or fails.
@@ -57,7 +73,11 @@ impl Finisher {
     pub(super) fn finish(&self, job: &Arc<AsyncResult>) {
         if job.has_callbacks() {
             let outcome = job.outcome();
-            if self.callbacks.send((job.clone(), outcome)).is_ok() {
+            let callbacks = self.callbacks.lock().recover();
+            if callbacks
+                .as_ref()
+                .is_some_and(|tx| tx.send((job.clone(), outcome)).is_ok())
+            {
                 return;
             }
         }
@@ -211,9 +231,7 @@ fn run_callbacks(
             // The callback is dropped inside, with the GIL: it holds the engine's values.
             match catch_unwind(AssertUnwindSafe(move || cb.call(arg))) {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    crate::rt::output::write_stderr(&format!("Exception in pool callback:\n{e}"))
-                }
+                Ok(Err(e)) => host.report(&format!("Exception in pool callback:\n{e}")),
                 Err(panic) => {
                     failure = Some(format!(
                         "the callback failed inside parrun (a host panic: {})",

@@ -354,6 +354,15 @@ impl Pool {
         // From a callback, the running callback is the caller.
         if !self.finisher.on_callback_thread() {
             self.finisher.wait_no_callback();
+            self.shut_finisher();
+        }
+    }
+
+    /// Ends the callback thread once the workers have ended (a `join` or `terminate` that a
+    /// Ctrl-C cut short leaves it to the end of the run).
+    fn shut_finisher(&self) {
+        if self.state().workers_done {
+            self.finisher.shut();
         }
     }
 
@@ -389,6 +398,7 @@ impl Pool {
         }
         self.wait_workers();
         self.finisher.wait_all_ready();
+        self.shut_finisher();
         Ok(())
     }
 

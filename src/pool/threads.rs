@@ -63,6 +63,7 @@ pub(super) fn start(
     // Counted down by each thread as it ends; the last one tells the pool.
     let running = Arc::new(AtomicUsize::new(count));
     let mut watched = Vec::with_capacity(count);
+    let mut workers = Vec::with_capacity(count);
     for (started, engine) in engines.into_iter().enumerate() {
         let thread = Arc::new(WorkerThread {
             gil: Mutex::new(engine.host().gil.clone()),
@@ -75,20 +76,30 @@ pub(super) fn start(
             .name("parrun-pool-worker".into())
             .stack_size(SCRIPT_THREAD_STACK)
             .spawn(move || work(&pool_, engine, &thread, renew, &running_));
-        if let Err(e) = spawned {
-            // The threads not started will not count themselves out.
-            let unstarted = count - started;
-            if running.fetch_sub(unstarted, Ordering::AcqRel) == unstarted {
-                pool.workers_ended();
+        match spawned {
+            Ok(worker) => workers.push(worker),
+            Err(e) => {
+                // The threads not started will not count themselves out.
+                let unstarted = count - started;
+                if running.fetch_sub(unstarted, Ordering::AcqRel) == unstarted {
+                    pool.workers_ended();
+                }
+                pool.stop();
+                return Err(format!("cannot start a pool worker thread: {e}"));
             }
-            pool.stop();
-            return Err(format!("cannot start a pool worker thread: {e}"));
         }
     }
     let pool = pool.clone();
     std::thread::Builder::new()
         .name("parrun-pool-watchdog".into())
-        .spawn(move || watch(&pool, &watched))
+        .spawn(move || {
+            watch(&pool, &watched);
+            // A worker counts itself out just before its thread ends: joining them here,
+            // where the pool joins the watchdog, leaves no thread of the pool behind.
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
         .map_err(|e| format!("cannot start the pool thread: {e}"))
 }
 

@@ -142,6 +142,7 @@ pub(super) fn worker_main(
     max_tasks: Option<usize>,
 ) -> i32 {
     let mut out = Vec::new();
+    let host = engine.host().clone();
     let mut functions = Functions::new(engine);
     if let Some((f, args)) = init {
         if let Err(e) = functions.call_many(&f, CallSlice::Lists(&[args])) {
@@ -162,7 +163,7 @@ pub(super) fn worker_main(
             Ok(m) => m,
             Err(codec::CodecError::Closed) => return 0,
             Err(e) => {
-                crate::rt::output::write_stderr(&format!("parrun worker: {e}"));
+                host.report(&format!("parrun worker: {e}"));
                 return 1;
             }
         };

@@ -55,6 +55,11 @@ impl ForkHold {
     }
 }
 
+/// Whether this process has a child it forked and has not reaped yet.
+pub(crate) fn any_unreaped() -> bool {
+    !children().pids.is_empty()
+}
+
 /// Sends `signal` to a child not yet reaped (`ESRCH` for one already reaped).
 pub(crate) fn signal_child(pid: Pid, signal: Signal) -> nix::Result<()> {
     let children = children();

@@ -69,37 +69,95 @@ pub(crate) fn fork_child(
     on_forker(move || fork_here(&guards, &keep, work))
 }
 
-/// Runs `job` on the forker thread (started on first use in each process) and waits for it.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The forker thread of a process, while it has one (a forked child starts without: see
+/// `fork_here`).
+struct Forker {
+    /// The process it belongs to.
+    pid: u32,
+    jobs: crossbeam_channel::Sender<Job>,
+    thread: std::thread::JoinHandle<()>,
+    /// Forks asked for and not yet done: their children are not in the registry yet.
+    in_flight: usize,
+}
+
+static FORKER: Mutex<Option<Forker>> = Mutex::new(None);
+
+/// Runs `job` on the forker thread (started on first use, and again after [`retire_forker`])
+/// and waits for it.
 fn on_forker<R: Send + 'static>(job: impl FnOnce() -> R + Send + 'static) -> R {
-    type Job = Box<dyn FnOnce() + Send>;
-    static FORKER: Mutex<Option<(u32, crossbeam_channel::Sender<Job>)>> = Mutex::new(None);
     let me = std::process::id();
     let sender = {
         let mut forker = FORKER.lock().recover();
-        match &*forker {
-            // (A forked child inherits its parent's entry, but not the thread behind it.)
-            Some((pid, tx)) if *pid == me => Some(tx.clone()),
-            _ => {
-                let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-                let spawned = std::thread::Builder::new()
-                    .name("parrun-forker".into())
-                    .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
-                    .spawn(move || {
-                        for job in rx {
-                            job();
-                        }
-                    });
-                spawned.ok().map(|_| {
-                    *forker = Some((me, tx.clone()));
-                    tx
-                })
+        if forker.is_none() {
+            let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+            let spawned = std::thread::Builder::new()
+                .name("parrun-forker".into())
+                .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                });
+            if let Ok(thread) = spawned {
+                *forker = Some(Forker {
+                    pid: me,
+                    jobs: tx,
+                    thread,
+                    in_flight: 0,
+                });
             }
         }
+        forker.as_mut().map(|f| {
+            f.in_flight += 1;
+            f.jobs.clone()
+        })
     };
+    let counted = sender.is_some();
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     let job: Job = Box::new(move || {
         let _ = done_tx.send(job());
     });
+    let done = run_job(sender, job, done_rx);
+    if counted {
+        if let Some(f) = FORKER.lock().recover().as_mut() {
+            f.in_flight -= 1;
+        }
+    }
+    done
+}
+
+/// Ends this process's forker thread if nothing needs it: no fork under way and no child left
+/// to reap (the kernel's `PR_SET_PDEATHSIG` fires when the thread that forked a child ends, so
+/// it must outlive every child it forked). A library run calls this as it returns, so that it
+/// leaves no thread behind; the next fork starts a new one.
+pub(crate) fn retire_forker() {
+    let me = std::process::id();
+    let retired = {
+        let mut forker = FORKER.lock().recover();
+        let idle = forker
+            .as_ref()
+            .is_some_and(|f| f.pid == me && f.in_flight == 0);
+        // Under the forker's lock no fork can start, so no child is on its way.
+        match idle && !children::any_unreaped() {
+            true => forker.take(),
+            false => None,
+        }
+    };
+    if let Some(Forker { jobs, thread, .. }) = retired {
+        drop(jobs);
+        let _ = thread.join();
+    }
+}
+
+/// Sends `job` to the forker (`sender`), or runs it here if there is none, and gives its
+/// result.
+fn run_job<R>(
+    sender: Option<crossbeam_channel::Sender<Job>>,
+    job: Job,
+    done_rx: crossbeam_channel::Receiver<R>,
+) -> R {
     match sender {
         Some(tx) => match tx.send(job) {
             Ok(()) => done_rx.recv().expect("the forker thread answers every job"),
@@ -132,6 +190,8 @@ fn fork_here(
     // stays locked while its processes are polled, which takes the children registry.
     let held: Vec<Box<dyn ForkHeld + '_>> = guards.iter().map(|g| g.hold()).collect();
     let mut fds = internal_fds();
+    // Held so that no other thread holds it at the fork (the child then takes it).
+    let mut forker = FORKER.lock().recover();
     let children = children::hold_for_fork()?;
     // SAFETY: the child only runs code that takes no lock another thread may hold: every
     // process-wide mutex of parrun is held by this thread across the fork, the GIL is held by
@@ -140,6 +200,7 @@ fn fork_here(
         Err(e) => Err(format!("fork failed: {e}")),
         Ok(ForkResult::Parent { child }) => {
             children.add(child);
+            drop(forker);
             drop(fds);
             drop(held);
             drop(child_end);
@@ -154,6 +215,10 @@ fn fork_here(
                 guard.reset_in_child();
             }
             children.reset_in_child();
+            // The parent's forker thread is not this process's: nothing of it may be dropped
+            // here (its channel's and its handle's state is the parent's).
+            std::mem::forget(forker.take());
+            drop(forker);
             exit::reset_in_child();
             for fd in fds.drain() {
                 if !keep.contains(&fd) {

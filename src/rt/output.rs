@@ -1,4 +1,5 @@
-//! Script output: one `print` is one `write(2)` on the raw descriptor.
+//! Script output: one `print` is one `write(2)` on the raw descriptor, or one `write_all` on
+//! the writer an embedding program gave ([`Output`], [`Sink`]).
 //!
 //! Lines from different threads (and, with fork, processes) therefore never mix within a line,
 //! and no Rust-side lock is taken, so a forked child can print even if another thread held a
@@ -9,16 +10,26 @@
 //! the command-line runner ([`crate::rt::signals::install`]) the whole run ends quietly, as the stock
 //! `lua` does when SIGPIPE kills it, whichever thread or process printed (`stdout_gone`).
 //! Embedded, `write_line` returns the error instead: the host's process is its own to end.
+//!
+//! A run's [`Output`] says where its lines go: fd 1 and fd 2 as above (the default, and the
+//! command-line runner's), or [`Sink`]s, writers the embedding program set
+//! (`Runtime::stdout`, `Runtime::stderr`). A sink belongs to the process that set it: in a
+//! forked child (any depth) its lines go up the parent link, one message per line, to the
+//! process that owns the writer (the link installs how: [`forward_with`]); the child never
+//! touches the writer's lock, which another thread may have held at the fork.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use serde::{Deserialize, Serialize};
 
 use crate::rt::exit;
+use crate::rt::poison::Recover;
 
 /// Whether a closed standard output ends the run (set by `crate::rt::signals::install`).
 static END_ON_CLOSED_STDOUT: AtomicBool = AtomicBool::new(false);
@@ -119,4 +130,150 @@ fn write_fd(fd: impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One of a run's two outputs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A writer the embedding program gave for one of a run's outputs. Every line is one
+/// `write_all` on it, under its lock, so lines from the script's threads never mix; a writer
+/// that panics fails that line (an error, as a failed write), and the lock stays usable.
+pub(crate) struct Sink {
+    /// The process that set it: in any other (a forked child), lines go up the parent link.
+    owner: u32,
+    writer: Mutex<Box<dyn Write + Send>>,
+}
+
+impl Sink {
+    pub(crate) fn new(writer: Box<dyn Write + Send>) -> Arc<Sink> {
+        Arc::new(Sink {
+            owner: std::process::id(),
+            writer: Mutex::new(writer),
+        })
+    }
+
+    /// Writes `text` and a newline as one write.
+    pub(crate) fn write_line(&self, stream: Stream, text: &[u8]) -> io::Result<()> {
+        let mut line = Vec::with_capacity(text.len() + 1);
+        line.extend_from_slice(text);
+        line.push(b'\n');
+        self.write(stream, &line)
+    }
+
+    /// Writes `bytes` (whole lines) to the writer, or, in a forked child, sends them to the
+    /// process that owns it.
+    pub(crate) fn write(&self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
+        if std::process::id() != self.owner {
+            let forward = FORWARD.get().ok_or_else(|| {
+                io::Error::other("this process cannot reach the one that owns the output")
+            })?;
+            return forward(stream, bytes);
+        }
+        self.guarded(|w| w.write_all(bytes))
+    }
+
+    /// Flushes the writer (a run does at its end).
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        if std::process::id() != self.owner {
+            return Ok(());
+        }
+        self.guarded(|w| w.flush())
+    }
+
+    /// Runs `f` on the writer under its lock; a panic in it is an error, caught before the
+    /// guard is dropped, so the lock is not poisoned.
+    fn guarded(&self, f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+        let mut writer = self.writer.lock().recover();
+        catch_unwind(AssertUnwindSafe(|| f(&mut **writer))).unwrap_or_else(|panic| {
+            Err(io::Error::other(format!(
+                "the output writer panicked: {}",
+                crate::rt::threads::panic_text(&*panic)
+            )))
+        })
+    }
+}
+
+/// How a forked child sends a line to the process that owns a [`Sink`]. The parent link
+/// installs it (`crate::link`): this module knows nothing of links.
+static FORWARD: OnceLock<Forward> = OnceLock::new();
+
+/// Sends whole lines to the process that owns a sink (see [`forward_with`]).
+pub(crate) type Forward = fn(Stream, &[u8]) -> io::Result<()>;
+
+/// Sets how a forked child sends its lines to the process that owns a sink (see [`Sink`]).
+pub(crate) fn forward_with(forward: Forward) {
+    let _ = FORWARD.set(forward);
+}
+
+/// Where one run's output goes: the embedding program's writers, or fd 1 and fd 2 (`None`).
+#[derive(Clone, Default)]
+pub(crate) struct Output {
+    pub stdout: Option<Arc<Sink>>,
+    pub stderr: Option<Arc<Sink>>,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |s: &Option<Arc<Sink>>| if s.is_some() { "writer" } else { "default" };
+        f.debug_struct("Output")
+            .field("stdout", &set(&self.stdout))
+            .field("stderr", &set(&self.stderr))
+            .finish()
+    }
+}
+
+impl Output {
+    /// Writes a message to standard error (see [`write_stderr`] for fd 2): a line of Rhai's
+    /// `debug`, a report such as "Exception in thread". Silent while the process ends at once.
+    pub(crate) fn report(&self, text: &str) {
+        match &self.stderr {
+            None => write_stderr(text),
+            Some(_) if exit::ending() => {}
+            Some(sink) => {
+                let mut msg = text.to_owned();
+                if !msg.ends_with('\n') {
+                    msg.push('\n');
+                }
+                // A writer that fails cannot be told; fd 2 can, as a last resort.
+                if let Err(e) = sink.write(Stream::Stderr, msg.as_bytes()) {
+                    write_stderr(&format!(
+                        "parrun: the standard error writer failed: {e}\n{msg}"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Writes lines a forked child sent up its link (whole lines, as [`Sink::write`] sent
+    /// them) where this process's output goes.
+    pub(crate) fn write_forwarded(&self, stream: Stream, bytes: &[u8]) {
+        let sink = match stream {
+            Stream::Stdout => &self.stdout,
+            Stream::Stderr => &self.stderr,
+        };
+        let written = match sink {
+            Some(sink) => sink.write(stream, bytes),
+            // Only a sink forwards; should a default one ever receive lines, it writes them.
+            None => match stream {
+                Stream::Stdout => write_fd(stdout_fd(), bytes),
+                Stream::Stderr => write_fd(io::stderr(), bytes),
+            },
+        };
+        if let Err(e) = written {
+            self.report(&format!("parrun: a child's output was lost: {e}"));
+        }
+    }
+
+    /// Flushes the writers (at the end of a run), reporting a failure on fd 2.
+    pub(crate) fn flush(&self) {
+        for sink in [&self.stdout, &self.stderr].into_iter().flatten() {
+            if let Err(e) = sink.flush() {
+                write_stderr(&format!("parrun: flushing the output writer failed: {e}"));
+            }
+        }
+    }
 }

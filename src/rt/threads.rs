@@ -55,3 +55,36 @@ pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         "unknown panic".to_string()
     }
 }
+
+/// The handle of a thread that reports its end before it has quite ended (a script thread, a
+/// process on a thread), kept until the thread is joined, so that a run that has waited for
+/// it leaves no thread behind.
+#[derive(Default)]
+pub(crate) struct Joiner(std::sync::Mutex<Option<std::thread::JoinHandle<()>>>);
+
+impl Joiner {
+    pub(crate) fn set(&self, handle: std::thread::JoinHandle<()>) {
+        *self.0.lock().recover() = Some(handle);
+    }
+
+    /// Joins the thread if it has ended, or (`wait`) once it has: call `wait` only once it
+    /// has reported its end. Whether it is still there to join.
+    pub(crate) fn join(&self, wait: bool) -> bool {
+        let mut handle = self.0.lock().recover();
+        match handle.take() {
+            // (Never itself: a thread cannot wait for its own end.)
+            Some(h)
+                if (wait || h.is_finished()) && h.thread().id() != std::thread::current().id() =>
+            {
+                drop(handle);
+                let _ = h.join();
+                false
+            }
+            Some(h) => {
+                *handle = Some(h);
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -26,9 +26,12 @@
 
 use std::ffi::{c_char, c_int, c_void};
 use std::ptr;
+use std::sync::Arc;
 
 use mlua::ffi::{self, lua_State};
 use mlua::{Function, LightUserData, Lua, Table, Value as LuaValue};
+
+use crate::rt::output::{Sink, Stream};
 
 unsafe extern "C-unwind" {
     // Part of lauxlib since 5.4; mlua-sys does not declare it.
@@ -327,9 +330,20 @@ pub(super) fn install_stock(
     run_here: &Function,
     drivers: &Table,
     text_only: bool,
+    stdout: Option<&Arc<Sink>>,
 ) -> mlua::Result<()> {
     let globals = lua.globals();
-    globals.raw_set("print", closure(lua, print, Vec::new())?)?;
+    // `print` reaches the run's writer, if there is one, through a light userdata upvalue
+    // (one pointer read per line); the state keeps the writer alive as long as it lives.
+    let print_upvalues = match stdout {
+        None => Vec::new(),
+        Some(sink) => {
+            lua.set_app_data(PrintSink(sink.clone()));
+            let at = Arc::as_ptr(sink).cast_mut().cast::<c_void>();
+            vec![LuaValue::LightUserData(LightUserData(at))]
+        }
+    };
+    globals.raw_set("print", closure(lua, print, print_upvalues)?)?;
     if text_only {
         let stock = |name: &str| -> mlua::Result<LuaValue> { globals.raw_get(name) };
         globals.raw_set("load", closure(lua, load, vec![stock("load")?])?)?;
@@ -361,8 +375,12 @@ pub(super) fn install_stock(
     Ok(())
 }
 
+/// The writer a state's `print` writes to (see [`install_stock`]), kept alive with the state.
+struct PrintSink(#[allow(dead_code)] Arc<Sink>);
+
 /// Stock `print` (each argument through `luaL_tolstring`, tab-separated), written as one line
-/// with one `write(2)`, so lines from several threads never mix.
+/// with one `write(2)`, so lines from several threads never mix; or, with the run's writer in
+/// upvalue 1, as one write on that writer.
 unsafe extern "C-unwind" fn print(state: *mut lua_State) -> c_int {
     let argc = ffi::lua_gettop(state);
     ffi::luaL_checkstack(state, 2, c"too many arguments to print".as_ptr());
@@ -379,10 +397,17 @@ unsafe extern "C-unwind" fn print(state: *mut lua_State) -> c_int {
     }
     let mut len = 0;
     let text = ffi::lua_tolstring(state, -1, &mut len);
-    let written = crate::rt::output::write_line(std::slice::from_raw_parts(text.cast(), len));
-    match written {
-        Ok(()) => 0,
-        Err(e) => raise(state, format!("print: {e}")),
+    let text = std::slice::from_raw_parts(text.cast(), len);
+    // SAFETY: a light userdata in upvalue 1 points to the sink the state keeps (`PrintSink`).
+    let sink = ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)).cast::<Sink>();
+    let written = match sink.as_ref() {
+        None => crate::rt::output::write_line(text),
+        Some(sink) => sink.write_line(Stream::Stdout, text),
+    };
+    // The error is dropped before Lua's error unwinds past this frame (it may own memory).
+    match written.err().map(|e| format!("print: {e}")) {
+        None => 0,
+        Some(msg) => raise(state, msg),
     }
 }
 

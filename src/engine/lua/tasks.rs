@@ -276,13 +276,12 @@ pub(super) struct LuaTarget {
 }
 
 impl Target for LuaTarget {
-    fn run(self: Box<Self>) -> Result<(), String> {
+    fn run(self: Box<Self>) -> Result<i32, String> {
         let LuaTarget { lua, host, f, args } = *self;
         match start_driver(&upgrade(&lua)?, &host, f, MultiValue::from_vec(args)) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(0),
             // `os.exit` ends the thread or process target, as `sys.exit` does in Python.
-            Err(e) if exit_status(&e).is_some() => Ok(()),
-            Err(e) => Err(error_text(e)),
+            Err(e) => exit_status(&e).ok_or_else(|| error_text(e)),
         }
     }
 

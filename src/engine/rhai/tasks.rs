@@ -379,13 +379,13 @@ impl Target for RhaiTarget {
         Ok(Box::new(live.copied()))
     }
 
-    fn run(self: Box<Self>) -> Result<(), String> {
+    fn run(self: Box<Self>) -> Result<i32, String> {
         let count = self.args.len();
         match self.f.call_raw(self.args) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(0),
             Err(err) => match *err {
-                // `exit()` in a thread ends that thread, as `sys.exit` does in Python.
-                EvalAltResult::Exit(..) => Ok(()),
+                // `exit()` ends the thread or process target, as `sys.exit` does in Python.
+                EvalAltResult::Exit(value, _) => Ok(exit_status_of(&value)),
                 other => Err(call_error(&self.f.shared, &self.f.f, count, other)),
             },
         }
