@@ -70,5 +70,5 @@ pub use rt::signals;
 
 pub use error::{Error, ScriptError};
 pub use host::{Mode, Settings};
-pub use runtime::{HostArgs, Language, Runtime};
+pub use runtime::{HostArgs, Language, MapUnordered, Runtime, Script, ScriptArgs};
 pub use value::Value;
