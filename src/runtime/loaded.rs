@@ -165,7 +165,8 @@ impl Script {
     ///
     /// `args` is a tuple, one element per argument, each converted by serde as the arguments
     /// of a host function are ([`Runtime::function`], [`ScriptArgs`]): `()` for none, `(x,)`
-    /// for one, `(a, b)` for two; a `Vec<Value>` for a list built at run time. An error the
+    /// for one, `(a, b)` for two; a `Vec<Value>` for a list built at run time. Arguments left
+    /// out at the end are nil (Rhai: `()`), in both languages. An error the
     /// function raises is [`Error::Script`], with its file and line; a function the script does
     /// not define is [`Error::UnknownFunction`]; an `exit` is [`Error::Exited`].
     ///
