@@ -4,7 +4,7 @@
 //! Both sides run on a warm pool (a first map before the timed ones), and the Rust side counts
 //! its conversions (Rust values to the pool and back).
 //!
-//! `cargo run --release --example bench_map [ITEMS]`
+//! `cargo bench --bench bench_map [-- ITEMS]`
 
 use std::time::Instant;
 
@@ -58,8 +58,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`.
     let items: usize = std::env::args()
-        .nth(1)
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
         .map_or(100_000, |n| n.parse().expect("ITEMS is a number"));
     let inputs: Vec<i64> = (0..items as i64).collect();
     println!("{items} integers, x * 2, ns per item, median of {RUNS}");
