@@ -27,6 +27,15 @@ pub enum Error {
     /// expected of it ([`crate::Runtime::eval`]).
     #[error("the script exited with status {0}")]
     Exited(i32),
+    /// A call from Rust ([`crate::Script::call`], [`crate::Script::map`]) named a function the
+    /// script does not define.
+    #[error("{script}: no global function `{name}`")]
+    UnknownFunction { script: String, name: String },
+    /// The error of item `index` of a [`crate::Script::map`] (its input's index): what the
+    /// function raised on it (an [`Error::Script`] with file and line), or why its value could
+    /// not cross. Prints as `item 417: transform.lua:12: bad record`.
+    #[error("item {index}: {error}")]
+    Item { index: usize, error: Box<Error> },
 }
 
 impl Error {
@@ -35,9 +44,10 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Script(_) => 1,
-            Error::Read { .. } | Error::Usage(_) => 2,
+            Error::Read { .. } | Error::Usage(_) | Error::UnknownFunction { .. } => 2,
             Error::Interrupted(_) => 130,
             Error::Exited(status) => *status,
+            Error::Item { error, .. } => error.exit_code(),
         }
     }
 

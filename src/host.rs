@@ -1,6 +1,6 @@
 //! [`Host`]: the state one script run shares between its threads (the GIL, the settings, what
 //! it must finish before it ends); the run's [`Settings`] and execution [`Mode`]; and the
-//! [`Script`] it runs.
+//! [`Source`] it runs.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,8 +79,8 @@ impl std::str::FromStr for Mode {
 /// A script to run: its code, the name errors use, and the arguments it receives.
 ///
 /// The code is bytes: Lua source is bytes (a string literal may hold any of them), while Rhai
-/// needs UTF-8 and checks it in [`Script::text`].
-pub(crate) struct Script {
+/// needs UTF-8 and checks it in [`Source::text`].
+pub(crate) struct Source {
     pub name: String,
     pub dir: Option<PathBuf>,
     pub code: Vec<u8>,
@@ -89,7 +89,7 @@ pub(crate) struct Script {
     pub interpreter: Vec<String>,
 }
 
-impl Script {
+impl Source {
     /// The code with a leading `#!` line blanked (kept as an empty line, so line numbers hold).
     pub fn code_without_shebang(&self) -> &[u8] {
         match self.code.strip_prefix(b"#!") {

@@ -37,10 +37,11 @@
 //! ## Crate layout
 //!
 //! The public surface is [`Runtime`], [`Language`], [`Mode`], [`Settings`], [`Error`],
-//! [`Value`] and [`signals`]. Inside, every module imports only from the layers below it
+//! [`Value`], [`signals`], and [`Script`], a script loaded for calls from Rust
+//! ([`Runtime::load_source`]: [`Script::call`], [`Script::map`], [`Script::map_unordered`]). Inside, every module imports only from the layers below it
 //! (`tests/layers.rs` checks it), top down:
 //!
-//! - `runtime`: the builder; picks the engine.
+//! - `runtime`: the builder; picks the engine; a loaded script's engine thread (`Script`).
 //! - `engine/lua`, `engine/rhai`: what is about each language.
 //! - `api`: every script-visible operation, described once for both languages.
 //! - `thread`, `process`, `sync`, `pool`: Python's objects; `exec`: the execution models, one
@@ -70,5 +71,5 @@ pub use rt::signals;
 
 pub use error::{Error, ScriptError};
 pub use host::{Mode, Settings};
-pub use runtime::{HostArgs, Language, Runtime};
+pub use runtime::{HostArgs, Language, MapUnordered, Runtime, Script, ScriptArgs};
 pub use value::Value;

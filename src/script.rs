@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
 use crate::host::Host;
 use crate::rt::poison::Recover;
 use crate::value::Value;
@@ -105,8 +106,44 @@ pub(crate) enum FunctionSpec {
 /// [`FunctionSpec::Local`]), or one a worker's engine decoded.
 pub(crate) trait TaskFn: Send + Sync {
     /// Calls the function once per entry of `calls`, in order; the results, or the first
-    /// error. Call with its engine's GIL held.
-    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String>;
+    /// error and which call raised it. Call with its engine's GIL held.
+    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError>;
+}
+
+/// Why a task failed: the message, and the index among the task's calls of the call that
+/// raised it, when one did (a task that could not start, or whose worker died, names none).
+/// The index is how a Rust-side map names the failed item (`item 417: ...`); scripts see
+/// only the message, as in Python.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) struct TaskError {
+    pub call: Option<usize>,
+    pub message: String,
+}
+
+impl TaskError {
+    /// The error of call `call` of the task.
+    pub(crate) fn at(call: usize, message: String) -> TaskError {
+        TaskError {
+            call: Some(call),
+            message,
+        }
+    }
+}
+
+/// A failure that belongs to no call in particular.
+impl From<String> for TaskError {
+    fn from(message: String) -> TaskError {
+        TaskError {
+            call: None,
+            message,
+        }
+    }
+}
+
+impl From<&str> for TaskError {
+    fn from(message: &str) -> TaskError {
+        message.to_owned().into()
+    }
 }
 
 /// The argument lists of a task's calls.
@@ -167,6 +204,26 @@ pub(crate) trait TaskEngine: Send + Sync {
     /// handle that calls it in this engine. Call with this engine's GIL held: decoding may run
     /// script code (a Rhai module's).
     fn decode(&self, code: &[u8]) -> Result<Arc<dyn TaskFn>, String>;
+}
+
+/// A script whose top level has run, kept for calls from Rust (the embedding API's `Script`):
+/// its engine, on the one thread that loaded it, which calls it with the GIL released; each
+/// method takes the GIL itself.
+pub(crate) trait LoadedScript {
+    /// The host the script runs under.
+    fn host(&self) -> &Arc<Host>;
+
+    /// Calls the global script function `name` with `args` and gives back what it returned
+    /// (Lua: its first value): [`Error::Script`] for an error it raised, [`Error::Exited`] if it
+    /// exited, [`Error::UnknownFunction`] if there is no such function.
+    fn call(&self, name: &str, args: Vec<Value>) -> Result<Value, Error>;
+
+    /// The global script function `name`, made ready to travel to a pool's workers as
+    /// `travel` says.
+    fn function(&self, name: &str, travel: Travel) -> Result<Arc<FunctionSpec>, Error>;
+
+    /// The engine as a pool's workers are built from it, as of now. Call with the GIL held.
+    fn engine(&self) -> &dyn ScriptEngine;
 }
 
 /// A script function the parent calls when a result is ready (`callback`, `error_callback`).

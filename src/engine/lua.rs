@@ -26,11 +26,11 @@ use mlua::{
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret, Wait};
 use crate::error::Error;
-use crate::host::{Ended, Host, Script};
+use crate::host::{Ended, Host, Source};
 use crate::rt::gil::{Gil, Interrupter};
 use crate::script::{
-    CallSlice, Callback, FunctionSpec, Instance, ScriptEngine, Snapshot, Target, TaskEngine,
-    TaskFn, Travel,
+    CallSlice, Callback, FunctionSpec, Instance, LoadedScript, ScriptEngine, Snapshot, Target,
+    TaskEngine, TaskError, TaskFn, Travel,
 };
 use crate::value::Value;
 
@@ -217,7 +217,7 @@ fn named(error: impl Fn(String) -> String + Send + 'static, f: Wait) -> Wait {
 }
 
 /// Sets `arg` as the stock interpreter does, and lets `require` find modules next to the script.
-fn install_script_env(lua: &Lua, script: &Script) -> mlua::Result<()> {
+fn install_script_env(lua: &Lua, script: &Source) -> mlua::Result<()> {
     // The embedding program's globals (see `Runtime::global`).
     if let Some(host) = lua.app_data_ref::<Arc<Host>>().map(|h| h.clone()) {
         for (name, value) in &host.embedding.globals {
@@ -306,9 +306,9 @@ fn chunk_source(code: &[u8]) -> &[u8] {
     }
 }
 
-/// Runs a script in a fresh Lua state and waits for the threads it started.
-pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<Ended, Error> {
-    let setup = new_state(&host).and_then(|lua| install_script_env(&lua, &script).map(|()| lua));
+/// A fresh Lua state set up for `script`, its main chunk compiled, and the chunk's arguments.
+fn prepare(host: &Arc<Host>, script: &Source) -> Result<(Lua, Function, MultiValue), Error> {
+    let setup = new_state(host).and_then(|lua| install_script_env(&lua, script).map(|()| lua));
     let lua = setup
         .map_err(|e| Error::script(format!("parrun: cannot set up Lua: {}", error_text(e))))?;
     let source = chunk_source(&script.code);
@@ -332,7 +332,12 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<Ended, Error> {
         .map(|a| a.as_str().into_lua(&lua))
         .collect::<mlua::Result<MultiValue>>()
         .map_err(|e| Error::script(error_text(e)))?;
+    Ok((lua, main, args))
+}
 
+/// Runs a script in a fresh Lua state and waits for the threads it started.
+pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
+    let (lua, main, args) = prepare(&host, &script)?;
     let result = host.run_main(|| start_driver(&lua, &host, main, args));
     CURRENT_GIL.with(|g| g.borrow_mut().take());
     match result {
@@ -347,6 +352,113 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<Ended, Error> {
             }),
             None => Err(Error::script(error_text(e))),
         },
+    }
+}
+
+/// Runs a script's main chunk in a fresh Lua state and keeps the state for calls from Rust.
+/// What the chunk started goes on; on an error (or `os.exit`) it is finished first.
+pub(crate) fn load(host: Arc<Host>, script: Source) -> Result<Box<dyn LoadedScript>, Error> {
+    let (lua, main, args) = prepare(&host, &script)?;
+    let result = {
+        let _held = host.gil.lock(0);
+        start_driver(&lua, &host, main, args)
+    };
+    let error = match result {
+        Ok(_) => {
+            return Ok(Box::new(LuaLoaded {
+                lua,
+                host,
+                name: script.name,
+            }))
+        }
+        Err(e) => match exit_status(&e) {
+            Some(status) => Error::Exited(status),
+            None => Error::script(error_text(e)),
+        },
+    };
+    host.finish();
+    CURRENT_GIL.with(|g| g.borrow_mut().take());
+    Err(error)
+}
+
+/// A Lua script loaded for calls from Rust: its state, on the thread that loaded it.
+struct LuaLoaded {
+    lua: Lua,
+    host: Arc<Host>,
+    name: String,
+}
+
+impl LuaLoaded {
+    /// The global function `name`. Call with the GIL held.
+    fn global_function(&self, name: &str) -> Result<Function, Error> {
+        match self.lua.globals().get::<LuaValue>(name) {
+            Ok(LuaValue::Function(f)) => Ok(f),
+            _ => Err(Error::UnknownFunction {
+                script: self.name.clone(),
+                name: name.to_owned(),
+            }),
+        }
+    }
+}
+
+impl Drop for LuaLoaded {
+    fn drop(&mut self) {
+        // The state goes away with this: the loading thread's hook must not find its GIL.
+        CURRENT_GIL.with(|g| g.borrow_mut().take());
+    }
+}
+
+impl LoadedScript for LuaLoaded {
+    fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    fn call(&self, name: &str, args: Vec<Value>) -> Result<Value, Error> {
+        let _held = self.host.gil.lock(0);
+        let f = self.global_function(name)?;
+        let args = args
+            .iter()
+            .map(|v| from_value(&self.lua, v))
+            .collect::<mlua::Result<MultiValue>>()
+            .map_err(|e| Error::Usage(format!("{name}: the arguments: {}", error_text(e))))?;
+        match start_driver(&self.lua, &self.host, f, args) {
+            Ok(returned) => to_value(returned.into_iter().next().unwrap_or(LuaValue::Nil))
+                .map_err(|e| Error::Usage(format!("{name}: the result: {e}"))),
+            Err(e) => Err(match exit_status(&e) {
+                Some(status) => Error::Exited(status),
+                None => Error::script(error_text(e)),
+            }),
+        }
+    }
+
+    fn function(&self, name: &str, travel: Travel) -> Result<Arc<FunctionSpec>, Error> {
+        let _held = self.host.gil.lock(0);
+        let f = self.global_function(name)?;
+        let spec = match travel {
+            Travel::Local => Tasks::of(&self.lua).map(|tasks| -> Arc<FunctionSpec> {
+                Arc::new(FunctionSpec::Local(Arc::new(LuaTask { tasks, f })))
+            }),
+            Travel::Encoded => encoded_function(&self.lua, &f),
+        };
+        spec.map_err(|e| Error::Usage(format!("{name}: {e}")))
+    }
+
+    fn engine(&self) -> &dyn ScriptEngine {
+        self
+    }
+}
+
+impl ScriptEngine for LuaLoaded {
+    fn here(&self) -> Result<Arc<dyn TaskEngine>, String> {
+        LuaTaskEngine::here(&self.lua)
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>, String> {
+        Ok(Box::new(LuaSnapshot::take(
+            &self.lua,
+            &self.host,
+            Vec::new(),
+        )?))
     }
 }
 

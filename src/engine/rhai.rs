@@ -22,11 +22,11 @@ use ::rhai::{
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::error::Error;
-use crate::host::{Ended, Host, Script};
+use crate::host::{Ended, Host, Source};
 use crate::rt::output;
 use crate::script::{
-    CallSlice, Callback, FunctionSpec, Instance, ScriptEngine, Snapshot, Target, TaskEngine,
-    TaskFn, Travel,
+    CallSlice, Callback, FunctionSpec, Instance, LoadedScript, ScriptEngine, Snapshot, Target,
+    TaskEngine, TaskError, TaskFn, Travel,
 };
 use crate::value::Value;
 
@@ -61,6 +61,9 @@ struct Shared {
     /// The status `exit(n)` asked for in the main script thread (Rhai itself discards it).
     exit_status: std::sync::Mutex<Option<i32>>,
     main_thread: std::thread::ThreadId,
+    /// What the script's top level left for its functions (constants and imports), kept when
+    /// it was loaded for calls from Rust ([`load`]).
+    top_level: std::sync::Mutex<Option<Env>>,
 }
 
 impl Shared {
@@ -74,6 +77,7 @@ impl Shared {
             code,
             exit_status: std::sync::Mutex::new(None),
             main_thread: std::thread::current().id(),
+            top_level: std::sync::Mutex::new(None),
         })
     }
 
@@ -86,8 +90,10 @@ impl Shared {
     }
 }
 
-/// Runs a script in a fresh engine and waits for the threads it started.
-pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<Ended, Error> {
+/// The engine of a fresh [`Shared`] for `script`, its AST, and the script's scope (`ARGS`).
+type Prepared = (Arc<Shared>, Arc<Engine>, Arc<AST>, Scope<'static>);
+
+fn prepare(host: &Arc<Host>, script: &Source) -> Result<Prepared, Error> {
     let shared = Shared::new(
         host.clone(),
         script.name.clone(),
@@ -102,7 +108,6 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<Ended, Error> {
             e.0
         ))
     })?;
-
     let mut scope = Scope::new();
     let args: Array = script
         .args
@@ -110,6 +115,12 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<Ended, Error> {
         .map(|a| Dynamic::from(a.clone()))
         .collect();
     scope.push_constant("ARGS", args);
+    Ok((shared, engine, ast, scope))
+}
+
+/// Runs a script in a fresh engine and waits for the threads it started.
+pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
+    let (shared, engine, ast, mut scope) = prepare(&host, &script)?;
 
     let result = host.run_main(|| {
         stops::begin();
@@ -128,6 +139,146 @@ pub(crate) fn run(host: Arc<Host>, script: Script) -> Result<Ended, Error> {
             }),
             other => Err(Error::script(format_error(&script.name, other))),
         },
+    }
+}
+
+/// The registered function a loaded script's top level ends with: it keeps what the top level
+/// leaves for the script's functions ([`Env`]), which Rhai drops when the run returns.
+const KEEP_TOP_LEVEL: &str = "parrun_keep_top_level";
+
+/// Runs a script's top level in a fresh engine and keeps the engine for calls from Rust. What
+/// the top level started goes on; on an error (or `exit`) it is finished first.
+pub(crate) fn load(host: Arc<Host>, script: Source) -> Result<Box<dyn LoadedScript>, Error> {
+    let (shared, engine, ast, mut scope) = prepare(&host, &script)?;
+    // The script's own AST stays as it is for workers; only this run ends with the call.
+    let keep = engine
+        .compile(format!("{KEEP_TOP_LEVEL}();"))
+        .map_err(|e| Error::Usage(format!("internal error: {e}")))?;
+    let top_level = ast.merge(&keep);
+    let result = {
+        let _held = host.gil.lock(0);
+        stops::begin();
+        engine.run_ast_with_scope(&mut scope, &top_level)
+    };
+    let exit_status = *shared.exit_status.lock().recover();
+    let error = match (result, exit_status) {
+        (Ok(()), None) => {
+            // A top-level `return` skips the call: the functions still see the constants.
+            let env = shared.top_level.lock().recover().take();
+            let env = env.unwrap_or_else(|| Env {
+                constants: constants_of(&scope),
+                imports: Vec::new(),
+            });
+            return Ok(Box::new(RhaiLoaded {
+                shared,
+                _engine: engine,
+                ast,
+                env,
+            }));
+        }
+        (Ok(()), Some(status)) => Error::Exited(status),
+        (Err(err), _) => match *err {
+            EvalAltResult::Exit(value, _) => Error::Exited(exit_status_of(&value)),
+            other => Error::script(format_error(&script.name, other)),
+        },
+    };
+    host.finish();
+    Err(error)
+}
+
+/// The constants of a script's top-level scope, as its functions see them (`global::`).
+fn constants_of(scope: &Scope) -> Option<Constants> {
+    let constants: BTreeMap<ImmutableString, Dynamic> = scope
+        .iter_raw()
+        .filter(|(_, constant, _)| *constant)
+        .map(|(name, _, value)| (name.into(), value.clone()))
+        .collect();
+    Some(::rhai::Shared::new(::rhai::Locked::new(constants)))
+}
+
+/// A Rhai script loaded for calls from Rust: its engine, AST, and what its top level left.
+struct RhaiLoaded {
+    shared: Arc<Shared>,
+    /// The engine, which `shared` only holds weakly.
+    _engine: Arc<Engine>,
+    ast: Arc<AST>,
+    env: Env,
+}
+
+impl RhaiLoaded {
+    /// The script function `name`, linked to its definition where it has only one, and how
+    /// many parameters that one has.
+    fn script_function(&self, name: &str) -> Result<(FnPtr, Option<usize>), Error> {
+        let mut defs = self.ast.iter_fn_def().filter(|d| d.name == name);
+        match (defs.next(), defs.next()) {
+            (Some(def), None) => Ok((FnPtr::from(def.clone()), Some(def.params.len()))),
+            (Some(_), Some(_)) => FnPtr::new(name)
+                .map(|f| (f, None))
+                .map_err(|e| Error::Usage(e.to_string())),
+            (None, _) => Err(Error::UnknownFunction {
+                script: self.shared.script_name.clone(),
+                name: name.to_owned(),
+            }),
+        }
+    }
+}
+
+impl LoadedScript for RhaiLoaded {
+    fn host(&self) -> &Arc<Host> {
+        &self.shared.host
+    }
+
+    fn call(&self, name: &str, args: Vec<Value>) -> Result<Value, Error> {
+        let (f, params) = self.script_function(name)?;
+        let f = BoundFn {
+            shared: self.shared.clone(),
+            env: self.env.clone(),
+            f,
+        };
+        let mut args = args
+            .iter()
+            .map(::rhai::serde::to_dynamic)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Usage(format!("{name}: the arguments: {e}")))?;
+        // Missing trailing arguments are `()`, as nil is to a Lua function.
+        if let Some(params) = params.filter(|&p| p > args.len()) {
+            args.resize(params, Dynamic::UNIT);
+        }
+        let count = args.len();
+        let _held = self.shared.host.gil.lock(0);
+        match f.call_raw(args) {
+            Ok(value) => to_value(&self.shared, &value)
+                .map_err(|e| Error::Usage(format!("{name}: the result: {e}"))),
+            Err(err) => Err(match *err {
+                EvalAltResult::Exit(value, _) => Error::Exited(exit_status_of(&value)),
+                other => Error::script(call_error(&self.shared, &f.f, count, other)),
+            }),
+        }
+    }
+
+    fn function(&self, name: &str, travel: Travel) -> Result<Arc<FunctionSpec>, Error> {
+        let (f, _) = self.script_function(name)?;
+        function_spec(&self.shared, &self.env, f, travel)
+            .map_err(|e| Error::Usage(format!("{name}: {e}")))
+    }
+
+    fn engine(&self) -> &dyn ScriptEngine {
+        self
+    }
+}
+
+impl ScriptEngine for RhaiLoaded {
+    fn here(&self) -> Result<Arc<dyn TaskEngine>, String> {
+        Ok(Arc::new(RhaiTaskEngine {
+            shared: self.shared.clone(),
+            constants: self.env.constants.clone(),
+            _engine: None,
+        }))
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>, String> {
+        let live = RhaiSnapshot::live(&self.shared, self.env.constants.clone(), None);
+        Ok(Box::new(live.copied()))
     }
 }
 
@@ -200,6 +351,10 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
     };
     register_builtins(&mut engine, shared);
     register_exit(&mut engine, shared);
+    let s = shared.clone();
+    engine.register_fn(KEEP_TOP_LEVEL, move |ctx: ::rhai::NativeCallContext| {
+        *s.top_level.lock().recover() = Some(Env::of(ctx.global_runtime_state()));
+    });
     let host = shared.host.clone();
     engine.register_fn("parrun_global", move |name: &str| -> RhaiResult<Dynamic> {
         let (_, value) = host

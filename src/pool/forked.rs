@@ -319,7 +319,7 @@ impl Supervisor {
                 };
                 if let Err(e) = encode_task(child, batch, &task) {
                     let n = task.calls.len();
-                    if task.job.complete(task.first, Err(e), n) {
+                    if task.job.complete(task.first, Err(e.into()), n) {
                         pool.finisher.finish(&task.job);
                     }
                     continue;
@@ -369,7 +369,7 @@ impl Supervisor {
                 Err(e) => return Some(format!("sent a malformed result: {e}")),
             };
             if msg.id == 0 {
-                let reason = msg.result.err().unwrap_or_default();
+                let reason = msg.result.err().map(|e| e.message).unwrap_or_default();
                 self.pool
                     .break_pool(&format!("the pool's initializer failed: {reason}"));
                 continue;
@@ -432,7 +432,7 @@ impl Supervisor {
         }
         if let Some(task) = running {
             let n = task.calls.len();
-            if task.job.complete(task.first, Err(failure), n) {
+            if task.job.complete(task.first, Err(failure.into()), n) {
                 self.pool.finisher.finish(&task.job);
             }
         }

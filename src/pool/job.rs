@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::rt::cancel;
 use crate::rt::poison::Recover;
-use crate::script::Callback;
+use crate::script::{Callback, TaskError};
 use crate::value::Value;
 
 /// What a job's result looks like to the script.
@@ -51,6 +51,28 @@ impl Callbacks {
         self.ok.is_none() && self.err.is_none()
     }
 }
+
+/// An item's error: the message, and the item whose call raised it. The items of a task that
+/// failed all carry its error, the one that raised it and the others, which did not run or
+/// whose results were lost with it; `None` for a failure of no call in particular (a worker
+/// that died, a terminated pool).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub item: Option<usize>,
+    pub message: String,
+}
+
+impl Failure {
+    fn of_job(message: &str) -> Failure {
+        Failure {
+            item: None,
+            message: message.to_owned(),
+        }
+    }
+}
+
+/// An item as an iterator hands it out: its index, and its value or error.
+pub type Entry = (usize, Result<Value, Failure>);
 
 /// One submitted job's state: its results, whether it is ready, an iterator's place in it, and
 /// the callbacks still to run.
@@ -90,7 +112,7 @@ impl AsyncResult {
     pub(super) fn complete(
         &self,
         first: usize,
-        results: Result<Vec<Value>, String>,
+        results: Result<Vec<Value>, TaskError>,
         count: usize,
     ) -> bool {
         let unordered = self.kind == JobKind::Unordered;
@@ -134,7 +156,7 @@ impl AsyncResult {
 
     /// The value once all items are in (copied), or the first error.
     pub(super) fn outcome(&self) -> Result<Value, String> {
-        let values = self.slots().values()?;
+        let values = self.slots().values().map_err(|f| f.message)?;
         Ok(self.assemble(values))
     }
 
@@ -164,9 +186,15 @@ impl AsyncResult {
     /// [`AsyncResult::get`] for a job nothing else reads (`map`, `apply`): the results are
     /// moved out, not copied.
     pub fn take(&self) -> Result<Value, String> {
-        self.wait(None);
-        let values = self.slots().take_values()?;
+        let values = self.take_items().map_err(|f| f.message)?;
         Ok(self.assemble(values))
+    }
+
+    /// Waits until ready, then moves every item's value out, or gives the first error in
+    /// input order with the item that raised it (for the Rust side's map, which names it).
+    pub fn take_items(&self) -> Result<Vec<Value>, Failure> {
+        self.wait(None);
+        self.slots().take_values()
     }
 
     /// `AsyncResult.ready`.
@@ -184,6 +212,16 @@ impl AsyncResult {
 
     /// The next item of an `imap`/`imap_unordered` iterator; `None` at the end.
     pub fn next_item(&self, timeout: Option<Duration>) -> Result<Option<Value>, String> {
+        match self.next_entry(timeout) {
+            Ok(Some((_, Ok(value)))) => Ok(Some(value)),
+            Ok(Some((_, Err(failure)))) | Err(failure) => Err(failure.message),
+            Ok(None) => Ok(None),
+        }
+    }
+
+    /// [`AsyncResult::next_item`] with the item's index, and its error as a [`Failure`]; an
+    /// `Err` is a failure of the whole job, a timeout or an interrupted wait.
+    pub fn next_entry(&self, timeout: Option<Duration>) -> Result<Option<Entry>, Failure> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut s = self.slots();
         loop {
@@ -191,18 +229,20 @@ impl AsyncResult {
                 return Ok(None);
             }
             if let Some(f) = &s.failure {
-                return Err(f.clone());
+                return Err(Failure::of_job(f));
             }
-            if let Some(item) = s.next_item(self.kind) {
-                return item.map(Some);
+            if let Some(entry) = s.next_item(self.kind) {
+                return Ok(Some(entry));
             }
             if cancel::stop_waiting() {
-                return Err("the wait was interrupted".into());
+                return Err(Failure::of_job("the wait was interrupted"));
             }
             let left = match deadline {
                 Some(d) => match d.saturating_duration_since(Instant::now()) {
                     left if left.is_zero() => {
-                        return Err("timed out waiting for the next result (TimeoutError)".into())
+                        return Err(Failure::of_job(
+                            "timed out waiting for the next result (TimeoutError)",
+                        ))
                     }
                     left => Some(left),
                 },
@@ -224,7 +264,7 @@ impl AsyncResult {
 
 /// A job's results by item index, as its tasks report them.
 struct Slots {
-    items: Vec<Option<Result<Value, String>>>,
+    items: Vec<Option<Result<Value, Failure>>>,
     /// Items not reported yet.
     remaining: usize,
     /// Set when the whole job failed: it stands for every item.
@@ -247,12 +287,12 @@ impl Slots {
     fn complete(
         &mut self,
         first: usize,
-        results: Result<Vec<Value>, String>,
+        results: Result<Vec<Value>, TaskError>,
         count: usize,
         unordered: bool,
     ) -> bool {
         let before = self.remaining;
-        let mut fill = |i: usize, result: Result<Value, String>| {
+        let mut fill = |i: usize, result: Result<Value, Failure>| {
             // A slot filled already (or emptied by an iterator) keeps what it has, should a
             // task ever report twice.
             if self.items.get(i).is_some_and(Option::is_none) {
@@ -269,9 +309,16 @@ impl Slots {
                     fill(first + i, Ok(v));
                 }
             }
-            Err(msg) => {
-                for i in first..first + count {
-                    fill(i, Err(msg.clone()));
+            Err(e) => {
+                let failure = Failure {
+                    item: e.call.filter(|&c| c < count).map(|c| first + c),
+                    message: e.message,
+                };
+                // The item that raised the error comes first: an unordered iterator hands out
+                // the error with the place it happened.
+                let raised = failure.item.into_iter();
+                for i in raised.chain((first..first + count).filter(|&i| Some(i) != failure.item)) {
+                    fill(i, Err(failure.clone()));
                 }
             }
         }
@@ -279,28 +326,28 @@ impl Slots {
     }
 
     /// The job's failure, or the first item's error, or a missing item's.
-    fn first_error(&self) -> Result<(), String> {
+    fn first_error(&self) -> Result<(), Failure> {
         if let Some(f) = &self.failure {
-            return Err(f.clone());
+            return Err(Failure::of_job(f));
         }
         for slot in &self.items {
             match slot {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.clone()),
-                None => return Err("result missing".into()),
+                None => return Err(Failure::of_job("result missing")),
             }
         }
         Ok(())
     }
 
     /// Every item's value, copied, or the first error.
-    fn values(&self) -> Result<Vec<Value>, String> {
+    fn values(&self) -> Result<Vec<Value>, Failure> {
         self.first_error()?;
         Ok(self.items.iter().flatten().flatten().cloned().collect())
     }
 
     /// [`Slots::values`] for their only reader: the values are moved out.
-    fn take_values(&mut self) -> Result<Vec<Value>, String> {
+    fn take_values(&mut self) -> Result<Vec<Value>, Failure> {
         self.first_error()?;
         // A plain `map` lets the collection reuse the slots' allocation.
         Ok(std::mem::take(&mut self.items)
@@ -309,14 +356,13 @@ impl Slots {
             .collect())
     }
 
-    /// The iterator's next item, moved out of its slot, if it has come in.
-    fn next_item(&mut self, kind: JobKind) -> Option<Result<Value, String>> {
+    /// The iterator's next item and its index, moved out of its slot, if it has come in.
+    fn next_item(&mut self, kind: JobKind) -> Option<Entry> {
         let i = self.cursor.advance(kind, &self.items)?;
-        Some(
-            self.items[i]
-                .take()
-                .unwrap_or_else(|| Err("result missing".into())),
-        )
+        let item = self.items[i]
+            .take()
+            .unwrap_or_else(|| Err(Failure::of_job("result missing")));
+        Some((i, item))
     }
 }
 
@@ -336,7 +382,11 @@ impl Cursor {
 
     /// The index of the item to hand out next, if it has come in: the next in input order, or
     /// the earliest finished for `imap_unordered`. Counts it as handed out.
-    fn advance(&mut self, kind: JobKind, items: &[Option<Result<Value, String>>]) -> Option<usize> {
+    fn advance(
+        &mut self,
+        kind: JobKind,
+        items: &[Option<Result<Value, Failure>>],
+    ) -> Option<usize> {
         let i = match kind {
             JobKind::Unordered => self.finished.pop_front()?,
             _ => Some(self.taken).filter(|&i| items.get(i).is_some_and(Option::is_some))?,
@@ -407,6 +457,31 @@ mod tests {
         job.set_ready();
         assert_eq!(job.get(None), Err("early error".into()));
         assert_eq!(job.successful(), Ok(false));
+    }
+
+    /// A task's error names the call that raised it: `take_items` gives the first error in
+    /// input order with that item; an unordered iterator hands out the raising item first.
+    #[test]
+    fn a_task_error_names_the_item_that_raised_it() {
+        let job = AsyncResult::new(1, JobKind::List, 8, Callbacks::default());
+        job.complete(0, Ok(ints(&[0, 1, 2, 3])), 4);
+        assert!(job.complete(4, Err(TaskError::at(2, "bad record".into())), 4));
+        job.set_ready();
+        let failure = job.take_items().unwrap_err();
+        assert_eq!(failure.item, Some(6));
+        assert_eq!(failure.message, "bad record");
+
+        let short = Some(Duration::from_millis(5));
+        let unordered = AsyncResult::new(2, JobKind::Unordered, 4, Callbacks::default());
+        unordered.complete(0, Err(TaskError::at(1, "boom".into())), 4);
+        let (i, item) = unordered.next_entry(short).unwrap().unwrap();
+        assert_eq!(i, 1);
+        assert_eq!(item.unwrap_err().item, Some(1));
+        // A failure of no call names no item.
+        let lost = AsyncResult::new(3, JobKind::List, 2, Callbacks::default());
+        lost.complete(0, Err("worker died".to_string().into()), 2);
+        lost.set_ready();
+        assert_eq!(lost.take_items().unwrap_err().item, None);
     }
 
     /// The latch: not ready until set, a wait with a timeout gives up, `successful` refuses

@@ -39,7 +39,7 @@ mod threads;
 mod worker;
 
 use callbacks::Finisher;
-pub use job::{AsyncResult, Callbacks, JobKind};
+pub use job::{AsyncResult, Callbacks, Failure, JobKind};
 
 /// What a pool needs from the backend that runs its tasks once it has started them
 /// ([`forked::start`], [`threads::start`]: each takes what its workers are built from). A
@@ -407,6 +407,11 @@ impl Pool {
         exec::model(self.config.mode).travel()
     }
 
+    /// How many workers it has.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// Whether the pool still takes work (neither closed, terminated nor broken).
     pub fn is_open(&self) -> bool {
         self.state().status == Status::Open
@@ -493,7 +498,7 @@ mod tests {
     }
 
     impl TaskFn for EchoFn {
-        fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+        fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, crate::script::TaskError> {
             let (open, changed) = &*self.0;
             let _open = changed
                 .wait_while(open.lock().unwrap(), |open| !*open)

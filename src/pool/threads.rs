@@ -22,7 +22,7 @@ use crate::rt::cancel::{self, Cancel};
 use crate::rt::gil::Gil;
 use crate::rt::poison::Recover;
 use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
-use crate::script::{CallSlice, FunctionSpec, Snapshot, TaskEngine};
+use crate::script::{CallSlice, FunctionSpec, Snapshot, TaskEngine, TaskError};
 
 /// How often the watchdog repeats a cancellation: in the `gil` model another thread may hold
 /// the lock when it is first asked.
@@ -175,7 +175,7 @@ fn run(
     functions: &mut Functions,
     function: &FunctionSpec,
     calls: CallSlice<'_>,
-) -> Result<Vec<crate::value::Value>, String> {
+) -> Result<Vec<crate::value::Value>, TaskError> {
     let gil = functions.engine().host().gil.clone();
     let _held = gil.lock(0);
     catch_unwind(AssertUnwindSafe(|| functions.call_many(function, calls))).unwrap_or_else(
@@ -183,7 +183,8 @@ fn run(
             Err(format!(
                 "a pool worker thread failed inside parrun (a host panic: {})",
                 panic_text(&*panic)
-            ))
+            )
+            .into())
         },
     )
 }
@@ -194,7 +195,10 @@ fn initialize(pool: &Pool, functions: &mut Functions) {
     if let Some((f, args)) = &pool.config.initializer {
         let args = CallSlice::Lists(std::slice::from_ref(args));
         if let Err(reason) = run(functions, f, args) {
-            pool.break_pool(&format!("the pool's initializer failed: {reason}"));
+            pool.break_pool(&format!(
+                "the pool's initializer failed: {}",
+                reason.message
+            ));
         }
     }
 }

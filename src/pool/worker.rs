@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::rt::codec;
-use crate::script::{CallSlice, Calls, FunctionSpec, TaskEngine, TaskFn};
+use crate::script::{CallSlice, Calls, FunctionSpec, TaskEngine, TaskError, TaskFn};
 use crate::value::Value;
 
 /// A message down a forked worker's task pipe, as the supervisor writes it.
@@ -58,7 +58,7 @@ pub(super) struct FromWorker {
     /// How long the task ran, for the supervisor's dispatch window.
     pub(super) micros: u64,
     /// One value per call, or the first call's error.
-    pub(super) result: Result<Vec<Value>, String>,
+    pub(super) result: Result<Vec<Value>, TaskError>,
 }
 
 /// A worker's engine and the functions it has been sent: one cache per worker, by key, of
@@ -96,7 +96,7 @@ impl Functions {
         &mut self,
         function: &FunctionSpec,
         calls: CallSlice<'_>,
-    ) -> Result<Vec<Value>, String> {
+    ) -> Result<Vec<Value>, TaskError> {
         match function {
             FunctionSpec::Local(f) => f.call_many(calls),
             FunctionSpec::Encoded { key, code } => self.decoded(*key, Some(code))?.call_many(calls),
@@ -104,7 +104,7 @@ impl Functions {
     }
 
     /// Calls the function [`Functions::learn`] was given as `key`.
-    fn call_key(&mut self, key: u64, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+    fn call_key(&mut self, key: u64, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError> {
         self.decoded(key, None)?.call_many(calls)
     }
 
@@ -186,7 +186,7 @@ pub(super) fn worker_main(
                     let msg = FromWorker {
                         id,
                         micros: 0,
-                        result: Err(format!("cannot send the result back: {e}")),
+                        result: Err(format!("cannot send the result back: {e}").into()),
                     };
                     if codec::write_frame(&mut results, &mut out, &msg).is_err() {
                         return 1;
@@ -274,7 +274,7 @@ mod tests {
     }
 
     impl TaskFn for Count {
-        fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+        fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, crate::script::TaskError> {
             Ok(vec![Value::Int(self.0 as i64); calls.len()])
         }
     }

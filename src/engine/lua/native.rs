@@ -265,7 +265,9 @@ unsafe extern "C-unwind" fn return_all(
 
 /// A pool task: `run_chunk(f, calls, count, single, results)` calls `f` once per call of the
 /// chunk in one coroutine, and fills `results[i]`. `single`: `calls[i]` is the one argument of
-/// call `i`; otherwise `calls[i]` is an argument list with its length in `n`.
+/// call `i`; otherwise `calls[i]` is an argument list with its length in `n`. Before call `i`
+/// runs, `results[i]` is set to `false`, which its result replaces: after an error, the last
+/// slot set is the call that raised it (see `Tasks::failed_call`).
 pub(super) fn run_chunk(lua: &Lua) -> mlua::Result<Function> {
     closure(lua, chunk_start, Vec::new())
 }
@@ -286,6 +288,8 @@ unsafe fn chunk_from(state: *mut lua_State, first: ffi::lua_Integer) -> c_int {
     let count = ffi::lua_tointeger(state, CHUNK_COUNT);
     let single = ffi::lua_toboolean(state, CHUNK_SINGLE) != 0;
     for i in first..=count {
+        ffi::lua_pushboolean(state, 0);
+        ffi::lua_rawseti(state, CHUNK_RESULTS, i);
         ffi::lua_pushvalue(state, CHUNK_F);
         ffi::lua_rawgeti(state, CHUNK_CALLS, i);
         let argc = if single {

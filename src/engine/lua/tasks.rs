@@ -81,7 +81,7 @@ impl Tasks {
         &self,
         f: &Function,
         calls: CallSlice<'_>,
-    ) -> Result<Vec<Value>, String> {
+    ) -> Result<Vec<Value>, TaskError> {
         let lua = &upgrade(&self.lua)?;
         let count = calls.len();
         let (calls, single) = match calls {
@@ -112,7 +112,7 @@ impl Tasks {
         results
             .set_metatable(Some(lua.array_metatable()))
             .map_err(error_text)?;
-        let args = (f, calls, count, single, results)
+        let args = (f, calls, count, single, &results)
             .into_lua_multi(lua)
             .map_err(error_text)?;
         let co = self.driver(lua).map_err(error_text)?;
@@ -120,7 +120,10 @@ impl Tasks {
         if co.status() == ThreadStatus::Finished {
             *self.spare.lock().recover() = Some(co);
         }
-        let out = out.map_err(error_text)?;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => return Err(failed_call(&results, count, error_text(e))),
+        };
         let Some(LuaValue::Table(results)) = out.into_iter().next() else {
             return Err("internal error: the chunk runner returned no table".into());
         };
@@ -134,9 +137,23 @@ impl Tasks {
         (1..=count)
             .map(|i| {
                 let v = results.raw_get::<LuaValue>(i).map_err(error_text)?;
-                data_of(v).map_err(|what| format!("cannot send a task's result back: {what}"))
+                data_of(v).map_err(|what| {
+                    TaskError::at(i - 1, format!("cannot send a task's result back: {what}"))
+                })
             })
             .collect()
+    }
+}
+
+/// The error of a chunk that failed, at the call that raised it: the last whose result slot
+/// the chunk runner had set (to `false`, before the call), if it got as far as a call.
+fn failed_call(results: &Table, count: usize, message: String) -> TaskError {
+    let set = (1..=count)
+        .rev()
+        .find(|&i| !matches!(results.raw_get::<LuaValue>(i), Ok(LuaValue::Nil) | Err(_)));
+    match set {
+        Some(i) => TaskError::at(i - 1, message),
+        None => message.into(),
     }
 }
 
@@ -148,7 +165,7 @@ pub(super) struct LuaTask {
 }
 
 impl TaskFn for LuaTask {
-    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError> {
         self.tasks.call_many(&self.f, calls)
     }
 }

@@ -106,46 +106,7 @@ impl Args for RhaiArgs<'_, '_> {
 
     fn function(&mut self, i: usize, travel: Travel) -> Result<Arc<FunctionSpec>, String> {
         let f = self.fn_ptr(i)?;
-        if travel == Travel::Local {
-            // The function itself, captured variables still shared.
-            return Ok(Arc::new(FunctionSpec::Local(Arc::new(self.bound(f)))));
-        }
-        let curry = f
-            .curry()
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                data_of(self.shared, &d.flatten_clone()).map_err(|what| {
-                    // A closure's captured variables are the first parameters of its function.
-                    let ast = self.shared.ast.get();
-                    let def = ast.and_then(|a| a.iter_fn_def().find(|d| d.name == f.fn_name()));
-                    let which = def
-                        .and_then(|d| d.params.get(i))
-                        .map_or(format!("{i}"), |name| format!("`{name}`"));
-                    format!(
-                        "cannot send a function to a worker: its captured variable {which} is \
-                         {what}"
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        // The modules go by source: the worker has the same modules, or loads them.
-        let imports = self
-            .env()
-            .imports
-            .iter()
-            .filter_map(|(name, m)| Some((name.to_string(), m.id()?.to_owned())))
-            .collect();
-        let wire = RhaiFunction {
-            name: f.fn_name().to_owned(),
-            curry,
-            imports,
-        };
-        let code = rmp_serde::to_vec(&wire).map_err(|e| e.to_string())?;
-        Ok(Arc::new(FunctionSpec::Encoded {
-            key: hash(&code),
-            code,
-        }))
+        function_spec(self.shared, &self.env(), f, travel)
     }
 
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {
@@ -194,4 +155,57 @@ impl ScriptEngine for RhaiArgs<'_, '_> {
         let live = RhaiSnapshot::live(self.shared, self.env().constants, None);
         Ok(Box::new(live.copied()))
     }
+}
+
+/// Script function `f`, seeing `env`, made ready to travel to a pool's workers as `travel`
+/// says: itself (`gil`), or encoded by name, curried values and imported modules.
+pub(super) fn function_spec(
+    shared: &Arc<Shared>,
+    env: &Env,
+    f: FnPtr,
+    travel: Travel,
+) -> Result<Arc<FunctionSpec>, String> {
+    if travel == Travel::Local {
+        // The function itself, captured variables still shared.
+        let bound = BoundFn {
+            shared: shared.clone(),
+            env: env.clone(),
+            f,
+        };
+        return Ok(Arc::new(FunctionSpec::Local(Arc::new(bound))));
+    }
+    let curry = f
+        .curry()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            data_of(shared, &d.flatten_clone()).map_err(|what| {
+                // A closure's captured variables are the first parameters of its function.
+                let ast = shared.ast.get();
+                let def = ast.and_then(|a| a.iter_fn_def().find(|d| d.name == f.fn_name()));
+                let which = def
+                    .and_then(|d| d.params.get(i))
+                    .map_or(format!("{i}"), |name| format!("`{name}`"));
+                format!(
+                    "cannot send a function to a worker: its captured variable {which} is {what}"
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // The modules go by source: the worker has the same modules, or loads them.
+    let imports = env
+        .imports
+        .iter()
+        .filter_map(|(name, m)| Some((name.to_string(), m.id()?.to_owned())))
+        .collect();
+    let wire = RhaiFunction {
+        name: f.fn_name().to_owned(),
+        curry,
+        imports,
+    };
+    let code = rmp_serde::to_vec(&wire).map_err(|e| e.to_string())?;
+    Ok(Arc::new(FunctionSpec::Encoded {
+        key: hash(&code),
+        code,
+    }))
 }

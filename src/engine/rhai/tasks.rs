@@ -294,7 +294,7 @@ impl BoundFn {
 }
 
 impl TaskFn for BoundFn {
-    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, String> {
+    fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError> {
         let (engine, ast) = self.shared.engine_and_ast()?;
         // One runtime state for the whole chunk.
         let global = script_global(&engine, &ast, &self.env.constants, &self.env.imports);
@@ -315,14 +315,23 @@ impl TaskFn for BoundFn {
             data_of(&self.shared, &result)
                 .map_err(|what| format!("cannot send a task's result back: {what}"))
         };
+        let at = |i: usize| move |message: String| TaskError::at(i, message);
         match calls {
-            CallSlice::Each(values) => values.iter().map(|v| call(&mut [to_dynamic(v)?])).collect(),
+            CallSlice::Each(values) => values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| call(&mut [to_dynamic(v).map_err(at(i))?]).map_err(at(i)))
+                .collect(),
             CallSlice::Lists(lists) => lists
                 .iter()
-                .map(|list| {
-                    let mut args: Vec<Dynamic> =
-                        list.iter().map(to_dynamic).collect::<Result<_, _>>()?;
-                    call(&mut args)
+                .enumerate()
+                .map(|(i, list)| {
+                    let mut args: Vec<Dynamic> = list
+                        .iter()
+                        .map(to_dynamic)
+                        .collect::<Result<_, _>>()
+                        .map_err(at(i))?;
+                    call(&mut args).map_err(at(i))
                 })
                 .collect(),
         }

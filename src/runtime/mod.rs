@@ -1,5 +1,5 @@
 //! [`Runtime`]: the embedding API's entry point, a builder that picks the engine and runs
-//! scripts; and [`Language`].
+//! scripts; and [`Language`]. A script loaded for calls from Rust ([`Script`]) is `loaded`'s. A script loaded for calls from Rust ([`Script`]) is `loaded`'s.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use crate::engine;
 use crate::error::Error;
-use crate::host::{Embedding, Ended, Host, HostFunction, Mode, Script, Settings};
+
+mod loaded;
+
+use crate::host::{Embedding, Ended, Host, HostFunction, Mode, Settings, Source};
 use crate::rt::gil::{Gil, DEFAULT_SWITCH_INTERVAL};
 use crate::rt::output::Sink;
 use crate::value::Value;
+pub use loaded::{MapUnordered, Script, ScriptArgs};
 
 /// A script language parrun runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -334,7 +338,39 @@ impl Runtime {
 
     /// Runs a script file and returns its exit status (0 when it ends normally).
     pub fn run_file(&self, path: impl AsRef<Path>) -> Result<i32, Error> {
-        let path = path.as_ref();
+        let (language, source) = self.file_source(path.as_ref())?;
+        self.run(language, source).map(|ended| ended.status)
+    }
+
+    /// Runs a script file's top level once and keeps the script for calls from Rust: see
+    /// [`Script`]. The language is the one the extension names, as for [`Runtime::run_file`].
+    pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Script, Error> {
+        let (language, source) = self.file_source(path.as_ref())?;
+        Script::load(self, language, source)
+    }
+
+    /// Runs script source's top level once and keeps the script for calls from Rust: see
+    /// [`Script`]. `name` is what error messages call it.
+    ///
+    /// ```
+    /// use parrun::{Language, Runtime};
+    /// let script = Runtime::new()
+    ///     .load_source(Language::Lua, "add.lua", "function add(a, b) return a + b end")
+    ///     .unwrap();
+    /// assert_eq!(script.call::<i64>("add", (2, 3)).unwrap(), 5);
+    /// ```
+    pub fn load_source(
+        &self,
+        language: Language,
+        name: &str,
+        code: impl AsRef<[u8]>,
+    ) -> Result<Script, Error> {
+        let language = self.language.unwrap_or(language);
+        Script::load(self, language, self.source(name, code.as_ref()))
+    }
+
+    /// A script file's language and source.
+    fn file_source(&self, path: &Path) -> Result<(Language, Source), Error> {
         let language = match self.language.or_else(|| Language::from_path(path)) {
             Some(l) => l,
             None => {
@@ -356,17 +392,25 @@ impl Runtime {
             }
             .to_owned()
         });
-        self.run(
-            language,
-            Script {
-                name: path.display().to_string(),
-                dir,
-                code,
-                args: self.args.clone(),
-                interpreter: self.interpreter.clone(),
-            },
-        )
-        .map(|ended| ended.status)
+        let source = Source {
+            name: path.display().to_string(),
+            dir,
+            code,
+            args: self.args.clone(),
+            interpreter: self.interpreter.clone(),
+        };
+        Ok((language, source))
+    }
+
+    /// Source code named `name`, with this runtime's arguments.
+    fn source(&self, name: &str, code: &[u8]) -> Source {
+        Source {
+            name: name.to_owned(),
+            dir: None,
+            code: code.to_owned(),
+            args: self.args.clone(),
+            interpreter: self.interpreter.clone(),
+        }
     }
 
     /// Runs script source; `name` is what error messages call it. Lua source may be any bytes;
@@ -411,19 +455,10 @@ impl Runtime {
 
     fn run_code(&self, language: Language, name: &str, code: &[u8]) -> Result<Ended, Error> {
         let language = self.language.unwrap_or(language);
-        self.run(
-            language,
-            Script {
-                name: name.to_owned(),
-                dir: None,
-                code: code.to_owned(),
-                args: self.args.clone(),
-                interpreter: self.interpreter.clone(),
-            },
-        )
+        self.run(language, self.source(name, code))
     }
 
-    fn run(&self, language: Language, script: Script) -> Result<Ended, Error> {
+    fn run(&self, language: Language, script: Source) -> Result<Ended, Error> {
         let run = move || {
             let host = match language {
                 Language::Lua => self.host(engine::lua::interrupter()),

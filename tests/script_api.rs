@@ -1,0 +1,324 @@
+//! Script functions from Rust (`Runtime::load_source`, `Script::call`, `Script::map`,
+//! `Script::map_unordered`), in both languages and every execution model, through the public
+//! API only. Each test runs under a time limit, so that a hang fails instead of blocking.
+
+use std::time::Duration;
+
+use parrun::{Error, Language, Mode, Runtime, Script, Value};
+use serde::{Deserialize, Serialize};
+
+/// Runs `test` on its own thread and fails if it takes longer than two minutes.
+fn in_time(test: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        test();
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(Duration::from_secs(120)) {
+        Ok(()) => worker.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(worker.join().unwrap_err())
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("timed out"),
+    }
+}
+
+const MODES: [Mode; 3] = [Mode::Gil, Mode::Fork, Mode::Isolated];
+const LANGUAGES: [Language; 2] = [Language::Lua, Language::Rhai];
+
+/// The same functions in both languages; `check` raises on line 10 for record 417.
+const LUA: &str = r#"local base = 100
+function add(a, b) return a + b end
+function nothing() return nil end
+function describe(rec) return rec.name .. ":" .. rec.id end
+function sum(list) local s = 0 for _, v in ipairs(list) do s = s + v end return s end
+function pair(a, b, c) return { a, b, c or "none" } end
+function transform(rec)
+  return { id = rec.id, name = string.upper(rec.name), score = lookup(rec.name) + base }
+end
+function check(rec) if rec.id == 417 then error("bad record") end return rec.id end
+function leave(n) os.exit(n) end
+function where() return parrun.mode() end
+"#;
+
+const RHAI: &str = r#"const BASE = 100;
+fn add(a, b) { a + b }
+fn nothing() { () }
+fn describe(rec) { rec.name + ":" + rec.id }
+fn sum(list) { let s = 0; for v in list { s += v; } s }
+fn pair(a, b, c) { [a, b, if c == () { "none" } else { c }] }
+fn transform(rec) {
+  #{ id: rec.id, name: rec.name.to_upper(), score: lookup(rec.name) + global::BASE }
+}
+fn check(rec) { if rec.id == 417 { throw "bad record"; } rec.id }
+fn leave(n) { exit(n); }
+fn where() { mode() }
+"#;
+
+fn name(language: Language) -> &'static str {
+    match language {
+        Language::Lua => "funcs.lua",
+        Language::Rhai => "funcs.rhai",
+    }
+}
+
+/// The functions loaded in `mode`, with the host function `lookup(name)`: its length.
+fn load(language: Language, mode: Mode) -> Script {
+    let code = match language {
+        Language::Lua => LUA,
+        Language::Rhai => RHAI,
+    };
+    Runtime::new()
+        .mode(mode)
+        .function("lookup", |(key,): (String,)| {
+            Ok::<_, String>(key.len() as i64)
+        })
+        .load_source(language, name(language), code)
+        .unwrap_or_else(|e| panic!("{language:?} {mode}: {e}"))
+}
+
+#[derive(Serialize, Clone)]
+struct Record {
+    id: i64,
+    name: String,
+}
+
+#[derive(Deserialize, Debug, PartialEq)]
+struct Scored {
+    id: i64,
+    name: String,
+    score: i64,
+}
+
+fn records(n: i64) -> Vec<Record> {
+    (0..n)
+        .map(|id| Record {
+            id,
+            name: format!("rec{id}"),
+        })
+        .collect()
+}
+
+fn each_script(test: impl Fn(Language, Mode, &Script) + Send + 'static) {
+    in_time(move || {
+        for language in LANGUAGES {
+            for mode in MODES {
+                let script = load(language, mode);
+                test(language, mode, &script);
+            }
+        }
+    });
+}
+
+#[test]
+fn call_takes_arguments_of_every_shape() {
+    each_script(|language, mode, script| {
+        let at = format!("{language:?} {mode}");
+        assert_eq!(script.call::<i64>("add", (2, 3)).unwrap(), 5, "{at}");
+        assert_eq!(script.call::<Option<i64>>("nothing", ()).unwrap(), None);
+        let rec = Record {
+            id: 7,
+            name: "ann".into(),
+        };
+        assert_eq!(script.call::<String>("describe", (rec,)).unwrap(), "ann:7");
+        assert_eq!(script.call::<i64>("sum", (vec![1, 2, 3, 4],)).unwrap(), 10);
+        // Missing trailing arguments are nil; a Vec<Value> is the argument list as it is.
+        let short: Vec<Value> = script.call("pair", (1, "b")).unwrap();
+        assert_eq!(
+            short,
+            [
+                Value::Int(1),
+                Value::Str("b".into()),
+                Value::Str("none".into())
+            ]
+        );
+        let list = vec![Value::Int(4), Value::Int(5)];
+        assert_eq!(script.call::<i64>("add", list).unwrap(), 9, "{at}");
+        assert_eq!(script.call::<String>("where", ()).unwrap(), mode.name());
+        // The result that does not fit the type asked for is an error, not a panic.
+        assert!(matches!(
+            script.call::<String>("add", (1, 2)),
+            Err(Error::Usage(_))
+        ));
+    });
+}
+
+#[test]
+fn map_gives_a_thousand_records_back_in_order_through_a_host_function() {
+    each_script(|language, mode, script| {
+        let out: Vec<Scored> = script.map("transform", records(1000)).unwrap();
+        assert_eq!(out.len(), 1000, "{language:?} {mode}");
+        for (i, scored) in out.iter().enumerate() {
+            let name = format!("rec{i}");
+            let expected = Scored {
+                id: i as i64,
+                score: 100 + name.len() as i64,
+                name: name.to_uppercase(),
+            };
+            assert_eq!(scored, &expected, "{language:?} {mode} item {i}");
+        }
+        // The pool stays for the next map; an empty map is empty.
+        let ids: Vec<i64> = script.map("check", records(10)).unwrap();
+        assert_eq!(ids, (0..10).collect::<Vec<_>>());
+        let none: Vec<i64> = script.map("check", Vec::<Record>::new()).unwrap();
+        assert!(none.is_empty());
+    });
+}
+
+#[test]
+fn map_unordered_yields_every_result_with_its_index() {
+    each_script(|language, mode, script| {
+        let mut seen: Vec<(usize, Scored)> = script
+            .map_unordered("transform", records(300))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(seen.len(), 300, "{language:?} {mode}");
+        seen.sort_by_key(|(i, _)| *i);
+        for (k, (i, scored)) in seen.iter().enumerate() {
+            assert_eq!(*i, k, "{language:?} {mode}: every index once");
+            assert_eq!(
+                scored.id, k as i64,
+                "{language:?} {mode}: index {i} is its input's"
+            );
+        }
+    });
+}
+
+/// The error of a map names the item that raised it (inside a chunk of many) and the line.
+#[test]
+fn a_map_error_names_the_item_and_the_script_line() {
+    each_script(|language, mode, script| {
+        let at = format!("{language:?} {mode}");
+        let err = script.map::<_, i64>("check", records(1000)).unwrap_err();
+        let Error::Item { index, error } = &err else {
+            panic!("{at}: expected an item error, got {err:?}")
+        };
+        assert_eq!(*index, 417, "{at}: {err}");
+        let Error::Script(e) = &**error else {
+            panic!("{at}: expected a script error, got {error:?}")
+        };
+        assert_eq!(
+            (e.file.as_deref(), e.line),
+            (Some(name(language)), Some(10)),
+            "{at}: {err}"
+        );
+        assert!(e.message.contains("bad record"), "{at}: {err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("item 417: {}:10:", name(language))),
+            "{at}: {text}"
+        );
+        // The same from the unordered iterator, which ends there.
+        let results: Vec<_> = script
+            .map_unordered::<_, i64>("check", records(1000))
+            .unwrap()
+            .collect();
+        let last = results.last().unwrap();
+        assert!(
+            matches!(last, Err(Error::Item { index: 417, .. })),
+            "{at}: {last:?}"
+        );
+        assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1, "{at}");
+        // A call's error has the file and line too, and the script goes on.
+        let Err(Error::Script(e)) = script.call::<i64>(
+            "check",
+            (Record {
+                id: 417,
+                name: "x".into(),
+            },),
+        ) else {
+            panic!("{at}: expected a script error")
+        };
+        assert_eq!(e.line, Some(10), "{at}: {e}");
+        assert_eq!(script.call::<i64>("add", (1, 1)).unwrap(), 2);
+    });
+}
+
+#[test]
+fn an_unknown_function_is_named() {
+    each_script(|language, mode, script| {
+        let at = format!("{language:?} {mode}");
+        for err in [
+            script.call::<i64>("nope", ()).unwrap_err(),
+            script.map::<_, i64>("nope", [1, 2]).unwrap_err(),
+        ] {
+            match &err {
+                Error::UnknownFunction { script, name: f } => {
+                    assert_eq!((script.as_str(), f.as_str()), (name(language), "nope"));
+                }
+                other => panic!("{at}: {other:?}"),
+            }
+            assert!(err.to_string().contains("`nope`"), "{at}: {err}");
+        }
+    });
+}
+
+/// `exit` in a called function ends the call with its status; at the top level, the load.
+#[test]
+fn exit_ends_the_call_or_the_load_never_the_process() {
+    each_script(|language, mode, script| {
+        let at = format!("{language:?} {mode}");
+        assert!(
+            matches!(script.call::<()>("leave", (7,)), Err(Error::Exited(7))),
+            "{at}"
+        );
+        assert_eq!(
+            script.call::<i64>("add", (1, 2)).unwrap(),
+            3,
+            "{at}: usable after"
+        );
+    });
+    in_time(|| {
+        for (language, code) in [
+            (Language::Lua, "function f() end\nos.exit(3)"),
+            (Language::Rhai, "fn f() {}\nexit(3);"),
+        ] {
+            let loaded = Runtime::new().load_source(language, "x", code);
+            assert!(matches!(loaded, Err(Error::Exited(3))), "{language:?}");
+        }
+    });
+}
+
+/// A load's error is the top level's, with file and line.
+#[test]
+fn a_failing_top_level_is_the_load_error() {
+    in_time(|| {
+        for (language, code) in [
+            (Language::Lua, "local x = 1\nerror('no config')"),
+            (Language::Rhai, "let x = 1;\nthrow \"no config\";"),
+        ] {
+            match Runtime::new().load_source(language, "top", code) {
+                Err(Error::Script(e)) => {
+                    assert_eq!(e.line, Some(2), "{language:?}: {e}");
+                    assert!(e.message.contains("no config"), "{language:?}: {e}");
+                }
+                other => panic!("{language:?}: {other:?}"),
+            }
+        }
+    });
+}
+
+/// Calls and maps from several threads at once all get their own answers.
+#[test]
+fn calls_and_maps_from_several_threads() {
+    each_script(|language, mode, script| {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4i64)
+                .map(|t| {
+                    scope.spawn(move || {
+                        for k in 0..5 {
+                            assert_eq!(script.call::<i64>("add", (t, k)).unwrap(), t + k);
+                        }
+                        let ids: Vec<i64> = script.map("check", records(50 + t)).unwrap();
+                        assert_eq!(ids, (0..50 + t).collect::<Vec<_>>());
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .unwrap_or_else(|_| panic!("{language:?} {mode}: a thread failed"));
+            }
+        });
+    });
+}
