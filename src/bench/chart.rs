@@ -1,0 +1,249 @@
+//! The `--svg` chart: a panel per workload, a group of bars per figure (each parallel variant's
+//! speedup over serial, or, for a workload without speedups such as the pool's overhead, its
+//! rates), a bar per language and mode with CPython's beside them, medians with a whisker from
+//! the lowest to the highest run.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::report::{Results, Row};
+
+/// One bar: a configuration's median and spread.
+struct Bar {
+    label: String,
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+/// One panel: a title, an axis name and its groups of bars.
+struct Panel {
+    title: String,
+    axis: &'static str,
+    /// Draw the serial line at 1x.
+    serial_line: bool,
+    groups: Vec<(String, Vec<Bar>)>,
+}
+
+fn panels(results: &[Results], rows: &[Row]) -> Vec<Panel> {
+    let mut panels = Vec::new();
+    for result in results {
+        let rows: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.workload == result.workload)
+            .collect();
+        let speedups = rows.iter().any(|r| r.speedup.is_some());
+        let mut groups: Vec<(String, Vec<Bar>)> = Vec::new();
+        for row in &rows {
+            let (name, span) = if speedups {
+                match (row.speedup, row.metric.strip_suffix(" time (s)")) {
+                    (Some(s), Some(name)) => (name.to_string(), s),
+                    _ => continue,
+                }
+            } else if let Some(name) = row.metric.strip_suffix(" (tasks/s)") {
+                (name.to_string(), row.value)
+            } else {
+                continue;
+            };
+            let bar = Bar {
+                label: row.label.clone(),
+                median: span.median,
+                min: span.min,
+                max: span.max,
+            };
+            match groups.iter_mut().find(|(g, _)| *g == name) {
+                Some((_, bars)) => bars.push(bar),
+                None => groups.push((name, vec![bar])),
+            }
+        }
+        if groups.is_empty() {
+            continue;
+        }
+        let (title, axis) = if speedups {
+            (
+                format!(
+                    "{}: speedup over serial (median, whisker: lowest-highest)",
+                    result.workload
+                ),
+                "speedup over serial (x)",
+            )
+        } else {
+            (
+                format!(
+                    "{}: tasks per second (median, whisker: lowest-highest)",
+                    result.workload
+                ),
+                "tasks/s",
+            )
+        };
+        panels.push(Panel {
+            title,
+            axis,
+            serial_line: speedups,
+            groups,
+        });
+    }
+    panels
+}
+
+/// A bar's colour: a hue per language (blues for Lua, oranges for Rhai, grey for CPython), a
+/// shade per mode.
+fn colour(label: &str) -> RGBColor {
+    let mut words = label.split(' ');
+    let lang = words.next().unwrap_or_default();
+    let shade = match words.next() {
+        Some("gil") => 0,
+        Some("fork") => 1,
+        Some("isolated") => 2,
+        _ => 1,
+    };
+    match lang {
+        "lua" => [
+            RGBColor(0x9e, 0xca, 0xe1),
+            RGBColor(0x42, 0x92, 0xc6),
+            RGBColor(0x08, 0x51, 0x9c),
+        ][shade],
+        "rhai" => [
+            RGBColor(0xfd, 0xae, 0x6b),
+            RGBColor(0xf1, 0x69, 0x13),
+            RGBColor(0xa6, 0x36, 0x03),
+        ][shade],
+        _ => RGBColor(0x55, 0x55, 0x55),
+    }
+}
+
+const PANEL_HEIGHT: u32 = 380;
+const WIDTH: u32 = 1100;
+
+/// Draws the chart of `rows` into an SVG file at `path`.
+pub fn draw(path: &Path, results: &[Results], rows: &[Row]) -> Result<()> {
+    let panels = panels(results, rows);
+    let height = PANEL_HEIGHT * panels.len().max(1) as u32;
+    let root = SVGBackend::new(path, (WIDTH, height)).into_drawing_area();
+    let fail = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    if panels.is_empty() {
+        root.draw(&Text::new(
+            "no speedups or rates to draw",
+            (20, 20),
+            ("sans-serif", 18),
+        ))
+        .map_err(|e| fail(&e))?;
+    }
+    let areas = root.split_evenly((panels.len().max(1), 1));
+    for (area, panel) in areas.iter().zip(&panels) {
+        draw_panel(&root, area, panel).map_err(|e| fail(&e))?;
+    }
+    root.present().map_err(|e| fail(&e))?;
+    Ok(())
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+fn draw_panel(
+    root: &Area,
+    area: &Area,
+    panel: &Panel,
+) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
+    let groups = panel.groups.len() as f64;
+    let top = panel
+        .groups
+        .iter()
+        .flat_map(|(_, bars)| bars.iter().map(|b| b.max))
+        .fold(if panel.serial_line { 1.0 } else { 0.0 }, f64::max);
+    let top = if top > 0.0 { top * 1.15 } else { 1.0 };
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(34)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..groups, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc(panel.axis)
+        .y_label_formatter(&|v| {
+            if panel.serial_line {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.0}")
+            }
+        })
+        .draw()?;
+
+    // A series per configuration, so the legend has one entry for each.
+    let mut labels: Vec<&str> = Vec::new();
+    for (_, bars) in &panel.groups {
+        for bar in bars {
+            if !labels.contains(&bar.label.as_str()) {
+                labels.push(&bar.label);
+            }
+        }
+    }
+    let slot = 0.8 / labels.len().max(1) as f64;
+    let value_style =
+        TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+    for label in &labels {
+        let fill = colour(label);
+        let mut rects = Vec::new();
+        let mut whiskers = Vec::new();
+        let mut values = Vec::new();
+        for (g, (_, bars)) in panel.groups.iter().enumerate() {
+            let Some(bar) = bars.iter().find(|b| b.label == *label) else {
+                continue;
+            };
+            let i = labels.iter().position(|l| l == label).unwrap_or(0) as f64;
+            let x0 = g as f64 + 0.1 + i * slot;
+            let x1 = x0 + slot * 0.9;
+            let mid = (x0 + x1) / 2.0;
+            rects.push(Rectangle::new([(x0, 0.0), (x1, bar.median)], fill.filled()));
+            whiskers.push(PathElement::new(
+                vec![(mid, bar.min), (mid, bar.max)],
+                BLACK.stroke_width(1),
+            ));
+            let text = if panel.serial_line {
+                format!("{:.2}", bar.median)
+            } else {
+                format!("{:.0}", bar.median)
+            };
+            values.push(Text::new(text, (mid, bar.max), value_style.clone()));
+        }
+        chart
+            .draw_series(rects)?
+            .label(*label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], fill.filled()));
+        chart.draw_series(whiskers)?;
+        chart.draw_series(values)?;
+    }
+    if panel.serial_line {
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(0.0, 1.0), (groups, 1.0)],
+                RGBColor(0xcc, 0x00, 0x00).stroke_width(1),
+            )))?
+            .label("serial (1x)")
+            .legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 12, y)], RGBColor(0xcc, 0x00, 0x00))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()?;
+
+    // Group names under the axis, centred under their bars.
+    let name_style =
+        TextStyle::from(("sans-serif", 14).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+    for (g, (name, _)) in panel.groups.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(g as f64 + 0.5, 0.0));
+        root.draw(&Text::new(name.clone(), (x, y + 8), name_style.clone()))?;
+    }
+    Ok(())
+}
