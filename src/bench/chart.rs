@@ -117,6 +117,9 @@ fn colour(label: &str) -> RGBColor {
 
 const PANEL_HEIGHT: u32 = 380;
 const WIDTH: u32 = 1100;
+const LEGEND_WIDTH: u32 = 140;
+/// The serial run's line at 1x.
+const SERIAL: RGBColor = RGBColor(0xcc, 0x00, 0x00);
 
 /// Draws the chart of `rows` into an SVG file at `path`.
 pub fn draw(path: &Path, results: &[Results], rows: &[Row]) -> Result<()> {
@@ -155,7 +158,9 @@ fn draw_panel(
         .flat_map(|(_, bars)| bars.iter().map(|b| b.max))
         .fold(if panel.serial_line { 1.0 } else { 0.0 }, f64::max);
     let top = if top > 0.0 { top * 1.15 } else { 1.0 };
-    let mut chart = ChartBuilder::on(area)
+    // The legend goes right of the plot, where no bar can hide it.
+    let (plot, legend) = area.split_horizontally(WIDTH - LEGEND_WIDTH);
+    let mut chart = ChartBuilder::on(&plot)
         .caption(&panel.title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(34)
@@ -165,6 +170,7 @@ fn draw_panel(
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
+        .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
         .y_desc(panel.axis)
         .y_label_formatter(&|v| {
             if panel.serial_line {
@@ -212,31 +218,34 @@ fn draw_panel(
             };
             values.push(Text::new(text, (mid, bar.max), value_style.clone()));
         }
-        chart
-            .draw_series(rects)?
-            .label(*label)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], fill.filled()));
+        chart.draw_series(rects)?;
         chart.draw_series(whiskers)?;
         chart.draw_series(values)?;
     }
     if panel.serial_line {
-        chart
-            .draw_series(std::iter::once(PathElement::new(
-                vec![(0.0, 1.0), (groups, 1.0)],
-                RGBColor(0xcc, 0x00, 0x00).stroke_width(1),
-            )))?
-            .label("serial (1x)")
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 12, y)], RGBColor(0xcc, 0x00, 0x00))
-            });
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, 1.0), (groups, 1.0)],
+            SERIAL.stroke_width(1),
+        )))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 12))
-        .draw()?;
+    let entry_style =
+        TextStyle::from(("sans-serif", 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    let mut y = 50;
+    for label in &labels {
+        legend.draw(&Rectangle::new(
+            [(10, y - 6), (24, y + 6)],
+            colour(label).filled(),
+        ))?;
+        legend.draw(&Text::new(label.to_string(), (32, y), entry_style.clone()))?;
+        y += 22;
+    }
+    if panel.serial_line {
+        legend.draw(&PathElement::new(
+            vec![(10, y), (24, y)],
+            SERIAL.stroke_width(2),
+        ))?;
+        legend.draw(&Text::new("serial (1x)", (32, y), entry_style.clone()))?;
+    }
 
     // Group names under the axis, centred under their bars.
     let name_style =
