@@ -152,12 +152,19 @@ fn draw_panel(
     panel: &Panel,
 ) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
     let groups = panel.groups.len() as f64;
-    let top = panel
-        .groups
-        .iter()
-        .flat_map(|(_, bars)| bars.iter().map(|b| b.max))
-        .fold(if panel.serial_line { 1.0 } else { 0.0 }, f64::max);
-    let top = if top > 0.0 { top * 1.15 } else { 1.0 };
+    let bars = || panel.groups.iter().flat_map(|(_, bars)| bars.iter());
+    let top = bars().map(|b| b.max).fold(0.0, f64::max);
+    let low = bars().map(|b| b.min).fold(f64::INFINITY, f64::min);
+    // Rates differ by orders of magnitude (a task per item against chunks): a log scale
+    // keeps the small bars visible. Speedups stay linear, around the serial line at 1x.
+    let log = !panel.serial_line && low > 0.0 && top / low > 10.0;
+    let y = |v: f64| if log { v.max(1e-9).log10() } else { v };
+    let (bottom, top) = if log {
+        (low.log10().floor(), top.log10() + 0.25)
+    } else {
+        let top = if panel.serial_line { top.max(1.0) } else { top };
+        (0.0, if top > 0.0 { top * 1.15 } else { 1.0 })
+    };
     // The legend goes right of the plot, where no bar can hide it.
     let (plot, legend) = area.split_horizontally(WIDTH - LEGEND_WIDTH);
     let mut chart = ChartBuilder::on(&plot)
@@ -165,15 +172,26 @@ fn draw_panel(
         .margin(12)
         .x_label_area_size(34)
         .y_label_area_size(80)
-        .build_cartesian_2d(0f64..groups, 0f64..top)?;
+        .build_cartesian_2d(0f64..groups, bottom..top)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
         .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
-        .y_desc(panel.axis)
-        .y_label_formatter(&|v| {
-            if panel.serial_line {
+        .y_desc(if log {
+            format!("{} (log scale)", panel.axis)
+        } else {
+            panel.axis.to_string()
+        })
+        .y_label_formatter(&|&v| {
+            if log {
+                // Ticks at whole decades, each a power of ten.
+                if (v - v.round()).abs() < 1e-6 {
+                    format!("{:.0}", 10f64.powf(v.round()))
+                } else {
+                    String::new()
+                }
+            } else if panel.serial_line {
                 format!("{v:.1}")
             } else {
                 format!("{v:.0}")
@@ -206,9 +224,12 @@ fn draw_panel(
             let x0 = g as f64 + 0.1 + i * slot;
             let x1 = x0 + slot * 0.9;
             let mid = (x0 + x1) / 2.0;
-            rects.push(Rectangle::new([(x0, 0.0), (x1, bar.median)], fill.filled()));
+            rects.push(Rectangle::new(
+                [(x0, bottom), (x1, y(bar.median))],
+                fill.filled(),
+            ));
             whiskers.push(PathElement::new(
-                vec![(mid, bar.min), (mid, bar.max)],
+                vec![(mid, y(bar.min)), (mid, y(bar.max))],
                 BLACK.stroke_width(1),
             ));
             let text = if panel.serial_line {
@@ -216,7 +237,7 @@ fn draw_panel(
             } else {
                 format!("{:.0}", bar.median)
             };
-            values.push(Text::new(text, (mid, bar.max), value_style.clone()));
+            values.push(Text::new(text, (mid, y(bar.max)), value_style.clone()));
         }
         chart.draw_series(rects)?;
         chart.draw_series(whiskers)?;
@@ -251,7 +272,7 @@ fn draw_panel(
     let name_style =
         TextStyle::from(("sans-serif", 14).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
     for (g, (name, _)) in panel.groups.iter().enumerate() {
-        let (x, y) = chart.backend_coord(&(g as f64 + 0.5, 0.0));
+        let (x, y) = chart.backend_coord(&(g as f64 + 0.5, bottom));
         root.draw(&Text::new(name.clone(), (x, y + 8), name_style.clone()))?;
     }
     Ok(())
