@@ -286,7 +286,10 @@ fn a_stem_runs_its_scripts_with_its_python_and_speedups_come_from_times() {
         ],
     );
     let stem = dir.path().join("work");
+    let json_path = dir.path().join("work.json");
     let mut args = vec![
+        "--json",
+        json_path.to_str().unwrap(),
         stem.to_str().unwrap(),
         "--repeat",
         "2",
@@ -323,6 +326,25 @@ fn a_stem_runs_its_scripts_with_its_python_and_speedups_come_from_times() {
             assert_eq!(cells[5], "1.00x", "{row}");
         }
     }
+
+    // The runs, in the order they ran: every configuration once per round, and the second
+    // round starting one configuration further along.
+    let doc: Json = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let runs = doc["runs"].as_array().unwrap();
+    let configs = 4 + usize::from(python);
+    assert_eq!(runs.len(), 2 * configs);
+    let name = |run: &Json| format!("{} {}", run["lang"], run["mode"]);
+    let mut rounds: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(run["seq"], i + 1, "{run}");
+        let round = run["round"].as_u64().unwrap() as usize;
+        assert_eq!(round, 1 + i / configs, "rounds do not overlap: {run}");
+        rounds[round - 1].push(name(run));
+        assert_eq!(run["metrics"]["halves speedup (x)"], 2.0, "{run}");
+    }
+    let mut rotated = rounds[0].clone();
+    rotated.rotate_left(1);
+    assert_eq!(rounds[1], rotated, "round 2 starts one further along");
 }
 
 #[test]

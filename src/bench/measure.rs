@@ -47,6 +47,8 @@ pub struct Measured {
     pub metrics: Metrics,
     /// From start to exit, seconds.
     pub wall: f64,
+    /// Its place in the bench's order of runs, from 1 (0 until the bench sets it).
+    pub seq: usize,
 }
 
 /// Runs `program args`, failing on a non-zero exit, a wrong result or after `timeout`.
@@ -109,7 +111,11 @@ pub fn run(program: &str, args: &[String], timeout: Duration) -> Result<Measured
     if metrics.0.is_empty() {
         metrics.insert(WALL.to_string(), wall);
     }
-    Ok(Measured { metrics, wall })
+    Ok(Measured {
+        metrics,
+        wall,
+        seq: 0,
+    })
 }
 
 /// The figures in a run's standard output (see the module doc).

@@ -7,7 +7,8 @@
 //! so a run's figures include nothing of the runs before it. Rounds are round-robin: round r
 //! runs every workload in every configuration once before round r + 1 starts, so that a
 //! machine that drifts (another job, heat) slows each configuration alike, and ratios between
-//! the runs of one round stay fair.
+//! the runs of one round stay fair; each round starts one place further along, so that no
+//! configuration always runs first.
 
 mod chart;
 mod measure;
@@ -153,9 +154,17 @@ pub fn run(options: Options) -> Result<()> {
 
     let mut progress =
         Progress::new(results.iter().map(|r| r.configs.len()).sum::<usize>() * rounds);
+    let mut seq = 0;
     for round in 0..rounds {
-        for result in &mut results {
-            for (index, config) in result.configs.iter().enumerate() {
+        // Each round starts one further along, workloads and configurations alike, so that no
+        // configuration always runs first (after a pause) or right after the same neighbour:
+        // a run's place in the round would otherwise skew its row.
+        let count = results.len();
+        for w in (0..count).map(|i| (i + round) % count) {
+            let result = &mut results[w];
+            let configs = result.configs.len();
+            for index in (0..configs).map(|i| (i + round) % configs) {
+                let config = &result.configs[index];
                 progress.show(&format!(
                     "round {}/{rounds}: {} {}",
                     round + 1,
@@ -163,13 +172,15 @@ pub fn run(options: Options) -> Result<()> {
                     config.label()
                 ));
                 let measured = measure::run(&config.command[0], &config.command[1..], timeout);
-                let measured = match measured {
+                let mut measured = match measured {
                     Ok(m) => m,
                     Err(e) => {
                         progress.clear();
                         return Err(e);
                     }
                 };
+                seq += 1;
+                measured.seq = seq;
                 result.runs[index][round] = Some(measured);
             }
         }

@@ -270,6 +270,7 @@ pub fn json(settings: Json, results: &[Results], rows: &[Row]) -> Json {
                     .map(|(k, v)| (k.clone(), json!(v)))
                     .collect();
                 runs.push(json!({
+                    "seq": measured.seq,
                     "round": round + 1,
                     "workload": result.workload,
                     "lang": config.lang,
@@ -281,6 +282,7 @@ pub fn json(settings: Json, results: &[Results], rows: &[Row]) -> Json {
             }
         }
     }
+    runs.sort_by_key(|run| run["seq"].as_u64());
     let summary: Vec<Json> = rows
         .iter()
         .map(|row| {
@@ -315,6 +317,7 @@ mod tests {
         Some(Measured {
             metrics: Metrics(pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect()),
             wall: 1.0,
+            seq: 0,
         })
     }
 
