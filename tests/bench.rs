@@ -405,3 +405,21 @@ fn a_script_named_bench_still_runs() {
     out.assert_success().assert_stdout_contains("bench");
     assert!(Path::new(&dir.path().join("bench")).exists());
 }
+
+#[test]
+fn a_wrong_option_is_a_one_line_usage_error() {
+    for (args, mentions) in [
+        (&["--langs", "python"][..], "unknown language `python`"),
+        (&["--modes", "gil,threads"], "unknown mode `threads`"),
+        (&["--repeat", "0"], "--repeat"),
+        (&["--scale=-1"], "not a positive number"),
+        (&["--timeout", "0"], "not a positive number"),
+        (&["no_such_workload"], "no built-in workload of that name"),
+    ] {
+        let out = bench(args).output();
+        assert_ne!(out.code(), Some(0), "{}", out.describe());
+        out.assert_stderr_contains(mentions);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.describe());
+        assert!(out.stdout.is_empty(), "{}", out.describe());
+    }
+}

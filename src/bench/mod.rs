@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use report::{Config, Results};
@@ -49,9 +49,10 @@ pub struct Options {
         long,
         value_name = "LANGS",
         value_delimiter = ',',
-        default_value = "lua,rhai"
+        default_value = "lua,rhai",
+        value_parser = Lang::parse
     )]
-    langs: Vec<String>,
+    langs: Vec<Lang>,
 
     /// Rounds: each configuration runs once per round.
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
@@ -70,7 +71,7 @@ pub struct Options {
     svg: Option<PathBuf>,
 
     /// Scale the built-in workloads' sizes (0.01: a hundredth of the article's).
-    #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0, value_parser = positive)]
     scale: f64,
 
     /// An argument for every script, after a built-in's size (repeat for more).
@@ -78,24 +79,14 @@ pub struct Options {
     args: Vec<String>,
 
     /// Stop a run that takes longer than this many seconds (and fail the bench).
-    #[arg(long, value_name = "SECONDS", default_value_t = 900.0)]
-    timeout: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "900", value_parser = seconds)]
+    timeout: Duration,
 }
 
 /// Runs the bench `options` describe, printing its tables on stdout.
 pub fn run(options: Options) -> Result<()> {
-    if !(options.scale > 0.0 && options.scale.is_finite()) {
-        bail!("--scale must be a positive number");
-    }
-    let timeout = Duration::try_from_secs_f64(options.timeout)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .context("--timeout must be a positive number of seconds")?;
-    let langs = options
-        .langs
-        .iter()
-        .map(|l| Lang::parse(l))
-        .collect::<Result<Vec<_>>>()?;
+    let timeout = options.timeout;
+    let langs = options.langs.clone();
     let modes: Vec<String> = options.modes.iter().map(|m| m.name().to_string()).collect();
     let parrun = std::env::current_exe().context("cannot find the parrun binary")?;
     let parrun = parrun.to_string_lossy().into_owned();
@@ -220,6 +211,21 @@ pub fn run(options: Options) -> Result<()> {
         chart::draw(path, &results, &all_rows)?;
     }
     Ok(())
+}
+
+/// A positive, finite number.
+fn positive(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|x| *x > 0.0 && x.is_finite())
+        .ok_or_else(|| format!("`{text}` is not a positive number"))
+}
+
+/// A positive number of seconds.
+fn seconds(text: &str) -> Result<Duration, String> {
+    positive(text).and_then(|s| {
+        Duration::try_from_secs_f64(s).map_err(|_| format!("`{text}` is too many seconds"))
+    })
 }
 
 /// CPython's version, or `None` after a one-line note when `python3` cannot run.

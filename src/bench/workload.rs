@@ -61,12 +61,12 @@ impl Lang {
         }
     }
 
-    /// Parses `lua` or `rhai`.
-    pub fn parse(text: &str) -> Result<Self> {
+    /// Parses `lua` or `rhai` (clap's value parser for `--langs`).
+    pub fn parse(text: &str) -> Result<Self, String> {
         match text {
             "lua" => Ok(Lang::Lua),
             "rhai" => Ok(Lang::Rhai),
-            _ => bail!("unknown language `{text}` in --langs (lua, rhai)"),
+            _ => Err(format!("unknown language `{text}` (expected lua or rhai)")),
         }
     }
 }
