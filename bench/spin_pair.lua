@@ -1,5 +1,5 @@
 -- Two CPU-bound workers, forked then isolated, in one run: does the execution model change the
--- speedup? (A paired check for a noisy machine; see bench/compare.py for the experiments.)
+-- speedup? (A paired check for a noisy machine; see `parrun bench` for the experiments.)
 --
 -- usage: parrun bench/spin_pair.lua
 local N = 30000000

@@ -1,16 +1,34 @@
-//! The `parrun` command: parses arguments and hands them to [`parrun::Runtime`].
+//! The `parrun` command: parses arguments and hands them to [`parrun::Runtime`], or to the
+//! `bench` module for `parrun bench`.
+
+mod bench;
 
 use std::io::Read;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use parrun::{Error, Language, Runtime};
 
 /// Run Lua and Rhai scripts with threads, queues, locks, processes and pools.
+///
+/// `parrun bench` as the first argument is the benchmark command; a script named `bench` runs
+/// as `parrun ./bench` or `parrun -- bench`.
 #[derive(Parser)]
-#[command(name = "parrun", version)]
+#[command(
+    name = "parrun",
+    version,
+    // Only a first argument names the subcommand: after an option (`parrun -e CODE bench`,
+    // `parrun --mode gil bench`) `bench` is the script or its argument, as before bench existed.
+    args_conflicts_with_subcommands = true,
+    // `parrun help` runs a script named `help`, as it always did.
+    disable_help_subcommand = true,
+    override_usage = "parrun [OPTIONS] [SCRIPT] [ARGS]...\n       parrun bench [OPTIONS] [SCRIPT]..."
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// The script's language, instead of the one its extension names.
     #[arg(long, value_name = "lua|rhai")]
     lang: Option<Language>,
@@ -66,11 +84,14 @@ struct Cli {
     args: Vec<String>,
 }
 
+/// The binary's subcommands.
+#[derive(Subcommand)]
+enum Command {
+    /// Time the article's experiments (or SCRIPTs) in each mode and language, beside CPython.
+    Bench(bench::Options),
+}
+
 fn main() -> ExitCode {
-    if let Err(e) = parrun::signals::install() {
-        eprintln!("parrun: cannot install signal handling: {e}");
-        return ExitCode::from(2);
-    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -87,6 +108,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Bench(options)) = cli.command {
+        // No parrun signal handling here: Ctrl-C stops the bench and the runs it started (they
+        // share its process group) the default way.
+        return match bench::run(options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("parrun bench: {err:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    // Parsing starts no thread, so this is still before any other thread exists.
+    if let Err(e) = parrun::signals::install() {
+        eprintln!("parrun: cannot install signal handling: {e}");
+        return ExitCode::from(2);
+    }
     match run(cli) {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
         Err(err) => {

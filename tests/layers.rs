@@ -15,6 +15,7 @@
 //! | 6 | `engine::*` | each language |
 //! | 7 | `runtime` | the builder |
 //! | 8 | the crate root (`lib.rs`) | re-exports |
+//! | 9 | `bench` | `parrun bench`, in the binary's crate beside `main.rs` |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -31,6 +32,7 @@ fn layer(module: &[String]) -> Option<u32> {
         Some("api") => 5,
         Some("engine") => 6,
         Some("runtime") => 7,
+        Some("bench") => 9,
         _ => return None,
     })
 }

@@ -1,5 +1,5 @@
 """Experiment A of the article ("testing the GIL") in CPython, printing what parrun's
-scripts/experiment_a.* print, so bench/compare.py can run them side by side."""
+scripts/experiment_a.* print, so `parrun bench --python` can run them side by side."""
 import sys
 import threading
 import time
