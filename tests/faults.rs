@@ -590,10 +590,16 @@ nested(1);
 #[test]
 fn threads_still_interleave_under_limits() {
     let lua = r#"
-local log = parrun.Queue()
-local function spin(id) for r = 1, 5 do local x = 0 for i = 1, 200000 do x = x + i end log:put(id) end end
+local log, go = parrun.Queue(), parrun.Queue()
+local function spin(id)
+  go:get()
+  for r = 1, 5 do local x = 0 for i = 1, 1000000 do x = x + i end log:put(id) end
+end
 local a, b = parrun.Thread(spin, {1}), parrun.Thread(spin, {2})
-a:start() b:start() a:join() b:join()
+a:start() b:start()
+parrun.sleep(0.05) -- both threads wait on `go` before either spins, however late the OS starts them
+go:put(1) go:put(1)
+a:join() b:join()
 local s = "" while not log:empty() do s = s .. log:get() end
 print(s)
 "#;
