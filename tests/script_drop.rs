@@ -6,14 +6,9 @@ use std::time::{Duration, Instant};
 
 use parrun::{Language, Mode, Runtime};
 
-/// This process's threads, but for the one that forks: it is started on the first fork and
-/// lives as long as the process, by design (see `rt::fork`: a child forked by a thread that
-/// ends would get its parent-death signal), whatever started the fork.
+/// This process's threads.
 fn threads() -> usize {
-    thread_names()
-        .iter()
-        .filter(|name| *name != "parrun-forker")
-        .count()
+    thread_names().len()
 }
 
 /// The names of this process's threads.

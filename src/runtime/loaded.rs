@@ -547,6 +547,9 @@ impl Server {
         let host = self.script.host().clone();
         host.finish();
         drop(self.script);
+        host.output().flush();
+        // Every child is reaped: the thread that forked them may go, as at the end of a run.
+        crate::rt::fork::retire_forker();
     }
 }
 
