@@ -13,7 +13,9 @@ pub enum Error {
     /// The script file could not be read.
     #[error("cannot read script `{path}`: {source}")]
     Read {
+        /// The path as given.
         path: PathBuf,
+        /// Why reading it failed.
         source: std::io::Error,
     },
     /// The runtime was asked for something it cannot do (an unknown language, say).
@@ -30,12 +32,22 @@ pub enum Error {
     /// A call from Rust ([`crate::Script::call`], [`crate::Script::map`]) named a function the
     /// script does not define.
     #[error("{script}: no global function `{name}`")]
-    UnknownFunction { script: String, name: String },
+    UnknownFunction {
+        /// The script's name, as its errors call it.
+        script: String,
+        /// The function asked for.
+        name: String,
+    },
     /// The error of item `index` of a [`crate::Script::map`] (its input's index): what the
     /// function raised on it (an [`Error::Script`] with file and line), or why its value could
     /// not cross. Prints as `item 417: transform.lua:12: bad record`.
     #[error("item {index}: {error}")]
-    Item { index: usize, error: Box<Error> },
+    Item {
+        /// The item's index in the inputs.
+        index: usize,
+        /// What went wrong with it.
+        error: Box<Error>,
+    },
 }
 
 impl Error {
@@ -74,6 +86,7 @@ impl Error {
 pub struct ScriptError {
     /// The script (or module) the error happened in, as errors name it.
     pub file: Option<String>,
+    /// The line, counted from 1.
     pub line: Option<u32>,
     /// The column (Rhai gives one; Lua does not).
     pub column: Option<u32>,

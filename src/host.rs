@@ -47,6 +47,7 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The mode's name on the command line (`--mode gil|fork|isolated`).
     pub fn name(self) -> &'static str {
         match self {
             Mode::Gil => "gil",
@@ -58,7 +59,7 @@ impl Mode {
 
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 

@@ -7,11 +7,41 @@
 //! ([`Mode`]): forks of the running script (the default), isolated engines on threads built from
 //! a snapshot of the script, or threads under the GIL.
 //!
+//! From Rust, give the scripts your functions and data, load a script, and call or map its
+//! functions on a pool:
+//!
+//! ```
+//! use parrun::{Language, Mode, Runtime};
+//!
+//! let script = Runtime::new()
+//!     .mode(Mode::Isolated) // what pools and processes run on: Fork (default), Isolated, Gil
+//!     .function("rate", |(currency,): (String,)| match currency.as_str() {
+//!         "USD" => Ok(0.92),
+//!         other => Err(format!("no rate for {other}")),
+//!     })
+//!     .global("fee", &0.5)?
+//!     .load_source(Language::Lua, "prices.lua", r#"
+//!         function price(amount) return amount * rate("USD") + fee end
+//!     "#)?; // runs the top level once
+//! assert_eq!(script.call::<f64>("price", (100.0,))?, 92.5);
+//! let prices: Vec<f64> = script.map("price", vec![0.0, 100.0, 200.0])?; // on a pool, in order
+//! assert_eq!(prices, [0.5, 92.5, 184.5]);
+//! # Ok::<(), parrun::Error>(())
+//! ```
+//!
+//! [`Runtime::function`] and [`Runtime::blocking_function`] make Rust functions globals of every
+//! engine a run makes (threads, workers and processes in every mode included);
+//! [`Runtime::global`] gives them data; [`Runtime::eval`] runs a script and reads the value it
+//! returns; [`Runtime::load_file`] and [`Runtime::load_source`] give a [`Script`] to
+//! [`call`](Script::call), [`map`](Script::map) and [`map_unordered`](Script::map_unordered);
+//! [`Runtime::stdout`] and [`Runtime::stderr`] take the scripts' output. `examples/embed.rs` is
+//! a whole program (`cargo run --release --example embed`).
+//!
 //! ## How to use
 //!
 //! From a shell: `parrun script.lua [ARGS..]` or `parrun script.rhai [ARGS..]`.
 //!
-//! From Rust, build a [`Runtime`] and run a file or a string:
+//! From Rust, a [`Runtime`] also runs a file or a string to its end, as the shell does:
 //!
 //! ```
 //! use parrun::{Language, Runtime};
@@ -37,8 +67,8 @@
 //! ## Crate layout
 //!
 //! The public surface is [`Runtime`], [`Language`], [`Mode`], [`Settings`], [`Error`],
-//! [`Value`], [`signals`], and [`Script`], a script loaded for calls from Rust
-//! ([`Runtime::load_source`]: [`Script::call`], [`Script::map`], [`Script::map_unordered`]). Inside, every module imports only from the layers below it
+//! [`Value`], [`signals`], and [`Script`], a script loaded for calls from Rust. Inside, every
+//! module imports only from the layers below it
 //! (`tests/layers.rs` checks it), top down:
 //!
 //! - `runtime`: the builder; picks the engine; a loaded script's engine thread (`Script`).
@@ -51,6 +81,8 @@
 //! - `rt`: the machinery (GIL, cancellation, codec, output, signals, fork with its guards, the
 //!   children registry and how a process ends, thread helpers); `value`: the data that crosses
 //!   threads and processes.
+
+#![warn(missing_docs)]
 
 mod api;
 mod engine;

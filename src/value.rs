@@ -41,8 +41,11 @@ pub enum Value {
     /// Lua `nil`, Rhai `()`.
     #[default]
     Nil,
+    /// A boolean.
     Bool(bool),
+    /// An integer (Lua 5.4's integer subtype, Rhai's `INT`).
     Int(i64),
+    /// A float (Lua's float subtype, Rhai's `FLOAT`).
     Float(f64),
     /// A UTF-8 string.
     Str(String),
@@ -204,16 +207,16 @@ impl<'de> Deserialize<'de> for Value {
     }
 }
 
-/// Builds a [`Value`] from anything serde can serialize: the way data leaves an engine whose
-/// serde support is fastest in that direction (mlua walks a table once, under one lock, when it
-/// serializes it, but takes its lock again for every element when it deserializes).
-///
-/// ```
-/// use parrun::Value;
-/// let v = Value::from_serialize(&vec![(1, "a")]).unwrap();
-/// assert_eq!(v, Value::Array(vec![Value::Array(vec![Value::Int(1), Value::Str("a".into())])]));
-/// ```
 impl Value {
+    /// Builds a [`Value`] from anything serde can serialize: the way data leaves an engine whose
+    /// serde support is fastest in that direction (mlua walks a table once, under one lock, when it
+    /// serializes it, but takes its lock again for every element when it deserializes).
+    ///
+    /// ```
+    /// use parrun::Value;
+    /// let v = Value::from_serialize(&vec![(1, "a")]).unwrap();
+    /// assert_eq!(v, Value::Array(vec![Value::Array(vec![Value::Int(1), Value::Str("a".into())])]));
+    /// ```
     pub fn from_serialize<T: Serialize + ?Sized>(data: &T) -> Result<Value, String> {
         data.serialize(ValueSerializer).map_err(|e| e.0)
     }
@@ -495,22 +498,22 @@ impl serde::ser::SerializeStruct for Builder {
     }
 }
 
-/// Reads a [`Value`] into anything serde can deserialize: the way data reaches Rust from a
-/// script (a host function's arguments, a script's result). A whole float reads as an integer
-/// where one is wanted (Lua's `3.0`), a one-character string as a `char`, a map with string
-/// keys as a struct, a string as a unit enum variant and a one-entry map as any other variant.
-///
-/// ```
-/// use parrun::Value;
-/// #[derive(serde::Deserialize, Debug, PartialEq)]
-/// struct Point { x: i64, y: f64 }
-/// let v = Value::Map(vec![
-///     (Value::Str("x".into()), Value::Float(3.0)),
-///     (Value::Str("y".into()), Value::Int(2)),
-/// ]);
-/// assert_eq!(v.deserialize_into::<Point>().unwrap(), Point { x: 3, y: 2.0 });
-/// ```
 impl Value {
+    /// Reads a [`Value`] into anything serde can deserialize: the way data reaches Rust from a
+    /// script (a host function's arguments, a script's result). A whole float reads as an integer
+    /// where one is wanted (Lua's `3.0`), a one-character string as a `char`, a map with string
+    /// keys as a struct, a string as a unit enum variant and a one-entry map as any other variant.
+    ///
+    /// ```
+    /// use parrun::Value;
+    /// #[derive(serde::Deserialize, Debug, PartialEq)]
+    /// struct Point { x: i64, y: f64 }
+    /// let v = Value::Map(vec![
+    ///     (Value::Str("x".into()), Value::Float(3.0)),
+    ///     (Value::Str("y".into()), Value::Int(2)),
+    /// ]);
+    /// assert_eq!(v.deserialize_into::<Point>().unwrap(), Point { x: 3, y: 2.0 });
+    /// ```
     pub fn deserialize_into<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
         T::deserialize(self).map_err(|e: ReadError| e.0)
     }

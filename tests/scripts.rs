@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{repo_root, run, Lang, Output};
+use common::{repo_root, run, Lang, Output, Run};
 
 /// Every file under `scripts/` and `examples/` that a test below runs.
 const TESTED: &[&str] = &[
@@ -19,6 +19,7 @@ const TESTED: &[&str] = &[
     "examples/process_queue.rhai",
     "examples/squares.lua",
     "examples/squares.rhai",
+    "examples/embed.rs",
 ];
 
 #[test]
@@ -400,4 +401,72 @@ fn squares_example_lua() {
 #[test]
 fn squares_example_rhai() {
     check_squares_example(Lang::Rhai);
+}
+
+// ---- examples/embed.rs (and the scripts it loads, examples/embed/) ----
+
+/// The example binary `cargo test` builds beside the test binaries (built here when only this
+/// test binary was asked for).
+fn example_bin(name: &str) -> std::path::PathBuf {
+    let profile_dir = std::env::current_exe()
+        .expect("the test binary's path")
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/PROFILE/deps")
+        .to_owned();
+    let bin = profile_dir.join("examples").join(name);
+    if !bin.exists() {
+        let mut build = std::process::Command::new(env!("CARGO"));
+        build
+            .args(["build", "--example", name])
+            .current_dir(repo_root());
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "cargo build --example {name} failed");
+    }
+    bin
+}
+
+/// The embedding example maps both transforms over its records in every model: six runs that
+/// agree on every result, in order, then a failing record reported by index, file and line.
+#[test]
+fn embed_example_maps_in_every_model_and_names_a_failing_record() {
+    let out = Run::new(["3000"]).program(example_bin("embed")).output();
+    out.assert_success();
+    let lines = out.stdout_lines();
+    let runs: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("records/s"))
+        .collect();
+    assert_eq!(runs.len(), 6, "{}", out.describe());
+    for (i, (file, mode)) in ["gil", "fork", "isolated"]
+        .iter()
+        .flat_map(|m| [("transform.lua", *m), ("transform.rhai", *m)])
+        .enumerate()
+    {
+        let words: Vec<&str> = runs[i].split_whitespace().collect();
+        assert_eq!((words[0], words[1]), (file, mode), "{}", out.describe());
+    }
+    // Every run's total and bands, as the example prints them, are the same.
+    let tails: Vec<&str> = runs
+        .iter()
+        .map(|l| &l[l.find("total").unwrap()..])
+        .collect();
+    assert!(tails.windows(2).all(|w| w[0] == w[1]), "{}", out.describe());
+    // 3000 records: the bands add up to all of them.
+    let counted: usize = tails[0]
+        .split(", ")
+        .map(|band| band.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(counted, 3000, "{}", out.describe());
+    out.assert_stdout_contains("all 6 runs agree: yes\n")
+        .assert_stdout_contains(
+            "record 3 in an unknown currency: examples/embed/transform.lua:6: rate: no rate for XYZ\n",
+        )
+        .assert_stdout_contains(
+            "record 3 in an unknown currency: examples/embed/transform.rhai:6: rate: no rate for XYZ\n",
+        );
 }

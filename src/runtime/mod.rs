@@ -19,7 +19,9 @@ pub use loaded::{MapUnordered, Script, ScriptArgs};
 /// A script language parrun runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Language {
+    /// Lua 5.4 (mlua, vendored): files ending in `.lua`.
     Lua,
+    /// Rhai: files ending in `.rhai`.
     Rhai,
 }
 
@@ -72,6 +74,8 @@ impl Default for Runtime {
 }
 
 impl Runtime {
+    /// A runtime with the defaults: fork mode, no limits, the sandbox off, output on fd 1 and
+    /// fd 2, the language chosen by the file's extension.
     pub fn new() -> Self {
         Runtime {
             language: None,

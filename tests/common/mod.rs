@@ -107,6 +107,7 @@ impl Output {
 
 /// One run of the binary, configured with builder methods and started with [`Run::output`].
 pub struct Run {
+    program: PathBuf,
     args: Vec<String>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
@@ -121,12 +122,19 @@ impl Run {
         S: AsRef<str>,
     {
         Run {
+            program: PathBuf::from(parrun_bin()),
             args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
             stdin: None,
             timeout: TIMEOUT,
             dir: None,
             env: Vec::new(),
         }
+    }
+
+    /// Runs another program than the parrun binary (an example's, say) with the same care.
+    pub fn program(mut self, program: impl AsRef<Path>) -> Self {
+        self.program = program.as_ref().to_owned();
+        self
     }
 
     /// Text written to the child's standard input (otherwise it reads nothing: stdin is null).
@@ -160,8 +168,13 @@ impl Run {
     /// Runs the binary to the end; kills it and panics if it outlives the timeout.
     #[track_caller]
     pub fn output(self) -> Output {
-        let command = format!("parrun {}", shell_words(&self.args));
-        let mut cmd = Command::new(parrun_bin());
+        let name = self
+            .program
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let command = format!("{name} {}", shell_words(&self.args));
+        let mut cmd = Command::new(&self.program);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.args(&self.args)
             .current_dir(self.dir.as_deref().unwrap_or(repo_root()))
