@@ -137,6 +137,9 @@ pub struct Settings {
     pub max_instructions: Option<u64>,
     /// How deeply calls may nest (see [`Runtime::max_call_depth`](crate::Runtime::max_call_depth)).
     pub max_call_depth: Option<usize>,
+    /// Workers of a pool made without a count; `None`: one per CPU (see
+    /// [`Runtime::pool_size`](crate::Runtime::pool_size)).
+    pub pool_size: Option<usize>,
 }
 
 /// Adds `item` to a list of started things, dropping the finished ones (`!live`) first whenever

@@ -67,6 +67,10 @@ struct Cli {
     #[arg(long, value_name = "N")]
     max_call_depth: Option<usize>,
 
+    /// Workers of a Pool made without a count (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    pool_size: Option<usize>,
+
     /// How long a thread may hold the GIL while another waits, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5.0)]
     switch_interval: f64,
@@ -165,6 +169,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
     }
     if let Some(count) = cli.max_instructions {
         runtime = runtime.max_instructions(count);
+    }
+    if let Some(workers) = cli.pool_size {
+        runtime = runtime.pool_size(workers);
     }
     if let Some(depth) = cli.max_call_depth {
         runtime = runtime.max_call_depth(depth);

@@ -322,3 +322,41 @@ fn calls_and_maps_from_several_threads() {
         });
     });
 }
+
+/// `Runtime::pool_size` is the size of every pool made without a count: `Script::map`'s and
+/// the script's own `Pool()`. One worker runs every task (one forked pid); zero is refused.
+#[test]
+fn pool_size_sets_the_workers_of_pools_made_without_a_count() {
+    in_time(|| {
+        for (language, code) in [
+            (Language::Lua, "function pid(_) return parrun.getpid() end"),
+            (Language::Rhai, "fn pid(item) { getpid() }"),
+        ] {
+            let one = Runtime::new().mode(Mode::Fork).pool_size(1);
+            let script = one.load_source(language, "pid", code).unwrap();
+            let mut pids: Vec<u32> = script.map("pid", vec![(); 40]).unwrap();
+            pids.dedup();
+            assert_eq!(pids.len(), 1, "{language:?}: {pids:?}");
+            assert_ne!(pids[0], std::process::id(), "{language:?}: ran in a worker");
+
+            for mode in MODES {
+                let none = Runtime::new().mode(mode).pool_size(0);
+                let script = none.load_source(language, "pid", code).unwrap();
+                let err = script.map::<_, u32>("pid", vec![(); 4]).unwrap_err();
+                assert!(
+                    err.to_string().contains("at least 1"),
+                    "{language:?} {mode}: {err}"
+                );
+                let pool = match language {
+                    Language::Lua => "local p = parrun.Pool()",
+                    Language::Rhai => "let p = Pool();",
+                };
+                let err = none.run_source(language, "pool", pool).unwrap_err();
+                assert!(
+                    err.to_string().contains("at least 1"),
+                    "{language:?} {mode}: {err}"
+                );
+            }
+        }
+    });
+}

@@ -122,7 +122,8 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
         processes: match count_at {
             Some(i) => opt_count(args, i, "processes")?,
             None => None,
-        },
+        }
+        .or(host.settings.pool_size),
         initializer: None,
         maxtasksperchild: None,
         task_timeout: host.task_timeout(),

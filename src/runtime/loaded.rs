@@ -523,7 +523,7 @@ impl Server {
         }
         let host = self.script.host().clone();
         let config = PoolConfig {
-            processes: None,
+            processes: host.settings.pool_size,
             initializer: None,
             maxtasksperchild: None,
             task_timeout: host.task_timeout(),

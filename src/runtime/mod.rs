@@ -296,6 +296,27 @@ impl Runtime {
         self
     }
 
+    /// How many workers a pool made without a count gets: the script's `Pool()` (and
+    /// `ThreadPool()`), and the pool [`Script::map`] runs on. By default one per CPU, as
+    /// Python's `Pool()`; `cpu_count()` still tells the CPUs. A count of 0 is an error when
+    /// such a pool is made ("processes must be at least 1").
+    ///
+    /// ```
+    /// use parrun::{Language, Runtime};
+    /// let code = r#"
+    ///     local pool = parrun.Pool()
+    ///     local pids = pool:map(function() return parrun.getpid() end, {1, 2, 3, 4}, 1)
+    ///     pool:close() pool:join()
+    ///     return pids
+    /// "#;
+    /// let pids: Vec<u32> = Runtime::new().pool_size(1).eval(Language::Lua, "one.lua", code).unwrap();
+    /// assert!(pids.iter().all(|&pid| pid == pids[0]), "one worker ran every task");
+    /// ```
+    pub fn pool_size(mut self, workers: usize) -> Self {
+        self.settings.pool_size = Some(workers);
+        self
+    }
+
     /// What `Pool` and `Process` run on: forked processes (the default), isolated engines on
     /// threads, or threads under the script's GIL. A pool can ask for another with its `mode`
     /// option; scripts read the run's mode with `mode()`. [`Mode::Fork`] says what forking
