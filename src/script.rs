@@ -31,6 +31,11 @@ pub(crate) trait ScriptEngine {
 
     /// A snapshot of the script's state as of now, to build fresh engines from.
     fn snapshot(&self) -> Result<Box<dyn Snapshot>, String>;
+
+    /// Readies the engine to be forked (called with the GIL held, just before the `fork` model
+    /// forks a pool's workers or a process), so that the children and the parent leave the
+    /// pages of what they only read shared. An engine with nothing to do leaves it empty.
+    fn settle_for_fork(&self) {}
 }
 
 /// A script's state as of one moment, from which fresh engines are built, each with a host
@@ -60,6 +65,11 @@ pub(crate) trait Target: Send {
     /// (a process's exit code, as `sys.exit(n)` gives in Python; a thread drops it). An error is
     /// the script's message, already naming file and line.
     fn run(self: Box<Self>) -> Result<i32, String>;
+
+    /// Readies the engine to be forked (called with the GIL held, just before the `fork` model
+    /// forks a pool's workers or a process), so that the children and the parent leave the
+    /// pages of what they only read shared. An engine with nothing to do leaves it empty.
+    fn settle_for_fork(&self) {}
 
     /// A snapshot of the script's state as of now that holds this call: an engine built from
     /// it comes with the call bound in it ([`Instance::target`]), and the call's function and

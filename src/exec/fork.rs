@@ -19,10 +19,12 @@ impl Model for Fork {
         _renewable: bool,
     ) -> Result<Workers, String> {
         // A worker that has run `maxtasksperchild` tasks exits and a fresh fork replaces it.
+        engine.settle_for_fork();
         Ok(Workers::Forked(engine.here()?))
     }
 
     fn launch(&self, target: Box<dyn Target>) -> Result<Launch, String> {
+        target.settle_for_fork();
         Ok(Launch::Fork(target))
     }
 }

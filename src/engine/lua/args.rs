@@ -141,6 +141,10 @@ impl ScriptEngine for LuaArgs<'_> {
             Vec::new(),
         )?))
     }
+
+    fn settle_for_fork(&self) {
+        super::tasks::settle_for_fork(self.lua);
+    }
 }
 
 impl LuaArgs<'_> {

@@ -10,6 +10,21 @@ pub(super) fn upgrade(lua: &WeakLua) -> Result<Lua, String> {
         .ok_or_else(|| "the script's Lua state has shut down".into())
 }
 
+/// Makes Lua's collector generational before a fork (see [`Target::settle_for_fork`]): Lua
+/// has no reference counts, so only its collector writes to objects a process merely reads,
+/// and the incremental collector writes to every object in every cycle (marking, then
+/// whitening as it sweeps), in a forked worker and in the parent alike, which turns every
+/// inherited page private on both sides. Entering generational mode is a full collection that
+/// makes every surviving object old; from then on minor collections mark and sweep only the
+/// young objects, and the old ones' pages stay shared until a major collection (a heap grown to
+/// twice its size, or `collectgarbage()`). Done once: an engine already generational is left
+/// as it is, so a later fork costs nothing here.
+pub(super) fn settle_for_fork(lua: &Lua) {
+    lua.gc_set_mode(mlua::prelude::LuaGcMode::Generational(
+        mlua::prelude::LuaGcGenParams::default(),
+    ));
+}
+
 pub(super) struct LuaCallback {
     pub(super) lua: WeakLua,
     pub(super) host: Arc<Host>,
@@ -299,6 +314,12 @@ impl Target for LuaTarget {
             Ok(_) => Ok(0),
             // `os.exit` ends the thread or process target, as `sys.exit` does in Python.
             Err(e) => exit_status(&e).ok_or_else(|| error_text(e)),
+        }
+    }
+
+    fn settle_for_fork(&self) {
+        if let Ok(lua) = upgrade(&self.lua) {
+            settle_for_fork(&lua);
         }
     }
 
