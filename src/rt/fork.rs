@@ -230,6 +230,10 @@ fn fork_here(
             fds.insert(child_end.as_raw_fd());
             drop(fds);
             die_with_parent(parent_pid);
+            // The allocator (mimalloc) asks for transparent huge pages on its arenas: a child's
+            // first write to fresh memory there would take a whole 2 MiB page of its own, which
+            // was most of an idle worker's private memory. Its new pages are 4 KiB pages.
+            let _ = nix::sys::prctl::set_thp_disable(true);
             let status =
                 catch_unwind(AssertUnwindSafe(|| work(child_end))).unwrap_or_else(|panic| {
                     crate::rt::output::write_stderr(&format!(
