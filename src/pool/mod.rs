@@ -12,7 +12,8 @@
 //!   an `imap` iterator's cursor);
 //! - [`callbacks`]: how a job finishes (its callback first, on the callback thread) and the
 //!   jobs not ready yet, which `terminate` fails and `join` waits for;
-//! - [`worker`]: what a worker runs (the function cache, a forked worker's loop, the wire).
+//! - [`worker`]: what a worker runs (the function cache, a forked worker's loop, the wire);
+//! - [`stats`]: the counters `pool.stats()` reports, which the backends keep.
 //!
 //! A submitted job is cut into tasks (chunks of its calls, sharing one list) that wait in the
 //! pool's pending queue. **Shutdown:** `close` then `join` lets the work finish and the workers
@@ -35,11 +36,13 @@ use crate::value::Value;
 mod callbacks;
 mod forked;
 mod job;
+mod stats;
 mod threads;
 mod worker;
 
 use callbacks::Finisher;
 pub use job::{AsyncResult, Callbacks, Failure, JobKind};
+pub(crate) use stats::Snapshot as PoolStats;
 
 /// What a pool needs from the backend that runs its tasks once it has started them
 /// ([`forked::start`], [`threads::start`]: each takes what its workers are built from). A
@@ -166,6 +169,8 @@ pub struct Pool {
     /// The thread that oversees the workers (the forked workers' supervisor, the worker
     /// threads' watchdog), joined once the workers have ended.
     overseer: Mutex<Option<JoinHandle<()>>>,
+    /// What `stats()` reports, counted by the backend.
+    stats: stats::Stats,
 }
 
 /// The script's handle on a pool: when the script drops its last one, the pool is stopped
@@ -255,6 +260,7 @@ impl Pool {
                 finisher: Finisher::start(host)?,
                 backend,
                 overseer: Mutex::new(None),
+                stats: stats::Stats::default(),
             }))
         };
         let (pool, overseer) = match workers {
@@ -410,6 +416,12 @@ impl Pool {
     /// How many workers it has.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// `Pool.stats()`: its workers and tasks now (see [`PoolStats`]).
+    pub fn stats(&self) -> PoolStats {
+        let queued = self.state().pending.len();
+        self.stats.snapshot(self.size, queued)
     }
 
     /// Whether the pool still takes work (neither closed, terminated nor broken).
