@@ -136,6 +136,9 @@ pub struct Settings {
     pub max_instructions: Option<u64>,
     /// How deeply calls may nest (see [`Runtime::max_call_depth`](crate::Runtime::max_call_depth)).
     pub max_call_depth: Option<usize>,
+    /// A long map shows a progress bar on standard error (see
+    /// [`Runtime::progress`](crate::Runtime::progress)).
+    pub progress: bool,
 }
 
 /// Adds `item` to a list of started things, dropping the finished ones (`!live`) first whenever

@@ -67,6 +67,10 @@ struct Cli {
     #[arg(long, value_name = "N")]
     max_call_depth: Option<usize>,
 
+    /// Show no progress bar (a long map shows one on stderr when stderr is a terminal).
+    #[arg(long)]
+    no_progress: bool,
+
     /// How long a thread may hold the GIL while another waits, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5.0)]
     switch_interval: f64,
@@ -159,6 +163,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
         .switch_interval(interval)
         .sandbox(cli.sandbox)
         .binary_chunks(cli.binary_chunks)
+        .progress(!cli.no_progress)
         .mode(cli.mode);
     if let Some(bytes) = cli.max_memory {
         runtime = runtime.max_memory(bytes);

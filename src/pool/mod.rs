@@ -30,6 +30,7 @@ use crate::exec::{self, Workers};
 use crate::host::{Finish, Host, Mode, Stage};
 use crate::rt::cancel;
 use crate::rt::poison::Recover;
+use crate::rt::progress::Tracker;
 use crate::script::{CallSlice, Calls, FunctionSpec, ScriptEngine, Travel};
 use crate::value::Value;
 
@@ -297,6 +298,15 @@ impl Pool {
             (None, JobKind::List) => calls.len().div_ceil(self.size * 4).max(1),
             (None, _) => 1,
         };
+        // Before the pool's lock: a first bar starts the drawer thread.
+        let progress = match kind {
+            JobKind::Single => None,
+            JobKind::List => Tracker::start(self.host.settings.progress, "map", calls.len()),
+            JobKind::Ordered => Tracker::start(self.host.settings.progress, "imap", calls.len()),
+            JobKind::Unordered => {
+                Tracker::start(self.host.settings.progress, "imap_unordered", calls.len())
+            }
+        };
         let mut s = self.state();
         match s.status {
             Status::Open => {}
@@ -313,7 +323,8 @@ impl Pool {
                     .unwrap_or_else(|| "the pool is broken".into()))
             }
         }
-        let job = Arc::new(AsyncResult::new(s.next_job, kind, calls.len(), callbacks));
+        let job = AsyncResult::new(s.next_job, kind, calls.len(), callbacks).tracked(progress);
+        let job = Arc::new(job);
         s.next_job += 1;
         // Entered under the pool's lock, so that a terminate either finds it or refuses it.
         self.finisher.enter(&job);

@@ -126,6 +126,9 @@ impl Script {
         source: Source,
     ) -> Result<Script, Error> {
         let name = source.name.clone();
+        if runtime.settings.progress {
+            crate::rt::progress::claim();
+        }
         let runtime = runtime.clone();
         let (loaded_tx, loaded_rx) = bounded(1);
         let (requests, requests_rx) = unbounded();
@@ -547,6 +550,7 @@ impl Server {
         let host = self.script.host().clone();
         host.finish();
         drop(self.script);
+        crate::rt::progress::settle();
     }
 }
 
