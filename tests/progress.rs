@@ -127,6 +127,56 @@ fn slow_jobs_draw_bars_isolated() {
     slow_jobs_draw_bars_in("isolated");
 }
 
+/// A job that ends unfinished (its pool terminated, as at Ctrl-C or an error that ends the
+/// script) leaves its bar at the count it reached, not the total, and clears it.
+#[test]
+fn a_terminated_job_clears_its_bar_at_its_count() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+local xs = {} for i = 1, 40 do xs[i] = i end
+local r = pool:map_async(function(x) parrun.sleep(0.1) return x end, xs, 1)
+parrun.sleep(1.6)
+pool:terminate()
+print(pcall(r.get, r))
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+let xs = []; for i in 1..=40 { xs.push(i); }
+let r = pool.map_async(|x| { sleep(0.1); x }, xs, 1);
+sleep(1.6);
+pool.terminate();
+try { r.get(); print("no error"); } catch (e) { print(`false	${e}`); }
+"#;
+    for mode in MODES {
+        for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+            let out = run(mode, ext, code, &[], &[("PARRUN_PROGRESS", "always")]);
+            out.assert_success();
+            assert!(
+                out.stdout.contains("terminated"),
+                "{mode} {ext}: {}",
+                out.describe()
+            );
+            let frames = frames(&out.stderr);
+            let last = frames
+                .last()
+                .unwrap_or_else(|| panic!("{mode} {ext}: no bar: {}", out.describe()));
+            assert!(
+                last.starts_with("parrun map [") && last.contains("/40 items"),
+                "{mode} {ext}: {frames:#?}"
+            );
+            assert!(
+                !frames.iter().any(|f| f.contains(" 40/40 items")),
+                "{mode} {ext}: an unfinished job showed its total: {frames:#?}"
+            );
+            assert!(
+                out.stderr.ends_with("\r\x1b[2K"),
+                "{mode} {ext}: the bar was not cleared: {:?}",
+                tail(&out.stderr, 80)
+            );
+        }
+    }
+}
+
 /// Nothing on stderr: a quick map (done before a second), a slow map with stderr not a
 /// terminal, a slow map with `--no-progress` (even with drawing forced).
 #[test]

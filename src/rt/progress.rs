@@ -237,8 +237,10 @@ impl Tracker {
         let entry = registry.jobs.swap_remove(at);
         if let Some(bar) = entry.bar {
             bar.set_position(self.0.done.load(Ordering::Relaxed));
-            // The last frame (`total/total` for a job that completed), then no bar.
-            bar.finish();
+            // The last frame as the count stands (`total/total` for a job that completed, less
+            // for one that failed or was interrupted: `finish` would show the total), then no
+            // bar.
+            bar.abandon();
             bar.finish_and_clear();
             if let Some(multi) = &registry.multi {
                 multi.remove(&bar);
