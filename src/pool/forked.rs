@@ -262,7 +262,7 @@ impl Supervisor {
             }
             let _ = children::wait_child(child.pid, true);
             // A stopped pool's tasks end unreported.
-            self.pool.stats.untaken(child.in_flight.len());
+            self.pool.stats.tasks(0).untaken(child.in_flight.len());
             self.pool.stats.worker_ended();
             if let Some(h) = child.link.take() {
                 let _ = h.join();
@@ -324,7 +324,7 @@ impl Supervisor {
                     break;
                 };
                 if let Err(e) = encode_task(child, batch, &task) {
-                    pool.stats.finished(false, None);
+                    pool.stats.tasks(0).finished(false, None);
                     let n = task.calls.len();
                     if task.job.complete(task.first, Err(e.into()), n) {
                         pool.finisher.finish(&task.job);
@@ -336,7 +336,7 @@ impl Supervisor {
                     child.running_since = Some(Instant::now());
                 }
                 child.in_flight.push_back(task);
-                pool.stats.taken(1);
+                pool.stats.tasks(0).taken(1);
                 assigned = true;
             }
             if !assigned || s.pending.is_empty() {
@@ -394,7 +394,10 @@ impl Supervisor {
             let task = child.in_flight.remove(pos).expect("position is in range");
             child.running_since = (!child.in_flight.is_empty()).then(Instant::now);
             let took = Duration::from_micros(msg.micros);
-            self.pool.stats.reported(msg.result.is_ok(), Some(took));
+            self.pool
+                .stats
+                .tasks(0)
+                .reported(msg.result.is_ok(), Some(took));
             let n = task.calls.len();
             if task.job.complete(task.first, msg.result, n) {
                 self.pool.finisher.finish(&task.job);
@@ -442,13 +445,13 @@ impl Supervisor {
             }
         }
         if let Some(task) = running {
-            self.pool.stats.reported(false, None);
+            self.pool.stats.tasks(0).reported(false, None);
             let n = task.calls.len();
             if task.job.complete(task.first, Err(failure.into()), n) {
                 self.pool.finisher.finish(&task.job);
             }
         }
-        self.pool.stats.untaken(child.in_flight.len());
+        self.pool.stats.tasks(0).untaken(child.in_flight.len());
         let mut s = self.pool.state();
         while let Some(t) = child.in_flight.pop_back() {
             s.pending.push_front(t);

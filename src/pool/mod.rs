@@ -261,7 +261,7 @@ impl Pool {
                 finisher: Finisher::start(host)?,
                 backend,
                 overseer: Mutex::new(None),
-                stats: stats::Stats::default(),
+                stats: stats::Stats::new(size),
             }))
         };
         let (pool, overseer) = match workers {

@@ -44,6 +44,8 @@ struct WorkerThread {
     cancel: Arc<Cancel>,
     /// When the running task started; `None` between tasks.
     running_since: Mutex<Option<Instant>>,
+    /// Its place among the pool's workers: which task counts it keeps (`super::stats`).
+    index: usize,
 }
 
 impl WorkerThread {
@@ -69,6 +71,7 @@ pub(super) fn start(
             gil: Mutex::new(engine.host().gil.clone()),
             cancel: Arc::default(),
             running_since: Mutex::new(None),
+            index: started,
         });
         watched.push(thread.clone());
         let (pool_, renew, running_) = (pool.clone(), renew.clone(), running.clone());
@@ -226,7 +229,7 @@ fn serve(
             ..
         } = task;
         let n = calls.len();
-        pool.stats.taken(1);
+        pool.stats.tasks(thread.index).taken(1);
         let since = Instant::now();
         *thread.running_since() = Some(since);
         if pool.config.task_timeout.is_some() {
@@ -242,12 +245,14 @@ fn serve(
         }
         // A terminated pool has failed the job already.
         if pool.is_running() {
-            pool.stats.reported(result.is_ok(), Some(since.elapsed()));
+            pool.stats
+                .tasks(thread.index)
+                .reported(result.is_ok(), Some(since.elapsed()));
             if job.complete(first, result, n) {
                 pool.finisher.finish(&job);
             }
         } else {
-            pool.stats.untaken(1);
+            pool.stats.tasks(thread.index).untaken(1);
         }
         done += 1;
         let Some(renew) = &renew else { continue };
