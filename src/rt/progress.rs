@@ -174,7 +174,7 @@ impl Tracker {
     /// Tracks a job of `total` items named `label`, if bars draw in this process (`enabled`:
     /// the run shows progress) and the job has items.
     pub fn start(enabled: bool, label: &'static str, total: usize) -> Option<Tracker> {
-        if !enabled || total == 0 || !is_owner() || !DRAWS.load(Ordering::Relaxed) {
+        if !enabled || total == 0 || !DRAWS.load(Ordering::Relaxed) || !is_owner() {
             return None;
         }
         let job = Arc::new(Job {
@@ -223,7 +223,9 @@ impl Tracker {
     /// The job has ended (all its items in, or failed): its bar, if shown, draws its last
     /// figures and is cleared. Only the first call counts.
     pub fn end(&self) {
-        if self.0.ended.swap(true, Ordering::AcqRel) {
+        // A forked child's copy of a job (dropped by its garbage collector, say) has no bar,
+        // and the registry may have been locked at the fork.
+        if self.0.ended.swap(true, Ordering::AcqRel) || !is_owner() {
             return;
         }
         let mut registry = registry();
