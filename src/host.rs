@@ -140,6 +140,9 @@ pub struct Settings {
     /// Workers of a pool made without a count; `None`: one per CPU (see
     /// [`Runtime::pool_size`](crate::Runtime::pool_size)).
     pub pool_size: Option<usize>,
+    /// A long map shows a progress bar on standard error (see
+    /// [`Runtime::progress`](crate::Runtime::progress)).
+    pub progress: bool,
 }
 
 /// Adds `item` to a list of started things, dropping the finished ones (`!live`) first whenever

@@ -70,6 +70,9 @@ struct Cli {
     /// Workers of a Pool made without a count (default: one per CPU).
     #[arg(long, value_name = "N")]
     pool_size: Option<usize>,
+    /// Show no progress bar (a long map shows one on stderr when stderr is a terminal).
+    #[arg(long)]
+    no_progress: bool,
 
     /// How long a thread may hold the GIL while another waits, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5.0)]
@@ -163,6 +166,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
         .switch_interval(interval)
         .sandbox(cli.sandbox)
         .binary_chunks(cli.binary_chunks)
+        .progress(!cli.no_progress)
         .mode(cli.mode);
     if let Some(bytes) = cli.max_memory {
         runtime = runtime.max_memory(bytes);

@@ -423,3 +423,52 @@ fn a_wrong_option_is_a_one_line_usage_error() {
         assert!(out.stdout.is_empty(), "{}", out.describe());
     }
 }
+
+/// The bench's progress bar (runs done of the total, the run going on) is drawn on stderr
+/// when asked (`PARRUN_PROGRESS=always` stands in for a terminal here) and cleared before the
+/// table; a stderr that is a pipe, or `--no-progress`, gets nothing.
+#[test]
+fn the_bench_shows_its_progress_only_on_a_terminal() {
+    let dir = TempDir::new("bench");
+    let quiet = dir.write("quiet.lua", "parrun.sleep(0.01)\n");
+    let args = [
+        quiet.to_str().unwrap(),
+        "--repeat",
+        "2",
+        "--modes",
+        "gil,fork",
+    ];
+    let out = bench(&args).env("PARRUN_PROGRESS", "always").output();
+    out.assert_success();
+    let frames: Vec<String> = out
+        .stderr
+        .split(['\r', '\n'])
+        .map(|f| f.replace("\x1b[2K", "").replace(['█', '░'], ""))
+        .map(|f| f.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|f| !f.is_empty())
+        .collect();
+    assert!(!frames.is_empty(), "no bar\n{}", out.describe());
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.starts_with("parrun bench [") && f.contains("/4 runs")),
+        "{frames:#?}"
+    );
+    let last = frames.last().unwrap();
+    assert!(
+        last.contains(" 4/4 runs") && last.contains("round 2/2: "),
+        "{frames:#?}"
+    );
+    assert!(out.stderr.ends_with("\r\x1b[2K"), "{:?}", out.stderr);
+    assert!(out.stdout.contains("wall time (s)"), "{}", out.describe());
+
+    for (env, flags) in [(None, &[][..]), (Some("always"), &["--no-progress"][..])] {
+        let mut run = bench(&[&args[..], flags].concat());
+        if let Some(value) = env {
+            run = run.env("PARRUN_PROGRESS", value);
+        }
+        let out = run.output();
+        out.assert_success();
+        assert_eq!(out.stderr, "", "{flags:?}: {}", out.describe());
+    }
+}

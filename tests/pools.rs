@@ -299,3 +299,184 @@ print("joined");
         );
     });
 }
+
+/// The line both languages print for `pool.stats()`: every counter, and whether the task
+/// times look right (a mean above 0 and at most the max, the max at least the 50 ms task).
+const STATS_LUA: &str = r#"
+local function stats(label, s)
+  print(("%s workers=%d alive=%d queued=%d running=%d done=%d failed=%d replaced=%d times=%s"):format(
+    label, s.workers, s.alive, s.queued, s.running, s.done, s.failed, s.replaced,
+    tostring(s.mean_task_time > 0 and s.mean_task_time <= s.max_task_time and s.max_task_time >= 0.05)))
+end
+"#;
+const STATS_RHAI: &str = r#"
+fn stats(label, s) {
+  let times = s.mean_task_time > 0.0 && s.mean_task_time <= s.max_task_time && s.max_task_time >= 0.05;
+  print(`${label} workers=${s.workers} alive=${s.alive} queued=${s.queued} running=${s.running} done=${s.done} failed=${s.failed} replaced=${s.replaced} times=${times}`);
+}
+"#;
+
+/// `pool.stats()` counts tasks as the pool runs them, the same in every mode and both
+/// languages: nothing before the first task; while a job runs its tasks are queued or
+/// running; after a map with one failing task (one item per task), five done and one failed,
+/// every worker still alive; after `join`, none alive.
+#[test]
+fn stats_count_the_tasks_of_a_map_with_a_failed_one() {
+    let lua = format!(
+        "{STATS_LUA}{}",
+        r#"
+local pool = parrun.Pool(2)
+local s = pool:stats()
+print("fresh", s.workers, s.done, s.failed, s.mean_task_time, s.max_task_time)
+local r = pool:map_async(function(x) parrun.sleep(0.3) return x end, {1, 2, 3, 4}, 1)
+s = pool:stats()
+print("during", s.queued + s.running, s.done, s.failed)
+r:wait()
+print(pcall(pool.map, pool, function(x)
+  if x == 3 then error("bad item") end
+  if x == 5 then parrun.sleep(0.05) end
+  return x
+end, {1, 2, 3, 4, 5, 6}, 1))
+stats("after", pool:stats())
+pool:close() pool:join()
+stats("joined", pool:stats())
+"#
+    );
+    let rhai = format!(
+        "{STATS_RHAI}{}",
+        r#"
+let pool = Pool(2);
+let s = pool.stats();
+print(`fresh	${s.workers}	${s.done}	${s.failed}	${s.mean_task_time}	${s.max_task_time}`);
+let r = pool.map_async(|x| { sleep(0.3); x }, [1, 2, 3, 4], 1);
+s = pool.stats();
+print(`during	${s.queued + s.running}	${s.done}	${s.failed}`);
+r.wait();
+try {
+  pool.map(|x| { if x == 3 { throw "bad item"; } if x == 5 { sleep(0.05); } x }, [1, 2, 3, 4, 5, 6], 1);
+  print("no error");
+} catch (e) { print(`false	${e}`); }
+stats("after", pool.stats());
+pool.close(); pool.join();
+stats("joined", pool.stats());
+"#
+    );
+    in_every_mode("stats", &[], &lua, &rhai, |mode, out| {
+        out.assert_success();
+        let lines = out.stdout_lines();
+        let fresh = lines[0].replace(".0", "");
+        assert_eq!(fresh, "fresh\t2\t0\t0\t0\t0", "{mode}: {}", out.describe());
+        assert_eq!(lines[1], "during\t4\t0\t0", "{mode}: {}", out.describe());
+        assert!(
+            lines[2].starts_with("false") && lines[2].contains("bad item"),
+            "{mode}: {}",
+            out.describe()
+        );
+        let after = lines
+            .iter()
+            .find(|l| l.starts_with("after "))
+            .unwrap_or_else(|| panic!("{mode}: no stats line\n{}", out.describe()));
+        // The map_async's four tasks, then the map's five.
+        assert_eq!(
+            *after,
+            "after workers=2 alive=2 queued=0 running=0 done=9 failed=1 replaced=0 times=true",
+            "{mode}: {}",
+            out.describe()
+        );
+        let joined = lines.iter().find(|l| l.starts_with("joined ")).unwrap();
+        assert!(
+            joined.contains(" alive=0 ") && joined.contains(" done=9 failed=1 "),
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
+
+/// A forked worker that dies (an abort, through the tests' fault hook) counts as a failed task
+/// and a replaced worker, and its replacement is alive; a worker renewed after
+/// `maxtasksperchild` tasks counts as replaced in the models that renew (fork, isolated),
+/// while a `gil` pool has nothing to renew.
+#[test]
+fn stats_count_replaced_workers() {
+    let lua = format!(
+        "{STATS_LUA}{}",
+        r#"
+local function settle(pool, replaced)
+  local s = pool:stats()
+  for _ = 1, 200 do
+    if s.alive == s.workers and s.replaced >= replaced then break end
+    parrun.sleep(0.025)
+    s = pool:stats()
+  end
+  return s
+end
+if parrun.mode() == "fork" then
+  local pool = parrun.Pool(2)
+  print(pcall(pool.apply, pool, function() parrun._test_fault("abort") end, {}))
+  pool:apply(function() parrun.sleep(0.05) end, {})
+  stats("died", settle(pool, 1))
+end
+local renewed = parrun.Pool(2, {maxtasksperchild = 1})
+renewed:map(function(x) parrun.sleep(0.05) return x end, {1, 2, 3, 4}, 1)
+local s = settle(renewed, parrun.mode() == "gil" and 0 or 4)
+print("renewed", s.alive, s.replaced, s.done)
+"#
+    );
+    let rhai = format!(
+        "{STATS_RHAI}{}",
+        r#"
+fn settle(pool, replaced) {
+  let s = pool.stats();
+  for i in 0..200 {
+    if s.alive == s.workers && s.replaced >= replaced { break; }
+    sleep(0.025);
+    s = pool.stats();
+  }
+  s
+}
+if mode() == "fork" {
+  let pool = Pool(2);
+  try { pool.apply(|| _test_fault("abort"), []); print("no error"); } catch (e) { print(`false	${e}`); }
+  pool.apply(|| sleep(0.05), []);
+  stats("died", settle(pool, 1));
+}
+let renewed = Pool(2, #{maxtasksperchild: 1});
+renewed.map(|x| { sleep(0.05); x }, [1, 2, 3, 4], 1);
+let s = settle(renewed, if mode() == "gil" { 0 } else { 4 });
+print(`renewed	${s.alive}	${s.replaced}	${s.done}`);
+"#
+    );
+    in_every_mode(
+        "replaced",
+        &[("PARRUN_TEST_FAULTS", "1")],
+        &lua,
+        &rhai,
+        |mode, out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            let mut rest = &lines[..];
+            if mode == "fork" {
+                assert!(
+                    lines[0].starts_with("false") && lines[0].contains("SIGABRT"),
+                    "{}",
+                    out.describe()
+                );
+                // The abort and the next task each ran on a worker; the dead one was replaced.
+                assert_eq!(
+                    lines[1],
+                    "died workers=2 alive=2 queued=0 running=0 done=1 failed=1 replaced=1 times=true",
+                    "{}",
+                    out.describe()
+                );
+                rest = &lines[2..];
+            }
+            let replaced = if mode == "gil" { 0 } else { 4 };
+            assert_eq!(
+                rest,
+                [format!("renewed\t2\t{replaced}\t4")],
+                "{mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}

@@ -1,6 +1,6 @@
 //! The builtins of Python's `multiprocessing`: `Process`, `Pool` (and `ThreadPool`, from
 //! `multiprocessing.pool`), `AsyncResult`, the `imap` iterators, `cpu_count`, and parrun's
-//! `mode` and `getpid`.
+//! `mode`, `getpid` and `Pool.stats`.
 
 use std::sync::Arc;
 
@@ -391,6 +391,13 @@ pub(super) static BUILTINS: &[Builtin] = &[
             let (job, p) = submit(args, JobKind::Unordered, false, Some(3), None)?;
             Outcome::object(Object::ResultIterator(job, host.gil.clone(), p))
         },
+    },
+    Builtin {
+        class: Class::Pool,
+        name: "stats",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(pool(args)?.stats().to_value()),
     },
     Builtin {
         class: Class::Pool,

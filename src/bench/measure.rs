@@ -62,6 +62,8 @@ pub fn run(program: &str, args: &[String], timeout: Duration) -> Result<Measured
     let start = Instant::now();
     let mut child = Command::new(program)
         .args(args)
+        // The bench's own bar is the one on the terminal: a run draws none, even if forced.
+        .env_remove("PARRUN_PROGRESS")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

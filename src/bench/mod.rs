@@ -81,6 +81,10 @@ pub struct Options {
     /// Stop a run that takes longer than this many seconds (and fail the bench).
     #[arg(long, value_name = "SECONDS", default_value = "900", value_parser = seconds)]
     timeout: Duration,
+
+    /// Show no progress bar (runs done, the current run) on stderr.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 /// Runs the bench `options` describe, printing its tables on stdout.
@@ -143,8 +147,10 @@ pub fn run(options: Options) -> Result<()> {
         })
         .collect();
 
-    let mut progress =
-        Progress::new(results.iter().map(|r| r.configs.len()).sum::<usize>() * rounds);
+    let progress = Progress::new(
+        results.iter().map(|r| r.configs.len()).sum::<usize>() * rounds,
+        !options.no_progress,
+    );
     let mut seq = 0;
     for round in 0..rounds {
         // Each round starts one further along, workloads and configurations alike, so that no
@@ -163,6 +169,7 @@ pub fn run(options: Options) -> Result<()> {
                     config.label()
                 ));
                 let measured = measure::run(&config.command[0], &config.command[1..], timeout);
+                progress.ran();
                 let mut measured = match measured {
                     Ok(m) => m,
                     Err(e) => {
@@ -251,40 +258,50 @@ fn python3() -> Option<String> {
     }
 }
 
-/// One line on stderr, rewritten in place, saying which run is going on: only when stderr is
-/// a terminal, so that logs and pipes get nothing.
-struct Progress {
-    on: bool,
-    done: usize,
-    total: usize,
-    width: usize,
-}
+/// A progress bar on stderr (indicatif), as a long map's: runs done of the total and the run
+/// going on. Only when stderr is a terminal (or `PARRUN_PROGRESS=always`, for tests), and not
+/// with `--no-progress`, so that logs and pipes get nothing.
+struct Progress(Option<indicatif::ProgressBar>);
 
 impl Progress {
-    fn new(total: usize) -> Self {
-        Progress {
-            on: std::io::stderr().is_terminal(),
-            done: 0,
-            total,
-            width: 0,
+    fn new(total: usize, wanted: bool) -> Self {
+        use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+        let target = match std::env::var("PARRUN_PROGRESS").as_deref() {
+            _ if !wanted => return Progress(None),
+            Ok("never") => return Progress(None),
+            // Drawn whether stderr is a terminal or not.
+            Ok("always") => ProgressDrawTarget::term_like(Box::new(console::Term::stderr())),
+            _ if std::io::stderr().is_terminal() => ProgressDrawTarget::stderr(),
+            _ => return Progress(None),
+        };
+        let style = ProgressStyle::with_template(
+            "parrun bench [{elapsed}] {wide_bar} {pos}/{len} runs, ETA {eta}: {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        Progress(Some(
+            ProgressBar::with_draw_target(Some(total as u64), target).with_style(style),
+        ))
+    }
+
+    /// A run starts: `what` it is.
+    fn show(&self, what: &str) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(what.to_string());
         }
     }
 
-    fn show(&mut self, what: &str) {
-        self.done += 1;
-        if !self.on {
-            return;
+    /// A run has ended.
+    fn ran(&self) {
+        if let Some(bar) = &self.0 {
+            bar.inc(1);
         }
-        let line = format!("parrun bench: run {}/{}, {what}", self.done, self.total);
-        let pad = self.width.saturating_sub(line.len());
-        self.width = line.len();
-        eprint!("\r{line}{:pad$}", "");
     }
 
-    fn clear(&mut self) {
-        if self.on && self.width > 0 {
-            eprint!("\r{:width$}\r", "", width = self.width);
-            self.width = 0;
+    /// No bar any more: the last frame (the runs done), then a clear line for the table.
+    fn clear(&self) {
+        if let Some(bar) = &self.0 {
+            bar.abandon();
+            bar.finish_and_clear();
         }
     }
 }

@@ -95,7 +95,10 @@ pub(super) fn start(
     };
     for _ in 0..pool.size {
         match supervisor.fork_child() {
-            Ok(child) => supervisor.children.push(child),
+            Ok(child) => {
+                pool.stats.worker_started(false);
+                supervisor.children.push(child);
+            }
             Err(e) => {
                 for child in &supervisor.children {
                     let _ = children::signal_child(child.pid, Signal::SIGKILL);
@@ -258,6 +261,9 @@ impl Supervisor {
                 let _ = h.join();
             }
             let _ = children::wait_child(child.pid, true);
+            // A stopped pool's tasks end unreported.
+            self.pool.stats.tasks(0).untaken(child.in_flight.len());
+            self.pool.stats.worker_ended();
             if let Some(h) = child.link.take() {
                 let _ = h.join();
             }
@@ -318,6 +324,7 @@ impl Supervisor {
                     break;
                 };
                 if let Err(e) = encode_task(child, batch, &task) {
+                    pool.stats.tasks(0).finished(false, None);
                     let n = task.calls.len();
                     if task.job.complete(task.first, Err(e.into()), n) {
                         pool.finisher.finish(&task.job);
@@ -329,6 +336,7 @@ impl Supervisor {
                     child.running_since = Some(Instant::now());
                 }
                 child.in_flight.push_back(task);
+                pool.stats.tasks(0).taken(1);
                 assigned = true;
             }
             if !assigned || s.pending.is_empty() {
@@ -385,6 +393,11 @@ impl Supervisor {
             };
             let task = child.in_flight.remove(pos).expect("position is in range");
             child.running_since = (!child.in_flight.is_empty()).then(Instant::now);
+            let took = Duration::from_micros(msg.micros);
+            self.pool
+                .stats
+                .tasks(0)
+                .reported(msg.result.is_ok(), Some(took));
             let n = task.calls.len();
             if task.job.complete(task.first, msg.result, n) {
                 self.pool.finisher.finish(&task.job);
@@ -403,6 +416,7 @@ impl Supervisor {
             let _ = h.join();
         }
         fork::unregister_fd(child.results.as_raw_fd());
+        self.pool.stats.worker_ended();
         let pid = child.pid;
         let failure = match status {
             _ if child.timed_out => format!(
@@ -431,11 +445,13 @@ impl Supervisor {
             }
         }
         if let Some(task) = running {
+            self.pool.stats.tasks(0).reported(false, None);
             let n = task.calls.len();
             if task.job.complete(task.first, Err(failure.into()), n) {
                 self.pool.finisher.finish(&task.job);
             }
         }
+        self.pool.stats.tasks(0).untaken(child.in_flight.len());
         let mut s = self.pool.state();
         while let Some(t) = child.in_flight.pop_back() {
             s.pending.push_front(t);
@@ -459,7 +475,10 @@ impl Supervisor {
             self.fork_child()
         };
         match child {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                self.pool.stats.worker_started(true);
+                Some(c)
+            }
             Err(e) => {
                 self.pool
                     .break_pool(&format!("cannot start a replacement worker: {e}"));

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::rt::cancel;
 use crate::rt::poison::Recover;
+use crate::rt::progress::Tracker;
 use crate::script::{Callback, TaskError};
 use crate::value::Value;
 
@@ -85,6 +86,8 @@ pub struct AsyncResult {
     arrived: Condvar,
     ready: Ready,
     callbacks: Mutex<Callbacks>,
+    /// Its progress bar's count, if the run shows progress and the job is a map.
+    progress: Option<Tracker>,
 }
 
 impl AsyncResult {
@@ -96,7 +99,14 @@ impl AsyncResult {
             arrived: Condvar::new(),
             ready: Ready::default(),
             callbacks: Mutex::new(callbacks),
+            progress: None,
         }
+    }
+
+    /// The job with a progress bar (see `crate::rt::progress`), counting its items in.
+    pub(super) fn tracked(mut self, progress: Option<Tracker>) -> AsyncResult {
+        self.progress = progress;
+        self
     }
 
     pub(super) fn id(&self) -> u64 {
@@ -116,7 +126,17 @@ impl AsyncResult {
         count: usize,
     ) -> bool {
         let unordered = self.kind == JobKind::Unordered;
-        let done = self.slots().complete(first, results, count, unordered);
+        let mut slots = self.slots();
+        let before = slots.remaining;
+        let done = slots.complete(first, results, count, unordered);
+        let filled = before - slots.remaining;
+        drop(slots);
+        if let Some(progress) = &self.progress {
+            progress.add(filled);
+            if done {
+                progress.end();
+            }
+        }
         // Only an iterator waits for single items; `get` and `wait` wait for `ready`, which is
         // announced on its own. Waking them for every item would cost a context switch each.
         if matches!(self.kind, JobKind::Ordered | JobKind::Unordered) {
@@ -138,6 +158,9 @@ impl AsyncResult {
         self.ready.set();
         drop(s);
         self.arrived.notify_all();
+        if let Some(progress) = &self.progress {
+            progress.end();
+        }
     }
 
     /// The results are in and the callback has run.

@@ -12,7 +12,8 @@
 //!   an `imap` iterator's cursor);
 //! - [`callbacks`]: how a job finishes (its callback first, on the callback thread) and the
 //!   jobs not ready yet, which `terminate` fails and `join` waits for;
-//! - [`worker`]: what a worker runs (the function cache, a forked worker's loop, the wire).
+//! - [`worker`]: what a worker runs (the function cache, a forked worker's loop, the wire);
+//! - [`stats`]: the counters `pool.stats()` reports, which the backends keep.
 //!
 //! A submitted job is cut into tasks (chunks of its calls, sharing one list) that wait in the
 //! pool's pending queue. **Shutdown:** `close` then `join` lets the work finish and the workers
@@ -29,17 +30,20 @@ use crate::exec::{self, Workers};
 use crate::host::{Finish, Host, Mode, Stage};
 use crate::rt::cancel;
 use crate::rt::poison::Recover;
+use crate::rt::progress::Tracker;
 use crate::script::{CallSlice, Calls, FunctionSpec, ScriptEngine, Travel};
 use crate::value::Value;
 
 mod callbacks;
 mod forked;
 mod job;
+mod stats;
 mod threads;
 mod worker;
 
 use callbacks::Finisher;
 pub use job::{AsyncResult, Callbacks, Failure, JobKind};
+pub(crate) use stats::Snapshot as PoolStats;
 
 /// What a pool needs from the backend that runs its tasks once it has started them
 /// ([`forked::start`], [`threads::start`]: each takes what its workers are built from). A
@@ -166,6 +170,8 @@ pub struct Pool {
     /// The thread that oversees the workers (the forked workers' supervisor, the worker
     /// threads' watchdog), joined once the workers have ended.
     overseer: Mutex<Option<JoinHandle<()>>>,
+    /// What `stats()` reports, counted by the backend.
+    stats: stats::Stats,
 }
 
 /// The script's handle on a pool: when the script drops its last one, the pool is stopped
@@ -255,6 +261,7 @@ impl Pool {
                 finisher: Finisher::start(host)?,
                 backend,
                 overseer: Mutex::new(None),
+                stats: stats::Stats::new(size),
             }))
         };
         let (pool, overseer) = match workers {
@@ -291,6 +298,15 @@ impl Pool {
             (None, JobKind::List) => calls.len().div_ceil(self.size * 4).max(1),
             (None, _) => 1,
         };
+        // Before the pool's lock: a first bar starts the drawer thread.
+        let progress = match kind {
+            JobKind::Single => None,
+            JobKind::List => Tracker::start(self.host.settings.progress, "map", calls.len()),
+            JobKind::Ordered => Tracker::start(self.host.settings.progress, "imap", calls.len()),
+            JobKind::Unordered => {
+                Tracker::start(self.host.settings.progress, "imap_unordered", calls.len())
+            }
+        };
         let mut s = self.state();
         match s.status {
             Status::Open => {}
@@ -307,7 +323,8 @@ impl Pool {
                     .unwrap_or_else(|| "the pool is broken".into()))
             }
         }
-        let job = Arc::new(AsyncResult::new(s.next_job, kind, calls.len(), callbacks));
+        let job = AsyncResult::new(s.next_job, kind, calls.len(), callbacks).tracked(progress);
+        let job = Arc::new(job);
         s.next_job += 1;
         // Entered under the pool's lock, so that a terminate either finds it or refuses it.
         self.finisher.enter(&job);
@@ -410,6 +427,12 @@ impl Pool {
     /// How many workers it has.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// `Pool.stats()`: its workers and tasks now (see [`PoolStats`]).
+    pub fn stats(&self) -> PoolStats {
+        let queued = self.state().pending.len();
+        self.stats.snapshot(self.size, queued)
     }
 
     /// Whether the pool still takes work (neither closed, terminated nor broken).

@@ -44,6 +44,8 @@ struct WorkerThread {
     cancel: Arc<Cancel>,
     /// When the running task started; `None` between tasks.
     running_since: Mutex<Option<Instant>>,
+    /// Its place among the pool's workers: which task counts it keeps (`super::stats`).
+    index: usize,
 }
 
 impl WorkerThread {
@@ -69,9 +71,12 @@ pub(super) fn start(
             gil: Mutex::new(engine.host().gil.clone()),
             cancel: Arc::default(),
             running_since: Mutex::new(None),
+            index: started,
         });
         watched.push(thread.clone());
         let (pool_, renew, running_) = (pool.clone(), renew.clone(), running.clone());
+        // Counted before it runs, so that it never counts itself out first.
+        pool.stats.worker_started(false);
         let spawned = std::thread::Builder::new()
             .name("parrun-pool-worker".into())
             .stack_size(SCRIPT_THREAD_STACK)
@@ -79,6 +84,7 @@ pub(super) fn start(
         match spawned {
             Ok(worker) => workers.push(worker),
             Err(e) => {
+                pool.stats.worker_ended();
                 // The threads not started will not count themselves out.
                 let unstarted = count - started;
                 if running.fetch_sub(unstarted, Ordering::AcqRel) == unstarted {
@@ -164,6 +170,7 @@ fn work(
         ));
     }
     cancel::install(None);
+    pool.stats.worker_ended();
     if running.fetch_sub(1, Ordering::AcqRel) == 1 {
         pool.workers_ended();
     }
@@ -222,7 +229,9 @@ fn serve(
             ..
         } = task;
         let n = calls.len();
-        *thread.running_since() = Some(Instant::now());
+        pool.stats.tasks(thread.index).taken(1);
+        let since = Instant::now();
+        *thread.running_since() = Some(since);
         if pool.config.task_timeout.is_some() {
             // Tell the watchdog about the new deadline, under the lock it waits with.
             let _pool = pool.state();
@@ -235,8 +244,15 @@ fn serve(
             thread.cancel.clear();
         }
         // A terminated pool has failed the job already.
-        if pool.is_running() && job.complete(first, result, n) {
-            pool.finisher.finish(&job);
+        if pool.is_running() {
+            pool.stats
+                .tasks(thread.index)
+                .reported(result.is_ok(), Some(since.elapsed()));
+            if job.complete(first, result, n) {
+                pool.finisher.finish(&job);
+            }
+        } else {
+            pool.stats.tasks(thread.index).untaken(1);
         }
         done += 1;
         let Some(renew) = &renew else { continue };
@@ -246,6 +262,8 @@ fn serve(
             done = 0;
             match renew.instantiate() {
                 Ok(fresh) => {
+                    pool.stats.worker_ended();
+                    pool.stats.worker_started(true);
                     *thread.gil.lock().recover() = fresh.engine.host().gil.clone();
                     functions = Functions::new(fresh.engine);
                     initialize(pool, &mut functions);

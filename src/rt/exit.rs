@@ -43,6 +43,8 @@ pub(crate) fn end_process(how: Ending) -> ! {
     if ENDING.swap(true, Ordering::AcqRel) {
         park_for_ever();
     }
+    // No progress bar is left on the screen.
+    crate::rt::progress::abandon();
     children::stop_children();
     match how {
         Ending::Status(status) => exit_now(status),

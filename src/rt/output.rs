@@ -17,6 +17,10 @@
 //! forked child (any depth) its lines go up the parent link, one message per line, to the
 //! process that owns the writer (the link installs how: [`forward_with`]); the child never
 //! touches the writer's lock, which another thread may have held at the fork.
+//!
+//! While progress bars show on the terminal (`crate::rt::progress`), a line for fd 1 or fd 2 is
+//! written with the bars cleared, and a forked child sends its lines for that terminal up the
+//! parent link to the process that draws them, as it does for a sink.
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -28,8 +32,8 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 
-use crate::rt::exit;
 use crate::rt::poison::Recover;
+use crate::rt::{exit, progress};
 
 /// Whether a closed standard output ends the run (set by `crate::rt::signals::install`).
 static END_ON_CLOSED_STDOUT: AtomicBool = AtomicBool::new(false);
@@ -46,7 +50,14 @@ pub fn write_line(text: &[u8]) -> io::Result<()> {
     let mut line = Vec::with_capacity(text.len() + 1);
     line.extend_from_slice(text);
     line.push(b'\n');
-    match write_fd(stdout_fd(), &line) {
+    write_stdout(&line)
+}
+
+/// Writes whole lines to standard output: above the progress bars, or through the process
+/// that draws them (see [`progress_aware`]). A closed standard output ends the run as for
+/// [`write_line`].
+fn write_stdout(bytes: &[u8]) -> io::Result<()> {
+    match progress_aware(Stream::Stdout, bytes) {
         Err(e)
             if e.raw_os_error() == Some(nix::libc::EPIPE)
                 && END_ON_CLOSED_STDOUT.load(Ordering::Acquire) =>
@@ -55,6 +66,24 @@ pub fn write_line(text: &[u8]) -> io::Result<()> {
         }
         other => other,
     }
+}
+
+/// Writes whole lines to fd 1 or fd 2 so that they never land inside a progress bar: in the
+/// process that draws the bars, with the bars cleared meanwhile; in a forked child of it, by
+/// sending them up the parent link when they are for a terminal the bars are on (should the
+/// link fail, they are written here after all).
+fn progress_aware(stream: Stream, bytes: &[u8]) -> io::Result<()> {
+    if progress::forwards(stream == Stream::Stdout) {
+        if let Some(forward) = FORWARD.get() {
+            if forward(stream, bytes).is_ok() {
+                return Ok(());
+            }
+        }
+    }
+    progress::suspend(|| match stream {
+        Stream::Stdout => write_fd(stdout_fd(), bytes),
+        Stream::Stderr => write_fd(io::stderr(), bytes),
+    })
 }
 
 /// How long a forked child that found standard output gone waits for its parent to end the run
@@ -101,7 +130,7 @@ pub fn write_stderr(text: &str) {
     }
     // Nothing sensible can be done if stderr itself is gone. (`io::stderr()` is a constant
     // static, unlike stdout: its descriptor comes without a lock or a first use to finish.)
-    let _ = write_fd(io::stderr(), msg.as_bytes());
+    let _ = progress_aware(Stream::Stderr, msg.as_bytes());
 }
 
 /// Standard output's descriptor, borrowed as `io::stdout().as_fd()` borrows it. Not through
@@ -257,10 +286,11 @@ impl Output {
         };
         let written = match sink {
             Some(sink) => sink.write(stream, bytes),
-            // Only a sink forwards; should a default one ever receive lines, it writes them.
+            // A child's lines for a terminal its parent's progress bars are on (see
+            // [`progress_aware`]), written above the bars, or sent further up.
             None => match stream {
-                Stream::Stdout => write_fd(stdout_fd(), bytes),
-                Stream::Stderr => write_fd(io::stderr(), bytes),
+                Stream::Stdout => write_stdout(bytes),
+                Stream::Stderr => progress_aware(stream, bytes),
             },
         };
         if let Err(e) = written {

@@ -126,6 +126,9 @@ impl Script {
         source: Source,
     ) -> Result<Script, Error> {
         let name = source.name.clone();
+        if runtime.settings.progress {
+            crate::rt::progress::claim();
+        }
         let runtime = runtime.clone();
         let (loaded_tx, loaded_rx) = bounded(1);
         let (requests, requests_rx) = unbounded();
@@ -550,6 +553,7 @@ impl Server {
         host.output().flush();
         // Every child is reaped: the thread that forked them may go, as at the end of a run.
         crate::rt::fork::retire_forker();
+        crate::rt::progress::settle();
     }
 }
 

@@ -317,6 +317,24 @@ impl Runtime {
         self
     }
 
+    /// Shows a progress bar on standard error while a long pool job runs (`map`, `starmap`,
+    /// `imap`, `imap_unordered` and their `_async` forms, and [`Script::map`]): items done of
+    /// the total, the rate and the time left, once the job has run about a second, and only
+    /// when standard error is a terminal. The bar is cleared when the job ends. Off by default
+    /// in the library, because it writes to the process's standard error (not to
+    /// [`Runtime::stderr`]'s writer) and starts a drawing thread while a job is tracked; the
+    /// `parrun` command turns it on unless `--no-progress` is given.
+    ///
+    /// While a bar shows, every line the run prints to a terminal is written whole above it:
+    /// the bar is cleared and drawn again below, and a forked child's lines for the terminal
+    /// travel to this process, as with a [`Runtime::stdout`] writer. The environment variable
+    /// `PARRUN_PROGRESS=always` draws bars even when standard error is not a terminal (for tests
+    /// and debugging), `PARRUN_PROGRESS=never` never draws them.
+    pub fn progress(mut self, enabled: bool) -> Self {
+        self.settings.progress = enabled;
+        self
+    }
+
     /// What `Pool` and `Process` run on: forked processes (the default), isolated engines on
     /// threads, or threads under the script's GIL. A pool can ask for another with its `mode`
     /// option; scripts read the run's mode with `mode()`. [`Mode::Fork`] says what forking
@@ -484,6 +502,10 @@ impl Runtime {
     }
 
     fn run(&self, language: Language, script: Source) -> Result<Ended, Error> {
+        if self.settings.progress {
+            // Before anything forks: children send their terminal lines here.
+            crate::rt::progress::claim();
+        }
         let run = move || {
             let host = match language {
                 Language::Lua => self.host(engine::lua::interrupter()),
@@ -519,8 +541,10 @@ impl Runtime {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         });
         self.embedding.output.flush();
-        // The run has reaped every child it forked: the thread that forked them may go.
+        // The run has reaped every child it forked: the thread that forked them may go, and so
+        // may the one that drew its progress bars.
         crate::rt::fork::retire_forker();
+        crate::rt::progress::settle();
         ended
     }
 
