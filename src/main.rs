@@ -67,6 +67,11 @@ struct Cli {
     #[arg(long, value_name = "N")]
     max_call_depth: Option<usize>,
 
+    /// Write a timeline of the run to FILE: Chrome trace-event JSON, for Perfetto
+    /// (ui.perfetto.dev) or chrome://tracing.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<std::path::PathBuf>,
+
     /// How long a thread may hold the GIL while another waits, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5.0)]
     switch_interval: f64,
@@ -180,6 +185,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
     }
     if let Some(lang) = cli.lang {
         runtime = runtime.language(lang);
+    }
+    if let Some(path) = cli.trace {
+        runtime = runtime.trace(path);
     }
     // Code without a file name to tell its language from is Lua, as for the stock `lua`
     // command, so that a Lua script can run its interpreter again with `-e` or `-`.

@@ -38,6 +38,7 @@ use super::worker::{worker_main, FromWorker, ToWorkerOut};
 use super::{Backend, Pool, Status, Task};
 use crate::link;
 use crate::rt::codec::{self, FrameBuf};
+use crate::rt::trace::Arg;
 use crate::rt::{children, exit, fork};
 use crate::script::{FunctionSpec, TaskEngine};
 
@@ -92,9 +93,10 @@ pub(super) fn start(
         wake: wake_rx.into(),
         task_micros: f64::NAN,
         scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+        forked: 0,
     };
     for _ in 0..pool.size {
-        match supervisor.fork_child() {
+        match supervisor.fork_child(None) {
             Ok(child) => supervisor.children.push(child),
             Err(e) => {
                 for child in &supervisor.children {
@@ -109,6 +111,9 @@ pub(super) fn start(
         .name("parrun-pool".into())
         .spawn(move || {
             let pool = supervisor.pool.clone();
+            if let Some(trace) = &pool.host.trace {
+                trace.name_thread(format!("{} supervisor", pool.pool_name()));
+            }
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| supervisor.run())) {
                 // The workers went with the unwinding: their task pipes closed, so they end
                 // by themselves. The pool fails its work rather than leave `join` waiting.
@@ -125,6 +130,8 @@ pub(super) fn start(
 /// A forked worker as the supervisor sees it.
 struct Child {
     pid: Pid,
+    /// Which of the pool's workers it is, counting from 1 in the order they were forked.
+    number: usize,
     /// Batches of encoded messages for the writer thread; dropped to close the task pipe.
     tasks: Option<Sender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
@@ -158,6 +165,8 @@ struct Supervisor {
     /// Where result pipes are read into: made once, because zeroing a fresh 64 KiB for every
     /// read cost about a fifth of the supervisor's instructions when each task is one call.
     scratch: Box<[u8]>,
+    /// How many workers it has forked (replacements too): the next one's number, less one.
+    forked: usize,
 }
 
 impl Supervisor {
@@ -237,8 +246,9 @@ impl Supervisor {
             }
             if let Err(ended) = self.read_results(i) {
                 let dead = self.children.swap_remove(i);
+                let number = dead.number;
                 self.bury(dead, &ended);
-                if let Some(child) = self.replacement() {
+                if let Some(child) = self.replacement(number) {
                     self.children.push(child);
                 }
                 // The swap moved another worker to `i`; poll again rather than guess.
@@ -257,11 +267,21 @@ impl Supervisor {
             if let Some(h) = child.writer.take() {
                 let _ = h.join();
             }
-            let _ = children::wait_child(child.pid, true);
+            let status = children::wait_child(child.pid, true);
             if let Some(h) = child.link.take() {
                 let _ = h.join();
             }
             fork::unregister_fd(child.results.as_raw_fd());
+            if let Some(trace) = &self.pool.host.trace {
+                let how = match status {
+                    Ok(WaitStatus::Exited(_, code)) => format!("exited with status {code}"),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => format!("was killed by {sig}"),
+                    _ => "ended".to_string(),
+                };
+                let name = format!("{} ended", self.pool.worker_name(child.number));
+                let pid = child.pid.as_raw() as u32;
+                trace.instant(Some((pid, pid)), name, vec![("how", how.into())]);
+            }
         }
         self.pool.workers_ended();
     }
@@ -423,6 +443,15 @@ impl Supervisor {
             }
             _ => format!("worker process {pid} {how} while running this task"),
         };
+        if let Some(trace) = &self.pool.host.trace {
+            let (name, cause) = match status {
+                Ok(WaitStatus::Exited(_, 0)) => ("ended", "exited with status 0".to_string()),
+                _ => ("died", failure.clone()),
+            };
+            let name = format!("{} {name}", self.pool.worker_name(child.number));
+            let raw = pid.as_raw() as u32;
+            trace.instant(Some((raw, raw)), name, vec![("how", cause.into())]);
+        }
         let mut running = child.in_flight.pop_front();
         // A worker that exited by itself (maxtasksperchild) was running nothing.
         if matches!(status, Ok(WaitStatus::Exited(_, 0))) {
@@ -442,8 +471,8 @@ impl Supervisor {
         }
     }
 
-    /// A new worker for one that ended, if the pool still has work for it.
-    fn replacement(&self) -> Option<Child> {
+    /// A new worker for worker `replaces`, which ended, if the pool still has work for it.
+    fn replacement(&mut self, replaces: usize) -> Option<Child> {
         let s = self.pool.state();
         let wanted = match s.status {
             Status::Open => true,
@@ -455,8 +484,9 @@ impl Supervisor {
             return None;
         }
         let child = {
-            let _held = self.pool.host.gil.lock(0);
-            self.fork_child()
+            let host = self.pool.host.clone();
+            let _held = host.gil.lock(0);
+            self.fork_child(Some(replaces))
         };
         match child {
             Ok(c) => Some(c),
@@ -468,8 +498,9 @@ impl Supervisor {
         }
     }
 
-    /// Forks one worker, with its pipes and writer thread. Call with the GIL held.
-    fn fork_child(&self) -> Result<Child, String> {
+    /// Forks one worker, with its pipes and writer thread (in place of worker `replaces`, if
+    /// given). Call with the GIL held.
+    fn fork_child(&mut self, replaces: Option<usize>) -> Result<Child, String> {
         let (task_rx, task_tx) = pipe()?;
         let (result_rx, result_tx) = pipe()?;
         fork::register_fd(task_tx.as_raw_fd());
@@ -502,10 +533,25 @@ impl Supervisor {
             }
         };
         // (The child's ends went with the closure, dropped in this process.)
+        self.forked += 1;
+        let number = self.forked;
+        if let Some(trace) = &self.pool.host.trace {
+            // A forked child's one thread has its pid as its tid.
+            let pid = forked.pid.as_raw() as u32;
+            let name = self.pool.worker_name(number);
+            trace.name_process(pid, format!("{name} (pid {pid})"));
+            trace.name_track(pid, pid, name);
+            let mut args = vec![("pid", Arg::Int(pid.into()))];
+            if let Some(old) = replaces {
+                args.push(("replaces", self.pool.worker_name(old).into()));
+            }
+            trace.instant(Some((pid, pid)), "fork", args);
+        }
         set_nonblocking(&result_rx)?;
         let (tx, writer) = start_writer(task_tx)?;
         Ok(Child {
             pid: forked.pid,
+            number,
             tasks: Some(tx),
             writer: Some(writer),
             results: File::from(result_rx),
@@ -560,13 +606,21 @@ fn encode_task(child: &mut Child, batch: &mut Vec<u8>, task: &Task) -> Result<()
         return Err("internal error: a local function sent to a forked worker".into());
     };
     if child.known.insert(*key) {
-        let message = ToWorkerOut::Function { key: *key, code };
+        let message = ToWorkerOut::Function {
+            key: *key,
+            code,
+            name: task.traced.as_deref(),
+        };
         let _ = codec::encode_into(batch, &message);
     }
     let message = ToWorkerOut::Task {
         id: task.id,
         function: *key,
         calls: task.calls.as_slice(),
+        traced: task
+            .traced
+            .as_ref()
+            .map(|_| (task.job.id(), task.first as u64)),
     };
     codec::encode_into(batch, &message).map_err(|e| e.to_string())
 }

@@ -123,6 +123,8 @@ struct Task {
     first: usize,
     function: Arc<FunctionSpec>,
     calls: Chunk,
+    /// In a traced run: the function's name, for the task's span (see `crate::rt::trace`).
+    traced: Option<Arc<str>>,
 }
 
 /// Where a pool is in its life.
@@ -166,6 +168,8 @@ pub struct Pool {
     /// The thread that oversees the workers (the forked workers' supervisor, the worker
     /// threads' watchdog), joined once the workers have ended.
     overseer: Mutex<Option<JoinHandle<()>>>,
+    /// In a traced run, the pool's number in the run (1, 2, ...), for its workers' track names.
+    traced: Option<u32>,
 }
 
 /// The script's handle on a pool: when the script drops its last one, the pool is stopped
@@ -255,6 +259,7 @@ impl Pool {
                 finisher: Finisher::start(host)?,
                 backend,
                 overseer: Mutex::new(None),
+                traced: host.trace.as_ref().map(|t| t.next_pool()),
             }))
         };
         let (pool, overseer) = match workers {
@@ -276,7 +281,8 @@ impl Pool {
     }
 
     /// Queues a job of `calls` in chunks of `chunksize` (by default, one call each, and for
-    /// `map` Python's size). Errors if the pool is not open.
+    /// `map` Python's size). Errors if the pool is not open. `traced`: in a traced run, the
+    /// function's name, which its tasks' spans show.
     pub fn submit(
         &self,
         kind: JobKind,
@@ -284,6 +290,7 @@ impl Pool {
         calls: Calls,
         chunksize: Option<usize>,
         callbacks: Callbacks,
+        traced: Option<Arc<str>>,
     ) -> Result<Arc<AsyncResult>, String> {
         let chunksize = match (chunksize, kind) {
             (Some(size), _) => size.max(1),
@@ -327,6 +334,7 @@ impl Pool {
                 first,
                 function: function.clone(),
                 calls: chunk,
+                traced: traced.clone(),
             });
             first += n;
         }
@@ -410,6 +418,28 @@ impl Pool {
     /// How many workers it has.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// Whether the run is traced: a submission then names its function.
+    pub fn is_traced(&self) -> bool {
+        self.traced.is_some()
+    }
+
+    /// The track name of worker `n` (from 1): `worker 3` in a run's first pool, `pool 2 worker
+    /// 3` in the next.
+    fn worker_name(&self, n: usize) -> String {
+        match self.traced {
+            Some(1) | None => format!("worker {n}"),
+            Some(pool) => format!("pool {pool} worker {n}"),
+        }
+    }
+
+    /// What track names call the pool: `pool`, `pool 2`, ...
+    fn pool_name(&self) -> String {
+        match self.traced {
+            Some(1) | None => "pool".to_string(),
+            Some(pool) => format!("pool {pool}"),
+        }
     }
 
     /// Whether the pool still takes work (neither closed, terminated nor broken).
@@ -575,7 +605,7 @@ mod tests {
 
     fn apply(pool: &Pool, x: i64, callbacks: Callbacks) -> Arc<AsyncResult> {
         let calls = Calls::Lists(vec![vec![Value::Int(x)]]);
-        pool.submit(JobKind::Single, echo(), calls, None, callbacks)
+        pool.submit(JobKind::Single, echo(), calls, None, callbacks, None)
             .unwrap()
     }
 
@@ -734,7 +764,14 @@ mod tests {
         let twenty = || Calls::Each((0..20).map(Value::Int).collect());
         let chunks_of = |kind, chunksize| {
             let job = pool
-                .submit(kind, echo(), twenty(), chunksize, Callbacks::default())
+                .submit(
+                    kind,
+                    echo(),
+                    twenty(),
+                    chunksize,
+                    Callbacks::default(),
+                    None,
+                )
                 .unwrap();
             let joined = job.clone();
             within(move || joined.wait(None));
