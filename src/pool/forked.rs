@@ -272,16 +272,7 @@ impl Supervisor {
                 let _ = h.join();
             }
             fork::unregister_fd(child.results.as_raw_fd());
-            if let Some(trace) = &self.pool.host.trace {
-                let how = match status {
-                    Ok(WaitStatus::Exited(_, code)) => format!("exited with status {code}"),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => format!("was killed by {sig}"),
-                    _ => "ended".to_string(),
-                };
-                let name = format!("{} ended", self.pool.worker_name(child.number));
-                let pid = child.pid.as_raw() as u32;
-                trace.instant(Some((pid, pid)), name, vec![("how", how.into())]);
-            }
+            self.trace_end(&child, &status, "ended", "ended", None);
         }
         self.pool.workers_ended();
     }
@@ -443,22 +434,17 @@ impl Supervisor {
             }
             _ => format!("worker process {pid} {how} while running this task"),
         };
-        if let Some(trace) = &self.pool.host.trace {
-            let (name, cause) = match status {
-                Ok(WaitStatus::Exited(_, 0)) => ("ended", "exited with status 0".to_string()),
-                _ => ("died", failure.clone()),
-            };
-            let name = format!("{} {name}", self.pool.worker_name(child.number));
-            let raw = pid.as_raw() as u32;
-            trace.instant(Some((raw, raw)), name, vec![("how", cause.into())]);
-        }
         let mut running = child.in_flight.pop_front();
         // A worker that exited by itself (maxtasksperchild) was running nothing.
-        if matches!(status, Ok(WaitStatus::Exited(_, 0))) {
+        let retired = matches!(status, Ok(WaitStatus::Exited(_, 0))) && !child.timed_out;
+        if retired {
             if let Some(t) = running.take() {
                 child.in_flight.push_front(t);
             }
         }
+        let verb = if retired { "ended" } else { "died" };
+        let failed = running.as_ref().map(|_| failure.as_str());
+        self.trace_end(&child, &status, how, verb, failed);
         if let Some(task) = running {
             let n = task.calls.len();
             if task.job.complete(task.first, Err(failure.into()), n) {
@@ -469,6 +455,35 @@ impl Supervisor {
         while let Some(t) = child.in_flight.pop_back() {
             s.pending.push_front(t);
         }
+    }
+
+    /// In a traced run, an instant at the end of `child`'s track: `WORKER verb`, and how it
+    /// ended (as reaped, `status`; else as its pipe ended, `how`), and the failure of the task
+    /// it was running (`failed`), if any.
+    fn trace_end(
+        &self,
+        child: &Child,
+        status: &nix::Result<WaitStatus>,
+        how: &str,
+        verb: &str,
+        failed: Option<&str>,
+    ) {
+        let Some(trace) = &self.pool.host.trace else {
+            return;
+        };
+        let cause = match status {
+            _ if child.timed_out => "was killed: its task ran past the task timeout".to_string(),
+            Ok(WaitStatus::Signaled(_, sig, _)) => format!("was killed by {sig}"),
+            Ok(WaitStatus::Exited(_, code)) => format!("exited with status {code}"),
+            _ => how.to_string(),
+        };
+        let mut args = vec![("how", Arg::from(cause))];
+        if let Some(failed) = failed {
+            args.push(("failed", failed.into()));
+        }
+        let name = format!("{} {verb}", self.pool.worker_name(child.number));
+        let pid = child.pid.as_raw() as u32;
+        trace.instant(Some((pid, pid)), name, args);
     }
 
     /// A new worker for worker `replaces`, which ended, if the pool still has work for it.

@@ -141,7 +141,7 @@ impl Functions {
 /// A forked worker's life: runs the initializer, then the tasks from `tasks` until the pipe
 /// closes or `max_tasks` have run; the process's exit status (1 when the initializer failed or
 /// the pipes broke). In a traced run, each task is a span on the worker's track, and the
-/// events go up to the parent whenever the worker is about to wait for work.
+/// events go up to the parent whenever the worker has no more work buffered.
 pub(super) fn worker_main(
     engine: Arc<dyn TaskEngine>,
     mut tasks: File,
@@ -169,13 +169,6 @@ pub(super) fn worker_main(
     let trace = host.trace.clone();
     let mut names: HashMap<u64, Arc<str>> = HashMap::new();
     loop {
-        if let Some(trace) = &trace {
-            // About to wait for more work: a worker killed while it waits (a terminated pool)
-            // has sent what it did.
-            if reader.buffer().is_empty() {
-                trace.flush();
-            }
-        }
         let msg = match codec::read_frame::<ToWorker>(&mut reader, &mut buf) {
             Ok(m) => m,
             Err(codec::CodecError::Closed) => return 0,
@@ -207,6 +200,12 @@ pub(super) fn worker_main(
                         .unwrap_or_else(|| Arc::from("?"));
                     let n = calls.len() as u64;
                     trace.task(at, &name, job, id, first, n, result.is_ok());
+                    // No more work buffered: the events go up before the result, so that they
+                    // are on their way before the parent can see the work done (and, say,
+                    // terminate the pool).
+                    if reader.buffer().is_empty() {
+                        trace.flush();
+                    }
                 }
                 let msg = FromWorker {
                     id,
