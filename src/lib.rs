@@ -30,7 +30,9 @@
 //! Safety switches and limits are builder methods too: [`Runtime::sandbox`],
 //! [`Runtime::max_memory`], [`Runtime::max_instructions`], [`Runtime::max_call_depth`],
 //! [`Runtime::task_timeout`], [`Runtime::binary_chunks`]; [`Runtime::interpreter_args`] sets
-//! what a Lua script sees in `arg[-1]`. A command-line program embedding parrun can call
+//! what a Lua script sees in `arg[-1]`. [`Runtime::trace`] writes a timeline of a run (every
+//! pool task, GIL hand-over, fork and worker death, on every thread and process) for Perfetto
+//! or `chrome://tracing`. A command-line program embedding parrun can call
 //! [`signals::install`] first thing in `main` for parrun's handling of Ctrl-C, SIGTERM and a
 //! closed standard output; running a script never installs it by itself.
 //!

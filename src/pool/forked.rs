@@ -624,7 +624,7 @@ fn encode_task(child: &mut Child, batch: &mut Vec<u8>, task: &Task) -> Result<()
         let message = ToWorkerOut::Function {
             key: *key,
             code,
-            name: task.traced.as_deref(),
+            name: task.job.trace_name().map(|n| &**n),
         };
         let _ = codec::encode_into(batch, &message);
     }
@@ -633,8 +633,8 @@ fn encode_task(child: &mut Child, batch: &mut Vec<u8>, task: &Task) -> Result<()
         function: *key,
         calls: task.calls.as_slice(),
         traced: task
-            .traced
-            .as_ref()
+            .job
+            .trace_name()
             .map(|_| (task.job.id(), task.first as u64)),
     };
     codec::encode_into(batch, &message).map_err(|e| e.to_string())

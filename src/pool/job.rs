@@ -15,7 +15,7 @@
 //! this module keeps the state and answers the script.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::rt::cancel;
@@ -85,6 +85,8 @@ pub struct AsyncResult {
     arrived: Condvar,
     ready: Ready,
     callbacks: Mutex<Callbacks>,
+    /// In a traced run: the function's name, for its tasks' spans (see `crate::rt::trace`).
+    traced: Option<Arc<str>>,
 }
 
 impl AsyncResult {
@@ -96,7 +98,19 @@ impl AsyncResult {
             arrived: Condvar::new(),
             ready: Ready::default(),
             callbacks: Mutex::new(callbacks),
+            traced: None,
         }
+    }
+
+    /// The job of a traced run, whose tasks' spans are named `function`.
+    pub(super) fn traced(mut self, function: Option<Arc<str>>) -> AsyncResult {
+        self.traced = function;
+        self
+    }
+
+    /// In a traced run, the name of the job's function.
+    pub(super) fn trace_name(&self) -> Option<&Arc<str>> {
+        self.traced.as_ref()
     }
 
     pub(super) fn id(&self) -> u64 {

@@ -123,8 +123,6 @@ struct Task {
     first: usize,
     function: Arc<FunctionSpec>,
     calls: Chunk,
-    /// In a traced run: the function's name, for the task's span (see `crate::rt::trace`).
-    traced: Option<Arc<str>>,
 }
 
 /// Where a pool is in its life.
@@ -314,7 +312,8 @@ impl Pool {
                     .unwrap_or_else(|| "the pool is broken".into()))
             }
         }
-        let job = Arc::new(AsyncResult::new(s.next_job, kind, calls.len(), callbacks));
+        let job = AsyncResult::new(s.next_job, kind, calls.len(), callbacks).traced(traced);
+        let job = Arc::new(job);
         s.next_job += 1;
         // Entered under the pool's lock, so that a terminate either finds it or refuses it.
         self.finisher.enter(&job);
@@ -334,7 +333,6 @@ impl Pool {
                 first,
                 function: function.clone(),
                 calls: chunk,
-                traced: traced.clone(),
             });
             first += n;
         }

@@ -225,10 +225,9 @@ fn serve(
             first,
             function,
             calls,
-            traced,
         } = task;
         let n = calls.len();
-        let started = traced.as_ref().map(|_| trace::clock());
+        let started = job.trace_name().map(|_| trace::clock());
         *thread.running_since() = Some(Instant::now());
         if pool.config.task_timeout.is_some() {
             // Tell the watchdog about the new deadline, under the lock it waits with.
@@ -236,7 +235,9 @@ fn serve(
             pool.changed.notify_all();
         }
         let result = run(&mut functions, &function, calls.as_slice());
-        if let (Some(trace), Some(name), Some(start)) = (&pool.host.trace, &traced, started) {
+        if let (Some(trace), Some(name), Some(start)) =
+            (&pool.host.trace, job.trace_name(), started)
+        {
             let (job, ok) = (job.id(), result.is_ok());
             trace.task(start, name, job, id, first as u64, n as u64, ok);
         }

@@ -140,17 +140,25 @@ impl Gil {
         s.holder_token = 0;
         // Tickets handed out but not yet served are threads in line.
         let waiting = s.next_ticket > s.serving;
-        let held = match self.trace {
-            Some(_) if waiting || s.handed_over => Some(s.held_since),
-            _ => None,
-        };
+        let handed_over = self.trace.is_some() && (waiting || s.handed_over);
+        let since = s.held_since;
         drop(s);
-        if let (Some(trace), Some(since)) = (&self.trace, held) {
-            trace.gil(since);
+        if handed_over {
+            self.trace_hold(since);
         }
         if waiting {
             // Every waiter must re-check: only the one whose ticket is served proceeds.
             self.turn.notify_all();
+        }
+    }
+
+    /// Records that this thread held the lock since `since` (out of line: the lock's hot path
+    /// stays as small as untraced).
+    #[cold]
+    #[inline(never)]
+    fn trace_hold(&self, since: u64) {
+        if let Some(trace) = &self.trace {
+            trace.gil(since);
         }
     }
 

@@ -235,12 +235,14 @@ impl Tracer {
     /// cannot be written is an error at once, and the file is valid JSON from here on). `name`
     /// names this process's track group.
     pub(crate) fn create(file: &Path, name: &str) -> io::Result<Arc<Tracer>> {
+        // Where the file is as of now: the script may change directory before the end.
+        let file = std::path::absolute(file)?;
         let epoch = clock();
         let tracer = Arc::new(Tracer {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             epoch,
             owner: std::process::id(),
-            file: file.to_owned(),
+            file,
             state: Mutex::new(State {
                 events: Vec::new(),
                 dropped: 0,
@@ -512,10 +514,15 @@ impl Tracer {
                 order.push((e.pid, e.tid));
             }
         }
-        let mut first = true;
-        let mut emit = |out: &mut dyn Write, value: Json| -> io::Result<()> {
-            out.write_all(if first { b"\n" } else { b",\n" })?;
-            first = false;
+        let mut opening = true;
+        let mut sep = |out: &mut dyn Write| -> io::Result<()> {
+            out.write_all(if std::mem::take(&mut opening) {
+                b"\n"
+            } else {
+                b",\n"
+            })
+        };
+        let emit = |out: &mut dyn Write, value: Json| -> io::Result<()> {
             serde_json::to_writer(&mut *out, &value).map_err(io::Error::other)
         };
         out.write_all(b"{\"traceEvents\":[")?;
@@ -523,24 +530,30 @@ impl Tracer {
             if let Some(name) = processes.get(pid) {
                 let meta = json!({"ph": "M", "name": "process_name", "pid": pid, "tid": pid,
                                   "args": {"name": name}});
+                sep(out)?;
                 emit(out, meta)?;
             }
             let sort = json!({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": pid,
                               "args": {"sort_index": index}});
+            sep(out)?;
             emit(out, sort)?;
         }
         for (index, (pid, tid)) in order.iter().enumerate() {
             if let Some((name, _)) = threads.get(&(*pid, *tid)) {
                 let meta = json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
                                   "args": {"name": name}});
+                sep(out)?;
                 emit(out, meta)?;
             }
             let sort = json!({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid,
                               "args": {"sort_index": index}});
+            sep(out)?;
             emit(out, sort)?;
         }
         for e in events {
             let (pid, tid, ts) = (e.pid, e.tid, at(e.ts));
+            // Tasks and GIL turns are nearly all of a big trace: written directly, not built
+            // as JSON values first.
             let value = match &e.what {
                 What::Task {
                     function,
@@ -550,16 +563,30 @@ impl Tracer {
                     items,
                     dur,
                     ok,
-                } => json!({
-                    "ph": "X", "cat": "task", "name": &**function, "pid": pid, "tid": tid,
-                    "ts": ts, "dur": us(*dur),
-                    "args": {"job": job, "task": task, "items": format!("{first}..{}", first + items),
-                             "calls": items, "ok": ok},
-                }),
-                What::Gil { dur } => json!({
-                    "ph": "X", "cat": "gil", "name": "GIL", "pid": pid, "tid": tid, "ts": ts,
-                    "dur": us(*dur),
-                }),
+                } => {
+                    sep(out)?;
+                    out.write_all(b"{\"ph\":\"X\",\"cat\":\"task\",\"name\":")?;
+                    serde_json::to_writer(&mut *out, &**function).map_err(io::Error::other)?;
+                    write!(
+                        out,
+                        ",\"pid\":{pid},\"tid\":{tid},\"ts\":{ts:.3},\"dur\":{:.3},\"args\":\
+                         {{\"job\":{job},\"task\":{task},\"items\":\"{first}..{}\",\
+                         \"calls\":{items},\"ok\":{ok}}}}}",
+                        us(*dur),
+                        first + items,
+                    )?;
+                    continue;
+                }
+                What::Gil { dur } => {
+                    sep(out)?;
+                    write!(
+                        out,
+                        "{{\"ph\":\"X\",\"cat\":\"gil\",\"name\":\"GIL\",\"pid\":{pid},\
+                         \"tid\":{tid},\"ts\":{ts:.3},\"dur\":{:.3}}}",
+                        us(*dur)
+                    )?;
+                    continue;
+                }
                 What::Span { cat, name, dur } => json!({
                     "ph": "X", "cat": cat.name(), "name": name, "pid": pid, "tid": tid,
                     "ts": ts, "dur": us(*dur),
@@ -580,6 +607,7 @@ impl Tracer {
                 }
                 What::ThreadName { .. } | What::ProcessName(_) => continue,
             };
+            sep(out)?;
             emit(out, value)?;
         }
         out.write_all(b"\n],\n\"displayTimeUnit\":\"ms\",\n\"otherData\":")?;
