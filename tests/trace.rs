@@ -365,8 +365,9 @@ fn the_trace_is_written_when_the_script_fails_or_exits() {
     }
 }
 
-/// SIGTERM ends the run at once (status 143): the trace is still written whole, with the
-/// workers' tasks and the way the process ended.
+/// SIGTERM ends the run at once (status 143), Ctrl-C raises KeyboardInterrupt in the script
+/// (status 130): either way the trace is written whole, with the workers' tasks and the way
+/// the run ended.
 #[test]
 fn the_trace_is_written_when_a_signal_ends_the_run() {
     let lua = r#"
@@ -381,7 +382,15 @@ p.map(|x| x, [1, 2, 3]);
 print("ready");
 sleep(60);
 "#;
-    for (lang, code) in [(Lang::Lua, lua), (Lang::Rhai, rhai)] {
+    use nix::sys::signal::Signal;
+    let signals = [
+        (Signal::SIGTERM, 143, "ended at once with status 143"),
+        (Signal::SIGINT, 130, "KeyboardInterrupt"),
+    ];
+    let runs = [(Lang::Lua, lua), (Lang::Rhai, rhai)]
+        .into_iter()
+        .flat_map(|run| signals.map(|signal| (run, signal)));
+    for ((lang, code), (signal, expected, says)) in runs {
         let dir = TempDir::new("trace-signal");
         let file = lang.file("main");
         dir.write(&file, code);
@@ -402,7 +411,7 @@ sleep(60);
         });
         let ready = rx.recv_timeout(Duration::from_secs(30));
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(pid, signal).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -410,25 +419,23 @@ sleep(60);
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("{lang:?}: parrun did not end after SIGTERM");
+                panic!("{lang:?}: parrun did not end after {signal}");
             }
             std::thread::sleep(Duration::from_millis(10));
         };
         assert_eq!(ready.as_deref(), Ok("ready"), "{lang:?}");
-        assert_eq!(status.code(), Some(143), "{lang:?}");
+        assert_eq!(status.code(), Some(expected), "{lang:?} {signal}");
         let text = std::fs::read_to_string(&path).unwrap();
         let json: Json = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{lang:?}: not JSON after SIGTERM: {e}\n{text}"));
+            .unwrap_or_else(|e| panic!("{lang:?}: not JSON after {signal}: {e}\n{text}"));
         let events = json["traceEvents"].as_array().unwrap();
         let tasks = events.iter().filter(|e| e["cat"] == "task").count();
-        assert_eq!(tasks, 3, "{lang:?}: {text}");
+        assert_eq!(tasks, 3, "{lang:?} {signal}: {text}");
         assert!(
-            events.iter().any(|e| e["ph"] == "i"
-                && e["name"]
-                    .as_str()
-                    .unwrap()
-                    .contains("ended at once with status 143")),
-            "{lang:?}: {text}"
+            events
+                .iter()
+                .any(|e| e["ph"] == "i" && e["name"].as_str().unwrap().contains(says)),
+            "{lang:?} {signal}: {text}"
         );
     }
 }
