@@ -12,6 +12,7 @@ use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::gil::Gil;
 use crate::rt::output::Output;
 use crate::rt::poison::Recover;
+use crate::rt::trace::{TraceHeld, Tracer};
 use crate::value::Value;
 
 /// What `Pool` and `Process` run on (`--mode`).
@@ -224,12 +225,16 @@ pub(crate) struct Host {
     process_counter: AtomicU64,
     pub(crate) settings: Settings,
     pub(crate) embedding: Arc<Embedding>,
+    /// The run's timeline, if it is traced (`Runtime::trace`): shared by every engine of the
+    /// run, and inherited by forked children, which send their events up their links.
+    pub(crate) trace: Option<Arc<Tracer>>,
 }
 
 /// The host's locks, held across a fork (see `crate::rt::atfork`).
 struct HostForkGuard<'a> {
     gil: crate::rt::gil::GilForkGuard<'a>,
     started: MutexGuard<'a, Vec<Arc<dyn Finish>>>,
+    trace: Option<TraceHeld<'a>>,
 }
 
 impl ForkSafe for Host {
@@ -237,37 +242,53 @@ impl ForkSafe for Host {
         Box::new(HostForkGuard {
             started: self.started.lock().recover(),
             gil: self.gil.fork_guard(),
+            trace: self.trace.as_ref().map(|t| t.hold()),
         })
     }
 }
 
 impl ForkHeld for HostForkGuard<'_> {
-    /// In the child: the parent's threads, pools and child processes are not this process's.
+    /// In the child: the parent's threads, pools, child processes and trace events are not
+    /// this process's.
     fn reset_in_child(self: Box<Self>) {
-        let HostForkGuard { gil, mut started } = *self;
+        let HostForkGuard {
+            gil,
+            mut started,
+            trace,
+        } = *self;
         gil.reset_in_child();
         started.clear();
+        if let Some(trace) = trace {
+            trace.reset_in_child();
+        }
     }
 }
 
 impl Host {
-    /// A host for an isolated engine: its own GIL and registries, the same settings.
+    /// A host for an isolated engine: its own GIL and registries, the same settings and trace.
     pub(crate) fn isolated(&self) -> Arc<Host> {
-        let gil = Gil::new(self.gil.interval(), self.gil.interrupter());
-        Host::with_embedding(gil, self.settings.clone(), self.embedding.clone())
+        let gil = Gil::new(self.gil.interval(), self.gil.interrupter()).traced(self.trace.clone());
+        Host::with_embedding(
+            gil,
+            self.settings.clone(),
+            self.embedding.clone(),
+            self.trace.clone(),
+        )
     }
 
     /// A host with `gil` and nothing started yet.
     #[cfg(test)]
     pub(crate) fn new(gil: Gil, settings: Settings) -> Arc<Host> {
-        Host::with_embedding(gil, settings, Arc::default())
+        Host::with_embedding(gil, settings, Arc::default(), None)
     }
 
-    /// A host with `gil`, what the embedding program added, and nothing started yet.
+    /// A host with `gil`, what the embedding program added, the run's trace (if any), and
+    /// nothing started yet.
     pub(crate) fn with_embedding(
         gil: Gil,
         settings: Settings,
         embedding: Arc<Embedding>,
+        trace: Option<Arc<Tracer>>,
     ) -> Arc<Host> {
         Arc::new(Host {
             gil: Arc::new(gil),
@@ -276,6 +297,7 @@ impl Host {
             process_counter: AtomicU64::new(0),
             settings,
             embedding,
+            trace,
         })
     }
 

@@ -61,7 +61,9 @@
 //! [`Runtime::max_memory`], [`Runtime::max_instructions`], [`Runtime::max_call_depth`],
 //! [`Runtime::task_timeout`], [`Runtime::binary_chunks`]; [`Runtime::interpreter_args`] sets
 //! what a Lua script sees in `arg[-1]`; [`Runtime::progress`] shows the command line's progress
-//! bars for long maps (off by default in the library). A command-line program embedding parrun can call
+//! bars for long maps (off by default in the library). [`Runtime::trace`] writes a timeline of
+//! a run (every pool task, GIL hand-over, fork and worker death, on every thread and process)
+//! for Perfetto or `chrome://tracing`. A command-line program embedding parrun can call
 //! [`signals::install`] first thing in `main` for parrun's handling of Ctrl-C, SIGTERM and a
 //! closed standard output; running a script never installs it by itself.
 //!

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::host::Host;
 use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::poison::Recover;
+use crate::rt::trace::{self, Tracer};
 use crate::rt::{cancel, codec, fork, output, signals};
 use crate::value::Value;
 
@@ -55,6 +56,9 @@ pub(crate) enum Op {
     /// Whole lines the child printed, for the writer the run's output goes to (see
     /// `crate::rt::output::Sink`).
     Output(output::Stream, serde_bytes::ByteBuf),
+    /// Trace events of the child (and of its own children), for the run's trace file (see
+    /// `crate::rt::trace`).
+    Trace(Vec<trace::Event>),
 }
 
 /// Why an operation on an object in another process failed, as it crosses the link.
@@ -152,6 +156,8 @@ pub(crate) fn fork_child(
 ) -> Result<Child, String> {
     output::report_stdout_gone_with(report_stdout_gone);
     output::forward_with(forward_output);
+    trace::forward_with(forward_trace);
+    let tracer = host.trace.clone();
     let guards: [Arc<dyn ForkSafe>; 3] = [
         host.clone(),
         Arc::new(cancel::MainThreads),
@@ -160,13 +166,17 @@ pub(crate) fn fork_child(
     let forked = fork::fork_child(&guards, keep, move |stream| {
         signals::reset_in_child();
         registry().parent_link = Some(Arc::new(LinkClient::new(stream)));
-        work()
+        let status = work();
+        if let Some(tracer) = &tracer {
+            tracer.flush();
+        }
+        status
     })?;
     if parent_link().is_some() {
         // A child with children of its own reaps them too when it is stopped.
         signals::guard_children();
     }
-    let link_server = serve(forked.stream, host.output().clone())
+    let link_server = serve(forked.stream, host.output().clone(), host.trace.clone())
         .map_err(|e| format!("cannot start the link thread: {e}"))?;
     Ok(Child {
         pid: forked.pid,
@@ -312,19 +322,31 @@ fn forward_output(stream: output::Stream, bytes: &[u8]) -> std::io::Result<()> {
         .map_err(std::io::Error::other)
 }
 
+/// In a forked child: sends trace events up to the process that writes the trace (through
+/// this process's parent, whose tracer sends them further up if it is a child too).
+fn forward_trace(events: Vec<trace::Event>) {
+    if let Some(link) = parent_link() {
+        let _ = link.post(0, Op::Trace(events));
+    }
+}
+
 /// The parent's side: serves one child's requests until the child closes its end; lines the
-/// child printed go where `output` says.
-fn serve(stream: UnixStream, output: output::Output) -> std::io::Result<JoinHandle<()>> {
+/// child printed go where `output` says, its trace events to `trace`.
+fn serve(
+    stream: UnixStream,
+    output: output::Output,
+    trace: Option<Arc<Tracer>>,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("parrun-link-server".into())
-        .spawn(move || serve_loop(stream, output))
+        .spawn(move || serve_loop(stream, output, trace))
 }
 
 /// How often a waiting server-side operation checks that the child is still there, so that it
 /// never takes a value out of a queue for a child that has died.
 const LIVENESS_CHECK: Duration = Duration::from_millis(50);
 
-fn serve_loop(stream: UnixStream, output: output::Output) {
+fn serve_loop(stream: UnixStream, output: output::Output, trace: Option<Arc<Tracer>>) {
     use std::os::fd::AsRawFd;
     let fd = stream.as_raw_fd();
     let Ok(writer) = stream.try_clone() else {
@@ -339,6 +361,12 @@ fn serve_loop(stream: UnixStream, output: output::Output) {
             Op::StdoutGone => output::stdout_gone(),
             Op::Output(stream, bytes) => {
                 output.write_forwarded(stream, &bytes);
+                continue;
+            }
+            Op::Trace(events) => {
+                if let Some(trace) = &trace {
+                    trace.absorb(events);
+                }
                 continue;
             }
             op => op,
@@ -496,7 +524,7 @@ mod tests {
             let echo = register_object(Echo);
             let id = echo.0;
             let (parent_end, child_end) = UnixStream::pair().unwrap();
-            let server = serve(parent_end, output::Output::default()).unwrap();
+            let server = serve(parent_end, output::Output::default(), None).unwrap();
             let client = LinkClient::new(child_end);
             let odd = Duration::new(0, 12_345_679);
             assert_eq!(

@@ -73,6 +73,10 @@ struct Cli {
     /// Show no progress bar (a long map shows one on stderr when stderr is a terminal).
     #[arg(long)]
     no_progress: bool,
+    /// Write a timeline of the run to FILE: Chrome trace-event JSON, for Perfetto
+    /// (ui.perfetto.dev) or chrome://tracing.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<std::path::PathBuf>,
 
     /// How long a thread may hold the GIL while another waits, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5.0)]
@@ -191,6 +195,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
     }
     if let Some(lang) = cli.lang {
         runtime = runtime.language(lang);
+    }
+    if let Some(path) = cli.trace {
+        runtime = runtime.trace(path);
     }
     // Code without a file name to tell its language from is Lua, as for the stock `lua`
     // command, so that a Lua script can run its interpreter again with `-e` or `-`.

@@ -30,6 +30,7 @@ use crate::host::{Finish, Host, Stage};
 use crate::link;
 use crate::rt::poison::Recover;
 use crate::rt::threads::Joiner;
+use crate::rt::trace::{self, Arg, Cat};
 use crate::rt::{children, exit};
 use crate::script::{take_target, Target, TaskEngine};
 
@@ -106,9 +107,17 @@ impl ScriptProcess {
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
+                let trace = runs_on.trace.clone();
+                let started = trace.as_ref().map(|t| {
+                    t.name_thread(format!("process {name}"));
+                    trace::clock()
+                });
                 let gil = &runs_on.gil;
                 let held = gil.lock(0);
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
+                if let (Some(t), Some(start)) = (&trace, started) {
+                    t.span(Cat::Process, &name, start);
+                }
                 let code = match outcome {
                     // What a forked child's exit status would carry of it.
                     Ok(Ok(status)) => status & 0xff,
@@ -146,6 +155,7 @@ impl ScriptProcess {
         let name = self.name.clone();
         let child_host = host.clone();
         let child = link::fork_child(host, Vec::new(), move || {
+            let started = child_host.trace.as_ref().map(|_| trace::clock());
             let status = match target.run() {
                 Ok(status) => status,
                 Err(msg) => {
@@ -153,11 +163,25 @@ impl ScriptProcess {
                     1
                 }
             };
+            if let (Some(t), Some(start)) = (&child_host.trace, started) {
+                t.span(Cat::Process, &name, start);
+            }
             // As a Python child does before it exits: wait for the threads and processes the
             // target started.
             child_host.finish_holding_gil();
             status
         })?;
+        if let Some(trace) = &host.trace {
+            // A forked child's one thread has its pid as its tid.
+            let pid = child.pid.as_raw() as u32;
+            trace.name_process(pid, format!("process {} (pid {pid})", self.name));
+            trace.name_track(pid, pid, format!("process {}", self.name));
+            trace.instant(
+                Some((pid, pid)),
+                "fork",
+                vec![("pid", Arg::Int(pid.into()))],
+            );
+        }
         *self.state() = State::Running {
             pid: child.pid,
             link: Some(child.link_server),

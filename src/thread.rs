@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::host::{Finish, Host, Stage};
 use crate::rt::poison::Recover;
 use crate::rt::threads::Joiner;
+use crate::rt::trace::{self, Cat};
 use crate::script::{take_target, Target};
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -70,13 +71,21 @@ impl ScriptThread {
         let me = self.clone();
         let gil = host.gil.clone();
         let output = host.output().clone();
+        let trace = host.trace.clone();
         let spawned = std::thread::Builder::new()
             .name(self.name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
+                let started = trace.as_ref().map(|t| {
+                    t.name_thread(format!("thread {}", me.name));
+                    trace::clock()
+                });
                 let held = gil.lock(0);
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
                 drop(held);
+                if let (Some(t), Some(start)) = (&trace, started) {
+                    t.span(Cat::Thread, &me.name, start);
+                }
                 let failure = match outcome {
                     // A thread's exit status is dropped, as `sys.exit` in a Python thread.
                     Ok(Ok(_status)) => None,

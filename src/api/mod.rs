@@ -201,6 +201,9 @@ pub trait Args {
     /// Argument `i` (a script function) made ready to travel to a pool's workers as `travel`
     /// says.
     fn function(&mut self, i: usize, travel: Travel) -> Result<Arc<FunctionSpec>, String>;
+    /// What a trace calls argument `i` (a script function): its name (a Lua function's global
+    /// name, a Rhai function's), or where it is defined, for an anonymous one.
+    fn function_name(&mut self, i: usize) -> String;
     /// Argument `i` (a script function) to call later in this process, with the GIL held.
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String>;
     /// Field `key` of the table or map at argument `i`, appended as a new argument: its index,

@@ -105,7 +105,9 @@ fn submit(
         Some(i) => callbacks(args, i)?,
         None => Callbacks::default(),
     };
-    let job = p.submit(kind, f, calls, chunksize, cbs)?;
+    // Only a traced run asks for the name: finding it may take a search (Lua's globals).
+    let traced = p.is_traced().then(|| Arc::from(args.function_name(1)));
+    let job = p.submit(kind, f, calls, chunksize, cbs, traced)?;
     Ok((job, p))
 }
 

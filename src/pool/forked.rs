@@ -38,6 +38,7 @@ use super::worker::{worker_main, FromWorker, ToWorkerOut};
 use super::{Backend, Pool, Status, Task};
 use crate::link;
 use crate::rt::codec::{self, FrameBuf};
+use crate::rt::trace::Arg;
 use crate::rt::{children, exit, fork};
 use crate::script::{FunctionSpec, TaskEngine};
 
@@ -92,9 +93,10 @@ pub(super) fn start(
         wake: wake_rx.into(),
         task_micros: f64::NAN,
         scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+        forked: 0,
     };
     for _ in 0..pool.size {
-        match supervisor.fork_child() {
+        match supervisor.fork_child(None) {
             Ok(child) => {
                 pool.stats.worker_started(false);
                 supervisor.children.push(child);
@@ -112,6 +114,9 @@ pub(super) fn start(
         .name("parrun-pool".into())
         .spawn(move || {
             let pool = supervisor.pool.clone();
+            if let Some(trace) = &pool.host.trace {
+                trace.name_thread(format!("{} supervisor", pool.pool_name()));
+            }
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| supervisor.run())) {
                 // The workers went with the unwinding: their task pipes closed, so they end
                 // by themselves. The pool fails its work rather than leave `join` waiting.
@@ -128,6 +133,8 @@ pub(super) fn start(
 /// A forked worker as the supervisor sees it.
 struct Child {
     pid: Pid,
+    /// Which of the pool's workers it is, counting from 1 in the order they were forked.
+    number: usize,
     /// Batches of encoded messages for the writer thread; dropped to close the task pipe.
     tasks: Option<Sender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
@@ -161,6 +168,8 @@ struct Supervisor {
     /// Where result pipes are read into: made once, because zeroing a fresh 64 KiB for every
     /// read cost about a fifth of the supervisor's instructions when each task is one call.
     scratch: Box<[u8]>,
+    /// How many workers it has forked (replacements too): the next one's number, less one.
+    forked: usize,
 }
 
 impl Supervisor {
@@ -240,8 +249,9 @@ impl Supervisor {
             }
             if let Err(ended) = self.read_results(i) {
                 let dead = self.children.swap_remove(i);
+                let number = dead.number;
                 self.bury(dead, &ended);
-                if let Some(child) = self.replacement() {
+                if let Some(child) = self.replacement(number) {
                     self.children.push(child);
                 }
                 // The swap moved another worker to `i`; poll again rather than guess.
@@ -260,7 +270,7 @@ impl Supervisor {
             if let Some(h) = child.writer.take() {
                 let _ = h.join();
             }
-            let _ = children::wait_child(child.pid, true);
+            let status = children::wait_child(child.pid, true);
             // A stopped pool's tasks end unreported.
             self.pool.stats.tasks(0).untaken(child.in_flight.len());
             self.pool.stats.worker_ended();
@@ -268,6 +278,7 @@ impl Supervisor {
                 let _ = h.join();
             }
             fork::unregister_fd(child.results.as_raw_fd());
+            self.trace_end(&child, &status, "ended", "ended", None);
         }
         self.pool.workers_ended();
     }
@@ -439,11 +450,15 @@ impl Supervisor {
         };
         let mut running = child.in_flight.pop_front();
         // A worker that exited by itself (maxtasksperchild) was running nothing.
-        if matches!(status, Ok(WaitStatus::Exited(_, 0))) {
+        let retired = matches!(status, Ok(WaitStatus::Exited(_, 0))) && !child.timed_out;
+        if retired {
             if let Some(t) = running.take() {
                 child.in_flight.push_front(t);
             }
         }
+        let verb = if retired { "ended" } else { "died" };
+        let failed = running.as_ref().map(|_| failure.as_str());
+        self.trace_end(&child, &status, how, verb, failed);
         if let Some(task) = running {
             self.pool.stats.tasks(0).reported(false, None);
             let n = task.calls.len();
@@ -458,8 +473,37 @@ impl Supervisor {
         }
     }
 
-    /// A new worker for one that ended, if the pool still has work for it.
-    fn replacement(&self) -> Option<Child> {
+    /// In a traced run, an instant at the end of `child`'s track: `WORKER verb`, and how it
+    /// ended (as reaped, `status`; else as its pipe ended, `how`), and the failure of the task
+    /// it was running (`failed`), if any.
+    fn trace_end(
+        &self,
+        child: &Child,
+        status: &nix::Result<WaitStatus>,
+        how: &str,
+        verb: &str,
+        failed: Option<&str>,
+    ) {
+        let Some(trace) = &self.pool.host.trace else {
+            return;
+        };
+        let cause = match status {
+            _ if child.timed_out => "was killed: its task ran past the task timeout".to_string(),
+            Ok(WaitStatus::Signaled(_, sig, _)) => format!("was killed by {sig}"),
+            Ok(WaitStatus::Exited(_, code)) => format!("exited with status {code}"),
+            _ => how.to_string(),
+        };
+        let mut args = vec![("how", Arg::from(cause))];
+        if let Some(failed) = failed {
+            args.push(("failed", failed.into()));
+        }
+        let name = format!("{} {verb}", self.pool.worker_name(child.number));
+        let pid = child.pid.as_raw() as u32;
+        trace.instant(Some((pid, pid)), name, args);
+    }
+
+    /// A new worker for worker `replaces`, which ended, if the pool still has work for it.
+    fn replacement(&mut self, replaces: usize) -> Option<Child> {
         let s = self.pool.state();
         let wanted = match s.status {
             Status::Open => true,
@@ -471,8 +515,9 @@ impl Supervisor {
             return None;
         }
         let child = {
-            let _held = self.pool.host.gil.lock(0);
-            self.fork_child()
+            let host = self.pool.host.clone();
+            let _held = host.gil.lock(0);
+            self.fork_child(Some(replaces))
         };
         match child {
             Ok(c) => {
@@ -487,8 +532,9 @@ impl Supervisor {
         }
     }
 
-    /// Forks one worker, with its pipes and writer thread. Call with the GIL held.
-    fn fork_child(&self) -> Result<Child, String> {
+    /// Forks one worker, with its pipes and writer thread (in place of worker `replaces`, if
+    /// given). Call with the GIL held.
+    fn fork_child(&mut self, replaces: Option<usize>) -> Result<Child, String> {
         let (task_rx, task_tx) = pipe()?;
         let (result_rx, result_tx) = pipe()?;
         fork::register_fd(task_tx.as_raw_fd());
@@ -521,10 +567,25 @@ impl Supervisor {
             }
         };
         // (The child's ends went with the closure, dropped in this process.)
+        self.forked += 1;
+        let number = self.forked;
+        if let Some(trace) = &self.pool.host.trace {
+            // A forked child's one thread has its pid as its tid.
+            let pid = forked.pid.as_raw() as u32;
+            let name = self.pool.worker_name(number);
+            trace.name_process(pid, format!("{name} (pid {pid})"));
+            trace.name_track(pid, pid, name);
+            let mut args = vec![("pid", Arg::Int(pid.into()))];
+            if let Some(old) = replaces {
+                args.push(("replaces", self.pool.worker_name(old).into()));
+            }
+            trace.instant(Some((pid, pid)), "fork", args);
+        }
         set_nonblocking(&result_rx)?;
         let (tx, writer) = start_writer(task_tx)?;
         Ok(Child {
             pid: forked.pid,
+            number,
             tasks: Some(tx),
             writer: Some(writer),
             results: File::from(result_rx),
@@ -579,13 +640,21 @@ fn encode_task(child: &mut Child, batch: &mut Vec<u8>, task: &Task) -> Result<()
         return Err("internal error: a local function sent to a forked worker".into());
     };
     if child.known.insert(*key) {
-        let message = ToWorkerOut::Function { key: *key, code };
+        let message = ToWorkerOut::Function {
+            key: *key,
+            code,
+            name: task.job.trace_name().map(|n| &**n),
+        };
         let _ = codec::encode_into(batch, &message);
     }
     let message = ToWorkerOut::Task {
         id: task.id,
         function: *key,
         calls: task.calls.as_slice(),
+        traced: task
+            .job
+            .trace_name()
+            .map(|_| (task.job.id(), task.first as u64)),
     };
     codec::encode_into(batch, &message).map_err(|e| e.to_string())
 }

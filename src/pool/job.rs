@@ -15,7 +15,7 @@
 //! this module keeps the state and answers the script.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::rt::cancel;
@@ -88,6 +88,8 @@ pub struct AsyncResult {
     callbacks: Mutex<Callbacks>,
     /// Its progress bar's count, if the run shows progress and the job is a map.
     progress: Option<Tracker>,
+    /// In a traced run: the function's name, for its tasks' spans (see `crate::rt::trace`).
+    traced: Option<Arc<str>>,
 }
 
 impl AsyncResult {
@@ -100,6 +102,7 @@ impl AsyncResult {
             ready: Ready::default(),
             callbacks: Mutex::new(callbacks),
             progress: None,
+            traced: None,
         }
     }
 
@@ -107,6 +110,17 @@ impl AsyncResult {
     pub(super) fn tracked(mut self, progress: Option<Tracker>) -> AsyncResult {
         self.progress = progress;
         self
+    }
+
+    /// The job of a traced run, whose tasks' spans are named `function`.
+    pub(super) fn traced(mut self, function: Option<Arc<str>>) -> AsyncResult {
+        self.traced = function;
+        self
+    }
+
+    /// In a traced run, the name of the job's function.
+    pub(super) fn trace_name(&self) -> Option<&Arc<str>> {
+        self.traced.as_ref()
     }
 
     pub(super) fn id(&self) -> u64 {

@@ -172,6 +172,8 @@ pub struct Pool {
     overseer: Mutex<Option<JoinHandle<()>>>,
     /// What `stats()` reports, counted by the backend.
     stats: stats::Stats,
+    /// In a traced run, the pool's number in the run (1, 2, ...), for its workers' track names.
+    traced: Option<u32>,
 }
 
 /// The script's handle on a pool: when the script drops its last one, the pool is stopped
@@ -262,6 +264,7 @@ impl Pool {
                 backend,
                 overseer: Mutex::new(None),
                 stats: stats::Stats::new(size),
+                traced: host.trace.as_ref().map(|t| t.next_pool()),
             }))
         };
         let (pool, overseer) = match workers {
@@ -283,7 +286,8 @@ impl Pool {
     }
 
     /// Queues a job of `calls` in chunks of `chunksize` (by default, one call each, and for
-    /// `map` Python's size). Errors if the pool is not open.
+    /// `map` Python's size). Errors if the pool is not open. `traced`: in a traced run, the
+    /// function's name, which its tasks' spans show.
     pub fn submit(
         &self,
         kind: JobKind,
@@ -291,6 +295,7 @@ impl Pool {
         calls: Calls,
         chunksize: Option<usize>,
         callbacks: Callbacks,
+        traced: Option<Arc<str>>,
     ) -> Result<Arc<AsyncResult>, String> {
         let chunksize = match (chunksize, kind) {
             (Some(size), _) => size.max(1),
@@ -323,7 +328,9 @@ impl Pool {
                     .unwrap_or_else(|| "the pool is broken".into()))
             }
         }
-        let job = AsyncResult::new(s.next_job, kind, calls.len(), callbacks).tracked(progress);
+        let job = AsyncResult::new(s.next_job, kind, calls.len(), callbacks)
+            .tracked(progress)
+            .traced(traced);
         let job = Arc::new(job);
         s.next_job += 1;
         // Entered under the pool's lock, so that a terminate either finds it or refuses it.
@@ -433,6 +440,28 @@ impl Pool {
     pub fn stats(&self) -> PoolStats {
         let queued = self.state().pending.len();
         self.stats.snapshot(self.size, queued)
+    }
+
+    /// Whether the run is traced: a submission then names its function.
+    pub fn is_traced(&self) -> bool {
+        self.traced.is_some()
+    }
+
+    /// The track name of worker `n` (from 1): `worker 3` in a run's first pool, `pool 2 worker
+    /// 3` in the next.
+    fn worker_name(&self, n: usize) -> String {
+        match self.traced {
+            Some(1) | None => format!("worker {n}"),
+            Some(pool) => format!("pool {pool} worker {n}"),
+        }
+    }
+
+    /// What track names call the pool: `pool`, `pool 2`, ...
+    fn pool_name(&self) -> String {
+        match self.traced {
+            Some(1) | None => "pool".to_string(),
+            Some(pool) => format!("pool {pool}"),
+        }
     }
 
     /// Whether the pool still takes work (neither closed, terminated nor broken).
@@ -598,7 +627,7 @@ mod tests {
 
     fn apply(pool: &Pool, x: i64, callbacks: Callbacks) -> Arc<AsyncResult> {
         let calls = Calls::Lists(vec![vec![Value::Int(x)]]);
-        pool.submit(JobKind::Single, echo(), calls, None, callbacks)
+        pool.submit(JobKind::Single, echo(), calls, None, callbacks, None)
             .unwrap()
     }
 
@@ -757,7 +786,14 @@ mod tests {
         let twenty = || Calls::Each((0..20).map(Value::Int).collect());
         let chunks_of = |kind, chunksize| {
             let job = pool
-                .submit(kind, echo(), twenty(), chunksize, Callbacks::default())
+                .submit(
+                    kind,
+                    echo(),
+                    twenty(),
+                    chunksize,
+                    Callbacks::default(),
+                    None,
+                )
                 .unwrap();
             let joined = job.clone();
             within(move || joined.wait(None));

@@ -22,6 +22,7 @@ use crate::rt::cancel::{self, Cancel};
 use crate::rt::gil::Gil;
 use crate::rt::poison::Recover;
 use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
+use crate::rt::trace;
 use crate::script::{CallSlice, FunctionSpec, Snapshot, TaskEngine, TaskError};
 
 /// How often the watchdog repeats a cancellation: in the `gil` model another thread may hold
@@ -80,7 +81,7 @@ pub(super) fn start(
         let spawned = std::thread::Builder::new()
             .name("parrun-pool-worker".into())
             .stack_size(SCRIPT_THREAD_STACK)
-            .spawn(move || work(&pool_, engine, &thread, renew, &running_));
+            .spawn(move || work(&pool_, engine, &thread, renew, &running_, started + 1));
         match spawned {
             Ok(worker) => workers.push(worker),
             Err(e) => {
@@ -151,16 +152,20 @@ fn watch(pool: &Pool, threads: &[Arc<WorkerThread>]) {
     }
 }
 
-/// A worker thread: runs the initializer, then takes tasks until the pool closes. A host
-/// panic that escapes a task's own catch breaks the pool, so that `join` cannot wait for ever
-/// on work this thread was to do.
+/// Worker `number` (from 1): runs the initializer, then takes tasks until the pool closes. A
+/// host panic that escapes a task's own catch breaks the pool, so that `join` cannot wait for
+/// ever on work this thread was to do.
 fn work(
     pool: &Pool,
     engine: Arc<dyn TaskEngine>,
     thread: &WorkerThread,
     renew: Option<Arc<dyn Snapshot>>,
     running: &AtomicUsize,
+    number: usize,
 ) {
+    if let Some(trace) = &pool.host.trace {
+        trace.name_thread(pool.worker_name(number));
+    }
     cancel::install(Some(thread.cancel.clone()));
     let served = catch_unwind(AssertUnwindSafe(|| serve(pool, engine, thread, renew)));
     if let Err(panic) = served {
@@ -222,14 +227,15 @@ fn serve(
     let mut done = 0;
     while let Some(task) = next_task(pool) {
         let Task {
+            id,
             job,
             first,
             function,
             calls,
-            ..
         } = task;
         let n = calls.len();
         pool.stats.tasks(thread.index).taken(1);
+        let started = job.trace_name().map(|_| trace::clock());
         let since = Instant::now();
         *thread.running_since() = Some(since);
         if pool.config.task_timeout.is_some() {
@@ -238,6 +244,12 @@ fn serve(
             pool.changed.notify_all();
         }
         let result = run(&mut functions, &function, calls.as_slice());
+        if let (Some(trace), Some(name), Some(start)) =
+            (&pool.host.trace, job.trace_name(), started)
+        {
+            let (job, ok) = (job.id(), result.is_ok());
+            trace.task(start, name, job, id, first as u64, n as u64, ok);
+        }
         {
             let mut running = thread.running_since();
             *running = None;

@@ -15,23 +15,28 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::rt::codec;
+use crate::rt::trace;
 use crate::script::{CallSlice, Calls, FunctionSpec, TaskEngine, TaskError, TaskFn};
 use crate::value::Value;
 
 /// A message down a forked worker's task pipe, as the supervisor writes it.
 #[derive(Serialize)]
 pub(super) enum ToWorkerOut<'a> {
-    /// A function the worker keeps by `key` for the tasks that name it.
+    /// A function the worker keeps by `key` for the tasks that name it; in a traced run, with
+    /// its name.
     Function {
         key: u64,
         #[serde(with = "serde_bytes")]
         code: &'a [u8],
+        name: Option<&'a str>,
     },
-    /// Calls of the function `function`; answered by one [`FromWorker`] with the same `id`.
+    /// Calls of the function `function`; answered by one [`FromWorker`] with the same `id`. In
+    /// a traced run, `traced` is the job's id and the index of the first call in it.
     Task {
         id: u64,
         function: u64,
         calls: CallSlice<'a>,
+        traced: Option<(u64, u64)>,
     },
 }
 
@@ -42,11 +47,13 @@ pub(super) enum ToWorker {
         key: u64,
         #[serde(with = "serde_bytes")]
         code: Vec<u8>,
+        name: Option<String>,
     },
     Task {
         id: u64,
         function: u64,
         calls: Calls,
+        traced: Option<(u64, u64)>,
     },
 }
 
@@ -133,7 +140,8 @@ impl Functions {
 
 /// A forked worker's life: runs the initializer, then the tasks from `tasks` until the pipe
 /// closes or `max_tasks` have run; the process's exit status (1 when the initializer failed or
-/// the pipes broke).
+/// the pipes broke). In a traced run, each task is a span on the worker's track, and the
+/// events go up to the parent whenever the worker has no more work buffered.
 pub(super) fn worker_main(
     engine: Arc<dyn TaskEngine>,
     mut tasks: File,
@@ -158,6 +166,8 @@ pub(super) fn worker_main(
     let mut buf = Vec::new();
     let mut done = 0usize;
     let mut reader = std::io::BufReader::with_capacity(64 * 1024, &mut tasks);
+    let trace = host.trace.clone();
+    let mut names: HashMap<u64, Arc<str>> = HashMap::new();
     loop {
         let msg = match codec::read_frame::<ToWorker>(&mut reader, &mut buf) {
             Ok(m) => m,
@@ -168,14 +178,35 @@ pub(super) fn worker_main(
             }
         };
         match msg {
-            ToWorker::Function { key, code } => functions.learn(key, code),
+            ToWorker::Function { key, code, name } => {
+                if let Some(name) = name {
+                    names.insert(key, Arc::from(name));
+                }
+                functions.learn(key, code);
+            }
             ToWorker::Task {
                 id,
                 function,
                 calls,
+                traced,
             } => {
                 let start = Instant::now();
+                let started = traced.map(|_| trace::clock());
                 let result = functions.call_key(function, calls.as_slice());
+                if let (Some(trace), Some((job, first)), Some(at)) = (&trace, traced, started) {
+                    let name = names
+                        .get(&function)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::from("?"));
+                    let n = calls.len() as u64;
+                    trace.task(at, &name, job, id, first, n, result.is_ok());
+                    // No more work buffered: the events go up before the result, so that they
+                    // are on their way before the parent can see the work done (and, say,
+                    // terminate the pool).
+                    if reader.buffer().is_empty() {
+                        trace.flush();
+                    }
+                }
                 let msg = FromWorker {
                     id,
                     micros: start.elapsed().as_micros() as u64,
@@ -217,6 +248,7 @@ mod tests {
             id: 9,
             function: 7,
             calls: calls.as_slice(),
+            traced: Some((3, 40)),
         };
         codec::fuzz_frames(&task, 10_000, |mut bytes| {
             let _ = codec::read_frame::<ToWorker>(&mut bytes, &mut Vec::new());
@@ -224,6 +256,7 @@ mod tests {
         let function = ToWorkerOut::Function {
             key: 7,
             code: &[1, 2, 3],
+            name: Some("square"),
         };
         codec::fuzz_frames(&function, 5_000, |mut bytes| {
             let _ = codec::read_frame::<ToWorker>(&mut bytes, &mut Vec::new());
@@ -336,6 +369,7 @@ mod tests {
             id: 5,
             function: 8,
             calls: calls.as_slice(),
+            traced: None,
         };
         codec::write_frame(&mut wire, &mut Vec::new(), &msg).unwrap();
         match codec::read_frame::<ToWorker>(&mut &wire[..], &mut Vec::new()).unwrap() {
@@ -343,6 +377,7 @@ mod tests {
                 id,
                 function,
                 calls: Calls::Each(v),
+                traced: None,
             } => {
                 assert_eq!((id, function, v), (5, 8, vec![Value::Int(1), Value::Nil]));
             }

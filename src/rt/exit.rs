@@ -1,7 +1,8 @@
 //! How a process ends at once, from any thread: a signal, or standard output gone.
 //!
 //! [`end_process`] terminates and reaps this process's children first
-//! (`crate::rt::children::stop_children`), then leaves with a status or by the signal itself.
+//! (`crate::rt::children::stop_children`), writes the trace files this process owns
+//! (`crate::rt::trace::write_pending`), then leaves with a status or by the signal itself.
 //! While it does, the process is [`ending`]: its reports are silent (nothing they say is news)
 //! and a second thread that would end it waits instead ([`park_for_ever`]).
 
@@ -46,6 +47,12 @@ pub(crate) fn end_process(how: Ending) -> ! {
     // No progress bar is left on the screen.
     crate::rt::progress::abandon();
     children::stop_children();
+    // (Events a child sent that its link server has not read yet are not in the file.)
+    let note = match how {
+        Ending::Status(status) => format!("the process was ended at once with status {status}"),
+        Ending::Signal(signal) => format!("the process was ended at once by {signal}"),
+    };
+    crate::rt::trace::write_pending(&note);
     match how {
         Ending::Status(status) => exit_now(status),
         Ending::Signal(signal) => {

@@ -17,10 +17,15 @@
 //! a thread that panics while it holds the lock (a host bug in a callback, say) releases it as
 //! it unwinds instead of stopping every other thread for good. Blocking calls run through
 //! [`Gil::allow_threads`], which releases the lock while they wait.
+//!
+//! A traced run ([`Gil::traced`]) records the hand-overs: each time a thread held the lock and
+//! took it from, or gave it to, another thread is a span on that thread's track. A lock nobody
+//! else wanted (an isolated engine's own, a script with one thread) records nothing.
 
 use crate::rt::poison::Recover;
+use crate::rt::trace::{self, Tracer};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// CPython's default `sys.getswitchinterval()`.
@@ -36,6 +41,7 @@ pub struct Gil {
     drop_request: AtomicBool,
     interval: Duration,
     interrupter: Option<Interrupter>,
+    trace: Option<Arc<Tracer>>,
 }
 
 #[derive(Default)]
@@ -47,6 +53,10 @@ struct State {
     grants: u64,
     /// What the interrupter needs to reach the holder (Lua: its `lua_State`), 0 for nothing.
     holder_token: usize,
+    /// Traced: when the holder took the lock (on `trace::clock`), and whether it waited for
+    /// another thread to hand it over.
+    held_since: u64,
+    handed_over: bool,
 }
 
 impl Gil {
@@ -59,7 +69,14 @@ impl Gil {
             drop_request: AtomicBool::new(false),
             interval,
             interrupter,
+            trace: None,
         }
+    }
+
+    /// The lock, recording its hand-overs in `trace` (if any).
+    pub fn traced(mut self, trace: Option<Arc<Tracer>>) -> Self {
+        self.trace = trace;
+        self
     }
 
     /// How this GIL interrupts its holder (the engine's), for a GIL of another engine.
@@ -89,6 +106,7 @@ impl Gil {
         let mut s = self.lock_state();
         let ticket = s.next_ticket;
         s.next_ticket += 1;
+        let waited = s.locked || s.serving != ticket;
         while s.locked || s.serving != ticket {
             let grants = s.grants;
             let (guard, timeout) = self.turn.wait_timeout(s, self.interval).recover();
@@ -107,6 +125,10 @@ impl Gil {
         s.serving += 1;
         s.grants += 1;
         s.holder_token = token;
+        if self.trace.is_some() {
+            s.held_since = trace::clock();
+            s.handed_over = waited;
+        }
         self.drop_request.store(false, Ordering::Release);
     }
 
@@ -118,10 +140,25 @@ impl Gil {
         s.holder_token = 0;
         // Tickets handed out but not yet served are threads in line.
         let waiting = s.next_ticket > s.serving;
+        let handed_over = self.trace.is_some() && (waiting || s.handed_over);
+        let since = s.held_since;
         drop(s);
+        if handed_over {
+            self.trace_hold(since);
+        }
         if waiting {
             // Every waiter must re-check: only the one whose ticket is served proceeds.
             self.turn.notify_all();
+        }
+    }
+
+    /// Records that this thread held the lock since `since` (out of line: the lock's hot path
+    /// stays as small as untraced).
+    #[cold]
+    #[inline(never)]
+    fn trace_hold(&self, since: u64) {
+        if let Some(trace) = &self.trace {
+            trace.gil(since);
         }
     }
 
@@ -210,6 +247,8 @@ impl GilForkGuard<'_> {
     pub(crate) fn reset_in_child(mut self) {
         debug_assert!(self.state.locked, "fork without the GIL");
         self.state.next_ticket = self.state.serving;
+        self.state.handed_over = false;
+        self.state.held_since = trace::clock();
         self.gil.drop_request.store(false, Ordering::Relaxed);
     }
 }

@@ -2,7 +2,8 @@
 //! how a thread's task is cancelled, the frames on pipes, output, signals, forking safely from a
 //! threaded process (`fork`, with the state it holds across the fork behind `atfork`'s trait),
 //! the children a process forked and how it ends at once (`children`, `exit`), progress bars on
-//! standard error (`progress`), and thread helpers. Everything above is built on these; none of them imports from above.
+//! standard error (`progress`), thread helpers, and a run's timeline (`trace`). Everything
+//! above is built on these; none of them imports from above.
 
 pub(crate) mod atfork;
 pub(crate) mod cancel;
@@ -16,3 +17,4 @@ pub(crate) mod poison;
 pub(crate) mod progress;
 pub mod signals;
 pub(crate) mod threads;
+pub(crate) mod trace;

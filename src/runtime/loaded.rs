@@ -19,7 +19,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Language, Runtime};
+use super::{Language, Runtime, TraceFile};
 use crate::engine;
 use crate::error::Error;
 use crate::exec;
@@ -450,13 +450,30 @@ fn engine_thread(
     loaded: Sender<Result<(), Error>>,
     requests: Receiver<Request>,
 ) {
+    let trace = match TraceFile::start(runtime, &source.name) {
+        Ok(trace) => trace,
+        Err(e) => {
+            let _ = loaded.send(Err(e));
+            return;
+        }
+    };
+    let tracer = trace.tracer.clone();
+    if let Some(tracer) = &tracer {
+        tracer.name_thread("script");
+    }
     let script = match language {
-        Language::Lua => engine::lua::load(runtime.host(engine::lua::interrupter()), source),
-        Language::Rhai => engine::rhai::load(runtime.host(None), source),
+        Language::Lua => {
+            engine::lua::load(runtime.host(engine::lua::interrupter(), tracer), source)
+        }
+        Language::Rhai => engine::rhai::load(runtime.host(None, tracer), source),
     };
     let script = match script {
         Ok(script) => script,
         Err(e) => {
+            if let Some(tracer) = &trace.tracer {
+                tracer.instant(None, format!("the script failed to load: {e}"), Vec::new());
+            }
+            trace.end();
             let _ = loaded.send(Err(e));
             return;
         }
@@ -467,6 +484,10 @@ fn engine_thread(
         server.serve(request);
     }
     server.shut_down();
+    if let Some(tracer) = &trace.tracer {
+        tracer.instant(None, "the script was dropped", Vec::new());
+    }
+    trace.end();
 }
 
 /// The engine thread's state: the script, and its pool once a map has made it.
@@ -512,6 +533,7 @@ impl Server {
             Calls::Each(items),
             Some(chunksize),
             Callbacks::default(),
+            pool.is_traced().then(|| Arc::from(name)),
         )
         .map_err(Error::Usage)
     }

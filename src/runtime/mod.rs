@@ -1,7 +1,7 @@
 //! [`Runtime`]: the embedding API's entry point, a builder that picks the engine and runs
 //! scripts; and [`Language`]. A script loaded for calls from Rust ([`Script`]) is `loaded`'s. A script loaded for calls from Rust ([`Script`]) is `loaded`'s.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ mod loaded;
 use crate::host::{Embedding, Ended, Host, HostFunction, Mode, Settings, Source};
 use crate::rt::gil::{Gil, DEFAULT_SWITCH_INTERVAL};
 use crate::rt::output::Sink;
+use crate::rt::trace::Tracer;
 use crate::value::Value;
 pub use loaded::{MapUnordered, Script, ScriptArgs};
 
@@ -65,6 +66,7 @@ pub struct Runtime {
     args: Vec<String>,
     interpreter: Vec<String>,
     embedding: Arc<Embedding>,
+    trace: Option<PathBuf>,
 }
 
 impl Default for Runtime {
@@ -84,6 +86,7 @@ impl Runtime {
             args: Vec::new(),
             interpreter: std::env::args().take(1).collect(),
             embedding: Arc::default(),
+            trace: None,
         }
     }
 
@@ -240,6 +243,42 @@ impl Runtime {
     /// script's own error is not written anywhere: `run_*` returns it ([`Error::Script`]).
     pub fn stderr(mut self, writer: impl std::io::Write + Send + 'static) -> Self {
         Arc::make_mut(&mut self.embedding).output.stderr = Some(Sink::new(Box::new(writer)));
+        self
+    }
+
+    /// Records a timeline of each run and writes it to `path` as Chrome trace-event JSON, which
+    /// [Perfetto](https://ui.perfetto.dev) and `chrome://tracing` open (`parrun --trace FILE`).
+    ///
+    /// One track per thread, grouped by process: the main script thread (`main`), each pool
+    /// worker (`worker 3`; a forked one in a process of its own, `worker 3 (pid N)`), each
+    /// `Thread` and `Process`. On them: every pool task (a `map` chunk) as a span named after its
+    /// function, with its job, task number and item range; each time a thread held the GIL
+    /// while another wanted it (`GIL` spans: the hand-overs); each `Thread`'s and `Process`'s
+    /// target running; instants for each fork, each worker that died or ended (with the cause),
+    /// and the run's end. Forked children send their events up to this process; every event is
+    /// on `CLOCK_MONOTONIC`, shown in microseconds since the run started.
+    ///
+    /// An empty trace is written to `path` when a run starts (a path that cannot be written
+    /// fails the run at once, [`Error::Usage`]) and the whole trace replaces it when the run
+    /// ends, however it ends: a script error, `os.exit`/`exit`, a Ctrl-C, or a process ended at
+    /// once by a signal under [`signals::install`](crate::signals::install). A forked worker
+    /// that is killed loses the events it had not sent yet (it sends them whenever it waits for
+    /// work). A loaded [`Script`] writes its trace when it is dropped. Without this, nothing is
+    /// recorded and nothing costs.
+    ///
+    /// ```
+    /// use parrun::{Language, Runtime};
+    /// let path = std::env::temp_dir().join(format!("doc-trace-{}.json", std::process::id()));
+    /// Runtime::new()
+    ///     .trace(&path)
+    ///     .run_source(Language::Rhai, "t.rhai", "let p = Pool(2); p.map(|x| x * 2, [1, 2, 3]);")
+    ///     .unwrap();
+    /// let trace = std::fs::read_to_string(&path).unwrap();
+    /// assert!(trace.starts_with("{\"traceEvents\":["));
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
+    pub fn trace(mut self, path: impl Into<PathBuf>) -> Self {
+        self.trace = Some(path.into());
         self
     }
 
@@ -506,18 +545,24 @@ impl Runtime {
             // Before anything forks: children send their terminal lines here.
             crate::rt::progress::claim();
         }
+        let trace = TraceFile::start(self, &script.name)?;
+        let tracer = trace.tracer.clone();
+        let tracer_ = tracer.clone();
         let run = move || {
             let host = match language {
-                Language::Lua => self.host(engine::lua::interrupter()),
-                Language::Rhai => self.host(None),
+                Language::Lua => self.host(engine::lua::interrupter(), tracer),
+                Language::Rhai => self.host(None, tracer),
             };
+            if let Some(trace) = &host.trace {
+                trace.name_thread("main");
+            }
             // The thread Ctrl-C interrupts, as Python's main thread.
             let main = crate::rt::cancel::enter_main(host.gil.clone());
             let result = match language {
                 Language::Lua => engine::lua::run(host, script),
                 Language::Rhai => engine::rhai::run(host, script),
             };
-            match result {
+            let result = match result {
                 Err(Error::Script(e))
                     if main.raised()
                         && e.to_string()
@@ -526,7 +571,11 @@ impl Runtime {
                     Err(Error::Interrupted(e))
                 }
                 other => other,
+            };
+            if let Some(trace) = &tracer_ {
+                trace.instant(None, TraceFile::outcome(&result), Vec::new());
             }
+            result
         };
         // The script's main thread gets the same large stack as every script thread, whatever
         // thread the embedder calls from: engines recurse (Rhai copies nested values
@@ -545,16 +594,79 @@ impl Runtime {
         // may the one that drew its progress bars.
         crate::rt::fork::retire_forker();
         crate::rt::progress::settle();
+        trace.end();
         ended
     }
 
-    /// A fresh host with this runtime's settings (also what the crate's unit tests run on).
-    pub(crate) fn host(&self, interrupter: Option<crate::rt::gil::Interrupter>) -> Arc<Host> {
+    /// A fresh host with this runtime's settings and the run's trace, if it is traced (also
+    /// what the crate's unit tests run on).
+    pub(crate) fn host(
+        &self,
+        interrupter: Option<crate::rt::gil::Interrupter>,
+        trace: Option<Arc<Tracer>>,
+    ) -> Arc<Host> {
         Host::with_embedding(
-            Gil::new(self.switch_interval, interrupter),
+            Gil::new(self.switch_interval, interrupter).traced(trace.clone()),
             self.settings.clone(),
             self.embedding.clone(),
+            trace,
         )
+    }
+}
+
+/// The trace file of one run (or loaded script), if the runtime asks for one: started with an
+/// empty trace, written whole when the run ends ([`TraceFile::end`]), or, should the run
+/// unwind with a panic, when this is dropped.
+pub(crate) struct TraceFile {
+    pub(crate) tracer: Option<Arc<Tracer>>,
+    output: crate::rt::output::Output,
+}
+
+impl TraceFile {
+    /// Starts the trace `runtime` asks for; a file that cannot be written is a usage error.
+    pub(crate) fn start(runtime: &Runtime, script: &str) -> Result<TraceFile, Error> {
+        let tracer = match &runtime.trace {
+            None => None,
+            Some(path) => Some(Tracer::create(path, script).map_err(|e| {
+                Error::Usage(format!("cannot write the trace to {}: {e}", path.display()))
+            })?),
+        };
+        Ok(TraceFile {
+            tracer,
+            output: runtime.embedding.output.clone(),
+        })
+    }
+
+    /// What the last event of a run's trace says: how it ended.
+    fn outcome(ended: &Result<Ended, Error>) -> String {
+        match ended {
+            Ok(Ended { status, .. }) => format!("the run ended with status {status}"),
+            Err(e) => format!("the run ended with status {}: {e}", e.exit_code()),
+        }
+    }
+
+    /// Writes the trace.
+    pub(crate) fn end(mut self) {
+        if let Some(tracer) = self.tracer.take() {
+            self.write(&tracer);
+        }
+    }
+
+    fn write(&self, tracer: &Tracer) {
+        if let Err(e) = tracer.write() {
+            self.output.report(&format!(
+                "parrun: cannot write the trace to {}: {e}",
+                tracer.file().display()
+            ));
+        }
+    }
+}
+
+impl Drop for TraceFile {
+    fn drop(&mut self) {
+        if let Some(tracer) = self.tracer.take() {
+            self.write(&tracer);
+        }
     }
 }
 

@@ -92,6 +92,34 @@ impl Args for LuaArgs<'_> {
         }
     }
 
+    fn function_name(&mut self, i: usize) -> String {
+        if let LuaValue::String(name) = self.get(i) {
+            return name.to_string_lossy();
+        }
+        let Ok(f) = self.script_function(i) else {
+            return "?".into();
+        };
+        // A Lua function value has no name of its own: the global that holds it is what the
+        // script calls it (a `local function` is named by where it is defined).
+        let global = self
+            .lua
+            .globals()
+            .pairs::<LuaValue, LuaValue>()
+            .flatten()
+            .find_map(|(k, v)| match (k, v) {
+                (LuaValue::String(k), LuaValue::Function(g)) if g == f => Some(k.to_string_lossy()),
+                _ => None,
+            });
+        if let Some(name) = global {
+            return name;
+        }
+        let info = f.info();
+        match (info.short_src, info.line_defined) {
+            (Some(src), Some(line)) => format!("function at {src}:{line}"),
+            _ => "function".into(),
+        }
+    }
+
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {
         Ok(Box::new(LuaCallback {
             lua: self.lua.weak(),

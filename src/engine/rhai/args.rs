@@ -109,6 +109,15 @@ impl Args for RhaiArgs<'_, '_> {
         function_spec(self.shared, &self.env(), f, travel)
     }
 
+    fn function_name(&mut self, i: usize) -> String {
+        match self.fn_ptr(i) {
+            // A closure's function is named `anon$...` by Rhai.
+            Ok(f) if f.fn_name().starts_with("anon$") => "closure".into(),
+            Ok(f) => f.fn_name().to_owned(),
+            Err(_) => "?".into(),
+        }
+    }
+
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {
         Ok(Box::new(self.bound(self.fn_ptr(i)?)))
     }
