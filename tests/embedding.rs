@@ -1,25 +1,14 @@
 //! The embedding API: limits and switches set on `Runtime` act as their command-line flags do.
 
+mod common;
+
 use std::time::Duration;
 
 use parrun::{Error, Language, Runtime};
 
-/// Runs `test` on its own thread and fails if it takes longer than a minute, so a hang in the
-/// library fails the test instead of blocking the suite.
+/// Runs `test` under a time limit (see `common::in_time`).
 fn within_a_minute(test: impl FnOnce() + Send + 'static) {
-    let (done, finished) = std::sync::mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        test();
-        let _ = done.send(());
-    });
-    match finished.recv_timeout(Duration::from_secs(60)) {
-        Ok(()) => worker.join().unwrap(),
-        // The test panicked: report its panic.
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(worker.join().unwrap_err())
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("timed out after 60 s"),
-    }
+    common::in_time(Duration::from_secs(60), test);
 }
 
 fn script_error(result: Result<i32, Error>) -> String {

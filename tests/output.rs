@@ -2,6 +2,8 @@
 //! script and from everything it starts, goes to the embedding program's writers, in both
 //! languages and every mode.
 
+mod common;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,21 +12,9 @@ use parrun::{Language, Mode, Runtime};
 
 const MODES: [Mode; 3] = [Mode::Gil, Mode::Fork, Mode::Isolated];
 
-/// Runs `test` on its own thread and fails if it takes longer than a minute, so a hang in the
-/// library fails the test instead of blocking the suite.
+/// Runs `test` under a time limit (see `common::in_time`).
 fn within_a_minute(test: impl FnOnce() + Send + 'static) {
-    let (done, finished) = std::sync::mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        test();
-        let _ = done.send(());
-    });
-    match finished.recv_timeout(Duration::from_secs(60)) {
-        Ok(()) => worker.join().unwrap(),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(worker.join().unwrap_err())
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("timed out after 60 s"),
-    }
+    common::in_time(Duration::from_secs(60), test);
 }
 
 /// A writer that keeps every write apart, and panics on one that contains "boom".

@@ -2,25 +2,16 @@
 //! `Script::map_unordered`), in both languages and every execution model, through the public
 //! API only. Each test runs under a time limit, so that a hang fails instead of blocking.
 
+mod common;
+
 use std::time::Duration;
 
 use parrun::{Error, Language, Mode, Runtime, Script, Value};
 use serde::{Deserialize, Serialize};
 
-/// Runs `test` on its own thread and fails if it takes longer than two minutes.
+/// Runs `test` under a time limit (see `common::in_time`).
 fn in_time(test: impl FnOnce() + Send + 'static) {
-    let (done, finished) = std::sync::mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        test();
-        let _ = done.send(());
-    });
-    match finished.recv_timeout(Duration::from_secs(120)) {
-        Ok(()) => worker.join().unwrap(),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(worker.join().unwrap_err())
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("timed out"),
-    }
+    common::in_time(Duration::from_secs(120), test);
 }
 
 const MODES: [Mode; 3] = [Mode::Gil, Mode::Fork, Mode::Isolated];

@@ -432,3 +432,21 @@ pub fn float_after(out: &Output, prefix: &str) -> f64 {
     text.parse()
         .unwrap_or_else(|e| panic!("{prefix}{text:?} is not a number: {e}\n{}", out.describe()))
 }
+
+/// Runs `test` on its own thread and fails if it takes longer than `limit`, so that a hang in
+/// the library fails the test instead of blocking the suite; a panic in `test` is reported as
+/// its own.
+pub fn in_time(limit: Duration, test: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        test();
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(()) => worker.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(worker.join().unwrap_err())
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("timed out after {limit:?}"),
+    }
+}
