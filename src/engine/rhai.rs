@@ -28,12 +28,16 @@ use crate::script::{
     CallSlice, Callback, FunctionSpec, Instance, LoadedScript, ScriptEngine, Snapshot, Target,
     TaskEngine, TaskError, TaskFn, Travel,
 };
+#[cfg(any(feature = "mpi", test))]
+use crate::script::{EngineKind, Image};
 use crate::value::Value;
 
 mod args;
 mod builtins;
 mod convert;
 mod errors;
+#[cfg(any(feature = "mpi", test))]
+mod image;
 mod modules;
 mod stops;
 mod tasks;
@@ -140,6 +144,14 @@ pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
             other => Err(Error::script(format_error(&script.name, other))),
         },
     }
+}
+
+#[cfg(feature = "mpi")]
+/// An engine of its own built from a snapshot's [`Snapshot::image`] made in another process
+/// of the same program (an MPI rank 0), with a host like `host` (its settings, its output) but
+/// a GIL of its own; and the call the snapshot held, bound there.
+pub(crate) fn instance_from_image(host: &Host, state: &[u8]) -> Result<Instance, String> {
+    image::decode(host, state)
 }
 
 /// The registered function a loaded script's top level ends with: it keeps what the top level
