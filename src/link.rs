@@ -12,8 +12,9 @@
 //! the parent only holds a handle to is forwarded up the same way.
 //!
 //! [`fork_child`] forks a child with a link to this process (see `crate::rt::fork`). The link's
-//! two ends do not care what carries their frames ([`Uplink`], [`ReplyTo`]): a Unix socket
-//! between a parent and its forked child.
+//! two ends do not care what carries their frames: a Unix socket between a parent and its
+//! forked child ([`Uplink`], [`ReplyTo`]), or (feature `mpi`) MPI messages between a worker rank
+//! and rank 0 (`mpi`), which serves the worker ranks' requests as a parent serves its child's.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -33,6 +34,9 @@ use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::poison::Recover;
 use crate::rt::{cancel, codec, fork, output, signals};
 use crate::value::Value;
+
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi;
 
 /// An object other processes reach through the link, by the id [`register_object`] gave it.
 pub(crate) trait RemoteObject: Send + Sync {

@@ -1,8 +1,9 @@
 //! The runtime's machinery, with no knowledge of scripts, engines or Python's objects: the GIL,
 //! how a thread's task is cancelled, the frames on pipes, output, signals, forking safely from a
 //! threaded process (`fork`, with the state it holds across the fork behind `atfork`'s trait),
-//! the children a process forked and how it ends at once (`children`, `exit`), and thread
-//! helpers. Everything above is built on these; none of them imports from above.
+//! the children a process forked and how it ends at once (`children`, `exit`), thread
+//! helpers, and (feature `mpi`) MPI messages between the ranks of a job (`mpi`). Everything
+//! above is built on these; none of them imports from above.
 
 pub(crate) mod atfork;
 pub(crate) mod cancel;
@@ -11,6 +12,8 @@ pub(crate) mod codec;
 pub(crate) mod exit;
 pub(crate) mod fork;
 pub(crate) mod gil;
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi;
 pub(crate) mod output;
 pub(crate) mod poison;
 pub mod signals;
