@@ -64,6 +64,7 @@ mod with_mpi {
         if !mpi::launched() {
             return Err(Error::Usage(NOT_LAUNCHED.into()));
         }
+        engine::rhai::stable_hashing().map_err(|e| Error::Usage(format!("--mode mpi: {e}")))?;
         mpi::init().map_err(|e| Error::Usage(format!("--mode mpi: {e}")))?;
         let size = mpi::size();
         let result = if size < 2 {

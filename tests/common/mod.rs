@@ -4,6 +4,8 @@
 //! Each test binary uses only some of these helpers.
 #![allow(dead_code)]
 
+pub mod pool_programs;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -107,6 +109,8 @@ impl Output {
 
 /// One run of the binary, configured with builder methods and started with [`Run::output`].
 pub struct Run {
+    /// A launcher the binary runs under (`mpirun -np 3`), if any.
+    launcher: Vec<String>,
     args: Vec<String>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
@@ -121,6 +125,7 @@ impl Run {
         S: AsRef<str>,
     {
         Run {
+            launcher: Vec::new(),
             args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
             stdin: None,
             timeout: TIMEOUT,
@@ -151,6 +156,13 @@ impl Run {
         self
     }
 
+    /// Runs the binary under `launcher` (its program and arguments, the binary's path and
+    /// arguments after them): `mpirun -np 3`.
+    pub fn under(mut self, launcher: &[&str]) -> Self {
+        self.launcher = launcher.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
     /// The child's working directory (default: the crate root).
     pub fn dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.dir = Some(dir.as_ref().to_owned());
@@ -160,8 +172,16 @@ impl Run {
     /// Runs the binary to the end; kills it and panics if it outlives the timeout.
     #[track_caller]
     pub fn output(self) -> Output {
-        let command = format!("parrun {}", shell_words(&self.args));
-        let mut cmd = Command::new(parrun_bin());
+        let mut command = format!("parrun {}", shell_words(&self.args));
+        let mut cmd = match self.launcher.split_first() {
+            None => Command::new(parrun_bin()),
+            Some((program, launcher_args)) => {
+                command = format!("{} {command}", shell_words(&self.launcher));
+                let mut cmd = Command::new(program);
+                cmd.args(launcher_args).arg(parrun_bin());
+                cmd
+            }
+        };
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.args(&self.args)
             .current_dir(self.dir.as_deref().unwrap_or(repo_root()))
@@ -192,6 +212,13 @@ impl Run {
         let status = wait_with_timeout(&mut child, self.timeout);
         let elapsed = start.elapsed();
         let Some(status) = status else {
+            if !self.launcher.is_empty() {
+                // A launcher that gets SIGTERM stops what it launched; SIGKILL would orphan it.
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let _ = wait_with_timeout(&mut child, Duration::from_secs(10));
+            }
             let _ = child.kill();
             let _ = child.wait();
             // The pipes close once the child is dead, so the readers finish.
