@@ -308,7 +308,7 @@ print("end");
 /// that names it, the other rank's task and later work succeed, and the job ends with 0.
 #[test]
 fn with_recovery_a_lost_rank_fails_its_task_and_the_pool_goes_on() {
-    let env = [("PARRUN_TEST_FAULTS", "1"), ("PARRUN_MPI_DEADLINE", "3")];
+    let env = [("PARRUN_TEST_FAULTS", "1"), ("PARRUN_MPI_DEADLINE", "5")];
     for (ext, code) in [("lua", LOSS_LUA), ("rhai", LOSS_RHAI)] {
         let (_dir, path) = script("loss", ext, code);
         let out = under_mpirun(&["--enable-recovery"], &[path.to_str().unwrap()], &env);

@@ -312,6 +312,9 @@ impl Rank0 {
             return true;
         }
         link::mpi::rank_lost(rank);
+        // A rank that is only slow must not wait for a word from rank 0 for ever: it is told to
+        // leave now (a rank that is gone never reads it; a small message does not block).
+        down(rank, &Down::Shutdown);
         self.output.report(&format!(
             "parrun: {} was lost: nothing from it for {:.1} s; the run goes on without it",
             self.describe(rank),
@@ -602,10 +605,15 @@ impl Remote for RankProcess {
 /// At the end of the script, on rank 0: tells every worker rank to leave and waits until each
 /// has said bye or is lost; then stops watching. MPI is finalised after this.
 pub(crate) fn shutdown_workers() {
-    let Some(r0) = RANK0.get() else { return };
-    let workers = 1..r0.ranks.len() as i32;
+    let workers = 1..mpi::size();
+    let Some(r0) = RANK0.get() else {
+        for rank in workers {
+            down(rank, &Down::Shutdown);
+        }
+        return;
+    };
     for rank in workers.clone() {
-        if !r0.check(rank) {
+        if !r0.ranks[rank as usize].lost.load(Ordering::Acquire) {
             down(rank, &Down::Shutdown);
         }
     }
