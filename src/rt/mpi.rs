@@ -247,10 +247,16 @@ pub(crate) fn post(dest: i32, tag: Tag, bytes: Vec<u8>) {
     let _ = outbox.queue.send((tag, bytes));
 }
 
+/// How long `MPI_Finalize` may take before the process leaves without it: with
+/// `mpirun --enable-recovery` and a rank dead, OpenMPI 4.1's finalize waits now and then for
+/// ever, on every rank, for the dead one.
+pub(crate) const FINALIZE_LIMIT: Duration = Duration::from_secs(5);
+
 /// Stops the pump, lets each sender thread send what was posted (up to `grace` in all: one
-/// stuck on a dead rank is left behind), and finalises MPI. Call on the thread that called
-/// [`init`], once nothing else will send.
-pub(crate) fn finalize(grace: Duration) {
+/// stuck on a dead rank is left behind), and finalises MPI; if that takes longer than
+/// [`FINALIZE_LIMIT`], the process ends at once with `status` (its run's). Call on the thread
+/// that called [`init`], once nothing else will send.
+pub(crate) fn finalize(grace: Duration, status: i32) {
     let Some(w) = WORLD.get() else { return };
     let posts: Vec<_> = w.posts.lock().recover().drain().collect();
     let deadline = Instant::now() + grace;
@@ -267,7 +273,31 @@ pub(crate) fn finalize(grace: Duration) {
     if let Some(pump) = w.pump.lock().recover().take() {
         let _ = pump.join();
     }
+    let finalized = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let watch = finalized.clone();
+    let watchdog = std::thread::Builder::new()
+        .name("parrun-mpi-finalize".into())
+        .spawn(move || {
+            let (done, changed) = &*watch;
+            let done = done.lock().recover();
+            let (done, _) = changed
+                .wait_timeout_while(done, FINALIZE_LIMIT, |d| !*d)
+                .recover();
+            if !*done {
+                crate::rt::output::write_stderr(&format!(
+                    "parrun: MPI_Finalize has not returned after {} s (a rank of the job is \
+                     gone): this rank leaves without it",
+                    FINALIZE_LIMIT.as_secs()
+                ));
+                crate::rt::exit::exit_now(status);
+            }
+        });
     drop(UNIVERSE.lock().recover().take());
+    *finalized.0.lock().recover() = true;
+    finalized.1.notify_all();
+    if let Ok(watchdog) = watchdog {
+        let _ = watchdog.join();
+    }
 }
 
 #[cfg(test)]

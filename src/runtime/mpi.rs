@@ -88,7 +88,11 @@ mod with_mpi {
                 })
                 .map_err(|e| Error::Usage(format!("--mode mpi, rank {}: {e}", mpi::rank())))
         };
-        mpi::finalize(FINALIZE_GRACE);
+        let status = match &result {
+            Ok(ended) => ended.status,
+            Err(e) => e.exit_code(),
+        };
+        mpi::finalize(FINALIZE_GRACE, status);
         result
     }
 
