@@ -45,6 +45,12 @@ pub enum Mode {
     /// OS threads, each with an engine of its own built from a snapshot of the script's state;
     /// no lock is shared, so CPU-bound work scales as with fork.
     Isolated,
+    /// The ranks of an MPI job (`mpirun -np K parrun --mode mpi SCRIPT`, with the cargo feature
+    /// `mpi`): rank 0 runs the script; pool workers and processes run on ranks 1..K-1, each in
+    /// an engine of its own built from a snapshot of the script's state, as with `Isolated`.
+    /// Every rank must run the same program: a run in this mode on a rank other than 0 serves
+    /// rank 0 until its script ends, and returns 0.
+    Mpi,
 }
 
 impl Mode {
@@ -54,6 +60,7 @@ impl Mode {
             Mode::Gil => "gil",
             Mode::Fork => "fork",
             Mode::Isolated => "isolated",
+            Mode::Mpi => "mpi",
         }
     }
 }
@@ -71,8 +78,9 @@ impl std::str::FromStr for Mode {
             "gil" => Ok(Mode::Gil),
             "fork" => Ok(Mode::Fork),
             "isolated" => Ok(Mode::Isolated),
+            "mpi" => Ok(Mode::Mpi),
             other => Err(format!(
-                "unknown mode `{other}` (expected gil, fork or isolated)"
+                "unknown mode `{other}` (expected gil, fork, isolated or mpi)"
             )),
         }
     }

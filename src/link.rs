@@ -11,7 +11,10 @@
 //! getting its results cannot deadlock, unlike `multiprocessing.Queue`. A request for an object
 //! the parent only holds a handle to is forwarded up the same way.
 //!
-//! [`fork_child`] forks a child with a link to this process (see `crate::rt::fork`).
+//! [`fork_child`] forks a child with a link to this process (see `crate::rt::fork`). The link's
+//! two ends do not care what carries their frames: a Unix socket between a parent and its
+//! forked child ([`Uplink`], [`ReplyTo`]), or (feature `mpi`) MPI messages between a worker rank
+//! and rank 0 (`mpi`), which serves the worker ranks' requests as a parent serves its child's.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -32,6 +35,9 @@ use crate::rt::poison::Recover;
 use crate::rt::trace::{self, Tracer};
 use crate::rt::{cancel, codec, fork, output, signals};
 use crate::value::Value;
+
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi;
 
 /// An object other processes reach through the link, by the id [`register_object`] gave it.
 pub(crate) trait RemoteObject: Send + Sync {
@@ -205,9 +211,35 @@ fn link_lost() -> RemoteError {
     RemoteError::Other("lost the link to the parent process".into())
 }
 
+/// What carries a child's frames up to its parent, and the parent's replies back.
+trait Uplink: Send + Sync {
+    /// Sends one whole frame (a [`Request`]).
+    fn send(&self, frame: &[u8]) -> std::io::Result<()>;
+
+    /// Starts delivering the parent's [`Reply`]s to the callers in `pending` (called once).
+    fn start_replies(&self, pending: Pending) -> std::io::Result<()>;
+}
+
+/// A forked child's link: a Unix socket to its parent.
+struct SocketUplink(Mutex<UnixStream>);
+
+impl Uplink for SocketUplink {
+    fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        self.0.lock().recover().write_all(frame)
+    }
+
+    fn start_replies(&self, pending: Pending) -> std::io::Result<()> {
+        let stream = self.0.lock().recover().try_clone()?;
+        std::thread::Builder::new()
+            .name("parrun-link".into())
+            .spawn(move || read_replies(stream, pending))
+            .map(drop)
+    }
+}
+
 /// The child's end of its link to the parent.
 struct LinkClient {
-    writer: Mutex<UnixStream>,
+    uplink: Box<dyn Uplink>,
     pending: Pending,
     next_id: AtomicU64,
     reader: OnceLock<()>,
@@ -215,8 +247,12 @@ struct LinkClient {
 
 impl LinkClient {
     fn new(stream: UnixStream) -> Self {
+        Self::over(Box::new(SocketUplink(Mutex::new(stream))))
+    }
+
+    fn over(uplink: Box<dyn Uplink>) -> Self {
         LinkClient {
-            writer: Mutex::new(stream),
+            uplink,
             pending: Arc::default(),
             next_id: AtomicU64::new(1),
             reader: OnceLock::new(),
@@ -226,27 +262,16 @@ impl LinkClient {
     fn send(&self, request: &Request) -> Result<(), RemoteError> {
         let mut buf = Vec::new();
         codec::encode_into(&mut buf, request).map_err(|e| RemoteError::Other(e.to_string()))?;
-        let mut w = self.writer.lock().recover();
-        w.write_all(&buf)
+        self.uplink
+            .send(&buf)
             .map_err(|e| RemoteError::Other(format!("lost the link to the parent process: {e}")))
     }
 
-    /// The reader thread starts on first use: most children never call the parent.
+    /// The reader starts on first use: most children never call the parent.
     fn start_reader(&self) -> Result<(), RemoteError> {
         let mut failure = None;
         self.reader.get_or_init(|| {
-            let stream = match self.writer.lock().recover().try_clone() {
-                Ok(s) => s,
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    return;
-                }
-            };
-            let pending = self.pending.clone();
-            let spawned = std::thread::Builder::new()
-                .name("parrun-link".into())
-                .spawn(move || read_replies(stream, pending));
-            if let Err(e) = spawned {
+            if let Err(e) = self.uplink.start_replies(self.pending.clone()) {
                 failure = Some(e.to_string());
             }
         });
@@ -276,14 +301,19 @@ impl LinkClient {
 fn read_replies(mut stream: UnixStream, pending: Pending) {
     let mut buf = Vec::new();
     while let Ok(reply) = codec::read_frame::<Reply>(&mut stream, &mut buf) {
-        let waiter = pending.lock().recover().remove(&reply.id);
-        if let Some(w) = waiter {
-            let _ = w.send(reply.result);
-        }
+        deliver(&pending, reply);
     }
     // The parent is gone: fail every caller still waiting.
     for (_, w) in pending.lock().recover().drain() {
         let _ = w.send(Err(link_lost()));
+    }
+}
+
+/// Hands `reply` to the caller waiting for it.
+fn deliver(pending: &Pending, reply: Reply) {
+    let waiter = pending.lock().recover().remove(&reply.id);
+    if let Some(w) = waiter {
+        let _ = w.send(reply.result);
     }
 }
 
@@ -352,46 +382,71 @@ fn serve_loop(stream: UnixStream, output: output::Output, trace: Option<Arc<Trac
     let Ok(writer) = stream.try_clone() else {
         return;
     };
-    let writer = Arc::new(Mutex::new(writer));
+    let reply: Arc<dyn ReplyTo> = Arc::new(Mutex::new(writer));
     let alive = Arc::new(AtomicBool::new(true));
     let mut reader = stream;
     let mut buf = Vec::new();
     while let Ok(request) = codec::read_frame::<Request>(&mut reader, &mut buf) {
-        let op = match request.op {
-            Op::StdoutGone => output::stdout_gone(),
-            Op::Output(stream, bytes) => {
-                output.write_forwarded(stream, &bytes);
-                continue;
-            }
-            Op::Trace(events) => {
-                if let Some(trace) = &trace {
-                    trace.absorb(events);
-                }
-                continue;
-            }
-            op => op,
-        };
-        let caller = Caller {
-            id: request.id,
-            writer: writer.clone(),
-            alive: alive.clone(),
-        };
-        match find_object(request.object) {
-            Some(object) => object.perform(op, caller),
-            None => {
-                caller.answer(Err(RemoteError::Gone));
-            }
-        }
+        serve_request(request, &reply, &alive, &output, trace.as_deref());
     }
     alive.store(false, Ordering::Release);
     fork::unregister_fd(fd);
+}
+
+/// Does what a child's `request` asks: writes its output, or has the object perform the
+/// operation and answer through `reply` while `alive` says the child is there.
+fn serve_request(
+    request: Request,
+    reply: &Arc<dyn ReplyTo>,
+    alive: &Arc<AtomicBool>,
+    output: &output::Output,
+    trace: Option<&Tracer>,
+) {
+    let op = match request.op {
+        Op::StdoutGone => output::stdout_gone(),
+        Op::Output(stream, bytes) => {
+            output.write_forwarded(stream, &bytes);
+            return;
+        }
+        Op::Trace(events) => {
+            if let Some(trace) = trace {
+                trace.absorb(events);
+            }
+            return;
+        }
+        op => op,
+    };
+    let caller = Caller {
+        id: request.id,
+        reply: reply.clone(),
+        alive: alive.clone(),
+    };
+    match find_object(request.object) {
+        Some(object) => object.perform(op, caller),
+        None => {
+            caller.answer(Err(RemoteError::Gone));
+        }
+    }
+}
+
+/// How the answer to a child's request goes back to it: one whole frame (a [`Reply`]).
+pub(crate) trait ReplyTo: Send + Sync {
+    /// Sends the frame; false if it could not reach the child.
+    fn send(&self, frame: &[u8]) -> bool;
+}
+
+/// A forked child's end of the socket.
+impl ReplyTo for Mutex<UnixStream> {
+    fn send(&self, frame: &[u8]) -> bool {
+        self.lock().recover().write_all(frame).is_ok()
+    }
 }
 
 /// A child's request being answered, on the parent's side of the link.
 pub(crate) struct Caller {
     /// 0: the child asked for no reply.
     id: u64,
-    writer: Arc<Mutex<UnixStream>>,
+    reply: Arc<dyn ReplyTo>,
     /// False once the child has closed its end.
     alive: Arc<AtomicBool>,
 }
@@ -423,8 +478,7 @@ impl Caller {
         if codec::encode_into(&mut frame, &msg).is_err() {
             return false;
         }
-        let sent = self.writer.lock().recover().write_all(&frame).is_ok();
-        sent
+        self.reply.send(&frame)
     }
 
     /// Answers from a thread of its own, for an operation that waits: the link goes on serving
@@ -525,6 +579,7 @@ mod tests {
             let id = echo.0;
             let (parent_end, child_end) = UnixStream::pair().unwrap();
             let server = serve(parent_end, output::Output::default(), None).unwrap();
+            let shutdown = child_end.try_clone().unwrap();
             let client = LinkClient::new(child_end);
             let odd = Duration::new(0, 12_345_679);
             assert_eq!(
@@ -540,11 +595,7 @@ mod tests {
             drop(echo);
             assert_eq!(client.call(id, Op::Len), Err(RemoteError::Gone));
             // (The client's reader holds a copy of its end: shut the connection itself.)
-            let _ = client
-                .writer
-                .lock()
-                .unwrap()
-                .shutdown(std::net::Shutdown::Both);
+            let _ = shutdown.shutdown(std::net::Shutdown::Both);
             server.join().unwrap();
         });
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -33,9 +33,10 @@ struct Cli {
     #[arg(long, value_name = "lua|rhai")]
     lang: Option<Language>,
 
-    /// What Pool and Process run on: forked processes, isolated engines on threads, or
-    /// threads under the GIL.
-    #[arg(long, value_name = "gil|fork|isolated", default_value = "fork")]
+    /// What Pool and Process run on: forked processes, isolated engines on threads, threads
+    /// under the GIL, or the ranks of an MPI job (mpirun -np K parrun --mode mpi SCRIPT; a
+    /// build with the feature mpi).
+    #[arg(long, value_name = "gil|fork|isolated|mpi", default_value = "fork")]
     mode: parrun::Mode,
 
     /// Run CODE instead of a script file (Lua, as `lua -e` does, unless --lang rhai); every

@@ -12,6 +12,9 @@
 //!   exit codes as a forked child (`n & 0xff` for `exit(n)`, as the OS keeps of a status), and
 //!   `pid` is this process's. A
 //!   thread cannot be killed: `terminate` and `kill` are errors there.
+//! - on an MPI worker rank (`mpi`): the target runs there as on a thread with an engine of its
+//!   own, built from an image of the snapshot; `pid` is the rank's process's, and the exit
+//!   code comes back in a message. It cannot be signalled either.
 //!
 //! The target's return value is dropped, as in Python; results come back through a `Queue`.
 
@@ -24,7 +27,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
-use crate::exec::{self, Launch};
+use crate::exec::{self, Launch, Remote, RemoteStart};
 use crate::host::Mode;
 use crate::host::{Finish, Host, Stage};
 use crate::link;
@@ -42,6 +45,8 @@ enum State {
         pid: Pid,
         link: Option<JoinHandle<()>>,
     },
+    /// Running in another process that is not this one's child (an MPI worker rank).
+    Remote(Arc<dyn Remote>),
     Done {
         pid: Pid,
         code: i32,
@@ -89,6 +94,7 @@ impl ScriptProcess {
         match exec::model(self.mode).launch(target)? {
             Launch::Fork(target) => self.fork(host, target),
             Launch::Thread { target, engine } => self.spawn(host, engine, target),
+            Launch::Remote(start) => self.start_remote(host, start),
         }
     }
 
@@ -99,53 +105,33 @@ impl ScriptProcess {
         engine: Option<Arc<dyn TaskEngine>>,
         target: Box<dyn Target>,
     ) -> Result<(), String> {
-        let runs_on = engine.as_ref().map_or(host, |e| e.host()).clone();
         let exit = Arc::new(ThreadExit::default());
         let done = exit.clone();
         let name = self.name.clone();
+        let host_ = host.clone();
         let handle = std::thread::Builder::new()
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
-                let trace = runs_on.trace.clone();
-                let started = trace.as_ref().map(|t| {
-                    t.name_thread(format!("process {name}"));
-                    trace::clock()
-                });
-                let gil = &runs_on.gil;
-                let held = gil.lock(0);
-                let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
-                if let (Some(t), Some(start)) = (&trace, started) {
-                    t.span(Cat::Process, &name, start);
-                }
-                let code = match outcome {
-                    // What a forked child's exit status would carry of it.
-                    Ok(Ok(status)) => status & 0xff,
-                    Ok(Err(msg)) => {
-                        runs_on.report(&format!("Process {name}:\n{msg}"));
-                        1
-                    }
-                    Err(panic) => {
-                        let text = crate::rt::threads::panic_text(&*panic);
-                        runs_on.report(&format!("Process {name}: internal error (panic): {text}"));
-                        exit::PANIC_STATUS
-                    }
-                };
-                // A process in an engine of its own waits for the threads its target started
-                // there, as a child process does, and keeps the engine until they are done; a
-                // process in the script's engine leaves them to the script, whose threads
-                // they are.
-                if engine.is_some() {
-                    runs_on.finish_holding_gil();
-                }
-                drop(engine);
-                drop(held);
+                let code = run_here(&host_, engine, &name, target);
                 *done.code.lock().recover() = Some(code);
                 done.changed.notify_all();
             })
             .map_err(|e| format!("cannot start an OS thread: {e}"))?;
         exit.joiner.set(handle);
         *self.state() = State::Thread(exit);
+        host.register(self.clone());
+        Ok(())
+    }
+
+    /// Starts the process elsewhere (an MPI worker rank).
+    fn start_remote(
+        self: &Arc<Self>,
+        host: &Arc<Host>,
+        start: Box<dyn RemoteStart>,
+    ) -> Result<(), String> {
+        let remote = start.start(&self.name)?;
+        *self.state() = State::Remote(remote);
         host.register(self.clone());
         Ok(())
     }
@@ -195,6 +181,7 @@ impl ScriptProcess {
         match &*self.state() {
             State::New => None,
             State::Thread(_) => Some(std::process::id() as i32),
+            State::Remote(r) => Some(r.pid()),
             State::Running { pid, .. } | State::Done { pid, .. } => Some(pid.as_raw()),
         }
     }
@@ -205,6 +192,7 @@ impl ScriptProcess {
         let (pid, link) = match &mut *state {
             State::New => return None,
             State::Thread(exit) => return *exit.code.lock().recover(),
+            State::Remote(r) => return r.exit_code(),
             State::Done { code, .. } => return Some(*code),
             State::Running { pid, link } => (*pid, link),
         };
@@ -228,7 +216,10 @@ impl ScriptProcess {
     }
 
     pub fn is_alive(&self) -> bool {
-        matches!(&*self.state(), State::Running { .. } | State::Thread(_)) && self.poll().is_none()
+        matches!(
+            &*self.state(),
+            State::Running { .. } | State::Thread(_) | State::Remote(_)
+        ) && self.poll().is_none()
     }
 
     pub fn is_started(&self) -> bool {
@@ -278,9 +269,59 @@ impl ScriptProcess {
                 "a {} process runs on a thread, which cannot be killed (use --mode fork)",
                 self.mode
             )),
+            State::Remote(r) => Err(format!(
+                "a process on {} cannot be signalled from here",
+                r.place()
+            )),
             _ => Ok(()),
         }
     }
+}
+
+/// Runs a process's `target` on this thread, in `engine` (one of its own) or in `host`'s; the
+/// exit code a forked child would have (`n & 0xff` for `exit(n)`, 1 after an error, which is
+/// reported as "Process NAME:" with the traceback). A process in an engine of its own waits for
+/// the threads its target started there, as a child process does, and the engine goes with it.
+pub(crate) fn run_here(
+    host: &Arc<Host>,
+    engine: Option<Arc<dyn TaskEngine>>,
+    name: &str,
+    target: Box<dyn Target>,
+) -> i32 {
+    let runs_on = engine.as_ref().map_or(host, |e| e.host()).clone();
+    let trace = runs_on.trace.clone();
+    let started = trace.as_ref().map(|t| {
+        t.name_thread(format!("process {name}"));
+        trace::clock()
+    });
+    let gil = &runs_on.gil;
+    let held = gil.lock(0);
+    let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
+    if let (Some(t), Some(start)) = (&trace, started) {
+        t.span(Cat::Process, name, start);
+    }
+    let code = match outcome {
+        // What a forked child's exit status would carry of it.
+        Ok(Ok(status)) => status & 0xff,
+        Ok(Err(msg)) => {
+            runs_on.report(&format!("Process {name}:\n{msg}"));
+            1
+        }
+        Err(panic) => {
+            let text = crate::rt::threads::panic_text(&*panic);
+            runs_on.report(&format!("Process {name}: internal error (panic): {text}"));
+            exit::PANIC_STATUS
+        }
+    };
+    // A process in an engine of its own waits for the threads its target started there, as a
+    // child process does, and keeps the engine until they are done; a process in the script's
+    // engine leaves them to the script, whose threads they are.
+    if engine.is_some() {
+        runs_on.finish_holding_gil();
+    }
+    drop(engine);
+    drop(held);
+    code
 }
 
 /// A started child process is waited for (and reaped) before the run ends, as Python does.

@@ -48,6 +48,30 @@ pub(crate) trait Snapshot: Send + Sync {
     /// The snapshot itself as the last engine built from it, which spares a copy where
     /// [`Snapshot::instantiate`] copies the state (Lua's).
     fn into_instance(self: Box<Self>) -> Result<Instance, String>;
+
+    #[cfg(any(feature = "mpi", test))]
+    /// The snapshot as bytes, from which an engine in another process (an MPI rank, with the
+    /// same program and settings) is built ([`Image`]). What the snapshot holds travels as it
+    /// does between engines of one process, except objects: a queue or a lock becomes a handle
+    /// that reaches this process through its link, and any other object is left out.
+    fn image(&self) -> Result<Image, String>;
+}
+
+/// A snapshot as bytes ([`Snapshot::image`]): which engine reads them, and the state.
+#[cfg(any(feature = "mpi", test))]
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Image {
+    pub engine: EngineKind,
+    #[serde(with = "serde_bytes")]
+    pub state: Vec<u8>,
+}
+
+/// The engine an [`Image`] is for.
+#[cfg(any(feature = "mpi", test))]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EngineKind {
+    Lua,
+    Rhai,
 }
 
 /// A fresh engine built from a [`Snapshot`].

@@ -76,7 +76,38 @@ pub enum Object {
     ResultIterator(Arc<AsyncResult>, Arc<Gil>, Arc<PoolHandle>),
 }
 
+/// An object as it travels to an engine in another process that reaches this one only through
+/// its link (an MPI worker rank): a queue or a lock, by id. Other objects (a pool, a process, a
+/// thread, a result) belong to this process alone and do not travel.
+#[cfg(any(feature = "mpi", test))]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+pub(crate) enum ObjectWire {
+    Queue(u64),
+    Lock(u64),
+}
+
+#[cfg(any(feature = "mpi", test))]
+impl ObjectWire {
+    /// The handle, in the receiving process, on the object it names.
+    pub(crate) fn object(self) -> Object {
+        match self {
+            ObjectWire::Queue(id) => Object::Queue(Queue::remote(id)),
+            ObjectWire::Lock(id) => Object::Lock(Lock::remote(id)),
+        }
+    }
+}
+
 impl Object {
+    /// The object as it travels to another process, if it can.
+    #[cfg(any(feature = "mpi", test))]
+    pub(crate) fn wire(&self) -> Option<ObjectWire> {
+        match self {
+            Object::Queue(q) => Some(ObjectWire::Queue(q.id())),
+            Object::Lock(l) => Some(ObjectWire::Lock(l.id())),
+            _ => None,
+        }
+    }
+
     pub fn class(&self) -> Class {
         match self {
             Object::Thread(_) => Class::Thread,

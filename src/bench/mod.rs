@@ -78,6 +78,15 @@ pub struct Options {
     #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
     args: Vec<String>,
 
+    /// The launcher the runs of mode mpi start under (split at spaces), parrun and its
+    /// arguments after it: rank 0 runs the script, the other ranks are its workers.
+    #[arg(
+        long,
+        value_name = "COMMAND",
+        default_value = "mpirun --oversubscribe -np 3"
+    )]
+    mpirun: String,
+
     /// Stop a run that takes longer than this many seconds (and fail the bench).
     #[arg(long, value_name = "SECONDS", default_value = "900", value_parser = seconds)]
     timeout: Duration,
@@ -111,12 +120,20 @@ pub fn run(options: Options) -> Result<()> {
             let mut configs = Vec::new();
             for (lang, script) in &w.scripts {
                 for mode in &modes {
-                    let mut command = vec![
+                    let mut command: Vec<String> = match mode.as_str() {
+                        "mpi" => options
+                            .mpirun
+                            .split_whitespace()
+                            .map(String::from)
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    command.extend([
                         parrun.clone(),
                         "--mode".to_string(),
                         mode.clone(),
                         script.to_string_lossy().into_owned(),
-                    ];
+                    ]);
                     command.extend(w.args.iter().cloned());
                     configs.push(Config {
                         lang: lang.name(),

@@ -32,11 +32,15 @@ use crate::script::{
     CallSlice, Callback, FunctionSpec, Instance, LoadedScript, ScriptEngine, Snapshot, Target,
     TaskEngine, TaskError, TaskFn, Travel,
 };
+#[cfg(any(feature = "mpi", test))]
+use crate::script::{EngineKind, Image};
 use crate::value::Value;
 
 mod args;
 mod convert;
 mod driver;
+#[cfg(any(feature = "mpi", test))]
+mod image;
 mod native;
 mod object;
 mod paths;
@@ -290,6 +294,23 @@ fn isolated_state(
     let copies = snapshot::copy_state(parent, &lua, values)
         .map_err(|e| format!("cannot copy the script's state to an isolated engine: {e}"))?;
     Ok((lua, host, copies))
+}
+
+#[cfg(feature = "mpi")]
+/// An engine of its own built from a snapshot's [`Snapshot::image`] made in another process
+/// of the same program (an MPI rank 0), with a host like `host` (its settings, its output) but
+/// a GIL of its own; and the call the snapshot held, bound there.
+pub(crate) fn instance_from_image(host: &Host, state: &[u8]) -> Result<Instance, String> {
+    let host = host.isolated();
+    let lua = new_state(&host)
+        .map_err(|e| format!("cannot set up an engine for a worker: {}", error_text(e)))?;
+    let call = image::decode(&lua, state)?;
+    LuaSnapshot {
+        state: lua,
+        host,
+        call,
+    }
+    .instance()
 }
 
 /// A script file's chunk as the stock interpreter reads it (`luaL_loadfilex`): without a UTF-8

@@ -28,12 +28,16 @@ use crate::script::{
     CallSlice, Callback, FunctionSpec, Instance, LoadedScript, ScriptEngine, Snapshot, Target,
     TaskEngine, TaskError, TaskFn, Travel,
 };
+#[cfg(any(feature = "mpi", test))]
+use crate::script::{EngineKind, Image};
 use crate::value::Value;
 
 mod args;
 mod builtins;
 mod convert;
 mod errors;
+#[cfg(any(feature = "mpi", test))]
+mod image;
 mod modules;
 mod stops;
 mod tasks;
@@ -140,6 +144,28 @@ pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
             other => Err(Error::script(format_error(&script.name, other))),
         },
     }
+}
+
+/// Makes Rhai's hashes the same in every process of the program, so that a closure's name
+/// (`anon$` and a hash of its code), by which it travels to a worker, names the same closure in
+/// another process's compile of the script (an MPI rank's): they are seeded at random per
+/// process otherwise. Call before any Rhai code is compiled.
+#[cfg(feature = "mpi")]
+pub(crate) fn stable_hashing() -> Result<(), String> {
+    const SEED: [u64; 4] = [0x7061_7272_756e, 0x006d_7069, 0x7268_6169, 0x6861_7368];
+    match ::rhai::config::hashing::set_hashing_seed(Some(SEED)) {
+        Ok(()) => Ok(()),
+        Err(Some(seed)) if seed == SEED => Ok(()),
+        Err(_) => Err("Rhai's hashing seed was set otherwise in this process".into()),
+    }
+}
+
+#[cfg(feature = "mpi")]
+/// An engine of its own built from a snapshot's [`Snapshot::image`] made in another process
+/// of the same program (an MPI rank 0), with a host like `host` (its settings, its output) but
+/// a GIL of its own; and the call the snapshot held, bound there.
+pub(crate) fn instance_from_image(host: &Host, state: &[u8]) -> Result<Instance, String> {
+    image::decode(host, state)
 }
 
 /// The registered function a loaded script's top level ends with: it keeps what the top level

@@ -6,6 +6,8 @@
 //! - [`gil`]: threads in the script's own engine, under its GIL.
 //! - [`fork`]: forked processes, each with a copy of the script's engine.
 //! - [`isolated`]: threads, each with an engine of its own built from a snapshot.
+//! - `mpi` (feature `mpi`): the ranks of an MPI job, each with an engine of its own built from
+//!   a snapshot's image.
 //!
 //! A model only chooses and builds; the mechanisms are the pool's (worker threads, forked
 //! workers) and the process's (a forked child, a thread), and the engines come from the
@@ -19,6 +21,8 @@ use crate::script::{ScriptEngine, Snapshot, Target, TaskEngine, Travel};
 mod fork;
 mod gil;
 mod isolated;
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi;
 
 /// One execution model.
 pub(crate) trait Model: Sync {
@@ -37,6 +41,12 @@ pub(crate) trait Model: Sync {
 
     /// How a process runs `target`, as of its `start`. Call with the GIL held.
     fn launch(&self, target: Box<dyn Target>) -> Result<Launch, String>;
+
+    /// How many workers a pool has when the script does not say: `None` for one per CPU, as
+    /// Python's `os.cpu_count()`.
+    fn default_workers(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The model of `mode`.
@@ -45,6 +55,33 @@ pub(crate) fn model(mode: Mode) -> &'static dyn Model {
         Mode::Gil => &gil::Gil,
         Mode::Fork => &fork::Fork,
         Mode::Isolated => &isolated::Isolated,
+        #[cfg(feature = "mpi")]
+        Mode::Mpi => &mpi::Mpi,
+        #[cfg(not(feature = "mpi"))]
+        Mode::Mpi => &NoMpi,
+    }
+}
+
+/// What this parrun answers for `mpi` when it was built without the feature.
+#[cfg(not(feature = "mpi"))]
+struct NoMpi;
+
+#[cfg(not(feature = "mpi"))]
+const NO_MPI: &str =
+    "mode mpi needs a parrun built with MPI support (cargo build --release --features mpi)";
+
+#[cfg(not(feature = "mpi"))]
+impl Model for NoMpi {
+    fn travel(&self) -> Travel {
+        Travel::Encoded
+    }
+
+    fn workers(&self, _: &dyn ScriptEngine, _: usize, _: bool) -> Result<Workers, String> {
+        Err(NO_MPI.into())
+    }
+
+    fn launch(&self, _: Box<dyn Target>) -> Result<Launch, String> {
+        Err(NO_MPI.into())
     }
 }
 
@@ -59,6 +96,9 @@ pub(crate) enum Workers {
         /// it a worker keeps its engine.
         renew: Option<Arc<dyn Snapshot>>,
     },
+    /// MPI worker ranks, each building engines from the same image of the script's state.
+    #[cfg(feature = "mpi")]
+    Ranks(mpi::RankSet),
 }
 
 /// How a process runs its target.
@@ -72,4 +112,24 @@ pub(crate) enum Launch {
         target: Box<dyn Target>,
         engine: Option<Arc<dyn TaskEngine>>,
     },
+    /// In another process that is not this one's child (an MPI worker rank), started by name.
+    // (Only the `mpi` model makes one; process.rs follows it either way.)
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    Remote(Box<dyn RemoteStart>),
+}
+
+/// Starts a process elsewhere ([`Launch::Remote`]).
+pub(crate) trait RemoteStart: Send {
+    /// Starts the process called `name` (reports of its errors use it); returns once it has a
+    /// pid.
+    fn start(self: Box<Self>, name: &str) -> Result<Arc<dyn Remote>, String>;
+}
+
+/// A process running elsewhere, as the process that started it follows it.
+pub(crate) trait Remote: Send + Sync {
+    fn pid(&self) -> i32;
+    /// Its exit code, once it has ended.
+    fn exit_code(&self) -> Option<i32>;
+    /// Where it runs, for messages: "worker rank 2".
+    fn place(&self) -> String;
 }

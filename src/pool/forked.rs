@@ -47,7 +47,7 @@ pub const MAX_WINDOW: usize = 64;
 /// How much work (in µs of task time) to keep queued per worker: enough that a worker never
 /// waits for the round trip of its next task, little enough that slow tasks are not pinned to
 /// one worker while another is idle.
-const WINDOW_WORK_MICROS: f64 = 20_000.0;
+pub(super) const WINDOW_WORK_MICROS: f64 = 20_000.0;
 /// How long a worker whose result pipe ended may take to exit by itself (a panicking worker
 /// closes its pipe while unwinding, before it exits) before it is killed.
 const BURY_GRACE: Duration = Duration::from_secs(2);

@@ -5,7 +5,9 @@
 //! model chooses and builds (`crate::exec`):
 //! - [`forked`] (`fork`): worker processes, fed by a supervisor thread through pipes;
 //! - [`threads`] (`isolated`, `gil`): worker threads that take tasks from the pending queue
-//!   themselves, and a watchdog that stops overdue tasks.
+//!   themselves, and a watchdog that stops overdue tasks;
+//! - `ranks` (`mpi`, feature `mpi`): MPI worker ranks, fed by a supervisor thread with MPI
+//!   messages that carry the forked workers' frames; and a worker rank's side of a pool.
 //!
 //! The rest, one file per idea:
 //! - [`job`]: a job's [`AsyncResult`], what the script waits on (result slots, a ready latch,
@@ -37,9 +39,14 @@ use crate::value::Value;
 mod callbacks;
 mod forked;
 mod job;
+#[cfg(feature = "mpi")]
+mod ranks;
 mod stats;
 mod threads;
 mod worker;
+
+#[cfg(feature = "mpi")]
+pub(crate) use ranks::{end_all_on_rank, end_on_rank, route_tasks, serve_on_rank, MakeEngine};
 
 use callbacks::Finisher;
 pub use job::{AsyncResult, Callbacks, Failure, JobKind};
@@ -224,14 +231,16 @@ impl Pool {
         if config.maxtasksperchild == Some(0) {
             return Err("maxtasksperchild must be at least 1".into());
         }
+        let model = exec::model(config.mode);
         let size = config
             .processes
+            .or_else(|| model.default_workers())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         if size == 0 {
             return Err("processes must be at least 1".into());
         }
         let renewable = config.maxtasksperchild.is_some();
-        let workers = exec::model(config.mode).workers(engine, size, renewable)?;
+        let workers = model.workers(engine, size, renewable)?;
         Ok(NewPool {
             config,
             size,
@@ -277,6 +286,13 @@ impl Pool {
             Workers::Threads { engines, renew } => {
                 let pool = new_pool(Box::new(threads::Threads))?;
                 let overseer = threads::start(&pool, engines, renew)?;
+                (pool, overseer)
+            }
+            #[cfg(feature = "mpi")]
+            Workers::Ranks(set) => {
+                let (backend, wake_rx) = ranks::RankWake::new();
+                let pool = new_pool(Box::new(backend))?;
+                let overseer = ranks::start(&pool, set, wake_rx)?;
                 (pool, overseer)
             }
         };

@@ -8,7 +8,6 @@
 //! on the way out ([`ToWorkerOut`]) and owned on the way in ([`ToWorker`]): the same bytes.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -141,11 +140,12 @@ impl Functions {
 /// A forked worker's life: runs the initializer, then the tasks from `tasks` until the pipe
 /// closes or `max_tasks` have run; the process's exit status (1 when the initializer failed or
 /// the pipes broke). In a traced run, each task is a span on the worker's track, and the
-/// events go up to the parent whenever the worker has no more work buffered.
+/// events go up to the parent whenever the worker has no more work buffered. An MPI worker rank
+/// runs the same loop over its messages (`ranks`).
 pub(super) fn worker_main(
     engine: Arc<dyn TaskEngine>,
-    mut tasks: File,
-    mut results: File,
+    mut tasks: impl std::io::Read,
+    mut results: impl std::io::Write,
     init: Option<(Arc<FunctionSpec>, Vec<Value>)>,
     max_tasks: Option<usize>,
 ) -> i32 {

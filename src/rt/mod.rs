@@ -2,7 +2,8 @@
 //! how a thread's task is cancelled, the frames on pipes, output, signals, forking safely from a
 //! threaded process (`fork`, with the state it holds across the fork behind `atfork`'s trait),
 //! the children a process forked and how it ends at once (`children`, `exit`), progress bars on
-//! standard error (`progress`), thread helpers, and a run's timeline (`trace`). Everything
+//! standard error (`progress`), thread helpers, a run's timeline (`trace`), and (feature `mpi`)
+//! MPI messages between the ranks of a job (`mpi`). Everything
 //! above is built on these; none of them imports from above.
 
 pub(crate) mod atfork;
@@ -12,6 +13,8 @@ pub(crate) mod codec;
 pub(crate) mod exit;
 pub(crate) mod fork;
 pub(crate) mod gil;
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi;
 pub(crate) mod output;
 pub(crate) mod poison;
 pub(crate) mod progress;

@@ -185,6 +185,17 @@ impl Sink {
         })
     }
 
+    /// A sink for a process whose output belongs to another that is not its parent on the
+    /// OS's side (an MPI worker rank's, which belongs to rank 0): every line goes up its link.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn forwarding() -> Arc<Sink> {
+        Arc::new(Sink {
+            // No process has pid 0: the writer is never this process's.
+            owner: 0,
+            writer: Mutex::new(Box::new(io::sink())),
+        })
+    }
+
     /// Writes `text` and a newline as one write.
     pub(crate) fn write_line(&self, stream: Stream, text: &[u8]) -> io::Result<()> {
         let mut line = Vec::with_capacity(text.len() + 1);

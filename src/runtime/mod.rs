@@ -9,6 +9,7 @@ use crate::engine;
 use crate::error::Error;
 
 mod loaded;
+mod mpi;
 
 use crate::host::{Embedding, Ended, Host, HostFunction, Mode, Settings, Source};
 use crate::rt::gil::{Gil, DEFAULT_SWITCH_INTERVAL};
@@ -418,15 +419,41 @@ impl Runtime {
         self
     }
 
-    /// Runs a script file and returns its exit status (0 when it ends normally).
+    /// Runs a script file and returns its exit status (0 when it ends normally). In
+    /// [`Mode::Mpi`], on an MPI rank other than 0, it serves rank 0's script instead, and
+    /// returns 0 when that script has ended (the file is not read there).
     pub fn run_file(&self, path: impl AsRef<Path>) -> Result<i32, Error> {
-        let (language, source) = self.file_source(path.as_ref())?;
-        self.run(language, source).map(|ended| ended.status)
+        self.on_ranks(|| {
+            let (language, source) = self.file_source(path.as_ref())?;
+            self.run(language, source)
+        })
+        .map(|ended| ended.status)
+    }
+
+    /// Runs `main` here, or in [`Mode::Mpi`] on the job's rank 0 while the other ranks serve it.
+    fn on_ranks(&self, main: impl FnOnce() -> Result<Ended, Error>) -> Result<Ended, Error> {
+        match self.settings.mode {
+            Mode::Mpi => mpi::run(self, main),
+            _ => main(),
+        }
+    }
+
+    /// A script loaded for calls from Rust runs in this process: not in mode mpi.
+    fn check_loadable(&self) -> Result<(), Error> {
+        match self.settings.mode {
+            Mode::Mpi => Err(Error::Usage(
+                "a script loaded for calls from Rust cannot run in mode mpi: run it whole \
+                 (Runtime::run_file) under mpirun"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Runs a script file's top level once and keeps the script for calls from Rust: see
     /// [`Script`]. The language is the one the extension names, as for [`Runtime::run_file`].
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Script, Error> {
+        self.check_loadable()?;
         let (language, source) = self.file_source(path.as_ref())?;
         Script::load(self, language, source)
     }
@@ -447,6 +474,7 @@ impl Runtime {
         name: &str,
         code: impl AsRef<[u8]>,
     ) -> Result<Script, Error> {
+        self.check_loadable()?;
         let language = self.language.unwrap_or(language);
         Script::load(self, language, self.source(name, code.as_ref()))
     }
@@ -537,7 +565,7 @@ impl Runtime {
 
     fn run_code(&self, language: Language, name: &str, code: &[u8]) -> Result<Ended, Error> {
         let language = self.language.unwrap_or(language);
-        self.run(language, self.source(name, code))
+        self.on_ranks(|| self.run(language, self.source(name, code)))
     }
 
     fn run(&self, language: Language, script: Source) -> Result<Ended, Error> {

@@ -37,6 +37,27 @@ impl Lock {
         Lock { inner }
     }
 
+    #[cfg(any(feature = "mpi", test))]
+    /// A handle on the lock `id` that another process owns and this one reaches through its
+    /// parent link (an MPI worker rank's handle on a lock of rank 0).
+    pub fn remote(id: u64) -> Self {
+        Lock {
+            inner: Arc::new(LockInner {
+                id,
+                // No process has pid 0: the lock is never this process's.
+                owner: 0,
+                held: Mutex::new(false),
+                freed: Condvar::new(),
+            }),
+        }
+    }
+
+    /// The lock's id, unique across the processes of a run.
+    #[cfg(any(feature = "mpi", test))]
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
     /// Whether this process owns the object (else operations go through the parent link).
     pub fn is_local(&self) -> bool {
         self.inner.owner == std::process::id()

@@ -53,6 +53,28 @@ impl Queue {
         Queue { inner }
     }
 
+    #[cfg(any(feature = "mpi", test))]
+    /// A handle on the queue `id` that another process owns and this one reaches through its
+    /// parent link (an MPI worker rank's handle on a queue of rank 0).
+    pub fn remote(id: u64) -> Self {
+        Queue {
+            inner: Arc::new(QueueInner {
+                id,
+                // No process has pid 0: the queue is never this process's.
+                owner: 0,
+                closed: Default::default(),
+                items: Mutex::new(VecDeque::new()),
+                ready: Condvar::new(),
+            }),
+        }
+    }
+
+    /// The queue's id, unique across the processes of a run.
+    #[cfg(any(feature = "mpi", test))]
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
     /// Whether this process owns the object (else operations go through the parent link).
     pub fn is_local(&self) -> bool {
         self.inner.owner == std::process::id()

@@ -4,6 +4,8 @@
 //! Each test binary uses only some of these helpers.
 #![allow(dead_code)]
 
+pub mod pool_programs;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -108,6 +110,8 @@ impl Output {
 /// One run of the binary, configured with builder methods and started with [`Run::output`].
 pub struct Run {
     program: PathBuf,
+    /// A launcher the binary runs under (`mpirun -np 3`), if any.
+    launcher: Vec<String>,
     args: Vec<String>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
@@ -123,6 +127,7 @@ impl Run {
     {
         Run {
             program: PathBuf::from(parrun_bin()),
+            launcher: Vec::new(),
             args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
             stdin: None,
             timeout: TIMEOUT,
@@ -159,6 +164,13 @@ impl Run {
         self
     }
 
+    /// Runs the binary under `launcher` (its program and arguments, the binary's path and
+    /// arguments after them): `mpirun -np 3`.
+    pub fn under(mut self, launcher: &[&str]) -> Self {
+        self.launcher = launcher.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
     /// The child's working directory (default: the crate root).
     pub fn dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.dir = Some(dir.as_ref().to_owned());
@@ -173,8 +185,16 @@ impl Run {
             .file_name()
             .unwrap_or_default()
             .to_string_lossy();
-        let command = format!("{name} {}", shell_words(&self.args));
-        let mut cmd = Command::new(&self.program);
+        let mut command = format!("{name} {}", shell_words(&self.args));
+        let mut cmd = match self.launcher.split_first() {
+            None => Command::new(&self.program),
+            Some((launcher, launcher_args)) => {
+                command = format!("{} {command}", shell_words(&self.launcher));
+                let mut cmd = Command::new(launcher);
+                cmd.args(launcher_args).arg(&self.program);
+                cmd
+            }
+        };
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.args(&self.args)
             .current_dir(self.dir.as_deref().unwrap_or(repo_root()))
@@ -205,6 +225,13 @@ impl Run {
         let status = wait_with_timeout(&mut child, self.timeout);
         let elapsed = start.elapsed();
         let Some(status) = status else {
+            if !self.launcher.is_empty() {
+                // A launcher that gets SIGTERM stops what it launched; SIGKILL would orphan it.
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let _ = wait_with_timeout(&mut child, Duration::from_secs(10));
+            }
             let _ = child.kill();
             let _ = child.wait();
             // The pipes close once the child is dead, so the readers finish.

@@ -100,7 +100,7 @@ pub(super) fn copy_state(
 }
 
 /// Whether a module is, or holds, a C function.
-fn holds_c_functions(module: &LuaValue) -> mlua::Result<bool> {
+pub(super) fn holds_c_functions(module: &LuaValue) -> mlua::Result<bool> {
     Ok(match module {
         LuaValue::Function(f) => f.info().what == "C",
         LuaValue::Table(t) => {

@@ -269,6 +269,14 @@ impl Snapshot for LuaSnapshot {
     fn into_instance(self: Box<Self>) -> Result<Instance, String> {
         self.instance()
     }
+
+    #[cfg(any(feature = "mpi", test))]
+    fn image(&self) -> Result<Image, String> {
+        Ok(Image {
+            engine: EngineKind::Lua,
+            state: image::encode(&self.state, &self.call)?,
+        })
+    }
 }
 
 /// Encodes a function for workers once per Lua state: the encoding is kept, and the function

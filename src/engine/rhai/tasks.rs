@@ -142,6 +142,14 @@ impl Snapshot for RhaiSnapshot {
     fn into_instance(self: Box<Self>) -> Result<Instance, String> {
         self.instance()
     }
+
+    #[cfg(any(feature = "mpi", test))]
+    fn image(&self) -> Result<Image, String> {
+        Ok(Image {
+            engine: EngineKind::Rhai,
+            state: image::encode(self)?,
+        })
+    }
 }
 
 /// A Rhai function as it travels to a worker: every script function (closures too) is in the
