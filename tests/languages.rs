@@ -408,4 +408,15 @@ fn rhai_instruction_limit_keeps_its_meaning_on_grain() {
         .assert_code(1)
         .assert_stderr_contains("main.rhai:1:")
         .assert_stderr_contains("Too many operations");
+    // A script that stays on the walker with `--rhai-vm grain` (a closure handed to a method
+    // of the variable it captures) keeps the walker's count: 8 per iteration is enough.
+    let code =
+        format!("let p = Pool(1); let q = Queue(); p.apply_async(|v| v, [1], |r| {{ q.put(r); p.close(); }}); q.get(10); {code}");
+    let out = run_main_with(
+        Lang::Rhai,
+        &code,
+        &["--rhai-vm", "grain", "--max-instructions", "800000"],
+        &[],
+    );
+    out.assert_success().assert_stdout_contains("done 199999");
 }

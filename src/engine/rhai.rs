@@ -316,25 +316,11 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
     // A limit is there to stop scripts: step through them to know where they stop. Stepping
     // makes Rhai code take about 1.6 times as long, so a timeout alone (which a slower script
     // reaches sooner) does not.
-    let tracked = settings.max_instructions.is_some()
-        || settings.max_call_depth.is_some()
-        || settings.max_memory.is_some();
+    let tracked = limit_tracked(settings);
     if tracked {
         stops::track(&mut engine);
     }
-    // Grain counts about one operation where the tree walker counts several: the limit is
-    // scaled to allow about the same work on both.
-    let limit = match settings.rhai_vm {
-        RhaiVm::Ast => settings.max_instructions,
-        RhaiVm::Grain => settings
-            .max_instructions
-            .map(|n| (n / grain::OPERATIONS_PER_STEP).max(1)),
-    };
-    if let Some(count) = limit {
-        // The step after the count passes the limit stops the script (`on_progress`); Rhai's
-        // own check, one operation later, stops one that takes no step (an empty loop body).
-        engine.set_max_operations(count.saturating_add(1));
-    }
+    limit_operations(&mut engine, &host.gil, settings.max_instructions, tracked);
     if let Some(bytes) = host.settings.max_memory {
         engine.set_max_string_size(bytes);
         engine.set_max_array_size(bytes / 16);
@@ -360,18 +346,6 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
         let at = source.map_or(String::new(), |src| format!("{src}:"));
         out.report(&format!("{at}{pos:?} | {s}"));
     });
-    let gil = host.gil.clone();
-    // Called for every operation: the limit's comparison only where there is a limit.
-    match limit {
-        Some(max) => engine.on_progress(move |operations| {
-            if operations > max {
-                stops::stop_at_next_step(stops::Stop::Limit);
-                return None;
-            }
-            progress(&gil, tracked)
-        }),
-        None => engine.on_progress(move |_| progress(&gil, tracked)),
-    };
     register_builtins(&mut engine, shared);
     register_exit(&mut engine, shared);
     if settings.rhai_vm == RhaiVm::Grain {
@@ -394,6 +368,33 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
     engine
 }
 
+/// Sets the operation limit `limit` (the tree walker's operations) and the `on_progress` that
+/// checks it and the GIL; `tracked` if the engine steps through scripts ([`stops::track`]).
+fn limit_operations(
+    engine: &mut Engine,
+    gil: &Arc<crate::rt::gil::Gil>,
+    limit: Option<u64>,
+    tracked: bool,
+) {
+    if let Some(count) = limit {
+        // The step after the count passes the limit stops the script (`on_progress`); Rhai's
+        // own check, one operation later, stops one that takes no step (an empty loop body).
+        engine.set_max_operations(count.saturating_add(1));
+    }
+    let gil = gil.clone();
+    // Called for every operation: the limit's comparison only where there is a limit.
+    match limit {
+        Some(max) => engine.on_progress(move |operations| {
+            if operations > max {
+                stops::stop_at_next_step(stops::Stop::Limit);
+                return None;
+            }
+            progress(&gil, tracked)
+        }),
+        None => engine.on_progress(move |_| progress(&gil, tracked)),
+    };
+}
+
 /// `on_progress` without the limit: a switch when another thread waits for the GIL, or the
 /// end of a cancelled task.
 #[inline(always)]
@@ -414,6 +415,13 @@ fn progress(gil: &crate::rt::gil::Gil, tracked: bool) -> Option<Dynamic> {
         gil.yield_turn(0);
     }
     None
+}
+
+/// Whether a limit is set, so that the engine steps through scripts to know where one stops.
+fn limit_tracked(settings: &crate::host::Settings) -> bool {
+    settings.max_instructions.is_some()
+        || settings.max_call_depth.is_some()
+        || settings.max_memory.is_some()
 }
 
 /// Builds the engine of `shared` and compiles its script; both are then reachable from
@@ -449,6 +457,14 @@ fn start_engine(
             ::rhai::ParseError(Box::new(error.into()), Position::NONE)
         })?;
         grain::resolve_names(&mut engine, &lowered, args.clone());
+        // Grain counts about one operation where the tree walker counts several: the limit
+        // is scaled to allow about the same work on both.
+        let settings = &shared.host.settings;
+        if let Some(limit) = settings.max_instructions {
+            let scaled = (limit / grain::OPERATIONS_PER_STEP).max(1);
+            let tracked = limit_tracked(settings);
+            limit_operations(&mut engine, &shared.host.gil, Some(scaled), tracked);
+        }
         let _ = shared.grain.set(lowered);
     } else if closures {
         // A variable captured by a closure is shared, and Rhai write-locks a shared variable

@@ -285,7 +285,9 @@ impl Runtime {
     /// Stops a script thread, callback or pool task (a `map` chunk is one task) after about
     /// `count` instructions with an error the script cannot catch. Lua counts VM instructions
     /// (checked every 1,000, through the same on-demand count hook as the GIL, so it costs
-    /// nothing when unset); Rhai counts its operations (`Engine::set_max_operations`).
+    /// nothing when unset); Rhai counts its operations (`Engine::set_max_operations`). Rhai's
+    /// grain VM ([`Runtime::rhai_vm`]) counts about one operation where the tree walker counts
+    /// 3 to 15, so it gets `count / 4` of them: about the same work (see the README).
     pub fn max_instructions(mut self, count: u64) -> Self {
         self.settings.max_instructions = Some(count);
         self
