@@ -69,7 +69,7 @@
 //!
 //! ## Crate layout
 //!
-//! The public surface is [`Runtime`], [`Language`], [`Mode`], [`Settings`], [`Error`],
+//! The public surface is [`Runtime`], [`Language`], [`Mode`], [`RhaiVm`], [`Settings`], [`Error`],
 //! [`Value`], [`signals`], and [`Script`], a script loaded for calls from Rust. Inside, every
 //! module imports only from the layers below it
 //! (`tests/layers.rs` checks it), top down:
@@ -105,6 +105,6 @@ mod value;
 pub use rt::signals;
 
 pub use error::{Error, ScriptError};
-pub use host::{Mode, Settings};
+pub use host::{Mode, RhaiVm, Settings};
 pub use runtime::{HostArgs, Language, MapUnordered, Runtime, Script, ScriptArgs};
 pub use value::Value;

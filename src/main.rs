@@ -68,6 +68,11 @@ struct Cli {
     #[arg(long, value_name = "N")]
     max_call_depth: Option<usize>,
 
+    /// How Rhai runs scripts: its tree-walking interpreter (default, or what PARRUN_RHAI_VM
+    /// names), or its `grain` bytecode VM (faster loops; see the README for what differs).
+    #[arg(long, value_name = "ast|grain")]
+    rhai_vm: Option<parrun::RhaiVm>,
+
     /// Workers of a Pool made without a count (default: one per CPU).
     #[arg(long, value_name = "N")]
     pool_size: Option<usize>,
@@ -173,6 +178,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
         .binary_chunks(cli.binary_chunks)
         .progress(!cli.no_progress)
         .mode(cli.mode);
+    if let Some(vm) = cli.rhai_vm {
+        runtime = runtime.rhai_vm(vm);
+    }
     if let Some(bytes) = cli.max_memory {
         runtime = runtime.max_memory(bytes);
     }

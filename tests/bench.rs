@@ -472,3 +472,25 @@ fn the_bench_shows_its_progress_only_on_a_terminal() {
         assert_eq!(out.stderr, "", "{flags:?}: {}", out.describe());
     }
 }
+
+/// `--rhai-vms ast,grain` runs each Rhai configuration on both VMs, grain's as `rhai-grain`.
+#[test]
+fn rhai_vms_run_side_by_side() {
+    let args = [
+        "experiment_b",
+        "--repeat",
+        "1",
+        "--scale",
+        "0.001",
+        "--modes",
+        "fork",
+        "--langs",
+        "rhai",
+        "--rhai-vms",
+        "ast,grain",
+    ];
+    let out = bench(&args).output();
+    out.assert_success()
+        .assert_stdout_contains("serial time (s)            rhai fork ")
+        .assert_stdout_contains("serial time (s)            rhai-grain fork ");
+}

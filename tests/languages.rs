@@ -329,3 +329,94 @@ fn rhai_integer_overflow_is_an_error() {
     let out = run_main(Lang::Rhai, "let x = 9223372036854775807;\nlet y = x + 1;\n");
     out.assert_code(1).assert_stderr_contains("main.rhai:2");
 }
+
+// ---------------------------------------------------------------------------------------
+// Rhai's two VMs (`--rhai-vm ast|grain`) run a script alike
+// ---------------------------------------------------------------------------------------
+
+/// What grain does differently from the tree walker, evened out: a bare function's name as a
+/// method call's receiver (`sq.call(4)`, "Variable not found" on grain itself), a top-level
+/// `for (x, i)` counter beside `ARGS` (grain writes it into another variable when the scope
+/// the script starts with is not empty), closures handed to natives and to pools, `global::`
+/// constants in functions, a closure handed to a method of the variable it captures.
+#[test]
+fn rhai_runs_alike_on_both_vms() {
+    let code = r#"
+        const K = 10;
+        fn sq(x) { x * x }
+        fn plus_k(x) { x + global::K }
+        print(sq.call(4));
+        let g = sq; print(g.call(5));
+        let x = 1; let y = 2;
+        for (a, i) in ARGS { print(`${i}=${a}`); }
+        print(`x=${x} y=${y}`);
+        let k = 3;
+        print([1, 2, 3].map(|v| v * k));
+        let pool = Pool(2);
+        print(pool.map(plus_k, [1, 2]));
+        print(pool.map(|v| sq(v) + k, [1, 2]));
+        let q = Queue();
+        pool.apply_async(|v| v, [7], |r| { q.put(r); pool.close(); });
+        print(q.get(10));
+        pool.join();
+    "#;
+    let want = "16\n25\n0=a\n1=b\nx=1 y=2\n[3, 6, 9]\n[11, 12]\n[4, 7]\n7\n";
+    for vm in ["ast", "grain"] {
+        for mode in ["fork", "gil", "isolated"] {
+            let out = run_main_with(
+                Lang::Rhai,
+                code,
+                &["--rhai-vm", vm, "--mode", mode],
+                &["a", "b"],
+            );
+            out.assert_success();
+            assert_eq!(
+                out.stdout,
+                want,
+                "--rhai-vm {vm} --mode {mode}\n{}",
+                out.describe()
+            );
+        }
+    }
+    let out = run_main_with(Lang::Rhai, "1", &["--rhai-vm", "bytecode"], &[]);
+    out.assert_code(2)
+        .assert_stderr_contains("unknown Rhai VM `bytecode`");
+}
+
+/// `--max-instructions` means about the same work on both VMs: grain counts about one
+/// operation per loop iteration or call where the walker counts 3 to 15, and its limit is
+/// scaled by 4, the median over common loop bodies. This loop takes 7 operations per
+/// iteration on the walker and 1 on grain (4 once scaled): 5 per iteration lets it finish on
+/// grain alone (so it did run on grain), 3 on neither (so the limit was scaled: unscaled,
+/// grain would finish with 1).
+#[test]
+fn rhai_instruction_limit_keeps_its_meaning_on_grain() {
+    let code = "let s = 0; for i in 0..100000 { s += i * i % 7; } print(`done ${s}`);";
+    let run = |vm: &str, per_iteration: u32| {
+        let limit = (per_iteration * 100_000).to_string();
+        let args = ["--rhai-vm", vm, "--max-instructions", &limit];
+        run_main_with(Lang::Rhai, code, &args, &[])
+    };
+    run("ast", 5)
+        .assert_code(1)
+        .assert_stderr_contains("main.rhai:1:")
+        .assert_stderr_contains("Too many operations");
+    run("grain", 5)
+        .assert_success()
+        .assert_stdout_contains("done 199999");
+    run("grain", 3)
+        .assert_code(1)
+        .assert_stderr_contains("main.rhai:1:")
+        .assert_stderr_contains("Too many operations");
+    // A script that stays on the walker with `--rhai-vm grain` (a closure handed to a method
+    // of the variable it captures) keeps the walker's count: 8 per iteration is enough.
+    let code =
+        format!("let p = Pool(1); let q = Queue(); p.apply_async(|v| v, [1], |r| {{ q.put(r); p.close(); }}); q.get(10); {code}");
+    let out = run_main_with(
+        Lang::Rhai,
+        &code,
+        &["--rhai-vm", "grain", "--max-instructions", "800000"],
+        &[],
+    );
+    out.assert_success().assert_stdout_contains("done 199999");
+}

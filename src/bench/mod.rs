@@ -54,6 +54,11 @@ pub struct Options {
     )]
     langs: Vec<Lang>,
 
+    /// The Rhai VMs to run the Rhai scripts on (`--rhai-vm`): `grain` runs show as
+    /// `rhai-grain`.
+    #[arg(long, value_name = "VMS", value_delimiter = ',', default_value = "ast")]
+    rhai_vms: Vec<parrun::RhaiVm>,
+
     /// Rounds: each configuration runs once per round.
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
@@ -119,27 +124,36 @@ pub fn run(options: Options) -> Result<()> {
         .map(|w| {
             let mut configs = Vec::new();
             for (lang, script) in &w.scripts {
-                for mode in &modes {
-                    let mut command: Vec<String> = match mode.as_str() {
-                        "mpi" => options
-                            .mpirun
-                            .split_whitespace()
-                            .map(String::from)
-                            .collect(),
-                        _ => Vec::new(),
-                    };
-                    command.extend([
-                        parrun.clone(),
-                        "--mode".to_string(),
-                        mode.clone(),
-                        script.to_string_lossy().into_owned(),
-                    ]);
-                    command.extend(w.args.iter().cloned());
-                    configs.push(Config {
-                        lang: lang.name(),
-                        mode: Some(mode.clone()),
-                        command,
-                    });
+                // Lua has one VM; Rhai runs on each VM asked for.
+                let vms: Vec<Option<parrun::RhaiVm>> = match lang.name() {
+                    "rhai" => options.rhai_vms.iter().copied().map(Some).collect(),
+                    _ => vec![None],
+                };
+                for vm in vms {
+                    for mode in &modes {
+                        let mut command: Vec<String> = match mode.as_str() {
+                            "mpi" => options
+                                .mpirun
+                                .split_whitespace()
+                                .map(String::from)
+                                .collect(),
+                            _ => Vec::new(),
+                        };
+                        command.extend([parrun.clone(), "--mode".to_string(), mode.clone()]);
+                        if let Some(vm) = vm {
+                            command.extend(["--rhai-vm".to_string(), vm.name().to_string()]);
+                        }
+                        command.push(script.to_string_lossy().into_owned());
+                        command.extend(w.args.iter().cloned());
+                        configs.push(Config {
+                            lang: match vm {
+                                Some(parrun::RhaiVm::Grain) => "rhai-grain",
+                                _ => lang.name(),
+                            },
+                            mode: Some(mode.clone()),
+                            command,
+                        });
+                    }
                 }
             }
             if let (Some(_), Some(program)) = (&python, &w.python) {
@@ -222,6 +236,7 @@ pub fn run(options: Options) -> Result<()> {
             "repeat": rounds,
             "modes": modes,
             "langs": langs.iter().map(|l| l.name()).collect::<Vec<_>>(),
+            "rhai_vms": options.rhai_vms.iter().map(|v| v.name()).collect::<Vec<_>>(),
             "scale": options.scale,
             "python": python,
             "workloads": results.iter().map(|r| r.workload.clone()).collect::<Vec<_>>(),

@@ -22,7 +22,7 @@ use ::rhai::{
 use super::{unsendable, untransferable};
 use crate::api::{self, Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::error::Error;
-use crate::host::{Ended, Host, Source};
+use crate::host::{Ended, Host, RhaiVm, Source};
 use crate::rt::output;
 use crate::script::{
     CallSlice, Callback, FunctionSpec, Instance, LoadedScript, ScriptEngine, Snapshot, Target,
@@ -36,6 +36,7 @@ mod args;
 mod builtins;
 mod convert;
 mod errors;
+mod grain;
 #[cfg(any(feature = "mpi", test))]
 mod image;
 mod modules;
@@ -68,6 +69,8 @@ struct Shared {
     /// What the script's top level left for its functions (constants and imports), kept when
     /// it was loaded for calls from Rust ([`load`]).
     top_level: std::sync::Mutex<Option<Env>>,
+    /// The script lowered for Rhai's bytecode VM, when the run uses it (`--rhai-vm grain`).
+    grain: OnceLock<grain::Grain>,
 }
 
 impl Shared {
@@ -82,6 +85,7 @@ impl Shared {
             exit_status: std::sync::Mutex::new(None),
             main_thread: std::thread::current().id(),
             top_level: std::sync::Mutex::new(None),
+            grain: OnceLock::new(),
         })
     }
 
@@ -90,6 +94,14 @@ impl Shared {
         match (engine, self.ast.get()) {
             (Some(e), Some(a)) => Ok((e, a.clone())),
             _ => Err("the script's engine has already shut down".into()),
+        }
+    }
+
+    /// Runs `ast` (the script's top level) with `scope` on the run's Rhai VM.
+    fn eval(&self, engine: &Engine, scope: &mut Scope, ast: &AST) -> RhaiResult<Dynamic> {
+        match self.grain.get() {
+            None => engine.eval_ast_with_scope(scope, ast),
+            Some(_) => grain::eval(engine, scope, ast),
         }
     }
 }
@@ -104,7 +116,12 @@ fn prepare(host: &Arc<Host>, script: &Source) -> Result<Prepared, Error> {
         script.text()?.into(),
         Loaded::default(),
     );
-    let (engine, ast) = start_engine(&shared).map_err(|e| {
+    let args: Array = script
+        .args
+        .iter()
+        .map(|a| Dynamic::from(a.clone()))
+        .collect();
+    let (engine, ast) = start_engine(&shared, &args).map_err(|e| {
         Error::script(format!(
             "{}:{}: syntax error: {}",
             script.name,
@@ -113,12 +130,11 @@ fn prepare(host: &Arc<Host>, script: &Source) -> Result<Prepared, Error> {
         ))
     })?;
     let mut scope = Scope::new();
-    let args: Array = script
-        .args
-        .iter()
-        .map(|a| Dynamic::from(a.clone()))
-        .collect();
-    scope.push_constant("ARGS", args);
+    // On grain, the variable hook gives `ARGS` ([`grain::resolve_names`]): the script's top
+    // level starts with an empty scope there.
+    if shared.grain.get().is_none() {
+        scope.push_constant("ARGS", args);
+    }
     Ok((shared, engine, ast, scope))
 }
 
@@ -128,7 +144,7 @@ pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
 
     let result = host.run_main(|| {
         stops::begin();
-        engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
+        shared.eval(&engine, &mut scope, &ast)
     });
     let exit_status = *shared.exit_status.lock().recover();
     match result {
@@ -184,7 +200,7 @@ pub(crate) fn load(host: Arc<Host>, script: Source) -> Result<Box<dyn LoadedScri
     let result = {
         let _held = host.gil.lock(0);
         stops::begin();
-        engine.run_ast_with_scope(&mut scope, &top_level)
+        shared.eval(&engine, &mut scope, &top_level).map(drop)
     };
     let exit_status = *shared.exit_status.lock().recover();
     let error = match (result, exit_status) {
@@ -235,7 +251,7 @@ impl RhaiLoaded {
     /// The script function `name`, linked to its definition where it has only one, and how
     /// many parameters that one has.
     fn script_function(&self, name: &str) -> Result<(FnPtr, Option<usize>), Error> {
-        let mut defs = self.ast.iter_fn_def().filter(|d| d.name == name);
+        let mut defs = script_functions(&self.shared, &self.ast, name);
         match (defs.next(), defs.next()) {
             (Some(def), None) => Ok((FnPtr::from(def.clone()), Some(def.params.len()))),
             (Some(_), Some(_)) => FnPtr::new(name)
@@ -326,18 +342,11 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
     // A limit is there to stop scripts: step through them to know where they stop. Stepping
     // makes Rhai code take about 1.6 times as long, so a timeout alone (which a slower script
     // reaches sooner) does not.
-    let tracked = settings.max_instructions.is_some()
-        || settings.max_call_depth.is_some()
-        || settings.max_memory.is_some();
+    let tracked = limit_tracked(settings);
     if tracked {
         stops::track(&mut engine);
     }
-    let limit = settings.max_instructions;
-    if let Some(count) = limit {
-        // The step after the count passes the limit stops the script (`on_progress`); Rhai's
-        // own check, one operation later, stops one that takes no step (an empty loop body).
-        engine.set_max_operations(count.saturating_add(1));
-    }
+    limit_operations(&mut engine, &host.gil, settings.max_instructions, tracked);
     if let Some(bytes) = host.settings.max_memory {
         engine.set_max_string_size(bytes);
         engine.set_max_array_size(bytes / 16);
@@ -363,20 +372,11 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
         let at = source.map_or(String::new(), |src| format!("{src}:"));
         out.report(&format!("{at}{pos:?} | {s}"));
     });
-    let gil = host.gil.clone();
-    // Called for every operation: the limit's comparison only where there is a limit.
-    match limit {
-        Some(max) => engine.on_progress(move |operations| {
-            if operations > max {
-                stops::stop_at_next_step(stops::Stop::Limit);
-                return None;
-            }
-            progress(&gil, tracked)
-        }),
-        None => engine.on_progress(move |_| progress(&gil, tracked)),
-    };
     register_builtins(&mut engine, shared);
     register_exit(&mut engine, shared);
+    if settings.rhai_vm == RhaiVm::Grain {
+        grain::register(&mut engine);
+    }
     let s = shared.clone();
     engine.register_fn(KEEP_TOP_LEVEL, move |ctx: ::rhai::NativeCallContext| {
         *s.top_level.lock().recover() = Some(Env::of(ctx.global_runtime_state()));
@@ -392,6 +392,33 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
         ::rhai::serde::to_dynamic(value)
     });
     engine
+}
+
+/// Sets the operation limit `limit` (the tree walker's operations) and the `on_progress` that
+/// checks it and the GIL; `tracked` if the engine steps through scripts ([`stops::track`]).
+fn limit_operations(
+    engine: &mut Engine,
+    gil: &Arc<crate::rt::gil::Gil>,
+    limit: Option<u64>,
+    tracked: bool,
+) {
+    if let Some(count) = limit {
+        // The step after the count passes the limit stops the script (`on_progress`); Rhai's
+        // own check, one operation later, stops one that takes no step (an empty loop body).
+        engine.set_max_operations(count.saturating_add(1));
+    }
+    let gil = gil.clone();
+    // Called for every operation: the limit's comparison only where there is a limit.
+    match limit {
+        Some(max) => engine.on_progress(move |operations| {
+            if operations > max {
+                stops::stop_at_next_step(stops::Stop::Limit);
+                return None;
+            }
+            progress(&gil, tracked)
+        }),
+        None => engine.on_progress(move |_| progress(&gil, tracked)),
+    };
 }
 
 /// `on_progress` without the limit: a switch when another thread waits for the GIL, or the
@@ -416,9 +443,20 @@ fn progress(gil: &crate::rt::gil::Gil, tracked: bool) -> Option<Dynamic> {
     None
 }
 
+/// Whether a limit is set, so that the engine steps through scripts to know where one stops.
+fn limit_tracked(settings: &crate::host::Settings) -> bool {
+    settings.max_instructions.is_some()
+        || settings.max_call_depth.is_some()
+        || settings.max_memory.is_some()
+}
+
 /// Builds the engine of `shared` and compiles its script; both are then reachable from
-/// `shared` (the engine weakly: the caller keeps it alive).
-fn start_engine(shared: &Arc<Shared>) -> Result<(Arc<Engine>, Arc<AST>), ::rhai::ParseError> {
+/// `shared` (the engine weakly: the caller keeps it alive). `args` are the script's `ARGS`,
+/// if it runs its top level there.
+fn start_engine(
+    shared: &Arc<Shared>,
+    args: &Array,
+) -> Result<(Arc<Engine>, Arc<AST>), ::rhai::ParseError> {
     let mut engine = build_engine(shared);
     let mut ast = engine.compile(&*shared.code)?;
     // The embedding program's globals (`Runtime::global`) are top-level constants in front of
@@ -433,12 +471,37 @@ fn start_engine(shared: &Arc<Shared>) -> Result<(Arc<Engine>, Arc<AST>), ::rhai:
         ast = engine.compile(&declarations)?.merge(&ast);
     }
     ast.set_source(shared.script_name.clone());
-    // A variable captured by a closure is shared, and Rhai write-locks a shared variable for
-    // the whole of a method call on it: a blocking `q.get()` would keep that lock while it
-    // waits without the GIL, and another thread touching `q` would fail ("Data race"). The
-    // fix costs about 16% more instructions on every variable read, and only closures make
-    // variables shared, so it is installed only for scripts that have closures.
-    if ast.iter_fn_def().any(|f| f.name.starts_with("anon$")) {
+    let closures = ast.iter_fn_def().any(|f| f.name.starts_with("anon$"));
+    // A script that hands a closure to a method of a variable the closure captures needs the
+    // variable hook below on every read, which grain does not ask about its locals.
+    let on_grain = shared.host.settings.rhai_vm == RhaiVm::Grain
+        && !(closures && grain::hands_closure_to_its_capture(&ast));
+    if on_grain {
+        // Lowering cannot fail; keeping the library could only if Rhai changed its run.
+        let lowered = grain::Grain::new(&engine, &ast).map_err(|e| {
+            let error = ::rhai::LexError::Runtime(e);
+            ::rhai::ParseError(Box::new(error.into()), Position::NONE)
+        })?;
+        grain::resolve_names(&mut engine, &lowered, args.clone());
+        // Grain counts about one operation where the tree walker counts several: the limit
+        // is scaled to allow about the same work on both.
+        let settings = &shared.host.settings;
+        if let Some(limit) = settings.max_instructions {
+            let scaled = (limit / grain::OPERATIONS_PER_STEP).max(1);
+            let tracked = limit_tracked(settings);
+            limit_operations(&mut engine, &shared.host.gil, Some(scaled), tracked);
+        }
+        let _ = shared.grain.set(lowered);
+    } else if closures {
+        // A variable captured by a closure is shared, and Rhai write-locks a shared variable
+        // for the whole of a method call on it: a blocking `q.get()` would keep that lock
+        // while it waits without the GIL, and another thread touching `q` would fail ("Data
+        // race"). A function handed to another thread gets handles of its own
+        // (`tasks::detach_handles`); this hook also covers the script's own reads, so that a
+        // closure handed to a method of the variable it captures (`pool.apply_async(f, [],
+        // |r| pool.close())`) finds the variable unlocked. It costs about 16% more
+        // instructions on every variable read, and only closures make variables shared, so it
+        // is installed only for scripts that have closures.
         resolve_shared_objects(&mut engine);
     }
     let engine = Arc::new(engine);

@@ -51,13 +51,14 @@ impl RhaiArgs<'_, '_> {
         }
     }
 
+    /// Argument `i` as a function handed over to another thread ([`detach_handles`]).
     pub(super) fn fn_ptr(&self, i: usize) -> Result<FnPtr, String> {
         let f = self.get(i);
         if let Some(name) = f.clone().try_cast::<::rhai::ImmutableString>() {
             return FnPtr::new(name.as_str()).map_err(|e| e.to_string());
         }
         let type_name = f.type_name();
-        f.try_cast::<FnPtr>().ok_or_else(|| {
+        f.try_cast::<FnPtr>().map(detach_handles).ok_or_else(|| {
             format!("expected a function (a name, Fn(\"name\") or a closure), got {type_name}")
         })
     }
@@ -92,9 +93,14 @@ impl Args for RhaiArgs<'_, '_> {
             Some(i) => {
                 let a = self.get(i);
                 let type_name = a.type_name();
+                // A function among them is handed over too.
                 a.try_cast::<Array>()
                     .ok_or_else(|| format!("arguments must be an array, got {type_name}"))?
                     .into_iter()
+                    .map(|a| match a.is_shared() || a.is_fnptr() {
+                        true => detached_handle(&a),
+                        false => a,
+                    })
                     .collect()
             }
         };

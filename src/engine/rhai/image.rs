@@ -131,7 +131,7 @@ pub(super) fn decode(host: &Host, bytes: &[u8]) -> Result<Instance, String> {
         image.code.into(),
         Loaded::default(),
     );
-    let (engine, ast) = start_engine(&shared).map_err(|e| e.to_string())?;
+    let (engine, ast) = start_engine(&shared, &Array::new()).map_err(|e| e.to_string())?;
     let value = |d: &Dyn| dynamic_of(&ast, d);
     let constants = match image.constants {
         Some(list) => {

@@ -25,8 +25,46 @@ pub(super) fn isolated_shared(
     );
     // An AST of its own rather than the script's: engines on two cores sharing one AST would
     // update the same reference counts on every call, and that costs more than the compile.
-    let (engine, _) = start_engine(&shared).map_err(|e| e.to_string())?;
+    let (engine, _) = start_engine(&shared, &Array::new()).map_err(|e| e.to_string())?;
     Ok((shared, engine))
+}
+
+/// `f` as it is handed to another thread (a thread's or process's target, a pool task, a
+/// callback): each captured variable that holds a parrun object becomes a copy of the handle
+/// (the same queue, lock or pool), and one that holds a function, that function so detached.
+///
+/// A closure's captured variables are shared cells, and Rhai write-locks a shared variable for
+/// the whole of a method call on it: a `q.get()` that blocks keeps the lock while it waits
+/// without the GIL, and another thread calling a method of the same variable fails with "Data
+/// race detected". With a handle of its own, the function's thread takes no lock that another
+/// holds. Rhai's `grain` VM asks no variable hook about locals, so this is done here, once per
+/// hand-over, on both VMs. Other captured values stay shared: a counter or an array the function
+/// changes is the script's.
+pub(super) fn detach_handles(f: FnPtr) -> FnPtr {
+    if !f.curry().iter().any(|v| v.is_shared() || v.is_fnptr()) {
+        return f;
+    }
+    let mut f = f;
+    let curry: Vec<Dynamic> = f.iter_curry().map(detached_handle).collect();
+    f.set_curry(curry);
+    f
+}
+
+/// A captured value as [`detach_handles`] leaves it.
+pub(super) fn detached_handle(value: &Dynamic) -> Dynamic {
+    if value.is_shared() {
+        if let Some(object) = value.read_lock::<Object>() {
+            return Dynamic::from(object.clone());
+        }
+        if let Some(f) = value.read_lock::<FnPtr>() {
+            return Dynamic::from(detach_handles(f.clone()));
+        }
+        return value.clone();
+    }
+    match value.read_lock::<FnPtr>() {
+        Some(f) => Dynamic::from(detach_handles(f.clone())),
+        None => value.clone(),
+    }
 }
 
 /// The script's `global::` constants as of now, for another engine.
@@ -194,7 +232,7 @@ pub(super) fn decode_function(
     // A pointer linked to the script function is called directly (about a quarter less per
     // call than one resolved by name on every call); Rhai still dispatches by name when the
     // number of arguments differs. A name several functions share (overloads) stays a name.
-    let mut defs = ast.iter_fn_def().filter(|d| d.name == wire.name);
+    let mut defs = script_functions(shared, ast, &wire.name);
     let mut f = match (defs.next(), defs.next()) {
         (Some(def), None) => FnPtr::from(def.clone()),
         _ => FnPtr::new(wire.name.as_str()).map_err(|e| e.to_string())?,
@@ -203,6 +241,20 @@ pub(super) fn decode_function(
         f.add_curry(::rhai::serde::to_dynamic(v).map_err(|e| e.to_string())?);
     }
     Ok((f, imports))
+}
+
+/// The definitions of script function `name` as the run's VM runs them: the AST's, or on grain
+/// the same functions with bytecode bodies (a pointer linked to an AST definition would run on
+/// the tree walker).
+pub(super) fn script_functions<'a>(
+    shared: &'a Shared,
+    ast: &'a AST,
+    name: &'a str,
+) -> Box<dyn Iterator<Item = &'a ::rhai::Shared<::rhai::ScriptFuncDef>> + 'a> {
+    match shared.grain.get() {
+        Some(grain) => Box::new(grain.functions_named(name)),
+        None => Box::new(ast.iter_fn_def().filter(move |d| d.name == name)),
+    }
 }
 
 impl TaskEngine for RhaiTaskEngine {
@@ -257,6 +309,7 @@ impl Env {
 /// The runtime state a call from Rust needs to see the script's functions, its `global::`
 /// constants and the modules in `imports`, as a call from the script would.
 pub(super) fn script_global(
+    shared: &Shared,
     engine: &Engine,
     ast: &AST,
     constants: &Option<Constants>,
@@ -264,6 +317,10 @@ pub(super) fn script_global(
 ) -> GlobalRuntimeState {
     let mut global = engine.new_global_runtime_state();
     global.lib.push(ast.shared_lib().clone());
+    if let Some(grain) = shared.grain.get() {
+        // Searched last to first: the grain-bodied functions are found first.
+        global.lib.push(grain.lib.clone());
+    }
     global.constants = constants.clone();
     global.source = ast.source().map(Into::into);
     for (name, module) in imports {
@@ -287,9 +344,29 @@ impl BoundFn {
     }
 
     pub(super) fn call_raw(&self, mut args: Vec<Dynamic>) -> RhaiResult<Dynamic> {
-        stops::begin();
+        self.with_caller(|call| {
+            stops::begin();
+            call(&mut args)
+        })?
+    }
+
+    /// Runs `body` with a function that calls this one (its curried values first), for a chunk
+    /// of calls: one runtime state for them all, and on grain one `Vm`, which keeps its
+    /// function lookups from call to call (a `Vm` cannot leave this thread, so it ends here).
+    /// A function the script does not define (a registered one, a module's) goes through
+    /// Rhai's own dispatch.
+    fn with_caller<R>(
+        &self,
+        body: impl FnOnce(&mut dyn FnMut(&mut [Dynamic]) -> RhaiResult<Dynamic>) -> R,
+    ) -> RhaiResult<R> {
         let (engine, ast) = self.shared.engine_and_ast()?;
-        let global = script_global(&engine, &ast, &self.env.constants, &self.env.imports);
+        let global = script_global(
+            &self.shared,
+            &engine,
+            &ast,
+            &self.env.constants,
+            &self.env.imports,
+        );
         let ctx = ::rhai::NativeCallContext::new_with_all_fields(
             &engine,
             self.f.fn_name(),
@@ -297,52 +374,65 @@ impl BoundFn {
             &global,
             Position::NONE,
         );
-        self.f.call_raw(&ctx, None, &mut args[..])
+        let Some(grain) = self.shared.grain.get() else {
+            return Ok(body(&mut |args| self.f.call_raw(&ctx, None, args)));
+        };
+        let mut vm = grain::vm(&engine, global.clone());
+        // Whether grain has the function for the last number of arguments (a chunk's calls
+        // all have the same, but for a starmap's).
+        let mut known: Option<(usize, bool)> = None;
+        Ok(body(&mut |args| {
+            let has = match known {
+                Some((n, has)) if n == args.len() => has,
+                _ => {
+                    let has = grain.has(&self.f, args.len());
+                    known = Some((args.len(), has));
+                    has
+                }
+            };
+            if has {
+                grain.call(&mut vm, &self.f, args)
+            } else {
+                self.f.call_raw(&ctx, None, args)
+            }
+        }))
     }
 }
 
 impl TaskFn for BoundFn {
     fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError> {
-        let (engine, ast) = self.shared.engine_and_ast()?;
-        // One runtime state for the whole chunk.
-        let global = script_global(&engine, &ast, &self.env.constants, &self.env.imports);
-        let ctx = ::rhai::NativeCallContext::new_with_all_fields(
-            &engine,
-            self.f.fn_name(),
-            None,
-            &global,
-            Position::NONE,
-        );
         let to_dynamic = |v: &Value| ::rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
-        let call = |args: &mut [Dynamic]| -> Result<Value, String> {
-            stops::begin();
-            let result = self
-                .f
-                .call_raw(&ctx, None, &mut *args)
-                .map_err(|e| call_error(&self.shared, &self.f, args.len(), *e))?;
-            data_of(&self.shared, &result)
-                .map_err(|what| format!("cannot send a task's result back: {what}"))
-        };
         let at = |i: usize| move |message: String| TaskError::at(i, message);
-        match calls {
-            CallSlice::Each(values) => values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| call(&mut [to_dynamic(v).map_err(at(i))?]).map_err(at(i)))
-                .collect(),
-            CallSlice::Lists(lists) => lists
-                .iter()
-                .enumerate()
-                .map(|(i, list)| {
-                    let mut args: Vec<Dynamic> = list
-                        .iter()
-                        .map(to_dynamic)
-                        .collect::<Result<_, _>>()
-                        .map_err(at(i))?;
-                    call(&mut args).map_err(at(i))
-                })
-                .collect(),
-        }
+        self.with_caller(|invoke| {
+            let mut call = |args: &mut [Dynamic]| -> Result<Value, String> {
+                stops::begin();
+                let count = args.len();
+                let result =
+                    invoke(args).map_err(|e| call_error(&self.shared, &self.f, count, *e))?;
+                data_of(&self.shared, &result)
+                    .map_err(|what| format!("cannot send a task's result back: {what}"))
+            };
+            match calls {
+                CallSlice::Each(values) => values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| call(&mut [to_dynamic(v).map_err(at(i))?]).map_err(at(i)))
+                    .collect(),
+                CallSlice::Lists(lists) => lists
+                    .iter()
+                    .enumerate()
+                    .map(|(i, list)| {
+                        let mut args: Vec<Dynamic> = list
+                            .iter()
+                            .map(to_dynamic)
+                            .collect::<Result<_, _>>()
+                            .map_err(at(i))?;
+                        call(&mut args).map_err(at(i))
+                    })
+                    .collect(),
+            }
+        })
+        .map_err(|e| e.to_string())?
     }
 }
 
