@@ -454,8 +454,9 @@ impl Pool {
 
     /// `Pool.stats()`: its workers and tasks now (see [`PoolStats`]).
     pub fn stats(&self) -> PoolStats {
-        let queued = self.state().pending.len();
-        self.stats.snapshot(self.size, queued)
+        // Under the lock the backends take tasks with, so that a task is queued or running.
+        let state = self.state();
+        self.stats.snapshot(self.size, state.pending.len())
     }
 
     /// Whether the run is traced: a submission then names its function.

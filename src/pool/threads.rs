@@ -225,7 +225,7 @@ fn serve(
     let mut functions = Functions::new(engine);
     initialize(pool, &mut functions);
     let mut done = 0;
-    while let Some(task) = next_task(pool) {
+    while let Some(task) = next_task(pool, thread.index) {
         let Task {
             id,
             job,
@@ -234,7 +234,6 @@ fn serve(
             calls,
         } = task;
         let n = calls.len();
-        pool.stats.tasks(thread.index).taken(1);
         let started = job.trace_name().map(|_| trace::clock());
         let since = Instant::now();
         *thread.running_since() = Some(since);
@@ -288,7 +287,9 @@ fn serve(
 
 /// The next task for a worker thread; `None` once the pool is closed and drained, or
 /// stopped.
-fn next_task(pool: &Pool) -> Option<Task> {
+/// The next task for worker `index`, counted as taken under the pool's lock, so that
+/// `stats()`, which counts under it too, never sees a task neither queued nor running.
+fn next_task(pool: &Pool, index: usize) -> Option<Task> {
     let mut s = pool.state();
     loop {
         match s.status {
@@ -296,6 +297,7 @@ fn next_task(pool: &Pool) -> Option<Task> {
             Status::Open | Status::Closed => {}
         }
         if let Some(task) = s.pending.pop_front() {
+            pool.stats.tasks(index).taken(1);
             return Some(task);
         }
         if s.status == Status::Closed {
