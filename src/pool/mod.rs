@@ -61,6 +61,14 @@ trait Backend: Send + Sync {
     /// Tells the workers, or the thread that feeds them, that there is news: work in the
     /// pending queue, or a new status. Never blocks.
     fn wake(&self, pool: &Pool);
+
+    /// Tells them that tasks were added, with `queued` tasks now waiting and `idle` workers
+    /// waiting for work (as the pool's lock showed then). Never blocks; by default,
+    /// [`Backend::wake`].
+    fn tasks_added(&self, pool: &Pool, queued: usize, idle: usize) {
+        let _ = (queued, idle);
+        self.wake(pool);
+    }
 }
 
 /// A pool as the script asks for it (`Pool(processes, options)`); [`Pool::prepare`] checks it.
@@ -160,6 +168,8 @@ struct PoolState {
     next_task: u64,
     /// Every worker has ended (and so has the supervisor or the watchdog).
     workers_done: bool,
+    /// Worker threads waiting on `work` for a task.
+    idle_workers: usize,
 }
 
 /// A pool of workers: forked processes or threads.
@@ -169,9 +179,13 @@ pub struct Pool {
     /// The number of workers.
     size: usize,
     state: Mutex<PoolState>,
-    /// Notified when the state changes: thread workers wait on it for tasks, the watchdog for
-    /// news, `join` for the workers' end.
+    /// Notified when the state changes: the watchdog waits on it for news, `join` for the
+    /// workers' end.
     changed: Condvar,
+    /// Where worker threads wait for a task: a new task wakes one idle worker, not every
+    /// waiter (a wake-up is a context switch, and `apply_async` queues one task at a time);
+    /// a new status wakes them all.
+    work: Condvar,
     finisher: Finisher,
     backend: Box<dyn Backend>,
     /// The thread that oversees the workers (the forked workers' supervisor, the worker
@@ -267,8 +281,10 @@ impl Pool {
                     next_job: 1,
                     next_task: 1,
                     workers_done: false,
+                    idle_workers: 0,
                 }),
                 changed: Condvar::new(),
+                work: Condvar::new(),
                 finisher: Finisher::start(host)?,
                 backend,
                 overseer: Mutex::new(None),
@@ -370,8 +386,9 @@ impl Pool {
             });
             first += n;
         }
+        let (queued, idle) = (s.pending.len(), s.idle_workers);
         drop(s);
-        self.wake();
+        self.backend.tasks_added(self, queued, idle);
         Ok(job)
     }
 

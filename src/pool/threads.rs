@@ -29,12 +29,24 @@ use crate::script::{CallSlice, FunctionSpec, Snapshot, TaskEngine, TaskError};
 /// the lock when it is first asked.
 const CANCEL_RETRY: Duration = Duration::from_millis(20);
 
-/// Worker threads wait for work on the pool's own condition variable.
+/// How many times a worker with nothing to do looks again before it sleeps.
+const IDLE_SPINS: u32 = 20;
+
+/// Worker threads wait for work on the pool's own condition variables.
 pub(super) struct Threads;
 
 impl Backend for Threads {
     fn wake(&self, pool: &Pool) {
+        pool.work.notify_all();
         pool.changed.notify_all();
+    }
+
+    /// Wakes one idle worker per queued task, no more: a busy worker takes the next task
+    /// without being told, and the watchdog has no news in a new task.
+    fn tasks_added(&self, pool: &Pool, queued: usize, idle: usize) {
+        for _ in 0..queued.min(idle) {
+            pool.work.notify_one();
+        }
     }
 }
 
@@ -291,6 +303,7 @@ fn serve(
 /// `stats()`, which counts under it too, never sees a task neither queued nor running.
 fn next_task(pool: &Pool, index: usize) -> Option<Task> {
     let mut s = pool.state();
+    let mut spins = 0;
     loop {
         match s.status {
             Status::Terminated | Status::Broken => return None,
@@ -303,7 +316,19 @@ fn next_task(pool: &Pool, index: usize) -> Option<Task> {
         if s.status == Status::Closed {
             return None;
         }
-        s = pool.changed.wait(s).recover();
+        if spins < IDLE_SPINS {
+            // A task often follows soon (a script submitting one at a time): looking again a
+            // few times, giving the core away between looks, costs less than sleeping and
+            // being woken.
+            spins += 1;
+            drop(s);
+            std::thread::yield_now();
+            s = pool.state();
+            continue;
+        }
+        s.idle_workers += 1;
+        s = pool.work.wait(s).recover();
+        s.idle_workers -= 1;
     }
 }
 
