@@ -132,13 +132,20 @@ impl Results {
         Some(median(&ratios))
     }
 
-    /// The metrics, in the order the runs printed them (parrun's first, then CPython's).
+    /// The metrics, in the order the runs printed them (parrun's first, then CPython's). A
+    /// metric only some configurations print (a forked worker's memory) goes right after the
+    /// one its run printed before it, so that it keeps its place among the others.
     fn metrics(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
         for measured in self.runs.iter().flatten().flatten() {
+            let mut at = 0;
             for (name, _) in &measured.metrics.0 {
-                if !names.contains(name) {
-                    names.push(name.clone());
+                match names.iter().position(|n| n == name) {
+                    Some(i) => at = i + 1,
+                    None => {
+                        names.insert(at, name.clone());
+                        at += 1;
+                    }
                 }
             }
         }
@@ -439,6 +446,22 @@ mod tests {
             ["lua", "fork", "0.75", "0.50-1.00", "-", "-", "-", "2.00x"],
             "{text}"
         );
+    }
+
+    /// A metric the first configuration does not print keeps its place: after the metric its
+    /// own run printed before it.
+    #[test]
+    fn metrics_keep_the_order_they_were_printed_in() {
+        let (a, b, c, d) = ("a (s)", "b (MB)", "c (s)", "d (s)");
+        let results = Results {
+            workload: "w".into(),
+            configs: vec![config("lua", Some("gil")), config("lua", Some("fork"))],
+            runs: vec![
+                vec![measured(&[(a, 1.0), (c, 1.0)])],
+                vec![measured(&[(b, 1.0), (a, 1.0), (d, 1.0), (c, 1.0)])],
+            ],
+        };
+        assert_eq!(results.metrics(), [b, a, d, c]);
     }
 
     #[test]
