@@ -100,12 +100,14 @@ if parrun.mode() == "isolated" then
 end
 
 start = parrun.time()
-check(pool:map(function(i) return #big[i] end, idx))
+local lengths = pool:map(function(i) return #big[i] end, idx)
 print(("first map with a global table time: %.6f s"):format(parrun.time() - start))
+check(lengths)
 
 local data = big
 start = parrun.time()
-check(pool:map(function(i) return #data[i] end, idx))
+lengths = pool:map(function(i) return #data[i] end, idx)
 print(("first map with a local upvalue table time: %.6f s"):format(parrun.time() - start))
+check(lengths)
 pool:close()
 pool:join()
