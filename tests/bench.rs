@@ -20,26 +20,90 @@ const PARRUN_RUNS: [&str; 6] = [
     "rhai isolated",
 ];
 
-/// The metrics of each built-in workload, and which of them CPython's version prints.
-const METRICS: [(&str, &[(&str, bool)]); 3] = [
+/// Which configurations print a metric.
+#[derive(Clone, Copy)]
+enum Who {
+    /// Every parrun configuration, and CPython's too if `true`.
+    All(bool),
+    /// Only these (CPython as `cpython`): the figure does not apply to the others.
+    Only(&'static [&'static str]),
+}
+
+impl Who {
+    /// The labels of the rows a table has for the metric, in order.
+    fn labels(self, python: bool) -> Vec<&'static str> {
+        let mut labels: Vec<&str> = match self {
+            Who::All(_) => PARRUN_RUNS.to_vec(),
+            Who::Only(labels) => labels.iter().copied().filter(|l| *l != "cpython").collect(),
+        };
+        let in_python = match self {
+            Who::All(in_python) => in_python,
+            Who::Only(labels) => labels.contains(&"cpython"),
+        };
+        if python && in_python {
+            labels.push("cpython");
+        }
+        labels
+    }
+}
+
+/// The metrics of each built-in workload, in the table's order, and who prints them.
+const METRICS: [(&str, &[(&str, Who)]); 5] = [
     (
         "experiment_a",
-        &[("serial time (s)", true), ("threads time (s)", true)],
+        &[
+            ("serial time (s)", Who::All(true)),
+            ("threads time (s)", Who::All(true)),
+        ],
     ),
     (
         "experiment_b",
         &[
-            ("serial time (s)", true),
-            ("processes time (s)", true),
-            ("threads time (s)", true),
-            ("isolated threads time (s)", false),
+            ("serial time (s)", Who::All(true)),
+            ("processes time (s)", Who::All(true)),
+            ("threads time (s)", Who::All(true)),
+            ("isolated threads time (s)", Who::All(false)),
         ],
     ),
     (
         "pool_overhead",
         &[
-            ("map default chunks (tasks/s)", true),
-            ("map chunksize 1 (tasks/s)", true),
+            ("map default chunks (tasks/s)", Who::All(true)),
+            ("map chunksize 1 (tasks/s)", Who::All(true)),
+        ],
+    ),
+    (
+        "pool_costs",
+        &[
+            ("map default chunks incl. start (tasks/s)", Who::All(true)),
+            ("map chunksize 1 (tasks/s)", Who::All(true)),
+            ("apply_async (tasks/s)", Who::All(true)),
+            ("pool start time (s)", Who::All(true)),
+        ],
+    ),
+    (
+        "fork_state",
+        &[
+            // A worker's smaps_rollup: a forked one, from a script that can read /proc.
+            (
+                "idle worker memory (MB)",
+                Who::Only(&["lua fork", "cpython"]),
+            ),
+            ("big table build time (s)", Who::All(true)),
+            (
+                "isolated pool create with a big global time (s)",
+                Who::Only(&["lua isolated", "rhai isolated"]),
+            ),
+            (
+                "inherited table private memory (MB)",
+                Who::Only(&["lua fork", "cpython"]),
+            ),
+            ("first map with a global table time (s)", Who::All(true)),
+            // CPython cannot pickle a closure.
+            (
+                "first map with a local upvalue table time (s)",
+                Who::All(false),
+            ),
         ],
     ),
 ];
@@ -106,7 +170,13 @@ fn builtin_workloads_print_the_table_and_write_json_and_svg() {
         .collect();
     assert_eq!(
         names,
-        ["experiment_a", "experiment_b", "pool_overhead"],
+        [
+            "experiment_a",
+            "experiment_b",
+            "pool_overhead",
+            "pool_costs",
+            "fork_state"
+        ],
         "{}",
         out.describe()
     );
@@ -124,12 +194,9 @@ fn builtin_workloads_print_the_table_and_write_json_and_svg() {
         // After the label: median, min-max, speedup, its min-max, vs gil (and vs CPython).
         let figures = if python { 6 } else { 5 };
         let mut rows = lines[1..].iter();
-        for &(metric, in_python) in metrics {
-            let mut labels: Vec<&str> = PARRUN_RUNS.to_vec();
-            if python && in_python {
-                labels.push("cpython");
-            }
-            for label in labels {
+        for &(metric, who) in metrics {
+            let labels = who.labels(python);
+            for &label in &labels {
                 let row = rows
                     .next()
                     .unwrap_or_else(|| panic!("no row {metric} {label}\n{}", out.describe()));
@@ -152,7 +219,9 @@ fn builtin_workloads_print_the_table_and_write_json_and_svg() {
                     assert!(cells[3].ends_with('x'), "no speedup spread: {row}");
                 }
                 let gil = label.ends_with(" gil") || label == "cpython";
-                if gil {
+                let lang_gil = format!("{} gil", label.split(' ').next().unwrap());
+                if gil || !labels.contains(&lang_gil.as_str()) {
+                    // The base mode, or a figure the base mode does not print: a blank.
                     assert_eq!(cells[4], "-", "gil is the base mode: {row}");
                 } else if metric.ends_with("(tasks/s)") {
                     // Times may round to 0.000 at this size; rates never do.
@@ -160,6 +229,9 @@ fn builtin_workloads_print_the_table_and_write_json_and_svg() {
                     if python {
                         assert!(cells[5].ends_with('x'), "no ratio to CPython: {row}");
                     }
+                }
+                if python && label != "cpython" && !labels.contains(&"cpython") {
+                    assert_eq!(cells[5], "-", "CPython does not print it: {row}");
                 }
                 if python && label == "cpython" {
                     assert_eq!(cells[5], "-", "{row}");
@@ -178,7 +250,7 @@ fn builtin_workloads_print_the_table_and_write_json_and_svg() {
     assert_eq!(doc["python"].is_string(), python);
     let runs = doc["runs"].as_array().unwrap();
     let per_workload = 6 + usize::from(python);
-    assert_eq!(runs.len(), 3 * per_workload);
+    assert_eq!(runs.len(), METRICS.len() * per_workload);
     for run in runs {
         assert_eq!(run["round"], 1);
         assert!(run["wall_s"].as_f64().unwrap() > 0.0, "{run}");
@@ -186,9 +258,15 @@ fn builtin_workloads_print_the_table_and_write_json_and_svg() {
         let metrics = run["metrics"].as_object().unwrap();
         let workload = run["workload"].as_str().unwrap();
         let (_, expected) = METRICS.iter().find(|(w, _)| *w == workload).unwrap();
-        for (metric, in_python) in expected.iter() {
-            if run["lang"] != "python" || *in_python {
+        let label = match run["mode"].as_str() {
+            Some(mode) => format!("{} {mode}", run["lang"].as_str().unwrap()),
+            None => "cpython".to_string(),
+        };
+        for (metric, who) in expected.iter() {
+            if who.labels(true).contains(&label.as_str()) {
                 assert!(metrics[*metric].is_number(), "{metric} missing: {run}");
+            } else {
+                assert!(metrics.get(*metric).is_none(), "{metric} printed: {run}");
             }
         }
         if run["lang"] == "python" {
@@ -200,6 +278,7 @@ fn builtin_workloads_print_the_table_and_write_json_and_svg() {
             let want = match workload {
                 "experiment_a" => "1000",
                 "experiment_b" => "10000",
+                "fork_state" => "2000",
                 _ => "100",
             };
             assert_eq!(size, want, "{run}");
@@ -227,6 +306,7 @@ fn builtin_workloads_print_the_table_and_write_json_and_svg() {
     for text in [
         "experiment_b: speedup over serial",
         "pool_overhead: tasks per second",
+        "pool_costs: tasks per second",
         "rhai isolated",
     ] {
         assert!(svg.contains(text), "the SVG lacks {text:?}");
@@ -473,24 +553,61 @@ fn the_bench_shows_its_progress_only_on_a_terminal() {
     }
 }
 
-/// `--rhai-vms ast,grain` runs each Rhai configuration on both VMs, grain's as `rhai-grain`.
+/// `--rhai-vms ast,grain` runs each Rhai configuration on both VMs, grain's as `rhai-grain`:
+/// experiment B (its serial time is a row of issue 15's table) and the pool's cost workloads.
 #[test]
 fn rhai_vms_run_side_by_side() {
     let args = [
         "experiment_b",
+        "pool_costs",
+        "fork_state",
         "--repeat",
         "1",
         "--scale",
         "0.001",
         "--modes",
-        "fork",
+        "fork,isolated",
         "--langs",
         "rhai",
         "--rhai-vms",
         "ast,grain",
     ];
     let out = bench(&args).output();
-    out.assert_success()
-        .assert_stdout_contains("serial time (s)            rhai fork ")
-        .assert_stdout_contains("serial time (s)            rhai-grain fork ");
+    out.assert_success();
+    for metric in [
+        "serial time (s)",
+        "map chunksize 1 (tasks/s)",
+        "apply_async (tasks/s)",
+        "pool start time (s)",
+        "first map with a local upvalue table time (s)",
+    ] {
+        for label in ["rhai fork", "rhai-grain fork", "rhai-grain isolated"] {
+            let row = out
+                .stdout
+                .lines()
+                .find(|l| {
+                    l.starts_with(metric) && l[metric.len()..].trim_start().starts_with(label)
+                })
+                .unwrap_or_else(|| panic!("no row {metric} {label}\n{}", out.describe()));
+            let median: f64 = row[metric.len()..].trim_start()[label.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap_or_else(|e| panic!("{row}: {e}"));
+            assert!(median > 0.0, "{row}");
+        }
+    }
+    let create = "isolated pool create with a big global time (s)";
+    let rows: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with(create))
+        .collect();
+    assert_eq!(
+        rows.len(),
+        2,
+        "rhai and rhai-grain isolated\n{}",
+        out.describe()
+    );
 }

@@ -13,6 +13,10 @@ const TESTED: &[&str] = &[
     "scripts/experiment_b.rhai",
     "scripts/pool_overhead.lua",
     "scripts/pool_overhead.rhai",
+    "scripts/pool_costs.lua",
+    "scripts/pool_costs.rhai",
+    "scripts/fork_state.lua",
+    "scripts/fork_state.rhai",
     "examples/threads.lua",
     "examples/threads.rhai",
     "examples/process_queue.lua",
@@ -262,6 +266,112 @@ fn pool_overhead() {
                 out.describe()
             );
             assert!(line.ends_with(" tasks/s"), "{}", out.describe());
+        }
+    }
+}
+
+// ---- scripts/pool_costs and scripts/fork_state (issue 15's table, for `parrun bench`) ----
+
+/// The languages to run a script in: Rhai alone on the grain pass.
+fn script_langs() -> Vec<Lang> {
+    if common::grain_pass() {
+        vec![Lang::Rhai]
+    } else {
+        Lang::ALL.to_vec()
+    }
+}
+
+/// The figure a `NAME: ... s` or `NAME: ... MB` line gives, checked to be a number.
+fn figure(out: &Output, line: &str, unit: &str) -> f64 {
+    let (_, value) = line.split_once(": ").expect("a figure line");
+    let value = value
+        .strip_suffix(unit)
+        .unwrap_or_else(|| panic!("{line:?} does not end in {unit:?}\n{}", out.describe()));
+    value
+        .parse()
+        .unwrap_or_else(|e| panic!("{line:?}: {e}\n{}", out.describe()))
+}
+
+#[test]
+fn pool_costs() {
+    for lang in script_langs() {
+        for mode in common::MODES {
+            let script = format!("scripts/{}", lang.file("pool_costs"));
+            let out = run(["--mode", mode, &script, "300"]);
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(lines.len(), 5, "{}", out.describe());
+            assert_eq!(lines[0], format!("mode: {mode}"), "{}", out.describe());
+            for (line, name) in lines[1..4].iter().zip([
+                "map default chunks incl. start",
+                "map chunksize 1",
+                "apply_async",
+            ]) {
+                let prefix = format!("{name}: 300 tasks, results ok, ");
+                assert!(
+                    line.starts_with(&prefix),
+                    "{prefix:?}...\n{}",
+                    out.describe()
+                );
+                assert!(line.ends_with(" tasks/s"), "{}", out.describe());
+            }
+            assert!(
+                lines[4].starts_with("pool start time: "),
+                "{}",
+                out.describe()
+            );
+            let start = figure(&out, lines[4], " s");
+            assert!(start > 0.0 && start < 10.0, "{}", out.describe());
+        }
+    }
+}
+
+#[test]
+fn fork_state() {
+    for lang in script_langs() {
+        for mode in common::MODES {
+            let script = format!("scripts/{}", lang.file("fork_state"));
+            let out = run(["--mode", mode, &script, "2000"]);
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(lines[0], format!("mode: {mode}"), "{}", out.describe());
+            // Memory only where a worker is a process of its own and the script can read
+            // /proc (Lua); the isolated pool's creation only in isolated.
+            let memory = mode == "fork" && lang == Lang::Lua;
+            let mut expected = Vec::new();
+            if memory {
+                expected.push("idle worker memory");
+            }
+            expected.push("big table build time");
+            if memory {
+                expected.push("inherited table private memory");
+            }
+            if mode == "isolated" {
+                expected.push("isolated pool create with a big global time");
+            }
+            expected.extend([
+                "first map with a global table time",
+                "first map with a local upvalue table time",
+            ]);
+            let figures: Vec<&str> = lines[1..]
+                .iter()
+                .copied()
+                .filter(|l| !l.starts_with('('))
+                .collect();
+            let names: Vec<&str> = figures
+                .iter()
+                .map(|l| l.split_once(": ").map_or(*l, |(n, _)| n))
+                .collect();
+            assert_eq!(names, expected, "{}", out.describe());
+            for line in figures {
+                let unit = if line.contains(" memory: ") {
+                    " MB"
+                } else {
+                    " s"
+                };
+                let value = figure(&out, line, unit);
+                assert!(value > 0.0, "{line}\n{}", out.describe());
+            }
         }
     }
 }

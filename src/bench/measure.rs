@@ -1,13 +1,18 @@
 //! One run of one workload: the command runs to its end (or its timeout), and the figures it
 //! printed are read from its standard output.
 //!
-//! A script reports figures by printing lines in three forms, the ones the article's scripts
-//! print:
+//! A script reports figures by printing lines in four forms, the ones the article's scripts
+//! and the pool's cost workloads print:
 //!
 //! - `NAME time: SECONDS s` is the metric `NAME time (s)`;
 //! - `NAME speedup: Xx` is `NAME speedup (x)`;
 //! - `NAME: COUNT tasks, results ok, SECONDS s, RATE tasks/s` is `NAME (tasks/s)` (any status
-//!   but `ok` fails the run).
+//!   but `ok` fails the run);
+//! - `NAME memory: X MB` is `NAME memory (MB)` (megabytes of 10^6 bytes; lower is better, as
+//!   for a time).
+//!
+//! A figure a run does not print (a memory that only a forked worker has, say) is simply not
+//! among its metrics: the table has no row for it in that configuration.
 //!
 //! A run that prints `serial time` and another `NAME time` but no `NAME speedup` gets that
 //! speedup computed from the two times of the same run. A run that prints none of these is
@@ -132,6 +137,10 @@ pub fn parse(stdout: &str) -> Result<Metrics> {
             if let Some(value) = rest.strip_suffix('x').and_then(|v| v.parse().ok()) {
                 metrics.insert(format!("{name} speedup (x)"), value);
             }
+        } else if let Some((name, rest)) = line.split_once(" memory: ") {
+            if let Some(value) = rest.strip_suffix(" MB").and_then(|v| v.parse().ok()) {
+                metrics.insert(format!("{name} memory (MB)"), value);
+            }
         } else if let Some((name, rate)) = rate_line(line) {
             let (status, value) = rate;
             if status != "ok" {
@@ -197,6 +206,28 @@ mod tests {
         // Not printed: serial over the same run's time.
         assert_eq!(m.get("threads speedup (x)"), Some(0.8));
         assert_eq!(m.get("map chunksize 1 (tasks/s)"), Some(10000.0));
+    }
+
+    #[test]
+    fn reads_memory_in_megabytes() {
+        let out = "mode: fork\nidle worker memory: 0.471 MB\n\
+                   (the heap: 0.2 MB; the worker's private memory is 324% of it)\n\
+                   inherited table private memory: 142 MB\n\
+                   broken memory: 12 kB\nfirst map time: 0.001500 s\n";
+        let m = parse(out).unwrap();
+        let names: Vec<&str> = m.0.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "idle worker memory (MB)",
+                "inherited table private memory (MB)",
+                "first map time (s)",
+            ],
+            "a line that only mentions memory, or another unit, is no figure"
+        );
+        assert_eq!(m.get("idle worker memory (MB)"), Some(0.471));
+        assert_eq!(m.get("inherited table private memory (MB)"), Some(142.0));
+        assert_eq!(m.get("first map time (s)"), Some(0.0015));
     }
 
     #[test]

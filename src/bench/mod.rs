@@ -1,7 +1,8 @@
-//! `parrun bench`: runs workloads (the article's experiments A and B and the pool's overhead,
-//! or the user's scripts) with this binary in each mode and language, and with `--python` the
-//! same programs in CPython, in interleaved rounds; prints a table per workload, and writes the
-//! raw figures as JSON and the speedups as an SVG chart.
+//! `parrun bench`: runs workloads (the article's experiments A and B, the pool's overhead, the
+//! pool's costs and its memory and start-up with a big table, or the user's scripts) with this
+//! binary in each mode and language, and with `--python` the same programs in CPython, in
+//! interleaved rounds; prints a table per workload, and writes the raw figures as JSON and the
+//! speedups as an SVG chart.
 //!
 //! Every run is a fresh process (`parrun --mode MODE SCRIPT SIZE`), as a user would start it,
 //! so a run's figures include nothing of the runs before it. Rounds are round-robin: round r
@@ -29,9 +30,9 @@ use workload::Lang;
 /// The options of `parrun bench`.
 #[derive(clap::Args)]
 pub struct Options {
-    /// Built-in workloads (experiment_a, experiment_b, pool_overhead: all by default) or
-    /// scripts: `x.lua`, `x.rhai`, or a stem `x` for `x.lua` and `x.rhai`, with CPython's
-    /// `x.py` beside them. Figures are the lines a script prints (see the README).
+    /// Built-in workloads (experiment_a, experiment_b, pool_overhead, pool_costs, fork_state:
+    /// all by default) or scripts: `x.lua`, `x.rhai`, or a stem `x` for `x.lua` and `x.rhai`,
+    /// with CPython's `x.py` beside them. Figures are the lines a script prints (see the README).
     #[arg(value_name = "SCRIPT")]
     scripts: Vec<String>,
 

@@ -132,13 +132,20 @@ impl Results {
         Some(median(&ratios))
     }
 
-    /// The metrics, in the order the runs printed them (parrun's first, then CPython's).
+    /// The metrics, in the order the runs printed them (parrun's first, then CPython's). A
+    /// metric only some configurations print (a forked worker's memory) goes right after the
+    /// one its run printed before it, so that it keeps its place among the others.
     fn metrics(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
         for measured in self.runs.iter().flatten().flatten() {
+            let mut at = 0;
             for (name, _) in &measured.metrics.0 {
-                if !names.contains(name) {
-                    names.push(name.clone());
+                match names.iter().position(|n| n == name) {
+                    Some(i) => at = i + 1,
+                    None => {
+                        names.insert(at, name.clone());
+                        at += 1;
+                    }
                 }
             }
         }
@@ -184,9 +191,17 @@ impl Results {
     }
 }
 
+/// A figure as the table shows it: a rate in whole tasks, megabytes to the hundredth, and a
+/// time to the millisecond, or, under a tenth of a second, to three significant digits (a
+/// pool's start, about a millisecond, would otherwise read 0.001 or 0.002).
 fn figure(metric: &str, value: f64) -> String {
     if higher_is_better(metric) {
         format!("{value:.0}")
+    } else if metric.ends_with("(MB)") {
+        format!("{value:.2}")
+    } else if value != 0.0 && value.abs() < 0.1 {
+        let places = (2.0 - value.abs().log10().floor()).min(9.0) as usize;
+        format!("{value:.places$}")
     } else {
         format!("{value:.3}")
     }
@@ -373,5 +388,91 @@ mod tests {
         );
         assert_eq!(rows[0].vs_python, Some(0.75)); // 2/2 and 2/4
         assert_eq!(rows[2].vs_python, None);
+    }
+
+    /// A figure some configurations do not print (a forked worker's memory) has no row there,
+    /// and no ratio against a configuration that lacks it; a run that printed it in one round
+    /// only counts that round.
+    #[test]
+    fn missing_figures_leave_rows_out() {
+        let m = "idle worker memory (MB)";
+        let t = "build time (s)";
+        let results = Results {
+            workload: "w".into(),
+            configs: vec![
+                config("lua", Some("gil")),
+                config("lua", Some("fork")),
+                config("python", None),
+            ],
+            runs: vec![
+                vec![measured(&[(t, 1.0)]), measured(&[(t, 1.0)])],
+                vec![
+                    measured(&[(t, 1.0), (m, 0.5)]),
+                    measured(&[(t, 1.0), (m, 1.0)]),
+                ],
+                // CPython's first round printed no memory (an error would fail the run; a
+                // script may also print a figure only sometimes).
+                vec![measured(&[(t, 0.5)]), measured(&[(t, 0.5), (m, 2.0)])],
+            ],
+        };
+        let rows = results.rows(Some("gil"));
+        let names: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.metric.as_str(), r.label.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (t, "lua gil"),
+                (t, "lua fork"),
+                (t, "cpython"),
+                (m, "lua fork"),
+                (m, "cpython"),
+            ]
+        );
+        let fork = &rows[3];
+        assert_eq!((fork.value.min, fork.value.max), (0.5, 1.0));
+        assert_eq!(fork.vs_base, None, "lua gil printed no memory");
+        // Lower is better: paired in round 2 only, 2 MB against 1 MB.
+        assert_eq!(fork.vs_python, Some(2.0));
+        let text = table("w", 2, &rows, Some("gil"), true);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(m) && l.contains("lua fork"))
+            .unwrap();
+        let cells: Vec<&str> = line[m.len()..].split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["lua", "fork", "0.75", "0.50-1.00", "-", "-", "-", "2.00x"],
+            "{text}"
+        );
+    }
+
+    /// A metric the first configuration does not print keeps its place: after the metric its
+    /// own run printed before it.
+    #[test]
+    fn metrics_keep_the_order_they_were_printed_in() {
+        let (a, b, c, d) = ("a (s)", "b (MB)", "c (s)", "d (s)");
+        let results = Results {
+            workload: "w".into(),
+            configs: vec![config("lua", Some("gil")), config("lua", Some("fork"))],
+            runs: vec![
+                vec![measured(&[(a, 1.0), (c, 1.0)])],
+                vec![measured(&[(b, 1.0), (a, 1.0), (d, 1.0), (c, 1.0)])],
+            ],
+        };
+        assert_eq!(results.metrics(), [b, a, d, c]);
+    }
+
+    #[test]
+    fn small_times_keep_three_significant_digits() {
+        let t = "pool start time (s)";
+        assert_eq!(figure(t, 0.0015234), "0.00152");
+        assert_eq!(figure(t, 0.05), "0.0500");
+        assert_eq!(figure(t, 0.0), "0.000");
+        assert_eq!(figure(t, 0.2), "0.200");
+        assert_eq!(figure(t, 2.5), "2.500");
+        assert_eq!(figure("idle worker memory (MB)", 1.638), "1.64");
+        assert_eq!(figure("map (tasks/s)", 1234.6), "1235");
     }
 }

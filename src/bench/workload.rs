@@ -1,5 +1,6 @@
-//! What `parrun bench` runs: the built-in workloads (the article's experiments and the pool's
-//! overhead, their sources compiled into the binary so that the command works from anywhere)
+//! What `parrun bench` runs: the built-in workloads (the article's experiments, the pool's
+//! overhead, and the pool's costs and big-state figures of issue 15's table, their sources
+//! compiled into the binary so that the command works from anywhere)
 //! and the scripts named on its command line, each as one command line per language and mode.
 
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ struct Builtin {
     size: u64,
 }
 
-const BUILTINS: [Builtin; 3] = [
+const BUILTINS: [Builtin; 5] = [
     Builtin {
         name: "experiment_a",
         lua: include_str!("../../scripts/experiment_a.lua"),
@@ -37,6 +38,20 @@ const BUILTINS: [Builtin; 3] = [
         rhai: include_str!("../../scripts/pool_overhead.rhai"),
         python: include_str!("../../bench/python/pool_overhead.py"),
         size: 100_000,
+    },
+    Builtin {
+        name: "pool_costs",
+        lua: include_str!("../../scripts/pool_costs.lua"),
+        rhai: include_str!("../../scripts/pool_costs.rhai"),
+        python: include_str!("../../bench/python/pool_costs.py"),
+        size: 100_000,
+    },
+    Builtin {
+        name: "fork_state",
+        lua: include_str!("../../scripts/fork_state.lua"),
+        rhai: include_str!("../../scripts/fork_state.rhai"),
+        python: include_str!("../../bench/python/fork_state.py"),
+        size: 2_000_000,
     },
 ];
 
