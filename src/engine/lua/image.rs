@@ -424,22 +424,31 @@ impl<'a> Encoder<'a> {
         Ok(())
     }
 
+    /// `t`'s entries, read through Lua's API: a big state is mostly table entries, and mlua's
+    /// handles would cost more than the entries. A pair with a table, function or userdata not
+    /// met yet is set aside (in a table, which keeps it alive) and taken the slow way after.
     fn entries(&mut self, t: &Table) -> mlua::Result<Entries> {
         let mut entries = Entries::default();
-        for pair in t.pairs::<LuaValue, LuaValue>() {
-            let (key, value) = pair?;
-            // `next` goes through the array part first, in order.
-            let next = entries.array.len() as i64 + 1;
-            let in_array =
-                entries.hash.is_empty() && matches!(key, LuaValue::Integer(i) if i == next);
-            // A value that cannot be copied is left out, not set to nil: in a mapped table the
-            // builder's own value stays (`package.searchers`' C functions).
-            let Some(value) = self.value(value)? else {
-                continue;
-            };
-            if in_array {
-                entries.array.push(value);
-            } else if let Some(key) = self.value(key)? {
+        let later = self.lua.create_table()?;
+        let Encoder {
+            memo, text, ends, ..
+        } = self;
+        // SAFETY: `read_entries` keeps to the stack it is given (`t` at 1, `later` at 2) and to
+        // Lua's API; an error in it (out of memory) unwinds through the protected call
+        // `exec_raw` makes, and it owns nothing that would need dropping.
+        unsafe {
+            self.lua.exec_raw::<()>((t, &later), |state| {
+                read_entries(state, memo, text, ends, &mut entries)
+            })
+        }?;
+        for pair in later
+            .sequence_values::<LuaValue>()
+            .collect::<Vec<_>>()
+            .chunks(2)
+        {
+            let [key, value] = pair else { continue };
+            let (key, value) = (key.clone()?, value.clone()?);
+            if let (Some(key), Some(value)) = (self.value(key)?, self.value(value)?) {
                 entries.hash.push((key, value));
             }
         }
@@ -471,6 +480,81 @@ impl<'a> Encoder<'a> {
     }
 }
 
+/// Reads the entries of the table at stack index 1 into `entries`: strings into `text` (ending
+/// at `ends`), a value already met as its node (`memo`); a pair with a table, function or
+/// userdata not met yet is appended to the table at 2, to be taken the slow way; a pair with
+/// a value that cannot be copied (a coroutine) is left out.
+///
+/// # Safety
+/// `state` is a Lua state whose stack holds two tables at 1 and 2, in a protected call.
+unsafe fn read_entries(
+    state: *mut ffi::lua_State,
+    memo: &HashMap<*const c_void, u32>,
+    text: &mut Vec<u8>,
+    ends: &mut Vec<u64>,
+    entries: &mut Entries,
+) {
+    const TABLE: c_int = 1;
+    const LATER: c_int = 2;
+    ffi::lua_settop(state, LATER);
+    ffi::luaL_checkstack(state, 4, c"parrun: reading a state".as_ptr());
+    // `None`: not met yet; `Some(None)`: cannot be copied.
+    let mut read = |at: c_int| -> Option<Option<Ref>> {
+        Some(Some(match ffi::lua_type(state, at) {
+            ffi::LUA_TNIL => Ref::Nil,
+            ffi::LUA_TBOOLEAN => Ref::Bool(ffi::lua_toboolean(state, at) != 0),
+            ffi::LUA_TNUMBER if ffi::lua_isinteger(state, at) != 0 => {
+                Ref::Int(ffi::lua_tointeger(state, at))
+            }
+            ffi::LUA_TNUMBER => Ref::Num(ffi::lua_tonumber(state, at)),
+            ffi::LUA_TSTRING => {
+                let mut len = 0;
+                let bytes = ffi::lua_tolstring(state, at, &mut len) as *const u8;
+                text.extend_from_slice(std::slice::from_raw_parts(bytes, len));
+                ends.push(text.len() as u64);
+                Ref::Str(ends.len() as u32 - 1)
+            }
+            ffi::LUA_TTABLE | ffi::LUA_TFUNCTION | ffi::LUA_TUSERDATA => {
+                return memo
+                    .get(&ffi::lua_topointer(state, at))
+                    .map(|&i| Some(Ref::Node(i)));
+            }
+            _ => return Some(None),
+        }))
+    };
+    let mut set_aside = 0;
+    ffi::lua_pushnil(state);
+    while ffi::lua_next(state, TABLE) != 0 {
+        // `next` goes through the array part first, in order; a value that cannot be copied
+        // is left out, not set to nil: in a mapped table the builder's own value stays
+        // (`package.searchers`' C functions).
+        let next = entries.array.len() as ffi::lua_Integer + 1;
+        let in_array = entries.hash.is_empty()
+            && ffi::lua_isinteger(state, -2) != 0
+            && ffi::lua_tointeger(state, -2) == next;
+        let value = read(-1);
+        let key = if in_array {
+            Some(Some(Ref::Nil))
+        } else {
+            read(-2)
+        };
+        match (key, value) {
+            (Some(None), _) | (_, Some(None)) => {}
+            (Some(Some(_)), Some(Some(value))) if in_array => entries.array.push(value),
+            (Some(Some(key)), Some(Some(value))) => entries.hash.push((key, value)),
+            _ => {
+                ffi::lua_pushvalue(state, -2);
+                ffi::lua_rawseti(state, LATER, set_aside + 1);
+                ffi::lua_pushvalue(state, -1);
+                ffi::lua_rawseti(state, LATER, set_aside + 2);
+                set_aside += 2;
+            }
+        }
+        ffi::lua_pop(state, 1);
+    }
+    ffi::lua_settop(state, 0);
+}
+
 /// Makes `graph` in `dst`; `object` gives a parrun object as this process holds it.
 fn build<O>(
     dst: &Lua,
@@ -478,6 +562,22 @@ fn build<O>(
     object: impl Fn(&O) -> Option<Object>,
 ) -> mlua::Result<Vec<LuaValue>> {
     require_c_modules(dst, graph)?;
+    // Nothing made here is garbage: a collection would only walk it, again and again as
+    // it grows.
+    let collecting = dst.gc_is_running();
+    dst.gc_stop();
+    let built = build_nodes(dst, graph, object);
+    if collecting {
+        dst.gc_restart();
+    }
+    built
+}
+
+fn build_nodes<O>(
+    dst: &Lua,
+    graph: &Graph<O>,
+    object: impl Fn(&O) -> Option<Object>,
+) -> mlua::Result<Vec<LuaValue>> {
     let globals = dst.globals();
     // Node `i`'s value at `i + 1`: the raw fill below reaches nodes there.
     let values = dst.create_table_with_capacity(graph.nodes.len(), 0)?;
