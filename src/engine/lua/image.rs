@@ -870,6 +870,57 @@ mod tests {
         assert_eq!(got, "xy");
     }
 
+    /// Engines built at the same time, on two threads, from one graph each get the whole
+    /// state: shared references, a cycle, a shared metatable, two functions sharing a local,
+    /// and the script's queue as the same object (what one engine puts, the other gets). A
+    /// standard table's entries that cannot be copied (`package.searchers`' C functions) stay
+    /// the builder's own, not nil.
+    #[test]
+    fn engines_built_at_once_from_one_graph_share_objects() {
+        let src = state();
+        src.load(
+            r#"
+            local shared = { tag = "shared" }
+            A, B = { ref = shared }, { ref = shared, list = { 1, 2, 3 } }
+            RING = {} RING.next = { back = RING }
+            local meta = { __index = function(_, k) return "meta " .. k end }
+            M1, M2 = setmetatable({}, meta), setmetatable({}, meta)
+            do
+              local n = 0
+              function bump() n = n + 1 return n end
+              function peek() return n end
+            end
+            Q = parrun.Queue()
+            "#,
+        )
+        .exec()
+        .unwrap();
+        let graph = Graph::take(&src, &[]).unwrap();
+        let check = r#"
+            local who = ...
+            assert(A.ref == B.ref and B.list[3] == 3)
+            assert(RING.next.back == RING)
+            assert(getmetatable(M1) == getmetatable(M2) and M2.x == "meta x")
+            assert(bump() == 1 and peek() == 1, "shared upvalue")
+            assert(#package.searchers == 4, "the builder's own searchers")
+            if who == "first" then Q:put("from the first") return "put" end
+            return Q:get(5)
+        "#;
+        let got = std::thread::scope(|scope| {
+            let threads = ["first", "second"].map(|who| {
+                let graph = &graph;
+                scope.spawn(move || {
+                    let dst = state();
+                    assert!(graph.build(&dst).unwrap().is_empty());
+                    let f: Function = dst.load(check).into_function().unwrap();
+                    f.call::<String>(who).unwrap()
+                })
+            });
+            threads.map(|t| t.join().unwrap())
+        });
+        assert_eq!(got, ["put".to_string(), "from the first".to_string()]);
+    }
+
     /// A process's target that cannot travel is an error that names it.
     #[test]
     fn a_call_that_cannot_travel_is_named() {
