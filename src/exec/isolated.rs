@@ -12,8 +12,10 @@ use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
 use crate::script::{Instance, ScriptEngine, Snapshot, Target, TaskEngine, Travel};
 
 /// From how many values ([`Snapshot::size`]) a pool's engines are built on threads of their
-/// own: below it a thread's start costs more than it saves (a small script's pool starts in
-/// well under a millisecond).
+/// own. A small script's state (a few hundred values: the standard tables it maps) builds in
+/// well under a millisecond, and starting and joining threads would cost about as much; a
+/// Lua build makes some 3M values a second, so at this size a build takes several
+/// milliseconds and the threads pay for themselves.
 const PARALLEL_BUILD: usize = 20_000;
 
 pub(super) struct Isolated;
