@@ -347,3 +347,84 @@ pool:close() pool:join()
         );
     }
 }
+
+/// The workers of a pool over a big state (built each on a thread of its own, at the same time,
+/// in the isolated model) each see the script's state whole: shared references, a cycle, a
+/// shared metatable, two functions sharing one local, a 30000-entry table, and the script's
+/// queues, used by both workers at once (each task waits until both have started, so they run
+/// on two workers). A worker renewed after `maxtasksperchild` tasks sees it all again.
+#[test]
+fn workers_built_at_once_see_the_whole_state() {
+    common::both_in_modes(
+        &MODES,
+        "bigstate",
+        r#"
+BIG = {}
+for i = 1, 30000 do BIG[i] = "s" .. i end
+local shared = { tag = "shared" }
+A, B = { ref = shared }, { ref = shared, list = BIG }
+RING = {} RING.next = { back = RING }
+local meta = { __index = function(_, k) return "meta " .. k end }
+M1, M2 = setmetatable({}, meta), setmetatable({}, meta)
+do
+  local n = 0
+  function bump() n = n + 1 return n end
+  function peek() return n end
+end
+Q, GO = parrun.Queue(), parrun.Queue()
+local function task(i)
+  Q:put(i)
+  GO:get(10)
+  return table.concat({ #BIG, BIG[30000], tostring(A.ref == B.ref), tostring(B.list == BIG),
+    tostring(RING.next.back == RING), tostring(getmetatable(M1) == getmetatable(M2)), M2.x,
+    tostring(bump() == peek()) }, " ")
+end
+local pool = parrun.Pool(2, { maxtasksperchild = 1 })
+local a, b = pool:apply_async(task, {1}), pool:apply_async(task, {2})
+print("started " .. Q:get(10) + Q:get(10))
+GO:put(true) GO:put(true)
+print(a:get(10))
+print(b:get(10))
+GO:put(true)
+print("renewed " .. pool:apply(task, {3}))
+pool:close() pool:join()
+"#,
+        r#"
+const Q = Queue();
+const GO = Queue();
+let big = [];
+for i in 1..=30000 { big.push(`s${i}`); }
+const BIG = big;
+let base = 5;
+let task = |i| {
+  global::Q.put(i);
+  global::GO.get(10);
+  `${global::BIG.len()} ${global::BIG[29999]} ${base + 1}`
+};
+let pool = Pool(#{ processes: 2, maxtasksperchild: 1 });
+let a = pool.apply_async(task, [1]);
+let b = pool.apply_async(task, [2]);
+print(`started ${Q.get(10) + Q.get(10)}`);
+GO.put(true); GO.put(true);
+print(a.get(10));
+print(b.get(10));
+GO.put(true);
+print(`renewed ${pool.apply(task, [3])}`);
+pool.close(); pool.join();
+"#,
+        |_, out| {
+            out.assert_success();
+            let want = if out.command.ends_with(".lua") {
+                "30000 s30000 true true true true meta x true"
+            } else {
+                "30000 s30000 6"
+            };
+            assert_eq!(
+                out.stdout,
+                format!("started 3\n{want}\n{want}\nrenewed {want}\n"),
+                "{}",
+                out.describe()
+            );
+        },
+    );
+}

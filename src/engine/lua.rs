@@ -39,7 +39,6 @@ use crate::value::Value;
 mod args;
 mod convert;
 mod driver;
-#[cfg(any(feature = "mpi", test))]
 mod image;
 mod native;
 mod object;
@@ -281,19 +280,19 @@ fn new_state(host: &Arc<Host>) -> mlua::Result<Lua> {
     Ok(lua)
 }
 
-/// An isolated engine: a new state holding a copy of `parent`'s script state as of now, with a
-/// host (and GIL) of its own; and the copies of `values` in it.
+/// An isolated engine: a new state built from `graph` (a snapshot of the script's state), with
+/// a host like `host` but a GIL of its own; and the call's values in it.
 fn isolated_state(
-    parent: &Lua,
+    graph: &image::Graph<Object>,
     host: &Host,
-    values: Vec<LuaValue>,
 ) -> Result<(Lua, Arc<Host>, Vec<LuaValue>), String> {
     let host = host.isolated();
     let lua = new_state(&host)
         .map_err(|e| format!("cannot set up an isolated engine: {}", error_text(e)))?;
-    let copies = snapshot::copy_state(parent, &lua, values)
+    let call = graph
+        .build(&lua)
         .map_err(|e| format!("cannot copy the script's state to an isolated engine: {e}"))?;
-    Ok((lua, host, copies))
+    Ok((lua, host, call))
 }
 
 #[cfg(feature = "mpi")]
@@ -305,12 +304,7 @@ pub(crate) fn instance_from_image(host: &Host, state: &[u8]) -> Result<Instance,
     let lua = new_state(&host)
         .map_err(|e| format!("cannot set up an engine for a worker: {}", error_text(e)))?;
     let call = image::decode(&lua, state)?;
-    LuaSnapshot {
-        state: lua,
-        host,
-        call,
-    }
-    .instance()
+    tasks::instance(lua, host, call)
 }
 
 /// A script file's chunk as the stock interpreter reads it (`luaL_loadfilex`): without a UTF-8

@@ -1,76 +1,101 @@
-//! A Lua state as bytes: the isolated snapshot's copy (`snapshot`), cut in two halves with the
-//! wire between them, for an engine in another process (an MPI worker rank).
+//! A Lua state as plain data: the isolated snapshot. [`Graph::take`] walks a state from its
+//! globals once, under its lock, and [`Graph::build`] makes a fresh state of it; each isolated
+//! worker builds its own from the same graph, on its own thread and at the same time as the
+//! others, so that a pool's workers of a big state cost one build, not one each in turn. The
+//! graph also travels as bytes ([`encode`], [`decode`]) to an engine in another process (an
+//! MPI worker rank).
 //!
-//! [`encode`] walks a state from its globals as the snapshot's copier does, and writes a graph:
-//! each table, Lua function and parrun object once ([`Node`]), referred to by index, so shared
-//! references and cycles are kept; a Lua function as its bytecode (debug info kept) and its
-//! upvalues, a shared upvalue as a join to the first function that has it. A value the fresh
-//! state has by a global path (`string`, `string.format`, `io.stdout`: recorded by
-//! `snapshot::record_pristine`) travels as the path, and a table of those has its entries
-//! brought in line with the script's, as in the snapshot. A C module the script required is
-//! required again by the receiver, and its values are mapped by path too. A queue or a lock
-//! becomes a handle that reaches the sender through the link; what cannot travel (another
-//! object, a coroutine, a foreign C function or userdata) is left out: the receiver sees nil.
+//! The graph holds each table, Lua function and parrun object once ([`Node`]), referred to by
+//! index, so shared references and cycles are kept; a Lua function as its bytecode (debug info
+//! kept) and its upvalues, a shared upvalue as a join to the first function that has it; a
+//! table's array part apart from its other entries, so that the copy is made at its size. A
+//! value the fresh state has by a global path (`string`, `string.format`, `io.stdout`:
+//! recorded by `snapshot::record_pristine`) is held as the path, and a table of those has its
+//! entries brought in line with the script's (a function the script added to `string` comes
+//! along, one it removed goes). A C module the script required is required again by the
+//! builder, and its values are mapped by path too. A parrun object is the same object in every
+//! engine of the process; between processes a queue or a lock becomes a handle that reaches the
+//! sender through the link. What cannot be copied (a coroutine, a foreign C function or
+//! userdata, an object that cannot travel) is left out: the builder sees nil there. Strings sit
+//! in one buffer, not one allocation each.
 //!
-//! [`decode`] builds the graph in a fresh state set up the same way: first every node, then
-//! every table's entries and function's upvalues, so order never matters. Binary chunks are
-//! loaded only here, from what [`encode`] wrote on rank 0, never from script-provided strings.
+//! The build first makes every node, then fills every table and function, so order never
+//! matters; tables are created and filled through Lua's C API in one protected call, which
+//! spares the per-value bookkeeping of mlua's handles (a big state is mostly table entries).
+//! Binary chunks are loaded only from what [`Graph::take`] dumped, never from script-provided
+//! strings.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::c_void;
+use std::ffi::{c_char, c_int, c_void};
 
 use mlua::chunk::ChunkMode;
+use mlua::ffi;
 use mlua::{Function, Lua, LuaString, Table, Value as LuaValue};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::snapshot::holds_c_functions;
 use super::{error_text, LuaObject};
+use crate::api::Object;
+#[cfg(any(feature = "mpi", test))]
 use crate::api::ObjectWire;
 
-/// A state's globals and a call in it (a process's function and arguments), as a graph.
+/// A state's globals and a call in it (a process's function and arguments), as a graph; `O`
+/// is how a parrun object is held: itself in this process, a handle between processes.
 #[derive(Serialize, Deserialize)]
-struct Image {
+pub(super) struct Graph<O> {
     /// `package.path` and `package.cpath`, to require the C modules again.
     paths: Option<(ByteBuf, ByteBuf)>,
     /// The C modules the script required, by their names in `package.loaded`.
     c_modules: Vec<ByteBuf>,
+    /// Every string's bytes, one after the other; `ends[i]` is where string `i` ends.
+    #[serde(with = "serde_bytes")]
+    text: Vec<u8>,
+    ends: Vec<u64>,
+    objects: Vec<O>,
     nodes: Vec<Node>,
-    globals: Ref,
     call: Vec<Ref>,
 }
 
-/// A value: inline, or a node of the graph.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// A value: inline, a string of the graph's text, or a node of the graph.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 enum Ref {
     Nil,
     Bool(bool),
     Int(i64),
     Num(f64),
-    Str(ByteBuf),
+    Str(u32),
     Node(u32),
 }
 
-#[derive(Serialize, Deserialize, Debug, PartialEq)]
+/// A table's entries: `array[i]` at key `i + 1`, then the others.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+struct Entries {
+    array: Vec<Ref>,
+    hash: Vec<(Ref, Ref)>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 enum Node {
-    /// What the receiver has at this path from its globals; a table's entries are then the
+    /// What the builder has at this path from its globals; a table's entries are then the
     /// script's (`Some`), its other string keys removed.
     Mapped {
         path: Vec<ByteBuf>,
-        entries: Option<Vec<(Ref, Ref)>>,
+        entries: Option<Entries>,
     },
     Table {
-        entries: Vec<(Ref, Ref)>,
+        entries: Entries,
         meta: Option<Ref>,
     },
     Function {
         bytecode: ByteBuf,
         upvalues: Vec<Upvalue>,
     },
-    Object(ObjectWire),
+    /// The graph's object at this index.
+    Object(u32),
 }
 
-#[derive(Serialize, Deserialize, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 enum Upvalue {
     Value(Ref),
     /// The same variable as upvalue `index` of function node `function`.
@@ -78,12 +103,101 @@ enum Upvalue {
         function: u32,
         index: i64,
     },
-    /// A value that cannot travel: left nil.
+    /// A value that cannot be copied: left nil.
     Absent,
 }
 
-/// `lua`'s globals and `call` (values of `lua`) as bytes.
+impl Graph<Object> {
+    /// `lua`'s globals and `call` (values of `lua`) as a graph, for engines of this process.
+    /// Call with `lua`'s lock held; the graph shares nothing with `lua` but its objects.
+    pub(super) fn take(lua: &Lua, call: &[LuaValue]) -> Result<Graph<Object>, String> {
+        walk(lua, call)
+    }
+
+    /// Roughly how many values a build makes: what decides whether builds are worth a thread
+    /// each.
+    pub(super) fn size(&self) -> usize {
+        self.ends.len()
+            + self
+                .nodes
+                .iter()
+                .map(|n| match n {
+                    Node::Table { entries, .. }
+                    | Node::Mapped {
+                        entries: Some(entries),
+                        ..
+                    } => entries.array.len() + entries.hash.len(),
+                    _ => 1,
+                })
+                .sum::<usize>()
+    }
+
+    /// Makes the graph in `dst`, a fresh state set up as the source was: its globals take the
+    /// source's, and the call's values come back.
+    pub(super) fn build(&self, dst: &Lua) -> Result<Vec<LuaValue>, String> {
+        build(dst, self, |o| Some(o.clone())).map_err(error_text)
+    }
+}
+
+/// `graph` as bytes, for an engine in another process: a queue or a lock as a handle that
+/// reaches this process through its link; any other object is left out, unless it is the
+/// call's function or one of its arguments, which is an error.
+#[cfg(any(feature = "mpi", test))]
+pub(super) fn encode_graph(graph: &Graph<Object>) -> Result<Vec<u8>, String> {
+    for (i, r) in graph.call.iter().enumerate() {
+        let Ref::Node(n) = *r else { continue };
+        let Some(Node::Object(o)) = graph.nodes.get(n as usize) else {
+            continue;
+        };
+        let object = &graph.objects[*o as usize];
+        if object.wire().is_none() {
+            let what = match i {
+                0 => "the target".to_owned(),
+                i => format!("argument {i}"),
+            };
+            return Err(format!(
+                "{what} is a {}, which cannot be sent to another process",
+                object.class().name()
+            ));
+        }
+    }
+    let wire = Graph {
+        paths: graph.paths.clone(),
+        c_modules: graph.c_modules.clone(),
+        text: graph.text.clone(),
+        ends: graph.ends.clone(),
+        objects: graph.objects.iter().map(Object::wire).collect(),
+        nodes: graph.nodes.clone(),
+        call: graph.call.clone(),
+    };
+    rmp_serde::to_vec(&wire).map_err(|e| e.to_string())
+}
+
+/// `lua`'s globals and `call` (values of `lua`) as bytes, for an engine in another process
+/// ([`encode_graph`]).
+#[cfg(test)]
 pub(super) fn encode(lua: &Lua, call: &[LuaValue]) -> Result<Vec<u8>, String> {
+    encode_graph(&walk(lua, call)?)
+}
+
+/// Builds what [`encode`] wrote in `dst`, a fresh state set up as the sender's was: its
+/// globals take the sender's, and the call's values come back.
+#[cfg(any(feature = "mpi", test))]
+pub(super) fn decode(dst: &Lua, bytes: &[u8]) -> Result<Vec<LuaValue>, String> {
+    let graph: Graph<Option<ObjectWire>> =
+        rmp_serde::from_slice(bytes).map_err(|e| format!("bad state image: {e}"))?;
+    if graph.ends.windows(2).any(|w| w[0] > w[1])
+        || graph
+            .ends
+            .last()
+            .is_some_and(|&e| e > graph.text.len() as u64)
+    {
+        return Err("bad state image: its strings do not fit its text".into());
+    }
+    build(dst, &graph, |o| o.clone().map(ObjectWire::object)).map_err(error_text)
+}
+
+fn walk(lua: &Lua, call: &[LuaValue]) -> Result<Graph<Object>, String> {
     let mut enc = Encoder::new(lua).map_err(error_text)?;
     let c_modules = enc.c_modules().map_err(error_text)?;
     let paths = if c_modules.is_empty() {
@@ -98,8 +212,7 @@ pub(super) fn encode(lua: &Lua, call: &[LuaValue]) -> Result<Vec<u8>, String> {
         };
         Some((text("path"), text("cpath")))
     };
-    let globals = enc
-        .value(LuaValue::Table(lua.globals()))
+    enc.value(LuaValue::Table(lua.globals()))
         .map_err(error_text)?
         .ok_or("the globals cannot be copied")?;
     let mut refs = Vec::with_capacity(call.len());
@@ -113,20 +226,21 @@ pub(super) fn encode(lua: &Lua, call: &[LuaValue]) -> Result<Vec<u8>, String> {
                     i => format!("argument {i}"),
                 };
                 return Err(format!(
-                    "{what} is {kind}, which cannot be sent to another process"
+                    "{what} is {kind}, which cannot be copied to another engine"
                 ));
             }
         }
     }
     enc.finish().map_err(error_text)?;
-    let image = Image {
+    Ok(Graph {
         paths,
         c_modules,
+        text: enc.text,
+        ends: enc.ends,
+        objects: enc.objects,
         nodes: enc.nodes,
-        globals,
         call: refs,
-    };
-    rmp_serde::to_vec(&image).map_err(|e| e.to_string())
+    })
 }
 
 struct Encoder<'a> {
@@ -136,8 +250,10 @@ struct Encoder<'a> {
     c_paths: HashMap<*const c_void, Vec<ByteBuf>>,
     memo: HashMap<*const c_void, u32>,
     nodes: Vec<Node>,
-    /// Tables and functions whose contents are still to be written: node, value, and whether
-    /// it is a mapped table.
+    objects: Vec<Object>,
+    text: Vec<u8>,
+    ends: Vec<u64>,
+    /// Tables and functions whose contents are still to be written: node and value.
     pending: Vec<(u32, LuaValue)>,
     getupvalue: Function,
     upvalueid: Function,
@@ -153,6 +269,9 @@ impl<'a> Encoder<'a> {
             c_paths: HashMap::new(),
             memo: HashMap::new(),
             nodes: Vec::new(),
+            objects: Vec::new(),
+            text: Vec::new(),
+            ends: Vec::new(),
             pending: Vec::new(),
             getupvalue: lua.named_registry_value("parrun.getupvalue")?,
             upvalueid: lua.named_registry_value("parrun.upvalueid")?,
@@ -212,7 +331,11 @@ impl<'a> Encoder<'a> {
             LuaValue::Boolean(b) => Ref::Bool(*b),
             LuaValue::Integer(i) => Ref::Int(*i),
             LuaValue::Number(n) => Ref::Num(*n),
-            LuaValue::String(s) => Ref::Str(ByteBuf::from(s.as_bytes().to_vec())),
+            LuaValue::String(s) => {
+                self.text.extend_from_slice(&s.as_bytes());
+                self.ends.push(self.text.len() as u64);
+                Ref::Str(self.ends.len() as u32 - 1)
+            }
             LuaValue::Table(_) | LuaValue::Function(_) | LuaValue::UserData(_) => {
                 return self.reference(value)
             }
@@ -236,7 +359,7 @@ impl<'a> Encoder<'a> {
         };
         if let Some(path) = path {
             let is_table = matches!(value, LuaValue::Table(_));
-            let entries = is_table.then(Vec::new);
+            let entries = is_table.then(Entries::default);
             let i = self.node(identity, Node::Mapped { path, entries });
             if is_table {
                 self.pending.push((i, value));
@@ -245,7 +368,7 @@ impl<'a> Encoder<'a> {
         }
         let node = match &value {
             LuaValue::Table(_) => Node::Table {
-                entries: Vec::new(),
+                entries: Entries::default(),
                 meta: None,
             },
             LuaValue::Function(f) if f.info().what != "C" => Node::Function {
@@ -253,10 +376,9 @@ impl<'a> Encoder<'a> {
                 upvalues: Vec::new(),
             },
             LuaValue::UserData(ud) if ud.is::<LuaObject>() => {
-                match ud.borrow::<LuaObject>()?.0.wire() {
-                    Some(wire) => Node::Object(wire),
-                    None => return Ok(None),
-                }
+                let object = ud.borrow::<LuaObject>()?.0.clone();
+                self.objects.push(object);
+                Node::Object(self.objects.len() as u32 - 1)
             }
             _ => return Ok(None),
         };
@@ -302,12 +424,32 @@ impl<'a> Encoder<'a> {
         Ok(())
     }
 
-    fn entries(&mut self, t: &Table) -> mlua::Result<Vec<(Ref, Ref)>> {
-        let mut entries = Vec::new();
-        for pair in t.pairs::<LuaValue, LuaValue>() {
-            let (key, value) = pair?;
+    /// `t`'s entries, read through Lua's API: a big state is mostly table entries, and mlua's
+    /// handles would cost more than the entries. A pair with a table, function or userdata not
+    /// met yet is set aside (in a table, which keeps it alive) and taken the slow way after.
+    fn entries(&mut self, t: &Table) -> mlua::Result<Entries> {
+        let mut entries = Entries::default();
+        let later = self.lua.create_table()?;
+        let Encoder {
+            memo, text, ends, ..
+        } = self;
+        // SAFETY: `read_entries` keeps to the stack it is given (`t` at 1, `later` at 2) and to
+        // Lua's API; an error in it (out of memory) unwinds through the protected call
+        // `exec_raw` makes, and it owns nothing that would need dropping.
+        unsafe {
+            self.lua.exec_raw::<()>((t, &later), |state| {
+                read_entries(state, memo, text, ends, &mut entries)
+            })
+        }?;
+        for pair in later
+            .sequence_values::<LuaValue>()
+            .collect::<Vec<_>>()
+            .chunks(2)
+        {
+            let [key, value] = pair else { continue };
+            let (key, value) = (key.clone()?, value.clone()?);
             if let (Some(key), Some(value)) = (self.value(key)?, self.value(value)?) {
-                entries.push((key, value));
+                entries.hash.push((key, value));
             }
         }
         Ok(entries)
@@ -338,75 +480,166 @@ impl<'a> Encoder<'a> {
     }
 }
 
-/// Builds what [`encode`] wrote in `dst`, a fresh state set up as the sender's was: its globals
-/// take the sender's, and the call's values come back.
-pub(super) fn decode(dst: &Lua, bytes: &[u8]) -> Result<Vec<LuaValue>, String> {
-    let image: Image = rmp_serde::from_slice(bytes).map_err(|e| format!("bad state image: {e}"))?;
-    build(dst, image).map_err(error_text)
+/// Reads the entries of the table at stack index 1 into `entries`: strings into `text` (ending
+/// at `ends`), a value already met as its node (`memo`); a pair with a table, function or
+/// userdata not met yet is appended to the table at 2, to be taken the slow way; a pair with
+/// a value that cannot be copied (a coroutine) is left out.
+///
+/// # Safety
+/// `state` is a Lua state whose stack holds two tables at 1 and 2, in a protected call.
+unsafe fn read_entries(
+    state: *mut ffi::lua_State,
+    memo: &HashMap<*const c_void, u32>,
+    text: &mut Vec<u8>,
+    ends: &mut Vec<u64>,
+    entries: &mut Entries,
+) {
+    const TABLE: c_int = 1;
+    const LATER: c_int = 2;
+    ffi::lua_settop(state, LATER);
+    ffi::luaL_checkstack(state, 4, c"parrun: reading a state".as_ptr());
+    // `None`: not met yet; `Some(None)`: cannot be copied.
+    let mut read = |at: c_int| -> Option<Option<Ref>> {
+        Some(Some(match ffi::lua_type(state, at) {
+            ffi::LUA_TNIL => Ref::Nil,
+            ffi::LUA_TBOOLEAN => Ref::Bool(ffi::lua_toboolean(state, at) != 0),
+            ffi::LUA_TNUMBER if ffi::lua_isinteger(state, at) != 0 => {
+                Ref::Int(ffi::lua_tointeger(state, at))
+            }
+            ffi::LUA_TNUMBER => Ref::Num(ffi::lua_tonumber(state, at)),
+            ffi::LUA_TSTRING => {
+                let mut len = 0;
+                let bytes = ffi::lua_tolstring(state, at, &mut len) as *const u8;
+                text.extend_from_slice(std::slice::from_raw_parts(bytes, len));
+                ends.push(text.len() as u64);
+                Ref::Str(ends.len() as u32 - 1)
+            }
+            ffi::LUA_TTABLE | ffi::LUA_TFUNCTION | ffi::LUA_TUSERDATA => {
+                return memo
+                    .get(&ffi::lua_topointer(state, at))
+                    .map(|&i| Some(Ref::Node(i)));
+            }
+            _ => return Some(None),
+        }))
+    };
+    let mut set_aside = 0;
+    ffi::lua_pushnil(state);
+    while ffi::lua_next(state, TABLE) != 0 {
+        // `next` goes through the array part first, in order; a value that cannot be copied
+        // is left out, not set to nil: in a mapped table the builder's own value stays
+        // (`package.searchers`' C functions).
+        let next = entries.array.len() as ffi::lua_Integer + 1;
+        let in_array = entries.hash.is_empty()
+            && ffi::lua_isinteger(state, -2) != 0
+            && ffi::lua_tointeger(state, -2) == next;
+        let value = read(-1);
+        let key = if in_array {
+            Some(Some(Ref::Nil))
+        } else {
+            read(-2)
+        };
+        match (key, value) {
+            (Some(None), _) | (_, Some(None)) => {}
+            (Some(Some(_)), Some(Some(value))) if in_array => entries.array.push(value),
+            (Some(Some(key)), Some(Some(value))) => entries.hash.push((key, value)),
+            _ => {
+                ffi::lua_pushvalue(state, -2);
+                ffi::lua_rawseti(state, LATER, set_aside + 1);
+                ffi::lua_pushvalue(state, -1);
+                ffi::lua_rawseti(state, LATER, set_aside + 2);
+                set_aside += 2;
+            }
+        }
+        ffi::lua_pop(state, 1);
+    }
+    ffi::lua_settop(state, 0);
 }
 
-fn build(dst: &Lua, image: Image) -> mlua::Result<Vec<LuaValue>> {
-    require_c_modules(dst, &image)?;
+/// Makes `graph` in `dst`; `object` gives a parrun object as this process holds it.
+fn build<O>(
+    dst: &Lua,
+    graph: &Graph<O>,
+    object: impl Fn(&O) -> Option<Object>,
+) -> mlua::Result<Vec<LuaValue>> {
+    require_c_modules(dst, graph)?;
+    // Nothing made here is garbage: a collection would only walk it, again and again as
+    // it grows.
+    let collecting = dst.gc_is_running();
+    dst.gc_stop();
+    let built = build_nodes(dst, graph, object);
+    if collecting {
+        dst.gc_restart();
+    }
+    built
+}
+
+fn build_nodes<O>(
+    dst: &Lua,
+    graph: &Graph<O>,
+    object: impl Fn(&O) -> Option<Object>,
+) -> mlua::Result<Vec<LuaValue>> {
     let globals = dst.globals();
-    let mut values = Vec::with_capacity(image.nodes.len());
-    for node in &image.nodes {
-        values.push(match node {
+    // Node `i`'s value at `i + 1`: the raw fill below reaches nodes there.
+    let values = dst.create_table_with_capacity(graph.nodes.len(), 0)?;
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let value = match node {
             Node::Mapped { path, entries } => {
                 let found = resolve(dst, &globals, path)?;
                 match (found, entries) {
                     (found @ LuaValue::Table(_), _) => found,
-                    // Gone in the receiver: the entries still arrive, in a table of its own.
+                    // Gone here: the entries still arrive, in a table of its own.
                     (_, Some(_)) => LuaValue::Table(dst.create_table()?),
                     (found, None) => found,
                 }
             }
-            Node::Table { .. } => LuaValue::Table(dst.create_table()?),
+            // Made by the raw fill, at their sizes.
+            Node::Table { .. } => continue,
             Node::Function { bytecode, .. } => LuaValue::Function(
                 dst.load(&bytecode[..])
                     .set_mode(ChunkMode::Binary)
                     .into_function()?,
             ),
-            Node::Object(wire) => {
-                LuaValue::UserData(dst.create_userdata(LuaObject(wire.clone().object()))?)
-            }
-        });
+            Node::Object(o) => match graph.objects.get(*o as usize).and_then(&object) {
+                Some(o) => LuaValue::UserData(dst.create_userdata(LuaObject(o))?),
+                None => LuaValue::Nil,
+            },
+        };
+        values.raw_set(i + 1, value)?;
     }
+    // SAFETY: `fill` keeps to the stack it is given (the `values` table at 1) and to Lua's
+    // API; an error in it (out of memory) unwinds through the protected call `exec_raw` makes,
+    // and it owns nothing that would need dropping.
+    unsafe { dst.exec_raw::<()>(&values, |state| fill(state, graph)) }?;
     let get = |r: &Ref| -> mlua::Result<LuaValue> {
-        Ok(match r {
+        Ok(match *r {
             Ref::Nil => LuaValue::Nil,
-            Ref::Bool(b) => LuaValue::Boolean(*b),
-            Ref::Int(i) => LuaValue::Integer(*i),
-            Ref::Num(n) => LuaValue::Number(*n),
-            Ref::Str(s) => LuaValue::String(dst.create_string(&s[..])?),
-            Ref::Node(i) => values.get(*i as usize).cloned().unwrap_or(LuaValue::Nil),
+            Ref::Bool(b) => LuaValue::Boolean(b),
+            Ref::Int(i) => LuaValue::Integer(i),
+            Ref::Num(n) => LuaValue::Number(n),
+            Ref::Str(s) => LuaValue::String(dst.create_string(graph.string(s))?),
+            Ref::Node(i) => values.raw_get(i as usize + 1)?,
         })
     };
     let setupvalue: Function = dst.named_registry_value("parrun.setupvalue")?;
     let upvaluejoin: Function = dst.named_registry_value("parrun.upvaluejoin")?;
-    for (node, value) in image.nodes.iter().zip(&values) {
-        match (node, value) {
-            (Node::Table { entries, meta }, LuaValue::Table(t)) => {
-                fill(t, entries, &get)?;
-                if let Some(LuaValue::Table(meta)) = meta.as_ref().map(&get).transpose()? {
-                    t.set_metatable(Some(meta))?;
-                }
-            }
-            (
-                Node::Mapped {
-                    entries: Some(entries),
-                    ..
-                },
-                LuaValue::Table(t),
-            ) => {
-                fill(t, entries, &get)?;
+    for (i, node) in graph.nodes.iter().enumerate() {
+        match node {
+            Node::Mapped {
+                entries: Some(entries),
+                ..
+            } => {
                 // What the script removed from a standard table is gone here too.
                 let kept: HashSet<&[u8]> = entries
+                    .hash
                     .iter()
-                    .filter_map(|(k, _)| match k {
-                        Ref::Str(s) => Some(&s[..]),
+                    .filter_map(|(k, _)| match *k {
+                        Ref::Str(s) => Some(graph.string(s)),
                         _ => None,
                     })
                     .collect();
+                let LuaValue::Table(t) = values.raw_get(i + 1)? else {
+                    continue;
+                };
                 let mut removed = Vec::new();
                 for pair in t.pairs::<LuaValue, LuaValue>() {
                     let (key, _) = pair?;
@@ -420,15 +653,19 @@ fn build(dst: &Lua, image: Image) -> mlua::Result<Vec<LuaValue>> {
                     t.raw_set(key, LuaValue::Nil)?;
                 }
             }
-            (Node::Function { upvalues, .. }, LuaValue::Function(f)) => {
+            Node::Function { upvalues, .. } => {
+                let LuaValue::Function(f) = values.raw_get(i + 1)? else {
+                    continue;
+                };
                 for (n, up) in upvalues.iter().enumerate() {
                     let n = n as i64 + 1;
                     match up {
-                        Upvalue::Value(r) => setupvalue.call::<()>((f, n, get(r)?))?,
+                        Upvalue::Value(r) => setupvalue.call::<()>((&f, n, get(r)?))?,
                         Upvalue::Joined { function, index } => {
-                            if let Some(LuaValue::Function(first)) = values.get(*function as usize)
+                            if let LuaValue::Function(first) =
+                                values.raw_get(*function as usize + 1)?
                             {
-                                upvaluejoin.call::<()>((f, n, first, *index))?;
+                                upvaluejoin.call::<()>((&f, n, first, *index))?;
                             }
                         }
                         Upvalue::Absent => {}
@@ -438,34 +675,111 @@ fn build(dst: &Lua, image: Image) -> mlua::Result<Vec<LuaValue>> {
             _ => {}
         }
     }
-    image.call.iter().map(get).collect()
+    graph.call.iter().map(get).collect()
 }
 
-fn fill(
-    t: &Table,
-    entries: &[(Ref, Ref)],
-    get: &impl Fn(&Ref) -> mlua::Result<LuaValue>,
-) -> mlua::Result<()> {
-    for (key, value) in entries {
-        let key = get(key)?;
-        if !key.is_nil() {
-            t.raw_set(key, get(value)?)?;
+impl<O> Graph<O> {
+    /// String `i`'s bytes (none for an index out of range, which only a bad image has).
+    fn string(&self, i: u32) -> &[u8] {
+        let i = i as usize;
+        let end = self.ends.get(i).map_or(0, |&e| e as usize);
+        let start = match i {
+            0 => 0,
+            i => self.ends.get(i - 1).map_or(end, |&e| e as usize),
+        };
+        self.text.get(start..end).unwrap_or_default()
+    }
+}
+
+/// Creates every table node in the `values` table at stack index 1, then fills every table
+/// (and every mapped table the script changed) and sets the metatables, through Lua's API:
+/// most of a big state is table entries, and mlua's handles would cost more than the entries.
+///
+/// # Safety
+/// `state` is a Lua state whose stack holds the `values` table at 1, in a protected call.
+unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>) {
+    const VALUES: c_int = 1;
+    const TABLE: c_int = 2;
+    ffi::lua_settop(state, VALUES);
+    ffi::luaL_checkstack(state, 4, c"parrun: building a state".as_ptr());
+    let size = |n: usize| c_int::try_from(n).unwrap_or(c_int::MAX);
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if let Node::Table { entries, .. } = node {
+            ffi::lua_createtable(state, size(entries.array.len()), size(entries.hash.len()));
+            ffi::lua_rawseti(state, VALUES, i as ffi::lua_Integer + 1);
         }
     }
-    Ok(())
+    let push = |r: &Ref| match *r {
+        Ref::Nil => ffi::lua_pushnil(state),
+        Ref::Bool(b) => ffi::lua_pushboolean(state, c_int::from(b)),
+        Ref::Int(i) => ffi::lua_pushinteger(state, i),
+        Ref::Num(n) => ffi::lua_pushnumber(state, n),
+        Ref::Str(s) => {
+            let s = graph.string(s);
+            ffi::lua_pushlstring(state, s.as_ptr() as *const c_char, s.len());
+        }
+        Ref::Node(i) => {
+            ffi::lua_rawgeti(state, VALUES, i as ffi::lua_Integer + 1);
+        }
+    };
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let entries = match node {
+            Node::Table { entries, .. }
+            | Node::Mapped {
+                entries: Some(entries),
+                ..
+            } => entries,
+            _ => continue,
+        };
+        if ffi::lua_rawgeti(state, VALUES, i as ffi::lua_Integer + 1) != ffi::LUA_TTABLE {
+            ffi::lua_settop(state, VALUES);
+            continue;
+        }
+        for (n, value) in entries.array.iter().enumerate() {
+            push(value);
+            ffi::lua_rawseti(state, TABLE, n as ffi::lua_Integer + 1);
+        }
+        for (key, value) in &entries.hash {
+            push(key);
+            // A key that is nil here (a path the builder lacks) cannot index a table.
+            if ffi::lua_isnil(state, -1) != 0 {
+                ffi::lua_settop(state, TABLE);
+                continue;
+            }
+            push(value);
+            ffi::lua_rawset(state, TABLE);
+        }
+        ffi::lua_settop(state, VALUES);
+    }
+    // Last, so that a metatable is whole (its `__gc`, `__mode`) when it is set.
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let Node::Table {
+            meta: Some(meta), ..
+        } = node
+        else {
+            continue;
+        };
+        ffi::lua_rawgeti(state, VALUES, i as ffi::lua_Integer + 1);
+        push(meta);
+        if ffi::lua_type(state, -1) == ffi::LUA_TTABLE {
+            ffi::lua_setmetatable(state, TABLE);
+        }
+        ffi::lua_settop(state, VALUES);
+    }
+    ffi::lua_settop(state, 0);
 }
 
 /// Requires the C modules the script had required, with its search paths; one that fails to
-/// load here is left out, as any value that cannot travel is.
-fn require_c_modules(dst: &Lua, image: &Image) -> mlua::Result<()> {
-    let Some((path, cpath)) = &image.paths else {
+/// load here is left out, as any value that cannot be copied is.
+fn require_c_modules<O>(dst: &Lua, graph: &Graph<O>) -> mlua::Result<()> {
+    let Some((path, cpath)) = &graph.paths else {
         return Ok(());
     };
     let package: Table = dst.globals().get("package")?;
     package.set("path", dst.create_string(&path[..])?)?;
     package.set("cpath", dst.create_string(&cpath[..])?)?;
     let require: Function = dst.globals().get("require")?;
-    for name in &image.c_modules {
+    for name in &graph.c_modules {
         let _ = require.call::<LuaValue>(dst.create_string(&name[..])?);
     }
     Ok(())
@@ -554,6 +868,57 @@ mod tests {
             .unwrap();
         let got: String = check.call(mlua::MultiValue::from_vec(call)).unwrap();
         assert_eq!(got, "xy");
+    }
+
+    /// Engines built at the same time, on two threads, from one graph each get the whole
+    /// state: shared references, a cycle, a shared metatable, two functions sharing a local,
+    /// and the script's queue as the same object (what one engine puts, the other gets). A
+    /// standard table's entries that cannot be copied (`package.searchers`' C functions) stay
+    /// the builder's own, not nil.
+    #[test]
+    fn engines_built_at_once_from_one_graph_share_objects() {
+        let src = state();
+        src.load(
+            r#"
+            local shared = { tag = "shared" }
+            A, B = { ref = shared }, { ref = shared, list = { 1, 2, 3 } }
+            RING = {} RING.next = { back = RING }
+            local meta = { __index = function(_, k) return "meta " .. k end }
+            M1, M2 = setmetatable({}, meta), setmetatable({}, meta)
+            do
+              local n = 0
+              function bump() n = n + 1 return n end
+              function peek() return n end
+            end
+            Q = parrun.Queue()
+            "#,
+        )
+        .exec()
+        .unwrap();
+        let graph = Graph::take(&src, &[]).unwrap();
+        let check = r#"
+            local who = ...
+            assert(A.ref == B.ref and B.list[3] == 3)
+            assert(RING.next.back == RING)
+            assert(getmetatable(M1) == getmetatable(M2) and M2.x == "meta x")
+            assert(bump() == 1 and peek() == 1, "shared upvalue")
+            assert(#package.searchers == 4, "the builder's own searchers")
+            if who == "first" then Q:put("from the first") return "put" end
+            return Q:get(5)
+        "#;
+        let got = std::thread::scope(|scope| {
+            let threads = ["first", "second"].map(|who| {
+                let graph = &graph;
+                scope.spawn(move || {
+                    let dst = state();
+                    assert!(graph.build(&dst).unwrap().is_empty());
+                    let f: Function = dst.load(check).into_function().unwrap();
+                    f.call::<String>(who).unwrap()
+                })
+            });
+            threads.map(|t| t.join().unwrap())
+        });
+        assert_eq!(got, ["put".to_string(), "from the first".to_string()]);
     }
 
     /// A process's target that cannot travel is an error that names it.

@@ -1,6 +1,7 @@
 //! What runs outside the main chunk: callbacks, pool tasks (functions decoded once per worker,
 //! a whole chunk in one coroutine), snapshots for isolated engines, and thread targets.
 
+use super::image::Graph;
 use super::*;
 
 /// Targets, callbacks and task engines hold the state weakly: they live inside objects the
@@ -216,65 +217,75 @@ impl TaskEngine for LuaTaskEngine {
     }
 }
 
-/// A copy of the script's state as of one moment, in a state of its own with a host of its
-/// own, from which isolated engines are copied; a snapshot of a call holds the call's function
-/// and arguments, copied with the state.
+/// The script's state as of one moment, as plain data ([`Graph`]), from which isolated
+/// engines are built, each on the thread that asks and at the same time as others; a snapshot
+/// of a call holds the call's function and arguments along with the state.
 pub(super) struct LuaSnapshot {
-    pub(super) state: Lua,
-    pub(super) host: Arc<Host>,
-    /// The call's function, then its arguments, in `state` (none for a snapshot of the
-    /// engine).
-    pub(super) call: Vec<LuaValue>,
+    graph: Graph<Object>,
+    host: Arc<Host>,
 }
 
 impl LuaSnapshot {
-    /// A copy of `source`'s state (`host`'s) as of now, with `call` copied along.
+    /// `source`'s state (`host`'s) as of now, with `call` (the call's function, then its
+    /// arguments; none for a snapshot of the engine). Call with `source`'s lock held.
     pub(super) fn take(
         source: &Lua,
-        host: &Host,
+        host: &Arc<Host>,
         call: Vec<LuaValue>,
     ) -> Result<LuaSnapshot, String> {
-        let (state, host, call) = isolated_state(source, host, call)?;
-        Ok(LuaSnapshot { state, host, call })
+        let graph = Graph::take(source, &call)
+            .map_err(|e| format!("cannot copy the script's state to an isolated engine: {e}"))?;
+        Ok(LuaSnapshot {
+            graph,
+            host: host.clone(),
+        })
     }
+}
 
-    /// The snapshot's state as an engine, with its call bound there.
-    pub(super) fn instance(self) -> Result<Instance, String> {
-        let LuaSnapshot { state, host, call } = self;
-        let mut call = call.into_iter();
-        let target: Option<Box<dyn Target>> = match call.next() {
-            None => None,
-            Some(LuaValue::Function(f)) => Some(Box::new(LuaTarget {
-                lua: state.weak(),
-                host,
-                f,
-                args: call.collect(),
-            })),
-            Some(_) => return Err("a function that cannot be copied to another engine".into()),
-        };
-        let engine = Arc::new(LuaTaskEngine {
-            tasks: Tasks::of(&state)?,
-            _state: Some(state),
-        });
-        Ok(Instance { engine, target })
-    }
+/// An engine of `state` (`host`'s), with `call` (the call's function, then its arguments,
+/// in `state`) bound there.
+pub(super) fn instance(
+    state: Lua,
+    host: Arc<Host>,
+    call: Vec<LuaValue>,
+) -> Result<Instance, String> {
+    let mut call = call.into_iter();
+    let target: Option<Box<dyn Target>> = match call.next() {
+        None => None,
+        Some(LuaValue::Function(f)) => Some(Box::new(LuaTarget {
+            lua: state.weak(),
+            host,
+            f,
+            args: call.collect(),
+        })),
+        Some(_) => return Err("a function that cannot be copied to another engine".into()),
+    };
+    let engine = Arc::new(LuaTaskEngine {
+        tasks: Tasks::of(&state)?,
+        _state: Some(state),
+    });
+    Ok(Instance { engine, target })
 }
 
 impl Snapshot for LuaSnapshot {
     fn instantiate(&self) -> Result<Instance, String> {
-        // The snapshot is only read; its own lock keeps two copies at once apart.
-        LuaSnapshot::take(&self.state, &self.host, self.call.clone())?.instance()
+        let (state, host, call) = isolated_state(&self.graph, &self.host)?;
+        instance(state, host, call)
     }
 
     fn into_instance(self: Box<Self>) -> Result<Instance, String> {
-        self.instance()
+        self.instantiate()
+    }
+
+    fn size(&self) -> usize {
+        self.graph.size()
     }
 
     #[cfg(any(feature = "mpi", test))]
     fn image(&self) -> Result<Image, String> {
         Ok(Image {
             engine: EngineKind::Lua,
-            state: image::encode(&self.state, &self.call)?,
+            state: image::encode_graph(&self.graph)?,
         })
     }
 }
