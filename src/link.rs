@@ -22,7 +22,6 @@ use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
@@ -32,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::host::Host;
 use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::poison::Recover;
+use crate::rt::threads::Handle;
 use crate::rt::trace::{self, Tracer};
 use crate::rt::{cancel, codec, fork, output, signals};
 use crate::value::Value;
@@ -147,7 +147,7 @@ impl ForkHeld for RegistryHeld {
 pub(crate) struct Child {
     pub pid: Pid,
     /// The thread serving the child's requests on its parent link; it ends when the child does.
-    pub link_server: JoinHandle<()>,
+    pub link_server: Handle,
 }
 
 /// Forks a child that runs `work`, with a link to this process, and exits with the status
@@ -366,10 +366,11 @@ fn serve(
     stream: UnixStream,
     output: output::Output,
     trace: Option<Arc<Tracer>>,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<Handle> {
     std::thread::Builder::new()
         .name("parrun-link-server".into())
         .spawn(move || serve_loop(stream, output, trace))
+        .map(Handle::new)
 }
 
 /// How often a waiting server-side operation checks that the child is still there, so that it

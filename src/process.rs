@@ -20,7 +20,6 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -32,7 +31,7 @@ use crate::host::Mode;
 use crate::host::{Finish, Host, Stage};
 use crate::link;
 use crate::rt::poison::Recover;
-use crate::rt::threads::Joiner;
+use crate::rt::threads::{Handle, Joiner};
 use crate::rt::trace::{self, Arg, Cat};
 use crate::rt::{children, exit};
 use crate::script::{take_target, Target, TaskEngine};
@@ -43,7 +42,7 @@ enum State {
     Thread(Arc<ThreadExit>),
     Running {
         pid: Pid,
-        link: Option<JoinHandle<()>>,
+        link: Option<Handle>,
     },
     /// Running in another process that is not this one's child (an MPI worker rank).
     Remote(Arc<dyn Remote>),

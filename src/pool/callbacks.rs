@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{JoinHandle, ThreadId};
+use std::thread::ThreadId;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::job::{AsyncResult, Callbacks};
 use crate::host::Host;
 use crate::rt::poison::Recover;
+use crate::rt::threads::Handle;
 use crate::value::Value;
 
 /// A job whose results are in, with the outcome its callback is called with.
@@ -27,7 +28,7 @@ pub(super) struct Finisher {
     callbacks: Mutex<Option<Sender<Finished>>>,
     /// The thread that runs `callback`/`error_callback`: a callback cannot wait for itself.
     thread: ThreadId,
-    handle: Mutex<Option<JoinHandle<()>>>,
+    handle: Mutex<Option<Handle>>,
 }
 
 impl Finisher {
@@ -44,7 +45,7 @@ impl Finisher {
             live,
             callbacks: Mutex::new(Some(callbacks)),
             thread: handle.thread().id(),
-            handle: Mutex::new(Some(handle)),
+            handle: Mutex::new(Some(Handle::new(handle))),
         })
     }
 

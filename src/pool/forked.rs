@@ -38,6 +38,7 @@ use super::worker::{worker_main, FromWorker, ToWorkerOut};
 use super::{Backend, Pool, Status, Task};
 use crate::link;
 use crate::rt::codec::{self, FrameBuf};
+use crate::rt::threads::Handle;
 use crate::rt::trace::Arg;
 use crate::rt::{children, exit, fork};
 use crate::script::{FunctionSpec, TaskEngine};
@@ -137,7 +138,7 @@ struct Child {
     number: usize,
     /// Batches of encoded messages for the writer thread; dropped to close the task pipe.
     tasks: Option<Sender<Vec<u8>>>,
-    writer: Option<JoinHandle<()>>,
+    writer: Option<Handle>,
     results: File,
     /// What the worker has written, cut into frames.
     frames: FrameBuf,
@@ -148,7 +149,7 @@ struct Child {
     /// How many tasks it was sent (for `maxtasksperchild`).
     sent: usize,
     /// The server of its link to the parent's queues and locks.
-    link: Option<JoinHandle<()>>,
+    link: Option<Handle>,
     /// When the task at the front of `in_flight` started (tasks run one after another).
     running_since: Option<Instant>,
     /// Killed by the supervisor because its task ran past the task timeout.
@@ -616,7 +617,7 @@ fn read_available(child: &mut Child, scratch: &mut [u8]) -> Option<String> {
 
 /// Starts the thread that writes a worker's task pipe: what is sent on the channel, in order.
 /// Dropping the sender closes the pipe.
-fn start_writer(task_tx: OwnedFd) -> Result<(Sender<Vec<u8>>, JoinHandle<()>), String> {
+fn start_writer(task_tx: OwnedFd) -> Result<(Sender<Vec<u8>>, Handle), String> {
     let (tx, rx) = unbounded::<Vec<u8>>();
     let task_fd = task_tx.as_raw_fd();
     let mut task_file = File::from(task_tx);
@@ -631,7 +632,7 @@ fn start_writer(task_tx: OwnedFd) -> Result<(Sender<Vec<u8>>, JoinHandle<()>), S
             fork::unregister_fd(task_fd);
         })
         .map_err(|e| format!("cannot start a pool writer thread: {e}"))?;
-    Ok((tx, writer))
+    Ok((tx, Handle::new(writer)))
 }
 
 /// Appends `task` to `batch` for `child`, its function first if the child has not had it.

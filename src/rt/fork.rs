@@ -255,3 +255,71 @@ fn die_with_parent(parent: Pid) {
         exit::exit_now(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rt::threads::{Handle, SCRIPT_THREAD_STACK};
+    use nix::sys::wait::WaitStatus;
+    use std::time::{Duration, Instant};
+
+    /// How a child forked by a test ended: `None` if it had not ended within `limit` (it is
+    /// then killed and reaped).
+    fn ended_within(pid: Pid, limit: Duration) -> Option<WaitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match children::wait_child(pid, false) {
+                Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Ok(WaitStatus::StillAlive) => {
+                    let _ = children::signal_child(pid, Signal::SIGKILL);
+                    let _ = children::wait_child(pid, true);
+                    return None;
+                }
+                other => return other.ok(),
+            }
+        }
+    }
+
+    fn script_thread(f: impl FnOnce() + Send + 'static) -> Handle {
+        let handle = std::thread::Builder::new()
+            .stack_size(SCRIPT_THREAD_STACK)
+            .spawn(f)
+            .unwrap();
+        Handle::new(handle)
+    }
+
+    /// A child drops its copies of the parent's thread handles (a script thread that has ended
+    /// but was not joined yet, one still running) without touching those threads, which are
+    /// not in the child: glibc gives their stacks back in the child, so detaching the first
+    /// unmapped the second's, and detaching that one was a SIGSEGV.
+    #[test]
+    fn a_child_drops_the_parents_thread_handles_safely() {
+        let ended = script_thread(|| ());
+        while !ended.is_finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // (`is_finished` turns true a little before the OS thread is gone.)
+        std::thread::sleep(Duration::from_millis(20));
+        let (release, wait) = crossbeam_channel::bounded::<()>(0);
+        let running = script_thread(move || {
+            let _ = wait.recv();
+        });
+        let handles = Arc::new(Mutex::new(Some((ended, running))));
+        let in_child = handles.clone();
+        let forked = fork_child(&[], Vec::new(), move |_| {
+            let (ended, running) = in_child.lock().recover().take().unwrap();
+            drop(ended);
+            drop(running);
+            0
+        })
+        .unwrap();
+        let status = ended_within(forked.pid, Duration::from_secs(10));
+        drop(release);
+        let (ended, running) = handles.lock().recover().take().unwrap();
+        ended.join().unwrap();
+        running.join().unwrap();
+        assert_eq!(status, Some(WaitStatus::Exited(forked.pid, 0)));
+    }
+}

@@ -17,7 +17,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use std::fmt;
@@ -28,6 +27,7 @@ use indicatif::{
 };
 
 use crate::rt::poison::Recover;
+use crate::rt::threads::Handle;
 
 /// How long a job runs before its bar appears.
 pub const DELAY: Duration = Duration::from_secs(1);
@@ -200,7 +200,7 @@ impl Tracker {
                 .spawn(draw)
             {
                 Ok(handle) => {
-                    registry.drawer = Some(handle);
+                    registry.drawer = Some(Handle::new(handle));
                     registry.drawing = true;
                 }
                 // No drawer, no bar: the job runs as without one.
@@ -271,7 +271,7 @@ struct Registry {
     jobs: Vec<Entry>,
     /// Made when the first bar shows, drawing to standard error.
     multi: Option<MultiProgress>,
-    drawer: Option<JoinHandle<()>>,
+    drawer: Option<Handle>,
     /// The drawer runs (it clears this as it ends, under the lock).
     drawing: bool,
     /// [`settle`] asks the drawer to end now if it has nothing to draw.

@@ -1,6 +1,6 @@
-//! Helpers for the OS threads parrun starts: the stack a script thread gets, waiting on a
-//! condition variable in a way a cancellation or a Ctrl-C can cut short, and the text of a
-//! caught panic.
+//! Helpers for the OS threads parrun starts: the stack a script thread gets, the handle a
+//! thread is kept by (one a forked child may drop safely), waiting on a condition variable in a
+//! way a cancellation or a Ctrl-C can cut short, and the text of a caught panic.
 
 use crate::rt::poison::Recover;
 use std::sync::{Condvar, MutexGuard};
@@ -56,15 +56,81 @@ pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// A thread's `JoinHandle` that only the process that started the thread ever joins or
+/// detaches.
+///
+/// A forked child inherits its parent's handles (in a pool, a script thread, a process object)
+/// but not their threads, and glibc hands the stacks of the parent's other threads to its cache
+/// in the child, unmapping those above the cache's size (a script thread's 64 MiB stack always):
+/// `pthread_detach` (dropping a `JoinHandle`) or `pthread_join` on one of them then reads
+/// unmapped memory, and the child dies of SIGSEGV (seen as 1 run in 3 of a script whose
+/// threads ran while it forked). So in another process the handle is forgotten, and joining it
+/// returns at once, as for a thread that has ended.
+pub(crate) struct Handle<T = ()> {
+    handle: std::mem::ManuallyDrop<std::thread::JoinHandle<T>>,
+    /// The process that started the thread.
+    pid: u32,
+}
+
+impl<T> Handle<T> {
+    /// Keeps `handle`, a thread this process has just started.
+    pub(crate) fn new(handle: std::thread::JoinHandle<T>) -> Self {
+        Handle {
+            handle: std::mem::ManuallyDrop::new(handle),
+            pid: std::process::id(),
+        }
+    }
+
+    /// Whether this process started the thread (false in a forked child).
+    fn ours(&self) -> bool {
+        self.pid == std::process::id()
+    }
+
+    /// Waits for the thread to end, as `JoinHandle::join`; in a forked child, returns at once
+    /// with an error (the thread is not there).
+    pub(crate) fn join(mut self) -> std::thread::Result<T> {
+        let ours = self.ours();
+        // SAFETY: `self` is forgotten right after, so the handle is taken only once.
+        let handle = unsafe { std::mem::ManuallyDrop::take(&mut self.handle) };
+        std::mem::forget(self);
+        match ours {
+            true => handle.join(),
+            false => {
+                std::mem::forget(handle);
+                Err(Box::new("a thread of the parent process"))
+            }
+        }
+    }
+
+    /// Whether the thread has ended (false in a forked child, whose copy of the thread's
+    /// state never changes: ask [`Handle::ours`] first where that matters).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    pub(crate) fn thread(&self) -> &std::thread::Thread {
+        self.handle.thread()
+    }
+}
+
+impl<T> Drop for Handle<T> {
+    fn drop(&mut self) {
+        if self.ours() {
+            // SAFETY: dropped once, here.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.handle) };
+        }
+    }
+}
+
 /// The handle of a thread that reports its end before it has quite ended (a script thread, a
 /// process on a thread), kept until the thread is joined, so that a run that has waited for
 /// it leaves no thread behind.
 #[derive(Default)]
-pub(crate) struct Joiner(std::sync::Mutex<Option<std::thread::JoinHandle<()>>>);
+pub(crate) struct Joiner(std::sync::Mutex<Option<Handle>>);
 
 impl Joiner {
     pub(crate) fn set(&self, handle: std::thread::JoinHandle<()>) {
-        *self.0.lock().recover() = Some(handle);
+        *self.0.lock().recover() = Some(Handle::new(handle));
     }
 
     /// Joins the thread if it has ended, or (`wait`) once it has: call `wait` only once it
@@ -74,7 +140,8 @@ impl Joiner {
         match handle.take() {
             // (Never itself: a thread cannot wait for its own end.)
             Some(h)
-                if (wait || h.is_finished()) && h.thread().id() != std::thread::current().id() =>
+                if (wait || h.is_finished() || !h.ours())
+                    && h.thread().id() != std::thread::current().id() =>
             {
                 drop(handle);
                 let _ = h.join();

@@ -13,7 +13,7 @@
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::thread::{JoinHandle, ThreadId};
+use std::thread::ThreadId;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde::de::DeserializeOwned;
@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::exec;
 use crate::host::Source;
 use crate::pool::{AsyncResult, Callbacks, Failure, JobKind, Pool, PoolConfig};
-use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
+use crate::rt::threads::{panic_text, Handle, SCRIPT_THREAD_STACK};
 use crate::script::{Calls, LoadedScript};
 use crate::value::Value;
 
@@ -89,7 +89,7 @@ use crate::value::Value;
 pub struct Script {
     name: String,
     requests: Option<Sender<Request>>,
-    engine_thread: Option<JoinHandle<()>>,
+    engine_thread: Option<Handle>,
     engine_thread_id: ThreadId,
 }
 
@@ -142,7 +142,7 @@ impl Script {
             Ok(Ok(())) => Ok(Script {
                 name,
                 requests: Some(requests),
-                engine_thread: Some(engine_thread),
+                engine_thread: Some(Handle::new(engine_thread)),
                 engine_thread_id,
             }),
             Ok(Err(e)) => {
