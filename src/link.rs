@@ -230,7 +230,7 @@ impl Uplink for SocketUplink {
 
     fn start_replies(&self, pending: Pending) -> std::io::Result<()> {
         let stream = self.0.lock().recover().try_clone()?;
-        std::thread::Builder::new()
+        crate::rt::threads::Builder::new()
             .name("parrun-link".into())
             .spawn(move || read_replies(stream, pending))
             .map(drop)
@@ -367,10 +367,9 @@ fn serve(
     output: output::Output,
     trace: Option<Arc<Tracer>>,
 ) -> std::io::Result<Handle> {
-    std::thread::Builder::new()
+    crate::rt::threads::Builder::new()
         .name("parrun-link-server".into())
         .spawn(move || serve_loop(stream, output, trace))
-        .map(Handle::new)
 }
 
 /// How often a waiting server-side operation checks that the child is still there, so that it
@@ -485,7 +484,7 @@ impl Caller {
     /// Answers from a thread of its own, for an operation that waits: the link goes on serving
     /// the child's other requests meanwhile.
     pub(crate) fn answer_later(self, wait: impl FnOnce(Caller) + Send + 'static) {
-        if let Err(e) = std::thread::Builder::new()
+        if let Err(e) = crate::rt::threads::Builder::new()
             .name("parrun-link-wait".into())
             .spawn(move || wait(self))
         {

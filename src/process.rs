@@ -108,7 +108,7 @@ impl ScriptProcess {
         let done = exit.clone();
         let name = self.name.clone();
         let host_ = host.clone();
-        let handle = std::thread::Builder::new()
+        let handle = crate::rt::threads::Builder::new()
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::ThreadId;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
@@ -27,7 +26,7 @@ pub(super) struct Finisher {
     /// Taken by [`Finisher::shut`], which ends the callback thread.
     callbacks: Mutex<Option<Sender<Finished>>>,
     /// The thread that runs `callback`/`error_callback`: a callback cannot wait for itself.
-    thread: ThreadId,
+    thread: u64,
     handle: Mutex<Option<Handle>>,
 }
 
@@ -37,15 +36,15 @@ impl Finisher {
         let (callbacks, rx) = unbounded();
         let live = Arc::new(LiveJobs::default());
         let (host, thread_live) = (host.clone(), live.clone());
-        let handle = std::thread::Builder::new()
+        let handle = crate::rt::threads::Builder::new()
             .name("parrun-pool-callbacks".into())
             .spawn(move || run_callbacks(host, thread_live, rx))
             .map_err(|e| format!("cannot start the callback thread: {e}"))?;
         Ok(Finisher {
             live,
             callbacks: Mutex::new(Some(callbacks)),
-            thread: handle.thread().id(),
-            handle: Mutex::new(Some(Handle::new(handle))),
+            thread: handle.id(),
+            handle: Mutex::new(Some(handle)),
         })
     }
 
@@ -102,7 +101,7 @@ impl Finisher {
 
     /// Whether the caller is one of the pool's callbacks.
     pub(super) fn on_callback_thread(&self) -> bool {
-        std::thread::current().id() == self.thread
+        crate::rt::threads::current_id() == self.thread
     }
 
     /// How many jobs are not ready yet.

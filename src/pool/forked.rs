@@ -25,7 +25,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Sender};
@@ -86,7 +85,7 @@ pub(super) fn start(
     pool: &Arc<Pool>,
     engine: Arc<dyn TaskEngine>,
     wake_rx: OwnedFd,
-) -> Result<JoinHandle<()>, String> {
+) -> Result<Handle, String> {
     let mut supervisor = Supervisor {
         pool: pool.clone(),
         engine,
@@ -111,7 +110,7 @@ pub(super) fn start(
             }
         }
     }
-    std::thread::Builder::new()
+    crate::rt::threads::Builder::new()
         .name("parrun-pool".into())
         .spawn(move || {
             let pool = supervisor.pool.clone();
@@ -621,7 +620,7 @@ fn start_writer(task_tx: OwnedFd) -> Result<(Sender<Vec<u8>>, Handle), String> {
     let (tx, rx) = unbounded::<Vec<u8>>();
     let task_fd = task_tx.as_raw_fd();
     let mut task_file = File::from(task_tx);
-    let writer = std::thread::Builder::new()
+    let writer = crate::rt::threads::Builder::new()
         .name("parrun-pool-writer".into())
         .spawn(move || {
             for batch in rx {
@@ -632,7 +631,7 @@ fn start_writer(task_tx: OwnedFd) -> Result<(Sender<Vec<u8>>, Handle), String> {
             fork::unregister_fd(task_fd);
         })
         .map_err(|e| format!("cannot start a pool writer thread: {e}"))?;
-    Ok((tx, Handle::new(writer)))
+    Ok((tx, writer))
 }
 
 /// Appends `task` to `batch` for `child`, its function first if the child has not had it.

@@ -296,7 +296,7 @@ impl Pool {
                 (pool, overseer)
             }
         };
-        *pool.overseer.lock().recover() = Some(Handle::new(overseer));
+        *pool.overseer.lock().recover() = Some(overseer);
         host.register(Arc::new(Unfinished(Arc::downgrade(&pool))));
         Ok(pool)
     }

@@ -77,7 +77,7 @@ struct Forker {
     /// The process it belongs to.
     pid: u32,
     jobs: crossbeam_channel::Sender<Job>,
-    thread: std::thread::JoinHandle<()>,
+    thread: crate::rt::threads::Handle,
     /// Forks asked for and not yet done: their children are not in the registry yet.
     in_flight: usize,
 }
@@ -92,7 +92,7 @@ fn on_forker<R: Send + 'static>(job: impl FnOnce() -> R + Send + 'static) -> R {
         let mut forker = FORKER.lock().recover();
         if forker.is_none() {
             let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-            let spawned = std::thread::Builder::new()
+            let spawned = crate::rt::threads::Builder::new()
                 .name("parrun-forker".into())
                 .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
                 .spawn(move || {
@@ -259,8 +259,9 @@ fn die_with_parent(parent: Pid) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rt::threads::{Handle, SCRIPT_THREAD_STACK};
+    use crate::rt::threads::{Builder, Handle, SCRIPT_THREAD_STACK};
     use nix::sys::wait::WaitStatus;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
     /// How a child forked by a test ended: `None` if it had not ended within `limit` (it is
@@ -282,12 +283,24 @@ mod tests {
         }
     }
 
+    /// Forks a child that runs `work`; how it ended, within `limit`.
+    fn fork_and_wait(
+        work: impl FnOnce() -> i32 + Send + 'static,
+        limit: Duration,
+    ) -> Option<WaitStatus> {
+        let forked = fork_child(&[], Vec::new(), move |_| work()).unwrap();
+        // (As the link server does when its child is done: no later child closes a reused
+        // descriptor number thinking it is this one.)
+        unregister_fd(forked.stream.as_raw_fd());
+        drop(forked.stream);
+        ended_within(forked.pid, limit)
+    }
+
     fn script_thread(f: impl FnOnce() + Send + 'static) -> Handle {
-        let handle = std::thread::Builder::new()
+        Builder::new()
             .stack_size(SCRIPT_THREAD_STACK)
             .spawn(f)
-            .unwrap();
-        Handle::new(handle)
+            .unwrap()
     }
 
     /// A child drops its copies of the parent's thread handles (a script thread that has ended
@@ -308,18 +321,81 @@ mod tests {
         });
         let handles = Arc::new(Mutex::new(Some((ended, running))));
         let in_child = handles.clone();
-        let forked = fork_child(&[], Vec::new(), move |_| {
-            let (ended, running) = in_child.lock().recover().take().unwrap();
-            drop(ended);
-            drop(running);
-            0
-        })
-        .unwrap();
-        let status = ended_within(forked.pid, Duration::from_secs(10));
+        let status = fork_and_wait(
+            move || {
+                let (ended, running) = in_child.lock().recover().take().unwrap();
+                drop(ended);
+                drop(running);
+                0
+            },
+            Duration::from_secs(10),
+        );
         drop(release);
         let (ended, running) = handles.lock().recover().take().unwrap();
         ended.join().unwrap();
         running.join().unwrap();
-        assert_eq!(status, Some(WaitStatus::Exited(forked.pid, 0)));
+        assert!(
+            matches!(status, Some(WaitStatus::Exited(_, 0))),
+            "{status:?}"
+        );
+    }
+
+    /// Children start threads while other threads of the parent (std's: an embedding
+    /// program's, or the run's main thread) keep starting and ending theirs.
+    ///
+    /// std registers every thread it starts and ends in a table behind a process-wide lock (its
+    /// stack-overflow handler's `thread_info`): a fork while another thread held it left it
+    /// locked in the child, whose first `std::thread` then waited there for ever (about 1 child
+    /// in 400 here). The children are forked in batches, so that 2000 take a few seconds.
+    #[test]
+    fn children_start_threads_while_the_parent_starts_and_ends_threads() {
+        const FORKS: usize = 2000;
+        const BATCH: usize = 50;
+        let stop = Arc::new(AtomicBool::new(false));
+        let churn: Vec<_> = (0..3)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = std::thread::spawn(|| ()).join();
+                    }
+                })
+            })
+            .collect();
+        let (mut hung, mut failed) = (0, Vec::new());
+        for _ in 0..FORKS / BATCH {
+            let batch: Vec<Pid> = (0..BATCH)
+                .map(|_| {
+                    let forked = fork_child(&[], Vec::new(), |_| {
+                        let started = Builder::new().name("probe".into()).spawn(|| 7);
+                        match started.map(Handle::join) {
+                            Ok(Ok(7)) => 0,
+                            _ => 3,
+                        }
+                    })
+                    .unwrap();
+                    // (As a link server does when its child is done: no later child closes a
+                    // reused descriptor number as this one.)
+                    unregister_fd(forked.stream.as_raw_fd());
+                    forked.pid
+                })
+                .collect();
+            for pid in batch {
+                match ended_within(pid, Duration::from_secs(2)) {
+                    None => hung += 1,
+                    Some(WaitStatus::Exited(_, 0)) => {}
+                    Some(other) => failed.push(other),
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in churn {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            (hung, failed),
+            (0, Vec::new()),
+            "hung, failed of {FORKS} children"
+        );
     }
 }

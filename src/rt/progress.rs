@@ -195,12 +195,12 @@ impl Tracker {
             if let Some(old) = registry.drawer.take() {
                 let _ = old.join();
             }
-            match std::thread::Builder::new()
+            match crate::rt::threads::Builder::new()
                 .name("parrun-progress".into())
                 .spawn(draw)
             {
                 Ok(handle) => {
-                    registry.drawer = Some(Handle::new(handle));
+                    registry.drawer = Some(handle);
                     registry.drawing = true;
                 }
                 // No drawer, no bar: the job runs as without one.
