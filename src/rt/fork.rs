@@ -193,12 +193,16 @@ fn fork_here(
     // Held so that no other thread holds it at the fork (the child then takes it).
     let mut forker = FORKER.lock().recover();
     let children = children::hold_for_fork()?;
+    let allocator = crate::rt::threads::hold_for_fork();
     // SAFETY: the child only runs code that takes no lock another thread may hold: every
     // process-wide mutex of parrun is held by this thread across the fork, the GIL is held by
-    // this thread, and the child ends with `_exit`.
+    // this thread, no thread of parrun is in the allocator's per-thread set-up or tear-down
+    // (and the child's threads are parrun's, which take none of std's thread locks: see
+    // `crate::rt::threads::Builder`), and the child ends with `_exit`.
     match unsafe { fork() } {
         Err(e) => Err(format!("fork failed: {e}")),
         Ok(ForkResult::Parent { child }) => {
+            drop(allocator);
             children.add(child);
             drop(forker);
             drop(fds);
@@ -211,6 +215,7 @@ fn fork_here(
             })
         }
         Ok(ForkResult::Child) => {
+            drop(allocator);
             for guard in held {
                 guard.reset_in_child();
             }

@@ -81,6 +81,60 @@ const DEFAULT_STACK: usize = 2 << 20;
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Taken (shared) by a thread of parrun while the allocator sets up its state for the thread
+/// and from the end of its work until it has ended, and (exclusive) by the thread about to
+/// fork ([`hold_for_fork`]).
+///
+/// mimalloc (the binary's allocator) links a thread's heap into its list at the thread's first
+/// allocation and unlinks it as the thread ends, under a lock of its own (`theaps_lock`, a
+/// pthread mutex, with no fork handler): a fork while another thread held it left it locked in
+/// the child, whose next thread then waited for ever at its first allocation (seen in about
+/// one run in two of a script that forks pool workers calling a parent's Queue while its own
+/// threads start and end).
+static ALLOCATOR_GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+thread_local! {
+    static EXIT_GATE: ExitGate = const { ExitGate };
+}
+
+/// Takes the thread's [`ALLOCATOR_GATE`] as it ends, once its other thread-locals are gone
+/// (they may drop anything, which must not wait for a fork under way), for the allocator's
+/// thread-exit hook: a pthread key's destructor, after which a key made later (at the
+/// allocator's load, before `main`) lets go of it, as glibc runs them in the order they were
+/// made.
+struct ExitGate;
+
+impl Drop for ExitGate {
+    fn drop(&mut self) {
+        if let Some(key) = gate_key() {
+            let guard = Box::new(ALLOCATOR_GATE.read().recover());
+            // SAFETY: the key's destructor takes the guard back, on this thread, as it ends.
+            unsafe { nix::libc::pthread_setspecific(key, Box::into_raw(guard).cast()) };
+        }
+    }
+}
+
+/// The pthread key whose destructor lets go of a thread's [`ALLOCATOR_GATE`] as it ends.
+fn gate_key() -> Option<nix::libc::pthread_key_t> {
+    static KEY: std::sync::OnceLock<Option<nix::libc::pthread_key_t>> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| {
+        let mut key: nix::libc::pthread_key_t = 0;
+        // SAFETY: a new key with a destructor that takes only what `thread_main` put there.
+        (unsafe { nix::libc::pthread_key_create(&mut key, Some(release_gate)) } == 0).then_some(key)
+    })
+}
+
+unsafe extern "C" fn release_gate(guard: *mut std::ffi::c_void) {
+    // SAFETY: `thread_main` stored a boxed read guard, on this thread.
+    drop(unsafe { Box::from_raw(guard.cast::<std::sync::RwLockReadGuard<'static, ()>>()) });
+}
+
+/// Keeps every thread of parrun out of the allocator's thread set-up and tear-down until the
+/// guard is dropped: hold it across a fork.
+pub(crate) fn hold_for_fork() -> std::sync::RwLockWriteGuard<'static, ()> {
+    ALLOCATOR_GATE.write().recover()
+}
+
 thread_local! {
     /// The id [`Builder::spawn`] gave this thread (0: a thread parrun did not start so).
     static ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -180,6 +234,13 @@ unsafe impl<T: Send> Sync for Packet<T> {}
 extern "C" fn thread_main(main: *mut std::ffi::c_void) -> *mut std::ffi::c_void {
     // SAFETY: `Builder::spawn` passes a boxed `Box<dyn FnOnce() + Send>` and gives it up.
     let main = unsafe { Box::from_raw(main.cast::<Box<dyn FnOnce() + Send>>()) };
+    // The first thread-local destructor registered, so the last to run as the thread ends.
+    EXIT_GATE.with(|_| ());
+    {
+        let _gate = ALLOCATOR_GATE.read().recover();
+        // The thread's first allocation sets up the allocator's state for it.
+        drop(std::hint::black_box(Box::new(0u8)));
+    }
     // (The closure catches the body's panics; nothing may unwind into C.)
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(main)).is_err() {
         std::process::abort();
