@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::host::Host;
 use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::poison::Recover;
-use crate::rt::threads::Handle;
+use crate::rt::spawn::Handle;
 use crate::rt::trace::{self, Tracer};
 use crate::rt::{cancel, codec, fork, output, signals};
 use crate::value::Value;
@@ -230,7 +230,7 @@ impl Uplink for SocketUplink {
 
     fn start_replies(&self, pending: Pending) -> std::io::Result<()> {
         let stream = self.0.lock().recover().try_clone()?;
-        crate::rt::threads::Builder::new()
+        crate::rt::spawn::Builder::new()
             .name("parrun-link".into())
             .spawn(move || read_replies(stream, pending))
             .map(drop)
@@ -367,7 +367,7 @@ fn serve(
     output: output::Output,
     trace: Option<Arc<Tracer>>,
 ) -> std::io::Result<Handle> {
-    crate::rt::threads::Builder::new()
+    crate::rt::spawn::Builder::new()
         .name("parrun-link-server".into())
         .spawn(move || serve_loop(stream, output, trace))
 }
@@ -484,7 +484,7 @@ impl Caller {
     /// Answers from a thread of its own, for an operation that waits: the link goes on serving
     /// the child's other requests meanwhile.
     pub(crate) fn answer_later(self, wait: impl FnOnce(Caller) + Send + 'static) {
-        if let Err(e) = crate::rt::threads::Builder::new()
+        if let Err(e) = crate::rt::spawn::Builder::new()
             .name("parrun-link-wait".into())
             .spawn(move || wait(self))
         {

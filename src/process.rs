@@ -31,7 +31,8 @@ use crate::host::Mode;
 use crate::host::{Finish, Host, Stage};
 use crate::link;
 use crate::rt::poison::Recover;
-use crate::rt::threads::{Handle, Joiner};
+use crate::rt::spawn::Handle;
+use crate::rt::threads::Joiner;
 use crate::rt::trace::{self, Arg, Cat};
 use crate::rt::{children, exit};
 use crate::script::{take_target, Target, TaskEngine};
@@ -108,7 +109,7 @@ impl ScriptProcess {
         let done = exit.clone();
         let name = self.name.clone();
         let host_ = host.clone();
-        let handle = crate::rt::threads::Builder::new()
+        let handle = crate::rt::spawn::Builder::new()
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {

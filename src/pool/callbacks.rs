@@ -13,7 +13,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use super::job::{AsyncResult, Callbacks};
 use crate::host::Host;
 use crate::rt::poison::Recover;
-use crate::rt::threads::Handle;
+use crate::rt::spawn::Handle;
 use crate::value::Value;
 
 /// A job whose results are in, with the outcome its callback is called with.
@@ -36,7 +36,7 @@ impl Finisher {
         let (callbacks, rx) = unbounded();
         let live = Arc::new(LiveJobs::default());
         let (host, thread_live) = (host.clone(), live.clone());
-        let handle = crate::rt::threads::Builder::new()
+        let handle = crate::rt::spawn::Builder::new()
             .name("parrun-pool-callbacks".into())
             .spawn(move || run_callbacks(host, thread_live, rx))
             .map_err(|e| format!("cannot start the callback thread: {e}"))?;
@@ -101,7 +101,7 @@ impl Finisher {
 
     /// Whether the caller is one of the pool's callbacks.
     pub(super) fn on_callback_thread(&self) -> bool {
-        crate::rt::threads::current_id() == self.thread
+        crate::rt::spawn::current_id() == self.thread
     }
 
     /// How many jobs are not ready yet.

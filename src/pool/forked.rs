@@ -37,7 +37,7 @@ use super::worker::{worker_main, FromWorker, ToWorkerOut};
 use super::{Backend, Pool, Status, Task};
 use crate::link;
 use crate::rt::codec::{self, FrameBuf};
-use crate::rt::threads::Handle;
+use crate::rt::spawn::Handle;
 use crate::rt::trace::Arg;
 use crate::rt::{children, exit, fork};
 use crate::script::{FunctionSpec, TaskEngine};
@@ -110,7 +110,7 @@ pub(super) fn start(
             }
         }
     }
-    crate::rt::threads::Builder::new()
+    crate::rt::spawn::Builder::new()
         .name("parrun-pool".into())
         .spawn(move || {
             let pool = supervisor.pool.clone();
@@ -620,7 +620,7 @@ fn start_writer(task_tx: OwnedFd) -> Result<(Sender<Vec<u8>>, Handle), String> {
     let (tx, rx) = unbounded::<Vec<u8>>();
     let task_fd = task_tx.as_raw_fd();
     let mut task_file = File::from(task_tx);
-    let writer = crate::rt::threads::Builder::new()
+    let writer = crate::rt::spawn::Builder::new()
         .name("parrun-pool-writer".into())
         .spawn(move || {
             for batch in rx {

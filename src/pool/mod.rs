@@ -32,7 +32,7 @@ use crate::host::{Finish, Host, Mode, Stage};
 use crate::rt::cancel;
 use crate::rt::poison::Recover;
 use crate::rt::progress::Tracker;
-use crate::rt::threads::Handle;
+use crate::rt::spawn::Handle;
 use crate::script::{CallSlice, Calls, FunctionSpec, ScriptEngine, Travel};
 use crate::value::Value;
 

@@ -20,7 +20,8 @@ use super::{Backend, Pool, Status, Task};
 use crate::rt::cancel::{self, Cancel};
 use crate::rt::gil::Gil;
 use crate::rt::poison::Recover;
-use crate::rt::threads::{panic_text, Handle, SCRIPT_THREAD_STACK};
+use crate::rt::spawn::Handle;
+use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
 use crate::rt::trace;
 use crate::script::{CallSlice, FunctionSpec, Snapshot, TaskEngine, TaskError};
 
@@ -77,7 +78,7 @@ pub(super) fn start(
         let (pool_, renew, running_) = (pool.clone(), renew.clone(), running.clone());
         // Counted before it runs, so that it never counts itself out first.
         pool.stats.worker_started(false);
-        let spawned = crate::rt::threads::Builder::new()
+        let spawned = crate::rt::spawn::Builder::new()
             .name("parrun-pool-worker".into())
             .stack_size(SCRIPT_THREAD_STACK)
             .spawn(move || work(&pool_, engine, &thread, renew, &running_, started + 1));
@@ -96,7 +97,7 @@ pub(super) fn start(
         }
     }
     let pool = pool.clone();
-    crate::rt::threads::Builder::new()
+    crate::rt::spawn::Builder::new()
         .name("parrun-pool-watchdog".into())
         .spawn(move || {
             watch(&pool, &watched);

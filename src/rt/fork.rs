@@ -77,7 +77,7 @@ struct Forker {
     /// The process it belongs to.
     pid: u32,
     jobs: crossbeam_channel::Sender<Job>,
-    thread: crate::rt::threads::Handle,
+    thread: crate::rt::spawn::Handle,
     /// Forks asked for and not yet done: their children are not in the registry yet.
     in_flight: usize,
 }
@@ -92,7 +92,7 @@ fn on_forker<R: Send + 'static>(job: impl FnOnce() -> R + Send + 'static) -> R {
         let mut forker = FORKER.lock().recover();
         if forker.is_none() {
             let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-            let spawned = crate::rt::threads::Builder::new()
+            let spawned = crate::rt::spawn::Builder::new()
                 .name("parrun-forker".into())
                 .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
                 .spawn(move || {
@@ -193,12 +193,12 @@ fn fork_here(
     // Held so that no other thread holds it at the fork (the child then takes it).
     let mut forker = FORKER.lock().recover();
     let children = children::hold_for_fork()?;
-    let allocator = crate::rt::threads::hold_for_fork();
+    let allocator = crate::rt::spawn::hold_for_fork();
     // SAFETY: the child only runs code that takes no lock another thread may hold: every
     // process-wide mutex of parrun is held by this thread across the fork, the GIL is held by
     // this thread, no thread of parrun is in the allocator's per-thread set-up or tear-down
     // (and the child's threads are parrun's, which take none of std's thread locks: see
-    // `crate::rt::threads::Builder`), and the child ends with `_exit`.
+    // `crate::rt::spawn::Builder`), and the child ends with `_exit`.
     match unsafe { fork() } {
         Err(e) => Err(format!("fork failed: {e}")),
         Ok(ForkResult::Parent { child }) => {
@@ -264,7 +264,8 @@ fn die_with_parent(parent: Pid) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rt::threads::{Builder, Handle, SCRIPT_THREAD_STACK};
+    use crate::rt::spawn::{Builder, Handle};
+    use crate::rt::threads::SCRIPT_THREAD_STACK;
     use nix::sys::wait::WaitStatus;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};

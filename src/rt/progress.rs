@@ -27,7 +27,7 @@ use indicatif::{
 };
 
 use crate::rt::poison::Recover;
-use crate::rt::threads::Handle;
+use crate::rt::spawn::Handle;
 
 /// How long a job runs before its bar appears.
 pub const DELAY: Duration = Duration::from_secs(1);
@@ -195,7 +195,7 @@ impl Tracker {
             if let Some(old) = registry.drawer.take() {
                 let _ = old.join();
             }
-            match crate::rt::threads::Builder::new()
+            match crate::rt::spawn::Builder::new()
                 .name("parrun-progress".into())
                 .spawn(draw)
             {

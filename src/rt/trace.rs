@@ -289,7 +289,7 @@ impl Tracer {
     fn record(&self, ts: u64, what: What) {
         let here = here();
         if here.named_for != self.id {
-            let name = crate::rt::threads::current_name().unwrap_or_else(|| "thread".into());
+            let name = crate::rt::spawn::current_name().unwrap_or_else(|| "thread".into());
             mark_named(self.id);
             self.push(Event {
                 pid: here.pid,

@@ -24,7 +24,8 @@ use crate::error::Error;
 use crate::exec;
 use crate::host::Source;
 use crate::pool::{AsyncResult, Callbacks, Failure, JobKind, Pool, PoolConfig};
-use crate::rt::threads::{panic_text, Handle, SCRIPT_THREAD_STACK};
+use crate::rt::spawn::Handle;
+use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
 use crate::script::{Calls, LoadedScript};
 use crate::value::Value;
 
@@ -131,7 +132,7 @@ impl Script {
         let runtime = runtime.clone();
         let (loaded_tx, loaded_rx) = bounded(1);
         let (requests, requests_rx) = unbounded();
-        let engine_thread = crate::rt::threads::Builder::new()
+        let engine_thread = crate::rt::spawn::Builder::new()
             .name("parrun-script".into())
             .stack_size(SCRIPT_THREAD_STACK)
             .spawn(move || engine_thread(&runtime, language, source, loaded_tx, requests_rx))
@@ -310,7 +311,7 @@ impl Script {
     }
 
     fn send(&self, request: Request) -> Result<(), Error> {
-        if crate::rt::threads::current_id() == self.engine_thread_id {
+        if crate::rt::spawn::current_id() == self.engine_thread_id {
             return Err(Error::Usage(format!(
                 "{}: a call into the script from its own engine (a host function it is running) \
                  would wait for itself",
