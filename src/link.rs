@@ -22,7 +22,6 @@ use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
@@ -32,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::host::Host;
 use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::poison::Recover;
+use crate::rt::spawn::Handle;
 use crate::rt::trace::{self, Tracer};
 use crate::rt::{cancel, codec, fork, output, signals};
 use crate::value::Value;
@@ -147,7 +147,7 @@ impl ForkHeld for RegistryHeld {
 pub(crate) struct Child {
     pub pid: Pid,
     /// The thread serving the child's requests on its parent link; it ends when the child does.
-    pub link_server: JoinHandle<()>,
+    pub link_server: Handle,
 }
 
 /// Forks a child that runs `work`, with a link to this process, and exits with the status
@@ -230,7 +230,7 @@ impl Uplink for SocketUplink {
 
     fn start_replies(&self, pending: Pending) -> std::io::Result<()> {
         let stream = self.0.lock().recover().try_clone()?;
-        std::thread::Builder::new()
+        crate::rt::spawn::Builder::new()
             .name("parrun-link".into())
             .spawn(move || read_replies(stream, pending))
             .map(drop)
@@ -366,8 +366,8 @@ fn serve(
     stream: UnixStream,
     output: output::Output,
     trace: Option<Arc<Tracer>>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
+) -> std::io::Result<Handle> {
+    crate::rt::spawn::Builder::new()
         .name("parrun-link-server".into())
         .spawn(move || serve_loop(stream, output, trace))
 }
@@ -484,7 +484,7 @@ impl Caller {
     /// Answers from a thread of its own, for an operation that waits: the link goes on serving
     /// the child's other requests meanwhile.
     pub(crate) fn answer_later(self, wait: impl FnOnce(Caller) + Send + 'static) {
-        if let Err(e) = std::thread::Builder::new()
+        if let Err(e) = crate::rt::spawn::Builder::new()
             .name("parrun-link-wait".into())
             .spawn(move || wait(self))
         {

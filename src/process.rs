@@ -20,7 +20,6 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -32,6 +31,7 @@ use crate::host::Mode;
 use crate::host::{Finish, Host, Stage};
 use crate::link;
 use crate::rt::poison::Recover;
+use crate::rt::spawn::Handle;
 use crate::rt::threads::Joiner;
 use crate::rt::trace::{self, Arg, Cat};
 use crate::rt::{children, exit};
@@ -43,7 +43,7 @@ enum State {
     Thread(Arc<ThreadExit>),
     Running {
         pid: Pid,
-        link: Option<JoinHandle<()>>,
+        link: Option<Handle>,
     },
     /// Running in another process that is not this one's child (an MPI worker rank).
     Remote(Arc<dyn Remote>),
@@ -109,7 +109,7 @@ impl ScriptProcess {
         let done = exit.clone();
         let name = self.name.clone();
         let host_ = host.clone();
-        let handle = std::thread::Builder::new()
+        let handle = crate::rt::spawn::Builder::new()
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {

@@ -72,7 +72,7 @@ impl ScriptThread {
         let gil = host.gil.clone();
         let output = host.output().clone();
         let trace = host.trace.clone();
-        let spawned = std::thread::Builder::new()
+        let spawned = crate::rt::spawn::Builder::new()
             .name(self.name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {

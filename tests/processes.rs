@@ -1292,3 +1292,80 @@ print(`codes ${codes[0]} ${codes[1]} ${codes[2]} ${codes[3]}`);
         },
     );
 }
+
+/// Pool workers and processes start threads of their own (a worker's parent-link reader, a
+/// script thread) while the parent's script threads keep starting and ending threads. A fork
+/// while some parent thread held a lock left it locked in the child for ever: std's table of
+/// threads (the child's next `std::thread` waited), the allocator's list of thread heaps (the
+/// child's next thread waited at its first allocation: most runs of this script hung). And a
+/// child dropping its copies of the parent's thread handles died of SIGSEGV.
+#[test]
+fn children_start_threads_while_the_parent_starts_and_ends_threads() {
+    for (ext, code) in common::languages(
+        r#"local T0 = parrun.time()
+local stop = parrun.Queue()
+Q = parrun.Queue()
+local busy = {}
+for b = 1, 2 do
+  busy[b] = parrun.Thread(function()
+    while stop:empty() and parrun.time() < T0 + 20 do
+      local t = parrun.Thread(function() end) t:start() t:join()
+    end
+  end)
+  busy[b]:start()
+end
+local done = 0
+for round = 1, 60 do
+  local pool = parrun.Pool(4)
+  local r = pool:map(function(x) return Q:qsize() + x end, {1, 2, 3, 4, 5, 6, 7, 8}, 1)
+  pool:close() pool:join()
+  local p = parrun.Process(function()
+    local t = parrun.Thread(function() Q:put(1) end) t:start() t:join()
+  end)
+  p:start() p:join()
+  assert(Q:get(5) == 1 and p.exitcode == 0, "round " .. round)
+  done = done + #r
+end
+stop:put(1)
+for b = 1, 2 do busy[b]:join() end
+print("done", done)"#,
+        r#"const Q = Queue();
+let stop = Queue();
+let busy = [];
+for b in 0..2 {
+  let t = Thread(|stop| {
+    let t0 = time();
+    while stop.empty() && time() < t0 + 20.0 {
+      let t = Thread(|| (), []); t.start(); t.join();
+    }
+  }, [stop]);
+  t.start();
+  busy.push(t);
+}
+let done = 0;
+for round in 0..60 {
+  let pool = Pool(4);
+  let r = pool.map(|x| global::Q.qsize() + x, [1, 2, 3, 4, 5, 6, 7, 8], 1);
+  pool.close(); pool.join();
+  let p = Process(|| { let t = Thread(|| global::Q.put(1), []); t.start(); t.join(); }, []);
+  p.start(); p.join();
+  if Q.get(5) != 1 || p.exitcode != 0 { throw `round ${round}`; }
+  done += r.len();
+}
+stop.put(1);
+for t in busy { t.join(); }
+print(`done ${done}`);"#,
+    ) {
+        let (_dir, path) = script("churn", ext, code);
+        let out = Run::new([path.to_str().unwrap()])
+            .timeout(Duration::from_secs(40))
+            .output();
+        out.assert_success();
+        assert_eq!(
+            out.stdout.split_whitespace().collect::<Vec<_>>(),
+            ["done", "480"],
+            "{}",
+            out.describe()
+        );
+    }
+}

@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{JoinHandle, ThreadId};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::job::{AsyncResult, Callbacks};
 use crate::host::Host;
 use crate::rt::poison::Recover;
+use crate::rt::spawn::Handle;
 use crate::value::Value;
 
 /// A job whose results are in, with the outcome its callback is called with.
@@ -26,8 +26,8 @@ pub(super) struct Finisher {
     /// Taken by [`Finisher::shut`], which ends the callback thread.
     callbacks: Mutex<Option<Sender<Finished>>>,
     /// The thread that runs `callback`/`error_callback`: a callback cannot wait for itself.
-    thread: ThreadId,
-    handle: Mutex<Option<JoinHandle<()>>>,
+    thread: u64,
+    handle: Mutex<Option<Handle>>,
 }
 
 impl Finisher {
@@ -36,14 +36,14 @@ impl Finisher {
         let (callbacks, rx) = unbounded();
         let live = Arc::new(LiveJobs::default());
         let (host, thread_live) = (host.clone(), live.clone());
-        let handle = std::thread::Builder::new()
+        let handle = crate::rt::spawn::Builder::new()
             .name("parrun-pool-callbacks".into())
             .spawn(move || run_callbacks(host, thread_live, rx))
             .map_err(|e| format!("cannot start the callback thread: {e}"))?;
         Ok(Finisher {
             live,
             callbacks: Mutex::new(Some(callbacks)),
-            thread: handle.thread().id(),
+            thread: handle.id(),
             handle: Mutex::new(Some(handle)),
         })
     }
@@ -101,7 +101,7 @@ impl Finisher {
 
     /// Whether the caller is one of the pool's callbacks.
     pub(super) fn on_callback_thread(&self) -> bool {
-        std::thread::current().id() == self.thread
+        crate::rt::spawn::current_id() == self.thread
     }
 
     /// How many jobs are not ready yet.

@@ -25,7 +25,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Sender};
@@ -38,6 +37,7 @@ use super::worker::{worker_main, FromWorker, ToWorkerOut};
 use super::{Backend, Pool, Status, Task};
 use crate::link;
 use crate::rt::codec::{self, FrameBuf};
+use crate::rt::spawn::Handle;
 use crate::rt::trace::Arg;
 use crate::rt::{children, exit, fork};
 use crate::script::{FunctionSpec, TaskEngine};
@@ -85,7 +85,7 @@ pub(super) fn start(
     pool: &Arc<Pool>,
     engine: Arc<dyn TaskEngine>,
     wake_rx: OwnedFd,
-) -> Result<JoinHandle<()>, String> {
+) -> Result<Handle, String> {
     let mut supervisor = Supervisor {
         pool: pool.clone(),
         engine,
@@ -110,7 +110,7 @@ pub(super) fn start(
             }
         }
     }
-    std::thread::Builder::new()
+    crate::rt::spawn::Builder::new()
         .name("parrun-pool".into())
         .spawn(move || {
             let pool = supervisor.pool.clone();
@@ -137,7 +137,7 @@ struct Child {
     number: usize,
     /// Batches of encoded messages for the writer thread; dropped to close the task pipe.
     tasks: Option<Sender<Vec<u8>>>,
-    writer: Option<JoinHandle<()>>,
+    writer: Option<Handle>,
     results: File,
     /// What the worker has written, cut into frames.
     frames: FrameBuf,
@@ -148,7 +148,7 @@ struct Child {
     /// How many tasks it was sent (for `maxtasksperchild`).
     sent: usize,
     /// The server of its link to the parent's queues and locks.
-    link: Option<JoinHandle<()>>,
+    link: Option<Handle>,
     /// When the task at the front of `in_flight` started (tasks run one after another).
     running_since: Option<Instant>,
     /// Killed by the supervisor because its task ran past the task timeout.
@@ -616,11 +616,11 @@ fn read_available(child: &mut Child, scratch: &mut [u8]) -> Option<String> {
 
 /// Starts the thread that writes a worker's task pipe: what is sent on the channel, in order.
 /// Dropping the sender closes the pipe.
-fn start_writer(task_tx: OwnedFd) -> Result<(Sender<Vec<u8>>, JoinHandle<()>), String> {
+fn start_writer(task_tx: OwnedFd) -> Result<(Sender<Vec<u8>>, Handle), String> {
     let (tx, rx) = unbounded::<Vec<u8>>();
     let task_fd = task_tx.as_raw_fd();
     let mut task_file = File::from(task_tx);
-    let writer = std::thread::Builder::new()
+    let writer = crate::rt::spawn::Builder::new()
         .name("parrun-pool-writer".into())
         .spawn(move || {
             for batch in rx {

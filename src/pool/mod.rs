@@ -25,7 +25,6 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::exec::{self, Workers};
@@ -33,6 +32,7 @@ use crate::host::{Finish, Host, Mode, Stage};
 use crate::rt::cancel;
 use crate::rt::poison::Recover;
 use crate::rt::progress::Tracker;
+use crate::rt::spawn::Handle;
 use crate::script::{CallSlice, Calls, FunctionSpec, ScriptEngine, Travel};
 use crate::value::Value;
 
@@ -190,7 +190,7 @@ pub struct Pool {
     backend: Box<dyn Backend>,
     /// The thread that oversees the workers (the forked workers' supervisor, the worker
     /// threads' watchdog), joined once the workers have ended.
-    overseer: Mutex<Option<JoinHandle<()>>>,
+    overseer: Mutex<Option<Handle>>,
     /// What `stats()` reports, counted by the backend.
     stats: stats::Stats,
     /// In a traced run, the pool's number in the run (1, 2, ...), for its workers' track names.

@@ -107,7 +107,7 @@ pub(super) fn start(
     pool: &Arc<Pool>,
     set: RankSet,
     wake: Receiver<()>,
-) -> Result<JoinHandle<()>, String> {
+) -> Result<crate::rt::spawn::Handle, String> {
     let init = match &pool.config.initializer {
         None => None,
         Some((f, args)) => match &**f {
@@ -135,7 +135,7 @@ pub(super) fn start(
     for w in &supervisor.workers {
         supervisor.start_worker(w.rank);
     }
-    std::thread::Builder::new()
+    crate::rt::spawn::Builder::new()
         .name("parrun-pool".into())
         .spawn(move || {
             let pool = supervisor.pool.clone();

@@ -13,7 +13,6 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::worker::Functions;
@@ -21,6 +20,7 @@ use super::{Backend, Pool, Status, Task};
 use crate::rt::cancel::{self, Cancel};
 use crate::rt::gil::Gil;
 use crate::rt::poison::Recover;
+use crate::rt::spawn::Handle;
 use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
 use crate::rt::trace;
 use crate::script::{CallSlice, FunctionSpec, Snapshot, TaskEngine, TaskError};
@@ -73,7 +73,7 @@ pub(super) fn start(
     pool: &Arc<Pool>,
     engines: Vec<Arc<dyn TaskEngine>>,
     renew: Option<Arc<dyn Snapshot>>,
-) -> Result<JoinHandle<()>, String> {
+) -> Result<Handle, String> {
     let count = engines.len();
     // Counted down by each thread as it ends; the last one tells the pool.
     let running = Arc::new(AtomicUsize::new(count));
@@ -90,7 +90,7 @@ pub(super) fn start(
         let (pool_, renew, running_) = (pool.clone(), renew.clone(), running.clone());
         // Counted before it runs, so that it never counts itself out first.
         pool.stats.worker_started(false);
-        let spawned = std::thread::Builder::new()
+        let spawned = crate::rt::spawn::Builder::new()
             .name("parrun-pool-worker".into())
             .stack_size(SCRIPT_THREAD_STACK)
             .spawn(move || work(&pool_, engine, &thread, renew, &running_, started + 1));
@@ -109,7 +109,7 @@ pub(super) fn start(
         }
     }
     let pool = pool.clone();
-    std::thread::Builder::new()
+    crate::rt::spawn::Builder::new()
         .name("parrun-pool-watchdog".into())
         .spawn(move || {
             watch(&pool, &watched);

@@ -77,7 +77,7 @@ struct Forker {
     /// The process it belongs to.
     pid: u32,
     jobs: crossbeam_channel::Sender<Job>,
-    thread: std::thread::JoinHandle<()>,
+    thread: crate::rt::spawn::Handle,
     /// Forks asked for and not yet done: their children are not in the registry yet.
     in_flight: usize,
 }
@@ -92,7 +92,7 @@ fn on_forker<R: Send + 'static>(job: impl FnOnce() -> R + Send + 'static) -> R {
         let mut forker = FORKER.lock().recover();
         if forker.is_none() {
             let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-            let spawned = std::thread::Builder::new()
+            let spawned = crate::rt::spawn::Builder::new()
                 .name("parrun-forker".into())
                 .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
                 .spawn(move || {
@@ -193,12 +193,16 @@ fn fork_here(
     // Held so that no other thread holds it at the fork (the child then takes it).
     let mut forker = FORKER.lock().recover();
     let children = children::hold_for_fork()?;
+    let allocator = crate::rt::spawn::hold_for_fork();
     // SAFETY: the child only runs code that takes no lock another thread may hold: every
     // process-wide mutex of parrun is held by this thread across the fork, the GIL is held by
-    // this thread, and the child ends with `_exit`.
+    // this thread, no thread of parrun is in the allocator's per-thread set-up or tear-down
+    // (and the child's threads are parrun's, which take none of std's thread locks: see
+    // `crate::rt::spawn::Builder`), and the child ends with `_exit`.
     match unsafe { fork() } {
         Err(e) => Err(format!("fork failed: {e}")),
         Ok(ForkResult::Parent { child }) => {
+            drop(allocator);
             children.add(child);
             drop(forker);
             drop(fds);
@@ -211,6 +215,7 @@ fn fork_here(
             })
         }
         Ok(ForkResult::Child) => {
+            drop(allocator);
             for guard in held {
                 guard.reset_in_child();
             }
@@ -253,5 +258,150 @@ fn die_with_parent(parent: Pid) {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if nix::unistd::getppid() != parent {
         exit::exit_now(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rt::spawn::{Builder, Handle};
+    use crate::rt::threads::SCRIPT_THREAD_STACK;
+    use nix::sys::wait::WaitStatus;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// How a child forked by a test ended: `None` if it had not ended within `limit` (it is
+    /// then killed and reaped).
+    fn ended_within(pid: Pid, limit: Duration) -> Option<WaitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match children::wait_child(pid, false) {
+                Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Ok(WaitStatus::StillAlive) => {
+                    let _ = children::signal_child(pid, Signal::SIGKILL);
+                    let _ = children::wait_child(pid, true);
+                    return None;
+                }
+                other => return other.ok(),
+            }
+        }
+    }
+
+    /// Forks a child that runs `work`; how it ended, within `limit`.
+    fn fork_and_wait(
+        work: impl FnOnce() -> i32 + Send + 'static,
+        limit: Duration,
+    ) -> Option<WaitStatus> {
+        let forked = fork_child(&[], Vec::new(), move |_| work()).unwrap();
+        // (As the link server does when its child is done: no later child closes a reused
+        // descriptor number thinking it is this one.)
+        unregister_fd(forked.stream.as_raw_fd());
+        drop(forked.stream);
+        ended_within(forked.pid, limit)
+    }
+
+    fn script_thread(f: impl FnOnce() + Send + 'static) -> Handle {
+        Builder::new()
+            .stack_size(SCRIPT_THREAD_STACK)
+            .spawn(f)
+            .unwrap()
+    }
+
+    /// A child drops its copies of the parent's thread handles (a script thread that has ended
+    /// but was not joined yet, one still running) without touching those threads, which are
+    /// not in the child: glibc gives their stacks back in the child, so detaching the first
+    /// unmapped the second's, and detaching that one was a SIGSEGV.
+    #[test]
+    fn a_child_drops_the_parents_thread_handles_safely() {
+        let ended = script_thread(|| ());
+        while !ended.is_finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // (`is_finished` turns true a little before the OS thread is gone.)
+        std::thread::sleep(Duration::from_millis(20));
+        let (release, wait) = crossbeam_channel::bounded::<()>(0);
+        let running = script_thread(move || {
+            let _ = wait.recv();
+        });
+        let handles = Arc::new(Mutex::new(Some((ended, running))));
+        let in_child = handles.clone();
+        let status = fork_and_wait(
+            move || {
+                let (ended, running) = in_child.lock().recover().take().unwrap();
+                drop(ended);
+                drop(running);
+                0
+            },
+            Duration::from_secs(10),
+        );
+        drop(release);
+        let (ended, running) = handles.lock().recover().take().unwrap();
+        ended.join().unwrap();
+        running.join().unwrap();
+        assert!(
+            matches!(status, Some(WaitStatus::Exited(_, 0))),
+            "{status:?}"
+        );
+    }
+
+    /// Children start threads while other threads of the parent (std's: an embedding
+    /// program's, or the run's main thread) keep starting and ending theirs.
+    ///
+    /// std registers every thread it starts and ends in a table behind a process-wide lock (its
+    /// stack-overflow handler's `thread_info`): a fork while another thread held it left it
+    /// locked in the child, whose first `std::thread` then waited there for ever (about 1 child
+    /// in 400 here). The children are forked in batches, so that 2000 take a few seconds.
+    #[test]
+    fn children_start_threads_while_the_parent_starts_and_ends_threads() {
+        const FORKS: usize = 2000;
+        const BATCH: usize = 50;
+        let stop = Arc::new(AtomicBool::new(false));
+        let churn: Vec<_> = (0..3)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = std::thread::spawn(|| ()).join();
+                    }
+                })
+            })
+            .collect();
+        let (mut hung, mut failed) = (0, Vec::new());
+        for _ in 0..FORKS / BATCH {
+            let batch: Vec<Pid> = (0..BATCH)
+                .map(|_| {
+                    let forked = fork_child(&[], Vec::new(), |_| {
+                        let started = Builder::new().name("probe".into()).spawn(|| 7);
+                        match started.map(Handle::join) {
+                            Ok(Ok(7)) => 0,
+                            _ => 3,
+                        }
+                    })
+                    .unwrap();
+                    // (As a link server does when its child is done: no later child closes a
+                    // reused descriptor number as this one.)
+                    unregister_fd(forked.stream.as_raw_fd());
+                    forked.pid
+                })
+                .collect();
+            for pid in batch {
+                match ended_within(pid, Duration::from_secs(2)) {
+                    None => hung += 1,
+                    Some(WaitStatus::Exited(_, 0)) => {}
+                    Some(other) => failed.push(other),
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in churn {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            (hung, failed),
+            (0, Vec::new()),
+            "hung, failed of {FORKS} children"
+        );
     }
 }

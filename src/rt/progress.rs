@@ -17,7 +17,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use std::fmt;
@@ -28,6 +27,7 @@ use indicatif::{
 };
 
 use crate::rt::poison::Recover;
+use crate::rt::spawn::Handle;
 
 /// How long a job runs before its bar appears.
 pub const DELAY: Duration = Duration::from_secs(1);
@@ -195,7 +195,7 @@ impl Tracker {
             if let Some(old) = registry.drawer.take() {
                 let _ = old.join();
             }
-            match std::thread::Builder::new()
+            match crate::rt::spawn::Builder::new()
                 .name("parrun-progress".into())
                 .spawn(draw)
             {
@@ -271,7 +271,7 @@ struct Registry {
     jobs: Vec<Entry>,
     /// Made when the first bar shows, drawing to standard error.
     multi: Option<MultiProgress>,
-    drawer: Option<JoinHandle<()>>,
+    drawer: Option<Handle>,
     /// The drawer runs (it clears this as it ends, under the lock).
     drawing: bool,
     /// [`settle`] asks the drawer to end now if it has nothing to draw.

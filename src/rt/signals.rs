@@ -58,7 +58,7 @@ pub fn install() -> std::io::Result<()> {
     end_on_sigpipe()?;
     // SAFETY: registering a plain function with the C library.
     unsafe { nix::libc::atexit(hold_exit) };
-    std::thread::Builder::new()
+    crate::rt::spawn::Builder::new()
         .name("parrun-signals".into())
         .spawn(move || watch(&set))?;
     Ok(())
@@ -140,7 +140,7 @@ fn end_on_sigpipe() -> std::io::Result<()> {
     fork::register_fd(read_end.as_raw_fd());
     fork::register_fd(write_end.as_raw_fd());
     let mut reader = std::fs::File::from(read_end);
-    std::thread::Builder::new()
+    crate::rt::spawn::Builder::new()
         .name("parrun-sigpipe".into())
         .spawn(move || {
             let mut byte = [0u8; 1];
@@ -226,7 +226,7 @@ pub(crate) fn guard_children() {
     fork::register_fd(read_end.as_raw_fd());
     fork::register_fd(write_end.as_raw_fd());
     let mut reader = std::fs::File::from(read_end);
-    let spawned = std::thread::Builder::new()
+    let spawned = crate::rt::spawn::Builder::new()
         .name("parrun-signals".into())
         .spawn(move || {
             let mut byte = [0u8; 1];

@@ -1,8 +1,9 @@
-//! Helpers for the OS threads parrun starts: the stack a script thread gets, waiting on a
-//! condition variable in a way a cancellation or a Ctrl-C can cut short, and the text of a
-//! caught panic.
+//! Helpers for the OS threads parrun starts (`crate::rt::spawn` starts them): the stack a
+//! script thread gets, joining a thread that reports its end early, waiting on a condition
+//! variable in a way a cancellation or a Ctrl-C can cut short, and the text of a caught panic.
 
 use crate::rt::poison::Recover;
+use crate::rt::spawn::Handle;
 use std::sync::{Condvar, MutexGuard};
 use std::time::Duration;
 
@@ -60,10 +61,10 @@ pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 /// process on a thread), kept until the thread is joined, so that a run that has waited for
 /// it leaves no thread behind.
 #[derive(Default)]
-pub(crate) struct Joiner(std::sync::Mutex<Option<std::thread::JoinHandle<()>>>);
+pub(crate) struct Joiner(std::sync::Mutex<Option<Handle>>);
 
 impl Joiner {
-    pub(crate) fn set(&self, handle: std::thread::JoinHandle<()>) {
+    pub(crate) fn set(&self, handle: Handle) {
         *self.0.lock().recover() = Some(handle);
     }
 
@@ -73,9 +74,7 @@ impl Joiner {
         let mut handle = self.0.lock().recover();
         match handle.take() {
             // (Never itself: a thread cannot wait for its own end.)
-            Some(h)
-                if (wait || h.is_finished()) && h.thread().id() != std::thread::current().id() =>
-            {
+            Some(h) if (wait || h.is_finished() || !h.ours()) && !h.is_current() => {
                 drop(handle);
                 let _ = h.join();
                 false

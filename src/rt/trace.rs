@@ -289,7 +289,7 @@ impl Tracer {
     fn record(&self, ts: u64, what: What) {
         let here = here();
         if here.named_for != self.id {
-            let name = std::thread::current().name().unwrap_or("thread").to_owned();
+            let name = crate::rt::spawn::current_name().unwrap_or_else(|| "thread".into());
             mark_named(self.id);
             self.push(Event {
                 pid: here.pid,

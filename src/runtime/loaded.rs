@@ -13,7 +13,6 @@
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::thread::{JoinHandle, ThreadId};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde::de::DeserializeOwned;
@@ -25,6 +24,7 @@ use crate::error::Error;
 use crate::exec;
 use crate::host::Source;
 use crate::pool::{AsyncResult, Callbacks, Failure, JobKind, Pool, PoolConfig};
+use crate::rt::spawn::Handle;
 use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
 use crate::script::{Calls, LoadedScript};
 use crate::value::Value;
@@ -89,8 +89,8 @@ use crate::value::Value;
 pub struct Script {
     name: String,
     requests: Option<Sender<Request>>,
-    engine_thread: Option<JoinHandle<()>>,
-    engine_thread_id: ThreadId,
+    engine_thread: Option<Handle>,
+    engine_thread_id: u64,
 }
 
 impl std::fmt::Debug for Script {
@@ -132,12 +132,12 @@ impl Script {
         let runtime = runtime.clone();
         let (loaded_tx, loaded_rx) = bounded(1);
         let (requests, requests_rx) = unbounded();
-        let engine_thread = std::thread::Builder::new()
+        let engine_thread = crate::rt::spawn::Builder::new()
             .name("parrun-script".into())
             .stack_size(SCRIPT_THREAD_STACK)
             .spawn(move || engine_thread(&runtime, language, source, loaded_tx, requests_rx))
             .map_err(|e| Error::Usage(format!("cannot start the script's thread: {e}")))?;
-        let engine_thread_id = engine_thread.thread().id();
+        let engine_thread_id = engine_thread.id();
         match loaded_rx.recv() {
             Ok(Ok(())) => Ok(Script {
                 name,
@@ -311,7 +311,7 @@ impl Script {
     }
 
     fn send(&self, request: Request) -> Result<(), Error> {
-        if std::thread::current().id() == self.engine_thread_id {
+        if crate::rt::spawn::current_id() == self.engine_thread_id {
             return Err(Error::Usage(format!(
                 "{}: a call into the script from its own engine (a host function it is running) \
                  would wait for itself",
