@@ -369,3 +369,61 @@ fn mode_mpi_needs_mpirun_and_a_worker_rank() {
     out.assert_stderr_contains("needs at least 2 ranks");
     assert_eq!(out.stdout, "", "{}", out.describe());
 }
+
+/// `pool.stats()` counts a rank pool's workers and tasks as a forked pool's: a failed task, the
+/// done ones, none alive after `join`, and workers renewed after `maxtasksperchild`.
+#[test]
+fn pool_stats_count_as_forked() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+print((pcall(pool.map, pool, function(x) if x == 3 then error("bad") end return x end, {1, 2, 3, 4, 5, 6}, 1)))
+local function show(s) print(s.workers, s.alive, s.queued, s.running, s.done, s.failed, s.replaced) end
+show(pool:stats())
+pool:close() pool:join()
+show(pool:stats())
+local renewed = parrun.Pool(2, {maxtasksperchild = 1})
+renewed:map(function(x) return x end, {1, 2, 3, 4}, 1)
+renewed:close() renewed:join()
+-- The first two were renewed for the last two tasks; those two may end after the close.
+local s = renewed:stats()
+print(s.alive, s.done, s.replaced >= 2)
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+try { pool.map(|x| { if x == 3 { throw "bad"; } x }, [1, 2, 3, 4, 5, 6], 1); print("true"); } catch { print("false"); }
+fn show(s) { print(`${s.workers}	${s.alive}	${s.queued}	${s.running}	${s.done}	${s.failed}	${s.replaced}`); }
+show(pool.stats());
+pool.close(); pool.join();
+show(pool.stats());
+let renewed = Pool(2, #{maxtasksperchild: 1});
+renewed.map(|x| x, [1, 2, 3, 4], 1);
+renewed.close(); renewed.join();
+let s = renewed.stats();
+print(`${s.alive}	${s.done}	${s.replaced >= 2}`);
+"#;
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        let (_dir, path) = script("stats", ext, code);
+        let path = path.to_str().unwrap();
+        let mpi = under_mpirun(&[], &[path], &[]);
+        mpi.assert_success();
+        let fork = under_fork(&[path], &[]);
+        fork.assert_success();
+        assert_eq!(
+            mpi.stdout_lines(),
+            [
+                "false",
+                "2\t2\t0\t0\t5\t1\t0",
+                "2\t0\t0\t0\t5\t1\t0",
+                "0\t4\ttrue"
+            ],
+            "{path}\n{}",
+            mpi.describe()
+        );
+        assert_eq!(
+            mpi.stdout_lines(),
+            fork.stdout_lines(),
+            "{path}\n{}",
+            fork.describe()
+        );
+    }
+}

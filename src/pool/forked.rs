@@ -387,32 +387,13 @@ impl Supervisor {
                 Ok(None) => return None,
                 Err(e) => return Some(format!("sent a malformed result: {e}")),
             };
-            if msg.id == 0 {
-                let reason = msg.result.err().map(|e| e.message).unwrap_or_default();
-                self.pool
-                    .break_pool(&format!("the pool's initializer failed: {reason}"));
-                continue;
-            }
-            let micros = msg.micros as f64;
-            self.task_micros = if self.task_micros.is_nan() {
-                micros
-            } else {
-                0.8 * self.task_micros + 0.2 * micros
-            };
-            let Some(pos) = child.in_flight.iter().position(|t| t.id == msg.id) else {
-                continue;
-            };
-            let task = child.in_flight.remove(pos).expect("position is in range");
-            child.running_since = (!child.in_flight.is_empty()).then(Instant::now);
-            let took = Duration::from_micros(msg.micros);
-            self.pool
-                .stats
-                .tasks(0)
-                .reported(msg.result.is_ok(), Some(took));
-            let n = task.calls.len();
-            if task.job.complete(task.first, msg.result, n) {
-                self.pool.finisher.finish(&task.job);
-            }
+            take_answer(
+                &self.pool,
+                &mut child.in_flight,
+                &mut child.running_since,
+                &mut self.task_micros,
+                msg,
+            );
         }
     }
 
@@ -632,6 +613,41 @@ fn start_writer(task_tx: OwnedFd) -> Result<(Sender<Vec<u8>>, Handle), String> {
         })
         .map_err(|e| format!("cannot start a pool writer thread: {e}"))?;
     Ok((tx, writer))
+}
+
+/// A worker's answer `msg` (the forked and the rank supervisors share this): the initializer's
+/// failure breaks the pool; a task's result takes the task out of `in_flight` (the worker's
+/// tasks in the order sent), completes its job, counts it, and moves the running mean of task
+/// times (`task_micros`, which sizes the window of tasks in flight).
+pub(super) fn take_answer(
+    pool: &Pool,
+    in_flight: &mut VecDeque<Task>,
+    running_since: &mut Option<Instant>,
+    task_micros: &mut f64,
+    msg: FromWorker,
+) {
+    if msg.id == 0 {
+        let reason = msg.result.err().map(|e| e.message).unwrap_or_default();
+        pool.break_pool(&format!("the pool's initializer failed: {reason}"));
+        return;
+    }
+    let micros = msg.micros as f64;
+    *task_micros = if task_micros.is_nan() {
+        micros
+    } else {
+        0.8 * *task_micros + 0.2 * micros
+    };
+    let Some(pos) = in_flight.iter().position(|t| t.id == msg.id) else {
+        return;
+    };
+    let task = in_flight.remove(pos).expect("position is in range");
+    *running_since = (!in_flight.is_empty()).then(Instant::now);
+    let took = Duration::from_micros(msg.micros);
+    pool.stats.tasks(0).reported(msg.result.is_ok(), Some(took));
+    let n = task.calls.len();
+    if task.job.complete(task.first, msg.result, n) {
+        pool.finisher.finish(&task.job);
+    }
 }
 
 /// Appends `task` to `batch` for `child`, its function first if the child has not had it.

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use serde_bytes::ByteBuf;
 
-use super::forked::{MAX_WINDOW, WINDOW_WORK_MICROS};
+use super::forked::{take_answer, MAX_WINDOW, WINDOW_WORK_MICROS};
 use super::worker::{worker_main, FromWorker, ToWorkerOut};
 use super::{Backend, Pool, Status, Task};
 use crate::exec::mpi::{self as ranks, pool_header, pool_of, Down, PoolEvent, RankSet, Up};
@@ -134,6 +134,7 @@ pub(super) fn start(
     };
     for w in &supervisor.workers {
         supervisor.start_worker(w.rank);
+        pool.stats.worker_started(false);
     }
     crate::rt::spawn::Builder::new()
         .name("parrun-pool".into())
@@ -189,6 +190,10 @@ impl Supervisor {
             }
         }
         ranks::unroute_pool(self.id);
+        for w in &self.workers {
+            self.pool.stats.tasks(0).untaken(w.in_flight.len());
+            self.pool.stats.worker_ended();
+        }
         self.pool.workers_ended();
     }
 
@@ -228,7 +233,10 @@ impl Supervisor {
                 continue;
             }
             let mut dead = self.workers.swap_remove(i);
+            self.pool.stats.worker_ended();
+            self.pool.stats.tasks(0).untaken(dead.in_flight.len());
             if let Some(task) = dead.in_flight.pop_front() {
+                self.pool.stats.tasks(0).finished(false, None);
                 let failure = format!(
                     "{} was lost while running this task (nothing from it for {:.1} s)",
                     ranks::describe(dead.rank),
@@ -279,6 +287,7 @@ impl Supervisor {
                     break;
                 };
                 if let Err(e) = encode_task(&mut w.known, batch, &task) {
+                    pool.stats.tasks(0).finished(false, None);
                     let n = task.calls.len();
                     if task.job.complete(task.first, Err(e.into()), n) {
                         pool.finisher.finish(&task.job);
@@ -290,6 +299,7 @@ impl Supervisor {
                     w.running_since = Some(Instant::now());
                 }
                 w.in_flight.push_back(task);
+                pool.stats.tasks(0).taken(1);
                 assigned = true;
             }
             if !assigned || s.pending.is_empty() {
@@ -331,27 +341,13 @@ impl Supervisor {
                 return;
             }
         };
-        if msg.id == 0 {
-            let reason = msg.result.err().map(|e| e.message).unwrap_or_default();
-            self.pool
-                .break_pool(&format!("the pool's initializer failed: {reason}"));
-            return;
-        }
-        let micros = msg.micros as f64;
-        self.task_micros = if self.task_micros.is_nan() {
-            micros
-        } else {
-            0.8 * self.task_micros + 0.2 * micros
-        };
-        let Some(pos) = w.in_flight.iter().position(|t| t.id == msg.id) else {
-            return;
-        };
-        let task = w.in_flight.remove(pos).expect("position is in range");
-        w.running_since = (!w.in_flight.is_empty()).then(Instant::now);
-        let n = task.calls.len();
-        if task.job.complete(task.first, msg.result, n) {
-            self.pool.finisher.finish(&task.job);
-        }
+        take_answer(
+            &self.pool,
+            &mut w.in_flight,
+            &mut w.running_since,
+            &mut self.task_micros,
+            msg,
+        );
     }
 
     /// The worker on `rank` ended by itself (`maxtasksperchild`): a fresh one takes its place
@@ -362,6 +358,8 @@ impl Supervisor {
         };
         // It answered every task it was sent before it ended.
         let unanswered: Vec<Task> = w.in_flight.drain(..).collect();
+        self.pool.stats.tasks(0).untaken(unanswered.len());
+        self.pool.stats.worker_ended();
         w.known.clear();
         w.sent = 0;
         w.running_since = None;
@@ -378,6 +376,7 @@ impl Supervisor {
         };
         if wanted {
             self.start_worker(rank);
+            self.pool.stats.worker_started(true);
         }
     }
 }
