@@ -75,10 +75,10 @@ const METRICS: [(&str, &[(&str, Who)]); 5] = [
     (
         "pool_costs",
         &[
+            ("pool start time (s)", Who::All(true)),
             ("map default chunks incl. start (tasks/s)", Who::All(true)),
             ("map chunksize 1 (tasks/s)", Who::All(true)),
             ("apply_async (tasks/s)", Who::All(true)),
-            ("pool start time (s)", Who::All(true)),
         ],
     ),
     (

@@ -22,6 +22,16 @@ def report(name, results, elapsed, expected):
 
 
 if __name__ == "__main__":
+    starts = []
+    for _ in range(STARTS):
+        start = time.time()
+        p = Pool(4)
+        assert p.apply(inc, (1,)) == 2
+        p.close()
+        p.join()
+        starts.append(time.time() - start)
+    print(f"pool start time: {statistics.median_low(starts):.6f} s")
+
     xs = list(range(1, N + 1))
     expected = N * (N + 1) // 2 + N
 
@@ -44,13 +54,3 @@ if __name__ == "__main__":
         report("apply_async", results, time.time() - start, expected)
         pool.close()
         pool.join()
-
-    starts = []
-    for _ in range(STARTS):
-        start = time.time()
-        p = Pool(4)
-        assert p.apply(inc, (1,)) == 2
-        p.close()
-        p.join()
-        starts.append(time.time() - start)
-    print(f"pool start time: {statistics.median_low(starts):.6f} s")
