@@ -310,51 +310,10 @@ impl Supervisor {
 
     /// Assigns pending tasks to workers with room in their window, one batch write each.
     fn dispatch(&mut self) {
-        let window = if self.task_micros.is_nan() {
-            1
-        } else {
-            ((WINDOW_WORK_MICROS / self.task_micros.max(1.0)) as usize).clamp(1, MAX_WINDOW)
-        };
-        let pool = &*self.pool;
-        let mut s = pool.state();
-        if s.pending.is_empty() {
+        let Some(batches) = deal(&self.pool, &mut self.children, self.task_micros, Vec::new())
+        else {
             return;
-        }
-        let mut batches: Vec<Vec<u8>> = vec![Vec::new(); self.children.len()];
-        loop {
-            let mut assigned = false;
-            for (child, batch) in self.children.iter_mut().zip(batches.iter_mut()) {
-                let limit = pool
-                    .config
-                    .maxtasksperchild
-                    .map_or(usize::MAX, |m| m.saturating_sub(child.sent));
-                if child.in_flight.len() >= window || limit == 0 {
-                    continue;
-                }
-                let Some(task) = s.pending.pop_front() else {
-                    break;
-                };
-                if let Err(e) = encode_task(child, batch, &task) {
-                    pool.stats.tasks(0).finished(false, None);
-                    let n = task.calls.len();
-                    if task.job.complete(task.first, Err(e.into()), n) {
-                        pool.finisher.finish(&task.job);
-                    }
-                    continue;
-                }
-                child.sent += 1;
-                if child.in_flight.is_empty() {
-                    child.running_since = Some(Instant::now());
-                }
-                child.in_flight.push_back(task);
-                pool.stats.tasks(0).taken(1);
-                assigned = true;
-            }
-            if !assigned || s.pending.is_empty() {
-                break;
-            }
-        }
-        drop(s);
+        };
         for (child, batch) in self.children.iter().zip(batches) {
             if !batch.is_empty() {
                 if let Some(tx) = &child.tasks {
@@ -613,6 +572,87 @@ fn start_writer(task_tx: OwnedFd) -> Result<(Sender<Vec<u8>>, Handle), String> {
         })
         .map_err(|e| format!("cannot start a pool writer thread: {e}"))?;
     Ok((tx, writer))
+}
+
+/// A worker as [`deal`] hands it tasks: its tasks in flight, how many it was sent, when the
+/// one at the front started, and how a task is written for it.
+pub(super) trait Dealt {
+    fn in_flight(&mut self) -> &mut VecDeque<Task>;
+    fn sent(&mut self) -> &mut usize;
+    fn running_since(&mut self) -> &mut Option<Instant>;
+    /// Appends `task` to `batch` (its function first if the worker has not had it).
+    fn encode(&mut self, batch: &mut Vec<u8>, task: &Task) -> Result<(), String>;
+}
+
+/// Deals the pool's pending tasks to `workers` in turn, each up to its window of tasks in flight
+/// (sized from `task_micros`, the mean task time) and its `maxtasksperchild`, into one batch per
+/// worker that starts as `header`; a task that cannot be encoded fails. `None` when nothing was
+/// pending. The forked and the rank supervisors share it.
+pub(super) fn deal<W: Dealt>(
+    pool: &Pool,
+    workers: &mut [W],
+    task_micros: f64,
+    header: Vec<u8>,
+) -> Option<Vec<Vec<u8>>> {
+    let window = if task_micros.is_nan() {
+        1
+    } else {
+        ((WINDOW_WORK_MICROS / task_micros.max(1.0)) as usize).clamp(1, MAX_WINDOW)
+    };
+    let mut s = pool.state();
+    if s.pending.is_empty() {
+        return None;
+    }
+    let mut batches: Vec<Vec<u8>> = vec![header; workers.len()];
+    loop {
+        let mut assigned = false;
+        for (worker, batch) in workers.iter_mut().zip(batches.iter_mut()) {
+            let limit = pool
+                .config
+                .maxtasksperchild
+                .map_or(usize::MAX, |m| m.saturating_sub(*worker.sent()));
+            if worker.in_flight().len() >= window || limit == 0 {
+                continue;
+            }
+            let Some(task) = s.pending.pop_front() else {
+                break;
+            };
+            if let Err(e) = worker.encode(batch, &task) {
+                pool.stats.tasks(0).finished(false, None);
+                let n = task.calls.len();
+                if task.job.complete(task.first, Err(e.into()), n) {
+                    pool.finisher.finish(&task.job);
+                }
+                continue;
+            }
+            *worker.sent() += 1;
+            if worker.in_flight().is_empty() {
+                *worker.running_since() = Some(Instant::now());
+            }
+            worker.in_flight().push_back(task);
+            pool.stats.tasks(0).taken(1);
+            assigned = true;
+        }
+        if !assigned || s.pending.is_empty() {
+            break;
+        }
+    }
+    Some(batches)
+}
+
+impl Dealt for Child {
+    fn in_flight(&mut self) -> &mut VecDeque<Task> {
+        &mut self.in_flight
+    }
+    fn sent(&mut self) -> &mut usize {
+        &mut self.sent
+    }
+    fn running_since(&mut self) -> &mut Option<Instant> {
+        &mut self.running_since
+    }
+    fn encode(&mut self, batch: &mut Vec<u8>, task: &Task) -> Result<(), String> {
+        encode_task(self, batch, task)
+    }
 }
 
 /// A worker's answer `msg` (the forked and the rank supervisors share this): the initializer's

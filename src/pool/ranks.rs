@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use serde_bytes::ByteBuf;
 
-use super::forked::{take_answer, MAX_WINDOW, WINDOW_WORK_MICROS};
+use super::forked::{deal, take_answer, Dealt};
 use super::worker::{worker_main, FromWorker, ToWorkerOut};
 use super::{Backend, Pool, Status, Task};
 use crate::exec::mpi::{self as ranks, pool_header, pool_of, Down, PoolEvent, RankSet, Up};
@@ -261,52 +261,15 @@ impl Supervisor {
 
     /// Assigns pending tasks to ranks with room in their window, one message per rank.
     fn dispatch(&mut self) {
-        let window = if self.task_micros.is_nan() {
-            1
-        } else {
-            ((WINDOW_WORK_MICROS / self.task_micros.max(1.0)) as usize).clamp(1, MAX_WINDOW)
-        };
-        let pool = &*self.pool;
-        let mut s = pool.state();
-        if s.pending.is_empty() {
-            return;
-        }
         let header = pool_header(self.id);
-        let mut batches: Vec<Vec<u8>> = vec![header.to_vec(); self.workers.len()];
-        loop {
-            let mut assigned = false;
-            for (w, batch) in self.workers.iter_mut().zip(batches.iter_mut()) {
-                let limit = pool
-                    .config
-                    .maxtasksperchild
-                    .map_or(usize::MAX, |m| m.saturating_sub(w.sent));
-                if w.in_flight.len() >= window || limit == 0 {
-                    continue;
-                }
-                let Some(task) = s.pending.pop_front() else {
-                    break;
-                };
-                if let Err(e) = encode_task(&mut w.known, batch, &task) {
-                    pool.stats.tasks(0).finished(false, None);
-                    let n = task.calls.len();
-                    if task.job.complete(task.first, Err(e.into()), n) {
-                        pool.finisher.finish(&task.job);
-                    }
-                    continue;
-                }
-                w.sent += 1;
-                if w.in_flight.is_empty() {
-                    w.running_since = Some(Instant::now());
-                }
-                w.in_flight.push_back(task);
-                pool.stats.tasks(0).taken(1);
-                assigned = true;
-            }
-            if !assigned || s.pending.is_empty() {
-                break;
-            }
-        }
-        drop(s);
+        let Some(batches) = deal(
+            &self.pool,
+            &mut self.workers,
+            self.task_micros,
+            header.to_vec(),
+        ) else {
+            return;
+        };
         for (w, batch) in self.workers.iter().zip(batches) {
             if batch.len() > header.len() {
                 mpi::post(w.rank, Tag::Tasks, batch);
@@ -378,6 +341,21 @@ impl Supervisor {
             self.start_worker(rank);
             self.pool.stats.worker_started(true);
         }
+    }
+}
+
+impl Dealt for RankWorker {
+    fn in_flight(&mut self) -> &mut VecDeque<Task> {
+        &mut self.in_flight
+    }
+    fn sent(&mut self) -> &mut usize {
+        &mut self.sent
+    }
+    fn running_since(&mut self) -> &mut Option<Instant> {
+        &mut self.running_since
+    }
+    fn encode(&mut self, batch: &mut Vec<u8>, task: &Task) -> Result<(), String> {
+        encode_task(&mut self.known, batch, task)
     }
 }
 
