@@ -651,7 +651,7 @@ impl Dealt for Child {
         &mut self.running_since
     }
     fn encode(&mut self, batch: &mut Vec<u8>, task: &Task) -> Result<(), String> {
-        encode_task(self, batch, task)
+        encode_task(&mut self.known, batch, task, true)
     }
 }
 
@@ -690,27 +690,32 @@ pub(super) fn take_answer(
     }
 }
 
-/// Appends `task` to `batch` for `child`, its function first if the child has not had it.
-fn encode_task(child: &mut Child, batch: &mut Vec<u8>, task: &Task) -> Result<(), String> {
+/// Appends `task` to `batch`, its function first if the worker has not had it (`known`: the
+/// keys it has), with the names a traced run records if `traced`. Forked and rank workers
+/// share it.
+pub(super) fn encode_task(
+    known: &mut HashSet<u64>,
+    batch: &mut Vec<u8>,
+    task: &Task,
+    traced: bool,
+) -> Result<(), String> {
     let FunctionSpec::Encoded { key, code } = &*task.function else {
-        return Err("internal error: a local function sent to a forked worker".into());
+        return Err("internal error: a local function sent to a worker in another process".into());
     };
-    if child.known.insert(*key) {
+    let trace_name = task.job.trace_name().filter(|_| traced);
+    if known.insert(*key) {
         let message = ToWorkerOut::Function {
             key: *key,
             code,
-            name: task.job.trace_name().map(|n| &**n),
+            name: trace_name.map(|n| &**n),
         };
-        let _ = codec::encode_into(batch, &message);
+        codec::encode_into(batch, &message).map_err(|e| e.to_string())?;
     }
     let message = ToWorkerOut::Task {
         id: task.id,
         function: *key,
         calls: task.calls.as_slice(),
-        traced: task
-            .job
-            .trace_name()
-            .map(|_| (task.job.id(), task.first as u64)),
+        traced: trace_name.map(|_| (task.job.id(), task.first as u64)),
     };
     codec::encode_into(batch, &message).map_err(|e| e.to_string())
 }

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use serde_bytes::ByteBuf;
 
-use super::forked::{deal, take_answer, Dealt};
-use super::worker::{worker_main, FromWorker, ToWorkerOut};
+use super::forked::{deal, encode_task, take_answer, Dealt};
+use super::worker::{worker_main, FromWorker};
 use super::{Backend, Pool, Status, Task};
 use crate::exec::mpi::{self as ranks, pool_header, pool_of, Down, PoolEvent, RankSet, Up};
 use crate::rt::cancel::{self, Cancel};
@@ -355,31 +355,9 @@ impl Dealt for RankWorker {
         &mut self.running_since
     }
     fn encode(&mut self, batch: &mut Vec<u8>, task: &Task) -> Result<(), String> {
-        encode_task(&mut self.known, batch, task)
+        // A worker rank records no trace (`--trace` is rank 0's timeline).
+        encode_task(&mut self.known, batch, task, false)
     }
-}
-
-/// Appends `task` to `batch`, its function first if the rank's worker has not had it.
-fn encode_task(known: &mut HashSet<u64>, batch: &mut Vec<u8>, task: &Task) -> Result<(), String> {
-    let FunctionSpec::Encoded { key, code } = &*task.function else {
-        return Err("internal error: a local function sent to a worker rank".into());
-    };
-    if known.insert(*key) {
-        let message = ToWorkerOut::Function {
-            key: *key,
-            code,
-            // A worker rank records no trace (`--trace` is rank 0's timeline).
-            name: None,
-        };
-        codec::encode_into(batch, &message).map_err(|e| e.to_string())?;
-    }
-    let message = ToWorkerOut::Task {
-        id: task.id,
-        function: *key,
-        calls: task.calls.as_slice(),
-        traced: None,
-    };
-    codec::encode_into(batch, &message).map_err(|e| e.to_string())
 }
 
 // ---- on a worker rank ----
