@@ -82,6 +82,13 @@ fn a_pool_checks_its_options_and_join_before_close() {
     in_every_mode(&pool_programs::OPTIONS);
 }
 
+/// A function submitted again after the script changed its upvalues (captured variables)
+/// runs with the new values in every mode, as it would in the script.
+#[test]
+fn a_function_travels_with_its_upvalues_as_they_are_when_submitted() {
+    in_every_mode(&pool_programs::UPVALUES_AT_SUBMISSION);
+}
+
 /// The line both languages print for `pool.stats()`: every counter, and whether the task
 /// times look right (a mean above 0 and at most the max, the max at least the 50 ms task).
 const STATS_LUA: &str = r#"

@@ -39,6 +39,7 @@ use crate::value::Value;
 mod args;
 mod convert;
 mod driver;
+mod fingerprint;
 mod image;
 mod native;
 mod object;
@@ -110,7 +111,10 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     let stdout = host.output().stdout.as_ref();
     native::install_stock(lua, &run_here, &drivers, text_only, stdout)?;
     lua.set_named_registry_value("parrun.drivers", &drivers)?;
-    lua.set_named_registry_value("parrun.pinned", lua.create_table()?)?;
+    // Functions to the tokens of their last encodings (`tasks::encoded_function`), weakly.
+    let encoded = lua.create_table()?;
+    encoded.set_metatable(drivers.metatable())?;
+    lua.set_named_registry_value("parrun.encoded", encoded)?;
     transport::install(lua)?;
 
     lua.set_named_registry_value("parrun.classes", classes)?;

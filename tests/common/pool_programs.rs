@@ -16,12 +16,13 @@ pub struct PoolProgram {
 }
 
 /// Every program.
-pub const ALL: [&PoolProgram; 5] = [
+pub const ALL: [&PoolProgram; 6] = [
     &JOIN_CALLBACKS,
     &POOL_ENDS,
     &MANY_SUBMISSIONS,
     &CALLBACK_PANIC,
     &OPTIONS,
+    &UPVALUES_AT_SUBMISSION,
 ];
 
 /// After `close(); join()` every `callback` and `error_callback` has run and every result is
@@ -293,6 +294,61 @@ print("joined");
                 "joined",
             ],
             "{mode}: {}",
+            out.describe()
+        );
+    },
+};
+
+/// A function's upvalues (a Rhai closure's captured variables) travel as they are when it is
+/// submitted, each time: a number, a table changed in place deep inside, a function replaced
+/// (in Rhai, whose closures cannot capture closures that travel, a sign).
+/// The same function submitted again unchanged gives the same results (and, in a worker of
+/// another process, is not sent again).
+pub const UPVALUES_AT_SUBMISSION: PoolProgram = PoolProgram {
+    name: "upvalues",
+    env: &[],
+    lua: r#"
+local n = 1
+local cfg = { scale = { 2 } }
+local function scaled(x) return x * cfg.scale[1] end
+local function f(x) return scaled(x) + n end
+local pool = parrun.Pool(2)
+print(table.concat(pool:map(f, { 1, 2, 3 }), ","))
+print(table.concat(pool:map(f, { 1, 2, 3 }), ","))
+cfg.scale[1] = 10
+print(table.concat(pool:map(f, { 1, 2, 3 }), ","))
+n = 5
+print(pool:apply(f, { 1 }), pool:apply_async(f, { 2 }):get())
+scaled = function(x) return -x end
+print(pool:apply(f, { 1 }), table.concat(pool:starmap(f, { { 2 }, { 3 } }), ","))
+pool:close()
+pool:join()
+"#,
+    rhai: r#"
+let n = 1;
+let cfg = #{ scale: [2] };
+let sign = 1;
+let f = |x| sign * x * cfg.scale[0] + n;
+let pool = Pool(2);
+let show = |xs| xs.reduce(|s, v| if s == "" { `${v}` } else { `${s},${v}` }, "");
+print(show.call(pool.map(f, [1, 2, 3])));
+print(show.call(pool.map(f, [1, 2, 3])));
+cfg.scale[0] = 10;
+print(show.call(pool.map(f, [1, 2, 3])));
+n = 5;
+print(`${pool.apply(f, [1])}	${pool.apply_async(f, [2]).get()}`);
+sign = -1;
+cfg.scale[0] = 1;
+print(`${pool.apply(f, [1])}	${show.call(pool.starmap(f, [[2], [3]]))}`);
+pool.close();
+pool.join();
+"#,
+    check: |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["3,5,7", "3,5,7", "11,21,31", "15\t25", "4\t3,2"],
+            "mode {mode}\n{}",
             out.describe()
         );
     },

@@ -1,6 +1,8 @@
 //! What runs outside the main chunk: callbacks, pool tasks (functions decoded once per worker,
 //! a whole chunk in one coroutine), snapshots for isolated engines, and thread targets.
 
+use mlua::ffi;
+
 use super::image::Graph;
 use super::*;
 
@@ -290,33 +292,93 @@ impl Snapshot for LuaSnapshot {
     }
 }
 
-/// Encodes a function for workers once per Lua state: the encoding is kept, and the function
-/// pinned so that its address (the cache key) is never reused by another function.
+/// Encodes a function for workers, with its upvalues as of now; a function submitted again
+/// with its upvalues unchanged (every [`transport::Check`] of its last encoding holds) reuses
+/// that encoding. The last encodings are kept by a token a weak table gives each function, so
+/// that a collected function's address, reused by another, finds nothing.
 pub(super) fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSpec>, String> {
-    type Cache = HashMap<usize, Arc<FunctionSpec>>;
-    let key = f.to_pointer() as usize;
-    if lua.app_data_ref::<Cache>().is_none() {
-        lua.set_app_data(Cache::new());
-    }
-    if let Some(spec) = lua
-        .app_data_ref::<Cache>()
-        .and_then(|c| c.get(&key).cloned())
-    {
+    let tokens: Table = lua
+        .named_registry_value("parrun.encoded")
+        .map_err(error_text)?;
+    if let Some(spec) = last_encoding(lua, &tokens, f)? {
         return Ok(spec);
     }
-    let code = transport::encode(lua, f)?;
-    let pinned: Table = lua
-        .named_registry_value("parrun.pinned")
-        .map_err(error_text)?;
-    pinned.raw_set(f, true).map_err(error_text)?;
+    let encoded = transport::encode(lua, f)?;
+    // By its bytes, so that workers decode a changed function again, and by the function, so
+    // that two closures of the same code keep upvalues of their own in a worker.
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        encoded.code.hash(&mut h);
+        f.to_pointer().hash(&mut h);
+        h.finish()
+    };
     let spec = Arc::new(FunctionSpec::Encoded {
-        key: key as u64,
-        code,
+        key,
+        code: encoded.code,
     });
-    if let Some(mut cache) = lua.app_data_mut::<Cache>() {
-        cache.insert(key, spec.clone());
+    if lua.app_data_ref::<Encodings>().is_none() {
+        lua.set_app_data(Encodings::default());
     }
+    let mut encodings = lua
+        .app_data_mut::<Encodings>()
+        .ok_or("internal error: no encodings")?;
+    if encodings.last.len() >= Encodings::KEPT {
+        encodings.last.clear();
+    }
+    encodings.next += 1;
+    let token = encodings.next;
+    encodings.last.insert(token, (spec.clone(), encoded.checks));
+    drop(encodings);
+    tokens.raw_set(f, token).map_err(error_text)?;
     Ok(spec)
+}
+
+/// `f`'s last encoding, if `f` is unchanged since: one protected call finds its token in
+/// `tokens` and checks its upvalues (a submission's fixed cost, so it stays inside Lua's API).
+fn last_encoding(
+    lua: &Lua,
+    tokens: &Table,
+    f: &Function,
+) -> Result<Option<Arc<FunctionSpec>>, String> {
+    let Some(encodings) = lua.app_data_ref::<Encodings>() else {
+        return Ok(None);
+    };
+    let mut last = None;
+    // SAFETY: the closure keeps to Lua's API and to the stack above `tokens` (1) and `f` (2);
+    // an error (out of memory) unwinds through the protected call `exec_raw` makes, and
+    // nothing it holds needs dropping.
+    unsafe {
+        lua.exec_raw::<()>((tokens, f), |state| {
+            ffi::lua_pushvalue(state, 2);
+            if ffi::lua_rawget(state, 1) != ffi::LUA_TNUMBER {
+                return;
+            }
+            let token = ffi::lua_tointeger(state, -1) as u64;
+            ffi::lua_pop(state, 1);
+            if let Some((spec, checks)) = encodings.last.get(&token) {
+                let mut used = 0;
+                if transport::unchanged(state, 2, checks, &mut used) && used == checks.len() {
+                    last = Some(spec.clone());
+                }
+            }
+        })
+    }
+    .map_err(error_text)?;
+    Ok(last)
+}
+
+/// The last encoding of each function submitted lately, by its token.
+#[derive(Default)]
+struct Encodings {
+    next: u64,
+    last: HashMap<u64, (Arc<FunctionSpec>, Vec<transport::Check>)>,
+}
+
+impl Encodings {
+    /// How many encodings are kept: a script that makes a closure per task would otherwise
+    /// keep one per task; past this they are forgotten (and made again if submitted again).
+    const KEPT: usize = 1024;
 }
 
 pub(super) struct LuaTarget {
@@ -347,5 +409,76 @@ impl Target for LuaTarget {
         let mut call = vec![LuaValue::Function(self.f)];
         call.extend(self.args);
         Ok(Box::new(LuaSnapshot::take(&parent, &self.host, call)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Settings;
+
+    fn state() -> Lua {
+        let host = Host::new(
+            crate::rt::gil::Gil::new(std::time::Duration::from_millis(5), None),
+            Settings::default(),
+        );
+        super::super::new_state(&host).unwrap()
+    }
+
+    fn key(spec: &FunctionSpec) -> u64 {
+        match spec {
+            FunctionSpec::Encoded { key, .. } => *key,
+            FunctionSpec::Local(_) => panic!("a local function"),
+        }
+    }
+
+    /// An unchanged function keeps its encoding; a change anywhere among its upvalues (deep in
+    /// a table, in a function it calls, `_ENV` kept) makes a new one, and changing it back
+    /// makes one equal to the first.
+    #[test]
+    fn a_function_is_encoded_again_only_when_its_upvalues_changed() {
+        let lua = state();
+        let (f, set): (Function, Function) = lua
+            .load(
+                r#"
+                local n, cfg = 1, { scale = { 2 } }
+                local function scaled(x) return x * cfg.scale[1] + math.floor(0.5) end
+                local function f(x) return scaled(x) + n end
+                local function set(what, v)
+                  if what == "n" then n = v
+                  elseif what == "scale" then cfg.scale[1] = v
+                  else scaled = v end
+                end
+                return f, set
+                "#,
+            )
+            .eval()
+            .unwrap();
+        let first = encoded_function(&lua, &f).unwrap();
+        let again = encoded_function(&lua, &f).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "an unchanged function is encoded again"
+        );
+        let mut keys = vec![key(&first)];
+        for (what, v) in [("n", 2), ("scale", 3), ("scale", 2), ("n", 1)] {
+            set.call::<()>((what, v)).unwrap();
+            keys.push(key(&encoded_function(&lua, &f).unwrap()));
+        }
+        // (n, scale): (1, 2), (2, 2), (2, 3), (2, 2), (1, 2).
+        let distinct: std::collections::HashSet<_> = keys[..3].iter().collect();
+        assert_eq!(
+            distinct.len(),
+            3,
+            "each change makes a new encoding: {keys:?}"
+        );
+        assert_eq!(
+            (keys[3], keys[4]),
+            (keys[1], keys[0]),
+            "values back: {keys:?}"
+        );
+        let other: Function = lua.load("return function(x) return -x end").eval().unwrap();
+        set.call::<()>(("scaled", other)).unwrap();
+        assert_ne!(key(&encoded_function(&lua, &f).unwrap()), keys[0]);
     }
 }

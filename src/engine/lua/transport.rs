@@ -9,13 +9,23 @@
 //! other value is copied as data. A value that fits none of these is an error that names the
 //! upvalue. Binary chunks are loaded only here, from what this module encoded, never from
 //! script-provided strings.
+//!
+//! An encoding holds the upvalues' values as of the submission that made it, as Python pickles
+//! a task's arguments with each task: a function submitted again after the script changed one
+//! of its upvalues (a counter, an entry of a table) goes with the new value. To spare an
+//! unchanged function its encoding, an encoding comes with [`Check`]s of what it assumed (the
+//! same objects, data with the same contents: [`fingerprint`](super::fingerprint)), and
+//! [`unchanged`] tells whether they all still hold.
 
 use std::collections::HashMap;
+use std::ffi::c_int;
 
 use mlua::chunk::ChunkMode;
+use mlua::ffi;
 use mlua::{Function, Lua, Table, Value as LuaValue};
 use serde::{Deserialize, Serialize};
 
+use super::fingerprint;
 use super::{data_of, error_text, from_value, unsendable_kind};
 use crate::value::Value;
 
@@ -52,22 +62,44 @@ pub(super) fn install(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
-struct Encoder {
+/// What an encoding assumed of one upvalue of a function it holds, in the order the encoder
+/// met them (each function's upvalues in turn, a function's own right after its upvalue).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Check {
+    /// The same object: `_ENV`, a value sent by its global path, a function met before.
+    Same(usize),
+    /// The same Lua function, encoded with it; the checks of its upvalues follow.
+    Function(usize),
+    /// Data with these contents ([`fingerprint`]; `None`: cannot tell, never the same).
+    Data(Option<u64>),
+}
+
+/// A function as bytes for a worker, and what they assumed.
+pub(super) struct Encoded {
+    pub(super) code: Vec<u8>,
+    pub(super) checks: Vec<Check>,
+}
+
+struct Encoder<'a> {
+    lua: &'a Lua,
     globals: Table,
     getupvalue: Function,
     defs: Vec<FunctionDef>,
     index: HashMap<usize, u32>,
+    checks: Vec<Check>,
 }
 
 /// Encodes `f` for a worker.
-pub(super) fn encode(lua: &Lua, f: &Function) -> Result<Vec<u8>, String> {
+pub(super) fn encode(lua: &Lua, f: &Function) -> Result<Encoded, String> {
     let mut enc = Encoder {
+        lua,
         globals: lua.globals(),
         getupvalue: lua
             .named_registry_value("parrun.getupvalue")
             .map_err(error_text)?,
         defs: Vec::new(),
         index: HashMap::new(),
+        checks: Vec::new(),
     };
     let value = LuaValue::Function(f.clone());
     let wire = if f.info().what == "C" {
@@ -79,13 +111,60 @@ pub(super) fn encode(lua: &Lua, f: &Function) -> Result<Vec<u8>, String> {
         match enc.function(f) {
             Ok(_) => Wire::Functions(enc.defs),
             // A global function whose upvalues cannot travel is still the worker's own.
-            Err(e) => Wire::Path(enc.path_of(&value).ok_or(e)?),
+            Err(e) => {
+                enc.checks.clear();
+                Wire::Path(enc.path_of(&value).ok_or(e)?)
+            }
         }
     };
-    rmp_serde::to_vec(&wire).map_err(|e| e.to_string())
+    let code = rmp_serde::to_vec(&wire).map_err(|e| e.to_string())?;
+    Ok(Encoded {
+        code,
+        checks: enc.checks,
+    })
 }
 
-impl Encoder {
+/// Whether the upvalues of the function at `at` pass `checks` from `*next` on (advanced past
+/// the ones it used); when they pass all of them, the encoding they came with is what encoding
+/// the function again would make.
+///
+/// # Safety
+/// `state` is in a protected call; `at` holds a Lua function.
+pub(super) unsafe fn unchanged(
+    state: *mut ffi::lua_State,
+    at: c_int,
+    checks: &[Check],
+    next: &mut usize,
+) -> bool {
+    ffi::luaL_checkstack(state, 4, c"parrun: checking a function".as_ptr());
+    for n in 1.. {
+        if ffi::lua_getupvalue(state, at, n).is_null() {
+            return true;
+        }
+        let Some(&check) = checks.get(*next) else {
+            ffi::lua_pop(state, 1);
+            return false;
+        };
+        *next += 1;
+        let id = ffi::lua_topointer(state, -1) as usize;
+        let holds = match check {
+            Check::Same(object) => id != 0 && id == object,
+            Check::Function(function) => {
+                id == function
+                    && ffi::lua_type(state, -1) == ffi::LUA_TFUNCTION
+                    && unchanged(state, ffi::lua_gettop(state), checks, next)
+            }
+            Check::Data(digest) => digest.is_some() && fingerprint::digest_at(state, -1) == digest,
+        };
+        ffi::lua_pop(state, 1);
+        if !holds {
+            return false;
+        }
+    }
+    true
+}
+
+impl Encoder<'_> {
     fn function(&mut self, f: &Function) -> Result<u32, String> {
         let key = f.to_pointer() as usize;
         if let Some(&i) = self.index.get(&key) {
@@ -112,24 +191,44 @@ impl Encoder {
         let cannot = |what: &str| {
             format!("cannot send a function to a worker: its upvalue `{name}` is {what}")
         };
+        let id = value.to_pointer() as usize;
         match &value {
-            LuaValue::Table(t) if t == &self.globals => Ok(Upvalue::Env),
+            LuaValue::Table(t) if t == &self.globals => {
+                self.checks.push(Check::Same(id));
+                Ok(Upvalue::Env)
+            }
             LuaValue::Function(f) if f.info().what != "C" => {
+                self.checks.push(match self.index.contains_key(&id) {
+                    true => Check::Same(id),
+                    false => Check::Function(id),
+                });
                 Ok(Upvalue::Function(self.function(f)?))
             }
             LuaValue::Function(_) | LuaValue::UserData(_) | LuaValue::LightUserData(_) => {
-                self.path_of(&value).map(Upvalue::Path).ok_or_else(|| {
+                let path = self.path_of(&value).ok_or_else(|| {
                     let kind = unsendable_kind(&value).unwrap_or_default();
                     cannot(&format!("{kind} not reachable from the globals"))
-                })
+                })?;
+                self.checks.push(Check::Same(id));
+                Ok(Upvalue::Path(path))
             }
             LuaValue::Table(_) => match self.path_of(&value) {
-                Some(path) => Ok(Upvalue::Path(path)),
-                None => data_of(value).map(Upvalue::Data).map_err(|e| cannot(&e)),
+                Some(path) => {
+                    self.checks.push(Check::Same(id));
+                    Ok(Upvalue::Path(path))
+                }
+                None => self.data(value).map_err(|e| cannot(&e)),
             },
             LuaValue::Thread(_) => Err(cannot("a coroutine")),
-            _ => data_of(value).map(Upvalue::Data).map_err(|e| cannot(&e)),
+            _ => self.data(value).map_err(|e| cannot(&e)),
         }
+    }
+
+    /// An upvalue copied as data, checked by its contents.
+    fn data(&mut self, value: LuaValue) -> Result<Upvalue, String> {
+        let digest = fingerprint::of(self.lua, &value).map_err(error_text)?;
+        self.checks.push(Check::Data(digest));
+        data_of(value).map(Upvalue::Data)
     }
 
     /// Where the script reaches `value` from the globals: `math.floor`, `package.loaded.m`.
