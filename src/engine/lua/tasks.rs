@@ -22,11 +22,23 @@ pub(super) fn upgrade(lua: &WeakLua) -> Result<Lua, String> {
 /// young objects, and the old ones' pages stay shared until a major collection (a heap grown to
 /// twice its size, or `collectgarbage()`). Done once: an engine already generational is left
 /// as it is, so a later fork costs nothing here.
+///
+/// What a forked worker still makes private is its own young garbage, which Lua lets grow to
+/// a share of the whole heap (20%) before a minor collection: in a worker, most of that heap is
+/// inherited, so the young budget is capped at [`YOUNG_BUDGET`] bytes (a smaller share of a
+/// big heap; a heap under 20 MB keeps Lua's 20%). A minor collection costs what survives it,
+/// not the heap's size, so more of them cost little.
 pub(super) fn settle_for_fork(lua: &Lua) {
+    let heap = lua.used_memory().max(1);
+    let share = (YOUNG_BUDGET * 100 / heap).clamp(1, 20) as std::ffi::c_int;
     lua.gc_set_mode(mlua::prelude::LuaGcMode::Generational(
-        mlua::prelude::LuaGcGenParams::default(),
+        mlua::prelude::LuaGcGenParams::default().minor_multiplier(share),
     ));
 }
+
+/// The most young memory (bytes) a forked engine lets its garbage reach before a minor
+/// collection (see [`settle_for_fork`]).
+const YOUNG_BUDGET: usize = 4 << 20;
 
 pub(super) struct LuaCallback {
     pub(super) lua: WeakLua,
