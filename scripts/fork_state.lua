@@ -11,7 +11,9 @@
 --   script holds `big` (isolated: each worker's engine gets its copy);
 -- - `first map with a global table time` and `first map with a local upvalue table time`: a
 --   pool's first map of a function that reads `big` as a global, then of one that reads it as
---   a local upvalue once the global is gone (in fork mode the worker already holds it).
+--   a local upvalue once the global is gone (in fork mode the worker already holds it);
+-- - `map again with an unchanged local upvalue table time`: that function's second map (its
+--   upvalues are checked, the table read in place, not sent again).
 --
 -- Memory figures need /proc (Linux) and a worker process of its own: in other modes they are
 -- not printed.
@@ -113,9 +115,18 @@ check(lengths)
 -- goes first.
 local data = big
 big = nil
+local function length(i)
+  return #data[i]
+end
 start = parrun.time()
-lengths = pool:map(function(i) return #data[i] end, idx)
+lengths = pool:map(length, idx)
 print(("first map with a local upvalue table time: %.6f s"):format(parrun.time() - start))
+check(lengths)
+-- The same function again, its table unchanged: its upvalues are checked (the table read in
+-- place), not copied again.
+start = parrun.time()
+lengths = pool:map(length, idx)
+print(("map again with an unchanged local upvalue table time: %.6f s"):format(parrun.time() - start))
 check(lengths)
 pool:close()
 pool:join()

@@ -104,6 +104,10 @@ const METRICS: [(&str, &[(&str, Who)]); 5] = [
                 "first map with a local upvalue table time (s)",
                 Who::All(false),
             ),
+            (
+                "map again with an unchanged local upvalue table time (s)",
+                Who::All(false),
+            ),
         ],
     ),
 ];
