@@ -89,6 +89,13 @@ fn a_function_travels_with_its_upvalues_as_they_are_when_submitted() {
     in_every_mode(&pool_programs::UPVALUES_AT_SUBMISSION);
 }
 
+/// A function that changes its upvalue (captured variable) sees the change at its next call
+/// on the same worker, in every mode and both languages.
+#[test]
+fn calls_on_a_worker_share_the_functions_captured_state() {
+    in_every_mode(&pool_programs::CALLS_SHARE_CAPTURED_STATE);
+}
+
 /// The line both languages print for `pool.stats()`: every counter, and whether the task
 /// times look right (a mean above 0 and at most the max, the max at least the 50 ms task).
 const STATS_LUA: &str = r#"

@@ -71,6 +71,8 @@ struct Shared {
     top_level: std::sync::Mutex<Option<Env>>,
     /// The script lowered for Rhai's bytecode VM, when the run uses it (`--rhai-vm grain`).
     grain: OnceLock<grain::Grain>,
+    /// The last encoding of each script function sent to workers (`args::function_spec`).
+    encoded: std::sync::Mutex<std::collections::HashMap<String, LastEncoding>>,
 }
 
 impl Shared {
@@ -86,6 +88,7 @@ impl Shared {
             main_thread: std::thread::current().id(),
             top_level: std::sync::Mutex::new(None),
             grain: OnceLock::new(),
+            encoded: Default::default(),
         })
     }
 

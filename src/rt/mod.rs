@@ -2,7 +2,7 @@
 //! how a thread's task is cancelled, the frames on pipes, output, signals, forking safely from a
 //! threaded process (`fork`, with the state it holds across the fork behind `atfork`'s trait),
 //! the children a process forked and how it ends at once (`children`, `exit`), progress bars on
-//! standard error (`progress`), starting threads (`spawn`) and thread helpers, a run's timeline (`trace`), and (feature `mpi`)
+//! standard error (`progress`), digests of values' contents (`digest`), starting threads (`spawn`) and thread helpers, a run's timeline (`trace`), and (feature `mpi`)
 //! MPI messages between the ranks of a job (`mpi`). Everything
 //! above is built on these; none of them imports from above.
 
@@ -10,6 +10,7 @@ pub(crate) mod atfork;
 pub(crate) mod cancel;
 pub(crate) mod children;
 pub(crate) mod codec;
+pub(crate) mod digest;
 pub(crate) mod exit;
 pub(crate) mod fork;
 pub(crate) mod gil;

@@ -16,13 +16,14 @@ pub struct PoolProgram {
 }
 
 /// Every program.
-pub const ALL: [&PoolProgram; 6] = [
+pub const ALL: [&PoolProgram; 7] = [
     &JOIN_CALLBACKS,
     &POOL_ENDS,
     &MANY_SUBMISSIONS,
     &CALLBACK_PANIC,
     &OPTIONS,
     &UPVALUES_AT_SUBMISSION,
+    &CALLS_SHARE_CAPTURED_STATE,
 ];
 
 /// After `close(); join()` every `callback` and `error_callback` has run and every result is
@@ -348,6 +349,43 @@ pool.join();
         assert_eq!(
             out.stdout_lines(),
             ["3,5,7", "3,5,7", "11,21,31", "15\t25", "4\t3,2"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    },
+};
+
+/// A function that changes its upvalue (captured variable) sees the change at its next call,
+/// in a worker as in the script: Pool(1)'s one worker keeps its copy from task to task and from
+/// map to map (the script's own is unchanged, so the function is not sent again). Rhai workers
+/// once handed each call a fresh copy of a captured value (1,2,3).
+pub const CALLS_SHARE_CAPTURED_STATE: PoolProgram = PoolProgram {
+    name: "captured",
+    env: &[],
+    lua: r#"
+local count = 0
+local function bump(x) count = count + x return count end
+local pool = parrun.Pool(1)
+print(table.concat(pool:map(bump, { 1, 2, 3 }), ","))
+print(table.concat(pool:map(bump, { 1, 2, 3 }, 1), ","))
+pool:close()
+pool:join()
+"#,
+    rhai: r#"
+let count = 0;
+let bump = |x| { count += x; count };
+let pool = Pool(1);
+let show = |xs| xs.reduce(|s, v| if s == "" { `${v}` } else { `${s},${v}` }, "");
+print(show.call(pool.map(bump, [1, 2, 3])));
+print(show.call(pool.map(bump, [1, 2, 3], 1)));
+pool.close();
+pool.join();
+"#,
+    check: |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["1,3,6", "7,9,12"],
             "mode {mode}\n{}",
             out.describe()
         );

@@ -17,6 +17,8 @@ use std::hash::Hasher;
 use mlua::ffi;
 use mlua::{Lua, Value as LuaValue};
 
+use crate::rt::digest::Mix;
+
 /// Deeper nesting than this is not read: the value counts as changed every time.
 const MAX_DEPTH: usize = 100;
 
@@ -37,56 +39,13 @@ pub(super) fn of(lua: &Lua, value: &LuaValue) -> mlua::Result<Option<u64>> {
 /// `state` is a Lua state in a protected call; `at` is a valid index of its stack.
 pub(super) unsafe fn digest_at(state: *mut ffi::lua_State, at: c_int) -> Option<u64> {
     let mut reader = Reader {
-        hash: Mix(0x5172_7275_6e00_0001),
+        hash: Mix::default(),
         seen: Seen::default(),
         too_deep: false,
     };
     ffi::luaL_checkstack(state, 2 * MAX_DEPTH as c_int + 8, c"parrun".as_ptr());
     reader.read(state, ffi::lua_absindex(state, at), 0);
     (!reader.too_deep).then(|| reader.hash.finish())
-}
-
-/// A fast 64-bit mix, one multiply per word. Each step is a bijection of the state for a given
-/// word, so two inputs that differ in a single word (a value changed in place, the common
-/// edit) always give different digests; several changes collide only by chance (2^-64), and
-/// nothing here is adversarial (the script reads its own tables).
-struct Mix(u64);
-
-impl Hasher for Mix {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            self.write_u64(u64::from_le_bytes(word.try_into().unwrap_or_default()));
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            self.write_u64(u64::from_le_bytes(last));
-        }
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.0 = (self.0 ^ word)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29);
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.write_u64(byte.into())
-    }
-
-    fn write_usize(&mut self, word: usize) {
-        self.write_u64(word as u64)
-    }
-
-    fn write_i64(&mut self, word: i64) {
-        self.write_u64(word as u64)
-    }
 }
 
 /// The tables a digest has read: a short list (most values hold a few tables, and a digest is

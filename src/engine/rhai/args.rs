@@ -189,6 +189,21 @@ pub(super) fn function_spec(
         };
         return Ok(Arc::new(FunctionSpec::Local(Arc::new(bound))));
     }
+    // The modules go by source: the worker has the same modules, or loads them.
+    let imports: Vec<(String, String)> = env
+        .imports
+        .iter()
+        .filter_map(|(name, m)| Some((name.to_string(), m.id()?.to_owned())))
+        .collect();
+    // The same function with the same captured values and modules encodes to the same bytes:
+    // its last encoding is reused, its captured values checked by their digests.
+    let digests: Option<Vec<u64>> = f.curry().iter().map(digest).collect();
+    let last = shared.encoded.lock().recover().get(f.fn_name()).cloned();
+    if let (Some(last), Some(digests)) = (last, &digests) {
+        if &last.digests == digests && last.imports == imports {
+            return Ok(last.spec);
+        }
+    }
     let curry = f
         .curry()
         .iter()
@@ -207,20 +222,45 @@ pub(super) fn function_spec(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    // The modules go by source: the worker has the same modules, or loads them.
-    let imports = env
-        .imports
-        .iter()
-        .filter_map(|(name, m)| Some((name.to_string(), m.id()?.to_owned())))
-        .collect();
     let wire = RhaiFunction {
         name: f.fn_name().to_owned(),
         curry,
         imports,
     };
     let code = rmp_serde::to_vec(&wire).map_err(|e| e.to_string())?;
-    Ok(Arc::new(FunctionSpec::Encoded {
+    let spec = Arc::new(FunctionSpec::Encoded {
         key: hash(&code),
         code,
-    }))
+    });
+    let mut encoded = shared.encoded.lock().recover();
+    match digests {
+        Some(digests) => {
+            if encoded.len() >= LastEncoding::KEPT {
+                encoded.clear();
+            }
+            let last = LastEncoding {
+                digests,
+                imports: wire.imports,
+                spec: spec.clone(),
+            };
+            encoded.insert(wire.name, last);
+        }
+        None => {
+            encoded.remove(&wire.name);
+        }
+    }
+    Ok(spec)
+}
+
+/// A script function's last encoding for workers, and what it was made of.
+#[derive(Clone)]
+pub(super) struct LastEncoding {
+    digests: Vec<u64>,
+    imports: Vec<(String, String)>,
+    spec: Arc<FunctionSpec>,
+}
+
+impl LastEncoding {
+    /// How many functions' encodings are kept (closures are named by Rhai, one name each).
+    const KEPT: usize = 1024;
 }

@@ -39,6 +39,69 @@ pub(super) fn data_of(shared: &Shared, d: &Dynamic) -> Result<Value, String> {
     })
 }
 
+/// The contents of `d` (a captured variable, read through its lock) as a digest
+/// ([`crate::rt::digest`]): equal digests, equal data, so an encoding of it can be reused.
+/// `None` for anything but plain data (or nested deeper than [`crate::value::MAX_DEPTH`]),
+/// which is then encoded every time.
+pub(super) fn digest(d: &Dynamic) -> Option<u64> {
+    use std::hash::Hasher;
+    fn feed(h: &mut crate::rt::digest::Mix, d: &Dynamic, depth: usize) -> Option<()> {
+        use std::any::TypeId;
+        if depth > crate::value::MAX_DEPTH {
+            return None;
+        }
+        // One type check per value, then one read: trying each type in turn costs more than
+        // the hash.
+        let kind = d.type_id();
+        if kind == TypeId::of::<ImmutableString>() {
+            let text = d.read_lock::<ImmutableString>()?;
+            h.write_u8(5);
+            h.write_usize(text.len());
+            h.write(text.as_bytes());
+        } else if kind == TypeId::of::<::rhai::INT>() {
+            h.write_u8(2);
+            h.write_i64(*d.read_lock::<::rhai::INT>()?);
+        } else if kind == TypeId::of::<::rhai::FLOAT>() {
+            h.write_u8(3);
+            h.write_u64(d.read_lock::<::rhai::FLOAT>()?.to_bits());
+        } else if kind == TypeId::of::<bool>() {
+            h.write_u8(1);
+            h.write_u8(*d.read_lock::<bool>()? as u8);
+        } else if kind == TypeId::of::<()>() {
+            h.write_u8(0);
+        } else if kind == TypeId::of::<char>() {
+            h.write_u8(4);
+            h.write_u64(*d.read_lock::<char>()? as u64);
+        } else if kind == TypeId::of::<::rhai::Blob>() {
+            let blob = d.read_lock::<::rhai::Blob>()?;
+            h.write_u8(6);
+            h.write_usize(blob.len());
+            h.write(&blob);
+        } else if kind == TypeId::of::<Array>() {
+            let items = d.read_lock::<Array>()?;
+            h.write_u8(7);
+            h.write_usize(items.len());
+            for item in items.iter() {
+                feed(h, item, depth + 1)?;
+            }
+        } else if kind == TypeId::of::<::rhai::Map>() {
+            let map = d.read_lock::<::rhai::Map>()?;
+            h.write_u8(8);
+            h.write_usize(map.len());
+            for (k, v) in map.iter() {
+                h.write_usize(k.len());
+                h.write(k.as_bytes());
+                feed(h, v, depth + 1)?;
+            }
+        } else {
+            return None;
+        }
+        Some(())
+    }
+    let mut h = crate::rt::digest::Mix::default();
+    feed(&mut h, d, 0).map(|()| h.finish())
+}
+
 /// What a Rhai value that cannot travel is, in the words of [`unsendable`]; `None` for data.
 pub(super) fn unsendable_kind(shared: &Shared, d: &Dynamic) -> Option<String> {
     let data = d.is_unit()
@@ -101,3 +164,33 @@ pub(super) fn find_unsendable(
 }
 
 // ---- binding the API ----
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(code: &str) -> Dynamic {
+        Engine::new().eval::<Dynamic>(code).unwrap()
+    }
+
+    /// Equal data digests alike (shared or not); any change, and any type change, does not;
+    /// what is not plain data has no digest.
+    #[test]
+    fn digests_tell_data_apart() {
+        let base = digest(&value(r#"[1, 2.5, "x", #{a: [true, ()]}, 'c']"#));
+        assert!(base.is_some());
+        let shared = value(r#"[1, 2.5, "x", #{a: [true, ()]}, 'c']"#).into_shared();
+        assert_eq!(base, digest(&shared));
+        for other in [
+            r#"[1, 2.5, "y", #{a: [true, ()]}, 'c']"#,
+            r#"[1.0, 2.5, "x", #{a: [true, ()]}, 'c']"#,
+            r#"[1, 2.5, "x", #{a: [false, ()]}, 'c']"#,
+            r#"[1, 2.5, "x", #{b: [true, ()]}, 'c']"#,
+            r#"[1, 2.5, "x", #{a: [true]}, 'c']"#,
+            r#"[1, 2.5, "x", #{a: [true, ()]}, "c"]"#,
+        ] {
+            assert_ne!(base, digest(&value(other)), "{other}");
+        }
+        assert_eq!(digest(&value("Fn(\"f\")")), None);
+    }
+}

@@ -237,8 +237,13 @@ pub(super) fn decode_function(
         (Some(def), None) => FnPtr::from(def.clone()),
         _ => FnPtr::new(wire.name.as_str()).map_err(|e| e.to_string())?,
     };
+    // Shared, as a closure's captured variables are in the script: each call is then handed
+    // the variable, not a copy of its value (a captured array of 2M strings was copied and
+    // dropped at every call), and a call that changes it leaves the change for the worker's
+    // next call, as a Lua upvalue does.
     for v in &wire.curry {
-        f.add_curry(::rhai::serde::to_dynamic(v).map_err(|e| e.to_string())?);
+        let value = ::rhai::serde::to_dynamic(v).map_err(|e| e.to_string())?;
+        f.add_curry(value.into_shared());
     }
     Ok((f, imports))
 }
