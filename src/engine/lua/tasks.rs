@@ -369,8 +369,12 @@ fn last_encoding(
             let token = ffi::lua_tointeger(state, -1) as u64;
             ffi::lua_pop(state, 1);
             if let Some((spec, checks)) = encodings.last.get(&token) {
+                // No checks: a function sent by its global path (a C function's upvalues are
+                // its own), or one without upvalues.
                 let mut used = 0;
-                if transport::unchanged(state, 2, checks, &mut used) && used == checks.len() {
+                if checks.is_empty()
+                    || transport::unchanged(state, 2, checks, &mut used) && used == checks.len()
+                {
                     last = Some(spec.clone());
                 }
             }
@@ -489,6 +493,13 @@ mod tests {
             (keys[1], keys[0]),
             "values back: {keys:?}"
         );
+        // A function the worker finds by its global path is not looked for again.
+        let getpid: Function = lua.load("return parrun.getpid").eval().unwrap();
+        let first = encoded_function(&lua, &getpid).unwrap();
+        assert!(Arc::ptr_eq(
+            &first,
+            &encoded_function(&lua, &getpid).unwrap()
+        ));
         let other: Function = lua.load("return function(x) return -x end").eval().unwrap();
         set.call::<()>(("scaled", other)).unwrap();
         assert_ne!(key(&encoded_function(&lua, &f).unwrap()), keys[0]);
