@@ -352,6 +352,7 @@ fn fork_state() {
             expected.extend([
                 "first map with a global table time",
                 "first map with a local upvalue table time",
+                "map again with an unchanged local upvalue table time",
             ]);
             let figures: Vec<&str> = lines[1..]
                 .iter()
