@@ -354,9 +354,14 @@ fn forward_output(stream: output::Stream, bytes: &[u8]) -> std::io::Result<()> {
 
 /// In a forked child: sends trace events up to the process that writes the trace (through
 /// this process's parent, whose tracer sends them further up if it is a child too).
+///
+/// It waits until the parent has them: a worker flushes its events before it writes a task's
+/// result to another channel (its pipe), and the run can end as soon as the parent has the
+/// result (a signal ending it at once writes the trace then), so they must be in the parent's
+/// tracer by then, not still in the link's socket.
 fn forward_trace(events: Vec<trace::Event>) {
     if let Some(link) = parent_link() {
-        let _ = link.post(0, Op::Trace(events));
+        let _ = link.call(0, Op::Trace(events));
     }
 }
 
@@ -412,7 +417,8 @@ fn serve_request(
             if let Some(trace) = trace {
                 trace.absorb(events);
             }
-            return;
+            // Answered (if asked) once absorbed: the child waits for that.
+            Op::Trace(Vec::new())
         }
         op => op,
     };
@@ -421,6 +427,12 @@ fn serve_request(
         reply: reply.clone(),
         alive: alive.clone(),
     };
+    if matches!(op, Op::Trace(_)) {
+        if request.id != 0 {
+            caller.answer(Ok(Value::Nil));
+        }
+        return;
+    }
     match find_object(request.object) {
         Some(object) => object.perform(op, caller),
         None => {
