@@ -106,11 +106,12 @@ impl Reader {
     unsafe fn sequence(&mut self, state: *mut ffi::lua_State, at: c_int) -> Option<Value> {
         let len = ffi::lua_rawlen(state, at);
         let mut items = Vec::with_capacity(len.min(1 << 20));
+        let item = ffi::lua_gettop(state) + 1;
         for i in 1..=len {
             ffi::lua_rawgeti(state, at, i as ffi::lua_Integer);
-            let item = self.read(state, ffi::lua_gettop(state));
-            ffi::lua_pop(state, 1);
-            items.push(item?);
+            let read = self.read(state, item);
+            ffi::lua_settop(state, item - 1);
+            items.push(read?);
         }
         Some(Value::Array(items))
     }
@@ -125,9 +126,9 @@ impl Reader {
         let mut items = Vec::with_capacity(ffi::lua_rawlen(state, at).min(1 << 20));
         let mut keys: Option<Vec<Value>> = None;
         ffi::lua_pushnil(state);
+        let key = ffi::lua_gettop(state);
+        let value = key + 1;
         while ffi::lua_next(state, at) != 0 {
-            let value = ffi::lua_gettop(state);
-            let key = value - 1;
             if keys.is_none()
                 && (ffi::lua_isinteger(state, key) == 0
                     || ffi::lua_tointeger(state, key) != items.len() as ffi::lua_Integer + 1)
@@ -138,7 +139,7 @@ impl Reader {
                 keys.push(self.read(state, key)?);
             }
             let item = self.read(state, value);
-            ffi::lua_pop(state, 1);
+            ffi::lua_settop(state, key);
             items.push(item?);
         }
         Some(match keys {
@@ -496,7 +497,7 @@ mod tests {
     fn bytes() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             Just(Vec::new()),
-            "[a-z]{1,3}|é|\\PC{0,4}".prop_map(String::into_bytes),
+            "[a-z]{1,3}|é|\\PC{0,4}|[1-3]|2\\.0| 1".prop_map(String::into_bytes),
             proptest::collection::vec(any::<u8>(), 0..6),
         ]
     }
@@ -749,6 +750,7 @@ mod tests {
             "return {[-1] = 1, [0] = 0}",
             "return {3.0, -0.0, 0/0, math.huge, math.mininteger, math.maxinteger}",
             "return {x = 1, 10, 20}",
+            "return {'a', ['2'] = 'b'}",
             "return {'\\255', ''}",
             "return setmetatable({1, nil, 3, x = 4}, ...)",
             "return setmetatable({}, {})",
