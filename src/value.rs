@@ -3,7 +3,9 @@
 //! Both engines convert to and from `Value` through their crates' serde support
 //! (`mlua`'s `Serialize` for Lua values and `LuaSerdeExt`, `rhai::serde`): `Value` implements
 //! `Serialize` and `Deserialize`, [`Value::from_serialize`] builds one from anything serde can
-//! serialize, and nothing here walks a Lua table or a Rhai map by hand. (Rhai values keep
+//! serialize, and nothing here walks a Lua table or a Rhai map by hand. (The Lua adapter also
+//! converts plain data directly through Lua's C API on its hot paths, with the same outcome as
+//! serde, which stays its general path. Rhai values keep
 //! going through `rhai::serde::from_dynamic`: Rhai's own `Serialize` turns a timestamp or a
 //! custom type into a string silently, where its deserializer refuses them, as parrun must.)
 //!

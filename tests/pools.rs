@@ -276,3 +276,72 @@ print(`renewed	${s.alive}	${s.replaced}	${s.done}`);
         },
     );
 }
+
+/// What a map's tasks are given and return comes back as it went in, in every mode: numbers
+/// keep their subtype (3.0 stays a float, NaN and -0.0 theirs), strings their bytes, tables
+/// their shape (holes, mixed and float keys, sparse, nested, numeric strings as keys), through
+/// `map` (one argument a task) and `starmap` (a list of arguments).
+#[test]
+fn a_maps_values_come_back_as_they_went_in() {
+    let lua = r#"
+local function show(v)
+  if type(v) == "table" then
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys, function(a, b) return show(a) < show(b) end)
+    local parts = {}
+    for _, k in ipairs(keys) do parts[#parts + 1] = show(k) .. "=" .. show(v[k]) end
+    return "{" .. table.concat(parts, ",") .. "}"
+  elseif type(v) == "number" then
+    return math.type(v) .. ":" .. string.format("%q", v)
+  elseif type(v) == "string" then
+    return string.format("%q", v)
+  end
+  return tostring(v)
+end
+local values = {
+  1, 3.0, -0.0, 0/0, 1/0, math.mininteger, math.maxinteger, "text", "\255\0", "", true, false,
+  {}, {1, 2, 3}, {1, nil, 3}, {x = 1, 10, 20}, {[1.5] = "f", [2^63] = "big"},
+  {[1] = "a", [1000] = "b"}, {{{"deep", {}}}}, {["2"] = "s"}, {[-1] = 0, [0] = 1},
+}
+local pool = parrun.Pool(2)
+local back = pool:map(function(v) return v end, values)
+local lists = {}
+for i, v in ipairs(values) do lists[i] = {i, v} end
+local star = pool:starmap(function(i, v) return v end, lists)
+for i, v in ipairs(values) do
+  local want = show(v)
+  for _, got in ipairs({show(back[i]), show(star[i])}) do
+    print(got == want and "same" or ("differs: " .. want .. " -> " .. got))
+  end
+end
+pool:close() pool:join()
+print("done")
+"#;
+    let rhai = r#"
+let values = [1, 3.0, -0.0, 9223372036854775807, "text", "", true, false, (), 'c',
+  blob(2, 255), [], [1, 2, 3], [1, (), 3], #{x: 1, y: [1.5, "s"], z: #{}}, [[["deep", []]]]];
+let pool = Pool(2);
+let back = pool.map(|v| v, values);
+let lists = [];
+for (v, i) in values { lists.push([i, v]); }
+let star = pool.starmap(|i, v| v, lists);
+for (v, i) in values {
+  let want = v.to_debug();
+  for got in [back[i].to_debug(), star[i].to_debug()] {
+    print(if got == want { "same" } else { `differs: ${want} -> ${got}` });
+  }
+}
+pool.close(); pool.join();
+print("done");
+"#;
+    each_mode("values_back", &[], lua, rhai, |mode, out| {
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert!(out.status.success(), "{mode}: {}", out.stderr);
+        assert_eq!(lines.last(), Some(&"done"), "{mode}: {lines:?}");
+        assert!(lines.len() > 20, "{mode}: {lines:?}");
+        for line in &lines[..lines.len() - 1] {
+            assert_eq!(*line, "same", "{mode}: {lines:?}");
+        }
+    });
+}

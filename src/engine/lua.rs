@@ -38,6 +38,7 @@ use crate::value::Value;
 
 mod args;
 mod convert;
+mod direct;
 mod driver;
 mod fingerprint;
 mod image;
@@ -362,7 +363,7 @@ pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
     match result {
         Ok(returned) => Ok(Ended {
             status: 0,
-            value: to_value(returned.into_iter().next().unwrap_or(LuaValue::Nil)),
+            value: to_value(&lua, returned.into_iter().next().unwrap_or(LuaValue::Nil)),
         }),
         Err(e) => match exit_status(&e) {
             Some(status) => Ok(Ended {
@@ -441,8 +442,11 @@ impl LoadedScript for LuaLoaded {
             .collect::<mlua::Result<MultiValue>>()
             .map_err(|e| Error::Usage(format!("{name}: the arguments: {}", error_text(e))))?;
         match start_driver(&self.lua, &self.host, f, args) {
-            Ok(returned) => to_value(returned.into_iter().next().unwrap_or(LuaValue::Nil))
-                .map_err(|e| Error::Usage(format!("{name}: the result: {e}"))),
+            Ok(returned) => to_value(
+                &self.lua,
+                returned.into_iter().next().unwrap_or(LuaValue::Nil),
+            )
+            .map_err(|e| Error::Usage(format!("{name}: the result: {e}"))),
             Err(e) => Err(match exit_status(&e) {
                 Some(status) => Error::Exited(status),
                 None => Error::script(error_text(e)),
@@ -534,7 +538,7 @@ mod tests {
             Value::Array(vec![Value::Int(1), Value::Float(1.0)]),
             every_kind(),
         ] {
-            let back = to_value(from_value(&lua, &v).unwrap()).unwrap();
+            let back = to_value(&lua, from_value(&lua, &v).unwrap()).unwrap();
             assert_eq!(sorted(back), sorted(v));
         }
     }
@@ -542,7 +546,7 @@ mod tests {
     #[test]
     fn lua_tables_keep_their_shape() {
         let lua = Lua::new();
-        let eval = |code: &str| to_value(lua.load(code).eval::<LuaValue>().unwrap()).unwrap();
+        let eval = |code: &str| to_value(&lua, lua.load(code).eval::<LuaValue>().unwrap()).unwrap();
         assert_eq!(eval("3"), Value::Int(3));
         assert_eq!(eval("3.0"), Value::Float(3.0));
         assert_eq!(
@@ -579,16 +583,16 @@ mod tests {
     fn values_that_cannot_travel_are_named() {
         let lua = Lua::new();
         let f = lua.load("function() end").eval::<LuaValue>().unwrap();
-        assert!(to_value(f).unwrap_err().contains("function"));
+        assert!(to_value(&lua, f).unwrap_err().contains("function"));
         let co = lua
             .load("coroutine.create(print)")
             .eval::<LuaValue>()
             .unwrap();
-        assert!(to_value(co).unwrap_err().contains("thread"));
+        assert!(to_value(&lua, co).unwrap_err().contains("thread"));
         let cyclic = lua
             .load("local t = {} t.self = t return t")
             .eval::<LuaValue>()
             .unwrap();
-        assert!(to_value(cyclic).unwrap_err().contains("recursive"));
+        assert!(to_value(&lua, cyclic).unwrap_err().contains("recursive"));
     }
 }

@@ -21,7 +21,7 @@ impl Args for LuaArgs<'_> {
     }
 
     fn value(&mut self, i: usize) -> Result<Value, String> {
-        to_value(self.get(i))
+        to_value(self.lua, self.get(i))
     }
 
     fn object(&mut self, i: usize) -> Result<Object, String> {

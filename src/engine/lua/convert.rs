@@ -1,6 +1,9 @@
-//! Lua values to [`Value`] and back, through mlua's serde support; and what a value that cannot
-//! travel is called, and where it sits.
+//! Lua values to [`Value`] and back: directly through Lua's C API where it can decide
+//! ([`direct`](super::direct)), else through mlua's serde support, the general path whose
+//! outcome the direct one reproduces; and what a value that cannot travel is called, and where
+//! it sits.
 
+use super::direct;
 use super::*;
 
 pub(super) fn to_lua_options() -> SerializeOptions {
@@ -11,13 +14,39 @@ pub(super) fn to_lua_options() -> SerializeOptions {
         .set_array_metatable(false)
 }
 
-/// Converts a Lua value to a [`Value`] (through mlua's serde support).
-pub fn to_value(v: LuaValue) -> Result<Value, String> {
-    data_of(v).map_err(untransferable)
+/// Converts a Lua value of `lua` to a [`Value`].
+pub fn to_value(lua: &Lua, v: LuaValue) -> Result<Value, String> {
+    data_of(lua, v).map_err(untransferable)
 }
 
 /// [`to_value`], whose error says only what could not be converted and where.
-pub(super) fn data_of(v: LuaValue) -> Result<Value, String> {
+pub(super) fn data_of(lua: &Lua, v: LuaValue) -> Result<Value, String> {
+    if let Some(kind) = unsendable_kind(&v) {
+        return Err(unsendable(&kind, &[], false));
+    }
+    match &v {
+        LuaValue::Nil => return Ok(Value::Nil),
+        LuaValue::Boolean(b) => return Ok(Value::Bool(*b)),
+        LuaValue::Integer(i) => return Ok(Value::Int(*i)),
+        LuaValue::Number(f) => return Ok(Value::Float(*f)),
+        LuaValue::String(s) => {
+            return Ok(match s.to_str() {
+                Ok(text) => Value::Str(String::from(&*text)),
+                Err(_) => Value::Bytes(s.as_bytes().to_vec()),
+            })
+        }
+        LuaValue::Table(t) => {
+            if let Some(data) = direct::table_data(lua, t) {
+                return Ok(data);
+            }
+        }
+        _ => {}
+    }
+    serde_data_of(v)
+}
+
+/// [`data_of`] through mlua's serde support alone.
+pub(super) fn serde_data_of(v: LuaValue) -> Result<Value, String> {
     if let Some(kind) = unsendable_kind(&v) {
         return Err(unsendable(&kind, &[], false));
     }
@@ -80,20 +109,38 @@ pub(super) fn find_unsendable(v: &LuaValue) -> Option<(String, Vec<String>, bool
     None
 }
 
-/// Converts a [`Value`] to a Lua value (through mlua's serde support).
-///
-/// A list (a chunk's arguments, `map`'s results, a list from a queue) is built by mlua's
-/// `create_sequence_from` under one lock, each item still converted by serde: mlua's serializer
-/// takes the state's lock again for every element, about 65 ns per item against 11.
+/// Converts a [`Value`] to a Lua value.
 pub fn from_value(lua: &Lua, v: &Value) -> mlua::Result<LuaValue> {
     match v {
         Value::Array(items) => sequence(lua, items).map(LuaValue::Table),
+        _ => match direct::lua_of(lua, v) {
+            Some(built) => Ok(built),
+            None => lua.to_value_with(v, to_lua_options()),
+        },
+    }
+}
+
+/// [`from_value`] through mlua's serde support alone.
+#[cfg(test)]
+pub(super) fn serde_from_value(lua: &Lua, v: &Value) -> mlua::Result<LuaValue> {
+    match v {
+        Value::Array(items) => serde_sequence(lua, items).map(LuaValue::Table),
         _ => lua.to_value_with(v, to_lua_options()),
     }
 }
 
-/// A Lua sequence of `items`, each converted by serde.
+/// A Lua sequence of `items` (a chunk's arguments, `map`'s results, a list from a queue): the
+/// list does not count towards the nesting limit, each item does.
 pub(super) fn sequence(lua: &Lua, items: &[Value]) -> mlua::Result<Table> {
+    match direct::sequence_of(lua, items) {
+        Some(t) => Ok(t),
+        None => serde_sequence(lua, items),
+    }
+}
+
+/// [`sequence`] through mlua's serde support alone: mlua's `create_sequence_from` under one
+/// lock, each item converted by serde.
+pub(super) fn serde_sequence(lua: &Lua, items: &[Value]) -> mlua::Result<Table> {
     lua.create_sequence_from(items.iter().map(Item))
 }
 

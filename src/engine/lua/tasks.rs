@@ -3,6 +3,7 @@
 
 use mlua::ffi;
 
+use super::direct;
 use super::image::Graph;
 use super::*;
 
@@ -120,16 +121,21 @@ impl Tasks {
                 true,
             ),
             CallSlice::Lists(lists) => {
-                let tables = lists
-                    .iter()
-                    .map(|list| {
-                        let args = sequence(lua, list)?;
-                        args.raw_set("n", list.len())?;
-                        Ok(args)
-                    })
-                    .collect::<mlua::Result<Vec<Table>>>()
-                    .map_err(error_text)?;
-                let table = lua.create_sequence_from(tables).map_err(error_text)?;
+                let table = match direct::lists_of(lua, lists) {
+                    Some(table) => table,
+                    None => {
+                        let tables = lists
+                            .iter()
+                            .map(|list| {
+                                let args = sequence(lua, list)?;
+                                args.raw_set("n", list.len())?;
+                                Ok(args)
+                            })
+                            .collect::<mlua::Result<Vec<Table>>>()
+                            .map_err(error_text)?;
+                        lua.create_sequence_from(tables).map_err(error_text)?
+                    }
+                };
                 (LuaValue::Table(table), false)
             }
         };
@@ -159,7 +165,7 @@ impl Tasks {
         };
         // One conversion for the whole chunk, unless nil results left it something else than a
         // list of `count` values.
-        if let Ok(Value::Array(values)) = to_value(LuaValue::Table(results.clone())) {
+        if let Ok(Value::Array(values)) = to_value(lua, LuaValue::Table(results.clone())) {
             if values.len() == count {
                 return Ok(values);
             }
@@ -167,7 +173,7 @@ impl Tasks {
         (1..=count)
             .map(|i| {
                 let v = results.raw_get::<LuaValue>(i).map_err(error_text)?;
-                data_of(v).map_err(|what| {
+                data_of(lua, v).map_err(|what| {
                     TaskError::at(i - 1, format!("cannot send a task's result back: {what}"))
                 })
             })

@@ -228,7 +228,7 @@ impl Encoder<'_> {
     fn data(&mut self, value: LuaValue) -> Result<Upvalue, String> {
         let digest = fingerprint::of(self.lua, &value).map_err(error_text)?;
         self.checks.push(Check::Data(digest));
-        data_of(value).map(Upvalue::Data)
+        data_of(self.lua, value).map(Upvalue::Data)
     }
 
     /// Where the script reaches `value` from the globals: `math.floor`, `package.loaded.m`.

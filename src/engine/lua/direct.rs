@@ -1,0 +1,770 @@
+//! Lua values to [`Value`] and back through Lua's C API: the conversions of the hot paths (a
+//! chunk's arguments and results, a task's result, `map`'s list and its results).
+//!
+//! One protected call walks or builds a whole table, where mlua's serde support goes through
+//! its generic traits and takes the state's lock for every element. The outcome is exactly the
+//! serde path's ([`super::convert`]): the same `Value` for the same table (which tables are
+//! sequences, integer or float, string or bytes, the order of a map's entries), the same Lua
+//! tables (sizes, insertion order) for the same `Value`. Where deciding would mean copying
+//! serde's corner cases (a value that is not plain data, a table met again on its own path,
+//! nesting past [`MAX_DEPTH`], a key Lua cannot hold), the walk gives up with `None` and the
+//! caller takes the serde path, which gives the answer or the error. The property test in
+//! `convert` checks that the two agree on generated values.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use mlua::ffi;
+use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
+
+use crate::value::{Value, MAX_DEPTH};
+
+/// The [`Value`] of table `t`, as mlua's serde makes it (`detect_mixed_tables`,
+/// `deny_recursive_tables`, `deny_unsupported_types`, nesting up to [`MAX_DEPTH`]); `None`
+/// where the serde path must decide.
+pub(super) fn table_data(lua: &Lua, t: &Table) -> Option<Value> {
+    let mut out = None;
+    // SAFETY: `read` keeps to Lua's API and to the stack above the table (1) and the array
+    // metatable (2); it raises no Lua error (no allocation in Lua: `lua_next` on keys it does
+    // not touch, raw reads, `lua_tolstring` only on strings, `lua_checkstack` that only
+    // answers), so nothing it owns is skipped by a longjmp.
+    let done = unsafe {
+        lua.exec_raw::<()>((t, lua.array_metatable()), |state| {
+            let mut reader = Reader {
+                path: Vec::new(),
+                array_metatable: 2,
+            };
+            out = reader.read(state, 1);
+            ffi::lua_settop(state, 0);
+        })
+    };
+    done.ok().and(out)
+}
+
+/// Walks a Lua value into a [`Value`] (see [`table_data`]).
+struct Reader {
+    /// The tables from the root to the one being read (mlua's recursion guard).
+    path: Vec<*const c_void>,
+    /// Where mlua's array metatable is on the stack.
+    array_metatable: c_int,
+}
+
+impl Reader {
+    /// The value at (absolute) index `at`.
+    ///
+    /// # Safety
+    /// `state` is in a protected call; `at` is a valid absolute index of its stack.
+    unsafe fn read(&mut self, state: *mut ffi::lua_State, at: c_int) -> Option<Value> {
+        Some(match ffi::lua_type(state, at) {
+            ffi::LUA_TNIL => Value::Nil,
+            ffi::LUA_TBOOLEAN => Value::Bool(ffi::lua_toboolean(state, at) != 0),
+            ffi::LUA_TNUMBER if ffi::lua_isinteger(state, at) != 0 => {
+                Value::Int(ffi::lua_tointeger(state, at))
+            }
+            ffi::LUA_TNUMBER => Value::Float(ffi::lua_tonumber(state, at)),
+            ffi::LUA_TSTRING => string_at(state, at),
+            ffi::LUA_TTABLE => return self.table(state, at),
+            _ => return None,
+        })
+    }
+
+    /// The table at `at`: mlua's `SerializableTable`.
+    ///
+    /// # Safety
+    /// As [`Reader::read`], with a table at `at`.
+    unsafe fn table(&mut self, state: *mut ffi::lua_State, at: c_int) -> Option<Value> {
+        let id = ffi::lua_topointer(state, at);
+        if self.path.len() >= MAX_DEPTH
+            || self.path.contains(&id)
+            || ffi::lua_checkstack(state, 4) == 0
+        {
+            return None;
+        }
+        self.path.push(id);
+        let out = match self.has_array_metatable(state, at) {
+            true => self.sequence(state, at),
+            false => self.entries(state, at),
+        };
+        self.path.pop();
+        out
+    }
+
+    /// # Safety
+    /// As [`Reader::table`], with a free stack slot.
+    unsafe fn has_array_metatable(&self, state: *mut ffi::lua_State, at: c_int) -> bool {
+        if ffi::lua_getmetatable(state, at) == 0 {
+            return false;
+        }
+        let same = ffi::lua_rawequal(state, -1, self.array_metatable) != 0;
+        ffi::lua_pop(state, 1);
+        same
+    }
+
+    /// A table marked as a sequence: its items up to its border, whatever other keys it has.
+    ///
+    /// # Safety
+    /// As [`Reader::table`].
+    unsafe fn sequence(&mut self, state: *mut ffi::lua_State, at: c_int) -> Option<Value> {
+        let len = ffi::lua_rawlen(state, at);
+        let mut items = Vec::with_capacity(len.min(1 << 20));
+        let item = ffi::lua_gettop(state) + 1;
+        for i in 1..=len {
+            ffi::lua_rawgeti(state, at, i as ffi::lua_Integer);
+            let read = self.read(state, item);
+            ffi::lua_settop(state, item - 1);
+            items.push(read?);
+        }
+        Some(Value::Array(items))
+    }
+
+    /// Any other table, read in one pass of `lua_next` (the order serde's map has). While the
+    /// keys come as 1, 2, 3... (a sequence's array part) only the values are kept; past that,
+    /// the keys too, and the table is a sequence or a map by mlua's rule (see [`shape`]).
+    ///
+    /// # Safety
+    /// As [`Reader::table`].
+    unsafe fn entries(&mut self, state: *mut ffi::lua_State, at: c_int) -> Option<Value> {
+        let mut items = Vec::with_capacity(ffi::lua_rawlen(state, at).min(1 << 20));
+        let mut keys: Option<Vec<Value>> = None;
+        ffi::lua_pushnil(state);
+        let key = ffi::lua_gettop(state);
+        let value = key + 1;
+        while ffi::lua_next(state, at) != 0 {
+            if keys.is_none()
+                && (ffi::lua_isinteger(state, key) == 0
+                    || ffi::lua_tointeger(state, key) != items.len() as ffi::lua_Integer + 1)
+            {
+                keys = Some((1..=items.len() as i64).map(Value::Int).collect());
+            }
+            if let Some(keys) = &mut keys {
+                keys.push(self.read(state, key)?);
+            }
+            let item = self.read(state, value);
+            ffi::lua_settop(state, key);
+            items.push(item?);
+        }
+        Some(match keys {
+            None => Value::Array(items),
+            Some(keys) => shape(keys, items),
+        })
+    }
+}
+
+/// A Lua string: [`Value::Str`] if it is UTF-8, else [`Value::Bytes`] (mlua's `LuaString`
+/// serializes so).
+///
+/// # Safety
+/// `at` holds a string.
+unsafe fn string_at(state: *mut ffi::lua_State, at: c_int) -> Value {
+    let mut len = 0;
+    let data = ffi::lua_tolstring(state, at, &mut len);
+    let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Value::Str(s.to_owned()),
+        Err(_) => Value::Bytes(bytes.to_vec()),
+    }
+}
+
+/// A table's entries as mlua's `Table::encode_as_array` (with `detect_mixed_tables`) shapes
+/// them: a sequence if every key is a whole number from 1 and the largest is under 10 or at
+/// most twice their count (missing items nil), else a map in the order read.
+fn shape(keys: Vec<Value>, items: Vec<Value>) -> Value {
+    // As mlua reads a key: `lua_tonumber`, then cast to usize (saturating).
+    let index = |key: &Value| {
+        match *key {
+            Value::Int(i) => Some(i as f64),
+            Value::Float(f) => Some(f),
+            _ => None,
+        }
+        .filter(|&k| k.trunc() == k && k >= 1.0)
+        .map(|k| k as usize)
+    };
+    let mut max = Some(0);
+    for key in &keys {
+        max = max.zip(index(key)).map(|(m, i)| m.max(i));
+    }
+    match max {
+        Some(max) if max < 10 || keys.len() * 2 >= max => {
+            let mut array = vec![Value::Nil; max];
+            for (key, item) in keys.iter().zip(items) {
+                if let Some(slot) = index(key).and_then(|i| array.get_mut(i - 1)) {
+                    *slot = item;
+                }
+            }
+            Value::Array(array)
+        }
+        _ => Value::Map(keys.into_iter().zip(items).collect()),
+    }
+}
+
+/// `v` as a Lua value, as mlua's serde makes it with `convert::to_lua_options` (no array
+/// metatable, nil for nil, a char as a one-character string, tables created at their sizes and
+/// filled in order); `None` where the serde path must decide (nesting past [`MAX_DEPTH`], a nil
+/// or NaN key).
+pub(super) fn lua_of(lua: &Lua, v: &Value) -> Option<LuaValue> {
+    // SAFETY: as in `push_with`.
+    push_with(lua, |state| unsafe { push(state, v, MAX_DEPTH) })
+}
+
+/// A Lua sequence of `items`, as mlua's `create_sequence_from` makes it with each item converted
+/// by serde (the list itself does not count towards the nesting limit).
+pub(super) fn sequence_of(lua: &Lua, items: &[Value]) -> Option<Table> {
+    // SAFETY: as in `push_with`.
+    match push_with(lua, |state| unsafe {
+        push_sequence(state, items, MAX_DEPTH)
+    })? {
+        LuaValue::Table(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// A sequence of argument lists, each a sequence with its length at `n` (the chunk runner's
+/// calls, see `Tasks::call_many`).
+pub(super) fn lists_of(lua: &Lua, lists: &[Vec<Value>]) -> Option<Table> {
+    let built = push_with(lua, |state| {
+        // SAFETY: as in `push_with`.
+        unsafe {
+            if ffi::lua_checkstack(state, 3) == 0 {
+                return false;
+            }
+            ffi::lua_createtable(state, lists.len().try_into().unwrap_or(c_int::MAX), 0);
+            let table = ffi::lua_gettop(state);
+            for (i, list) in lists.iter().enumerate() {
+                if !push_sequence(state, list, MAX_DEPTH) {
+                    return false;
+                }
+                ffi::lua_pushinteger(state, list.len() as ffi::lua_Integer);
+                ffi::lua_setfield(state, -2, c"n".as_ptr());
+                ffi::lua_rawseti(state, table, i as ffi::lua_Integer + 1);
+            }
+            true
+        }
+    })?;
+    match built {
+        LuaValue::Table(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// Runs `build` in a protected call and returns the one value it pushed; `None` if it gave up
+/// (returned false) or raised an error (out of memory: the serde path then says so).
+fn push_with(lua: &Lua, build: impl FnOnce(*mut ffi::lua_State) -> bool) -> Option<LuaValue> {
+    let mut built = false;
+    // SAFETY: `build` keeps to Lua's API and pushes one value, or gives up; an error in it (out
+    // of memory) unwinds through the protected call `exec_raw` makes, and what it skips owns
+    // nothing (references into the `Value` and slice iterators).
+    let out = unsafe {
+        lua.exec_raw::<LuaValue>((), |state| {
+            built = build(state);
+            if !built {
+                ffi::lua_settop(state, 0);
+            }
+        })
+    };
+    match out {
+        Ok(v) if built => Some(v),
+        _ => None,
+    }
+}
+
+/// Pushes `v`, whose containers may nest `budget` deep (mlua's serializer's recursion limit);
+/// false (having pushed anything) where the serde path must decide.
+///
+/// # Safety
+/// `state` is in a protected call.
+unsafe fn push(state: *mut ffi::lua_State, v: &Value, budget: usize) -> bool {
+    match v {
+        Value::Nil => ffi::lua_pushnil(state),
+        Value::Bool(b) => ffi::lua_pushboolean(state, c_int::from(*b)),
+        Value::Int(i) => ffi::lua_pushinteger(state, *i),
+        Value::Float(f) => ffi::lua_pushnumber(state, *f),
+        Value::Str(s) => push_bytes(state, s.as_bytes()),
+        Value::Char(c) => push_bytes(state, c.encode_utf8(&mut [0; 4]).as_bytes()),
+        Value::Bytes(b) => push_bytes(state, b),
+        Value::Array(items) => {
+            return budget > 0 && push_sequence(state, items, budget - 1);
+        }
+        Value::Map(entries) => {
+            if budget == 0 || ffi::lua_checkstack(state, 4) == 0 {
+                return false;
+            }
+            ffi::lua_createtable(state, 0, entries.len().try_into().unwrap_or(c_int::MAX));
+            let table = ffi::lua_gettop(state);
+            for (key, item) in entries {
+                // mlua's `raw_set` fails on these keys: serde says how.
+                if matches!(key, Value::Nil) || matches!(key, Value::Float(f) if f.is_nan()) {
+                    return false;
+                }
+                if !push(state, key, budget - 1) || !push(state, item, budget - 1) {
+                    return false;
+                }
+                ffi::lua_rawset(state, table);
+            }
+        }
+    }
+    true
+}
+
+/// Pushes a sequence of `items`, each nesting up to `budget` deep.
+///
+/// # Safety
+/// `state` is in a protected call.
+unsafe fn push_sequence(state: *mut ffi::lua_State, items: &[Value], budget: usize) -> bool {
+    if ffi::lua_checkstack(state, 3) == 0 {
+        return false;
+    }
+    ffi::lua_createtable(state, items.len().try_into().unwrap_or(c_int::MAX), 0);
+    let table = ffi::lua_gettop(state);
+    for (i, item) in items.iter().enumerate() {
+        if !push(state, item, budget) {
+            return false;
+        }
+        ffi::lua_rawseti(state, table, i as ffi::lua_Integer + 1);
+    }
+    true
+}
+
+/// # Safety
+/// `state` is in a protected call.
+unsafe fn push_bytes(state: *mut ffi::lua_State, bytes: &[u8]) {
+    ffi::lua_pushlstring(state, bytes.as_ptr().cast::<c_char>(), bytes.len());
+}
+
+#[cfg(test)]
+mod tests {
+    //! The direct paths against the serde paths, on generated values: the same `Value` (or
+    //! the same error) for the same Lua value, the same Lua tables for the same `Value`.
+
+    use std::ffi::c_void;
+
+    use mlua::{LightUserData, Lua, LuaSerdeExt, Table, Value as LuaValue};
+    use proptest::prelude::*;
+
+    use super::super::convert::{
+        data_of, from_value, sequence, serde_data_of, serde_from_value, serde_sequence,
+    };
+    use super::*;
+
+    /// A Lua value to build: every type, tables of every shape, values that cannot travel,
+    /// cycles, nesting around the limit.
+    #[derive(Debug, Clone)]
+    enum Gen {
+        Nil,
+        Bool(bool),
+        Int(i64),
+        Float(f64),
+        Str(Vec<u8>),
+        /// A table from its entries (nil and NaN keys skipped), maybe with the array metatable.
+        Table(Vec<(Gen, Gen)>, bool),
+        /// A table from `items` at 1, 2, 3... (nil items are holes), maybe with the array
+        /// metatable.
+        Seq(Vec<Gen>, bool),
+        /// A table of `n` entries: a sequence of integers (0), string keys (1), every third
+        /// index (2), or a sequence 1..n with one more key at 2n + k - 4 (3: around mlua's
+        /// rule of sparse sequences).
+        Large(usize, u8, usize),
+        /// `Gen` inside `n` tables, each at key 1 or "x".
+        Deep(usize, bool, Box<Gen>),
+        /// One table twice in a sequence (not a cycle).
+        Twice(Box<Gen>),
+        /// The table `n` levels up (a cycle), nil at the top.
+        Up(usize),
+        Function,
+        Coroutine,
+        UserData,
+        LightUserData(bool),
+    }
+
+    impl Gen {
+        /// Holds a value that serde may take as data where the direct path gives up.
+        fn opaque(&self) -> bool {
+            match self {
+                Gen::UserData | Gen::LightUserData(_) => true,
+                Gen::Table(entries, _) => entries.iter().any(|(k, v)| k.opaque() || v.opaque()),
+                Gen::Seq(items, _) => items.iter().any(Gen::opaque),
+                Gen::Deep(_, _, g) | Gen::Twice(g) => g.opaque(),
+                _ => false,
+            }
+        }
+
+        fn build(&self, lua: &Lua, up: &mut Vec<Table>) -> LuaValue {
+            let table = |lua: &Lua, metatable: bool| {
+                let t = lua.create_table().unwrap();
+                if metatable {
+                    t.set_metatable(Some(lua.array_metatable())).unwrap();
+                }
+                t
+            };
+            match self {
+                Gen::Nil => LuaValue::Nil,
+                Gen::Bool(b) => LuaValue::Boolean(*b),
+                Gen::Int(i) => LuaValue::Integer(*i),
+                Gen::Float(f) => LuaValue::Number(*f),
+                Gen::Str(s) => LuaValue::String(lua.create_string(s).unwrap()),
+                Gen::Table(entries, metatable) => {
+                    let t = table(lua, *metatable);
+                    up.push(t.clone());
+                    for (k, v) in entries {
+                        let (k, v) = (k.build(lua, up), v.build(lua, up));
+                        let bad = matches!(k, LuaValue::Nil)
+                            || matches!(k, LuaValue::Number(f) if f.is_nan());
+                        if !bad {
+                            t.raw_set(k, v).unwrap();
+                        }
+                    }
+                    up.pop();
+                    LuaValue::Table(t)
+                }
+                Gen::Seq(items, metatable) => {
+                    let t = table(lua, *metatable);
+                    up.push(t.clone());
+                    for (i, item) in items.iter().enumerate() {
+                        t.raw_set(i + 1, item.build(lua, up)).unwrap();
+                    }
+                    up.pop();
+                    LuaValue::Table(t)
+                }
+                Gen::Large(n, kind, k) => {
+                    let t = lua.create_table().unwrap();
+                    for i in 1..=*n as i64 {
+                        match kind {
+                            0 | 3 => t.raw_set(i, i * 7).unwrap(),
+                            1 => t.raw_set(format!("k{i}"), i).unwrap(),
+                            _ => t.raw_set(i * 3, i).unwrap(),
+                        }
+                    }
+                    if *kind == 3 {
+                        t.raw_set(2 * *n + *k - 2, "last").unwrap();
+                    }
+                    LuaValue::Table(t)
+                }
+                Gen::Deep(n, at_one, inner) => {
+                    let mut v = inner.build(lua, up);
+                    for _ in 0..*n {
+                        let t = lua.create_table().unwrap();
+                        match at_one {
+                            true => t.raw_set(1, v).unwrap(),
+                            false => t.raw_set("x", v).unwrap(),
+                        }
+                        v = LuaValue::Table(t);
+                    }
+                    v
+                }
+                Gen::Twice(inner) => {
+                    let v = inner.build(lua, up);
+                    LuaValue::Table(lua.create_sequence_from([v.clone(), v]).unwrap())
+                }
+                Gen::Up(n) => match up.len() {
+                    0 => LuaValue::Nil,
+                    len => LuaValue::Table(up[len - 1 - n % len].clone()),
+                },
+                Gen::Function => LuaValue::Function(lua.create_function(|_, ()| Ok(())).unwrap()),
+                Gen::Coroutine => {
+                    let f = lua.create_function(|_, ()| Ok(())).unwrap();
+                    LuaValue::Thread(lua.create_thread(f).unwrap())
+                }
+                Gen::UserData => LuaValue::UserData(lua.create_any_userdata(7u8).unwrap()),
+                Gen::LightUserData(null) => {
+                    let at = if *null { 0 } else { 16 };
+                    LuaValue::LightUserData(LightUserData(at as *mut c_void))
+                }
+            }
+        }
+    }
+
+    fn float() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>(),
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(-0.0),
+            Just(3.0),
+            Just(2.5),
+            Just(9.223_372_036_854_776e18),
+            (-3..12i32).prop_map(f64::from),
+        ]
+    }
+
+    fn int() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            3 => -3..12i64,
+            1 => any::<i64>(),
+            1 => Just(i64::MIN),
+            1 => Just(i64::MAX),
+        ]
+    }
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(Vec::new()),
+            "[a-z]{1,3}|é|\\PC{0,4}|[1-3]|2\\.0| 1".prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..6),
+        ]
+    }
+
+    fn leaf() -> impl Strategy<Value = Gen> {
+        prop_oneof![
+            4 => Just(Gen::Nil),
+            2 => any::<bool>().prop_map(Gen::Bool),
+            6 => int().prop_map(Gen::Int),
+            4 => float().prop_map(Gen::Float),
+            4 => bytes().prop_map(Gen::Str),
+            1 => Just(Gen::Function),
+            1 => Just(Gen::Coroutine),
+            1 => Just(Gen::UserData),
+            1 => any::<bool>().prop_map(Gen::LightUserData),
+            1 => (0..3usize).prop_map(Gen::Up),
+        ]
+    }
+
+    fn lua_value() -> impl Strategy<Value = Gen> {
+        leaf().prop_recursive(4, 48, 10, |inner| {
+            let key = prop_oneof![
+                4 => int().prop_map(Gen::Int),
+                2 => leaf(),
+                1 => inner.clone(),
+            ];
+            let item = prop_oneof![2 => Just(Gen::Nil), 5 => inner.clone()];
+            prop_oneof![
+                4 => (proptest::collection::vec((key, inner.clone()), 0..8), any::<bool>())
+                    .prop_map(|(entries, mt)| Gen::Table(entries, mt)),
+                4 => (proptest::collection::vec(item, 0..12), any::<bool>())
+                    .prop_map(|(items, mt)| Gen::Seq(items, mt)),
+                1 => (prop_oneof![0..3000usize, 1..12usize], 0..4u8, 0..5usize)
+                    .prop_map(|(n, kind, k)| Gen::Large(n, kind, k)),
+                1 => (prop_oneof![1..4usize, 125..131usize], any::<bool>(), inner.clone())
+                    .prop_map(|(n, at_one, g)| Gen::Deep(n, at_one, Box::new(g))),
+                1 => inner.prop_map(|g| Gen::Twice(Box::new(g))),
+            ]
+        })
+    }
+
+    /// A `Value` (or `Value` for Lua): every variant, keys Lua cannot hold, nesting around
+    /// the limit.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            2 => Just(Value::Nil),
+            1 => any::<bool>().prop_map(Value::Bool),
+            3 => int().prop_map(Value::Int),
+            2 => float().prop_map(Value::Float),
+            2 => "\\PC{0,5}".prop_map(Value::Str),
+            1 => any::<char>().prop_map(Value::Char),
+            2 => bytes().prop_map(Value::Bytes),
+        ];
+        leaf.prop_recursive(4, 48, 10, |inner| {
+            prop_oneof![
+                3 => proptest::collection::vec(inner.clone(), 0..10).prop_map(Value::Array),
+                3 => proptest::collection::vec((inner.clone(), inner.clone()), 0..8)
+                    .prop_map(Value::Map),
+                1 => (prop_oneof![1..3usize, 126..131usize], any::<bool>(), inner)
+                    .prop_map(|(n, array, mut v)| {
+                        for _ in 0..n {
+                            v = match array {
+                                true => Value::Array(vec![v]),
+                                false => Value::Map(vec![(Value::Int(1), v)]),
+                            };
+                        }
+                        v
+                    }),
+            ]
+        })
+    }
+
+    /// Values compared by their debug text: `Int(3)` is not `Float(3.0)`, NaN is NaN, -0.0 is
+    /// not 0.0.
+    fn text(v: &Result<Value, String>) -> String {
+        format!("{v:?}")
+    }
+
+    /// `v` with the entries of its maps that have tables as keys in a fixed order: Lua orders
+    /// them by the tables' addresses.
+    fn keyed_by_tables_sorted(v: Value) -> Value {
+        match v {
+            Value::Array(items) => {
+                Value::Array(items.into_iter().map(keyed_by_tables_sorted).collect())
+            }
+            Value::Map(entries) => {
+                let tables = |k: &Value| matches!(k, Value::Array(_) | Value::Map(_));
+                let by_tables = entries.iter().any(|(k, _)| tables(k));
+                let mut entries: Vec<_> = entries
+                    .into_iter()
+                    .map(|(k, v)| (keyed_by_tables_sorted(k), keyed_by_tables_sorted(v)))
+                    .collect();
+                if by_tables {
+                    entries.sort_by_cached_key(|entry| format!("{entry:?}"));
+                }
+                Value::Map(entries)
+            }
+            other => other,
+        }
+    }
+
+    /// Two Lua values built from one `Value` are the same: types, bits, bytes, no metatables,
+    /// and tables whose entries `next` visits in the same order (a later conversion reads them
+    /// so).
+    fn same_lua(a: &LuaValue, b: &LuaValue) -> Result<(), String> {
+        let differ = || Err(format!("{a:?} is not {b:?}"));
+        match (a, b) {
+            (LuaValue::Nil, LuaValue::Nil) => Ok(()),
+            (LuaValue::Boolean(x), LuaValue::Boolean(y)) if x == y => Ok(()),
+            (LuaValue::Integer(x), LuaValue::Integer(y)) if x == y => Ok(()),
+            (LuaValue::Number(x), LuaValue::Number(y)) if x.to_bits() == y.to_bits() => Ok(()),
+            (LuaValue::String(x), LuaValue::String(y)) if x.as_bytes() == y.as_bytes() => Ok(()),
+            (LuaValue::Table(x), LuaValue::Table(y)) => {
+                if x.metatable().is_some() || y.metatable().is_some() {
+                    return Err("a table with a metatable".into());
+                }
+                let pairs = |t: &Table| {
+                    t.pairs::<LuaValue, LuaValue>()
+                        .collect::<mlua::Result<Vec<_>>>()
+                        .unwrap()
+                };
+                let (xs, mut ys) = (pairs(x), pairs(y));
+                if xs.len() != ys.len() || x.raw_len() != y.raw_len() {
+                    return differ();
+                }
+                // Tables as keys hash by address: two tables built alike order them apart.
+                if xs.iter().any(|(k, _)| k.is_table()) {
+                    for (xk, xv) in &xs {
+                        let found = ys.iter().position(|(yk, yv)| {
+                            same_lua(xk, yk).is_ok() && same_lua(xv, yv).is_ok()
+                        });
+                        match found {
+                            Some(i) => drop(ys.swap_remove(i)),
+                            None => return differ(),
+                        }
+                    }
+                    return Ok(());
+                }
+                for ((xk, xv), (yk, yv)) in xs.iter().zip(&ys) {
+                    same_lua(xk, yk)?;
+                    same_lua(xv, yv)?;
+                }
+                Ok(())
+            }
+            _ => differ(),
+        }
+    }
+
+    /// From Lua: the direct path gives up only where serde fails or meets a value it may take
+    /// as data (userdata, light userdata), and `data_of` agrees with serde on every value.
+    fn check_lua(lua: &Lua, g: &Gen) -> Result<(), TestCaseError> {
+        let v = g.build(lua, &mut Vec::new());
+        let serde = serde_data_of(v.clone());
+        let both = data_of(lua, v.clone());
+        prop_assert_eq!(text(&both), text(&serde));
+        if let LuaValue::Table(t) = &v {
+            match table_data(lua, t) {
+                Some(direct) => prop_assert_eq!(text(&Ok(direct)), text(&serde)),
+                None => prop_assert!(serde.is_err() || g.opaque(), "gave up on {serde:?}"),
+            }
+        }
+        if let Ok(data) = serde {
+            check_value(lua, &data)?;
+        }
+        Ok(())
+    }
+
+    /// To Lua: the same tables (or the same error) both ways, which read back as the same
+    /// `Value` both ways.
+    fn check_value(lua: &Lua, v: &Value) -> Result<(), TestCaseError> {
+        let serde = serde_from_value(lua, v);
+        let both = from_value(lua, v);
+        match (&serde, &both) {
+            (Ok(a), Ok(b)) => {
+                prop_assert_eq!(same_lua(a, b), Ok(()));
+                let serde_back = serde_data_of(a.clone());
+                prop_assert_eq!(text(&data_of(lua, a.clone())), text(&serde_back));
+                let back = data_of(lua, b.clone()).map(keyed_by_tables_sorted);
+                prop_assert_eq!(text(&back), text(&serde_back.map(keyed_by_tables_sorted)));
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+            _ => prop_assert!(false, "serde {serde:?}, direct {both:?}"),
+        }
+        let direct = match v {
+            Value::Array(items) => sequence_of(lua, items).map(LuaValue::Table),
+            _ => lua_of(lua, v),
+        };
+        prop_assert!(direct.is_some() || serde.is_err(), "gave up on {v:?}");
+        if let Value::Array(items) = v {
+            let lists = [items.clone(), Vec::new(), vec![v.clone()]];
+            let serde = lists
+                .iter()
+                .map(|list| {
+                    let t = serde_sequence(lua, list)?;
+                    t.raw_set("n", list.len())?;
+                    Ok(t)
+                })
+                .collect::<mlua::Result<Vec<Table>>>();
+            match (lists_of(lua, &lists), serde) {
+                (Some(direct), Ok(serde)) => {
+                    for (i, serde) in serde.iter().enumerate() {
+                        let direct: Table = direct.raw_get(i + 1).unwrap();
+                        let n = |t: &Table| t.raw_get::<i64>("n").unwrap();
+                        prop_assert_eq!(n(&direct), n(serde));
+                        for j in 1..=n(serde) {
+                            let (a, b) = (serde.raw_get(j).unwrap(), direct.raw_get(j).unwrap());
+                            prop_assert_eq!(same_lua(&a, &b), Ok(()));
+                        }
+                    }
+                }
+                (None, Err(_)) => {}
+                (direct, serde) => prop_assert!(false, "lists: {direct:?} against {serde:?}"),
+            }
+            prop_assert_eq!(
+                sequence(lua, items).is_ok(),
+                serde_sequence(lua, items).is_ok()
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        #[test]
+        fn lua_values_convert_as_serde_converts_them(g in lua_value()) {
+            check_lua(&Lua::new(), &g)?;
+        }
+
+        #[test]
+        fn values_reach_lua_as_serde_builds_them(v in value()) {
+            check_value(&Lua::new(), &v)?;
+        }
+    }
+
+    /// The cases the generators may miss, by name.
+    #[test]
+    fn edge_cases_agree() {
+        let lua = Lua::new();
+        for code in [
+            "return {}",
+            "return {1, 2, nil, 4}",
+            "return {[9] = 1}",
+            "return {[10] = 1}",
+            "return {1, 2, 3, [8] = 8}",
+            "return {1, 2, 3, [9] = 9}",
+            "return {[1.5] = 1}",
+            "return {[2^63] = 1}",
+            "return {[math.huge] = 1}",
+            "return {[-1] = 1, [0] = 0}",
+            "return {3.0, -0.0, 0/0, math.huge, math.mininteger, math.maxinteger}",
+            "return {x = 1, 10, 20}",
+            "return {'a', ['2'] = 'b'}",
+            "return {'\\255', ''}",
+            "return setmetatable({1, nil, 3, x = 4}, ...)",
+            "return setmetatable({}, {})",
+            "local t = {} t[1] = t return t",
+            "local t = {} return {t, t}",
+            "return {print}",
+            "return {[{1}] = {[{}] = 2}}",
+        ] {
+            let g = lua
+                .load(code)
+                .call::<LuaValue>(lua.array_metatable())
+                .unwrap();
+            let serde = serde_data_of(g.clone());
+            assert_eq!(text(&data_of(&lua, g)), text(&serde), "{code}");
+        }
+    }
+}
