@@ -15,6 +15,12 @@ pub struct PoolProgram {
     pub check: fn(&str, &Output),
 }
 
+/// The check of a program that succeeds and prints exactly `lines`.
+fn prints(mode: &str, out: &Output, lines: &[&str]) {
+    out.assert_success();
+    assert_eq!(out.stdout_lines(), lines, "mode {mode}\n{}", out.describe());
+}
+
 /// Every program.
 pub const ALL: [&PoolProgram; 7] = [
     &JOIN_CALLBACKS,
@@ -70,13 +76,11 @@ let values = ok.reduce(|s, v| if s == "" { `${v}` } else { `${s},${v}` }, "");
 print(`callbacks	${ok.len()}	${errs.len()}	ready	${ready}	successful	${good}	values	${values}`);
 "#,
     check: |mode, out| {
-        out.assert_success();
-        assert_eq!(
-            out.stdout_lines(),
-            ["callbacks\t5\t4\tready\t9\tsuccessful\t5\tvalues\t3,10,20,30,40"],
-            "mode {mode}\n{}",
-            out.describe()
-        );
+        prints(
+            mode,
+            out,
+            &["callbacks\t5\t4\tready\t9\tsuccessful\t5\tvalues\t3,10,20,30,40"],
+        )
     },
 };
 
@@ -189,15 +193,7 @@ pool.close();
 pool.join();
 print(`wrong	${wrong}	called	${called.len()}	imap	${k}`);
 "#,
-    check: |mode, out| {
-        out.assert_success();
-        assert_eq!(
-            out.stdout_lines(),
-            ["wrong\t0\tcalled\t3000\timap\t3000"],
-            "mode {mode}\n{}",
-            out.describe()
-        );
-    },
+    check: |mode, out| prints(mode, out, &["wrong\t0\tcalled\t3000\timap\t3000"]),
 };
 
 /// A callback or error_callback that panics inside parrun (injected: `_test_fault` works only
@@ -345,13 +341,11 @@ pool.close();
 pool.join();
 "#,
     check: |mode, out| {
-        out.assert_success();
-        assert_eq!(
-            out.stdout_lines(),
-            ["3,5,7", "3,5,7", "11,21,31", "15\t25", "4\t3,2"],
-            "mode {mode}\n{}",
-            out.describe()
-        );
+        prints(
+            mode,
+            out,
+            &["3,5,7", "3,5,7", "11,21,31", "15\t25", "4\t3,2"],
+        )
     },
 };
 
@@ -381,13 +375,5 @@ print(show.call(pool.map(bump, [1, 2, 3], 1)));
 pool.close();
 pool.join();
 "#,
-    check: |mode, out| {
-        out.assert_success();
-        assert_eq!(
-            out.stdout_lines(),
-            ["1,3,6", "7,9,12"],
-            "mode {mode}\n{}",
-            out.describe()
-        );
-    },
+    check: |mode, out| prints(mode, out, &["1,3,6", "7,9,12"]),
 };
