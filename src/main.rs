@@ -244,6 +244,12 @@ fn run(cli: Cli) -> Result<i32, Error> {
 }
 
 // Scripts allocate many small values (tables, strings, task results) from several threads at
-// once; mimalloc's per-thread heaps keep them from contending on one allocator lock.
+// once; mimalloc's per-thread heaps keep them from contending on one allocator lock (glibc's
+// malloc took apply_async 25-35% slower). Its v2 line (Cargo.toml), not v3: v3 hands a full
+// page over to the other threads while it allocates, in steps other threads wait on, so a fork
+// in the middle of one left the step half done in the child, whose next free of a block in that
+// page waited for ever (a forked pool worker hung about once in 200 runs of a script whose
+// threads start and end while it forks; tests/processes.rs churns so). v2 hands pages over
+// only as a thread ends, which a fork waits out (`rt::spawn`'s allocator gate).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

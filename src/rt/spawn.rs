@@ -35,12 +35,12 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 /// and from the end of its work until it has ended, and (exclusive) by the thread about to
 /// fork ([`hold_for_fork`]).
 ///
-/// mimalloc (the binary's allocator) links a thread's heap into its list at the thread's first
-/// allocation and unlinks it as the thread ends, under a lock of its own (`theaps_lock`, a
-/// pthread mutex, with no fork handler): a fork while another thread held it left it locked in
-/// the child, whose next thread then waited for ever at its first allocation (seen in about
-/// one run in two of a script that forks pool workers calling a parent's Queue while its own
-/// threads start and end).
+/// mimalloc (the binary's allocator) sets up a thread's heap at its first allocation and, as
+/// the thread ends, hands its pages over to the other threads, in steps no fork handler guards
+/// (v3 also under a lock, `theaps_lock`): a fork in the middle of one left it half done in the
+/// child, whose next thread then waited for ever at its first allocation (seen in about one run
+/// in two of a script that forks pool workers calling a parent's Queue while its own threads
+/// start and end).
 static ALLOCATOR_GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 thread_local! {
