@@ -65,6 +65,9 @@ pub(crate) enum Op {
     /// Trace events of the child (and of its own children), for the run's trace file (see
     /// `crate::rt::trace`).
     Trace(Vec<trace::Event>),
+    /// Nothing to do: answered once what the child sent before it is done (see
+    /// [`settle_forwarded`]).
+    Barrier,
 }
 
 /// Why an operation on an object in another process failed, as it crosses the link.
@@ -349,7 +352,24 @@ fn forward_output(stream: output::Stream, bytes: &[u8]) -> std::io::Result<()> {
     parent_link()
         .ok_or_else(unreachable_owner)
         .and_then(|link| link.post(0, op))
-        .map_err(std::io::Error::other)
+        .map_err(std::io::Error::other)?;
+    FORWARDED.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// Whether this process has sent lines up its link since the last [`settle_forwarded`].
+static FORWARDED: AtomicBool = AtomicBool::new(false);
+
+/// In a child that sent lines up its link (to an embedding program's writer, or beside
+/// progress bars): waits until the parent has written them. A pool worker calls it before it
+/// hands a task's result over on another channel (its pipe), so that a line the script prints
+/// once it has the result comes after the task's own, as when both write one terminal.
+pub(crate) fn settle_forwarded() {
+    if FORWARDED.swap(false, Ordering::AcqRel) {
+        if let Some(link) = parent_link() {
+            let _ = link.call(0, Op::Barrier);
+        }
+    }
 }
 
 /// In a forked child: sends trace events up to the process that writes the trace (through
@@ -418,7 +438,7 @@ fn serve_request(
                 trace.absorb(events);
             }
             // Answered (if asked) once absorbed: the child waits for that.
-            Op::Trace(Vec::new())
+            Op::Barrier
         }
         op => op,
     };
@@ -427,7 +447,8 @@ fn serve_request(
         reply: reply.clone(),
         alive: alive.clone(),
     };
-    if matches!(op, Op::Trace(_)) {
+    if matches!(op, Op::Barrier) {
+        // Requests are served in the order they came: everything before this one is done.
         if request.id != 0 {
             caller.answer(Ok(Value::Nil));
         }

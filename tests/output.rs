@@ -233,3 +233,51 @@ let p = Process(|| { print("boom"); print("child after"); }); p.start(); p.join(
         }
     });
 }
+
+/// A worker's lines reach the writer before the parent has the task's result: a line the
+/// script prints after a `map` comes after every line its tasks printed, in every mode and both
+/// languages (a forked worker's lines travel on its link, its results on its pipe).
+#[test]
+fn a_tasks_lines_come_before_what_the_script_prints_after_it() {
+    const LUA: &str = r#"
+local pool = parrun.Pool(2)
+for round = 1, 30 do
+  pool:map(function(x) print("task " .. round .. " " .. x) return x end, {1, 2, 3, 4}, 1)
+  print("after " .. round)
+end
+pool:close() pool:join()
+"#;
+    const RHAI: &str = r#"
+let pool = Pool(2);
+for round in 1..=30 {
+  pool.map(|x| { print(`task ${round} ${x}`); x }, [1, 2, 3, 4], 1);
+  print(`after ${round}`);
+}
+pool.close(); pool.join();
+"#;
+    within_a_minute(|| {
+        for mode in MODES {
+            for (language, code) in [(Language::Lua, LUA), (Language::Rhai, RHAI)] {
+                let out = Writes::default();
+                let status = Runtime::new()
+                    .mode(mode)
+                    .stdout(out.clone())
+                    .run_source(language, "order", code)
+                    .unwrap();
+                assert_eq!(status, 0);
+                let lines = out.lines();
+                assert_eq!(lines.len(), 150, "{language:?} {mode:?}: {lines:?}");
+                for round in 1..=30 {
+                    let after = lines.iter().position(|l| *l == format!("after {round}"));
+                    let last_task = lines
+                        .iter()
+                        .rposition(|l| l.starts_with(&format!("task {round} ")));
+                    assert!(
+                        last_task < after,
+                        "{language:?} {mode:?} round {round}: {lines:?}"
+                    );
+                }
+            }
+        }
+    });
+}

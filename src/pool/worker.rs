@@ -207,6 +207,7 @@ pub(super) fn worker_main(
                         trace.flush();
                     }
                 }
+                crate::link::settle_forwarded();
                 let msg = FromWorker {
                     id,
                     micros: start.elapsed().as_micros() as u64,
