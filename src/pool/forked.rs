@@ -19,7 +19,7 @@
 //!   tasks queued behind it go back to the pending queue, and a replacement is forked while the
 //!   pool has work for it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -33,7 +33,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
-use super::worker::{worker_main, FromWorker, ToWorkerOut};
+use super::worker::{worker_main, FromWorker, KeptKeys, ToWorkerOut};
 use super::{Backend, Pool, Status, Task};
 use crate::link;
 use crate::rt::codec::{self, FrameBuf};
@@ -143,8 +143,8 @@ struct Child {
     frames: FrameBuf,
     /// The tasks sent and not answered yet, in the order the worker runs them.
     in_flight: VecDeque<Task>,
-    /// The keys of the functions sent to it.
-    known: HashSet<u64>,
+    /// The keys of the functions sent to it (and kept by it).
+    known: KeptKeys,
     /// How many tasks it was sent (for `maxtasksperchild`).
     sent: usize,
     /// The server of its link to the parent's queues and locks.
@@ -531,7 +531,7 @@ impl Supervisor {
             results: File::from(result_rx),
             frames: FrameBuf::default(),
             in_flight: VecDeque::new(),
-            known: HashSet::new(),
+            known: KeptKeys::default(),
             sent: 0,
             link: Some(forked.link_server),
             running_since: None,
@@ -694,7 +694,7 @@ pub(super) fn take_answer(
 /// keys it has), with the names a traced run records if `traced`. Forked and rank workers
 /// share it.
 pub(super) fn encode_task(
-    known: &mut HashSet<u64>,
+    known: &mut KeptKeys,
     batch: &mut Vec<u8>,
     task: &Task,
     traced: bool,
@@ -703,7 +703,7 @@ pub(super) fn encode_task(
         return Err("internal error: a local function sent to a worker in another process".into());
     };
     let trace_name = task.job.trace_name().filter(|_| traced);
-    if known.insert(*key) {
+    if known.insert(*key).0 {
         let message = ToWorkerOut::Function {
             key: *key,
             code,

@@ -18,7 +18,7 @@
 //!
 //! A task timeout is not enforced on ranks: nothing kills a task that runs on.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +30,7 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use serde_bytes::ByteBuf;
 
 use super::forked::{deal, encode_task, take_answer, Dealt};
-use super::worker::{worker_main, FromWorker};
+use super::worker::{worker_main, FromWorker, KeptKeys};
 use super::{Backend, Pool, Status, Task};
 use crate::exec::mpi::{self as ranks, pool_header, pool_of, Down, PoolEvent, RankSet, Up};
 use crate::rt::cancel::{self, Cancel};
@@ -67,8 +67,8 @@ struct RankWorker {
     rank: i32,
     /// The tasks sent and not answered yet, in the order the rank runs them.
     in_flight: VecDeque<Task>,
-    /// The keys of the functions sent to its current worker.
-    known: HashSet<u64>,
+    /// The keys of the functions sent to its current worker (and kept by it).
+    known: KeptKeys,
     /// How many tasks its current worker was sent (for `maxtasksperchild`).
     sent: usize,
     /// When the task at the front of `in_flight` started.
@@ -80,7 +80,7 @@ impl RankWorker {
         RankWorker {
             rank,
             in_flight: VecDeque::new(),
-            known: HashSet::new(),
+            known: KeptKeys::default(),
             sent: 0,
             running_since: None,
         }

@@ -7,7 +7,7 @@
 //! ([`ToWorkerOut::Function`]); tasks name it by key. A task's calls are borrowed from the job
 //! on the way out ([`ToWorkerOut`]) and owned on the way in ([`ToWorker`]): the same bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -67,12 +67,57 @@ pub(super) struct FromWorker {
     pub(super) result: Result<Vec<Value>, TaskError>,
 }
 
+/// How many functions a worker keeps decoded: past this, the oldest are dropped (a script that
+/// submits a new closure per task would otherwise grow every worker by each one, about 0.5 KB).
+pub(super) const KEPT_FUNCTIONS: usize = 1024;
+
+/// The keys of the functions a worker keeps, oldest first, at most [`KEPT_FUNCTIONS`]. A
+/// supervisor's record of what it sent a worker and the worker's own record of what it was
+/// sent take and drop the same keys at the same point of the stream of messages, so they agree
+/// on what the worker has: a function dropped is sent again with its next task.
+#[derive(Default)]
+pub(super) struct KeptKeys {
+    keys: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl KeptKeys {
+    /// Records `key`: whether it is new, and the oldest key it pushed out, if any.
+    pub(super) fn insert(&mut self, key: u64) -> (bool, Option<u64>) {
+        if !self.keys.insert(key) {
+            return (false, None);
+        }
+        self.order.push_back(key);
+        let out = (self.order.len() > KEPT_FUNCTIONS)
+            .then(|| self.order.pop_front())
+            .flatten();
+        if let Some(old) = out {
+            self.keys.remove(&old);
+        }
+        (true, out)
+    }
+
+    pub(super) fn contains(&self, key: u64) -> bool {
+        self.keys.contains(&key)
+    }
+
+    #[cfg(feature = "mpi")]
+    pub(super) fn clear(&mut self) {
+        self.keys.clear();
+        self.order.clear();
+    }
+}
+
 /// A worker's engine and the functions it has been sent: one cache per worker, by key, of
 /// each function's decoded handle. A forked worker keeps a function's bytes only until its
 /// first task decodes them; a local function (`gil`) is its own handle.
 pub(super) struct Functions {
     engine: Arc<dyn TaskEngine>,
     known: HashMap<u64, Known>,
+    /// The keys sent ahead of their tasks ([`Functions::learn`]), as the supervisor counts them.
+    learned: KeptKeys,
+    /// The keys that came with their code ([`FunctionSpec::Encoded`] in a task).
+    carried: KeptKeys,
 }
 
 enum Known {
@@ -85,6 +130,8 @@ impl Functions {
         Functions {
             engine,
             known: HashMap::new(),
+            learned: KeptKeys::default(),
+            carried: KeptKeys::default(),
         }
     }
 
@@ -94,6 +141,10 @@ impl Functions {
 
     /// A function sent ahead of its tasks (a forked worker's pipe), decoded when first called.
     fn learn(&mut self, key: u64, code: Vec<u8>) {
+        let (_, out) = self.learned.insert(key);
+        if let Some(old) = out.filter(|&old| !self.carried.contains(old)) {
+            self.known.remove(&old);
+        }
         self.known.entry(key).or_insert(Known::Encoded(code));
     }
 
@@ -118,14 +169,19 @@ impl Functions {
     /// what [`Functions::learn`] kept). A function that fails to decode is tried again by its
     /// next task, as a module that failed to load may load later.
     fn decoded(&mut self, key: u64, code: Option<&[u8]>) -> Result<&dyn TaskFn, String> {
-        use std::collections::hash_map::Entry;
-        let slot = match self.known.entry(key) {
-            Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(slot) => {
-                let code = code.ok_or("internal error: function not sent to the worker")?;
-                slot.insert(Known::Decoded(self.engine.decode(code)?))
+        if !self.known.contains_key(&key) {
+            let code = code.ok_or("internal error: function not sent to the worker")?;
+            let f = self.engine.decode(code)?;
+            self.known.insert(key, Known::Decoded(f));
+            let (_, out) = self.carried.insert(key);
+            if let Some(old) = out.filter(|&old| !self.learned.contains(old)) {
+                self.known.remove(&old);
             }
-        };
+        }
+        let slot = self
+            .known
+            .get_mut(&key)
+            .ok_or("internal error: a function was not kept")?;
         if let Known::Encoded(code) = slot {
             let f = self.engine.decode(code)?;
             *slot = Known::Decoded(f);
@@ -360,6 +416,51 @@ mod tests {
             3,
             "decoded more than once per function"
         );
+    }
+
+    /// A worker keeps the last [`KEPT_FUNCTIONS`] functions it was sent, and drops the oldest
+    /// at the very message where the supervisor's record of what it sent drops it too, so a
+    /// function the supervisor takes for known is always there; one that came with its code is
+    /// decoded again when it comes back.
+    #[test]
+    fn a_worker_and_its_supervisor_drop_the_same_old_functions() {
+        let decoded = Arc::new(Mutex::new(0));
+        let engine = Arc::new(Counting {
+            host: Host::new(
+                crate::rt::gil::Gil::new(Duration::from_millis(5), None),
+                crate::host::Settings::default(),
+            ),
+            decoded: decoded.clone(),
+            broken: Mutex::new(false),
+        });
+        let mut functions = Functions::new(engine);
+        let mut sent = KeptKeys::default();
+        let one = Calls::Each(vec![Value::Nil]);
+        // Keys come back now and then, as a script's functions do.
+        let keys = (0..3 * KEPT_FUNCTIONS as u64).map(|i| if i % 7 == 0 { i / 7 } else { i });
+        for key in keys {
+            if sent.insert(key).0 {
+                functions.learn(key, vec![1]);
+            }
+            assert!(functions.call_key(key, one.as_slice()).is_ok(), "key {key}");
+            assert!(functions.known.len() <= 2 * KEPT_FUNCTIONS);
+        }
+        assert_eq!(functions.known.len(), KEPT_FUNCTIONS);
+        assert!(
+            functions.call_key(0, one.as_slice()).is_err(),
+            "kept for ever"
+        );
+        let encoded = |key| FunctionSpec::Encoded { key, code: vec![1] };
+        let before = *decoded.lock().unwrap();
+        for key in 0..=KEPT_FUNCTIONS as u64 {
+            assert!(functions
+                .call_many(&encoded(1 << 40 | key), one.as_slice())
+                .is_ok());
+        }
+        assert!(functions
+            .call_many(&encoded(1 << 40), one.as_slice())
+            .is_ok());
+        assert_eq!(*decoded.lock().unwrap() - before, KEPT_FUNCTIONS + 2);
     }
 
     #[test]
