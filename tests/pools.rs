@@ -96,6 +96,12 @@ fn calls_on_a_worker_share_the_functions_captured_state() {
     in_every_mode(&pool_programs::CALLS_SHARE_CAPTURED_STATE);
 }
 
+/// More functions than a worker keeps, then an early one again: every result is right.
+#[test]
+fn more_functions_than_a_worker_keeps() {
+    in_every_mode(&pool_programs::MANY_FUNCTIONS);
+}
+
 /// The line both languages print for `pool.stats()`: every counter, and whether the task
 /// times look right (a mean above 0 and at most the max, the max at least the 50 ms task).
 const STATS_LUA: &str = r#"

@@ -22,7 +22,7 @@ fn prints(mode: &str, out: &Output, lines: &[&str]) {
 }
 
 /// Every program.
-pub const ALL: [&PoolProgram; 7] = [
+pub const ALL: [&PoolProgram; 8] = [
     &JOIN_CALLBACKS,
     &POOL_ENDS,
     &MANY_SUBMISSIONS,
@@ -30,6 +30,7 @@ pub const ALL: [&PoolProgram; 7] = [
     &OPTIONS,
     &UPVALUES_AT_SUBMISSION,
     &CALLS_SHARE_CAPTURED_STATE,
+    &MANY_FUNCTIONS,
 ];
 
 /// After `close(); join()` every `callback` and `error_callback` has run and every result is
@@ -376,4 +377,41 @@ pool.close();
 pool.join();
 "#,
     check: |mode, out| prints(mode, out, &["1,3,6", "7,9,12"]),
+};
+
+/// More functions than a worker keeps (a new closure per task), then the first one again: it
+/// is sent again, and every result is right.
+pub const MANY_FUNCTIONS: PoolProgram = PoolProgram {
+    name: "manyfunctions",
+    env: &[],
+    lua: r#"
+local pool = parrun.Pool(2)
+local first = function(x) return -x end
+local rs = { pool:apply_async(first, { 1 }) }
+for i = 1, 2500 do
+  rs[#rs + 1] = pool:apply_async(function() return i end, {})
+end
+rs[#rs + 1] = pool:apply_async(first, { 2 })
+local sum = 0
+for k = 2, 2501 do sum = sum + rs[k]:get() end
+print(rs[1]:get(), sum, rs[#rs]:get())
+pool:close()
+pool:join()
+"#,
+    rhai: r#"
+// (A closure would share the loop's variable, as a Python lambda does: a curried value is
+// the value.)
+fn ident(x) { x }
+let pool = Pool(2);
+let first = |x| -x;
+let rs = [pool.apply_async(first, [1])];
+for i in 1..=2500 { rs.push(pool.apply_async(Fn("ident").curry(i), [])); }
+rs.push(pool.apply_async(first, [2]));
+let sum = 0;
+for k in 1..=2500 { sum += rs[k].get(); }
+print(`${rs[0].get()}	${sum}	${rs[rs.len() - 1].get()}`);
+pool.close();
+pool.join();
+"#,
+    check: |mode, out| prints(mode, out, &["-1\t3126250\t-2"]),
 };
