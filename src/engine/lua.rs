@@ -112,10 +112,7 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     let stdout = host.output().stdout.as_ref();
     native::install_stock(lua, &run_here, &drivers, text_only, stdout)?;
     lua.set_named_registry_value("parrun.drivers", &drivers)?;
-    // Functions to the tokens of their last encodings (`tasks::encoded_function`), weakly.
-    let encoded = lua.create_table()?;
-    encoded.set_metatable(drivers.metatable())?;
-    lua.set_named_registry_value("parrun.encoded", encoded)?;
+    tasks::Encodings::install(lua, drivers.metatable())?;
     transport::install(lua)?;
 
     lua.set_named_registry_value("parrun.classes", classes)?;

@@ -363,6 +363,20 @@ mod tests {
         }
     }
 
+    /// A [`Counting`] engine, and its count of decodings.
+    fn counting() -> (Arc<Counting>, Arc<Mutex<usize>>) {
+        let decoded = Arc::new(Mutex::new(0));
+        let engine = Arc::new(Counting {
+            host: Host::new(
+                crate::rt::gil::Gil::new(Duration::from_millis(5), None),
+                crate::host::Settings::default(),
+            ),
+            decoded: decoded.clone(),
+            broken: Mutex::new(false),
+        });
+        (engine, decoded)
+    }
+
     impl TaskFn for Count {
         fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, crate::script::TaskError> {
             Ok(vec![Value::Int(self.0 as i64); calls.len()])
@@ -374,15 +388,7 @@ mod tests {
     /// that failed to decode is tried again by its next task.
     #[test]
     fn a_worker_decodes_each_function_once() {
-        let decoded = Arc::new(Mutex::new(0));
-        let engine = Arc::new(Counting {
-            host: Host::new(
-                crate::rt::gil::Gil::new(Duration::from_millis(5), None),
-                crate::host::Settings::default(),
-            ),
-            decoded: decoded.clone(),
-            broken: Mutex::new(false),
-        });
+        let (engine, decoded) = counting();
         let mut functions = Functions::new(engine.clone());
         let one = Calls::Each(vec![Value::Nil]);
         let encoded = |key| FunctionSpec::Encoded { key, code: vec![1] };
@@ -424,15 +430,7 @@ mod tests {
     /// decoded again when it comes back.
     #[test]
     fn a_worker_and_its_supervisor_drop_the_same_old_functions() {
-        let decoded = Arc::new(Mutex::new(0));
-        let engine = Arc::new(Counting {
-            host: Host::new(
-                crate::rt::gil::Gil::new(Duration::from_millis(5), None),
-                crate::host::Settings::default(),
-            ),
-            decoded: decoded.clone(),
-            broken: Mutex::new(false),
-        });
+        let (engine, decoded) = counting();
         let mut functions = Functions::new(engine);
         let mut sent = KeptKeys::default();
         let one = Calls::Each(vec![Value::Nil]);

@@ -315,10 +315,7 @@ impl Snapshot for LuaSnapshot {
 /// that encoding. The last encodings are kept by a token a weak table gives each function, so
 /// that a collected function's address, reused by another, finds nothing.
 pub(super) fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSpec>, String> {
-    let tokens: Table = lua
-        .named_registry_value("parrun.encoded")
-        .map_err(error_text)?;
-    if let Some(spec) = last_encoding(lua, &tokens, f)? {
+    if let Some(spec) = last_encoding(lua, f)? {
         return Ok(spec);
     }
     let encoded = transport::encode(lua, f)?;
@@ -335,33 +332,28 @@ pub(super) fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSp
         key,
         code: encoded.code,
     });
-    if lua.app_data_ref::<Encodings>().is_none() {
-        lua.set_app_data(Encodings::default());
-    }
     let mut encodings = lua
         .app_data_mut::<Encodings>()
-        .ok_or("internal error: no encodings")?;
+        .ok_or("internal error: a Lua state without its encodings")?;
     if encodings.last.len() >= Encodings::KEPT {
         encodings.last.clear();
     }
     encodings.next += 1;
     let token = encodings.next;
     encodings.last.insert(token, (spec.clone(), encoded.checks));
+    let tokens = encodings.tokens.clone();
     drop(encodings);
     tokens.raw_set(f, token).map_err(error_text)?;
     Ok(spec)
 }
 
-/// `f`'s last encoding, if `f` is unchanged since: one protected call finds its token in
-/// `tokens` and checks its upvalues (a submission's fixed cost, so it stays inside Lua's API).
-fn last_encoding(
-    lua: &Lua,
-    tokens: &Table,
-    f: &Function,
-) -> Result<Option<Arc<FunctionSpec>>, String> {
+/// `f`'s last encoding, if `f` is unchanged since: one protected call finds its token and
+/// checks its upvalues (a submission's fixed cost, so it stays inside Lua's API).
+fn last_encoding(lua: &Lua, f: &Function) -> Result<Option<Arc<FunctionSpec>>, String> {
     let Some(encodings) = lua.app_data_ref::<Encodings>() else {
         return Ok(None);
     };
+    let tokens = &encodings.tokens;
     let mut last = None;
     // SAFETY: the closure keeps to Lua's API and to the stack above `tokens` (1) and `f` (2);
     // an error (out of memory) unwinds through the protected call `exec_raw` makes, and
@@ -391,13 +383,26 @@ fn last_encoding(
 }
 
 /// The last encoding of each function submitted lately, by its token.
-#[derive(Default)]
-struct Encodings {
+pub(super) struct Encodings {
+    /// Functions to their tokens, weakly (a collected function's entry goes with it).
+    tokens: Table,
     next: u64,
     last: HashMap<u64, (Arc<FunctionSpec>, Vec<transport::Check>)>,
 }
 
 impl Encodings {
+    /// Gives `lua` its encodings (in its app data); `weak_keys` is a metatable with weak keys.
+    pub(super) fn install(lua: &Lua, weak_keys: Option<Table>) -> mlua::Result<()> {
+        let tokens = lua.create_table()?;
+        tokens.set_metatable(weak_keys)?;
+        lua.set_app_data(Encodings {
+            tokens,
+            next: 0,
+            last: HashMap::new(),
+        });
+        Ok(())
+    }
+
     /// How many encodings are kept: a script that makes a closure per task would otherwise
     /// keep one per task; past this they are forgotten (and made again if submitted again).
     const KEPT: usize = 1024;
