@@ -49,12 +49,6 @@ pub(crate) trait Snapshot: Send + Sync {
     /// [`Snapshot::instantiate`] copies the state (Lua's).
     fn into_instance(self: Box<Self>) -> Result<Instance, String>;
 
-    /// Roughly how many values an engine built from the snapshot is made of: above some size
-    /// the engines of a pool are built at the same time, each on a thread of its own.
-    fn size(&self) -> usize {
-        0
-    }
-
     #[cfg(any(feature = "mpi", test))]
     /// The snapshot as bytes, from which an engine in another process (an MPI rank, with the
     /// same program and settings) is built ([`Image`]). What the snapshot holds travels as it

@@ -2,7 +2,7 @@
 //! script's own engine, under its GIL. Functions travel as themselves, so closures keep sharing
 //! their state; CPU-bound work gains nothing, waiting overlaps.
 
-use super::{Launch, Model, Workers};
+use super::{Launch, Model, WorkerEngine, Workers};
 use crate::script::{ScriptEngine, Target, Travel};
 
 pub(super) struct Gil;
@@ -21,7 +21,7 @@ impl Model for Gil {
         // The script's engine is never renewed: a worker thread keeps it.
         let here = engine.here()?;
         Ok(Workers::Threads {
-            engines: vec![here; count],
+            engines: vec![WorkerEngine::Ready(here); count],
             renew: None,
         })
     }

@@ -91,7 +91,7 @@ pub(crate) enum Workers {
     Forked(Arc<dyn TaskEngine>),
     /// One OS thread per engine.
     Threads {
-        engines: Vec<Arc<dyn TaskEngine>>,
+        engines: Vec<WorkerEngine>,
         /// What a worker's fresh engine is built from after `maxtasksperchild` tasks; without
         /// it a worker keeps its engine.
         renew: Option<Arc<dyn Snapshot>>,
@@ -99,6 +99,26 @@ pub(crate) enum Workers {
     /// MPI worker ranks, each building engines from the same image of the script's state.
     #[cfg(feature = "mpi")]
     Ranks(mpi::RankSet),
+}
+
+/// A worker thread's engine.
+#[derive(Clone)]
+pub(crate) enum WorkerEngine {
+    /// An engine that exists: the script's own (the `gil` model).
+    Ready(Arc<dyn TaskEngine>),
+    /// An engine of its own, which the worker thread builds from the snapshot as it starts:
+    /// a pool's engines are built at the same time, N on N cores in about the time of one.
+    Build(Arc<dyn Snapshot>),
+}
+
+impl WorkerEngine {
+    /// The engine, built here if it is to be.
+    pub(crate) fn get(self) -> Result<Arc<dyn TaskEngine>, String> {
+        match self {
+            WorkerEngine::Ready(engine) => Ok(engine),
+            WorkerEngine::Build(snapshot) => snapshot.instantiate().map(|i| i.engine),
+        }
+    }
 }
 
 /// How a process runs its target.

@@ -86,7 +86,8 @@ pub struct PoolConfig {
     pub mode: Mode,
 }
 
-/// A pool ready to start ([`NewPool::start`]): its config checked, its workers' engines built.
+/// A pool ready to start ([`NewPool::start`]): its config checked, its workers' engines built
+/// (or, for worker threads, ready to be built by each).
 pub struct NewPool {
     config: PoolConfig,
     size: usize,
@@ -624,7 +625,7 @@ mod tests {
                     gate: gate.clone(),
                     sizes: sizes.clone(),
                 });
-                engine
+                crate::exec::WorkerEngine::Ready(engine)
             })
             .collect();
         let config = PoolConfig {
@@ -645,6 +646,104 @@ mod tests {
         };
         let pool = new.start(&host).unwrap();
         (pool, gate, sizes)
+    }
+
+    /// A snapshot whose `fail`th engine (from 1) cannot be built (an error, or a host panic
+    /// if `panic`), counting the engines it built.
+    struct Builds {
+        fail: usize,
+        panic: bool,
+        made: std::sync::atomic::AtomicUsize,
+        gate: Gate,
+        sizes: Sizes,
+    }
+
+    impl crate::script::Snapshot for Builds {
+        fn instantiate(&self) -> Result<crate::script::Instance, String> {
+            let n = self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n == self.fail {
+                if self.panic {
+                    panic!("a host bug in a build");
+                }
+                return Err(format!("no room for engine {n}"));
+            }
+            let engine: Arc<dyn TaskEngine> = Arc::new(Echo {
+                host: crate::host::Host::new(
+                    crate::rt::gil::Gil::new(Duration::from_millis(5), None),
+                    crate::host::Settings::default(),
+                ),
+                gate: self.gate.clone(),
+                sizes: self.sizes.clone(),
+            });
+            Ok(crate::script::Instance {
+                engine,
+                target: None,
+            })
+        }
+
+        fn into_instance(self: Box<Self>) -> Result<crate::script::Instance, String> {
+            self.instantiate()
+        }
+
+        fn image(&self) -> Result<crate::script::Image, String> {
+            Err("no image".into())
+        }
+    }
+
+    /// Worker threads build their engines as they start; a pool one of whose engines cannot
+    /// be built (an error, a host panic) does not start: its creation fails with the reason,
+    /// once every worker has ended, and no initializer runs. Every engine built means the
+    /// others (and the workers) went on: one failure does not stop the rest halfway.
+    #[test]
+    fn a_pool_whose_engine_cannot_be_built_does_not_start() {
+        for panic in [false, true] {
+            let host = crate::host::Host::new(
+                crate::rt::gil::Gil::new(crate::rt::gil::DEFAULT_SWITCH_INTERVAL, None),
+                crate::host::Settings::default(),
+            );
+            let snapshot = Arc::new(Builds {
+                fail: 3,
+                panic,
+                made: Default::default(),
+                gate: Arc::new((Mutex::new(true), Condvar::new())),
+                sizes: Sizes::default(),
+            });
+            let config = PoolConfig {
+                processes: Some(4),
+                initializer: Some((echo(), vec![Value::Int(1)])),
+                maxtasksperchild: None,
+                task_timeout: None,
+                mode: Mode::Isolated,
+            };
+            let snapshot_: Arc<dyn crate::script::Snapshot> = snapshot.clone();
+            let new = NewPool {
+                config,
+                size: 4,
+                workers: Workers::Threads {
+                    engines: vec![crate::exec::WorkerEngine::Build(snapshot_); 4],
+                    renew: None,
+                },
+            };
+            let started = Instant::now();
+            let err = match new.start(&host) {
+                Ok(_) => panic!("a pool started without one of its engines"),
+                Err(e) => e,
+            };
+            let expected = match panic {
+                false => "no room for engine 3",
+                true => "a host panic: a host bug in a build",
+            };
+            assert!(err.contains(expected), "{err}");
+            assert!(started.elapsed() < Duration::from_secs(10));
+            assert_eq!(
+                snapshot.made.load(std::sync::atomic::Ordering::SeqCst),
+                4,
+                "every worker tried its build"
+            );
+            // Nothing holds the snapshot but this test, and no engine ran a call.
+            assert_eq!(Arc::strong_count(&snapshot), 1);
+            assert!(snapshot.sizes.lock().unwrap().is_empty());
+        }
     }
 
     fn open(gate: &(Mutex<bool>, Condvar)) {

@@ -12,11 +12,12 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::worker::Functions;
 use super::{Backend, Pool, Status, Task};
+use crate::exec::WorkerEngine;
 use crate::rt::cancel::{self, Cancel};
 use crate::rt::gil::Gil;
 use crate::rt::poison::Recover;
@@ -52,8 +53,9 @@ impl Backend for Threads {
 
 /// A worker thread as the watchdog sees it: what it runs under, and how to stop its task.
 struct WorkerThread {
-    /// The GIL of the engine it runs (a renewed engine brings its own).
-    gil: Mutex<Arc<Gil>>,
+    /// The GIL of the engine it runs (a renewed engine brings its own); `None` until it has
+    /// one.
+    gil: Mutex<Option<Arc<Gil>>>,
     cancel: Arc<Cancel>,
     /// When the running task started; `None` between tasks.
     running_since: Mutex<Option<Instant>>,
@@ -68,32 +70,39 @@ impl WorkerThread {
 }
 
 /// Starts one worker thread per engine, and the watchdog that stops their overdue tasks;
-/// returns the watchdog, which ends when the workers have.
+/// returns the watchdog, which ends when the workers have. Returns once every worker has its
+/// engine (each builds its own, if it is to be built, on its thread): an engine that cannot
+/// be built is the pool's error, as a pool whose workers could not start.
 pub(super) fn start(
     pool: &Arc<Pool>,
-    engines: Vec<Arc<dyn TaskEngine>>,
+    engines: Vec<WorkerEngine>,
     renew: Option<Arc<dyn Snapshot>>,
 ) -> Result<Handle, String> {
     let count = engines.len();
     // Counted down by each thread as it ends; the last one tells the pool.
     let running = Arc::new(AtomicUsize::new(count));
+    let built = Arc::new(Built::new(count));
     let mut watched = Vec::with_capacity(count);
     let mut workers = Vec::with_capacity(count);
     for (started, engine) in engines.into_iter().enumerate() {
         let thread = Arc::new(WorkerThread {
-            gil: Mutex::new(engine.host().gil.clone()),
+            gil: Mutex::new(None),
             cancel: Arc::default(),
             running_since: Mutex::new(None),
             index: started,
         });
         watched.push(thread.clone());
-        let (pool_, renew, running_) = (pool.clone(), renew.clone(), running.clone());
+        let (pool_, renew, running_, built_) =
+            (pool.clone(), renew.clone(), running.clone(), built.clone());
         // Counted before it runs, so that it never counts itself out first.
         pool.stats.worker_started(false);
         let spawned = crate::rt::spawn::Builder::new()
             .name("parrun-pool-worker".into())
             .stack_size(SCRIPT_THREAD_STACK)
-            .spawn(move || work(&pool_, engine, &thread, renew, &running_, started + 1));
+            .spawn(move || {
+                let engine = build(engine, &built_);
+                work(&pool_, engine, &thread, renew, &running_, started + 1)
+            });
         match spawned {
             Ok(worker) => workers.push(worker),
             Err(e) => {
@@ -103,10 +112,16 @@ pub(super) fn start(
                 if running.fetch_sub(unstarted, Ordering::AcqRel) == unstarted {
                     pool.workers_ended();
                 }
-                pool.stop();
-                return Err(format!("cannot start a pool worker thread: {e}"));
+                return Err(abandon(
+                    pool,
+                    workers,
+                    format!("cannot start a pool worker thread: {e}"),
+                ));
             }
         }
+    }
+    if let Err(failure) = built.wait() {
+        return Err(abandon(pool, workers, failure));
     }
     let pool = pool.clone();
     crate::rt::spawn::Builder::new()
@@ -120,6 +135,74 @@ pub(super) fn start(
             }
         })
         .map_err(|e| format!("cannot start the pool thread: {e}"))
+}
+
+/// Stops a pool that could not start, and waits for the worker threads it did start (they
+/// end at once, with nothing to do); `failure`, to return.
+fn abandon(pool: &Pool, workers: Vec<Handle>, failure: String) -> String {
+    pool.stop();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    failure
+}
+
+/// How many of a starting pool's workers have yet to get their engine, and the first
+/// failure to build one.
+struct Built {
+    state: Mutex<(usize, Option<String>)>,
+    done: Condvar,
+}
+
+impl Built {
+    fn new(count: usize) -> Built {
+        Built {
+            state: Mutex::new((count, None)),
+            done: Condvar::new(),
+        }
+    }
+
+    fn report(&self, failure: Option<String>) {
+        let mut state = self.state.lock().recover();
+        state.0 -= 1;
+        if state.1.is_none() {
+            state.1 = failure;
+        }
+        if state.0 == 0 {
+            self.done.notify_all();
+        }
+    }
+
+    /// Waits until every worker has reported; the first failure.
+    fn wait(&self) -> Result<(), String> {
+        let mut state = self.state.lock().recover();
+        while state.0 > 0 {
+            state = self.done.wait(state).recover();
+        }
+        state.1.clone().map_or(Ok(()), Err)
+    }
+}
+
+/// A worker's engine, built here if it is to be (a host panic is a failure), reported to
+/// the starting pool; `None` if this one or another worker's failed (the pool does not start,
+/// and no initializer runs).
+fn build(engine: WorkerEngine, built: &Built) -> Option<Arc<dyn TaskEngine>> {
+    let engine = catch_unwind(AssertUnwindSafe(|| engine.get())).unwrap_or_else(|panic| {
+        Err(format!(
+            "building a pool worker's engine failed inside parrun (a host panic: {})",
+            panic_text(&*panic)
+        ))
+    });
+    match engine {
+        Ok(engine) => {
+            built.report(None);
+            built.wait().ok().map(|()| engine)
+        }
+        Err(failure) => {
+            built.report(Some(failure));
+            None
+        }
+    }
 }
 
 /// The watchdog of worker threads: cancels a task past the task timeout, and every running
@@ -151,7 +234,9 @@ fn watch(pool: &Pool, threads: &[Arc<WorkerThread>]) {
             };
             // Under the thread's lock, so the request cannot outlive the task it is for.
             thread.cancel.request(reason);
-            thread.gil.lock().recover().interrupt();
+            if let Some(gil) = &*thread.gil.lock().recover() {
+                gil.interrupt();
+            }
             next = earlier(next, Some(now + CANCEL_RETRY));
         }
         s = match next {
@@ -169,7 +254,7 @@ fn watch(pool: &Pool, threads: &[Arc<WorkerThread>]) {
 /// ever on work this thread was to do.
 fn work(
     pool: &Pool,
-    engine: Arc<dyn TaskEngine>,
+    engine: Option<Arc<dyn TaskEngine>>,
     thread: &WorkerThread,
     renew: Option<Arc<dyn Snapshot>>,
     running: &AtomicUsize,
@@ -179,7 +264,12 @@ fn work(
         trace.name_thread(pool.worker_name(number));
     }
     cancel::install(Some(thread.cancel.clone()));
-    let served = catch_unwind(AssertUnwindSafe(|| serve(pool, engine, thread, renew)));
+    let served = catch_unwind(AssertUnwindSafe(|| {
+        // Without an engine the pool does not start: `start` says why.
+        if let Some(engine) = engine {
+            serve(pool, engine, thread, renew)
+        }
+    }));
     if let Err(panic) = served {
         pool.break_pool(&format!(
             "a pool worker thread failed inside parrun (a host panic: {})",
@@ -234,6 +324,7 @@ fn serve(
     thread: &WorkerThread,
     renew: Option<Arc<dyn Snapshot>>,
 ) {
+    *thread.gil.lock().recover() = Some(engine.host().gil.clone());
     let mut functions = Functions::new(engine);
     initialize(pool, &mut functions);
     let mut done = 0;
@@ -287,7 +378,7 @@ fn serve(
                 Ok(fresh) => {
                     pool.stats.worker_ended();
                     pool.stats.worker_started(true);
-                    *thread.gil.lock().recover() = fresh.engine.host().gil.clone();
+                    *thread.gil.lock().recover() = Some(fresh.engine.host().gil.clone());
                     functions = Functions::new(fresh.engine);
                     initialize(pool, &mut functions);
                 }

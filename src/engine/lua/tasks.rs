@@ -297,10 +297,6 @@ impl Snapshot for LuaSnapshot {
         self.instantiate()
     }
 
-    fn size(&self) -> usize {
-        self.graph.size()
-    }
-
     #[cfg(any(feature = "mpi", test))]
     fn image(&self) -> Result<Image, String> {
         Ok(Image {
