@@ -114,24 +114,6 @@ impl Graph<Object> {
         walk(lua, call)
     }
 
-    /// Roughly how many values a build makes: what decides whether builds are worth a thread
-    /// each.
-    pub(super) fn size(&self) -> usize {
-        self.ends.len()
-            + self
-                .nodes
-                .iter()
-                .map(|n| match n {
-                    Node::Table { entries, .. }
-                    | Node::Mapped {
-                        entries: Some(entries),
-                        ..
-                    } => entries.array.len() + entries.hash.len(),
-                    _ => 1,
-                })
-                .sum::<usize>()
-    }
-
     /// Makes the graph in `dst`, a fresh state set up as the source was: its globals take the
     /// source's, and the call's values come back.
     pub(super) fn build(&self, dst: &Lua) -> Result<Vec<LuaValue>, String> {
@@ -578,22 +560,12 @@ fn build_nodes<O>(
     graph: &Graph<O>,
     object: impl Fn(&O) -> Option<Object>,
 ) -> mlua::Result<Vec<LuaValue>> {
-    let globals = dst.globals();
     // Node `i`'s value at `i + 1`: the raw fill below reaches nodes there.
     let values = dst.create_table_with_capacity(graph.nodes.len(), 0)?;
     for (i, node) in graph.nodes.iter().enumerate() {
         let value = match node {
-            Node::Mapped { path, entries } => {
-                let found = resolve(dst, &globals, path)?;
-                match (found, entries) {
-                    (found @ LuaValue::Table(_), _) => found,
-                    // Gone here: the entries still arrive, in a table of its own.
-                    (_, Some(_)) => LuaValue::Table(dst.create_table()?),
-                    (found, None) => found,
-                }
-            }
-            // Made by the raw fill, at their sizes.
-            Node::Table { .. } => continue,
+            // Found (mapped) or made (tables, at their sizes) by the raw fill.
+            Node::Mapped { .. } | Node::Table { .. } => continue,
             Node::Function { bytecode, .. } => LuaValue::Function(
                 dst.load(&bytecode[..])
                     .set_mode(ChunkMode::Binary)
@@ -606,10 +578,31 @@ fn build_nodes<O>(
         };
         values.raw_set(i + 1, value)?;
     }
+    // The string keys of each mapped table the script changed: any other is removed there,
+    // as the script removed it.
+    let kept: Vec<(usize, HashSet<&[u8]>)> = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, node)| match node {
+            Node::Mapped {
+                entries: Some(entries),
+                ..
+            } => Some((i, entries.hash.iter())),
+            _ => None,
+        })
+        .map(|(i, pairs)| {
+            let keys = pairs.filter_map(|(k, _)| match *k {
+                Ref::Str(s) => Some(graph.string(s)),
+                _ => None,
+            });
+            (i, keys.collect())
+        })
+        .collect();
     // SAFETY: `fill` keeps to the stack it is given (the `values` table at 1) and to Lua's
     // API; an error in it (out of memory) unwinds through the protected call `exec_raw` makes,
     // and it owns nothing that would need dropping.
-    unsafe { dst.exec_raw::<()>(&values, |state| fill(state, graph)) }?;
+    unsafe { dst.exec_raw::<()>(&values, |state| fill(state, graph, &kept)) }?;
     let get = |r: &Ref| -> mlua::Result<LuaValue> {
         Ok(match *r {
             Ref::Nil => LuaValue::Nil,
@@ -623,56 +616,23 @@ fn build_nodes<O>(
     let setupvalue: Function = dst.named_registry_value("parrun.setupvalue")?;
     let upvaluejoin: Function = dst.named_registry_value("parrun.upvaluejoin")?;
     for (i, node) in graph.nodes.iter().enumerate() {
-        match node {
-            Node::Mapped {
-                entries: Some(entries),
-                ..
-            } => {
-                // What the script removed from a standard table is gone here too.
-                let kept: HashSet<&[u8]> = entries
-                    .hash
-                    .iter()
-                    .filter_map(|(k, _)| match *k {
-                        Ref::Str(s) => Some(graph.string(s)),
-                        _ => None,
-                    })
-                    .collect();
-                let LuaValue::Table(t) = values.raw_get(i + 1)? else {
-                    continue;
-                };
-                let mut removed = Vec::new();
-                for pair in t.pairs::<LuaValue, LuaValue>() {
-                    let (key, _) = pair?;
-                    if let LuaValue::String(name) = &key {
-                        if !kept.contains(&name.as_bytes()[..]) {
-                            removed.push(key);
-                        }
+        let Node::Function { upvalues, .. } = node else {
+            continue;
+        };
+        let LuaValue::Function(f) = values.raw_get(i + 1)? else {
+            continue;
+        };
+        for (n, up) in upvalues.iter().enumerate() {
+            let n = n as i64 + 1;
+            match up {
+                Upvalue::Value(r) => setupvalue.call::<()>((&f, n, get(r)?))?,
+                Upvalue::Joined { function, index } => {
+                    if let LuaValue::Function(first) = values.raw_get(*function as usize + 1)? {
+                        upvaluejoin.call::<()>((&f, n, first, *index))?;
                     }
                 }
-                for key in removed {
-                    t.raw_set(key, LuaValue::Nil)?;
-                }
+                Upvalue::Absent => {}
             }
-            Node::Function { upvalues, .. } => {
-                let LuaValue::Function(f) = values.raw_get(i + 1)? else {
-                    continue;
-                };
-                for (n, up) in upvalues.iter().enumerate() {
-                    let n = n as i64 + 1;
-                    match up {
-                        Upvalue::Value(r) => setupvalue.call::<()>((&f, n, get(r)?))?,
-                        Upvalue::Joined { function, index } => {
-                            if let LuaValue::Function(first) =
-                                values.raw_get(*function as usize + 1)?
-                            {
-                                upvaluejoin.call::<()>((&f, n, first, *index))?;
-                            }
-                        }
-                        Upvalue::Absent => {}
-                    }
-                }
-            }
-            _ => {}
         }
     }
     graph.call.iter().map(get).collect()
@@ -691,17 +651,46 @@ impl<O> Graph<O> {
     }
 }
 
-/// Creates every table node in the `values` table at stack index 1, then fills every table
-/// (and every mapped table the script changed) and sets the metatables, through Lua's API:
-/// most of a big state is table entries, and mlua's handles would cost more than the entries.
+/// Finds every mapped node and creates every table node in the `values` table at stack index
+/// 1, then fills every table (and every mapped table the script changed), sets the
+/// metatables, and removes from each mapped table in `kept` the string keys it does not
+/// keep, through Lua's API: most of a big state is table entries, and mlua's handles would
+/// cost more than the entries (and a small state is mostly mapped values: the standard
+/// library's, some two hundred).
 ///
 /// # Safety
 /// `state` is a Lua state whose stack holds the `values` table at 1, in a protected call.
-unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>) {
+unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, kept: &[(usize, HashSet<&[u8]>)]) {
     const VALUES: c_int = 1;
     const TABLE: c_int = 2;
+    const KEY: c_int = 3;
     ffi::lua_settop(state, VALUES);
     ffi::luaL_checkstack(state, 4, c"parrun: building a state".as_ptr());
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let Node::Mapped { path, entries } = node else {
+            continue;
+        };
+        // The value at `path` from the globals, by raw lookups; nil where the path leads
+        // nowhere.
+        ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_GLOBALS);
+        for key in path {
+            if ffi::lua_type(state, -1) != ffi::LUA_TTABLE {
+                ffi::lua_settop(state, -2);
+                ffi::lua_pushnil(state);
+                break;
+            }
+            ffi::lua_pushlstring(state, key.as_ptr() as *const c_char, key.len());
+            ffi::lua_rawget(state, -2);
+            ffi::lua_copy(state, -1, -2);
+            ffi::lua_settop(state, -2);
+        }
+        if entries.is_some() && ffi::lua_type(state, -1) != ffi::LUA_TTABLE {
+            // Gone here: the entries still arrive, in a table of its own.
+            ffi::lua_settop(state, -2);
+            ffi::lua_createtable(state, 0, 0);
+        }
+        ffi::lua_rawseti(state, VALUES, i as ffi::lua_Integer + 1);
+    }
     let size = |n: usize| c_int::try_from(n).unwrap_or(c_int::MAX);
     for (i, node) in graph.nodes.iter().enumerate() {
         if let Node::Table { entries, .. } = node {
@@ -766,6 +755,28 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>) {
         }
         ffi::lua_settop(state, VALUES);
     }
+    for (i, kept) in kept {
+        if ffi::lua_rawgeti(state, VALUES, *i as ffi::lua_Integer + 1) != ffi::LUA_TTABLE {
+            ffi::lua_settop(state, VALUES);
+            continue;
+        }
+        ffi::lua_pushnil(state);
+        while ffi::lua_next(state, TABLE) != 0 {
+            ffi::lua_settop(state, KEY);
+            if ffi::lua_type(state, KEY) != ffi::LUA_TSTRING {
+                continue;
+            }
+            let mut len = 0;
+            let key = ffi::lua_tolstring(state, KEY, &mut len);
+            if !kept.contains(std::slice::from_raw_parts(key as *const u8, len)) {
+                // Clearing a field during a traversal is allowed (`lua_next`'s manual).
+                ffi::lua_pushvalue(state, KEY);
+                ffi::lua_pushnil(state);
+                ffi::lua_rawset(state, TABLE);
+            }
+        }
+        ffi::lua_settop(state, VALUES);
+    }
     ffi::lua_settop(state, 0);
 }
 
@@ -783,18 +794,6 @@ fn require_c_modules<O>(dst: &Lua, graph: &Graph<O>) -> mlua::Result<()> {
         let _ = require.call::<LuaValue>(dst.create_string(&name[..])?);
     }
     Ok(())
-}
-
-/// The value at `path` from `globals`, by raw lookups; nil where the path leads nowhere.
-fn resolve(lua: &Lua, globals: &Table, path: &[ByteBuf]) -> mlua::Result<LuaValue> {
-    let mut value = LuaValue::Table(globals.clone());
-    for key in path {
-        let LuaValue::Table(t) = value else {
-            return Ok(LuaValue::Nil);
-        };
-        value = t.raw_get(lua.create_string(&key[..])?)?;
-    }
-    Ok(value)
 }
 
 #[cfg(test)]
