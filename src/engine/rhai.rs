@@ -329,9 +329,31 @@ impl ScriptEngine for RhaiLoaded {
 
 /// An engine with parrun's settings and API, for the script or an isolated worker. The
 /// variable hook for closures is added by [`start_engine`], once the AST is known.
+/// Rhai's standard library, made once and shared by every engine (as Rhai's own docs share a
+/// package): making it registers some thousand functions, half of an isolated worker's
+/// start.
+fn standard_package() -> ::rhai::Shared<::rhai::Module> {
+    use ::rhai::packages::Package;
+    static STANDARD: std::sync::OnceLock<::rhai::Shared<::rhai::Module>> =
+        std::sync::OnceLock::new();
+    STANDARD
+        .get_or_init(|| ::rhai::packages::StandardPackage::new().as_shared_module())
+        .clone()
+}
+
+/// An engine as `Engine::new` makes one, with the standard package shared: its module resolver,
+/// `print` and `debug` are set by [`build_engine`].
+fn standard_engine() -> Engine {
+    let mut engine = Engine::new_raw();
+    // `Engine::new`'s string interner (Rhai's default limit).
+    engine.set_max_strings_interned(256);
+    engine.register_global_module(standard_package());
+    engine
+}
+
 fn build_engine(shared: &Arc<Shared>) -> Engine {
     let host = &shared.host;
-    let mut engine = Engine::new();
+    let mut engine = standard_engine();
     // Rhai's release-build default; its debug builds allow only 8 levels, and a script must
     // behave the same whichever way parrun was built.
     engine.set_max_call_levels(host.settings.max_call_depth.unwrap_or(64));
