@@ -351,3 +351,42 @@ print("done");
         }
     });
 }
+
+/// What a task puts on a queue is there when the task's result is: after a `map` whose
+/// tasks each put 50 values, `qsize()` counts them all and `empty()`/`get(0)` drain them
+/// (a forked worker's puts travel up its link while its result goes down its pipe; CPython's
+/// usual queue for pool tasks, a `Manager().Queue()`, puts before the task returns too).
+#[test]
+fn a_tasks_queue_puts_are_in_the_queue_with_its_result() {
+    let lua = r#"
+Q = parrun.Queue()
+local pool = parrun.Pool(2)
+for round = 1, 10 do
+  local xs = {}
+  for i = 1, 20 do xs[i] = i end
+  pool:map(function(x) for j = 1, 50 do Q:put(j) end return x end, xs, 1)
+  local size, n = Q:qsize(), 0
+  while not Q:empty() do Q:get(0) n = n + 1 end
+  print(round, size, n)
+end
+pool:close() pool:join()
+"#;
+    let rhai = r#"
+const Q = Queue();
+let pool = Pool(2);
+for round in 1..=10 {
+  let xs = [];
+  for i in 1..=20 { xs.push(i); }
+  pool.map(|x| { for j in 1..=50 { global::Q.put(j); } x }, xs, 1);
+  let size = Q.qsize(); let n = 0;
+  while !Q.empty() { Q.get(0); n += 1; }
+  print(`${round}	${size}	${n}`);
+}
+pool.close(); pool.join();
+"#;
+    each_mode("puts_before_results", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let want: Vec<String> = (1..=10).map(|r| format!("{r}\t1000\t1000")).collect();
+        assert_eq!(out.stdout_lines(), want, "mode {mode}\n{}", out.describe());
+    });
+}
