@@ -708,3 +708,54 @@ print(`after	${pool.apply(|x| x + 1, [1])}`);
         );
     }
 }
+
+/// `os.exit(n)` / `exit(n)` in a pool task fails the task and in a callback is reported as the
+/// callback's exception, with the same words in both languages and every mode (the run goes
+/// on: only the script's main thread ends the run).
+#[test]
+fn exit_in_a_pool_task_or_callback_is_named_as_exit() {
+    both_in_modes(
+        &MODES,
+        "exitintask",
+        r#"
+local pool = parrun.Pool(1)
+print(select(2, pcall(pool.apply, pool, function() os.exit(3) end, {})))
+local r = pool:apply_async(function() return 1 end, {}, function() os.exit(4) end)
+print(r:get(10))
+pool:close() pool:join()
+print("end")
+"#,
+        r#"
+let pool = Pool(1);
+try { pool.apply(|| exit(3), []); } catch (e) { print(e); }
+let r = pool.apply_async(|| 1, [], |v| exit(4));
+print(r.get(10));
+pool.close(); pool.join();
+print("end");
+"#,
+        |mode, out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(lines.len(), 3, "--mode {mode}: {}", out.describe());
+            assert!(
+                lines[0].ends_with("exit(3) called outside the script's main thread"),
+                "--mode {mode}: {}",
+                out.describe()
+            );
+            assert_eq!(
+                lines[1..],
+                ["1", "end"],
+                "--mode {mode}: {}",
+                out.describe()
+            );
+            assert!(
+                out.stderr.contains("Exception in pool callback:")
+                    && out
+                        .stderr
+                        .contains("exit(4) called outside the script's main thread"),
+                "--mode {mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}
