@@ -759,3 +759,40 @@ print("end");
         },
     );
 }
+
+/// A count given the wrong value names what was given as the script sees it (`got string`,
+/// `got -1`, `got 1.5`), not as parrun's Rust spells it (`Str("x")`, `Int(-1)`).
+#[test]
+fn a_bad_count_names_the_value_given() {
+    both(
+        "badcount",
+        r#"
+local function try(f, ...) print(select(2, pcall(f, ...))) end
+try(parrun.Pool, "x")
+try(parrun.Pool, -1)
+try(parrun.Pool, 1.5)
+local pool = parrun.Pool(1)
+try(pool.map, pool, function(x) return x end, {1}, -2)
+"#,
+        r#"
+try { Pool("x"); } catch (e) { print(e); }
+try { Pool(-1); } catch (e) { print(e); }
+try { Pool(1.5); } catch (e) { print(e); }
+let pool = Pool(1);
+try { pool.map(|x| x, [1], -2); } catch (e) { print(e); }
+"#,
+        |out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(lines.len(), 4, "{}", out.describe());
+            for (line, want) in lines.iter().zip([
+                "processes must be a non-negative integer, got string",
+                "processes must be a non-negative integer, got -1",
+                "processes must be a non-negative integer, got 1.5",
+                "chunksize must be a non-negative integer, got -2",
+            ]) {
+                assert!(line.ends_with(want), "{want}\n{}", out.describe());
+            }
+        },
+    );
+}

@@ -41,8 +41,12 @@ pub(super) fn opt_count(
         Value::Nil => Ok(None),
         Value::Int(n) if n >= 0 => Ok(Some(n as usize)),
         Value::Float(f) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as usize)),
+        // A number is shown (`got -1`), anything else named by its type (`got string`).
+        Value::Int(n) => Err(format!("{what} must be a non-negative integer, got {n}")),
+        Value::Float(f) => Err(format!("{what} must be a non-negative integer, got {f}")),
         other => Err(format!(
-            "{what} must be a non-negative integer, got {other:?}"
+            "{what} must be a non-negative integer, got {}",
+            other.type_name()
         )),
     }
 }
