@@ -390,3 +390,73 @@ pool.close(); pool.join();
         assert_eq!(out.stdout_lines(), want, "mode {mode}\n{}", out.describe());
     });
 }
+
+/// A map takes what a script iterates over, as Python's takes any iterable (the article's
+/// `pool.map(square, range(10))`): a Lua iterator function (a closure, a `coroutine.wrap`
+/// generator) or a Rhai range, besides an array, for `map`, `imap`, `imap_unordered` and
+/// `starmap`; an error in the iterator fails the call with its message.
+#[test]
+fn a_map_takes_an_iterator_or_a_range() {
+    let lua = r#"
+local function square(x) return x * x end
+local function range(n) local i = -1 return function() i = i + 1 if i < n then return i end end end
+local function gen(f) return coroutine.wrap(function() f(coroutine.yield) end) end
+local pool = parrun.Pool(2)
+print(table.concat(pool:map(square, range(10)), " "))
+local out = {}
+for v in pool:imap(square, gen(function(y) for i = 1, 5 do y(i) end end)) do out[#out + 1] = v end
+print(table.concat(out, " "))
+local un = {}
+for v in pool:imap_unordered(square, range(5), 2) do un[#un + 1] = v end
+table.sort(un)
+print(table.concat(un, " "))
+print(table.concat(pool:starmap(function(a, b) return a + b end,
+  gen(function(y) for i = 1, 3 do y({i, 10 * i}) end end)), " "))
+print(#pool:map(square, range(0)))
+local _, err = pcall(pool.map, pool, square, function() error("generator broke") end)
+print((err:match("[^\n]*")))
+pool:close() pool:join()
+"#;
+    let rhai = r#"
+fn square(x) { x * x }
+fn join(a) { let s = ""; for (x, i) in a { if i > 0 { s += " "; } s += x; } s }
+let pool = Pool(2);
+print(join(pool.map(square, 0..10)));
+let out = [];
+for v in pool.imap(square, 1..=5) { out.push(v); }
+print(join(out));
+let un = [];
+for v in pool.imap_unordered(square, 0..5, 2) { un.push(v); }
+un.sort();
+print(join(un));
+print(join(pool.starmap(|a, b| a + b, [[1, 10], [2, 20], [3, 30]])));
+print(pool.map(square, 5..5).len());
+pool.close(); pool.join();
+"#;
+    each_mode("iterables", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines = out.stdout_lines();
+        // Lua's program adds the line of a failing iterator.
+        let want = if out.command.ends_with(".lua") { 6 } else { 5 };
+        assert_eq!(lines.len(), want, "mode {mode}\n{}", out.describe());
+        assert_eq!(
+            lines[..5],
+            [
+                "0 1 4 9 16 25 36 49 64 81",
+                "1 4 9 16 25",
+                "0 1 4 9 16",
+                "11 22 33",
+                "0"
+            ],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+        if want == 6 {
+            assert!(
+                lines[5].contains("Pool.map: ") && lines[5].contains("generator broke"),
+                "mode {mode}\n{}",
+                out.describe()
+            );
+        }
+    });
+}

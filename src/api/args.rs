@@ -79,6 +79,22 @@ pub(super) fn elements(args: &mut dyn Args, i: usize, what: &str) -> Result<Vec<
     }
 }
 
+/// What a map goes over at argument `i`: an array, or what the script iterates over (a Lua
+/// iterator function, a Rhai range), as Python's `map` takes any iterable.
+pub(super) fn iterable(args: &mut dyn Args, i: usize) -> Result<Vec<Value>, String> {
+    if let Some(items) = args.iterate(i)? {
+        return Ok(items);
+    }
+    match args.value(i)? {
+        Value::Array(items) => Ok(items),
+        Value::Map(entries) if entries.is_empty() => Ok(Vec::new()),
+        other => Err(format!(
+            "the iterable must be an array, an iterator function or a range, got {}",
+            other.type_name()
+        )),
+    }
+}
+
 /// Argument `i` as an execution model: "gil", "fork" or "isolated".
 pub(super) fn mode_value(args: &mut dyn Args, i: usize) -> Result<Mode, String> {
     match args.value(i)? {

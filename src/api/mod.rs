@@ -246,6 +246,9 @@ pub trait Args {
     fn is_map(&mut self, i: usize) -> bool;
     /// Whether argument `i` is absent or nil (without converting it).
     fn is_nil(&mut self, i: usize) -> bool;
+    /// The values the script iterates over at argument `i`, if it is an iterable that is not
+    /// data (a Lua iterator function, run to its end; a Rhai range); `None` for anything else.
+    fn iterate(&mut self, i: usize) -> Result<Option<Vec<Value>>, String>;
 }
 
 /// How an adapter exposes a builtin.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::args::{elements, has_args, mode_value, opt_count, opt_name, timeout};
+use super::args::{elements, has_args, iterable, mode_value, opt_count, opt_name, timeout};
 use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::exec;
 use crate::host::{Host, Mode};
@@ -42,7 +42,7 @@ fn job(args: &mut dyn Args) -> Result<Arc<AsyncResult>, String> {
 
 /// The argument lists of a map (`[x]` each) or starmap (each element is the list).
 fn calls(args: &mut dyn Args, i: usize, star: bool) -> Result<Calls, String> {
-    let items = elements(args, i, "the iterable")?;
+    let items = iterable(args, i)?;
     if !star {
         return Ok(Calls::Each(items));
     }

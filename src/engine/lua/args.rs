@@ -152,6 +152,23 @@ impl Args for LuaArgs<'_> {
         self.get(i).is_nil()
     }
 
+    fn iterate(&mut self, i: usize) -> Result<Option<Vec<Value>>, String> {
+        let LuaValue::Function(next) = self.get(i) else {
+            return Ok(None);
+        };
+        // As a generic `for` calls it: with no state and the last value, until nil.
+        let mut items = Vec::new();
+        let mut last = LuaValue::Nil;
+        loop {
+            let v: LuaValue = next.call((LuaValue::Nil, last)).map_err(error_text)?;
+            if v.is_nil() {
+                return Ok(Some(items));
+            }
+            items.push(to_value(self.lua, v.clone())?);
+            last = v;
+        }
+    }
+
     fn engine(&self) -> &dyn ScriptEngine {
         self
     }

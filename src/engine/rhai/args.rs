@@ -152,6 +152,21 @@ impl Args for RhaiArgs<'_, '_> {
         i >= self.len() || self.get(i).is_unit()
     }
 
+    fn iterate(&mut self, i: usize) -> Result<Option<Vec<Value>>, String> {
+        // Looked at in place: a map's array (the usual argument) is not cloned for this.
+        let Some(d) = self.args.get(i) else {
+            return Ok(None);
+        };
+        let ints = |r: &mut dyn Iterator<Item = ::rhai::INT>| r.map(Value::Int).collect();
+        if let Some(r) = d.read_lock::<std::ops::Range<::rhai::INT>>() {
+            return Ok(Some(ints(&mut r.clone())));
+        }
+        if let Some(r) = d.read_lock::<std::ops::RangeInclusive<::rhai::INT>>() {
+            return Ok(Some(ints(&mut r.clone())));
+        }
+        Ok(None)
+    }
+
     fn engine(&self) -> &dyn ScriptEngine {
         self
     }
