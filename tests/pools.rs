@@ -460,3 +460,31 @@ pool.close(); pool.join();
         }
     });
 }
+
+/// Lines a task writes with Lua's `io.write` (C stdio, buffered when stdout is a pipe) are out
+/// before the task's result, as `print`'s are: they come before what the script writes after
+/// the map, and a pool left open, whose forked workers are killed at the end, loses none.
+#[test]
+fn a_tasks_io_write_lines_come_before_its_result() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+pool:map(function(x) io.write("task ", x, "\n") return x end, {1, 2, 3}, 1)
+io.write("after map\n")
+"#;
+    for mode in MODES {
+        let (_dir, path) = script("iowrite", "lua", lua);
+        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
+            .timeout(Duration::from_secs(30))
+            .output();
+        out.assert_success();
+        let mut lines = out.stdout_lines();
+        assert_eq!(lines.len(), 4, "mode {mode}\n{}", out.describe());
+        lines[..3].sort();
+        assert_eq!(
+            lines,
+            ["task 1", "task 2", "task 3", "after map"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}
