@@ -796,3 +796,46 @@ try { pool.map(|x| x, [1], -2); } catch (e) { print(e); }
         },
     );
 }
+
+/// An option a `Pool` or `Process` does not take is an error naming it and those it takes
+/// (Python: "unexpected keyword argument"), not silently ignored: a misspelt
+/// `maxtaskperchild` or `initialiser` would otherwise run without what it asked for.
+#[test]
+fn an_unknown_option_is_an_error() {
+    both(
+        "unknownoption",
+        r#"
+local function try(f, ...) print((select(2, pcall(f, ...)))) end
+try(parrun.Pool, 1, {maxtaskperchild = 2})
+try(parrun.Pool, {processes = 1, initialiser = print})
+try(parrun.ThreadPool, 1, {bogus = true})
+try(parrun.Process, print, {}, {nme = "p"})
+local pool = parrun.Pool(1, {processes = 1, maxtasksperchild = 2, task_timeout = 5, mode = "gil",
+  initializer = function() end, initargs = {}})
+print(pool:apply(function() return "ok" end, {}))
+"#,
+        r#"
+try { Pool(1, #{maxtaskperchild: 2}); } catch (e) { print(e); }
+try { Pool(#{processes: 1, initialiser: || 1}); } catch (e) { print(e); }
+try { ThreadPool(1, #{bogus: true}); } catch (e) { print(e); }
+try { Process(|| 1, [], #{nme: "p"}); } catch (e) { print(e); }
+let pool = Pool(1, #{processes: 1, maxtasksperchild: 2, task_timeout: 5, mode: "gil",
+  initializer: || 1, initargs: []});
+print(pool.apply(|| "ok", []));
+"#,
+        |out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(lines.len(), 5, "{}", out.describe());
+            for (line, want) in lines.iter().zip([
+                "parrun.Pool: unknown option `maxtaskperchild`",
+                "parrun.Pool: unknown option `initialiser`",
+                "parrun.ThreadPool: unknown option `bogus`",
+                "parrun.Process: unknown option `nme`",
+                "ok",
+            ]) {
+                assert!(line.starts_with(want), "{want}\n{}", out.describe());
+            }
+        },
+    );
+}

@@ -102,3 +102,19 @@ pub(super) fn mode_value(args: &mut dyn Args, i: usize) -> Result<Mode, String> 
         other => Err(format!("mode must be a string, got {}", other.type_name())),
     }
 }
+
+/// Checks that the options map at argument `i` has only keys among `known` (Python's "unexpected
+/// keyword argument"): a misspelt option must not be silently ignored.
+pub(super) fn known_options(args: &mut dyn Args, i: usize, known: &[&str]) -> Result<(), String> {
+    match args
+        .keys(i)?
+        .into_iter()
+        .find(|k| !known.contains(&k.as_str()))
+    {
+        None => Ok(()),
+        Some(key) => Err(format!(
+            "unknown option `{key}` (the options are {})",
+            known.join(", ")
+        )),
+    }
+}

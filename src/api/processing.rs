@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use super::args::{elements, has_args, iterable, mode_value, opt_count, opt_name, timeout};
+use super::args::{
+    elements, has_args, iterable, known_options, mode_value, opt_count, opt_name, timeout,
+};
 use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::exec;
 use crate::host::{Host, Mode};
@@ -132,6 +134,18 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
         mode,
     };
     if let Some(o) = options_at {
+        known_options(
+            args,
+            o,
+            &[
+                "processes",
+                "initializer",
+                "initargs",
+                "maxtasksperchild",
+                "task_timeout",
+                "mode",
+            ],
+        )?;
         if let Some(i) = args.field(o, "mode")? {
             config.mode = mode_value(args, i)?;
         }
@@ -178,6 +192,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
             let target = args.target(0, at)?;
             let mut mode = host.mode();
             let name = if !args.is_nil(2) && args.is_map(2) {
+                known_options(args, 2, &["name", "mode"])?;
                 if let Some(i) = args.field(2, "mode")? {
                     mode = mode_value(args, i)?;
                 }

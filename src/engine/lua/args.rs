@@ -144,6 +144,26 @@ impl Args for LuaArgs<'_> {
         }
     }
 
+    fn keys(&mut self, i: usize) -> Result<Vec<String>, String> {
+        let LuaValue::Table(t) = self.get(i) else {
+            return Err(format!(
+                "options must be a table, got {}",
+                self.get(i).type_name()
+            ));
+        };
+        t.pairs::<LuaValue, LuaValue>()
+            .map(|kv| {
+                let (k, _) = kv.map_err(|e| e.to_string())?;
+                Ok(match k {
+                    LuaValue::String(s) => s.to_string_lossy(),
+                    LuaValue::Integer(n) => format!("[{n}]"),
+                    LuaValue::Number(n) => format!("[{n}]"),
+                    other => format!("a {} key", other.type_name()),
+                })
+            })
+            .collect()
+    }
+
     fn is_map(&mut self, i: usize) -> bool {
         matches!(self.get(i), LuaValue::Table(_))
     }

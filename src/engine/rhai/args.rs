@@ -144,6 +144,15 @@ impl Args for RhaiArgs<'_, '_> {
         }
     }
 
+    fn keys(&mut self, i: usize) -> Result<Vec<String>, String> {
+        let map = self.get(i);
+        let type_name = map.type_name();
+        let map = map
+            .try_cast::<::rhai::Map>()
+            .ok_or_else(|| format!("options must be a map, got {type_name}"))?;
+        Ok(map.keys().map(|k| k.to_string()).collect())
+    }
+
     fn is_map(&mut self, i: usize) -> bool {
         self.get(i).is_map()
     }
