@@ -331,11 +331,14 @@ pub(crate) fn remote_call(object: u64, op: Op) -> Result<Value, RemoteError> {
         .call(object, op)
 }
 
-/// Sends `op` to the object with `id` in the process that owns it, without waiting.
+/// Sends `op` to the object with `id` in the process that owns it, without waiting (a pool
+/// worker waits for it before it hands the task's result over: [`settle_forwarded`]).
 pub(crate) fn remote_post(object: u64, op: Op) -> Result<(), RemoteError> {
     parent_link()
         .ok_or_else(unreachable_owner)?
-        .post(object, op)
+        .post(object, op)?;
+    FORWARDED.fetch_add(1, Ordering::AcqRel);
+    Ok(())
 }
 
 /// In a forked child: tells the parent that standard output is gone; false in the top process
@@ -353,23 +356,34 @@ fn forward_output(stream: output::Stream, bytes: &[u8]) -> std::io::Result<()> {
         .ok_or_else(unreachable_owner)
         .and_then(|link| link.post(0, op))
         .map_err(std::io::Error::other)?;
-    FORWARDED.store(true, Ordering::Release);
+    FORWARDED.fetch_add(1, Ordering::AcqRel);
     Ok(())
 }
 
-/// Whether this process has sent lines up its link since the last [`settle_forwarded`].
-static FORWARDED: AtomicBool = AtomicBool::new(false);
+/// How many lines and posted operations (a `Queue.put`) this process has sent up its link,
+/// and how many of them a barrier has seen done ([`settle_forwarded`]): counts rather than a
+/// flag, so that a barrier one thread waits for does not let another thread's wait return
+/// before its own posts are done.
+static FORWARDED: AtomicU64 = AtomicU64::new(0);
+static SETTLED: AtomicU64 = AtomicU64::new(0);
 
 /// In a child that sent lines up its link (to an embedding program's writer, or beside
-/// progress bars): waits until the parent has written them. A pool worker calls it before it
-/// hands a task's result over on another channel (its pipe), so that a line the script prints
-/// once it has the result comes after the task's own, as when both write one terminal.
+/// progress bars) or put values on a queue of its parent's: waits until the parent has written
+/// the lines and put the values (and, in a parent that is a child too, until its own parent
+/// has: the barrier is answered up the chain). A pool worker calls it before it hands a task's
+/// result over on another channel (its pipe), so that a line the script prints once it has the
+/// result comes after the task's own, as when both write one terminal, and a queue the task
+/// filled has every value when the script has the result (`qsize`, `empty`, `get(0)`).
 pub(crate) fn settle_forwarded() {
-    if FORWARDED.swap(false, Ordering::AcqRel) {
-        if let Some(link) = parent_link() {
-            let _ = link.call(0, Op::Barrier);
-        }
+    let sent = FORWARDED.load(Ordering::Acquire);
+    if SETTLED.load(Ordering::Acquire) >= sent {
+        return;
     }
+    if let Some(link) = parent_link() {
+        // The barrier goes up after every one of those `sent`: its answer says they are done.
+        let _ = link.call(0, Op::Barrier);
+    }
+    SETTLED.fetch_max(sent, Ordering::AcqRel);
 }
 
 /// In a forked child: sends trace events up to the process that writes the trace (through
@@ -448,8 +462,11 @@ fn serve_request(
         alive: alive.clone(),
     };
     if matches!(op, Op::Barrier) {
-        // Requests are served in the order they came: everything before this one is done.
+        // Requests are served in the order they came: everything before this one is done here.
+        // What this process sent further up for them (lines, puts on its own parent's queue)
+        // must be done there too.
         if request.id != 0 {
+            settle_forwarded();
             caller.answer(Ok(Value::Nil));
         }
         return;

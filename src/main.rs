@@ -188,6 +188,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
         runtime = runtime.max_instructions(count);
     }
     if let Some(workers) = cli.pool_size {
+        if workers == 0 {
+            return Err(Error::Usage("--pool-size must be at least 1".into()));
+        }
         runtime = runtime.pool_size(workers);
     }
     if let Some(depth) = cli.max_call_depth {

@@ -176,6 +176,9 @@ fn bad_option_values_are_usage_errors() {
         &["--lang", "python", "ok.lua"][..],
         &["--switch-interval", "0", "ok.lua"],
         &["--switch-interval", "soon", "ok.lua"],
+        &["--pool-size", "0", "ok.lua"],
+        &["--task-timeout", "0", "ok.lua"],
+        &["--max-call-depth", "lots", "ok.lua"],
     ] {
         let out = Run::new(args).dir(dir.path()).output();
         out.assert_code(2);

@@ -708,3 +708,134 @@ print(`after	${pool.apply(|x| x + 1, [1])}`);
         );
     }
 }
+
+/// `os.exit(n)` / `exit(n)` in a pool task fails the task and in a callback is reported as the
+/// callback's exception, with the same words in both languages and every mode (the run goes
+/// on: only the script's main thread ends the run).
+#[test]
+fn exit_in_a_pool_task_or_callback_is_named_as_exit() {
+    both_in_modes(
+        &MODES,
+        "exitintask",
+        r#"
+local pool = parrun.Pool(1)
+print(select(2, pcall(pool.apply, pool, function() os.exit(3) end, {})))
+local r = pool:apply_async(function() return 1 end, {}, function() os.exit(4) end)
+print(r:get(10))
+pool:close() pool:join()
+print("end")
+"#,
+        r#"
+let pool = Pool(1);
+try { pool.apply(|| exit(3), []); } catch (e) { print(e); }
+let r = pool.apply_async(|| 1, [], |v| exit(4));
+print(r.get(10));
+pool.close(); pool.join();
+print("end");
+"#,
+        |mode, out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(lines.len(), 3, "--mode {mode}: {}", out.describe());
+            assert!(
+                lines[0].ends_with("exit(3) called outside the script's main thread"),
+                "--mode {mode}: {}",
+                out.describe()
+            );
+            assert_eq!(
+                lines[1..],
+                ["1", "end"],
+                "--mode {mode}: {}",
+                out.describe()
+            );
+            assert!(
+                out.stderr.contains("Exception in pool callback:")
+                    && out
+                        .stderr
+                        .contains("exit(4) called outside the script's main thread"),
+                "--mode {mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}
+
+/// A count given the wrong value names what was given as the script sees it (`got string`,
+/// `got -1`, `got 1.5`), not as parrun's Rust spells it (`Str("x")`, `Int(-1)`).
+#[test]
+fn a_bad_count_names_the_value_given() {
+    both(
+        "badcount",
+        r#"
+local function try(f, ...) print(select(2, pcall(f, ...))) end
+try(parrun.Pool, "x")
+try(parrun.Pool, -1)
+try(parrun.Pool, 1.5)
+local pool = parrun.Pool(1)
+try(pool.map, pool, function(x) return x end, {1}, -2)
+"#,
+        r#"
+try { Pool("x"); } catch (e) { print(e); }
+try { Pool(-1); } catch (e) { print(e); }
+try { Pool(1.5); } catch (e) { print(e); }
+let pool = Pool(1);
+try { pool.map(|x| x, [1], -2); } catch (e) { print(e); }
+"#,
+        |out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(lines.len(), 4, "{}", out.describe());
+            for (line, want) in lines.iter().zip([
+                "processes must be a non-negative integer, got string",
+                "processes must be a non-negative integer, got -1",
+                "processes must be a non-negative integer, got 1.5",
+                "chunksize must be a non-negative integer, got -2",
+            ]) {
+                assert!(line.ends_with(want), "{want}\n{}", out.describe());
+            }
+        },
+    );
+}
+
+/// An option a `Pool` or `Process` does not take is an error naming it and those it takes
+/// (Python: "unexpected keyword argument"), not silently ignored: a misspelt
+/// `maxtaskperchild` or `initialiser` would otherwise run without what it asked for.
+#[test]
+fn an_unknown_option_is_an_error() {
+    both(
+        "unknownoption",
+        r#"
+local function try(f, ...) print((select(2, pcall(f, ...)))) end
+try(parrun.Pool, 1, {maxtaskperchild = 2})
+try(parrun.Pool, {processes = 1, initialiser = print})
+try(parrun.ThreadPool, 1, {bogus = true})
+try(parrun.Process, print, {}, {nme = "p"})
+local pool = parrun.Pool(1, {processes = 1, maxtasksperchild = 2, task_timeout = 5, mode = "gil",
+  initializer = function() end, initargs = {}})
+print(pool:apply(function() return "ok" end, {}))
+"#,
+        r#"
+try { Pool(1, #{maxtaskperchild: 2}); } catch (e) { print(e); }
+try { Pool(#{processes: 1, initialiser: || 1}); } catch (e) { print(e); }
+try { ThreadPool(1, #{bogus: true}); } catch (e) { print(e); }
+try { Process(|| 1, [], #{nme: "p"}); } catch (e) { print(e); }
+let pool = Pool(1, #{processes: 1, maxtasksperchild: 2, task_timeout: 5, mode: "gil",
+  initializer: || 1, initargs: []});
+print(pool.apply(|| "ok", []));
+"#,
+        |out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(lines.len(), 5, "{}", out.describe());
+            for (line, want) in lines.iter().zip([
+                "parrun.Pool: unknown option `maxtaskperchild`",
+                "parrun.Pool: unknown option `initialiser`",
+                "parrun.ThreadPool: unknown option `bogus`",
+                "parrun.Process: unknown option `nme`",
+                "ok",
+            ]) {
+                assert!(line.starts_with(want), "{want}\n{}", out.describe());
+            }
+        },
+    );
+}

@@ -351,3 +351,140 @@ print("done");
         }
     });
 }
+
+/// What a task puts on a queue is there when the task's result is: after a `map` whose
+/// tasks each put 50 values, `qsize()` counts them all and `empty()`/`get(0)` drain them
+/// (a forked worker's puts travel up its link while its result goes down its pipe; CPython's
+/// usual queue for pool tasks, a `Manager().Queue()`, puts before the task returns too).
+#[test]
+fn a_tasks_queue_puts_are_in_the_queue_with_its_result() {
+    let lua = r#"
+Q = parrun.Queue()
+local pool = parrun.Pool(2)
+for round = 1, 10 do
+  local xs = {}
+  for i = 1, 20 do xs[i] = i end
+  pool:map(function(x) for j = 1, 50 do Q:put(j) end return x end, xs, 1)
+  local size, n = Q:qsize(), 0
+  while not Q:empty() do Q:get(0) n = n + 1 end
+  print(round, size, n)
+end
+pool:close() pool:join()
+"#;
+    let rhai = r#"
+const Q = Queue();
+let pool = Pool(2);
+for round in 1..=10 {
+  let xs = [];
+  for i in 1..=20 { xs.push(i); }
+  pool.map(|x| { for j in 1..=50 { global::Q.put(j); } x }, xs, 1);
+  let size = Q.qsize(); let n = 0;
+  while !Q.empty() { Q.get(0); n += 1; }
+  print(`${round}	${size}	${n}`);
+}
+pool.close(); pool.join();
+"#;
+    each_mode("puts_before_results", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let want: Vec<String> = (1..=10).map(|r| format!("{r}\t1000\t1000")).collect();
+        assert_eq!(out.stdout_lines(), want, "mode {mode}\n{}", out.describe());
+    });
+}
+
+/// A map takes what a script iterates over, as Python's takes any iterable (the article's
+/// `pool.map(square, range(10))`): a Lua iterator function (a closure, a `coroutine.wrap`
+/// generator) or a Rhai range, besides an array, for `map`, `imap`, `imap_unordered` and
+/// `starmap`; an error in the iterator fails the call with its message.
+#[test]
+fn a_map_takes_an_iterator_or_a_range() {
+    let lua = r#"
+local function square(x) return x * x end
+local function range(n) local i = -1 return function() i = i + 1 if i < n then return i end end end
+local function gen(f) return coroutine.wrap(function() f(coroutine.yield) end) end
+local pool = parrun.Pool(2)
+print(table.concat(pool:map(square, range(10)), " "))
+local out = {}
+for v in pool:imap(square, gen(function(y) for i = 1, 5 do y(i) end end)) do out[#out + 1] = v end
+print(table.concat(out, " "))
+local un = {}
+for v in pool:imap_unordered(square, range(5), 2) do un[#un + 1] = v end
+table.sort(un)
+print(table.concat(un, " "))
+print(table.concat(pool:starmap(function(a, b) return a + b end,
+  gen(function(y) for i = 1, 3 do y({i, 10 * i}) end end)), " "))
+print(#pool:map(square, range(0)))
+local _, err = pcall(pool.map, pool, square, function() error("generator broke") end)
+print((err:match("[^\n]*")))
+pool:close() pool:join()
+"#;
+    let rhai = r#"
+fn square(x) { x * x }
+fn join(a) { let s = ""; for (x, i) in a { if i > 0 { s += " "; } s += x; } s }
+let pool = Pool(2);
+print(join(pool.map(square, 0..10)));
+let out = [];
+for v in pool.imap(square, 1..=5) { out.push(v); }
+print(join(out));
+let un = [];
+for v in pool.imap_unordered(square, 0..5, 2) { un.push(v); }
+un.sort();
+print(join(un));
+print(join(pool.starmap(|a, b| a + b, [[1, 10], [2, 20], [3, 30]])));
+print(pool.map(square, 5..5).len());
+pool.close(); pool.join();
+"#;
+    each_mode("iterables", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines = out.stdout_lines();
+        // Lua's program adds the line of a failing iterator.
+        let want = if out.command.ends_with(".lua") { 6 } else { 5 };
+        assert_eq!(lines.len(), want, "mode {mode}\n{}", out.describe());
+        assert_eq!(
+            lines[..5],
+            [
+                "0 1 4 9 16 25 36 49 64 81",
+                "1 4 9 16 25",
+                "0 1 4 9 16",
+                "11 22 33",
+                "0"
+            ],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+        if want == 6 {
+            assert!(
+                lines[5].contains("Pool.map: ") && lines[5].contains("generator broke"),
+                "mode {mode}\n{}",
+                out.describe()
+            );
+        }
+    });
+}
+
+/// Lines a task writes with Lua's `io.write` (C stdio, buffered when stdout is a pipe) are out
+/// before the task's result, as `print`'s are: they come before what the script writes after
+/// the map, and a pool left open, whose forked workers are killed at the end, loses none.
+#[test]
+fn a_tasks_io_write_lines_come_before_its_result() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+pool:map(function(x) io.write("task ", x, "\n") return x end, {1, 2, 3}, 1)
+io.write("after map\n")
+"#;
+    for mode in MODES {
+        let (_dir, path) = script("iowrite", "lua", lua);
+        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
+            .timeout(Duration::from_secs(30))
+            .output();
+        out.assert_success();
+        let mut lines = out.stdout_lines();
+        assert_eq!(lines.len(), 4, "mode {mode}\n{}", out.describe());
+        lines[..3].sort();
+        assert_eq!(
+            lines,
+            ["task 1", "task 2", "task 3", "after map"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}

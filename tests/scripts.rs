@@ -581,3 +581,43 @@ fn embed_example_maps_in_every_model_and_names_a_failing_record() {
             "record 3 in an unknown currency: examples/embed/transform.rhai:6: rate: no rate for XYZ\n",
         );
 }
+
+/// The README's script examples (its ```lua and ```rhai blocks) run as a new user would copy
+/// them, in every mode, and print what their comments say (`--> 144` in Lua, `// 144` in Rhai),
+/// in that order. A block without such a comment is a fragment (it uses a `pool` made
+/// elsewhere) and is not run.
+#[test]
+fn the_readmes_script_examples_print_what_they_say() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let mut ran = 0;
+    for (lang, marker) in [("lua", "-->"), ("rhai", "//")] {
+        let fence = format!("```{lang}\n");
+        for block in readme.split(&fence).skip(1) {
+            let code = &block[..block.find("```").expect("a closing fence")];
+            let wanted: Vec<&str> = code
+                .lines()
+                .filter(|l| l.trim_start().starts_with("print"))
+                .filter_map(|l| l.split_once(marker).map(|(_, want)| want.trim()))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            for mode in common::MODES {
+                let (_dir, path) = common::script("readme", lang, code);
+                let out = Run::new(["--mode", mode, path.to_str().unwrap()]).output();
+                out.assert_success();
+                let lines = out.stdout_lines();
+                let mut at = lines.iter();
+                for want in &wanted {
+                    assert!(
+                        at.any(|line| line == want),
+                        "--mode {mode}: the README's {lang} example does not print {want:?}\n{code}\n{}",
+                        out.describe()
+                    );
+                }
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 4, "only {ran} README examples found");
+}

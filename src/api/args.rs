@@ -41,8 +41,12 @@ pub(super) fn opt_count(
         Value::Nil => Ok(None),
         Value::Int(n) if n >= 0 => Ok(Some(n as usize)),
         Value::Float(f) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as usize)),
+        // A number is shown (`got -1`), anything else named by its type (`got string`).
+        Value::Int(n) => Err(format!("{what} must be a non-negative integer, got {n}")),
+        Value::Float(f) => Err(format!("{what} must be a non-negative integer, got {f}")),
         other => Err(format!(
-            "{what} must be a non-negative integer, got {other:?}"
+            "{what} must be a non-negative integer, got {}",
+            other.type_name()
         )),
     }
 }
@@ -75,10 +79,42 @@ pub(super) fn elements(args: &mut dyn Args, i: usize, what: &str) -> Result<Vec<
     }
 }
 
+/// What a map goes over at argument `i`: an array, or what the script iterates over (a Lua
+/// iterator function, a Rhai range), as Python's `map` takes any iterable.
+pub(super) fn iterable(args: &mut dyn Args, i: usize) -> Result<Vec<Value>, String> {
+    if let Some(items) = args.iterate(i)? {
+        return Ok(items);
+    }
+    match args.value(i)? {
+        Value::Array(items) => Ok(items),
+        Value::Map(entries) if entries.is_empty() => Ok(Vec::new()),
+        other => Err(format!(
+            "the iterable must be an array, an iterator function or a range, got {}",
+            other.type_name()
+        )),
+    }
+}
+
 /// Argument `i` as an execution model: "gil", "fork" or "isolated".
 pub(super) fn mode_value(args: &mut dyn Args, i: usize) -> Result<Mode, String> {
     match args.value(i)? {
         Value::Str(name) => name.parse(),
         other => Err(format!("mode must be a string, got {}", other.type_name())),
+    }
+}
+
+/// Checks that the options map at argument `i` has only keys among `known` (Python's "unexpected
+/// keyword argument"): a misspelt option must not be silently ignored.
+pub(super) fn known_options(args: &mut dyn Args, i: usize, known: &[&str]) -> Result<(), String> {
+    match args
+        .keys(i)?
+        .into_iter()
+        .find(|k| !known.contains(&k.as_str()))
+    {
+        None => Ok(()),
+        Some(key) => Err(format!(
+            "unknown option `{key}` (the options are {})",
+            known.join(", ")
+        )),
     }
 }

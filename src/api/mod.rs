@@ -242,10 +242,16 @@ pub trait Args {
     fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String>;
     /// The engine the call runs in, as of this call: for a pool's workers.
     fn engine(&self) -> &dyn ScriptEngine;
+    /// The keys of the table or map at argument `i` (options), without converting its values;
+    /// a key that is not a string as the script would write it.
+    fn keys(&mut self, i: usize) -> Result<Vec<String>, String>;
     /// Whether argument `i` is a Lua table or a Rhai object map (without converting it).
     fn is_map(&mut self, i: usize) -> bool;
     /// Whether argument `i` is absent or nil (without converting it).
     fn is_nil(&mut self, i: usize) -> bool;
+    /// The values the script iterates over at argument `i`, if it is an iterable that is not
+    /// data (a Lua iterator function, run to its end; a Rhai range); `None` for anything else.
+    fn iterate(&mut self, i: usize) -> Result<Option<Vec<Value>>, String>;
 }
 
 /// How an adapter exposes a builtin.

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use super::args::{elements, has_args, mode_value, opt_count, opt_name, timeout};
+use super::args::{
+    elements, has_args, iterable, known_options, mode_value, opt_count, opt_name, timeout,
+};
 use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::exec;
 use crate::host::{Host, Mode};
@@ -42,7 +44,7 @@ fn job(args: &mut dyn Args) -> Result<Arc<AsyncResult>, String> {
 
 /// The argument lists of a map (`[x]` each) or starmap (each element is the list).
 fn calls(args: &mut dyn Args, i: usize, star: bool) -> Result<Calls, String> {
-    let items = elements(args, i, "the iterable")?;
+    let items = iterable(args, i)?;
     if !star {
         return Ok(Calls::Each(items));
     }
@@ -132,6 +134,18 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
         mode,
     };
     if let Some(o) = options_at {
+        known_options(
+            args,
+            o,
+            &[
+                "processes",
+                "initializer",
+                "initargs",
+                "maxtasksperchild",
+                "task_timeout",
+                "mode",
+            ],
+        )?;
         if let Some(i) = args.field(o, "mode")? {
             config.mode = mode_value(args, i)?;
         }
@@ -178,6 +192,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
             let target = args.target(0, at)?;
             let mut mode = host.mode();
             let name = if !args.is_nil(2) && args.is_map(2) {
+                known_options(args, 2, &["name", "mode"])?;
                 if let Some(i) = args.field(2, "mode")? {
                     mode = mode_value(args, i)?;
                 }

@@ -263,6 +263,7 @@ pub(super) fn worker_main(
                         trace.flush();
                     }
                 }
+                crate::rt::output::flush_c_stdout();
                 crate::link::settle_forwarded();
                 let msg = FromWorker {
                     id,

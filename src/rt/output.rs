@@ -133,6 +133,22 @@ pub fn write_stderr(text: &str) {
     let _ = progress_aware(Stream::Stderr, msg.as_bytes());
 }
 
+/// Writes out what C stdio holds for standard output (Lua's `io.write`, block-buffered when
+/// stdout is a pipe or a file). A forked pool worker calls it after each task: its lines then
+/// come before the task's result, and none is lost when the pool is terminated (its workers
+/// are killed, and a killed process's buffer is gone).
+pub(crate) fn flush_c_stdout() {
+    extern "C" {
+        static stdout: *mut nix::libc::FILE;
+    }
+    // SAFETY: C's `stdout` is set before `main` and never reassigned by parrun; fflush on it
+    // takes only the C library's own stream lock (reset in a forked child) and, with nothing
+    // buffered, makes no system call.
+    unsafe {
+        nix::libc::fflush(stdout);
+    }
+}
+
 /// Standard output's descriptor, borrowed as `io::stdout().as_fd()` borrows it. Not through
 /// `io::stdout()` itself: that builds std's buffered stdout in a `OnceLock` on first use, and
 /// a child forked while another thread was doing so would wait on it for ever.

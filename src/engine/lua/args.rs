@@ -144,12 +144,49 @@ impl Args for LuaArgs<'_> {
         }
     }
 
+    fn keys(&mut self, i: usize) -> Result<Vec<String>, String> {
+        let LuaValue::Table(t) = self.get(i) else {
+            return Err(format!(
+                "options must be a table, got {}",
+                self.get(i).type_name()
+            ));
+        };
+        t.pairs::<LuaValue, LuaValue>()
+            .map(|kv| {
+                let (k, _) = kv.map_err(|e| e.to_string())?;
+                Ok(match k {
+                    LuaValue::String(s) => s.to_string_lossy(),
+                    LuaValue::Integer(n) => format!("[{n}]"),
+                    LuaValue::Number(n) => format!("[{n}]"),
+                    other => format!("a {} key", other.type_name()),
+                })
+            })
+            .collect()
+    }
+
     fn is_map(&mut self, i: usize) -> bool {
         matches!(self.get(i), LuaValue::Table(_))
     }
 
     fn is_nil(&mut self, i: usize) -> bool {
         self.get(i).is_nil()
+    }
+
+    fn iterate(&mut self, i: usize) -> Result<Option<Vec<Value>>, String> {
+        let LuaValue::Function(next) = self.get(i) else {
+            return Ok(None);
+        };
+        // As a generic `for` calls it: with no state and the last value, until nil.
+        let mut items = Vec::new();
+        let mut last = LuaValue::Nil;
+        loop {
+            let v: LuaValue = next.call((LuaValue::Nil, last)).map_err(error_text)?;
+            if v.is_nil() {
+                return Ok(Some(items));
+            }
+            items.push(to_value(self.lua, v.clone())?);
+            last = v;
+        }
     }
 
     fn engine(&self) -> &dyn ScriptEngine {

@@ -144,12 +144,36 @@ impl Args for RhaiArgs<'_, '_> {
         }
     }
 
+    fn keys(&mut self, i: usize) -> Result<Vec<String>, String> {
+        let map = self.get(i);
+        let type_name = map.type_name();
+        let map = map
+            .try_cast::<::rhai::Map>()
+            .ok_or_else(|| format!("options must be a map, got {type_name}"))?;
+        Ok(map.keys().map(|k| k.to_string()).collect())
+    }
+
     fn is_map(&mut self, i: usize) -> bool {
         self.get(i).is_map()
     }
 
     fn is_nil(&mut self, i: usize) -> bool {
         i >= self.len() || self.get(i).is_unit()
+    }
+
+    fn iterate(&mut self, i: usize) -> Result<Option<Vec<Value>>, String> {
+        // Looked at in place: a map's array (the usual argument) is not cloned for this.
+        let Some(d) = self.args.get(i) else {
+            return Ok(None);
+        };
+        let ints = |r: &mut dyn Iterator<Item = ::rhai::INT>| r.map(Value::Int).collect();
+        if let Some(r) = d.read_lock::<std::ops::Range<::rhai::INT>>() {
+            return Ok(Some(ints(&mut r.clone())));
+        }
+        if let Some(r) = d.read_lock::<std::ops::RangeInclusive<::rhai::INT>>() {
+            return Ok(Some(ints(&mut r.clone())));
+        }
+        Ok(None)
     }
 
     fn engine(&self) -> &dyn ScriptEngine {

@@ -112,6 +112,12 @@ pub(super) fn err_line(
         EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
         // Stopped by parrun (a cancelled pool task): the value says why.
         EvalAltResult::ErrorTerminated(value, _) if value.is_string() => value.to_string(),
+        // `exit()` reaches here only from a call that cannot end the run (a pool task, a
+        // callback): said as Lua's `os.exit` is (Rhai's own text is "NOT AN ERROR").
+        EvalAltResult::Exit(value, _) => format!(
+            "exit({}) called outside the script's main thread",
+            exit_status_of(value)
+        ),
         other => other.to_string(),
     };
     if let (true, true, Some((name, def))) = (pos.is_none(), err.is_system_exception(), called) {
