@@ -107,7 +107,7 @@ pub(super) fn to_dynamic(v: &Value) -> RhaiResult<Dynamic> {
     }
 }
 
-/// [`to_dynamic`] of a `Value` that is not needed any more: its strings and bytes are moved.
+/// [`to_dynamic`] of a `Value` that is not needed any more: its bytes are moved, not copied.
 pub(super) fn into_dynamic(v: Value) -> RhaiResult<Dynamic> {
     direct::into_dynamic(v).or_else(|v| ::rhai::serde::to_dynamic(&v))
 }
