@@ -3,11 +3,11 @@
 //! Both engines convert to and from `Value` through their crates' serde support
 //! (`mlua`'s `Serialize` for Lua values and `LuaSerdeExt`, `rhai::serde`): `Value` implements
 //! `Serialize` and `Deserialize`, [`Value::from_serialize`] builds one from anything serde can
-//! serialize, and nothing here walks a Lua table or a Rhai map by hand. (The Lua adapter also
-//! converts plain data directly through Lua's C API on its hot paths, with the same outcome as
-//! serde, which stays its general path. Rhai values keep
-//! going through `rhai::serde::from_dynamic`: Rhai's own `Serialize` turns a timestamp or a
-//! custom type into a string silently, where its deserializer refuses them, as parrun must.)
+//! serialize, and nothing here walks a Lua table or a Rhai map by hand. (Each adapter also
+//! converts plain data directly on its hot paths, Lua through its C API, Rhai with one walk of
+//! the `Dynamic`, with the same outcome as serde, which stays the general path. Rhai's serde
+//! path is `rhai::serde::from_dynamic`: Rhai's own `Serialize` turns a timestamp or a custom
+//! type into a string silently, where its deserializer refuses them, as parrun must.)
 //!
 //! The mapping keeps what scripts care about: integers stay integers and floats floats; strings
 //! that are not UTF-8 (Lua strings are bytes) become [`Value::Bytes`] and go back as the same

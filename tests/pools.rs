@@ -285,7 +285,8 @@ print(`renewed	${s.alive}	${s.replaced}	${s.done}`);
 
 /// What a map's tasks are given and return comes back as it went in, in every mode: numbers
 /// keep their subtype (3.0 stays a float, NaN and -0.0 theirs), strings their bytes, tables
-/// their shape (holes, mixed and float keys, sparse, nested, numeric strings as keys), through
+/// their shape (holes, mixed and float keys, sparse, nested, numeric strings as keys), Rhai's
+/// chars, blobs and maps theirs (key order, empty keys), through
 /// `map` (one argument a task) and `starmap` (a list of arguments).
 #[test]
 fn a_maps_values_come_back_as_they_went_in() {
@@ -325,8 +326,9 @@ pool:close() pool:join()
 print("done")
 "#;
     let rhai = r#"
-let values = [1, 3.0, -0.0, 9223372036854775807, "text", "", true, false, (), 'c',
-  blob(2, 255), [], [1, 2, 3], [1, (), 3], #{x: 1, y: [1.5, "s"], z: #{}}, [[["deep", []]]]];
+let values = [1, 3.0, -0.0, 0.0 / 0.0, 1.0 / 0.0, -1.0 / 0.0, 9223372036854775807, "text", "",
+  "é\x00", true, false, (), 'c', 'é', blob(2, 255), blob(0), [], [1, 2, 3], [1, (), 3],
+  #{x: 1, y: [1.5, "s"], z: #{}, "": 0, "b a": 'q'}, [[["deep", []]]], [#{k: [blob(1)]}]];
 let pool = Pool(2);
 let back = pool.map(|v| v, values);
 let lists = [];

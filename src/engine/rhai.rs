@@ -35,6 +35,7 @@ use crate::value::Value;
 mod args;
 mod builtins;
 mod convert;
+mod direct;
 mod errors;
 mod grain;
 #[cfg(any(feature = "mpi", test))]
@@ -282,7 +283,7 @@ impl LoadedScript for RhaiLoaded {
         };
         let mut args = args
             .iter()
-            .map(::rhai::serde::to_dynamic)
+            .map(to_dynamic)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::Usage(format!("{name}: the arguments: {e}")))?;
         // Missing trailing arguments are `()`, as nil is to a Lua function.
@@ -414,7 +415,7 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
             .iter()
             .find(|(n, _)| n == name)
             .ok_or_else(|| format!("no global `{name}`"))?;
-        ::rhai::serde::to_dynamic(value)
+        to_dynamic(value)
     });
     engine
 }

@@ -160,7 +160,7 @@ pub(super) fn invoke_with(
         Outcome::Fork(fork) => fork().map_err(fail)?,
     };
     match ret {
-        Ret::Value(v) => ::rhai::serde::to_dynamic(&v).map_err(|e| fail(e.to_string())),
+        Ret::Value(v) => into_dynamic(v).map_err(|e| fail(e.to_string())),
         Ret::Object(o) => Ok(Dynamic::from(o)),
     }
 }

@@ -182,7 +182,7 @@ pub(super) fn decode(host: &Host, bytes: &[u8]) -> Result<Instance, String> {
 
 fn dynamic_of(ast: &AST, d: &Dyn) -> Result<Dynamic, String> {
     Ok(match d {
-        Dyn::Data(v) => ::rhai::serde::to_dynamic(v).map_err(|e| e.to_string())?,
+        Dyn::Data(v) => to_dynamic(v).map_err(|e| e.to_string())?,
         Dyn::Array(items) => Dynamic::from_array(
             items
                 .iter()

@@ -242,7 +242,7 @@ pub(super) fn decode_function(
     // dropped at every call), and a call that changes it leaves the change for the worker's
     // next call, as a Lua upvalue does.
     for v in &wire.curry {
-        let value = ::rhai::serde::to_dynamic(v).map_err(|e| e.to_string())?;
+        let value = to_dynamic(v).map_err(|e| e.to_string())?;
         f.add_curry(value.into_shared());
     }
     Ok((f, imports))
@@ -406,7 +406,7 @@ impl BoundFn {
 
 impl TaskFn for BoundFn {
     fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError> {
-        let to_dynamic = |v: &Value| ::rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
+        let arg = |v: &Value| to_dynamic(v).map_err(|e| e.to_string());
         let at = |i: usize| move |message: String| TaskError::at(i, message);
         self.with_caller(|invoke| {
             let mut call = |args: &mut [Dynamic]| -> Result<Value, String> {
@@ -421,7 +421,7 @@ impl TaskFn for BoundFn {
                 CallSlice::Each(values) => values
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| call(&mut [to_dynamic(v).map_err(at(i))?]).map_err(at(i)))
+                    .map(|(i, v)| call(&mut [arg(v).map_err(at(i))?]).map_err(at(i)))
                     .collect(),
                 CallSlice::Lists(lists) => lists
                     .iter()
@@ -429,7 +429,7 @@ impl TaskFn for BoundFn {
                     .map(|(i, list)| {
                         let mut args: Vec<Dynamic> = list
                             .iter()
-                            .map(to_dynamic)
+                            .map(arg)
                             .collect::<Result<_, _>>()
                             .map_err(at(i))?;
                         call(&mut args).map_err(at(i))
@@ -443,7 +443,7 @@ impl TaskFn for BoundFn {
 
 impl Callback for BoundFn {
     fn call(&self, arg: Value) -> Result<(), String> {
-        let arg = ::rhai::serde::to_dynamic(&arg).map_err(|e| e.to_string())?;
+        let arg = into_dynamic(arg).map_err(|e| e.to_string())?;
         BoundFn::call(self, vec![arg]).map(drop)
     }
 }
@@ -466,7 +466,7 @@ impl IntoIterator for Object {
                 return Some(Err(interrupted()));
             }
             match next {
-                Ok(Some(v)) => Some(::rhai::serde::to_dynamic(&v)),
+                Ok(Some(v)) => Some(into_dynamic(v)),
                 Ok(None) => None,
                 Err(e) => Some(Err(e.into())),
             }
