@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -23,29 +24,38 @@ type Finished = (Arc<AsyncResult>, Result<Value, String>);
 /// thread.
 pub(super) struct Finisher {
     live: Arc<LiveJobs>,
-    /// Taken by [`Finisher::shut`], which ends the callback thread.
-    callbacks: Mutex<Option<Sender<Finished>>>,
-    /// The thread that runs `callback`/`error_callback`: a callback cannot wait for itself.
-    thread: u64,
-    handle: Mutex<Option<Handle>>,
+    /// What callbacks run under (its GIL).
+    host: Arc<Host>,
+    /// The callback thread, started by the first job that has a callback: most pools' jobs
+    /// have none, and a thread started with every pool would be a tenth of a small pool's
+    /// start.
+    pub(super) callbacks: Mutex<CallbackThread>,
+    /// The callback thread's id ([`crate::rt::spawn::current_id`]), 0 until it starts (no
+    /// thread parrun starts has id 0).
+    pub(super) thread: AtomicU64,
+}
+
+/// The callback thread, as the [`Finisher`] has it.
+pub(super) enum CallbackThread {
+    NotStarted,
+    Running {
+        /// Dropped by [`Finisher::shut`], which ends the thread.
+        jobs: Sender<Finished>,
+        handle: Handle,
+    },
+    /// Shut: no callback runs any more.
+    Shut,
 }
 
 impl Finisher {
-    /// Starts the callback thread; callbacks run under `host`'s GIL.
-    pub(super) fn start(host: &Arc<Host>) -> Result<Finisher, String> {
-        let (callbacks, rx) = unbounded();
-        let live = Arc::new(LiveJobs::default());
-        let (host, thread_live) = (host.clone(), live.clone());
-        let handle = crate::rt::spawn::Builder::new()
-            .name("parrun-pool-callbacks".into())
-            .spawn(move || run_callbacks(host, thread_live, rx))
-            .map_err(|e| format!("cannot start the callback thread: {e}"))?;
-        Ok(Finisher {
-            live,
-            callbacks: Mutex::new(Some(callbacks)),
-            thread: handle.id(),
-            handle: Mutex::new(Some(handle)),
-        })
+    /// A finisher whose callbacks run under `host`'s GIL.
+    pub(super) fn new(host: &Arc<Host>) -> Finisher {
+        Finisher {
+            live: Arc::new(LiveJobs::default()),
+            host: host.clone(),
+            callbacks: Mutex::new(CallbackThread::NotStarted),
+            thread: AtomicU64::new(0),
+        }
     }
 
     /// Ends the callback thread and waits for it, once no job can finish any more (the
@@ -56,9 +66,9 @@ impl Finisher {
         if self.on_callback_thread() {
             return;
         }
-        drop(self.callbacks.lock().recover().take());
-        let handle = self.handle.lock().recover().take();
-        if let Some(handle) = handle {
+        let thread = std::mem::replace(&mut *self.callbacks.lock().recover(), CallbackThread::Shut);
+        if let CallbackThread::Running { jobs, handle } = thread {
+            drop(jobs);
             let _ = handle.join();
         }
     }
@@ -68,20 +78,44 @@ impl Finisher {
         self.live.insert(job);
     }
 
-    /// Finishes a job whose results are in: runs its callback (on the callback thread), then
-    /// marks it ready.
+    /// Finishes a job whose results are in: runs its callback (on the callback thread, started
+    /// here for the pool's first), then marks it ready.
     pub(super) fn finish(&self, job: &Arc<AsyncResult>) {
         if job.has_callbacks() {
-            let outcome = job.outcome();
-            let callbacks = self.callbacks.lock().recover();
-            if callbacks
-                .as_ref()
-                .is_some_and(|tx| tx.send((job.clone(), outcome)).is_ok())
-            {
-                return;
+            let mut thread = self.callbacks.lock().recover();
+            if matches!(*thread, CallbackThread::NotStarted) {
+                match self.start_thread() {
+                    Ok(running) => *thread = running,
+                    Err(e) => {
+                        drop(thread);
+                        // As a callback that could not run: the job fails with why.
+                        if self.live.start_callback(job) {
+                            self.live.end_callback(job, Some(e));
+                        }
+                        return;
+                    }
+                }
+            }
+            if let CallbackThread::Running { jobs, .. } = &*thread {
+                if jobs.send((job.clone(), job.outcome())).is_ok() {
+                    return;
+                }
             }
         }
         self.live.ready(job);
+    }
+
+    /// Starts the callback thread.
+    fn start_thread(&self) -> Result<CallbackThread, String> {
+        let (jobs, rx) = unbounded();
+        let (host, live) = (self.host.clone(), self.live.clone());
+        let handle = crate::rt::spawn::Builder::new()
+            .name("parrun-pool-callbacks".into())
+            .spawn(move || run_callbacks(host, live, rx))
+            .map_err(|e| format!("cannot start the pool's callback thread: {e}"))?;
+        // Before its first job is sent: a callback asks whether it runs on this thread.
+        self.thread.store(handle.id(), Ordering::Release);
+        Ok(CallbackThread::Running { jobs, handle })
     }
 
     /// Fails every job not ready yet with `reason` (a callback already running finishes).
@@ -101,7 +135,8 @@ impl Finisher {
 
     /// Whether the caller is one of the pool's callbacks.
     pub(super) fn on_callback_thread(&self) -> bool {
-        crate::rt::spawn::current_id() == self.thread
+        let thread = self.thread.load(Ordering::Acquire);
+        thread != 0 && crate::rt::spawn::current_id() == thread
     }
 
     /// How many jobs are not ready yet.

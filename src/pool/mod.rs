@@ -286,7 +286,7 @@ impl Pool {
                 }),
                 changed: Condvar::new(),
                 work: Condvar::new(),
-                finisher: Finisher::start(host)?,
+                finisher: Finisher::new(host),
                 backend,
                 overseer: Mutex::new(None),
                 stats: stats::Stats::new(size),
@@ -856,6 +856,38 @@ mod tests {
             assert!(job.ready());
             assert_eq!(job.successful(), Ok(true));
         }
+    }
+
+    /// A pool starts its callback thread with its first job that has a callback, not before;
+    /// the callback runs there, and `join` ends the thread.
+    #[test]
+    fn the_callback_thread_starts_with_the_first_callback() {
+        let (pool, _gate) = echo_pool(true);
+        let plain = apply(&pool, 1, Callbacks::default());
+        assert_eq!(within(move || plain.get(None)).unwrap(), Value::Int(1));
+        assert_eq!(
+            pool.finisher
+                .thread
+                .load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+        let seen = Arc::default();
+        let called = apply(&pool, 2, record(&seen, Duration::ZERO, None));
+        assert_eq!(within(move || called.get(None)).unwrap(), Value::Int(2));
+        assert_eq!(*seen.lock().unwrap(), vec![Value::Int(2)]);
+        assert_ne!(
+            pool.finisher
+                .thread
+                .load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+        pool.close();
+        let joined = pool.clone();
+        within(move || joined.join()).unwrap();
+        assert!(matches!(
+            *pool.finisher.callbacks.lock().unwrap(),
+            super::callbacks::CallbackThread::Shut
+        ));
     }
 
     /// `terminate` lets a running callback end and runs no other: the jobs whose callbacks
