@@ -718,6 +718,42 @@ impl<'de> de::VariantAccess<'de> for Value {
     }
 }
 
+/// Numbers for the property tests of both engines' direct conversions (`engine::lua::direct`,
+/// `engine::rhai::convert`): the edges a conversion can get wrong beside ordinary values.
+#[cfg(test)]
+pub(crate) mod strategies {
+    use proptest::prelude::*;
+
+    /// Floats: any, NaN of both signs, the infinities, both zeros, whole numbers (which must
+    /// stay floats), the smallest normal, 2^63 (just past the integers).
+    pub(crate) fn float() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>(),
+            Just(f64::NAN),
+            Just(-f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(-0.0),
+            Just(0.0),
+            Just(3.0),
+            Just(2.5),
+            Just(f64::MIN_POSITIVE),
+            Just(9.223_372_036_854_776e18),
+            (-3..12i32).prop_map(f64::from),
+        ]
+    }
+
+    /// Integers: mostly small (array indices, table keys), and any, and both extremes.
+    pub(crate) fn int() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            3 => -3..12i64,
+            1 => any::<i64>(),
+            1 => Just(i64::MIN),
+            1 => Just(i64::MAX),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

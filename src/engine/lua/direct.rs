@@ -343,6 +343,7 @@ mod tests {
         data_of, from_value, sequence, serde_data_of, serde_from_value, serde_sequence,
     };
     use super::*;
+    use crate::value::strategies::{float, int};
 
     /// A Lua value to build: every type, tables of every shape, values that cannot travel,
     /// cycles, nesting around the limit.
@@ -469,29 +470,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    fn float() -> impl Strategy<Value = f64> {
-        prop_oneof![
-            any::<f64>(),
-            Just(f64::NAN),
-            Just(f64::INFINITY),
-            Just(f64::NEG_INFINITY),
-            Just(-0.0),
-            Just(3.0),
-            Just(2.5),
-            Just(9.223_372_036_854_776e18),
-            (-3..12i32).prop_map(f64::from),
-        ]
-    }
-
-    fn int() -> impl Strategy<Value = i64> {
-        prop_oneof![
-            3 => -3..12i64,
-            1 => any::<i64>(),
-            1 => Just(i64::MIN),
-            1 => Just(i64::MAX),
-        ]
     }
 
     fn bytes() -> impl Strategy<Value = Vec<u8>> {

@@ -274,6 +274,7 @@ mod tests {
 
         use super::super::*;
         use crate::api::ObjectWire;
+        use crate::value::strategies::{float, int};
 
         /// A Rhai value to build: every type, nesting around the limit, shared values, values
         /// that cannot travel.
@@ -391,30 +392,6 @@ mod tests {
                     },
                 }
             }
-        }
-
-        fn float() -> impl Strategy<Value = f64> {
-            prop_oneof![
-                any::<f64>(),
-                Just(f64::NAN),
-                Just(-f64::NAN),
-                Just(f64::INFINITY),
-                Just(f64::NEG_INFINITY),
-                Just(-0.0),
-                Just(0.0),
-                Just(3.0),
-                Just(f64::MIN_POSITIVE),
-                (-3..12i32).prop_map(f64::from),
-            ]
-        }
-
-        fn int() -> impl Strategy<Value = i64> {
-            prop_oneof![
-                3 => -3..12i64,
-                1 => any::<i64>(),
-                1 => Just(i64::MIN),
-                1 => Just(i64::MAX),
-            ]
         }
 
         fn text() -> impl Strategy<Value = String> {
