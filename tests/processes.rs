@@ -889,6 +889,104 @@ print(`${q.get()}	${q.get()}	${q.get()}	${l.locked()}`);
     );
 }
 
+/// `Lock.acquire` and `Queue.get`/`put` take Python's `(block, timeout)` as well as parrun's
+/// `(timeout)`, with `get_nowait`/`put_nowait`, and refuse what CPython refuses with its
+/// words (`l.acquire(False, 1)`, `q.get(True, -1)`): in the script and in a child, where the
+/// lock and queue are its parent's, in every model. The expected line is what the Python twin
+/// (threading.Lock, queue.Queue) gives, in parrun's spelling.
+#[test]
+fn lock_acquire_and_queue_get_take_pythons_block_flag() {
+    both_in_modes(
+        &MODES,
+        "blockflag",
+        r#"
+local l, q = parrun.Lock(), parrun.Queue()
+local function probe(who, l, q)
+  local r = {who}
+  local function try(f, ...)
+    local ok, e = pcall(f, ...)
+    r[#r + 1] = tostring(ok) .. " " .. tostring(e)
+  end
+  r[#r + 1] = tostring(l:acquire(false))
+  r[#r + 1] = tostring(l:acquire(false))
+  r[#r + 1] = tostring(l:acquire(true, 0.01))
+  r[#r + 1] = tostring(l:acquire(0.01))
+  try(l.acquire, l, false, 1)
+  l:release()
+  r[#r + 1] = tostring(l:acquire(true, -1))
+  l:release()
+  try(q.get, q, false)
+  try(q.get_nowait, q)
+  try(q.get, q, true, -1)
+  q:put_nowait(5)
+  r[#r + 1] = tostring(q:get(true, 1))
+  q:put(6, true, 1)
+  r[#r + 1] = tostring(q:get(false, 3))
+  return table.concat(r, "|")
+end
+print(probe("main", l, q))
+local out = parrun.Queue()
+local p = parrun.Process(function(l, q, out) out:put(probe("child", l, q)) end, {l, q, out})
+p:start() p:join()
+print(out:get(10))
+"#,
+        r#"
+fn probe(who, l, q) {
+  let r = [who];
+  r.push(`${l.acquire(false)}`);
+  r.push(`${l.acquire(false)}`);
+  r.push(`${l.acquire(true, 0.01)}`);
+  r.push(`${l.acquire(0.01)}`);
+  try { l.acquire(false, 1); r.push("true"); } catch (e) { r.push(`false ${e}`); }
+  l.release();
+  r.push(`${l.acquire(true, -1)}`);
+  l.release();
+  try { q.get(false); r.push("true"); } catch (e) { r.push(`false ${e}`); }
+  try { q.get_nowait(); r.push("true"); } catch (e) { r.push(`false ${e}`); }
+  try { q.get(true, -1); r.push("true"); } catch (e) { r.push(`false ${e}`); }
+  q.put_nowait(5);
+  r.push(`${q.get(true, 1)}`);
+  q.put(6, true, 1);
+  r.push(`${q.get(false, 3)}`);
+  r.reduce(|s, x| if s == () { x } else { s + "|" + x })
+}
+let l = Lock(); let q = Queue(); let out = Queue();
+print(probe("main", l, q));
+let p = Process(|l, q, out| out.put(probe("child", l, q)), [l, q, out]);
+p.start(); p.join();
+print(out.get(10));
+"#,
+        |mode, out| {
+            out.assert_success();
+            let expected = |who: &str| {
+                [
+                    who,
+                    "true",
+                    "false",
+                    "false",
+                    "false",
+                    "false Lock.acquire: can't specify a timeout for a non-blocking call \
+                     (ValueError)",
+                    "true",
+                    "false Queue.get: queue is empty (Empty)",
+                    "false Queue.get_nowait: queue is empty (Empty)",
+                    "false Queue.get: timeout must be a non-negative number of seconds, got -1 \
+                     (ValueError)",
+                    "5",
+                    "6",
+                ]
+                .join("|")
+            };
+            assert_eq!(
+                out.stdout_lines(),
+                [expected("main"), expected("child")],
+                "{mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}
+
 /// A queue's and a lock's errors read the same in a child as in the process that owns them,
 /// in every model: in `fork` they cross the parent link as typed errors (an `Empty` with the
 /// time waited, to the microsecond), from a child and from a grandchild (forwarded up).

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::args::{has_args, number, opt_name, timeout};
+use super::args::{block_and_timeout, has_args, number, opt_name, timeout, Blocking};
 use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::sync::{Lock, Queue};
 use crate::thread::ScriptThread;
@@ -55,6 +55,20 @@ fn random_float() -> f64 {
         cell.set((me, x));
         (x >> 11) as f64 / (1u64 << 53) as f64
     })
+}
+
+/// A value from `q`, waiting at most `timeout` (for ever if `None`); a local value is taken
+/// without giving the GIL up.
+fn get(q: Queue, timeout: Option<Duration>) -> Result<Outcome, String> {
+    if q.is_local() {
+        if let Ok(v) = q.get(Some(Duration::ZERO)) {
+            return Outcome::value(v);
+        }
+        if timeout == Some(Duration::ZERO) {
+            return Err(crate::sync::QueueError::Empty(Duration::ZERO).to_string());
+        }
+    }
+    Outcome::wait(move || q.get(timeout).map(Ret::Value).map_err(|e| e.to_string()))
 }
 
 /// The operations of Python's `threading` and `queue`, and the clock and sleep.
@@ -164,10 +178,23 @@ pub(super) static BUILTINS: &[Builtin] = &[
         class: Class::Queue,
         name: "put",
         kind: Kind::Call,
-        arity: (1, 1),
+        arity: (1, 3),
         call: |_, args| {
             let q = queue(args)?;
+            // Python's `block` and `timeout`, checked as `get` checks them: the queue is
+            // unbounded, so a put never waits.
+            block_and_timeout(args, 2, Blocking::Queue)?;
             q.put(args.value(1)?)?;
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "put_nowait",
+        kind: Kind::Call,
+        arity: (1, 1),
+        call: |_, args| {
+            queue(args)?.put(args.value(1)?)?;
             Outcome::nil()
         },
     },
@@ -175,18 +202,18 @@ pub(super) static BUILTINS: &[Builtin] = &[
         class: Class::Queue,
         name: "get",
         kind: Kind::Call,
-        arity: (0, 1),
+        arity: (0, 2),
         call: |_, args| {
-            let q = queue(args)?;
-            let timeout = timeout(args, 1)?;
-            // Take a waiting value without giving the GIL up.
-            if q.is_local() {
-                if let Ok(v) = q.get(Some(Duration::ZERO)) {
-                    return Outcome::value(v);
-                }
-            }
-            Outcome::wait(move || q.get(timeout).map(Ret::Value).map_err(|e| e.to_string()))
+            let timeout = block_and_timeout(args, 1, Blocking::Queue)?;
+            get(queue(args)?, timeout)
         },
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "get_nowait",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| get(queue(args)?, Some(Duration::ZERO)),
     },
     Builtin {
         class: Class::Queue,
@@ -216,10 +243,10 @@ pub(super) static BUILTINS: &[Builtin] = &[
         class: Class::Lock,
         name: "acquire",
         kind: Kind::Call,
-        arity: (0, 1),
+        arity: (0, 2),
         call: |_, args| {
             let l = lock(args)?;
-            let timeout = timeout(args, 1)?;
+            let timeout = block_and_timeout(args, 1, Blocking::Lock)?;
             if l.is_local() && l.acquire(Some(Duration::ZERO))? {
                 return Outcome::value(Value::Bool(true));
             }

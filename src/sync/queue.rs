@@ -29,10 +29,20 @@ struct QueueInner {
 /// Why a `get` returned no value.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum QueueError {
-    #[error("queue is empty: nothing arrived within {0:?} (Empty)")]
+    /// Nothing arrived within the time given (none: a `get` that would not wait).
+    #[error("{}", empty_text(*.0))]
     Empty(Duration),
     #[error("{0}")]
     Remote(String),
+}
+
+/// Python's `queue.Empty`, with how long the `get` waited.
+fn empty_text(waited: Duration) -> String {
+    if waited.is_zero() {
+        "queue is empty (Empty)".into()
+    } else {
+        format!("queue is empty: nothing arrived within {waited:?} (Empty)")
+    }
 }
 
 impl Default for Queue {
