@@ -987,6 +987,97 @@ print(out.get(10));
     );
 }
 
+/// `Queue(maxsize)` is bounded, as Python's: `full()`, a `put` that finds no room raises `Full`
+/// at once (`put(v, false)`, `put_nowait`) or after its timeout, and a blocking `put` waits
+/// until a `get` makes room, in the script and in a child (whose puts wait on its parent's
+/// queue), in every model. Python's `queue.Queue(2)` gives the same answers.
+#[test]
+fn a_bounded_queue_makes_a_put_wait_for_room() {
+    both_in_modes(
+        &MODES,
+        "bounded",
+        r#"
+local q, out = parrun.Queue(2), parrun.Queue()
+local function probe(who, q, out)
+  local function try(f, ...)
+    local ok, e = pcall(f, ...)
+    out:put(who .. " " .. tostring(ok) .. " " .. tostring(e))
+  end
+  out:put(who .. " full " .. tostring(q:full()) .. " " .. q:qsize())
+  try(q.put, q, 3, false)
+  try(q.put_nowait, q, 3)
+  try(q.put, q, 3, true, 0.05)
+  try(q.put, q, 3, 0.05)
+end
+q:put(1) q:put(2)
+probe("main", q, out)
+local p = parrun.Process(function(q, out)
+  probe("child", q, out)
+  out:put("waiting")
+  q:put(3)
+  out:put("put 3")
+end, {q, out})
+p:start()
+for _ = 1, 11 do print(out:get(10)) end
+parrun.sleep(0.2)
+print("still waiting " .. tostring(out:empty()) .. " " .. q:qsize())
+print("get " .. q:get(10))
+print(out:get(10))
+p:join()
+print("left " .. q:get(1) .. " " .. q:get(1) .. " " .. tostring(q:empty()) .. " " .. tostring(parrun.Queue(0):full()))
+"#,
+        r#"
+fn probe(who, q, out) {
+  out.put(`${who} full ${q.full()} ${q.qsize()}`);
+  try { q.put(3, false); out.put(`${who} true`); } catch (e) { out.put(`${who} false ${e}`); }
+  try { q.put_nowait(3); out.put(`${who} true`); } catch (e) { out.put(`${who} false ${e}`); }
+  try { q.put(3, true, 0.05); out.put(`${who} true`); } catch (e) { out.put(`${who} false ${e}`); }
+  try { q.put(3, 0.05); out.put(`${who} true`); } catch (e) { out.put(`${who} false ${e}`); }
+}
+let q = Queue(2); let out = Queue();
+q.put(1); q.put(2);
+probe("main", q, out);
+let p = Process(|q, out| {
+  probe("child", q, out);
+  out.put("waiting");
+  q.put(3);
+  out.put("put 3");
+}, [q, out]);
+p.start();
+for i in 0..11 { print(out.get(10)); }
+sleep(0.2);
+print(`still waiting ${out.empty()} ${q.qsize()}`);
+print(`get ${q.get(10)}`);
+print(out.get(10));
+p.join();
+print(`left ${q.get(1)} ${q.get(1)} ${q.empty()} ${Queue(0).full()}`);
+"#,
+        |mode, out| {
+            out.assert_success();
+            let mut expected = Vec::new();
+            for who in ["main", "child"] {
+                expected.extend([
+                    format!("{who} full true 2"),
+                    format!("{who} false Queue.put: queue is full (Full)"),
+                    format!("{who} false Queue.put_nowait: queue is full (Full)"),
+                    format!("{who} false Queue.put: queue is full: no room within 50ms (Full)"),
+                    format!("{who} false Queue.put: queue is full: no room within 50ms (Full)"),
+                ]);
+            }
+            for line in [
+                "waiting",
+                "still waiting true 2",
+                "get 1",
+                "put 3",
+                "left 2 3 true false",
+            ] {
+                expected.push(line.to_owned());
+            }
+            assert_eq!(out.stdout_lines(), expected, "{mode}: {}", out.describe());
+        },
+    );
+}
+
 /// A queue's and a lock's errors read the same in a child as in the process that owns them,
 /// in every model: in `fork` they cross the parent link as typed errors (an `Empty` with the
 /// time waited, to the microsecond), from a child and from a grandchild (forwarded up).

@@ -71,6 +71,24 @@ fn get(q: Queue, timeout: Option<Duration>) -> Result<Outcome, String> {
     Outcome::wait(move || q.get(timeout).map(Ret::Value).map_err(|e| e.to_string()))
 }
 
+/// Puts `v` on `q`, waiting at most `timeout` for room (for ever if `None`) without the GIL;
+/// an unbounded queue, or one with room here, takes it at once.
+fn put(q: Queue, v: Value, timeout: Option<Duration>) -> Result<Outcome, String> {
+    if q.maxsize() == 0 || timeout == Some(Duration::ZERO) {
+        q.put_wait(v, Some(Duration::ZERO))
+            .map_err(|e| e.to_string())?;
+        return Outcome::nil();
+    }
+    let Some(v) = q.offer(v) else {
+        return Outcome::nil();
+    };
+    Outcome::wait(move || {
+        q.put_wait(v, timeout)
+            .map(|()| Value::Nil.into())
+            .map_err(|e| e.to_string())
+    })
+}
+
 /// The operations of Python's `threading` and `queue`, and the clock and sleep.
 pub(super) static BUILTINS: &[Builtin] = &[
     Builtin {
@@ -89,8 +107,23 @@ pub(super) static BUILTINS: &[Builtin] = &[
         class: Class::Global,
         name: "Queue",
         kind: Kind::Call,
-        arity: (0, 0),
-        call: |_, _| Outcome::object(Object::Queue(Queue::new())),
+        arity: (0, 1),
+        call: |_, args| {
+            // As Python's `Queue(maxsize=0)`: zero or less is no limit.
+            let maxsize = match args.value(0)? {
+                Value::Nil => 0,
+                Value::Int(n) => n.max(0) as usize,
+                Value::Float(f) if f.fract() == 0.0 => f.max(0.0) as usize,
+                other => {
+                    let got = match other {
+                        Value::Float(f) => f.to_string(),
+                        other => other.type_name().to_owned(),
+                    };
+                    return Err(format!("maxsize must be an integer, got {got}"));
+                }
+            };
+            Outcome::object(Object::Queue(Queue::bounded(maxsize)))
+        },
     },
     Builtin {
         class: Class::Global,
@@ -180,12 +213,8 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (1, 3),
         call: |_, args| {
-            let q = queue(args)?;
-            // Python's `block` and `timeout`, checked as `get` checks them: the queue is
-            // unbounded, so a put never waits.
-            block_and_timeout(args, 2, Blocking::Queue)?;
-            q.put(args.value(1)?)?;
-            Outcome::nil()
+            let timeout = block_and_timeout(args, 2, Blocking::Queue)?;
+            put(queue(args)?, args.value(1)?, timeout)
         },
     },
     Builtin {
@@ -193,10 +222,14 @@ pub(super) static BUILTINS: &[Builtin] = &[
         name: "put_nowait",
         kind: Kind::Call,
         arity: (1, 1),
-        call: |_, args| {
-            queue(args)?.put(args.value(1)?)?;
-            Outcome::nil()
-        },
+        call: |_, args| put(queue(args)?, args.value(1)?, Some(Duration::ZERO)),
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "full",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(queue(args)?.is_full()?)),
     },
     Builtin {
         class: Class::Queue,
