@@ -266,7 +266,7 @@ impl ScriptProcess {
             State::Running { pid, .. } => children::signal_child(*pid, signal)
                 .map_err(|e| format!("cannot signal process: {e}")),
             State::Thread(_) => Err(format!(
-                "a {} process runs on a thread, which cannot be killed (use --mode fork)",
+                "a process in mode {} runs on a thread, which cannot be killed (use --mode fork)",
                 self.mode
             )),
             State::Remote(r) => Err(format!(
