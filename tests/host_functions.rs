@@ -249,7 +249,7 @@ fn two_runtimes_run_at_once_on_two_threads() {
                         .run_source(
                             Language::Rhai,
                             "tag.rhai",
-                            &format!(
+                            format!(
                                 "let p = Pool(2); let r = p.map(|x| tag(x), [1, 2]);\n\
                                  if r != [10 + {tag}, 20 + {tag}] {{ throw r; }}"
                             ),
