@@ -267,3 +267,61 @@ fn two_runtimes_run_at_once_on_two_threads() {
         }
     });
 }
+
+/// A host function that panics in a forked worker while another thread of the host holds std's
+/// backtrace lock (capturing backtraces, as a logger or an error library with
+/// `RUST_BACKTRACE` does, or printing a panic): the item fails with the panic, the map
+/// returns. The worker was forked while that lock was held, and std's panic hook waited for it
+/// there for ever: the map hung (every round of 3, before the fix).
+#[test]
+fn a_host_panic_in_a_forked_worker_fails_its_item_while_the_host_captures_backtraces() {
+    in_time(|| {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let trace = std::backtrace::Backtrace::force_capture();
+                    // Resolving the frames holds the lock most of the time.
+                    assert!(!trace.to_string().is_empty());
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        for (language, name, code) in [
+            (
+                Language::Lua,
+                "c.lua",
+                "function check(x) return checked(x) end",
+            ),
+            (Language::Rhai, "c.rhai", "fn check(x) { checked(x) }"),
+            (
+                Language::Lua,
+                "c.lua",
+                "function check(x) return checked(x) end",
+            ),
+        ] {
+            let script = Runtime::new()
+                .mode(Mode::Fork)
+                .function("checked", |(x,): (i64,)| -> Result<i64, String> {
+                    assert!(x != 2, "checked refuses {x}");
+                    Ok(x)
+                })
+                .load_source(language, name, code)
+                .unwrap();
+            match script.map::<_, i64>("check", vec![0, 1, 2, 3]) {
+                Err(parrun::Error::Item { index: 2, error }) => {
+                    let text = error.to_string();
+                    assert!(
+                        text.contains("checked: the host function panicked: checked refuses 2"),
+                        "{name}: {text}"
+                    );
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        busy.join().unwrap();
+    });
+}
