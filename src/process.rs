@@ -226,6 +226,13 @@ impl ScriptProcess {
         !matches!(&*self.state(), State::New)
     }
 
+    /// Whether the caller is this process's own thread (a process on a thread), which cannot
+    /// wait for its own end.
+    pub fn is_current(&self) -> bool {
+        self.thread_exit()
+            .is_some_and(|exit| exit.joiner.is_current())
+    }
+
     /// How a process on a thread ends, for one.
     fn thread_exit(&self) -> Option<Arc<ThreadExit>> {
         match &*self.state() {

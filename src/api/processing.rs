@@ -272,6 +272,11 @@ pub(super) static BUILTINS: &[Builtin] = &[
             if !p.is_started() {
                 return Err("cannot join a process before it is started".into());
             }
+            if p.is_current() {
+                return Err("a process cannot wait for its own end \
+                     (AssertionError: can only join a child process)"
+                    .into());
+            }
             Outcome::wait(move || {
                 p.wait(timeout);
                 Ok(Value::Nil.into())

@@ -184,6 +184,11 @@ pub(super) static BUILTINS: &[Builtin] = &[
             if !t.is_started() {
                 return Err("cannot join a thread before it is started".into());
             }
+            if t.is_current() {
+                return Err("a thread cannot wait for its own end \
+                     (RuntimeError: cannot join current thread)"
+                    .into());
+            }
             if !t.is_alive() {
                 return Outcome::nil();
             }
