@@ -1078,6 +1078,63 @@ print(`left ${q.get(1)} ${q.get(1)} ${q.empty()} ${Queue(0).full()}`);
     );
 }
 
+/// A forked child holds copies of its parent's `Process` handles (its own among them): it can
+/// neither start one nor wait for one, as in Python. Before, a sibling's `join` returned at
+/// once while the sibling still ran, and the child's own handle said it was never started.
+#[test]
+fn a_forked_child_cannot_start_or_join_its_parents_processes() {
+    both_in_modes(
+        &["fork"],
+        "parentshandles",
+        r#"
+local p
+p = parrun.Process(function()
+  print("start " .. select(2, pcall(p.start, p)))
+  print("join " .. select(2, pcall(p.join, p)))
+end)
+p:start() p:join()
+local a = parrun.Process(function() parrun.sleep(0.3) end)
+a:start()
+local b = parrun.Process(function(a) print("sibling " .. select(2, pcall(a.join, a))) end, {a})
+b:start() b:join() a:join()
+print("exitcodes " .. p.exitcode .. " " .. a.exitcode .. " " .. b.exitcode)
+"#,
+        r#"
+let holder = [()];
+let p = Process(|| {
+  try { holder[0].start(); } catch (e) { print(`start ${e}`); }
+  try { holder[0].join(); } catch (e) { print(`join ${e}`); }
+});
+holder[0] = p;
+p.start(); p.join();
+let a = Process(|| sleep(0.3));
+a.start();
+let b = Process(|a| { try { a.join(); print("sibling joined"); } catch (e) { print(`sibling ${e}`); } }, [a]);
+b.start(); b.join(); a.join();
+print(`exitcodes ${p.exitcode} ${a.exitcode} ${b.exitcode}`);
+"#,
+        |mode, out| {
+            out.assert_success();
+            let join = "Process.join: only the process that started a process can wait for it \
+                        (AssertionError: can only join a child process)";
+            assert_eq!(
+                out.stdout_lines(),
+                [
+                    "start Process.start: a process can only be started by the process that \
+                     made it (AssertionError: can only start a process object created by \
+                     current process)"
+                        .to_owned(),
+                    format!("join {join}"),
+                    format!("sibling {join}"),
+                    "exitcodes 0 0 0".to_owned(),
+                ],
+                "{mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}
+
 /// A queue's and a lock's errors read the same in a child as in the process that owns them,
 /// in every model: in `fork` they cross the parent link as typed errors (an `Empty` with the
 /// time waited, to the microsecond), from a child and from a grandchild (forwarded up).

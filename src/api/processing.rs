@@ -269,6 +269,11 @@ pub(super) static BUILTINS: &[Builtin] = &[
         call: |_, args| {
             let p = process(args)?;
             let timeout = timeout(args, 1)?;
+            if !p.made_here() {
+                return Err("only the process that started a process can wait for it \
+                     (AssertionError: can only join a child process)"
+                    .into());
+            }
             if !p.is_started() {
                 return Err("cannot join a process before it is started".into());
             }
