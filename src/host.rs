@@ -40,6 +40,13 @@ pub enum Mode {
     /// the host must not reap them for it (a `waitpid(-1)` loop, `SIGCHLD` set to `SIG_IGN`),
     /// or their exit codes are lost. A run returns with every child it forked reaped and
     /// every thread it started joined, and changes no signal handler or mask.
+    ///
+    /// A host function may panic in a child (the call fails with the panic's message), but
+    /// std's panic hook takes a lock of std's that another host thread may hold at the fork
+    /// (printing a panic, capturing a `Backtrace`): so before its first fork parrun wraps the
+    /// panic hook, and in a forked child a panic writes its place and message to fd 2 itself,
+    /// without a backtrace; elsewhere the wrapped hook runs. A hook the host sets later
+    /// replaces the wrapper, and a backtrace captured in a child can wait as that hook did.
     #[default]
     Fork,
     /// OS threads, each with an engine of its own built from a snapshot of the script's state;

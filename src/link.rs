@@ -50,6 +50,8 @@ pub(crate) trait RemoteObject: Send + Sync {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub(crate) enum Op {
     Put(Value),
+    /// A put on a bounded queue: waits at most this long for room (for ever if `None`).
+    PutWait(Value, Option<Duration>),
     /// Waits at most this long (for ever if `None`).
     Get(Option<Duration>),
     Len,
@@ -76,6 +78,9 @@ pub(crate) enum RemoteError {
     /// Nothing arrived within the time waited (a `get` that timed out).
     #[error("nothing arrived within {0:?}")]
     Empty(Duration),
+    /// No room came within the time waited (a bounded queue's `put` that timed out).
+    #[error("no room within {0:?}")]
+    Full(Duration),
     /// The owning process no longer has the object.
     #[error("the object no longer exists in its owning process")]
     Gone,

@@ -65,6 +65,8 @@ struct ThreadExit {
 pub struct ScriptProcess {
     name: String,
     mode: Mode,
+    /// The process that made this one (a forked child has a copy of its parent's handles).
+    creator: u32,
     target: Mutex<Option<Box<dyn Target>>>,
     state: Mutex<State>,
 }
@@ -74,6 +76,7 @@ impl ScriptProcess {
         Arc::new(ScriptProcess {
             name,
             mode,
+            creator: std::process::id(),
             target: Mutex::new(Some(target)),
             state: Mutex::new(State::New),
         })
@@ -90,6 +93,11 @@ impl ScriptProcess {
     /// Starts the process: forks the child, or starts its thread. Call with the GIL held and
     /// outside any engine lock.
     pub fn start(self: &Arc<Self>, host: &Arc<Host>) -> Result<(), String> {
+        if !self.made_here() {
+            return Err("a process can only be started by the process that made it \
+                 (AssertionError: can only start a process object created by current process)"
+                .into());
+        }
         let target = take_target(&self.target, "a process can only be started once")?;
         match exec::model(self.mode).launch(target)? {
             Launch::Fork(target) => self.fork(host, target),
@@ -226,6 +234,19 @@ impl ScriptProcess {
         !matches!(&*self.state(), State::New)
     }
 
+    /// Whether this process made the handle (not a forked child holding a copy of its parent's:
+    /// that child can neither start the process nor wait for it, as in Python).
+    pub fn made_here(&self) -> bool {
+        self.creator == std::process::id()
+    }
+
+    /// Whether the caller is this process's own thread (a process on a thread), which cannot
+    /// wait for its own end.
+    pub fn is_current(&self) -> bool {
+        self.thread_exit()
+            .is_some_and(|exit| exit.joiner.is_current())
+    }
+
     /// How a process on a thread ends, for one.
     fn thread_exit(&self) -> Option<Arc<ThreadExit>> {
         match &*self.state() {
@@ -266,7 +287,7 @@ impl ScriptProcess {
             State::Running { pid, .. } => children::signal_child(*pid, signal)
                 .map_err(|e| format!("cannot signal process: {e}")),
             State::Thread(_) => Err(format!(
-                "a {} process runs on a thread, which cannot be killed (use --mode fork)",
+                "a process in mode {} runs on a thread, which cannot be killed (use --mode fork)",
                 self.mode
             )),
             State::Remote(r) => Err(format!(

@@ -63,6 +63,11 @@ impl ScriptThread {
         self.state() != RunState::New
     }
 
+    /// Whether the caller is this thread (which cannot wait for its own end).
+    pub fn is_current(&self) -> bool {
+        self.joiner.is_current()
+    }
+
     /// Starts the thread. Must be called with the GIL held (the new thread queues for it).
     pub fn start(self: &Arc<Self>, host: &Arc<Host>) -> Result<(), String> {
         let target = take_target(&self.target, "threads can only be started once")?;

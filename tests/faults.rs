@@ -839,3 +839,71 @@ print(pool.apply(|| "ok", []));
         },
     );
 }
+
+/// A Lua error object that is not a string reads as the stock `lua` reports it, wherever it
+/// is turned into text (a thread's and a process's report, a task's error, an error callback's
+/// message, the script's own uncaught error), in every model: a table without `__tostring` is
+/// `(error object is a table value)` (it was `table: 0x55...`, an address that says nothing),
+/// one with `__tostring` reads through it, and `pcall` still gets the object itself.
+#[test]
+fn a_lua_error_object_reads_as_the_stock_lua_reports_it() {
+    let lua = r#"
+local named = setmetatable({}, {__tostring = function() return "custom error" end})
+local t = {code = 42}
+local ok, e = pcall(error, t)
+print("pcall", ok, e == t)
+local th = parrun.Thread(function() error({code = 42}) end)
+th:start() th:join()
+th = parrun.Thread(function() error(named) end)
+th:start() th:join()
+th = parrun.Thread(function() pcall(error, {}) error("nil", 0) end)
+th:start() th:join()
+local p = parrun.Process(function() error(true) end)
+p:start() p:join()
+local pool = parrun.Pool(2)
+ok, e = pcall(pool.apply, pool, function() error({code = 42}) end, {})
+print("apply", e:match("^[^\n]*"))
+ok, e = pcall(pool.map, pool, function(x) error(x) end, {{}, {}})
+print("map", e:match("^[^\n]*"))
+local r = pool:apply_async(function() error() end, {}, nil, function(m) print("error_callback", m:match("^[^\n]*")) end)
+r:wait()
+pool:close() pool:join()
+error({code = 42})
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "errobject", "lua", lua);
+        out.assert_code(1);
+        assert_eq!(
+            out.stdout_lines(),
+            [
+                "pcall\tfalse\ttrue",
+                "apply\tPool.apply: (error object is a table value)",
+                "map\tPool.map: (error object is a table value)",
+                "error_callback\t(error object is a nil value)",
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+        let reports: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with('\t') && !l.starts_with("stack traceback"))
+            .collect();
+        assert_eq!(
+            reports,
+            [
+                "Exception in thread Thread-1:",
+                "(error object is a table value)",
+                "Exception in thread Thread-2:",
+                "custom error",
+                "Exception in thread Thread-3:",
+                "nil",
+                "Process Process-1:",
+                "(error object is a boolean value)",
+                "parrun: (error object is a table value)",
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}

@@ -134,3 +134,194 @@ fn host_functions_and_globals_reach_every_engine_in_both_languages() {
         }
     });
 }
+
+/// A nested record with bytes, a whole float and integers.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+struct Deep {
+    name: String,
+    tags: Vec<String>,
+    score: f64,
+    count: i64,
+    inner: std::collections::BTreeMap<String, Vec<i64>>,
+    #[serde(with = "serde_bytes")]
+    blob: Vec<u8>,
+}
+
+/// Data crosses a host function both ways with its shape and kinds (a whole float stays a
+/// float, an integer an integer, bytes bytes), in the script and in every pool worker; a host
+/// function that panics fails only the item of a `Script::map` that called it, naming itself,
+/// and the next map runs. Both languages, every model.
+#[test]
+fn host_function_data_keeps_its_shape_and_a_panic_fails_one_item() {
+    in_time(|| {
+        let deep = Deep {
+            name: "n".into(),
+            tags: vec!["a".into(), "b".into()],
+            score: 2.0,
+            count: 3,
+            inner: [("k".to_string(), vec![1, 2])].into(),
+            blob: vec![0, 255, 10],
+        };
+        let lua = r#"
+function roundtrip(d) return echo(d) end
+function kinds(x) return {math.type(half(3)), math.type(whole(3)), math.type(x.score), math.type(x.count)} end
+function check(x) return checked(x) end
+"#;
+        let rhai = r#"
+fn roundtrip(d) { echo(d) }
+fn kinds(x) { [type_of(half(3)), type_of(whole(3)), type_of(x.score), type_of(x.count)] }
+fn check(x) { checked(x) }
+"#;
+        for mode in MODES {
+            for (language, name, code, float, int) in [
+                (Language::Lua, "deep.lua", lua, "float", "integer"),
+                (Language::Rhai, "deep.rhai", rhai, "f64", "i64"),
+            ] {
+                let at = format!("{name} {mode:?}");
+                let script = Runtime::new()
+                    .mode(mode)
+                    .function("echo", |(d,): (Deep,)| Ok::<_, String>(d))
+                    .function("half", |(x,): (f64,)| Ok::<_, String>(x / 2.0))
+                    .function("whole", |(x,): (i64,)| Ok::<_, String>(x * 2))
+                    .function("checked", |(x,): (i64,)| -> Result<i64, String> {
+                        assert!(x != 2, "checked refuses {x}");
+                        Ok(x)
+                    })
+                    .load_source(language, name, code)
+                    .unwrap_or_else(|e| panic!("{at}: {e}"));
+                let back: Deep = script.call("roundtrip", (deep.clone(),)).unwrap();
+                assert_eq!(back, deep, "{at}");
+                let mapped: Vec<Deep> = script.map("roundtrip", vec![deep.clone(); 3]).unwrap();
+                assert_eq!(mapped, vec![deep.clone(); 3], "{at}");
+                let kinds: Vec<String> = script.call("kinds", (deep.clone(),)).unwrap();
+                assert_eq!(kinds, [float, int, float, int], "{at}");
+                let kinds: Vec<Vec<String>> = script.map("kinds", vec![deep.clone()]).unwrap();
+                assert_eq!(kinds, [[float, int, float, int]], "{at}");
+
+                match script.map::<_, i64>("check", vec![0, 1, 2, 3]) {
+                    Err(parrun::Error::Item { index, error }) => {
+                        assert_eq!(index, 2, "{at}");
+                        let text = error.to_string();
+                        assert!(
+                            text.contains("checked: the host function panicked: checked refuses 2"),
+                            "{at}: {text}"
+                        );
+                    }
+                    other => panic!("{at}: {other:?}"),
+                }
+                let after: Vec<i64> = script.map("check", vec![0, 1, 3]).unwrap();
+                assert_eq!(after, [0, 1, 3], "{at}");
+            }
+        }
+    });
+}
+
+/// Two runtimes in one process at once, from two threads, each with its own host function and
+/// pools (a forked one beside a thread one, and the reverse): neither sees the other's
+/// function and every answer is right.
+#[test]
+fn two_runtimes_run_at_once_on_two_threads() {
+    in_time(|| {
+        let pairs = [
+            (Mode::Fork, Mode::Isolated),
+            (Mode::Gil, Mode::Fork),
+            (Mode::Isolated, Mode::Gil),
+        ];
+        for (a, b) in pairs {
+            let run = |mode: Mode, tag: i64| {
+                std::thread::spawn(move || {
+                    let script = Runtime::new()
+                        .mode(mode)
+                        .function("tag", move |(x,): (i64,)| Ok::<_, String>(x * 10 + tag))
+                        .load_source(Language::Lua, "tag.lua", "function f(x) return tag(x) end")
+                        .unwrap();
+                    for _ in 0..3 {
+                        let got: Vec<i64> =
+                            script.map("f", (0..500).collect::<Vec<i64>>()).unwrap();
+                        assert!(got
+                            .iter()
+                            .enumerate()
+                            .all(|(i, v)| *v == i as i64 * 10 + tag));
+                    }
+                    let status = Runtime::new()
+                        .mode(mode)
+                        .function("tag", move |(x,): (i64,)| Ok::<_, String>(x * 10 + tag))
+                        .run_source(
+                            Language::Rhai,
+                            "tag.rhai",
+                            format!(
+                                "let p = Pool(2); let r = p.map(|x| tag(x), [1, 2]);\n\
+                                 if r != [10 + {tag}, 20 + {tag}] {{ throw r; }}"
+                            ),
+                        );
+                    assert!(matches!(status, Ok(0)), "{mode:?}: {status:?}");
+                })
+            };
+            let (first, second) = (run(a, 1), run(b, 2));
+            first
+                .join()
+                .unwrap_or_else(|_| panic!("{a:?} beside {b:?}"));
+            second
+                .join()
+                .unwrap_or_else(|_| panic!("{b:?} beside {a:?}"));
+        }
+    });
+}
+
+/// A host function that panics in a forked worker while another thread of the host holds std's
+/// backtrace lock (capturing backtraces, as a logger or an error library with
+/// `RUST_BACKTRACE` does, or printing a panic): the item fails with the panic, the map
+/// returns. The worker was forked while that lock was held, and std's panic hook waited for it
+/// there for ever: the map hung (every round of 3, before the fix).
+#[test]
+fn a_host_panic_in_a_forked_worker_fails_its_item_while_the_host_captures_backtraces() {
+    in_time(|| {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let trace = std::backtrace::Backtrace::force_capture();
+                    // Resolving the frames holds the lock most of the time.
+                    assert!(!trace.to_string().is_empty());
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        for (language, name, code) in [
+            (
+                Language::Lua,
+                "c.lua",
+                "function check(x) return checked(x) end",
+            ),
+            (Language::Rhai, "c.rhai", "fn check(x) { checked(x) }"),
+            (
+                Language::Lua,
+                "c.lua",
+                "function check(x) return checked(x) end",
+            ),
+        ] {
+            let script = Runtime::new()
+                .mode(Mode::Fork)
+                .function("checked", |(x,): (i64,)| -> Result<i64, String> {
+                    assert!(x != 2, "checked refuses {x}");
+                    Ok(x)
+                })
+                .load_source(language, name, code)
+                .unwrap();
+            match script.map::<_, i64>("check", vec![0, 1, 2, 3]) {
+                Err(parrun::Error::Item { index: 2, error }) => {
+                    let text = error.to_string();
+                    assert!(
+                        text.contains("checked: the host function panicked: checked refuses 2"),
+                        "{name}: {text}"
+                    );
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        busy.join().unwrap();
+    });
+}

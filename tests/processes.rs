@@ -889,6 +889,252 @@ print(`${q.get()}	${q.get()}	${q.get()}	${l.locked()}`);
     );
 }
 
+/// `Lock.acquire` and `Queue.get`/`put` take Python's `(block, timeout)` as well as parrun's
+/// `(timeout)`, with `get_nowait`/`put_nowait`, and refuse what CPython refuses with its
+/// words (`l.acquire(False, 1)`, `q.get(True, -1)`): in the script and in a child, where the
+/// lock and queue are its parent's, in every model. The expected line is what the Python twin
+/// (threading.Lock, queue.Queue) gives, in parrun's spelling.
+#[test]
+fn lock_acquire_and_queue_get_take_pythons_block_flag() {
+    both_in_modes(
+        &MODES,
+        "blockflag",
+        r#"
+local l, q = parrun.Lock(), parrun.Queue()
+local function probe(who, l, q)
+  local r = {who}
+  local function try(f, ...)
+    local ok, e = pcall(f, ...)
+    r[#r + 1] = tostring(ok) .. " " .. tostring(e)
+  end
+  r[#r + 1] = tostring(l:acquire(false))
+  r[#r + 1] = tostring(l:acquire(false))
+  r[#r + 1] = tostring(l:acquire(true, 0.01))
+  r[#r + 1] = tostring(l:acquire(0.01))
+  try(l.acquire, l, false, 1)
+  l:release()
+  r[#r + 1] = tostring(l:acquire(true, -1))
+  l:release()
+  try(q.get, q, false)
+  try(q.get_nowait, q)
+  try(q.get, q, true, -1)
+  q:put_nowait(5)
+  r[#r + 1] = tostring(q:get(true, 1))
+  q:put(6, true, 1)
+  r[#r + 1] = tostring(q:get(false, 3))
+  return table.concat(r, "|")
+end
+print(probe("main", l, q))
+local out = parrun.Queue()
+local p = parrun.Process(function(l, q, out) out:put(probe("child", l, q)) end, {l, q, out})
+p:start() p:join()
+print(out:get(10))
+"#,
+        r#"
+fn probe(who, l, q) {
+  let r = [who];
+  r.push(`${l.acquire(false)}`);
+  r.push(`${l.acquire(false)}`);
+  r.push(`${l.acquire(true, 0.01)}`);
+  r.push(`${l.acquire(0.01)}`);
+  try { l.acquire(false, 1); r.push("true"); } catch (e) { r.push(`false ${e}`); }
+  l.release();
+  r.push(`${l.acquire(true, -1)}`);
+  l.release();
+  try { q.get(false); r.push("true"); } catch (e) { r.push(`false ${e}`); }
+  try { q.get_nowait(); r.push("true"); } catch (e) { r.push(`false ${e}`); }
+  try { q.get(true, -1); r.push("true"); } catch (e) { r.push(`false ${e}`); }
+  q.put_nowait(5);
+  r.push(`${q.get(true, 1)}`);
+  q.put(6, true, 1);
+  r.push(`${q.get(false, 3)}`);
+  r.reduce(|s, x| if s == () { x } else { s + "|" + x })
+}
+let l = Lock(); let q = Queue(); let out = Queue();
+print(probe("main", l, q));
+let p = Process(|l, q, out| out.put(probe("child", l, q)), [l, q, out]);
+p.start(); p.join();
+print(out.get(10));
+"#,
+        |mode, out| {
+            out.assert_success();
+            let expected = |who: &str| {
+                [
+                    who,
+                    "true",
+                    "false",
+                    "false",
+                    "false",
+                    "false Lock.acquire: can't specify a timeout for a non-blocking call \
+                     (ValueError)",
+                    "true",
+                    "false Queue.get: queue is empty (Empty)",
+                    "false Queue.get_nowait: queue is empty (Empty)",
+                    "false Queue.get: timeout must be a non-negative number of seconds, got -1 \
+                     (ValueError)",
+                    "5",
+                    "6",
+                ]
+                .join("|")
+            };
+            assert_eq!(
+                out.stdout_lines(),
+                [expected("main"), expected("child")],
+                "{mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}
+
+/// `Queue(maxsize)` is bounded, as Python's: `full()`, a `put` that finds no room raises `Full`
+/// at once (`put(v, false)`, `put_nowait`) or after its timeout, and a blocking `put` waits
+/// until a `get` makes room, in the script and in a child (whose puts wait on its parent's
+/// queue), in every model. Python's `queue.Queue(2)` gives the same answers.
+#[test]
+fn a_bounded_queue_makes_a_put_wait_for_room() {
+    both_in_modes(
+        &MODES,
+        "bounded",
+        r#"
+local q, out = parrun.Queue(2), parrun.Queue()
+local function probe(who, q, out)
+  local function try(f, ...)
+    local ok, e = pcall(f, ...)
+    out:put(who .. " " .. tostring(ok) .. " " .. tostring(e))
+  end
+  out:put(who .. " full " .. tostring(q:full()) .. " " .. q:qsize())
+  try(q.put, q, 3, false)
+  try(q.put_nowait, q, 3)
+  try(q.put, q, 3, true, 0.05)
+  try(q.put, q, 3, 0.05)
+end
+q:put(1) q:put(2)
+probe("main", q, out)
+local p = parrun.Process(function(q, out)
+  probe("child", q, out)
+  out:put("waiting")
+  q:put(3)
+  out:put("put 3")
+end, {q, out})
+p:start()
+for _ = 1, 11 do print(out:get(10)) end
+parrun.sleep(0.2)
+print("still waiting " .. tostring(out:empty()) .. " " .. q:qsize())
+print("get " .. q:get(10))
+print(out:get(10))
+p:join()
+print("left " .. q:get(1) .. " " .. q:get(1) .. " " .. tostring(q:empty()) .. " " .. tostring(parrun.Queue(0):full()))
+"#,
+        r#"
+fn probe(who, q, out) {
+  out.put(`${who} full ${q.full()} ${q.qsize()}`);
+  try { q.put(3, false); out.put(`${who} true`); } catch (e) { out.put(`${who} false ${e}`); }
+  try { q.put_nowait(3); out.put(`${who} true`); } catch (e) { out.put(`${who} false ${e}`); }
+  try { q.put(3, true, 0.05); out.put(`${who} true`); } catch (e) { out.put(`${who} false ${e}`); }
+  try { q.put(3, 0.05); out.put(`${who} true`); } catch (e) { out.put(`${who} false ${e}`); }
+}
+let q = Queue(2); let out = Queue();
+q.put(1); q.put(2);
+probe("main", q, out);
+let p = Process(|q, out| {
+  probe("child", q, out);
+  out.put("waiting");
+  q.put(3);
+  out.put("put 3");
+}, [q, out]);
+p.start();
+for i in 0..11 { print(out.get(10)); }
+sleep(0.2);
+print(`still waiting ${out.empty()} ${q.qsize()}`);
+print(`get ${q.get(10)}`);
+print(out.get(10));
+p.join();
+print(`left ${q.get(1)} ${q.get(1)} ${q.empty()} ${Queue(0).full()}`);
+"#,
+        |mode, out| {
+            out.assert_success();
+            let mut expected = Vec::new();
+            for who in ["main", "child"] {
+                expected.extend([
+                    format!("{who} full true 2"),
+                    format!("{who} false Queue.put: queue is full (Full)"),
+                    format!("{who} false Queue.put_nowait: queue is full (Full)"),
+                    format!("{who} false Queue.put: queue is full: no room within 50ms (Full)"),
+                    format!("{who} false Queue.put: queue is full: no room within 50ms (Full)"),
+                ]);
+            }
+            for line in [
+                "waiting",
+                "still waiting true 2",
+                "get 1",
+                "put 3",
+                "left 2 3 true false",
+            ] {
+                expected.push(line.to_owned());
+            }
+            assert_eq!(out.stdout_lines(), expected, "{mode}: {}", out.describe());
+        },
+    );
+}
+
+/// A forked child holds copies of its parent's `Process` handles (its own among them): it can
+/// neither start one nor wait for one, as in Python. Before, a sibling's `join` returned at
+/// once while the sibling still ran, and the child's own handle said it was never started.
+#[test]
+fn a_forked_child_cannot_start_or_join_its_parents_processes() {
+    both_in_modes(
+        &["fork"],
+        "parentshandles",
+        r#"
+local p
+p = parrun.Process(function()
+  print("start " .. select(2, pcall(p.start, p)))
+  print("join " .. select(2, pcall(p.join, p)))
+end)
+p:start() p:join()
+local a = parrun.Process(function() parrun.sleep(0.3) end)
+a:start()
+local b = parrun.Process(function(a) print("sibling " .. select(2, pcall(a.join, a))) end, {a})
+b:start() b:join() a:join()
+print("exitcodes " .. p.exitcode .. " " .. a.exitcode .. " " .. b.exitcode)
+"#,
+        r#"
+let holder = [()];
+let p = Process(|| {
+  try { holder[0].start(); } catch (e) { print(`start ${e}`); }
+  try { holder[0].join(); } catch (e) { print(`join ${e}`); }
+});
+holder[0] = p;
+p.start(); p.join();
+let a = Process(|| sleep(0.3));
+a.start();
+let b = Process(|a| { try { a.join(); print("sibling joined"); } catch (e) { print(`sibling ${e}`); } }, [a]);
+b.start(); b.join(); a.join();
+print(`exitcodes ${p.exitcode} ${a.exitcode} ${b.exitcode}`);
+"#,
+        |mode, out| {
+            out.assert_success();
+            let join = "Process.join: only the process that started a process can wait for it \
+                        (AssertionError: can only join a child process)";
+            assert_eq!(
+                out.stdout_lines(),
+                [
+                    "start Process.start: a process can only be started by the process that \
+                     made it (AssertionError: can only start a process object created by \
+                     current process)"
+                        .to_owned(),
+                    format!("join {join}"),
+                    format!("sibling {join}"),
+                    "exitcodes 0 0 0".to_owned(),
+                ],
+                "{mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}
+
 /// A queue's and a lock's errors read the same in a child as in the process that owns them,
 /// in every model: in `fork` they cross the parent link as typed errors (an `Empty` with the
 /// time waited, to the microsecond), from a child and from a grandchild (forwarded up).

@@ -245,6 +245,27 @@ fn an_unknown_function_is_named() {
     });
 }
 
+/// A call with more arguments than the function takes: Lua drops the extra ones, as a Lua call
+/// does; Rhai, which cannot, says how many the function takes (Rhai's own words were "Function
+/// not found: add (i64, i64, i64)", as if there were no `add`).
+#[test]
+fn a_call_with_too_many_arguments_says_how_many_the_function_takes() {
+    each_script(|language, mode, script| {
+        let at = format!("{language:?} {mode}");
+        let got = script.call::<i64>("add", (2, 3, 4));
+        match language {
+            Language::Lua => assert_eq!(got.unwrap(), 5, "{at}"),
+            Language::Rhai => match got {
+                Err(Error::Usage(text)) => assert_eq!(
+                    text, "funcs.rhai: `add` takes 2 arguments, called with 3",
+                    "{at}"
+                ),
+                other => panic!("{at}: {other:?}"),
+            },
+        }
+    });
+}
+
 /// `exit` in a called function ends the call with its status; at the top level, the load.
 #[test]
 fn exit_ends_the_call_or_the_load_never_the_process() {

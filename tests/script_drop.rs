@@ -1,6 +1,7 @@
 //! Dropping a loaded `Script` leaves no thread and no child process behind, in both languages
-//! and every execution model. One test in a binary of its own: the threads and children it
-//! counts are this process's, which other tests running beside it would change.
+//! and every execution model, even with its pools busy. One test in a binary of its own: the
+//! threads and children it counts are this process's, which other tests running beside it would
+//! change.
 
 use std::time::{Duration, Instant};
 
@@ -34,16 +35,24 @@ fn children() -> Vec<String> {
         .collect()
 }
 
+/// Each leaves a thread running, and a pool of its own busy with a task that would take a
+/// minute; `slow` takes as long.
 const LUA: &str = r#"
 function double(x) return lookup(x) * 2 end
+function slow(x) parrun.sleep(60) return x end
 local t = parrun.Thread(function() parrun.sleep(0.2) end)
 t:start()
+BUSY = parrun.Pool(2)
+PENDING = BUSY:apply_async(function() parrun.sleep(60) end, {})
 "#;
 
 const RHAI: &str = r#"
 fn double(x) { lookup(x) * 2 }
+fn slow(x) { sleep(60); x }
 let t = Thread(|| sleep(0.2));
 t.start();
+let busy = Pool(2);
+let pending = busy.apply_async(|| sleep(60), []);
 "#;
 
 #[test]
@@ -66,6 +75,10 @@ fn dropping_a_script_leaves_no_thread_or_child_behind() {
                 if mode == Mode::Fork {
                     assert!(!children().is_empty(), "{at}: the pool has forked workers");
                 }
+                // Tasks of a minute on the script's pool and on its own, then the drop: it
+                // stops them rather than waiting (six waits would pass the time limit).
+                let unordered = script.map_unordered::<_, i64>("slow", 0..4).unwrap();
+                drop(unordered);
                 drop(script);
                 // Threads that have finished their work may take a moment to be gone.
                 let start = Instant::now();

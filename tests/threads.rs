@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{float_after, run_main, run_main_with, Lang, Run, TempDir};
+use common::{both_in_modes, float_after, run_main, run_main_with, Lang, Run, TempDir, MODES};
 
 // ---------------------------------------------------------------------------------------
 // Threads, queues, locks
@@ -589,5 +589,55 @@ fn utility_functions() {
         ["f64 true", "i64 true", "i64 true", "true"],
         "{}",
         out.describe()
+    );
+}
+
+/// A thread that joins itself, and a process on a thread (`gil`, `isolated`) that joins
+/// itself, get Python's error at once: they waited for ever (or for the whole timeout). The
+/// run goes on. Every model, both languages.
+#[test]
+fn a_thread_or_a_process_that_joins_itself_gets_an_error_not_a_hang() {
+    both_in_modes(
+        &MODES,
+        "selfjoin",
+        r#"
+local t
+t = parrun.Thread(function() local ok, e = pcall(t.join, t) print("thread " .. e) end)
+t:start() t:join()
+if parrun.mode() ~= "fork" then
+  local p
+  p = parrun.Process(function() local ok, e = pcall(p.join, p) print("process " .. e) end)
+  p:start() p:join()
+  print("exitcode " .. p.exitcode)
+end
+"#,
+        r#"
+let holder = [()];
+let t = Thread(|| { try { holder[0].join(); print("thread joined"); } catch (e) { print(`thread ${e}`); } });
+holder[0] = t;
+t.start(); t.join();
+if mode() != "fork" {
+  let ph = [()];
+  let p = Process(|| { try { ph[0].join(); print("process joined"); } catch (e) { print(`process ${e}`); } });
+  ph[0] = p;
+  p.start(); p.join();
+  print(`exitcode ${p.exitcode}`);
+}
+"#,
+        |mode, out| {
+            out.assert_success();
+            let mut expected = vec![
+                "thread Thread.join: a thread cannot wait for its own end (RuntimeError: cannot \
+                 join current thread)",
+            ];
+            if mode != "fork" {
+                expected.extend([
+                    "process Process.join: a process cannot wait for its own end \
+                     (AssertionError: can only join a child process)",
+                    "exitcode 0",
+                ]);
+            }
+            assert_eq!(out.stdout_lines(), expected, "{mode}: {}", out.describe());
+        },
     );
 }

@@ -23,6 +23,60 @@ pub(super) fn timeout(args: &mut dyn Args, i: usize) -> Result<Option<Duration>,
         .map_err(|_| format!("timeout must be a non-negative number of seconds, got {secs}"))
 }
 
+/// How long a blocking call may wait, from Python's `(block, timeout)` at arguments `i` and
+/// `i + 1` (`acquire(false)`, `get(true, 5)`) or parrun's own `(timeout)` (`acquire(5)`):
+/// `None` waits for ever, `Some(ZERO)` does not wait.
+///
+/// The two calls differ as in Python: `Lock.acquire` takes -1 for "no timeout" and refuses a
+/// timeout with `blocking` false (ValueError); `Queue.get` ignores the timeout when `block` is
+/// false and refuses every negative one.
+pub(super) fn block_and_timeout(
+    args: &mut dyn Args,
+    i: usize,
+    call: Blocking,
+) -> Result<Option<Duration>, String> {
+    let lock = call == Blocking::Lock;
+    let seconds = |args: &mut dyn Args, at: usize| -> Result<Option<Duration>, String> {
+        if args.is_nil(at) {
+            return Ok(None);
+        }
+        let secs = number(args, at, "timeout")?;
+        if lock && secs == -1.0 {
+            return Ok(None);
+        }
+        Duration::try_from_secs_f64(secs).map(Some).map_err(|_| {
+            let allowed = if lock { " (or -1 for none)" } else { "" };
+            format!("timeout must be a non-negative number of seconds{allowed}, got {secs} (ValueError)")
+        })
+    };
+    if args.is_nil(i) {
+        return seconds(args, i + 1);
+    }
+    match args.value(i)? {
+        Value::Bool(true) => seconds(args, i + 1),
+        Value::Bool(false) => {
+            let timeout = seconds(args, i + 1)?;
+            if lock && timeout.is_some() {
+                return Err("can't specify a timeout for a non-blocking call (ValueError)".into());
+            }
+            Ok(Some(Duration::ZERO))
+        }
+        // parrun's shorthand: a number alone is the timeout.
+        _ if args.is_nil(i + 1) => seconds(args, i),
+        other => Err(format!(
+            "the first argument is `block` (true or false) when a timeout follows, got {}",
+            other.type_name()
+        )),
+    }
+}
+
+/// Which call [`block_and_timeout`] reads the arguments of.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Blocking {
+    Lock,
+    Queue,
+}
+
 /// `Some(i)` if argument `i` is present and not nil.
 pub(super) fn has_args(args: &mut dyn Args, i: usize) -> Option<usize> {
     (!args.is_nil(i)).then_some(i)

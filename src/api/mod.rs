@@ -82,7 +82,8 @@ pub enum Object {
 #[cfg(any(feature = "mpi", test))]
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub(crate) enum ObjectWire {
-    Queue(u64),
+    /// A queue's id and its `maxsize`.
+    Queue(u64, usize),
     Lock(u64),
 }
 
@@ -91,7 +92,7 @@ impl ObjectWire {
     /// The handle, in the receiving process, on the object it names.
     pub(crate) fn object(self) -> Object {
         match self {
-            ObjectWire::Queue(id) => Object::Queue(Queue::remote(id)),
+            ObjectWire::Queue(id, maxsize) => Object::Queue(Queue::remote(id, maxsize)),
             ObjectWire::Lock(id) => Object::Lock(Lock::remote(id)),
         }
     }
@@ -102,7 +103,7 @@ impl Object {
     #[cfg(any(feature = "mpi", test))]
     pub(crate) fn wire(&self) -> Option<ObjectWire> {
         match self {
-            Object::Queue(q) => Some(ObjectWire::Queue(q.id())),
+            Object::Queue(q) => Some(ObjectWire::Queue(q.id(), q.maxsize())),
             Object::Lock(l) => Some(ObjectWire::Lock(l.id())),
             _ => None,
         }

@@ -269,8 +269,18 @@ pub(super) static BUILTINS: &[Builtin] = &[
         call: |_, args| {
             let p = process(args)?;
             let timeout = timeout(args, 1)?;
+            if !p.made_here() {
+                return Err("only the process that started a process can wait for it \
+                     (AssertionError: can only join a child process)"
+                    .into());
+            }
             if !p.is_started() {
                 return Err("cannot join a process before it is started".into());
+            }
+            if p.is_current() {
+                return Err("a process cannot wait for its own end \
+                     (AssertionError: can only join a child process)"
+                    .into());
             }
             Outcome::wait(move || {
                 p.wait(timeout);

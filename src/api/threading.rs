@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::args::{has_args, number, opt_name, timeout};
+use super::args::{block_and_timeout, has_args, number, opt_name, timeout, Blocking};
 use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::sync::{Lock, Queue};
 use crate::thread::ScriptThread;
@@ -57,6 +57,38 @@ fn random_float() -> f64 {
     })
 }
 
+/// A value from `q`, waiting at most `timeout` (for ever if `None`); a local value is taken
+/// without giving the GIL up.
+fn get(q: Queue, timeout: Option<Duration>) -> Result<Outcome, String> {
+    if q.is_local() {
+        if let Ok(v) = q.get(Some(Duration::ZERO)) {
+            return Outcome::value(v);
+        }
+        if timeout == Some(Duration::ZERO) {
+            return Err(crate::sync::QueueError::Empty(Duration::ZERO).to_string());
+        }
+    }
+    Outcome::wait(move || q.get(timeout).map(Ret::Value).map_err(|e| e.to_string()))
+}
+
+/// Puts `v` on `q`, waiting at most `timeout` for room (for ever if `None`) without the GIL;
+/// an unbounded queue, or one with room here, takes it at once.
+fn put(q: Queue, v: Value, timeout: Option<Duration>) -> Result<Outcome, String> {
+    if q.maxsize() == 0 || timeout == Some(Duration::ZERO) {
+        q.put_wait(v, Some(Duration::ZERO))
+            .map_err(|e| e.to_string())?;
+        return Outcome::nil();
+    }
+    let Some(v) = q.offer(v) else {
+        return Outcome::nil();
+    };
+    Outcome::wait(move || {
+        q.put_wait(v, timeout)
+            .map(|()| Value::Nil.into())
+            .map_err(|e| e.to_string())
+    })
+}
+
 /// The operations of Python's `threading` and `queue`, and the clock and sleep.
 pub(super) static BUILTINS: &[Builtin] = &[
     Builtin {
@@ -75,8 +107,23 @@ pub(super) static BUILTINS: &[Builtin] = &[
         class: Class::Global,
         name: "Queue",
         kind: Kind::Call,
-        arity: (0, 0),
-        call: |_, _| Outcome::object(Object::Queue(Queue::new())),
+        arity: (0, 1),
+        call: |_, args| {
+            // As Python's `Queue(maxsize=0)`: zero or less is no limit.
+            let maxsize = match args.value(0)? {
+                Value::Nil => 0,
+                Value::Int(n) => n.max(0) as usize,
+                Value::Float(f) if f.fract() == 0.0 => f.max(0.0) as usize,
+                other => {
+                    let got = match other {
+                        Value::Float(f) => f.to_string(),
+                        other => other.type_name().to_owned(),
+                    };
+                    return Err(format!("maxsize must be an integer, got {got}"));
+                }
+            };
+            Outcome::object(Object::Queue(Queue::bounded(maxsize)))
+        },
     },
     Builtin {
         class: Class::Global,
@@ -137,6 +184,11 @@ pub(super) static BUILTINS: &[Builtin] = &[
             if !t.is_started() {
                 return Err("cannot join a thread before it is started".into());
             }
+            if t.is_current() {
+                return Err("a thread cannot wait for its own end \
+                     (RuntimeError: cannot join current thread)"
+                    .into());
+            }
             if !t.is_alive() {
                 return Outcome::nil();
             }
@@ -164,29 +216,42 @@ pub(super) static BUILTINS: &[Builtin] = &[
         class: Class::Queue,
         name: "put",
         kind: Kind::Call,
-        arity: (1, 1),
+        arity: (1, 3),
         call: |_, args| {
-            let q = queue(args)?;
-            q.put(args.value(1)?)?;
-            Outcome::nil()
+            let timeout = block_and_timeout(args, 2, Blocking::Queue)?;
+            put(queue(args)?, args.value(1)?, timeout)
         },
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "put_nowait",
+        kind: Kind::Call,
+        arity: (1, 1),
+        call: |_, args| put(queue(args)?, args.value(1)?, Some(Duration::ZERO)),
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "full",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(queue(args)?.is_full()?)),
     },
     Builtin {
         class: Class::Queue,
         name: "get",
         kind: Kind::Call,
-        arity: (0, 1),
+        arity: (0, 2),
         call: |_, args| {
-            let q = queue(args)?;
-            let timeout = timeout(args, 1)?;
-            // Take a waiting value without giving the GIL up.
-            if q.is_local() {
-                if let Ok(v) = q.get(Some(Duration::ZERO)) {
-                    return Outcome::value(v);
-                }
-            }
-            Outcome::wait(move || q.get(timeout).map(Ret::Value).map_err(|e| e.to_string()))
+            let timeout = block_and_timeout(args, 1, Blocking::Queue)?;
+            get(queue(args)?, timeout)
         },
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "get_nowait",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| get(queue(args)?, Some(Duration::ZERO)),
     },
     Builtin {
         class: Class::Queue,
@@ -216,10 +281,10 @@ pub(super) static BUILTINS: &[Builtin] = &[
         class: Class::Lock,
         name: "acquire",
         kind: Kind::Call,
-        arity: (0, 1),
+        arity: (0, 2),
         call: |_, args| {
             let l = lock(args)?;
-            let timeout = timeout(args, 1)?;
+            let timeout = block_and_timeout(args, 1, Blocking::Lock)?;
             if l.is_local() && l.acquire(Some(Duration::ZERO))? {
                 return Outcome::value(Value::Bool(true));
             }

@@ -291,6 +291,14 @@ impl LoadedScript for RhaiLoaded {
             args.resize(params, Dynamic::UNIT);
         }
         let count = args.len();
+        // Rhai would say "Function not found: add (i64, i64, i64)", as if there were no `add`.
+        if let Some(params) = params.filter(|&p| p < count) {
+            let s = if params == 1 { "" } else { "s" };
+            return Err(Error::Usage(format!(
+                "{}: `{name}` takes {params} argument{s}, called with {count}",
+                self.shared.script_name
+            )));
+        }
         let _held = self.shared.host.gil.lock(0);
         match f.call_raw(args) {
             Ok(value) => to_value(&self.shared, &value)

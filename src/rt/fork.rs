@@ -17,7 +17,8 @@ use std::collections::HashSet;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Once};
 
 use nix::sys::signal::Signal;
 use nix::unistd::{fork, ForkResult, Pid};
@@ -65,8 +66,52 @@ pub(crate) fn fork_child(
     keep: Vec<RawFd>,
     work: impl FnOnce(UnixStream) -> i32 + Send + 'static,
 ) -> Result<Forked, String> {
+    wrap_panic_hook();
     let guards = guards.to_vec();
     on_forker(move || fork_here(&guards, &keep, work))
+}
+
+/// Set in a forked child (and inherited by its own children).
+static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// Wraps the panic hook, once per process and before its first fork, so that a panic in a
+/// forked child (a host function's, caught and made its task's error) never runs std's
+/// default hook there: that hook takes a process-wide lock of std's (the one that keeps
+/// backtraces whole), which another thread of the parent may have held at the fork, printing
+/// a panic or capturing a backtrace, and then the child waited for it for ever and its task
+/// never ended. In the child the wrapper writes the panic's place and message to fd 2 without
+/// a backtrace; elsewhere it calls the hook it wrapped.
+fn wrap_panic_hook() {
+    static WRAPPED: Once = Once::new();
+    if FORKED_CHILD.load(Ordering::Relaxed) {
+        // The parent wrapped it before forking this child.
+        return;
+    }
+    WRAPPED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if FORKED_CHILD.load(Ordering::Relaxed) {
+                report_panic_in_child(info);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// A panic's place and message, as std's hook writes them, in one `write(2)` to fd 2: no lock
+/// and no backtrace.
+fn report_panic_in_child(info: &std::panic::PanicHookInfo<'_>) {
+    let place = info
+        .location()
+        .map_or_else(String::new, |l| format!(" at {l}"));
+    let text = format!(
+        "thread in forked child {} panicked{place}:\n{}\n",
+        std::process::id(),
+        crate::rt::threads::panic_text(info.payload())
+    );
+    // SAFETY: writes the bytes of a live buffer to fd 2.
+    unsafe { nix::libc::write(2, text.as_ptr().cast(), text.len()) };
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -215,6 +260,7 @@ fn fork_here(
             })
         }
         Ok(ForkResult::Child) => {
+            FORKED_CHILD.store(true, Ordering::Relaxed);
             drop(allocator);
             for guard in held {
                 guard.reset_in_child();

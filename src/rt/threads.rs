@@ -68,6 +68,15 @@ impl Joiner {
         *self.0.lock().recover() = Some(handle);
     }
 
+    /// Whether the calling thread is the one this joins.
+    pub(crate) fn is_current(&self) -> bool {
+        self.0
+            .lock()
+            .recover()
+            .as_ref()
+            .is_some_and(Handle::is_current)
+    }
+
     /// Joins the thread if it has ended, or (`wait`) once it has: call `wait` only once it
     /// has reported its end. Whether it is still there to join.
     pub(crate) fn join(&self, wait: bool) -> bool {

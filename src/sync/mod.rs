@@ -14,4 +14,4 @@ mod lock;
 mod queue;
 
 pub use lock::Lock;
-pub use queue::Queue;
+pub use queue::{Queue, QueueError};

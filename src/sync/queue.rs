@@ -7,7 +7,8 @@ use crate::rt::poison::Recover;
 use crate::value::Value;
 
 /// A FIFO queue of values shared by script threads and processes (Python's `queue.Queue` and
-/// `multiprocessing.Queue`). Cloning gives another handle to the same queue.
+/// `multiprocessing.Queue`), unbounded or holding at most `maxsize` values. Cloning gives
+/// another handle to the same queue.
 ///
 /// The queue lives in the process that created it; in a forked child the same handle reaches
 /// it through the parent link (`crate::link`).
@@ -22,17 +23,43 @@ struct QueueInner {
     /// Set by `close`. Each process has its own copy of this struct, so closing is per process,
     /// as `multiprocessing.Queue.close` is.
     closed: std::sync::atomic::AtomicBool,
+    /// At most this many values (0: no limit), as Python's `Queue(maxsize)`.
+    maxsize: usize,
     items: Mutex<VecDeque<Value>>,
     ready: Condvar,
+    /// Notified when a value leaves a bounded queue.
+    room: Condvar,
 }
 
 /// Why a `get` returned no value.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum QueueError {
-    #[error("queue is empty: nothing arrived within {0:?} (Empty)")]
+    /// Nothing arrived within the time given (none: a `get` that would not wait).
+    #[error("{}", empty_text(*.0))]
     Empty(Duration),
+    /// A bounded queue had no room within the time given (none: a `put` that would not wait).
+    #[error("{}", full_text(*.0))]
+    Full(Duration),
     #[error("{0}")]
     Remote(String),
+}
+
+/// Python's `queue.Empty`, with how long the `get` waited.
+fn empty_text(waited: Duration) -> String {
+    if waited.is_zero() {
+        "queue is empty (Empty)".into()
+    } else {
+        format!("queue is empty: nothing arrived within {waited:?} (Empty)")
+    }
+}
+
+/// Python's `queue.Full`, with how long the `put` waited.
+fn full_text(waited: Duration) -> String {
+    if waited.is_zero() {
+        "queue is full (Full)".into()
+    } else {
+        format!("queue is full: no room within {waited:?} (Full)")
+    }
 }
 
 impl Default for Queue {
@@ -43,12 +70,19 @@ impl Default for Queue {
 
 impl Queue {
     pub fn new() -> Self {
+        Self::bounded(0)
+    }
+
+    /// A queue that holds at most `maxsize` values (0: no limit): a `put` on a full one waits.
+    pub fn bounded(maxsize: usize) -> Self {
         let inner = link::register_object(|id| QueueInner {
             id,
             owner: std::process::id(),
             closed: Default::default(),
+            maxsize,
             items: Mutex::new(VecDeque::new()),
             ready: Condvar::new(),
+            room: Condvar::new(),
         });
         Queue { inner }
     }
@@ -56,17 +90,24 @@ impl Queue {
     #[cfg(any(feature = "mpi", test))]
     /// A handle on the queue `id` that another process owns and this one reaches through its
     /// parent link (an MPI worker rank's handle on a queue of rank 0).
-    pub fn remote(id: u64) -> Self {
+    pub fn remote(id: u64, maxsize: usize) -> Self {
         Queue {
             inner: Arc::new(QueueInner {
                 id,
                 // No process has pid 0: the queue is never this process's.
                 owner: 0,
                 closed: Default::default(),
+                maxsize,
                 items: Mutex::new(VecDeque::new()),
                 ready: Condvar::new(),
+                room: Condvar::new(),
             }),
         }
+    }
+
+    /// The most values the queue holds (0: no limit).
+    pub fn maxsize(&self) -> usize {
+        self.inner.maxsize
     }
 
     /// The queue's id, unique across the processes of a run.
@@ -91,17 +132,62 @@ impl Queue {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Adds a value at the back. Never blocks (the queue is unbounded).
-    pub fn put(&self, value: Value) -> Result<(), String> {
+    /// Adds a value at the back. An unbounded queue never waits; a full bounded one waits for
+    /// room at most `timeout` (for ever if `None`), then fails with `Full`.
+    pub fn put_wait(&self, value: Value, timeout: Option<Duration>) -> Result<(), QueueError> {
         if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err("the queue is closed (ValueError: Queue is closed)".into());
+            return Err(QueueError::Remote(
+                "the queue is closed (ValueError: Queue is closed)".into(),
+            ));
         }
         if !self.is_local() {
-            return link::remote_post(self.inner.id, Op::Put(value)).map_err(|e| e.to_string());
+            // An unbounded queue's put is posted (it cannot fail for want of room); a bounded
+            // one's waits for the owner's answer.
+            let sent = if self.inner.maxsize == 0 {
+                link::remote_post(self.inner.id, Op::Put(value))
+            } else {
+                link::remote_call(self.inner.id, Op::PutWait(value, timeout)).map(drop)
+            };
+            return sent.map_err(|e| match e {
+                RemoteError::Full(waited) => QueueError::Full(waited),
+                other => QueueError::Remote(other.to_string()),
+            });
         }
-        self.items().push_back(value);
+        let items = self.items();
+        let max = self.inner.maxsize;
+        let room = if max == 0 {
+            Some(items)
+        } else {
+            crate::rt::threads::wait_while(&self.inner.room, items, timeout, |q| q.len() >= max)
+        };
+        let Some(mut items) = room else {
+            return Err(QueueError::Full(timeout.unwrap_or_default()));
+        };
+        items.push_back(value);
         self.inner.ready.notify_one();
         Ok(())
+    }
+
+    /// Puts `value` on this process's own open queue if it has room now; else gives it back.
+    pub fn offer(&self, value: Value) -> Option<Value> {
+        let closed = self.inner.closed.load(std::sync::atomic::Ordering::Acquire);
+        if closed || !self.is_local() {
+            return Some(value);
+        }
+        let mut items = self.items();
+        let max = self.inner.maxsize;
+        if max > 0 && items.len() >= max {
+            return Some(value);
+        }
+        items.push_back(value);
+        self.inner.ready.notify_one();
+        None
+    }
+
+    /// Whether a bounded queue holds `maxsize` values (an unbounded one is never full).
+    pub fn is_full(&self) -> Result<bool, String> {
+        let max = self.inner.maxsize;
+        Ok(max > 0 && self.len()? >= max)
     }
 
     /// Puts a value taken for a consumer that vanished back at the front.
@@ -122,7 +208,13 @@ impl Queue {
         }
         let items = self.items();
         match crate::rt::threads::wait_while(&self.inner.ready, items, timeout, |q| q.is_empty()) {
-            Some(mut items) => Ok(items.pop_front().expect("woken with an item")),
+            Some(mut items) => {
+                let v = items.pop_front().expect("woken with an item");
+                if self.inner.maxsize > 0 {
+                    self.inner.room.notify_one();
+                }
+                Ok(v)
+            }
             None => Err(QueueError::Empty(timeout.unwrap_or_default())),
         }
     }
@@ -147,14 +239,45 @@ impl Queue {
     }
 }
 
+/// A queue's failure as it crosses the link to the child that asked.
+fn remote_error(e: QueueError) -> RemoteError {
+    match e {
+        QueueError::Empty(waited) => RemoteError::Empty(waited),
+        QueueError::Full(waited) => RemoteError::Full(waited),
+        QueueError::Remote(text) => RemoteError::Other(text),
+    }
+}
+
 /// A child's operations on a queue this process owns (or forwards, if it only holds a handle).
 impl RemoteObject for QueueInner {
     fn perform(self: Arc<Self>, op: Op, caller: Caller) {
         let q = Queue { inner: self };
         match op {
             Op::Put(v) => {
-                caller.answer(q.put(v).map(|()| Value::Nil).map_err(RemoteError::Other));
+                // Posted by a handle on an unbounded queue: nothing to wait for (the link's
+                // thread must never block).
+                let done = q.put_wait(v, Some(Duration::ZERO));
+                caller.answer(done.map(|()| Value::Nil).map_err(remote_error));
             }
+            Op::PutWait(v, timeout) => match q.put_wait(v.clone(), Some(Duration::ZERO)) {
+                Err(QueueError::Full(_)) if timeout != Some(Duration::ZERO) => {
+                    caller.answer_later(move |caller| {
+                        let put = |slice| match q.put_wait(v.clone(), Some(slice)) {
+                            Err(QueueError::Full(_)) => None,
+                            done => Some(done),
+                        };
+                        let answer = match caller.wait(timeout, put) {
+                            Waited::Got(done) => done.map(|()| Value::Nil).map_err(remote_error),
+                            Waited::TimedOut(waited) => Err(RemoteError::Full(waited)),
+                            Waited::CallerGone => return,
+                        };
+                        caller.answer(answer);
+                    });
+                }
+                done => {
+                    caller.answer(done.map(|()| Value::Nil).map_err(remote_error));
+                }
+            },
             Op::Len => {
                 caller.answer(
                     q.len()
@@ -197,8 +320,8 @@ mod tests {
     #[test]
     fn values_come_out_in_order_and_timeout_reports_empty() {
         let q = Queue::new();
-        q.put(Value::Int(1)).unwrap();
-        q.put(Value::Str("two".into())).unwrap();
+        q.put_wait(Value::Int(1), None).unwrap();
+        q.put_wait(Value::Str("two".into()), None).unwrap();
         assert_eq!(q.len(), Ok(2));
         assert_eq!(q.get(None), Ok(Value::Int(1)));
         assert_eq!(q.get(Some(Duration::ZERO)), Ok(Value::Str("two".into())));
@@ -213,7 +336,28 @@ mod tests {
         let q2 = q.clone();
         let t = std::thread::spawn(move || q2.get(Some(Duration::from_secs(10))));
         std::thread::sleep(Duration::from_millis(20));
-        q.put(Value::Bool(true)).unwrap();
+        q.put_wait(Value::Bool(true), None).unwrap();
         assert_eq!(t.join().unwrap(), Ok(Value::Bool(true)));
+    }
+
+    #[test]
+    fn a_full_bounded_queue_makes_a_put_wait_until_a_get_makes_room() {
+        let q = Queue::bounded(1);
+        q.put_wait(Value::Int(1), None).unwrap();
+        assert_eq!(q.is_full(), Ok(true));
+        let wait = Duration::from_millis(10);
+        assert_eq!(
+            q.put_wait(Value::Int(2), Some(wait)),
+            Err(QueueError::Full(wait))
+        );
+        assert_eq!(q.offer(Value::Int(2)), Some(Value::Int(2)));
+        let q2 = q.clone();
+        let t =
+            std::thread::spawn(move || q2.put_wait(Value::Int(2), Some(Duration::from_secs(10))));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(q.get(None), Ok(Value::Int(1)));
+        assert_eq!(t.join().unwrap(), Ok(()));
+        assert_eq!(q.get(Some(Duration::ZERO)), Ok(Value::Int(2)));
+        assert_eq!(Queue::new().is_full(), Ok(false));
     }
 }

@@ -177,6 +177,7 @@ pub(super) fn drive(
         let out: MultiValue = match co.resume(args) {
             Ok(out) => out,
             Err(e) => {
+                let e = native::error_object_text(lua, e);
                 let e = close_variables(co, &e).unwrap_or(e);
                 break Err(e);
             }

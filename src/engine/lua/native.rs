@@ -1,5 +1,5 @@
 //! parrun's Lua glue, written against Lua's C API: the builtins' wrappers, the pool's chunk
-//! runner, and parrun's versions of stock functions (`print`, `load`, `loadfile`, `dofile`,
+//! runner, and parrun's versions of stock functions (`print`, `error`, `load`, `loadfile`, `dofile`,
 //! the Lua module searcher and `coroutine.resume`/`wrap`/`running`/`isyieldable`/`yield`).
 //!
 //! They are C functions, as the stock ones are: `debug.getinfo(print).what` is `"C"`,
@@ -348,6 +348,7 @@ pub(super) fn install_stock(
         }
     };
     globals.raw_set("print", closure(lua, print, print_upvalues)?)?;
+    globals.raw_set("error", closure(lua, error, Vec::new())?)?;
     if text_only {
         let stock = |name: &str| -> mlua::Result<LuaValue> { globals.raw_get(name) };
         globals.raw_set("load", closure(lua, load, vec![stock("load")?])?)?;
@@ -377,6 +378,71 @@ pub(super) fn install_stock(
     )?;
     coroutine.raw_set("yield", closure(lua, co_yield, vec![drivers])?)?;
     Ok(())
+}
+
+/// Where [`error`] notes how an error object that is not a string reads through
+/// `luaL_tolstring` (which is all mlua keeps of an uncaught one: `table: 0x...`) ...
+const RAISED_TEXT: &std::ffi::CStr = c"parrun.raised_text";
+/// ... and its type, for [`error_object_text`].
+const RAISED_TYPE: &std::ffi::CStr = c"parrun.raised_type";
+
+/// Stock `error` (a string gets the position of `level`), which also notes what an object
+/// without `__tostring` (a table, nil, a boolean...) will read as once uncaught, for
+/// [`error_object_text`]; any other error object clears the note.
+unsafe extern "C-unwind" fn error(state: *mut lua_State) -> c_int {
+    let level = ffi::luaL_optinteger(state, 2, 1);
+    ffi::lua_settop(state, 1);
+    let kind = ffi::lua_type(state, 1);
+    if kind == ffi::LUA_TSTRING || kind == ffi::LUA_TNUMBER {
+        ffi::lua_pushnil(state);
+    } else if ffi::luaL_getmetafield(state, 1, c"__tostring".as_ptr()) != ffi::LUA_TNIL {
+        // mlua reads the object through its `__tostring`, as the stock interpreter does.
+        ffi::lua_pop(state, 1);
+        ffi::lua_pushnil(state);
+    } else {
+        ffi::lua_pushstring(state, ffi::lua_typename(state, kind));
+        ffi::lua_setfield(state, ffi::LUA_REGISTRYINDEX, RAISED_TYPE.as_ptr());
+        // Without `__tostring` this only formats: `table: 0x...`, `nil`, `true`.
+        ffi::luaL_tolstring(state, 1, ptr::null_mut());
+    }
+    ffi::lua_setfield(state, ffi::LUA_REGISTRYINDEX, RAISED_TEXT.as_ptr());
+    if kind == ffi::LUA_TSTRING && level > 0 {
+        ffi::luaL_where(state, level as c_int);
+        ffi::lua_pushvalue(state, 1);
+        ffi::lua_concat(state, 2);
+    }
+    ffi::lua_error(state)
+}
+
+/// `e` as the stock `lua` reports an uncaught error object that is not a string and has no
+/// `__tostring`: `(error object is a table value)`, where mlua's text is the object's address
+/// (`table: 0x...`), which says nothing. Call with the GIL held, on the error a coroutine of
+/// `lua` just ended with (before the script can raise another). Every other error is returned
+/// as it is.
+pub(super) fn error_object_text(lua: &Lua, e: mlua::Error) -> mlua::Error {
+    let mlua::Error::RuntimeError(message) = &e else {
+        return e;
+    };
+    let noted = |key: &std::ffi::CStr| {
+        let key = key.to_str().expect("an ASCII key");
+        lua.named_registry_value::<Option<mlua::LuaString>>(key)
+            .ok()
+            .flatten()
+    };
+    let (Some(text), Some(kind)) = (noted(RAISED_TEXT), noted(RAISED_TYPE)) else {
+        return e;
+    };
+    let _ = lua.unset_named_registry_value(RAISED_TEXT.to_str().expect("an ASCII key"));
+    // mlua's message is the object's text, then the traceback it added.
+    let end = message.find("\nstack traceback:").unwrap_or(message.len());
+    if message.as_bytes()[..end] != *text.as_bytes() {
+        return e;
+    }
+    let kind = kind.to_string_lossy();
+    mlua::Error::runtime(format!(
+        "(error object is a {kind} value){}",
+        &message[end..]
+    ))
 }
 
 /// The writer a state's `print` writes to (see [`install_stock`]), kept alive with the state.
