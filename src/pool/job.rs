@@ -144,12 +144,14 @@ impl AsyncResult {
         let before = slots.remaining;
         let done = slots.complete(first, results, count, unordered);
         let filled = before - slots.remaining;
-        drop(slots);
+        // Counted before an iterator can take the items: one that takes the last and drops
+        // the job at once ends its bar with the count as it stands.
         if let Some(progress) = &self.progress {
             progress.add(filled);
-            if done {
-                progress.end();
-            }
+        }
+        drop(slots);
+        if let (Some(progress), true) = (&self.progress, done) {
+            progress.end();
         }
         // Only an iterator waits for single items; `get` and `wait` wait for `ready`, which is
         // announced on its own. Waking them for every item would cost a context switch each.
