@@ -107,16 +107,15 @@ pub(super) fn start(
             Ok(worker) => workers.push(worker),
             Err(e) => {
                 pool.stats.worker_ended();
-                // The threads not started will not count themselves out.
+                // The threads not started will not count themselves out, nor report: the
+                // started ones would wait for them for ever.
                 let unstarted = count - started;
                 if running.fetch_sub(unstarted, Ordering::AcqRel) == unstarted {
                     pool.workers_ended();
                 }
-                return Err(abandon(
-                    pool,
-                    workers,
-                    format!("cannot start a pool worker thread: {e}"),
-                ));
+                let failure = format!("cannot start a pool worker thread: {e}");
+                built.report(unstarted, Some(failure.clone()));
+                return Err(abandon(pool, workers, failure));
             }
         }
     }
@@ -147,28 +146,40 @@ fn abandon(pool: &Pool, workers: Vec<Handle>, failure: String) -> String {
     failure
 }
 
-/// How many of a starting pool's workers have yet to get their engine, and the first
-/// failure to build one.
+/// A starting pool's workers getting their engines: `start` and each worker wait until every
+/// worker has reported, and the pool starts only if none failed.
 struct Built {
-    state: Mutex<(usize, Option<String>)>,
+    state: Mutex<Starting>,
     done: Condvar,
+}
+
+struct Starting {
+    /// Workers yet to report.
+    left: usize,
+    /// The first failure reported.
+    failure: Option<String>,
 }
 
 impl Built {
     fn new(count: usize) -> Built {
         Built {
-            state: Mutex::new((count, None)),
+            state: Mutex::new(Starting {
+                left: count,
+                failure: None,
+            }),
             done: Condvar::new(),
         }
     }
 
-    fn report(&self, failure: Option<String>) {
+    /// Reports `workers` workers: built (`None`), or not (and why). Workers that never
+    /// started are reported by `start`, so that those that did never wait for them.
+    fn report(&self, workers: usize, failure: Option<String>) {
         let mut state = self.state.lock().recover();
-        state.0 -= 1;
-        if state.1.is_none() {
-            state.1 = failure;
+        state.left = state.left.saturating_sub(workers);
+        if state.failure.is_none() {
+            state.failure = failure;
         }
-        if state.0 == 0 {
+        if state.left == 0 {
             self.done.notify_all();
         }
     }
@@ -176,10 +187,10 @@ impl Built {
     /// Waits until every worker has reported; the first failure.
     fn wait(&self) -> Result<(), String> {
         let mut state = self.state.lock().recover();
-        while state.0 > 0 {
+        while state.left > 0 {
             state = self.done.wait(state).recover();
         }
-        state.1.clone().map_or(Ok(()), Err)
+        state.failure.clone().map_or(Ok(()), Err)
     }
 }
 
@@ -195,11 +206,11 @@ fn build(engine: WorkerEngine, built: &Built) -> Option<Arc<dyn TaskEngine>> {
     });
     match engine {
         Ok(engine) => {
-            built.report(None);
+            built.report(1, None);
             built.wait().ok().map(|()| engine)
         }
         Err(failure) => {
-            built.report(Some(failure));
+            built.report(1, Some(failure));
             None
         }
     }
@@ -428,5 +439,39 @@ fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that built its engine waits for the others; when `start` reports the workers
+    /// it could not start, it wakes with their failure instead of waiting for ever.
+    #[test]
+    fn workers_that_never_started_release_those_that_did() {
+        let built = Arc::new(Built::new(3));
+        let waiting = {
+            let built = built.clone();
+            std::thread::spawn(move || {
+                built.report(1, None);
+                built.wait()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !waiting.is_finished(),
+            "a worker went on before the others reported"
+        );
+        built.report(2, Some("cannot start a pool worker thread: no room".into()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(waiting.join().unwrap()));
+        let result = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("still waiting");
+        assert_eq!(
+            result,
+            Err("cannot start a pool worker thread: no room".into())
+        );
     }
 }

@@ -92,14 +92,20 @@ impl Tasks {
             .ok_or_else(|| "internal error: a Lua state without its task set-up".into())
     }
 
-    /// A coroutine running the chunk runner: the one a finished task left, reset, or a new one.
-    /// Reusing it spares a task the coroutine's allocation and its garbage.
-    pub(super) fn driver(&self, lua: &Lua) -> mlua::Result<Coroutine> {
-        self.driver_of(lua, &self.run_chunk)
+    /// Runs `body` on `args` as a task: in the coroutine a finished task left, reset, or a new
+    /// one (reusing it spares a task the coroutine's allocation and its garbage), driven to its
+    /// end; a coroutine that finished is kept for the next task.
+    fn run(&self, lua: &Lua, body: &Function, args: MultiValue) -> mlua::Result<MultiValue> {
+        let co = self.driver(lua, body)?;
+        let out = drive(lua, &self.host, &co, args);
+        if co.status() == ThreadStatus::Finished {
+            *self.spare.lock().recover() = Some(co);
+        }
+        out
     }
 
-    /// [`Tasks::driver`], running `body`.
-    fn driver_of(&self, lua: &Lua, body: &Function) -> mlua::Result<Coroutine> {
+    /// A coroutine for a task running `body` (see [`Tasks::run`]).
+    fn driver(&self, lua: &Lua, body: &Function) -> mlua::Result<Coroutine> {
         let spare = self.spare.lock().recover().take();
         if let Some(co) = spare {
             co.reset(body.clone())?;
@@ -159,12 +165,7 @@ impl Tasks {
         let args = (f, calls, count, single, &results)
             .into_lua_multi(lua)
             .map_err(error_text)?;
-        let co = self.driver(lua).map_err(error_text)?;
-        let out = drive(lua, &self.host, &co, args);
-        if co.status() == ThreadStatus::Finished {
-            *self.spare.lock().recover() = Some(co);
-        }
-        let out = match out {
+        let out = match self.run(lua, &self.run_chunk, args) {
             Ok(out) => out,
             Err(e) => return Err(failed_call(&results, count, error_text(e))),
         };
@@ -209,12 +210,9 @@ impl Tasks {
                 .collect::<mlua::Result<MultiValue>>(),
         }
         .map_err(error_text)?;
-        let co = self.driver_of(lua, f).map_err(error_text)?;
-        let out = drive(lua, &self.host, &co, args);
-        if co.status() == ThreadStatus::Finished {
-            *self.spare.lock().recover() = Some(co);
-        }
-        let out = out.map_err(|e| TaskError::at(0, error_text(e)))?;
+        let out = self
+            .run(lua, f, args)
+            .map_err(|e| TaskError::at(0, error_text(e)))?;
         let result = out.into_iter().next().unwrap_or(LuaValue::Nil);
         let result = data_of(lua, result).map_err(|what| {
             TaskError::at(0, format!("cannot send a task's result back: {what}"))
