@@ -36,6 +36,15 @@ pub(crate) trait ScriptEngine {
     /// forks a pool's workers or a process), so that the children and the parent leave the
     /// pages of what they only read shared. An engine with nothing to do leaves it empty.
     fn settle_for_fork(&self) {}
+
+    /// Anchors, for a fork pool about to fork its workers, what the script holds that those
+    /// workers will hold too (Lua: the tables in its locals), so that a task function that
+    /// reads it need not carry it: the generation that names the anchors ([`Travel::Inherited`]),
+    /// or `None` (nothing anchored, or an engine that copies everything). Called with the GIL
+    /// held, just before the fork.
+    fn inherit(&self) -> Result<Option<u64>, String> {
+        Ok(None)
+    }
 }
 
 /// A script's state as of one moment, from which fresh engines are built, each with a host
@@ -120,6 +129,9 @@ pub(crate) enum Travel {
     Local,
     /// Encoded ([`FunctionSpec::Encoded`]): the workers have engines of their own.
     Encoded,
+    /// Encoded for forked workers that inherited what the engine anchored for their pool, as
+    /// this generation ([`ScriptEngine::inherit`]): such values are named, not copied.
+    Inherited(u64),
 }
 
 /// A script function as a pool carries it to its workers.
@@ -238,6 +250,11 @@ pub(crate) trait TaskEngine: Send + Sync {
     /// handle that calls it in this engine. Call with this engine's GIL held: decoding may run
     /// script code (a Rhai module's).
     fn decode(&self, code: &[u8]) -> Result<Arc<dyn TaskFn>, String>;
+
+    /// In a forked worker that replaces one that ended, before its first task: the pool's
+    /// anchors (`generation`, [`ScriptEngine::inherit`]) are what the script held at this later
+    /// fork, so the engine checks them against what the pool's first workers inherited.
+    fn replacing(&self, _generation: u64) {}
 }
 
 /// A script whose top level has run, kept for calls from Rust (the embedding API's `Script`):

@@ -96,6 +96,13 @@ fn calls_on_a_worker_share_the_functions_captured_state() {
     in_every_mode(&pool_programs::CALLS_SHARE_CAPTURED_STATE);
 }
 
+/// A table held in a local when the pool starts reaches a task as it is when the task is
+/// submitted, whether a forked worker takes its own copy or gets one sent.
+#[test]
+fn a_table_held_at_the_fork_reaches_tasks_as_submitted() {
+    in_every_mode(&pool_programs::TABLES_HELD_AT_THE_FORK);
+}
+
 /// More functions than a worker keeps, then an early one again: every result is right.
 #[test]
 fn more_functions_than_a_worker_keeps() {

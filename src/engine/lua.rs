@@ -42,6 +42,7 @@ mod direct;
 mod driver;
 mod fingerprint;
 mod image;
+mod inherit;
 mod native;
 mod object;
 mod paths;
@@ -458,7 +459,8 @@ impl LoadedScript for LuaLoaded {
             Travel::Local => Tasks::of(&self.lua).map(|tasks| -> Arc<FunctionSpec> {
                 Arc::new(FunctionSpec::Local(Arc::new(LuaTask { tasks, f })))
             }),
-            Travel::Encoded => encoded_function(&self.lua, &f),
+            Travel::Encoded => encoded_function(&self.lua, &f, None),
+            Travel::Inherited(generation) => encoded_function(&self.lua, &f, Some(generation)),
         };
         spec.map_err(|e| Error::Usage(format!("{name}: {e}")))
     }

@@ -16,11 +16,20 @@ impl Model for Fork {
         &self,
         engine: &dyn ScriptEngine,
         _count: usize,
-        _renewable: bool,
+        renewable: bool,
     ) -> Result<Workers, String> {
         // A worker that has run `maxtasksperchild` tasks exits and a fresh fork replaces it.
         engine.settle_for_fork();
-        Ok(Workers::Forked(engine.here()?))
+        // A fresh fork holds the script's values as of its own fork: where workers are
+        // replaced as a matter of course, what the first ones inherited is not theirs.
+        let inherited = match renewable {
+            true => None,
+            false => engine.inherit()?,
+        };
+        Ok(Workers::Forked {
+            engine: engine.here()?,
+            inherited,
+        })
     }
 
     fn launch(&self, target: Box<dyn Target>) -> Result<Launch, String> {

@@ -87,8 +87,12 @@ impl Model for NoMpi {
 
 /// What runs a pool's tasks.
 pub(crate) enum Workers {
-    /// Forked worker processes, each running its copy of this engine.
-    Forked(Arc<dyn TaskEngine>),
+    /// Forked worker processes, each running its copy of this engine, which holds what the
+    /// engine anchored for them as generation `inherited`.
+    Forked {
+        engine: Arc<dyn TaskEngine>,
+        inherited: Option<u64>,
+    },
     /// One OS thread per engine.
     Threads {
         engines: Vec<WorkerEngine>,

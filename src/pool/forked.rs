@@ -487,9 +487,13 @@ impl Supervisor {
             .as_ref()
             .map(|(f, args)| (f.clone(), args.clone()));
         let max_tasks = config.maxtasksperchild;
+        let verify = replaces.and(self.pool.inherited);
         let forked = link::fork_child(&self.pool.host, keep.to_vec(), move || {
             // Ctrl-C is for the script's main thread; the parent stops its workers itself.
             crate::rt::signals::ignore_interrupts();
+            if let Some(generation) = verify {
+                engine.replacing(generation);
+            }
             worker_main(
                 engine,
                 File::from(task_rx),

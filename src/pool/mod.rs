@@ -179,6 +179,9 @@ pub struct Pool {
     config: PoolConfig,
     /// The number of workers.
     size: usize,
+    /// The generation of what the engine anchored for forked workers to inherit
+    /// ([`Travel::Inherited`]).
+    inherited: Option<u64>,
     state: Mutex<PoolState>,
     /// Notified when the state changes: the watchdog waits on it for news, `join` for the
     /// workers' end.
@@ -270,11 +273,16 @@ impl Pool {
             size,
             workers,
         } = new;
+        let inherited = match &workers {
+            Workers::Forked { inherited, .. } => *inherited,
+            _ => None,
+        };
         let new_pool = |backend: Box<dyn Backend>| -> Result<Arc<Pool>, String> {
             Ok(Arc::new(Pool {
                 host: host.clone(),
                 config,
                 size,
+                inherited,
                 state: Mutex::new(PoolState {
                     status: Status::Open,
                     broken_reason: None,
@@ -294,7 +302,7 @@ impl Pool {
             }))
         };
         let (pool, overseer) = match workers {
-            Workers::Forked(engine) => {
+            Workers::Forked { engine, .. } => {
                 let (backend, wake_rx) = forked::Forked::new()?;
                 let pool = new_pool(Box::new(backend))?;
                 let overseer = forked::start(&pool, engine, wake_rx)?;
@@ -462,7 +470,10 @@ impl Pool {
 
     /// How a function travels to the workers.
     pub fn travel(&self) -> Travel {
-        exec::model(self.config.mode).travel()
+        match self.inherited {
+            Some(generation) => Travel::Inherited(generation),
+            None => exec::model(self.config.mode).travel(),
+        }
     }
 
     /// How many workers it has.

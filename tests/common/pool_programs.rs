@@ -22,7 +22,7 @@ fn prints(mode: &str, out: &Output, lines: &[&str]) {
 }
 
 /// Every program.
-pub const ALL: [&PoolProgram; 8] = [
+pub const ALL: [&PoolProgram; 9] = [
     &JOIN_CALLBACKS,
     &POOL_ENDS,
     &MANY_SUBMISSIONS,
@@ -31,6 +31,7 @@ pub const ALL: [&PoolProgram; 8] = [
     &UPVALUES_AT_SUBMISSION,
     &CALLS_SHARE_CAPTURED_STATE,
     &MANY_FUNCTIONS,
+    &TABLES_HELD_AT_THE_FORK,
 ];
 
 /// After `close(); join()` every `callback` and `error_callback` has run and every result is
@@ -414,4 +415,65 @@ pool.close();
 pool.join();
 "#,
     check: |mode, out| prints(mode, out, &["-1\t3126250\t-2"]),
+};
+
+/// A table the script holds in a local when the pool starts (a forked worker has its own copy:
+/// Lua names it instead of copying it while it is unchanged) reaches a task as it is when the
+/// task is submitted: unchanged, changed, changed back, changed right after an asynchronous
+/// submission (except in `gil`, whose tasks share the script's table, as Python's
+/// `ThreadPool`), and in a pool whose workers are replaced after each task.
+pub const TABLES_HELD_AT_THE_FORK: PoolProgram = PoolProgram {
+    name: "held",
+    env: &[],
+    lua: r#"
+local data = {}
+for i = 1, 100 do data[i] = i end
+local pool = parrun.Pool(2)
+local function at(i) return data[i] end
+print(table.concat(pool:map(at, { 1, 50, 100 }), ","))
+data[50] = -50
+print(table.concat(pool:map(at, { 1, 50, 100 }), ","))
+data[50] = 50
+print(table.concat(pool:map(at, { 1, 50, 100 }), ","))
+local function slow(i) parrun.sleep(0.3) return data[i] end
+local r = pool:map_async(slow, { 50, 100 })
+data[100] = 0
+print(table.concat(r:get(), ","))
+pool:close()
+pool:join()
+local renewed = parrun.Pool({ processes = 1, maxtasksperchild = 1 })
+print(table.concat(renewed:map(at, { 1, 50, 100 }, 1), ","))
+renewed:close()
+renewed:join()
+"#,
+    rhai: r#"
+let data = [];
+for i in 1..=100 { data.push(i); }
+let pool = Pool(2);
+let at = |i| data[i - 1];
+let show = |xs| xs.reduce(|s, v| if s == "" { `${v}` } else { `${s},${v}` }, "");
+print(show.call(pool.map(at, [1, 50, 100])));
+data[49] = -50;
+print(show.call(pool.map(at, [1, 50, 100])));
+data[49] = 50;
+print(show.call(pool.map(at, [1, 50, 100])));
+let slow = |i| { sleep(0.3); data[i - 1] };
+let r = pool.map_async(slow, [50, 100]);
+data[99] = 0;
+print(show.call(r.get()));
+pool.close();
+pool.join();
+let renewed = Pool(#{processes: 1, maxtasksperchild: 1});
+print(show.call(renewed.map(at, [1, 50, 100], 1)));
+renewed.close();
+renewed.join();
+"#,
+    check: |mode, out| {
+        let submitted = if mode == "gil" { "50,0" } else { "50,100" };
+        prints(
+            mode,
+            out,
+            &["1,50,100", "1,-50,100", "1,50,100", submitted, "1,50,0"],
+        )
+    },
 };

@@ -88,7 +88,8 @@ impl Args for LuaArgs<'_> {
                     f,
                 }))))
             }
-            Travel::Encoded => encoded_function(self.lua, &f),
+            Travel::Encoded => encoded_function(self.lua, &f, None),
+            Travel::Inherited(generation) => encoded_function(self.lua, &f, Some(generation)),
         }
     }
 
@@ -209,6 +210,10 @@ impl ScriptEngine for LuaArgs<'_> {
 
     fn settle_for_fork(&self) {
         super::tasks::settle_for_fork(self.lua);
+    }
+
+    fn inherit(&self) -> Result<Option<u64>, String> {
+        super::inherit::anchor(self.lua)
     }
 }
 

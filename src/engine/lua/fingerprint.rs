@@ -38,14 +38,19 @@ pub(super) fn of(lua: &Lua, value: &LuaValue) -> mlua::Result<Option<u64>> {
 /// # Safety
 /// `state` is a Lua state in a protected call; `at` is a valid index of its stack.
 pub(super) unsafe fn digest_at(state: *mut ffi::lua_State, at: c_int) -> Option<u64> {
-    let mut reader = Reader {
-        hash: Mix::default(),
-        seen: Seen::default(),
-        too_deep: false,
-    };
-    ffi::luaL_checkstack(state, 2 * MAX_DEPTH as c_int + 8, c"parrun".as_ptr());
-    reader.read(state, ffi::lua_absindex(state, at), 0);
+    let reader = Reader::of(state, at);
     (!reader.too_deep).then(|| reader.hash.finish())
+}
+
+/// [`digest_at`], for plain data only: `None` also when the value holds what a copy would not
+/// reproduce as it is (a function, a userdata, a coroutine, a metatable, a table met twice or
+/// used as a key).
+///
+/// # Safety
+/// As [`digest_at`].
+pub(super) unsafe fn plain_digest_at(state: *mut ffi::lua_State, at: c_int) -> Option<u64> {
+    let reader = Reader::of(state, at);
+    (!reader.too_deep && reader.plain).then(|| reader.hash.finish())
 }
 
 /// The tables a digest has read: a short list (most values hold a few tables, and a digest is
@@ -87,9 +92,27 @@ struct Reader {
     /// that order, not again).
     seen: Seen,
     too_deep: bool,
+    /// Nothing but plain data so far (see [`plain_digest_at`]).
+    plain: bool,
 }
 
 impl Reader {
+    /// A reader that has read the value at `at`.
+    ///
+    /// # Safety
+    /// As [`digest_at`].
+    unsafe fn of(state: *mut ffi::lua_State, at: c_int) -> Reader {
+        let mut reader = Reader {
+            hash: Mix::default(),
+            seen: Seen::default(),
+            too_deep: false,
+            plain: true,
+        };
+        ffi::luaL_checkstack(state, 2 * MAX_DEPTH as c_int + 8, c"parrun".as_ptr());
+        reader.read(state, ffi::lua_absindex(state, at), 0);
+        reader
+    }
+
     /// Adds the value at `at` to the digest.
     ///
     /// # Safety
@@ -114,9 +137,11 @@ impl Reader {
                 self.hash.write(std::slice::from_raw_parts(bytes, len));
             }
             ffi::LUA_TTABLE => self.table(state, at, depth),
-            _ => self
-                .hash
-                .write_usize(ffi::lua_topointer(state, at) as usize),
+            _ => {
+                self.plain = false;
+                self.hash
+                    .write_usize(ffi::lua_topointer(state, at) as usize)
+            }
         }
     }
 
@@ -124,6 +149,7 @@ impl Reader {
         let at = ffi::lua_absindex(state, at);
         let id = ffi::lua_topointer(state, at);
         if let Some(met) = self.seen.find(id) {
+            self.plain = false;
             self.hash.write_u64(met);
             return;
         }
@@ -134,6 +160,7 @@ impl Reader {
         let order = self.seen.add(id);
         self.hash.write_u64(order);
         if ffi::lua_getmetatable(state, at) != 0 {
+            self.plain = false;
             self.read(state, -1, depth + 1);
             ffi::lua_pop(state, 1);
         } else {
@@ -141,6 +168,9 @@ impl Reader {
         }
         ffi::lua_pushnil(state);
         while ffi::lua_next(state, at) != 0 {
+            if ffi::lua_type(state, -2) == ffi::LUA_TTABLE {
+                self.plain = false;
+            }
             self.read(state, -2, depth + 1);
             self.read(state, -1, depth + 1);
             ffi::lua_pop(state, 1);

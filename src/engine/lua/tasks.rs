@@ -5,6 +5,7 @@ use mlua::ffi;
 
 use super::direct;
 use super::image::Graph;
+use super::inherit::{self, Heritage};
 use super::*;
 
 /// Targets, callbacks and task engines hold the state weakly: they live inside objects the
@@ -275,6 +276,12 @@ impl TaskEngine for LuaTaskEngine {
             f,
         }))
     }
+
+    fn replacing(&self, generation: u64) {
+        if let Ok(lua) = upgrade(&self.tasks.lua) {
+            inherit::verify(&lua, generation);
+        }
+    }
 }
 
 /// The script's state as of one moment, as plain data ([`Graph`]), from which isolated
@@ -350,11 +357,19 @@ impl Snapshot for LuaSnapshot {
 /// with its upvalues unchanged (every [`transport::Check`] of its last encoding holds) reuses
 /// that encoding. The last encodings are kept by a token a weak table gives each function, so
 /// that a collected function's address, reused by another, finds nothing.
-pub(super) fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSpec>, String> {
-    if let Some(spec) = last_encoding(lua, f)? {
+///
+/// `inherited`: for the workers of the fork pool of this generation, which name the tables
+/// they inherited instead of copying them ([`inherit`]).
+pub(super) fn encoded_function(
+    lua: &Lua,
+    f: &Function,
+    inherited: Option<u64>,
+) -> Result<Arc<FunctionSpec>, String> {
+    if let Some(spec) = last_encoding(lua, f, inherited)? {
         return Ok(spec);
     }
-    let encoded = transport::encode(lua, f)?;
+    let heritage = inherited.and_then(|g| Heritage::of(lua, g));
+    let encoded = transport::encode(lua, f, heritage.as_ref())?;
     // By its bytes, so that workers decode a changed function again, and by the function, so
     // that two closures of the same code keep upvalues of their own in a worker.
     let key = {
@@ -376,7 +391,9 @@ pub(super) fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSp
     }
     encodings.next += 1;
     let token = encodings.next;
-    encodings.last.insert(token, (spec.clone(), encoded.checks));
+    encodings
+        .last
+        .insert(token, (spec.clone(), encoded.checks, inherited));
     let tokens = encodings.tokens.clone();
     drop(encodings);
     tokens.raw_set(f, token).map_err(error_text)?;
@@ -385,7 +402,11 @@ pub(super) fn encoded_function(lua: &Lua, f: &Function) -> Result<Arc<FunctionSp
 
 /// `f`'s last encoding, if `f` is unchanged since: one protected call finds its token and
 /// checks its upvalues (a submission's fixed cost, so it stays inside Lua's API).
-fn last_encoding(lua: &Lua, f: &Function) -> Result<Option<Arc<FunctionSpec>>, String> {
+fn last_encoding(
+    lua: &Lua,
+    f: &Function,
+    inherited: Option<u64>,
+) -> Result<Option<Arc<FunctionSpec>>, String> {
     let Some(encodings) = lua.app_data_ref::<Encodings>() else {
         return Ok(None);
     };
@@ -402,7 +423,11 @@ fn last_encoding(lua: &Lua, f: &Function) -> Result<Option<Arc<FunctionSpec>>, S
             }
             let token = ffi::lua_tointeger(state, -1) as u64;
             ffi::lua_pop(state, 1);
-            if let Some((spec, checks)) = encodings.last.get(&token) {
+            if let Some((spec, checks, _)) = encodings
+                .last
+                .get(&token)
+                .filter(|(_, _, made_for)| *made_for == inherited)
+            {
                 // No checks: a function sent by its global path (a C function's upvalues are
                 // its own), or one without upvalues.
                 let mut used = 0;
@@ -423,8 +448,11 @@ pub(super) struct Encodings {
     /// Functions to their tokens, weakly (a collected function's entry goes with it).
     tokens: Table,
     next: u64,
-    last: HashMap<u64, (Arc<FunctionSpec>, Vec<transport::Check>)>,
+    last: HashMap<u64, Encoding>,
 }
+
+/// An encoding, what it assumed, and the fork pool generation it was made for.
+type Encoding = (Arc<FunctionSpec>, Vec<transport::Check>, Option<u64>);
 
 impl Encodings {
     /// Gives `lua` its encodings (in its app data); `weak_keys` is a metatable with weak keys.
@@ -517,8 +545,8 @@ mod tests {
             )
             .eval()
             .unwrap();
-        let first = encoded_function(&lua, &f).unwrap();
-        let again = encoded_function(&lua, &f).unwrap();
+        let first = encoded_function(&lua, &f, None).unwrap();
+        let again = encoded_function(&lua, &f, None).unwrap();
         assert!(
             Arc::ptr_eq(&first, &again),
             "an unchanged function is encoded again"
@@ -526,7 +554,7 @@ mod tests {
         let mut keys = vec![key(&first)];
         for (what, v) in [("n", 2), ("scale", 3), ("scale", 2), ("n", 1)] {
             set.call::<()>((what, v)).unwrap();
-            keys.push(key(&encoded_function(&lua, &f).unwrap()));
+            keys.push(key(&encoded_function(&lua, &f, None).unwrap()));
         }
         // (n, scale): (1, 2), (2, 2), (2, 3), (2, 2), (1, 2).
         let distinct: std::collections::HashSet<_> = keys[..3].iter().collect();
@@ -542,13 +570,13 @@ mod tests {
         );
         // A function the worker finds by its global path is not looked for again.
         let getpid: Function = lua.load("return parrun.getpid").eval().unwrap();
-        let first = encoded_function(&lua, &getpid).unwrap();
+        let first = encoded_function(&lua, &getpid, None).unwrap();
         assert!(Arc::ptr_eq(
             &first,
-            &encoded_function(&lua, &getpid).unwrap()
+            &encoded_function(&lua, &getpid, None).unwrap()
         ));
         let other: Function = lua.load("return function(x) return -x end").eval().unwrap();
         set.call::<()>(("scaled", other)).unwrap();
-        assert_ne!(key(&encoded_function(&lua, &f).unwrap()), keys[0]);
+        assert_ne!(key(&encoded_function(&lua, &f, None).unwrap()), keys[0]);
     }
 }

@@ -5,8 +5,9 @@
 //! and its upvalues: `_ENV` becomes the worker's globals; a Lua function is encoded too
 //! (cycles, such as a recursive local function, are kept); a table, C function or userdata
 //! that the script reaches by a global path (`math.floor`, a `require`d module) is sent as that
-//! path and found again in the worker (a module the worker lacks is `require`d there); any
-//! other value is copied as data. A value that fits none of these is an error that names the
+//! path and found again in the worker (a module the worker lacks is `require`d there); a table a
+//! fork pool's workers inherited, unchanged, is named ([`inherit`]); any other value is copied
+//! as data. A value that fits none of these is an error that names the
 //! upvalue. Binary chunks are loaded only here, from what this module encoded, never from
 //! script-provided strings.
 //!
@@ -26,6 +27,7 @@ use mlua::{Function, Lua, Table, Value as LuaValue};
 use serde::{Deserialize, Serialize};
 
 use super::fingerprint;
+use super::inherit::{self, Heritage};
 use super::{data_of, error_text, from_value, unsendable_kind};
 use crate::value::Value;
 
@@ -50,6 +52,13 @@ enum Upvalue {
     Data(Value),
     Function(u32),
     Path(Vec<String>),
+    /// A table the forked workers of pool `generation` hold as the script holds it
+    /// ([`inherit`]): the worker's copy, found by its address.
+    Inherited {
+        generation: u64,
+        id: u64,
+        digest: u64,
+    },
 }
 
 /// Keeps the debug functions the transport needs, before a sandbox can remove them.
@@ -87,12 +96,19 @@ struct Encoder<'a> {
     defs: Vec<FunctionDef>,
     index: HashMap<usize, u32>,
     checks: Vec<Check>,
+    /// For a fork pool's workers: the tables they inherited, named instead of copied.
+    heritage: Option<&'a Heritage>,
 }
 
-/// Encodes `f` for a worker.
-pub(super) fn encode(lua: &Lua, f: &Function) -> Result<Encoded, String> {
+/// Encodes `f` for a worker (of a fork pool whose workers inherited `heritage`).
+pub(super) fn encode(
+    lua: &Lua,
+    f: &Function,
+    heritage: Option<&Heritage>,
+) -> Result<Encoded, String> {
     let mut enc = Encoder {
         lua,
+        heritage,
         globals: lua.globals(),
         getupvalue: lua
             .named_registry_value("parrun.getupvalue")
@@ -224,10 +240,22 @@ impl Encoder<'_> {
         }
     }
 
-    /// An upvalue copied as data, checked by its contents.
+    /// An upvalue copied as data (or named, if the workers inherited it), checked by its
+    /// contents.
     fn data(&mut self, value: LuaValue) -> Result<Upvalue, String> {
         let digest = fingerprint::of(self.lua, &value).map_err(error_text)?;
         self.checks.push(Check::Data(digest));
+        if let (Some(heritage), LuaValue::Table(table), Some(digest)) =
+            (self.heritage, &value, digest)
+        {
+            if let Some((generation, id)) = heritage.holds(table, digest) {
+                return Ok(Upvalue::Inherited {
+                    generation,
+                    id,
+                    digest,
+                });
+            }
+        }
         data_of(self.lua, value).map(Upvalue::Data)
     }
 
@@ -315,6 +343,11 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
                         .clone(),
                 ),
                 Upvalue::Path(path) => resolve(&globals, path)?,
+                &Upvalue::Inherited {
+                    generation,
+                    id,
+                    digest,
+                } => inherit::inherited(lua, generation, id, digest)?,
             };
             setupvalue
                 .call::<()>((f, n + 1, value))

@@ -1,0 +1,476 @@
+//! What a fork pool's workers inherit: the tables the script holds in its locals when the pool
+//! forks (and in the upvalues of the functions it is running, or holds in locals). Each forked
+//! worker has its own copy of them, so a task function whose upvalue is one of these tables,
+//! unchanged since the fork, need not carry it: its encoding names the table
+//! ([`Upvalue::Inherited`](super::transport)) and the worker takes its copy, with no
+//! conversion, no pipe and no second copy in memory.
+//!
+//! *Unchanged* is decided by contents ([`fingerprint`]): the pool takes the digest of every
+//! table it anchors, as it forks, and the encoder takes the upvalue's when it encodes the
+//! function; the table is named only when the two agree, so a function always runs on the table
+//! as it was when it was submitted, as when it is copied. A worker forked later, in place of
+//! one that ended, is a copy of the script as of then: before its first task it takes the
+//! digests of its own copies ([`verify`]) and refuses a function whose table it does not hold
+//! as the pool's first workers did (the script changed or dropped it in between).
+//!
+//! Only plain data is anchored, which a copy reproduces as it is (no function, userdata,
+//! metatable or shared table inside), so that naming a table or copying it never differs but
+//! in cost. Tables the globals reach directly (a global table, a module) are not anchored: they
+//! travel by their global path already.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::{c_int, c_void, CStr};
+
+use mlua::ffi;
+use mlua::{Lua, Table, Value as LuaValue};
+
+use super::error_text;
+use super::fingerprint;
+
+/// The registry table of anchors: pool generation to a table of what that pool's workers
+/// inherited (light userdata of a table's address to the table; values weak, so an anchor
+/// keeps nothing alive).
+const REGISTRY: &str = "parrun.inherited";
+/// How many pools' anchors a state keeps: a function submitted to an older pool is copied.
+const KEPT: usize = 16;
+
+/// The digests of the tables each recent fork pool anchored (a state's app data).
+#[derive(Default)]
+struct Generations {
+    last: u64,
+    kept: VecDeque<(u64, HashMap<usize, u64>)>,
+}
+
+/// The digests a replacement worker took of its copies as it started (app data in its state).
+struct Verified {
+    generation: u64,
+    digests: HashMap<usize, u64>,
+}
+
+/// What the encoder needs to name inherited tables for one pool.
+pub(super) struct Heritage {
+    generation: u64,
+    digests: HashMap<usize, u64>,
+    anchors: Table,
+}
+
+impl Heritage {
+    /// The anchors of pool `generation`, if this state still keeps them.
+    pub(super) fn of(lua: &Lua, generation: u64) -> Option<Heritage> {
+        let digests = lua
+            .app_data_ref::<Generations>()?
+            .kept
+            .iter()
+            .find(|(g, _)| *g == generation)?
+            .1
+            .clone();
+        let anchors = anchors(lua, generation)?;
+        Some(Heritage {
+            generation,
+            digests,
+            anchors,
+        })
+    }
+
+    /// The pool generation and the table's address, if the workers hold `table` as the script
+    /// holds it now (its digest `digest`).
+    pub(super) fn holds(&self, table: &Table, digest: u64) -> Option<(u64, u64)> {
+        let id = table.to_pointer();
+        if self.digests.get(&(id as usize)) != Some(&digest) {
+            return None;
+        }
+        // The same address in the anchors is the same table: two live objects never share one,
+        // and an anchor goes when its table is collected.
+        let anchored: LuaValue = self
+            .anchors
+            .raw_get(LuaValue::LightUserData(mlua::LightUserData(
+                id as *mut c_void,
+            )))
+            .ok()?;
+        (anchored.to_pointer() == id).then_some((self.generation, id as u64))
+    }
+}
+
+fn anchors(lua: &Lua, generation: u64) -> Option<Table> {
+    let all: Table = lua.named_registry_value(REGISTRY).ok()?;
+    all.raw_get::<Option<Table>>(generation).ok()?
+}
+
+/// Anchors the tables the running script holds in its locals, for a fork pool about to fork
+/// its workers, and takes their digests; the pool's generation, or `None` if there is nothing
+/// to anchor. Call from the host function that creates the pool, with the GIL held: the
+/// locals are those of the coroutine that called it.
+pub(super) fn anchor(lua: &Lua) -> Result<Option<u64>, String> {
+    let mut digests = HashMap::new();
+    // SAFETY: `anchor_raw` keeps to Lua's API, with room checked, and leaves one value; an
+    // error (out of memory) unwinds through the protected call `exec_raw` makes, and what it
+    // holds (a set, a map) only leaks memory then.
+    let table: Option<Table> =
+        unsafe { lua.exec_raw((), |state| digests = anchor_raw(state)) }.map_err(error_text)?;
+    let Some(table) = table else {
+        return Ok(None);
+    };
+    if lua.app_data_ref::<Generations>().is_none() {
+        lua.set_app_data(Generations::default());
+    }
+    let mut generations = lua
+        .app_data_mut::<Generations>()
+        .ok_or("internal error: no anchor generations")?;
+    generations.last += 1;
+    let generation = generations.last;
+    generations.kept.push_back((generation, digests));
+    let forgotten = match generations.kept.len() > KEPT {
+        true => generations.kept.pop_front().map(|(g, _)| g),
+        false => None,
+    };
+    drop(generations);
+    let all = match lua.named_registry_value::<Option<Table>>(REGISTRY) {
+        Ok(Some(all)) => all,
+        _ => {
+            let all = lua.create_table().map_err(error_text)?;
+            lua.set_named_registry_value(REGISTRY, &all)
+                .map_err(error_text)?;
+            all
+        }
+    };
+    all.raw_set(generation, table).map_err(error_text)?;
+    if let Some(g) = forgotten {
+        all.raw_set(g, LuaValue::Nil).map_err(error_text)?;
+    }
+    Ok(Some(generation))
+}
+
+/// [`anchor`]'s walk: leaves the anchor table (or nil, if nothing was anchored) on the stack;
+/// the anchored tables' digests.
+///
+/// # Safety
+/// `state` is the calling coroutine's, in a protected call, its stack empty.
+unsafe fn anchor_raw(state: *mut ffi::lua_State) -> HashMap<usize, u64> {
+    ffi::luaL_checkstack(state, 16, c"parrun: anchoring".as_ptr());
+    let skip = global_tables(state);
+    ffi::lua_createtable(state, 0, 0);
+    let anchors = ffi::lua_gettop(state);
+    let mut ar: ffi::lua_Debug = std::mem::zeroed();
+    let mut level = 0;
+    while ffi::lua_getstack(state, level, &mut ar) != 0 {
+        level += 1;
+        for n in 1.. {
+            let name = ffi::lua_getlocal(state, &ar, n);
+            if name.is_null() {
+                break;
+            }
+            // Lua's own slots ("(temporary)", "(for state)", a C function's stack) are not
+            // the script's locals.
+            if !CStr::from_ptr(name).to_bytes().starts_with(b"(") {
+                consider(state, anchors, &skip, true);
+            }
+            ffi::lua_pop(state, 1);
+        }
+        if ffi::lua_getinfo(state, c"f".as_ptr(), &mut ar) != 0 {
+            upvalues_of(state, anchors, &skip);
+            ffi::lua_pop(state, 1);
+        }
+    }
+    let mut digests = HashMap::new();
+    ffi::lua_pushnil(state);
+    while ffi::lua_next(state, anchors) != 0 {
+        let id = ffi::lua_topointer(state, -1) as usize;
+        if let Some(digest) = fingerprint::plain_digest_at(state, -1) {
+            digests.insert(id, digest);
+        }
+        ffi::lua_pop(state, 1);
+    }
+    if digests.is_empty() {
+        ffi::lua_pop(state, 1);
+        ffi::lua_pushnil(state);
+        return digests;
+    }
+    // Weak values: an anchor keeps no table alive in the script (in a worker, what the script
+    // held at the fork is still held by its copy of the script's frames).
+    ffi::lua_createtable(state, 0, 1);
+    ffi::lua_pushstring(state, c"v".as_ptr());
+    ffi::lua_setfield(state, -2, c"__mode".as_ptr());
+    ffi::lua_setmetatable(state, anchors);
+    digests
+}
+
+/// Anchors the value on top of the stack if it is a table not in `skip`; a Lua function's
+/// upvalues are looked at too, if `follow` (one level: a closure the script holds).
+///
+/// # Safety
+/// As [`anchor_raw`], with 4 free slots.
+unsafe fn consider(
+    state: *mut ffi::lua_State,
+    anchors: c_int,
+    skip: &HashSet<*const c_void>,
+    follow: bool,
+) {
+    match ffi::lua_type(state, -1) {
+        ffi::LUA_TTABLE => {
+            let id = ffi::lua_topointer(state, -1);
+            if !skip.contains(&id) {
+                ffi::lua_pushlightuserdata(state, id as *mut c_void);
+                ffi::lua_pushvalue(state, -2);
+                ffi::lua_rawset(state, anchors);
+            }
+        }
+        ffi::LUA_TFUNCTION if follow => upvalues_of(state, anchors, skip),
+        _ => {}
+    }
+}
+
+/// Anchors the tables among the upvalues of the function on top of the stack (a Lua one).
+///
+/// # Safety
+/// As [`consider`].
+unsafe fn upvalues_of(state: *mut ffi::lua_State, anchors: c_int, skip: &HashSet<*const c_void>) {
+    if ffi::lua_iscfunction(state, -1) != 0 {
+        return;
+    }
+    let f = ffi::lua_gettop(state);
+    for n in 1.. {
+        if ffi::lua_getupvalue(state, f, n).is_null() {
+            break;
+        }
+        consider(state, anchors, skip, false);
+        ffi::lua_pop(state, 1);
+    }
+}
+
+/// The globals, the loaded modules, and the tables each holds directly: what travels by its
+/// global path.
+///
+/// # Safety
+/// As [`consider`].
+unsafe fn global_tables(state: *mut ffi::lua_State) -> HashSet<*const c_void> {
+    let mut skip = HashSet::new();
+    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_GLOBALS);
+    ffi::lua_pushstring(state, ffi::LUA_LOADED_TABLE);
+    ffi::lua_rawget(state, ffi::LUA_REGISTRYINDEX);
+    for at in [ffi::lua_gettop(state) - 1, ffi::lua_gettop(state)] {
+        if ffi::lua_type(state, at) != ffi::LUA_TTABLE {
+            continue;
+        }
+        skip.insert(ffi::lua_topointer(state, at));
+        ffi::lua_pushnil(state);
+        while ffi::lua_next(state, at) != 0 {
+            if ffi::lua_type(state, -1) == ffi::LUA_TTABLE {
+                skip.insert(ffi::lua_topointer(state, -1));
+            }
+            ffi::lua_pop(state, 1);
+        }
+    }
+    ffi::lua_pop(state, 2);
+    skip
+}
+
+/// In a worker forked in place of one that ended: takes the digests of its copies of pool
+/// `generation`'s anchored tables, before its first task, for [`inherited`] to compare. A
+/// failure leaves none, so that every inherited table is refused rather than trusted.
+pub(super) fn verify(lua: &Lua, generation: u64) {
+    let mut digests = HashMap::new();
+    if let Some(anchors) = anchors(lua, generation) {
+        // SAFETY: the closure keeps to Lua's API and the stack above the anchors (1).
+        let read = unsafe {
+            lua.exec_raw::<()>(&anchors, |state| {
+                ffi::luaL_checkstack(state, 4, c"parrun: verifying".as_ptr());
+                ffi::lua_pushnil(state);
+                while ffi::lua_next(state, 1) != 0 {
+                    let id = ffi::lua_topointer(state, -1) as usize;
+                    if let Some(digest) = fingerprint::plain_digest_at(state, -1) {
+                        digests.insert(id, digest);
+                    }
+                    ffi::lua_pop(state, 1);
+                }
+            })
+        };
+        if read.is_err() {
+            digests.clear();
+        }
+    }
+    lua.set_app_data(Verified {
+        generation,
+        digests,
+    });
+}
+
+/// The worker's copy of the table at address `id` that pool `generation` anchored, which the
+/// encoder saw with contents `digest`.
+pub(super) fn inherited(
+    lua: &Lua,
+    generation: u64,
+    id: u64,
+    digest: u64,
+) -> Result<LuaValue, String> {
+    let refused = || {
+        "its upvalue is a table the pool's workers got when they were forked, and this worker, \
+         forked later in place of one that ended, does not hold it as they did (the script \
+         has changed or dropped it since): submit the function again"
+            .to_string()
+    };
+    if let Some(verified) = lua.app_data_ref::<Verified>() {
+        if verified.generation != generation
+            || verified.digests.get(&(id as usize)) != Some(&digest)
+        {
+            return Err(refused());
+        }
+    }
+    let anchors = anchors(lua, generation).ok_or_else(refused)?;
+    let table: LuaValue = anchors
+        .raw_get(LuaValue::LightUserData(mlua::LightUserData(
+            id as usize as *mut c_void,
+        )))
+        .map_err(error_text)?;
+    match table {
+        LuaValue::Table(_) => Ok(table),
+        _ => Err(refused()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::transport;
+    use super::*;
+    use crate::host::{Host, Settings};
+    use mlua::Function;
+
+    fn state() -> Lua {
+        let host = Host::new(
+            crate::rt::gil::Gil::new(std::time::Duration::from_millis(5), None),
+            Settings::default(),
+        );
+        let lua = super::super::new_state(&host).unwrap();
+        let anchor_here = lua
+            .create_function(|lua, ()| anchor(lua).map_err(mlua::Error::external))
+            .unwrap();
+        lua.globals().set("anchor_here", anchor_here).unwrap();
+        lua
+    }
+
+    /// `f` encoded for the workers of pool `generation`, decoded again in the same state (as a
+    /// forked worker does in its copy) and called; and the encoding's size.
+    fn round_trip(lua: &Lua, generation: u64, f: &Function) -> (LuaValue, usize) {
+        let heritage = Heritage::of(lua, generation);
+        let encoded = transport::encode(lua, f, heritage.as_ref()).unwrap();
+        let decoded = transport::decode(lua, &encoded.code).unwrap();
+        (decoded.call(()).unwrap(), encoded.code.len())
+    }
+
+    fn same(a: &LuaValue, b: &LuaValue) -> bool {
+        a.to_pointer() == b.to_pointer()
+    }
+
+    /// A table the script holds in a local when the pool forks is named, not copied, while it
+    /// holds what it held then; changed, it is copied; changed back, named again. A table held
+    /// by a closure the script holds counts too; one with a metatable or a function does not
+    /// (a copy would not reproduce it), nor does one the globals reach.
+    #[test]
+    fn a_local_table_travels_by_name_while_it_holds_what_it_held_at_the_fork() {
+        let lua = state();
+        let (generation, data, get_data, set, get_inner, get_meta, get_fns): (
+            u64,
+            LuaValue,
+            Function,
+            Function,
+            Function,
+            Function,
+            Function,
+        ) = lua
+            .load(
+                r#"
+                local data = {}
+                for i = 1, 1000 do data[i] = "s" .. i end
+                local get_inner = (function()
+                  local inner = { x = 1 }
+                  return function() return inner end
+                end)()
+                local meta = setmetatable({ 1 }, {})
+                local fns = { function() end }
+                local generation = anchor_here()
+                return generation, data, function() return data end,
+                  function(i, v) data[i] = v end, get_inner,
+                  function() return meta end, function() return fns end
+                "#,
+            )
+            .eval()
+            .unwrap();
+        let (got, named) = round_trip(&lua, generation, &get_data);
+        assert!(same(&got, &data), "an unchanged table was copied");
+        assert!(named < 200, "a named table's encoding is {named} bytes");
+
+        set.call::<()>((1, "changed")).unwrap();
+        let (got, copied) = round_trip(&lua, generation, &get_data);
+        assert!(!same(&got, &data), "a changed table was named");
+        assert!(copied > 5000, "a copied table's encoding is {copied} bytes");
+        let LuaValue::Table(got) = got else {
+            panic!("not a table")
+        };
+        assert_eq!(got.get::<String>(1).unwrap(), "changed");
+
+        set.call::<()>((1, "s1")).unwrap();
+        let (got, _) = round_trip(&lua, generation, &get_data);
+        assert!(same(&got, &data), "a table changed back was copied");
+
+        let inner = get_inner.call::<LuaValue>(()).unwrap();
+        assert!(same(&round_trip(&lua, generation, &get_inner).0, &inner));
+        for f in [&get_meta, &get_fns] {
+            let held = f.call::<LuaValue>(()).unwrap();
+            let sent = transport::encode(&lua, f, Heritage::of(&lua, generation).as_ref());
+            if let Ok(sent) = sent {
+                let got = transport::decode(&lua, &sent.code)
+                    .unwrap()
+                    .call(())
+                    .unwrap();
+                assert!(!same(&got, &held), "a table a copy would change was named");
+            }
+        }
+        // The globals' tables travel by their path: not anchored.
+        let math: LuaValue = lua.globals().get("math").unwrap();
+        let heritage = Heritage::of(&lua, generation).unwrap();
+        assert!(!heritage.digests.contains_key(&(math.to_pointer() as usize)));
+    }
+
+    /// A worker forked later, in place of one that ended, takes the digests of its own copies:
+    /// it refuses a table that is not as the first workers inherited it, and takes one that is.
+    #[test]
+    fn a_replacement_refuses_a_table_changed_since_the_first_fork() {
+        let lua = state();
+        let (generation, get_data, set): (u64, Function, Function) = lua
+            .load(
+                r#"
+                local data = { 1, 2, 3 }
+                local generation = anchor_here()
+                return generation, function() return data end, function(i, v) data[i] = v end
+                "#,
+            )
+            .eval()
+            .unwrap();
+        let heritage = Heritage::of(&lua, generation);
+        let encoded = transport::encode(&lua, &get_data, heritage.as_ref()).unwrap();
+        // The replacement's copy is unchanged: it takes it.
+        verify(&lua, generation);
+        assert!(transport::decode(&lua, &encoded.code).is_ok());
+        // Changed before the replacement's fork: refused, with the cause.
+        set.call::<()>((2, 20)).unwrap();
+        verify(&lua, generation);
+        let err = transport::decode(&lua, &encoded.code).unwrap_err();
+        assert!(
+            err.contains("forked later in place of one that ended"),
+            "{err}"
+        );
+    }
+
+    /// A state keeps the anchors of its last few pools: an older pool's functions are copied.
+    #[test]
+    fn only_the_last_pools_anchors_are_kept() {
+        let lua = state();
+        let first: u64 = lua
+            .load("local t = { 1 } local g = anchor_here() for _ = 1, 16 do anchor_here() end return g")
+            .eval()
+            .unwrap();
+        assert!(Heritage::of(&lua, first).is_none());
+        assert!(Heritage::of(&lua, first + 16).is_some());
+        let all: Table = lua.named_registry_value(REGISTRY).unwrap();
+        assert_eq!(all.pairs::<LuaValue, LuaValue>().count(), KEPT);
+    }
+}
