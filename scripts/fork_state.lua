@@ -9,9 +9,12 @@
 --   bench/fork_memory.lua, which prints it against the heap too);
 -- - `isolated pool create with a big global time`: Pool(2) and a first trivial map while the
 --   script holds `big` (isolated: each worker's engine gets its copy);
--- - `first map with a global table time` and `first map with a local upvalue table time`: a
---   pool's first map of a function that reads `big` as a global, then of one that reads it as
---   a local upvalue once the global is gone (in fork mode the worker already holds it);
+-- - `first map with a global table time`: a pool's first map of a function that reads `big`
+--   as a global (in fork mode the worker already holds it);
+-- - `pool create with a big local time` and `first map with a local upvalue table time`: a
+--   new pool, started while the script holds the table in a local (the global gone), and its
+--   first map of a function that reads it as a local upvalue (a forked worker takes its own
+--   copy, elsewhere the table is copied to each worker);
 -- - `map again with an unchanged local upvalue table time`: that function's second map (its
 --   upvalues are checked, the table read in place, not sent again).
 --
@@ -110,11 +113,20 @@ local lengths = pool:map(function(i) return #big[i] end, idx)
 print(("first map with a global table time: %.6f s"):format(parrun.time() - start))
 check(lengths)
 
--- A table the workers got at the fork but that the script now reaches only through a local: a
--- value reachable from the globals is found again in the worker without a copy, so the global
--- goes first.
+pool:close()
+pool:join()
+
+-- The table as a local, when a new pool starts (a value reachable from the globals is found
+-- again in the worker without a copy, so the global goes). A forked worker has its own copy
+-- of it: the pool's start reads the tables the script holds in locals (their digests), and a
+-- task function whose upvalue is one of them, unchanged, names the worker's copy instead of
+-- sending it. Elsewhere the table is copied to each worker by the first map.
 local data = big
 big = nil
+start = parrun.time()
+pool = parrun.Pool(2)
+pool:map(math.abs, { 1, 2 })
+print(("pool create with a big local time: %.6f s"):format(parrun.time() - start))
 local function length(i)
   return #data[i]
 end

@@ -100,6 +100,7 @@ const METRICS: [(&str, &[(&str, Who)]); 5] = [
             ),
             ("first map with a global table time (s)", Who::All(true)),
             // CPython cannot pickle a closure.
+            ("pool create with a big local time (s)", Who::All(false)),
             (
                 "first map with a local upvalue table time (s)",
                 Who::All(false),

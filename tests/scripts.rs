@@ -351,6 +351,7 @@ fn fork_state() {
             }
             expected.extend([
                 "first map with a global table time",
+                "pool create with a big local time",
                 "first map with a local upvalue table time",
                 "map again with an unchanged local upvalue table time",
             ]);
