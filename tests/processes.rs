@@ -799,6 +799,52 @@ print(`after ${pool.apply(|x| x * 2, [21])}`);
     }
 }
 
+/// A fork pool's worker takes its own copy of a table the script held in a local when the
+/// pool started. One forked later in place of a killed worker holds the table as the script
+/// had it then: when the script changed it after submitting a task, that worker refuses the
+/// task with the cause (it cannot have the table as submitted); submitted again, the function
+/// carries the changed table.
+#[test]
+fn a_replacement_refuses_a_table_changed_since_the_submission() {
+    let lua = r#"
+local data = { 1, 2, 3 }
+local pool = parrun.Pool(1)
+local function at(i)
+  if i == 1 then print("pid " .. parrun.getpid()) io.stdout:flush() parrun.sleep(30) end
+  return data[i]
+end
+local first = pool:apply_async(at, { 1 })
+local queued = pool:apply_async(at, { 3 })
+data[3] = 30
+print("first", pcall(first.get, first, 25))
+print("queued", pcall(queued.get, queued, 25))
+print("again", pool:apply(at, { 3 }))
+"#;
+    let (_dir, path) = script("replaced", "lua", lua);
+    let (mut child, worker, mut reader) = start_and_read_pid(&path);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = wait_child(&mut child, Duration::from_secs(30));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    assert!(status.success(), "{status:?}\n{rest}");
+    let line = |name: &str| {
+        rest.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no line {name}:\n{rest}"))
+            .to_string()
+    };
+    assert!(line("first").contains("SIGKILL"), "{rest}");
+    assert!(
+        line("queued").contains("forked later in place of one that ended"),
+        "{rest}"
+    );
+    assert_eq!(line("again"), "again\t30", "{rest}");
+}
+
 #[test]
 fn workers_die_with_the_parent() {
     let lua = r#"

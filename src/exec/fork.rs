@@ -2,7 +2,7 @@
 //! of the running script, each with a copy-on-write copy of its engine. Functions travel
 //! encoded, down a worker's pipe.
 
-use super::{Launch, Model, Workers};
+use super::{Launch, Model, Turnover, Workers};
 use crate::script::{ScriptEngine, Target, Travel};
 
 pub(super) struct Fork;
@@ -16,13 +16,13 @@ impl Model for Fork {
         &self,
         engine: &dyn ScriptEngine,
         _count: usize,
-        renewable: bool,
+        turnover: Turnover,
     ) -> Result<Workers, String> {
         // A worker that has run `maxtasksperchild` tasks exits and a fresh fork replaces it.
         engine.settle_for_fork();
         // A fresh fork holds the script's values as of its own fork: where workers are
         // replaced as a matter of course, what the first ones inherited is not theirs.
-        let inherited = match renewable {
+        let inherited = match turnover.renewable || turnover.timed {
             true => None,
             false => engine.inherit()?,
         };

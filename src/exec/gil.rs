@@ -2,7 +2,7 @@
 //! script's own engine, under its GIL. Functions travel as themselves, so closures keep sharing
 //! their state; CPU-bound work gains nothing, waiting overlaps.
 
-use super::{Launch, Model, WorkerEngine, Workers};
+use super::{Launch, Model, Turnover, WorkerEngine, Workers};
 use crate::script::{ScriptEngine, Target, Travel};
 
 pub(super) struct Gil;
@@ -16,7 +16,7 @@ impl Model for Gil {
         &self,
         engine: &dyn ScriptEngine,
         count: usize,
-        _renewable: bool,
+        _turnover: Turnover,
     ) -> Result<Workers, String> {
         // The script's engine is never renewed: a worker thread keeps it.
         let here = engine.here()?;

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::{Launch, Model, WorkerEngine, Workers};
+use super::{Launch, Model, Turnover, WorkerEngine, Workers};
 use crate::script::{ScriptEngine, Snapshot, Target, Travel};
 
 pub(super) struct Isolated;
@@ -21,13 +21,13 @@ impl Model for Isolated {
         &self,
         engine: &dyn ScriptEngine,
         count: usize,
-        renewable: bool,
+        turnover: Turnover,
     ) -> Result<Workers, String> {
         let snapshot: Arc<dyn Snapshot> = Arc::from(engine.snapshot()?);
         Ok(Workers::Threads {
             engines: vec![WorkerEngine::Build(snapshot.clone()); count],
             // The snapshot stays, untouched, to build replacements from.
-            renew: renewable.then_some(snapshot),
+            renew: turnover.renewable.then_some(snapshot),
         })
     }
 

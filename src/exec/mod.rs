@@ -30,13 +30,13 @@ pub(crate) trait Model: Sync {
     fn travel(&self) -> Travel;
 
     /// What runs the tasks of a pool of `count` workers (at least one), with engines from
-    /// `engine` as of the call that creates the pool. `renewable`: a worker gets a fresh engine
-    /// after `maxtasksperchild` tasks. Call with the GIL held.
+    /// `engine` as of the call that creates the pool, replaced as `turnover` says. Call with
+    /// the GIL held.
     fn workers(
         &self,
         engine: &dyn ScriptEngine,
         count: usize,
-        renewable: bool,
+        turnover: Turnover,
     ) -> Result<Workers, String>;
 
     /// How a process runs `target`, as of its `start`. Call with the GIL held.
@@ -76,13 +76,22 @@ impl Model for NoMpi {
         Travel::Encoded
     }
 
-    fn workers(&self, _: &dyn ScriptEngine, _: usize, _: bool) -> Result<Workers, String> {
+    fn workers(&self, _: &dyn ScriptEngine, _: usize, _: Turnover) -> Result<Workers, String> {
         Err(NO_MPI.into())
     }
 
     fn launch(&self, _: Box<dyn Target>) -> Result<Launch, String> {
         Err(NO_MPI.into())
     }
+}
+
+/// How a pool's workers are replaced, as its options say.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Turnover {
+    /// After `maxtasksperchild` tasks a worker gets a fresh engine (a fresh fork).
+    pub renewable: bool,
+    /// A task timeout: a forked worker whose task runs past it is killed and replaced.
+    pub timed: bool,
 }
 
 /// What runs a pool's tasks.

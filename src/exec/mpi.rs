@@ -28,7 +28,7 @@ use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::{Launch, Model, Remote, RemoteStart, Workers};
+use super::{Launch, Model, Remote, RemoteStart, Turnover, Workers};
 use crate::link;
 use crate::rt::mpi::{self, Handler, Tag};
 use crate::rt::output::Output;
@@ -495,7 +495,7 @@ impl Model for Mpi {
         &self,
         engine: &dyn ScriptEngine,
         count: usize,
-        _renewable: bool,
+        _turnover: Turnover,
     ) -> Result<Workers, String> {
         let r0 = rank0()?;
         let live = r0.live().len();

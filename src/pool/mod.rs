@@ -257,8 +257,11 @@ impl Pool {
         if size == 0 {
             return Err("processes must be at least 1".into());
         }
-        let renewable = config.maxtasksperchild.is_some();
-        let workers = model.workers(engine, size, renewable)?;
+        let turnover = exec::Turnover {
+            renewable: config.maxtasksperchild.is_some(),
+            timed: config.task_timeout.is_some(),
+        };
+        let workers = model.workers(engine, size, turnover)?;
         Ok(NewPool {
             config,
             size,
