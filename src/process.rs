@@ -117,6 +117,9 @@ impl ScriptProcess {
         let done = exit.clone();
         let name = self.name.clone();
         let host_ = host.clone();
+        // Held until the state says how the process runs: its thread, in an engine of its own
+        // (no GIL to wait for), may ask its own handle at once (`p.join()` on itself).
+        let mut state = self.state();
         let handle = crate::rt::spawn::Builder::new()
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
@@ -127,7 +130,8 @@ impl ScriptProcess {
             })
             .map_err(|e| format!("cannot start an OS thread: {e}"))?;
         exit.joiner.set(handle);
-        *self.state() = State::Thread(exit);
+        *state = State::Thread(exit);
+        drop(state);
         host.register(self.clone());
         Ok(())
     }
