@@ -497,3 +497,33 @@ io.write("after map\n")
         );
     }
 }
+
+/// In a worker, the functions that read one script table read one copy of it (Lua): a task's
+/// change to it is seen by another function's task on that worker, as the script's functions
+/// share the table, in every mode; once the script changes the table, the worker's copy is made
+/// again from the script's.
+#[test]
+fn a_workers_functions_share_one_copy_of_a_script_table() {
+    let lua = r#"
+local shared = { n = 0 }
+local other = { n = 0 }
+local pool = parrun.Pool(1)
+local function bump() shared.n = shared.n + 1 return shared.n end
+print(table.concat(pool:map(bump, { 1, 1, 1 }, 1), ","))
+print(pool:apply(function() return shared.n end, {}), pool:apply(function() return other.n end, {}))
+shared.n = 10
+print(pool:apply(function() return shared.n end, {}))
+pool:close()
+pool:join()
+"#;
+    for mode in MODES {
+        let out = common::run_code(&["--mode", mode], "shared", "lua", lua);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["1,2,3", "3\t0", "10"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}

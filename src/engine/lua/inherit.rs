@@ -322,9 +322,83 @@ pub(super) fn inherited(
         )))
         .map_err(error_text)?;
     match table {
-        LuaValue::Table(_) => Ok(table),
+        LuaValue::Table(_) => {
+            keep(lua, id, digest, &table)?;
+            Ok(table)
+        }
         _ => Err(refused()),
     }
+}
+
+/// Registry key: a worker's copies of the script's tables, by the script table's address
+/// (values weak: a copy that no function holds any more goes).
+const HELD: &str = "parrun.held";
+/// How many copies' digests a worker remembers before it forgets those of collected copies.
+const HELD_PRUNE: usize = 1024;
+
+/// The script tables' digests from which a worker's copies were made, by address (app data).
+#[derive(Default)]
+struct Held {
+    digests: HashMap<u64, u64>,
+}
+
+/// A worker's copy of the script's table at address `origin`, whose contents had digest
+/// `digest` when the function was encoded: the copy the worker holds already if it was made
+/// from those same contents (with whatever the worker's own tasks changed in it since, as the
+/// script's functions share one table), else a new one from `make`. So every function a worker
+/// runs reads one table where the script has one, in every mode.
+pub(super) fn held(
+    lua: &Lua,
+    origin: u64,
+    digest: u64,
+    make: impl FnOnce() -> Result<LuaValue, String>,
+) -> Result<LuaValue, String> {
+    let made_from = lua
+        .app_data_ref::<Held>()
+        .and_then(|held| held.digests.get(&origin).copied());
+    if made_from == Some(digest) {
+        let kept: LuaValue = copies(lua)?.raw_get(origin).map_err(error_text)?;
+        if let LuaValue::Table(_) = kept {
+            return Ok(kept);
+        }
+    }
+    let value = make()?;
+    keep(lua, origin, digest, &value)?;
+    Ok(value)
+}
+
+/// Records `value` as the worker's copy of the script's table at `origin` (digest `digest`).
+fn keep(lua: &Lua, origin: u64, digest: u64, value: &LuaValue) -> Result<(), String> {
+    let copies = copies(lua)?;
+    copies.raw_set(origin, value).map_err(error_text)?;
+    if lua.app_data_ref::<Held>().is_none() {
+        lua.set_app_data(Held::default());
+    }
+    let mut held = lua
+        .app_data_mut::<Held>()
+        .ok_or("internal error: no held copies")?;
+    held.digests.insert(origin, digest);
+    if held.digests.len() > HELD_PRUNE {
+        held.digests.retain(|origin, _| {
+            copies
+                .raw_get::<LuaValue>(*origin)
+                .is_ok_and(|copy| !copy.is_nil())
+        });
+    }
+    Ok(())
+}
+
+fn copies(lua: &Lua) -> Result<Table, String> {
+    if let Ok(Some(copies)) = lua.named_registry_value::<Option<Table>>(HELD) {
+        return Ok(copies);
+    }
+    let copies = lua.create_table().map_err(error_text)?;
+    let weak = lua.create_table().map_err(error_text)?;
+    weak.raw_set("__mode", "v").map_err(error_text)?;
+    copies.set_metatable(Some(weak)).map_err(error_text)?;
+    lua.set_named_registry_value(HELD, &copies)
+        .map_err(error_text)?;
+    Ok(copies)
 }
 
 #[cfg(test)]
@@ -458,6 +532,20 @@ mod tests {
             err.contains("forked later in place of one that ended"),
             "{err}"
         );
+    }
+
+    /// A worker keeps one copy per script table: made again only from other contents.
+    #[test]
+    fn a_worker_keeps_one_copy_of_a_script_table_while_its_contents_are_the_same() {
+        let lua = state();
+        let make = |lua: &Lua| lua.create_table().map(LuaValue::Table).map_err(error_text);
+        let first = held(&lua, 0x1000, 7, || make(&lua)).unwrap();
+        let again = held(&lua, 0x1000, 7, || panic!("copied again")).unwrap();
+        assert!(same(&first, &again));
+        let other = held(&lua, 0x2000, 7, || make(&lua)).unwrap();
+        assert!(!same(&first, &other), "two script tables share a copy");
+        let changed = held(&lua, 0x1000, 8, || make(&lua)).unwrap();
+        assert!(!same(&first, &changed), "other contents kept the old copy");
     }
 
     /// A state keeps the anchors of its last few pools: an older pool's functions are copied.

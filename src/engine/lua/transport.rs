@@ -59,6 +59,13 @@ enum Upvalue {
         id: u64,
         digest: u64,
     },
+    /// A table copied, with the script's table's address and digest: a worker that holds a
+    /// copy of that table made from the same contents keeps using it ([`inherit::held`]).
+    Table {
+        origin: u64,
+        digest: u64,
+        value: Value,
+    },
 }
 
 /// Keeps the debug functions the transport needs, before a sandbox can remove them.
@@ -256,7 +263,16 @@ impl Encoder<'_> {
                 });
             }
         }
-        data_of(self.lua, value).map(Upvalue::Data)
+        let origin = value.to_pointer() as u64;
+        let copy = data_of(self.lua, value)?;
+        Ok(match digest {
+            Some(digest) if matches!(copy, Value::Array(_) | Value::Map(_)) => Upvalue::Table {
+                origin,
+                digest,
+                value: copy,
+            },
+            _ => Upvalue::Data(copy),
+        })
     }
 
     /// Where the script reaches `value` from the globals: `math.floor`, `package.loaded.m`.
@@ -348,6 +364,13 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
                     id,
                     digest,
                 } => inherit::inherited(lua, generation, id, digest)?,
+                Upvalue::Table {
+                    origin,
+                    digest,
+                    value,
+                } => inherit::held(lua, *origin, *digest, || {
+                    from_value(lua, value).map_err(error_text)
+                })?,
             };
             setupvalue
                 .call::<()>((f, n + 1, value))
