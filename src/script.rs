@@ -13,6 +13,7 @@
 //! to a pool's workers as a [`FunctionSpec`]: itself, or encoded for another engine to decode.
 //! Each engine adapter (`engine::lua`, `engine::rhai`) implements these for its language.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -39,12 +40,24 @@ pub(crate) trait ScriptEngine {
 
     /// Anchors, for a fork pool about to fork its workers, what the script holds that those
     /// workers will hold too (Lua: the tables in its locals), so that a task function that
-    /// reads it need not carry it: the generation that names the anchors ([`Travel::Inherited`]),
-    /// or `None` (nothing anchored, or an engine that copies everything). Called with the GIL
-    /// held, just before the fork.
-    fn inherit(&self) -> Result<Option<u64>, String> {
+    /// reads it need not carry it ([`Travel::Inherited`]); `None` if nothing is anchored (or
+    /// the engine copies everything). Called with the GIL held, just before the fork.
+    fn inherit(&self) -> Result<Option<Anchored>, String> {
         Ok(None)
     }
+}
+
+/// What an engine anchored for a fork pool's workers ([`ScriptEngine::inherit`]).
+pub(crate) struct Anchored {
+    /// Names the anchors in the engine.
+    pub generation: u64,
+    /// The contents of the anchored tables read as the pool started (those within a budget),
+    /// as digests by address.
+    pub digests: HashMap<usize, u64>,
+    /// Some tables were too big to read then: a witness, a fork that keeps the script as it
+    /// was when the pool started ([`TaskEngine::witness`]), reads them when a function needs
+    /// them.
+    pub unread: bool,
 }
 
 /// A script's state as of one moment, from which fresh engines are built, each with a host
@@ -123,15 +136,36 @@ pub(crate) fn take_target(
 }
 
 /// How a script function travels to a pool's workers; the execution model decides.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone)]
 pub(crate) enum Travel {
     /// As itself ([`FunctionSpec::Local`]): the workers run in the engine that made it.
     Local,
     /// Encoded ([`FunctionSpec::Encoded`]): the workers have engines of their own.
     Encoded,
-    /// Encoded for forked workers that inherited what the engine anchored for their pool, as
-    /// this generation ([`ScriptEngine::inherit`]): such values are named, not copied.
-    Inherited(u64),
+    /// Encoded for forked workers that inherited what the engine anchored for their pool
+    /// ([`ScriptEngine::inherit`]): such values, unchanged, are named, not copied.
+    Inherited(Arc<dyn Inheritance>),
+}
+
+impl Travel {
+    /// Whether the function travels as itself ([`Travel::Local`]).
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self, Travel::Local)
+    }
+}
+
+/// What a fork pool's workers inherited ([`ScriptEngine::inherit`]): the generation of the
+/// engine's anchors, and the contents of each anchored table as the workers got it.
+pub(crate) trait Inheritance: Send + Sync {
+    fn generation(&self) -> u64;
+
+    /// Asks for the digest of the anchored table at `id` ahead of [`Inheritance::digest`], if
+    /// it is not known yet (the witness starts reading it).
+    fn ask(&self, id: usize);
+
+    /// The digest of the anchored table at `id` as the pool started: read then, or asked of
+    /// the witness (waiting with the GIL released); `None` if it cannot tell.
+    fn digest(&self, id: usize) -> Option<u64>;
 }
 
 /// A script function as a pool carries it to its workers.
@@ -255,6 +289,19 @@ pub(crate) trait TaskEngine: Send + Sync {
     /// anchors (`generation`, [`ScriptEngine::inherit`]) are what the script held at this later
     /// fork, so the engine checks them against what the pool's first workers inherited.
     fn replacing(&self, _generation: u64) {}
+
+    /// In a fork pool's witness ([`Anchored::unread`]): answers each request, a table's
+    /// address (8 bytes, little-endian), with the digest of its copy of that anchored table as
+    /// the pool started (a byte, 1 if there is one, then 8 bytes), until the requests end; its
+    /// exit status.
+    fn witness(
+        &self,
+        _generation: u64,
+        _requests: &mut dyn std::io::Read,
+        _replies: &mut dyn std::io::Write,
+    ) -> i32 {
+        0
+    }
 }
 
 /// A script whose top level has run, kept for calls from Rust (the embedding API's `Script`):

@@ -1661,3 +1661,91 @@ print(`done ${done}`);"#,
         );
     }
 }
+
+/// The children of `pid`, zombies included (from /proc).
+fn children_of(pid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1) == Some(&pid.to_string().as_str()) {
+            found.push(format!(
+                "{} {}",
+                entry.file_name().to_string_lossy(),
+                fields[0]
+            ));
+        }
+    }
+    found
+}
+
+/// A fork pool started while the script holds a table too big to read at the start (Lua) has
+/// a witness process, which reads it when a function needs it: the tasks get the table as
+/// submitted, changed or not, and the witness ends with its pool, however the pool ends
+/// (close and join, terminate, or left to the end of the script), leaving no process behind.
+#[test]
+fn a_pools_witness_answers_and_ends_with_the_pool() {
+    let lua = r#"
+local big = {}
+for i = 1, 60000 do big[i] = i * 2 end
+local function at(i) return big[i] end
+local pool = parrun.Pool(2)
+print(table.concat(pool:map(at, { 1, 30000, 60000 }), ","))
+big[2] = -2
+print(table.concat(pool:map(at, { 1, 2 }), ","))
+pool:close()
+pool:join()
+local stopped = parrun.Pool(2)
+print(stopped:apply(at, { 3 }))
+stopped:terminate()
+stopped:join()
+local left = parrun.Pool(2)
+print(left:apply(at, { 4 }))
+io.stdout:flush()
+print("ready")
+io.stdout:flush()
+parrun.sleep(1.5)
+"#;
+    let (_dir, path) = script("witness", "lua", lua);
+    let mut child = Command::new(common::parrun_bin())
+        .args(["--mode", "fork"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let start = Instant::now();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 || start.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        if line.trim() == "ready" {
+            break;
+        }
+        lines.push(line.trim().to_string());
+    }
+    // The closed and the terminated pools are gone; the one left open has its workers and
+    // its witness: three children.
+    let during = children_of(child.id());
+    let status = wait_child(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(lines, ["2,60000,120000", "2,-2", "6", "8"]);
+    assert_eq!(
+        during.len(),
+        3,
+        "children while the last pool is open: {during:?}"
+    );
+    for entry in &during {
+        let pid: i32 = entry.split(' ').next().unwrap().parse().unwrap();
+        assert!(!alive(pid), "{entry} outlived the script");
+    }
+}

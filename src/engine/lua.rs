@@ -460,7 +460,7 @@ impl LoadedScript for LuaLoaded {
                 Arc::new(FunctionSpec::Local(Arc::new(LuaTask { tasks, f })))
             }),
             Travel::Encoded => encoded_function(&self.lua, &f, None),
-            Travel::Inherited(generation) => encoded_function(&self.lua, &f, Some(generation)),
+            Travel::Inherited(inheritance) => encoded_function(&self.lua, &f, Some(&inheritance)),
         };
         spec.map_err(|e| Error::Usage(format!("{name}: {e}")))
     }

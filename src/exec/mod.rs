@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use crate::host::Mode;
-use crate::script::{ScriptEngine, Snapshot, Target, TaskEngine, Travel};
+use crate::script::{Anchored, ScriptEngine, Snapshot, Target, TaskEngine, Travel};
 
 mod fork;
 mod gil;
@@ -97,10 +97,10 @@ pub(crate) struct Turnover {
 /// What runs a pool's tasks.
 pub(crate) enum Workers {
     /// Forked worker processes, each running its copy of this engine, which holds what the
-    /// engine anchored for them as generation `inherited`.
+    /// engine anchored for them (`inherited`).
     Forked {
         engine: Arc<dyn TaskEngine>,
-        inherited: Option<u64>,
+        inherited: Option<Anchored>,
     },
     /// One OS thread per engine.
     Threads {

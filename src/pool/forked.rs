@@ -40,7 +40,7 @@ use crate::rt::codec::{self, FrameBuf};
 use crate::rt::spawn::Handle;
 use crate::rt::trace::Arg;
 use crate::rt::{children, exit, fork};
-use crate::script::{FunctionSpec, TaskEngine};
+use crate::script::{FunctionSpec, Inheritance, TaskEngine};
 
 /// The most tasks queued to one worker at a time.
 pub const MAX_WINDOW: usize = 64;
@@ -280,6 +280,9 @@ impl Supervisor {
             fork::unregister_fd(child.results.as_raw_fd());
             self.trace_end(&child, &status, "ended", "ended", None);
         }
+        if let Some(inheritance) = &self.pool.inheritance {
+            inheritance.close();
+        }
         self.pool.workers_ended();
     }
 
@@ -487,7 +490,7 @@ impl Supervisor {
             .as_ref()
             .map(|(f, args)| (f.clone(), args.clone()));
         let max_tasks = config.maxtasksperchild;
-        let verify = replaces.and(self.pool.inherited);
+        let verify = replaces.and(self.pool.inheritance.as_ref().map(|i| i.generation()));
         let forked = link::fork_child(&self.pool.host, keep.to_vec(), move || {
             // Ctrl-C is for the script's main thread; the parent stops its workers itself.
             crate::rt::signals::ignore_interrupts();
@@ -741,7 +744,7 @@ fn reap(pid: Pid, grace: Duration) -> nix::Result<WaitStatus> {
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| format!("cannot create a pipe: {e}"))
 }

@@ -38,6 +38,7 @@ use crate::value::Value;
 
 mod callbacks;
 mod forked;
+mod inheritance;
 mod job;
 #[cfg(feature = "mpi")]
 mod ranks;
@@ -179,9 +180,8 @@ pub struct Pool {
     config: PoolConfig,
     /// The number of workers.
     size: usize,
-    /// The generation of what the engine anchored for forked workers to inherit
-    /// ([`Travel::Inherited`]).
-    inherited: Option<u64>,
+    /// What forked workers inherited from the engine's anchors ([`Travel::Inherited`]).
+    inheritance: Option<Arc<inheritance::Inherited>>,
     state: Mutex<PoolState>,
     /// Notified when the state changes: the watchdog waits on it for news, `join` for the
     /// workers' end.
@@ -276,16 +276,26 @@ impl Pool {
             size,
             workers,
         } = new;
-        let inherited = match &workers {
-            Workers::Forked { inherited, .. } => *inherited,
-            _ => None,
+        let (workers, inheritance) = match workers {
+            Workers::Forked {
+                engine,
+                inherited: Some(anchored),
+            } => {
+                let inheritance = inheritance::Inherited::start(host, &engine, anchored);
+                let workers = Workers::Forked {
+                    engine,
+                    inherited: None,
+                };
+                (workers, Some(Arc::new(inheritance)))
+            }
+            workers => (workers, None),
         };
         let new_pool = |backend: Box<dyn Backend>| -> Result<Arc<Pool>, String> {
             Ok(Arc::new(Pool {
                 host: host.clone(),
                 config,
                 size,
-                inherited,
+                inheritance,
                 state: Mutex::new(PoolState {
                     status: Status::Open,
                     broken_reason: None,
@@ -473,8 +483,8 @@ impl Pool {
 
     /// How a function travels to the workers.
     pub fn travel(&self) -> Travel {
-        match self.inherited {
-            Some(generation) => Travel::Inherited(generation),
+        match &self.inheritance {
+            Some(inheritance) => Travel::Inherited(inheritance.clone()),
             None => exec::model(self.config.mode).travel(),
         }
     }
@@ -568,6 +578,9 @@ impl Pool {
         drop(s);
         self.finisher.fail_all(reason);
         self.wake();
+        if let Some(inheritance) = &self.inheritance {
+            inheritance.close();
+        }
     }
 }
 

@@ -89,7 +89,7 @@ impl Args for LuaArgs<'_> {
                 }))))
             }
             Travel::Encoded => encoded_function(self.lua, &f, None),
-            Travel::Inherited(generation) => encoded_function(self.lua, &f, Some(generation)),
+            Travel::Inherited(inheritance) => encoded_function(self.lua, &f, Some(&inheritance)),
         }
     }
 
@@ -212,7 +212,7 @@ impl ScriptEngine for LuaArgs<'_> {
         super::tasks::settle_for_fork(self.lua);
     }
 
-    fn inherit(&self) -> Result<Option<u64>, String> {
+    fn inherit(&self) -> Result<Option<crate::script::Anchored>, String> {
         super::inherit::anchor(self.lua)
     }
 }

@@ -38,7 +38,7 @@ pub(super) fn of(lua: &Lua, value: &LuaValue) -> mlua::Result<Option<u64>> {
 /// # Safety
 /// `state` is a Lua state in a protected call; `at` is a valid index of its stack.
 pub(super) unsafe fn digest_at(state: *mut ffi::lua_State, at: c_int) -> Option<u64> {
-    let reader = Reader::of(state, at);
+    let reader = Reader::of(state, at, usize::MAX);
     (!reader.too_deep).then(|| reader.hash.finish())
 }
 
@@ -49,8 +49,26 @@ pub(super) unsafe fn digest_at(state: *mut ffi::lua_State, at: c_int) -> Option<
 /// # Safety
 /// As [`digest_at`].
 pub(super) unsafe fn plain_digest_at(state: *mut ffi::lua_State, at: c_int) -> Option<u64> {
-    let reader = Reader::of(state, at);
+    let reader = Reader::of(state, at, usize::MAX);
     (!reader.too_deep && reader.plain).then(|| reader.hash.finish())
+}
+
+/// [`plain_digest_at`] within a budget of table entries, which it spends: `Err(())` if the
+/// value has more entries than are left (the budget is then spent).
+///
+/// # Safety
+/// As [`digest_at`].
+pub(super) unsafe fn plain_digest_within(
+    state: *mut ffi::lua_State,
+    at: c_int,
+    budget: &mut usize,
+) -> Result<Option<u64>, ()> {
+    let reader = Reader::of(state, at, *budget);
+    *budget = reader.budget;
+    if reader.over {
+        return Err(());
+    }
+    Ok((!reader.too_deep && reader.plain).then(|| reader.hash.finish()))
 }
 
 /// The tables a digest has read: a short list (most values hold a few tables, and a digest is
@@ -94,6 +112,9 @@ struct Reader {
     too_deep: bool,
     /// Nothing but plain data so far (see [`plain_digest_at`]).
     plain: bool,
+    /// How many more table entries it may read; past them it stops, `over`.
+    budget: usize,
+    over: bool,
 }
 
 impl Reader {
@@ -101,12 +122,14 @@ impl Reader {
     ///
     /// # Safety
     /// As [`digest_at`].
-    unsafe fn of(state: *mut ffi::lua_State, at: c_int) -> Reader {
+    unsafe fn of(state: *mut ffi::lua_State, at: c_int, budget: usize) -> Reader {
         let mut reader = Reader {
             hash: Mix::default(),
             seen: Seen::default(),
             too_deep: false,
             plain: true,
+            budget,
+            over: false,
         };
         ffi::luaL_checkstack(state, 2 * MAX_DEPTH as c_int + 8, c"parrun".as_ptr());
         reader.read(state, ffi::lua_absindex(state, at), 0);
@@ -168,6 +191,12 @@ impl Reader {
         }
         ffi::lua_pushnil(state);
         while ffi::lua_next(state, at) != 0 {
+            if self.budget == 0 || self.over {
+                self.over = true;
+                ffi::lua_pop(state, 2);
+                return;
+            }
+            self.budget -= 1;
             if ffi::lua_type(state, -2) == ffi::LUA_TTABLE {
                 self.plain = false;
             }
@@ -215,6 +244,34 @@ mod tests {
         let inner: mlua::Table = t.get(2).unwrap();
         inner.set(1, 21).unwrap();
         assert_ne!(before, of(&lua, &v).unwrap());
+    }
+
+    /// Within a budget, a value reads as it does without one, and spends one per entry; past
+    /// it, the reading stops (nested or not) and says so.
+    #[test]
+    fn a_budget_stops_the_reading_of_a_bigger_value() {
+        let lua = Lua::new();
+        let value: LuaValue = lua
+            .load("return { 1, 2, { 3, 4, { 5 } }, x = 'y' }")
+            .eval()
+            .unwrap();
+        let within = |mut budget: usize| {
+            let mut out = None;
+            // SAFETY: as `of`.
+            unsafe {
+                lua.exec_raw::<()>(&value, |state| {
+                    out = Some((plain_digest_within(state, 1, &mut budget), budget));
+                })
+            }
+            .unwrap();
+            out.unwrap()
+        };
+        let whole = of(&lua, &value).unwrap();
+        assert_eq!(within(100), (Ok(whole), 100 - 8));
+        assert_eq!(within(8), (Ok(whole), 0));
+        for budget in [0, 1, 4, 7] {
+            assert_eq!(within(budget).0, Err(()), "budget {budget}");
+        }
     }
 
     #[test]

@@ -5,13 +5,19 @@
 //! ([`Upvalue::Inherited`](super::transport)) and the worker takes its copy, with no
 //! conversion, no pipe and no second copy in memory.
 //!
-//! *Unchanged* is decided by contents ([`fingerprint`]): the pool takes the digest of every
-//! table it anchors, as it forks, and the encoder takes the upvalue's when it encodes the
-//! function; the table is named only when the two agree, so a function always runs on the table
-//! as it was when it was submitted, as when it is copied. A worker forked later, in place of
-//! one that ended, is a copy of the script as of then: before its first task it takes the
-//! digests of its own copies ([`verify`]) and refuses a function whose table it does not hold
-//! as the pool's first workers did (the script changed or dropped it in between).
+//! *Unchanged* is decided by contents ([`fingerprint`]). As the pool forks, it reads the tables
+//! it anchors (their digests), up to [`READ_AT_START`] entries in all; a bigger table is read
+//! by the pool's witness, a process forked with the workers that runs no task and so keeps the
+//! tables as they were, when a function needs it ([`witness`], `pool::inheritance`). The
+//! encoder reads the upvalue as it encodes the function (while the witness reads its copy) and
+//! names the table only when the two agree, so a function always runs on the table as it was
+//! when it was submitted, as when it is copied. A worker forked later, in place of one that
+//! ended, is a copy of the script as of then: before its first task it reads its own copies
+//! ([`verify`]) and refuses a function whose table it does not hold as the pool's first workers
+//! did (the script changed or dropped it in between).
+//!
+//! A worker also keeps one copy of each script table that reached it copied ([`held`]), so
+//! that all the functions it runs read one table where the script has one.
 //!
 //! Only plain data is anchored, which a copy reproduces as it is (no function, userdata,
 //! metatable or shared table inside), so that naming a table or copying it never differs but
@@ -20,12 +26,15 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{c_int, c_void, CStr};
+use std::io::{Read, Write};
+use std::sync::Arc;
 
 use mlua::ffi;
 use mlua::{Lua, Table, Value as LuaValue};
 
 use super::error_text;
 use super::fingerprint;
+use crate::script::{Anchored, Inheritance};
 
 /// The registry table of anchors: pool generation to a table of what that pool's workers
 /// inherited (light userdata of a table's address to the table; values weak, so an anchor
@@ -34,12 +43,18 @@ const REGISTRY: &str = "parrun.inherited";
 /// How many pools' anchors a state keeps: a function submitted to an older pool is copied.
 const KEPT: usize = 16;
 
-/// The digests of the tables each recent fork pool anchored (a state's app data).
+/// The generations of the anchors this state keeps, oldest first (a state's app data).
 #[derive(Default)]
 struct Generations {
     last: u64,
-    kept: VecDeque<(u64, HashMap<usize, u64>)>,
+    kept: VecDeque<u64>,
 }
+
+/// How many table entries `Pool()` reads at most, of all the tables it anchors (a few ms): a
+/// bigger table is read by the pool's witness, when a function needs it.
+const READ_AT_START: usize = 50_000;
+/// How many of those one table may take.
+const READ_AT_START_EACH: usize = 20_000;
 
 /// The digests a replacement worker took of its copies as it started (app data in its state).
 struct Verified {
@@ -49,36 +64,24 @@ struct Verified {
 
 /// What the encoder needs to name inherited tables for one pool.
 pub(super) struct Heritage {
-    generation: u64,
-    digests: HashMap<usize, u64>,
+    inheritance: Arc<dyn Inheritance>,
     anchors: Table,
 }
 
 impl Heritage {
-    /// The anchors of pool `generation`, if this state still keeps them.
-    pub(super) fn of(lua: &Lua, generation: u64) -> Option<Heritage> {
-        let digests = lua
-            .app_data_ref::<Generations>()?
-            .kept
-            .iter()
-            .find(|(g, _)| *g == generation)?
-            .1
-            .clone();
-        let anchors = anchors(lua, generation)?;
+    /// What the workers of the pool with `inheritance` hold, if this state still keeps its
+    /// anchors.
+    pub(super) fn of(lua: &Lua, inheritance: &Arc<dyn Inheritance>) -> Option<Heritage> {
         Some(Heritage {
-            generation,
-            digests,
-            anchors,
+            anchors: anchors(lua, inheritance.generation())?,
+            inheritance: inheritance.clone(),
         })
     }
 
-    /// The pool generation and the table's address, if the workers hold `table` as the script
-    /// holds it now (its digest `digest`).
-    pub(super) fn holds(&self, table: &Table, digest: u64) -> Option<(u64, u64)> {
+    /// The table's address, if it is among the anchors; then the digest of the workers' copy
+    /// is asked for at once (the witness reads it while the encoder reads the script's).
+    pub(super) fn anchored(&self, table: &Table) -> Option<usize> {
         let id = table.to_pointer();
-        if self.digests.get(&(id as usize)) != Some(&digest) {
-            return None;
-        }
         // The same address in the anchors is the same table: two live objects never share one,
         // and an anchor goes when its table is collected.
         let anchored: LuaValue = self
@@ -87,7 +90,17 @@ impl Heritage {
                 id as *mut c_void,
             )))
             .ok()?;
-        (anchored.to_pointer() == id).then_some((self.generation, id as u64))
+        if anchored.to_pointer() != id {
+            return None;
+        }
+        self.inheritance.ask(id as usize);
+        Some(id as usize)
+    }
+
+    /// The pool generation, if the workers hold the anchored table at `id` as the script holds
+    /// it now (its digest `digest`).
+    pub(super) fn holds(&self, id: usize, digest: u64) -> Option<u64> {
+        (self.inheritance.digest(id) == Some(digest)).then(|| self.inheritance.generation())
     }
 }
 
@@ -97,19 +110,27 @@ fn anchors(lua: &Lua, generation: u64) -> Option<Table> {
 }
 
 /// Anchors the tables the running script holds in its locals, for a fork pool about to fork
-/// its workers, and takes their digests; the pool's generation, or `None` if there is nothing
-/// to anchor. Call from the host function that creates the pool, with the GIL held: the
-/// locals are those of the coroutine that called it.
-pub(super) fn anchor(lua: &Lua) -> Result<Option<u64>, String> {
-    let mut digests = HashMap::new();
+/// its workers, and reads those within [`READ_AT_START`] (their digests); `None` if there is
+/// nothing to anchor. Call from the host function that creates the pool, with the GIL held:
+/// the locals are those of the coroutine that called it.
+pub(super) fn anchor(lua: &Lua) -> Result<Option<Anchored>, String> {
+    let mut read = (HashMap::new(), false);
     // SAFETY: `anchor_raw` keeps to Lua's API, with room checked, and leaves one value; an
     // error (out of memory) unwinds through the protected call `exec_raw` makes, and what it
     // holds (a set, a map) only leaks memory then.
-    let table: Option<Table> =
-        unsafe { lua.exec_raw((), |state| digests = anchor_raw(state)) }.map_err(error_text)?;
+    let table: Option<Table> = unsafe {
+        lua.exec_raw((), |state| {
+            anchor_raw(state);
+            if ffi::lua_type(state, -1) == ffi::LUA_TTABLE {
+                read = read_at_start(state, ffi::lua_gettop(state));
+            }
+        })
+    }
+    .map_err(error_text)?;
     let Some(table) = table else {
         return Ok(None);
     };
+    let (digests, unread) = read;
     if lua.app_data_ref::<Generations>().is_none() {
         lua.set_app_data(Generations::default());
     }
@@ -118,9 +139,9 @@ pub(super) fn anchor(lua: &Lua) -> Result<Option<u64>, String> {
         .ok_or("internal error: no anchor generations")?;
     generations.last += 1;
     let generation = generations.last;
-    generations.kept.push_back((generation, digests));
+    generations.kept.push_back(generation);
     let forgotten = match generations.kept.len() > KEPT {
-        true => generations.kept.pop_front().map(|(g, _)| g),
+        true => generations.kept.pop_front(),
         false => None,
     };
     drop(generations);
@@ -137,15 +158,46 @@ pub(super) fn anchor(lua: &Lua) -> Result<Option<u64>, String> {
     if let Some(g) = forgotten {
         all.raw_set(g, LuaValue::Nil).map_err(error_text)?;
     }
-    Ok(Some(generation))
+    Ok(Some(Anchored {
+        generation,
+        digests,
+        unread,
+    }))
 }
 
-/// [`anchor`]'s walk: leaves the anchor table (or nil, if nothing was anchored) on the stack;
-/// the anchored tables' digests.
+/// The digests of the anchored tables (at `anchors`) that fit in [`READ_AT_START`], and
+/// whether some did not.
+///
+/// # Safety
+/// As [`anchor_raw`], with the anchor table at `anchors`.
+unsafe fn read_at_start(state: *mut ffi::lua_State, anchors: c_int) -> (HashMap<usize, u64>, bool) {
+    let mut digests = HashMap::new();
+    let mut unread = false;
+    let mut left = READ_AT_START;
+    ffi::lua_pushnil(state);
+    while ffi::lua_next(state, anchors) != 0 {
+        let id = ffi::lua_topointer(state, -1) as usize;
+        let mut budget = left.min(READ_AT_START_EACH);
+        let before = budget;
+        match fingerprint::plain_digest_within(state, -1, &mut budget) {
+            Ok(Some(digest)) => {
+                digests.insert(id, digest);
+            }
+            // Not plain data: never named.
+            Ok(None) => {}
+            Err(()) => unread = true,
+        }
+        left -= before - budget;
+        ffi::lua_pop(state, 1);
+    }
+    (digests, unread)
+}
+
+/// [`anchor`]'s walk: leaves the anchor table (or nil, if nothing was anchored) on the stack.
 ///
 /// # Safety
 /// `state` is the calling coroutine's, in a protected call, its stack empty.
-unsafe fn anchor_raw(state: *mut ffi::lua_State) -> HashMap<usize, u64> {
+unsafe fn anchor_raw(state: *mut ffi::lua_State) {
     ffi::luaL_checkstack(state, 16, c"parrun: anchoring".as_ptr());
     let skip = global_tables(state);
     ffi::lua_createtable(state, 0, 0);
@@ -171,27 +223,19 @@ unsafe fn anchor_raw(state: *mut ffi::lua_State) -> HashMap<usize, u64> {
             ffi::lua_pop(state, 1);
         }
     }
-    let mut digests = HashMap::new();
     ffi::lua_pushnil(state);
-    while ffi::lua_next(state, anchors) != 0 {
-        let id = ffi::lua_topointer(state, -1) as usize;
-        if let Some(digest) = fingerprint::plain_digest_at(state, -1) {
-            digests.insert(id, digest);
-        }
-        ffi::lua_pop(state, 1);
-    }
-    if digests.is_empty() {
+    if ffi::lua_next(state, anchors) == 0 {
         ffi::lua_pop(state, 1);
         ffi::lua_pushnil(state);
-        return digests;
+        return;
     }
+    ffi::lua_pop(state, 2);
     // Weak values: an anchor keeps no table alive in the script (in a worker, what the script
     // held at the fork is still held by its copy of the script's frames).
     ffi::lua_createtable(state, 0, 1);
     ffi::lua_pushstring(state, c"v".as_ptr());
     ffi::lua_setfield(state, -2, c"__mode".as_ptr());
     ffi::lua_setmetatable(state, anchors);
-    digests
 }
 
 /// Anchors the value on top of the stack if it is a table not in `skip`; a Lua function's
@@ -264,34 +308,78 @@ unsafe fn global_tables(state: *mut ffi::lua_State) -> HashSet<*const c_void> {
     skip
 }
 
-/// In a worker forked in place of one that ended: takes the digests of its copies of pool
-/// `generation`'s anchored tables, before its first task, for [`inherited`] to compare. A
-/// failure leaves none, so that every inherited table is refused rather than trusted.
-pub(super) fn verify(lua: &Lua, generation: u64) {
+/// The digests of this state's copies of pool `generation`'s anchored tables (plain data only),
+/// by address. A failure gives none, so that no table is taken on their strength.
+fn digests(lua: &Lua, generation: u64) -> HashMap<usize, u64> {
     let mut digests = HashMap::new();
-    if let Some(anchors) = anchors(lua, generation) {
-        // SAFETY: the closure keeps to Lua's API and the stack above the anchors (1).
-        let read = unsafe {
-            lua.exec_raw::<()>(&anchors, |state| {
-                ffi::luaL_checkstack(state, 4, c"parrun: verifying".as_ptr());
-                ffi::lua_pushnil(state);
-                while ffi::lua_next(state, 1) != 0 {
-                    let id = ffi::lua_topointer(state, -1) as usize;
-                    if let Some(digest) = fingerprint::plain_digest_at(state, -1) {
-                        digests.insert(id, digest);
-                    }
-                    ffi::lua_pop(state, 1);
+    let Some(anchors) = anchors(lua, generation) else {
+        return digests;
+    };
+    // SAFETY: the closure keeps to Lua's API and the stack above the anchors (1).
+    let read = unsafe {
+        lua.exec_raw::<()>(&anchors, |state| {
+            ffi::luaL_checkstack(state, 4, c"parrun: reading inherited tables".as_ptr());
+            ffi::lua_pushnil(state);
+            while ffi::lua_next(state, 1) != 0 {
+                let id = ffi::lua_topointer(state, -1) as usize;
+                if let Some(digest) = fingerprint::plain_digest_at(state, -1) {
+                    digests.insert(id, digest);
                 }
-            })
-        };
-        if read.is_err() {
-            digests.clear();
-        }
+                ffi::lua_pop(state, 1);
+            }
+        })
+    };
+    if read.is_err() {
+        digests.clear();
     }
+    digests
+}
+
+/// In a worker forked in place of one that ended: takes the digests of its copies of pool
+/// `generation`'s anchored tables before its first task, for [`inherited`] to compare.
+pub(super) fn verify(lua: &Lua, generation: u64) {
+    let digests = digests(lua, generation);
     lua.set_app_data(Verified {
         generation,
         digests,
     });
+}
+
+/// A fork pool's witness (a fork made with the workers, which runs no task): answers each
+/// request with the digest of its copy of the anchored table at the address asked, as the
+/// pool started (see [`crate::script::TaskEngine::witness`]); its exit status.
+pub(super) fn witness(
+    lua: &Lua,
+    generation: u64,
+    requests: &mut dyn Read,
+    replies: &mut dyn Write,
+) -> i32 {
+    let Some(anchors) = anchors(lua, generation) else {
+        return 1;
+    };
+    let mut id = [0u8; 8];
+    while requests.read_exact(&mut id).is_ok() {
+        let at = mlua::LightUserData(u64::from_le_bytes(id) as usize as *mut c_void);
+        let mut digest = None;
+        // SAFETY: the closure keeps to Lua's API and the stack above the anchors (1) and the
+        // address (2).
+        let read = unsafe {
+            lua.exec_raw::<()>((&anchors, at), |state| {
+                if ffi::lua_rawget(state, 1) == ffi::LUA_TTABLE {
+                    digest = fingerprint::plain_digest_at(state, -1);
+                }
+            })
+        };
+        let mut reply = [0u8; 9];
+        if let (Ok(()), Some(digest)) = (read, digest) {
+            reply[0] = 1;
+            reply[1..].copy_from_slice(&digest.to_le_bytes());
+        }
+        if replies.write_all(&reply).is_err() {
+            return 1;
+        }
+    }
+    0
 }
 
 /// The worker's copy of the table at address `id` that pool `generation` anchored, which the
@@ -407,24 +495,80 @@ mod tests {
     use super::*;
     use crate::host::{Host, Settings};
     use mlua::Function;
+    use std::sync::Mutex;
 
-    fn state() -> Lua {
+    /// What each `anchor_here()` anchored, by generation.
+    type Made = Arc<Mutex<HashMap<u64, (HashMap<usize, u64>, bool)>>>;
+
+    fn state() -> (Lua, Made) {
         let host = Host::new(
             crate::rt::gil::Gil::new(std::time::Duration::from_millis(5), None),
             Settings::default(),
         );
         let lua = super::super::new_state(&host).unwrap();
+        let made: Made = Arc::default();
+        let record = made.clone();
         let anchor_here = lua
-            .create_function(|lua, ()| anchor(lua).map_err(mlua::Error::external))
+            .create_function(move |lua, ()| {
+                let anchored = anchor(lua).map_err(mlua::Error::external)?.unwrap();
+                let generation = anchored.generation;
+                record
+                    .lock()
+                    .unwrap()
+                    .insert(generation, (anchored.digests, anchored.unread));
+                Ok(generation)
+            })
             .unwrap();
         lua.globals().set("anchor_here", anchor_here).unwrap();
-        lua
+        (lua, made)
     }
 
-    /// `f` encoded for the workers of pool `generation`, decoded again in the same state (as a
-    /// forked worker does in its copy) and called; and the encoding's size.
-    fn round_trip(lua: &Lua, generation: u64, f: &Function) -> (LuaValue, usize) {
-        let heritage = Heritage::of(lua, generation);
+    /// A pool's inheritance: the digests read at its start, and for the tables left unread,
+    /// the witness's answers (the tests run in one state, which stands for the parent, the
+    /// witness and the workers' copies, so the witness answers with the contents as they are).
+    struct Pool {
+        generation: u64,
+        read: HashMap<usize, u64>,
+        witness: Mutex<Vec<u8>>,
+        lua: Lua,
+    }
+
+    impl Inheritance for Pool {
+        fn generation(&self) -> u64 {
+            self.generation
+        }
+
+        fn ask(&self, _id: usize) {}
+
+        fn digest(&self, id: usize) -> Option<u64> {
+            if let Some(digest) = self.read.get(&id) {
+                return Some(*digest);
+            }
+            let mut replies = Vec::new();
+            let request = (id as u64).to_le_bytes();
+            assert_eq!(
+                witness(&self.lua, self.generation, &mut &request[..], &mut replies),
+                0
+            );
+            self.witness.lock().unwrap().extend_from_slice(&request);
+            (replies[0] == 1).then(|| u64::from_le_bytes(replies[1..9].try_into().unwrap()))
+        }
+    }
+
+    fn pool(lua: &Lua, made: &Made, generation: u64) -> Arc<dyn Inheritance> {
+        let (read, _) = made.lock().unwrap()[&generation].clone();
+        Arc::new(Pool {
+            generation,
+            read,
+            witness: Mutex::default(),
+            lua: lua.clone(),
+        })
+    }
+
+    /// `f` encoded for the workers of `pool`, decoded again in the same state (as a forked
+    /// worker does in its copy) and called; and the encoding's size.
+    fn round_trip(lua: &Lua, pool: &Arc<dyn Inheritance>, f: &Function) -> (LuaValue, usize) {
+        let heritage = Heritage::of(lua, pool);
         let encoded = transport::encode(lua, f, heritage.as_ref()).unwrap();
         let decoded = transport::decode(lua, &encoded.code).unwrap();
         (decoded.call(()).unwrap(), encoded.code.len())
@@ -440,7 +584,7 @@ mod tests {
     /// (a copy would not reproduce it), nor does one the globals reach.
     #[test]
     fn a_local_table_travels_by_name_while_it_holds_what_it_held_at_the_fork() {
-        let lua = state();
+        let (lua, made) = state();
         let (generation, data, get_data, set, get_inner, get_meta, get_fns): (
             u64,
             LuaValue,
@@ -468,12 +612,13 @@ mod tests {
             )
             .eval()
             .unwrap();
-        let (got, named) = round_trip(&lua, generation, &get_data);
+        let pool = pool(&lua, &made, generation);
+        let (got, named) = round_trip(&lua, &pool, &get_data);
         assert!(same(&got, &data), "an unchanged table was copied");
         assert!(named < 200, "a named table's encoding is {named} bytes");
 
         set.call::<()>((1, "changed")).unwrap();
-        let (got, copied) = round_trip(&lua, generation, &get_data);
+        let (got, copied) = round_trip(&lua, &pool, &get_data);
         assert!(!same(&got, &data), "a changed table was named");
         assert!(copied > 5000, "a copied table's encoding is {copied} bytes");
         let LuaValue::Table(got) = got else {
@@ -482,14 +627,14 @@ mod tests {
         assert_eq!(got.get::<String>(1).unwrap(), "changed");
 
         set.call::<()>((1, "s1")).unwrap();
-        let (got, _) = round_trip(&lua, generation, &get_data);
+        let (got, _) = round_trip(&lua, &pool, &get_data);
         assert!(same(&got, &data), "a table changed back was copied");
 
         let inner = get_inner.call::<LuaValue>(()).unwrap();
-        assert!(same(&round_trip(&lua, generation, &get_inner).0, &inner));
+        assert!(same(&round_trip(&lua, &pool, &get_inner).0, &inner));
         for f in [&get_meta, &get_fns] {
             let held = f.call::<LuaValue>(()).unwrap();
-            let sent = transport::encode(&lua, f, Heritage::of(&lua, generation).as_ref());
+            let sent = transport::encode(&lua, f, Heritage::of(&lua, &pool).as_ref());
             if let Ok(sent) = sent {
                 let got = transport::decode(&lua, &sent.code)
                     .unwrap()
@@ -500,15 +645,53 @@ mod tests {
         }
         // The globals' tables travel by their path: not anchored.
         let math: LuaValue = lua.globals().get("math").unwrap();
-        let heritage = Heritage::of(&lua, generation).unwrap();
-        assert!(!heritage.digests.contains_key(&(math.to_pointer() as usize)));
+        let all: Table = anchors(&lua, generation).unwrap();
+        let anchored: LuaValue = all
+            .raw_get(LuaValue::LightUserData(mlua::LightUserData(
+                math.to_pointer() as *mut c_void,
+            )))
+            .unwrap();
+        assert!(anchored.is_nil(), "a global table was anchored");
+    }
+
+    /// `Pool()` reads the small tables at once and leaves a big one to the witness, which
+    /// reads it when a function needs it; named all the same.
+    #[test]
+    fn a_big_table_is_read_by_the_witness_when_a_function_needs_it() {
+        let (lua, made) = state();
+        let (generation, small, big, get_small, get_big): (
+            u64,
+            LuaValue,
+            LuaValue,
+            Function,
+            Function,
+        ) = lua
+            .load(
+                r#"
+                local small = { 1, 2, 3 }
+                local big = {}
+                for i = 1, 30000 do big[i] = i end
+                local generation = anchor_here()
+                return generation, small, big, function() return small end,
+                  function() return big end
+                "#,
+            )
+            .eval()
+            .unwrap();
+        let (read, unread) = made.lock().unwrap()[&generation].clone();
+        assert!(unread, "a 30000-entry table was read at the start");
+        assert!(read.contains_key(&(small.to_pointer() as usize)));
+        assert!(!read.contains_key(&(big.to_pointer() as usize)));
+        let pool = pool(&lua, &made, generation);
+        assert!(same(&round_trip(&lua, &pool, &get_small).0, &small));
+        assert!(same(&round_trip(&lua, &pool, &get_big).0, &big));
     }
 
     /// A worker forked later, in place of one that ended, takes the digests of its own copies:
     /// it refuses a table that is not as the first workers inherited it, and takes one that is.
     #[test]
     fn a_replacement_refuses_a_table_changed_since_the_first_fork() {
-        let lua = state();
+        let (lua, made) = state();
         let (generation, get_data, set): (u64, Function, Function) = lua
             .load(
                 r#"
@@ -519,7 +702,8 @@ mod tests {
             )
             .eval()
             .unwrap();
-        let heritage = Heritage::of(&lua, generation);
+        let pool = pool(&lua, &made, generation);
+        let heritage = Heritage::of(&lua, &pool);
         let encoded = transport::encode(&lua, &get_data, heritage.as_ref()).unwrap();
         // The replacement's copy is unchanged: it takes it.
         verify(&lua, generation);
@@ -537,7 +721,7 @@ mod tests {
     /// A worker keeps one copy per script table: made again only from other contents.
     #[test]
     fn a_worker_keeps_one_copy_of_a_script_table_while_its_contents_are_the_same() {
-        let lua = state();
+        let (lua, _) = state();
         let make = |lua: &Lua| lua.create_table().map(LuaValue::Table).map_err(error_text);
         let first = held(&lua, 0x1000, 7, || make(&lua)).unwrap();
         let again = held(&lua, 0x1000, 7, || panic!("copied again")).unwrap();
@@ -551,13 +735,13 @@ mod tests {
     /// A state keeps the anchors of its last few pools: an older pool's functions are copied.
     #[test]
     fn only_the_last_pools_anchors_are_kept() {
-        let lua = state();
+        let (lua, _) = state();
         let first: u64 = lua
             .load("local t = { 1 } local g = anchor_here() for _ = 1, 16 do anchor_here() end return g")
             .eval()
             .unwrap();
-        assert!(Heritage::of(&lua, first).is_none());
-        assert!(Heritage::of(&lua, first + 16).is_some());
+        assert!(anchors(&lua, first).is_none());
+        assert!(anchors(&lua, first + 16).is_some());
         let all: Table = lua.named_registry_value(REGISTRY).unwrap();
         assert_eq!(all.pairs::<LuaValue, LuaValue>().count(), KEPT);
     }

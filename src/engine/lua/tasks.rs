@@ -7,6 +7,7 @@ use super::direct;
 use super::image::Graph;
 use super::inherit::{self, Heritage};
 use super::*;
+use crate::script::Inheritance;
 
 /// Targets, callbacks and task engines hold the state weakly: they live inside objects the
 /// state itself holds, and a strong reference would keep it alive for ever.
@@ -282,6 +283,18 @@ impl TaskEngine for LuaTaskEngine {
             inherit::verify(&lua, generation);
         }
     }
+
+    fn witness(
+        &self,
+        generation: u64,
+        requests: &mut dyn std::io::Read,
+        replies: &mut dyn std::io::Write,
+    ) -> i32 {
+        match upgrade(&self.tasks.lua) {
+            Ok(lua) => inherit::witness(&lua, generation, requests, replies),
+            Err(_) => 1,
+        }
+    }
 }
 
 /// The script's state as of one moment, as plain data ([`Graph`]), from which isolated
@@ -358,17 +371,18 @@ impl Snapshot for LuaSnapshot {
 /// that encoding. The last encodings are kept by a token a weak table gives each function, so
 /// that a collected function's address, reused by another, finds nothing.
 ///
-/// `inherited`: for the workers of the fork pool of this generation, which name the tables
-/// they inherited instead of copying them ([`inherit`]).
+/// `inherited`: for the workers of a fork pool, which name the tables they inherited instead
+/// of copying them ([`inherit`]).
 pub(super) fn encoded_function(
     lua: &Lua,
     f: &Function,
-    inherited: Option<u64>,
+    inherited: Option<&Arc<dyn Inheritance>>,
 ) -> Result<Arc<FunctionSpec>, String> {
-    if let Some(spec) = last_encoding(lua, f, inherited)? {
+    let generation = inherited.map(|i| i.generation());
+    if let Some(spec) = last_encoding(lua, f, generation)? {
         return Ok(spec);
     }
-    let heritage = inherited.and_then(|g| Heritage::of(lua, g));
+    let heritage = inherited.and_then(|i| Heritage::of(lua, i));
     let encoded = transport::encode(lua, f, heritage.as_ref())?;
     // By its bytes, so that workers decode a changed function again, and by the function, so
     // that two closures of the same code keep upvalues of their own in a worker.
@@ -393,7 +407,7 @@ pub(super) fn encoded_function(
     let token = encodings.next;
     encodings
         .last
-        .insert(token, (spec.clone(), encoded.checks, inherited));
+        .insert(token, (spec.clone(), encoded.checks, generation));
     let tokens = encodings.tokens.clone();
     drop(encodings);
     tokens.raw_set(f, token).map_err(error_text)?;

@@ -250,15 +250,17 @@ impl Encoder<'_> {
     /// An upvalue copied as data (or named, if the workers inherited it), checked by its
     /// contents.
     fn data(&mut self, value: LuaValue) -> Result<Upvalue, String> {
+        let anchored = match (self.heritage, &value) {
+            (Some(heritage), LuaValue::Table(table)) => heritage.anchored(table),
+            _ => None,
+        };
         let digest = fingerprint::of(self.lua, &value).map_err(error_text)?;
         self.checks.push(Check::Data(digest));
-        if let (Some(heritage), LuaValue::Table(table), Some(digest)) =
-            (self.heritage, &value, digest)
-        {
-            if let Some((generation, id)) = heritage.holds(table, digest) {
+        if let (Some(heritage), Some(id), Some(digest)) = (self.heritage, anchored, digest) {
+            if let Some(generation) = heritage.holds(id, digest) {
                 return Ok(Upvalue::Inherited {
                     generation,
-                    id,
+                    id: id as u64,
                     digest,
                 });
             }

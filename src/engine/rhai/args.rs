@@ -204,7 +204,7 @@ pub(super) fn function_spec(
     f: FnPtr,
     travel: Travel,
 ) -> Result<Arc<FunctionSpec>, String> {
-    if travel == Travel::Local {
+    if travel.is_local() {
         // The function itself, captured variables still shared.
         let bound = BoundFn {
             shared: shared.clone(),

@@ -1,0 +1,218 @@
+//! What a fork pool's workers inherited ([`Inheritance`]): the anchors the engine made as the
+//! pool started, the digests of those it read then, and a witness for the rest: a process
+//! forked with the workers that runs no task, so that it keeps the anchored tables as the
+//! workers got them, and reads one (its digest) when a submitted function needs it. The
+//! witness exists only when some anchored table was too big to read at the start, and ends with
+//! the pool.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use super::forked::pipe;
+use crate::host::Host;
+use crate::link;
+use crate::rt::poison::Recover;
+use crate::rt::spawn::Handle;
+use crate::rt::{children, fork};
+use crate::script::{Anchored, Inheritance, TaskEngine};
+
+/// A fork pool's [`Inheritance`].
+pub(super) struct Inherited {
+    generation: u64,
+    host: Arc<Host>,
+    /// The digests read as the pool started.
+    read: HashMap<usize, u64>,
+    /// The witness's answers so far.
+    asked: Mutex<HashMap<usize, Option<u64>>>,
+    witness: Mutex<Option<Witness>>,
+    /// The process that made the pool: only it ends the witness (a forked child holds a copy
+    /// of this).
+    creator: u32,
+}
+
+/// The witness process and the pipes to it.
+struct Witness {
+    pid: Pid,
+    requests: File,
+    replies: File,
+    link: Handle,
+    /// What was asked and not answered yet, in order.
+    outstanding: VecDeque<usize>,
+}
+
+impl Inherited {
+    /// What the engine anchored, with a witness forked if it left tables unread. Call with the
+    /// GIL held, as the pool forks its workers (before the script runs again).
+    pub(super) fn start(
+        host: &Arc<Host>,
+        engine: &Arc<dyn TaskEngine>,
+        anchored: Anchored,
+    ) -> Inherited {
+        let witness = match anchored.unread {
+            // Without one, an unread table is copied as any other.
+            true => Witness::start(host, engine, anchored.generation).ok(),
+            false => None,
+        };
+        Inherited {
+            generation: anchored.generation,
+            host: host.clone(),
+            read: anchored.digests,
+            asked: Mutex::default(),
+            witness: Mutex::new(witness),
+            creator: std::process::id(),
+        }
+    }
+
+    /// Ends the witness, if there is one (the pool has ended).
+    pub(super) fn close(&self) {
+        if std::process::id() != self.creator {
+            return;
+        }
+        if let Some(witness) = self.witness.lock().recover().take() {
+            witness.end();
+        }
+    }
+}
+
+impl Drop for Inherited {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Inherited {
+    /// The digest of `id` if known already: read at the start, or answered.
+    fn known(&self, id: usize) -> Option<Option<u64>> {
+        if let Some(digest) = self.read.get(&id) {
+            return Some(Some(*digest));
+        }
+        self.asked.lock().recover().get(&id).copied()
+    }
+}
+
+impl Inheritance for Inherited {
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn ask(&self, id: usize) {
+        if self.known(id).is_some() {
+            return;
+        }
+        let mut witness = self.witness.lock().recover();
+        if let Some(w) = witness.as_mut() {
+            if w.request(id).is_err() {
+                if let Some(w) = witness.take() {
+                    w.end();
+                }
+            }
+        }
+    }
+
+    fn digest(&self, id: usize) -> Option<u64> {
+        if let Some(known) = self.known(id) {
+            return known;
+        }
+        // The witness reads a big table: tens of ms for millions of entries. The GIL goes
+        // meanwhile, for the script's other threads and a supervisor forking a worker.
+        self.host.gil.allow_threads(0, || {
+            let mut witness = self.witness.lock().recover();
+            let w = witness.as_mut()?;
+            let mut asked = self.asked.lock().recover();
+            match w.answer(id, &mut asked) {
+                Ok(answer) => answer,
+                Err(_) => {
+                    // Gone: the tables it would have read are copied.
+                    drop(asked);
+                    if let Some(w) = witness.take() {
+                        w.end();
+                    }
+                    None
+                }
+            }
+        })
+    }
+}
+
+impl Witness {
+    fn start(
+        host: &Arc<Host>,
+        engine: &Arc<dyn TaskEngine>,
+        generation: u64,
+    ) -> Result<Witness, String> {
+        let (request_rx, request_tx) = pipe()?;
+        let (reply_rx, reply_tx) = pipe()?;
+        fork::register_fd(request_tx.as_raw_fd());
+        fork::register_fd(reply_rx.as_raw_fd());
+        let keep = vec![request_rx.as_raw_fd(), reply_tx.as_raw_fd()];
+        let engine = engine.clone();
+        let forked = link::fork_child(host, keep, move || {
+            crate::rt::signals::ignore_interrupts();
+            let mut requests = File::from(request_rx);
+            let mut replies = File::from(reply_tx);
+            engine.witness(generation, &mut requests, &mut replies)
+        });
+        let forked = match forked {
+            Ok(forked) => forked,
+            Err(e) => {
+                fork::unregister_fd(request_tx.as_raw_fd());
+                fork::unregister_fd(reply_rx.as_raw_fd());
+                return Err(e);
+            }
+        };
+        Ok(Witness {
+            pid: forked.pid,
+            requests: File::from(request_tx),
+            replies: File::from(reply_rx),
+            link: forked.link_server,
+            outstanding: VecDeque::new(),
+        })
+    }
+
+    /// Asks for the digest of the anchored table at `id`, unless that is asked already.
+    fn request(&mut self, id: usize) -> std::io::Result<()> {
+        if !self.outstanding.contains(&id) {
+            self.requests.write_all(&(id as u64).to_le_bytes())?;
+            self.outstanding.push_back(id);
+        }
+        Ok(())
+    }
+
+    /// The digest of the anchored table at `id`, as the witness read it: asked if need be, then
+    /// the answers read in the order asked, each kept in `asked`, up to this one.
+    fn answer(
+        &mut self,
+        id: usize,
+        asked: &mut HashMap<usize, Option<u64>>,
+    ) -> std::io::Result<Option<u64>> {
+        self.request(id)?;
+        while let Some(next) = self.outstanding.pop_front() {
+            let mut reply = [0u8; 9];
+            self.replies.read_exact(&mut reply)?;
+            let digest = u64::from_le_bytes(reply[1..].try_into().unwrap_or_default());
+            let answer = (reply[0] == 1).then_some(digest);
+            asked.insert(next, answer);
+            if next == id {
+                return Ok(answer);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stops the witness (it may be reading a table) and reaps it.
+    fn end(self) {
+        fork::unregister_fd(self.requests.as_raw_fd());
+        fork::unregister_fd(self.replies.as_raw_fd());
+        drop(self.requests);
+        drop(self.replies);
+        let _ = children::signal_child(self.pid, Signal::SIGKILL);
+        let _ = children::wait_child(self.pid, true);
+        let _ = self.link.join();
+    }
+}
