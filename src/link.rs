@@ -198,6 +198,26 @@ pub(crate) fn fork_child(
     })
 }
 
+/// Forks a child that runs `work` without a link to this process (it uses no queue or lock of
+/// the parent's: a fork pool's witness), and exits with the status `work` returns; its pid.
+/// Call as [`fork_child`].
+pub(crate) fn fork_unlinked(
+    host: &Arc<Host>,
+    keep: Vec<RawFd>,
+    work: impl FnOnce() -> i32 + Send + 'static,
+) -> Result<Pid, String> {
+    let guards: [Arc<dyn ForkSafe>; 3] = [
+        host.clone(),
+        Arc::new(cancel::MainThreads),
+        Arc::new(Objects),
+    ];
+    let forked = fork::fork_child(&guards, keep, move |_stream| {
+        signals::reset_in_child();
+        work()
+    })?;
+    Ok(forked.pid)
+}
+
 #[derive(Serialize, Deserialize, Debug)]
 struct Request {
     /// 0 asks for no reply.

@@ -18,7 +18,6 @@ use super::forked::pipe;
 use crate::host::Host;
 use crate::link;
 use crate::rt::poison::Recover;
-use crate::rt::spawn::Handle;
 use crate::rt::{children, fork};
 use crate::script::{Anchored, Inheritance, TaskEngine};
 
@@ -41,7 +40,6 @@ struct Witness {
     pid: Pid,
     requests: File,
     replies: File,
-    link: Handle,
     /// What was asked and not answered yet, in order.
     outstanding: VecDeque<usize>,
 }
@@ -152,14 +150,14 @@ impl Witness {
         fork::register_fd(reply_rx.as_raw_fd());
         let keep = vec![request_rx.as_raw_fd(), reply_tx.as_raw_fd()];
         let engine = engine.clone();
-        let forked = link::fork_child(host, keep, move || {
+        let forked = link::fork_unlinked(host, keep, move || {
             crate::rt::signals::ignore_interrupts();
             let mut requests = File::from(request_rx);
             let mut replies = File::from(reply_tx);
             engine.witness(generation, &mut requests, &mut replies)
         });
-        let forked = match forked {
-            Ok(forked) => forked,
+        let pid = match forked {
+            Ok(pid) => pid,
             Err(e) => {
                 fork::unregister_fd(request_tx.as_raw_fd());
                 fork::unregister_fd(reply_rx.as_raw_fd());
@@ -167,10 +165,9 @@ impl Witness {
             }
         };
         Ok(Witness {
-            pid: forked.pid,
+            pid,
             requests: File::from(request_tx),
             replies: File::from(reply_rx),
-            link: forked.link_server,
             outstanding: VecDeque::new(),
         })
     }
@@ -213,6 +210,5 @@ impl Witness {
         drop(self.replies);
         let _ = children::signal_child(self.pid, Signal::SIGKILL);
         let _ = children::wait_child(self.pid, true);
-        let _ = self.link.join();
     }
 }
