@@ -52,9 +52,9 @@ struct Generations {
 
 /// How many table entries `Pool()` reads at most, of all the tables it anchors (a few ms): a
 /// bigger table is read by the pool's witness, when a function needs it.
-const READ_AT_START: usize = 50_000;
+const READ_AT_START: usize = 20_000;
 /// How many of those one table may take.
-const READ_AT_START_EACH: usize = 20_000;
+const READ_AT_START_EACH: usize = 5_000;
 
 /// The digests a replacement worker took of its copies as it started (app data in its state).
 struct Verified {
