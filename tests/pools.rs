@@ -534,3 +534,45 @@ print(line);
         );
     });
 }
+
+/// A task's function that calls a closure the script made before (a captured variable holding
+/// a function: a closure, itself capturing a value, or a `Fn` pointer) runs in every mode, as a
+/// Lua function whose upvalue is a local function does: in Rhai it ran only in `gil`, and a
+/// worker's task failed with "its captured variable `twice` is a function".
+#[test]
+fn a_task_calls_the_closures_it_captured() {
+    let lua = r#"
+local k = 3
+local add = function(a, b) return a + b + k end
+local twice = function(x) return add(x, x) end
+local function triple(x) return x * 3 end
+local pool = parrun.Pool(2)
+local r = pool:map(function(x) return twice(x) + triple(x) end, {1, 2})
+print("map " .. table.concat(r, " "))
+k = 10
+print("async " .. pool:apply_async(function(x) return twice(x) end, {1}):get())
+pool:close(); pool:join()
+"#;
+    let rhai = r#"
+let k = 3;
+let add = |a, b| a + b + k;
+let twice = |x| add.call(x, x);
+fn triple(x) { x * 3 }
+let tr = Fn("triple");
+let pool = Pool(2);
+let r = pool.map(|x| twice.call(x) + tr.call(x), [1, 2]);
+print(`map ${r[0]} ${r[1]}`);
+k = 10;
+print(`async ${pool.apply_async(|x| twice.call(x), [1]).get()}`);
+pool.close(); pool.join();
+"#;
+    each_mode("captured_closures", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["map 8 13", "async 12"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    });
+}
