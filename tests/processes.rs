@@ -626,6 +626,49 @@ pool.map(|i| { let line = "abcdefgh"; line.pad(4000, "x"); for n in 0..20 { prin
     );
 }
 
+/// Lines longer than a pipe's atomic write (4096 bytes, PIPE_BUF) stay whole too: the kernel
+/// splits such a write as the pipe drains, and a line from another worker thread or process
+/// landed between the pieces (lines of 100 kB from two workers, a process and the script at
+/// once were torn in every mode but Lua's `gil`).
+#[test]
+fn long_lines_printed_at_once_by_workers_processes_and_the_script_never_mix() {
+    both_in_modes(
+        &MODES,
+        "longlines",
+        r#"
+local pool = parrun.Pool(2)
+local r = pool:map_async(function(c) for _ = 1, 10 do print(string.rep(c, 100000)) end end, {"a", "b", "c", "d"}, 1)
+local p = parrun.Process(function() for _ = 1, 10 do print(string.rep("p", 100000)) end end, {})
+p:start()
+for _ = 1, 10 do print(string.rep("m", 100000)) end
+r:wait(); p:join()
+"#,
+        r#"
+let pool = Pool(2);
+let r = pool.map_async(|c| { let l = c; l.pad(100000, c); for n in 0..10 { print(l); } }, ["a", "b", "c", "d"], 1);
+let p = Process(|| { let l = "p"; l.pad(100000, "p"); for n in 0..10 { print(l); } }, []);
+p.start();
+let l = "m"; l.pad(100000, "m");
+for n in 0..10 { print(l); }
+r.wait(); p.join();
+"#,
+        |_, out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            let torn = lines
+                .iter()
+                .filter(|l| l.len() != 100000 || l.bytes().any(|b| b != l.as_bytes()[0]))
+                .count();
+            assert!(
+                lines.len() == 60 && torn == 0,
+                "{} lines, {torn} torn\n{:.300}",
+                lines.len(),
+                out.describe()
+            );
+        },
+    );
+}
+
 #[test]
 fn a_pool_can_be_created_while_threads_run_and_print() {
     both_in_modes(

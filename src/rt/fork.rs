@@ -67,6 +67,7 @@ pub(crate) fn fork_child(
     work: impl FnOnce(UnixStream) -> i32 + Send + 'static,
 ) -> Result<Forked, String> {
     wrap_panic_hook();
+    crate::rt::output::share_line_lock();
     let guards = guards.to_vec();
     on_forker(move || fork_here(&guards, &keep, work))
 }
