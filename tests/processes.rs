@@ -1658,3 +1658,41 @@ print(`done ${done}`);"#,
         );
     }
 }
+
+/// A forked process or pool worker reads nothing from standard input, as CPython gives its
+/// children /dev/null: it inherited a copy of the script's C stdio buffer, so a child read
+/// the line the script had buffered but not read yet, and the script then read that same
+/// line again. In every mode no line is read twice; where processes and workers are threads
+/// (`gil`, `isolated`) they share the script's standard input. (Lua only: Rhai has no way to
+/// read standard input.)
+#[test]
+fn a_forked_child_reads_nothing_from_standard_input_and_the_script_reads_no_line_twice() {
+    let code = r#"
+local first = io.read("l")
+local q = parrun.Queue()
+local p = parrun.Process(function() q:put(tostring(io.read("l"))) end, {})
+p:start(); p:join()
+local pool = parrun.Pool(1)
+local worker = pool:apply(function() return tostring(io.read("l")) end, {})
+pool:close(); pool:join()
+print("read", first, q:get(5), worker, io.read("l"), io.read("l"), io.read("l"))
+"#;
+    for mode in MODES {
+        let (_dir, path) = script("stdin", "lua", code);
+        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
+            .stdin("one\ntwo\nthree\nfour\nfive\n")
+            .timeout(Duration::from_secs(30))
+            .output();
+        out.assert_success();
+        let want = match mode {
+            "fork" => "one\tnil\tnil\ttwo\tthree\tfour",
+            _ => "one\ttwo\tthree\tfour\tfive\tnil",
+        };
+        assert_eq!(
+            out.stdout_value("read\t"),
+            want,
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}
