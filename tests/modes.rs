@@ -104,6 +104,18 @@ fn squares_example_in_every_mode() {
     assert!(results[0].contains(&"(40 worker pid lines)".to_string()));
 }
 
+#[test]
+fn wordcount_example_in_every_mode() {
+    let results = check_every_mode("examples/wordcount", &["200"]);
+    assert_eq!(
+        results[0].len(),
+        9,
+        "8 words and the pid line count: {:?}",
+        results[0]
+    );
+    assert_eq!(results[0], results[1], "Lua and Rhai counted differently");
+}
+
 /// `mode()` reports `--mode`, and a pool's `mode` option overrides it for that pool.
 #[test]
 fn mode_is_readable_and_a_pool_picks_its_own() {

@@ -527,3 +527,89 @@ pool:join()
         );
     }
 }
+
+/// Each forked worker and process draws its own random numbers, as a forked Python child's
+/// `random` does (CPython reseeds it in every child, even after `random.seed(42)`): Lua's
+/// `math.random` in a forked worker repeated the parent's stream, so two workers of one pool,
+/// and a `Process`, drew the numbers the script drew next. Every draw below (four tasks on
+/// two workers, one process, the script's own) differs from the others in every mode.
+#[test]
+fn forked_workers_and_processes_draw_different_random_numbers() {
+    let lua = r#"
+math.randomseed(42)
+local q = parrun.Queue()
+local pool = parrun.Pool(2)
+local draws = pool:map(function(i) parrun.sleep(0.1) return math.random(1 << 40) end, {1, 2, 3, 4}, 1)
+local p = parrun.Process(function() q:put(math.random(1 << 40)) end, {})
+p:start(); p:join()
+draws[#draws + 1] = q:get(10)
+draws[#draws + 1] = math.random(1 << 40)
+pool:close(); pool:join()
+print("draws " .. table.concat(draws, " "))
+"#;
+    let rhai = r#"
+let q = Queue();
+let pool = Pool(2);
+let draws = pool.map(|i| { sleep(0.1); random() }, [1, 2, 3, 4], 1);
+let p = Process(|q| q.put(random()), [q]);
+p.start(); p.join();
+draws.push(q.get(10));
+draws.push(random());
+pool.close(); pool.join();
+let line = "draws";
+for d in draws { line += ` ${d}`; }
+print(line);
+"#;
+    each_mode("random_streams", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let draws: Vec<&str> = out.stdout_value("draws ").split(' ').collect();
+        let distinct: std::collections::HashSet<&&str> = draws.iter().collect();
+        assert!(
+            draws.len() == 6 && distinct.len() == 6,
+            "mode {mode}: a repeated draw\n{}",
+            out.describe()
+        );
+    });
+}
+
+/// A task's function that calls a closure the script made before (a captured variable holding
+/// a function: a closure, itself capturing a value, or a `Fn` pointer) runs in every mode, as a
+/// Lua function whose upvalue is a local function does: in Rhai it ran only in `gil`, and a
+/// worker's task failed with "its captured variable `twice` is a function".
+#[test]
+fn a_task_calls_the_closures_it_captured() {
+    let lua = r#"
+local k = 3
+local add = function(a, b) return a + b + k end
+local twice = function(x) return add(x, x) end
+local function triple(x) return x * 3 end
+local pool = parrun.Pool(2)
+local r = pool:map(function(x) return twice(x) + triple(x) end, {1, 2})
+print("map " .. table.concat(r, " "))
+k = 10
+print("async " .. pool:apply_async(function(x) return twice(x) end, {1}):get())
+pool:close(); pool:join()
+"#;
+    let rhai = r#"
+let k = 3;
+let add = |a, b| a + b + k;
+let twice = |x| add.call(x, x);
+fn triple(x) { x * 3 }
+let tr = Fn("triple");
+let pool = Pool(2);
+let r = pool.map(|x| twice.call(x) + tr.call(x), [1, 2]);
+print(`map ${r[0]} ${r[1]}`);
+k = 10;
+print(`async ${pool.apply_async(|x| twice.call(x), [1]).get()}`);
+pool.close(); pool.join();
+"#;
+    each_mode("captured_closures", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["map 8 13", "async 12"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    });
+}

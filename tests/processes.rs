@@ -626,6 +626,49 @@ pool.map(|i| { let line = "abcdefgh"; line.pad(4000, "x"); for n in 0..20 { prin
     );
 }
 
+/// Lines longer than a pipe's atomic write (4096 bytes, PIPE_BUF) stay whole too: the kernel
+/// splits such a write as the pipe drains, and a line from another worker thread or process
+/// landed between the pieces (lines of 100 kB from two workers, a process and the script at
+/// once were torn in every mode but Lua's `gil`).
+#[test]
+fn long_lines_printed_at_once_by_workers_processes_and_the_script_never_mix() {
+    both_in_modes(
+        &MODES,
+        "longlines",
+        r#"
+local pool = parrun.Pool(2)
+local r = pool:map_async(function(c) for _ = 1, 10 do print(string.rep(c, 100000)) end end, {"a", "b", "c", "d"}, 1)
+local p = parrun.Process(function() for _ = 1, 10 do print(string.rep("p", 100000)) end end, {})
+p:start()
+for _ = 1, 10 do print(string.rep("m", 100000)) end
+r:wait(); p:join()
+"#,
+        r#"
+let pool = Pool(2);
+let r = pool.map_async(|c| { let l = c; l.pad(100000, c); for n in 0..10 { print(l); } }, ["a", "b", "c", "d"], 1);
+let p = Process(|| { let l = "p"; l.pad(100000, "p"); for n in 0..10 { print(l); } }, []);
+p.start();
+let l = "m"; l.pad(100000, "m");
+for n in 0..10 { print(l); }
+r.wait(); p.join();
+"#,
+        |_, out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            let torn = lines
+                .iter()
+                .filter(|l| l.len() != 100000 || l.bytes().any(|b| b != l.as_bytes()[0]))
+                .count();
+            assert!(
+                lines.len() == 60 && torn == 0,
+                "{} lines, {torn} torn\n{:.300}",
+                lines.len(),
+                out.describe()
+            );
+        },
+    );
+}
+
 #[test]
 fn a_pool_can_be_created_while_threads_run_and_print() {
     both_in_modes(
@@ -1747,5 +1790,43 @@ parrun.sleep(1.5)
     for entry in &during {
         let pid: i32 = entry.split(' ').next().unwrap().parse().unwrap();
         assert!(!alive(pid), "{entry} outlived the script");
+    }
+}
+
+/// A forked process or pool worker reads nothing from standard input, as CPython gives its
+/// children /dev/null: it inherited a copy of the script's C stdio buffer, so a child read
+/// the line the script had buffered but not read yet, and the script then read that same
+/// line again. In every mode no line is read twice; where processes and workers are threads
+/// (`gil`, `isolated`) they share the script's standard input. (Lua only: Rhai has no way to
+/// read standard input.)
+#[test]
+fn a_forked_child_reads_nothing_from_standard_input_and_the_script_reads_no_line_twice() {
+    let code = r#"
+local first = io.read("l")
+local q = parrun.Queue()
+local p = parrun.Process(function() q:put(tostring(io.read("l"))) end, {})
+p:start(); p:join()
+local pool = parrun.Pool(1)
+local worker = pool:apply(function() return tostring(io.read("l")) end, {})
+pool:close(); pool:join()
+print("read", first, q:get(5), worker, io.read("l"), io.read("l"), io.read("l"))
+"#;
+    for mode in MODES {
+        let (_dir, path) = script("stdin", "lua", code);
+        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
+            .stdin("one\ntwo\nthree\nfour\nfive\n")
+            .timeout(Duration::from_secs(30))
+            .output();
+        out.assert_success();
+        let want = match mode {
+            "fork" => "one\tnil\tnil\ttwo\tthree\tfour",
+            _ => "one\ttwo\tthree\tfour\tfive\tnil",
+        };
+        assert_eq!(
+            out.stdout_value("read\t"),
+            want,
+            "mode {mode}\n{}",
+            out.describe()
+        );
     }
 }

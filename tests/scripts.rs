@@ -23,6 +23,8 @@ const TESTED: &[&str] = &[
     "examples/process_queue.rhai",
     "examples/squares.lua",
     "examples/squares.rhai",
+    "examples/wordcount.lua",
+    "examples/wordcount.rhai",
     "examples/embed.rs",
 ];
 
@@ -621,4 +623,18 @@ fn the_readmes_script_examples_print_what_they_say() {
         }
     }
     assert!(ran >= 4, "only {ran} README examples found");
+}
+
+// ---- examples/wordcount ----
+
+/// The word count prints every word with its count, most frequent first: the counts CPython
+/// prints for the same text (the program in the Lua file's last comment), in both languages.
+#[test]
+fn wordcount_example() {
+    let want = "delta\t6098\neta\t6013\nbeta\t6011\ngamma\t6011\nthéta\t6005\népsilon\t6003\nzeta\t5985\nalpha\t5874\n";
+    for lang in Lang::ALL {
+        let out = run([format!("examples/{}", lang.file("wordcount"))]);
+        out.assert_success();
+        assert_eq!(out.stdout, want, "{}", out.describe());
+    }
 }

@@ -641,3 +641,69 @@ if mode() != "fork" {
         },
     );
 }
+
+/// Threads that read an array the script's closures captured, at once and for many GIL
+/// turns, all finish, as Python threads reading a shared list do; and so do the tasks of a
+/// thread pool reading one. In Rhai a captured variable is a shared cell that Rhai locks while
+/// it indexes it or calls a method on it, and a thread that handed the GIL over in the middle
+/// of `data[i][1]` kept that lock: the next thread to read `data` failed with "Data race
+/// detected" (every time with three threads). Lua's twin runs beside it.
+#[test]
+fn threads_reading_a_captured_array_at_once_all_finish() {
+    let lua = r#"
+local data = {}
+for i = 1, 100 do data[i] = {i, i * 2} end
+local sums = {}
+local function reader(id)
+  local s = 0
+  for _ = 1, 2000 do for i = 1, 100 do s = s + data[i][2] + #data end end
+  sums[id] = s
+end
+local ts = {}
+for id = 1, 3 do ts[id] = parrun.Thread(reader, {id}); ts[id]:start() end
+for _, t in ipairs(ts) do t:join() end
+print(("threads %d %d %d"):format(sums[1], sums[2], sums[3]))
+local pool = parrun.ThreadPool(3)
+local r = pool:map(function(k) local s = 0 for _ = 1, 200 do for i = 1, 100 do s = s + data[i][2] end end return s + k end, {1, 2, 3}, 1)
+print(("pool %d %d %d"):format(r[1], r[2], r[3]))
+"#;
+    let rhai = r#"
+let data = [];
+for i in 1..=100 { data.push([i, i * 2]); }
+let sums = [0, 0, 0];
+let reader = |id| {
+  let s = 0;
+  for r in 0..2000 { for i in 0..100 { s += data[i][1] + data.len(); } }
+  sums[id] = s;
+};
+let ts = [];
+for id in 0..3 { let t = Thread(reader, [id]); t.start(); ts.push(t); }
+for t in ts { t.join(); }
+print(`threads ${sums[0]} ${sums[1]} ${sums[2]}`);
+let pool = ThreadPool(3);
+let r = pool.map(|k| { let s = 0; for n in 0..200 { for i in 0..100 { s += data[i][1]; } } s + k }, [1, 2, 3], 1);
+print(`pool ${r[0]} ${r[1]} ${r[2]}`);
+"#;
+    if common::grain_pass() {
+        // Left on grain, which asks the variable hook nothing about locals, where the tree
+        // walker now hands the GIL over (README, Rhai's VMs).
+        return;
+    }
+    both_in_modes(&["gil"], "shared_reads", lua, rhai, |_, out| {
+        out.assert_success();
+        assert!(!out.stderr.contains("Data race"), "{}", out.describe());
+        let each = 2000 * (10100 + 100 * 100);
+        assert_eq!(
+            out.stdout_value("threads"),
+            format!("{each} {each} {each}"),
+            "{}",
+            out.describe()
+        );
+        assert_eq!(
+            out.stdout_value("pool"),
+            "2020001 2020002 2020003",
+            "{}",
+            out.describe()
+        );
+    });
+}

@@ -280,6 +280,7 @@ fn new_state(host: &Arc<Host>) -> mlua::Result<Lua> {
     install_api(&lua, host)?;
     apply_settings(&lua, &host.settings)?;
     snapshot::record_pristine(&lua)?;
+    tasks::random_seeded_here(&lua);
     Ok(lua)
 }
 

@@ -460,21 +460,91 @@ fn limit_operations(
 #[inline(always)]
 fn progress(gil: &crate::rt::gil::Gil, tracked: bool) -> Option<Dynamic> {
     if gil.drop_requested() {
-        if let Some(reason) = crate::rt::cancel::requested() {
-            // Tracked, the next step stops it, where it knows the place.
-            if tracked && stops::stop_at_next_step(stops::Stop::Cancel(reason.clone())) {
-                return None;
-            }
-            return Some(Dynamic::from(reason));
-        }
-        // Rhai cannot catch what stops it here: a Ctrl-C is left to the next parrun call for a
-        // while, where it is an error `try` catches (see `crate::rt::cancel`).
-        if crate::rt::cancel::interrupt_overdue() {
-            return Some(Dynamic::from(crate::rt::cancel::KEYBOARD_INTERRUPT));
+        if let Some(stop) = stop_now(tracked) {
+            return stop;
         }
         gil.yield_turn(0);
     }
     None
+}
+
+/// What `on_progress` returns when this thread is to stop now (a cancelled task, an overdue
+/// Ctrl-C), called when another thread asked for the GIL (which is how a stop is asked for).
+fn stop_now(tracked: bool) -> Option<Option<Dynamic>> {
+    if let Some(reason) = crate::rt::cancel::requested() {
+        // Tracked, the next step stops it, where it knows the place.
+        if tracked && stops::stop_at_next_step(stops::Stop::Cancel(reason.clone())) {
+            return Some(None);
+        }
+        return Some(Some(Dynamic::from(reason)));
+    }
+    // Rhai cannot catch what stops it here: a Ctrl-C is left to the next parrun call for a
+    // while, where it is an error `try` catches (see `crate::rt::cancel`).
+    if crate::rt::cancel::interrupt_overdue() {
+        return Some(Some(Dynamic::from(crate::rt::cancel::KEYBOARD_INTERRUPT)));
+    }
+    None
+}
+
+/// How many operations a thread of a script with closures may run past a request for the GIL
+/// before it hands the GIL over where it is, having read no variable meanwhile (see
+/// [`defer_turns`]): about a tenth of a millisecond of the tree walker's work.
+const DEFERRED_OPERATIONS: u32 = 5000;
+
+thread_local! {
+    /// Operations this thread has run since another asked for the GIL (see [`defer_turns`]).
+    static DEFERRED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Sets the `on_progress` of a script with closures (on the tree walker): the GIL is handed
+/// over at the script's next variable read ([`resolve_shared_objects`]), not at the operation
+/// where another thread asked for it. A variable a closure captures is a shared cell, which
+/// Rhai locks while it indexes it or calls a method on it, and counts operations meanwhile
+/// (`data[i][1]`, `data.len()`): a thread that handed the GIL over there kept the lock, and
+/// another thread reading `data` failed with "Data race detected" (three threads reading one
+/// captured array failed every time). A thread that reads no variable for
+/// [`DEFERRED_OPERATIONS`] operations hands it over where it is. A lock still held across a
+/// turn is one a method call keeps while it calls back into the script (`data.map(|x| ..)`,
+/// the closure's variable reads being turns), or a turn grain takes (it asks the variable hook
+/// nothing about locals). A stop (a cancellation, Ctrl-C, the limit) is not deferred.
+fn defer_turns(
+    engine: &mut Engine,
+    gil: &Arc<crate::rt::gil::Gil>,
+    limit: Option<u64>,
+    tracked: bool,
+) {
+    let gil = gil.clone();
+    engine.on_progress(move |operations| {
+        if limit.is_some_and(|max| operations > max) {
+            stops::stop_at_next_step(stops::Stop::Limit);
+            return None;
+        }
+        if !gil.drop_requested() {
+            return None;
+        }
+        if let Some(stop) = stop_now(tracked) {
+            return stop;
+        }
+        let waited = DEFERRED.with(|d| {
+            let n = d.get() + 1;
+            d.set(n);
+            n
+        });
+        if waited >= DEFERRED_OPERATIONS {
+            take_deferred_turn(&gil);
+        }
+        None
+    });
+}
+
+/// Hands the GIL over for a turn that [`defer_turns`] deferred, unless this thread is to stop
+/// or be interrupted: `on_progress` must see that request (a turn taken would clear it).
+fn take_deferred_turn(gil: &crate::rt::gil::Gil) {
+    if crate::rt::cancel::stop_waiting() {
+        return;
+    }
+    DEFERRED.with(|d| d.set(0));
+    gil.yield_turn(0);
 }
 
 /// Whether a limit is set, so that the engine steps through scripts to know where one stops.
@@ -536,7 +606,14 @@ fn start_engine(
         // |r| pool.close())`) finds the variable unlocked. It costs about 16% more
         // instructions on every variable read, and only closures make variables shared, so it
         // is installed only for scripts that have closures.
-        resolve_shared_objects(&mut engine);
+        resolve_shared_objects(&mut engine, &shared.host.gil);
+        let settings = &shared.host.settings;
+        defer_turns(
+            &mut engine,
+            &shared.host.gil,
+            settings.max_instructions,
+            limit_tracked(settings),
+        );
     }
     let engine = Arc::new(engine);
     let _ = shared.engine.set(Arc::downgrade(&engine));
@@ -561,10 +638,17 @@ fn register_exit(engine: &mut Engine, shared: &Arc<Shared>) {
 }
 
 /// Reads of a shared variable that holds a parrun object give a copy of the handle (a handle
-/// names the same object), so a method call on it holds no lock on the variable.
-fn resolve_shared_objects(engine: &mut Engine) {
+/// names the same object), so a method call on it holds no lock on the variable. A variable
+/// read is also where this thread hands the GIL over when another waits (see [`defer_turns`]):
+/// Rhai reads a variable before it locks it, never while it holds a lock of the expression
+/// being read.
+fn resolve_shared_objects(engine: &mut Engine, gil: &Arc<crate::rt::gil::Gil>) {
+    let gil = gil.clone();
     #[allow(deprecated)] // "volatile", not deprecated: the only hook before a variable read
-    engine.on_var(|name, index, ctx| {
+    engine.on_var(move |name, index, ctx| {
+        if gil.drop_requested() {
+            take_deferred_turn(&gil);
+        }
         // `index` counts from the end of the scope (0: unknown); stepping there is cheaper than
         // a search by name, and this runs on every variable read.
         let scope = ctx.scope();

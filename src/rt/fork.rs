@@ -67,8 +67,35 @@ pub(crate) fn fork_child(
     work: impl FnOnce(UnixStream) -> i32 + Send + 'static,
 ) -> Result<Forked, String> {
     wrap_panic_hook();
+    crate::rt::output::share_line_lock();
     let guards = guards.to_vec();
     on_forker(move || fork_here(&guards, &keep, work))
+}
+
+/// Gives a forked child `/dev/null` as its standard input, as CPython's multiprocessing gives
+/// each of its children: the child has a copy of the parent's C stdio buffer (Lua's `io.read`),
+/// so it read lines the parent had buffered but not read yet, and the parent then read them
+/// again; and a child reading the descriptor itself would take input from under its parent.
+/// The buffer is dropped without a seek (`__fpurge`, not `fflush`, which would move the offset
+/// the child shares with its parent on a file).
+fn detach_stdin() {
+    extern "C" {
+        static stdin: *mut nix::libc::FILE;
+        fn __fpurge(stream: *mut nix::libc::FILE);
+    }
+    // SAFETY: C's `stdin` is set before `main` and never reassigned by parrun; in the child
+    // only this thread runs, and glibc's stream locks are reset there. open, dup2 and close
+    // are plain system calls on descriptors this process owns.
+    unsafe {
+        __fpurge(stdin);
+        // Without O_CLOEXEC: the descriptor is fd 0 itself if the parent had none (and then
+        // stays, for programs the child starts), or closed at once.
+        let null = nix::libc::open(c"/dev/null".as_ptr(), nix::libc::O_RDONLY);
+        if null > 0 {
+            nix::libc::dup2(null, 0);
+            nix::libc::close(null);
+        }
+    }
 }
 
 /// Set in a forked child (and inherited by its own children).
@@ -281,6 +308,7 @@ fn fork_here(
             fds.insert(child_end.as_raw_fd());
             drop(fds);
             die_with_parent(parent_pid);
+            detach_stdin();
             // The allocator (mimalloc) asks for transparent huge pages on its arenas: a child's
             // first write to fresh memory there would take a whole 2 MiB page of its own, which
             // was most of an idle worker's private memory. Its new pages are 4 KiB pages.

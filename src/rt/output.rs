@@ -1,10 +1,13 @@
 //! Script output: one `print` is one `write(2)` on the raw descriptor, or one `write_all` on
 //! the writer an embedding program gave ([`Output`], [`Sink`]).
 //!
-//! Lines from different threads (and, with fork, processes) therefore never mix within a line,
-//! and no Rust-side lock is taken, so a forked child can print even if another thread held a
-//! lock at the moment of the fork. C stdio (Lua's `io.write`) is flushed first so output stays in
-//! program order.
+//! Lines from different threads (and, with fork, processes) never mix within a line: a write
+//! of up to `PIPE_BUF` bytes to a pipe is atomic, but a longer one is written in pieces, so
+//! every line is written under a lock every process of the run shares (a robust
+//! process-shared mutex in shared memory, one per stream: [`LineLock`]). No Rust-side lock is taken, so a forked child can print even if
+//! another thread held a lock at the moment of the fork (the shared lock is released by its
+//! holder in the parent, which the child sees). C stdio (Lua's `io.write`) is flushed first so
+//! output stays in program order.
 //!
 //! Standard output gone (`parrun x.lua | head -1`: the reader closed the pipe, `EPIPE`): under
 //! the command-line runner ([`crate::rt::signals::install`]) the whole run ends quietly, as the stock
@@ -80,10 +83,133 @@ fn progress_aware(stream: Stream, bytes: &[u8]) -> io::Result<()> {
             }
         }
     }
-    progress::suspend(|| match stream {
-        Stream::Stdout => write_fd(stdout_fd(), bytes),
-        Stream::Stderr => write_fd(io::stderr(), bytes),
+    progress::suspend(|| {
+        let _whole = LineLock::take(stream);
+        match stream {
+            Stream::Stdout => write_fd(stdout_fd(), bytes),
+            Stream::Stderr => write_fd(io::stderr(), bytes),
+        }
     })
+}
+
+/// The locks every process of a run holds while it writes lines to fd 1 (one) or fd 2 (the
+/// other), so that a line stays whole however long it is. One `write(2)` of at most `PIPE_BUF` bytes (4096) to a
+/// pipe is atomic; a longer one is written in pieces as the reader drains the pipe, and another
+/// thread's or process's line landed between them. It is a process-shared, robust
+/// `pthread_mutex_t` in a shared anonymous mapping made before the first fork, so forked
+/// children (at any depth) take the very same lock: a child forked while a thread of its parent
+/// held it waits for that thread's unlock, which it sees (nothing is copied), and a process
+/// killed while it held the lock hands it on (`EOWNERDEAD`) instead of blocking the others.
+/// Two locks, not one: a line for standard error (a thread's error report, "stopped by
+/// SIGTERM") must not wait behind a write to a standard output whose reader has stopped
+/// reading.
+struct LineLock(*mut nix::libc::pthread_mutex_t);
+
+// SAFETY: the pointer is to a process-shared mutex that lives as long as the process (the
+// mapping is never unmapped); pthread mutexes are made to be shared between threads.
+unsafe impl Send for LineLock {}
+unsafe impl Sync for LineLock {}
+
+/// The locks for standard output and standard error, in that order.
+static LINE_LOCKS: OnceLock<Option<[LineLock; 2]>> = OnceLock::new();
+
+/// Holds the [`LineLock`] while it lives.
+struct LineGuard(&'static LineLock);
+
+impl LineLock {
+    /// The run's line locks (made now if this is their first use), or `None` if the system
+    /// would not make them: lines are then written without, as before.
+    fn shared() -> Option<&'static [LineLock; 2]> {
+        LINE_LOCKS.get_or_init(LineLock::new_pair).as_ref()
+    }
+
+    fn new_pair() -> Option<[LineLock; 2]> {
+        use nix::libc;
+        let size = 2 * std::mem::size_of::<libc::pthread_mutex_t>();
+        // SAFETY: a fresh anonymous shared mapping (zeroed by the kernel), used only as the
+        // mutex below; the attribute object is initialised before use and destroyed after.
+        unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if map == libc::MAP_FAILED {
+                return None;
+            }
+            let first = map.cast::<libc::pthread_mutex_t>();
+            let second = first.add(1);
+            let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+            let made = libc::pthread_mutexattr_init(attr.as_mut_ptr()) == 0
+                && libc::pthread_mutexattr_setpshared(
+                    attr.as_mut_ptr(),
+                    libc::PTHREAD_PROCESS_SHARED,
+                ) == 0
+                && libc::pthread_mutexattr_setrobust(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ROBUST)
+                    == 0
+                && libc::pthread_mutex_init(first, attr.as_ptr()) == 0
+                && libc::pthread_mutex_init(second, attr.as_ptr()) == 0;
+            libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
+            if made {
+                Some([LineLock(first), LineLock(second)])
+            } else {
+                libc::munmap(map, size);
+                None
+            }
+        }
+    }
+
+    /// Takes the lock for `stream` (see [`LineLock`]) until the guard is dropped; `None`
+    /// without one.
+    fn take(stream: Stream) -> Option<LineGuard> {
+        let lock = &LineLock::shared()?[stream as usize];
+        // A holder keeps the lock for one write, a few microseconds: waiting for it in the
+        // kernel (a sleep and a wake-up) cost more than the write, and made three busy writers
+        // a fifth slower, so the lock is tried a while first.
+        let mut taken = nix::libc::EBUSY;
+        for _ in 0..SPINS {
+            // SAFETY: the mutex was initialised in `new` and is never destroyed.
+            taken = unsafe { nix::libc::pthread_mutex_trylock(lock.0) };
+            if taken != nix::libc::EBUSY {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        if taken == nix::libc::EBUSY {
+            // SAFETY: as above.
+            taken = unsafe { nix::libc::pthread_mutex_lock(lock.0) };
+        }
+        match taken {
+            0 => Some(LineGuard(lock)),
+            // Its holder died holding it (a worker killed mid-line): a line may have been cut
+            // short there, but the lock is good again.
+            nix::libc::EOWNERDEAD => {
+                // SAFETY: this thread owns the mutex now, as EOWNERDEAD says.
+                unsafe { nix::libc::pthread_mutex_consistent(lock.0) };
+                Some(LineGuard(lock))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How many times [`LineLock::take`] tries the lock before it waits in the kernel.
+const SPINS: usize = 2000;
+
+impl Drop for LineGuard {
+    fn drop(&mut self) {
+        // SAFETY: this thread took the mutex in `LineLock::take`.
+        unsafe { nix::libc::pthread_mutex_unlock(self.0 .0) };
+    }
+}
+
+/// Makes the locks that keep long lines whole, if they are not made yet: called before a
+/// fork, so that the children share them (see [`LineLock`]).
+pub(crate) fn share_line_lock() {
+    LineLock::shared();
 }
 
 /// How long a forked child that found standard output gone waits for its parent to end the run
@@ -332,5 +458,36 @@ impl Output {
                 write_stderr(&format!("parrun: flushing the output writer failed: {e}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that dies holding a line lock (a worker killed mid-line) does not leave it
+    /// held: the next taker gets it (through `EOWNERDEAD`), in time.
+    #[test]
+    fn a_process_that_dies_holding_a_line_lock_hands_it_on() {
+        share_line_lock();
+        // SAFETY: the child only takes the lock and leaves with `_exit`, touching no state a
+        // thread of the test harness may have held at the fork.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                std::mem::forget(LineLock::take(Stream::Stdout));
+                // SAFETY: `_exit` ends the child at once, as a kill would.
+                unsafe { nix::libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                nix::sys::wait::waitpid(child, None).expect("waitpid");
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let taken = LineLock::take(Stream::Stdout).is_some();
+            let _ = tx.send(taken);
+        });
+        let taken = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(taken, Ok(true), "the dead child's lock was not handed on");
     }
 }

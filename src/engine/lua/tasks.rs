@@ -43,6 +43,55 @@ pub(super) fn settle_for_fork(lua: &Lua) {
 /// collection (see [`settle_for_fork`]).
 const YOUNG_BUDGET: usize = 4 << 20;
 
+/// The process that last seeded a state's `math.random` (in the state's app data; see
+/// [`reseed_random_after_fork`]).
+struct RandomSeededIn(u32);
+
+/// Records that `lua`'s `math.random` was seeded in this process, as a new state's is (Lua's
+/// math library seeds it when it opens).
+pub(super) fn random_seeded_here(lua: &Lua) {
+    lua.set_app_data(RandomSeededIn(std::process::id()));
+}
+
+/// Gives `lua`'s `math.random` a seed of its own when this process is a fork of the one that
+/// last seeded it, before the first script code the forked worker or process runs: a fork
+/// copies the generator's state, so every worker of a pool (and every `Process`) drew the
+/// numbers the script itself was about to draw. CPython reseeds `random` in every forked child
+/// for the same reason (even after `random.seed(n)`), so a worker's initializer that seeds it
+/// again is the way to repeatable draws, in both. `math.randomseed()` without arguments would
+/// not do: Lua makes that seed from the time in seconds and addresses, which a fork shares.
+/// Threads (`gil`) share the script's generator, and an isolated engine is a new state, with a
+/// seed of its own already.
+pub(super) fn reseed_random_after_fork(lua: &Lua) {
+    let me = std::process::id();
+    match lua.app_data_mut::<RandomSeededIn>() {
+        Some(mut seeded) if seeded.0 != me => seeded.0 = me,
+        _ => return,
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let first = splitmix64(nanos ^ (u64::from(me) << 32));
+    let second = splitmix64(first ^ u64::from(me));
+    // The math library as `require` has it, whatever the script did to the global `math`.
+    let randomseed = lua
+        .named_registry_value::<Table>("_LOADED")
+        .and_then(|loaded| loaded.get::<Table>("math"))
+        .and_then(|math| math.get::<Function>("randomseed"));
+    if let Ok(randomseed) = randomseed {
+        // A state without a working `math.randomseed` (a sandbox's own choice) keeps its stream.
+        let _ = randomseed.call::<()>((first as i64, second as i64));
+    }
+}
+
+/// One step of splitmix64: spreads the bits of `x` over the whole word.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 pub(super) struct LuaCallback {
     pub(super) lua: WeakLua,
     pub(super) host: Arc<Host>,
@@ -271,7 +320,10 @@ impl TaskEngine for LuaTaskEngine {
     }
 
     fn decode(&self, code: &[u8]) -> Result<Arc<dyn TaskFn>, String> {
-        let f = transport::decode(&upgrade(&self.tasks.lua)?, code)?;
+        let lua = upgrade(&self.tasks.lua)?;
+        // A forked worker decodes each function before it first runs script code.
+        reseed_random_after_fork(&lua);
+        let f = transport::decode(&lua, code)?;
         Ok(Arc::new(LuaTask {
             tasks: self.tasks.clone(),
             f,
@@ -496,7 +548,9 @@ pub(super) struct LuaTarget {
 impl Target for LuaTarget {
     fn run(self: Box<Self>) -> Result<i32, String> {
         let LuaTarget { lua, host, f, args } = *self;
-        match start_driver(&upgrade(&lua)?, &host, f, MultiValue::from_vec(args)) {
+        let lua = upgrade(&lua)?;
+        reseed_random_after_fork(&lua);
+        match start_driver(&lua, &host, f, MultiValue::from_vec(args)) {
             Ok(_) => Ok(0),
             // `os.exit` ends the thread or process target, as `sys.exit` does in Python.
             Err(e) => exit_status(&e).ok_or_else(|| error_text(e)),

@@ -228,24 +228,7 @@ pub(super) fn function_spec(
             return Ok(last.spec);
         }
     }
-    let curry = f
-        .curry()
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            data_of(shared, &d.flatten_clone()).map_err(|what| {
-                // A closure's captured variables are the first parameters of its function.
-                let ast = shared.ast.get();
-                let def = ast.and_then(|a| a.iter_fn_def().find(|d| d.name == f.fn_name()));
-                let which = def
-                    .and_then(|d| d.params.get(i))
-                    .map_or(format!("{i}"), |name| format!("`{name}`"));
-                format!(
-                    "cannot send a function to a worker: its captured variable {which} is {what}"
-                )
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let curry = encode_curry(shared, &f, 0)?;
     let wire = RhaiFunction {
         name: f.fn_name().to_owned(),
         curry,
@@ -274,6 +257,48 @@ pub(super) fn function_spec(
         }
     }
     Ok(spec)
+}
+
+/// The captured (curried) values of `f`, `depth` closures down from the function handed over,
+/// as they travel: data as data, and a function (a closure the script made, itself with its
+/// captured values, or a `Fn` pointer) as a function, as a Lua upvalue that is a function
+/// travels with it.
+fn encode_curry(shared: &Arc<Shared>, f: &FnPtr, depth: usize) -> Result<Vec<Captured>, String> {
+    f.curry()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let d = d.flatten_clone();
+            let encoded = match d.clone().try_cast::<FnPtr>() {
+                // A closure that reaches itself through what it captured has no end.
+                Some(_) if depth >= crate::value::MAX_DEPTH => Err(format!(
+                    "a function whose captured functions nest deeper than {} levels",
+                    crate::value::MAX_DEPTH
+                )),
+                Some(inner) => {
+                    encode_curry(shared, &inner, depth + 1).map(|curry| Captured::Function {
+                        name: inner.fn_name().to_owned(),
+                        curry,
+                    })
+                }
+                None => data_of(shared, &d).map(Captured::Data),
+            };
+            encoded.map_err(|what| {
+                if what.starts_with("cannot send a function") {
+                    return what;
+                }
+                // A closure's captured variables are the first parameters of its function.
+                let ast = shared.ast.get();
+                let def = ast.and_then(|a| a.iter_fn_def().find(|d| d.name == f.fn_name()));
+                let which = def
+                    .and_then(|d| d.params.get(i))
+                    .map_or(format!("{i}"), |name| format!("`{name}`"));
+                format!(
+                    "cannot send a function to a worker: its captured variable {which} is {what}"
+                )
+            })
+        })
+        .collect()
 }
 
 /// A script function's last encoding for workers, and what it was made of.

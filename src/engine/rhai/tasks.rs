@@ -196,8 +196,16 @@ impl Snapshot for RhaiSnapshot {
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct RhaiFunction {
     pub(super) name: String,
-    pub(super) curry: Vec<Value>,
+    pub(super) curry: Vec<Captured>,
     pub(super) imports: Vec<(String, String)>,
+}
+
+/// A captured (curried) value as it travels: data, or a function the script made (a closure
+/// with its own captured values, a `Fn` pointer), rebuilt in the worker from the AST it has.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) enum Captured {
+    Data(Value),
+    Function { name: String, curry: Vec<Captured> },
 }
 
 /// A Rhai engine as a pool worker's: the script's own, or an isolated worker's.
@@ -229,23 +237,33 @@ pub(super) fn decode_function(
             Ok((name.into(), module))
         })
         .collect::<Result<_, String>>()?;
+    let f = rebuild(shared, ast, &wire.name, &wire.curry)?;
+    Ok((f, imports))
+}
+
+/// The function pointer of script function `name` with its captured values `curry`, in a
+/// worker.
+fn rebuild(shared: &Shared, ast: &AST, name: &str, curry: &[Captured]) -> Result<FnPtr, String> {
     // A pointer linked to the script function is called directly (about a quarter less per
     // call than one resolved by name on every call); Rhai still dispatches by name when the
     // number of arguments differs. A name several functions share (overloads) stays a name.
-    let mut defs = script_functions(shared, ast, &wire.name);
+    let mut defs = script_functions(shared, ast, name);
     let mut f = match (defs.next(), defs.next()) {
         (Some(def), None) => FnPtr::from(def.clone()),
-        _ => FnPtr::new(wire.name.as_str()).map_err(|e| e.to_string())?,
+        _ => FnPtr::new(name).map_err(|e| e.to_string())?,
     };
     // Shared, as a closure's captured variables are in the script: each call is then handed
     // the variable, not a copy of its value (a captured array of 2M strings was copied and
     // dropped at every call), and a call that changes it leaves the change for the worker's
     // next call, as a Lua upvalue does.
-    for v in &wire.curry {
-        let value = to_dynamic(v).map_err(|e| e.to_string())?;
+    for v in curry {
+        let value = match v {
+            Captured::Data(v) => to_dynamic(v).map_err(|e| e.to_string())?,
+            Captured::Function { name, curry } => Dynamic::from(rebuild(shared, ast, name, curry)?),
+        };
         f.add_curry(value.into_shared());
     }
-    Ok((f, imports))
+    Ok(f)
 }
 
 /// The definitions of script function `name` as the run's VM runs them: the AST's, or on grain
