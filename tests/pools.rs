@@ -490,3 +490,36 @@ io.write("after map\n")
         );
     }
 }
+
+/// Pools the script drops without closing them, while forked workers collect their copies of
+/// the earlier ones: a worker's copy is not its pool, so collecting it touches nothing (its
+/// locks may have been held by a thread of the parent at the fork, and such a worker hung for
+/// ever, with the script's map; 10 pools were enough). Rhai drops each pool at once.
+#[test]
+fn pools_dropped_unclosed_while_workers_collect_their_copies_do_not_hang() {
+    let lua = r#"
+for i = 1, 40 do
+  local p = parrun.Pool(2)
+  local r = p:map(function(x) collectgarbage() return x * 2 end, {1, 2, 3, 4})
+  assert(r[4] == 8)
+end
+print("done")
+"#;
+    let rhai = r#"
+for i in 1..=40 {
+  let p = Pool(2);
+  let r = p.map(|x| x * 2, [1, 2, 3, 4]);
+  if r[3] != 8 { throw "wrong"; }
+}
+print("done");
+"#;
+    each_mode("droploop", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["done"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    });
+}
