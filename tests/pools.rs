@@ -523,3 +523,47 @@ print("done");
         );
     });
 }
+
+/// A forked child (a `Process`, a task) that inherited the script's pool cannot use it: an
+/// error naming why, where it made the child's copy send the parent's workers its calls, and
+/// the parent's next call on the pool hung. (Python's child hangs on its call.) In the thread
+/// modes a `Process` is a thread of the script's process, and the pool is its own.
+#[test]
+fn a_forked_child_cannot_use_the_pool_it_inherited() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+local p = parrun.Process(function()
+  local ok, e = pcall(function() return pool:apply(function() return 2 end, {}) end)
+  print("child", ok and e or e:match("can be used only by the process that made it") or e)
+end, {})
+p:start(); p:join()
+print("exit", p.exitcode)
+print("parent", pool:apply(function() return 3 end, {}))
+pool:close(); pool:join()
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+let p = Process(|pool| {
+  let m = "can be used only by the process that made it";
+  try { print(`child	${pool.apply(|| 2, [])}`); } catch(e) { print(`child	${if e.contains(m) { m } else { e }}`); }
+}, [pool]);
+p.start(); p.join();
+print(`exit	${p.exitcode}`);
+print(`parent	${pool.apply(|| 3, [])}`);
+pool.close(); pool.join();
+"#;
+    each_mode("childpool", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let child = if mode == "fork" {
+            "can be used only by the process that made it"
+        } else {
+            "2"
+        };
+        assert_eq!(
+            out.stdout_lines(),
+            [format!("child\t{child}").as_str(), "exit\t0", "parent\t3"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    });
+}
