@@ -907,3 +907,94 @@ error({code = 42})
         );
     }
 }
+
+/// The children `pid` has now (every thread's, zombies included).
+fn children_of(pid: u32) -> Vec<String> {
+    let mut kids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
+        let path = task.unwrap().path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        kids.extend(text.split_whitespace().map(str::to_owned));
+    }
+    kids
+}
+
+/// A pool whose start fails for want of processes or threads (`ulimit -u`) after it forked a
+/// worker (its link or writer thread could not start) is a clear error and leaves no child:
+/// the worker it had forked stayed a zombie until the run ended, counting against the limit.
+/// Runs as root only: it drops to `nobody` under `prlimit --nproc` (the limit is per user,
+/// and root is exempt).
+#[test]
+fn a_pool_that_cannot_start_for_the_process_limit_leaves_no_child() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::MetadataExt;
+    use std::process::{Command, Stdio};
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root || Command::new("setpriv").arg("-V").output().is_err() {
+        eprintln!("skipped: needs root and setpriv to run under another user's process limit");
+        return;
+    }
+    let lua = r#"
+local ok, e = pcall(parrun.Pool, 6)
+print(ok and "started" or e:match("Pool: (.*)"))
+io.stdout:flush()
+parrun.sleep(2)
+"#;
+    let rhai = r#"
+try { Pool(6); print("started"); } catch (e) { print(e); }
+sleep(2);
+"#;
+    let mut failures = 0;
+    for (ext, code) in common::languages(lua, rhai) {
+        // Each limit fails the start at another step: the fork, the link thread, a writer.
+        for nproc in 8..=14 {
+            let dir = TempDir::new("nproc");
+            std::fs::set_permissions(
+                dir.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+            let path = dir.write(&format!("nproc.{ext}"), code);
+            let mut child = Command::new("prlimit")
+                .arg(format!("--nproc={nproc}:{nproc}"))
+                .args([
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                ])
+                .args([common::parrun_bin(), "--mode", "fork"])
+                .arg(&path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            // The pool's start has returned: what it forked is gone or its own now.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let kids = children_of(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            let line = line.trim();
+            if line == "started" {
+                continue;
+            }
+            failures += 1;
+            assert!(
+                line.contains("Resource temporarily unavailable") || line.contains("EAGAIN"),
+                "{ext} nproc {nproc}: {line:?}"
+            );
+            assert!(
+                kids.is_empty(),
+                "{ext} nproc {nproc}: {line:?}, children left: {kids:?}"
+            );
+        }
+    }
+    assert!(failures > 0, "no limit made the pool's start fail");
+}
