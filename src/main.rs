@@ -88,16 +88,19 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 5.0)]
     switch_interval: f64,
 
-    /// The script to run (`-` reads it from standard input: Lua, unless --lang rhai).
-    #[arg(value_name = "SCRIPT")]
+    /// The script to run (`-` reads it from standard input: Lua, unless --lang rhai), then the
+    /// arguments it receives (Lua: `arg` and `...`; Rhai: `ARGS`).
+    // One positional, so that everything after the script is the script's, even a first
+    // argument that is one of parrun's flags (`./tool.lua -h`, `parrun x.rhai --mode a`).
+    #[arg(value_name = "SCRIPT [ARGS]", trailing_var_arg = true, num_args = 0..)]
+    positionals: Vec<String>,
+
+    /// The script: the first positional.
+    #[arg(skip)]
     script: Option<String>,
 
-    /// Arguments the script receives (Lua: `arg` and `...`; Rhai: `ARGS`).
-    #[arg(
-        value_name = "ARGS",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    /// The script's arguments: the positionals after it.
+    #[arg(skip)]
     args: Vec<String>,
 }
 
@@ -109,7 +112,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help, --version
@@ -125,6 +128,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut positionals = std::mem::take(&mut cli.positionals).into_iter();
+    cli.script = positionals.next();
+    cli.args = positionals.collect();
     if let Some(Command::Bench(options)) = cli.command {
         // No parrun signal handling here: Ctrl-C stops the bench and the runs it started (they
         // share its process group) the default way.

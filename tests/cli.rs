@@ -301,3 +301,31 @@ fn arguments_reach_the_script() {
         out.describe()
     );
 }
+
+/// A first argument that is one of parrun's flags belongs to the script too, as for the stock
+/// `lua` and `python3` (`./tool.lua -h` through a shebang line): parrun printed its help for
+/// `-h`, ran `-e`'s code or changed its own `--mode`.
+#[test]
+fn a_first_argument_that_is_a_parrun_flag_reaches_the_script() {
+    let lua = "print(parrun.mode(), table.concat(arg, \" \"))";
+    let rhai = "print(`${mode()} ${ARGS.reduce(|s, a| if s == () { a } else { s + \" \" + a })}`);";
+    for (lang, code) in [(Lang::Lua, lua), (Lang::Rhai, rhai)] {
+        for args in [
+            &["-h"][..],
+            &["--help", "x"],
+            &["-e", "print(2)"],
+            &["--mode", "isolated", "a"],
+            &["--", "-V"],
+        ] {
+            let out = run_main_with(lang, code, &["--mode", "gil"], args);
+            out.assert_success();
+            let sep = if lang == Lang::Lua { "\t" } else { " " };
+            assert_eq!(
+                out.stdout_lines(),
+                [format!("gil{sep}{}", args.join(" "))],
+                "{}",
+                out.describe()
+            );
+        }
+    }
+}
