@@ -163,19 +163,24 @@ pub(crate) struct Source {
 }
 
 impl Source {
-    /// The code with a leading `#!` line blanked (kept as an empty line, so line numbers hold).
+    /// The code without a UTF-8 byte-order mark (as Lua and Python skip one) and with a
+    /// leading `#!` line blanked (kept as an empty line, so line numbers hold).
     pub fn code_without_shebang(&self) -> &[u8] {
-        match self.code.strip_prefix(b"#!") {
+        let code = self
+            .code
+            .strip_prefix(b"\xEF\xBB\xBF")
+            .unwrap_or(&self.code);
+        match code.strip_prefix(b"#!") {
             Some(rest) => rest
                 .iter()
                 .position(|&b| b == b'\n')
                 .map_or(&[][..], |i| &rest[i..]),
-            None => &self.code,
+            None => code,
         }
     }
 
-    /// The code (without its `#!` line) as text, or a syntax error that names the line and the
-    /// offset of the first byte that is not UTF-8.
+    /// The code (without its byte-order mark and `#!` line) as text, or a syntax error that
+    /// names the line and the offset of the first byte that is not UTF-8.
     pub fn text(&self) -> Result<&str, Error> {
         let code = self.code_without_shebang();
         std::str::from_utf8(code).map_err(|e| {

@@ -105,6 +105,25 @@ fn shebang_line_is_skipped_and_line_numbers_hold() {
     }
 }
 
+/// A script that starts with a UTF-8 byte-order mark (as some editors save) runs, before a
+/// shebang line or without one, and its line numbers hold, as under `lua` and `python3`: a
+/// Rhai script was a syntax error at the invisible mark ("Unexpected '\u{feff}'").
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    for (lang, body) in [
+        (Lang::Lua, "print('hi')\nerror('line three')\n"),
+        (Lang::Rhai, "print(\"hi\");\nthrow \"line three\";\n"),
+    ] {
+        for first in ["#!/usr/bin/env parrun\n", "\n"] {
+            let out = run_main(lang, &format!("\u{feff}{first}{body}"));
+            out.assert_code(1)
+                .assert_stdout_contains("hi")
+                .assert_stderr_contains(&format!("{}:3:", lang.file("main")))
+                .assert_stderr_contains("line three");
+        }
+    }
+}
+
 #[test]
 fn missing_script_file_is_a_usage_error() {
     let dir = TempDir::new("missing");
