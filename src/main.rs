@@ -148,7 +148,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match run(cli) {
-        Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
+        // The low byte, as exit(2) keeps (and a forked Process's exitcode shows): -1 is 255,
+        // as under lua and python3, where a clamp made it a success.
+        Ok(status) => ExitCode::from(status as u8),
         Err(err) => {
             // Silent if the run is ending at once meanwhile (a signal, standard output gone).
             parrun::signals::report(&format!("parrun: {err}"));

@@ -201,6 +201,21 @@ fn a_memory_cap_too_small_to_start_lua_is_one_plain_line() {
     );
 }
 
+/// The script's exit status is its low byte, as exit(2) keeps it, under lua and python3 and for
+/// a forked `Process`'s `exitcode`: `os.exit(-1)` / `exit(-1)` exited 0, a success, and 256
+/// and 300 exited 255.
+#[test]
+fn an_exit_status_keeps_its_low_byte() {
+    for (status, want) in [(3, 3), (-1, 255), (256, 0), (300, 44), (255, 255)] {
+        for (lang, code) in [
+            (Lang::Lua, format!("os.exit({status})")),
+            (Lang::Rhai, format!("exit({status});")),
+        ] {
+            run_main(lang, &code).assert_code(want);
+        }
+    }
+}
+
 #[test]
 fn bad_option_values_are_usage_errors() {
     let dir = TempDir::new("badvalue");
