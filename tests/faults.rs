@@ -998,3 +998,110 @@ sleep(2);
     }
     assert!(failures > 0, "no limit made the pool's start fail");
 }
+
+/// The descriptors and threads `pid` has now.
+fn fds_and_threads(pid: u32) -> (usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    (fds, threads)
+}
+
+/// Pools closed and joined, terminated or dropped, threads, processes and queues made over and
+/// over leave the descriptor and thread counts where they were: a round of them, then two more,
+/// counted from outside at the end of each (a leak of one descriptor or thread per pool would
+/// add 120).
+#[test]
+fn made_and_ended_over_and_over_pools_and_threads_leave_no_descriptor_or_thread() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let lua = r#"
+local function round()
+  for i = 1, 20 do
+    for _, how in ipairs({"join", "terminate", "drop"}) do
+      local p = parrun.Pool(2)
+      assert(p:map(function(x) return x + 1 end, {1, 2, 3})[3] == 4)
+      if how == "join" then p:close() p:join() elseif how == "terminate" then p:terminate() end
+      p = nil
+      collectgarbage()
+    end
+    local q = parrun.Queue()
+    local t = parrun.Thread(function() q:put(1) end, {}) t:start() t:join()
+    local pr = parrun.Process(function(q) q:put(2) end, {q}) pr:start() pr:join()
+    assert(q:get() + q:get() == 3)
+  end
+end
+local function mark() collectgarbage() print("mark") io.stdout:flush() parrun.sleep(0.4) end
+round() mark()
+round() round() mark()
+"#;
+    let rhai = r#"
+fn inc(x) { x + 1 }
+fn pool(how) {
+  let p = Pool(2);
+  let r = p.map(inc, [1, 2, 3]);
+  if r[2] != 4 { throw "wrong"; }
+  if how == "join" { p.close(); p.join(); } else if how == "terminate" { p.terminate(); }
+}
+fn others() {
+  let q = Queue();
+  let t = Thread(|q| q.put(1), [q]); t.start(); t.join();
+  let pr = Process(|q| q.put(2), [q]); pr.start(); pr.join();
+  if q.get() + q.get() != 3 { throw "lost"; }
+}
+fn round() {
+  for i in 1..=20 {
+    pool("join"); pool("terminate"); pool("drop");
+    others();
+  }
+}
+fn mark() { print("mark"); sleep(0.4); }
+round(); mark();
+round(); round(); mark();
+"#;
+    for mode in MODES {
+        for (ext, code) in common::languages(lua, rhai) {
+            let dir = TempDir::new("flat");
+            let path = dir.write(&format!("flat.{ext}"), code);
+            let mut child = Command::new(common::parrun_bin())
+                .args(["--mode", mode])
+                .arg(&path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut counts = Vec::new();
+            // A hang fails the test: the run is killed after the common timeout.
+            let deadline = std::time::Instant::now() + common::TIMEOUT;
+            let killer = std::thread::spawn(move || {
+                while std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                        return;
+                    }
+                }
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            });
+            while let Some(Ok(line)) = lines.next() {
+                assert_eq!(line, "mark", "--mode {mode} {ext}");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                counts.push(fds_and_threads(pid));
+            }
+            let status = child.wait().unwrap();
+            killer.join().unwrap();
+            assert!(status.success(), "--mode {mode} {ext}: {status}");
+            assert_eq!(counts.len(), 2, "--mode {mode} {ext}: {counts:?}");
+            let ((fds0, threads0), (fds1, threads1)) = (counts[0], counts[1]);
+            assert!(
+                fds1 <= fds0 + 3 && threads1 <= threads0 + 3,
+                "--mode {mode} {ext}: descriptors {fds0} -> {fds1}, threads {threads0} -> {threads1}"
+            );
+        }
+    }
+}
