@@ -1105,3 +1105,82 @@ round(); round(); mark();
         }
     }
 }
+
+/// `os.exit` / `exit` in a task of `imap`, `imap_unordered` or `starmap` fails that item with
+/// the line it was called at, as an error would name it (it named the file alone, or nothing),
+/// the other items still come, and the pool goes on, in every mode.
+#[test]
+fn exit_in_an_imap_or_starmap_task_names_its_line() {
+    both_in_modes(
+        &MODES,
+        "exitline",
+        r#"
+local pool = parrun.Pool(2)
+local function f(x)
+  if x == 3 then os.exit(7) end
+  return x * 10
+end
+local function g(a, b) return f(a + b) end
+for _, how in ipairs({"imap", "imap_unordered", "starmap"}) do
+  local got, err = {}, nil
+  if how == "starmap" then
+    local ok, e = pcall(pool.starmap, pool, g, {{1, 0}, {1, 2}, {2, 2}})
+    err = e
+  else
+    local it = pool[how](pool, f, {1, 2, 3, 4}, 1)
+    while true do
+      local ok, v = pcall(it)
+      if not ok then err = v elseif v == nil then break else got[#got + 1] = v end
+    end
+  end
+  table.sort(got)
+  print(how, table.concat(got, ","), err:match("exitline%.lua:%d+: os%.exit%(7%)") or err)
+end
+print(pool:apply(f, {5}))
+"#,
+        r#"
+let pool = Pool(2);
+fn f(x) {
+  if x == 3 { exit(7); }
+  x * 10
+}
+fn g(a, b) { f(a + b) }
+for how in ["imap", "imap_unordered", "starmap"] {
+  let got = [];
+  let err = "";
+  if how == "starmap" {
+    try { pool.starmap(g, [[1, 0], [1, 2], [2, 2]]); } catch (e) { err = e; }
+  } else {
+    let it = if how == "imap" { pool.imap(f, [1, 2, 3, 4], 1) } else { pool.imap_unordered(f, [1, 2, 3, 4], 1) };
+    loop {
+      try { let v = it.next(); if v == () { break; } got.push(v); } catch (e) { err = e; }
+    }
+  }
+  got.sort();
+  let at = err.index_of("exitline.rhai:4:");
+  print(`${how}	${got.map(|v| v.to_string()).reduce(|s, v| if s == () { v } else { s + "," + v })}	${if at >= 0 { err.sub_string(at, 16) } else { err }}`);
+}
+print(pool.apply(f, [5]));
+"#,
+        |mode, out| {
+            out.assert_success();
+            let lua = out.command.ends_with(".lua");
+            let place = if lua {
+                "exitline.lua:4: os.exit(7)"
+            } else {
+                "exitline.rhai:4:"
+            };
+            assert_eq!(
+                out.stdout_lines(),
+                [
+                    format!("imap\t10,20,40\t{place}"),
+                    format!("imap_unordered\t10,20,40\t{place}"),
+                    format!("starmap\t\t{place}"),
+                    "50".into(),
+                ],
+                "--mode {mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}

@@ -136,7 +136,15 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
                 }
             },
         };
-        let request = Request(std::sync::Mutex::new(Some(Pending::Exit(status))));
+        // Level 2: the Lua code that called `os.exit` (level 1 is the builtin's C wrapper).
+        let place = lua
+            .inspect_stack(2, |d| {
+                let line = d.current_line()?;
+                Some(format!("{}:{line}: ", d.source().short_src?))
+            })
+            .flatten()
+            .unwrap_or_default();
+        let request = Request(std::sync::Mutex::new(Some(Pending::Exit(status, place))));
         (1, lua.create_userdata(request)?).into_lua_multi(lua)
     })?;
     let os: Table = lua.globals().get("os")?;

@@ -548,16 +548,25 @@ fn start_engine(
 /// `exit()` / `exit(value)` as in Rhai, but the main thread's value becomes the exit status
 /// (Rhai's own `exit` ends the script and drops the value).
 fn register_exit(engine: &mut Engine, shared: &Arc<Shared>) {
-    let exit = |shared: &Shared, value: Dynamic| -> RhaiResult<Dynamic> {
-        if std::thread::current().id() == shared.main_thread {
-            *shared.exit_status.lock().recover() = Some(exit_status_of(&value));
-        }
-        Err(EvalAltResult::Exit(value, Position::NONE).into())
-    };
+    // Where it was called is kept (`stops::exit_called`): a pool task's or callback's failure
+    // names the line.
+    let exit =
+        |shared: &Shared, value: Dynamic, ctx: ::rhai::NativeCallContext| -> RhaiResult<Dynamic> {
+            if std::thread::current().id() == shared.main_thread {
+                *shared.exit_status.lock().recover() = Some(exit_status_of(&value));
+            }
+            stops::exit_called(ctx.call_source(), ctx.call_position());
+            Err(EvalAltResult::Exit(value, ctx.call_position()).into())
+        };
     let s = shared.clone();
-    engine.register_fn("exit", move || exit(&s, Dynamic::UNIT));
+    engine.register_fn("exit", move |ctx: ::rhai::NativeCallContext| {
+        exit(&s, Dynamic::UNIT, ctx)
+    });
     let s = shared.clone();
-    engine.register_fn("exit", move |value: Dynamic| exit(&s, value));
+    engine.register_fn(
+        "exit",
+        move |ctx: ::rhai::NativeCallContext, value: Dynamic| exit(&s, value, ctx),
+    );
 }
 
 /// Reads of a shared variable that holds a parrun object give a copy of the handle (a handle
