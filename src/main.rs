@@ -5,6 +5,7 @@ mod bench;
 
 use std::io::Read;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -152,12 +153,18 @@ fn main() -> ExitCode {
         // as under lua and python3, where a clamp made it a success.
         Ok(status) => ExitCode::from(status as u8),
         Err(err) => {
-            // Silent if the run is ending at once meanwhile (a signal, standard output gone).
-            parrun::signals::report(&format!("parrun: {err}"));
+            if !SCRIPT_ERROR_REPORTED.load(Ordering::Relaxed) {
+                // Silent if the run is ending at once meanwhile (a signal, standard output gone).
+                parrun::signals::report(&format!("parrun: {err}"));
+            }
             ExitCode::from(err.exit_code() as u8)
         }
     }
 }
+
+/// The script's error was printed when its code ended ([`Runtime::on_error`]), before the run
+/// waited for its threads and processes: not again when the run returns it.
+static SCRIPT_ERROR_REPORTED: AtomicBool = AtomicBool::new(false);
 
 /// `1000`, `64k`, `512M`, `2G` (powers of 1024).
 fn parse_bytes(text: &str) -> Result<usize, String> {
@@ -185,7 +192,11 @@ fn run(cli: Cli) -> Result<i32, Error> {
         .sandbox(cli.sandbox)
         .binary_chunks(cli.binary_chunks)
         .progress(!cli.no_progress)
-        .mode(cli.mode);
+        .mode(cli.mode)
+        .on_error(|err| {
+            parrun::signals::report(&format!("parrun: {err}"));
+            SCRIPT_ERROR_REPORTED.store(true, Ordering::Relaxed);
+        });
     if let Some(vm) = cli.rhai_vm {
         runtime = runtime.rhai_vm(vm);
     }

@@ -641,3 +641,76 @@ if mode() != "fork" {
         },
     );
 }
+
+/// A script's error is printed when its code ends, before the run waits for the threads and
+/// processes it started, as Python prints its traceback before it waits for its threads: it
+/// was printed only once they had ended, so a thread that never ends hid it for ever. It is
+/// printed once, and the status is still 1.
+#[test]
+fn a_script_error_is_printed_before_the_run_waits_for_its_threads() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let lua = r#"
+local t = parrun.Thread(function() parrun.sleep(4) print("thread done") end, {})
+t:start()
+local p = parrun.Process(function() parrun.sleep(4) print("process done") end, {})
+p:start()
+error("boom")
+"#;
+    let rhai = r#"
+let t = Thread(|| { sleep(4); print("thread done"); }, []);
+t.start();
+let p = Process(|| { sleep(4); print("process done"); }, []);
+p.start();
+throw "boom";
+"#;
+    let runs: Vec<_> = common::languages(lua, rhai)
+        .into_iter()
+        .map(|(ext, code)| {
+            let code = code.to_owned();
+            std::thread::spawn(move || {
+                let dir = TempDir::new("errfirst");
+                let path = dir.write(&format!("errfirst.{ext}"), &code);
+                let started = Instant::now();
+                let mut child = Command::new(common::parrun_bin())
+                    .arg(&path)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+                let first = stderr.next().and_then(Result::ok).unwrap_or_default();
+                let seen = started.elapsed();
+                let rest: Vec<String> = stderr.map_while(Result::ok).collect();
+                let status = child.wait().unwrap();
+                let mut stdout = String::new();
+                std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout)
+                    .unwrap();
+                (ext, first, seen, rest, status, stdout, started.elapsed())
+            })
+        })
+        .collect();
+    for run in runs {
+        let (ext, first, seen, rest, status, stdout, took) = run.join().unwrap();
+        assert!(took < common::TIMEOUT, "{ext}: the run took {took:?}");
+        assert!(
+            first.starts_with("parrun: ")
+                && first.contains(&format!("errfirst.{ext}:6:"))
+                && first.contains("boom"),
+            "{ext}: {first:?}"
+        );
+        assert!(
+            seen < Duration::from_secs(3),
+            "{ext}: the error came after {seen:?}, when the threads had ended"
+        );
+        assert!(
+            !rest.iter().any(|l| l.contains("boom")),
+            "{ext}: the error was printed again: {rest:?}"
+        );
+        assert_eq!(status.code(), Some(1), "{ext}");
+        let mut lines: Vec<&str> = stdout.lines().collect();
+        lines.sort();
+        assert_eq!(lines, ["process done", "thread done"], "{ext}");
+    }
+}

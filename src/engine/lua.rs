@@ -362,20 +362,23 @@ fn prepare(host: &Arc<Host>, script: &Source) -> Result<(Lua, Function, MultiVal
 /// Runs a script in a fresh Lua state and waits for the threads it started.
 pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
     let (lua, main, args) = prepare(&host, &script)?;
-    let result = host.run_main(|| start_driver(&lua, &host, main, args));
+    let result = host.run_main(|| {
+        start_driver(&lua, &host, main, args).map_err(|e| match exit_status(&e) {
+            Some(status) => Error::Exited(status),
+            None => Error::script(error_text(e)),
+        })
+    });
     CURRENT_GIL.with(|g| g.borrow_mut().take());
     match result {
         Ok(returned) => Ok(Ended {
             status: 0,
             value: to_value(&lua, returned.into_iter().next().unwrap_or(LuaValue::Nil)),
         }),
-        Err(e) => match exit_status(&e) {
-            Some(status) => Ok(Ended {
-                status,
-                value: Ok(Value::Nil),
-            }),
-            None => Err(Error::script(error_text(e))),
-        },
+        Err(Error::Exited(status)) => Ok(Ended {
+            status,
+            value: Ok(Value::Nil),
+        }),
+        Err(e) => Err(e),
     }
 }
 

@@ -148,7 +148,12 @@ pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
 
     let result = host.run_main(|| {
         stops::begin();
-        shared.eval(&engine, &mut scope, &ast)
+        shared
+            .eval(&engine, &mut scope, &ast)
+            .map_err(|err| match *err {
+                EvalAltResult::Exit(value, _) => Error::Exited(exit_status_of(&value)),
+                other => Error::script(format_error(&script.name, other)),
+            })
     });
     let exit_status = *shared.exit_status.lock().recover();
     match result {
@@ -156,13 +161,11 @@ pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
             status: exit_status.unwrap_or(0),
             value: to_value(&shared, &value),
         }),
-        Err(err) => match *err {
-            EvalAltResult::Exit(value, _) => Ok(Ended {
-                status: exit_status_of(&value),
-                value: Ok(Value::Nil),
-            }),
-            other => Err(Error::script(format_error(&script.name, other))),
-        },
+        Err(Error::Exited(status)) => Ok(Ended {
+            status,
+            value: Ok(Value::Nil),
+        }),
+        Err(e) => Err(e),
     }
 }
 
