@@ -117,6 +117,9 @@ impl ScriptProcess {
         let done = exit.clone();
         let name = self.name.clone();
         let host_ = host.clone();
+        // The state is locked until it says started: the target may ask its own handle at once
+        // (an isolated engine runs without waiting for the GIL), and found it not started.
+        let mut state = self.state();
         let handle = crate::rt::spawn::Builder::new()
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
@@ -127,7 +130,8 @@ impl ScriptProcess {
             })
             .map_err(|e| format!("cannot start an OS thread: {e}"))?;
         exit.joiner.set(handle);
-        *self.state() = State::Thread(exit);
+        *state = State::Thread(exit);
+        drop(state);
         host.register(self.clone());
         Ok(())
     }

@@ -714,3 +714,44 @@ throw "boom";
         assert_eq!(lines, ["process done", "thread done"], "{ext}");
     }
 }
+
+/// A `Process` on a thread (`gil`, `isolated`) whose target asks its own handle at once finds
+/// it started: the handle said "cannot join a process before it is started" now and then (an
+/// isolated engine runs without waiting for the GIL, before `start` had marked it; 13 to 49
+/// of 200 here), which made a_thread_or_a_process_that_joins_itself_gets_an_error_not_a_hang
+/// (above) flaky.
+#[test]
+fn a_process_on_a_thread_is_started_for_its_own_target() {
+    both_in_modes(
+        &["gil", "isolated"],
+        "startedself",
+        r#"
+local bad = 0
+for i = 1, 100 do
+  local p
+  p = parrun.Process(function()
+    local ok, e = pcall(p.join, p)
+    if e:find("before it is started") then error(e) end
+  end)
+  p:start() p:join()
+  if p.exitcode ~= 0 then bad = bad + 1 end
+end
+print("bad", bad)
+"#,
+        r#"
+let bad = 0;
+for i in 1..=100 {
+  let ph = [()];
+  let p = Process(|| { try { ph[0].join(); } catch (e) { if e.contains("before it is started") { throw e; } } });
+  ph[0] = p;
+  p.start(); p.join();
+  if p.exitcode != 0 { bad += 1; }
+}
+print(`bad	${bad}`);
+"#,
+        |mode, out| {
+            out.assert_success();
+            assert_eq!(out.stdout_lines(), ["bad\t0"], "{mode}: {}", out.describe());
+        },
+    );
+}
