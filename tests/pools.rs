@@ -567,3 +567,45 @@ pool.close(); pool.join();
         );
     });
 }
+
+/// A forked child that inherited a result of the script's pool cannot wait for it: an error
+/// naming why, where its `get` waited for a result that never comes to a copy (for ever
+/// without a timeout; Python's child hangs the same way). In the thread modes a `Process` is
+/// a thread of the script's process, and gets the value.
+#[test]
+fn a_forked_child_cannot_wait_for_a_result_it_inherited() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+local r = pool:apply_async(function() parrun.sleep(0.2) return 5 end, {})
+local p = parrun.Process(function()
+  local ok, e = pcall(r.get, r, 2)
+  print("child", ok and e or e:match("can be waited for only by the process whose pool runs it") or e)
+end, {})
+p:start(); p:join()
+print("parent", r:get(), p.exitcode)
+"#;
+    let rhai = r#"
+let pool = Pool(1);
+let r = pool.apply_async(|| { sleep(0.2); 5 }, []);
+let p = Process(|r| {
+  let m = "can be waited for only by the process whose pool runs it";
+  try { print(`child	${r.get(2)}`); } catch(e) { print(`child	${if e.contains(m) { m } else { e }}`); }
+}, [r]);
+p.start(); p.join();
+print(`parent	${r.get()}	${p.exitcode}`);
+"#;
+    each_mode("childresult", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let child = if mode == "fork" {
+            "can be waited for only by the process whose pool runs it"
+        } else {
+            "5"
+        };
+        assert_eq!(
+            out.stdout_lines(),
+            [format!("child\t{child}").as_str(), "parent\t5\t0"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    });
+}
