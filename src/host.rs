@@ -163,19 +163,24 @@ pub(crate) struct Source {
 }
 
 impl Source {
-    /// The code with a leading `#!` line blanked (kept as an empty line, so line numbers hold).
+    /// The code without a UTF-8 byte-order mark (as Lua and Python skip one) and with a
+    /// leading `#!` line blanked (kept as an empty line, so line numbers hold).
     pub fn code_without_shebang(&self) -> &[u8] {
-        match self.code.strip_prefix(b"#!") {
+        let code = self
+            .code
+            .strip_prefix(b"\xEF\xBB\xBF")
+            .unwrap_or(&self.code);
+        match code.strip_prefix(b"#!") {
             Some(rest) => rest
                 .iter()
                 .position(|&b| b == b'\n')
                 .map_or(&[][..], |i| &rest[i..]),
-            None => &self.code,
+            None => code,
         }
     }
 
-    /// The code (without its `#!` line) as text, or a syntax error that names the line and the
-    /// offset of the first byte that is not UTF-8.
+    /// The code (without its byte-order mark and `#!` line) as text, or a syntax error that
+    /// names the line and the offset of the first byte that is not UTF-8.
     pub fn text(&self) -> Result<&str, Error> {
         let code = self.code_without_shebang();
         std::str::from_utf8(code).map_err(|e| {
@@ -274,7 +279,12 @@ pub(crate) struct Embedding {
     pub functions: Vec<HostFunction>,
     pub globals: Vec<(String, Value)>,
     pub output: Output,
+    /// Told the main script's error as soon as its code ends with one (`Runtime::on_error`).
+    pub on_error: Option<OnError>,
 }
+
+/// What `Runtime::on_error` was given.
+pub(crate) type OnError = Arc<dyn Fn(&Error) + Send + Sync>;
 
 impl std::fmt::Debug for Embedding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -285,6 +295,7 @@ impl std::fmt::Debug for Embedding {
             )
             .field("globals", &self.globals)
             .field("output", &self.output)
+            .field("on_error", &self.on_error.is_some())
             .finish()
     }
 }
@@ -419,10 +430,22 @@ impl Host {
     }
 
     /// Runs a script's main code: `main` with the GIL, then what Python does before it exits
-    /// ([`Host::finish_holding_gil`]); what `main` returned.
-    pub(crate) fn run_main<T>(&self, main: impl FnOnce() -> T) -> T {
+    /// ([`Host::finish_holding_gil`]); what `main` returned. A script error is told to the
+    /// embedding's `on_error` before the wait, as Python prints a traceback before it waits for
+    /// its threads: a thread or process that never ends would hide it otherwise. Not an
+    /// uncaught KeyboardInterrupt: a shutdown it cannot finish within 2 s is stopped at once
+    /// with a line of its own, the only one (see `crate::rt::signals`).
+    pub(crate) fn run_main<T>(&self, main: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
         let _held = self.gil.lock(0);
         let result = main();
+        if let (Err(e @ Error::Script(_)), Some(on_error)) = (&result, &self.embedding.on_error) {
+            let interrupted = crate::rt::cancel::raised_here()
+                && e.to_string()
+                    .contains(crate::rt::cancel::KEYBOARD_INTERRUPT);
+            if !interrupted {
+                on_error(e);
+            }
+        }
         self.finish_holding_gil();
         result
     }

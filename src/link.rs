@@ -33,7 +33,7 @@ use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::poison::Recover;
 use crate::rt::spawn::Handle;
 use crate::rt::trace::{self, Tracer};
-use crate::rt::{cancel, codec, fork, output, signals};
+use crate::rt::{cancel, children, codec, fork, output, signals};
 use crate::value::Value;
 
 #[cfg(feature = "mpi")]
@@ -190,8 +190,13 @@ pub(crate) fn fork_child(
         // A child with children of its own reaps them too when it is stopped.
         signals::guard_children();
     }
-    let link_server = serve(forked.stream, host.output().clone(), host.trace.clone())
-        .map_err(|e| format!("cannot start the link thread: {e}"))?;
+    let link_server = match serve(forked.stream, host.output().clone(), host.trace.clone()) {
+        Ok(server) => server,
+        Err(e) => {
+            children::discard_child(forked.pid);
+            return Err(format!("cannot start the link thread: {e}"));
+        }
+    };
     Ok(Child {
         pid: forked.pid,
         link_server,

@@ -5,6 +5,7 @@ mod bench;
 
 use std::io::Read;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -88,16 +89,19 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 5.0)]
     switch_interval: f64,
 
-    /// The script to run (`-` reads it from standard input: Lua, unless --lang rhai).
-    #[arg(value_name = "SCRIPT")]
+    /// The script to run (`-` reads it from standard input: Lua, unless --lang rhai), then the
+    /// arguments it receives (Lua: `arg` and `...`; Rhai: `ARGS`).
+    // One positional, so that everything after the script is the script's, even a first
+    // argument that is one of parrun's flags (`./tool.lua -h`, `parrun x.rhai --mode a`).
+    #[arg(value_name = "SCRIPT [ARGS]", trailing_var_arg = true, num_args = 0..)]
+    positionals: Vec<String>,
+
+    /// The script: the first positional.
+    #[arg(skip)]
     script: Option<String>,
 
-    /// Arguments the script receives (Lua: `arg` and `...`; Rhai: `ARGS`).
-    #[arg(
-        value_name = "ARGS",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    /// The script's arguments: the positionals after it.
+    #[arg(skip)]
     args: Vec<String>,
 }
 
@@ -109,7 +113,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help, --version
@@ -125,6 +129,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut positionals = std::mem::take(&mut cli.positionals).into_iter();
+    cli.script = positionals.next();
+    cli.args = positionals.collect();
     if let Some(Command::Bench(options)) = cli.command {
         // No parrun signal handling here: Ctrl-C stops the bench and the runs it started (they
         // share its process group) the default way.
@@ -142,14 +149,22 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match run(cli) {
-        Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
+        // The low byte, as exit(2) keeps (and a forked Process's exitcode shows): -1 is 255,
+        // as under lua and python3, where a clamp made it a success.
+        Ok(status) => ExitCode::from(status as u8),
         Err(err) => {
-            // Silent if the run is ending at once meanwhile (a signal, standard output gone).
-            parrun::signals::report(&format!("parrun: {err}"));
+            if !SCRIPT_ERROR_REPORTED.load(Ordering::Relaxed) {
+                // Silent if the run is ending at once meanwhile (a signal, standard output gone).
+                parrun::signals::report(&format!("parrun: {err}"));
+            }
             ExitCode::from(err.exit_code() as u8)
         }
     }
 }
+
+/// The script's error was printed when its code ended ([`Runtime::on_error`]), before the run
+/// waited for its threads and processes: not again when the run returns it.
+static SCRIPT_ERROR_REPORTED: AtomicBool = AtomicBool::new(false);
 
 /// `1000`, `64k`, `512M`, `2G` (powers of 1024).
 fn parse_bytes(text: &str) -> Result<usize, String> {
@@ -177,7 +192,11 @@ fn run(cli: Cli) -> Result<i32, Error> {
         .sandbox(cli.sandbox)
         .binary_chunks(cli.binary_chunks)
         .progress(!cli.no_progress)
-        .mode(cli.mode);
+        .mode(cli.mode)
+        .on_error(|err| {
+            parrun::signals::report(&format!("parrun: {err}"));
+            SCRIPT_ERROR_REPORTED.store(true, Ordering::Relaxed);
+        });
     if let Some(vm) = cli.rhai_vm {
         runtime = runtime.rhai_vm(vm);
     }

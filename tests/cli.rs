@@ -105,6 +105,25 @@ fn shebang_line_is_skipped_and_line_numbers_hold() {
     }
 }
 
+/// A script that starts with a UTF-8 byte-order mark (as some editors save) runs, before a
+/// shebang line or without one, and its line numbers hold, as under `lua` and `python3`: a
+/// Rhai script was a syntax error at the invisible mark ("Unexpected '\u{feff}'").
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    for (lang, body) in [
+        (Lang::Lua, "print('hi')\nerror('line three')\n"),
+        (Lang::Rhai, "print(\"hi\");\nthrow \"line three\";\n"),
+    ] {
+        for first in ["#!/usr/bin/env parrun\n", "\n"] {
+            let out = run_main(lang, &format!("\u{feff}{first}{body}"));
+            out.assert_code(1)
+                .assert_stdout_contains("hi")
+                .assert_stderr_contains(&format!("{}:3:", lang.file("main")))
+                .assert_stderr_contains("line three");
+        }
+    }
+}
+
 #[test]
 fn missing_script_file_is_a_usage_error() {
     let dir = TempDir::new("missing");
@@ -165,6 +184,35 @@ fn flag_errors_are_one_line() {
     for (args, mentions) in cases {
         let out = Run::new(args).dir(dir.path()).output();
         assert_usage_error(&out, mentions);
+    }
+}
+
+/// A memory cap too small for Lua's own start is one line, said once: it read
+/// "parrun: parrun: cannot set up Lua: not enough memory".
+#[test]
+fn a_memory_cap_too_small_to_start_lua_is_one_plain_line() {
+    let out = run_main_with(Lang::Lua, "print(1)", &["--max-memory", "1k"], &[]);
+    out.assert_code(1);
+    assert_eq!(
+        stderr_lines(&out),
+        ["parrun: cannot set up Lua: not enough memory"],
+        "{}",
+        out.describe()
+    );
+}
+
+/// The script's exit status is its low byte, as exit(2) keeps it, under lua and python3 and for
+/// a forked `Process`'s `exitcode`: `os.exit(-1)` / `exit(-1)` exited 0, a success, and 256
+/// and 300 exited 255.
+#[test]
+fn an_exit_status_keeps_its_low_byte() {
+    for (status, want) in [(3, 3), (-1, 255), (256, 0), (300, 44), (255, 255)] {
+        for (lang, code) in [
+            (Lang::Lua, format!("os.exit({status})")),
+            (Lang::Rhai, format!("exit({status});")),
+        ] {
+            run_main(lang, &code).assert_code(want);
+        }
     }
 }
 
@@ -300,4 +348,32 @@ fn arguments_reach_the_script() {
         "{}",
         out.describe()
     );
+}
+
+/// A first argument that is one of parrun's flags belongs to the script too, as for the stock
+/// `lua` and `python3` (`./tool.lua -h` through a shebang line): parrun printed its help for
+/// `-h`, ran `-e`'s code or changed its own `--mode`.
+#[test]
+fn a_first_argument_that_is_a_parrun_flag_reaches_the_script() {
+    let lua = "print(parrun.mode(), table.concat(arg, \" \"))";
+    let rhai = "print(`${mode()} ${ARGS.reduce(|s, a| if s == () { a } else { s + \" \" + a })}`);";
+    for (lang, code) in [(Lang::Lua, lua), (Lang::Rhai, rhai)] {
+        for args in [
+            &["-h"][..],
+            &["--help", "x"],
+            &["-e", "print(2)"],
+            &["--mode", "isolated", "a"],
+            &["--", "-V"],
+        ] {
+            let out = run_main_with(lang, code, &["--mode", "gil"], args);
+            out.assert_success();
+            let sep = if lang == Lang::Lua { "\t" } else { " " };
+            assert_eq!(
+                out.stdout_lines(),
+                [format!("gil{sep}{}", args.join(" "))],
+                "{}",
+                out.describe()
+            );
+        }
+    }
 }

@@ -907,3 +907,280 @@ error({code = 42})
         );
     }
 }
+
+/// The children `pid` has now (every thread's, zombies included).
+fn children_of(pid: u32) -> Vec<String> {
+    let mut kids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
+        let path = task.unwrap().path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        kids.extend(text.split_whitespace().map(str::to_owned));
+    }
+    kids
+}
+
+/// A pool whose start fails for want of processes or threads (`ulimit -u`) after it forked a
+/// worker (its link or writer thread could not start) is a clear error and leaves no child:
+/// the worker it had forked stayed a zombie until the run ended, counting against the limit.
+/// Runs as root only: it drops to `nobody` under `prlimit --nproc` (the limit is per user,
+/// and root is exempt).
+#[test]
+fn a_pool_that_cannot_start_for_the_process_limit_leaves_no_child() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::MetadataExt;
+    use std::process::{Command, Stdio};
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root || Command::new("setpriv").arg("-V").output().is_err() {
+        eprintln!("skipped: needs root and setpriv to run under another user's process limit");
+        return;
+    }
+    let lua = r#"
+local ok, e = pcall(parrun.Pool, 6)
+print(ok and "started" or e:match("Pool: (.*)"))
+io.stdout:flush()
+parrun.sleep(2)
+"#;
+    let rhai = r#"
+try { Pool(6); print("started"); } catch (e) { print(e); }
+sleep(2);
+"#;
+    let mut failures = 0;
+    for (ext, code) in common::languages(lua, rhai) {
+        // Each limit fails the start at another step: the fork, the link thread, a writer.
+        for nproc in 8..=14 {
+            let dir = TempDir::new("nproc");
+            std::fs::set_permissions(
+                dir.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+            let path = dir.write(&format!("nproc.{ext}"), code);
+            let mut child = Command::new("prlimit")
+                .arg(format!("--nproc={nproc}:{nproc}"))
+                .args([
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                ])
+                .args([common::parrun_bin(), "--mode", "fork"])
+                .arg(&path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            // The pool's start has returned: what it forked is gone or its own now.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let kids = children_of(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            let line = line.trim();
+            if line == "started" {
+                continue;
+            }
+            failures += 1;
+            assert!(
+                line.contains("Resource temporarily unavailable") || line.contains("EAGAIN"),
+                "{ext} nproc {nproc}: {line:?}"
+            );
+            assert!(
+                kids.is_empty(),
+                "{ext} nproc {nproc}: {line:?}, children left: {kids:?}"
+            );
+        }
+    }
+    assert!(failures > 0, "no limit made the pool's start fail");
+}
+
+/// The descriptors and threads `pid` has now.
+fn fds_and_threads(pid: u32) -> (usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    (fds, threads)
+}
+
+/// Pools closed and joined, terminated or dropped, threads, processes and queues made over and
+/// over leave the descriptor and thread counts where they were: a round of them, then two more,
+/// counted from outside at the end of each (a leak of one descriptor or thread per pool would
+/// add 120).
+#[test]
+fn made_and_ended_over_and_over_pools_and_threads_leave_no_descriptor_or_thread() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let lua = r#"
+local function round()
+  for i = 1, 20 do
+    for _, how in ipairs({"join", "terminate", "drop"}) do
+      local p = parrun.Pool(2)
+      assert(p:map(function(x) return x + 1 end, {1, 2, 3})[3] == 4)
+      if how == "join" then p:close() p:join() elseif how == "terminate" then p:terminate() end
+      p = nil
+      collectgarbage()
+    end
+    local q = parrun.Queue()
+    local t = parrun.Thread(function() q:put(1) end, {}) t:start() t:join()
+    local pr = parrun.Process(function(q) q:put(2) end, {q}) pr:start() pr:join()
+    assert(q:get() + q:get() == 3)
+  end
+end
+local function mark() collectgarbage() print("mark") io.stdout:flush() parrun.sleep(0.4) end
+round() mark()
+round() round() mark()
+"#;
+    let rhai = r#"
+fn inc(x) { x + 1 }
+fn pool(how) {
+  let p = Pool(2);
+  let r = p.map(inc, [1, 2, 3]);
+  if r[2] != 4 { throw "wrong"; }
+  if how == "join" { p.close(); p.join(); } else if how == "terminate" { p.terminate(); }
+}
+fn others() {
+  let q = Queue();
+  let t = Thread(|q| q.put(1), [q]); t.start(); t.join();
+  let pr = Process(|q| q.put(2), [q]); pr.start(); pr.join();
+  if q.get() + q.get() != 3 { throw "lost"; }
+}
+fn round() {
+  for i in 1..=20 {
+    pool("join"); pool("terminate"); pool("drop");
+    others();
+  }
+}
+fn mark() { print("mark"); sleep(0.4); }
+round(); mark();
+round(); round(); mark();
+"#;
+    for mode in MODES {
+        for (ext, code) in common::languages(lua, rhai) {
+            let dir = TempDir::new("flat");
+            let path = dir.write(&format!("flat.{ext}"), code);
+            let mut child = Command::new(common::parrun_bin())
+                .args(["--mode", mode])
+                .arg(&path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut counts = Vec::new();
+            // A hang fails the test: the run is killed after the common timeout.
+            let deadline = std::time::Instant::now() + common::TIMEOUT;
+            let killer = std::thread::spawn(move || {
+                while std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                        return;
+                    }
+                }
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            });
+            while let Some(Ok(line)) = lines.next() {
+                assert_eq!(line, "mark", "--mode {mode} {ext}");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                counts.push(fds_and_threads(pid));
+            }
+            let status = child.wait().unwrap();
+            killer.join().unwrap();
+            assert!(status.success(), "--mode {mode} {ext}: {status}");
+            assert_eq!(counts.len(), 2, "--mode {mode} {ext}: {counts:?}");
+            let ((fds0, threads0), (fds1, threads1)) = (counts[0], counts[1]);
+            assert!(
+                fds1 <= fds0 + 3 && threads1 <= threads0 + 3,
+                "--mode {mode} {ext}: descriptors {fds0} -> {fds1}, threads {threads0} -> {threads1}"
+            );
+        }
+    }
+}
+
+/// `os.exit` / `exit` in a task of `imap`, `imap_unordered` or `starmap` fails that item with
+/// the line it was called at, as an error would name it (it named the file alone, or nothing),
+/// the other items still come, and the pool goes on, in every mode.
+#[test]
+fn exit_in_an_imap_or_starmap_task_names_its_line() {
+    both_in_modes(
+        &MODES,
+        "exitline",
+        r#"
+local pool = parrun.Pool(2)
+local function f(x)
+  if x == 3 then os.exit(7) end
+  return x * 10
+end
+local function g(a, b) return f(a + b) end
+for _, how in ipairs({"imap", "imap_unordered", "starmap"}) do
+  local got, err = {}, nil
+  if how == "starmap" then
+    local ok, e = pcall(pool.starmap, pool, g, {{1, 0}, {1, 2}, {2, 2}})
+    err = e
+  else
+    local it = pool[how](pool, f, {1, 2, 3, 4}, 1)
+    while true do
+      local ok, v = pcall(it)
+      if not ok then err = v elseif v == nil then break else got[#got + 1] = v end
+    end
+  end
+  table.sort(got)
+  print(how, table.concat(got, ","), err:match("exitline%.lua:%d+: os%.exit%(7%)") or err)
+end
+print(pool:apply(f, {5}))
+"#,
+        r#"
+let pool = Pool(2);
+fn f(x) {
+  if x == 3 { exit(7); }
+  x * 10
+}
+fn g(a, b) { f(a + b) }
+for how in ["imap", "imap_unordered", "starmap"] {
+  let got = [];
+  let err = "";
+  if how == "starmap" {
+    try { pool.starmap(g, [[1, 0], [1, 2], [2, 2]]); } catch (e) { err = e; }
+  } else {
+    let it = if how == "imap" { pool.imap(f, [1, 2, 3, 4], 1) } else { pool.imap_unordered(f, [1, 2, 3, 4], 1) };
+    loop {
+      try { let v = it.next(); if v == () { break; } got.push(v); } catch (e) { err = e; }
+    }
+  }
+  got.sort();
+  let at = err.index_of("exitline.rhai:4:");
+  print(`${how}	${got.map(|v| v.to_string()).reduce(|s, v| if s == () { v } else { s + "," + v })}	${if at >= 0 { err.sub_string(at, 16) } else { err }}`);
+}
+print(pool.apply(f, [5]));
+"#,
+        |mode, out| {
+            out.assert_success();
+            let lua = out.command.ends_with(".lua");
+            let place = if lua {
+                "exitline.lua:4: os.exit(7)"
+            } else {
+                "exitline.rhai:4:"
+            };
+            assert_eq!(
+                out.stdout_lines(),
+                [
+                    format!("imap\t10,20,40\t{place}"),
+                    format!("imap_unordered\t10,20,40\t{place}"),
+                    format!("starmap\t\t{place}"),
+                    "50".into(),
+                ],
+                "--mode {mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}

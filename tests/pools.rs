@@ -613,3 +613,122 @@ pool.close(); pool.join();
         );
     });
 }
+
+/// Pools the script drops without closing them, while forked workers collect their copies of
+/// the earlier ones: a worker's copy is not its pool, so collecting it touches nothing (its
+/// locks may have been held by a thread of the parent at the fork, and such a worker hung for
+/// ever, with the script's map; 10 pools were enough). Rhai drops each pool at once.
+#[test]
+fn pools_dropped_unclosed_while_workers_collect_their_copies_do_not_hang() {
+    let lua = r#"
+for i = 1, 40 do
+  local p = parrun.Pool(2)
+  local r = p:map(function(x) collectgarbage() return x * 2 end, {1, 2, 3, 4})
+  assert(r[4] == 8)
+end
+print("done")
+"#;
+    let rhai = r#"
+for i in 1..=40 {
+  let p = Pool(2);
+  let r = p.map(|x| x * 2, [1, 2, 3, 4]);
+  if r[3] != 8 { throw "wrong"; }
+}
+print("done");
+"#;
+    each_mode("droploop", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["done"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    });
+}
+
+/// A forked child (a `Process`, a task) that inherited the script's pool cannot use it: an
+/// error naming why, where it made the child's copy send the parent's workers its calls, and
+/// the parent's next call on the pool hung. (Python's child hangs on its call.) In the thread
+/// modes a `Process` is a thread of the script's process, and the pool is its own.
+#[test]
+fn a_forked_child_cannot_use_the_pool_it_inherited() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+local p = parrun.Process(function()
+  local ok, e = pcall(function() return pool:apply(function() return 2 end, {}) end)
+  print("child", ok and e or e:match("can be used only by the process that made it") or e)
+end, {})
+p:start(); p:join()
+print("exit", p.exitcode)
+print("parent", pool:apply(function() return 3 end, {}))
+pool:close(); pool:join()
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+let p = Process(|pool| {
+  let m = "can be used only by the process that made it";
+  try { print(`child	${pool.apply(|| 2, [])}`); } catch(e) { print(`child	${if e.contains(m) { m } else { e }}`); }
+}, [pool]);
+p.start(); p.join();
+print(`exit	${p.exitcode}`);
+print(`parent	${pool.apply(|| 3, [])}`);
+pool.close(); pool.join();
+"#;
+    each_mode("childpool", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let child = if mode == "fork" {
+            "can be used only by the process that made it"
+        } else {
+            "2"
+        };
+        assert_eq!(
+            out.stdout_lines(),
+            [format!("child\t{child}").as_str(), "exit\t0", "parent\t3"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    });
+}
+
+/// A forked child that inherited a result of the script's pool cannot wait for it: an error
+/// naming why, where its `get` waited for a result that never comes to a copy (for ever
+/// without a timeout; Python's child hangs the same way). In the thread modes a `Process` is
+/// a thread of the script's process, and gets the value.
+#[test]
+fn a_forked_child_cannot_wait_for_a_result_it_inherited() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+local r = pool:apply_async(function() parrun.sleep(0.2) return 5 end, {})
+local p = parrun.Process(function()
+  local ok, e = pcall(r.get, r, 2)
+  print("child", ok and e or e:match("can be waited for only by the process whose pool runs it") or e)
+end, {})
+p:start(); p:join()
+print("parent", r:get(), p.exitcode)
+"#;
+    let rhai = r#"
+let pool = Pool(1);
+let r = pool.apply_async(|| { sleep(0.2); 5 }, []);
+let p = Process(|r| {
+  let m = "can be waited for only by the process whose pool runs it";
+  try { print(`child	${r.get(2)}`); } catch(e) { print(`child	${if e.contains(m) { m } else { e }}`); }
+}, [r]);
+p.start(); p.join();
+print(`parent	${r.get()}	${p.exitcode}`);
+"#;
+    each_mode("childresult", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let child = if mode == "fork" {
+            "can be waited for only by the process whose pool runs it"
+        } else {
+            "5"
+        };
+        assert_eq!(
+            out.stdout_lines(),
+            [format!("child\t{child}").as_str(), "parent\t5\t0"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    });
+}

@@ -707,3 +707,117 @@ print(`pool ${r[0]} ${r[1]} ${r[2]}`);
         );
     });
 }
+
+/// A script's error is printed when its code ends, before the run waits for the threads and
+/// processes it started, as Python prints its traceback before it waits for its threads: it
+/// was printed only once they had ended, so a thread that never ends hid it for ever. It is
+/// printed once, and the status is still 1.
+#[test]
+fn a_script_error_is_printed_before_the_run_waits_for_its_threads() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let lua = r#"
+local t = parrun.Thread(function() parrun.sleep(4) print("thread done") end, {})
+t:start()
+local p = parrun.Process(function() parrun.sleep(4) print("process done") end, {})
+p:start()
+error("boom")
+"#;
+    let rhai = r#"
+let t = Thread(|| { sleep(4); print("thread done"); }, []);
+t.start();
+let p = Process(|| { sleep(4); print("process done"); }, []);
+p.start();
+throw "boom";
+"#;
+    let runs: Vec<_> = common::languages(lua, rhai)
+        .into_iter()
+        .map(|(ext, code)| {
+            let code = code.to_owned();
+            std::thread::spawn(move || {
+                let dir = TempDir::new("errfirst");
+                let path = dir.write(&format!("errfirst.{ext}"), &code);
+                let started = Instant::now();
+                let mut child = Command::new(common::parrun_bin())
+                    .arg(&path)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+                let first = stderr.next().and_then(Result::ok).unwrap_or_default();
+                let seen = started.elapsed();
+                let rest: Vec<String> = stderr.map_while(Result::ok).collect();
+                let status = child.wait().unwrap();
+                let mut stdout = String::new();
+                std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout)
+                    .unwrap();
+                (ext, first, seen, rest, status, stdout, started.elapsed())
+            })
+        })
+        .collect();
+    for run in runs {
+        let (ext, first, seen, rest, status, stdout, took) = run.join().unwrap();
+        assert!(took < common::TIMEOUT, "{ext}: the run took {took:?}");
+        assert!(
+            first.starts_with("parrun: ")
+                && first.contains(&format!("errfirst.{ext}:6:"))
+                && first.contains("boom"),
+            "{ext}: {first:?}"
+        );
+        assert!(
+            seen < Duration::from_secs(3),
+            "{ext}: the error came after {seen:?}, when the threads had ended"
+        );
+        assert!(
+            !rest.iter().any(|l| l.contains("boom")),
+            "{ext}: the error was printed again: {rest:?}"
+        );
+        assert_eq!(status.code(), Some(1), "{ext}");
+        let mut lines: Vec<&str> = stdout.lines().collect();
+        lines.sort();
+        assert_eq!(lines, ["process done", "thread done"], "{ext}");
+    }
+}
+
+/// A `Process` on a thread (`gil`, `isolated`) whose target asks its own handle at once finds
+/// it started: the handle said "cannot join a process before it is started" now and then (an
+/// isolated engine runs without waiting for the GIL, before `start` had marked it; 13 to 49
+/// of 200 here), which made a_thread_or_a_process_that_joins_itself_gets_an_error_not_a_hang
+/// (above) flaky.
+#[test]
+fn a_process_on_a_thread_is_started_for_its_own_target() {
+    both_in_modes(
+        &["gil", "isolated"],
+        "startedself",
+        r#"
+local bad = 0
+for i = 1, 100 do
+  local p
+  p = parrun.Process(function()
+    local ok, e = pcall(p.join, p)
+    if e:find("before it is started") then error(e) end
+  end)
+  p:start() p:join()
+  if p.exitcode ~= 0 then bad = bad + 1 end
+end
+print("bad", bad)
+"#,
+        r#"
+let bad = 0;
+for i in 1..=100 {
+  let ph = [()];
+  let p = Process(|| { try { ph[0].join(); } catch (e) { if e.contains("before it is started") { throw e; } } });
+  ph[0] = p;
+  p.start(); p.join();
+  if p.exitcode != 0 { bad += 1; }
+}
+print(`bad	${bad}`);
+"#,
+        |mode, out| {
+            out.assert_success();
+            assert_eq!(out.stdout_lines(), ["bad\t0"], "{mode}: {}", out.describe());
+        },
+    );
+}

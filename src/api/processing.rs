@@ -27,6 +27,11 @@ fn process(args: &mut dyn Args) -> Result<Arc<ScriptProcess>, String> {
 
 fn pool(args: &mut dyn Args) -> Result<Arc<PoolHandle>, String> {
     match args.object(0)? {
+        // A forked child's copy of a pool has no workers of its own, and its locks may be held
+        // for ever; reaching the parent's workers through it broke the parent's pool.
+        Object::Pool(p) if !p.made_here() => Err("a pool can be used only by the process that \
+             made it, not by a forked child (a task or a Process) that inherited it"
+            .into()),
         Object::Pool(p) => Ok(p),
         other => Err(format!("expected a Pool, got a {}", other.class().name())),
     }
@@ -34,6 +39,13 @@ fn pool(args: &mut dyn Args) -> Result<Arc<PoolHandle>, String> {
 
 fn job(args: &mut dyn Args) -> Result<Arc<AsyncResult>, String> {
     match args.object(0)? {
+        // A forked child's copy of a result is never filled (its pool's workers answer the
+        // parent): a get waited for ever, and its locks may have been held at the fork.
+        Object::AsyncResult(j, _) | Object::ResultIterator(j, ..) if !j.made_here() => Err(
+            "a result can be waited for only by the process whose pool runs it, not by a \
+             forked child (a task or a Process) that inherited it"
+                .into(),
+        ),
         Object::AsyncResult(j, _) | Object::ResultIterator(j, ..) => Ok(j),
         other => Err(format!(
             "expected an AsyncResult, got a {}",

@@ -137,7 +137,15 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
                 }
             },
         };
-        let request = Request(std::sync::Mutex::new(Some(Pending::Exit(status))));
+        // Level 2: the Lua code that called `os.exit` (level 1 is the builtin's C wrapper).
+        let place = lua
+            .inspect_stack(2, |d| {
+                let line = d.current_line()?;
+                Some(format!("{}:{line}: ", d.source().short_src?))
+            })
+            .flatten()
+            .unwrap_or_default();
+        let request = Request(std::sync::Mutex::new(Some(Pending::Exit(status, place))));
         (1, lua.create_userdata(request)?).into_lua_multi(lua)
     })?;
     let os: Table = lua.globals().get("os")?;
@@ -328,8 +336,7 @@ fn chunk_source(code: &[u8]) -> &[u8] {
 /// A fresh Lua state set up for `script`, its main chunk compiled, and the chunk's arguments.
 fn prepare(host: &Arc<Host>, script: &Source) -> Result<(Lua, Function, MultiValue), Error> {
     let setup = new_state(host).and_then(|lua| install_script_env(&lua, script).map(|()| lua));
-    let lua = setup
-        .map_err(|e| Error::script(format!("parrun: cannot set up Lua: {}", error_text(e))))?;
+    let lua = setup.map_err(|e| Error::script(format!("cannot set up Lua: {}", error_text(e))))?;
     let source = chunk_source(&script.code);
     let mut main = lua.load(source).set_name(format!("@{}", script.name));
     if !host.settings.binary_chunks || host.settings.sandbox {
@@ -357,20 +364,23 @@ fn prepare(host: &Arc<Host>, script: &Source) -> Result<(Lua, Function, MultiVal
 /// Runs a script in a fresh Lua state and waits for the threads it started.
 pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
     let (lua, main, args) = prepare(&host, &script)?;
-    let result = host.run_main(|| start_driver(&lua, &host, main, args));
+    let result = host.run_main(|| {
+        start_driver(&lua, &host, main, args).map_err(|e| match exit_status(&e) {
+            Some(status) => Error::Exited(status),
+            None => Error::script(error_text(e)),
+        })
+    });
     CURRENT_GIL.with(|g| g.borrow_mut().take());
     match result {
         Ok(returned) => Ok(Ended {
             status: 0,
             value: to_value(&lua, returned.into_iter().next().unwrap_or(LuaValue::Nil)),
         }),
-        Err(e) => match exit_status(&e) {
-            Some(status) => Ok(Ended {
-                status,
-                value: Ok(Value::Nil),
-            }),
-            None => Err(Error::script(error_text(e))),
-        },
+        Err(Error::Exited(status)) => Ok(Ended {
+            status,
+            value: Ok(Value::Nil),
+        }),
+        Err(e) => Err(e),
     }
 }
 

@@ -148,7 +148,12 @@ pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
 
     let result = host.run_main(|| {
         stops::begin();
-        shared.eval(&engine, &mut scope, &ast)
+        shared
+            .eval(&engine, &mut scope, &ast)
+            .map_err(|err| match *err {
+                EvalAltResult::Exit(value, _) => Error::Exited(exit_status_of(&value)),
+                other => Error::script(format_error(&script.name, other)),
+            })
     });
     let exit_status = *shared.exit_status.lock().recover();
     match result {
@@ -156,13 +161,11 @@ pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
             status: exit_status.unwrap_or(0),
             value: to_value(&shared, &value),
         }),
-        Err(err) => match *err {
-            EvalAltResult::Exit(value, _) => Ok(Ended {
-                status: exit_status_of(&value),
-                value: Ok(Value::Nil),
-            }),
-            other => Err(Error::script(format_error(&script.name, other))),
-        },
+        Err(Error::Exited(status)) => Ok(Ended {
+            status,
+            value: Ok(Value::Nil),
+        }),
+        Err(e) => Err(e),
     }
 }
 
@@ -625,16 +628,25 @@ fn start_engine(
 /// `exit()` / `exit(value)` as in Rhai, but the main thread's value becomes the exit status
 /// (Rhai's own `exit` ends the script and drops the value).
 fn register_exit(engine: &mut Engine, shared: &Arc<Shared>) {
-    let exit = |shared: &Shared, value: Dynamic| -> RhaiResult<Dynamic> {
-        if std::thread::current().id() == shared.main_thread {
-            *shared.exit_status.lock().recover() = Some(exit_status_of(&value));
-        }
-        Err(EvalAltResult::Exit(value, Position::NONE).into())
-    };
+    // Where it was called is kept (`stops::exit_called`): a pool task's or callback's failure
+    // names the line.
+    let exit =
+        |shared: &Shared, value: Dynamic, ctx: ::rhai::NativeCallContext| -> RhaiResult<Dynamic> {
+            if std::thread::current().id() == shared.main_thread {
+                *shared.exit_status.lock().recover() = Some(exit_status_of(&value));
+            }
+            stops::exit_called(ctx.call_source(), ctx.call_position());
+            Err(EvalAltResult::Exit(value, ctx.call_position()).into())
+        };
     let s = shared.clone();
-    engine.register_fn("exit", move || exit(&s, Dynamic::UNIT));
+    engine.register_fn("exit", move |ctx: ::rhai::NativeCallContext| {
+        exit(&s, Dynamic::UNIT, ctx)
+    });
     let s = shared.clone();
-    engine.register_fn("exit", move |value: Dynamic| exit(&s, value));
+    engine.register_fn(
+        "exit",
+        move |ctx: ::rhai::NativeCallContext, value: Dynamic| exit(&s, value, ctx),
+    );
 }
 
 /// Reads of a shared variable that holds a parrun object give a copy of the handle (a handle

@@ -528,8 +528,13 @@ impl Supervisor {
             }
             trace.instant(Some((pid, pid)), "fork", args);
         }
-        set_nonblocking(&result_rx)?;
-        let (tx, writer) = start_writer(task_tx)?;
+        let (tx, writer) = match set_nonblocking(&result_rx).and_then(|()| start_writer(task_tx)) {
+            Ok(started) => started,
+            Err(e) => {
+                children::discard_child(forked.pid);
+                return Err(e);
+            }
+        };
         Ok(Child {
             pid: forked.pid,
             number,

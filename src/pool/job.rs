@@ -90,9 +90,17 @@ pub struct AsyncResult {
     progress: Option<Tracker>,
     /// In a traced run: the function's name, for its tasks' spans (see `crate::rt::trace`).
     traced: Option<Arc<str>>,
+    /// The process whose pool runs the job: a forked child's copy never gets its results, and
+    /// its locks may have been held at the fork.
+    creator: u32,
 }
 
 impl AsyncResult {
+    /// Whether this process's pool runs the job (not a forked child holding a copy of it).
+    pub fn made_here(&self) -> bool {
+        self.creator == std::process::id()
+    }
+
     pub(super) fn new(id: u64, kind: JobKind, items: usize, callbacks: Callbacks) -> AsyncResult {
         AsyncResult {
             id,
@@ -103,6 +111,7 @@ impl AsyncResult {
             callbacks: Mutex::new(callbacks),
             progress: None,
             traced: None,
+            creator: std::process::id(),
         }
     }
 

@@ -199,6 +199,9 @@ pub struct Pool {
     stats: stats::Stats,
     /// In a traced run, the pool's number in the run (1, 2, ...), for its workers' track names.
     traced: Option<u32>,
+    /// The process that made the pool: only it owns the workers. A forked child holds a copy
+    /// of the pool whose locks another thread of the parent may have held at the fork.
+    creator: u32,
 }
 
 /// The script's handle on a pool: when the script drops its last one, the pool is stopped
@@ -215,6 +218,12 @@ impl std::ops::Deref for PoolHandle {
 
 impl Drop for PoolHandle {
     fn drop(&mut self) {
+        // A forked child's copy is not its pool (Python's finaliser, too, ignores a call in
+        // another process): its locks may be held for ever (a thread of the parent had one at
+        // the fork), and the workers are the parent's.
+        if !self.0.made_here() {
+            return;
+        }
         // Never wait here: a handle may be dropped by Lua's garbage collector, with the GIL
         // held, and the supervisor may be waiting for the GIL to fork a replacement.
         self.0.stop();
@@ -312,6 +321,7 @@ impl Pool {
                 overseer: Mutex::new(None),
                 stats: stats::Stats::new(size),
                 traced: host.trace.as_ref().map(|t| t.next_pool()),
+                creator: std::process::id(),
             }))
         };
         let (pool, overseer) = match workers {
@@ -479,6 +489,11 @@ impl Pool {
         self.finisher.wait_all_ready();
         self.shut_finisher();
         Ok(())
+    }
+
+    /// Whether this process made the pool (not a forked child holding a copy of it).
+    pub fn made_here(&self) -> bool {
+        self.creator == std::process::id()
     }
 
     /// How a function travels to the workers.

@@ -96,6 +96,13 @@ fn reap_registered(children: &mut Children, pid: Pid) -> nix::Result<WaitStatus>
 /// they are left to the kernel's parent-death signal.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
+/// Kills `pid` and reaps it: a child forked for something that then failed to start (its
+/// link or pool threads), which nothing else would reap before the run ends.
+pub(crate) fn discard_child(pid: Pid) {
+    let _ = signal_child(pid, Signal::SIGKILL);
+    let _ = wait_child(pid, true);
+}
+
 /// Terminates every child (SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL) and reaps it;
 /// no child is forked from then on.
 pub(crate) fn stop_children() {

@@ -245,9 +245,21 @@ impl Runtime {
     /// [`Runtime::stdout`] does for `print`: Rhai's `debug` lines, and the errors parrun reports
     /// for the script's threads, processes, pool workers and callbacks ("Exception in thread
     /// ...", "Process ...:" with the traceback), whichever process they happen in. The main
-    /// script's own error is not written anywhere: `run_*` returns it ([`Error::Script`]).
+    /// script's own error is not written anywhere: `run_*` returns it ([`Error::Script`]), and
+    /// [`Runtime::on_error`] is told it at once.
     pub fn stderr(mut self, writer: impl std::io::Write + Send + 'static) -> Self {
         Arc::make_mut(&mut self.embedding).output.stderr = Some(Sink::new(Box::new(writer)));
+        self
+    }
+
+    /// Calls `report` with the main script's error as soon as the script's code ends with one,
+    /// before the run waits for the threads and processes the script started and terminates
+    /// its pools, as Python prints a traceback before it waits for its threads: a thread that
+    /// never ends would otherwise hide the error for ever. `run_*` still returns the error
+    /// ([`Error::Script`]) when the run has ended; an uncaught `KeyboardInterrupt` comes only
+    /// then ([`Error::Interrupted`]). The `parrun` binary prints the error here.
+    pub fn on_error(mut self, report: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        Arc::make_mut(&mut self.embedding).on_error = Some(Arc::new(report));
         self
     }
 

@@ -216,8 +216,8 @@ pub(super) fn drive(
                 ))
             }
         };
-        if let Pending::Exit(status) = pending {
-            break Err(mlua::Error::external(Exit(status)));
+        if let Pending::Exit(status, place) = pending {
+            break Err(mlua::Error::external(Exit(status, place)));
         }
         let result = pending.run(gil, token);
         // A cancelled task ends here, whatever its wait returned.

@@ -67,23 +67,25 @@ impl UserData for Request {}
 pub(super) enum Pending {
     Wait(Wait),
     Fork(Wait),
-    /// `os.exit(status)`: the driver ends the coroutine (see [`Exit`]).
-    Exit(i32),
+    /// `os.exit(status)`, called at the place given (`FILE:LINE: `, or empty): the driver ends
+    /// the coroutine (see [`Exit`]).
+    Exit(i32, String),
 }
 
 /// The error that ends a coroutine on `os.exit(status)`: the main chunk's run ends with the
 /// status (parrun then finishes what the script started, as Python does after `sys.exit`); a
 /// thread ends, as after Python's `sys.exit` in a thread; a pool task fails with this message.
 /// It never ends the process itself, so a program embedding parrun keeps running.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Exit(pub(super) i32);
+/// The message names where `os.exit` was called, as an error would.
+#[derive(Debug, Clone)]
+pub(super) struct Exit(pub(super) i32, pub(super) String);
 
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "os.exit({}) called outside the script's main thread",
-            self.0
+            "{}os.exit({}) called outside the script's main thread",
+            self.1, self.0
         )
     }
 }
@@ -105,7 +107,7 @@ impl Pending {
         match self {
             Pending::Wait(wait) => interruptible(gil.allow_threads(token, wait)),
             Pending::Fork(fork) => fork(),
-            Pending::Exit(_) => Err("os.exit is handled by the driver".into()),
+            Pending::Exit(..) => Err("os.exit is handled by the driver".into()),
         }
     }
 
@@ -116,7 +118,7 @@ impl Pending {
             Pending::Fork(f) => f(),
             // Inside a C call (a sort comparator, a metamethod Lua calls from C) the coroutine
             // cannot be ended from here.
-            Pending::Exit(_) => Err("os.exit cannot end the script from inside a C call".into()),
+            Pending::Exit(..) => Err("os.exit cannot end the script from inside a C call".into()),
         }
     }
 }

@@ -94,6 +94,13 @@ pub(super) fn err_line(
 ) -> String {
     let mut source = source.to_owned();
     let mut pos = err.position();
+    // Rhai moved an `exit()` to the outermost script call, or to none in a task or callback.
+    if let (EvalAltResult::Exit(..), Some(place)) = (&err, stops::take_exit()) {
+        pos = place.pos;
+        if let Some(s) = place.source {
+            source = s.to_string();
+        }
+    }
     // Rhai moved a system exception to the outermost call: where it really stopped was tracked.
     if let Some(place) = stops::take(&err) {
         pos = place.pos;

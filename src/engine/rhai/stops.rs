@@ -67,6 +67,25 @@ thread_local! {
     /// Whether a stop is pending.
     static PENDING: Cell<bool> = const { Cell::new(false) };
     static TRACK: RefCell<Track> = const { RefCell::new(Track::NEW) };
+    /// Where `exit()` was last called on this thread: Rhai moves an `Exit`'s position out to
+    /// the outermost script call, which a task or callback (called from Rust) does not have.
+    static EXIT_AT: RefCell<Option<(Option<ImmutableString>, Position)>> =
+        const { RefCell::new(None) };
+}
+
+/// `exit()` is called at `pos` in `source` (`None`: the script's own code).
+pub(super) fn exit_called(source: Option<&str>, pos: Position) {
+    EXIT_AT.set(Some((source.map(Into::into), pos)));
+}
+
+/// Where `exit()` was called, for the `Exit` error it raised.
+pub(super) fn take_exit() -> Option<Place> {
+    let (source, pos) = EXIT_AT.take()?;
+    Some(Place {
+        source,
+        pos,
+        calls: Vec::new(),
+    })
 }
 
 /// Steps `engine` through every script it runs, recording each node's place.
@@ -127,6 +146,7 @@ pub(super) fn begin() {
     SOURCE.set(0);
     PENDING.set(false);
     TRACK.with_borrow_mut(|t| *t = Track::NEW);
+    EXIT_AT.set(None);
 }
 
 /// Where the script stopped with `err`, if `err` is a system exception (whose position Rhai
