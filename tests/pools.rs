@@ -732,3 +732,31 @@ print(`parent	${r.get()}	${p.exitcode}`);
         );
     });
 }
+
+/// A Lua local table that a pool's initializer and its tasks both capture is one table in a
+/// worker, in every mode (the worker keeps one copy per script table, whether the table
+/// reached it copied or inherited at the fork), as a Python initializer prepares a module
+/// global for its worker's tasks.
+#[test]
+fn an_initializer_prepares_a_table_its_tasks_capture() {
+    let lua = r#"
+local db = { ready = false }
+local function setup() db.ready = "db " .. parrun.getpid() end
+local pool = parrun.Pool({ processes = 2, initializer = setup })
+for _, ready in ipairs(pool:map(function(i) return db.ready end, { 1, 2, 3, 4 }, 1)) do
+  print(ready and ready:sub(1, 2) or "not ready")
+end
+pool:close()
+pool:join()
+"#;
+    for mode in MODES {
+        let out = common::run_code(&["--mode", mode], "initializer", "lua", lua);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["db", "db", "db", "db"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}

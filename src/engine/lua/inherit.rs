@@ -403,19 +403,20 @@ pub(super) fn inherited(
             return Err(refused());
         }
     }
-    let anchors = anchors(lua, generation).ok_or_else(refused)?;
-    let table: LuaValue = anchors
-        .raw_get(LuaValue::LightUserData(mlua::LightUserData(
-            id as usize as *mut c_void,
-        )))
-        .map_err(error_text)?;
-    match table {
-        LuaValue::Table(_) => {
-            keep(lua, id, digest, &table)?;
-            Ok(table)
+    // The worker's one copy of the script's table: its inherited one, unless a copy of the
+    // same contents reached it first (an initializer's upvalue, say).
+    held(lua, id, digest, || {
+        let anchors = anchors(lua, generation).ok_or_else(refused)?;
+        let table: LuaValue = anchors
+            .raw_get(LuaValue::LightUserData(mlua::LightUserData(
+                id as usize as *mut c_void,
+            )))
+            .map_err(error_text)?;
+        match table {
+            LuaValue::Table(_) => Ok(table),
+            _ => Err(refused()),
         }
-        _ => Err(refused()),
-    }
+    })
 }
 
 /// Registry key: a worker's copies of the script's tables, by the script table's address
