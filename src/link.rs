@@ -172,12 +172,7 @@ pub(crate) fn fork_child(
     output::forward_with(forward_output);
     trace::forward_with(forward_trace);
     let tracer = host.trace.clone();
-    let guards: [Arc<dyn ForkSafe>; 3] = [
-        host.clone(),
-        Arc::new(cancel::MainThreads),
-        Arc::new(Objects),
-    ];
-    let forked = fork::fork_child(&guards, keep, move |stream| {
+    let forked = fork::fork_child(&fork_guards(host), keep, move |stream| {
         signals::reset_in_child();
         registry().parent_link = Some(Arc::new(LinkClient::new(stream)));
         let status = work();
@@ -203,6 +198,15 @@ pub(crate) fn fork_child(
     })
 }
 
+/// The process-wide state a fork holds across it, in the order its locks are taken.
+fn fork_guards(host: &Arc<Host>) -> [Arc<dyn ForkSafe>; 3] {
+    [
+        host.clone(),
+        Arc::new(cancel::MainThreads),
+        Arc::new(Objects),
+    ]
+}
+
 /// Forks a child that runs `work` without a link to this process (it uses no queue or lock of
 /// the parent's: a fork pool's witness), and exits with the status `work` returns; its pid.
 /// Call as [`fork_child`].
@@ -211,12 +215,7 @@ pub(crate) fn fork_unlinked(
     keep: Vec<RawFd>,
     work: impl FnOnce() -> i32 + Send + 'static,
 ) -> Result<Pid, String> {
-    let guards: [Arc<dyn ForkSafe>; 3] = [
-        host.clone(),
-        Arc::new(cancel::MainThreads),
-        Arc::new(Objects),
-    ];
-    let forked = fork::fork_child(&guards, keep, move |_stream| {
+    let forked = fork::fork_child(&fork_guards(host), keep, move |_stream| {
         signals::reset_in_child();
         work()
     })?;

@@ -802,6 +802,21 @@ fn wait_child(child: &mut std::process::Child, limit: Duration) -> std::process:
     }
 }
 
+/// Runs the script at `path`, kills with SIGKILL the worker whose pid it prints ("pid N"),
+/// and waits for the script's end: its status, the worker's pid, and what it printed after.
+fn kill_the_worker_it_names(path: &PathBuf) -> (std::process::ExitStatus, i32, String) {
+    let (mut child, worker, mut reader) = start_and_read_pid(path);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = wait_child(&mut child, Duration::from_secs(30));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    (status, worker, rest)
+}
+
 #[test]
 fn a_killed_worker_fails_its_task_and_is_replaced() {
     let lua = r#"
@@ -820,15 +835,7 @@ print(`after ${pool.apply(|x| x * 2, [21])}`);
 "#;
     for (ext, code) in [("lua", lua), ("rhai", rhai)] {
         let (_dir, path) = script("killed", ext, code);
-        let (mut child, worker, mut reader) = start_and_read_pid(&path);
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(worker),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-        let status = wait_child(&mut child, Duration::from_secs(30));
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+        let (status, worker, rest) = kill_the_worker_it_names(&path);
         assert!(status.success(), "{ext}: {status:?}\n{rest}");
         assert!(
             rest.contains("SIGKILL"),
@@ -864,15 +871,7 @@ print("queued", pcall(queued.get, queued, 25))
 print("again", pool:apply(at, { 3 }))
 "#;
     let (_dir, path) = script("replaced", "lua", lua);
-    let (mut child, worker, mut reader) = start_and_read_pid(&path);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(worker),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let status = wait_child(&mut child, Duration::from_secs(30));
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    let (status, _, rest) = kill_the_worker_it_names(&path);
     assert!(status.success(), "{status:?}\n{rest}");
     let line = |name: &str| {
         rest.lines()
