@@ -112,6 +112,8 @@ struct Reader {
     too_deep: bool,
     /// Nothing but plain data so far (see [`plain_digest_at`]).
     plain: bool,
+    /// Reading a table's key (a table there is not plain data).
+    in_key: bool,
     /// How many more table entries it may read; past them it stops, `over`.
     budget: usize,
     over: bool,
@@ -128,6 +130,7 @@ impl Reader {
             seen: Seen::default(),
             too_deep: false,
             plain: true,
+            in_key: false,
             budget,
             over: false,
         };
@@ -159,7 +162,12 @@ impl Reader {
                 self.hash.write_usize(len);
                 self.hash.write(std::slice::from_raw_parts(bytes, len));
             }
-            ffi::LUA_TTABLE => self.table(state, at, depth),
+            ffi::LUA_TTABLE => {
+                if self.in_key {
+                    self.plain = false;
+                }
+                self.table(state, at, depth)
+            }
             _ => {
                 self.plain = false;
                 self.hash
@@ -197,10 +205,9 @@ impl Reader {
                 return;
             }
             self.budget -= 1;
-            if ffi::lua_type(state, -2) == ffi::LUA_TTABLE {
-                self.plain = false;
-            }
+            self.in_key = true;
             self.read(state, -2, depth + 1);
+            self.in_key = false;
             self.read(state, -1, depth + 1);
             ffi::lua_pop(state, 1);
         }
@@ -271,6 +278,34 @@ mod tests {
         assert_eq!(within(8), (Ok(whole), 0));
         for budget in [0, 1, 4, 7] {
             assert_eq!(within(budget).0, Err(()), "budget {budget}");
+        }
+    }
+
+    /// Plain data is what a copy reproduces as it is: no table key, metatable, shared table,
+    /// function or userdata anywhere inside.
+    #[test]
+    fn only_plain_data_reads_as_plain() {
+        let lua = Lua::new();
+        let plain = |code: &str| {
+            let value: LuaValue = lua.load(code).eval().unwrap();
+            let mut out = None;
+            // SAFETY: as `of`.
+            unsafe { lua.exec_raw::<()>(&value, |state| out = Some(plain_digest_at(state, 1))) }
+                .unwrap();
+            out.unwrap().is_some()
+        };
+        assert!(plain(
+            "return { 1, 'two', 3.5, true, { a = { 'deep' } }, [10] = false }"
+        ));
+        for code in [
+            "return { [{}] = 1 }",
+            "return { 1, { k = { [{}] = 2 } } }",
+            "return setmetatable({}, {})",
+            "return { f = print }",
+            "local t = {} return { t, t }",
+            "return { coroutine.create(print) }",
+        ] {
+            assert!(!plain(code), "{code} read as plain");
         }
     }
 
