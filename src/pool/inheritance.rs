@@ -152,6 +152,10 @@ impl Witness {
         let engine = engine.clone();
         let forked = link::fork_unlinked(host, keep, move || {
             crate::rt::signals::ignore_interrupts();
+            // It reads the big tables as it starts, on a core nothing else wants: the workers
+            // and the script go first.
+            // SAFETY: setpriority on this process only; a failure leaves the priority as it is.
+            unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 19) };
             let mut requests = File::from(request_rx);
             let mut replies = File::from(reply_tx);
             engine.witness(generation, &mut requests, &mut replies)

@@ -345,33 +345,23 @@ pub(super) fn verify(lua: &Lua, generation: u64) {
     });
 }
 
-/// A fork pool's witness (a fork made with the workers, which runs no task): answers each
-/// request with the digest of its copy of the anchored table at the address asked, as the
-/// pool started (see [`crate::script::TaskEngine::witness`]); its exit status.
+/// A fork pool's witness (a fork made with the workers, which runs no task): reads its copies
+/// of the anchored tables, then answers each request with the digest of the one at the
+/// address asked, as the pool started (see [`crate::script::TaskEngine::witness`]); its exit
+/// status.
 pub(super) fn witness(
     lua: &Lua,
     generation: u64,
     requests: &mut dyn Read,
     replies: &mut dyn Write,
 ) -> i32 {
-    let Some(anchors) = anchors(lua, generation) else {
-        return 1;
-    };
+    // Read at once, before any request: the script's first map after the pool starts then
+    // finds the answer ready while it reads its own table. (Its tables never change here.)
+    let read = digests(lua, generation);
     let mut id = [0u8; 8];
     while requests.read_exact(&mut id).is_ok() {
-        let at = mlua::LightUserData(u64::from_le_bytes(id) as usize as *mut c_void);
-        let mut digest = None;
-        // SAFETY: the closure keeps to Lua's API and the stack above the anchors (1) and the
-        // address (2).
-        let read = unsafe {
-            lua.exec_raw::<()>((&anchors, at), |state| {
-                if ffi::lua_rawget(state, 1) == ffi::LUA_TTABLE {
-                    digest = fingerprint::plain_digest_at(state, -1);
-                }
-            })
-        };
         let mut reply = [0u8; 9];
-        if let (Ok(()), Some(digest)) = (read, digest) {
+        if let Some(digest) = read.get(&(u64::from_le_bytes(id) as usize)) {
             reply[0] = 1;
             reply[1..].copy_from_slice(&digest.to_le_bytes());
         }
