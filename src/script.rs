@@ -159,10 +159,6 @@ impl Travel {
 pub(crate) trait Inheritance: Send + Sync {
     fn generation(&self) -> u64;
 
-    /// Asks for the digest of the anchored table at `id` ahead of [`Inheritance::digest`], if
-    /// it is not known yet (the witness starts reading it).
-    fn ask(&self, id: usize);
-
     /// The digest of the anchored table at `id` as the pool started: read then, or asked of
     /// the witness (waiting with the GIL released); `None` if it cannot tell.
     fn digest(&self, id: usize) -> Option<u64>;

@@ -1,11 +1,11 @@
 //! What a fork pool's workers inherited ([`Inheritance`]): the anchors the engine made as the
 //! pool started, the digests of those it read then, and a witness for the rest: a process
 //! forked with the workers that runs no task, so that it keeps the anchored tables as the
-//! workers got them, and reads one (its digest) when a submitted function needs it. The
-//! witness exists only when some anchored table was too big to read at the start, and ends with
-//! the pool.
+//! workers got them, reads them (their digests) as it starts, at the lowest CPU priority, and
+//! answers when a submitted function reads one. The witness exists only when some anchored
+//! table was too big to read at the start, and ends with the pool.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -40,8 +40,6 @@ struct Witness {
     pid: Pid,
     requests: File,
     replies: File,
-    /// What was asked and not answered yet, in order.
-    outstanding: VecDeque<usize>,
 }
 
 impl Inherited {
@@ -99,20 +97,6 @@ impl Inheritance for Inherited {
         self.generation
     }
 
-    fn ask(&self, id: usize) {
-        if self.known(id).is_some() {
-            return;
-        }
-        let mut witness = self.witness.lock().recover();
-        if let Some(w) = witness.as_mut() {
-            if w.request(id).is_err() {
-                if let Some(w) = witness.take() {
-                    w.end();
-                }
-            }
-        }
-    }
-
     fn digest(&self, id: usize) -> Option<u64> {
         if let Some(known) = self.known(id) {
             return known;
@@ -121,13 +105,13 @@ impl Inheritance for Inherited {
         // meanwhile, for the script's other threads and a supervisor forking a worker.
         self.host.gil.allow_threads(0, || {
             let mut witness = self.witness.lock().recover();
-            let w = witness.as_mut()?;
-            let mut asked = self.asked.lock().recover();
-            match w.answer(id, &mut asked) {
-                Ok(answer) => answer,
+            match witness.as_mut()?.ask(id) {
+                Ok(answer) => {
+                    self.asked.lock().recover().insert(id, answer);
+                    answer
+                }
                 Err(_) => {
                     // Gone: the tables it would have read are copied.
-                    drop(asked);
                     if let Some(w) = witness.take() {
                         w.end();
                     }
@@ -172,38 +156,16 @@ impl Witness {
             pid,
             requests: File::from(request_tx),
             replies: File::from(reply_rx),
-            outstanding: VecDeque::new(),
         })
     }
 
-    /// Asks for the digest of the anchored table at `id`, unless that is asked already.
-    fn request(&mut self, id: usize) -> std::io::Result<()> {
-        if !self.outstanding.contains(&id) {
-            self.requests.write_all(&(id as u64).to_le_bytes())?;
-            self.outstanding.push_back(id);
-        }
-        Ok(())
-    }
-
-    /// The digest of the anchored table at `id`, as the witness read it: asked if need be, then
-    /// the answers read in the order asked, each kept in `asked`, up to this one.
-    fn answer(
-        &mut self,
-        id: usize,
-        asked: &mut HashMap<usize, Option<u64>>,
-    ) -> std::io::Result<Option<u64>> {
-        self.request(id)?;
-        while let Some(next) = self.outstanding.pop_front() {
-            let mut reply = [0u8; 9];
-            self.replies.read_exact(&mut reply)?;
-            let digest = u64::from_le_bytes(reply[1..].try_into().unwrap_or_default());
-            let answer = (reply[0] == 1).then_some(digest);
-            asked.insert(next, answer);
-            if next == id {
-                return Ok(answer);
-            }
-        }
-        Ok(None)
+    /// The digest of the anchored table at `id`, as the witness read it.
+    fn ask(&mut self, id: usize) -> std::io::Result<Option<u64>> {
+        self.requests.write_all(&(id as u64).to_le_bytes())?;
+        let mut reply = [0u8; 9];
+        self.replies.read_exact(&mut reply)?;
+        let digest = u64::from_le_bytes(reply[1..].try_into().unwrap_or_default());
+        Ok((reply[0] == 1).then_some(digest))
     }
 
     /// Stops the witness (it may be reading a table) and reaps it.

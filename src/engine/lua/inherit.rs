@@ -8,8 +8,8 @@
 //! *Unchanged* is decided by contents ([`fingerprint`]). As the pool forks, it reads the tables
 //! it anchors (their digests), up to [`READ_AT_START`] entries in all; a bigger table is read
 //! by the pool's witness, a process forked with the workers that runs no task and so keeps the
-//! tables as they were, when a function needs it ([`witness`], `pool::inheritance`). The
-//! encoder reads the upvalue as it encodes the function (while the witness reads its copy) and
+//! tables as they were, and reads them as it starts ([`witness`], `pool::inheritance`). The
+//! encoder reads the upvalue as it encodes the function, asks the witness if need be, and
 //! names the table only when the two agree, so a function always runs on the table as it was
 //! when it was submitted, as when it is copied. A worker forked later, in place of one that
 //! ended, is a copy of the script as of then: before its first task it reads its own copies
@@ -51,7 +51,7 @@ struct Generations {
 }
 
 /// How many table entries `Pool()` reads at most, of all the tables it anchors (a few ms): a
-/// bigger table is read by the pool's witness, when a function needs it.
+/// bigger table is read by the pool's witness.
 const READ_AT_START: usize = 20_000;
 /// How many of those one table may take.
 const READ_AT_START_EACH: usize = 5_000;
@@ -78,8 +78,7 @@ impl Heritage {
         })
     }
 
-    /// The table's address, if it is among the anchors; then the digest of the workers' copy
-    /// is asked for at once (the witness reads it while the encoder reads the script's).
+    /// The table's address, if it is among the anchors.
     pub(super) fn anchored(&self, table: &Table) -> Option<usize> {
         let id = table.to_pointer();
         // The same address in the anchors is the same table: two live objects never share one,
@@ -93,7 +92,6 @@ impl Heritage {
         if anchored.to_pointer() != id {
             return None;
         }
-        self.inheritance.ask(id as usize);
         Some(id as usize)
     }
 
@@ -412,13 +410,16 @@ pub(super) fn inherited(
 /// Registry key: a worker's copies of the script's tables, by the script table's address
 /// (values weak: a copy that no function holds any more goes).
 const HELD: &str = "parrun.held";
-/// How many copies' digests a worker remembers before it forgets those of collected copies.
+/// How many copies' digests a worker remembers before it first forgets those of collected
+/// copies; then twice as many as it still held.
 const HELD_PRUNE: usize = 1024;
 
 /// The script tables' digests from which a worker's copies were made, by address (app data).
-#[derive(Default)]
 struct Held {
     digests: HashMap<u64, u64>,
+    /// How many digests it remembers before it next forgets those of collected copies (so
+    /// that many live copies are not looked over at every new one).
+    prune_at: usize,
 }
 
 /// A worker's copy of the script's table at address `origin`, whose contents had digest
@@ -451,18 +452,22 @@ fn keep(lua: &Lua, origin: u64, digest: u64, value: &LuaValue) -> Result<(), Str
     let copies = copies(lua)?;
     copies.raw_set(origin, value).map_err(error_text)?;
     if lua.app_data_ref::<Held>().is_none() {
-        lua.set_app_data(Held::default());
+        lua.set_app_data(Held {
+            digests: HashMap::new(),
+            prune_at: HELD_PRUNE,
+        });
     }
     let mut held = lua
         .app_data_mut::<Held>()
         .ok_or("internal error: no held copies")?;
     held.digests.insert(origin, digest);
-    if held.digests.len() > HELD_PRUNE {
+    if held.digests.len() > held.prune_at {
         held.digests.retain(|origin, _| {
             copies
                 .raw_get::<LuaValue>(*origin)
                 .is_ok_and(|copy| !copy.is_nil())
         });
+        held.prune_at = HELD_PRUNE.max(2 * held.digests.len());
     }
     Ok(())
 }
@@ -528,8 +533,6 @@ mod tests {
         fn generation(&self) -> u64 {
             self.generation
         }
-
-        fn ask(&self, _id: usize) {}
 
         fn digest(&self, id: usize) -> Option<u64> {
             if let Some(digest) = self.read.get(&id) {
