@@ -24,6 +24,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,22 +60,48 @@ const POLL_MILLIS: u16 = 200;
 /// The supervisor sleeps in `poll`; the pool wakes it through a pipe.
 pub(super) struct Forked {
     wake_tx: File,
+    /// Set by the first wake-up the supervisor has not taken yet: the ones after it need no
+    /// write of their own (a submit's write and the supervisor's wake-up were most of what an
+    /// `apply_async` cost the script's thread).
+    woken: Arc<AtomicBool>,
+}
+
+/// The supervisor's end of the pool's wake-ups.
+pub(super) struct WakeRx {
+    rx: File,
+    woken: Arc<AtomicBool>,
 }
 
 impl Forked {
     /// The backend, and the read end of its wake pipe for [`start`].
-    pub(super) fn new() -> Result<(Forked, OwnedFd), String> {
+    pub(super) fn new() -> Result<(Forked, WakeRx), String> {
         let (rx, tx) = pipe()?;
         set_nonblocking(&rx)?;
         // A full pipe already holds a wake-up: a submit never blocks on it.
         set_nonblocking(&tx)?;
-        Ok((Forked { wake_tx: tx.into() }, rx))
+        let woken = Arc::new(AtomicBool::new(false));
+        let wake_rx = WakeRx {
+            rx: rx.into(),
+            woken: woken.clone(),
+        };
+        Ok((
+            Forked {
+                wake_tx: tx.into(),
+                woken,
+            },
+            wake_rx,
+        ))
     }
 }
 
 impl Backend for Forked {
     fn wake(&self, _: &Pool) {
-        let _ = (&self.wake_tx).write(&[1]);
+        // The news (a task queued, a new status) is in the pool's state before this: the
+        // supervisor clears the flag before it reads the state, so a wake-up that finds the
+        // flag set is one the supervisor will see.
+        if !self.woken.swap(true, Ordering::SeqCst) {
+            let _ = (&self.wake_tx).write(&[1]);
+        }
     }
 }
 
@@ -84,13 +111,13 @@ impl Backend for Forked {
 pub(super) fn start(
     pool: &Arc<Pool>,
     engine: Arc<dyn TaskEngine>,
-    wake_rx: OwnedFd,
+    wake_rx: WakeRx,
 ) -> Result<Handle, String> {
     let mut supervisor = Supervisor {
         pool: pool.clone(),
         engine,
         children: Vec::with_capacity(pool.size),
-        wake: wake_rx.into(),
+        wake: wake_rx,
         task_micros: f64::NAN,
         scratch: vec![0; READ_CHUNK].into_boxed_slice(),
         forked: 0,
@@ -161,8 +188,8 @@ struct Supervisor {
     /// The engine the workers run, in their copy of the process.
     engine: Arc<dyn TaskEngine>,
     children: Vec<Child>,
-    /// The read end of the pool's wake pipe.
-    wake: File,
+    /// The pool's wake-ups.
+    wake: WakeRx,
     /// A moving average of the task time workers report (NaN before the first report).
     task_micros: f64,
     /// Where result pipes are read into: made once, because zeroing a fresh 64 KiB for every
@@ -210,7 +237,7 @@ impl Supervisor {
     /// until the next task deadline at the latest; which are readable, or `None` if the wait
     /// was cut short.
     fn wait_readable(&self) -> Option<Vec<bool>> {
-        let mut fds = vec![PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(self.wake.rx.as_fd(), PollFlags::POLLIN)];
         fds.extend(
             self.children
                 .iter()
@@ -240,8 +267,11 @@ impl Supervisor {
     /// pipe ended is buried and replaced.
     fn drain_readable(&mut self, readable: &[bool]) {
         if readable[0] {
+            // Before the pipe is emptied and the next round reads the pool's state: a
+            // wake-up from now on writes again.
+            self.wake.woken.store(false, Ordering::SeqCst);
             let mut sink = [0u8; 256];
-            while matches!(self.wake.read(&mut sink), Ok(n) if n > 0) {}
+            while matches!(self.wake.rx.read(&mut sink), Ok(n) if n > 0) {}
         }
         for i in 0..self.children.len() {
             if !readable[i + 1] {
