@@ -11,7 +11,8 @@
 //!   in flight: 1 while tasks are slow (so a later task starts on whichever worker frees up
 //!   first, as in Python), up to [`MAX_WINDOW`] when tasks are fast, because one round trip
 //!   per task is bound by pipe wake-up latency (shared/notes/ipc.md). The window follows the
-//!   task time workers report. Tasks assigned in one pass go out in one write.
+//!   task time workers report. Tasks assigned in one pass go out in one write; a worker holds
+//!   back a few answers of a `map`'s quick tasks to send them in one write too (`worker`).
 //! - **Functions** travel once per worker: the adapter encodes a script function once
 //!   ([`FunctionSpec`]), the worker decodes and keeps it.
 //! - **Failures.** A worker that dies (a signal, a crash) or is killed for running past the
@@ -758,6 +759,7 @@ pub(super) fn encode_task(
         function: *key,
         calls: task.calls.as_slice(),
         traced: trace_name.map(|_| (task.job.id(), task.first as u64)),
+        gather: task.job.read_whole(),
     };
     codec::encode_into(batch, &message).map_err(|e| e.to_string())
 }

@@ -115,6 +115,12 @@ impl AsyncResult {
         }
     }
 
+    /// Whether nothing reads the job's results before they are all in (`map`, `starmap`, their
+    /// `_async` forms), so that a worker may hold a few back and send them together.
+    pub(super) fn read_whole(&self) -> bool {
+        self.kind == JobKind::List
+    }
+
     /// The job with a progress bar (see `crate::rt::progress`), counting its items in.
     pub(super) fn tracked(mut self, progress: Option<Tracker>) -> AsyncResult {
         self.progress = progress;

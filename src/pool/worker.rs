@@ -30,12 +30,14 @@ pub(super) enum ToWorkerOut<'a> {
         name: Option<&'a str>,
     },
     /// Calls of the function `function`; answered by one [`FromWorker`] with the same `id`. In
-    /// a traced run, `traced` is the job's id and the index of the first call in it.
+    /// a traced run, `traced` is the job's id and the index of the first call in it. `gather`:
+    /// the answer may wait to go up with the next ones (see [`GATHER_MOST`]).
     Task {
         id: u64,
         function: u64,
         calls: CallSlice<'a>,
         traced: Option<(u64, u64)>,
+        gather: bool,
     },
 }
 
@@ -53,8 +55,18 @@ pub(super) enum ToWorker {
         function: u64,
         calls: Calls,
         traced: Option<(u64, u64)>,
+        gather: bool,
     },
 }
+
+/// The most answers a worker holds back to send in one write. It holds an answer back only
+/// when its job reads its results all at once (a `map`), the task was quick (under
+/// [`GATHER_QUICKER_THAN`]) and its next task is already read: with one task per call
+/// (`map(f, xs, 1)`) a write and the supervisor's wake-up per answer were a good part of
+/// what each task cost. Few enough that the supervisor, which sends a worker more work as its
+/// answers come, keeps it fed.
+const GATHER_MOST: usize = 16;
+const GATHER_QUICKER_THAN: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// A message up a forked worker's result pipe: a task's results.
 #[derive(Serialize, Deserialize)]
@@ -221,14 +233,21 @@ pub(super) fn worker_main(
     }
     let mut buf = Vec::new();
     let mut done = 0usize;
+    // Answers encoded in `out` and not written yet.
+    let mut held = 0usize;
     let mut reader = std::io::BufReader::with_capacity(64 * 1024, &mut tasks);
     let trace = host.trace.clone();
     let mut names: HashMap<u64, Arc<str>> = HashMap::new();
     loop {
         let msg = match codec::read_frame::<ToWorker>(&mut reader, &mut buf) {
             Ok(m) => m,
-            Err(codec::CodecError::Closed) => return 0,
             Err(e) => {
+                // (Answers are held back only while a next task was read: none is left here
+                // but after a truncated task, and they still answer their tasks.)
+                let _ = results.write_all(&out);
+                if matches!(e, codec::CodecError::Closed) {
+                    return 0;
+                }
                 host.report(&format!("parrun worker: {e}"));
                 return 1;
             }
@@ -245,6 +264,7 @@ pub(super) fn worker_main(
                 function,
                 calls,
                 traced,
+                gather,
             } => {
                 let start = Instant::now();
                 let started = traced.map(|_| trace::clock());
@@ -265,24 +285,41 @@ pub(super) fn worker_main(
                 }
                 crate::rt::output::flush_c_stdout();
                 crate::link::settle_forwarded();
+                let took = start.elapsed();
                 let msg = FromWorker {
                     id,
-                    micros: start.elapsed().as_micros() as u64,
+                    micros: took.as_micros() as u64,
                     result,
                 };
-                if let Err(e) = codec::write_frame(&mut results, &mut out, &msg) {
+                let before = out.len();
+                if let Err(e) = codec::encode_into(&mut out, &msg) {
                     // A result that cannot be encoded still has to answer the task.
+                    out.truncate(before);
                     let msg = FromWorker {
                         id,
                         micros: 0,
                         result: Err(format!("cannot send the result back: {e}").into()),
                     };
-                    if codec::write_frame(&mut results, &mut out, &msg).is_err() {
+                    if codec::encode_into(&mut out, &msg).is_err() {
                         return 1;
                     }
                 }
+                held += 1;
                 done += 1;
-                if max_tasks.is_some_and(|m| done >= m) {
+                let last = max_tasks.is_some_and(|m| done >= m);
+                let hold = gather
+                    && !last
+                    && took < GATHER_QUICKER_THAN
+                    && held < GATHER_MOST
+                    && !reader.buffer().is_empty();
+                if !hold {
+                    if results.write_all(&out).is_err() {
+                        return 1;
+                    }
+                    out.clear();
+                    held = 0;
+                }
+                if last {
                     return 0;
                 }
             }
@@ -307,6 +344,7 @@ mod tests {
             function: 7,
             calls: calls.as_slice(),
             traced: Some((3, 40)),
+            gather: true,
         };
         codec::fuzz_frames(&task, 10_000, |mut bytes| {
             let _ = codec::read_frame::<ToWorker>(&mut bytes, &mut Vec::new());
@@ -462,6 +500,73 @@ mod tests {
         assert_eq!(*decoded.lock().unwrap() - before, KEPT_FUNCTIONS + 2);
     }
 
+    /// Records each write it is given.
+    #[derive(Default)]
+    struct Writes {
+        bytes: Vec<u8>,
+        sizes: Vec<usize>,
+    }
+
+    impl std::io::Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.bytes.extend_from_slice(buf);
+            self.sizes.push(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A worker sends the answers of a `map`'s quick tasks a few at a time while it has the
+    /// next task already read, and every other answer (an `apply_async`'s, an `imap`'s) at
+    /// once; every task is answered, in order.
+    #[test]
+    fn quick_answers_of_a_map_go_up_together_and_the_rest_one_by_one() {
+        let (engine, _) = counting();
+        let calls = Calls::Each(vec![Value::Int(1)]);
+        let mut wire = Vec::new();
+        let function = ToWorkerOut::Function {
+            key: 7,
+            code: &[1],
+            name: None,
+        };
+        codec::encode_into(&mut wire, &function).unwrap();
+        let task = |id: u64, gather: bool, wire: &mut Vec<u8>| {
+            let msg = ToWorkerOut::Task {
+                id,
+                function: 7,
+                calls: calls.as_slice(),
+                traced: None,
+                gather,
+            };
+            codec::encode_into(wire, &msg).unwrap();
+        };
+        for id in 1..=40 {
+            task(id, true, &mut wire);
+        }
+        for id in 41..=45 {
+            task(id, false, &mut wire);
+        }
+        let mut writes = Writes::default();
+        assert_eq!(worker_main(engine, &wire[..], &mut writes, None, None), 0);
+        let mut frames = codec::FrameBuf::default();
+        frames.push(&writes.bytes);
+        let mut ids = Vec::new();
+        while let Ok(Some(frame)) = frames.next_frame() {
+            ids.push(codec::decode::<FromWorker>(frame).unwrap().id);
+        }
+        assert_eq!(ids, (1..=45).collect::<Vec<u64>>());
+        // (Every answer here encodes to the same size.)
+        let one = writes.bytes.len() / 45;
+        // The map's answers in writes of at most GATHER_MOST (a slow machine may send some
+        // alone); the first other answer takes those held with it, the 4 after it go alone.
+        let sizes = &writes.sizes;
+        assert!(sizes.len() < 40, "{sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= GATHER_MOST * one), "{sizes:?}");
+        assert_eq!(sizes[sizes.len() - 4..], [one; 4], "{sizes:?}");
+    }
+
     #[test]
     fn a_task_frame_round_trips() {
         let calls = Calls::Each(vec![Value::Int(1), Value::Nil]);
@@ -471,6 +576,7 @@ mod tests {
             function: 8,
             calls: calls.as_slice(),
             traced: None,
+            gather: false,
         };
         codec::write_frame(&mut wire, &mut Vec::new(), &msg).unwrap();
         match codec::read_frame::<ToWorker>(&mut &wire[..], &mut Vec::new()).unwrap() {
@@ -479,6 +585,7 @@ mod tests {
                 function,
                 calls: Calls::Each(v),
                 traced: None,
+                gather: false,
             } => {
                 assert_eq!((id, function, v), (5, 8, vec![Value::Int(1), Value::Nil]));
             }
