@@ -61,13 +61,13 @@ impl Inherited {
             read: anchored.digests,
             asked: Mutex::default(),
             witness: Mutex::new(witness),
-            creator: crate::rt::fork::current_pid(),
+            creator: crate::rt::pid::current_pid(),
         }
     }
 
     /// Ends the witness, if there is one (the pool has ended).
     pub(super) fn close(&self) {
-        if crate::rt::fork::current_pid() != self.creator {
+        if crate::rt::pid::current_pid() != self.creator {
             return;
         }
         if let Some(witness) = self.witness.lock().recover().take() {

@@ -98,7 +98,7 @@ pub struct AsyncResult {
 impl AsyncResult {
     /// Whether this process's pool runs the job (not a forked child holding a copy of it).
     pub fn made_here(&self) -> bool {
-        self.creator == crate::rt::fork::current_pid()
+        self.creator == crate::rt::pid::current_pid()
     }
 
     pub(super) fn new(id: u64, kind: JobKind, items: usize, callbacks: Callbacks) -> AsyncResult {
@@ -111,7 +111,7 @@ impl AsyncResult {
             callbacks: Mutex::new(callbacks),
             progress: None,
             traced: None,
-            creator: crate::rt::fork::current_pid(),
+            creator: crate::rt::pid::current_pid(),
         }
     }
 

@@ -321,7 +321,7 @@ impl Pool {
                 overseer: Mutex::new(None),
                 stats: stats::Stats::new(size),
                 traced: host.trace.as_ref().map(|t| t.next_pool()),
-                creator: crate::rt::fork::current_pid(),
+                creator: crate::rt::pid::current_pid(),
             }))
         };
         let (pool, overseer) = match workers {
@@ -493,7 +493,7 @@ impl Pool {
 
     /// Whether this process made the pool (not a forked child holding a copy of it).
     pub fn made_here(&self) -> bool {
-        self.creator == crate::rt::fork::current_pid()
+        self.creator == crate::rt::pid::current_pid()
     }
 
     /// How a function travels to the workers.

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Once};
 
 use nix::sys::signal::Signal;
@@ -96,33 +96,6 @@ fn detach_stdin() {
             nix::libc::close(null);
         }
     }
-}
-
-/// This process's id as [`current_pid`] last read it; 0 before it has, and in a forked child
-/// until it does.
-static PID: AtomicU32 = AtomicU32::new(0);
-
-/// This process's id, as `std::process::id()`, without a system call each time: glibc no
-/// longer caches it, and pools, results and output ask at every call whether this process is
-/// the one that made them (three `getpid` calls a task of an `apply_async` in a fork pool).
-/// Forgotten in every forked child, by a `pthread_atfork` handler made before the first
-/// answer is kept, so a fork that bypasses [`fork_child`] (a host's own) is covered too.
-pub(crate) fn current_pid() -> u32 {
-    let pid = PID.load(Ordering::Relaxed);
-    if pid != 0 {
-        return pid;
-    }
-    static FORGETS: Once = Once::new();
-    FORGETS.call_once(|| {
-        extern "C" fn forget_pid() {
-            PID.store(0, Ordering::Relaxed);
-        }
-        // SAFETY: registers a child handler that only stores to an atomic.
-        unsafe { nix::libc::pthread_atfork(None, None, Some(forget_pid)) };
-    });
-    let pid = std::process::id();
-    PID.store(pid, Ordering::Relaxed);
-    pid
 }
 
 /// Set in a forked child (and inherited by its own children).
@@ -401,34 +374,6 @@ mod tests {
         unregister_fd(forked.stream.as_raw_fd());
         drop(forked.stream);
         ended_within(forked.pid, limit)
-    }
-
-    /// The id kept by `current_pid` is forgotten in a child, whether parrun forked it or the
-    /// host called `fork` itself.
-    #[test]
-    fn a_forked_child_reads_its_own_pid() {
-        let parent = current_pid();
-        assert_eq!(parent, std::process::id());
-        let ours = fork_and_wait(
-            move || i32::from(current_pid() != std::process::id() || current_pid() == parent),
-            Duration::from_secs(20),
-        );
-        assert!(matches!(ours, Some(WaitStatus::Exited(_, 0))), "{ours:?}");
-        // SAFETY: the child makes no allocation and takes no lock: an atomic, getpid, _exit.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            ForkResult::Child => {
-                let wrong = current_pid() != std::process::id() || current_pid() == parent;
-                unsafe { nix::libc::_exit(i32::from(wrong)) }
-            }
-            ForkResult::Parent { child } => {
-                let theirs = ended_within(child, Duration::from_secs(20));
-                assert!(
-                    matches!(theirs, Some(WaitStatus::Exited(_, 0))),
-                    "{theirs:?}"
-                );
-            }
-        }
-        assert_eq!(current_pid(), parent);
     }
 
     fn script_thread(f: impl FnOnce() + Send + 'static) -> Handle {

@@ -322,7 +322,7 @@ pub(crate) struct Sink {
 impl Sink {
     pub(crate) fn new(writer: Box<dyn Write + Send>) -> Arc<Sink> {
         Arc::new(Sink {
-            owner: crate::rt::fork::current_pid(),
+            owner: crate::rt::pid::current_pid(),
             writer: Mutex::new(writer),
         })
     }
@@ -349,7 +349,7 @@ impl Sink {
     /// Writes `bytes` (whole lines) to the writer, or, in a forked child, sends them to the
     /// process that owns it.
     pub(crate) fn write(&self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
-        if crate::rt::fork::current_pid() != self.owner {
+        if crate::rt::pid::current_pid() != self.owner {
             let forward = FORWARD.get().ok_or_else(|| {
                 io::Error::other("this process cannot reach the one that owns the output")
             })?;
@@ -360,7 +360,7 @@ impl Sink {
 
     /// Flushes the writer (a run does at its end).
     pub(crate) fn flush(&self) -> io::Result<()> {
-        if crate::rt::fork::current_pid() != self.owner {
+        if crate::rt::pid::current_pid() != self.owner {
             return Ok(());
         }
         self.guarded(|w| w.flush())

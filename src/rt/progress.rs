@@ -78,7 +78,7 @@ fn would_draw(stderr_terminal: bool) -> bool {
 /// forks anything. Its children then send their terminal lines here (see [`forwards`]).
 pub fn claim() {
     use std::io::IsTerminal;
-    let me = crate::rt::fork::current_pid();
+    let me = crate::rt::pid::current_pid();
     if OWNER.load(Ordering::Acquire) == me {
         return;
     }
@@ -91,7 +91,7 @@ pub fn claim() {
 
 fn is_owner() -> bool {
     let owner = OWNER.load(Ordering::Acquire);
-    owner != 0 && owner == crate::rt::fork::current_pid()
+    owner != 0 && owner == crate::rt::pid::current_pid()
 }
 
 /// In a forked child of the process that draws bars: whether a line for standard output
@@ -99,7 +99,7 @@ fn is_owner() -> bool {
 /// would land on between two frames of a bar.
 pub fn forwards(stdout: bool) -> bool {
     let owner = OWNER.load(Ordering::Acquire);
-    if owner == 0 || !DRAWS.load(Ordering::Relaxed) || owner == crate::rt::fork::current_pid() {
+    if owner == 0 || !DRAWS.load(Ordering::Relaxed) || owner == crate::rt::pid::current_pid() {
         return false;
     }
     match stdout {
@@ -471,7 +471,7 @@ mod tests {
     /// `suspend` is just written.
     #[test]
     fn an_unclaimed_process_tracks_nothing() {
-        if OWNER.load(Ordering::Acquire) == crate::rt::fork::current_pid() {
+        if OWNER.load(Ordering::Acquire) == crate::rt::pid::current_pid() {
             return;
         }
         assert!(Tracker::start(true, "map", 10).is_none());

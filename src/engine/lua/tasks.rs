@@ -50,7 +50,7 @@ struct RandomSeededIn(u32);
 /// Records that `lua`'s `math.random` was seeded in this process, as a new state's is (Lua's
 /// math library seeds it when it opens).
 pub(super) fn random_seeded_here(lua: &Lua) {
-    lua.set_app_data(RandomSeededIn(crate::rt::fork::current_pid()));
+    lua.set_app_data(RandomSeededIn(crate::rt::pid::current_pid()));
 }
 
 /// Gives `lua`'s `math.random` a seed of its own when this process is a fork of the one that
@@ -63,7 +63,7 @@ pub(super) fn random_seeded_here(lua: &Lua) {
 /// Threads (`gil`) share the script's generator, and an isolated engine is a new state, with a
 /// seed of its own already.
 pub(super) fn reseed_random_after_fork(lua: &Lua) {
-    let me = crate::rt::fork::current_pid();
+    let me = crate::rt::pid::current_pid();
     match lua.app_data_mut::<RandomSeededIn>() {
         Some(mut seeded) if seeded.0 != me => seeded.0 = me,
         _ => return,
