@@ -60,6 +60,13 @@ fn a_pool_ends_without_a_hang_however_it_is_left() {
     in_every_mode(&pool_programs::POOL_ENDS);
 }
 
+/// A callback may wait for a result of its pool that has no callback; waiting without a
+/// timeout for one whose callback is still to run (its own included) is an error, not a hang.
+#[test]
+fn a_callback_waiting_for_a_callback_still_to_run_gets_an_error() {
+    in_every_mode(&pool_programs::CALLBACK_WAITS);
+}
+
 /// Many `apply_async` calls, each with a callback, then a `map_async` and an `imap` as long:
 /// every result arrives, right and in its place.
 #[test]

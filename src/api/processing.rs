@@ -38,6 +38,11 @@ fn pool(args: &mut dyn Args) -> Result<Arc<PoolHandle>, String> {
 }
 
 fn job(args: &mut dyn Args) -> Result<Arc<AsyncResult>, String> {
+    job_of_pool(args).map(|(j, _)| j)
+}
+
+/// The result and the pool that runs it.
+fn job_of_pool(args: &mut dyn Args) -> Result<(Arc<AsyncResult>, Arc<PoolHandle>), String> {
     match args.object(0)? {
         // A forked child's copy of a result is never filled (its pool's workers answer the
         // parent): a get waited for ever, and its locks may have been held at the fork.
@@ -46,7 +51,7 @@ fn job(args: &mut dyn Args) -> Result<Arc<AsyncResult>, String> {
              forked child (a task or a Process) that inherited it"
                 .into(),
         ),
-        Object::AsyncResult(j, _) | Object::ResultIterator(j, ..) => Ok(j),
+        Object::AsyncResult(j, p) | Object::ResultIterator(j, _, p) => Ok((j, p)),
         other => Err(format!(
             "expected an AsyncResult, got a {}",
             other.class().name()
@@ -477,8 +482,9 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (0, 1),
         call: |_, args| {
-            let j = job(args)?;
+            let (j, p) = job_of_pool(args)?;
             let timeout = timeout(args, 1)?;
+            p.check_wait(&j, timeout)?;
             Outcome::wait(move || j.get(timeout).map(Ret::Value))
         },
     },
@@ -488,8 +494,9 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (0, 1),
         call: |_, args| {
-            let j = job(args)?;
+            let (j, p) = job_of_pool(args)?;
             let timeout = timeout(args, 1)?;
+            p.check_wait(&j, timeout)?;
             Outcome::wait(move || {
                 j.wait(timeout);
                 Ok(Value::Nil.into())

@@ -491,6 +491,27 @@ impl Pool {
         Ok(())
     }
 
+    /// Refuses a wait without a timeout, from one of the pool's own callbacks, for a result
+    /// of the pool that becomes ready only once its callback has run (another's, or the
+    /// waiting callback's own): the pool runs its callbacks one at a time on one thread, so the
+    /// wait would last for ever (CPython's hangs). A result without a callback, or a wait with a
+    /// timeout (which then times out, as in CPython), is left alone.
+    pub fn check_wait(&self, job: &AsyncResult, timeout: Option<Duration>) -> Result<(), String> {
+        if timeout.is_none()
+            && job.called_back()
+            && !job.ready()
+            && self.finisher.on_callback_thread()
+        {
+            return Err(
+                "a wait without a timeout, in one of the pool's callbacks, for a result \
+                 whose callback has not run yet would wait for itself: the pool runs its \
+                 callbacks one at a time (wait outside the callback, or give a timeout)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Whether this process made the pool (not a forked child holding a copy of it).
     pub fn made_here(&self) -> bool {
         self.creator == std::process::id()
