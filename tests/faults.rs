@@ -1184,3 +1184,42 @@ print(pool.apply(f, [5]));
         },
     );
 }
+
+/// A Rhai function called by parrun with a number of arguments it does not take (a `starmap`
+/// argument list of another length, an `apply` with one too many, a `Thread`'s target with one
+/// too few) fails naming the function, what it takes and the count, at the line where the
+/// function starts, as Python's TypeError names them: Rhai's own text, "Function not found:
+/// add (i64)", said there was no such function, and where. Lua fills missing arguments with
+/// nil and drops extra ones, as a Lua call does.
+#[test]
+fn a_rhai_function_called_with_the_wrong_number_of_arguments_says_so() {
+    let rhai = r#"
+fn add(a, b) { a + b }
+let pool = Pool(2);
+try { pool.starmap(|a, b, c| a, [[1, 2, 3], [1]]); } catch (e) { print(e); }
+try { pool.apply(add, [1, 2, 3]); } catch (e) { print(e); }
+let t = Thread(add, [1]);
+t.start(); t.join();
+pool.close(); pool.join();
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "arity", "rhai", rhai);
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert_eq!(lines.len(), 2, "mode {mode}\n{}", out.describe());
+        assert!(
+            lines[0].contains("arity.rhai:4:")
+                && lines[0].contains("the closure takes 3 arguments, called with 1"),
+            "mode {mode}\n{}",
+            out.describe()
+        );
+        assert!(
+            lines[1].contains("arity.rhai:2:")
+                && lines[1].contains("`add` takes 2 arguments, called with 3"),
+            "mode {mode}\n{}",
+            out.describe()
+        );
+        out.assert_stderr_contains("arity.rhai:2:")
+            .assert_stderr_contains("`add` takes 2 arguments, called with 1");
+    }
+}
