@@ -229,6 +229,7 @@ local l = parrun.Lock()
 print(pcall(l.release, l))
 q:close()
 print(pcall(q.put, q, 1))
+print(pcall(pool.apply_async, pool, print, {1}, {}, print))
 "#,
         r#"
 let t = Thread(|| (), []); t.start(); t.join();
@@ -243,11 +244,12 @@ let l = Lock();
 e = ""; try { l.release(); } catch (x) { e = x; } print(`false	${e}`);
 q.close();
 e = ""; try { q.put(1); } catch (x) { e = x; } print(`false	${e}`);
+e = ""; try { pool.apply_async(|x| x, [1], #{}, |v| v); } catch (x) { e = x; } print(`false	${e}`);
 "#,
         |out| {
             out.assert_success();
             let lines = out.stdout_lines();
-            assert_eq!(lines.len(), 6, "{}", out.describe());
+            assert_eq!(lines.len(), 7, "{}", out.describe());
             for (line, what) in lines.iter().zip([
                 "only be started once",
                 "only be started once",
@@ -255,6 +257,7 @@ e = ""; try { q.put(1); } catch (x) { e = x; } print(`false	${e}`);
                 "Empty",
                 "unlocked Lock",
                 "Queue is closed",
+                "parrun takes no kwds",
             ]) {
                 assert!(
                     line.starts_with("false") && line.contains(what),

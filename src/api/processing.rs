@@ -378,6 +378,15 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (1, 4),
         call: |_, args| {
+            // Python's third argument is `kwds`: a table (map) there is one, not a callback.
+            if has_args(args, 3).is_some_and(|i| args.is_map(i)) {
+                return Err(
+                    "the third argument is the callback, and parrun takes no kwds \
+                     (Python's apply_async(f, args, kwds, callback)): Lua and Rhai functions \
+                     take positional arguments, so pass them all in args"
+                        .into(),
+                );
+            }
             let (job, p) = submit(args, JobKind::Single, false, None, Some(3))?;
             Outcome::object(Object::AsyncResult(job, p))
         },
