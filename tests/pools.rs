@@ -67,6 +67,49 @@ fn a_callback_waiting_for_a_callback_still_to_run_gets_an_error() {
     in_every_mode(&pool_programs::CALLBACK_WAITS);
 }
 
+/// A task that joins its own pool (a `ThreadPool`'s task reaches it through the globals, in
+/// every mode) gets an error, as a callback does, instead of waiting for itself for ever
+/// (CPython's ThreadPool hangs there); the script's join then returns.
+#[test]
+fn a_task_joining_its_own_pool_gets_an_error() {
+    each_mode(
+        "taskjoin",
+        &[],
+        r#"
+POOL = parrun.ThreadPool(2)
+local r = POOL:apply_async(function()
+  POOL:close()
+  local ok, err = pcall(POOL.join, POOL)
+  return tostring(ok) .. " " .. tostring(err)
+end)
+print(r:get(10))
+POOL:join()
+print("joined")
+"#,
+        r#"
+const POOL = ThreadPool(2);
+let r = POOL.apply_async(|| {
+  global::POOL.close();
+  let m = "true"; try { global::POOL.join(); } catch (e) { m = `false ${e}`; } m
+}, []);
+print(r.get(10));
+POOL.join();
+print("joined");
+"#,
+        |mode, out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(lines.len(), 2, "mode {mode}\n{}", out.describe());
+            assert!(
+                lines[0].starts_with("false") && lines[0].contains("cannot join current thread"),
+                "mode {mode}\n{}",
+                out.describe()
+            );
+            assert_eq!(lines[1], "joined", "mode {mode}\n{}", out.describe());
+        },
+    );
+}
+
 /// Many `apply_async` calls, each with a callback, then a `map_async` and an `imap` as long:
 /// every result arrives, right and in its place.
 #[test]
