@@ -121,6 +121,76 @@ unsafe extern "C-unwind" fn call_builtin(state: *mut lua_State) -> c_int {
     }
 }
 
+/// [`builtin`] for one whose argument `at` (from 0, the receiver counted) is a list a script may
+/// give as an iterator function: the function is called here, as a generic `for` calls it
+/// (no state, the last value) until it returns nil, and a table of its values takes its place
+/// before the builtin runs. Called from Lua with `lua_callk`, the iterator runs as the script's
+/// own code: a blocking call in it (a `Queue.get` a thread feeds) yields to the driver and
+/// waits without the GIL, and its error is raised as it is; called from inside the builtin,
+/// it ran in a C call, where such a wait kept the GIL and the feeding thread never ran.
+pub(super) fn builtin_over_iterable(
+    lua: &Lua,
+    raw: Function,
+    run_here: &Function,
+    at: usize,
+) -> mlua::Result<Function> {
+    closure(
+        lua,
+        expand_then_call,
+        vec![
+            LuaValue::Function(raw),
+            LuaValue::Function(run_here.clone()),
+            LuaValue::Integer(at as i64 + 1),
+        ],
+    )
+}
+
+/// Continuation context of [`expand_step`]: the iterator's last call has returned a value.
+const ITERATOR_RETURNED: ffi::lua_KContext = 1;
+
+unsafe extern "C-unwind" fn expand_then_call(state: *mut lua_State) -> c_int {
+    let at = ffi::lua_tointeger(state, ffi::lua_upvalueindex(3)) as c_int;
+    if ffi::lua_gettop(state) < at || ffi::lua_type(state, at) != ffi::LUA_TFUNCTION {
+        return call_builtin(state);
+    }
+    // [args..] -> [args.., values, last]
+    ffi::luaL_checkstack(state, 5, ptr::null());
+    ffi::lua_createtable(state, 0, 0);
+    ffi::lua_pushnil(state);
+    expand_step(state, ffi::LUA_OK, 0)
+}
+
+/// One call of the iterator at a time: `[args.., values, last]`, plus the value the last call
+/// returned when `ctx` says so; at its nil, `values` replaces the iterator and the builtin runs.
+unsafe extern "C-unwind" fn expand_step(
+    state: *mut lua_State,
+    _status: c_int,
+    ctx: ffi::lua_KContext,
+) -> c_int {
+    let at = ffi::lua_tointeger(state, ffi::lua_upvalueindex(3)) as c_int;
+    let mut returned = ctx == ITERATOR_RETURNED;
+    loop {
+        if returned {
+            // [args.., values, last, v]
+            if ffi::lua_type(state, -1) == ffi::LUA_TNIL {
+                ffi::lua_settop(state, -3);
+                ffi::lua_replace(state, at);
+                return call_builtin(state);
+            }
+            let n = ffi::lua_rawlen(state, -3) as ffi::lua_Integer;
+            ffi::lua_pushvalue(state, -1);
+            ffi::lua_rawseti(state, -4, n + 1);
+            ffi::lua_replace(state, -2);
+        }
+        // f(nil, last)
+        ffi::lua_pushvalue(state, at);
+        ffi::lua_pushnil(state);
+        ffi::lua_pushvalue(state, -3);
+        ffi::lua_callk(state, 2, 1, ITERATOR_RETURNED, Some(expand_step));
+        returned = true;
+    }
+}
+
 /// With `[.., WAIT, request]` on top: yields them to the driver, whose answer `(ok, result)`
 /// replaces them; or, where the coroutine cannot yield, runs the request in place with
 /// `run_here` (at index `run_here`). Then calls `answered`, the caller's continuation.
