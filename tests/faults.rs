@@ -229,6 +229,7 @@ local l = parrun.Lock()
 print(pcall(l.release, l))
 q:close()
 print(pcall(q.put, q, 1))
+print(pcall(pool.apply_async, pool, print, {1}, {}, print))
 "#,
         r#"
 let t = Thread(|| (), []); t.start(); t.join();
@@ -243,11 +244,12 @@ let l = Lock();
 e = ""; try { l.release(); } catch (x) { e = x; } print(`false	${e}`);
 q.close();
 e = ""; try { q.put(1); } catch (x) { e = x; } print(`false	${e}`);
+e = ""; try { pool.apply_async(|x| x, [1], #{}, |v| v); } catch (x) { e = x; } print(`false	${e}`);
 "#,
         |out| {
             out.assert_success();
             let lines = out.stdout_lines();
-            assert_eq!(lines.len(), 6, "{}", out.describe());
+            assert_eq!(lines.len(), 7, "{}", out.describe());
             for (line, what) in lines.iter().zip([
                 "only be started once",
                 "only be started once",
@@ -255,6 +257,7 @@ e = ""; try { q.put(1); } catch (x) { e = x; } print(`false	${e}`);
                 "Empty",
                 "unlocked Lock",
                 "Queue is closed",
+                "parrun takes no kwds",
             ]) {
                 assert!(
                     line.starts_with("false") && line.contains(what),
@@ -1183,4 +1186,43 @@ print(pool.apply(f, [5]));
             );
         },
     );
+}
+
+/// A Rhai function called by parrun with a number of arguments it does not take (a `starmap`
+/// argument list of another length, an `apply` with one too many, a `Thread`'s target with one
+/// too few) fails naming the function, what it takes and the count, at the line where the
+/// function starts, as Python's TypeError names them: Rhai's own text, "Function not found:
+/// add (i64)", said there was no such function, and where. Lua fills missing arguments with
+/// nil and drops extra ones, as a Lua call does.
+#[test]
+fn a_rhai_function_called_with_the_wrong_number_of_arguments_says_so() {
+    let rhai = r#"
+fn add(a, b) { a + b }
+let pool = Pool(2);
+try { pool.starmap(|a, b, c| a, [[1, 2, 3], [1]]); } catch (e) { print(e); }
+try { pool.apply(add, [1, 2, 3]); } catch (e) { print(e); }
+let t = Thread(add, [1]);
+t.start(); t.join();
+pool.close(); pool.join();
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "arity", "rhai", rhai);
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert_eq!(lines.len(), 2, "mode {mode}\n{}", out.describe());
+        assert!(
+            lines[0].contains("arity.rhai:4:")
+                && lines[0].contains("the closure takes 3 arguments, called with 1"),
+            "mode {mode}\n{}",
+            out.describe()
+        );
+        assert!(
+            lines[1].contains("arity.rhai:2:")
+                && lines[1].contains("`add` takes 2 arguments, called with 3"),
+            "mode {mode}\n{}",
+            out.describe()
+        );
+        out.assert_stderr_contains("arity.rhai:2:")
+            .assert_stderr_contains("`add` takes 2 arguments, called with 1");
+    }
 }

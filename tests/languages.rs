@@ -33,6 +33,49 @@ fn lua_require_finds_a_module_next_to_the_script() {
     assert_eq!(out.stdout, "42\thelper\ntrue\ntrue\n", "{}", out.describe());
 }
 
+/// A module's top level runs as the script's own code, as in `lua`: it may make a pool and map
+/// on it, start a process, and wait for a thread's `put`, in every mode. `require` was stock's,
+/// a C call, inside which nothing can yield: the fork a pool or process made there left the
+/// child with the engine's lock held by a thread it does not have (it hung, in `fork`), a `gil`
+/// pool's map waited with the GIL its workers needed, and the thread never got the GIL to put.
+#[test]
+fn lua_a_modules_top_level_may_use_pools_processes_and_threads() {
+    let dir = TempDir::new("requirepool");
+    dir.write(
+        "work.lua",
+        r#"
+local pool = parrun.Pool(2)
+local squares = pool:map(function(x) return x * x end, {1, 2, 3})
+pool:close() pool:join()
+local q = parrun.Queue()
+local p = parrun.Process(function(q) q:put("process") end, {q})
+p:start() p:join()
+local t = parrun.Thread(function() parrun.sleep(0.05) q:put("thread") end, {})
+t:start()
+local got = {q:get(5), q:get(5)}
+t:join()
+return {squares = table.concat(squares, " "), got = table.concat(got, " ")}
+"#,
+    );
+    let main = dir.write(
+        "main.lua",
+        "local work = require(\"work\")\nprint(work.squares, work.got)\n",
+    );
+    for mode in common::MODES {
+        let out = Run::new(["--mode", mode, main.to_str().unwrap()])
+            .dir(dir.path())
+            .timeout(std::time::Duration::from_secs(20))
+            .output();
+        out.assert_success();
+        assert_eq!(
+            out.stdout,
+            "1 4 9\tprocess thread\n",
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}
+
 #[test]
 fn lua_debug_library_is_present() {
     let code = r#"

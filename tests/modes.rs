@@ -105,6 +105,18 @@ fn squares_example_in_every_mode() {
 }
 
 #[test]
+fn philosophers_example_in_every_mode() {
+    let results = check_every_mode("examples/philosophers", &["5"]);
+    assert_eq!(
+        results[0].len(),
+        13,
+        "12 lines and the pid line count: {:?}",
+        results[0]
+    );
+    assert_eq!(results[0], results[1], "Lua and Rhai differ");
+}
+
+#[test]
 fn wordcount_example_in_every_mode() {
     let results = check_every_mode("examples/wordcount", &["200"]);
     assert_eq!(

@@ -60,6 +60,56 @@ fn a_pool_ends_without_a_hang_however_it_is_left() {
     in_every_mode(&pool_programs::POOL_ENDS);
 }
 
+/// A callback may wait for a result of its pool that has no callback; waiting without a
+/// timeout for one whose callback is still to run (its own included) is an error, not a hang.
+#[test]
+fn a_callback_waiting_for_a_callback_still_to_run_gets_an_error() {
+    in_every_mode(&pool_programs::CALLBACK_WAITS);
+}
+
+/// A task that joins its own pool (a `ThreadPool`'s task reaches it through the globals, in
+/// every mode) gets an error, as a callback does, instead of waiting for itself for ever
+/// (CPython's ThreadPool hangs there); the script's join then returns.
+#[test]
+fn a_task_joining_its_own_pool_gets_an_error() {
+    each_mode(
+        "taskjoin",
+        &[],
+        r#"
+POOL = parrun.ThreadPool(2)
+local r = POOL:apply_async(function()
+  POOL:close()
+  local ok, err = pcall(POOL.join, POOL)
+  return tostring(ok) .. " " .. tostring(err)
+end)
+print(r:get(10))
+POOL:join()
+print("joined")
+"#,
+        r#"
+const POOL = ThreadPool(2);
+let r = POOL.apply_async(|| {
+  global::POOL.close();
+  let m = "true"; try { global::POOL.join(); } catch (e) { m = `false ${e}`; } m
+}, []);
+print(r.get(10));
+POOL.join();
+print("joined");
+"#,
+        |mode, out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(lines.len(), 2, "mode {mode}\n{}", out.describe());
+            assert!(
+                lines[0].starts_with("false") && lines[0].contains("cannot join current thread"),
+                "mode {mode}\n{}",
+                out.describe()
+            );
+            assert_eq!(lines[1], "joined", "mode {mode}\n{}", out.describe());
+        },
+    );
+}
+
 /// Many `apply_async` calls, each with a callback, then a `map_async` and an `imap` as long:
 /// every result arrives, right and in its place.
 #[test]
@@ -403,7 +453,7 @@ pool.close(); pool.join();
 /// A map takes what a script iterates over, as Python's takes any iterable (the article's
 /// `pool.map(square, range(10))`): a Lua iterator function (a closure, a `coroutine.wrap`
 /// generator) or a Rhai range, besides an array, for `map`, `imap`, `imap_unordered` and
-/// `starmap`; an error in the iterator fails the call with its message.
+/// `starmap`; an error in the iterator is raised as it is, as a `for` loop over it would.
 #[test]
 fn a_map_takes_an_iterator_or_a_range() {
     let lua = r#"
@@ -461,13 +511,58 @@ pool.close(); pool.join();
             out.describe()
         );
         if want == 6 {
+            // The iterator's own error, raised as it is (its line, not the map's).
             assert!(
-                lines[5].contains("Pool.map: ") && lines[5].contains("generator broke"),
+                lines[5].contains("iterables.lua:17: generator broke")
+                    && !lines[5].contains("Pool.map"),
                 "mode {mode}\n{}",
                 out.describe()
             );
         }
     });
+}
+
+/// A Lua iterator function given to a map is called as the script's own code: a blocking call
+/// in it waits without the GIL, so a thread can feed it (a map over what a `Queue` receives, as
+/// Python's map consumes a generator whose `get` releases the GIL); before, the iterator ran
+/// inside the map's C call and its `get` kept the GIL, so the thread never put anything and the
+/// get timed out (for ever without a timeout). Rhai has no iterator functions.
+#[test]
+fn a_map_over_an_iterator_that_waits_for_a_thread_gets_its_items() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+for _, method in ipairs({"map", "imap"}) do
+  local q = parrun.Queue()
+  local t = parrun.Thread(function()
+    for i = 1, 3 do parrun.sleep(0.05) q:put(i) end
+    q:put(false)
+  end, {})
+  t:start()
+  local function received() local v = q:get(2) if v then return v end end
+  local out = {}
+  if method == "map" then
+    out = pool:map(function(x) return x * 10 end, received)
+  else
+    for v in pool:imap(function(x) return x * 10 end, received) do out[#out + 1] = v end
+  end
+  print(method, table.concat(out, " "))
+  t:join()
+end
+pool:close() pool:join()
+"#;
+    for mode in MODES {
+        let (_dir, path) = script("iterwait", "lua", lua);
+        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
+            .timeout(Duration::from_secs(30))
+            .output();
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["map\t10 20 30", "imap\t10 20 30"],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    }
 }
 
 /// Lines a task writes with Lua's `io.write` (C stdio, buffered when stdout is a pipe) are out

@@ -1829,3 +1829,44 @@ print("read", first, q:get(5), worker, io.read("l"), io.read("l"), io.read("l"))
         );
     }
 }
+
+/// Lua code that the engine calls from C (a `table.sort` comparator, a `gsub` callback) cannot
+/// yield, so a pool or process started there would fork inside the engine's call, and the
+/// child would find the engine's lock held by a thread it does not have: it hung, and so did
+/// the script's `join`. In `fork` that start is an error naming the cause; `isolated` starts
+/// them (no fork). Rhai has no such calls.
+#[test]
+fn a_fork_inside_a_call_from_c_is_an_error_not_a_hang() {
+    let lua = r#"
+local ok, err = pcall(function()
+  table.sort({2, 1}, function(a, b)
+    local p = parrun.Process(function() end, {})
+    p:start() p:join()
+    return a < b
+  end)
+end)
+print(ok, err)
+local ok2, err2 = pcall(function()
+  string.gsub("x", "x", function() parrun.Pool(1):terminate() end)
+end)
+print(ok2, err2)
+"#;
+    for mode in ["fork", "isolated"] {
+        let out = Run::new(["--mode", mode, "--lang", "lua", "-e", lua])
+            .timeout(Duration::from_secs(20))
+            .output();
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert_eq!(lines.len(), 2, "mode {mode}\n{}", out.describe());
+        for line in lines {
+            match mode {
+                "fork" => assert!(
+                    line.starts_with("false") && line.contains("cannot fork inside a call"),
+                    "{}",
+                    out.describe()
+                ),
+                _ => assert!(line.starts_with("true"), "{}", out.describe()),
+            }
+        }
+    }
+}

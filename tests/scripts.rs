@@ -25,6 +25,8 @@ const TESTED: &[&str] = &[
     "examples/squares.rhai",
     "examples/wordcount.lua",
     "examples/wordcount.rhai",
+    "examples/philosophers.lua",
+    "examples/philosophers.rhai",
     "examples/embed.rs",
 ];
 
@@ -424,6 +426,27 @@ fn threads_example_is_deterministic() {
             out.assert_success();
             assert_eq!(out.stdout, THREADS_EXAMPLE_OUTPUT, "{}", out.describe());
         }
+    }
+}
+
+// ---- examples/philosophers ----
+
+/// Every philosopher eats every meal, with either cure, and every fork is free at the end (the
+/// default 20 meals: a deadlock would hang, and the runner's timeout fails it).
+#[test]
+fn philosophers_example() {
+    let mut want = String::new();
+    for way in ["ordered", "polite"] {
+        for id in 1..=5 {
+            want.push_str(&format!("{way}: philosopher {id} ate 20 meals\n"));
+        }
+        want.push_str(&format!("{way}: every fork is back on the table: true\n"));
+    }
+    for lang in Lang::ALL {
+        let out = run([format!("examples/{}", lang.file("philosophers"))]);
+        out.assert_success();
+        assert_eq!(out.stdout, want, "{}", out.describe());
+        assert!(out.stderr.is_empty(), "{}", out.describe());
     }
 }
 

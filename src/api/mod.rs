@@ -295,6 +295,16 @@ impl Builtin {
     pub fn receivers(&self) -> usize {
         usize::from(self.class != Class::Global)
     }
+
+    /// Which argument (the receiver counted, from 0) is the list a pool maps over, which a
+    /// script may give as what it iterates over (see `args::iterable`).
+    pub fn iterable_at(&self) -> Option<usize> {
+        let maps = matches!(
+            self.name,
+            "map" | "map_async" | "starmap" | "starmap_async" | "imap" | "imap_unordered"
+        );
+        (self.class == Class::Pool && maps).then_some(2)
+    }
 }
 
 /// The parts of the table, one per Python module, and parrun's own.

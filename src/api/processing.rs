@@ -38,6 +38,11 @@ fn pool(args: &mut dyn Args) -> Result<Arc<PoolHandle>, String> {
 }
 
 fn job(args: &mut dyn Args) -> Result<Arc<AsyncResult>, String> {
+    job_of_pool(args).map(|(j, _)| j)
+}
+
+/// The result and the pool that runs it.
+fn job_of_pool(args: &mut dyn Args) -> Result<(Arc<AsyncResult>, Arc<PoolHandle>), String> {
     match args.object(0)? {
         // A forked child's copy of a result is never filled (its pool's workers answer the
         // parent): a get waited for ever, and its locks may have been held at the fork.
@@ -46,7 +51,7 @@ fn job(args: &mut dyn Args) -> Result<Arc<AsyncResult>, String> {
              forked child (a task or a Process) that inherited it"
                 .into(),
         ),
-        Object::AsyncResult(j, _) | Object::ResultIterator(j, ..) => Ok(j),
+        Object::AsyncResult(j, p) | Object::ResultIterator(j, _, p) => Ok((j, p)),
         other => Err(format!(
             "expected an AsyncResult, got a {}",
             other.class().name()
@@ -373,6 +378,15 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (1, 4),
         call: |_, args| {
+            // Python's third argument is `kwds`: a table (map) there is one, not a callback.
+            if has_args(args, 3).is_some_and(|i| args.is_map(i)) {
+                return Err(
+                    "the third argument is the callback, and parrun takes no kwds \
+                     (Python's apply_async(f, args, kwds, callback)): Lua and Rhai functions \
+                     take positional arguments, so pass them all in args"
+                        .into(),
+                );
+            }
             let (job, p) = submit(args, JobKind::Single, false, None, Some(3))?;
             Outcome::object(Object::AsyncResult(job, p))
         },
@@ -477,8 +491,9 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (0, 1),
         call: |_, args| {
-            let j = job(args)?;
+            let (j, p) = job_of_pool(args)?;
             let timeout = timeout(args, 1)?;
+            p.check_wait(&j, timeout)?;
             Outcome::wait(move || j.get(timeout).map(Ret::Value))
         },
     },
@@ -488,8 +503,9 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (0, 1),
         call: |_, args| {
-            let j = job(args)?;
+            let (j, p) = job_of_pool(args)?;
             let timeout = timeout(args, 1)?;
+            p.check_wait(&j, timeout)?;
             Outcome::wait(move || {
                 j.wait(timeout);
                 Ok(Value::Nil.into())

@@ -90,7 +90,15 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
             )?,
             Kind::Call => class_table(lua, &classes, b.class)?.set(
                 b.name,
-                native::builtin(lua, raw_builtin(lua, host, b)?, &run_here)?,
+                match b.iterable_at() {
+                    Some(at) => native::builtin_over_iterable(
+                        lua,
+                        raw_builtin(lua, host, b)?,
+                        &run_here,
+                        at,
+                    )?,
+                    None => native::builtin(lua, raw_builtin(lua, host, b)?, &run_here)?,
+                },
             )?,
             // Every class gets a method table, even one with only properties.
             Kind::Getter | Kind::Scoped { .. } => drop(class_table(lua, &classes, b.class)?),

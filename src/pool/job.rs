@@ -86,6 +86,9 @@ pub struct AsyncResult {
     arrived: Condvar,
     ready: Ready,
     callbacks: Mutex<Callbacks>,
+    /// It was given a callback: it becomes ready only once the pool's callback thread has run
+    /// it (what a wait from that thread must not wait for).
+    called_back: bool,
     /// Its progress bar's count, if the run shows progress and the job is a map.
     progress: Option<Tracker>,
     /// In a traced run: the function's name, for its tasks' spans (see `crate::rt::trace`).
@@ -108,6 +111,7 @@ impl AsyncResult {
             slots: Mutex::new(Slots::new(items)),
             arrived: Condvar::new(),
             ready: Ready::default(),
+            called_back: !callbacks.is_empty(),
             callbacks: Mutex::new(callbacks),
             progress: None,
             traced: None,
@@ -201,6 +205,11 @@ impl AsyncResult {
 
     pub(super) fn has_callbacks(&self) -> bool {
         !self.callbacks.lock().recover().is_empty()
+    }
+
+    /// Whether the job is ready only once its callback has run on the pool's callback thread.
+    pub(super) fn called_back(&self) -> bool {
+        self.called_back
     }
 
     /// The callbacks, for the callback thread to run once.

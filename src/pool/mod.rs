@@ -23,6 +23,7 @@
 //! `terminate` kills (or stops) the workers, fails what is unfinished, lets a running callback
 //! end and runs no other; a pool still open when the script ends is terminated.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -172,6 +173,21 @@ struct PoolState {
     workers_done: bool,
     /// Worker threads waiting on `work` for a task.
     idle_workers: usize,
+}
+
+thread_local! {
+    /// The pool whose worker thread this is (its address), 0 on any other thread: a task of a
+    /// thread pool (`gil`) can reach its own pool, and must not join it.
+    static WORKER_OF: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the thread it was made on as a worker of a pool until it is dropped.
+pub(super) struct WorkerMark(usize);
+
+impl Drop for WorkerMark {
+    fn drop(&mut self) {
+        WORKER_OF.set(self.0);
+    }
 }
 
 /// A pool of workers: forked processes or threads.
@@ -471,7 +487,8 @@ impl Pool {
 
     /// Waits for the workers to exit and for every job to be ready, its callback run (as
     /// CPython's join waits for its result handler); an error unless the pool was closed or
-    /// terminated, or from one of the pool's own callbacks, which would wait for itself.
+    /// terminated, or from one of the pool's own callbacks or tasks, which would wait for
+    /// itself.
     pub fn join(&self) -> Result<(), String> {
         if self.state().status == Status::Open {
             return Err(
@@ -485,9 +502,47 @@ impl Pool {
                     .into(),
             );
         }
+        if WORKER_OF.get() == self.address() {
+            return Err(
+                "join() from one of the pool's own tasks would wait for itself \
+                 (RuntimeError: cannot join current thread)"
+                    .into(),
+            );
+        }
         self.wait_workers();
         self.finisher.wait_all_ready();
         self.shut_finisher();
+        Ok(())
+    }
+
+    /// Marks the calling thread as one of the pool's workers while the mark lives.
+    pub(super) fn mark_worker(&self) -> WorkerMark {
+        WorkerMark(WORKER_OF.replace(self.address()))
+    }
+
+    /// The pool's address, which names it among the pools while it lives.
+    fn address(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    /// Refuses a wait without a timeout, from one of the pool's own callbacks, for a result
+    /// of the pool that becomes ready only once its callback has run (another's, or the
+    /// waiting callback's own): the pool runs its callbacks one at a time on one thread, so the
+    /// wait would last for ever (CPython's hangs). A result without a callback, or a wait with a
+    /// timeout (which then times out, as in CPython), is left alone.
+    pub fn check_wait(&self, job: &AsyncResult, timeout: Option<Duration>) -> Result<(), String> {
+        if timeout.is_none()
+            && job.called_back()
+            && !job.ready()
+            && self.finisher.on_callback_thread()
+        {
+            return Err(
+                "a wait without a timeout, in one of the pool's callbacks, for a result \
+                 whose callback has not run yet would wait for itself: the pool runs its \
+                 callbacks one at a time (wait outside the callback, or give a timeout)"
+                    .into(),
+            );
+        }
         Ok(())
     }
 

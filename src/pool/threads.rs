@@ -275,6 +275,7 @@ fn work(
         trace.name_thread(pool.worker_name(number));
     }
     cancel::install(Some(thread.cancel.clone()));
+    let _worker = pool.mark_worker();
     let served = catch_unwind(AssertUnwindSafe(|| {
         // Without an engine the pool does not start: `start` says why.
         if let Some(engine) = engine {

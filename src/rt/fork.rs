@@ -13,6 +13,7 @@
 //! Parent and child get the two ends of a new socket pair: what travels on it (the parent
 //! link, `crate::link`) is the caller's business.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -66,10 +67,40 @@ pub(crate) fn fork_child(
     keep: Vec<RawFd>,
     work: impl FnOnce(UnixStream) -> i32 + Send + 'static,
 ) -> Result<Forked, String> {
+    if IN_ENGINE_CALL.get() {
+        return Err(
+            "cannot fork inside a call the engine makes from C (a table.sort \
+             comparator, a gsub callback, a __gc metamethod): the child would find the engine \
+             locked for ever; start the pool or process outside that call"
+                .into(),
+        );
+    }
     wrap_panic_hook();
     crate::rt::output::share_line_lock();
     let guards = guards.to_vec();
     on_forker(move || fork_here(&guards, &keep, work))
+}
+
+thread_local! {
+    /// Set while this thread runs a request inside an engine call that holds the engine's own
+    /// lock (see [`in_engine_call`]).
+    static IN_ENGINE_CALL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread, until the mark is dropped, as running inside an engine call that
+/// holds the engine's lock (Lua code called from C, which cannot yield to release it): a fork
+/// there is refused, since the child would find that lock held by a thread it does not have.
+pub(crate) fn in_engine_call() -> InEngineCall {
+    InEngineCall(IN_ENGINE_CALL.replace(true))
+}
+
+/// See [`in_engine_call`].
+pub(crate) struct InEngineCall(bool);
+
+impl Drop for InEngineCall {
+    fn drop(&mut self) {
+        IN_ENGINE_CALL.set(self.0);
+    }
 }
 
 /// Gives a forked child `/dev/null` as its standard input, as CPython's multiprocessing gives

@@ -22,9 +22,10 @@ fn prints(mode: &str, out: &Output, lines: &[&str]) {
 }
 
 /// Every program.
-pub const ALL: [&PoolProgram; 9] = [
+pub const ALL: [&PoolProgram; 10] = [
     &JOIN_CALLBACKS,
     &POOL_ENDS,
+    &CALLBACK_WAITS,
     &MANY_SUBMISSIONS,
     &CALLBACK_PANIC,
     &OPTIONS,
@@ -151,6 +152,74 @@ print("end");
             "mode {mode}\n{}",
             out.describe()
         );
+    },
+};
+
+/// A callback may wait for another result of its pool that has no callback (CPython's would
+/// hang: its result handler runs the callbacks); waiting without a timeout for one whose
+/// callback has still to run (another's, or its own) is an error at once, as `join()` there
+/// is, since the pool runs its callbacks one at a time and that one would wait for ever.
+pub const CALLBACK_WAITS: PoolProgram = PoolProgram {
+    name: "callbackwaits",
+    env: &[],
+    lua: r#"
+local pool = parrun.Pool(2)
+local q, start = parrun.Queue(), parrun.Queue()
+local function id(x) return x end
+local r
+r = pool:apply_async(id, {1}, function(v)
+  start:get(10)
+  q:put("plain " .. pool:apply_async(id, {2}):get())
+  local other = pool:apply_async(id, {3}, function(w) q:put("other's callback " .. w) end)
+  local ok, err = pcall(other.get, other)
+  q:put(ok and "other got" or err)
+  local ok2, err2 = pcall(r.wait, r)
+  q:put(ok2 and "own waited" or err2)
+  local ok3, err3 = pcall(r.get, r, 0.05)
+  q:put(ok3 and "own got" or err3)
+end)
+start:put(true)
+for _ = 1, 5 do print(q:get(10)) end
+print("result " .. r:get(10))
+pool:close() pool:join()
+"#,
+    rhai: r#"
+let pool = Pool(2);
+let q = Queue(); let start = Queue();
+let r = ();
+r = pool.apply_async(|x| x, [1], |v| {
+  start.get(10);
+  q.put(`plain ${pool.apply_async(|x| x, [2]).get()}`);
+  let other = pool.apply_async(|x| x, [3], |w| q.put(`other's callback ${w}`));
+  try { other.get(); q.put("other got"); } catch (e) { q.put(e); }
+  try { r.wait(); q.put("own waited"); } catch (e) { q.put(e); }
+  try { r.get(0.05); q.put("own got"); } catch (e) { q.put(e); }
+});
+start.put(true);
+for i in 0..5 { print(q.get(10)); }
+print(`result ${r.get(10)}`);
+pool.close(); pool.join();
+"#,
+    check: |mode, out| {
+        out.assert_success();
+        let lines = out.stdout_lines();
+        let said = |i: usize, what: &str| {
+            assert!(
+                lines.get(i).is_some_and(|l| l.contains(what)),
+                "mode {mode}: line {i} should say {what:?}\n{}",
+                out.describe()
+            )
+        };
+        said(0, "plain 2");
+        for i in [1, 2] {
+            said(i, "would wait for itself");
+        }
+        said(1, "AsyncResult.get");
+        said(2, "AsyncResult.wait");
+        said(3, "TimeoutError");
+        said(4, "other's callback 3");
+        said(5, "result 1");
+        assert_eq!(lines.len(), 6, "mode {mode}\n{}", out.describe());
     },
 };
 

@@ -121,6 +121,76 @@ unsafe extern "C-unwind" fn call_builtin(state: *mut lua_State) -> c_int {
     }
 }
 
+/// [`builtin`] for one whose argument `at` (from 0, the receiver counted) is a list a script may
+/// give as an iterator function: the function is called here, as a generic `for` calls it
+/// (no state, the last value) until it returns nil, and a table of its values takes its place
+/// before the builtin runs. Called from Lua with `lua_callk`, the iterator runs as the script's
+/// own code: a blocking call in it (a `Queue.get` a thread feeds) yields to the driver and
+/// waits without the GIL, and its error is raised as it is; called from inside the builtin,
+/// it ran in a C call, where such a wait kept the GIL and the feeding thread never ran.
+pub(super) fn builtin_over_iterable(
+    lua: &Lua,
+    raw: Function,
+    run_here: &Function,
+    at: usize,
+) -> mlua::Result<Function> {
+    closure(
+        lua,
+        expand_then_call,
+        vec![
+            LuaValue::Function(raw),
+            LuaValue::Function(run_here.clone()),
+            LuaValue::Integer(at as i64 + 1),
+        ],
+    )
+}
+
+/// Continuation context of [`expand_step`]: the iterator's last call has returned a value.
+const ITERATOR_RETURNED: ffi::lua_KContext = 1;
+
+unsafe extern "C-unwind" fn expand_then_call(state: *mut lua_State) -> c_int {
+    let at = ffi::lua_tointeger(state, ffi::lua_upvalueindex(3)) as c_int;
+    if ffi::lua_gettop(state) < at || ffi::lua_type(state, at) != ffi::LUA_TFUNCTION {
+        return call_builtin(state);
+    }
+    // [args..] -> [args.., values, last]
+    ffi::luaL_checkstack(state, 5, ptr::null());
+    ffi::lua_createtable(state, 0, 0);
+    ffi::lua_pushnil(state);
+    expand_step(state, ffi::LUA_OK, 0)
+}
+
+/// One call of the iterator at a time: `[args.., values, last]`, plus the value the last call
+/// returned when `ctx` says so; at its nil, `values` replaces the iterator and the builtin runs.
+unsafe extern "C-unwind" fn expand_step(
+    state: *mut lua_State,
+    _status: c_int,
+    ctx: ffi::lua_KContext,
+) -> c_int {
+    let at = ffi::lua_tointeger(state, ffi::lua_upvalueindex(3)) as c_int;
+    let mut returned = ctx == ITERATOR_RETURNED;
+    loop {
+        if returned {
+            // [args.., values, last, v]
+            if ffi::lua_type(state, -1) == ffi::LUA_TNIL {
+                ffi::lua_settop(state, -3);
+                ffi::lua_replace(state, at);
+                return call_builtin(state);
+            }
+            let n = ffi::lua_rawlen(state, -3) as ffi::lua_Integer;
+            ffi::lua_pushvalue(state, -1);
+            ffi::lua_rawseti(state, -4, n + 1);
+            ffi::lua_replace(state, -2);
+        }
+        // f(nil, last)
+        ffi::lua_pushvalue(state, at);
+        ffi::lua_pushnil(state);
+        ffi::lua_pushvalue(state, -3);
+        ffi::lua_callk(state, 2, 1, ITERATOR_RETURNED, Some(expand_step));
+        returned = true;
+    }
+}
+
 /// With `[.., WAIT, request]` on top: yields them to the driver, whose answer `(ok, result)`
 /// replaces them; or, where the coroutine cannot yield, runs the request in place with
 /// `run_here` (at index `run_here`). Then calls `answered`, the caller's continuation.
@@ -366,6 +436,12 @@ pub(super) fn install_stock(
         searchers.raw_set(2, searcher)?;
     }
 
+    let package: Table = globals.raw_get("package")?;
+    globals.raw_set(
+        "require",
+        closure(lua, require, vec![LuaValue::Table(package)])?,
+    )?;
+
     let coroutine: Table = globals.raw_get("coroutine")?;
     let run_here = LuaValue::Function(run_here.clone());
     let drivers = LuaValue::Table(drivers.clone());
@@ -378,6 +454,91 @@ pub(super) fn install_stock(
     )?;
     coroutine.raw_set("yield", closure(lua, co_yield, vec![drivers])?)?;
     Ok(())
+}
+
+/// Stock `require` (loadlib.c's `ll_require`, message for message; the package table is its
+/// upvalue), except that the module's loader is called with `lua_callk`: a module's top level
+/// runs as the script's own code, so a blocking call in it (a pool's `map`, a `Queue.get`)
+/// waits without the GIL, and a pool or process it starts forks outside any call into the
+/// engine. Called from stock `require`, a C call, the top level could not yield: such a wait
+/// kept the GIL (a `gil` pool's workers never ran), and a fork made in place left its child
+/// with mlua's lock held by a thread the child does not have (it hung).
+unsafe extern "C-unwind" fn require(state: *mut lua_State) -> c_int {
+    let name = ffi::luaL_checklstring(state, 1, ptr::null_mut());
+    ffi::lua_settop(state, 1);
+    // [name, LOADED]
+    ffi::lua_getfield(state, ffi::LUA_REGISTRYINDEX, ffi::LUA_LOADED_TABLE);
+    ffi::lua_getfield(state, 2, name);
+    if ffi::lua_toboolean(state, -1) != 0 {
+        return 1;
+    }
+    ffi::lua_pop(state, 1);
+    find_loader(state, name);
+    // [.., loader, data] -> [.., data, loader, name, data]
+    ffi::lua_rotate(state, -2, 1);
+    ffi::lua_pushvalue(state, 1);
+    ffi::lua_pushvalue(state, -3);
+    ffi::lua_callk(state, 2, 1, 0, Some(required));
+    required(state, ffi::LUA_OK, 0)
+}
+
+/// The module's loader has returned: `[name, LOADED, .., data, result]` -> the module and the
+/// loader data, as stock.
+unsafe extern "C-unwind" fn required(
+    state: *mut lua_State,
+    _status: c_int,
+    _ctx: ffi::lua_KContext,
+) -> c_int {
+    let name = ffi::lua_tolstring(state, 1, ptr::null_mut());
+    if ffi::lua_type(state, -1) != ffi::LUA_TNIL {
+        ffi::lua_setfield(state, 2, name);
+    } else {
+        ffi::lua_pop(state, 1);
+    }
+    if ffi::lua_getfield(state, 2, name) == ffi::LUA_TNIL {
+        ffi::lua_pushboolean(state, 1);
+        ffi::lua_copy(state, -1, -2);
+        ffi::lua_setfield(state, 2, name);
+    }
+    ffi::lua_rotate(state, -2, 1);
+    2
+}
+
+/// loadlib.c's `findloader`: asks each of `package.searchers` for `name` and leaves the loader
+/// and its data on the stack, or raises stock's "module 'x' not found:" with what each said.
+unsafe fn find_loader(state: *mut lua_State, name: *const c_char) {
+    if ffi::lua_getfield(state, ffi::lua_upvalueindex(1), c"searchers".as_ptr()) != ffi::LUA_TTABLE
+    {
+        ffi::luaL_error(state, c"'package.searchers' must be a table".as_ptr());
+    }
+    let searchers = ffi::lua_gettop(state);
+    // What the searchers said, each after "\n\t".
+    ffi::lua_pushstring(state, c"".as_ptr());
+    for i in 1.. {
+        ffi::luaL_checkstack(state, 4, ptr::null());
+        if ffi::lua_rawgeti(state, searchers, i) == ffi::LUA_TNIL {
+            ffi::luaL_error(
+                state,
+                c"module '%s' not found:%s".as_ptr(),
+                name,
+                ffi::lua_tolstring(state, -2, ptr::null_mut()),
+            );
+        }
+        ffi::lua_pushstring(state, name);
+        ffi::lua_call(state, 1, 2);
+        if ffi::lua_isfunction(state, -2) != 0 {
+            return;
+        }
+        if ffi::lua_isstring(state, -2) != 0 {
+            // [msg, said, extra] -> [msg .. "\n\t" .. said]
+            ffi::lua_pop(state, 1);
+            ffi::lua_pushstring(state, c"\n\t".as_ptr());
+            ffi::lua_rotate(state, -2, 1);
+            ffi::lua_concat(state, 3);
+        } else {
+            ffi::lua_pop(state, 2);
+        }
+    }
 }
 
 /// Where [`error`] notes how an error object that is not a string reads through

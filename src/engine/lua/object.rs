@@ -115,7 +115,10 @@ impl Pending {
     pub(super) fn run_here(self) -> Result<Ret, String> {
         match self {
             Pending::Wait(f) => interruptible(f()),
-            Pending::Fork(f) => f(),
+            Pending::Fork(f) => {
+                let _held = crate::rt::fork::in_engine_call();
+                f()
+            }
             // Inside a C call (a sort comparator, a metamethod Lua calls from C) the coroutine
             // cannot be ended from here.
             Pending::Exit(..) => Err("os.exit cannot end the script from inside a C call".into()),

@@ -20,6 +20,9 @@ pub(super) fn format_error(script: &str, err: EvalAltResult) -> String {
 /// a callback): as [`format_error`], but a system exception Rhai left without a place, when
 /// none was tracked, names `f` and the line it starts at.
 pub(super) fn call_error(shared: &Shared, f: &FnPtr, args: usize, err: EvalAltResult) -> String {
+    if let Some(text) = arity_error(shared, f, args, &err) {
+        return text;
+    }
     let def = shared.ast.get().and_then(|ast| {
         let arity = f.curry().len() + args;
         let mut defs = ast
@@ -41,6 +44,40 @@ pub(super) fn call_error(shared: &Shared, f: &FnPtr, args: usize, err: EvalAltRe
         err,
         Some((name, def.unwrap_or(Position::NONE))),
     )
+}
+
+/// Rhai says "Function not found: add (i64)" of a script function called from Rust (a pool
+/// task, a thread's target, a callback) with a number of arguments it does not take, as if
+/// there were no `add`: said as the count it is, at the function's place (Python's TypeError
+/// names the function and the arguments missing). `None` for any other error, or a failed call
+/// inside the function (that one has a place).
+fn arity_error(shared: &Shared, f: &FnPtr, args: usize, err: &EvalAltResult) -> Option<String> {
+    let EvalAltResult::ErrorFunctionNotFound(signature, pos) = err else {
+        return None;
+    };
+    let name = f.fn_name();
+    if !pos.is_none() || signature.split(" (").next() != Some(name) {
+        return None;
+    }
+    let curried = f.curry().len();
+    let ast = shared.ast.get()?;
+    let defs: Vec<_> = ast.iter_fn_def().filter(|d| d.name == name).collect();
+    if defs.iter().any(|d| d.params.len() == curried + args) {
+        return None;
+    }
+    let def = defs.first()?;
+    let params = def.params.len().saturating_sub(curried);
+    let what = if f.is_anonymous() {
+        "the closure".to_owned()
+    } else {
+        format!("`{name}`")
+    };
+    let s = if params == 1 { "" } else { "s" };
+    Some(format!(
+        "{}:{}: {what} takes {params} argument{s}, called with {args}",
+        shared.script_name,
+        position_text(def.body.start_position())
+    ))
 }
 
 /// [`format_error`]; `called` is the function a call from Rust ran and where it starts.
