@@ -177,6 +177,74 @@ fn map_unordered_yields_every_result_with_its_index() {
 }
 
 /// The error of a map names the item that raised it (inside a chunk of many) and the line.
+/// A worker killed by one of a map's items, in the fork model, though it had answered quick
+/// items before it and may have held their answers back to send them together: the map fails
+/// with the kill, the item runs at most twice (once more, answered alone, to tell which item
+/// it was), and the pool goes on.
+#[test]
+fn a_map_item_that_kills_its_worker_fails_the_map_and_the_pool_goes_on() {
+    in_time(|| {
+        for language in LANGUAGES {
+            // One task per item, as quick as tasks come: answers the worker may hold back.
+            let code = match language {
+                Language::Lua => {
+                    r#"local pool = parrun.Pool(2)
+                    local xs = {}
+                    for i = 1, 400 do xs[i] = i end
+                    local ok, err = pcall(pool.map, pool, function(i)
+                      if i == 150 then die() end
+                      return i
+                    end, xs, 1)
+                    local again = pool:map(function(i) return i * 2 end, xs, 1)
+                    pool:close() pool:join()
+                    return { tostring(err), again[400] }"#
+                }
+                Language::Rhai => {
+                    r#"let pool = Pool(2);
+                    let xs = []; for i in 1..=400 { xs.push(i); }
+                    let err = "";
+                    try {
+                      pool.map(|i| { if i == 150 { die(); } i }, xs, 1);
+                    } catch (e) { err = `${e}`; }
+                    let again = pool.map(|i| i * 2, xs, 1);
+                    pool.close(); pool.join();
+                    [err, again[399]]"#
+                }
+            };
+            let marks = std::env::temp_dir().join(format!(
+                "parrun-kill-marks-{}-{language:?}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_file(&marks);
+            let path = marks.clone();
+            let (err, last): (String, i64) = Runtime::new()
+                .mode(Mode::Fork)
+                .function("die", move |(): ()| {
+                    use std::io::Write;
+                    let mut file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(|e| e.to_string())?;
+                    file.write_all(b"x").map_err(|e| e.to_string())?;
+                    // In a forked worker: the worker's own end.
+                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+                    Ok::<_, String>(())
+                })
+                .eval(language, name(language), code)
+                .unwrap();
+            assert!(err.contains("SIGKILL"), "{language:?}: {err}");
+            assert_eq!(last, 800, "{language:?}");
+            let runs = std::fs::read(&marks).unwrap_or_default().len();
+            assert!(
+                (1..=2).contains(&runs),
+                "{language:?}: the item ran {runs} times"
+            );
+            let _ = std::fs::remove_file(&marks);
+        }
+    });
+}
+
 #[test]
 fn a_map_error_names_the_item_and_the_script_line() {
     each_script(|language, mode, script| {

@@ -96,6 +96,9 @@ pub struct AsyncResult {
     /// The process whose pool runs the job: a forked child's copy never gets its results, and
     /// its locks may have been held at the fork.
     creator: u32,
+    /// A worker died with some of its tasks in hand: their answers go up one by one from then
+    /// on (see [`AsyncResult::read_whole`]).
+    lost_a_worker: std::sync::atomic::AtomicBool,
 }
 
 impl AsyncResult {
@@ -116,13 +119,26 @@ impl AsyncResult {
             progress: None,
             traced: None,
             creator: crate::rt::pid::current_pid(),
+            lost_a_worker: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Whether nothing reads the job's results before they are all in (`map`, `starmap`, their
-    /// `_async` forms), so that a worker may hold a few back and send them together.
+    /// `_async` forms), so that a worker may hold a few back and send them together; not once a
+    /// worker died with its tasks: which of them it was running is known only from the answers
+    /// it sent (its death fails the first unanswered one, and the others run again), so that
+    /// from then on it answers each at once, and a task that kills its worker fails itself.
     pub(super) fn read_whole(&self) -> bool {
         self.kind == JobKind::List
+            && !self
+                .lost_a_worker
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A worker died with tasks of this job in hand.
+    pub(super) fn lost_a_worker(&self) {
+        self.lost_a_worker
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The job with a progress bar (see `crate::rt::progress`), counting its items in.
