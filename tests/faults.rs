@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{both, both_in_modes, run_code, Output, Run, TempDir, MODES};
+use common::{both, both_in_modes, grain_pass, run_code, Output, Run, TempDir, MODES};
 
 /// (mode, language, code) for each mode and language.
 fn in_every_mode<'a>(lua: &'a str, rhai: &'a str) -> Vec<(&'static str, &'static str, &'a str)> {
@@ -353,6 +353,40 @@ print(`after ${pool.apply(|x| x + 1, [1])}`);
         out.assert_success()
             .assert_stdout_contains("too large")
             .assert_stdout_contains("after 2");
+    }
+}
+
+/// An allocation the system refuses (`ulimit -v`: here a 2 GB string under a 2.5 GB address
+/// space, which parrun's threads and allocator arenas already use 1.5 GB of) is Lua's `not
+/// enough memory`, which `pcall` catches, as under the stock `lua`, in the script and in a pool
+/// task, whose pool goes on: mlua's allocator aborted the whole run, in every mode.
+#[test]
+fn an_allocation_the_system_refuses_is_a_lua_error_not_an_abort() {
+    if grain_pass() {
+        return;
+    }
+    let lua = r#"
+local big = 2^31 - 1
+print(pcall(string.rep, "x", big))
+local pool = parrun.Pool(1)
+print(pcall(pool.apply, pool, function(n) return #string.rep("x", n) end, {big}))
+print("after", pool:apply(function(x) return x + 1 end, {1}))
+"#;
+    for mode in MODES {
+        let (_dir, path) = common::script("refused", "lua", lua);
+        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
+            .under(&["prlimit", "--as=2500000000"])
+            .output();
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert_eq!(lines.len(), 3, "{}", out.describe());
+        assert_eq!(lines[0], "false\tnot enough memory", "{}", out.describe());
+        assert!(
+            lines[1].starts_with("false") && lines[1].ends_with("not enough memory"),
+            "{}",
+            out.describe()
+        );
+        assert_eq!(lines[2], "after\t2", "{}", out.describe());
     }
 }
 

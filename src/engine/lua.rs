@@ -36,6 +36,7 @@ use crate::script::{
 use crate::script::{EngineKind, Image};
 use crate::value::Value;
 
+mod alloc;
 mod args;
 mod convert;
 mod direct;
@@ -271,10 +272,7 @@ fn apply_settings(lua: &Lua, settings: &crate::host::Settings) -> mlua::Result<(
     if settings.sandbox {
         lua.load(SANDBOX).set_name("=parrun sandbox").exec()?;
     }
-    if let Some(bytes) = settings.max_memory {
-        lua.set_memory_limit(bytes)?;
-    }
-    Ok(())
+    alloc::install(lua, settings.max_memory)
 }
 
 /// A state with the standard library, parrun's API and the run's settings: the script's, or
