@@ -510,9 +510,10 @@ fn a_wrong_option_is_a_one_line_usage_error() {
 }
 
 /// An output file the bench cannot write (`--json`, `--svg` in a missing directory, or a
-/// directory) fails at once, before any run, instead of after the whole bench.
+/// directory) fails at once, before any run, instead of after the whole bench; a script path
+/// whose language `--langs` leaves out is an error naming both, not a run of that script.
 #[test]
-fn an_unwritable_output_fails_before_any_run() {
+fn an_unwritable_output_or_a_script_of_another_language_fails_before_any_run() {
     let dir = TempDir::new("bench");
     // A script that leaves a mark when it runs.
     let mark = dir.path().join("ran");
@@ -531,6 +532,10 @@ fn an_unwritable_output_fails_before_any_run() {
         (vec!["--json", missing], format!("cannot write {missing}")),
         (vec!["--svg", missing], format!("cannot write {missing}")),
         (vec!["--json", a_dir], "is a directory".to_string()),
+        (
+            vec!["--langs", "rhai"],
+            "is a Lua script, and --langs rhai leaves Lua out".to_string(),
+        ),
     ] {
         let mut argv = vec![script, "--repeat", "1", "--modes", "gil", "--no-progress"];
         argv.extend(args);
