@@ -130,10 +130,12 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
             other => match lua.coerce_integer(other.clone())? {
                 Some(n) => n as i32,
                 None => {
-                    let msg = format!(
-                        "bad argument #1 to 'exit' (number expected, got {})",
-                        other.type_name()
-                    );
+                    // As luaL_checkinteger words it.
+                    let why = match lua.coerce_number(other.clone())? {
+                        Some(_) => "number has no integer representation".to_string(),
+                        None => format!("number expected, got {}", other.type_name()),
+                    };
+                    let msg = format!("bad argument #1 to 'exit' ({why})");
                     return (2, msg).into_lua_multi(lua);
                 }
             },

@@ -632,8 +632,14 @@ fn register_exit(engine: &mut Engine, shared: &Arc<Shared>) {
     // names the line.
     let exit =
         |shared: &Shared, value: Dynamic, ctx: ::rhai::NativeCallContext| -> RhaiResult<Dynamic> {
+            let status = exit_status(&value).map_err(|why| {
+                EvalAltResult::ErrorRuntime(
+                    format!("bad argument #1 to 'exit' ({why})").into(),
+                    ctx.call_position(),
+                )
+            })?;
             if std::thread::current().id() == shared.main_thread {
-                *shared.exit_status.lock().recover() = Some(exit_status_of(&value));
+                *shared.exit_status.lock().recover() = Some(status);
             }
             stops::exit_called(ctx.call_source(), ctx.call_position());
             Err(EvalAltResult::Exit(value, ctx.call_position()).into())
@@ -677,13 +683,33 @@ fn resolve_shared_objects(engine: &mut Engine, gil: &Arc<crate::rt::gil::Gil>) {
     });
 }
 
-/// `exit()` → 0, `exit(3)` → 3; any other value is a failure, as a non-integer `sys.exit` is.
+/// The status of an `exit(value)` that [`exit_status`] took.
 fn exit_status_of(value: &Dynamic) -> i32 {
+    exit_status(value).unwrap_or(1)
+}
+
+/// The status `exit(value)` asks for, as Lua's `os.exit` reads its argument (so a script gets
+/// the same status, or the same error, in both languages): `()` 0, an integer, `true` 0 and
+/// `false` 1, a float with an integer value; else why not, in `luaL_checkinteger`'s words.
+fn exit_status(value: &Dynamic) -> Result<i32, String> {
     if value.is_unit() {
-        0
-    } else {
-        value.as_int().map_or(1, |n| n as i32)
+        return Ok(0);
     }
+    if let Ok(n) = value.as_int() {
+        return Ok(n as i32);
+    }
+    if let Ok(ok) = value.as_bool() {
+        return Ok(i32::from(!ok));
+    }
+    if let Ok(x) = value.as_float() {
+        // Lua's lua_Number -> lua_Integer: integral and within i64.
+        return if x.fract() == 0.0 && x >= -(2f64.powi(63)) && x < 2f64.powi(63) {
+            Ok(x as i64 as i32)
+        } else {
+            Err("number has no integer representation".into())
+        };
+    }
+    Err(format!("number expected, got {}", value.type_name()))
 }
 
 #[cfg(test)]
