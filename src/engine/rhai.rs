@@ -676,11 +676,46 @@ fn resolve_shared_objects(engine: &mut Engine, gil: &Arc<crate::rt::gil::Gil>) {
         };
         match value {
             Some(v) if v.is_shared() => {
+                let_the_holder_finish(&gil, v);
                 Ok(v.read_lock::<Object>().map(|o| Dynamic::from(o.clone())))
             }
             _ => Ok(None),
         }
     });
+}
+
+/// How long a variable read waits for another thread to let go of the variable (see
+/// [`let_the_holder_finish`]) before Rhai reports the data race.
+const HOLDER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits, with the GIL handed over, while another thread holds a lock on the shared variable
+/// `v` that this thread is about to read. Rhai keeps a shared variable locked for the whole of
+/// a method call on it, and a method that calls back into the script (`data.map(|x| x + k)`)
+/// lets that thread hand the GIL over at the closure's variable reads, lock held: a thread that
+/// then read `data` tried Rhai's lock for 50 ms with the GIL held, so the holder could not go
+/// on, and failed with "Data race detected". Here the reader lets the holder run until it lets
+/// go, as a Python thread never finds a list busy. A lock this thread holds itself
+/// (`data.map(|x| data.len())`) is never let go: after [`HOLDER_PATIENCE`] Rhai reports it.
+fn let_the_holder_finish(gil: &crate::rt::gil::Gil, v: &Dynamic) {
+    // Free, the usual case: one uncontended try. Held: Rhai's own 50 ms of tries.
+    if !v.is_locked() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + HOLDER_PATIENCE;
+    loop {
+        let free = gil.allow_threads(0, || {
+            while std::time::Instant::now() < deadline {
+                if !v.is_locked() {
+                    return true;
+                }
+            }
+            false
+        });
+        // The holder may have taken the lock again before this thread had the GIL back.
+        if !free || !v.is_locked() {
+            return;
+        }
+    }
 }
 
 /// The status of an `exit(value)` that [`exit_status`] took.
