@@ -684,11 +684,7 @@ let pool = ThreadPool(3);
 let r = pool.map(|k| { let s = 0; for n in 0..200 { for i in 0..100 { s += data[i][1]; } } s + k }, [1, 2, 3], 1);
 print(`pool ${r[0]} ${r[1]} ${r[2]}`);
 "#;
-    if common::grain_pass() {
-        // Left on grain, which asks the variable hook nothing about locals, where the tree
-        // walker now hands the GIL over (README, Rhai's VMs).
-        return;
-    }
+    // On grain too: a script whose threads share captured variables runs on the tree walker.
     both_in_modes(&["gil"], "shared_reads", lua, rhai, |_, out| {
         out.assert_success();
         assert!(!out.stderr.contains("Data race"), "{}", out.describe());
@@ -752,9 +748,6 @@ let pool = ThreadPool(3);
 let r = pool.map(|j| { let s = 0; for n in 0..10 { s += data.map(|x| x + k).len(); } s + j }, [1, 2, 3], 1);
 print(`pool ${r[0]} ${r[1]} ${r[2]}`);
 "#;
-    if common::grain_pass() {
-        return;
-    }
     both_in_modes(&["gil"], "method_closures", lua, rhai, |_, out| {
         out.assert_success();
         assert!(!out.stderr.contains("Data race"), "{}", out.describe());

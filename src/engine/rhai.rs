@@ -579,10 +579,14 @@ fn start_engine(
     }
     ast.set_source(shared.script_name.clone());
     let closures = ast.iter_fn_def().any(|f| f.name.starts_with("anon$"));
-    // A script that hands a closure to a method of a variable the closure captures needs the
-    // variable hook below on every read, which grain does not ask about its locals.
+    // A script that hands a closure to a method of a variable the closure captures, or whose
+    // threads share captured variables, needs the variable hook below on every read, which
+    // grain does not ask about its locals.
+    let threads_share = shared.host.settings.mode.name() == "gil";
     let on_grain = shared.host.settings.rhai_vm == RhaiVm::Grain
-        && !(closures && grain::hands_closure_to_its_capture(&ast));
+        && !(closures
+            && (grain::hands_closure_to_its_capture(&ast)
+                || grain::shares_captures_with_threads(&ast, threads_share)));
     if on_grain {
         // Lowering cannot fail; keeping the library could only if Rhai changed its run.
         let lowered = grain::Grain::new(&engine, &ast).map_err(|e| {

@@ -169,6 +169,40 @@ pub(super) fn resolve_names(engine: &mut Engine, grain: &Grain, args: Array) {
     });
 }
 
+/// Whether `ast` has closures that capture variables and starts threads that share its engine
+/// (`Thread`, `ThreadPool`, or any pool or process when `threads_share` says the run's pools
+/// and processes are threads): its threads may then use one captured variable at once.
+///
+/// Such a script runs on the tree walker (`super::start_engine`). Rhai locks a captured
+/// (shared) variable while it indexes it or runs a method on it, a method that calls a closure
+/// (`data.map(|x| x + k)`) included, and grain hands the GIL over at any operation, so a thread
+/// could hand it over with the lock held, and the next thread to read the variable failed with
+/// "Data race detected on variable 'data'". The tree walker hands the GIL over only at variable
+/// reads, where its variable hook first waits for a lock another thread holds to be let go;
+/// grain asks that hook nothing about its locals.
+pub(super) fn shares_captures_with_threads(ast: &AST, threads_share: bool) -> bool {
+    use ::rhai::{ASTNode, Expr, Stmt};
+    let starters: &[&str] = if threads_share {
+        &["Thread", "ThreadPool", "Pool", "Process"]
+    } else {
+        &["Thread", "ThreadPool"]
+    };
+    let (mut captures, mut threads) = (false, false);
+    ast.walk(&mut |path: &[ASTNode]| {
+        match path.last() {
+            Some(ASTNode::Stmt(Stmt::Share(..))) => captures = true,
+            Some(ASTNode::Expr(Expr::FnCall(call, ..)))
+                if starters.contains(&call.name.as_str()) =>
+            {
+                threads = true
+            }
+            _ => {}
+        }
+        !(captures && threads)
+    });
+    captures && threads
+}
+
 /// Whether `ast` hands a closure to a method of a variable the closure captures: `pool.m(..,
 /// |r| pool.close())`, or through a variable, `let cb = |r| pool.close(); pool.m(.., cb)`.
 ///
