@@ -356,6 +356,52 @@ print(`after ${pool.apply(|x| x + 1, [1])}`);
     }
 }
 
+/// A value nested deeper than the 128 levels a value may have is refused with the same words
+/// in both languages, on a queue and as a task's argument, in every mode: Lua said only
+/// "recursion limit exceeded" (mlua's words), Rhai "... arrays or maps nested deeper than 128
+/// levels". A Lua table that contains itself says so too.
+#[test]
+fn a_value_nested_too_deep_is_refused_in_the_same_words_in_both_languages() {
+    let lua = r#"
+local d = {} local cur = d for i = 1, 1000 do cur[1] = {} cur = cur[1] end
+local q, pool = parrun.Queue(), parrun.Pool(1)
+print(select(2, pcall(q.put, q, d)))
+print(select(2, pcall(pool.apply, pool, function(x) return 1 end, {d})))
+local t = {} t.self = t
+print(select(2, pcall(q.put, q, t)))
+"#;
+    let rhai = r#"
+let d = []; for i in 0..1000 { d = [d]; }
+let q = Queue(); let pool = Pool(1);
+try { q.put(d); } catch (e) { print(e); }
+try { pool.apply(|x| 1, [d]); } catch (e) { print(e); }
+"#;
+    both_in_modes(&MODES, "deep", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines = out.stdout_lines();
+        for (i, call) in ["Queue.put", "Pool.apply"].iter().enumerate() {
+            assert_eq!(
+                lines[i],
+                format!(
+                    "{call}: cannot send this value to another thread or process: recursion \
+                     limit exceeded: arrays or maps nested deeper than 128 levels"
+                ),
+                "{mode}: {}",
+                out.describe()
+            );
+        }
+        if lines.len() > 2 {
+            assert_eq!(
+                lines[2],
+                "Queue.put: cannot send this value to another thread or process: a table that \
+                 contains itself",
+                "{mode}: {}",
+                out.describe()
+            );
+        }
+    });
+}
+
 /// An allocation the system refuses (`ulimit -v`: here a 2 GB string under a 2.5 GB address
 /// space, which parrun's threads and allocator arenas already use 1.5 GB of) is Lua's `not
 /// enough memory`, which `pcall` catches, as under the stock `lua`, in the script and in a pool
