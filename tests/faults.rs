@@ -402,6 +402,54 @@ try { pool.apply(|x| 1, [d]); } catch (e) { print(e); }
     });
 }
 
+/// An error whose value is nothing (Lua `error(nil)`, Rhai `throw ()`) says so where it
+/// becomes text, in a task, a thread and the main script, in every mode: Rhai printed an empty
+/// message (`parrun: x.rhai:4:1: ` and nothing after), Lua the stock `lua`'s words.
+#[test]
+fn an_error_of_nothing_says_so_in_both_languages() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+print(select(2, pcall(pool.apply, pool, function() error(nil) end, {})):match("^[^\n]*"))
+local t = parrun.Thread(function() error(nil) end) t:start() t:join()
+error(nil)
+"#;
+    let rhai = r#"
+let pool = Pool(1);
+try { pool.apply(|| throw (), []); } catch (e) { print(e); }
+let t = Thread(|| throw (), []); t.start(); t.join();
+throw ();
+"#;
+    both_in_modes(&MODES, "nothing", lua, rhai, |mode, out| {
+        out.assert_code(1);
+        let what = if out.command.contains(".lua") {
+            "nil"
+        } else {
+            "()"
+        };
+        let said = format!("(error object is a {what} value)");
+        assert!(
+            out.stdout.starts_with("Pool.apply: ") && out.stdout.trim_end().ends_with(&said),
+            "{mode}: {}",
+            out.describe()
+        );
+        let lines = common::stderr_lines(out);
+        let thread = lines
+            .iter()
+            .position(|l| l.starts_with("Exception in thread"));
+        let thread = thread.unwrap_or_else(|| panic!("{mode}: {}", out.describe()));
+        assert!(
+            lines[thread + 1].ends_with(&said),
+            "{mode}: {}",
+            out.describe()
+        );
+        let last = lines
+            .iter()
+            .rposition(|l| l.starts_with("parrun: "))
+            .unwrap();
+        assert!(lines[last].ends_with(&said), "{mode}: {}", out.describe());
+    });
+}
+
 /// An allocation the system refuses (`ulimit -v`: here a 2 GB string under a 2.5 GB address
 /// space, which parrun's threads and allocator arenas already use 1.5 GB of) is Lua's `not
 /// enough memory`, which `pcall` catches, as under the stock `lua`, in the script and in a pool
