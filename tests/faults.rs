@@ -450,6 +450,28 @@ throw ();
     });
 }
 
+/// A failed task's error raised by an `imap` loop names the loop's line first, as an error
+/// from `map` or any other parrun call does, in both languages and every mode: Lua's said
+/// `parrun: ResultIterator.next: x.lua:3: bad` (the task's place only), and a Ctrl-C there
+/// `parrun: KeyboardInterrupt` with no place at all.
+#[test]
+fn an_imap_loops_error_names_the_loops_line() {
+    let lua = "local pool = parrun.Pool(1)\n\nfor x in pool:imap(function(x) if x == 2 then error('bad', 0) end return x end, {1, 2}) do end\n";
+    let rhai = "let pool = Pool(1);\n\nfor x in pool.imap(|x| { if x == 2 { throw \"bad\"; } x }, [1, 2]) { let y = x; }\n";
+    both_in_modes(&MODES, "imaperr", lua, rhai, |mode, out| {
+        out.assert_code(1);
+        let first = out.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("parrun: ")
+                && first.contains("imaperr.")
+                && first["parrun: ".len()..].split(':').nth(1) == Some("3")
+                && first.ends_with("bad"),
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
+
 /// An allocation the system refuses (`ulimit -v`: here a 2 GB string under a 2.5 GB address
 /// space, which parrun's threads and allocator arenas already use 1.5 GB of) is Lua's `not
 /// enough memory`, which `pcall` catches, as under the stock `lua`, in the script and in a pool
