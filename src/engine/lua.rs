@@ -603,6 +603,8 @@ mod tests {
             .load("local t = {} t.self = t return t")
             .eval::<LuaValue>()
             .unwrap();
-        assert!(to_value(&lua, cyclic).unwrap_err().contains("recursive"));
+        assert!(to_value(&lua, cyclic)
+            .unwrap_err()
+            .contains("a table that contains itself"));
     }
 }
