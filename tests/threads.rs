@@ -766,6 +766,33 @@ print(`pool ${r[0]} ${r[1]} ${r[2]}`);
             out.describe()
         );
     });
+    // A pool of threads asked for by its `mode` option, under another `--mode`.
+    let lua = r#"
+local data = {}
+for i = 1, 200 do data[i] = i end
+local k = 3
+local function map(t, f) local r = {} for i = 1, #t do r[i] = f(t[i]) end return r end
+local pool = parrun.Pool(3, {mode = "gil"})
+local r = pool:map(function(j) local s = 0 for n = 1, 60 do s = s + #map(data, function(x) return x + k end) end return s + j end, {1, 2, 3}, 1)
+print(("pool %d %d %d"):format(r[1], r[2], r[3]))
+"#;
+    let rhai = r#"
+let data = [];
+for i in 1..=200 { data.push(i); }
+let k = 3;
+let pool = Pool(3, #{mode: "gil"});
+let r = pool.map(|j| { let s = 0; for n in 0..60 { s += data.map(|x| x + k).len(); } s + j }, [1, 2, 3], 1);
+print(`pool ${r[0]} ${r[1]} ${r[2]}`);
+"#;
+    both_in_modes(&["fork"], "gil_option", lua, rhai, |_, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_value("pool"),
+            "12001 12002 12003",
+            "{}",
+            out.describe()
+        );
+    });
 }
 
 /// A script's error is printed when its code ends, before the run waits for the threads and
