@@ -28,6 +28,12 @@ use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 /// to both languages so that a script behaves the same in each).
 pub const MAX_DEPTH: usize = 128;
 
+/// Why a value nested deeper than [`MAX_DEPTH`] cannot travel, in the same words for every
+/// engine.
+pub(crate) fn too_deep() -> String {
+    format!("recursion limit exceeded: arrays or maps nested deeper than {MAX_DEPTH} levels")
+}
+
 /// The MessagePack extension type of a [`Value::Char`] on the wire.
 pub const CHAR_EXT: i8 = 1;
 

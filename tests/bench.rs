@@ -509,6 +509,45 @@ fn a_wrong_option_is_a_one_line_usage_error() {
     }
 }
 
+/// An output file the bench cannot write (`--json`, `--svg` in a missing directory, or a
+/// directory) fails at once, before any run, instead of after the whole bench; a script path
+/// whose language `--langs` leaves out is an error naming both, not a run of that script.
+#[test]
+fn an_unwritable_output_or_a_script_of_another_language_fails_before_any_run() {
+    let dir = TempDir::new("bench");
+    // A script that leaves a mark when it runs.
+    let mark = dir.path().join("ran");
+    let script = dir.write(
+        "marks.lua",
+        &format!(
+            "io.open({:?}, 'a'):write('x') parrun.sleep(0.01)\n",
+            mark.to_str().unwrap()
+        ),
+    );
+    let script = script.to_str().unwrap();
+    let missing = dir.path().join("no_such_dir").join("b.json");
+    let missing = missing.to_str().unwrap();
+    let a_dir = dir.path().to_str().unwrap();
+    for (args, mentions) in [
+        (vec!["--json", missing], format!("cannot write {missing}")),
+        (vec!["--svg", missing], format!("cannot write {missing}")),
+        (vec!["--json", a_dir], "is a directory".to_string()),
+        (
+            vec!["--langs", "rhai"],
+            "is a Lua script, and --langs rhai leaves Lua out".to_string(),
+        ),
+    ] {
+        let mut argv = vec![script, "--repeat", "1", "--modes", "gil", "--no-progress"];
+        argv.extend(args);
+        let out = bench(&argv).output();
+        assert_ne!(out.code(), Some(0), "{}", out.describe());
+        out.assert_stderr_contains(&mentions);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.describe());
+        assert!(out.stdout.is_empty(), "{}", out.describe());
+        assert!(!mark.exists(), "the script ran: {}", out.describe());
+    }
+}
+
 /// The bench's progress bar (runs done of the total, the run going on) is drawn on stderr
 /// when asked (`PARRUN_PROGRESS=always` stands in for a terminal here) and cleared before the
 /// table; a stderr that is a pipe, or `--no-progress`, gets nothing.

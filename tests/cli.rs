@@ -216,6 +216,62 @@ fn an_exit_status_keeps_its_low_byte() {
     }
 }
 
+/// An exit argument that is no status is an error naming the script's line, alike in both
+/// languages and as the stock `lua` says it (`bad argument #1 to 'exit' (number expected, got
+/// string)`, `... (number has no integer representation)`), which the script may catch; what
+/// `lua` takes as a status (nil, a boolean, an integral float) gives the same status in both:
+/// Rhai's `exit("a")` exited 1 without a word, and `exit(true)` or `exit(2.0)` exited 1 too.
+#[test]
+fn a_bad_exit_argument_is_an_error_naming_the_line_in_both_languages() {
+    for (lua, rhai, why) in [
+        (
+            "os.exit('a')",
+            "exit(\"a\");",
+            "number expected, got string",
+        ),
+        (
+            "os.exit(1.5)",
+            "exit(1.5);",
+            "number has no integer representation",
+        ),
+    ] {
+        for (lang, code) in [
+            (Lang::Lua, format!("print(1)\n{lua}")),
+            (Lang::Rhai, format!("print(1);\n{rhai}")),
+        ] {
+            let out = run_main(lang, &code);
+            out.assert_code(1);
+            let first = out.stderr.lines().next().unwrap_or_default();
+            let place = format!("parrun: {}:2:", lang.file("main"));
+            assert!(
+                first.starts_with(&place)
+                    && first.ends_with(&format!("bad argument #1 to 'exit' ({why})")),
+                "{}",
+                out.describe()
+            );
+        }
+    }
+    for (lua, rhai, want) in [
+        ("os.exit(true)", "exit(true);", 0),
+        ("os.exit(false)", "exit(false);", 1),
+        ("os.exit(2.0)", "exit(2.0);", 2),
+        ("os.exit(nil)", "exit(());", 0),
+    ] {
+        run_main(Lang::Lua, lua).assert_code(want);
+        run_main(Lang::Rhai, rhai).assert_code(want);
+    }
+    // Caught, as any error.
+    let out = run_main(
+        Lang::Rhai,
+        "try { exit(\"a\"); } catch (e) { print(`caught ${e}`); }",
+    );
+    out.assert_success()
+        .assert_stdout_contains("caught bad argument #1 to 'exit' (number expected, got string)");
+    let out = run_main(Lang::Lua, "print(pcall(os.exit, 'a'))");
+    out.assert_success()
+        .assert_stdout_contains("false\tbad argument #1 to 'exit' (number expected, got string)");
+}
+
 #[test]
 fn bad_option_values_are_usage_errors() {
     let dir = TempDir::new("badvalue");

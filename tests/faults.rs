@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{both, both_in_modes, run_code, Output, Run, TempDir, MODES};
+use common::{both, both_in_modes, grain_pass, run_code, Output, Run, TempDir, MODES};
 
 /// (mode, language, code) for each mode and language.
 fn in_every_mode<'a>(lua: &'a str, rhai: &'a str) -> Vec<(&'static str, &'static str, &'a str)> {
@@ -356,6 +356,156 @@ print(`after ${pool.apply(|x| x + 1, [1])}`);
         out.assert_success()
             .assert_stdout_contains("too large")
             .assert_stdout_contains("after 2");
+    }
+}
+
+/// A value nested deeper than the 128 levels a value may have is refused with the same words
+/// in both languages, on a queue and as a task's argument, in every mode: Lua said only
+/// "recursion limit exceeded" (mlua's words), Rhai "... arrays or maps nested deeper than 128
+/// levels". A Lua table that contains itself says so too.
+#[test]
+fn a_value_nested_too_deep_is_refused_in_the_same_words_in_both_languages() {
+    let lua = r#"
+local d = {} local cur = d for i = 1, 1000 do cur[1] = {} cur = cur[1] end
+local q, pool = parrun.Queue(), parrun.Pool(1)
+print(select(2, pcall(q.put, q, d)))
+print(select(2, pcall(pool.apply, pool, function(x) return 1 end, {d})))
+local t = {} t.self = t
+print(select(2, pcall(q.put, q, t)))
+"#;
+    let rhai = r#"
+let d = []; for i in 0..1000 { d = [d]; }
+let q = Queue(); let pool = Pool(1);
+try { q.put(d); } catch (e) { print(e); }
+try { pool.apply(|x| 1, [d]); } catch (e) { print(e); }
+"#;
+    both_in_modes(&MODES, "deep", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines = out.stdout_lines();
+        for (i, call) in ["Queue.put", "Pool.apply"].iter().enumerate() {
+            assert_eq!(
+                lines[i],
+                format!(
+                    "{call}: cannot send this value to another thread or process: recursion \
+                     limit exceeded: arrays or maps nested deeper than 128 levels"
+                ),
+                "{mode}: {}",
+                out.describe()
+            );
+        }
+        if lines.len() > 2 {
+            assert_eq!(
+                lines[2],
+                "Queue.put: cannot send this value to another thread or process: a table that \
+                 contains itself",
+                "{mode}: {}",
+                out.describe()
+            );
+        }
+    });
+}
+
+/// An error whose value is nothing (Lua `error(nil)`, Rhai `throw ()`) says so where it
+/// becomes text, in a task, a thread and the main script, in every mode: Rhai printed an empty
+/// message (`parrun: x.rhai:4:1: ` and nothing after), Lua the stock `lua`'s words.
+#[test]
+fn an_error_of_nothing_says_so_in_both_languages() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+print(select(2, pcall(pool.apply, pool, function() error(nil) end, {})):match("^[^\n]*"))
+local t = parrun.Thread(function() error(nil) end) t:start() t:join()
+error(nil)
+"#;
+    let rhai = r#"
+let pool = Pool(1);
+try { pool.apply(|| throw (), []); } catch (e) { print(e); }
+let t = Thread(|| throw (), []); t.start(); t.join();
+throw ();
+"#;
+    both_in_modes(&MODES, "nothing", lua, rhai, |mode, out| {
+        out.assert_code(1);
+        let what = if out.command.contains(".lua") {
+            "nil"
+        } else {
+            "()"
+        };
+        let said = format!("(error object is a {what} value)");
+        assert!(
+            out.stdout.starts_with("Pool.apply: ") && out.stdout.trim_end().ends_with(&said),
+            "{mode}: {}",
+            out.describe()
+        );
+        let lines = common::stderr_lines(out);
+        let thread = lines
+            .iter()
+            .position(|l| l.starts_with("Exception in thread"));
+        let thread = thread.unwrap_or_else(|| panic!("{mode}: {}", out.describe()));
+        assert!(
+            lines[thread + 1].ends_with(&said),
+            "{mode}: {}",
+            out.describe()
+        );
+        let last = lines
+            .iter()
+            .rposition(|l| l.starts_with("parrun: "))
+            .unwrap();
+        assert!(lines[last].ends_with(&said), "{mode}: {}", out.describe());
+    });
+}
+
+/// A failed task's error raised by an `imap` loop names the loop's line first, as an error
+/// from `map` or any other parrun call does, in both languages and every mode: Lua's said
+/// `parrun: ResultIterator.next: x.lua:3: bad` (the task's place only), and a Ctrl-C there
+/// `parrun: KeyboardInterrupt` with no place at all.
+#[test]
+fn an_imap_loops_error_names_the_loops_line() {
+    let lua = "local pool = parrun.Pool(1)\n\nfor x in pool:imap(function(x) if x == 2 then error('bad', 0) end return x end, {1, 2}) do end\n";
+    let rhai = "let pool = Pool(1);\n\nfor x in pool.imap(|x| { if x == 2 { throw \"bad\"; } x }, [1, 2]) { let y = x; }\n";
+    both_in_modes(&MODES, "imaperr", lua, rhai, |mode, out| {
+        out.assert_code(1);
+        let first = out.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("parrun: ")
+                && first.contains("imaperr.")
+                && first["parrun: ".len()..].split(':').nth(1) == Some("3")
+                && first.ends_with("bad"),
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
+
+/// An allocation the system refuses (`ulimit -v`: here a 2 GB string under a 2.5 GB address
+/// space, which parrun's threads and allocator arenas already use 1.5 GB of) is Lua's `not
+/// enough memory`, which `pcall` catches, as under the stock `lua`, in the script and in a pool
+/// task, whose pool goes on: mlua's allocator aborted the whole run, in every mode.
+#[test]
+fn an_allocation_the_system_refuses_is_a_lua_error_not_an_abort() {
+    if grain_pass() {
+        return;
+    }
+    let lua = r#"
+local big = 2^31 - 1
+print(pcall(string.rep, "x", big))
+local pool = parrun.Pool(1)
+print(pcall(pool.apply, pool, function(n) return #string.rep("x", n) end, {big}))
+print("after", pool:apply(function(x) return x + 1 end, {1}))
+"#;
+    for mode in MODES {
+        let (_dir, path) = common::script("refused", "lua", lua);
+        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
+            .under(&["prlimit", "--as=2500000000"])
+            .output();
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert_eq!(lines.len(), 3, "{}", out.describe());
+        assert_eq!(lines[0], "false\tnot enough memory", "{}", out.describe());
+        assert!(
+            lines[1].starts_with("false") && lines[1].ends_with("not enough memory"),
+            "{}",
+            out.describe()
+        );
+        assert_eq!(lines[2], "after\t2", "{}", out.describe());
     }
 }
 

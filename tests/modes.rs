@@ -455,3 +455,44 @@ pool.close(); pool.join();
         },
     );
 }
+
+/// A tour of the whole script API (`tests/tour/api_tour.*`: Thread, Lock and its scoped
+/// form, Queue with every form of get and put and their Empty and Full errors, Process with
+/// exit codes, Pool map/starmap/imap/imap_unordered/apply/apply_async with callbacks and
+/// error callbacks, the `_async` forms, get/wait/ready/successful, close/join/terminate,
+/// stats, an initializer with maxtasksperchild, an unknown option), and a tour of values at
+/// the boundaries (`values_tour.*`: NaN, infinities, -0.0, the extreme integers, integral
+/// floats, empty strings, NUL bytes, invalid UTF-8, holes, mixed and odd keys, unit in arrays,
+/// values nested too deep or cyclic, through a queue, a task and a process) print the same in
+/// every mode, in both languages (on grain too, on the grain pass): the differential check,
+/// kept.
+#[test]
+fn the_api_tour_prints_the_same_in_every_mode() {
+    let tours = ["api_tour", "values_tour"];
+    for (lang, tour) in common::languages("lua", "rhai")
+        .into_iter()
+        .flat_map(|l| tours.map(|t| (l, t)))
+    {
+        let script = format!("tests/tour/{tour}.{}", lang.0);
+        let mut reference: Option<(String, Vec<String>, Output)> = None;
+        for mode in MODES {
+            let out = run(["--mode", mode, &script]);
+            out.assert_success();
+            let mut stderr: Vec<String> = out.stderr.lines().map(String::from).collect();
+            stderr.sort();
+            match &reference {
+                None => reference = Some((out.stdout.clone(), stderr, out)),
+                Some((stdout, errs, first)) => {
+                    assert_eq!(
+                        (&out.stdout, &stderr),
+                        (stdout, errs),
+                        "{script}: --mode {mode} differs from --mode {}\n{}\n{}",
+                        MODES[0],
+                        first.describe(),
+                        out.describe()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -269,6 +269,50 @@ fn ctrl_c_during_a_map_is_a_keyboard_interrupt_and_ends_with_130() {
     }
 }
 
+/// A Ctrl-C while an `imap` loop with an empty body waits (`for x in pool.imap(f, xs) {}`,
+/// a common way to wait for tasks run for their effects) ends the run with 130, at once, in
+/// every mode, as one with a body does; and a failed task there ends the script with its
+/// error. Rhai's tree walker drops what the iterator raises when the loop's body is empty and
+/// asks for the next item: the interrupt was lost and the loop waited for every task (30 s
+/// each here), and a task's error was skipped ("not reached" printed).
+#[test]
+fn an_empty_imap_loop_ends_with_a_ctrl_c_or_a_failed_task() {
+    const WAIT: &str = r#"
+let pool = Pool(2);
+for pid in pool.map(|x| getpid(), [1, 2], 1) { print(`pid ${pid}`); }
+print("ready");
+for x in pool.imap(|x| { sleep(30); x }, [1, 2, 3, 4]) {}
+print("not reached");
+"#;
+    const FAIL: &str = r#"
+let pool = Pool(2);
+for x in pool.imap(|x| { if x == 2 { throw "bad task"; } x }, [1, 2, 3]) {}
+print("not reached");
+"#;
+    for mode in MODES {
+        let what = format!("rhai --mode {mode}");
+        let (_dir, mut parrun) = start(&what, mode, "rhai", WAIT);
+        let workers = parrun.pids(2);
+        parrun.line("ready");
+        std::thread::sleep(Duration::from_millis(300));
+        parrun.signal(Signal::SIGINT);
+        let (status, stderr, waited) = parrun.finish();
+        assert_eq!(status.code(), Some(130), "{what}: {stderr}");
+        assert!(
+            stderr.contains("signals.rhai:5:")
+                && stderr.contains("KeyboardInterrupt")
+                && waited < Duration::from_secs(2),
+            "{what}: {waited:?} {stderr}"
+        );
+        assert!(!parrun.seen.iter().any(|l| l == "not reached"), "{what}");
+        assert_reaped(&workers, &what);
+
+        let out = common::run_code(&["--mode", mode], "fail", "rhai", FAIL);
+        out.assert_code(1).assert_stderr_contains("bad task");
+        assert!(!out.stdout.contains("not reached"), "{}", out.describe());
+    }
+}
+
 /// SIGTERM stops at once with 143 and one line, in every mode; no worker is left.
 #[test]
 fn sigterm_during_a_map_stops_at_once_with_143() {

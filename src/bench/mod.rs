@@ -111,6 +111,10 @@ pub fn run(options: Options) -> Result<()> {
     let parrun = parrun.to_string_lossy().into_owned();
     let python = if options.python { python3() } else { None };
 
+    // A bench takes minutes: an output it cannot write should fail now, not after it.
+    for path in [&options.json, &options.svg].into_iter().flatten() {
+        writable(path)?;
+    }
     let scratch = workload::Scratch::new()?;
     let workloads = workload::resolve(
         &options.scripts,
@@ -251,6 +255,31 @@ pub fn run(options: Options) -> Result<()> {
         chart::draw(path, &results, &all_rows)?;
     }
     Ok(())
+}
+
+/// Whether `path` can be written (created or replaced) now, without writing it: a directory
+/// that exists and lets this user create files in it, and no directory (or unwritable file) at
+/// `path` itself.
+fn writable(path: &std::path::Path) -> Result<()> {
+    use nix::unistd::{access, AccessFlags};
+    let fail = |why: String| anyhow::anyhow!("cannot write {}: {why}", path.display());
+    if path.is_dir() {
+        return Err(fail("it is a directory".into()));
+    }
+    let check = if path.exists() {
+        path.to_path_buf()
+    } else {
+        match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    };
+    access(&check, AccessFlags::W_OK).map_err(|e| {
+        fail(match e {
+            nix::errno::Errno::ENOENT => "no such directory".to_string(),
+            e => e.desc().to_string(),
+        })
+    })
 }
 
 /// A positive, finite number.

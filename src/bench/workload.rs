@@ -200,6 +200,18 @@ fn script_workload(name: &str, langs: &[Lang], extra: &[String]) -> Result<Workl
             if !path.is_file() {
                 bail!("no script {name}");
             }
+            if !langs.contains(&lang) {
+                let label = match lang {
+                    Lang::Lua => "Lua",
+                    Lang::Rhai => "Rhai",
+                };
+                bail!(
+                    "{name} is a {label} script, and --langs {} leaves {label} out (give the \
+                     stem, {}, to run its twins of those languages)",
+                    langs.iter().map(|l| l.name()).collect::<Vec<_>>().join(","),
+                    stem.display()
+                );
+            }
             vec![(lang, path.to_path_buf())]
         }
         None => langs

@@ -36,6 +36,7 @@ use crate::script::{
 use crate::script::{EngineKind, Image};
 use crate::value::Value;
 
+mod alloc;
 mod args;
 mod convert;
 mod direct;
@@ -137,10 +138,12 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
             other => match lua.coerce_integer(other.clone())? {
                 Some(n) => n as i32,
                 None => {
-                    let msg = format!(
-                        "bad argument #1 to 'exit' (number expected, got {})",
-                        other.type_name()
-                    );
+                    // As luaL_checkinteger words it.
+                    let why = match lua.coerce_number(other.clone())? {
+                        Some(_) => "number has no integer representation".to_string(),
+                        None => format!("number expected, got {}", other.type_name()),
+                    };
+                    let msg = format!("bad argument #1 to 'exit' ({why})");
                     return (2, msg).into_lua_multi(lua);
                 }
             },
@@ -279,10 +282,7 @@ fn apply_settings(lua: &Lua, settings: &crate::host::Settings) -> mlua::Result<(
     if settings.sandbox {
         lua.load(SANDBOX).set_name("=parrun sandbox").exec()?;
     }
-    if let Some(bytes) = settings.max_memory {
-        lua.set_memory_limit(bytes)?;
-    }
-    Ok(())
+    alloc::install(lua, settings.max_memory)
 }
 
 /// A state with the standard library, parrun's API and the run's settings: the script's, or
@@ -611,6 +611,8 @@ mod tests {
             .load("local t = {} t.self = t return t")
             .eval::<LuaValue>()
             .unwrap();
-        assert!(to_value(&lua, cyclic).unwrap_err().contains("recursive"));
+        assert!(to_value(&lua, cyclic)
+            .unwrap_err()
+            .contains("a table that contains itself"));
     }
 }

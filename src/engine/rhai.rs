@@ -579,10 +579,14 @@ fn start_engine(
     }
     ast.set_source(shared.script_name.clone());
     let closures = ast.iter_fn_def().any(|f| f.name.starts_with("anon$"));
-    // A script that hands a closure to a method of a variable the closure captures needs the
-    // variable hook below on every read, which grain does not ask about its locals.
+    // A script that hands a closure to a method of a variable the closure captures, or whose
+    // threads share captured variables, needs the variable hook below on every read, which
+    // grain does not ask about its locals.
+    let threads_share = shared.host.settings.mode.name() == "gil";
     let on_grain = shared.host.settings.rhai_vm == RhaiVm::Grain
-        && !(closures && grain::hands_closure_to_its_capture(&ast));
+        && !(closures
+            && (grain::hands_closure_to_its_capture(&ast)
+                || grain::shares_captures_with_threads(&ast, threads_share)));
     if on_grain {
         // Lowering cannot fail; keeping the library could only if Rhai changed its run.
         let lowered = grain::Grain::new(&engine, &ast).map_err(|e| {
@@ -632,8 +636,14 @@ fn register_exit(engine: &mut Engine, shared: &Arc<Shared>) {
     // names the line.
     let exit =
         |shared: &Shared, value: Dynamic, ctx: ::rhai::NativeCallContext| -> RhaiResult<Dynamic> {
+            let status = exit_status(&value).map_err(|why| {
+                EvalAltResult::ErrorRuntime(
+                    format!("bad argument #1 to 'exit' ({why})").into(),
+                    ctx.call_position(),
+                )
+            })?;
             if std::thread::current().id() == shared.main_thread {
-                *shared.exit_status.lock().recover() = Some(exit_status_of(&value));
+                *shared.exit_status.lock().recover() = Some(status);
             }
             stops::exit_called(ctx.call_source(), ctx.call_position());
             Err(EvalAltResult::Exit(value, ctx.call_position()).into())
@@ -670,6 +680,7 @@ fn resolve_shared_objects(engine: &mut Engine, gil: &Arc<crate::rt::gil::Gil>) {
         };
         match value {
             Some(v) if v.is_shared() => {
+                let_the_holder_finish(&gil, v);
                 Ok(v.read_lock::<Object>().map(|o| Dynamic::from(o.clone())))
             }
             _ => Ok(None),
@@ -677,13 +688,67 @@ fn resolve_shared_objects(engine: &mut Engine, gil: &Arc<crate::rt::gil::Gil>) {
     });
 }
 
-/// `exit()` → 0, `exit(3)` → 3; any other value is a failure, as a non-integer `sys.exit` is.
-fn exit_status_of(value: &Dynamic) -> i32 {
-    if value.is_unit() {
-        0
-    } else {
-        value.as_int().map_or(1, |n| n as i32)
+/// How long a variable read waits for another thread to let go of the variable (see
+/// [`let_the_holder_finish`]) before Rhai reports the data race.
+const HOLDER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits, with the GIL handed over, while another thread holds a lock on the shared variable
+/// `v` that this thread is about to read. Rhai keeps a shared variable locked for the whole of
+/// a method call on it, and a method that calls back into the script (`data.map(|x| x + k)`)
+/// lets that thread hand the GIL over at the closure's variable reads, lock held: a thread that
+/// then read `data` tried Rhai's lock for 50 ms with the GIL held, so the holder could not go
+/// on, and failed with "Data race detected". Here the reader lets the holder run until it lets
+/// go, as a Python thread never finds a list busy. A lock this thread holds itself
+/// (`data.map(|x| data.len())`) is never let go: after [`HOLDER_PATIENCE`] Rhai reports it.
+fn let_the_holder_finish(gil: &crate::rt::gil::Gil, v: &Dynamic) {
+    // Free, the usual case: one uncontended try. Held: Rhai's own 50 ms of tries.
+    if !v.is_locked() {
+        return;
     }
+    let deadline = std::time::Instant::now() + HOLDER_PATIENCE;
+    loop {
+        let free = gil.allow_threads(0, || {
+            while std::time::Instant::now() < deadline {
+                if !v.is_locked() {
+                    return true;
+                }
+            }
+            false
+        });
+        // The holder may have taken the lock again before this thread had the GIL back.
+        if !free || !v.is_locked() {
+            return;
+        }
+    }
+}
+
+/// The status of an `exit(value)` that [`exit_status`] took.
+fn exit_status_of(value: &Dynamic) -> i32 {
+    exit_status(value).unwrap_or(1)
+}
+
+/// The status `exit(value)` asks for, as Lua's `os.exit` reads its argument (so a script gets
+/// the same status, or the same error, in both languages): `()` 0, an integer, `true` 0 and
+/// `false` 1, a float with an integer value; else why not, in `luaL_checkinteger`'s words.
+fn exit_status(value: &Dynamic) -> Result<i32, String> {
+    if value.is_unit() {
+        return Ok(0);
+    }
+    if let Ok(n) = value.as_int() {
+        return Ok(n as i32);
+    }
+    if let Ok(ok) = value.as_bool() {
+        return Ok(i32::from(!ok));
+    }
+    if let Ok(x) = value.as_float() {
+        // Lua's lua_Number -> lua_Integer: integral and within i64.
+        return if x.fract() == 0.0 && x >= -(2f64.powi(63)) && x < 2f64.powi(63) {
+            Ok(x as i64 as i32)
+        } else {
+            Err("number has no integer representation".into())
+        };
+    }
+    Err(format!("number expected, got {}", value.type_name()))
 }
 
 #[cfg(test)]

@@ -124,6 +124,19 @@ pub fn requested() -> Option<String> {
     CURRENT.with(|c| c.borrow().as_ref().and_then(|c| c.reason()))
 }
 
+/// Asks the code on this thread to stop with `reason` as its error, as a cancelled task is
+/// stopped (the engine finds it at its next check); false if this thread's waits cannot be cut
+/// short (see [`installed`]).
+pub fn request_here(reason: String) -> bool {
+    CURRENT.with(|c| match c.borrow().as_ref() {
+        Some(cancel) => {
+            cancel.request(reason);
+            true
+        }
+        None => false,
+    })
+}
+
 /// Whether this thread's waits can be cut short (a pool's worker thread, a run's main thread).
 pub fn installed() -> bool {
     CURRENT.with(|c| c.borrow().is_some())

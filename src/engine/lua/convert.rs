@@ -60,7 +60,14 @@ pub(super) fn serde_data_of(v: LuaValue) -> Result<Value, String> {
         .detect_mixed_tables(true);
     Value::from_serialize(&data).map_err(|e| match find_unsendable(&v) {
         Some((kind, path, used_as_key)) => unsendable(&kind, &path, used_as_key),
-        None => e.to_string(),
+        // mlua's words, as Rhai's engine says them (its values cannot contain themselves).
+        None => match e.to_string() {
+            e if e.starts_with("recursion limit exceeded") => crate::value::too_deep(),
+            e if e.starts_with("recursive table detected") => {
+                "a table that contains itself".to_string()
+            }
+            e => e,
+        },
     })
 }
 

@@ -318,15 +318,21 @@ unsafe extern "C-unwind" fn call_next(state: *mut lua_State) -> c_int {
     ffi::lua_settop(state, 1);
     ffi::lua_getfield(state, 1, c"next".as_ptr());
     ffi::lua_insert(state, 1);
-    ffi::lua_callk(state, 1, ffi::LUA_MULTRET, 0, Some(return_all));
-    ffi::lua_gettop(state)
+    // Protected: `next` places its error at its caller, this C function, which has no line;
+    // the error is raised again here, placed at the loop that called the object.
+    let status = ffi::lua_pcallk(state, 1, ffi::LUA_MULTRET, 0, 0, Some(next_returned));
+    next_returned(state, status, 0)
 }
 
-unsafe extern "C-unwind" fn return_all(
+/// `next`'s results, or its error raised at the `for` loop's line (a string error).
+unsafe extern "C-unwind" fn next_returned(
     state: *mut lua_State,
-    _status: c_int,
+    status: c_int,
     _ctx: ffi::lua_KContext,
 ) -> c_int {
+    if status != ffi::LUA_OK && status != ffi::LUA_YIELD {
+        return raise_top_with_position(state);
+    }
     ffi::lua_gettop(state)
 }
 

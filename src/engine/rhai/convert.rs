@@ -22,10 +22,7 @@ pub(super) fn data_of(shared: &Shared, d: &Dynamic) -> Result<Value, String> {
 }
 
 fn too_deep_error() -> String {
-    format!(
-        "recursion limit exceeded: arrays or maps nested deeper than {} levels",
-        crate::value::MAX_DEPTH
-    )
+    crate::value::too_deep()
 }
 
 /// [`data_of`] through `rhai::serde`: the general path, which the direct walk agrees with. A

@@ -153,6 +153,10 @@ pub(super) fn err_line(
     }
     err.clear_position();
     let mut message = match &err {
+        // `throw ()`: said as the stock `lua` says `error(nil)`, not as nothing at all.
+        EvalAltResult::ErrorRuntime(value, _) if value.is_unit() => {
+            "(error object is a () value)".to_string()
+        }
         EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
         // Stopped by parrun (a cancelled pool task): the value says why.
         EvalAltResult::ErrorTerminated(value, _) if value.is_string() => value.to_string(),

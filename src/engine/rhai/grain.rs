@@ -169,6 +169,55 @@ pub(super) fn resolve_names(engine: &mut Engine, grain: &Grain, args: Array) {
     });
 }
 
+/// Whether `ast` has closures that capture variables and starts threads that share its engine
+/// (`Thread`, `ThreadPool`, or a `Pool` or `Process` when `threads_share` says the run's pools
+/// and processes are threads, or the script names the mode `"gil"` anywhere, as a pool's or
+/// process's `mode` option does): its threads may then use one captured variable at once.
+///
+/// Such a script runs on the tree walker (`super::start_engine`). Rhai locks a captured
+/// (shared) variable while it indexes it or runs a method on it, a method that calls a closure
+/// (`data.map(|x| x + k)`) included, and grain hands the GIL over at any operation, so a thread
+/// could hand it over with the lock held, and the next thread to read the variable failed with
+/// "Data race detected on variable 'data'". The tree walker hands the GIL over only at variable
+/// reads, where its variable hook first waits for a lock another thread holds to be let go;
+/// grain asks that hook nothing about its locals. A false match only costs grain's speed.
+pub(super) fn shares_captures_with_threads(ast: &AST, threads_share: bool) -> bool {
+    use ::rhai::{ASTNode, Expr, Stmt};
+    let (mut captures, mut threads, mut workers, mut gil) = (false, false, false, threads_share);
+    ast.walk(&mut |path: &[ASTNode]| {
+        match path.last() {
+            Some(ASTNode::Stmt(Stmt::Share(..))) => captures = true,
+            Some(ASTNode::Expr(Expr::FnCall(call, ..))) => match call.name.as_str() {
+                "Thread" | "ThreadPool" => threads = true,
+                "Pool" | "Process" => workers = true,
+                _ => {}
+            },
+            Some(ASTNode::Expr(Expr::StringConstant(text, ..))) if text.as_str() == "gil" => {
+                gil = true
+            }
+            // Rhai folds a literal of constants (`#{mode: "gil"}`) into one value.
+            Some(ASTNode::Expr(Expr::DynamicConstant(value, ..))) if names_gil(value) => gil = true,
+            _ => {}
+        }
+        true
+    });
+    captures && (threads || (workers && gil))
+}
+
+/// Whether `value` is the string `"gil"` or holds it, in an array or a map.
+fn names_gil(value: &Dynamic) -> bool {
+    if let Ok(text) = value.as_immutable_string_ref() {
+        return text.as_str() == "gil";
+    }
+    if let Ok(map) = value.as_map_ref() {
+        return map.values().any(names_gil);
+    }
+    if let Ok(array) = value.as_array_ref() {
+        return array.iter().any(names_gil);
+    }
+    false
+}
+
 /// Whether `ast` hands a closure to a method of a variable the closure captures: `pool.m(..,
 /// |r| pool.close())`, or through a variable, `let cb = |r| pool.close(); pool.m(.., cb)`.
 ///

@@ -477,16 +477,39 @@ impl IntoIterator for Object {
             let msg = format!("a {} cannot be iterated", self.class().name());
             return Box::new(std::iter::once(Err(msg.into())));
         };
+        // The text of the error this iterator last gave, and how many times it was asked for
+        // an item since: Rhai's tree walker drops what an iterator raises when the loop's body
+        // is empty (`for x in pool.imap(f, xs) {}`) and asks for the next item, so being asked
+        // again means the error was dropped. Then the error stops the script as a cancelled
+        // task is stopped, from `on_progress`, which the loop calls before the next item
+        // (Rhai cannot catch it there); with a limit set that stop waits for the next
+        // statement, so the loop ends at the third ask.
+        let mut dropped: Option<(String, u8)> = None;
         Box::new(std::iter::from_fn(move || {
             let _keep_alive = &pool;
+            if let Some((text, asked)) = &mut dropped {
+                *asked += 1;
+                if *asked > 1 {
+                    return None;
+                }
+                let text = text.clone();
+                if crate::rt::cancel::request_here(text.clone()) {
+                    gil.interrupt();
+                }
+                return Some(Err(text.into()));
+            }
             let next = gil.allow_threads(0, || job.next_item(None));
             if crate::rt::cancel::take_interrupt() {
+                dropped = Some((crate::rt::cancel::KEYBOARD_INTERRUPT.to_string(), 0));
                 return Some(Err(interrupted()));
             }
             match next {
                 Ok(Some(v)) => Some(into_dynamic(v)),
                 Ok(None) => None,
-                Err(e) => Some(Err(e.into())),
+                Err(e) => {
+                    dropped = Some((e.clone(), 0));
+                    Some(Err(e.into()))
+                }
             }
         }))
     }
