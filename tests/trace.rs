@@ -267,7 +267,8 @@ a.start(); b.start(); a.join(); b.join();
 }
 
 /// A forked worker that dies during a task is an instant at the end of its track (how it died,
-/// which task failed), and its replacement's fork says whom it replaces.
+/// which task failed: see the README's failure table for a map's quick tasks), and its
+/// replacement's fork says whom it replaces.
 #[test]
 fn a_worker_death_in_fork_mode_is_an_instant() {
     let lua = r#"
@@ -291,8 +292,15 @@ pool.close(); pool.join();
             .iter()
             .filter(|e| e["name"].as_str().unwrap().ends_with(" died"))
             .collect();
-        assert_eq!(died.len(), 1, "{lang:?}: {:?}", trace.instants(""));
-        let death = died[0];
+        // A worker that dies holding several tasks of a map (it sends quick answers a few at
+        // a time) cannot say which one it ran: they all go back, and the fatal one kills a
+        // second worker, whose death names it.
+        assert!(
+            (1..=2).contains(&died.len()),
+            "{lang:?}: {:?}",
+            trace.instants("")
+        );
+        let death = died[died.len() - 1];
         assert!(
             death["args"]["how"]
                 .as_str()
@@ -313,9 +321,10 @@ pool.close(); pool.join();
             "{lang:?}: the death is on the dead worker's own track"
         );
         let forks = trace.instants("fork");
+        let dead = death["name"].as_str().unwrap().trim_end_matches(" died");
         let replacement = forks
             .iter()
-            .find(|f| f["args"]["replaces"].is_string())
+            .find(|f| f["args"]["replaces"].as_str() == Some(dead))
             .unwrap_or_else(|| panic!("{lang:?}: no replacement fork: {forks:?}"));
         assert!(ts(replacement) >= ts(death), "{lang:?}");
         // The tasks after the fatal one ran on live workers and are spans; the fatal one is
