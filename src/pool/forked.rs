@@ -211,6 +211,9 @@ impl Supervisor {
     /// One round: dispatches pending tasks, waits for results or news, kills overdue workers
     /// and reads what arrived. False when supervision is over.
     fn poll_once(&mut self) -> bool {
+        // Before this round reads the pool's state: a wake-up from now on writes again (and a
+        // wake-up whose write was lost costs one round at most, not every one after it).
+        self.wake.woken.store(false, Ordering::SeqCst);
         let status = self.pool.state().status;
         if matches!(status, Status::Terminated | Status::Broken) {
             for child in &self.children {
@@ -268,9 +271,6 @@ impl Supervisor {
     /// pipe ended is buried and replaced.
     fn drain_readable(&mut self, readable: &[bool]) {
         if readable[0] {
-            // Before the pipe is emptied and the next round reads the pool's state: a
-            // wake-up from now on writes again.
-            self.wake.woken.store(false, Ordering::SeqCst);
             let mut sink = [0u8; 256];
             while matches!(self.wake.rx.read(&mut sink), Ok(n) if n > 0) {}
         }
