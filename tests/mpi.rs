@@ -427,3 +427,39 @@ print(`${s.alive}	${s.done}	${s.replaced >= 2}`);
         );
     }
 }
+
+/// A map of quick tasks, one per item: a rank worker sends their answers a few at a time, in
+/// one message, and rank 0 takes every answer in it (it took the first alone: the map waited
+/// for the rest for ever).
+#[test]
+fn quick_answers_sent_together_all_arrive() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+local xs = {}
+for i = 1, 2000 do xs[i] = i end
+local sum = 0
+for _, v in ipairs(pool:map(function(x) return x * 2 end, xs, 1)) do sum = sum + v end
+print(sum)
+pool:close() pool:join()
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+let xs = []; for i in 1..=2000 { xs.push(i); }
+let sum = 0;
+for v in pool.map(|x| x * 2, xs, 1) { sum += v; }
+print(sum);
+pool.close(); pool.join();
+"#;
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        let (_dir, path) = script("quick", ext, code);
+        let path = path.to_str().unwrap();
+        let mpi = under_mpirun(&[], &[path], &[]);
+        mpi.assert_success();
+        assert_eq!(
+            mpi.stdout_lines(),
+            ["4002000"],
+            "{path}\n{}",
+            mpi.describe()
+        );
+    }
+}

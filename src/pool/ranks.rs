@@ -293,24 +293,29 @@ impl Supervisor {
         let Some(w) = self.workers.iter_mut().find(|w| w.rank == rank) else {
             return;
         };
-        let frame = &bytes[pool_header(self.id).len()..];
-        let msg: FromWorker = match codec::read_frame(&mut &frame[..], &mut Vec::new()) {
-            Ok(m) => m,
-            Err(e) => {
-                self.pool.break_pool(&format!(
-                    "{} sent a malformed result: {e}",
-                    ranks::describe(rank)
-                ));
-                return;
-            }
-        };
-        take_answer(
-            &self.pool,
-            &mut w.in_flight,
-            &mut w.running_since,
-            &mut self.task_micros,
-            msg,
-        );
+        // One write of the worker's: a frame, or the few answers it held back to send together
+        // (`worker::GATHER_MOST`).
+        let mut frames = &bytes[pool_header(self.id).len()..];
+        let mut scratch = Vec::new();
+        while !frames.is_empty() {
+            let msg: FromWorker = match codec::read_frame(&mut frames, &mut scratch) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.pool.break_pool(&format!(
+                        "{} sent a malformed result: {e}",
+                        ranks::describe(rank)
+                    ));
+                    return;
+                }
+            };
+            take_answer(
+                &self.pool,
+                &mut w.in_flight,
+                &mut w.running_since,
+                &mut self.task_micros,
+                msg,
+            );
+        }
     }
 
     /// The worker on `rank` ended by itself (`maxtasksperchild`): a fresh one takes its place
@@ -531,7 +536,8 @@ impl Read for RankTasks {
     }
 }
 
-/// Where a worker writes its result frames: each write (one frame) is one message to rank 0.
+/// Where a worker writes its result frames: each write (one frame, or a few) is one message to
+/// rank 0.
 struct RankResults {
     header: [u8; 8],
     buf: Vec<u8>,
