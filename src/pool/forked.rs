@@ -422,13 +422,12 @@ impl Supervisor {
             }
             _ => format!("worker process {pid} {how} while running this task"),
         };
-        // A worker holds back quick answers of a map (`worker::GATHER_MOST`): if it died with
-        // more than one task of one in hand, the first of them may have been answered and not
-        // sent, so which one it was running is not known. All go back, to be answered one by
-        // one (`AsyncResult::read_whole`): a task that kills its worker is then its own
-        // failure.
-        let unsure = !child.timed_out
-            && child.in_flight.len() > 1
+        // A worker holds back quick answers of a map (`worker::GATHER_MOST`): if it died (or
+        // was killed past the task timeout) with more than one task of one in hand, the first
+        // of them may have been answered and not sent, so which one it was running is not
+        // known. All go back, to be answered one by one (`AsyncResult::read_whole`): a task
+        // that kills its worker, or overruns, is then its own failure.
+        let unsure = child.in_flight.len() > 1
             && child.in_flight.front().is_some_and(|t| t.job.read_whole());
         for task in &child.in_flight {
             task.job.lost_a_worker();
