@@ -76,7 +76,7 @@ impl ScriptProcess {
         Arc::new(ScriptProcess {
             name,
             mode,
-            creator: std::process::id(),
+            creator: crate::rt::pid::current_pid(),
             target: Mutex::new(Some(target)),
             state: Mutex::new(State::New),
         })
@@ -192,7 +192,7 @@ impl ScriptProcess {
     pub fn pid(&self) -> Option<i32> {
         match &*self.state() {
             State::New => None,
-            State::Thread(_) => Some(std::process::id() as i32),
+            State::Thread(_) => Some(crate::rt::pid::current_pid() as i32),
             State::Remote(r) => Some(r.pid()),
             State::Running { pid, .. } | State::Done { pid, .. } => Some(pid.as_raw()),
         }
@@ -241,7 +241,7 @@ impl ScriptProcess {
     /// Whether this process made the handle (not a forked child holding a copy of its parent's:
     /// that child can neither start the process nor wait for it, as in Python).
     pub fn made_here(&self) -> bool {
-        self.creator == std::process::id()
+        self.creator == crate::rt::pid::current_pid()
     }
 
     /// Whether the caller is this process's own thread (a process on a thread), which cannot

@@ -249,7 +249,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
         name: "getpid",
         kind: Kind::Call,
         arity: (0, 0),
-        call: |_, _| Outcome::value(Value::Int(i64::from(std::process::id()))),
+        call: |_, _| Outcome::value(Value::Int(i64::from(crate::rt::pid::current_pid()))),
     },
     Builtin {
         class: Class::Global,

@@ -41,7 +41,7 @@ fn random_float() -> f64 {
     static SALT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
     STATE.with(|cell| {
         let (pid, mut x) = cell.get();
-        let me = std::process::id();
+        let me = crate::rt::pid::current_pid();
         if pid != me || x == 0 {
             let nanos = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -168,7 +168,7 @@ impl Builder {
                 native,
                 packet,
                 id,
-                pid: std::process::id(),
+                pid: crate::rt::pid::current_pid(),
             })
         }
     }
@@ -234,7 +234,7 @@ pub(crate) struct Handle<T = ()> {
 impl<T> Handle<T> {
     /// Whether this process started the thread (false in a forked child).
     pub(crate) fn ours(&self) -> bool {
-        self.pid == std::process::id()
+        self.pid == crate::rt::pid::current_pid()
     }
 
     /// The thread's id, as [`current_id`] gives it on that thread.

@@ -170,7 +170,7 @@ thread_local! {
 
 fn here() -> Here {
     let found = || Here {
-        pid: std::process::id(),
+        pid: crate::rt::pid::current_pid(),
         tid: nix::unistd::gettid().as_raw() as u32,
         named_for: 0,
     };
@@ -241,7 +241,7 @@ impl Tracer {
         let tracer = Arc::new(Tracer {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             epoch,
-            owner: std::process::id(),
+            owner: crate::rt::pid::current_pid(),
             file,
             state: Mutex::new(State {
                 events: Vec::new(),
@@ -252,7 +252,7 @@ impl Tracer {
             written: AtomicBool::new(false),
         });
         tracer.write_file(Vec::new(), 0)?;
-        let me = std::process::id();
+        let me = crate::rt::pid::current_pid();
         tracer.name_process(me, format!("parrun {name} (pid {me})"));
         let mut pending = PENDING.lock().recover();
         pending.retain(|t| t.strong_count() > 0);
@@ -445,7 +445,8 @@ impl Tracer {
     /// Writes the trace file, once, in the process that owns it; later calls (and calls in a
     /// forked child) do nothing.
     pub(crate) fn write(&self) -> io::Result<()> {
-        if std::process::id() != self.owner || self.written.swap(true, Ordering::AcqRel) {
+        if crate::rt::pid::current_pid() != self.owner || self.written.swap(true, Ordering::AcqRel)
+        {
             return Ok(());
         }
         let (events, dropped) = {
@@ -655,7 +656,7 @@ pub(crate) fn write_pending(note: &str) {
         Err(std::sync::TryLockError::WouldBlock) => return,
     };
     for tracer in tracers {
-        if tracer.owner != std::process::id() || tracer.written.load(Ordering::Acquire) {
+        if tracer.owner != crate::rt::pid::current_pid() || tracer.written.load(Ordering::Acquire) {
             continue;
         }
         tracer.instant(None, note, Vec::new());

@@ -30,7 +30,7 @@ impl Lock {
     pub fn new() -> Self {
         let inner = link::register_object(|id| LockInner {
             id,
-            owner: std::process::id(),
+            owner: crate::rt::pid::current_pid(),
             held: Mutex::new(false),
             freed: Condvar::new(),
         });
@@ -60,7 +60,7 @@ impl Lock {
 
     /// Whether this process owns the object (else operations go through the parent link).
     pub fn is_local(&self) -> bool {
-        self.inner.owner == std::process::id()
+        self.inner.owner == crate::rt::pid::current_pid()
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, bool> {

@@ -77,7 +77,7 @@ impl Queue {
     pub fn bounded(maxsize: usize) -> Self {
         let inner = link::register_object(|id| QueueInner {
             id,
-            owner: std::process::id(),
+            owner: crate::rt::pid::current_pid(),
             closed: Default::default(),
             maxsize,
             items: Mutex::new(VecDeque::new()),
@@ -118,7 +118,7 @@ impl Queue {
 
     /// Whether this process owns the object (else operations go through the parent link).
     pub fn is_local(&self) -> bool {
-        self.inner.owner == std::process::id()
+        self.inner.owner == crate::rt::pid::current_pid()
     }
 
     fn items(&self) -> std::sync::MutexGuard<'_, VecDeque<Value>> {
