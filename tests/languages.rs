@@ -463,3 +463,41 @@ fn rhai_instruction_limit_keeps_its_meaning_on_grain() {
     );
     out.assert_success().assert_stdout_contains("done 199999");
 }
+
+/// Objects find their methods in their class table (held by each object, looked up without a
+/// call into Rust) and their properties through parrun: objects made by the script, returned
+/// by a builtin, and received by a worker (an isolated one builds its own copy of each).
+#[test]
+fn lua_parrun_objects_find_methods_and_properties_in_every_mode() {
+    let code = r#"
+        local q = parrun.Queue()
+        q:put(1)
+        print(type(q.put), q.nosuch, q:qsize(), q.put == parrun.Queue().put)
+        local p = parrun.Process(function(queue) queue:put(queue:qsize() + 10) end, {q})
+        p:start(); p:join()
+        print(type(p.pid), p.exitcode, p.name, q:get(), q:get())
+        local pool = parrun.Pool(1)
+        local r = pool:apply_async(function(x) return x * 2 end, {21})
+        print(r:ready() ~= nil, r:get(), r.get == pool:apply_async(math.abs, {1}).get)
+        print(pcall(function() return q[{}] end))
+        pool:close(); pool:join()
+    "#;
+    for mode in ["gil", "fork", "isolated"] {
+        let out = common::run(["--mode", mode, "-e", code]);
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert!(lines.len() >= 4, "{mode}: {}", out.describe());
+        assert_eq!(lines[0], "function\tnil\t1\ttrue", "{mode}");
+        assert!(
+            lines[1].starts_with("number\t0\tProcess-1\t1\t11"),
+            "{mode}: {}",
+            lines[1]
+        );
+        assert_eq!(lines[2], "true\t42\ttrue", "{mode}: {}", out.describe());
+        assert!(
+            lines[3].starts_with("false\t"),
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}

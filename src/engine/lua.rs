@@ -125,6 +125,14 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     tasks::Encodings::install(lua, drivers.metatable())?;
     transport::install(lua)?;
 
+    let mut methods: Vec<(Class, mlua::RegistryKey)> = Vec::new();
+    for b in api::builtins() {
+        if b.class != Class::Global && !methods.iter().any(|(c, _)| *c == b.class) {
+            let table = class_table(lua, &classes, b.class)?;
+            methods.push((b.class, lua.create_registry_value(table)?));
+        }
+    }
+    lua.set_app_data(ClassMethods(methods));
     lua.set_named_registry_value("parrun.classes", classes)?;
     lua.set_named_registry_value("parrun.call", native::iterate(lua)?)?;
     lua.set_named_registry_value("parrun.run_chunk", native::run_chunk(lua)?)?;

@@ -163,6 +163,6 @@ impl IntoLua for Item<'_> {
 pub(super) fn ret_to_lua(lua: &Lua, ret: Ret) -> mlua::Result<LuaValue> {
     match ret {
         Ret::Value(v) => from_value(lua, &v),
-        Ret::Object(o) => lua.create_userdata(LuaObject(o)).map(LuaValue::UserData),
+        Ret::Object(o) => new_object(lua, o).map(LuaValue::UserData),
     }
 }

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::snapshot::holds_c_functions;
-use super::{error_text, LuaObject};
+use super::{error_text, new_object, LuaObject};
 use crate::api::Object;
 #[cfg(any(feature = "mpi", test))]
 use crate::api::ObjectWire;
@@ -572,7 +572,7 @@ fn build_nodes<O>(
                     .into_function()?,
             ),
             Node::Object(o) => match graph.objects.get(*o as usize).and_then(&object) {
-                Some(o) => LuaValue::UserData(dst.create_userdata(LuaObject(o))?),
+                Some(o) => LuaValue::UserData(new_object(dst, o)?),
                 None => LuaValue::Nil,
             },
         };

@@ -121,6 +121,52 @@ unsafe extern "C-unwind" fn call_builtin(state: *mut lua_State) -> c_int {
     }
 }
 
+/// The `__index` of parrun's objects: `slow` (a property, or a name no method has) behind a
+/// lookup in the object's method table, which [`super::new_object`] gives each object as its
+/// user value. A method call (`pool:apply_async(...)`) then finds its method without leaving
+/// Lua's C API: through `slow`, an mlua callback, it cost a microsecond a call (its strings
+/// made anew and its calls made in protected mode).
+pub(super) fn object_index(lua: &Lua, slow: Function) -> mlua::Result<Function> {
+    closure(lua, index_object, vec![LuaValue::Function(slow)])
+}
+
+unsafe extern "C-unwind" fn index_object(state: *mut lua_State) -> c_int {
+    // `getmetatable(obj).__index` may be called with anything: only a full userdata has a
+    // user value to read.
+    if ffi::lua_type(state, 1) == ffi::LUA_TUSERDATA
+        && ffi::lua_getiuservalue(state, 1, 1) == ffi::LUA_TTABLE
+    {
+        ffi::lua_pushvalue(state, 2);
+        if ffi::lua_rawget(state, -2) != ffi::LUA_TNIL {
+            return 1;
+        }
+    }
+    ffi::lua_settop(state, 2);
+    ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+    ffi::lua_insert(state, 1);
+    ffi::lua_call(state, 2, 1);
+    1
+}
+
+/// Sets the user value of the userdata on top of the stack to the registry's value `methods`
+/// (its class's method table, read by [`index_object`]).
+pub(super) fn set_methods(
+    lua: &Lua,
+    object: &mlua::AnyUserData,
+    methods: c_int,
+) -> mlua::Result<()> {
+    // SAFETY: the object is pushed as exec_raw's argument; the closure pushes the table and
+    // `setiuservalue` pops it (mlua's userdata have one user value in Lua 5.4), then pops the
+    // object, leaving nothing.
+    unsafe {
+        lua.exec_raw::<()>(object, |state| {
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, methods.into());
+            ffi::lua_setiuservalue(state, -2, 1);
+            ffi::lua_pop(state, 1);
+        })
+    }
+}
+
 /// [`builtin`] for one whose argument `at` (from 0, the receiver counted) is a list a script may
 /// give as an iterator function: the function is called here, as a generic `for` calls it
 /// (no state, the last value) until it returns nil, and a table of its values takes its place

@@ -13,36 +13,12 @@ impl UserData for LuaObject {
         fields.add_meta_field_with(MetaMethod::Call, |lua| {
             lua.named_registry_value::<Function>("parrun.call")
         });
+        fields.add_meta_field_with(MetaMethod::Index, |lua| {
+            native::object_index(lua, lua.create_function(property_or_method)?)
+        });
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_meta_function(
-            MetaMethod::Index,
-            |lua, (ud, key): (AnyUserData, LuaString)| {
-                let class = ud.borrow::<LuaObject>()?.0.class();
-                let key = key.to_str()?;
-                if let Some(b) = api::find(class, &key).filter(|b| b.kind == Kind::Getter) {
-                    let host = lua
-                        .app_data_ref::<Arc<Host>>()
-                        .ok_or_else(|| mlua::Error::runtime("parrun host is gone"))?
-                        .clone();
-                    let mut args = LuaArgs {
-                        lua,
-                        vals: vec![LuaValue::UserData(ud)],
-                        host: &host,
-                    };
-                    return match (b.call)(&host, &mut args) {
-                        Ok(Outcome::Done(ret)) => ret_to_lua(lua, ret),
-                        Ok(Outcome::Wait(_) | Outcome::Fork(_)) => {
-                            Err(mlua::Error::runtime("a property cannot block"))
-                        }
-                        Err(msg) => Err(mlua::Error::runtime(msg)),
-                    };
-                }
-                let classes: Table = lua.named_registry_value("parrun.classes")?;
-                classes.get::<Table>(class.name())?.get::<LuaValue>(&*key)
-            },
-        );
         methods.add_meta_method(MetaMethod::ToString, |_, this, ()| Ok(this.0.describe()));
         // `local pool <close> = parrun.Pool()`: leaving the scope terminates the pool, as
         // leaving Python's `with Pool() as pool:` does.
@@ -57,6 +33,54 @@ impl UserData for LuaObject {
             Ok(a.0.same(&b.0))
         });
     }
+}
+
+/// `obj.key` where the object's method table (its user value) has no `key`: a property
+/// (`Process.pid`), or the class table's entry (an object made without its user value).
+fn property_or_method(lua: &Lua, (ud, key): (AnyUserData, LuaString)) -> mlua::Result<LuaValue> {
+    let class = ud.borrow::<LuaObject>()?.0.class();
+    let key = key.to_str()?;
+    if let Some(b) = api::find(class, &key).filter(|b| b.kind == Kind::Getter) {
+        let host = lua
+            .app_data_ref::<Arc<Host>>()
+            .ok_or_else(|| mlua::Error::runtime("parrun host is gone"))?
+            .clone();
+        let mut args = LuaArgs {
+            lua,
+            vals: vec![LuaValue::UserData(ud)],
+            host: &host,
+        };
+        return match (b.call)(&host, &mut args) {
+            Ok(Outcome::Done(ret)) => ret_to_lua(lua, ret),
+            Ok(Outcome::Wait(_) | Outcome::Fork(_)) => {
+                Err(mlua::Error::runtime("a property cannot block"))
+            }
+            Err(msg) => Err(mlua::Error::runtime(msg)),
+        };
+    }
+    let classes: Table = lua.named_registry_value("parrun.classes")?;
+    classes.get::<Table>(class.name())?.get::<LuaValue>(&*key)
+}
+
+/// The registry's references to the class tables, for [`new_object`].
+pub(super) struct ClassMethods(pub(super) Vec<(Class, mlua::RegistryKey)>);
+
+/// `object` as a Lua userdata that finds its methods in its class table without a call into
+/// Rust (see `native::object_index`).
+pub(super) fn new_object(lua: &Lua, object: Object) -> mlua::Result<AnyUserData> {
+    let class = object.class();
+    let ud = lua.create_userdata(LuaObject(object))?;
+    let methods = lua.app_data_ref::<ClassMethods>().and_then(|known| {
+        known
+            .0
+            .iter()
+            .find(|(c, _)| *c == class)
+            .map(|(_, key)| key.id())
+    });
+    if let Some(methods) = methods {
+        native::set_methods(lua, &ud, methods)?;
+    }
+    Ok(ud)
 }
 
 /// A request yielded to the driver: a wait (run without the GIL) or a fork (run with it, outside
