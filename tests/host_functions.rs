@@ -216,6 +216,64 @@ fn check(x) { checked(x) }
     });
 }
 
+/// Lua's empty table reads as an empty map or struct where a host function (or a call's result)
+/// wants one, as `#{}` does in Rhai: Lua cannot tell `{}` from an empty list, and a host
+/// function taking a `HashMap` failed on it ("invalid type: sequence, expected a map").
+#[test]
+fn an_empty_table_reads_as_an_empty_map_or_struct() {
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Options {
+        #[serde(default)]
+        verbose: bool,
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+    in_time(|| {
+        let runtime = Runtime::new()
+            .function("count", |(m,): (HashMap<String, i64>,)| {
+                Ok::<_, String>(m.len())
+            })
+            .function("verbose", |(o,): (Options,)| Ok::<_, String>(o.verbose));
+        for (language, name, code) in [
+            (
+                Language::Lua,
+                "empty.lua",
+                "return {count({}), count({a = 1}), verbose({}), verbose({verbose = true})}",
+            ),
+            (
+                Language::Rhai,
+                "empty.rhai",
+                "[count(#{}), count(#{a: 1}), verbose(#{}), verbose(#{verbose: true})]",
+            ),
+        ] {
+            let got: (usize, usize, bool, bool) = runtime
+                .eval(language, name, code)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(got, (0, 1, false, true), "{name}");
+        }
+        let script = Runtime::new()
+            .load_source(
+                Language::Lua,
+                "opts.lua",
+                "function defaults() return {} end",
+            )
+            .unwrap();
+        let map: HashMap<String, i64> = script.call("defaults", ()).unwrap();
+        assert!(map.is_empty());
+        let options: Options = script.call("defaults", ()).unwrap();
+        assert_eq!(
+            options,
+            Options {
+                verbose: false,
+                tags: vec![]
+            }
+        );
+        // It is still an empty list where a list is wanted.
+        let list: Vec<i64> = script.call("defaults", ()).unwrap();
+        assert!(list.is_empty());
+    });
+}
+
 /// Two runtimes in one process at once, from two threads, each with its own host function and
 /// pools (a forked one beside a thread one, and the reverse): neither sees the other's
 /// function and every answer is right.

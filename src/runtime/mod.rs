@@ -1,5 +1,5 @@
 //! [`Runtime`]: the embedding API's entry point, a builder that picks the engine and runs
-//! scripts; and [`Language`]. A script loaded for calls from Rust ([`Script`]) is `loaded`'s. A script loaded for calls from Rust ([`Script`]) is `loaded`'s.
+//! scripts; and [`Language`]. A script loaded for calls from Rust ([`Script`]) is `loaded`'s.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,8 +98,9 @@ impl Runtime {
     /// Makes `f` a function scripts call by `name`: a global in both languages (`lookup("k")`),
     /// also `parrun.lookup` in Lua, in every engine the run makes (the script's, its threads',
     /// every worker's and process's, whatever the execution model). Its arguments arrive as a
-    /// tuple that serde reads from the script's values (a table or map reads as a struct, and
-    /// missing trailing arguments as nil, so `Option` parameters may be left out); its result
+    /// tuple that serde reads from the script's values (a table or map reads as a struct, Lua's
+    /// empty `{}` as an empty map or struct too, and missing trailing arguments as nil, so
+    /// `Option` parameters may be left out); its result
     /// goes back through serde. An `Err` is an error the script can catch, raised where it called
     /// `f` (`name: message`); a panic in `f` is such an error too, never a crash. It runs with
     /// the GIL held: a function that waits should be a [`Runtime::blocking_function`].
