@@ -274,6 +274,50 @@ fn an_empty_table_reads_as_an_empty_map_or_struct() {
     });
 }
 
+/// A global's name must be a name in both languages: another is a usage error when it is
+/// given. Rhai declares each global as a constant in front of the script, and a name such as
+/// `my-var` or `let` failed the run with a syntax error placed in the script at a spot it did
+/// not have (`x.rhai:1:9: syntax error: Expecting ';'` for a one-character script), while Lua
+/// took it silently; a name holding code ran that code.
+#[test]
+fn a_global_whose_name_is_no_name_is_refused_when_it_is_given() {
+    in_time(|| {
+        for name in [
+            "my-var",
+            "",
+            "1st",
+            "let",
+            "fn",
+            "end",
+            "local",
+            "x = 1; exit(3); const y",
+        ] {
+            match Runtime::new().global(name, &1) {
+                Err(parrun::Error::Usage(message)) => {
+                    assert!(
+                        message.starts_with(&format!("global `{name}`: not a name")),
+                        "{message}"
+                    )
+                }
+                other => panic!("global {name:?}: {other:?}"),
+            }
+        }
+        let runtime = Runtime::new().global("_limit_2", &7).unwrap();
+        assert_eq!(
+            runtime
+                .eval::<i64>(Language::Lua, "g.lua", "return _limit_2")
+                .unwrap(),
+            7
+        );
+        assert_eq!(
+            runtime
+                .eval::<i64>(Language::Rhai, "g.rhai", "_limit_2")
+                .unwrap(),
+            7
+        );
+    });
+}
+
 /// Two runtimes in one process at once, from two threads, each with its own host function and
 /// pools (a forked one beside a thread one, and the reverse): neither sees the other's
 /// function and every answer is right.

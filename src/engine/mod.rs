@@ -7,6 +7,14 @@
 pub mod lua;
 pub mod rhai;
 
+/// Whether scripts of both languages can use `name` as a variable: a Lua name (letters,
+/// digits and `_`, not starting with a digit) that is a keyword of neither language. The
+/// embedding program's globals must be ([`crate::Runtime::global`]): Rhai declares each as a
+/// constant in front of the script.
+pub(crate) fn is_variable_name(name: &str) -> bool {
+    lua::is_name(name) && rhai::is_constant_name(name)
+}
+
 /// The message for a value that cannot be copied out of an engine.
 pub(crate) fn untransferable(what: impl std::fmt::Display) -> String {
     format!("cannot send this value to another thread or process: {what}")

@@ -175,7 +175,9 @@ impl Runtime {
 
     /// Makes `value` a global named `name` for the script and every engine it starts (a config
     /// map, a list of records), converted through serde. Lua reads it as a global; Rhai as a
-    /// constant, which its functions reach as `global::name`, as any top-level constant.
+    /// constant, which its functions reach as `global::name`, as any top-level constant. `name`
+    /// must be a name in both languages (letters, digits and `_`, not starting with a digit,
+    /// and not a keyword of either): another is [`Error::Usage`].
     ///
     /// ```
     /// use parrun::{Language, Runtime};
@@ -192,6 +194,12 @@ impl Runtime {
         name: &str,
         value: &T,
     ) -> Result<Self, Error> {
+        if !engine::is_variable_name(name) {
+            return Err(Error::Usage(format!(
+                "global `{name}`: not a name scripts can use (letters, digits and _, not \
+                 starting with a digit, and not a keyword of Lua or Rhai)"
+            )));
+        }
         let value = Value::from_serialize(value)
             .map_err(|e| Error::Usage(format!("global `{name}`: {e}")))?;
         let embedding = Arc::make_mut(&mut self.embedding);
