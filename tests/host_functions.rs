@@ -318,6 +318,52 @@ fn a_global_whose_name_is_no_name_is_refused_when_it_is_given() {
     });
 }
 
+/// A host function must have a name both languages call, and none of parrun's own: a run or a
+/// load with another is a usage error. Lua's global of that name replaced parrun's function
+/// (`print`, `Pool`: the script's own calls then went to the host) while Rhai's builtin hid the
+/// host's, and a name no script can call (`my-fn`, `let`) was silently out of reach.
+#[test]
+fn a_host_function_whose_name_scripts_cannot_call_is_refused() {
+    in_time(|| {
+        for name in [
+            "my-fn", "", "let", "end", "print", "Pool", "sleep", "exit", "parrun",
+        ] {
+            let runtime = Runtime::new().function(name, |(): ()| Ok::<_, String>(1));
+            let results = [
+                runtime
+                    .run_source(Language::Lua, "f.lua", "print(1)")
+                    .map(|_| ()),
+                runtime
+                    .run_source(Language::Rhai, "f.rhai", "print(1);")
+                    .map(|_| ()),
+                runtime.load_source(Language::Lua, "f.lua", "").map(|_| ()),
+            ];
+            for result in results {
+                match result {
+                    Err(parrun::Error::Usage(message)) => assert!(
+                        message.starts_with(&format!("host function `{name}`: not a name")),
+                        "{message}"
+                    ),
+                    other => panic!("host function {name:?}: {other:?}"),
+                }
+            }
+        }
+        let runtime = Runtime::new().function("_helper2", |(x,): (i64,)| Ok::<_, String>(x + 1));
+        assert_eq!(
+            runtime
+                .eval::<i64>(Language::Lua, "f.lua", "return _helper2(1)")
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            runtime
+                .eval::<i64>(Language::Rhai, "f.rhai", "_helper2(1)")
+                .unwrap(),
+            2
+        );
+    });
+}
+
 /// Two runtimes in one process at once, from two threads, each with its own host function and
 /// pools (a forked one beside a thread one, and the reverse): neither sees the other's
 /// function and every answer is right.

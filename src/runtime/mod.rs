@@ -103,7 +103,10 @@ impl Runtime {
     /// `Option` parameters may be left out); its result
     /// goes back through serde. An `Err` is an error the script can catch, raised where it called
     /// `f` (`name: message`); a panic in `f` is such an error too, never a crash. It runs with
-    /// the GIL held: a function that waits should be a [`Runtime::blocking_function`].
+    /// the GIL held: a function that waits should be a [`Runtime::blocking_function`]. `name`
+    /// must be a name both languages call (letters, digits and `_`, not starting with a digit,
+    /// not a keyword of Lua or Rhai) and none of parrun's own functions (`Pool`, `sleep`,
+    /// `exit`...): a run or load with another fails with [`Error::Usage`].
     ///
     /// ```
     /// use parrun::{Language, Runtime};
@@ -483,8 +486,27 @@ impl Runtime {
         }
     }
 
+    /// The embedding program's functions have names scripts can call in both languages.
+    fn check_functions(&self) -> Result<(), Error> {
+        match self
+            .embedding
+            .functions
+            .iter()
+            .find(|f| !engine::is_function_name(&f.name))
+        {
+            Some(f) => Err(Error::Usage(format!(
+                "host function `{}`: not a name scripts can call (letters, digits and _, not \
+                 starting with a digit, not a keyword of Lua or Rhai, and none of parrun's own \
+                 functions)",
+                f.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// A script loaded for calls from Rust runs in this process: not in mode mpi.
     fn check_loadable(&self) -> Result<(), Error> {
+        self.check_functions()?;
         match self.settings.mode {
             Mode::Mpi => Err(Error::Usage(
                 "a script loaded for calls from Rust cannot run in mode mpi: run it whole \
@@ -614,6 +636,7 @@ impl Runtime {
     }
 
     fn run(&self, language: Language, script: Source) -> Result<Ended, Error> {
+        self.check_functions()?;
         if self.settings.progress {
             // Before anything forks: children send their terminal lines here.
             crate::rt::progress::claim();
