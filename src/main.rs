@@ -139,7 +139,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("parrun bench: {err:#}");
-                ExitCode::from(1)
+                ExitCode::from(if err.is::<bench::Usage>() { 2 } else { 1 })
             }
         };
     }

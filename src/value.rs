@@ -510,7 +510,8 @@ impl Value {
     /// Reads a [`Value`] into anything serde can deserialize: the way data reaches Rust from a
     /// script (a host function's arguments, a script's result). A whole float reads as an integer
     /// where one is wanted (Lua's `3.0`), a one-character string as a `char`, a map with string
-    /// keys as a struct, a string as a unit enum variant and a one-entry map as any other variant.
+    /// keys as a struct, an empty array as an empty map or struct (Lua's `{}` is both), a
+    /// string as a unit enum variant and a one-entry map as any other variant.
     ///
     /// ```
     /// use parrun::Value;
@@ -646,9 +647,28 @@ impl<'de> Deserializer<'de> for Value {
         }
     }
 
+    // An empty array is also an empty map: Lua's `{}` is both (it reaches Rust as an empty
+    // array), and a host function that takes a map or a struct should read it as one.
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ReadError> {
+        match self {
+            Value::Array(items) if items.is_empty() => Value::Map(Vec::new()),
+            other => other,
+        }
+        .deserialize_any(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ReadError> {
+        self.deserialize_map(visitor)
+    }
+
     serde::forward_to_deserialize_any! {
-        bool f32 f64 str string bytes byte_buf unit unit_struct seq tuple tuple_struct map
-        struct identifier ignored_any
+        bool f32 f64 str string bytes byte_buf unit unit_struct seq tuple tuple_struct
+        identifier ignored_any
     }
 }
 

@@ -500,9 +500,12 @@ fn a_wrong_option_is_a_one_line_usage_error() {
         (&["--scale=-1"], "not a positive number"),
         (&["--timeout", "0"], "not a positive number"),
         (&["no_such_workload"], "no built-in workload of that name"),
+        (&["no_such_script.lua"], "no script no_such_script.lua"),
     ] {
         let out = bench(args).output();
-        assert_ne!(out.code(), Some(0), "{}", out.describe());
+        // Status 2, as for parrun's own usage errors (`parrun no_such.lua`): a workload that is
+        // not there was a failed bench, status 1.
+        out.assert_code(2);
         out.assert_stderr_contains(mentions);
         assert_eq!(out.stderr.lines().count(), 1, "{}", out.describe());
         assert!(out.stdout.is_empty(), "{}", out.describe());
@@ -528,6 +531,12 @@ fn an_unwritable_output_or_a_script_of_another_language_fails_before_any_run() {
     let missing = dir.path().join("no_such_dir").join("b.json");
     let missing = missing.to_str().unwrap();
     let a_dir = dir.path().to_str().unwrap();
+    let dir_script = dir.path().join("dir.lua");
+    std::fs::create_dir(&dir_script).unwrap();
+    let dir_script = dir_script.to_str().unwrap();
+    let out = bench(&[dir_script, "--repeat", "1", "--modes", "gil"]).output();
+    out.assert_code(2)
+        .assert_stderr_contains(&format!("{dir_script} is a directory, not a script"));
     for (args, mentions) in [
         (vec!["--json", missing], format!("cannot write {missing}")),
         (vec!["--svg", missing], format!("cannot write {missing}")),
@@ -540,7 +549,7 @@ fn an_unwritable_output_or_a_script_of_another_language_fails_before_any_run() {
         let mut argv = vec![script, "--repeat", "1", "--modes", "gil", "--no-progress"];
         argv.extend(args);
         let out = bench(&argv).output();
-        assert_ne!(out.code(), Some(0), "{}", out.describe());
+        out.assert_code(2);
         out.assert_stderr_contains(&mentions);
         assert_eq!(out.stderr.lines().count(), 1, "{}", out.describe());
         assert!(out.stdout.is_empty(), "{}", out.describe());

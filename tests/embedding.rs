@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use parrun::{Error, Language, Runtime};
+use parrun::{Error, Language, Mode, Runtime};
 
 /// Runs `test` under a time limit (see `common::in_time`).
 fn within_a_minute(test: impl FnOnce() + Send + 'static) {
@@ -159,6 +159,73 @@ fn script_errors_carry_their_place_as_fields() {
         assert_eq!((e.line, e.column), (Some(2), Some(3)));
         assert_eq!(e.message, "bad 1");
         assert_eq!(e.to_string(), "e.rhai:2:3: bad 1");
+    });
+}
+
+/// Running out of memory names the script and the line, in Lua as in Rhai (its size-limit
+/// errors): in the script, a pool task in every mode, and a loaded script's call. Lua raises a
+/// memory error without its place, and parrun reported a bare `not enough memory` (the command
+/// line: `parrun: not enough memory`).
+#[test]
+fn running_out_of_memory_names_the_script_and_line() {
+    within_a_minute(|| {
+        let place = |result: Result<i32, Error>| match result {
+            Err(Error::Script(e)) => (e.file, e.line, e.message),
+            other => panic!("expected a script error, got {other:?}"),
+        };
+        let small = Runtime::new().max_memory(8 << 20);
+        let lua = "local n = 0\nlocal t = {}\nfor i = 1, 1e8 do t[i] = i end";
+        let rhai = "let n = 0;\nlet a = [0];\nloop { a += a; }";
+        for (language, name, code) in [
+            (Language::Lua, "mem.lua", lua),
+            (Language::Rhai, "mem.rhai", rhai),
+        ] {
+            let (file, line, message) = place(small.run_source(language, name, code));
+            assert_eq!((file.as_deref(), line), (Some(name), Some(3)), "{message}");
+        }
+        assert_eq!(
+            place(small.run_source(Language::Lua, "mem.lua", lua)).2,
+            "not enough memory"
+        );
+        let pool = "local pool = parrun.Pool(1)\n\
+                    pool:map(function(x)\n  local t = {}\n  for i = 1, 1e8 do t[i] = i end\nend, {1})";
+        for mode in [Mode::Gil, Mode::Fork, Mode::Isolated] {
+            let (_, line, message) = place(small.clone().mode(mode).run_source(
+                Language::Lua,
+                "pool.lua",
+                pool,
+            ));
+            assert_eq!(line, Some(2), "{mode:?}: {message}");
+            assert!(
+                message.starts_with("Pool.map: pool.lua:4: not enough memory"),
+                "{mode:?}: {message}"
+            );
+        }
+        let script = small
+            .load_source(
+                Language::Lua,
+                "grow.lua",
+                "function grow()\n  local t = {}\n  for i = 1, 1e8 do t[i] = i end\nend",
+            )
+            .unwrap();
+        let Err(Error::Script(e)) = script.call::<()>("grow", ()) else {
+            panic!("expected a script error")
+        };
+        assert_eq!(
+            (e.file.as_deref(), e.line),
+            (Some("grow.lua"), Some(3)),
+            "{e}"
+        );
+        // Only the report gains the place: `pcall` gets Lua's own message, as under `lua5.4`.
+        let caught =
+            "local ok, e = pcall(function() local t = {} for i = 1, 1e8 do t[i] = i end end)\n\
+                      assert(not ok and e == 'not enough memory', e)";
+        assert_eq!(
+            small
+                .run_source(Language::Lua, "pcall.lua", caught)
+                .unwrap(),
+            0
+        );
     });
 }
 

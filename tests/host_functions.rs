@@ -216,6 +216,154 @@ fn check(x) { checked(x) }
     });
 }
 
+/// Lua's empty table reads as an empty map or struct where a host function (or a call's result)
+/// wants one, as `#{}` does in Rhai: Lua cannot tell `{}` from an empty list, and a host
+/// function taking a `HashMap` failed on it ("invalid type: sequence, expected a map").
+#[test]
+fn an_empty_table_reads_as_an_empty_map_or_struct() {
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Options {
+        #[serde(default)]
+        verbose: bool,
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+    in_time(|| {
+        let runtime = Runtime::new()
+            .function("count", |(m,): (HashMap<String, i64>,)| {
+                Ok::<_, String>(m.len())
+            })
+            .function("verbose", |(o,): (Options,)| Ok::<_, String>(o.verbose));
+        for (language, name, code) in [
+            (
+                Language::Lua,
+                "empty.lua",
+                "return {count({}), count({a = 1}), verbose({}), verbose({verbose = true})}",
+            ),
+            (
+                Language::Rhai,
+                "empty.rhai",
+                "[count(#{}), count(#{a: 1}), verbose(#{}), verbose(#{verbose: true})]",
+            ),
+        ] {
+            let got: (usize, usize, bool, bool) = runtime
+                .eval(language, name, code)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(got, (0, 1, false, true), "{name}");
+        }
+        let script = Runtime::new()
+            .load_source(
+                Language::Lua,
+                "opts.lua",
+                "function defaults() return {} end",
+            )
+            .unwrap();
+        let map: HashMap<String, i64> = script.call("defaults", ()).unwrap();
+        assert!(map.is_empty());
+        let options: Options = script.call("defaults", ()).unwrap();
+        assert_eq!(
+            options,
+            Options {
+                verbose: false,
+                tags: vec![]
+            }
+        );
+        // It is still an empty list where a list is wanted.
+        let list: Vec<i64> = script.call("defaults", ()).unwrap();
+        assert!(list.is_empty());
+    });
+}
+
+/// A global's name must be a name in both languages: another is a usage error when it is
+/// given. Rhai declares each global as a constant in front of the script, and a name such as
+/// `my-var` or `let` failed the run with a syntax error placed in the script at a spot it did
+/// not have (`x.rhai:1:9: syntax error: Expecting ';'` for a one-character script), while Lua
+/// took it silently; a name holding code ran that code.
+#[test]
+fn a_global_whose_name_is_no_name_is_refused_when_it_is_given() {
+    in_time(|| {
+        for name in [
+            "my-var",
+            "",
+            "1st",
+            "let",
+            "fn",
+            "end",
+            "local",
+            "x = 1; exit(3); const y",
+        ] {
+            match Runtime::new().global(name, &1) {
+                Err(parrun::Error::Usage(message)) => {
+                    assert!(
+                        message.starts_with(&format!("global `{name}`: not a name")),
+                        "{message}"
+                    )
+                }
+                other => panic!("global {name:?}: {other:?}"),
+            }
+        }
+        let runtime = Runtime::new().global("_limit_2", &7).unwrap();
+        assert_eq!(
+            runtime
+                .eval::<i64>(Language::Lua, "g.lua", "return _limit_2")
+                .unwrap(),
+            7
+        );
+        assert_eq!(
+            runtime
+                .eval::<i64>(Language::Rhai, "g.rhai", "_limit_2")
+                .unwrap(),
+            7
+        );
+    });
+}
+
+/// A host function must have a name both languages call, and none of parrun's own: a run or a
+/// load with another is a usage error. Lua's global of that name replaced parrun's function
+/// (`print`, `Pool`: the script's own calls then went to the host) while Rhai's builtin hid the
+/// host's, and a name no script can call (`my-fn`, `let`) was silently out of reach.
+#[test]
+fn a_host_function_whose_name_scripts_cannot_call_is_refused() {
+    in_time(|| {
+        for name in [
+            "my-fn", "", "let", "end", "print", "Pool", "sleep", "exit", "parrun",
+        ] {
+            let runtime = Runtime::new().function(name, |(): ()| Ok::<_, String>(1));
+            let results = [
+                runtime
+                    .run_source(Language::Lua, "f.lua", "print(1)")
+                    .map(|_| ()),
+                runtime
+                    .run_source(Language::Rhai, "f.rhai", "print(1);")
+                    .map(|_| ()),
+                runtime.load_source(Language::Lua, "f.lua", "").map(|_| ()),
+            ];
+            for result in results {
+                match result {
+                    Err(parrun::Error::Usage(message)) => assert!(
+                        message.starts_with(&format!("host function `{name}`: not a name")),
+                        "{message}"
+                    ),
+                    other => panic!("host function {name:?}: {other:?}"),
+                }
+            }
+        }
+        let runtime = Runtime::new().function("_helper2", |(x,): (i64,)| Ok::<_, String>(x + 1));
+        assert_eq!(
+            runtime
+                .eval::<i64>(Language::Lua, "f.lua", "return _helper2(1)")
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            runtime
+                .eval::<i64>(Language::Rhai, "f.rhai", "_helper2(1)")
+                .unwrap(),
+            2
+        );
+    });
+}
+
 /// Two runtimes in one process at once, from two threads, each with its own host function and
 /// pools (a forked one beside a thread one, and the reverse): neither sees the other's
 /// function and every answer is right.

@@ -245,6 +245,42 @@ fn a_map_item_that_kills_its_worker_fails_the_map_and_the_pool_goes_on() {
     });
 }
 
+/// An item whose task overruns the task timeout is named, in every mode: a forked worker is
+/// killed, and its task of one item failed as a whole, which `Script::map` reported without
+/// the item (`Error::Script`, not `Error::Item`), where a thread worker's stopped task named it.
+#[test]
+fn an_item_past_the_task_timeout_is_named_in_every_mode() {
+    in_time(|| {
+        for language in LANGUAGES {
+            let code = match language {
+                Language::Lua => {
+                    "function spin(x) if x == 1 then while true do end end return x end"
+                }
+                Language::Rhai => "fn spin(x) { if x == 1 { loop {} } x }",
+            };
+            for mode in MODES {
+                let script = Runtime::new()
+                    .mode(mode)
+                    .task_timeout(Duration::from_millis(300))
+                    .load_source(language, name(language), code)
+                    .unwrap();
+                match script.map::<_, i64>("spin", [0, 1, 2]) {
+                    Err(Error::Item { index, error }) => {
+                        assert_eq!(index, 1, "{language:?} {mode:?}: {error}");
+                        assert!(
+                            error.to_string().contains("task timeout"),
+                            "{language:?} {mode:?}: {error}"
+                        );
+                    }
+                    other => panic!("{language:?} {mode:?}: {other:?}"),
+                }
+                let after: Vec<i64> = script.map("spin", [0, 2]).unwrap();
+                assert_eq!(after, [0, 2], "{language:?} {mode:?}");
+            }
+        }
+    });
+}
+
 #[test]
 fn a_map_error_names_the_item_and_the_script_line() {
     each_script(|language, mode, script| {

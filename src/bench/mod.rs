@@ -102,6 +102,24 @@ pub struct Options {
     no_progress: bool,
 }
 
+/// What the bench was asked to run is wrong (a script or workload that is not there, an
+/// output it cannot write), found before anything runs: `parrun bench` exits with status 2 for
+/// it, as parrun does for any usage error.
+#[derive(Debug)]
+pub struct Usage(anyhow::Error);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage(error: anyhow::Error) -> anyhow::Error {
+    Usage(error).into()
+}
+
 /// Runs the bench `options` describe, printing its tables on stdout.
 pub fn run(options: Options) -> Result<()> {
     let timeout = options.timeout;
@@ -113,7 +131,7 @@ pub fn run(options: Options) -> Result<()> {
 
     // A bench takes minutes: an output it cannot write should fail now, not after it.
     for path in [&options.json, &options.svg].into_iter().flatten() {
-        writable(path)?;
+        writable(path).map_err(usage)?;
     }
     let scratch = workload::Scratch::new()?;
     let workloads = workload::resolve(
@@ -122,7 +140,8 @@ pub fn run(options: Options) -> Result<()> {
         options.scale,
         &options.args,
         &scratch,
-    )?;
+    )
+    .map_err(usage)?;
     let rounds = options.repeat as usize;
     let mut results: Vec<Results> = workloads
         .iter()

@@ -197,6 +197,9 @@ fn script_workload(name: &str, langs: &[Lang], extra: &[String]) -> Result<Workl
     };
     let scripts: Vec<(Lang, PathBuf)> = match own_lang {
         Some(lang) => {
+            if path.is_dir() {
+                bail!("{name} is a directory, not a script");
+            }
             if !path.is_file() {
                 bail!("no script {name}");
             }

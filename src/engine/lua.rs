@@ -60,6 +60,20 @@ use native::wait_tag;
 use object::*;
 use tasks::*;
 
+/// Whether `name` is a Lua name (`[A-Za-z_][A-Za-z0-9_]*`) and not one of its keywords.
+pub(crate) fn is_name(name: &str) -> bool {
+    const KEYWORDS: [&str; 22] = [
+        "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if",
+        "in", "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
+    ];
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !KEYWORDS.contains(&name)
+}
+
 /// The text of a Lua error, as the stock interpreter prints it (message, then traceback).
 fn error_text(e: mlua::Error) -> String {
     match e {

@@ -7,6 +7,24 @@
 pub mod lua;
 pub mod rhai;
 
+/// Whether scripts of both languages can use `name` as a variable: a Lua name (letters,
+/// digits and `_`, not starting with a digit) that is a keyword of neither language. The
+/// embedding program's globals must be ([`crate::Runtime::global`]): Rhai declares each as a
+/// constant in front of the script.
+pub(crate) fn is_variable_name(name: &str) -> bool {
+    lua::is_name(name) && rhai::is_constant_name(name)
+}
+
+/// Whether scripts of both languages call the embedding program's function `name` as
+/// `name(...)` ([`crate::Runtime::function`]): a variable name ([`is_variable_name`]) that is
+/// none of parrun's own global functions (`Pool`, `sleep`, `exit`, the `parrun` table), which
+/// a Lua global of that name would replace and Rhai's builtin would hide.
+pub(crate) fn is_function_name(name: &str) -> bool {
+    is_variable_name(name)
+        && !matches!(name, "parrun" | "exit")
+        && !crate::api::builtins().any(|b| b.class == crate::api::Class::Global && b.name == name)
+}
+
 /// The message for a value that cannot be copied out of an engine.
 pub(crate) fn untransferable(what: impl std::fmt::Display) -> String {
     format!("cannot send this value to another thread or process: {what}")

@@ -363,6 +363,15 @@ fn standard_engine() -> Engine {
     engine
 }
 
+/// Whether Rhai takes `name` as the name of a top-level constant (not a keyword or a reserved
+/// word), as the embedding program's globals are declared ([`start_engine`]).
+pub(crate) fn is_constant_name(name: &str) -> bool {
+    ::rhai::is_valid_identifier(name)
+        && Engine::new_raw()
+            .compile(format!("const {name} = ();"))
+            .is_ok()
+}
+
 fn build_engine(shared: &Arc<Shared>) -> Engine {
     let host = &shared.host;
     let mut engine = standard_engine();

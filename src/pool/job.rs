@@ -389,8 +389,11 @@ impl Slots {
                 }
             }
             Err(e) => {
+                // A task of one call that failed as a whole (its worker died or overran the
+                // task timeout, in every mode) failed on that call.
+                let call = e.call.or((count == 1).then_some(0));
                 let failure = Failure {
-                    item: e.call.filter(|&c| c < count).map(|c| first + c),
+                    item: call.filter(|&c| c < count).map(|c| first + c),
                     message: e.message,
                 };
                 // The item that raised the error comes first: an unordered iterator hands out

@@ -1,5 +1,5 @@
 //! [`Runtime`]: the embedding API's entry point, a builder that picks the engine and runs
-//! scripts; and [`Language`]. A script loaded for calls from Rust ([`Script`]) is `loaded`'s. A script loaded for calls from Rust ([`Script`]) is `loaded`'s.
+//! scripts; and [`Language`]. A script loaded for calls from Rust ([`Script`]) is `loaded`'s.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,11 +98,15 @@ impl Runtime {
     /// Makes `f` a function scripts call by `name`: a global in both languages (`lookup("k")`),
     /// also `parrun.lookup` in Lua, in every engine the run makes (the script's, its threads',
     /// every worker's and process's, whatever the execution model). Its arguments arrive as a
-    /// tuple that serde reads from the script's values (a table or map reads as a struct, and
-    /// missing trailing arguments as nil, so `Option` parameters may be left out); its result
+    /// tuple that serde reads from the script's values (a table or map reads as a struct, Lua's
+    /// empty `{}` as an empty map or struct too, and missing trailing arguments as nil, so
+    /// `Option` parameters may be left out); its result
     /// goes back through serde. An `Err` is an error the script can catch, raised where it called
     /// `f` (`name: message`); a panic in `f` is such an error too, never a crash. It runs with
-    /// the GIL held: a function that waits should be a [`Runtime::blocking_function`].
+    /// the GIL held: a function that waits should be a [`Runtime::blocking_function`]. `name`
+    /// must be a name both languages call (letters, digits and `_`, not starting with a digit,
+    /// not a keyword of Lua or Rhai) and none of parrun's own functions (`Pool`, `sleep`,
+    /// `exit`...): a run or load with another fails with [`Error::Usage`].
     ///
     /// ```
     /// use parrun::{Language, Runtime};
@@ -174,7 +178,9 @@ impl Runtime {
 
     /// Makes `value` a global named `name` for the script and every engine it starts (a config
     /// map, a list of records), converted through serde. Lua reads it as a global; Rhai as a
-    /// constant, which its functions reach as `global::name`, as any top-level constant.
+    /// constant, which its functions reach as `global::name`, as any top-level constant. `name`
+    /// must be a name in both languages (letters, digits and `_`, not starting with a digit,
+    /// and not a keyword of either): another is [`Error::Usage`].
     ///
     /// ```
     /// use parrun::{Language, Runtime};
@@ -191,6 +197,12 @@ impl Runtime {
         name: &str,
         value: &T,
     ) -> Result<Self, Error> {
+        if !engine::is_variable_name(name) {
+            return Err(Error::Usage(format!(
+                "global `{name}`: not a name scripts can use (letters, digits and _, not \
+                 starting with a digit, and not a keyword of Lua or Rhai)"
+            )));
+        }
         let value = Value::from_serialize(value)
             .map_err(|e| Error::Usage(format!("global `{name}`: {e}")))?;
         let embedding = Arc::make_mut(&mut self.embedding);
@@ -474,8 +486,27 @@ impl Runtime {
         }
     }
 
+    /// The embedding program's functions have names scripts can call in both languages.
+    fn check_functions(&self) -> Result<(), Error> {
+        match self
+            .embedding
+            .functions
+            .iter()
+            .find(|f| !engine::is_function_name(&f.name))
+        {
+            Some(f) => Err(Error::Usage(format!(
+                "host function `{}`: not a name scripts can call (letters, digits and _, not \
+                 starting with a digit, not a keyword of Lua or Rhai, and none of parrun's own \
+                 functions)",
+                f.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// A script loaded for calls from Rust runs in this process: not in mode mpi.
     fn check_loadable(&self) -> Result<(), Error> {
+        self.check_functions()?;
         match self.settings.mode {
             Mode::Mpi => Err(Error::Usage(
                 "a script loaded for calls from Rust cannot run in mode mpi: run it whole \
@@ -605,6 +636,7 @@ impl Runtime {
     }
 
     fn run(&self, language: Language, script: Source) -> Result<Ended, Error> {
+        self.check_functions()?;
         if self.settings.progress {
             // Before anything forks: children send their terminal lines here.
             crate::rt::progress::claim();

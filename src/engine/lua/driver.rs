@@ -177,8 +177,21 @@ pub(super) fn drive(
         let out: MultiValue = match co.resume(args) {
             Ok(out) => out,
             Err(e) => {
-                let e = native::error_object_text(lua, e);
-                let e = close_variables(co, &e).unwrap_or(e);
+                let (e, object) = match e {
+                    // Lua raises a memory error without its place (no message handler runs
+                    // for one, so mlua adds no traceback): the dead coroutine's stack still
+                    // tells where it stopped, as for an error the driver raises itself. Its
+                    // `<close>` variables get Lua's own object, as under `lua5.4`.
+                    mlua::Error::MemoryError(message) => (
+                        native::stopped_error(lua, token as *mut mlua::ffi::lua_State, &message),
+                        mlua::Error::MemoryError(message),
+                    ),
+                    e => {
+                        let e = native::error_object_text(lua, e);
+                        (e.clone(), e)
+                    }
+                };
+                let e = close_variables(co, &object).unwrap_or(e);
                 break Err(e);
             }
         };

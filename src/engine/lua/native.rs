@@ -963,8 +963,9 @@ unsafe extern "C-unwind" fn wrapped_relay(
 /// The error that ends a coroutine the driver stopped (a limit it exceeded, a cancellation):
 /// `message` with the position `co` stopped at in front (the innermost Lua function's: a
 /// coroutine stopped in a wait is in the builtin's C function) and its traceback after, as Lua
-/// reports a runtime error. `co` must be suspended (it yielded from the hook or for a wait) and
-/// is not resumed again.
+/// reports a runtime error. `co` must be suspended (it yielded from the hook or for a wait), or
+/// dead of an error whose place Lua did not add (`not enough memory`), and is not resumed
+/// again. Building the text may itself run out of memory: `message` alone then.
 pub(super) fn stopped_error(lua: &Lua, co: *mut lua_State, message: &str) -> mlua::Error {
     // SAFETY: `co` is a suspended coroutine of `lua`, only read here; the closure runs in
     // protected mode on `lua`'s own stack, with the message as its one argument.
