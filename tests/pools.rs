@@ -522,6 +522,45 @@ pool.close(); pool.join();
     });
 }
 
+/// Rhai's other iterables, which a `for` loop takes (a stepped range, a string's `chars()`,
+/// an integer's `bits()`, an imap's iterator), are a map's input too, as any iterable is
+/// Python's: they were an error ("cannot send this value ...: a range", for chars too).
+#[test]
+fn a_rhai_map_takes_what_a_for_loop_takes() {
+    let rhai = r#"
+let pool = Pool(2);
+print(pool.map(|x| x * 2, range(0, 10, 3)));
+print(pool.map(|x| x * 2.0, range(0.0, 1.0, 0.25)));
+print(pool.map(|c| c.to_upper(), "abc".chars()));
+print(pool.starmap(|a, b| a + b, [[1, 2]]) + pool.map(|b| b, 6.bits(0, 3)));
+let out = []; for x in pool.imap_unordered(|x| -x, range(9, 0, -4), 2) { out.push(x); } out.sort(); print(out);
+print(pool.map(|x| x + 1, pool.imap(|x| x * 10, [1, 2, 3])));
+try { pool.map(|x| x, Lock()); } catch (e) { print(e); }
+pool.close(); pool.join();
+"#;
+    for mode in MODES {
+        let (_dir, path) = script("iterables", "rhai", rhai);
+        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
+            .timeout(Duration::from_secs(30))
+            .output();
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            [
+                "[0, 6, 12, 18]",
+                "[0.0, 0.5, 1.0, 1.5]",
+                "[A, B, C]",
+                "[3, false, true, true]",
+                "[-9, -5, -1]",
+                "[11, 21, 31]",
+                "Pool.map: a Lock cannot be iterated",
+            ],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}
+
 /// A Lua iterator function given to a map is called as the script's own code: a blocking call
 /// in it waits without the GIL, so a thread can feed it (a map over what a `Queue` receives, as
 /// Python's map consumes a generator whose `get` releases the GIL); before, the iterator ran
