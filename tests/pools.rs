@@ -522,6 +522,40 @@ pool.close(); pool.join();
     });
 }
 
+/// A Lua map's input may be another pool's `imap` (an object a `for` loop calls), as Rhai's
+/// may and Python's `map` takes any iterable: it was an error ("cannot send this value to
+/// another thread or process: a ResultIterator"); an object without `next` still is one.
+#[test]
+fn a_lua_map_takes_another_pools_imap() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+print(table.concat(pool:map(function(x) return x + 1 end, pool:imap(function(x) return x * 10 end, {1, 2, 3})), ","))
+local un = pool:imap_unordered(function(x) return -x end, {4, 5, 6}, 2)
+local got = pool:starmap(function(a) return a end, pool:imap(function(x) return {x} end, un))
+table.sort(got) print(table.concat(got, ","))
+local _, err = pcall(pool.map, pool, print, parrun.Lock())
+print(err)
+pool:close() pool:join()
+"#;
+    for mode in MODES {
+        let (_dir, path) = script("chained", "lua", lua);
+        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
+            .timeout(Duration::from_secs(30))
+            .output();
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            [
+                "11,21,31",
+                "-6,-5,-4",
+                "Pool.map: cannot send this value to another thread or process: a Lock",
+            ],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}
+
 /// Rhai's other iterables, which a `for` loop takes (a stepped range, a string's `chars()`,
 /// an integer's `bits()`, an imap's iterator), are a map's input too, as any iterable is
 /// Python's: they were an error ("cannot send this value ...: a range", for chars too).
