@@ -208,10 +208,23 @@ pub(super) static BUILTINS: &[Builtin] = &[
             let at = has_args(args, 1);
             let target = args.target(0, at)?;
             let mut mode = host.mode();
+            let mut daemon = false;
             let name = if !args.is_nil(2) && args.is_map(2) {
-                known_options(args, 2, &["name", "mode"])?;
+                known_options(args, 2, &["name", "mode", "daemon"])?;
                 if let Some(i) = args.field(2, "mode")? {
                     mode = mode_value(args, i)?;
+                }
+                if let Some(i) = args.field(2, "daemon")? {
+                    daemon = match args.value(i)? {
+                        Value::Bool(b) => b,
+                        Value::Nil => false,
+                        other => {
+                            return Err(format!(
+                                "daemon must be a boolean, got {}",
+                                other.type_name()
+                            ))
+                        }
+                    };
                 }
                 match args.field(2, "name")? {
                     Some(i) => opt_name(args, i, || host.next_process_name())?,
@@ -220,7 +233,9 @@ pub(super) static BUILTINS: &[Builtin] = &[
             } else {
                 opt_name(args, 2, || host.next_process_name())?
             };
-            Outcome::object(Object::Process(ScriptProcess::new(name, target, mode)))
+            Outcome::object(Object::Process(ScriptProcess::new(
+                name, target, mode, daemon,
+            )))
         },
     },
     Builtin {
@@ -364,6 +379,13 @@ pub(super) static BUILTINS: &[Builtin] = &[
                     .map_or(Value::Nil, |c| Value::Int(c.into())),
             )
         },
+    },
+    Builtin {
+        class: Class::Process,
+        name: "daemon",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(process(args)?.daemon())),
     },
     Builtin {
         class: Class::Pool,
