@@ -152,12 +152,16 @@ unsafe fn is_iterator(state: *mut lua_State, at: c_int) -> bool {
         ffi::LUA_TFUNCTION => true,
         ffi::LUA_TUSERDATA => {
             ffi::luaL_checkstack(state, 1, ptr::null());
+            // Indexed only if it can be (a userdata without `__index` raises).
+            for field in [c"__call", c"__index"] {
+                if ffi::luaL_getmetafield(state, at, field.as_ptr()) == ffi::LUA_TNIL {
+                    return false;
+                }
+                ffi::lua_pop(state, 1);
+            }
             let next = ffi::lua_getfield(state, at, c"next".as_ptr()) == ffi::LUA_TFUNCTION;
             ffi::lua_pop(state, 1);
-            next && ffi::luaL_getmetafield(state, at, c"__call".as_ptr()) != ffi::LUA_TNIL && {
-                ffi::lua_pop(state, 1);
-                true
-            }
+            next
         }
         _ => false,
     }
