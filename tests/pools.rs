@@ -548,7 +548,10 @@ pool:close() pool:join()
             [
                 "11,21,31",
                 "-6,-5,-4",
-                "Pool.map: cannot send this value to another thread or process: a Lock",
+                "Pool.map: cannot send this value to another thread or process: a Lock \
+                 (a Queue or Lock is shared through inheritance only, as in Python: a Process \
+                 takes it in its arguments; a pool's tasks find one made before the pool in the \
+                 globals)",
             ],
             "mode {mode}\n{}",
             out.describe()
