@@ -314,6 +314,10 @@ pub(super) static BUILTINS: &[Builtin] = &[
                      (AssertionError: can only join a child process)"
                     .into());
             }
+            // An ended process is answered with the GIL kept, as a ready result is.
+            if p.exitcode().is_some() {
+                return Outcome::nil();
+            }
             Outcome::wait(move || {
                 p.wait(timeout);
                 Ok(Value::Nil.into())
