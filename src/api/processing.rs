@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::args::{
-    elements, has_args, iterable, known_options, mode_value, opt_count, opt_name, timeout,
+    elements, flag, has_args, iterable, known_options, mode_value, opt_count, opt_name, timeout,
 };
 use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::exec;
@@ -215,16 +215,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
                     mode = mode_value(args, i)?;
                 }
                 if let Some(i) = args.field(2, "daemon")? {
-                    daemon = match args.value(i)? {
-                        Value::Bool(b) => b,
-                        Value::Nil => false,
-                        other => {
-                            return Err(format!(
-                                "daemon must be a boolean, got {}",
-                                other.type_name()
-                            ))
-                        }
-                    };
+                    daemon = flag(args, i, "daemon")?;
                 }
                 match args.field(2, "name")? {
                     Some(i) => opt_name(args, i, || host.next_process_name())?,
