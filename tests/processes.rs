@@ -1917,3 +1917,29 @@ print(`daemon	${d.daemon}	${kept.daemon}	${outer.exitcode}`);
         },
     );
 }
+
+/// Every `Process` takes a number, named or not, as Python's (`Process(f, name="src")` then
+/// `Process(g)` is `Process-2` there): the unnamed one was `Process-1`, and a script's error
+/// reports (`Process NAME:`) named another process than its Python twin's.
+#[test]
+fn a_named_process_takes_its_number_too() {
+    both(
+        "names",
+        r#"
+local a = parrun.Process(print, {}, "src")
+local b = parrun.Process(print, {}, {name = "sink"})
+local c = parrun.Process(print)
+print(a.name, b.name, c.name)
+"#,
+        r#"
+let a = Process(|| 1, [], "src");
+let b = Process(|| 1, [], #{name: "sink"});
+let c = Process(|| 1, []);
+print(`${a.name}	${b.name}	${c.name}`);
+"#,
+        |out| {
+            out.assert_success();
+            assert_eq!(out.stdout, "src\tsink\tProcess-3\n", "{}", out.describe());
+        },
+    );
+}

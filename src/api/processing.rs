@@ -209,6 +209,9 @@ pub(super) static BUILTINS: &[Builtin] = &[
             let target = args.target(0, at)?;
             let mut mode = host.mode();
             let mut daemon = false;
+            // Every process takes a number, named or not, as Python's: `Process(f, {}, "src")`
+            // then `Process(g)` is "Process-2".
+            let numbered = host.next_process_name();
             let name = if !args.is_nil(2) && args.is_map(2) {
                 known_options(args, 2, &["name", "mode", "daemon"])?;
                 if let Some(i) = args.field(2, "mode")? {
@@ -218,11 +221,11 @@ pub(super) static BUILTINS: &[Builtin] = &[
                     daemon = flag(args, i, "daemon")?;
                 }
                 match args.field(2, "name")? {
-                    Some(i) => opt_name(args, i, || host.next_process_name())?,
-                    None => host.next_process_name(),
+                    Some(i) => opt_name(args, i, || numbered)?,
+                    None => numbered,
                 }
             } else {
-                opt_name(args, 2, || host.next_process_name())?
+                opt_name(args, 2, || numbered)?
             };
             Outcome::object(Object::Process(ScriptProcess::new(
                 name, target, mode, daemon,
