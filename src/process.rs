@@ -11,7 +11,9 @@
 //!   script's state (`isolated`), or in the script's engine (`gil`). Both end with the same
 //!   exit codes as a forked child (`n & 0xff` for `exit(n)`, as the OS keeps of a status), and
 //!   `pid` is this process's. A
-//!   thread cannot be killed: `terminate` and `kill` are errors there.
+//!   thread cannot be killed: `terminate` and `kill` cancel its target instead, as a pool
+//!   stops a thread's task (`crate::rt::cancel`): it stops at its next instruction or wait,
+//!   and its exit code is the signal's, as a killed child's (`-15`, `-9`).
 //! - on an MPI worker rank (`mpi`): the target runs there as on a thread with an engine of its
 //!   own, built from an image of the snapshot; `pid` is the rank's process's, and the exit
 //!   code comes back in a message. It cannot be signalled either.
@@ -30,6 +32,8 @@ use crate::exec::{self, Launch, Remote, RemoteStart};
 use crate::host::Mode;
 use crate::host::{Finish, Host, Stage};
 use crate::link;
+use crate::rt::cancel::{self, Cancel};
+use crate::rt::gil::Gil;
 use crate::rt::poison::Recover;
 use crate::rt::spawn::Handle;
 use crate::rt::threads::Joiner;
@@ -54,17 +58,54 @@ enum State {
 }
 
 /// The exit code of a thread-backed process, once it has one.
-#[derive(Default)]
 struct ThreadExit {
     code: Mutex<Option<i32>>,
     changed: Condvar,
     joiner: Joiner,
+    /// The target's cancellation (`terminate`, `kill`), installed on its thread.
+    cancel: Arc<Cancel>,
+    /// The GIL of the engine the target runs in, interrupted to make it see a cancellation.
+    gil: Arc<Gil>,
+    /// The signal `terminate` or `kill` stood for: the exit code then says it.
+    stopped_by: Mutex<Option<Signal>>,
+}
+
+/// How often a cancelled thread-backed process is interrupted again until it ends: in `gil`
+/// another thread may hold the GIL when it is asked, as for a pool's thread tasks.
+const CANCEL_RETRY: Duration = Duration::from_millis(20);
+
+impl ThreadExit {
+    /// Cancels the target, as `signal` would have killed a child, and keeps interrupting its
+    /// engine until it has ended (a thread of its own does, so that this returns at once).
+    fn stop(self: &Arc<Self>, signal: Signal) -> Result<(), String> {
+        if self.code.lock().recover().is_some() {
+            return Ok(());
+        }
+        self.stopped_by.lock().recover().get_or_insert(signal);
+        let exit = self.clone();
+        crate::rt::spawn::Builder::new()
+            .name("parrun-process-stop".into())
+            .spawn(move || {
+                let mut code = exit.code.lock().recover();
+                while code.is_none() {
+                    exit.cancel
+                        .request(format!("the process was stopped ({signal})"));
+                    exit.gil.interrupt();
+                    code = exit.changed.wait_timeout(code, CANCEL_RETRY).recover().0;
+                }
+            })
+            .map(drop)
+            .map_err(|e| format!("cannot start an OS thread: {e}"))
+    }
 }
 
 /// A script-visible process.
 pub struct ScriptProcess {
     name: String,
     mode: Mode,
+    /// Stopped (`terminate`) rather than waited for when the run, or the process that
+    /// started it, ends: Python's `daemon`.
+    daemon: bool,
     /// The process that made this one (a forked child has a copy of its parent's handles).
     creator: u32,
     target: Mutex<Option<Box<dyn Target>>>,
@@ -72,10 +113,11 @@ pub struct ScriptProcess {
 }
 
 impl ScriptProcess {
-    pub fn new(name: String, target: Box<dyn Target>, mode: Mode) -> Arc<Self> {
+    pub fn new(name: String, target: Box<dyn Target>, mode: Mode, daemon: bool) -> Arc<Self> {
         Arc::new(ScriptProcess {
             name,
             mode,
+            daemon,
             creator: crate::rt::pid::current_pid(),
             target: Mutex::new(Some(target)),
             state: Mutex::new(State::New),
@@ -84,6 +126,10 @@ impl ScriptProcess {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn daemon(&self) -> bool {
+        self.daemon
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -113,7 +159,15 @@ impl ScriptProcess {
         engine: Option<Arc<dyn TaskEngine>>,
         target: Box<dyn Target>,
     ) -> Result<(), String> {
-        let exit = Arc::new(ThreadExit::default());
+        let runs_on = engine.as_ref().map_or(host, |e| e.host());
+        let exit = Arc::new(ThreadExit {
+            code: Mutex::default(),
+            changed: Condvar::default(),
+            joiner: Joiner::default(),
+            cancel: Arc::default(),
+            gil: runs_on.gil.clone(),
+            stopped_by: Mutex::default(),
+        });
         let done = exit.clone();
         let name = self.name.clone();
         let host_ = host.clone();
@@ -124,7 +178,10 @@ impl ScriptProcess {
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
-                let code = run_here(&host_, engine, &name, target);
+                cancel::install(Some(done.cancel.clone()));
+                let stopped_by = || *done.stopped_by.lock().recover();
+                let code = run_stoppable(&host_, engine, &name, target, &stopped_by);
+                cancel::install(None);
                 *done.code.lock().recover() = Some(code);
                 done.changed.notify_all();
             })
@@ -290,10 +347,7 @@ impl ScriptProcess {
         match &*self.state() {
             State::Running { pid, .. } => children::signal_child(*pid, signal)
                 .map_err(|e| format!("cannot signal process: {e}")),
-            State::Thread(_) => Err(format!(
-                "a process in mode {} runs on a thread, which cannot be killed (use --mode fork)",
-                self.mode
-            )),
+            State::Thread(exit) => exit.stop(signal),
             State::Remote(r) => Err(format!(
                 "a process on {} cannot be signalled from here",
                 r.place()
@@ -307,11 +361,24 @@ impl ScriptProcess {
 /// exit code a forked child would have (`n & 0xff` for `exit(n)`, 1 after an error, which is
 /// reported as "Process NAME:" with the traceback). A process in an engine of its own waits for
 /// the threads its target started there, as a child process does, and the engine goes with it.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn run_here(
     host: &Arc<Host>,
     engine: Option<Arc<dyn TaskEngine>>,
     name: &str,
     target: Box<dyn Target>,
+) -> i32 {
+    run_stoppable(host, engine, name, target, &|| None)
+}
+
+/// [`run_here`] for a target that `terminate` or `kill` may cancel: `stopped_by` tells which
+/// signal it stood for, whose exit code (`-N`) replaces the cancellation's error.
+fn run_stoppable(
+    host: &Arc<Host>,
+    engine: Option<Arc<dyn TaskEngine>>,
+    name: &str,
+    target: Box<dyn Target>,
+    stopped_by: &dyn Fn() -> Option<Signal>,
 ) -> i32 {
     let runs_on = engine.as_ref().map_or(host, |e| e.host()).clone();
     let trace = runs_on.trace.clone();
@@ -326,6 +393,8 @@ pub(crate) fn run_here(
         t.span(Cat::Process, name, start);
     }
     let code = match outcome {
+        // As a child killed by the signal, whether the target saw the cancellation or not.
+        Ok(_) if stopped_by().is_some() => -(stopped_by().map_or(0, |s| s as i32)),
         // What a forked child's exit status would carry of it.
         Ok(Ok(status)) => status & 0xff,
         Ok(Err(msg)) => {
@@ -365,6 +434,10 @@ impl Finish for ScriptProcess {
     }
 
     fn finish(&self) {
+        if self.daemon && self.is_alive() {
+            // As Python's exit handler terminates daemonic children before it joins them.
+            let _ = self.signal(Signal::SIGTERM);
+        }
         self.wait(None);
         if let Some(exit) = self.thread_exit() {
             exit.joiner.join(true);

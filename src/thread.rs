@@ -3,13 +3,16 @@
 //! A [`ScriptThread`] owns an engine-specific [`Target`] (the function and its arguments) until
 //! `start`, then runs it on a new OS thread that holds the GIL while it runs script code. The
 //! thread registry in [`Host`] lets the runtime wait for every started thread before the script
-//! ends, as Python waits for non-daemon threads.
+//! ends, as Python waits for non-daemon threads. A daemon thread is stopped then instead, as a
+//! pool stops a thread's task ([`crate::rt::cancel`]), where Python abandons it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::host::{Finish, Host, Stage};
+use crate::rt::cancel::{self, Cancel};
+use crate::rt::gil::Gil;
 use crate::rt::poison::Recover;
 use crate::rt::threads::Joiner;
 use crate::rt::trace::{self, Cat};
@@ -29,17 +32,32 @@ pub struct ScriptThread {
     state: Mutex<RunState>,
     changed: Condvar,
     joiner: Joiner,
+    /// Stopped rather than waited for when the run ends (Python's `daemon`): its cancellation,
+    /// installed on its thread, and the GIL to interrupt so that it sees it.
+    daemon: Option<(Arc<Cancel>, GilToInterrupt)>,
 }
 
+/// The GIL a daemon thread runs under, once started.
+type GilToInterrupt = Mutex<Option<Arc<Gil>>>;
+
+/// How often a daemon thread being stopped is interrupted again (another thread may hold the
+/// GIL when it is asked), as for a pool's thread tasks.
+const CANCEL_RETRY: Duration = Duration::from_millis(20);
+
 impl ScriptThread {
-    pub fn new(name: String, target: Box<dyn Target>) -> Arc<Self> {
+    pub fn new(name: String, target: Box<dyn Target>, daemon: bool) -> Arc<Self> {
         Arc::new(ScriptThread {
             name,
             target: Mutex::new(Some(target)),
             state: Mutex::new(RunState::New),
             changed: Condvar::new(),
             joiner: Joiner::default(),
+            daemon: daemon.then(|| (Arc::default(), Mutex::default())),
         })
+    }
+
+    pub fn daemon(&self) -> bool {
+        self.daemon.is_some()
     }
 
     pub fn name(&self) -> &str {
@@ -75,6 +93,10 @@ impl ScriptThread {
         host.register(self.clone());
         let me = self.clone();
         let gil = host.gil.clone();
+        let stop = self.daemon.as_ref().map(|(cancel, to_interrupt)| {
+            *to_interrupt.lock().recover() = Some(gil.clone());
+            cancel.clone()
+        });
         let output = host.output().clone();
         let trace = host.trace.clone();
         let spawned = crate::rt::spawn::Builder::new()
@@ -85,9 +107,13 @@ impl ScriptThread {
                     t.name_thread(format!("thread {}", me.name));
                     trace::clock()
                 });
+                cancel::install(stop.clone());
                 let held = gil.lock(0);
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
                 drop(held);
+                cancel::install(None);
+                // A daemon thread stopped at the run's end ends quietly, as Python's does.
+                let stopped = stop.is_some_and(|c| c.reason().is_some());
                 if let (Some(t), Some(start)) = (&trace, started) {
                     t.span(Cat::Thread, &me.name, start);
                 }
@@ -100,7 +126,7 @@ impl ScriptThread {
                         crate::rt::threads::panic_text(&*panic)
                     )),
                 };
-                if let Some(msg) = failure {
+                if let Some(msg) = failure.filter(|_| !stopped) {
                     output.report(&format!("Exception in thread {}:\n{msg}", me.name));
                 }
                 me.set_state(RunState::Done);
@@ -135,6 +161,15 @@ impl Finish for ScriptThread {
     }
 
     fn finish(&self) {
+        if let Some((cancel, gil)) = &self.daemon {
+            let gil = gil.lock().recover().clone();
+            while !self.wait(Some(CANCEL_RETRY)) {
+                cancel.request("a daemon thread is stopped when the run ends".into());
+                if let Some(gil) = &gil {
+                    gil.interrupt();
+                }
+            }
+        }
         self.wait(None);
         self.joiner.join(true);
     }

@@ -145,10 +145,14 @@ print(pcall(pool.apply, pool, function() return {k = {coroutine.create(print)}} 
     let lines = out.stdout_lines();
     assert_eq!(lines.len(), 9, "{}", out.describe());
     let put = "false\tQueue.put: cannot send this value to another thread or process: ";
+    // A Queue or Lock adds where such objects are shared, as Python's error says.
+    let hint = " (a Queue or Lock is shared through inheritance only, as in Python: a Process \
+                takes it in its arguments; a pool's tasks find one made before the pool in the \
+                globals)";
     for (line, want) in lines.iter().zip([
         format!("{put}a coroutine"),
         format!("{put}a userdata"),
-        format!("{put}a Queue"),
+        format!("{put}a Queue{hint}"),
         format!("{put}a function"),
         format!("{put}a function at key \"a.b\""),
         format!("{put}a coroutine at key \"3.x\""),
@@ -195,13 +199,13 @@ print(`false	${err}`);
         for (line, want) in lines.iter().zip([
             format!("{put}a function"),
             format!("{put}a function"),
-            format!("{put}a Queue"),
+            format!("{put}a Queue{hint}"),
             format!("{put}a Pool"),
-            format!("{put}a Lock"),
+            format!("{put}a Lock{hint}"),
             format!("{put}a timestamp"),
             format!("{put}a range"),
             format!("{put}a function at key \"a.b\""),
-            format!("{put}a Queue at key \"2.x\""),
+            format!("{put}a Queue at key \"2.x\"{hint}"),
             "false\tPool.apply: cannot send this value to another thread or process: a timestamp at key \"0.f\"".into(),
             "false\tPool.map: cannot send this value to another thread or process: a function at key \"1\"".into(),
             "false\tPool.apply: cannot send a task's result back: a function at key \"k.1\"".into(),

@@ -230,8 +230,9 @@ print(`hits	${hits}`);
 }
 
 /// A thread-backed process ends with a forked child's exit codes, reports this process's pid,
-/// and sees the script as of `start()`; it cannot be killed, and says so (in words: "a
-/// isolated process" read as a typo).
+/// and sees the script as of `start()`; `terminate` and `kill` stop it as they kill a child,
+/// in a sleep, a wait on a queue or a loop, with the signal's exit code (they were errors: "a
+/// process in mode gil runs on a thread, which cannot be killed").
 #[test]
 fn thread_backed_processes_follow_the_fork_rules() {
     common::both_in_modes(
@@ -245,11 +246,15 @@ X = 2
 ok:start() ok:join()
 local bad = parrun.Process(function() error("child failed") end) bad:start() bad:join()
 print("codes", ok.exitcode, bad.exitcode, ok.pid == parrun.getpid(), q:get())
-local slow = parrun.Process(function() parrun.sleep(0.2) end) slow:start()
-local killed, err = pcall(slow.terminate, slow)
-slow:join()
-local said = "a process in mode " .. parrun.mode() .. " runs on a thread, which cannot be killed"
-print("terminate", killed, err:find(said, 1, true) ~= nil, slow.exitcode)
+NEVER = parrun.Queue()
+local t0 = parrun.time()
+local codes = {}
+for i, f in ipairs({function() parrun.sleep(30) end, function() NEVER:get() end, function() while true do end end}) do
+  local slow = parrun.Process(f) slow:start() parrun.sleep(0.1)
+  if i < 3 then slow:terminate() else slow:kill() end
+  slow:join(10) codes[i] = slow.exitcode
+end
+print("terminate", parrun.time() - t0 < 5, table.concat(codes, " "))
 print("X", X)
 "#,
         r#"
@@ -258,16 +263,22 @@ let ok = Process(|q| q.put(mode()), [q]);
 ok.start(); ok.join();
 let bad = Process(|| throw "child failed", []); bad.start(); bad.join();
 print(`codes	${ok.exitcode}	${bad.exitcode}	${ok.pid == getpid()}	${q.get()}`);
-let slow = Process(|| sleep(0.2), []); slow.start();
-let killed = true; let found = false;
-let said = `a process in mode ${mode()} runs on a thread, which cannot be killed`;
-try { slow.terminate(); } catch (e) { killed = false; found = e.contains(said); }
-slow.join();
-print(`terminate	${killed}	${found}	${slow.exitcode}`);
+const NEVER = Queue();
+fn nap() { sleep(30) }
+fn stuck() { global::NEVER.get() }
+fn spin() { loop {} }
+let t0 = time();
+let codes = [];
+for (f, i) in [Fn("nap"), Fn("stuck"), Fn("spin")] {
+  let slow = Process(f, []); slow.start(); sleep(0.1);
+  if i < 2 { slow.terminate(); } else { slow.kill(); }
+  slow.join(10); codes.push(slow.exitcode);
+}
+print(`terminate	${time() - t0 < 5.0}	${codes[0]} ${codes[1]} ${codes[2]}`);
 "#,
         |mode, out| {
             out.assert_success()
-                .assert_stdout_contains("terminate\tfalse\ttrue\t0")
+                .assert_stdout_contains("terminate\ttrue\t-15 -15 -9")
                 .assert_stderr_contains("child failed");
             if out.command.ends_with(".lua") {
                 out.assert_stdout_contains("codes\t0\t1\ttrue\t2");

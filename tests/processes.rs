@@ -1870,3 +1870,76 @@ print(ok2, err2)
         }
     }
 }
+
+/// A `daemon` process is stopped when the run ends, as Python terminates daemonic children at
+/// exit, and so is one a process started (at that process's end): a consumer that waits on a
+/// queue for ever no longer keeps the run alive (the option was unknown, and without it the
+/// run waited for ever). A process without it is still waited for.
+#[test]
+fn daemon_processes_are_stopped_when_the_run_ends() {
+    both_in_modes(
+        &MODES,
+        "daemon",
+        r#"
+NEVER = parrun.Queue()
+local function consume() NEVER:get() end
+local d = parrun.Process(consume, {}, {daemon = true})
+d:start()
+local outer = parrun.Process(function()
+  parrun.Process(consume, {}, {daemon = true}):start()
+  parrun.sleep(0.1)
+end)
+outer:start() outer:join(10)
+local kept = parrun.Process(function() parrun.sleep(0.3) print("kept ran") end, {})
+kept:start()
+print("daemon", d.daemon, kept.daemon, outer.exitcode)
+"#,
+        r#"
+const NEVER = Queue();
+fn consume() { global::NEVER.get() }
+let d = Process(consume, [], #{daemon: true});
+d.start();
+let outer = Process(|| { Process(consume, [], #{daemon: true}).start(); sleep(0.1); }, []);
+outer.start(); outer.join(10);
+let kept = Process(|| { sleep(0.3); print("kept ran"); }, []);
+kept.start();
+print(`daemon	${d.daemon}	${kept.daemon}	${outer.exitcode}`);
+"#,
+        |mode, out| {
+            out.assert_success()
+                .assert_stdout_contains("daemon\ttrue\tfalse\t0")
+                .assert_stdout_contains("kept ran");
+            assert!(
+                out.elapsed < Duration::from_secs(10),
+                "mode {mode}\n{}",
+                out.describe()
+            );
+        },
+    );
+}
+
+/// Every `Process` takes a number, named or not, as Python's (`Process(f, name="src")` then
+/// `Process(g)` is `Process-2` there): the unnamed one was `Process-1`, and a script's error
+/// reports (`Process NAME:`) named another process than its Python twin's.
+#[test]
+fn a_named_process_takes_its_number_too() {
+    both(
+        "names",
+        r#"
+local a = parrun.Process(print, {}, "src")
+local b = parrun.Process(print, {}, {name = "sink"})
+local c = parrun.Process(print)
+print(a.name, b.name, c.name)
+"#,
+        r#"
+let a = Process(|| 1, [], "src");
+let b = Process(|| 1, [], #{name: "sink"});
+let c = Process(|| 1, []);
+print(`${a.name}	${b.name}	${c.name}`);
+"#,
+        |out| {
+            out.assert_success();
+            assert_eq!(out.stdout, "src\tsink\tProcess-3\n", "{}", out.describe());
+        },
+    );
+}

@@ -908,3 +908,54 @@ print(`bad	${bad}`);
         },
     );
 }
+
+/// A `daemon` thread (Python's `Thread(daemon=True)`) is stopped when the script ends, in a
+/// wait on a queue, a sleep or a loop, quietly, where a thread without it is waited for: a
+/// consumer that loops on `get` for ever kept the run alive (the option was unknown).
+#[test]
+fn daemon_threads_are_stopped_when_the_script_ends() {
+    both_in_modes(
+        &["fork"],
+        "daemon_threads",
+        r#"
+local q = parrun.Queue()
+local t = parrun.Thread(function() while true do print("got", q:get()) end end, {},
+  {daemon = true, name = "consumer"})
+t:start()
+parrun.Thread(function() while true do end end, {}, {daemon = true}):start()
+parrun.Thread(function() parrun.sleep(60) end, {}, {daemon = true}):start()
+local plain = parrun.Thread(function() parrun.sleep(0.2) print("plain done") end)
+plain:start()
+q:put(1)
+parrun.sleep(0.1)
+print(t.name, t.daemon, plain.daemon)
+"#,
+        r#"
+let q = Queue();
+let t = Thread(|q| { loop { print(`got	${q.get()}`); } }, [q], #{daemon: true, name: "consumer"});
+t.start();
+Thread(|| { loop {} }, [], #{daemon: true}).start();
+Thread(|| sleep(60), [], #{daemon: true}).start();
+let plain = Thread(|| { sleep(0.2); print("plain done"); }, []);
+plain.start();
+q.put(1);
+sleep(0.1);
+print(`${t.name}	${t.daemon}	${plain.daemon}`);
+"#,
+        |_, out| {
+            out.assert_success();
+            assert_eq!(
+                out.stdout_lines(),
+                ["got\t1", "consumer\ttrue\tfalse", "plain done"],
+                "{}",
+                out.describe()
+            );
+            assert!(out.stderr.is_empty(), "{}", out.describe());
+            assert!(
+                out.elapsed < std::time::Duration::from_secs(10),
+                "{}",
+                out.describe()
+            );
+        },
+    );
+}

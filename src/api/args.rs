@@ -105,6 +105,18 @@ pub(super) fn opt_count(
     }
 }
 
+/// An optional boolean at argument `i` (nil is false), named `what` in its error.
+pub(super) fn flag(args: &mut dyn Args, i: usize, what: &str) -> Result<bool, String> {
+    match args.value(i)? {
+        Value::Bool(b) => Ok(b),
+        Value::Nil => Ok(false),
+        other => Err(format!(
+            "{what} must be a boolean, got {}",
+            other.type_name()
+        )),
+    }
+}
+
 /// An optional string argument, or `default`.
 pub(super) fn opt_name(
     args: &mut dyn Args,

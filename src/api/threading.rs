@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::args::{block_and_timeout, has_args, number, opt_name, timeout, Blocking};
+use super::args::{
+    block_and_timeout, flag, has_args, known_options, number, opt_name, timeout, Blocking,
+};
 use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::sync::{Lock, Queue};
 use crate::thread::ScriptThread;
@@ -99,8 +101,21 @@ pub(super) static BUILTINS: &[Builtin] = &[
         call: |host, args| {
             let at = has_args(args, 1);
             let target = args.target(0, at)?;
-            let name = opt_name(args, 2, || host.next_thread_name())?;
-            Outcome::object(Object::Thread(ScriptThread::new(name, target)))
+            // Thread(f, args, name) or Thread(f, args, {name = ..., daemon = true})
+            let mut daemon = false;
+            let name = if !args.is_nil(2) && args.is_map(2) {
+                known_options(args, 2, &["name", "daemon"])?;
+                if let Some(i) = args.field(2, "daemon")? {
+                    daemon = flag(args, i, "daemon")?;
+                }
+                match args.field(2, "name")? {
+                    Some(i) => opt_name(args, i, || host.next_thread_name())?,
+                    None => host.next_thread_name(),
+                }
+            } else {
+                opt_name(args, 2, || host.next_thread_name())?
+            };
+            Outcome::object(Object::Thread(ScriptThread::new(name, target, daemon)))
         },
     },
     Builtin {
@@ -211,6 +226,13 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Getter,
         arity: (0, 0),
         call: |_, args| Outcome::value(Value::Str(thread(args)?.name().to_owned())),
+    },
+    Builtin {
+        class: Class::Thread,
+        name: "daemon",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(thread(args)?.daemon())),
     },
     Builtin {
         class: Class::Queue,

@@ -39,5 +39,13 @@ pub(crate) fn unsendable(kind: &str, path: &[String], used_as_key: bool) -> Stri
         [] => String::new(),
         keys => format!(" at key \"{}\"", keys.join(".")),
     };
-    format!("{kind}{role}{at}")
+    // Python's own advice for a queue handed to a pool ("Queue objects should only be shared
+    // between processes through inheritance"), with where parrun's inheritance is.
+    let hint = if matches!(kind, "a Queue" | "a Lock") {
+        " (a Queue or Lock is shared through inheritance only, as in Python: a Process takes \
+         it in its arguments; a pool's tasks find one made before the pool in the globals)"
+    } else {
+        ""
+    };
+    format!("{kind}{role}{at}{hint}")
 }

@@ -289,6 +289,20 @@ impl AsyncResult {
         Ok(self.slots().first_error().is_ok())
     }
 
+    /// [`AsyncResult::next_item`] if it can answer without waiting: the item that has arrived,
+    /// the end, or the job's failure; `None` while the next item has not arrived.
+    pub fn next_item_ready(&self) -> Option<Result<Option<Value>, String>> {
+        let mut s = self.slots();
+        if s.cursor.at_end(s.items.len()) {
+            return Some(Ok(None));
+        }
+        if let Some(f) = &s.failure {
+            return Some(Err(Failure::of_job(f).message));
+        }
+        s.next_item(self.kind)
+            .map(|(_, item)| item.map(Some).map_err(|f| f.message))
+    }
+
     /// The next item of an `imap`/`imap_unordered` iterator; `None` at the end.
     pub fn next_item(&self, timeout: Option<Duration>) -> Result<Option<Value>, String> {
         match self.next_entry(timeout) {

@@ -103,7 +103,7 @@ impl Cancel {
         self.requested.load(Ordering::Acquire) || self.interrupt_pending.load(Ordering::Acquire)
     }
 
-    fn reason(&self) -> Option<String> {
+    pub(crate) fn reason(&self) -> Option<String> {
         self.requested
             .load(Ordering::Acquire)
             .then(|| self.reason.lock().recover().clone())

@@ -191,12 +191,34 @@ pub(super) fn builtin_over_iterable(
     )
 }
 
+/// Whether the value at `at` is what a generic `for` calls: a function, or an object with a
+/// `next` method (another pool's `imap`, which calling calls `next`, as in `for x in it`).
+unsafe fn is_iterator(state: *mut lua_State, at: c_int) -> bool {
+    match ffi::lua_type(state, at) {
+        ffi::LUA_TFUNCTION => true,
+        ffi::LUA_TUSERDATA => {
+            ffi::luaL_checkstack(state, 1, ptr::null());
+            // Indexed only if it can be (a userdata without `__index` raises).
+            for field in [c"__call", c"__index"] {
+                if ffi::luaL_getmetafield(state, at, field.as_ptr()) == ffi::LUA_TNIL {
+                    return false;
+                }
+                ffi::lua_pop(state, 1);
+            }
+            let next = ffi::lua_getfield(state, at, c"next".as_ptr()) == ffi::LUA_TFUNCTION;
+            ffi::lua_pop(state, 1);
+            next
+        }
+        _ => false,
+    }
+}
+
 /// Continuation context of [`expand_step`]: the iterator's last call has returned a value.
 const ITERATOR_RETURNED: ffi::lua_KContext = 1;
 
 unsafe extern "C-unwind" fn expand_then_call(state: *mut lua_State) -> c_int {
     let at = ffi::lua_tointeger(state, ffi::lua_upvalueindex(3)) as c_int;
-    if ffi::lua_gettop(state) < at || ffi::lua_type(state, at) != ffi::LUA_TFUNCTION {
+    if ffi::lua_gettop(state) < at || !is_iterator(state, at) {
         return call_builtin(state);
     }
     // [args..] -> [args.., values, last]

@@ -173,7 +173,36 @@ impl Args for RhaiArgs<'_, '_> {
         if let Some(r) = d.read_lock::<std::ops::RangeInclusive<::rhai::INT>>() {
             return Ok(Some(ints(&mut r.clone())));
         }
-        Ok(None)
+        let d = d.flatten_clone();
+        if !d.is_variant() {
+            return Ok(None);
+        }
+        // Another of Rhai's iterables (`range(0, 10, 3)`, `"abc".chars()`, `x.bits()`, a type
+        // the host registered an iterator for): their types are Rhai's private ones, so the
+        // engine's own `for` reads them, as the script's loop would.
+        let Some(engine) = self.shared.engine.get().and_then(Weak::upgrade) else {
+            return Ok(None);
+        };
+        let mut scope = Scope::new();
+        scope.push_dynamic("iterable", d);
+        let items = match engine.eval_with_scope::<Array>(
+            &mut scope,
+            "let items = []; for item in iterable { items.push(item) } items",
+        ) {
+            Ok(items) => items,
+            Err(e) => {
+                return match *e {
+                    EvalAltResult::ErrorFor(..) => Ok(None),
+                    EvalAltResult::ErrorRuntime(thrown, _) => Err(thrown.to_string()),
+                    mut other => Err(other.clear_position().to_string()),
+                }
+            }
+        };
+        items
+            .iter()
+            .map(|v| to_value(self.shared, v))
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 
     fn engine(&self) -> &dyn ScriptEngine {

@@ -498,7 +498,11 @@ impl IntoIterator for Object {
                 }
                 return Some(Err(text.into()));
             }
-            let next = gil.allow_threads(0, || job.next_item(None));
+            // An item that has arrived is taken with the GIL kept (see `next`'s builtin).
+            let next = match job.next_item_ready() {
+                Some(next) => next,
+                None => gil.allow_threads(0, || job.next_item(None)),
+            };
             if crate::rt::cancel::take_interrupt() {
                 dropped = Some((crate::rt::cancel::KEYBOARD_INTERRUPT.to_string(), 0));
                 return Some(Err(interrupted()));
