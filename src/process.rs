@@ -70,10 +70,6 @@ struct ThreadExit {
     stopped_by: Mutex<Option<Signal>>,
 }
 
-/// How often a cancelled thread-backed process is interrupted again until it ends: in `gil`
-/// another thread may hold the GIL when it is asked, as for a pool's thread tasks.
-const CANCEL_RETRY: Duration = Duration::from_millis(20);
-
 impl ThreadExit {
     /// Cancels the target, as `signal` would have killed a child, and keeps interrupting its
     /// engine until it has ended (a thread of its own does, so that this returns at once).
@@ -86,13 +82,15 @@ impl ThreadExit {
         crate::rt::spawn::Builder::new()
             .name("parrun-process-stop".into())
             .spawn(move || {
-                let mut code = exit.code.lock().recover();
-                while code.is_none() {
-                    exit.cancel
-                        .request(format!("the process was stopped ({signal})"));
-                    exit.gil.interrupt();
-                    code = exit.changed.wait_timeout(code, CANCEL_RETRY).recover().0;
-                }
+                exit.cancel.stop_until(
+                    &format!("the process was stopped ({signal})"),
+                    Some(&exit.gil),
+                    |slice| {
+                        let code = exit.code.lock().recover();
+                        code.is_some()
+                            || exit.changed.wait_timeout(code, slice).recover().0.is_some()
+                    },
+                );
             })
             .map(drop)
             .map_err(|e| format!("cannot start an OS thread: {e}"))

@@ -40,10 +40,6 @@ pub struct ScriptThread {
 /// The GIL a daemon thread runs under, once started.
 type GilToInterrupt = Mutex<Option<Arc<Gil>>>;
 
-/// How often a daemon thread being stopped is interrupted again (another thread may hold the
-/// GIL when it is asked), as for a pool's thread tasks.
-const CANCEL_RETRY: Duration = Duration::from_millis(20);
-
 impl ScriptThread {
     pub fn new(name: String, target: Box<dyn Target>, daemon: bool) -> Arc<Self> {
         Arc::new(ScriptThread {
@@ -163,11 +159,12 @@ impl Finish for ScriptThread {
     fn finish(&self) {
         if let Some((cancel, gil)) = &self.daemon {
             let gil = gil.lock().recover().clone();
-            while !self.wait(Some(CANCEL_RETRY)) {
-                cancel.request("a daemon thread is stopped when the run ends".into());
-                if let Some(gil) = &gil {
-                    gil.interrupt();
-                }
+            if !self.wait(Some(cancel::POLL)) {
+                cancel.stop_until(
+                    "a daemon thread is stopped when the run ends",
+                    gil.as_deref(),
+                    |slice| self.wait(Some(slice)),
+                );
             }
         }
         self.wait(None);

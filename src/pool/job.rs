@@ -292,24 +292,12 @@ impl AsyncResult {
     /// [`AsyncResult::next_item`] if it can answer without waiting: the item that has arrived,
     /// the end, or the job's failure; `None` while the next item has not arrived.
     pub fn next_item_ready(&self) -> Option<Result<Option<Value>, String>> {
-        let mut s = self.slots();
-        if s.cursor.at_end(s.items.len()) {
-            return Some(Ok(None));
-        }
-        if let Some(f) = &s.failure {
-            return Some(Err(Failure::of_job(f).message));
-        }
-        s.next_item(self.kind)
-            .map(|(_, item)| item.map(Some).map_err(|f| f.message))
+        self.slots().arrived_entry(self.kind).map(item_of)
     }
 
     /// The next item of an `imap`/`imap_unordered` iterator; `None` at the end.
     pub fn next_item(&self, timeout: Option<Duration>) -> Result<Option<Value>, String> {
-        match self.next_entry(timeout) {
-            Ok(Some((_, Ok(value)))) => Ok(Some(value)),
-            Ok(Some((_, Err(failure)))) | Err(failure) => Err(failure.message),
-            Ok(None) => Ok(None),
-        }
+        item_of(self.next_entry(timeout))
     }
 
     /// [`AsyncResult::next_item`] with the item's index, and its error as a [`Failure`]; an
@@ -318,14 +306,8 @@ impl AsyncResult {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut s = self.slots();
         loop {
-            if s.cursor.at_end(s.items.len()) {
-                return Ok(None);
-            }
-            if let Some(f) = &s.failure {
-                return Err(Failure::of_job(f));
-            }
-            if let Some(entry) = s.next_item(self.kind) {
-                return Ok(Some(entry));
+            if let Some(answer) = s.arrived_entry(self.kind) {
+                return answer;
             }
             if cancel::stop_waiting() {
                 return Err(Failure::of_job("the wait was interrupted"));
@@ -453,12 +435,34 @@ impl Slots {
     }
 
     /// The iterator's next item and its index, moved out of its slot, if it has come in.
+    /// What an iterator's next step answers without waiting: the end, the job's failure, or
+    /// the item that has arrived; `None` while it has not.
+    fn arrived_entry(&mut self, kind: JobKind) -> Option<Result<Option<Entry>, Failure>> {
+        if self.cursor.at_end(self.items.len()) {
+            return Some(Ok(None));
+        }
+        if let Some(f) = &self.failure {
+            return Some(Err(Failure::of_job(f)));
+        }
+        self.next_item(kind).map(|entry| Ok(Some(entry)))
+    }
+
     fn next_item(&mut self, kind: JobKind) -> Option<Entry> {
         let i = self.cursor.advance(kind, &self.items)?;
         let item = self.items[i]
             .take()
             .unwrap_or_else(|| Err(Failure::of_job("result missing")));
         Some((i, item))
+    }
+}
+
+/// An iterator's step as a script sees it: the item's value, or its (or the job's) failure
+/// as text; `None` at the end.
+fn item_of(step: Result<Option<Entry>, Failure>) -> Result<Option<Value>, String> {
+    match step {
+        Ok(Some((_, Ok(value)))) => Ok(Some(value)),
+        Ok(Some((_, Err(failure)))) | Err(failure) => Err(failure.message),
+        Ok(None) => Ok(None),
     }
 }
 

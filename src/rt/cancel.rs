@@ -64,6 +64,27 @@ impl Cancel {
         self.woken.notify_all();
     }
 
+    /// Asks the thread this is installed on to stop with `reason`, interrupting `gil` so that
+    /// a script running under it sees the request, and asks again every [`POLL`] (another
+    /// thread may hold the GIL when it is interrupted) until `ended`, which waits up to the time
+    /// it is given, says the thread has ended.
+    pub fn stop_until(
+        &self,
+        reason: &str,
+        gil: Option<&Gil>,
+        mut ended: impl FnMut(Duration) -> bool,
+    ) {
+        loop {
+            self.request(reason.to_string());
+            if let Some(gil) = gil {
+                gil.interrupt();
+            }
+            if ended(POLL) {
+                return;
+            }
+        }
+    }
+
     /// Withdraws a request (between tasks).
     pub fn clear(&self) {
         self.requested.store(false, Ordering::Release);
