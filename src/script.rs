@@ -186,14 +186,18 @@ pub(crate) trait TaskFn: Send + Sync {
     fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError>;
 }
 
-/// Why a task failed: the message, and the index among the task's calls of the call that
-/// raised it, when one did (a task that could not start, or whose worker died, names none).
-/// The index is how a Rust-side map names the failed item (`item 417: ...`); scripts see
-/// only the message, as in Python.
+/// Why a task failed: the message, the index among the task's calls of the call that raised
+/// it, when one did (a task that could not start, or whose worker died, names none), and the
+/// value the script raised, when it raised data that is not a string (Lua `error({code = 7})`,
+/// Rhai `throw #{code: 7}`). The index is how a Rust-side map names the failed item
+/// (`item 417: ...`); scripts see the raised value, or else the message, as in Python, where
+/// the caller gets the exception object.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub(crate) struct TaskError {
     pub call: Option<usize>,
     pub message: String,
+    #[serde(default)]
+    pub value: Option<Value>,
 }
 
 impl TaskError {
@@ -202,7 +206,14 @@ impl TaskError {
         TaskError {
             call: Some(call),
             message,
+            value: None,
         }
+    }
+
+    /// The error with the value the script raised, if it raised data.
+    pub(crate) fn raised(mut self, value: Option<Value>) -> TaskError {
+        self.value = value;
+        self
     }
 }
 
@@ -212,6 +223,7 @@ impl From<String> for TaskError {
         TaskError {
             call: None,
             message,
+            value: None,
         }
     }
 }

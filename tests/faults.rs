@@ -1003,10 +1003,11 @@ print(pool.apply(|| "ok", []));
 }
 
 /// A Lua error object that is not a string reads as the stock `lua` reports it, wherever it
-/// is turned into text (a thread's and a process's report, a task's error, an error callback's
-/// message, the script's own uncaught error), in every model: a table without `__tostring` is
-/// `(error object is a table value)` (it was `table: 0x55...`, an address that says nothing),
-/// one with `__tostring` reads through it, and `pcall` still gets the object itself.
+/// is turned into text (a thread's and a process's report, a task's error as the table that
+/// comes back reads, an error callback's message, the script's own uncaught error), in every
+/// model: a table without `__tostring` is `(error object is a table value)` (it was
+/// `table: 0x55...`, an address that says nothing), one with `__tostring` reads through it,
+/// and `pcall` still gets the object itself.
 #[test]
 fn a_lua_error_object_reads_as_the_stock_lua_reports_it() {
     let lua = r#"
@@ -1024,9 +1025,9 @@ local p = parrun.Process(function() error(true) end)
 p:start() p:join()
 local pool = parrun.Pool(2)
 ok, e = pcall(pool.apply, pool, function() error({code = 42}) end, {})
-print("apply", e:match("^[^\n]*"))
+print("apply", tostring(e):match("^[^\n]*"), e.code)
 ok, e = pcall(pool.map, pool, function(x) error(x) end, {{}, {}})
-print("map", e:match("^[^\n]*"))
+print("map", tostring(e):match("^[^\n]*"))
 local r = pool:apply_async(function() error() end, {}, nil, function(m) print("error_callback", m:match("^[^\n]*")) end)
 r:wait()
 pool:close() pool:join()
@@ -1039,7 +1040,7 @@ error({code = 42})
             out.stdout_lines(),
             [
                 "pcall\tfalse\ttrue",
-                "apply\tPool.apply: (error object is a table value)",
+                "apply\tPool.apply: (error object is a table value)\t42",
                 "map\tPool.map: (error object is a table value)",
                 "error_callback\t(error object is a nil value)",
             ],

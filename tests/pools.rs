@@ -983,3 +983,81 @@ print(`${n}	${took < 0.5}	${took}`);
         );
     });
 }
+
+/// Data a task raises (Lua `error({code = 7})`, Rhai `throw #{code: 7}`, a number) comes back
+/// to the caller as that data, as Python re-raises a task's exception object: from `apply`,
+/// `map`, `get`, an `imap` loop, and to `error_callback`. A Lua table reads (`tostring`) as
+/// parrun's report of the error, with the worker's traceback; a string error stays text.
+#[test]
+fn a_task_that_raises_data_gives_the_caller_that_data() {
+    let lua = r#"
+local function f(x) if x == 2 then error({code = 7, item = x}) end return x end
+local pool = parrun.Pool(2)
+local ok, e = pcall(pool.apply, pool, f, {2})
+print("apply", ok, e.code, e.item)
+ok, e = pcall(pool.map, pool, f, {1, 2, 3})
+print("map", ok, e.code)
+local r = pool:apply_async(f, {2})
+ok, e = pcall(r.get, r)
+print("get", ok, e.code, tostring(e):find("AsyncResult.get: ", 1, true) == 1,
+  tostring(e):find("stack traceback", 1, true) ~= nil)
+ok, e = pcall(function() for v in pool:imap(f, {1, 2}) do local _ = v end end)
+print("imap", ok, e.code)
+local got
+pool:map_async(f, {2}, nil, nil, function(err) got = err end):wait()
+print("error_callback", got.code)
+ok, e = pcall(pool.apply, pool, function() error(42) end)
+print("number", ok, e, math.type(e))
+ok, e = pcall(pool.apply, pool, function() error("text") end)
+print("string", ok, type(e), e:find("text", 1, true) ~= nil)
+pool:close()
+pool:join()
+"#;
+    let rhai = r#"
+fn f(x) { if x == 2 { throw #{code: 7, item: x}; } x }
+fn number() { throw 42; }
+fn text() { throw "text"; }
+let pool = Pool(2);
+try { pool.apply(f, [2]); } catch (e) { print(`apply false ${e.code} ${e.item}`); }
+try { pool.map(f, [1, 2, 3]); } catch (e) { print(`map false ${e.code}`); }
+let r = pool.apply_async(f, [2]);
+try { r.get(); } catch (e) { print(`get false ${e.code}`); }
+try { for v in pool.imap(f, [1, 2]) { let x = v; } } catch (e) { print(`imap false ${e.code}`); }
+let r = pool.map_async(f, [2], (), (), |err| print(`error_callback ${err.code}`));
+r.wait();
+try { pool.apply(number); } catch (e) { print(`number false ${e} ${type_of(e)}`); }
+try { pool.apply(text); } catch (e) { print(`string false ${type_of(e)} ${e.contains("text")}`); }
+pool.close();
+pool.join();
+"#;
+    each_mode("raised", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let said: Vec<Vec<&str>> = out
+            .stdout
+            .lines()
+            .map(|l| l.split(['\t', ' ']).collect())
+            .collect();
+        let line = |what: &str| {
+            said.iter()
+                .find(|words| words[0] == what)
+                .unwrap_or_else(|| panic!("{mode}: no {what}: {}", out.describe()))
+                .clone()
+        };
+        assert_eq!(line("apply")[1..], ["false", "7", "2"], "{mode}");
+        assert_eq!(line("map")[1..], ["false", "7"], "{mode}");
+        assert_eq!(line("get")[1..3], ["false", "7"], "{mode}");
+        if out.command.ends_with(".lua") {
+            assert_eq!(
+                line("get")[3..],
+                ["true", "true"],
+                "{mode}: {}",
+                out.describe()
+            );
+        }
+        assert_eq!(line("imap")[1..], ["false", "7"], "{mode}");
+        assert_eq!(line("error_callback")[1..], ["7"], "{mode}");
+        assert_eq!(line("number")[1..3], ["false", "42"], "{mode}");
+        assert!(["integer", "i64"].contains(&line("number")[3]), "{mode}");
+        assert_eq!(line("string")[1..], ["false", "string", "true"], "{mode}");
+    });
+}

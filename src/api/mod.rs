@@ -181,6 +181,14 @@ impl Object {
 pub enum Ret {
     Value(Value),
     Object(Object),
+    /// The call raises `value` as its error: the data a pool task raised (Lua
+    /// `error({code = 7})`, Rhai `throw #{code: 7}`), as Python re-raises a task's exception
+    /// object. `message` is how parrun words the error (the operation, then the worker's
+    /// message and traceback): a Lua table raised keeps it as its `__tostring`.
+    Raise {
+        value: Value,
+        message: String,
+    },
 }
 
 impl From<Value> for Ret {

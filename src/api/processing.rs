@@ -10,7 +10,7 @@ use super::args::{
 use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::exec;
 use crate::host::{Host, Mode};
-use crate::pool::{AsyncResult, Callbacks, JobKind, Pool, PoolConfig, PoolHandle};
+use crate::pool::{AsyncResult, Callbacks, Failure, JobKind, Pool, PoolConfig, PoolHandle};
 use crate::process::ScriptProcess;
 use crate::script::{Callback, Calls};
 use crate::value::Value;
@@ -192,8 +192,24 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
     })))
 }
 
-fn wait_for((job, _): (Arc<AsyncResult>, Arc<PoolHandle>)) -> Result<Outcome, String> {
-    Outcome::wait(move || job.take().map(Ret::Value))
+fn wait_for(
+    op: &'static str,
+    (job, _): (Arc<AsyncResult>, Arc<PoolHandle>),
+) -> Result<Outcome, String> {
+    Outcome::wait(move || job.take().map(Ret::Value).or_else(|f| failed(op, f)))
+}
+
+/// A job's failure as operation `op` gives it to the script: the data its task raised, raised
+/// again in the caller (as Python re-raises a task's exception), or else the message as the
+/// operation's error.
+fn failed(op: &str, f: Failure) -> Result<Ret, String> {
+    match f.value {
+        Some(value) => Ok(Ret::Raise {
+            value,
+            message: format!("{op}: {}", f.message),
+        }),
+        None => Err(f.message),
+    }
 }
 
 /// The operations of Python's `multiprocessing`.
@@ -390,7 +406,12 @@ pub(super) static BUILTINS: &[Builtin] = &[
         name: "apply",
         kind: Kind::Call,
         arity: (1, 2),
-        call: |_, args| wait_for(submit(args, JobKind::Single, false, None, None)?),
+        call: |_, args| {
+            wait_for(
+                "Pool.apply",
+                submit(args, JobKind::Single, false, None, None)?,
+            )
+        },
     },
     Builtin {
         class: Class::Pool,
@@ -416,7 +437,12 @@ pub(super) static BUILTINS: &[Builtin] = &[
         name: "map",
         kind: Kind::Call,
         arity: (2, 3),
-        call: |_, args| wait_for(submit(args, JobKind::List, false, Some(3), None)?),
+        call: |_, args| {
+            wait_for(
+                "Pool.map",
+                submit(args, JobKind::List, false, Some(3), None)?,
+            )
+        },
     },
     Builtin {
         class: Class::Pool,
@@ -433,7 +459,12 @@ pub(super) static BUILTINS: &[Builtin] = &[
         name: "starmap",
         kind: Kind::Call,
         arity: (2, 3),
-        call: |_, args| wait_for(submit(args, JobKind::List, true, Some(3), None)?),
+        call: |_, args| {
+            wait_for(
+                "Pool.starmap",
+                submit(args, JobKind::List, true, Some(3), None)?,
+            )
+        },
     },
     Builtin {
         class: Class::Pool,
@@ -517,9 +548,16 @@ pub(super) static BUILTINS: &[Builtin] = &[
             // A ready result is answered at once, with the GIL kept: handed over for it, the
             // GIL went to a busy thread for a whole switch interval (5 ms) every call.
             if j.ready() {
-                return j.get(None).map(|v| Outcome::Done(Ret::Value(v)));
+                let ret = j.get(None).map(Ret::Value);
+                return ret
+                    .or_else(|f| failed("AsyncResult.get", f))
+                    .map(Outcome::Done);
             }
-            Outcome::wait(move || j.get(timeout).map(Ret::Value))
+            Outcome::wait(move || {
+                j.get(timeout)
+                    .map(Ret::Value)
+                    .or_else(|f| failed("AsyncResult.get", f))
+            })
         },
     },
     Builtin {
@@ -570,11 +608,15 @@ pub(super) static BUILTINS: &[Builtin] = &[
             // is: handed over for it, the GIL went to a busy thread for a whole switch
             // interval (5 ms) every item, and a Lua loop's yield to its driver cost 2 us.
             if let Some(ready) = j.next_item_ready() {
-                return ready.map(|v| Outcome::Done(Ret::Value(v.unwrap_or_default())));
+                let ret = ready.map(|v| Ret::Value(v.unwrap_or_default()));
+                return ret
+                    .or_else(|f| failed("ResultIterator.next", f))
+                    .map(Outcome::Done);
             }
             Outcome::wait(move || {
                 j.next_item(timeout)
                     .map(|v| Ret::Value(v.unwrap_or_default()))
+                    .or_else(|f| failed("ResultIterator.next", f))
             })
         },
     },

@@ -250,6 +250,9 @@ fn raw_function(
             (1, lua.create_userdata(request)?).into_lua_multi(lua)
         };
         match call(&host, &mut args) {
+            Ok(Outcome::Done(ret @ Ret::Raise { .. })) => {
+                (2, ret_to_lua(lua, ret)?).into_lua_multi(lua)
+            }
             Ok(Outcome::Done(ret)) => (0, ret_to_lua(lua, ret)?).into_lua_multi(lua),
             Ok(Outcome::Wait(wait)) => request(Pending::Wait(named(error.clone(), wait))),
             Ok(Outcome::Fork(fork)) => request(Pending::Fork(named(error.clone(), fork))),

@@ -11,14 +11,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-use super::job::{AsyncResult, Callbacks};
+use super::job::{AsyncResult, Callbacks, Failure};
 use crate::host::Host;
 use crate::rt::poison::Recover;
 use crate::rt::spawn::Handle;
 use crate::value::Value;
 
 /// A job whose results are in, with the outcome its callback is called with.
-type Finished = (Arc<AsyncResult>, Result<Value, String>);
+type Finished = (Arc<AsyncResult>, Result<Value, Failure>);
 
 /// A pool's way of finishing its jobs: the registry of those not ready yet, and the callback
 /// thread.
@@ -246,11 +246,7 @@ impl LiveJobs {
 
 /// Runs `callback`/`error_callback` with the GIL, then marks each job ready. A callback that
 /// panics inside parrun fails its job with the reason; the thread goes on with the next.
-fn run_callbacks(
-    host: Arc<Host>,
-    live: Arc<LiveJobs>,
-    rx: Receiver<(Arc<AsyncResult>, Result<Value, String>)>,
-) {
+fn run_callbacks(host: Arc<Host>, live: Arc<LiveJobs>, rx: Receiver<Finished>) {
     for (job, outcome) in rx {
         if !live.start_callback(&job) {
             continue;
@@ -258,7 +254,8 @@ fn run_callbacks(
         let Callbacks { ok, err } = job.take_callbacks();
         let (callback, arg) = match outcome {
             Ok(v) => (ok, v),
-            Err(e) => (err, Value::Str(e)),
+            // As Python's, with what was raised: the data, or else the message.
+            Err(e) => (err, e.into_value()),
         };
         let mut failure = None;
         if let Some(cb) = callback {

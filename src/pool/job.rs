@@ -53,14 +53,16 @@ impl Callbacks {
     }
 }
 
-/// An item's error: the message, and the item whose call raised it. The items of a task that
-/// failed all carry its error, the one that raised it and the others, which did not run or
-/// whose results were lost with it; `None` for a failure of no call in particular (a worker
-/// that died, a terminated pool).
+/// An item's error: the message, the item whose call raised it, and the value the script
+/// raised, if it raised data (see [`TaskError`]). The items of a task that failed all carry
+/// its error, the one that raised it and the others, which did not run or whose results were
+/// lost with it; `None` for a failure of no call in particular (a worker that died, a
+/// terminated pool).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Failure {
     pub item: Option<usize>,
     pub message: String,
+    pub value: Option<Value>,
 }
 
 impl Failure {
@@ -68,7 +70,13 @@ impl Failure {
         Failure {
             item: None,
             message: message.to_owned(),
+            value: None,
         }
+    }
+
+    /// What a script's `error_callback` is called with: the raised value, or the message.
+    pub fn into_value(self) -> Value {
+        self.value.unwrap_or(Value::Str(self.message))
     }
 }
 
@@ -234,8 +242,8 @@ impl AsyncResult {
     }
 
     /// The value once all items are in (copied), or the first error.
-    pub(super) fn outcome(&self) -> Result<Value, String> {
-        let values = self.slots().values().map_err(|f| f.message)?;
+    pub(super) fn outcome(&self) -> Result<Value, Failure> {
+        let values = self.slots().values()?;
         Ok(self.assemble(values))
     }
 
@@ -252,20 +260,20 @@ impl AsyncResult {
     }
 
     /// `AsyncResult.get`: the value, the task's error, or a timeout error.
-    pub fn get(&self, timeout: Option<Duration>) -> Result<Value, String> {
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Value, Failure> {
         if !self.wait(timeout) {
-            return Err(format!(
+            return Err(Failure::of_job(&format!(
                 "timed out after {:?} waiting for the result (TimeoutError)",
                 timeout.unwrap_or_default()
-            ));
+            )));
         }
         self.outcome()
     }
 
     /// [`AsyncResult::get`] for a job nothing else reads (`map`, `apply`): the results are
     /// moved out, not copied.
-    pub fn take(&self) -> Result<Value, String> {
-        let values = self.take_items().map_err(|f| f.message)?;
+    pub fn take(&self) -> Result<Value, Failure> {
+        let values = self.take_items()?;
         Ok(self.assemble(values))
     }
 
@@ -291,12 +299,12 @@ impl AsyncResult {
 
     /// [`AsyncResult::next_item`] if it can answer without waiting: the item that has arrived,
     /// the end, or the job's failure; `None` while the next item has not arrived.
-    pub fn next_item_ready(&self) -> Option<Result<Option<Value>, String>> {
+    pub fn next_item_ready(&self) -> Option<Result<Option<Value>, Failure>> {
         self.slots().arrived_entry(self.kind).map(item_of)
     }
 
     /// The next item of an `imap`/`imap_unordered` iterator; `None` at the end.
-    pub fn next_item(&self, timeout: Option<Duration>) -> Result<Option<Value>, String> {
+    pub fn next_item(&self, timeout: Option<Duration>) -> Result<Option<Value>, Failure> {
         item_of(self.next_entry(timeout))
     }
 
@@ -391,6 +399,7 @@ impl Slots {
                 let failure = Failure {
                     item: call.filter(|&c| c < count).map(|c| first + c),
                     message: e.message,
+                    value: e.value,
                 };
                 // The item that raised the error comes first: an unordered iterator hands out
                 // the error with the place it happened.
@@ -456,12 +465,12 @@ impl Slots {
     }
 }
 
-/// An iterator's step as a script sees it: the item's value, or its (or the job's) failure
-/// as text; `None` at the end.
-fn item_of(step: Result<Option<Entry>, Failure>) -> Result<Option<Value>, String> {
+/// An iterator's step as a script sees it: the item's value, or its (or the job's) failure;
+/// `None` at the end.
+fn item_of(step: Result<Option<Entry>, Failure>) -> Result<Option<Value>, Failure> {
     match step {
         Ok(Some((_, Ok(value)))) => Ok(Some(value)),
-        Ok(Some((_, Err(failure)))) | Err(failure) => Err(failure.message),
+        Ok(Some((_, Err(failure)))) | Err(failure) => Err(failure),
         Ok(None) => Ok(None),
     }
 }
@@ -525,6 +534,11 @@ impl Ready {
 mod tests {
     use super::*;
 
+    /// A result with its failure as its message.
+    fn text<T>(r: Result<T, Failure>) -> Result<T, String> {
+        r.map_err(|f| f.message)
+    }
+
     fn ints(v: &[i64]) -> Vec<Value> {
         v.iter().copied().map(Value::Int).collect()
     }
@@ -555,7 +569,7 @@ mod tests {
         assert!(!job.complete(0, Ok(ints(&[0])), 1));
         assert!(job.complete(1, Err("early error".into()), 1));
         job.set_ready();
-        assert_eq!(job.get(None), Err("early error".into()));
+        assert_eq!(text(job.get(None)), Err("early error".into()));
         assert_eq!(job.successful(), Ok(false));
     }
 
@@ -597,7 +611,10 @@ mod tests {
         assert!(!job.ready());
         assert!(job.successful().is_err());
         assert!(!job.wait(Some(Duration::from_millis(10))));
-        let err = job.get(Some(Duration::from_millis(10))).unwrap_err();
+        let err = job
+            .get(Some(Duration::from_millis(10)))
+            .unwrap_err()
+            .message;
         assert!(err.contains("TimeoutError"), "{err}");
         assert!(job.complete(0, Ok(ints(&[7])), 1));
         assert!(
@@ -626,8 +643,8 @@ mod tests {
         assert!(failed.ready());
         failed.complete(0, Ok(ints(&[1, 2])), 2);
         failed.set_ready();
-        assert_eq!(failed.get(None), Err("terminated".into()));
-        assert_eq!(failed.take(), Err("terminated".into()));
+        assert_eq!(text(failed.get(None)), Err("terminated".into()));
+        assert_eq!(text(failed.take()), Err("terminated".into()));
     }
 
     /// `imap` hands items out in input order, each once it is in; `imap_unordered` in the
@@ -640,12 +657,13 @@ mod tests {
         assert!(ordered
             .next_item(short)
             .unwrap_err()
+            .message
             .contains("TimeoutError"));
         ordered.complete(0, Ok(ints(&[10])), 1);
         ordered.complete(2, Err("boom".into()), 1);
         assert_eq!(ordered.next_item(short), Ok(Some(Value::Int(10))));
         assert_eq!(ordered.next_item(short), Ok(Some(Value::Int(11))));
-        assert_eq!(ordered.next_item(short), Err("boom".into()));
+        assert_eq!(text(ordered.next_item(short)), Err("boom".into()));
         assert_eq!(ordered.next_item(short), Ok(None));
 
         let unordered = AsyncResult::new(2, JobKind::Unordered, 3, Callbacks::default());
@@ -656,7 +674,7 @@ mod tests {
         assert!(unordered.next_item(short).is_err(), "item 1 is not in");
         unordered.fail("the pool was terminated");
         assert_eq!(
-            unordered.next_item(short),
+            text(unordered.next_item(short)),
             Err("the pool was terminated".into())
         );
     }

@@ -1028,7 +1028,7 @@ mod tests {
         pool.close();
         let joined = pool.clone();
         within(move || joined.join()).unwrap();
-        let err = jobs[1].get(LONG).unwrap_err();
+        let err = jobs[1].get(LONG).unwrap_err().message;
         assert!(
             err.contains("callback") && err.contains("a host bug in a callback"),
             "{err}"

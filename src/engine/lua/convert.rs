@@ -160,9 +160,27 @@ impl IntoLua for Item<'_> {
     }
 }
 
+/// What a builtin gives back, as a Lua value; for [`Ret::Raise`], the error value to raise.
 pub(super) fn ret_to_lua(lua: &Lua, ret: Ret) -> mlua::Result<LuaValue> {
     match ret {
         Ret::Value(v) => from_value(lua, &v),
         Ret::Object(o) => new_object(lua, o).map(LuaValue::UserData),
+        Ret::Raise { value, message } => raised_to_lua(lua, &value, message),
     }
+}
+
+/// A task's raised data as the caller's error value: a table reads (`tostring`, or uncaught)
+/// as parrun's report of the error (the operation, the worker's message and traceback).
+fn raised_to_lua(lua: &Lua, value: &Value, message: String) -> mlua::Result<LuaValue> {
+    let v = from_value(lua, value)?;
+    if let LuaValue::Table(t) = &v {
+        let meta = lua.create_table()?;
+        let text = lua.create_string(&message)?;
+        meta.raw_set(
+            "__tostring",
+            lua.create_function(move |_, _: LuaValue| Ok(text.clone()))?,
+        )?;
+        t.set_metatable(Some(meta))?;
+    }
+    Ok(v)
 }

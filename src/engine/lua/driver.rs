@@ -187,6 +187,7 @@ pub(super) fn drive(
                         mlua::Error::MemoryError(message),
                     ),
                     e => {
+                        tasks::note_raised(lua, native::raised_object(lua, &e));
                         let e = native::error_object_text(lua, e);
                         (e.clone(), e)
                     }

@@ -620,16 +620,31 @@ unsafe fn find_loader(state: *mut lua_State, name: *const c_char) {
 const RAISED_TEXT: &std::ffi::CStr = c"parrun.raised_text";
 /// ... and its type, for [`error_object_text`].
 const RAISED_TYPE: &std::ffi::CStr = c"parrun.raised_type";
+/// ... and the object itself (also a number's), for [`raised_object`].
+const RAISED_VALUE: &std::ffi::CStr = c"parrun.raised_value";
 
 /// Stock `error` (a string gets the position of `level`), which also notes what an object
 /// without `__tostring` (a table, nil, a boolean...) will read as once uncaught, for
-/// [`error_object_text`]; any other error object clears the note.
+/// [`error_object_text`], and the object itself, for [`raised_object`]; any other error
+/// object clears the note.
 unsafe extern "C-unwind" fn error(state: *mut lua_State) -> c_int {
     let level = ffi::luaL_optinteger(state, 2, 1);
     ffi::lua_settop(state, 1);
     let kind = ffi::lua_type(state, 1);
-    if kind == ffi::LUA_TSTRING || kind == ffi::LUA_TNUMBER {
+    // The object, for a pool task that raises it (see `raised_object`); none for a string.
+    ffi::lua_pushvalue(state, 1);
+    if kind == ffi::LUA_TSTRING {
+        ffi::lua_pop(state, 1);
         ffi::lua_pushnil(state);
+    }
+    ffi::lua_setfield(state, ffi::LUA_REGISTRYINDEX, RAISED_VALUE.as_ptr());
+    if kind == ffi::LUA_TSTRING {
+        ffi::lua_pushnil(state);
+    } else if kind == ffi::LUA_TNUMBER {
+        // It reads as itself: noted with no type, so that its text stays as it is.
+        ffi::lua_pushnil(state);
+        ffi::lua_setfield(state, ffi::LUA_REGISTRYINDEX, RAISED_TYPE.as_ptr());
+        ffi::luaL_tolstring(state, 1, ptr::null_mut());
     } else if ffi::luaL_getmetafield(state, 1, c"__tostring".as_ptr()) != ffi::LUA_TNIL {
         // mlua reads the object through its `__tostring`, as the stock interpreter does.
         ffi::lua_pop(state, 1);
@@ -647,6 +662,27 @@ unsafe extern "C-unwind" fn error(state: *mut lua_State) -> c_int {
         ffi::lua_concat(state, 2);
     }
     ffi::lua_error(state)
+}
+
+/// The object a coroutine of `lua` just ended with, if the script raised it with `error` and
+/// it is data that reads only as itself (a number, a table or a boolean without `__tostring`):
+/// what a pool task raised, for its caller (see `TaskError`). Call with the GIL held, on the
+/// error a coroutine of `lua` just ended with, before [`error_object_text`].
+pub(super) fn raised_object(lua: &Lua, e: &mlua::Error) -> Option<LuaValue> {
+    let key = |k: &'static std::ffi::CStr| k.to_str().expect("an ASCII key");
+    let object = lua
+        .named_registry_value::<LuaValue>(key(RAISED_VALUE))
+        .ok()?;
+    let _ = lua.unset_named_registry_value(key(RAISED_VALUE));
+    let mlua::Error::RuntimeError(message) = e else {
+        return None;
+    };
+    let text = lua
+        .named_registry_value::<Option<mlua::LuaString>>(key(RAISED_TEXT))
+        .ok()??;
+    // The note is of this error: mlua's message is the object's text, then its traceback.
+    let end = message.find("\nstack traceback:").unwrap_or(message.len());
+    (message.as_bytes()[..end] == *text.as_bytes() && !object.is_nil()).then_some(object)
 }
 
 /// `e` as the stock `lua` reports an uncaught error object that is not a string and has no

@@ -172,6 +172,7 @@ pub(super) fn take_request(v: &LuaValue) -> mlua::Result<Pending> {
 
 pub(super) fn answer(lua: &Lua, result: Result<Ret, String>) -> mlua::Result<MultiValue> {
     match result {
+        Ok(ret @ Ret::Raise { .. }) => (false, ret_to_lua(lua, ret)?).into_lua_multi(lua),
         Ok(ret) => (true, ret_to_lua(lua, ret)?).into_lua_multi(lua),
         Err(msg) => (false, msg).into_lua_multi(lua),
     }

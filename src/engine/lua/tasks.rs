@@ -218,7 +218,10 @@ impl Tasks {
             .map_err(error_text)?;
         let out = match self.run(lua, &self.run_chunk, args) {
             Ok(out) => out,
-            Err(e) => return Err(failed_call(&results, count, error_text(e))),
+            Err(e) => {
+                let raised = take_raised();
+                return Err(failed_call(&results, count, error_text(e)).raised(raised));
+            }
         };
         let Some(LuaValue::Table(results)) = out.into_iter().next() else {
             return Err("internal error: the chunk runner returned no table".into());
@@ -263,13 +266,31 @@ impl Tasks {
         .map_err(error_text)?;
         let out = self
             .run(lua, f, args)
-            .map_err(|e| TaskError::at(0, error_text(e)))?;
+            .map_err(|e| TaskError::at(0, error_text(e)).raised(take_raised()))?;
         let result = out.into_iter().next().unwrap_or(LuaValue::Nil);
         let result = data_of(lua, result).map_err(|what| {
             TaskError::at(0, format!("cannot send a task's result back: {what}"))
         })?;
         Ok(vec![result])
     }
+}
+
+thread_local! {
+    /// The data the last coroutine this OS thread drove raised as its error, if it raised
+    /// data (see `native::raised_object`): for the task that ran in it, read at once.
+    static RAISED: std::cell::RefCell<Option<Value>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Notes what the coroutine this thread drives ended with (see [`RAISED`]); its driver calls
+/// this on every error a coroutine ends with.
+pub(super) fn note_raised(lua: &Lua, object: Option<LuaValue>) {
+    let value = object.and_then(|v| data_of(lua, v).ok());
+    RAISED.with(|r| *r.borrow_mut() = value);
+}
+
+/// The data the task just ended by an error raised, if it raised data.
+fn take_raised() -> Option<Value> {
+    RAISED.with(|r| r.borrow_mut().take())
 }
 
 /// The error of a chunk that failed, at the call that raised it: the last whose result slot

@@ -162,6 +162,11 @@ pub(super) fn invoke_with(
     match ret {
         Ret::Value(v) => into_dynamic(v).map_err(|e| fail(e.to_string())),
         Ret::Object(o) => Ok(Dynamic::from(o)),
+        // The data a task threw, thrown again here: `catch (e)` gets it as it was thrown.
+        Ret::Raise { value, message } => {
+            let value = into_dynamic(value).map_err(|e| fail(format!("{message} ({e})")))?;
+            Err(EvalAltResult::ErrorRuntime(value, Position::NONE).into())
+        }
     }
 }
 

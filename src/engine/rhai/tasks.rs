@@ -424,16 +424,19 @@ impl BoundFn {
 
 impl TaskFn for BoundFn {
     fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError> {
-        let arg = |v: &Value| to_dynamic(v).map_err(|e| e.to_string());
-        let at = |i: usize| move |message: String| TaskError::at(i, message);
+        let arg = |v: &Value| to_dynamic(v).map_err(|e| TaskError::from(e.to_string()));
+        let at = |i: usize| move |e: TaskError| TaskError { call: Some(i), ..e };
         self.with_caller(|invoke| {
-            let mut call = |args: &mut [Dynamic]| -> Result<Value, String> {
+            let mut call = |args: &mut [Dynamic]| -> Result<Value, TaskError> {
                 stops::begin();
                 let count = args.len();
-                let result =
-                    invoke(args).map_err(|e| call_error(&self.shared, &self.f, count, *e))?;
-                data_of(&self.shared, &result)
-                    .map_err(|what| format!("cannot send a task's result back: {what}"))
+                let result = invoke(args).map_err(|e| {
+                    let thrown = thrown_data(&self.shared, &e);
+                    TaskError::from(call_error(&self.shared, &self.f, count, *e)).raised(thrown)
+                })?;
+                data_of(&self.shared, &result).map_err(|what| {
+                    TaskError::from(format!("cannot send a task's result back: {what}"))
+                })
             };
             match calls {
                 CallSlice::Each(values) => values
@@ -456,6 +459,18 @@ impl TaskFn for BoundFn {
             }
         })
         .map_err(|e| e.to_string())?
+    }
+}
+
+/// The data a task threw (`throw #{code: 7}`), if it threw data that is not a string (a
+/// string is its message, reported with its place as any error is).
+fn thrown_data(shared: &Shared, err: &EvalAltResult) -> Option<Value> {
+    match err {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) => thrown_data(shared, inner),
+        EvalAltResult::ErrorRuntime(value, _) if !value.is_string() && !value.is_unit() => {
+            data_of(shared, value).ok()
+        }
+        _ => None,
     }
 }
 
@@ -511,8 +526,16 @@ impl IntoIterator for Object {
                 Ok(Some(v)) => Some(into_dynamic(v)),
                 Ok(None) => None,
                 Err(e) => {
-                    dropped = Some((e.clone(), 0));
-                    Some(Err(e.into()))
+                    dropped = Some((e.message.clone(), 0));
+                    // The data the task threw, thrown again; else the message.
+                    match e.value.map(into_dynamic) {
+                        Some(Ok(value)) => {
+                            Some(Err(
+                                EvalAltResult::ErrorRuntime(value, Position::NONE).into()
+                            ))
+                        }
+                        _ => Some(Err(e.message.into())),
+                    }
                 }
             }
         }))
