@@ -923,7 +923,9 @@ print("end");
 }
 
 /// A count given the wrong value names what was given as the script sees it (`got string`,
-/// `got -1`, `got 1.5`), not as parrun's Rust spells it (`Str("x")`, `Int(-1)`).
+/// `got -1`, `got 1.5`), not as parrun's Rust spells it (`Str("x")`, `Int(-1)`); a count of 0
+/// or less is Python's ValueError (`Chunksize must be 1+, not 0`), also for a `map`'s chunksize,
+/// which Python takes and answers with a list of None, and an `imap`'s, which parrun took.
 #[test]
 fn a_bad_count_names_the_value_given() {
     both(
@@ -933,25 +935,43 @@ local function try(f, ...) print(select(2, pcall(f, ...))) end
 try(parrun.Pool, "x")
 try(parrun.Pool, -1)
 try(parrun.Pool, 1.5)
+try(parrun.Pool, 0)
+try(parrun.Pool, {maxtasksperchild = 0})
 local pool = parrun.Pool(1)
 try(pool.map, pool, function(x) return x end, {1}, -2)
+try(pool.map, pool, function(x) return x end, {1}, 0)
+try(pool.imap, pool, function(x) return x end, {1}, 0)
+try(pool.imap_unordered, pool, function(x) return x end, {1}, 0)
+try(pool.starmap_async, pool, function(x) return x end, {{1}}, 0)
 "#,
         r#"
 try { Pool("x"); } catch (e) { print(e); }
 try { Pool(-1); } catch (e) { print(e); }
 try { Pool(1.5); } catch (e) { print(e); }
+try { Pool(0); } catch (e) { print(e); }
+try { Pool(#{maxtasksperchild: 0}); } catch (e) { print(e); }
 let pool = Pool(1);
 try { pool.map(|x| x, [1], -2); } catch (e) { print(e); }
+try { pool.map(|x| x, [1], 0); } catch (e) { print(e); }
+try { pool.imap(|x| x, [1], 0); } catch (e) { print(e); }
+try { pool.imap_unordered(|x| x, [1], 0); } catch (e) { print(e); }
+try { pool.starmap_async(|x| x, [[1]], 0); } catch (e) { print(e); }
 "#,
         |out| {
             out.assert_success();
             let lines = out.stdout_lines();
-            assert_eq!(lines.len(), 4, "{}", out.describe());
+            assert_eq!(lines.len(), 10, "{}", out.describe());
             for (line, want) in lines.iter().zip([
-                "processes must be a non-negative integer, got string",
-                "processes must be a non-negative integer, got -1",
-                "processes must be a non-negative integer, got 1.5",
-                "chunksize must be a non-negative integer, got -2",
+                "parrun.Pool: processes must be an integer, got string",
+                "parrun.Pool: processes must be at least 1, got -1 (ValueError)",
+                "parrun.Pool: processes must be an integer, got 1.5",
+                "parrun.Pool: processes must be at least 1, got 0 (ValueError)",
+                "parrun.Pool: maxtasksperchild must be at least 1, got 0 (ValueError)",
+                "Pool.map: chunksize must be at least 1, got -2 (ValueError)",
+                "Pool.map: chunksize must be at least 1, got 0 (ValueError)",
+                "Pool.imap: chunksize must be at least 1, got 0 (ValueError)",
+                "Pool.imap_unordered: chunksize must be at least 1, got 0 (ValueError)",
+                "Pool.starmap_async: chunksize must be at least 1, got 0 (ValueError)",
             ]) {
                 assert!(line.ends_with(want), "{want}\n{}", out.describe());
             }

@@ -82,24 +82,39 @@ pub(super) fn has_args(args: &mut dyn Args, i: usize) -> Option<usize> {
     (!args.is_nil(i)).then_some(i)
 }
 
-/// An optional non-negative integer at argument `i`.
-pub(super) fn opt_count(
+/// An optional integer of at least 1 at argument `i` (a pool's `processes`, `chunksize`,
+/// `maxtasksperchild`): Python's ValueError for 0 or less, which for a `map`'s chunksize it
+/// does not check (its `map(f, xs, 0)` gives a list of None).
+pub(super) fn opt_positive(
     args: &mut dyn Args,
     i: usize,
     what: &str,
 ) -> Result<Option<usize>, String> {
+    opt_size(args, i, what, 1)
+}
+
+/// [`opt_positive`] that lets 0 through, for a pool that checks its options in CPython's order
+/// (`maxtasksperchild`, then `processes`): its own error says the same.
+pub(super) fn opt_size(
+    args: &mut dyn Args,
+    i: usize,
+    what: &str,
+    least: i64,
+) -> Result<Option<usize>, String> {
     if args.is_nil(i) {
         return Ok(None);
     }
+    let wrong = |got: &dyn std::fmt::Display| format!("{what} must be at least 1, got {got}");
     match args.value(i)? {
         Value::Nil => Ok(None),
-        Value::Int(n) if n >= 0 => Ok(Some(n as usize)),
-        Value::Float(f) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as usize)),
-        // A number is shown (`got -1`), anything else named by its type (`got string`).
-        Value::Int(n) => Err(format!("{what} must be a non-negative integer, got {n}")),
-        Value::Float(f) => Err(format!("{what} must be a non-negative integer, got {f}")),
+        Value::Int(n) if n >= least => Ok(Some(n as usize)),
+        Value::Float(f) if f >= least as f64 && f.fract() == 0.0 => Ok(Some(f as usize)),
+        Value::Int(n) => Err(format!("{} (ValueError)", wrong(&n))),
+        Value::Float(f) if f.fract() == 0.0 => Err(format!("{} (ValueError)", wrong(&f))),
+        // A number is shown (`got 1.5`), anything else named by its type (`got string`).
+        Value::Float(f) => Err(format!("{what} must be an integer, got {f}")),
         other => Err(format!(
-            "{what} must be a non-negative integer, got {}",
+            "{what} must be an integer, got {}",
             other.type_name()
         )),
     }

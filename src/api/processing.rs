@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use super::args::{
-    elements, flag, has_args, iterable, known_options, mode_value, opt_count, opt_name, timeout,
+    elements, flag, has_args, iterable, known_options, mode_value, opt_name, opt_positive,
+    opt_size, timeout,
 };
 use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::exec;
@@ -114,7 +115,7 @@ fn submit(
         _ => {
             let calls = calls(args, 2, star)?;
             let chunksize = match chunk_at {
-                Some(i) => opt_count(args, i, "chunksize")?,
+                Some(i) => opt_positive(args, i, "chunksize")?,
                 None => None,
             };
             (calls, chunksize)
@@ -141,7 +142,7 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
     };
     let mut config = PoolConfig {
         processes: match count_at {
-            Some(i) => opt_count(args, i, "processes")?,
+            Some(i) => opt_size(args, i, "processes", 0)?,
             None => None,
         }
         .or(host.settings.pool_size),
@@ -167,7 +168,7 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
             config.mode = mode_value(args, i)?;
         }
         if let Some(i) = args.field(o, "processes")? {
-            config.processes = opt_count(args, i, "processes")?;
+            config.processes = opt_size(args, i, "processes", 0)?;
         }
         if let Some(i) = args.field(o, "initializer")? {
             let f = args.function(i, exec::model(config.mode).travel())?;
@@ -181,7 +182,7 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
             config.task_timeout = timeout(args, i)?;
         }
         if let Some(i) = args.field(o, "maxtasksperchild")? {
-            config.maxtasksperchild = opt_count(args, i, "maxtasksperchild")?;
+            config.maxtasksperchild = opt_size(args, i, "maxtasksperchild", 0)?;
         }
     }
     let pool = Pool::prepare(config, args.engine())?;

@@ -272,7 +272,7 @@ impl Pool {
     /// pool's snapshot is taken here). Call with the GIL held.
     pub fn prepare(config: PoolConfig, engine: &dyn ScriptEngine) -> Result<NewPool, String> {
         if config.maxtasksperchild == Some(0) {
-            return Err("maxtasksperchild must be at least 1".into());
+            return Err("maxtasksperchild must be at least 1, got 0 (ValueError)".into());
         }
         let model = exec::model(config.mode);
         let size = config
@@ -280,7 +280,7 @@ impl Pool {
             .or_else(|| model.default_workers())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         if size == 0 {
-            return Err("processes must be at least 1".into());
+            return Err("processes must be at least 1, got 0 (ValueError)".into());
         }
         let turnover = exec::Turnover {
             renewable: config.maxtasksperchild.is_some(),

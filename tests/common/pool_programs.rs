@@ -353,9 +353,9 @@ print("joined");
         assert_eq!(
             out.stdout_lines(),
             [
-                "parrun.Pool: processes must be at least 1",
-                "parrun.Pool: maxtasksperchild must be at least 1",
-                "parrun.Pool: maxtasksperchild must be at least 1",
+                "parrun.Pool: processes must be at least 1, got 0 (ValueError)",
+                "parrun.Pool: maxtasksperchild must be at least 1, got 0 (ValueError)",
+                "parrun.Pool: maxtasksperchild must be at least 1, got 0 (ValueError)",
                 "Pool.join: join() on a running pool: call close() or terminate() first \
                  (ValueError)",
                 "2, 4, 6",
