@@ -35,6 +35,29 @@ pub struct ScriptThread {
     /// Stopped rather than waited for when the run ends (Python's `daemon`): its cancellation,
     /// installed on its thread, and the GIL to interrupt so that it sees it.
     daemon: Option<(Arc<Cancel>, GilToInterrupt)>,
+    /// Its OS thread's [`Ids`], once started (and after it ended, as in Python).
+    ids: Mutex<Option<Ids>>,
+    /// Notified when `ids` is set.
+    started: Condvar,
+}
+
+/// A thread's identity as Python's `threading` gives it: `ident` (`get_ident()`, the pthread
+/// id) and `native_id` (`get_native_id()`, the kernel's thread id).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub struct Ids {
+    pub ident: u64,
+    pub native_id: u64,
+}
+
+impl Ids {
+    /// The calling OS thread's.
+    pub fn current() -> Ids {
+        Ids {
+            // SAFETY: pthread_self has no preconditions.
+            ident: unsafe { nix::libc::pthread_self() } as u64,
+            native_id: nix::unistd::gettid().as_raw() as u64,
+        }
+    }
 }
 
 /// The GIL a daemon thread runs under, once started.
@@ -49,7 +72,14 @@ impl ScriptThread {
             changed: Condvar::new(),
             joiner: Joiner::default(),
             daemon: daemon.then(|| (Arc::default(), Mutex::default())),
+            ids: Mutex::new(None),
+            started: Condvar::new(),
         })
+    }
+
+    /// Its OS thread's ids; `None` before it starts.
+    pub fn ids(&self) -> Option<Ids> {
+        *self.ids.lock().recover()
     }
 
     pub fn daemon(&self) -> bool {
@@ -99,6 +129,8 @@ impl ScriptThread {
             .name(self.name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
+                *me.ids.lock().recover() = Some(Ids::current());
+                me.started.notify_all();
                 let started = trace.as_ref().map(|t| {
                     t.name_thread(format!("thread {}", me.name));
                     trace::clock()
@@ -128,7 +160,12 @@ impl ScriptThread {
                 me.set_state(RunState::Done);
             });
         match spawned {
-            Ok(handle) => self.joiner.set(handle),
+            Ok(handle) => {
+                self.joiner.set(handle);
+                // As Python's `start`, which returns once the thread runs: its ids are known.
+                let ids = self.ids.lock().recover();
+                let _ids = self.started.wait_while(ids, |ids| ids.is_none()).recover();
+            }
             Err(e) => {
                 self.set_state(RunState::Done);
                 return Err(format!("cannot start an OS thread: {e}"));

@@ -959,3 +959,72 @@ print(`${t.name}	${t.daemon}	${plain.daemon}`);
         },
     );
 }
+
+/// `Thread.ident` and `native_id` are nil before `start`, set once it returns, kept after the
+/// end, and equal `get_ident()` / `get_native_id()` inside the thread, as Python's; a
+/// `Process`'s `ident` is its `pid` (nil before `start`), in every mode.
+#[test]
+fn thread_and_process_ids_follow_python() {
+    let lua = r#"
+local q = parrun.Queue()
+local t = parrun.Thread(function() parrun.sleep(0.05) q:put({parrun.get_ident(), parrun.get_native_id()}) end)
+print("before", t.ident, t.native_id, t:is_alive(), t.daemon, t.name)
+t:start()
+print("started", t.ident ~= nil, t.native_id ~= nil, t:is_alive())
+t:join()
+local got = q:get()
+print("joined", t.ident == got[1], t.native_id == got[2], t:is_alive(), t.ident ~= parrun.get_ident(), t.native_id ~= parrun.get_native_id())
+print("main", math.type(parrun.get_ident()), math.type(parrun.get_native_id()))
+local p = parrun.Process(function() end)
+print("p before", p.ident, p.pid, p.exitcode, p.daemon, p.name, p:is_alive())
+p:start()
+print("p started", p.ident == p.pid, p.ident ~= nil)
+p:join()
+print("p joined", p.ident == p.pid, p.exitcode, p:is_alive())
+"#;
+    let rhai = r#"
+let q = Queue();
+let t = Thread(|| { sleep(0.05); q.put([get_ident(), get_native_id()]); });
+print(`before ${t.ident} ${t.native_id} ${t.is_alive()} ${t.daemon} ${t.name}`);
+t.start();
+print(`started ${t.ident != ()} ${t.native_id != ()} ${t.is_alive()}`);
+t.join();
+let got = q.get();
+print(`joined ${t.ident == got[0]} ${t.native_id == got[1]} ${t.is_alive()} ${t.ident != get_ident()} ${t.native_id != get_native_id()}`);
+print(`main ${type_of(get_ident())} ${type_of(get_native_id())}`);
+let p = Process(|| {});
+print(`p before ${p.ident} ${p.pid} ${p.exitcode} ${p.daemon} ${p.name} ${p.is_alive()}`);
+p.start();
+print(`p started ${p.ident == p.pid} ${p.ident != ()}`);
+p.join();
+print(`p joined ${p.ident == p.pid} ${p.exitcode} ${p.is_alive()}`);
+"#;
+    both_in_modes(&MODES, "ids", lua, rhai, |mode, out| {
+        out.assert_success();
+        let words: Vec<String> = out
+            .stdout_lines()
+            .iter()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        // Lua prints nil where Rhai prints nothing.
+        let words: Vec<String> = words.iter().map(|l| l.replace("nil ", "")).collect();
+        assert_eq!(
+            words,
+            [
+                "before false false Thread-1",
+                "started true true true",
+                "joined true true false true true",
+                words[3].as_str(),
+                "p before false Process-1 false",
+                "p started true true",
+                "p joined true 0 false",
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+        assert!(
+            ["main integer integer", "main i64 i64"].contains(&words[3].as_str()),
+            "{mode}"
+        );
+    });
+}

@@ -384,6 +384,20 @@ pub(super) static BUILTINS: &[Builtin] = &[
     },
     Builtin {
         class: Class::Process,
+        // Python's `Process.ident`: its pid.
+        name: "ident",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| {
+            Outcome::value(
+                process(args)?
+                    .pid()
+                    .map_or(Value::Nil, |p| Value::Int(p.into())),
+            )
+        },
+    },
+    Builtin {
+        class: Class::Process,
         name: "exitcode",
         kind: Kind::Getter,
         arity: (0, 0),

@@ -10,7 +10,7 @@ use super::args::{
 };
 use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::sync::{Lock, Queue};
-use crate::thread::ScriptThread;
+use crate::thread::{Ids, ScriptThread};
 use crate::value::Value;
 
 fn thread(args: &mut dyn Args) -> Result<Arc<ScriptThread>, String> {
@@ -32,6 +32,12 @@ fn lock(args: &mut dyn Args) -> Result<Lock, String> {
         Object::Lock(l) => Ok(l),
         other => Err(format!("expected a Lock, got a {}", other.class().name())),
     }
+}
+
+/// A thread id as scripts see it (an integer; a pthread id above `i64::MAX` wraps, keeping it
+/// unique), or nil before the thread starts.
+fn id_value(id: Option<u64>) -> Value {
+    id.map_or(Value::Nil, |id| Value::Int(id as i64))
 }
 
 /// A float in [0, 1) from a per-thread xorshift generator, reseeded in a new process.
@@ -226,6 +232,34 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Getter,
         arity: (0, 0),
         call: |_, args| Outcome::value(Value::Str(thread(args)?.name().to_owned())),
+    },
+    Builtin {
+        class: Class::Thread,
+        name: "ident",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(id_value(thread(args)?.ids().map(|i| i.ident))),
+    },
+    Builtin {
+        class: Class::Thread,
+        name: "native_id",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(id_value(thread(args)?.ids().map(|i| i.native_id))),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "get_ident",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| Outcome::value(id_value(Some(Ids::current().ident))),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "get_native_id",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| Outcome::value(id_value(Some(Ids::current().native_id))),
     },
     Builtin {
         class: Class::Thread,
