@@ -55,6 +55,11 @@ pub(crate) enum Op {
     /// Waits at most this long (for ever if `None`).
     Get(Option<Duration>),
     Len,
+    /// A queue's `task_done`.
+    TaskDone,
+    /// A queue's `join`: waits at most this long (for ever if `None`) for every value put to
+    /// be done.
+    JoinQueue(Option<Duration>),
     /// Waits at most this long (for ever if `None`).
     Acquire(Option<Duration>),
     Release,

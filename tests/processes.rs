@@ -1943,3 +1943,100 @@ print(`${a.name}	${b.name}	${c.name}`);
         },
     );
 }
+
+/// `task_done` and `join` on a queue (`JoinableQueue()` is the same), as Python's
+/// `multiprocessing.JoinableQueue` and `queue.Queue`: `join` returns once every value put has
+/// been marked done, from the parent or from a child process (in `fork` over the parent link),
+/// and one `task_done` too many is a ValueError; in every mode.
+#[test]
+fn a_joinable_queue_waits_for_every_task_done() {
+    let lua = r#"
+local function worker(q, out)
+  while true do
+    local x = q:get()
+    if x == nil or x == false then q:task_done() break end
+    parrun.sleep(0.01)
+    out:put(x * x)
+    q:task_done()
+  end
+end
+local q, out = parrun.JoinableQueue(), parrun.Queue()
+local ps = {}
+for i = 1, 2 do ps[i] = parrun.Process(worker, {q, out}) ps[i]:start() end
+for i = 0, 9 do q:put(i) end
+q:join()
+local got = {}
+for i = 1, 10 do got[i] = out:get() end
+table.sort(got)
+print("joined", table.concat(got, ", "), q:qsize())
+for _ in ipairs(ps) do q:put(false) end
+q:join()
+for _, p in ipairs(ps) do p:join() end
+local waiter = parrun.Process(function(q, out) q:join() out:put("child joined") end, {q, out})
+q:put(1)
+waiter:start()
+parrun.sleep(0.1)
+print("before task_done", waiter:is_alive())
+q:get() q:task_done()
+waiter:join()
+print(out:get(), waiter.exitcode)
+print(pcall(q.task_done, q))
+"#;
+    let rhai = r#"
+fn worker(q, out) {
+  loop {
+    let x = q.get();
+    if x == false { q.task_done(); break; }
+    sleep(0.01);
+    out.put(x * x);
+    q.task_done();
+  }
+}
+let q = JoinableQueue();
+let out = Queue();
+let ps = [];
+for i in 0..2 { let p = Process(worker, [q, out]); p.start(); ps.push(p); }
+for i in 0..10 { q.put(i); }
+q.join();
+let got = [];
+for i in 0..10 { got.push(out.get()); }
+got.sort();
+print(`joined ${got} ${q.qsize()}`);
+for p in ps { q.put(false); }
+q.join();
+for p in ps { p.join(); }
+let waiter = Process(|q, out| { q.join(); out.put("child joined"); }, [q, out]);
+q.put(1);
+waiter.start();
+sleep(0.1);
+print(`before task_done ${waiter.is_alive()}`);
+q.get(); q.task_done();
+waiter.join();
+print(`${out.get()} ${waiter.exitcode}`);
+try { q.task_done(); } catch (e) { print(e); }
+"#;
+    both_in_modes(&MODES, "joinq", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .iter()
+            .map(|l| l.replace('\t', " ").replace(['[', ']', ','], ""))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "joined 0 1 4 9 16 25 36 49 64 81 0",
+                "before task_done true",
+                "child joined 0",
+                lines.get(3).map_or("", |l| l.as_str()),
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+        assert!(
+            lines[3].ends_with("Queue.task_done: task_done() called too many times (ValueError)"),
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}

@@ -65,6 +65,24 @@ fn random_float() -> f64 {
     })
 }
 
+/// `Queue([maxsize])`, `JoinableQueue([maxsize])`.
+fn new_queue(args: &mut dyn Args) -> Result<Outcome, String> {
+    // As Python's `Queue(maxsize=0)`: zero or less is no limit.
+    let maxsize = match args.value(0)? {
+        Value::Nil => 0,
+        Value::Int(n) => n.max(0) as usize,
+        Value::Float(f) if f.fract() == 0.0 => f.max(0.0) as usize,
+        other => {
+            let got = match other {
+                Value::Float(f) => f.to_string(),
+                other => other.type_name().to_owned(),
+            };
+            return Err(format!("maxsize must be an integer, got {got}"));
+        }
+    };
+    Outcome::object(Object::Queue(Queue::bounded(maxsize)))
+}
+
 /// A value from `q`, waiting at most `timeout` (for ever if `None`); a local value is taken
 /// without giving the GIL up.
 fn get(q: Queue, timeout: Option<Duration>) -> Result<Outcome, String> {
@@ -129,22 +147,15 @@ pub(super) static BUILTINS: &[Builtin] = &[
         name: "Queue",
         kind: Kind::Call,
         arity: (0, 1),
-        call: |_, args| {
-            // As Python's `Queue(maxsize=0)`: zero or less is no limit.
-            let maxsize = match args.value(0)? {
-                Value::Nil => 0,
-                Value::Int(n) => n.max(0) as usize,
-                Value::Float(f) if f.fract() == 0.0 => f.max(0.0) as usize,
-                other => {
-                    let got = match other {
-                        Value::Float(f) => f.to_string(),
-                        other => other.type_name().to_owned(),
-                    };
-                    return Err(format!("maxsize must be an integer, got {got}"));
-                }
-            };
-            Outcome::object(Object::Queue(Queue::bounded(maxsize)))
-        },
+        call: |_, args| new_queue(args),
+    },
+    Builtin {
+        // multiprocessing's: every parrun Queue has `task_done` and `join`, as `queue.Queue`.
+        class: Class::Global,
+        name: "JoinableQueue",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| new_queue(args),
     },
     Builtin {
         class: Class::Global,
@@ -308,6 +319,32 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (0, 0),
         call: |_, args| get(queue(args)?, Some(Duration::ZERO)),
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "task_done",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            queue(args)?.task_done()?;
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Queue,
+        name: "join",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            let q = queue(args)?;
+            if q.is_local() && q.join(Some(Duration::ZERO))? {
+                return Outcome::nil();
+            }
+            Outcome::wait(move || match q.join(None)? {
+                true => Ok(Value::Nil.into()),
+                false => Err("the wait was interrupted".into()),
+            })
+        },
     },
     Builtin {
         class: Class::Queue,

@@ -29,6 +29,12 @@ struct QueueInner {
     ready: Condvar,
     /// Notified when a value leaves a bounded queue.
     room: Condvar,
+    /// Values put and not yet marked done by `task_done` (Python's `unfinished_tasks`): one
+    /// more with each value put, under the `items` lock, so no consumer sees a value before it
+    /// is counted.
+    unfinished: Mutex<u64>,
+    /// Notified when `unfinished` drops to 0.
+    all_done: Condvar,
 }
 
 /// Why a `get` returned no value.
@@ -83,6 +89,8 @@ impl Queue {
             items: Mutex::new(VecDeque::new()),
             ready: Condvar::new(),
             room: Condvar::new(),
+            unfinished: Mutex::new(0),
+            all_done: Condvar::new(),
         });
         Queue { inner }
     }
@@ -101,6 +109,8 @@ impl Queue {
                 items: Mutex::new(VecDeque::new()),
                 ready: Condvar::new(),
                 room: Condvar::new(),
+                unfinished: Mutex::new(0),
+                all_done: Condvar::new(),
             }),
         }
     }
@@ -163,6 +173,7 @@ impl Queue {
         let Some(mut items) = room else {
             return Err(QueueError::Full(timeout.unwrap_or_default()));
         };
+        *self.inner.unfinished.lock().recover() += 1;
         items.push_back(value);
         self.inner.ready.notify_one();
         Ok(())
@@ -179,6 +190,7 @@ impl Queue {
         if max > 0 && items.len() >= max {
             return Some(value);
         }
+        *self.inner.unfinished.lock().recover() += 1;
         items.push_back(value);
         self.inner.ready.notify_one();
         None
@@ -231,6 +243,42 @@ impl Queue {
 
     pub fn is_empty(&self) -> Result<bool, String> {
         self.len().map(|n| n == 0)
+    }
+
+    /// Python's `task_done`: a value taken from the queue has been dealt with. An error if
+    /// every value put is done already (ValueError, as Python's).
+    pub fn task_done(&self) -> Result<(), String> {
+        if !self.is_local() {
+            return link::remote_call(self.inner.id, Op::TaskDone)
+                .map(drop)
+                .map_err(|e| e.to_string());
+        }
+        let mut unfinished = self.inner.unfinished.lock().recover();
+        if *unfinished == 0 {
+            return Err("task_done() called too many times (ValueError)".into());
+        }
+        *unfinished -= 1;
+        if *unfinished == 0 {
+            self.inner.all_done.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Python's `join`: waits until every value put has been marked done by `task_done`, at
+    /// most `timeout` (for ever if `None`); false if the time ran out (or the wait was given
+    /// up: a cancelled task, a pending interrupt).
+    pub fn join(&self, timeout: Option<Duration>) -> Result<bool, String> {
+        if !self.is_local() {
+            return match link::remote_call(self.inner.id, Op::JoinQueue(timeout)) {
+                Ok(_) => Ok(true),
+                Err(RemoteError::Empty(_)) => Ok(false),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        let unfinished = self.inner.unfinished.lock().recover();
+        let done =
+            crate::rt::threads::wait_while(&self.inner.all_done, unfinished, timeout, |n| *n > 0);
+        Ok(done.is_some())
     }
 
     /// Whether two handles name the same queue.
@@ -299,6 +347,32 @@ impl RemoteObject for QueueInner {
                                 q.unget(v);
                             }
                         }
+                        Waited::TimedOut(waited) => {
+                            caller.answer(Err(RemoteError::Empty(waited)));
+                        }
+                        Waited::CallerGone => {}
+                    }
+                });
+            }
+            Op::TaskDone => {
+                caller.answer(
+                    q.task_done()
+                        .map(|()| Value::Nil)
+                        .map_err(RemoteError::Other),
+                );
+            }
+            Op::JoinQueue(timeout) => {
+                if let Ok(true) = q.join(Some(Duration::ZERO)) {
+                    caller.answer(Ok(Value::Nil));
+                    return;
+                }
+                caller.answer_later(move |caller| {
+                    let joined = |slice| q.join(Some(slice)).ok().filter(|&done| done);
+                    match caller.wait(timeout, joined) {
+                        Waited::Got(_) => {
+                            caller.answer(Ok(Value::Nil));
+                        }
+                        // Said as a `get` that timed out: the handle reads it as `false`.
                         Waited::TimedOut(waited) => {
                             caller.answer(Err(RemoteError::Empty(waited)));
                         }
