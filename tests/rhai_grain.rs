@@ -44,6 +44,8 @@ mod processes;
 mod progress;
 #[path = "script_api.rs"]
 mod script_api;
+#[path = "python_twins.rs"]
+mod python_twins;
 #[path = "scripts.rs"]
 mod scripts;
 #[path = "signals.rs"]

@@ -1,0 +1,347 @@
+//! Small real programs, each written in Lua and in Rhai beside its Python twin (the program
+//! Python users port), run in every execution model: each prints what its twin prints under
+//! CPython 3.11, compared word by word (brackets, commas and quotes aside, as the languages
+//! print lists differently). The Python twin is quoted above each test.
+
+mod common;
+
+use common::{both_in_modes, Output, MODES};
+
+/// The words of each line, without the punctuation that differs between the languages' lists.
+fn words(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| {
+            l.replace(['[', ']', ',', '\'', '"', '(', ')', '|'], " ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// Runs the program in both languages and every mode; each must print `python` (CPython's
+/// output, `True`/`False` as the scripts print them).
+fn prints_as_python(name: &str, lua: &str, rhai: &str, python: &[&str]) {
+    both_in_modes(&MODES, name, lua, rhai, |mode, out: &Output| {
+        out.assert_success();
+        assert_eq!(words(&out.stdout), python, "{mode}: {}", out.describe());
+    });
+}
+
+/// A pool pipeline with `callback` and `error_callback` (`apply_async`, `map_async`) whose
+/// failing tasks raise data: the callbacks see the values and the errors' data, and after
+/// `close(); join()` every result is ready, with `successful()` as Python's.
+/// ```python
+/// import multiprocessing as mp
+/// def work(x):
+///     if x % 4 == 3:
+///         raise ValueError(f"bad {x}")
+///     return x * 10
+/// if __name__ == "__main__":
+///     oks, errs = [], []
+///     with mp.Pool(2) as p:
+///         rs = [p.apply_async(work, (i,), callback=oks.append, error_callback=lambda e: errs.append(str(e))) for i in range(8)]
+///         m = p.map_async(work, [0, 1, 2], callback=lambda v: oks.append(sum(v)))
+///         bad = p.map_async(work, [1, 3, 5], error_callback=lambda e: errs.append("map " + str(e)))
+///         p.close(); p.join()
+///         print("oks", sorted(oks))
+///         print("errs", sorted(errs))
+///         print("successful", [r.successful() for r in rs], m.successful(), bad.successful())
+///         print("ready", all(r.ready() for r in rs))
+/// ```
+#[test]
+fn pipeline_prints_as_python() {
+    let lua = r#"
+local function work(x)
+  if x % 4 == 3 then error({msg = "bad " .. x}) end
+  return x * 10
+end
+local oks, errs = {}, {}
+local p = parrun.Pool(2)
+local rs = {}
+for i = 0, 7 do
+  rs[#rs + 1] = p:apply_async(work, {i}, function(v) oks[#oks + 1] = v end,
+    function(e) errs[#errs + 1] = e.msg end)
+end
+local m = p:map_async(work, {0, 1, 2}, nil, function(v) local s = 0 for _, x in ipairs(v) do s = s + x end oks[#oks + 1] = s end)
+local bad = p:map_async(work, {1, 3, 5}, nil, nil, function(e) errs[#errs + 1] = "map " .. e.msg end)
+p:close() p:join()
+table.sort(oks) table.sort(errs)
+print("oks", table.concat(oks, " "))
+print("errs", table.concat(errs, " | "))
+local s = {}
+for _, r in ipairs(rs) do s[#s + 1] = tostring(r:successful()) end
+print("successful", table.concat(s, " "), m:successful(), bad:successful())
+local all = true
+for _, r in ipairs(rs) do all = all and r:ready() end
+print("ready", all)
+"#;
+    let rhai = r#"
+fn work(x) {
+  if x % 4 == 3 { throw #{msg: `bad ${x}`}; }
+  x * 10
+}
+let oks = [];
+let errs = [];
+let p = Pool(2);
+let rs = [];
+let ok_cb = |v| oks.push(v);
+let err_cb = |e| errs.push(e.msg);
+for i in 0..8 { rs.push(p.apply_async(work, [i], ok_cb, err_cb)); }
+let m = p.map_async(work, [0, 1, 2], (), |v| oks.push(v.reduce(|s, x| s + x, 0)));
+let bad = p.map_async(work, [1, 3, 5], (), (), |e| errs.push("map " + e.msg));
+p.close(); p.join();
+oks.sort(); errs.sort();
+print(`oks ${oks}`);
+print(`errs ${errs}`);
+print(`successful ${rs.map(|r| r.successful())} ${m.successful()} ${bad.successful()}`);
+print(`ready ${rs.all(|r| r.ready())}`);
+"#;
+    prints_as_python(
+        "pipeline",
+        lua,
+        rhai,
+        &[
+            "oks 0 10 20 30 40 50 60",
+            "errs bad 3 bad 7 map bad 3",
+            "successful true true true false true true true false true false",
+            "ready true",
+        ],
+    );
+}
+
+/// Threads adding to a counter under a lock, threads each running a pool of their own,
+/// and consumer processes that stop at a sentinel, with their exit codes.
+/// ```python
+/// import threading, multiprocessing as mp
+/// counter = 0
+/// lock = threading.Lock()
+/// def add(n):
+///     global counter
+///     for _ in range(n):
+///         with lock:
+///             counter += 1
+/// def nested(results, k):
+///     with mp.Pool(2) as p:
+///         results.put((k, sum(p.map(pow2, range(k)))))
+/// def pow2(x): return x * x
+/// if __name__ == "__main__":
+///     ts = [threading.Thread(target=add, args=(1000,)) for _ in range(4)]
+///     for t in ts: t.start()
+///     for t in ts: t.join()
+///     print("counter", counter, lock.locked())
+///     q = mp.Queue()
+///     ts = [threading.Thread(target=nested, args=(q, k)) for k in (5, 10)]
+///     for t in ts: t.start()
+///     for t in ts: t.join()
+///     print("nested", sorted(q.get() for _ in ts))
+///     # producer/consumer with sentinels, processes
+///     jobs, out = mp.Queue(), mp.Queue()
+///     def consumer(jobs, out):
+///         total = 0
+///         while True:
+///             x = jobs.get()
+///             if x is None: break
+///             total += x
+///         out.put(total)
+///     cs = [mp.Process(target=consumer, args=(jobs, out)) for _ in range(3)]
+///     for c in cs: c.start()
+///     for i in range(1, 101): jobs.put(i)
+///     for c in cs: jobs.put(None)
+///     print("consumers", sum(out.get() for _ in cs))
+///     for c in cs: c.join()
+///     print("exitcodes", [c.exitcode for c in cs])
+/// ```
+#[test]
+fn shared_prints_as_python() {
+    let lua = r#"
+local counter = {n = 0}
+local lock = parrun.Lock()
+local function add(n)
+  for _ = 1, n do
+    lock:with(function() counter.n = counter.n + 1 end)
+  end
+end
+local ts = {}
+for i = 1, 4 do ts[i] = parrun.Thread(add, {1000}) ts[i]:start() end
+for _, t in ipairs(ts) do t:join() end
+print("counter", counter.n, lock:locked())
+local function pow2(x) return x * x end
+local function nested(results, k)
+  local p = parrun.Pool(2)
+  local xs = {}
+  for i = 0, k - 1 do xs[#xs + 1] = i end
+  local s = 0
+  for _, v in ipairs(p:map(pow2, xs)) do s = s + v end
+  p:close() p:join()
+  results:put({k, s})
+end
+local q = parrun.Queue()
+ts = {}
+for i, k in ipairs({5, 10}) do ts[i] = parrun.Thread(nested, {q, k}) ts[i]:start() end
+for _, t in ipairs(ts) do t:join() end
+local got = {q:get(), q:get()}
+table.sort(got, function(a, b) return a[1] < b[1] end)
+print("nested", got[1][1], got[1][2], got[2][1], got[2][2])
+local jobs, out = parrun.Queue(), parrun.Queue()
+local function consumer(jobs, out)
+  local total = 0
+  while true do
+    local x = jobs:get()
+    if x == false then break end
+    total = total + x
+  end
+  out:put(total)
+end
+local cs = {}
+for i = 1, 3 do cs[i] = parrun.Process(consumer, {jobs, out}) cs[i]:start() end
+for i = 1, 100 do jobs:put(i) end
+for _ in ipairs(cs) do jobs:put(false) end
+print("consumers", out:get() + out:get() + out:get())
+local codes = {}
+for i, c in ipairs(cs) do c:join() codes[i] = c.exitcode end
+print("exitcodes", table.concat(codes, " "))
+"#;
+    let rhai = r#"
+let counter = [0];
+let lock = Lock();
+let add = |n| { for i in 0..n { with lock { counter[0] += 1; } } };
+let ts = [];
+for i in 0..4 { let t = Thread(add, [1000]); t.start(); ts.push(t); }
+for t in ts { t.join(); }
+print(`counter ${counter[0]} ${lock.locked()}`);
+fn pow2(x) { x * x }
+fn nested(results, k) {
+  let p = Pool(2);
+  let s = p.map(pow2, 0..k).reduce(|a, b| a + b, 0);
+  p.close(); p.join();
+  results.put([k, s]);
+}
+let q = Queue();
+let ts = [];
+for k in [5, 10] { let t = Thread(nested, [q, k]); t.start(); ts.push(t); }
+for t in ts { t.join(); }
+let got = [q.get(), q.get()];
+got.sort(|a, b| a[0] - b[0]);
+print(`nested ${got}`);
+fn consumer(jobs, out) {
+  let total = 0;
+  loop { let x = jobs.get(); if x == false { break; } total += x; }
+  out.put(total);
+}
+let jobs = Queue(); let out = Queue();
+let cs = [];
+for i in 0..3 { let c = Process(consumer, [jobs, out]); c.start(); cs.push(c); }
+for i in 1..=100 { jobs.put(i); }
+for c in cs { jobs.put(false); }
+print(`consumers ${out.get() + out.get() + out.get()}`);
+let codes = [];
+for c in cs { c.join(); codes.push(c.exitcode); }
+print(`exitcodes ${codes}`);
+"#;
+    prints_as_python(
+        "shared",
+        lua,
+        rhai,
+        &[
+            "counter 4000 false",
+            "nested 5 30 10 285",
+            "consumers 5050",
+            "exitcodes 0 0 0",
+        ],
+    );
+}
+
+/// An `imap` whose item raises goes on with the next item, a `get` that times out leaves the
+/// result to a later `get`, then `imap_unordered` with a chunksize and a `starmap`.
+/// ```python
+/// import multiprocessing as mp, time
+/// def slow(x):
+///     time.sleep(0.2 if x == 0 else 0)
+///     if x == 2: raise KeyError(x)
+///     return x + 100
+/// if __name__ == "__main__":
+///     with mp.Pool(2) as p:
+///         it = p.imap(slow, range(5))
+///         out = []
+///         while True:
+///             try: out.append(next(it))
+///             except StopIteration: break
+///             except KeyError as e: out.append("err %s" % e)
+///         print("imap", out)
+///         r = p.apply_async(slow, (0,))
+///         try: r.get(0.01)
+///         except mp.TimeoutError: print("timeout", r.ready())
+///         print("later", r.get(5))
+///         print("unordered", sorted(x for x in p.imap_unordered(slow, [1, 3, 4], 2)))
+///         print("starmap", p.starmap(pow, [(2, 3), (3, 2)]))
+/// ```
+#[test]
+fn imap_prints_as_python() {
+    let lua = r#"
+local function slow(x)
+  parrun.sleep(x == 0 and 0.2 or 0)
+  if x == 2 then error({key = x}) end
+  return x + 100
+end
+local p = parrun.Pool(2)
+local it = p:imap(slow, {0, 1, 2, 3, 4})
+local out = {}
+while true do
+  local ok, v = pcall(it.next, it)
+  if ok and v == nil then break end
+  out[#out + 1] = ok and tostring(v) or ("err " .. v.key)
+end
+print("imap", table.concat(out, " "))
+local r = p:apply_async(slow, {0})
+local ok, e = pcall(r.get, r, 0.01)
+if not ok and e:find("TimeoutError") then print("timeout", r:ready()) end
+print("later", r:get(5))
+local u = {}
+for x in p:imap_unordered(slow, {1, 3, 4}, 2) do u[#u + 1] = x end
+table.sort(u)
+print("unordered", table.concat(u, " "))
+local s = p:starmap(function(a, b) return math.floor(a ^ b) end, {{2, 3}, {3, 2}})
+print("starmap", table.concat(s, " "))
+p:close() p:join()
+"#;
+    let rhai = r#"
+fn slow(x) {
+  sleep(if x == 0 { 0.2 } else { 0 });
+  if x == 2 { throw #{key: x}; }
+  x + 100
+}
+let p = Pool(2);
+let it = p.imap(slow, 0..5);
+let out = [];
+loop {
+  try {
+    let v = it.next();
+    if v == () { break; }
+    out.push(v.to_string());
+  } catch (e) { out.push(`err ${e.key}`); }
+}
+print(`imap ${out}`);
+let r = p.apply_async(slow, [0]);
+try { r.get(0.01); } catch (e) { if e.contains("TimeoutError") { print(`timeout ${r.ready()}`); } }
+print(`later ${r.get(5)}`);
+let u = [];
+for x in p.imap_unordered(slow, [1, 3, 4], 2) { u.push(x); }
+u.sort();
+print(`unordered ${u}`);
+print(`starmap ${p.starmap(|a, b| a ** b, [[2, 3], [3, 2]])}`);
+p.close(); p.join();
+"#;
+    prints_as_python(
+        "imap",
+        lua,
+        rhai,
+        &[
+            "imap 100 101 err 2 103 104",
+            "timeout false",
+            "later 100",
+            "unordered 101 103 104",
+            "starmap 8 9",
+        ],
+    );
+}
