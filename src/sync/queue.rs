@@ -1,5 +1,6 @@
+use crate::rt::threads::Signal;
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::link::{self, Caller, Op, RemoteError, RemoteObject, Waited};
@@ -26,9 +27,9 @@ struct QueueInner {
     /// At most this many values (0: no limit), as Python's `Queue(maxsize)`.
     maxsize: usize,
     items: Mutex<VecDeque<Value>>,
-    ready: Condvar,
+    ready: Signal,
     /// Notified when a value leaves a bounded queue.
-    room: Condvar,
+    room: Signal,
 }
 
 /// Why a `get` returned no value.
@@ -81,8 +82,8 @@ impl Queue {
             closed: Default::default(),
             maxsize,
             items: Mutex::new(VecDeque::new()),
-            ready: Condvar::new(),
-            room: Condvar::new(),
+            ready: Signal::new(),
+            room: Signal::new(),
         });
         Queue { inner }
     }
@@ -99,8 +100,8 @@ impl Queue {
                 closed: Default::default(),
                 maxsize,
                 items: Mutex::new(VecDeque::new()),
-                ready: Condvar::new(),
-                room: Condvar::new(),
+                ready: Signal::new(),
+                room: Signal::new(),
             }),
         }
     }
@@ -158,7 +159,9 @@ impl Queue {
         let room = if max == 0 {
             Some(items)
         } else {
-            crate::rt::threads::wait_while(&self.inner.room, items, timeout, |q| q.len() >= max)
+            self.inner
+                .room
+                .wait_while(items, timeout, |q| q.len() >= max)
         };
         let Some(mut items) = room else {
             return Err(QueueError::Full(timeout.unwrap_or_default()));
@@ -207,7 +210,11 @@ impl Queue {
             });
         }
         let items = self.items();
-        match crate::rt::threads::wait_while(&self.inner.ready, items, timeout, |q| q.is_empty()) {
+        match self
+            .inner
+            .ready
+            .wait_while(items, timeout, |q| q.is_empty())
+        {
             Some(mut items) => {
                 let v = items.pop_front().expect("woken with an item");
                 if self.inner.maxsize > 0 {
