@@ -414,6 +414,17 @@ mod tests {
     /// items than it has.
     #[test]
     fn edge_forms_read_as_serde_reads_them() {
+        // Both readers go 1024 levels deep before they refuse a nesting, deeper than a test
+        // thread's stack allows in a debug build.
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(edge_forms)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    fn edge_forms() {
         let cases: Vec<Vec<u8>> = vec![
             vec![0xa2, 0xff, 0xfe],
             vec![0xcf, 0xff, 0, 0, 0, 0, 0, 0, 1],
