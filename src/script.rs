@@ -238,9 +238,9 @@ impl From<&str> for TaskError {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub(crate) enum Calls {
     /// One argument per call (`map`, `imap`): kept flat, no list per item.
-    Each(Vec<Value>),
+    Each(#[serde(with = "crate::value::wire::list")] Vec<Value>),
     /// An argument list per call (`apply`, `starmap`).
-    Lists(Vec<Vec<Value>>),
+    Lists(#[serde(with = "crate::value::wire::lists")] Vec<Vec<Value>>),
 }
 
 impl Calls {
@@ -268,8 +268,8 @@ impl Calls {
 /// (encoded as the [`Calls`] it decodes to).
 #[derive(Serialize, Debug, Clone, Copy)]
 pub(crate) enum CallSlice<'a> {
-    Each(&'a [Value]),
-    Lists(&'a [Vec<Value>]),
+    Each(#[serde(with = "crate::value::wire::list")] &'a [Value]),
+    Lists(#[serde(with = "crate::value::wire::lists")] &'a [Vec<Value>]),
 }
 
 impl CallSlice<'_> {

@@ -501,3 +501,45 @@ fn lua_parrun_objects_find_methods_and_properties_in_every_mode() {
         );
     }
 }
+
+/// A method called with `.` instead of `:` names the missing `:` (not an argument count),
+/// with the script and line; a wrong object and a wrong count still say what they are.
+#[test]
+fn lua_a_method_called_with_a_dot_names_the_colon() {
+    let code = r#"
+        local q = parrun.Queue()
+        local pool = parrun.Pool(1)
+        print(select(2, pcall(q.qsize, pool)))
+        print(select(2, pcall(q.qsize, q, 1)))
+        print(select(2, pcall(q.qsize)))
+        print(q:qsize(), pool:apply(math.abs, {-3}))
+        pool:close(); pool:join()
+        q.put(5)
+    "#;
+    for mode in ["gil", "isolated"] {
+        let out = common::run(["--mode", mode, "-e", code]);
+        assert_eq!(out.code(), Some(1), "{mode}: {}", out.describe());
+        let lines = out.stdout_lines();
+        assert_eq!(
+            lines,
+            [
+                "Queue.qsize: expected a Queue, got a Pool",
+                "Queue.qsize: expects 0 arguments, got 1",
+                "Queue.qsize: expected a parrun object, got nil (call methods with `:`, as in \
+                 q:put(v))",
+                "0\t3",
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+        let err = &out.stderr;
+        assert!(
+            err.contains(":9:")
+                && err.contains(
+                    "Queue.put: expected a parrun object, got number (call methods with `:`"
+                ),
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}

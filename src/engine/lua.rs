@@ -206,15 +206,16 @@ fn class_table(lua: &Lua, parent: &Table, class: Class) -> mlua::Result<Table> {
 
 /// The raw Rust side of a builtin: returns (0, result), (1, request) or (2, message).
 fn raw_builtin(lua: &Lua, host: &Arc<Host>, b: &'static Builtin) -> mlua::Result<Function> {
-    raw_function(
-        lua,
-        host,
-        move |host, args| {
-            api::check_arity(b, args.len())?;
-            (b.call)(host, args)
-        },
-        move |msg| b.error(msg),
-    )
+    let call = move |host: &Arc<Host>, args: &mut dyn Args| {
+        api::check_arity(b, args.len())?;
+        (b.call)(host, args)
+    };
+    let error = move |msg| b.error(msg);
+    if b.class == Class::Global {
+        raw_function(lua, host, call, error)
+    } else {
+        raw_method(lua, host, call, error)
+    }
 }
 
 /// The raw Rust side of the embedding program's function number `index` (see
@@ -240,25 +241,75 @@ fn raw_function(
 ) -> mlua::Result<Function> {
     let host = host.clone();
     lua.create_function(move |lua, vals: MultiValue| {
-        let mut args = LuaArgs {
+        let args = LuaArgs {
             lua,
             vals: vals.into_vec(),
+            this: None,
             host: &host,
         };
-        let request = |pending: Pending| -> mlua::Result<MultiValue> {
-            let request = Request(std::sync::Mutex::new(Some(pending)));
-            (1, lua.create_userdata(request)?).into_lua_multi(lua)
-        };
-        match call(&host, &mut args) {
-            Ok(Outcome::Done(ret @ Ret::Raise { .. })) => {
-                (2, ret_to_lua(lua, ret)?).into_lua_multi(lua)
-            }
-            Ok(Outcome::Done(ret)) => (0, ret_to_lua(lua, ret)?).into_lua_multi(lua),
-            Ok(Outcome::Wait(wait)) => request(Pending::Wait(named(error.clone(), wait))),
-            Ok(Outcome::Fork(fork)) => request(Pending::Fork(named(error.clone(), fork))),
-            Err(msg) => (2, error(msg)).into_lua_multi(lua),
-        }
+        raw_answer(lua, &host, args, &call, &error)
     })
+}
+
+/// [`raw_function`] for a method, whose object is read off the stack (see [`SelfArg`]).
+fn raw_method(
+    lua: &Lua,
+    host: &Arc<Host>,
+    call: impl Fn(&Arc<Host>, &mut dyn Args) -> Result<Outcome, String> + Send + 'static,
+    error: impl Fn(String) -> String + Clone + Send + Sync + 'static,
+) -> mlua::Result<Function> {
+    let host = host.clone();
+    lua.create_function(move |lua, (this, rest): (SelfArg, MultiValue)| {
+        let mut vals = Vec::with_capacity(rest.len() + 1);
+        let this = match this {
+            SelfArg::Object(object) => {
+                vals.push(LuaValue::Nil);
+                Some(object)
+            }
+            SelfArg::Other(value) => {
+                vals.push(value);
+                None
+            }
+            SelfArg::Absent => None,
+        };
+        vals.extend(rest);
+        let absent = this.is_none();
+        let mut args = LuaArgs {
+            lua,
+            vals,
+            this,
+            host: &host,
+        };
+        if absent {
+            // `q.put(5)` for `q:put(5)`: the missing `:` is the mistake to name, not the count.
+            if let Err(msg) = args.object(0) {
+                return Ok((2, LuaValue::String(lua.create_string(error(msg))?)));
+            }
+        }
+        raw_answer(lua, &host, args, &call, &error)
+    })
+}
+
+/// Runs a raw builtin's `call` and answers as [`raw_function`] says. The answer is a pair, not
+/// a `MultiValue`, which mlua would build on the heap and then push (80 ns a call).
+fn raw_answer(
+    lua: &Lua,
+    host: &Arc<Host>,
+    mut args: LuaArgs,
+    call: &impl Fn(&Arc<Host>, &mut dyn Args) -> Result<Outcome, String>,
+    error: &(impl Fn(String) -> String + Clone + Send + Sync + 'static),
+) -> mlua::Result<(i32, LuaValue)> {
+    let request = |pending: Pending| -> mlua::Result<(i32, LuaValue)> {
+        let request = Request(std::sync::Mutex::new(Some(pending)));
+        Ok((1, LuaValue::UserData(lua.create_userdata(request)?)))
+    };
+    match call(host, &mut args) {
+        Ok(Outcome::Done(ret @ Ret::Raise { .. })) => Ok((2, ret_to_lua(lua, ret)?)),
+        Ok(Outcome::Done(ret)) => Ok((0, ret_to_lua(lua, ret)?)),
+        Ok(Outcome::Wait(wait)) => request(Pending::Wait(named(error.clone(), wait))),
+        Ok(Outcome::Fork(fork)) => request(Pending::Fork(named(error.clone(), fork))),
+        Err(msg) => Ok((2, LuaValue::String(lua.create_string(error(msg))?))),
+    }
 }
 
 /// Words the errors of a deferred operation as its function's.

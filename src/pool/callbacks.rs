@@ -5,9 +5,10 @@
 //! that panics inside parrun fails its own job.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
@@ -15,6 +16,7 @@ use super::job::{AsyncResult, Callbacks, Failure};
 use crate::host::Host;
 use crate::rt::poison::Recover;
 use crate::rt::spawn::Handle;
+use crate::rt::threads::Signal;
 use crate::value::Value;
 
 /// A job whose results are in, with the outcome its callback is called with.
@@ -161,12 +163,12 @@ impl Finisher {
 struct LiveJobs {
     state: Mutex<LiveState>,
     /// Notified when a job leaves or a callback ends.
-    changed: Condvar,
+    changed: Signal,
 }
 
 #[derive(Default)]
 struct LiveState {
-    jobs: HashMap<u64, Arc<AsyncResult>>,
+    jobs: HashMap<u64, Arc<AsyncResult>, BuildHasherDefault<IdHasher>>,
     /// A callback is running. Its job has left `jobs` already, so that a terminate meanwhile
     /// cannot fail it under the callback's feet, but it is not ready until the callback ends.
     in_callback: bool,
@@ -223,17 +225,18 @@ impl LiveJobs {
 
     /// Waits until every job is ready and no callback runs.
     fn wait_all_ready(&self) {
-        let s = self.state();
-        let _s = self
-            .changed
-            .wait_while(s, |s| !s.jobs.is_empty() || s.in_callback)
-            .recover();
+        let mut s = self.state();
+        while !s.jobs.is_empty() || s.in_callback {
+            s = self.changed.wait(s);
+        }
     }
 
     /// Waits until no callback runs.
     fn wait_no_callback(&self) {
-        let s = self.state();
-        let _s = self.changed.wait_while(s, |s| s.in_callback).recover();
+        let mut s = self.state();
+        while s.in_callback {
+            s = self.changed.wait(s);
+        }
     }
 
     /// How many jobs are not ready yet.
@@ -241,6 +244,29 @@ impl LiveJobs {
     fn len(&self) -> usize {
         let s = self.state();
         s.jobs.len() + usize::from(s.in_callback)
+    }
+}
+
+/// Hashes a job id, a counter, with one multiplication by an odd constant (Fibonacci hashing:
+/// both the low bits, the table's bucket, and the top ones, its tag, differ between
+/// neighbouring ids): the default SipHash was a visible part of every `apply_async` (an
+/// insert and a removal per job).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 

@@ -14,8 +14,9 @@
 //! When a job is ready is the pool's decision (its callback first, see `super::callbacks`);
 //! this module keeps the state and answers the script.
 
+use crate::rt::threads::Signal;
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::rt::cancel;
@@ -91,7 +92,7 @@ pub struct AsyncResult {
     kind: JobKind,
     slots: Mutex<Slots>,
     /// Notified when an item comes in for an iterator, or the job fails.
-    arrived: Condvar,
+    arrived: Signal,
     ready: Ready,
     callbacks: Mutex<Callbacks>,
     /// It was given a callback: it becomes ready only once the pool's callback thread has run
@@ -120,7 +121,7 @@ impl AsyncResult {
             id,
             kind,
             slots: Mutex::new(Slots::new(items)),
-            arrived: Condvar::new(),
+            arrived: Signal::new(),
             ready: Ready::default(),
             called_back: !callbacks.is_empty(),
             callbacks: Mutex::new(callbacks),
@@ -338,8 +339,8 @@ impl AsyncResult {
                 false => left,
             };
             s = match slice {
-                None => self.arrived.wait(s).recover(),
-                Some(slice) => self.arrived.wait_timeout(s, slice).recover().0,
+                None => self.arrived.wait(s),
+                Some(slice) => self.arrived.wait_timeout(s, slice),
             };
         }
     }
@@ -509,7 +510,7 @@ impl Cursor {
 #[derive(Default)]
 struct Ready {
     set: Mutex<bool>,
-    changed: Condvar,
+    changed: Signal,
 }
 
 impl Ready {
@@ -526,7 +527,7 @@ impl Ready {
     /// was given up (a cancelled task, a pending interrupt).
     fn wait(&self, timeout: Option<Duration>) -> bool {
         let set = self.set.lock().recover();
-        crate::rt::threads::wait_while(&self.changed, set, timeout, |set| !*set).is_some()
+        self.changed.wait_while(set, timeout, |set| !*set).is_some()
     }
 }
 

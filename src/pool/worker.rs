@@ -77,6 +77,7 @@ pub(super) struct FromWorker {
     /// How long the task ran, for the supervisor's dispatch window.
     pub(super) micros: u64,
     /// One value per call, or the first call's error.
+    #[serde(with = "crate::value::wire::answer")]
     pub(super) result: Result<Vec<Value>, TaskError>,
 }
 

@@ -1,11 +1,87 @@
 //! Helpers for the OS threads parrun starts (`crate::rt::spawn` starts them): the stack a
 //! script thread gets, joining a thread that reports its end early, waiting on a condition
-//! variable in a way a cancellation or a Ctrl-C can cut short, and the text of a caught panic.
+//! variable in a way a cancellation or a Ctrl-C can cut short, a condition variable whose
+//! notify costs nothing when no one waits ([`Signal`]), and the text of a caught panic.
 
 use crate::rt::poison::Recover;
 use crate::rt::spawn::Handle;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, MutexGuard};
 use std::time::Duration;
+
+/// A condition variable that counts its waiters, so that a notify with none is an atomic
+/// read instead of a system call: the standard `Condvar`'s notify calls `futex_wake` every
+/// time, and a job's result, a queue's `put` and a lock's `release` each notified someone
+/// who was almost never there.
+///
+/// As with any condition variable, the state waited on changes under the mutex the waiter
+/// holds: a waiter counts itself under that mutex before it sleeps, so a notifier that changed
+/// the state under it (and notifies then or after) sees the count.
+#[derive(Default)]
+pub(crate) struct Signal {
+    changed: Condvar,
+    waiting: AtomicUsize,
+}
+
+impl Signal {
+    pub(crate) const fn new() -> Signal {
+        Signal {
+            changed: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn notify_one(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_one();
+        }
+    }
+
+    pub(crate) fn notify_all(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// [`wait_while`] on this signal.
+    pub(crate) fn wait_while<'a, T>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        timeout: Option<Duration>,
+        busy: impl FnMut(&mut T) -> bool,
+    ) -> Option<MutexGuard<'a, T>> {
+        let _counted = self.count();
+        wait_while(&self.changed, guard, timeout, busy)
+    }
+
+    /// `Condvar::wait`, counted.
+    pub(crate) fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+        let _counted = self.count();
+        self.changed.wait(guard).recover()
+    }
+
+    /// `Condvar::wait_timeout`, counted.
+    pub(crate) fn wait_timeout<'a, T>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, T> {
+        let _counted = self.count();
+        self.changed.wait_timeout(guard, timeout).recover().0
+    }
+
+    /// Counts the caller as waiting until the guard drops (also when a wait unwinds).
+    fn count(&self) -> impl Drop + '_ {
+        struct Counted<'a>(&'a AtomicUsize);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        Counted(&self.waiting)
+    }
+}
 
 /// Stack for a script thread (the main script's too): address space reserved, not memory
 /// used, so large enough that recursion limits are the engine's, not the OS thread's.
@@ -94,5 +170,47 @@ impl Joiner {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Two threads hand a turn back and forth many times, each waking the other only through
+    /// the counted notify: a wake-up skipped while the other was about to wait would leave it
+    /// waiting, and its timed wait fails the test instead of hanging it.
+    #[test]
+    fn a_counted_signal_loses_no_wake_up() {
+        const ROUNDS: u32 = 20_000;
+        let shared = Arc::new((Mutex::new(0u32), Signal::new()));
+        let take_turns = |me: u32| {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let (turn, signal) = &*shared;
+                for _ in 0..ROUNDS {
+                    let t = turn.lock().unwrap();
+                    let Some(mut t) =
+                        signal.wait_while(t, Some(Duration::from_secs(10)), |t| *t % 2 != me)
+                    else {
+                        return false;
+                    };
+                    *t += 1;
+                    drop(t);
+                    signal.notify_one();
+                }
+                true
+            })
+        };
+        let (even, odd) = (take_turns(0), take_turns(1));
+        assert!(even.join().unwrap(), "the even thread missed a wake-up");
+        assert!(odd.join().unwrap(), "the odd thread missed a wake-up");
+        assert_eq!(*shared.0.lock().unwrap(), 2 * ROUNDS);
+        assert_eq!(
+            shared.1.waiting.load(Ordering::SeqCst),
+            0,
+            "a waiter still counted"
+        );
     }
 }

@@ -1,4 +1,5 @@
-use std::sync::{Arc, Condvar, Mutex};
+use crate::rt::threads::Signal;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::link::{self, Caller, Op, RemoteError, RemoteObject, Waited};
@@ -17,7 +18,7 @@ struct LockInner {
     id: u64,
     owner: u32,
     held: Mutex<bool>,
-    freed: Condvar,
+    freed: Signal,
 }
 
 impl Default for Lock {
@@ -32,7 +33,7 @@ impl Lock {
             id,
             owner: crate::rt::pid::current_pid(),
             held: Mutex::new(false),
-            freed: Condvar::new(),
+            freed: Signal::new(),
         });
         Lock { inner }
     }
@@ -47,7 +48,7 @@ impl Lock {
                 // No process has pid 0: the lock is never this process's.
                 owner: 0,
                 held: Mutex::new(false),
-                freed: Condvar::new(),
+                freed: Signal::new(),
             }),
         }
     }
@@ -74,9 +75,7 @@ impl Lock {
             return Ok(answer.map_err(|e| e.to_string())? == Value::Bool(true));
         }
         let held = self.held();
-        let Some(mut held) =
-            crate::rt::threads::wait_while(&self.inner.freed, held, timeout, |h| *h)
-        else {
+        let Some(mut held) = self.inner.freed.wait_while(held, timeout, |h| *h) else {
             return Ok(false);
         };
         *held = true;

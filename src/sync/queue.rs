@@ -1,5 +1,6 @@
+use crate::rt::threads::Signal;
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::link::{self, Caller, Op, RemoteError, RemoteObject, Waited};
@@ -26,15 +27,15 @@ struct QueueInner {
     /// At most this many values (0: no limit), as Python's `Queue(maxsize)`.
     maxsize: usize,
     items: Mutex<VecDeque<Value>>,
-    ready: Condvar,
+    ready: Signal,
     /// Notified when a value leaves a bounded queue.
-    room: Condvar,
+    room: Signal,
     /// Values put and not yet marked done by `task_done` (Python's `unfinished_tasks`): one
     /// more with each value put, under the `items` lock, so no consumer sees a value before it
     /// is counted.
     unfinished: Mutex<u64>,
     /// Notified when `unfinished` drops to 0.
-    all_done: Condvar,
+    all_done: Signal,
 }
 
 /// Why a `get` returned no value.
@@ -87,10 +88,10 @@ impl Queue {
             closed: Default::default(),
             maxsize,
             items: Mutex::new(VecDeque::new()),
-            ready: Condvar::new(),
-            room: Condvar::new(),
+            ready: Signal::new(),
+            room: Signal::new(),
             unfinished: Mutex::new(0),
-            all_done: Condvar::new(),
+            all_done: Signal::new(),
         });
         Queue { inner }
     }
@@ -107,10 +108,10 @@ impl Queue {
                 closed: Default::default(),
                 maxsize,
                 items: Mutex::new(VecDeque::new()),
-                ready: Condvar::new(),
-                room: Condvar::new(),
+                ready: Signal::new(),
+                room: Signal::new(),
                 unfinished: Mutex::new(0),
-                all_done: Condvar::new(),
+                all_done: Signal::new(),
             }),
         }
     }
@@ -168,7 +169,9 @@ impl Queue {
         let room = if max == 0 {
             Some(items)
         } else {
-            crate::rt::threads::wait_while(&self.inner.room, items, timeout, |q| q.len() >= max)
+            self.inner
+                .room
+                .wait_while(items, timeout, |q| q.len() >= max)
         };
         let Some(mut items) = room else {
             return Err(QueueError::Full(timeout.unwrap_or_default()));
@@ -219,7 +222,11 @@ impl Queue {
             });
         }
         let items = self.items();
-        match crate::rt::threads::wait_while(&self.inner.ready, items, timeout, |q| q.is_empty()) {
+        match self
+            .inner
+            .ready
+            .wait_while(items, timeout, |q| q.is_empty())
+        {
             Some(mut items) => {
                 let v = items.pop_front().expect("woken with an item");
                 if self.inner.maxsize > 0 {
@@ -276,8 +283,10 @@ impl Queue {
             };
         }
         let unfinished = self.inner.unfinished.lock().recover();
-        let done =
-            crate::rt::threads::wait_while(&self.inner.all_done, unfinished, timeout, |n| *n > 0);
+        let done = self
+            .inner
+            .all_done
+            .wait_while(unfinished, timeout, |n| *n > 0);
         Ok(done.is_some())
     }
 

@@ -48,6 +48,7 @@ fn property_or_method(lua: &Lua, (ud, key): (AnyUserData, LuaString)) -> mlua::R
         let mut args = LuaArgs {
             lua,
             vals: vec![LuaValue::UserData(ud)],
+            this: None,
             host: &host,
         };
         return match (b.call)(&host, &mut args) {

@@ -53,14 +53,19 @@ impl RhaiArgs<'_, '_> {
 
     /// Argument `i` as a function handed over to another thread ([`detach_handles`]).
     pub(super) fn fn_ptr(&self, i: usize) -> Result<FnPtr, String> {
-        let f = self.get(i);
-        if let Some(name) = f.clone().try_cast::<::rhai::ImmutableString>() {
-            return FnPtr::new(name.as_str()).map_err(|e| e.to_string());
-        }
-        let type_name = f.type_name();
-        f.try_cast::<FnPtr>().map(detach_handles).ok_or_else(|| {
-            format!("expected a function (a name, Fn(\"name\") or a closure), got {type_name}")
-        })
+        let f = match self.get(i).try_cast_result::<::rhai::ImmutableString>() {
+            Ok(name) => return FnPtr::new(name.as_str()).map_err(|e| e.to_string()),
+            Err(f) => f,
+        };
+        // The type's name only for the error: Rhai builds it anew on every call.
+        f.try_cast_result::<FnPtr>()
+            .map(detach_handles)
+            .map_err(|f| {
+                format!(
+                    "expected a function (a name, Fn(\"name\") or a closure), got {}",
+                    f.type_name()
+                )
+            })
     }
 }
 
@@ -80,10 +85,9 @@ impl Args for RhaiArgs<'_, '_> {
     }
 
     fn object(&mut self, i: usize) -> Result<Object, String> {
-        let d = self.get(i);
-        let type_name = d.type_name();
-        d.try_cast::<Object>()
-            .ok_or_else(|| format!("expected a parrun object, got {type_name}"))
+        self.get(i)
+            .try_cast_result::<Object>()
+            .map_err(|d| format!("expected a parrun object, got {}", d.type_name()))
     }
 
     fn target(&mut self, func: usize, args: Option<usize>) -> Result<Box<dyn Target>, String> {
@@ -91,11 +95,10 @@ impl Args for RhaiArgs<'_, '_> {
         let args = match args {
             None => Vec::new(),
             Some(i) => {
-                let a = self.get(i);
-                let type_name = a.type_name();
                 // A function among them is handed over too.
-                a.try_cast::<Array>()
-                    .ok_or_else(|| format!("arguments must be an array, got {type_name}"))?
+                self.get(i)
+                    .try_cast_result::<Array>()
+                    .map_err(|a| format!("arguments must be an array, got {}", a.type_name()))?
                     .into_iter()
                     .map(|a| match a.is_shared() || a.is_fnptr() {
                         true => detached_handle(&a),

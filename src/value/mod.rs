@@ -21,6 +21,8 @@
 
 use std::fmt;
 
+pub(crate) mod wire;
+
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
