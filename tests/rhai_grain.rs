@@ -42,10 +42,10 @@ mod pools;
 mod processes;
 #[path = "progress.rs"]
 mod progress;
-#[path = "script_api.rs"]
-mod script_api;
 #[path = "python_twins.rs"]
 mod python_twins;
+#[path = "script_api.rs"]
+mod script_api;
 #[path = "scripts.rs"]
 mod scripts;
 #[path = "signals.rs"]
