@@ -999,7 +999,7 @@ ok, e = pcall(pool.map, pool, f, {1, 2, 3})
 print("map", ok, e.code)
 local r = pool:apply_async(f, {2})
 ok, e = pcall(r.get, r)
-print("get", ok, e.code, tostring(e):find("AsyncResult.get: ", 1, true) == 1,
+print("get", ok, e.code, tostring(e):find("AsyncResult.get: ", 1, true) ~= nil,
   tostring(e):find("stack traceback", 1, true) ~= nil)
 ok, e = pcall(function() for v in pool:imap(f, {1, 2}) do local _ = v end end)
 print("imap", ok, e.code)
@@ -1010,6 +1010,10 @@ ok, e = pcall(pool.apply, pool, function() error(42) end)
 print("number", ok, e, math.type(e))
 ok, e = pcall(pool.apply, pool, function() error("text") end)
 print("string", ok, type(e), e:find("text", 1, true) ~= nil)
+ok, e = pcall(function()
+  return pool:apply(f, {2}) -- placed
+end)
+print("placed", (tostring(e):gsub("\n.*", "")))
 pool:close()
 pool:join()
 "#;
@@ -1059,5 +1063,15 @@ pool.join();
         assert_eq!(line("number")[1..3], ["false", "42"], "{mode}");
         assert!(["integer", "i64"].contains(&line("number")[3]), "{mode}");
         assert_eq!(line("string")[1..], ["false", "string", "true"], "{mode}");
+        if out.command.ends_with(".lua") {
+            // Raised again at the caller's line, as a string error is.
+            let at = 1 + lua.lines().position(|l| l.ends_with("-- placed")).unwrap();
+            let placed = line("placed");
+            assert!(
+                placed[1].ends_with(&format!(".lua:{at}:")) && placed[2] == "Pool.apply:",
+                "{mode}: {}",
+                out.describe()
+            );
+        }
     });
 }

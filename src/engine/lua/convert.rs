@@ -176,16 +176,21 @@ pub(super) fn ret_to_lua(lua: &Lua, ret: Ret) -> mlua::Result<LuaValue> {
 }
 
 /// A task's raised data as the caller's error value: a table reads (`tostring`, or uncaught)
-/// as parrun's report of the error (the operation, the worker's message and traceback).
+/// as parrun's report of the error (the operation, the worker's message and traceback), which
+/// its metatable keeps (`native::REPORT`), placed at the caller's line once raised.
 fn raised_to_lua(lua: &Lua, value: &Value, message: String) -> mlua::Result<LuaValue> {
     let v = from_value(lua, value)?;
     if let LuaValue::Table(t) = &v {
+        let field = native::REPORT.to_str().expect("an ASCII name");
         let meta = lua.create_table()?;
-        let text = lua.create_string(&message)?;
-        meta.raw_set(
-            "__tostring",
-            lua.create_function(move |_, _: LuaValue| Ok(text.clone()))?,
-        )?;
+        meta.raw_set(field, message)?;
+        let report = move |_: &Lua, t: Table| -> mlua::Result<LuaValue> {
+            match t.metatable() {
+                Some(meta) => meta.raw_get(field),
+                None => Ok(LuaValue::Nil),
+            }
+        };
+        meta.raw_set("__tostring", lua.create_function(report)?)?;
         t.set_metatable(Some(meta))?;
     }
     Ok(v)

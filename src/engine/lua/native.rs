@@ -66,12 +66,33 @@ unsafe fn raise(state: *mut lua_State, text: String) -> c_int {
     ffi::lua_error(state)
 }
 
-/// Raises the value on top of the stack, prefixed by the caller's position if it is a string.
+/// The metatable field of a pool task's raised table that holds parrun's report of the error
+/// (what the table reads as: see `convert::raised_to_lua`).
+pub(super) const REPORT: &std::ffi::CStr = c"__parrun_report";
+
+/// Raises the value on top of the stack, prefixed by the caller's position if it is a string
+/// (or, for a task's raised table, its report).
 unsafe fn raise_top_with_position(state: *mut lua_State) -> c_int {
     if ffi::lua_type(state, -1) == ffi::LUA_TSTRING {
         ffi::luaL_where(state, 1);
         ffi::lua_insert(state, -2);
         ffi::lua_concat(state, 2);
+    } else if ffi::lua_type(state, -1) == ffi::LUA_TTABLE {
+        ffi::luaL_checkstack(state, 3, ptr::null());
+        match ffi::luaL_getmetafield(state, -1, REPORT.as_ptr()) {
+            ffi::LUA_TSTRING => {
+                // [.., t, report] -> [.., t], its metatable's report placed at the caller.
+                ffi::luaL_where(state, 1);
+                ffi::lua_insert(state, -2);
+                ffi::lua_concat(state, 2);
+                ffi::lua_getmetatable(state, -2);
+                ffi::lua_insert(state, -2);
+                ffi::lua_setfield(state, -2, REPORT.as_ptr());
+                ffi::lua_pop(state, 1);
+            }
+            ffi::LUA_TNIL => {}
+            _ => ffi::lua_pop(state, 1),
+        }
     }
     ffi::lua_error(state)
 }
