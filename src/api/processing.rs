@@ -206,7 +206,7 @@ fn wait_for(
 fn failed(op: &str, f: Failure) -> Result<Ret, String> {
     match f.value {
         Some(value) => Ok(Ret::Raise {
-            value,
+            value: *value,
             message: format!("{op}: {}", f.message),
         }),
         None => Err(f.message),

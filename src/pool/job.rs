@@ -63,7 +63,9 @@ impl Callbacks {
 pub struct Failure {
     pub item: Option<usize>,
     pub message: String,
-    pub value: Option<Value>,
+    /// Boxed: a map keeps a slot per item that may hold a failure, and the value inline made
+    /// every slot of every map bigger (a map of 100k items 0.9x as fast in `isolated`).
+    pub value: Option<Box<Value>>,
 }
 
 impl Failure {
@@ -77,7 +79,7 @@ impl Failure {
 
     /// What a script's `error_callback` is called with: the raised value, or the message.
     pub fn into_value(self) -> Value {
-        self.value.unwrap_or(Value::Str(self.message))
+        self.value.map_or(Value::Str(self.message), |v| *v)
     }
 }
 
@@ -400,7 +402,7 @@ impl Slots {
                 let failure = Failure {
                     item: call.filter(|&c| c < count).map(|c| first + c),
                     message: e.message,
-                    value: e.value,
+                    value: e.value.map(Box::new),
                 };
                 // The item that raised the error comes first: an unordered iterator hands out
                 // the error with the place it happened.

@@ -528,7 +528,7 @@ impl IntoIterator for Object {
                 Err(e) => {
                     dropped = Some((e.message.clone(), 0));
                     // The data the task threw, thrown again; else the message.
-                    match e.value.map(into_dynamic) {
+                    match e.value.map(|v| into_dynamic(*v)) {
                         Some(Ok(value)) => {
                             Some(Err(
                                 EvalAltResult::ErrorRuntime(value, Position::NONE).into()
