@@ -26,6 +26,13 @@ fn process(args: &mut dyn Args) -> Result<Arc<ScriptProcess>, String> {
     }
 }
 
+/// `Process.pid` and `Process.ident` (Python's are the same): nil before `start`.
+fn pid_of(args: &mut dyn Args) -> Result<Value, String> {
+    Ok(process(args)?
+        .pid()
+        .map_or(Value::Nil, |p| Value::Int(p.into())))
+}
+
 fn pool(args: &mut dyn Args) -> Result<Arc<PoolHandle>, String> {
     match args.object(0)? {
         // A forked child's copy of a pool has no workers of its own, and its locks may be held
@@ -374,13 +381,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
         name: "pid",
         kind: Kind::Getter,
         arity: (0, 0),
-        call: |_, args| {
-            Outcome::value(
-                process(args)?
-                    .pid()
-                    .map_or(Value::Nil, |p| Value::Int(p.into())),
-            )
-        },
+        call: |_, args| Outcome::value(pid_of(args)?),
     },
     Builtin {
         class: Class::Process,
@@ -388,13 +389,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
         name: "ident",
         kind: Kind::Getter,
         arity: (0, 0),
-        call: |_, args| {
-            Outcome::value(
-                process(args)?
-                    .pid()
-                    .map_or(Value::Nil, |p| Value::Int(p.into())),
-            )
-        },
+        call: |_, args| Outcome::value(pid_of(args)?),
     },
     Builtin {
         class: Class::Process,

@@ -246,7 +246,7 @@ pub mod lists {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(lists: &[Vec<Value>], s: S) -> Result<S::Ok, S::Error> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(lists.iter().map(|l| l.len() * 2 + 5).sum::<usize>() + 5);
         let _ = rmp::encode::write_array_len(&mut out, lists.len() as u32);
         for items in lists {
             encode_list(&mut out, items);
