@@ -180,67 +180,66 @@ impl Tasks {
         if count == 1 {
             return self.call_one(lua, f, calls);
         }
-        let (calls, single) = match calls {
-            CallSlice::Each(values) => (
-                LuaValue::Table(sequence(lua, values).map_err(error_text)?),
-                true,
-            ),
+        // The runner pushes the arguments itself where the direct path takes them all; else
+        // they go as a Lua table the serde path builds (which also names what it refuses).
+        let direct = match calls {
+            CallSlice::Each(values) => values.iter().all(direct::pushable),
+            CallSlice::Lists(lists) => lists.iter().flatten().all(direct::pushable),
+        };
+        let table = match calls {
+            _ if direct => LuaValue::Nil,
+            CallSlice::Each(values) => LuaValue::Table(sequence(lua, values).map_err(error_text)?),
             CallSlice::Lists(lists) => {
-                let table = match direct::lists_of(lua, lists) {
-                    Some(table) => table,
-                    None => {
-                        let tables = lists
-                            .iter()
-                            .map(|list| {
-                                let args = sequence(lua, list)?;
-                                args.raw_set("n", list.len())?;
-                                Ok(args)
-                            })
-                            .collect::<mlua::Result<Vec<Table>>>()
-                            .map_err(error_text)?;
-                        lua.create_sequence_from(tables).map_err(error_text)?
-                    }
-                };
-                (LuaValue::Table(table), false)
+                let tables = lists
+                    .iter()
+                    .map(|list| {
+                        let args = sequence(lua, list)?;
+                        args.raw_set("n", list.len())?;
+                        Ok(args)
+                    })
+                    .collect::<mlua::Result<Vec<Table>>>()
+                    .map_err(error_text)?;
+                LuaValue::Table(lua.create_sequence_from(tables).map_err(error_text)?)
             }
         };
-        let results = lua
-            .create_table_with_capacity(count, 0)
-            .map_err(error_text)?;
-        // mlua's mark for a sequence: it then serializes the table as the sequence of its
-        // length, without first scanning every key for others (the runner sets only 1..count).
-        // Each result keeps the usual detection of holes and mixed keys.
-        results
-            .set_metatable(Some(lua.array_metatable()))
-            .map_err(error_text)?;
-        let args = (f, calls, count, single, &results)
+        let mut io = native::ChunkIo {
+            calls,
+            results: Vec::with_capacity(count),
+            current: 0,
+            left: Vec::new(),
+        };
+        let at = mlua::LightUserData(std::ptr::addr_of_mut!(io).cast());
+        let args = (at, f, table, lua.array_metatable())
             .into_lua_multi(lua)
             .map_err(error_text)?;
-        let out = match self.run(lua, &self.run_chunk, args) {
+        // SAFETY (of the runner's pointer): `run` drives the coroutine to its end, and `io` is
+        // not touched until it returns; a coroutine that did not finish is never resumed.
+        let out = self.run(lua, &self.run_chunk, args);
+        let out = match out {
             Ok(out) => out,
             Err(e) => {
                 let raised = take_raised();
-                return Err(failed_call(&results, count, error_text(e)).raised(raised));
+                let error = match io.current {
+                    0 => TaskError::from(error_text(e)),
+                    i => TaskError::at(i - 1, error_text(e)),
+                };
+                return Err(error.raised(raised));
             }
         };
-        let Some(LuaValue::Table(results)) = out.into_iter().next() else {
-            return Err("internal error: the chunk runner returned no table".into());
-        };
-        // One conversion for the whole chunk, unless nil results left it something else than a
-        // list of `count` values.
-        if let Ok(Value::Array(values)) = to_value(lua, LuaValue::Table(results.clone())) {
-            if values.len() == count {
-                return Ok(values);
-            }
+        if io.left.is_empty() {
+            return Ok(io.results);
         }
-        (1..=count)
-            .map(|i| {
-                let v = results.raw_get::<LuaValue>(i).map_err(error_text)?;
-                data_of(lua, v).map_err(|what| {
-                    TaskError::at(i - 1, format!("cannot send a task's result back: {what}"))
-                })
-            })
-            .collect()
+        // The results the direct reader left: the serde path converts them, or says why not.
+        let Some(LuaValue::Table(left)) = out.into_iter().next() else {
+            return Err("internal error: the chunk runner returned no results".into());
+        };
+        for i in std::mem::take(&mut io.left) {
+            let v = left.raw_get::<LuaValue>(i).map_err(error_text)?;
+            io.results[i - 1] = data_of(lua, v).map_err(|what| {
+                TaskError::at(i - 1, format!("cannot send a task's result back: {what}"))
+            })?;
+        }
+        Ok(io.results)
     }
 
     /// [`Tasks::call_many`] for a task of one call (`apply_async`, a map in chunks of one):
@@ -291,18 +290,6 @@ pub(super) fn note_raised(lua: &Lua, object: Option<LuaValue>) {
 /// The data the task just ended by an error raised, if it raised data.
 fn take_raised() -> Option<Value> {
     RAISED.with(|r| r.borrow_mut().take())
-}
-
-/// The error of a chunk that failed, at the call that raised it: the last whose result slot
-/// the chunk runner had set (to `false`, before the call), if it got as far as a call.
-fn failed_call(results: &Table, count: usize, message: String) -> TaskError {
-    let set = (1..=count)
-        .rev()
-        .find(|&i| !matches!(results.raw_get::<LuaValue>(i), Ok(LuaValue::Nil) | Err(_)));
-    match set {
-        Some(i) => TaskError::at(i - 1, message),
-        None => message.into(),
-    }
 }
 
 /// A Lua function ready to run pool tasks in its state: the script's own (`gil`), or one a
