@@ -31,7 +31,7 @@ pub(super) fn table_data(lua: &Lua, t: &Table) -> Option<Value> {
         lua.exec_raw::<()>((t, lua.array_metatable()), |state| {
             let mut reader = Reader {
                 path: Vec::new(),
-                array_metatable: 2,
+                array_metatable: ArrayMetatable::At(ffi::lua_topointer(state, 2)),
             };
             out = reader.read(state, 1);
             ffi::lua_settop(state, 0);
@@ -41,22 +41,44 @@ pub(super) fn table_data(lua: &Lua, t: &Table) -> Option<Value> {
 }
 
 /// The [`Value`] at (absolute) index `at`, as [`table_data`] reads a table; `None` where the
-/// serde path must decide. `array_metatable` is where mlua's array metatable is on the stack.
+/// serde path must decide.
 ///
 /// # Safety
-/// `at` and `array_metatable` are valid absolute indexes of `state`'s stack. Nothing is raised
-/// (see [`table_data`]), so the caller need not be in a protected call. A reader that gives up
-/// may leave values above the stack's top as it found it.
+/// `at` is a valid absolute index of `state`'s stack. Nothing is raised (see [`table_data`]),
+/// so the caller need not be in a protected call. A reader that gives up may leave values
+/// above the stack's top as it found it.
 pub(super) unsafe fn read_at(
     state: *mut ffi::lua_State,
     at: c_int,
-    array_metatable: c_int,
+    array_metatable: ArrayMetatable<'_>,
 ) -> Option<Value> {
     Reader {
         path: Vec::new(),
         array_metatable,
     }
     .read(state, at)
+}
+
+/// mlua's array metatable, which marks a table as a sequence: its address, or the state to
+/// ask for it the first time a table with a metatable is met (most data has none, and asking
+/// costs a registry read and a handle).
+#[derive(Clone, Copy)]
+pub(super) enum ArrayMetatable<'a> {
+    At(*const c_void),
+    Of(&'a Lua),
+}
+
+impl ArrayMetatable<'_> {
+    fn address(&mut self) -> *const c_void {
+        match *self {
+            ArrayMetatable::At(at) => at,
+            ArrayMetatable::Of(lua) => {
+                let at = lua.array_metatable().to_pointer();
+                *self = ArrayMetatable::At(at);
+                at
+            }
+        }
+    }
 }
 
 /// Whether [`push_value`] takes `v` whole: it gives up where the serde path must decide
@@ -91,14 +113,13 @@ pub(super) unsafe fn push_value(state: *mut ffi::lua_State, v: &Value) -> bool {
 }
 
 /// Walks a Lua value into a [`Value`] (see [`table_data`]).
-struct Reader {
+struct Reader<'a> {
     /// The tables from the root to the one being read (mlua's recursion guard).
     path: Vec<*const c_void>,
-    /// Where mlua's array metatable is on the stack.
-    array_metatable: c_int,
+    array_metatable: ArrayMetatable<'a>,
 }
 
-impl Reader {
+impl Reader<'_> {
     /// The value at (absolute) index `at`.
     ///
     /// # Safety
@@ -140,11 +161,11 @@ impl Reader {
 
     /// # Safety
     /// As [`Reader::table`], with a free stack slot.
-    unsafe fn has_array_metatable(&self, state: *mut ffi::lua_State, at: c_int) -> bool {
+    unsafe fn has_array_metatable(&mut self, state: *mut ffi::lua_State, at: c_int) -> bool {
         if ffi::lua_getmetatable(state, at) == 0 {
             return false;
         }
-        let same = ffi::lua_rawequal(state, -1, self.array_metatable) != 0;
+        let same = ffi::lua_topointer(state, -1) == self.array_metatable.address();
         ffi::lua_pop(state, 1);
         same
     }

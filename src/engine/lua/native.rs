@@ -542,7 +542,8 @@ unsafe fn push_argument(state: *mut lua_State, v: &Value) {
 /// kept in the `left` table for the serde path.
 unsafe fn take_result(state: *mut lua_State, i: usize) {
     let top = ffi::lua_gettop(state);
-    match direct::read_at(state, top, CHUNK_ARRAY_MT) {
+    let array_metatable = direct::ArrayMetatable::At(ffi::lua_topointer(state, CHUNK_ARRAY_MT));
+    match direct::read_at(state, top, array_metatable) {
         Some(v) => chunk_io(state).results.push(v),
         None => {
             // A reader that gave up may leave what it was reading above the result.

@@ -50,6 +50,7 @@ fn property_or_method(lua: &Lua, (ud, key): (AnyUserData, LuaString)) -> mlua::R
             vals: vec![LuaValue::UserData(ud)],
             this: None,
             host: &host,
+            frame: None,
         };
         return match (b.call)(&host, &mut args) {
             Ok(Outcome::Done(ret)) => ret_to_lua(lua, ret),

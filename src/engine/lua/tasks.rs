@@ -437,9 +437,10 @@ pub(super) fn encoded_function(
     lua: &Lua,
     f: &Function,
     inherited: Option<&Arc<dyn Inheritance>>,
+    at: Option<(*mut ffi::lua_State, std::ffi::c_int)>,
 ) -> Result<Arc<FunctionSpec>, String> {
     let generation = inherited.map(|i| i.generation());
-    if let Some(spec) = last_encoding(lua, f, generation)? {
+    if let Some(spec) = last_encoding(lua, f, generation, at)? {
         return Ok(spec);
     }
     let heritage = inherited.and_then(|i| Heritage::of(lua, i));
@@ -474,47 +475,84 @@ pub(super) fn encoded_function(
     Ok(spec)
 }
 
-/// `f`'s last encoding, if `f` is unchanged since: one protected call finds its token and
-/// checks its upvalues (a submission's fixed cost, so it stays inside Lua's API).
+/// `f`'s last encoding, if `f` is unchanged since. `at`: where `f` is on the stack of the
+/// builtin's call that runs now, if it is there; the lookup then reads it from there, without
+/// the protected call it takes otherwise (a submission's fixed cost).
 fn last_encoding(
     lua: &Lua,
     f: &Function,
     inherited: Option<u64>,
+    at: Option<(*mut ffi::lua_State, std::ffi::c_int)>,
 ) -> Result<Option<Arc<FunctionSpec>>, String> {
     let Some(encodings) = lua.app_data_ref::<Encodings>() else {
         return Ok(None);
     };
-    let tokens = &encodings.tokens;
-    let mut last = None;
-    // SAFETY: the closure keeps to Lua's API and to the stack above `tokens` (1) and `f` (2);
-    // an error (out of memory) unwinds through the protected call `exec_raw` makes, and
-    // nothing it holds needs dropping.
-    unsafe {
-        lua.exec_raw::<()>((tokens, f), |state| {
-            ffi::lua_pushvalue(state, 2);
-            if ffi::lua_rawget(state, 1) != ffi::LUA_TNUMBER {
-                return;
-            }
-            let token = ffi::lua_tointeger(state, -1) as u64;
-            ffi::lua_pop(state, 1);
-            if let Some((spec, checks, _)) = encodings
-                .last
-                .get(&token)
-                .filter(|(_, _, made_for)| *made_for == inherited)
+    if let Some((state, at)) = at {
+        // SAFETY: `lookup` raises nothing and leaves the stack as it found it, once its top is
+        // set back; `at` holds `f` (checked).
+        unsafe {
+            let top = ffi::lua_gettop(state);
+            if ffi::lua_type(state, at) == ffi::LUA_TFUNCTION
+                && ffi::lua_topointer(state, at) == f.to_pointer()
+                && ffi::lua_checkstack(state, 2) != 0
             {
-                // No checks: a function sent by its global path (a C function's upvalues are
-                // its own), or one without upvalues.
-                let mut used = 0;
-                if checks.is_empty()
-                    || transport::unchanged(state, 2, checks, &mut used) && used == checks.len()
-                {
-                    last = Some(spec.clone());
-                }
+                ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, tokens_key());
+                let last = lookup(state, top + 1, at, &encodings, inherited);
+                ffi::lua_settop(state, top);
+                return Ok(last);
             }
+        }
+    }
+    let mut last = None;
+    // SAFETY: the closure keeps to the stack above `tokens` (1) and `f` (2), and raises nothing
+    // (see `lookup`).
+    unsafe {
+        lua.exec_raw::<()>((&encodings.tokens, f), |state| {
+            last = lookup(state, 1, 2, &encodings, inherited);
         })
     }
     .map_err(error_text)?;
     Ok(last)
+}
+
+/// The registry key of the encodings' token table: a light userdata, so that reading it
+/// allocates nothing and raises nothing.
+static TOKENS_KEY: u8 = 0;
+
+fn tokens_key() -> *const std::ffi::c_void {
+    std::ptr::addr_of!(TOKENS_KEY).cast()
+}
+
+/// The encoding of the function at `f` that the token table at `tokens` names, if its
+/// upvalues still pass its checks. Raises nothing; may leave values above the stack's top.
+///
+/// # Safety
+/// `tokens` holds the token table and `f` a function, at absolute indexes of `state`'s stack.
+unsafe fn lookup(
+    state: *mut ffi::lua_State,
+    tokens: std::ffi::c_int,
+    f: std::ffi::c_int,
+    encodings: &Encodings,
+    inherited: Option<u64>,
+) -> Option<Arc<FunctionSpec>> {
+    if ffi::lua_checkstack(state, 1) == 0 {
+        return None;
+    }
+    ffi::lua_pushvalue(state, f);
+    if ffi::lua_rawget(state, tokens) != ffi::LUA_TNUMBER {
+        return None;
+    }
+    let token = ffi::lua_tointeger(state, -1) as u64;
+    ffi::lua_pop(state, 1);
+    let (spec, checks, _) = encodings
+        .last
+        .get(&token)
+        .filter(|(_, _, made_for)| *made_for == inherited)?;
+    // No checks: a function sent by its global path (a C function's upvalues are its own), or
+    // one without upvalues.
+    let mut used = 0;
+    (checks.is_empty() || transport::unchanged(state, f, checks, &mut used) && used == checks.len())
+        .then(|| spec.clone())
 }
 
 /// The last encoding of each function submitted lately, by its token.
@@ -533,6 +571,12 @@ impl Encodings {
     pub(super) fn install(lua: &Lua, weak_keys: Option<Table>) -> mlua::Result<()> {
         let tokens = lua.create_table()?;
         tokens.set_metatable(weak_keys)?;
+        // SAFETY: sets the registry's entry at a light userdata key to the table at 1.
+        unsafe {
+            lua.exec_raw::<()>(&tokens, |state| {
+                ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, tokens_key());
+            })?;
+        }
         lua.set_app_data(Encodings {
             tokens,
             next: 0,
@@ -621,8 +665,8 @@ mod tests {
             )
             .eval()
             .unwrap();
-        let first = encoded_function(&lua, &f, None).unwrap();
-        let again = encoded_function(&lua, &f, None).unwrap();
+        let first = encoded_function(&lua, &f, None, None).unwrap();
+        let again = encoded_function(&lua, &f, None, None).unwrap();
         assert!(
             Arc::ptr_eq(&first, &again),
             "an unchanged function is encoded again"
@@ -630,7 +674,7 @@ mod tests {
         let mut keys = vec![key(&first)];
         for (what, v) in [("n", 2), ("scale", 3), ("scale", 2), ("n", 1)] {
             set.call::<()>((what, v)).unwrap();
-            keys.push(key(&encoded_function(&lua, &f, None).unwrap()));
+            keys.push(key(&encoded_function(&lua, &f, None, None).unwrap()));
         }
         // (n, scale): (1, 2), (2, 2), (2, 3), (2, 2), (1, 2).
         let distinct: std::collections::HashSet<_> = keys[..3].iter().collect();
@@ -646,13 +690,16 @@ mod tests {
         );
         // A function the worker finds by its global path is not looked for again.
         let getpid: Function = lua.load("return parrun.getpid").eval().unwrap();
-        let first = encoded_function(&lua, &getpid, None).unwrap();
+        let first = encoded_function(&lua, &getpid, None, None).unwrap();
         assert!(Arc::ptr_eq(
             &first,
-            &encoded_function(&lua, &getpid, None).unwrap()
+            &encoded_function(&lua, &getpid, None, None).unwrap()
         ));
         let other: Function = lua.load("return function(x) return -x end").eval().unwrap();
         set.call::<()>(("scaled", other)).unwrap();
-        assert_ne!(key(&encoded_function(&lua, &f, None).unwrap()), keys[0]);
+        assert_ne!(
+            key(&encoded_function(&lua, &f, None, None).unwrap()),
+            keys[0]
+        );
     }
 }
