@@ -30,7 +30,7 @@ pub(super) fn table_data(lua: &Lua, t: &Table) -> Option<Value> {
     let done = unsafe {
         lua.exec_raw::<()>((t, lua.array_metatable()), |state| {
             let mut reader = Reader {
-                path: Vec::new(),
+                path: Path::default(),
                 array_metatable: ArrayMetatable::At(ffi::lua_topointer(state, 2)),
             };
             out = reader.read(state, 1);
@@ -53,7 +53,7 @@ pub(super) unsafe fn read_at(
     array_metatable: ArrayMetatable<'_>,
 ) -> Option<Value> {
     Reader {
-        path: Vec::new(),
+        path: Path::default(),
         array_metatable,
     }
     .read(state, at)
@@ -112,10 +112,46 @@ pub(super) unsafe fn push_value(state: *mut ffi::lua_State, v: &Value) -> bool {
     push(state, v, MAX_DEPTH)
 }
 
+/// The tables from the root to the one being read, in place and uninitialised past `len`:
+/// most values are read at a builtin's call (an `apply_async`'s `{i}`), where a list on the
+/// heap cost an allocation each.
+struct Path {
+    tables: [std::mem::MaybeUninit<*const c_void>; MAX_DEPTH],
+    len: usize,
+}
+
+impl Default for Path {
+    fn default() -> Self {
+        Path {
+            tables: [std::mem::MaybeUninit::uninit(); MAX_DEPTH],
+            len: 0,
+        }
+    }
+}
+
+impl Path {
+    fn contains(&self, table: *const c_void) -> bool {
+        // SAFETY: the first `len` entries are set (by `push`).
+        self.tables[..self.len]
+            .iter()
+            .any(|t| unsafe { t.assume_init() } == table)
+    }
+
+    /// Adds a table; the reader checks the depth first.
+    fn push(&mut self, table: *const c_void) {
+        self.tables[self.len].write(table);
+        self.len += 1;
+    }
+
+    fn pop(&mut self) {
+        self.len -= 1;
+    }
+}
+
 /// Walks a Lua value into a [`Value`] (see [`table_data`]).
 struct Reader<'a> {
     /// The tables from the root to the one being read (mlua's recursion guard).
-    path: Vec<*const c_void>,
+    path: Path,
     array_metatable: ArrayMetatable<'a>,
 }
 
@@ -144,8 +180,8 @@ impl Reader<'_> {
     /// As [`Reader::read`], with a table at `at`.
     unsafe fn table(&mut self, state: *mut ffi::lua_State, at: c_int) -> Option<Value> {
         let id = ffi::lua_topointer(state, at);
-        if self.path.len() >= MAX_DEPTH
-            || self.path.contains(&id)
+        if self.path.len >= MAX_DEPTH
+            || self.path.contains(id)
             || ffi::lua_checkstack(state, 4) == 0
         {
             return None;
