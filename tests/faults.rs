@@ -407,7 +407,8 @@ print(`after ${pool.apply(|x| x + 1, [1])}`);
             rhai,
         );
         out.assert_success()
-            .assert_stdout_contains("too large")
+            .assert_stdout_contains("memory limit exceeded: ")
+            .assert_stdout_contains(" too large (--max-memory)")
             .assert_stdout_contains("after 2");
     }
 }
@@ -616,8 +617,7 @@ loop {}
             .assert_stdout_contains("main goes on")
             .assert_stderr_contains("Exception in thread Thread-1");
         let lines = out.stdout_lines();
-        let limit =
-            |s: &str| s.contains("instruction limit exceeded") || s.contains("Too many operations");
+        let limit = |s: &str| s.contains("instruction limit exceeded: more than 2000000 ");
         assert!(
             lines[0].starts_with("false") && limit(lines[0]),
             "{}",
@@ -662,8 +662,7 @@ print(f(500));
         out.assert_code(1).assert_stdout_contains("after\t10");
         let lines = out.stdout_lines();
         assert_eq!(lines[0], "50", "{}", out.describe());
-        let deep =
-            |s: &str| s.contains("call depth limit exceeded") || s.contains("Stack overflow");
+        let deep = |s: &str| s.contains("call depth limit exceeded: more than 100 nested calls");
         assert!(
             lines[1].starts_with("false") && deep(lines[1]),
             "{}",
@@ -741,6 +740,9 @@ nested(1);
         .output();
         out.assert_code(1);
         let all = lines_only(&format!("{}{}", out.stdout, out.stderr), "limits.rhai");
+        // Rhai's own words ("Too many operations", "Stack overflow") name no setting.
+        let ops = "instruction limit exceeded: more than 100000 operations (--max-instructions)";
+        let depth = "call depth limit exceeded: more than 50 nested calls (--max-call-depth)";
         let nap = if mode == "fork" {
             // A forked worker past its timeout is killed: nothing can say where it was.
             "Pool.map: the task ran longer than the task timeout of 200ms: worker process".into()
@@ -750,18 +752,19 @@ nested(1);
                 .to_owned()
         };
         for want in [
-            "Pool.map: limits.rhai:4: Too many operations\n".into(),
-            "Pool.map: limits.rhai:7: Stack overflow\n".into(),
-            "Pool.map: limits.rhai:4: Too many operations\n  in call to spin at limits.rhai:9\n"
-                .into(),
+            format!("Pool.map: limits.rhai:4: {ops}\n"),
+            format!("Pool.map: limits.rhai:7: {depth}\n"),
+            format!("Pool.map: limits.rhai:4: {ops}\n  in call to spin at limits.rhai:9\n"),
             nap,
-            "Exception in thread Thread-1:\nlimits.rhai:4: Too many operations\n  in call to \
-             spin at limits.rhai:9\n"
-                .into(),
-            "Process Process-1:\nlimits.rhai:7: Stack overflow\n".into(),
-            "parrun: limits.rhai:4: Too many operations\n  in call to spin at limits.rhai:9\n  \
-             in call to nested at limits.rhai:22\n"
-                .to_owned(),
+            format!(
+                "Exception in thread Thread-1:\nlimits.rhai:4: {ops}\n  in call to spin at \
+                 limits.rhai:9\n"
+            ),
+            format!("Process Process-1:\nlimits.rhai:7: {depth}\n"),
+            format!(
+                "parrun: limits.rhai:4: {ops}\n  in call to spin at limits.rhai:9\n  in call \
+                 to nested at limits.rhai:22\n"
+            ),
         ] {
             assert!(
                 all.contains(&want),
@@ -781,13 +784,15 @@ nested(1);
             .dir(dir.path())
             .output();
         out.assert_success();
+        let overflow =
+            "Stack overflow: more than 64 nested calls (Rhai's limit; --max-call-depth sets another)";
         let why = "which starts here; the line where it stopped is known only with \
                    --max-instructions, --max-call-depth or --max-memory)";
         out.assert_stdout_contains(&format!(
-            "Pool.map: limits.rhai:1:12: Stack overflow (in function deep, {why}\n"
+            "Pool.map: limits.rhai:1:12: {overflow} (in function deep, {why}\n"
         ))
         .assert_stderr_contains(&format!(
-            "limits.rhai:6:20: Stack overflow (in an anonymous function, {why}\n"
+            "limits.rhai:6:20: {overflow} (in an anonymous function, {why}\n"
         ));
     }
 }

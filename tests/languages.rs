@@ -443,14 +443,14 @@ fn rhai_instruction_limit_keeps_its_meaning_on_grain() {
     run("ast", 5)
         .assert_code(1)
         .assert_stderr_contains("main.rhai:1:")
-        .assert_stderr_contains("Too many operations");
+        .assert_stderr_contains("instruction limit exceeded: more than ");
     run("grain", 5)
         .assert_success()
         .assert_stdout_contains("done 199999");
     run("grain", 3)
         .assert_code(1)
         .assert_stderr_contains("main.rhai:1:")
-        .assert_stderr_contains("Too many operations");
+        .assert_stderr_contains("instruction limit exceeded: more than ");
     // A script that stays on the walker with `--rhai-vm grain` (a closure handed to a method
     // of the variable it captures) keeps the walker's count: 8 per iteration is enough.
     let code =

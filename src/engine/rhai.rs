@@ -152,7 +152,7 @@ pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
             .eval(&engine, &mut scope, &ast)
             .map_err(|err| match *err {
                 EvalAltResult::Exit(value, _) => Error::Exited(exit_status_of(&value)),
-                other => Error::script(format_error(&script.name, other)),
+                other => Error::script(format_error(&host.settings, &script.name, other)),
             })
     });
     let exit_status = *shared.exit_status.lock().recover();
@@ -228,7 +228,7 @@ pub(crate) fn load(host: Arc<Host>, script: Source) -> Result<Box<dyn LoadedScri
         (Ok(()), Some(status)) => Error::Exited(status),
         (Err(err), _) => match *err {
             EvalAltResult::Exit(value, _) => Error::Exited(exit_status_of(&value)),
-            other => Error::script(format_error(&script.name, other)),
+            other => Error::script(format_error(&host.settings, &script.name, other)),
         },
     };
     host.finish();
@@ -372,12 +372,15 @@ pub(crate) fn is_constant_name(name: &str) -> bool {
             .is_ok()
 }
 
+/// How deep Rhai calls may nest without `--max-call-depth`.
+const DEFAULT_CALL_DEPTH: usize = 64;
+
 fn build_engine(shared: &Arc<Shared>) -> Engine {
     let host = &shared.host;
     let mut engine = standard_engine();
     // Rhai's release-build default; its debug builds allow only 8 levels, and a script must
     // behave the same whichever way parrun was built.
-    engine.set_max_call_levels(host.settings.max_call_depth.unwrap_or(64));
+    engine.set_max_call_levels(host.settings.max_call_depth.unwrap_or(DEFAULT_CALL_DEPTH));
     if host.settings.sandbox {
         engine.disable_symbol("eval");
         engine.set_module_resolver(::rhai::module_resolvers::DummyModuleResolver::new());

@@ -2,6 +2,35 @@
 //! failed, the calls that led there, and the place a limit or a cancellation stopped it.
 
 use super::*;
+use crate::host::Settings;
+
+/// A limit's error in the words Lua's are in, naming the setting: Rhai's own say "Too many
+/// operations", "Stack overflow" or "Length of string too large", and not what set the limit.
+fn limit_text(settings: &Settings, err: &EvalAltResult) -> Option<String> {
+    Some(match err {
+        EvalAltResult::ErrorTooManyOperations(_) => format!(
+            "instruction limit exceeded: more than {} operations (--max-instructions)",
+            settings.max_instructions?
+        ),
+        EvalAltResult::ErrorStackOverflow(_) => match settings.max_call_depth {
+            Some(depth) => format!(
+                "call depth limit exceeded: more than {depth} nested calls (--max-call-depth)"
+            ),
+            None => format!(
+                "Stack overflow: more than {DEFAULT_CALL_DEPTH} nested calls (Rhai's limit; \
+                 --max-call-depth sets another)"
+            ),
+        },
+        EvalAltResult::ErrorDataTooLarge(what, _) => {
+            settings.max_memory?;
+            format!(
+                "memory limit exceeded: {} too large (--max-memory)",
+                what.to_lowercase()
+            )
+        }
+        _ => return None,
+    })
+}
 
 pub(super) fn position_text(pos: Position) -> String {
     match (pos.line(), pos.position()) {
@@ -11,9 +40,10 @@ pub(super) fn position_text(pos: Position) -> String {
     }
 }
 
-/// "file:line:col: message" for the innermost error (where the script really failed).
-pub(super) fn format_error(script: &str, err: EvalAltResult) -> String {
-    error_text(script, err, None)
+/// "file:line:col: message" for the innermost error (where the script really failed); a limit
+/// the run's `settings` set names the setting.
+pub(super) fn format_error(settings: &Settings, script: &str, err: EvalAltResult) -> String {
+    error_text(settings, script, err, None)
 }
 
 /// The error of a call from Rust to `f` with `args` arguments (a pool task, a thread's target,
@@ -40,6 +70,7 @@ pub(super) fn call_error(shared: &Shared, f: &FnPtr, args: usize, err: EvalAltRe
         format!("function {}", f.fn_name())
     };
     error_text(
+        &shared.host.settings,
         &shared.script_name,
         err,
         Some((name, def.unwrap_or(Position::NONE))),
@@ -82,6 +113,7 @@ fn arity_error(shared: &Shared, f: &FnPtr, args: usize, err: &EvalAltResult) -> 
 
 /// [`format_error`]; `called` is the function a call from Rust ran and where it starts.
 pub(super) fn error_text(
+    settings: &Settings,
     script: &str,
     err: EvalAltResult,
     called: Option<(String, Position)>,
@@ -110,7 +142,7 @@ pub(super) fn error_text(
                 }
                 *inner
             }
-            other => break err_line(script, &source, other, trace, called),
+            other => break err_line(settings, script, &source, other, trace, called),
         };
     }
 }
@@ -123,6 +155,7 @@ pub(super) fn call_line(name: &str, source: &str, pos: Position) -> Option<Strin
 }
 
 pub(super) fn err_line(
+    settings: &Settings,
     script: &str,
     source: &str,
     mut err: EvalAltResult,
@@ -166,7 +199,7 @@ pub(super) fn err_line(
             "exit({}) called outside the script's main thread",
             exit_status_of(value)
         ),
-        other => other.to_string(),
+        other => limit_text(settings, other).unwrap_or_else(|| other.to_string()),
     };
     if let (true, true, Some((name, def))) = (pos.is_none(), err.is_system_exception(), called) {
         // Rhai keeps no place for it and none was tracked: the best honest place is where

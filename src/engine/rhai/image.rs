@@ -154,8 +154,9 @@ pub(super) fn decode(host: &Host, bytes: &[u8]) -> Result<Instance, String> {
                 .imports
                 .iter()
                 .map(|(name, source)| {
-                    let module = modules::find(&engine, &shared.modules, source)
-                        .map_err(|e| format_error(&shared.script_name, *e))?;
+                    let module = modules::find(&engine, &shared.modules, source).map_err(|e| {
+                        format_error(&shared.host.settings, &shared.script_name, *e)
+                    })?;
                     Ok((name.into(), module))
                 })
                 .collect::<Result<_, String>>()?;

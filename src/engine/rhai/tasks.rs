@@ -233,7 +233,7 @@ pub(super) fn decode_function(
         .iter()
         .map(|(name, source)| {
             let module = modules::find(engine, &shared.modules, source)
-                .map_err(|e| format_error(&shared.script_name, *e))?;
+                .map_err(|e| format_error(&shared.host.settings, &shared.script_name, *e))?;
             Ok((name.into(), module))
         })
         .collect::<Result<_, String>>()?;
