@@ -48,7 +48,10 @@ fn limits() {
     let small = Runtime::new().max_memory(16 << 20);
     let lua = "local t = {} for i = 1, 1e8 do t[i] = i end";
     let msg = script_error(small.run_source(Language::Lua, "mem.lua", lua));
-    assert!(msg.contains("not enough memory"), "{msg}");
+    assert!(
+        msg.contains("memory limit exceeded: not enough memory (--max-memory)"),
+        "{msg}"
+    );
     let rhai = "let a = [0]; loop { a += a; }";
     let msg = script_error(small.run_source(Language::Rhai, "mem.rhai", rhai));
     assert!(msg.contains("memory limit exceeded: "), "{msg}");
@@ -191,7 +194,7 @@ fn running_out_of_memory_names_the_script_and_line() {
         }
         assert_eq!(
             place(small.run_source(Language::Lua, "mem.lua", lua)).2,
-            "not enough memory"
+            "memory limit exceeded: not enough memory (--max-memory)"
         );
         let pool = "local pool = parrun.Pool(1)\n\
                     pool:map(function(x)\n  local t = {}\n  for i = 1, 1e8 do t[i] = i end\nend, {1})";
@@ -203,7 +206,9 @@ fn running_out_of_memory_names_the_script_and_line() {
             ));
             assert_eq!(line, Some(2), "{mode:?}: {message}");
             assert!(
-                message.starts_with("Pool.map: pool.lua:4: not enough memory"),
+                message.starts_with(
+                    "Pool.map: pool.lua:4: memory limit exceeded: not enough memory (--max-memory)"
+                ),
                 "{mode:?}: {message}"
             );
         }

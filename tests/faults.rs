@@ -379,7 +379,9 @@ print(pcall(string.rep, "x", 200 * 1024 * 1024))
         let lines = out.stdout_lines();
         assert!(
             lines[0].starts_with("false\tPool.apply: ")
-                && lines[0].ends_with("memory.lua:3: not enough memory"),
+                && lines[0].ends_with(
+                    "memory.lua:3: memory limit exceeded: not enough memory (--max-memory)"
+                ),
             "{mode}: {}",
             out.describe()
         );

@@ -182,10 +182,19 @@ pub(super) fn drive(
                     // for one, so mlua adds no traceback): the dead coroutine's stack still
                     // tells where it stopped, as for an error the driver raises itself. Its
                     // `<close>` variables get Lua's own object, as under `lua5.4`.
-                    mlua::Error::MemoryError(message) => (
-                        native::stopped_error(lua, token as *mut mlua::ffi::lua_State, &message),
-                        mlua::Error::MemoryError(message),
-                    ),
+                    // Under `--max-memory` the report names the setting, as Rhai's does (a
+                    // script's `pcall` still gets Lua's own "not enough memory").
+                    mlua::Error::MemoryError(message) => {
+                        let report = match host.settings.max_memory {
+                            Some(_) => format!("memory limit exceeded: {message} (--max-memory)"),
+                            None => message.clone(),
+                        };
+                        let state = token as *mut mlua::ffi::lua_State;
+                        (
+                            native::stopped_error(lua, state, &report),
+                            mlua::Error::MemoryError(message),
+                        )
+                    }
                     e => {
                         tasks::note_raised(lua, native::raised_object(lua, &e));
                         let e = native::error_object_text(lua, e);
