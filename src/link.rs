@@ -64,6 +64,8 @@ pub(crate) enum Op {
     Acquire(Option<Duration>),
     Release,
     Locked,
+    /// An operation on an `RLock`, `Event`, `Semaphore` or `Condition` (see `crate::sync`).
+    Sync(crate::sync::SyncOp),
     /// The child found standard output gone: the run ends (see `crate::rt::output::stdout_gone`).
     StdoutGone,
     /// Whole lines the child printed, for the writer the run's output goes to (see

@@ -24,13 +24,14 @@ use crate::pool::{AsyncResult, PoolHandle};
 use crate::process::ScriptProcess;
 use crate::rt::gil::Gil;
 use crate::script::{Callback, FunctionSpec, ScriptEngine, Target, Travel};
-use crate::sync::{Lock, Queue};
+use crate::sync::{Condition, Event, Lock, Queue, RLock, Semaphore};
 use crate::thread::ScriptThread;
 use crate::value::Value;
 
 mod args;
 pub(crate) mod host_fns;
 mod processing;
+mod sync;
 mod threading;
 
 /// The classes of host objects scripts can hold.
@@ -41,6 +42,10 @@ pub enum Class {
     Thread,
     Queue,
     Lock,
+    RLock,
+    Event,
+    Semaphore,
+    Condition,
     Process,
     Pool,
     AsyncResult,
@@ -54,6 +59,10 @@ impl Class {
             Class::Thread => "Thread",
             Class::Queue => "Queue",
             Class::Lock => "Lock",
+            Class::RLock => "RLock",
+            Class::Event => "Event",
+            Class::Semaphore => "Semaphore",
+            Class::Condition => "Condition",
             Class::Process => "Process",
             Class::Pool => "Pool",
             Class::AsyncResult => "AsyncResult",
@@ -68,6 +77,11 @@ pub enum Object {
     Thread(Arc<ScriptThread>),
     Queue(Queue),
     Lock(Lock),
+    RLock(RLock),
+    Event(Event),
+    /// A `Semaphore` or a `BoundedSemaphore`.
+    Semaphore(Semaphore),
+    Condition(Condition),
     Process(Arc<ScriptProcess>),
     Pool(Arc<PoolHandle>),
     /// A job's result; it keeps its pool alive, as in Python.
@@ -85,6 +99,12 @@ pub(crate) enum ObjectWire {
     /// A queue's id and its `maxsize`.
     Queue(u64, usize),
     Lock(u64),
+    RLock(u64),
+    Event(u64),
+    /// A semaphore's id and, if bounded, its bound.
+    Semaphore(u64, Option<u64>),
+    /// A condition's id and its lock.
+    Condition(u64, Box<ObjectWire>),
 }
 
 #[cfg(any(feature = "mpi", test))]
@@ -94,6 +114,18 @@ impl ObjectWire {
         match self {
             ObjectWire::Queue(id, maxsize) => Object::Queue(Queue::remote(id, maxsize)),
             ObjectWire::Lock(id) => Object::Lock(Lock::remote(id)),
+            ObjectWire::RLock(id) => Object::RLock(RLock::remote(id)),
+            ObjectWire::Event(id) => Object::Event(Event::remote(id)),
+            ObjectWire::Semaphore(id, bound) => Object::Semaphore(Semaphore::remote(id, bound)),
+            ObjectWire::Condition(id, lock) => {
+                use crate::sync::CondLock;
+                let lock = match lock.object() {
+                    Object::Lock(l) => CondLock::Lock(l),
+                    Object::RLock(l) => CondLock::RLock(l),
+                    _ => CondLock::RLock(RLock::remote(0)),
+                };
+                Object::Condition(Condition::remote(id, lock))
+            }
         }
     }
 }
@@ -105,6 +137,17 @@ impl Object {
         match self {
             Object::Queue(q) => Some(ObjectWire::Queue(q.id(), q.maxsize())),
             Object::Lock(l) => Some(ObjectWire::Lock(l.id())),
+            Object::RLock(l) => Some(ObjectWire::RLock(l.id())),
+            Object::Event(e) => Some(ObjectWire::Event(e.id())),
+            Object::Semaphore(s) => Some(ObjectWire::Semaphore(s.id(), s.bound())),
+            Object::Condition(c) => {
+                use crate::sync::CondLock;
+                let lock = match c.lock() {
+                    CondLock::Lock(l) => ObjectWire::Lock(l.id()),
+                    CondLock::RLock(l) => ObjectWire::RLock(l.id()),
+                };
+                Some(ObjectWire::Condition(c.id(), Box::new(lock)))
+            }
             _ => None,
         }
     }
@@ -114,6 +157,10 @@ impl Object {
             Object::Thread(_) => Class::Thread,
             Object::Queue(_) => Class::Queue,
             Object::Lock(_) => Class::Lock,
+            Object::RLock(_) => Class::RLock,
+            Object::Event(_) => Class::Event,
+            Object::Semaphore(_) => Class::Semaphore,
+            Object::Condition(_) => Class::Condition,
             Object::Process(_) => Class::Process,
             Object::Pool(_) => Class::Pool,
             Object::AsyncResult(..) => Class::AsyncResult,
@@ -127,6 +174,10 @@ impl Object {
             (Object::Thread(a), Object::Thread(b)) => Arc::ptr_eq(a, b),
             (Object::Queue(a), Object::Queue(b)) => a.same(b),
             (Object::Lock(a), Object::Lock(b)) => a.same(b),
+            (Object::RLock(a), Object::RLock(b)) => a.same(b),
+            (Object::Event(a), Object::Event(b)) => a.same(b),
+            (Object::Semaphore(a), Object::Semaphore(b)) => a.same(b),
+            (Object::Condition(a), Object::Condition(b)) => a.same(b),
             (Object::Process(a), Object::Process(b)) => Arc::ptr_eq(a, b),
             (Object::Pool(a), Object::Pool(b)) => Arc::ptr_eq(a, b),
             (Object::AsyncResult(a, _), Object::AsyncResult(b, _)) => Arc::ptr_eq(a, b),
@@ -157,6 +208,14 @@ impl Object {
                 Ok(false) => "<Lock unlocked>".into(),
                 Err(_) => "<Lock>".into(),
             },
+            Object::RLock(l) => l.describe(),
+            Object::Event(e) => match e.is_set() {
+                Ok(true) => "<Event set>".into(),
+                Ok(false) => "<Event unset>".into(),
+                Err(_) => "<Event>".into(),
+            },
+            Object::Semaphore(s) => s.describe(),
+            Object::Condition(c) => c.describe(),
             Object::Process(p) => {
                 let state = match p.exitcode() {
                     Some(code) => format!("stopped exitcode={code}"),
@@ -316,7 +375,12 @@ impl Builtin {
 }
 
 /// The parts of the table, one per Python module, and parrun's own.
-static PARTS: &[&[Builtin]] = &[threading::BUILTINS, processing::BUILTINS, TESTING];
+static PARTS: &[&[Builtin]] = &[
+    threading::BUILTINS,
+    sync::BUILTINS,
+    processing::BUILTINS,
+    TESTING,
+];
 
 /// Every operation scripts can call, in both languages.
 pub fn builtins() -> impl Iterator<Item = &'static Builtin> {
