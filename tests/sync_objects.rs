@@ -1,0 +1,328 @@
+//! `RLock`, `Event`, `Semaphore`, `BoundedSemaphore` and `Condition`, as Python's `threading`
+//! and `multiprocessing` have them, in both languages and every execution model: within a
+//! process (threads), and from forked children and pool workers, which reach the parent's
+//! object through their link. Each run has the suite's time limit (`common::TIMEOUT`).
+
+mod common;
+
+use common::{both_in_modes, MODES};
+
+/// What each object does within one process, as the Python below prints it (an error's line
+/// is parrun's wording: the operation, Python's message, then Python's exception type).
+/// ```python
+/// import threading
+/// r = threading.RLock()
+/// print("rlock", r.acquire(), r.acquire(), r.acquire(False), r.acquire(True, 0.01))
+/// for _ in range(4): r.release()
+/// try: r.release()
+/// except RuntimeError as e: print("rlock release", e)
+/// def other():
+///     print("other acquire", r.acquire(True, 0.05))
+/// r.acquire()
+/// t = threading.Thread(target=other); t.start(); t.join()
+/// r.release()
+/// e = threading.Event()
+/// print("event", e.is_set(), e.wait(0.05))
+/// t = threading.Thread(target=lambda: (threading.Event().wait(0.1), e.set())); t.start()
+/// print("event wait", e.wait(5), e.is_set())
+/// t.join(); e.clear(); print("event cleared", e.is_set(), e.wait(0))
+/// s = threading.BoundedSemaphore(2)
+/// print("sem", s.acquire(), s.acquire(), s.acquire(False), s.acquire(True, 0.05))
+/// s.release(2)
+/// try: s.release()
+/// except ValueError as e: print("sem release", e)
+/// s2 = threading.Semaphore(0)
+/// s2.release(3)
+/// print("open sem", s2.acquire(False), s2.acquire(False), s2.acquire(False), s2.acquire(False))
+/// try: threading.Semaphore(-1)
+/// except ValueError as e: print("sem init", e)
+/// c = threading.Condition()
+/// try: c.wait()
+/// except RuntimeError as e: print("cond wait", e)
+/// try: c.notify()
+/// except RuntimeError as e: print("cond notify", e)
+/// with c: print("cond timeout", c.wait(0.05))
+/// ```
+#[test]
+fn each_object_behaves_as_pythons_within_a_process() {
+    let lua = r#"
+local r = parrun.RLock()
+print("rlock", r:acquire(), r:acquire(), r:acquire(false), r:acquire(true, 0.01))
+for _ = 1, 4 do r:release() end
+print("rlock release", select(2, pcall(r.release, r)))
+r:acquire()
+local t = parrun.Thread(function() print("other acquire", r:acquire(true, 0.05)) end)
+t:start() t:join()
+r:release()
+local e = parrun.Event()
+print("event", e:is_set(), e:wait(0.05))
+t = parrun.Thread(function() parrun.sleep(0.1) e:set() end) t:start()
+print("event wait", e:wait(5), e:is_set())
+t:join() e:clear() print("event cleared", e:is_set(), e:wait(0))
+local s = parrun.BoundedSemaphore(2)
+print("sem", s:acquire(), s:acquire(), s:acquire(false), s:acquire(true, 0.05))
+s:release(2)
+print("sem release", select(2, pcall(s.release, s)))
+local s2 = parrun.Semaphore(0)
+s2:release(3)
+print("open sem", s2:acquire(false), s2:acquire(false), s2:acquire(false), s2:acquire(false))
+print("sem init", select(2, pcall(parrun.Semaphore, -1)))
+local c = parrun.Condition()
+print("cond wait", select(2, pcall(c.wait, c)))
+print("cond notify", select(2, pcall(c.notify, c)))
+c:with(function() print("cond timeout", c:wait(0.05)) end)
+"#;
+    let rhai = r#"
+let r = RLock();
+print(`rlock ${r.acquire()} ${r.acquire()} ${r.acquire(false)} ${r.acquire(true, 0.01)}`);
+for i in 0..4 { r.release(); }
+try { r.release(); } catch (err) { print(`rlock release ${err}`); }
+r.acquire();
+let t = Thread(|r| print(`other acquire ${r.acquire(true, 0.05)}`), [r]);
+t.start(); t.join();
+r.release();
+let e = Event();
+print(`event ${e.is_set()} ${e.wait(0.05)}`);
+t = Thread(|e| { sleep(0.1); e.set(); }, [e]); t.start();
+print(`event wait ${e.wait(5)} ${e.is_set()}`);
+t.join(); e.clear(); print(`event cleared ${e.is_set()} ${e.wait(0)}`);
+let s = BoundedSemaphore(2);
+print(`sem ${s.acquire()} ${s.acquire()} ${s.acquire(false)} ${s.acquire(true, 0.05)}`);
+s.release(2);
+try { s.release(); } catch (err) { print(`sem release ${err}`); }
+let s2 = Semaphore(0);
+s2.release(3);
+print(`open sem ${s2.acquire(false)} ${s2.acquire(false)} ${s2.acquire(false)} ${s2.acquire(false)}`);
+try { Semaphore(-1); } catch (err) { print(`sem init ${err}`); }
+let c = Condition();
+try { c.wait(); } catch (err) { print(`cond wait ${err}`); }
+try { c.notify(); } catch (err) { print(`cond notify ${err}`); }
+with c { print(`cond timeout ${c.wait(0.05)}`); }
+"#;
+    let python = [
+        "rlock true true true true",
+        "rlock release * cannot release un-acquired lock (RuntimeError)",
+        "other acquire false",
+        "event false false",
+        "event wait true true",
+        "event cleared false false",
+        "sem true true false false",
+        "sem release * Semaphore released too many times (ValueError)",
+        "open sem true true true false",
+        "sem init * semaphore initial value must be >= 0 (ValueError)",
+        "cond wait * cannot wait on un-acquired lock (RuntimeError)",
+        "cond notify * cannot notify on un-acquired lock (RuntimeError)",
+        "cond timeout false",
+    ];
+    both_in_modes(&MODES, "syncobjects", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .iter()
+            .map(|l| l.replace('\t', " "))
+            .collect();
+        assert_eq!(lines.len(), python.len(), "{mode}: {}", out.describe());
+        for (line, want) in lines.iter().zip(python) {
+            let ok = match want.split_once(" * ") {
+                Some((head, tail)) => line.starts_with(head) && line.ends_with(tail),
+                None => line == want,
+            };
+            assert!(ok, "{mode}: `{line}` is not `{want}`\n{}", out.describe());
+        }
+    });
+}
+
+/// Forked children (and in `gil` and `isolated`, the threads a `Process` is there) use the
+/// parent's objects: an `Event` gates them, a `BoundedSemaphore(2)` lets two at a time into a
+/// section (a counter in a queue measures it), an `RLock` the parent holds is not theirs to
+/// release, a `Condition` wakes a child waiting in it, and a grandchild's wait is forwarded up.
+/// Pool workers use the objects the script's globals hold.
+#[test]
+fn children_and_pool_workers_use_the_parents_objects() {
+    let lua = r#"
+go = parrun.Event()
+sem = parrun.BoundedSemaphore(2)
+local count, peak = parrun.Queue(), parrun.Queue()
+count:put(0)
+local r = parrun.RLock()
+local function worker()
+  go:wait()
+  sem:with(function()
+    local n = count:get() + 1 count:put(n) peak:put(n)
+    parrun.sleep(0.05)
+    count:put(count:get() - 1)
+  end)
+  r:acquire() r:acquire() r:release() r:release()
+end
+local ps = {}
+for i = 1, 5 do ps[i] = parrun.Process(worker) ps[i]:start() end
+parrun.sleep(0.1)
+print("before set", peak:qsize())
+go:set()
+local codes = {}
+for i = 1, 5 do ps[i]:join() codes[i] = ps[i].exitcode end
+local max = 0
+while not peak:empty() do max = math.max(max, peak:get()) end
+print("peak", max, table.concat(codes, " "))
+r:acquire()
+local p = parrun.Process(function() print("child release", select(2, pcall(r.release, r))) end)
+p:start() p:join()
+r:release()
+local cond, box = parrun.Condition(parrun.Lock()), parrun.Queue()
+local waiter = function(cond, box)
+  cond:acquire()
+  local notified = cond:wait(10)
+  cond:release()
+  box:put(notified)
+end
+p = parrun.Process(function()
+  local g = parrun.Process(waiter, {cond, box}) g:start()
+  waiter(cond, box)
+  g:join()
+end)
+p:start()
+while true do
+  parrun.sleep(0.05)
+  cond:acquire()
+  local waiting = tostring(cond)
+  cond:release()
+  if parrun.mode() ~= "fork" or waiting == "<Condition waiters=2>" then break end
+end
+parrun.sleep(0.1)
+cond:acquire() cond:notify_all() cond:release()
+print("notified", box:get(10), box:get(10))
+p:join()
+local pool = parrun.Pool(2)
+local got = pool:map(function(x) sem:acquire() sem:release() return go:wait(5) and x * 2 end, {1, 2, 3})
+print("pool", table.concat(got, " "), tostring(sem))
+pool:close() pool:join()
+"#;
+    let rhai = r#"
+const GO = Event();
+const SEM = BoundedSemaphore(2);
+let count = Queue(); let peak = Queue();
+count.put(0);
+let r = RLock();
+fn worker(count, peak, r) {
+  global::GO.wait();
+  with global::SEM {
+    let n = count.get() + 1; count.put(n); peak.put(n);
+    sleep(0.05);
+    count.put(count.get() - 1);
+  }
+  r.acquire(); r.acquire(); r.release(); r.release();
+}
+let ps = [];
+for i in 0..5 { let p = Process(worker, [count, peak, r]); p.start(); ps.push(p); }
+sleep(0.1);
+print(`before set ${peak.qsize()}`);
+GO.set();
+let codes = [];
+for p in ps { p.join(); codes.push(p.exitcode); }
+let max = 0;
+while !peak.empty() { let n = peak.get(); if n > max { max = n; } }
+print(`peak ${max} ${codes[0]} ${codes[1]} ${codes[2]} ${codes[3]} ${codes[4]}`);
+r.acquire();
+let p = Process(|r| { try { r.release(); } catch (err) { print(`child release ${err}`); } }, [r]);
+p.start(); p.join();
+r.release();
+let cond = Condition(Lock()); let box = Queue();
+fn waiter(cond, box) {
+  cond.acquire();
+  let notified = cond.wait(10);
+  cond.release();
+  box.put(notified);
+}
+p = Process(|cond, box| {
+  let g = Process(waiter, [cond, box]); g.start();
+  waiter(cond, box);
+  g.join();
+}, [cond, box]);
+p.start();
+loop {
+  sleep(0.05);
+  cond.acquire();
+  let waiting = `${cond}`;
+  cond.release();
+  if mode() != "fork" || waiting == "<Condition waiters=2>" { break; }
+}
+sleep(0.1);
+cond.acquire(); cond.notify_all(); cond.release();
+print(`notified ${box.get(10)} ${box.get(10)}`);
+p.join();
+let pool = Pool(2);
+let got = pool.map(|x| { global::SEM.acquire(); global::SEM.release(); if global::GO.wait(5) { x * 2 } else { 0 } }, [1, 2, 3]);
+print(`pool ${got[0]} ${got[1]} ${got[2]} ${SEM}`);
+pool.close(); pool.join();
+"#;
+    both_in_modes(&MODES, "syncchildren", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .iter()
+            .map(|l| l.replace('\t', " "))
+            .collect();
+        let release = "child release * cannot release un-acquired lock (RuntimeError)";
+        let want = [
+            "before set 0",
+            "peak 2 0 0 0 0 0",
+            release,
+            "notified true true",
+            "pool 2 4 6 <BoundedSemaphore value=2/2>",
+        ];
+        assert_eq!(lines.len(), want.len(), "{mode}: {}", out.describe());
+        for (line, want) in lines.iter().zip(want) {
+            let ok = match want.split_once(" * ") {
+                Some((head, tail)) => line.starts_with(head) && line.ends_with(tail),
+                None => line == want,
+            };
+            assert!(ok, "{mode}: `{line}` is not `{want}`\n{}", out.describe());
+        }
+    });
+}
+
+/// A forked child killed while it waits takes nothing: the semaphore's release, the
+/// condition's notify and its lock stay for the parent.
+#[test]
+fn a_child_killed_while_it_waits_takes_nothing() {
+    let lua = r#"
+local s, c, e = parrun.Semaphore(0), parrun.Condition(), parrun.Event()
+local a = parrun.Process(function() s:acquire() end)
+local b = parrun.Process(function() c:acquire() c:wait() end)
+local w = parrun.Process(function() e:wait() end)
+a:start() b:start() w:start()
+parrun.sleep(0.3)
+a:kill() b:kill() w:kill() a:join() b:join() w:join()
+parrun.sleep(0.2)
+s:release()
+print("semaphore", s:acquire(false))
+print("condition", c:acquire(false), tostring(c))
+"#;
+    let rhai = r#"
+let s = Semaphore(0); let c = Condition(); let e = Event();
+let a = Process(|s| s.acquire(), [s]);
+let b = Process(|c| { c.acquire(); c.wait(); }, [c]);
+let w = Process(|e| e.wait(), [e]);
+a.start(); b.start(); w.start();
+sleep(0.3);
+a.kill(); b.kill(); w.kill(); a.join(); b.join(); w.join();
+sleep(0.2);
+s.release();
+print(`semaphore ${s.acquire(false)}`);
+print(`condition ${c.acquire(false)} ${c}`);
+"#;
+    both_in_modes(&["fork"], "syncdead", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .iter()
+            .map(|l| l.replace('\t', " "))
+            .collect();
+        assert_eq!(
+            lines,
+            ["semaphore true", "condition true <Condition waiters=0>"],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
