@@ -326,3 +326,69 @@ print(`condition ${c.acquire(false)} ${c}`);
         );
     });
 }
+
+/// `Condition.wait_for` calls the script's predicate, waits while it is false (woken by each
+/// notify), and gives its last result; with a timeout, false once the time is up; its wait's
+/// error (the lock not held) names the operation, as Python's:
+/// ```python
+/// import threading, time
+/// c, items = threading.Condition(), []
+/// def produce():
+///     for i in range(3):
+///         time.sleep(0.05)
+///         with c: items.append(i); c.notify()
+/// t = threading.Thread(target=produce); t.start()
+/// with c:
+///     print("wait_for", c.wait_for(lambda: len(items) >= 3 and len(items), 5))
+///     print("timeout", c.wait_for(lambda: len(items) >= 4, 0.1))
+/// try: c.wait_for(lambda: False, 0.01)
+/// except RuntimeError as e: print("unheld", e)
+/// t.join()
+/// ```
+#[test]
+fn wait_for_waits_until_the_predicate_holds() {
+    let lua = r#"
+local c, items = parrun.Condition(), parrun.Queue()
+local t = parrun.Thread(function()
+  for i = 1, 3 do parrun.sleep(0.05) c:with(function() items:put(i) c:notify() end) end
+end)
+t:start()
+c:with(function()
+  print("wait_for", c:wait_for(function() return items:qsize() >= 3 and items:qsize() end, 5))
+  print("timeout", c:wait_for(function() return items:qsize() >= 4 end, 0.1))
+end)
+print("unheld", select(2, pcall(c.wait_for, c, function() return false end, 0.01)))
+t:join()
+"#;
+    let rhai = r#"
+let c = Condition(); let items = Queue();
+let t = Thread(|c, items| {
+  for i in 1..=3 { sleep(0.05); with c { items.put(i); c.notify(); } }
+}, [c, items]);
+t.start();
+with c {
+  print(`wait_for ${c.wait_for(|| if items.qsize() >= 3 { items.qsize() } else { false }, 5)}`);
+  print(`timeout ${c.wait_for(|| items.qsize() >= 4, 0.1)}`);
+}
+try { c.wait_for(|| false, 0.01); } catch (err) { print(`unheld ${err}`); }
+t.join();
+"#;
+    both_in_modes(&MODES, "waitfor", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .iter()
+            .map(|l| l.replace('\t', " "))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "wait_for 3",
+                "timeout false",
+                "unheld Condition.wait: cannot wait on un-acquired lock (RuntimeError)"
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}

@@ -335,6 +335,11 @@ pub enum Kind {
         enter: &'static str,
         exit: &'static str,
     },
+    /// `obj:NAME(predicate, [timeout])`: calls the script function `predicate` and, while it
+    /// returns false or nil, method `wait` with the time left, then calls it again; the last
+    /// result (Python's `Condition.wait_for`). The adapter runs it, so that `predicate` runs
+    /// as a script function and each wait as the method's own.
+    WaitFor { wait: &'static str },
 }
 
 /// One script-visible operation.
@@ -447,6 +452,9 @@ mod tests {
                     b.qualified_name()
                 );
                 assert!(find(b.class, exit).is_some(), "{} exit", b.qualified_name());
+            }
+            if let Kind::WaitFor { wait } = b.kind {
+                assert!(find(b.class, wait).is_some(), "{} wait", b.qualified_name());
             }
         }
     }

@@ -309,5 +309,12 @@ pub(super) static BUILTINS: &[Builtin] = &[
             Outcome::nil()
         },
     },
+    Builtin {
+        class: Class::Condition,
+        name: "wait_for",
+        kind: Kind::WaitFor { wait: "wait" },
+        arity: (1, 2),
+        call: |_, _| Err("wait_for is run by its adapter".into()),
+    },
     scoped(Class::Condition),
 ];
