@@ -711,7 +711,7 @@ nested(1);
             "Pool.map: limits.rhai:4: Too many operations\n  in call to spin at limits.rhai:9\n"
                 .into(),
             nap,
-            "Exception in thread Thread-1:\nlimits.rhai:4: Too many operations\n  in call to \
+            "Exception in thread Thread-1 (nested):\nlimits.rhai:4: Too many operations\n  in call to \
              spin at limits.rhai:9\n"
                 .into(),
             "Process Process-1:\nlimits.rhai:7: Stack overflow\n".into(),

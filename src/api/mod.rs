@@ -303,6 +303,9 @@ pub trait Args {
     /// What a trace calls argument `i` (a script function): its name (a Lua function's global
     /// name, a Rhai function's), or where it is defined, for an anonymous one.
     fn function_name(&mut self, i: usize) -> String;
+    /// The name of argument `i` (a script function) where it has one the script gave it (a
+    /// Lua function a global holds, a Rhai `fn`): `None` for an anonymous one.
+    fn known_name(&mut self, i: usize) -> Option<String>;
     /// Argument `i` (a script function) to call later in this process, with the GIL held.
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String>;
     /// Field `key` of the table or map at argument `i`, appended as a new argument: its index,
@@ -327,8 +330,11 @@ pub trait Args {
 pub enum Kind {
     /// A function (class `Global`) or method.
     Call,
-    /// A read-only property: `t.name`.
+    /// A property's reading: `t.name`.
     Getter,
+    /// A property's assignment, `t.daemon = true`: argument 1 is the value. It shares its name
+    /// with the property's getter ([`find_setter`] finds it).
+    Setter,
     /// `obj:NAME(f, ...)` / `obj.NAME(f)`: calls method `enter`, then `f`, then `exit`, even if
     /// `f` raised an error (Python's `with lock:`).
     Scoped {
@@ -417,7 +423,12 @@ static TESTING: &[Builtin] = &[
 
 /// The builtin of `class` called `name`.
 pub fn find(class: Class, name: &str) -> Option<&'static Builtin> {
-    builtins().find(|b| b.class == class && b.name == name)
+    builtins().find(|b| b.class == class && b.name == name && b.kind != Kind::Setter)
+}
+
+/// The setter of property `name` of `class`.
+pub fn find_setter(class: Class, name: &str) -> Option<&'static Builtin> {
+    builtins().find(|b| b.class == class && b.name == name && b.kind == Kind::Setter)
 }
 
 /// Checks the argument count of a call against the builtin's arity.
@@ -460,12 +471,21 @@ mod tests {
     }
 
     #[test]
+    fn every_setter_has_its_getter() {
+        for b in builtins().filter(|b| b.kind == Kind::Setter) {
+            let getter = find(b.class, b.name).map(|g| g.kind);
+            assert_eq!(getter, Some(Kind::Getter), "{}", b.qualified_name());
+        }
+    }
+
+    #[test]
     fn names_are_unique_per_class() {
         let all: Vec<&Builtin> = builtins().collect();
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
+                let setters = (a.kind == Kind::Setter, b.kind == Kind::Setter);
                 assert!(
-                    a.class != b.class || a.name != b.name,
+                    a.class != b.class || a.name != b.name || setters.0 != setters.1,
                     "{}",
                     a.qualified_name()
                 );

@@ -116,7 +116,7 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
                 },
             )?,
             // Every class gets a method table, even one with only properties.
-            Kind::Getter | Kind::Scoped { .. } | Kind::WaitFor { .. } => {
+            Kind::Getter | Kind::Setter | Kind::Scoped { .. } | Kind::WaitFor { .. } => {
                 drop(class_table(lua, &classes, b.class)?)
             }
         }

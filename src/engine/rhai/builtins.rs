@@ -34,6 +34,17 @@ pub(super) fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
                     invoke(&shared, b, &mut [&mut receiver], None)
                 });
             }
+            Kind::Setter => {
+                let shared = shared.clone();
+                let name = b.name;
+                engine.register_set(name, move |o: &mut Object, v: Dynamic| -> RhaiResult<()> {
+                    let b = api::find_setter(o.class(), name)
+                        .ok_or_else(|| format!("{}.{name}: cannot be set", o.class().name()))?;
+                    let mut receiver = Dynamic::from(o.clone());
+                    let mut value = v;
+                    invoke(&shared, b, &mut [&mut receiver, &mut value], None).map(drop)
+                });
+            }
             Kind::WaitFor { wait } => {
                 for n in b.arity.0..=b.arity.1 {
                     let shared = shared.clone();
