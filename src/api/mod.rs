@@ -470,6 +470,29 @@ mod tests {
         }
     }
 
+    /// Each sync object travels to an MPI rank as a handle on the same object (a condition
+    /// with a handle on its lock).
+    #[test]
+    fn sync_objects_travel_as_handles_on_the_same_object() {
+        use crate::sync::CondLock;
+        let lock = Lock::new();
+        let objects = [
+            Object::RLock(RLock::new()),
+            Object::Event(Event::new()),
+            Object::Semaphore(Semaphore::new(2, true)),
+            Object::Condition(Condition::new(CondLock::Lock(lock.clone()))),
+        ];
+        for o in objects {
+            let wire = o.wire().expect("travels");
+            let there = wire.clone().object();
+            assert!(there.same(&o), "{wire:?}");
+            assert_eq!(there.wire(), Some(wire));
+            if let Object::Condition(c) = there {
+                assert!(matches!(c.lock(), CondLock::Lock(l) if l.same(&lock)));
+            }
+        }
+    }
+
     #[test]
     fn every_setter_has_its_getter() {
         for b in builtins().filter(|b| b.kind == Kind::Setter) {
