@@ -282,34 +282,39 @@ pool.close(); pool.join();
 }
 
 /// A forked child killed while it waits takes nothing: the semaphore's release, the
-/// condition's notify and its lock stay for the parent.
+/// condition's notify and its lock stay for the parent; a barrier it waited at breaks, as
+/// when a party gives up.
 #[test]
 fn a_child_killed_while_it_waits_takes_nothing() {
     let lua = r#"
-local s, c, e = parrun.Semaphore(0), parrun.Condition(), parrun.Event()
+local s, c, e, bar = parrun.Semaphore(0), parrun.Condition(), parrun.Event(), parrun.Barrier(3)
 local a = parrun.Process(function() s:acquire() end)
 local b = parrun.Process(function() c:acquire() c:wait() end)
 local w = parrun.Process(function() e:wait() end)
-a:start() b:start() w:start()
+local x = parrun.Process(function() bar:wait() end)
+a:start() b:start() w:start() x:start()
 parrun.sleep(0.3)
-a:kill() b:kill() w:kill() a:join() b:join() w:join()
+a:kill() b:kill() w:kill() x:kill() a:join() b:join() w:join() x:join()
 parrun.sleep(0.2)
 s:release()
 print("semaphore", s:acquire(false))
 print("condition", c:acquire(false), tostring(c))
+print("barrier", bar.broken)
 "#;
     let rhai = r#"
-let s = Semaphore(0); let c = Condition(); let e = Event();
+let s = Semaphore(0); let c = Condition(); let e = Event(); let bar = Barrier(3);
 let a = Process(|s| s.acquire(), [s]);
 let b = Process(|c| { c.acquire(); c.wait(); }, [c]);
 let w = Process(|e| e.wait(), [e]);
-a.start(); b.start(); w.start();
+let x = Process(|bar| bar.wait(), [bar]);
+a.start(); b.start(); w.start(); x.start();
 sleep(0.3);
-a.kill(); b.kill(); w.kill(); a.join(); b.join(); w.join();
+a.kill(); b.kill(); w.kill(); x.kill(); a.join(); b.join(); w.join(); x.join();
 sleep(0.2);
 s.release();
 print(`semaphore ${s.acquire(false)}`);
 print(`condition ${c.acquire(false)} ${c}`);
+print(`barrier ${bar.broken}`);
 "#;
     both_in_modes(&["fork"], "syncdead", lua, rhai, |mode, out| {
         out.assert_success();
@@ -320,7 +325,11 @@ print(`condition ${c.acquire(false)} ${c}`);
             .collect();
         assert_eq!(
             lines,
-            ["semaphore true", "condition true <Condition waiters=0>"],
+            [
+                "semaphore true",
+                "condition true <Condition waiters=0>",
+                "barrier true"
+            ],
             "{mode}: {}",
             out.describe()
         );
@@ -386,6 +395,111 @@ t.join();
                 "wait_for 3",
                 "timeout false",
                 "unheld Condition.wait: cannot wait on un-acquired lock (RuntimeError)"
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
+
+/// A `Barrier` lets its parties go on together, each with its own index; a timeout or an
+/// `abort` breaks it for every waiter until a `reset`; forked children are parties too.
+/// ```python
+/// import threading, queue
+/// b, out = threading.Barrier(3), queue.Queue()
+/// print("barrier", b.parties, b.n_waiting, b.broken)
+/// ts = [threading.Thread(target=lambda: out.put(b.wait(5))) for _ in range(2)]
+/// for t in ts: t.start()
+/// mine = b.wait(5)
+/// for t in ts: t.join()
+/// print("indexes", *sorted([mine, out.get(), out.get()]))
+/// try: b.wait(0.05)
+/// except threading.BrokenBarrierError: print("timeout BrokenBarrierError")
+/// print("broken", b.broken)
+/// b.reset()
+/// print("reset", b.broken)
+/// def aborted():
+///     try: b.wait()
+///     except threading.BrokenBarrierError: out.put("aborted BrokenBarrierError")
+/// t = threading.Thread(target=aborted); t.start()
+/// while b.n_waiting == 0: pass
+/// b.abort(); t.join(); print(out.get())
+/// ```
+#[test]
+fn a_barrier_releases_its_parties_together_and_breaks_as_pythons() {
+    let lua = r#"
+local b, out = parrun.Barrier(3), parrun.Queue()
+print("barrier", b.parties, b.n_waiting, b.broken)
+local ts = {}
+for i = 1, 2 do ts[i] = parrun.Thread(function() out:put(b:wait(5)) end) ts[i]:start() end
+local mine = b:wait(5)
+for _, t in ipairs(ts) do t:join() end
+local got = {mine, out:get(), out:get()} table.sort(got)
+print("indexes", table.concat(got, " "))
+local ok, e = pcall(b.wait, b, 0.05)
+print("timeout", e:match("BrokenBarrierError"))
+print("broken", b.broken)
+b:reset()
+print("reset", b.broken)
+local t = parrun.Thread(function()
+  local ok, e = pcall(b.wait, b)
+  out:put("aborted " .. e:match("BrokenBarrierError"))
+end)
+t:start()
+while b.n_waiting == 0 do parrun.sleep(0.01) end
+b:abort() t:join() print(out:get())
+b:reset()
+local ps = {}
+for i = 1, 2 do ps[i] = parrun.Process(function() out:put(b:wait(10)) end) ps[i]:start() end
+mine = b:wait(10)
+for _, p in ipairs(ps) do p:join() end
+got = {mine, out:get(5), out:get(5)} table.sort(got)
+print("processes", table.concat(got, " "))
+"#;
+    let rhai = r#"
+let b = Barrier(3); let out = Queue();
+print(`barrier ${b.parties} ${b.n_waiting} ${b.broken}`);
+let ts = [];
+for i in 0..2 { let t = Thread(|b, out| out.put(b.wait(5)), [b, out]); t.start(); ts.push(t); }
+let mine = b.wait(5);
+for t in ts { t.join(); }
+let got = [mine, out.get(), out.get()]; got.sort();
+print(`indexes ${got[0]} ${got[1]} ${got[2]}`);
+try { b.wait(0.05); } catch (e) { if e.contains("BrokenBarrierError") { print("timeout BrokenBarrierError"); } }
+print(`broken ${b.broken}`);
+b.reset();
+print(`reset ${b.broken}`);
+let t = Thread(|b, out| {
+  try { b.wait(); } catch (e) { if e.contains("BrokenBarrierError") { out.put("aborted BrokenBarrierError"); } }
+}, [b, out]);
+t.start();
+while b.n_waiting == 0 { sleep(0.01); }
+b.abort(); t.join(); print(out.get());
+b.reset();
+let ps = [];
+for i in 0..2 { let p = Process(|b, out| out.put(b.wait(10)), [b, out]); p.start(); ps.push(p); }
+mine = b.wait(10);
+for p in ps { p.join(); }
+got = [mine, out.get(5), out.get(5)]; got.sort();
+print(`processes ${got[0]} ${got[1]} ${got[2]}`);
+"#;
+    both_in_modes(&MODES, "barrier", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .iter()
+            .map(|l| l.replace('\t', " "))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "barrier 3 0 false",
+                "indexes 0 1 2",
+                "timeout BrokenBarrierError",
+                "broken true",
+                "reset false",
+                "aborted BrokenBarrierError",
+                "processes 0 1 2",
             ],
             "{mode}: {}",
             out.describe()

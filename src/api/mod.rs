@@ -24,7 +24,7 @@ use crate::pool::{AsyncResult, PoolHandle};
 use crate::process::ScriptProcess;
 use crate::rt::gil::Gil;
 use crate::script::{Callback, FunctionSpec, ScriptEngine, Target, Travel};
-use crate::sync::{Condition, Event, Lock, Queue, RLock, Semaphore};
+use crate::sync::{Barrier, Condition, Event, Lock, Queue, RLock, Semaphore};
 use crate::thread::ScriptThread;
 use crate::value::Value;
 
@@ -46,6 +46,7 @@ pub enum Class {
     Event,
     Semaphore,
     Condition,
+    Barrier,
     Process,
     Pool,
     AsyncResult,
@@ -63,6 +64,7 @@ impl Class {
             Class::Event => "Event",
             Class::Semaphore => "Semaphore",
             Class::Condition => "Condition",
+            Class::Barrier => "Barrier",
             Class::Process => "Process",
             Class::Pool => "Pool",
             Class::AsyncResult => "AsyncResult",
@@ -82,6 +84,7 @@ pub enum Object {
     /// A `Semaphore` or a `BoundedSemaphore`.
     Semaphore(Semaphore),
     Condition(Condition),
+    Barrier(Barrier),
     Process(Arc<ScriptProcess>),
     Pool(Arc<PoolHandle>),
     /// A job's result; it keeps its pool alive, as in Python.
@@ -105,6 +108,8 @@ pub(crate) enum ObjectWire {
     Semaphore(u64, Option<u64>),
     /// A condition's id and its lock.
     Condition(u64, Box<ObjectWire>),
+    /// A barrier's id, its parties and its default timeout.
+    Barrier(u64, u64, Option<std::time::Duration>),
 }
 
 #[cfg(any(feature = "mpi", test))]
@@ -117,6 +122,9 @@ impl ObjectWire {
             ObjectWire::RLock(id) => Object::RLock(RLock::remote(id)),
             ObjectWire::Event(id) => Object::Event(Event::remote(id)),
             ObjectWire::Semaphore(id, bound) => Object::Semaphore(Semaphore::remote(id, bound)),
+            ObjectWire::Barrier(id, parties, timeout) => {
+                Object::Barrier(Barrier::remote(id, parties, timeout))
+            }
             ObjectWire::Condition(id, lock) => {
                 use crate::sync::CondLock;
                 let lock = match lock.object() {
@@ -140,6 +148,7 @@ impl Object {
             Object::RLock(l) => Some(ObjectWire::RLock(l.id())),
             Object::Event(e) => Some(ObjectWire::Event(e.id())),
             Object::Semaphore(s) => Some(ObjectWire::Semaphore(s.id(), s.bound())),
+            Object::Barrier(b) => Some(ObjectWire::Barrier(b.id(), b.parties(), b.timeout())),
             Object::Condition(c) => {
                 use crate::sync::CondLock;
                 let lock = match c.lock() {
@@ -161,6 +170,7 @@ impl Object {
             Object::Event(_) => Class::Event,
             Object::Semaphore(_) => Class::Semaphore,
             Object::Condition(_) => Class::Condition,
+            Object::Barrier(_) => Class::Barrier,
             Object::Process(_) => Class::Process,
             Object::Pool(_) => Class::Pool,
             Object::AsyncResult(..) => Class::AsyncResult,
@@ -178,6 +188,7 @@ impl Object {
             (Object::Event(a), Object::Event(b)) => a.same(b),
             (Object::Semaphore(a), Object::Semaphore(b)) => a.same(b),
             (Object::Condition(a), Object::Condition(b)) => a.same(b),
+            (Object::Barrier(a), Object::Barrier(b)) => a.same(b),
             (Object::Process(a), Object::Process(b)) => Arc::ptr_eq(a, b),
             (Object::Pool(a), Object::Pool(b)) => Arc::ptr_eq(a, b),
             (Object::AsyncResult(a, _), Object::AsyncResult(b, _)) => Arc::ptr_eq(a, b),
@@ -216,6 +227,11 @@ impl Object {
             },
             Object::Semaphore(s) => s.describe(),
             Object::Condition(c) => c.describe(),
+            Object::Barrier(b) => match b.status() {
+                Ok((_, true)) => format!("<Barrier broken, parties={}>", b.parties()),
+                Ok((n, false)) => format!("<Barrier parties={}, waiting={n}>", b.parties()),
+                Err(_) => "<Barrier>".into(),
+            },
             Object::Process(p) => {
                 let state = match p.exitcode() {
                     Some(code) => format!("stopped exitcode={code}"),
@@ -480,6 +496,10 @@ mod tests {
             Object::RLock(RLock::new()),
             Object::Event(Event::new()),
             Object::Semaphore(Semaphore::new(2, true)),
+            Object::Barrier(Barrier::new(
+                3,
+                Some(std::time::Duration::from_millis(1500)),
+            )),
             Object::Condition(Condition::new(CondLock::Lock(lock.clone()))),
         ];
         for o in objects {

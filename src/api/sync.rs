@@ -1,5 +1,5 @@
 //! The rest of Python's `threading` synchronisation objects (also `multiprocessing`'s):
-//! `RLock`, `Event`, `Semaphore`, `BoundedSemaphore`, `Condition`.
+//! `RLock`, `Event`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Barrier`.
 //!
 //! A blocking call first tries without waiting when the object is this process's, and
 //! otherwise waits without the GIL ([`Outcome::wait`]). The calling thread ([`Holder`]) is
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::args::{block_and_timeout, timeout, Blocking};
 use super::{Args, Builtin, Class, Kind, Object, Outcome};
-use crate::sync::{CondLock, Condition, Event, Holder, RLock, Semaphore};
+use crate::sync::{Barrier, CondLock, Condition, Event, Holder, RLock, Semaphore};
 use crate::value::Value;
 
 fn rlock(args: &mut dyn Args) -> Result<RLock, String> {
@@ -41,6 +41,16 @@ fn condition(args: &mut dyn Args) -> Result<Condition, String> {
         Object::Condition(c) => Ok(c),
         other => Err(format!(
             "expected a Condition, got a {}",
+            other.class().name()
+        )),
+    }
+}
+
+fn barrier(args: &mut dyn Args) -> Result<Barrier, String> {
+    match args.object(0)? {
+        Object::Barrier(b) => Ok(b),
+        other => Err(format!(
+            "expected a Barrier, got a {}",
             other.class().name()
         )),
     }
@@ -151,6 +161,27 @@ pub(super) static BUILTINS: &[Builtin] = &[
                 }
             };
             Outcome::object(Object::Condition(Condition::new(lock)))
+        },
+    },
+    Builtin {
+        class: Class::Global,
+        name: "Barrier",
+        kind: Kind::Call,
+        arity: (1, 3),
+        call: |_, args| {
+            let parties = count(args, 0, "parties", 0)?;
+            if parties < 1 {
+                return Err(format!("parties must be >= 1, got {parties} (ValueError)"));
+            }
+            if !args.is_nil(1) {
+                return Err(
+                    "a Barrier's action is not supported: call it after `wait` in the \
+                     party whose index is 0"
+                        .into(),
+                );
+            }
+            let timeout = timeout(args, 2)?;
+            Outcome::object(Object::Barrier(Barrier::new(parties as u64, timeout)))
         },
     },
     // RLock
@@ -317,4 +348,57 @@ pub(super) static BUILTINS: &[Builtin] = &[
         call: |_, _| Err("wait_for is run by its adapter".into()),
     },
     scoped(Class::Condition),
+    // Barrier
+    Builtin {
+        class: Class::Barrier,
+        name: "wait",
+        kind: Kind::Call,
+        arity: (0, 1),
+        call: |_, args| {
+            let b = barrier(args)?;
+            let timeout = timeout(args, 1)?;
+            Outcome::wait(move || Ok(Value::Int(b.wait(timeout)? as i64).into()))
+        },
+    },
+    Builtin {
+        class: Class::Barrier,
+        name: "reset",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            barrier(args)?.reset()?;
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Barrier,
+        name: "abort",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, args| {
+            barrier(args)?.abort()?;
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Barrier,
+        name: "parties",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Int(barrier(args)?.parties() as i64)),
+    },
+    Builtin {
+        class: Class::Barrier,
+        name: "n_waiting",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Int(barrier(args)?.status()?.0 as i64)),
+    },
+    Builtin {
+        class: Class::Barrier,
+        name: "broken",
+        kind: Kind::Getter,
+        arity: (0, 0),
+        call: |_, args| Outcome::value(Value::Bool(barrier(args)?.status()?.1)),
+    },
 ];

@@ -1,5 +1,5 @@
 //! Synchronisation objects scripts share: [`Queue`], [`Lock`], [`RLock`], [`Event`],
-//! [`Semaphore`] (bounded or not) and [`Condition`].
+//! [`Semaphore`] (bounded or not), [`Condition`] and [`Barrier`].
 //!
 //! They are engine-neutral: they hold [`crate::Value`]s, never engine objects, so a value put on
 //! a queue is a copy (as with `multiprocessing.Queue`), whichever execution model runs the
@@ -12,6 +12,7 @@
 //! `crate::link::RemoteError`. An operation that depends on who calls (an `RLock`'s owner, a
 //! `Condition`'s lock) carries the caller's [`Holder`] with it.
 
+mod barrier;
 mod condition;
 mod event;
 mod lock;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use barrier::Barrier;
 pub use condition::{CondLock, Condition};
 pub use event::Event;
 pub use lock::Lock;
@@ -50,8 +52,9 @@ impl Holder {
     }
 }
 
-/// An operation a child asks of an `RLock`, `Event`, `Semaphore` or `Condition` its parent
-/// owns (a `Lock`'s and a `Queue`'s are `crate::link::Op`'s own).
+/// An operation a child asks of an `RLock`, `Event`, `Semaphore`, `Condition` or `Barrier` its
+/// parent owns (a `Lock`'s and a `Queue`'s are `crate::link::Op`'s own). A barrier's `abort`
+/// is its `Clear`, its `reset` its `Set`, its state its `Describe`.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub(crate) enum SyncOp {
     /// Takes the object (an `RLock` `count` times for `who`; a semaphore once), waiting at
@@ -79,7 +82,7 @@ pub(crate) enum SyncOp {
     Set,
     Clear,
     IsSet,
-    /// An event's or a condition's `wait`.
+    /// An event's, a condition's or a barrier's `wait`.
     Wait {
         who: Holder,
         timeout: Option<Duration>,
