@@ -192,6 +192,11 @@ parrun.sleep(0.1)
 cond:acquire() cond:notify_all() cond:release()
 print("notified", box:get(10), box:get(10))
 p:join()
+p = parrun.Process(function()
+  local g = parrun.Process(function() print("grandchild", tostring(sem)) end)
+  g:start() g:join()
+end)
+p:start() p:join()
 local pool = parrun.Pool(2)
 local got = pool:map(function(x) sem:acquire() sem:release() return go:wait(5) and x * 2 end, {1, 2, 3})
 print("pool", table.concat(got, " "), tostring(sem))
@@ -250,6 +255,11 @@ sleep(0.1);
 cond.acquire(); cond.notify_all(); cond.release();
 print(`notified ${box.get(10)} ${box.get(10)}`);
 p.join();
+p = Process(|| {
+  let g = Process(|| print(`grandchild ${global::SEM}`));
+  g.start(); g.join();
+});
+p.start(); p.join();
 let pool = Pool(2);
 let got = pool.map(|x| { global::SEM.acquire(); global::SEM.release(); if global::GO.wait(5) { x * 2 } else { 0 } }, [1, 2, 3]);
 print(`pool ${got[0]} ${got[1]} ${got[2]} ${SEM}`);
@@ -268,6 +278,7 @@ pool.close(); pool.join();
             "peak 2 0 0 0 0 0",
             release,
             "notified true true",
+            "grandchild <BoundedSemaphore value=2/2>",
             "pool 2 4 6 <BoundedSemaphore value=2/2>",
         ];
         assert_eq!(lines.len(), want.len(), "{mode}: {}", out.describe());

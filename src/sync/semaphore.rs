@@ -126,17 +126,21 @@ impl Semaphore {
         Ok(())
     }
 
+    /// Its value now (in the process that owns it).
+    fn current(&self) -> Result<u64, String> {
+        if self.is_local() {
+            return Ok(*self.value());
+        }
+        match link::remote_call(self.inner.id, Op::Sync(SyncOp::Describe)) {
+            Ok(Value::Int(n)) => Ok(n as u64),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// As it prints: `<Semaphore value=2>`, `<BoundedSemaphore value=2/3>`.
     pub fn describe(&self) -> String {
-        let value = if self.is_local() {
-            Some(*self.value())
-        } else {
-            match link::remote_call(self.inner.id, Op::Sync(SyncOp::Describe)) {
-                Ok(Value::Int(n)) => Some(n as u64),
-                _ => None,
-            }
-        };
-        match (value, self.inner.bound) {
+        match (self.current().ok(), self.inner.bound) {
             (Some(v), None) => format!("<Semaphore value={v}>"),
             (Some(v), Some(b)) => format!("<BoundedSemaphore value={v}/{b}>"),
             (None, None) => "<Semaphore>".into(),
@@ -174,7 +178,7 @@ impl RemoteObject for SemaphoreInner {
                 );
             }
             SyncOp::Release { count, .. } => s.release(count).map(|()| Value::Nil),
-            SyncOp::Describe if s.is_local() => Ok(Value::Int(*s.value() as i64)),
+            SyncOp::Describe => s.current().map(|v| Value::Int(v as i64)),
             other => Err(format!("a Semaphore cannot {other:?}")),
         };
         caller.answer(answer.map_err(RemoteError::Other));
