@@ -216,6 +216,50 @@ print(`false	${err}`);
     }
 }
 
+/// The results of a map in chunks travel one by one: data comes back as it was (nils and
+/// nested tables included) however the chunk's other results fare, and the first one that
+/// cannot travel is named, even where reading it gave up half-way into its table.
+#[test]
+fn a_chunks_results_travel_or_are_named_one_by_one() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+local function mixed(x)
+  if x % 3 == 0 then return nil end
+  if x % 3 == 1 then return {x, {tostring(x), k = x}} end
+  return x * 1.5
+end
+local r = pool:map(mixed, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 4)
+print(#r, r[1][2][1], r[1][2].k, r[2], r[3], r[10][1])
+local function loop(x)
+  local t = {x = x}
+  t.self = t
+  if x == 6 then return t end
+  return x
+end
+print(pcall(pool.map, pool, loop, {1, 2, 3, 4, 5, 6, 7, 8}, 4))
+print(pcall(pool.map, pool, function(x) if x > 2 then return {f = print} end return x end,
+            {1, 2, 3, 4}, 4))
+print(table.concat(pool:starmap(function(a, b) return a .. b end, {{"a", 1}, {"b", 2}}, 2), " "))
+pool:close()
+pool:join()
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "chunk_results", "lua", lua);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            [
+                "10\t1\t1\t3.0\tnil\t10",
+                "false\tPool.map: cannot send a task's result back: a table that contains itself",
+                "false\tPool.map: cannot send a task's result back: a function at key \"f\"",
+                "a1 b2",
+            ],
+            "--mode {mode}: {}",
+            out.describe()
+        );
+    }
+}
+
 #[test]
 fn misuse_gets_the_documented_error() {
     both(

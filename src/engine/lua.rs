@@ -287,12 +287,13 @@ fn raw_function(
     error: impl Fn(String) -> String + Clone + Send + Sync + 'static,
 ) -> mlua::Result<Function> {
     let host = host.clone();
-    lua.create_function(move |lua, vals: MultiValue| {
+    lua.create_function(move |lua, args: StackArgs| {
         let args = LuaArgs {
             lua,
-            vals: vals.into_vec(),
+            vals: args.values.into_vec(),
             this: None,
             host: &host,
+            frame: args.frame,
         };
         raw_answer(lua, &host, args, &call, &error)
     })
@@ -306,7 +307,11 @@ fn raw_method(
     error: impl Fn(String) -> String + Clone + Send + Sync + 'static,
 ) -> mlua::Result<Function> {
     let host = host.clone();
-    lua.create_function(move |lua, (this, rest): (SelfArg, MultiValue)| {
+    lua.create_function(move |lua, (this, rest): (SelfArg, StackArgs)| {
+        let StackArgs {
+            values: rest,
+            frame,
+        } = rest;
         let mut vals = Vec::with_capacity(rest.len() + 1);
         let this = match this {
             SelfArg::Object(object) => {
@@ -326,6 +331,8 @@ fn raw_method(
             vals,
             this,
             host: &host,
+            // The object (or what stands for it) is the slot below the rest.
+            frame: frame.filter(|_| !absent).map(Frame::one_below),
         };
         if absent {
             // `q.put(5)` for `q:put(5)`: the missing `:` is the mistake to name, not the count.
@@ -601,8 +608,10 @@ impl LoadedScript for LuaLoaded {
             Travel::Local => Tasks::of(&self.lua).map(|tasks| -> Arc<FunctionSpec> {
                 Arc::new(FunctionSpec::Local(Arc::new(LuaTask { tasks, f })))
             }),
-            Travel::Encoded => encoded_function(&self.lua, &f, None),
-            Travel::Inherited(inheritance) => encoded_function(&self.lua, &f, Some(&inheritance)),
+            Travel::Encoded => encoded_function(&self.lua, &f, None, None),
+            Travel::Inherited(inheritance) => {
+                encoded_function(&self.lua, &f, Some(&inheritance), None)
+            }
         };
         spec.map_err(|e| Error::Usage(format!("{name}: {e}")))
     }

@@ -15,7 +15,7 @@
 //! this module keeps the state and answers the script.
 
 use crate::rt::threads::Signal;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -350,7 +350,13 @@ impl AsyncResult {
 
 /// A job's results by item index, as its tasks report them.
 struct Slots {
-    items: Vec<Option<Result<Value, Failure>>>,
+    /// Each item's value, once it has come in (nil until then, and once an iterator has taken
+    /// it): a map's results are moved out as they are, with no copy into another list.
+    values: Vec<Value>,
+    /// Which items have come in.
+    filled: Vec<bool>,
+    /// The items that came in as errors, by index (a failed task's items: few).
+    failures: BTreeMap<usize, Failure>,
     /// Items not reported yet.
     remaining: usize,
     /// Set when the whole job failed: it stands for every item.
@@ -361,7 +367,10 @@ struct Slots {
 impl Slots {
     fn new(items: usize) -> Slots {
         Slots {
-            items: (0..items).map(|_| None).collect(),
+            // Not `vec![Value::Nil; items]`, which clones the nil item by item.
+            values: (0..items).map(|_| Value::Nil).collect(),
+            filled: vec![false; items],
+            failures: BTreeMap::new(),
             remaining: items,
             failure: None,
             cursor: Cursor::default(),
@@ -378,21 +387,23 @@ impl Slots {
         unordered: bool,
     ) -> bool {
         let before = self.remaining;
-        let mut fill = |i: usize, result: Result<Value, Failure>| {
-            // A slot filled already (or emptied by an iterator) keeps what it has, should a
-            // task ever report twice.
-            if self.items.get(i).is_some_and(Option::is_none) {
-                self.items[i] = Some(result);
-                self.remaining -= 1;
-                if unordered {
-                    self.cursor.finished.push_back(i);
-                }
-            }
-        };
         match results {
-            Ok(values) => {
-                for (i, v) in values.into_iter().enumerate().take(count) {
-                    fill(first + i, Ok(v));
+            Ok(mut values) => {
+                values.truncate(count);
+                let end = first + values.len();
+                let fresh = end <= self.filled.len() && !self.filled[first..end].contains(&true);
+                if fresh && !unordered {
+                    // The usual report: a task's items, none in yet. They move in at once
+                    // (each slot's nil moves out into `values`, dropped with it).
+                    self.filled[first..end].fill(true);
+                    self.remaining -= values.len();
+                    self.values[first..end].swap_with_slice(&mut values);
+                } else {
+                    for (i, v) in values.into_iter().enumerate() {
+                        if self.fill(first + i, unordered) {
+                            self.values[first + i] = v;
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -408,49 +419,63 @@ impl Slots {
                 // the error with the place it happened.
                 let raised = failure.item.into_iter();
                 for i in raised.chain((first..first + count).filter(|&i| Some(i) != failure.item)) {
-                    fill(i, Err(failure.clone()));
+                    if self.fill(i, unordered) {
+                        self.failures.insert(i, failure.clone());
+                    }
                 }
             }
         }
         self.remaining == 0 && self.remaining < before
     }
 
-    /// The job's failure, or the first item's error, or a missing item's.
+    /// Counts item `i` in; false if it had come in already (it keeps what it has, should a
+    /// task ever report twice) or there is no such item.
+    fn fill(&mut self, i: usize, unordered: bool) -> bool {
+        let fresh = self.filled.get(i).is_some_and(|filled| !filled);
+        if fresh {
+            self.filled[i] = true;
+            self.remaining -= 1;
+            if unordered {
+                self.cursor.finished.push_back(i);
+            }
+        }
+        fresh
+    }
+
+    /// The job's failure, or the first item's error, or a missing item's (in input order).
     fn first_error(&self) -> Result<(), Failure> {
         if let Some(f) = &self.failure {
             return Err(Failure::of_job(f));
         }
-        for slot in &self.items {
-            match slot {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.clone()),
-                None => return Err(Failure::of_job("result missing")),
-            }
+        let failed = self.failures.first_key_value();
+        let missing = match self.remaining {
+            0 => None,
+            _ => self.filled.iter().position(|filled| !filled),
+        };
+        match (failed, missing) {
+            (Some((&i, _)), Some(m)) if m < i => Err(Failure::of_job("result missing")),
+            (Some((_, f)), _) => Err(f.clone()),
+            (None, Some(_)) => Err(Failure::of_job("result missing")),
+            (None, None) => Ok(()),
         }
-        Ok(())
     }
 
     /// Every item's value, copied, or the first error.
     fn values(&self) -> Result<Vec<Value>, Failure> {
         self.first_error()?;
-        Ok(self.items.iter().flatten().flatten().cloned().collect())
+        Ok(self.values.clone())
     }
 
     /// [`Slots::values`] for their only reader: the values are moved out.
     fn take_values(&mut self) -> Result<Vec<Value>, Failure> {
         self.first_error()?;
-        // A plain `map` lets the collection reuse the slots' allocation.
-        Ok(std::mem::take(&mut self.items)
-            .into_iter()
-            .map(|slot| slot.and_then(Result::ok).unwrap_or_default())
-            .collect())
+        Ok(std::mem::take(&mut self.values))
     }
 
-    /// The iterator's next item and its index, moved out of its slot, if it has come in.
     /// What an iterator's next step answers without waiting: the end, the job's failure, or
     /// the item that has arrived; `None` while it has not.
     fn arrived_entry(&mut self, kind: JobKind) -> Option<Result<Option<Entry>, Failure>> {
-        if self.cursor.at_end(self.items.len()) {
+        if self.cursor.at_end(self.filled.len()) {
             return Some(Ok(None));
         }
         if let Some(f) = &self.failure {
@@ -459,11 +484,14 @@ impl Slots {
         self.next_item(kind).map(|entry| Ok(Some(entry)))
     }
 
+    /// The iterator's next item and its index, moved out of its slot (an error stays, for
+    /// `successful`), if it has come in.
     fn next_item(&mut self, kind: JobKind) -> Option<Entry> {
-        let i = self.cursor.advance(kind, &self.items)?;
-        let item = self.items[i]
-            .take()
-            .unwrap_or_else(|| Err(Failure::of_job("result missing")));
+        let i = self.cursor.advance(kind, &self.filled)?;
+        let item = match self.failures.get(&i) {
+            Some(f) => Err(f.clone()),
+            None => Ok(std::mem::take(&mut self.values[i])),
+        };
         Some((i, item))
     }
 }
@@ -494,14 +522,10 @@ impl Cursor {
 
     /// The index of the item to hand out next, if it has come in: the next in input order, or
     /// the earliest finished for `imap_unordered`. Counts it as handed out.
-    fn advance(
-        &mut self,
-        kind: JobKind,
-        items: &[Option<Result<Value, Failure>>],
-    ) -> Option<usize> {
+    fn advance(&mut self, kind: JobKind, filled: &[bool]) -> Option<usize> {
         let i = match kind {
             JobKind::Unordered => self.finished.pop_front()?,
-            _ => Some(self.taken).filter(|&i| items.get(i).is_some_and(Option::is_some))?,
+            _ => Some(self.taken).filter(|&i| filled.get(i).copied().unwrap_or(false))?,
         };
         self.taken += 1;
         Some(i)
@@ -561,6 +585,38 @@ mod tests {
             "completed only once"
         );
         assert!(!job.complete(1, Err("late".into()), 1));
+    }
+
+    /// A task's items move in together; a report that overlaps items already in fills only
+    /// the others, and an unordered iterator hands each item out once, in completion order.
+    #[test]
+    fn a_report_fills_only_the_items_not_in_yet() {
+        let job = AsyncResult::new(1, JobKind::List, 4, Callbacks::default());
+        assert!(!job.complete(0, Ok(ints(&[10, 11])), 2));
+        assert!(!job.complete(1, Ok(ints(&[91, 12])), 2));
+        // Item 2 is in, item 3 comes in, and a fifth item does not exist.
+        assert!(job.complete(2, Ok(ints(&[92, 13, 94])), 3));
+        assert!(!job.complete(3, Ok(ints(&[95])), 1));
+        job.set_ready();
+        assert_eq!(job.take_items().unwrap(), ints(&[10, 11, 12, 13]));
+
+        let short = Some(Duration::from_millis(5));
+        let unordered = AsyncResult::new(2, JobKind::Unordered, 3, Callbacks::default());
+        unordered.complete(1, Ok(ints(&[21, 22])), 2);
+        unordered.complete(0, Ok(ints(&[20, 99])), 2);
+        let order: Vec<_> = (0..3)
+            .map(|_| unordered.next_entry(short).unwrap().unwrap())
+            .map(|(i, v)| (i, v.unwrap()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (1, Value::Int(21)),
+                (2, Value::Int(22)),
+                (0, Value::Int(20))
+            ]
+        );
+        assert_eq!(unordered.next_entry(short).unwrap(), None);
     }
 
     /// A job's error stands for all the items of its task; the first error in input order is

@@ -1,6 +1,8 @@
 //! [`LuaArgs`]: a builtin's arguments as the engine-neutral API reads them, and the engine as
 //! the execution models ask for it (here, or a snapshot).
 
+use mlua::ffi;
+
 use super::*;
 
 pub(super) struct LuaArgs<'a> {
@@ -10,6 +12,84 @@ pub(super) struct LuaArgs<'a> {
     /// A method's first argument when it is a parrun object, read straight off the stack.
     pub(super) this: Option<Object>,
     pub(super) host: &'a Arc<Host>,
+    /// Where `vals` sit on the Lua stack of the builtin's call, when it is one.
+    pub(super) frame: Option<Frame>,
+}
+
+/// Where a builtin's arguments are on the Lua stack while it runs: `vals[i]` at `first + i`.
+/// A table argument is read from there as data ([`direct::read_at`]), without the protected
+/// call mlua's handle on it would take (a `{i}` argument to `apply_async`: 0.3 µs).
+#[derive(Clone, Copy)]
+pub(super) struct Frame {
+    state: *mut ffi::lua_State,
+    first: std::ffi::c_int,
+}
+
+impl LuaArgs<'_> {
+    /// Where argument `i` is on the stack of the builtin's call, if it is there.
+    fn at(&self, i: usize) -> Option<(*mut ffi::lua_State, std::ffi::c_int)> {
+        let frame = self.frame?;
+        let at = frame.first + std::ffi::c_int::try_from(i).ok()?;
+        // SAFETY: a frame is only made for the builtin's call that runs now.
+        (at <= unsafe { ffi::lua_gettop(frame.state) }).then_some((frame.state, at))
+    }
+}
+
+impl Frame {
+    /// The frame of arguments that start one slot below `args`' (a method's object).
+    pub(super) fn one_below(self) -> Frame {
+        Frame {
+            first: self.first - 1,
+            ..self
+        }
+    }
+
+    /// Argument `i` read as data; `None` where the serde path must decide.
+    ///
+    /// # Safety
+    /// The builtin's call is running, and its arguments are where they were when it started.
+    unsafe fn data(&self, lua: &Lua, i: usize) -> Option<Value> {
+        let at = self.first + std::ffi::c_int::try_from(i).ok()?;
+        let top = ffi::lua_gettop(self.state);
+        if at > top || ffi::lua_type(self.state, at) != ffi::LUA_TTABLE {
+            return None;
+        }
+        let data = direct::read_at(self.state, at, direct::ArrayMetatable::Of(lua));
+        ffi::lua_settop(self.state, top);
+        data
+    }
+}
+
+/// A builtin's arguments as mlua reads them off the stack, with their [`Frame`].
+pub(super) struct StackArgs {
+    pub(super) values: MultiValue,
+    pub(super) frame: Option<Frame>,
+}
+
+impl mlua::FromLuaMulti for StackArgs {
+    fn from_lua_multi(values: MultiValue, _: &Lua) -> mlua::Result<Self> {
+        Ok(StackArgs {
+            values,
+            frame: None,
+        })
+    }
+
+    // mlua's own hook for reading arguments in place (see `SelfArg::from_stack`): the last
+    // `nargs` values of the stack, whose place is noted before mlua reads them.
+    unsafe fn from_stack_args(
+        nargs: std::ffi::c_int,
+        i: usize,
+        to: Option<&str>,
+        lua: &mlua::state::RawLua,
+    ) -> mlua::Result<Self> {
+        let state = lua.state();
+        let first = ffi::lua_absindex(state, -nargs);
+        let values = MultiValue::from_stack_args(nargs, i, to, lua)?;
+        Ok(StackArgs {
+            values,
+            frame: Some(Frame { state, first }),
+        })
+    }
 }
 
 /// A method's first argument: a parrun object, read off the Lua stack without the handle
@@ -58,6 +138,12 @@ impl Args for LuaArgs<'_> {
     }
 
     fn value(&mut self, i: usize) -> Result<Value, String> {
+        if let (Some(frame), Some(LuaValue::Table(_))) = (&self.frame, self.vals.get(i)) {
+            // SAFETY: a frame is only made for the builtin's call that runs now.
+            if let Some(data) = unsafe { frame.data(self.lua, i) } {
+                return Ok(data);
+            }
+        }
         to_value(self.lua, self.get(i))
     }
 
@@ -128,8 +214,10 @@ impl Args for LuaArgs<'_> {
                     f,
                 }))))
             }
-            Travel::Encoded => encoded_function(self.lua, &f, None),
-            Travel::Inherited(inheritance) => encoded_function(self.lua, &f, Some(&inheritance)),
+            Travel::Encoded => encoded_function(self.lua, &f, None, self.at(i)),
+            Travel::Inherited(inheritance) => {
+                encoded_function(self.lua, &f, Some(&inheritance), self.at(i))
+            }
         }
     }
 

@@ -31,7 +31,7 @@ pub(super) fn table_data(lua: &Lua, t: &Table) -> Option<Value> {
         lua.exec_raw::<()>((t, lua.array_metatable()), |state| {
             let mut reader = Reader {
                 path: Vec::new(),
-                array_metatable: 2,
+                array_metatable: ArrayMetatable::At(ffi::lua_topointer(state, 2)),
             };
             out = reader.read(state, 1);
             ffi::lua_settop(state, 0);
@@ -40,15 +40,86 @@ pub(super) fn table_data(lua: &Lua, t: &Table) -> Option<Value> {
     done.ok().and(out)
 }
 
-/// Walks a Lua value into a [`Value`] (see [`table_data`]).
-struct Reader {
-    /// The tables from the root to the one being read (mlua's recursion guard).
-    path: Vec<*const c_void>,
-    /// Where mlua's array metatable is on the stack.
-    array_metatable: c_int,
+/// The [`Value`] at (absolute) index `at`, as [`table_data`] reads a table; `None` where the
+/// serde path must decide.
+///
+/// # Safety
+/// `at` is a valid absolute index of `state`'s stack. Nothing is raised (see [`table_data`]),
+/// so the caller need not be in a protected call. A reader that gives up may leave values
+/// above the stack's top as it found it.
+pub(super) unsafe fn read_at(
+    state: *mut ffi::lua_State,
+    at: c_int,
+    array_metatable: ArrayMetatable<'_>,
+) -> Option<Value> {
+    Reader {
+        path: Vec::new(),
+        array_metatable,
+    }
+    .read(state, at)
 }
 
-impl Reader {
+/// mlua's array metatable, which marks a table as a sequence: its address, or the state to
+/// ask for it the first time a table with a metatable is met (most data has none, and asking
+/// costs a registry read and a handle).
+#[derive(Clone, Copy)]
+pub(super) enum ArrayMetatable<'a> {
+    At(*const c_void),
+    Of(&'a Lua),
+}
+
+impl ArrayMetatable<'_> {
+    fn address(&mut self) -> *const c_void {
+        match *self {
+            ArrayMetatable::At(at) => at,
+            ArrayMetatable::Of(lua) => {
+                let at = lua.array_metatable().to_pointer();
+                *self = ArrayMetatable::At(at);
+                at
+            }
+        }
+    }
+}
+
+/// Whether [`push_value`] takes `v` whole: it gives up where the serde path must decide
+/// (nesting past [`MAX_DEPTH`], a nil or NaN key).
+pub(super) fn pushable(v: &Value) -> bool {
+    fn within(v: &Value, budget: usize) -> bool {
+        match v {
+            Value::Array(items) => budget > 0 && items.iter().all(|item| within(item, budget - 1)),
+            Value::Map(entries) => {
+                budget > 0
+                    && entries.iter().all(|(key, item)| {
+                        !matches!(key, Value::Nil)
+                            && !matches!(key, Value::Float(f) if f.is_nan())
+                            && within(key, budget - 1)
+                            && within(item, budget - 1)
+                    })
+            }
+            _ => true,
+        }
+    }
+    within(v, MAX_DEPTH)
+}
+
+/// Pushes `v` as [`lua_of`] builds it; false (having pushed anything) where the serde path must
+/// decide ([`pushable`] says where) or the stack cannot grow.
+///
+/// # Safety
+/// `state` is in a protected call (or a C function Lua called): building tables and strings may
+/// raise an out-of-memory error.
+pub(super) unsafe fn push_value(state: *mut ffi::lua_State, v: &Value) -> bool {
+    push(state, v, MAX_DEPTH)
+}
+
+/// Walks a Lua value into a [`Value`] (see [`table_data`]).
+struct Reader<'a> {
+    /// The tables from the root to the one being read (mlua's recursion guard).
+    path: Vec<*const c_void>,
+    array_metatable: ArrayMetatable<'a>,
+}
+
+impl Reader<'_> {
     /// The value at (absolute) index `at`.
     ///
     /// # Safety
@@ -90,11 +161,11 @@ impl Reader {
 
     /// # Safety
     /// As [`Reader::table`], with a free stack slot.
-    unsafe fn has_array_metatable(&self, state: *mut ffi::lua_State, at: c_int) -> bool {
+    unsafe fn has_array_metatable(&mut self, state: *mut ffi::lua_State, at: c_int) -> bool {
         if ffi::lua_getmetatable(state, at) == 0 {
             return false;
         }
-        let same = ffi::lua_rawequal(state, -1, self.array_metatable) != 0;
+        let same = ffi::lua_topointer(state, -1) == self.array_metatable.address();
         ffi::lua_pop(state, 1);
         same
     }
@@ -212,34 +283,6 @@ pub(super) fn sequence_of(lua: &Lua, items: &[Value]) -> Option<Table> {
     match push_with(lua, |state| unsafe {
         push_sequence(state, items, MAX_DEPTH)
     })? {
-        LuaValue::Table(t) => Some(t),
-        _ => None,
-    }
-}
-
-/// A sequence of argument lists, each a sequence with its length at `n` (the chunk runner's
-/// calls, see `Tasks::call_many`).
-pub(super) fn lists_of(lua: &Lua, lists: &[Vec<Value>]) -> Option<Table> {
-    let built = push_with(lua, |state| {
-        // SAFETY: as in `push_with`.
-        unsafe {
-            if ffi::lua_checkstack(state, 3) == 0 {
-                return false;
-            }
-            ffi::lua_createtable(state, lists.len().try_into().unwrap_or(c_int::MAX), 0);
-            let table = ffi::lua_gettop(state);
-            for (i, list) in lists.iter().enumerate() {
-                if !push_sequence(state, list, MAX_DEPTH) {
-                    return false;
-                }
-                ffi::lua_pushinteger(state, list.len() as ffi::lua_Integer);
-                ffi::lua_setfield(state, -2, c"n".as_ptr());
-                ffi::lua_rawseti(state, table, i as ffi::lua_Integer + 1);
-            }
-            true
-        }
-    })?;
-    match built {
         LuaValue::Table(t) => Some(t),
         _ => None,
     }
@@ -664,31 +707,9 @@ mod tests {
             _ => lua_of(lua, v),
         };
         prop_assert!(direct.is_some() || serde.is_err(), "gave up on {v:?}");
+        // The chunk runner pushes what `pushable` takes, and leaves the rest to serde.
+        prop_assert_eq!(pushable(v), lua_of(lua, v).is_some(), "pushable({:?})", v);
         if let Value::Array(items) = v {
-            let lists = [items.clone(), Vec::new(), vec![v.clone()]];
-            let serde = lists
-                .iter()
-                .map(|list| {
-                    let t = serde_sequence(lua, list)?;
-                    t.raw_set("n", list.len())?;
-                    Ok(t)
-                })
-                .collect::<mlua::Result<Vec<Table>>>();
-            match (lists_of(lua, &lists), serde) {
-                (Some(direct), Ok(serde)) => {
-                    for (i, serde) in serde.iter().enumerate() {
-                        let direct: Table = direct.raw_get(i + 1).unwrap();
-                        let n = |t: &Table| t.raw_get::<i64>("n").unwrap();
-                        prop_assert_eq!(n(&direct), n(serde));
-                        for j in 1..=n(serde) {
-                            let (a, b) = (serde.raw_get(j).unwrap(), direct.raw_get(j).unwrap());
-                            prop_assert_eq!(same_lua(&a, &b), Ok(()));
-                        }
-                    }
-                }
-                (None, Err(_)) => {}
-                (direct, serde) => prop_assert!(false, "lists: {direct:?} against {serde:?}"),
-            }
             prop_assert_eq!(
                 sequence(lua, items).is_ok(),
                 serde_sequence(lua, items).is_ok()

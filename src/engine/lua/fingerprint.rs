@@ -36,7 +36,8 @@ pub(super) fn of(lua: &Lua, value: &LuaValue) -> mlua::Result<Option<u64>> {
 /// The digest of the value at `at` (see [`of`]).
 ///
 /// # Safety
-/// `state` is a Lua state in a protected call; `at` is a valid index of its stack.
+/// `at` is a valid index of `state`'s stack. Nothing is raised: the caller need not be in a
+/// protected call.
 pub(super) unsafe fn digest_at(state: *mut ffi::lua_State, at: c_int) -> Option<u64> {
     let reader = Reader::of(state, at, usize::MAX);
     (!reader.too_deep).then(|| reader.hash.finish())
@@ -134,7 +135,12 @@ impl Reader {
             budget,
             over: false,
         };
-        ffi::luaL_checkstack(state, 2 * MAX_DEPTH as c_int + 8, c"parrun".as_ptr());
+        // A stack that cannot grow gives no digest (as a value nested too deep), rather than
+        // raising: a digest is also taken outside a protected call (a submission's checks).
+        if ffi::lua_checkstack(state, 2 * MAX_DEPTH as c_int + 8) == 0 {
+            reader.too_deep = true;
+            return reader;
+        }
         reader.read(state, ffi::lua_absindex(state, at), 0);
         reader
     }

@@ -31,7 +31,10 @@ use std::sync::Arc;
 use mlua::ffi::{self, lua_State};
 use mlua::{Function, LightUserData, Lua, Table, Value as LuaValue};
 
+use super::direct;
 use crate::rt::output::{Sink, Stream};
+use crate::script::CallSlice;
+use crate::value::Value;
 
 unsafe extern "C-unwind" {
     // Part of lauxlib since 5.4; mlua-sys does not declare it.
@@ -428,53 +431,92 @@ unsafe extern "C-unwind" fn next_returned(
 // ---------------------------------------------------------------------------------------------
 // The pool's chunk runner
 
-/// A pool task: `run_chunk(f, calls, count, single, results)` calls `f` once per call of the
-/// chunk in one coroutine, and fills `results[i]`. `single`: `calls[i]` is the one argument of
-/// call `i`; otherwise `calls[i]` is an argument list with its length in `n`. Before call `i`
-/// runs, `results[i]` is set to `false`, which its result replaces: after an error, the last
-/// slot set is the call that raised it (see `Tasks::failed_call`).
+/// A chunk's calls and results, which the chunk runner reaches by pointer (a light userdata):
+/// it pushes each call's arguments straight from `calls` and reads each result straight into
+/// `results`, with no Lua table between them (the tables cost a third of a worker's time per
+/// item in a `map`).
+pub(super) struct ChunkIo<'a> {
+    pub(super) calls: CallSlice<'a>,
+    /// Each call's result, in order; a result the direct reader left to the serde path is a
+    /// nil here, and its call's index is in `left`.
+    pub(super) results: Vec<Value>,
+    /// The 1-based index of the call that runs, or ran last (0: none has started).
+    pub(super) current: usize,
+    /// The calls (1-based) whose results wait in the runner's `left` table.
+    pub(super) left: Vec<usize>,
+}
+
+/// A pool task: `run_chunk(io, f, calls, array_mt)` calls `f` once per call of the chunk
+/// `io` (a light userdata: a [`ChunkIo`]) describes, in one coroutine, and returns the table of
+/// results it could not read as data, or nil. `calls` is nil when the arguments are pushed
+/// straight from `io`, else a Lua table of them: the arguments themselves (`io.calls` is
+/// `Each`) or argument lists with their lengths at `n`. `array_mt` is mlua's array metatable.
 pub(super) fn run_chunk(lua: &Lua) -> mlua::Result<Function> {
     closure(lua, chunk_start, Vec::new())
 }
 
-const CHUNK_F: c_int = 1;
-const CHUNK_CALLS: c_int = 2;
-const CHUNK_COUNT: c_int = 3;
-const CHUNK_SINGLE: c_int = 4;
-const CHUNK_RESULTS: c_int = 5;
+const CHUNK_IO: c_int = 1;
+const CHUNK_F: c_int = 2;
+const CHUNK_CALLS: c_int = 3;
+const CHUNK_ARRAY_MT: c_int = 4;
+const CHUNK_LEFT: c_int = 5;
 
 unsafe extern "C-unwind" fn chunk_start(state: *mut lua_State) -> c_int {
-    ffi::lua_settop(state, CHUNK_RESULTS);
+    ffi::lua_settop(state, CHUNK_LEFT);
     chunk_from(state, 1)
 }
 
-/// Runs calls `first..=count`; a call that yields continues in [`chunk_resumed`].
-unsafe fn chunk_from(state: *mut lua_State, first: ffi::lua_Integer) -> c_int {
-    let count = ffi::lua_tointeger(state, CHUNK_COUNT);
-    let single = ffi::lua_toboolean(state, CHUNK_SINGLE) != 0;
-    for i in first..=count {
-        ffi::lua_pushboolean(state, 0);
-        ffi::lua_rawseti(state, CHUNK_RESULTS, i);
+/// The chunk's [`ChunkIo`].
+///
+/// # Safety
+/// The chunk runner's stack; its caller keeps the `ChunkIo` alive and untouched while the
+/// coroutine runs (`Tasks::call_many` drives it to its end before it reads the results).
+unsafe fn chunk_io<'a>(state: *mut lua_State) -> &'a mut ChunkIo<'a> {
+    &mut *ffi::lua_touserdata(state, CHUNK_IO).cast::<ChunkIo<'a>>()
+}
+
+/// Runs calls `first..` of the chunk; a call that yields continues in [`chunk_resumed`].
+unsafe fn chunk_from(state: *mut lua_State, first: usize) -> c_int {
+    let by_table = ffi::lua_type(state, CHUNK_CALLS) != ffi::LUA_TNIL;
+    for i in first..=chunk_io(state).calls.len() {
+        chunk_io(state).current = i;
         ffi::lua_pushvalue(state, CHUNK_F);
-        ffi::lua_rawgeti(state, CHUNK_CALLS, i);
-        let argc = if single {
-            1
-        } else {
-            let args = ffi::lua_gettop(state);
-            ffi::lua_getfield(state, args, c"n".as_ptr());
-            let n = ffi::lua_tointeger(state, -1) as c_int;
-            ffi::lua_pop(state, 1);
-            ffi::luaL_checkstack(state, n, c"too many arguments".as_ptr());
-            for j in 1..=n {
-                ffi::lua_rawgeti(state, args, ffi::lua_Integer::from(j));
+        let argc = match chunk_io(state).calls {
+            CallSlice::Each(values) if !by_table => {
+                push_argument(state, &values[i - 1]);
+                1
             }
-            ffi::lua_remove(state, args);
-            n
+            CallSlice::Lists(lists) if !by_table => {
+                let list = &lists[i - 1];
+                let n = c_int::try_from(list.len()).unwrap_or(c_int::MAX);
+                ffi::luaL_checkstack(state, n, c"too many arguments".as_ptr());
+                for v in list {
+                    push_argument(state, v);
+                }
+                n
+            }
+            CallSlice::Each(_) => {
+                ffi::lua_rawgeti(state, CHUNK_CALLS, i as ffi::lua_Integer);
+                1
+            }
+            CallSlice::Lists(_) => {
+                ffi::lua_rawgeti(state, CHUNK_CALLS, i as ffi::lua_Integer);
+                let args = ffi::lua_gettop(state);
+                ffi::lua_getfield(state, args, c"n".as_ptr());
+                let n = ffi::lua_tointeger(state, -1) as c_int;
+                ffi::lua_pop(state, 1);
+                ffi::luaL_checkstack(state, n, c"too many arguments".as_ptr());
+                for j in 1..=n {
+                    ffi::lua_rawgeti(state, args, ffi::lua_Integer::from(j));
+                }
+                ffi::lua_remove(state, args);
+                n
+            }
         };
         ffi::lua_callk(state, argc, 1, i as ffi::lua_KContext, Some(chunk_resumed));
-        ffi::lua_rawseti(state, CHUNK_RESULTS, i);
+        take_result(state, i);
     }
-    ffi::lua_settop(state, CHUNK_RESULTS);
+    ffi::lua_settop(state, CHUNK_LEFT);
     1
 }
 
@@ -483,9 +525,40 @@ unsafe extern "C-unwind" fn chunk_resumed(
     _status: c_int,
     ctx: ffi::lua_KContext,
 ) -> c_int {
-    let i = ctx as ffi::lua_Integer;
-    ffi::lua_rawseti(state, CHUNK_RESULTS, i);
+    let i = ctx as usize;
+    take_result(state, i);
     chunk_from(state, i + 1)
+}
+
+/// Pushes an argument the caller checked with `direct::pushable`.
+unsafe fn push_argument(state: *mut lua_State, v: &Value) {
+    if !direct::push_value(state, v) {
+        // Only a stack that cannot grow gives up on a value `pushable` took.
+        raise(state, "stack overflow (a task's arguments)".to_owned());
+    }
+}
+
+/// Moves call `i`'s result, on top of the stack, into the chunk's results: read as data, or
+/// kept in the `left` table for the serde path.
+unsafe fn take_result(state: *mut lua_State, i: usize) {
+    let top = ffi::lua_gettop(state);
+    let array_metatable = direct::ArrayMetatable::At(ffi::lua_topointer(state, CHUNK_ARRAY_MT));
+    match direct::read_at(state, top, array_metatable) {
+        Some(v) => chunk_io(state).results.push(v),
+        None => {
+            // A reader that gave up may leave what it was reading above the result.
+            ffi::lua_settop(state, top);
+            if ffi::lua_type(state, CHUNK_LEFT) == ffi::LUA_TNIL {
+                ffi::lua_createtable(state, 0, 0);
+                ffi::lua_replace(state, CHUNK_LEFT);
+            }
+            ffi::lua_rawseti(state, CHUNK_LEFT, i as ffi::lua_Integer);
+            let io = chunk_io(state);
+            io.results.push(Value::Nil);
+            io.left.push(i);
+        }
+    }
+    ffi::lua_settop(state, CHUNK_LEFT);
 }
 
 // ---------------------------------------------------------------------------------------------

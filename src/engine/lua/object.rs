@@ -59,6 +59,7 @@ fn property_or_method(lua: &Lua, (ud, key): (AnyUserData, LuaString)) -> mlua::R
             vals: vec![LuaValue::UserData(ud)],
             this: None,
             host: &host,
+            frame: None,
         };
         return match (b.call)(&host, &mut args) {
             Ok(Outcome::Done(ret)) => ret_to_lua(lua, ret),
@@ -96,6 +97,7 @@ fn set_property(lua: &Lua, ud: AnyUserData, key: LuaString, value: LuaValue) -> 
         vals: vec![LuaValue::UserData(ud), value],
         this: None,
         host: &host,
+        frame: None,
     };
     match (b.call)(&host, &mut args) {
         Ok(Outcome::Done(_)) => Ok(()),

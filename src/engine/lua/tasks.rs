@@ -180,67 +180,66 @@ impl Tasks {
         if count == 1 {
             return self.call_one(lua, f, calls);
         }
-        let (calls, single) = match calls {
-            CallSlice::Each(values) => (
-                LuaValue::Table(sequence(lua, values).map_err(error_text)?),
-                true,
-            ),
+        // The runner pushes the arguments itself where the direct path takes them all; else
+        // they go as a Lua table the serde path builds (which also names what it refuses).
+        let direct = match calls {
+            CallSlice::Each(values) => values.iter().all(direct::pushable),
+            CallSlice::Lists(lists) => lists.iter().flatten().all(direct::pushable),
+        };
+        let table = match calls {
+            _ if direct => LuaValue::Nil,
+            CallSlice::Each(values) => LuaValue::Table(sequence(lua, values).map_err(error_text)?),
             CallSlice::Lists(lists) => {
-                let table = match direct::lists_of(lua, lists) {
-                    Some(table) => table,
-                    None => {
-                        let tables = lists
-                            .iter()
-                            .map(|list| {
-                                let args = sequence(lua, list)?;
-                                args.raw_set("n", list.len())?;
-                                Ok(args)
-                            })
-                            .collect::<mlua::Result<Vec<Table>>>()
-                            .map_err(error_text)?;
-                        lua.create_sequence_from(tables).map_err(error_text)?
-                    }
-                };
-                (LuaValue::Table(table), false)
+                let tables = lists
+                    .iter()
+                    .map(|list| {
+                        let args = sequence(lua, list)?;
+                        args.raw_set("n", list.len())?;
+                        Ok(args)
+                    })
+                    .collect::<mlua::Result<Vec<Table>>>()
+                    .map_err(error_text)?;
+                LuaValue::Table(lua.create_sequence_from(tables).map_err(error_text)?)
             }
         };
-        let results = lua
-            .create_table_with_capacity(count, 0)
-            .map_err(error_text)?;
-        // mlua's mark for a sequence: it then serializes the table as the sequence of its
-        // length, without first scanning every key for others (the runner sets only 1..count).
-        // Each result keeps the usual detection of holes and mixed keys.
-        results
-            .set_metatable(Some(lua.array_metatable()))
-            .map_err(error_text)?;
-        let args = (f, calls, count, single, &results)
+        let mut io = native::ChunkIo {
+            calls,
+            results: Vec::with_capacity(count),
+            current: 0,
+            left: Vec::new(),
+        };
+        let at = mlua::LightUserData(std::ptr::addr_of_mut!(io).cast());
+        let args = (at, f, table, lua.array_metatable())
             .into_lua_multi(lua)
             .map_err(error_text)?;
-        let out = match self.run(lua, &self.run_chunk, args) {
+        // SAFETY (of the runner's pointer): `run` drives the coroutine to its end, and `io` is
+        // not touched until it returns; a coroutine that did not finish is never resumed.
+        let out = self.run(lua, &self.run_chunk, args);
+        let out = match out {
             Ok(out) => out,
             Err(e) => {
                 let raised = take_raised();
-                return Err(failed_call(&results, count, error_text(e)).raised(raised));
+                let error = match io.current {
+                    0 => TaskError::from(error_text(e)),
+                    i => TaskError::at(i - 1, error_text(e)),
+                };
+                return Err(error.raised(raised));
             }
         };
-        let Some(LuaValue::Table(results)) = out.into_iter().next() else {
-            return Err("internal error: the chunk runner returned no table".into());
-        };
-        // One conversion for the whole chunk, unless nil results left it something else than a
-        // list of `count` values.
-        if let Ok(Value::Array(values)) = to_value(lua, LuaValue::Table(results.clone())) {
-            if values.len() == count {
-                return Ok(values);
-            }
+        if io.left.is_empty() {
+            return Ok(io.results);
         }
-        (1..=count)
-            .map(|i| {
-                let v = results.raw_get::<LuaValue>(i).map_err(error_text)?;
-                data_of(lua, v).map_err(|what| {
-                    TaskError::at(i - 1, format!("cannot send a task's result back: {what}"))
-                })
-            })
-            .collect()
+        // The results the direct reader left: the serde path converts them, or says why not.
+        let Some(LuaValue::Table(left)) = out.into_iter().next() else {
+            return Err("internal error: the chunk runner returned no results".into());
+        };
+        for i in std::mem::take(&mut io.left) {
+            let v = left.raw_get::<LuaValue>(i).map_err(error_text)?;
+            io.results[i - 1] = data_of(lua, v).map_err(|what| {
+                TaskError::at(i - 1, format!("cannot send a task's result back: {what}"))
+            })?;
+        }
+        Ok(io.results)
     }
 
     /// [`Tasks::call_many`] for a task of one call (`apply_async`, a map in chunks of one):
@@ -291,18 +290,6 @@ pub(super) fn note_raised(lua: &Lua, object: Option<LuaValue>) {
 /// The data the task just ended by an error raised, if it raised data.
 fn take_raised() -> Option<Value> {
     RAISED.with(|r| r.borrow_mut().take())
-}
-
-/// The error of a chunk that failed, at the call that raised it: the last whose result slot
-/// the chunk runner had set (to `false`, before the call), if it got as far as a call.
-fn failed_call(results: &Table, count: usize, message: String) -> TaskError {
-    let set = (1..=count)
-        .rev()
-        .find(|&i| !matches!(results.raw_get::<LuaValue>(i), Ok(LuaValue::Nil) | Err(_)));
-    match set {
-        Some(i) => TaskError::at(i - 1, message),
-        None => message.into(),
-    }
 }
 
 /// A Lua function ready to run pool tasks in its state: the script's own (`gil`), or one a
@@ -450,9 +437,10 @@ pub(super) fn encoded_function(
     lua: &Lua,
     f: &Function,
     inherited: Option<&Arc<dyn Inheritance>>,
+    at: Option<(*mut ffi::lua_State, std::ffi::c_int)>,
 ) -> Result<Arc<FunctionSpec>, String> {
     let generation = inherited.map(|i| i.generation());
-    if let Some(spec) = last_encoding(lua, f, generation)? {
+    if let Some(spec) = last_encoding(lua, f, generation, at)? {
         return Ok(spec);
     }
     let heritage = inherited.and_then(|i| Heritage::of(lua, i));
@@ -487,47 +475,84 @@ pub(super) fn encoded_function(
     Ok(spec)
 }
 
-/// `f`'s last encoding, if `f` is unchanged since: one protected call finds its token and
-/// checks its upvalues (a submission's fixed cost, so it stays inside Lua's API).
+/// `f`'s last encoding, if `f` is unchanged since. `at`: where `f` is on the stack of the
+/// builtin's call that runs now, if it is there; the lookup then reads it from there, without
+/// the protected call it takes otherwise (a submission's fixed cost).
 fn last_encoding(
     lua: &Lua,
     f: &Function,
     inherited: Option<u64>,
+    at: Option<(*mut ffi::lua_State, std::ffi::c_int)>,
 ) -> Result<Option<Arc<FunctionSpec>>, String> {
     let Some(encodings) = lua.app_data_ref::<Encodings>() else {
         return Ok(None);
     };
-    let tokens = &encodings.tokens;
-    let mut last = None;
-    // SAFETY: the closure keeps to Lua's API and to the stack above `tokens` (1) and `f` (2);
-    // an error (out of memory) unwinds through the protected call `exec_raw` makes, and
-    // nothing it holds needs dropping.
-    unsafe {
-        lua.exec_raw::<()>((tokens, f), |state| {
-            ffi::lua_pushvalue(state, 2);
-            if ffi::lua_rawget(state, 1) != ffi::LUA_TNUMBER {
-                return;
-            }
-            let token = ffi::lua_tointeger(state, -1) as u64;
-            ffi::lua_pop(state, 1);
-            if let Some((spec, checks, _)) = encodings
-                .last
-                .get(&token)
-                .filter(|(_, _, made_for)| *made_for == inherited)
+    if let Some((state, at)) = at {
+        // SAFETY: `lookup` raises nothing and leaves the stack as it found it, once its top is
+        // set back; `at` holds `f` (checked).
+        unsafe {
+            let top = ffi::lua_gettop(state);
+            if ffi::lua_type(state, at) == ffi::LUA_TFUNCTION
+                && ffi::lua_topointer(state, at) == f.to_pointer()
+                && ffi::lua_checkstack(state, 2) != 0
             {
-                // No checks: a function sent by its global path (a C function's upvalues are
-                // its own), or one without upvalues.
-                let mut used = 0;
-                if checks.is_empty()
-                    || transport::unchanged(state, 2, checks, &mut used) && used == checks.len()
-                {
-                    last = Some(spec.clone());
-                }
+                ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, tokens_key());
+                let last = lookup(state, top + 1, at, &encodings, inherited);
+                ffi::lua_settop(state, top);
+                return Ok(last);
             }
+        }
+    }
+    let mut last = None;
+    // SAFETY: the closure keeps to the stack above `tokens` (1) and `f` (2), and raises nothing
+    // (see `lookup`).
+    unsafe {
+        lua.exec_raw::<()>((&encodings.tokens, f), |state| {
+            last = lookup(state, 1, 2, &encodings, inherited);
         })
     }
     .map_err(error_text)?;
     Ok(last)
+}
+
+/// The registry key of the encodings' token table: a light userdata, so that reading it
+/// allocates nothing and raises nothing.
+static TOKENS_KEY: u8 = 0;
+
+fn tokens_key() -> *const std::ffi::c_void {
+    std::ptr::addr_of!(TOKENS_KEY).cast()
+}
+
+/// The encoding of the function at `f` that the token table at `tokens` names, if its
+/// upvalues still pass its checks. Raises nothing; may leave values above the stack's top.
+///
+/// # Safety
+/// `tokens` holds the token table and `f` a function, at absolute indexes of `state`'s stack.
+unsafe fn lookup(
+    state: *mut ffi::lua_State,
+    tokens: std::ffi::c_int,
+    f: std::ffi::c_int,
+    encodings: &Encodings,
+    inherited: Option<u64>,
+) -> Option<Arc<FunctionSpec>> {
+    if ffi::lua_checkstack(state, 1) == 0 {
+        return None;
+    }
+    ffi::lua_pushvalue(state, f);
+    if ffi::lua_rawget(state, tokens) != ffi::LUA_TNUMBER {
+        return None;
+    }
+    let token = ffi::lua_tointeger(state, -1) as u64;
+    ffi::lua_pop(state, 1);
+    let (spec, checks, _) = encodings
+        .last
+        .get(&token)
+        .filter(|(_, _, made_for)| *made_for == inherited)?;
+    // No checks: a function sent by its global path (a C function's upvalues are its own), or
+    // one without upvalues.
+    let mut used = 0;
+    (checks.is_empty() || transport::unchanged(state, f, checks, &mut used) && used == checks.len())
+        .then(|| spec.clone())
 }
 
 /// The last encoding of each function submitted lately, by its token.
@@ -546,6 +571,12 @@ impl Encodings {
     pub(super) fn install(lua: &Lua, weak_keys: Option<Table>) -> mlua::Result<()> {
         let tokens = lua.create_table()?;
         tokens.set_metatable(weak_keys)?;
+        // SAFETY: sets the registry's entry at a light userdata key to the table at 1.
+        unsafe {
+            lua.exec_raw::<()>(&tokens, |state| {
+                ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, tokens_key());
+            })?;
+        }
         lua.set_app_data(Encodings {
             tokens,
             next: 0,
@@ -634,8 +665,8 @@ mod tests {
             )
             .eval()
             .unwrap();
-        let first = encoded_function(&lua, &f, None).unwrap();
-        let again = encoded_function(&lua, &f, None).unwrap();
+        let first = encoded_function(&lua, &f, None, None).unwrap();
+        let again = encoded_function(&lua, &f, None, None).unwrap();
         assert!(
             Arc::ptr_eq(&first, &again),
             "an unchanged function is encoded again"
@@ -643,7 +674,7 @@ mod tests {
         let mut keys = vec![key(&first)];
         for (what, v) in [("n", 2), ("scale", 3), ("scale", 2), ("n", 1)] {
             set.call::<()>((what, v)).unwrap();
-            keys.push(key(&encoded_function(&lua, &f, None).unwrap()));
+            keys.push(key(&encoded_function(&lua, &f, None, None).unwrap()));
         }
         // (n, scale): (1, 2), (2, 2), (2, 3), (2, 2), (1, 2).
         let distinct: std::collections::HashSet<_> = keys[..3].iter().collect();
@@ -659,13 +690,16 @@ mod tests {
         );
         // A function the worker finds by its global path is not looked for again.
         let getpid: Function = lua.load("return parrun.getpid").eval().unwrap();
-        let first = encoded_function(&lua, &getpid, None).unwrap();
+        let first = encoded_function(&lua, &getpid, None, None).unwrap();
         assert!(Arc::ptr_eq(
             &first,
-            &encoded_function(&lua, &getpid, None).unwrap()
+            &encoded_function(&lua, &getpid, None, None).unwrap()
         ));
         let other: Function = lua.load("return function(x) return -x end").eval().unwrap();
         set.call::<()>(("scaled", other)).unwrap();
-        assert_ne!(key(&encoded_function(&lua, &f, None).unwrap()), keys[0]);
+        assert_ne!(
+            key(&encoded_function(&lua, &f, None, None).unwrap()),
+            keys[0]
+        );
     }
 }

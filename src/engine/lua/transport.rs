@@ -152,14 +152,17 @@ pub(super) fn encode(
 /// the function again would make.
 ///
 /// # Safety
-/// `state` is in a protected call; `at` holds a Lua function.
+/// `at` holds a Lua function. Nothing is raised (a stack that cannot grow answers false), so
+/// the caller need not be in a protected call.
 pub(super) unsafe fn unchanged(
     state: *mut ffi::lua_State,
     at: c_int,
     checks: &[Check],
     next: &mut usize,
 ) -> bool {
-    ffi::luaL_checkstack(state, 4, c"parrun: checking a function".as_ptr());
+    if ffi::lua_checkstack(state, 4) == 0 {
+        return false;
+    }
     for n in 1.. {
         if ffi::lua_getupvalue(state, at, n).is_null() {
             return true;
