@@ -22,8 +22,6 @@ mod semaphore;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 pub use barrier::Barrier;
 pub use condition::{CondLock, Condition};
 pub use event::Event;
@@ -32,67 +30,10 @@ pub use queue::{Queue, QueueError};
 pub use rlock::RLock;
 pub use semaphore::Semaphore;
 
+pub use crate::link::Holder;
+pub(crate) use crate::link::SyncOp;
 use crate::link::{Caller, RemoteError, Waited};
 use crate::value::Value;
-
-/// A thread of a process: who holds an `RLock`, who waits on a `Condition`.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Holder {
-    pub pid: u32,
-    pub thread: u64,
-}
-
-impl Holder {
-    /// The calling thread.
-    pub fn current() -> Holder {
-        Holder {
-            pid: crate::rt::pid::current_pid(),
-            thread: crate::thread::Ids::current().ident,
-        }
-    }
-}
-
-/// An operation a child asks of an `RLock`, `Event`, `Semaphore`, `Condition` or `Barrier` its
-/// parent owns (a `Lock`'s and a `Queue`'s are `crate::link::Op`'s own). A barrier's `abort`
-/// is its `Clear`, its `reset` its `Set`, its state its `Describe`.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub(crate) enum SyncOp {
-    /// Takes the object (an `RLock` `count` times for `who`; a semaphore once), waiting at
-    /// most `timeout` (for ever if `None`).
-    Acquire {
-        who: Holder,
-        count: u64,
-        timeout: Option<Duration>,
-    },
-    /// Gives `count` back (an `RLock`: once, checked to be `who`'s; a semaphore: `count`).
-    Release {
-        who: Holder,
-        count: u64,
-    },
-    /// An `RLock`'s full release for a `Condition`'s wait: answers how many times it was held.
-    ReleaseAll {
-        who: Holder,
-    },
-    /// Whether `who` holds it (an `RLock`).
-    Owned {
-        who: Holder,
-    },
-    /// An `RLock`'s owner and count, a semaphore's value, an event's flag: as it prints.
-    Describe,
-    Set,
-    Clear,
-    IsSet,
-    /// An event's, a condition's or a barrier's `wait`.
-    Wait {
-        who: Holder,
-        timeout: Option<Duration>,
-    },
-    /// A condition's `notify(n)`.
-    Notify {
-        who: Holder,
-        count: u64,
-    },
-}
 
 /// What a child's waiting operation found in one attempt.
 enum Attempt {
