@@ -7,7 +7,9 @@
 //! `q.put(v)` in Rhai), so adding or changing an operation is one edit here.
 //!
 //! The table comes in parts, one per Python module it follows: [`threading`] (`Thread`,
-//! `Lock`, `Queue`, and `sleep`, `time`, `random`), [`processing`] (`Process`, `Pool`,
+//! `Lock`, `Queue`, and `sleep`, `time`, `random`), [`sync`] (the rest of `threading`'s
+//! synchronisation objects: `RLock`, `Event`, `Semaphore`, `Condition`, `Barrier`),
+//! [`processing`] (`Process`, `Pool`,
 //! `ThreadPool`, `AsyncResult`, the `imap` iterators, `getpid`, `cpu_count`, `mode`); the
 //! argument helpers they share are in `args`. A builtin reads and checks its arguments and
 //! hands the objects what was asked: a pool's policy (its defaults, its checks) is the pool's.
