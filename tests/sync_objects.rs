@@ -168,6 +168,11 @@ r:acquire()
 local p = parrun.Process(function() print("child release", select(2, pcall(r.release, r))) end)
 p:start() p:join()
 r:release()
+p = parrun.Process(function()
+  print("child non-blocking", sem:acquire(false), sem:acquire(false), sem:acquire(false), r:acquire(false))
+  sem:release(2) r:release()
+end)
+p:start() p:join()
 local cond, box = parrun.Condition(parrun.Lock()), parrun.Queue()
 local waiter = function(cond, box)
   cond:acquire()
@@ -231,6 +236,11 @@ r.acquire();
 let p = Process(|r| { try { r.release(); } catch (err) { print(`child release ${err}`); } }, [r]);
 p.start(); p.join();
 r.release();
+p = Process(|r| {
+  print(`child non-blocking ${global::SEM.acquire(false)} ${global::SEM.acquire(false)} ${global::SEM.acquire(false)} ${r.acquire(false)}`);
+  global::SEM.release(2); r.release();
+}, [r]);
+p.start(); p.join();
 let cond = Condition(Lock()); let box = Queue();
 fn waiter(cond, box) {
   cond.acquire();
@@ -277,6 +287,7 @@ pool.close(); pool.join();
             "before set 0",
             "peak 2 0 0 0 0 0",
             release,
+            "child non-blocking true true false true",
             "notified true true",
             "grandchild <BoundedSemaphore value=2/2>",
             "pool 2 4 6 <BoundedSemaphore value=2/2>",

@@ -88,11 +88,13 @@ fn acquire(
     timeout: Option<Duration>,
     take: impl Fn(Option<Duration>) -> Result<bool, String> + Send + 'static,
 ) -> Result<Outcome, String> {
-    if local && take(Some(Duration::ZERO))? {
-        return Outcome::value(Value::Bool(true));
-    }
-    if timeout == Some(Duration::ZERO) {
-        return Outcome::value(Value::Bool(false));
+    if local {
+        if take(Some(Duration::ZERO))? {
+            return Outcome::value(Value::Bool(true));
+        }
+        if timeout == Some(Duration::ZERO) {
+            return Outcome::value(Value::Bool(false));
+        }
     }
     Outcome::wait(move || Ok(Value::Bool(take(timeout)?).into()))
 }
