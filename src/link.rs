@@ -64,6 +64,8 @@ pub(crate) enum Op {
     Acquire(Option<Duration>),
     Release,
     Locked,
+    /// An operation on an `RLock`, `Event`, `Semaphore` or `Condition` (see `crate::sync`).
+    Sync(SyncOp),
     /// The child found standard output gone: the run ends (see `crate::rt::output::stdout_gone`).
     StdoutGone,
     /// Whole lines the child printed, for the writer the run's output goes to (see
@@ -75,6 +77,66 @@ pub(crate) enum Op {
     /// Nothing to do: answered once what the child sent before it is done (see
     /// [`settle_forwarded`]).
     Barrier,
+}
+
+/// A thread of a process: who holds an `RLock`, who waits on a `Condition`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Holder {
+    pub pid: u32,
+    pub thread: u64,
+}
+
+impl Holder {
+    /// The calling thread.
+    pub fn current() -> Holder {
+        Holder {
+            pid: crate::rt::pid::current_pid(),
+            // SAFETY: pthread_self has no preconditions. (What `get_ident()` gives scripts.)
+            thread: unsafe { nix::libc::pthread_self() } as u64,
+        }
+    }
+}
+
+/// An operation a child asks of an `RLock`, `Event`, `Semaphore`, `Condition` or `Barrier` its
+/// parent owns (a `Lock`'s and a `Queue`'s are [`Op`]'s own). A barrier's `abort`
+/// is its `Clear`, its `reset` its `Set`, its state its `Describe`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) enum SyncOp {
+    /// Takes the object (an `RLock` `count` times for `who`; a semaphore once), waiting at
+    /// most `timeout` (for ever if `None`).
+    Acquire {
+        who: Holder,
+        count: u64,
+        timeout: Option<Duration>,
+    },
+    /// Gives `count` back (an `RLock`: once, checked to be `who`'s; a semaphore: `count`).
+    Release {
+        who: Holder,
+        count: u64,
+    },
+    /// An `RLock`'s full release for a `Condition`'s wait: answers how many times it was held.
+    ReleaseAll {
+        who: Holder,
+    },
+    /// Whether `who` holds it (an `RLock`).
+    Owned {
+        who: Holder,
+    },
+    /// An `RLock`'s owner and count, a semaphore's value, an event's flag: as it prints.
+    Describe,
+    Set,
+    Clear,
+    IsSet,
+    /// An event's, a condition's or a barrier's `wait`.
+    Wait {
+        who: Holder,
+        timeout: Option<Duration>,
+    },
+    /// A condition's `notify(n)`.
+    Notify {
+        who: Holder,
+        count: u64,
+    },
 }
 
 /// Why an operation on an object in another process failed, as it crosses the link.

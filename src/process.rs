@@ -99,11 +99,12 @@ impl ThreadExit {
 
 /// A script-visible process.
 pub struct ScriptProcess {
-    name: String,
+    /// Python's `name`: the script may change it (`p.name = ...`) at any time.
+    name: Mutex<String>,
     mode: Mode,
     /// Stopped (`terminate`) rather than waited for when the run, or the process that
-    /// started it, ends: Python's `daemon`.
-    daemon: bool,
+    /// started it, ends: Python's `daemon`; the script may change it until `start`.
+    daemon: std::sync::atomic::AtomicBool,
     /// The process that made this one (a forked child has a copy of its parent's handles).
     creator: u32,
     target: Mutex<Option<Box<dyn Target>>>,
@@ -113,21 +114,38 @@ pub struct ScriptProcess {
 impl ScriptProcess {
     pub fn new(name: String, target: Box<dyn Target>, mode: Mode, daemon: bool) -> Arc<Self> {
         Arc::new(ScriptProcess {
-            name,
+            name: Mutex::new(name),
             mode,
-            daemon,
+            daemon: daemon.into(),
             creator: crate::rt::pid::current_pid(),
             target: Mutex::new(Some(target)),
             state: Mutex::new(State::New),
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
+    pub fn name(&self) -> String {
+        self.name.lock().recover().clone()
+    }
+
+    /// `p.name = ...`, at any time, as in Python.
+    pub fn set_name(&self, name: String) {
+        *self.name.lock().recover() = name;
     }
 
     pub fn daemon(&self) -> bool {
+        self.daemon.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `p.daemon = ...`: only before `start`, as in Python.
+    pub fn set_daemon(&self, daemon: bool) -> Result<(), String> {
+        // Under the state's lock, so that a `start` cannot come between the check and the set.
+        let state = self.state();
+        if !matches!(*state, State::New) {
+            return Err("process has already started (AssertionError)".into());
+        }
         self.daemon
+            .store(daemon, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -167,7 +185,7 @@ impl ScriptProcess {
             stopped_by: Mutex::default(),
         });
         let done = exit.clone();
-        let name = self.name.clone();
+        let name = self.name();
         let host_ = host.clone();
         // Held until the state says how the process runs: its thread, in an engine of its own
         // (no GIL to wait for), may ask its own handle at once (`p.join()` on itself).
@@ -197,7 +215,7 @@ impl ScriptProcess {
         host: &Arc<Host>,
         start: Box<dyn RemoteStart>,
     ) -> Result<(), String> {
-        let remote = start.start(&self.name)?;
+        let remote = start.start(&self.name())?;
         *self.state() = State::Remote(remote);
         host.register(self.clone());
         Ok(())
@@ -205,7 +223,7 @@ impl ScriptProcess {
 
     /// Forks the child.
     fn fork(self: &Arc<Self>, host: &Arc<Host>, target: Box<dyn Target>) -> Result<(), String> {
-        let name = self.name.clone();
+        let name = self.name();
         let child_host = host.clone();
         let child = link::fork_child(host, Vec::new(), move || {
             let started = child_host.trace.as_ref().map(|_| trace::clock());
@@ -227,8 +245,8 @@ impl ScriptProcess {
         if let Some(trace) = &host.trace {
             // A forked child's one thread has its pid as its tid.
             let pid = child.pid.as_raw() as u32;
-            trace.name_process(pid, format!("process {} (pid {pid})", self.name));
-            trace.name_track(pid, pid, format!("process {}", self.name));
+            trace.name_process(pid, format!("process {} (pid {pid})", self.name()));
+            trace.name_track(pid, pid, format!("process {}", self.name()));
             trace.instant(
                 Some((pid, pid)),
                 "fork",
@@ -432,7 +450,7 @@ impl Finish for ScriptProcess {
     }
 
     fn finish(&self) {
-        if self.daemon && self.is_alive() {
+        if self.daemon() && self.is_alive() {
             // As Python's exit handler terminates daemonic children before it joins them.
             let _ = self.signal(Signal::SIGTERM);
         }

@@ -7,6 +7,7 @@
 //! pool stops a thread's task ([`crate::rt::cancel`]), where Python abandons it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -27,14 +28,18 @@ enum RunState {
 
 /// A script-visible thread.
 pub struct ScriptThread {
-    name: String,
+    /// Python's `name`: the script may change it (`t.name = ...`) at any time.
+    name: Mutex<String>,
     target: Mutex<Option<Box<dyn Target>>>,
     state: Mutex<RunState>,
     changed: Condvar,
     joiner: Joiner,
-    /// Stopped rather than waited for when the run ends (Python's `daemon`): its cancellation,
-    /// installed on its thread, and the GIL to interrupt so that it sees it.
-    daemon: Option<(Arc<Cancel>, GilToInterrupt)>,
+    /// Stopped rather than waited for when the run ends (Python's `daemon`); the script may
+    /// change it until `start`.
+    daemon: AtomicBool,
+    /// A daemon thread's cancellation, installed on its thread, and the GIL to interrupt so
+    /// that it sees it.
+    stop: (Arc<Cancel>, GilToInterrupt),
     /// Its OS thread's [`Ids`], once started (and after it ended, as in Python).
     ids: Mutex<Option<Ids>>,
     /// Notified when `ids` is set.
@@ -66,12 +71,13 @@ type GilToInterrupt = Mutex<Option<Arc<Gil>>>;
 impl ScriptThread {
     pub fn new(name: String, target: Box<dyn Target>, daemon: bool) -> Arc<Self> {
         Arc::new(ScriptThread {
-            name,
+            name: Mutex::new(name),
             target: Mutex::new(Some(target)),
             state: Mutex::new(RunState::New),
             changed: Condvar::new(),
             joiner: Joiner::default(),
-            daemon: daemon.then(|| (Arc::default(), Mutex::default())),
+            daemon: AtomicBool::new(daemon),
+            stop: (Arc::default(), Mutex::default()),
             ids: Mutex::new(None),
             started: Condvar::new(),
         })
@@ -83,11 +89,27 @@ impl ScriptThread {
     }
 
     pub fn daemon(&self) -> bool {
-        self.daemon.is_some()
+        self.daemon.load(Ordering::Acquire)
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
+    /// `t.daemon = ...`: only before `start`, as in Python.
+    pub fn set_daemon(&self, daemon: bool) -> Result<(), String> {
+        // Under the state's lock, so that a `start` cannot come between the check and the set.
+        let state = self.state.lock().recover();
+        if *state != RunState::New {
+            return Err("cannot set daemon status of active thread (RuntimeError)".into());
+        }
+        self.daemon.store(daemon, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn name(&self) -> String {
+        self.name.lock().recover().clone()
+    }
+
+    /// `t.name = ...`, at any time, as in Python (a running thread's OS name stays).
+    pub fn set_name(&self, name: String) {
+        *self.name.lock().recover() = name;
     }
 
     fn state(&self) -> RunState {
@@ -115,24 +137,30 @@ impl ScriptThread {
     /// Starts the thread. Must be called with the GIL held (the new thread queues for it).
     pub fn start(self: &Arc<Self>, host: &Arc<Host>) -> Result<(), String> {
         let target = take_target(&self.target, "threads can only be started once")?;
-        self.set_state(RunState::Running);
+        {
+            // `set_daemon` reads the state under this lock.
+            let mut state = self.state.lock().recover();
+            *state = RunState::Running;
+            self.changed.notify_all();
+        }
         host.register(self.clone());
         let me = self.clone();
         let gil = host.gil.clone();
-        let stop = self.daemon.as_ref().map(|(cancel, to_interrupt)| {
+        let stop = self.daemon().then(|| {
+            let (cancel, to_interrupt) = &self.stop;
             *to_interrupt.lock().recover() = Some(gil.clone());
             cancel.clone()
         });
         let output = host.output().clone();
         let trace = host.trace.clone();
         let spawned = crate::rt::spawn::Builder::new()
-            .name(self.name.clone())
+            .name(self.name())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
                 *me.ids.lock().recover() = Some(Ids::current());
                 me.started.notify_all();
                 let started = trace.as_ref().map(|t| {
-                    t.name_thread(format!("thread {}", me.name));
+                    t.name_thread(format!("thread {}", me.name()));
                     trace::clock()
                 });
                 cancel::install(stop.clone());
@@ -143,7 +171,7 @@ impl ScriptThread {
                 // A daemon thread stopped at the run's end ends quietly, as Python's does.
                 let stopped = stop.is_some_and(|c| c.reason().is_some());
                 if let (Some(t), Some(start)) = (&trace, started) {
-                    t.span(Cat::Thread, &me.name, start);
+                    t.span(Cat::Thread, &me.name(), start);
                 }
                 let failure = match outcome {
                     // A thread's exit status is dropped, as `sys.exit` in a Python thread.
@@ -155,7 +183,7 @@ impl ScriptThread {
                     )),
                 };
                 if let Some(msg) = failure.filter(|_| !stopped) {
-                    output.report(&format!("Exception in thread {}:\n{msg}", me.name));
+                    output.report(&format!("Exception in thread {}:\n{msg}", me.name()));
                 }
                 me.set_state(RunState::Done);
             });
@@ -194,7 +222,8 @@ impl Finish for ScriptThread {
     }
 
     fn finish(&self) {
-        if let Some((cancel, gil)) = &self.daemon {
+        if self.daemon() {
+            let (cancel, gil) = &self.stop;
             let gil = gil.lock().recover().clone();
             if !self.wait(Some(cancel::POLL)) {
                 cancel.stop_until(

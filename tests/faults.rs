@@ -759,8 +759,8 @@ nested(1);
             format!("Pool.map: limits.rhai:4: {ops}\n  in call to spin at limits.rhai:9\n"),
             nap,
             format!(
-                "Exception in thread Thread-1:\nlimits.rhai:4: {ops}\n  in call to spin at \
-                 limits.rhai:9\n"
+                "Exception in thread Thread-1 (nested):\nlimits.rhai:4: {ops}\n  in call to \
+                 spin at limits.rhai:9\n"
             ),
             format!("Process Process-1:\nlimits.rhai:7: {depth}\n"),
             format!(

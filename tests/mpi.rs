@@ -463,3 +463,70 @@ pool.close(); pool.join();
         );
     }
 }
+
+/// The sync objects a pool's task reaches through the globals are handles on rank 0's, as a
+/// `Lock` is: a task waits on an `Event`, takes a `BoundedSemaphore` and an `RLock` (twice),
+/// times out in a `Condition`'s wait, and meets rank 0's script at a `Barrier`; all print as
+/// under fork.
+#[test]
+fn sync_objects_are_rank_0s_as_a_lock_is() {
+    let lua = r#"
+GO = parrun.Event()
+SEM = parrun.BoundedSemaphore(1)
+R = parrun.RLock()
+C = parrun.Condition()
+B = parrun.Barrier(2)
+local pool = parrun.Pool(2)
+GO:set()
+local got = pool:map(function(x)
+  SEM:acquire() SEM:release()
+  R:acquire() R:acquire() R:release() R:release()
+  C:acquire() local w = C:wait(0.01) C:release()
+  return tostring(GO:wait(5)) .. " " .. tostring(w) .. " " .. x
+end, {1, 2, 3})
+print(table.concat(got, ","))
+local r = pool:apply_async(function() return B:wait(5) end)
+print("barrier", B:wait(5) + r:get(10))
+print(tostring(SEM), tostring(R), tostring(B))
+pool:close() pool:join()
+"#;
+    let rhai = r#"
+const GO = Event();
+const SEM = BoundedSemaphore(1);
+const R = RLock();
+const C = Condition();
+const B = Barrier(2);
+let pool = Pool(2);
+GO.set();
+let got = pool.map(|x| {
+  global::SEM.acquire(); global::SEM.release();
+  global::R.acquire(); global::R.acquire(); global::R.release(); global::R.release();
+  global::C.acquire(); let w = global::C.wait(0.01); global::C.release();
+  `${global::GO.wait(5)} ${w} ${x}`
+}, [1, 2, 3]);
+print(`${got[0]},${got[1]},${got[2]}`);
+let r = pool.apply_async(|| global::B.wait(5));
+print(`barrier	${B.wait(5) + r.get(10)}`);
+print(`${SEM}	${R}	${B}`);
+pool.close(); pool.join();
+"#;
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        let (_dir, path) = script("syncranks", ext, code);
+        let path = path.to_str().unwrap();
+        let fork = under_fork(&[path], &[]);
+        fork.assert_success();
+        let mpi = under_mpirun(&[], &[path], &[]);
+        mpi.assert_success();
+        assert_eq!(
+            mpi.stdout_lines(),
+            [
+                "true false 1,true false 2,true false 3",
+                "barrier\t1",
+                "<BoundedSemaphore value=1/1>\t<RLock unlocked>\t<Barrier parties=2, waiting=0>"
+            ],
+            "{}",
+            mpi.describe()
+        );
+        assert_eq!(mpi.stdout, fork.stdout, "{}", fork.describe());
+    }
+}

@@ -345,3 +345,167 @@ p.close(); p.join();
         ],
     );
 }
+
+/// Consumers woken by a `Condition` (`wait_for`) as a producer fills a list, then workers
+/// gated by an `Event` and let in two at a time by a `Semaphore`, their peak measured by a
+/// counter under a lock.
+/// ```python
+/// import threading, time
+/// # producer/consumer with a Condition
+/// cond = threading.Condition()
+/// items, consumed = [], []
+/// def consumer():
+///     while True:
+///         with cond:
+///             cond.wait_for(lambda: len(items) > 0)
+///             x = items.pop(0)
+///         if x is None:
+///             break
+///         consumed.append(x * x)
+/// cs = [threading.Thread(target=consumer) for _ in range(2)]
+/// for c in cs: c.start()
+/// for i in range(1, 11):
+///     with cond:
+///         items.append(i)
+///         cond.notify()
+/// for _ in cs:
+///     with cond:
+///         items.append(None)
+///         cond.notify()
+/// for c in cs: c.join()
+/// print("consumed", sum(consumed), len(consumed))
+/// # workers gated by an Event, at most 2 at once by a Semaphore, measured by a counter
+/// go = threading.Event()
+/// sem = threading.Semaphore(2)
+/// lock = threading.Lock()
+/// state = {"now": 0, "peak": 0, "done": 0}
+/// def worker():
+///     go.wait()
+///     with sem:
+///         with lock:
+///             state["now"] += 1
+///             state["peak"] = max(state["peak"], state["now"])
+///         time.sleep(0.02)
+///         with lock:
+///             state["now"] -= 1
+///             state["done"] += 1
+/// ws = [threading.Thread(target=worker) for _ in range(6)]
+/// for w in ws: w.start()
+/// time.sleep(0.05)
+/// print("before go", state["done"])
+/// go.set()
+/// for w in ws: w.join()
+/// print("after go", state["done"], "peak", state["peak"])
+/// ```
+#[test]
+fn sync_objects_print_as_python() {
+    let lua = r#"
+-- producer/consumer with a Condition
+local cond = parrun.Condition()
+local items, consumed = {}, {}
+local function consumer()
+  while true do
+    local x
+    cond:with(function()
+      cond:wait_for(function() return #items > 0 end)
+      x = table.remove(items, 1)
+    end)
+    if x == false then break end
+    consumed[#consumed + 1] = x * x
+  end
+end
+local cs = {}
+for i = 1, 2 do cs[i] = parrun.Thread(consumer) cs[i]:start() end
+for i = 1, 10 do
+  cond:with(function() items[#items + 1] = i cond:notify() end)
+end
+for _ in ipairs(cs) do
+  cond:with(function() items[#items + 1] = false cond:notify() end)
+end
+for _, c in ipairs(cs) do c:join() end
+local sum = 0
+for _, v in ipairs(consumed) do sum = sum + v end
+print("consumed", sum, #consumed)
+-- workers gated by an Event, at most 2 at once by a Semaphore, measured by a counter
+local go, sem, lock = parrun.Event(), parrun.Semaphore(2), parrun.Lock()
+local state = {now = 0, peak = 0, done = 0}
+local function worker()
+  go:wait()
+  sem:with(function()
+    lock:with(function()
+      state.now = state.now + 1
+      state.peak = math.max(state.peak, state.now)
+    end)
+    parrun.sleep(0.02)
+    lock:with(function()
+      state.now = state.now - 1
+      state.done = state.done + 1
+    end)
+  end)
+end
+local ws = {}
+for i = 1, 6 do ws[i] = parrun.Thread(worker) ws[i]:start() end
+parrun.sleep(0.05)
+print("before go", state.done)
+go:set()
+for _, w in ipairs(ws) do w:join() end
+print("after go", state.done, "peak", state.peak)
+"#;
+    let rhai = r#"
+// producer/consumer with a Condition
+let cond = Condition();
+let items = [];
+let consumed = [];
+let consumer = || {
+  loop {
+    let x = ();
+    with cond {
+      cond.wait_for(|| items.len() > 0);
+      x = items.remove(0);
+    }
+    if x == false { break; }
+    consumed.push(x * x);
+  }
+};
+let cs = [];
+for i in 0..2 { let c = Thread(consumer); c.start(); cs.push(c); }
+for i in 1..=10 {
+  with cond { items.push(i); cond.notify(); }
+}
+for c in cs {
+  with cond { items.push(false); cond.notify(); }
+}
+for c in cs { c.join(); }
+print(`consumed ${consumed.reduce(|s, v| s + v, 0)} ${consumed.len()}`);
+// workers gated by an Event, at most 2 at once by a Semaphore, measured by a counter
+let start_gate = Event(); let sem = Semaphore(2); let lock = Lock();
+let state = #{now: 0, peak: 0, done: 0};
+let worker = || {
+  start_gate.wait();
+  with sem {
+    with lock {
+      state.now += 1;
+      if state.now > state.peak { state.peak = state.now; }
+    }
+    sleep(0.02);
+    with lock {
+      state.now -= 1;
+      state.done += 1;
+    }
+  }
+};
+let ws = [];
+for i in 0..6 { let w = Thread(worker); w.start(); ws.push(w); }
+sleep(0.05);
+print(`before go ${state.done}`);
+start_gate.set();
+for w in ws { w.join(); }
+print(`after go ${state.done} peak ${state.peak}`);
+"#;
+    prints_as_python(
+        "syncobjects",
+        lua,
+        rhai,
+        &["consumed 385 10", "before go 0", "after go 6 peak 2"],
+    );
+}

@@ -50,5 +50,7 @@ mod script_api;
 mod scripts;
 #[path = "signals.rs"]
 mod signals;
+#[path = "sync_objects.rs"]
+mod sync_objects;
 #[path = "threads.rs"]
 mod threads;

@@ -12,7 +12,8 @@ use common::{both_in_modes, float_after, run_main, run_main_with, Lang, Run, Tem
 
 #[test]
 fn error_in_a_thread_is_reported_and_the_script_goes_on() {
-    let lua = "local function worker(n)\n  if n == 2 then error('bad worker') end\n  print('ok ' .. n)\nend\n\
+    let lua =
+        "function worker(n)\n  if n == 2 then error('bad worker') end\n  print('ok ' .. n)\nend\n\
                local a = parrun.Thread(worker, {1})\nlocal b = parrun.Thread(worker, {2}, 'Boom')\n\
                local c = parrun.Thread(worker, {2})\n\
                print(a.name, b.name, c.name)\n\
@@ -28,12 +29,16 @@ fn error_in_a_thread_is_reported_and_the_script_goes_on() {
         let out = run_main(lang, code);
         out.assert_success()
             .assert_stderr_contains("Exception in thread Boom:")
-            .assert_stderr_contains("Exception in thread Thread-2:")
+            .assert_stderr_contains("Exception in thread Thread-2 (worker):")
             .assert_stderr_contains(&format!("{}:2:", lang.file("main")))
             .assert_stderr_contains("bad worker");
         assert_eq!(
             out.stdout_lines(),
-            ["Thread-1\tBoom\tThread-2", "ok 1", "still running\tfalse"],
+            [
+                "Thread-1 (worker)\tBoom\tThread-2 (worker)",
+                "ok 1",
+                "still running\tfalse"
+            ],
             "{}",
             out.describe()
         );
@@ -1027,4 +1032,120 @@ print(`p joined ${p.ident == p.pid} ${p.exitcode} ${p.is_alive()}`);
             "{mode}"
         );
     });
+}
+
+/// A thread's (and a process's) `daemon` and `name` are set by assignment before `start`, as
+/// in Python: a daemon thread set so does not keep the run waiting; `daemon` after `start`
+/// is Python's error, a `name` may change at any time.
+#[test]
+fn daemon_and_name_are_set_by_assignment_before_start() {
+    both_in_modes(
+        &MODES,
+        "setters",
+        r#"
+local t = parrun.Thread(function() parrun.sleep(60) end)
+t.daemon = true
+t.name = "sleeper"
+print("before", t.name, t.daemon)
+t:start()
+print("after", select(2, pcall(function() t.daemon = false end)))
+t.name = "renamed"
+print("renamed", t.name, t.daemon)
+print("read-only", select(2, pcall(function() t.ident = 1 end)))
+local p = parrun.Process(function() parrun.sleep(60) end)
+p.daemon = true
+p.name = "P"
+p:start()
+print("process", p.name, p.daemon, select(2, pcall(function() p.daemon = false end)))
+"#,
+        r#"
+let t = Thread(|| sleep(60));
+t.daemon = true;
+t.name = "sleeper";
+print(`before ${t.name} ${t.daemon}`);
+t.start();
+try { t.daemon = false; } catch (e) { print(`after ${e}`); }
+t.name = "renamed";
+print(`renamed ${t.name} ${t.daemon}`);
+try { t.ident = 1; } catch (e) { print("read-only Thread.ident: is read-only"); }
+let p = Process(|| sleep(60));
+p.daemon = true;
+p.name = "P";
+p.start();
+try { p.daemon = false; } catch (e) { print(`process ${p.name} ${p.daemon} ${e}`); }
+"#,
+        |mode, out| {
+            out.assert_success();
+            // Neither the daemon thread nor the daemon process kept the run for its minute.
+            assert!(
+                out.elapsed < std::time::Duration::from_secs(20),
+                "{mode}: {}",
+                out.describe()
+            );
+            // A Lua error names the assignment's line: `/tmp/.../setters.lua:7: ` goes.
+            let unplaced = |l: &str| match (l.find('/'), l.find("setters.lua:")) {
+                (Some(start), Some(at)) => {
+                    let end = at + l[at..].find(": ").expect("a line number") + 2;
+                    format!("{}{}", &l[..start], &l[end..])
+                }
+                _ => l.to_owned(),
+            };
+            let lines: Vec<String> = out
+                .stdout_lines()
+                .iter()
+                .map(|l| unplaced(&l.replace('\t', " ")))
+                .collect();
+            assert_eq!(
+                lines,
+                [
+                    "before sleeper true",
+                    "after Thread.daemon: cannot set daemon status of active thread (RuntimeError)",
+                    "renamed renamed true",
+                    "read-only Thread.ident: is read-only",
+                    "process P true Process.daemon: process has already started (AssertionError)",
+                ],
+                "{mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}
+
+/// Default names as Python gives them: `Thread-N (f)` with the target's name where it has one
+/// (a Lua global function, a Rhai `fn`), `Thread-N` for an anonymous one, numbered only when
+/// unnamed; `Process-N`.
+/// ```python
+/// import threading, multiprocessing as mp
+/// def worker(): pass
+/// print(threading.Thread(target=worker).name, threading.Thread(target=worker, name="named").name,
+///       threading.Thread(target=lambda: 0).name, mp.Process(target=worker).name)
+/// ```
+/// (Python prints `Thread-2 (<lambda>)` for the lambda: parrun has no name for it.)
+#[test]
+fn default_names_are_pythons() {
+    both_in_modes(
+        &MODES,
+        "names",
+        r#"
+function worker() end
+local a, b = parrun.Thread(worker), parrun.Thread(worker, {}, "named")
+local c, p = parrun.Thread(function() end), parrun.Process(worker)
+print(a.name, b.name, c.name, p.name)
+"#,
+        r#"
+fn worker() {}
+let a = Thread(worker); let b = Thread(worker, [], "named");
+let c = Thread(|| ()); let p = Process(worker);
+print(`${a.name}	${b.name}	${c.name}	${p.name}`);
+"#,
+        |mode, out| {
+            out.assert_success();
+            assert_eq!(
+                out.stdout_lines(),
+                ["Thread-1 (worker)\tnamed\tThread-2\tProcess-1"],
+                "{mode}: {}",
+                out.describe()
+            );
+        },
+    );
 }

@@ -215,7 +215,7 @@ fn a_map_is_one_span_per_chunk_on_named_worker_tracks_in_every_mode() {
 #[test]
 fn gil_hand_overs_are_spans_on_both_threads_tracks() {
     let lua = r#"
-local function spin()
+function spin()
   local t0 = parrun.time()
   local n = 0
   while parrun.time() - t0 < 0.2 do n = n + 1 end
@@ -247,7 +247,7 @@ a.start(); b.start(); a.join(); b.join();
         for span in &gil {
             *per_thread.entry(names[&track(span)].as_str()).or_default() += 1;
         }
-        for thread in ["thread Thread-1", "thread Thread-2"] {
+        for thread in ["thread Thread-1 (spin)", "thread Thread-2 (spin)"] {
             assert!(
                 per_thread.get(thread).copied().unwrap_or(0) >= 3,
                 "{lang:?}: too few GIL turns on {thread}: {per_thread:?}"

@@ -132,6 +132,25 @@ pub(super) fn flag(args: &mut dyn Args, i: usize, what: &str) -> Result<bool, St
     }
 }
 
+/// A property's new name at argument `i`: a string.
+pub(super) fn name_value(args: &mut dyn Args, i: usize) -> Result<String, String> {
+    match args.value(i)? {
+        Value::Str(s) => Ok(s),
+        other => Err(format!("name must be a string, got {}", other.type_name())),
+    }
+}
+
+/// A property's new boolean at argument `i` (`daemon`): true or false.
+pub(super) fn bool_value(args: &mut dyn Args, i: usize, what: &str) -> Result<bool, String> {
+    match args.value(i)? {
+        Value::Bool(b) => Ok(b),
+        other => Err(format!(
+            "{what} must be a boolean, got {}",
+            other.type_name()
+        )),
+    }
+}
+
 /// An optional string argument, or `default`.
 pub(super) fn opt_name(
     args: &mut dyn Args,

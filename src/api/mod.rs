@@ -7,7 +7,9 @@
 //! `q.put(v)` in Rhai), so adding or changing an operation is one edit here.
 //!
 //! The table comes in parts, one per Python module it follows: [`threading`] (`Thread`,
-//! `Lock`, `Queue`, and `sleep`, `time`, `random`), [`processing`] (`Process`, `Pool`,
+//! `Lock`, `Queue`, and `sleep`, `time`, `random`), [`sync`] (the rest of `threading`'s
+//! synchronisation objects: `RLock`, `Event`, `Semaphore`, `Condition`, `Barrier`),
+//! [`processing`] (`Process`, `Pool`,
 //! `ThreadPool`, `AsyncResult`, the `imap` iterators, `getpid`, `cpu_count`, `mode`); the
 //! argument helpers they share are in `args`. A builtin reads and checks its arguments and
 //! hands the objects what was asked: a pool's policy (its defaults, its checks) is the pool's.
@@ -24,13 +26,14 @@ use crate::pool::{AsyncResult, PoolHandle};
 use crate::process::ScriptProcess;
 use crate::rt::gil::Gil;
 use crate::script::{Callback, FunctionSpec, ScriptEngine, Target, Travel};
-use crate::sync::{Lock, Queue};
+use crate::sync::{Barrier, Condition, Event, Lock, Queue, RLock, Semaphore};
 use crate::thread::ScriptThread;
 use crate::value::Value;
 
 mod args;
 pub(crate) mod host_fns;
 mod processing;
+mod sync;
 mod threading;
 
 /// The classes of host objects scripts can hold.
@@ -41,6 +44,11 @@ pub enum Class {
     Thread,
     Queue,
     Lock,
+    RLock,
+    Event,
+    Semaphore,
+    Condition,
+    Barrier,
     Process,
     Pool,
     AsyncResult,
@@ -54,6 +62,11 @@ impl Class {
             Class::Thread => "Thread",
             Class::Queue => "Queue",
             Class::Lock => "Lock",
+            Class::RLock => "RLock",
+            Class::Event => "Event",
+            Class::Semaphore => "Semaphore",
+            Class::Condition => "Condition",
+            Class::Barrier => "Barrier",
             Class::Process => "Process",
             Class::Pool => "Pool",
             Class::AsyncResult => "AsyncResult",
@@ -68,6 +81,12 @@ pub enum Object {
     Thread(Arc<ScriptThread>),
     Queue(Queue),
     Lock(Lock),
+    RLock(RLock),
+    Event(Event),
+    /// A `Semaphore` or a `BoundedSemaphore`.
+    Semaphore(Semaphore),
+    Condition(Condition),
+    Barrier(Barrier),
     Process(Arc<ScriptProcess>),
     Pool(Arc<PoolHandle>),
     /// A job's result; it keeps its pool alive, as in Python.
@@ -85,6 +104,14 @@ pub(crate) enum ObjectWire {
     /// A queue's id and its `maxsize`.
     Queue(u64, usize),
     Lock(u64),
+    RLock(u64),
+    Event(u64),
+    /// A semaphore's id and, if bounded, its bound.
+    Semaphore(u64, Option<u64>),
+    /// A condition's id and its lock.
+    Condition(u64, Box<ObjectWire>),
+    /// A barrier's id, its parties and its default timeout.
+    Barrier(u64, u64, Option<std::time::Duration>),
 }
 
 #[cfg(any(feature = "mpi", test))]
@@ -94,6 +121,21 @@ impl ObjectWire {
         match self {
             ObjectWire::Queue(id, maxsize) => Object::Queue(Queue::remote(id, maxsize)),
             ObjectWire::Lock(id) => Object::Lock(Lock::remote(id)),
+            ObjectWire::RLock(id) => Object::RLock(RLock::remote(id)),
+            ObjectWire::Event(id) => Object::Event(Event::remote(id)),
+            ObjectWire::Semaphore(id, bound) => Object::Semaphore(Semaphore::remote(id, bound)),
+            ObjectWire::Barrier(id, parties, timeout) => {
+                Object::Barrier(Barrier::remote(id, parties, timeout))
+            }
+            ObjectWire::Condition(id, lock) => {
+                use crate::sync::CondLock;
+                let lock = match lock.object() {
+                    Object::Lock(l) => CondLock::Lock(l),
+                    Object::RLock(l) => CondLock::RLock(l),
+                    _ => CondLock::RLock(RLock::remote(0)),
+                };
+                Object::Condition(Condition::remote(id, lock))
+            }
         }
     }
 }
@@ -105,6 +147,18 @@ impl Object {
         match self {
             Object::Queue(q) => Some(ObjectWire::Queue(q.id(), q.maxsize())),
             Object::Lock(l) => Some(ObjectWire::Lock(l.id())),
+            Object::RLock(l) => Some(ObjectWire::RLock(l.id())),
+            Object::Event(e) => Some(ObjectWire::Event(e.id())),
+            Object::Semaphore(s) => Some(ObjectWire::Semaphore(s.id(), s.bound())),
+            Object::Barrier(b) => Some(ObjectWire::Barrier(b.id(), b.parties(), b.timeout())),
+            Object::Condition(c) => {
+                use crate::sync::CondLock;
+                let lock = match c.lock() {
+                    CondLock::Lock(l) => ObjectWire::Lock(l.id()),
+                    CondLock::RLock(l) => ObjectWire::RLock(l.id()),
+                };
+                Some(ObjectWire::Condition(c.id(), Box::new(lock)))
+            }
             _ => None,
         }
     }
@@ -114,6 +168,11 @@ impl Object {
             Object::Thread(_) => Class::Thread,
             Object::Queue(_) => Class::Queue,
             Object::Lock(_) => Class::Lock,
+            Object::RLock(_) => Class::RLock,
+            Object::Event(_) => Class::Event,
+            Object::Semaphore(_) => Class::Semaphore,
+            Object::Condition(_) => Class::Condition,
+            Object::Barrier(_) => Class::Barrier,
             Object::Process(_) => Class::Process,
             Object::Pool(_) => Class::Pool,
             Object::AsyncResult(..) => Class::AsyncResult,
@@ -127,6 +186,11 @@ impl Object {
             (Object::Thread(a), Object::Thread(b)) => Arc::ptr_eq(a, b),
             (Object::Queue(a), Object::Queue(b)) => a.same(b),
             (Object::Lock(a), Object::Lock(b)) => a.same(b),
+            (Object::RLock(a), Object::RLock(b)) => a.same(b),
+            (Object::Event(a), Object::Event(b)) => a.same(b),
+            (Object::Semaphore(a), Object::Semaphore(b)) => a.same(b),
+            (Object::Condition(a), Object::Condition(b)) => a.same(b),
+            (Object::Barrier(a), Object::Barrier(b)) => a.same(b),
             (Object::Process(a), Object::Process(b)) => Arc::ptr_eq(a, b),
             (Object::Pool(a), Object::Pool(b)) => Arc::ptr_eq(a, b),
             (Object::AsyncResult(a, _), Object::AsyncResult(b, _)) => Arc::ptr_eq(a, b),
@@ -156,6 +220,19 @@ impl Object {
                 Ok(true) => "<Lock locked>".into(),
                 Ok(false) => "<Lock unlocked>".into(),
                 Err(_) => "<Lock>".into(),
+            },
+            Object::RLock(l) => l.describe(),
+            Object::Event(e) => match e.is_set() {
+                Ok(true) => "<Event set>".into(),
+                Ok(false) => "<Event unset>".into(),
+                Err(_) => "<Event>".into(),
+            },
+            Object::Semaphore(s) => s.describe(),
+            Object::Condition(c) => c.describe(),
+            Object::Barrier(b) => match b.status() {
+                Ok((_, true)) => format!("<Barrier broken, parties={}>", b.parties()),
+                Ok((n, false)) => format!("<Barrier parties={}, waiting={n}>", b.parties()),
+                Err(_) => "<Barrier>".into(),
             },
             Object::Process(p) => {
                 let state = match p.exitcode() {
@@ -244,6 +321,9 @@ pub trait Args {
     /// What a trace calls argument `i` (a script function): its name (a Lua function's global
     /// name, a Rhai function's), or where it is defined, for an anonymous one.
     fn function_name(&mut self, i: usize) -> String;
+    /// The name of argument `i` (a script function) where it has one the script gave it (a
+    /// Lua function a global holds, a Rhai `fn`): `None` for an anonymous one.
+    fn known_name(&mut self, i: usize) -> Option<String>;
     /// Argument `i` (a script function) to call later in this process, with the GIL held.
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String>;
     /// Field `key` of the table or map at argument `i`, appended as a new argument: its index,
@@ -268,14 +348,22 @@ pub trait Args {
 pub enum Kind {
     /// A function (class `Global`) or method.
     Call,
-    /// A read-only property: `t.name`.
+    /// A property's reading: `t.name`.
     Getter,
+    /// A property's assignment, `t.daemon = true`: argument 1 is the value. It shares its name
+    /// with the property's getter ([`find_setter`] finds it).
+    Setter,
     /// `obj:NAME(f, ...)` / `obj.NAME(f)`: calls method `enter`, then `f`, then `exit`, even if
     /// `f` raised an error (Python's `with lock:`).
     Scoped {
         enter: &'static str,
         exit: &'static str,
     },
+    /// `obj:NAME(predicate, [timeout])`: calls the script function `predicate` and, while it
+    /// returns false or nil, method `wait` with the time left, then calls it again; the last
+    /// result (Python's `Condition.wait_for`). The adapter runs it, so that `predicate` runs
+    /// as a script function and each wait as the method's own.
+    WaitFor { wait: &'static str },
 }
 
 /// One script-visible operation.
@@ -316,7 +404,12 @@ impl Builtin {
 }
 
 /// The parts of the table, one per Python module, and parrun's own.
-static PARTS: &[&[Builtin]] = &[threading::BUILTINS, processing::BUILTINS, TESTING];
+static PARTS: &[&[Builtin]] = &[
+    threading::BUILTINS,
+    sync::BUILTINS,
+    processing::BUILTINS,
+    TESTING,
+];
 
 /// Every operation scripts can call, in both languages.
 pub fn builtins() -> impl Iterator<Item = &'static Builtin> {
@@ -348,7 +441,12 @@ static TESTING: &[Builtin] = &[
 
 /// The builtin of `class` called `name`.
 pub fn find(class: Class, name: &str) -> Option<&'static Builtin> {
-    builtins().find(|b| b.class == class && b.name == name)
+    builtins().find(|b| b.class == class && b.name == name && b.kind != Kind::Setter)
+}
+
+/// The setter of property `name` of `class`.
+pub fn find_setter(class: Class, name: &str) -> Option<&'static Builtin> {
+    builtins().find(|b| b.class == class && b.name == name && b.kind == Kind::Setter)
 }
 
 /// Checks the argument count of a call against the builtin's arity.
@@ -384,6 +482,44 @@ mod tests {
                 );
                 assert!(find(b.class, exit).is_some(), "{} exit", b.qualified_name());
             }
+            if let Kind::WaitFor { wait } = b.kind {
+                assert!(find(b.class, wait).is_some(), "{} wait", b.qualified_name());
+            }
+        }
+    }
+
+    /// Each sync object travels to an MPI rank as a handle on the same object (a condition
+    /// with a handle on its lock).
+    #[test]
+    fn sync_objects_travel_as_handles_on_the_same_object() {
+        use crate::sync::CondLock;
+        let lock = Lock::new();
+        let objects = [
+            Object::RLock(RLock::new()),
+            Object::Event(Event::new()),
+            Object::Semaphore(Semaphore::new(2, true)),
+            Object::Barrier(Barrier::new(
+                3,
+                Some(std::time::Duration::from_millis(1500)),
+            )),
+            Object::Condition(Condition::new(CondLock::Lock(lock.clone()))),
+        ];
+        for o in objects {
+            let wire = o.wire().expect("travels");
+            let there = wire.clone().object();
+            assert!(there.same(&o), "{wire:?}");
+            assert_eq!(there.wire(), Some(wire));
+            if let Object::Condition(c) = there {
+                assert!(matches!(c.lock(), CondLock::Lock(l) if l.same(&lock)));
+            }
+        }
+    }
+
+    #[test]
+    fn every_setter_has_its_getter() {
+        for b in builtins().filter(|b| b.kind == Kind::Setter) {
+            let getter = find(b.class, b.name).map(|g| g.kind);
+            assert_eq!(getter, Some(Kind::Getter), "{}", b.qualified_name());
         }
     }
 
@@ -392,8 +528,9 @@ mod tests {
         let all: Vec<&Builtin> = builtins().collect();
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
+                let setters = (a.kind == Kind::Setter, b.kind == Kind::Setter);
                 assert!(
-                    a.class != b.class || a.name != b.name,
+                    a.class != b.class || a.name != b.name || setters.0 != setters.1,
                     "{}",
                     a.qualified_name()
                 );

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::args::{
-    elements, flag, has_args, iterable, known_options, mode_value, opt_name, opt_positive,
-    opt_size, timeout,
+    bool_value, elements, flag, has_args, iterable, known_options, mode_value, name_value,
+    opt_name, opt_positive, opt_size, timeout,
 };
 use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::exec;
@@ -374,7 +374,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
         name: "name",
         kind: Kind::Getter,
         arity: (0, 0),
-        call: |_, args| Outcome::value(Value::Str(process(args)?.name().to_owned())),
+        call: |_, args| Outcome::value(Value::Str(process(args)?.name())),
     },
     Builtin {
         class: Class::Process,
@@ -410,6 +410,28 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Getter,
         arity: (0, 0),
         call: |_, args| Outcome::value(Value::Bool(process(args)?.daemon())),
+    },
+    Builtin {
+        class: Class::Process,
+        name: "name",
+        kind: Kind::Setter,
+        arity: (1, 1),
+        call: |_, args| {
+            let p = process(args)?;
+            p.set_name(name_value(args, 1)?);
+            Outcome::nil()
+        },
+    },
+    Builtin {
+        class: Class::Process,
+        name: "daemon",
+        kind: Kind::Setter,
+        arity: (1, 1),
+        call: |_, args| {
+            let p = process(args)?;
+            p.set_daemon(bool_value(args, 1, "daemon")?)?;
+            Outcome::nil()
+        },
     },
     Builtin {
         class: Class::Pool,

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::args::{
-    block_and_timeout, flag, has_args, known_options, number, opt_name, timeout, Blocking,
+    block_and_timeout, bool_value, flag, has_args, known_options, name_value, number, opt_name,
+    timeout, Blocking,
 };
 use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
 use crate::sync::{Lock, Queue};
@@ -125,6 +126,12 @@ pub(super) static BUILTINS: &[Builtin] = &[
         call: |host, args| {
             let at = has_args(args, 1);
             let target = args.target(0, at)?;
+            // As Python's: `Thread-1 (f)` with the target's name, where it has one.
+            let known = args.known_name(0);
+            let numbered = || match &known {
+                Some(f) => format!("{} ({f})", host.next_thread_name()),
+                None => host.next_thread_name(),
+            };
             // Thread(f, args, name) or Thread(f, args, {name = ..., daemon = true})
             let mut daemon = false;
             let name = if !args.is_nil(2) && args.is_map(2) {
@@ -133,11 +140,11 @@ pub(super) static BUILTINS: &[Builtin] = &[
                     daemon = flag(args, i, "daemon")?;
                 }
                 match args.field(2, "name")? {
-                    Some(i) => opt_name(args, i, || host.next_thread_name())?,
-                    None => host.next_thread_name(),
+                    Some(i) => opt_name(args, i, numbered)?,
+                    None => numbered(),
                 }
             } else {
-                opt_name(args, 2, || host.next_thread_name())?
+                opt_name(args, 2, numbered)?
             };
             Outcome::object(Object::Thread(ScriptThread::new(name, target, daemon)))
         },
@@ -242,7 +249,18 @@ pub(super) static BUILTINS: &[Builtin] = &[
         name: "name",
         kind: Kind::Getter,
         arity: (0, 0),
-        call: |_, args| Outcome::value(Value::Str(thread(args)?.name().to_owned())),
+        call: |_, args| Outcome::value(Value::Str(thread(args)?.name())),
+    },
+    Builtin {
+        class: Class::Thread,
+        name: "name",
+        kind: Kind::Setter,
+        arity: (1, 1),
+        call: |_, args| {
+            let t = thread(args)?;
+            t.set_name(name_value(args, 1)?);
+            Outcome::nil()
+        },
     },
     Builtin {
         class: Class::Thread,
@@ -278,6 +296,17 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Getter,
         arity: (0, 0),
         call: |_, args| Outcome::value(Value::Bool(thread(args)?.daemon())),
+    },
+    Builtin {
+        class: Class::Thread,
+        name: "daemon",
+        kind: Kind::Setter,
+        arity: (1, 1),
+        call: |_, args| {
+            let t = thread(args)?;
+            t.set_daemon(bool_value(args, 1, "daemon")?)?;
+            Outcome::nil()
+        },
     },
     Builtin {
         class: Class::Queue,

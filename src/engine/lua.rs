@@ -116,7 +116,9 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
                 },
             )?,
             // Every class gets a method table, even one with only properties.
-            Kind::Getter | Kind::Scoped { .. } => drop(class_table(lua, &classes, b.class)?),
+            Kind::Getter | Kind::Setter | Kind::Scoped { .. } | Kind::WaitFor { .. } => {
+                drop(class_table(lua, &classes, b.class)?)
+            }
         }
     }
     // `obj:with(f, ...)`, from the methods it pairs (defined above).
@@ -125,6 +127,11 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
             let methods = class_table(lua, &classes, b.class)?;
             let scoped = native::scoped(lua, methods.get(enter)?, methods.get(exit)?)?;
             methods.set(b.name, scoped)?;
+        }
+        if let Kind::WaitFor { wait } = b.kind {
+            let methods = class_table(lua, &classes, b.class)?;
+            let wait_for = wait_for(lua, b, methods.get(wait)?)?;
+            methods.set(b.name, wait_for)?;
         }
     }
 
@@ -193,6 +200,46 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     let loaded: Table = lua.globals().get::<Table>("package")?.get("loaded")?;
     loaded.set("parrun", parrun)?;
     Ok(())
+}
+
+/// `cond:wait_for(predicate, [timeout])` (see `Kind::WaitFor`), in Lua so that `predicate` is
+/// an ordinary call and each `wait` yields to the driver as the method does when called.
+fn wait_for(lua: &Lua, b: &Builtin, wait: Function) -> mlua::Result<Function> {
+    const WAIT_FOR: &str = r#"
+local wait, clock, name = ...
+return function(self, predicate, timeout)
+  if timeout ~= nil and type(timeout) ~= "number" then
+    error(name .. ": timeout must be a number, got " .. type(timeout), 2)
+  end
+  local result = predicate()
+  local deadline
+  while not result do
+    local left = timeout
+    if timeout ~= nil then
+      if deadline == nil then
+        deadline = clock() + timeout
+      else
+        left = deadline - clock()
+        if left <= 0 then break end
+      end
+      left = math.max(left, 0)
+    end
+    local ok, err = pcall(wait, self, left)
+    if not ok then
+      -- The wait's error names the script's line that called wait_for.
+      if type(err) == "string" then err = err:gsub("^parrun:%d+: ", "") end
+      error(err, type(err) == "string" and 2 or 0)
+    end
+    result = predicate()
+  end
+  return result
+end
+"#;
+    let start = std::time::Instant::now();
+    let clock = lua.create_function(move |_, ()| Ok(start.elapsed().as_secs_f64()))?;
+    lua.load(WAIT_FOR)
+        .set_name("=parrun")
+        .call((wait, clock, b.qualified_name()))
 }
 
 fn class_table(lua: &Lua, parent: &Table, class: Class) -> mlua::Result<Table> {

@@ -1,4 +1,5 @@
-//! Synchronisation objects scripts share: [`Queue`] and [`Lock`].
+//! Synchronisation objects scripts share: [`Queue`], [`Lock`], [`RLock`], [`Event`],
+//! [`Semaphore`] (bounded or not), [`Condition`] and [`Barrier`].
 //!
 //! They are engine-neutral: they hold [`crate::Value`]s, never engine objects, so a value put on
 //! a queue is a copy (as with `multiprocessing.Queue`), whichever execution model runs the
@@ -8,10 +9,71 @@
 //! Each lives in the process that created it and is registered with the parent link
 //! (`crate::link::register_object`): a forked child's handle sends its operations there, and
 //! the owner performs them (`crate::link::RemoteObject`), a failure going back as a typed
-//! `crate::link::RemoteError`.
+//! `crate::link::RemoteError`. An operation that depends on who calls (an `RLock`'s owner, a
+//! `Condition`'s lock) carries the caller's [`Holder`] with it.
 
+mod barrier;
+mod condition;
+mod event;
 mod lock;
 mod queue;
+mod rlock;
+mod semaphore;
 
+use std::time::Duration;
+
+pub use barrier::Barrier;
+pub use condition::{CondLock, Condition};
+pub use event::Event;
 pub use lock::Lock;
 pub use queue::{Queue, QueueError};
+pub use rlock::RLock;
+pub use semaphore::Semaphore;
+
+pub use crate::link::Holder;
+pub(crate) use crate::link::SyncOp;
+use crate::link::{Caller, RemoteError, Waited};
+use crate::value::Value;
+
+/// What a child's waiting operation found in one attempt.
+enum Attempt {
+    /// Done: this is the answer.
+    Done(Result<Value, String>),
+    /// Not yet: try again.
+    Again,
+}
+
+/// Answers a child's operation that may wait: `attempt` (waiting at most the slice it is given)
+/// is retried until it is done, `timeout` passes (the answer is then `timed_out`) or the child
+/// has gone; `undo` gives back what a done attempt took if the child can no longer be told.
+fn answer_waiting(
+    caller: Caller,
+    timeout: Option<Duration>,
+    timed_out: Value,
+    mut attempt: impl FnMut(Duration) -> Attempt + Send + 'static,
+    undo: impl FnOnce() + Send + 'static,
+) {
+    caller.answer_later(move |caller| {
+        let got = caller.wait(timeout, |slice| match attempt(slice) {
+            Attempt::Done(answer) => Some(answer),
+            Attempt::Again => None,
+        });
+        match got {
+            Waited::Got(answer) => {
+                let took = answer.is_ok();
+                if !caller.answer(answer.map_err(RemoteError::Other)) && took {
+                    undo();
+                }
+            }
+            Waited::TimedOut(_) => {
+                caller.answer(Ok(timed_out));
+            }
+            Waited::CallerGone => {}
+        }
+    });
+}
+
+/// A remote call's answer as a boolean.
+fn remote_bool(answer: Result<Value, RemoteError>) -> Result<bool, String> {
+    Ok(answer.map_err(|e| e.to_string())? == Value::Bool(true))
+}

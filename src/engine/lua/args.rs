@@ -222,31 +222,34 @@ impl Args for LuaArgs<'_> {
     }
 
     fn function_name(&mut self, i: usize) -> String {
-        if let LuaValue::String(name) = self.get(i) {
-            return name.to_string_lossy();
+        if let Some(name) = self.known_name(i) {
+            return name;
         }
         let Ok(f) = self.script_function(i) else {
             return "?".into();
         };
+        let info = f.info();
+        match (info.short_src, info.line_defined) {
+            (Some(src), Some(line)) => format!("function at {src}:{line}"),
+            _ => "function".into(),
+        }
+    }
+
+    fn known_name(&mut self, i: usize) -> Option<String> {
+        if let LuaValue::String(name) = self.get(i) {
+            return Some(name.to_string_lossy());
+        }
+        let f = self.script_function(i).ok()?;
         // A Lua function value has no name of its own: the global that holds it is what the
-        // script calls it (a `local function` is named by where it is defined).
-        let global = self
-            .lua
+        // script calls it (a `local function` has none).
+        self.lua
             .globals()
             .pairs::<LuaValue, LuaValue>()
             .flatten()
             .find_map(|(k, v)| match (k, v) {
                 (LuaValue::String(k), LuaValue::Function(g)) if g == f => Some(k.to_string_lossy()),
                 _ => None,
-            });
-        if let Some(name) = global {
-            return name;
-        }
-        let info = f.info();
-        match (info.short_src, info.line_defined) {
-            (Some(src), Some(line)) => format!("function at {src}:{line}"),
-            _ => "function".into(),
-        }
+            })
     }
 
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {

@@ -13,6 +13,15 @@ impl UserData for LuaObject {
         fields.add_meta_field_with(MetaMethod::Call, |lua| {
             lua.named_registry_value::<Function>("parrun.call")
         });
+        // `t.daemon = true`: a property's setter; its error names the assignment's line.
+        fields.add_meta_field_with(MetaMethod::NewIndex, |lua| {
+            let set = lua.create_function(|lua, (ud, key, value)| {
+                Ok(set_property(lua, ud, key, value).err())
+            })?;
+            lua.load("local set = ...\nreturn function(o, k, v)\n  local err = set(o, k, v)\n  if err then error(err, 2) end\nend")
+                .set_name("=parrun")
+                .call::<Function>(set)
+        });
         fields.add_meta_field_with(MetaMethod::Index, |lua| {
             native::object_index(lua, lua.create_function(property_or_method)?)
         });
@@ -62,6 +71,39 @@ fn property_or_method(lua: &Lua, (ud, key): (AnyUserData, LuaString)) -> mlua::R
     }
     let classes: Table = lua.named_registry_value("parrun.classes")?;
     classes.get::<Table>(class.name())?.get::<LuaValue>(&*key)
+}
+
+/// `obj.key = value`: the property's setter, or an error naming the class.
+fn set_property(lua: &Lua, ud: AnyUserData, key: LuaString, value: LuaValue) -> Result<(), String> {
+    let class = ud
+        .borrow::<LuaObject>()
+        .map_err(|e| e.to_string())?
+        .0
+        .class();
+    let key = key.to_string_lossy();
+    let Some(b) = api::find_setter(class, &key) else {
+        let why = match api::find(class, &key) {
+            Some(b) if b.kind == Kind::Getter => "is read-only",
+            _ => "cannot be set",
+        };
+        return Err(format!("{}.{key}: {why}", class.name()));
+    };
+    let host = lua
+        .app_data_ref::<Arc<Host>>()
+        .ok_or("parrun host is gone")?
+        .clone();
+    let mut args = LuaArgs {
+        lua,
+        vals: vec![LuaValue::UserData(ud), value],
+        this: None,
+        host: &host,
+        frame: None,
+    };
+    match (b.call)(&host, &mut args) {
+        Ok(Outcome::Done(_)) => Ok(()),
+        Ok(Outcome::Wait(_) | Outcome::Fork(_)) => Err(b.error("a property cannot block")),
+        Err(msg) => Err(b.error(msg)),
+    }
 }
 
 /// The registry's references to the class tables, for [`new_object`].

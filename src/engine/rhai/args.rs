@@ -127,6 +127,13 @@ impl Args for RhaiArgs<'_, '_> {
         }
     }
 
+    fn known_name(&mut self, i: usize) -> Option<String> {
+        match self.fn_ptr(i) {
+            Ok(f) if !f.fn_name().starts_with("anon$") => Some(f.fn_name().to_owned()),
+            _ => None,
+        }
+    }
+
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String> {
         Ok(Box::new(self.bound(self.fn_ptr(i)?)))
     }

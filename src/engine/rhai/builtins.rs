@@ -34,6 +34,29 @@ pub(super) fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
                     invoke(&shared, b, &mut [&mut receiver], None)
                 });
             }
+            Kind::Setter => {
+                let shared = shared.clone();
+                let name = b.name;
+                engine.register_set(name, move |o: &mut Object, v: Dynamic| -> RhaiResult<()> {
+                    let b = api::find_setter(o.class(), name)
+                        .ok_or_else(|| format!("{}.{name}: cannot be set", o.class().name()))?;
+                    let mut receiver = Dynamic::from(o.clone());
+                    let mut value = v;
+                    invoke(&shared, b, &mut [&mut receiver, &mut value], None).map(drop)
+                });
+            }
+            Kind::WaitFor { wait } => {
+                for n in b.arity.0..=b.arity.1 {
+                    let shared = shared.clone();
+                    let types = vec![TypeId::of::<Object>(); 1]
+                        .into_iter()
+                        .chain(std::iter::repeat_n(TypeId::of::<Dynamic>(), n))
+                        .collect::<Vec<_>>();
+                    engine.register_raw_fn(b.name, types, move |ctx, args| {
+                        wait_for(&shared, b, wait, &ctx, args)
+                    });
+                }
+            }
             Kind::Scoped { .. } => {
                 // `with` is a reserved word in Rhai, so `lock.with(f)` cannot parse; the scoped
                 // form is Python's own shape instead: `with lock { ... }`.
@@ -173,6 +196,73 @@ pub(super) fn invoke_with(
 /// Ctrl-C's KeyboardInterrupt, as an error `try` can catch.
 pub(super) fn interrupted() -> Box<EvalAltResult> {
     crate::rt::cancel::KEYBOARD_INTERRUPT.into()
+}
+
+/// `cond.wait_for(predicate, [timeout])` (see `Kind::WaitFor`): calls `predicate` and, while
+/// it returns false or `()`, the receiver's `wait` with the time left; the last result.
+fn wait_for(
+    shared: &Arc<Shared>,
+    b: &Builtin,
+    wait: &str,
+    ctx: &::rhai::NativeCallContext,
+    args: &mut [&mut Dynamic],
+) -> RhaiResult<Dynamic> {
+    let predicate = match args[1].clone() {
+        p if p.is_fnptr() => p.cast::<FnPtr>(),
+        p if p.is_string() => FnPtr::new(p.cast::<ImmutableString>().as_str())?,
+        p => {
+            return Err(b
+                .error(format!(
+                    "the predicate must be a function, got {}",
+                    p.type_name()
+                ))
+                .into())
+        }
+    };
+    let timeout = match args.get(2).map(|t| (**t).clone()) {
+        None => None,
+        Some(t) if t.is_unit() => None,
+        Some(t) => Some(
+            t.as_float()
+                .or_else(|_| t.as_int().map(|n| n as ::rhai::FLOAT))
+                .map_err(|got| b.error(format!("timeout must be a number, got {got}")))?,
+        ),
+    };
+    let wait = api::find(b.class, wait).ok_or_else(|| b.error("its wait is missing"))?;
+    let truthy = |v: &Dynamic| !(v.is_unit() || v.as_bool() == Ok(false));
+    let mut result = predicate.call_raw(ctx, None, [])?;
+    let mut deadline: Option<std::time::Instant> = None;
+    while !truthy(&result) {
+        let mut left = timeout.map(|t| t.max(0.0));
+        if let Some(t) = timeout {
+            match deadline {
+                None => {
+                    deadline = Some(
+                        std::time::Instant::now()
+                            + std::time::Duration::try_from_secs_f64(t.max(0.0))
+                                .unwrap_or(std::time::Duration::MAX / 4),
+                    )
+                }
+                Some(d) => {
+                    let now = std::time::Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    left = Some((d - now).as_secs_f64());
+                }
+            }
+        }
+        let mut receiver = (*args[0]).clone();
+        let mut seconds = left.map_or(Dynamic::UNIT, Dynamic::from_float);
+        let _ = invoke(
+            shared,
+            wait,
+            &mut [&mut receiver, &mut seconds],
+            Some(ctx.global_runtime_state()),
+        )?;
+        result = predicate.call_raw(ctx, None, [])?;
+    }
+    Ok(result)
 }
 
 /// Runs `body` between the receiver's `enter` and `exit` methods; `exit` runs even when

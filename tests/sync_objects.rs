@@ -1,0 +1,530 @@
+//! `RLock`, `Event`, `Semaphore`, `BoundedSemaphore` and `Condition`, as Python's `threading`
+//! and `multiprocessing` have them, in both languages and every execution model: within a
+//! process (threads), and from forked children and pool workers, which reach the parent's
+//! object through their link. Each run has the suite's time limit (`common::TIMEOUT`).
+
+mod common;
+
+use common::{both_in_modes, MODES};
+
+/// What each object does within one process, as the Python below prints it (an error's line
+/// is parrun's wording: the operation, Python's message, then Python's exception type).
+/// ```python
+/// import threading
+/// r = threading.RLock()
+/// print("rlock", r.acquire(), r.acquire(), r.acquire(False), r.acquire(True, 0.01))
+/// for _ in range(4): r.release()
+/// try: r.release()
+/// except RuntimeError as e: print("rlock release", e)
+/// def other():
+///     print("other acquire", r.acquire(True, 0.05))
+/// r.acquire()
+/// t = threading.Thread(target=other); t.start(); t.join()
+/// r.release()
+/// e = threading.Event()
+/// print("event", e.is_set(), e.wait(0.05))
+/// t = threading.Thread(target=lambda: (threading.Event().wait(0.1), e.set())); t.start()
+/// print("event wait", e.wait(5), e.is_set())
+/// t.join(); e.clear(); print("event cleared", e.is_set(), e.wait(0))
+/// s = threading.BoundedSemaphore(2)
+/// print("sem", s.acquire(), s.acquire(), s.acquire(False), s.acquire(True, 0.05))
+/// s.release(2)
+/// try: s.release()
+/// except ValueError as e: print("sem release", e)
+/// s2 = threading.Semaphore(0)
+/// s2.release(3)
+/// print("open sem", s2.acquire(False), s2.acquire(False), s2.acquire(False), s2.acquire(False))
+/// try: threading.Semaphore(-1)
+/// except ValueError as e: print("sem init", e)
+/// c = threading.Condition()
+/// try: c.wait()
+/// except RuntimeError as e: print("cond wait", e)
+/// try: c.notify()
+/// except RuntimeError as e: print("cond notify", e)
+/// with c: print("cond timeout", c.wait(0.05))
+/// ```
+#[test]
+fn each_object_behaves_as_pythons_within_a_process() {
+    let lua = r#"
+local r = parrun.RLock()
+print("rlock", r:acquire(), r:acquire(), r:acquire(false), r:acquire(true, 0.01))
+for _ = 1, 4 do r:release() end
+print("rlock release", select(2, pcall(r.release, r)))
+r:acquire()
+local t = parrun.Thread(function() print("other acquire", r:acquire(true, 0.05)) end)
+t:start() t:join()
+r:release()
+local e = parrun.Event()
+print("event", e:is_set(), e:wait(0.05))
+t = parrun.Thread(function() parrun.sleep(0.1) e:set() end) t:start()
+print("event wait", e:wait(5), e:is_set())
+t:join() e:clear() print("event cleared", e:is_set(), e:wait(0))
+local s = parrun.BoundedSemaphore(2)
+print("sem", s:acquire(), s:acquire(), s:acquire(false), s:acquire(true, 0.05))
+s:release(2)
+print("sem release", select(2, pcall(s.release, s)))
+local s2 = parrun.Semaphore(0)
+s2:release(3)
+print("open sem", s2:acquire(false), s2:acquire(false), s2:acquire(false), s2:acquire(false))
+print("sem init", select(2, pcall(parrun.Semaphore, -1)))
+local c = parrun.Condition()
+print("cond wait", select(2, pcall(c.wait, c)))
+print("cond notify", select(2, pcall(c.notify, c)))
+c:with(function() print("cond timeout", c:wait(0.05)) end)
+"#;
+    let rhai = r#"
+let r = RLock();
+print(`rlock ${r.acquire()} ${r.acquire()} ${r.acquire(false)} ${r.acquire(true, 0.01)}`);
+for i in 0..4 { r.release(); }
+try { r.release(); } catch (err) { print(`rlock release ${err}`); }
+r.acquire();
+let t = Thread(|r| print(`other acquire ${r.acquire(true, 0.05)}`), [r]);
+t.start(); t.join();
+r.release();
+let e = Event();
+print(`event ${e.is_set()} ${e.wait(0.05)}`);
+t = Thread(|e| { sleep(0.1); e.set(); }, [e]); t.start();
+print(`event wait ${e.wait(5)} ${e.is_set()}`);
+t.join(); e.clear(); print(`event cleared ${e.is_set()} ${e.wait(0)}`);
+let s = BoundedSemaphore(2);
+print(`sem ${s.acquire()} ${s.acquire()} ${s.acquire(false)} ${s.acquire(true, 0.05)}`);
+s.release(2);
+try { s.release(); } catch (err) { print(`sem release ${err}`); }
+let s2 = Semaphore(0);
+s2.release(3);
+print(`open sem ${s2.acquire(false)} ${s2.acquire(false)} ${s2.acquire(false)} ${s2.acquire(false)}`);
+try { Semaphore(-1); } catch (err) { print(`sem init ${err}`); }
+let c = Condition();
+try { c.wait(); } catch (err) { print(`cond wait ${err}`); }
+try { c.notify(); } catch (err) { print(`cond notify ${err}`); }
+with c { print(`cond timeout ${c.wait(0.05)}`); }
+"#;
+    let python = [
+        "rlock true true true true",
+        "rlock release * cannot release un-acquired lock (RuntimeError)",
+        "other acquire false",
+        "event false false",
+        "event wait true true",
+        "event cleared false false",
+        "sem true true false false",
+        "sem release * Semaphore released too many times (ValueError)",
+        "open sem true true true false",
+        "sem init * semaphore initial value must be >= 0 (ValueError)",
+        "cond wait * cannot wait on un-acquired lock (RuntimeError)",
+        "cond notify * cannot notify on un-acquired lock (RuntimeError)",
+        "cond timeout false",
+    ];
+    both_in_modes(&MODES, "syncobjects", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .iter()
+            .map(|l| l.replace('\t', " "))
+            .collect();
+        assert_eq!(lines.len(), python.len(), "{mode}: {}", out.describe());
+        for (line, want) in lines.iter().zip(python) {
+            let ok = match want.split_once(" * ") {
+                Some((head, tail)) => line.starts_with(head) && line.ends_with(tail),
+                None => line == want,
+            };
+            assert!(ok, "{mode}: `{line}` is not `{want}`\n{}", out.describe());
+        }
+    });
+}
+
+/// Forked children (and in `gil` and `isolated`, the threads a `Process` is there) use the
+/// parent's objects: an `Event` gates them, a `BoundedSemaphore(2)` lets two at a time into a
+/// section (a counter in a queue measures it), an `RLock` the parent holds is not theirs to
+/// release, a `Condition` wakes a child waiting in it, and a grandchild's wait is forwarded up.
+/// Pool workers use the objects the script's globals hold.
+#[test]
+fn children_and_pool_workers_use_the_parents_objects() {
+    let lua = r#"
+go = parrun.Event()
+sem = parrun.BoundedSemaphore(2)
+local count, peak = parrun.Queue(), parrun.Queue()
+count:put(0)
+local r = parrun.RLock()
+local function worker()
+  go:wait()
+  sem:with(function()
+    local n = count:get() + 1 count:put(n) peak:put(n)
+    parrun.sleep(0.05)
+    count:put(count:get() - 1)
+  end)
+  r:acquire() r:acquire() r:release() r:release()
+end
+local ps = {}
+for i = 1, 5 do ps[i] = parrun.Process(worker) ps[i]:start() end
+parrun.sleep(0.1)
+print("before set", peak:qsize())
+go:set()
+local codes = {}
+for i = 1, 5 do ps[i]:join() codes[i] = ps[i].exitcode end
+local max = 0
+while not peak:empty() do max = math.max(max, peak:get()) end
+print("peak", max, table.concat(codes, " "))
+r:acquire()
+local p = parrun.Process(function() print("child release", select(2, pcall(r.release, r))) end)
+p:start() p:join()
+r:release()
+p = parrun.Process(function()
+  print("child non-blocking", sem:acquire(false), sem:acquire(false), sem:acquire(false), r:acquire(false))
+  sem:release(2) r:release()
+end)
+p:start() p:join()
+local cond, box = parrun.Condition(parrun.Lock()), parrun.Queue()
+local waiter = function(cond, box)
+  cond:acquire()
+  local notified = cond:wait(10)
+  cond:release()
+  box:put(notified)
+end
+p = parrun.Process(function()
+  local g = parrun.Process(waiter, {cond, box}) g:start()
+  waiter(cond, box)
+  g:join()
+end)
+p:start()
+while true do
+  parrun.sleep(0.05)
+  cond:acquire()
+  local waiting = tostring(cond)
+  cond:release()
+  if parrun.mode() ~= "fork" or waiting == "<Condition waiters=2>" then break end
+end
+parrun.sleep(0.1)
+cond:acquire() cond:notify_all() cond:release()
+print("notified", box:get(10), box:get(10))
+p:join()
+p = parrun.Process(function()
+  local g = parrun.Process(function() print("grandchild", tostring(sem)) end)
+  g:start() g:join()
+end)
+p:start() p:join()
+local pool = parrun.Pool(2)
+local got = pool:map(function(x) sem:acquire() sem:release() return go:wait(5) and x * 2 end, {1, 2, 3})
+print("pool", table.concat(got, " "), tostring(sem))
+pool:close() pool:join()
+"#;
+    let rhai = r#"
+const GO = Event();
+const SEM = BoundedSemaphore(2);
+let count = Queue(); let peak = Queue();
+count.put(0);
+let r = RLock();
+fn worker(count, peak, r) {
+  global::GO.wait();
+  with global::SEM {
+    let n = count.get() + 1; count.put(n); peak.put(n);
+    sleep(0.05);
+    count.put(count.get() - 1);
+  }
+  r.acquire(); r.acquire(); r.release(); r.release();
+}
+let ps = [];
+for i in 0..5 { let p = Process(worker, [count, peak, r]); p.start(); ps.push(p); }
+sleep(0.1);
+print(`before set ${peak.qsize()}`);
+GO.set();
+let codes = [];
+for p in ps { p.join(); codes.push(p.exitcode); }
+let max = 0;
+while !peak.empty() { let n = peak.get(); if n > max { max = n; } }
+print(`peak ${max} ${codes[0]} ${codes[1]} ${codes[2]} ${codes[3]} ${codes[4]}`);
+r.acquire();
+let p = Process(|r| { try { r.release(); } catch (err) { print(`child release ${err}`); } }, [r]);
+p.start(); p.join();
+r.release();
+p = Process(|r| {
+  print(`child non-blocking ${global::SEM.acquire(false)} ${global::SEM.acquire(false)} ${global::SEM.acquire(false)} ${r.acquire(false)}`);
+  global::SEM.release(2); r.release();
+}, [r]);
+p.start(); p.join();
+let cond = Condition(Lock()); let box = Queue();
+fn waiter(cond, box) {
+  cond.acquire();
+  let notified = cond.wait(10);
+  cond.release();
+  box.put(notified);
+}
+p = Process(|cond, box| {
+  let g = Process(waiter, [cond, box]); g.start();
+  waiter(cond, box);
+  g.join();
+}, [cond, box]);
+p.start();
+loop {
+  sleep(0.05);
+  cond.acquire();
+  let waiting = `${cond}`;
+  cond.release();
+  if mode() != "fork" || waiting == "<Condition waiters=2>" { break; }
+}
+sleep(0.1);
+cond.acquire(); cond.notify_all(); cond.release();
+print(`notified ${box.get(10)} ${box.get(10)}`);
+p.join();
+p = Process(|| {
+  let g = Process(|| print(`grandchild ${global::SEM}`));
+  g.start(); g.join();
+});
+p.start(); p.join();
+let pool = Pool(2);
+let got = pool.map(|x| { global::SEM.acquire(); global::SEM.release(); if global::GO.wait(5) { x * 2 } else { 0 } }, [1, 2, 3]);
+print(`pool ${got[0]} ${got[1]} ${got[2]} ${SEM}`);
+pool.close(); pool.join();
+"#;
+    both_in_modes(&MODES, "syncchildren", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .iter()
+            .map(|l| l.replace('\t', " "))
+            .collect();
+        let release = "child release * cannot release un-acquired lock (RuntimeError)";
+        let want = [
+            "before set 0",
+            "peak 2 0 0 0 0 0",
+            release,
+            "child non-blocking true true false true",
+            "notified true true",
+            "grandchild <BoundedSemaphore value=2/2>",
+            "pool 2 4 6 <BoundedSemaphore value=2/2>",
+        ];
+        assert_eq!(lines.len(), want.len(), "{mode}: {}", out.describe());
+        for (line, want) in lines.iter().zip(want) {
+            let ok = match want.split_once(" * ") {
+                Some((head, tail)) => line.starts_with(head) && line.ends_with(tail),
+                None => line == want,
+            };
+            assert!(ok, "{mode}: `{line}` is not `{want}`\n{}", out.describe());
+        }
+    });
+}
+
+/// A forked child killed while it waits takes nothing: the semaphore's release, the
+/// condition's notify and its lock stay for the parent; a barrier it waited at breaks, as
+/// when a party gives up.
+#[test]
+fn a_child_killed_while_it_waits_takes_nothing() {
+    let lua = r#"
+local s, c, e, bar = parrun.Semaphore(0), parrun.Condition(), parrun.Event(), parrun.Barrier(3)
+local a = parrun.Process(function() s:acquire() end)
+local b = parrun.Process(function() c:acquire() c:wait() end)
+local w = parrun.Process(function() e:wait() end)
+local x = parrun.Process(function() bar:wait() end)
+a:start() b:start() w:start() x:start()
+parrun.sleep(0.3)
+a:kill() b:kill() w:kill() x:kill() a:join() b:join() w:join() x:join()
+parrun.sleep(0.2)
+s:release()
+print("semaphore", s:acquire(false))
+print("condition", c:acquire(false), tostring(c))
+print("barrier", bar.broken)
+"#;
+    let rhai = r#"
+let s = Semaphore(0); let c = Condition(); let e = Event(); let bar = Barrier(3);
+let a = Process(|s| s.acquire(), [s]);
+let b = Process(|c| { c.acquire(); c.wait(); }, [c]);
+let w = Process(|e| e.wait(), [e]);
+let x = Process(|bar| bar.wait(), [bar]);
+a.start(); b.start(); w.start(); x.start();
+sleep(0.3);
+a.kill(); b.kill(); w.kill(); x.kill(); a.join(); b.join(); w.join(); x.join();
+sleep(0.2);
+s.release();
+print(`semaphore ${s.acquire(false)}`);
+print(`condition ${c.acquire(false)} ${c}`);
+print(`barrier ${bar.broken}`);
+"#;
+    both_in_modes(&["fork"], "syncdead", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .iter()
+            .map(|l| l.replace('\t', " "))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "semaphore true",
+                "condition true <Condition waiters=0>",
+                "barrier true"
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
+
+/// `Condition.wait_for` calls the script's predicate, waits while it is false (woken by each
+/// notify), and gives its last result; with a timeout, false once the time is up; its wait's
+/// error (the lock not held) names the operation, as Python's:
+/// ```python
+/// import threading, time
+/// c, items = threading.Condition(), []
+/// def produce():
+///     for i in range(3):
+///         time.sleep(0.05)
+///         with c: items.append(i); c.notify()
+/// t = threading.Thread(target=produce); t.start()
+/// with c:
+///     print("wait_for", c.wait_for(lambda: len(items) >= 3 and len(items), 5))
+///     print("timeout", c.wait_for(lambda: len(items) >= 4, 0.1))
+/// try: c.wait_for(lambda: False, 0.01)
+/// except RuntimeError as e: print("unheld", e)
+/// t.join()
+/// ```
+#[test]
+fn wait_for_waits_until_the_predicate_holds() {
+    let lua = r#"
+local c, items = parrun.Condition(), parrun.Queue()
+local t = parrun.Thread(function()
+  for i = 1, 3 do parrun.sleep(0.05) c:with(function() items:put(i) c:notify() end) end
+end)
+t:start()
+c:with(function()
+  print("wait_for", c:wait_for(function() return items:qsize() >= 3 and items:qsize() end, 5))
+  print("timeout", c:wait_for(function() return items:qsize() >= 4 end, 0.1))
+end)
+print("unheld", select(2, pcall(c.wait_for, c, function() return false end, 0.01)))
+t:join()
+"#;
+    let rhai = r#"
+let c = Condition(); let items = Queue();
+let t = Thread(|c, items| {
+  for i in 1..=3 { sleep(0.05); with c { items.put(i); c.notify(); } }
+}, [c, items]);
+t.start();
+with c {
+  print(`wait_for ${c.wait_for(|| if items.qsize() >= 3 { items.qsize() } else { false }, 5)}`);
+  print(`timeout ${c.wait_for(|| items.qsize() >= 4, 0.1)}`);
+}
+try { c.wait_for(|| false, 0.01); } catch (err) { print(`unheld ${err}`); }
+t.join();
+"#;
+    both_in_modes(&MODES, "waitfor", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .iter()
+            .map(|l| l.replace('\t', " "))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "wait_for 3",
+                "timeout false",
+                "unheld Condition.wait: cannot wait on un-acquired lock (RuntimeError)"
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
+
+/// A `Barrier` lets its parties go on together, each with its own index; a timeout or an
+/// `abort` breaks it for every waiter until a `reset`; forked children are parties too.
+/// ```python
+/// import threading, queue
+/// b, out = threading.Barrier(3), queue.Queue()
+/// print("barrier", b.parties, b.n_waiting, b.broken)
+/// ts = [threading.Thread(target=lambda: out.put(b.wait(5))) for _ in range(2)]
+/// for t in ts: t.start()
+/// mine = b.wait(5)
+/// for t in ts: t.join()
+/// print("indexes", *sorted([mine, out.get(), out.get()]))
+/// try: b.wait(0.05)
+/// except threading.BrokenBarrierError: print("timeout BrokenBarrierError")
+/// print("broken", b.broken)
+/// b.reset()
+/// print("reset", b.broken)
+/// def aborted():
+///     try: b.wait()
+///     except threading.BrokenBarrierError: out.put("aborted BrokenBarrierError")
+/// t = threading.Thread(target=aborted); t.start()
+/// while b.n_waiting == 0: pass
+/// b.abort(); t.join(); print(out.get())
+/// ```
+#[test]
+fn a_barrier_releases_its_parties_together_and_breaks_as_pythons() {
+    let lua = r#"
+local b, out = parrun.Barrier(3), parrun.Queue()
+print("barrier", b.parties, b.n_waiting, b.broken)
+local ts = {}
+for i = 1, 2 do ts[i] = parrun.Thread(function() out:put(b:wait(5)) end) ts[i]:start() end
+local mine = b:wait(5)
+for _, t in ipairs(ts) do t:join() end
+local got = {mine, out:get(), out:get()} table.sort(got)
+print("indexes", table.concat(got, " "))
+local ok, e = pcall(b.wait, b, 0.05)
+print("timeout", e:match("BrokenBarrierError"))
+print("broken", b.broken)
+b:reset()
+print("reset", b.broken)
+local t = parrun.Thread(function()
+  local ok, e = pcall(b.wait, b)
+  out:put("aborted " .. e:match("BrokenBarrierError"))
+end)
+t:start()
+while b.n_waiting == 0 do parrun.sleep(0.01) end
+b:abort() t:join() print(out:get())
+b:reset()
+local ps = {}
+for i = 1, 2 do ps[i] = parrun.Process(function() out:put(b:wait(10)) end) ps[i]:start() end
+mine = b:wait(10)
+for _, p in ipairs(ps) do p:join() end
+got = {mine, out:get(5), out:get(5)} table.sort(got)
+print("processes", table.concat(got, " "))
+"#;
+    let rhai = r#"
+let b = Barrier(3); let out = Queue();
+print(`barrier ${b.parties} ${b.n_waiting} ${b.broken}`);
+let ts = [];
+for i in 0..2 { let t = Thread(|b, out| out.put(b.wait(5)), [b, out]); t.start(); ts.push(t); }
+let mine = b.wait(5);
+for t in ts { t.join(); }
+let got = [mine, out.get(), out.get()]; got.sort();
+print(`indexes ${got[0]} ${got[1]} ${got[2]}`);
+try { b.wait(0.05); } catch (e) { if e.contains("BrokenBarrierError") { print("timeout BrokenBarrierError"); } }
+print(`broken ${b.broken}`);
+b.reset();
+print(`reset ${b.broken}`);
+let t = Thread(|b, out| {
+  try { b.wait(); } catch (e) { if e.contains("BrokenBarrierError") { out.put("aborted BrokenBarrierError"); } }
+}, [b, out]);
+t.start();
+while b.n_waiting == 0 { sleep(0.01); }
+b.abort(); t.join(); print(out.get());
+b.reset();
+let ps = [];
+for i in 0..2 { let p = Process(|b, out| out.put(b.wait(10)), [b, out]); p.start(); ps.push(p); }
+mine = b.wait(10);
+for p in ps { p.join(); }
+got = [mine, out.get(5), out.get(5)]; got.sort();
+print(`processes ${got[0]} ${got[1]} ${got[2]}`);
+"#;
+    both_in_modes(&MODES, "barrier", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .iter()
+            .map(|l| l.replace('\t', " "))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "barrier 3 0 false",
+                "indexes 0 1 2",
+                "timeout BrokenBarrierError",
+                "broken true",
+                "reset false",
+                "aborted BrokenBarrierError",
+                "processes 0 1 2",
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
