@@ -288,12 +288,14 @@ fn raw_function(
 ) -> mlua::Result<Function> {
     let host = host.clone();
     lua.create_function(move |lua, args: StackArgs| {
+        let StackArgs { mut values, frame } = args;
+        values.remove(0);
         let args = LuaArgs {
             lua,
-            vals: args.values.into_vec(),
+            vals: values,
             this: None,
             host: &host,
-            frame: args.frame,
+            frame,
         };
         raw_answer(lua, &host, args, &call, &error)
     })
@@ -309,22 +311,21 @@ fn raw_method(
     let host = host.clone();
     lua.create_function(move |lua, (this, rest): (SelfArg, StackArgs)| {
         let StackArgs {
-            values: rest,
+            values: mut vals,
             frame,
         } = rest;
-        let mut vals = Vec::with_capacity(rest.len() + 1);
+        // `vals[0]` is the object's slot (a nil, when `this` holds the object).
         let this = match this {
-            SelfArg::Object(object) => {
-                vals.push(LuaValue::Nil);
-                Some(object)
-            }
+            SelfArg::Object(object) => Some(object),
             SelfArg::Other(value) => {
-                vals.push(value);
+                vals[0] = value;
                 None
             }
-            SelfArg::Absent => None,
+            SelfArg::Absent => {
+                vals.remove(0);
+                None
+            }
         };
-        vals.extend(rest);
         let absent = this.is_none();
         let mut args = LuaArgs {
             lua,
@@ -359,6 +360,12 @@ fn raw_answer(
     };
     match call(host, &mut args) {
         Ok(Outcome::Done(ret @ Ret::Raise { .. })) => Ok((2, ret_to_lua(lua, ret)?)),
+        Ok(Outcome::Done(Ret::Object(object))) => match object::bare_object(lua, object)? {
+            (ud, Some(methods)) => {
+                Ok((native::NEW_OBJECT as i32 + methods, LuaValue::UserData(ud)))
+            }
+            (ud, None) => Ok((0, LuaValue::UserData(ud))),
+        },
         Ok(Outcome::Done(ret)) => Ok((0, ret_to_lua(lua, ret)?)),
         Ok(Outcome::Wait(wait)) => request(Pending::Wait(named(error.clone(), wait))),
         Ok(Outcome::Fork(fork)) => request(Pending::Fork(named(error.clone(), fork))),

@@ -60,16 +60,22 @@ impl Frame {
     }
 }
 
-/// A builtin's arguments as mlua reads them off the stack, with their [`Frame`].
+/// A builtin's arguments as mlua reads them off the stack, with their [`Frame`]: a list with a
+/// free slot first, for a method's object (one allocation a call, where mlua's `MultiValue`
+/// and then the builtin's list made two).
 pub(super) struct StackArgs {
-    pub(super) values: MultiValue,
+    /// A nil, then the arguments.
+    pub(super) values: Vec<LuaValue>,
     pub(super) frame: Option<Frame>,
 }
 
 impl mlua::FromLuaMulti for StackArgs {
     fn from_lua_multi(values: MultiValue, _: &Lua) -> mlua::Result<Self> {
+        let mut all = Vec::with_capacity(values.len() + 1);
+        all.push(LuaValue::Nil);
+        all.extend(values);
         Ok(StackArgs {
-            values,
+            values: all,
             frame: None,
         })
     }
@@ -78,13 +84,17 @@ impl mlua::FromLuaMulti for StackArgs {
     // `nargs` values of the stack, whose place is noted before mlua reads them.
     unsafe fn from_stack_args(
         nargs: std::ffi::c_int,
-        i: usize,
-        to: Option<&str>,
+        _: usize,
+        _: Option<&str>,
         lua: &mlua::state::RawLua,
     ) -> mlua::Result<Self> {
         let state = lua.state();
         let first = ffi::lua_absindex(state, -nargs);
-        let values = MultiValue::from_stack_args(nargs, i, to, lua)?;
+        let mut values = Vec::with_capacity(nargs.max(0) as usize + 1);
+        values.push(LuaValue::Nil);
+        for k in 0..nargs {
+            values.push(<LuaValue as mlua::FromLua>::from_stack(-nargs + k, lua)?);
+        }
         Ok(StackArgs {
             values,
             frame: Some(Frame { state, first }),

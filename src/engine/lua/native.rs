@@ -128,6 +128,11 @@ pub(super) fn builtin(lua: &Lua, raw: Function, run_here: &Function) -> mlua::Re
     )
 }
 
+/// A raw builtin's status for a new object whose class's method table is the registry's
+/// value `status - NEW_OBJECT`: the wrapper sets it as the object's user value (as
+/// `set_methods` does), on its own stack, where `set_methods` takes a protected call.
+pub(super) const NEW_OBJECT: ffi::lua_Integer = 16;
+
 unsafe extern "C-unwind" fn call_builtin(state: *mut lua_State) -> c_int {
     let argc = ffi::lua_gettop(state);
     ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
@@ -135,6 +140,12 @@ unsafe extern "C-unwind" fn call_builtin(state: *mut lua_State) -> c_int {
     ffi::lua_call(state, argc, 2);
     match ffi::lua_tointeger(state, 1) {
         0 => 1,
+        methods @ NEW_OBJECT.. => {
+            // [status, object]: the method table, then into the object's user value.
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, methods - NEW_OBJECT);
+            ffi::lua_setiuservalue(state, 2, 1);
+            1
+        }
         1 => {
             // [status, request] -> [WAIT, request]
             ffi::lua_pushlightuserdata(state, wait_tag_ptr());

@@ -112,6 +112,19 @@ pub(super) struct ClassMethods(pub(super) Vec<(Class, mlua::RegistryKey)>);
 /// `object` as a Lua userdata that finds its methods in its class table without a call into
 /// Rust (see `native::object_index`).
 pub(super) fn new_object(lua: &Lua, object: Object) -> mlua::Result<AnyUserData> {
+    let (ud, methods) = bare_object(lua, object)?;
+    if let Some(methods) = methods {
+        native::set_methods(lua, &ud, methods)?;
+    }
+    Ok(ud)
+}
+
+/// `object` as a Lua userdata still without its methods, and where they are in the registry:
+/// a builtin's answer leaves setting them to its wrapper (see `native::NEW_OBJECT`).
+pub(super) fn bare_object(
+    lua: &Lua,
+    object: Object,
+) -> mlua::Result<(AnyUserData, Option<std::ffi::c_int>)> {
     let class = object.class();
     let ud = lua.create_userdata(LuaObject(object))?;
     let methods = lua.app_data_ref::<ClassMethods>().and_then(|known| {
@@ -121,10 +134,7 @@ pub(super) fn new_object(lua: &Lua, object: Object) -> mlua::Result<AnyUserData>
             .find(|(c, _)| *c == class)
             .map(|(_, key)| key.id())
     });
-    if let Some(methods) = methods {
-        native::set_methods(lua, &ud, methods)?;
-    }
-    Ok(ud)
+    Ok((ud, methods))
 }
 
 /// A request yielded to the driver: a wait (run without the GIL) or a fork (run with it, outside
