@@ -1,3 +1,4 @@
+use super::Home;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,8 +19,7 @@ pub struct Barrier {
 }
 
 struct BarrierInner {
-    id: u64,
-    owner: u32,
+    home: Home,
     parties: u64,
     /// How long a `wait` given no timeout waits for the others (for ever if `None`).
     timeout: Option<Duration>,
@@ -49,8 +49,7 @@ const BROKEN: &str = "the barrier is broken (BrokenBarrierError)";
 impl Barrier {
     pub fn new(parties: u64, timeout: Option<Duration>) -> Self {
         let inner = link::register_object(|id| BarrierInner {
-            id,
-            owner: crate::rt::pid::current_pid(),
+            home: Home::here(id),
             parties,
             timeout,
             state: Mutex::new(Phase {
@@ -68,8 +67,7 @@ impl Barrier {
     pub fn remote(id: u64, parties: u64, timeout: Option<Duration>) -> Self {
         Barrier {
             inner: Arc::new(BarrierInner {
-                id,
-                owner: 0,
+                home: Home::elsewhere(id),
                 parties,
                 timeout,
                 state: Mutex::new(Phase {
@@ -84,7 +82,7 @@ impl Barrier {
     /// The barrier's id, unique across the processes of a run.
     #[cfg(any(feature = "mpi", test))]
     pub fn id(&self) -> u64 {
-        self.inner.id
+        self.inner.home.id
     }
 
     pub fn parties(&self) -> u64 {
@@ -99,11 +97,11 @@ impl Barrier {
 
     /// Whether this process owns the object (else operations go through the parent link).
     pub fn is_local(&self) -> bool {
-        self.inner.owner == crate::rt::pid::current_pid()
+        self.inner.home.is_local()
     }
 
     pub fn same(&self, other: &Barrier) -> bool {
-        self.inner.id == other.inner.id
+        self.inner.home.id == other.inner.home.id
     }
 
     fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
@@ -111,7 +109,7 @@ impl Barrier {
     }
 
     fn call(&self, op: SyncOp) -> Result<Value, String> {
-        link::remote_call(self.inner.id, Op::Sync(op)).map_err(|e| e.to_string())
+        link::remote_call(self.inner.home.id, Op::Sync(op)).map_err(|e| e.to_string())
     }
 
     /// Waits until every party has called `wait` (for the others at most `timeout`, for ever

@@ -1,3 +1,4 @@
+use super::Home;
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,8 +68,7 @@ pub struct Condition {
 }
 
 struct ConditionInner {
-    id: u64,
-    owner: u32,
+    home: Home,
     lock: CondLock,
     waiters: Mutex<Waiters>,
     woken: Signal,
@@ -85,8 +85,7 @@ struct Waiters {
 impl Condition {
     pub fn new(lock: CondLock) -> Self {
         let inner = link::register_object(|id| ConditionInner {
-            id,
-            owner: crate::rt::pid::current_pid(),
+            home: Home::here(id),
             lock,
             waiters: Mutex::default(),
             woken: Signal::new(),
@@ -100,8 +99,7 @@ impl Condition {
     pub fn remote(id: u64, lock: CondLock) -> Self {
         Condition {
             inner: Arc::new(ConditionInner {
-                id,
-                owner: 0,
+                home: Home::elsewhere(id),
                 lock,
                 waiters: Mutex::default(),
                 woken: Signal::new(),
@@ -112,7 +110,7 @@ impl Condition {
     #[cfg(any(feature = "mpi", test))]
     /// The condition's id, unique across the processes of a run.
     pub fn id(&self) -> u64 {
-        self.inner.id
+        self.inner.home.id
     }
 
     pub fn lock(&self) -> &CondLock {
@@ -121,11 +119,11 @@ impl Condition {
 
     /// Whether this process owns the object (else operations go through the parent link).
     pub fn is_local(&self) -> bool {
-        self.inner.owner == crate::rt::pid::current_pid()
+        self.inner.home.is_local()
     }
 
     pub fn same(&self, other: &Condition) -> bool {
-        self.inner.id == other.inner.id
+        self.inner.home.id == other.inner.home.id
     }
 
     fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
@@ -138,7 +136,7 @@ impl Condition {
     pub fn wait(&self, who: Holder, timeout: Option<Duration>) -> Result<bool, String> {
         if !self.is_local() {
             let op = SyncOp::Wait { who, timeout };
-            return remote_bool(link::remote_call(self.inner.id, Op::Sync(op)));
+            return remote_bool(link::remote_call(self.inner.home.id, Op::Sync(op)));
         }
         let (ticket, count) = self.begin_wait(who)?;
         let notified = self.await_notify(ticket, timeout) || self.forget(ticket);
@@ -199,7 +197,7 @@ impl Condition {
     pub fn notify(&self, who: Holder, n: u64) -> Result<(), String> {
         if !self.is_local() {
             let op = SyncOp::Notify { who, count: n };
-            return link::remote_call(self.inner.id, Op::Sync(op))
+            return link::remote_call(self.inner.home.id, Op::Sync(op))
                 .map(drop)
                 .map_err(|e| e.to_string());
         }

@@ -1,3 +1,4 @@
+use super::Home;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,8 +17,7 @@ pub struct Event {
 }
 
 struct EventInner {
-    id: u64,
-    owner: u32,
+    home: Home,
     flag: Mutex<bool>,
     changed: Signal,
 }
@@ -31,8 +31,7 @@ impl Default for Event {
 impl Event {
     pub fn new() -> Self {
         let inner = link::register_object(|id| EventInner {
-            id,
-            owner: crate::rt::pid::current_pid(),
+            home: Home::here(id),
             flag: Mutex::new(false),
             changed: Signal::new(),
         });
@@ -45,8 +44,7 @@ impl Event {
     pub fn remote(id: u64) -> Self {
         Event {
             inner: Arc::new(EventInner {
-                id,
-                owner: 0,
+                home: Home::elsewhere(id),
                 flag: Mutex::new(false),
                 changed: Signal::new(),
             }),
@@ -56,16 +54,16 @@ impl Event {
     #[cfg(any(feature = "mpi", test))]
     /// The event's id, unique across the processes of a run.
     pub fn id(&self) -> u64 {
-        self.inner.id
+        self.inner.home.id
     }
 
     /// Whether this process owns the object (else operations go through the parent link).
     pub fn is_local(&self) -> bool {
-        self.inner.owner == crate::rt::pid::current_pid()
+        self.inner.home.is_local()
     }
 
     pub fn same(&self, other: &Event) -> bool {
-        self.inner.id == other.inner.id
+        self.inner.home.id == other.inner.home.id
     }
 
     fn flag(&self) -> std::sync::MutexGuard<'_, bool> {
@@ -73,7 +71,7 @@ impl Event {
     }
 
     fn call(&self, op: SyncOp) -> Result<Value, String> {
-        link::remote_call(self.inner.id, Op::Sync(op)).map_err(|e| e.to_string())
+        link::remote_call(self.inner.home.id, Op::Sync(op)).map_err(|e| e.to_string())
     }
 
     /// Sets the flag and wakes every waiter.
@@ -96,7 +94,10 @@ impl Event {
 
     pub fn is_set(&self) -> Result<bool, String> {
         if !self.is_local() {
-            return remote_bool(link::remote_call(self.inner.id, Op::Sync(SyncOp::IsSet)));
+            return remote_bool(link::remote_call(
+                self.inner.home.id,
+                Op::Sync(SyncOp::IsSet),
+            ));
         }
         Ok(*self.flag())
     }
@@ -107,7 +108,7 @@ impl Event {
         if !self.is_local() {
             let who = super::Holder::current();
             let op = SyncOp::Wait { who, timeout };
-            return remote_bool(link::remote_call(self.inner.id, Op::Sync(op)));
+            return remote_bool(link::remote_call(self.inner.home.id, Op::Sync(op)));
         }
         let flag = self.flag();
         Ok(self

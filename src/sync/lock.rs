@@ -1,3 +1,4 @@
+use super::Home;
 use crate::rt::threads::Signal;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,8 +16,7 @@ pub struct Lock {
 }
 
 struct LockInner {
-    id: u64,
-    owner: u32,
+    home: Home,
     held: Mutex<bool>,
     freed: Signal,
 }
@@ -30,8 +30,7 @@ impl Default for Lock {
 impl Lock {
     pub fn new() -> Self {
         let inner = link::register_object(|id| LockInner {
-            id,
-            owner: crate::rt::pid::current_pid(),
+            home: Home::here(id),
             held: Mutex::new(false),
             freed: Signal::new(),
         });
@@ -44,9 +43,7 @@ impl Lock {
     pub fn remote(id: u64) -> Self {
         Lock {
             inner: Arc::new(LockInner {
-                id,
-                // No process has pid 0: the lock is never this process's.
-                owner: 0,
+                home: Home::elsewhere(id),
                 held: Mutex::new(false),
                 freed: Signal::new(),
             }),
@@ -56,12 +53,12 @@ impl Lock {
     /// The lock's id, unique across the processes of a run.
     #[cfg(any(feature = "mpi", test))]
     pub fn id(&self) -> u64 {
-        self.inner.id
+        self.inner.home.id
     }
 
     /// Whether this process owns the object (else operations go through the parent link).
     pub fn is_local(&self) -> bool {
-        self.inner.owner == crate::rt::pid::current_pid()
+        self.inner.home.is_local()
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, bool> {
@@ -71,7 +68,7 @@ impl Lock {
     /// Waits until the lock is free and takes it; `Some(t)` gives up after `t` with `false`.
     pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool, String> {
         if !self.is_local() {
-            let answer = link::remote_call(self.inner.id, Op::Acquire(timeout));
+            let answer = link::remote_call(self.inner.home.id, Op::Acquire(timeout));
             return Ok(answer.map_err(|e| e.to_string())? == Value::Bool(true));
         }
         let held = self.held();
@@ -85,7 +82,7 @@ impl Lock {
     /// Frees the lock; an error if it was not held, as in Python.
     pub fn release(&self) -> Result<(), String> {
         if !self.is_local() {
-            return link::remote_call(self.inner.id, Op::Release)
+            return link::remote_call(self.inner.home.id, Op::Release)
                 .map(|_| ())
                 .map_err(|e| e.to_string());
         }
@@ -100,14 +97,14 @@ impl Lock {
 
     pub fn locked(&self) -> Result<bool, String> {
         if !self.is_local() {
-            let answer = link::remote_call(self.inner.id, Op::Locked);
+            let answer = link::remote_call(self.inner.home.id, Op::Locked);
             return Ok(answer.map_err(|e| e.to_string())? == Value::Bool(true));
         }
         Ok(*self.held())
     }
 
     pub fn same(&self, other: &Lock) -> bool {
-        self.inner.id == other.inner.id
+        self.inner.home.id == other.inner.home.id
     }
 }
 

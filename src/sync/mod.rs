@@ -22,6 +22,36 @@ mod semaphore;
 
 use std::time::Duration;
 
+/// Where a shared object lives: its id, unique across the processes of a run, and the process
+/// that made it, which holds its state (the others reach it through the parent link).
+#[derive(Clone, Copy, Debug)]
+struct Home {
+    id: u64,
+    owner: u32,
+}
+
+impl Home {
+    /// An object this process makes.
+    fn here(id: u64) -> Home {
+        Home {
+            id,
+            owner: crate::rt::pid::current_pid(),
+        }
+    }
+
+    /// A handle on object `id` of another process (an MPI rank's on rank 0's): no process has
+    /// pid 0, so it is never this process's.
+    #[cfg(any(feature = "mpi", test))]
+    fn elsewhere(id: u64) -> Home {
+        Home { id, owner: 0 }
+    }
+
+    /// Whether this process holds the object (else operations go through the parent link).
+    fn is_local(&self) -> bool {
+        self.owner == crate::rt::pid::current_pid()
+    }
+}
+
 pub use barrier::Barrier;
 pub use condition::{CondLock, Condition};
 pub use event::Event;

@@ -1,3 +1,4 @@
+use super::Home;
 use crate::rt::threads::Signal;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -19,8 +20,7 @@ pub struct Queue {
 }
 
 struct QueueInner {
-    id: u64,
-    owner: u32,
+    home: Home,
     /// Set by `close`. Each process has its own copy of this struct, so closing is per process,
     /// as `multiprocessing.Queue.close` is.
     closed: std::sync::atomic::AtomicBool,
@@ -83,8 +83,7 @@ impl Queue {
     /// A queue that holds at most `maxsize` values (0: no limit): a `put` on a full one waits.
     pub fn bounded(maxsize: usize) -> Self {
         let inner = link::register_object(|id| QueueInner {
-            id,
-            owner: crate::rt::pid::current_pid(),
+            home: Home::here(id),
             closed: Default::default(),
             maxsize,
             items: Mutex::new(VecDeque::new()),
@@ -102,9 +101,7 @@ impl Queue {
     pub fn remote(id: u64, maxsize: usize) -> Self {
         Queue {
             inner: Arc::new(QueueInner {
-                id,
-                // No process has pid 0: the queue is never this process's.
-                owner: 0,
+                home: Home::elsewhere(id),
                 closed: Default::default(),
                 maxsize,
                 items: Mutex::new(VecDeque::new()),
@@ -124,12 +121,12 @@ impl Queue {
     /// The queue's id, unique across the processes of a run.
     #[cfg(any(feature = "mpi", test))]
     pub fn id(&self) -> u64 {
-        self.inner.id
+        self.inner.home.id
     }
 
     /// Whether this process owns the object (else operations go through the parent link).
     pub fn is_local(&self) -> bool {
-        self.inner.owner == crate::rt::pid::current_pid()
+        self.inner.home.is_local()
     }
 
     fn items(&self) -> std::sync::MutexGuard<'_, VecDeque<Value>> {
@@ -155,9 +152,9 @@ impl Queue {
             // An unbounded queue's put is posted (it cannot fail for want of room); a bounded
             // one's waits for the owner's answer.
             let sent = if self.inner.maxsize == 0 {
-                link::remote_post(self.inner.id, Op::Put(value))
+                link::remote_post(self.inner.home.id, Op::Put(value))
             } else {
-                link::remote_call(self.inner.id, Op::PutWait(value, timeout)).map(drop)
+                link::remote_call(self.inner.home.id, Op::PutWait(value, timeout)).map(drop)
             };
             return sent.map_err(|e| match e {
                 RemoteError::Full(waited) => QueueError::Full(waited),
@@ -216,7 +213,7 @@ impl Queue {
     /// Takes the value at the front, waiting for one; `None` waits for ever.
     pub fn get(&self, timeout: Option<Duration>) -> Result<Value, QueueError> {
         if !self.is_local() {
-            return link::remote_call(self.inner.id, Op::Get(timeout)).map_err(|e| match e {
+            return link::remote_call(self.inner.home.id, Op::Get(timeout)).map_err(|e| match e {
                 RemoteError::Empty(waited) => QueueError::Empty(waited),
                 other => QueueError::Remote(other.to_string()),
             });
@@ -240,7 +237,9 @@ impl Queue {
 
     pub fn len(&self) -> Result<usize, String> {
         if !self.is_local() {
-            return match link::remote_call(self.inner.id, Op::Len).map_err(|e| e.to_string())? {
+            return match link::remote_call(self.inner.home.id, Op::Len)
+                .map_err(|e| e.to_string())?
+            {
                 Value::Int(n) => Ok(n as usize),
                 other => Err(format!("bad qsize reply: {other:?}")),
             };
@@ -256,7 +255,7 @@ impl Queue {
     /// every value put is done already (ValueError, as Python's).
     pub fn task_done(&self) -> Result<(), String> {
         if !self.is_local() {
-            return link::remote_call(self.inner.id, Op::TaskDone)
+            return link::remote_call(self.inner.home.id, Op::TaskDone)
                 .map(drop)
                 .map_err(|e| e.to_string());
         }
@@ -276,7 +275,7 @@ impl Queue {
     /// up: a cancelled task, a pending interrupt).
     pub fn join(&self, timeout: Option<Duration>) -> Result<bool, String> {
         if !self.is_local() {
-            return match link::remote_call(self.inner.id, Op::JoinQueue(timeout)) {
+            return match link::remote_call(self.inner.home.id, Op::JoinQueue(timeout)) {
                 Ok(_) => Ok(true),
                 Err(RemoteError::Empty(_)) => Ok(false),
                 Err(e) => Err(e.to_string()),
@@ -292,7 +291,7 @@ impl Queue {
 
     /// Whether two handles name the same queue.
     pub fn same(&self, other: &Queue) -> bool {
-        self.inner.id == other.inner.id
+        self.inner.home.id == other.inner.home.id
     }
 }
 

@@ -1,3 +1,4 @@
+use super::Home;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,8 +18,7 @@ pub struct RLock {
 }
 
 struct RLockInner {
-    id: u64,
-    owner: u32,
+    home: Home,
     state: Mutex<Held>,
     freed: Signal,
 }
@@ -41,8 +41,7 @@ impl Default for RLock {
 impl RLock {
     pub fn new() -> Self {
         let inner = link::register_object(|id| RLockInner {
-            id,
-            owner: crate::rt::pid::current_pid(),
+            home: Home::here(id),
             state: Mutex::default(),
             freed: Signal::new(),
         });
@@ -55,8 +54,7 @@ impl RLock {
     pub fn remote(id: u64) -> Self {
         RLock {
             inner: Arc::new(RLockInner {
-                id,
-                owner: 0,
+                home: Home::elsewhere(id),
                 state: Mutex::default(),
                 freed: Signal::new(),
             }),
@@ -66,16 +64,16 @@ impl RLock {
     #[cfg(any(feature = "mpi", test))]
     /// The lock's id, unique across the processes of a run.
     pub fn id(&self) -> u64 {
-        self.inner.id
+        self.inner.home.id
     }
 
     /// Whether this process owns the object (else operations go through the parent link).
     pub fn is_local(&self) -> bool {
-        self.inner.owner == crate::rt::pid::current_pid()
+        self.inner.home.is_local()
     }
 
     pub fn same(&self, other: &RLock) -> bool {
-        self.inner.id == other.inner.id
+        self.inner.home.id == other.inner.home.id
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -96,7 +94,7 @@ impl RLock {
                 count,
                 timeout,
             };
-            return remote_bool(link::remote_call(self.inner.id, Op::Sync(op)));
+            return remote_bool(link::remote_call(self.inner.home.id, Op::Sync(op)));
         }
         let state = self.state();
         let held = self
@@ -115,7 +113,7 @@ impl RLock {
     pub fn release(&self, who: Holder) -> Result<(), String> {
         if !self.is_local() {
             let op = SyncOp::Release { who, count: 1 };
-            return link::remote_call(self.inner.id, Op::Sync(op))
+            return link::remote_call(self.inner.home.id, Op::Sync(op))
                 .map(drop)
                 .map_err(|e| e.to_string());
         }
@@ -135,7 +133,7 @@ impl RLock {
     pub fn release_all(&self, who: Holder) -> Result<u64, String> {
         if !self.is_local() {
             let op = SyncOp::ReleaseAll { who };
-            return match link::remote_call(self.inner.id, Op::Sync(op)) {
+            return match link::remote_call(self.inner.home.id, Op::Sync(op)) {
                 Ok(Value::Int(n)) => Ok(n as u64),
                 Ok(other) => Err(format!("unexpected answer {other:?}")),
                 Err(e) => Err(e.to_string()),
@@ -155,7 +153,7 @@ impl RLock {
     pub fn owned_by(&self, who: Holder) -> Result<bool, String> {
         if !self.is_local() {
             let op = SyncOp::Owned { who };
-            return remote_bool(link::remote_call(self.inner.id, Op::Sync(op)));
+            return remote_bool(link::remote_call(self.inner.home.id, Op::Sync(op)));
         }
         Ok(self.state().by == Some(who))
     }
@@ -163,7 +161,7 @@ impl RLock {
     /// As Python prints it: `<RLock unlocked>`, `<RLock locked count=2>`.
     pub fn describe(&self) -> String {
         if !self.is_local() {
-            return match link::remote_call(self.inner.id, Op::Sync(SyncOp::Describe)) {
+            return match link::remote_call(self.inner.home.id, Op::Sync(SyncOp::Describe)) {
                 Ok(Value::Str(s)) => s,
                 _ => "<RLock>".into(),
             };

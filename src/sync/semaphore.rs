@@ -1,3 +1,4 @@
+use super::Home;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,8 +18,7 @@ pub struct Semaphore {
 }
 
 struct SemaphoreInner {
-    id: u64,
-    owner: u32,
+    home: Home,
     /// A bounded semaphore's initial value, which a release may not exceed.
     bound: Option<u64>,
     value: Mutex<u64>,
@@ -29,8 +29,7 @@ impl Semaphore {
     /// A semaphore at `value`; `bounded`, one that refuses a release above it.
     pub fn new(value: u64, bounded: bool) -> Self {
         let inner = link::register_object(|id| SemaphoreInner {
-            id,
-            owner: crate::rt::pid::current_pid(),
+            home: Home::here(id),
             bound: bounded.then_some(value),
             value: Mutex::new(value),
             freed: Signal::new(),
@@ -44,8 +43,7 @@ impl Semaphore {
     pub fn remote(id: u64, bound: Option<u64>) -> Self {
         Semaphore {
             inner: Arc::new(SemaphoreInner {
-                id,
-                owner: 0,
+                home: Home::elsewhere(id),
                 bound,
                 value: Mutex::new(0),
                 freed: Signal::new(),
@@ -56,7 +54,7 @@ impl Semaphore {
     #[cfg(any(feature = "mpi", test))]
     /// The semaphore's id, unique across the processes of a run.
     pub fn id(&self) -> u64 {
-        self.inner.id
+        self.inner.home.id
     }
 
     #[cfg(any(feature = "mpi", test))]
@@ -67,11 +65,11 @@ impl Semaphore {
 
     /// Whether this process owns the object (else operations go through the parent link).
     pub fn is_local(&self) -> bool {
-        self.inner.owner == crate::rt::pid::current_pid()
+        self.inner.home.is_local()
     }
 
     pub fn same(&self, other: &Semaphore) -> bool {
-        self.inner.id == other.inner.id
+        self.inner.home.id == other.inner.home.id
     }
 
     fn value(&self) -> std::sync::MutexGuard<'_, u64> {
@@ -87,7 +85,7 @@ impl Semaphore {
                 count: 1,
                 timeout,
             };
-            return remote_bool(link::remote_call(self.inner.id, Op::Sync(op)));
+            return remote_bool(link::remote_call(self.inner.home.id, Op::Sync(op)));
         }
         let value = self.value();
         let Some(mut value) = self.inner.freed.wait_while(value, timeout, |v| *v == 0) else {
@@ -107,7 +105,7 @@ impl Semaphore {
                 who: Holder::current(),
                 count: n,
             };
-            return link::remote_call(self.inner.id, Op::Sync(op))
+            return link::remote_call(self.inner.home.id, Op::Sync(op))
                 .map(drop)
                 .map_err(|e| e.to_string());
         }
@@ -131,7 +129,7 @@ impl Semaphore {
         if self.is_local() {
             return Ok(*self.value());
         }
-        match link::remote_call(self.inner.id, Op::Sync(SyncOp::Describe)) {
+        match link::remote_call(self.inner.home.id, Op::Sync(SyncOp::Describe)) {
             Ok(Value::Int(n)) => Ok(n as u64),
             Ok(other) => Err(format!("unexpected answer {other:?}")),
             Err(e) => Err(e.to_string()),
