@@ -1075,3 +1075,103 @@ pool.join();
         }
     });
 }
+
+/// A map's list is submitted as it is read (Lua): a hole, a key that makes the table a map, a
+/// value that is not data or a table met again, found after the first chunks went out, give
+/// what reading the whole list first gave (the same results, the same errors), and the pool
+/// goes on and joins. Both languages, every mode.
+#[test]
+fn a_list_read_as_it_is_submitted_gives_what_the_whole_list_gave() {
+    let lua = r#"
+print("lua")
+local pool = parrun.Pool(2)
+local function f(x) if x == nil then return -1 end return x * 2 end
+local xs = {}
+for i = 1, 1000 do xs[i] = i end
+local r = pool:map(f, xs)
+print(("long %d %d %d"):format(#r, r[1], r[1000]))
+xs[500] = nil
+r = pool:map(f, xs)
+print(("hole %d %d %d %d"):format(#r, r[499], r[500], r[1000]))
+xs[500] = 500
+xs.n = 1000
+print("map", pcall(pool.map, pool, f, xs))
+xs.n = nil
+xs[900] = print
+print("function", pcall(pool.map, pool, f, xs))
+xs[900] = xs
+print("cycle", pcall(pool.map, pool, f, xs))
+xs[900] = 900
+local ps = {}
+for i = 1, 1000 do ps[i] = { i, 1 } end
+r = pool:starmap(function(a, b) return a + b end, ps)
+print(("star %d %d %d"):format(#r, r[1], r[1000]))
+ps[700] = 5
+local ok, err = pcall(pool.starmap, pool, function(a, b) return a + b end, ps)
+print("badstar", ok, (err:gsub("^.-Pool", "Pool")))
+r = pool:map(f, xs)
+print(("after %d %d"):format(#r, r[1000]))
+pool:close()
+pool:join()
+print("joined")
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+let f = |x| if x == () { -1 } else { x * 2 };
+let xs = [];
+for i in 1..=1000 { xs.push(i); }
+let r = pool.map(f, xs);
+print(`long ${r.len()} ${r[0]} ${r[999]}`);
+xs[499] = ();
+r = pool.map(f, xs);
+print(`hole ${r.len()} ${r[498]} ${r[499]} ${r[999]}`);
+xs[499] = 500;
+let ps = [];
+for i in 1..=1000 { ps.push([i, 1]); }
+r = pool.starmap(|a, b| a + b, ps);
+print(`star ${r.len()} ${r[0]} ${r[999]}`);
+ps[699] = 5;
+try { pool.starmap(|a, b| a + b, ps); } catch (e) { print(`badstar false ${e}`); }
+r = pool.map(f, xs);
+print(`after ${r.len()} ${r[999]}`);
+pool.close();
+pool.join();
+print("joined");
+"#;
+    each_mode("listfeed", &[], lua, rhai, |mode, out| {
+        assert!(out.status.success(), "{mode}: {}", out.stderr);
+        let shared = [
+            "long 1000 2 2000",
+            "hole 1000 998 -1 2000",
+            "star 1000 2 1001",
+            "after 1000 2000",
+            "joined",
+        ];
+        for line in shared {
+            assert!(
+                out.stdout.lines().any(|l| l == line),
+                "{mode}: no {line:?} in {}",
+                out.stdout
+            );
+        }
+        let badstar = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("badstar"))
+            .unwrap_or("");
+        assert!(
+            badstar.contains("starmap needs an array of argument arrays, got integer"),
+            "{mode}: {}",
+            out.stdout
+        );
+        if out.stdout.starts_with("lua\n") {
+            for line in [
+                "map\tfalse\tPool.map: the iterable must be an array, an iterator function or a range, got map",
+                "function\tfalse\tPool.map: cannot send this value to another thread or process: a function at key \"900\"",
+                "cycle\tfalse\tPool.map: cannot send this value to another thread or process: a table that contains itself",
+            ] {
+                assert!(out.stdout.lines().any(|l| l == line), "{mode}: no {line:?} in {}", out.stdout);
+            }
+        }
+    });
+}

@@ -185,7 +185,13 @@ pub(super) fn iterable(args: &mut dyn Args, i: usize) -> Result<Vec<Value>, Stri
     if let Some(items) = args.iterate(i)? {
         return Ok(items);
     }
-    match args.value(i)? {
+    let value = args.value(i)?;
+    list_items(value)
+}
+
+/// The items of an iterable that is data: an array (an empty Lua table too).
+pub(super) fn list_items(value: Value) -> Result<Vec<Value>, String> {
+    match value {
         Value::Array(items) => Ok(items),
         Value::Map(entries) if entries.is_empty() => Ok(Vec::new()),
         other => Err(format!(

@@ -341,6 +341,35 @@ pub trait Args {
     /// The values the script iterates over at argument `i`, if it is an iterable that is not
     /// data (a Lua iterator function, run to its end; a Rhai range); `None` for anything else.
     fn iterate(&mut self, i: usize) -> Result<Option<Vec<Value>>, String>;
+    /// Reads the list at argument `i` into `sink` piece by piece as it goes, where the engine
+    /// can (a Lua table with no metatable), so that a pool starts on the first chunks while
+    /// the rest is read. By default, and for anything else, [`Streamed::Whole`].
+    fn read_list(&mut self, i: usize, sink: &mut dyn PieceSink) -> Result<Streamed, String> {
+        let _ = (i, sink);
+        Ok(Streamed::Whole)
+    }
+}
+
+/// Where [`Args::read_list`] puts a list's items as it reads them.
+pub trait PieceSink {
+    /// The list has about `len` items, before any is read (a Lua table's border, `#t`): how
+    /// many items a piece takes, or `None` to have the list read whole instead.
+    fn begin(&mut self, len: usize) -> Result<Option<usize>, String>;
+    /// The next items in order: a whole piece, or the last, shorter one.
+    fn piece(&mut self, items: Vec<Value>) -> Result<(), String>;
+}
+
+/// How [`Args::read_list`] ended.
+#[derive(Debug)]
+pub enum Streamed {
+    /// Nothing was read: the caller reads the argument whole ([`Args::value`]).
+    Whole,
+    /// Every item went to the sink.
+    Done,
+    /// The reading gave up after its first `sent` items (whole pieces) went to the sink: a key
+    /// out of sequence, or a value the engine's fast reader leaves to its general one. `whole`
+    /// is the argument as [`Args::value`] gives it, for the caller to go on from.
+    Rest { sent: usize, whole: Value },
 }
 
 /// How an adapter exposes a builtin.

@@ -5,15 +5,15 @@
 use std::sync::Arc;
 
 use super::args::{
-    bool_value, elements, flag, has_args, iterable, known_options, mode_value, name_value,
-    opt_name, opt_positive, opt_size, timeout,
+    bool_value, elements, flag, has_args, iterable, known_options, list_items, mode_value,
+    name_value, opt_name, opt_positive, opt_size, timeout,
 };
-use super::{Args, Builtin, Class, Kind, Object, Outcome, Ret};
+use super::{Args, Builtin, Class, Kind, Object, Outcome, PieceSink, Ret, Streamed};
 use crate::exec;
 use crate::host::{Host, Mode};
-use crate::pool::{AsyncResult, Callbacks, Failure, JobKind, Pool, PoolConfig, PoolHandle};
+use crate::pool::{AsyncResult, Callbacks, Failure, Feed, JobKind, Pool, PoolConfig, PoolHandle};
 use crate::process::ScriptProcess;
-use crate::script::{Callback, Calls};
+use crate::script::{Callback, Calls, FunctionSpec};
 use crate::value::Value;
 
 fn process(args: &mut dyn Args) -> Result<Arc<ScriptProcess>, String> {
@@ -68,8 +68,7 @@ fn job_of_pool(args: &mut dyn Args) -> Result<(Arc<AsyncResult>, Arc<PoolHandle>
 }
 
 /// The argument lists of a map (`[x]` each) or starmap (each element is the list).
-fn calls(args: &mut dyn Args, i: usize, star: bool) -> Result<Calls, String> {
-    let items = iterable(args, i)?;
+fn calls_of(items: Vec<Value>, star: bool) -> Result<Calls, String> {
     if !star {
         return Ok(Calls::Each(items));
     }
@@ -85,6 +84,58 @@ fn calls(args: &mut dyn Args, i: usize, star: bool) -> Result<Calls, String> {
         })
         .collect::<Result<_, _>>()
         .map(Calls::Lists)
+}
+
+/// A job before it opens: its function, chunk size, callbacks and traced name.
+type JobParts = (
+    Arc<FunctionSpec>,
+    Option<usize>,
+    Callbacks,
+    Option<Arc<str>>,
+);
+
+/// A map's job, submitted as its list is read ([`Args::read_list`]): the pool's workers start
+/// on the first chunks while the script's thread reads the rest.
+struct ListFeed<'p> {
+    pool: &'p Pool,
+    kind: JobKind,
+    star: bool,
+    /// What the job opens with, until it does.
+    job: Option<JobParts>,
+    feed: Option<Feed<'p>>,
+}
+
+impl<'p> ListFeed<'p> {
+    fn open(&mut self, len: usize) -> Result<&mut Feed<'p>, String> {
+        if let Some((f, chunksize, cbs, traced)) = self.job.take() {
+            let feed = self.pool.open(self.kind, f, len, chunksize, cbs, traced)?;
+            self.feed = Some(feed);
+        }
+        Ok(self.feed.as_mut().expect("opened"))
+    }
+
+    /// The rest of the list, then the job.
+    fn seal(mut self, rest: Vec<Value>) -> Result<Arc<AsyncResult>, String> {
+        let len = rest.len();
+        let calls = calls_of(rest, self.star)?;
+        let feed = self.open(len)?;
+        feed.push(calls)?;
+        Ok(self.feed.take().expect("opened").seal())
+    }
+}
+
+impl PieceSink for ListFeed<'_> {
+    fn begin(&mut self, len: usize) -> Result<Option<usize>, String> {
+        let size = self.open(len)?.chunksize();
+        // A list of one chunk has nothing to overlap.
+        Ok((len > size).then_some(size))
+    }
+
+    fn piece(&mut self, items: Vec<Value>) -> Result<(), String> {
+        let calls = calls_of(items, self.star)?;
+        let len = calls.len();
+        self.open(len)?.push(calls)
+    }
 }
 
 /// `callback` and `error_callback` at arguments `ok` and `ok + 1`, if given.
@@ -111,22 +162,16 @@ fn submit(
 ) -> Result<(Arc<AsyncResult>, Arc<PoolHandle>), String> {
     let p = pool(args)?;
     let f = args.function(1, p.travel())?;
-    let (calls, chunksize) = match kind {
-        JobKind::Single => {
-            let list = match has_args(args, 2) {
-                Some(i) => elements(args, i, "args")?,
-                None => Vec::new(),
-            };
-            (Calls::Lists(vec![list]), None)
-        }
-        _ => {
-            let calls = calls(args, 2, star)?;
-            let chunksize = match chunk_at {
-                Some(i) => opt_positive(args, i, "chunksize")?,
-                None => None,
-            };
-            (calls, chunksize)
-        }
+    let single = match kind {
+        JobKind::Single => Some(match has_args(args, 2) {
+            Some(i) => elements(args, i, "args")?,
+            None => Vec::new(),
+        }),
+        _ => None,
+    };
+    let chunksize = match chunk_at {
+        Some(i) => opt_positive(args, i, "chunksize")?,
+        None => None,
     };
     let cbs = match callbacks_at {
         Some(i) => callbacks(args, i)?,
@@ -134,7 +179,34 @@ fn submit(
     };
     // Only a traced run asks for the name: finding it may take a search (Lua's globals).
     let traced = p.is_traced().then(|| Arc::from(args.function_name(1)));
-    let job = p.submit(kind, f, calls, chunksize, cbs, traced)?;
+    if let Some(list) = single {
+        let job = p.submit(kind, f, Calls::Lists(vec![list]), None, cbs, traced)?;
+        return Ok((job, p));
+    }
+    let mut list = ListFeed {
+        pool: &p,
+        kind,
+        star,
+        job: Some((f, chunksize, cbs, traced)),
+        feed: None,
+    };
+    // A map's list is submitted as it is read; the iterators' lists are read first (their
+    // chunks are single calls: an `imap` hands out items as they come, a reading that failed
+    // half-way would have handed out some).
+    let streamed = match kind {
+        JobKind::List => args.read_list(2, &mut list)?,
+        _ => Streamed::Whole,
+    };
+    let rest = match streamed {
+        Streamed::Whole => iterable(args, 2)?,
+        Streamed::Done => Vec::new(),
+        Streamed::Rest { sent, whole } => {
+            let mut items = list_items(whole)?;
+            items.drain(..sent.min(items.len()));
+            items
+        }
+    };
+    let job = list.seal(rest)?;
     Ok((job, p))
 }
 

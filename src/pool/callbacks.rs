@@ -80,6 +80,11 @@ impl Finisher {
         self.live.insert(job);
     }
 
+    /// Takes a job out that will not finish (its submission failed), failed with `reason`.
+    pub(super) fn withdraw(&self, job: &Arc<AsyncResult>, reason: &str) {
+        self.live.withdraw(job, reason);
+    }
+
     /// Finishes a job whose results are in: runs its callback (on the callback thread, started
     /// here for the pool's first), then marks it ready.
     pub(super) fn finish(&self, job: &Arc<AsyncResult>) {
@@ -212,6 +217,15 @@ impl LiveJobs {
         }
         s.in_callback = false;
         self.changed.notify_all();
+    }
+
+    /// Forgets `job`, failed with `reason`.
+    fn withdraw(&self, job: &AsyncResult, reason: &str) {
+        let mut s = self.state();
+        job.fail(reason);
+        if s.jobs.remove(&job.id()).is_some() {
+            self.changed.notify_all();
+        }
     }
 
     /// Fails every job not ready yet with `reason` (a callback already running finishes).

@@ -134,6 +134,26 @@ impl AsyncResult {
         }
     }
 
+    /// A job whose calls are still being submitted, `items` of them as far as is known: it is
+    /// not done before [`AsyncResult::seal`], whatever comes in (see `Pool::open`).
+    pub(super) fn opened(self) -> AsyncResult {
+        self.slots().open = true;
+        self
+    }
+
+    /// Ends the submission of an opened job: it has `items` items. True when they are all in
+    /// already, and the job is to be finished by the caller.
+    pub(super) fn seal(&self, items: usize) -> bool {
+        let done = self.slots().seal(items);
+        if let Some(progress) = &self.progress {
+            progress.set_total(items);
+            if done {
+                progress.end();
+            }
+        }
+        done
+    }
+
     /// Whether nothing reads the job's results before they are all in (`map`, `starmap`, their
     /// `_async` forms), so that a worker may hold a few back and send them together; not once a
     /// worker died with its tasks: which of them it was running is known only from the answers
@@ -359,6 +379,9 @@ struct Slots {
     failures: BTreeMap<usize, Failure>,
     /// Items not reported yet.
     remaining: usize,
+    /// Its calls are still being submitted ([`Slots::seal`]): the last item in does not
+    /// finish it, and how many items it has may still change.
+    open: bool,
     /// Set when the whole job failed: it stands for every item.
     failure: Option<String>,
     cursor: Cursor,
@@ -372,6 +395,7 @@ impl Slots {
             filled: vec![false; items],
             failures: BTreeMap::new(),
             remaining: items,
+            open: false,
             failure: None,
             cursor: Cursor::default(),
         }
@@ -425,7 +449,20 @@ impl Slots {
                 }
             }
         }
-        self.remaining == 0 && self.remaining < before
+        self.remaining == 0 && self.remaining < before && !self.open
+    }
+
+    /// Ends an open job's submission with `items` items (its calls as read, which may be more
+    /// or fewer than the length it was opened with: only items submitted so far can have come
+    /// in, and those are below `items`); true when every item is in already.
+    fn seal(&mut self, items: usize) -> bool {
+        let before = self.values.len();
+        debug_assert!(self.open && self.filled.iter().skip(items).all(|f| !f));
+        self.values.resize_with(items, || Value::Nil);
+        self.filled.resize(items, false);
+        self.remaining = self.remaining + items - before.min(items) - before.saturating_sub(items);
+        self.open = false;
+        self.remaining == 0 && self.failure.is_none()
     }
 
     /// Counts item `i` in; false if it had come in already (it keeps what it has, should a
@@ -568,6 +605,34 @@ mod tests {
 
     fn ints(v: &[i64]) -> Vec<Value> {
         v.iter().copied().map(Value::Int).collect()
+    }
+
+    /// A job opened for a list read as it is submitted finishes only once sealed, with as
+    /// many items as were sealed: fewer or more than it was opened with.
+    #[test]
+    fn an_open_job_is_done_only_once_sealed() {
+        let job = AsyncResult::new(1, JobKind::List, 4, Callbacks::default()).opened();
+        assert!(!job.complete(0, Ok(ints(&[0, 1])), 2));
+        assert!(!job.complete(2, Ok(ints(&[2, 3])), 2), "still open");
+        assert!(job.seal(4), "every item was in");
+        job.set_ready();
+        assert_eq!(job.take().unwrap(), Value::Array(ints(&[0, 1, 2, 3])));
+
+        let fewer = AsyncResult::new(2, JobKind::List, 6, Callbacks::default()).opened();
+        assert!(!fewer.complete(0, Ok(ints(&[5, 6, 7])), 3));
+        assert!(fewer.seal(3));
+        fewer.set_ready();
+        assert_eq!(fewer.take().unwrap(), Value::Array(ints(&[5, 6, 7])));
+
+        let more = AsyncResult::new(3, JobKind::List, 2, Callbacks::default()).opened();
+        assert!(!more.complete(0, Ok(ints(&[1, 2])), 2));
+        assert!(!more.seal(3), "one item to come");
+        assert!(more.complete(2, Ok(ints(&[3])), 1));
+        more.set_ready();
+        assert_eq!(more.take().unwrap(), Value::Array(ints(&[1, 2, 3])));
+
+        let empty = AsyncResult::new(4, JobKind::List, 0, Callbacks::default()).opened();
+        assert!(empty.seal(0));
     }
 
     #[test]

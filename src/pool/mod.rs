@@ -52,6 +52,7 @@ pub(crate) use ranks::{end_all_on_rank, end_on_rank, route_tasks, serve_on_rank,
 
 use callbacks::Finisher;
 pub use job::{AsyncResult, Callbacks, Failure, JobKind};
+
 pub(crate) use stats::Snapshot as PoolStats;
 
 /// What a pool needs from the backend that runs its tasks once it has started them
@@ -100,6 +101,81 @@ impl NewPool {
     /// Starts the workers. Call with the GIL held, outside any engine lock.
     pub fn start(self, host: &Arc<Host>) -> Result<Arc<Pool>, String> {
         Pool::start(host, self)
+    }
+}
+
+/// A job being submitted as its calls are read ([`Pool::open`]). Dropped without
+/// [`Feed::seal`] (the reading failed), it withdraws the job: its chunks not started are
+/// dropped, and it fails without a callback; the chunks already started run to their end, as
+/// the chunks before a failed one do in Python.
+pub struct Feed<'a> {
+    pool: &'a Pool,
+    job: Arc<AsyncResult>,
+    function: Arc<FunctionSpec>,
+    chunksize: usize,
+    /// Calls submitted so far: the index of the next one.
+    submitted: usize,
+    sealed: bool,
+}
+
+impl Feed<'_> {
+    /// How many calls a chunk takes: pushing whole chunks keeps the job's chunks as
+    /// [`Pool::submit`] would cut them.
+    pub fn chunksize(&self) -> usize {
+        self.chunksize
+    }
+
+    /// Submits the next `calls`, in chunks; errors if the pool stopped taking work meanwhile.
+    pub fn push(&mut self, calls: Calls) -> Result<(), String> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let pool = self.pool;
+        let mut s = pool.state();
+        pool.takes_work(&s)?;
+        for chunk in chunks(calls, self.chunksize) {
+            let n = chunk.len();
+            let id = s.next_task;
+            s.next_task += 1;
+            s.pending.push_back(Task {
+                id,
+                job: self.job.clone(),
+                first: self.submitted,
+                function: self.function.clone(),
+                calls: chunk,
+            });
+            self.submitted += n;
+        }
+        let (queued, idle) = (s.pending.len(), s.idle_workers);
+        drop(s);
+        pool.backend.tasks_added(pool, queued, idle);
+        Ok(())
+    }
+
+    /// Every call is in: the job, with as many items as were pushed.
+    pub fn seal(mut self) -> Arc<AsyncResult> {
+        self.sealed = true;
+        if self.job.seal(self.submitted) {
+            self.pool.finisher.finish(&self.job);
+        }
+        self.job.clone()
+    }
+}
+
+impl Drop for Feed<'_> {
+    fn drop(&mut self) {
+        if self.sealed {
+            return;
+        }
+        let job = &self.job;
+        self.pool
+            .state()
+            .pending
+            .retain(|task| !Arc::ptr_eq(&task.job, job));
+        drop(job.take_callbacks());
+        self.pool
+            .finisher
+            .withdraw(job, "the job's list could not be read");
     }
 }
 
@@ -377,67 +453,74 @@ impl Pool {
         callbacks: Callbacks,
         traced: Option<Arc<str>>,
     ) -> Result<Arc<AsyncResult>, String> {
+        let items = calls.len();
+        let mut feed = self.open(kind, function, items, chunksize, callbacks, traced)?;
+        feed.push(calls)?;
+        Ok(feed.seal())
+    }
+
+    /// Opens a job of about `items` calls whose calls are submitted as they are read
+    /// ([`Feed::push`]), so that the workers start on the first while the script's thread
+    /// reads the rest (Python's task handler feeds a map's chunks so); [`Feed::seal`] gives the
+    /// job once all are in. The chunk size is decided here, from `items`, as
+    /// [`Pool::submit`] decides it.
+    pub fn open(
+        &self,
+        kind: JobKind,
+        function: Arc<FunctionSpec>,
+        items: usize,
+        chunksize: Option<usize>,
+        callbacks: Callbacks,
+        traced: Option<Arc<str>>,
+    ) -> Result<Feed<'_>, String> {
         let chunksize = match (chunksize, kind) {
             (Some(size), _) => size.max(1),
             // Python's default for `map`: about four chunks per worker.
-            (None, JobKind::List) => calls.len().div_ceil(self.size * 4).max(1),
+            (None, JobKind::List) => items.div_ceil(self.size * 4).max(1),
             (None, _) => 1,
         };
         // Before the pool's lock: a first bar starts the drawer thread.
         let progress = match kind {
             JobKind::Single => None,
-            JobKind::List => Tracker::start(self.host.settings.progress, "map", calls.len()),
-            JobKind::Ordered => Tracker::start(self.host.settings.progress, "imap", calls.len()),
+            JobKind::List => Tracker::start(self.host.settings.progress, "map", items),
+            JobKind::Ordered => Tracker::start(self.host.settings.progress, "imap", items),
             JobKind::Unordered => {
-                Tracker::start(self.host.settings.progress, "imap_unordered", calls.len())
+                Tracker::start(self.host.settings.progress, "imap_unordered", items)
             }
         };
         let mut s = self.state();
-        match s.status {
-            Status::Open => {}
-            Status::Closed => {
-                return Err("the pool is closed (ValueError: Pool not running)".into())
-            }
-            Status::Terminated => {
-                return Err("the pool is terminated (ValueError: Pool not running)".into())
-            }
-            Status::Broken => {
-                return Err(s
-                    .broken_reason
-                    .clone()
-                    .unwrap_or_else(|| "the pool is broken".into()))
-            }
-        }
-        let job = AsyncResult::new(s.next_job, kind, calls.len(), callbacks)
+        self.takes_work(&s)?;
+        let job = AsyncResult::new(s.next_job, kind, items, callbacks)
+            .opened()
             .tracked(progress)
             .traced(traced);
         let job = Arc::new(job);
         s.next_job += 1;
         // Entered under the pool's lock, so that a terminate either finds it or refuses it.
         self.finisher.enter(&job);
-        if calls.is_empty() {
-            drop(s);
-            self.finisher.finish(&job);
-            return Ok(job);
+        Ok(Feed {
+            pool: self,
+            job,
+            function,
+            chunksize,
+            submitted: 0,
+            sealed: false,
+        })
+    }
+
+    /// Refuses work unless the pool is open.
+    fn takes_work(&self, s: &PoolState) -> Result<(), String> {
+        match s.status {
+            Status::Open => Ok(()),
+            Status::Closed => Err("the pool is closed (ValueError: Pool not running)".into()),
+            Status::Terminated => {
+                Err("the pool is terminated (ValueError: Pool not running)".into())
+            }
+            Status::Broken => Err(s
+                .broken_reason
+                .clone()
+                .unwrap_or_else(|| "the pool is broken".into())),
         }
-        let mut first = 0;
-        for chunk in chunks(calls, chunksize) {
-            let n = chunk.len();
-            let id = s.next_task;
-            s.next_task += 1;
-            s.pending.push_back(Task {
-                id,
-                job: job.clone(),
-                first,
-                function: function.clone(),
-                calls: chunk,
-            });
-            first += n;
-        }
-        let (queued, idle) = (s.pending.len(), s.idle_workers);
-        drop(s);
-        self.backend.tasks_added(self, queued, idle);
-        Ok(job)
     }
 
     /// `Pool.close`: takes no more work; the workers exit once what was submitted is done.

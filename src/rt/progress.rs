@@ -161,7 +161,7 @@ pub fn settle() {
 /// One job's count, shared by the job and the drawer.
 struct Job {
     label: &'static str,
-    total: u64,
+    total: AtomicU64,
     done: AtomicU64,
     started: Instant,
     ended: AtomicBool,
@@ -179,7 +179,7 @@ impl Tracker {
         }
         let job = Arc::new(Job {
             label,
-            total: total as u64,
+            total: AtomicU64::new(total as u64),
             done: AtomicU64::new(0),
             started: Instant::now(),
             ended: AtomicBool::new(false),
@@ -213,6 +213,11 @@ impl Tracker {
             WAKE.notify_all();
         }
         Some(Tracker(job))
+    }
+
+    /// The job has `total` items after all (a map whose list was counted as it was read).
+    pub fn set_total(&self, total: usize) {
+        self.0.total.store(total as u64, Ordering::Relaxed);
     }
 
     /// `n` more items are done.
@@ -316,14 +321,17 @@ fn draw() {
         for entry in jobs.iter_mut() {
             let done = entry.job.done.load(Ordering::Relaxed);
             match &entry.bar {
-                Some(bar) => bar.set_position(done),
+                Some(bar) => {
+                    bar.set_length(entry.job.total.load(Ordering::Relaxed));
+                    bar.set_position(done);
+                }
                 None if now.duration_since(entry.job.started) >= DELAY => {
                     let multi = multi.get_or_insert_with(|| {
                         MultiProgress::with_draw_target(ProgressDrawTarget::term_like(Box::new(
                             Stderr::default(),
                         )))
                     });
-                    let bar = ProgressBar::new(entry.job.total)
+                    let bar = ProgressBar::new(entry.job.total.load(Ordering::Relaxed))
                         .with_style(style())
                         .with_message(entry.job.label)
                         .with_elapsed(now.duration_since(entry.job.started));

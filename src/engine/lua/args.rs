@@ -1,6 +1,7 @@
 //! [`LuaArgs`]: a builtin's arguments as the engine-neutral API reads them, and the engine as
 //! the execution models ask for it (here, or a snapshot).
 
+use crate::api::{PieceSink, Streamed};
 use mlua::ffi;
 
 use super::*;
@@ -57,6 +58,28 @@ impl Frame {
         let data = direct::read_at(self.state, at, direct::ArrayMetatable::Of(lua));
         ffi::lua_settop(self.state, top);
         data
+    }
+
+    /// Argument `i`, a table, read into `sink` as it is read (see [`direct::stream_at`]).
+    ///
+    /// # Safety
+    /// As [`Frame::data`].
+    unsafe fn stream(
+        &self,
+        lua: &Lua,
+        i: usize,
+        sink: &mut dyn PieceSink,
+    ) -> Result<direct::Stream, String> {
+        let Ok(at) = std::ffi::c_int::try_from(i).map(|i| self.first + i) else {
+            return Ok(direct::Stream::Whole);
+        };
+        let top = ffi::lua_gettop(self.state);
+        if at > top || ffi::lua_type(self.state, at) != ffi::LUA_TTABLE {
+            return Ok(direct::Stream::Whole);
+        }
+        let streamed = direct::stream_at(self.state, at, direct::ArrayMetatable::Of(lua), sink);
+        ffi::lua_settop(self.state, top);
+        streamed
     }
 }
 
@@ -333,6 +356,21 @@ impl Args for LuaArgs<'_> {
 
     fn engine(&self) -> &dyn ScriptEngine {
         self
+    }
+
+    fn read_list(&mut self, i: usize, sink: &mut dyn PieceSink) -> Result<Streamed, String> {
+        let (Some(frame), Some(LuaValue::Table(_))) = (&self.frame, self.vals.get(i)) else {
+            return Ok(Streamed::Whole);
+        };
+        // SAFETY: a frame is only made for the builtin's call that runs now.
+        Ok(match unsafe { frame.stream(self.lua, i, sink) }? {
+            direct::Stream::Whole => Streamed::Whole,
+            direct::Stream::Done => Streamed::Done,
+            direct::Stream::Stopped(sent) => Streamed::Rest {
+                sent,
+                whole: self.value(i)?,
+            },
+        })
     }
 }
 

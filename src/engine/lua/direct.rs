@@ -16,6 +16,7 @@ use std::ffi::{c_char, c_int, c_void};
 use mlua::ffi;
 use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
 
+use crate::api::PieceSink;
 use crate::value::{Value, MAX_DEPTH};
 
 /// The [`Value`] of table `t`, as mlua's serde makes it (`detect_mixed_tables`,
@@ -57,6 +58,72 @@ pub(super) unsafe fn read_at(
         array_metatable,
     }
     .read(state, at)
+}
+
+/// How [`stream_at`] ended.
+pub(super) enum Stream {
+    /// It did not start (a table with a metatable, or the sink chose to read it whole).
+    Whole,
+    /// Every item went to the sink.
+    Done,
+    /// It gave up after this many items went to the sink, in whole pieces.
+    Stopped(usize),
+}
+
+/// Reads the table at `at` as [`read_at`] does, handing its items to `sink` in pieces while its
+/// keys come as 1, 2, 3... (a sequence's array part, in `lua_next`'s order). It gives up at the
+/// first key out of that order or value it leaves to serde, having sent only whole pieces:
+/// the caller reads the table whole then, and goes on from there. Only a table without a
+/// metatable is read so (one with mlua's array metatable reads differently).
+///
+/// # Safety
+/// As [`read_at`], with a table at `at`.
+pub(super) unsafe fn stream_at(
+    state: *mut ffi::lua_State,
+    at: c_int,
+    array_metatable: ArrayMetatable<'_>,
+    sink: &mut dyn PieceSink,
+) -> Result<Stream, String> {
+    if ffi::lua_getmetatable(state, at) != 0 {
+        ffi::lua_pop(state, 1);
+        return Ok(Stream::Whole);
+    }
+    let Some(piece) = sink.begin(ffi::lua_rawlen(state, at))? else {
+        return Ok(Stream::Whole);
+    };
+    let piece = piece.max(1);
+    if ffi::lua_checkstack(state, 4) == 0 {
+        return Ok(Stream::Stopped(0));
+    }
+    let mut reader = Reader {
+        path: Path::default(),
+        array_metatable,
+    };
+    reader.path.push(ffi::lua_topointer(state, at));
+    let mut items = Vec::with_capacity(piece);
+    let mut sent = 0;
+    ffi::lua_pushnil(state);
+    let key = ffi::lua_gettop(state);
+    let value = key + 1;
+    while ffi::lua_next(state, at) != 0 {
+        let next = (sent + items.len() + 1) as ffi::lua_Integer;
+        if ffi::lua_isinteger(state, key) == 0 || ffi::lua_tointeger(state, key) != next {
+            return Ok(Stream::Stopped(sent));
+        }
+        let Some(item) = reader.read(state, value) else {
+            return Ok(Stream::Stopped(sent));
+        };
+        ffi::lua_settop(state, key);
+        items.push(item);
+        if items.len() == piece {
+            sink.piece(std::mem::replace(&mut items, Vec::with_capacity(piece)))?;
+            sent += piece;
+        }
+    }
+    if !items.is_empty() {
+        sink.piece(items)?;
+    }
+    Ok(Stream::Done)
 }
 
 /// mlua's array metatable, which marks a table as a sequence: its address, or the state to
