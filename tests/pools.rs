@@ -1175,3 +1175,63 @@ print("joined");
         }
     });
 }
+
+/// A map whose chunks take a while, on a pool whose earlier tasks were quick (so a forked
+/// worker may hold many in flight): its chunks, submitted one by one as the list is read, are
+/// shared by both workers, not piled on the first with room. Every mode, both languages.
+#[test]
+fn a_maps_chunks_are_shared_by_the_workers() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+local quick = {}
+for i = 1, 2000 do quick[i] = i end
+pool:map(function(x) return x end, quick, 1)
+local xs = {}
+for i = 1, 400 do xs[i] = i end
+local r = pool:map(function(x)
+  parrun.sleep(0.001)
+  return parrun.getpid() .. ":" .. parrun.get_ident()
+end, xs)
+local count, least = {}, #xs
+for _, w in ipairs(r) do count[w] = (count[w] or 0) + 1 end
+local n = 0
+for _, k in pairs(count) do n = n + 1; least = math.min(least, k) end
+print("workers " .. n .. " least " .. least)
+pool:close()
+pool:join()
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+let quick = [];
+for i in 1..=2000 { quick.push(i); }
+pool.map(|x| x, quick, 1);
+let xs = [];
+for i in 1..=400 { xs.push(i); }
+let r = pool.map(|x| { sleep(0.001); `${getpid()}:${get_ident()}` }, xs);
+let count = #{};
+for w in r { count[w] = (count[w] ?? 0) + 1; }
+let least = xs.len();
+for k in count.values() { if k < least { least = k; } }
+print(`workers ${count.len()} least ${least}`);
+pool.close();
+pool.join();
+"#;
+    each_mode("sharedchunks", &[], lua, rhai, |mode, out| {
+        assert!(out.status.success(), "{mode}: {}", out.stderr);
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("workers"))
+            .unwrap_or("");
+        let least: usize = line
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            line.starts_with("workers 2 ") && least >= 100,
+            "{mode}: {}",
+            out.stdout
+        );
+    });
+}

@@ -11,7 +11,8 @@
 //!   in flight: 1 while tasks are slow (so a later task starts on whichever worker frees up
 //!   first, as in Python), up to [`MAX_WINDOW`] when tasks are fast, because one round trip
 //!   per task is bound by pipe wake-up latency (shared/notes/ipc.md). The window follows the
-//!   task time workers report. Tasks assigned in one pass go out in one write; a worker holds
+//!   task time workers report; each task goes to the worker with the fewest in flight. Tasks
+//!   assigned in one pass go out in one write; a worker holds
 //!   back a few answers of a `map`'s quick tasks to send them in one write too (`worker`).
 //! - **Functions** travel once per worker: the adapter encodes a script function once
 //!   ([`FunctionSpec`]), the worker decodes and keeps it.
@@ -661,38 +662,41 @@ pub(super) fn deal<W: Dealt>(
         return None;
     }
     let mut batches: Vec<Vec<u8>> = vec![header; workers.len()];
-    loop {
-        let mut assigned = false;
-        for (worker, batch) in workers.iter_mut().zip(batches.iter_mut()) {
+    // Each task to the worker with the fewest in flight: a map whose chunks come one by one as
+    // its list is read must not pile them on the first worker with room in its window.
+    while !s.pending.is_empty() {
+        let mut pick: Option<(usize, usize)> = None;
+        for (at, worker) in workers.iter_mut().enumerate() {
             let limit = pool
                 .config
                 .maxtasksperchild
                 .map_or(usize::MAX, |m| m.saturating_sub(*worker.sent()));
-            if worker.in_flight().len() >= window || limit == 0 {
-                continue;
+            let load = worker.in_flight().len();
+            if load < window && limit > 0 && pick.is_none_or(|(_, least)| load < least) {
+                pick = Some((at, load));
             }
-            let Some(task) = s.pending.pop_front() else {
-                break;
-            };
-            if let Err(e) = worker.encode(batch, &task) {
-                pool.stats.tasks(0).finished(false, None);
-                let n = task.calls.len();
-                if task.job.complete(task.first, Err(e.into()), n) {
-                    pool.finisher.finish(&task.job);
-                }
-                continue;
-            }
-            *worker.sent() += 1;
-            if worker.in_flight().is_empty() {
-                *worker.running_since() = Some(Instant::now());
-            }
-            worker.in_flight().push_back(task);
-            pool.stats.tasks(0).taken(1);
-            assigned = true;
         }
-        if !assigned || s.pending.is_empty() {
+        let Some((at, _)) = pick else {
             break;
+        };
+        let Some(task) = s.pending.pop_front() else {
+            break;
+        };
+        let (worker, batch) = (&mut workers[at], &mut batches[at]);
+        if let Err(e) = worker.encode(batch, &task) {
+            pool.stats.tasks(0).finished(false, None);
+            let n = task.calls.len();
+            if task.job.complete(task.first, Err(e.into()), n) {
+                pool.finisher.finish(&task.job);
+            }
+            continue;
         }
+        *worker.sent() += 1;
+        if worker.in_flight().is_empty() {
+            *worker.running_since() = Some(Instant::now());
+        }
+        worker.in_flight().push_back(task);
+        pool.stats.tasks(0).taken(1);
     }
     Some(batches)
 }
