@@ -12,8 +12,8 @@
 //!   first, as in Python), up to [`MAX_WINDOW`] when tasks are fast, because one round trip
 //!   per task is bound by pipe wake-up latency (shared/notes/ipc.md). The window follows the
 //!   task time workers report; each task goes to the worker with the fewest in flight. Tasks
-//!   assigned in one pass go out in one write; a worker holds
-//!   back a few answers of a `map`'s quick tasks to send them in one write too (`worker`).
+//!   assigned in one pass go out in one write; a worker holds back a few answers of a `map`'s
+//!   quick tasks to send them in one write too (`worker`).
 //! - **Functions** travel once per worker: the adapter encodes a script function once
 //!   ([`FunctionSpec`]), the worker decodes and keeps it.
 //! - **Failures.** A worker that dies (a signal, a crash) or is killed for running past the
