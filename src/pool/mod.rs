@@ -131,24 +131,16 @@ impl Feed<'_> {
             return Ok(());
         }
         let pool = self.pool;
-        let mut s = pool.state();
+        let s = pool.state();
         pool.takes_work(&s)?;
-        for chunk in chunks(calls, self.chunksize) {
-            let n = chunk.len();
-            let id = s.next_task;
-            s.next_task += 1;
-            s.pending.push_back(Task {
-                id,
-                job: self.job.clone(),
-                first: self.submitted,
-                function: self.function.clone(),
-                calls: chunk,
-            });
-            self.submitted += n;
-        }
-        let (queued, idle) = (s.pending.len(), s.idle_workers);
-        drop(s);
-        pool.backend.tasks_added(pool, queued, idle);
+        pool.enqueue(
+            s,
+            &self.job,
+            &self.function,
+            calls,
+            self.chunksize,
+            &mut self.submitted,
+        );
         Ok(())
     }
 
@@ -453,10 +445,79 @@ impl Pool {
         callbacks: Callbacks,
         traced: Option<Arc<str>>,
     ) -> Result<Arc<AsyncResult>, String> {
+        // One lock for the job and its chunks, as a job with its list read (`apply_async`'s
+        // path): an opened job would take it twice and seal the slots after.
         let items = calls.len();
-        let mut feed = self.open(kind, function, items, chunksize, callbacks, traced)?;
-        feed.push(calls)?;
-        Ok(feed.seal())
+        let chunksize = self.chunk_size(kind, chunksize, items);
+        let progress = self.tracker(kind, items);
+        let mut s = self.state();
+        self.takes_work(&s)?;
+        let job = AsyncResult::new(s.next_job, kind, items, callbacks)
+            .tracked(progress)
+            .traced(traced);
+        let job = Arc::new(job);
+        s.next_job += 1;
+        // Entered under the pool's lock, so that a terminate either finds it or refuses it.
+        self.finisher.enter(&job);
+        if items == 0 {
+            drop(s);
+            self.finisher.finish(&job);
+            return Ok(job);
+        }
+        let mut first = 0;
+        self.enqueue(s, &job, &function, calls, chunksize, &mut first);
+        Ok(job)
+    }
+
+    /// The chunk size of a job of `items` calls: `chunksize` if given, else Python's default
+    /// for `map` (about four chunks per worker), one call for the others.
+    fn chunk_size(&self, kind: JobKind, chunksize: Option<usize>, items: usize) -> usize {
+        match (chunksize, kind) {
+            (Some(size), _) => size.max(1),
+            (None, JobKind::List) => items.div_ceil(self.size * 4).max(1),
+            (None, _) => 1,
+        }
+    }
+
+    /// A job's progress bar, if the run shows them (not for `apply`). Before the pool's lock:
+    /// a first bar starts the drawer thread.
+    fn tracker(&self, kind: JobKind, items: usize) -> Option<Tracker> {
+        let label = match kind {
+            JobKind::Single => return None,
+            JobKind::List => "map",
+            JobKind::Ordered => "imap",
+            JobKind::Unordered => "imap_unordered",
+        };
+        Tracker::start(self.host.settings.progress, label, items)
+    }
+
+    /// Queues `calls` of `job` in chunks of `chunksize`, the first being call `first` of the
+    /// job (advanced past them), and tells the workers; releases the pool's lock `s`.
+    fn enqueue(
+        &self,
+        mut s: MutexGuard<'_, PoolState>,
+        job: &Arc<AsyncResult>,
+        function: &Arc<FunctionSpec>,
+        calls: Calls,
+        chunksize: usize,
+        first: &mut usize,
+    ) {
+        for chunk in chunks(calls, chunksize) {
+            let n = chunk.len();
+            let id = s.next_task;
+            s.next_task += 1;
+            s.pending.push_back(Task {
+                id,
+                job: job.clone(),
+                first: *first,
+                function: function.clone(),
+                calls: chunk,
+            });
+            *first += n;
+        }
+        let (queued, idle) = (s.pending.len(), s.idle_workers);
+        drop(s);
+        self.backend.tasks_added(self, queued, idle);
     }
 
     /// Opens a job of about `items` calls whose calls are submitted as they are read
@@ -473,21 +534,8 @@ impl Pool {
         callbacks: Callbacks,
         traced: Option<Arc<str>>,
     ) -> Result<Feed<'_>, String> {
-        let chunksize = match (chunksize, kind) {
-            (Some(size), _) => size.max(1),
-            // Python's default for `map`: about four chunks per worker.
-            (None, JobKind::List) => items.div_ceil(self.size * 4).max(1),
-            (None, _) => 1,
-        };
-        // Before the pool's lock: a first bar starts the drawer thread.
-        let progress = match kind {
-            JobKind::Single => None,
-            JobKind::List => Tracker::start(self.host.settings.progress, "map", items),
-            JobKind::Ordered => Tracker::start(self.host.settings.progress, "imap", items),
-            JobKind::Unordered => {
-                Tracker::start(self.host.settings.progress, "imap_unordered", items)
-            }
-        };
+        let chunksize = self.chunk_size(kind, chunksize, items);
+        let progress = self.tracker(kind, items);
         let mut s = self.state();
         self.takes_work(&s)?;
         let job = AsyncResult::new(s.next_job, kind, items, callbacks)
