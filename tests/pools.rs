@@ -1101,6 +1101,11 @@ xs[900] = print
 print("function", pcall(pool.map, pool, f, xs))
 xs[900] = xs
 print("cycle", pcall(pool.map, pool, f, xs))
+local function nest(n) local t = {} for _ = 1, n do t = { t } end return t end
+xs[900] = nest(126)
+print("deep ok " .. #pool:map(function() return 1 end, xs))
+xs[900] = nest(127)
+print("too deep", pcall(pool.map, pool, function() return 1 end, xs))
 xs[900] = 900
 local ps = {}
 for i = 1, 1000 do ps[i] = { i, 1 } end
@@ -1126,6 +1131,15 @@ xs[499] = ();
 r = pool.map(f, xs);
 print(`hole ${r.len()} ${r[498]} ${r[499]} ${r[999]}`);
 xs[499] = 500;
+xs[899] = || 5;
+try { pool.map(f, xs); } catch (e) { print("function\tfalse\t" + e); }
+let inner = [];
+for i in 0..127 { inner = [inner]; }
+xs[899] = inner;
+print(`deep ok ${pool.map(|x| 1, xs).len()}`);
+xs[899] = [inner];
+try { pool.map(|x| 1, xs); } catch (e) { print("too deep\tfalse\t" + e); }
+xs[899] = 900;
 let ps = [];
 for i in 1..=1000 { ps.push([i, 1]); }
 r = pool.starmap(|a, b| a + b, ps);
@@ -1146,6 +1160,7 @@ print("joined");
             "star 1000 2 1001",
             "after 1000 2000",
             "joined",
+            "deep ok 1000",
         ];
         for line in shared {
             assert!(
@@ -1164,6 +1179,27 @@ print("joined");
             "{mode}: {}",
             out.stdout
         );
+        for (start, text) in [
+            (
+                "function\tfalse\t",
+                "cannot send this value to another thread or process: a function at key",
+            ),
+            (
+                "too deep\tfalse\t",
+                "arrays or maps nested deeper than 128 levels",
+            ),
+        ] {
+            let line = out
+                .stdout
+                .lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or("");
+            assert!(
+                line.contains(text),
+                "{mode}: no {start:?} line with {text:?} in {}",
+                out.stdout
+            );
+        }
         if out.stdout.starts_with("lua\n") {
             for line in [
                 "map\tfalse\tPool.map: the iterable must be an array, an iterator function or a range, got map",

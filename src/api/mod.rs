@@ -359,6 +359,32 @@ pub trait PieceSink {
     fn piece(&mut self, items: Vec<Value>) -> Result<(), String>;
 }
 
+/// How an engine's reader of a list in pieces ended; [`Stream::finish`] makes it the
+/// [`Streamed`] of [`Args::read_list`].
+pub enum Stream {
+    /// It did not start (not a list it reads so, or the sink chose to read it whole).
+    Whole,
+    /// Every item went to the sink.
+    Done,
+    /// It gave up after this many items went to the sink, in whole pieces.
+    Stopped(usize),
+}
+
+impl Stream {
+    /// The outcome for [`Args::read_list`], with the argument read whole (`whole`) where the
+    /// reader gave up.
+    pub fn finish(self, whole: impl FnOnce() -> Result<Value, String>) -> Result<Streamed, String> {
+        Ok(match self {
+            Stream::Whole => Streamed::Whole,
+            Stream::Done => Streamed::Done,
+            Stream::Stopped(sent) => Streamed::Rest {
+                sent,
+                whole: whole()?,
+            },
+        })
+    }
+}
+
 /// How [`Args::read_list`] ended.
 #[derive(Debug)]
 pub enum Streamed {

@@ -1,7 +1,7 @@
 //! [`LuaArgs`]: a builtin's arguments as the engine-neutral API reads them, and the engine as
 //! the execution models ask for it (here, or a snapshot).
 
-use crate::api::{PieceSink, Streamed};
+use crate::api::{PieceSink, Stream, Streamed};
 use mlua::ffi;
 
 use super::*;
@@ -69,13 +69,13 @@ impl Frame {
         lua: &Lua,
         i: usize,
         sink: &mut dyn PieceSink,
-    ) -> Result<direct::Stream, String> {
+    ) -> Result<Stream, String> {
         let Ok(at) = std::ffi::c_int::try_from(i).map(|i| self.first + i) else {
-            return Ok(direct::Stream::Whole);
+            return Ok(Stream::Whole);
         };
         let top = ffi::lua_gettop(self.state);
         if at > top || ffi::lua_type(self.state, at) != ffi::LUA_TTABLE {
-            return Ok(direct::Stream::Whole);
+            return Ok(Stream::Whole);
         }
         let streamed = direct::stream_at(self.state, at, direct::ArrayMetatable::Of(lua), sink);
         ffi::lua_settop(self.state, top);
@@ -363,14 +363,8 @@ impl Args for LuaArgs<'_> {
             return Ok(Streamed::Whole);
         };
         // SAFETY: a frame is only made for the builtin's call that runs now.
-        Ok(match unsafe { frame.stream(self.lua, i, sink) }? {
-            direct::Stream::Whole => Streamed::Whole,
-            direct::Stream::Done => Streamed::Done,
-            direct::Stream::Stopped(sent) => Streamed::Rest {
-                sent,
-                whole: self.value(i)?,
-            },
-        })
+        let stream = unsafe { frame.stream(self.lua, i, sink) }?;
+        stream.finish(|| self.value(i))
     }
 }
 

@@ -16,7 +16,7 @@ use std::ffi::{c_char, c_int, c_void};
 use mlua::ffi;
 use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
 
-use crate::api::PieceSink;
+use crate::api::{PieceSink, Stream};
 use crate::value::{Value, MAX_DEPTH};
 
 /// The [`Value`] of table `t`, as mlua's serde makes it (`detect_mixed_tables`,
@@ -58,16 +58,6 @@ pub(super) unsafe fn read_at(
         array_metatable,
     }
     .read(state, at)
-}
-
-/// How [`stream_at`] ended.
-pub(super) enum Stream {
-    /// It did not start (a table with a metatable, or the sink chose to read it whole).
-    Whole,
-    /// Every item went to the sink.
-    Done,
-    /// It gave up after this many items went to the sink, in whole pieces.
-    Stopped(usize),
 }
 
 /// Reads the table at `at` as [`read_at`] does, handing its items to `sink` in pieces while its

@@ -2,6 +2,7 @@
 //! the execution models ask for it (here, or a snapshot).
 
 use super::*;
+use crate::api::{PieceSink, Streamed};
 
 pub(super) struct RhaiArgs<'a, 'b> {
     pub(super) args: &'a mut [&'b mut Dynamic],
@@ -82,6 +83,16 @@ impl Args for RhaiArgs<'_, '_> {
             None => self.extra.get(i - self.args.len()).unwrap_or(&unit),
         };
         to_value(self.shared, d)
+    }
+
+    fn read_list(&mut self, i: usize, sink: &mut dyn PieceSink) -> Result<Streamed, String> {
+        let unit = Dynamic::UNIT;
+        let d: &Dynamic = match self.args.get(i) {
+            Some(d) => d,
+            None => self.extra.get(i - self.args.len()).unwrap_or(&unit),
+        };
+        let stream = super::direct::stream(d, sink)?;
+        stream.finish(|| self.value(i))
     }
 
     fn object(&mut self, i: usize) -> Result<Object, String> {

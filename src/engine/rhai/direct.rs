@@ -17,6 +17,7 @@ use std::any::TypeId;
 
 use ::rhai::{Array, Blob, Dynamic, ImmutableString, Map, FLOAT, INT};
 
+use crate::api::{PieceSink, Stream};
 use crate::value::{Value, MAX_DEPTH};
 
 /// Why [`value_of`] gave up.
@@ -33,6 +34,34 @@ pub(super) enum GaveUp {
 /// read; [`GaveUp::TooDeep`] exactly where the serde path's depth check refuses `d`.
 pub(super) fn value_of(d: &Dynamic) -> Result<Value, GaveUp> {
     read(d, 0)
+}
+
+/// Reads the array `d` as [`value_of`] does, handing its items to `sink` in pieces; it gives
+/// up at the first item it leaves to serde (or nested too deep), having sent only whole
+/// pieces, and the caller reads the array whole then (see [`crate::api::Args::read_list`]).
+pub(super) fn stream(d: &Dynamic, sink: &mut dyn PieceSink) -> Result<Stream, String> {
+    if d.is_shared() {
+        return match d.read_lock::<Dynamic>() {
+            Some(inner) => stream(&inner, sink),
+            None => Ok(Stream::Whole),
+        };
+    }
+    let Some(items) = d.read_lock::<Array>() else {
+        return Ok(Stream::Whole);
+    };
+    let Some(piece) = sink.begin(items.len())? else {
+        return Ok(Stream::Whole);
+    };
+    let piece = piece.max(1);
+    let mut sent = 0;
+    for part in items.chunks(piece) {
+        let Ok(values) = part.iter().map(|item| read(item, 1)).collect() else {
+            return Ok(Stream::Stopped(sent));
+        };
+        sink.piece(values)?;
+        sent += part.len();
+    }
+    Ok(Stream::Done)
 }
 
 fn read(d: &Dynamic, depth: usize) -> Result<Value, GaveUp> {
