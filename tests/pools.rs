@@ -1076,10 +1076,11 @@ pool.join();
     });
 }
 
-/// A map's list is submitted as it is read (Lua): a hole, a key that makes the table a map, a
-/// value that is not data or a table met again, found after the first chunks went out, give
-/// what reading the whole list first gave (the same results, the same errors), and the pool
-/// goes on and joins. Both languages, every mode.
+/// A map's list is submitted as it is read (20,000 items: chunks of 2,500): a hole, a key that
+/// makes a Lua table a map, a value that is not data, a table met again or nesting at the
+/// limit, found after the first chunks went out, give what reading the whole list first gave
+/// (the same results, the same errors), and the pool goes on and joins. Both languages,
+/// every mode.
 #[test]
 fn a_list_read_as_it_is_submitted_gives_what_the_whole_list_gave() {
     let lua = r#"
@@ -1087,35 +1088,35 @@ print("lua")
 local pool = parrun.Pool(2)
 local function f(x) if x == nil then return -1 end return x * 2 end
 local xs = {}
-for i = 1, 1000 do xs[i] = i end
+for i = 1, 20000 do xs[i] = i end
 local r = pool:map(f, xs)
-print(("long %d %d %d"):format(#r, r[1], r[1000]))
-xs[500] = nil
+print(("long %d %d %d"):format(#r, r[1], r[20000]))
+xs[15000] = nil
 r = pool:map(f, xs)
-print(("hole %d %d %d %d"):format(#r, r[499], r[500], r[1000]))
-xs[500] = 500
-xs.n = 1000
+print(("hole %d %d %d %d"):format(#r, r[14999], r[15000], r[20000]))
+xs[15000] = 15000
+xs.n = 20000
 print("map", pcall(pool.map, pool, f, xs))
 xs.n = nil
-xs[900] = print
+xs[19000] = print
 print("function", pcall(pool.map, pool, f, xs))
-xs[900] = xs
+xs[19000] = xs
 print("cycle", pcall(pool.map, pool, f, xs))
 local function nest(n) local t = {} for _ = 1, n do t = { t } end return t end
-xs[900] = nest(126)
+xs[19000] = nest(126)
 print("deep ok " .. #pool:map(function() return 1 end, xs))
-xs[900] = nest(127)
+xs[19000] = nest(127)
 print("too deep", pcall(pool.map, pool, function() return 1 end, xs))
-xs[900] = 900
+xs[19000] = 19000
 local ps = {}
-for i = 1, 1000 do ps[i] = { i, 1 } end
+for i = 1, 20000 do ps[i] = { i, 1 } end
 r = pool:starmap(function(a, b) return a + b end, ps)
-print(("star %d %d %d"):format(#r, r[1], r[1000]))
-ps[700] = 5
+print(("star %d %d %d"):format(#r, r[1], r[20000]))
+ps[17000] = 5
 local ok, err = pcall(pool.starmap, pool, function(a, b) return a + b end, ps)
 print("badstar", ok, (err:gsub("^.-Pool", "Pool")))
 r = pool:map(f, xs)
-print(("after %d %d"):format(#r, r[1000]))
+print(("after %d %d"):format(#r, r[20000]))
 pool:close()
 pool:join()
 print("joined")
@@ -1124,30 +1125,30 @@ print("joined")
 let pool = Pool(2);
 let f = |x| if x == () { -1 } else { x * 2 };
 let xs = [];
-for i in 1..=1000 { xs.push(i); }
+for i in 1..=20000 { xs.push(i); }
 let r = pool.map(f, xs);
-print(`long ${r.len()} ${r[0]} ${r[999]}`);
-xs[499] = ();
+print(`long ${r.len()} ${r[0]} ${r[19999]}`);
+xs[14999] = ();
 r = pool.map(f, xs);
-print(`hole ${r.len()} ${r[498]} ${r[499]} ${r[999]}`);
-xs[499] = 500;
-xs[899] = || 5;
+print(`hole ${r.len()} ${r[14998]} ${r[14999]} ${r[19999]}`);
+xs[14999] = 15000;
+xs[18999] = || 5;
 try { pool.map(f, xs); } catch (e) { print("function\tfalse\t" + e); }
 let inner = [];
 for i in 0..127 { inner = [inner]; }
-xs[899] = inner;
+xs[18999] = inner;
 print(`deep ok ${pool.map(|x| 1, xs).len()}`);
-xs[899] = [inner];
+xs[18999] = [inner];
 try { pool.map(|x| 1, xs); } catch (e) { print("too deep\tfalse\t" + e); }
-xs[899] = 900;
+xs[18999] = 19000;
 let ps = [];
-for i in 1..=1000 { ps.push([i, 1]); }
+for i in 1..=20000 { ps.push([i, 1]); }
 r = pool.starmap(|a, b| a + b, ps);
-print(`star ${r.len()} ${r[0]} ${r[999]}`);
-ps[699] = 5;
+print(`star ${r.len()} ${r[0]} ${r[19999]}`);
+ps[16999] = 5;
 try { pool.starmap(|a, b| a + b, ps); } catch (e) { print(`badstar false ${e}`); }
 r = pool.map(f, xs);
-print(`after ${r.len()} ${r[999]}`);
+print(`after ${r.len()} ${r[19999]}`);
 pool.close();
 pool.join();
 print("joined");
@@ -1155,12 +1156,12 @@ print("joined");
     each_mode("listfeed", &[], lua, rhai, |mode, out| {
         assert!(out.status.success(), "{mode}: {}", out.stderr);
         let shared = [
-            "long 1000 2 2000",
-            "hole 1000 998 -1 2000",
-            "star 1000 2 1001",
-            "after 1000 2000",
+            "long 20000 2 40000",
+            "hole 20000 29998 -1 40000",
+            "star 20000 2 20001",
+            "after 20000 40000",
             "joined",
-            "deep ok 1000",
+            "deep ok 20000",
         ];
         for line in shared {
             assert!(
@@ -1203,7 +1204,7 @@ print("joined");
         if out.stdout.starts_with("lua\n") {
             for line in [
                 "map\tfalse\tPool.map: the iterable must be an array, an iterator function or a range, got map",
-                "function\tfalse\tPool.map: cannot send this value to another thread or process: a function at key \"900\"",
+                "function\tfalse\tPool.map: cannot send this value to another thread or process: a function at key \"19000\"",
                 "cycle\tfalse\tPool.map: cannot send this value to another thread or process: a table that contains itself",
             ] {
                 assert!(out.stdout.lines().any(|l| l == line), "{mode}: no {line:?} in {}", out.stdout);
@@ -1212,9 +1213,10 @@ print("joined");
     });
 }
 
-/// A map whose chunks take a while, on a pool whose earlier tasks were quick (so a forked
-/// worker may hold many in flight): its chunks, submitted one by one as the list is read, are
-/// shared by both workers, not piled on the first with room. Every mode, both languages.
+/// A map whose chunks take a while (8 of 1,024 items, each 50 ms), on a pool whose earlier
+/// tasks were quick (so a forked worker may hold many in flight): its chunks, submitted one by
+/// one as the list is read, are shared by both workers, not piled on the first with room.
+/// Every mode, both languages.
 #[test]
 fn a_maps_chunks_are_shared_by_the_workers() {
     let lua = r#"
@@ -1223,9 +1225,9 @@ local quick = {}
 for i = 1, 2000 do quick[i] = i end
 pool:map(function(x) return x end, quick, 1)
 local xs = {}
-for i = 1, 400 do xs[i] = i end
+for i = 1, 8192 do xs[i] = i end
 local r = pool:map(function(x)
-  parrun.sleep(0.001)
+  if x % 1024 == 1 then parrun.sleep(0.05) end
   return parrun.getpid() .. ":" .. parrun.get_ident()
 end, xs)
 local count, least = {}, #xs
@@ -1242,8 +1244,8 @@ let quick = [];
 for i in 1..=2000 { quick.push(i); }
 pool.map(|x| x, quick, 1);
 let xs = [];
-for i in 1..=400 { xs.push(i); }
-let r = pool.map(|x| { sleep(0.001); `${getpid()}:${get_ident()}` }, xs);
+for i in 1..=8192 { xs.push(i); }
+let r = pool.map(|x| { if x % 1024 == 1 { sleep(0.05); } `${getpid()}:${get_ident()}` }, xs);
 let count = #{};
 for w in r { count[w] = (count[w] ?? 0) + 1; }
 let least = xs.len();
@@ -1265,7 +1267,7 @@ pool.join();
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
         assert!(
-            line.starts_with("workers 2 ") && least >= 100,
+            line.starts_with("workers 2 ") && least >= 2048,
             "{mode}: {}",
             out.stdout
         );
