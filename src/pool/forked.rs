@@ -661,27 +661,37 @@ pub(super) fn deal<W: Dealt>(
     if s.pending.is_empty() {
         return None;
     }
-    let mut batches: Vec<Vec<u8>> = vec![header; workers.len()];
     // Each task to the worker with the fewest in flight: a map whose chunks come one by one as
     // its list is read must not pile them on the first worker with room in its window.
-    while !s.pending.is_empty() {
-        let mut pick: Option<(usize, usize)> = None;
-        for (at, worker) in workers.iter_mut().enumerate() {
-            let limit = pool
-                .config
+    let mut loads: Vec<usize> = workers.iter_mut().map(|w| w.in_flight().len()).collect();
+    let mut room: Vec<usize> = workers
+        .iter_mut()
+        .map(|w| {
+            pool.config
                 .maxtasksperchild
-                .map_or(usize::MAX, |m| m.saturating_sub(*worker.sent()));
-            let load = worker.in_flight().len();
-            if load < window && limit > 0 && pick.is_none_or(|(_, least)| load < least) {
-                pick = Some((at, load));
-            }
-        }
-        let Some((at, _)) = pick else {
+                .map_or(usize::MAX, |m| m.saturating_sub(*w.sent()))
+        })
+        .collect();
+    let mut dealt = Vec::new();
+    while !s.pending.is_empty() {
+        let pick = (0..workers.len())
+            .filter(|&at| loads[at] < window && room[at] > 0)
+            .min_by_key(|&at| loads[at]);
+        let Some(at) = pick else {
             break;
         };
         let Some(task) = s.pending.pop_front() else {
             break;
         };
+        loads[at] += 1;
+        room[at] -= 1;
+        dealt.push((at, task));
+    }
+    // Encoded after the pool's lock: a map's chunk takes a while to encode, and the script's
+    // thread submitting the next one waits for that lock.
+    drop(s);
+    let mut batches: Vec<Vec<u8>> = vec![header; workers.len()];
+    for (at, task) in dealt {
         let (worker, batch) = (&mut workers[at], &mut batches[at]);
         if let Err(e) = worker.encode(batch, &task) {
             pool.stats.tasks(0).finished(false, None);
