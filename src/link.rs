@@ -235,6 +235,56 @@ pub(crate) fn fork_child(
     keep: Vec<RawFd>,
     work: impl FnOnce() -> i32 + Send + 'static,
 ) -> Result<Child, String> {
+    fork_unserved(host, keep, work)?.serve()
+}
+
+/// A child forked with a link to this process that is not served yet: [`Unserved::serve`]
+/// starts its link thread. A pool forks all its workers first and then starts their threads,
+/// since each fork copies the page tables and mappings of every thread the parent has then (a
+/// `Pool(200)` grew as the square of its size). Dropped unserved, the child is killed.
+pub(crate) struct Unserved {
+    pid: Pid,
+    stream: Option<UnixStream>,
+    output: output::Output,
+    trace: Option<Arc<Tracer>>,
+}
+
+impl Unserved {
+    pub(crate) fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Starts the thread that serves the child's requests on its link.
+    pub(crate) fn serve(mut self) -> Result<Child, String> {
+        let stream = self.stream.take().expect("served once");
+        match serve(stream, self.output.clone(), self.trace.clone()) {
+            Ok(link_server) => Ok(Child {
+                pid: self.pid,
+                link_server,
+            }),
+            Err(e) => {
+                children::discard_child(self.pid);
+                Err(format!("cannot start the link thread: {e}"))
+            }
+        }
+    }
+}
+
+impl Drop for Unserved {
+    fn drop(&mut self) {
+        if self.stream.is_some() {
+            children::discard_child(self.pid);
+        }
+    }
+}
+
+/// [`fork_child`] without its link thread: the child's requests wait until
+/// [`Unserved::serve`].
+pub(crate) fn fork_unserved(
+    host: &Arc<Host>,
+    keep: Vec<RawFd>,
+    work: impl FnOnce() -> i32 + Send + 'static,
+) -> Result<Unserved, String> {
     output::report_stdout_gone_with(report_stdout_gone);
     output::forward_with(forward_output);
     trace::forward_with(forward_trace);
@@ -252,16 +302,11 @@ pub(crate) fn fork_child(
         // A child with children of its own reaps them too when it is stopped.
         signals::guard_children();
     }
-    let link_server = match serve(forked.stream, host.output().clone(), host.trace.clone()) {
-        Ok(server) => server,
-        Err(e) => {
-            children::discard_child(forked.pid);
-            return Err(format!("cannot start the link thread: {e}"));
-        }
-    };
-    Ok(Child {
+    Ok(Unserved {
         pid: forked.pid,
-        link_server,
+        stream: Some(forked.stream),
+        output: host.output().clone(),
+        trace: host.trace.clone(),
     })
 }
 

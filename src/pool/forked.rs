@@ -124,8 +124,15 @@ pub(super) fn start(
         scratch: vec![0; READ_CHUNK].into_boxed_slice(),
         forked: 0,
     };
+    // All forked first, then their threads started: a fork copies every thread the parent
+    // has (their stacks' and heaps' mappings), so threads started between the forks made a
+    // pool's start grow as the square of its size.
+    let mut forked = Vec::with_capacity(pool.size);
     for _ in 0..pool.size {
-        match supervisor.fork_child(None) {
+        forked.push(supervisor.fork_unattached(None)?);
+    }
+    for child in forked {
+        match supervisor.attach(child) {
             Ok(child) => {
                 pool.stats.worker_started(false);
                 supervisor.children.push(child);
@@ -135,6 +142,7 @@ pub(super) fn start(
                     let _ = children::signal_child(child.pid, Signal::SIGKILL);
                     let _ = children::wait_child(child.pid, true);
                 }
+                // (The children not attached yet are killed as they are dropped.)
                 return Err(e);
             }
         }
@@ -157,6 +165,14 @@ pub(super) fn start(
             }
         })
         .map_err(|e| format!("cannot start the pool thread: {e}"))
+}
+
+/// A forked worker whose threads in this process are not started yet.
+struct Unattached {
+    link: link::Unserved,
+    number: usize,
+    task_tx: OwnedFd,
+    result_rx: OwnedFd,
 }
 
 /// A forked worker as the supervisor sees it.
@@ -524,6 +540,13 @@ impl Supervisor {
     /// Forks one worker, with its pipes and writer thread (in place of worker `replaces`, if
     /// given). Call with the GIL held.
     fn fork_child(&mut self, replaces: Option<usize>) -> Result<Child, String> {
+        let child = self.fork_unattached(replaces)?;
+        self.attach(child)
+    }
+
+    /// Forks a worker (replacing worker `replaces`) whose threads in this process are not
+    /// started yet ([`Supervisor::attach`]).
+    fn fork_unattached(&mut self, replaces: Option<usize>) -> Result<Unattached, String> {
         let (task_rx, task_tx) = pipe()?;
         let (result_rx, result_tx) = pipe()?;
         fork::register_fd(task_tx.as_raw_fd());
@@ -537,7 +560,7 @@ impl Supervisor {
             .map(|(f, args)| (f.clone(), args.clone()));
         let max_tasks = config.maxtasksperchild;
         let verify = replaces.and(self.pool.inheritance.as_ref().map(|i| i.generation()));
-        let forked = link::fork_child(&self.pool.host, keep.to_vec(), move || {
+        let forked = link::fork_unserved(&self.pool.host, keep.to_vec(), move || {
             // Ctrl-C is for the script's main thread; the parent stops its workers itself.
             crate::rt::signals::ignore_interrupts();
             if let Some(generation) = verify {
@@ -564,7 +587,7 @@ impl Supervisor {
         let number = self.forked;
         if let Some(trace) = &self.pool.host.trace {
             // A forked child's one thread has its pid as its tid.
-            let pid = forked.pid.as_raw() as u32;
+            let pid = forked.pid().as_raw() as u32;
             let name = self.pool.worker_name(number);
             trace.name_process(pid, format!("{name} (pid {pid})"));
             trace.name_track(pid, pid, name);
@@ -574,15 +597,27 @@ impl Supervisor {
             }
             trace.instant(Some((pid, pid)), "fork", args);
         }
-        let (tx, writer) = match set_nonblocking(&result_rx).and_then(|()| start_writer(task_tx)) {
-            Ok(started) => started,
-            Err(e) => {
-                children::discard_child(forked.pid);
-                return Err(e);
-            }
-        };
+        Ok(Unattached {
+            link: forked,
+            number,
+            task_tx,
+            result_rx,
+        })
+    }
+
+    /// Starts a forked worker's threads in this process: its link server and its task writer.
+    fn attach(&self, forked: Unattached) -> Result<Child, String> {
+        let Unattached {
+            link,
+            number,
+            task_tx,
+            result_rx,
+        } = forked;
+        let pid = link.pid();
+        let (tx, writer) = set_nonblocking(&result_rx).and_then(|()| start_writer(task_tx))?;
+        let link_server = link.serve()?.link_server;
         Ok(Child {
-            pid: forked.pid,
+            pid,
             number,
             tasks: Some(tx),
             writer: Some(writer),
@@ -591,7 +626,7 @@ impl Supervisor {
             in_flight: VecDeque::new(),
             known: KeptKeys::default(),
             sent: 0,
-            link: Some(forked.link_server),
+            link: Some(link_server),
             running_since: None,
             timed_out: false,
         })
