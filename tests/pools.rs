@@ -1108,6 +1108,13 @@ print("deep ok " .. #pool:map(function() return 1 end, xs))
 xs[19000] = nest(127)
 print("too deep", pcall(pool.map, pool, function() return 1 end, xs))
 xs[19000] = 19000
+-- A border of 2^40 (1 to 5, then 8, 16, ... in the constructor's hash part): not a length.
+local sparse = load("return { 1, 2, 3, 4, [5] = 5" .. (function()
+  local keys = {}
+  for k = 3, 40 do keys[#keys + 1] = (", [%d] = %d"):format(2 ^ k, k) end
+  return table.concat(keys)
+end)() .. " }")()
+print("border " .. #sparse, pcall(pool.map, pool, f, sparse))
 local ps = {}
 for i = 1, 20000 do ps[i] = { i, 1 } end
 r = pool:starmap(function(a, b) return a + b end, ps)
@@ -1206,6 +1213,7 @@ print("joined");
                 "map\tfalse\tPool.map: the iterable must be an array, an iterator function or a range, got map",
                 "function\tfalse\tPool.map: cannot send this value to another thread or process: a function at key \"19000\"",
                 "cycle\tfalse\tPool.map: cannot send this value to another thread or process: a table that contains itself",
+                "border 1099511627776\tfalse\tPool.map: the iterable must be an array, an iterator function or a range, got map",
             ] {
                 assert!(out.stdout.lines().any(|l| l == line), "{mode}: no {line:?} in {}", out.stdout);
             }

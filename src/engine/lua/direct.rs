@@ -78,7 +78,17 @@ pub(super) unsafe fn stream_at(
         ffi::lua_pop(state, 1);
         return Ok(Stream::Whole);
     }
-    let Some(piece) = sink.begin(ffi::lua_rawlen(state, at))? else {
+    // `#t` is a border, not a count: a table of a few keys can have a border of 2^40 (1 to 5,
+    // then 8, 16, ... 2^40). A sequence of n items takes at least n array slots of 16 bytes,
+    // so a border past what the heap could hold is not one (and would size the job).
+    let len = ffi::lua_rawlen(state, at);
+    let heap = (ffi::lua_gc(state, ffi::LUA_GCCOUNT, 0) as usize)
+        .saturating_mul(1024)
+        .saturating_add(ffi::lua_gc(state, ffi::LUA_GCCOUNTB, 0) as usize);
+    if len > heap / 16 {
+        return Ok(Stream::Whole);
+    }
+    let Some(piece) = sink.begin(len)? else {
         return Ok(Stream::Whole);
     };
     let piece = piece.max(1);
