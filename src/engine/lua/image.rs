@@ -578,31 +578,10 @@ fn build_nodes<O>(
         };
         values.raw_set(i + 1, value)?;
     }
-    // The string keys of each mapped table the script changed: any other is removed there,
-    // as the script removed it.
-    let kept: Vec<(usize, HashSet<&[u8]>)> = graph
-        .nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, node)| match node {
-            Node::Mapped {
-                entries: Some(entries),
-                ..
-            } => Some((i, entries.hash.iter())),
-            _ => None,
-        })
-        .map(|(i, pairs)| {
-            let keys = pairs.filter_map(|(k, _)| match *k {
-                Ref::Str(s) => Some(graph.string(s)),
-                _ => None,
-            });
-            (i, keys.collect())
-        })
-        .collect();
     // SAFETY: `fill` keeps to the stack it is given (the `values` table at 1) and to Lua's
     // API; an error in it (out of memory) unwinds through the protected call `exec_raw` makes,
     // and it owns nothing that would need dropping.
-    unsafe { dst.exec_raw::<()>(&values, |state| fill(state, graph, &kept)) }?;
+    unsafe { dst.exec_raw::<()>(&values, |state| fill(state, graph)) }?;
     let get = |r: &Ref| -> mlua::Result<LuaValue> {
         Ok(match *r {
             Ref::Nil => LuaValue::Nil,
@@ -653,14 +632,14 @@ impl<O> Graph<O> {
 
 /// Finds every mapped node and creates every table node in the `values` table at stack index
 /// 1, then fills every table (and every mapped table the script changed), sets the
-/// metatables, and removes from each mapped table in `kept` the string keys it does not
-/// keep, through Lua's API: most of a big state is table entries, and mlua's handles would
+/// metatables, and removes from each mapped table the script changed the string keys the
+/// script's does not have, through Lua's API: most of a big state is table entries, and mlua's handles would
 /// cost more than the entries (and a small state is mostly mapped values: the standard
 /// library's, some two hundred).
 ///
 /// # Safety
 /// `state` is a Lua state whose stack holds the `values` table at 1, in a protected call.
-unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, kept: &[(usize, HashSet<&[u8]>)]) {
+unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>) {
     const VALUES: c_int = 1;
     const TABLE: c_int = 2;
     const KEY: c_int = 3;
@@ -711,6 +690,9 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, kept: &[(usize, 
             ffi::lua_rawgeti(state, VALUES, i as ffi::lua_Integer + 1);
         }
     };
+    // For each mapped table the script changed: its node, and how many string keys it now has
+    // from the script (with a value that is not nil here).
+    let mut mapped = Vec::new();
     for (i, node) in graph.nodes.iter().enumerate() {
         let entries = match node {
             Node::Table { entries, .. }
@@ -728,6 +710,7 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, kept: &[(usize, 
             push(value);
             ffi::lua_rawseti(state, TABLE, n as ffi::lua_Integer + 1);
         }
+        let mut strings = 0;
         for (key, value) in &entries.hash {
             push(key);
             // A key that is nil here (a path the builder lacks) cannot index a table.
@@ -736,7 +719,11 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, kept: &[(usize, 
                 continue;
             }
             push(value);
+            strings += usize::from(matches!(key, Ref::Str(_)) && ffi::lua_isnil(state, -1) == 0);
             ffi::lua_rawset(state, TABLE);
+        }
+        if matches!(node, Node::Mapped { .. }) {
+            mapped.push((i, entries, strings));
         }
         ffi::lua_settop(state, VALUES);
     }
@@ -755,29 +742,56 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, kept: &[(usize, 
         }
         ffi::lua_settop(state, VALUES);
     }
-    for (i, kept) in kept {
-        if ffi::lua_rawgeti(state, VALUES, *i as ffi::lua_Integer + 1) != ffi::LUA_TTABLE {
-            ffi::lua_settop(state, VALUES);
-            continue;
-        }
+    // A mapped table keeps only the string keys the script's has: the others (the builder's
+    // own, which the script removed) go. It has all of the script's, so when it has no more
+    // string keys than those, it has no others (the common case: then no set is made).
+    for (i, entries, strings) in mapped {
+        ffi::lua_rawgeti(state, VALUES, i as ffi::lua_Integer + 1);
+        let mut count = 0;
         ffi::lua_pushnil(state);
         while ffi::lua_next(state, TABLE) != 0 {
             ffi::lua_settop(state, KEY);
-            if ffi::lua_type(state, KEY) != ffi::LUA_TSTRING {
-                continue;
-            }
-            let mut len = 0;
-            let key = ffi::lua_tolstring(state, KEY, &mut len);
-            if !kept.contains(std::slice::from_raw_parts(key as *const u8, len)) {
-                // Clearing a field during a traversal is allowed (`lua_next`'s manual).
-                ffi::lua_pushvalue(state, KEY);
-                ffi::lua_pushnil(state);
-                ffi::lua_rawset(state, TABLE);
-            }
+            count += usize::from(ffi::lua_type(state, KEY) == ffi::LUA_TSTRING);
+        }
+        if count > strings {
+            let kept: HashSet<&[u8]> = entries
+                .hash
+                .iter()
+                .filter_map(|(k, _)| match *k {
+                    Ref::Str(s) => Some(graph.string(s)),
+                    _ => None,
+                })
+                .collect();
+            remove_others(state, &kept);
         }
         ffi::lua_settop(state, VALUES);
     }
     ffi::lua_settop(state, 0);
+}
+
+/// Removes from the table at stack index 2 every string key not in `kept`.
+///
+/// # Safety
+/// `state` is a Lua state whose stack holds a table at 2 and nothing above it, in a protected
+/// call.
+unsafe fn remove_others(state: *mut ffi::lua_State, kept: &HashSet<&[u8]>) {
+    const TABLE: c_int = 2;
+    const KEY: c_int = 3;
+    ffi::lua_pushnil(state);
+    while ffi::lua_next(state, TABLE) != 0 {
+        ffi::lua_settop(state, KEY);
+        if ffi::lua_type(state, KEY) != ffi::LUA_TSTRING {
+            continue;
+        }
+        let mut len = 0;
+        let key = ffi::lua_tolstring(state, KEY, &mut len);
+        if !kept.contains(std::slice::from_raw_parts(key as *const u8, len)) {
+            // Clearing a field during a traversal is allowed (`lua_next`'s manual).
+            ffi::lua_pushvalue(state, KEY);
+            ffi::lua_pushnil(state);
+            ffi::lua_rawset(state, TABLE);
+        }
+    }
 }
 
 /// Requires the C modules the script had required, with its search paths; one that fails to
