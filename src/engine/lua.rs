@@ -434,6 +434,13 @@ fn apply_settings(lua: &Lua, settings: &crate::host::Settings) -> mlua::Result<(
 /// A state with the standard library, parrun's API and the run's settings: the script's, or
 /// an isolated worker's before the snapshot is copied in.
 fn new_state(host: &Arc<Host>) -> mlua::Result<Lua> {
+    new_state_like(host, None)
+}
+
+/// [`new_state`], for a state set up as the one whose record of its set-up `set_up` lists
+/// (that of the state a snapshot came from, for an isolated engine built from it): the record
+/// is found by the list, not by a walk (see `snapshot::restore_pristine`).
+fn new_state_like(host: &Arc<Host>, set_up: Option<&Arc<snapshot::SetUp>>) -> mlua::Result<Lua> {
     // The stock interpreter's full standard library, `debug` included (mlua's safe mode
     // refuses it).
     // SAFETY: scripts get the same powers as under the stock `lua` binary, by design.
@@ -441,7 +448,10 @@ fn new_state(host: &Arc<Host>) -> mlua::Result<Lua> {
     paths::install(&lua)?;
     install_api(&lua, host)?;
     apply_settings(&lua, &host.settings)?;
-    snapshot::record_pristine(&lua)?;
+    match set_up {
+        Some(set_up) if snapshot::restore_pristine(&lua, set_up)? => {}
+        _ => snapshot::record_pristine(&lua)?,
+    }
     tasks::random_seeded_here(&lua);
     Ok(lua)
 }
@@ -453,7 +463,7 @@ fn isolated_state(
     host: &Host,
 ) -> Result<(Lua, Arc<Host>, Vec<LuaValue>), String> {
     let host = host.isolated();
-    let lua = new_state(&host)
+    let lua = new_state_like(&host, graph.set_up())
         .map_err(|e| format!("cannot set up an isolated engine: {}", error_text(e)))?;
     let call = graph
         .build(&lua)

@@ -27,6 +27,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, c_int, c_void};
+use std::sync::Arc;
 
 use mlua::chunk::ChunkMode;
 use mlua::ffi;
@@ -34,7 +35,7 @@ use mlua::{Function, Lua, LuaString, Table, Value as LuaValue};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::snapshot::holds_c_functions;
+use super::snapshot::{holds_c_functions, set_up_of, SetUp};
 use super::{error_text, new_object, LuaObject};
 use crate::api::Object;
 #[cfg(any(feature = "mpi", test))]
@@ -55,6 +56,10 @@ pub(super) struct Graph<O> {
     objects: Vec<O>,
     nodes: Vec<Node>,
     call: Vec<Ref>,
+    /// The list of the source's record of its set-up, for an engine of this process set up as
+    /// the source was (see `snapshot::restore_pristine`).
+    #[serde(skip)]
+    set_up: Option<Arc<SetUp>>,
 }
 
 /// A value: inline, a string of the graph's text, or a node of the graph.
@@ -119,6 +124,11 @@ impl Graph<Object> {
     pub(super) fn build(&self, dst: &Lua) -> Result<Vec<LuaValue>, String> {
         build(dst, self, |o| Some(o.clone())).map_err(error_text)
     }
+
+    /// The list of the source's record of its set-up.
+    pub(super) fn set_up(&self) -> Option<&Arc<SetUp>> {
+        self.set_up.as_ref()
+    }
 }
 
 /// `graph` as bytes, for an engine in another process: a queue or a lock as a handle that
@@ -151,6 +161,7 @@ pub(super) fn encode_graph(graph: &Graph<Object>) -> Result<Vec<u8>, String> {
         objects: graph.objects.iter().map(Object::wire).collect(),
         nodes: graph.nodes.clone(),
         call: graph.call.clone(),
+        set_up: None,
     };
     rmp_serde::to_vec(&wire).map_err(|e| e.to_string())
 }
@@ -222,12 +233,15 @@ fn walk(lua: &Lua, call: &[LuaValue]) -> Result<Graph<Object>, String> {
         objects: enc.objects,
         nodes: enc.nodes,
         call: refs,
+        set_up: Some(enc.set_up),
     })
 }
 
 struct Encoder<'a> {
     lua: &'a Lua,
+    /// The record of `lua`'s set-up: each value's number in `set_up`.
     pristine: Table,
+    set_up: Arc<SetUp>,
     /// The C modules the script required, and the C functions in them: their paths.
     c_paths: HashMap<*const c_void, Vec<ByteBuf>>,
     memo: HashMap<*const c_void, u32>,
@@ -248,6 +262,8 @@ impl<'a> Encoder<'a> {
         Ok(Encoder {
             lua,
             pristine: lua.named_registry_value("parrun.pristine")?,
+            set_up: set_up_of(lua)
+                .ok_or_else(|| mlua::Error::runtime("a Lua state without its set-up's record"))?,
             c_paths: HashMap::new(),
             memo: HashMap::new(),
             nodes: Vec::new(),
@@ -331,12 +347,10 @@ impl<'a> Encoder<'a> {
         if let Some(&i) = self.memo.get(&identity) {
             return Ok(Some(Ref::Node(i)));
         }
-        let path = match self.pristine.raw_get::<Option<Table>>(&value)? {
-            Some(path) => Some(
-                path.sequence_values::<LuaString>()
-                    .map(|k| k.map(|k| ByteBuf::from(k.as_bytes().to_vec())))
-                    .collect::<mlua::Result<Vec<_>>>()?,
-            ),
+        let path = match self.pristine.raw_get::<Option<i64>>(&value)? {
+            Some(i) => Some(self.set_up.path(i).ok_or_else(|| {
+                mlua::Error::runtime("a recorded value of the set-up without its path")
+            })?),
             None => self.c_paths.get(&identity).cloned(),
         };
         if let Some(path) = path {
