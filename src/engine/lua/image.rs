@@ -35,7 +35,7 @@ use mlua::{Function, Lua, LuaString, Table, Value as LuaValue};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::snapshot::{holds_c_functions, set_up_of, SetUp};
+use super::snapshot::{holds_c_functions, set_up_of, SetUp, FOUND_KEY};
 use super::{error_text, new_object, LuaObject};
 use crate::api::Object;
 #[cfg(any(feature = "mpi", test))]
@@ -87,6 +87,9 @@ enum Node {
     Mapped {
         path: Vec<ByteBuf>,
         entries: Option<Entries>,
+        /// The value's number in the source's record of its set-up (`snapshot::SetUp`), if
+        /// `path` is its recorded one (not a C module's).
+        recorded: Option<u32>,
     },
     Table {
         entries: Entries,
@@ -347,7 +350,8 @@ impl<'a> Encoder<'a> {
         if let Some(&i) = self.memo.get(&identity) {
             return Ok(Some(Ref::Node(i)));
         }
-        let path = match self.pristine.raw_get::<Option<i64>>(&value)? {
+        let recorded = self.pristine.raw_get::<Option<i64>>(&value)?;
+        let path = match recorded {
             Some(i) => Some(self.set_up.path(i).ok_or_else(|| {
                 mlua::Error::runtime("a recorded value of the set-up without its path")
             })?),
@@ -356,7 +360,13 @@ impl<'a> Encoder<'a> {
         if let Some(path) = path {
             let is_table = matches!(value, LuaValue::Table(_));
             let entries = is_table.then(Entries::default);
-            let i = self.node(identity, Node::Mapped { path, entries });
+            let recorded = recorded.and_then(|i| u32::try_from(i).ok());
+            let node = Node::Mapped {
+                path,
+                entries,
+                recorded,
+            };
+            let i = self.node(identity, node);
             if is_table {
                 self.pending.push((i, value));
             }
@@ -569,6 +579,11 @@ fn build<O>(
     built
 }
 
+/// [`FOUND_KEY`], as mlua names a registry value.
+fn found_key() -> &'static str {
+    FOUND_KEY.to_str().unwrap_or_default()
+}
+
 fn build_nodes<O>(
     dst: &Lua,
     graph: &Graph<O>,
@@ -592,10 +607,29 @@ fn build_nodes<O>(
         };
         values.raw_set(i + 1, value)?;
     }
-    // SAFETY: `fill` keeps to the stack it is given (the `values` table at 1) and to Lua's
-    // API; an error in it (out of memory) unwinds through the protected call `exec_raw` makes,
-    // and it owns nothing that would need dropping.
-    unsafe { dst.exec_raw::<()>(&values, |state| fill(state, graph)) }?;
+    // A state set up by the source's list (an isolated engine's) has its recorded values by
+    // number: the mapped nodes are found there, without a lookup per key of their paths.
+    let set_up = match (&graph.set_up, set_up_of(dst)) {
+        (Some(source), Some(here)) if Arc::ptr_eq(source, &here) => Some(here),
+        _ => None,
+    };
+    let found = match set_up {
+        Some(_) => dst.named_registry_value::<Option<Table>>(found_key())?,
+        None => None,
+    };
+    let set_up = set_up.filter(|_| found.is_some());
+    // SAFETY: `fill` keeps to the stack it is given (the `values` table at 1, the found values
+    // or nil at 2) and to Lua's API; an error in it (out of memory) unwinds through the
+    // protected call `exec_raw` makes, and it owns nothing that would need dropping.
+    unsafe {
+        dst.exec_raw::<()>((&values, found.clone()), |state| {
+            fill(state, graph, set_up.as_deref())
+        })
+    }?;
+    if found.is_some() {
+        // They were for this build: the script's state may have dropped some.
+        dst.set_named_registry_value(found_key(), LuaValue::Nil)?;
+    }
     let get = |r: &Ref| -> mlua::Result<LuaValue> {
         Ok(match *r {
             Ref::Nil => LuaValue::Nil,
@@ -644,38 +678,37 @@ impl<O> Graph<O> {
     }
 }
 
-/// Finds every mapped node and creates every table node in the `values` table at stack index
-/// 1, then fills every table (and every mapped table the script changed), sets the
+/// Finds every mapped node (by number among the found values at stack index 2, when `set_up`
+/// says they are there; else by its path) and creates every table node in the `values` table
+/// at stack index 1, then fills every table (and every mapped table the script changed), sets the
 /// metatables, and removes from each mapped table the script changed the string keys the
 /// script's does not have, through Lua's API: most of a big state is table entries, and mlua's handles would
 /// cost more than the entries (and a small state is mostly mapped values: the standard
 /// library's, some two hundred).
 ///
 /// # Safety
-/// `state` is a Lua state whose stack holds the `values` table at 1, in a protected call.
-unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>) {
+/// `state` is a Lua state whose stack holds the `values` table at 1 and the found values (or
+/// nil) at 2, in a protected call.
+unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, set_up: Option<&SetUp>) {
     const VALUES: c_int = 1;
-    const TABLE: c_int = 2;
-    const KEY: c_int = 3;
-    ffi::lua_settop(state, VALUES);
+    const FOUND: c_int = 2;
+    const TABLE: c_int = 3;
+    const KEY: c_int = 4;
+    ffi::lua_settop(state, FOUND);
     ffi::luaL_checkstack(state, 4, c"parrun: building a state".as_ptr());
+    // A mapped node's number in this state's record, if the record's values are at `FOUND`.
+    let number = |node: &Node| match node {
+        Node::Mapped { recorded, .. } => set_up.and(*recorded),
+        _ => None,
+    };
     for (i, node) in graph.nodes.iter().enumerate() {
-        let Node::Mapped { path, entries } = node else {
+        let Node::Mapped { path, entries, .. } = node else {
             continue;
         };
-        // The value at `path` from the globals, by raw lookups; nil where the path leads
-        // nowhere.
-        ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_GLOBALS);
-        for key in path {
-            if ffi::lua_type(state, -1) != ffi::LUA_TTABLE {
-                ffi::lua_settop(state, -2);
-                ffi::lua_pushnil(state);
-                break;
-            }
-            ffi::lua_pushlstring(state, key.as_ptr() as *const c_char, key.len());
-            ffi::lua_rawget(state, -2);
-            ffi::lua_copy(state, -1, -2);
-            ffi::lua_settop(state, -2);
+        if let Some(n) = number(node) {
+            ffi::lua_rawgeti(state, FOUND, ffi::lua_Integer::from(n) + 1);
+        } else {
+            push_at_path(state, path);
         }
         if entries.is_some() && ffi::lua_type(state, -1) != ffi::LUA_TTABLE {
             // Gone here: the entries still arrive, in a table of its own.
@@ -717,7 +750,7 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>) {
             _ => continue,
         };
         if ffi::lua_rawgeti(state, VALUES, i as ffi::lua_Integer + 1) != ffi::LUA_TTABLE {
-            ffi::lua_settop(state, VALUES);
+            ffi::lua_settop(state, FOUND);
             continue;
         }
         for (n, value) in entries.array.iter().enumerate() {
@@ -725,7 +758,18 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>) {
             ffi::lua_rawseti(state, TABLE, n as ffi::lua_Integer + 1);
         }
         let mut strings = 0;
+        let table = number(node);
         for (key, value) in &entries.hash {
+            // A recorded table's recorded value at its recorded key is there already.
+            if let (Some(table), Ref::Str(k), Ref::Node(v)) = (table, key, value) {
+                let value = graph.nodes.get(*v as usize).and_then(number);
+                if value
+                    .is_some_and(|v| set_up.is_some_and(|s| s.is_at(v, table, graph.string(*k))))
+                {
+                    strings += 1;
+                    continue;
+                }
+            }
             push(key);
             // A key that is nil here (a path the builder lacks) cannot index a table.
             if ffi::lua_isnil(state, -1) != 0 {
@@ -739,7 +783,7 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>) {
         if matches!(node, Node::Mapped { .. }) {
             mapped.push((i, entries, strings));
         }
-        ffi::lua_settop(state, VALUES);
+        ffi::lua_settop(state, FOUND);
     }
     // Last, so that a metatable is whole (its `__gc`, `__mode`) when it is set.
     for (i, node) in graph.nodes.iter().enumerate() {
@@ -754,7 +798,7 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>) {
         if ffi::lua_type(state, -1) == ffi::LUA_TTABLE {
             ffi::lua_setmetatable(state, TABLE);
         }
-        ffi::lua_settop(state, VALUES);
+        ffi::lua_settop(state, FOUND);
     }
     // A mapped table keeps only the string keys the script's has: the others (the builder's
     // own, which the script removed) go. It has all of the script's, so when it has no more
@@ -776,34 +820,53 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>) {
                     _ => None,
                 })
                 .collect();
-            remove_others(state, &kept);
+            remove_others(state, TABLE, &kept);
         }
-        ffi::lua_settop(state, VALUES);
+        ffi::lua_settop(state, FOUND);
     }
     ffi::lua_settop(state, 0);
 }
 
-/// Removes from the table at stack index 2 every string key not in `kept`.
+/// Pushes the value at `path` from the globals, by raw lookups; nil where the path leads
+/// nowhere.
 ///
 /// # Safety
-/// `state` is a Lua state whose stack holds a table at 2 and nothing above it, in a protected
-/// call.
-unsafe fn remove_others(state: *mut ffi::lua_State, kept: &HashSet<&[u8]>) {
-    const TABLE: c_int = 2;
-    const KEY: c_int = 3;
+/// `state` is a Lua state with room for two more values on its stack.
+unsafe fn push_at_path(state: *mut ffi::lua_State, path: &[ByteBuf]) {
+    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_GLOBALS);
+    for key in path {
+        if ffi::lua_type(state, -1) != ffi::LUA_TTABLE {
+            ffi::lua_settop(state, -2);
+            ffi::lua_pushnil(state);
+            break;
+        }
+        ffi::lua_pushlstring(state, key.as_ptr() as *const c_char, key.len());
+        ffi::lua_rawget(state, -2);
+        ffi::lua_copy(state, -1, -2);
+        ffi::lua_settop(state, -2);
+    }
+}
+
+/// Removes from the table at stack index `table` every string key not in `kept`.
+///
+/// # Safety
+/// `state` is a Lua state whose stack holds a table at `table` and nothing above it, in a
+/// protected call.
+unsafe fn remove_others(state: *mut ffi::lua_State, table: c_int, kept: &HashSet<&[u8]>) {
+    let key = table + 1;
     ffi::lua_pushnil(state);
-    while ffi::lua_next(state, TABLE) != 0 {
-        ffi::lua_settop(state, KEY);
-        if ffi::lua_type(state, KEY) != ffi::LUA_TSTRING {
+    while ffi::lua_next(state, table) != 0 {
+        ffi::lua_settop(state, key);
+        if ffi::lua_type(state, key) != ffi::LUA_TSTRING {
             continue;
         }
         let mut len = 0;
-        let key = ffi::lua_tolstring(state, KEY, &mut len);
-        if !kept.contains(std::slice::from_raw_parts(key as *const u8, len)) {
+        let bytes = ffi::lua_tolstring(state, key, &mut len);
+        if !kept.contains(std::slice::from_raw_parts(bytes as *const u8, len)) {
             // Clearing a field during a traversal is allowed (`lua_next`'s manual).
-            ffi::lua_pushvalue(state, KEY);
+            ffi::lua_pushvalue(state, key);
             ffi::lua_pushnil(state);
-            ffi::lua_rawset(state, TABLE);
+            ffi::lua_rawset(state, table);
         }
     }
 }
@@ -946,6 +1009,58 @@ mod tests {
             threads.map(|t| t.join().unwrap())
         });
         assert_eq!(got, ["put".to_string(), "from the first".to_string()]);
+    }
+
+    /// An engine set up by its source's list finds the mapped values by number and leaves a
+    /// standard table's own entries where they are: what the script added, replaced, moved
+    /// (a recorded value at another recorded key, `string.len = utf8.len`) and removed arrives
+    /// as it does by paths, and the found values are not kept after the build.
+    #[test]
+    fn an_engine_set_up_as_its_source_builds_by_number() {
+        let src = state();
+        src.load(
+            r#"
+            function string.shout(s) return s:upper() .. "!" end
+            string.rep = nil
+            local fmt = string.format
+            string.format = function(...) return "custom " .. fmt(...) end
+            string.len = utf8.len
+            io.write = print
+            S, T = string, table
+            table = { mine = true }
+            "#,
+        )
+        .exec()
+        .unwrap();
+        let graph = Graph::take(&src, &[]).unwrap();
+        let check = r#"
+            assert(("hi"):shout() == "HI!" and string.rep == nil)
+            assert(string.format("%d", 3) == "custom 3")
+            assert(string.len == utf8.len and string.len("é") == 1)
+            assert(io.write == print and io.read ~= nil)
+            assert(S == string and T.insert ~= nil and table.mine and table.insert == nil)
+            assert(math.sin(0) == 0 and #package.searchers == 4)
+            assert(package.loaded.string == string and package.loaded.table == T)
+        "#;
+        for by_number in [true, false] {
+            let host = Host::new(
+                Gil::new(Duration::from_millis(5), None),
+                Settings::default(),
+            );
+            let set_up = graph.set_up().filter(|_| by_number);
+            let dst = super::super::new_state_like(&host, set_up).unwrap();
+            let shared = set_up_of(&dst).zip(graph.set_up().cloned());
+            assert_eq!(shared.is_some_and(|(a, b)| Arc::ptr_eq(&a, &b)), by_number);
+            let found = || {
+                dst.named_registry_value::<Option<Table>>(found_key())
+                    .unwrap()
+                    .is_some()
+            };
+            assert_eq!(found(), by_number);
+            graph.build(&dst).unwrap();
+            assert!(!found());
+            dst.load(check).exec().unwrap();
+        }
     }
 
     /// A process's target that cannot travel is an error that names it.

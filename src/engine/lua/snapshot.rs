@@ -21,6 +21,11 @@ const PRISTINE_DEPTH: usize = 3;
 /// Where the record is, in the registry (as mlua's named registry values are: a raw field).
 pub(super) const PRISTINE_KEY: &CStr = c"parrun.pristine";
 
+/// Where [`restore_pristine`] leaves the values it found, in the registry: entry `i`'s at
+/// `i + 1`, for the builder of an isolated engine to find them by number (`image`), which then
+/// removes them.
+pub(super) const FOUND_KEY: &CStr = c"parrun.pristine.found";
+
 /// A fresh state's recorded values, as paths from the globals: value `i` of the record is at
 /// `paths[i]`. Entry 0 is the globals themselves; every other entry is a string key in an
 /// earlier entry (its parent), which is a table, so that a fresh state finds each value by one
@@ -39,6 +44,13 @@ struct Entry {
 }
 
 impl SetUp {
+    /// Whether entry `i` is at `key` of entry `parent`.
+    pub(super) fn is_at(&self, i: u32, parent: u32, key: &[u8]) -> bool {
+        self.entries
+            .get(i as usize)
+            .is_some_and(|e| e.parent == Some(parent) && *e.key == *key)
+    }
+
     /// Value `i`'s path from the globals (none for an `i` out of range).
     pub(super) fn path(&self, i: i64) -> Option<Vec<ByteBuf>> {
         let mut at = self.entries.get(usize::try_from(i).ok()?)?;
@@ -169,8 +181,8 @@ unsafe fn record(state: *mut ffi::lua_State, entries: &mut Vec<Entry>) {
     ffi::lua_settop(state, 0);
 }
 
-/// [`restore_pristine`]'s lookups: entry `i`'s value at `i + 1` of a table of values, found by
-/// its key in its parent's.
+/// [`restore_pristine`]'s lookups: entry `i`'s value at `i + 1` of a table of values (left
+/// in the registry at [`FOUND_KEY`]), found by its key in its parent's.
 ///
 /// # Safety
 /// `state` is a Lua state in a protected call.
@@ -227,7 +239,7 @@ unsafe fn restore_values(state: *mut ffi::lua_State, set_up: &SetUp) -> bool {
         ffi::lua_rawset(state, PRISTINE);
         ffi::lua_rawseti(state, VALUES, i as ffi::lua_Integer + 1);
     }
-    ffi::lua_settop(state, PRISTINE);
+    ffi::lua_setfield(state, ffi::LUA_REGISTRYINDEX, FOUND_KEY.as_ptr());
     ffi::lua_setfield(state, ffi::LUA_REGISTRYINDEX, PRISTINE_KEY.as_ptr());
     true
 }
