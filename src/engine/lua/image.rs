@@ -701,6 +701,8 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, set_up: Option<&
         Node::Mapped { recorded, .. } => set_up.and(*recorded),
         _ => None,
     };
+    // The mapped tables found by number: the builder's own, as recorded.
+    let mut found = vec![false; graph.nodes.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
         let Node::Mapped { path, entries, .. } = node else {
             continue;
@@ -714,6 +716,8 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, set_up: Option<&
             // Gone here: the entries still arrive, in a table of its own.
             ffi::lua_settop(state, -2);
             ffi::lua_createtable(state, 0, 0);
+        } else {
+            found[i] = number(node).is_some();
         }
         ffi::lua_rawseti(state, VALUES, i as ffi::lua_Integer + 1);
     }
@@ -758,7 +762,7 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, set_up: Option<&
             ffi::lua_rawseti(state, TABLE, n as ffi::lua_Integer + 1);
         }
         let mut strings = 0;
-        let table = number(node);
+        let table = number(node).filter(|_| found[i]);
         for (key, value) in &entries.hash {
             // A recorded table's recorded value at its recorded key is there already.
             if let (Some(table), Ref::Str(k), Ref::Node(v)) = (table, key, value) {
