@@ -1281,3 +1281,58 @@ pool.join();
         );
     });
 }
+
+/// A pool started inside a worker gets the script's state as the worker has it: what the
+/// script added to and removed from a standard table (Lua's `string`), its globals and its
+/// functions. In `isolated` the nested workers are built from a worker's own snapshot, whose
+/// standard values were found by its source's list (`snapshot::restore_pristine`).
+#[test]
+fn a_pool_inside_a_worker_sees_the_script_s_changes() {
+    each_mode(
+        "nested",
+        &[],
+        r#"
+function string.shout(s) return s:upper() .. "!" end
+string.rep = nil
+G = { n = 7 }
+local function task(x)
+  local p = parrun.Pool(2)
+  local r = p:map(function(y)
+    return string.shout("v") .. (string.rep and "rep" or "") .. (G.n + y)
+  end, { x, x + 1 })
+  p:close()
+  p:join()
+  return table.concat(r, ",")
+end
+local pool = parrun.Pool(2)
+print(table.concat(pool:map(task, { 1, 10 }), " | "))
+pool:close()
+pool:join()
+"#,
+        r#"
+fn shout(s) { s.to_upper() + "!" }
+const N = 7;
+fn task(x) {
+    let p = Pool(2);
+    let r = p.map(|y| shout("v") + (global::N + y), [x, x + 1]);
+    p.close();
+    p.join();
+    r[0] + "," + r[1]
+}
+let pool = Pool(2);
+let res = pool.map(task, [1, 10]);
+print(res[0] + " | " + res[1]);
+pool.close();
+pool.join();
+"#,
+        |mode, out| {
+            out.assert_success();
+            assert_eq!(
+                out.stdout_lines(),
+                ["V!8,V!9 | V!17,V!18"],
+                "{mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}

@@ -96,44 +96,14 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
         answer(lua, pending.run_here())
     })?;
     let parrun = lua.create_table()?;
-    let classes = lua.create_table()?;
     for b in api::builtins() {
-        match b.kind {
-            Kind::Call if b.class == Class::Global => parrun.set(
-                b.name,
-                native::builtin(lua, raw_builtin(lua, host, b)?, &run_here)?,
-            )?,
-            Kind::Call => class_table(lua, &classes, b.class)?.set(
-                b.name,
-                match b.iterable_at() {
-                    Some(at) => native::builtin_over_iterable(
-                        lua,
-                        raw_builtin(lua, host, b)?,
-                        &run_here,
-                        at,
-                    )?,
-                    None => native::builtin(lua, raw_builtin(lua, host, b)?, &run_here)?,
-                },
-            )?,
-            // Every class gets a method table, even one with only properties.
-            Kind::Getter | Kind::Setter | Kind::Scoped { .. } | Kind::WaitFor { .. } => {
-                drop(class_table(lua, &classes, b.class)?)
-            }
+        if b.class == Class::Global && b.kind == Kind::Call {
+            let function = native::builtin(lua, raw_builtin(lua, host, b)?, &run_here)?;
+            parrun.set(b.name, function)?;
         }
     }
-    // `obj:with(f, ...)`, from the methods it pairs (defined above).
-    for b in api::builtins() {
-        if let Kind::Scoped { enter, exit } = b.kind {
-            let methods = class_table(lua, &classes, b.class)?;
-            let scoped = native::scoped(lua, methods.get(enter)?, methods.get(exit)?)?;
-            methods.set(b.name, scoped)?;
-        }
-        if let Kind::WaitFor { wait } = b.kind {
-            let methods = class_table(lua, &classes, b.class)?;
-            let wait_for = wait_for(lua, b, methods.get(wait)?)?;
-            methods.set(b.name, wait_for)?;
-        }
-    }
+    // The classes' methods are made with a class's first object (`class_methods`).
+    lua.set_named_registry_value("parrun.run_here", &run_here)?;
 
     let drivers = lua.create_table()?;
     let weak_keys = lua.create_table()?;
@@ -146,15 +116,8 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     tasks::Encodings::install(lua, drivers.metatable())?;
     transport::install(lua)?;
 
-    let mut methods: Vec<(Class, mlua::RegistryKey)> = Vec::new();
-    for b in api::builtins() {
-        if b.class != Class::Global && !methods.iter().any(|(c, _)| *c == b.class) {
-            let table = class_table(lua, &classes, b.class)?;
-            methods.push((b.class, lua.create_registry_value(table)?));
-        }
-    }
-    lua.set_app_data(ClassMethods(methods));
-    lua.set_named_registry_value("parrun.classes", classes)?;
+    lua.set_app_data(ClassMethods(Vec::new()));
+    lua.set_named_registry_value("parrun.classes", lua.create_table()?)?;
     lua.set_named_registry_value("parrun.call", native::iterate(lua)?)?;
     lua.set_named_registry_value("parrun.run_chunk", native::run_chunk(lua)?)?;
     Tasks::install(lua, host)?;
@@ -202,6 +165,61 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     Ok(())
 }
 
+/// The registry index of `class`'s method table (`None` for a class without builtins, or a
+/// state without parrun's API), made the first time an object of the class is: a state
+/// makes only the classes it uses, so an engine (an isolated worker's) starts without making
+/// some hundred methods it may never call, which was a third of its start.
+pub(super) fn class_methods(lua: &Lua, class: Class) -> mlua::Result<Option<std::ffi::c_int>> {
+    match lua.app_data_ref::<ClassMethods>() {
+        None => return Ok(None),
+        Some(known) => {
+            if let Some((_, key)) = known.0.iter().find(|(c, _)| *c == class) {
+                return Ok(Some(key.id()));
+            }
+        }
+    }
+    if class == Class::Global || !api::builtins().any(|b| b.class == class) {
+        return Ok(None);
+    }
+    let host = lua
+        .app_data_ref::<Arc<Host>>()
+        .ok_or_else(|| mlua::Error::runtime("parrun host is gone"))?
+        .clone();
+    let run_here: Function = lua.named_registry_value("parrun.run_here")?;
+    let methods = lua.create_table()?;
+    let builtins = || api::builtins().filter(|b| b.class == class);
+    for b in builtins().filter(|b| b.kind == Kind::Call) {
+        let raw = raw_builtin(lua, &host, b)?;
+        let function = match b.iterable_at() {
+            Some(at) => native::builtin_over_iterable(lua, raw, &run_here, at)?,
+            None => native::builtin(lua, raw, &run_here)?,
+        };
+        methods.set(b.name, function)?;
+    }
+    // `obj:with(f, ...)` and `cond:wait_for(...)`, from the methods they pair (made above).
+    for b in builtins() {
+        match b.kind {
+            Kind::Scoped { enter, exit } => {
+                let scoped = native::scoped(lua, methods.get(enter)?, methods.get(exit)?)?;
+                methods.set(b.name, scoped)?;
+            }
+            Kind::WaitFor { wait } => {
+                let wait_for = wait_for(lua, b, methods.get(wait)?)?;
+                methods.set(b.name, wait_for)?;
+            }
+            _ => {}
+        }
+    }
+    let classes: Table = lua.named_registry_value("parrun.classes")?;
+    classes.set(class.name(), &methods)?;
+    let key = lua.create_registry_value(methods)?;
+    let id = key.id();
+    if let Some(mut known) = lua.app_data_mut::<ClassMethods>() {
+        known.0.push((class, key));
+    }
+    Ok(Some(id))
+}
+
 /// `cond:wait_for(predicate, [timeout])` (see `Kind::WaitFor`), in Lua so that `predicate` is
 /// an ordinary call and each `wait` yields to the driver as the method does when called.
 fn wait_for(lua: &Lua, b: &Builtin, wait: Function) -> mlua::Result<Function> {
@@ -240,15 +258,6 @@ end
     lua.load(WAIT_FOR)
         .set_name("=parrun")
         .call((wait, clock, b.qualified_name()))
-}
-
-fn class_table(lua: &Lua, parent: &Table, class: Class) -> mlua::Result<Table> {
-    if let Some(t) = parent.get::<Option<Table>>(class.name())? {
-        return Ok(t);
-    }
-    let t = lua.create_table()?;
-    parent.set(class.name(), &t)?;
-    Ok(t)
 }
 
 /// The raw Rust side of a builtin: returns (0, result), (1, request) or (2, message).
@@ -425,6 +434,13 @@ fn apply_settings(lua: &Lua, settings: &crate::host::Settings) -> mlua::Result<(
 /// A state with the standard library, parrun's API and the run's settings: the script's, or
 /// an isolated worker's before the snapshot is copied in.
 fn new_state(host: &Arc<Host>) -> mlua::Result<Lua> {
+    new_state_like(host, None)
+}
+
+/// [`new_state`], for a state set up as the one whose record of its set-up `set_up` lists
+/// (that of the state a snapshot came from, for an isolated engine built from it): the record
+/// is found by the list, not by a walk (see `snapshot::restore_pristine`).
+fn new_state_like(host: &Arc<Host>, set_up: Option<&Arc<snapshot::SetUp>>) -> mlua::Result<Lua> {
     // The stock interpreter's full standard library, `debug` included (mlua's safe mode
     // refuses it).
     // SAFETY: scripts get the same powers as under the stock `lua` binary, by design.
@@ -432,7 +448,10 @@ fn new_state(host: &Arc<Host>) -> mlua::Result<Lua> {
     paths::install(&lua)?;
     install_api(&lua, host)?;
     apply_settings(&lua, &host.settings)?;
-    snapshot::record_pristine(&lua)?;
+    match set_up {
+        Some(set_up) if snapshot::restore_pristine(&lua, set_up)? => {}
+        _ => snapshot::record_pristine(&lua)?,
+    }
     tasks::random_seeded_here(&lua);
     Ok(lua)
 }
@@ -444,7 +463,7 @@ fn isolated_state(
     host: &Host,
 ) -> Result<(Lua, Arc<Host>, Vec<LuaValue>), String> {
     let host = host.isolated();
-    let lua = new_state(&host)
+    let lua = new_state_like(&host, graph.set_up())
         .map_err(|e| format!("cannot set up an isolated engine: {}", error_text(e)))?;
     let call = graph
         .build(&lua)
@@ -680,6 +699,43 @@ mod tests {
             Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
             other => other,
         }
+    }
+
+    /// A state makes a class's methods with the class's first object, once, and only for the
+    /// classes it uses: a fresh state has none. Methods made so work: plain ones, a scoped
+    /// one (`with`), `wait_for`, and a second object of the class shares the first's table.
+    #[test]
+    fn a_class_s_methods_come_with_its_first_object() {
+        use crate::host::Settings;
+        use crate::rt::gil::Gil;
+        use std::time::Duration;
+
+        let gil = Gil::new(Duration::from_millis(5), None);
+        let lua = new_state(&Host::new(gil, Settings::default())).unwrap();
+        let made = || -> Vec<String> {
+            let classes: Table = lua.named_registry_value("parrun.classes").unwrap();
+            let mut names: Vec<String> = classes
+                .pairs::<String, Table>()
+                .map(|pair| pair.unwrap().0)
+                .collect();
+            names.sort();
+            names
+        };
+        assert!(made().is_empty(), "{:?}", made());
+        lua.load(
+            r#"
+            local q = parrun.Queue()
+            q:put(1)
+            assert(q:get() == 1)
+            local l = parrun.Lock()
+            assert(l:with(function(x) return x + 1 end, 1) == 2)
+            assert(parrun.Condition():wait_for(function() return "yes" end) == "yes")
+            assert(debug.getuservalue(parrun.Queue()) == debug.getuservalue(q))
+            "#,
+        )
+        .exec()
+        .unwrap();
+        assert_eq!(made(), ["Condition", "Lock", "Queue"]);
     }
 
     #[test]

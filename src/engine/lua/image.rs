@@ -27,6 +27,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, c_int, c_void};
+use std::sync::Arc;
 
 use mlua::chunk::ChunkMode;
 use mlua::ffi;
@@ -34,7 +35,7 @@ use mlua::{Function, Lua, LuaString, Table, Value as LuaValue};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::snapshot::holds_c_functions;
+use super::snapshot::{holds_c_functions, set_up_of, SetUp, FOUND_KEY};
 use super::{error_text, new_object, LuaObject};
 use crate::api::Object;
 #[cfg(any(feature = "mpi", test))]
@@ -55,6 +56,10 @@ pub(super) struct Graph<O> {
     objects: Vec<O>,
     nodes: Vec<Node>,
     call: Vec<Ref>,
+    /// The list of the source's record of its set-up, for an engine of this process set up as
+    /// the source was (see `snapshot::restore_pristine`).
+    #[serde(skip)]
+    set_up: Option<Arc<SetUp>>,
 }
 
 /// A value: inline, a string of the graph's text, or a node of the graph.
@@ -82,6 +87,9 @@ enum Node {
     Mapped {
         path: Vec<ByteBuf>,
         entries: Option<Entries>,
+        /// The value's number in the source's record of its set-up (`snapshot::SetUp`), if
+        /// `path` is its recorded one (not a C module's).
+        recorded: Option<u32>,
     },
     Table {
         entries: Entries,
@@ -119,6 +127,11 @@ impl Graph<Object> {
     pub(super) fn build(&self, dst: &Lua) -> Result<Vec<LuaValue>, String> {
         build(dst, self, |o| Some(o.clone())).map_err(error_text)
     }
+
+    /// The list of the source's record of its set-up.
+    pub(super) fn set_up(&self) -> Option<&Arc<SetUp>> {
+        self.set_up.as_ref()
+    }
 }
 
 /// `graph` as bytes, for an engine in another process: a queue or a lock as a handle that
@@ -151,6 +164,7 @@ pub(super) fn encode_graph(graph: &Graph<Object>) -> Result<Vec<u8>, String> {
         objects: graph.objects.iter().map(Object::wire).collect(),
         nodes: graph.nodes.clone(),
         call: graph.call.clone(),
+        set_up: None,
     };
     rmp_serde::to_vec(&wire).map_err(|e| e.to_string())
 }
@@ -222,12 +236,15 @@ fn walk(lua: &Lua, call: &[LuaValue]) -> Result<Graph<Object>, String> {
         objects: enc.objects,
         nodes: enc.nodes,
         call: refs,
+        set_up: Some(enc.set_up),
     })
 }
 
 struct Encoder<'a> {
     lua: &'a Lua,
+    /// The record of `lua`'s set-up: each value's number in `set_up`.
     pristine: Table,
+    set_up: Arc<SetUp>,
     /// The C modules the script required, and the C functions in them: their paths.
     c_paths: HashMap<*const c_void, Vec<ByteBuf>>,
     memo: HashMap<*const c_void, u32>,
@@ -248,6 +265,8 @@ impl<'a> Encoder<'a> {
         Ok(Encoder {
             lua,
             pristine: lua.named_registry_value("parrun.pristine")?,
+            set_up: set_up_of(lua)
+                .ok_or_else(|| mlua::Error::runtime("a Lua state without its set-up's record"))?,
             c_paths: HashMap::new(),
             memo: HashMap::new(),
             nodes: Vec::new(),
@@ -331,18 +350,23 @@ impl<'a> Encoder<'a> {
         if let Some(&i) = self.memo.get(&identity) {
             return Ok(Some(Ref::Node(i)));
         }
-        let path = match self.pristine.raw_get::<Option<Table>>(&value)? {
-            Some(path) => Some(
-                path.sequence_values::<LuaString>()
-                    .map(|k| k.map(|k| ByteBuf::from(k.as_bytes().to_vec())))
-                    .collect::<mlua::Result<Vec<_>>>()?,
-            ),
+        let recorded = self.pristine.raw_get::<Option<i64>>(&value)?;
+        let path = match recorded {
+            Some(i) => Some(self.set_up.path(i).ok_or_else(|| {
+                mlua::Error::runtime("a recorded value of the set-up without its path")
+            })?),
             None => self.c_paths.get(&identity).cloned(),
         };
         if let Some(path) = path {
             let is_table = matches!(value, LuaValue::Table(_));
             let entries = is_table.then(Entries::default);
-            let i = self.node(identity, Node::Mapped { path, entries });
+            let recorded = recorded.and_then(|i| u32::try_from(i).ok());
+            let node = Node::Mapped {
+                path,
+                entries,
+                recorded,
+            };
+            let i = self.node(identity, node);
             if is_table {
                 self.pending.push((i, value));
             }
@@ -555,6 +579,11 @@ fn build<O>(
     built
 }
 
+/// [`FOUND_KEY`], as mlua names a registry value.
+fn found_key() -> &'static str {
+    FOUND_KEY.to_str().unwrap_or_default()
+}
+
 fn build_nodes<O>(
     dst: &Lua,
     graph: &Graph<O>,
@@ -578,31 +607,29 @@ fn build_nodes<O>(
         };
         values.raw_set(i + 1, value)?;
     }
-    // The string keys of each mapped table the script changed: any other is removed there,
-    // as the script removed it.
-    let kept: Vec<(usize, HashSet<&[u8]>)> = graph
-        .nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, node)| match node {
-            Node::Mapped {
-                entries: Some(entries),
-                ..
-            } => Some((i, entries.hash.iter())),
-            _ => None,
+    // A state set up by the source's list (an isolated engine's) has its recorded values by
+    // number: the mapped nodes are found there, without a lookup per key of their paths.
+    let set_up = match (&graph.set_up, set_up_of(dst)) {
+        (Some(source), Some(here)) if Arc::ptr_eq(source, &here) => Some(here),
+        _ => None,
+    };
+    let found = match set_up {
+        Some(_) => dst.named_registry_value::<Option<Table>>(found_key())?,
+        None => None,
+    };
+    let set_up = set_up.filter(|_| found.is_some());
+    // SAFETY: `fill` keeps to the stack it is given (the `values` table at 1, the found values
+    // or nil at 2) and to Lua's API; an error in it (out of memory) unwinds through the
+    // protected call `exec_raw` makes, and it owns nothing that would need dropping.
+    unsafe {
+        dst.exec_raw::<()>((&values, found.clone()), |state| {
+            fill(state, graph, set_up.as_deref())
         })
-        .map(|(i, pairs)| {
-            let keys = pairs.filter_map(|(k, _)| match *k {
-                Ref::Str(s) => Some(graph.string(s)),
-                _ => None,
-            });
-            (i, keys.collect())
-        })
-        .collect();
-    // SAFETY: `fill` keeps to the stack it is given (the `values` table at 1) and to Lua's
-    // API; an error in it (out of memory) unwinds through the protected call `exec_raw` makes,
-    // and it owns nothing that would need dropping.
-    unsafe { dst.exec_raw::<()>(&values, |state| fill(state, graph, &kept)) }?;
+    }?;
+    if found.is_some() {
+        // They were for this build: the script's state may have dropped some.
+        dst.set_named_registry_value(found_key(), LuaValue::Nil)?;
+    }
     let get = |r: &Ref| -> mlua::Result<LuaValue> {
         Ok(match *r {
             Ref::Nil => LuaValue::Nil,
@@ -651,43 +678,46 @@ impl<O> Graph<O> {
     }
 }
 
-/// Finds every mapped node and creates every table node in the `values` table at stack index
-/// 1, then fills every table (and every mapped table the script changed), sets the
-/// metatables, and removes from each mapped table in `kept` the string keys it does not
-/// keep, through Lua's API: most of a big state is table entries, and mlua's handles would
+/// Finds every mapped node (by number among the found values at stack index 2, when `set_up`
+/// says they are there; else by its path) and creates every table node in the `values` table
+/// at stack index 1, then fills every table (and every mapped table the script changed), sets the
+/// metatables, and removes from each mapped table the script changed the string keys the
+/// script's does not have, through Lua's API: most of a big state is table entries, and mlua's handles would
 /// cost more than the entries (and a small state is mostly mapped values: the standard
 /// library's, some two hundred).
 ///
 /// # Safety
-/// `state` is a Lua state whose stack holds the `values` table at 1, in a protected call.
-unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, kept: &[(usize, HashSet<&[u8]>)]) {
+/// `state` is a Lua state whose stack holds the `values` table at 1 and the found values (or
+/// nil) at 2, in a protected call.
+unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, set_up: Option<&SetUp>) {
     const VALUES: c_int = 1;
-    const TABLE: c_int = 2;
-    const KEY: c_int = 3;
-    ffi::lua_settop(state, VALUES);
+    const FOUND: c_int = 2;
+    const TABLE: c_int = 3;
+    const KEY: c_int = 4;
+    ffi::lua_settop(state, FOUND);
     ffi::luaL_checkstack(state, 4, c"parrun: building a state".as_ptr());
+    // A mapped node's number in this state's record, if the record's values are at `FOUND`.
+    let number = |node: &Node| match node {
+        Node::Mapped { recorded, .. } => set_up.and(*recorded),
+        _ => None,
+    };
+    // The mapped tables found by number: the builder's own, as recorded.
+    let mut found = vec![false; graph.nodes.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
-        let Node::Mapped { path, entries } = node else {
+        let Node::Mapped { path, entries, .. } = node else {
             continue;
         };
-        // The value at `path` from the globals, by raw lookups; nil where the path leads
-        // nowhere.
-        ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_GLOBALS);
-        for key in path {
-            if ffi::lua_type(state, -1) != ffi::LUA_TTABLE {
-                ffi::lua_settop(state, -2);
-                ffi::lua_pushnil(state);
-                break;
-            }
-            ffi::lua_pushlstring(state, key.as_ptr() as *const c_char, key.len());
-            ffi::lua_rawget(state, -2);
-            ffi::lua_copy(state, -1, -2);
-            ffi::lua_settop(state, -2);
+        if let Some(n) = number(node) {
+            ffi::lua_rawgeti(state, FOUND, ffi::lua_Integer::from(n) + 1);
+        } else {
+            push_at_path(state, path);
         }
         if entries.is_some() && ffi::lua_type(state, -1) != ffi::LUA_TTABLE {
             // Gone here: the entries still arrive, in a table of its own.
             ffi::lua_settop(state, -2);
             ffi::lua_createtable(state, 0, 0);
+        } else {
+            found[i] = number(node).is_some();
         }
         ffi::lua_rawseti(state, VALUES, i as ffi::lua_Integer + 1);
     }
@@ -711,6 +741,9 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, kept: &[(usize, 
             ffi::lua_rawgeti(state, VALUES, i as ffi::lua_Integer + 1);
         }
     };
+    // For each mapped table the script changed: its node, and how many string keys it now has
+    // from the script (with a value that is not nil here).
+    let mut mapped = Vec::new();
     for (i, node) in graph.nodes.iter().enumerate() {
         let entries = match node {
             Node::Table { entries, .. }
@@ -721,14 +754,26 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, kept: &[(usize, 
             _ => continue,
         };
         if ffi::lua_rawgeti(state, VALUES, i as ffi::lua_Integer + 1) != ffi::LUA_TTABLE {
-            ffi::lua_settop(state, VALUES);
+            ffi::lua_settop(state, FOUND);
             continue;
         }
         for (n, value) in entries.array.iter().enumerate() {
             push(value);
             ffi::lua_rawseti(state, TABLE, n as ffi::lua_Integer + 1);
         }
+        let mut strings = 0;
+        let table = number(node).filter(|_| found[i]);
         for (key, value) in &entries.hash {
+            // A recorded table's recorded value at its recorded key is there already.
+            if let (Some(table), Ref::Str(k), Ref::Node(v)) = (table, key, value) {
+                let value = graph.nodes.get(*v as usize).and_then(number);
+                if value
+                    .is_some_and(|v| set_up.is_some_and(|s| s.is_at(v, table, graph.string(*k))))
+                {
+                    strings += 1;
+                    continue;
+                }
+            }
             push(key);
             // A key that is nil here (a path the builder lacks) cannot index a table.
             if ffi::lua_isnil(state, -1) != 0 {
@@ -736,9 +781,13 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, kept: &[(usize, 
                 continue;
             }
             push(value);
+            strings += usize::from(matches!(key, Ref::Str(_)) && ffi::lua_isnil(state, -1) == 0);
             ffi::lua_rawset(state, TABLE);
         }
-        ffi::lua_settop(state, VALUES);
+        if matches!(node, Node::Mapped { .. }) {
+            mapped.push((i, entries, strings));
+        }
+        ffi::lua_settop(state, FOUND);
     }
     // Last, so that a metatable is whole (its `__gc`, `__mode`) when it is set.
     for (i, node) in graph.nodes.iter().enumerate() {
@@ -753,31 +802,77 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, kept: &[(usize, 
         if ffi::lua_type(state, -1) == ffi::LUA_TTABLE {
             ffi::lua_setmetatable(state, TABLE);
         }
-        ffi::lua_settop(state, VALUES);
+        ffi::lua_settop(state, FOUND);
     }
-    for (i, kept) in kept {
-        if ffi::lua_rawgeti(state, VALUES, *i as ffi::lua_Integer + 1) != ffi::LUA_TTABLE {
-            ffi::lua_settop(state, VALUES);
-            continue;
-        }
+    // A mapped table keeps only the string keys the script's has: the others (the builder's
+    // own, which the script removed) go. It has all of the script's, so when it has no more
+    // string keys than those, it has no others (the common case: then no set is made).
+    for (i, entries, strings) in mapped {
+        ffi::lua_rawgeti(state, VALUES, i as ffi::lua_Integer + 1);
+        let mut count = 0;
         ffi::lua_pushnil(state);
         while ffi::lua_next(state, TABLE) != 0 {
             ffi::lua_settop(state, KEY);
-            if ffi::lua_type(state, KEY) != ffi::LUA_TSTRING {
-                continue;
-            }
-            let mut len = 0;
-            let key = ffi::lua_tolstring(state, KEY, &mut len);
-            if !kept.contains(std::slice::from_raw_parts(key as *const u8, len)) {
-                // Clearing a field during a traversal is allowed (`lua_next`'s manual).
-                ffi::lua_pushvalue(state, KEY);
-                ffi::lua_pushnil(state);
-                ffi::lua_rawset(state, TABLE);
-            }
+            count += usize::from(ffi::lua_type(state, KEY) == ffi::LUA_TSTRING);
         }
-        ffi::lua_settop(state, VALUES);
+        if count > strings {
+            let kept: HashSet<&[u8]> = entries
+                .hash
+                .iter()
+                .filter_map(|(k, _)| match *k {
+                    Ref::Str(s) => Some(graph.string(s)),
+                    _ => None,
+                })
+                .collect();
+            remove_others(state, TABLE, &kept);
+        }
+        ffi::lua_settop(state, FOUND);
     }
     ffi::lua_settop(state, 0);
+}
+
+/// Pushes the value at `path` from the globals, by raw lookups; nil where the path leads
+/// nowhere.
+///
+/// # Safety
+/// `state` is a Lua state with room for two more values on its stack.
+unsafe fn push_at_path(state: *mut ffi::lua_State, path: &[ByteBuf]) {
+    ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_GLOBALS);
+    for key in path {
+        if ffi::lua_type(state, -1) != ffi::LUA_TTABLE {
+            ffi::lua_settop(state, -2);
+            ffi::lua_pushnil(state);
+            break;
+        }
+        ffi::lua_pushlstring(state, key.as_ptr() as *const c_char, key.len());
+        ffi::lua_rawget(state, -2);
+        ffi::lua_copy(state, -1, -2);
+        ffi::lua_settop(state, -2);
+    }
+}
+
+/// Removes from the table at stack index `table` every string key not in `kept`.
+///
+/// # Safety
+/// `state` is a Lua state whose stack holds a table at `table` and nothing above it, in a
+/// protected call.
+unsafe fn remove_others(state: *mut ffi::lua_State, table: c_int, kept: &HashSet<&[u8]>) {
+    let key = table + 1;
+    ffi::lua_pushnil(state);
+    while ffi::lua_next(state, table) != 0 {
+        ffi::lua_settop(state, key);
+        if ffi::lua_type(state, key) != ffi::LUA_TSTRING {
+            continue;
+        }
+        let mut len = 0;
+        let bytes = ffi::lua_tolstring(state, key, &mut len);
+        if !kept.contains(std::slice::from_raw_parts(bytes as *const u8, len)) {
+            // Clearing a field during a traversal is allowed (`lua_next`'s manual).
+            ffi::lua_pushvalue(state, key);
+            ffi::lua_pushnil(state);
+            ffi::lua_rawset(state, table);
+        }
+    }
 }
 
 /// Requires the C modules the script had required, with its search paths; one that fails to
@@ -918,6 +1013,58 @@ mod tests {
             threads.map(|t| t.join().unwrap())
         });
         assert_eq!(got, ["put".to_string(), "from the first".to_string()]);
+    }
+
+    /// An engine set up by its source's list finds the mapped values by number and leaves a
+    /// standard table's own entries where they are: what the script added, replaced, moved
+    /// (a recorded value at another recorded key, `string.len = utf8.len`) and removed arrives
+    /// as it does by paths, and the found values are not kept after the build.
+    #[test]
+    fn an_engine_set_up_as_its_source_builds_by_number() {
+        let src = state();
+        src.load(
+            r#"
+            function string.shout(s) return s:upper() .. "!" end
+            string.rep = nil
+            local fmt = string.format
+            string.format = function(...) return "custom " .. fmt(...) end
+            string.len = utf8.len
+            io.write = print
+            S, T = string, table
+            table = { mine = true }
+            "#,
+        )
+        .exec()
+        .unwrap();
+        let graph = Graph::take(&src, &[]).unwrap();
+        let check = r#"
+            assert(("hi"):shout() == "HI!" and string.rep == nil)
+            assert(string.format("%d", 3) == "custom 3")
+            assert(string.len == utf8.len and string.len("é") == 1)
+            assert(io.write == print and io.read ~= nil)
+            assert(S == string and T.insert ~= nil and table.mine and table.insert == nil)
+            assert(math.sin(0) == 0 and #package.searchers == 4)
+            assert(package.loaded.string == string and package.loaded.table == T)
+        "#;
+        for by_number in [true, false] {
+            let host = Host::new(
+                Gil::new(Duration::from_millis(5), None),
+                Settings::default(),
+            );
+            let set_up = graph.set_up().filter(|_| by_number);
+            let dst = super::super::new_state_like(&host, set_up).unwrap();
+            let shared = set_up_of(&dst).zip(graph.set_up().cloned());
+            assert_eq!(shared.is_some_and(|(a, b)| Arc::ptr_eq(&a, &b)), by_number);
+            let found = || {
+                dst.named_registry_value::<Option<Table>>(found_key())
+                    .unwrap()
+                    .is_some()
+            };
+            assert_eq!(found(), by_number);
+            graph.build(&dst).unwrap();
+            assert!(!found());
+            dst.load(check).exec().unwrap();
+        }
     }
 
     /// A process's target that cannot travel is an error that names it.

@@ -106,7 +106,8 @@ fn set_property(lua: &Lua, ud: AnyUserData, key: LuaString, value: LuaValue) -> 
     }
 }
 
-/// The registry's references to the class tables, for [`new_object`].
+/// The registry's references to the class tables made so far (see `class_methods`), for
+/// [`new_object`].
 pub(super) struct ClassMethods(pub(super) Vec<(Class, mlua::RegistryKey)>);
 
 /// `object` as a Lua userdata that finds its methods in its class table without a call into
@@ -125,15 +126,8 @@ pub(super) fn bare_object(
     lua: &Lua,
     object: Object,
 ) -> mlua::Result<(AnyUserData, Option<std::ffi::c_int>)> {
-    let class = object.class();
+    let methods = class_methods(lua, object.class())?;
     let ud = lua.create_userdata(LuaObject(object))?;
-    let methods = lua.app_data_ref::<ClassMethods>().and_then(|known| {
-        known
-            .0
-            .iter()
-            .find(|(c, _)| *c == class)
-            .map(|(_, key)| key.id())
-    });
     Ok((ud, methods))
 }
 
