@@ -117,24 +117,34 @@ impl<'p> ListFeed<'p> {
         Ok(self.feed.as_mut().expect("opened"))
     }
 
-    /// The rest of the list, then the job.
+    /// The rest of the list, then the job: submitted whole, if nothing opened it.
     fn seal(mut self, rest: Vec<Value>) -> Result<Arc<AsyncResult>, String> {
-        let len = rest.len();
         let calls = calls_of(rest, self.star)?;
-        let feed = self.open(len)?;
+        if let Some((f, chunksize, cbs, traced)) = self.job.take() {
+            return self
+                .pool
+                .submit(self.kind, f, calls, chunksize, cbs, traced);
+        }
+        let mut feed = self.feed.take().expect("opened");
         feed.push(calls)?;
-        Ok(self.feed.take().expect("opened").seal())
+        Ok(feed.seal())
     }
 }
 
 impl PieceSink for ListFeed<'_> {
     fn begin(&mut self, len: usize) -> Result<Option<usize>, String> {
-        let size = self.open(len)?.chunksize();
+        let chunksize = self.job.as_ref().and_then(|(_, chunksize, ..)| *chunksize);
+        let size = self.pool.chunk_size(self.kind, chunksize, len);
         // Pieces of one chunk, for a list of several chunks of many items. Small chunks gain
         // little from it (the reading is a small share of their tasks' cost) and lose to the
         // pool's lock and wake-ups shared with workers already at work: a map in chunks of
-        // one, pushed in pieces of 1024, ran 1.05x slower than read whole first.
-        Ok((len > size && size >= PIECE_ITEMS).then_some(size))
+        // one, pushed in pieces of 1024, ran 1.05x slower than read whole first. A list read
+        // whole is submitted as `apply_async`'s are, the job made after the reading.
+        if len <= size || size < PIECE_ITEMS {
+            return Ok(None);
+        }
+        self.open(len)?;
+        Ok(Some(size))
     }
 
     fn piece(&mut self, items: Vec<Value>) -> Result<(), String> {

@@ -119,12 +119,6 @@ pub struct Feed<'a> {
 }
 
 impl Feed<'_> {
-    /// How many calls a chunk takes: pushing whole chunks keeps the job's chunks as
-    /// [`Pool::submit`] would cut them.
-    pub fn chunksize(&self) -> usize {
-        self.chunksize
-    }
-
     /// Submits the next `calls`, in chunks; errors if the pool stopped taking work meanwhile.
     pub fn push(&mut self, calls: Calls) -> Result<(), String> {
         if calls.is_empty() {
@@ -470,8 +464,9 @@ impl Pool {
     }
 
     /// The chunk size of a job of `items` calls: `chunksize` if given, else Python's default
-    /// for `map` (about four chunks per worker), one call for the others.
-    fn chunk_size(&self, kind: JobKind, chunksize: Option<usize>, items: usize) -> usize {
+    /// for `map` (about four chunks per worker), one call for the others. [`Pool::open`] cuts
+    /// a job's calls so; a caller pushing its calls in whole chunks asks here first.
+    pub fn chunk_size(&self, kind: JobKind, chunksize: Option<usize>, items: usize) -> usize {
         match (chunksize, kind) {
             (Some(size), _) => size.max(1),
             (None, JobKind::List) => items.div_ceil(self.size * 4).max(1),
