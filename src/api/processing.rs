@@ -108,15 +108,7 @@ struct ListFeed<'p> {
     feed: Option<Feed<'p>>,
 }
 
-impl<'p> ListFeed<'p> {
-    fn open(&mut self, len: usize) -> Result<&mut Feed<'p>, String> {
-        if let Some((f, chunksize, cbs, traced)) = self.job.take() {
-            let feed = self.pool.open(self.kind, f, len, chunksize, cbs, traced)?;
-            self.feed = Some(feed);
-        }
-        Ok(self.feed.as_mut().expect("opened"))
-    }
-
+impl ListFeed<'_> {
     /// The rest of the list, then the job: submitted whole, if nothing opened it.
     fn seal(mut self, rest: Vec<Value>) -> Result<Arc<AsyncResult>, String> {
         let calls = calls_of(rest, self.star)?;
@@ -143,14 +135,18 @@ impl PieceSink for ListFeed<'_> {
         if len <= size || size < PIECE_ITEMS {
             return Ok(None);
         }
-        self.open(len)?;
+        if let Some((f, chunksize, cbs, traced)) = self.job.take() {
+            self.feed = Some(self.pool.open(self.kind, f, len, chunksize, cbs, traced)?);
+        }
         Ok(Some(size))
     }
 
     fn piece(&mut self, items: Vec<Value>) -> Result<(), String> {
         let calls = calls_of(items, self.star)?;
-        let len = calls.len();
-        self.open(len)?.push(calls)
+        match &mut self.feed {
+            Some(feed) => feed.push(calls),
+            None => Err("internal error: a list's piece before its job opened".into()),
+        }
     }
 }
 
@@ -206,9 +202,8 @@ fn submit(
         job: Some((f, chunksize, cbs, traced)),
         feed: None,
     };
-    // A map's list is submitted as it is read; the iterators' lists are read first (their
-    // chunks are single calls: an `imap` hands out items as they come, a reading that failed
-    // half-way would have handed out some).
+    // A map's list is submitted as it is read; an iterator's is read first (its chunks are of
+    // one item unless told, which reading in pieces does not pay for).
     let streamed = match kind {
         JobKind::List => args.read_list(2, &mut list)?,
         _ => Streamed::Whole,
