@@ -722,6 +722,9 @@ pub(super) fn deal<W: Dealt>(
         room[at] -= 1;
         dealt.push((at, task));
     }
+    // Counted as taken while still under the lock: a `stats()` meanwhile finds them neither
+    // queued nor running otherwise.
+    pool.stats.tasks(0).taken(dealt.len());
     // Encoded after the pool's lock: a map's chunk takes a while to encode, and the script's
     // thread submitting the next one waits for that lock.
     drop(s);
@@ -729,7 +732,7 @@ pub(super) fn deal<W: Dealt>(
     for (at, task) in dealt {
         let (worker, batch) = (&mut workers[at], &mut batches[at]);
         if let Err(e) = worker.encode(batch, &task) {
-            pool.stats.tasks(0).finished(false, None);
+            pool.stats.tasks(0).reported(false, None);
             let n = task.calls.len();
             if task.job.complete(task.first, Err(e.into()), n) {
                 pool.finisher.finish(&task.job);
@@ -741,7 +744,6 @@ pub(super) fn deal<W: Dealt>(
             *worker.running_since() = Some(Instant::now());
         }
         worker.in_flight().push_back(task);
-        pool.stats.tasks(0).taken(1);
     }
     Some(batches)
 }
