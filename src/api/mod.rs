@@ -342,11 +342,11 @@ pub trait Args {
     /// data (a Lua iterator function, run to its end; a Rhai range); `None` for anything else.
     fn iterate(&mut self, i: usize) -> Result<Option<Vec<Value>>, String>;
     /// Reads the list at argument `i` into `sink` piece by piece as it goes, where the engine
-    /// can (a Lua table with no metatable), so that a pool starts on the first chunks while
-    /// the rest is read. By default, and for anything else, [`Streamed::Whole`].
-    fn read_list(&mut self, i: usize, sink: &mut dyn PieceSink) -> Result<Streamed, String> {
+    /// can (a Lua table with no metatable, a Rhai array), so that a pool starts on the first
+    /// chunks while the rest is read. By default, and for anything else, [`Stream::Whole`].
+    fn read_list(&mut self, i: usize, sink: &mut dyn PieceSink) -> Result<Stream, String> {
         let _ = (i, sink);
-        Ok(Streamed::Whole)
+        Ok(Stream::Whole)
     }
 }
 
@@ -359,43 +359,18 @@ pub trait PieceSink {
     fn piece(&mut self, items: Vec<Value>) -> Result<(), String>;
 }
 
-/// How an engine's reader of a list in pieces ended; [`Stream::finish`] makes it the
-/// [`Streamed`] of [`Args::read_list`].
-pub enum Stream {
-    /// It did not start (not a list it reads so, or the sink chose to read it whole).
-    Whole,
-    /// Every item went to the sink.
-    Done,
-    /// It gave up after this many items went to the sink, in whole pieces.
-    Stopped(usize),
-}
-
-impl Stream {
-    /// The outcome for [`Args::read_list`], with the argument read whole (`whole`) where the
-    /// reader gave up.
-    pub fn finish(self, whole: impl FnOnce() -> Result<Value, String>) -> Result<Streamed, String> {
-        Ok(match self {
-            Stream::Whole => Streamed::Whole,
-            Stream::Done => Streamed::Done,
-            Stream::Stopped(sent) => Streamed::Rest {
-                sent,
-                whole: whole()?,
-            },
-        })
-    }
-}
-
 /// How [`Args::read_list`] ended.
 #[derive(Debug)]
-pub enum Streamed {
-    /// Nothing was read: the caller reads the argument whole ([`Args::value`]).
+pub enum Stream {
+    /// Nothing was read (not a list the engine reads so, or the sink chose to have it read
+    /// whole): the caller reads the argument whole.
     Whole,
     /// Every item went to the sink.
     Done,
-    /// The reading gave up after its first `sent` items (whole pieces) went to the sink: a key
-    /// out of sequence, or a value the engine's fast reader leaves to its general one. `whole`
-    /// is the argument as [`Args::value`] gives it, for the caller to go on from.
-    Rest { sent: usize, whole: Value },
+    /// The reading gave up after this many items went to the sink, in whole pieces: a key out
+    /// of sequence, or a value the engine's fast reader leaves to its general one. The caller
+    /// reads the argument whole ([`Args::value`]) and goes on after them.
+    Stopped(usize),
 }
 
 /// How an adapter exposes a builtin.

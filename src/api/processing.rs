@@ -8,7 +8,7 @@ use super::args::{
     bool_value, elements, flag, has_args, iterable, known_options, list_items, mode_value,
     name_value, opt_name, opt_positive, opt_size, timeout,
 };
-use super::{Args, Builtin, Class, Kind, Object, Outcome, PieceSink, Ret, Streamed};
+use super::{Args, Builtin, Class, Kind, Object, Outcome, PieceSink, Ret, Stream};
 use crate::exec;
 use crate::host::{Host, Mode};
 use crate::pool::{AsyncResult, Callbacks, Failure, Feed, JobKind, Pool, PoolConfig, PoolHandle};
@@ -206,13 +206,13 @@ fn submit(
     // one item unless told, which reading in pieces does not pay for).
     let streamed = match kind {
         JobKind::List => args.read_list(2, &mut list)?,
-        _ => Streamed::Whole,
+        _ => Stream::Whole,
     };
     let rest = match streamed {
-        Streamed::Whole => iterable(args, 2)?,
-        Streamed::Done => Vec::new(),
-        Streamed::Rest { sent, whole } => {
-            let mut items = list_items(whole)?;
+        Stream::Whole => iterable(args, 2)?,
+        Stream::Done => Vec::new(),
+        Stream::Stopped(sent) => {
+            let mut items = list_items(args.value(2)?)?;
             items.drain(..sent.min(items.len()));
             items
         }

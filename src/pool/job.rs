@@ -464,7 +464,8 @@ impl Slots {
             self.values.resize_with(items, || Value::Nil);
         }
         self.filled.resize(items, false);
-        self.remaining = self.remaining + items - before.min(items) - before.saturating_sub(items);
+        // The items dropped (past `items`) had not come in: `remaining` counts them.
+        self.remaining = self.remaining + items - before;
         self.open = false;
         self.remaining == 0 && self.failure.is_none()
     }
@@ -472,8 +473,7 @@ impl Slots {
     /// The values, a nil for each item until it comes in, made at the first use.
     fn values_mut(&mut self) -> &mut Vec<Value> {
         if self.values.len() != self.filled.len() {
-            // Not `vec![Value::Nil; items]`, which clones the nil item by item.
-            self.values = (0..self.filled.len()).map(|_| Value::Nil).collect();
+            self.values = nils(self.filled.len());
         }
         &mut self.values
     }
@@ -515,7 +515,7 @@ impl Slots {
         self.first_error()?;
         Ok(match self.values.len() == self.filled.len() {
             true => self.values.clone(),
-            false => (0..self.filled.len()).map(|_| Value::Nil).collect(),
+            false => nils(self.filled.len()),
         })
     }
 
@@ -548,6 +548,11 @@ impl Slots {
         };
         Some((i, item))
     }
+}
+
+/// `n` nils: not `vec![Value::Nil; n]`, which clones the nil item by item.
+fn nils(n: usize) -> Vec<Value> {
+    (0..n).map(|_| Value::Nil).collect()
 }
 
 /// An iterator's step as a script sees it: the item's value, or its (or the job's) failure;

@@ -1,7 +1,7 @@
 //! [`LuaArgs`]: a builtin's arguments as the engine-neutral API reads them, and the engine as
 //! the execution models ask for it (here, or a snapshot).
 
-use crate::api::{PieceSink, Stream, Streamed};
+use crate::api::{PieceSink, Stream};
 use mlua::ffi;
 
 use super::*;
@@ -45,16 +45,23 @@ impl Frame {
         }
     }
 
+    /// Where argument `i` lies, if it is a table, and the stack's top to restore after reading
+    /// it.
+    ///
+    /// # Safety
+    /// As [`Frame::data`].
+    unsafe fn table_at(&self, i: usize) -> Option<(std::ffi::c_int, std::ffi::c_int)> {
+        let at = self.first + std::ffi::c_int::try_from(i).ok()?;
+        let top = ffi::lua_gettop(self.state);
+        (at <= top && ffi::lua_type(self.state, at) == ffi::LUA_TTABLE).then_some((at, top))
+    }
+
     /// Argument `i` read as data; `None` where the serde path must decide.
     ///
     /// # Safety
     /// The builtin's call is running, and its arguments are where they were when it started.
     unsafe fn data(&self, lua: &Lua, i: usize) -> Option<Value> {
-        let at = self.first + std::ffi::c_int::try_from(i).ok()?;
-        let top = ffi::lua_gettop(self.state);
-        if at > top || ffi::lua_type(self.state, at) != ffi::LUA_TTABLE {
-            return None;
-        }
+        let (at, top) = self.table_at(i)?;
         let data = direct::read_at(self.state, at, direct::ArrayMetatable::Of(lua));
         ffi::lua_settop(self.state, top);
         data
@@ -70,13 +77,9 @@ impl Frame {
         i: usize,
         sink: &mut dyn PieceSink,
     ) -> Result<Stream, String> {
-        let Ok(at) = std::ffi::c_int::try_from(i).map(|i| self.first + i) else {
+        let Some((at, top)) = self.table_at(i) else {
             return Ok(Stream::Whole);
         };
-        let top = ffi::lua_gettop(self.state);
-        if at > top || ffi::lua_type(self.state, at) != ffi::LUA_TTABLE {
-            return Ok(Stream::Whole);
-        }
         let streamed = direct::stream_at(self.state, at, direct::ArrayMetatable::Of(lua), sink);
         ffi::lua_settop(self.state, top);
         streamed
@@ -358,13 +361,12 @@ impl Args for LuaArgs<'_> {
         self
     }
 
-    fn read_list(&mut self, i: usize, sink: &mut dyn PieceSink) -> Result<Streamed, String> {
+    fn read_list(&mut self, i: usize, sink: &mut dyn PieceSink) -> Result<Stream, String> {
         let (Some(frame), Some(LuaValue::Table(_))) = (&self.frame, self.vals.get(i)) else {
-            return Ok(Streamed::Whole);
+            return Ok(Stream::Whole);
         };
         // SAFETY: a frame is only made for the builtin's call that runs now.
-        let stream = unsafe { frame.stream(self.lua, i, sink) }?;
-        stream.finish(|| self.value(i))
+        unsafe { frame.stream(self.lua, i, sink) }
     }
 }
 

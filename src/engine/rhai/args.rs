@@ -2,7 +2,7 @@
 //! the execution models ask for it (here, or a snapshot).
 
 use super::*;
-use crate::api::{PieceSink, Streamed};
+use crate::api::{PieceSink, Stream};
 
 pub(super) struct RhaiArgs<'a, 'b> {
     pub(super) args: &'a mut [&'b mut Dynamic],
@@ -52,6 +52,14 @@ impl RhaiArgs<'_, '_> {
         }
     }
 
+    /// Argument `i` by reference (`unit` where there is none).
+    fn arg<'s>(&'s self, i: usize, unit: &'s Dynamic) -> &'s Dynamic {
+        match self.args.get(i) {
+            Some(d) => d,
+            None => self.extra.get(i - self.args.len()).unwrap_or(unit),
+        }
+    }
+
     /// Argument `i` as a function handed over to another thread ([`detach_handles`]).
     pub(super) fn fn_ptr(&self, i: usize) -> Result<FnPtr, String> {
         let f = match self.get(i).try_cast_result::<::rhai::ImmutableString>() {
@@ -78,21 +86,12 @@ impl Args for RhaiArgs<'_, '_> {
     fn value(&mut self, i: usize) -> Result<Value, String> {
         // By reference: cloning a deeply nested value first would recurse as deep as it nests.
         let unit = Dynamic::UNIT;
-        let d: &Dynamic = match self.args.get(i) {
-            Some(d) => d,
-            None => self.extra.get(i - self.args.len()).unwrap_or(&unit),
-        };
-        to_value(self.shared, d)
+        to_value(self.shared, self.arg(i, &unit))
     }
 
-    fn read_list(&mut self, i: usize, sink: &mut dyn PieceSink) -> Result<Streamed, String> {
+    fn read_list(&mut self, i: usize, sink: &mut dyn PieceSink) -> Result<Stream, String> {
         let unit = Dynamic::UNIT;
-        let d: &Dynamic = match self.args.get(i) {
-            Some(d) => d,
-            None => self.extra.get(i - self.args.len()).unwrap_or(&unit),
-        };
-        let stream = super::direct::stream(d, sink)?;
-        stream.finish(|| self.value(i))
+        super::direct::stream(self.arg(i, &unit), sink)
     }
 
     fn object(&mut self, i: usize) -> Result<Object, String> {
