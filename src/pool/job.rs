@@ -371,11 +371,20 @@ impl AsyncResult {
 /// A job's results by item index, as its tasks report them.
 struct Slots {
     /// Each item's value, once it has come in (nil until then, and once an iterator has taken
-    /// it): a map's results are moved out as they are, with no copy into another list. Empty
-    /// until the first value comes in ([`Slots::values_mut`]): made by the thread that reports
-    /// it, not by the script's thread on its way to submitting the job (a map of 100k items
-    /// made 3 MB of fresh pages there, before any worker could start).
+    /// it): a map's results are moved out as they are, with no copy into another list.
+    ///
+    /// Kept as a prefix: the values of items `0..values.len()`, the rest missing, with the
+    /// tasks' values reported ahead of it in `ahead` until the ones before them come in. A
+    /// map's tasks mostly report in order, so each value moves in once, in its place; the
+    /// list was made whole at the first report, a nil per item, and each task's values
+    /// swapped in, which wrote and read the list twice more (a third of a fork pool's
+    /// supervisor time in a map of 100k, its fresh pages mostly). Made whole (a nil for
+    /// each item missing) when an item is wanted by its place ([`Slots::values_mut`]). Empty
+    /// until the first value comes in: not made by the script's thread on its way to
+    /// submitting the job.
     values: Vec<Value>,
+    /// Tasks' values reported ahead of `values`, by their first item.
+    ahead: BTreeMap<usize, Vec<Value>>,
     /// Which items have come in.
     filled: Vec<bool>,
     /// The items that came in as errors, by index (a failed task's items: few).
@@ -394,6 +403,7 @@ impl Slots {
     fn new(items: usize) -> Slots {
         Slots {
             values: Vec::new(),
+            ahead: BTreeMap::new(),
             filled: vec![false; items],
             failures: BTreeMap::new(),
             remaining: items,
@@ -423,7 +433,7 @@ impl Slots {
                     // (each slot's nil moves out into `values`, dropped with it).
                     self.filled[first..end].fill(true);
                     self.remaining -= values.len();
-                    self.values_mut()[first..end].swap_with_slice(&mut values);
+                    self.place(first, values);
                 } else {
                     for (i, v) in values.into_iter().enumerate() {
                         if self.fill(first + i, unordered) {
@@ -460,9 +470,8 @@ impl Slots {
     fn seal(&mut self, items: usize) -> bool {
         let before = self.filled.len();
         debug_assert!(self.open && self.filled.iter().skip(items).all(|f| !f));
-        if !self.values.is_empty() {
-            self.values.resize_with(items, || Value::Nil);
-        }
+        // (A list that was whole is a prefix if the job grew.)
+        self.values.truncate(items);
         self.filled.resize(items, false);
         // The items dropped (past `items`) had not come in: `remaining` counts them.
         self.remaining = self.remaining + items - before;
@@ -470,10 +479,36 @@ impl Slots {
         self.remaining == 0 && self.failure.is_none()
     }
 
-    /// The values, a nil for each item until it comes in, made at the first use.
+    /// Moves the values of items `first..` in, none of which had come in.
+    fn place(&mut self, first: usize, mut values: Vec<Value>) {
+        let items = self.filled.len();
+        if self.values.len() == items && self.ahead.is_empty() {
+            self.values[first..first + values.len()].swap_with_slice(&mut values);
+            return;
+        }
+        if first != self.values.len() {
+            self.ahead.insert(first, values);
+            return;
+        }
+        if self.values.is_empty() {
+            self.values.reserve_exact(items);
+        }
+        self.values.append(&mut values);
+        while let Some(mut next) = self.ahead.remove(&self.values.len()) {
+            self.values.append(&mut next);
+        }
+    }
+
+    /// The values, whole: a nil for each item until it comes in.
     fn values_mut(&mut self) -> &mut Vec<Value> {
-        if self.values.len() != self.filled.len() {
-            self.values = nils(self.filled.len());
+        let items = self.filled.len();
+        if self.values.len() != items || !self.ahead.is_empty() {
+            self.values.resize_with(items, || Value::Nil);
+            for (first, values) in std::mem::take(&mut self.ahead) {
+                for (at, v) in (first..items).zip(values) {
+                    self.values[at] = v;
+                }
+            }
         }
         &mut self.values
     }
@@ -513,10 +548,15 @@ impl Slots {
     /// Every item's value, copied, or the first error.
     fn values(&self) -> Result<Vec<Value>, Failure> {
         self.first_error()?;
-        Ok(match self.values.len() == self.filled.len() {
-            true => self.values.clone(),
-            false => nils(self.filled.len()),
-        })
+        let items = self.filled.len();
+        let mut values = self.values.clone();
+        values.resize_with(items, || Value::Nil);
+        for (first, ahead) in &self.ahead {
+            for (at, v) in (*first..items).zip(ahead) {
+                values[at] = v.clone();
+            }
+        }
+        Ok(values)
     }
 
     /// [`Slots::values`] for their only reader: the values are moved out.
@@ -548,11 +588,6 @@ impl Slots {
         };
         Some((i, item))
     }
-}
-
-/// `n` nils: not `vec![Value::Nil; n]`, which clones the nil item by item.
-fn nils(n: usize) -> Vec<Value> {
-    (0..n).map(|_| Value::Nil).collect()
 }
 
 /// An iterator's step as a script sees it: the item's value, or its (or the job's) failure;
@@ -655,6 +690,49 @@ mod tests {
 
         let empty = AsyncResult::new(4, JobKind::List, 0, Callbacks::default()).opened();
         assert!(empty.seal(0));
+    }
+
+    /// Values reported out of order land in their places, whether they are taken, copied or
+    /// read one by one, and whatever comes in after an item was read by its place.
+    #[test]
+    fn values_reported_out_of_order_land_in_place() {
+        let job = AsyncResult::new(1, JobKind::List, 7, Callbacks::default());
+        assert!(!job.complete(4, Ok(ints(&[4, 5])), 2));
+        assert!(!job.complete(2, Ok(ints(&[2, 3])), 2));
+        assert!(!job.complete(0, Ok(ints(&[0, 1])), 2));
+        assert!(job.complete(6, Ok(ints(&[6])), 1));
+        job.set_ready();
+        let all = Value::Array(ints(&[0, 1, 2, 3, 4, 5, 6]));
+        assert_eq!(job.get(None).unwrap(), all, "copied");
+        assert_eq!(job.take().unwrap(), all, "moved");
+
+        let copied = AsyncResult::new(2, JobKind::List, 4, Callbacks::default());
+        assert!(!copied.complete(2, Ok(ints(&[2, 3])), 2));
+        assert!(copied.complete(0, Ok(ints(&[0, 1])), 2));
+        copied.set_ready();
+        assert_eq!(copied.get(None).unwrap(), Value::Array(ints(&[0, 1, 2, 3])));
+
+        let iterated = AsyncResult::new(3, JobKind::Ordered, 5, Callbacks::default());
+        assert!(!iterated.complete(0, Ok(ints(&[0])), 1));
+        assert!(!iterated.complete(3, Ok(ints(&[3, 4])), 2));
+        assert_eq!(
+            iterated.next_item_ready().unwrap().unwrap(),
+            Some(Value::Int(0))
+        );
+        assert!(iterated.next_item_ready().is_none(), "item 1 is not in");
+        assert!(!iterated.complete(1, Ok(ints(&[1])), 1));
+        assert!(iterated.complete(2, Ok(ints(&[2])), 1));
+        iterated.set_ready();
+        for i in 1..5 {
+            assert_eq!(iterated.next_item(None).unwrap(), Some(Value::Int(i)));
+        }
+        assert_eq!(iterated.next_item(None).unwrap(), None);
+
+        let failed = AsyncResult::new(4, JobKind::List, 4, Callbacks::default());
+        assert!(!failed.complete(2, Ok(ints(&[2, 3])), 2));
+        assert!(failed.complete(0, Err("boom".into()), 2));
+        failed.set_ready();
+        assert!(failed.take().is_err());
     }
 
     #[test]
