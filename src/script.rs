@@ -272,6 +272,53 @@ pub(crate) enum CallSlice<'a> {
     Lists(#[serde(with = "crate::value::wire::lists")] &'a [Vec<Value>]),
 }
 
+/// A task's calls as they go down a worker's pipe: a [`CallSlice`], or a map's chunk read
+/// from the script straight into the wire's form ([`WireList`]). Every form reads back as the
+/// [`Calls`] it stands for.
+#[derive(Serialize, Debug, Clone, Copy)]
+pub(crate) enum CallsOut<'a> {
+    Each(#[serde(with = "crate::value::wire::list")] &'a [Value]),
+    Lists(#[serde(with = "crate::value::wire::lists")] &'a [Vec<Value>]),
+    /// `Each`, its list written already: the `bin` that `Each` holds.
+    #[serde(rename = "Each")]
+    EachWritten(#[serde(with = "serde_bytes")] &'a [u8]),
+}
+
+impl<'a> From<CallSlice<'a>> for CallsOut<'a> {
+    fn from(calls: CallSlice<'a>) -> CallsOut<'a> {
+        match calls {
+            CallSlice::Each(v) => CallsOut::Each(v),
+            CallSlice::Lists(v) => CallsOut::Lists(v),
+        }
+    }
+}
+
+/// One argument per call (a map's chunk), as [`crate::value::wire::encode_list`] writes the
+/// list: what a pool whose workers are other processes takes from a reader that writes the
+/// items as it reads them, with no [`Value`] kept for each.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WireList {
+    /// How many items.
+    pub(crate) items: usize,
+    /// The MessagePack array.
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl WireList {
+    /// The list of `items` items whose encodings, one after another, are `body`.
+    pub(crate) fn of(items: usize, body: &[u8]) -> WireList {
+        let mut bytes = Vec::with_capacity(body.len() + 5);
+        let _ = rmp::encode::write_array_len(&mut bytes, items as u32);
+        bytes.extend_from_slice(body);
+        WireList { items, bytes }
+    }
+
+    /// The items, read back.
+    pub(crate) fn decode(&self) -> Result<Vec<Value>, String> {
+        crate::value::wire::decode_list(&self.bytes)
+    }
+}
+
 impl CallSlice<'_> {
     pub(crate) fn len(&self) -> usize {
         match self {

@@ -357,6 +357,16 @@ pub trait PieceSink {
     fn begin(&mut self, len: usize) -> Result<Option<usize>, String>;
     /// The next items in order: a whole piece, or the last, shorter one.
     fn piece(&mut self, items: Vec<Value>) -> Result<(), String>;
+    /// Whether the pieces may come written for the wire instead ([`PieceSink::written`]):
+    /// the workers are other processes. Asked after [`PieceSink::begin`].
+    fn takes_written(&self) -> bool {
+        false
+    }
+    /// The next items in order, each written as [`crate::value::wire::encode`] writes it:
+    /// the bytes that [`PieceSink::piece`] of those values would send.
+    fn written(&mut self, list: crate::script::WireList) -> Result<(), String> {
+        self.piece(list.decode()?)
+    }
 }
 
 /// How [`Args::read_list`] ended.

@@ -13,7 +13,7 @@ use crate::exec;
 use crate::host::{Host, Mode};
 use crate::pool::{AsyncResult, Callbacks, Failure, Feed, JobKind, Pool, PoolConfig, PoolHandle};
 use crate::process::ScriptProcess;
-use crate::script::{Callback, Calls, FunctionSpec};
+use crate::script::{Callback, Calls, FunctionSpec, WireList};
 use crate::value::Value;
 
 fn process(args: &mut dyn Args) -> Result<Arc<ScriptProcess>, String> {
@@ -143,10 +143,27 @@ impl PieceSink for ListFeed<'_> {
 
     fn piece(&mut self, items: Vec<Value>) -> Result<(), String> {
         let calls = calls_of(items, self.star)?;
-        match &mut self.feed {
-            Some(feed) => feed.push(calls),
-            None => Err("internal error: a list's piece before its job opened".into()),
+        self.feed()?.push(calls)
+    }
+
+    fn takes_written(&self) -> bool {
+        // A starmap's items are checked as argument lists here; a map's go as they are.
+        !self.star && self.pool.takes_written()
+    }
+
+    fn written(&mut self, list: WireList) -> Result<(), String> {
+        if self.star {
+            return self.piece(list.decode()?);
         }
+        self.feed()?.push_written(list)
+    }
+}
+
+impl<'p> ListFeed<'p> {
+    fn feed(&mut self) -> Result<&mut Feed<'p>, String> {
+        self.feed
+            .as_mut()
+            .ok_or_else(|| "internal error: a list's piece before its job opened".to_owned())
     }
 }
 

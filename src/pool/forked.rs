@@ -97,6 +97,10 @@ impl Forked {
 }
 
 impl Backend for Forked {
+    fn workers_elsewhere(&self) -> bool {
+        true
+    }
+
     fn wake(&self, _: &Pool) {
         // The news (a task queued, a new status) is in the pool's state before this: the
         // supervisor clears the flag before it reads the state, so a wake-up that finds the
@@ -822,7 +826,7 @@ pub(super) fn encode_task(
     let message = ToWorkerOut::Task {
         id: task.id,
         function: *key,
-        calls: task.calls.as_slice(),
+        calls: task.calls.out(),
         traced: trace_name.map(|_| (task.job.id(), task.first as u64)),
         gather: task.job.read_whole(),
     };

@@ -34,7 +34,7 @@ use crate::rt::cancel;
 use crate::rt::poison::Recover;
 use crate::rt::progress::Tracker;
 use crate::rt::spawn::Handle;
-use crate::script::{CallSlice, Calls, FunctionSpec, ScriptEngine, Travel};
+use crate::script::{CallSlice, Calls, CallsOut, FunctionSpec, ScriptEngine, Travel, WireList};
 use crate::value::Value;
 
 mod callbacks;
@@ -64,6 +64,12 @@ trait Backend: Send + Sync {
     /// Tells the workers, or the thread that feeds them, that there is news: work in the
     /// pending queue, or a new status. Never blocks.
     fn wake(&self, pool: &Pool);
+
+    /// Whether the workers are other processes, which take a map's chunks written for their
+    /// pipes ([`Feed::push_written`]).
+    fn workers_elsewhere(&self) -> bool {
+        false
+    }
 
     /// Tells them that tasks were added, with `queued` tasks now waiting and `idle` workers
     /// waiting for work (as the pool's lock showed then). Never blocks; by default,
@@ -124,17 +130,26 @@ impl Feed<'_> {
         if calls.is_empty() {
             return Ok(());
         }
+        self.push_chunks(chunks(calls, self.chunksize))
+    }
+
+    /// Submits the next calls as one chunk, written already for the workers' pipes (see
+    /// [`Pool::takes_written`]); a list longer than a chunk is read back and cut.
+    pub fn push_written(&mut self, list: WireList) -> Result<(), String> {
+        if list.items == 0 {
+            return Ok(());
+        }
+        if list.items > self.chunksize {
+            return self.push(Calls::Each(list.decode()?));
+        }
+        self.push_chunks(vec![Chunk::Written(list)])
+    }
+
+    fn push_chunks(&mut self, chunks: Vec<Chunk>) -> Result<(), String> {
         let pool = self.pool;
         let s = pool.state();
         pool.takes_work(&s)?;
-        pool.enqueue(
-            s,
-            &self.job,
-            &self.function,
-            calls,
-            self.chunksize,
-            &mut self.submitted,
-        );
+        pool.enqueue(s, &self.job, &self.function, chunks, &mut self.submitted);
         Ok(())
     }
 
@@ -165,10 +180,14 @@ impl Drop for Feed<'_> {
     }
 }
 
-/// A task's calls: a range of the list its job's tasks share.
-struct Chunk {
-    all: Arc<Calls>,
-    range: std::ops::Range<usize>,
+/// A task's calls: a range of the list its job's tasks share, or a map's chunk written for
+/// the workers' pipes as the script's list was read ([`Feed::push_written`]).
+enum Chunk {
+    Shared {
+        all: Arc<Calls>,
+        range: std::ops::Range<usize>,
+    },
+    Written(WireList),
 }
 
 /// Splits `calls` into chunks of at most `size` calls that share one list: nothing is copied.
@@ -177,7 +196,7 @@ fn chunks(calls: Calls, size: usize) -> Vec<Chunk> {
     let len = all.len();
     (0..len)
         .step_by(size.max(1))
-        .map(|start| Chunk {
+        .map(|start| Chunk::Shared {
             all: all.clone(),
             range: start..(start + size).min(len),
         })
@@ -186,14 +205,32 @@ fn chunks(calls: Calls, size: usize) -> Vec<Chunk> {
 
 impl Chunk {
     fn len(&self) -> usize {
-        self.range.len()
+        match self {
+            Chunk::Shared { range, .. } => range.len(),
+            Chunk::Written(list) => list.items,
+        }
     }
 
-    fn as_slice(&self) -> CallSlice<'_> {
-        let r = self.range.clone();
-        match &*self.all {
-            Calls::Each(v) => CallSlice::Each(&v[r]),
-            Calls::Lists(v) => CallSlice::Lists(&v[r]),
+    /// Runs `f` on the calls, as an engine in this process takes them (a written chunk read
+    /// back: only a pool whose workers are other processes is given one).
+    fn run<R>(&self, f: impl FnOnce(CallSlice<'_>) -> R) -> Result<R, String> {
+        match self {
+            Chunk::Shared { all, range } => Ok(f(match &**all {
+                Calls::Each(v) => CallSlice::Each(&v[range.clone()]),
+                Calls::Lists(v) => CallSlice::Lists(&v[range.clone()]),
+            })),
+            Chunk::Written(list) => Ok(f(CallSlice::Each(&list.decode()?))),
+        }
+    }
+
+    /// The calls as they go down a worker's pipe.
+    fn out(&self) -> CallsOut<'_> {
+        match self {
+            Chunk::Shared { all, range } => match &**all {
+                Calls::Each(v) => CallsOut::Each(&v[range.clone()]),
+                Calls::Lists(v) => CallsOut::Lists(&v[range.clone()]),
+            },
+            Chunk::Written(list) => CallsOut::EachWritten(&list.bytes),
         }
     }
 }
@@ -459,7 +496,7 @@ impl Pool {
             return Ok(job);
         }
         let mut first = 0;
-        self.enqueue(s, &job, &function, calls, chunksize, &mut first);
+        self.enqueue(s, &job, &function, chunks(calls, chunksize), &mut first);
         Ok(job)
     }
 
@@ -486,18 +523,17 @@ impl Pool {
         Tracker::start(self.host.settings.progress, label, items)
     }
 
-    /// Queues `calls` of `job` in chunks of `chunksize`, the first being call `first` of the
-    /// job (advanced past them), and tells the workers; releases the pool's lock `s`.
+    /// Queues `chunks` of `job`'s calls, the first being call `first` of the job (advanced
+    /// past them), and tells the workers; releases the pool's lock `s`.
     fn enqueue(
         &self,
         mut s: MutexGuard<'_, PoolState>,
         job: &Arc<AsyncResult>,
         function: &Arc<FunctionSpec>,
-        calls: Calls,
-        chunksize: usize,
+        chunks: Vec<Chunk>,
         first: &mut usize,
     ) {
-        for chunk in chunks(calls, chunksize) {
+        for chunk in chunks {
             let n = chunk.len();
             let id = s.next_task;
             s.next_task += 1;
@@ -675,6 +711,12 @@ impl Pool {
     /// Whether this process made the pool (not a forked child holding a copy of it).
     pub fn made_here(&self) -> bool {
         self.creator == crate::rt::pid::current_pid()
+    }
+
+    /// Whether a map's chunks may come written for the workers' pipes
+    /// ([`Feed::push_written`]): the workers are other processes, which read them so.
+    pub fn takes_written(&self) -> bool {
+        self.backend.workers_elsewhere()
     }
 
     /// How a function travels to the workers.
@@ -1203,10 +1245,44 @@ mod tests {
         let chunks = chunks(calls, 4);
         let lens: Vec<usize> = chunks.iter().map(Chunk::len).collect();
         assert_eq!(lens, [4, 4, 2]);
-        assert!(Arc::ptr_eq(&chunks[0].all, &chunks[2].all));
-        match chunks[2].as_slice() {
-            CallSlice::Each(v) => assert_eq!(v, [Value::Int(8), Value::Int(9)]),
+        let (Chunk::Shared { all: a, .. }, Chunk::Shared { all: b, .. }) = (&chunks[0], &chunks[2])
+        else {
+            panic!("a list cut into chunks became written ones");
+        };
+        assert!(Arc::ptr_eq(a, b));
+        let items = chunks[2].run(|calls| match calls {
+            CallSlice::Each(v) => v.to_vec(),
             CallSlice::Lists(_) => panic!("map calls became argument lists"),
-        }
+        });
+        assert_eq!(items, Ok(vec![Value::Int(8), Value::Int(9)]));
+    }
+
+    /// A written chunk goes down the pipe as the same bytes as the values it holds, and an
+    /// engine in this process gets those values.
+    #[test]
+    fn a_written_chunk_stands_for_its_values() {
+        let values = vec![
+            Value::Int(1),
+            Value::Str("é".into()),
+            Value::Nil,
+            Value::Float(0.5),
+        ];
+        let mut bytes = Vec::new();
+        crate::value::wire::encode_list(&mut bytes, &values);
+        let written = Chunk::Written(WireList { items: 4, bytes });
+        let shared = chunks(Calls::Each(values.clone()), 4).pop().unwrap();
+        assert_eq!(written.len(), 4);
+        assert_eq!(
+            rmp_serde::to_vec(&written.out()).unwrap(),
+            rmp_serde::to_vec(&shared.out()).unwrap()
+        );
+        let back: Calls =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&written.out()).unwrap()).unwrap();
+        assert!(matches!(back, Calls::Each(ref v) if *v == values));
+        let run = written.run(|calls| match calls {
+            CallSlice::Each(v) => v.to_vec(),
+            CallSlice::Lists(_) => panic!("map calls became argument lists"),
+        });
+        assert_eq!(run, Ok(values));
     }
 }

@@ -57,6 +57,10 @@ impl RankWake {
 }
 
 impl Backend for RankWake {
+    fn workers_elsewhere(&self) -> bool {
+        true
+    }
+
     fn wake(&self, _: &Pool) {
         let _ = self.0.try_send(());
     }

@@ -357,7 +357,9 @@ fn serve(
             let _pool = pool.state();
             pool.changed.notify_all();
         }
-        let result = run(&mut functions, &function, calls.as_slice());
+        let result = calls
+            .run(|calls| run(&mut functions, &function, calls))
+            .unwrap_or_else(|e| Err(e.into()));
         if let (Some(trace), Some(name), Some(start)) =
             (&pool.host.trace, job.trace_name(), started)
         {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rt::codec;
 use crate::rt::trace;
-use crate::script::{CallSlice, Calls, FunctionSpec, TaskEngine, TaskError, TaskFn};
+use crate::script::{CallSlice, Calls, CallsOut, FunctionSpec, TaskEngine, TaskError, TaskFn};
 use crate::value::Value;
 
 /// A message down a forked worker's task pipe, as the supervisor writes it.
@@ -35,7 +35,7 @@ pub(super) enum ToWorkerOut<'a> {
     Task {
         id: u64,
         function: u64,
-        calls: CallSlice<'a>,
+        calls: CallsOut<'a>,
         traced: Option<(u64, u64)>,
         gather: bool,
     },
@@ -344,7 +344,7 @@ mod tests {
         let task = ToWorkerOut::Task {
             id: 9,
             function: 7,
-            calls: calls.as_slice(),
+            calls: calls.as_slice().into(),
             traced: Some((3, 40)),
             gather: true,
         };
@@ -538,7 +538,7 @@ mod tests {
             let msg = ToWorkerOut::Task {
                 id,
                 function: 7,
-                calls: calls.as_slice(),
+                calls: calls.as_slice().into(),
                 traced: None,
                 gather,
             };
@@ -576,7 +576,7 @@ mod tests {
         let msg = ToWorkerOut::Task {
             id: 5,
             function: 8,
-            calls: calls.as_slice(),
+            calls: calls.as_slice().into(),
             traced: None,
             gather: false,
         };
