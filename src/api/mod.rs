@@ -369,6 +369,61 @@ pub trait PieceSink {
     }
 }
 
+/// The piece of a list an engine's reader is reading for a [`PieceSink`]: its values, or, for
+/// a sink that takes them written ([`PieceSink::takes_written`]), their encodings, each value
+/// dropped as soon as it is written (a map of 100k items kept 3 MB of values the workers'
+/// pipes never needed).
+pub enum Piece {
+    Values(Vec<Value>),
+    Written { items: usize, body: Vec<u8> },
+}
+
+impl Piece {
+    /// An empty piece of up to `size` items for `sink`.
+    pub fn new(sink: &dyn PieceSink, size: usize) -> Piece {
+        match sink.takes_written() {
+            true => Piece::Written {
+                items: 0,
+                body: Vec::new(),
+            },
+            false => Piece::Values(Vec::with_capacity(size)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Piece::Values(items) => items.len(),
+            Piece::Written { items, .. } => *items,
+        }
+    }
+
+    pub fn add(&mut self, item: Value) {
+        match self {
+            Piece::Values(items) => items.push(item),
+            Piece::Written { items, body } => {
+                crate::value::wire::encode(body, &item);
+                *items += 1;
+            }
+        }
+    }
+
+    /// Hands the piece to `sink` and starts the next.
+    pub fn send(&mut self, sink: &mut dyn PieceSink) -> Result<(), String> {
+        match self {
+            Piece::Values(items) => {
+                let size = items.capacity();
+                sink.piece(std::mem::replace(items, Vec::with_capacity(size)))
+            }
+            Piece::Written { items, body } => {
+                let list = crate::script::WireList::of(*items, body);
+                *items = 0;
+                body.clear();
+                sink.written(list)
+            }
+        }
+    }
+}
+
 /// How [`Args::read_list`] ended.
 #[derive(Debug)]
 pub enum Stream {

@@ -16,9 +16,7 @@ use std::ffi::{c_char, c_int, c_void};
 use mlua::ffi;
 use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
 
-use crate::api::{PieceSink, Stream};
-use crate::script::WireList;
-use crate::value::wire;
+use crate::api::{Piece, PieceSink, Stream};
 use crate::value::{Value, MAX_DEPTH};
 
 /// The [`Value`] of table `t`, as mlua's serde makes it (`detect_mixed_tables`,
@@ -102,7 +100,7 @@ pub(super) unsafe fn stream_at(
         array_metatable,
     };
     reader.path.push(ffi::lua_topointer(state, at));
-    let mut piece_of = Piece::new(sink.takes_written(), piece);
+    let mut piece_of = Piece::new(&*sink, piece);
     let mut sent = 0;
     ffi::lua_pushnil(state);
     let key = ffi::lua_gettop(state);
@@ -126,59 +124,6 @@ pub(super) unsafe fn stream_at(
         piece_of.send(sink)?;
     }
     Ok(Stream::Done)
-}
-
-/// The piece of a list being read for a [`PieceSink`]: its values, or, for a sink that takes
-/// them written ([`PieceSink::takes_written`]), their encodings, each value dropped as soon
-/// as it is written (a map of 100k items kept 3 MB of values the workers' pipes never needed).
-enum Piece {
-    Values(Vec<Value>),
-    Written { items: usize, body: Vec<u8> },
-}
-
-impl Piece {
-    fn new(written: bool, size: usize) -> Piece {
-        match written {
-            true => Piece::Written {
-                items: 0,
-                body: Vec::new(),
-            },
-            false => Piece::Values(Vec::with_capacity(size)),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Piece::Values(items) => items.len(),
-            Piece::Written { items, .. } => *items,
-        }
-    }
-
-    fn add(&mut self, item: Value) {
-        match self {
-            Piece::Values(items) => items.push(item),
-            Piece::Written { items, body } => {
-                wire::encode(body, &item);
-                *items += 1;
-            }
-        }
-    }
-
-    /// Hands the piece to `sink` and starts the next.
-    fn send(&mut self, sink: &mut dyn PieceSink) -> Result<(), String> {
-        match self {
-            Piece::Values(items) => {
-                let size = items.capacity();
-                sink.piece(std::mem::replace(items, Vec::with_capacity(size)))
-            }
-            Piece::Written { items, body } => {
-                let list = WireList::of(*items, body);
-                *items = 0;
-                body.clear();
-                sink.written(list)
-            }
-        }
-    }
 }
 
 /// mlua's array metatable, which marks a table as a sequence: its address, or the state to

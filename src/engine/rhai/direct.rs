@@ -17,7 +17,7 @@ use std::any::TypeId;
 
 use ::rhai::{Array, Blob, Dynamic, ImmutableString, Map, FLOAT, INT};
 
-use crate::api::{PieceSink, Stream};
+use crate::api::{Piece, PieceSink, Stream};
 use crate::value::{Value, MAX_DEPTH};
 
 /// Why [`value_of`] gave up.
@@ -54,11 +54,15 @@ pub(super) fn stream(d: &Dynamic, sink: &mut dyn PieceSink) -> Result<Stream, St
     };
     let piece = piece.max(1);
     let mut sent = 0;
+    let mut piece_of = Piece::new(&*sink, piece);
     for part in items.chunks(piece) {
-        let Ok(values) = part.iter().map(|item| read(item, 1)).collect() else {
-            return Ok(Stream::Stopped(sent));
-        };
-        sink.piece(values)?;
+        for item in part {
+            let Ok(value) = read(item, 1) else {
+                return Ok(Stream::Stopped(sent));
+            };
+            piece_of.add(value);
+        }
+        piece_of.send(sink)?;
         sent += part.len();
     }
     Ok(Stream::Done)
