@@ -2,10 +2,11 @@
 //!
 //! Workers are forked when the pool is created and inherit the script state as of then. Each
 //! has a task pipe and a result pipe ([`super::worker`] is what runs in it). The supervisor, a
-//! thread in the parent, assigns tasks and reads results; a writer thread per worker writes its
-//! tasks, so the supervisor never blocks on a full pipe. The supervisor reads results without
-//! blocking, from every worker's pipe in one `poll`, and cuts them into frames with a
-//! [`FrameBuf`].
+//! thread in the parent, assigns tasks and reads results, all without blocking, in one `poll`:
+//! it writes a worker's tasks as far as its pipe takes them and keeps the rest until the pipe
+//! has room ([`TaskPipe`]), and reads every worker's results, cut into frames with a
+//! [`FrameBuf`]. (A writer thread per worker wrote the tasks: four threads more to start for
+//! a `Pool(4)`, and a thread's wake-up for every batch.)
 //!
 //! - **Dispatch.** Tasks wait in the pool's pending queue. Each worker has a *window* of tasks
 //!   in flight: 1 while tasks are slow (so a later task starts on whichever worker frees up
@@ -30,7 +31,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Sender};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
@@ -184,9 +184,8 @@ struct Child {
     pid: Pid,
     /// Which of the pool's workers it is, counting from 1 in the order they were forked.
     number: usize,
-    /// Batches of encoded messages for the writer thread; dropped to close the task pipe.
-    tasks: Option<Sender<Vec<u8>>>,
-    writer: Option<Handle>,
+    /// Its task pipe; dropped to close it.
+    tasks: Option<TaskPipe>,
     results: File,
     /// What the worker has written, cut into frames.
     frames: FrameBuf,
@@ -259,33 +258,53 @@ impl Supervisor {
     }
 
     /// Waits in `poll` for the wake pipe (index 0) or a result pipe (index 1 + the child's),
-    /// until the next task deadline at the latest; which are readable, or `None` if the wait
-    /// was cut short.
-    fn wait_readable(&self) -> Option<Vec<bool>> {
+    /// or room in a task pipe with tasks waiting (which it writes then), until the next task
+    /// deadline at the latest; which are readable, or `None` if the wait was cut short.
+    fn wait_readable(&mut self) -> Option<Vec<bool>> {
         let mut fds = vec![PollFd::new(self.wake.rx.as_fd(), PollFlags::POLLIN)];
         fds.extend(
             self.children
                 .iter()
                 .map(|c| PollFd::new(c.results.as_fd(), PollFlags::POLLIN)),
         );
+        let writing: Vec<usize> = (0..self.children.len())
+            .filter(|&i| {
+                self.children[i]
+                    .tasks
+                    .as_ref()
+                    .is_some_and(TaskPipe::has_waiting)
+            })
+            .collect();
+        fds.extend(writing.iter().filter_map(|&i| {
+            let pipe = self.children[i].tasks.as_ref()?;
+            Some(PollFd::new(pipe.file.as_fd(), PollFlags::POLLOUT))
+        }));
         let wait = self.next_deadline().map_or(POLL_MILLIS, |d| {
             d.saturating_duration_since(Instant::now())
                 .as_millis()
                 .min(u128::from(POLL_MILLIS)) as u16
         });
-        match poll(&mut fds, PollTimeout::from(wait)) {
-            Ok(_) => Some(
-                fds.iter()
-                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                    .collect(),
-            ),
-            Err(nix::errno::Errno::EINTR) => None,
+        let ready: Vec<bool> = match poll(&mut fds, PollTimeout::from(wait)) {
+            Ok(_) => fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect(),
+            Err(nix::errno::Errno::EINTR) => return None,
             Err(e) => {
                 self.pool
                     .break_pool(&format!("the pool cannot poll its workers: {e}"));
-                None
+                return None;
+            }
+        };
+        drop(fds);
+        let readable = 1 + self.children.len();
+        for (&i, _) in writing.iter().zip(&ready[readable..]).filter(|(_, &r)| r) {
+            if let Some(pipe) = &mut self.children[i].tasks {
+                // (A closed pipe: see `dispatch`.)
+                let _ = pipe.flush();
             }
         }
+        Some(ready[..readable].to_vec())
     }
 
     /// Empties the wake pipe and reads the results of every readable worker; a worker whose
@@ -312,16 +331,13 @@ impl Supervisor {
         }
     }
 
-    /// Closes the task pipes, which ends the workers' loops, and waits for the workers, their
-    /// writer threads and link servers; then tells the pool its workers have ended.
+    /// Closes the task pipes, which ends the workers' loops, and waits for the workers and
+    /// their link servers; then tells the pool its workers have ended.
     fn shutdown(mut self) {
         for child in &mut self.children {
             child.tasks.take();
         }
         for mut child in std::mem::take(&mut self.children) {
-            if let Some(h) = child.writer.take() {
-                let _ = h.join();
-            }
             let status = children::wait_child(child.pid, true);
             // A stopped pool's tasks end unreported.
             self.pool.stats.tasks(0).untaken(child.in_flight.len());
@@ -369,10 +385,12 @@ impl Supervisor {
         else {
             return;
         };
-        for (child, batch) in self.children.iter().zip(batches) {
+        for (child, batch) in self.children.iter_mut().zip(batches) {
             if !batch.is_empty() {
-                if let Some(tx) = &child.tasks {
-                    let _ = tx.send(batch);
+                if let Some(tasks) = &mut child.tasks {
+                    // A pipe whose reader is gone: the worker ended, which its result pipe
+                    // tells, and it is buried from there.
+                    let _ = tasks.send(batch);
                 }
             }
         }
@@ -415,9 +433,6 @@ impl Supervisor {
     fn bury(&self, mut child: Child, how: &str) {
         child.tasks.take();
         let status = reap(child.pid, BURY_GRACE);
-        if let Some(h) = child.writer.take() {
-            let _ = h.join();
-        }
         if let Some(h) = child.link.take() {
             let _ = h.join();
         }
@@ -541,7 +556,7 @@ impl Supervisor {
         }
     }
 
-    /// Forks one worker, with its pipes and writer thread (in place of worker `replaces`, if
+    /// Forks one worker, with its pipes (in place of worker `replaces`, if
     /// given). Call with the GIL held.
     fn fork_child(&mut self, replaces: Option<usize>) -> Result<Child, String> {
         let child = self.fork_unattached(replaces)?;
@@ -609,7 +624,8 @@ impl Supervisor {
         })
     }
 
-    /// Starts a forked worker's threads in this process: its link server and its task writer.
+    /// Starts a forked worker's thread in this process (its link server) and makes its task pipe
+    /// the supervisor's.
     fn attach(&self, forked: Unattached) -> Result<Child, String> {
         let Unattached {
             link,
@@ -618,13 +634,13 @@ impl Supervisor {
             result_rx,
         } = forked;
         let pid = link.pid();
-        let (tx, writer) = set_nonblocking(&result_rx).and_then(|()| start_writer(task_tx))?;
+        set_nonblocking(&result_rx)?;
+        let tasks = TaskPipe::new(task_tx)?;
         let link_server = link.serve()?.link_server;
         Ok(Child {
             pid,
             number,
-            tasks: Some(tx),
-            writer: Some(writer),
+            tasks: Some(tasks),
             results: File::from(result_rx),
             frames: FrameBuf::default(),
             in_flight: VecDeque::new(),
@@ -651,24 +667,66 @@ fn read_available(child: &mut Child, scratch: &mut [u8]) -> Option<String> {
     }
 }
 
-/// Starts the thread that writes a worker's task pipe: what is sent on the channel, in order.
-/// Dropping the sender closes the pipe.
-fn start_writer(task_tx: OwnedFd) -> Result<(Sender<Vec<u8>>, Handle), String> {
-    let (tx, rx) = unbounded::<Vec<u8>>();
-    let task_fd = task_tx.as_raw_fd();
-    let mut task_file = File::from(task_tx);
-    let writer = crate::rt::spawn::Builder::new()
-        .name("parrun-pool-writer".into())
-        .spawn(move || {
-            for batch in rx {
-                if task_file.write_all(&batch).is_err() {
-                    break;
+/// A worker's task pipe as the supervisor writes it: without blocking, what the pipe does not
+/// take yet kept, in order, until it has room.
+struct TaskPipe {
+    file: File,
+    /// Written for the worker and not taken by the pipe yet, from `taken` on.
+    waiting: Vec<u8>,
+    taken: usize,
+}
+
+impl TaskPipe {
+    fn new(fd: OwnedFd) -> Result<TaskPipe, String> {
+        set_nonblocking(&fd)?;
+        Ok(TaskPipe {
+            file: File::from(fd),
+            waiting: Vec::new(),
+            taken: 0,
+        })
+    }
+
+    /// Queues `batch` behind what waits and writes what the pipe takes. `Err`: the worker's
+    /// end is closed.
+    fn send(&mut self, batch: Vec<u8>) -> Result<(), ()> {
+        if self.waiting.is_empty() {
+            self.waiting = batch;
+        } else {
+            self.waiting.extend_from_slice(&batch);
+        }
+        self.flush()
+    }
+
+    /// Writes what waits, as far as the pipe takes it.
+    fn flush(&mut self) -> Result<(), ()> {
+        while self.taken < self.waiting.len() {
+            match self.file.write(&self.waiting[self.taken..]) {
+                Ok(n) => self.taken += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.waiting = Vec::new();
+                    self.taken = 0;
+                    return Err(());
                 }
             }
-            fork::unregister_fd(task_fd);
-        })
-        .map_err(|e| format!("cannot start a pool writer thread: {e}"))?;
-    Ok((tx, writer))
+        }
+        self.waiting.clear();
+        self.taken = 0;
+        Ok(())
+    }
+
+    /// Whether something waits for room in the pipe.
+    fn has_waiting(&self) -> bool {
+        self.taken < self.waiting.len()
+    }
+}
+
+impl Drop for TaskPipe {
+    fn drop(&mut self) {
+        // (Its descriptor closes after this, with the file.)
+        fork::unregister_fd(self.file.as_raw_fd());
+    }
 }
 
 /// A worker as [`deal`] hands it tasks: its tasks in flight, how many it was sent, when the
