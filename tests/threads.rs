@@ -1149,3 +1149,43 @@ print(`${a.name}	${b.name}	${c.name}	${p.name}`);
         },
     );
 }
+
+/// A thread reading the script's locals after the main script died of an error Lua itself
+/// raised (indexing nil, arithmetic on a table, calling nil) reads what they held: the first
+/// local of the frame that raised it (the usual `local P = parrun`) read as the error's text
+/// instead, so the threads still running failed with "attempt to call a nil value (field
+/// 'sleep')" after the script's own error, in every mode (in `gil` a `Process` too). The
+/// dead coroutine's stack had been set back to that frame's base (mlua's guard) and the
+/// error text, pushed there for `lua_closethread`, landed on the local its upvalue still
+/// pointed at. An `error(...)` call was not hit (its frame is a C function's).
+#[test]
+fn threads_read_the_scripts_locals_after_it_died_of_a_lua_error() {
+    let lua = r#"
+local P = parrun
+local a, b = "one", 2
+local t = P.Thread(function()
+  P.sleep(0.2)
+  print("thread sees", a, b, type(P.sleep))
+end, {})
+t:start()
+local x = nil
+print(x.field)
+"#;
+    let rhai = r#"
+let a = "one"; let b = 2;
+let t = Thread(|| { sleep(0.2); print(`thread sees	${a}	${b}	function`); }, []);
+t.start();
+let x = ();
+print(x.field);
+"#;
+    common::both("locals", lua, rhai, |out| {
+        out.assert_code(1)
+            .assert_stderr_contains("parrun: ")
+            .assert_stdout_contains("thread sees\tone\t2\tfunction");
+        assert!(
+            !out.stderr.contains("Exception in thread"),
+            "{}",
+            out.describe()
+        );
+    });
+}

@@ -288,6 +288,7 @@ pub(super) fn close_variables(co: &Coroutine, error: &mlua::Error) -> Option<mlu
     // the final error object is read before anything else touches the stack.
     unsafe {
         let state = co.state();
+        keep_dead_frame_locals(state);
         if mlua::ffi::lua_checkstack(state, 1) == 0 {
             return None;
         }
@@ -307,5 +308,30 @@ pub(super) fn close_variables(co: &Coroutine, error: &mlua::Error) -> Option<mlu
         };
         mlua::ffi::lua_settop(state, 0);
         replaced
+    }
+}
+
+/// Moves a dead coroutine's top above the active locals of the frame that raised its error,
+/// leaving their values as they are. mlua's resume set the top back to that frame's base
+/// (`lua_settop(0)` on the dead thread), so a value pushed then landed on its first local, to
+/// which an open upvalue may still point (a thread's closure over the script's `local P =
+/// parrun`): `lua_closethread` closed that upvalue with the pushed error text, and the
+/// threads still running read the text for `P`. Only a Lua frame is exposed so (an `error`
+/// call's frame is a C function's, whose base is above its caller's locals). `lua_getlocal`
+/// copies local `n` to the top, which is its own slot while the top climbs one local at a
+/// time from `n - 1` (the frame's values below the top are already kept).
+///
+/// # Safety
+/// `state` is a dead coroutine that nothing else touches (the GIL is held).
+unsafe fn keep_dead_frame_locals(state: *mut mlua::ffi::lua_State) {
+    let mut frame: mlua::ffi::lua_Debug = std::mem::zeroed();
+    if mlua::ffi::lua_getstack(state, 0, &mut frame) == 0 {
+        return;
+    }
+    let mut n = mlua::ffi::lua_gettop(state) + 1;
+    while mlua::ffi::lua_checkstack(state, 1) != 0
+        && !mlua::ffi::lua_getlocal(state, &frame, n).is_null()
+    {
+        n += 1;
     }
 }
