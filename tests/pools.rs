@@ -559,6 +559,70 @@ pool:close() pool:join()
     }
 }
 
+/// A nil item of an `imap` in a Lua `for` loop: the loop would end there with the items after
+/// it unread and no word said (they were lost so); it is an error at the loop's line, unless
+/// it is the last item. `next` still gives it, and Rhai's loop, like Python's, goes on with
+/// `()` in its place.
+#[test]
+fn an_imap_loop_does_not_end_at_a_nil_item_without_a_word() {
+    let lua = r#"
+local p = parrun.Pool(2)
+local function f(x) if x == 2 then return nil end return x end
+local seen = {}
+for x in p:imap(f, {1, 2}) do seen[#seen + 1] = x end
+print("last nil", #seen)
+local it = p:imap(f, {1, 2, 3})
+print("next", it:next(), it:next(), it:next(), it:next())
+-- (The others wait, so that the nil comes first in `imap_unordered` too.)
+local function g(x) if x ~= 2 then parrun.sleep(0.05) end return f(x) end
+for _, kind in ipairs({"imap", "imap_unordered"}) do
+  local ok, e = pcall(function()
+    for x in p[kind](p, g, {2, 1, 3}) do seen[#seen + 1] = x end
+  end)
+  print(kind, ok, e)
+end
+p:close() p:join()
+"#;
+    let rhai = r#"
+let p = Pool(2);
+fn f(x) { if x == 2 { () } else { x } }
+let seen = [];
+for x in p.imap(f, [1, 2, 3]) { seen.push(x); }
+print(`loop ${seen.len()} ${seen[1] == ()}`);
+p.close(); p.join();
+"#;
+    each_mode("nil_items", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        // (The script's name comes with its directory.)
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .into_iter()
+            .map(|l| match (l.find('/'), l.find("nil_items.lua")) {
+                (Some(a), Some(b)) if a < b => format!("{}{}", &l[..a], &l[b..]),
+                _ => l.to_owned(),
+            })
+            .collect();
+        if lines.len() == 1 {
+            assert_eq!(lines, ["loop 3 true"], "mode {mode}\n{}", out.describe());
+            return;
+        }
+        let error = "nil_items.lua:13: an imap item is nil, and a Lua `for` loop ends at a nil \
+                     with items still to come: return something other than nil from the task \
+                     (false, say), or read the items with `it:next()`";
+        assert_eq!(
+            lines,
+            [
+                "last nil\t1".to_owned(),
+                "next\t1\tnil\t3\tnil".to_owned(),
+                format!("imap\tfalse\t{error}"),
+                format!("imap_unordered\tfalse\t{error}"),
+            ],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    });
+}
+
 /// Rhai's other iterables, which a `for` loop takes (a stepped range, a string's `chars()`,
 /// an integer's `bits()`, an imap's iterator), are a map's input too, as any iterable is
 /// Python's: they were an error ("cannot send this value ...: a range", for chars too).

@@ -118,7 +118,13 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
 
     lua.set_app_data(ClassMethods(Vec::new()));
     lua.set_named_registry_value("parrun.classes", lua.create_table()?)?;
-    lua.set_named_registry_value("parrun.call", native::iterate(lua)?)?;
+    let items_left = lua.create_function(|_, ud: AnyUserData| {
+        Ok(match &ud.borrow::<object::LuaObject>()?.0 {
+            Object::ResultIterator(job, ..) => job.items_left(),
+            _ => false,
+        })
+    })?;
+    lua.set_named_registry_value("parrun.call", native::iterate(lua, items_left)?)?;
     lua.set_named_registry_value("parrun.run_chunk", native::run_chunk(lua)?)?;
     Tasks::install(lua, host)?;
     // `os.exit` ends the script's run (or a thread), never the process: the program embedding

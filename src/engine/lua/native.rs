@@ -413,14 +413,18 @@ unsafe extern "C-unwind" fn scoped_ran(
 }
 
 /// Calling a parrun object calls its `next` method: `for x in pool:imap(f, xs) do .. end`.
-pub(super) fn iterate(lua: &Lua) -> mlua::Result<Function> {
-    closure(lua, call_next, Vec::new())
+/// `items_left(object)` tells whether an iterator has items after a nil one: a `for` loop
+/// ends at a nil, so the items after it would be lost without a word (Python's loop gets
+/// `None` and goes on); that is an error instead.
+pub(super) fn iterate(lua: &Lua, items_left: Function) -> mlua::Result<Function> {
+    closure(lua, call_next, vec![LuaValue::Function(items_left)])
 }
 
 unsafe extern "C-unwind" fn call_next(state: *mut lua_State) -> c_int {
+    // [object] -> [object, next, object]
     ffi::lua_settop(state, 1);
     ffi::lua_getfield(state, 1, c"next".as_ptr());
-    ffi::lua_insert(state, 1);
+    ffi::lua_pushvalue(state, 1);
     // Protected: `next` places its error at its caller, this C function, which has no line;
     // the error is raised again here, placed at the loop that called the object.
     let status = ffi::lua_pcallk(state, 1, ffi::LUA_MULTRET, 0, 0, Some(next_returned));
@@ -436,7 +440,23 @@ unsafe extern "C-unwind" fn next_returned(
     if status != ffi::LUA_OK && status != ffi::LUA_YIELD {
         return raise_top_with_position(state);
     }
-    ffi::lua_gettop(state)
+    if ffi::lua_gettop(state) == 2 && ffi::lua_isnil(state, 2) != 0 {
+        ffi::luaL_checkstack(state, 2, ptr::null());
+        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+        ffi::lua_pushvalue(state, 1);
+        ffi::lua_call(state, 1, 1);
+        if ffi::lua_toboolean(state, -1) != 0 {
+            return raise(
+                state,
+                "an imap item is nil, and a Lua `for` loop ends at a nil with items still to \
+                 come: return something other than nil from the task (false, say), or read \
+                 the items with `it:next()`"
+                    .to_owned(),
+            );
+        }
+        ffi::lua_pop(state, 1);
+    }
+    ffi::lua_gettop(state) - 1
 }
 
 // ---------------------------------------------------------------------------------------------
