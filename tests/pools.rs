@@ -593,13 +593,16 @@ p.close(); p.join();
 "#;
     each_mode("nil_items", &[], lua, rhai, |mode, out| {
         out.assert_success();
-        // (The script's name comes with its directory.)
+        // (The script's name comes with its directory, which Lua shortens to `...` when long.)
         let lines: Vec<String> = out
             .stdout_lines()
             .into_iter()
-            .map(|l| match (l.find('/'), l.find("nil_items.lua")) {
-                (Some(a), Some(b)) if a < b => format!("{}{}", &l[..a], &l[b..]),
-                _ => l.to_owned(),
+            .map(|l| match l.find("nil_items.lua") {
+                Some(b) => {
+                    let a = l[..b].rfind('\t').map_or(0, |t| t + 1);
+                    format!("{}{}", &l[..a], &l[b..])
+                }
+                None => l.to_owned(),
             })
             .collect();
         if lines.len() == 1 {

@@ -307,11 +307,10 @@ impl AsyncResult {
         self.slots().take_values()
     }
 
-    /// Whether an iterator over the job has items it has not handed out yet (in a job that
-    /// has not failed as a whole).
+    /// Whether an iterator over the job has items it has not handed out yet.
     pub fn items_left(&self) -> bool {
         let s = self.slots();
-        s.failure.is_none() && !s.cursor.at_end(s.filled.len())
+        !s.cursor.at_end(s.filled.len())
     }
 
     /// `AsyncResult.ready`.
