@@ -264,12 +264,12 @@ impl Calls {
     }
 }
 
-/// Some of a job's calls, borrowed: what an engine runs, and what goes down a worker's pipe
-/// (encoded as the [`Calls`] it decodes to).
-#[derive(Serialize, Debug, Clone, Copy)]
+/// Some of a job's calls, borrowed: what an engine runs (what goes down a worker's pipe is a
+/// [`CallsOut`]).
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum CallSlice<'a> {
-    Each(#[serde(with = "crate::value::wire::list")] &'a [Value]),
-    Lists(#[serde(with = "crate::value::wire::lists")] &'a [Vec<Value>]),
+    Each(&'a [Value]),
+    Lists(&'a [Vec<Value>]),
 }
 
 /// A task's calls as they go down a worker's pipe: a [`CallSlice`], or a map's chunk read

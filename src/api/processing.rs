@@ -108,7 +108,7 @@ struct ListFeed<'p> {
     feed: Option<Feed<'p>>,
 }
 
-impl ListFeed<'_> {
+impl<'p> ListFeed<'p> {
     /// The rest of the list, then the job: submitted whole, if nothing opened it.
     fn seal(mut self, rest: Vec<Value>) -> Result<Arc<AsyncResult>, String> {
         let calls = calls_of(rest, self.star)?;
@@ -120,6 +120,12 @@ impl ListFeed<'_> {
         let mut feed = self.feed.take().expect("opened");
         feed.push(calls)?;
         Ok(feed.seal())
+    }
+
+    fn feed(&mut self) -> Result<&mut Feed<'p>, String> {
+        self.feed
+            .as_mut()
+            .ok_or_else(|| "internal error: a list's piece before its job opened".to_owned())
     }
 }
 
@@ -156,14 +162,6 @@ impl PieceSink for ListFeed<'_> {
             return self.piece(list.decode()?);
         }
         self.feed()?.push_written(list)
-    }
-}
-
-impl<'p> ListFeed<'p> {
-    fn feed(&mut self) -> Result<&mut Feed<'p>, String> {
-        self.feed
-            .as_mut()
-            .ok_or_else(|| "internal error: a list's piece before its job opened".to_owned())
     }
 }
 

@@ -556,8 +556,8 @@ impl Supervisor {
         }
     }
 
-    /// Forks one worker, with its pipes (in place of worker `replaces`, if
-    /// given). Call with the GIL held.
+    /// Forks one worker, with its pipes (in place of worker `replaces`, if given). Call with
+    /// the GIL held.
     fn fork_child(&mut self, replaces: Option<usize>) -> Result<Child, String> {
         let child = self.fork_unattached(replaces)?;
         self.attach(child)

@@ -509,12 +509,7 @@ impl Slots {
     fn values_mut(&mut self) -> &mut Vec<Value> {
         let items = self.filled.len();
         if self.values.len() != items || !self.ahead.is_empty() {
-            self.values.resize_with(items, || Value::Nil);
-            for (first, values) in std::mem::take(&mut self.ahead) {
-                for (at, v) in (first..items).zip(values) {
-                    self.values[at] = v;
-                }
-            }
+            make_whole(&mut self.values, items, std::mem::take(&mut self.ahead));
         }
         &mut self.values
     }
@@ -554,14 +549,8 @@ impl Slots {
     /// Every item's value, copied, or the first error.
     fn values(&self) -> Result<Vec<Value>, Failure> {
         self.first_error()?;
-        let items = self.filled.len();
         let mut values = self.values.clone();
-        values.resize_with(items, || Value::Nil);
-        for (first, ahead) in &self.ahead {
-            for (at, v) in (*first..items).zip(ahead) {
-                values[at] = v.clone();
-            }
-        }
+        make_whole(&mut values, self.filled.len(), self.ahead.clone());
         Ok(values)
     }
 
@@ -593,6 +582,17 @@ impl Slots {
             None => Ok(std::mem::take(&mut self.values_mut()[i])),
         };
         Some((i, item))
+    }
+}
+
+/// Makes `values`, a prefix of a job's `items` values, whole: the values reported `ahead` of
+/// it in their places, a nil for each item missing.
+fn make_whole(values: &mut Vec<Value>, items: usize, ahead: BTreeMap<usize, Vec<Value>>) {
+    values.resize_with(items, || Value::Nil);
+    for (first, reported) in ahead {
+        for (at, v) in (first..items).zip(reported) {
+            values[at] = v;
+        }
     }
 }
 

@@ -211,14 +211,19 @@ impl Chunk {
         }
     }
 
+    /// A shared chunk's range of its list.
+    fn shared<'a>(all: &'a Calls, range: &std::ops::Range<usize>) -> CallSlice<'a> {
+        match all {
+            Calls::Each(v) => CallSlice::Each(&v[range.clone()]),
+            Calls::Lists(v) => CallSlice::Lists(&v[range.clone()]),
+        }
+    }
+
     /// Runs `f` on the calls, as an engine in this process takes them (a written chunk read
     /// back: only a pool whose workers are other processes is given one).
     fn run<R>(&self, f: impl FnOnce(CallSlice<'_>) -> R) -> Result<R, String> {
         match self {
-            Chunk::Shared { all, range } => Ok(f(match &**all {
-                Calls::Each(v) => CallSlice::Each(&v[range.clone()]),
-                Calls::Lists(v) => CallSlice::Lists(&v[range.clone()]),
-            })),
+            Chunk::Shared { all, range } => Ok(f(Chunk::shared(all, range))),
             Chunk::Written(list) => Ok(f(CallSlice::Each(&list.decode()?))),
         }
     }
@@ -226,10 +231,7 @@ impl Chunk {
     /// The calls as they go down a worker's pipe.
     fn out(&self) -> CallsOut<'_> {
         match self {
-            Chunk::Shared { all, range } => match &**all {
-                Calls::Each(v) => CallsOut::Each(&v[range.clone()]),
-                Calls::Lists(v) => CallsOut::Lists(&v[range.clone()]),
-            },
+            Chunk::Shared { all, range } => Chunk::shared(all, range).into(),
             Chunk::Written(list) => CallsOut::EachWritten(&list.bytes),
         }
     }
