@@ -27,9 +27,13 @@ impl Hasher for Mix {
         }
         let rest = words.remainder();
         if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            self.write_u64(u64::from_le_bytes(last));
+            // The last bytes as a little-endian word padded with zeros, built in a register: a
+            // copy into a buffer is a call to memcpy, which keeps the state in memory.
+            let last = rest
+                .iter()
+                .rev()
+                .fold(0u64, |word, &byte| (word << 8) | u64::from(byte));
+            self.write_u64(last);
         }
     }
 
@@ -49,5 +53,32 @@ impl Hasher for Mix {
 
     fn write_i64(&mut self, word: i64) {
         self.write_u64(word as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of_bytes(bytes: &[u8]) -> u64 {
+        let mut mix = Mix::default();
+        mix.write(bytes);
+        mix.finish()
+    }
+
+    /// Bytes are read as little-endian words, the last one padded with zeros.
+    #[test]
+    fn bytes_read_as_padded_little_endian_words() {
+        for len in 0..20 {
+            let bytes: Vec<u8> = (1..=len as u8).map(|b| b.wrapping_mul(37)).collect();
+            let mut words = Mix::default();
+            for chunk in bytes.chunks(8) {
+                let mut word = [0u8; 8];
+                word[..chunk.len()].copy_from_slice(chunk);
+                words.write_u64(u64::from_le_bytes(word));
+            }
+            assert_eq!(of_bytes(&bytes), words.finish(), "{len} bytes");
+        }
+        assert_ne!(of_bytes(b"ab"), of_bytes(b"ba"));
     }
 }
