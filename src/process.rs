@@ -13,7 +13,8 @@
 //!   `pid` is this process's. A
 //!   thread cannot be killed: `terminate` and `kill` cancel its target instead, as a pool
 //!   stops a thread's task (`crate::rt::cancel`): it stops at its next instruction or wait,
-//!   and its exit code is the signal's, as a killed child's (`-15`, `-9`).
+//!   and its exit code is the signal's, as a killed child's (`-15`, `-9`). A Ctrl-C stops it
+//!   the same way (`-2`), as it kills a forked one.
 //! - on an MPI worker rank (`mpi`): the target runs there as on a thread with an engine of its
 //!   own, built from an image of the snapshot; `pid` is the rank's process's, and the exit
 //!   code comes back in a message. It cannot be signalled either.
@@ -94,6 +95,14 @@ impl ThreadExit {
             })
             .map(drop)
             .map_err(|e| format!("cannot start an OS thread: {e}"))
+    }
+}
+
+/// Ctrl-C stops a process on a thread as it kills a forked one (which keeps SIGINT's default
+/// action): its exit code is then `-2`.
+impl crate::rt::signals::Interruptible for ThreadExit {
+    fn interrupt(self: Arc<Self>) {
+        let _ = self.stop(Signal::SIGINT);
     }
 }
 
@@ -203,6 +212,8 @@ impl ScriptProcess {
             })
             .map_err(|e| format!("cannot start an OS thread: {e}"))?;
         exit.joiner.set(handle);
+        let interruptible: Arc<dyn crate::rt::signals::Interruptible> = exit.clone();
+        crate::rt::signals::stop_on_interrupt(Arc::downgrade(&interruptible));
         *state = State::Thread(exit);
         drop(state);
         host.register(self.clone());

@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Once;
@@ -96,6 +96,8 @@ fn spawn_parrun(args: &[&str]) -> Child {
     adopt_orphans();
     Command::new(common::parrun_bin())
         .args(args)
+        // A process group of its own, as a shell's job: `signal_group` is a terminal's Ctrl-C.
+        .process_group(0)
         .current_dir(common::repo_root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -173,6 +175,12 @@ impl Parrun {
 
     fn signal(&self, signal: Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Sends `signal` to parrun's process group, as a terminal's Ctrl-C reaches a job.
+    fn signal_group(&self, signal: Signal) {
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.child.id() as i32), signal)
+            .unwrap();
     }
 
     fn kill_and_stderr(&mut self) -> String {
@@ -492,6 +500,53 @@ sleep(30);
             });
         }
     });
+}
+
+/// A terminal's Ctrl-C kills a forked `Process` (it keeps SIGINT's default action); a `Process`
+/// on a thread (`gil`, `isolated`) is stopped the same way, busy or waiting, so that the same
+/// script ends the same in every mode: exit codes -2, and the script that caught the interrupt
+/// goes on. Before, a process on a thread ran on, and the script's `join` waited for it.
+#[test]
+fn ctrl_c_stops_a_process_on_a_thread_as_it_kills_a_forked_one() {
+    let lua = r#"
+local p = parrun.Process(function() while true do end end)
+local q = parrun.Process(function() parrun.sleep(60) end)
+p:start() q:start()
+print("pid " .. p.pid) print("pid " .. q.pid)
+print("ready")
+local ok, err = pcall(function() p:join() end)
+print("caught " .. tostring(err))
+q:join() p:join()
+print("exitcodes " .. tostring(p.exitcode) .. " " .. tostring(q.exitcode))
+"#;
+    let rhai = r#"
+let p = Process(|| { loop { } });
+let q = Process(|| sleep(60));
+p.start(); q.start();
+print(`pid ${p.pid}`); print(`pid ${q.pid}`);
+print("ready");
+try { p.join(); } catch (e) { print(`caught ${e}`); }
+q.join(); p.join();
+print(`exitcodes ${p.exitcode} ${q.exitcode}`);
+"#;
+    for mode in MODES {
+        for (lang, code) in [("lua", lua), ("rhai", rhai)] {
+            let what = format!("{lang} --mode {mode}");
+            let (_dir, mut parrun) = start(&what, mode, lang, code);
+            let processes = parrun.pids(2);
+            parrun.line("ready");
+            std::thread::sleep(Duration::from_millis(300));
+            parrun.signal_group(Signal::SIGINT);
+            let caught = parrun.line("caught ");
+            assert!(caught.contains("KeyboardInterrupt"), "{what}: {caught}");
+            let codes = parrun.line("exitcodes ");
+            let (status, stderr, _) = parrun.finish();
+            assert_eq!(codes, "exitcodes -2 -2", "{what}: {stderr}");
+            assert_eq!(status.code(), Some(0), "{what}: {stderr}");
+            assert!(!stderr.contains("stopped by"), "{what}: {stderr}");
+            assert_reaped(&processes, &what);
+        }
+    }
 }
 
 /// Rhai cannot catch what `on_progress` raises: a script that makes no parrun call is stopped

@@ -7,6 +7,9 @@
 //!   `crate::rt::cancel`): at its next instruction, or in the wait it is blocked in. The script can
 //!   catch it; uncaught, the run shuts down as after any error (pools terminated, threads and
 //!   processes waited for) and ends with status 130.
+//! - The first SIGINT also stops what a terminal's Ctrl-C would kill, were it a process of the
+//!   run's process group: a script `Process` that runs on a thread ([`stop_on_interrupt`]), as
+//!   its forked twin dies of the signal.
 //! - A second SIGINT within [`SECOND_CHANCE`] of the first, a script that has not taken the
 //!   interrupt by then or is still shutting down, a SIGINT with no script code running, and
 //!   SIGTERM stop the process at once: one line on stderr (`parrun: stopped by SIGINT`), every
@@ -23,6 +26,7 @@
 
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
@@ -30,6 +34,7 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signa
 use crate::rt::cancel::{self, MainState};
 use crate::rt::exit::{self, Ending};
 use crate::rt::fork;
+use crate::rt::poison::Recover;
 
 /// How long after a first SIGINT a second one stops the run at once, and how long a script
 /// gets to raise the interrupt and shut down.
@@ -72,6 +77,36 @@ extern "C" fn hold_exit() {
     }
 }
 
+/// What the first SIGINT stops besides the main script thread (see [`stop_on_interrupt`]).
+pub(crate) trait Interruptible: Send + Sync {
+    /// Stops it as SIGINT would have killed it; returns at once.
+    fn interrupt(self: Arc<Self>);
+}
+
+static INTERRUPTIBLE: Mutex<Vec<Weak<dyn Interruptible>>> = Mutex::new(Vec::new());
+
+/// Has the first SIGINT stop `item` for as long as it lives: a script `Process` on a thread,
+/// which a terminal's Ctrl-C would have killed as a child of the run's process group (a forked
+/// `Process` keeps SIGINT's default action), so that the same script ends the same way in every
+/// mode.
+pub(crate) fn stop_on_interrupt(item: Weak<dyn Interruptible>) {
+    let mut items = INTERRUPTIBLE.lock().recover();
+    items.retain(|item| item.strong_count() > 0);
+    items.push(item);
+}
+
+fn interrupt_the_rest() {
+    let items: Vec<_> = INTERRUPTIBLE
+        .lock()
+        .recover()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for item in items {
+        item.interrupt();
+    }
+}
+
 fn watch(set: &SigSet) {
     let mut first: Option<Instant> = None;
     loop {
@@ -79,7 +114,10 @@ fn watch(set: &SigSet) {
         match signal {
             Some(Signal::SIGINT) if first.is_none() => match cancel::interrupt_main() {
                 MainState::Idle => stop(Signal::SIGINT),
-                _ => first = Some(Instant::now()),
+                _ => {
+                    first = Some(Instant::now());
+                    interrupt_the_rest();
+                }
             },
             Some(signal @ (Signal::SIGINT | Signal::SIGTERM)) => stop(signal),
             _ => {}
