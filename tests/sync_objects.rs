@@ -358,6 +358,57 @@ print(`barrier ${bar.broken}`);
     });
 }
 
+/// A forked child killed while its `put` waits for room on a full `Queue(1)` puts nothing:
+/// once `join` has returned, the room the parent makes stays empty, as with Python's
+/// `multiprocessing.Queue`. (The parent's waiting thread used to put the value for the dead
+/// child when room came within its 50 ms liveness check.)
+/// ```python
+/// ready, ghosts = mp.Queue(), 0
+/// for _ in range(3):
+///     q = mp.Queue(1); q.put("first")
+///     p = mp.Process(target=lambda: (ready.put(True), q.put("ghost"))); p.start()
+///     ready.get(); time.sleep(0.1); p.kill(); p.join(); q.get()
+///     try: q.get(timeout=0.2); ghosts += 1
+///     except queue.Empty: pass
+/// print("ghosts", ghosts)  # ghosts 0
+/// ```
+#[test]
+fn a_child_killed_while_its_put_waits_puts_nothing() {
+    let lua = r#"
+local ready, ghosts = parrun.Queue(), 0
+for _ = 1, 3 do
+  local q = parrun.Queue(1)
+  q:put("first")
+  local p = parrun.Process(function() ready:put(true) q:put("ghost") end)
+  p:start() ready:get() parrun.sleep(0.1)
+  p:kill() p:join() q:get()
+  if pcall(q.get, q, 0.2) then ghosts = ghosts + 1 end
+end
+print("ghosts", ghosts)
+"#;
+    let rhai = r#"
+let ready = Queue(); let ghosts = 0;
+for round in 0..3 {
+  let q = Queue(1);
+  q.put("first");
+  let p = Process(|ready, q| { ready.put(true); q.put("ghost"); }, [ready, q]);
+  p.start(); ready.get(); sleep(0.1);
+  p.kill(); p.join(); q.get();
+  try { q.get(0.2); ghosts += 1; } catch {}
+}
+print(`ghosts ${ghosts}`);
+"#;
+    both_in_modes(&MODES, "ghostput", lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_value("ghosts").trim(),
+            "0",
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
+
 /// `Condition.wait_for` calls the script's predicate, waits while it is false (woken by each
 /// notify), and gives its last result; with a timeout, false once the time is up; its wait's
 /// error (the lock not held) names the operation, as Python's:
