@@ -160,7 +160,10 @@ impl ScriptProcess {
                  (AssertionError: can only start a process object created by current process)"
                 .into());
         }
-        let target = take_target(&self.target, "a process can only be started once")?;
+        let target = take_target(
+            &self.target,
+            "a process can only be started once (AssertionError: cannot start a process twice)",
+        )?;
         match exec::model(self.mode).launch(target)? {
             Launch::Fork(target) => self.fork(host, target),
             Launch::Thread { target, engine } => self.spawn(host, engine, target),

@@ -136,7 +136,10 @@ impl ScriptThread {
 
     /// Starts the thread. Must be called with the GIL held (the new thread queues for it).
     pub fn start(self: &Arc<Self>, host: &Arc<Host>) -> Result<(), String> {
-        let target = take_target(&self.target, "threads can only be started once")?;
+        let target = take_target(
+            &self.target,
+            "threads can only be started once (RuntimeError)",
+        )?;
         {
             // `set_daemon` reads the state under this lock.
             let mut state = self.state.lock().recover();

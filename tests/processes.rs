@@ -1276,7 +1276,7 @@ print(`exitcode ${p.exitcode}`);
                         "{who} false Queue.get: queue is empty: nothing arrived within \
                          12.345679ms (Empty)"
                     ),
-                    format!("{who} false Lock.release: release of an unlocked Lock"),
+                    format!("{who} false Lock.release: release of an unlocked Lock (RuntimeError: release unlocked lock)"),
                     format!("{who} true true"),
                 ]);
             }

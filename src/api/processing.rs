@@ -400,7 +400,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
         call: |host, args| {
             let p = process(args)?;
             if p.is_started() {
-                return Err("a process can only be started once".into());
+                return Err("a process can only be started once (AssertionError: cannot start a process twice)".into());
             }
             let host = host.clone();
             Ok(Outcome::Fork(Box::new(move || {
@@ -423,7 +423,9 @@ pub(super) static BUILTINS: &[Builtin] = &[
                     .into());
             }
             if !p.is_started() {
-                return Err("cannot join a process before it is started".into());
+                return Err("cannot join a process before it is started \
+                     (AssertionError: can only join a started process)"
+                    .into());
             }
             if p.is_current() {
                 return Err("a process cannot wait for its own end \
