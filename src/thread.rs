@@ -65,6 +65,17 @@ impl Ids {
     }
 }
 
+thread_local! {
+    /// Set on a daemon thread's OS thread: a thread it makes is a daemon too by default.
+    static IN_DAEMON: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a daemon script thread: Python's default `daemon` for a
+/// thread it makes (`Thread(..., daemon=None)` takes the current thread's).
+pub(crate) fn current_is_daemon() -> bool {
+    IN_DAEMON.with(|d| d.get())
+}
+
 /// The GIL a daemon thread runs under, once started.
 type GilToInterrupt = Mutex<Option<Arc<Gil>>>;
 
@@ -167,6 +178,7 @@ impl ScriptThread {
                     trace::clock()
                 });
                 cancel::install(stop.clone());
+                IN_DAEMON.with(|d| d.set(stop.is_some()));
                 let held = gil.lock(0);
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
                 drop(held);

@@ -132,8 +132,9 @@ pub(super) static BUILTINS: &[Builtin] = &[
                 Some(f) => format!("{} ({f})", host.next_thread_name()),
                 None => host.next_thread_name(),
             };
-            // Thread(f, args, name) or Thread(f, args, {name = ..., daemon = true})
-            let mut daemon = false;
+            // Thread(f, args, name) or Thread(f, args, {name = ..., daemon = true}); by
+            // default a daemon if made by one, as Python's.
+            let mut daemon = crate::thread::current_is_daemon();
             let name = if !args.is_nil(2) && args.is_map(2) {
                 known_options(args, 2, &["name", "daemon"])?;
                 if let Some(i) = args.field(2, "daemon")? {
