@@ -167,6 +167,8 @@ impl ScriptThread {
         });
         let output = host.output().clone();
         let trace = host.trace.clone();
+        // The thread is part of the process that starts it (what `Process` names it makes).
+        let process = crate::host::current_process();
         let spawned = crate::rt::spawn::Builder::new()
             .name(self.name())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
@@ -179,6 +181,7 @@ impl ScriptThread {
                 });
                 cancel::install(stop.clone());
                 IN_DAEMON.with(|d| d.set(stop.is_some()));
+                crate::host::join_process(process);
                 let held = gil.lock(0);
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
                 drop(held);

@@ -1944,6 +1944,60 @@ print(`${a.name}	${b.name}	${c.name}`);
     );
 }
 
+/// A process made inside a `Process` is named as Python names it, after its maker's number
+/// (`Process-2:1`, and `Process-2:1:1` inside that; a thread of `Process-2` counts with it),
+/// while the script's own count goes on (`Process-3`), the same in every model: a child's
+/// process was `Process-2` in `gil` and `fork` and `Process-1` in `isolated`, and the
+/// script's next one `Process-3`, `Process-2` or `Process-2`.
+/// ```python
+/// def g(q): q.put(mp.Process(target=print).name)
+/// def f(q):
+///     c = mp.Process(target=g, args=(q,)); q.put(c.name); c.start(); c.join()
+///     t = threading.Thread(target=g, args=(q,)); t.start(); t.join()
+/// q = mp.Queue(); first = mp.Process(target=print, name="named")
+/// p = mp.Process(target=f, args=(q,)); p.start(); p.join()
+/// print(first.name, p.name, q.get(), q.get(), q.get(), mp.Process(target=print).name)
+/// # named Process-2 Process-2:1 Process-2:1:1 Process-2:2 Process-3
+/// ```
+#[test]
+fn a_process_made_in_a_process_is_numbered_after_it() {
+    let lua = r#"
+local Q = parrun.Queue()
+local first = parrun.Process(print, {}, "named")
+local p = parrun.Process(function()
+  local c = parrun.Process(function() Q:put(parrun.Process(print).name) end)
+  Q:put(c.name)
+  c:start() c:join()
+  local t = parrun.Thread(function() Q:put(parrun.Process(print).name) end)
+  t:start() t:join()
+end)
+p:start() p:join()
+print(first.name, p.name, Q:get(), Q:get(), Q:get(), parrun.Process(print).name)
+"#;
+    let rhai = r#"
+let q = Queue();
+let first = Process(|| 1, [], "named");
+let p = Process(|q| {
+  let c = Process(|q| q.put(Process(|| 1).name), [q]);
+  q.put(c.name);
+  c.start(); c.join();
+  let t = Thread(|q| q.put(Process(|| 1).name), [q]);
+  t.start(); t.join();
+}, [q]);
+p.start(); p.join();
+print(`${first.name}	${p.name}	${q.get()}	${q.get()}	${q.get()}	${Process(|| 1).name}`);
+"#;
+    both_in_modes(&MODES, "subnames", lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout,
+            "named\tProcess-2\tProcess-2:1\tProcess-2:1:1\tProcess-2:2\tProcess-3\n",
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
+
 /// `task_done` and `join` on a queue (`JoinableQueue()` is the same), as Python's
 /// `multiprocessing.JoinableQueue` and `queue.Queue`: `join` returns once every value put has
 /// been marked done, from the parent or from a child process (in `fork` over the parent link),
