@@ -302,10 +302,13 @@ impl std::fmt::Debug for Embedding {
 
 /// The `Process` a thread runs in (none: the script's own process), as Python's
 /// `current_process()` knows it: its identity, the numbers of its default name ("1:2" for
-/// `Process-1:2`), and how many processes it has made, which number its own.
+/// `Process-1:2`), how many processes it has made, which number its own, and its count of
+/// threads for their names, which goes on from its maker's as it was at `start` (as a forked
+/// Python child's copy of `threading`'s counter does).
 pub(crate) struct ProcessIdentity {
     identity: String,
     made: AtomicU64,
+    threads: AtomicU64,
 }
 
 thread_local! {
@@ -324,11 +327,13 @@ pub(crate) fn join_process(process: Option<Arc<ProcessIdentity>>) {
 }
 
 /// Makes the calling thread the first of the process `identity` (its forked child, or its
-/// thread in `gil` and `isolated`), which has made no process yet.
-pub(crate) fn enter_process(identity: String) {
+/// thread in `gil` and `isolated`), which has made no process yet and numbers its threads on
+/// from `threads` (its maker's count at `start`: [`Host::threads_named`]).
+pub(crate) fn enter_process(identity: String, threads: u64) {
     join_process(Some(Arc::new(ProcessIdentity {
         identity,
         made: AtomicU64::new(0),
+        threads: AtomicU64::new(threads),
     })));
 }
 
@@ -452,12 +457,22 @@ impl Host {
         (format!("Process-{identity}"), identity)
     }
 
-    /// "Thread-1", "Thread-2", ... as Python names them.
+    /// "Thread-1", "Thread-2", ... as Python names them, counted by the process the caller
+    /// runs in.
     pub fn next_thread_name(&self) -> String {
-        format!(
-            "Thread-{}",
-            self.thread_counter.fetch_add(1, Ordering::Relaxed) + 1
-        )
+        let counter = match current_process() {
+            Some(process) => process.threads.fetch_add(1, Ordering::Relaxed),
+            None => self.thread_counter.fetch_add(1, Ordering::Relaxed),
+        };
+        format!("Thread-{}", counter + 1)
+    }
+
+    /// How many threads the caller's process has numbered so far.
+    pub(crate) fn threads_named(&self) -> u64 {
+        match current_process() {
+            Some(process) => process.threads.load(Ordering::Relaxed),
+            None => self.thread_counter.load(Ordering::Relaxed),
+        }
     }
 
     /// Something started (a thread, a process, a pool) that the run must finish before it

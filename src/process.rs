@@ -199,6 +199,7 @@ impl ScriptProcess {
         let done = exit.clone();
         let name = self.name();
         let identity = self.identity.clone();
+        let threads = host.threads_named();
         let host_ = host.clone();
         // Held until the state says how the process runs: its thread, in an engine of its own
         // (no GIL to wait for), may ask its own handle at once (`p.join()` on itself).
@@ -207,7 +208,7 @@ impl ScriptProcess {
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
-                crate::host::enter_process(identity);
+                crate::host::enter_process(identity, threads);
                 cancel::install(Some(done.cancel.clone()));
                 let stopped_by = || *done.stopped_by.lock().recover();
                 let code = run_stoppable(&host_, engine, &name, target, &stopped_by);
@@ -239,9 +240,10 @@ impl ScriptProcess {
     fn fork(self: &Arc<Self>, host: &Arc<Host>, target: Box<dyn Target>) -> Result<(), String> {
         let name = self.name();
         let identity = self.identity.clone();
+        let threads = host.threads_named();
         let child_host = host.clone();
         let child = link::fork_child(host, Vec::new(), move || {
-            crate::host::enter_process(identity);
+            crate::host::enter_process(identity, threads);
             let started = child_host.trace.as_ref().map(|_| trace::clock());
             let status = match target.run() {
                 Ok(status) => status,

@@ -1998,6 +1998,54 @@ print(`${first.name}	${p.name}	${q.get()}	${q.get()}	${q.get()}	${Process(|| 1).
     });
 }
 
+/// A process numbers its threads on from its maker's count at `start`, as a forked Python
+/// child's copy of `threading`'s counter does, and the maker's count goes on without it, in
+/// every model: the same script said `Thread-3 Thread-5 Thread-4 Thread-6` in `gil` (one
+/// count), `Thread-1 Thread-2 ...` in `isolated` (a fresh one).
+/// ```python
+/// threading.Thread(target=f).start(); threading.Thread(target=f).start()
+/// p = mp.Process(target=child, args=(q,)); p.start()  # child: two Thread(...).name, 0.2 s apart
+/// time.sleep(0.1); m = threading.Thread(target=f).name; p.join()
+/// print(q.get(), q.get(), m, threading.Thread(target=f).name)
+/// # Thread-3 Thread-4 Thread-3 Thread-4 (with " (f)" after each)
+/// ```
+#[test]
+fn a_process_numbers_its_threads_on_from_its_makers_count() {
+    let lua = r#"
+local Q = parrun.Queue()
+local function f() end
+parrun.Thread(f):start() parrun.Thread(f):start()
+local p = parrun.Process(function()
+  Q:put(parrun.Thread(f).name) parrun.sleep(0.2) Q:put(parrun.Thread(f).name)
+end)
+p:start()
+parrun.sleep(0.1)
+local m = parrun.Thread(f).name
+p:join()
+print(Q:get(), Q:get(), m, parrun.Thread(f).name)
+"#;
+    let rhai = r#"
+let q = Queue();
+let f = || 1;
+Thread(f).start(); Thread(f).start();
+let p = Process(|q, f| { q.put(Thread(f).name); sleep(0.2); q.put(Thread(f).name); }, [q, f]);
+p.start();
+sleep(0.1);
+let m = Thread(f).name;
+p.join();
+print(`${q.get()}	${q.get()}	${m}	${Thread(f).name}`);
+"#;
+    both_in_modes(&MODES, "threadnames", lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout,
+            "Thread-3\tThread-4\tThread-3\tThread-4\n",
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
+
 /// `task_done` and `join` on a queue (`JoinableQueue()` is the same), as Python's
 /// `multiprocessing.JoinableQueue` and `queue.Queue`: `join` returns once every value put has
 /// been marked done, from the parent or from a child process (in `fork` over the parent link),
