@@ -249,7 +249,7 @@ impl Queue {
             .inner
             .ready
             .wait_while(items, timeout, |q| q.is_empty() && wanted())
-            .filter(|q| !q.is_empty())
+            .filter(|q| !q.is_empty() && wanted())
         {
             Some(mut items) => {
                 let v = items.pop_front().expect("woken with an item");
