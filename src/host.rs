@@ -300,6 +300,43 @@ impl std::fmt::Debug for Embedding {
     }
 }
 
+/// The `Process` a thread runs in (none: the script's own process), as Python's
+/// `current_process()` knows it: its identity, the numbers of its default name ("1:2" for
+/// `Process-1:2`), how many processes it has made, which number its own, and its count of
+/// threads for their names, which goes on from its maker's as it was at `start` (as a forked
+/// Python child's copy of `threading`'s counter does).
+pub(crate) struct ProcessIdentity {
+    identity: String,
+    made: AtomicU64,
+    threads: AtomicU64,
+}
+
+thread_local! {
+    static CURRENT_PROCESS: std::cell::RefCell<Option<Arc<ProcessIdentity>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The process the calling thread runs in; `None` in the script's own.
+pub(crate) fn current_process() -> Option<Arc<ProcessIdentity>> {
+    CURRENT_PROCESS.with(|p| p.borrow().clone())
+}
+
+/// Makes the calling thread (a thread the script starts) part of `process`.
+pub(crate) fn join_process(process: Option<Arc<ProcessIdentity>>) {
+    CURRENT_PROCESS.with(|p| *p.borrow_mut() = process);
+}
+
+/// Makes the calling thread the first of the process `identity` (its forked child, or its
+/// thread in `gil` and `isolated`), which has made no process yet and numbers its threads on
+/// from `threads` (its maker's count at `start`: [`Host::threads_named`]).
+pub(crate) fn enter_process(identity: String, threads: u64) {
+    join_process(Some(Arc::new(ProcessIdentity {
+        identity,
+        made: AtomicU64::new(0),
+        threads: AtomicU64::new(threads),
+    })));
+}
+
 /// What the threads of one script run share: the GIL, the settings, what the embedding program
 /// added, and what the run must finish before it ends.
 pub(crate) struct Host {
@@ -406,20 +443,36 @@ impl Host {
         self.settings.task_timeout
     }
 
-    /// "Process-1", "Process-2", ... as Python names them.
-    pub fn next_process_name(&self) -> String {
-        format!(
-            "Process-{}",
-            self.process_counter.fetch_add(1, Ordering::Relaxed) + 1
-        )
+    /// The next process's default name and identity, as Python gives them: "Process-1",
+    /// "Process-2", ... in the script, and in a process whose identity is "1" (`Process-1`)
+    /// "Process-1:1", "Process-1:2", ..., counted by that process, in every model.
+    pub fn next_process_name(&self) -> (String, String) {
+        let identity = match current_process() {
+            Some(process) => {
+                let n = process.made.fetch_add(1, Ordering::Relaxed) + 1;
+                format!("{}:{n}", process.identity)
+            }
+            None => (self.process_counter.fetch_add(1, Ordering::Relaxed) + 1).to_string(),
+        };
+        (format!("Process-{identity}"), identity)
     }
 
-    /// "Thread-1", "Thread-2", ... as Python names them.
+    /// "Thread-1", "Thread-2", ... as Python names them, counted by the process the caller
+    /// runs in.
     pub fn next_thread_name(&self) -> String {
-        format!(
-            "Thread-{}",
-            self.thread_counter.fetch_add(1, Ordering::Relaxed) + 1
-        )
+        let counter = match current_process() {
+            Some(process) => process.threads.fetch_add(1, Ordering::Relaxed),
+            None => self.thread_counter.fetch_add(1, Ordering::Relaxed),
+        };
+        format!("Thread-{}", counter + 1)
+    }
+
+    /// How many threads the caller's process has numbered so far.
+    pub(crate) fn threads_named(&self) -> u64 {
+        match current_process() {
+            Some(process) => process.threads.load(Ordering::Relaxed),
+            None => self.thread_counter.load(Ordering::Relaxed),
+        }
     }
 
     /// Something started (a thread, a process, a pool) that the run must finish before it

@@ -683,6 +683,13 @@ impl Caller {
         }
     }
 
+    /// Whether the child that asked is still there (its end of the link open). Once its
+    /// `Process.join` has returned this is false: the join waits for the link's server, which
+    /// clears it as it ends.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
     /// Retries `attempt` (which waits at most the slice it is given) until it succeeds,
     /// `timeout` passes, or the child that asked has gone, so that nothing is taken for a dead
     /// child.
@@ -694,7 +701,7 @@ impl Caller {
         let waited = timeout.unwrap_or_default();
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if !self.alive.load(Ordering::Acquire) {
+            if !self.is_alive() {
                 return Waited::CallerGone;
             }
             let slice = deadline.map_or(LIVENESS_CHECK, |d| {
@@ -703,6 +710,9 @@ impl Caller {
             });
             if let Some(v) = attempt(slice) {
                 return Waited::Got(v);
+            }
+            if !self.is_alive() {
+                return Waited::CallerGone;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Waited::TimedOut(waited);

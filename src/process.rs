@@ -110,6 +110,8 @@ impl crate::rt::signals::Interruptible for ThreadExit {
 pub struct ScriptProcess {
     /// Python's `name`: the script may change it (`p.name = ...`) at any time.
     name: Mutex<String>,
+    /// The numbers of its default name ("1:2"), which the processes it makes extend.
+    identity: String,
     mode: Mode,
     /// Stopped (`terminate`) rather than waited for when the run, or the process that
     /// started it, ends: Python's `daemon`; the script may change it until `start`.
@@ -121,9 +123,16 @@ pub struct ScriptProcess {
 }
 
 impl ScriptProcess {
-    pub fn new(name: String, target: Box<dyn Target>, mode: Mode, daemon: bool) -> Arc<Self> {
+    pub fn new(
+        name: String,
+        identity: String,
+        target: Box<dyn Target>,
+        mode: Mode,
+        daemon: bool,
+    ) -> Arc<Self> {
         Arc::new(ScriptProcess {
             name: Mutex::new(name),
+            identity,
             mode,
             daemon: daemon.into(),
             creator: crate::rt::pid::current_pid(),
@@ -169,7 +178,10 @@ impl ScriptProcess {
                  (AssertionError: can only start a process object created by current process)"
                 .into());
         }
-        let target = take_target(&self.target, "a process can only be started once")?;
+        let target = take_target(
+            &self.target,
+            "a process can only be started once (AssertionError: cannot start a process twice)",
+        )?;
         match exec::model(self.mode).launch(target)? {
             Launch::Fork(target) => self.fork(host, target),
             Launch::Thread { target, engine } => self.spawn(host, engine, target),
@@ -195,6 +207,8 @@ impl ScriptProcess {
         });
         let done = exit.clone();
         let name = self.name();
+        let identity = self.identity.clone();
+        let threads = host.threads_named();
         let host_ = host.clone();
         // Held until the state says how the process runs: its thread, in an engine of its own
         // (no GIL to wait for), may ask its own handle at once (`p.join()` on itself).
@@ -203,6 +217,7 @@ impl ScriptProcess {
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
+                crate::host::enter_process(identity, threads);
                 cancel::install(Some(done.cancel.clone()));
                 let stopped_by = || *done.stopped_by.lock().recover();
                 let code = run_stoppable(&host_, engine, &name, target, &stopped_by);
@@ -235,8 +250,11 @@ impl ScriptProcess {
     /// Forks the child.
     fn fork(self: &Arc<Self>, host: &Arc<Host>, target: Box<dyn Target>) -> Result<(), String> {
         let name = self.name();
+        let identity = self.identity.clone();
+        let threads = host.threads_named();
         let child_host = host.clone();
         let child = link::fork_child(host, Vec::new(), move || {
+            crate::host::enter_process(identity, threads);
             let started = child_host.trace.as_ref().map(|_| trace::clock());
             let status = match target.run() {
                 Ok(status) => status,

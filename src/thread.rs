@@ -65,6 +65,17 @@ impl Ids {
     }
 }
 
+thread_local! {
+    /// Set on a daemon thread's OS thread: a thread it makes is a daemon too by default.
+    static IN_DAEMON: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a daemon script thread: Python's default `daemon` for a
+/// thread it makes (`Thread(..., daemon=None)` takes the current thread's).
+pub(crate) fn current_is_daemon() -> bool {
+    IN_DAEMON.with(|d| d.get())
+}
+
 /// The GIL a daemon thread runs under, once started.
 type GilToInterrupt = Mutex<Option<Arc<Gil>>>;
 
@@ -136,7 +147,10 @@ impl ScriptThread {
 
     /// Starts the thread. Must be called with the GIL held (the new thread queues for it).
     pub fn start(self: &Arc<Self>, host: &Arc<Host>) -> Result<(), String> {
-        let target = take_target(&self.target, "threads can only be started once")?;
+        let target = take_target(
+            &self.target,
+            "threads can only be started once (RuntimeError)",
+        )?;
         {
             // `set_daemon` reads the state under this lock.
             let mut state = self.state.lock().recover();
@@ -153,6 +167,8 @@ impl ScriptThread {
         });
         let output = host.output().clone();
         let trace = host.trace.clone();
+        // The thread is part of the process that starts it (what `Process` names it makes).
+        let process = crate::host::current_process();
         let spawned = crate::rt::spawn::Builder::new()
             .name(self.name())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
@@ -164,6 +180,8 @@ impl ScriptThread {
                     trace::clock()
                 });
                 cancel::install(stop.clone());
+                IN_DAEMON.with(|d| d.set(stop.is_some()));
+                crate::host::join_process(process);
                 let held = gil.lock(0);
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
                 drop(held);

@@ -278,6 +278,9 @@ print(pcall(l.release, l))
 q:close()
 print(pcall(q.put, q, 1))
 print(pcall(pool.apply_async, pool, print, {1}, {}, print))
+print(pcall(parrun.Thread(print).join, parrun.Thread(print)))
+print(pcall(parrun.Process(print).join, parrun.Process(print)))
+print(pcall(parrun.sleep, -1))
 "#,
         r#"
 let t = Thread(|| (), []); t.start(); t.join();
@@ -293,19 +296,26 @@ e = ""; try { l.release(); } catch (x) { e = x; } print(`false	${e}`);
 q.close();
 e = ""; try { q.put(1); } catch (x) { e = x; } print(`false	${e}`);
 e = ""; try { pool.apply_async(|x| x, [1], #{}, |v| v); } catch (x) { e = x; } print(`false	${e}`);
+e = ""; try { Thread(|| ()).join(); } catch (x) { e = x; } print(`false	${e}`);
+e = ""; try { Process(|| ()).join(); } catch (x) { e = x; } print(`false	${e}`);
+e = ""; try { sleep(-1); } catch (x) { e = x; } print(`false	${e}`);
 "#,
         |out| {
             out.assert_success();
             let lines = out.stdout_lines();
-            assert_eq!(lines.len(), 7, "{}", out.describe());
+            assert_eq!(lines.len(), 10, "{}", out.describe());
+            // Each names Python's exception, as the other errors of the API do.
             for (line, what) in lines.iter().zip([
-                "only be started once",
-                "only be started once",
+                "only be started once (RuntimeError)",
+                "only be started once (AssertionError: cannot start a process twice)",
                 "close() or terminate()",
                 "Empty",
-                "unlocked Lock",
+                "unlocked Lock (RuntimeError: release unlocked lock)",
                 "Queue is closed",
                 "parrun takes no kwds",
+                "before it is started (RuntimeError: cannot join thread before it is started)",
+                "before it is started (AssertionError: can only join a started process)",
+                "got -1 (ValueError: sleep length must be non-negative)",
             ]) {
                 assert!(
                     line.starts_with("false") && line.contains(what),

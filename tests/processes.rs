@@ -1276,7 +1276,7 @@ print(`exitcode ${p.exitcode}`);
                         "{who} false Queue.get: queue is empty: nothing arrived within \
                          12.345679ms (Empty)"
                     ),
-                    format!("{who} false Lock.release: release of an unlocked Lock"),
+                    format!("{who} false Lock.release: release of an unlocked Lock (RuntimeError: release unlocked lock)"),
                     format!("{who} true true"),
                 ]);
             }
@@ -1942,6 +1942,108 @@ print(`${a.name}	${b.name}	${c.name}`);
             assert_eq!(out.stdout, "src\tsink\tProcess-3\n", "{}", out.describe());
         },
     );
+}
+
+/// A process made inside a `Process` is named as Python names it, after its maker's number
+/// (`Process-2:1`, and `Process-2:1:1` inside that; a thread of `Process-2` counts with it),
+/// while the script's own count goes on (`Process-3`), the same in every model: a child's
+/// process was `Process-2` in `gil` and `fork` and `Process-1` in `isolated`, and the
+/// script's next one `Process-3`, `Process-2` or `Process-2`.
+/// ```python
+/// def g(q): q.put(mp.Process(target=print).name)
+/// def f(q):
+///     c = mp.Process(target=g, args=(q,)); q.put(c.name); c.start(); c.join()
+///     t = threading.Thread(target=g, args=(q,)); t.start(); t.join()
+/// q = mp.Queue(); first = mp.Process(target=print, name="named")
+/// p = mp.Process(target=f, args=(q,)); p.start(); p.join()
+/// print(first.name, p.name, q.get(), q.get(), q.get(), mp.Process(target=print).name)
+/// # named Process-2 Process-2:1 Process-2:1:1 Process-2:2 Process-3
+/// ```
+#[test]
+fn a_process_made_in_a_process_is_numbered_after_it() {
+    let lua = r#"
+local Q = parrun.Queue()
+local first = parrun.Process(print, {}, "named")
+local p = parrun.Process(function()
+  local c = parrun.Process(function() Q:put(parrun.Process(print).name) end)
+  Q:put(c.name)
+  c:start() c:join()
+  local t = parrun.Thread(function() Q:put(parrun.Process(print).name) end)
+  t:start() t:join()
+end)
+p:start() p:join()
+print(first.name, p.name, Q:get(), Q:get(), Q:get(), parrun.Process(print).name)
+"#;
+    let rhai = r#"
+let q = Queue();
+let first = Process(|| 1, [], "named");
+let p = Process(|q| {
+  let c = Process(|q| q.put(Process(|| 1).name), [q]);
+  q.put(c.name);
+  c.start(); c.join();
+  let t = Thread(|q| q.put(Process(|| 1).name), [q]);
+  t.start(); t.join();
+}, [q]);
+p.start(); p.join();
+print(`${first.name}	${p.name}	${q.get()}	${q.get()}	${q.get()}	${Process(|| 1).name}`);
+"#;
+    both_in_modes(&MODES, "subnames", lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout,
+            "named\tProcess-2\tProcess-2:1\tProcess-2:1:1\tProcess-2:2\tProcess-3\n",
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
+
+/// A process numbers its threads on from its maker's count at `start`, as a forked Python
+/// child's copy of `threading`'s counter does, and the maker's count goes on without it, in
+/// every model: the same script said `Thread-3 Thread-5 Thread-4 Thread-6` in `gil` (one
+/// count), `Thread-1 Thread-2 ...` in `isolated` (a fresh one).
+/// ```python
+/// threading.Thread(target=f).start(); threading.Thread(target=f).start()
+/// p = mp.Process(target=child, args=(q,)); p.start()  # child: two Thread(...).name, 0.2 s apart
+/// time.sleep(0.1); m = threading.Thread(target=f).name; p.join()
+/// print(q.get(), q.get(), m, threading.Thread(target=f).name)
+/// # Thread-3 Thread-4 Thread-3 Thread-4 (with " (f)" after each)
+/// ```
+#[test]
+fn a_process_numbers_its_threads_on_from_its_makers_count() {
+    let lua = r#"
+local Q = parrun.Queue()
+local function f() end
+parrun.Thread(f):start() parrun.Thread(f):start()
+local p = parrun.Process(function()
+  Q:put(parrun.Thread(f).name) parrun.sleep(0.2) Q:put(parrun.Thread(f).name)
+end)
+p:start()
+parrun.sleep(0.1)
+local m = parrun.Thread(f).name
+p:join()
+print(Q:get(), Q:get(), m, parrun.Thread(f).name)
+"#;
+    let rhai = r#"
+let q = Queue();
+let f = || 1;
+Thread(f).start(); Thread(f).start();
+let p = Process(|q, f| { q.put(Thread(f).name); sleep(0.2); q.put(Thread(f).name); }, [q, f]);
+p.start();
+sleep(0.1);
+let m = Thread(f).name;
+p.join();
+print(`${q.get()}	${q.get()}	${m}	${Thread(f).name}`);
+"#;
+    both_in_modes(&MODES, "threadnames", lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout,
+            "Thread-3\tThread-4\tThread-3\tThread-4\n",
+            "{mode}: {}",
+            out.describe()
+        );
+    });
 }
 
 /// `task_done` and `join` on a queue (`JoinableQueue()` is the same), as Python's

@@ -965,6 +965,58 @@ print(`${t.name}	${t.daemon}	${plain.daemon}`);
     );
 }
 
+/// A thread made by a daemon thread is a daemon unless told otherwise, as Python's (`daemon`
+/// defaults to the current thread's): a daemon consumer that starts a helper looping for ever
+/// no longer keeps the run waiting for that helper (it did, for ever).
+/// ```python
+/// def daemon():
+///     global inner, told
+///     inner = threading.Thread(target=lambda: time.sleep(100)); inner.start()
+///     told = threading.Thread(target=lambda: None, daemon=False)
+///     time.sleep(100)
+/// threading.Thread(target=daemon, daemon=True).start(); time.sleep(0.2)
+/// print(inner.daemon, told.daemon, threading.Thread(target=print).daemon)  # True False False
+/// ```
+#[test]
+fn a_thread_made_by_a_daemon_thread_is_a_daemon() {
+    let lua = r#"
+local inner, told
+parrun.Thread(function()
+  inner = parrun.Thread(function() while true do parrun.sleep(0.05) end end)
+  inner:start()
+  told = parrun.Thread(function() end, {}, {daemon = false})
+  while true do parrun.sleep(0.05) end
+end, {}, {daemon = true}):start()
+parrun.sleep(0.2)
+print(inner.daemon, told.daemon, parrun.Thread(print).daemon)
+"#;
+    let rhai = r#"
+let made = [];
+Thread(|| {
+  let inner = Thread(|| { loop { sleep(0.05); } });
+  inner.start();
+  made.push(inner);
+  made.push(Thread(|| (), [], #{daemon: false}));
+  loop { sleep(0.05); }
+}, [], #{daemon: true}).start();
+sleep(0.2);
+print(`${made[0].daemon}	${made[1].daemon}	${Thread(|| ()).daemon}`);
+"#;
+    for (ext, code) in common::languages(lua, rhai) {
+        let (_dir, path) = common::script("daemon_inherit", ext, code);
+        let out = Run::new([path.to_str().unwrap()])
+            .timeout(std::time::Duration::from_secs(10))
+            .output();
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["true\tfalse\tfalse"],
+            "{}",
+            out.describe()
+        );
+    }
+}
+
 /// `Thread.ident` and `native_id` are nil before `start`, set once it returns, kept after the
 /// end, and equal `get_ident()` / `get_native_id()` inside the thread, as Python's; a
 /// `Process`'s `ident` is its `pid` (nil before `start`), in every mode.

@@ -333,7 +333,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
             let mut daemon = false;
             // Every process takes a number, named or not, as Python's: `Process(f, {}, "src")`
             // then `Process(g)` is "Process-2".
-            let numbered = host.next_process_name();
+            let (numbered, identity) = host.next_process_name();
             let name = if !args.is_nil(2) && args.is_map(2) {
                 known_options(args, 2, &["name", "mode", "daemon"])?;
                 if let Some(i) = args.field(2, "mode")? {
@@ -350,7 +350,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
                 opt_name(args, 2, || numbered)?
             };
             Outcome::object(Object::Process(ScriptProcess::new(
-                name, target, mode, daemon,
+                name, identity, target, mode, daemon,
             )))
         },
     },
@@ -400,7 +400,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
         call: |host, args| {
             let p = process(args)?;
             if p.is_started() {
-                return Err("a process can only be started once".into());
+                return Err("a process can only be started once (AssertionError: cannot start a process twice)".into());
             }
             let host = host.clone();
             Ok(Outcome::Fork(Box::new(move || {
@@ -423,7 +423,9 @@ pub(super) static BUILTINS: &[Builtin] = &[
                     .into());
             }
             if !p.is_started() {
-                return Err("cannot join a process before it is started".into());
+                return Err("cannot join a process before it is started \
+                     (AssertionError: can only join a started process)"
+                    .into());
             }
             if p.is_current() {
                 return Err("a process cannot wait for its own end \

@@ -132,8 +132,9 @@ pub(super) static BUILTINS: &[Builtin] = &[
                 Some(f) => format!("{} ({f})", host.next_thread_name()),
                 None => host.next_thread_name(),
             };
-            // Thread(f, args, name) or Thread(f, args, {name = ..., daemon = true})
-            let mut daemon = false;
+            // Thread(f, args, name) or Thread(f, args, {name = ..., daemon = true}); by
+            // default a daemon if made by one, as Python's.
+            let mut daemon = crate::thread::current_is_daemon();
             let name = if !args.is_nil(2) && args.is_map(2) {
                 known_options(args, 2, &["name", "daemon"])?;
                 if let Some(i) = args.field(2, "daemon")? {
@@ -178,8 +179,24 @@ pub(super) static BUILTINS: &[Builtin] = &[
         arity: (1, 1),
         call: |_, args| {
             let secs = number(args, 0, "seconds")?;
-            let d = Duration::try_from_secs_f64(secs)
-                .map_err(|_| format!("seconds must be a non-negative number, got {secs}"))?;
+            let d = Duration::try_from_secs_f64(secs).map_err(|_| {
+                // With Python's words: a negative length, NaN, one too large for the clock.
+                if secs < 0.0 {
+                    format!(
+                        "seconds must be a non-negative number, got {secs} \
+                         (ValueError: sleep length must be non-negative)"
+                    )
+                } else if secs.is_nan() {
+                    "seconds must be a number, got NaN \
+                     (ValueError: Invalid value NaN (not a number))"
+                        .into()
+                } else {
+                    format!(
+                        "seconds out of range, got {secs:e} \
+                         (OverflowError: timestamp out of range for platform time_t)"
+                    )
+                }
+            })?;
             Outcome::wait(move || crate::rt::cancel::sleep(d).map(|()| Value::Nil.into()))
         },
     },
@@ -221,7 +238,9 @@ pub(super) static BUILTINS: &[Builtin] = &[
             let t = thread(args)?;
             let timeout = timeout(args, 1)?;
             if !t.is_started() {
-                return Err("cannot join a thread before it is started".into());
+                return Err("cannot join a thread before it is started \
+                     (RuntimeError: cannot join thread before it is started)"
+                    .into());
             }
             if t.is_current() {
                 return Err("a thread cannot wait for its own end \

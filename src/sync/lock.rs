@@ -88,7 +88,7 @@ impl Lock {
         }
         let mut held = self.held();
         if !*held {
-            return Err("release of an unlocked Lock".into());
+            return Err("release of an unlocked Lock (RuntimeError: release unlocked lock)".into());
         }
         *held = false;
         self.inner.freed.notify_one();

@@ -161,6 +161,18 @@ impl Queue {
                 other => QueueError::Remote(other.to_string()),
             });
         }
+        self.put_local(value, timeout, || true).map(drop)
+    }
+
+    /// Puts `value` on this process's own queue, waiting for room as [`Queue::put_wait`], if
+    /// `wanted` still holds once there is room (checked under the queue's lock, just before
+    /// the value goes in); false if it no longer did (the value is dropped).
+    fn put_local(
+        &self,
+        value: Value,
+        timeout: Option<Duration>,
+        wanted: impl Fn() -> bool,
+    ) -> Result<bool, QueueError> {
         let items = self.items();
         let max = self.inner.maxsize;
         let room = if max == 0 {
@@ -168,15 +180,18 @@ impl Queue {
         } else {
             self.inner
                 .room
-                .wait_while(items, timeout, |q| q.len() >= max)
+                .wait_while(items, timeout, |q| q.len() >= max && wanted())
         };
         let Some(mut items) = room else {
             return Err(QueueError::Full(timeout.unwrap_or_default()));
         };
+        if !wanted() {
+            return Ok(false);
+        }
         *self.inner.unfinished.lock().recover() += 1;
         items.push_back(value);
         self.inner.ready.notify_one();
-        Ok(())
+        Ok(true)
     }
 
     /// Puts `value` on this process's own open queue if it has room now; else gives it back.
@@ -218,11 +233,23 @@ impl Queue {
                 other => QueueError::Remote(other.to_string()),
             });
         }
+        self.get_local(timeout, || true)
+    }
+
+    /// Takes the value at the front of this process's own queue, waiting as [`Queue::get`], if
+    /// `wanted` still holds once there is one (checked under the queue's lock); `Empty` if it
+    /// no longer did.
+    fn get_local(
+        &self,
+        timeout: Option<Duration>,
+        wanted: impl Fn() -> bool,
+    ) -> Result<Value, QueueError> {
         let items = self.items();
         match self
             .inner
             .ready
-            .wait_while(items, timeout, |q| q.is_empty())
+            .wait_while(items, timeout, |q| q.is_empty() && wanted())
+            .filter(|q| !q.is_empty() && wanted())
         {
             Some(mut items) => {
                 let v = items.pop_front().expect("woken with an item");
@@ -318,9 +345,14 @@ impl RemoteObject for QueueInner {
             Op::PutWait(v, timeout) => match q.put_wait(v.clone(), Some(Duration::ZERO)) {
                 Err(QueueError::Full(_)) if timeout != Some(Duration::ZERO) => {
                     caller.answer_later(move |caller| {
-                        let put = |slice| match q.put_wait(v.clone(), Some(slice)) {
-                            Err(QueueError::Full(_)) => None,
-                            done => Some(done),
+                        // The value goes in only while the child is there: one killed while
+                        // it waited puts nothing, as a Python child blocked in `put`.
+                        let put = |slice| match q
+                            .put_local(v.clone(), Some(slice), || caller.is_alive())
+                        {
+                            Err(QueueError::Full(_)) | Ok(false) => None,
+                            Ok(true) => Some(Ok(())),
+                            Err(e) => Some(Err(e)),
                         };
                         let answer = match caller.wait(timeout, put) {
                             Waited::Got(done) => done.map(|()| Value::Nil).map_err(remote_error),
@@ -349,7 +381,8 @@ impl RemoteObject for QueueInner {
                     return;
                 }
                 caller.answer_later(move |caller| {
-                    match caller.wait(timeout, |slice| q.get(Some(slice)).ok()) {
+                    let get = |slice| q.get_local(Some(slice), || caller.is_alive()).ok();
+                    match caller.wait(timeout, get) {
                         Waited::Got(v) => {
                             if !caller.answer(Ok(v.clone())) {
                                 q.unget(v);
