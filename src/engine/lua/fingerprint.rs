@@ -419,16 +419,9 @@ mod in_place {
     /// Asks the CPU to fetch the object a slot points to, if it points to one.
     pub(super) fn prefetch(tag: u8, value: u64) {
         const COLLECTABLE: u8 = 1 << 6;
-        #[cfg(target_arch = "x86_64")]
         if tag & COLLECTABLE != 0 {
-            // SAFETY: a prefetch reads nothing the program sees and does not fault.
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>(value as *const i8);
-            }
+            crate::rt::digest::prefetch(value as *const u8);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (tag, value);
     }
 
     /// Whether `state` is the Lua these layouts describe.

@@ -264,6 +264,20 @@ mod tests {
         assert_eq!(digest(&value("Fn(\"f\")")), None);
     }
 
+    /// How long a captured array of 2M strings takes to read (`cargo test --release --
+    /// --ignored digest_speed --nocapture`): the transport's cost per submission of a closure
+    /// that captured it.
+    #[test]
+    #[ignore]
+    fn digest_speed() {
+        let array = value(r#"let a = []; for i in 0..2000000 { a.push(`s${i}`); } a"#);
+        for _ in 0..5 {
+            let start = std::time::Instant::now();
+            assert!(digest(&array).is_some());
+            println!("2M strings: {:?}", start.elapsed());
+        }
+    }
+
     /// The direct conversions against the serde path: the same `Value` (or the same error) for
     /// the same Rhai value, the same `Dynamic` (or the same error) for the same `Value`.
     mod direct_agrees_with_serde {
