@@ -187,11 +187,21 @@ pub(super) fn shares_captures_with_threads(ast: &AST, threads_share: bool) -> bo
     ast.walk(&mut |path: &[ASTNode]| {
         match path.last() {
             Some(ASTNode::Stmt(Stmt::Share(..))) => captures = true,
-            Some(ASTNode::Expr(Expr::FnCall(call, ..))) => match call.name.as_str() {
-                "Thread" | "ThreadPool" => threads = true,
-                "Pool" | "Process" => workers = true,
-                _ => {}
-            },
+            // A call as a statement of its own is a `Stmt::FnCall`.
+            Some(ASTNode::Expr(Expr::FnCall(call, ..)) | ASTNode::Stmt(Stmt::FnCall(call, ..))) => {
+                match call.name.as_str() {
+                    "Thread" | "ThreadPool" => threads = true,
+                    "Pool" | "Process" => workers = true,
+                    // `apply_async(pool, f, args, callback)`.
+                    name if with_callback(name, call.args.len(), 1) => threads = true,
+                    _ => {}
+                }
+            }
+            Some(ASTNode::Expr(Expr::MethodCall(call, ..)))
+                if with_callback(&call.name, call.args.len(), 0) =>
+            {
+                threads = true
+            }
             Some(ASTNode::Expr(Expr::StringConstant(text, ..))) if text.as_str() == "gil" => {
                 gil = true
             }
@@ -202,6 +212,13 @@ pub(super) fn shares_captures_with_threads(ast: &AST, threads_share: bool) -> bo
         true
     });
     captures && (threads || (workers && gil))
+}
+
+/// Whether a call of `name` with `args` arguments (`receiver` of them the pool, in a function
+/// call) gives a pool a callback or error callback: these run on a thread of the script's
+/// engine in every mode, beside the script.
+fn with_callback(name: &str, args: usize, receiver: usize) -> bool {
+    matches!(name, "apply_async" | "map_async" | "starmap_async") && args > 2 + receiver
 }
 
 /// Whether `value` is the string `"gil"` or holds it, in an array or a map.
@@ -367,6 +384,38 @@ mod tests {
         assert!(!hands("let p = 1; let cb = |r| p.close(); p.m(1); q(cb);"));
         assert!(!hands(
             "let p = 1; let f = |x| x + p; p.m(1); p.n(f.call(1));"
+        ));
+    }
+
+    fn shares(code: &str) -> bool {
+        shares_captures_with_threads(&Engine::new().compile(code).unwrap(), false)
+    }
+
+    /// A pool's callbacks run on a thread of the script's engine in every mode: a closure
+    /// that captures a variable and is a callback shares it with the script, as a thread's
+    /// does (under grain a callback could hand the GIL over inside `called.push(v)`, and the
+    /// script's next `apply_async` failed with "Data race detected on argument #3").
+    #[test]
+    fn a_pool_callback_shares_captures_as_a_thread_does() {
+        let with = "let called = []; let pool = Pool(2);";
+        assert!(shares(&format!(
+            "{with} pool.apply_async(|x| x, [1], |v| called.push(v));"
+        )));
+        assert!(shares(&format!(
+            "{with} pool.map_async(|x| x, [1], #{{callback: |v| called.push(v)}});"
+        )));
+        assert!(shares(&format!(
+            "{with} apply_async(pool, |x| x, [1], |v| called.push(v));"
+        )));
+        assert!(shares(&format!(
+            "{with} let t = Thread(|| called.push(1));"
+        )));
+        // No callback, or no capture: grain is safe.
+        assert!(!shares(&format!(
+            "{with} pool.apply_async(|x| x, [1]); let f = |v| called.push(v);"
+        )));
+        assert!(!shares(
+            "let pool = Pool(2); pool.apply_async(|x| x, [1], |v| print(v));"
         ));
     }
 
