@@ -375,12 +375,19 @@ pub(crate) fn is_constant_name(name: &str) -> bool {
 /// How deep Rhai calls may nest without `--max-call-depth`.
 const DEFAULT_CALL_DEPTH: usize = 64;
 
+/// How deeply Rhai expressions may nest at the top level and in a function body (Rhai's
+/// release-build limits).
+const MAX_EXPR_DEPTH: usize = 64;
+const MAX_FUNCTION_EXPR_DEPTH: usize = 32;
+
 fn build_engine(shared: &Arc<Shared>) -> Engine {
     let host = &shared.host;
     let mut engine = standard_engine();
-    // Rhai's release-build default; its debug builds allow only 8 levels, and a script must
-    // behave the same whichever way parrun was built.
+    // Rhai's release-build defaults; its debug builds allow only 8 levels of calls and half
+    // the nesting of expressions, and a script must behave the same whichever way parrun (or
+    // the program embedding it) was built.
     engine.set_max_call_levels(host.settings.max_call_depth.unwrap_or(DEFAULT_CALL_DEPTH));
+    engine.set_max_expr_depths(MAX_EXPR_DEPTH, MAX_FUNCTION_EXPR_DEPTH);
     if host.settings.sandbox {
         engine.disable_symbol("eval");
         engine.set_module_resolver(::rhai::module_resolvers::DummyModuleResolver::new());
