@@ -114,6 +114,22 @@ impl Shared {
 type Prepared = (Arc<Shared>, Arc<Engine>, Arc<AST>, Scope<'static>);
 
 fn prepare(host: &Arc<Host>, script: &Source) -> Result<Prepared, Error> {
+    // A global Rhai cannot hold fails here, naming it, rather than where the declarations
+    // put in front of the script evaluate it (a place in no line of the script's).
+    for (name, value) in &host.embedding.globals {
+        if let Some(key) = direct::key_not_a_string(value) {
+            return Err(Error::Usage(format!(
+                "global `{name}`: a Rhai map's keys are strings, and this value has a map \
+                 with {} key",
+                match key {
+                    Value::Int(i) => format!("the integer {i} as a"),
+                    Value::Float(f) => format!("the float {f} as a"),
+                    Value::Bool(b) => format!("{b} as a"),
+                    other => format!("a {}", other.type_name()),
+                }
+            )));
+        }
+    }
     let shared = Shared::new(
         host.clone(),
         script.name.clone(),
