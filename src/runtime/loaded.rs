@@ -182,6 +182,28 @@ impl Script {
     /// assert_eq!((e.file.as_deref(), e.line), (Some("area.rhai"), Some(1)));
     /// assert!(matches!(script.call::<i64>("volume", ()), Err(Error::UnknownFunction { .. })));
     /// ```
+    ///
+    /// **A long call.** A call runs until its function returns: [`Runtime::task_timeout`] is
+    /// for pool tasks (a map's items) and does not stop it. [`Runtime::max_instructions`] does,
+    /// counted afresh for each call: a call that computes longer ends with an error the script
+    /// cannot catch, and the script stays usable. A call that waits (`sleep`, a `Queue`'s
+    /// `get`, a pool's `map`) cannot be stopped from Rust; while it runs, the script's other
+    /// calls, and the start of its maps, wait for it.
+    ///
+    /// ```
+    /// use parrun::{Error, Language, Runtime};
+    /// let code = "function count(n) local i = 0 while i < n do i = i + 1 end return i end";
+    /// let script = Runtime::new()
+    ///     .max_instructions(1_000_000)
+    ///     .load_source(Language::Lua, "count.lua", code)
+    ///     .unwrap();
+    /// let Err(Error::Script(e)) = script.call::<i64>("count", (10_000_000,)) else { panic!() };
+    /// assert!(e.message.starts_with("instruction limit exceeded"), "{e}");
+    /// for _ in 0..3 {
+    ///     // About 400,000 instructions each: the limit is per call.
+    ///     assert_eq!(script.call::<i64>("count", (100_000,)).unwrap(), 100_000);
+    /// }
+    /// ```
     pub fn call<T: DeserializeOwned>(
         &self,
         function: &str,
