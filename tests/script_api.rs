@@ -476,3 +476,39 @@ fn pool_size_sets_the_workers_of_pools_made_without_a_count() {
         }
     });
 }
+
+/// A host function that calls a loaded `Script` works in the process that loaded it; in a
+/// forked worker the script's engine thread is not there (a fork has only the forking thread),
+/// and the call waited for ever: the map hung. It is an error naming the script, in both
+/// languages, and the worker's pool goes on.
+#[test]
+fn a_script_called_from_a_forked_worker_is_an_error_not_a_hang() {
+    in_time(|| {
+        let helper = std::sync::Arc::new(
+            Runtime::new()
+                .load_source(Language::Rhai, "helper.rhai", "fn twice(x) { x * 2 }")
+                .unwrap(),
+        );
+        let runtime = Runtime::new().mode(Mode::Fork).function("twice", {
+            let helper = helper.clone();
+            move |(x,): (i64,)| helper.call::<i64>("twice", (x,)).map_err(|e| e.to_string())
+        });
+        for (language, code) in [
+            (Language::Lua, "function f(x) return twice(x) end"),
+            (Language::Rhai, "fn f(x) { twice(x) }"),
+        ] {
+            let script = runtime.load_source(language, "caller", code).unwrap();
+            assert_eq!(script.call::<i64>("f", (4,)).unwrap(), 8);
+            match script.map::<_, i64>("f", [1, 2]) {
+                Err(Error::Item { index: 0, error }) => assert!(
+                    error.to_string().contains(
+                        "twice: helper.rhai: a call into the script from a forked process"
+                    ),
+                    "{error}"
+                ),
+                other => panic!("{language:?}: {other:?}"),
+            }
+            assert_eq!(script.call::<i64>("f", (5,)).unwrap(), 10);
+        }
+    });
+}

@@ -77,7 +77,10 @@ use crate::value::Value;
 /// **From several threads.** A `Script` is `Send` and `Sync`. Calls are served one at a time
 /// by its engine (serialised, as the GIL would have them); maps from several threads share its
 /// pool and run at the same time, each waiting on its own thread. A host function must not
-/// call back into the `Script` that is running it: it would wait for itself.
+/// call back into the `Script` that is running it: it would wait for itself ([`Error::Usage`]
+/// says so). A host function may call another `Script`, except in a forked process (a
+/// fork-mode worker or `Process`), where no `Script`'s engine is: that call is
+/// [`Error::Usage`] too.
 ///
 /// **Exit.** Lua's `os.exit(n)` or Rhai's `exit(n)` at the top level ends the load with
 /// [`Error::Exited`]`(n)` (0 included); inside a called function it ends that call with
@@ -91,6 +94,8 @@ pub struct Script {
     requests: Option<Sender<Request>>,
     engine_thread: Option<Handle>,
     engine_thread_id: u64,
+    /// The process the engine thread is in: a forked child has none of the parent's threads.
+    pid: u32,
 }
 
 impl std::fmt::Debug for Script {
@@ -144,6 +149,7 @@ impl Script {
                 requests: Some(requests),
                 engine_thread: Some(engine_thread),
                 engine_thread_id,
+                pid: std::process::id(),
             }),
             Ok(Err(e)) => {
                 let _ = engine_thread.join();
@@ -333,6 +339,15 @@ impl Script {
     }
 
     fn send(&self, request: Request) -> Result<(), Error> {
+        if std::process::id() != self.pid {
+            // A forked worker running a host function that calls the script: the engine thread
+            // stayed in the parent, and the request would wait for ever.
+            return Err(Error::Usage(format!(
+                "{}: a call into the script from a forked process (a host function a fork-mode \
+                 worker or Process is running): its engine is in the process that loaded it",
+                self.name
+            )));
+        }
         if crate::rt::spawn::current_id() == self.engine_thread_id {
             return Err(Error::Usage(format!(
                 "{}: a call into the script from its own engine (a host function it is running) \
