@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::exec;
 use crate::host::Source;
 use crate::pool::{AsyncResult, Callbacks, Failure, JobKind, Pool, PoolConfig};
+use crate::rt::gil::Gil;
 use crate::rt::spawn::Handle;
 use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
 use crate::script::{Calls, LoadedScript};
@@ -77,10 +78,12 @@ use crate::value::Value;
 /// **From several threads.** A `Script` is `Send` and `Sync`. Calls are served one at a time
 /// by its engine (serialised, as the GIL would have them); maps from several threads share its
 /// pool and run at the same time, each waiting on its own thread. A host function must not
-/// call back into the `Script` that is running it: it would wait for itself ([`Error::Usage`]
-/// says so). A host function may call another `Script`, except in a forked process (a
-/// fork-mode worker or `Process`), where no `Script`'s engine is: that call is
-/// [`Error::Usage`] too.
+/// call back into the `Script` that is running it, nor one run by the script's threads or
+/// `gil`-mode workers (which hold the GIL the engine needs) call the script: either would wait
+/// for itself, and is [`Error::Usage`]; a [`Runtime::blocking_function`], which runs without
+/// the GIL, may call it from those. A host function may call another `Script`, except in a
+/// forked process (a fork-mode worker or `Process`), where no `Script`'s engine is: that call
+/// is [`Error::Usage`] too.
 ///
 /// **Exit.** Lua's `os.exit(n)` or Rhai's `exit(n)` at the top level ends the load with
 /// [`Error::Exited`]`(n)` (0 included); inside a called function it ends that call with
@@ -96,6 +99,8 @@ pub struct Script {
     engine_thread_id: u64,
     /// The process the engine thread is in: a forked child has none of the parent's threads.
     pid: u32,
+    /// The script's GIL, which the engine thread takes to serve a request.
+    gil: Arc<Gil>,
 }
 
 impl std::fmt::Debug for Script {
@@ -144,12 +149,13 @@ impl Script {
             .map_err(|e| Error::Usage(format!("cannot start the script's thread: {e}")))?;
         let engine_thread_id = engine_thread.id();
         match loaded_rx.recv() {
-            Ok(Ok(())) => Ok(Script {
+            Ok(Ok(gil)) => Ok(Script {
                 name,
                 requests: Some(requests),
                 engine_thread: Some(engine_thread),
                 engine_thread_id,
                 pid: std::process::id(),
+                gil,
             }),
             Ok(Err(e)) => {
                 let _ = engine_thread.join();
@@ -355,6 +361,16 @@ impl Script {
                 self.name
             )));
         }
+        if self.gil.held_here() {
+            // A host function run under the script's GIL (by a gil-mode worker, a script
+            // thread) calling the script: the engine thread needs that GIL to serve it.
+            return Err(Error::Usage(format!(
+                "{}: a call into the script from a host function that holds its GIL (a \
+                 Runtime::function run by the script's threads or gil-mode workers) would wait \
+                 for itself; a Runtime::blocking_function may call it",
+                self.name
+            )));
+        }
         let requests = self
             .requests
             .as_ref()
@@ -484,7 +500,7 @@ fn engine_thread(
     runtime: &Runtime,
     language: Language,
     source: Source,
-    loaded: Sender<Result<(), Error>>,
+    loaded: Sender<Result<Arc<Gil>, Error>>,
     requests: Receiver<Request>,
 ) {
     let trace = match TraceFile::start(runtime, &source.name) {
@@ -515,7 +531,7 @@ fn engine_thread(
             return;
         }
     };
-    let _ = loaded.send(Ok(()));
+    let _ = loaded.send(Ok(script.host().gil.clone()));
     let mut server = Server { script, pool: None };
     for request in requests {
         server.serve(request);
