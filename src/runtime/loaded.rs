@@ -77,13 +77,13 @@ use crate::value::Value;
 ///
 /// **From several threads.** A `Script` is `Send` and `Sync`. Calls are served one at a time
 /// by its engine (serialised, as the GIL would have them); maps from several threads share its
-/// pool and run at the same time, each waiting on its own thread. A host function must not
-/// call back into the `Script` that is running it, nor one run by the script's threads or
-/// `gil`-mode workers (which hold the GIL the engine needs) call the script: either would wait
-/// for itself, and is [`Error::Usage`]; a [`Runtime::blocking_function`], which runs without
-/// the GIL, may call it from those. A host function may call another `Script`, except in a
-/// forked process (a fork-mode worker or `Process`), where no `Script`'s engine is: that call
-/// is [`Error::Usage`] too.
+/// pool and run at the same time, each waiting on its own thread. A host function run by the
+/// script's engine (in a call), its threads or its `gil`-mode workers must not call into the
+/// `Script`: they hold the GIL the engine needs, so the call would wait for itself, and it is
+/// [`Error::Usage`]. A [`Runtime::blocking_function`] runs without the GIL and may, from its
+/// threads and workers. A host function may call another `Script`, except in a forked process
+/// (a fork-mode worker or `Process`), where no `Script`'s engine is: that call is
+/// [`Error::Usage`] too.
 ///
 /// **Exit.** Lua's `os.exit(n)` or Rhai's `exit(n)` at the top level ends the load with
 /// [`Error::Exited`]`(n)` (0 included); inside a called function it ends that call with
