@@ -366,3 +366,28 @@ fn a_process_exit_status_reaches_the_library_caller() {
         }
     });
 }
+
+/// Rhai limits how deeply a script's expressions nest at 64 (32 in a function) in a release
+/// build and at half that in a debug one: a program embedding parrun, run with `cargo run`,
+/// refused a script (`Expression exceeds maximum complexity`) that its release build ran.
+/// parrun sets the release limits, whichever way it is built.
+#[test]
+fn rhai_nesting_limits_do_not_depend_on_the_build_profile() {
+    within_a_minute(|| {
+        let nested = |depth: usize| {
+            format!(
+                "{}1{}",
+                "if true { ".repeat(depth),
+                " } else { 0 }".repeat(depth)
+            )
+        };
+        // Rhai counts about three levels for an `if`: 7 of them in a function are past the
+        // debug build's 16 and within the release build's 32; 15 at the top level are past 32
+        // and within 64.
+        let code = format!("fn f() {{ {} }}\nf() + {}", nested(7), nested(15));
+        let got: i64 = Runtime::new()
+            .eval(Language::Rhai, "nested.rhai", &code)
+            .unwrap();
+        assert_eq!(got, 2);
+    });
+}

@@ -473,3 +473,34 @@ fn a_host_panic_in_a_forked_worker_fails_its_item_while_the_host_captures_backtr
         busy.join().unwrap();
     });
 }
+
+/// A global holding a map whose keys are not strings (a `BTreeMap<i64, _>`) is fine in Lua;
+/// Rhai's maps have string keys only, and the load failed with Rhai's conversion error placed
+/// in the script at a spot it did not have (`k.rhai:1:17: Data type incorrect: i64 (expecting
+/// string)` for a script whose first line was empty). It is a usage error naming the global.
+#[test]
+fn a_global_rhai_cannot_hold_is_named() {
+    in_time(|| {
+        let keyed = std::collections::BTreeMap::from([(10i64, "ten")]);
+        let runtime = Runtime::new().global("by_id", &vec![keyed]).unwrap();
+        let lua: Vec<std::collections::BTreeMap<i64, String>> = runtime
+            .eval(Language::Lua, "k.lua", "return by_id")
+            .unwrap();
+        assert_eq!(lua[0][&10], "ten");
+        for result in [
+            runtime.run_source(Language::Rhai, "k.rhai", "\n\nlet x = 1;"),
+            runtime
+                .load_source(Language::Rhai, "k.rhai", "\n\nfn f() {}")
+                .map(|_| 0),
+        ] {
+            match result {
+                Err(parrun::Error::Usage(message)) => assert_eq!(
+                    message,
+                    "global `by_id`: a Rhai map's keys are strings, and this value has a map \
+                     with the integer 10 as a key"
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+}

@@ -476,3 +476,94 @@ fn pool_size_sets_the_workers_of_pools_made_without_a_count() {
         }
     });
 }
+
+/// A host function that calls a loaded `Script` works in the process that loaded it; in a
+/// forked worker the script's engine thread is not there (a fork has only the forking thread),
+/// and the call waited for ever: the map hung. It is an error naming the script, in both
+/// languages, and the worker's pool goes on.
+#[test]
+fn a_script_called_from_a_forked_worker_is_an_error_not_a_hang() {
+    in_time(|| {
+        let helper = std::sync::Arc::new(
+            Runtime::new()
+                .load_source(Language::Rhai, "helper.rhai", "fn twice(x) { x * 2 }")
+                .unwrap(),
+        );
+        let runtime = Runtime::new().mode(Mode::Fork).function("twice", {
+            let helper = helper.clone();
+            move |(x,): (i64,)| helper.call::<i64>("twice", (x,)).map_err(|e| e.to_string())
+        });
+        for (language, code) in [
+            (Language::Lua, "function f(x) return twice(x) end"),
+            (Language::Rhai, "fn f(x) { twice(x) }"),
+        ] {
+            let script = runtime.load_source(language, "caller", code).unwrap();
+            assert_eq!(script.call::<i64>("f", (4,)).unwrap(), 8);
+            match script.map::<_, i64>("f", [1, 2]) {
+                Err(Error::Item { index: 0, error }) => assert!(
+                    error.to_string().contains(
+                        "twice: helper.rhai: a call into the script from a forked process"
+                    ),
+                    "{error}"
+                ),
+                other => panic!("{language:?}: {other:?}"),
+            }
+            assert_eq!(script.call::<i64>("f", (5,)).unwrap(), 10);
+        }
+    });
+}
+
+/// A host function run under the script's GIL (by a gil-mode worker) that calls the script
+/// waited for ever: the engine thread needs that GIL to serve the call, and the map hung. It is
+/// an error that says so, in both languages; a blocking function, which runs without the GIL,
+/// may call the script.
+#[test]
+fn a_host_function_holding_the_scripts_gil_cannot_call_it_but_a_blocking_one_can() {
+    in_time(|| {
+        use std::sync::{Arc, OnceLock, Weak};
+        for (language, code) in [
+            (
+                Language::Lua,
+                "function inc(x) return x + 1 end\n\
+                 function held(x) return via_held(x) end\n\
+                 function released(x) return via_released(x) end",
+            ),
+            (
+                Language::Rhai,
+                "fn inc(x) { x + 1 }\n\
+                 fn held(x) { via_held(x) }\n\
+                 fn released(x) { via_released(x) }",
+            ),
+        ] {
+            // Weak: the script holds its host functions, which must not keep it alive.
+            let me: Arc<OnceLock<Weak<Script>>> = Arc::new(OnceLock::new());
+            let (held, released) = (me.clone(), me.clone());
+            let script = Arc::new(
+                Runtime::new()
+                    .mode(Mode::Gil)
+                    .function("via_held", move |(x,): (i64,)| {
+                        let script = held.get().unwrap().upgrade().unwrap();
+                        script.call::<i64>("inc", (x,)).map_err(|e| e.to_string())
+                    })
+                    .blocking_function("via_released", move |(x,): (i64,)| {
+                        let script = released.get().unwrap().upgrade().unwrap();
+                        script.call::<i64>("inc", (x,)).map_err(|e| e.to_string())
+                    })
+                    .load_source(language, "self", code)
+                    .unwrap(),
+            );
+            me.set(Arc::downgrade(&script)).unwrap();
+            match script.map::<_, i64>("held", [1, 2]) {
+                Err(Error::Item { index: 0, error }) => assert!(
+                    error.to_string().contains(
+                        "self: a call into the script from a host function that holds its GIL"
+                    ),
+                    "{error}"
+                ),
+                other => panic!("{language:?}: {other:?}"),
+            }
+            let got: Vec<i64> = script.map("released", [1, 2, 3]).unwrap();
+            assert_eq!(got, [2, 3, 4]);
+        }
+    });
+}

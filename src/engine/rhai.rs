@@ -114,6 +114,22 @@ impl Shared {
 type Prepared = (Arc<Shared>, Arc<Engine>, Arc<AST>, Scope<'static>);
 
 fn prepare(host: &Arc<Host>, script: &Source) -> Result<Prepared, Error> {
+    // A global Rhai cannot hold fails here, naming it, rather than where the declarations
+    // put in front of the script evaluate it (a place in no line of the script's).
+    for (name, value) in &host.embedding.globals {
+        if let Some(key) = direct::key_not_a_string(value) {
+            return Err(Error::Usage(format!(
+                "global `{name}`: a Rhai map's keys are strings, and this value has a map \
+                 with {} key",
+                match key {
+                    Value::Int(i) => format!("the integer {i} as a"),
+                    Value::Float(f) => format!("the float {f} as a"),
+                    Value::Bool(b) => format!("{b} as a"),
+                    other => format!("a {}", other.type_name()),
+                }
+            )));
+        }
+    }
     let shared = Shared::new(
         host.clone(),
         script.name.clone(),
@@ -375,12 +391,19 @@ pub(crate) fn is_constant_name(name: &str) -> bool {
 /// How deep Rhai calls may nest without `--max-call-depth`.
 const DEFAULT_CALL_DEPTH: usize = 64;
 
+/// How deeply Rhai expressions may nest at the top level and in a function body (Rhai's
+/// release-build limits).
+const MAX_EXPR_DEPTH: usize = 64;
+const MAX_FUNCTION_EXPR_DEPTH: usize = 32;
+
 fn build_engine(shared: &Arc<Shared>) -> Engine {
     let host = &shared.host;
     let mut engine = standard_engine();
-    // Rhai's release-build default; its debug builds allow only 8 levels, and a script must
-    // behave the same whichever way parrun was built.
+    // Rhai's release-build defaults; its debug builds allow only 8 levels of calls and half
+    // the nesting of expressions, and a script must behave the same whichever way parrun (or
+    // the program embedding it) was built.
     engine.set_max_call_levels(host.settings.max_call_depth.unwrap_or(DEFAULT_CALL_DEPTH));
+    engine.set_max_expr_depths(MAX_EXPR_DEPTH, MAX_FUNCTION_EXPR_DEPTH);
     if host.settings.sandbox {
         engine.disable_symbol("eval");
         engine.set_module_resolver(::rhai::module_resolvers::DummyModuleResolver::new());

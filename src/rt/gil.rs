@@ -57,6 +57,18 @@ struct State {
     /// another thread to hand it over.
     held_since: u64,
     handed_over: bool,
+    /// The holding thread ([`this_thread`]), 0 when the lock is free.
+    holder: u64,
+}
+
+/// A number for the calling thread, unique in the process (never 0), for [`Gil::held_here`].
+fn this_thread() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static ME: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    ME.with(|me| *me)
 }
 
 impl Gil {
@@ -125,6 +137,7 @@ impl Gil {
         s.serving += 1;
         s.grants += 1;
         s.holder_token = token;
+        s.holder = this_thread();
         if self.trace.is_some() {
             s.held_since = trace::clock();
             s.handed_over = waited;
@@ -138,6 +151,7 @@ impl Gil {
         debug_assert!(s.locked, "GIL released by a thread that does not hold it");
         s.locked = false;
         s.holder_token = 0;
+        s.holder = 0;
         // Tickets handed out but not yet served are threads in line.
         let waiting = s.next_ticket > s.serving;
         let handed_over = self.trace.is_some() && (waiting || s.handed_over);
@@ -181,6 +195,13 @@ impl Gil {
                 interrupt(token);
             }
         }
+    }
+
+    /// Whether the calling thread holds the lock (one that would wait for itself in taking it,
+    /// or in waiting for a thread that must take it).
+    pub fn held_here(&self) -> bool {
+        let s = self.lock_state();
+        s.locked && s.holder == this_thread()
     }
 
     /// Whether a waiter has asked the holder to switch. Cheap: one atomic load.
@@ -369,6 +390,22 @@ mod tests {
         assert!(!gil.drop_requested());
         drop(held);
         other.join().unwrap();
+    }
+
+    /// Only the holder holds the lock here: not another thread, not after it let go, not while
+    /// it waits without it.
+    #[test]
+    fn held_here_is_true_for_the_holder_only() {
+        let gil = Arc::new(Gil::new(Duration::from_millis(5), None));
+        assert!(!gil.held_here());
+        let held = gil.lock(0);
+        assert!(gil.held_here());
+        let g2 = gil.clone();
+        assert!(!std::thread::spawn(move || g2.held_here()).join().unwrap());
+        assert!(!gil.allow_threads(0, || gil.held_here()));
+        assert!(gil.held_here());
+        drop(held);
+        assert!(!gil.held_here());
     }
 
     /// A thread that panics while it holds the lock gives it up as it unwinds, also from inside

@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::exec;
 use crate::host::Source;
 use crate::pool::{AsyncResult, Callbacks, Failure, JobKind, Pool, PoolConfig};
+use crate::rt::gil::Gil;
 use crate::rt::spawn::Handle;
 use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
 use crate::script::{Calls, LoadedScript};
@@ -76,8 +77,13 @@ use crate::value::Value;
 ///
 /// **From several threads.** A `Script` is `Send` and `Sync`. Calls are served one at a time
 /// by its engine (serialised, as the GIL would have them); maps from several threads share its
-/// pool and run at the same time, each waiting on its own thread. A host function must not
-/// call back into the `Script` that is running it: it would wait for itself.
+/// pool and run at the same time, each waiting on its own thread. A host function run by the
+/// script's engine (in a call), its threads or its `gil`-mode workers must not call into the
+/// `Script`: they hold the GIL the engine needs, so the call would wait for itself, and it is
+/// [`Error::Usage`]. A [`Runtime::blocking_function`] runs without the GIL and may, from its
+/// threads and workers. A host function may call another `Script`, except in a forked process
+/// (a fork-mode worker or `Process`), where no `Script`'s engine is: that call is
+/// [`Error::Usage`] too.
 ///
 /// **Exit.** Lua's `os.exit(n)` or Rhai's `exit(n)` at the top level ends the load with
 /// [`Error::Exited`]`(n)` (0 included); inside a called function it ends that call with
@@ -91,6 +97,10 @@ pub struct Script {
     requests: Option<Sender<Request>>,
     engine_thread: Option<Handle>,
     engine_thread_id: u64,
+    /// The process the engine thread is in: a forked child has none of the parent's threads.
+    pid: u32,
+    /// The script's GIL, which the engine thread takes to serve a request.
+    gil: Arc<Gil>,
 }
 
 impl std::fmt::Debug for Script {
@@ -139,11 +149,13 @@ impl Script {
             .map_err(|e| Error::Usage(format!("cannot start the script's thread: {e}")))?;
         let engine_thread_id = engine_thread.id();
         match loaded_rx.recv() {
-            Ok(Ok(())) => Ok(Script {
+            Ok(Ok(gil)) => Ok(Script {
                 name,
                 requests: Some(requests),
                 engine_thread: Some(engine_thread),
                 engine_thread_id,
+                pid: std::process::id(),
+                gil,
             }),
             Ok(Err(e)) => {
                 let _ = engine_thread.join();
@@ -181,6 +193,28 @@ impl Script {
     /// let Err(Error::Script(e)) = script.call::<i64>("area", (-1, 4)) else { panic!() };
     /// assert_eq!((e.file.as_deref(), e.line), (Some("area.rhai"), Some(1)));
     /// assert!(matches!(script.call::<i64>("volume", ()), Err(Error::UnknownFunction { .. })));
+    /// ```
+    ///
+    /// **A long call.** A call runs until its function returns: [`Runtime::task_timeout`] is
+    /// for pool tasks (a map's items) and does not stop it. [`Runtime::max_instructions`] does,
+    /// counted afresh for each call: a call that computes longer ends with an error the script
+    /// cannot catch, and the script stays usable. A call that waits (`sleep`, a `Queue`'s
+    /// `get`, a pool's `map`) cannot be stopped from Rust; while it runs, the script's other
+    /// calls, and the start of its maps, wait for it.
+    ///
+    /// ```
+    /// use parrun::{Error, Language, Runtime};
+    /// let code = "function count(n) local i = 0 while i < n do i = i + 1 end return i end";
+    /// let script = Runtime::new()
+    ///     .max_instructions(1_000_000)
+    ///     .load_source(Language::Lua, "count.lua", code)
+    ///     .unwrap();
+    /// let Err(Error::Script(e)) = script.call::<i64>("count", (10_000_000,)) else { panic!() };
+    /// assert!(e.message.starts_with("instruction limit exceeded"), "{e}");
+    /// for _ in 0..3 {
+    ///     // About 400,000 instructions each: the limit is per call.
+    ///     assert_eq!(script.call::<i64>("count", (100_000,)).unwrap(), 100_000);
+    /// }
     /// ```
     pub fn call<T: DeserializeOwned>(
         &self,
@@ -311,10 +345,29 @@ impl Script {
     }
 
     fn send(&self, request: Request) -> Result<(), Error> {
+        if std::process::id() != self.pid {
+            // A forked worker running a host function that calls the script: the engine thread
+            // stayed in the parent, and the request would wait for ever.
+            return Err(Error::Usage(format!(
+                "{}: a call into the script from a forked process (a host function a fork-mode \
+                 worker or Process is running): its engine is in the process that loaded it",
+                self.name
+            )));
+        }
         if crate::rt::spawn::current_id() == self.engine_thread_id {
             return Err(Error::Usage(format!(
                 "{}: a call into the script from its own engine (a host function it is running) \
                  would wait for itself",
+                self.name
+            )));
+        }
+        if self.gil.held_here() {
+            // A host function run under the script's GIL (by a gil-mode worker, a script
+            // thread) calling the script: the engine thread needs that GIL to serve it.
+            return Err(Error::Usage(format!(
+                "{}: a call into the script from a host function that holds its GIL (a \
+                 Runtime::function run by the script's threads or gil-mode workers) would wait \
+                 for itself; a Runtime::blocking_function may call it",
                 self.name
             )));
         }
@@ -447,7 +500,7 @@ fn engine_thread(
     runtime: &Runtime,
     language: Language,
     source: Source,
-    loaded: Sender<Result<(), Error>>,
+    loaded: Sender<Result<Arc<Gil>, Error>>,
     requests: Receiver<Request>,
 ) {
     let trace = match TraceFile::start(runtime, &source.name) {
@@ -478,7 +531,7 @@ fn engine_thread(
             return;
         }
     };
-    let _ = loaded.send(Ok(()));
+    let _ = loaded.send(Ok(script.host().gil.clone()));
     let mut server = Server { script, pool: None };
     for request in requests {
         server.serve(request);

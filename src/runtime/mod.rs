@@ -180,7 +180,9 @@ impl Runtime {
     /// map, a list of records), converted through serde. Lua reads it as a global; Rhai as a
     /// constant, which its functions reach as `global::name`, as any top-level constant. `name`
     /// must be a name in both languages (letters, digits and `_`, not starting with a digit,
-    /// and not a keyword of either): another is [`Error::Usage`].
+    /// and not a keyword of either): another is [`Error::Usage`]. Rhai's maps have string keys
+    /// only: a Rhai run or load with a global holding a map with another key (a
+    /// `BTreeMap<i64, _>`, which Lua takes) is [`Error::Usage`] naming the global.
     ///
     /// ```
     /// use parrun::{Language, Runtime};

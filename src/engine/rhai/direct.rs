@@ -156,6 +156,19 @@ pub(super) fn into_dynamic(v: Value) -> Result<Dynamic, Value> {
     Ok(moved(v))
 }
 
+/// The first map key in `v` that is not a string, which Rhai cannot hold (its maps' keys are
+/// strings).
+pub(super) fn key_not_a_string(v: &Value) -> Option<&Value> {
+    match v {
+        Value::Array(items) => items.iter().find_map(key_not_a_string),
+        Value::Map(entries) => entries.iter().find_map(|(k, v)| match k {
+            Value::Str(_) => key_not_a_string(v),
+            other => Some(other),
+        }),
+        _ => None,
+    }
+}
+
 /// Whether every map in `v` has only string keys, as `to_dynamic` needs.
 fn string_keys_only(v: &Value) -> bool {
     match v {
