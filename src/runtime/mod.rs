@@ -434,6 +434,21 @@ impl Runtime {
         self
     }
 
+    /// What this runtime applies to every engine it creates, as configured so far: the mode,
+    /// the limits and switches the builder methods set.
+    ///
+    /// ```
+    /// use parrun::{Mode, Runtime};
+    ///
+    /// let runtime = Runtime::new().mode(Mode::Isolated).max_instructions(1_000_000);
+    /// assert_eq!(runtime.settings().mode, Mode::Isolated);
+    /// assert_eq!(runtime.settings().max_instructions, Some(1_000_000));
+    /// assert!(!runtime.settings().sandbox);
+    /// ```
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// The language to use instead of the one the file extension names.
     pub fn language(mut self, language: Language) -> Self {
         self.language = Some(language);
