@@ -504,3 +504,73 @@ fn a_global_rhai_cannot_hold_is_named() {
         }
     });
 }
+
+/// A host function called with more arguments than it takes fails alike in both languages
+/// (`two: takes at most 2 arguments, got 3`, before any argument is read, so a closure among
+/// the extra ones is still just one too many), as an error `catch` gets as the string (Rhai
+/// said `Function not found: two (i64, i64, i64)`), and uncaught with the script's line; a
+/// grain pass and every model alike. Rhai's own methods of the same name and another count
+/// (`arr.contains(x)`, `s.len()`) are still Rhai's.
+#[test]
+fn a_host_function_called_with_too_many_arguments_says_so_alike_in_both() {
+    in_time(|| {
+        let lua = r#"
+for _, f in ipairs({
+  function() two(1, 2, 3) end, function() contains(1, 2) end,
+  function() len(1) end, function() two(1, 2, function() end) end,
+}) do
+  local ok, e = pcall(f)
+  assert(not ok and type(e) == "string", tostring(e))
+  seen((e:gsub("^[^:]*:%d+: ", "")))
+end
+assert(two(1) == 1 and contains(5) == 5 and len() == 0)
+two(1, 2, 3)
+"#;
+        let rhai = r#"
+for f in [|| two(1, 2, 3), || contains(1, 2), || len(1), || two(1, 2, || 3)] {
+  try { f.call(); } catch (e) {
+    if type_of(e) != "string" { throw `caught ${e}`; }
+    seen(e);
+  }
+}
+if two(1) != 1 || contains(5) != 5 || len() != 0 { throw "host"; }
+if ![1, 2].contains(2) || "ab".len() != 2 || "ab".contains("b") != true { throw "rhai's"; }
+two(1, 2, 3);
+"#;
+        let expected = [
+            "two: takes at most 2 arguments, got 3",
+            "contains: takes at most 1 argument, got 2",
+            "len: takes at most 0 arguments, got 1",
+            "two: takes at most 2 arguments, got 3",
+        ];
+        for mode in MODES {
+            for (language, name, code, line) in [
+                (Language::Lua, "arity.lua", lua, "arity.lua:11:"),
+                (Language::Rhai, "arity.rhai", rhai, "arity.rhai:10:1:"),
+            ] {
+                let seen = Arc::new(Mutex::new(Vec::new()));
+                let into = seen.clone();
+                let status = Runtime::new()
+                    .mode(mode)
+                    .function("seen", move |(message,): (String,)| {
+                        into.lock().unwrap().push(message);
+                        Ok::<_, String>(())
+                    })
+                    .function("two", |(a, _b): (i64, Option<i64>)| Ok::<_, String>(a))
+                    .function("contains", |(x,): (i64,)| Ok::<_, String>(x))
+                    .function("len", |(): ()| Ok::<_, String>(0))
+                    .run_source(language, name, code);
+                assert_eq!(
+                    *seen.lock().unwrap(),
+                    expected,
+                    "{name} in {mode:?}: {status:?}"
+                );
+                let err = status.expect_err(name).to_string();
+                assert!(
+                    err.contains(&format!("{line} two: takes at most 2 arguments, got 3")),
+                    "{name} in {mode:?}: {err}"
+                );
+            }
+        }
+    });
+}

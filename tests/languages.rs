@@ -543,3 +543,92 @@ fn lua_a_method_called_with_a_dot_names_the_colon() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// A wrong count of arguments reads alike in both
+// ---------------------------------------------------------------------------------------
+
+/// A builtin or a method called with a count of arguments it does not take fails in Rhai as in
+/// Lua, naming the call, what it takes and what it got, as an error `catch` gets as the string
+/// (Rhai said `Function not found: Pool (i64, i64, i64, i64, i64)`, and `catch` got its error
+/// map); uncaught, with the script's line. `AsyncResult.get`, whose name `Queue.get` shares
+/// with another count, is named as the receiver's. A function that does not exist, and
+/// Rhai's own methods of the same counts, are as they were.
+#[test]
+fn a_builtin_called_with_a_wrong_count_of_arguments_says_so_alike_in_both() {
+    let expected = [
+        "parrun.Pool: expects 0 to 2 arguments, got 5",
+        "parrun.sleep: expects 1 argument, got 2",
+        "parrun.Queue: expects 0 to 1 argument, got 3",
+        "parrun.time: expects 0 arguments, got 1",
+        "Pool.map: expects 2 to 3 arguments, got 1",
+        "Queue.put: expects 1 to 3 arguments, got 4",
+        "AsyncResult.get: expects 0 to 1 argument, got 2",
+        "Condition.wait_for: expects 1 to 2 arguments, got 0",
+    ];
+    common::both(
+        "arity",
+        r#"
+local p, q, c = parrun.Pool(1), parrun.Queue(), parrun.Condition()
+local r = p:apply_async(function() return 1 end)
+for _, f in ipairs({
+  function() parrun.Pool(1, 2, 3, 4, 5) end, function() parrun.sleep(1, 2) end,
+  function() parrun.Queue(1, 2, 3) end, function() parrun.time(1) end,
+  function() p:map(print) end, function() q:put(1, 2, 3, 4) end,
+  function() r:get(1, 2) end, function() c:wait_for() end,
+}) do
+  local ok, e = pcall(f)
+  print(type(e) .. "\t" .. e:gsub("^[^:]*:%d+: ", ""))
+end
+p:close() p:join()
+parrun.Queue(1, 2, 3)
+"#,
+        r#"
+let p = Pool(1); let q = Queue(); let c = Condition();
+let r = p.apply_async(|| 1);
+for f in [
+  || Pool(1, 2, 3, 4, 5), || sleep(1, 2),
+  || Queue(1, 2, 3), || time(1),
+  || p.map("print"), || q.put(1, 2, 3, 4),
+  || r.get(1, 2), || c.wait_for(),
+] {
+  try { f.call(); } catch (e) { print(`${type_of(e)}	${e}`); }
+}
+try { pritn(1); } catch (e) { print(`typo	${e.message}`); }
+print(`rhai's	${[1, 2].contains(2)} ${"ab".len()} ${"ab".contains('b')}`);
+p.close(); p.join();
+Queue(1, 2, 3);
+"#,
+        |out| {
+            assert_eq!(out.code(), Some(1), "{}", out.describe());
+            let lines = out.stdout_lines();
+            for (line, message) in lines.iter().zip(expected) {
+                assert_eq!(*line, format!("string\t{message}"), "{}", out.describe());
+            }
+            let uncaught = "parrun.Queue: expects 0 to 1 argument, got 3";
+            if out.stderr.contains("arity.lua") {
+                assert_eq!(lines.len(), expected.len(), "{}", out.describe());
+                assert!(
+                    out.stderr.contains(&format!("arity.lua:14: {uncaught}")),
+                    "{}",
+                    out.describe()
+                );
+            } else {
+                assert_eq!(
+                    lines[expected.len()..],
+                    [
+                        "typo\tFunction not found: pritn (i64)",
+                        "rhai's\ttrue 2 true"
+                    ],
+                    "{}",
+                    out.describe()
+                );
+                assert!(
+                    out.stderr.contains(&format!("arity.rhai:15:1: {uncaught}")),
+                    "{}",
+                    out.describe()
+                );
+            }
+        },
+    );
+}

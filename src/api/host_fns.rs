@@ -11,6 +11,10 @@ use crate::value::Value;
 
 /// Calls `f` with the call's arguments.
 pub(crate) fn call(f: &HostFunction, args: &mut dyn Args) -> Result<Outcome, String> {
+    // Before the arguments are read: an extra one that cannot cross is still one too many.
+    if args.len() > f.arity {
+        return Err(arity_error(f, args.len()));
+    }
     let values = (0..args.len())
         .map(|i| args.value(i))
         .collect::<Result<Vec<_>, _>>()?;
@@ -21,6 +25,19 @@ pub(crate) fn call(f: &HostFunction, args: &mut dyn Args) -> Result<Outcome, Str
         })));
     }
     guarded(&*run, values).map(|v| Outcome::Done(Ret::Value(v)))
+}
+
+/// What a call of `f` with `given` arguments, more than it takes, fails with (without the name).
+pub(crate) fn arity_error(f: &HostFunction, given: usize) -> String {
+    too_many_arguments(f.arity, given)
+}
+
+/// `takes at most 2 arguments, got 3`.
+pub(crate) fn too_many_arguments(arity: usize, given: usize) -> String {
+    format!(
+        "takes at most {arity} argument{}, got {given}",
+        if arity == 1 { "" } else { "s" }
+    )
 }
 
 /// The message of an error `f` raised, as the script sees it: `name: message`.

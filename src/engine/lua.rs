@@ -228,10 +228,13 @@ pub(super) fn class_methods(lua: &Lua, class: Class) -> mlua::Result<Option<std:
 
 /// `cond:wait_for(predicate, [timeout])` (see `Kind::WaitFor`), in Lua so that `predicate` is
 /// an ordinary call and each `wait` yields to the driver as the method does when called.
-fn wait_for(lua: &Lua, b: &Builtin, wait: Function) -> mlua::Result<Function> {
-    const WAIT_FOR: &str = r#"
-local wait, clock, name = ...
-return function(self, predicate, timeout)
+fn wait_for(lua: &Lua, b: &'static Builtin, wait: Function) -> mlua::Result<Function> {
+    const WAIT_FOR: &str = r##"
+local wait, clock, name, wrong_count = ...
+return function(self, ...)
+  local wrong = wrong_count(select("#", ...) + 1)
+  if wrong then error(wrong, 2) end
+  local predicate, timeout = ...
   if timeout ~= nil and type(timeout) ~= "number" then
     error(name .. ": timeout must be a number, got " .. type(timeout), 2)
   end
@@ -258,12 +261,16 @@ return function(self, predicate, timeout)
   end
   return result
 end
-"#;
+"##;
     let start = std::time::Instant::now();
     let clock = lua.create_function(move |_, ()| Ok(start.elapsed().as_secs_f64()))?;
+    // The count checked as every builtin's is (the receiver counted).
+    let wrong_count = lua.create_function(move |_, given: usize| {
+        Ok(api::check_arity(b, given).err().map(|msg| b.error(msg)))
+    })?;
     lua.load(WAIT_FOR)
         .set_name("=parrun")
-        .call((wait, clock, b.qualified_name()))
+        .call((wait, clock, b.qualified_name(), wrong_count))
 }
 
 /// The raw Rust side of a builtin: returns (0, result), (1, request) or (2, message).

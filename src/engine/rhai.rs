@@ -370,11 +370,16 @@ fn standard_package() -> ::rhai::Shared<::rhai::Module> {
 }
 
 /// An engine as `Engine::new` makes one, with the standard package shared: its module resolver,
-/// `print` and `debug` are set by [`build_engine`].
-fn standard_engine() -> Engine {
+/// `print` and `debug` are set by [`build_engine`]. `fallbacks` are searched after the
+/// standard package (Rhai searches the last registered first), so that a function of Rhai's
+/// takes a call before any of theirs.
+fn standard_engine(fallbacks: impl IntoIterator<Item = ::rhai::Shared<::rhai::Module>>) -> Engine {
     let mut engine = Engine::new_raw();
     // `Engine::new`'s string interner (Rhai's default limit).
     engine.set_max_strings_interned(256);
+    for module in fallbacks {
+        engine.register_global_module(module);
+    }
     engine.register_global_module(standard_package());
     engine
 }
@@ -398,7 +403,11 @@ const MAX_FUNCTION_EXPR_DEPTH: usize = 32;
 
 fn build_engine(shared: &Arc<Shared>) -> Engine {
     let host = &shared.host;
-    let mut engine = standard_engine();
+    // A builtin or a host function called with a count of arguments it does not take says
+    // so, as in Lua, where Rhai would say it is not found.
+    let hosts = host_functions_at_wrong_counts(shared);
+    let hosts = (!hosts.is_empty()).then(|| hosts.into());
+    let mut engine = standard_engine(hosts.into_iter().chain([builtins_at_wrong_counts()]));
     // Rhai's release-build defaults; its debug builds allow only 8 levels of calls and half
     // the nesting of expressions, and a script must behave the same whichever way parrun (or
     // the program embedding it) was built.

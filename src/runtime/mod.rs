@@ -147,11 +147,9 @@ impl Runtime {
     {
         let call = move |mut values: Vec<Value>| -> Result<Value, String> {
             if values.len() > A::ARITY {
-                return Err(format!(
-                    "takes at most {} argument{}, got {}",
+                return Err(crate::api::host_fns::too_many_arguments(
                     A::ARITY,
-                    if A::ARITY == 1 { "" } else { "s" },
-                    values.len()
+                    values.len(),
                 ));
             }
             values.resize(A::ARITY, Value::Nil);

@@ -95,7 +95,14 @@ pub(super) fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
             });
         }
     }
-    for ((name, n), candidates) in by_name {
+    for ((name, n), takers) in by_name {
+        // Then the others of that name: a receiver whose method takes another count is found,
+        // and its check says so (`AsyncResult.get` takes one argument where `Queue.get` takes
+        // two).
+        let others = api::builtins().filter(|o| {
+            o.name == name && o.kind == Kind::Call && !takers.iter().any(|t| std::ptr::eq(*t, *o))
+        });
+        let candidates: Vec<_> = takers.iter().copied().chain(others).collect();
         let mut signatures = vec![vec![TypeId::of::<Dynamic>(); n]];
         if candidates[0].class != Class::Global {
             signatures[0][0] = TypeId::of::<Object>();
@@ -117,6 +124,116 @@ pub(super) fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
             });
         }
     }
+}
+
+/// Most arguments a call has that Rhai matches against `Dynamic` parameters (its
+/// `MAX_DYNAMIC_PARAMETERS`): with more, only exactly typed functions are found.
+const MOST_DYNAMIC_ARGUMENTS: usize = 16;
+
+/// The counts of arguments (a method's receiver counted) that `takes` refuses, up to the most
+/// Rhai matches against `Dynamic` parameters: at these Rhai would say "Function not found: put
+/// (Object, i64, i64, i64, i64)", as of a function that does not exist.
+fn wrong_counts(takes: impl Fn(usize) -> bool) -> impl Iterator<Item = usize> {
+    (0..=MOST_DYNAMIC_ARGUMENTS).filter(move |&n| !takes(n))
+}
+
+/// Sets `name` with parameters of `types` in `module`, a function that fails at once with
+/// `error` of the call's arguments: a parrun error, which `catch` gets as the string.
+fn set_wrong_count(
+    module: &mut ::rhai::Module,
+    name: &str,
+    types: Vec<TypeId>,
+    error: impl Fn(&mut [&mut Dynamic]) -> Box<EvalAltResult> + Send + Sync + 'static,
+) {
+    let func =
+        move |_: Option<::rhai::NativeCallContext>, args: &mut [&mut Dynamic]| Err(error(args));
+    ::rhai::FuncRegistration::new(name)
+        .in_global_namespace()
+        .set_into_module_raw(
+            module,
+            types,
+            ::rhai::RhaiFunc::Method {
+                func: ::rhai::Shared::new(func),
+                has_context: false,
+                is_pure: true,
+                is_volatile: false,
+            },
+        );
+}
+
+/// parrun's builtins at each count of arguments none of them takes, failing as Lua's do
+/// (`Queue.put: expects 1 to 3 arguments, got 4`, `parrun.sleep: expects 1 argument, got 2`)
+/// where Rhai would say the function is not found; a method at these counts is one of a parrun
+/// object's only. They need nothing of an engine: made once and shared by every engine, as its
+/// standard library is, and searched after it (see `standard_engine`), so that none takes a
+/// call a function of Rhai's would.
+pub(super) fn builtins_at_wrong_counts() -> ::rhai::Shared<::rhai::Module> {
+    static MODULE: OnceLock<::rhai::Shared<::rhai::Module>> = OnceLock::new();
+    MODULE
+        .get_or_init(|| {
+            let mut module = ::rhai::Module::new();
+            let callable = |b: &&Builtin| matches!(b.kind, Kind::Call | Kind::WaitFor { .. });
+            let mut names: Vec<&str> = api::builtins().filter(callable).map(|b| b.name).collect();
+            names.sort_unstable();
+            names.dedup();
+            for name in names {
+                let named = || api::builtins().filter(callable).filter(|b| b.name == name);
+                let takes = |n: usize| {
+                    named().any(|b| {
+                        let given = n.checked_sub(b.receivers());
+                        given.is_some_and(|given| (b.arity.0..=b.arity.1).contains(&given))
+                    })
+                };
+                let global = named().find(|b| b.receivers() == 0);
+                let methods: Vec<_> = named().filter(|b| b.receivers() == 1).collect();
+                for n in wrong_counts(takes) {
+                    if let Some(b) = global {
+                        let types = vec![TypeId::of::<Dynamic>(); n];
+                        set_wrong_count(&mut module, name, types, move |args| {
+                            arity_error(b, args.len())
+                        });
+                    }
+                    if n >= 1 && !methods.is_empty() {
+                        let mut types = vec![TypeId::of::<Dynamic>(); n];
+                        types[0] = TypeId::of::<Object>();
+                        let methods = methods.clone();
+                        set_wrong_count(&mut module, name, types, move |args| {
+                            match pick(&methods, args) {
+                                Ok(b) => arity_error(b, args.len()),
+                                Err(no_method) => no_method,
+                            }
+                        });
+                    }
+                }
+            }
+            module.into()
+        })
+        .clone()
+}
+
+/// `b`'s error for a call with `given` arguments (its receiver counted), a count it does not
+/// take.
+fn arity_error(b: &Builtin, given: usize) -> Box<EvalAltResult> {
+    let msg = api::check_arity(b, given).err();
+    b.error(msg.unwrap_or_else(|| format!("cannot be called with {given} arguments")))
+        .into()
+}
+
+/// The embedding program's functions (see `Runtime::function`) at each count of arguments
+/// above what they take, failing as in Lua (`two: takes at most 2 arguments, got 3`). Searched
+/// after Rhai's standard library, as [`builtins_at_wrong_counts`].
+pub(super) fn host_functions_at_wrong_counts(shared: &Shared) -> ::rhai::Module {
+    let mut module = ::rhai::Module::new();
+    for f in &shared.host.embedding.functions {
+        for n in wrong_counts(|n| n <= f.arity) {
+            let f = f.clone();
+            let types = vec![TypeId::of::<Dynamic>(); n];
+            set_wrong_count(&mut module, &f.name.clone(), types, move |args| {
+                api::host_fns::error(&f, api::host_fns::arity_error(&f, args.len())).into()
+            });
+        }
+    }
+    module
 }
 
 /// The candidate whose class is the receiver's.
