@@ -429,7 +429,7 @@ mod in_place {
     /// # Safety
     /// `state` is a valid state.
     pub(super) unsafe fn readable(state: *mut ffi::lua_State) -> bool {
-        ffi::lua_version(state) == 504.0
+        cfg!(target_pointer_width = "64") && ffi::lua_version(state) == 504.0
     }
 
     /// `TValue`: a payload (`Value`, 8 bytes) and its tag.
@@ -508,13 +508,20 @@ mod in_place {
         }
     }
 
-    // The sizes and offsets of lobject.h on a 64-bit target.
+    // The sizes and offsets of lobject.h on a 64-bit target (elsewhere the API reads).
+    #[cfg(target_pointer_width = "64")]
     const _: () = assert!(std::mem::size_of::<TValue>() == 16);
+    #[cfg(target_pointer_width = "64")]
     const _: () = assert!(std::mem::size_of::<Node>() == 24);
+    #[cfg(target_pointer_width = "64")]
     const _: () = assert!(std::mem::offset_of!(Node, key) == 16);
+    #[cfg(target_pointer_width = "64")]
     const _: () = assert!(std::mem::size_of::<Table>() == 56);
+    #[cfg(target_pointer_width = "64")]
     const _: () = assert!(std::mem::offset_of!(Table, array) == 16);
+    #[cfg(target_pointer_width = "64")]
     const _: () = assert!(std::mem::offset_of!(Table, metatable) == 40);
+    #[cfg(target_pointer_width = "64")]
     const _: () = assert!(std::mem::offset_of!(TString, contents) == 24);
 }
 
