@@ -27,13 +27,10 @@ pub(crate) fn call(f: &HostFunction, args: &mut dyn Args) -> Result<Outcome, Str
     guarded(&*run, values).map(|v| Outcome::Done(Ret::Value(v)))
 }
 
-/// What a call of `f` with `given` arguments, more than it takes, fails with (without the name).
+/// What a call of `f` with `given` arguments, more than it takes, fails with (without the
+/// name): `takes at most 2 arguments, got 3`.
 pub(crate) fn arity_error(f: &HostFunction, given: usize) -> String {
-    too_many_arguments(f.arity, given)
-}
-
-/// `takes at most 2 arguments, got 3`.
-pub(crate) fn too_many_arguments(arity: usize, given: usize) -> String {
+    let arity = f.arity;
     format!(
         "takes at most {arity} argument{}, got {given}",
         if arity == 1 { "" } else { "s" }
