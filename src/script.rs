@@ -184,6 +184,33 @@ pub(crate) trait TaskFn: Send + Sync {
     /// Calls the function once per entry of `calls`, in order; the results, or the first
     /// error and which call raised it. Call with its engine's GIL held.
     fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError>;
+
+    /// Calls the function once with `args`, as a pool's initializer; its result is dropped.
+    /// Call with its engine's GIL held. An engine that can hand its scripts shared objects
+    /// overrides this; by default only data is taken.
+    fn call_init(&self, args: &[InitArg]) -> Result<(), TaskError> {
+        let values = args
+            .iter()
+            .map(|a| match a {
+                InitArg::Value(v) => Ok(v.clone()),
+                InitArg::Object(_) => Err(TaskError::from(
+                    "internal error: this engine takes no shared objects".to_owned(),
+                )),
+            })
+            .collect::<Result<Vec<Value>, TaskError>>()?;
+        self.call_many(CallSlice::Lists(&[values])).map(drop)
+    }
+}
+
+/// An argument of a pool's initializer (`initargs`): data, copied as a task's arguments are, or
+/// a shared object (a `Queue`, a `Lock`, ...) that each worker gets a handle on, as Python's
+/// workers inherit theirs (`Pool(initializer=f, initargs=(q,))`). The object is the api
+/// layer's `Object`; this layer carries it without knowing its type, and the engine that hands
+/// it to its script takes it back.
+#[derive(Clone)]
+pub(crate) enum InitArg {
+    Value(Value),
+    Object(Arc<dyn std::any::Any + Send + Sync>),
 }
 
 /// Why a task failed: the message, the index among the task's calls of the call that raised

@@ -147,8 +147,8 @@ print(pcall(pool.apply, pool, function() return {k = {coroutine.create(print)}} 
     let put = "false\tQueue.put: cannot send this value to another thread or process: ";
     // A Queue or Lock adds where such objects are shared, as Python's error says.
     let hint = " (a Queue or Lock is shared through inheritance only, as in Python: a Process \
-                takes it in its arguments; a pool's tasks find one made before the pool in the \
-                globals)";
+                takes it in its arguments, a pool's initializer in its initargs; a pool's tasks \
+                find one made before the pool in the globals)";
     for (line, want) in lines.iter().zip([
         format!("{put}a coroutine"),
         format!("{put}a userdata"),

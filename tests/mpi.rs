@@ -530,3 +530,31 @@ pool.close(); pool.join();
         assert_eq!(mpi.stdout, fork.stdout, "{}", fork.describe());
     }
 }
+
+/// A shared object in a pool's `initargs` does not reach worker ranks yet: the pool is an
+/// error that says so and what does (a global one, `sync_objects_are_rank_0s_as_a_lock_is`),
+/// where `fork` hands it to the workers.
+#[test]
+fn a_queue_in_initargs_is_an_error_that_names_the_way_for_worker_ranks() {
+    let lua = r#"
+local q = parrun.Queue()
+print(pcall(parrun.Pool, 2, {initializer = function(queue) end, initargs = {q}}))
+"#;
+    let rhai = r#"
+let q = Queue();
+try { Pool(2, #{initializer: |queue| (), initargs: [q]}); print("made"); } catch (e) { print(e); }
+"#;
+    for (ext, code) in [("lua", lua), ("rhai", rhai)] {
+        let (_dir, path) = script("initargs", ext, code);
+        let out = under_mpirun(&[], &[path.to_str().unwrap()], &[]);
+        out.assert_success();
+        assert!(
+            out.stdout.contains(
+                "initargs: a shared object (a Queue, a Lock, ...) does not reach MPI worker ranks \
+                 yet: make it a global before the pool"
+            ),
+            "{}",
+            out.describe()
+        );
+    }
+}

@@ -44,6 +44,94 @@ fn each_mode(
     }
 }
 
+/// A `Queue` and a `Lock` in a pool's `initargs` reach every worker as the script's own, as
+/// Python's `Pool(initializer=init, initargs=(q, lock))` hands them to its workers: the
+/// workers wait for the lock the script holds, and what they put arrives in the script's
+/// queue. Another object there, or one inside a table, is an error that says what can go.
+#[test]
+fn a_queue_and_a_lock_in_initargs_are_the_scripts_own_in_every_worker() {
+    let lua = r#"
+local q, lock = parrun.Queue(), parrun.Lock()
+local function init(queue, l, tag) Q, L, TAG = queue, l, tag end
+local pool = parrun.Pool(2, {initializer = init, initargs = {q, lock, "w"}, maxtasksperchild = 2})
+lock:acquire()
+local job = pool:map_async(function(x) L:acquire() Q:put(TAG .. x) L:release() return x end,
+  {1, 2, 3, 4, 5}, 1)
+parrun.sleep(0.3)
+print("while held", q:qsize())
+lock:release()
+print(table.concat(job:get(10), ","))
+local got = {}
+for i = 1, 5 do got[i] = q:get(5) end
+table.sort(got)
+print(table.concat(got, ","))
+pool:close() pool:join()
+print(select(2, pcall(parrun.Pool, 1, {initializer = init, initargs = {pool}})))
+print(select(2, pcall(parrun.Pool, 1, {initializer = init, initargs = {{q}}})))
+print(select(2, pcall(parrun.Pool, 1, {initializer = init, initargs = 5})))
+"#;
+    let rhai = r#"
+fn init(queue, l, tag) { queue.put(`init ${tag}`); l.acquire(); l.release(); }
+const Q = Queue();
+let lock = Lock();
+let pool = Pool(2, #{initializer: init, initargs: [Q, lock, "w"], maxtasksperchild: 2});
+lock.acquire();
+let job = pool.map_async(|x| x * 10, [1, 2, 3, 4, 5], 1);
+sleep(0.3);
+print(`while held ${job.ready()}`);
+lock.release();
+print(job.get(10));
+let inits = 0;
+while !Q.empty() { if Q.get() == "init w" { inits += 1; } }
+print(`inits ${inits >= 2}`);
+pool.close(); pool.join();
+try { Pool(1, #{initializer: init, initargs: [pool]}); } catch (e) { print(e); }
+try { Pool(1, #{initializer: init, initargs: [[Q]]}); } catch (e) { print(e); }
+try { Pool(1, #{initializer: init, initargs: 5}); } catch (e) { print(e); }
+"#;
+    let pool_refused = "parrun.Pool: initargs: a Pool cannot be handed to a pool's workers (a \
+                        Queue, a Lock, an RLock, an Event, a Semaphore, a Condition or a Barrier \
+                        can)";
+    // Lua counts keys from 1, Rhai from 0.
+    let nested_refused = |key: u8| {
+        format!(
+            "parrun.Pool: cannot send this value to another thread or process: a Queue at key \
+             \"{key}\" (a Queue or Lock is shared through inheritance only, as in Python: a \
+             Process takes it in its arguments, a pool's initializer in its initargs; a pool's \
+             tasks find one made before the pool in the globals)"
+        )
+    };
+    each_mode("initargs", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines = out.stdout_lines();
+        let want: Vec<String> = if out.command.ends_with("lua") {
+            [
+                "while held\t0",
+                "1,2,3,4,5",
+                "w1,w2,w3,w4,w5",
+                pool_refused,
+                &nested_refused(1),
+                "parrun.Pool: initargs must be a table, got integer",
+            ]
+            .map(String::from)
+            .into()
+        } else {
+            // The workers' initializers wait for the lock too, so no task has run.
+            [
+                "while held false",
+                "[10, 20, 30, 40, 50]",
+                "inits true",
+                pool_refused,
+                &nested_refused(0),
+                "parrun.Pool: initargs must be an array, got i64",
+            ]
+            .map(String::from)
+            .into()
+        };
+        assert_eq!(lines, want, "mode {mode}\n{}", out.describe());
+    });
+}
+
 /// After `close(); join()` every `callback` and `error_callback` has run and every result is
 /// ready, so `successful()` answers (CPython's join waits for its result handler thread).
 /// The callbacks sleep so that a join that does not wait for them returns first.
@@ -550,8 +638,8 @@ pool:close() pool:join()
                 "-6,-5,-4",
                 "Pool.map: cannot send this value to another thread or process: a Lock \
                  (a Queue or Lock is shared through inheritance only, as in Python: a Process \
-                 takes it in its arguments; a pool's tasks find one made before the pool in the \
-                 globals)",
+                 takes it in its arguments, a pool's initializer in its initargs; a pool's \
+                 tasks find one made before the pool in the globals)",
             ],
             "mode {mode}\n{}",
             out.describe()

@@ -163,6 +163,24 @@ impl Object {
         }
     }
 
+    /// Whether this is an object that other threads and processes reach as the same object (a
+    /// `Queue`, a `Lock`, an `RLock`, an `Event`, a `Semaphore`, a `Condition` or a
+    /// `Barrier`): it lives in the process that made it, and a forked child's handle asks
+    /// that process. The others (a thread, a process, a pool, a result) belong to the process
+    /// that made them.
+    pub(crate) fn is_shared(&self) -> bool {
+        matches!(
+            self,
+            Object::Queue(_)
+                | Object::Lock(_)
+                | Object::RLock(_)
+                | Object::Event(_)
+                | Object::Semaphore(_)
+                | Object::Condition(_)
+                | Object::Barrier(_)
+        )
+    }
+
     pub fn class(&self) -> Class {
         match self {
             Object::Thread(_) => Class::Thread,
@@ -331,6 +349,10 @@ pub trait Args {
     fn field(&mut self, i: usize, key: &str) -> Result<Option<usize>, String>;
     /// The engine the call runs in, as of this call: for a pool's workers.
     fn engine(&self) -> &dyn ScriptEngine;
+    /// The elements of the array at argument `i` (a Lua sequence, its `n` field if it has
+    /// one; a Rhai array), each appended as a new argument without converting it: their
+    /// indices. The error, for anything else, reads after the argument's name ("must be ...").
+    fn items(&mut self, i: usize) -> Result<Vec<usize>, String>;
     /// The keys of the table or map at argument `i` (options), without converting its values;
     /// a key that is not a string as the script would write it.
     fn keys(&mut self, i: usize) -> Result<Vec<String>, String>;

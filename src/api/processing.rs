@@ -13,7 +13,7 @@ use crate::exec;
 use crate::host::{Host, Mode};
 use crate::pool::{AsyncResult, Callbacks, Failure, Feed, JobKind, Pool, PoolConfig, PoolHandle};
 use crate::process::ScriptProcess;
-use crate::script::{Callback, Calls, FunctionSpec, WireList};
+use crate::script::{Callback, Calls, FunctionSpec, InitArg, WireList};
 use crate::value::Value;
 
 fn process(args: &mut dyn Args) -> Result<Arc<ScriptProcess>, String> {
@@ -236,6 +236,25 @@ fn submit(
     Ok((job, p))
 }
 
+/// A pool's `initargs` at argument `i`: data is copied as a task's arguments are; a shared
+/// object (a `Queue`, a `Lock`, ...) reaches each worker as a handle on the same object, as
+/// Python's workers inherit what their initializer is given.
+fn init_args(args: &mut dyn Args, i: usize) -> Result<Vec<InitArg>, String> {
+    let items = args.items(i).map_err(|e| format!("initargs {e}"))?;
+    items
+        .into_iter()
+        .map(|k| match args.object(k) {
+            Ok(object) if object.is_shared() => Ok(InitArg::Object(Arc::new(object))),
+            Ok(object) => Err(format!(
+                "initargs: a {} cannot be handed to a pool's workers (a Queue, a Lock, an \
+                 RLock, an Event, a Semaphore, a Condition or a Barrier can)",
+                object.class().name()
+            )),
+            Err(_) => args.value(k).map(InitArg::Value),
+        })
+        .collect()
+}
+
 /// `Pool()`, `Pool(4)`, `Pool(4, options)`, `Pool(options)`; `ThreadPool` likewise, in `gil`
 /// mode unless its options say otherwise. The pool checks what was asked.
 fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome, String> {
@@ -278,7 +297,7 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
         if let Some(i) = args.field(o, "initializer")? {
             let f = args.function(i, exec::model(config.mode).travel())?;
             let initargs = match args.field(o, "initargs")? {
-                Some(j) => elements(args, j, "initargs")?,
+                Some(j) => init_args(args, j)?,
                 None => Vec::new(),
             };
             config.initializer = Some((f, initargs));

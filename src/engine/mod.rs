@@ -25,6 +25,25 @@ pub(crate) fn is_function_name(name: &str) -> bool {
         && !crate::api::builtins().any(|b| b.class == crate::api::Class::Global && b.name == name)
 }
 
+/// A pool initializer's argument as the engine hands it to the script: the value, or the
+/// shared object ([`crate::script::InitArg`] carries the api layer's [`crate::api::Object`]
+/// without naming it).
+pub(crate) enum InitArgOf<'a> {
+    Value(&'a crate::value::Value),
+    Object(crate::api::Object),
+}
+
+/// [`InitArgOf`] of `arg`.
+pub(crate) fn init_arg_of(arg: &crate::script::InitArg) -> Result<InitArgOf<'_>, String> {
+    match arg {
+        crate::script::InitArg::Value(v) => Ok(InitArgOf::Value(v)),
+        crate::script::InitArg::Object(o) => o
+            .downcast_ref::<crate::api::Object>()
+            .map(|o| InitArgOf::Object(o.clone()))
+            .ok_or_else(|| "internal error: an initializer's argument is no parrun object".into()),
+    }
+}
+
 /// The message for a value that cannot be copied out of an engine.
 pub(crate) fn untransferable(what: impl std::fmt::Display) -> String {
     format!("cannot send this value to another thread or process: {what}")
@@ -43,7 +62,8 @@ pub(crate) fn unsendable(kind: &str, path: &[String], used_as_key: bool) -> Stri
     // between processes through inheritance"), with where parrun's inheritance is.
     let hint = if matches!(kind, "a Queue" | "a Lock") {
         " (a Queue or Lock is shared through inheritance only, as in Python: a Process takes \
-         it in its arguments; a pool's tasks find one made before the pool in the globals)"
+         it in its arguments, a pool's initializer in its initargs; a pool's tasks find one \
+         made before the pool in the globals)"
     } else {
         ""
     };

@@ -34,8 +34,9 @@ use crate::rt::cancel;
 use crate::rt::poison::Recover;
 use crate::rt::progress::Tracker;
 use crate::rt::spawn::Handle;
-use crate::script::{CallSlice, Calls, CallsOut, FunctionSpec, ScriptEngine, Travel, WireList};
-use crate::value::Value;
+use crate::script::{
+    CallSlice, Calls, CallsOut, FunctionSpec, InitArg, ScriptEngine, Travel, WireList,
+};
 
 mod callbacks;
 mod forked;
@@ -85,7 +86,7 @@ pub struct PoolConfig {
     /// How many workers; `None`: one per CPU, as Python's `os.cpu_count()`.
     pub processes: Option<usize>,
     /// What every worker calls before its first task (a renewed one too), with its arguments.
-    pub initializer: Option<(Arc<FunctionSpec>, Vec<Value>)>,
+    pub initializer: Option<(Arc<FunctionSpec>, Vec<InitArg>)>,
     /// How many tasks a worker runs before a fresh one takes its place.
     pub maxtasksperchild: Option<usize>,
     /// A task running longer fails: a forked worker is killed and replaced, a thread's task
@@ -830,6 +831,7 @@ mod tests {
     use std::time::Instant;
 
     use crate::script::{Callback, TaskEngine, TaskFn};
+    use crate::value::Value;
 
     /// A task engine of its own (as an isolated worker's) whose every function returns its
     /// first argument, once `gate` is open, and notes how many calls each task had.
@@ -977,7 +979,7 @@ mod tests {
             });
             let config = PoolConfig {
                 processes: Some(4),
-                initializer: Some((echo(), vec![Value::Int(1)])),
+                initializer: Some((echo(), vec![InitArg::Value(Value::Int(1))])),
                 maxtasksperchild: None,
                 task_timeout: None,
                 mode: Mode::Isolated,

@@ -38,7 +38,7 @@ use crate::rt::gil::Gil;
 use crate::rt::mpi::{self, Tag};
 use crate::rt::poison::Recover;
 use crate::rt::{codec, threads};
-use crate::script::{FunctionSpec, TaskEngine};
+use crate::script::{FunctionSpec, InitArg, TaskEngine};
 use crate::value::Value;
 
 /// How often the supervisor looks for lost ranks when nothing else happens.
@@ -116,7 +116,18 @@ pub(super) fn start(
         None => None,
         Some((f, args)) => match &**f {
             FunctionSpec::Encoded { key, code } => {
-                Some((*key, ByteBuf::from(code.clone()), args.clone()))
+                let args = args
+                    .iter()
+                    .map(|a| match a {
+                        InitArg::Value(v) => Ok(v.clone()),
+                        InitArg::Object(_) => Err(
+                            "initargs: a shared object (a Queue, a Lock, ...) does not reach MPI \
+                             worker ranks yet: make it a global before the pool"
+                                .to_owned(),
+                        ),
+                    })
+                    .collect::<Result<Vec<Value>, String>>()?;
+                Some((*key, ByteBuf::from(code.clone()), args))
             }
             FunctionSpec::Local(_) => {
                 return Err("internal error: a local function for a worker rank".into())
@@ -436,8 +447,10 @@ pub(crate) fn serve_on_rank(
                 };
                 let host_gil = engine.host().gil.clone();
                 *gil.lock().recover() = Some(host_gil.clone());
-                let init = init
-                    .map(|(key, code, args)| (Arc::new(FunctionSpec::Encoded { key, code }), args));
+                let init = init.map(|(key, code, args)| {
+                    let args = args.into_iter().map(InitArg::Value).collect();
+                    (Arc::new(FunctionSpec::Encoded { key, code }), args)
+                });
                 let results = RankResults {
                     header: pool_header(pool),
                     buf: Vec::new(),

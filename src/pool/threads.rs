@@ -302,25 +302,31 @@ fn run(
     function: &FunctionSpec,
     calls: CallSlice<'_>,
 ) -> Result<Vec<crate::value::Value>, TaskError> {
+    with_gil(functions, |functions| functions.call_many(function, calls))
+}
+
+/// Runs `body` on the worker's engine with its GIL held; a host panic in it is the task's
+/// error.
+fn with_gil<R>(
+    functions: &mut Functions,
+    body: impl FnOnce(&mut Functions) -> Result<R, TaskError>,
+) -> Result<R, TaskError> {
     let gil = functions.engine().host().gil.clone();
     let _held = gil.lock(0);
-    catch_unwind(AssertUnwindSafe(|| functions.call_many(function, calls))).unwrap_or_else(
-        |panic| {
-            Err(format!(
-                "a pool worker thread failed inside parrun (a host panic: {})",
-                panic_text(&*panic)
-            )
-            .into())
-        },
-    )
+    catch_unwind(AssertUnwindSafe(|| body(functions))).unwrap_or_else(|panic| {
+        Err(format!(
+            "a pool worker thread failed inside parrun (a host panic: {})",
+            panic_text(&*panic)
+        )
+        .into())
+    })
 }
 
 /// Runs the pool's initializer, if it has one, in a worker's (new) engine; a failure breaks
 /// the pool.
 fn initialize(pool: &Pool, functions: &mut Functions) {
     if let Some((f, args)) = &pool.config.initializer {
-        let args = CallSlice::Lists(std::slice::from_ref(args));
-        if let Err(reason) = run(functions, f, args) {
+        if let Err(reason) = with_gil(functions, |functions| functions.call_init(f, args)) {
             pool.break_pool(&format!(
                 "the pool's initializer failed: {}",
                 reason.message

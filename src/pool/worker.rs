@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::rt::codec;
 use crate::rt::trace;
-use crate::script::{CallSlice, Calls, CallsOut, FunctionSpec, TaskEngine, TaskError, TaskFn};
+use crate::script::{
+    CallSlice, Calls, CallsOut, FunctionSpec, InitArg, TaskEngine, TaskError, TaskFn,
+};
 use crate::value::Value;
 
 /// A message down a forked worker's task pipe, as the supervisor writes it.
@@ -174,6 +176,19 @@ impl Functions {
         }
     }
 
+    /// Calls `function` once with `args`, as a pool's initializer. Call with the engine's GIL
+    /// held.
+    pub(super) fn call_init(
+        &mut self,
+        function: &FunctionSpec,
+        args: &[InitArg],
+    ) -> Result<(), TaskError> {
+        match function {
+            FunctionSpec::Local(f) => f.call_init(args),
+            FunctionSpec::Encoded { key, code } => self.decoded(*key, Some(code))?.call_init(args),
+        }
+    }
+
     /// Calls the function [`Functions::learn`] was given as `key`.
     fn call_key(&mut self, key: u64, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError> {
         self.decoded(key, None)?.call_many(calls)
@@ -216,14 +231,14 @@ pub(super) fn worker_main(
     engine: Arc<dyn TaskEngine>,
     mut tasks: impl std::io::Read,
     mut results: impl std::io::Write,
-    init: Option<(Arc<FunctionSpec>, Vec<Value>)>,
+    init: Option<(Arc<FunctionSpec>, Vec<InitArg>)>,
     max_tasks: Option<usize>,
 ) -> i32 {
     let mut out = Vec::new();
     let host = engine.host().clone();
     let mut functions = Functions::new(engine);
     if let Some((f, args)) = init {
-        if let Err(e) = functions.call_many(&f, CallSlice::Lists(&[args])) {
+        if let Err(e) = functions.call_init(&f, &args) {
             let msg = FromWorker {
                 id: 0,
                 micros: 0,

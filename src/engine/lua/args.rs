@@ -214,11 +214,7 @@ impl Args for LuaArgs<'_> {
         let args = match args.map(|i| self.get(i)) {
             None => Vec::new(),
             Some(LuaValue::Table(t)) => {
-                let n = t
-                    .get::<Option<i64>>("n")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(t.raw_len() as i64);
+                let n = sequence_len(&t);
                 (1..=n)
                     .map(|i| t.raw_get(i))
                     .collect::<mlua::Result<_>>()
@@ -310,6 +306,18 @@ impl Args for LuaArgs<'_> {
                 Ok(Some(self.vals.len() - 1))
             }
         }
+    }
+
+    fn items(&mut self, i: usize) -> Result<Vec<usize>, String> {
+        let LuaValue::Table(t) = self.get(i) else {
+            return Err(format!("must be a table, got {}", self.get(i).type_name()));
+        };
+        let n = sequence_len(&t);
+        let first = self.vals.len();
+        for k in 1..=n {
+            self.vals.push(t.raw_get(k).map_err(|e| e.to_string())?);
+        }
+        Ok((first..self.vals.len()).collect())
     }
 
     fn keys(&mut self, i: usize) -> Result<Vec<String>, String> {
@@ -415,4 +423,13 @@ pub(super) fn lua_type_name(v: &LuaValue) -> &'static str {
         LuaValue::Integer(_) | LuaValue::Number(_) => "number",
         other => other.type_name(),
     }
+}
+
+/// How many arguments a table of arguments holds: its `n` field, as `table.pack` sets it (so
+/// that trailing nils count), or else its border.
+fn sequence_len(t: &Table) -> i64 {
+    t.get::<Option<i64>>("n")
+        .ok()
+        .flatten()
+        .unwrap_or(t.raw_len() as i64)
 }

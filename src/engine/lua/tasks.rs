@@ -7,7 +7,8 @@ use super::direct;
 use super::image::Graph;
 use super::inherit::{self, Heritage};
 use super::*;
-use crate::script::Inheritance;
+use crate::engine::{init_arg_of, InitArgOf};
+use crate::script::{Inheritance, InitArg};
 
 /// Targets, callbacks and task engines hold the state weakly: they live inside objects the
 /// state itself holds, and a strong reference would keep it alive for ever.
@@ -302,6 +303,22 @@ pub(super) struct LuaTask {
 impl TaskFn for LuaTask {
     fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError> {
         self.tasks.call_many(&self.f, calls)
+    }
+
+    fn call_init(&self, args: &[InitArg]) -> Result<(), TaskError> {
+        let lua = &upgrade(&self.tasks.lua)?;
+        let args = args
+            .iter()
+            .map(|a| match init_arg_of(a).map_err(mlua::Error::runtime)? {
+                InitArgOf::Value(v) => from_value(lua, v),
+                InitArgOf::Object(o) => new_object(lua, o).map(LuaValue::UserData),
+            })
+            .collect::<mlua::Result<MultiValue>>()
+            .map_err(error_text)?;
+        self.tasks
+            .run(lua, &self.f, args)
+            .map(drop)
+            .map_err(|e| TaskError::from(error_text(e)).raised(take_raised()))
     }
 }
 

@@ -164,6 +164,16 @@ impl Args for RhaiArgs<'_, '_> {
         }
     }
 
+    fn items(&mut self, i: usize) -> Result<Vec<usize>, String> {
+        let items = self
+            .get(i)
+            .try_cast_result::<Array>()
+            .map_err(|a| format!("must be an array, got {}", a.type_name()))?;
+        let first = self.len();
+        self.extra.extend(items);
+        Ok((first..self.len()).collect())
+    }
+
     fn keys(&mut self, i: usize) -> Result<Vec<String>, String> {
         let map = self.get(i);
         let type_name = map.type_name();

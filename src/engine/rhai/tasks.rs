@@ -3,6 +3,8 @@
 //! with ([`Env`]).
 
 use super::*;
+use crate::engine::{init_arg_of, InitArgOf};
+use crate::script::InitArg;
 
 pub(super) fn hash(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -459,6 +461,28 @@ impl TaskFn for BoundFn {
             }
         })
         .map_err(|e| e.to_string())?
+    }
+
+    fn call_init(&self, args: &[InitArg]) -> Result<(), TaskError> {
+        self.init(args)
+    }
+}
+
+impl BoundFn {
+    /// [`TaskFn::call_init`]'s body: a shared object goes to the script as its handle.
+    fn init(&self, args: &[InitArg]) -> Result<(), TaskError> {
+        let args = args
+            .iter()
+            .map(|a| match init_arg_of(a)? {
+                InitArgOf::Value(v) => to_dynamic(v).map_err(|e| e.to_string()),
+                InitArgOf::Object(o) => Ok(Dynamic::from(o)),
+            })
+            .collect::<Result<Vec<Dynamic>, String>>()?;
+        let count = args.len();
+        self.call_raw(args).map(drop).map_err(|e| {
+            let thrown = thrown_data(&self.shared, &e);
+            TaskError::from(call_error(&self.shared, &self.f, count, *e)).raised(thrown)
+        })
     }
 }
 
