@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
@@ -239,9 +239,11 @@ pub(crate) fn fork_child(
 }
 
 /// A child forked with a link to this process that is not served yet: [`Unserved::serve`]
-/// starts its link thread. A pool forks all its workers first and then starts their threads,
-/// since each fork copies the page tables and mappings of every thread the parent has then (a
-/// `Pool(200)` grew as the square of its size). Dropped unserved, the child is killed.
+/// starts its link thread. A pool forks all its workers first and starts a worker's thread
+/// only when the worker first writes to its link ([`Unserved::link_fd`],
+/// [`Unserved::serve_until_exit`]): each fork copies the page tables and mappings of every
+/// thread the parent has then (a `Pool(200)` grew as the square of its size), and a worker that
+/// never prints or uses a queue needs no thread at all. Dropped unserved, the child is killed.
 pub(crate) struct Unserved {
     pid: Pid,
     stream: Option<UnixStream>,
@@ -252,6 +254,58 @@ pub(crate) struct Unserved {
 impl Unserved {
     pub(crate) fn pid(&self) -> Pid {
         self.pid
+    }
+
+    /// The parent's end of the link: readable once the child has written a request (a pool's
+    /// supervisor polls it, to start the server only for a worker that uses its link).
+    pub(crate) fn link_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.stream.as_ref().expect("not served yet").as_fd()
+    }
+
+    /// Waits until the child has exited (without reaping it), serving its link from the
+    /// moment it writes to it; the server to join once the child is reaped, if the child wrote
+    /// anything. A child that never used its link costs no thread: a pool's idle workers at
+    /// shutdown. A request that waits for an answer (a trace flush at exit) is served as it
+    /// comes, so the wait cannot deadlock.
+    pub(crate) fn serve_until_exit(mut self) -> Result<Option<Handle>, String> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let Some(exit) = children::exit_fd(self.pid) else {
+            // No pidfd (an old kernel): serve from now on, as a child that wrote would be.
+            return self.serve().map(|c| Some(c.link_server));
+        };
+        let mut link_open = true;
+        loop {
+            let stream = self.stream.as_ref().expect("not served yet");
+            let mut fds = vec![PollFd::new(exit.as_fd(), PollFlags::POLLIN)];
+            if link_open {
+                fds.push(PollFd::new(stream.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return self.serve().map(|c| Some(c.link_server)),
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            let exited = ready(&fds[0]);
+            let link_ready = link_open && ready(&fds[1]);
+            drop(fds);
+            // Once the child has exited, all it wrote is in the socket.
+            if exited || link_ready {
+                match has_data(stream) {
+                    Some(true) => return self.serve().map(|c| Some(c.link_server)),
+                    // Its end closed with nothing sent: only the exit is left to wait for.
+                    Some(false) => link_open = false,
+                    None => {}
+                }
+            }
+            if exited {
+                let stream = self.stream.take().expect("not served yet");
+                fork::unregister_fd(stream.as_raw_fd());
+                return Ok(None);
+            }
+        }
     }
 
     /// Starts the thread that serves the child's requests on its link.
@@ -278,8 +332,37 @@ impl Drop for Unserved {
     }
 }
 
+/// Whether `stream` holds data to read: `Some(false)` at its end (the other side closed it
+/// with nothing unread), `None` if nothing is there yet.
+fn has_data(stream: &UnixStream) -> Option<bool> {
+    use nix::libc;
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most one byte into `byte`; the descriptor is the stream's own.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            std::ptr::addr_of_mut!(byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Some(false),
+        n if n > 0 => Some(true),
+        _ if matches!(
+            nix::errno::Errno::last(),
+            nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR
+        ) =>
+        {
+            None
+        }
+        // A broken socket has nothing more to give: as its end.
+        _ => Some(false),
+    }
+}
+
 /// [`fork_child`] without its link thread: the child's requests wait until
-/// [`Unserved::serve`].
+/// [`Unserved::serve`] (or [`Unserved::serve_until_exit`]).
 pub(crate) fn fork_unserved(
     host: &Arc<Host>,
     keep: Vec<RawFd>,
@@ -557,7 +640,6 @@ fn serve(
 const LIVENESS_CHECK: Duration = Duration::from_millis(50);
 
 fn serve_loop(stream: UnixStream, output: output::Output, trace: Option<Arc<Tracer>>) {
-    use std::os::fd::AsRawFd;
     let fd = stream.as_raw_fd();
     let Ok(writer) = stream.try_clone() else {
         return;

@@ -1206,8 +1206,8 @@ sleep(2);
                 .arg(format!("--nproc={nproc}:{nproc}"))
                 .args([
                     "setpriv",
-                    "--reuid=65534",
-                    "--regid=65534",
+                    &format!("--reuid={NOBODY}"),
+                    &format!("--regid={NOBODY}"),
                     "--clear-groups",
                 ])
                 .args([common::parrun_bin(), "--mode", "fork"])
@@ -1225,6 +1225,9 @@ sleep(2);
             let kids = children_of(child.id());
             let _ = child.kill();
             let _ = child.wait();
+            // The workers of a pool that started end by their parent-death signal: until they
+            // have, they count against the next run's limit.
+            wait_until_no_process_of(NOBODY);
             let line = line.trim();
             if line == "started" {
                 continue;
@@ -1241,6 +1244,32 @@ sleep(2);
         }
     }
     assert!(failures > 0, "no limit made the pool's start fail");
+}
+
+/// The uid the process-limit test runs as (`nobody`).
+const NOBODY: u32 = 65534;
+
+/// Waits (up to 10 s) until no process of user `uid` is left.
+fn wait_until_no_process_of(uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let any = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+            .any(|e| e.metadata().is_ok_and(|m| m.uid() == uid));
+        if !any {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The descriptors and threads `pid` has now.

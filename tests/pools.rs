@@ -132,6 +132,37 @@ try { Pool(1, #{initializer: init, initargs: 5}); } catch (e) { print(e); }
     });
 }
 
+/// A forked worker's link server (the thread in the parent that serves its queues, locks and
+/// output) starts when the worker first writes to its link: an idle `Pool(4)` adds only its
+/// supervisor's threads to the script's process (it added four more, one per worker), and
+/// workers that use a queue get theirs. Lua reads the thread count from /proc.
+#[test]
+fn a_fork_pools_idle_workers_cost_no_thread_in_the_parent() {
+    let lua = r#"
+local function threads()
+  local f = io.open("/proc/self/status") local s = f:read("a") f:close()
+  return tonumber(s:match("Threads:%s*(%d+)"))
+end
+local before = threads()
+Q = parrun.Queue()
+local pool = parrun.Pool(4)
+assert(pool:map(function(x) return x + 1 end, {1, 2, 3, 4, 5, 6, 7, 8}, 1)[8] == 9)
+local idle = threads()
+pool:map(function(x) Q:put(x) return x end, {1, 2, 3, 4, 5, 6, 7, 8}, 1)
+local used = threads()
+local sum = 0
+for i = 1, 8 do sum = sum + Q:get(5) end
+pool:close() pool:join()
+print(idle - before <= 2, used > idle, sum)
+"#;
+    let (_dir, path) = script("idle", "lua", lua);
+    let out = Run::new(["--mode", "fork", path.to_str().unwrap()])
+        .timeout(Duration::from_secs(30))
+        .output();
+    out.assert_success();
+    assert_eq!(out.stdout_lines(), ["true\ttrue\t36"], "{}", out.describe());
+}
+
 /// After `close(); join()` every `callback` and `error_callback` has run and every result is
 /// ready, so `successful()` answers (CPython's join waits for its result handler thread).
 /// The callbacks sleep so that a join that does not wait for them returns first.

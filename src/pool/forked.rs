@@ -195,12 +195,42 @@ struct Child {
     known: KeptKeys,
     /// How many tasks it was sent (for `maxtasksperchild`).
     sent: usize,
-    /// The server of its link to the parent's queues and locks.
-    link: Option<Handle>,
+    /// Its link to the parent's queues, locks and output.
+    link: Option<Link>,
     /// When the task at the front of `in_flight` started (tasks run one after another).
     running_since: Option<Instant>,
     /// Killed by the supervisor because its task ran past the task timeout.
     timed_out: bool,
+}
+
+/// A worker's link to this process, whose server thread starts when the worker first writes to
+/// it (prints a line, uses a queue): a worker that never does costs no thread (of a `Pool(4)`'s
+/// start, the four link servers took about a fifth).
+enum Link {
+    /// Nothing written yet: the supervisor polls it.
+    Idle(link::Unserved),
+    Served(Handle),
+}
+
+impl Link {
+    /// The link served from now on, if it is not yet (a worker that wrote to it, or one about
+    /// to be reaped, whose last requests must not wait on a supervisor that waits for it).
+    /// If its thread cannot start, the worker is killed and reaped (`Unserved::serve`).
+    fn served(self) -> Result<Handle, String> {
+        match self {
+            Link::Idle(unserved) => unserved.serve().map(|c| c.link_server),
+            Link::Served(h) => Ok(h),
+        }
+    }
+
+    /// Waits for the worker's exit with the link served only if the worker writes to it; the
+    /// server to join, if it started.
+    fn until_exit(self) -> Option<Handle> {
+        match self {
+            Link::Idle(unserved) => unserved.serve_until_exit().ok().flatten(),
+            Link::Served(h) => Some(h),
+        }
+    }
 }
 
 /// The supervisor thread's state: the pool, the workers, and what it knows of their tasks.
@@ -279,6 +309,13 @@ impl Supervisor {
             let pipe = self.children[i].tasks.as_ref()?;
             Some(PollFd::new(pipe.file.as_fd(), PollFlags::POLLOUT))
         }));
+        let idle: Vec<usize> = (0..self.children.len())
+            .filter(|&i| matches!(self.children[i].link, Some(Link::Idle(_))))
+            .collect();
+        fds.extend(idle.iter().filter_map(|&i| match &self.children[i].link {
+            Some(Link::Idle(unserved)) => Some(PollFd::new(unserved.link_fd(), PollFlags::POLLIN)),
+            _ => None,
+        }));
         let wait = self.next_deadline().map_or(POLL_MILLIS, |d| {
             d.saturating_duration_since(Instant::now())
                 .as_millis()
@@ -298,10 +335,24 @@ impl Supervisor {
         };
         drop(fds);
         let readable = 1 + self.children.len();
-        for (&i, _) in writing.iter().zip(&ready[readable..]).filter(|(_, &r)| r) {
+        let written = readable + writing.len();
+        for (&i, _) in writing
+            .iter()
+            .zip(&ready[readable..written])
+            .filter(|(_, &r)| r)
+        {
             if let Some(pipe) = &mut self.children[i].tasks {
                 // (A closed pipe: see `dispatch`.)
                 let _ = pipe.flush();
+            }
+        }
+        for (&i, _) in idle.iter().zip(&ready[written..]).filter(|(_, &r)| r) {
+            let child = &mut self.children[i];
+            match child.link.take().map(Link::served) {
+                Some(Ok(server)) => child.link = Some(Link::Served(server)),
+                // The worker is gone with it, as a pool whose link thread cannot start.
+                Some(Err(e)) => self.pool.break_pool(&e),
+                None => {}
             }
         }
         Some(ready[..readable].to_vec())
@@ -338,11 +389,12 @@ impl Supervisor {
             child.tasks.take();
         }
         for mut child in std::mem::take(&mut self.children) {
+            let server = child.link.take().and_then(Link::until_exit);
             let status = children::wait_child(child.pid, true);
             // A stopped pool's tasks end unreported.
             self.pool.stats.tasks(0).untaken(child.in_flight.len());
             self.pool.stats.worker_ended();
-            if let Some(h) = child.link.take() {
+            if let Some(h) = server {
                 let _ = h.join();
             }
             fork::unregister_fd(child.results.as_raw_fd());
@@ -432,8 +484,9 @@ impl Supervisor {
     /// A worker's pipe ended: reap it, fail the task it was running, requeue the rest.
     fn bury(&self, mut child: Child, how: &str) {
         child.tasks.take();
+        let server = child.link.take().and_then(|l| l.served().ok());
         let status = reap(child.pid, BURY_GRACE);
-        if let Some(h) = child.link.take() {
+        if let Some(h) = server {
             let _ = h.join();
         }
         fork::unregister_fd(child.results.as_raw_fd());
@@ -636,7 +689,7 @@ impl Supervisor {
         let pid = link.pid();
         set_nonblocking(&result_rx)?;
         let tasks = TaskPipe::new(task_tx)?;
-        let link_server = link.serve()?.link_server;
+
         Ok(Child {
             pid,
             number,
@@ -646,7 +699,7 @@ impl Supervisor {
             in_flight: VecDeque::new(),
             known: KeptKeys::default(),
             sent: 0,
-            link: Some(link_server),
+            link: Some(Link::Idle(link)),
             running_since: None,
             timed_out: false,
         })

@@ -92,6 +92,18 @@ fn reap_registered(children: &mut Children, pid: Pid) -> nix::Result<WaitStatus>
     status
 }
 
+/// A descriptor that becomes readable when child `pid` exits (a pidfd), to wait for the exit
+/// in `poll` beside other descriptors; `None` where the kernel has none (before Linux 5.3) or
+/// the child is gone.
+pub(crate) fn exit_fd(pid: Pid) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: the descriptor was just made and is owned by no one else.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// How long children get to exit after SIGTERM before SIGKILL, and again after SIGKILL before
 /// they are left to the kernel's parent-death signal.
 const STOP_GRACE: Duration = Duration::from_secs(1);
