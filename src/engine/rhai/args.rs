@@ -62,19 +62,20 @@ impl RhaiArgs<'_, '_> {
 
     /// Argument `i` as a function handed over to another thread ([`detach_handles`]).
     pub(super) fn fn_ptr(&self, i: usize) -> Result<FnPtr, String> {
-        let f = match self.get(i).try_cast_result::<::rhai::ImmutableString>() {
-            Ok(name) => return FnPtr::new(name.as_str()).map_err(|e| e.to_string()),
-            Err(f) => f,
-        };
+        // Read in place: a clone of the argument would box a copy of the pointer first.
+        let unit = Dynamic::UNIT;
+        let arg = self.arg(i, &unit);
+        if let Some(name) = arg.read_lock::<::rhai::ImmutableString>() {
+            return FnPtr::new(name.as_str()).map_err(|e| e.to_string());
+        }
+        let f = arg.read_lock::<FnPtr>().map(|f| detach_handles(f.clone()));
         // The type's name only for the error: Rhai builds it anew on every call.
-        f.try_cast_result::<FnPtr>()
-            .map(detach_handles)
-            .map_err(|f| {
-                format!(
-                    "expected a function (a name, Fn(\"name\") or a closure), got {}",
-                    f.type_name()
-                )
-            })
+        f.ok_or_else(|| {
+            format!(
+                "expected a function (a name, Fn(\"name\") or a closure), got {}",
+                arg.type_name()
+            )
+        })
     }
 }
 
@@ -95,9 +96,11 @@ impl Args for RhaiArgs<'_, '_> {
     }
 
     fn object(&mut self, i: usize) -> Result<Object, String> {
-        self.get(i)
-            .try_cast_result::<Object>()
-            .map_err(|d| format!("expected a parrun object, got {}", d.type_name()))
+        // Read in place: a clone of the argument would box a copy of the handle first.
+        let unit = Dynamic::UNIT;
+        let arg = self.arg(i, &unit);
+        let object = arg.read_lock::<Object>().map(|o| o.clone());
+        object.ok_or_else(|| format!("expected a parrun object, got {}", arg.type_name()))
     }
 
     fn target(&mut self, func: usize, args: Option<usize>) -> Result<Box<dyn Target>, String> {
@@ -184,11 +187,13 @@ impl Args for RhaiArgs<'_, '_> {
     }
 
     fn is_map(&mut self, i: usize) -> bool {
-        self.get(i).is_map()
+        let unit = Dynamic::UNIT;
+        self.arg(i, &unit).is_map()
     }
 
     fn is_nil(&mut self, i: usize) -> bool {
-        i >= self.len() || self.get(i).is_unit()
+        let unit = Dynamic::UNIT;
+        self.arg(i, &unit).is_unit()
     }
 
     fn iterate(&mut self, i: usize) -> Result<Option<Vec<Value>>, String> {
