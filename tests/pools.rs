@@ -163,6 +163,42 @@ print(idle - before <= 2, used > idle, sum)
     assert_eq!(out.stdout_lines(), ["true\ttrue\t36"], "{}", out.describe());
 }
 
+/// A Lua `table.pack(...)` result (keys 1 to `n` with holes, and `n`) is a list to a pool as it
+/// is to `Thread` and `Process`: `apply`'s arguments, `starmap`'s argument lists and `map`'s
+/// items keep their nils, as a Python tuple with `None` in it does (they were refused: "args
+/// must be an array, got map"). A table with other keys stays a map.
+#[test]
+fn a_packed_table_is_a_list_of_arguments_with_its_nils() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+local function f(a, b, c) return tostring(a) .. "," .. tostring(b) .. "," .. tostring(c) end
+print(pool:apply(f, table.pack(1, nil, 3)))
+print(table.concat(pool:starmap(f, {table.pack(nil, 2), table.pack(1, nil, nil), table.pack()}), " | "))
+local r = pool:map(function(x) return x == nil and "none" or x end, table.pack(1, nil, 3))
+print(#r, r[1], r[2], r[3])
+print(select(2, pcall(pool.apply, pool, f, {1, 2, n = 5, x = 1})))
+pool:close() pool:join()
+"#;
+    for mode in MODES {
+        let (_dir, path) = script("packed", "lua", lua);
+        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
+            .timeout(Duration::from_secs(30))
+            .output();
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            [
+                "1,nil,3",
+                "nil,2,nil | 1,nil,nil | nil,nil,nil",
+                "3\t1\tnone\t3",
+                "Pool.apply: args must be an array, got map",
+            ],
+            "mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}
+
 /// After `close(); join()` every `callback` and `error_callback` has run and every result is
 /// ready, so `successful()` answers (CPython's join waits for its result handler thread).
 /// The callbacks sleep so that a join that does not wait for them returns first.

@@ -167,16 +167,52 @@ pub(super) fn opt_name(
     }
 }
 
-/// The elements of the array at argument `i` (an empty Lua table is an empty list).
+/// The elements of the array at argument `i` (an empty Lua table is an empty list, a
+/// `table.pack` result the values it packs).
 pub(super) fn elements(args: &mut dyn Args, i: usize, what: &str) -> Result<Vec<Value>, String> {
-    match args.value(i)? {
+    as_list(args.value(i)?)
+        .map_err(|other| format!("{what} must be an array, got {}", other.type_name()))
+}
+
+/// `value` as a list, if it is one: an array; an empty Lua table; a Lua `table.pack(...)`
+/// result (keys 1 to `n`, holes allowed, and the integer `n`), which Lua scripts use for a list
+/// with nils in it, and which `Thread` and `Process` take as their arguments. Else `value`
+/// back.
+pub(super) fn as_list(value: Value) -> Result<Vec<Value>, Value> {
+    match value {
         Value::Array(items) => Ok(items),
         Value::Map(entries) if entries.is_empty() => Ok(Vec::new()),
-        other => Err(format!(
-            "{what} must be an array, got {}",
-            other.type_name()
-        )),
+        Value::Map(entries) => unpacked(entries).map_err(Value::Map),
+        other => Err(other),
     }
+}
+
+/// The values of a `table.pack` result's entries, or the entries back if they are not one.
+fn unpacked(entries: Vec<(Value, Value)>) -> Result<Vec<Value>, Vec<(Value, Value)>> {
+    let n = entries.iter().find_map(|(k, v)| match (k, v) {
+        (Value::Str(k), Value::Int(n)) if k == "n" => usize::try_from(*n).ok(),
+        _ => None,
+    });
+    // Each key other than `n` is one of 1..=n, so n is at most their count plus the holes; a
+    // map whose `n` is far past its entries is data, not a packed list.
+    let Some(n) = n.filter(|&n| n <= 2 * entries.len() + 64) else {
+        return Err(entries);
+    };
+    let fits = |k: &Value| match k {
+        Value::Str(k) => k == "n",
+        Value::Int(i) => (1..=n as i64).contains(i),
+        _ => false,
+    };
+    if !entries.iter().all(|(k, _)| fits(k)) {
+        return Err(entries);
+    }
+    let mut items = vec![Value::Nil; n];
+    for (k, v) in entries {
+        if let Value::Int(i) = k {
+            items[i as usize - 1] = v;
+        }
+    }
+    Ok(items)
 }
 
 /// What a map goes over at argument `i`: an array, or what the script iterates over (a Lua
@@ -189,16 +225,15 @@ pub(super) fn iterable(args: &mut dyn Args, i: usize) -> Result<Vec<Value>, Stri
     list_items(value)
 }
 
-/// The items of an iterable that is data: an array (an empty Lua table too).
+/// The items of an iterable that is data: an array (an empty Lua table too, or a
+/// `table.pack` result: [`as_list`]).
 pub(super) fn list_items(value: Value) -> Result<Vec<Value>, String> {
-    match value {
-        Value::Array(items) => Ok(items),
-        Value::Map(entries) if entries.is_empty() => Ok(Vec::new()),
-        other => Err(format!(
+    as_list(value).map_err(|other| {
+        format!(
             "the iterable must be an array, an iterator function or a range, got {}",
             other.type_name()
-        )),
-    }
+        )
+    })
 }
 
 /// Argument `i` as an execution model: "gil", "fork" or "isolated".
@@ -222,5 +257,44 @@ pub(super) fn known_options(args: &mut dyn Args, i: usize, known: &[&str]) -> Re
             "unknown option `{key}` (the options are {})",
             known.join(", ")
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(entries: &[(Value, Value)]) -> Value {
+        Value::Map(entries.to_vec())
+    }
+
+    fn key(s: &str) -> Value {
+        Value::Str(s.into())
+    }
+
+    #[test]
+    fn a_packed_table_is_a_list_and_other_maps_are_not() {
+        let packed = map(&[
+            (Value::Int(3), Value::Int(30)),
+            (key("n"), Value::Int(4)),
+            (Value::Int(1), Value::Int(10)),
+        ]);
+        assert_eq!(
+            as_list(packed),
+            Ok(vec![Value::Int(10), Value::Nil, Value::Int(30), Value::Nil])
+        );
+        assert_eq!(as_list(map(&[(key("n"), Value::Int(0))])), Ok(vec![]));
+        for other in [
+            // A key past n, a key that is neither, an n that is no count, an n far past the
+            // entries (a record with a field n, not a list).
+            map(&[(Value::Int(2), Value::Nil), (key("n"), Value::Int(1))]),
+            map(&[(key("x"), Value::Int(1)), (key("n"), Value::Int(1))]),
+            map(&[(key("n"), Value::Float(2.0))]),
+            map(&[(key("n"), Value::Int(-1))]),
+            map(&[(key("n"), Value::Int(1_000_000))]),
+            map(&[(Value::Int(1), Value::Int(1))]),
+        ] {
+            assert_eq!(as_list(other.clone()), Err(other));
+        }
     }
 }

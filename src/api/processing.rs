@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::args::{
-    bool_value, elements, flag, has_args, iterable, known_options, list_items, mode_value,
+    as_list, bool_value, elements, flag, has_args, iterable, known_options, list_items, mode_value,
     name_value, opt_name, opt_positive, opt_size, timeout,
 };
 use super::{Args, Builtin, Class, Kind, Object, Outcome, PieceSink, Ret, Stream};
@@ -74,13 +74,13 @@ fn calls_of(items: Vec<Value>, star: bool) -> Result<Calls, String> {
     }
     items
         .into_iter()
-        .map(|x| match x {
-            Value::Array(a) => Ok(a),
-            Value::Map(m) if m.is_empty() => Ok(Vec::new()),
-            other => Err(format!(
-                "starmap needs an array of argument arrays, got {}",
-                other.type_name()
-            )),
+        .map(|x| {
+            as_list(x).map_err(|other| {
+                format!(
+                    "starmap needs an array of argument arrays, got {}",
+                    other.type_name()
+                )
+            })
         })
         .collect::<Result<_, _>>()
         .map(Calls::Lists)
