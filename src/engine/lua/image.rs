@@ -455,7 +455,12 @@ impl<'a> Encoder<'a> {
             let [key, value] = pair else { continue };
             let (key, value) = (key.clone()?, value.clone()?);
             if let (Some(key), Some(value)) = (self.value(key)?, self.value(value)?) {
-                entries.hash.push((key, value));
+                match key {
+                    Ref::Int(k) if (1..=entries.array.len() as i64).contains(&k) => {
+                        entries.array[k as usize - 1] = value
+                    }
+                    _ => entries.hash.push((key, value)),
+                }
             }
         }
         Ok(entries)
@@ -529,25 +534,33 @@ unsafe fn read_entries(
         }))
     };
     let mut set_aside = 0;
+    // The array is the table up to its border (`#t`), holes kept as nil, so that the copy,
+    // made with that array, has the same border: `{1, nil, 3}` is 3 long in the copy too,
+    // and `table.unpack` gives the same values (a copy with the 3 in its hash part was 1
+    // long).
+    let len = ffi::lua_rawlen(state, TABLE);
+    entries.array.resize(len, Ref::Nil);
     ffi::lua_pushnil(state);
     while ffi::lua_next(state, TABLE) != 0 {
-        // `next` goes through the array part first, in order; a value that cannot be copied
-        // is left out, not set to nil: in a mapped table the builder's own value stays
+        // A value that cannot be copied is left out (nil in the array, which the builder
+        // skips), not set to nil: in a mapped table the builder's own value stays
         // (`package.searchers`' C functions).
-        let next = entries.array.len() as ffi::lua_Integer + 1;
-        let in_array = entries.hash.is_empty()
-            && ffi::lua_isinteger(state, -2) != 0
-            && ffi::lua_tointeger(state, -2) == next;
+        let index = (ffi::lua_isinteger(state, -2) != 0)
+            .then(|| ffi::lua_tointeger(state, -2))
+            .and_then(|k| usize::try_from(k).ok())
+            .filter(|k| (1..=len).contains(k));
         let value = read(-1);
-        let key = if in_array {
+        let key = if index.is_some() {
             Some(Some(Ref::Nil))
         } else {
             read(-2)
         };
         match (key, value) {
             (Some(None), _) | (_, Some(None)) => {}
-            (Some(Some(_)), Some(Some(value))) if in_array => entries.array.push(value),
-            (Some(Some(key)), Some(Some(value))) => entries.hash.push((key, value)),
+            (Some(Some(key)), Some(Some(value))) => match index {
+                Some(k) => entries.array[k - 1] = value,
+                None => entries.hash.push((key, value)),
+            },
             _ => {
                 ffi::lua_pushvalue(state, -2);
                 ffi::lua_rawseti(state, LATER, set_aside + 1);
@@ -758,6 +771,10 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, set_up: Option<&
             continue;
         }
         for (n, value) in entries.array.iter().enumerate() {
+            // A hole, or a value left out: nothing to set (a mapped table keeps its own).
+            if *value == Ref::Nil {
+                continue;
+            }
             push(value);
             ffi::lua_rawseti(state, TABLE, n as ffi::lua_Integer + 1);
         }
