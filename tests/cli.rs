@@ -134,6 +134,23 @@ fn missing_script_file_is_a_usage_error() {
     }
 }
 
+/// A script that is not there, or is a directory, says so whatever its name: without an
+/// extension (`parrun myscript` for `myscript.lua`) it said "cannot tell the language of
+/// `myscript`", as if the file were there.
+#[test]
+fn a_missing_script_without_an_extension_says_it_is_missing() {
+    let dir = TempDir::new("missing-noext");
+    std::fs::create_dir(dir.path().join("folder")).unwrap();
+    for (file, says) in [
+        ("no-such-script", "No such file or directory"),
+        ("folder", "Is a directory"),
+    ] {
+        let out = Run::new([file]).dir(dir.path()).output();
+        assert_usage_error(&out, file);
+        out.assert_stderr_contains(says);
+    }
+}
+
 #[test]
 fn unknown_extension_is_a_usage_error() {
     let dir = TempDir::new("ext");

@@ -1152,6 +1152,57 @@ error({code = 42})
     }
 }
 
+/// `assert(false, obj)` raises `obj` as `error(obj)` does, in every model: a pool task's caller
+/// gets the table itself (it got the text `Pool.apply: table: 0x...`), and uncaught, in a
+/// thread or the script, it reads `(error object is a table value)` as under the stock `lua`
+/// (it read `table: 0x...`); a string message and the default one keep their stock words.
+#[test]
+fn a_lua_assert_raises_its_object_as_error_does() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+local ok, e = pcall(pool.apply, pool, function() assert(nil, {code = 3}) end, {})
+print("apply", type(e), type(e) == "table" and e.code)
+ok, e = pcall(pool.apply, pool, function() assert(false) end, {})
+print("default", e:match("Pool%.apply: .-(asserted%.lua:%d+: assertion failed!)"))
+print("values", assert(1, "two", 3))
+print("message", select(2, pcall(assert, false, "m")))
+pool:close() pool:join()
+local th = parrun.Thread(function() assert(false, {code = 4}) end)
+th:start() th:join()
+assert(false, {code = 5})
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "asserted", "lua", lua);
+        out.assert_code(1);
+        assert_eq!(
+            out.stdout_lines(),
+            [
+                "apply\ttable\t3",
+                "default\tasserted.lua:5: assertion failed!",
+                "values\t1\ttwo\t3",
+                "message\tm",
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+        let reports: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with('\t') && !l.starts_with("stack traceback"))
+            .collect();
+        assert_eq!(
+            reports,
+            [
+                "Exception in thread Thread-1:",
+                "(error object is a table value)",
+                "parrun: (error object is a table value)",
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}
+
 /// The children `pid` has now (every thread's, zombies included).
 fn children_of(pid: u32) -> Vec<String> {
     let mut kids = Vec::new();

@@ -484,3 +484,39 @@ print(table.concat(t, " "))
     out.assert_success();
     assert_eq!(out.stdout, "10\t20\t30\n1 2 3\n", "{}", out.describe());
 }
+
+/// `warn` works as under the stock `lua`: off until `warn("@on")`, then `Lua warning: ` and
+/// the message's pieces on stderr, Lua's own warnings too (an error in a `__gc`), until
+/// `warn("@off")`; in a pool's workers as in the script, in every mode. It did nothing (a
+/// state mlua makes has no warning function), so `warn("@on")` showed nothing at all.
+#[test]
+fn warn_works_as_under_the_stock_lua() {
+    let dir = TempDir::new("warn");
+    let script = dir.write(
+        "warn.lua",
+        r#"
+warn("not shown")
+warn("@on")
+warn("two ", "pieces")
+setmetatable({}, {__gc = function() error("in gc") end}) collectgarbage()
+local pool = parrun.Pool(1)
+pool:apply(function() warn("from a worker") end)
+pool:close() pool:join()
+warn("@off")
+warn("hidden")
+"#,
+    );
+    for mode in MODES {
+        let out = Run::new(["--mode", mode, script.to_str().unwrap()]).output();
+        out.assert_success();
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 3, "--mode {mode}\n{}", out.describe());
+        assert_eq!(lines[0], "Lua warning: two pieces", "{}", out.describe());
+        assert!(
+            lines[1].starts_with("Lua warning: error in __gc (") && lines[1].ends_with(": in gc)"),
+            "--mode {mode}\n{}",
+            out.describe()
+        );
+        assert_eq!(lines[2], "Lua warning: from a worker", "{}", out.describe());
+    }
+}

@@ -201,6 +201,46 @@ print("script's count", peek())
     }
 }
 
+/// A Lua table with holes has the same length (`#t`, and so `table.unpack`) in every mode,
+/// through the isolated snapshot too: an isolated copy of `{1, nil, 3}` (a global a pool task
+/// reads, a process's argument) was 1 long, with its 3 in the hash part, where the script's
+/// own table, and a forked copy, are 3 long. A table whose border Lua finds far beyond its
+/// entries is copied as it is (an array up to that border took all the memory).
+#[test]
+fn a_table_with_holes_keeps_its_length_in_every_mode() {
+    let (_dir, script) = common::script(
+        "holes",
+        "lua",
+        r##"
+G = {1, nil, 3}
+NESTED = {{1}, nil, {3}, nil, {5}, x = "y", [10] = 10}
+-- Lua finds a border at 2^40 here: the copy must not make an array that long.
+SPARSE = {}
+for _, k in ipairs({1, 2, 3, 4, 5, 8, 9}) do SPARSE[k] = k end
+for i = 4, 40 do SPARSE[1 << i] = i end
+local pool = parrun.Pool(1)
+print(pool:apply(function()
+  local n = #SPARSE
+  return table.concat({#G, select("#", table.unpack(G)), #NESTED, NESTED[5][1], NESTED[10],
+    tostring(SPARSE[n] ~= nil and SPARSE[n + 1] == nil)}, " ")
+end))
+pool:close() pool:join()
+local p = parrun.Process(function(t) print(#t, select("#", table.unpack(t))) end, {{nil, nil, 3}})
+p:start() p:join()
+"##,
+    );
+    for mode in MODES {
+        let out = run(["--mode", mode, script.to_str().unwrap()]);
+        out.assert_success();
+        assert_eq!(
+            out.stdout,
+            "3 3 5 5 10 true\n3\t3\n",
+            "--mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}
+
 /// `ThreadPool` runs in the script's engine whatever `--mode` says: a closure's captured
 /// variable is the script's own.
 #[test]

@@ -87,6 +87,48 @@ fn error_text(e: mlua::Error) -> String {
     }
 }
 
+/// Whether Lua's warnings are on (`warn("@on")`): one switch for the process's states, so that
+/// a pool's isolated engines and thread-backed processes warn as the script does (a forked
+/// child has its copy).
+static WARNINGS_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lua's warnings as the stock `lua` gives them (lauxlib's warning function, which a state
+/// mlua makes lacks, so `warn` did nothing): off until `warn("@on")` (`"@off"` again), then
+/// each warning on standard error as `Lua warning: ` and its pieces, one write; `warn("a",
+/// "b")` and Lua's own, such as an error in a `__gc`, come in pieces.
+fn install_warnings(lua: &Lua, host: &Arc<Host>) {
+    use std::sync::atomic::Ordering;
+    let host = host.clone();
+    // The message being put together, from this state's pieces.
+    let message = Mutex::new(None::<String>);
+    lua.set_warning_function(move |_, piece, incomplete| {
+        let mut message = message.lock().recover();
+        if message.is_none() && !incomplete {
+            // A control message is a whole one starting with `@`; unknown ones are ignored.
+            if let Some(control) = piece.strip_prefix('@') {
+                match control {
+                    "on" => WARNINGS_ON.store(true, Ordering::Relaxed),
+                    "off" => WARNINGS_ON.store(false, Ordering::Relaxed),
+                    _ => {}
+                }
+                return Ok(());
+            }
+        }
+        if message.is_none() && !WARNINGS_ON.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        message
+            .get_or_insert_with(|| "Lua warning: ".to_owned())
+            .push_str(piece);
+        if !incomplete {
+            if let Some(text) = message.take() {
+                host.report(&text);
+            }
+        }
+        Ok(())
+    });
+}
+
 /// Builds the `parrun` table from [`api::builtins`] and replaces the stock functions parrun
 /// changes (see [`native`]).
 fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
@@ -112,6 +154,7 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     let text_only = !host.settings.binary_chunks || host.settings.sandbox;
     let stdout = host.output().stdout.as_ref();
     native::install_stock(lua, &run_here, &drivers, text_only, stdout)?;
+    install_warnings(lua, host);
     lua.set_named_registry_value("parrun.drivers", &drivers)?;
     tasks::Encodings::install(lua, drivers.metatable())?;
     transport::install(lua)?;

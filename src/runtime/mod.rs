@@ -558,6 +558,12 @@ impl Runtime {
 
     /// A script file's language and source.
     fn file_source(&self, path: &Path) -> Result<(Language, Source), Error> {
+        // Read first: a script that is not there (a name mistyped without its extension, a
+        // directory) says so, rather than that its language is unknown.
+        let code = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let language = match self.language.or_else(|| Language::from_path(path)) {
             Some(l) => l,
             None => {
@@ -567,10 +573,6 @@ impl Runtime {
                 )))
             }
         };
-        let code = std::fs::read(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
         let dir = path.parent().map(|p| {
             if p.as_os_str().is_empty() {
                 Path::new(".")

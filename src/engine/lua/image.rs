@@ -80,6 +80,37 @@ struct Entries {
     hash: Vec<(Ref, Ref)>,
 }
 
+impl Entries {
+    /// Moves the entries at keys up to `len`, the source table's border (`#t`), from the hash
+    /// to the array, holes as nil, so that the copy, made with that array, has the same border:
+    /// `{1, nil, 3}` is 3 long in the copy too, and `table.unpack` gives the same values (a
+    /// copy with the 3 in its hash part was 1 long). Only while the array stays at least half
+    /// full, as Lua sizes its own (or is short): a border far beyond the entries (Lua finds one
+    /// at `2^40` in a table of 44 keys) leaves them in the hash rather than make a huge array.
+    fn fill_array_to(&mut self, len: usize) {
+        let start = self.array.len();
+        if len <= start {
+            return;
+        }
+        let beyond = |k: &Ref| match *k {
+            Ref::Int(k) => usize::try_from(k).is_ok_and(|k| k > start && k <= len),
+            _ => false,
+        };
+        let moved = self.hash.iter().filter(|(k, _)| beyond(k)).count();
+        if len > 64 && (start + moved) * 2 <= len {
+            return;
+        }
+        self.array.resize(len, Ref::Nil);
+        self.hash.retain(|(k, v)| match *k {
+            Ref::Int(i) if beyond(k) => {
+                self.array[i as usize - 1] = *v;
+                false
+            }
+            _ => true,
+        });
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 enum Node {
     /// What the builder has at this path from its globals; a table's entries are then the
@@ -442,9 +473,10 @@ impl<'a> Encoder<'a> {
         // SAFETY: `read_entries` keeps to the stack it is given (`t` at 1, `later` at 2) and to
         // Lua's API; an error in it (out of memory) unwinds through the protected call
         // `exec_raw` makes, and it owns nothing that would need dropping.
+        let mut len = 0;
         unsafe {
             self.lua.exec_raw::<()>((t, &later), |state| {
-                read_entries(state, memo, text, ends, &mut entries)
+                read_entries(state, memo, text, ends, &mut entries, &mut len)
             })
         }?;
         for pair in later
@@ -458,6 +490,7 @@ impl<'a> Encoder<'a> {
                 entries.hash.push((key, value));
             }
         }
+        entries.fill_array_to(len);
         Ok(entries)
     }
 
@@ -499,6 +532,7 @@ unsafe fn read_entries(
     text: &mut Vec<u8>,
     ends: &mut Vec<u64>,
     entries: &mut Entries,
+    len: &mut usize,
 ) {
     const TABLE: c_int = 1;
     const LATER: c_int = 2;
@@ -529,6 +563,7 @@ unsafe fn read_entries(
         }))
     };
     let mut set_aside = 0;
+    *len = ffi::lua_rawlen(state, TABLE);
     ffi::lua_pushnil(state);
     while ffi::lua_next(state, TABLE) != 0 {
         // `next` goes through the array part first, in order; a value that cannot be copied
@@ -758,6 +793,10 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, set_up: Option<&
             continue;
         }
         for (n, value) in entries.array.iter().enumerate() {
+            // A hole, or a value left out: nothing to set (a mapped table keeps its own).
+            if *value == Ref::Nil {
+                continue;
+            }
             push(value);
             ffi::lua_rawseti(state, TABLE, n as ffi::lua_Integer + 1);
         }

@@ -618,6 +618,7 @@ pub(super) fn install_stock(
     };
     globals.raw_set("print", closure(lua, print, print_upvalues)?)?;
     globals.raw_set("error", closure(lua, error, Vec::new())?)?;
+    globals.raw_set("assert", closure(lua, assert, Vec::new())?)?;
     if text_only {
         let stock = |name: &str| -> mlua::Result<LuaValue> { globals.raw_get(name) };
         globals.raw_set("load", closure(lua, load, vec![stock("load")?])?)?;
@@ -787,6 +788,21 @@ unsafe extern "C-unwind" fn error(state: *mut lua_State) -> c_int {
         ffi::lua_concat(state, 2);
     }
     ffi::lua_error(state)
+}
+
+/// Stock `assert`, which raises its message through [`error`], as the stock one calls
+/// `error`'s C function: `assert(false, {code = 1})` is noted as `error({code = 1})` is (a
+/// pool task's caller gets the table; uncaught, it reads `(error object is a table value)`,
+/// where it read `table: 0x...`).
+unsafe extern "C-unwind" fn assert(state: *mut lua_State) -> c_int {
+    if ffi::lua_toboolean(state, 1) != 0 {
+        return ffi::lua_gettop(state);
+    }
+    ffi::luaL_checkany(state, 1);
+    ffi::lua_remove(state, 1);
+    ffi::lua_pushstring(state, c"assertion failed!".as_ptr());
+    ffi::lua_settop(state, 1);
+    error(state)
 }
 
 /// The object a coroutine of `lua` just ended with, if the script raised it with `error` and
