@@ -1317,9 +1317,9 @@ xs[15000] = nil
 r = pool:map(f, xs)
 print(("hole %d %d %d %d"):format(#r, r[14999], r[15000], r[20000]))
 xs[15000] = 15000
-xs.n = 20000
+xs.name = "xs"
 print("map", pcall(pool.map, pool, f, xs))
-xs.n = nil
+xs.name = nil
 xs[19000] = print
 print("function", pcall(pool.map, pool, f, xs))
 xs[19000] = xs
