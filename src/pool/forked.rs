@@ -128,15 +128,12 @@ pub(super) fn start(
         scratch: vec![0; READ_CHUNK].into_boxed_slice(),
         forked: 0,
     };
-    // All forked first, then their threads started: a fork copies every thread the parent
-    // has (their stacks' and heaps' mappings), so threads started between the forks made a
-    // pool's start grow as the square of its size.
-    let mut forked = Vec::with_capacity(pool.size);
+    // All forked before the supervisor's thread starts, and no thread per worker (its link is
+    // served when it first writes to it, `Link`): a fork copies every thread the parent has
+    // (their stacks' and heaps' mappings), so threads started between the forks made a pool's
+    // start grow as the square of its size.
     for _ in 0..pool.size {
-        forked.push(supervisor.fork_unattached(None)?);
-    }
-    for child in forked {
-        match supervisor.attach(child) {
+        match supervisor.fork_child(None) {
             Ok(child) => {
                 pool.stats.worker_started(false);
                 supervisor.children.push(child);
@@ -146,7 +143,6 @@ pub(super) fn start(
                     let _ = children::signal_child(child.pid, Signal::SIGKILL);
                     let _ = children::wait_child(child.pid, true);
                 }
-                // (The children not attached yet are killed as they are dropped.)
                 return Err(e);
             }
         }
@@ -169,14 +165,6 @@ pub(super) fn start(
             }
         })
         .map_err(|e| format!("cannot start the pool thread: {e}"))
-}
-
-/// A forked worker whose threads in this process are not started yet.
-struct Unattached {
-    link: link::Unserved,
-    number: usize,
-    task_tx: OwnedFd,
-    result_rx: OwnedFd,
 }
 
 /// A forked worker as the supervisor sees it.
@@ -204,8 +192,8 @@ struct Child {
 }
 
 /// A worker's link to this process, whose server thread starts when the worker first writes to
-/// it (prints a line, uses a queue): a worker that never does costs no thread (of a `Pool(4)`'s
-/// start, the four link servers took about a fifth).
+/// it (prints a line, uses a queue): a worker that never does costs no thread (without the
+/// four, a `Pool(4)`'s start and stop took 0.72x the time).
 enum Link {
     /// Nothing written yet: the supervisor polls it.
     Idle(link::Unserved),
@@ -309,13 +297,14 @@ impl Supervisor {
             let pipe = self.children[i].tasks.as_ref()?;
             Some(PollFd::new(pipe.file.as_fd(), PollFlags::POLLOUT))
         }));
-        let idle: Vec<usize> = (0..self.children.len())
-            .filter(|&i| matches!(self.children[i].link, Some(Link::Idle(_))))
-            .collect();
-        fds.extend(idle.iter().filter_map(|&i| match &self.children[i].link {
-            Some(Link::Idle(unserved)) => Some(PollFd::new(unserved.link_fd(), PollFlags::POLLIN)),
-            _ => None,
-        }));
+        // Links not served yet: the first request starts their server.
+        let mut idle = Vec::new();
+        for (i, child) in self.children.iter().enumerate() {
+            if let Some(Link::Idle(unserved)) = &child.link {
+                idle.push(i);
+                fds.push(PollFd::new(unserved.link_fd(), PollFlags::POLLIN));
+            }
+        }
         let wait = self.next_deadline().map_or(POLL_MILLIS, |d| {
             d.saturating_duration_since(Instant::now())
                 .as_millis()
@@ -609,16 +598,9 @@ impl Supervisor {
         }
     }
 
-    /// Forks one worker, with its pipes (in place of worker `replaces`, if given). Call with
-    /// the GIL held.
+    /// Forks one worker, with its pipes and its link (in place of worker `replaces`, if
+    /// given); the task pipe is the supervisor's to write. Call with the GIL held.
     fn fork_child(&mut self, replaces: Option<usize>) -> Result<Child, String> {
-        let child = self.fork_unattached(replaces)?;
-        self.attach(child)
-    }
-
-    /// Forks a worker (replacing worker `replaces`) whose threads in this process are not
-    /// started yet ([`Supervisor::attach`]).
-    fn fork_unattached(&mut self, replaces: Option<usize>) -> Result<Unattached, String> {
         let (task_rx, task_tx) = pipe()?;
         let (result_rx, result_tx) = pipe()?;
         fork::register_fd(task_tx.as_raw_fd());
@@ -669,29 +651,11 @@ impl Supervisor {
             }
             trace.instant(Some((pid, pid)), "fork", args);
         }
-        Ok(Unattached {
-            link: forked,
-            number,
-            task_tx,
-            result_rx,
-        })
-    }
-
-    /// Starts a forked worker's thread in this process (its link server) and makes its task pipe
-    /// the supervisor's.
-    fn attach(&self, forked: Unattached) -> Result<Child, String> {
-        let Unattached {
-            link,
-            number,
-            task_tx,
-            result_rx,
-        } = forked;
-        let pid = link.pid();
+        // (A failure from here drops the link, which kills the child.)
         set_nonblocking(&result_rx)?;
         let tasks = TaskPipe::new(task_tx)?;
-
         Ok(Child {
-            pid,
+            pid: forked.pid(),
             number,
             tasks: Some(tasks),
             results: File::from(result_rx),
@@ -699,7 +663,7 @@ impl Supervisor {
             in_flight: VecDeque::new(),
             known: KeptKeys::default(),
             sent: 0,
-            link: Some(Link::Idle(link)),
+            link: Some(Link::Idle(forked)),
             running_since: None,
             timed_out: false,
         })
