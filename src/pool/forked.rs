@@ -201,6 +201,13 @@ struct Child {
     running_since: Option<Instant>,
     /// Killed by the supervisor because its task ran past the task timeout.
     timed_out: bool,
+    /// How many bytes were sent to it since it last had no task in hand, while it has sent
+    /// nothing back: if they are all still in its task pipe when it dies, it ended idle (killed,
+    /// say) and took none of its tasks, which go back to the pool (`bury`).
+    sent_while_idle: Option<usize>,
+    /// Its task pipe was found closed when tasks were sent to it with none of its own in
+    /// flight: it had ended idle, and what was sent never reached it.
+    ended_idle: bool,
 }
 
 /// A worker's link to this process, whose server thread starts when the worker first writes to
@@ -433,16 +440,30 @@ impl Supervisor {
 
     /// Assigns pending tasks to workers with room in their window, one batch write each.
     fn dispatch(&mut self) {
+        let idle: Vec<bool> = self
+            .children
+            .iter()
+            .map(|c| c.in_flight.is_empty())
+            .collect();
         let Some(batches) = deal(&self.pool, &mut self.children, self.task_micros, Vec::new())
         else {
             return;
         };
-        for (child, batch) in self.children.iter_mut().zip(batches) {
+        for ((child, batch), was_idle) in self.children.iter_mut().zip(batches).zip(idle) {
             if !batch.is_empty() {
                 if let Some(tasks) = &mut child.tasks {
                     // A pipe whose reader is gone: the worker ended, which its result pipe
-                    // tells, and it is buried from there.
-                    let _ = tasks.send(batch);
+                    // tells, and it is buried from there. If it had nothing in hand, it ended
+                    // before these tasks, which go back to the pool then (`bury`).
+                    let len = batch.len();
+                    child.sent_while_idle = if was_idle {
+                        Some(len)
+                    } else {
+                        child.sent_while_idle.map(|n| n + len)
+                    };
+                    if tasks.send(batch).is_err() && was_idle {
+                        child.ended_idle = true;
+                    }
                 }
             }
         }
@@ -471,6 +492,8 @@ impl Supervisor {
                 Ok(None) => return None,
                 Err(e) => return Some(format!("sent a malformed result: {e}")),
             };
+            // It took its tasks, whatever it sent.
+            child.sent_while_idle = None;
             take_answer(
                 &self.pool,
                 &mut child.in_flight,
@@ -483,6 +506,14 @@ impl Supervisor {
 
     /// A worker's pipe ended: reap it, fail the task it was running, requeue the rest.
     fn bury(&self, mut child: Child, how: &str) {
+        let untaken = child.ended_idle
+            || child.sent_while_idle.is_some_and(|sent| {
+                child
+                    .tasks
+                    .as_ref()
+                    .and_then(TaskPipe::unread)
+                    .is_some_and(|unread| unread >= sent)
+            });
         child.tasks.take();
         let server = child.link.take().and_then(|l| l.served().ok());
         let status = reap(child.pid, BURY_GRACE);
@@ -526,9 +557,10 @@ impl Supervisor {
         } else {
             child.in_flight.pop_front()
         };
-        // A worker that exited by itself (maxtasksperchild) was running nothing.
+        // A worker that exited by itself (maxtasksperchild) was running nothing, nor was one
+        // that ended idle (killed, say) before it took the tasks sent to it.
         let retired = matches!(status, Ok(WaitStatus::Exited(_, 0))) && !child.timed_out;
-        if retired {
+        if retired || untaken {
             if let Some(t) = running.take() {
                 child.in_flight.push_front(t);
             }
@@ -677,8 +709,8 @@ impl Supervisor {
         })
     }
 
-    /// Starts a forked worker's thread in this process (its link server) and makes its task pipe
-    /// the supervisor's.
+    /// Makes a forked worker's pipes the supervisor's, its link idle until the worker writes to
+    /// it (`Link`).
     fn attach(&self, forked: Unattached) -> Result<Child, String> {
         let Unattached {
             link,
@@ -689,7 +721,6 @@ impl Supervisor {
         let pid = link.pid();
         set_nonblocking(&result_rx)?;
         let tasks = TaskPipe::new(task_tx)?;
-
         Ok(Child {
             pid,
             number,
@@ -702,6 +733,8 @@ impl Supervisor {
             link: Some(Link::Idle(link)),
             running_since: None,
             timed_out: false,
+            sent_while_idle: None,
+            ended_idle: false,
         })
     }
 }
@@ -767,6 +800,22 @@ impl TaskPipe {
         self.waiting.clear();
         self.taken = 0;
         Ok(())
+    }
+
+    /// How many bytes sent have not been read by the worker: in the pipe (`FIONREAD`, which
+    /// the writing end answers too) and waiting for room. `None` if the pipe cannot tell.
+    fn unread(&self) -> Option<usize> {
+        let mut in_pipe: nix::libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer; the descriptor is the pipe's own.
+        let r = unsafe {
+            nix::libc::ioctl(
+                self.file.as_raw_fd(),
+                nix::libc::FIONREAD,
+                std::ptr::addr_of_mut!(in_pipe),
+            )
+        };
+        let in_pipe = usize::try_from(in_pipe).ok().filter(|_| r == 0)?;
+        Some(in_pipe + self.waiting.len() - self.taken)
     }
 
     /// Whether something waits for room in the pipe.
