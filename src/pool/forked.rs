@@ -229,15 +229,6 @@ impl Link {
             Link::Served(h) => Ok(h),
         }
     }
-
-    /// Waits for the worker's exit with the link served only if the worker writes to it; the
-    /// server to join, if it started.
-    fn until_exit(self) -> Option<Handle> {
-        match self {
-            Link::Idle(unserved) => unserved.serve_until_exit().ok().flatten(),
-            Link::Served(h) => Some(h),
-        }
-    }
 }
 
 /// The supervisor thread's state: the pool, the workers, and what it knows of their tasks.
@@ -395,8 +386,25 @@ impl Supervisor {
         for child in &mut self.children {
             child.tasks.take();
         }
-        for mut child in std::mem::take(&mut self.children) {
-            let server = child.link.take().and_then(Link::until_exit);
+        // The idle links are served as their workers write to them, until all have exited.
+        let mut children = std::mem::take(&mut self.children);
+        let mut servers = Vec::with_capacity(children.len());
+        let (mut idle, mut idle_at) = (Vec::new(), Vec::new());
+        for (at, child) in children.iter_mut().enumerate() {
+            servers.push(match child.link.take() {
+                Some(Link::Served(server)) => Some(server),
+                Some(Link::Idle(unserved)) => {
+                    idle.push(unserved);
+                    idle_at.push(at);
+                    None
+                }
+                None => None,
+            });
+        }
+        for (at, server) in idle_at.into_iter().zip(link::serve_until_exit(idle)) {
+            servers[at] = server;
+        }
+        for (child, server) in children.into_iter().zip(servers) {
             let status = children::wait_child(child.pid, true);
             // A stopped pool's tasks end unreported.
             self.pool.stats.tasks(0).untaken(child.in_flight.len());
