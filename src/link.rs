@@ -241,7 +241,7 @@ pub(crate) fn fork_child(
 /// A child forked with a link to this process that is not served yet: [`Unserved::serve`]
 /// starts its link thread. A pool forks all its workers first and starts a worker's thread
 /// only when the worker first writes to its link ([`Unserved::link_fd`],
-/// [`Unserved::serve_until_exit`]): each fork copies the page tables and mappings of every
+/// [`serve_until_exit`]): each fork copies the page tables and mappings of every
 /// thread the parent has then (a `Pool(200)` grew as the square of its size), and a worker that
 /// never prints or uses a queue needs no thread at all. Dropped unserved, the child is killed.
 pub(crate) struct Unserved {
@@ -261,51 +261,6 @@ impl Unserved {
     pub(crate) fn link_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self.stream.as_ref().expect("not served yet").as_fd()
-    }
-
-    /// Waits until the child has exited (without reaping it), serving its link from the
-    /// moment it writes to it; the server to join once the child is reaped, if the child wrote
-    /// anything. A child that never used its link costs no thread: a pool's idle workers at
-    /// shutdown. A request that waits for an answer (a trace flush at exit) is served as it
-    /// comes, so the wait cannot deadlock.
-    pub(crate) fn serve_until_exit(mut self) -> Result<Option<Handle>, String> {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        use std::os::fd::AsFd;
-        let Some(exit) = children::exit_fd(self.pid) else {
-            // No pidfd (an old kernel): serve from now on, as a child that wrote would be.
-            return self.serve().map(|c| Some(c.link_server));
-        };
-        let mut link_open = true;
-        loop {
-            let stream = self.stream.as_ref().expect("not served yet");
-            let mut fds = vec![PollFd::new(exit.as_fd(), PollFlags::POLLIN)];
-            if link_open {
-                fds.push(PollFd::new(stream.as_fd(), PollFlags::POLLIN));
-            }
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return self.serve().map(|c| Some(c.link_server)),
-            }
-            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            let exited = ready(&fds[0]);
-            let link_ready = link_open && ready(&fds[1]);
-            drop(fds);
-            // Once the child has exited, all it wrote is in the socket.
-            if exited || link_ready {
-                match has_data(stream) {
-                    Some(true) => return self.serve().map(|c| Some(c.link_server)),
-                    // Its end closed with nothing sent: only the exit is left to wait for.
-                    Some(false) => link_open = false,
-                    None => {}
-                }
-            }
-            if exited {
-                let stream = self.stream.take().expect("not served yet");
-                fork::unregister_fd(stream.as_raw_fd());
-                return Ok(None);
-            }
-        }
     }
 
     /// Starts the thread that serves the child's requests on its link.
@@ -330,6 +285,91 @@ impl Drop for Unserved {
             children::discard_child(self.pid);
         }
     }
+}
+
+/// Waits until every one of `children` has exited (without reaping them), serving each one's
+/// link from the moment it writes to it; for each, in order, the server to join once the child
+/// is reaped, if it wrote anything. A child that never used its link costs no thread: a pool's
+/// idle workers at shutdown. A request that waits for an answer (a trace flush at exit) is
+/// served as it comes, and the children are waited for all at once, not one after another: a
+/// child's last request may wait for another child's (an initializer that gets what another
+/// worker's initializer puts), which must not be left unserved meanwhile.
+pub(crate) fn serve_until_exit(children: Vec<Unserved>) -> Vec<Option<Handle>> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    /// A child not served yet, its exit (a pidfd), and whether its link may still be written.
+    struct Waiting {
+        at: usize,
+        child: Unserved,
+        exit: std::os::fd::OwnedFd,
+        link_open: bool,
+    }
+    let served = |child: Unserved| child.serve().ok().map(|c| c.link_server);
+    let mut servers: Vec<Option<Handle>> = (0..children.len()).map(|_| None).collect();
+    let mut waiting = Vec::new();
+    for (at, child) in children.into_iter().enumerate() {
+        match children::exit_fd(child.pid) {
+            Some(exit) => waiting.push(Waiting {
+                at,
+                child,
+                exit,
+                link_open: true,
+            }),
+            // No pidfd (an old kernel): served from now on, as a child that wrote would be.
+            None => servers[at] = served(child),
+        }
+    }
+    while !waiting.is_empty() {
+        let mut fds = Vec::new();
+        for w in &waiting {
+            fds.push(PollFd::new(w.exit.as_fd(), PollFlags::POLLIN));
+            if w.link_open {
+                fds.push(PollFd::new(w.child.link_fd(), PollFlags::POLLIN));
+            }
+        }
+        let polled = poll(&mut fds, PollTimeout::NONE);
+        let mut ready = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect::<Vec<_>>()
+            .into_iter();
+        drop(fds);
+        match polled {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => {
+                for w in waiting.drain(..) {
+                    servers[w.at] = served(w.child);
+                }
+                break;
+            }
+        }
+        let mut still = Vec::with_capacity(waiting.len());
+        for mut w in waiting.drain(..) {
+            let exited = ready.next().unwrap_or(false);
+            let link_ready = w.link_open && ready.next().unwrap_or(false);
+            // Once the child has exited, all it wrote is in the socket.
+            if exited || link_ready {
+                match has_data(w.child.stream.as_ref().expect("not served yet")) {
+                    Some(true) => {
+                        servers[w.at] = served(w.child);
+                        continue;
+                    }
+                    // Its end closed with nothing sent: only the exit is left to wait for.
+                    Some(false) => w.link_open = false,
+                    None => {}
+                }
+            }
+            if exited {
+                let stream = w.child.stream.take().expect("not served yet");
+                fork::unregister_fd(stream.as_raw_fd());
+                continue;
+            }
+            still.push(w);
+        }
+        waiting = still;
+    }
+    servers
 }
 
 /// Whether `stream` holds data to read: `Some(false)` at its end (the other side closed it
@@ -362,7 +402,7 @@ fn has_data(stream: &UnixStream) -> Option<bool> {
 }
 
 /// [`fork_child`] without its link thread: the child's requests wait until
-/// [`Unserved::serve`] (or [`Unserved::serve_until_exit`]).
+/// [`Unserved::serve`] (or [`serve_until_exit`]).
 pub(crate) fn fork_unserved(
     host: &Arc<Host>,
     keep: Vec<RawFd>,

@@ -199,6 +199,35 @@ pool:close() pool:join()
     }
 }
 
+/// Workers whose initializers meet at a `Barrier`, first touching it after `close(); join()`
+/// began, end and the pool joins, in every mode. In `fork`, the shutdown waited for one worker
+/// after another, serving a link only while it waited for that worker: the first waited at the
+/// barrier for the second, whose request went unserved, and the run hung.
+#[test]
+fn workers_that_first_meet_at_a_barrier_while_the_pool_shuts_down_end() {
+    let lua = r#"
+B = parrun.Barrier(3)
+local pool = parrun.Pool(3, {initializer = function() parrun.sleep(0.3) B:wait(10) end})
+pool:close() pool:join()
+print("joined", B.broken)
+"#;
+    let rhai = r#"
+const B = Barrier(3);
+let pool = Pool(3, #{initializer: || { sleep(0.3); global::B.wait(10); }});
+pool.close(); pool.join();
+print(`joined ${B.broken}`);
+"#;
+    each_mode("barrier_at_exit", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines().join(" ").replace('\t', " "),
+            "joined false",
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
+
 /// After `close(); join()` every `callback` and `error_callback` has run and every result is
 /// ready, so `successful()` answers (CPython's join waits for its result handler thread).
 /// The callbacks sleep so that a join that does not wait for them returns first.

@@ -346,6 +346,92 @@ p.close(); p.join();
     );
 }
 
+/// The `multiprocessing` documentation's "Using a pool of workers", as its readers port it:
+/// parrun's own functions as tasks (Python's `os.getpid`, `time.sleep`), a `get` that times out
+/// on a sleeping worker, and the pool ended with `terminate` as its `with` block does (the
+/// timeouts shortened).
+/// ```python
+/// from multiprocessing import Pool, TimeoutError
+/// import time, os
+/// def f(x):
+///     return x*x
+/// if __name__ == '__main__':
+///     with Pool(processes=4) as pool:
+///         print(pool.map(f, range(10)))
+///         print(sorted(pool.imap_unordered(f, range(10))))
+///         res = pool.apply_async(f, (20,))
+///         print(res.get(timeout=1))
+///         res = pool.apply_async(os.getpid, ())
+///         print(res.get(timeout=1) != os.getpid())
+///         res = pool.apply_async(time.sleep, (10,))
+///         try:
+///             print(res.get(timeout=0.2))
+///         except TimeoutError:
+///             print("We lacked patience and got a multiprocessing.TimeoutError")
+///         print("For the moment, the pool remains available for more work")
+///     print("Now the pool is closed and no longer available")
+/// ```
+#[test]
+fn the_docs_pool_of_workers_prints_as_python() {
+    let lua = r#"
+local function f(x) return x * x end
+local pool = parrun.Pool(4)
+local xs = {} for i = 0, 9 do xs[#xs + 1] = i end
+print(table.concat(pool:map(f, xs), ", "))
+local u = {} for x in pool:imap_unordered(f, xs) do u[#u + 1] = x end
+table.sort(u)
+print(table.concat(u, ", "))
+local res = pool:apply_async(f, {20})
+print(res:get(1))
+res = pool:apply_async(parrun.getpid, {})
+local pid = res:get(1)
+print(parrun.mode() == "fork" and pid ~= parrun.getpid() or pid == parrun.getpid())
+res = pool:apply_async(parrun.sleep, {10})
+local ok, e = pcall(res.get, res, 0.2)
+if not ok and tostring(e):find("TimeoutError") then
+  print("We lacked patience and got a multiprocessing.TimeoutError")
+end
+print("For the moment, the pool remains available for more work")
+pool:terminate()
+print("Now the pool is closed and no longer available")
+"#;
+    let rhai = r#"
+fn f(x) { x * x }
+let pool = Pool(4);
+print(pool.map(f, 0..10));
+let u = []; for x in pool.imap_unordered(f, 0..10) { u.push(x); }
+u.sort();
+print(u);
+let res = pool.apply_async(f, [20]);
+print(res.get(1));
+res = pool.apply_async(Fn("getpid"), []);
+let pid = res.get(1);
+print(if mode() == "fork" { pid != getpid() } else { pid == getpid() });
+res = pool.apply_async(Fn("sleep"), [10]);
+try { print(res.get(0.2)); } catch (e) {
+  if e.contains("TimeoutError") { print("We lacked patience and got a multiprocessing.TimeoutError"); }
+}
+print("For the moment, the pool remains available for more work");
+pool.terminate();
+print("Now the pool is closed and no longer available");
+"#;
+    let squares = "0 1 4 9 16 25 36 49 64 81";
+    prints_as_python(
+        "docs_pool",
+        lua,
+        rhai,
+        &[
+            squares,
+            squares,
+            "400",
+            "true",
+            "We lacked patience and got a multiprocessing.TimeoutError",
+            "For the moment the pool remains available for more work",
+            "Now the pool is closed and no longer available",
+        ],
+    );
+}
+
 /// Consumers woken by a `Condition` (`wait_for`) as a producer fills a list, then workers
 /// gated by an `Event` and let in two at a time by a `Semaphore`, their peak measured by a
 /// counter under a lock.

@@ -245,6 +245,58 @@ fn a_map_item_that_kills_its_worker_fails_the_map_and_the_pool_goes_on() {
     });
 }
 
+/// Workers killed while idle, in the fork model, and tasks submitted before the pool has seen
+/// them go: the tasks run on the replacements. The supervisor sent them into the dead
+/// workers' pipes and failed the first of each as "killed by signal SIGKILL while running this
+/// task", though the worker had died before the task was submitted.
+#[test]
+fn tasks_sent_to_a_worker_killed_while_idle_run_on_its_replacement() {
+    in_time(|| {
+        for language in LANGUAGES {
+            let code = match language {
+                Language::Lua => {
+                    r#"local pool = parrun.Pool(2)
+                    local pids = pool:map(function() parrun.sleep(0.2) return parrun.getpid() end, {1, 2}, 1)
+                    kill9(pids[1]) kill9(pids[2])
+                    local ok, r = pcall(pool.map, pool, function(i) return i * 2 end, {1, 2, 3, 4, 5, 6}, 1)
+                    pool:close() pool:join()
+                    return ok and r[6] or tostring(r)"#
+                }
+                Language::Rhai => {
+                    r#"let pool = Pool(2);
+                    let pids = pool.map(|i| { sleep(0.2); getpid() }, [1, 2], 1);
+                    kill9(pids[0]); kill9(pids[1]);
+                    let r = ();
+                    try { r = pool.map(|i| i * 2, [1, 2, 3, 4, 5, 6], 1)[5]; } catch (e) { r = `${e}`; }
+                    pool.close(); pool.join();
+                    r"#
+                }
+            };
+            let last: Value = Runtime::new()
+                .mode(Mode::Fork)
+                .function("kill9", |(pid,): (i64,)| {
+                    let raw = pid as i32;
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(raw),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    // Until it is dead (a zombie its pool has not reaped, or gone).
+                    let stat = format!("/proc/{raw}/stat");
+                    while std::fs::read_to_string(&stat)
+                        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.starts_with(" Z")))
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Ok::<_, String>(())
+                })
+                .eval(language, name(language), code)
+                .unwrap();
+            assert_eq!(last, Value::Int(12), "{language:?}");
+        }
+    });
+}
+
 /// An item whose task overruns the task timeout is named, in every mode: a forked worker is
 /// killed, and its task of one item failed as a whole, which `Script::map` reported without
 /// the item (`Error::Script`, not `Error::Item`), where a thread worker's stopped task named it.

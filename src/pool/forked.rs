@@ -189,6 +189,13 @@ struct Child {
     running_since: Option<Instant>,
     /// Killed by the supervisor because its task ran past the task timeout.
     timed_out: bool,
+    /// How many bytes were sent to it since it last had no task in hand, while it has sent
+    /// nothing back: if they are all still in its task pipe when it dies, it ended idle (killed,
+    /// say) and took none of its tasks, which go back to the pool (`bury`).
+    sent_while_idle: Option<usize>,
+    /// Its task pipe was found closed when tasks were sent to it with none of its own in
+    /// flight: it had ended idle, and what was sent never reached it.
+    ended_idle: bool,
 }
 
 /// A worker's link to this process, whose server thread starts when the worker first writes to
@@ -208,15 +215,6 @@ impl Link {
         match self {
             Link::Idle(unserved) => unserved.serve().map(|c| c.link_server),
             Link::Served(h) => Ok(h),
-        }
-    }
-
-    /// Waits for the worker's exit with the link served only if the worker writes to it; the
-    /// server to join, if it started.
-    fn until_exit(self) -> Option<Handle> {
-        match self {
-            Link::Idle(unserved) => unserved.serve_until_exit().ok().flatten(),
-            Link::Served(h) => Some(h),
         }
     }
 }
@@ -377,8 +375,25 @@ impl Supervisor {
         for child in &mut self.children {
             child.tasks.take();
         }
-        for mut child in std::mem::take(&mut self.children) {
-            let server = child.link.take().and_then(Link::until_exit);
+        // The idle links are served as their workers write to them, until all have exited.
+        let mut children = std::mem::take(&mut self.children);
+        let mut servers = Vec::with_capacity(children.len());
+        let (mut idle, mut idle_at) = (Vec::new(), Vec::new());
+        for (at, child) in children.iter_mut().enumerate() {
+            servers.push(match child.link.take() {
+                Some(Link::Served(server)) => Some(server),
+                Some(Link::Idle(unserved)) => {
+                    idle.push(unserved);
+                    idle_at.push(at);
+                    None
+                }
+                None => None,
+            });
+        }
+        for (at, server) in idle_at.into_iter().zip(link::serve_until_exit(idle)) {
+            servers[at] = server;
+        }
+        for (child, server) in children.into_iter().zip(servers) {
             let status = children::wait_child(child.pid, true);
             // A stopped pool's tasks end unreported.
             self.pool.stats.tasks(0).untaken(child.in_flight.len());
@@ -422,16 +437,30 @@ impl Supervisor {
 
     /// Assigns pending tasks to workers with room in their window, one batch write each.
     fn dispatch(&mut self) {
+        let idle: Vec<bool> = self
+            .children
+            .iter()
+            .map(|c| c.in_flight.is_empty())
+            .collect();
         let Some(batches) = deal(&self.pool, &mut self.children, self.task_micros, Vec::new())
         else {
             return;
         };
-        for (child, batch) in self.children.iter_mut().zip(batches) {
+        for ((child, batch), was_idle) in self.children.iter_mut().zip(batches).zip(idle) {
             if !batch.is_empty() {
                 if let Some(tasks) = &mut child.tasks {
                     // A pipe whose reader is gone: the worker ended, which its result pipe
-                    // tells, and it is buried from there.
-                    let _ = tasks.send(batch);
+                    // tells, and it is buried from there. If it had nothing in hand, it ended
+                    // before these tasks, which go back to the pool then (`bury`).
+                    let len = batch.len();
+                    child.sent_while_idle = if was_idle {
+                        Some(len)
+                    } else {
+                        child.sent_while_idle.map(|n| n + len)
+                    };
+                    if tasks.send(batch).is_err() && was_idle {
+                        child.ended_idle = true;
+                    }
                 }
             }
         }
@@ -460,6 +489,8 @@ impl Supervisor {
                 Ok(None) => return None,
                 Err(e) => return Some(format!("sent a malformed result: {e}")),
             };
+            // It took its tasks, whatever it sent.
+            child.sent_while_idle = None;
             take_answer(
                 &self.pool,
                 &mut child.in_flight,
@@ -472,6 +503,14 @@ impl Supervisor {
 
     /// A worker's pipe ended: reap it, fail the task it was running, requeue the rest.
     fn bury(&self, mut child: Child, how: &str) {
+        let untaken = child.ended_idle
+            || child.sent_while_idle.is_some_and(|sent| {
+                child
+                    .tasks
+                    .as_ref()
+                    .and_then(TaskPipe::unread)
+                    .is_some_and(|unread| unread >= sent)
+            });
         child.tasks.take();
         let server = child.link.take().and_then(|l| l.served().ok());
         let status = reap(child.pid, BURY_GRACE);
@@ -515,9 +554,10 @@ impl Supervisor {
         } else {
             child.in_flight.pop_front()
         };
-        // A worker that exited by itself (maxtasksperchild) was running nothing.
+        // A worker that exited by itself (maxtasksperchild) was running nothing, nor was one
+        // that ended idle (killed, say) before it took the tasks sent to it.
         let retired = matches!(status, Ok(WaitStatus::Exited(_, 0))) && !child.timed_out;
-        if retired {
+        if retired || untaken {
             if let Some(t) = running.take() {
                 child.in_flight.push_front(t);
             }
@@ -666,6 +706,8 @@ impl Supervisor {
             link: Some(Link::Idle(forked)),
             running_since: None,
             timed_out: false,
+            sent_while_idle: None,
+            ended_idle: false,
         })
     }
 }
@@ -731,6 +773,22 @@ impl TaskPipe {
         self.waiting.clear();
         self.taken = 0;
         Ok(())
+    }
+
+    /// How many bytes sent have not been read by the worker: in the pipe (`FIONREAD`, which
+    /// the writing end answers too) and waiting for room. `None` if the pipe cannot tell.
+    fn unread(&self) -> Option<usize> {
+        let mut in_pipe: nix::libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer; the descriptor is the pipe's own.
+        let r = unsafe {
+            nix::libc::ioctl(
+                self.file.as_raw_fd(),
+                nix::libc::FIONREAD,
+                std::ptr::addr_of_mut!(in_pipe),
+            )
+        };
+        let in_pipe = usize::try_from(in_pipe).ok().filter(|_| r == 0)?;
+        Some(in_pipe + self.waiting.len() - self.taken)
     }
 
     /// Whether something waits for room in the pipe.
