@@ -44,6 +44,19 @@ fn each_mode(
     }
 }
 
+/// Runs the Lua script `lua` in every mode, each run succeeding, and checks each with
+/// `check(mode, out)`.
+fn lua_in_every_mode(name: &str, lua: &str, check: impl Fn(&str, &Output)) {
+    for mode in MODES {
+        let (_dir, path) = script(name, "lua", lua);
+        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
+            .timeout(Duration::from_secs(30))
+            .output();
+        out.assert_success();
+        check(mode, &out);
+    }
+}
+
 /// A `Queue` and a `Lock` in a pool's `initargs` reach every worker as the script's own, as
 /// Python's `Pool(initializer=init, initargs=(q, lock))` hands them to its workers: the
 /// workers wait for the lock the script holds, and what they put arrives in the script's
@@ -179,12 +192,7 @@ print(#r, r[1], r[2], r[3])
 print(select(2, pcall(pool.apply, pool, f, {1, 2, n = 5, x = 1})))
 pool:close() pool:join()
 "#;
-    for mode in MODES {
-        let (_dir, path) = script("packed", "lua", lua);
-        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
-            .timeout(Duration::from_secs(30))
-            .output();
-        out.assert_success();
+    lua_in_every_mode("packed", lua, |mode, out| {
         assert_eq!(
             out.stdout_lines(),
             [
@@ -196,7 +204,7 @@ pool:close() pool:join()
             "mode {mode}\n{}",
             out.describe()
         );
-    }
+    });
 }
 
 /// Workers whose initializers meet at a `Barrier`, first touching it after `close(); join()`
@@ -721,12 +729,7 @@ local _, err = pcall(pool.map, pool, print, parrun.Lock())
 print(err)
 pool:close() pool:join()
 "#;
-    for mode in MODES {
-        let (_dir, path) = script("chained", "lua", lua);
-        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
-            .timeout(Duration::from_secs(30))
-            .output();
-        out.assert_success();
+    lua_in_every_mode("chained", lua, |mode, out| {
         assert_eq!(
             out.stdout_lines(),
             [
@@ -740,7 +743,7 @@ pool:close() pool:join()
             "mode {mode}\n{}",
             out.describe()
         );
-    }
+    });
 }
 
 /// A nil item of an `imap` in a Lua `for` loop: the loop would end there with the items after
@@ -877,19 +880,14 @@ for _, method in ipairs({"map", "imap"}) do
 end
 pool:close() pool:join()
 "#;
-    for mode in MODES {
-        let (_dir, path) = script("iterwait", "lua", lua);
-        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
-            .timeout(Duration::from_secs(30))
-            .output();
-        out.assert_success();
+    lua_in_every_mode("iterwait", lua, |mode, out| {
         assert_eq!(
             out.stdout_lines(),
             ["map\t10 20 30", "imap\t10 20 30"],
             "mode {mode}\n{}",
             out.describe()
         );
-    }
+    });
 }
 
 /// Lines a task writes with Lua's `io.write` (C stdio, buffered when stdout is a pipe) are out
@@ -902,12 +900,7 @@ local pool = parrun.Pool(2)
 pool:map(function(x) io.write("task ", x, "\n") return x end, {1, 2, 3}, 1)
 io.write("after map\n")
 "#;
-    for mode in MODES {
-        let (_dir, path) = script("iowrite", "lua", lua);
-        let out = Run::new(["--mode", mode, path.to_str().unwrap()])
-            .timeout(Duration::from_secs(30))
-            .output();
-        out.assert_success();
+    lua_in_every_mode("iowrite", lua, |mode, out| {
         let mut lines = out.stdout_lines();
         assert_eq!(lines.len(), 4, "mode {mode}\n{}", out.describe());
         lines[..3].sort();
@@ -917,7 +910,7 @@ io.write("after map\n")
             "mode {mode}\n{}",
             out.describe()
         );
-    }
+    });
 }
 
 /// In a worker, the functions that read one script table read one copy of it (Lua): a task's
