@@ -8,7 +8,7 @@
 //!   catch it; uncaught, the run shuts down as after any error (pools terminated, threads and
 //!   processes waited for) and ends with status 130.
 //! - The first SIGINT also stops what a terminal's Ctrl-C would kill, were it a process of the
-//!   run's process group: a script `Process` that runs on a thread ([`stop_on_interrupt`]), as
+//!   run's process group: a script `Process` that runs on a thread (`stop_on_interrupt`), as
 //!   its forked twin dies of the signal.
 //! - A second SIGINT within [`SECOND_CHANCE`] of the first, a script that has not taken the
 //!   interrupt by then or is still shutting down, a SIGINT with no script code running, and

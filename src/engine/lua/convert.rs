@@ -1,5 +1,5 @@
 //! Lua values to [`Value`] and back: directly through Lua's C API where it can decide
-//! ([`direct`](super::direct)), else through mlua's serde support, the general path whose
+//! ([`super::direct`]), else through mlua's serde support, the general path whose
 //! outcome the direct one reproduces; and what a value that cannot travel is called, and where
 //! it sits.
 

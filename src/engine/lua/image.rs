@@ -2,7 +2,7 @@
 //! globals once, under its lock, and [`Graph::build`] makes a fresh state of it; each isolated
 //! worker builds its own from the same graph, on its own thread and at the same time as the
 //! others, so that a pool's workers of a big state cost one build, not one each in turn. The
-//! graph also travels as bytes ([`encode`], [`decode`]) to an engine in another process (an
+//! graph also travels as bytes (`encode_graph`, `decode`) to an engine in another process (an
 //! MPI worker rank).
 //!
 //! The graph holds each table, Lua function and parrun object once ([`Node`]), referred to by

@@ -15,7 +15,7 @@
 //! a task's arguments with each task: a function submitted again after the script changed one
 //! of its upvalues (a counter, an entry of a table) goes with the new value. To spare an
 //! unchanged function its encoding, an encoding comes with [`Check`]s of what it assumed (the
-//! same objects, data with the same contents: [`fingerprint`](super::fingerprint)), and
+//! same objects, data with the same contents: [`super::fingerprint`]), and
 //! [`unchanged`] tells whether they all still hold.
 
 use std::collections::HashMap;
