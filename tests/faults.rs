@@ -1128,11 +1128,7 @@ error({code = 42})
             "{mode}: {}",
             out.describe()
         );
-        let reports: Vec<&str> = out
-            .stderr
-            .lines()
-            .filter(|l| !l.starts_with('\t') && !l.starts_with("stack traceback"))
-            .collect();
+        let reports = reports_without_tracebacks(&out);
         assert_eq!(
             reports,
             [
@@ -1150,6 +1146,14 @@ error({code = 42})
             out.describe()
         );
     }
+}
+
+/// The lines of the run's stderr that report errors, without their stack tracebacks.
+fn reports_without_tracebacks(out: &Output) -> Vec<&str> {
+    out.stderr
+        .lines()
+        .filter(|l| !l.starts_with('\t') && !l.starts_with("stack traceback"))
+        .collect()
 }
 
 /// `assert(false, obj)` raises `obj` as `error(obj)` does, in every model: a pool task's caller
@@ -1185,11 +1189,7 @@ assert(false, {code = 5})
             "{mode}: {}",
             out.describe()
         );
-        let reports: Vec<&str> = out
-            .stderr
-            .lines()
-            .filter(|l| !l.starts_with('\t') && !l.starts_with("stack traceback"))
-            .collect();
+        let reports = reports_without_tracebacks(&out);
         assert_eq!(
             reports,
             [

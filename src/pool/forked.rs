@@ -376,10 +376,10 @@ impl Supervisor {
             child.tasks.take();
         }
         // The idle links are served as their workers write to them, until all have exited.
-        let mut children = std::mem::take(&mut self.children);
-        let mut servers = Vec::with_capacity(children.len());
+        let mut workers = std::mem::take(&mut self.children);
+        let mut servers = Vec::with_capacity(workers.len());
         let (mut idle, mut idle_at) = (Vec::new(), Vec::new());
-        for (at, child) in children.iter_mut().enumerate() {
+        for (at, child) in workers.iter_mut().enumerate() {
             servers.push(match child.link.take() {
                 Some(Link::Served(server)) => Some(server),
                 Some(Link::Idle(unserved)) => {
@@ -393,7 +393,7 @@ impl Supervisor {
         for (at, server) in idle_at.into_iter().zip(link::serve_until_exit(idle)) {
             servers[at] = server;
         }
-        for (child, server) in children.into_iter().zip(servers) {
+        for (child, server) in workers.into_iter().zip(servers) {
             let status = children::wait_child(child.pid, true);
             // A stopped pool's tasks end unreported.
             self.pool.stats.tasks(0).untaken(child.in_flight.len());
