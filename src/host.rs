@@ -242,6 +242,12 @@ pub(crate) trait Finish: Send + Sync {
     fn pending(&self) -> bool;
     /// Waits for it, or stops it. Called without the GIL.
     fn finish(&self);
+    /// [`Finish::finish`], unless the caller's wait is cancelled (`crate::rt::cancel`): then
+    /// false, and it is left as it is.
+    fn finish_unless_cancelled(&self) -> bool {
+        self.finish();
+        true
+    }
 }
 
 /// The order in which a run's started things are finished: threads are waited for (any they
@@ -529,6 +535,25 @@ impl Host {
             }
         }
         self.started.lock().recover().clear();
+    }
+
+    /// What a pool worker with an engine of its own (a forked worker, an isolated worker's
+    /// engine) does before it ends, as a Python worker process does before it exits: waits for
+    /// the threads its tasks started, then [`Host::finish`]. A worker whose wait is cancelled
+    /// (its pool was terminated) leaves them as they are. Call without the GIL.
+    pub(crate) fn finish_worker(&self) {
+        loop {
+            let running = self.pending(|stage| stage == Stage::Threads);
+            if running.is_empty() {
+                break;
+            }
+            for thread in running {
+                if !thread.finish_unless_cancelled() {
+                    return;
+                }
+            }
+        }
+        self.finish();
     }
 
     /// The started things of the stages `wanted` that still need finishing.

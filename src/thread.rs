@@ -254,4 +254,17 @@ impl Finish for ScriptThread {
         self.wait(None);
         self.joiner.join(true);
     }
+
+    fn finish_unless_cancelled(&self) -> bool {
+        if self.daemon() {
+            self.finish();
+            return true;
+        }
+        // A waiting thread with a cancellation installed gives up when it is cancelled.
+        if !self.wait(None) {
+            return false;
+        }
+        self.joiner.join(true);
+        true
+    }
 }

@@ -236,6 +236,90 @@ print(`joined ${B.broken}`);
     });
 }
 
+/// A `Thread` a task starts runs on while its worker waits for the next task, and a worker
+/// process (`fork`, `isolated`) waits for it before it exits, as a Python worker process does:
+/// after `close(); join()` its puts are all in the queue. A `gil` pool is Python's
+/// `ThreadPool`, whose `join` does not wait for it (the run's end does). A pool terminated
+/// while such a thread runs on (until the script stops it) still ends at once. In `fork` the worker held the GIL
+/// while it waited for a task, so the thread never ran, and was lost at the worker's exit.
+#[test]
+fn a_thread_a_task_starts_runs_between_tasks_and_its_worker_waits_for_it() {
+    let lua = r#"
+Q = parrun.Queue()
+local pool = parrun.Pool(2)
+local function task(n)
+  parrun.Thread(function()
+    for i = 1, 3 do parrun.sleep(0.05) Q:put(n * 10 + i) end
+  end):start()
+  return n * 2
+end
+print(table.concat(pool:map(task, {1, 2}, 1), " "))
+local first = {}
+for i = 1, 6 do first[i] = Q:get(5) end
+table.sort(first)
+print("between tasks", table.concat(first, " "))
+pool:map(task, {3, 4}, 1)
+pool:close() pool:join()
+print("after join", Q:qsize())
+STOP = parrun.Event()
+local forever = parrun.Pool(2)
+forever:map(function(n)
+  parrun.Thread(function() while not STOP:is_set() do parrun.sleep(0.02) end end):start()
+  return n
+end, {1, 2}, 1)
+local t0 = parrun.time()
+forever:terminate()
+print("terminated quickly", parrun.time() - t0 < 5)
+STOP:set()
+"#;
+    let rhai = r#"
+const Q = Queue();
+fn body(n) { for i in 1..=3 { sleep(0.05); global::Q.put(n * 10 + i); } }
+fn task(n) { Thread(Fn("body"), [n]).start(); n * 2 }
+const STOP = Event();
+fn spin() { while !global::STOP.is_set() { sleep(0.02); } }
+fn endless(n) { Thread(Fn("spin")).start(); n }
+let pool = Pool(2);
+let doubled = pool.map(Fn("task"), [1, 2], 1);
+print(`${doubled[0]} ${doubled[1]}`);
+let first = [];
+for i in 0..6 { first.push(Q.get(5)); }
+first.sort();
+let text = "";
+for x in first { text += ` ${x}`; }
+print(`between tasks${text}`);
+pool.map(Fn("task"), [3, 4], 1);
+pool.close(); pool.join();
+print(`after join ${Q.qsize()}`);
+let forever = Pool(2);
+forever.map(Fn("endless"), [1, 2], 1);
+let t0 = time();
+forever.terminate();
+print(`terminated quickly ${time() - t0 < 5.0}`);
+STOP.set();
+"#;
+    each_mode("task_threads", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines = out.stdout_lines();
+        let text = lines.join("\n").replace('\t', " ");
+        assert_eq!(lines[0], "2 4", "{mode}: {}", out.describe());
+        assert_eq!(
+            lines[1].replace('\t', " "),
+            "between tasks 11 12 13 21 22 23",
+            "{mode}: {}",
+            out.describe()
+        );
+        if mode != "gil" {
+            assert!(text.contains("after join 6"), "{mode}: {}", out.describe());
+        }
+        assert!(
+            text.contains("terminated quickly true"),
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
+
 /// After `close(); join()` every `callback` and `error_callback` has run and every result is
 /// ready, so `successful()` answers (CPython's join waits for its result handler thread).
 /// The callbacks sleep so that a join that does not wait for them returns first.

@@ -11,7 +11,7 @@
 //! stop at its next instruction (the engine's interrupt) or wait.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,9 @@ struct WorkerThread {
     cancel: Arc<Cancel>,
     /// When the running task started; `None` between tasks.
     running_since: Mutex<Option<Instant>>,
+    /// Waiting, before it drops its engine, for the threads its tasks started: a terminated
+    /// pool cancels that wait.
+    retiring: AtomicBool,
     /// Its place among the pool's workers: which task counts it keeps (`super::stats`).
     index: usize,
 }
@@ -89,6 +92,7 @@ pub(super) fn start(
             gil: Mutex::new(None),
             cancel: Arc::default(),
             running_since: Mutex::new(None),
+            retiring: AtomicBool::new(false),
             index: started,
         });
         watched.push(thread.clone());
@@ -230,7 +234,13 @@ fn watch(pool: &Pool, threads: &[Arc<WorkerThread>]) {
         let mut next: Option<Instant> = None;
         for thread in threads {
             let running = thread.running_since();
-            let Some(since) = *running else { continue };
+            let Some(since) = *running else {
+                if stopping && thread.retiring.load(Ordering::Acquire) {
+                    thread.cancel.request("the pool was terminated".into());
+                    next = earlier(next, Some(now + CANCEL_RETRY));
+                }
+                continue;
+            };
             let deadline = timeout.map(|t| since + t);
             let reason = if stopping {
                 "the pool was terminated while this task ran".to_string()
@@ -394,6 +404,7 @@ fn serve(
             // As a forked worker is replaced by a fresh fork: a fresh engine from the
             // snapshot taken when the pool was created.
             done = 0;
+            retire(pool, thread, functions.engine());
             match renew.instantiate() {
                 Ok(fresh) => {
                     pool.stats.worker_ended();
@@ -406,6 +417,25 @@ fn serve(
             }
         }
     }
+    retire(pool, thread, functions.engine());
+}
+
+/// Ends a worker's use of `engine`. An engine of the worker's own (`isolated`) is a process of
+/// its own: it waits for the threads its tasks started, as a Python worker process does before
+/// it exits (a forked worker, `worker::worker_main`, does the same), unless the pool is
+/// terminated (the watchdog cancels the wait), whose workers stop at once. A `gil` worker shares the script's engine, whose
+/// threads the script waits for (Python's `ThreadPool`).
+fn retire(pool: &Pool, thread: &WorkerThread, engine: &Arc<dyn TaskEngine>) {
+    let host = engine.host();
+    if Arc::ptr_eq(host, &pool.host) {
+        return;
+    }
+    // Set before the pool's state is read: a `terminate` after the read finds it set.
+    thread.retiring.store(true, Ordering::Release);
+    if pool.is_running() {
+        host.finish_worker();
+    }
+    thread.retiring.store(false, Ordering::Release);
 }
 
 /// The next task for a worker thread; `None` once the pool is closed and drained, or

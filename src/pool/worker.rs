@@ -223,11 +223,30 @@ impl Functions {
 }
 
 /// A forked worker's life: runs the initializer, then the tasks from `tasks` until the pipe
-/// closes or `max_tasks` have run; the process's exit status (1 when the initializer failed or
-/// the pipes broke). In a traced run, each task is a span on the worker's track, and the
-/// events go up to the parent whenever the worker has no more work buffered. An MPI worker rank
-/// runs the same loop over its messages (`ranks`).
+/// closes or `max_tasks` have run, then waits for the threads its tasks started, as a Python
+/// worker process does before it exits; the process's exit status (1 when the initializer
+/// failed or the pipes broke). In a traced run, each task is a span on the worker's track, and
+/// the events go up to the parent whenever the worker has no more work buffered. An MPI worker
+/// rank runs the same loop over its messages (`ranks`).
+///
+/// Call with the engine's GIL held (a forked child holds the one its parent held at the fork):
+/// the worker gives it up while it waits for a task, so that threads its tasks started run
+/// between tasks.
 pub(super) fn worker_main(
+    engine: Arc<dyn TaskEngine>,
+    tasks: impl std::io::Read,
+    results: impl std::io::Write,
+    init: Option<(Arc<FunctionSpec>, Vec<InitArg>)>,
+    max_tasks: Option<usize>,
+) -> i32 {
+    let host = engine.host().clone();
+    let status = serve_tasks(engine, tasks, results, init, max_tasks);
+    host.gil.allow_threads(0, || host.finish_worker());
+    status
+}
+
+/// [`worker_main`]'s initializer and tasks.
+fn serve_tasks(
     engine: Arc<dyn TaskEngine>,
     mut tasks: impl std::io::Read,
     mut results: impl std::io::Write,
@@ -256,7 +275,13 @@ pub(super) fn worker_main(
     let trace = host.trace.clone();
     let mut names: HashMap<u64, Arc<str>> = HashMap::new();
     loop {
-        let msg = match codec::read_frame::<ToWorker>(&mut reader, &mut buf) {
+        let read = if codec::holds_whole_frame(reader.buffer()) {
+            codec::read_frame::<ToWorker>(&mut reader, &mut buf)
+        } else {
+            host.gil
+                .allow_threads(0, || codec::read_frame::<ToWorker>(&mut reader, &mut buf))
+        };
+        let msg = match read {
             Ok(m) => m,
             Err(e) => {
                 // (Answers are held back only while a next task was read: none is left here
@@ -566,7 +591,10 @@ mod tests {
             task(id, false, &mut wire);
         }
         let mut writes = Writes::default();
+        let gil = engine.host().gil.clone();
+        let held = gil.lock(0);
         assert_eq!(worker_main(engine, &wire[..], &mut writes, None, None), 0);
+        drop(held);
         let mut frames = codec::FrameBuf::default();
         frames.push(&writes.bytes);
         let mut ids = Vec::new();

@@ -91,6 +91,14 @@ pub fn read_payload(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<(), CodecErr
     Ok(())
 }
 
+/// Whether `bytes` start with a whole frame (its length prefix and all of its payload), so
+/// that reading it from a buffer that holds `bytes` cannot block.
+pub fn holds_whole_frame(bytes: &[u8]) -> bool {
+    bytes
+        .first_chunk::<4>()
+        .is_some_and(|prefix| bytes.len() - 4 >= u32::from_le_bytes(*prefix) as usize)
+}
+
 /// Reads and decodes one frame.
 pub fn read_frame<T: DeserializeOwned>(
     r: &mut impl Read,
@@ -192,6 +200,21 @@ pub(crate) fn fuzz_frames<T: Serialize>(valid: &T, cases: usize, mut decode: imp
 mod tests {
     use super::*;
     use crate::value::Value;
+
+    /// A buffer holds a whole frame only with all of its payload: every shorter prefix of two
+    /// framed messages holds none, and the first frame is whole from its own end on.
+    #[test]
+    fn a_whole_frame_is_its_prefix_and_all_of_its_payload() {
+        let mut wire = Vec::new();
+        encode_into(&mut wire, &"first").unwrap();
+        let first = wire.len();
+        encode_into(&mut wire, &"second").unwrap();
+        for end in 0..=wire.len() {
+            assert_eq!(holds_whole_frame(&wire[..end]), end >= first, "{end} bytes");
+        }
+        assert!(holds_whole_frame(&wire[first..]));
+        assert!(!holds_whole_frame(&wire[first..wire.len() - 1]));
+    }
 
     fn sample() -> Value {
         Value::Map(vec![
