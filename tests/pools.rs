@@ -997,6 +997,61 @@ io.write("after map\n")
     });
 }
 
+/// The pieces of one `io.write` (or `file:write`) call stay together in the stream while other
+/// threads of the process write too: the workers of an `isolated` pool, whose C stdio locked
+/// the stream for each piece only (a quarter of the lines came out cut), and the threads of a
+/// `gil` pool. Forked workers are processes with buffers of their own, whose blocks go out
+/// as they fill (README: only `print` or a line-buffered stdout keep lines whole there).
+#[test]
+fn a_writes_pieces_stay_together_while_workers_write_at_once() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+local written = 0
+for round = 1, 3 do
+  -- Each task writes for a while, so that the two workers write at the same time.
+  for _, n in ipairs(pool:map(function(x)
+    local lines, start = 0, parrun.time()
+    repeat
+      lines = lines + 1
+      io.write("task ", x, " line ", lines, "\n")
+      io.stdout:write("w", x, "\n")
+    until parrun.time() - start > 0.02
+    return 2 * lines
+  end, {1, 2, 3, 4}, 1)) do written = written + n end
+end
+io.stderr:write("written ", written, "\n")
+"#;
+    lua_in_every_mode("whole_writes", lua, |mode, out| {
+        if mode == "fork" {
+            return;
+        }
+        let lines = out.stdout_lines();
+        let cut: Vec<_> = lines
+            .iter()
+            .filter(|l| {
+                let words: Vec<_> = l.split(' ').collect();
+                let whole_task = matches!(words[..], ["task", x, "line", n]
+                    if x.parse::<u8>().is_ok() && n.parse::<u64>().is_ok());
+                let whole_w = l.len() == 2 && l.starts_with('w');
+                !(whole_task || whole_w)
+            })
+            .collect();
+        let written = out.stderr.trim().strip_prefix("written ").map(str::parse::<usize>);
+        assert_eq!(
+            written,
+            Some(Ok(lines.len())),
+            "{mode}: {} lines",
+            lines.len()
+        );
+        assert!(
+            cut.is_empty(),
+            "{mode}: {} cut lines, {:?}",
+            cut.len(),
+            &cut[..cut.len().min(5)]
+        );
+    });
+}
+
 /// In a worker, the functions that read one script table read one copy of it (Lua): a task's
 /// change to it is seen by another function's task on that worker, as the script's functions
 /// share the table, in every mode; once the script changes the table, the worker's copy is made

@@ -653,7 +653,92 @@ pub(super) fn install_stock(
         closure(lua, co_isyieldable, vec![drivers.clone()])?,
     )?;
     coroutine.raw_set("yield", closure(lua, co_yield, vec![drivers])?)?;
+
+    let io: Table = globals.raw_get("io")?;
+    let stock_write: LuaValue = io.raw_get("write")?;
+    io.raw_set(
+        "write",
+        closure(
+            lua,
+            write_whole,
+            vec![stock_write, LuaValue::Boolean(false)],
+        )?,
+    )?;
+    let file_methods: Table = lua
+        .named_registry_value::<Table>("FILE*")?
+        .raw_get("__index")?;
+    let stock_write: LuaValue = file_methods.raw_get("write")?;
+    file_methods.raw_set(
+        "write",
+        closure(lua, write_whole, vec![stock_write, LuaValue::Boolean(true)])?,
+    )?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes that stay whole
+
+unsafe extern "C" {
+    // POSIX; the libc crate does not declare them for Linux.
+    fn flockfile(file: *mut nix::libc::FILE);
+    fn funlockfile(file: *mut nix::libc::FILE);
+}
+
+/// lauxlib's `luaL_Stream`: a Lua file handle's userdata.
+#[repr(C)]
+struct LuaStream {
+    file: *mut nix::libc::FILE,
+    /// `None` once the file is closed.
+    close: Option<ffi::lua_CFunction>,
+}
+
+/// `io.write` (upvalue 2 false: the default output) and a file's `write` method (true: the file
+/// is argument 1), as the stock ones (upvalue 1), except that the pieces of one call stay
+/// together in the stream. C stdio locks a stream for each piece only, so two threads of one
+/// process (isolated workers, threads in a forked worker) writing `io.write("task ", x, "\n")`
+/// at once could interleave mid-line. The arguments are checked here first, raising what the
+/// stock function would (which first writes the pieces before the bad one), so that the stock
+/// call, made with the stream locked, raises nothing; a protected call makes sure that the
+/// lock is given back if it does.
+unsafe extern "C-unwind" fn write_whole(state: *mut lua_State) -> c_int {
+    let method = ffi::lua_toboolean(state, ffi::lua_upvalueindex(2)) != 0;
+    let stream: *mut LuaStream = if method {
+        ffi::luaL_checkudata(state, 1, c"FILE*".as_ptr()).cast()
+    } else {
+        ffi::lua_getfield(state, ffi::LUA_REGISTRYINDEX, c"_IO_output".as_ptr());
+        let stream = ffi::lua_touserdata(state, -1).cast();
+        ffi::lua_pop(state, 1);
+        stream
+    };
+    // (The default output is always a file handle: liolib sets it and `io.output` checks.)
+    if stream.is_null() || (*stream).close.is_none() {
+        let why = if method {
+            "attempt to use a closed file"
+        } else {
+            "default output file is closed"
+        };
+        return raise(state, why.to_string());
+    }
+    let count = ffi::lua_gettop(state);
+    for arg in 1 + c_int::from(method)..=count {
+        if !matches!(
+            ffi::lua_type(state, arg),
+            ffi::LUA_TNUMBER | ffi::LUA_TSTRING
+        ) {
+            // Raises the stock "bad argument #n to 'write' (string expected, got ...)".
+            ffi::luaL_checklstring(state, arg, ptr::null_mut());
+        }
+    }
+    let file = (*stream).file;
+    ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+    ffi::lua_insert(state, 1);
+    flockfile(file);
+    let status = ffi::lua_pcall(state, count, ffi::LUA_MULTRET, 0);
+    funlockfile(file);
+    if status != ffi::LUA_OK {
+        ffi::lua_error(state);
+    }
+    ffi::lua_gettop(state)
 }
 
 /// Stock `require` (loadlib.c's `ll_require`, message for message; the package table is its
