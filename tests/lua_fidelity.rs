@@ -520,3 +520,42 @@ warn("hidden")
         assert_eq!(lines[2], "Lua warning: from a worker", "{}", out.describe());
     }
 }
+
+/// An uncaught error object with `__tostring` is reported as the stock `lua` reports it, by its
+/// text alone (`parrun: custom error`, no traceback), from the main script and from a thread;
+/// a pool task's caller gets the text too. parrun added mlua's traceback after it.
+#[test]
+fn an_error_object_with_tostring_is_reported_by_its_text_alone() {
+    let dir = TempDir::new("tostring_error");
+    let script = dir.write(
+        "obj.lua",
+        r#"
+Err = {__tostring = function(e) return "custom error " .. e.code end}
+local pool = parrun.Pool(1)
+print(select(2, pcall(pool.apply, pool, function() error(setmetatable({code = 1}, Err)) end, {})))
+local t = parrun.Thread(function() error(setmetatable({code = 2}, Err)) end) t:start() t:join()
+error(setmetatable({code = 3}, Err))
+"#,
+    );
+    for mode in MODES {
+        let out = Run::new(["--mode", mode, script.to_str().unwrap()]).output();
+        out.assert_code(1);
+        assert_eq!(
+            out.stdout.trim_end(),
+            "Pool.apply: custom error 1",
+            "--mode {mode}\n{}",
+            out.describe()
+        );
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "Exception in thread Thread-1:",
+                "custom error 2",
+                "parrun: custom error 3"
+            ],
+            "--mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}

@@ -831,6 +831,8 @@ unsafe fn find_loader(state: *mut lua_State, name: *const c_char) {
 const RAISED_TEXT: &std::ffi::CStr = c"parrun.raised_text";
 /// ... and its type, for [`error_object_text`].
 const RAISED_TYPE: &std::ffi::CStr = c"parrun.raised_type";
+/// The type noted for an object with `__tostring`, whose text is its own.
+const OWN_TEXT: &std::ffi::CStr = c"__tostring";
 /// ... and the object itself (also a number's), for [`raised_object`].
 const RAISED_VALUE: &std::ffi::CStr = c"parrun.raised_value";
 
@@ -857,9 +859,12 @@ unsafe extern "C-unwind" fn error(state: *mut lua_State) -> c_int {
         ffi::lua_setfield(state, ffi::LUA_REGISTRYINDEX, RAISED_TYPE.as_ptr());
         ffi::luaL_tolstring(state, 1, ptr::null_mut());
     } else if ffi::luaL_getmetafield(state, 1, c"__tostring".as_ptr()) != ffi::LUA_TNIL {
-        // mlua reads the object through its `__tostring`, as the stock interpreter does.
+        // mlua reads the object through its `__tostring`, as the stock interpreter does, and
+        // adds a traceback, which the stock one does not (see `error_object_text`).
         ffi::lua_pop(state, 1);
-        ffi::lua_pushnil(state);
+        ffi::lua_pushstring(state, OWN_TEXT.as_ptr());
+        ffi::lua_setfield(state, ffi::LUA_REGISTRYINDEX, RAISED_TYPE.as_ptr());
+        ffi::luaL_tolstring(state, 1, ptr::null_mut());
     } else {
         ffi::lua_pushstring(state, ffi::lua_typename(state, kind));
         ffi::lua_setfield(state, ffi::LUA_REGISTRYINDEX, RAISED_TYPE.as_ptr());
@@ -906,16 +911,23 @@ pub(super) fn raised_object(lua: &Lua, e: &mlua::Error) -> Option<LuaValue> {
     let text = lua
         .named_registry_value::<Option<mlua::LuaString>>(key(RAISED_TEXT))
         .ok()??;
+    let kind = lua
+        .named_registry_value::<Option<mlua::LuaString>>(key(RAISED_TYPE))
+        .ok()
+        .flatten();
+    if kind.is_some_and(|k| *k.as_bytes() == *OWN_TEXT.to_bytes()) {
+        return None;
+    }
     // The note is of this error: mlua's message is the object's text, then its traceback.
     let end = message.find("\nstack traceback:").unwrap_or(message.len());
     (message.as_bytes()[..end] == *text.as_bytes() && !object.is_nil()).then_some(object)
 }
 
-/// `e` as the stock `lua` reports an uncaught error object that is not a string and has no
-/// `__tostring`: `(error object is a table value)`, where mlua's text is the object's address
-/// (`table: 0x...`), which says nothing. Call with the GIL held, on the error a coroutine of
-/// `lua` just ended with (before the script can raise another). Every other error is returned
-/// as it is.
+/// `e` as the stock `lua` reports an uncaught error object that is not a string: without
+/// `__tostring`, `(error object is a table value)`, where mlua's text is the object's address
+/// (`table: 0x...`), which says nothing; with it, its text alone, without the traceback mlua
+/// adds. Call with the GIL held, on the error a coroutine of `lua` just ended with (before the
+/// script can raise another). Every other error is returned as it is.
 pub(super) fn error_object_text(lua: &Lua, e: mlua::Error) -> mlua::Error {
     let mlua::Error::RuntimeError(message) = &e else {
         return e;
@@ -934,6 +946,11 @@ pub(super) fn error_object_text(lua: &Lua, e: mlua::Error) -> mlua::Error {
     let end = message.find("\nstack traceback:").unwrap_or(message.len());
     if message.as_bytes()[..end] != *text.as_bytes() {
         return e;
+    }
+    if *kind.as_bytes() == *OWN_TEXT.to_bytes() {
+        // As the stock `lua`'s message handler gives an object with `__tostring`: its text
+        // alone.
+        return mlua::Error::runtime(text.to_string_lossy());
     }
     let kind = kind.to_string_lossy();
     mlua::Error::runtime(format!(
