@@ -139,11 +139,12 @@ for _, v in ipairs({coroutine.create(print), io.stdout, q, function() end,
 end
 print(pcall(pool.apply, pool, function(x) return x end, {{f = io.stdout}}))
 print(pcall(pool.apply, pool, function() return {k = {coroutine.create(print)}} end, {}))
+print(pcall(pool.apply, pool, function() return q:qsize() end, {}))
 "#,
     );
     out.assert_success();
     let lines = out.stdout_lines();
-    assert_eq!(lines.len(), 9, "{}", out.describe());
+    assert_eq!(lines.len(), 10, "{}", out.describe());
     let put = "false\tQueue.put: cannot send this value to another thread or process: ";
     // A Queue or Lock adds where such objects are shared, as Python's error says.
     let hint = " (a Queue or Lock is shared through inheritance only, as in Python: a Process \
@@ -159,6 +160,10 @@ print(pcall(pool.apply, pool, function() return {k = {coroutine.create(print)}} 
         format!("{put}a function used as a key"),
         "false\tPool.apply: cannot send this value to another thread or process: a userdata at key \"1.f\"".into(),
         "false\tPool.apply: cannot send a task's result back: a coroutine at key \"k.1\"".into(),
+        format!(
+            "false\tPool.apply: cannot send a function to a worker: its upvalue `q` is a Queue \
+             not reachable from the globals{hint}"
+        ),
     ]) {
         assert_eq!(line, &want, "{}", out.describe());
     }

@@ -1036,7 +1036,11 @@ io.stderr:write("written ", written, "\n")
                 !(whole_task || whole_w)
             })
             .collect();
-        let written = out.stderr.trim().strip_prefix("written ").map(str::parse::<usize>);
+        let written = out
+            .stderr
+            .trim()
+            .strip_prefix("written ")
+            .map(str::parse::<usize>);
         assert_eq!(
             written,
             Some(Ok(lines.len())),

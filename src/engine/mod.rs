@@ -58,14 +58,18 @@ pub(crate) fn unsendable(kind: &str, path: &[String], used_as_key: bool) -> Stri
         [] => String::new(),
         keys => format!(" at key \"{}\"", keys.join(".")),
     };
-    // Python's own advice for a queue handed to a pool ("Queue objects should only be shared
-    // between processes through inheritance"), with where parrun's inheritance is.
-    let hint = if matches!(kind, "a Queue" | "a Lock") {
+    format!("{kind}{role}{at}{}", sharing_hint(kind))
+}
+
+/// Python's own advice for a queue handed to a pool ("Queue objects should only be shared
+/// between processes through inheritance"), with where parrun's inheritance is: the words
+/// after a `kind` (`a Queue`) that cannot travel, empty for other kinds.
+pub(crate) fn sharing_hint(kind: &str) -> &'static str {
+    if matches!(kind, "a Queue" | "a Lock") {
         " (a Queue or Lock is shared through inheritance only, as in Python: a Process takes \
          it in its arguments, a pool's initializer in its initargs; a pool's tasks find one \
          made before the pool in the globals)"
     } else {
         ""
-    };
-    format!("{kind}{role}{at}{hint}")
+    }
 }

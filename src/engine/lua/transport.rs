@@ -233,7 +233,8 @@ impl Encoder<'_> {
             LuaValue::Function(_) | LuaValue::UserData(_) | LuaValue::LightUserData(_) => {
                 let path = self.path_of(&value).ok_or_else(|| {
                     let kind = unsendable_kind(&value).unwrap_or_default();
-                    cannot(&format!("{kind} not reachable from the globals"))
+                    let hint = crate::engine::sharing_hint(&kind);
+                    cannot(&format!("{kind} not reachable from the globals{hint}"))
                 })?;
                 self.checks.push(Check::Same(id));
                 Ok(Upvalue::Path(path))
