@@ -999,7 +999,7 @@ io.write("after map\n")
 
 /// The pieces of one `io.write` (or `file:write`) call stay together in the stream while other
 /// threads of the process write too: the workers of an `isolated` pool, whose C stdio locked
-/// the stream for each piece only (a quarter of the lines came out cut), and the threads of a
+/// the stream for each piece only (over a third of the lines came out cut), and the threads of a
 /// `gil` pool. Forked workers are processes with buffers of their own, whose blocks go out
 /// as they fill (README: only `print` or a line-buffered stdout keep lines whole there).
 #[test]
