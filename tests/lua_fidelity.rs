@@ -559,3 +559,46 @@ error(setmetatable({code = 3}, Err))
         );
     }
 }
+
+/// `os.exit(code, true)` runs the pending `<close>` variables first, innermost first and with
+/// no error object, as the stock `lua` closes its state then (a closer's error goes on to the
+/// next closer, as there); without `true` none runs. Output as `lua5.4` prints it. They were
+/// skipped.
+#[test]
+fn os_exit_with_close_runs_the_pending_close_variables() {
+    let dir = TempDir::new("exit_close");
+    let closing = |name: &str, exit: &str| {
+        dir.write(
+            name,
+            &format!(
+                r#"
+local a <close> = setmetatable({{}}, {{__close = function(_, e) print("closed a", e) end}})
+do
+  local b <close> = setmetatable({{}}, {{__close = function(_, e) error("boom", 0) end}})
+  local function inner()
+    local c <close> = setmetatable({{}}, {{__close = function(_, e) print("closed c", e) end}})
+    {exit}
+  end
+  inner()
+end
+print("not here")
+"#
+            ),
+        )
+    };
+    let with_close = closing("close.lua", "os.exit(3, true)");
+    let without = closing("plain.lua", "os.exit(3)");
+    for mode in MODES {
+        let out = Run::new(["--mode", mode, with_close.to_str().unwrap()]).output();
+        out.assert_code(3);
+        assert_eq!(
+            out.stdout_lines(),
+            ["closed c\tnil", "closed a\tboom"],
+            "--mode {mode}\n{}",
+            out.describe()
+        );
+        let out = Run::new(["--mode", mode, without.to_str().unwrap()]).output();
+        out.assert_code(3);
+        assert_eq!(out.stdout, "", "--mode {mode}\n{}", out.describe());
+    }
+}

@@ -172,7 +172,8 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     Tasks::install(lua, host)?;
     // `os.exit` ends the script's run (or a thread), never the process: the program embedding
     // parrun goes on, and the run finishes what the script started (see `Exit`).
-    let exit = lua.create_function(|lua, (code, _close): (LuaValue, LuaValue)| {
+    let exit = lua.create_function(|lua, (code, close): (LuaValue, LuaValue)| {
+        let close = !matches!(close, LuaValue::Nil | LuaValue::Boolean(false));
         let status = match &code {
             LuaValue::Nil => 0,
             LuaValue::Boolean(ok) => i32::from(!ok),
@@ -197,7 +198,9 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
             })
             .flatten()
             .unwrap_or_default();
-        let request = Request(std::sync::Mutex::new(Some(Pending::Exit(status, place))));
+        let request = Request(std::sync::Mutex::new(Some(Pending::Exit(
+            status, place, close,
+        ))));
         (1, lua.create_userdata(request)?).into_lua_multi(lua)
     })?;
     let os: Table = lua.globals().get("os")?;

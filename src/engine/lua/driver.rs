@@ -239,7 +239,10 @@ pub(super) fn drive(
                 ))
             }
         };
-        if let Pending::Exit(status, place) = pending {
+        if let Pending::Exit(status, place, close) = pending {
+            if close {
+                close_suspended(co);
+            }
             break Err(mlua::Error::external(Exit(status, place)));
         }
         let result = pending.run(gil, token);
@@ -270,6 +273,22 @@ impl Drop for DriverScope<'_> {
         CURRENT_DRIVER.set(self.driver);
         BUDGET.set(self.budget);
         MAX_CALL_DEPTH.set(self.depth);
+    }
+}
+
+/// Runs the `<close>` variables of a coroutine suspended in `os.exit(status, true)`, as the
+/// stock interpreter's `lua_close` runs the main thread's then, with no error object; an error
+/// a closer raises is dropped, as `lua_close` drops it. Call with the GIL held.
+fn close_suspended(co: &Coroutine) {
+    if co.status() != ThreadStatus::Resumable {
+        return;
+    }
+    // SAFETY: the coroutine is suspended (it yielded the exit request) and not running; the
+    // GIL keeps every other thread out of this state; it is never resumed afterwards.
+    unsafe {
+        let state = co.state();
+        mlua::ffi::lua_closethread(state, std::ptr::null_mut());
+        mlua::ffi::lua_settop(state, 0);
     }
 }
 

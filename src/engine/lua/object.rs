@@ -139,9 +139,10 @@ impl UserData for Request {}
 pub(super) enum Pending {
     Wait(Wait),
     Fork(Wait),
-    /// `os.exit(status)`, called at the place given (`FILE:LINE: `, or empty): the driver ends
-    /// the coroutine (see [`Exit`]).
-    Exit(i32, String),
+    /// `os.exit(status, close)`, called at the place given (`FILE:LINE: `, or empty): the
+    /// driver ends the coroutine (see [`Exit`]), first running its pending `<close>`
+    /// variables if `close` is true, as the stock interpreter closes its state then.
+    Exit(i32, String, bool),
 }
 
 /// The error that ends a coroutine on `os.exit(status)`: the main chunk's run ends with the
