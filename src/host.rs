@@ -520,15 +520,10 @@ impl Host {
     pub(crate) fn finish(&self) {
         // The main script thread's code has returned: Ctrl-C now stops the run at once.
         crate::rt::cancel::main_done();
-        loop {
-            let running = self.pending(|stage| stage == Stage::Threads);
-            if running.is_empty() {
-                break;
-            }
-            for thread in running {
-                thread.finish();
-            }
-        }
+        self.finish_threads(|thread| {
+            thread.finish();
+            true
+        });
         for stage in [Stage::Pools, Stage::Processes] {
             for started in self.pending(|s| s == stage) {
                 started.finish();
@@ -542,18 +537,23 @@ impl Host {
     /// the threads its tasks started, then [`Host::finish`]. A worker whose wait is cancelled
     /// (its pool was terminated) leaves them as they are. Call without the GIL.
     pub(crate) fn finish_worker(&self) {
+        if self.finish_threads(|thread| thread.finish_unless_cancelled()) {
+            self.finish();
+        }
+    }
+
+    /// Finishes every started thread with `finish_one` (and the threads they start) until none
+    /// is left; false, at once, when `finish_one` gives up on one.
+    fn finish_threads(&self, finish_one: impl Fn(&dyn Finish) -> bool) -> bool {
         loop {
             let running = self.pending(|stage| stage == Stage::Threads);
             if running.is_empty() {
-                break;
+                return true;
             }
-            for thread in running {
-                if !thread.finish_unless_cancelled() {
-                    return;
-                }
+            if !running.iter().all(|thread| finish_one(thread.as_ref())) {
+                return false;
             }
         }
-        self.finish();
     }
 
     /// The started things of the stages `wanted` that still need finishing.

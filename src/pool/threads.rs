@@ -423,8 +423,8 @@ fn serve(
 /// Ends a worker's use of `engine`. An engine of the worker's own (`isolated`) is a process of
 /// its own: it waits for the threads its tasks started, as a Python worker process does before
 /// it exits (a forked worker, `worker::worker_main`, does the same), unless the pool is
-/// terminated (the watchdog cancels the wait), whose workers stop at once. A `gil` worker shares the script's engine, whose
-/// threads the script waits for (Python's `ThreadPool`).
+/// terminated (the watchdog cancels the wait), whose workers stop at once. A `gil` worker
+/// shares the script's engine, whose threads the script waits for (Python's `ThreadPool`).
 fn retire(pool: &Pool, thread: &WorkerThread, engine: &Arc<dyn TaskEngine>) {
     let host = engine.host();
     if Arc::ptr_eq(host, &pool.host) {

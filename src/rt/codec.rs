@@ -94,9 +94,14 @@ pub fn read_payload(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<(), CodecErr
 /// Whether `bytes` start with a whole frame (its length prefix and all of its payload), so
 /// that reading it from a buffer that holds `bytes` cannot block.
 pub fn holds_whole_frame(bytes: &[u8]) -> bool {
+    payload_len(bytes).is_some_and(|len| bytes.len() - 4 >= len)
+}
+
+/// The payload length a frame starting at `bytes` announces, once its prefix has arrived.
+fn payload_len(bytes: &[u8]) -> Option<usize> {
     bytes
         .first_chunk::<4>()
-        .is_some_and(|prefix| bytes.len() - 4 >= u32::from_le_bytes(*prefix) as usize)
+        .map(|prefix| u32::from_le_bytes(*prefix) as usize)
 }
 
 /// Reads and decodes one frame.
@@ -138,10 +143,9 @@ impl FrameBuf {
     /// after it are garbage too).
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, CodecError> {
         let rest = &self.buf[self.start..];
-        let Some(prefix) = rest.first_chunk::<4>() else {
+        let Some(len) = payload_len(rest) else {
             return Ok(None);
         };
-        let len = u32::from_le_bytes(*prefix) as usize;
         if len > MAX_FRAME {
             return Err(CodecError::Malformed(format!(
                 "frame length {len} exceeds the limit"
