@@ -190,7 +190,9 @@ struct Path {
 impl Default for Path {
     fn default() -> Self {
         Path {
-            tables: [std::mem::MaybeUninit::uninit(); MAX_DEPTH],
+            // A `const` block: the array repeat of one `uninit()` value was compiled into a
+            // memset of the whole path (1 KiB zeroed for every value read).
+            tables: [const { std::mem::MaybeUninit::uninit() }; MAX_DEPTH],
             len: 0,
         }
     }
