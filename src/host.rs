@@ -312,9 +312,14 @@ impl std::fmt::Debug for Embedding {
 /// threads for their names, which goes on from its maker's as it was at `start` (as a forked
 /// Python child's copy of `threading`'s counter does).
 pub(crate) struct ProcessIdentity {
-    identity: String,
+    /// Its name as it started (`Process-1`, `ForkPoolWorker-3`, or the name the script gave).
+    pub(crate) name: String,
+    pub(crate) identity: String,
     made: AtomicU64,
     threads: AtomicU64,
+    /// The object `current_process()` gives in it, once asked for (a `ScriptProcess`, kept
+    /// here so that every thread of the process gets the same one).
+    pub(crate) handle: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 thread_local! {
@@ -332,14 +337,17 @@ pub(crate) fn join_process(process: Option<Arc<ProcessIdentity>>) {
     CURRENT_PROCESS.with(|p| *p.borrow_mut() = process);
 }
 
-/// Makes the calling thread the first of the process `identity` (its forked child, or its
-/// thread in `gil` and `isolated`), which has made no process yet and numbers its threads on
-/// from `threads` (its maker's count at `start`: [`Host::threads_named`]).
-pub(crate) fn enter_process(identity: String, threads: u64) {
+/// Makes the calling thread the first of the process `name`, numbered `identity` (a forked
+/// child, its thread in `gil` and `isolated`, a pool's worker), which has made no process yet
+/// and numbers its threads on from `threads` (its maker's count at `start`:
+/// [`Host::threads_named`]).
+pub(crate) fn enter_process(name: String, identity: String, threads: u64) {
     join_process(Some(Arc::new(ProcessIdentity {
+        name,
         identity,
         made: AtomicU64::new(0),
         threads: AtomicU64::new(threads),
+        handle: std::sync::OnceLock::new(),
     })));
 }
 
@@ -350,6 +358,9 @@ pub(crate) struct Host {
     started: Mutex<Vec<Arc<dyn Finish>>>,
     thread_counter: AtomicU64,
     process_counter: AtomicU64,
+    /// The script's own process as `current_process()` gives it there (with the pid it was
+    /// made in), once asked for.
+    pub(crate) main_process: std::sync::OnceLock<(u32, Arc<dyn std::any::Any + Send + Sync>)>,
     pub(crate) settings: Settings,
     pub(crate) embedding: Arc<Embedding>,
     /// The run's timeline, if it is traced (`Runtime::trace`): shared by every engine of the
@@ -422,6 +433,7 @@ impl Host {
             started: Mutex::new(Vec::new()),
             thread_counter: AtomicU64::new(0),
             process_counter: AtomicU64::new(0),
+            main_process: std::sync::OnceLock::new(),
             settings,
             embedding,
             trace,
@@ -453,20 +465,31 @@ impl Host {
     /// "Process-2", ... in the script, and in a process whose identity is "1" (`Process-1`)
     /// "Process-1:1", "Process-1:2", ..., counted by that process, in every model.
     pub fn next_process_name(&self) -> (String, String) {
-        let identity = match current_process() {
+        let identity = self.next_process_identity(current_process().as_deref());
+        (format!("Process-{identity}"), identity)
+    }
+
+    /// The next number ("3", or "1:2" in `Process-1`) among the processes `maker` made (the
+    /// script's own process if `None`): a `Process`, or a pool's worker.
+    pub(crate) fn next_process_identity(&self, maker: Option<&ProcessIdentity>) -> String {
+        match maker {
             Some(process) => {
                 let n = process.made.fetch_add(1, Ordering::Relaxed) + 1;
                 format!("{}:{n}", process.identity)
             }
             None => (self.process_counter.fetch_add(1, Ordering::Relaxed) + 1).to_string(),
-        };
-        (format!("Process-{identity}"), identity)
+        }
     }
 
     /// "Thread-1", "Thread-2", ... as Python names them, counted by the process the caller
     /// runs in.
     pub fn next_thread_name(&self) -> String {
-        let counter = match current_process() {
+        self.next_thread_name_in(current_process().as_deref())
+    }
+
+    /// The next thread name of the process `process` (the script's own if `None`).
+    pub(crate) fn next_thread_name_in(&self, process: Option<&ProcessIdentity>) -> String {
+        let counter = match process {
             Some(process) => process.threads.fetch_add(1, Ordering::Relaxed),
             None => self.thread_counter.fetch_add(1, Ordering::Relaxed),
         };
@@ -475,7 +498,12 @@ impl Host {
 
     /// How many threads the caller's process has numbered so far.
     pub(crate) fn threads_named(&self) -> u64 {
-        match current_process() {
+        self.threads_named_in(current_process().as_deref())
+    }
+
+    /// How many threads `process` (the script's own if `None`) has numbered so far.
+    pub(crate) fn threads_named_in(&self, process: Option<&ProcessIdentity>) -> u64 {
+        match process {
             Some(process) => process.threads.load(Ordering::Relaxed),
             None => self.thread_counter.load(Ordering::Relaxed),
         }

@@ -56,6 +56,9 @@ enum State {
         pid: Pid,
         code: i32,
     },
+    /// The process the caller runs in (`current_process()`), with its pid: running, and
+    /// neither to start, wait for nor signal.
+    Current(i32),
 }
 
 /// The exit code of a thread-backed process, once it has one.
@@ -141,6 +144,21 @@ impl ScriptProcess {
         })
     }
 
+    /// The process the caller runs in, as `current_process()` gives it: `name`, numbered
+    /// `identity` ("" for the script's own process), running, started by no one here.
+    pub(crate) fn running_here(name: String, identity: String, mode: Mode) -> Arc<Self> {
+        let pid = crate::rt::pid::current_pid();
+        Arc::new(ScriptProcess {
+            name: Mutex::new(name),
+            identity,
+            mode,
+            daemon: false.into(),
+            creator: pid,
+            target: Mutex::new(None),
+            state: Mutex::new(State::Current(pid as i32)),
+        })
+    }
+
     pub fn name(&self) -> String {
         self.name.lock().recover().clone()
     }
@@ -217,7 +235,7 @@ impl ScriptProcess {
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
-                crate::host::enter_process(identity, threads);
+                crate::host::enter_process(name.clone(), identity, threads);
                 cancel::install(Some(done.cancel.clone()));
                 let stopped_by = || *done.stopped_by.lock().recover();
                 let code = run_stoppable(&host_, engine, &name, target, &stopped_by);
@@ -241,7 +259,7 @@ impl ScriptProcess {
         host: &Arc<Host>,
         start: Box<dyn RemoteStart>,
     ) -> Result<(), String> {
-        let remote = start.start(&self.name())?;
+        let remote = start.start(&self.name(), &self.identity)?;
         *self.state() = State::Remote(remote);
         host.register(self.clone());
         Ok(())
@@ -254,7 +272,7 @@ impl ScriptProcess {
         let threads = host.threads_named();
         let child_host = host.clone();
         let child = link::fork_child(host, Vec::new(), move || {
-            crate::host::enter_process(identity, threads);
+            crate::host::enter_process(name.clone(), identity, threads);
             let started = child_host.trace.as_ref().map(|_| trace::clock());
             let status = match target.run() {
                 Ok(status) => status,
@@ -297,6 +315,7 @@ impl ScriptProcess {
             State::Thread(_) => Some(crate::rt::pid::current_pid() as i32),
             State::Remote(r) => Some(r.pid()),
             State::Running { pid, .. } | State::Done { pid, .. } => Some(pid.as_raw()),
+            State::Current(pid) => Some(*pid),
         }
     }
 
@@ -304,7 +323,7 @@ impl ScriptProcess {
     fn poll(&self) -> Option<i32> {
         let mut state = self.state();
         let (pid, link) = match &mut *state {
-            State::New => return None,
+            State::New | State::Current(_) => return None,
             State::Thread(exit) => return *exit.code.lock().recover(),
             State::Remote(r) => return r.exit_code(),
             State::Done { code, .. } => return Some(*code),
@@ -332,7 +351,7 @@ impl ScriptProcess {
     pub fn is_alive(&self) -> bool {
         matches!(
             &*self.state(),
-            State::Running { .. } | State::Thread(_) | State::Remote(_)
+            State::Running { .. } | State::Thread(_) | State::Remote(_) | State::Current(_)
         ) && self.poll().is_none()
     }
 
@@ -349,8 +368,11 @@ impl ScriptProcess {
     /// Whether the caller is this process's own thread (a process on a thread), which cannot
     /// wait for its own end.
     pub fn is_current(&self) -> bool {
-        self.thread_exit()
-            .is_some_and(|exit| exit.joiner.is_current())
+        match &*self.state() {
+            State::Thread(exit) => exit.joiner.is_current(),
+            State::Current(_) => true,
+            _ => false,
+        }
     }
 
     /// How a process on a thread ends, for one.
@@ -397,8 +419,40 @@ impl ScriptProcess {
                 "a process on {} cannot be signalled from here",
                 r.place()
             )),
+            State::Current(_) => Err("current_process() is the process that runs this code: \
+                 it cannot be terminated or killed through its handle (os.exit ends it)"
+                .into()),
             _ => Ok(()),
         }
+    }
+}
+
+/// The process the caller runs in, as `current_process()` gives it: `MainProcess` in the
+/// script's own, the `Process` or the pool's worker it runs in elsewhere. Every thread of a
+/// process gets the same object, so a name the script gives it stays.
+pub(crate) fn current(host: &Host) -> Arc<ScriptProcess> {
+    let pid = crate::rt::pid::current_pid();
+    let (handle, mine) = match crate::host::current_process() {
+        Some(p) => {
+            let handle = p.handle.get_or_init(|| {
+                ScriptProcess::running_here(p.name.clone(), p.identity.clone(), host.mode())
+            });
+            (handle.clone(), true)
+        }
+        None => {
+            let (made_in, handle) = host.main_process.get_or_init(|| {
+                let main =
+                    ScriptProcess::running_here("MainProcess".into(), String::new(), host.mode());
+                (pid, main as Arc<dyn std::any::Any + Send + Sync>)
+            });
+            (handle.clone(), *made_in == pid)
+        }
+    };
+    match handle.downcast::<ScriptProcess>() {
+        Ok(process) if mine => process,
+        // A forked child's copy of its parent's (a child always runs as a process of its own,
+        // so this is not met): one of its own.
+        _ => ScriptProcess::running_here("MainProcess".into(), String::new(), host.mode()),
     }
 }
 

@@ -44,6 +44,8 @@ pub struct ScriptThread {
     ids: Mutex<Option<Ids>>,
     /// Notified when `ids` is set.
     started: Condvar,
+    /// It stands for an OS thread the script did not start (see [`current`]).
+    unstarted: bool,
 }
 
 /// A thread's identity as Python's `threading` gives it: `ident` (`get_ident()`, the pthread
@@ -70,6 +72,39 @@ thread_local! {
     static IN_DAEMON: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+thread_local! {
+    /// The script thread the calling OS thread runs, or the one made for it when first asked
+    /// for (`current_thread()`).
+    static CURRENT: std::cell::RefCell<Option<Arc<ScriptThread>>> =
+        const { std::cell::RefCell::new(None) };
+    /// The name `current_thread()` gives the calling OS thread if it runs no script thread:
+    /// `MainThread` (the script's, a process's or a pool worker's first thread) unless told
+    /// otherwise (a `gil` pool's worker threads, as Python's `ThreadPool` names them).
+    static UNSTARTED_NAME: std::cell::RefCell<Option<String>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The thread the caller runs in, as `current_thread()` gives it: the `Thread` it started as,
+/// else (the script's main thread, a process's, a pool worker's) one made for it, the same on
+/// every call from that thread.
+pub fn current() -> Arc<ScriptThread> {
+    CURRENT.with(|current| {
+        current
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                let name = UNSTARTED_NAME.with(|n| n.borrow().clone());
+                ScriptThread::running_here(name.unwrap_or_else(|| "MainThread".into()))
+            })
+            .clone()
+    })
+}
+
+/// Names the calling OS thread for `current_thread()` (before it runs any script code).
+pub(crate) fn name_current(name: String) {
+    UNSTARTED_NAME.with(|n| *n.borrow_mut() = Some(name));
+    CURRENT.with(|c| *c.borrow_mut() = None);
+}
+
 /// Whether the calling thread is a daemon script thread: Python's default `daemon` for a
 /// thread it makes (`Thread(..., daemon=None)` takes the current thread's).
 pub(crate) fn current_is_daemon() -> bool {
@@ -91,7 +126,31 @@ impl ScriptThread {
             stop: (Arc::default(), Mutex::default()),
             ids: Mutex::new(None),
             started: Condvar::new(),
+            unstarted: false,
         })
+    }
+
+    /// The calling OS thread, which runs no script thread, as one (see [`current`]): running,
+    /// never to be started or joined.
+    fn running_here(name: String) -> Arc<Self> {
+        Arc::new(ScriptThread {
+            name: Mutex::new(name),
+            target: Mutex::new(None),
+            state: Mutex::new(RunState::Running),
+            changed: Condvar::new(),
+            joiner: Joiner::default(),
+            daemon: AtomicBool::new(false),
+            stop: (Arc::default(), Mutex::default()),
+            ids: Mutex::new(Some(Ids::current())),
+            started: Condvar::new(),
+            unstarted: true,
+        })
+    }
+
+    /// Whether it stands for an OS thread the script did not start (see [`current`]), which
+    /// ends with its process, not before.
+    pub fn runs_unstarted(&self) -> bool {
+        self.unstarted
     }
 
     /// Its OS thread's ids; `None` before it starts.
@@ -142,7 +201,7 @@ impl ScriptThread {
 
     /// Whether the caller is this thread (which cannot wait for its own end).
     pub fn is_current(&self) -> bool {
-        self.joiner.is_current()
+        self.joiner.is_current() || (self.runs_unstarted() && self.ids() == Some(Ids::current()))
     }
 
     /// Starts the thread. Must be called with the GIL held (the new thread queues for it).
@@ -175,6 +234,7 @@ impl ScriptThread {
             .spawn(move || {
                 *me.ids.lock().recover() = Some(Ids::current());
                 me.started.notify_all();
+                CURRENT.with(|c| *c.borrow_mut() = Some(me.clone()));
                 let started = trace.as_ref().map(|t| {
                     t.name_thread(format!("thread {}", me.name()));
                     trace::clock()
@@ -203,6 +263,7 @@ impl ScriptThread {
                 if let Some(msg) = failure.filter(|_| !stopped) {
                     output.report(&format!("Exception in thread {}:\n{msg}", me.name()));
                 }
+                CURRENT.with(|c| c.borrow_mut().take());
                 me.set_state(RunState::Done);
             });
         match spawned {

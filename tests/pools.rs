@@ -320,6 +320,79 @@ STOP.set();
     });
 }
 
+/// What a pool's tasks see of where they run, by the names Python's pools give: each worker is
+/// a process of its own (`ForkPoolWorker-N`, numbered with the script's processes, so that the
+/// next `Process` after a `Pool(2)` that came after `Process-1` is `Process-4`), its task on
+/// its `MainThread`, and a thread a task starts is in the worker's process. A `gil` pool is
+/// Python's `ThreadPool`: its workers are threads of the script's process (`Thread-N
+/// (worker)`), and take no process number.
+#[test]
+fn pool_tasks_see_their_worker_as_python_names_it() {
+    let lua = r#"
+local first = parrun.Process(function() end)
+local pool = parrun.Pool(2)
+local function where(x)
+  local q = parrun.Queue()
+  local t = parrun.Thread(function() q:put(parrun.current_process().name) end)
+  t:start() t:join()
+  local me = parrun.current_process().name
+  assert(q:get() == me, "a task's thread is in another process")
+  assert(parrun.current_process().pid == parrun.getpid())
+  return me .. "/" .. parrun.current_thread().name
+end
+local seen = {}
+for _, n in ipairs(pool:map(where, {1, 2, 3, 4, 5, 6}, 1)) do seen[n] = true end
+pool:close() pool:join()
+local names = {}
+for n in pairs(seen) do names[#names + 1] = n end
+table.sort(names)
+for _, n in ipairs(names) do print(n) end
+print(parrun.Process(function() end).name)
+"#;
+    let rhai = r#"
+fn where(x) {
+  let q = Queue();
+  let t = Thread(|| q.put(current_process().name));
+  t.start(); t.join();
+  let me = current_process().name;
+  if q.get() != me { throw "a task's thread is in another process"; }
+  if current_process().pid != getpid() { throw "pid"; }
+  `${me}/${current_thread().name}`
+}
+let first = Process(|| ());
+let pool = Pool(2);
+let names = pool.map(Fn("where"), [1, 2, 3, 4, 5, 6], 1);
+pool.close(); pool.join();
+names.sort();
+names.dedup();
+for n in names { print(n); }
+print(Process(|| ()).name);
+"#;
+    each_mode("worker_names", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines = out.stdout_lines();
+        let (workers, next) = match mode {
+            "gil" => (
+                [
+                    "MainProcess/Thread-1 (worker)",
+                    "MainProcess/Thread-2 (worker)",
+                ],
+                "Process-2",
+            ),
+            _ => (
+                ["ForkPoolWorker-2/MainThread", "ForkPoolWorker-3/MainThread"],
+                "Process-4",
+            ),
+        };
+        let (last, seen) = lines.split_last().expect("no output");
+        assert_eq!(*last, next, "{mode}: {}", out.describe());
+        assert!(!seen.is_empty(), "{mode}: {}", out.describe());
+        for name in seen {
+            assert!(workers.contains(name), "{mode}: {name}: {}", out.describe());
+        }
+    });
+}
+
 /// After `close(); join()` every `callback` and `error_callback` has run and every result is
 /// ready, so `successful()` answers (CPython's join waits for its result handler thread).
 /// The callbacks sleep so that a join that does not wait for them returns first.

@@ -595,3 +595,92 @@ print(`after go ${state.done} peak ${state.peak}`);
         &["consumed 385 10", "before go 0", "after go 6 peak 2"],
     );
 }
+
+/// Where code runs, by the names Python gives: `current_process()` and `current_thread()` in
+/// the script, a thread, a process (unnamed and named) and a thread of that process, the same
+/// objects on every call (a name given to them stays), and a process's pid as `getpid()` in it.
+/// ```python
+/// import multiprocessing as mp, threading, os
+/// def show(tag):
+///     print(tag, mp.current_process().name, threading.current_thread().name)
+/// def child():
+///     show("child")
+///     t = threading.Thread(target=show, args=("child-thread",), name="helper")
+///     t.start(); t.join()
+///     print("child-pid", mp.current_process().pid == os.getpid())
+/// if __name__ == "__main__":
+///     show("main")
+///     me = threading.current_thread()
+///     print("me", me.is_alive(), me.ident == threading.get_ident(), mp.current_process().pid == os.getpid())
+///     t = threading.Thread(target=show, args=("thread",)); t.start(); t.join()
+///     p = mp.Process(target=child); p.start(); p.join()
+///     q = mp.Process(target=child, name="named"); q.start(); q.join()
+///     threading.current_thread().name = "Boss"
+///     mp.current_process().name = "Top"
+///     show("renamed")
+///     print(mp.Process(target=show).name)
+/// ```
+#[test]
+fn current_process_and_thread_print_as_python() {
+    let lua = r#"
+function show(tag)
+  print(tag, parrun.current_process().name, parrun.current_thread().name)
+end
+function child()
+  show("child")
+  local t = parrun.Thread(show, {"child-thread"}, "helper")
+  t:start() t:join()
+  print("child-pid", parrun.current_process().pid == parrun.getpid())
+end
+show("main")
+local me = parrun.current_thread()
+print("me", me:is_alive(), me.ident == parrun.get_ident(), parrun.current_process().pid == parrun.getpid())
+local t = parrun.Thread(show, {"thread"}) t:start() t:join()
+local p = parrun.Process(child) p:start() p:join()
+local q = parrun.Process(child, {}, "named") q:start() q:join()
+parrun.current_thread().name = "Boss"
+parrun.current_process().name = "Top"
+show("renamed")
+print(parrun.Process(show).name)
+"#;
+    let rhai = r#"
+fn show(tag) {
+  print(`${tag} ${current_process().name} ${current_thread().name}`);
+}
+fn child() {
+  show("child");
+  let t = Thread(show, ["child-thread"], "helper");
+  t.start(); t.join();
+  print(`child-pid ${current_process().pid == getpid()}`);
+}
+show("main");
+let me = current_thread();
+print(`me ${me.is_alive()} ${me.ident == get_ident()} ${current_process().pid == getpid()}`);
+let t = Thread(show, ["thread"]); t.start(); t.join();
+let p = Process(child); p.start(); p.join();
+let q = Process(child, [], "named"); q.start(); q.join();
+me.name = "Boss";
+let cp = current_process();
+cp.name = "Top";
+show("renamed");
+print(Process(show).name);
+"#;
+    prints_as_python(
+        "current",
+        lua,
+        rhai,
+        &[
+            "main MainProcess MainThread",
+            "me true true true",
+            "thread MainProcess Thread-1 show",
+            "child Process-1 MainThread",
+            "child-thread Process-1 helper",
+            "child-pid true",
+            "child named MainThread",
+            "child-thread named helper",
+            "child-pid true",
+            "renamed Top Boss",
+            "Process-3",
+        ],
+    );
+}

@@ -1241,3 +1241,57 @@ print(x.field);
         );
     });
 }
+
+/// `current_thread()` where no `Thread` was started (the script's main thread) is a running
+/// thread that cannot be started again, nor joined: by itself as Python says ("cannot join
+/// current thread"), and by another thread with an error where Python's join would wait for
+/// the end of the process, which waits for that thread.
+#[test]
+fn the_main_thread_can_be_neither_started_nor_joined() {
+    let lua = r#"
+local main = parrun.current_thread()
+print(main.name, main:is_alive(), main.daemon)
+print(pcall(function() main:start() end))
+print(pcall(function() main:join() end))
+local t = parrun.Thread(function() print(pcall(function() main:join() end)) end)
+t:start() t:join()
+print(pcall(function() main.daemon = true end))
+"#;
+    let rhai = r#"
+let main = current_thread();
+print(`${main.name} ${main.is_alive()} ${main.daemon}`);
+try { main.start(); print("started"); } catch (e) { print(`false ${e}`); }
+try { main.join(); print("joined"); } catch (e) { print(`false ${e}`); }
+let t = Thread(|| { try { main.join(); print("joined"); } catch (e) { print(`false ${e}`); } });
+t.start(); t.join();
+// (The closure made `main` a constant: the same thread, through a new handle.)
+let again = current_thread();
+try { again.daemon = true; print("set"); } catch (e) { print(`false ${e}`); }
+"#;
+    both_in_modes(&MODES, "mainthread", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines = out.stdout_lines();
+        let text = |i: usize| lines[i].replace('\t', " ");
+        assert_eq!(
+            text(0),
+            "MainThread true false",
+            "{mode}: {}",
+            out.describe()
+        );
+        let expected = [
+            "threads can only be started once",
+            "cannot join current thread",
+            "MainThread is the first thread of its process, which ends last",
+            "cannot set daemon status of active thread",
+        ];
+        for (i, part) in expected.iter().enumerate() {
+            let line = text(i + 1);
+            assert!(
+                line.starts_with("false") && line.contains(part),
+                "{mode}: line {}: {line}: {}",
+                i + 1,
+                out.describe()
+            );
+        }
+    });
+}

@@ -375,6 +375,13 @@ pub(super) static BUILTINS: &[Builtin] = &[
     },
     Builtin {
         class: Class::Global,
+        name: "current_process",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |host, _| Outcome::object(Object::Process(crate::process::current(host))),
+    },
+    Builtin {
+        class: Class::Global,
         name: "Pool",
         kind: Kind::Call,
         arity: (0, 2),

@@ -247,6 +247,14 @@ pub(super) static BUILTINS: &[Builtin] = &[
                      (RuntimeError: cannot join current thread)"
                     .into());
             }
+            if t.runs_unstarted() {
+                // Python's would wait for the end of its process, which waits for this one.
+                return Err(format!(
+                    "{} is the first thread of its process, which ends last: it cannot be \
+                     waited for",
+                    t.name()
+                ));
+            }
             if !t.is_alive() {
                 return Outcome::nil();
             }
@@ -294,6 +302,13 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Getter,
         arity: (0, 0),
         call: |_, args| Outcome::value(id_value(thread(args)?.ids().map(|i| i.native_id))),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "current_thread",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |_, _| Outcome::object(Object::Thread(crate::thread::current())),
     },
     Builtin {
         class: Class::Global,

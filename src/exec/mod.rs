@@ -153,9 +153,9 @@ pub(crate) enum Launch {
 
 /// Starts a process elsewhere ([`Launch::Remote`]).
 pub(crate) trait RemoteStart: Send {
-    /// Starts the process called `name` (reports of its errors use it); returns once it has a
-    /// pid.
-    fn start(self: Box<Self>, name: &str) -> Result<Arc<dyn Remote>, String>;
+    /// Starts the process called `name` (reports of its errors use it), numbered `identity`
+    /// ("1:2" for `Process-1:2`); returns once it has a pid.
+    fn start(self: Box<Self>, name: &str, identity: &str) -> Result<Arc<dyn Remote>, String>;
 }
 
 /// A process running elsewhere, as the process that started it follows it.

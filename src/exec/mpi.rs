@@ -71,14 +71,18 @@ pub(crate) enum Down {
         image: ByteBuf,
         init: Option<(u64, ByteBuf, Vec<Value>)>,
         max_tasks: Option<usize>,
+        /// Who the worker is to its tasks: its process name, number and count of named
+        /// threads (`pool::WorkerIdentity`).
+        worker: (String, String, u64),
     },
     /// Pool `pool` is over: its tasks still queued here are dropped; `terminate` stops the
     /// running one too.
     PoolEnd { pool: u64, terminate: bool },
-    /// Run the call in `image` as process `process`, called `name`.
+    /// Run the call in `image` as process `process`, called `name`, numbered `identity`.
     ProcessStart {
         process: u64,
         name: String,
+        identity: String,
         image: ByteBuf,
     },
     /// The script has ended: say [`Up::Bye`] and leave.
@@ -539,7 +543,7 @@ struct RankStart {
 }
 
 impl RemoteStart for RankStart {
-    fn start(self: Box<Self>, name: &str) -> Result<Arc<dyn Remote>, String> {
+    fn start(self: Box<Self>, name: &str, identity: &str) -> Result<Arc<dyn Remote>, String> {
         let r0 = rank0()?;
         let rank = *r0
             .take(1)
@@ -561,6 +565,7 @@ impl RemoteStart for RankStart {
             &Down::ProcessStart {
                 process: process.id,
                 name: name.to_owned(),
+                identity: identity.to_owned(),
                 image: ByteBuf::from(self.image),
             },
         );
@@ -690,6 +695,7 @@ mod tests {
             image: ByteBuf::from(vec![1, 2, 3]),
             init: Some((9, ByteBuf::from(vec![4]), vec![Value::Int(1)])),
             max_tasks: Some(2),
+            worker: ("ForkPoolWorker-2".into(), "2".into(), 0),
         };
         codec::fuzz_frames(&msg, 5_000, |mut bytes| {
             let _ = codec::read_frame::<Down>(&mut bytes, &mut Vec::new());

@@ -654,9 +654,11 @@ impl Supervisor {
             .map(|(f, args)| (f.clone(), args.clone()));
         let max_tasks = config.maxtasksperchild;
         let verify = replaces.and(self.pool.inheritance.as_ref().map(|i| i.generation()));
+        let who = self.pool.next_worker_identity();
         let forked = link::fork_unserved(&self.pool.host, keep.to_vec(), move || {
             // Ctrl-C is for the script's main thread; the parent stops its workers itself.
             crate::rt::signals::ignore_interrupts();
+            who.enter();
             if let Some(generation) = verify {
                 engine.replacing(generation);
             }

@@ -320,6 +320,43 @@ pub struct Pool {
     /// The process that made the pool: only it owns the workers. A forked child holds a copy
     /// of the pool whose locks another thread of the parent may have held at the fork.
     creator: u32,
+    /// The process that made the pool, as its threads know it (`None`: the script's own),
+    /// whose numbers its workers take.
+    maker: Option<Arc<crate::host::ProcessIdentity>>,
+}
+
+/// Who a worker is to the tasks it runs (`current_process()`, `current_thread()`), as Python's
+/// pools name theirs: a process of its own, numbered among those the pool's maker made
+/// (`ForkPoolWorker-3`, whatever the mode, where each worker has an engine of its own), or in
+/// a `gil` pool (Python's `ThreadPool`) a thread of the maker's process (`Thread-4 (worker)`).
+pub(crate) enum WorkerIdentity {
+    Process {
+        name: String,
+        identity: String,
+        /// The maker's count of named threads (the worker's own go on from it).
+        threads: u64,
+    },
+    Thread {
+        name: String,
+        process: Option<Arc<crate::host::ProcessIdentity>>,
+    },
+}
+
+impl WorkerIdentity {
+    /// Makes the calling thread, the worker's, this worker.
+    pub(crate) fn enter(self) {
+        match self {
+            WorkerIdentity::Process {
+                name,
+                identity,
+                threads,
+            } => crate::host::enter_process(name, identity, threads),
+            WorkerIdentity::Thread { name, process } => {
+                crate::host::join_process(process);
+                crate::thread::name_current(name);
+            }
+        }
+    }
 }
 
 /// The script's handle on a pool: when the script drops its last one, the pool is stopped
@@ -440,6 +477,7 @@ impl Pool {
                 stats: stats::Stats::new(size),
                 traced: host.trace.as_ref().map(|t| t.next_pool()),
                 creator: crate::rt::pid::current_pid(),
+                maker: crate::host::current_process(),
             }))
         };
         let (pool, overseer) = match workers {
@@ -753,6 +791,25 @@ impl Pool {
         match self.traced {
             Some(1) | None => format!("worker {n}"),
             Some(pool) => format!("pool {pool} worker {n}"),
+        }
+    }
+
+    /// Who the next worker started is to its tasks ([`WorkerIdentity`]).
+    fn next_worker_identity(&self) -> WorkerIdentity {
+        let maker = self.maker.as_deref();
+        match self.config.mode {
+            Mode::Gil => WorkerIdentity::Thread {
+                name: format!("{} (worker)", self.host.next_thread_name_in(maker)),
+                process: self.maker.clone(),
+            },
+            _ => {
+                let identity = self.host.next_process_identity(maker);
+                WorkerIdentity::Process {
+                    name: format!("ForkPoolWorker-{identity}"),
+                    identity,
+                    threads: self.host.threads_named_in(maker),
+                }
+            }
         }
     }
 

@@ -31,7 +31,7 @@ use serde_bytes::ByteBuf;
 
 use super::forked::{deal, encode_task, take_answer, Dealt};
 use super::worker::{worker_main, FromWorker, KeptKeys};
-use super::{Backend, Pool, Status, Task};
+use super::{Backend, Pool, Status, Task, WorkerIdentity};
 use crate::exec::mpi::{self as ranks, pool_header, pool_of, Down, PoolEvent, RankSet, Up};
 use crate::rt::cancel::{self, Cancel};
 use crate::rt::gil::Gil;
@@ -227,6 +227,15 @@ impl Supervisor {
 
     /// Starts (or starts again) the pool's worker on `rank`.
     fn start_worker(&self, rank: i32) {
+        let worker = match self.pool.next_worker_identity() {
+            WorkerIdentity::Process {
+                name,
+                identity,
+                threads,
+            } => (name, identity, threads),
+            // (A pool of ranks is never a `gil` one.)
+            WorkerIdentity::Thread { name, .. } => (name, String::new(), 0),
+        };
         ranks::down(
             rank,
             &Down::PoolStart {
@@ -234,6 +243,7 @@ impl Supervisor {
                 image: ByteBuf::from(self.set.image.clone()),
                 init: self.init.clone(),
                 max_tasks: self.pool.config.maxtasksperchild,
+                worker,
             },
         );
     }
@@ -415,6 +425,7 @@ pub(crate) fn serve_on_rank(
     engine: MakeEngine,
     init: Option<(u64, Vec<u8>, Vec<Value>)>,
     max_tasks: Option<usize>,
+    (name, identity, threads): (String, String, u64),
 ) -> Result<(), String> {
     let (tx, rx) = unbounded();
     let stop = Arc::new(AtomicBool::new(false));
@@ -439,6 +450,12 @@ pub(crate) fn serve_on_rank(
         .name("parrun-rank-pool".into())
         .stack_size(threads::SCRIPT_THREAD_STACK)
         .spawn(move || {
+            WorkerIdentity::Process {
+                name,
+                identity,
+                threads,
+            }
+            .enter();
             cancel::install(Some(cancel));
             let served = catch_unwind(AssertUnwindSafe(|| {
                 let engine = match engine() {

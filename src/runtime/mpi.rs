@@ -149,12 +149,13 @@ mod with_mpi {
                     image,
                     init,
                     max_tasks,
+                    worker,
                 } => {
                     let builder = hosts.clone();
                     let make: pool::MakeEngine =
                         Box::new(move || builder.instance(&image).map(|i| i.engine));
                     let init = init.map(|(key, code, args)| (key, code.into_vec(), args));
-                    if let Err(reason) = pool::serve_on_rank(pool, make, init, max_tasks) {
+                    if let Err(reason) = pool::serve_on_rank(pool, make, init, max_tasks, worker) {
                         let _ = ranks::up(&Up::PoolFailed { pool, reason });
                     }
                 }
@@ -162,8 +163,9 @@ mod with_mpi {
                 Down::ProcessStart {
                     process,
                     name,
+                    identity,
                     image,
-                } => start_process(hosts.clone(), process, name, image.into_vec()),
+                } => start_process(hosts.clone(), process, (name, identity), image.into_vec()),
                 Down::Shutdown => {
                     let _ = shutdown_tx.try_send(());
                 }
@@ -194,13 +196,19 @@ mod with_mpi {
 
     /// Runs process `process` (called `name`) from `image` on a thread of its own, and tells
     /// rank 0 its pid, then its exit code.
-    fn start_process(hosts: Arc<Hosts>, process: u64, name: String, image: Vec<u8>) {
+    fn start_process(
+        hosts: Arc<Hosts>,
+        process: u64,
+        (name, identity): (String, String),
+        image: Vec<u8>,
+    ) {
         let (on_thread, name_) = (hosts.clone(), name.clone());
         let spawned = std::thread::Builder::new()
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
                 let (hosts, name) = (on_thread, name_);
+                crate::host::enter_process(name.clone(), identity, 0);
                 let pid = std::process::id();
                 let code = match hosts.instance(&image).and_then(|i| {
                     let target = i
