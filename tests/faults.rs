@@ -777,7 +777,8 @@ nested(1);
                 "Exception in thread Thread-1 (nested):\nlimits.rhai:4: {ops}\n  in call to \
                  spin at limits.rhai:9\n"
             ),
-            format!("Process Process-1:\nlimits.rhai:7: {depth}\n"),
+            // (After the two pools' workers, `ForkPoolWorker-1` and `-2`, as Python numbers them.)
+            format!("Process Process-3:\nlimits.rhai:7: {depth}\n"),
             format!(
                 "parrun: limits.rhai:4: {ops}\n  in call to spin at limits.rhai:9\n  in call \
                  to nested at limits.rhai:22\n"

@@ -323,9 +323,9 @@ STOP.set();
 /// What a pool's tasks see of where they run, by the names Python's pools give: each worker is
 /// a process of its own (`ForkPoolWorker-N`, numbered with the script's processes, so that the
 /// next `Process` after a `Pool(2)` that came after `Process-1` is `Process-4`), its task on
-/// its `MainThread`, and a thread a task starts is in the worker's process. A `gil` pool is
-/// Python's `ThreadPool`: its workers are threads of the script's process (`Thread-N
-/// (worker)`), and take no process number.
+/// its `MainThread`, and a thread a task starts is in the worker's process; the same in every
+/// model; a worker started in place of another is that one again. A `ThreadPool`'s workers
+/// are threads of the script's process (`Thread-N (worker)`).
 #[test]
 fn pool_tasks_see_their_worker_as_python_names_it() {
     let lua = r#"
@@ -348,6 +348,13 @@ for n in pairs(seen) do names[#names + 1] = n end
 table.sort(names)
 for _, n in ipairs(names) do print(n) end
 print(parrun.Process(function() end).name)
+local threads = parrun.ThreadPool(1)
+print(threads:apply(function() return parrun.current_process().name .. "/" .. parrun.current_thread().name end))
+threads:close() threads:join()
+local renewed = parrun.Pool(1, {maxtasksperchild = 1})
+local seen = renewed:map(function() return parrun.current_process().name end, {1, 2, 3}, 1)
+renewed:close() renewed:join()
+print(table.concat(seen, " "))
 "#;
     let rhai = r#"
 fn where(x) {
@@ -367,25 +374,31 @@ names.sort();
 names.dedup();
 for n in names { print(n); }
 print(Process(|| ()).name);
+let threads = ThreadPool(1);
+print(threads.apply(|| `${current_process().name}/${current_thread().name}`));
+threads.close(); threads.join();
+let renewed = Pool(1, #{maxtasksperchild: 1});
+let seen = renewed.map(|x| current_process().name, [1, 2, 3], 1);
+renewed.close(); renewed.join();
+print(seen.reduce(|acc, n| if acc == () { n } else { `${acc} ${n}` }));
 "#;
     each_mode("worker_names", &[], lua, rhai, |mode, out| {
         out.assert_success();
         let lines = out.stdout_lines();
-        let (workers, next) = match mode {
-            "gil" => (
-                [
-                    "MainProcess/Thread-1 (worker)",
-                    "MainProcess/Thread-2 (worker)",
-                ],
-                "Process-2",
-            ),
-            _ => (
-                ["ForkPoolWorker-2/MainThread", "ForkPoolWorker-3/MainThread"],
-                "Process-4",
-            ),
+        let workers = ["ForkPoolWorker-2/MainThread", "ForkPoolWorker-3/MainThread"];
+        let [seen @ .., next, threads, renewed] = &lines[..] else {
+            panic!("{mode}: {}", out.describe());
         };
-        let (last, seen) = lines.split_last().expect("no output");
-        assert_eq!(*last, next, "{mode}: {}", out.describe());
+        assert_eq!(*next, "Process-4", "{mode}: {}", out.describe());
+        assert_eq!(
+            *threads,
+            "MainProcess/Thread-1 (worker)",
+            "{mode}: {}",
+            out.describe()
+        );
+        // A worker started in place of another (`maxtasksperchild`) is that one again.
+        let name = "ForkPoolWorker-5";
+        assert_eq!(*renewed, [name; 3].join(" "), "{mode}: {}", out.describe());
         assert!(!seen.is_empty(), "{mode}: {}", out.describe());
         for name in seen {
             assert!(workers.contains(name), "{mode}: {name}: {}", out.describe());

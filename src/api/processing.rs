@@ -257,7 +257,13 @@ fn init_args(args: &mut dyn Args, i: usize) -> Result<Vec<InitArg>, String> {
 
 /// `Pool()`, `Pool(4)`, `Pool(4, options)`, `Pool(options)`; `ThreadPool` likewise, in `gil`
 /// mode unless its options say otherwise. The pool checks what was asked.
-fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome, String> {
+/// `Pool(...)` in the model `mode`, or with `thread_pool`, `ThreadPool(...)`.
+fn new_pool(
+    host: &Arc<Host>,
+    args: &mut dyn Args,
+    mode: Mode,
+    thread_pool: bool,
+) -> Result<Outcome, String> {
     let (count_at, options_at) = match args.len() {
         0 => (None, None),
         _ if args.is_map(0) => (None, Some(0)),
@@ -274,6 +280,7 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
         maxtasksperchild: None,
         task_timeout: host.task_timeout(),
         mode,
+        thread_pool,
     };
     if let Some(o) = options_at {
         known_options(
@@ -309,6 +316,8 @@ fn new_pool(host: &Arc<Host>, args: &mut dyn Args, mode: Mode) -> Result<Outcome
             config.maxtasksperchild = opt_size(args, i, "maxtasksperchild", 0)?;
         }
     }
+    // (One given another mode is a `Pool` of that mode.)
+    config.thread_pool &= config.mode == Mode::Gil;
     let pool = Pool::prepare(config, args.engine())?;
     let host = host.clone();
     Ok(Outcome::Fork(Box::new(move || {
@@ -385,14 +394,14 @@ pub(super) static BUILTINS: &[Builtin] = &[
         name: "Pool",
         kind: Kind::Call,
         arity: (0, 2),
-        call: |host, args| new_pool(host, args, host.mode()),
+        call: |host, args| new_pool(host, args, host.mode(), false),
     },
     Builtin {
         class: Class::Global,
         name: "ThreadPool",
         kind: Kind::Call,
         arity: (0, 2),
-        call: |host, args| new_pool(host, args, Mode::Gil),
+        call: |host, args| new_pool(host, args, Mode::Gil, true),
     },
     Builtin {
         class: Class::Global,

@@ -172,6 +172,8 @@ struct Child {
     pid: Pid,
     /// Which of the pool's workers it is, counting from 1 in the order they were forked.
     number: usize,
+    /// Its place among the pool's first workers (from 1): the one it replaces, or its number.
+    slot: usize,
     /// Its task pipe; dropped to close it.
     tasks: Option<TaskPipe>,
     results: File,
@@ -358,9 +360,9 @@ impl Supervisor {
             }
             if let Err(ended) = self.read_results(i) {
                 let dead = self.children.swap_remove(i);
-                let number = dead.number;
+                let (number, slot) = (dead.number, dead.slot);
                 self.bury(dead, &ended);
-                if let Some(child) = self.replacement(number) {
+                if let Some(child) = self.replacement(number, slot) {
                     self.children.push(child);
                 }
                 // The swap moved another worker to `i`; poll again rather than guess.
@@ -608,8 +610,9 @@ impl Supervisor {
         trace.instant(Some((pid, pid)), name, args);
     }
 
-    /// A new worker for worker `replaces`, which ended, if the pool still has work for it.
-    fn replacement(&mut self, replaces: usize) -> Option<Child> {
+    /// A new worker for worker `replaces`, which ended in place `slot`, if the pool still has
+    /// work for it.
+    fn replacement(&mut self, replaces: usize, slot: usize) -> Option<Child> {
         let s = self.pool.state();
         let wanted = match s.status {
             Status::Open => true,
@@ -623,7 +626,7 @@ impl Supervisor {
         let child = {
             let host = self.pool.host.clone();
             let _held = host.gil.lock(0);
-            self.fork_child(Some(replaces))
+            self.fork_child(Some((replaces, slot)))
         };
         match child {
             Ok(c) => {
@@ -638,9 +641,10 @@ impl Supervisor {
         }
     }
 
-    /// Forks one worker, with its pipes and its link (in place of worker `replaces`, if
-    /// given); the task pipe is the supervisor's to write. Call with the GIL held.
-    fn fork_child(&mut self, replaces: Option<usize>) -> Result<Child, String> {
+    /// Forks one worker, with its pipes and its link (in place of worker `replaces`, which had
+    /// place `slot`, if given); the task pipe is the supervisor's to write. Call with the GIL
+    /// held.
+    fn fork_child(&mut self, replaces: Option<(usize, usize)>) -> Result<Child, String> {
         let (task_rx, task_tx) = pipe()?;
         let (result_rx, result_tx) = pipe()?;
         fork::register_fd(task_tx.as_raw_fd());
@@ -654,7 +658,8 @@ impl Supervisor {
             .map(|(f, args)| (f.clone(), args.clone()));
         let max_tasks = config.maxtasksperchild;
         let verify = replaces.and(self.pool.inheritance.as_ref().map(|i| i.generation()));
-        let who = self.pool.next_worker_identity();
+        let slot = replaces.map_or(self.forked + 1, |(_, slot)| slot);
+        let who = self.pool.worker_identity(slot);
         let forked = link::fork_unserved(&self.pool.host, keep.to_vec(), move || {
             // Ctrl-C is for the script's main thread; the parent stops its workers itself.
             crate::rt::signals::ignore_interrupts();
@@ -688,7 +693,7 @@ impl Supervisor {
             trace.name_process(pid, format!("{name} (pid {pid})"));
             trace.name_track(pid, pid, name);
             let mut args = vec![("pid", Arg::Int(pid.into()))];
-            if let Some(old) = replaces {
+            if let Some((old, _)) = replaces {
                 args.push(("replaces", self.pool.worker_name(old).into()));
             }
             trace.instant(Some((pid, pid)), "fork", args);
@@ -699,6 +704,7 @@ impl Supervisor {
         Ok(Child {
             pid: forked.pid(),
             number,
+            slot,
             tasks: Some(tasks),
             results: File::from(result_rx),
             frames: FrameBuf::default(),

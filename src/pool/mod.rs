@@ -94,6 +94,10 @@ pub struct PoolConfig {
     pub task_timeout: Option<Duration>,
     /// The execution model of the workers.
     pub mode: Mode,
+    /// Python's `ThreadPool`: its workers are threads of the process that made it (to
+    /// `current_process()` and `current_thread()`), where a `Pool`'s are processes of their
+    /// own in every model (`gil` too, as its `Process` is).
+    pub thread_pool: bool,
 }
 
 /// A pool ready to start ([`NewPool::start`]): its config checked, its workers' engines built
@@ -320,15 +324,18 @@ pub struct Pool {
     /// The process that made the pool: only it owns the workers. A forked child holds a copy
     /// of the pool whose locks another thread of the parent may have held at the fork.
     creator: u32,
-    /// The process that made the pool, as its threads know it (`None`: the script's own),
-    /// whose numbers its workers take.
+    /// The process that made the pool, as its threads know it (`None`: the script's own).
     maker: Option<Arc<crate::host::ProcessIdentity>>,
+    /// Each worker's name (and for a process, its number) by its place among the workers,
+    /// taken from the maker as the pool starts: a worker started in place of another is that
+    /// one again (see [`WorkerIdentity`]).
+    identities: Vec<(String, String)>,
 }
 
 /// Who a worker is to the tasks it runs (`current_process()`, `current_thread()`), as Python's
 /// pools name theirs: a process of its own, numbered among those the pool's maker made
-/// (`ForkPoolWorker-3`, whatever the mode, where each worker has an engine of its own), or in
-/// a `gil` pool (Python's `ThreadPool`) a thread of the maker's process (`Thread-4 (worker)`).
+/// (`ForkPoolWorker-3`, in every model, so that a script's names do not depend on it), or in a
+/// `ThreadPool` a thread of the maker's process (`Thread-4 (worker)`).
 pub(crate) enum WorkerIdentity {
     Process {
         name: String,
@@ -355,6 +362,22 @@ impl WorkerIdentity {
                 crate::host::join_process(process);
                 crate::thread::name_current(name);
             }
+        }
+    }
+}
+
+/// A new worker's name and number (empty for a thread) in the calling thread's process, as
+/// a pool (`thread_pool`: a `ThreadPool`) starting there names its workers.
+fn worker_identity(host: &Host, thread_pool: bool) -> (String, String) {
+    let maker = crate::host::current_process();
+    match thread_pool {
+        true => (
+            format!("{} (worker)", host.next_thread_name_in(maker.as_deref())),
+            String::new(),
+        ),
+        false => {
+            let identity = host.next_process_identity(maker.as_deref());
+            (format!("ForkPoolWorker-{identity}"), identity)
         }
     }
 }
@@ -454,6 +477,7 @@ impl Pool {
             }
             workers => (workers, None),
         };
+        let thread_pool = config.thread_pool;
         let new_pool = |backend: Box<dyn Backend>| -> Result<Arc<Pool>, String> {
             Ok(Arc::new(Pool {
                 host: host.clone(),
@@ -478,6 +502,9 @@ impl Pool {
                 traced: host.trace.as_ref().map(|t| t.next_pool()),
                 creator: crate::rt::pid::current_pid(),
                 maker: crate::host::current_process(),
+                identities: (0..size)
+                    .map(|_| worker_identity(host, thread_pool))
+                    .collect(),
             }))
         };
         let (pool, overseer) = match workers {
@@ -794,22 +821,23 @@ impl Pool {
         }
     }
 
-    /// Who the next worker started is to its tasks ([`WorkerIdentity`]).
-    fn next_worker_identity(&self) -> WorkerIdentity {
-        let maker = self.maker.as_deref();
-        match self.config.mode {
-            Mode::Gil => WorkerIdentity::Thread {
-                name: format!("{} (worker)", self.host.next_thread_name_in(maker)),
+    /// Who worker `number` (from 1, in the order they first started) is to its tasks.
+    fn worker_identity(&self, number: usize) -> WorkerIdentity {
+        let (name, identity) = self
+            .identities
+            .get(number.wrapping_sub(1))
+            .cloned()
+            .unwrap_or_else(|| (format!("ForkPoolWorker-{number}"), number.to_string()));
+        match self.config.thread_pool {
+            true => WorkerIdentity::Thread {
+                name,
                 process: self.maker.clone(),
             },
-            _ => {
-                let identity = self.host.next_process_identity(maker);
-                WorkerIdentity::Process {
-                    name: format!("ForkPoolWorker-{identity}"),
-                    identity,
-                    threads: self.host.threads_named_in(maker),
-                }
-            }
+            false => WorkerIdentity::Process {
+                name,
+                identity,
+                threads: self.host.threads_named_in(self.maker.as_deref()),
+            },
         }
     }
 
@@ -960,6 +988,7 @@ mod tests {
             maxtasksperchild: None,
             task_timeout: None,
             mode: Mode::Isolated,
+            thread_pool: false,
         };
         let workers = Workers::Threads {
             engines,
@@ -1040,6 +1069,7 @@ mod tests {
                 maxtasksperchild: None,
                 task_timeout: None,
                 mode: Mode::Isolated,
+                thread_pool: false,
             };
             let snapshot_: Arc<dyn crate::script::Snapshot> = snapshot.clone();
             let new = NewPool {

@@ -227,7 +227,13 @@ impl Supervisor {
 
     /// Starts (or starts again) the pool's worker on `rank`.
     fn start_worker(&self, rank: i32) {
-        let worker = match self.pool.next_worker_identity() {
+        let number = self
+            .set
+            .ranks
+            .iter()
+            .position(|&r| r == rank)
+            .map_or(0, |i| i + 1);
+        let worker = match self.pool.worker_identity(number) {
             WorkerIdentity::Process {
                 name,
                 identity,

@@ -100,7 +100,7 @@ pub(super) fn start(
             (pool.clone(), renew.clone(), running.clone(), built.clone());
         // Counted before it runs, so that it never counts itself out first.
         pool.stats.worker_started(false);
-        let who = pool.next_worker_identity();
+        let who = pool.worker_identity(started + 1);
         let spawned = crate::rt::spawn::Builder::new()
             .name("parrun-pool-worker".into())
             .stack_size(SCRIPT_THREAD_STACK)

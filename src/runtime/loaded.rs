@@ -606,6 +606,7 @@ impl Server {
             maxtasksperchild: None,
             task_timeout: host.task_timeout(),
             mode: host.mode(),
+            thread_pool: false,
         };
         let pool = {
             let _held = host.gil.lock(0);
