@@ -366,17 +366,20 @@ impl WorkerIdentity {
     }
 }
 
-/// A new worker's name and number (empty for a thread) in the calling thread's process, as
-/// a pool (`thread_pool`: a `ThreadPool`) starting there names its workers.
-fn worker_identity(host: &Host, thread_pool: bool) -> (String, String) {
-    let maker = crate::host::current_process();
+/// A new worker's name and number (empty for a thread) among those of the process `maker`, as
+/// a pool (`thread_pool`: a `ThreadPool`) it starts names its workers.
+fn worker_identity(
+    host: &Host,
+    maker: Option<&crate::host::ProcessIdentity>,
+    thread_pool: bool,
+) -> (String, String) {
     match thread_pool {
         true => (
-            format!("{} (worker)", host.next_thread_name_in(maker.as_deref())),
+            format!("{} (worker)", host.next_thread_name_in(maker)),
             String::new(),
         ),
         false => {
-            let identity = host.next_process_identity(maker.as_deref());
+            let identity = host.next_process_identity(maker);
             (format!("ForkPoolWorker-{identity}"), identity)
         }
     }
@@ -478,6 +481,7 @@ impl Pool {
             workers => (workers, None),
         };
         let thread_pool = config.thread_pool;
+        let maker = crate::host::current_process();
         let new_pool = |backend: Box<dyn Backend>| -> Result<Arc<Pool>, String> {
             Ok(Arc::new(Pool {
                 host: host.clone(),
@@ -501,10 +505,10 @@ impl Pool {
                 stats: stats::Stats::new(size),
                 traced: host.trace.as_ref().map(|t| t.next_pool()),
                 creator: crate::rt::pid::current_pid(),
-                maker: crate::host::current_process(),
                 identities: (0..size)
-                    .map(|_| worker_identity(host, thread_pool))
+                    .map(|_| worker_identity(host, maker.as_deref(), thread_pool))
                     .collect(),
+                maker,
             }))
         };
         let (pool, overseer) = match workers {
