@@ -315,6 +315,8 @@ pub(crate) struct ProcessIdentity {
     /// Its name as it started (`Process-1`, `ForkPoolWorker-3`, or the name the script gave).
     pub(crate) name: String,
     pub(crate) identity: String,
+    /// Python's `daemon` of it: a daemonic `Process`, a pool's worker.
+    pub(crate) daemon: bool,
     made: AtomicU64,
     threads: AtomicU64,
     /// The object `current_process()` gives in it, once asked for (a `ScriptProcess`, kept
@@ -338,13 +340,14 @@ pub(crate) fn join_process(process: Option<Arc<ProcessIdentity>>) {
 }
 
 /// Makes the calling thread the first of the process `name`, numbered `identity` (a forked
-/// child, its thread in `gil` and `isolated`, a pool's worker), which has made no process yet
-/// and numbers its threads on from `threads` (its maker's count at `start`:
+/// child, its thread in `gil` and `isolated`, a pool's worker), daemonic or not, which has made
+/// no process yet and numbers its threads on from `threads` (its maker's count at `start`:
 /// [`Host::threads_named`]).
-pub(crate) fn enter_process(name: String, identity: String, threads: u64) {
+pub(crate) fn enter_process(name: String, identity: String, daemon: bool, threads: u64) {
     join_process(Some(Arc::new(ProcessIdentity {
         name,
         identity,
+        daemon,
         made: AtomicU64::new(0),
         threads: AtomicU64::new(threads),
         handle: std::sync::OnceLock::new(),

@@ -146,13 +146,18 @@ impl ScriptProcess {
 
     /// The process the caller runs in, as `current_process()` gives it: `name`, numbered
     /// `identity` ("" for the script's own process), running, started by no one here.
-    pub(crate) fn running_here(name: String, identity: String, mode: Mode) -> Arc<Self> {
+    pub(crate) fn running_here(
+        name: String,
+        identity: String,
+        daemon: bool,
+        mode: Mode,
+    ) -> Arc<Self> {
         let pid = crate::rt::pid::current_pid();
         Arc::new(ScriptProcess {
             name: Mutex::new(name),
             identity,
             mode,
-            daemon: false.into(),
+            daemon: daemon.into(),
             creator: pid,
             target: Mutex::new(None),
             state: Mutex::new(State::Current(pid as i32)),
@@ -225,7 +230,7 @@ impl ScriptProcess {
         });
         let done = exit.clone();
         let name = self.name();
-        let identity = self.identity.clone();
+        let (identity, daemon) = (self.identity.clone(), self.daemon());
         let threads = host.threads_named();
         let host_ = host.clone();
         // Held until the state says how the process runs: its thread, in an engine of its own
@@ -235,7 +240,7 @@ impl ScriptProcess {
             .name(name.clone())
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
-                crate::host::enter_process(name.clone(), identity, threads);
+                crate::host::enter_process(name.clone(), identity, daemon, threads);
                 cancel::install(Some(done.cancel.clone()));
                 let stopped_by = || *done.stopped_by.lock().recover();
                 let code = run_stoppable(&host_, engine, &name, target, &stopped_by);
@@ -268,11 +273,11 @@ impl ScriptProcess {
     /// Forks the child.
     fn fork(self: &Arc<Self>, host: &Arc<Host>, target: Box<dyn Target>) -> Result<(), String> {
         let name = self.name();
-        let identity = self.identity.clone();
+        let (identity, daemon) = (self.identity.clone(), self.daemon());
         let threads = host.threads_named();
         let child_host = host.clone();
         let child = link::fork_child(host, Vec::new(), move || {
-            crate::host::enter_process(name.clone(), identity, threads);
+            crate::host::enter_process(name.clone(), identity, daemon, threads);
             let started = child_host.trace.as_ref().map(|_| trace::clock());
             let status = match target.run() {
                 Ok(status) => status,
@@ -435,14 +440,23 @@ pub(crate) fn current(host: &Host) -> Arc<ScriptProcess> {
     let (handle, mine) = match crate::host::current_process() {
         Some(p) => {
             let handle = p.handle.get_or_init(|| {
-                ScriptProcess::running_here(p.name.clone(), p.identity.clone(), host.mode())
+                ScriptProcess::running_here(
+                    p.name.clone(),
+                    p.identity.clone(),
+                    p.daemon,
+                    host.mode(),
+                )
             });
             (handle.clone(), true)
         }
         None => {
             let (made_in, handle) = host.main_process.get_or_init(|| {
-                let main =
-                    ScriptProcess::running_here("MainProcess".into(), String::new(), host.mode());
+                let main = ScriptProcess::running_here(
+                    "MainProcess".into(),
+                    String::new(),
+                    false,
+                    host.mode(),
+                );
                 (pid, main as Arc<dyn std::any::Any + Send + Sync>)
             });
             (handle.clone(), *made_in == pid)
@@ -452,7 +466,7 @@ pub(crate) fn current(host: &Host) -> Arc<ScriptProcess> {
         Ok(process) if mine => process,
         // A forked child's copy of its parent's (a child always runs as a process of its own,
         // so this is not met): one of its own.
-        _ => ScriptProcess::running_here("MainProcess".into(), String::new(), host.mode()),
+        _ => ScriptProcess::running_here("MainProcess".into(), String::new(), false, host.mode()),
     }
 }
 

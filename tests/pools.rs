@@ -323,7 +323,7 @@ STOP.set();
 /// What a pool's tasks see of where they run, by the names Python's pools give: each worker is
 /// a process of its own (`ForkPoolWorker-N`, numbered with the script's processes, so that the
 /// next `Process` after a `Pool(2)` that came after `Process-1` is `Process-4`), its task on
-/// its `MainThread`, and a thread a task starts is in the worker's process; the same in every
+/// its `MainThread`, daemonic, and a thread a task starts is in the worker's process; the same in every
 /// model; a worker started in place of another is that one again. A `ThreadPool`'s workers
 /// are threads of the script's process (`Thread-N (worker)`).
 #[test]
@@ -338,6 +338,7 @@ local function where(x)
   local me = parrun.current_process().name
   assert(q:get() == me, "a task's thread is in another process")
   assert(parrun.current_process().pid == parrun.getpid())
+  assert(parrun.current_process().daemon, "a pool's worker is daemonic")
   return me .. "/" .. parrun.current_thread().name
 end
 local seen = {}
@@ -364,6 +365,7 @@ fn where(x) {
   let me = current_process().name;
   if q.get() != me { throw "a task's thread is in another process"; }
   if current_process().pid != getpid() { throw "pid"; }
+  if !current_process().daemon { throw "a pool's worker is daemonic"; }
   `${me}/${current_thread().name}`
 }
 let first = Process(|| ());

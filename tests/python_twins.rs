@@ -611,7 +611,7 @@ print(`after go ${state.done} peak ${state.peak}`);
 /// if __name__ == "__main__":
 ///     show("main")
 ///     me = threading.current_thread()
-///     print("me", me.is_alive(), me.ident == threading.get_ident(), mp.current_process().pid == os.getpid())
+///     print("me", me.is_alive(), me.ident == threading.get_ident(), mp.current_process().pid == os.getpid(), mp.current_process().daemon)
 ///     t = threading.Thread(target=show, args=("thread",)); t.start(); t.join()
 ///     p = mp.Process(target=child); p.start(); p.join()
 ///     q = mp.Process(target=child, name="named"); q.start(); q.join()
@@ -634,7 +634,7 @@ function child()
 end
 show("main")
 local me = parrun.current_thread()
-print("me", me:is_alive(), me.ident == parrun.get_ident(), parrun.current_process().pid == parrun.getpid())
+print("me", me:is_alive(), me.ident == parrun.get_ident(), parrun.current_process().pid == parrun.getpid(), parrun.current_process().daemon)
 local t = parrun.Thread(show, {"thread"}) t:start() t:join()
 local p = parrun.Process(child) p:start() p:join()
 local q = parrun.Process(child, {}, "named") q:start() q:join()
@@ -655,7 +655,7 @@ fn child() {
 }
 show("main");
 let me = current_thread();
-print(`me ${me.is_alive()} ${me.ident == get_ident()} ${current_process().pid == getpid()}`);
+print(`me ${me.is_alive()} ${me.ident == get_ident()} ${current_process().pid == getpid()} ${current_process().daemon}`);
 let t = Thread(show, ["thread"]); t.start(); t.join();
 let p = Process(child); p.start(); p.join();
 let q = Process(child, [], "named"); q.start(); q.join();
@@ -671,7 +671,7 @@ print(Process(show).name);
         rhai,
         &[
             "main MainProcess MainThread",
-            "me true true true",
+            "me true true true false",
             "thread MainProcess Thread-1 show",
             "child Process-1 MainThread",
             "child-thread Process-1 helper",

@@ -357,7 +357,7 @@ impl WorkerIdentity {
                 name,
                 identity,
                 threads,
-            } => crate::host::enter_process(name, identity, threads),
+            } => crate::host::enter_process(name, identity, true, threads),
             WorkerIdentity::Thread { name, process } => {
                 crate::host::join_process(process);
                 crate::thread::name_current(name);

@@ -208,7 +208,7 @@ mod with_mpi {
             .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
             .spawn(move || {
                 let (hosts, name) = (on_thread, name_);
-                crate::host::enter_process(name.clone(), identity, 0);
+                crate::host::enter_process(name.clone(), identity, false, 0);
                 let pid = std::process::id();
                 let code = match hosts.instance(&image).and_then(|i| {
                     let target = i
