@@ -1264,9 +1264,7 @@ try { main.start(); print("started"); } catch (e) { print(`false ${e}`); }
 try { main.join(); print("joined"); } catch (e) { print(`false ${e}`); }
 let t = Thread(|| { try { main.join(); print("joined"); } catch (e) { print(`false ${e}`); } });
 t.start(); t.join();
-// (The closure made `main` a constant: the same thread, through a new handle.)
-let again = current_thread();
-try { again.daemon = true; print("set"); } catch (e) { print(`false ${e}`); }
+try { main.daemon = true; print("set"); } catch (e) { print(`false ${e}`); }
 "#;
     both_in_modes(&MODES, "mainthread", lua, rhai, |mode, out| {
         out.assert_success();
@@ -1294,4 +1292,32 @@ try { again.daemon = true; print("set"); } catch (e) { print(`false ${e}`); }
             );
         }
     });
+}
+
+/// A Rhai object is a handle: its properties can be set through a constant or a variable a
+/// closure has captured (both read-only to Rhai), as its methods are called through them. The
+/// setter said "Cannot modify property 'name' of constant".
+#[test]
+fn rhai_sets_properties_through_constants_and_captured_variables() {
+    let code = r#"
+const T = Thread(|| 1);
+T.name = "constant";
+fn rename() { global::T.name = "in a function"; }
+print(T.name);
+rename();
+print(T.name);
+let t = Thread(|| 1);
+let peek = || t.name;
+t.name = "captured";
+t.daemon = true;
+print(`${peek.call()} ${t.daemon}`);
+"#;
+    let out = run_main(Lang::Rhai, code);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        ["constant", "in a function", "captured true"],
+        "{}",
+        out.describe()
+    );
 }

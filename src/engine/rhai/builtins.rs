@@ -37,13 +37,23 @@ pub(super) fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
             Kind::Setter => {
                 let shared = shared.clone();
                 let name = b.name;
-                engine.register_set(name, move |o: &mut Object, v: Dynamic| -> RhaiResult<()> {
-                    let b = api::find_setter(o.class(), name)
-                        .ok_or_else(|| format!("{}.{name}: cannot be set", o.class().name()))?;
-                    let mut receiver = Dynamic::from(o.clone());
-                    let mut value = v;
-                    invoke(&shared, b, &mut [&mut receiver, &mut value], None).map(drop)
-                });
+                // Pure: an object is a handle, and setting `t.name` changes what it refers to,
+                // not the handle, so it works on a constant or a variable a closure captured
+                // (which Rhai hands over read-only: "Cannot modify property of constant"), as
+                // a method call (`q.put(x)`) does.
+                ::rhai::FuncRegistration::new_setter(name)
+                    .with_purity(true)
+                    .register_into_engine(
+                        engine,
+                        move |o: &mut Object, v: Dynamic| -> RhaiResult<()> {
+                            let b = api::find_setter(o.class(), name).ok_or_else(|| {
+                                format!("{}.{name}: cannot be set", o.class().name())
+                            })?;
+                            let mut receiver = Dynamic::from(o.clone());
+                            let mut value = v;
+                            invoke(&shared, b, &mut [&mut receiver, &mut value], None).map(drop)
+                        },
+                    );
             }
             Kind::WaitFor { wait } => {
                 for n in b.arity.0..=b.arity.1 {
