@@ -79,7 +79,7 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
     /// The name `current_thread()` gives the calling OS thread if it runs no script thread:
     /// `MainThread` (the script's, a process's or a pool worker's first thread) unless told
-    /// otherwise (a `gil` pool's worker threads, as Python's `ThreadPool` names them).
+    /// otherwise (a `ThreadPool`'s worker threads, `Thread-N (worker)`).
     static UNSTARTED_NAME: std::cell::RefCell<Option<String>> =
         const { std::cell::RefCell::new(None) };
 }
