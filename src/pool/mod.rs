@@ -368,7 +368,7 @@ impl WorkerIdentity {
 
 /// A new worker's name and number (empty for a thread) among those of the process `maker`, as
 /// a pool (`thread_pool`: a `ThreadPool`) it starts names its workers.
-fn worker_identity(
+fn new_worker_name(
     host: &Host,
     maker: Option<&crate::host::ProcessIdentity>,
     thread_pool: bool,
@@ -506,7 +506,7 @@ impl Pool {
                 traced: host.trace.as_ref().map(|t| t.next_pool()),
                 creator: crate::rt::pid::current_pid(),
                 identities: (0..size)
-                    .map(|_| worker_identity(host, maker.as_deref(), thread_pool))
+                    .map(|_| new_worker_name(host, maker.as_deref(), thread_pool))
                     .collect(),
                 maker,
             }))
