@@ -162,6 +162,10 @@ pub(crate) trait Inheritance: Send + Sync {
     /// The digest of the anchored table at `id` as the pool started: read then, or asked of
     /// the witness (waiting with the GIL released); `None` if it cannot tell.
     fn digest(&self, id: usize) -> Option<u64>;
+
+    /// Says that [`Inheritance::digest`] of `id` will be asked next, so that the witness reads
+    /// the table while the caller reads its own copy.
+    fn expect(&self, _id: usize) {}
 }
 
 /// A script function as a pool carries it to its workers.

@@ -1,11 +1,11 @@
 //! What a fork pool's workers inherited ([`Inheritance`]): the anchors the engine made as the
 //! pool started, the digests of those it read then, and a witness for the rest: a process
 //! forked with the workers that runs no task, so that it keeps the anchored tables as the
-//! workers got them, reads them (their digests) as it starts, at the lowest CPU priority, and
-//! answers when a submitted function reads one. The witness exists only when some anchored
-//! table was too big to read at the start, and ends with the pool.
+//! workers got them, and reads one (its digest) when a submitted function reads it. The
+//! witness exists only when some anchored table was too big to read at the start, and ends
+//! with the pool.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -40,6 +40,8 @@ struct Witness {
     pid: Pid,
     requests: File,
     replies: File,
+    /// The tables asked for whose answers are not read yet, in the order asked.
+    pending: VecDeque<usize>,
 }
 
 impl Inherited {
@@ -105,11 +107,11 @@ impl Inheritance for Inherited {
         // meanwhile, for the script's other threads and a supervisor forking a worker.
         self.host.gil.allow_threads(0, || {
             let mut witness = self.witness.lock().recover();
-            match witness.as_mut()?.ask(id) {
-                Ok(answer) => {
-                    self.asked.lock().recover().insert(id, answer);
-                    answer
-                }
+            let answered = witness.as_mut()?.answer(id, |asked, answer| {
+                self.asked.lock().recover().insert(asked, answer);
+            });
+            match answered {
+                Ok(answer) => answer,
                 Err(_) => {
                     // Gone: the tables it would have read are copied.
                     if let Some(w) = witness.take() {
@@ -119,6 +121,24 @@ impl Inheritance for Inherited {
                 }
             }
         })
+    }
+
+    fn expect(&self, id: usize) {
+        if self.known(id).is_some() {
+            return;
+        }
+        // Called with the GIL held: a witness busy answering another thread is left alone
+        // (`digest` asks then).
+        let Ok(mut witness) = self.witness.try_lock() else {
+            return;
+        };
+        if let Some(w) = witness.as_mut() {
+            if w.ask(id).is_err() {
+                if let Some(w) = witness.take() {
+                    w.end();
+                }
+            }
+        }
     }
 }
 
@@ -136,10 +156,6 @@ impl Witness {
         let engine = engine.clone();
         let forked = link::fork_unlinked(host, keep, move || {
             crate::rt::signals::ignore_interrupts();
-            // It reads the big tables as it starts, on a core nothing else wants: the workers
-            // and the script go first.
-            // SAFETY: setpriority on this process only; a failure leaves the priority as it is.
-            unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 19) };
             let mut requests = File::from(request_rx);
             let mut replies = File::from(reply_tx);
             engine.witness(generation, &mut requests, &mut replies)
@@ -156,16 +172,38 @@ impl Witness {
             pid,
             requests: File::from(request_tx),
             replies: File::from(reply_rx),
+            pending: VecDeque::new(),
         })
     }
 
-    /// The digest of the anchored table at `id`, as the witness read it.
-    fn ask(&mut self, id: usize) -> std::io::Result<Option<u64>> {
-        self.requests.write_all(&(id as u64).to_le_bytes())?;
-        let mut reply = [0u8; 9];
-        self.replies.read_exact(&mut reply)?;
-        let digest = u64::from_le_bytes(reply[1..].try_into().unwrap_or_default());
-        Ok((reply[0] == 1).then_some(digest))
+    /// Asks for the digest of the anchored table at `id`, unless it was asked already.
+    fn ask(&mut self, id: usize) -> std::io::Result<()> {
+        if !self.pending.contains(&id) {
+            self.requests.write_all(&(id as u64).to_le_bytes())?;
+            self.pending.push_back(id);
+        }
+        Ok(())
+    }
+
+    /// The digest of the anchored table at `id`, as the witness read it (asked for now if it
+    /// was not); `heard` takes each answer read on the way, this one's too.
+    fn answer(
+        &mut self,
+        id: usize,
+        mut heard: impl FnMut(usize, Option<u64>),
+    ) -> std::io::Result<Option<u64>> {
+        self.ask(id)?;
+        while let Some(asked) = self.pending.pop_front() {
+            let mut reply = [0u8; 9];
+            self.replies.read_exact(&mut reply)?;
+            let digest = u64::from_le_bytes(reply[1..].try_into().unwrap_or_default());
+            let answer = (reply[0] == 1).then_some(digest);
+            heard(asked, answer);
+            if asked == id {
+                return Ok(answer);
+            }
+        }
+        Ok(None)
     }
 
     /// Stops the witness (it may be reading a table) and reaps it.
@@ -176,5 +214,55 @@ impl Witness {
         drop(self.replies);
         let _ = children::signal_child(self.pid, Signal::SIGKILL);
         let _ = children::wait_child(self.pid, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A witness played by a thread: answers each request with the id plus one, in order.
+    fn played() -> (Witness, std::thread::JoinHandle<Vec<u64>>) {
+        let (request_rx, request_tx) = pipe().unwrap();
+        let (reply_rx, reply_tx) = pipe().unwrap();
+        let played = std::thread::spawn(move || {
+            let mut requests = File::from(request_rx);
+            let mut replies = File::from(reply_tx);
+            let mut asked = Vec::new();
+            let mut id = [0u8; 8];
+            while requests.read_exact(&mut id).is_ok() {
+                let id = u64::from_le_bytes(id);
+                asked.push(id);
+                let mut reply = [1u8; 9];
+                reply[1..].copy_from_slice(&(id + 1).to_le_bytes());
+                replies.write_all(&reply).unwrap();
+            }
+            asked
+        });
+        let witness = Witness {
+            pid: Pid::from_raw(0),
+            requests: File::from(request_tx),
+            replies: File::from(reply_rx),
+            pending: VecDeque::new(),
+        };
+        (witness, played)
+    }
+
+    /// Tables asked for ahead are asked once each, and an answer is matched to its table
+    /// whatever order they are awaited in.
+    #[test]
+    fn answers_asked_ahead_reach_their_tables() {
+        let (mut witness, played) = played();
+        witness.ask(10).unwrap();
+        witness.ask(20).unwrap();
+        witness.ask(10).unwrap();
+        let mut heard = Vec::new();
+        let answer = witness.answer(20, |id, a| heard.push((id, a))).unwrap();
+        assert_eq!(answer, Some(21));
+        assert_eq!(heard, [(10, Some(11)), (20, Some(21))]);
+        // Not asked ahead: asked now.
+        assert_eq!(witness.answer(30, |_, _| {}).unwrap(), Some(31));
+        drop(witness);
+        assert_eq!(played.join().unwrap(), [10, 20, 30]);
     }
 }

@@ -8,9 +8,9 @@
 //! *Unchanged* is decided by contents ([`fingerprint`]). As the pool forks, it reads the tables
 //! it anchors (their digests), up to [`READ_AT_START`] entries in all; a bigger table is read
 //! by the pool's witness, a process forked with the workers that runs no task and so keeps the
-//! tables as they were, and reads them as it starts ([`witness`], `pool::inheritance`). The
-//! encoder reads the upvalue as it encodes the function, asks the witness if need be, and
-//! names the table only when the two agree, so a function always runs on the table as it was
+//! tables as they were, and reads one when the encoder first asks for it ([`witness`],
+//! `pool::inheritance`). The encoder asks the witness if need be, then reads the upvalue itself
+//! as it encodes the function (the two reads overlap), and names the table only when the two agree, so a function always runs on the table as it was
 //! when it was submitted, as when it is copied. A worker forked later, in place of one that
 //! ended, is a copy of the script as of then: before its first task it reads its own copies
 //! ([`verify`]) and refuses a function whose table it does not hold as the pool's first workers
@@ -99,6 +99,11 @@ impl Heritage {
 
     /// The pool generation, if the workers hold the anchored table at `id` as the script holds
     /// it now (its digest `digest`).
+    /// Says the workers' digest of the anchored table at `id` will be asked for next.
+    pub(super) fn expect(&self, id: usize) {
+        self.inheritance.expect(id);
+    }
+
     pub(super) fn holds(&self, id: usize, digest: u64) -> Option<u64> {
         (self.inheritance.digest(id) == Some(digest)).then(|| self.inheritance.generation())
     }
@@ -355,13 +360,20 @@ pub(super) fn witness(
     requests: &mut dyn Read,
     replies: &mut dyn Write,
 ) -> i32 {
-    // Read at once, before any request: the script's first map after the pool starts then
-    // finds the answer ready while it reads its own table. (Its tables never change here.)
-    let read = digests(lua, generation);
+    // Each table is read when a function first asks for it (its tables never change here),
+    // not all as it starts: a pool whose functions name none of them (a `map` over a big list
+    // the script holds in a local) then spends no CPU on reading them while its workers run.
+    // The asker sends the request before it reads its own copy, so the two reads overlap.
+    let anchors = anchors(lua, generation);
+    let mut read: HashMap<u64, Option<u64>> = HashMap::new();
     let mut id = [0u8; 8];
     while requests.read_exact(&mut id).is_ok() {
+        let id = u64::from_le_bytes(id);
+        let digest = *read
+            .entry(id)
+            .or_insert_with(|| anchors.as_ref().and_then(|a| digest_of_anchor(lua, a, id)));
         let mut reply = [0u8; 9];
-        if let Some(digest) = read.get(&(u64::from_le_bytes(id) as usize)) {
+        if let Some(digest) = digest {
             reply[0] = 1;
             reply[1..].copy_from_slice(&digest.to_le_bytes());
         }
@@ -370,6 +382,23 @@ pub(super) fn witness(
         }
     }
     0
+}
+
+/// The digest of this state's copy of the anchored table at address `id` (plain data only).
+fn digest_of_anchor(lua: &Lua, anchors: &Table, id: u64) -> Option<u64> {
+    let key = LuaValue::LightUserData(mlua::LightUserData(id as usize as *mut c_void));
+    let table = match anchors.raw_get::<LuaValue>(key).ok()? {
+        table @ LuaValue::Table(_) => table,
+        _ => return None,
+    };
+    let mut digest = None;
+    // SAFETY: the closure keeps to Lua's API and reads the table at 1.
+    let read = unsafe {
+        lua.exec_raw::<()>(&table, |state| {
+            digest = fingerprint::plain_digest_at(state, 1);
+        })
+    };
+    read.ok().and(digest)
 }
 
 /// The worker's copy of the table at address `id` that pool `generation` anchored, which the

@@ -258,6 +258,9 @@ impl Encoder<'_> {
             (Some(heritage), LuaValue::Table(table)) => heritage.anchored(table),
             _ => None,
         };
+        if let (Some(heritage), Some(id)) = (self.heritage, anchored) {
+            heritage.expect(id);
+        }
         let digest = fingerprint::of(self.lua, &value).map_err(error_text)?;
         self.checks.push(Check::Data(digest));
         if let (Some(heritage), Some(id), Some(digest)) = (self.heritage, anchored, digest) {
