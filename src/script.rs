@@ -350,6 +350,55 @@ impl WireList {
     }
 }
 
+/// A task's results, one per call, as they reach its job: values, or the list as a worker in
+/// another process wrote it ([`WireList`]), read only when they are wanted, and then straight
+/// into the script's engine where it can (a `map`'s results).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Reported {
+    Values(Vec<Value>),
+    Written(WireList),
+}
+
+impl Reported {
+    /// How many results.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Reported::Values(v) => v.len(),
+            Reported::Written(list) => list.items,
+        }
+    }
+
+    /// The results as values.
+    pub(crate) fn into_values(self) -> Result<Vec<Value>, String> {
+        match self {
+            Reported::Values(v) => Ok(v),
+            Reported::Written(list) => list.decode(),
+        }
+    }
+
+    /// The values of `pieces`, one after another.
+    pub(crate) fn concat(pieces: Vec<Reported>) -> Result<Vec<Value>, String> {
+        let mut pieces = pieces.into_iter();
+        let mut all = match pieces.next() {
+            Some(first) => first.into_values()?,
+            None => return Ok(Vec::new()),
+        };
+        for piece in pieces {
+            match piece {
+                Reported::Values(mut v) => all.append(&mut v),
+                Reported::Written(list) => {
+                    all.reserve(list.items);
+                    let mut reader = crate::value::wire::ListReader::new(&list.bytes)?;
+                    while let Some(v) = reader.next_item()? {
+                        all.push(v);
+                    }
+                }
+            }
+        }
+        Ok(all)
+    }
+}
+
 impl CallSlice<'_> {
     pub(crate) fn len(&self) -> usize {
         match self {

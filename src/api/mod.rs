@@ -275,6 +275,10 @@ impl Object {
 /// What an operation gives back to the script.
 pub enum Ret {
     Value(Value),
+    /// A list (`map`'s results), in the pieces its items came in: the engine reads the
+    /// pieces a forked worker wrote straight into its own list ([`Ret::into_value`] where it
+    /// cannot).
+    List(Vec<crate::script::Reported>),
     Object(Object),
     /// The call raises `value` as its error: the data a pool task raised (Lua
     /// `error({code = 7})`, Rhai `throw #{code: 7}`), as Python re-raises a task's exception
@@ -284,6 +288,18 @@ pub enum Ret {
         value: Value,
         message: String,
     },
+}
+
+impl Ret {
+    /// A [`Ret::List`] as one value; any other as it is.
+    pub fn into_value(self) -> Result<Ret, String> {
+        match self {
+            Ret::List(pieces) => crate::script::Reported::concat(pieces)
+                .map(|items| Ret::Value(Value::Array(items)))
+                .map_err(|e| format!("a worker's results could not be read: {e}")),
+            other => Ok(other),
+        }
+    }
 }
 
 impl From<Value> for Ret {

@@ -330,7 +330,13 @@ fn wait_for(
     op: &'static str,
     (job, _): (Arc<AsyncResult>, Arc<PoolHandle>),
 ) -> Result<Outcome, String> {
-    Outcome::wait(move || job.take().map(Ret::Value).or_else(|f| failed(op, f)))
+    Outcome::wait(move || {
+        match job.kind() {
+            JobKind::List => job.take_pieces().map(Ret::List),
+            _ => job.take().map(Ret::Value),
+        }
+        .or_else(|f| failed(op, f))
+    })
 }
 
 /// A job's failure as operation `op` gives it to the script: the data its task raised, raised

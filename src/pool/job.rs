@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::rt::cancel;
 use crate::rt::poison::Recover;
 use crate::rt::progress::Tracker;
-use crate::script::{Callback, TaskError};
+use crate::script::{Callback, Reported, TaskError, WireList};
 use crate::value::Value;
 
 /// What a job's result looks like to the script.
@@ -202,13 +202,15 @@ impl AsyncResult {
     pub(super) fn complete(
         &self,
         first: usize,
-        results: Result<Vec<Value>, TaskError>,
+        results: Result<Reported, TaskError>,
         count: usize,
     ) -> bool {
         let unordered = self.kind == JobKind::Unordered;
+        // Only a map's results are read all at once, by `take_pieces`: the rest are read now.
+        let keep_written = self.kind == JobKind::List;
         let mut slots = self.slots();
         let before = slots.remaining;
-        let done = slots.complete(first, results, count, unordered);
+        let done = slots.complete(first, results, count, unordered, keep_written);
         let filled = before - slots.remaining;
         // Counted before an iterator can take the items: one that takes the last and drops
         // the job at once ends its bar with the count as it stands.
@@ -298,6 +300,18 @@ impl AsyncResult {
     pub fn take(&self) -> Result<Value, Failure> {
         let values = self.take_items()?;
         Ok(self.assemble(values))
+    }
+
+    /// [`AsyncResult::take`] for a `map` whose list the script's engine builds: the results
+    /// in order, in the pieces they came in, those a forked worker wrote still as written.
+    pub fn take_pieces(&self) -> Result<Vec<Reported>, Failure> {
+        self.wait(None);
+        self.slots().take_pieces()
+    }
+
+    /// What kind of job it is.
+    pub fn kind(&self) -> JobKind {
+        self.kind
     }
 
     /// Waits until ready, then moves every item's value out, or gives the first error in
@@ -391,6 +405,12 @@ struct Slots {
     values: Vec<Value>,
     /// Tasks' values reported ahead of `values`, by their first item.
     ahead: BTreeMap<usize, Vec<Value>>,
+    /// A map's results as forked workers wrote them, by their first item, beyond `values`
+    /// (which is not whole while there are any): read into the script's list by its engine
+    /// ([`Slots::take_pieces`]), or into values when they are wanted otherwise
+    /// ([`Slots::settle`]). A fork pool's supervisor read 100k results into values, and the
+    /// script's thread read them again into a Lua table: 3.2 MB of fresh pages in between.
+    written: BTreeMap<usize, WireList>,
     /// Which items have come in.
     filled: Vec<bool>,
     /// The items that came in as errors, by index (a failed task's items: few).
@@ -410,6 +430,7 @@ impl Slots {
         Slots {
             values: Vec::new(),
             ahead: BTreeMap::new(),
+            written: BTreeMap::new(),
             filled: vec![false; items],
             failures: BTreeMap::new(),
             remaining: items,
@@ -420,15 +441,31 @@ impl Slots {
     }
 
     /// Stores results for items `first..first + count`; true when this filled the last empty
-    /// slot. `unordered`: an `imap_unordered` iterator follows the completion order.
+    /// slot. `unordered`: an `imap_unordered` iterator follows the completion order;
+    /// `keep_written`: results as written are kept so until they are taken.
     fn complete(
         &mut self,
         first: usize,
-        results: Result<Vec<Value>, TaskError>,
+        results: Result<Reported, TaskError>,
         count: usize,
         unordered: bool,
+        keep_written: bool,
     ) -> bool {
         let before = self.remaining;
+        let results = match results {
+            Ok(Reported::Written(list))
+                if keep_written && !unordered && self.takes_written(first, list.items, count) =>
+            {
+                self.filled[first..first + count].fill(true);
+                self.remaining -= count;
+                self.written.insert(first, list);
+                return self.remaining == 0 && self.remaining < before && !self.open;
+            }
+            Ok(reported) => reported
+                .into_values()
+                .map_err(|e| TaskError::from(unreadable(&e))),
+            Err(e) => Err(e),
+        };
         match results {
             Ok(mut values) => {
                 values.truncate(count);
@@ -470,6 +507,31 @@ impl Slots {
         self.remaining == 0 && self.remaining < before && !self.open
     }
 
+    /// Whether a task's `items` results as written, for items `first..first + count`, can be
+    /// kept so: none of them in yet, and the values not made whole.
+    fn takes_written(&self, first: usize, items: usize, count: usize) -> bool {
+        let end = first + count;
+        items == count
+            && end <= self.filled.len()
+            && !self.filled[first..end].contains(&true)
+            && self.values.len() != self.filled.len()
+    }
+
+    /// Reads the results kept as written into values (as reported ahead); a list that does
+    /// not read fails the job.
+    fn settle(&mut self) {
+        for (first, list) in std::mem::take(&mut self.written) {
+            match list.decode() {
+                Ok(values) => {
+                    self.ahead.insert(first, values);
+                }
+                Err(e) => {
+                    self.failure.get_or_insert_with(|| unreadable(&e));
+                }
+            }
+        }
+    }
+
     /// Ends an open job's submission with `items` items (its calls as read, which may be more
     /// or fewer than the length it was opened with: only items submitted so far can have come
     /// in, and those are below `items`); true when every item is in already.
@@ -507,6 +569,7 @@ impl Slots {
 
     /// The values, whole: a nil for each item until it comes in.
     fn values_mut(&mut self) -> &mut Vec<Value> {
+        self.settle();
         let items = self.filled.len();
         if self.values.len() != items || !self.ahead.is_empty() {
             make_whole(&mut self.values, items, std::mem::take(&mut self.ahead));
@@ -549,16 +612,60 @@ impl Slots {
     /// Every item's value, copied, or the first error.
     fn values(&self) -> Result<Vec<Value>, Failure> {
         self.first_error()?;
+        let mut ahead = self.ahead.clone();
+        for (first, list) in &self.written {
+            let values = list
+                .decode()
+                .map_err(|e| Failure::of_job(&unreadable(&e)))?;
+            ahead.insert(*first, values);
+        }
         let mut values = self.values.clone();
-        make_whole(&mut values, self.filled.len(), self.ahead.clone());
+        make_whole(&mut values, self.filled.len(), ahead);
         Ok(values)
     }
 
     /// [`Slots::values`] for their only reader: the values are moved out.
     fn take_values(&mut self) -> Result<Vec<Value>, Failure> {
+        self.settle();
         self.first_error()?;
         self.values_mut();
         Ok(std::mem::take(&mut self.values))
+    }
+
+    /// [`Slots::take_values`] in the pieces the results came in, in order: the values in
+    /// place, then each task's reported ahead of them or kept as written.
+    fn take_pieces(&mut self) -> Result<Vec<Reported>, Failure> {
+        if self.written.is_empty() {
+            return self.take_values().map(|v| vec![Reported::Values(v)]);
+        }
+        self.first_error()?;
+        let mut pieces: Vec<(usize, usize)> = (self.ahead.iter().map(|(&i, v)| (i, v.len())))
+            .chain(self.written.iter().map(|(&i, list)| (i, list.items)))
+            .collect();
+        pieces.sort_unstable();
+        // Every item is in: the pieces follow one another to the end, unless an item came in
+        // twice (which `complete` ignores, but may have shortened no piece).
+        let mut at = self.values.len();
+        let tiled = pieces.iter().all(|&(first, n)| {
+            let next = first == at;
+            at += n;
+            next
+        }) && at == self.filled.len();
+        if !tiled {
+            return self.take_values().map(|v| vec![Reported::Values(v)]);
+        }
+        let mut taken = Vec::with_capacity(pieces.len() + 1);
+        if !self.values.is_empty() {
+            taken.push(Reported::Values(std::mem::take(&mut self.values)));
+        }
+        for (first, _) in pieces {
+            if let Some(values) = self.ahead.remove(&first) {
+                taken.push(Reported::Values(values));
+            } else if let Some(list) = self.written.remove(&first) {
+                taken.push(Reported::Written(list));
+            }
+        }
+        Ok(taken)
     }
 
     /// What an iterator's next step answers without waiting: the end, the job's failure, or
@@ -583,6 +690,11 @@ impl Slots {
         };
         Some((i, item))
     }
+}
+
+/// Why a job failed whose results, as a worker wrote them, did not read.
+fn unreadable(e: &str) -> String {
+    format!("a worker's results could not be read: {e}")
 }
 
 /// Makes `values`, a prefix of a job's `items` values, whole: the values reported `ahead` of
@@ -670,27 +782,109 @@ mod tests {
         v.iter().copied().map(Value::Int).collect()
     }
 
+    /// A task's results as values.
+    fn reported(v: &[i64]) -> Reported {
+        Reported::Values(ints(v))
+    }
+
+    /// A task's results as a forked worker writes them.
+    fn written(v: &[i64]) -> Reported {
+        let mut bytes = Vec::new();
+        crate::value::wire::encode_list(&mut bytes, &ints(v));
+        Reported::Written(WireList {
+            items: v.len(),
+            bytes,
+        })
+    }
+
+    /// A map's results as forked workers wrote them stay so until taken: in pieces that
+    /// follow one another whatever order they came in, with the values of other tasks between
+    /// them; `get` reads them all, as does `take` for the Rust side.
+    #[test]
+    fn a_maps_written_results_are_taken_in_pieces_in_order() {
+        let all = ints(&[0, 1, 2, 3, 4, 5, 6]);
+        let job = AsyncResult::new(1, JobKind::List, 7, Callbacks::default());
+        assert!(!job.complete(4, Ok(written(&[4, 5])), 2));
+        assert!(!job.complete(0, Ok(reported(&[0, 1])), 2));
+        assert!(!job.complete(6, Ok(reported(&[6])), 1));
+        assert!(job.complete(2, Ok(written(&[2, 3])), 2));
+        job.set_ready();
+        assert_eq!(job.get(None).unwrap(), Value::Array(all.clone()));
+        let pieces = job.take_pieces().unwrap();
+        let shapes: Vec<(bool, usize)> = pieces
+            .iter()
+            .map(|p| (matches!(p, Reported::Written(_)), p.len()))
+            .collect();
+        assert_eq!(shapes, [(false, 2), (true, 2), (true, 2), (false, 1)]);
+        assert_eq!(Reported::concat(pieces).unwrap(), all);
+
+        let taken = AsyncResult::new(2, JobKind::List, 3, Callbacks::default());
+        taken.complete(1, Ok(written(&[1, 2])), 2);
+        taken.complete(0, Ok(written(&[0])), 1);
+        taken.set_ready();
+        assert_eq!(taken.take().unwrap(), Value::Array(ints(&[0, 1, 2])));
+    }
+
+    /// Only a map keeps results written: an iterator's are read as they come in, and a map
+    /// whose list was made whole (an item wanted by its place) reads them into it.
+    #[test]
+    fn written_results_are_read_where_they_are_wanted_one_by_one() {
+        let ordered = AsyncResult::new(1, JobKind::Ordered, 3, Callbacks::default());
+        ordered.complete(1, Ok(written(&[11, 12])), 2);
+        assert!(ordered.slots().written.is_empty());
+        ordered.complete(0, Ok(written(&[10])), 1);
+        let mut seen = Vec::new();
+        while let Some(v) = ordered.next_item(Some(Duration::from_secs(5))).unwrap() {
+            seen.push(v);
+        }
+        assert_eq!(seen, ints(&[10, 11, 12]));
+
+        let map = AsyncResult::new(2, JobKind::List, 4, Callbacks::default());
+        map.complete(2, Ok(written(&[2, 3])), 2);
+        map.slots().values_mut();
+        map.complete(0, Ok(written(&[0, 1])), 2);
+        assert!(map.slots().written.is_empty());
+        map.set_ready();
+        assert_eq!(map.take().unwrap(), Value::Array(ints(&[0, 1, 2, 3])));
+    }
+
+    /// Results that do not read (a worker's bytes damaged) fail the job, saying so.
+    #[test]
+    fn written_results_that_do_not_read_fail_the_job() {
+        let job = AsyncResult::new(1, JobKind::List, 2, Callbacks::default());
+        let damaged = WireList {
+            items: 2,
+            bytes: vec![0x92, 0x01, 0xc1],
+        };
+        job.complete(0, Ok(Reported::Written(damaged)), 2);
+        job.set_ready();
+        let err = text(job.get(None)).unwrap_err();
+        assert!(err.contains("could not be read"), "{err}");
+        let err = text(job.take()).unwrap_err();
+        assert!(err.contains("could not be read"), "{err}");
+    }
+
     /// A job opened for a list read as it is submitted finishes only once sealed, with as
     /// many items as were sealed: fewer or more than it was opened with.
     #[test]
     fn an_open_job_is_done_only_once_sealed() {
         let job = AsyncResult::new(1, JobKind::List, 4, Callbacks::default()).opened();
-        assert!(!job.complete(0, Ok(ints(&[0, 1])), 2));
-        assert!(!job.complete(2, Ok(ints(&[2, 3])), 2), "still open");
+        assert!(!job.complete(0, Ok(reported(&[0, 1])), 2));
+        assert!(!job.complete(2, Ok(reported(&[2, 3])), 2), "still open");
         assert!(job.seal(4), "every item was in");
         job.set_ready();
         assert_eq!(job.take().unwrap(), Value::Array(ints(&[0, 1, 2, 3])));
 
         let fewer = AsyncResult::new(2, JobKind::List, 6, Callbacks::default()).opened();
-        assert!(!fewer.complete(0, Ok(ints(&[5, 6, 7])), 3));
+        assert!(!fewer.complete(0, Ok(reported(&[5, 6, 7])), 3));
         assert!(fewer.seal(3));
         fewer.set_ready();
         assert_eq!(fewer.take().unwrap(), Value::Array(ints(&[5, 6, 7])));
 
         let more = AsyncResult::new(3, JobKind::List, 2, Callbacks::default()).opened();
-        assert!(!more.complete(0, Ok(ints(&[1, 2])), 2));
+        assert!(!more.complete(0, Ok(reported(&[1, 2])), 2));
         assert!(!more.seal(3), "one item to come");
-        assert!(more.complete(2, Ok(ints(&[3])), 1));
+        assert!(more.complete(2, Ok(reported(&[3])), 1));
         more.set_ready();
         assert_eq!(more.take().unwrap(), Value::Array(ints(&[1, 2, 3])));
 
@@ -703,31 +897,31 @@ mod tests {
     #[test]
     fn values_reported_out_of_order_land_in_place() {
         let job = AsyncResult::new(1, JobKind::List, 7, Callbacks::default());
-        assert!(!job.complete(4, Ok(ints(&[4, 5])), 2));
-        assert!(!job.complete(2, Ok(ints(&[2, 3])), 2));
-        assert!(!job.complete(0, Ok(ints(&[0, 1])), 2));
-        assert!(job.complete(6, Ok(ints(&[6])), 1));
+        assert!(!job.complete(4, Ok(reported(&[4, 5])), 2));
+        assert!(!job.complete(2, Ok(reported(&[2, 3])), 2));
+        assert!(!job.complete(0, Ok(reported(&[0, 1])), 2));
+        assert!(job.complete(6, Ok(reported(&[6])), 1));
         job.set_ready();
         let all = Value::Array(ints(&[0, 1, 2, 3, 4, 5, 6]));
         assert_eq!(job.get(None).unwrap(), all, "copied");
         assert_eq!(job.take().unwrap(), all, "moved");
 
         let copied = AsyncResult::new(2, JobKind::List, 4, Callbacks::default());
-        assert!(!copied.complete(2, Ok(ints(&[2, 3])), 2));
-        assert!(copied.complete(0, Ok(ints(&[0, 1])), 2));
+        assert!(!copied.complete(2, Ok(reported(&[2, 3])), 2));
+        assert!(copied.complete(0, Ok(reported(&[0, 1])), 2));
         copied.set_ready();
         assert_eq!(copied.get(None).unwrap(), Value::Array(ints(&[0, 1, 2, 3])));
 
         let iterated = AsyncResult::new(3, JobKind::Ordered, 5, Callbacks::default());
-        assert!(!iterated.complete(0, Ok(ints(&[0])), 1));
-        assert!(!iterated.complete(3, Ok(ints(&[3, 4])), 2));
+        assert!(!iterated.complete(0, Ok(reported(&[0])), 1));
+        assert!(!iterated.complete(3, Ok(reported(&[3, 4])), 2));
         assert_eq!(
             iterated.next_item_ready().unwrap().unwrap(),
             Some(Value::Int(0))
         );
         assert!(iterated.next_item_ready().is_none(), "item 1 is not in");
-        assert!(!iterated.complete(1, Ok(ints(&[1])), 1));
-        assert!(iterated.complete(2, Ok(ints(&[2])), 1));
+        assert!(!iterated.complete(1, Ok(reported(&[1])), 1));
+        assert!(iterated.complete(2, Ok(reported(&[2])), 1));
         iterated.set_ready();
         for i in 1..5 {
             assert_eq!(iterated.next_item(None).unwrap(), Some(Value::Int(i)));
@@ -735,7 +929,7 @@ mod tests {
         assert_eq!(iterated.next_item(None).unwrap(), None);
 
         let failed = AsyncResult::new(4, JobKind::List, 4, Callbacks::default());
-        assert!(!failed.complete(2, Ok(ints(&[2, 3])), 2));
+        assert!(!failed.complete(2, Ok(reported(&[2, 3])), 2));
         assert!(failed.complete(0, Err("boom".into()), 2));
         failed.set_ready();
         assert!(failed.take().is_err());
@@ -744,15 +938,15 @@ mod tests {
     #[test]
     fn a_taken_job_ignores_a_second_report() {
         let job = AsyncResult::new(1, JobKind::List, 2, Callbacks::default());
-        assert!(!job.complete(1, Ok(vec![Value::Int(2)]), 1));
-        assert!(job.complete(0, Ok(vec![Value::Int(1)]), 1));
+        assert!(!job.complete(1, Ok(Reported::Values(vec![Value::Int(2)])), 1));
+        assert!(job.complete(0, Ok(Reported::Values(vec![Value::Int(1)])), 1));
         job.set_ready();
         let all = Value::Array(vec![Value::Int(1), Value::Int(2)]);
         assert_eq!(job.get(None).unwrap(), all, "get copies");
         assert!(job.successful().unwrap());
         assert_eq!(job.take().unwrap(), all, "take moves");
         assert!(
-            !job.complete(0, Ok(vec![Value::Int(9)]), 1),
+            !job.complete(0, Ok(Reported::Values(vec![Value::Int(9)])), 1),
             "completed only once"
         );
         assert!(!job.complete(1, Err("late".into()), 1));
@@ -763,18 +957,18 @@ mod tests {
     #[test]
     fn a_report_fills_only_the_items_not_in_yet() {
         let job = AsyncResult::new(1, JobKind::List, 4, Callbacks::default());
-        assert!(!job.complete(0, Ok(ints(&[10, 11])), 2));
-        assert!(!job.complete(1, Ok(ints(&[91, 12])), 2));
+        assert!(!job.complete(0, Ok(reported(&[10, 11])), 2));
+        assert!(!job.complete(1, Ok(reported(&[91, 12])), 2));
         // Item 2 is in, item 3 comes in, and a fifth item does not exist.
-        assert!(job.complete(2, Ok(ints(&[92, 13, 94])), 3));
-        assert!(!job.complete(3, Ok(ints(&[95])), 1));
+        assert!(job.complete(2, Ok(reported(&[92, 13, 94])), 3));
+        assert!(!job.complete(3, Ok(reported(&[95])), 1));
         job.set_ready();
         assert_eq!(job.take_items().unwrap(), ints(&[10, 11, 12, 13]));
 
         let short = Some(Duration::from_millis(5));
         let unordered = AsyncResult::new(2, JobKind::Unordered, 3, Callbacks::default());
-        unordered.complete(1, Ok(ints(&[21, 22])), 2);
-        unordered.complete(0, Ok(ints(&[20, 99])), 2);
+        unordered.complete(1, Ok(reported(&[21, 22])), 2);
+        unordered.complete(0, Ok(reported(&[20, 99])), 2);
         let order: Vec<_> = (0..3)
             .map(|_| unordered.next_entry(short).unwrap().unwrap())
             .map(|(i, v)| (i, v.unwrap()))
@@ -796,7 +990,7 @@ mod tests {
     fn a_task_error_fills_its_items_and_the_first_is_the_job_error() {
         let job = AsyncResult::new(1, JobKind::List, 4, Callbacks::default());
         assert!(!job.complete(2, Err("late error".into()), 2));
-        assert!(!job.complete(0, Ok(ints(&[0])), 1));
+        assert!(!job.complete(0, Ok(reported(&[0])), 1));
         assert!(job.complete(1, Err("early error".into()), 1));
         job.set_ready();
         assert_eq!(text(job.get(None)), Err("early error".into()));
@@ -808,7 +1002,7 @@ mod tests {
     #[test]
     fn a_task_error_names_the_item_that_raised_it() {
         let job = AsyncResult::new(1, JobKind::List, 8, Callbacks::default());
-        job.complete(0, Ok(ints(&[0, 1, 2, 3])), 4);
+        job.complete(0, Ok(reported(&[0, 1, 2, 3])), 4);
         assert!(job.complete(4, Err(TaskError::at(2, "bad record".into())), 4));
         job.set_ready();
         let failure = job.take_items().unwrap_err();
@@ -846,7 +1040,7 @@ mod tests {
             .unwrap_err()
             .message;
         assert!(err.contains("TimeoutError"), "{err}");
-        assert!(job.complete(0, Ok(ints(&[7])), 1));
+        assert!(job.complete(0, Ok(reported(&[7])), 1));
         assert!(
             !job.ready(),
             "complete alone does not make a job ready: its callback runs first"
@@ -863,7 +1057,7 @@ mod tests {
     #[test]
     fn a_job_is_failed_or_ready_never_one_then_the_other() {
         let ready = AsyncResult::new(1, JobKind::Single, 1, Callbacks::default());
-        ready.complete(0, Ok(ints(&[1])), 1);
+        ready.complete(0, Ok(reported(&[1])), 1);
         ready.set_ready();
         ready.fail("terminated");
         assert_eq!(ready.get(None), Ok(Value::Int(1)));
@@ -871,7 +1065,7 @@ mod tests {
         let failed = AsyncResult::new(2, JobKind::List, 2, Callbacks::default());
         failed.fail("terminated");
         assert!(failed.ready());
-        failed.complete(0, Ok(ints(&[1, 2])), 2);
+        failed.complete(0, Ok(reported(&[1, 2])), 2);
         failed.set_ready();
         assert_eq!(text(failed.get(None)), Err("terminated".into()));
         assert_eq!(text(failed.take()), Err("terminated".into()));
@@ -883,13 +1077,13 @@ mod tests {
     fn iterators_follow_input_or_completion_order() {
         let short = Some(Duration::from_millis(5));
         let ordered = AsyncResult::new(1, JobKind::Ordered, 3, Callbacks::default());
-        ordered.complete(1, Ok(ints(&[11])), 1);
+        ordered.complete(1, Ok(reported(&[11])), 1);
         assert!(ordered
             .next_item(short)
             .unwrap_err()
             .message
             .contains("TimeoutError"));
-        ordered.complete(0, Ok(ints(&[10])), 1);
+        ordered.complete(0, Ok(reported(&[10])), 1);
         ordered.complete(2, Err("boom".into()), 1);
         assert_eq!(ordered.next_item(short), Ok(Some(Value::Int(10))));
         assert_eq!(ordered.next_item(short), Ok(Some(Value::Int(11))));
@@ -897,8 +1091,8 @@ mod tests {
         assert_eq!(ordered.next_item(short), Ok(None));
 
         let unordered = AsyncResult::new(2, JobKind::Unordered, 3, Callbacks::default());
-        unordered.complete(2, Ok(ints(&[12])), 1);
-        unordered.complete(0, Ok(ints(&[10])), 1);
+        unordered.complete(2, Ok(reported(&[12])), 1);
+        unordered.complete(0, Ok(reported(&[10])), 1);
         assert_eq!(unordered.next_item(short), Ok(Some(Value::Int(12))));
         assert_eq!(unordered.next_item(short), Ok(Some(Value::Int(10))));
         assert!(unordered.next_item(short).is_err(), "item 1 is not in");

@@ -24,7 +24,7 @@ use crate::rt::poison::Recover;
 use crate::rt::spawn::Handle;
 use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
 use crate::rt::trace;
-use crate::script::{CallSlice, FunctionSpec, Snapshot, TaskEngine, TaskError};
+use crate::script::{CallSlice, FunctionSpec, Reported, Snapshot, TaskEngine, TaskError};
 
 /// How often the watchdog repeats a cancellation: in the `gil` model another thread may hold
 /// the lock when it is first asked.
@@ -394,7 +394,7 @@ fn serve(
             pool.stats
                 .tasks(thread.index)
                 .reported(result.is_ok(), Some(since.elapsed()));
-            if job.complete(first, result, n) {
+            if job.complete(first, result.map(Reported::Values), n) {
                 pool.finisher.finish(&job);
             }
         } else {

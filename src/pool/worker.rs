@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::rt::codec;
 use crate::rt::trace;
 use crate::script::{
-    CallSlice, Calls, CallsOut, FunctionSpec, InitArg, TaskEngine, TaskError, TaskFn,
+    CallSlice, Calls, CallsOut, FunctionSpec, InitArg, Reported, TaskEngine, TaskError, TaskFn,
 };
 use crate::value::Value;
 
@@ -80,7 +80,7 @@ pub(super) struct FromWorker {
     pub(super) micros: u64,
     /// One value per call, or the first call's error.
     #[serde(with = "crate::value::wire::answer")]
-    pub(super) result: Result<Vec<Value>, TaskError>,
+    pub(super) result: Result<Reported, TaskError>,
 }
 
 /// How many functions a worker keeps decoded: past this, the oldest are dropped (a script that
@@ -310,7 +310,9 @@ fn serve_tasks(
             } => {
                 let start = Instant::now();
                 let started = traced.map(|_| trace::clock());
-                let result = functions.call_key(function, calls.as_slice());
+                let result = functions
+                    .call_key(function, calls.as_slice())
+                    .map(Reported::Values);
                 if let (Some(trace), Some((job, first)), Some(at)) = (&trace, traced, started) {
                     let name = names
                         .get(&function)
@@ -402,7 +404,7 @@ mod tests {
         let result = FromWorker {
             id: 9,
             micros: 3,
-            result: Ok(vec![Value::Float(2.5)]),
+            result: Ok(Reported::Values(vec![Value::Float(2.5)])),
         };
         codec::fuzz_frames(&result, 10_000, |mut bytes| {
             let _ = codec::read_frame::<FromWorker>(&mut bytes, &mut Vec::new());

@@ -78,6 +78,68 @@ pub fn decode_list(bytes: &[u8]) -> Result<Vec<Value>, String> {
     }
 }
 
+/// A list [`encode_list`] wrote, read one item at a time ([`decode_list`]'s reading, with no
+/// list of values made): how the script's thread reads a forked worker's results straight
+/// into the engine's own list.
+pub struct ListReader<'a> {
+    rd: &'a [u8],
+    left: usize,
+    one: Vec<Value>,
+}
+
+impl<'a> ListReader<'a> {
+    /// The reader of `bytes`, which must hold one MessagePack array and nothing after it.
+    pub fn new(bytes: &'a [u8]) -> Result<ListReader<'a>, String> {
+        let (left, rd) = list_body(bytes)?;
+        Ok(ListReader {
+            rd,
+            left,
+            one: Vec::with_capacity(1),
+        })
+    }
+
+    /// How many items are left to read.
+    pub fn left(&self) -> usize {
+        self.left
+    }
+
+    /// The next item; `None` after the last, or an error if bytes follow it.
+    pub fn next_item(&mut self) -> Result<Option<Value>, String> {
+        if self.left == 0 {
+            return match self.rd.len() {
+                0 => Ok(None),
+                n => Err(format!("{n} bytes after a list")),
+            };
+        }
+        self.left -= 1;
+        read_item(&mut self.rd, &mut self.one)?;
+        Ok(self.one.pop())
+    }
+}
+
+/// How many items the MessagePack array in `bytes` has, and its items' bytes.
+pub fn list_body(bytes: &[u8]) -> Result<(usize, &[u8]), String> {
+    use rmp::Marker as M;
+    let mut rd = bytes;
+    let items = match M::from_u8(take(&mut rd, 1)?[0]) {
+        M::FixArray(n) => n.into(),
+        M::Array16 => u16::from_be_bytes(be(&mut rd)?).into(),
+        M::Array32 => u32::from_be_bytes(be(&mut rd)?) as usize,
+        _ => return Err("expected a list".into()),
+    };
+    // Each item takes a byte at least.
+    if items > rd.len() {
+        return Err("truncated value".into());
+    }
+    Ok((items, rd))
+}
+
+/// Reads one item of a list's body ([`list_body`]) from the front of `rd`, which it advances
+/// past it, onto the end of `out`.
+pub fn read_item(rd: &mut &[u8], out: &mut Vec<Value>) -> Result<(), String> {
+    read_into(rd, 1, out)
+}
+
 /// Reads one value (as rmp_serde's deserializer would), for the tests.
 #[cfg(test)]
 fn read(rd: &mut &[u8], depth: usize) -> Result<Value, String> {
@@ -270,36 +332,47 @@ pub mod lists {
 /// A task's answer as a serde field: its results as a [`list`], or its error.
 pub mod answer {
     use super::*;
+    use crate::script::{Reported, WireList};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Serialize)]
     enum Out<'a, E> {
         Ok(#[serde(with = "super::list")] &'a [Value]),
+        /// `Ok`, its list written already.
+        #[serde(rename = "Ok")]
+        OkWritten(#[serde(with = "serde_bytes")] &'a [u8]),
         Err(&'a E),
     }
 
     #[derive(Deserialize)]
     enum In<E> {
-        Ok(#[serde(with = "super::list")] Vec<Value>),
+        Ok(#[serde(with = "serde_bytes")] Vec<u8>),
         Err(E),
     }
 
     pub fn serialize<S: Serializer, E: Serialize>(
-        answer: &Result<Vec<Value>, E>,
+        answer: &Result<Reported, E>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
         match answer {
-            Ok(items) => Out::<E>::Ok(items),
+            Ok(Reported::Values(items)) => Out::<E>::Ok(items),
+            Ok(Reported::Written(list)) => Out::OkWritten(&list.bytes),
             Err(e) => Out::Err(e),
         }
         .serialize(s)
     }
 
+    /// The results as written: read when they are wanted (the list's length is checked now).
     pub fn deserialize<'de, D: Deserializer<'de>, E: Deserialize<'de>>(
         d: D,
-    ) -> Result<Result<Vec<Value>, E>, D::Error> {
+    ) -> Result<Result<Reported, E>, D::Error> {
         Ok(match In::<E>::deserialize(d)? {
-            In::Ok(items) => Ok(items),
+            In::Ok(bytes) => {
+                let items = ListReader::new(&bytes)
+                    .map_err(serde::de::Error::custom)?
+                    .left();
+                Ok(Reported::Written(WireList { items, bytes }))
+            }
             In::Err(e) => Err(e),
         })
     }
@@ -395,6 +468,29 @@ mod tests {
             prop_assert!(by_serde.iter().zip(&back).all(|(a, b)| same(a, b)));
         }
 
+        /// Read an item at a time, a list gives the items `decode_list` gives.
+        #[test]
+        fn a_list_read_item_by_item_is_the_list(items in proptest::collection::vec(value(), 0..12)) {
+            let mut bytes = Vec::new();
+            encode_list(&mut bytes, &items);
+            let (a, b) = (read_item_by_item(&bytes).unwrap(), decode_list(&bytes).unwrap());
+            prop_assert!(a.len() == b.len() && a.iter().zip(&b).all(|(a, b)| same(a, b)));
+        }
+
+        /// Garbage: read item by item, refused where `decode_list` refuses it, and read alike
+        /// where it reads it.
+        #[test]
+        fn garbage_reads_item_by_item_as_whole(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            match (read_item_by_item(&bytes), decode_list(&bytes)) {
+                (Ok(a), Ok(b)) => prop_assert!(
+                    a.len() == b.len() && a.iter().zip(&b).all(|(a, b)| same(a, b)),
+                    "{a:?} vs {b:?}"
+                ),
+                (Err(_), Err(_)) => {}
+                (a, b) => prop_assert!(false, "item by item {a:?}, whole {b:?}"),
+            }
+        }
+
         /// Bytes that are not a list serde wrote: read alike, or refused by both.
         #[test]
         fn garbage_reads_alike(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
@@ -407,6 +503,15 @@ mod tests {
                 (a, b) => prop_assert!(false, "direct {a:?}, serde {b:?}"),
             }
         }
+    }
+
+    fn read_item_by_item(bytes: &[u8]) -> Result<Vec<Value>, String> {
+        let mut reader = ListReader::new(bytes)?;
+        let mut items = Vec::new();
+        while let Some(v) = reader.next_item()? {
+            items.push(v);
+        }
+        Ok(items)
     }
 
     /// Forms a generator rarely makes: a `str` that is not UTF-8, an unsigned integer past
@@ -496,23 +601,34 @@ mod tests {
             #[serde(with = "lists")]
             lists: Vec<Vec<Value>>,
             #[serde(with = "answer")]
-            answer: Result<Vec<Value>, String>,
+            answer: Result<Reported, String>,
         }
+        use crate::script::Reported;
         let items = vec![Value::Int(1), Value::Str("é".into()), Value::Char('x')];
         let m = Message {
             id: 7,
             items: items.clone(),
             lists: vec![items.clone(), vec![]],
-            answer: Ok(items.clone()),
+            answer: Ok(Reported::Values(items.clone())),
         };
         let back: Message = rmp_serde::from_slice(&rmp_serde::to_vec(&m).unwrap()).unwrap();
         assert_eq!((back.id, &back.items, &back.lists), (7, &items, &m.lists));
-        assert_eq!(back.answer, Ok(items));
+        // The results come back written, and read back to the values sent; sent on as
+        // written, they cross the same way.
+        let written = back.answer.clone().unwrap();
+        assert!(matches!(written, Reported::Written(_)), "{written:?}");
+        assert_eq!(written.clone().into_values(), Ok(items.clone()));
+        let again = Message {
+            answer: Ok(written),
+            ..back
+        };
+        let back: Message = rmp_serde::from_slice(&rmp_serde::to_vec(&again).unwrap()).unwrap();
+        assert_eq!(back.answer.unwrap().into_values(), Ok(items));
         let failed = Message {
             answer: Err("boom".into()),
             ..m
         };
         let back: Message = rmp_serde::from_slice(&rmp_serde::to_vec(&failed).unwrap()).unwrap();
-        assert_eq!(back.answer, Err("boom".to_string()));
+        assert_eq!(back.answer, Err::<Reported, _>("boom".to_string()));
     }
 }

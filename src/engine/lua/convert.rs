@@ -170,6 +170,18 @@ impl IntoLua for Item<'_> {
 pub(super) fn ret_to_lua(lua: &Lua, ret: Ret) -> mlua::Result<LuaValue> {
     match ret {
         Ret::Value(v) => from_value(lua, &v),
+        Ret::List(pieces) => {
+            let mut scratch = Vec::with_capacity(1);
+            if let Some(t) = direct::sequence_of_pieces(lua, &pieces, &mut scratch) {
+                return Ok(LuaValue::Table(t));
+            }
+            // The serde path decides (a value past the direct path's reach), or says why the
+            // results do not read.
+            let items = crate::script::Reported::concat(pieces).map_err(|e| {
+                mlua::Error::runtime(format!("a worker's results could not be read: {e}"))
+            })?;
+            sequence(lua, &items).map(LuaValue::Table)
+        }
         Ret::Object(o) => new_object(lua, o).map(LuaValue::UserData),
         Ret::Raise { value, message } => raised_to_lua(lua, &value, message),
     }

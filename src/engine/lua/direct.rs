@@ -17,7 +17,8 @@ use mlua::ffi;
 use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
 
 use crate::api::{Piece, PieceSink, Stream};
-use crate::value::{Value, MAX_DEPTH};
+use crate::script::Reported;
+use crate::value::{wire, Value, MAX_DEPTH};
 
 /// The [`Value`] of table `t`, as mlua's serde makes it (`detect_mixed_tables`,
 /// `deny_recursive_tables`, `deny_unsupported_types`, nesting up to [`MAX_DEPTH`]); `None`
@@ -393,6 +394,72 @@ pub(super) fn sequence_of(lua: &Lua, items: &[Value]) -> Option<Table> {
     }
 }
 
+/// [`sequence_of`] for a list in the pieces its items came in (`map`'s results): a piece a
+/// forked worker wrote is read an item at a time into `scratch`, the caller's, so that no
+/// frame a Lua error unwinds through owns memory; nothing is read into a list of values first.
+pub(super) fn sequence_of_pieces(
+    lua: &Lua,
+    pieces: &[Reported],
+    scratch: &mut Vec<Value>,
+) -> Option<Table> {
+    // SAFETY: as in `push_with`; the items read are owned by `scratch`, outside the call.
+    match push_with(lua, |state| unsafe { push_pieces(state, pieces, scratch) })? {
+        LuaValue::Table(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// Pushes the sequence of the items of `pieces`; false (having pushed anything) where the
+/// serde path must decide, or a written piece does not read.
+///
+/// # Safety
+/// `state` is in a protected call.
+unsafe fn push_pieces(
+    state: *mut ffi::lua_State,
+    pieces: &[Reported],
+    scratch: &mut Vec<Value>,
+) -> bool {
+    if ffi::lua_checkstack(state, 3) == 0 {
+        return false;
+    }
+    let items: usize = pieces.iter().map(Reported::len).sum();
+    ffi::lua_createtable(state, items.try_into().unwrap_or(c_int::MAX), 0);
+    let table = ffi::lua_gettop(state);
+    let mut at: ffi::lua_Integer = 0;
+    let mut set = |state: *mut ffi::lua_State, item: &Value| -> bool {
+        if !push(state, item, MAX_DEPTH) {
+            return false;
+        }
+        at += 1;
+        ffi::lua_rawseti(state, table, at);
+        true
+    };
+    for piece in pieces {
+        match piece {
+            Reported::Values(values) => {
+                if !values.iter().all(|item| set(state, item)) {
+                    return false;
+                }
+            }
+            Reported::Written(list) => {
+                let Ok((n, mut rd)) = wire::list_body(&list.bytes) else {
+                    return false;
+                };
+                for _ in 0..n {
+                    scratch.clear();
+                    if wire::read_item(&mut rd, scratch).is_err() || !set(state, &scratch[0]) {
+                        return false;
+                    }
+                }
+                if !rd.is_empty() {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
 /// Runs `build` in a protected call and returns the one value it pushed; `None` if it gave up
 /// (returned false) or raised an error (out of memory: the serde path then says so).
 fn push_with(lua: &Lua, build: impl FnOnce(*mut ffi::lua_State) -> bool) -> Option<LuaValue> {
@@ -488,7 +555,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::convert::{
-        data_of, from_value, sequence, serde_data_of, serde_from_value, serde_sequence,
+        data_of, from_value, ret_to_lua, sequence, serde_data_of, serde_from_value, serde_sequence,
     };
     use super::*;
     use crate::value::strategies::{float, int};
@@ -834,6 +901,39 @@ mod tests {
         #[test]
         fn values_reach_lua_as_serde_builds_them(v in value()) {
             check_value(&Lua::new(), &v)?;
+        }
+
+        /// A list in pieces, some as a forked worker writes them (`map`'s results), reaches
+        /// Lua as the whole list does through serde, or fails where that fails.
+        #[test]
+        fn lists_in_pieces_reach_lua_as_serde_builds_them(
+            items in proptest::collection::vec(value(), 0..12),
+            cuts in proptest::collection::vec((any::<bool>(), any::<bool>()), 12),
+        ) {
+            let lua = Lua::new();
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for (i, &(cut, written)) in cuts.iter().enumerate().take(items.len()) {
+                if !cut && i + 1 < items.len() {
+                    continue;
+                }
+                let piece = items[start..=i].to_vec();
+                start = i + 1;
+                pieces.push(match written {
+                    false => Reported::Values(piece),
+                    true => {
+                        let mut bytes = Vec::new();
+                        wire::encode_list(&mut bytes, &piece);
+                        Reported::Written(crate::script::WireList { items: piece.len(), bytes })
+                    }
+                });
+            }
+            let built = ret_to_lua(&lua, crate::api::Ret::List(pieces));
+            match (serde_sequence(&lua, &items), built) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(same_lua(&LuaValue::Table(a), &b), Ok(())),
+                (Err(_), Err(_)) => {}
+                (a, b) => prop_assert!(false, "serde {a:?}, in pieces {b:?}"),
+            }
         }
     }
 

@@ -311,6 +311,10 @@ pub(super) fn invoke_with(
     };
     match ret {
         Ret::Value(v) => into_dynamic(v).map_err(|e| fail(e.to_string())),
+        list @ Ret::List(_) => match list.into_value().map_err(fail)? {
+            Ret::Value(v) => into_dynamic(v).map_err(|e| fail(e.to_string())),
+            _ => Err(fail("internal error: a list that is not a value".into())),
+        },
         Ret::Object(o) => Ok(Dynamic::from(o)),
         // The data a task threw, thrown again here: `catch (e)` gets it as it was thrown.
         Ret::Raise { value, message } => {
