@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::host::Host;
 use crate::rt::poison::Recover;
+pub(crate) use crate::value::wire::{Reported, WireList};
 use crate::value::Value;
 
 /// The engine a script runs in, as of one call of the script (each adapter's builtin
@@ -189,6 +190,13 @@ pub(crate) trait TaskFn: Send + Sync {
     /// error and which call raised it. Call with its engine's GIL held.
     fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError>;
 
+    /// [`TaskFn::call_many`] for a worker in another process, which sends the results on as
+    /// they are: an engine that writes them as it reads them ([`Reported::Written`]) keeps no
+    /// list of values for a chunk.
+    fn call_many_reported(&self, calls: CallSlice<'_>) -> Result<Reported, TaskError> {
+        self.call_many(calls).map(Reported::Values)
+    }
+
     /// Calls the function once with `args`, as a pool's initializer; its result is dropped.
     /// Call with its engine's GIL held. An engine that can hand its scripts shared objects
     /// overrides this; by default only data is taken.
@@ -321,81 +329,6 @@ impl<'a> From<CallSlice<'a>> for CallsOut<'a> {
             CallSlice::Each(v) => CallsOut::Each(v),
             CallSlice::Lists(v) => CallsOut::Lists(v),
         }
-    }
-}
-
-/// One argument per call (a map's chunk), as [`crate::value::wire::encode_list`] writes the
-/// list: what a pool whose workers are other processes takes from a reader that writes the
-/// items as it reads them, with no [`Value`] kept for each.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct WireList {
-    /// How many items.
-    pub(crate) items: usize,
-    /// The MessagePack array.
-    pub(crate) bytes: Vec<u8>,
-}
-
-impl WireList {
-    /// The list of `items` items whose encodings, one after another, are `body`.
-    pub(crate) fn of(items: usize, body: &[u8]) -> WireList {
-        let mut bytes = Vec::with_capacity(body.len() + 5);
-        let _ = rmp::encode::write_array_len(&mut bytes, items as u32);
-        bytes.extend_from_slice(body);
-        WireList { items, bytes }
-    }
-
-    /// The items, read back.
-    pub(crate) fn decode(&self) -> Result<Vec<Value>, String> {
-        crate::value::wire::decode_list(&self.bytes)
-    }
-}
-
-/// A task's results, one per call, as they reach its job: values, or the list as a worker in
-/// another process wrote it ([`WireList`]), read only when they are wanted, and then straight
-/// into the script's engine where it can (a `map`'s results).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Reported {
-    Values(Vec<Value>),
-    Written(WireList),
-}
-
-impl Reported {
-    /// How many results.
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Reported::Values(v) => v.len(),
-            Reported::Written(list) => list.items,
-        }
-    }
-
-    /// The results as values.
-    pub(crate) fn into_values(self) -> Result<Vec<Value>, String> {
-        match self {
-            Reported::Values(v) => Ok(v),
-            Reported::Written(list) => list.decode(),
-        }
-    }
-
-    /// The values of `pieces`, one after another.
-    pub(crate) fn concat(pieces: Vec<Reported>) -> Result<Vec<Value>, String> {
-        let mut pieces = pieces.into_iter();
-        let mut all = match pieces.next() {
-            Some(first) => first.into_values()?,
-            None => return Ok(Vec::new()),
-        };
-        for piece in pieces {
-            match piece {
-                Reported::Values(mut v) => all.append(&mut v),
-                Reported::Written(list) => {
-                    all.reserve(list.items);
-                    let mut reader = crate::value::wire::ListReader::new(&list.bytes)?;
-                    while let Some(v) = reader.next_item()? {
-                        all.push(v);
-                    }
-                }
-            }
-        }
-        Ok(all)
     }
 }
 

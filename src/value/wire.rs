@@ -78,6 +78,81 @@ pub fn decode_list(bytes: &[u8]) -> Result<Vec<Value>, String> {
     }
 }
 
+/// One argument per call (a map's chunk), as [`encode_list`] writes the
+/// list: what a pool whose workers are other processes takes from a reader that writes the
+/// items as it reads them, with no [`Value`] kept for each.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WireList {
+    /// How many items.
+    pub(crate) items: usize,
+    /// The MessagePack array.
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl WireList {
+    /// The list of `items` items whose encodings, one after another, are `body`.
+    pub(crate) fn of(items: usize, body: &[u8]) -> WireList {
+        let mut bytes = Vec::with_capacity(body.len() + 5);
+        let _ = rmp::encode::write_array_len(&mut bytes, items as u32);
+        bytes.extend_from_slice(body);
+        WireList { items, bytes }
+    }
+
+    /// The items, read back.
+    pub(crate) fn decode(&self) -> Result<Vec<Value>, String> {
+        decode_list(&self.bytes)
+    }
+}
+
+/// A task's results, one per call, as they reach its job: values, or the list as a worker in
+/// another process wrote it ([`WireList`]), read only when they are wanted, and then straight
+/// into the script's engine where it can (a `map`'s results).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Reported {
+    Values(Vec<Value>),
+    Written(WireList),
+}
+
+impl Reported {
+    /// How many results.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Reported::Values(v) => v.len(),
+            Reported::Written(list) => list.items,
+        }
+    }
+
+    /// The results as values.
+    pub(crate) fn into_values(self) -> Result<Vec<Value>, String> {
+        match self {
+            Reported::Values(v) => Ok(v),
+            Reported::Written(list) => list.decode(),
+        }
+    }
+
+    /// The values of `pieces`, one after another.
+    pub(crate) fn concat(pieces: Vec<Reported>) -> Result<Vec<Value>, String> {
+        let mut pieces = pieces.into_iter();
+        let mut all = match pieces.next() {
+            Some(first) => first.into_values()?,
+            None => return Ok(Vec::new()),
+        };
+        for piece in pieces {
+            match piece {
+                Reported::Values(mut v) => all.append(&mut v),
+                Reported::Written(list) => {
+                    all.reserve(list.items);
+                    let mut reader = ListReader::new(&list.bytes)?;
+                    while let Some(v) = reader.next_item()? {
+                        all.push(v);
+                    }
+                }
+            }
+        }
+        Ok(all)
+    }
+}
+
 /// A list [`encode_list`] wrote, read one item at a time ([`decode_list`]'s reading, with no
 /// list of values made): how the script's thread reads a forked worker's results straight
 /// into the engine's own list.
@@ -332,7 +407,6 @@ pub mod lists {
 /// A task's answer as a serde field: its results as a [`list`], or its error.
 pub mod answer {
     use super::*;
-    use crate::script::{Reported, WireList};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Serialize)]
@@ -603,7 +677,6 @@ mod tests {
             #[serde(with = "answer")]
             answer: Result<Reported, String>,
         }
-        use crate::script::Reported;
         let items = vec![Value::Int(1), Value::Str("é".into()), Value::Char('x')];
         let m = Message {
             id: 7,
