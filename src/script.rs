@@ -190,13 +190,6 @@ pub(crate) trait TaskFn: Send + Sync {
     /// error and which call raised it. Call with its engine's GIL held.
     fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError>;
 
-    /// [`TaskFn::call_many`] for a worker in another process, which sends the results on as
-    /// they are: an engine that writes them as it reads them ([`Reported::Written`]) keeps no
-    /// list of values for a chunk.
-    fn call_many_reported(&self, calls: CallSlice<'_>) -> Result<Reported, TaskError> {
-        self.call_many(calls).map(Reported::Values)
-    }
-
     /// Calls the function once with `args`, as a pool's initializer; its result is dropped.
     /// Call with its engine's GIL held. An engine that can hand its scripts shared objects
     /// overrides this; by default only data is taken.

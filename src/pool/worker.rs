@@ -190,8 +190,8 @@ impl Functions {
     }
 
     /// Calls the function [`Functions::learn`] was given as `key`.
-    fn call_key(&mut self, key: u64, calls: CallSlice<'_>) -> Result<Reported, TaskError> {
-        self.decoded(key, None)?.call_many_reported(calls)
+    fn call_key(&mut self, key: u64, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError> {
+        self.decoded(key, None)?.call_many(calls)
     }
 
     /// The handle of function `key`, decoded now if it has not been yet (from `code`, or from
@@ -310,7 +310,9 @@ fn serve_tasks(
             } => {
                 let start = Instant::now();
                 let started = traced.map(|_| trace::clock());
-                let result = functions.call_key(function, calls.as_slice());
+                let result = functions
+                    .call_key(function, calls.as_slice())
+                    .map(Reported::Values);
                 if let (Some(trace), Some((job, first)), Some(at)) = (&trace, traced, started) {
                     let name = names
                         .get(&function)
@@ -481,7 +483,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(
                 functions.call_key(8, one.as_slice()),
-                Ok(Reported::Values(vec![Value::Int(2)]))
+                Ok(vec![Value::Int(2)])
             );
         }
         let local = FunctionSpec::Local(Arc::new(Count(99)));
@@ -496,7 +498,7 @@ mod tests {
         *engine.broken.lock().unwrap() = false;
         assert_eq!(
             functions.call_key(10, one.as_slice()),
-            Ok(Reported::Values(vec![Value::Int(3)]))
+            Ok(vec![Value::Int(3)])
         );
         assert_eq!(
             *decoded.lock().unwrap(),

@@ -34,7 +34,6 @@ use mlua::{Function, LightUserData, Lua, Table, Value as LuaValue};
 use super::direct;
 use crate::rt::output::{Sink, Stream};
 use crate::script::CallSlice;
-use crate::value::wire;
 use crate::value::Value;
 
 unsafe extern "C-unwind" {
@@ -472,10 +471,6 @@ pub(super) struct ChunkIo<'a> {
     /// Each call's result, in order; a result the direct reader left to the serde path is a
     /// nil here, and its call's index is in `left`.
     pub(super) results: Vec<Value>,
-    /// Where a worker in another process has the results written instead, as read (the
-    /// items of a MessagePack array, one per call), while no result is left to the serde
-    /// path: the first one left reads what was written into `results`, which take the rest.
-    pub(super) written: Option<Vec<u8>>,
     /// The 1-based index of the call that runs, or ran last (0: none has started).
     pub(super) current: usize,
     /// The calls (1-based) whose results wait in the runner's `left` table.
@@ -580,26 +575,10 @@ unsafe fn take_result(state: *mut lua_State, i: usize) {
     let top = ffi::lua_gettop(state);
     let array_metatable = direct::ArrayMetatable::At(ffi::lua_topointer(state, CHUNK_ARRAY_MT));
     match direct::read_at(state, top, array_metatable) {
-        Some(v) => {
-            let io = chunk_io(state);
-            match &mut io.written {
-                Some(out) => wire::encode(out, &v),
-                None => io.results.push(v),
-            }
-        }
+        Some(v) => chunk_io(state).results.push(v),
         None => {
             // A reader that gave up may leave what it was reading above the result.
             ffi::lua_settop(state, top);
-            let io = chunk_io(state);
-            if let Some(out) = io.written.take() {
-                if let Err(e) = read_back(&out, i - 1, &mut io.results) {
-                    drop(out);
-                    raise(
-                        state,
-                        format!("internal error: a chunk's results read back: {e}"),
-                    );
-                }
-            }
             if ffi::lua_type(state, CHUNK_LEFT) == ffi::LUA_TNIL {
                 ffi::lua_createtable(state, 0, 0);
                 ffi::lua_replace(state, CHUNK_LEFT);
@@ -611,16 +590,6 @@ unsafe fn take_result(state: *mut lua_State, i: usize) {
         }
     }
     ffi::lua_settop(state, CHUNK_LEFT);
-}
-
-/// The first `n` results `written` holds (see [`ChunkIo::written`]), onto `results`.
-fn read_back(written: &[u8], n: usize, results: &mut Vec<Value>) -> Result<(), String> {
-    let mut rd = written;
-    results.reserve(n);
-    for _ in 0..n {
-        wire::read_item(&mut rd, results)?;
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ use super::image::Graph;
 use super::inherit::{self, Heritage};
 use super::*;
 use crate::engine::{init_arg_of, InitArgOf};
-use crate::script::{Inheritance, InitArg, Reported, WireList};
+use crate::script::{Inheritance, InitArg};
 
 /// Targets, callbacks and task engines hold the state weakly: they live inside objects the
 /// state itself holds, and a strong reference would keep it alive for ever.
@@ -170,18 +170,16 @@ impl Tasks {
     }
 
     /// Calls `f` once per entry of `calls`. The whole chunk runs in one coroutine, by the
-    /// prelude's `run_chunk`: one resume per chunk, not per call. With `write`, the results
-    /// are written as they are read ([`Reported::Written`]), for a worker in another process.
+    /// prelude's `run_chunk`: one resume per chunk, not per call.
     pub(super) fn call_many(
         &self,
         f: &Function,
         calls: CallSlice<'_>,
-        write: bool,
-    ) -> Result<Reported, TaskError> {
+    ) -> Result<Vec<Value>, TaskError> {
         let lua = &upgrade(&self.lua)?;
         let count = calls.len();
         if count == 1 {
-            return self.call_one(lua, f, calls).map(Reported::Values);
+            return self.call_one(lua, f, calls);
         }
         // The runner pushes the arguments itself where the direct path takes them all; else
         // they go as a Lua table the serde path builds (which also names what it refuses).
@@ -205,14 +203,9 @@ impl Tasks {
                 LuaValue::Table(lua.create_sequence_from(tables).map_err(error_text)?)
             }
         };
-        let written = write.then(|| Vec::with_capacity(2 * count));
         let mut io = native::ChunkIo {
             calls,
-            results: match written {
-                Some(_) => Vec::new(),
-                None => Vec::with_capacity(count),
-            },
-            written,
+            results: Vec::with_capacity(count),
             current: 0,
             left: Vec::new(),
         };
@@ -235,10 +228,7 @@ impl Tasks {
             }
         };
         if io.left.is_empty() {
-            return Ok(match io.written {
-                Some(body) => Reported::Written(WireList::of(count, &body)),
-                None => Reported::Values(io.results),
-            });
+            return Ok(io.results);
         }
         // The results the direct reader left: the serde path converts them, or says why not.
         let Some(LuaValue::Table(left)) = out.into_iter().next() else {
@@ -250,7 +240,7 @@ impl Tasks {
                 TaskError::at(i - 1, format!("cannot send a task's result back: {what}"))
             })?;
         }
-        Ok(Reported::Values(io.results))
+        Ok(io.results)
     }
 
     /// [`Tasks::call_many`] for a task of one call (`apply_async`, a map in chunks of one):
@@ -312,13 +302,7 @@ pub(super) struct LuaTask {
 
 impl TaskFn for LuaTask {
     fn call_many(&self, calls: CallSlice<'_>) -> Result<Vec<Value>, TaskError> {
-        self.tasks
-            .call_many(&self.f, calls, false)
-            .and_then(|r| r.into_values().map_err(TaskError::from))
-    }
-
-    fn call_many_reported(&self, calls: CallSlice<'_>) -> Result<Reported, TaskError> {
-        self.tasks.call_many(&self.f, calls, true)
+        self.tasks.call_many(&self.f, calls)
     }
 
     fn call_init(&self, args: &[InitArg]) -> Result<(), TaskError> {
@@ -674,45 +658,6 @@ mod tests {
             FunctionSpec::Encoded { key, .. } => *key,
             FunctionSpec::Local(_) => panic!("a local function"),
         }
-    }
-
-    /// A chunk whose results are written as they are read (a forked worker's) gives what the
-    /// same chunk gives as values; a result only the serde path reads (a table holding mlua's
-    /// `null`) turns the results written so far back into values, and the chunk ends as
-    /// values.
-    #[test]
-    fn a_chunk_written_as_it_runs_gives_the_values_it_would_give() {
-        let lua = state();
-        lua.globals().set("null", lua.null()).unwrap();
-        let f: Function = lua
-            .load("return function(x) if x == 3 then return { 7, null } end return x * 2 end")
-            .eval()
-            .unwrap();
-        let tasks = lua.app_data_ref::<Arc<Tasks>>().unwrap().clone();
-        let run = |xs: &[i64], write: bool| {
-            let calls: Vec<Value> = xs.iter().copied().map(Value::Int).collect();
-            tasks.call_many(&f, CallSlice::Each(&calls), write).unwrap()
-        };
-        let ints = |v: &[i64]| v.iter().copied().map(Value::Int).collect::<Vec<_>>();
-
-        let direct = run(&[1, 2, 4], true);
-        assert!(matches!(direct, Reported::Written(_)), "{direct:?}");
-        assert_eq!(direct.into_values().unwrap(), ints(&[2, 4, 8]));
-        assert_eq!(run(&[1, 2, 4], false), Reported::Values(ints(&[2, 4, 8])));
-
-        let values = run(&[1, 2, 3, 4, 5], false);
-        let Reported::Values(items) = &values else {
-            panic!("{values:?}")
-        };
-        assert_eq!(
-            (&items[..2], &items[3..]),
-            (&ints(&[2, 4])[..], &ints(&[8, 10])[..])
-        );
-        assert!(
-            matches!(items[2], Value::Array(_) | Value::Map(_)),
-            "{items:?}"
-        );
-        assert_eq!(run(&[1, 2, 3, 4, 5], true), values);
     }
 
     /// An unchanged function keeps its encoding; a change anywhere among its upvalues (deep in
