@@ -322,6 +322,32 @@ pub(crate) struct ProcessIdentity {
     /// The object `current_process()` gives in it, once asked for (a `ScriptProcess`, kept
     /// here so that every thread of the process gets the same one).
     pub(crate) handle: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
+    /// Its threads, as `threading.enumerate()` lists them.
+    pub(crate) roll: Roll,
+}
+
+/// The threads of one process, as Python's `threading` keeps them for `main_thread()`,
+/// `enumerate()` and `active_count()`: its main thread (the OS thread it began on, made into a
+/// thread object when first asked for) and the threads it started, while they run. Kept as
+/// `Any` (each a `ScriptThread`): `crate::thread` builds on this module.
+#[derive(Default)]
+pub(crate) struct Roll {
+    /// The main thread's OS thread: its pthread id and its kernel thread id.
+    pub(crate) main_ids: std::sync::OnceLock<(u64, u64)>,
+    /// The main thread's object, once made.
+    pub(crate) main: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
+    /// The threads it started, in the order started (those that ended are swept out).
+    pub(crate) started: Mutex<Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
+}
+
+impl Roll {
+    /// Records the calling OS thread as the process's main thread, unless one is already.
+    pub(crate) fn set_main_here(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let ident = unsafe { nix::libc::pthread_self() } as u64;
+        let native = nix::unistd::gettid().as_raw() as u64;
+        let _ = self.main_ids.set((ident, native));
+    }
 }
 
 thread_local! {
@@ -344,14 +370,26 @@ pub(crate) fn join_process(process: Option<Arc<ProcessIdentity>>) {
 /// no process yet and numbers its threads on from `threads` (its maker's count at `start`:
 /// [`Host::threads_named`]).
 pub(crate) fn enter_process(name: String, identity: String, daemon: bool, threads: u64) {
-    join_process(Some(Arc::new(ProcessIdentity {
+    let process = ProcessIdentity {
         name,
         identity,
         daemon,
         made: AtomicU64::new(0),
         threads: AtomicU64::new(threads),
         handle: std::sync::OnceLock::new(),
-    })));
+        roll: Roll::default(),
+    };
+    process.roll.set_main_here();
+    join_process(Some(Arc::new(process)));
+}
+
+/// Runs `f` on the roll of the threads of the process the calling thread runs in (`host`'s
+/// own, for the script's process).
+pub(crate) fn with_roll<R>(host: &Host, f: impl FnOnce(&Roll) -> R) -> R {
+    match current_process() {
+        Some(process) => f(&process.roll),
+        None => f(&host.roll),
+    }
 }
 
 /// What the threads of one script run share: the GIL, the settings, what the embedding program
@@ -361,6 +399,8 @@ pub(crate) struct Host {
     started: Mutex<Vec<Arc<dyn Finish>>>,
     thread_counter: AtomicU64,
     process_counter: AtomicU64,
+    /// The threads of the script's own process.
+    roll: Roll,
     /// The script's own process as `current_process()` gives it there (with the pid it was
     /// made in), once asked for.
     pub(crate) main_process: std::sync::OnceLock<(u32, Arc<dyn std::any::Any + Send + Sync>)>,
@@ -436,6 +476,7 @@ impl Host {
             started: Mutex::new(Vec::new()),
             thread_counter: AtomicU64::new(0),
             process_counter: AtomicU64::new(0),
+            roll: Roll::default(),
             main_process: std::sync::OnceLock::new(),
             settings,
             embedding,
@@ -526,6 +567,7 @@ impl Host {
     /// uncaught KeyboardInterrupt: a shutdown it cannot finish within 2 s is stopped at once
     /// with a line of its own, the only one (see `crate::rt::signals`).
     pub(crate) fn run_main<T>(&self, main: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+        self.roll.set_main_here();
         let _held = self.gil.lock(0);
         let result = main();
         if let (Err(e @ Error::Script(_)), Some(on_error)) = (&result, &self.embedding.on_error) {

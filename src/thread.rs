@@ -86,17 +86,76 @@ thread_local! {
 
 /// The thread the caller runs in, as `current_thread()` gives it: the `Thread` it started as,
 /// else (the script's main thread, a process's, a pool worker's) one made for it, the same on
-/// every call from that thread.
-pub fn current() -> Arc<ScriptThread> {
+/// every call from that thread; a process's main thread is the one [`main_thread`] gives.
+pub fn current(host: &Host) -> Arc<ScriptThread> {
     CURRENT.with(|current| {
         current
             .borrow_mut()
             .get_or_insert_with(|| {
                 let name = UNSTARTED_NAME.with(|n| n.borrow().clone());
-                ScriptThread::running_here(name.unwrap_or_else(|| "MainThread".into()))
+                let main = crate::host::with_roll(host, |roll| {
+                    let here = Ids::current();
+                    let is_main = roll.main_ids.get() == Some(&(here.ident, here.native_id));
+                    (name.is_none() && is_main).then(|| main_of(roll))
+                });
+                main.unwrap_or_else(|| {
+                    ScriptThread::running_here(name.unwrap_or_else(|| "MainThread".into()))
+                })
             })
             .clone()
     })
+}
+
+/// The main thread of the process the caller runs in (Python's `threading.main_thread()`):
+/// the OS thread it began on, the same object on every call, from any of its threads.
+pub fn main_thread(host: &Host) -> Arc<ScriptThread> {
+    crate::host::with_roll(host, main_of)
+}
+
+/// The threads of the caller's process that are alive, as Python's `threading.enumerate()`
+/// lists them: its main thread, then the threads it started, in the order they started.
+pub fn enumerate(host: &Host) -> Vec<Arc<ScriptThread>> {
+    crate::host::with_roll(host, |roll| {
+        let mut alive = vec![main_of(roll)];
+        alive.extend(running(&mut roll.started.lock().recover()));
+        alive
+    })
+}
+
+/// The threads of `started` that run, in order; the rest are dropped from it.
+fn running(
+    started: &mut Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>,
+) -> Vec<Arc<ScriptThread>> {
+    let mut alive = Vec::new();
+    started.retain(|weak| {
+        let thread = weak
+            .upgrade()
+            .and_then(|t| t.downcast::<ScriptThread>().ok());
+        match thread {
+            Some(t) if t.is_alive() => {
+                alive.push(t);
+                true
+            }
+            _ => false,
+        }
+    });
+    alive
+}
+
+/// The roll's main thread, made on first asking.
+fn main_of(roll: &crate::host::Roll) -> Arc<ScriptThread> {
+    let main = roll.main.get_or_init(|| {
+        let ids = roll
+            .main_ids
+            .get()
+            .map(|&(ident, native_id)| Ids { ident, native_id });
+        ScriptThread::running_as("MainThread".into(), ids.unwrap_or_else(Ids::current))
+    });
+    match main.clone().downcast::<ScriptThread>() {
+        Ok(main) => main,
+        // (Only this module sets it.)
+        Err(_) => ScriptThread::running_here("MainThread".into()),
+    }
 }
 
 /// Names the calling OS thread for `current_thread()` (before it runs any script code).
@@ -133,6 +192,11 @@ impl ScriptThread {
     /// The calling OS thread, which runs no script thread, as one (see [`current`]): running,
     /// never to be started or joined.
     fn running_here(name: String) -> Arc<Self> {
+        ScriptThread::running_as(name, Ids::current())
+    }
+
+    /// The OS thread `ids`, which runs no script thread, as one (a process's main thread).
+    fn running_as(name: String, ids: Ids) -> Arc<Self> {
         Arc::new(ScriptThread {
             name: Mutex::new(name),
             target: Mutex::new(None),
@@ -141,7 +205,7 @@ impl ScriptThread {
             joiner: Joiner::default(),
             daemon: AtomicBool::new(false),
             stop: (Arc::default(), Mutex::default()),
-            ids: Mutex::new(Some(Ids::current())),
+            ids: Mutex::new(Some(ids)),
             started: Condvar::new(),
             unstarted: true,
         })
@@ -269,6 +333,13 @@ impl ScriptThread {
         match spawned {
             Ok(handle) => {
                 self.joiner.set(handle);
+                // Listed by the process that started it (`process`'s, or the script's), once.
+                let me: Arc<dyn std::any::Any + Send + Sync> = self.clone();
+                crate::host::with_roll(host, |roll| {
+                    let mut started = roll.started.lock().recover();
+                    running(&mut started);
+                    started.push(Arc::downgrade(&me));
+                });
                 // As Python's `start`, which returns once the thread runs: its ids are known.
                 let ids = self.ids.lock().recover();
                 let _ids = self.started.wait_while(ids, |ids| ids.is_none()).recover();

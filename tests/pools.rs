@@ -325,13 +325,16 @@ STOP.set();
 /// next `Process` after a `Pool(2)` that came after `Process-1` is `Process-4`), its task on
 /// its `MainThread`, daemonic, and a thread a task starts is in the worker's process; the same in every
 /// model; a worker started in place of another is that one again. A `ThreadPool`'s workers
-/// are threads of the script's process (`Thread-N (worker)`).
+/// are threads of the script's process (`Thread-N (worker)`). A worker's own main thread is
+/// its only one between tasks (`active_count()`, `main_thread()`).
 #[test]
 fn pool_tasks_see_their_worker_as_python_names_it() {
     let lua = r#"
 local first = parrun.Process(function() end)
 local pool = parrun.Pool(2)
 local function where(x)
+  assert(parrun.active_count() == 1 and parrun.main_thread() == parrun.current_thread(),
+    "a worker has its own main thread, and no other thread between tasks")
   local q = parrun.Queue()
   local t = parrun.Thread(function() q:put(parrun.current_process().name) end)
   t:start() t:join()
@@ -359,6 +362,9 @@ print(table.concat(seen, " "))
 "#;
     let rhai = r#"
 fn where(x) {
+  if active_count() != 1 || main_thread() != current_thread() {
+    throw "a worker has its own main thread, and no other thread between tasks";
+  }
   let q = Queue();
   let t = Thread(|| q.put(current_process().name));
   t.start(); t.join();

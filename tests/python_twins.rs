@@ -684,3 +684,106 @@ print(Process(show).name);
         ],
     );
 }
+
+/// `threading.main_thread()`, `enumerate()` and `active_count()`: the script's main thread and
+/// the threads it started while they run, in the order started, from the main thread and from
+/// another; in a process, its own main thread and threads only.
+/// ```python
+/// import threading, multiprocessing as mp
+/// def names(): return " ".join(t.name for t in threading.enumerate())
+/// def work(e): e.wait()
+/// def show(tag):
+///     print(tag, threading.active_count(), names(), threading.main_thread().name,
+///           threading.main_thread() is threading.current_thread())
+/// def child():
+///     show("child")
+///     ce = threading.Event()
+///     ct = threading.Thread(target=work, args=(ce,), name="helper"); ct.start()
+///     show("child2")
+///     ce.set(); ct.join()
+/// if __name__ == "__main__":
+///     e = threading.Event()
+///     show("start")
+///     ts = [threading.Thread(target=work, args=(e,)) for _ in range(3)]
+///     for t in ts: t.start()
+///     show("three")
+///     t = threading.Thread(target=show, args=("inthread",)); t.start(); t.join()
+///     p = mp.Process(target=child); p.start(); p.join()
+///     e.set()
+///     for t in ts: t.join()
+///     show("end")
+///     print(threading.main_thread().ident == threading.get_ident())
+/// ```
+#[test]
+fn enumerate_and_main_thread_print_as_python() {
+    let lua = r#"
+function names()
+  local out = {}
+  for i, t in ipairs(parrun.enumerate()) do out[i] = t.name end
+  return table.concat(out, " ")
+end
+function work(e) e:wait() end
+function show(tag)
+  print(tag, parrun.active_count(), names(), parrun.main_thread().name,
+    parrun.main_thread() == parrun.current_thread())
+end
+function child()
+  show("child")
+  local ce = parrun.Event()
+  local ct = parrun.Thread(work, {ce}, "helper") ct:start()
+  show("child2")
+  ce:set() ct:join()
+end
+local e = parrun.Event()
+show("start")
+local ts = {}
+for i = 1, 3 do ts[i] = parrun.Thread(work, {e}) ts[i]:start() end
+show("three")
+local t = parrun.Thread(show, {"inthread"}) t:start() t:join()
+local p = parrun.Process(child) p:start() p:join()
+e:set()
+for i = 1, 3 do ts[i]:join() end
+show("end")
+print(parrun.main_thread().ident == parrun.get_ident())
+"#;
+    let rhai = r#"
+fn names() { let s = ""; for t in enumerate() { s += " " + t.name; } s }
+fn work(e) { e.wait(); }
+fn show(tag) {
+  print(`${tag} ${active_count()} ${names()} ${main_thread().name} ${main_thread() == current_thread()}`);
+}
+fn child() {
+  show("child");
+  let ce = Event();
+  let ct = Thread(work, [ce], "helper"); ct.start();
+  show("child2");
+  ce.set(); ct.join();
+}
+let e = Event();
+show("start");
+let ts = [];
+for i in 0..3 { let t = Thread(work, [e]); t.start(); ts.push(t); }
+show("three");
+let t = Thread(show, ["inthread"]); t.start(); t.join();
+let p = Process(child); p.start(); p.join();
+e.set();
+for t in ts { t.join(); }
+show("end");
+print(main_thread().ident == get_ident());
+"#;
+    prints_as_python(
+        "enumerate",
+        lua,
+        rhai,
+        &[
+            "start 1 MainThread MainThread true",
+            "three 4 MainThread Thread-1 work Thread-2 work Thread-3 work MainThread true",
+            "inthread 5 MainThread Thread-1 work Thread-2 work Thread-3 work Thread-4 show \
+             MainThread false",
+            "child 1 MainThread MainThread true",
+            "child2 2 MainThread helper MainThread true",
+            "end 1 MainThread MainThread true",
+            "true",
+        ],
+    );
+}

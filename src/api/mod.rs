@@ -280,6 +280,8 @@ pub enum Ret {
     /// cannot).
     List(Vec<crate::script::Reported>),
     Object(Object),
+    /// A list of objects (`threading.enumerate()`'s threads).
+    Objects(Vec<Object>),
     /// The call raises `value` as its error: the data a pool task raised (Lua
     /// `error({code = 7})`, Rhai `throw #{code: 7}`), as Python re-raises a task's exception
     /// object. `message` is how parrun words the error (the operation, then the worker's

@@ -308,7 +308,33 @@ pub(super) static BUILTINS: &[Builtin] = &[
         name: "current_thread",
         kind: Kind::Call,
         arity: (0, 0),
-        call: |_, _| Outcome::object(Object::Thread(crate::thread::current())),
+        call: |host, _| Outcome::object(Object::Thread(crate::thread::current(host))),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "main_thread",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |host, _| Outcome::object(Object::Thread(crate::thread::main_thread(host))),
+    },
+    Builtin {
+        class: Class::Global,
+        name: "enumerate",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |host, _| {
+            let threads = crate::thread::enumerate(host);
+            Ok(Outcome::Done(Ret::Objects(
+                threads.into_iter().map(Object::Thread).collect(),
+            )))
+        },
+    },
+    Builtin {
+        class: Class::Global,
+        name: "active_count",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |host, _| Outcome::value(Value::Int(crate::thread::enumerate(host).len() as i64)),
     },
     Builtin {
         class: Class::Global,

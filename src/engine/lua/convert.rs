@@ -183,6 +183,13 @@ pub(super) fn ret_to_lua(lua: &Lua, ret: Ret) -> mlua::Result<LuaValue> {
             sequence(lua, &items).map(LuaValue::Table)
         }
         Ret::Object(o) => new_object(lua, o).map(LuaValue::UserData),
+        Ret::Objects(objects) => {
+            let list = lua.create_table_with_capacity(objects.len(), 0)?;
+            for (i, o) in objects.into_iter().enumerate() {
+                list.raw_set(i + 1, new_object(lua, o)?)?;
+            }
+            Ok(LuaValue::Table(list))
+        }
         Ret::Raise { value, message } => raised_to_lua(lua, &value, message),
     }
 }

@@ -316,6 +316,9 @@ pub(super) fn invoke_with(
             _ => Err(fail("internal error: a list that is not a value".into())),
         },
         Ret::Object(o) => Ok(Dynamic::from(o)),
+        Ret::Objects(objects) => Ok(Dynamic::from_array(
+            objects.into_iter().map(Dynamic::from).collect(),
+        )),
         // The data a task threw, thrown again here: `catch (e)` gets it as it was thrown.
         Ret::Raise { value, message } => {
             let value = into_dynamic(value).map_err(|e| fail(format!("{message} ({e})")))?;
