@@ -326,10 +326,12 @@ pub(crate) struct ProcessIdentity {
     pub(crate) roll: Roll,
 }
 
-/// The threads of one process, as Python's `threading` keeps them for `main_thread()`,
-/// `enumerate()` and `active_count()`: its main thread (the OS thread it began on, made into a
-/// thread object when first asked for) and the threads it started, while they run. Kept as
-/// `Any` (each a `ScriptThread`): `crate::thread` builds on this module.
+/// The threads and child processes of one process, as Python's `threading` and
+/// `multiprocessing` keep them for `main_thread()`, `enumerate()`, `active_count()` and
+/// `active_children()`: its main thread (the OS thread it began on, made into a thread object
+/// when first asked for), the threads it started while they run, and the processes it
+/// started until they are found ended. Kept as `Any` (each a `ScriptThread` or a
+/// `ScriptProcess`): `crate::thread` and `crate::process` build on this module.
 #[derive(Default)]
 pub(crate) struct Roll {
     /// The main thread's OS thread: its pthread id and its kernel thread id.
@@ -338,6 +340,8 @@ pub(crate) struct Roll {
     pub(crate) main: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
     /// The threads it started, in the order started (those that ended are swept out).
     pub(crate) started: Mutex<Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
+    /// The processes it started, in the order started (likewise).
+    pub(crate) children: Mutex<Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl Roll {

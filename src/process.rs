@@ -209,7 +209,15 @@ impl ScriptProcess {
             Launch::Fork(target) => self.fork(host, target),
             Launch::Thread { target, engine } => self.spawn(host, engine, target),
             Launch::Remote(start) => self.start_remote(host, start),
-        }
+        }?;
+        // A child of the process that started it, for `active_children()`.
+        let me: Arc<dyn std::any::Any + Send + Sync> = self.clone();
+        crate::host::with_roll(host, |roll| {
+            let mut children = roll.children.lock().recover();
+            alive(&mut children);
+            children.push(Arc::downgrade(&me));
+        });
+        Ok(())
     }
 
     /// Runs `target` on a new OS thread, in `engine` (one of its own) or in the script's.
@@ -430,6 +438,33 @@ impl ScriptProcess {
             _ => Ok(()),
         }
     }
+}
+
+/// The child processes of the caller's process that are alive, in the order started, as
+/// Python's `multiprocessing.active_children()` gives them; those found ended are reaped on
+/// the way (Python's "joins" them), and dropped from its list.
+pub(crate) fn active_children(host: &Host) -> Vec<Arc<ScriptProcess>> {
+    crate::host::with_roll(host, |roll| alive(&mut roll.children.lock().recover()))
+}
+
+/// The processes of `children` that are alive, in order; the rest are dropped from it.
+fn alive(
+    children: &mut Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>,
+) -> Vec<Arc<ScriptProcess>> {
+    let mut alive = Vec::new();
+    children.retain(|weak| {
+        let child = weak
+            .upgrade()
+            .and_then(|c| c.downcast::<ScriptProcess>().ok());
+        match child {
+            Some(c) if c.is_alive() => {
+                alive.push(c);
+                true
+            }
+            _ => false,
+        }
+    });
+    alive
 }
 
 /// The process the caller runs in, as `current_process()` gives it: `MainProcess` in the

@@ -787,3 +787,69 @@ print(main_thread().ident == get_ident());
         ],
     );
 }
+
+/// `multiprocessing.active_children()`: the processes the calling process started that are
+/// alive, the same objects; none in a child that started none.
+/// ```python
+/// import multiprocessing as mp
+/// def hold(e): e.wait()
+/// def quick(): pass
+/// def inner(): print("inner", len(mp.active_children()))
+/// if __name__ == "__main__":
+///     e = mp.Event()
+///     print("none", len(mp.active_children()))
+///     a = mp.Process(target=hold, args=(e,)); a.start()
+///     b = mp.Process(target=quick, name="quick"); b.start(); b.join()
+///     print("alive", " ".join(p.name for p in mp.active_children()))
+///     print("same", mp.active_children()[0] is a)
+///     c = mp.Process(target=inner); c.start(); c.join()
+///     e.set(); a.join()
+///     print("after", len(mp.active_children()), a.exitcode)
+/// ```
+#[test]
+fn active_children_prints_as_python() {
+    let lua = r#"
+function hold(e) e:wait() end
+function quick() end
+function inner() print("inner", #parrun.active_children()) end
+local e = parrun.Event()
+print("none", #parrun.active_children())
+local a = parrun.Process(hold, {e}) a:start()
+local b = parrun.Process(quick, {}, "quick") b:start() b:join()
+local names = {}
+for i, p in ipairs(parrun.active_children()) do names[i] = p.name end
+print("alive", table.concat(names, " "))
+print("same", parrun.active_children()[1] == a)
+local c = parrun.Process(inner) c:start() c:join()
+e:set() a:join()
+print("after", #parrun.active_children(), a.exitcode)
+"#;
+    let rhai = r#"
+fn hold(e) { e.wait(); }
+fn quick() { }
+fn inner() { print(`inner ${active_children().len()}`); }
+let e = Event();
+print(`none ${active_children().len()}`);
+let a = Process(hold, [e]); a.start();
+let b = Process(quick, [], "quick"); b.start(); b.join();
+let names = "";
+for p in active_children() { names += " " + p.name; }
+print(`alive ${names}`);
+print(`same ${active_children()[0] == a}`);
+let c = Process(inner); c.start(); c.join();
+e.set(); a.join();
+print(`after ${active_children().len()} ${a.exitcode}`);
+"#;
+    prints_as_python(
+        "children",
+        lua,
+        rhai,
+        &[
+            "none 0",
+            "alive Process-1",
+            "same true",
+            "inner 0",
+            "after 0 0",
+        ],
+    );
+}

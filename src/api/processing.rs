@@ -397,6 +397,18 @@ pub(super) static BUILTINS: &[Builtin] = &[
     },
     Builtin {
         class: Class::Global,
+        name: "active_children",
+        kind: Kind::Call,
+        arity: (0, 0),
+        call: |host, _| {
+            let children = crate::process::active_children(host);
+            Ok(Outcome::Done(Ret::Objects(
+                children.into_iter().map(Object::Process).collect(),
+            )))
+        },
+    },
+    Builtin {
+        class: Class::Global,
         name: "Pool",
         kind: Kind::Call,
         arity: (0, 2),
