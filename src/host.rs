@@ -227,7 +227,7 @@ pub struct Settings {
 /// Adds `item` to a list of started things, dropping the finished ones (`!live`) first whenever
 /// the list is full; after a sweep it has room for at least as many again, so starting n
 /// things costs O(n) in all, however many stay alive (a sweep on every start was O(n²)).
-fn push_sweeping<T>(list: &mut Vec<T>, item: T, live: impl Fn(&T) -> bool) {
+pub(crate) fn push_sweeping<T>(list: &mut Vec<T>, item: T, live: impl Fn(&T) -> bool) {
     if list.len() == list.capacity() {
         list.retain(live);
         list.reserve(list.len().max(16));

@@ -214,8 +214,11 @@ impl ScriptProcess {
         let me: Arc<dyn std::any::Any + Send + Sync> = self.clone();
         crate::host::with_roll(host, |roll| {
             let mut children = roll.children.lock().recover();
-            alive(&mut children);
-            children.push(Arc::downgrade(&me));
+            crate::host::push_sweeping(&mut children, Arc::downgrade(&me), |weak| {
+                weak.upgrade()
+                    .and_then(|c| c.downcast::<ScriptProcess>().ok())
+                    .is_some_and(|c| c.is_alive())
+            });
         });
         Ok(())
     }

@@ -4,7 +4,9 @@
 //! `start`, then runs it on a new OS thread that holds the GIL while it runs script code. The
 //! thread registry in [`Host`] lets the runtime wait for every started thread before the script
 //! ends, as Python waits for non-daemon threads. A daemon thread is stopped then instead, as a
-//! pool stops a thread's task ([`crate::rt::cancel`]), where Python abandons it.
+//! pool stops a thread's task ([`crate::rt::cancel`]), where Python abandons it. Each process
+//! keeps a roll of its main thread and the threads it started ([`crate::host::Roll`]), for
+//! `main_thread()`, `enumerate()` and `active_count()`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -337,8 +339,11 @@ impl ScriptThread {
                 let me: Arc<dyn std::any::Any + Send + Sync> = self.clone();
                 crate::host::with_roll(host, |roll| {
                     let mut started = roll.started.lock().recover();
-                    running(&mut started);
-                    started.push(Arc::downgrade(&me));
+                    crate::host::push_sweeping(&mut started, Arc::downgrade(&me), |weak| {
+                        weak.upgrade()
+                            .and_then(|t| t.downcast::<ScriptThread>().ok())
+                            .is_some_and(|t| t.is_alive())
+                    });
                 });
                 // As Python's `start`, which returns once the thread runs: its ids are known.
                 let ids = self.ids.lock().recover();
