@@ -387,6 +387,20 @@ pub(crate) fn enter_process(name: String, identity: String, daemon: bool, thread
     join_process(Some(Arc::new(process)));
 }
 
+/// As Python's `Process.start`: a daemonic process (a daemonic `Process`, a pool's worker)
+/// starts no process of its own (nor a pool of processes), since it is ended abruptly when
+/// its parent ends and would leave its children behind.
+pub(crate) fn refuse_in_a_daemon() -> Result<(), String> {
+    match current_process() {
+        Some(process) if process.daemon => Err(format!(
+            "{} is daemonic, and a daemonic process starts no process of its own \
+             (AssertionError: daemonic processes are not allowed to have children)",
+            process.name
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs `f` on the roll of the threads of the process the calling thread runs in (`host`'s
 /// own, for the script's process).
 pub(crate) fn with_roll<R>(host: &Host, f: impl FnOnce(&Roll) -> R) -> R {

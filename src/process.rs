@@ -201,6 +201,7 @@ impl ScriptProcess {
                  (AssertionError: can only start a process object created by current process)"
                 .into());
         }
+        crate::host::refuse_in_a_daemon()?;
         let target = take_target(
             &self.target,
             "a process can only be started once (AssertionError: cannot start a process twice)",

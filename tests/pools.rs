@@ -1763,12 +1763,13 @@ pool.join();
     });
 }
 
-/// A pool started inside a worker gets the script's state as the worker has it: what the
+/// A pool started inside a process gets the script's state as the process has it: what the
 /// script added to and removed from a standard table (Lua's `string`), its globals and its
-/// functions. In `isolated` the nested workers are built from a worker's own snapshot, whose
-/// standard values were found by its source's list (`snapshot::restore_pristine`).
+/// functions. In `isolated` the nested workers are built from the process's own snapshot, whose
+/// standard values were found by its source's list (`snapshot::restore_pristine`). (Not inside
+/// a pool's worker: a daemonic process starts no pool, as in Python.)
 #[test]
-fn a_pool_inside_a_worker_sees_the_script_s_changes() {
+fn a_pool_inside_a_process_sees_the_script_s_changes() {
     each_mode(
         "nested",
         &[],
@@ -1785,10 +1786,16 @@ local function task(x)
   p:join()
   return table.concat(r, ",")
 end
-local pool = parrun.Pool(2)
-print(table.concat(pool:map(task, { 1, 10 }), " | "))
-pool:close()
-pool:join()
+local function child(q, x) q:put(task(x)) end
+local q = parrun.Queue()
+local out = {}
+for _, x in ipairs({ 1, 10 }) do
+  local p = parrun.Process(child, { q, x })
+  p:start()
+  out[#out + 1] = q:get()
+  p:join()
+end
+print(table.concat(out, " | "))
 "#,
         r#"
 fn shout(s) { s.to_upper() + "!" }
@@ -1800,17 +1807,100 @@ fn task(x) {
     p.join();
     r[0] + "," + r[1]
 }
-let pool = Pool(2);
-let res = pool.map(task, [1, 10]);
-print(res[0] + " | " + res[1]);
-pool.close();
-pool.join();
+fn child(q, x) { q.put(task(x)); }
+let q = Queue();
+let out = [];
+for x in [1, 10] {
+    let p = Process(child, [q, x]);
+    p.start();
+    out.push(q.get());
+    p.join();
+}
+print(out[0] + " | " + out[1]);
 "#,
         |mode, out| {
             out.assert_success();
             assert_eq!(
                 out.stdout_lines(),
                 ["V!8,V!9 | V!17,V!18"],
+                "{mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}
+
+/// A daemonic process starts no process and no pool of processes, as Python's refuses with
+/// `AssertionError: daemonic processes are not allowed to have children`: a pool's worker and
+/// a `Process` made daemonic, in every mode; a `ThreadPool` there is allowed, as are a
+/// process's own children when it is not daemonic.
+#[test]
+fn a_daemonic_process_starts_no_process_as_in_python() {
+    each_mode(
+        "daemonic",
+        &[],
+        r#"
+local function quick() end
+local pool = parrun.Pool(1)
+local function try(f) return select(2, pcall(f)) end
+print(pool:apply(function()
+  local p = parrun.Process(quick)
+  local ok, err = pcall(p.start, p)
+  local ok2, err2 = pcall(parrun.Pool, 1)
+  local tp = parrun.ThreadPool(1)
+  local five = tp:apply(function() return 5 end)
+  tp:close() tp:join()
+  return tostring(ok) .. " " .. tostring(ok2) .. " " .. five .. " "
+    .. tostring(err:find("daemonic processes are not allowed to have children", 1, true) ~= nil)
+    .. " " .. tostring(err2:find("daemonic processes are not allowed to have children", 1, true) ~= nil)
+end, {}))
+pool:close() pool:join()
+local q = parrun.Queue()
+local function body(q)
+  local c = parrun.Process(quick)
+  local ok = pcall(c.start, c)
+  q:put(tostring(ok))
+end
+local d = parrun.Process(body, { q })
+d.daemon = true
+d:start() print("daemon " .. q:get()) d:join()
+local n = parrun.Process(body, { q })
+n:start() print("not daemon " .. q:get()) n:join()
+"#,
+        r#"
+fn quick() { }
+fn body(q) {
+    let c = Process(quick);
+    let ok = true;
+    try { c.start(); c.join(); } catch { ok = false; }
+    q.put(`${ok}`);
+}
+let pool = Pool(1);
+print(pool.apply(|| {
+    let p = Process(quick);
+    let err = "";
+    try { p.start(); } catch (e) { err = `${e}`; }
+    let err2 = "";
+    try { let inner = Pool(1); } catch (e) { err2 = `${e}`; }
+    let tp = ThreadPool(1);
+    let five = tp.apply(|| 5);
+    tp.close(); tp.join();
+    let refused = "daemonic processes are not allowed to have children";
+    `${err == ""} ${err2 == ""} ${five} ${err.contains(refused)} ${err2.contains(refused)}`
+}));
+pool.close(); pool.join();
+let q = Queue();
+let d = Process(body, [q]);
+d.daemon = true;
+d.start(); print(`daemon ${q.get()}`); d.join();
+let n = Process(body, [q]);
+n.start(); print(`not daemon ${q.get()}`); n.join();
+"#,
+        |mode, out| {
+            out.assert_success();
+            assert_eq!(
+                out.stdout_lines(),
+                ["false false 5 true true", "daemon false", "not daemon true"],
                 "{mode}: {}",
                 out.describe()
             );

@@ -436,6 +436,10 @@ impl Pool {
     /// workers' engines from `engine`, as of now (the call that creates the pool: an isolated
     /// pool's snapshot is taken here). Call with the GIL held.
     pub fn prepare(config: PoolConfig, engine: &dyn ScriptEngine) -> Result<NewPool, String> {
+        // A pool's workers are processes, in every mode (a `ThreadPool`'s are threads).
+        if !config.thread_pool {
+            crate::host::refuse_in_a_daemon()?;
+        }
         if config.maxtasksperchild == Some(0) {
             return Err("maxtasksperchild must be at least 1, got 0 (ValueError)".into());
         }
