@@ -227,7 +227,7 @@ pub struct Settings {
 /// Adds `item` to a list of started things, dropping the finished ones (`!live`) first whenever
 /// the list is full; after a sweep it has room for at least as many again, so starting n
 /// things costs O(n) in all, however many stay alive (a sweep on every start was O(n²)).
-pub(crate) fn push_sweeping<T>(list: &mut Vec<T>, item: T, live: impl Fn(&T) -> bool) {
+fn push_sweeping<T>(list: &mut Vec<T>, item: T, live: impl Fn(&T) -> bool) {
     if list.len() == list.capacity() {
         list.retain(live);
         list.reserve(list.len().max(16));
@@ -339,9 +339,47 @@ pub(crate) struct Roll {
     /// The main thread's object, once made.
     pub(crate) main: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
     /// The threads it started, in the order started (those that ended are swept out).
-    pub(crate) started: Mutex<Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
+    pub(crate) started: Mutex<Rolled>,
     /// The processes it started, in the order started (likewise).
-    pub(crate) children: Mutex<Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
+    pub(crate) children: Mutex<Rolled>,
+}
+
+/// A roll's list of things started: each a `T` (a thread or a process), held weakly.
+pub(crate) type Rolled = Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>;
+
+/// The entries of `list` that are `live`, in order; the rest are dropped from it.
+pub(crate) fn live_in<T: std::any::Any + Send + Sync>(
+    list: &mut Rolled,
+    live: impl Fn(&T) -> bool,
+) -> Vec<Arc<T>> {
+    let mut kept = Vec::new();
+    list.retain(|weak| match upgraded::<T>(weak) {
+        Some(item) if live(&item) => {
+            kept.push(item);
+            true
+        }
+        _ => false,
+    });
+    kept
+}
+
+/// Adds `item` to `list`, sweeping out the entries that are not `live` when it is full
+/// ([`push_sweeping`]).
+pub(crate) fn enroll<T: std::any::Any + Send + Sync>(
+    list: &mut Rolled,
+    item: &Arc<T>,
+    live: impl Fn(&T) -> bool,
+) {
+    let item: Arc<dyn std::any::Any + Send + Sync> = item.clone();
+    push_sweeping(list, Arc::downgrade(&item), |weak| {
+        upgraded::<T>(weak).is_some_and(|t| live(&t))
+    });
+}
+
+fn upgraded<T: std::any::Any + Send + Sync>(
+    weak: &std::sync::Weak<dyn std::any::Any + Send + Sync>,
+) -> Option<Arc<T>> {
+    weak.upgrade().and_then(|item| item.downcast::<T>().ok())
 }
 
 impl Roll {

@@ -212,14 +212,9 @@ impl ScriptProcess {
             Launch::Remote(start) => self.start_remote(host, start),
         }?;
         // A child of the process that started it, for `active_children()`.
-        let me: Arc<dyn std::any::Any + Send + Sync> = self.clone();
         crate::host::with_roll(host, |roll| {
-            let mut children = roll.children.lock().recover();
-            crate::host::push_sweeping(&mut children, Arc::downgrade(&me), |weak| {
-                weak.upgrade()
-                    .and_then(|c| c.downcast::<ScriptProcess>().ok())
-                    .is_some_and(|c| c.is_alive())
-            });
+            let children = &mut roll.children.lock().recover();
+            crate::host::enroll(children, self, ScriptProcess::is_alive);
         });
         Ok(())
     }
@@ -448,27 +443,9 @@ impl ScriptProcess {
 /// Python's `multiprocessing.active_children()` gives them; those found ended are reaped on
 /// the way (Python's "joins" them), and dropped from its list.
 pub(crate) fn active_children(host: &Host) -> Vec<Arc<ScriptProcess>> {
-    crate::host::with_roll(host, |roll| alive(&mut roll.children.lock().recover()))
-}
-
-/// The processes of `children` that are alive, in order; the rest are dropped from it.
-fn alive(
-    children: &mut Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>,
-) -> Vec<Arc<ScriptProcess>> {
-    let mut alive = Vec::new();
-    children.retain(|weak| {
-        let child = weak
-            .upgrade()
-            .and_then(|c| c.downcast::<ScriptProcess>().ok());
-        match child {
-            Some(c) if c.is_alive() => {
-                alive.push(c);
-                true
-            }
-            _ => false,
-        }
-    });
-    alive
+    crate::host::with_roll(host, |roll| {
+        crate::host::live_in(&mut roll.children.lock().recover(), ScriptProcess::is_alive)
+    })
 }
 
 /// The process the caller runs in, as `current_process()` gives it: `MainProcess` in the

@@ -119,29 +119,10 @@ pub fn main_thread(host: &Host) -> Arc<ScriptThread> {
 pub fn enumerate(host: &Host) -> Vec<Arc<ScriptThread>> {
     crate::host::with_roll(host, |roll| {
         let mut alive = vec![main_of(roll)];
-        alive.extend(running(&mut roll.started.lock().recover()));
+        let started = &mut roll.started.lock().recover();
+        alive.extend(crate::host::live_in(started, ScriptThread::is_alive));
         alive
     })
-}
-
-/// The threads of `started` that run, in order; the rest are dropped from it.
-fn running(
-    started: &mut Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>,
-) -> Vec<Arc<ScriptThread>> {
-    let mut alive = Vec::new();
-    started.retain(|weak| {
-        let thread = weak
-            .upgrade()
-            .and_then(|t| t.downcast::<ScriptThread>().ok());
-        match thread {
-            Some(t) if t.is_alive() => {
-                alive.push(t);
-                true
-            }
-            _ => false,
-        }
-    });
-    alive
 }
 
 /// The roll's main thread, made on first asking.
@@ -336,14 +317,9 @@ impl ScriptThread {
             Ok(handle) => {
                 self.joiner.set(handle);
                 // Listed by the process that started it (`process`'s, or the script's), once.
-                let me: Arc<dyn std::any::Any + Send + Sync> = self.clone();
                 crate::host::with_roll(host, |roll| {
-                    let mut started = roll.started.lock().recover();
-                    crate::host::push_sweeping(&mut started, Arc::downgrade(&me), |weak| {
-                        weak.upgrade()
-                            .and_then(|t| t.downcast::<ScriptThread>().ok())
-                            .is_some_and(|t| t.is_alive())
-                    });
+                    let started = &mut roll.started.lock().recover();
+                    crate::host::enroll(started, self, ScriptThread::is_alive);
                 });
                 // As Python's `start`, which returns once the thread runs: its ids are known.
                 let ids = self.ids.lock().recover();
