@@ -276,7 +276,7 @@ impl Object {
 pub enum Ret {
     Value(Value),
     /// A list (`map`'s results), in the pieces its items came in: the engine reads the
-    /// pieces a forked worker wrote straight into its own list ([`Ret::into_value`] where it
+    /// pieces a forked worker wrote straight into its own list (`Reported::concat` where it
     /// cannot).
     List(Vec<crate::script::Reported>),
     Object(Object),
@@ -290,18 +290,6 @@ pub enum Ret {
         value: Value,
         message: String,
     },
-}
-
-impl Ret {
-    /// A [`Ret::List`] as one value; any other as it is.
-    pub fn into_value(self) -> Result<Ret, String> {
-        match self {
-            Ret::List(pieces) => crate::script::Reported::concat(pieces)
-                .map(|items| Ret::Value(Value::Array(items)))
-                .map_err(|e| format!("a worker's results could not be read: {e}")),
-            other => Ok(other),
-        }
-    }
 }
 
 impl From<Value> for Ret {
@@ -334,6 +322,9 @@ impl Outcome {
     }
     fn object(o: Object) -> Result<Outcome, String> {
         Ok(Outcome::Done(Ret::Object(o)))
+    }
+    fn objects(objects: impl IntoIterator<Item = Object>) -> Result<Outcome, String> {
+        Ok(Outcome::Done(Ret::Objects(objects.into_iter().collect())))
     }
     fn wait(f: impl FnOnce() -> Result<Ret, String> + Send + 'static) -> Result<Outcome, String> {
         Ok(Outcome::Wait(Box::new(f)))

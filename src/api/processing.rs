@@ -402,9 +402,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
         arity: (0, 0),
         call: |host, _| {
             let children = crate::process::active_children(host);
-            Ok(Outcome::Done(Ret::Objects(
-                children.into_iter().map(Object::Process).collect(),
-            )))
+            Outcome::objects(children.into_iter().map(Object::Process))
         },
     },
     Builtin {

@@ -323,10 +323,11 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (0, 0),
         call: |host, _| {
-            let threads = crate::thread::enumerate(host);
-            Ok(Outcome::Done(Ret::Objects(
-                threads.into_iter().map(Object::Thread).collect(),
-            )))
+            Outcome::objects(
+                crate::thread::enumerate(host)
+                    .into_iter()
+                    .map(Object::Thread),
+            )
         },
     },
     Builtin {

@@ -23,6 +23,7 @@ use crate::rt::cancel;
 use crate::rt::poison::Recover;
 use crate::rt::progress::Tracker;
 use crate::script::{Callback, Reported, TaskError, WireList};
+use crate::value::wire::unreadable;
 use crate::value::Value;
 
 /// What a job's result looks like to the script.
@@ -690,11 +691,6 @@ impl Slots {
         };
         Some((i, item))
     }
-}
-
-/// Why a job failed whose results, as a worker wrote them, did not read.
-fn unreadable(e: &str) -> String {
-    format!("a worker's results could not be read: {e}")
 }
 
 /// Makes `values`, a prefix of a job's `items` values, whole: the values reported `ahead` of

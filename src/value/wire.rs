@@ -132,8 +132,13 @@ impl Reported {
         }
     }
 
-    /// The values of `pieces`, one after another.
+    /// The values of `pieces`, one after another; an error says a worker's results did not
+    /// read ([`unreadable`]).
     pub(crate) fn concat(pieces: Vec<Reported>) -> Result<Vec<Value>, String> {
+        Reported::concat_raw(pieces).map_err(|e| unreadable(&e))
+    }
+
+    fn concat_raw(pieces: Vec<Reported>) -> Result<Vec<Value>, String> {
         let mut pieces = pieces.into_iter();
         let mut all = match pieces.next() {
             Some(first) => first.into_values()?,
@@ -153,6 +158,11 @@ impl Reported {
         }
         Ok(all)
     }
+}
+
+/// Why a job whose results, as a worker wrote them, did not read failed.
+pub(crate) fn unreadable(e: &str) -> String {
+    format!("a worker's results could not be read: {e}")
 }
 
 /// A list [`encode_list`] wrote, read one item at a time ([`decode_list`]'s reading, with no

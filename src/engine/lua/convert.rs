@@ -177,9 +177,7 @@ pub(super) fn ret_to_lua(lua: &Lua, ret: Ret) -> mlua::Result<LuaValue> {
             }
             // The serde path decides (a value past the direct path's reach), or says why the
             // results do not read.
-            let items = crate::script::Reported::concat(pieces).map_err(|e| {
-                mlua::Error::runtime(format!("a worker's results could not be read: {e}"))
-            })?;
+            let items = crate::script::Reported::concat(pieces).map_err(mlua::Error::runtime)?;
             sequence(lua, &items).map(LuaValue::Table)
         }
         Ret::Object(o) => new_object(lua, o).map(LuaValue::UserData),

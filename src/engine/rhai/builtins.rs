@@ -311,10 +311,10 @@ pub(super) fn invoke_with(
     };
     match ret {
         Ret::Value(v) => into_dynamic(v).map_err(|e| fail(e.to_string())),
-        list @ Ret::List(_) => match list.into_value().map_err(fail)? {
-            Ret::Value(v) => into_dynamic(v).map_err(|e| fail(e.to_string())),
-            _ => Err(fail("internal error: a list that is not a value".into())),
-        },
+        Ret::List(pieces) => {
+            let items = crate::script::Reported::concat(pieces).map_err(fail)?;
+            into_dynamic(Value::Array(items)).map_err(|e| fail(e.to_string()))
+        }
         Ret::Object(o) => Ok(Dynamic::from(o)),
         Ret::Objects(objects) => Ok(Dynamic::from_array(
             objects.into_iter().map(Dynamic::from).collect(),
