@@ -147,14 +147,20 @@ impl Feed<'_> {
         if list.items > self.chunksize {
             return self.push(Calls::Each(list.decode()?));
         }
-        self.push_chunks(vec![Chunk::Written(list)])
+        self.push_chunks([Chunk::Written(list)])
     }
 
-    fn push_chunks(&mut self, chunks: Vec<Chunk>) -> Result<(), String> {
+    fn push_chunks(&mut self, chunks: impl IntoIterator<Item = Chunk>) -> Result<(), String> {
         let pool = self.pool;
         let s = pool.state();
         pool.takes_work(&s)?;
-        pool.enqueue(s, &self.job, &self.function, chunks, &mut self.submitted);
+        pool.enqueue(
+            s,
+            &self.job,
+            self.function.clone(),
+            chunks,
+            &mut self.submitted,
+        );
         Ok(())
     }
 
@@ -185,42 +191,51 @@ impl Drop for Feed<'_> {
     }
 }
 
-/// A task's calls: a range of the list its job's tasks share, or a map's chunk written for
-/// the workers' pipes as the script's list was read ([`Feed::push_written`]).
+/// A task's calls: a range of the list its job's tasks share, a job's calls whole when they
+/// make one chunk (an `apply_async`: no list to share), or a map's chunk written for the
+/// workers' pipes as the script's list was read ([`Feed::push_written`]).
 enum Chunk {
     Shared {
         all: Arc<Calls>,
         range: std::ops::Range<usize>,
     },
+    Whole(Calls),
     Written(WireList),
 }
 
 /// Splits `calls` into chunks of at most `size` calls that share one list: nothing is copied.
-fn chunks(calls: Calls, size: usize) -> Vec<Chunk> {
-    let all = Arc::new(calls);
-    let len = all.len();
-    (0..len)
-        .step_by(size.max(1))
-        .map(|start| Chunk::Shared {
+/// Calls that fit in one chunk are that chunk, with no shared list and no list of chunks
+/// made (an `apply_async` a call: they were a tenth of its allocations).
+fn chunks(calls: Calls, size: usize) -> impl Iterator<Item = Chunk> {
+    let size = size.max(1);
+    let len = calls.len();
+    let (whole, shared) = if len <= size {
+        ((len > 0).then_some(Chunk::Whole(calls)), None)
+    } else {
+        let all = Arc::new(calls);
+        let cut = (0..len).step_by(size).map(move |start| Chunk::Shared {
             all: all.clone(),
             range: start..(start + size).min(len),
-        })
-        .collect()
+        });
+        (None, Some(cut))
+    };
+    whole.into_iter().chain(shared.into_iter().flatten())
 }
 
 impl Chunk {
     fn len(&self) -> usize {
         match self {
             Chunk::Shared { range, .. } => range.len(),
+            Chunk::Whole(calls) => calls.len(),
             Chunk::Written(list) => list.items,
         }
     }
 
-    /// A shared chunk's range of its list.
-    fn shared<'a>(all: &'a Calls, range: &std::ops::Range<usize>) -> CallSlice<'a> {
+    /// The calls `range` of `all`.
+    fn slice(all: &Calls, range: std::ops::Range<usize>) -> CallSlice<'_> {
         match all {
-            Calls::Each(v) => CallSlice::Each(&v[range.clone()]),
-            Calls::Lists(v) => CallSlice::Lists(&v[range.clone()]),
+            Calls::Each(v) => CallSlice::Each(&v[range]),
+            Calls::Lists(v) => CallSlice::Lists(&v[range]),
         }
     }
 
@@ -228,7 +243,8 @@ impl Chunk {
     /// back: only a pool whose workers are other processes is given one).
     fn run<R>(&self, f: impl FnOnce(CallSlice<'_>) -> R) -> Result<R, String> {
         match self {
-            Chunk::Shared { all, range } => Ok(f(Chunk::shared(all, range))),
+            Chunk::Shared { all, range } => Ok(f(Chunk::slice(all, range.clone()))),
+            Chunk::Whole(calls) => Ok(f(Chunk::slice(calls, 0..calls.len()))),
             Chunk::Written(list) => Ok(f(CallSlice::Each(&list.decode()?))),
         }
     }
@@ -236,7 +252,8 @@ impl Chunk {
     /// The calls as they go down a worker's pipe.
     fn out(&self) -> CallsOut<'_> {
         match self {
-            Chunk::Shared { all, range } => Chunk::shared(all, range).into(),
+            Chunk::Shared { all, range } => Chunk::slice(all, range.clone()).into(),
+            Chunk::Whole(calls) => Chunk::slice(calls, 0..calls.len()).into(),
             Chunk::Written(list) => CallsOut::EachWritten(&list.bytes),
         }
     }
@@ -279,6 +296,30 @@ struct PoolState {
     workers_done: bool,
     /// Worker threads waiting on `work` for a task.
     idle_workers: usize,
+}
+
+impl PoolState {
+    /// Queues a task of `job`: `calls`, the first being call `first` of the job (advanced
+    /// past them).
+    fn queue(
+        &mut self,
+        job: &Arc<AsyncResult>,
+        function: Arc<FunctionSpec>,
+        calls: Chunk,
+        first: &mut usize,
+    ) {
+        let n = calls.len();
+        let id = self.next_task;
+        self.next_task += 1;
+        self.pending.push_back(Task {
+            id,
+            job: job.clone(),
+            first: *first,
+            function,
+            calls,
+        });
+        *first += n;
+    }
 }
 
 thread_local! {
@@ -572,7 +613,7 @@ impl Pool {
             return Ok(job);
         }
         let mut first = 0;
-        self.enqueue(s, &job, &function, chunks(calls, chunksize), &mut first);
+        self.enqueue(s, &job, function, chunks(calls, chunksize), &mut first);
         Ok(job)
     }
 
@@ -600,28 +641,26 @@ impl Pool {
     }
 
     /// Queues `chunks` of `job`'s calls, the first being call `first` of the job (advanced
-    /// past them), and tells the workers; releases the pool's lock `s`.
+    /// past them), and tells the workers; releases the pool's lock `s`. The last task takes
+    /// `function` itself: its count is shared with the workers, which drop it as they end a
+    /// task, so each clone and drop here costs a cache line's trip between cores.
     fn enqueue(
         &self,
         mut s: MutexGuard<'_, PoolState>,
         job: &Arc<AsyncResult>,
-        function: &Arc<FunctionSpec>,
-        chunks: Vec<Chunk>,
+        function: Arc<FunctionSpec>,
+        chunks: impl IntoIterator<Item = Chunk>,
         first: &mut usize,
     ) {
-        for chunk in chunks {
-            let n = chunk.len();
-            let id = s.next_task;
-            s.next_task += 1;
-            s.pending.push_back(Task {
-                id,
-                job: job.clone(),
-                first: *first,
-                function: function.clone(),
-                calls: chunk,
-            });
-            *first += n;
+        let mut chunks = chunks.into_iter();
+        let Some(mut chunk) = chunks.next() else {
+            return;
+        };
+        for next in chunks {
+            let queued = std::mem::replace(&mut chunk, next);
+            s.queue(job, function.clone(), queued, first);
         }
+        s.queue(job, function, chunk, first);
         let (queued, idle) = (s.pending.len(), s.idle_workers);
         drop(s);
         self.backend.tasks_added(self, queued, idle);
@@ -1341,7 +1380,7 @@ mod tests {
     #[test]
     fn chunks_share_the_list() {
         let calls = Calls::Each((0..10).map(Value::Int).collect());
-        let chunks = chunks(calls, 4);
+        let chunks: Vec<Chunk> = chunks(calls, 4).collect();
         let lens: Vec<usize> = chunks.iter().map(Chunk::len).collect();
         assert_eq!(lens, [4, 4, 2]);
         let (Chunk::Shared { all: a, .. }, Chunk::Shared { all: b, .. }) = (&chunks[0], &chunks[2])
@@ -1354,6 +1393,28 @@ mod tests {
             CallSlice::Lists(_) => panic!("map calls became argument lists"),
         });
         assert_eq!(items, Ok(vec![Value::Int(8), Value::Int(9)]));
+    }
+
+    /// Calls that fit in one chunk are that chunk, whole: no list shared, the same calls.
+    #[test]
+    fn calls_that_fit_one_chunk_are_it_whole() {
+        let lists = || Calls::Lists(vec![vec![Value::Int(1), Value::Str("a".into())]]);
+        let chunks: Vec<Chunk> = chunks(lists(), 1).collect();
+        assert!(matches!(chunks[..], [Chunk::Whole(_)]));
+        assert_eq!(chunks[0].len(), 1);
+        let run = chunks[0].run(|calls| match calls {
+            CallSlice::Lists(v) => v.to_vec(),
+            CallSlice::Each(_) => panic!("argument lists became map calls"),
+        });
+        let Calls::Lists(expected) = lists() else {
+            unreachable!()
+        };
+        assert_eq!(run, Ok(expected));
+        assert_eq!(
+            rmp_serde::to_vec(&chunks[0].out()).unwrap(),
+            rmp_serde::to_vec(&lists()).unwrap()
+        );
+        assert_eq!(super::chunks(Calls::Each(Vec::new()), 4).count(), 0);
     }
 
     /// A written chunk goes down the pipe as the same bytes as the values it holds, and an
@@ -1369,7 +1430,8 @@ mod tests {
         let mut bytes = Vec::new();
         crate::value::wire::encode_list(&mut bytes, &values);
         let written = Chunk::Written(WireList { items: 4, bytes });
-        let shared = chunks(Calls::Each(values.clone()), 4).pop().unwrap();
+        let twice = Calls::Each([values.clone(), values.clone()].concat());
+        let shared = chunks(twice, 4).next().unwrap();
         assert_eq!(written.len(), 4);
         assert_eq!(
             rmp_serde::to_vec(&written.out()).unwrap(),
