@@ -619,20 +619,16 @@ impl Host {
     /// Runs a script's main code: `main` with the GIL, then what Python does before it exits
     /// ([`Host::finish_holding_gil`]); what `main` returned. A script error is told to the
     /// embedding's `on_error` before the wait, as Python prints a traceback before it waits for
-    /// its threads: a thread or process that never ends would hide it otherwise. Not an
-    /// uncaught KeyboardInterrupt: a shutdown it cannot finish within 2 s is stopped at once
-    /// with a line of its own, the only one (see `crate::rt::signals`).
+    /// its threads: a thread or process that never ends would hide it otherwise. An uncaught
+    /// KeyboardInterrupt too, as Python prints where it was raised before it waits: a shutdown
+    /// the interrupt cannot finish within 2 s is then stopped at once with a line of its own
+    /// after it (see `crate::rt::signals`), and the place was lost when only that line came.
     pub(crate) fn run_main<T>(&self, main: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
         self.roll.set_main_here();
         let _held = self.gil.lock(0);
         let result = main();
         if let (Err(e @ Error::Script(_)), Some(on_error)) = (&result, &self.embedding.on_error) {
-            let interrupted = crate::rt::cancel::raised_here()
-                && e.to_string()
-                    .contains(crate::rt::cancel::KEYBOARD_INTERRUPT);
-            if !interrupted {
-                on_error(e);
-            }
+            on_error(e);
         }
         self.finish_holding_gil();
         result

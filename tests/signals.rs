@@ -373,7 +373,8 @@ pool.map(|x| { sleep(30); x }, [1, 2, 3, 4], 1);
 "#;
 
 /// SIGTERM, or a Ctrl-C the script takes but cannot finish on within 2 s (it waits for its
-/// process at exit, as Python does): every child and grandchild is terminated and reaped.
+/// process at exit, as Python does, having reported where it was interrupted): every child and
+/// grandchild is terminated and reaped.
 #[test]
 fn stopping_at_once_reaps_grandchildren_too() {
     for (lang, code) in [("lua", NESTED_LUA), ("rhai", NESTED_RHAI)] {
@@ -386,11 +387,17 @@ fn stopping_at_once_reaps_grandchildren_too() {
             parrun.signal(signal);
             let (exit, stderr, took) = parrun.finish();
             assert_eq!(exit.code(), Some(status), "{what}: {stderr}");
-            assert_eq!(
-                stderr,
-                format!("parrun: stopped by {signal}\n"),
-                "{what}: one line"
-            );
+            if signal == Signal::SIGTERM {
+                assert_eq!(stderr, "parrun: stopped by SIGTERM\n", "{what}: one line");
+            } else {
+                // Where the interrupt was raised, then the stop's line, the last.
+                assert!(
+                    stderr.contains(&format!("signals.{lang}:"))
+                        && stderr.contains("KeyboardInterrupt")
+                        && stderr.ends_with("\nparrun: stopped by SIGINT\n"),
+                    "{what}: {stderr}"
+                );
+            }
             if signal == Signal::SIGINT {
                 // (Timed from just after the signal was sent, so a little under 2 s is fine.)
                 let limit = 1900..8000;
@@ -608,6 +615,92 @@ loop {
         assert!(took < Duration::from_secs(5), "{lang}: took {took:?}");
         assert_reaped(&workers, lang);
     }
+}
+
+/// An uncaught Ctrl-C is reported where it was raised at once, as Python prints its traceback
+/// before it waits for its threads; a thread that never ends then has the run stopped 2 s
+/// later, with its own line after the report. Before, that line came alone: where the script
+/// was interrupted was never told.
+#[test]
+fn an_uncaught_ctrl_c_is_reported_before_a_thread_that_never_ends_stops_the_run() {
+    let lua = r#"
+local t = parrun.Thread(function() while true do parrun.sleep(0.1) end end)
+t:start()
+print("ready")
+parrun.sleep(30)
+"#;
+    let rhai = r#"
+let t = Thread(|| { loop { sleep(0.1); } });
+t.start();
+print("ready");
+sleep(30);
+"#;
+    std::thread::scope(|scope| {
+        for (lang, code) in [("lua", lua), ("rhai", rhai)] {
+            scope.spawn(move || {
+                let (_dir, mut parrun) = start(lang, "fork", lang, code);
+                parrun.line("ready");
+                std::thread::sleep(Duration::from_millis(200));
+                parrun.signal(Signal::SIGINT);
+                let (status, stderr, took) = parrun.finish();
+                assert_eq!(status.code(), Some(130), "{lang}: {stderr}");
+                let report = stderr
+                    .find(&format!("signals.{lang}:5"))
+                    .unwrap_or_else(|| panic!("{lang}: no place reported: {stderr}"));
+                let stop = stderr
+                    .find("parrun: stopped by SIGINT")
+                    .unwrap_or_else(|| panic!("{lang}: not stopped: {stderr}"));
+                assert!(report < stop, "{lang}: {stderr}");
+                assert!(stderr.contains("KeyboardInterrupt"), "{lang}: {stderr}");
+                assert!(took < Duration::from_secs(10), "{lang}: took {took:?}");
+            });
+        }
+    });
+}
+
+/// A Ctrl-C that arrives twice at once (GNU `timeout -s INT` sends it to parrun and to its
+/// process group) is one KeyboardInterrupt, as in Python, whose handler only sets a flag: the
+/// script catches it and goes on. The second stopped the run at once now and then, when the
+/// first had been taken before it came.
+#[test]
+fn the_same_ctrl_c_sent_twice_is_one() {
+    let lua = r#"
+print("ready")
+local ok, e = pcall(parrun.sleep, 30)
+print("caught " .. tostring(e))
+parrun.sleep(0.3)
+print("done")
+"#;
+    let rhai = r#"
+print("ready");
+try { sleep(30); } catch (e) { print(`caught ${e}`); }
+sleep(0.3);
+print("done");
+"#;
+    std::thread::scope(|scope| {
+        for (lang, code) in [("lua", lua), ("rhai", rhai)] {
+            for round in 0..3 {
+                scope.spawn(move || {
+                    let what = format!("{lang} #{round}");
+                    let (_dir, mut parrun) = start(&what, "fork", lang, code);
+                    parrun.line("ready");
+                    std::thread::sleep(Duration::from_millis(200));
+                    parrun.signal(Signal::SIGINT);
+                    if round > 0 {
+                        // Let the first be taken before the second comes, as under load.
+                        std::thread::sleep(Duration::from_millis(5 * round));
+                    }
+                    parrun.signal(Signal::SIGINT);
+                    let caught = parrun.line("caught ");
+                    assert!(caught.contains("KeyboardInterrupt"), "{what}: {caught}");
+                    parrun.line("done");
+                    let (status, stderr, _) = parrun.finish();
+                    assert_eq!(status.code(), Some(0), "{what}: {stderr}");
+                    assert!(!stderr.contains("stopped by"), "{what}: {stderr}");
+                });
+            }
+        }
+    });
 }
 
 /// Reads stdout until `enough` (given each line) says so, then closes it (as `head` does) and

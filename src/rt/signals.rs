@@ -10,7 +10,8 @@
 //! - The first SIGINT also stops what a terminal's Ctrl-C would kill, were it a process of the
 //!   run's process group: a script `Process` that runs on a thread (`stop_on_interrupt`), as
 //!   its forked twin dies of the signal.
-//! - A second SIGINT within [`SECOND_CHANCE`] of the first, a script that has not taken the
+//! - A second SIGINT within [`SECOND_CHANCE`] of the first (and not within [`SAME_CTRL_C`] of
+//!   it: the same Ctrl-C sent twice), a script that has not taken the
 //!   interrupt by then or is still shutting down, a SIGINT with no script code running, and
 //!   SIGTERM stop the process at once: one line on stderr (`parrun: stopped by SIGINT`), every
 //!   child terminated and reaped (`crate::rt::exit::end_process`), status 128 + the signal (130,
@@ -39,6 +40,12 @@ use crate::rt::poison::Recover;
 /// How long after a first SIGINT a second one stops the run at once, and how long a script
 /// gets to raise the interrupt and shut down.
 pub const SECOND_CHANCE: Duration = Duration::from_secs(2);
+
+/// How soon after a first SIGINT another one is the same Ctrl-C: a signal sent to parrun and to
+/// its process group (GNU `timeout -s INT` sends both) arrives twice, microseconds apart, and
+/// the second stopped the run at once now and then, when the first had been taken before it
+/// came. Python's handler only sets a flag, which both set. No hand presses twice this fast.
+const SAME_CTRL_C: Duration = Duration::from_millis(100);
 
 /// How often a pending interrupt is delivered again (the engine's GIL may have been held by
 /// another thread).
@@ -119,6 +126,7 @@ fn watch(set: &SigSet) {
                     interrupt_the_rest();
                 }
             },
+            Some(Signal::SIGINT) if first.is_some_and(|t| t.elapsed() < SAME_CTRL_C) => {}
             Some(signal @ (Signal::SIGINT | Signal::SIGTERM)) => stop(signal),
             _ => {}
         }
