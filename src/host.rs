@@ -627,8 +627,14 @@ impl Host {
         self.roll.set_main_here();
         let _held = self.gil.lock(0);
         let result = main();
-        if let (Err(e @ Error::Script(_)), Some(on_error)) = (&result, &self.embedding.on_error) {
-            on_error(e);
+        if let (Err(Error::Script(e)), Some(on_error)) = (&result, &self.embedding.on_error) {
+            let interrupted = crate::rt::cancel::raised_here()
+                && e.to_string()
+                    .contains(crate::rt::cancel::KEYBOARD_INTERRUPT);
+            on_error(&match interrupted {
+                true => Error::Interrupted(e.clone()),
+                false => Error::Script(e.clone()),
+            });
         }
         self.finish_holding_gil();
         result

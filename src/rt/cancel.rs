@@ -259,6 +259,15 @@ impl Drop for MainGuard {
     }
 }
 
+/// Whether a KeyboardInterrupt was raised in the main script thread this is called on.
+pub(crate) fn raised_here() -> bool {
+    MAIN_RAISED.with(|r| {
+        r.borrow()
+            .as_ref()
+            .is_some_and(|m| m.raised.load(Ordering::Acquire))
+    })
+}
+
 /// The main script thread's code has returned: from now on its waits (for threads and processes
 /// at exit) are plain waits, and a Ctrl-C stops the run at once. No-op on other threads.
 pub(crate) fn main_done() {

@@ -263,8 +263,8 @@ impl Runtime {
     /// before the run waits for the threads and processes the script started and terminates
     /// its pools, as Python prints a traceback before it waits for its threads: a thread that
     /// never ends would otherwise hide the error for ever. `run_*` still returns the error
-    /// ([`Error::Script`]) when the run has ended; an uncaught `KeyboardInterrupt` comes only
-    /// then ([`Error::Interrupted`]). The `parrun` binary prints the error here.
+    /// ([`Error::Script`]) when the run has ended; an uncaught `KeyboardInterrupt` is an
+    /// [`Error::Interrupted`], here and there. The `parrun` binary prints the error here.
     pub fn on_error(mut self, report: impl Fn(&Error) + Send + Sync + 'static) -> Self {
         Arc::make_mut(&mut self.embedding).on_error = Some(Arc::new(report));
         self
