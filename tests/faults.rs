@@ -716,6 +716,55 @@ fn lines_only(text: &str, name: &str) -> String {
     out
 }
 
+/// A Lua task stopped in a wait (past its `task_timeout`) has a traceback that starts at the
+/// call the script made, as a Ctrl-C's does: the frame parrun yields the wait's request from,
+/// which the script never called, showed as `[C]: in ?` on top. A forked worker is killed
+/// instead, so only the thread models are asked.
+#[test]
+fn a_task_stopped_in_a_wait_shows_no_frame_of_parrun_s() {
+    let code = r#"Q = parrun.Queue()
+L = parrun.Lock()
+L:acquire()
+local pool = parrun.Pool(1, {task_timeout = 0.2})
+local waits = {
+  function() parrun.sleep(5) end,
+  function() L:acquire() end,
+  function() Q:get() end,
+}
+for _, wait in ipairs(waits) do
+  local ok, e = pcall(pool.apply, pool, wait, {})
+  print(e)
+end
+"#;
+    let (dir, _) = common::script("waits", "lua", code);
+    for mode in ["gil", "isolated"] {
+        let out = Run::new(["--mode", mode, "waits.lua"])
+            .dir(dir.path())
+            .output();
+        out.assert_code(0);
+        for (line, call) in [
+            (6, "function 'parrun.sleep'"),
+            (7, "method 'acquire'"),
+            (8, "method 'get'"),
+        ] {
+            let want = format!(
+                "Pool.apply: waits.lua:{line}: the task ran longer than the task timeout of \
+                 200ms: it was stopped\nstack traceback:\n\t[C]: in {call}\n\twaits.lua:{line}:"
+            );
+            assert!(
+                out.stdout.contains(&want),
+                "--mode {mode}: lacks {want:?}\n{}",
+                out.describe()
+            );
+        }
+        assert!(
+            !out.stdout.contains("in ?"),
+            "--mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}
+
 /// Rhai gives the operation limit, `Stack overflow` and a cancellation the position of the
 /// outermost call, which a task called from Rust does not have: where it stopped is tracked
 /// instead (the line, and the calls in progress for a stop parrun makes), in pool tasks,

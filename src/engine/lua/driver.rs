@@ -248,7 +248,7 @@ pub(super) fn drive(
         let result = pending.run(gil, token);
         // A cancelled task ends here, whatever its wait returned.
         if let Some(reason) = crate::rt::cancel::requested() {
-            break Err(native::stopped_error(lua, co_state, &reason));
+            break Err(native::stopped_in_wait(lua, co_state, &reason));
         }
         args = answer(lua, result)?;
     };

@@ -1268,17 +1268,29 @@ unsafe extern "C-unwind" fn wrapped_relay(
 /// dead of an error whose place Lua did not add (`not enough memory`), and is not resumed
 /// again. Building the text may itself run out of memory: `message` alone then.
 pub(super) fn stopped_error(lua: &Lua, co: *mut lua_State, message: &str) -> mlua::Error {
+    stopped_at(lua, co, message, 0)
+}
+
+/// [`stopped_error`] for a coroutine stopped in a wait: suspended in the yield of its request
+/// ([`pass_request_out`]), a frame of parrun's the script never called, which a traceback
+/// showed as `[C]: in ?` above the builtin's.
+pub(super) fn stopped_in_wait(lua: &Lua, co: *mut lua_State, message: &str) -> mlua::Error {
+    stopped_at(lua, co, message, 1)
+}
+
+/// [`stopped_error`] whose traceback starts `level` frames down `co`'s stack.
+fn stopped_at(lua: &Lua, co: *mut lua_State, message: &str, level: c_int) -> mlua::Error {
     // SAFETY: `co` is a suspended coroutine of `lua`, only read here; the closure runs in
     // protected mode on `lua`'s own stack, with the message as its one argument.
     let text = unsafe {
         lua.exec_raw::<mlua::LuaString>(message, |state| {
             let mut ar: ffi::lua_Debug = std::mem::zeroed();
-            let mut level = 0;
-            while ffi::lua_getstack(co, level, &mut ar) != 0
+            let mut frame = 0;
+            while ffi::lua_getstack(co, frame, &mut ar) != 0
                 && ffi::lua_getinfo(co, c"Sl".as_ptr(), &mut ar) != 0
                 && ar.currentline <= 0
             {
-                level += 1;
+                frame += 1;
             }
             if ar.currentline > 0 {
                 ffi::lua_pushfstring(
@@ -1291,7 +1303,7 @@ pub(super) fn stopped_error(lua: &Lua, co: *mut lua_State, message: &str) -> mlu
                 ffi::lua_concat(state, 2);
             }
             let message = ffi::lua_tolstring(state, -1, ptr::null_mut());
-            ffi::luaL_traceback(state, co, message, 0);
+            ffi::luaL_traceback(state, co, message, level);
             ffi::lua_remove(state, -2);
         })
     };
