@@ -340,6 +340,58 @@ fn sigterm_during_a_map_stops_at_once_with_143() {
     }
 }
 
+/// A script that runs on while SIGTERM stops its children (its task fails as its worker is
+/// killed, and it catches that) prints nothing after the stop's line: its output waits for the
+/// end. It printed its catches and its last line after `parrun: stopped by SIGTERM`.
+#[test]
+fn nothing_is_printed_after_sigterm_stops_the_run() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+for _, pid in ipairs(pool:map(function() return parrun.getpid() end, {1, 2}, 1)) do print("pid " .. pid) end
+print("ready")
+for i = 1, 3 do
+  local ok, e = pcall(pool.apply, pool, function() while true do end end, {})
+  print("iteration", i, ok, e)
+end
+print("script end")
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+for pid in pool.map(|x| getpid(), [1, 2], 1) { print(`pid ${pid}`); }
+print("ready");
+for i in 0..3 {
+  try { pool.apply(|| { loop { } }, []); } catch (e) { print(`iteration ${i} ${e}`); }
+}
+print("script end");
+"#;
+    std::thread::scope(|scope| {
+        for (lang, code) in [("lua", lua), ("rhai", rhai)] {
+            for round in 0..2 {
+                scope.spawn(move || {
+                    let what = format!("{lang} #{round}");
+                    let (_dir, path) = script("signals", lang, code);
+                    // (A limit makes the run slower to stop its workers: seen with it.)
+                    let args = ["--max-memory", "100M", path.to_str().unwrap()];
+                    let mut parrun = Parrun::start(&what, &args);
+                    let workers = parrun.pids(2);
+                    parrun.line("ready");
+                    std::thread::sleep(Duration::from_millis(300));
+                    parrun.signal(Signal::SIGTERM);
+                    let (status, stderr, _) = parrun.finish();
+                    assert_eq!(status.code(), Some(143), "{what}: {stderr}");
+                    assert_eq!(stderr, "parrun: stopped by SIGTERM\n", "{what}");
+                    assert_eq!(
+                        parrun.seen.last().map(String::as_str),
+                        Some("ready"),
+                        "{what}: printed after the stop"
+                    );
+                    assert_reaped(&workers, &what);
+                });
+            }
+        }
+    });
+}
+
 /// A pool, and a process with a pool of its own: every pid printed, then waits for ever.
 const NESTED_LUA: &str = r#"
 local q = parrun.Queue()

@@ -58,8 +58,13 @@ pub fn write_line(text: &[u8]) -> io::Result<()> {
 
 /// Writes whole lines to standard output: above the progress bars, or through the process
 /// that draws them (see [`progress_aware`]). A closed standard output ends the run as for
-/// [`write_line`].
+/// [`write_line`]. While the process ends at once (a signal), the writer waits for that end
+/// instead: a script that ran on while the children were stopped printed after `parrun:
+/// stopped by SIGTERM`, its last line.
 fn write_stdout(bytes: &[u8]) -> io::Result<()> {
+    if exit::ending() {
+        exit::park_for_ever();
+    }
     match progress_aware(Stream::Stdout, bytes) {
         Err(e)
             if e.raw_os_error() == Some(nix::libc::EPIPE)
