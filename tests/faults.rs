@@ -716,6 +716,36 @@ fn lines_only(text: &str, name: &str) -> String {
     out
 }
 
+/// A Lua task that fails of `--max-memory` leaves nothing behind for the pool's next task on
+/// that worker: in the thread models the next task failed of the memory limit too (the
+/// collection Lua makes when an allocation fails did not free what the failed one left).
+#[test]
+fn a_task_out_of_memory_does_not_fail_the_next_one() {
+    let code = r#"function hog(n) local t = {} for i = 1, n do t[i] = string.rep('x', 1000) .. i end return #t end
+local pool = parrun.Pool(1)
+for round = 1, 2 do
+  print("big", (pcall(pool.apply, pool, hog, {1000000})))
+  for i = 1, 2 do
+    local ok, e = pcall(pool.apply, pool, hog, {10})
+    print("small", ok, ok and e or e:match("[^\n]*"))
+  end
+end
+"#;
+    let (dir, _) = common::script("hog", "lua", code);
+    for mode in MODES {
+        let out = Run::new(["--mode", mode, "--max-memory", "8M", "hog.lua"])
+            .dir(dir.path())
+            .output();
+        out.assert_code(0);
+        assert_eq!(
+            out.stdout,
+            "big\tfalse\nsmall\ttrue\t10\nsmall\ttrue\t10\n".repeat(2),
+            "--mode {mode}\n{}",
+            out.describe()
+        );
+    }
+}
+
 /// A Lua task stopped in a wait (past its `task_timeout`) has a traceback that starts at the
 /// call the script made, as a Ctrl-C's does: the frame parrun yields the wait's request from,
 /// which the script never called, showed as `[C]: in ?` on top. A forked worker is killed

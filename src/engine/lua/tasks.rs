@@ -153,6 +153,12 @@ impl Tasks {
         if co.status() == ThreadStatus::Finished {
             *self.spare.lock().recover() = Some(co);
         }
+        if out.is_err() && self.host.settings.max_memory.is_some() {
+            // What a task that failed (out of memory, say) left is collected before the next
+            // task: the collection Lua makes when an allocation fails did not free it, and the
+            // pool's next task failed of the memory limit too.
+            let _ = lua.gc_collect();
+        }
         out
     }
 
