@@ -884,7 +884,7 @@ nested(1);
         let overflow =
             "Stack overflow: more than 64 nested calls (Rhai's limit; --max-call-depth sets another)";
         let why = "which starts here; the line where it stopped is known only with \
-                   --max-instructions, --max-call-depth or --max-memory)";
+                   --max-instructions or --max-call-depth)";
         out.assert_stdout_contains(&format!(
             "Pool.map: limits.rhai:1:12: {overflow} (in function deep, {why}\n"
         ))

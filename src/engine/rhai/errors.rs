@@ -212,7 +212,7 @@ pub(super) fn err_line(
         (pos, source) = (def, script.to_owned());
         message = format!(
             "{message} (in {name}{here}; the line where it stopped is known only with \
-             --max-instructions, --max-call-depth or --max-memory)"
+             --max-instructions or --max-call-depth)"
         );
     }
     // An error with no position (a function a pool task was given does not exist) names the

@@ -5,7 +5,7 @@
 //! leaves: the main script's error names its outermost call, and a task, a thread's target or
 //! a callback, which parrun calls from Rust, ends with no position at all.
 //!
-//! When a limit is set (`--max-instructions`, `--max-call-depth`, `--max-memory`) the engine
+//! When a limit that stops code is set (`--max-instructions`, `--max-call-depth`) the engine
 //! steps through the script with Rhai's debugger ([`track`]): each node it evaluates leaves
 //! its place in a thread-local, and a stop parrun makes itself (the operation limit, a
 //! cancellation) is made by that step, at the node whose operation tripped it, where the calls
