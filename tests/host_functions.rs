@@ -291,6 +291,8 @@ fn a_global_whose_name_is_no_name_is_refused_when_it_is_given() {
             "end",
             "local",
             "x = 1; exit(3); const y",
+            "table",
+            "_G",
         ] {
             match Runtime::new().global(name, &1) {
                 Err(parrun::Error::Usage(message)) => {
@@ -318,15 +320,17 @@ fn a_global_whose_name_is_no_name_is_refused_when_it_is_given() {
     });
 }
 
-/// A host function must have a name both languages call, and none of parrun's own: a run or a
-/// load with another is a usage error. Lua's global of that name replaced parrun's function
+/// A host function must have a name both languages call, none of Lua's standard globals
+/// (`table` replaced Lua's library: `table.concat` then failed) and none of parrun's own: a run
+/// or a load with another is a usage error. Lua's global of that name replaced parrun's function
 /// (`print`, `Pool`: the script's own calls then went to the host) while Rhai's builtin hid the
 /// host's, and a name no script can call (`my-fn`, `let`) was silently out of reach.
 #[test]
 fn a_host_function_whose_name_scripts_cannot_call_is_refused() {
     in_time(|| {
         for name in [
-            "my-fn", "", "let", "end", "print", "Pool", "sleep", "exit", "parrun",
+            "my-fn", "", "let", "end", "print", "Pool", "sleep", "exit", "parrun", "table",
+            "string", "tostring", "math", "require",
         ] {
             let runtime = Runtime::new().function(name, |(): ()| Ok::<_, String>(1));
             let results = [

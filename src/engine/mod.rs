@@ -8,12 +8,53 @@ pub mod lua;
 pub mod rhai;
 
 /// Whether scripts of both languages can use `name` as a variable: a Lua name (letters,
-/// digits and `_`, not starting with a digit) that is a keyword of neither language. The
-/// embedding program's globals must be ([`crate::Runtime::global`]): Rhai declares each as a
-/// constant in front of the script.
+/// digits and `_`, not starting with a digit) that is a keyword of neither language, and none
+/// of Lua's standard globals, which it would replace (a host function `table` broke
+/// `table.concat` for the script). The embedding program's globals must be
+/// ([`crate::Runtime::global`]): Rhai declares each as a constant in front of the script.
 pub(crate) fn is_variable_name(name: &str) -> bool {
-    lua::is_name(name) && rhai::is_constant_name(name)
+    lua::is_name(name) && rhai::is_constant_name(name) && !LUA_STANDARD_GLOBALS.contains(&name)
 }
+
+/// The globals the stock `lua` 5.4 starts a script with (`arg` too, which it sets).
+const LUA_STANDARD_GLOBALS: &[&str] = &[
+    "_G",
+    "_VERSION",
+    "arg",
+    "assert",
+    "collectgarbage",
+    "coroutine",
+    "debug",
+    "dofile",
+    "error",
+    "getmetatable",
+    "io",
+    "ipairs",
+    "load",
+    "loadfile",
+    "math",
+    "next",
+    "os",
+    "package",
+    "pairs",
+    "pcall",
+    "print",
+    "rawequal",
+    "rawget",
+    "rawlen",
+    "rawset",
+    "require",
+    "select",
+    "setmetatable",
+    "string",
+    "table",
+    "tonumber",
+    "tostring",
+    "type",
+    "utf8",
+    "warn",
+    "xpcall",
+];
 
 /// Whether scripts of both languages call the embedding program's function `name` as
 /// `name(...)` ([`crate::Runtime::function`]): a variable name ([`is_variable_name`]) that is

@@ -105,8 +105,9 @@ impl Runtime {
     /// `f` (`name: message`); a panic in `f` is such an error too, never a crash. It runs with
     /// the GIL held: a function that waits should be a [`Runtime::blocking_function`]. `name`
     /// must be a name both languages call (letters, digits and `_`, not starting with a digit,
-    /// not a keyword of Lua or Rhai) and none of parrun's own functions (`Pool`, `sleep`,
-    /// `exit`...): a run or load with another fails with [`Error::Usage`].
+    /// not a keyword of Lua or Rhai), none of Lua's standard globals (`table`, `print`...) and
+    /// none of parrun's own functions (`Pool`, `sleep`, `exit`...): a run or load with another
+    /// fails with [`Error::Usage`].
     ///
     /// ```
     /// use parrun::{Language, Runtime};
@@ -173,7 +174,8 @@ impl Runtime {
     /// map, a list of records), converted through serde. Lua reads it as a global; Rhai as a
     /// constant, which its functions reach as `global::name`, as any top-level constant. `name`
     /// must be a name in both languages (letters, digits and `_`, not starting with a digit,
-    /// and not a keyword of either): another is [`Error::Usage`]. Rhai's maps have string keys
+    /// not a keyword of either, and none of Lua's standard globals): another is
+    /// [`Error::Usage`]. Rhai's maps have string keys
     /// only: a Rhai run or load with a global holding a map with another key (a
     /// `BTreeMap<i64, _>`, which Lua takes) is [`Error::Usage`] naming the global.
     ///
@@ -195,7 +197,8 @@ impl Runtime {
         if !engine::is_variable_name(name) {
             return Err(Error::Usage(format!(
                 "global `{name}`: not a name scripts can use (letters, digits and _, not \
-                 starting with a digit, and not a keyword of Lua or Rhai)"
+                 starting with a digit, not a keyword of Lua or Rhai, and none of Lua's \
+                 standard globals)"
             )));
         }
         let value = Value::from_serialize(value)
@@ -506,8 +509,8 @@ impl Runtime {
         {
             Some(f) => Err(Error::Usage(format!(
                 "host function `{}`: not a name scripts can call (letters, digits and _, not \
-                 starting with a digit, not a keyword of Lua or Rhai, and none of parrun's own \
-                 functions)",
+                 starting with a digit, not a keyword of Lua or Rhai, none of Lua's standard \
+                 globals and none of parrun's own functions)",
                 f.name
             ))),
             None => Ok(()),
