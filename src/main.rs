@@ -125,7 +125,12 @@ fn main() -> ExitCode {
             let text = e.to_string();
             let first = text.lines().next().unwrap_or_default();
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("parrun: {first} (see parrun --help)");
+            // `bench` is a subcommand only as the first argument.
+            let help = match std::env::args().nth(1).as_deref() {
+                Some("bench") => "parrun bench --help",
+                _ => "parrun --help",
+            };
+            eprintln!("parrun: {first} (see {help})");
             return ExitCode::from(2);
         }
     };

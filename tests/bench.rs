@@ -501,6 +501,8 @@ fn a_wrong_option_is_a_one_line_usage_error() {
         (&["--timeout", "0"], "not a positive number"),
         (&["no_such_workload"], "no built-in workload of that name"),
         (&["no_such_script.lua"], "no script no_such_script.lua"),
+        // What clap refuses points to the subcommand's help.
+        (&["--repeat", "x"], "(see parrun bench --help)"),
     ] {
         let out = bench(args).output();
         // Status 2, as for parrun's own usage errors (`parrun no_such.lua`): a workload that is
