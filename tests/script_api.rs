@@ -30,6 +30,7 @@ end
 function check(rec) if rec.id == 417 then error("bad record") end return rec.id end
 function leave(n) os.exit(n) end
 function where() return parrun.mode() end
+local function hidden() return where() end
 "#;
 
 const RHAI: &str = r#"const BASE = 100;
@@ -44,6 +45,7 @@ fn transform(rec) {
 fn check(rec) { if rec.id == 417 { throw "bad record"; } rec.id }
 fn leave(n) { exit(n); }
 fn where() { mode() }
+private fn hidden() { where() }
 "#;
 
 fn name(language: Language) -> &'static str {
@@ -382,21 +384,28 @@ fn a_map_error_names_the_item_and_the_script_line() {
     });
 }
 
+/// A function the script does not define is named in the error; so is one the script keeps
+/// to itself (a Lua `local function`, a Rhai `private fn`), which Rhai called all the same.
 #[test]
 fn an_unknown_function_is_named() {
     each_script(|language, mode, script| {
         let at = format!("{language:?} {mode}");
-        for err in [
-            script.call::<i64>("nope", ()).unwrap_err(),
-            script.map::<_, i64>("nope", [1, 2]).unwrap_err(),
-        ] {
-            match &err {
-                Error::UnknownFunction { script, name: f } => {
-                    assert_eq!((script.as_str(), f.as_str()), (name(language), "nope"));
+        for missing in ["nope", "hidden"] {
+            for err in [
+                script.call::<String>(missing, ()).unwrap_err(),
+                script.map::<_, String>(missing, [1, 2]).unwrap_err(),
+            ] {
+                match &err {
+                    Error::UnknownFunction { script, name: f } => {
+                        assert_eq!((script.as_str(), f.as_str()), (name(language), missing));
+                    }
+                    other => panic!("{at}: {other:?}"),
                 }
-                other => panic!("{at}: {other:?}"),
+                assert!(
+                    err.to_string().contains(&format!("`{missing}`")),
+                    "{at}: {err}"
+                );
             }
-            assert!(err.to_string().contains("`nope`"), "{at}: {err}");
         }
     });
 }

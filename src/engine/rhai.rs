@@ -272,9 +272,11 @@ struct RhaiLoaded {
 
 impl RhaiLoaded {
     /// The script function `name`, linked to its definition where it has only one, and how
-    /// many parameters that one has.
+    /// many parameters that one has. A `private fn` is the script's own, out of Rust's reach,
+    /// as a Lua `local function` is.
     fn script_function(&self, name: &str) -> Result<(FnPtr, Option<usize>), Error> {
-        let mut defs = script_functions(&self.shared, &self.ast, name);
+        let mut defs =
+            script_functions(&self.shared, &self.ast, name).filter(|d| !d.access.is_private());
         match (defs.next(), defs.next()) {
             (Some(def), None) => Ok((FnPtr::from(def.clone()), Some(def.params.len()))),
             (Some(_), Some(_)) => FnPtr::new(name)
