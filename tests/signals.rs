@@ -244,6 +244,24 @@ fn start(what: &str, mode: &str, lang: &str, code: &str) -> (TempDir, Parrun) {
     (dir, parrun)
 }
 
+/// Runs `test(lang, code, round)` for each language's code, `rounds` times, all at once (each
+/// run waits mostly on parrun's clock).
+fn each_lang_at_once(
+    lua: &'static str,
+    rhai: &'static str,
+    rounds: u64,
+    test: impl Fn(&'static str, &'static str, u64) + Sync,
+) {
+    let test = &test;
+    std::thread::scope(|scope| {
+        for (lang, code) in [("lua", lua), ("rhai", rhai)] {
+            for round in 0..rounds {
+                scope.spawn(move || test(lang, code, round));
+            }
+        }
+    });
+}
+
 /// The first Ctrl-C during a `map` raises KeyboardInterrupt in the main thread, which ends the
 /// wait; uncaught, the run shuts down (the pool is terminated, its workers reaped) and ends with
 /// 130 after printing the error where it was raised, well before the 2 s limit.
@@ -328,16 +346,22 @@ fn sigterm_during_a_map_stops_at_once_with_143() {
         for (lang, code) in [("lua", MAP_LUA), ("rhai", MAP_RHAI)] {
             let what = format!("{lang} --mode {mode}");
             let (_dir, mut parrun) = start(&what, mode, lang, code);
-            let workers = parrun.pids(2);
-            parrun.line("ready");
-            std::thread::sleep(Duration::from_millis(300));
-            parrun.signal(Signal::SIGTERM);
-            let (status, stderr, _) = parrun.finish();
-            assert_eq!(status.code(), Some(143), "{what}: {stderr}");
-            assert_eq!(stderr, "parrun: stopped by SIGTERM\n", "{what}");
-            assert_reaped(&workers, &what);
+            stop_with_sigterm(&mut parrun, &what);
         }
     }
+}
+
+/// Sends SIGTERM once the script has printed its two workers' pids and `ready`: the run ends
+/// with 143 and its one line, and no worker is left.
+fn stop_with_sigterm(parrun: &mut Parrun, what: &str) {
+    let workers = parrun.pids(2);
+    parrun.line("ready");
+    std::thread::sleep(Duration::from_millis(300));
+    parrun.signal(Signal::SIGTERM);
+    let (status, stderr, _) = parrun.finish();
+    assert_eq!(status.code(), Some(143), "{what}: {stderr}");
+    assert_eq!(stderr, "parrun: stopped by SIGTERM\n", "{what}");
+    assert_reaped(&workers, what);
 }
 
 /// A script that runs on while SIGTERM stops its children (its task fails as its worker is
@@ -364,31 +388,18 @@ for i in 0..3 {
 }
 print("script end");
 "#;
-    std::thread::scope(|scope| {
-        for (lang, code) in [("lua", lua), ("rhai", rhai)] {
-            for round in 0..2 {
-                scope.spawn(move || {
-                    let what = format!("{lang} #{round}");
-                    let (_dir, path) = script("signals", lang, code);
-                    // (A limit makes the run slower to stop its workers: seen with it.)
-                    let args = ["--max-memory", "100M", path.to_str().unwrap()];
-                    let mut parrun = Parrun::start(&what, &args);
-                    let workers = parrun.pids(2);
-                    parrun.line("ready");
-                    std::thread::sleep(Duration::from_millis(300));
-                    parrun.signal(Signal::SIGTERM);
-                    let (status, stderr, _) = parrun.finish();
-                    assert_eq!(status.code(), Some(143), "{what}: {stderr}");
-                    assert_eq!(stderr, "parrun: stopped by SIGTERM\n", "{what}");
-                    assert_eq!(
-                        parrun.seen.last().map(String::as_str),
-                        Some("ready"),
-                        "{what}: printed after the stop"
-                    );
-                    assert_reaped(&workers, &what);
-                });
-            }
-        }
+    each_lang_at_once(lua, rhai, 2, |lang, code, round| {
+        let what = format!("{lang} #{round}");
+        let (_dir, path) = script("signals", lang, code);
+        // (A limit makes the run slower to stop its workers: seen with it.)
+        let args = ["--max-memory", "100M", path.to_str().unwrap()];
+        let mut parrun = Parrun::start(&what, &args);
+        stop_with_sigterm(&mut parrun, &what);
+        assert_eq!(
+            parrun.seen.last().map(String::as_str),
+            Some("ready"),
+            "{what}: printed after the stop"
+        );
     });
 }
 
@@ -687,26 +698,22 @@ t.start();
 print("ready");
 sleep(30);
 "#;
-    std::thread::scope(|scope| {
-        for (lang, code) in [("lua", lua), ("rhai", rhai)] {
-            scope.spawn(move || {
-                let (_dir, mut parrun) = start(lang, "fork", lang, code);
-                parrun.line("ready");
-                std::thread::sleep(Duration::from_millis(200));
-                parrun.signal(Signal::SIGINT);
-                let (status, stderr, took) = parrun.finish();
-                assert_eq!(status.code(), Some(130), "{lang}: {stderr}");
-                let report = stderr
-                    .find(&format!("signals.{lang}:5"))
-                    .unwrap_or_else(|| panic!("{lang}: no place reported: {stderr}"));
-                let stop = stderr
-                    .find("parrun: stopped by SIGINT")
-                    .unwrap_or_else(|| panic!("{lang}: not stopped: {stderr}"));
-                assert!(report < stop, "{lang}: {stderr}");
-                assert!(stderr.contains("KeyboardInterrupt"), "{lang}: {stderr}");
-                assert!(took < Duration::from_secs(10), "{lang}: took {took:?}");
-            });
-        }
+    each_lang_at_once(lua, rhai, 1, |lang, code, _| {
+        let (_dir, mut parrun) = start(lang, "fork", lang, code);
+        parrun.line("ready");
+        std::thread::sleep(Duration::from_millis(200));
+        parrun.signal(Signal::SIGINT);
+        let (status, stderr, took) = parrun.finish();
+        assert_eq!(status.code(), Some(130), "{lang}: {stderr}");
+        let report = stderr
+            .find(&format!("signals.{lang}:5"))
+            .unwrap_or_else(|| panic!("{lang}: no place reported: {stderr}"));
+        let stop = stderr
+            .find("parrun: stopped by SIGINT")
+            .unwrap_or_else(|| panic!("{lang}: not stopped: {stderr}"));
+        assert!(report < stop, "{lang}: {stderr}");
+        assert!(stderr.contains("KeyboardInterrupt"), "{lang}: {stderr}");
+        assert!(took < Duration::from_secs(10), "{lang}: took {took:?}");
     });
 }
 
@@ -729,29 +736,23 @@ try { sleep(30); } catch (e) { print(`caught ${e}`); }
 sleep(0.3);
 print("done");
 "#;
-    std::thread::scope(|scope| {
-        for (lang, code) in [("lua", lua), ("rhai", rhai)] {
-            for round in 0..3 {
-                scope.spawn(move || {
-                    let what = format!("{lang} #{round}");
-                    let (_dir, mut parrun) = start(&what, "fork", lang, code);
-                    parrun.line("ready");
-                    std::thread::sleep(Duration::from_millis(200));
-                    parrun.signal(Signal::SIGINT);
-                    if round > 0 {
-                        // Let the first be taken before the second comes, as under load.
-                        std::thread::sleep(Duration::from_millis(5 * round));
-                    }
-                    parrun.signal(Signal::SIGINT);
-                    let caught = parrun.line("caught ");
-                    assert!(caught.contains("KeyboardInterrupt"), "{what}: {caught}");
-                    parrun.line("done");
-                    let (status, stderr, _) = parrun.finish();
-                    assert_eq!(status.code(), Some(0), "{what}: {stderr}");
-                    assert!(!stderr.contains("stopped by"), "{what}: {stderr}");
-                });
-            }
+    each_lang_at_once(lua, rhai, 3, |lang, code, round| {
+        let what = format!("{lang} #{round}");
+        let (_dir, mut parrun) = start(&what, "fork", lang, code);
+        parrun.line("ready");
+        std::thread::sleep(Duration::from_millis(200));
+        parrun.signal(Signal::SIGINT);
+        if round > 0 {
+            // Let the first be taken before the second comes, as under load.
+            std::thread::sleep(Duration::from_millis(5 * round));
         }
+        parrun.signal(Signal::SIGINT);
+        let caught = parrun.line("caught ");
+        assert!(caught.contains("KeyboardInterrupt"), "{what}: {caught}");
+        parrun.line("done");
+        let (status, stderr, _) = parrun.finish();
+        assert_eq!(status.code(), Some(0), "{what}: {stderr}");
+        assert!(!stderr.contains("stopped by"), "{what}: {stderr}");
     });
 }
 
