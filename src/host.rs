@@ -631,9 +631,10 @@ impl Host {
             let interrupted = crate::rt::cancel::raised_here()
                 && e.to_string()
                     .contains(crate::rt::cancel::KEYBOARD_INTERRUPT);
-            on_error(&match interrupted {
-                true => Error::Interrupted(e.clone()),
-                false => Error::Script(e.clone()),
+            on_error(&if interrupted {
+                Error::Interrupted(e.clone())
+            } else {
+                Error::Script(e.clone())
             });
         }
         self.finish_holding_gil();

@@ -205,7 +205,7 @@ enum Chunk {
 
 /// Splits `calls` into chunks of at most `size` calls that share one list: nothing is copied.
 /// Calls that fit in one chunk are that chunk, with no shared list and no list of chunks
-/// made (an `apply_async` a call: they were a tenth of its allocations).
+/// made (an `apply_async`'s one call: two allocations of the twenty or so it makes).
 fn chunks(calls: Calls, size: usize) -> impl Iterator<Item = Chunk> {
     let size = size.max(1);
     let len = calls.len();
