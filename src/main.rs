@@ -265,7 +265,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 path: "-".into(),
                 source,
             })?;
-        return runtime.run_source(lang, "(stdin)", &code);
+        return runtime.run_source(lang, "stdin", &code);
     }
     runtime.run_file(script)
 }

@@ -75,7 +75,7 @@ fn error_in_stdin_and_eval_scripts_names_their_line() {
         };
         let out = run_with_stdin(["--lang", lang.name(), "-"], code);
         out.assert_code(1)
-            .assert_stderr_contains("(stdin):2:")
+            .assert_stderr_contains("parrun: stdin:2:")
             .assert_stderr_contains("bad");
         let out = run(["--lang", lang.name(), "-e", code]);
         out.assert_code(1)
