@@ -795,6 +795,28 @@ end
     }
 }
 
+/// The calls in progress at an operation limit are named whatever came before the call: Rhai's
+/// own limit, one operation after parrun's, stopped some scripts before parrun's step could
+/// (one `let` in front of the call was enough), and the error came without them.
+#[test]
+fn rhai_limit_errors_name_their_calls_whatever_came_before() {
+    for lets in 0..4 {
+        let before = "let a = 1;\n".repeat(lets);
+        let code = format!("fn spin(n) {{ let s = 0; loop {{ s += n; }} }}\n{before}spin(1);\n");
+        let (dir, _) = common::script("calls", "rhai", &code);
+        let out = Run::new(["--max-instructions", "100000", "calls.rhai"])
+            .dir(dir.path())
+            .output();
+        out.assert_code(1);
+        let call = format!("  in call to spin at calls.rhai:{}\n", lets + 2);
+        assert!(
+            lines_only(&out.stderr, "calls.rhai").contains(&call),
+            "{lets} lets: lacks {call:?}\n{}",
+            out.describe()
+        );
+    }
+}
+
 /// Rhai gives the operation limit, `Stack overflow` and a cancellation the position of the
 /// outermost call, which a task called from Rust does not have: where it stopped is tracked
 /// instead (the line, and the calls in progress for a stop parrun makes), in pool tasks,

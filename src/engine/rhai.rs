@@ -477,6 +477,10 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
     engine
 }
 
+/// How many operations past `--max-instructions` Rhai's own limit is set (see
+/// [`limit_operations`]): more than any node runs between two steps.
+const OPERATIONS_PAST_THE_LIMIT: u64 = 64;
+
 /// Sets the operation limit `limit` (the tree walker's operations) and the `on_progress` that
 /// checks it and the GIL; `tracked` if the engine steps through scripts ([`stops::track`]).
 fn limit_operations(
@@ -486,9 +490,13 @@ fn limit_operations(
     tracked: bool,
 ) {
     if let Some(count) = limit {
-        // The step after the count passes the limit stops the script (`on_progress`); Rhai's
-        // own check, one operation later, stops one that takes no step (an empty loop body).
-        engine.set_max_operations(count.saturating_add(1));
+        // The step after the count passes the limit stops the script (`on_progress`), where
+        // the calls in progress are known; Rhai's own check, a few operations later, stops one
+        // that takes no step (an empty loop body). One operation later was too soon: where
+        // the operation past the limit was followed by another before the next step (which
+        // depended on how many operations came before: a `let` in front of the call), Rhai's
+        // check stopped it first, without the calls.
+        engine.set_max_operations(count.saturating_add(OPERATIONS_PAST_THE_LIMIT));
     }
     let gil = gil.clone();
     // Called for every operation: the limit's comparison only where there is a limit.
