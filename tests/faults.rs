@@ -286,6 +286,8 @@ print(pcall(pool.apply_async, pool, print, {1}, {}, print))
 print(pcall(parrun.Thread(print).join, parrun.Thread(print)))
 print(pcall(parrun.Process(print).join, parrun.Process(print)))
 print(pcall(parrun.sleep, -1))
+print(pcall(parrun.Process(print).terminate, parrun.Process(print)))
+print(pcall(parrun.Process(print).kill, parrun.Process(print)))
 "#,
         r#"
 let t = Thread(|| (), []); t.start(); t.join();
@@ -304,11 +306,13 @@ e = ""; try { pool.apply_async(|x| x, [1], #{}, |v| v); } catch (x) { e = x; } p
 e = ""; try { Thread(|| ()).join(); } catch (x) { e = x; } print(`false	${e}`);
 e = ""; try { Process(|| ()).join(); } catch (x) { e = x; } print(`false	${e}`);
 e = ""; try { sleep(-1); } catch (x) { e = x; } print(`false	${e}`);
+e = ""; try { Process(|| ()).terminate(); } catch (x) { e = x; } print(`false	${e}`);
+e = ""; try { Process(|| ()).kill(); } catch (x) { e = x; } print(`false	${e}`);
 "#,
         |out| {
             out.assert_success();
             let lines = out.stdout_lines();
-            assert_eq!(lines.len(), 10, "{}", out.describe());
+            assert_eq!(lines.len(), 12, "{}", out.describe());
             // Each names Python's exception, as the other errors of the API do.
             for (line, what) in lines.iter().zip([
                 "only be started once (RuntimeError)",
@@ -321,6 +325,8 @@ e = ""; try { sleep(-1); } catch (x) { e = x; } print(`false	${e}`);
                 "before it is started (RuntimeError: cannot join thread before it is started)",
                 "before it is started (AssertionError: can only join a started process)",
                 "got -1 (ValueError: sleep length must be non-negative)",
+                "terminate a process before it is started (AttributeError",
+                "kill a process before it is started (AttributeError",
             ]) {
                 assert!(
                     line.starts_with("false") && line.contains(what),

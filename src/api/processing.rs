@@ -67,6 +67,18 @@ fn job_of_pool(args: &mut dyn Args) -> Result<(Arc<AsyncResult>, Arc<PoolHandle>
     }
 }
 
+/// `p`, if it has been started: a process that has not is refused `what` (`terminate`,
+/// `kill`), as Python refuses it (its `_popen` is still None), rather than ignoring it.
+fn started(p: Arc<ScriptProcess>, what: &str) -> Result<Arc<ScriptProcess>, String> {
+    if p.is_started() {
+        return Ok(p);
+    }
+    Err(format!(
+        "cannot {what} a process before it is started (AttributeError: 'NoneType' object has \
+         no attribute '{what}')"
+    ))
+}
+
 /// The argument lists of a map (`[x]` each) or starmap (each element is the list).
 fn calls_of(items: Vec<Value>, star: bool) -> Result<Calls, String> {
     if !star {
@@ -506,7 +518,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (0, 0),
         call: |_, args| {
-            process(args)?.signal(nix::sys::signal::Signal::SIGTERM)?;
+            started(process(args)?, "terminate")?.signal(nix::sys::signal::Signal::SIGTERM)?;
             Outcome::nil()
         },
     },
@@ -516,7 +528,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Call,
         arity: (0, 0),
         call: |_, args| {
-            process(args)?.signal(nix::sys::signal::Signal::SIGKILL)?;
+            started(process(args)?, "kill")?.signal(nix::sys::signal::Signal::SIGKILL)?;
             Outcome::nil()
         },
     },
