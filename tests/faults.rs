@@ -1111,6 +1111,7 @@ try(parrun.Pool, -1)
 try(parrun.Pool, 1.5)
 try(parrun.Pool, 0)
 try(parrun.Pool, {maxtasksperchild = 0})
+try(parrun.Pool, {task_timeout = -1})
 local pool = parrun.Pool(1)
 try(pool.map, pool, function(x) return x end, {1}, -2)
 try(pool.map, pool, function(x) return x end, {1}, 0)
@@ -1124,6 +1125,7 @@ try { Pool(-1); } catch (e) { print(e); }
 try { Pool(1.5); } catch (e) { print(e); }
 try { Pool(0); } catch (e) { print(e); }
 try { Pool(#{maxtasksperchild: 0}); } catch (e) { print(e); }
+try { Pool(#{task_timeout: -1}); } catch (e) { print(e); }
 let pool = Pool(1);
 try { pool.map(|x| x, [1], -2); } catch (e) { print(e); }
 try { pool.map(|x| x, [1], 0); } catch (e) { print(e); }
@@ -1134,13 +1136,15 @@ try { pool.starmap_async(|x| x, [[1]], 0); } catch (e) { print(e); }
         |out| {
             out.assert_success();
             let lines = out.stdout_lines();
-            assert_eq!(lines.len(), 10, "{}", out.describe());
+            assert_eq!(lines.len(), 11, "{}", out.describe());
             for (line, want) in lines.iter().zip([
                 "parrun.Pool: processes must be an integer, got string",
                 "parrun.Pool: processes must be at least 1, got -1 (ValueError)",
                 "parrun.Pool: processes must be an integer, got 1.5",
                 "parrun.Pool: processes must be at least 1, got 0 (ValueError)",
                 "parrun.Pool: maxtasksperchild must be at least 1, got 0 (ValueError)",
+                "parrun.Pool: task_timeout must be a non-negative number of seconds, got -1 \
+                 (ValueError)",
                 "Pool.map: chunksize must be at least 1, got -2 (ValueError)",
                 "Pool.map: chunksize must be at least 1, got 0 (ValueError)",
                 "Pool.imap: chunksize must be at least 1, got 0 (ValueError)",

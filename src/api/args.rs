@@ -14,13 +14,22 @@ pub(super) fn number(args: &mut dyn Args, i: usize, what: &str) -> Result<f64, S
 
 /// An optional timeout in seconds at argument `i`: absent or nil waits forever.
 pub(super) fn timeout(args: &mut dyn Args, i: usize) -> Result<Option<Duration>, String> {
+    seconds(args, i, "timeout")
+}
+
+/// An optional number of seconds `what` at argument `i` (nil: none).
+pub(super) fn seconds(
+    args: &mut dyn Args,
+    i: usize,
+    what: &str,
+) -> Result<Option<Duration>, String> {
     if args.is_nil(i) {
         return Ok(None);
     }
-    let secs = number(args, i, "timeout")?;
-    Duration::try_from_secs_f64(secs)
-        .map(Some)
-        .map_err(|_| format!("timeout must be a non-negative number of seconds, got {secs}"))
+    let secs = number(args, i, what)?;
+    Duration::try_from_secs_f64(secs).map(Some).map_err(|_| {
+        format!("{what} must be a non-negative number of seconds, got {secs} (ValueError)")
+    })
 }
 
 /// How long a blocking call may wait, from Python's `(block, timeout)` at arguments `i` and

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::args::{
     as_list, bool_value, elements, flag, has_args, iterable, known_options, list_items, mode_value,
-    name_value, opt_name, opt_positive, opt_size, timeout,
+    name_value, opt_name, opt_positive, opt_size, seconds, timeout,
 };
 use super::{Args, Builtin, Class, Kind, Object, Outcome, PieceSink, Ret, Stream};
 use crate::exec;
@@ -322,7 +322,7 @@ fn new_pool(
             config.initializer = Some((f, initargs));
         }
         if let Some(i) = args.field(o, "task_timeout")? {
-            config.task_timeout = timeout(args, i)?;
+            config.task_timeout = seconds(args, i, "task_timeout")?;
         }
         if let Some(i) = args.field(o, "maxtasksperchild")? {
             config.maxtasksperchild = opt_size(args, i, "maxtasksperchild", 0)?;
