@@ -288,6 +288,7 @@ print(pcall(parrun.Process(print).join, parrun.Process(print)))
 print(pcall(parrun.sleep, -1))
 print(pcall(parrun.Process(print).terminate, parrun.Process(print)))
 print(pcall(parrun.Process(print).kill, parrun.Process(print)))
+print(pcall(parrun.Condition, 5))
 "#,
         r#"
 let t = Thread(|| (), []); t.start(); t.join();
@@ -308,11 +309,12 @@ e = ""; try { Process(|| ()).join(); } catch (x) { e = x; } print(`false	${e}`);
 e = ""; try { sleep(-1); } catch (x) { e = x; } print(`false	${e}`);
 e = ""; try { Process(|| ()).terminate(); } catch (x) { e = x; } print(`false	${e}`);
 e = ""; try { Process(|| ()).kill(); } catch (x) { e = x; } print(`false	${e}`);
+e = ""; try { Condition(5); } catch (x) { e = x; } print(`false	${e}`);
 "#,
         |out| {
             out.assert_success();
             let lines = out.stdout_lines();
-            assert_eq!(lines.len(), 12, "{}", out.describe());
+            assert_eq!(lines.len(), 13, "{}", out.describe());
             // Each names Python's exception, as the other errors of the API do.
             for (line, what) in lines.iter().zip([
                 "only be started once (RuntimeError)",
@@ -327,6 +329,7 @@ e = ""; try { Process(|| ()).kill(); } catch (x) { e = x; } print(`false	${e}`);
                 "got -1 (ValueError: sleep length must be non-negative)",
                 "terminate a process before it is started (AttributeError",
                 "kill a process before it is started (AttributeError",
+                "a Condition's lock must be a Lock or an RLock, got integer",
             ]) {
                 assert!(
                     line.starts_with("false") && line.contains(what),

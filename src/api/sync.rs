@@ -151,15 +151,15 @@ pub(super) static BUILTINS: &[Builtin] = &[
             let lock = if args.is_nil(0) {
                 CondLock::RLock(RLock::new())
             } else {
-                match args.object(0)? {
-                    Object::Lock(l) => CondLock::Lock(l),
-                    Object::RLock(l) => CondLock::RLock(l),
-                    other => {
-                        return Err(format!(
-                            "a Condition's lock must be a Lock or an RLock, got a {}",
-                            other.class().name()
-                        ))
-                    }
+                let wrong = |got: String| {
+                    format!("a Condition's lock must be a Lock or an RLock, got {got}")
+                };
+                match args.object(0) {
+                    Ok(Object::Lock(l)) => CondLock::Lock(l),
+                    Ok(Object::RLock(l)) => CondLock::RLock(l),
+                    Ok(other) => return Err(wrong(format!("a {}", other.class().name()))),
+                    // Not an object at all (`Condition(5)`): the same words, with its type.
+                    Err(_) => return Err(wrong(args.value(0)?.type_name().to_string())),
                 }
             };
             Outcome::object(Object::Condition(Condition::new(lock)))
