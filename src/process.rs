@@ -405,7 +405,13 @@ impl ScriptProcess {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut pause = Duration::from_micros(200);
         loop {
-            if self.poll().is_some() || !self.is_started() {
+            if let Some(code) = self.poll() {
+                if code == -(Signal::SIGINT as i32) {
+                    crate::rt::cancel::await_interrupt(Duration::from_millis(100));
+                }
+                return true;
+            }
+            if !self.is_started() {
                 return true;
             }
             if crate::rt::cancel::stop_waiting() {

@@ -259,6 +259,26 @@ impl Drop for MainGuard {
     }
 }
 
+/// On a main script thread whose code runs: waits up to `limit` for a KeyboardInterrupt to be
+/// pending. Called when a wait ended because a child died of SIGINT: the Ctrl-C that killed it
+/// (a terminal's reaches the whole process group) is on its way here too, through the signal
+/// thread, and a `join` that returned first raised nothing where Python's raises
+/// KeyboardInterrupt (its handler runs as the signal interrupts the wait).
+pub(crate) fn await_interrupt(limit: Duration) {
+    let running = MAIN_RAISED.with(|r| {
+        r.borrow()
+            .as_ref()
+            .is_some_and(|m| m.running.load(Ordering::Acquire))
+    });
+    if !running {
+        return;
+    }
+    let deadline = Instant::now() + limit;
+    while !interrupt_pending() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Whether a KeyboardInterrupt was raised in the main script thread this is called on.
 pub(crate) fn raised_here() -> bool {
     MAIN_RAISED.with(|r| {
