@@ -744,7 +744,7 @@ print("done");
         parrun.signal(Signal::SIGINT);
         if round > 0 {
             // Let the first be taken before the second comes, as under load.
-            std::thread::sleep(Duration::from_millis(5 * round));
+            std::thread::sleep(Duration::from_millis(round));
         }
         parrun.signal(Signal::SIGINT);
         let caught = parrun.line("caught ");
