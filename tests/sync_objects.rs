@@ -612,3 +612,128 @@ print(`processes ${got[0]} ${got[1]} ${got[2]}`);
         );
     });
 }
+
+/// A `Lock` shared by a pool's workers, a `Process` and the script excludes them from each
+/// other, in every mode: in `fork` the children take and free the parent's lock themselves
+/// (a word in memory they share), and the parent sees what they did. Each critical section
+/// logs its entry and exit through a bounded queue (a put that waits for the parent): an entry
+/// while another is inside is an overlap. Without the lock, this program logs about a hundred.
+#[test]
+fn a_lock_excludes_workers_processes_and_the_script_from_each_other() {
+    let lua = r#"
+LOCK, LOG = parrun.Lock(), parrun.Queue(100000)
+local function worker(id)
+  for i = 1, 30 do
+    LOCK:acquire()
+    LOG:put("enter " .. id)
+    parrun.sleep(0.0005)
+    LOG:put("leave " .. id)
+    LOCK:release()
+  end
+  return id
+end
+local p = parrun.Process(worker, {"p"})
+p:start()
+local pool = parrun.Pool(2)
+pool:map(worker, {"a", "b"}, 1)
+p:join()
+local inside, enters, overlaps = nil, 0, 0
+while not LOG:empty() do
+  local kind, id = LOG:get():match("(%a+) (%a+)")
+  if kind == "enter" then
+    if inside then overlaps = overlaps + 1 end
+    inside, enters = id, enters + 1
+  else
+    if inside ~= id then overlaps = overlaps + 1 end
+    inside = nil
+  end
+end
+print(("enters %d overlaps %d"):format(enters, overlaps))
+-- Held in a child, seen and freed by the parent; a child's release of a free lock fails.
+local held, go = parrun.Event(), parrun.Event()
+local child = parrun.Process(function()
+  LOCK:acquire() held:set() go:wait(10)
+  print("child waits for the parent's release " .. tostring(LOCK:acquire(true, 10)))
+  LOCK:release()
+  print("child release of a free lock: " .. select(2, pcall(LOCK.release, LOCK)))
+end, {})
+child:start()
+held:wait(10)
+print(("parent sees it held %s %s"):format(LOCK:locked(), LOCK:acquire(false)))
+go:set()
+parrun.sleep(0.05)
+LOCK:release()
+child:join()
+print(("free at the end %s %d"):format(not LOCK:locked(), child.exitcode))
+"#;
+    let rhai = r#"
+const LOCK = Lock();
+const LOG = Queue(100000);
+fn worker(id) {
+  for i in 0..30 {
+    global::LOCK.acquire();
+    global::LOG.put(`enter ${id}`);
+    sleep(0.0005);
+    global::LOG.put(`leave ${id}`);
+    global::LOCK.release();
+  }
+  id
+}
+let p = Process(worker, ["p"]);
+p.start();
+let pool = Pool(2);
+pool.map(worker, ["a", "b"], 1);
+p.join();
+let inside = ();
+let enters = 0;
+let overlaps = 0;
+while !LOG.empty() {
+  let parts = LOG.get().split(" ");
+  if parts[0] == "enter" {
+    if inside != () { overlaps += 1; }
+    inside = parts[1];
+    enters += 1;
+  } else {
+    if inside != parts[1] { overlaps += 1; }
+    inside = ();
+  }
+}
+print(`enters ${enters} overlaps ${overlaps}`);
+const HELD = Event();
+const GO = Event();
+fn child() {
+  global::LOCK.acquire();
+  global::HELD.set();
+  global::GO.wait(10);
+  print(`child waits for the parent's release ${global::LOCK.acquire(true, 10)}`);
+  global::LOCK.release();
+  try { global::LOCK.release(); print("child release of a free lock: no error"); }
+  catch (e) { print(`child release of a free lock: ${e}`); }
+}
+let c = Process(child, []);
+c.start();
+HELD.wait(10);
+print(`parent sees it held ${LOCK.locked()} ${LOCK.acquire(false)}`);
+GO.set();
+sleep(0.05);
+LOCK.release();
+c.join();
+print(`free at the end ${!LOCK.locked()} ${c.exitcode}`);
+"#;
+    both_in_modes(&MODES, "shared_lock", lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            [
+                "enters 90 overlaps 0",
+                "parent sees it held true false",
+                "child waits for the parent's release true",
+                "child release of a free lock: Lock.release: release of an unlocked Lock \
+                 (RuntimeError: release unlocked lock)",
+                "free at the end true 0",
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}

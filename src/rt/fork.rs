@@ -77,6 +77,9 @@ pub(crate) fn fork_child(
     }
     wrap_panic_hook();
     crate::rt::output::share_line_lock();
+    // Mapped here if it is not yet, never by another thread across the fork (the child would
+    // find it half made).
+    crate::rt::shm::warm();
     release_free_memory();
     let guards = guards.to_vec();
     on_forker(move || fork_here(&guards, &keep, work))

@@ -2,7 +2,7 @@
 //! how a thread's task is cancelled, the frames on pipes, output, signals, forking safely from a
 //! threaded process (`fork`, with the state it holds across the fork behind `atfork`'s trait),
 //! the children a process forked and how it ends at once (`children`, `exit`), progress bars on
-//! standard error (`progress`), digests of values' contents (`digest`), starting threads (`spawn`) and thread helpers, this process's id (`pid`), a run's timeline (`trace`), and (feature `mpi`)
+//! standard error (`progress`), digests of values' contents (`digest`), starting threads (`spawn`) and thread helpers, this process's id (`pid`), lock words that forked children share (`shm`), a run's timeline (`trace`), and (feature `mpi`)
 //! MPI messages between the ranks of a job (`mpi`). Everything
 //! above is built on these; none of them imports from above.
 
@@ -20,6 +20,7 @@ pub(crate) mod output;
 pub(crate) mod pid;
 pub(crate) mod poison;
 pub(crate) mod progress;
+pub(crate) mod shm;
 pub mod signals;
 pub(crate) mod spawn;
 pub(crate) mod threads;

@@ -3,13 +3,20 @@ use crate::rt::threads::Signal;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::link::{self, Caller, Op, RemoteError, RemoteObject, Waited};
+use super::Attempt;
+use crate::link::{self, Caller, Op, RemoteError, RemoteObject};
 use crate::rt::poison::Recover;
+use crate::rt::shm::LockWord;
 use crate::value::Value;
 
 /// A non-reentrant lock that any thread or process may release (Python's `threading.Lock` and
-/// `multiprocessing.Lock`). It lives in the process that created it; a forked child reaches it
-/// through the parent link.
+/// `multiprocessing.Lock`). It lives in the process that created it: a word in memory its
+/// forked children share (`crate::rt::shm`), which they take and free themselves; else (the
+/// shared region used up, or an MPI rank's handle) in its memory, which a forked child
+/// reaches through the parent link.
+/// What releasing a free lock says, as Python's.
+const UNLOCKED: &str = "release of an unlocked Lock (RuntimeError: release unlocked lock)";
+
 #[derive(Clone)]
 pub struct Lock {
     inner: Arc<LockInner>,
@@ -17,6 +24,8 @@ pub struct Lock {
 
 struct LockInner {
     home: Home,
+    /// The lock itself, where there is one: then `held` and `freed` are unused.
+    word: Option<LockWord>,
     held: Mutex<bool>,
     freed: Signal,
 }
@@ -31,6 +40,7 @@ impl Lock {
     pub fn new() -> Self {
         let inner = link::register_object(|id| LockInner {
             home: Home::here(id),
+            word: LockWord::new(),
             held: Mutex::new(false),
             freed: Signal::new(),
         });
@@ -44,6 +54,7 @@ impl Lock {
         Lock {
             inner: Arc::new(LockInner {
                 home: Home::elsewhere(id),
+                word: None,
                 held: Mutex::new(false),
                 freed: Signal::new(),
             }),
@@ -67,6 +78,9 @@ impl Lock {
 
     /// Waits until the lock is free and takes it; `Some(t)` gives up after `t` with `false`.
     pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool, String> {
+        if let Some(word) = self.inner.word {
+            return Ok(word.take(timeout));
+        }
         if !self.is_local() {
             let answer = link::remote_call(self.inner.home.id, Op::Acquire(timeout));
             return Ok(answer.map_err(|e| e.to_string())? == Value::Bool(true));
@@ -81,6 +95,12 @@ impl Lock {
 
     /// Frees the lock; an error if it was not held, as in Python.
     pub fn release(&self) -> Result<(), String> {
+        if let Some(word) = self.inner.word {
+            return match word.free() {
+                true => Ok(()),
+                false => Err(UNLOCKED.into()),
+            };
+        }
         if !self.is_local() {
             return link::remote_call(self.inner.home.id, Op::Release)
                 .map(|_| ())
@@ -88,7 +108,7 @@ impl Lock {
         }
         let mut held = self.held();
         if !*held {
-            return Err("release of an unlocked Lock (RuntimeError: release unlocked lock)".into());
+            return Err(UNLOCKED.into());
         }
         *held = false;
         self.inner.freed.notify_one();
@@ -96,11 +116,24 @@ impl Lock {
     }
 
     pub fn locked(&self) -> Result<bool, String> {
+        if let Some(word) = self.inner.word {
+            return Ok(word.is_held());
+        }
         if !self.is_local() {
             let answer = link::remote_call(self.inner.home.id, Op::Locked);
             return Ok(answer.map_err(|e| e.to_string())? == Value::Bool(true));
         }
         Ok(*self.held())
+    }
+
+    /// Takes the lock if that needs no wait, here and now (no round trip to another process):
+    /// false if it is held, or only another process could tell.
+    pub fn acquire_now(&self) -> Result<bool, String> {
+        match self.inner.word {
+            Some(word) => Ok(word.try_take()),
+            None if self.is_local() => self.acquire(Some(Duration::ZERO)),
+            None => Ok(false),
+        }
     }
 
     pub fn same(&self, other: &Lock) -> bool {
@@ -119,32 +152,21 @@ impl RemoteObject for LockInner {
             Op::Locked => {
                 caller.answer(l.locked().map(Value::Bool).map_err(RemoteError::Other));
             }
-            Op::Acquire(timeout) => caller.answer_later(move |caller| {
-                let mut failure = None;
-                let got = caller.wait(timeout, |slice| match l.acquire(Some(slice)) {
-                    Ok(true) => Some(()),
-                    Ok(false) => None,
-                    Err(e) => {
-                        failure = Some(e);
-                        Some(())
-                    }
-                });
-                match (got, failure) {
-                    (_, Some(e)) => {
-                        caller.answer(Err(RemoteError::Other(e)));
-                    }
-                    (Waited::Got(()), None) => {
-                        // Taken for a child that can no longer be told: free it again.
-                        if !caller.answer(Ok(Value::Bool(true))) {
-                            let _ = l.release();
-                        }
-                    }
-                    (Waited::TimedOut(_), None) => {
-                        caller.answer(Ok(Value::Bool(false)));
-                    }
-                    (Waited::CallerGone, None) => {}
-                }
-            }),
+            Op::Acquire(timeout) => {
+                let taken = l.clone();
+                super::answer_waiting(
+                    caller,
+                    timeout,
+                    Value::Bool(false),
+                    move |slice| match l.acquire(Some(slice)) {
+                        Ok(true) => Attempt::Done(Ok(Value::Bool(true))),
+                        Ok(false) => Attempt::Again,
+                        Err(e) => Attempt::Done(Err(e)),
+                    },
+                    // Taken for a child that can no longer be told: free it again.
+                    move || drop(taken.release()),
+                );
+            }
             other => {
                 caller.answer(Err(RemoteError::Other(format!("a Lock cannot {other:?}"))));
             }

@@ -83,6 +83,23 @@ fn answer_waiting(
     mut attempt: impl FnMut(Duration) -> Attempt + Send + 'static,
     undo: impl FnOnce() + Send + 'static,
 ) {
+    // Tried at once on the link's thread first: an operation that need not wait (a free lock,
+    // a set event) is answered without starting a thread for it, which cost more than the
+    // round trip itself (a child's uncontended acquire and release took 140 µs).
+    match attempt(Duration::ZERO) {
+        Attempt::Done(answer) => {
+            let took = answer.is_ok();
+            if !caller.answer(answer.map_err(RemoteError::Other)) && took {
+                undo();
+            }
+            return;
+        }
+        Attempt::Again if timeout == Some(Duration::ZERO) => {
+            caller.answer(Ok(timed_out));
+            return;
+        }
+        Attempt::Again => {}
+    }
     caller.answer_later(move |caller| {
         let got = caller.wait(timeout, |slice| match attempt(slice) {
             Attempt::Done(answer) => Some(answer),
