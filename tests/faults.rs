@@ -1667,3 +1667,69 @@ pool.close(); pool.join();
             .assert_stderr_contains("`add` takes 2 arguments, called with 1");
     }
 }
+
+/// A timeout past what the clock can count (`math.maxinteger` seconds, `math.huge`, 1e19) is
+/// Python's OverflowError, and shown in scientific notation; it panicked computing the wait's
+/// end. Every blocking call reads its timeout the same way.
+#[test]
+fn a_timeout_too_large_for_the_clock_is_an_overflow_error() {
+    both(
+        "hugetimeout",
+        r#"
+local function try(f, ...) print(select(2, pcall(f, ...))) end
+local e, q, l = parrun.Event(), parrun.Queue(), parrun.Lock()
+local t = parrun.Thread(parrun.sleep, {0})
+t:start()
+try(e.wait, e, math.maxinteger)
+try(e.wait, e, math.huge)
+try(q.get, q, true, 2^63)
+try(l.acquire, l, true, 1e10)
+try(t.join, t, 1e300)
+try(parrun.sleep, 1e19)
+e:set()
+print(e:wait(9e9 - 1), l:acquire(true, 9e9))
+"#,
+        r#"
+let e = Event(); let q = Queue(); let l = Lock();
+let t = Thread(Fn("sleep"), [0]);
+t.start();
+e.set();
+try { e.wait(9223372036854775807); } catch (x) { print(x); }
+try { e.wait(1.0 / 0.0); } catch (x) { print(x); }
+try { q.get(true, 9223372036854775807); } catch (x) { print(x); }
+try { l.acquire(true, 1e10); } catch (x) { print(x); }
+try { t.join(1e300); } catch (x) { print(x); }
+try { sleep(1e19); } catch (x) { print(x); }
+print(`${e.wait(9e9 - 1)}	${l.acquire(true, 9e9)}`);
+"#,
+        |out| {
+            out.assert_success();
+            let too_large = |call: &str, got: &str| {
+                format!(
+                    "{call}: timeout value is too large, got {got} (OverflowError: timeout \
+                     value is too large)"
+                )
+            };
+            let lines = out.stdout_lines();
+            let want = [
+                too_large("Event.wait", "9.223372036854776e18"),
+                too_large("Event.wait", "inf"),
+                too_large("Queue.get", "9.223372036854776e18"),
+                too_large("Lock.acquire", "10000000000"),
+                too_large("Thread.join", "1e300"),
+                "parrun.sleep: seconds out of range, got 1e19 (OverflowError: timestamp out of \
+                 range for platform time_t)"
+                    .into(),
+            ];
+            assert_eq!(lines.len(), 7, "{}", out.describe());
+            assert_eq!(lines[6], "true\ttrue", "a wait just below the limit");
+            for (line, want) in lines.iter().zip(&want) {
+                assert!(
+                    line.ends_with(want.as_str()),
+                    "{line:?} / {want:?}: {}",
+                    out.describe()
+                );
+            }
+        },
+    );
+}

@@ -27,9 +27,37 @@ pub(super) fn seconds(
         return Ok(None);
     }
     let secs = number(args, i, what)?;
-    Duration::try_from_secs_f64(secs).map(Some).map_err(|_| {
-        format!("{what} must be a non-negative number of seconds, got {secs} (ValueError)")
+    wait_length(secs, what, "").map(Some)
+}
+
+/// The longest wait a timeout may ask for, in seconds: Python's `threading.TIMEOUT_MAX` on
+/// Linux. A longer one is its OverflowError (an instant that far off overflowed the clock).
+pub(super) const TIMEOUT_MAX: f64 = 9_223_372_036.0;
+
+/// `secs` seconds as a wait for `what`, with Python's errors: a negative one (or NaN) is a
+/// ValueError (`allowed` says what else is taken), one above [`TIMEOUT_MAX`] an OverflowError.
+fn wait_length(secs: f64, what: &str, allowed: &str) -> Result<Duration, String> {
+    if secs > TIMEOUT_MAX {
+        return Err(format!(
+            "{what} value is too large, got {} (OverflowError: timeout value is too large)",
+            shown(secs)
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        format!(
+            "{what} must be a non-negative number of seconds{allowed}, got {} (ValueError)",
+            shown(secs)
+        )
     })
+}
+
+/// A number as an error shows it: a huge one in scientific notation, not its 300 digits.
+pub(super) fn shown(x: f64) -> String {
+    if x.is_finite() && x.abs() >= 1e16 {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
 }
 
 /// How long a blocking call may wait, from Python's `(block, timeout)` at arguments `i` and
@@ -53,10 +81,8 @@ pub(super) fn block_and_timeout(
         if lock && secs == -1.0 {
             return Ok(None);
         }
-        Duration::try_from_secs_f64(secs).map(Some).map_err(|_| {
-            let allowed = if lock { " (or -1 for none)" } else { "" };
-            format!("timeout must be a non-negative number of seconds{allowed}, got {secs} (ValueError)")
-        })
+        let allowed = if lock { " (or -1 for none)" } else { "" };
+        wait_length(secs, "timeout", allowed).map(Some)
     };
     if args.is_nil(i) {
         return seconds(args, i + 1);

@@ -179,7 +179,12 @@ pub(super) static BUILTINS: &[Builtin] = &[
         arity: (1, 1),
         call: |_, args| {
             let secs = number(args, 0, "seconds")?;
-            let d = Duration::try_from_secs_f64(secs).map_err(|_| {
+            // (Past Python's TIMEOUT_MAX the end of the sleep would overflow the clock.)
+            let length = match secs > super::args::TIMEOUT_MAX {
+                true => Err(()),
+                false => Duration::try_from_secs_f64(secs).map_err(drop),
+            };
+            let d = length.map_err(|()| {
                 // With Python's words: a negative length, NaN, one too large for the clock.
                 if secs < 0.0 {
                     format!(

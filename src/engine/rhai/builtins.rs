@@ -371,11 +371,10 @@ fn wait_for(
         if let Some(t) = timeout {
             match deadline {
                 None => {
-                    deadline = Some(
-                        std::time::Instant::now()
-                            + std::time::Duration::try_from_secs_f64(t.max(0.0))
-                                .unwrap_or(std::time::Duration::MAX / 4),
-                    )
+                    // (None, as no deadline, if it is past what the clock can say.)
+                    deadline = std::time::Duration::try_from_secs_f64(t.max(0.0))
+                        .ok()
+                        .and_then(|t| std::time::Instant::now().checked_add(t))
                 }
                 Some(d) => {
                     let now = std::time::Instant::now();
