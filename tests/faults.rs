@@ -1733,3 +1733,81 @@ print(`${e.wait(9e9 - 1)}	${l.acquire(true, 9e9)}`);
         },
     );
 }
+
+/// Lua code looping inside a coroutine of the script's own (`coroutine.wrap`, `resume`) is
+/// reached as the code of the thread or task that resumed it: the instruction and call-depth
+/// limits stop it, naming the coroutine's line with its frames then the resumer's; a task
+/// timeout and `terminate` stop it in every mode; a thread running it hands the GIL over, and
+/// a daemon thread running it ends with the run. (Its hook yield travels out through parrun's
+/// `coroutine.resume`/`wrap`, as a blocking call's request does.) A hook the script sets on a
+/// coroutine with `debug.sethook` is left to it.
+#[test]
+fn code_in_a_coroutine_is_stopped_and_preempted_as_its_resumer_s() {
+    if grain_pass() {
+        return;
+    }
+    let spin = "local function spin(n) local s = 0 for i = 1, n do s = s + i end return s end\n";
+    let limited = format!(
+        "{spin}local inner = coroutine.wrap(function() return spin(1e10) end)\n\
+         print(coroutine.resume(coroutine.create(function() return inner() end)))\n"
+    );
+    let out = run_code(
+        &["--max-instructions", "100000"],
+        "colimit",
+        "lua",
+        &limited,
+    );
+    out.assert_code(1)
+        .assert_stderr_contains("colimit.lua:1: instruction limit exceeded")
+        .assert_stderr_contains("[C]: in upvalue 'inner'")
+        .assert_stderr_contains("colimit.lua:3: in function <")
+        .assert_stderr_contains("[C]: in function 'coroutine.resume'")
+        .assert_stderr_contains("colimit.lua:3: in main chunk");
+    let deep = "local function rec(n) if n == 0 then return 0 end return 1 + rec(n - 1) end\n\
+                print(coroutine.wrap(rec)(500))\n";
+    run_code(&["--max-call-depth", "100"], "codepth", "lua", deep)
+        .assert_code(1)
+        .assert_stderr_contains("codepth.lua:1: call depth limit exceeded");
+    let stopped = format!(
+        "{spin}local pool = parrun.Pool(1, {{task_timeout = 0.3}})\n\
+         print(pcall(pool.apply, pool, function() return coroutine.wrap(spin)(1e11) end, {{}}))\n\
+         local p = parrun.Process(function() coroutine.wrap(spin)(1e11) print('not stopped') end, {{}})\n\
+         p:start() parrun.sleep(0.2) p:terminate() p:join(20)\n\
+         print('exitcode', p.exitcode)\n\
+         local t = parrun.Thread(function() coroutine.wrap(spin)(1e11) end, {{}}, {{daemon = true}})\n\
+         t:start()\n\
+         local x = 0 for i = 1, 20 do for j = 1, 1e5 do x = x + j end end\n\
+         print('the script ran beside it', t:is_alive())\n"
+    );
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "costop", "lua", &stopped);
+        out.assert_success();
+        let lines = out.stdout_lines();
+        // (The task's error has its traceback in `gil` and `isolated`.)
+        assert!(lines.len() >= 3, "{mode}: {}", out.describe());
+        assert!(
+            lines[0].starts_with("false\tPool.apply: "),
+            "{mode}: {}",
+            out.describe()
+        );
+        assert!(
+            lines[0].contains("task timeout"),
+            "{mode}: {}",
+            out.describe()
+        );
+        let end = &lines[lines.len() - 2..];
+        assert_eq!(
+            end,
+            ["exitcode\t-15", "the script ran beside it\ttrue"],
+            "{mode}"
+        );
+    }
+    let hooked = "local n = 0\n\
+                  local co = coroutine.create(function() for i = 1, 100 do local x = i end end)\n\
+                  debug.sethook(co, function() n = n + 1 end, '', 10)\n\
+                  coroutine.resume(co)\n\
+                  print('hook calls', n)\n";
+    let out = run_code(&[], "cohook", "lua", hooked);
+    out.assert_success()
+        .assert_stdout_contains("hook calls\t33");
+}

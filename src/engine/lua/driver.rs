@@ -21,6 +21,94 @@ thread_local! {
     /// and whether a call went deeper.
     pub(super) static MAX_CALL_DEPTH: Cell<Option<std::ffi::c_int>> = const { Cell::new(None) };
     pub(super) static DEPTH_EXCEEDED: Cell<bool> = const { Cell::new(false) };
+    /// The script's coroutine that parrun's `coroutine.resume` or `wrap` (a *relay*, see
+    /// `native`) is resuming on this OS thread, the innermost if they nest; 0 for none.
+    pub(super) static RELAYED: Cell<usize> = const { Cell::new(0) };
+    /// Whether a yield of [`RELAYED`] can travel up to the driver: every resumer on the way
+    /// can yield.
+    pub(super) static RELAY_YIELDABLE: Cell<bool> = const { Cell::new(false) };
+    /// Set by the hook when it yields in a relayed coroutine, for its relay to pass the
+    /// yield out (towards the driver, which reads the flags above).
+    pub(super) static RELAYED_HOOK_YIELD: Cell<bool> = const { Cell::new(false) };
+    /// The relayed coroutines a hook yield came out of, innermost first: where the driver
+    /// says a limit or a cancellation stopped the code.
+    pub(super) static STOPPED_IN: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What [`enter_relayed`] changed, for [`leave_relayed`] to put back.
+#[derive(Clone, Copy)]
+pub(super) struct Relayed {
+    relayed: usize,
+    yieldable: bool,
+    token: usize,
+}
+
+/// Called by a relay as it resumes the script's coroutine `co` from `resumer`: `co` is then
+/// where the GIL's waiters and the limits reach this thread's Lua code, so that a loop in a
+/// coroutine is stopped (a limit, a task timeout, `terminate`) and hands the GIL over as the
+/// driver's own coroutine does. `None` where no driver runs (nothing to reach).
+///
+/// # Safety
+/// `resumer` must be the running coroutine of this OS thread, which holds the GIL, and `co`
+/// a coroutine it is about to resume.
+pub(super) unsafe fn enter_relayed(
+    resumer: *mut mlua::ffi::lua_State,
+    co: *mut mlua::ffi::lua_State,
+) -> Option<Relayed> {
+    let driver = CURRENT_DRIVER.get();
+    if driver == 0 || !hook_is_ours(co) {
+        // (A hook the script set on `co` with `debug.sethook` stays: `co` is then reached only
+        // when it yields back, as before.)
+        return None;
+    }
+    let outer =
+        resumer as usize == driver || (RELAYED.get() == resumer as usize && RELAY_YIELDABLE.get());
+    let yieldable = outer && mlua::ffi::lua_isyieldable(resumer) != 0;
+    let (token, switch) = CURRENT_GIL.with(|g| {
+        let g = g.borrow();
+        let gil = g.as_ref()?;
+        Some((gil.set_holder_token(co as usize), gil.drop_requested()))
+    })?;
+    arm_limits(co);
+    if switch {
+        arm_hook(co as usize);
+    }
+    Some(Relayed {
+        relayed: RELAYED.replace(co as usize),
+        yieldable: RELAY_YIELDABLE.replace(yieldable),
+        token,
+    })
+}
+
+/// Called by a relay once the coroutine it resumed has yielded, returned or failed: the
+/// resumer is again where the GIL's waiters reach this thread, and is stopped at its next
+/// instruction if one asked meanwhile (or a Ctrl-C came, which a relayed coroutine leaves to
+/// its resumer).
+///
+/// # Safety
+/// As [`enter_relayed`], with what it returned.
+pub(super) unsafe fn leave_relayed(resumer: *mut mlua::ffi::lua_State, before: Relayed) {
+    RELAYED.set(before.relayed);
+    RELAY_YIELDABLE.set(before.yieldable);
+    let switch = CURRENT_GIL.with(|g| {
+        let g = g.borrow();
+        g.as_ref().is_some_and(|gil| {
+            gil.set_holder_token(before.token);
+            gil.drop_requested()
+        })
+    });
+    let reachable = resumer as usize == CURRENT_DRIVER.get() || hook_is_ours(resumer);
+    if reachable && (switch || crate::rt::cancel::interrupt_pending()) {
+        arm_hook(resumer as usize);
+    }
+}
+
+/// Whether `state` has no hook or parrun's, not one the script set.
+///
+/// # Safety
+/// `state` must be a live coroutine.
+unsafe fn hook_is_ours(state: *mut mlua::ffi::lua_State) -> bool {
+    mlua::ffi::lua_gethook(state).is_none_or(|h| h as *const () == gil_hook as *const ())
 }
 
 /// How many instructions run between two checks of the instruction budget.
@@ -50,10 +138,12 @@ pub(super) unsafe extern "C-unwind" fn gil_hook(
     ar: *mut mlua::ffi::lua_Debug,
 ) {
     use mlua::ffi::{LUA_HOOKCALL, LUA_HOOKTAILCALL, LUA_MASKCOUNT};
-    // A coroutine the script creates copies the hook of its creator at that moment; only the
-    // driver's own coroutine may yield to the driver, or the script's `coroutine.resume` would
-    // receive the hand-over as if its coroutine had yielded.
-    if state as usize != CURRENT_DRIVER.get() {
+    // A coroutine the script creates copies the hook of its creator at that moment. Only the
+    // driver's own coroutine yields to the driver; one a relay resumes yields to its relay,
+    // which passes the yield out (its `coroutine.resume` does not return). One resumed some
+    // other way (by a C module) is left alone.
+    let relayed = state as usize != CURRENT_DRIVER.get();
+    if relayed && state as usize != RELAYED.get() {
         mlua::ffi::lua_sethook(state, None, 0, 0);
         return;
     }
@@ -69,7 +159,9 @@ pub(super) unsafe extern "C-unwind" fn gil_hook(
         }
         return;
     }
-    if crate::rt::cancel::take_interrupt() {
+    // Ctrl-C is raised in the driver's coroutine, as the stock `lua` raises it in its main
+    // thread: a relayed one meets it when it yields back (see `leave_relayed`).
+    if !relayed && crate::rt::cancel::take_interrupt() {
         // Ctrl-C: an error raised where the script runs, which `pcall` can catch.
         arm_limits(state);
         let text = crate::rt::cancel::KEYBOARD_INTERRUPT;
@@ -78,10 +170,14 @@ pub(super) unsafe extern "C-unwind" fn gil_hook(
         mlua::ffi::lua_concat(state, 2);
         mlua::ffi::lua_error(state);
     }
-    let yieldable = mlua::ffi::lua_isyieldable(state) != 0;
+    let yieldable = mlua::ffi::lua_isyieldable(state) != 0 && (!relayed || RELAY_YIELDABLE.get());
+    let hook_yield = |state| {
+        RELAYED_HOOK_YIELD.set(relayed);
+        mlua::ffi::lua_yield(state, 0)
+    };
     if DEPTH_EXCEEDED.get() && yieldable {
         // The driver ends the coroutine with an error (it is not resumed again).
-        mlua::ffi::lua_yield(state, 0);
+        hook_yield(state);
         return;
     }
     if let Some(left) = BUDGET.get() {
@@ -90,7 +186,7 @@ pub(super) unsafe extern "C-unwind" fn gil_hook(
         BUDGET.set(Some(left));
         if left <= 0 && yieldable {
             BUDGET_SPENT.set(true);
-            mlua::ffi::lua_yield(state, 0);
+            hook_yield(state);
             return;
         }
     }
@@ -99,7 +195,7 @@ pub(super) unsafe extern "C-unwind" fn gil_hook(
         // The hook stays installed so that mlua recognises this as a hook yield and resumes
         // the coroutine without arguments; on resumption it fires once more and re-arms.
         HOOK_YIELDED.set(true);
-        mlua::ffi::lua_yield(state, 0);
+        hook_yield(state);
     } else if requested || DEPTH_EXCEEDED.get() {
         // Inside a C call (a sort comparator, say): try again a little later.
         mlua::ffi::lua_sethook(state, Some(gil_hook), hook_mask() | LUA_MASKCOUNT, 1000);
@@ -209,23 +305,25 @@ pub(super) fn drive(
             break Ok(out);
         }
         let co_state = token as *mut mlua::ffi::lua_State;
+        let stopped_in = STOPPED_IN.take();
+        let stopped = |message: &str| native::stopped_error_in(lua, &stopped_in, co_state, message);
         if DEPTH_EXCEEDED.replace(false) {
             let depth = depth.unwrap_or_default();
             let message = format!(
                 "call depth limit exceeded: more than {depth} nested calls (--max-call-depth)"
             );
-            break Err(native::stopped_error(lua, co_state, &message));
+            break Err(stopped(&message));
         }
         if BUDGET_SPENT.replace(false) {
             let limit = limit.unwrap_or_default();
             let message = format!(
                 "instruction limit exceeded: more than {limit} instructions (--max-instructions)"
             );
-            break Err(native::stopped_error(lua, co_state, &message));
+            break Err(stopped(&message));
         }
         if HOOK_YIELDED.replace(false) {
             if let Some(reason) = crate::rt::cancel::requested() {
-                break Err(native::stopped_error(lua, co_state, &reason));
+                break Err(stopped(&reason));
             }
             gil.yield_turn(token);
             args = MultiValue::new();

@@ -1154,7 +1154,11 @@ unsafe fn aux_resume(state: *mut lua_State, co: *mut lua_State, narg: c_int) -> 
     }
     ffi::lua_xmove(state, co, narg);
     let mut nres = 0;
+    let relayed = super::driver::enter_relayed(state, co);
     let status = ffi::lua_resume(co, state, narg, &mut nres);
+    if let Some(before) = relayed {
+        super::driver::leave_relayed(state, before);
+    }
     if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
         if ffi::lua_checkstack(state, nres + 1) == 0 {
             ffi::lua_pop(co, nres);
@@ -1211,6 +1215,16 @@ unsafe fn relay(
 ) -> c_int {
     loop {
         let r = aux_resume(state, co, ffi::lua_gettop(state) - below);
+        if r == 0 && super::driver::RELAYED_HOOK_YIELD.replace(false) {
+            // The hook stopped `co` for the driver (a GIL switch, a limit, a cancelled
+            // task): yield out too, and resume `co` when resumed (`enter_relayed` made sure
+            // every resumer up to the driver can yield).
+            super::driver::RELAYED_HOOK_YIELD.set(!is_running_driver(state));
+            super::driver::STOPPED_IN.with(|s| s.borrow_mut().push(co as usize));
+            ffi::lua_pushcfunction(state, yield_all);
+            ffi::lua_callk(state, 0, 0, 0, Some(k));
+            continue;
+        }
         if r < 0 || !yielded_request(state, co, r) {
             return r;
         }
@@ -1219,6 +1233,11 @@ unsafe fn relay(
             run_in_place(state, run_here);
         }
     }
+}
+
+/// Whether `state` is the coroutine this OS thread's driver resumes.
+fn is_running_driver(state: *mut lua_State) -> bool {
+    super::driver::CURRENT_DRIVER.get() == state as usize
 }
 
 /// `coroutine.wrap(f)`. Upvalue 1: `run_here`.
@@ -1276,6 +1295,33 @@ pub(super) fn stopped_error(lua: &Lua, co: *mut lua_State, message: &str) -> mlu
 /// showed as `[C]: in ?` above the builtin's.
 pub(super) fn stopped_in_wait(lua: &Lua, co: *mut lua_State, message: &str) -> mlua::Error {
     stopped_at(lua, co, message, 1)
+}
+
+/// [`stopped_error`] for a driver's coroutine `co` whose hook yield came out of the relayed
+/// coroutines `inner` (innermost first, see `driver::STOPPED_IN`): the place is where the
+/// innermost stopped, and the traceback goes through each of them, then `co`, without the
+/// frames of parrun's relays' yields.
+pub(super) fn stopped_error_in(
+    lua: &Lua,
+    inner: &[usize],
+    co: *mut lua_State,
+    message: &str,
+) -> mlua::Error {
+    let Some((&innermost, outer)) = inner.split_first() else {
+        return stopped_error(lua, co, message);
+    };
+    let text_of = |e| match e {
+        mlua::Error::RuntimeError(text) => text,
+        e => e.to_string(),
+    };
+    let mut text = text_of(stopped_at(lua, innermost as *mut lua_State, message, 0));
+    for &state in outer.iter().chain([&(co as usize)]) {
+        let frames = text_of(stopped_at(lua, state as *mut lua_State, "", 1));
+        if let Some((_, frames)) = frames.split_once("stack traceback:") {
+            text.push_str(frames);
+        }
+    }
+    mlua::Error::runtime(text)
 }
 
 /// [`stopped_error`] whose traceback starts `level` frames down `co`'s stack.
