@@ -155,11 +155,14 @@ impl std::str::FromStr for RhaiVm {
 /// needs UTF-8 and checks it in [`Source::text`].
 pub(crate) struct Source {
     pub name: String,
+    /// The script's file as the command line named it (Lua's `arg[0]`), which `name` shows
+    /// lossily if it is not UTF-8; `None` for source that is no file (`arg[0]` is `name`).
+    pub path: Option<std::ffi::OsString>,
     pub dir: Option<PathBuf>,
     pub code: Vec<u8>,
-    pub args: Vec<String>,
+    pub args: Vec<std::ffi::OsString>,
     /// The command line before the script (Lua: `arg[-n] .. arg[-1]`).
-    pub interpreter: Vec<String>,
+    pub interpreter: Vec<std::ffi::OsString>,
 }
 
 impl Source {

@@ -3,7 +3,9 @@
 
 mod bench;
 
+use std::ffi::OsString;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -42,8 +44,8 @@ struct Cli {
 
     /// Run CODE instead of a script file (Lua, as `lua -e` does, unless --lang rhai); every
     /// positional is an argument.
-    #[arg(short = 'e', value_name = "CODE")]
-    eval: Option<String>,
+    #[arg(short = 'e', value_name = "CODE", value_parser = clap::value_parser!(OsString))]
+    eval: Option<OsString>,
 
     /// Stop a pool task that runs longer than this many seconds (its worker is replaced).
     #[arg(long, value_name = "SECONDS")]
@@ -93,16 +95,22 @@ struct Cli {
     /// arguments it receives (Lua: `arg` and `...`; Rhai: `ARGS`).
     // One positional, so that everything after the script is the script's, even a first
     // argument that is one of parrun's flags (`./tool.lua -h`, `parrun x.rhai --mode a`).
-    #[arg(value_name = "SCRIPT [ARGS]", trailing_var_arg = true, num_args = 0..)]
-    positionals: Vec<String>,
+    // Any bytes, as for `lua`: a path or an argument need not be UTF-8.
+    #[arg(
+        value_name = "SCRIPT [ARGS]",
+        trailing_var_arg = true,
+        num_args = 0..,
+        value_parser = clap::value_parser!(OsString)
+    )]
+    positionals: Vec<OsString>,
 
     /// The script: the first positional.
     #[arg(skip)]
-    script: Option<String>,
+    script: Option<OsString>,
 
     /// The script's arguments: the positionals after it.
     #[arg(skip)]
-    args: Vec<String>,
+    args: Vec<OsString>,
 }
 
 /// The binary's subcommands.
@@ -126,8 +134,8 @@ fn main() -> ExitCode {
             let first = text.lines().next().unwrap_or_default();
             let first = first.strip_prefix("error: ").unwrap_or(first);
             // `bench` is a subcommand only as the first argument.
-            let help = match std::env::args().nth(1).as_deref() {
-                Some("bench") => "parrun bench --help",
+            let help = match std::env::args_os().nth(1) {
+                Some(first) if first == "bench" => "parrun bench --help",
                 _ => "parrun --help",
             };
             eprintln!("parrun: {first} (see {help})");
@@ -242,7 +250,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
         let lang = unnamed_lang;
         // With -e there is no script file: every positional is an argument.
         let args = cli.script.iter().chain(&cli.args).cloned();
-        return runtime.args(args).run_source(lang, "(command line)", code);
+        return runtime
+            .args(args)
+            .run_source(lang, "(command line)", code.as_bytes());
     }
     let Some(script) = &cli.script else {
         return Err(Error::Usage(
@@ -251,7 +261,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
     };
     // As the stock `lua` does: everything before the script, from argv[0] on, goes to
     // arg[-n] .. arg[-1]. The script's own arguments end the command line.
-    let argv: Vec<String> = std::env::args().collect();
+    let argv: Vec<OsString> = std::env::args_os().collect();
     let before = argv.len().saturating_sub(cli.args.len() + 1);
     let runtime = runtime
         .interpreter_args(argv.into_iter().take(before))

@@ -450,3 +450,42 @@ fn a_first_argument_that_is_a_parrun_flag_reaches_the_script() {
         }
     }
 }
+
+/// A command line's bytes need not be UTF-8, as for `lua`: a script path, its arguments and
+/// `-e` code that are not reach the script as they are (Rhai, whose strings are UTF-8, gets
+/// U+FFFD for each bad sequence). parrun refused them all, and a first one panicked.
+#[test]
+fn arguments_that_are_not_utf8_reach_the_script_as_bytes() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TempDir::new("bytes");
+    let name = OsStr::from_bytes(b"odd\xffname.lua");
+    let script = dir.path().join(name);
+    std::fs::write(
+        &script,
+        "print(#arg[1], arg[1]:byte(), arg[0]:find('\\255', 1, true) ~= nil, ...)",
+    )
+    .unwrap();
+    let out = run([
+        script.as_os_str(),
+        OsStr::from_bytes(b"\xfe"),
+        OsStr::new("x"),
+    ]);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines()[0],
+        "1\t254\ttrue\t\u{FFFD}\tx",
+        "{}",
+        out.describe()
+    );
+    let out = run([
+        OsStr::new("-e"),
+        OsStr::from_bytes(b"print(#'\xff', #...)"),
+        OsStr::new("ab"),
+    ]);
+    out.assert_success().assert_stdout_contains("1\t2");
+    let rhai = dir.write("args.rhai", "print(ARGS)");
+    let out = run([rhai.as_os_str(), OsStr::from_bytes(b"a\xffb")]);
+    out.assert_success()
+        .assert_stdout_contains("[\"a\u{FFFD}b\"]");
+}

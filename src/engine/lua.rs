@@ -14,6 +14,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex};
 
 use mlua::serde::SerializeOptions;
@@ -457,11 +458,14 @@ fn install_script_env(lua: &Lua, script: &Source) -> mlua::Result<()> {
     let arg = lua.create_table()?;
     let before = script.interpreter.len() as i64;
     for (i, a) in script.interpreter.iter().enumerate() {
-        arg.raw_set(i as i64 - before, a.as_str())?;
+        arg.raw_set(i as i64 - before, lua.create_string(a.as_bytes())?)?;
     }
-    arg.raw_set(0, script.name.as_str())?;
+    match &script.path {
+        Some(path) => arg.raw_set(0, lua.create_string(path.as_bytes())?)?,
+        None => arg.raw_set(0, script.name.as_str())?,
+    }
     for (i, a) in script.args.iter().enumerate() {
-        arg.raw_set(i as i64 + 1, a.as_str())?;
+        arg.raw_set(i as i64 + 1, lua.create_string(a.as_bytes())?)?;
     }
     lua.globals().set("arg", arg)?;
     if let Some(dir) = &script.dir {
@@ -578,7 +582,7 @@ fn prepare(host: &Arc<Host>, script: &Source) -> Result<(Lua, Function, MultiVal
     let args = script
         .args
         .iter()
-        .map(|a| a.as_str().into_lua(&lua))
+        .map(|a| lua.create_string(a.as_bytes()).map(LuaValue::String))
         .collect::<mlua::Result<MultiValue>>()
         .map_err(|e| Error::script(error_text(e)))?;
     Ok((lua, main, args))

@@ -139,7 +139,7 @@ fn prepare(host: &Arc<Host>, script: &Source) -> Result<Prepared, Error> {
     let args: Array = script
         .args
         .iter()
-        .map(|a| Dynamic::from(a.clone()))
+        .map(|a| Dynamic::from(a.to_string_lossy().into_owned()))
         .collect();
     let (engine, ast) = start_engine(&shared, &args).map_err(|e| {
         Error::script(format!(

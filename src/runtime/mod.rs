@@ -64,8 +64,8 @@ pub struct Runtime {
     language: Option<Language>,
     switch_interval: Duration,
     settings: Settings,
-    args: Vec<String>,
-    interpreter: Vec<String>,
+    args: Vec<std::ffi::OsString>,
+    interpreter: Vec<std::ffi::OsString>,
     embedding: Arc<Embedding>,
     trace: Option<PathBuf>,
 }
@@ -89,7 +89,7 @@ impl Runtime {
                 ..Settings::default()
             },
             args: Vec::new(),
-            interpreter: std::env::args().take(1).collect(),
+            interpreter: std::env::args_os().take(1).collect(),
             embedding: Arc::default(),
             trace: None,
         }
@@ -457,11 +457,13 @@ impl Runtime {
         self
     }
 
-    /// Arguments the script receives (Lua: `arg` and `...`; Rhai: `ARGS`).
+    /// Arguments the script receives (Lua: `arg` and `...`; Rhai: `ARGS`). They may be any
+    /// bytes, as a command line's are: Lua gets them as they are, Rhai (whose strings are
+    /// UTF-8) with each invalid sequence replaced by U+FFFD.
     pub fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: Into<std::ffi::OsString>,
     {
         self.args = args.into_iter().map(Into::into).collect();
         self
@@ -474,7 +476,7 @@ impl Runtime {
     pub fn interpreter_args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: Into<std::ffi::OsString>,
     {
         self.interpreter = args.into_iter().map(Into::into).collect();
         self
@@ -586,6 +588,7 @@ impl Runtime {
         });
         let source = Source {
             name: path.display().to_string(),
+            path: Some(path.as_os_str().to_owned()),
             dir,
             code,
             args: self.args.clone(),
@@ -598,6 +601,7 @@ impl Runtime {
     fn source(&self, name: &str, code: &[u8]) -> Source {
         Source {
             name: name.to_owned(),
+            path: None,
             dir: None,
             code: code.to_owned(),
             args: self.args.clone(),

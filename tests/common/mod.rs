@@ -112,7 +112,7 @@ pub struct Run {
     program: PathBuf,
     /// A launcher the binary runs under (`mpirun -np 3`), if any.
     launcher: Vec<String>,
-    args: Vec<String>,
+    args: Vec<std::ffi::OsString>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
     dir: Option<PathBuf>,
@@ -123,7 +123,7 @@ impl Run {
     pub fn new<I, S>(args: I) -> Self
     where
         I: IntoIterator<Item = S>,
-        S: AsRef<str>,
+        S: AsRef<std::ffi::OsStr>,
     {
         Run {
             program: PathBuf::from(parrun_bin()),
@@ -260,7 +260,7 @@ impl Run {
 pub fn run<I, S>(args: I) -> Output
 where
     I: IntoIterator<Item = S>,
-    S: AsRef<str>,
+    S: AsRef<std::ffi::OsStr>,
 {
     Run::new(args).output()
 }
@@ -270,7 +270,7 @@ where
 pub fn run_with_stdin<I, S>(args: I, stdin: &str) -> Output
 where
     I: IntoIterator<Item = S>,
-    S: AsRef<str>,
+    S: AsRef<std::ffi::OsStr>,
 {
     Run::new(args).stdin(stdin).output()
 }
@@ -301,8 +301,9 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus>
     }
 }
 
-fn shell_words(args: &[String]) -> String {
+fn shell_words<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     args.iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
         .map(|a| {
             if !a.is_empty()
                 && a.chars()

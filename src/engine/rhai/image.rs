@@ -247,6 +247,7 @@ mod tests {
         let source = Source {
             name: "image.rhai".into(),
             dir: None,
+            path: None,
             code: code.as_bytes().to_vec(),
             args: Vec::new(),
             interpreter: Vec::new(),
@@ -287,6 +288,7 @@ mod tests {
         let source = Source {
             name: "bad.rhai".into(),
             dir: None,
+            path: None,
             code: b"fn f(x) { x }".to_vec(),
             args: Vec::new(),
             interpreter: Vec::new(),
