@@ -9,7 +9,7 @@
 //! `main_thread()`, `enumerate()` and `active_count()`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -48,6 +48,10 @@ pub struct ScriptThread {
     started: Condvar,
     /// It stands for an OS thread the script did not start (see [`current`]).
     unstarted: bool,
+    /// The process that started it (0 before `start`): a process forked from that one has a
+    /// copy of this object but not the thread, which is over there, as Python marks the
+    /// threads a fork left behind stopped (`is_alive()` false, `join` returns at once).
+    started_in: AtomicU32,
 }
 
 /// A thread's identity as Python's `threading` gives it: `ident` (`get_ident()`, the pthread
@@ -169,6 +173,7 @@ impl ScriptThread {
             ids: Mutex::new(None),
             started: Condvar::new(),
             unstarted: false,
+            started_in: AtomicU32::new(0),
         })
     }
 
@@ -191,6 +196,7 @@ impl ScriptThread {
             ids: Mutex::new(Some(ids)),
             started: Condvar::new(),
             unstarted: true,
+            started_in: AtomicU32::new(0),
         })
     }
 
@@ -230,7 +236,16 @@ impl ScriptThread {
     }
 
     fn state(&self) -> RunState {
-        *self.state.lock().recover()
+        match *self.state.lock().recover() {
+            RunState::Running if self.left_behind() => RunState::Done,
+            state => state,
+        }
+    }
+
+    /// Whether it was started by another process, this one's parent before a fork.
+    fn left_behind(&self) -> bool {
+        let started_in = self.started_in.load(Ordering::Relaxed);
+        started_in != 0 && started_in != crate::rt::pid::current_pid()
     }
 
     fn set_state(&self, s: RunState) {
@@ -257,6 +272,8 @@ impl ScriptThread {
             &self.target,
             "threads can only be started once (RuntimeError)",
         )?;
+        self.started_in
+            .store(crate::rt::pid::current_pid(), Ordering::Relaxed);
         {
             // `set_daemon` reads the state under this lock.
             let mut state = self.state.lock().recover();
@@ -335,6 +352,9 @@ impl ScriptThread {
 
     /// Waits until the thread has finished; false if `timeout` passed first.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        if self.left_behind() {
+            return true;
+        }
         let state = self.state.lock().recover();
         crate::rt::threads::wait_while(&self.changed, state, timeout, |s| *s == RunState::Running)
             .is_some()

@@ -2142,3 +2142,46 @@ try { q.task_done(); } catch (e) { print(e); }
         );
     });
 }
+
+/// A forked child has a copy of its parent's `Thread` objects but not their threads: one that
+/// was running at the fork is stopped there, as Python marks it after a fork (`is_alive()`
+/// false, `join` returns at once); the child's `join` waited for ever. On a thread (`gil`,
+/// `isolated`) the child is the same process, and the thread the same thread.
+#[test]
+fn a_forked_child_sees_its_parent_s_threads_stopped() {
+    let lua = r#"
+local t = parrun.Thread(parrun.sleep, {1})
+t:start()
+local p = parrun.Process(function()
+  local t0 = parrun.time()
+  local alive = t:is_alive()
+  t:join()
+  print(("alive %s joined at once %s"):format(alive, parrun.time() - t0 < 0.5))
+end, {})
+p:start() p:join() t:join()
+print("exitcode " .. p.exitcode)
+"#;
+    let rhai = r#"
+let t = Thread(Fn("sleep"), [1]);
+t.start();
+let p = Process(|t| {
+  let t0 = time();
+  let alive = t.is_alive();
+  t.join();
+  print(`alive ${alive} joined at once ${time() - t0 < 0.5}`);
+}, [t]);
+p.start(); p.join(); t.join();
+print(`exitcode ${p.exitcode}`);
+"#;
+    both_in_modes(&MODES, "forkthread", lua, rhai, |mode, out| {
+        out.assert_success();
+        let forked = mode == "fork";
+        let want = format!("alive {} joined at once {}", !forked, forked);
+        assert_eq!(
+            out.stdout_lines(),
+            [want.as_str(), "exitcode 0"],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
