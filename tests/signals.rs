@@ -886,3 +886,43 @@ fn io_write_to_a_closed_stdout_ends_the_run_too_and_children_get_default_sigpipe
     assert_eq!(out.stdout, "true\texit\t0\n", "{}", out.describe());
     assert!(!out.stderr.contains("Broken pipe"), "{}", out.describe());
 }
+
+/// A Ctrl-C during a closed pool's `join` raises KeyboardInterrupt there, as CPython's does,
+/// whether the join waits for a task or for a result's callback: it went on waiting for them
+/// (a 30 s task here), and the run was stopped 2 s later with `parrun: stopped by SIGINT`.
+#[test]
+fn ctrl_c_ends_a_pool_s_join() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+pool:apply_async(function() parrun.sleep(30) end, {})
+pool:close()
+print("ready")
+print("caught " .. select(2, pcall(pool.join, pool)))
+pool:terminate()
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+pool.apply_async(|| sleep(30), []);
+pool.close();
+print("ready");
+try { pool.join(); } catch (e) { print(`caught ${e}`); }
+pool.terminate();
+"#;
+    for mode in MODES {
+        each_lang_at_once(lua, rhai, 1, |lang, code, _| {
+            let what = format!("{lang} --mode {mode}");
+            let (_dir, mut parrun) = start(&what, mode, lang, code);
+            parrun.line("ready");
+            std::thread::sleep(Duration::from_millis(300));
+            parrun.signal(Signal::SIGINT);
+            let caught = parrun.line("caught");
+            assert!(caught.contains("KeyboardInterrupt"), "{what}: {caught}");
+            let (status, stderr, elapsed) = parrun.finish();
+            assert_eq!(status.code(), Some(0), "{what}: {stderr}");
+            assert!(
+                elapsed < Duration::from_secs(20),
+                "{what}: took {elapsed:?}"
+            );
+        });
+    }
+}

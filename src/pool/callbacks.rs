@@ -237,12 +237,13 @@ impl LiveJobs {
         self.changed.notify_all();
     }
 
-    /// Waits until every job is ready and no callback runs.
+    /// Waits until every job is ready and no callback runs, or (on a thread whose waits can
+    /// be cut short) a Ctrl-C or a cancellation stops the wait.
     fn wait_all_ready(&self) {
-        let mut s = self.state();
-        while !s.jobs.is_empty() || s.in_callback {
-            s = self.changed.wait(s);
-        }
+        let s = self.state();
+        let _ = self
+            .changed
+            .wait_while(s, None, |s| !s.jobs.is_empty() || s.in_callback);
     }
 
     /// Waits until no callback runs.

@@ -786,8 +786,16 @@ impl Pool {
                     .into(),
             );
         }
+        // A Ctrl-C (or a cancelled task) ends the wait; the workers go on, and are waited for
+        // at the end.
         self.wait_workers();
+        if cancel::stop_waiting() {
+            return Ok(());
+        }
         self.finisher.wait_all_ready();
+        if cancel::stop_waiting() {
+            return Ok(());
+        }
         self.shut_finisher();
         Ok(())
     }
