@@ -1811,3 +1811,42 @@ fn code_in_a_coroutine_is_stopped_and_preempted_as_its_resumer_s() {
     out.assert_success()
         .assert_stdout_contains("hook calls\t33");
 }
+
+/// A forked worker that dies in its initializer (killed, a crash in a C module) breaks the
+/// pool, as an initializer's error does: every job fails naming the cause. It was replaced by
+/// a worker that died the same way, hundreds of forks a second, and a `map` waited for ever.
+#[test]
+fn a_worker_that_dies_in_its_initializer_breaks_the_pool() {
+    if grain_pass() {
+        return;
+    }
+    let code = r#"
+local pool = parrun.Pool(2, {initializer = function() os.execute("kill -9 " .. parrun.getpid()) end})
+print(pcall(pool.map, pool, function(x) return x end, {1, 2}))
+print("replaced " .. pool:stats().replaced)
+print(pcall(pool.apply, pool, function(x) return x end, {1}))
+pool:terminate()
+"#;
+    let out = run_code(&["--mode", "fork"], "initdies", "lua", code);
+    out.assert_success();
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 3, "{}", out.describe());
+    let cause = "the pool's initializer failed: worker process ";
+    let killed = "was killed by signal SIGKILL (9) while running it";
+    assert!(
+        lines[0].starts_with("false\tPool.map: "),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        lines[0].contains(cause) && lines[0].ends_with(killed),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(lines[1], "replaced 0");
+    assert!(
+        lines[2].contains(cause),
+        "a broken pool refuses work: {}",
+        out.describe()
+    );
+}

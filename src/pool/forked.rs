@@ -198,6 +198,8 @@ struct Child {
     /// Its task pipe was found closed when tasks were sent to it with none of its own in
     /// flight: it had ended idle, and what was sent never reached it.
     ended_idle: bool,
+    /// It said its initializer ran (or the pool has none).
+    initialized: bool,
 }
 
 /// A worker's link to this process, whose server thread starts when the worker first writes to
@@ -491,6 +493,10 @@ impl Supervisor {
                 Ok(None) => return None,
                 Err(e) => return Some(format!("sent a malformed result: {e}")),
             };
+            if msg.id == 0 && msg.result.is_ok() {
+                child.initialized = true;
+                continue;
+            }
             // It took its tasks, whatever it sent.
             child.sent_while_idle = None;
             take_answer(
@@ -522,25 +528,34 @@ impl Supervisor {
         fork::unregister_fd(child.results.as_raw_fd());
         self.pool.stats.worker_ended();
         let pid = child.pid;
+        let cause = match status {
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                format!("was killed by signal {sig} ({})", sig as i32)
+            }
+            Ok(WaitStatus::Exited(_, exit::PANIC_STATUS)) => {
+                "failed inside parrun (a host panic, reported on stderr)".to_string()
+            }
+            Ok(WaitStatus::Exited(_, code)) => format!("exited with status {code}"),
+            _ => how.to_string(),
+        };
         let failure = match status {
             _ if child.timed_out => format!(
                 "the task ran longer than the task timeout of {:?}: worker process {pid} was \
                  killed and replaced",
                 self.pool.config.task_timeout.unwrap_or_default()
             ),
-            Ok(WaitStatus::Signaled(_, sig, _)) => format!(
-                "worker process {pid} was killed by signal {sig} ({}) while running this task",
-                sig as i32
-            ),
-            Ok(WaitStatus::Exited(_, exit::PANIC_STATUS)) => format!(
-                "worker process {pid} failed inside parrun (a host panic, reported on stderr) \
-                 while running this task"
-            ),
-            Ok(WaitStatus::Exited(_, code)) => {
-                format!("worker process {pid} exited with status {code} while running this task")
-            }
-            _ => format!("worker process {pid} {how} while running this task"),
+            _ => format!("worker process {pid} {cause} while running this task"),
         };
+        if !child.initialized && !child.timed_out {
+            // Its replacement would die the same way: the pool breaks, failing every job (its
+            // tasks were never taken).
+            self.trace_end(&child, &status, how, "died", None);
+            self.pool.stats.tasks(0).untaken(child.in_flight.len());
+            self.pool.break_pool(&format!(
+                "the pool's initializer failed: worker process {pid} {cause} while running it"
+            ));
+            return;
+        }
         // A worker holds back quick answers of a map (`worker::GATHER_MOST`): if it died (or
         // was killed past the task timeout) with more than one task of one in hand, the first
         // of them may have been answered and not sent, so which one it was running is not
@@ -716,6 +731,7 @@ impl Supervisor {
             timed_out: false,
             sent_while_idle: None,
             ended_idle: false,
+            initialized: self.pool.config.initializer.is_none(),
         })
     }
 }
@@ -920,8 +936,9 @@ pub(super) fn take_answer(
     msg: FromWorker,
 ) {
     if msg.id == 0 {
-        let reason = msg.result.err().map(|e| e.message).unwrap_or_default();
-        pool.break_pool(&format!("the pool's initializer failed: {reason}"));
+        if let Err(e) = msg.result {
+            pool.break_pool(&format!("the pool's initializer failed: {}", e.message));
+        }
         return;
     }
     let micros = msg.micros as f64;

@@ -74,7 +74,7 @@ const GATHER_QUICKER_THAN: std::time::Duration = std::time::Duration::from_micro
 /// A message up a forked worker's result pipe: a task's results.
 #[derive(Serialize, Deserialize)]
 pub(super) struct FromWorker {
-    /// The task's id; 0 reports an initializer failure.
+    /// The task's id; 0 reports how the initializer ended (sent only if there is one).
     pub(super) id: u64,
     /// How long the task ran, for the supervisor's dispatch window.
     pub(super) micros: u64,
@@ -266,6 +266,18 @@ fn serve_tasks(
             let _ = codec::write_frame(&mut results, &mut out, &msg);
             return 1;
         }
+        // Said, so that a worker that dies in its initializer (killed, a crash in a C module)
+        // is told from one that dies in a task: the former breaks the pool, as a failed
+        // initializer does, rather than be replaced by one that dies the same way for ever.
+        let msg = FromWorker {
+            id: 0,
+            micros: 0,
+            result: Ok(Reported::Values(Vec::new())),
+        };
+        if codec::write_frame(&mut results, &mut out, &msg).is_err() {
+            return 1;
+        }
+        out.clear();
     }
     let mut buf = Vec::new();
     let mut done = 0usize;
