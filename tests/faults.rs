@@ -1850,3 +1850,51 @@ pool:terminate()
         out.describe()
     );
 }
+
+/// A result, a queued value or a map that does not fit in the script's engine under
+/// `--max-memory` is an error where the script asked for it, which `pcall` catches (Lua's
+/// "not enough memory"), in every mode: in `fork` and `isolated`, where the value was made
+/// elsewhere, it ended the run with `parrun: not enough memory` and no place.
+#[test]
+fn a_value_too_big_for_the_script_s_memory_limit_is_a_catchable_error() {
+    if grain_pass() {
+        return;
+    }
+    let code = r#"
+local pool = parrun.Pool(1)
+local keep = {}
+for i = 1, 4 do
+  local ok, e = pcall(pool.apply, pool, function() return string.rep("a", 12 * 1024 * 1024) end, {})
+  keep[i] = e
+  print(i, ok, ok and #e or tostring(e):match("not enough memory"))
+end
+keep = nil
+collectgarbage()
+local ok, e = pcall(pool.map, pool, function(x) return string.rep("m", 12 * 1024 * 1024) end, {1, 2, 3, 4}, 1)
+print("map", ok, tostring(e):match("not enough memory"))
+print("end")
+"#;
+    for mode in MODES {
+        let out = run_code(
+            &["--max-memory", "40M", "--mode", mode],
+            "bigresult",
+            "lua",
+            code,
+        );
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert_eq!(lines.len(), 6, "{mode}: {}", out.describe());
+        assert_eq!(lines[0], "1\ttrue\t12582912", "{mode}: {}", out.describe());
+        assert_eq!(
+            lines[3],
+            "4\tfalse\tnot enough memory",
+            "{mode}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            lines[4..],
+            ["map\tfalse\tnot enough memory", "end"],
+            "{mode}"
+        );
+    }
+}

@@ -427,15 +427,24 @@ fn raw_answer(
         let request = Request(std::sync::Mutex::new(Some(pending)));
         Ok((1, LuaValue::UserData(lua.create_userdata(request)?)))
     };
+    // A value that does not fit in the engine (under --max-memory) is the call's error, which
+    // `pcall` catches, as Lua's own "not enough memory" is.
+    let fits = |value: mlua::Result<LuaValue>, status: i32| match value {
+        Ok(value) => Ok((status, value)),
+        Err(mlua::Error::MemoryError(msg)) => {
+            Ok((2, LuaValue::String(lua.create_string(error(msg))?)))
+        }
+        Err(e) => Err(e),
+    };
     match call(host, &mut args) {
-        Ok(Outcome::Done(ret @ Ret::Raise { .. })) => Ok((2, ret_to_lua(lua, ret)?)),
+        Ok(Outcome::Done(ret @ Ret::Raise { .. })) => fits(ret_to_lua(lua, ret), 2),
         Ok(Outcome::Done(Ret::Object(object))) => match object::bare_object(lua, object)? {
             (ud, Some(methods)) => {
                 Ok((native::NEW_OBJECT as i32 + methods, LuaValue::UserData(ud)))
             }
             (ud, None) => Ok((0, LuaValue::UserData(ud))),
         },
-        Ok(Outcome::Done(ret)) => Ok((0, ret_to_lua(lua, ret)?)),
+        Ok(Outcome::Done(ret)) => fits(ret_to_lua(lua, ret), 0),
         Ok(Outcome::Wait(wait)) => request(Pending::Wait(named(error.clone(), wait))),
         Ok(Outcome::Fork(fork)) => request(Pending::Fork(named(error.clone(), fork))),
         Err(msg) => Ok((2, LuaValue::String(lua.create_string(error(msg))?))),

@@ -220,9 +220,16 @@ pub(super) fn take_request(v: &LuaValue) -> mlua::Result<Pending> {
 }
 
 pub(super) fn answer(lua: &Lua, result: Result<Ret, String>) -> mlua::Result<MultiValue> {
-    match result {
-        Ok(ret @ Ret::Raise { .. }) => (false, ret_to_lua(lua, ret)?).into_lua_multi(lua),
-        Ok(ret) => (true, ret_to_lua(lua, ret)?).into_lua_multi(lua),
-        Err(msg) => (false, msg).into_lua_multi(lua),
+    let answered = match result {
+        Ok(ret @ Ret::Raise { .. }) => ret_to_lua(lua, ret).map(|v| (false, v)),
+        Ok(ret) => ret_to_lua(lua, ret).map(|v| (true, v)),
+        Err(msg) => return (false, msg).into_lua_multi(lua),
+    };
+    match answered {
+        Ok(answer) => answer.into_lua_multi(lua),
+        // What arrived does not fit in the engine (a 30 MB result under --max-memory 100M):
+        // an error where the script called, which `pcall` catches, not the end of its thread.
+        Err(mlua::Error::MemoryError(msg)) => (false, msg).into_lua_multi(lua),
+        Err(e) => (false, e.to_string()).into_lua_multi(lua),
     }
 }
