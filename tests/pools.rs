@@ -1907,3 +1907,44 @@ n.start(); print(`not daemon ${q.get()}`); n.join();
         },
     );
 }
+
+/// An `imap`'s results that arrived before `terminate` are still its iterator's, in order, as
+/// CPython's: only the items after them fail (`terminate` threw them all away), and an
+/// `apply_async` result that was ready stays so.
+#[test]
+fn terminate_keeps_the_results_that_had_arrived() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+local it = pool:imap(function(x) if x == 4 then parrun.sleep(5) end return x end, {1, 2, 3, 4}, 1)
+local r = pool:apply_async(function() return "ready" end, {})
+parrun.sleep(0.5)
+pool:terminate()
+print(r:get())
+for _ = 1, 4 do
+  local ok, v = pcall(it.next, it, 1)
+  print(ok and v or v:match("terminated before this result was ready"))
+end
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+let it = pool.imap(|x| { if x == 4 { sleep(5); } x }, [1, 2, 3, 4], 1);
+let r = pool.apply_async(|| "ready", []);
+sleep(0.5);
+pool.terminate();
+print(r.get());
+for i in 0..4 {
+  try { print(it.next(1)); } catch (e) { print(if e.contains("terminated before this result was ready") { "terminated before this result was ready" } else { e }); }
+}
+"#;
+    each_mode("termkeeps", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        let want = [
+            "ready",
+            "1",
+            "2",
+            "3",
+            "terminated before this result was ready",
+        ];
+        assert_eq!(out.stdout_lines(), want, "{mode}: {}", out.describe());
+    });
+}

@@ -669,16 +669,18 @@ impl Slots {
         Ok(taken)
     }
 
-    /// What an iterator's next step answers without waiting: the end, the job's failure, or
-    /// the item that has arrived; `None` while it has not.
+    /// What an iterator's next step answers without waiting: the end, the item that has
+    /// arrived, or the job's failure; `None` while neither has. Items that arrived before the
+    /// job failed (a `terminate`) come first, as from CPython's iterator.
     fn arrived_entry(&mut self, kind: JobKind) -> Option<Result<Option<Entry>, Failure>> {
         if self.cursor.at_end(self.filled.len()) {
             return Some(Ok(None));
         }
-        if let Some(f) = &self.failure {
-            return Some(Err(Failure::of_job(f)));
+        if let Some(entry) = self.next_item(kind) {
+            return Some(Ok(Some(entry)));
         }
-        self.next_item(kind).map(|entry| Ok(Some(entry)))
+        let f = self.failure.as_ref()?;
+        Some(Err(Failure::of_job(f)))
     }
 
     /// The iterator's next item and its index, moved out of its slot (an error stays, for
