@@ -2185,3 +2185,47 @@ print(`exitcode ${p.exitcode}`);
         );
     });
 }
+
+/// A forked `Process` terminated while it waits for a child of its own (a `Process`, a pool's
+/// workers) dies by SIGTERM, exitcode -15, as Python's: it stops its children first, which
+/// could end its wait, its target and the process with status 0 or 1 before the signal's end.
+#[test]
+fn a_process_terminated_while_it_waits_for_its_own_children_dies_by_sigterm() {
+    let lua = r#"
+local codes = {}
+for round = 1, 3 do
+  for _, target in ipairs({
+    function() local c = parrun.Process(parrun.sleep, {20}) c:start() c:join() end,
+    function() local pool = parrun.Pool(1) pool:apply(parrun.sleep, {20}) end,
+  }) do
+    local p = parrun.Process(target, {})
+    p:start() parrun.sleep(0.3) p:terminate() p:join(10)
+    codes[#codes + 1] = tostring(p.exitcode)
+  end
+end
+print(table.concat(codes, " "))
+"#;
+    let rhai = r#"
+fn waits_for_a_process() { let c = Process(Fn("sleep"), [20]); c.start(); c.join(); }
+fn waits_for_a_pool() { let pool = Pool(1); pool.apply(Fn("sleep"), [20]); }
+let codes = [];
+for round in 0..3 {
+  for target in [Fn("waits_for_a_process"), Fn("waits_for_a_pool")] {
+    let p = Process(target, []);
+    p.start(); sleep(0.3); p.terminate(); p.join(10);
+    codes.push(`${p.exitcode}`);
+  }
+}
+print(codes.reduce(|a, c| if a == () { c } else { a + " " + c }));
+"#;
+    both_in_modes(&["fork"], "termwaits", lua, rhai, |mode, out| {
+        out.assert_success();
+        let want = ["-15"; 6].join(" ");
+        assert_eq!(
+            out.stdout_lines(),
+            [want.as_str()],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}

@@ -373,6 +373,12 @@ fn fork_here(
                     ));
                     PANIC_STATUS
                 });
+            if exit::ending() {
+                // A SIGTERM is ending this child at once (its own children are being stopped,
+                // which may have let its work end): it dies by that signal, as Python's does,
+                // not with the work's status.
+                exit::park_for_ever();
+            }
             exit::exit_now(status)
         }
     }
