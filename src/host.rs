@@ -251,6 +251,11 @@ pub(crate) trait Finish: Send + Sync {
         self.finish();
         true
     }
+    /// Stops it as its process is killed (a thread at its next instruction, a process by
+    /// SIGTERM, a pool terminated), and waits for its end. Called without the GIL.
+    fn stop(&self) {
+        self.finish();
+    }
 }
 
 /// The order in which a run's started things are finished: threads are waited for (any they
@@ -675,6 +680,35 @@ impl Host {
         if self.finish_threads(|thread| thread.finish_unless_cancelled()) {
             self.finish();
         }
+    }
+
+    /// What a process on a thread with an engine of its own (`isolated`) does before it ends:
+    /// waits for the threads, pools and processes its target started, as a child process does
+    /// before it exits; or, once it is stopped (`terminate`, `kill`, Ctrl-C), also while it
+    /// waits, stops them, as a killed process's threads end with it and its children are
+    /// terminated. Call without the GIL, on the process's thread.
+    pub(crate) fn finish_process(&self) {
+        let stopped = || crate::rt::cancel::requested().is_some();
+        let finished = !stopped()
+            && self.finish_threads(|thread| thread.finish_unless_cancelled())
+            && [Stage::Pools, Stage::Processes].into_iter().all(|stage| {
+                self.pending(|s| s == stage)
+                    .iter()
+                    .all(|started| started.finish_unless_cancelled())
+            })
+            && !stopped();
+        if !finished {
+            loop {
+                let left = self.pending(|_| true);
+                if left.is_empty() {
+                    break;
+                }
+                for started in left {
+                    started.stop();
+                }
+            }
+        }
+        self.started.lock().recover().clear();
     }
 
     /// Finishes every started thread with `finish_one` (and the threads they start) until none

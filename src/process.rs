@@ -546,7 +546,7 @@ fn run_stoppable(
     // child process does, and keeps the engine until they are done; a process in the script's
     // engine leaves them to the script, whose threads they are.
     if engine.is_some() {
-        runs_on.finish_holding_gil();
+        runs_on.gil.allow_threads(0, || runs_on.finish_process());
     }
     drop(engine);
     drop(held);
@@ -574,6 +574,34 @@ impl Finish for ScriptProcess {
             let _ = self.signal(Signal::SIGTERM);
         }
         self.wait(None);
+        if let Some(exit) = self.thread_exit() {
+            exit.joiner.join(true);
+        }
+    }
+
+    fn finish_unless_cancelled(&self) -> bool {
+        if self.daemon() && self.is_alive() {
+            let _ = self.signal(Signal::SIGTERM);
+        }
+        if !self.wait(None) {
+            return false;
+        }
+        if let Some(exit) = self.thread_exit() {
+            exit.joiner.join(true);
+        }
+        true
+    }
+
+    fn stop(&self) {
+        if self.is_alive() {
+            let _ = self.signal(Signal::SIGTERM);
+        }
+        // Not `wait`: the stopping thread is itself being stopped, and its waits give up.
+        let mut pause = Duration::from_micros(200);
+        while self.is_alive() {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
         if let Some(exit) = self.thread_exit() {
             exit.joiner.join(true);
         }

@@ -283,11 +283,14 @@ impl ScriptThread {
         host.register(self.clone());
         let me = self.clone();
         let gil = host.gil.clone();
-        let stop = self.daemon().then(|| {
+        // Every thread can be stopped: a daemon at the run's end, any as the process on a
+        // thread that started it is terminated (a killed process's threads end with it).
+        let daemon = self.daemon();
+        let stop = {
             let (cancel, to_interrupt) = &self.stop;
             *to_interrupt.lock().recover() = Some(gil.clone());
-            cancel.clone()
-        });
+            Some(cancel.clone())
+        };
         let output = host.output().clone();
         let trace = host.trace.clone();
         // The thread is part of the process that starts it (what `Process` names it makes).
@@ -304,13 +307,14 @@ impl ScriptThread {
                     trace::clock()
                 });
                 cancel::install(stop.clone());
-                IN_DAEMON.with(|d| d.set(stop.is_some()));
+                IN_DAEMON.with(|d| d.set(daemon));
                 crate::host::join_process(process);
                 let held = gil.lock(0);
                 let outcome = catch_unwind(AssertUnwindSafe(|| target.run()));
                 drop(held);
                 cancel::install(None);
-                // A daemon thread stopped at the run's end ends quietly, as Python's does.
+                // A thread stopped (a daemon at the run's end, one whose process was terminated)
+                // ends quietly, as Python's does.
                 let stopped = stop.is_some_and(|c| c.reason().is_some());
                 if let (Some(t), Some(start)) = (&trace, started) {
                     t.span(Cat::Thread, &me.name(), start);
@@ -350,6 +354,26 @@ impl ScriptThread {
         Ok(())
     }
 
+    /// Stops the thread at its next instruction or wait (with `reason`, which it does not
+    /// report), and waits until it has ended.
+    fn stop_now(&self, reason: &str) {
+        let (cancel, gil) = &self.stop;
+        let gil = gil.lock().recover().clone();
+        // (Its own waits, not `wait`: the caller may be being stopped itself, and then every
+        // wait of its gives up at once.)
+        let ended = |slice| {
+            let state = self.state.lock().recover();
+            let (state, _) = self
+                .changed
+                .wait_timeout_while(state, slice, |s| *s == RunState::Running)
+                .recover();
+            *state != RunState::Running || self.left_behind()
+        };
+        if !ended(cancel::POLL) {
+            cancel.stop_until(reason, gil.as_deref(), ended);
+        }
+    }
+
     /// Waits until the thread has finished; false if `timeout` passed first.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
         if self.left_behind() {
@@ -374,17 +398,14 @@ impl Finish for ScriptThread {
 
     fn finish(&self) {
         if self.daemon() {
-            let (cancel, gil) = &self.stop;
-            let gil = gil.lock().recover().clone();
-            if !self.wait(Some(cancel::POLL)) {
-                cancel.stop_until(
-                    "a daemon thread is stopped when the run ends",
-                    gil.as_deref(),
-                    |slice| self.wait(Some(slice)),
-                );
-            }
+            self.stop_now("a daemon thread is stopped when the run ends");
         }
         self.wait(None);
+        self.joiner.join(true);
+    }
+
+    fn stop(&self) {
+        self.stop_now("the process that started the thread was stopped");
         self.joiner.join(true);
     }
 

@@ -140,6 +140,11 @@ impl Condition {
         }
         let (ticket, count) = self.begin_wait(who)?;
         let notified = self.await_notify(ticket, timeout) || self.forget(ticket);
+        if crate::rt::cancel::requested().is_some() {
+            // The waiter is being stopped (`terminate`, a task timeout): it leaves the lock
+            // free, as a killed process does, where taking it back left it held for ever.
+            return Err("the wait was interrupted".into());
+        }
         // Python takes the lock back whatever the wait's end; an interrupted one too.
         while !self
             .inner
