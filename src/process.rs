@@ -427,8 +427,22 @@ impl ScriptProcess {
         }
     }
 
-    /// Sends `signal` to a running child.
+    /// Sends `signal` to a running child; from a process that only holds a copy of the handle
+    /// (a forked child of its maker), to the pid, as Python's `terminate` does there.
     pub fn signal(&self, signal: Signal) -> Result<(), String> {
+        if !self.made_here() {
+            return match &*self.state() {
+                State::Running { pid, .. } | State::Done { pid, .. } => {
+                    match nix::sys::signal::kill(*pid, signal) {
+                        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+                        Err(e) => Err(format!("cannot signal process: {e}")),
+                    }
+                }
+                _ => Err("only the process that started a process can signal it \
+                          (AssertionError: can only signal a child process)"
+                    .into()),
+            };
+        }
         match &*self.state() {
             State::Running { pid, .. } => children::signal_child(*pid, signal)
                 .map_err(|e| format!("cannot signal process: {e}")),

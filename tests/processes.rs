@@ -2280,3 +2280,46 @@ EV.set();
         );
     });
 }
+
+/// A forked child holding a copy of its parent's `Process` handle (a sibling) sees it as
+/// Python's does: `is_alive()` is its AssertionError, `exitcode` nil, and `terminate` signals
+/// the pid. It said the sibling had ended (exitcode -1) and its `terminate` did nothing.
+#[test]
+fn a_forked_child_sees_a_sibling_s_handle_as_python_s() {
+    let lua = r#"
+local sib = parrun.Process(parrun.sleep, {20})
+sib:start()
+local p = parrun.Process(function()
+  local ok, e = pcall(sib.is_alive, sib)
+  print(ok, e:match("can only test a child process") ~= nil, sib.exitcode == nil)
+  sib:terminate()
+end, {})
+p:start() p:join() sib:join(10)
+print(p.exitcode, sib.exitcode)
+"#;
+    let rhai = r#"
+let sib = Process(Fn("sleep"), [20]);
+sib.start();
+let p = Process(|sib| {
+  try { sib.is_alive(); print("no error"); }
+  catch (e) { print(`false ${e.contains("can only test a child process")} ${sib.exitcode == ()}`); }
+  sib.terminate();
+}, [sib]);
+p.start(); p.join(); sib.join(10);
+print(`${p.exitcode} ${sib.exitcode}`);
+"#;
+    both_in_modes(&["fork"], "sibling", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines: Vec<String> = out
+            .stdout_lines()
+            .iter()
+            .map(|l| l.replace('\t', " "))
+            .collect();
+        assert_eq!(
+            lines,
+            ["false true true", "0 -15"],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}

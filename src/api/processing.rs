@@ -510,7 +510,16 @@ pub(super) static BUILTINS: &[Builtin] = &[
         name: "is_alive",
         kind: Kind::Call,
         arity: (0, 0),
-        call: |_, args| Outcome::value(Value::Bool(process(args)?.is_alive())),
+        call: |_, args| {
+            let p = process(args)?;
+            if !p.made_here() {
+                // (A forked child holding a copy of its parent's handle cannot wait for it.)
+                return Err("only the process that started a process can test it \
+                     (AssertionError: can only test a child process)"
+                    .into());
+            }
+            Outcome::value(Value::Bool(p.is_alive()))
+        },
     },
     Builtin {
         class: Class::Process,
@@ -560,11 +569,10 @@ pub(super) static BUILTINS: &[Builtin] = &[
         kind: Kind::Getter,
         arity: (0, 0),
         call: |_, args| {
-            Outcome::value(
-                process(args)?
-                    .exitcode()
-                    .map_or(Value::Nil, |c| Value::Int(c.into())),
-            )
+            let p = process(args)?;
+            // Another process's child has no exit code here (Python's is None).
+            let code = p.made_here().then(|| p.exitcode()).flatten();
+            Outcome::value(code.map_or(Value::Nil, |c| Value::Int(c.into())))
         },
     },
     Builtin {
