@@ -202,6 +202,9 @@ impl ScriptProcess {
                 .into());
         }
         crate::host::refuse_in_a_daemon()?;
+        // Reaps the children that have ended, as CPython's `start` does (`_cleanup`): one
+        // never joined would stay a zombie until the run's end.
+        drop(active_children(host));
         let target = take_target(
             &self.target,
             "a process can only be started once (AssertionError: cannot start a process twice)",

@@ -2323,3 +2323,39 @@ print(`${p.exitcode} ${sib.exitcode}`);
         );
     });
 }
+
+/// Starting a `Process` reaps the children that have ended, as CPython's `start` does: one
+/// never joined stayed a zombie until `active_children()` or the run's end.
+#[test]
+fn starting_a_process_reaps_the_ended_ones() {
+    let lua = r#"
+local ended = {}
+for i = 1, 3 do
+  local p = parrun.Process(function() end, {})
+  p:start()
+  ended[i] = p.pid
+end
+parrun.sleep(0.5)
+parrun.Process(parrun.sleep, {5}):start()
+print("pids " .. table.concat(ended, " "))
+parrun.sleep(5)
+"#;
+    let (_dir, path) = script("reaps", "lua", lua);
+    let mut child = Command::new(common::parrun_bin())
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let read = reader.read_line(&mut line);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(read.is_ok_and(|n| n > 0), "no line");
+    let pids = line.trim().strip_prefix("pids ").expect("the pids line");
+    for pid in pids.split(' ') {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+        assert!(stat.is_err(), "process {pid} was not reaped: {stat:?}");
+    }
+}
