@@ -926,3 +926,31 @@ pool.terminate();
         });
     }
 }
+
+/// A Ctrl-C during a `Barrier.wait` leaves the barrier as it was, as Python's (its
+/// KeyboardInterrupt passes through the wait): no party waiting, not broken. It broke it, so
+/// that every later `wait` failed.
+#[test]
+fn ctrl_c_during_a_barrier_wait_leaves_it_whole() {
+    let lua = r#"
+local b = parrun.Barrier(2)
+print("ready")
+local ok, e = pcall(b.wait, b)
+print("caught " .. tostring(e):match("KeyboardInterrupt") .. " " .. b.n_waiting .. " " .. tostring(b.broken))
+"#;
+    let rhai = r#"
+let b = Barrier(2);
+print("ready");
+try { b.wait(); } catch (e) { print(`caught ${if e.contains("KeyboardInterrupt") { "KeyboardInterrupt" } else { e }} ${b.n_waiting} ${b.broken}`); }
+"#;
+    each_lang_at_once(lua, rhai, 1, |lang, code, _| {
+        let (_dir, mut parrun) = start(lang, "fork", lang, code);
+        parrun.line("ready");
+        std::thread::sleep(Duration::from_millis(300));
+        parrun.signal(Signal::SIGINT);
+        let caught = parrun.line("caught");
+        assert_eq!(caught, "caught KeyboardInterrupt 0 false", "{lang}");
+        let (status, stderr, _) = parrun.finish();
+        assert_eq!(status.code(), Some(0), "{lang}: {stderr}");
+    });
+}

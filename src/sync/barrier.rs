@@ -133,6 +133,14 @@ impl Barrier {
         }
         match self.await_release(index, timeout) {
             Some(answer) => answer,
+            // A Ctrl-C leaves the barrier as it was, as in Python (whose KeyboardInterrupt
+            // passes through `wait`); a timeout, or a waiter being stopped, breaks it.
+            None if crate::rt::cancel::interrupt_pending()
+                && crate::rt::cancel::requested().is_none() =>
+            {
+                self.leave();
+                Err("the wait was interrupted".into())
+            }
             None => {
                 self.abandon();
                 Err(BROKEN.into())
