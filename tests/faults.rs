@@ -1898,3 +1898,36 @@ print("end")
         );
     }
 }
+
+/// A scoped form given no function, or no lock, and `wait_for` given no predicate, say so with
+/// the script's line: `l:with(42)` read `attempt to call a number value` with no place, Rhai's
+/// `with 5 { }` had none either.
+#[test]
+fn a_scoped_form_or_wait_for_misused_names_the_line() {
+    let lua_with = run_code(&[], "with", "lua", "local l = parrun.Lock()\nl:with(42)\n");
+    lua_with.assert_code(1).assert_stderr_contains(
+        "with.lua:2: bad argument #1 to 'with' (function expected, got number)",
+    );
+    let lua_wait_for = run_code(
+        &[],
+        "waitfor",
+        "lua",
+        "local c = parrun.Condition()\nc:acquire()\nc:wait_for(42, 0.1)\n",
+    );
+    lua_wait_for.assert_code(1).assert_stderr_contains(
+        "waitfor.lua:3: Condition.wait_for: the predicate must be a function, got number",
+    );
+    let rhai_with = run_code(
+        &[],
+        "with",
+        "rhai",
+        "let e = Event();\nwith e { print(1); }\n",
+    );
+    rhai_with
+        .assert_code(1)
+        .assert_stderr_contains("with.rhai:2:6: Event cannot be used with `with`");
+    let rhai_value = run_code(&[], "with", "rhai", "let x = 5;\nwith x { print(1); }\n");
+    rhai_value
+        .assert_code(1)
+        .assert_stderr_contains("with.rhai:2:6: `with` needs a parrun object, got i64");
+}

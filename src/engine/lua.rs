@@ -282,6 +282,12 @@ return function(self, ...)
   local wrong = wrong_count(select("#", ...) + 1)
   if wrong then error(wrong, 2) end
   local predicate, timeout = ...
+  local callable = type(predicate) == "function"
+    or (getmetatable(predicate) ~= nil and type(getmetatable(predicate)) == "table"
+        and getmetatable(predicate).__call ~= nil)
+  if not callable then
+    error(name .. ": the predicate must be a function, got " .. type(predicate), 2)
+  end
   if timeout ~= nil and type(timeout) ~= "number" then
     error(name .. ": timeout must be a number, got " .. type(timeout), 2)
   end

@@ -365,6 +365,14 @@ const SCOPED_EXIT_ERR: ffi::lua_KContext = 3;
 
 unsafe extern "C-unwind" fn scoped_enter(state: *mut lua_State) -> c_int {
     // [self, f, args..]
+    if ffi::lua_type(state, 2) != ffi::LUA_TFUNCTION {
+        // Said before the lock is taken, with the caller's line (it read `attempt to call a
+        // number value`, with none); a table or userdata with `__call` is called.
+        if ffi::luaL_getmetafield(state, 2, c"__call".as_ptr()) == ffi::LUA_TNIL {
+            return luaL_typeerror(state, 2, c"function".as_ptr());
+        }
+        ffi::lua_pop(state, 1);
+    }
     ffi::luaL_checkstack(state, 2, ptr::null());
     ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
     ffi::lua_pushvalue(state, 1);

@@ -75,8 +75,16 @@ pub(super) fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
                 let syntax = [name, "$expr$", "$block$"];
                 if let Err(e) = engine.register_custom_syntax(syntax, false, move |ctx, inputs| {
                     let receiver = ctx.eval_expression_tree(&inputs[0])?;
+                    let at = inputs[0].position();
+                    // An error without a place (a receiver that is no lock) is the statement's.
                     scoped(&shared, name, receiver, || {
                         ctx.eval_expression_tree(&inputs[1])
+                    })
+                    .map_err(|mut e| {
+                        if e.position().is_none() {
+                            e.set_position(at);
+                        }
+                        e
                     })
                 }) {
                     panic!("cannot register `{name}` syntax: {e}");
