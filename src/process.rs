@@ -455,7 +455,8 @@ impl ScriptProcess {
                 r.place()
             )),
             State::Current(_) => Err("current_process() is the process that runs this code: \
-                 it cannot be terminated or killed through its handle (os.exit ends it)"
+                 it cannot be terminated or killed through its handle (os.exit in Lua, exit() in \
+                 Rhai, ends it)"
                 .into()),
             _ => Ok(()),
         }

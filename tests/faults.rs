@@ -1931,3 +1931,21 @@ fn a_scoped_form_or_wait_for_misused_names_the_line() {
         .assert_code(1)
         .assert_stderr_contains("with.rhai:2:6: `with` needs a parrun object, got i64");
 }
+
+/// `pool:map(f, pairs(t))` (or `ipairs`) says the list is an iterator with a state, with the
+/// script's line, as a stock argument error: the iterator was called without its state, and
+/// the error was `next`'s (`bad argument #1 to 'next' (table expected, got nil)`).
+#[test]
+fn an_iterator_with_a_state_as_a_list_is_an_argument_error() {
+    for iterator in ["pairs", "ipairs"] {
+        let code = format!(
+            "local pool = parrun.Pool(1)\nlocal r = pool:map(function(k) return k end, {iterator}({{10, 20}}))\n"
+        );
+        run_code(&[], "iterstate", "lua", &code)
+            .assert_code(1)
+            .assert_stderr_contains(
+                "iterstate.lua:2: bad argument #3 to 'map' (the list is an iterator with a state \
+                 (pairs(t), ipairs(t)): pass the table itself",
+            );
+    }
+}

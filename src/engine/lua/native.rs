@@ -256,6 +256,17 @@ unsafe extern "C-unwind" fn expand_then_call(state: *mut lua_State) -> c_int {
     if ffi::lua_gettop(state) < at || !is_iterator(state, at) {
         return call_builtin(state);
     }
+    if ffi::lua_type(state, at) == ffi::LUA_TFUNCTION
+        && ffi::lua_type(state, at + 1) == ffi::LUA_TTABLE
+    {
+        // `map(f, pairs(t))`: the generic `for`'s state where a chunk size goes. Called
+        // without it, `next` failed with a message about `next`.
+        return ffi::luaL_argerror(
+            state,
+            at + 1,
+            c"the list is an iterator with a state (pairs(t), ipairs(t)): pass the table itself, or a closure that returns the next item".as_ptr(),
+        );
+    }
     // [args..] -> [args.., values, last]
     ffi::luaL_checkstack(state, 5, ptr::null());
     ffi::lua_createtable(state, 0, 0);
