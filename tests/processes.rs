@@ -2359,3 +2359,31 @@ parrun.sleep(5)
         assert!(stat.is_err(), "process {pid} was not reaped: {stat:?}");
     }
 }
+
+/// A `Process` terminated inside a scoped form (`l:with(f)`, Rhai `with l { }`) leaves the
+/// lock held in every mode and both languages, as a killed process does (Python's, and every
+/// `fork` one): Rhai's form on a thread let it go, Lua's did not.
+#[test]
+fn a_process_terminated_inside_with_leaves_the_lock_held() {
+    let lua = r#"
+local l = parrun.Lock()
+local p = parrun.Process(function() l:with(function() parrun.sleep(100) end) end, {})
+p:start() parrun.sleep(0.3) p:terminate() p:join()
+print(p.exitcode .. " " .. tostring(l:acquire(0.2)))
+"#;
+    let rhai = r#"
+let l = Lock();
+let p = Process(|| { with l { sleep(100); } }, []);
+p.start(); sleep(0.3); p.terminate(); p.join();
+print(`${p.exitcode} ${l.acquire(0.2)}`);
+"#;
+    both_in_modes(&MODES, "withstop", lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["-15 false"],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}

@@ -432,6 +432,11 @@ pub(super) fn scoped(
     let mut receiver = receiver;
     let _ = invoke(shared, enter, &mut [&mut receiver], None)?;
     let result = body();
+    if result.is_err() && crate::rt::cancel::requested().is_some() {
+        // The code is being stopped (`terminate`, a task timeout): it lets nothing go, as a
+        // killed process does, and as Lua's `with` and every `fork` worker do.
+        return result;
+    }
     let _ = invoke(shared, exit, &mut [&mut receiver], None)?;
     result
 }
