@@ -737,3 +737,68 @@ print(`free at the end ${!LOCK.locked()} ${c.exitcode}`);
         );
     });
 }
+
+/// An `Event` is shared with forked children as a word in memory, as a `Lock` is: a pool's
+/// worker polling `is_set()` sees the script's `set`, a child's `set` wakes the script, and a
+/// `set` followed at once by a `clear` still wakes a waiting child with true, as Python's
+/// `wait` returns (the `set` woke it). Every mode, both languages.
+#[test]
+fn an_event_is_seen_and_set_across_processes() {
+    let lua = r#"
+GO, BACK, PULSE = parrun.Event(), parrun.Event(), parrun.Event()
+local pool = parrun.Pool(1)
+local polls = pool:apply_async(function()
+  local n = 0
+  while not GO:is_set() do n = n + 1 parrun.sleep(0.001) end
+  BACK:set()
+  return n >= 0
+end, {})
+local waiter = parrun.Process(function()
+  BACK:wait(10)
+  print("woken " .. tostring(PULSE:wait(10)))
+end, {})
+waiter:start()
+parrun.sleep(0.1)
+GO:set()
+print("back " .. tostring(BACK:wait(10)) .. " " .. tostring(polls:get(10)))
+parrun.sleep(0.5)
+PULSE:set() PULSE:clear()
+waiter:join(10)
+print("exitcode " .. waiter.exitcode)
+"#;
+    let rhai = r#"
+const GO = Event();
+const BACK = Event();
+const PULSE = Event();
+fn poll() {
+  let n = 0;
+  while !global::GO.is_set() { n += 1; sleep(0.001); }
+  global::BACK.set();
+  n >= 0
+}
+fn wait_pulse() {
+  global::BACK.wait(10);
+  print(`woken ${global::PULSE.wait(10)}`);
+}
+let pool = Pool(1);
+let polls = pool.apply_async(Fn("poll"), []);
+let waiter = Process(Fn("wait_pulse"), []);
+waiter.start();
+sleep(0.1);
+GO.set();
+print(`back ${BACK.wait(10)} ${polls.get(10)}`);
+sleep(0.5);
+PULSE.set(); PULSE.clear();
+waiter.join(10);
+print(`exitcode ${waiter.exitcode}`);
+"#;
+    both_in_modes(&MODES, "sharedevent", lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["back true true", "woken true", "exitcode 0"],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}

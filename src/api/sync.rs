@@ -246,7 +246,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
         call: |_, args| {
             let e = event(args)?;
             let timeout = timeout(args, 1)?;
-            if e.is_local() && e.is_set()? {
+            if e.is_here() && e.is_set()? {
                 return Outcome::value(Value::Bool(true));
             }
             Outcome::wait(move || Ok(Value::Bool(e.wait(timeout)?).into()))

@@ -1,9 +1,9 @@
-//! Lock words in memory that this process shares with every process forked from it after the
-//! memory was mapped (and they with theirs): what a `Lock` is made of, so that a forked child
-//! takes and frees its parent's lock with one atomic operation, and waits for it on a futex,
-//! instead of asking the parent over the link (`crate::link`) for each `acquire` and `release`
-//! (a round trip of about 45 µs on a 2-core VM, where CPython's `multiprocessing.Lock`, a
-//! semaphore in shared memory, takes 0.2 µs).
+//! Words in memory that this process shares with every process forked from it after the
+//! memory was mapped (and they with theirs): what a `Lock` and an `Event` are made of, so that
+//! a forked child takes and frees its parent's lock, or reads and sets its event, with one
+//! atomic operation, and waits on a futex, instead of asking the parent over the link
+//! (`crate::link`) each time (a round trip of about 45 µs on a 2-core VM, where CPython's
+//! `multiprocessing.Lock`, a semaphore in shared memory, takes 0.2 µs).
 //!
 //! The region is mapped once per process tree, before the first fork that needs it ([`warm`])
 //! or by the first lock; it is never unmapped, and a word is never given out twice (a child
@@ -58,6 +58,31 @@ pub(crate) fn warm() {
     region();
 }
 
+/// A free word of the region, or `None` if it could not be mapped or is used up.
+fn new_word() -> Option<&'static AtomicU32> {
+    let words = region()?.0;
+    let last = words.len() as u32 - 1;
+    let given = words[0]
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < last).then_some(n + 1)
+        })
+        .ok()?;
+    Some(&words[given as usize + 1])
+}
+
+/// How long the next slice of a wait until `deadline` (for ever if `None`) may be: `None` for
+/// no limit, zero once it has passed; at most [`super::cancel::POLL`] on a thread whose waits
+/// can be cut short.
+fn slice_until(deadline: Option<Instant>, cancellable: bool) -> Option<Duration> {
+    let slice = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    match cancellable {
+        true if slice != Some(Duration::ZERO) => {
+            Some(slice.map_or(super::cancel::POLL, |s| s.min(super::cancel::POLL)))
+        }
+        _ => slice,
+    }
+}
+
 /// A lock's word: 0 free, 1 held, 2 held and maybe waited for (whoever frees it then wakes a
 /// waiter). It has no owner: any thread of any process sharing it may free it, as Python's
 /// `Lock`.
@@ -67,14 +92,7 @@ pub(crate) struct LockWord(&'static AtomicU32);
 impl LockWord {
     /// A free lock, or `None` if the region could not be mapped or is used up.
     pub(crate) fn new() -> Option<LockWord> {
-        let words = region()?.0;
-        let last = words.len() as u32 - 1;
-        let given = words[0]
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < last).then_some(n + 1)
-            })
-            .ok()?;
-        Some(LockWord(&words[given as usize + 1]))
+        new_word().map(LockWord)
     }
 
     /// Takes the lock if it is free.
@@ -100,12 +118,9 @@ impl LockWord {
             if cancellable && super::cancel::stop_waiting() {
                 return false;
             }
-            let mut slice = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let slice = slice_until(deadline, cancellable);
             if slice == Some(Duration::ZERO) {
                 return false;
-            }
-            if cancellable {
-                slice = Some(slice.map_or(super::cancel::POLL, |s| s.min(super::cancel::POLL)));
             }
             futex_wait(self.0, 2, slice);
         }
@@ -125,6 +140,65 @@ impl LockWord {
 
     pub(crate) fn is_held(self) -> bool {
         self.0.load(Ordering::Relaxed) != 0
+    }
+}
+
+/// An event's word: bit 0 the flag, the bits above it a count of the times it was set, so that
+/// a waiter tells a `set` that a `clear` followed at once from no `set` at all (Python's `wait`
+/// returns true then: the `set` woke it).
+#[derive(Clone, Copy)]
+pub(crate) struct EventWord(&'static AtomicU32);
+
+impl EventWord {
+    /// A clear event, or `None` if the region could not be mapped or is used up.
+    pub(crate) fn new() -> Option<EventWord> {
+        new_word().map(EventWord)
+    }
+
+    pub(crate) fn is_set(self) -> bool {
+        self.0.load(Ordering::Acquire) & 1 == 1
+    }
+
+    /// Sets the flag and wakes every waiter.
+    pub(crate) fn set(self) {
+        let was = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w & 1 == 0).then_some((w & !1).wrapping_add(2) | 1)
+            });
+        if was.is_ok() {
+            futex_wake(self.0, i32::MAX as u32);
+        }
+    }
+
+    pub(crate) fn clear(self) {
+        self.0.fetch_and(!1, Ordering::AcqRel);
+    }
+
+    /// Waits until the event is set, at most `timeout` (for ever if `None`): true if it is set,
+    /// or was set meanwhile; else false (the time ran out, or, on a thread whose waits can be
+    /// cut short, its task was cancelled or a KeyboardInterrupt is pending).
+    pub(crate) fn wait(self, timeout: Option<Duration>) -> bool {
+        let seen = self.0.load(Ordering::Acquire);
+        if seen & 1 == 1 {
+            return true;
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let cancellable = super::cancel::installed();
+        loop {
+            if cancellable && super::cancel::stop_waiting() {
+                return self.is_set();
+            }
+            let slice = slice_until(deadline, cancellable);
+            if slice == Some(Duration::ZERO) {
+                return self.is_set();
+            }
+            futex_wait(self.0, seen, slice);
+            let now = self.0.load(Ordering::Acquire);
+            if now >> 1 != seen >> 1 || now & 1 == 1 {
+                return true;
+            }
+        }
     }
 }
 
@@ -205,6 +279,25 @@ mod tests {
         assert!(w.free());
         assert!(waiter.join().unwrap());
         assert!(w.is_held() && w.free());
+    }
+
+    #[test]
+    fn an_event_wakes_its_waiters_even_if_cleared_at_once() {
+        let e = EventWord::new().unwrap();
+        assert!(!e.is_set() && !e.wait(Some(Duration::from_millis(5))));
+        let waiters: Vec<_> = (0..3)
+            .map(|_| std::thread::spawn(move || e.wait(Some(Duration::from_secs(20)))))
+            .collect();
+        std::thread::sleep(Duration::from_millis(30));
+        e.set();
+        e.clear();
+        for w in waiters {
+            assert!(w.join().unwrap(), "a set woke the waiter");
+        }
+        assert!(!e.is_set());
+        e.set();
+        e.set();
+        assert!(e.is_set() && e.wait(None));
     }
 
     #[test]

@@ -5,12 +5,15 @@ use std::time::Duration;
 use super::{answer_waiting, remote_bool, Attempt, SyncOp};
 use crate::link::{self, Caller, Op, RemoteError, RemoteObject};
 use crate::rt::poison::Recover;
+use crate::rt::shm::EventWord;
 use crate::rt::threads::Signal;
 use crate::value::Value;
 
 /// A flag threads and processes wait on (Python's `threading.Event` and
-/// `multiprocessing.Event`). It lives in the process that created it; a forked child reaches
-/// it through the parent link.
+/// `multiprocessing.Event`). It lives in the process that created it: a word in memory its
+/// forked children share (`crate::rt::shm`), which they read, set and wait on themselves; else
+/// (the shared region used up, an MPI rank's handle) in its memory, which a forked child
+/// reaches through the parent link.
 #[derive(Clone)]
 pub struct Event {
     inner: Arc<EventInner>,
@@ -18,6 +21,8 @@ pub struct Event {
 
 struct EventInner {
     home: Home,
+    /// The event itself, where there is one: then `flag` and `changed` are unused.
+    word: Option<EventWord>,
     flag: Mutex<bool>,
     changed: Signal,
 }
@@ -32,6 +37,7 @@ impl Event {
     pub fn new() -> Self {
         let inner = link::register_object(|id| EventInner {
             home: Home::here(id),
+            word: EventWord::new(),
             flag: Mutex::new(false),
             changed: Signal::new(),
         });
@@ -45,6 +51,7 @@ impl Event {
         Event {
             inner: Arc::new(EventInner {
                 home: Home::elsewhere(id),
+                word: None,
                 flag: Mutex::new(false),
                 changed: Signal::new(),
             }),
@@ -62,6 +69,11 @@ impl Event {
         self.inner.home.is_local()
     }
 
+    /// Whether the flag is read here and now, with no round trip to another process.
+    pub fn is_here(&self) -> bool {
+        self.inner.word.is_some() || self.is_local()
+    }
+
     pub fn same(&self, other: &Event) -> bool {
         self.inner.home.id == other.inner.home.id
     }
@@ -76,6 +88,10 @@ impl Event {
 
     /// Sets the flag and wakes every waiter.
     pub fn set(&self) -> Result<(), String> {
+        if let Some(word) = self.inner.word {
+            word.set();
+            return Ok(());
+        }
         if !self.is_local() {
             return self.call(SyncOp::Set).map(drop);
         }
@@ -85,6 +101,10 @@ impl Event {
     }
 
     pub fn clear(&self) -> Result<(), String> {
+        if let Some(word) = self.inner.word {
+            word.clear();
+            return Ok(());
+        }
         if !self.is_local() {
             return self.call(SyncOp::Clear).map(drop);
         }
@@ -93,6 +113,9 @@ impl Event {
     }
 
     pub fn is_set(&self) -> Result<bool, String> {
+        if let Some(word) = self.inner.word {
+            return Ok(word.is_set());
+        }
         if !self.is_local() {
             return remote_bool(link::remote_call(
                 self.inner.home.id,
@@ -105,6 +128,9 @@ impl Event {
     /// Waits until the flag is set, at most `timeout` (for ever if `None`); the flag then, as
     /// Python's `wait` returns it.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, String> {
+        if let Some(word) = self.inner.word {
+            return Ok(word.wait(timeout));
+        }
         if !self.is_local() {
             let who = super::Holder::current();
             let op = SyncOp::Wait { who, timeout };
