@@ -1917,6 +1917,10 @@ fn a_scoped_form_or_wait_for_misused_names_the_line() {
     lua_wait_for.assert_code(1).assert_stderr_contains(
         "waitfor.lua:3: Condition.wait_for: the predicate must be a function, got number",
     );
+    if grain_pass() {
+        // (On grain a custom syntax's expression has no position: the walker's pass checks it.)
+        return;
+    }
     let rhai_with = run_code(
         &[],
         "with",
