@@ -698,12 +698,19 @@ impl Host {
             })
             && !stopped();
         if !finished {
+            // Each thread's stop waits for its end (a thread may start others meanwhile);
+            // pools and processes are stopped once each, as `finish` sees to them once.
             loop {
-                let left = self.pending(|_| true);
-                if left.is_empty() {
+                let threads = self.pending(|s| s == Stage::Threads);
+                if threads.is_empty() {
                     break;
                 }
-                for started in left {
+                for thread in threads {
+                    thread.stop();
+                }
+            }
+            for stage in [Stage::Pools, Stage::Processes] {
+                for started in self.pending(|s| s == stage) {
                     started.stop();
                 }
             }

@@ -2232,17 +2232,19 @@ print(codes.reduce(|a, c| if a == () { c } else { a + " " + c }));
 
 /// A terminated `Process` ends as a killed process does in every mode: a `Condition` it waited
 /// on is left free (on a thread, the wait took the lock back first and kept it), and the
-/// threads and processes it started end with it (in `isolated` it waited for them, so a
+/// threads, pools and processes it started end with it (in `isolated` it waited for them, so a
 /// target joining a thread that waits for an event was never stopped).
 #[test]
 fn a_terminated_process_leaves_its_condition_free_and_its_threads_stopped() {
     let lua = r#"
 local cond, ev = parrun.Condition(), parrun.Event()
+EV = ev
 local function start(f) local p = parrun.Process(f, {}) p:start() return p end
 local ps = {
   start(function() cond:acquire() cond:wait() end),
   start(function() local t = parrun.Thread(function() ev:wait() end, {}) t:start() t:join() end),
   start(function() local c = parrun.Process(function() ev:wait() end, {}) c:start() c:join() end),
+  start(function() parrun.Pool(2):map(function(x) EV:wait() return x end, {1, 2}) end),
 }
 parrun.sleep(0.3)
 for _, p in ipairs(ps) do p:terminate() end
@@ -2257,8 +2259,9 @@ const EV = Event();
 fn waits() { global::COND.acquire(); global::COND.wait(); }
 fn joins_a_thread() { let t = Thread(|| global::EV.wait(), []); t.start(); t.join(); }
 fn joins_a_process() { let c = Process(|| global::EV.wait(), []); c.start(); c.join(); }
+fn maps_on_a_pool() { Pool(2).map(|x| { global::EV.wait(); x }, [1, 2]); }
 let ps = [];
-for f in [Fn("waits"), Fn("joins_a_thread"), Fn("joins_a_process")] {
+for f in [Fn("waits"), Fn("joins_a_thread"), Fn("joins_a_process"), Fn("maps_on_a_pool")] {
   let p = Process(f, []);
   p.start();
   ps.push(p);
@@ -2267,14 +2270,14 @@ sleep(0.3);
 for p in ps { p.terminate(); }
 let codes = [];
 for p in ps { p.join(10); codes.push(`${p.exitcode}`); }
-print(`${codes[0]} ${codes[1]} ${codes[2]} ${COND.acquire(2)}`);
+print(`${codes[0]} ${codes[1]} ${codes[2]} ${codes[3]} ${COND.acquire(2)}`);
 EV.set();
 "#;
     both_in_modes(&MODES, "termstops", lua, rhai, |mode, out| {
         out.assert_success();
         assert_eq!(
             out.stdout_lines(),
-            ["-15 -15 -15 true"],
+            ["-15 -15 -15 -15 true"],
             "{mode}: {}",
             out.describe()
         );
