@@ -160,6 +160,10 @@ pub(crate) enum RemoteError {
 #[derive(Default)]
 struct Registry {
     objects: HashMap<u64, Weak<dyn RemoteObject>>,
+    /// How many entries `objects` may reach before the dropped ones are swept out: twice what
+    /// the last sweep left (at least 256), so sweeps cost O(1) a registration however many
+    /// objects live (a sweep every 256 made 800k locks take 5 s).
+    sweep_at: usize,
     next_object: u64,
     /// In a forked child: the link to its parent.
     parent_link: Option<Arc<LinkClient>>,
@@ -180,8 +184,9 @@ pub(crate) fn register_object<T: RemoteObject + 'static>(make: impl FnOnce(u64) 
     let object = Arc::new(make(id));
     let weak: Weak<dyn RemoteObject> = Arc::downgrade(&object) as _;
     registry.objects.insert(id, weak);
-    if registry.objects.len().is_multiple_of(256) {
+    if registry.objects.len() >= registry.sweep_at {
         registry.objects.retain(|_, o| o.strong_count() > 0);
+        registry.sweep_at = (2 * registry.objects.len()).max(256);
     }
     object
 }

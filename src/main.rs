@@ -229,6 +229,12 @@ fn run(cli: Cli) -> Result<i32, Error> {
         runtime = runtime.max_call_depth(depth);
     }
     if let Some(secs) = cli.task_timeout {
+        // (At most Python's TIMEOUT_MAX, as a script's `task_timeout`.)
+        if secs > 9_223_372_036.0 {
+            return Err(Error::Usage(
+                "--task-timeout is too large: at most 9223372036 seconds".into(),
+            ));
+        }
         let timeout = Duration::try_from_secs_f64(secs)
             .ok()
             .filter(|d| !d.is_zero())

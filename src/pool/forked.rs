@@ -422,7 +422,8 @@ impl Supervisor {
             .filter(|c| !c.timed_out)
             .filter_map(|c| c.running_since)
             .min()
-            .map(|since| since + timeout)
+            // (None past what the clock can count: an embedder's huge timeout is none.)
+            .and_then(|since| since.checked_add(timeout))
     }
 
     /// Kills the workers whose task has run past the task timeout; their pipes then end and
