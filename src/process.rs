@@ -587,18 +587,17 @@ impl Finish for ScriptProcess {
     }
 
     fn finish(&self) {
-        if self.daemon() && self.is_alive() {
-            // As Python's exit handler terminates daemonic children before it joins them.
-            let _ = self.signal(Signal::SIGTERM);
-        }
-        self.wait(None);
-        if let Some(exit) = self.thread_exit() {
-            exit.joiner.join(true);
+        // (A cancelled wait still joins the thread of a process on one.)
+        if !self.finish_unless_cancelled() {
+            if let Some(exit) = self.thread_exit() {
+                exit.joiner.join(true);
+            }
         }
     }
 
     fn finish_unless_cancelled(&self) -> bool {
         if self.daemon() && self.is_alive() {
+            // As Python's exit handler terminates daemonic children before it joins them.
             let _ = self.signal(Signal::SIGTERM);
         }
         if !self.wait(None) {

@@ -289,7 +289,7 @@ impl ScriptThread {
         let stop = {
             let (cancel, to_interrupt) = &self.stop;
             *to_interrupt.lock().recover() = Some(gil.clone());
-            Some(cancel.clone())
+            cancel.clone()
         };
         let output = host.output().clone();
         let trace = host.trace.clone();
@@ -306,7 +306,7 @@ impl ScriptThread {
                     t.name_thread(format!("thread {}", me.name()));
                     trace::clock()
                 });
-                cancel::install(stop.clone());
+                cancel::install(Some(stop.clone()));
                 IN_DAEMON.with(|d| d.set(daemon));
                 crate::host::join_process(process);
                 let held = gil.lock(0);
@@ -315,7 +315,7 @@ impl ScriptThread {
                 cancel::install(None);
                 // A thread stopped (a daemon at the run's end, one whose process was terminated)
                 // ends quietly, as Python's does.
-                let stopped = stop.is_some_and(|c| c.reason().is_some());
+                let stopped = stop.reason().is_some();
                 if let (Some(t), Some(start)) = (&trace, started) {
                     t.span(Cat::Thread, &me.name(), start);
                 }

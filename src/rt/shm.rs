@@ -52,8 +52,9 @@ fn region() -> Option<&'static Region> {
         .as_ref()
 }
 
-/// Maps the region if it is not yet: called before a fork, so that a lock made later in the
-/// parent is shared with the child too, and so that no fork happens while a thread maps it.
+/// Maps the region if it is not yet: called before a fork, so that parent and child allocate
+/// from one region, and no fork happens while another thread maps it (the child would find
+/// it half made).
 pub(crate) fn warm() {
     region();
 }
