@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{both_in_modes, float_after, run_main, run_main_with, Lang, Run, TempDir, MODES};
+use common::{
+    both_in_modes, float_after, run_code, run_main, run_main_with, Lang, Run, TempDir, MODES,
+};
 
 // ---------------------------------------------------------------------------------------
 // Threads, queues, locks
@@ -1320,4 +1322,71 @@ print(`${peek.call()} ${t.daemon}`);
         "{}",
         out.describe()
     );
+}
+
+/// A coroutine one thread is running cannot be resumed or closed by another while that
+/// thread waits in it or has handed the GIL over, when Lua itself reads it as suspended: it
+/// is "running" (as a Python generator another thread runs is "already executing"). Before,
+/// the other thread's `resume` went through (the yields reached the wrong caller) and a
+/// `close` of the script's own coroutine ended the script with "coroutine is non-resumable".
+/// Once the runner is done with it, it is suspended again and resumes as usual.
+#[test]
+fn a_coroutine_running_on_one_thread_is_not_resumed_by_another() {
+    let lua = r#"
+local P = parrun
+local co = coroutine.create(function()
+  P.sleep(0.4)
+  coroutine.yield("first")
+  return "done"
+end)
+local got
+local t = P.Thread(function() got = {coroutine.resume(co)} end, {})
+t:start()
+P.sleep(0.1)
+print("waiting", coroutine.status(co), coroutine.resume(co))
+print("close", pcall(coroutine.close, co))
+local spin = coroutine.create(function()
+  local x = 0
+  for i = 1, 5e7 do x = x + 1 end
+  return x
+end)
+local w = coroutine.wrap(function() P.sleep(0.4) return 1 end)
+local t2 = P.Thread(function() coroutine.resume(spin) end, {})
+local t3 = P.Thread(function() w() end, {})
+t2:start() t3:start()
+P.sleep(0.1)
+print("spinning", coroutine.status(spin), coroutine.resume(spin))
+print("wrap", pcall(w))
+t:join() t2:join() t3:join()
+print("after", got[1], got[2], coroutine.status(co), coroutine.resume(co))
+print("spun", coroutine.status(spin))
+local main = coroutine.running()
+local t4 = P.Thread(function()
+  print("main", coroutine.status(main), coroutine.resume(main))
+  print("close main", pcall(coroutine.close, main))
+end, {})
+t4:start() t4:join()
+print("end")
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "shared_co", "lua", lua);
+        out.assert_success();
+        let refused = "false\tcannot resume non-suspended coroutine";
+        assert_eq!(
+            out.stdout_lines(),
+            [
+                format!("waiting\trunning\t{refused}").as_str(),
+                "close\tfalse\tcannot close a running coroutine",
+                &format!("spinning\trunning\t{refused}"),
+                "wrap\tfalse\tcannot resume non-suspended coroutine",
+                "after\ttrue\tfirst\tsuspended\ttrue\tdone",
+                "spun\tdead",
+                &format!("main\trunning\t{refused}"),
+                "close main\tfalse\tcannot close a running coroutine",
+                "end",
+            ],
+            "{mode}: {}",
+            out.describe()
+        );
+    }
 }

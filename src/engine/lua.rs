@@ -523,6 +523,7 @@ fn new_state_like(host: &Arc<Host>, set_up: Option<&Arc<snapshot::SetUp>>) -> ml
     // refuses it).
     // SAFETY: scripts get the same powers as under the stock `lua` binary, by design.
     let lua = unsafe { Lua::unsafe_new() };
+    driver::clear_in_use(&lua);
     paths::install(&lua)?;
     install_api(&lua, host)?;
     apply_settings(&lua, &host.settings)?;

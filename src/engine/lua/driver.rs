@@ -103,6 +103,47 @@ pub(super) unsafe fn leave_relayed(resumer: *mut mlua::ffi::lua_State, before: R
     }
 }
 
+/// Whether `co` is running on some OS thread of its state: a driver's coroutine while its
+/// driver runs, or one a relay is resuming, even while that thread waits or has handed the GIL
+/// over (Lua then reads the whole chain as suspended, and another thread could resume or close
+/// it under its runner). A coroutine left in use by a thread that was stopped in it stays so:
+/// it was running when it stopped, as a Python generator whose thread died in it stays
+/// "executing". The mark is in the coroutine's extra space, which [`clear_in_use`] zeroes in a
+/// new state's main thread (a new coroutine copies the main thread's).
+///
+/// # Safety
+/// `co` must be a live coroutine of a state whose GIL this thread holds.
+pub(super) unsafe fn in_use(co: *mut mlua::ffi::lua_State) -> bool {
+    *mlua::ffi::lua_getextraspace(co).cast::<usize>() != 0
+}
+
+/// Marks `co` in use, or not (see [`in_use`]).
+///
+/// # Safety
+/// As [`in_use`].
+pub(super) unsafe fn set_in_use(co: *mut mlua::ffi::lua_State, used: bool) {
+    *mlua::ffi::lua_getextraspace(co).cast::<usize>() = usize::from(used);
+}
+
+/// Zeroes the extra space of `lua`'s main thread, which Lua leaves as the allocator gave it and
+/// copies into every coroutine created after.
+pub(super) fn clear_in_use(lua: &Lua) {
+    // SAFETY: the state is new and not shared; the main thread is live as long as `lua`.
+    unsafe {
+        lua.exec_raw::<()>((), |state| {
+            let main = mlua::ffi::lua_rawgeti(
+                state,
+                mlua::ffi::LUA_REGISTRYINDEX,
+                mlua::ffi::LUA_RIDX_MAINTHREAD,
+            );
+            debug_assert_eq!(main, mlua::ffi::LUA_TTHREAD);
+            set_in_use(mlua::ffi::lua_tothread(state, -1), false);
+            mlua::ffi::lua_pop(state, 1);
+        })
+        .expect("zeroing a new state's extra space");
+    }
+}
+
 /// Whether `state` has no hook or parrun's, not one the script set.
 ///
 /// # Safety
@@ -256,9 +297,12 @@ pub(super) fn drive(
     // Each script thread, callback and pool task gets the whole instruction budget.
     let limit = host.settings.max_instructions;
     let depth = host.settings.max_call_depth;
+    // SAFETY: `co` is this driver's, and the GIL is held.
+    unsafe { set_in_use(token as *mut mlua::ffi::lua_State, true) };
     let _outer = DriverScope {
         gil,
         holder,
+        co: token,
         driver: CURRENT_DRIVER.replace(token),
         budget: BUDGET.replace(limit.map(|n| n.min(i64::MAX as u64) as i64)),
         depth: MAX_CALL_DEPTH.replace(depth.map(|d| d.min(i32::MAX as usize) as i32)),
@@ -359,6 +403,8 @@ pub(super) fn drive(
 pub(super) struct DriverScope<'a> {
     pub(super) gil: &'a Gil,
     pub(super) holder: usize,
+    /// The driver's coroutine, in use until the driver returns.
+    pub(super) co: usize,
     pub(super) driver: usize,
     pub(super) budget: Option<i64>,
     pub(super) depth: Option<std::ffi::c_int>,
@@ -368,6 +414,8 @@ impl Drop for DriverScope<'_> {
     fn drop(&mut self) {
         // The coroutine may be collected once the driver returns: the GIL must not point at it.
         self.gil.set_holder_token(self.holder);
+        // SAFETY: the driver holds its coroutine until it returns, and the GIL with it.
+        unsafe { set_in_use(self.co as *mut mlua::ffi::lua_State, false) };
         CURRENT_DRIVER.set(self.driver);
         BUDGET.set(self.budget);
         MAX_CALL_DEPTH.set(self.depth);

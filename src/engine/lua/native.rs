@@ -672,6 +672,13 @@ pub(super) fn install_stock(
         closure(lua, co_isyieldable, vec![drivers.clone()])?,
     )?;
     coroutine.raw_set("yield", closure(lua, co_yield, vec![drivers])?)?;
+    for (name, f) in [
+        ("status", co_status as ffi::lua_CFunction),
+        ("close", co_close),
+    ] {
+        let stock: LuaValue = coroutine.raw_get(name)?;
+        coroutine.raw_set(name, closure(lua, f, vec![stock])?)?;
+    }
 
     let io: Table = globals.raw_get("io")?;
     let stock_write: LuaValue = io.raw_get("write")?;
@@ -1199,8 +1206,38 @@ unsafe fn yielded_request(state: *mut lua_State, co: *mut lua_State, results: c_
 
 /// `coroutine.resume(co, ...)`. Upvalue 1: `run_here`.
 unsafe extern "C-unwind" fn co_resume(state: *mut lua_State) -> c_int {
-    get_coroutine(state);
+    if running_elsewhere(get_coroutine(state)) {
+        ffi::lua_pushboolean(state, 0);
+        ffi::lua_pushstring(state, NON_SUSPENDED.as_ptr());
+        return 2;
+    }
     resume_relay(state, ffi::LUA_OK, 0)
+}
+
+/// Lua's own message for resuming a coroutine that is running.
+const NON_SUSPENDED: &std::ffi::CStr = c"cannot resume non-suspended coroutine";
+
+/// Whether `co` reads as suspended but is running on another OS thread, or on this one below
+/// a wait or a GIL hand-over (see `driver::in_use`): it may not be resumed or closed.
+unsafe fn running_elsewhere(co: *mut lua_State) -> bool {
+    ffi::lua_status(co) == ffi::LUA_YIELD && super::driver::in_use(co)
+}
+
+/// `coroutine.status(co)`. Upvalue 1: the stock function.
+unsafe extern "C-unwind" fn co_status(state: *mut lua_State) -> c_int {
+    if running_elsewhere(get_coroutine(state)) {
+        ffi::lua_pushstring(state, c"running".as_ptr());
+        return 1;
+    }
+    call_stock(state)
+}
+
+/// `coroutine.close(co)`. Upvalue 1: the stock function.
+unsafe extern "C-unwind" fn co_close(state: *mut lua_State) -> c_int {
+    if running_elsewhere(get_coroutine(state)) {
+        return ffi::luaL_error(state, c"cannot close a running coroutine".as_ptr());
+    }
+    call_stock(state)
 }
 
 /// Resumes the coroutine at index 1 with everything above it, relaying its requests.
@@ -1232,6 +1269,9 @@ unsafe fn relay(
     run_here: c_int,
     k: ffi::lua_KFunction,
 ) -> c_int {
+    // In use until it returns or fails (past the yields that pass its requests and hook yields
+    // out, after which this is entered again through `k`).
+    super::driver::set_in_use(co, true);
     loop {
         let r = aux_resume(state, co, ffi::lua_gettop(state) - below);
         if r == 0 && super::driver::RELAYED_HOOK_YIELD.replace(false) {
@@ -1245,6 +1285,7 @@ unsafe fn relay(
             continue;
         }
         if r < 0 || !yielded_request(state, co, r) {
+            super::driver::set_in_use(co, false);
             return r;
         }
         // Whether it was passed out or run here, the answer replaces the request.
@@ -1272,6 +1313,13 @@ unsafe extern "C-unwind" fn co_wrap(state: *mut lua_State) -> c_int {
 
 /// A function `coroutine.wrap` made. Upvalues: the coroutine, `run_here`.
 unsafe extern "C-unwind" fn wrapped(state: *mut lua_State) -> c_int {
+    if running_elsewhere(ffi::lua_tothread(state, ffi::lua_upvalueindex(1))) {
+        // As stock `auxwrap` reports Lua's refusal.
+        ffi::luaL_where(state, 1);
+        ffi::lua_pushstring(state, NON_SUSPENDED.as_ptr());
+        ffi::lua_concat(state, 2);
+        ffi::lua_error(state)
+    }
     wrapped_relay(state, ffi::LUA_OK, 0)
 }
 
