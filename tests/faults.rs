@@ -146,8 +146,8 @@ print(pcall(pool.apply, pool, function() return q:qsize() end, {}))
     let lines = out.stdout_lines();
     assert_eq!(lines.len(), 10, "{}", out.describe());
     let put = "false\tQueue.put: cannot send this value to another thread or process: ";
-    // A Queue or Lock adds where such objects are shared, as Python's error says.
-    let hint = " (a Queue or Lock is shared through inheritance only, as in Python: a Process \
+    // A synchronisation object adds where such objects are shared, as Python's error says.
+    let hint = " (shared through inheritance only, as in Python: a Process \
                 takes it in its arguments, a pool's initializer in its initargs; a pool's tasks \
                 find one made before the pool in the globals)";
     for (line, want) in lines.iter().zip([

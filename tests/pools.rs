@@ -109,7 +109,7 @@ try { Pool(1, #{initializer: init, initargs: 5}); } catch (e) { print(e); }
     let nested_refused = |key: u8| {
         format!(
             "parrun.Pool: cannot send this value to another thread or process: a Queue at key \
-             \"{key}\" (a Queue or Lock is shared through inheritance only, as in Python: a \
+             \"{key}\" (shared through inheritance only, as in Python: a \
              Process takes it in its arguments, a pool's initializer in its initargs; a pool's \
              tasks find one made before the pool in the globals)"
         )
@@ -914,7 +914,7 @@ pool:close() pool:join()
                 "11,21,31",
                 "-6,-5,-4",
                 "Pool.map: cannot send this value to another thread or process: a Lock \
-                 (a Queue or Lock is shared through inheritance only, as in Python: a Process \
+                 (shared through inheritance only, as in Python: a Process \
                  takes it in its arguments, a pool's initializer in its initargs; a pool's \
                  tasks find one made before the pool in the globals)",
             ],

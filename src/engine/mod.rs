@@ -104,13 +104,78 @@ pub(crate) fn unsendable(kind: &str, path: &[String], used_as_key: bool) -> Stri
 
 /// Python's own advice for a queue handed to a pool ("Queue objects should only be shared
 /// between processes through inheritance"), with where parrun's inheritance is: the words
-/// after a `kind` (`a Queue`) that cannot travel, empty for other kinds.
+/// after a `kind` (`a Queue`, `an Event`) that cannot travel, empty for what is not a
+/// synchronisation object.
 pub(crate) fn sharing_hint(kind: &str) -> &'static str {
-    if matches!(kind, "a Queue" | "a Lock") {
-        " (a Queue or Lock is shared through inheritance only, as in Python: a Process takes \
-         it in its arguments, a pool's initializer in its initargs; a pool's tasks find one \
-         made before the pool in the globals)"
-    } else {
-        ""
+    let name = kind.rsplit(' ').next().unwrap_or(kind);
+    const SHARED: [&str; 8] = [
+        "Queue",
+        "Lock",
+        "RLock",
+        "Event",
+        "Semaphore",
+        "Condition",
+        "Barrier",
+        "JoinableQueue",
+    ];
+    match SHARED.contains(&name) {
+        true => {
+            " (shared through inheritance only, as in Python: a Process takes it in its \
+                 arguments, a pool's initializer in its initargs; a pool's tasks find one made \
+                 before the pool in the globals)"
+        }
+        false => "",
+    }
+}
+
+/// `name` with its indefinite article, as spoken: `a Queue`, `an Event`, `an RLock` (a name
+/// starting with two capitals is read letter by letter).
+pub(crate) fn with_article(name: &str) -> String {
+    let mut letters = name.chars();
+    let first = letters.next().unwrap_or(' ');
+    let spelled =
+        first.is_ascii_uppercase() && letters.next().is_some_and(|c| c.is_ascii_uppercase());
+    let vowel_sound = match spelled {
+        true => "AEFHILMNORSX".contains(first),
+        // (`a userdata`, `a unit`: a lowercase `u` is mostly read "you".)
+        false => "AEIOUaeio".contains(first),
+    };
+    format!("{} {name}", if vowel_sound { "an" } else { "a" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_are_named_with_the_article_they_are_read_with() {
+        let named: Vec<String> = ["Queue", "Event", "RLock", "AsyncResult", "Lock", "userdata"]
+            .into_iter()
+            .map(with_article)
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "a Queue",
+                "an Event",
+                "an RLock",
+                "an AsyncResult",
+                "a Lock",
+                "a userdata"
+            ]
+        );
+        // Every synchronisation object says how it is shared; other values do not.
+        for kind in [
+            "a Queue",
+            "an Event",
+            "an RLock",
+            "a Barrier",
+            "a Semaphore",
+        ] {
+            assert!(sharing_hint(kind).contains("inheritance"), "{kind}");
+        }
+        for kind in ["a Pool", "a Process", "a function", "a Thread"] {
+            assert_eq!(sharing_hint(kind), "", "{kind}");
+        }
     }
 }

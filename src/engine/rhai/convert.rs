@@ -190,15 +190,17 @@ pub(super) fn unsendable_kind(shared: &Shared, d: &Dynamic) -> Option<String> {
         return Some("a function".into());
     }
     if let Some(o) = d.read_lock::<Object>() {
-        return Some(format!("a {}", o.class().name()));
+        return Some(crate::engine::with_article(o.class().name()));
     }
     // As Rhai names it (`timestamp`, `range`), not as Rust does.
     let name = d.type_name();
     let engine = shared.engine.get().and_then(Weak::upgrade);
-    Some(format!(
-        "a {}",
-        engine.as_ref().map_or(name, |e| e.map_type_name(name))
-    ))
+    Some(
+        match engine.as_ref().map_or(name, |e| e.map_type_name(name)) {
+            "range=" => "an inclusive range".into(),
+            name => crate::engine::with_article(name),
+        },
+    )
 }
 
 /// The first value inside `d` (or `d` itself) that cannot travel: what it is, with the keys

@@ -513,7 +513,10 @@ impl IntoIterator for Object {
 
     fn into_iter(self) -> Self::IntoIter {
         let Object::ResultIterator(job, gil, pool) = self else {
-            let msg = format!("a {} cannot be iterated", self.class().name());
+            let msg = format!(
+                "{} cannot be iterated",
+                crate::engine::with_article(self.class().name())
+            );
             return Box::new(std::iter::once(Err(msg.into())));
         };
         // The text of the error this iterator last gave, and how many times it was asked for
