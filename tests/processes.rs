@@ -2390,3 +2390,32 @@ print(`${p.exitcode} ${l.acquire(0.2)}`);
         );
     });
 }
+
+/// In `isolated`, a function's upvalue that cannot be copied (a coroutine, a file) reads as
+/// nil in the worker, as the README says, also when it is the function's first upvalue: that
+/// one read as the worker's globals table (Lua's `load` sets a function's first upvalue so),
+/// so `co == nil` was false and `f:write` called `_G.write`. `fork` and `gil` have the value.
+#[test]
+fn an_upvalue_that_cannot_be_copied_reads_as_nil_in_an_isolated_worker() {
+    let lua = r#"
+local co = coroutine.create(function() end)
+local f = io.tmpfile()
+local Q = parrun.Queue()
+local pr = parrun.Process(function(q) q:put(type(co)) q:put(io.type(f) or type(f)) end, {Q})
+pr:start() pr:join()
+print("process", Q:get(), Q:get())
+function GETCO() return type(co) end
+local pool = parrun.Pool(1)
+print("task", pool:apply(GETCO, {}))
+pool:close() pool:join()
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "absent_upvalue", "lua", lua);
+        out.assert_success();
+        let want: &[&str] = match mode {
+            "isolated" => &["process\tnil\tnil", "task\tnil"],
+            _ => &["process\tthread\tfile", "task\tthread"],
+        };
+        assert_eq!(out.stdout_lines(), want, "{mode}: {}", out.describe());
+    }
+}

@@ -693,7 +693,9 @@ fn build_nodes<O>(
                         upvaluejoin.call::<()>((&f, n, first, *index))?;
                     }
                 }
-                Upvalue::Absent => {}
+                // Set, not left as `load` made it: a function's first upvalue is the
+                // globals table then, which a script read as its coroutine or file.
+                Upvalue::Absent => setupvalue.call::<()>((&f, n, LuaValue::Nil))?,
             }
         }
     }
