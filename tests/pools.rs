@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::pool_programs::{self, PoolProgram};
-use common::{script, Output, Run, MODES};
+use common::{run_code, script, Output, Run, MODES};
 
 /// Runs the program's Lua and Rhai versions in every mode (with its environment), checking
 /// each run.
@@ -1947,4 +1947,36 @@ for i in 0..4 {
         ];
         assert_eq!(out.stdout_lines(), want, "{mode}: {}", out.describe());
     });
+}
+
+/// A Lua `map` whose results hold nils carries `n`, as an argument list does (a
+/// `table.pack` result), so that the count is known where `#` cannot tell it: Python's list
+/// holds `None`s. `starmap` and `map_async` too; a list without nils has no `n`.
+#[test]
+fn lua_map_results_with_nils_carry_their_count() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+local function odd_only(x) if x % 2 == 1 then return x end end
+local r = pool:map(odd_only, {1, 2, 3, 4, 5, 6})
+print(r.n, r[1], r[2], r[5], r[6])
+local r2 = pool:map(function() end, {1, 2, 3}, 1)
+print(r2.n, next(r2))
+local r3 = pool:starmap(function(a, b) return b end, {{1, 2}, {3}})
+print(r3.n, r3[1], r3[2])
+local r4 = pool:map_async(odd_only, {2, 4}):get()
+print(r4.n)
+local full = pool:map(odd_only, {1, 3})
+print(full.n, #full)
+pool:close() pool:join()
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "mapnil", "lua", lua);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["6\t1\tnil\t5\tnil", "3\tn\t3", "2\t2\tnil", "2", "nil\t2"],
+            "{mode}: {}",
+            out.describe()
+        );
+    }
 }

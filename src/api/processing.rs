@@ -751,14 +751,14 @@ pub(super) static BUILTINS: &[Builtin] = &[
             // A ready result is answered at once, with the GIL kept: handed over for it, the
             // GIL went to a busy thread for a whole switch interval (5 ms) every call.
             if j.ready() {
-                let ret = j.get(None).map(Ret::Value);
+                let ret = j.get(None).map(|v| result_of(&j, v));
                 return ret
                     .or_else(|f| failed("AsyncResult.get", f))
                     .map(Outcome::Done);
             }
             Outcome::wait(move || {
                 j.get(timeout)
-                    .map(Ret::Value)
+                    .map(|v| result_of(&j, v))
                     .or_else(|f| failed("AsyncResult.get", f))
             })
         },
@@ -824,3 +824,14 @@ pub(super) static BUILTINS: &[Builtin] = &[
         },
     },
 ];
+
+/// What an `AsyncResult`'s `get` gives the script: a `map_async`'s results as the list `map`
+/// gives (a Lua one with nils carries `n`).
+fn result_of(job: &AsyncResult, v: Value) -> Ret {
+    match (job.kind(), v) {
+        (JobKind::List, Value::Array(items)) => {
+            Ret::List(vec![crate::script::Reported::Values(items)])
+        }
+        (_, v) => Ret::Value(v),
+    }
+}

@@ -178,7 +178,11 @@ pub(super) fn ret_to_lua(lua: &Lua, ret: Ret) -> mlua::Result<LuaValue> {
             // The serde path decides (a value past the direct path's reach), or says why the
             // results do not read.
             let items = crate::script::Reported::concat(pieces).map_err(mlua::Error::runtime)?;
-            sequence(lua, &items).map(LuaValue::Table)
+            let list = sequence(lua, &items)?;
+            if items.contains(&Value::Nil) {
+                list.raw_set("n", items.len())?;
+            }
+            Ok(LuaValue::Table(list))
         }
         Ret::Object(o) => new_object(lua, o).map(LuaValue::UserData),
         Ret::Objects(objects) => {

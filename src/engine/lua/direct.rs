@@ -426,10 +426,12 @@ unsafe fn push_pieces(
     ffi::lua_createtable(state, items.try_into().unwrap_or(c_int::MAX), 0);
     let table = ffi::lua_gettop(state);
     let mut at: ffi::lua_Integer = 0;
+    let mut holes = false;
     let mut set = |state: *mut ffi::lua_State, item: &Value| -> bool {
         if !push(state, item, MAX_DEPTH) {
             return false;
         }
+        holes |= matches!(item, Value::Nil);
         at += 1;
         ffi::lua_rawseti(state, table, at);
         true
@@ -456,6 +458,10 @@ unsafe fn push_pieces(
                 }
             }
         }
+    }
+    if holes {
+        ffi::lua_pushinteger(state, at);
+        ffi::lua_setfield(state, table, c"n".as_ptr());
     }
     true
 }
@@ -929,7 +935,13 @@ mod tests {
                 });
             }
             let built = ret_to_lua(&lua, crate::api::Ret::List(pieces));
-            match (serde_sequence(&lua, &items), built) {
+            let whole = serde_sequence(&lua, &items).and_then(|t| {
+                if items.contains(&Value::Nil) {
+                    t.raw_set("n", items.len())?;
+                }
+                Ok(t)
+            });
+            match (whole, built) {
                 (Ok(a), Ok(b)) => prop_assert_eq!(same_lua(&LuaValue::Table(a), &b), Ok(())),
                 (Err(_), Err(_)) => {}
                 (a, b) => prop_assert!(false, "serde {a:?}, in pieces {b:?}"),
