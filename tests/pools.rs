@@ -105,10 +105,11 @@ try { Pool(1, #{initializer: init, initargs: 5}); } catch (e) { print(e); }
     let pool_refused = "parrun.Pool: initargs: a Pool cannot be handed to a pool's workers (a \
                         Queue, a Lock, an RLock, an Event, a Semaphore, a Condition or a Barrier \
                         can)";
-    // Lua counts keys from 1, Rhai from 0.
-    let nested_refused = |key: u8| {
+    // Lua counts keys from 1, Rhai from 0; the key is the place in the whole list.
+    let nested_refused = |key: &str| {
         format!(
-            "parrun.Pool: cannot send this value to another thread or process: a Queue at key \
+            "parrun.Pool: initargs: cannot send this value to another thread or process: a \
+             Queue at key \
              \"{key}\" (shared through inheritance only, as in Python: a \
              Process takes it in its arguments, a pool's initializer in its initargs; a pool's \
              tasks find one made before the pool in the globals)"
@@ -123,7 +124,7 @@ try { Pool(1, #{initializer: init, initargs: 5}); } catch (e) { print(e); }
                 "1,2,3,4,5",
                 "w1,w2,w3,w4,w5",
                 pool_refused,
-                &nested_refused(1),
+                &nested_refused("1.1"),
                 "parrun.Pool: initargs must be a table, got integer",
             ]
             .map(String::from)
@@ -135,7 +136,7 @@ try { Pool(1, #{initializer: init, initargs: 5}); } catch (e) { print(e); }
                 "[10, 20, 30, 40, 50]",
                 "inits true",
                 pool_refused,
-                &nested_refused(0),
+                &nested_refused("0.0"),
                 "parrun.Pool: initargs must be an array, got i64",
             ]
             .map(String::from)

@@ -262,7 +262,12 @@ fn init_args(args: &mut dyn Args, i: usize) -> Result<Vec<InitArg>, String> {
                  RLock, an Event, a Semaphore, a Condition or a Barrier can)",
                 object.class().name()
             )),
-            Err(_) => args.value(k).map(InitArg::Value),
+            // A value that cannot travel is named by its place in the whole list, as in a
+            // task's arguments (the list again gives the error, with the path from the top).
+            Err(_) => args.value(k).map(InitArg::Value).map_err(|e| {
+                let whole = args.value(i).err().unwrap_or(e);
+                format!("initargs: {whole}")
+            }),
         })
         .collect()
 }
