@@ -234,7 +234,7 @@ local function mixed(x)
   return x * 1.5
 end
 local r = pool:map(mixed, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 4)
-print(#r, r[1][2][1], r[1][2].k, r[2], r[3], r[10][1])
+print(r.n, r[1][2][1], r[1][2].k, r[2], r[3], r[10][1])
 local function loop(x)
   local t = {x = x}
   t.self = t

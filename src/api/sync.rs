@@ -157,9 +157,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
                 match args.object(0) {
                     Ok(Object::Lock(l)) => CondLock::Lock(l),
                     Ok(Object::RLock(l)) => CondLock::RLock(l),
-                    Ok(other) => {
-                        return Err(wrong(crate::engine::with_article(other.class().name())))
-                    }
+                    Ok(other) => return Err(wrong(crate::api::with_article(other.class().name()))),
                     // Not an object at all (`Condition(5)`): the same words, with its type.
                     Err(_) => return Err(wrong(args.value(0)?.type_name().to_string())),
                 }

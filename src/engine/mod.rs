@@ -128,21 +128,6 @@ pub(crate) fn sharing_hint(kind: &str) -> &'static str {
     }
 }
 
-/// `name` with its indefinite article, as spoken: `a Queue`, `an Event`, `an RLock` (a name
-/// starting with two capitals is read letter by letter).
-pub(crate) fn with_article(name: &str) -> String {
-    let mut letters = name.chars();
-    let first = letters.next().unwrap_or(' ');
-    let spelled =
-        first.is_ascii_uppercase() && letters.next().is_some_and(|c| c.is_ascii_uppercase());
-    let vowel_sound = match spelled {
-        true => "AEFHILMNORSX".contains(first),
-        // (`a userdata`, `a unit`: a lowercase `u` is mostly read "you".)
-        false => "AEIOUaeio".contains(first),
-    };
-    format!("{} {name}", if vowel_sound { "an" } else { "a" })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,7 +136,7 @@ mod tests {
     fn objects_are_named_with_the_article_they_are_read_with() {
         let named: Vec<String> = ["Queue", "Event", "RLock", "AsyncResult", "Lock", "userdata"]
             .into_iter()
-            .map(with_article)
+            .map(crate::api::with_article)
             .collect();
         assert_eq!(
             named,

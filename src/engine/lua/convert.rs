@@ -77,7 +77,7 @@ pub(super) fn unsendable_kind(v: &LuaValue) -> Option<String> {
         LuaValue::Function(_) => "a function".into(),
         LuaValue::Thread(_) => "a coroutine".into(),
         LuaValue::UserData(ud) => match ud.borrow::<LuaObject>() {
-            Ok(object) => crate::engine::with_article(object.0.class().name()),
+            Ok(object) => crate::api::with_article(object.0.class().name()),
             Err(_) => "a userdata".into(),
         },
         LuaValue::LightUserData(_) => "a light userdata".into(),

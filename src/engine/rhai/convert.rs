@@ -190,7 +190,7 @@ pub(super) fn unsendable_kind(shared: &Shared, d: &Dynamic) -> Option<String> {
         return Some("a function".into());
     }
     if let Some(o) = d.read_lock::<Object>() {
-        return Some(crate::engine::with_article(o.class().name()));
+        return Some(crate::api::with_article(o.class().name()));
     }
     // As Rhai names it (`timestamp`, `range`), not as Rust does.
     let name = d.type_name();
@@ -198,7 +198,7 @@ pub(super) fn unsendable_kind(shared: &Shared, d: &Dynamic) -> Option<String> {
     Some(
         match engine.as_ref().map_or(name, |e| e.map_type_name(name)) {
             "range=" => "an inclusive range".into(),
-            name => crate::engine::with_article(name),
+            name => crate::api::with_article(name),
         },
     )
 }

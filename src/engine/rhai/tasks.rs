@@ -515,7 +515,7 @@ impl IntoIterator for Object {
         let Object::ResultIterator(job, gil, pool) = self else {
             let msg = format!(
                 "{} cannot be iterated",
-                crate::engine::with_article(self.class().name())
+                crate::api::with_article(self.class().name())
             );
             return Box::new(std::iter::once(Err(msg.into())));
         };
