@@ -593,6 +593,21 @@ pub fn check_arity(b: &Builtin, given: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// `name` with its indefinite article, as spoken: `a Queue`, `an Event`, `an RLock` (a name
+/// starting with two capitals is read letter by letter).
+pub(crate) fn with_article(name: &str) -> String {
+    let mut letters = name.chars();
+    let first = letters.next().unwrap_or(' ');
+    let spelled =
+        first.is_ascii_uppercase() && letters.next().is_some_and(|c| c.is_ascii_uppercase());
+    let vowel_sound = match spelled {
+        true => "AEFHILMNORSX".contains(first),
+        // (`a userdata`, `a unit`: a lowercase `u` is mostly read "you".)
+        false => "AEIOUaeio".contains(first),
+    };
+    format!("{} {name}", if vowel_sound { "an" } else { "a" })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,19 +678,4 @@ mod tests {
             }
         }
     }
-}
-
-/// `name` with its indefinite article, as spoken: `a Queue`, `an Event`, `an RLock` (a name
-/// starting with two capitals is read letter by letter).
-pub(crate) fn with_article(name: &str) -> String {
-    let mut letters = name.chars();
-    let first = letters.next().unwrap_or(' ');
-    let spelled =
-        first.is_ascii_uppercase() && letters.next().is_some_and(|c| c.is_ascii_uppercase());
-    let vowel_sound = match spelled {
-        true => "AEFHILMNORSX".contains(first),
-        // (`a userdata`, `a unit`: a lowercase `u` is mostly read "you".)
-        false => "AEIOUaeio".contains(first),
-    };
-    format!("{} {name}", if vowel_sound { "an" } else { "a" })
 }
