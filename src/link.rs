@@ -77,6 +77,10 @@ pub(crate) enum Op {
     /// Nothing to do: answered once what the child sent before it is done (see
     /// [`settle_forwarded`]).
     Barrier,
+    /// The child no longer waits for the answer to its request with this id (the thread that
+    /// asked was cancelled, or has a KeyboardInterrupt): a wait for it ends as if its time had
+    /// run out, taking nothing, and is answered so.
+    Withdraw(u64),
 }
 
 /// A thread of a process: who holds an `RLock`, who waits on a `Condition`.
@@ -554,14 +558,33 @@ impl LinkClient {
         })
     }
 
-    /// Performs `op` on `object` in the parent and waits for the answer.
+    /// Performs `op` on `object` in the parent and waits for the answer. On a thread whose
+    /// waits can be cut short (a cancelled task, a KeyboardInterrupt), a wait is withdrawn
+    /// ([`Op::Withdraw`]): the parent then answers it at once as if its time had run out, and
+    /// takes nothing for it (a worker rank's task stopped by `terminate` waited on for ever, and
+    /// its `Queue.get` or `Lock.acquire` went through later for nobody).
     fn call(&self, object: u64, op: Op) -> Result<Value, RemoteError> {
         self.start_reader()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = bounded(1);
         self.pending.lock().recover().insert(id, tx);
         self.send(&Request { id, object, op })?;
-        rx.recv().unwrap_or_else(|_| Err(link_lost()))
+        if !cancel::installed() {
+            return rx.recv().unwrap_or_else(|_| Err(link_lost()));
+        }
+        let mut withdrawn = false;
+        loop {
+            match rx.recv_timeout(cancel::POLL) {
+                Ok(answer) => return answer,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(link_lost()),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if !withdrawn && cancel::stop_waiting() {
+                        withdrawn = true;
+                        self.post(object, Op::Withdraw(id))?;
+                    }
+                }
+            }
+        }
     }
 
     /// Sends `op` without waiting (a `put`): the parent applies requests in order.
@@ -690,22 +713,54 @@ fn serve_loop(stream: UnixStream, output: output::Output, trace: Option<Arc<Trac
         return;
     };
     let reply: Arc<dyn ReplyTo> = Arc::new(Mutex::new(writer));
-    let alive = Arc::new(AtomicBool::new(true));
+    let life = Arc::new(LinkLife::default());
     let mut reader = stream;
     let mut buf = Vec::new();
     while let Ok(request) = codec::read_frame::<Request>(&mut reader, &mut buf) {
-        serve_request(request, &reply, &alive, &output, trace.as_deref());
+        serve_request(request, &reply, &life, &output, trace.as_deref());
     }
-    alive.store(false, Ordering::Release);
+    life.end();
     fork::unregister_fd(fd);
 }
 
+/// Whether a child (or worker rank) is there, and which of its requests still wait for an
+/// answer from a thread of their own ([`Caller::answer_later`]), and whether it withdrew them.
+pub(crate) struct LinkLife {
+    alive: AtomicBool,
+    /// Request id -> withdrawn.
+    waits: Mutex<HashMap<u64, bool>>,
+}
+
+impl Default for LinkLife {
+    fn default() -> Self {
+        LinkLife {
+            alive: AtomicBool::new(true),
+            waits: Mutex::default(),
+        }
+    }
+}
+
+impl LinkLife {
+    /// The child has gone: nothing more is taken for it.
+    pub(crate) fn end(&self) {
+        self.alive.store(false, Ordering::Release);
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    fn withdrawn(&self, id: u64) -> bool {
+        self.waits.lock().recover().get(&id) == Some(&true)
+    }
+}
+
 /// Does what a child's `request` asks: writes its output, or has the object perform the
-/// operation and answer through `reply` while `alive` says the child is there.
+/// operation and answer through `reply` while `life` says the child is there.
 fn serve_request(
     request: Request,
     reply: &Arc<dyn ReplyTo>,
-    alive: &Arc<AtomicBool>,
+    life: &Arc<LinkLife>,
     output: &output::Output,
     trace: Option<&Tracer>,
 ) {
@@ -722,12 +777,19 @@ fn serve_request(
             // Answered (if asked) once absorbed: the child waits for that.
             Op::Barrier
         }
+        Op::Withdraw(id) => {
+            // (An answer already sent left nothing to withdraw.)
+            if let Some(withdrawn) = life.waits.lock().recover().get_mut(&id) {
+                *withdrawn = true;
+            }
+            return;
+        }
         op => op,
     };
     let caller = Caller {
         id: request.id,
         reply: reply.clone(),
-        alive: alive.clone(),
+        life: life.clone(),
     };
     if matches!(op, Op::Barrier) {
         // Requests are served in the order they came: everything before this one is done here.
@@ -765,8 +827,8 @@ pub(crate) struct Caller {
     /// 0: the child asked for no reply.
     id: u64,
     reply: Arc<dyn ReplyTo>,
-    /// False once the child has closed its end.
-    alive: Arc<AtomicBool>,
+    /// Whether the child is there and still waits for this answer.
+    life: Arc<LinkLife>,
 }
 
 /// How [`Caller::wait`] ended.
@@ -782,6 +844,9 @@ impl Caller {
     /// Sends the answer; false if it could not reach the child (a value taken for it must then
     /// go back). A request that asked for no reply (a `put`) reports its failure on stderr.
     pub(crate) fn answer(self, result: Result<Value, RemoteError>) -> bool {
+        if self.id != 0 {
+            self.life.waits.lock().recover().remove(&self.id);
+        }
         if self.id == 0 {
             if let Err(e) = result {
                 output::write_stderr(&format!("parrun: a child's request failed: {e}"));
@@ -802,6 +867,9 @@ impl Caller {
     /// Answers from a thread of its own, for an operation that waits: the link goes on serving
     /// the child's other requests meanwhile.
     pub(crate) fn answer_later(self, wait: impl FnOnce(Caller) + Send + 'static) {
+        if self.id != 0 {
+            self.life.waits.lock().recover().insert(self.id, false);
+        }
         if let Err(e) = crate::rt::spawn::Builder::new()
             .name("parrun-link-wait".into())
             .spawn(move || wait(self))
@@ -810,11 +878,11 @@ impl Caller {
         }
     }
 
-    /// Whether the child that asked is still there (its end of the link open). Once its
-    /// `Process.join` has returned this is false: the join waits for the link's server, which
-    /// clears it as it ends.
+    /// Whether the child that asked is still there (its end of the link open) and still waits
+    /// for this answer (it did not withdraw the request). Once its `Process.join` has returned
+    /// this is false: the join waits for the link's server, which clears it as it ends.
     pub(crate) fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
+        self.life.is_alive() && !(self.id != 0 && self.life.withdrawn(self.id))
     }
 
     /// Retries `attempt` (which waits at most the slice it is given) until it succeeds,
@@ -827,9 +895,14 @@ impl Caller {
     ) -> Waited<T> {
         let waited = timeout.unwrap_or_default();
         let deadline = timeout.map(|t| Instant::now() + t);
+        // A withdrawn request ends as a timeout, answered: its child waits for the answer.
+        let ended = || match self.life.is_alive() {
+            true => Waited::TimedOut(waited),
+            false => Waited::CallerGone,
+        };
         loop {
             if !self.is_alive() {
-                return Waited::CallerGone;
+                return ended();
             }
             let slice = deadline.map_or(LIVENESS_CHECK, |d| {
                 d.saturating_duration_since(Instant::now())
@@ -839,7 +912,7 @@ impl Caller {
                 return Waited::Got(v);
             }
             if !self.is_alive() {
-                return Waited::CallerGone;
+                return ended();
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Waited::TimedOut(waited);

@@ -51,7 +51,7 @@ enum State {
         link: Option<Handle>,
     },
     /// Running in another process that is not this one's child (an MPI worker rank).
-    Remote(Arc<dyn Remote>),
+    Remote(Arc<RemoteProcess>),
     Done {
         pid: Pid,
         code: i32,
@@ -98,6 +98,24 @@ impl ThreadExit {
             })
             .map(drop)
             .map_err(|e| format!("cannot start an OS thread: {e}"))
+    }
+}
+
+/// A process running elsewhere (an MPI worker rank's).
+pub(crate) struct RemoteProcess(Arc<dyn Remote>);
+
+impl std::ops::Deref for RemoteProcess {
+    type Target = dyn Remote;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+/// Ctrl-C stops a process elsewhere as it kills a forked child: its exit code is then `-2`.
+impl crate::rt::signals::Interruptible for RemoteProcess {
+    fn interrupt(self: Arc<Self>) {
+        let _ = self.0.signal(Signal::SIGINT);
     }
 }
 
@@ -275,6 +293,9 @@ impl ScriptProcess {
         start: Box<dyn RemoteStart>,
     ) -> Result<(), String> {
         let remote = start.start(&self.name(), &self.identity)?;
+        let remote = Arc::new(RemoteProcess(remote));
+        let interruptible: Arc<dyn crate::rt::signals::Interruptible> = remote.clone();
+        crate::rt::signals::stop_on_interrupt(Arc::downgrade(&interruptible));
         *self.state() = State::Remote(remote);
         host.register(self.clone());
         Ok(())
@@ -450,10 +471,7 @@ impl ScriptProcess {
             State::Running { pid, .. } => children::signal_child(*pid, signal)
                 .map_err(|e| format!("cannot signal process: {e}")),
             State::Thread(exit) => exit.stop(signal),
-            State::Remote(r) => Err(format!(
-                "a process on {} cannot be signalled from here",
-                r.place()
-            )),
+            State::Remote(r) => r.signal(signal),
             State::Current(_) => Err("current_process() is the process that runs this code: \
                  it cannot be terminated or killed through its handle (os.exit in Lua, exit() in \
                  Rhai, ends it)"
@@ -510,21 +528,55 @@ pub(crate) fn current(host: &Host) -> Arc<ScriptProcess> {
     }
 }
 
+/// How another thread stops a process [`run_here_stoppable`] runs, as `terminate` or `kill`
+/// stops a process on a thread.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+#[derive(Clone)]
+pub(crate) struct Stopper(Arc<ThreadExit>);
+
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+impl Stopper {
+    /// Stops the target at its next instruction; its exit code is then `-signal`.
+    pub(crate) fn stop(&self, signal: Signal) -> Result<(), String> {
+        self.0.stop(signal)
+    }
+}
+
 /// Runs a process's `target` on this thread, in `engine` (one of its own) or in `host`'s; the
 /// exit code a forked child would have (`n & 0xff` for `exit(n)`, 1 after an error, which is
 /// reported as "Process NAME:" with the traceback). A process in an engine of its own waits for
 /// the threads its target started there, as a child process does, and the engine goes with it.
+/// Another thread may stop it (it is an MPI worker rank's `Process`, which rank 0 stops for
+/// `terminate`, `kill`, or as a daemon at the end of the run): `started` gets its [`Stopper`]
+/// before the target runs.
 #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
-pub(crate) fn run_here(
+pub(crate) fn run_here_stoppable(
     host: &Arc<Host>,
     engine: Option<Arc<dyn TaskEngine>>,
     name: &str,
     target: Box<dyn Target>,
+    started: impl FnOnce(Stopper),
 ) -> i32 {
-    run_stoppable(host, engine, name, target, &|| None)
+    let runs_on = engine.as_ref().map_or(host, |e| e.host());
+    let exit = Arc::new(ThreadExit {
+        code: Mutex::default(),
+        changed: Condvar::default(),
+        joiner: Joiner::default(),
+        cancel: Arc::default(),
+        gil: runs_on.gil.clone(),
+        stopped_by: Mutex::default(),
+    });
+    cancel::install(Some(exit.cancel.clone()));
+    started(Stopper(exit.clone()));
+    let stopped_by = || *exit.stopped_by.lock().recover();
+    let code = run_stoppable(host, engine, name, target, &stopped_by);
+    cancel::install(None);
+    *exit.code.lock().recover() = Some(code);
+    exit.changed.notify_all();
+    code
 }
 
-/// [`run_here`] for a target that `terminate` or `kill` may cancel: `stopped_by` tells which
+/// [`run_here_stoppable`] for a target that `terminate` or `kill` may cancel: `stopped_by` tells which
 /// signal it stood for, whose exit code (`-N`) replaces the cancellation's error.
 fn run_stoppable(
     host: &Arc<Host>,

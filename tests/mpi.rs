@@ -558,3 +558,63 @@ try { Pool(2, #{initializer: |queue| (), initargs: [q]}); print("made"); } catch
         );
     }
 }
+
+/// A `Process` on a rank is stopped as one on a thread in `isolated`: `terminate` gives
+/// exitcode -15, and a daemonic one is stopped at the end of the run (it was waited for, for
+/// ever: a Process was an error to signal on a rank). A pool's `terminate` returns once the
+/// ranks' stopped tasks have withdrawn their waits on rank 0: a lock the script frees next is
+/// free, not taken for the stopped task, and a queue's next value reaches the script, as under
+/// `fork` (the lock stayed held, the value was lost); a task still waiting when the script
+/// ends does not hold the job up.
+#[test]
+fn processes_and_waits_on_ranks_are_stopped_as_forked_ones() {
+    let lua = r#"
+Q = parrun.Queue()
+L = parrun.Lock()
+local p = parrun.Process(function() while true do parrun.sleep(0.05) end end)
+p:start()
+p:terminate()
+p:join(10)
+print("terminated", p.exitcode)
+local d = parrun.Process(function(q) while true do q:get() end end, {Q}, {daemon = true})
+d:start()
+L:acquire()
+local pool = parrun.Pool(2)
+local a = pool:apply_async(function() return Q:get() end)
+local b = pool:apply_async(function() return L:acquire() end)
+parrun.sleep(0.5)
+pool:terminate()
+print(pcall(a.get, a, 5))
+print(pcall(b.get, b, 5))
+L:release()
+Q:put("after")
+print("queue", Q:get(5))
+print("lock", L:acquire(5))
+L:release()
+local consumer = parrun.Pool(1)
+consumer:apply_async(function() while true do Q:get() end end)
+parrun.sleep(0.3)
+print("end")
+"#;
+    let (_dir, path) = script("stopranks", "lua", lua);
+    let path = path.to_str().unwrap();
+    let fork = under_fork(&[path], &[]);
+    fork.assert_success();
+    let mpi = under_mpirun(&[], &[path], &[]);
+    mpi.assert_success();
+    let terminated = "false\tAsyncResult.get: the pool was terminated before this result was ready";
+    assert_eq!(
+        mpi.stdout_lines(),
+        [
+            "terminated\t-15",
+            terminated,
+            terminated,
+            "queue\tafter",
+            "lock\ttrue",
+            "end"
+        ],
+        "{}",
+        mpi.describe()
+    );
+    assert_eq!(mpi.stdout, fork.stdout, "{}", fork.describe());
+}

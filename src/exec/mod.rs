@@ -163,6 +163,7 @@ pub(crate) trait Remote: Send + Sync {
     fn pid(&self) -> i32;
     /// Its exit code, once it has ended.
     fn exit_code(&self) -> Option<i32>;
-    /// Where it runs, for messages: "worker rank 2".
-    fn place(&self) -> String;
+    /// Stops it as `signal` would kill a forked child (`terminate`, `kill`): its target is
+    /// stopped at its next instruction, and its exit code says the signal.
+    fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), String>;
 }

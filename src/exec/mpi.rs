@@ -85,6 +85,8 @@ pub(crate) enum Down {
         identity: String,
         image: ByteBuf,
     },
+    /// Stop process `process` as `signal` (its number) would kill a forked child.
+    ProcessStop { process: u64, signal: i32 },
     /// The script has ended: say [`Up::Bye`] and leave.
     Shutdown,
 }
@@ -602,8 +604,17 @@ impl Remote for RankProcess {
         self.state.lock().recover().code
     }
 
-    fn place(&self) -> String {
-        describe(self.rank)
+    fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), String> {
+        if self.exit_code().is_none() {
+            down(
+                self.rank,
+                &Down::ProcessStop {
+                    process: self.id,
+                    signal: signal as i32,
+                },
+            );
+        }
+        Ok(())
     }
 }
 

@@ -6,12 +6,11 @@
 //! a socket.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use super::{
     codec, deliver, forward_output, registry, report_stdout_gone, serve_request, LinkClient,
-    Pending, Reply, ReplyTo, Request, Uplink,
+    LinkLife, Pending, Reply, ReplyTo, Request, Uplink,
 };
 use crate::rt::mpi::{self, Handler, Tag};
 use crate::rt::output;
@@ -51,20 +50,15 @@ pub(crate) fn connect() -> Handler {
 }
 
 /// Whether each worker rank is still there, for the operations that wait on its behalf.
-static ALIVE: LazyLock<Mutex<HashMap<i32, Arc<AtomicBool>>>> = LazyLock::new(Mutex::default);
+static ALIVE: LazyLock<Mutex<HashMap<i32, Arc<LinkLife>>>> = LazyLock::new(Mutex::default);
 
-fn alive(rank: i32) -> Arc<AtomicBool> {
-    ALIVE
-        .lock()
-        .recover()
-        .entry(rank)
-        .or_insert_with(|| Arc::new(AtomicBool::new(true)))
-        .clone()
+fn life(rank: i32) -> Arc<LinkLife> {
+    ALIVE.lock().recover().entry(rank).or_default().clone()
 }
 
 /// Rank `rank` is gone: nothing more is taken out of a queue, or a lock taken, for it.
 pub(crate) fn rank_lost(rank: i32) {
-    alive(rank).store(false, Ordering::Release);
+    life(rank).end();
 }
 
 /// A worker rank, as rank 0 answers it.
@@ -89,6 +83,6 @@ pub(crate) fn server(output: output::Output) -> Handler {
             return;
         };
         let reply: Arc<dyn ReplyTo> = Arc::new(RankReply(rank));
-        serve_request(request, &reply, &alive(rank), &output, None);
+        serve_request(request, &reply, &life(rank), &output, None);
     })
 }

@@ -43,6 +43,9 @@ use crate::value::Value;
 
 /// How often the supervisor looks for lost ranks when nothing else happens.
 const TICK: Duration = Duration::from_millis(100);
+/// How long `terminate` waits for the ranks' workers to end (a task in a long C call sees its
+/// cancellation only when the call returns).
+const END_GRACE: Duration = Duration::from_secs(2);
 
 /// The supervisor waits on a channel; the pool wakes it there.
 pub(super) struct RankWake(Sender<()>);
@@ -178,7 +181,10 @@ impl Supervisor {
         loop {
             let status = self.pool.state().status;
             if matches!(status, Status::Terminated | Status::Broken) {
+                let busy = self.workers.iter().filter(|w| !w.in_flight.is_empty());
+                let busy: Vec<i32> = busy.map(|w| w.rank).collect();
                 self.end(true);
+                self.await_ends(busy);
                 break;
             }
             self.bury_lost();
@@ -222,6 +228,28 @@ impl Supervisor {
                     terminate,
                 },
             );
+        }
+    }
+
+    /// After [`Supervisor::end`] stopped them: waits (at most [`END_GRACE`]) until the workers
+    /// of `ranks` that ran a task, and are not lost, have ended, so that `terminate` returns
+    /// once what their stopped tasks waited for on rank 0 (a `Lock`, a `Queue`'s value) was
+    /// withdrawn: a lock the script freed right after `terminate` went to the stopped task,
+    /// and stayed held, as a queue's next value went to it and was lost. (Their results are
+    /// not wanted any more.)
+    fn await_ends(&self, mut ranks: Vec<i32>) {
+        let deadline = Instant::now() + END_GRACE;
+        loop {
+            ranks.retain(|&r| !ranks::lost(r));
+            let left = deadline.saturating_duration_since(Instant::now());
+            if ranks.is_empty() || left.is_zero() {
+                return;
+            }
+            match self.events.recv_timeout(left.min(TICK)) {
+                Ok(PoolEvent::Ended { rank }) => ranks.retain(|&r| r != rank),
+                Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
         }
     }
 

@@ -131,6 +131,9 @@ mod with_mpi {
 
     /// The threads of the processes this rank ran, joined when the job ends.
     static PROCESSES: LazyLock<Mutex<Vec<JoinHandle<()>>>> = LazyLock::new(Mutex::default);
+    /// How rank 0 stops the processes running here (`Down::ProcessStop`), by process id.
+    static STOPPERS: LazyLock<Mutex<std::collections::HashMap<u64, crate::process::Stopper>>> =
+        LazyLock::new(Mutex::default);
 
     /// A worker rank's life: serves rank 0 until it says the script has ended.
     fn serve(runtime: &Runtime) -> Result<(), String> {
@@ -166,6 +169,13 @@ mod with_mpi {
                     identity,
                     image,
                 } => start_process(hosts.clone(), process, (name, identity), image.into_vec()),
+                Down::ProcessStop { process, signal } => {
+                    let stopper = STOPPERS.lock().recover().get(&process).cloned();
+                    let signal = nix::sys::signal::Signal::try_from(signal);
+                    if let (Some(stopper), Ok(signal)) = (stopper, signal) {
+                        let _ = stopper.stop(signal);
+                    }
+                }
                 Down::Shutdown => {
                     let _ = shutdown_tx.try_send(());
                 }
@@ -219,7 +229,17 @@ mod with_mpi {
                     Ok((engine, target)) => {
                         let _ = ranks::up(&Up::ProcessStarted { process, pid });
                         let host = engine.host().clone();
-                        crate::process::run_here(&host, Some(engine), &name, target)
+                        let code = crate::process::run_here_stoppable(
+                            &host,
+                            Some(engine),
+                            &name,
+                            target,
+                            |stopper| {
+                                STOPPERS.lock().recover().insert(process, stopper);
+                            },
+                        );
+                        STOPPERS.lock().recover().remove(&process);
+                        code
                     }
                     Err(e) => {
                         hosts.lua.report(&format!("Process {name}:\n{e}"));
