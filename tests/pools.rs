@@ -1981,3 +1981,34 @@ pool:close() pool:join()
         );
     }
 }
+
+/// An unbuffered stream (`io.stderr`) takes the pieces of one `write` in one `write(2)`:
+/// each piece went out alone, so between forked processes writing at once a line was cut
+/// where its pieces met (7-8 thousand of 40 thousand lines), where CPython's `sys.stderr`
+/// keeps them. What is written, and what `write` gives back, is the stock function's.
+#[test]
+fn stderr_writes_stay_whole_between_processes() {
+    let lua = r#"
+local function w(id)
+  for i = 1, 3000 do io.stderr:write("proc", id, " line ", i, " ", i / 2, "\n") end
+end
+local a, b = parrun.Process(w, {1}), parrun.Process(w, {2})
+a:start() b:start() a:join() b:join()
+print(io.stderr:write("x", 1, "\n") == io.stderr)
+"#;
+    let out = run_code(&["--mode", "fork"], "stderr_whole", "lua", lua);
+    out.assert_success();
+    assert_eq!(out.stdout_lines(), ["true"], "{}", out.describe());
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    let cut: Vec<&&str> = lines
+        .iter()
+        .filter(|l| {
+            let words: Vec<&str> = l.split(' ').collect();
+            !matches!(words[..], [p, "line", i, half]
+                if (p == "proc1" || p == "proc2")
+                    && i.parse::<f64>().is_ok_and(|i| half.parse::<f64>() == Ok(i / 2.0)))
+        })
+        .collect();
+    assert_eq!(cut, [&"x1"], "{} lines", lines.len());
+    assert_eq!(lines.len(), 6001);
+}
