@@ -1,6 +1,6 @@
 //! Words in memory that this process shares with every process forked from it after the
-//! memory was mapped (and they with theirs): what a `Lock` and an `Event` are made of, so that
-//! a forked child takes and frees its parent's lock, or reads and sets its event, with one
+//! memory was mapped (and they with theirs): what a `Lock`, an `Event` and a `Semaphore` are made of, so that
+//! a forked child takes and frees its parent's lock, reads and sets its event, takes from and adds to its semaphore, with one
 //! atomic operation, and waits on a futex, instead of asking the parent over the link
 //! (`crate::link`) each time (a round trip of about 45 µs on a 2-core VM, where CPython's
 //! `multiprocessing.Lock`, a semaphore in shared memory, takes 0.2 µs).
@@ -203,6 +203,92 @@ impl EventWord {
     }
 }
 
+/// A semaphore's word: its value in the low 31 bits, and a flag above them for "maybe waited
+/// for" (whoever adds to it then wakes the waiters, which look again).
+#[derive(Clone, Copy)]
+pub(crate) struct CountWord(&'static AtomicU32);
+
+/// The flag of a [`CountWord`] that has waiters.
+const WAITED: u32 = 1 << 31;
+
+impl CountWord {
+    /// The largest value a word holds.
+    pub(crate) const MAX: u64 = (WAITED - 1) as u64;
+
+    /// A counter at `value`, or `None` if the region could not be mapped or is used up, or
+    /// `value` is above [`CountWord::MAX`].
+    pub(crate) fn new(value: u64) -> Option<CountWord> {
+        let value = u32::try_from(value)
+            .ok()
+            .filter(|&v| u64::from(v) <= Self::MAX)?;
+        let word = new_word()?;
+        word.store(value, Ordering::Release);
+        Some(CountWord(word))
+    }
+
+    pub(crate) fn value(self) -> u64 {
+        u64::from(self.0.load(Ordering::Acquire) & !WAITED)
+    }
+
+    /// Takes one if the value is above 0.
+    pub(crate) fn try_take(self) -> bool {
+        self.0
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |w| {
+                (w & !WAITED > 0).then(|| w - 1)
+            })
+            .is_ok()
+    }
+
+    /// Takes one, waiting at most `timeout` (for ever if `None`) while the value is 0: false
+    /// if the time ran out, or, on a thread whose waits can be cut short, its task was
+    /// cancelled or a KeyboardInterrupt is pending (as [`LockWord::take`]).
+    pub(crate) fn take(self, timeout: Option<Duration>) -> bool {
+        if self.try_take() {
+            return true;
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let cancellable = super::cancel::installed();
+        loop {
+            if self.try_take() {
+                return true;
+            }
+            if cancellable && super::cancel::stop_waiting() {
+                return false;
+            }
+            let slice = slice_until(deadline, cancellable);
+            if slice == Some(Duration::ZERO) {
+                return false;
+            }
+            // Marked waited for before sleeping, so that an addition after the look wakes it.
+            let seen = self.0.fetch_or(WAITED, Ordering::AcqRel) | WAITED;
+            if seen & !WAITED == 0 {
+                futex_wait(self.0, seen, slice);
+            }
+        }
+    }
+
+    /// Adds `n`, waking the waiters; `Err` with the value it would have reached if that is
+    /// above `bound`.
+    pub(crate) fn add(self, n: u64, bound: u64) -> Result<(), u64> {
+        let mut over = 0;
+        let was = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let raised = u64::from(w & !WAITED).saturating_add(n);
+                if raised > bound.min(Self::MAX) {
+                    over = raised;
+                    return None;
+                }
+                Some(raised as u32)
+            })
+            .map_err(|_| over)?;
+        if was & WAITED != 0 {
+            futex_wake(self.0, i32::MAX as u32);
+        }
+        Ok(())
+    }
+}
+
 /// Sleeps while `word` holds `expected`, at most `timeout`, or until woken (or a signal, or a
 /// spurious wake-up: the caller looks again). Not the private futex: other processes wake it.
 fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
@@ -299,6 +385,47 @@ mod tests {
         e.set();
         e.set();
         assert!(e.is_set() && e.wait(None));
+    }
+
+    #[test]
+    fn a_count_word_lets_in_as_many_as_its_value_and_wakes_its_waiters() {
+        assert!(CountWord::new(CountWord::MAX + 1).is_none());
+        let c = CountWord::new(2).unwrap();
+        assert!(c.take(None) && c.try_take());
+        assert!(!c.try_take() && !c.take(Some(Duration::from_millis(5))));
+        assert_eq!(c.value(), 0);
+        let waiters: Vec<_> = (0..3)
+            .map(|_| std::thread::spawn(move || c.take(Some(Duration::from_secs(20)))))
+            .collect();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(c.add(3, 3), Ok(()));
+        for w in waiters {
+            assert!(w.join().unwrap(), "an addition woke the waiter");
+        }
+        assert_eq!(c.value(), 0);
+        assert_eq!(c.add(2, 3), Ok(()));
+        assert_eq!(c.add(2, 3), Err(4));
+        assert_eq!(c.value(), 2);
+        // Four threads taking and giving back one slot: never more than 1 inside at once.
+        let one = CountWord::new(1).unwrap();
+        let inside = std::sync::Arc::new(AtomicU32::new(0));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let inside = inside.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..5_000 {
+                        assert!(one.take(None));
+                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        one.add(1, 1).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(one.value(), 1);
     }
 
     #[test]

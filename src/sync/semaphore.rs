@@ -5,8 +5,12 @@ use std::time::Duration;
 use super::{answer_waiting, remote_bool, Attempt, Holder, SyncOp};
 use crate::link::{self, Caller, Op, RemoteError, RemoteObject};
 use crate::rt::poison::Recover;
+use crate::rt::shm::CountWord;
 use crate::rt::threads::Signal;
 use crate::value::Value;
+
+/// Python's error for a release above a bounded semaphore's start.
+const TOO_MANY: &str = "Semaphore released too many times (ValueError)";
 
 /// A counter that `acquire` takes one from, waiting while it is 0, and `release` adds to
 /// (Python's `threading.Semaphore` and `BoundedSemaphore`, and `multiprocessing`'s): a
@@ -21,6 +25,9 @@ struct SemaphoreInner {
     home: Home,
     /// A bounded semaphore's initial value, which a release may not exceed.
     bound: Option<u64>,
+    /// The counter itself, where there is one (in memory shared with forked children, so that
+    /// they take and add without asking this process): then `value` and `freed` are unused.
+    word: Option<CountWord>,
     value: Mutex<u64>,
     freed: Signal,
 }
@@ -31,6 +38,7 @@ impl Semaphore {
         let inner = link::register_object(|id| SemaphoreInner {
             home: Home::here(id),
             bound: bounded.then_some(value),
+            word: CountWord::new(value),
             value: Mutex::new(value),
             freed: Signal::new(),
         });
@@ -45,6 +53,7 @@ impl Semaphore {
             inner: Arc::new(SemaphoreInner {
                 home: Home::elsewhere(id),
                 bound,
+                word: None,
                 value: Mutex::new(0),
                 freed: Signal::new(),
             }),
@@ -79,6 +88,9 @@ impl Semaphore {
     /// Takes one, waiting at most `timeout` (for ever if `None`) while there is none; false if
     /// the time ran out.
     pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool, String> {
+        if let Some(word) = self.inner.word {
+            return Ok(word.take(timeout));
+        }
         if !self.is_local() {
             let op = SyncOp::Acquire {
                 who: Holder::current(),
@@ -100,6 +112,17 @@ impl Semaphore {
         if n == 0 {
             return Err("n must be one or more (ValueError)".into());
         }
+        if let Some(word) = self.inner.word {
+            return word
+                .add(n, self.inner.bound.unwrap_or(u64::MAX))
+                .map_err(|reached| match self.inner.bound {
+                    Some(_) => TOO_MANY.into(),
+                    None => format!(
+                        "a Semaphore's value is at most {} (OverflowError: it would be {reached})",
+                        CountWord::MAX
+                    ),
+                });
+        }
         if !self.is_local() {
             let op = SyncOp::Release {
                 who: Holder::current(),
@@ -112,7 +135,7 @@ impl Semaphore {
         let mut value = self.value();
         let raised = value.saturating_add(n);
         if self.inner.bound.is_some_and(|bound| raised > bound) {
-            return Err("Semaphore released too many times (ValueError)".into());
+            return Err(TOO_MANY.into());
         }
         *value = raised;
         for _ in 0..n.min(64) {
@@ -126,6 +149,9 @@ impl Semaphore {
 
     /// Its value now (in the process that owns it).
     fn current(&self) -> Result<u64, String> {
+        if let Some(word) = self.inner.word {
+            return Ok(word.value());
+        }
         if self.is_local() {
             return Ok(*self.value());
         }
