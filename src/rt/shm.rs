@@ -1,6 +1,7 @@
 //! Words in memory that this process shares with every process forked from it after the
-//! memory was mapped (and they with theirs): what a `Lock`, an `Event` and a `Semaphore` are made of, so that
-//! a forked child takes and frees its parent's lock, reads and sets its event, takes from and adds to its semaphore, with one
+//! memory was mapped (and they with theirs): what a `Lock`, an `Event` and a `Semaphore` are
+//! made of, so that a forked child takes and frees its parent's lock, reads and sets its
+//! event, takes from and adds to its semaphore, with one
 //! atomic operation, and waits on a futex, instead of asking the parent over the link
 //! (`crate::link`) each time (a round trip of about 45 µs on a 2-core VM, where CPython's
 //! `multiprocessing.Lock`, a semaphore in shared memory, takes 0.2 µs).
