@@ -844,15 +844,13 @@ impl Caller {
     /// Sends the answer; false if it could not reach the child (a value taken for it must then
     /// go back). A request that asked for no reply (a `put`) reports its failure on stderr.
     pub(crate) fn answer(self, result: Result<Value, RemoteError>) -> bool {
-        if self.id != 0 {
-            self.life.waits.lock().recover().remove(&self.id);
-        }
         if self.id == 0 {
             if let Err(e) = result {
                 output::write_stderr(&format!("parrun: a child's request failed: {e}"));
             }
             return true;
         }
+        self.life.waits.lock().recover().remove(&self.id);
         let mut frame = Vec::new();
         let msg = Reply {
             id: self.id,

@@ -75,6 +75,18 @@ struct ThreadExit {
 }
 
 impl ThreadExit {
+    /// For a target running under `gil`.
+    fn new(gil: &Arc<Gil>) -> Arc<ThreadExit> {
+        Arc::new(ThreadExit {
+            code: Mutex::default(),
+            changed: Condvar::default(),
+            joiner: Joiner::default(),
+            cancel: Arc::default(),
+            gil: gil.clone(),
+            stopped_by: Mutex::default(),
+        })
+    }
+
     /// Cancels the target, as `signal` would have killed a child, and keeps interrupting its
     /// engine until it has ended (a thread of its own does, so that this returns at once).
     fn stop(self: &Arc<Self>, signal: Signal) -> Result<(), String> {
@@ -248,14 +260,7 @@ impl ScriptProcess {
         target: Box<dyn Target>,
     ) -> Result<(), String> {
         let runs_on = engine.as_ref().map_or(host, |e| e.host());
-        let exit = Arc::new(ThreadExit {
-            code: Mutex::default(),
-            changed: Condvar::default(),
-            joiner: Joiner::default(),
-            cancel: Arc::default(),
-            gil: runs_on.gil.clone(),
-            stopped_by: Mutex::default(),
-        });
+        let exit = ThreadExit::new(&runs_on.gil);
         let done = exit.clone();
         let name = self.name();
         let (identity, daemon) = (self.identity.clone(), self.daemon());
@@ -558,14 +563,7 @@ pub(crate) fn run_here_stoppable(
     started: impl FnOnce(Stopper),
 ) -> i32 {
     let runs_on = engine.as_ref().map_or(host, |e| e.host());
-    let exit = Arc::new(ThreadExit {
-        code: Mutex::default(),
-        changed: Condvar::default(),
-        joiner: Joiner::default(),
-        cancel: Arc::default(),
-        gil: runs_on.gil.clone(),
-        stopped_by: Mutex::default(),
-    });
+    let exit = ThreadExit::new(&runs_on.gil);
     cancel::install(Some(exit.cancel.clone()));
     started(Stopper(exit.clone()));
     let stopped_by = || *exit.stopped_by.lock().recover();
