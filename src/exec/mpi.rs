@@ -189,8 +189,8 @@ fn rank0() -> Result<&'static Rank0, String> {
     match RANK0.get() {
         Some(r) if mpi::active() => Ok(r),
         _ if mpi::active() => Err(
-            "in mode mpi, pools and processes start from the script on rank 0, not from a \
-             task on a worker rank"
+            "in mode mpi, pools and processes start from the script on rank 0, not from code \
+             running on a worker rank (a pool's task or a Process)"
                 .into(),
         ),
         _ => Err(
