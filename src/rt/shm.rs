@@ -85,6 +85,32 @@ fn slice_until(deadline: Option<Instant>, cancellable: bool) -> Option<Duration>
     }
 }
 
+/// Tries `attempt` until it succeeds (true), `timeout` runs out (for ever if `None`), or, on a
+/// thread whose waits can be cut short, its task is cancelled or a KeyboardInterrupt is
+/// pending (false: looked for every [`super::cancel::POLL`]); between tries `sleep` waits on the
+/// word at most the slice it is given (`None`: for ever).
+fn wait_until(
+    timeout: Option<Duration>,
+    mut attempt: impl FnMut() -> bool,
+    mut sleep: impl FnMut(Option<Duration>),
+) -> bool {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let cancellable = super::cancel::installed();
+    loop {
+        if attempt() {
+            return true;
+        }
+        if cancellable && super::cancel::stop_waiting() {
+            return false;
+        }
+        let slice = slice_until(deadline, cancellable);
+        if slice == Some(Duration::ZERO) {
+            return false;
+        }
+        sleep(slice);
+    }
+}
+
 /// A lock's word: 0 free, 1 held, 2 held and maybe waited for (whoever frees it then wakes a
 /// waiter). It has no owner: any thread of any process sharing it may free it, as Python's
 /// `Lock`.
@@ -108,24 +134,12 @@ impl LockWord {
     /// out, or, on a thread whose waits can be cut short, its task was cancelled or a
     /// KeyboardInterrupt is pending (looked for every [`super::cancel::POLL`]).
     pub(crate) fn take(self, timeout: Option<Duration>) -> bool {
-        if self.try_take() {
-            return true;
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let cancellable = super::cancel::installed();
-        loop {
-            if self.0.swap(2, Ordering::Acquire) == 0 {
-                return true;
-            }
-            if cancellable && super::cancel::stop_waiting() {
-                return false;
-            }
-            let slice = slice_until(deadline, cancellable);
-            if slice == Some(Duration::ZERO) {
-                return false;
-            }
-            futex_wait(self.0, 2, slice);
-        }
+        self.try_take()
+            || wait_until(
+                timeout,
+                || self.0.swap(2, Ordering::Acquire) == 0,
+                |slice| futex_wait(self.0, 2, slice),
+            )
     }
 
     /// Frees the lock: false if it was not held.
@@ -182,25 +196,11 @@ impl EventWord {
     /// cut short, its task was cancelled or a KeyboardInterrupt is pending).
     pub(crate) fn wait(self, timeout: Option<Duration>) -> bool {
         let seen = self.0.load(Ordering::Acquire);
-        if seen & 1 == 1 {
-            return true;
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let cancellable = super::cancel::installed();
-        loop {
-            if cancellable && super::cancel::stop_waiting() {
-                return self.is_set();
-            }
-            let slice = slice_until(deadline, cancellable);
-            if slice == Some(Duration::ZERO) {
-                return self.is_set();
-            }
-            futex_wait(self.0, seen, slice);
+        let set_since = || {
             let now = self.0.load(Ordering::Acquire);
-            if now >> 1 != seen >> 1 || now & 1 == 1 {
-                return true;
-            }
-        }
+            now & 1 == 1 || now >> 1 != seen >> 1
+        };
+        wait_until(timeout, set_since, |slice| futex_wait(self.0, seen, slice)) || self.is_set()
     }
 }
 
@@ -244,28 +244,18 @@ impl CountWord {
     /// if the time ran out, or, on a thread whose waits can be cut short, its task was
     /// cancelled or a KeyboardInterrupt is pending (as [`LockWord::take`]).
     pub(crate) fn take(self, timeout: Option<Duration>) -> bool {
-        if self.try_take() {
-            return true;
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let cancellable = super::cancel::installed();
-        loop {
-            if self.try_take() {
-                return true;
-            }
-            if cancellable && super::cancel::stop_waiting() {
-                return false;
-            }
-            let slice = slice_until(deadline, cancellable);
-            if slice == Some(Duration::ZERO) {
-                return false;
-            }
-            // Marked waited for before sleeping, so that an addition after the look wakes it.
-            let seen = self.0.fetch_or(WAITED, Ordering::AcqRel) | WAITED;
-            if seen & !WAITED == 0 {
-                futex_wait(self.0, seen, slice);
-            }
-        }
+        wait_until(
+            timeout,
+            || self.try_take(),
+            |slice| {
+                // Marked waited for before sleeping, so that an addition after the look wakes
+                // it.
+                let seen = self.0.fetch_or(WAITED, Ordering::AcqRel) | WAITED;
+                if seen & !WAITED == 0 {
+                    futex_wait(self.0, seen, slice);
+                }
+            },
+        )
     }
 
     /// Adds `n`, waking the waiters; `Err` with the value it would have reached if that is
