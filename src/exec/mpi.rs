@@ -519,10 +519,10 @@ impl Model for Mpi {
                 n => format!(", {n} more lost"),
             };
             return Err(format!(
-                "Pool({count}) asks for more workers than there are worker ranks: {live} \
-                 (mpirun -np {size} runs the script on rank 0 and gives ranks 1..{} to its \
-                 pools and processes{lost}); use Pool() or Pool(n) with n <= {live}, or start \
-                 more ranks",
+                "a pool of {count} workers (Pool({count}), or Pool() under --pool-size \
+                 {count}) asks for more than there are worker ranks: {live} (mpirun -np {size} \
+                 runs the script on rank 0 and gives ranks 1..{} to its pools and \
+                 processes{lost}); use Pool() or Pool(n) with n <= {live}, or start more ranks",
                 size - 1
             ));
         }
