@@ -1390,3 +1390,50 @@ print("end")
         );
     }
 }
+
+/// Lua's blocking I/O lets the other threads run, as CPython releases its GIL around a read
+/// or `os.system`: a thread in `os.execute`, in a read of a pipe (`io.popen`'s `read`, its
+/// `lines`) waits with the GIL released, so the main thread creates the files the commands
+/// wait for. They held the GIL: the main thread never ran until each command gave up (3 s
+/// here), and the threads saw nothing.
+#[test]
+fn blocking_reads_and_commands_let_other_threads_run() {
+    let lua = r#"
+local P = parrun
+local base = os.tmpname()
+local function wait_for(flag)
+  return ("i=0; while [ ! -e %s ] && [ $i -lt 300 ]; do sleep 0.01; i=$((i+1)); done; [ -e %s ]")
+    :format(flag, flag)
+end
+local seen = {}
+local threads = {
+  P.Thread(function() seen.execute = os.execute(wait_for(base .. ".a")) end),
+  P.Thread(function()
+    local p = io.popen(wait_for(base .. ".b") .. " && echo seen")
+    seen.read = p:read("l")
+    p:close()
+  end),
+  P.Thread(function()
+    local p = io.popen(wait_for(base .. ".c") .. " && echo seen")
+    for line in p:lines() do seen.lines = line end
+    p:close()
+  end),
+}
+for _, t in ipairs(threads) do t:start() end
+P.sleep(0.1)
+for _, s in ipairs{".a", ".b", ".c"} do io.open(base .. s, "w"):close() end
+for _, t in ipairs(threads) do t:join() end
+for _, s in ipairs{"", ".a", ".b", ".c"} do os.remove(base .. s) end
+print(seen.execute, seen.read, seen.lines)
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "blocking_io", "lua", lua);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["true\tseen\tseen"],
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}

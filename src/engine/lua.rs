@@ -39,6 +39,7 @@ use crate::value::Value;
 
 mod alloc;
 mod args;
+mod blocking_io;
 mod convert;
 mod direct;
 mod driver;
@@ -155,6 +156,7 @@ fn install_api(lua: &Lua, host: &Arc<Host>) -> mlua::Result<()> {
     let text_only = !host.settings.binary_chunks || host.settings.sandbox;
     let stdout = host.output().stdout.as_ref();
     native::install_stock(lua, &run_here, &drivers, text_only, stdout)?;
+    install_blocking_io(lua, host, &run_here)?;
     install_warnings(lua, host);
     lua.set_named_registry_value("parrun.drivers", &drivers)?;
     tasks::Encodings::install(lua, drivers.metatable())?;
@@ -351,6 +353,43 @@ fn raw_host_function(lua: &Lua, host: &Arc<Host>, index: usize) -> mlua::Result<
         move |_, args| api::host_fns::call(&embedding.functions[index], args),
         move |msg| api::host_fns::error(&named.functions[index], msg),
     )
+}
+
+/// Lua's blocking reads and `os.execute` with the GIL released where they wait (see
+/// [`blocking_io`]): their waits are raw functions' requests, as a builtin's are.
+fn install_blocking_io(lua: &Lua, host: &Arc<Host>, run_here: &Function) -> mlua::Result<()> {
+    let wait_readable = raw_function(
+        lua,
+        host,
+        |_, args| match args.value(0)? {
+            Value::Int(fd) => {
+                let fd = fd as std::ffi::c_int;
+                Ok(Outcome::Wait(Box::new(move || {
+                    blocking_io::wait_readable(fd).map(|()| Ret::Value(Value::Nil))
+                })))
+            }
+            other => Err(format!("internal error: a descriptor, got {other:?}")),
+        },
+        |msg| msg,
+    )?;
+    let system = raw_function(
+        lua,
+        host,
+        |_, args| {
+            let command = match args.value(0)? {
+                Value::Str(s) => s.into_bytes(),
+                Value::Bytes(b) => b,
+                other => return Err(format!("internal error: a command, got {other:?}")),
+            };
+            Ok(Outcome::Wait(Box::new(move || {
+                let (status, errno) = blocking_io::system(&command);
+                let answer = vec![Value::Int(status.into()), Value::Int(errno.into())];
+                Ok(Ret::Value(Value::Array(answer)))
+            })))
+        },
+        |msg| msg,
+    )?;
+    blocking_io::install(lua, wait_readable, system, run_here)
 }
 
 /// A raw function that runs `call` on its arguments and answers (0, result), (1, request) or

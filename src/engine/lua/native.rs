@@ -44,7 +44,7 @@ unsafe extern "C-unwind" {
 /// The address of this byte tags request yields; a script cannot forge a light userdata.
 static WAIT_TAG: u8 = 0;
 
-fn wait_tag_ptr() -> *mut c_void {
+pub(super) fn wait_tag_ptr() -> *mut c_void {
     ptr::addr_of!(WAIT_TAG) as *mut c_void
 }
 
@@ -75,7 +75,7 @@ pub(super) const REPORT: &std::ffi::CStr = c"__parrun_report";
 
 /// Raises the value on top of the stack, prefixed by the caller's position if it is a string
 /// (or, for a task's raised table, its report).
-unsafe fn raise_top_with_position(state: *mut lua_State) -> c_int {
+pub(super) unsafe fn raise_top_with_position(state: *mut lua_State) -> c_int {
     if ffi::lua_type(state, -1) == ffi::LUA_TSTRING {
         ffi::luaL_where(state, 1);
         ffi::lua_insert(state, -2);
@@ -101,7 +101,11 @@ unsafe fn raise_top_with_position(state: *mut lua_State) -> c_int {
 }
 
 /// Makes a C closure of `f` over `upvalues`.
-fn closure(lua: &Lua, f: ffi::lua_CFunction, upvalues: Vec<LuaValue>) -> mlua::Result<Function> {
+pub(super) fn closure(
+    lua: &Lua,
+    f: ffi::lua_CFunction,
+    upvalues: Vec<LuaValue>,
+) -> mlua::Result<Function> {
     let count = upvalues.len() as c_int;
     // SAFETY: the upvalues are pushed by mlua as the closure's arguments; pushcclosure pops
     // exactly them and leaves the closure, which exec_raw returns.
@@ -335,7 +339,7 @@ unsafe fn pass_request_out(state: *mut lua_State, answered: ffi::lua_KFunction) 
 }
 
 /// `coroutine.yield` itself: yields every argument; its results are the resumer's values.
-unsafe extern "C-unwind" fn yield_all(state: *mut lua_State) -> c_int {
+pub(super) unsafe extern "C-unwind" fn yield_all(state: *mut lua_State) -> c_int {
     ffi::lua_yield(state, ffi::lua_gettop(state))
 }
 
