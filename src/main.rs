@@ -88,7 +88,13 @@ struct Cli {
     trace: Option<std::path::PathBuf>,
 
     /// How long a thread may hold the GIL while another waits, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 5.0)]
+    // (A negative number is the value, refused below with the reason, not a flag.)
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 5.0,
+        allow_negative_numbers = true
+    )]
     switch_interval: f64,
 
     /// The script to run (`-` reads it from standard input: Lua, unless --lang rhai), then the

@@ -4,7 +4,9 @@
 //! A script reports figures by printing lines in four forms, the ones the article's scripts
 //! and the pool's cost workloads print:
 //!
-//! - `NAME time: SECONDS s` is the metric `NAME time (s)`;
+//! - `NAME time: SECONDS s` is the metric `NAME time (s)` (the unit may be left out, and a tab
+//!   may follow the colon: Lua's `print("serial time:", t)`, the article's `print('serial
+//!   time:', t)`);
 //! - `NAME speedup: Xx` is `NAME speedup (x)`;
 //! - `NAME: COUNT tasks, results ok, SECONDS s, RATE tasks/s` is `NAME (tasks/s)` (any status
 //!   but `ok` fails the run);
@@ -129,18 +131,12 @@ pub fn run(program: &str, args: &[String], timeout: Duration) -> Result<Measured
 pub fn parse(stdout: &str) -> Result<Metrics> {
     let mut metrics = Metrics::default();
     for line in stdout.lines() {
-        if let Some((name, rest)) = line.split_once(" time: ") {
-            if let Some(value) = rest.strip_suffix(" s").and_then(|v| v.parse().ok()) {
-                metrics.insert(format!("{name} time (s)"), value);
-            }
-        } else if let Some((name, rest)) = line.split_once(" speedup: ") {
-            if let Some(value) = rest.strip_suffix('x').and_then(|v| v.parse().ok()) {
-                metrics.insert(format!("{name} speedup (x)"), value);
-            }
-        } else if let Some((name, rest)) = line.split_once(" memory: ") {
-            if let Some(value) = rest.strip_suffix(" MB").and_then(|v| v.parse().ok()) {
-                metrics.insert(format!("{name} memory (MB)"), value);
-            }
+        if let Some((name, value)) = figure(line, " time:", "s") {
+            metrics.insert(format!("{name} time (s)"), value);
+        } else if let Some((name, value)) = figure(line, " speedup:", "x") {
+            metrics.insert(format!("{name} speedup (x)"), value);
+        } else if let Some((name, value)) = figure(line, " memory:", "MB") {
+            metrics.insert(format!("{name} memory (MB)"), value);
         } else if let Some((name, rate)) = rate_line(line) {
             let (status, value) = rate;
             if status != "ok" {
@@ -163,6 +159,19 @@ pub fn parse(stdout: &str) -> Result<Metrics> {
         }
     }
     Ok(metrics)
+}
+
+/// `NAME KEY VALUE [UNIT]` (`serial time: 2.5 s`) as (NAME, VALUE): white space of any kind
+/// after the key (Lua's `print("serial time:", t)` puts a tab there, Python's a space), and
+/// the unit may be left out, as the article's scripts print their times.
+fn figure<'a>(line: &'a str, key: &str, unit: &str) -> Option<(&'a str, f64)> {
+    let (name, rest) = line.split_once(key)?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let rest = rest.trim();
+    let number = rest.strip_suffix(unit).map_or(rest, str::trim_end);
+    Some((name, number.parse().ok()?))
 }
 
 /// `NAME: COUNT tasks, results STATUS, SECONDS s, RATE tasks/s` as (NAME, (STATUS, RATE)).
@@ -206,6 +215,22 @@ mod tests {
         // Not printed: serial over the same run's time.
         assert_eq!(m.get("threads speedup (x)"), Some(0.8));
         assert_eq!(m.get("map chunksize 1 (tasks/s)"), Some(10000.0));
+    }
+
+    #[test]
+    fn reads_times_printed_without_their_unit_or_after_a_tab() {
+        // Lua's `print("serial time:", t)`, Rhai's `print(`serial time: ${t}`)`.
+        let out = "serial time:\t0.5\nprocesses time: 0.25\nthreads time:0.5\nfirst time: 1e-3 s\n";
+        let m = parse(out).unwrap();
+        assert_eq!(m.get("serial time (s)"), Some(0.5));
+        assert_eq!(m.get("processes time (s)"), Some(0.25));
+        assert_eq!(m.get("processes speedup (x)"), Some(2.0));
+        assert_eq!(
+            m.get("threads time (s)"),
+            None,
+            "no space after the colon: not a figure"
+        );
+        assert_eq!(m.get("first time (s)"), Some(0.001));
     }
 
     #[test]
