@@ -48,7 +48,7 @@ struct Cli {
     eval: Option<OsString>,
 
     /// Stop a pool task that runs longer than this many seconds (its worker is replaced).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     task_timeout: Option<f64>,
 
     /// No file, process or code-loading facilities for the script (see the README).
@@ -60,15 +60,15 @@ struct Cli {
     binary_chunks: bool,
 
     /// Cap each engine's memory at BYTES (suffixes k, M, G).
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, allow_negative_numbers = true)]
     max_memory: Option<usize>,
 
     /// Stop a script thread or pool task after about N instructions (Rhai: operations).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     max_instructions: Option<u64>,
 
     /// Stop a script thread or pool task whose calls nest deeper than N.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     max_call_depth: Option<usize>,
 
     /// How Rhai runs scripts: its tree-walking interpreter (default, or what PARRUN_RHAI_VM
@@ -77,7 +77,7 @@ struct Cli {
     rhai_vm: Option<parrun::RhaiVm>,
 
     /// Workers of a Pool made without a count (default: one per CPU).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pool_size: Option<usize>,
     /// Show no progress bar (a long map shows one on stderr when stderr is a terminal).
     #[arg(long)]
@@ -88,7 +88,6 @@ struct Cli {
     trace: Option<std::path::PathBuf>,
 
     /// How long a thread may hold the GIL while another waits, in milliseconds.
-    // (A negative number is the value, refused below with the reason, not a flag.)
     #[arg(
         long,
         value_name = "MS",

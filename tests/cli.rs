@@ -193,12 +193,23 @@ fn unknown_flag_is_a_usage_error() {
 fn flag_errors_are_one_line() {
     let dir = TempDir::new("flagline");
     dir.write("ok.lua", "print('should not run')\n");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--no-such-flag", "ok.lua"], "--no-such-flag"),
         (&["--lang", "python", "ok.lua"], "python"),
         (&["--switch-interval", "soon", "ok.lua"], "soon"),
         // A negative number is the value, not a flag: clap said "unexpected argument '-1'".
-        (&["--switch-interval", "-1", "ok.lua"], "positive number of ms"),
+        (
+            &["--switch-interval", "-1", "ok.lua"],
+            "positive number of ms",
+        ),
+        (
+            &["--task-timeout", "-1", "ok.lua"],
+            "positive number of seconds",
+        ),
+        (
+            &["--pool-size", "-1", "ok.lua"],
+            "'-1' for '--pool-size <N>'",
+        ),
         // Past what the clock counts: a fork pool's supervisor panicked adding it.
         (&["--task-timeout", "1e19", "ok.lua"], "too large"),
         (&["--task-timeout", "inf", "ok.lua"], "too large"),
