@@ -78,8 +78,8 @@ pub(crate) enum Op {
     /// [`settle_forwarded`]).
     Barrier,
     /// The child no longer waits for the answer to its request with this id (the thread that
-    /// asked was cancelled, or has a KeyboardInterrupt): a wait for it ends as if its time had
-    /// run out, taking nothing, and is answered so.
+    /// asked was cancelled, or has a KeyboardInterrupt): a wait for it ends as for a child that
+    /// has gone, taking nothing, and is answered with an error (see `Caller`'s `Drop`).
     Withdraw(u64),
 }
 
@@ -560,8 +560,8 @@ impl LinkClient {
 
     /// Performs `op` on `object` in the parent and waits for the answer. On a thread whose
     /// waits can be cut short (a cancelled task, a KeyboardInterrupt), a wait is withdrawn
-    /// ([`Op::Withdraw`]): the parent then answers it at once as if its time had run out, and
-    /// takes nothing for it (a worker rank's task stopped by `terminate` waited on for ever, and
+    /// ([`Op::Withdraw`]): the parent then ends it as a dead child's, taking nothing for it,
+    /// and answers at once (a worker rank's task stopped by `terminate` waited on for ever, and
     /// its `Queue.get` or `Lock.acquire` went through later for nobody).
     fn call(&self, object: u64, op: Op) -> Result<Value, RemoteError> {
         self.start_reader()?;
@@ -831,6 +831,21 @@ pub(crate) struct Caller {
     life: Arc<LinkLife>,
 }
 
+/// A withdrawn request ([`Op::Withdraw`]) ends as a dead child's does (nothing is taken for
+/// it, a notify it took goes on), but its child is there and waits for an answer: it gets one
+/// however the operation ended, once nothing more is done for it.
+impl Drop for Caller {
+    fn drop(&mut self) {
+        if self.id == 0 || !self.life.is_alive() {
+            return;
+        }
+        let withdrawn = self.life.waits.lock().recover().remove(&self.id);
+        if withdrawn == Some(true) {
+            self.send(Err(RemoteError::Other("the wait was withdrawn".into())));
+        }
+    }
+}
+
 /// How [`Caller::wait`] ended.
 pub(crate) enum Waited<T> {
     Got(T),
@@ -851,6 +866,11 @@ impl Caller {
             return true;
         }
         self.life.waits.lock().recover().remove(&self.id);
+        self.send(result)
+    }
+
+    /// Sends the reply frame; false if it could not reach the child.
+    fn send(&self, result: Result<Value, RemoteError>) -> bool {
         let mut frame = Vec::new();
         let msg = Reply {
             id: self.id,
@@ -893,14 +913,9 @@ impl Caller {
     ) -> Waited<T> {
         let waited = timeout.unwrap_or_default();
         let deadline = timeout.map(|t| Instant::now() + t);
-        // A withdrawn request ends as a timeout, answered: its child waits for the answer.
-        let ended = || match self.life.is_alive() {
-            true => Waited::TimedOut(waited),
-            false => Waited::CallerGone,
-        };
         loop {
             if !self.is_alive() {
-                return ended();
+                return Waited::CallerGone;
             }
             let slice = deadline.map_or(LIVENESS_CHECK, |d| {
                 d.saturating_duration_since(Instant::now())
@@ -910,7 +925,7 @@ impl Caller {
                 return Waited::Got(v);
             }
             if !self.is_alive() {
-                return ended();
+                return Waited::CallerGone;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Waited::TimedOut(waited);

@@ -389,4 +389,10 @@ pub(crate) trait LoadedScript {
 pub(crate) trait Callback: Send {
     /// Called with the GIL held.
     fn call(&self, arg: Value) -> Result<(), String>;
+
+    /// Called with a `map_async`'s results, as `call` with them as a list unless the engine
+    /// reads a map's results otherwise (a Lua list with nils carries `n`, as `get`'s does).
+    fn call_with_list(&self, items: Vec<Value>) -> Result<(), String> {
+        self.call(Value::Array(items))
+    }
 }

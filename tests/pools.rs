@@ -1952,7 +1952,8 @@ for i in 0..4 {
 
 /// A Lua `map` whose results hold nils carries `n`, as an argument list does (a
 /// `table.pack` result), so that the count is known where `#` cannot tell it: Python's list
-/// holds `None`s. `starmap` and `map_async` too; a list without nils has no `n`.
+/// holds `None`s. `starmap` and `map_async` too (its `get` and its callback); a list without
+/// nils has no `n`.
 #[test]
 fn lua_map_results_with_nils_carry_their_count() {
     let lua = r#"
@@ -1968,6 +1969,7 @@ local r4 = pool:map_async(odd_only, {2, 4}):get()
 print(r4.n)
 local full = pool:map(odd_only, {1, 3})
 print(full.n, #full)
+pool:map_async(odd_only, {1, 2}, nil, function(r) print("callback", r.n, r[1]) end):wait(10)
 pool:close() pool:join()
 "#;
     for mode in MODES {
@@ -1975,7 +1977,14 @@ pool:close() pool:join()
         out.assert_success();
         assert_eq!(
             out.stdout_lines(),
-            ["6\t1\tnil\t5\tnil", "3\tn\t3", "2\t2\tnil", "2", "nil\t2"],
+            [
+                "6\t1\tnil\t5\tnil",
+                "3\tn\t3",
+                "2\t2\tnil",
+                "2",
+                "nil\t2",
+                "callback\t2\t1"
+            ],
             "{mode}: {}",
             out.describe()
         );

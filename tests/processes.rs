@@ -2419,3 +2419,37 @@ pool:close() pool:join()
         assert_eq!(out.stdout_lines(), want, "{mode}: {}", out.describe());
     }
 }
+
+/// A forked child whose daemon thread waits in its parent's `Condition.wait` ends when its
+/// target does: the thread's wait is withdrawn as the thread is stopped, and the parent ends it
+/// as a dead child's (the notify goes on, the lock stays free). The child stayed alive for
+/// ever, waiting for an answer: `join(3)` found it alive; a pool's worker held `join`.
+#[test]
+fn a_forked_child_s_daemon_thread_waiting_on_the_parent_s_condition_lets_it_end() {
+    let lua = r#"
+C = parrun.Condition()
+local p = parrun.Process(function()
+  local t = parrun.Thread(function() C:acquire() C:wait() end, {}, {daemon = true})
+  t:start()
+  parrun.sleep(0.2)
+end)
+p:start() p:join(10)
+print(p:is_alive(), p.exitcode)
+print("free", C:acquire(1)) C:release()
+local pool = parrun.Pool(1)
+pool:apply(function()
+  parrun.Thread(function() C:acquire() C:wait() end, {}, {daemon = true}):start()
+  parrun.sleep(0.2)
+end)
+pool:close() pool:join()
+print("pool joined")
+"#;
+    let out = run_code(&["--mode", "fork"], "daemon_condition", "lua", lua);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_lines(),
+        ["false\t0", "free\ttrue", "pool joined"],
+        "{}",
+        out.describe()
+    );
+}

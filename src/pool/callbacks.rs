@@ -293,16 +293,20 @@ fn run_callbacks(host: Arc<Host>, live: Arc<LiveJobs>, rx: Receiver<Finished>) {
             continue;
         }
         let Callbacks { ok, err } = job.take_callbacks();
-        let (callback, arg) = match outcome {
-            Ok(v) => (ok, v),
+        let (callback, arg, list) = match outcome {
+            Ok(v) => (ok, v, job.kind() == super::JobKind::List),
             // As Python's, with what was raised: the data, or else the message.
-            Err(e) => (err, e.into_value()),
+            Err(e) => (err, e.into_value(), false),
         };
         let mut failure = None;
         if let Some(cb) = callback {
             let _held = host.gil.lock(0);
             // The callback is dropped inside, with the GIL: it holds the engine's values.
-            match catch_unwind(AssertUnwindSafe(move || cb.call(arg))) {
+            let call = move || match arg {
+                Value::Array(items) if list => cb.call_with_list(items),
+                arg => cb.call(arg),
+            };
+            match catch_unwind(AssertUnwindSafe(call)) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => host.report(&format!("Exception in pool callback:\n{e}")),
                 Err(panic) => {

@@ -97,11 +97,13 @@ fn wait_until(
     let deadline = timeout.map(|t| Instant::now() + t);
     let cancellable = super::cancel::installed();
     loop {
-        if attempt() {
-            return true;
-        }
+        // Looked for before each try: a thread stopped while it slept takes nothing (the lock
+        // or the unit goes to the next taker, as a dead process's would).
         if cancellable && super::cancel::stop_waiting() {
             return false;
+        }
+        if attempt() {
+            return true;
         }
         let slice = slice_until(deadline, cancellable);
         if slice == Some(Duration::ZERO) {

@@ -140,10 +140,17 @@ impl Condition {
         }
         let (ticket, count) = self.begin_wait(who)?;
         let notified = self.await_notify(ticket, timeout) || self.forget(ticket);
+        // A waiter being stopped (`terminate`, a task timeout) leaves the lock free, as a
+        // killed process does (taking it back left it held for ever), and a notify it took
+        // goes to the next waiter, as a dead child's does (it was lost).
+        let stopped = || {
+            if notified {
+                self.notify_any(1);
+            }
+            Err("the wait was interrupted".into())
+        };
         if crate::rt::cancel::requested().is_some() {
-            // The waiter is being stopped (`terminate`, a task timeout): it leaves the lock
-            // free, as a killed process does, where taking it back left it held for ever.
-            return Err("the wait was interrupted".into());
+            return stopped();
         }
         // Python takes the lock back whatever the wait's end; an interrupted one too.
         while !self
@@ -152,7 +159,7 @@ impl Condition {
             .restore(who, count, Some(crate::rt::cancel::POLL))?
         {
             if crate::rt::cancel::stop_waiting() {
-                return Err("the wait was interrupted".into());
+                return stopped();
             }
         }
         Ok(notified)

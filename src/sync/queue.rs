@@ -233,7 +233,9 @@ impl Queue {
                 other => QueueError::Remote(other.to_string()),
             });
         }
-        self.get_local(timeout, || true)
+        // A thread stopped while it waits (`terminate`, a task timeout) takes nothing: the
+        // value goes to the next getter, as a dead child's would.
+        self.get_local(timeout, || !crate::rt::cancel::stop_waiting())
     }
 
     /// Takes the value at the front of this process's own queue, waiting as [`Queue::get`], if

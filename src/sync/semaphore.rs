@@ -133,7 +133,13 @@ impl Semaphore {
                 .map_err(|e| e.to_string());
         }
         let mut value = self.value();
-        let raised = value.saturating_add(n);
+        // (A value that did not fit a shared word: made above 2^31 - 1, it counts up to 2^64 - 1.)
+        let raised = value.checked_add(n).ok_or_else(|| {
+            format!(
+                "a Semaphore's value is at most {} (OverflowError)",
+                u64::MAX
+            )
+        })?;
         if self.inner.bound.is_some_and(|bound| raised > bound) {
             return Err(TOO_MANY.into());
         }
@@ -223,5 +229,18 @@ mod tests {
         let open = Semaphore::new(0, false);
         assert_eq!(open.release(3), Ok(()));
         assert_eq!(open.describe(), "<Semaphore value=3>");
+    }
+
+    /// A shared word counts to 2^31 - 1; one made above that keeps its count here, to
+    /// 2^64 - 1: past either, a release is an OverflowError (it stopped counting, silently).
+    #[test]
+    fn a_release_past_the_count_s_limit_is_an_overflow_error() {
+        let word = Semaphore::new(CountWord::MAX - 1, false);
+        assert_eq!(word.release(1), Ok(()));
+        assert!(word.release(1).unwrap_err().contains("OverflowError"));
+        let big = Semaphore::new(u64::MAX - 1, false);
+        assert_eq!(big.release(1), Ok(()));
+        assert!(big.release(1).unwrap_err().contains("OverflowError"));
+        assert_eq!(big.current(), Ok(u64::MAX));
     }
 }

@@ -112,6 +112,20 @@ impl Callback for LuaCallback {
         .map(drop)
         .map_err(error_text)
     }
+
+    fn call_with_list(&self, items: Vec<Value>) -> Result<(), String> {
+        let lua = upgrade(&self.lua)?;
+        let list = Ret::List(vec![crate::script::Reported::Values(items)]);
+        let arg = super::convert::ret_to_lua(&lua, list).map_err(error_text)?;
+        start_driver(
+            &lua,
+            &self.host,
+            self.f.clone(),
+            MultiValue::from_vec(vec![arg]),
+        )
+        .map(drop)
+        .map_err(error_text)
+    }
 }
 
 /// What running pool tasks in a Lua state takes, set up once per state (in its app data).
