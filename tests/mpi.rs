@@ -262,7 +262,8 @@ fn ranks_serve_pools_and_processes_as_forked_workers_do() {
         );
         assert!(
             too_many.starts_with("Pool(3)\tfalse\t")
-                && too_many.contains("more workers than there are worker ranks: 2"),
+                && too_many.contains("a pool of 3 workers")
+                && too_many.contains("more than there are worker ranks: 2"),
             "{}",
             out.describe()
         );
