@@ -14,7 +14,8 @@ use std::ptr;
 use mlua::ffi::{self, lua_State};
 use mlua::{Function, Lua, Table, Value as LuaValue};
 
-use super::native::{closure, raise_top_with_position, wait_tag_ptr, yield_all};
+use super::native::{call_stock, closure, raise_top_with_position};
+use super::native::{wait_tag_ptr, yield_all};
 
 /// Installs the replacements. `wait_readable(fd)` and `system(cmd)` are raw builtins (see
 /// `engine::lua::raw_function`) that answer with a request to wait; `run_here` runs one in
@@ -166,21 +167,13 @@ unsafe extern "C-unwind" fn read_when_ready(
         }
         ffi::lua_settop(state, args);
     }
-    call_stock_here(state)
-}
-
-/// Calls the stock C function at upvalue 1 in this frame.
-unsafe fn call_stock_here(state: *mut lua_State) -> c_int {
-    match ffi::lua_tocfunction(state, ffi::lua_upvalueindex(1)) {
-        Some(stock) => stock(state),
-        None => ffi::luaL_error(state, c"parrun: the stock function is missing".as_ptr()),
-    }
+    call_stock(state)
 }
 
 /// `io.lines(...)` and `file:lines(...)`: the stock function's results, with its iterator
 /// wrapped to wait as `read` does. Upvalues as [`read`]'s.
 unsafe extern "C-unwind" fn lines(state: *mut lua_State) -> c_int {
-    let results = call_stock_here(state);
+    let results = call_stock(state);
     if results == 0 {
         return 0;
     }
@@ -237,7 +230,7 @@ unsafe extern "C-unwind" fn next_line_when_ready(
 unsafe extern "C-unwind" fn execute(state: *mut lua_State) -> c_int {
     if ffi::lua_type(state, 1) == ffi::LUA_TNONE || ffi::lua_type(state, 1) == ffi::LUA_TNIL {
         // Whether a shell is there: at once.
-        return call_stock_here(state);
+        return call_stock(state);
     }
     ffi::luaL_checklstring(state, 1, ptr::null_mut());
     ffi::lua_settop(state, 1);

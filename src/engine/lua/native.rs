@@ -1098,7 +1098,7 @@ unsafe fn text_only_mode(state: *mut lua_State, idx: c_int) {
 
 /// Calls the stock C function held in upvalue 1 in this same call frame, so its argument
 /// errors name this function as the script called it.
-unsafe fn call_stock(state: *mut lua_State) -> c_int {
+pub(super) unsafe fn call_stock(state: *mut lua_State) -> c_int {
     match ffi::lua_tocfunction(state, ffi::lua_upvalueindex(1)) {
         Some(stock) => stock(state),
         None => ffi::luaL_error(state, c"parrun: the stock function is missing".as_ptr()),

@@ -101,22 +101,20 @@ pub(super) struct LuaCallback {
 
 impl Callback for LuaCallback {
     fn call(&self, arg: Value) -> Result<(), String> {
-        let lua = upgrade(&self.lua)?;
-        let arg = from_value(&lua, &arg).map_err(error_text)?;
-        start_driver(
-            &lua,
-            &self.host,
-            self.f.clone(),
-            MultiValue::from_vec(vec![arg]),
-        )
-        .map(drop)
-        .map_err(error_text)
+        self.call_with(|lua| from_value(lua, &arg))
     }
 
     fn call_with_list(&self, items: Vec<Value>) -> Result<(), String> {
-        let lua = upgrade(&self.lua)?;
         let list = Ret::List(vec![crate::script::Reported::Values(items)]);
-        let arg = super::convert::ret_to_lua(&lua, list).map_err(error_text)?;
+        self.call_with(|lua| super::convert::ret_to_lua(lua, list))
+    }
+}
+
+impl LuaCallback {
+    /// Runs the callback on the argument `arg` makes in its state.
+    fn call_with(&self, arg: impl FnOnce(&Lua) -> mlua::Result<LuaValue>) -> Result<(), String> {
+        let lua = upgrade(&self.lua)?;
+        let arg = arg(&lua).map_err(error_text)?;
         start_driver(
             &lua,
             &self.host,
