@@ -159,15 +159,19 @@ unsafe extern "C-unwind" fn read_when_ready(
     _status: c_int,
     ctx: ffi::lua_KContext,
 ) -> c_int {
-    let args = ctx as c_int;
-    if ffi::lua_gettop(state) > args {
-        // [.., ok, result] of the wait.
-        if ffi::lua_toboolean(state, -2) == 0 {
-            return raise_top_with_position(state);
-        }
-        ffi::lua_settop(state, args);
-    }
+    take_wait_answer(state, ctx as c_int);
     call_stock(state)
+}
+
+/// Above the `base` values of a call: the `[ok, result]` of its wait, if it waited, which is
+/// raised if the wait failed (a Ctrl-C, a cancellation), else dropped.
+unsafe fn take_wait_answer(state: *mut lua_State, base: c_int) {
+    if ffi::lua_gettop(state) > base {
+        if ffi::lua_toboolean(state, -2) == 0 {
+            raise_top_with_position(state);
+        }
+        ffi::lua_settop(state, base);
+    }
 }
 
 /// `io.lines(...)` and `file:lines(...)`: the stock function's results, with its iterator
@@ -214,12 +218,7 @@ unsafe extern "C-unwind" fn next_line_when_ready(
     _status: c_int,
     _ctx: ffi::lua_KContext,
 ) -> c_int {
-    if ffi::lua_gettop(state) > 0 {
-        if ffi::lua_toboolean(state, -2) == 0 {
-            return raise_top_with_position(state);
-        }
-        ffi::lua_settop(state, 0);
-    }
+    take_wait_answer(state, 0);
     ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
     ffi::lua_call(state, 0, ffi::LUA_MULTRET);
     ffi::lua_gettop(state)
