@@ -21,10 +21,9 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Sender};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +31,7 @@ use crate::host::Host;
 use crate::rt::atfork::{ForkHeld, ForkSafe};
 use crate::rt::poison::Recover;
 use crate::rt::spawn::Handle;
+use crate::rt::threads::Signal;
 use crate::rt::trace::{self, Tracer};
 use crate::rt::{cancel, children, codec, fork, output, signals};
 use crate::value::Value;
@@ -481,7 +481,58 @@ struct Reply {
 }
 
 /// Callers waiting for a reply, by request id.
-type Pending = Arc<Mutex<HashMap<u64, Sender<Result<Value, RemoteError>>>>>;
+type Pending = Arc<Mutex<HashMap<u64, Arc<ReplySlot>>>>;
+
+/// Where the answer to one request lands, and where its caller sleeps until the answer comes or
+/// it is asked to read the link's replies itself ([`LinkClient::call`]). A condition variable,
+/// not a channel: a channel's receive first spins and yields, and on a busy 2-core machine
+/// those yields took the CPU the answer's sender needed (a child's `Queue.get` made about six
+/// `sched_yield`s).
+#[derive(Default)]
+struct ReplySlot {
+    state: Mutex<SlotState>,
+    changed: Signal,
+}
+
+#[derive(Default)]
+struct SlotState {
+    answer: Option<Result<Value, RemoteError>>,
+    /// The caller reading the replies stopped: this one may read them now.
+    nudged: bool,
+}
+
+impl ReplySlot {
+    fn fill(&self, answer: Result<Value, RemoteError>) {
+        self.state.lock().recover().answer = Some(answer);
+        self.changed.notify_one();
+    }
+
+    fn nudge(&self) {
+        self.state.lock().recover().nudged = true;
+        self.changed.notify_one();
+    }
+
+    fn take(&self) -> Option<Result<Value, RemoteError>> {
+        self.state.lock().recover().answer.take()
+    }
+
+    fn is_filled(&self) -> bool {
+        self.state.lock().recover().answer.is_some()
+    }
+
+    /// Sleeps until the answer is there, the caller is nudged, or `timeout` (if any) passes
+    /// (or the sleep ends early: the caller looks again either way).
+    fn wait(&self, timeout: Option<Duration>) {
+        let mut state = self.state.lock().recover();
+        if state.answer.is_none() && !std::mem::take(&mut state.nudged) {
+            state = match timeout {
+                None => self.changed.wait(state),
+                Some(t) => self.changed.wait_timeout(state, t),
+            };
+            state.nudged = false;
+        }
+    }
+}
 
 fn link_lost() -> RemoteError {
     RemoteError::Other("lost the link to the parent process".into())
@@ -492,24 +543,85 @@ trait Uplink: Send + Sync {
     /// Sends one whole frame (a [`Request`]).
     fn send(&self, frame: &[u8]) -> std::io::Result<()>;
 
-    /// Starts delivering the parent's [`Reply`]s to the callers in `pending` (called once).
-    fn start_replies(&self, pending: Pending) -> std::io::Result<()>;
+    /// The replies, to read, if no other caller reads them; `None` as well where they are
+    /// delivered by someone else (MPI's pump).
+    fn replies(&self) -> Option<Replies<'_>>;
 }
 
 /// A forked child's link: a Unix socket to its parent.
-struct SocketUplink(Mutex<UnixStream>);
+struct SocketUplink {
+    stream: UnixStream,
+    /// Held while a frame is written, so that frames never interleave.
+    writing: Mutex<()>,
+    reading: Mutex<ReadState>,
+}
 
 impl Uplink for SocketUplink {
     fn send(&self, frame: &[u8]) -> std::io::Result<()> {
-        self.0.lock().recover().write_all(frame)
+        let _writing = self.writing.lock().recover();
+        (&self.stream).write_all(frame)
     }
 
-    fn start_replies(&self, pending: Pending) -> std::io::Result<()> {
-        let stream = self.0.lock().recover().try_clone()?;
-        crate::rt::spawn::Builder::new()
-            .name("parrun-link".into())
-            .spawn(move || read_replies(stream, pending))
-            .map(drop)
+    fn replies(&self) -> Option<Replies<'_>> {
+        let state = match self.reading.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(Replies {
+            stream: &self.stream,
+            state,
+        })
+    }
+}
+
+#[derive(Default)]
+struct ReadState {
+    buf: Vec<u8>,
+    /// The parent has gone (the stream ended or broke).
+    lost: bool,
+}
+
+/// The child's end of the socket, read by one caller at a time.
+struct Replies<'a> {
+    stream: &'a UnixStream,
+    state: MutexGuard<'a, ReadState>,
+}
+
+impl Replies<'_> {
+    /// Reads replies and hands each to its caller until `slot` is filled or `timeout` (if
+    /// any) passes. Once the link is lost, every caller waiting is answered with that.
+    fn deliver_until(&mut self, pending: &Pending, slot: &ReplySlot, timeout: Option<Duration>) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let state = &mut *self.state;
+        while !state.lost && !slot.is_filled() {
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let ms = PollTimeout::try_from(left.as_millis().max(1)).unwrap_or(PollTimeout::MAX);
+                let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, ms) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => state.lost = true,
+                }
+            }
+            if state.lost {
+                break;
+            }
+            match codec::read_frame::<Reply>(&mut self.stream, &mut state.buf) {
+                Ok(reply) => deliver(pending, reply),
+                Err(_) => state.lost = true,
+            }
+        }
+        if state.lost {
+            // The parent is gone: fail every caller still waiting.
+            for (_, waiter) in pending.lock().recover().drain() {
+                waiter.fill(Err(link_lost()));
+            }
+        }
     }
 }
 
@@ -518,12 +630,15 @@ struct LinkClient {
     uplink: Box<dyn Uplink>,
     pending: Pending,
     next_id: AtomicU64,
-    reader: OnceLock<()>,
 }
 
 impl LinkClient {
     fn new(stream: UnixStream) -> Self {
-        Self::over(Box::new(SocketUplink(Mutex::new(stream))))
+        Self::over(Box::new(SocketUplink {
+            stream,
+            writing: Mutex::default(),
+            reading: Mutex::default(),
+        }))
     }
 
     fn over(uplink: Box<dyn Uplink>) -> Self {
@@ -531,7 +646,6 @@ impl LinkClient {
             uplink,
             pending: Arc::default(),
             next_id: AtomicU64::new(1),
-            reader: OnceLock::new(),
         }
     }
 
@@ -543,46 +657,44 @@ impl LinkClient {
             .map_err(|e| RemoteError::Other(format!("lost the link to the parent process: {e}")))
     }
 
-    /// The reader starts on first use: most children never call the parent.
-    fn start_reader(&self) -> Result<(), RemoteError> {
-        let mut failure = None;
-        self.reader.get_or_init(|| {
-            if let Err(e) = self.uplink.start_replies(self.pending.clone()) {
-                failure = Some(e.to_string());
-            }
-        });
-        failure.map_or(Ok(()), |e| {
-            Err(RemoteError::Other(format!(
-                "cannot start the link reader: {e}"
-            )))
-        })
-    }
-
-    /// Performs `op` on `object` in the parent and waits for the answer. On a thread whose
-    /// waits can be cut short (a cancelled task, a KeyboardInterrupt), a wait is withdrawn
-    /// ([`Op::Withdraw`]): the parent then ends it as a dead child's, taking nothing for it,
-    /// and answers at once (a worker rank's task stopped by `terminate` waited on for ever, and
-    /// its `Queue.get` or `Lock.acquire` went through later for nobody).
+    /// Performs `op` on `object` in the parent and waits for the answer.
+    ///
+    /// No thread of its own reads the replies: a caller that waits reads them while no other
+    /// caller does, hands each to its caller, and once its own has come wakes the others, one
+    /// of which reads on (a reader thread cost every call a second wake-up).
+    ///
+    /// On a thread whose waits can be cut short (a cancelled task, a KeyboardInterrupt), a wait
+    /// is withdrawn ([`Op::Withdraw`]): the parent then ends it as a dead child's, taking
+    /// nothing for it, and answers at once (a worker rank's task stopped by `terminate` waited
+    /// on for ever, and its `Queue.get` or `Lock.acquire` went through later for nobody).
     fn call(&self, object: u64, op: Op) -> Result<Value, RemoteError> {
-        self.start_reader()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = bounded(1);
-        self.pending.lock().recover().insert(id, tx);
-        self.send(&Request { id, object, op })?;
-        if !cancel::installed() {
-            return rx.recv().unwrap_or_else(|_| Err(link_lost()));
+        let slot = Arc::new(ReplySlot::default());
+        self.pending.lock().recover().insert(id, slot.clone());
+        if let Err(e) = self.send(&Request { id, object, op }) {
+            self.pending.lock().recover().remove(&id);
+            return Err(e);
         }
+        let slice = cancel::installed().then_some(cancel::POLL);
         let mut withdrawn = false;
         loop {
-            match rx.recv_timeout(cancel::POLL) {
-                Ok(answer) => return answer,
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(link_lost()),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    if !withdrawn && cancel::stop_waiting() {
-                        withdrawn = true;
-                        self.post(object, Op::Withdraw(id))?;
+            if let Some(answer) = slot.take() {
+                return answer;
+            }
+            match self.uplink.replies() {
+                Some(mut reader) => {
+                    reader.deliver_until(&self.pending, &slot, slice);
+                    drop(reader);
+                    // Someone else's reply may be next: a waiting caller reads on.
+                    for waiter in self.pending.lock().recover().values() {
+                        waiter.nudge();
                     }
                 }
+                None => slot.wait(slice),
+            }
+            if slice.is_some() && !withdrawn && cancel::stop_waiting() {
+                withdrawn = true;
+                self.post(object, Op::Withdraw(id))?;
             }
         }
     }
@@ -593,22 +705,11 @@ impl LinkClient {
     }
 }
 
-fn read_replies(mut stream: UnixStream, pending: Pending) {
-    let mut buf = Vec::new();
-    while let Ok(reply) = codec::read_frame::<Reply>(&mut stream, &mut buf) {
-        deliver(&pending, reply);
-    }
-    // The parent is gone: fail every caller still waiting.
-    for (_, w) in pending.lock().recover().drain() {
-        let _ = w.send(Err(link_lost()));
-    }
-}
-
 /// Hands `reply` to the caller waiting for it.
 fn deliver(pending: &Pending, reply: Reply) {
     let waiter = pending.lock().recover().remove(&reply.id);
-    if let Some(w) = waiter {
-        let _ = w.send(reply.result);
+    if let Some(waiter) = waiter {
+        waiter.fill(reply.result);
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use super::{
     codec, deliver, forward_output, registry, report_stdout_gone, serve_request, LinkClient,
-    LinkLife, Pending, Reply, ReplyTo, Request, Uplink,
+    LinkLife, Pending, Replies, Reply, ReplyTo, Request, Uplink,
 };
 use crate::rt::mpi::{self, Handler, Tag};
 use crate::rt::output;
@@ -25,8 +25,8 @@ impl Uplink for RankUplink {
     }
 
     /// The replies come through the pump, to the handler [`connect`] returned.
-    fn start_replies(&self, _: Pending) -> std::io::Result<()> {
-        Ok(())
+    fn replies(&self) -> Option<Replies<'_>> {
+        None
     }
 }
 
