@@ -332,6 +332,10 @@ pub(crate) struct ProcessIdentity {
     pub(crate) handle: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
     /// Its threads, as `threading.enumerate()` lists them.
     pub(crate) roll: Roll,
+    /// For a process on a thread of the script's own engine (`gil`): the threads, pools and
+    /// processes it started, which it finishes before it ends as a child process does. (A
+    /// process with an engine of its own keeps them on that engine's host.)
+    started: Option<Arc<Started>>,
 }
 
 /// The threads and child processes of one process, as Python's `threading` and
@@ -420,6 +424,27 @@ pub(crate) fn join_process(process: Option<Arc<ProcessIdentity>>) {
 /// no process yet and numbers its threads on from `threads` (its maker's count at `start`:
 /// [`Host::threads_named`]).
 pub(crate) fn enter_process(name: String, identity: String, daemon: bool, threads: u64) {
+    enter(name, identity, daemon, threads, None);
+}
+
+/// [`enter_process`] for a process on a thread of the script's own engine: what its target
+/// starts is finished by [`Host::finish_process`] on its thread, not left to the script.
+pub(crate) fn enter_process_sharing_engine(
+    name: String,
+    identity: String,
+    daemon: bool,
+    threads: u64,
+) {
+    enter(name, identity, daemon, threads, Some(Arc::default()));
+}
+
+fn enter(
+    name: String,
+    identity: String,
+    daemon: bool,
+    threads: u64,
+    started: Option<Arc<Started>>,
+) {
     let process = ProcessIdentity {
         name,
         identity,
@@ -428,6 +453,7 @@ pub(crate) fn enter_process(name: String, identity: String, daemon: bool, thread
         threads: AtomicU64::new(threads),
         handle: std::sync::OnceLock::new(),
         roll: Roll::default(),
+        started,
     };
     process.roll.set_main_here();
     join_process(Some(Arc::new(process)));
@@ -460,7 +486,7 @@ pub(crate) fn with_roll<R>(host: &Host, f: impl FnOnce(&Roll) -> R) -> R {
 /// added, and what the run must finish before it ends.
 pub(crate) struct Host {
     pub gil: Arc<Gil>,
-    started: Mutex<Vec<Arc<dyn Finish>>>,
+    started: Arc<Started>,
     thread_counter: AtomicU64,
     process_counter: AtomicU64,
     /// The threads of the script's own process.
@@ -485,7 +511,7 @@ struct HostForkGuard<'a> {
 impl ForkSafe for Host {
     fn hold(&self) -> Box<dyn ForkHeld + '_> {
         Box::new(HostForkGuard {
-            started: self.started.lock().recover(),
+            started: self.started.0.lock().recover(),
             gil: self.gil.fork_guard(),
             trace: self.trace.as_ref().map(|t| t.hold()),
         })
@@ -537,7 +563,7 @@ impl Host {
     ) -> Arc<Host> {
         Arc::new(Host {
             gil: Arc::new(gil),
-            started: Mutex::new(Vec::new()),
+            started: Arc::default(),
             thread_counter: AtomicU64::new(0),
             process_counter: AtomicU64::new(0),
             roll: Roll::default(),
@@ -618,10 +644,16 @@ impl Host {
     }
 
     /// Something started (a thread, a process, a pool) that the run must finish before it
-    /// ends.
+    /// ends: the process that started it must, if it is a process on a thread of this engine.
     pub(crate) fn register(&self, started: Arc<dyn Finish>) {
-        let mut list = self.started.lock().recover();
-        push_sweeping(&mut list, started, |s| s.pending());
+        self.in_scope().register(started);
+    }
+
+    /// The started things of the process the calling thread runs in.
+    fn in_scope(&self) -> Arc<Started> {
+        current_process()
+            .and_then(|process| process.started.clone())
+            .unwrap_or_else(|| self.started.clone())
     }
 
     /// Runs a script's main code: `main` with the GIL, then what Python does before it exits
@@ -660,6 +692,46 @@ impl Host {
     pub(crate) fn finish(&self) {
         // The main script thread's code has returned: Ctrl-C now stops the run at once.
         crate::rt::cancel::main_done();
+        self.in_scope().finish();
+    }
+
+    /// What a pool worker with an engine of its own (a forked worker, an isolated worker's
+    /// engine) does before it ends, as a Python worker process does before it exits: waits for
+    /// the threads its tasks started, then [`Host::finish`]. A worker whose wait is cancelled
+    /// (its pool was terminated) leaves them as they are. Call without the GIL.
+    pub(crate) fn finish_worker(&self) {
+        if self
+            .in_scope()
+            .finish_threads(|thread| thread.finish_unless_cancelled())
+        {
+            self.finish();
+        }
+    }
+
+    /// What a process on a thread (`gil`, `isolated`) does before it ends: waits for the
+    /// threads, pools and processes its target started, as a child process does before it
+    /// exits; or, once it is stopped (`terminate`, `kill`, Ctrl-C), also while it waits, stops
+    /// them, as a killed process's threads end with it and its children are terminated. Call
+    /// without the GIL, on the process's thread.
+    pub(crate) fn finish_process(&self) {
+        self.in_scope().finish_process();
+    }
+}
+
+/// The things one process started (threads, pools, child processes) that it must finish
+/// before it ends: the script's own, a forked child's, an isolated engine's, or a process's on
+/// a thread of the script's engine.
+#[derive(Default)]
+pub(crate) struct Started(Mutex<Vec<Arc<dyn Finish>>>);
+
+impl Started {
+    fn register(&self, started: Arc<dyn Finish>) {
+        let mut list = self.0.lock().recover();
+        push_sweeping(&mut list, started, |s| s.pending());
+    }
+
+    /// [`Host::finish`].
+    fn finish(&self) {
         self.finish_threads(|thread| {
             thread.finish();
             true
@@ -669,25 +741,11 @@ impl Host {
                 started.finish();
             }
         }
-        self.started.lock().recover().clear();
+        self.0.lock().recover().clear();
     }
 
-    /// What a pool worker with an engine of its own (a forked worker, an isolated worker's
-    /// engine) does before it ends, as a Python worker process does before it exits: waits for
-    /// the threads its tasks started, then [`Host::finish`]. A worker whose wait is cancelled
-    /// (its pool was terminated) leaves them as they are. Call without the GIL.
-    pub(crate) fn finish_worker(&self) {
-        if self.finish_threads(|thread| thread.finish_unless_cancelled()) {
-            self.finish();
-        }
-    }
-
-    /// What a process on a thread with an engine of its own (`isolated`) does before it ends:
-    /// waits for the threads, pools and processes its target started, as a child process does
-    /// before it exits; or, once it is stopped (`terminate`, `kill`, Ctrl-C), also while it
-    /// waits, stops them, as a killed process's threads end with it and its children are
-    /// terminated. Call without the GIL, on the process's thread.
-    pub(crate) fn finish_process(&self) {
+    /// [`Host::finish_process`].
+    fn finish_process(&self) {
         let stopped = || crate::rt::cancel::requested().is_some();
         let finished = !stopped()
             && self.finish_threads(|thread| thread.finish_unless_cancelled())
@@ -715,7 +773,7 @@ impl Host {
                 }
             }
         }
-        self.started.lock().recover().clear();
+        self.0.lock().recover().clear();
     }
 
     /// Finishes every started thread with `finish_one` (and the threads they start) until none
@@ -734,7 +792,7 @@ impl Host {
 
     /// The started things of the stages `wanted` that still need finishing.
     fn pending(&self, wanted: impl Fn(Stage) -> bool) -> Vec<Arc<dyn Finish>> {
-        let list = self.started.lock().recover();
+        let list = self.0.lock().recover();
         list.iter()
             .filter(|s| wanted(s.stage()) && s.pending())
             .cloned()

@@ -821,6 +821,7 @@ fn serve_loop(stream: UnixStream, output: output::Output, trace: Option<Arc<Trac
         serve_request(request, &reply, &life, &output, trace.as_deref());
     }
     life.end();
+    life.settle(4 * LIVENESS_CHECK);
     fork::unregister_fd(fd);
 }
 
@@ -830,6 +831,9 @@ pub(crate) struct LinkLife {
     alive: AtomicBool,
     /// Request id -> withdrawn.
     waits: Mutex<HashMap<u64, bool>>,
+    /// How many threads answer its requests later ([`Caller::answer_later`]).
+    answering: Mutex<usize>,
+    answered: Signal,
 }
 
 impl Default for LinkLife {
@@ -837,6 +841,8 @@ impl Default for LinkLife {
         LinkLife {
             alive: AtomicBool::new(true),
             waits: Mutex::default(),
+            answering: Mutex::new(0),
+            answered: Signal::new(),
         }
     }
 }
@@ -849,6 +855,29 @@ impl LinkLife {
 
     fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+    }
+
+    /// Waits, at most `limit`, until no thread answers for the child any more: each sees
+    /// within [`LIVENESS_CHECK`] that it has gone, and undoes what it began for it (a
+    /// barrier's party, a notify it took). The child's `join` returns after this, and a
+    /// barrier still counted a party that had been killed and joined. (A wait forwarded
+    /// further up does not check, and is left to run on at the limit.)
+    fn settle(&self, limit: Duration) {
+        let answering = self.answering.lock().recover();
+        drop(self.answered.wait_while(answering, Some(limit), |n| *n > 0));
+    }
+
+    /// Counts a thread answering later until the guard drops.
+    fn answering(self: &Arc<Self>) -> impl Drop + Send + 'static {
+        struct Answering(Arc<LinkLife>);
+        impl Drop for Answering {
+            fn drop(&mut self) {
+                *self.0.answering.lock().recover() -= 1;
+                self.0.answered.notify_all();
+            }
+        }
+        *self.answering.lock().recover() += 1;
+        Answering(self.clone())
     }
 
     fn withdrawn(&self, id: u64) -> bool {
@@ -989,9 +1018,13 @@ impl Caller {
         if self.id != 0 {
             self.life.waits.lock().recover().insert(self.id, false);
         }
+        let answering = self.life.answering();
         if let Err(e) = crate::rt::spawn::Builder::new()
             .name("parrun-link-wait".into())
-            .spawn(move || wait(self))
+            .spawn(move || {
+                let _answering = answering;
+                wait(self)
+            })
         {
             output::write_stderr(&format!("parrun: cannot start a waiting thread: {e}"));
         }

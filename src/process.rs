@@ -260,6 +260,7 @@ impl ScriptProcess {
         target: Box<dyn Target>,
     ) -> Result<(), String> {
         let runs_on = engine.as_ref().map_or(host, |e| e.host());
+        let shares_engine = engine.is_none();
         let exit = ThreadExit::new(&runs_on.gil);
         let done = exit.clone();
         let name = self.name();
@@ -271,9 +272,18 @@ impl ScriptProcess {
         let mut state = self.state();
         let handle = crate::rt::spawn::Builder::new()
             .name(name.clone())
-            .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
+            .stack_size(crate::rt::threads::script_thread_stack())
             .spawn(move || {
-                crate::host::enter_process(name.clone(), identity, daemon, threads);
+                if shares_engine {
+                    crate::host::enter_process_sharing_engine(
+                        name.clone(),
+                        identity,
+                        daemon,
+                        threads,
+                    );
+                } else {
+                    crate::host::enter_process(name.clone(), identity, daemon, threads);
+                }
                 cancel::install(Some(done.cancel.clone()));
                 let stopped_by = || *done.stopped_by.lock().recover();
                 let code = run_stoppable(&host_, engine, &name, target, &stopped_by);
@@ -610,12 +620,9 @@ fn run_stoppable(
             exit::PANIC_STATUS
         }
     };
-    // A process in an engine of its own waits for the threads its target started there, as a
-    // child process does, and keeps the engine until they are done; a process in the script's
-    // engine leaves them to the script, whose threads they are.
-    if engine.is_some() {
-        runs_on.gil.allow_threads(0, || runs_on.finish_process());
-    }
+    // As a child process does before it exits: waits for the threads, pools and processes its
+    // target started (in an engine of its own, keeping the engine until they are done).
+    runs_on.gil.allow_threads(0, || runs_on.finish_process());
     drop(engine);
     drop(held);
     code

@@ -2453,3 +2453,90 @@ print("pool joined")
         out.describe()
     );
 }
+
+/// A process's end waits for the threads it started and stops its daemonic ones, in every mode
+/// (in `gil` it returned at once, and its threads ran on as the script's).
+#[test]
+fn a_process_ends_after_its_threads_and_stops_its_daemonic_ones() {
+    both_in_modes(
+        &MODES,
+        "process_threads_end",
+        r#"
+local q = parrun.Queue()
+local p = parrun.Process(function(q)
+  parrun.Thread(function() parrun.sleep(0.3) q:put("thread") end, {}):start()
+  parrun.Thread(function() while true do parrun.sleep(0.02) q:put("tick") end end, {},
+    {daemon = true}):start()
+  q:put("target")
+end, {q})
+p:start() p:join(20)
+print("alive", p:is_alive(), p.exitcode)
+local seen = {}
+while not q:empty() do local v = q:get() seen[v] = true end
+print(seen.target, seen.thread)
+parrun.sleep(0.2)
+print("ticks after", q:qsize())
+"#,
+        r#"
+let q = Queue();
+let p = Process(|q| {
+  Thread(|q| { sleep(0.3); q.put("thread"); }, [q]).start();
+  Thread(|q| { loop { sleep(0.02); q.put("tick"); } }, [q], #{daemon: true}).start();
+  q.put("target");
+}, [q]);
+p.start(); p.join(20);
+print(`alive ${p.is_alive()} ${p.exitcode}`);
+let seen = #{};
+while !q.empty() { seen[q.get()] = true; }
+print(`${seen["target"]} ${seen["thread"]}`);
+sleep(0.2);
+print(`ticks after ${q.qsize()}`);
+"#,
+        |mode, out| {
+            out.assert_success();
+            let lines: Vec<String> = out
+                .stdout_lines()
+                .iter()
+                .map(|l| l.replace('\t', " "))
+                .collect();
+            assert_eq!(
+                lines,
+                ["alive false 0", "true true", "ticks after 0"],
+                "{mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}
+
+/// A forked child killed while it waits on a Condition or a Barrier takes nothing once it has
+/// been joined: a notify goes to a live waiter (it was lost, and the waiter hung), and the
+/// barrier no longer counts the dead party (the next `wait` went through).
+#[test]
+fn a_killed_and_joined_child_no_longer_waits_on_a_condition_or_barrier() {
+    let lua = r#"
+local c = parrun.Condition()
+local pk = parrun.Process(function(c) c:acquire() c:wait() end, {c})
+pk:start() parrun.sleep(0.2)
+local t = parrun.Thread(function(c) c:acquire() print("woken", c:wait(10)) c:release() end, {c})
+t:start() parrun.sleep(0.2)
+pk:kill() pk:join()
+c:acquire() c:notify() c:release()
+t:join()
+local b = parrun.Barrier(2)
+local pb = parrun.Process(function(b) b:wait() end, {b})
+pb:start() parrun.sleep(0.2)
+pb:terminate() pb:join()
+print("barrier", pcall(b.wait, b, 0.5))
+"#;
+    let out = run_code(&["--mode", "fork"], "killed_waiter", "lua", lua);
+    out.assert_success();
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 2, "{}", out.describe());
+    assert_eq!(lines[0], "woken\ttrue", "{}", out.describe());
+    assert!(
+        lines[1].starts_with("barrier\tfalse") && lines[1].contains("BrokenBarrierError"),
+        "{}",
+        out.describe()
+    );
+}

@@ -269,18 +269,26 @@ impl Condition {
                 Ok(false) => None,
                 Err(e) => Some(Err(e)),
             });
-            match got {
+            // A child gone by now (even as the notify came) takes nothing: the lock goes back,
+            // and a notify it took goes to the next waiter.
+            let gone = match got {
                 Waited::Got(Ok(())) => {
-                    if !caller.answer(Ok(Value::Bool(notified))) {
+                    let gone = !caller.answer(Ok(Value::Bool(notified)));
+                    if gone {
                         for _ in 0..count {
                             let _ = lock.release(who);
                         }
                     }
+                    gone
                 }
                 Waited::Got(Err(e)) => {
                     caller.answer(Err(RemoteError::Other(e)));
+                    false
                 }
-                Waited::TimedOut(_) | Waited::CallerGone => {}
+                Waited::TimedOut(_) | Waited::CallerGone => true,
+            };
+            if gone && notified {
+                let _ = self.notify_any(1);
             }
         });
     }
