@@ -297,7 +297,7 @@ impl ScriptThread {
         let process = crate::host::current_process();
         let spawned = crate::rt::spawn::Builder::new()
             .name(self.name())
-            .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
+            .stack_size(crate::rt::threads::script_thread_stack())
             .spawn(move || {
                 *me.ids.lock().recover() = Some(Ids::current());
                 me.started.notify_all();

@@ -1953,3 +1953,36 @@ fn an_iterator_with_a_state_as_a_list_is_an_argument_error() {
             );
     }
 }
+
+/// A deep `--max-call-depth` is the engine's error, not a crash: Rhai's calls nest on the OS
+/// thread's stack, which is sized for the limit (at 9,000 levels a 64 MiB stack overflowed and
+/// the run died of SIGSEGV); a limit no stack holds is refused up front.
+#[test]
+fn a_deep_call_limit_gives_the_limit_error_not_a_crash() {
+    let rhai = r#"
+fn deep(n) { 1 + deep(n + 1) }
+let pool = Pool(1);
+try { pool.apply(deep, [1]); } catch (e) { print(`task: ${e}`); }
+let t = Thread(deep, [1]); t.start(); t.join();
+print("survived");
+deep(1);
+"#;
+    for mode in MODES {
+        let out = run_code(
+            &["--max-call-depth", "12000", "--mode", mode],
+            "deep_limit",
+            "rhai",
+            rhai,
+        );
+        let limit = "call depth limit exceeded: more than 12000 nested calls (--max-call-depth)";
+        out.assert_code(1).assert_stderr_contains(limit);
+        let lines = out.stdout_lines();
+        assert_eq!(lines.len(), 2, "{mode}: {}", out.describe());
+        assert!(lines[0].contains(limit), "{mode}: {}", out.describe());
+        assert_eq!(lines[1], "survived", "{mode}: {}", out.describe());
+    }
+    let out = run_code(&["--max-call-depth", "40000"], "too_deep", "rhai", rhai);
+    out.assert_code(2).assert_stderr_contains(
+        "--max-call-depth 40000 is deeper than a Rhai script thread's stack holds",
+    );
+}

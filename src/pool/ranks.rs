@@ -482,7 +482,7 @@ pub(crate) fn serve_on_rank(
     };
     let thread = std::thread::Builder::new()
         .name("parrun-rank-pool".into())
-        .stack_size(threads::SCRIPT_THREAD_STACK)
+        .stack_size(threads::script_thread_stack())
         .spawn(move || {
             WorkerIdentity::Process {
                 name,

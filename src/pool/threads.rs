@@ -22,7 +22,7 @@ use crate::rt::cancel::{self, Cancel};
 use crate::rt::gil::Gil;
 use crate::rt::poison::Recover;
 use crate::rt::spawn::Handle;
-use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
+use crate::rt::threads::{panic_text, script_thread_stack};
 use crate::rt::trace;
 use crate::script::{CallSlice, FunctionSpec, Reported, Snapshot, TaskEngine, TaskError};
 
@@ -103,7 +103,7 @@ pub(super) fn start(
         let who = pool.worker_identity(started + 1);
         let spawned = crate::rt::spawn::Builder::new()
             .name("parrun-pool-worker".into())
-            .stack_size(SCRIPT_THREAD_STACK)
+            .stack_size(script_thread_stack())
             .spawn(move || {
                 who.enter();
                 let engine = build(engine, &built_);

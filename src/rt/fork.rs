@@ -218,7 +218,7 @@ fn on_forker<R: Send + 'static>(job: impl FnOnce() -> R + Send + 'static) -> R {
             let (tx, rx) = crossbeam_channel::unbounded::<Job>();
             let spawned = crate::rt::spawn::Builder::new()
                 .name("parrun-forker".into())
-                .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
+                .stack_size(crate::rt::threads::script_thread_stack())
                 .spawn(move || {
                     for job in rx {
                         job();
@@ -397,7 +397,7 @@ fn die_with_parent(parent: Pid) {
 mod tests {
     use super::*;
     use crate::rt::spawn::{Builder, Handle};
-    use crate::rt::threads::SCRIPT_THREAD_STACK;
+    use crate::rt::threads::script_thread_stack;
     use nix::sys::wait::WaitStatus;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
@@ -436,7 +436,7 @@ mod tests {
 
     fn script_thread(f: impl FnOnce() + Send + 'static) -> Handle {
         Builder::new()
-            .stack_size(SCRIPT_THREAD_STACK)
+            .stack_size(script_thread_stack())
             .spawn(f)
             .unwrap()
     }

@@ -84,8 +84,28 @@ impl Signal {
 }
 
 /// Stack for a script thread (the main script's too): address space reserved, not memory
-/// used, so large enough that recursion limits are the engine's, not the OS thread's.
-pub(crate) const SCRIPT_THREAD_STACK: usize = 64 << 20;
+/// used, so large enough that recursion limits are the engine's, not the OS thread's: 64 MiB,
+/// or more for a deeper call limit ([`reserve_stack_for`]).
+pub(crate) fn script_thread_stack() -> usize {
+    SCRIPT_THREAD_STACK.load(Ordering::Relaxed)
+}
+
+static SCRIPT_THREAD_STACK: AtomicUsize = AtomicUsize::new(64 << 20);
+
+/// The most stack a Rhai call level takes, with a margin: a plain recursive `fn` took about
+/// 9 KiB a level, so a 64 MiB stack overflowed (a crash, not an error) past 8,000 levels.
+pub(crate) const STACK_PER_CALL_LEVEL: usize = 32 << 10;
+
+/// The largest stack a script thread gets (address space; 32,768 Rhai call levels).
+pub(crate) const MAX_SCRIPT_THREAD_STACK: usize = 1 << 30;
+
+/// Makes the script threads started from now on hold `call_depth` nested Rhai calls.
+pub(crate) fn reserve_stack_for(call_depth: usize) {
+    let wanted = call_depth
+        .saturating_mul(STACK_PER_CALL_LEVEL)
+        .min(MAX_SCRIPT_THREAD_STACK);
+    SCRIPT_THREAD_STACK.fetch_max(wanted, Ordering::Relaxed);
+}
 
 /// Waits on `changed` while `busy` holds, for at most `timeout` (for ever if `None`); the guard
 /// back, or `None` if the time ran out first.

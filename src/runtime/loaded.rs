@@ -26,7 +26,7 @@ use crate::host::Source;
 use crate::pool::{AsyncResult, Callbacks, Failure, JobKind, Pool, PoolConfig};
 use crate::rt::gil::Gil;
 use crate::rt::spawn::Handle;
-use crate::rt::threads::{panic_text, SCRIPT_THREAD_STACK};
+use crate::rt::threads::{panic_text, script_thread_stack};
 use crate::script::{Calls, LoadedScript};
 use crate::value::Value;
 
@@ -136,6 +136,7 @@ impl Script {
         source: Source,
     ) -> Result<Script, Error> {
         let name = source.name.clone();
+        runtime.reserve_stack(language)?;
         if runtime.settings.progress {
             crate::rt::progress::claim();
         }
@@ -144,7 +145,7 @@ impl Script {
         let (requests, requests_rx) = unbounded();
         let engine_thread = crate::rt::spawn::Builder::new()
             .name("parrun-script".into())
-            .stack_size(SCRIPT_THREAD_STACK)
+            .stack_size(script_thread_stack())
             .spawn(move || engine_thread(&runtime, language, source, loaded_tx, requests_rx))
             .map_err(|e| Error::Usage(format!("cannot start the script's thread: {e}")))?;
         let engine_thread_id = engine_thread.id();

@@ -656,6 +656,7 @@ impl Runtime {
 
     fn run(&self, language: Language, script: Source) -> Result<Ended, Error> {
         self.check_functions()?;
+        self.reserve_stack(language)?;
         if self.settings.progress {
             // Before anything forks: children send their terminal lines here.
             crate::rt::progress::claim();
@@ -698,7 +699,7 @@ impl Runtime {
         let ended = std::thread::scope(|scope| {
             let main = std::thread::Builder::new()
                 .name("parrun-main".into())
-                .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
+                .stack_size(crate::rt::threads::script_thread_stack())
                 .spawn_scoped(scope, run)
                 .map_err(|e| Error::Usage(format!("cannot start the script's thread: {e}")))?;
             main.join()
@@ -711,6 +712,25 @@ impl Runtime {
         crate::rt::progress::settle();
         trace.end();
         ended
+    }
+
+    /// Gives script threads the stack `--max-call-depth` needs (Rhai's calls nest on the OS
+    /// thread's stack, and running out of it is a crash, not an error); a depth no stack
+    /// parrun gives holds is refused for Rhai. (Lua keeps its frames on the heap.)
+    pub(crate) fn reserve_stack(&self, language: Language) -> Result<(), Error> {
+        use crate::rt::threads::{MAX_SCRIPT_THREAD_STACK, STACK_PER_CALL_LEVEL};
+        let Some(depth) = self.settings.max_call_depth else {
+            return Ok(());
+        };
+        let most = MAX_SCRIPT_THREAD_STACK / STACK_PER_CALL_LEVEL;
+        if language == Language::Rhai && depth > most {
+            return Err(Error::Usage(format!(
+                "--max-call-depth {depth} is deeper than a Rhai script thread's stack holds \
+                 (at most {most} nested calls)"
+            )));
+        }
+        crate::rt::threads::reserve_stack_for(depth);
+        Ok(())
     }
 
     /// A fresh host with this runtime's settings and the run's trace, if it is traced (also

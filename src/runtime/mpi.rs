@@ -215,7 +215,7 @@ mod with_mpi {
         let (on_thread, name_) = (hosts.clone(), name.clone());
         let spawned = std::thread::Builder::new()
             .name(name.clone())
-            .stack_size(crate::rt::threads::SCRIPT_THREAD_STACK)
+            .stack_size(crate::rt::threads::script_thread_stack())
             .spawn(move || {
                 let (hosts, name) = (on_thread, name_);
                 crate::host::enter_process(name.clone(), identity, false, 0);
