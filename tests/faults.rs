@@ -1986,3 +1986,41 @@ deep(1);
         "--max-call-depth 40000 is deeper than a Rhai script thread's stack holds",
     );
 }
+
+/// A `print` to a standard output that fails (a full disk) is an error that names the script,
+/// in Rhai as in Lua, in the main script and in a pool's task, and the run exits 1 (Rhai's
+/// print lost its lines silently and the run exited 0).
+#[test]
+fn a_print_that_fails_is_an_error_in_both_languages() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+local ok, e = pcall(pool.apply, pool, function() print("from the task") return 1 end)
+io.stderr:write("task: ", tostring(ok), " ", e, "\n")
+print("main")
+"#;
+    let rhai = r#"
+let pool = Pool(1);
+let r = "";
+try { pool.apply(|| { print("from the task"); 1 }, []); } catch (e) { r = e; }
+debug(`task: ${r}`);
+print("main");
+let after = 1;
+"#;
+    for mode in MODES {
+        for (ext, code) in common::languages(lua, rhai) {
+            let (_dir, path) = common::script("full_stdout", ext, code);
+            let out = Run::new(["--mode", mode, path.to_str().unwrap()])
+                .under(&["sh", "-c", "exec \"$0\" \"$@\" > /dev/full"])
+                .output();
+            out.assert_code(1);
+            let full = "print: No space left on device";
+            assert_eq!(
+                out.stderr.matches(full).count(),
+                2,
+                "the task's print and the script's: {}",
+                out.describe()
+            );
+            assert!(out.stderr.contains("task: "), "{}", out.describe());
+        }
+    }
+}

@@ -104,8 +104,8 @@ impl Shared {
     /// Runs `ast` (the script's top level) with `scope` on the run's Rhai VM.
     fn eval(&self, engine: &Engine, scope: &mut Scope, ast: &AST) -> RhaiResult<Dynamic> {
         match self.grain.get() {
-            None => engine.eval_ast_with_scope(scope, ast),
-            Some(_) => grain::eval(engine, scope, ast),
+            None => or_failed_print(engine.eval_ast_with_scope(scope, ast)),
+            Some(_) => or_failed_print(grain::eval(engine, scope, ast)),
         }
     }
 }
@@ -435,20 +435,21 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
         engine.set_max_array_size(bytes / 16);
         engine.set_max_map_size(bytes / 16);
     }
+    // A print that fails is an error at the script's next operation or the call's end, as
+    // Lua's `print` raises one (Rhai's `print` cannot raise): a full disk lost the output
+    // silently, and the run exited 0.
+    let gil = host.gil.clone();
     match host.output().stdout.clone() {
-        None => engine.on_print(|s| {
-            // A closed stdout cannot be reported from here; the script goes on as rhai-run does.
-            let _ = output::write_line(s.as_bytes());
+        None => engine.on_print(move |s| {
+            if let Err(e) = output::write_line(s.as_bytes()) {
+                print_failed(&gil, e);
+            }
         }),
-        Some(sink) => {
-            // Nor can a failed writer (Rhai's `print` cannot raise): standard error is told.
-            let out = host.output().clone();
-            engine.on_print(move |s| {
-                if let Err(e) = sink.write_line(output::Stream::Stdout, s.as_bytes()) {
-                    out.report(&format!("print: {e}"));
-                }
-            })
-        }
+        Some(sink) => engine.on_print(move |s| {
+            if let Err(e) = sink.write_line(output::Stream::Stdout, s.as_bytes()) {
+                print_failed(&gil, e);
+            }
+        }),
     };
     let out = host.output().clone();
     engine.on_debug(move |s, source, pos| {
@@ -525,10 +526,39 @@ fn progress(gil: &crate::rt::gil::Gil, tracked: bool) -> Option<Dynamic> {
     None
 }
 
+thread_local! {
+    /// The error of a `print` this thread made that failed, until the script is stopped with it.
+    static FAILED_PRINT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Keeps a failed print's error for this thread and asks it to stop at its next operation (as
+/// another thread's request for the GIL does, which is where `on_progress` looks).
+fn print_failed(gil: &crate::rt::gil::Gil, error: std::io::Error) {
+    FAILED_PRINT.with(|f| *f.borrow_mut() = Some(format!("print: {error}")));
+    gil.interrupt();
+}
+
+fn take_failed_print() -> Option<String> {
+    FAILED_PRINT.with(|f| f.borrow_mut().take())
+}
+
+/// `result`, unless a print failed during the call that gave it and no operation came after
+/// to stop there: then that print's error.
+pub(crate) fn or_failed_print<T>(result: RhaiResult<T>) -> RhaiResult<T> {
+    match take_failed_print() {
+        Some(error) if result.is_ok() => {
+            Err(EvalAltResult::ErrorTerminated(error.into(), Position::NONE).into())
+        }
+        _ => result,
+    }
+}
+
 /// What `on_progress` returns when this thread is to stop now (a cancelled task, an overdue
-/// Ctrl-C), called when another thread asked for the GIL (which is how a stop is asked for).
+/// Ctrl-C, a print that failed), called when another thread asked for the GIL (which is how a
+/// stop is asked for).
 fn stop_now(tracked: bool) -> Option<Option<Dynamic>> {
-    if let Some(reason) = crate::rt::cancel::requested() {
+    let reason = crate::rt::cancel::requested().or_else(take_failed_print);
+    if let Some(reason) = reason {
         // Tracked, the next step stops it, where it knows the place.
         if tracked && stops::stop_at_next_step(stops::Stop::Cancel(reason.clone())) {
             return Some(None);

@@ -400,7 +400,9 @@ impl BoundFn {
             Position::NONE,
         );
         let Some(grain) = self.shared.grain.get() else {
-            return Ok(body(&mut |args| self.f.call_raw(&ctx, None, args)));
+            return Ok(body(&mut |args| {
+                or_failed_print(self.f.call_raw(&ctx, None, args))
+            }));
         };
         let mut vm = grain::vm(&engine, global.clone());
         // Whether grain has the function for the last number of arguments (a chunk's calls
@@ -415,11 +417,11 @@ impl BoundFn {
                     has
                 }
             };
-            if has {
+            or_failed_print(if has {
                 grain.call(&mut vm, &self.f, args)
             } else {
                 self.f.call_raw(&ctx, None, args)
-            }
+            })
         }))
     }
 }
