@@ -13,9 +13,9 @@
 //! - A second SIGINT within [`SECOND_CHANCE`] of the first (and not within [`SAME_CTRL_C`] of
 //!   it: the same Ctrl-C sent twice), a script that has not taken the
 //!   interrupt by then or is still shutting down, a SIGINT with no script code running, and
-//!   SIGTERM stop the process at once: one line on stderr (`parrun: stopped by SIGINT`), every
-//!   child terminated and reaped (`crate::rt::exit::end_process`), status 128 + the signal (130,
-//!   143).
+//!   SIGTERM (and SIGHUP, unless parrun was started to ignore it, as by `nohup`) stop the
+//!   process at once: one line on stderr (`parrun: stopped by SIGINT`), every child terminated
+//!   and reaped (`crate::rt::exit::end_process`), status 128 + the signal (130, 143, 129).
 //!
 //! It also makes `print` on a closed standard output end the run quietly, as the stock `lua`
 //! does (see `crate::rt::output`).
@@ -54,15 +54,51 @@ const REPEAT: Duration = Duration::from_millis(20);
 /// Whether [`install`] was called in this process (or in the parent it was forked from).
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
+/// Whether SIGHUP stops the run as SIGTERM does: unless it was ignored when parrun started
+/// (`nohup`), which it then stays, for parrun and its children.
+static HANGUP: AtomicBool = AtomicBool::new(false);
+
+/// The signals that stop the run at once, as SIGTERM does.
+fn stopping() -> Vec<Signal> {
+    let mut signals = vec![Signal::SIGINT, Signal::SIGTERM];
+    if HANGUP.load(Ordering::Relaxed) {
+        signals.push(Signal::SIGHUP);
+    }
+    signals
+}
+
 fn handled() -> SigSet {
     let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
+    for signal in stopping() {
+        set.add(signal);
+    }
     set
+}
+
+/// Whether `signal` is ignored (left so by this look).
+fn ignored(signal: Signal) -> bool {
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: reading the action by setting the default one, then putting the old one back.
+    unsafe {
+        match nix::sys::signal::sigaction(signal, &default) {
+            Ok(old) if old.handler() == SigHandler::SigIgn => {
+                let _ = nix::sys::signal::sigaction(signal, &old);
+                true
+            }
+            Ok(old) => {
+                let _ = nix::sys::signal::sigaction(signal, &old);
+                false
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// Installs the handling. Call first thing in `main`, before any other thread exists.
 pub fn install() -> std::io::Result<()> {
+    // A blocked signal is never discarded, even an ignored one: SIGHUP is waited for only if
+    // parrun was not started to ignore it.
+    HANGUP.store(!ignored(Signal::SIGHUP), Ordering::Relaxed);
     let set = handled();
     set.thread_block().map_err(std::io::Error::from)?;
     INSTALLED.store(true, Ordering::Release);
@@ -127,7 +163,7 @@ fn watch(set: &SigSet) {
                 }
             },
             Some(Signal::SIGINT) if first.is_some_and(|t| t.elapsed() < SAME_CTRL_C) => {}
-            Some(signal @ (Signal::SIGINT | Signal::SIGTERM)) => stop(signal),
+            Some(signal @ (Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP)) => stop(signal),
             _ => {}
         }
         let Some(since) = first else { continue };
@@ -231,7 +267,7 @@ pub(crate) fn reset_in_child() {
     // The thread that acts on a closed standard output is the parent's; a child's `print`
     // reports it up its parent link instead (see `crate::rt::output`).
     STDOUT_GONE.store(-1, Ordering::Relaxed);
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+    for signal in stopping() {
         // SAFETY: restoring a signal's default action.
         unsafe {
             let _ = nix::sys::signal::signal(signal, SigHandler::SigDfl);
@@ -294,6 +330,9 @@ pub(crate) fn guard_children() {
     // SAFETY: `relay` only calls async-signal-safe functions.
     unsafe {
         let _ = nix::sys::signal::sigaction(Signal::SIGTERM, &action);
+        if HANGUP.load(Ordering::Relaxed) {
+            let _ = nix::sys::signal::sigaction(Signal::SIGHUP, &action);
+        }
         if let Ok(old) = nix::sys::signal::sigaction(Signal::SIGINT, &action) {
             if old.handler() == SigHandler::SigIgn {
                 let _ = nix::sys::signal::sigaction(Signal::SIGINT, &old);
