@@ -861,3 +861,53 @@ pool:close() pool:join()
         );
     }
 }
+
+/// `close` is per process, as `multiprocessing.Queue.close` is: a later `get` or `put` in the
+/// process that closed its handle is a ValueError (a `get` waited out its timeout), while a
+/// child's `put` still goes in, in every mode (on a thread, a Process's put was refused).
+#[test]
+fn a_closed_queue_refuses_this_process_only() {
+    both_in_modes(
+        &MODES,
+        "queue_close",
+        r#"
+local q = parrun.Queue()
+local p = parrun.Process(function(q) parrun.sleep(0.2) q:put("from child") end, {q})
+p:start()
+q:close()
+p:join()
+print(p.exitcode, q:qsize())
+print(pcall(q.get, q, 0.1))
+print(pcall(q.put, q, 1))
+"#,
+        r#"
+let q = Queue();
+let p = Process(|q| { sleep(0.2); q.put("from child"); }, [q]);
+p.start();
+q.close();
+p.join();
+print(`${p.exitcode}	${q.qsize()}`);
+try { q.get(0.1); } catch (e) { print(`false	${e}`); }
+try { q.put(1); } catch (e) { print(`false	${e}`); }
+"#,
+        |mode, out| {
+            out.assert_success();
+            let closed = "the queue is closed (ValueError: Queue is closed)";
+            let lines = out.stdout_lines();
+            assert_eq!(lines.len(), 3, "{mode}: {}", out.describe());
+            assert_eq!(lines[0], "0\t1", "{mode}: {}", out.describe());
+            assert!(
+                lines[1].starts_with("false\t")
+                    && lines[1].contains("Queue.get: ")
+                    && lines[1].ends_with(closed),
+                "{mode}: {}",
+                out.describe()
+            );
+            assert!(
+                lines[2].starts_with("false\t") && lines[2].ends_with(closed),
+                "{mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}

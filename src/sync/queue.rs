@@ -21,9 +21,12 @@ pub struct Queue {
 
 struct QueueInner {
     home: Home,
-    /// Set by `close`. Each process has its own copy of this struct, so closing is per process,
-    /// as `multiprocessing.Queue.close` is.
-    closed: std::sync::atomic::AtomicBool,
+    /// The processes that closed their handle, by identity (empty: the script's own), as
+    /// `multiprocessing.Queue.close` is per process: a forked child has its own copy of this
+    /// struct, but a process on a thread (`gil`, `isolated`) shares its maker's.
+    closed_by: Mutex<Vec<String>>,
+    /// Whether `closed_by` has any: a `put` looks at nothing more until a handle is closed.
+    any_closed: std::sync::atomic::AtomicBool,
     /// At most this many values (0: no limit), as Python's `Queue(maxsize)`.
     maxsize: usize,
     items: Mutex<VecDeque<Value>>,
@@ -36,6 +39,11 @@ struct QueueInner {
     unfinished: Mutex<u64>,
     /// Notified when `unfinished` drops to 0.
     all_done: Signal,
+}
+
+/// The identity of the process the calling thread runs in (empty: the script's own).
+fn this_process() -> String {
+    crate::host::current_process().map_or_else(String::new, |p| p.identity.clone())
 }
 
 /// Why a `get` returned no value.
@@ -84,7 +92,8 @@ impl Queue {
     pub fn bounded(maxsize: usize) -> Self {
         let inner = link::register_object(|id| QueueInner {
             home: Home::here(id),
-            closed: Default::default(),
+            closed_by: Mutex::default(),
+            any_closed: Default::default(),
             maxsize,
             items: Mutex::new(VecDeque::new()),
             ready: Signal::new(),
@@ -102,7 +111,8 @@ impl Queue {
         Queue {
             inner: Arc::new(QueueInner {
                 home: Home::elsewhere(id),
-                closed: Default::default(),
+                closed_by: Mutex::default(),
+                any_closed: Default::default(),
                 maxsize,
                 items: Mutex::new(VecDeque::new()),
                 ready: Signal::new(),
@@ -133,21 +143,52 @@ impl Queue {
         self.inner.items.lock().recover()
     }
 
-    /// No more values will be put on this queue by this process; a later `put` is an error.
+    /// No more values will be put on this queue by this process; a later `put` or `get` is an
+    /// error.
     pub fn close(&self) {
+        let mut closed_by = self.inner.closed_by.lock().recover();
+        let here = this_process();
+        if !closed_by.contains(&here) {
+            closed_by.push(here);
+        }
         self.inner
-            .closed
+            .any_closed
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether this process closed its handle.
+    fn closed_here(&self) -> bool {
+        self.inner
+            .any_closed
+            .load(std::sync::atomic::Ordering::Acquire)
+            && self
+                .inner
+                .closed_by
+                .lock()
+                .recover()
+                .contains(&this_process())
     }
 
     /// Adds a value at the back. An unbounded queue never waits; a full bounded one waits for
     /// room at most `timeout` (for ever if `None`), then fails with `Full`.
     pub fn put_wait(&self, value: Value, timeout: Option<Duration>) -> Result<(), QueueError> {
-        if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+        self.refuse_if_closed()?;
+        self.put_here(value, timeout)
+    }
+
+    /// A `put` or `get` on a handle this process closed is an error, as Python's.
+    fn refuse_if_closed(&self) -> Result<(), QueueError> {
+        if self.closed_here() {
             return Err(QueueError::Remote(
                 "the queue is closed (ValueError: Queue is closed)".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// [`Queue::put_wait`] whether or not this process closed its handle: for a child's `put`,
+    /// which its own handle allowed.
+    fn put_here(&self, value: Value, timeout: Option<Duration>) -> Result<(), QueueError> {
         if !self.is_local() {
             // An unbounded queue's put is posted (it cannot fail for want of room); a bounded
             // one's waits for the owner's answer.
@@ -196,8 +237,7 @@ impl Queue {
 
     /// Puts `value` on this process's own open queue if it has room now; else gives it back.
     pub fn offer(&self, value: Value) -> Option<Value> {
-        let closed = self.inner.closed.load(std::sync::atomic::Ordering::Acquire);
-        if closed || !self.is_local() {
+        if !self.is_local() || self.closed_here() {
             return Some(value);
         }
         let mut items = self.items();
@@ -225,8 +265,15 @@ impl Queue {
         }
     }
 
-    /// Takes the value at the front, waiting for one; `None` waits for ever.
+    /// Takes the value at the front, waiting for one; `None` waits for ever. An error once this
+    /// process has closed its handle, as Python's.
     pub fn get(&self, timeout: Option<Duration>) -> Result<Value, QueueError> {
+        self.refuse_if_closed()?;
+        self.get_here(timeout)
+    }
+
+    /// [`Queue::get`] whether or not this process closed its handle: for a child's `get`.
+    fn get_here(&self, timeout: Option<Duration>) -> Result<Value, QueueError> {
         if !self.is_local() {
             return link::remote_call(self.inner.home.id, Op::Get(timeout)).map_err(|e| match e {
                 RemoteError::Empty(waited) => QueueError::Empty(waited),
@@ -341,10 +388,10 @@ impl RemoteObject for QueueInner {
             Op::Put(v) => {
                 // Posted by a handle on an unbounded queue: nothing to wait for (the link's
                 // thread must never block).
-                let done = q.put_wait(v, Some(Duration::ZERO));
+                let done = q.put_here(v, Some(Duration::ZERO));
                 caller.answer(done.map(|()| Value::Nil).map_err(remote_error));
             }
-            Op::PutWait(v, timeout) => match q.put_wait(v.clone(), Some(Duration::ZERO)) {
+            Op::PutWait(v, timeout) => match q.put_here(v.clone(), Some(Duration::ZERO)) {
                 Err(QueueError::Full(_)) if timeout != Some(Duration::ZERO) => {
                     caller.answer_later(move |caller| {
                         // The value goes in only while the child is there: one killed while
@@ -376,7 +423,7 @@ impl RemoteObject for QueueInner {
                 );
             }
             Op::Get(timeout) => {
-                if let Ok(v) = q.get(Some(Duration::ZERO)) {
+                if let Ok(v) = q.get_here(Some(Duration::ZERO)) {
                     if !caller.answer(Ok(v.clone())) {
                         q.unget(v);
                     }
