@@ -401,7 +401,7 @@ print(seen.reduce(|acc, n| if acc == () { n } else { `${acc} ${n}` }));
         assert_eq!(*next, "Process-4", "{mode}: {}", out.describe());
         assert_eq!(
             *threads,
-            "MainProcess/Thread-1 (worker)",
+            "MainProcess/Thread-4 (worker)",
             "{mode}: {}",
             out.describe()
         );
@@ -2020,4 +2020,36 @@ print(io.stderr:write("x", 1, "\n") == io.stderr)
         .collect();
     assert_eq!(cut, [&"x1"], "{} lines", lines.len());
     assert_eq!(lines.len(), 6001);
+}
+
+/// A pool takes three thread numbers after its workers, as Python's does for its handler
+/// threads (a `Thread` made after `Pool(2)` is `Thread-4`), and its callbacks run on the last,
+/// `Thread-3 (_handle_results)`, which is not the main thread (it said `MainThread`).
+#[test]
+fn a_pool_s_callbacks_run_on_its_result_handler_thread() {
+    let lua = r#"
+local p = parrun.Pool(2)
+print(parrun.Thread(function() end).name)
+local r = p:apply_async(function() return 1 end, {}, function(x)
+  print("cb", parrun.current_thread().name, parrun.current_thread() == parrun.main_thread())
+end)
+r:wait() p:close() p:join()
+"#;
+    let rhai = r#"
+let p = Pool(2);
+print(Thread(|| ()).name);
+let r = p.apply_async(|| 1, [], |x| {
+  print(`cb	${current_thread().name}	${current_thread() == main_thread()}`);
+});
+r.wait(); p.close(); p.join();
+"#;
+    each_mode("handler_thread", &[], lua, rhai, |mode, out| {
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["Thread-4", "cb\tThread-3 (_handle_results)\tfalse"],
+            "{mode}: {}",
+            out.describe()
+        );
+    });
 }

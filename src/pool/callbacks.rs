@@ -28,6 +28,9 @@ pub(super) struct Finisher {
     live: Arc<LiveJobs>,
     /// What callbacks run under (its GIL).
     host: Arc<Host>,
+    /// The callback thread's name (Python's `Thread-3 (_handle_results)`) and the process it
+    /// is a thread of, for `current_thread()` and `current_process()` in a callback.
+    identity: (String, Option<Arc<crate::host::ProcessIdentity>>),
     /// The callback thread, started by the first job that has a callback: most pools' jobs
     /// have none, and a thread started with every pool would be a tenth of a small pool's
     /// start.
@@ -50,11 +53,17 @@ pub(super) enum CallbackThread {
 }
 
 impl Finisher {
-    /// A finisher whose callbacks run under `host`'s GIL.
-    pub(super) fn new(host: &Arc<Host>) -> Finisher {
+    /// A finisher whose callbacks run under `host`'s GIL, on a thread named `name` of the
+    /// process `process` (none: the script's).
+    pub(super) fn new(
+        host: &Arc<Host>,
+        name: String,
+        process: Option<Arc<crate::host::ProcessIdentity>>,
+    ) -> Finisher {
         Finisher {
             live: Arc::new(LiveJobs::default()),
             host: host.clone(),
+            identity: (name, process),
             callbacks: Mutex::new(CallbackThread::NotStarted),
             thread: AtomicU64::new(0),
         }
@@ -116,9 +125,14 @@ impl Finisher {
     fn start_thread(&self) -> Result<CallbackThread, String> {
         let (jobs, rx) = unbounded();
         let (host, live) = (self.host.clone(), self.live.clone());
+        let (name, process) = self.identity.clone();
         let handle = crate::rt::spawn::Builder::new()
             .name("parrun-pool-callbacks".into())
-            .spawn(move || run_callbacks(host, live, rx))
+            .spawn(move || {
+                crate::host::join_process(process);
+                crate::thread::name_current(name);
+                run_callbacks(host, live, rx)
+            })
             .map_err(|e| format!("cannot start the pool's callback thread: {e}"))?;
         // Before its first job is sent: a callback asks whether it runs on this thread.
         self.thread.store(handle.id(), Ordering::Release);

@@ -371,6 +371,9 @@ pub struct Pool {
     /// taken from the maker as the pool starts: a worker started in place of another is that
     /// one again (see [`WorkerIdentity`]).
     identities: Vec<(String, String)>,
+    /// The maker's count of named threads as it started the workers: a forked worker's own
+    /// threads are numbered on from it, as a Python worker forked before its pool's threads.
+    workers_threads_from: u64,
 }
 
 /// Who a worker is to the tasks it runs (`current_process()`, `current_thread()`), as Python's
@@ -528,6 +531,15 @@ impl Pool {
         let thread_pool = config.thread_pool;
         let maker = crate::host::current_process();
         let new_pool = |backend: Box<dyn Backend>| -> Result<Arc<Pool>, String> {
+            let identities = (0..size)
+                .map(|_| new_worker_name(host, maker.as_deref(), thread_pool))
+                .collect();
+            // Python forks its workers before it starts those threads.
+            let workers_threads_from = host.threads_named_in(maker.as_deref());
+            // Python's pool starts three threads after its workers, which take thread numbers
+            // (a `Thread` made after `Pool(2)` is `Thread-4`); its callbacks run on the last.
+            let [_, _, results] = ["_handle_workers", "_handle_tasks", "_handle_results"]
+                .map(|role| format!("{} ({role})", host.next_thread_name_in(maker.as_deref())));
             Ok(Arc::new(Pool {
                 host: host.clone(),
                 config,
@@ -544,15 +556,14 @@ impl Pool {
                 }),
                 changed: Condvar::new(),
                 work: Condvar::new(),
-                finisher: Finisher::new(host),
+                finisher: Finisher::new(host, results, maker.clone()),
                 backend,
                 overseer: Mutex::new(None),
                 stats: stats::Stats::new(size),
                 traced: host.trace.as_ref().map(|t| t.next_pool()),
                 creator: crate::rt::pid::current_pid(),
-                identities: (0..size)
-                    .map(|_| new_worker_name(host, maker.as_deref(), thread_pool))
-                    .collect(),
+                identities,
+                workers_threads_from,
                 maker,
             }))
         };
@@ -891,7 +902,7 @@ impl Pool {
             false => WorkerIdentity::Process {
                 name,
                 identity,
-                threads: self.host.threads_named_in(self.maker.as_deref()),
+                threads: self.workers_threads_from,
             },
         }
     }
