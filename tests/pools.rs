@@ -2053,3 +2053,22 @@ r.wait(); p.close(); p.join();
         );
     });
 }
+
+/// A forked worker killed from outside while it runs the initializer is replaced, and its
+/// tasks go to another worker: the pool broke with "the pool's initializer failed".
+#[test]
+fn a_worker_killed_during_its_initializer_is_replaced() {
+    let lua = r#"
+local q = parrun.Queue()
+local pool = parrun.Pool(2, {initializer = function(q) q:put(parrun.getpid()) parrun.sleep(0.5) end,
+                             initargs = {q}})
+local victim = q:get()
+os.execute("kill -9 " .. victim)
+print(table.concat(pool:map(function(x) return x * 2 end, {1, 2, 3}), " "))
+print(pool:stats().replaced)
+pool:close() pool:join()
+"#;
+    let out = run_code(&["--mode", "fork"], "init_killed", "lua", lua);
+    out.assert_success();
+    assert_eq!(out.stdout_lines(), ["2 4 6", "1"], "{}", out.describe());
+}

@@ -127,6 +127,7 @@ pub(super) fn start(
         task_micros: f64::NAN,
         scratch: vec![0; READ_CHUNK].into_boxed_slice(),
         forked: 0,
+        init_kills: 0,
     };
     // All forked before the supervisor's thread starts, and no thread per worker (its link is
     // served when it first writes to it, `Link`): a fork copies every thread the parent has
@@ -238,7 +239,15 @@ struct Supervisor {
     scratch: Box<[u8]>,
     /// How many workers it has forked (replacements too): the next one's number, less one.
     forked: usize,
+    /// Workers killed from outside (SIGKILL, SIGTERM, ...) while they ran the initializer,
+    /// since one last finished it: each is replaced, up to [`INIT_KILLS_MOST`] in a row.
+    init_kills: u32,
 }
+
+/// How many workers in a row may be killed from outside while they run the initializer before
+/// the pool breaks: a worker the OOM killer ends as its initializer allocates would be
+/// replaced for ever (as Python's pool replaces it).
+const INIT_KILLS_MOST: u32 = 8;
 
 impl Supervisor {
     /// Supervises until the pool is stopped, or closed with no work left; then shuts the
@@ -496,6 +505,7 @@ impl Supervisor {
             };
             if msg.id == 0 && msg.result.is_ok() {
                 child.initialized = true;
+                self.init_kills = 0;
                 continue;
             }
             // It took its tasks, whatever it sent.
@@ -511,7 +521,7 @@ impl Supervisor {
     }
 
     /// A worker's pipe ended: reap it, fail the task it was running, requeue the rest.
-    fn bury(&self, mut child: Child, how: &str) {
+    fn bury(&mut self, mut child: Child, how: &str) {
         let untaken = child.ended_idle
             || child.sent_while_idle.is_some_and(|sent| {
                 child
@@ -547,6 +557,26 @@ impl Supervisor {
             ),
             _ => format!("worker process {pid} {cause} while running this task"),
         };
+        let killed_from_outside = matches!(
+            status,
+            Ok(WaitStatus::Signaled(
+                _,
+                Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP,
+                _
+            ))
+        );
+        if !child.initialized && killed_from_outside && self.init_kills < INIT_KILLS_MOST {
+            // Not its initializer's doing: it is replaced, as Python's pool replaces it, and
+            // the tasks sent to it (none of which it began) go to another worker.
+            self.init_kills += 1;
+            self.trace_end(&child, &status, how, "died", None);
+            self.pool.stats.tasks(0).untaken(child.in_flight.len());
+            let mut s = self.pool.state();
+            while let Some(t) = child.in_flight.pop_back() {
+                s.pending.push_front(t);
+            }
+            return;
+        }
         if !child.initialized && !child.timed_out {
             // Its replacement would die the same way: the pool breaks, failing every job (its
             // tasks were never taken).
