@@ -254,9 +254,8 @@ impl Tasks {
         };
         for i in std::mem::take(&mut io.left) {
             let v = left.raw_get::<LuaValue>(i).map_err(error_text)?;
-            io.results[i - 1] = data_of(lua, v).map_err(|what| {
-                TaskError::at(i - 1, format!("cannot send a task's result back: {what}"))
-            })?;
+            io.results[i - 1] = data_of(lua, v)
+                .map_err(|what| TaskError::at(i - 1, unsendable_result(f, &what)))?;
         }
         Ok(io.results)
     }
@@ -286,10 +285,21 @@ impl Tasks {
             .run(lua, f, args)
             .map_err(|e| TaskError::at(0, error_text(e)).raised(take_raised()))?;
         let result = out.into_iter().next().unwrap_or(LuaValue::Nil);
-        let result = data_of(lua, result).map_err(|what| {
-            TaskError::at(0, format!("cannot send a task's result back: {what}"))
-        })?;
+        let result =
+            data_of(lua, result).map_err(|what| TaskError::at(0, unsendable_result(f, &what)))?;
         Ok(vec![result])
+    }
+}
+
+/// Why a task's result (`what` it is) cannot travel back, with the place of the function that
+/// returned it: the message named neither.
+fn unsendable_result(f: &Function, what: &str) -> String {
+    let info = f.info();
+    match (info.short_src, info.line_defined) {
+        (Some(src), Some(line)) if line > 0 => format!(
+            "cannot send a task's result back: {what} (returned by the function at {src}:{line})"
+        ),
+        _ => format!("cannot send a task's result back: {what}"),
     }
 }
 

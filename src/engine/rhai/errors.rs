@@ -53,7 +53,19 @@ pub(super) fn call_error(shared: &Shared, f: &FnPtr, args: usize, err: EvalAltRe
     if let Some(text) = arity_error(shared, f, args, &err) {
         return text;
     }
-    let def = shared.ast.get().and_then(|ast| {
+    let def = definition(shared, f, args);
+    let name = function_name(f);
+    error_text(
+        &shared.host.settings,
+        &shared.script_name,
+        err,
+        Some((name, def.unwrap_or(Position::NONE))),
+    )
+}
+
+/// Where the script defines `f` for a call with `args` arguments (its body's start).
+fn definition(shared: &Shared, f: &FnPtr, args: usize) -> Option<Position> {
+    shared.ast.get().and_then(|ast| {
         let arity = f.curry().len() + args;
         let mut defs = ast
             .iter_fn_def()
@@ -63,18 +75,29 @@ pub(super) fn call_error(shared: &Shared, f: &FnPtr, args: usize, err: EvalAltRe
         defs.find(|d| d.params.len() == arity)
             .or(first)
             .map(|d| d.body.start_position())
-    });
-    let name = if f.is_anonymous() {
+    })
+}
+
+fn function_name(f: &FnPtr) -> String {
+    if f.is_anonymous() {
         "an anonymous function".to_owned()
     } else {
         format!("function {}", f.fn_name())
-    };
-    error_text(
-        &shared.host.settings,
-        &shared.script_name,
-        err,
-        Some((name, def.unwrap_or(Position::NONE))),
-    )
+    }
+}
+
+/// `f` and where it starts, for a message about its call with `args` arguments: `function f
+/// at main.rhai:3:10` (without the place if the script does not define it).
+pub(super) fn function_place(shared: &Shared, f: &FnPtr, args: usize) -> String {
+    match definition(shared, f, args) {
+        Some(pos) if !pos.is_none() => format!(
+            "{} at {}:{}",
+            function_name(f),
+            shared.script_name,
+            position_text(pos)
+        ),
+        _ => function_name(f),
+    }
 }
 
 /// Rhai says "Function not found: add (i64)" of a script function called from Rust (a pool

@@ -439,7 +439,10 @@ impl TaskFn for BoundFn {
                     TaskError::from(call_error(&self.shared, &self.f, count, *e)).raised(thrown)
                 })?;
                 data_of(&self.shared, &result).map_err(|what| {
-                    TaskError::from(format!("cannot send a task's result back: {what}"))
+                    let f = function_place(&self.shared, &self.f, count);
+                    TaskError::from(format!(
+                        "cannot send a task's result back: {what} (returned by {f})"
+                    ))
                 })
             };
             match calls {
