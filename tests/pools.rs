@@ -2072,3 +2072,26 @@ pool:close() pool:join()
     out.assert_success();
     assert_eq!(out.stdout_lines(), ["2 4 6", "1"], "{}", out.describe());
 }
+
+/// Closures that share a local share it in the worker too, as in the script: a task whose
+/// helper bumps the task's counter sees the bumps (its copy and the helper's were apart, and a
+/// task returned 0 where stock Lua gives 2), in every mode.
+#[test]
+fn closures_sharing_a_local_share_it_in_the_worker() {
+    let lua = r#"
+local count = 0
+local function bump() count = count + 1 end
+local function task() bump(); bump(); return count end
+local function make_pair() local n = 0 return function(k) n = n + k end, function() return n end end
+local add, get = make_pair()
+local function task2(k) add(k) add(k) return get() end
+local pool = parrun.Pool(1)
+print(pool:apply(task, {}), pool:apply(task2, {3}))
+pool:close() pool:join()
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "shared_local", "lua", lua);
+        out.assert_success();
+        assert_eq!(out.stdout_lines(), ["2\t6"], "{mode}: {}", out.describe());
+    }
+}

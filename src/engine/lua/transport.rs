@@ -66,6 +66,13 @@ enum Upvalue {
         digest: u64,
         value: Value,
     },
+    /// The same variable as upvalue `index` (from 1) of function `function` of this encoding:
+    /// two closures that share a local (a task and the helper that updates its counter) share
+    /// it in the worker too.
+    Joined {
+        function: u32,
+        index: u32,
+    },
 }
 
 /// Keeps the debug functions the transport needs, before a sandbox can remove them.
@@ -100,6 +107,9 @@ struct Encoder<'a> {
     lua: &'a Lua,
     globals: Table,
     getupvalue: Function,
+    upvalueid: Function,
+    /// Each upvalue met, by its variable's identity: where it was first met (function, number).
+    variables: HashMap<usize, (u32, u32)>,
     defs: Vec<FunctionDef>,
     index: HashMap<usize, u32>,
     checks: Vec<Check>,
@@ -120,6 +130,10 @@ pub(super) fn encode(
         getupvalue: lua
             .named_registry_value("parrun.getupvalue")
             .map_err(error_text)?,
+        upvalueid: lua
+            .named_registry_value("parrun.upvalueid")
+            .map_err(error_text)?,
+        variables: HashMap::new(),
         defs: Vec::new(),
         index: HashMap::new(),
         checks: Vec::new(),
@@ -207,7 +221,20 @@ impl Encoder<'_> {
             let (name, value): (Option<String>, LuaValue) =
                 self.getupvalue.call((f, n)).map_err(error_text)?;
             let Some(name) = name else { break };
-            upvalues.push(self.upvalue(&name, value)?);
+            let variable = match self.upvalueid.call::<LuaValue>((f, n)) {
+                Ok(id) => id.to_pointer() as usize,
+                Err(_) => 0,
+            };
+            let env = matches!(&value, LuaValue::Table(t) if t == &self.globals);
+            // (Checked as any other, so that `unchanged` meets the same upvalues.)
+            let up = self.upvalue(&name, value)?;
+            let first = (variable != 0 && !env)
+                .then(|| *self.variables.entry(variable).or_insert((i, n)))
+                .filter(|&first| first != (i, n));
+            upvalues.push(match first {
+                Some((function, index)) => Upvalue::Joined { function, index },
+                None => up,
+            });
         }
         self.defs[i as usize].upvalues = upvalues;
         Ok(i)
@@ -356,9 +383,17 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
                 .map_err(error_text)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mut joined = Vec::new();
     for (def, f) in defs.iter().zip(&functions) {
         for (n, up) in def.upvalues.iter().enumerate() {
             let value = match up {
+                &Upvalue::Joined { function, index } => {
+                    let first = functions
+                        .get(function as usize)
+                        .ok_or("bad function encoding: joined upvalue")?;
+                    joined.push((f, n + 1, first, index));
+                    continue;
+                }
                 Upvalue::Env => LuaValue::Table(globals.clone()),
                 Upvalue::Data(v) => from_value(lua, v).map_err(error_text)?,
                 Upvalue::Function(i) => LuaValue::Function(
@@ -383,6 +418,16 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
             };
             setupvalue
                 .call::<()>((f, n + 1, value))
+                .map_err(error_text)?;
+        }
+    }
+    if !joined.is_empty() {
+        let upvaluejoin: Function = lua
+            .named_registry_value("parrun.upvaluejoin")
+            .map_err(error_text)?;
+        for (f, n, first, index) in joined {
+            upvaluejoin
+                .call::<()>((f, n, first, index))
                 .map_err(error_text)?;
         }
     }
