@@ -58,20 +58,10 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// (`nohup`), which it then stays, for parrun and its children.
 static HANGUP: AtomicBool = AtomicBool::new(false);
 
-/// The signals that stop the run at once, as SIGTERM does.
-fn stopping() -> Vec<Signal> {
-    let mut signals = vec![Signal::SIGINT, Signal::SIGTERM];
-    if HANGUP.load(Ordering::Relaxed) {
-        signals.push(Signal::SIGHUP);
-    }
-    signals
-}
-
 fn handled() -> SigSet {
     let mut set = SigSet::empty();
-    for signal in stopping() {
-        set.add(signal);
-    }
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
     set
 }
 
@@ -96,12 +86,13 @@ fn ignored(signal: Signal) -> bool {
 
 /// Installs the handling. Call first thing in `main`, before any other thread exists.
 pub fn install() -> std::io::Result<()> {
-    // A blocked signal is never discarded, even an ignored one: SIGHUP is waited for only if
-    // parrun was not started to ignore it.
-    HANGUP.store(!ignored(Signal::SIGHUP), Ordering::Relaxed);
     let set = handled();
     set.thread_block().map_err(std::io::Error::from)?;
     INSTALLED.store(true, Ordering::Release);
+    // (Its thread, started after the block, has SIGINT and SIGTERM blocked as every other.)
+    if !ignored(Signal::SIGHUP) {
+        stop_on_hangup()?;
+    }
     crate::rt::output::end_on_closed_stdout();
     end_on_sigpipe()?;
     // SAFETY: registering a plain function with the C library.
@@ -110,6 +101,56 @@ pub fn install() -> std::io::Result<()> {
         .name("parrun-signals".into())
         .spawn(move || watch(&set))?;
     Ok(())
+}
+
+/// SIGHUP (the terminal closed) stops the run as SIGTERM does. Not blocked and waited for as
+/// SIGINT and SIGTERM are: a blocked signal is also blocked in the programs `os.execute` and
+/// `io.popen` start, and a shell told `kill -s HUP $$` lived on. A handler, which a program
+/// started loses at its `exec`, writes the signal to a pipe a thread of its own reads.
+fn stop_on_hangup() -> std::io::Result<()> {
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        &write_end,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    fork::register_fd(read_end.as_raw_fd());
+    fork::register_fd(write_end.as_raw_fd());
+    let mut reader = std::fs::File::from(read_end);
+    crate::rt::spawn::Builder::new()
+        .name("parrun-hangup".into())
+        .spawn(move || {
+            let mut byte = [0u8; 1];
+            if std::io::Read::read(&mut reader, &mut byte).is_ok_and(|n| n == 1) {
+                stop(Signal::SIGHUP);
+            }
+        })?;
+    HANGUP_WAKE.store(write_end.into_raw_fd(), Ordering::Release);
+    HANGUP.store(true, Ordering::Release);
+    let action = SigAction::new(
+        SigHandler::Handler(hangup_relay),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: `hangup_relay` only calls async-signal-safe functions.
+    unsafe { nix::sys::signal::sigaction(Signal::SIGHUP, &action) }?;
+    Ok(())
+}
+
+/// The write end of the pipe [`hangup_relay`] writes to.
+static HANGUP_WAKE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn hangup_relay(signal: nix::libc::c_int) {
+    let saved = nix::errno::Errno::last_raw();
+    let byte = signal as u8;
+    // SAFETY: write(2) is async-signal-safe; the byte outlives the call.
+    unsafe {
+        nix::libc::write(
+            HANGUP_WAKE.load(Ordering::Relaxed),
+            (&byte as *const u8).cast(),
+            1,
+        )
+    };
+    nix::errno::Errno::set_raw(saved);
 }
 
 /// While another thread ends the process at once (its children being reaped), a thread that
@@ -163,7 +204,7 @@ fn watch(set: &SigSet) {
                 }
             },
             Some(Signal::SIGINT) if first.is_some_and(|t| t.elapsed() < SAME_CTRL_C) => {}
-            Some(signal @ (Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP)) => stop(signal),
+            Some(signal @ (Signal::SIGINT | Signal::SIGTERM)) => stop(signal),
             _ => {}
         }
         let Some(since) = first else { continue };
@@ -267,7 +308,8 @@ pub(crate) fn reset_in_child() {
     // The thread that acts on a closed standard output is the parent's; a child's `print`
     // reports it up its parent link instead (see `crate::rt::output`).
     STDOUT_GONE.store(-1, Ordering::Relaxed);
-    for signal in stopping() {
+    let hangup = HANGUP.load(Ordering::Relaxed).then_some(Signal::SIGHUP);
+    for signal in [Signal::SIGINT, Signal::SIGTERM].into_iter().chain(hangup) {
         // SAFETY: restoring a signal's default action.
         unsafe {
             let _ = nix::sys::signal::signal(signal, SigHandler::SigDfl);
