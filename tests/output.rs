@@ -197,7 +197,10 @@ local p = parrun.Process(try) p:start() p:join()
     let rhai = r#"
 print("boom");
 print("after");
+"#;
+    let rhai_process = r#"
 let p = Process(|| { print("boom"); print("child after"); }); p.start(); p.join();
+print("parent after");
 "#;
     within_a_minute(move || {
         for mode in MODES {
@@ -216,14 +219,34 @@ let p = Process(|| { print("boom"); print("child after"); }); p.start(); p.join(
                 assert_eq!(out.lines(), [caught, caught], "{mode:?}");
             }
 
+            // Rhai's print cannot raise: the failure stops the script at its next operation.
+            let (out, err) = (Writes::default(), Writes::default());
+            let failed = Runtime::new()
+                .mode(mode)
+                .stdout(out.clone())
+                .stderr(err.clone())
+                .run_source(Language::Rhai, "panics.rhai", rhai)
+                .expect_err("a failed print stops the script");
+            assert!(
+                failed
+                    .to_string()
+                    .contains("print: the output writer panicked: the writer blew up"),
+                "{mode:?}: {failed}"
+            );
+            assert!(out.lines().is_empty(), "{mode:?}: {:?}", out.lines());
             let (out, err) = (Writes::default(), Writes::default());
             Runtime::new()
                 .mode(mode)
                 .stdout(out.clone())
                 .stderr(err.clone())
-                .run_source(Language::Rhai, "panics.rhai", rhai)
+                .run_source(Language::Rhai, "panics.rhai", rhai_process)
                 .unwrap();
-            assert_eq!(out.lines(), ["after", "child after"], "{mode:?}");
+            if mode == Mode::Fork {
+                // As in Lua: the child sent its line and goes on.
+                assert_eq!(out.lines(), ["child after", "parent after"], "{mode:?}");
+            } else {
+                assert_eq!(out.lines(), ["parent after"], "{mode:?}");
+            }
             assert!(
                 err.text()
                     .contains("the output writer panicked: the writer blew up"),
