@@ -815,7 +815,9 @@ fn serve_loop(stream: UnixStream, output: output::Output, trace: Option<Arc<Trac
     };
     let reply: Arc<dyn ReplyTo> = Arc::new(Mutex::new(writer));
     let life = Arc::new(LinkLife::default());
-    let mut reader = stream;
+    // Buffered: a frame's header and body, and the frames a child sent together (its puts, its
+    // lines), come in one read.
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, stream);
     let mut buf = Vec::new();
     while let Ok(request) = codec::read_frame::<Request>(&mut reader, &mut buf) {
         serve_request(request, &reply, &life, &output, trace.as_deref());
