@@ -2095,3 +2095,51 @@ pool:close() pool:join()
         assert_eq!(out.stdout_lines(), ["2\t6"], "{mode}: {}", out.describe());
     }
 }
+
+/// The globals table's own metatable reaches the workers in every mode: defaults through
+/// `__index`, a strict mode that refuses undefined globals (an isolated worker had none).
+#[test]
+fn the_globals_metatable_reaches_the_workers() {
+    let lua = r#"
+DEFAULTS = {answer = 42}
+setmetatable(_G, {__index = DEFAULTS})
+local pool = parrun.Pool(1)
+print(pool:apply(function() return tostring(getmetatable(_G) ~= nil) .. " " .. tostring(answer) end, {}))
+pool:close() pool:join()
+setmetatable(_G, {__index = function(_, k) error("undefined global " .. k, 2) end})
+local strict = parrun.Pool(1)
+print(strict:apply(function(x) return x + 1 end, {1}))
+print(pcall(strict.apply, strict, function() return UNDEFINED_X end, {}))
+strict:close() strict:join()
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "globals_meta", "lua", lua);
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert_eq!(lines[..2], ["true 42", "2"], "{mode}: {}", out.describe());
+        assert!(
+            lines[2].starts_with("false\tPool.apply: ")
+                && lines[2].contains("undefined global UNDEFINED_X"),
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}
+
+/// `map(f, io.lines(path))` maps the file's lines: the generic `for`'s nil state and the file
+/// to close that `io.lines` returns after its iterator were too many arguments.
+#[test]
+fn a_lua_map_takes_io_lines() {
+    let lua = r#"
+local path = os.tmpname()
+local f = io.open(path, "w") f:write("a\nbb\nccc\n") f:close()
+local pool = parrun.Pool(2)
+print(table.concat(pool:map(function(l) return #l end, io.lines(path)), " "))
+pool:close() pool:join() os.remove(path)
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "map_lines", "lua", lua);
+        out.assert_success();
+        assert_eq!(out.stdout_lines(), ["1 2 3"], "{mode}: {}", out.describe());
+    }
+}

@@ -121,6 +121,8 @@ enum Node {
         /// The value's number in the source's record of its set-up (`snapshot::SetUp`), if
         /// `path` is its recorded one (not a C module's).
         recorded: Option<u32>,
+        /// The metatable the script gave the table (`setmetatable(_G, ...)`), if it has one.
+        meta: Option<Ref>,
     },
     Table {
         entries: Entries,
@@ -396,6 +398,7 @@ impl<'a> Encoder<'a> {
                 path,
                 entries,
                 recorded,
+                meta: None,
             };
             let i = self.node(identity, node);
             if is_table {
@@ -438,7 +441,14 @@ impl<'a> Encoder<'a> {
                         None => None,
                     };
                     match &mut self.nodes[i as usize] {
-                        Node::Mapped { entries: e, .. } => *e = Some(entries),
+                        Node::Mapped {
+                            entries: e,
+                            meta: m,
+                            ..
+                        } => {
+                            *e = Some(entries);
+                            *m = meta;
+                        }
                         Node::Table {
                             entries: e,
                             meta: m,
@@ -832,9 +842,12 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, set_up: Option<&
     }
     // Last, so that a metatable is whole (its `__gc`, `__mode`) when it is set.
     for (i, node) in graph.nodes.iter().enumerate() {
-        let Node::Table {
+        let (Node::Table {
             meta: Some(meta), ..
-        } = node
+        }
+        | Node::Mapped {
+            meta: Some(meta), ..
+        }) = node
         else {
             continue;
         };

@@ -271,6 +271,16 @@ unsafe extern "C-unwind" fn expand_then_call(state: *mut lua_State) -> c_int {
             c"the list is an iterator with a state (pairs(t), ipairs(t)): pass the table itself, or a closure that returns the next item".as_ptr(),
         );
     }
+    if ffi::lua_type(state, at) == ffi::LUA_TFUNCTION
+        && ffi::lua_gettop(state) >= at + 2
+        && ffi::lua_isnil(state, at + 1) != 0
+        && ffi::lua_isnil(state, at + 2) != 0
+    {
+        // `map(f, io.lines(path))`: the generic `for`'s state and first value (both nil) and
+        // the file to close follow the iterator, which alone gives the same items (and closes
+        // its file at its end). They were too many arguments.
+        ffi::lua_settop(state, at);
+    }
     // [args..] -> [args.., values, last]
     ffi::luaL_checkstack(state, 5, ptr::null());
     ffi::lua_createtable(state, 0, 0);
