@@ -550,7 +550,7 @@ error(setmetatable({code = 3}, Err))
         assert_eq!(
             lines,
             [
-                "Exception in thread Thread-1:",
+                "Exception in thread Thread-4:",
                 "custom error 2",
                 "parrun: custom error 3"
             ],
