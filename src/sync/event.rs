@@ -89,6 +89,8 @@ impl Event {
     /// Sets the flag and wakes every waiter.
     pub fn set(&self) -> Result<(), String> {
         if let Some(word) = self.inner.word {
+            // What this process put before is in the queues before a waiter wakes.
+            link::settle_forwarded();
             word.set();
             return Ok(());
         }

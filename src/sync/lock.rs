@@ -96,6 +96,8 @@ impl Lock {
     /// Frees the lock; an error if it was not held, as in Python.
     pub fn release(&self) -> Result<(), String> {
         if let Some(word) = self.inner.word {
+            // What this process put before is in the queues before another takes the lock.
+            link::settle_forwarded();
             return match word.free() {
                 true => Ok(()),
                 false => Err(UNLOCKED.into()),

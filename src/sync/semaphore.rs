@@ -113,6 +113,8 @@ impl Semaphore {
             return Err("n must be one or more (ValueError)".into());
         }
         if let Some(word) = self.inner.word {
+            // What this process put before is in the queues before another takes a unit.
+            link::settle_forwarded();
             return word
                 .add(n, self.inner.bound.unwrap_or(u64::MAX))
                 .map_err(|reached| match self.inner.bound {
