@@ -2143,3 +2143,32 @@ pool:close() pool:join() os.remove(path)
         assert_eq!(out.stdout_lines(), ["1 2 3"], "{mode}: {}", out.describe());
     }
 }
+
+/// Rhai closures that capture one variable share it in a worker and in a process, as in the
+/// script: a task whose helper bumps its counter sees the bumps (each had a copy of its own
+/// outside `gil`, and the task returned 0).
+#[test]
+fn rhai_closures_sharing_a_variable_share_it_in_the_worker() {
+    let rhai = r#"
+let count = 0;
+let bump = || count += 1;
+let task = || { bump.call(); bump.call(); count };
+let pool = Pool(1);
+print(pool.apply(task, []));
+pool.close(); pool.join();
+let n = 0;
+let inc = || n += 1;
+let p = Process(|| { inc.call(); inc.call(); print(`process ${n}`); }, []);
+p.start(); p.join();
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "shared_capture", "rhai", rhai);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["2", "process 2"],
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}

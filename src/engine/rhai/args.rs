@@ -292,7 +292,7 @@ pub(super) fn function_spec(
             return Ok(last.spec);
         }
     }
-    let curry = encode_curry(shared, &f, 0)?;
+    let curry = encode_curry(shared, &f, 0, &mut Cells::default())?;
     let wire = RhaiFunction {
         name: f.fn_name().to_owned(),
         curry,
@@ -327,11 +327,36 @@ pub(super) fn function_spec(
 /// as they travel: data as data, and a function (a closure the script made, itself with its
 /// captured values, or a `Fn` pointer) as a function, as a Lua upvalue that is a function
 /// travels with it.
-fn encode_curry(shared: &Arc<Shared>, f: &FnPtr, depth: usize) -> Result<Vec<Captured>, String> {
+/// The captured values an encoding has met, in the order it finished them (a function's after
+/// its own), and the shared variables among them by address: two closures that capture one
+/// variable share it in the worker too ([`Captured::Same`]).
+#[derive(Default)]
+struct Cells {
+    met: u32,
+    shared: std::collections::HashMap<usize, u32>,
+}
+
+fn encode_curry(
+    shared: &Arc<Shared>,
+    f: &FnPtr,
+    depth: usize,
+    cells: &mut Cells,
+) -> Result<Vec<Captured>, String> {
     f.curry()
         .iter()
         .enumerate()
         .map(|(i, d)| {
+            // A shared variable's identity: where its value lives.
+            let address = d
+                .is_shared()
+                .then(|| {
+                    d.read_lock::<Dynamic>()
+                        .map(|v| &*v as *const Dynamic as usize)
+                })
+                .flatten();
+            if let Some(&k) = address.and_then(|a| cells.shared.get(&a)) {
+                return Ok(Captured::Same(k));
+            }
             let d = d.flatten_clone();
             let encoded = match d.clone().try_cast::<FnPtr>() {
                 // A closure that reaches itself through what it captured has no end.
@@ -340,13 +365,17 @@ fn encode_curry(shared: &Arc<Shared>, f: &FnPtr, depth: usize) -> Result<Vec<Cap
                     crate::value::MAX_DEPTH
                 )),
                 Some(inner) => {
-                    encode_curry(shared, &inner, depth + 1).map(|curry| Captured::Function {
+                    encode_curry(shared, &inner, depth + 1, cells).map(|curry| Captured::Function {
                         name: inner.fn_name().to_owned(),
                         curry,
                     })
                 }
                 None => data_of(shared, &d).map(Captured::Data),
             };
+            if let Some(address) = address {
+                cells.shared.insert(address, cells.met);
+            }
+            cells.met += 1;
             encoded.map_err(|what| {
                 if what.starts_with("cannot send a function") {
                     return what;

@@ -5,6 +5,7 @@
 use super::*;
 use crate::engine::{init_arg_of, InitArgOf};
 use crate::script::InitArg;
+use std::collections::HashMap;
 
 pub(super) fn hash(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -83,16 +84,48 @@ pub(super) fn copied_constants(constants: &Option<Constants>) -> Option<Constant
 /// A deep copy of `value` that shares no variable with this engine (a closure's captured
 /// variables are shared); parrun objects stay the same objects.
 pub(super) fn detached(value: &Dynamic) -> Dynamic {
-    let value = value.flatten_clone();
+    detached_sharing(value, &mut HashMap::new())
+}
+
+/// [`detached`], where the variables met before (by address, in `cells`) are met again: two
+/// closures that capture one variable share one copy of it, as they share it in the script.
+fn detached_sharing(value: &Dynamic, cells: &mut HashMap<usize, Dynamic>) -> Dynamic {
+    let address = value
+        .is_shared()
+        .then(|| {
+            value
+                .read_lock::<Dynamic>()
+                .map(|v| &*v as *const Dynamic as usize)
+        })
+        .flatten();
+    if let Some(cell) = address.and_then(|a| cells.get(&a)) {
+        return cell.clone();
+    }
+    let copy = detached_value(value.flatten_clone(), cells);
+    match address {
+        Some(address) => {
+            let cell = copy.into_shared();
+            cells.insert(address, cell.clone());
+            cell
+        }
+        None => copy,
+    }
+}
+
+fn detached_value(value: Dynamic, cells: &mut HashMap<usize, Dynamic>) -> Dynamic {
     if value.is_array() {
         let items = value.cast::<Array>();
-        Dynamic::from_array(items.iter().map(detached).collect())
+        Dynamic::from_array(items.iter().map(|v| detached_sharing(v, cells)).collect())
     } else if value.is_map() {
         let map = value.cast::<::rhai::Map>();
-        Dynamic::from_map(map.iter().map(|(k, v)| (k.clone(), detached(v))).collect())
+        Dynamic::from_map(
+            map.iter()
+                .map(|(k, v)| (k.clone(), detached_sharing(v, cells)))
+                .collect(),
+        )
     } else if value.is::<FnPtr>() {
         let mut f = value.cast::<FnPtr>();
-        let curry: Vec<Dynamic> = f.iter_curry().map(detached).collect();
+        let curry: Vec<Dynamic> = f.iter_curry().map(|v| detached_sharing(v, cells)).collect();
         f.set_curry(curry);
         Dynamic::from(f)
     } else {
@@ -142,10 +175,19 @@ impl RhaiSnapshot {
             parent: self.parent.clone(),
             constants: copied_constants(&self.constants),
             modules: modules::copied(&self.modules),
-            call: self.call.as_ref().map(|call| Call {
-                f: detached(&Dynamic::from(call.f.clone())).cast::<FnPtr>(),
-                imports: call.imports.clone(),
-                args: call.args.iter().map(detached).collect(),
+            call: self.call.as_ref().map(|call| {
+                // One set of copies for the function and its arguments: what they share, they
+                // share in the copy.
+                let cells = &mut HashMap::new();
+                Call {
+                    f: detached_sharing(&Dynamic::from(call.f.clone()), cells).cast::<FnPtr>(),
+                    imports: call.imports.clone(),
+                    args: call
+                        .args
+                        .iter()
+                        .map(|a| detached_sharing(a, cells))
+                        .collect(),
+                }
             }),
         }
     }
@@ -207,7 +249,13 @@ pub(super) struct RhaiFunction {
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) enum Captured {
     Data(Value),
-    Function { name: String, curry: Vec<Captured> },
+    Function {
+        name: String,
+        curry: Vec<Captured>,
+    },
+    /// The same variable as the `k`th captured value the encoding finished (a function's after
+    /// its own): closures that capture one variable share it in the worker too.
+    Same(u32),
 }
 
 /// A Rhai engine as a pool worker's: the script's own, or an isolated worker's.
@@ -239,13 +287,19 @@ pub(super) fn decode_function(
             Ok((name.into(), module))
         })
         .collect::<Result<_, String>>()?;
-    let f = rebuild(shared, ast, &wire.name, &wire.curry)?;
+    let f = rebuild(shared, ast, &wire.name, &wire.curry, &mut Vec::new())?;
     Ok((f, imports))
 }
 
 /// The function pointer of script function `name` with its captured values `curry`, in a
 /// worker.
-fn rebuild(shared: &Shared, ast: &AST, name: &str, curry: &[Captured]) -> Result<FnPtr, String> {
+fn rebuild(
+    shared: &Shared,
+    ast: &AST,
+    name: &str,
+    curry: &[Captured],
+    cells: &mut Vec<Dynamic>,
+) -> Result<FnPtr, String> {
     // A pointer linked to the script function is called directly (about a quarter less per
     // call than one resolved by name on every call); Rhai still dispatches by name when the
     // number of arguments differs. A name several functions share (overloads) stays a name.
@@ -261,9 +315,20 @@ fn rebuild(shared: &Shared, ast: &AST, name: &str, curry: &[Captured]) -> Result
     for v in curry {
         let value = match v {
             Captured::Data(v) => to_dynamic(v).map_err(|e| e.to_string())?,
-            Captured::Function { name, curry } => Dynamic::from(rebuild(shared, ast, name, curry)?),
+            Captured::Function { name, curry } => {
+                Dynamic::from(rebuild(shared, ast, name, curry, cells)?)
+            }
+            &Captured::Same(k) => {
+                let cell = cells
+                    .get(k as usize)
+                    .ok_or("bad function encoding: a shared variable")?;
+                f.add_curry(cell.clone());
+                continue;
+            }
         };
-        f.add_curry(value.into_shared());
+        let cell = value.into_shared();
+        cells.push(cell.clone());
+        f.add_curry(cell);
     }
     Ok(f)
 }
