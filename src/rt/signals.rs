@@ -25,7 +25,7 @@
 //! (and SIGINT, where it is not ignored) to terminate and reap them before it dies by that signal
 //! (`guard_children`). Nothing here is installed by the library itself: only [`install`] does.
 
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -108,6 +108,22 @@ pub fn install() -> std::io::Result<()> {
 /// `io.popen` start, and a shell told `kill -s HUP $$` lived on. A handler, which a program
 /// started loses at its `exec`, writes the signal to a pipe a thread of its own reads.
 fn stop_on_hangup() -> std::io::Result<()> {
+    let wake = signal_pipe("parrun-hangup", |_| stop(Signal::SIGHUP))?;
+    WAKE.store(wake, Ordering::Release);
+    HANGUP.store(true, Ordering::Release);
+    let action = SigAction::new(
+        SigHandler::Handler(relay),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: `relay` only calls async-signal-safe functions.
+    unsafe { nix::sys::signal::sigaction(Signal::SIGHUP, &action) }?;
+    Ok(())
+}
+
+/// A pipe a signal handler writes a byte to, from its non-blocking write end (returned), and
+/// a thread `name` that reads the bytes and hands each to `act`.
+fn signal_pipe(name: &str, act: impl Fn(u8) + Send + 'static) -> std::io::Result<RawFd> {
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     nix::fcntl::fcntl(
         &write_end,
@@ -117,40 +133,14 @@ fn stop_on_hangup() -> std::io::Result<()> {
     fork::register_fd(write_end.as_raw_fd());
     let mut reader = std::fs::File::from(read_end);
     crate::rt::spawn::Builder::new()
-        .name("parrun-hangup".into())
+        .name(name.into())
         .spawn(move || {
             let mut byte = [0u8; 1];
-            if std::io::Read::read(&mut reader, &mut byte).is_ok_and(|n| n == 1) {
-                stop(Signal::SIGHUP);
+            while std::io::Read::read(&mut reader, &mut byte).is_ok_and(|n| n == 1) {
+                act(byte[0]);
             }
         })?;
-    HANGUP_WAKE.store(write_end.into_raw_fd(), Ordering::Release);
-    HANGUP.store(true, Ordering::Release);
-    let action = SigAction::new(
-        SigHandler::Handler(hangup_relay),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    // SAFETY: `hangup_relay` only calls async-signal-safe functions.
-    unsafe { nix::sys::signal::sigaction(Signal::SIGHUP, &action) }?;
-    Ok(())
-}
-
-/// The write end of the pipe [`hangup_relay`] writes to.
-static HANGUP_WAKE: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn hangup_relay(signal: nix::libc::c_int) {
-    let saved = nix::errno::Errno::last_raw();
-    let byte = signal as u8;
-    // SAFETY: write(2) is async-signal-safe; the byte outlives the call.
-    unsafe {
-        nix::libc::write(
-            HANGUP_WAKE.load(Ordering::Relaxed),
-            (&byte as *const u8).cast(),
-            1,
-        )
-    };
-    nix::errno::Errno::set_raw(saved);
+    Ok(write_end.into_raw_fd())
 }
 
 /// While another thread ends the process at once (its children being reaped), a thread that
@@ -255,23 +245,8 @@ static STDOUT_GONE: AtomicI32 = AtomicI32::new(-1);
 /// get SIGPIPE's default action back when they exec, as under `lua`, instead of inheriting
 /// "ignored".
 fn end_on_sigpipe() -> std::io::Result<()> {
-    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    nix::fcntl::fcntl(
-        &write_end,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )?;
-    fork::register_fd(read_end.as_raw_fd());
-    fork::register_fd(write_end.as_raw_fd());
-    let mut reader = std::fs::File::from(read_end);
-    crate::rt::spawn::Builder::new()
-        .name("parrun-sigpipe".into())
-        .spawn(move || {
-            let mut byte = [0u8; 1];
-            if std::io::Read::read(&mut reader, &mut byte).is_ok_and(|n| n == 1) {
-                crate::rt::output::stdout_gone();
-            }
-        })?;
-    STDOUT_GONE.store(write_end.into_raw_fd(), Ordering::Release);
+    let wake = signal_pipe("parrun-sigpipe", |_| crate::rt::output::stdout_gone())?;
+    STDOUT_GONE.store(wake, Ordering::Release);
     let action = SigAction::new(
         SigHandler::Handler(on_sigpipe),
         SaFlags::SA_RESTART,
@@ -329,7 +304,8 @@ pub(crate) fn ignore_interrupts() {
 
 /// Whether this process guards its children (see [`guard_children`]).
 static GUARDED: AtomicBool = AtomicBool::new(false);
-/// The pipe's write end the signal handler writes the signal's number to.
+/// The pipe's write end [`relay`] writes the signal's number to: in a process that guards its
+/// children ([`guard_children`]), or else the top process's for SIGHUP ([`stop_on_hangup`]).
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 
 /// In a forked child that has just forked one of its own: on SIGTERM (and SIGINT, unless
@@ -340,30 +316,14 @@ pub(crate) fn guard_children() {
     if !INSTALLED.load(Ordering::Acquire) || GUARDED.swap(true, Ordering::AcqRel) {
         return;
     }
-    let Ok((read_end, write_end)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+    let Ok(wake) = signal_pipe("parrun-signals", |byte| {
+        if let Ok(signal) = Signal::try_from(i32::from(byte)) {
+            exit::end_process(Ending::Signal(signal));
+        }
+    }) else {
         return;
     };
-    let _ = nix::fcntl::fcntl(
-        &write_end,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    );
-    fork::register_fd(read_end.as_raw_fd());
-    fork::register_fd(write_end.as_raw_fd());
-    let mut reader = std::fs::File::from(read_end);
-    let spawned = crate::rt::spawn::Builder::new()
-        .name("parrun-signals".into())
-        .spawn(move || {
-            let mut byte = [0u8; 1];
-            while std::io::Read::read(&mut reader, &mut byte).is_ok_and(|n| n == 1) {
-                if let Ok(signal) = Signal::try_from(i32::from(byte[0])) {
-                    exit::end_process(Ending::Signal(signal));
-                }
-            }
-        });
-    if spawned.is_err() {
-        return;
-    }
-    WAKE.store(write_end.into_raw_fd(), Ordering::Release);
+    WAKE.store(wake, Ordering::Release);
     let action = SigAction::new(
         SigHandler::Handler(relay),
         SaFlags::SA_RESTART,
