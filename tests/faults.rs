@@ -2054,3 +2054,32 @@ let after = 1;
         }
     }
 }
+
+/// A pool's callbacks get the stack the call-depth limit needs, as every script thread does:
+/// a Rhai callback 300 calls deep killed the run with SIGSEGV.
+#[test]
+fn a_deep_callback_runs_on_a_script_sized_stack() {
+    let rhai = r#"
+fn rec(n) { if n == 0 { 0 } else { 1 + rec(n - 1) } }
+let p = Pool(1);
+let r = p.apply_async(|x| x, [1], |v| { print(`cb ${rec(3000)}`); });
+r.wait();
+p.close(); p.join();
+print("after");
+"#;
+    for mode in MODES {
+        let out = run_code(
+            &["--max-call-depth", "4000", "--mode", mode],
+            "deep_callback",
+            "rhai",
+            rhai,
+        );
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["cb 3000", "after"],
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}

@@ -128,6 +128,8 @@ impl Finisher {
         let (name, process) = self.identity.clone();
         let handle = crate::rt::spawn::Builder::new()
             .name("parrun-pool-callbacks".into())
+            // Callbacks are script code: the stack the call-depth limit needs.
+            .stack_size(crate::rt::threads::script_thread_stack())
             .spawn(move || {
                 crate::host::join_process(process);
                 crate::thread::name_current(name);
