@@ -623,6 +623,11 @@ fn run_stoppable(
     // As a child process does before it exits: waits for the threads, pools and processes its
     // target started (in an engine of its own, keeping the engine until they are done).
     runs_on.gil.allow_threads(0, || runs_on.finish_process());
+    // Stopped while it waited for them: it dies of the signal, as a forked child would.
+    let code = match stopped_by() {
+        Some(signal) => -(signal as i32),
+        None => code,
+    };
     drop(engine);
     drop(held);
     code

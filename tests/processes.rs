@@ -2573,3 +2573,28 @@ print("misses", misses)
         );
     }
 }
+
+/// A process on a thread stopped while it waits for its threads at its end dies of the signal,
+/// as a forked one does: `terminate` gives -15 and `kill` -9 (it gave 0).
+#[test]
+fn a_process_stopped_while_it_waits_for_its_threads_dies_of_the_signal() {
+    let lua = r#"
+for _, stop in ipairs({"terminate", "kill"}) do
+  local p = parrun.Process(function()
+    parrun.Thread(function() parrun.sleep(10) end):start()
+  end)
+  p:start() parrun.sleep(0.2) p[stop](p) p:join(10)
+  print(stop, p.exitcode)
+end
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "stopped_waiting", "lua", lua);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["terminate\t-15", "kill\t-9"],
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}
