@@ -605,11 +605,11 @@ impl Replies<'_> {
                     Ok(0) => return,
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => state.lost = true,
+                    Err(_) => {
+                        state.lost = true;
+                        break;
+                    }
                 }
-            }
-            if state.lost {
-                break;
             }
             match codec::read_frame::<Reply>(&mut self.stream, &mut state.buf) {
                 Ok(reply) => deliver(pending, reply),

@@ -346,14 +346,7 @@ fn encode_curry(
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            // A shared variable's identity: where its value lives.
-            let address = d
-                .is_shared()
-                .then(|| {
-                    d.read_lock::<Dynamic>()
-                        .map(|v| &*v as *const Dynamic as usize)
-                })
-                .flatten();
+            let address = shared_address(d);
             if let Some(&k) = address.and_then(|a| cells.shared.get(&a)) {
                 return Ok(Captured::Same(k));
             }

@@ -87,17 +87,23 @@ pub(super) fn detached(value: &Dynamic) -> Dynamic {
     detached_sharing(value, &mut HashMap::new())
 }
 
-/// [`detached`], where the variables met before (by address, in `cells`) are met again: two
-/// closures that capture one variable share one copy of it, as they share it in the script.
-fn detached_sharing(value: &Dynamic, cells: &mut HashMap<usize, Dynamic>) -> Dynamic {
-    let address = value
+/// A shared variable's identity (a closure's captured variable): where its value lives; `None`
+/// for a value that is not shared.
+pub(super) fn shared_address(value: &Dynamic) -> Option<usize> {
+    value
         .is_shared()
         .then(|| {
             value
                 .read_lock::<Dynamic>()
                 .map(|v| &*v as *const Dynamic as usize)
         })
-        .flatten();
+        .flatten()
+}
+
+/// [`detached`], where the variables met before (by address, in `cells`) are met again: two
+/// closures that capture one variable share one copy of it, as they share it in the script.
+fn detached_sharing(value: &Dynamic, cells: &mut HashMap<usize, Dynamic>) -> Dynamic {
+    let address = shared_address(value);
     if let Some(cell) = address.and_then(|a| cells.get(&a)) {
         return cell.clone();
     }
