@@ -2126,6 +2126,40 @@ strict:close() strict:join()
     }
 }
 
+/// A searcher the script adds to `package.searchers`, or one it removes, leaves the workers
+/// with the script's list in every mode: an isolated worker lost the standard searcher the new
+/// one displaced (its `require` of a Lua file then failed), and kept one the script removed.
+/// The standard searchers are also the same functions under other names (`LS` below).
+#[test]
+fn the_scripts_package_searchers_reach_the_workers() {
+    let lua = r#"
+table.insert(package.searchers, 2, function(name) return "\n\tno custom " .. name end)
+LS = package.searchers[3]
+local pool = parrun.Pool(1)
+print(pool:apply(function()
+  return ("%d %d %s"):format(#package.searchers, require("near").f(1), LS == package.searchers[3])
+end, {}))
+pool:close() pool:join()
+table.remove(package.searchers, 2)
+table.remove(package.searchers, 4)
+local again = parrun.Pool(1)
+print(#package.searchers, again:apply(function() return #package.searchers end, {}))
+again:close() again:join()
+"#;
+    let (dir, path) = script("searchers", "lua", lua);
+    dir.write("near.lua", "return { f = function(x) return x * 10 end }");
+    for mode in MODES {
+        let out = common::run(["--mode", mode, path.to_str().unwrap()]);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["5 10 true", "3\t3"],
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}
+
 /// `map(f, io.lines(path))` maps the file's lines: the generic `for`'s nil state and the file
 /// to close that `io.lines` returns after its iterator were too many arguments.
 #[test]

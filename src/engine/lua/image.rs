@@ -35,7 +35,7 @@ use mlua::{Function, Lua, LuaString, Table, Value as LuaValue};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::snapshot::{holds_c_functions, set_up_of, SetUp, FOUND_KEY};
+use super::snapshot::{holds_c_functions, push_key, set_up_of, SetUp, FOUND_KEY};
 use super::{error_text, new_object, LuaObject};
 use crate::api::Object;
 #[cfg(any(feature = "mpi", test))]
@@ -880,6 +880,16 @@ unsafe fn fill<O>(state: *mut ffi::lua_State, graph: &Graph<O>, set_up: Option<&
                 .collect();
             remove_others(state, TABLE, &kept);
         }
+        // Likewise the builder's own items past the script's sequence (a searcher the script
+        // removed from `package.searchers`).
+        let len = ffi::lua_rawlen(state, TABLE) as usize;
+        for n in entries.array.len() + 1..=len {
+            let script_has = |key: &Ref| *key == Ref::Int(n as ffi::lua_Integer);
+            if !entries.hash.iter().any(|(key, _)| script_has(key)) {
+                ffi::lua_pushnil(state);
+                ffi::lua_rawseti(state, TABLE, n as ffi::lua_Integer);
+            }
+        }
         ffi::lua_settop(state, FOUND);
     }
     ffi::lua_settop(state, 0);
@@ -898,7 +908,7 @@ unsafe fn push_at_path(state: *mut ffi::lua_State, path: &[ByteBuf]) {
             ffi::lua_pushnil(state);
             break;
         }
-        ffi::lua_pushlstring(state, key.as_ptr() as *const c_char, key.len());
+        push_key(state, key);
         ffi::lua_rawget(state, -2);
         ffi::lua_copy(state, -1, -2);
         ffi::lua_settop(state, -2);

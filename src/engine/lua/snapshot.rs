@@ -27,9 +27,10 @@ pub(super) const PRISTINE_KEY: &CStr = c"parrun.pristine";
 pub(super) const FOUND_KEY: &CStr = c"parrun.pristine.found";
 
 /// A fresh state's recorded values, as paths from the globals: value `i` of the record is at
-/// `paths[i]`. Entry 0 is the globals themselves; every other entry is a string key in an
-/// earlier entry (its parent), which is a table, so that a fresh state finds each value by one
-/// lookup in its parent.
+/// `paths[i]`. Entry 0 is the globals themselves; every other entry is a key in an earlier
+/// entry (its parent), which is a table, so that a fresh state finds each value by one lookup
+/// in its parent. A key is a UTF-8 string's bytes, or an integer's ([`integer_key`]:
+/// `package.searchers[2]`, whose C functions a script may move about in their table).
 #[derive(Debug, PartialEq)]
 pub(super) struct SetUp {
     entries: Vec<Entry>,
@@ -61,6 +62,34 @@ impl SetUp {
         }
         path.reverse();
         Some(path)
+    }
+}
+
+/// The first byte of an integer key in a path: never the first byte of UTF-8 text, so the two
+/// kinds of key cannot be taken for each other.
+const INTEGER_KEY: u8 = 0xFF;
+
+/// Integer key `i` as a path's component.
+fn integer_key(i: ffi::lua_Integer) -> Box<[u8]> {
+    let mut key = vec![INTEGER_KEY];
+    key.extend_from_slice(&i.to_be_bytes());
+    key.into()
+}
+
+/// Pushes a path's component `key` as the Lua key it stands for: an integer, or a string.
+///
+/// # Safety
+/// `state` has room for one more value on its stack.
+pub(super) unsafe fn push_key(state: *mut ffi::lua_State, key: &[u8]) {
+    match key {
+        [INTEGER_KEY, bytes @ ..] if bytes.len() == 8 => {
+            let mut be = [0; 8];
+            be.copy_from_slice(bytes);
+            ffi::lua_pushinteger(state, ffi::lua_Integer::from_be_bytes(be));
+        }
+        _ => {
+            ffi::lua_pushlstring(state, key.as_ptr() as *const c_char, key.len());
+        }
     }
 }
 
@@ -101,8 +130,8 @@ pub(super) fn restore_pristine(lua: &Lua, set_up: &Arc<SetUp>) -> mlua::Result<b
 }
 
 /// [`record_pristine`]'s walk: breadth first from the globals, so that a value's path is its
-/// shortest (`string`, not `package.loaded.string`), over string keys that are UTF-8. The
-/// record maps each value to its number in `entries`.
+/// shortest (`string`, not `package.loaded.string`), over string keys that are UTF-8 and
+/// integer keys. The record maps each value to its number in `entries`.
 ///
 /// # Safety
 /// `state` is a Lua state in a protected call.
@@ -145,7 +174,10 @@ unsafe fn record(state: *mut ffi::lua_State, entries: &mut Vec<Entry>) {
                 kind,
                 ffi::LUA_TTABLE | ffi::LUA_TFUNCTION | ffi::LUA_TUSERDATA
             );
-            if !reference || ffi::lua_type(state, KEY) != ffi::LUA_TSTRING || !utf8_at(state, KEY) {
+            let integer = ffi::lua_isinteger(state, KEY) != 0;
+            let text =
+                !integer && ffi::lua_type(state, KEY) == ffi::LUA_TSTRING && utf8_at(state, KEY);
+            if !reference || !(integer || text) {
                 ffi::lua_settop(state, KEY);
                 continue;
             }
@@ -157,11 +189,17 @@ unsafe fn record(state: *mut ffi::lua_State, entries: &mut Vec<Entry>) {
                 continue;
             }
             let n = entries.len() as u32;
-            let mut len = 0;
-            let key = ffi::lua_tolstring(state, KEY, &mut len);
+            let key = match integer {
+                true => integer_key(ffi::lua_tointeger(state, KEY)),
+                false => {
+                    let mut len = 0;
+                    let key = ffi::lua_tolstring(state, KEY, &mut len);
+                    std::slice::from_raw_parts(key as *const u8, len).into()
+                }
+            };
             entries.push(Entry {
                 parent: Some(parent),
-                key: std::slice::from_raw_parts(key as *const u8, len).into(),
+                key,
                 depth: depth + 1,
             });
             ffi::lua_pushvalue(state, VALUE);
@@ -216,8 +254,7 @@ unsafe fn restore_values(state: *mut ffi::lua_State, set_up: &SetUp) -> bool {
                 {
                     return false;
                 }
-                let key = &entry.key;
-                ffi::lua_pushlstring(state, key.as_ptr() as *const c_char, key.len());
+                push_key(state, &entry.key);
                 ffi::lua_rawget(state, VALUE);
                 ffi::lua_replace(state, VALUE);
             }
@@ -296,9 +333,14 @@ mod tests {
             }
             for pair in table.pairs::<LuaValue, LuaValue>() {
                 let (key, value) = pair?;
-                let LuaValue::String(key) = key else { continue };
-                let Ok(key) = key.to_str().map(|k| k.to_string()) else {
-                    continue;
+                // A path's components as Lua indexes them: `.name`, or `[2]`.
+                let key = match key {
+                    LuaValue::Integer(i) => format!("[{i}]"),
+                    LuaValue::String(key) => match key.to_str() {
+                        Ok(k) => format!(".{}", &*k),
+                        Err(_) => continue,
+                    },
+                    _ => continue,
                 };
                 let recorded = match &value {
                     LuaValue::Table(_) | LuaValue::Function(_) | LuaValue::UserData(_) => {
@@ -323,7 +365,14 @@ mod tests {
         lua.set_named_registry_value("parrun.pristine.handles", pristine)
     }
 
-    /// The paths of the handles walk's record, as strings joined with dots, by value.
+    /// A path's components (`.name`, `[2]`) as Lua source: `package.searchers[2]`.
+    fn joined(components: Vec<String>) -> String {
+        let text = components.concat();
+        text.strip_prefix('.').map_or(text.clone(), str::to_string)
+    }
+
+    /// The paths of the handles walk's record, as Lua source (`package.searchers[2]`), by
+    /// value.
     fn paths(record: &Table) -> Vec<(usize, String)> {
         let mut paths: Vec<(usize, String)> = record
             .pairs::<LuaValue, Table>()
@@ -333,7 +382,7 @@ mod tests {
                     .sequence_values::<String>()
                     .map(Result::unwrap)
                     .collect();
-                (value.to_pointer() as usize, path.join("."))
+                (value.to_pointer() as usize, joined(path))
             })
             .collect();
         paths.sort();
@@ -353,9 +402,14 @@ mod tests {
                     .path(i)
                     .unwrap()
                     .iter()
-                    .map(|k| String::from_utf8(k.to_vec()).unwrap())
+                    .map(|k| match &k[..] {
+                        [INTEGER_KEY, be @ ..] => {
+                            format!("[{}]", i64::from_be_bytes(be.try_into().unwrap()))
+                        }
+                        text => format!(".{}", String::from_utf8(text.to_vec()).unwrap()),
+                    })
                     .collect();
-                (value.to_pointer() as usize, path.join("."))
+                (value.to_pointer() as usize, joined(path))
             })
             .collect();
         paths.sort();
@@ -379,7 +433,8 @@ mod tests {
         for sandbox in [false, true] {
             let lua = state(sandbox);
             lua.load(
-                "extra = { inner = { deep = { deeper = {} } }, f = print }; extra.again = string",
+                "extra = { inner = { deep = { deeper = {} } }, f = print, list = { function() end } } \
+                 extra.again = string",
             )
             .exec()
             .unwrap();
@@ -389,6 +444,7 @@ mod tests {
             let (raw, handles) = (recorded(&lua), paths(&handles));
             assert!(raw.len() > 100, "{} values recorded", raw.len());
             assert!(raw.iter().any(|(_, p)| p == "extra.inner.deep"));
+            assert!(raw.iter().any(|(_, p)| p == "extra.list[1]"));
             assert!(!raw.iter().any(|(_, p)| p.starts_with("extra.again")));
             assert_eq!(raw, handles);
         }
