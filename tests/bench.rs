@@ -478,13 +478,13 @@ fn a_script_named_bench_still_runs() {
         out.assert_success()
             .assert_stdout_contains("script bench\tx");
     }
-    // Without --lang, `--` makes `bench` the script: its language is what is missing.
-    let out = run(&["--", "bench"]);
-    out.assert_code(2)
-        .assert_stderr_contains("cannot tell the language of `bench`");
-    let out = run(&["./bench"]);
-    out.assert_code(2)
-        .assert_stderr_contains("cannot tell the language of `./bench`");
+    // Without --lang, `--` or a path makes `bench` the script, Lua as a file without an
+    // extension is.
+    for args in [&["--", "bench", "x"][..], &["./bench", "x"]] {
+        run(args)
+            .assert_success()
+            .assert_stdout_contains("script bench\tx");
+    }
     // After -e every positional is an argument, `bench` too.
     let out = run(&["-e", "print(arg[1])", "bench"]);
     out.assert_success().assert_stdout_contains("bench");

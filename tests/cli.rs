@@ -6,8 +6,11 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::{
-    run, run_main, run_main_with, run_with_stdin, stderr_lines, Lang, Output, Run, TempDir,
+    parrun_bin, run, run_main, run_main_with, run_with_stdin, stderr_lines, Lang, Output, Run,
+    TempDir,
 };
 
 /// A usage error: exit status 2 and exactly one line on stderr, naming `mentions`.
@@ -149,6 +152,37 @@ fn a_missing_script_without_an_extension_says_it_is_missing() {
         assert_usage_error(&out, file);
         out.assert_stderr_contains(says);
     }
+}
+
+/// A script file without an extension is Lua, as `lua` runs any file: an executable script
+/// started through its shebang line (`#!/usr/bin/env parrun`) needs no `.lua`. A Rhai one says
+/// `--lang rhai` (in its shebang line, through `env -S`).
+#[test]
+fn a_script_without_an_extension_is_lua() {
+    let dir = TempDir::new("noext");
+    let tool = dir.write("tool", "#!/usr/bin/env parrun\nprint('lua tool', ...)\n");
+    dir.write(
+        "rtool",
+        "#!/usr/bin/env -S parrun --lang rhai\nprint(`rhai tool ${ARGS[0]}`);\n",
+    );
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bin_dir = Path::new(parrun_bin()).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Run::new(["-h", "x"])
+        .program(&tool)
+        .env("PATH", &path)
+        .dir(dir.path())
+        .output();
+    out.assert_success()
+        .assert_stdout_contains("lua tool\t-h\tx");
+    let out = Run::new(["--lang", "rhai", "./rtool", "y"])
+        .dir(dir.path())
+        .output();
+    out.assert_success().assert_stdout_contains("rhai tool y");
 }
 
 #[test]

@@ -569,7 +569,16 @@ impl Runtime {
             path: path.to_owned(),
             source,
         })?;
-        let language = match self.language.or_else(|| Language::from_path(path)) {
+        // A file without an extension is Lua, as `lua` runs any file and `parrun -` reads Lua:
+        // an executable script with a shebang line (`#!/usr/bin/env parrun`), or one named
+        // `bench` run as `parrun ./bench`. A Rhai one says `--lang rhai` in its shebang line
+        // (`#!/usr/bin/env -S parrun --lang rhai`).
+        let extensionless = path.extension().is_none().then_some(Language::Lua);
+        let language = match self
+            .language
+            .or_else(|| Language::from_path(path))
+            .or(extensionless)
+        {
             Some(l) => l,
             None => {
                 return Err(Error::Usage(format!(
