@@ -221,7 +221,12 @@ fn run(cli: Cli) -> Result<i32, Error> {
     if let Some(bytes) = cli.max_memory {
         runtime = runtime.max_memory(bytes);
     }
+    // A limit of 0 would stop every script before its first step (Lua) or not at all (Rhai's
+    // top level makes no call): refused, as --max-memory 0 and --pool-size 0 are.
     if let Some(count) = cli.max_instructions {
+        if count == 0 {
+            return Err(Error::Usage("--max-instructions must be at least 1".into()));
+        }
         runtime = runtime.max_instructions(count);
     }
     if let Some(workers) = cli.pool_size {
@@ -231,6 +236,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
         runtime = runtime.pool_size(workers);
     }
     if let Some(depth) = cli.max_call_depth {
+        if depth == 0 {
+            return Err(Error::Usage("--max-call-depth must be at least 1".into()));
+        }
         runtime = runtime.max_call_depth(depth);
     }
     if let Some(secs) = cli.task_timeout {

@@ -350,6 +350,8 @@ fn bad_option_values_are_usage_errors() {
         &["--pool-size", "0", "ok.lua"],
         &["--task-timeout", "0", "ok.lua"],
         &["--max-call-depth", "lots", "ok.lua"],
+        &["--max-call-depth", "0", "ok.lua"],
+        &["--max-instructions", "0", "ok.lua"],
     ] {
         let out = Run::new(args).dir(dir.path()).output();
         out.assert_code(2);

@@ -1692,10 +1692,10 @@ print("joined");
         }
         if out.stdout.starts_with("lua\n") {
             for line in [
-                "map\tfalse\tPool.map: the iterable must be an array, an iterator function or a range, got map",
+                "map\tfalse\tPool.map: cannot iterate over a map: give a list (a Lua table, a Rhai array), a Lua iterator function or a Rhai range",
                 "function\tfalse\tPool.map: cannot send this value to another thread or process: a function at key \"19000\"",
                 "cycle\tfalse\tPool.map: cannot send this value to another thread or process: a table that contains itself",
-                "border 1099511627776\tfalse\tPool.map: the iterable must be an array, an iterator function or a range, got map",
+                "border 1099511627776\tfalse\tPool.map: cannot iterate over a map: give a list (a Lua table, a Rhai array), a Lua iterator function or a Rhai range",
             ] {
                 assert!(out.stdout.lines().any(|l| l == line), "{mode}: no {line:?} in {}", out.stdout);
             }
@@ -2168,6 +2168,38 @@ return M
             out.describe()
         );
     }
+}
+
+/// A function option that is not a function is named: `callback`, `error_callback`,
+/// `initializer` (the message said "expected a function" and left the user to guess which).
+#[test]
+fn a_wrong_callback_or_initializer_is_named() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+print(pcall(pool.apply_async, pool, print, {}, 5))
+print(pcall(pool.apply_async, pool, print, {}, print, true))
+pool:close() pool:join()
+print(pcall(parrun.Pool, 1, {initializer = 5}))
+"#;
+    let rhai = r#"
+fn show(x) { print(x); }
+let pool = Pool(1);
+try { pool.apply_async(show, [], 5); } catch (e) { print(e); }
+try { pool.apply_async(show, [], show, true); } catch (e) { print(e); }
+pool.close(); pool.join();
+try { Pool(1, #{initializer: 5}); } catch (e) { print(e); }
+"#;
+    common::both("option_names", lua, rhai, |out| {
+        out.assert_success();
+        let text = &out.stdout;
+        for said in [
+            "Pool.apply_async: callback: expected a function",
+            "Pool.apply_async: error_callback: expected a function",
+            "Pool: initializer: expected a function",
+        ] {
+            assert!(text.contains(said), "{said}: {}", out.describe());
+        }
+    });
 }
 
 /// A searcher the script adds to `package.searchers`, or one it removes, leaves the workers

@@ -179,15 +179,18 @@ impl PieceSink for ListFeed<'_> {
 
 /// `callback` and `error_callback` at arguments `ok` and `ok + 1`, if given.
 fn callbacks(args: &mut dyn Args, ok: usize) -> Result<Callbacks, String> {
-    let mut pick = |i: usize| -> Result<Option<Box<dyn Callback>>, String> {
+    let mut pick = |i: usize, name: &str| -> Result<Option<Box<dyn Callback>>, String> {
         match has_args(args, i) {
-            Some(i) => args.callback(i).map(Some),
+            Some(i) => args
+                .callback(i)
+                .map(Some)
+                .map_err(|e| format!("{name}: {e}")),
             None => Ok(None),
         }
     };
     Ok(Callbacks {
-        ok: pick(ok)?,
-        err: pick(ok + 1)?,
+        ok: pick(ok, "callback")?,
+        err: pick(ok + 1, "error_callback")?,
     })
 }
 
@@ -319,7 +322,9 @@ fn new_pool(
             config.processes = opt_size(args, i, "processes", 0)?;
         }
         if let Some(i) = args.field(o, "initializer")? {
-            let f = args.function(i, exec::model(config.mode).travel())?;
+            let f = args
+                .function(i, exec::model(config.mode).travel())
+                .map_err(|e| format!("initializer: {e}"))?;
             let initargs = match args.field(o, "initargs")? {
                 Some(j) => init_args(args, j)?,
                 None => Vec::new(),
