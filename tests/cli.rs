@@ -185,6 +185,28 @@ fn a_script_without_an_extension_is_lua() {
     out.assert_success().assert_stdout_contains("rhai tool y");
 }
 
+/// The directory `require` looks in first is the script's, absolute whatever path named the
+/// script (as Python's `sys.path[0]`): a script that changes its working directory still finds
+/// the modules beside it.
+#[test]
+fn the_scripts_own_directory_in_package_path_is_absolute() {
+    let dir = TempDir::new("abs-path");
+    dir.write("sub/mod.lua", "return 'beside'");
+    dir.write(
+        "sub/main.lua",
+        "print(package.path:match('^[^;]*'), (require('mod')))",
+    );
+    let out = Run::new(["sub/main.lua"]).dir(dir.path()).output();
+    out.assert_success();
+    let sub = std::path::absolute(dir.path().join("sub")).unwrap();
+    assert_eq!(
+        out.stdout,
+        format!("{}/?.lua\tbeside\n", sub.display()),
+        "{}",
+        out.describe()
+    );
+}
+
 #[test]
 fn unknown_extension_is_a_usage_error() {
     let dir = TempDir::new("ext");

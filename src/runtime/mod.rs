@@ -587,13 +587,15 @@ impl Runtime {
                 )))
             }
         };
+        // Absolute, as Python's `sys.path[0]`: a script that changes its working directory
+        // still finds the modules beside it.
         let dir = path.parent().map(|p| {
-            if p.as_os_str().is_empty() {
+            let p = if p.as_os_str().is_empty() {
                 Path::new(".")
             } else {
                 p
-            }
-            .to_owned()
+            };
+            std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
         });
         let source = Source {
             name: path.display().to_string(),
