@@ -442,6 +442,54 @@ print(`ghosts ${ghosts} missed ${missed}`);
     });
 }
 
+/// A grandchild (a `Process` of a `Process`) waits on its grandparent's queue as a child does:
+/// a `put` on a full bounded queue goes in once the script makes room, and a `get` on an empty
+/// one takes what the script puts later. In `fork` its parent, which only holds a handle, put
+/// the value on its own copy of the queue (lost) or waited there for ever.
+#[test]
+fn a_grandchild_waits_on_its_grandparents_queue_as_a_child_does() {
+    let lua = r#"
+local q, later, back = parrun.Queue(1), parrun.Queue(), parrun.Queue()
+q:put("first")
+local function child(q, later, back)
+  local g = parrun.Process(function(q, later, back) q:put("gc") back:put(later:get(10)) end,
+    {q, later, back})
+  g:start() g:join()
+end
+local c = parrun.Process(child, {q, later, back})
+c:start()
+parrun.sleep(0.2)
+print(q:get(10), q:get(10))
+parrun.sleep(0.2)
+later:put("late")
+print(back:get(10))
+c:join()
+print(c.exitcode, q:qsize())
+"#;
+    let rhai = r#"
+let q = Queue(1); let later = Queue(); let back = Queue();
+q.put("first");
+fn child(q, later, back) {
+  let g = Process(|q, later, back| { q.put("gc"); back.put(later.get(10)); }, [q, later, back]);
+  g.start(); g.join();
+}
+let c = Process(child, [q, later, back]);
+c.start();
+sleep(0.2);
+print(`${q.get(10)} ${q.get(10)}`);
+sleep(0.2);
+later.put("late");
+print(back.get(10));
+c.join();
+print(`${c.exitcode} ${q.qsize()}`);
+"#;
+    both_in_modes(&MODES, "grandchild_queue", lua, rhai, |mode, out| {
+        out.assert_success();
+        let text = out.stdout.replace('\t', " ");
+        assert_eq!(text, "first gc\nlate\n0 0\n", "{mode}: {}", out.describe());
+    });
+}
+
 /// `Condition.wait_for` calls the script's predicate, waits while it is false (woken by each
 /// notify), and gives its last result; with a timeout, false once the time is up; its wait's
 /// error (the lock not held) names the operation, as Python's:

@@ -257,11 +257,15 @@ impl Queue {
         Ok(max > 0 && self.len()? >= max)
     }
 
-    /// Puts a value taken for a consumer that vanished back at the front.
+    /// Puts a value taken for a consumer that vanished back at the front (at the back of a
+    /// queue this process only holds a handle to, taken from its owner for a grandchild: the
+    /// link has no way to the front, and a value out of order is better than one lost).
     fn unget(&self, value: Value) {
         if self.is_local() {
             self.items().push_front(value);
             self.inner.ready.notify_one();
+        } else {
+            let _ = self.put_here(value, Some(Duration::ZERO));
         }
     }
 
@@ -395,10 +399,14 @@ impl RemoteObject for QueueInner {
                 Err(QueueError::Full(_)) if timeout != Some(Duration::ZERO) => {
                     caller.answer_later(move |caller| {
                         // The value goes in only while the child is there: one killed while
-                        // it waited puts nothing, as a Python child blocked in `put`.
-                        let put = |slice| match q
-                            .put_local(v.clone(), Some(slice), || caller.is_alive())
-                        {
+                        // it waited puts nothing, as a Python child blocked in `put`. A queue
+                        // this process only holds a handle to (a grandchild's put) is asked
+                        // for room at its owner, a slice at a time.
+                        let put = |slice| match q.is_local() {
+                            true => q.put_local(v.clone(), Some(slice), || caller.is_alive()),
+                            false => q.put_here(v.clone(), Some(slice)).map(|()| true),
+                        };
+                        let put = |slice| match put(slice) {
                             Err(QueueError::Full(_)) | Ok(false) => None,
                             Ok(true) => Some(Ok(())),
                             Err(e) => Some(Err(e)),
@@ -430,12 +438,24 @@ impl RemoteObject for QueueInner {
                     return;
                 }
                 caller.answer_later(move |caller| {
-                    let get = |slice| q.get_local(Some(slice), || caller.is_alive()).ok();
+                    // (From the owner a slice at a time, if this process only holds a handle:
+                    // a grandchild's get.)
+                    let get = |slice| match q.is_local() {
+                        true => q.get_local(Some(slice), || caller.is_alive()),
+                        false => q.get_here(Some(slice)),
+                    };
+                    let get = |slice| match get(slice) {
+                        Err(QueueError::Empty(_)) => None,
+                        done => Some(done),
+                    };
                     match caller.wait(timeout, get) {
-                        Waited::Got(v) => {
+                        Waited::Got(Ok(v)) => {
                             if !caller.answer(Ok(v.clone())) {
                                 q.unget(v);
                             }
+                        }
+                        Waited::Got(Err(e)) => {
+                            caller.answer(Err(remote_error(e)));
                         }
                         Waited::TimedOut(waited) => {
                             caller.answer(Err(RemoteError::Empty(waited)));
