@@ -559,11 +559,11 @@ fn a_builtin_called_with_a_wrong_count_of_arguments_says_so_alike_in_both() {
     let expected = [
         "parrun.Pool: expects 0 to 2 arguments, got 5",
         "parrun.sleep: expects 1 argument, got 2",
-        "parrun.Queue: expects 0 to 1 argument, got 3",
+        "parrun.Queue: expects 0 to 1 arguments, got 3",
         "parrun.time: expects 0 arguments, got 1",
         "Pool.map: expects 2 to 3 arguments, got 1",
         "Queue.put: expects 1 to 3 arguments, got 4",
-        "AsyncResult.get: expects 0 to 1 argument, got 2",
+        "AsyncResult.get: expects 0 to 1 arguments, got 2",
         "Condition.wait_for: expects 1 to 2 arguments, got 0",
     ];
     common::both(
@@ -605,7 +605,7 @@ Queue(1, 2, 3);
             for (line, message) in lines.iter().zip(expected) {
                 assert_eq!(*line, format!("string\t{message}"), "{}", out.describe());
             }
-            let uncaught = "parrun.Queue: expects 0 to 1 argument, got 3";
+            let uncaught = "parrun.Queue: expects 0 to 1 arguments, got 3";
             if out.stderr.contains("arity.lua") {
                 assert_eq!(lines.len(), expected.len(), "{}", out.describe());
                 assert!(

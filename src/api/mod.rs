@@ -587,7 +587,7 @@ pub fn check_arity(b: &Builtin, given: usize) -> Result<(), String> {
         };
         return Err(format!(
             "expects {expected} argument{}, got {given}",
-            if max == 1 { "" } else { "s" }
+            if min == max && max == 1 { "" } else { "s" }
         ));
     }
     Ok(())
