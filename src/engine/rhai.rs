@@ -417,7 +417,7 @@ fn build_engine(shared: &Arc<Shared>) -> Engine {
     engine.set_max_expr_depths(MAX_EXPR_DEPTH, MAX_FUNCTION_EXPR_DEPTH);
     if host.settings.sandbox {
         engine.disable_symbol("eval");
-        engine.set_module_resolver(::rhai::module_resolvers::DummyModuleResolver::new());
+        engine.set_module_resolver(modules::NoModules);
     } else {
         engine.set_module_resolver(ScriptModules::new(shared.modules.clone()));
     }

@@ -109,6 +109,27 @@ impl ModuleResolver for ScriptModules {
     }
 }
 
+/// The module resolver of a sandboxed engine (`--sandbox`), which loads no file: an `import`
+/// says why it fails (Rhai's own dummy resolver said the module was not found, beside the
+/// file it names).
+pub(super) struct NoModules;
+
+impl ModuleResolver for NoModules {
+    fn resolve(
+        &self,
+        _: &Engine,
+        _: Option<&str>,
+        path: &str,
+        pos: Position,
+    ) -> RhaiResult<SharedModule> {
+        Err(EvalAltResult::ErrorRuntime(
+            format!("cannot import `{path}`: --sandbox loads no modules").into(),
+            pos,
+        )
+        .into())
+    }
+}
+
 /// The module of `source` (a module's file) in the engine whose modules are `loaded`, loading
 /// it there if that engine has not yet.
 pub(super) fn find(engine: &Engine, loaded: &Loaded, source: &str) -> RhaiResult<SharedModule> {
