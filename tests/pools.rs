@@ -2170,6 +2170,32 @@ return M
     }
 }
 
+/// A global function whose upvalue is a local table, handed over itself and called by a
+/// closure, reads one copy of the table in a worker, as in the script, in every mode: an
+/// isolated worker's own global function read the copy made as the pool started, and the
+/// function handed over a copy of its own (1 where 4 was due).
+#[test]
+fn a_global_functions_local_table_is_one_table_in_a_worker() {
+    let lua = r#"
+local st = {n = 0}
+function BUMP() st.n = st.n + 1 return st.n end
+local pool = parrun.Pool(1)
+print(table.concat(pool:map(BUMP, {1, 2, 3}), " "), pool:apply(function() return BUMP() end, {}),
+  pool:apply(function() return st.n end, {}))
+pool:close() pool:join()
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "global_local_table", "lua", lua);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["1 2 3\t4\t4"],
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}
+
 /// A function option that is not a function is named: `callback`, `error_callback`,
 /// `initializer` (the message said "expected a function" and left the user to guess which).
 #[test]

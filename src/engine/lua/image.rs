@@ -60,6 +60,21 @@ pub(super) struct Graph<O> {
     /// the source was (see `snapshot::restore_pristine`).
     #[serde(skip)]
     set_up: Option<Arc<SetUp>>,
+    /// The tables that are upvalues of the graph's functions, each with the source table's
+    /// address and digest: the built engine holds its copies as the copies of those tables
+    /// (`inherit::keep`), so a function submitted later with such a table as its upvalue
+    /// reads the same copy as the engine's own functions do, as in the script (a global
+    /// function bumping a local table's counter, handed over itself and called by a closure).
+    #[serde(default)]
+    held: Vec<HeldTable>,
+}
+
+/// A table node that is a function's upvalue: the source table's address and digest.
+#[derive(Serialize, Deserialize, Clone, Copy)]
+struct HeldTable {
+    node: u32,
+    origin: u64,
+    digest: u64,
 }
 
 /// A value: inline, a string of the graph's text, or a node of the graph.
@@ -198,6 +213,7 @@ pub(super) fn encode_graph(graph: &Graph<Object>) -> Result<Vec<u8>, String> {
         nodes: graph.nodes.clone(),
         call: graph.call.clone(),
         set_up: None,
+        held: graph.held.clone(),
     };
     rmp_serde::to_vec(&wire).map_err(|e| e.to_string())
 }
@@ -270,6 +286,7 @@ fn walk(lua: &Lua, call: &[LuaValue]) -> Result<Graph<Object>, String> {
         nodes: enc.nodes,
         call: refs,
         set_up: Some(enc.set_up),
+        held: enc.held,
     })
 }
 
@@ -291,6 +308,9 @@ struct Encoder<'a> {
     upvalueid: Function,
     /// The first function node (and upvalue index) seen with each upvalue, by identity.
     upvalues: HashMap<*const c_void, (u32, i64)>,
+    /// See [`Graph::held`].
+    held: Vec<HeldTable>,
+    held_nodes: HashSet<u32>,
 }
 
 impl<'a> Encoder<'a> {
@@ -310,6 +330,8 @@ impl<'a> Encoder<'a> {
             getupvalue: lua.named_registry_value("parrun.getupvalue")?,
             upvalueid: lua.named_registry_value("parrun.upvalueid")?,
             upvalues: HashMap::new(),
+            held: Vec::new(),
+            held_nodes: HashSet::new(),
         })
     }
 
@@ -504,6 +526,23 @@ impl<'a> Encoder<'a> {
         Ok(entries)
     }
 
+    /// Records table node `table` (the copy of `value`, a function's upvalue) in
+    /// [`Graph::held`], if it is a copied table and its contents have a digest.
+    fn hold(&mut self, table: u32, value: &LuaValue) -> mlua::Result<()> {
+        let copied = matches!(self.nodes.get(table as usize), Some(Node::Table { .. }));
+        if !copied || !self.held_nodes.insert(table) {
+            return Ok(());
+        }
+        if let Some(digest) = super::fingerprint::of(self.lua, value)? {
+            self.held.push(HeldTable {
+                node: table,
+                origin: value.to_pointer() as u64,
+                digest,
+            });
+        }
+        Ok(())
+    }
+
     fn upvalues(&mut self, node: u32, f: &Function) -> mlua::Result<Vec<Upvalue>> {
         let mut upvalues = Vec::new();
         for n in 1i64.. {
@@ -520,7 +559,11 @@ impl<'a> Encoder<'a> {
                 continue;
             }
             self.upvalues.insert(id, (node, n));
-            upvalues.push(match self.value(value)? {
+            let kept = self.value(value.clone())?;
+            if let (Some(Ref::Node(table)), LuaValue::Table(_)) = (kept, &value) {
+                self.hold(table, &value)?;
+            }
+            upvalues.push(match kept {
                 Some(r) => Upvalue::Value(r),
                 None => Upvalue::Absent,
             });
@@ -707,6 +750,13 @@ fn build_nodes<O>(
                 // globals table then, which a script read as its coroutine or file.
                 Upvalue::Absent => setupvalue.call::<()>((&f, n, LuaValue::Nil))?,
             }
+        }
+    }
+    for held in &graph.held {
+        let table = values.raw_get::<LuaValue>(held.node as usize + 1)?;
+        if let LuaValue::Table(_) = table {
+            super::inherit::keep(dst, held.origin, held.digest, &table)
+                .map_err(mlua::Error::runtime)?;
         }
     }
     graph.call.iter().map(get).collect()

@@ -479,7 +479,7 @@ pub(super) fn held(
 }
 
 /// Records `value` as the worker's copy of the script's table at `origin` (digest `digest`).
-fn keep(lua: &Lua, origin: u64, digest: u64, value: &LuaValue) -> Result<(), String> {
+pub(super) fn keep(lua: &Lua, origin: u64, digest: u64, value: &LuaValue) -> Result<(), String> {
     let copies = copies(lua)?;
     copies.raw_set(origin, value).map_err(error_text)?;
     if lua.app_data_ref::<Held>().is_none() {
