@@ -502,6 +502,30 @@ fn lua_parrun_objects_find_methods_and_properties_in_every_mode() {
     }
 }
 
+/// A Rhai property no class has names the object's class (Rhai's own message named the Rust
+/// type: "a getter is not registered for type 'Object'"), reading it and setting it, on both
+/// VMs.
+#[test]
+fn rhai_an_unknown_property_names_the_class() {
+    for vm in ["ast", "grain"] {
+        for (code, says) in [
+            (
+                "let t = Thread(|| 1, []);\nprint(t.bogus);",
+                "Thread has no property `bogus`",
+            ),
+            (
+                "let q = Queue();\nq.bogus = 5;",
+                "Queue has no property `bogus` to set",
+            ),
+        ] {
+            let out = run_main_with(Lang::Rhai, code, &["--rhai-vm", vm], &[]);
+            out.assert_code(1)
+                .assert_stderr_contains("main.rhai:2:")
+                .assert_stderr_contains(says);
+        }
+    }
+}
+
 /// A method called with `.` instead of `:` names the missing `:` (not an argument count),
 /// with the script and line; a wrong object and a wrong count still say what they are.
 #[test]

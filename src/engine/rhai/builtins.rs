@@ -10,6 +10,14 @@ pub(super) fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
     engine.register_fn("to_debug", |o: &mut Object| o.describe());
     engine.register_fn("==", |a: &mut Object, b: Object| a.same(&b));
     engine.register_fn("!=", |a: &mut Object, b: Object| !a.same(&b));
+    // A property no class has: Rhai falls back to a string indexer, which names the class
+    // (Rhai's own message named the Rust type, "a getter is not registered for type 'Object'").
+    engine.register_indexer_get(|o: &mut Object, name: &str| -> RhaiResult<Dynamic> {
+        Err(format!("{} has no property `{name}`", o.class().name()).into())
+    });
+    engine.register_indexer_set(|o: &mut Object, name: &str, _: Dynamic| -> RhaiResult<()> {
+        Err(format!("{} has no property `{name}` to set", o.class().name()).into())
+    });
 
     // One registration per (name, argument count): builtins of different classes that share a
     // name are told apart by the receiver's class when called.
