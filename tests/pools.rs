@@ -2126,50 +2126,6 @@ strict:close() strict:join()
     }
 }
 
-/// A module's functions reach a worker as the worker's own module's, as Python pickles a
-/// module's function by name: an `initializer` that sets a module's local (a connection) and
-/// the tasks that read it share it, whether each came itself or through a closure, and a
-/// counter the module keeps counts once per worker in every mode. Copied, each function
-/// brought its own copy of the module's locals (`nil/C1:1`).
-#[test]
-fn a_modules_functions_share_its_locals_in_a_worker() {
-    let lua = r#"
-local db = require "dbmod"
-local pool = parrun.Pool(1, {initializer = db.init, initargs = {"C1"}})
-print(pool:map(db.query, {1})[1], pool:map(function(x) return db.query(x) end, {2})[1])
-pool:close() pool:join()
-pool = parrun.Pool(1, {initializer = function(t) db.init(t) end, initargs = {"C2"}})
-print(pool:map(db.query, {3})[1])
-pool:close() pool:join()
-db.bump()
-pool = parrun.Pool(1)
-print(table.concat(pool:map(db.bump, {1, 2}), " "), pool:apply(function() return db.count() end, {}),
-  pool:apply(db.count, {}))
-pool:close() pool:join()
-"#;
-    let module = r#"
-local M = {}
-local conn, count = nil, 0
-function M.init(tag) conn = tag end
-function M.query(x) return tostring(conn) .. ":" .. x end
-function M.bump() count = count + 1 return count end
-function M.count() return count end
-return M
-"#;
-    let (dir, path) = script("module_locals", "lua", lua);
-    dir.write("dbmod.lua", module);
-    for mode in MODES {
-        let out = common::run(["--mode", mode, path.to_str().unwrap()]);
-        out.assert_success();
-        assert_eq!(
-            out.stdout_lines(),
-            ["C1:1\tC1:2", "C2:3", "2 3\t3\t3"],
-            "{mode}: {}",
-            out.describe()
-        );
-    }
-}
-
 /// A global function whose upvalue is a local table, handed over itself and called by a
 /// closure, reads one copy of the table in a worker, as in the script, in every mode: an
 /// isolated worker's own global function read the copy made as the pool started, and the

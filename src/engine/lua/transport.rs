@@ -144,8 +144,6 @@ pub(super) fn encode(
             "a C function that is not reachable from the globals cannot be sent to a worker",
         )?;
         Wire::Path(path)
-    } else if let Some(path) = enc.module_path_of(&value) {
-        Wire::Path(path)
     } else {
         match enc.function(f) {
             Ok(_) => Wire::Functions(enc.defs),
@@ -311,48 +309,6 @@ impl Encoder<'_> {
             },
             _ => Upvalue::Data(copy),
         })
-    }
-
-    /// Where `value` is a field of a module the script required: `package.loaded.m.f`.
-    ///
-    /// A module's function goes to a worker as that path, so the worker runs its own module's
-    /// function, as Python pickles a module's function by its name: all the module's functions
-    /// a worker runs share the module's local variables, whether they came to it themselves, as
-    /// an `initializer` and a task (`db.init` setting the connection `db.query` reads), or through
-    /// a closure that calls them. Copied, each would bring a copy of those locals of its own.
-    /// The globals (`package.loaded._G`) are not a module here: a global function travels as a
-    /// copy, with its upvalues as of its submission.
-    fn module_path_of(&self, value: &LuaValue) -> Option<Vec<String>> {
-        let target = value.to_pointer();
-        let loaded = self
-            .globals
-            .get::<Table>("package")
-            .and_then(|p| p.get::<Table>("loaded"))
-            .ok()?;
-        for (name, module) in loaded.pairs::<LuaValue, LuaValue>().flatten() {
-            let (LuaValue::String(name), LuaValue::Table(module)) = (name, module) else {
-                continue;
-            };
-            if module == self.globals {
-                continue;
-            }
-            for (key, field) in module.pairs::<LuaValue, LuaValue>().flatten() {
-                if field.to_pointer() != target {
-                    continue;
-                }
-                let (Ok(name), LuaValue::String(key)) = (name.to_str(), key) else {
-                    continue;
-                };
-                let Ok(key) = key.to_str() else { continue };
-                return Some(vec![
-                    "package".into(),
-                    "loaded".into(),
-                    name.to_string(),
-                    key.to_string(),
-                ]);
-            }
-        }
-        None
     }
 
     /// Where the script reaches `value` from the globals: `math.floor`, `package.loaded.m`.
