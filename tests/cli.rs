@@ -186,8 +186,8 @@ fn a_script_without_an_extension_is_lua() {
 }
 
 /// The directory `require` looks in first is the script's, absolute whatever path named the
-/// script (as Python's `sys.path[0]`): a script that changes its working directory still finds
-/// the modules beside it.
+/// script, and the real one behind a link (as Python's `sys.path[0]`): a script that changes
+/// its working directory, or is run through a link, still finds the modules beside it.
 #[test]
 fn the_scripts_own_directory_in_package_path_is_absolute() {
     let dir = TempDir::new("abs-path");
@@ -196,9 +196,19 @@ fn the_scripts_own_directory_in_package_path_is_absolute() {
         "sub/main.lua",
         "print(package.path:match('^[^;]*'), (require('mod')))",
     );
+    std::fs::create_dir(dir.path().join("other")).unwrap();
+    std::os::unix::fs::symlink(
+        dir.path().join("sub/main.lua"),
+        dir.path().join("other/link.lua"),
+    )
+    .unwrap();
+    let out = Run::new(["other/link.lua"]).dir(dir.path()).output();
+    out.assert_success();
+    let sub = std::fs::canonicalize(dir.path().join("sub")).unwrap();
+    assert_eq!(out.stdout, format!("{}/?.lua\tbeside\n", sub.display()));
     let out = Run::new(["sub/main.lua"]).dir(dir.path()).output();
     out.assert_success();
-    let sub = std::path::absolute(dir.path().join("sub")).unwrap();
+    let sub = std::fs::canonicalize(dir.path().join("sub")).unwrap();
     assert_eq!(
         out.stdout,
         format!("{}/?.lua\tbeside\n", sub.display()),

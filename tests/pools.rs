@@ -1692,10 +1692,10 @@ print("joined");
         }
         if out.stdout.starts_with("lua\n") {
             for line in [
-                "map\tfalse\tPool.map: cannot iterate over a map: give a list (a Lua table, a Rhai array), a Lua iterator function or a Rhai range",
+                "map\tfalse\tPool.map: cannot iterate over a map: give a list, an iterator function or a range",
                 "function\tfalse\tPool.map: cannot send this value to another thread or process: a function at key \"19000\"",
                 "cycle\tfalse\tPool.map: cannot send this value to another thread or process: a table that contains itself",
-                "border 1099511627776\tfalse\tPool.map: cannot iterate over a map: give a list (a Lua table, a Rhai array), a Lua iterator function or a Rhai range",
+                "border 1099511627776\tfalse\tPool.map: cannot iterate over a map: give a list, an iterator function or a range",
             ] {
                 assert!(out.stdout.lines().any(|l| l == line), "{mode}: no {line:?} in {}", out.stdout);
             }

@@ -265,8 +265,7 @@ pub(super) fn iterable(args: &mut dyn Args, i: usize) -> Result<Vec<Value>, Stri
 pub(super) fn list_items(value: Value) -> Result<Vec<Value>, String> {
     as_list(value).map_err(|other| {
         format!(
-            "cannot iterate over {}: give a list (a Lua table, a Rhai array), a Lua iterator \
-             function or a Rhai range",
+            "cannot iterate over {}: give a list, an iterator function or a range",
             super::with_article(other.type_name())
         )
     })

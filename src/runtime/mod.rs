@@ -587,15 +587,23 @@ impl Runtime {
                 )))
             }
         };
-        // Absolute, as Python's `sys.path[0]`: a script that changes its working directory
-        // still finds the modules beside it.
+        // The script's own directory, links resolved, as Python's `sys.path[0]`: a script that
+        // changes its working directory, or is run through a link, still finds the modules
+        // beside it. (As given where the real one cannot be a `package.path` entry: a `;` or
+        // `?` in it.)
         let dir = path.parent().map(|p| {
             let p = if p.as_os_str().is_empty() {
                 Path::new(".")
             } else {
                 p
             };
-            std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+            let real = std::fs::canonicalize(path)
+                .ok()
+                .and_then(|file| file.parent().map(Path::to_owned));
+            match real {
+                Some(real) if !real.to_string_lossy().contains([';', '?']) => real,
+                _ => p.to_owned(),
+            }
         });
         let source = Source {
             name: path.display().to_string(),
