@@ -29,11 +29,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::Host;
 use crate::rt::atfork::{ForkHeld, ForkSafe};
+use crate::rt::cancel::{self, Cancel};
 use crate::rt::poison::Recover;
 use crate::rt::spawn::Handle;
 use crate::rt::threads::Signal;
 use crate::rt::trace::{self, Tracer};
-use crate::rt::{cancel, children, codec, fork, output, signals};
+use crate::rt::{children, codec, fork, output, signals};
 use crate::value::Value;
 
 #[cfg(feature = "mpi")]
@@ -836,6 +837,11 @@ pub(crate) struct LinkLife {
     /// How many threads answer its requests later ([`Caller::answer_later`]).
     answering: Mutex<usize>,
     answered: Signal,
+    /// The cancellation of each thread answering later, by request id: requested when the
+    /// child goes or withdraws the request, so that a wait this process forwarded further up
+    /// (a grandchild's, on an object this process only holds a handle to) is withdrawn there
+    /// in turn, and takes nothing (a lock, a notify, a barrier's place) for a child that is gone.
+    cancels: Mutex<Vec<(u64, Weak<Cancel>)>>,
 }
 
 impl Default for LinkLife {
@@ -845,6 +851,7 @@ impl Default for LinkLife {
             waits: Mutex::default(),
             answering: Mutex::new(0),
             answered: Signal::new(),
+            cancels: Mutex::default(),
         }
     }
 }
@@ -853,6 +860,27 @@ impl LinkLife {
     /// The child has gone: nothing more is taken for it.
     pub(crate) fn end(&self) {
         self.alive.store(false, Ordering::Release);
+        self.cancel_waits(|_| true);
+    }
+
+    /// Cancels the threads answering later for the requests `which` picks (see `cancels`).
+    fn cancel_waits(&self, which: impl Fn(u64) -> bool) {
+        let mut cancels = self.cancels.lock().recover();
+        cancels.retain(|(_, cancel)| cancel.strong_count() > 0);
+        for (id, cancel) in cancels.iter() {
+            if let Some(cancel) = cancel.upgrade().filter(|_| which(*id)) {
+                cancel.request("the process that asked for it has gone".into());
+            }
+        }
+    }
+
+    /// A cancellation for a thread about to answer request `id` later.
+    fn cancel_for(&self, id: u64) -> Arc<Cancel> {
+        let cancel = Arc::new(Cancel::default());
+        let mut cancels = self.cancels.lock().recover();
+        cancels.retain(|(_, cancel)| cancel.strong_count() > 0);
+        cancels.push((id, Arc::downgrade(&cancel)));
+        cancel
     }
 
     fn is_alive(&self) -> bool {
@@ -914,6 +942,7 @@ fn serve_request(
             if let Some(withdrawn) = life.waits.lock().recover().get_mut(&id) {
                 *withdrawn = true;
             }
+            life.cancel_waits(|waiting| waiting == id);
             return;
         }
         op => op,
@@ -1021,10 +1050,13 @@ impl Caller {
             self.life.waits.lock().recover().insert(self.id, false);
         }
         let answering = self.life.answering();
+        let cancel = self.life.cancel_for(self.id);
         if let Err(e) = crate::rt::spawn::Builder::new()
             .name("parrun-link-wait".into())
             .spawn(move || {
                 let _answering = answering;
+                // A wait forwarded further up on this thread is withdrawn when the child goes.
+                cancel::install(Some(cancel));
                 wait(self)
             })
         {

@@ -490,6 +490,67 @@ print(`${c.exitcode} ${q.qsize()}`);
     });
 }
 
+/// A grandchild killed while it waits on the script's `Condition` or `Barrier` takes nothing
+/// there, as a killed child: the condition's lock is free once its wait would have ended, and
+/// the barrier is broken rather than counting it. In `fork` its parent forwarded the wait and
+/// never withdrew it: the owner took the lock back for the dead grandchild (held for the rest
+/// of the run), and the barrier let the script through with the dead party.
+#[test]
+fn a_killed_grandchild_takes_nothing_from_a_condition_or_barrier() {
+    let lua = r#"
+local c, b, out, go = parrun.Condition(), parrun.Barrier(2), parrun.Queue(), parrun.Event()
+local ready = parrun.Queue()
+local function middle(c, b, out, go, ready)
+  for _, wait in ipairs({function() c:acquire() ready:put("in") c:wait(1) end,
+                         function() ready:put("in") b:wait() end}) do
+    local g = parrun.Process(wait)
+    g:start() ready:get() parrun.sleep(0.2) g:kill() g:join()
+    out:put(g.exitcode)
+  end
+  go:wait(20)
+end
+local p = parrun.Process(middle, {c, b, out, go, ready})
+p:start()
+print(out:get(10), out:get(10))
+parrun.sleep(1.2)
+print(c:acquire(2)) c:release()
+print(b.n_waiting, b.broken, pcall(b.wait, b, 2))
+go:set() p:join()
+"#;
+    let rhai = r#"
+let c = Condition(); let b = Barrier(2); let out = Queue(); let done = Event(); let ready = Queue();
+fn middle(c, b, out, done, ready) {
+  let g = Process(|c, ready| { c.acquire(); ready.put("in"); c.wait(1); }, [c, ready]);
+  g.start(); ready.get(); sleep(0.2); g.kill(); g.join();
+  out.put(g.exitcode);
+  let g = Process(|b, ready| { ready.put("in"); b.wait(); }, [b, ready]);
+  g.start(); ready.get(); sleep(0.2); g.kill(); g.join();
+  out.put(g.exitcode);
+  done.wait(20);
+}
+let p = Process(middle, [c, b, out, done, ready]);
+p.start();
+print(`${out.get(10)} ${out.get(10)}`);
+sleep(1.2);
+print(c.acquire(2)); c.release();
+let passed = false;
+try { b.wait(2); passed = true; } catch {}
+print(`${b.n_waiting} ${b.broken} ${passed}`);
+done.set(); p.join();
+"#;
+    both_in_modes(&MODES, "grandchild_killed", lua, rhai, |mode, out| {
+        out.assert_success();
+        let lines = out.stdout_lines();
+        let lines: Vec<String> = lines.iter().map(|l| l.replace('\t', " ")).collect();
+        assert_eq!(lines[..2], ["-9 -9", "true"], "{mode}: {}", out.describe());
+        assert!(
+            lines[2].starts_with("0 true false"),
+            "{mode}: {}",
+            out.describe()
+        );
+    });
+}
+
 /// `Condition.wait_for` calls the script's predicate, waits while it is false (woken by each
 /// notify), and gives its last result; with a timeout, false once the time is up; its wait's
 /// error (the lock not held) names the operation, as Python's:
