@@ -118,7 +118,7 @@ pub(super) fn start(
     pool: &Arc<Pool>,
     engine: Arc<dyn TaskEngine>,
     wake_rx: WakeRx,
-) -> Result<Handle, String> {
+) -> Result<crate::rt::spawn::Service, String> {
     let mut supervisor = Supervisor {
         pool: pool.clone(),
         engine,
@@ -148,24 +148,22 @@ pub(super) fn start(
             }
         }
     }
-    crate::rt::spawn::Builder::new()
-        .name("parrun-pool".into())
-        .spawn(move || {
-            let pool = supervisor.pool.clone();
-            if let Some(trace) = &pool.host.trace {
-                trace.name_thread(format!("{} supervisor", pool.pool_name()));
-            }
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| supervisor.run())) {
-                // The workers went with the unwinding: their task pipes closed, so they end
-                // by themselves. The pool fails its work rather than leave `join` waiting.
-                pool.break_pool(&format!(
-                    "the pool's supervisor failed inside parrun (a host panic: {})",
-                    crate::rt::threads::panic_text(&*panic)
-                ));
-                pool.workers_ended();
-            }
-        })
-        .map_err(|e| format!("cannot start the pool thread: {e}"))
+    crate::rt::spawn::run_service("parrun-pool".into(), move || {
+        let pool = supervisor.pool.clone();
+        if let Some(trace) = &pool.host.trace {
+            trace.name_thread(format!("{} supervisor", pool.pool_name()));
+        }
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| supervisor.run())) {
+            // The workers went with the unwinding: their task pipes closed, so they end
+            // by themselves. The pool fails its work rather than leave `join` waiting.
+            pool.break_pool(&format!(
+                "the pool's supervisor failed inside parrun (a host panic: {})",
+                crate::rt::threads::panic_text(&*panic)
+            ));
+            pool.workers_ended();
+        }
+    })
+    .map_err(|e| format!("cannot start the pool thread: {e}"))
 }
 
 /// A forked worker as the supervisor sees it.

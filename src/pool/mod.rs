@@ -33,7 +33,7 @@ use crate::host::{Finish, Host, Mode, Stage};
 use crate::rt::cancel;
 use crate::rt::poison::Recover;
 use crate::rt::progress::Tracker;
-use crate::rt::spawn::Handle;
+use crate::rt::spawn::{Handle, Service};
 use crate::script::{
     CallSlice, Calls, CallsOut, FunctionSpec, InitArg, ScriptEngine, Travel, WireList,
 };
@@ -337,6 +337,13 @@ impl Drop for WorkerMark {
     }
 }
 
+/// What oversees a pool's workers, joined once they have ended: a thread of its own, or (a
+/// fork pool's supervisor) work on one of parrun's service threads.
+enum Overseer {
+    Thread(Handle),
+    Service(Service),
+}
+
 /// A pool of workers: forked processes or threads.
 pub struct Pool {
     host: Arc<Host>,
@@ -357,7 +364,7 @@ pub struct Pool {
     backend: Box<dyn Backend>,
     /// The thread that oversees the workers (the forked workers' supervisor, the worker
     /// threads' watchdog), joined once the workers have ended.
-    overseer: Mutex<Option<Handle>>,
+    overseer: Mutex<Option<Overseer>>,
     /// What `stats()` reports, counted by the backend.
     stats: stats::Stats,
     /// In a traced run, the pool's number in the run (1, 2, ...), for its workers' track names.
@@ -571,19 +578,19 @@ impl Pool {
             Workers::Forked { engine, .. } => {
                 let (backend, wake_rx) = forked::Forked::new()?;
                 let pool = new_pool(Box::new(backend))?;
-                let overseer = forked::start(&pool, engine, wake_rx)?;
+                let overseer = Overseer::Service(forked::start(&pool, engine, wake_rx)?);
                 (pool, overseer)
             }
             Workers::Threads { engines, renew } => {
                 let pool = new_pool(Box::new(threads::Threads))?;
-                let overseer = threads::start(&pool, engines, renew)?;
+                let overseer = Overseer::Thread(threads::start(&pool, engines, renew)?);
                 (pool, overseer)
             }
             #[cfg(feature = "mpi")]
             Workers::Ranks(set) => {
                 let (backend, wake_rx) = ranks::RankWake::new();
                 let pool = new_pool(Box::new(backend))?;
-                let overseer = ranks::start(&pool, set, wake_rx)?;
+                let overseer = Overseer::Thread(ranks::start(&pool, set, wake_rx)?);
                 (pool, overseer)
             }
         };
@@ -934,8 +941,10 @@ impl Pool {
             };
         }
         drop(s);
-        if let Some(h) = self.overseer.lock().recover().take() {
-            let _ = h.join();
+        match self.overseer.lock().recover().take() {
+            Some(Overseer::Thread(h)) => drop(h.join()),
+            Some(Overseer::Service(s)) => s.join(),
+            None => {}
         }
     }
 

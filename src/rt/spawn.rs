@@ -282,3 +282,167 @@ impl<T> Drop for Handle<T> {
         }
     }
 }
+
+/// How long a service thread ([`run_service`]) waits for more work before it ends.
+const SERVICE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+type ServiceJob = (String, Box<dyn FnOnce() + Send>);
+
+/// The service threads of this process: the idle ones, waiting for work, and the handles of
+/// all of them (for [`retire_services`]).
+struct Services {
+    /// Bumped by [`retire_services`]: a thread of an older generation ends after its work.
+    generation: u64,
+    next_serial: u64,
+    idle: Vec<(u64, crossbeam_channel::Sender<ServiceJob>)>,
+    threads: Vec<(u64, Handle)>,
+}
+
+static SERVICES: std::sync::Mutex<Services> = std::sync::Mutex::new(Services {
+    generation: 0,
+    next_serial: 0,
+    idle: Vec::new(),
+    threads: Vec::new(),
+});
+
+/// The process whose service threads [`SERVICES`] lists: a forked child never touches the list
+/// (its parent's threads are not there, and a lock one of them held would stay held), and
+/// starts plain threads instead.
+static SERVICES_OWNER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn services() -> Option<std::sync::MutexGuard<'static, Services>> {
+    use std::sync::atomic::Ordering;
+    let me = crate::rt::pid::current_pid();
+    let owner = match SERVICES_OWNER.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => me,
+        Err(owner) => owner,
+    };
+    (owner == me).then(|| SERVICES.lock().recover())
+}
+
+/// Runs `work` on one of parrun's service threads, named `name`: one that finished its last
+/// work and waits for more, if there is one, else a new one, which then waits
+/// [`SERVICE_WAIT`] for more before it ends. For work that runs no script code and leaves no
+/// thread-local state behind (a fork pool's supervisor).
+///
+/// A new thread's first allocation sets up the allocator's heap for it, and after a fork has
+/// given free memory back (`rt::fork`) that took a fresh 2 MiB huge page, zeroed by the kernel:
+/// about 0.5 ms of every fork pool's start, on its critical path.
+pub(crate) fn run_service(
+    name: String,
+    work: impl FnOnce() + Send + 'static,
+) -> std::io::Result<Service> {
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        let _ = done_tx.send(());
+    });
+    let done = Service {
+        done: done_rx,
+        pid: crate::rt::pid::current_pid(),
+    };
+    let Some(mut services) = services() else {
+        Builder::new().name(name).spawn(job)?;
+        return Ok(done);
+    };
+    let mut job = (name, job);
+    while let Some((_, idle)) = services.idle.pop() {
+        // (An idle thread that has just given up waiting took itself off the list first.)
+        match idle.send(job) {
+            Ok(()) => return Ok(done),
+            Err(e) => job = e.into_inner(),
+        }
+    }
+    let serial = services.next_serial;
+    services.next_serial += 1;
+    let generation = services.generation;
+    let (name, work) = job;
+    let handle = Builder::new()
+        .name(name)
+        .spawn(move || serve(work, serial, generation))?;
+    services.threads.push((serial, handle));
+    Ok(done)
+}
+
+/// A service thread's life: its first work, then whatever comes while it waits.
+fn serve(first: Box<dyn FnOnce() + Send>, serial: u64, generation: u64) {
+    let mut work = first;
+    loop {
+        work();
+        let (tx, rx) = crossbeam_channel::bounded::<ServiceJob>(1);
+        {
+            let Some(mut services) = services() else {
+                return;
+            };
+            if services.generation != generation {
+                services.threads.retain(|(s, _)| *s != serial);
+                return;
+            }
+            services.idle.push((serial, tx));
+        }
+        let next = match rx.recv_timeout(SERVICE_WAIT) {
+            Ok(next) => next,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                let Some(mut services) = services() else {
+                    return;
+                };
+                let before = services.idle.len();
+                services.idle.retain(|(s, _)| *s != serial);
+                if services.idle.len() < before {
+                    // Off the list before anyone took it: nothing can come now. (Dropping its
+                    // own handle detaches the thread.)
+                    services.threads.retain(|(s, _)| *s != serial);
+                    return;
+                }
+                drop(services);
+                // Taken just now: the work is on its way.
+                match rx.recv() {
+                    Ok(next) => next,
+                    Err(_) => return,
+                }
+            }
+        };
+        let (name, next_work) = next;
+        set_os_name(&name);
+        NAME.with(|n| *n.borrow_mut() = Some(name));
+        work = next_work;
+    }
+}
+
+/// Ends this process's idle service threads and waits for them (a library run leaves no
+/// thread behind); one still at work ends when its work does.
+pub(crate) fn retire_services() {
+    let going: Vec<Handle> = {
+        let Some(mut services) = services() else {
+            return;
+        };
+        services.generation += 1;
+        // Dropping their senders closes the channels they wait on: each returns.
+        let idle: Vec<u64> = services.idle.drain(..).map(|(serial, _)| serial).collect();
+        let (going, staying) = std::mem::take(&mut services.threads)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(serial, _)| idle.contains(serial));
+        services.threads = staying;
+        going.into_iter().map(|(_, handle)| handle).collect()
+    };
+    for handle in going {
+        let _ = handle.join();
+    }
+}
+
+/// Work handed to a service thread ([`run_service`]): joined when it is done.
+pub(crate) struct Service {
+    done: crossbeam_channel::Receiver<()>,
+    /// The process that handed it over.
+    pid: u32,
+}
+
+impl Service {
+    /// Waits until the work is done (at once in a forked child, where it is not running).
+    pub(crate) fn join(self) {
+        if self.pid == crate::rt::pid::current_pid() {
+            let _ = self.done.recv();
+        }
+    }
+}
