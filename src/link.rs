@@ -1051,15 +1051,22 @@ impl Caller {
         }
         let answering = self.life.answering();
         let cancel = self.life.cancel_for(self.id);
-        if let Err(e) = crate::rt::spawn::Builder::new()
-            .name("parrun-link-wait".into())
-            .spawn(move || {
-                let _answering = answering;
-                // A wait forwarded further up on this thread is withdrawn when the child goes.
-                cancel::install(Some(cancel));
-                wait(self)
-            })
-        {
+        // On a service thread: a thread started for each wait paid for its allocator's fresh
+        // heap (see `run_service`) on every child's `get` that had to wait.
+        if let Err(e) = crate::rt::spawn::run_service("parrun-link-wait".into(), move || {
+            let _answering = answering;
+            // A wait forwarded further up on this thread is withdrawn when the child goes; the
+            // thread's next work starts without it, even after a panic.
+            struct Uninstall;
+            impl Drop for Uninstall {
+                fn drop(&mut self) {
+                    cancel::install(None);
+                }
+            }
+            cancel::install(Some(cancel));
+            let _uninstall = Uninstall;
+            wait(self);
+        }) {
             output::write_stderr(&format!("parrun: cannot start a waiting thread: {e}"));
         }
     }
