@@ -2152,6 +2152,33 @@ pool:close() pool:join()
     }
 }
 
+/// A fresh table with each submission is a fresh table in the worker, though it may take the
+/// address of one the script made before and dropped: a worker named the script's tables by
+/// address, and handed a task the copy of an earlier table with the same contents, which an
+/// earlier task had changed (2 or 3 where each task counts its own table's first bump).
+#[test]
+fn a_fresh_table_with_each_submission_is_fresh_in_the_worker() {
+    let lua = r#"
+local pool = parrun.Pool(1)
+local counts = {}
+for i = 1, 40 do
+  local fresh = {n = 0}
+  counts[pool:apply(function() fresh.n = fresh.n + 1 return fresh.n end)] = true
+  collectgarbage()
+end
+local seen = {}
+for n in pairs(counts) do seen[#seen + 1] = n end
+table.sort(seen)
+print(table.concat(seen, " "))
+pool:close() pool:join()
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "fresh_tables", "lua", lua);
+        out.assert_success();
+        assert_eq!(out.stdout_lines(), ["1"], "{mode}: {}", out.describe());
+    }
+}
+
 /// A function option that is not a function is named: `callback`, `error_callback`,
 /// `initializer` (the message said "expected a function" and left the user to guess which).
 #[test]

@@ -36,6 +36,14 @@ pub(super) fn of(lua: &Lua, value: &LuaValue) -> mlua::Result<Option<u64>> {
     Ok(digest)
 }
 
+/// [`of`] for plain data only ([`plain_digest_at`]).
+pub(super) fn plain_of(lua: &Lua, value: &LuaValue) -> mlua::Result<Option<u64>> {
+    let mut digest = None;
+    // SAFETY: as in `of`.
+    unsafe { lua.exec_raw::<()>(value, |state| digest = plain_digest_at(state, 1)) }?;
+    Ok(digest)
+}
+
 /// The digest of the value at `at` (see [`of`]).
 ///
 /// # Safety

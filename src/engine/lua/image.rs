@@ -60,8 +60,8 @@ pub(super) struct Graph<O> {
     /// the source was (see `snapshot::restore_pristine`).
     #[serde(skip)]
     set_up: Option<Arc<SetUp>>,
-    /// The tables that are upvalues of the graph's functions, each with the source table's
-    /// address and digest: the built engine holds its copies as the copies of those tables
+    /// The tables that are upvalues of the graph's functions (plain data), each with the source
+    /// table's number (`inherit::origin_of`) and digest: the built engine holds its copies as the copies of those tables
     /// (`inherit::keep`), so a function submitted later with such a table as its upvalue
     /// reads the same copy as the engine's own functions do, as in the script (a global
     /// function bumping a local table's counter, handed over itself and called by a closure).
@@ -69,7 +69,7 @@ pub(super) struct Graph<O> {
     held: Vec<HeldTable>,
 }
 
-/// A table node that is a function's upvalue: the source table's address and digest.
+/// A table node that is a function's upvalue: the source table's number and digest.
 #[derive(Serialize, Deserialize, Clone, Copy)]
 struct HeldTable {
     node: u32,
@@ -533,10 +533,11 @@ impl<'a> Encoder<'a> {
         if !copied || !self.held_nodes.insert(table) {
             return Ok(());
         }
-        if let Some(digest) = super::fingerprint::of(self.lua, value)? {
+        // Plain data only, as a function's copied upvalue is (a metatable does not travel).
+        if let Some(digest) = super::fingerprint::plain_of(self.lua, value)? {
             self.held.push(HeldTable {
                 node: table,
-                origin: value.to_pointer() as u64,
+                origin: super::inherit::origin_of(self.lua, value)?,
                 digest,
             });
         }

@@ -438,14 +438,15 @@ pub(super) fn inherited(
     })
 }
 
-/// Registry key: a worker's copies of the script's tables, by the script table's address
+/// Registry key: a worker's copies of the script's tables, by the script table's number
+/// ([`origin_of`])
 /// (values weak: a copy that no function holds any more goes).
 const HELD: &str = "parrun.held";
 /// How many copies' digests a worker remembers before it first forgets those of collected
 /// copies; then twice as many as it still held.
 const HELD_PRUNE: usize = 1024;
 
-/// The script tables' digests from which a worker's copies were made, by address (app data).
+/// The script tables' digests from which a worker's copies were made, by number (app data).
 struct Held {
     digests: HashMap<u64, u64>,
     /// How many digests it remembers before it next forgets those of collected copies (so
@@ -453,7 +454,38 @@ struct Held {
     prune_at: usize,
 }
 
-/// A worker's copy of the script's table at address `origin`, whose contents had digest
+/// The registry table that numbers the script's tables sent as copies ([`origin_of`]): weak
+/// keys, so a table's number goes with it.
+const ORIGINS: &str = "parrun.origins";
+
+/// The number that names script table `table` to the workers that hold copies of it ([`held`]):
+/// its own for as long as it lives, never another's. Its address would be reused by a table
+/// made after it was collected, and a fresh `{n = 0}` sent with each submission then met the
+/// copy of an earlier one the worker's tasks had changed (a task bumping its own new counter
+/// returned 2 or 3).
+pub(super) fn origin_of(lua: &Lua, table: &LuaValue) -> mlua::Result<u64> {
+    let origins = match lua.named_registry_value::<Option<Table>>(ORIGINS)? {
+        Some(origins) => origins,
+        None => {
+            let origins = lua.create_table()?;
+            let weak = lua.create_table()?;
+            weak.raw_set("__mode", "k")?;
+            origins.set_metatable(Some(weak))?;
+            lua.set_named_registry_value(ORIGINS, &origins)?;
+            origins
+        }
+    };
+    if let Some(n) = origins.raw_get::<Option<i64>>(table)? {
+        return Ok(n as u64);
+    }
+    // Numbered from the count kept in the table itself (key `n`, which no table is).
+    let n = origins.raw_get::<Option<i64>>("n")?.unwrap_or(0) + 1;
+    origins.raw_set("n", n)?;
+    origins.raw_set(table, n)?;
+    Ok(n as u64)
+}
+
+/// A worker's copy of the script's table numbered `origin` ([`origin_of`]), whose contents had digest
 /// `digest` when the function was encoded: the copy the worker holds already if it was made
 /// from those same contents (with whatever the worker's own tasks changed in it since, as the
 /// script's functions share one table), else a new one from `make`. So every function a worker

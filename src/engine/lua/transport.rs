@@ -59,8 +59,9 @@ enum Upvalue {
         id: u64,
         digest: u64,
     },
-    /// A table copied, with the script's table's address and digest: a worker that holds a
-    /// copy of that table made from the same contents keeps using it ([`inherit::held`]).
+    /// A table copied, with the script's table's number (`inherit::origin_of`) and digest: a
+    /// worker that holds a copy of that table made from the same contents keeps using it
+    /// ([`inherit::held`]).
     Table {
         origin: u64,
         digest: u64,
@@ -299,7 +300,7 @@ impl Encoder<'_> {
                 });
             }
         }
-        let origin = value.to_pointer() as u64;
+        let origin = inherit::origin_of(self.lua, &value).map_err(error_text)?;
         let copy = data_of(self.lua, value)?;
         Ok(match digest {
             Some(digest) if matches!(copy, Value::Array(_) | Value::Map(_)) => Upvalue::Table {
