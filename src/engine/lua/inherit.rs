@@ -401,12 +401,13 @@ fn digest_of_anchor(lua: &Lua, anchors: &Table, id: u64) -> Option<u64> {
     read.ok().and(digest)
 }
 
-/// The worker's copy of the table at address `id` that pool `generation` anchored, which the
-/// encoder saw with contents `digest`.
+/// The worker's copy of the table at address `id` (number `origin`) that pool `generation`
+/// anchored, which the encoder saw with contents `digest`.
 pub(super) fn inherited(
     lua: &Lua,
     generation: u64,
     id: u64,
+    origin: u64,
     digest: u64,
 ) -> Result<LuaValue, String> {
     let refused = || {
@@ -424,7 +425,7 @@ pub(super) fn inherited(
     }
     // The worker's one copy of the script's table: its inherited one, unless a copy of the
     // same contents reached it first (an initializer's upvalue, say).
-    held(lua, id, digest, || {
+    held(lua, origin, digest, || {
         let anchors = anchors(lua, generation).ok_or_else(refused)?;
         let table: LuaValue = anchors
             .raw_get(LuaValue::LightUserData(mlua::LightUserData(

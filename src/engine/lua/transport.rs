@@ -57,6 +57,9 @@ enum Upvalue {
     Inherited {
         generation: u64,
         id: u64,
+        /// Its number among the tables sent (`inherit::origin_of`): the worker's one copy
+        /// of it, whether it reached the worker copied or inherited.
+        origin: u64,
         digest: u64,
     },
     /// A table copied, with the script's table's number (`inherit::origin_of`) and digest: a
@@ -296,6 +299,7 @@ impl Encoder<'_> {
                 return Ok(Upvalue::Inherited {
                     generation,
                     id: id as u64,
+                    origin: inherit::origin_of(self.lua, &value).map_err(error_text)?,
                     digest,
                 });
             }
@@ -407,8 +411,9 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
                 &Upvalue::Inherited {
                     generation,
                     id,
+                    origin,
                     digest,
-                } => inherit::inherited(lua, generation, id, digest)?,
+                } => inherit::inherited(lua, generation, id, origin, digest)?,
                 Upvalue::Table {
                     origin,
                     digest,
