@@ -517,6 +517,10 @@ fn rhai_an_unknown_property_names_the_class() {
                 "let q = Queue();\nq.bogus = 5;",
                 "Queue has no property `bogus` to set",
             ),
+            (
+                "let t = Thread(|| 1, []);\nprint(t[\"name\"]);",
+                "Thread.name is a property: read it as `x.name`",
+            ),
         ] {
             let out = run_main_with(Lang::Rhai, code, &["--rhai-vm", vm], &[]);
             out.assert_code(1)

@@ -600,10 +600,11 @@ impl Runtime {
             let real = std::fs::canonicalize(path)
                 .ok()
                 .and_then(|file| file.parent().map(Path::to_owned));
-            match real {
-                Some(real) if !real.to_string_lossy().contains([';', '?']) => real,
-                _ => p.to_owned(),
-            }
+            let usable = |dir: &PathBuf| !dir.to_string_lossy().contains([';', '?']);
+            real.into_iter()
+                .chain(std::path::absolute(p).ok())
+                .find(usable)
+                .unwrap_or_else(|| p.to_owned())
         });
         let source = Source {
             name: path.display().to_string(),

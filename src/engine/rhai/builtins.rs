@@ -13,7 +13,13 @@ pub(super) fn register_builtins(engine: &mut Engine, shared: &Arc<Shared>) {
     // A property no class has: Rhai falls back to a string indexer, which names the class
     // (Rhai's own message named the Rust type, "a getter is not registered for type 'Object'").
     engine.register_indexer_get(|o: &mut Object, name: &str| -> RhaiResult<Dynamic> {
-        Err(format!("{} has no property `{name}`", o.class().name()).into())
+        let class = o.class().name();
+        Err(match api::find(o.class(), name).map(|b| &b.kind) {
+            Some(Kind::Getter) => format!("{class}.{name} is a property: read it as `x.{name}`"),
+            Some(_) => format!("{class}.{name} is a method: call it as `x.{name}(...)`"),
+            None => format!("{class} has no property `{name}`"),
+        }
+        .into())
     });
     engine.register_indexer_set(|o: &mut Object, name: &str, _: Dynamic| -> RhaiResult<()> {
         Err(format!("{} has no property `{name}` to set", o.class().name()).into())
