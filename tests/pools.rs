@@ -2179,6 +2179,31 @@ pool:close() pool:join()
     }
 }
 
+/// Tables from two engines of one process are two tables in a worker of an isolated pool that
+/// both submit to: the script's and an isolated `Process`'s first tables were both number 1 in
+/// their engines, and the worker took the process's fresh `{n = 0}` for the script's, which
+/// the script's task had changed (2 where 1 was due).
+#[test]
+fn tables_from_two_engines_are_two_tables_in_a_worker() {
+    let lua = r#"
+P = parrun.Pool(1)
+local out = parrun.Queue()
+local t = {n = 0}
+print(P:apply(function() t.n = t.n + 1 return t.n end))
+local p = parrun.Process(function()
+  local mine = {n = 0}
+  out:put(P:apply(function() mine.n = mine.n + 1 return mine.n end))
+end)
+p:start()
+print(out:get(20))
+p:join()
+P:close() P:join()
+"#;
+    let out = run_code(&["--mode", "isolated"], "two_engines", "lua", lua);
+    out.assert_success();
+    assert_eq!(out.stdout_lines(), ["1", "1"], "{}", out.describe());
+}
+
 /// A function option that is not a function is named: `callback`, `error_callback`,
 /// `initializer` (the message said "expected a function" and left the user to guess which).
 #[test]

@@ -27,6 +27,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{c_int, c_void, CStr};
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mlua::ffi;
@@ -479,11 +480,13 @@ pub(super) fn origin_of(lua: &Lua, table: &LuaValue) -> mlua::Result<u64> {
     if let Some(n) = origins.raw_get::<Option<i64>>(table)? {
         return Ok(n as u64);
     }
-    // Numbered from the count kept in the table itself (key `n`, which no table is).
-    let n = origins.raw_get::<Option<i64>>("n")?.unwrap_or(0) + 1;
-    origins.raw_set("n", n)?;
-    origins.raw_set(table, n)?;
-    Ok(n as u64)
+    // One count for the whole process: an isolated pool's workers take functions from every
+    // engine of the process (the script's, an isolated `Process`'s, another pool's workers),
+    // and two engines' first tables must not both be number 1.
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    origins.raw_set(table, n as i64)?;
+    Ok(n)
 }
 
 /// A worker's copy of the script's table numbered `origin` ([`origin_of`]), whose contents had digest
