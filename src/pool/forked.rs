@@ -150,9 +150,18 @@ pub(super) fn start(
     }
     crate::rt::spawn::run_service("parrun-pool".into(), move || {
         let pool = supervisor.pool.clone();
-        if let Some(trace) = &pool.host.trace {
-            trace.name_thread(format!("{} supervisor", pool.pool_name()));
+        // On a service thread that may have overseen another pool: a track of its own.
+        struct EndTrack;
+        impl Drop for EndTrack {
+            fn drop(&mut self) {
+                crate::rt::trace::end_track();
+            }
         }
+        let _end_track = pool.host.trace.as_ref().map(|trace| {
+            crate::rt::trace::new_track();
+            trace.name_thread(format!("{} supervisor", pool.pool_name()));
+            EndTrack
+        });
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| supervisor.run())) {
             // The workers went with the unwinding: their task pipes closed, so they end
             // by themselves. The pool fails its work rather than leave `join` waiting.

@@ -185,6 +185,31 @@ fn here() -> Here {
     .unwrap_or_else(|_| found())
 }
 
+/// Gives the calling thread a track of its own from now until [`end_track`]: a service thread
+/// (`rt::spawn::run_service`) that oversees one pool after another shows each pool's
+/// supervisor on a track of its own, as when each had a thread. (Numbered from 2^31 up, past
+/// the kernel's thread ids.)
+pub(crate) fn new_track() {
+    static NEXT: AtomicU32 = AtomicU32::new(1 << 31);
+    let track = Here {
+        pid: crate::rt::pid::current_pid(),
+        tid: NEXT.fetch_add(1, Ordering::Relaxed),
+        named_for: 0,
+    };
+    let _ = HERE.try_with(|cell| cell.set(track));
+}
+
+/// Ends [`new_track`]: the thread's events go to its own track again.
+pub(crate) fn end_track() {
+    let _ = HERE.try_with(|cell| {
+        cell.set(Here {
+            pid: 0,
+            tid: 0,
+            named_for: 0,
+        })
+    });
+}
+
 fn mark_named(tracer: u64) {
     let _ = HERE.try_with(|cell| {
         let mut here = cell.get();
