@@ -369,6 +369,9 @@ fn serve(first: Box<dyn FnOnce() + Send>, serial: u64, generation: u64) {
     let mut work = first;
     loop {
         work();
+        // Idle, it says so (`ps`, a debugger), not what it last did.
+        set_os_name("parrun-idle");
+        NAME.with(|n| *n.borrow_mut() = Some("parrun-idle".into()));
         let (tx, rx) = crossbeam_channel::bounded::<ServiceJob>(1);
         {
             let Some(mut services) = services() else {
