@@ -1,7 +1,7 @@
 //! How parrun starts its OS threads ([`Builder`]: plain POSIX threads, safe to start in a
 //! forked child), keeps them ([`Handle`]: one a forked child may drop), names and tells them
-//! apart ([`current_name`], [`current_id`]), and the allocator gate a fork holds
-//! ([`hold_for_fork`]). Imports nothing of parrun's but `poison`, so that every other module
+//! apart ([`current_name`], [`current_id`]), reuses the ones that run parrun's own work
+//! ([`run_service`]), and the allocator gate a fork holds ([`hold_for_fork`]). Imports nothing of parrun's but `poison`, so that every other module
 //! can start threads.
 
 use crate::rt::poison::Recover;
