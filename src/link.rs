@@ -1057,14 +1057,7 @@ impl Caller {
             let _answering = answering;
             // A wait forwarded further up on this thread is withdrawn when the child goes; the
             // thread's next work starts without it, even after a panic.
-            struct Uninstall;
-            impl Drop for Uninstall {
-                fn drop(&mut self) {
-                    cancel::install(None);
-                }
-            }
-            cancel::install(Some(cancel));
-            let _uninstall = Uninstall;
+            let _installed = cancel::install_until_dropped(cancel);
             wait(self);
         }) {
             output::write_stderr(&format!("parrun: cannot start a waiting thread: {e}"));

@@ -151,16 +151,10 @@ pub(super) fn start(
     crate::rt::spawn::run_service("parrun-pool".into(), move || {
         let pool = supervisor.pool.clone();
         // On a service thread that may have overseen another pool: a track of its own.
-        struct EndTrack;
-        impl Drop for EndTrack {
-            fn drop(&mut self) {
-                crate::rt::trace::end_track();
-            }
-        }
-        let _end_track = pool.host.trace.as_ref().map(|trace| {
-            crate::rt::trace::new_track();
+        let _track = pool.host.trace.as_ref().map(|trace| {
+            let track = crate::rt::trace::own_track();
             trace.name_thread(format!("{} supervisor", pool.pool_name()));
-            EndTrack
+            track
         });
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| supervisor.run())) {
             // The workers went with the unwinding: their task pipes closed, so they end

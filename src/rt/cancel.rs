@@ -140,6 +140,22 @@ pub fn install(cancel: Option<Arc<Cancel>>) {
     CURRENT.with(|c| *c.borrow_mut() = cancel);
 }
 
+/// Makes `cancel` the request this thread's engine checks until the guard drops (a panic
+/// included): for a thread that goes on to other work after this (a service thread).
+pub(crate) fn install_until_dropped(cancel: Arc<Cancel>) -> Installed {
+    install(Some(cancel));
+    Installed
+}
+
+/// See [`install_until_dropped`].
+pub(crate) struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        install(None);
+    }
+}
+
 /// Why the task on this thread must stop, if it must.
 pub fn requested() -> Option<String> {
     CURRENT.with(|c| c.borrow().as_ref().and_then(|c| c.reason()))

@@ -25,3 +25,12 @@ pub mod signals;
 pub(crate) mod spawn;
 pub(crate) mod threads;
 pub(crate) mod trace;
+
+/// Ends the threads a run kept for itself once everything it started is done (a run's end, or
+/// a loaded script's): the idle service threads, the thread that forked its children (they are
+/// reaped), the one that drew its progress bars. A library run leaves no thread behind.
+pub(crate) fn retire_run_threads() {
+    spawn::retire_services();
+    fork::retire_forker();
+    progress::settle();
+}

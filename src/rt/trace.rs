@@ -185,11 +185,11 @@ fn here() -> Here {
     .unwrap_or_else(|_| found())
 }
 
-/// Gives the calling thread a track of its own from now until [`end_track`]: a service thread
-/// (`rt::spawn::run_service`) that oversees one pool after another shows each pool's
-/// supervisor on a track of its own, as when each had a thread. (Numbered from 2^31 up, past
-/// the kernel's thread ids.)
-pub(crate) fn new_track() {
+/// Gives the calling thread a track of its own until the guard drops (a panic included), when
+/// its events go to its own track again: a service thread (`rt::spawn::run_service`) that
+/// oversees one pool after another shows each pool's supervisor on a track of its own, as when
+/// each had a thread. (Numbered from 2^31 up, past the kernel's thread ids.)
+pub(crate) fn own_track() -> OwnTrack {
     static NEXT: AtomicU32 = AtomicU32::new(1 << 31);
     let track = Here {
         pid: crate::rt::pid::current_pid(),
@@ -197,17 +197,22 @@ pub(crate) fn new_track() {
         named_for: 0,
     };
     let _ = HERE.try_with(|cell| cell.set(track));
+    OwnTrack
 }
 
-/// Ends [`new_track`]: the thread's events go to its own track again.
-pub(crate) fn end_track() {
-    let _ = HERE.try_with(|cell| {
-        cell.set(Here {
-            pid: 0,
-            tid: 0,
-            named_for: 0,
-        })
-    });
+/// See [`own_track`].
+pub(crate) struct OwnTrack;
+
+impl Drop for OwnTrack {
+    fn drop(&mut self) {
+        let _ = HERE.try_with(|cell| {
+            cell.set(Here {
+                pid: 0,
+                tid: 0,
+                named_for: 0,
+            })
+        });
+    }
 }
 
 fn mark_named(tracer: u64) {

@@ -629,9 +629,7 @@ impl Server {
         drop(self.script);
         host.output().flush();
         // Every child is reaped: the thread that forked them may go, as at the end of a run.
-        crate::rt::spawn::retire_services();
-        crate::rt::fork::retire_forker();
-        crate::rt::progress::settle();
+        crate::rt::retire_run_threads();
     }
 }
 

@@ -728,9 +728,7 @@ impl Runtime {
         self.embedding.output.flush();
         // The run has reaped every child it forked: the thread that forked them may go, and so
         // may the one that drew its progress bars.
-        crate::rt::spawn::retire_services();
-        crate::rt::fork::retire_forker();
-        crate::rt::progress::settle();
+        crate::rt::retire_run_threads();
         trace.end();
         ended
     }

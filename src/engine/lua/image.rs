@@ -61,10 +61,11 @@ pub(super) struct Graph<O> {
     #[serde(skip)]
     set_up: Option<Arc<SetUp>>,
     /// The tables that are upvalues of the graph's functions (plain data), each with the source
-    /// table's number (`inherit::origin_of`) and digest: the built engine holds its copies as the copies of those tables
-    /// (`inherit::keep`), so a function submitted later with such a table as its upvalue
-    /// reads the same copy as the engine's own functions do, as in the script (a global
-    /// function bumping a local table's counter, handed over itself and called by a closure).
+    /// table's number (`inherit::origin_of`) and digest: the built engine holds its copies as
+    /// the copies of those tables (`inherit::keep`), so a function submitted later with such a
+    /// table as its upvalue reads the same copy as the engine's own functions do, as in the
+    /// script (a global function bumping a local table's counter, handed over itself and
+    /// called by a closure).
     #[serde(default)]
     held: Vec<HeldTable>,
 }

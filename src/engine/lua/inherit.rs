@@ -441,8 +441,7 @@ pub(super) fn inherited(
 }
 
 /// Registry key: a worker's copies of the script's tables, by the script table's number
-/// ([`origin_of`])
-/// (values weak: a copy that no function holds any more goes).
+/// ([`origin_of`]; values weak: a copy that no function holds any more goes).
 const HELD: &str = "parrun.held";
 /// How many copies' digests a worker remembers before it first forgets those of collected
 /// copies; then twice as many as it still held.
@@ -466,17 +465,7 @@ const ORIGINS: &str = "parrun.origins";
 /// copy of an earlier one the worker's tasks had changed (a task bumping its own new counter
 /// returned 2 or 3).
 pub(super) fn origin_of(lua: &Lua, table: &LuaValue) -> mlua::Result<u64> {
-    let origins = match lua.named_registry_value::<Option<Table>>(ORIGINS)? {
-        Some(origins) => origins,
-        None => {
-            let origins = lua.create_table()?;
-            let weak = lua.create_table()?;
-            weak.raw_set("__mode", "k")?;
-            origins.set_metatable(Some(weak))?;
-            lua.set_named_registry_value(ORIGINS, &origins)?;
-            origins
-        }
-    };
+    let origins = weak_registry_table(lua, ORIGINS, "k")?;
     if let Some(n) = origins.raw_get::<Option<i64>>(table)? {
         return Ok(n as u64);
     }
@@ -489,8 +478,8 @@ pub(super) fn origin_of(lua: &Lua, table: &LuaValue) -> mlua::Result<u64> {
     Ok(n)
 }
 
-/// A worker's copy of the script's table numbered `origin` ([`origin_of`]), whose contents had digest
-/// `digest` when the function was encoded: the copy the worker holds already if it was made
+/// A worker's copy of the script's table numbered `origin` ([`origin_of`]), whose contents had
+/// digest `digest` when the function was encoded: the copy the worker holds already if it was made
 /// from those same contents (with whatever the worker's own tasks changed in it since, as the
 /// script's functions share one table), else a new one from `make`. So every function a worker
 /// runs reads one table where the script has one, in every mode.
@@ -540,16 +529,20 @@ pub(super) fn keep(lua: &Lua, origin: u64, digest: u64, value: &LuaValue) -> Res
 }
 
 fn copies(lua: &Lua) -> Result<Table, String> {
-    if let Ok(Some(copies)) = lua.named_registry_value::<Option<Table>>(HELD) {
-        return Ok(copies);
+    weak_registry_table(lua, HELD, "v").map_err(error_text)
+}
+
+/// The registry's table at `key`, made on first use with weak keys or values (`mode`).
+fn weak_registry_table(lua: &Lua, key: &str, mode: &str) -> mlua::Result<Table> {
+    if let Some(table) = lua.named_registry_value::<Option<Table>>(key)? {
+        return Ok(table);
     }
-    let copies = lua.create_table().map_err(error_text)?;
-    let weak = lua.create_table().map_err(error_text)?;
-    weak.raw_set("__mode", "v").map_err(error_text)?;
-    copies.set_metatable(Some(weak)).map_err(error_text)?;
-    lua.set_named_registry_value(HELD, &copies)
-        .map_err(error_text)?;
-    Ok(copies)
+    let table = lua.create_table()?;
+    let weak = lua.create_table()?;
+    weak.raw_set("__mode", mode)?;
+    table.set_metatable(Some(weak))?;
+    lua.set_named_registry_value(key, &table)?;
+    Ok(table)
 }
 
 #[cfg(test)]
