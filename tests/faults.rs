@@ -1721,13 +1721,13 @@ print(e:wait(9e9 - 1), l:acquire(true, 9e9))
 let e = Event(); let q = Queue(); let l = Lock();
 let t = Thread(Fn("sleep"), [0]);
 t.start();
-e.set();
 try { e.wait(9223372036854775807); } catch (x) { print(x); }
 try { e.wait(1.0 / 0.0); } catch (x) { print(x); }
 try { q.get(true, 9223372036854775807); } catch (x) { print(x); }
 try { l.acquire(true, 1e10); } catch (x) { print(x); }
 try { t.join(1e300); } catch (x) { print(x); }
 try { sleep(1e19); } catch (x) { print(x); }
+e.set();
 print(`${e.wait(9e9 - 1)}	${l.acquire(true, 9e9)}`);
 "#,
         |out| {
@@ -1758,6 +1758,60 @@ print(`${e.wait(9e9 - 1)}	${l.acquire(true, 9e9)}`);
                     out.describe()
                 );
             }
+        },
+    );
+}
+
+/// A wait that is answered at once (a set `Event`, a ready `AsyncResult`) does not read its
+/// timeout's length, as Python's: a huge or a negative one answers, where it was an
+/// OverflowError or a ValueError. An unset event still refuses both; a timeout that is not a
+/// number is still an error. Every mode, both languages.
+#[test]
+fn a_wait_answered_at_once_does_not_read_its_timeout() {
+    both_in_modes(
+        &["gil", "fork", "isolated"],
+        "answered",
+        r#"
+local function try(f, ...) print(select(2, pcall(f, ...))) end
+local e, p = parrun.Event(), parrun.Pool(1)
+local r = p:apply_async(function(x) return x * 2 end, {21})
+r:wait()
+try(e.wait, e, 1e300)
+e:set()
+print(e:wait(1e300), e:wait(-5), r:get(1e300), r:get(-1), r:wait(math.huge))
+try(e.wait, e, "soon")
+p:close() p:join()
+"#,
+        r#"
+let e = Event(); let p = Pool(1);
+let r = p.apply_async(|x| x * 2, [21]);
+r.wait();
+try { e.wait(1e300); } catch (x) { print(x); }
+e.set();
+print(`${e.wait(1e300)}	${e.wait(-5)}	${r.get(1e300)}	${r.get(-1)}	${r.wait(1.0 / 0.0)}`);
+try { e.wait("soon"); } catch (x) { print(x); }
+p.close(); p.join();
+"#,
+        |mode, out| {
+            out.assert_success();
+            let lines = out.stdout_lines();
+            assert_eq!(lines.len(), 3, "mode {mode}: {}", out.describe());
+            assert!(
+                lines[0].ends_with("Event.wait: timeout value is too large, got 1e300 \
+                                    (OverflowError: timeout value is too large)"),
+                "mode {mode}: {}",
+                out.describe()
+            );
+            assert!(
+                lines[1] == "true\ttrue\t42\t42\tnil" || lines[1] == "true\ttrue\t42\t42\t",
+                "mode {mode}: {}",
+                out.describe()
+            );
+            assert!(
+                lines[2].contains("Event.wait") && lines[2].contains("timeout"),
+                "mode {mode}: {}",
+                out.describe()
+            );
         },
     );
 }

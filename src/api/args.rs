@@ -17,6 +17,16 @@ pub(super) fn timeout(args: &mut dyn Args, i: usize) -> Result<Option<Duration>,
     seconds(args, i, "timeout")
 }
 
+/// The timeout at argument `i` of a wait answered at once (a set `Event`, a ready result): only
+/// its type is checked, as Python answers those without looking at the length, so a huge or a
+/// negative one is no error there.
+pub(super) fn unused_timeout(args: &mut dyn Args, i: usize) -> Result<(), String> {
+    if !args.is_nil(i) {
+        number(args, i, "timeout")?;
+    }
+    Ok(())
+}
+
 /// An optional number of seconds `what` at argument `i` (nil: none).
 pub(super) fn seconds(
     args: &mut dyn Args,

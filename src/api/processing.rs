@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::args::{
     as_list, bool_value, elements, flag, has_args, iterable, known_options, list_items, mode_value,
-    name_value, opt_name, opt_positive, opt_size, seconds, timeout,
+    name_value, opt_name, opt_positive, opt_size, seconds, timeout, unused_timeout,
 };
 use super::{Args, Builtin, Class, Kind, Object, Outcome, PieceSink, Ret, Stream};
 use crate::exec;
@@ -756,16 +756,17 @@ pub(super) static BUILTINS: &[Builtin] = &[
         arity: (0, 1),
         call: |_, args| {
             let (j, p) = job_of_pool(args)?;
-            let timeout = timeout(args, 1)?;
-            p.check_wait(&j, timeout)?;
             // A ready result is answered at once, with the GIL kept: handed over for it, the
             // GIL went to a busy thread for a whole switch interval (5 ms) every call.
             if j.ready() {
+                unused_timeout(args, 1)?;
                 let ret = j.get(None).map(|v| result_of(&j, v));
                 return ret
                     .or_else(|f| failed("AsyncResult.get", f))
                     .map(Outcome::Done);
             }
+            let timeout = timeout(args, 1)?;
+            p.check_wait(&j, timeout)?;
             Outcome::wait(move || {
                 j.get(timeout)
                     .map(|v| result_of(&j, v))
@@ -780,11 +781,12 @@ pub(super) static BUILTINS: &[Builtin] = &[
         arity: (0, 1),
         call: |_, args| {
             let (j, p) = job_of_pool(args)?;
-            let timeout = timeout(args, 1)?;
-            p.check_wait(&j, timeout)?;
             if j.ready() {
+                unused_timeout(args, 1)?;
                 return Outcome::nil();
             }
+            let timeout = timeout(args, 1)?;
+            p.check_wait(&j, timeout)?;
             Outcome::wait(move || {
                 j.wait(timeout);
                 Ok(Value::Nil.into())

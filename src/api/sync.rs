@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::args::{block_and_timeout, timeout, Blocking};
+use super::args::{block_and_timeout, timeout, unused_timeout, Blocking};
 use super::{Args, Builtin, Class, Kind, Object, Outcome};
 use crate::sync::{Barrier, CondLock, Condition, Event, Holder, RLock, Semaphore};
 use crate::value::Value;
@@ -245,10 +245,11 @@ pub(super) static BUILTINS: &[Builtin] = &[
         arity: (0, 1),
         call: |_, args| {
             let e = event(args)?;
-            let timeout = timeout(args, 1)?;
             if e.is_here() && e.is_set()? {
+                unused_timeout(args, 1)?;
                 return Outcome::value(Value::Bool(true));
             }
+            let timeout = timeout(args, 1)?;
             Outcome::wait(move || Ok(Value::Bool(e.wait(timeout)?).into()))
         },
     },
