@@ -564,7 +564,8 @@ throw ();
 /// A failed task's error raised by an `imap` loop names the loop's line first, as an error
 /// from `map` or any other parrun call does, in both languages and every mode: Lua's said
 /// `parrun: ResultIterator.next: x.lua:3: bad` (the task's place only), and a Ctrl-C there
-/// `parrun: KeyboardInterrupt` with no place at all.
+/// `parrun: KeyboardInterrupt` with no place at all. Both name the call, `ResultIterator.next`
+/// (Rhai's lacked it).
 #[test]
 fn an_imap_loops_error_names_the_loops_line() {
     let lua = "local pool = parrun.Pool(1)\n\nfor x in pool:imap(function(x) if x == 2 then error('bad', 0) end return x end, {1, 2}) do end\n";
@@ -576,6 +577,7 @@ fn an_imap_loops_error_names_the_loops_line() {
             first.starts_with("parrun: ")
                 && first.contains("imaperr.")
                 && first["parrun: ".len()..].split(':').nth(1) == Some("3")
+                && first.contains("ResultIterator.next: ")
                 && first.ends_with("bad"),
             "{mode}: {}",
             out.describe()

@@ -629,7 +629,10 @@ impl IntoIterator for Object {
                 Ok(Some(v)) => Some(into_dynamic(v)),
                 Ok(None) => None,
                 Err(e) => {
-                    dropped = Some((e.message.clone(), 0));
+                    // Named as the builtin `next` names it (and `get` its own), so a loop's
+                    // uncaught error reads as Lua's does.
+                    let message = format!("ResultIterator.next: {}", e.message);
+                    dropped = Some((message.clone(), 0));
                     // The data the task threw, thrown again; else the message.
                     match e.value.map(|v| into_dynamic(*v)) {
                         Some(Ok(value)) => {
@@ -637,7 +640,7 @@ impl IntoIterator for Object {
                                 EvalAltResult::ErrorRuntime(value, Position::NONE).into()
                             ))
                         }
-                        _ => Some(Err(e.message.into())),
+                        _ => Some(Err(message.into())),
                     }
                 }
             }
