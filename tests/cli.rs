@@ -185,6 +185,29 @@ fn a_script_without_an_extension_is_lua() {
     out.assert_success().assert_stdout_contains("rhai tool y");
 }
 
+/// A Rhai script run without an extension and without `--lang rhai` fails as Lua, and its
+/// syntax error says the file parses as Rhai; a Lua syntax or runtime error gets no such hint.
+#[test]
+fn a_rhai_script_taken_as_lua_for_want_of_an_extension_gets_a_hint() {
+    let dir = TempDir::new("noext-hint");
+    dir.write("rtool", "let x = 5;\nprint(`x is ${x}`);\n");
+    dir.write("bad", "print(1\n");
+    dir.write("fails", "error('no')\n");
+    let hint = "this one parses as Rhai: run it with --lang rhai";
+    let out = Run::new(["./rtool"]).dir(dir.path()).output();
+    out.assert_code(1)
+        .assert_stderr_contains("rtool:1: syntax error near 'x'")
+        .assert_stderr_contains(hint);
+    for lua in ["./bad", "./fails"] {
+        let out = Run::new([lua]).dir(dir.path()).output();
+        out.assert_code(1);
+        assert!(!out.stderr.contains(hint), "{}", out.describe());
+    }
+    let out = Run::new(["--lang", "lua", "./rtool"]).dir(dir.path()).output();
+    out.assert_code(1);
+    assert!(!out.stderr.contains(hint), "--lang lua: {}", out.describe());
+}
+
 /// The directory `require` looks in first is the script's, absolute whatever path named the
 /// script, and the real one behind a link (as Python's `sys.path[0]`): a script that changes
 /// its working directory, or is run through a link, still finds the modules beside it.

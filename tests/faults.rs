@@ -1799,8 +1799,10 @@ p.close(); p.join();
             let lines = out.stdout_lines();
             assert_eq!(lines.len(), 3, "mode {mode}: {}", out.describe());
             assert!(
-                lines[0].ends_with("Event.wait: timeout value is too large, got 1e300 \
-                                    (OverflowError: timeout value is too large)"),
+                lines[0].ends_with(
+                    "Event.wait: timeout value is too large, got 1e300 \
+                                    (OverflowError: timeout value is too large)"
+                ),
                 "mode {mode}: {}",
                 out.describe()
             );

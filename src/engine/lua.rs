@@ -62,6 +62,12 @@ use native::wait_tag;
 use object::*;
 use tasks::*;
 
+/// Whether `code` compiles as a Lua chunk (a shebang line skipped, as the runner does).
+pub(crate) fn compiles(code: &[u8]) -> bool {
+    let lua = mlua::Lua::new();
+    lua.load(chunk_source(code)).into_function().is_ok()
+}
+
 /// Whether `name` is a Lua name (`[A-Za-z_][A-Za-z0-9_]*`) and not one of its keywords.
 pub(crate) fn is_name(name: &str) -> bool {
     const KEYWORDS: [&str; 22] = [

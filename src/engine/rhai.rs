@@ -386,6 +386,11 @@ fn standard_engine(fallbacks: impl IntoIterator<Item = ::rhai::Shared<::rhai::Mo
     engine
 }
 
+/// Whether `code` parses as a Rhai script (a shebang line skipped, as Rhai does).
+pub(crate) fn compiles(code: &[u8]) -> bool {
+    std::str::from_utf8(code).is_ok_and(|code| Engine::new_raw().compile(code).is_ok())
+}
+
 /// Whether Rhai takes `name` as the name of a top-level constant (not a keyword or a reserved
 /// word), as the embedding program's globals are declared ([`start_engine`]).
 pub(crate) fn is_constant_name(name: &str) -> bool {

@@ -488,7 +488,11 @@ impl Runtime {
     pub fn run_file(&self, path: impl AsRef<Path>) -> Result<i32, Error> {
         self.on_ranks(|| {
             let (language, source) = self.file_source(path.as_ref())?;
-            self.run(language, source)
+            let guessed = self.guessed_language(path.as_ref(), &source);
+            self.run(language, source).map_err(|e| match guessed {
+                Some(code) => hint_other_language(e, &code),
+                None => e,
+            })
         })
         .map(|ended| ended.status)
     }
@@ -615,6 +619,13 @@ impl Runtime {
             interpreter: self.interpreter.clone(),
         };
         Ok((language, source))
+    }
+
+    /// The code of a script file whose language was taken as Lua for want of an extension
+    /// (kept for [`hint_other_language`]); `None` when an extension or `--lang` named it.
+    fn guessed_language(&self, path: &Path, source: &Source) -> Option<Vec<u8>> {
+        (self.language.is_none() && Language::from_path(path).is_none())
+            .then(|| source.code.clone())
     }
 
     /// Source code named `name`, with this runtime's arguments.
@@ -852,4 +863,21 @@ host_args! {
     6: A B C D E F;
     7: A B C D E F G;
     8: A B C D E F G H;
+}
+
+/// `error` of a file taken as Lua for want of an extension, with a hint when it is Lua's syntax
+/// error and the file parses as Rhai: a Rhai script run without `--lang rhai`.
+fn hint_other_language(error: Error, code: &[u8]) -> Error {
+    match error {
+        Error::Script(mut e)
+            if !crate::engine::lua::compiles(code) && crate::engine::rhai::compiles(code) =>
+        {
+            e.message.push_str(
+                " (a file without an extension is read as Lua; this one parses as Rhai: run it \
+                 with --lang rhai)",
+            );
+            Error::Script(e)
+        }
+        other => other,
+    }
 }
