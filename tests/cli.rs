@@ -203,7 +203,9 @@ fn a_rhai_script_taken_as_lua_for_want_of_an_extension_gets_a_hint() {
         out.assert_code(1);
         assert!(!out.stderr.contains(hint), "{}", out.describe());
     }
-    let out = Run::new(["--lang", "lua", "./rtool"]).dir(dir.path()).output();
+    let out = Run::new(["--lang", "lua", "./rtool"])
+        .dir(dir.path())
+        .output();
     out.assert_code(1);
     assert!(!out.stderr.contains(hint), "--lang lua: {}", out.describe());
 }

@@ -25,6 +25,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -360,6 +361,10 @@ pub struct Pool {
     /// waiter (a wake-up is a context switch, and `apply_async` queues one task at a time);
     /// a new status wakes them all.
     work: Condvar,
+    /// Counts the times tasks were queued or the status changed: an idle worker thread about
+    /// to sleep watches it without the pool's lock (see `threads::next_task`), since each look
+    /// under the lock took the lock's cache line from the script's thread as it submitted.
+    news: AtomicU64,
     finisher: Finisher,
     backend: Box<dyn Backend>,
     /// The thread that oversees the workers (the forked workers' supervisor, the worker
@@ -563,6 +568,7 @@ impl Pool {
                 }),
                 changed: Condvar::new(),
                 work: Condvar::new(),
+                news: AtomicU64::new(0),
                 finisher: Finisher::new(host, results, maker.clone()),
                 backend,
                 overseer: Mutex::new(None),
@@ -680,6 +686,7 @@ impl Pool {
         }
         s.queue(job, function, chunk, first);
         let (queued, idle) = (s.pending.len(), s.idle_workers);
+        self.news.fetch_add(1, Ordering::Release);
         drop(s);
         self.backend.tasks_added(self, queued, idle);
     }
@@ -964,6 +971,7 @@ impl Pool {
 
     /// Tells the workers that there is news (work, a state change).
     fn wake(&self) {
+        self.news.fetch_add(1, Ordering::Release);
         self.backend.wake(self);
     }
 

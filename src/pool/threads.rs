@@ -462,10 +462,17 @@ fn next_task(pool: &Pool, index: usize) -> Option<Task> {
         if spins < IDLE_SPINS {
             // A task often follows soon (a script submitting one at a time): looking again a
             // few times, giving the core away between looks, costs less than sleeping and
-            // being woken.
-            spins += 1;
+            // being woken. The looks read the pool's count of news, not its lock, which the
+            // submitting thread takes for every task.
+            let seen = pool.news.load(Ordering::Acquire);
             drop(s);
-            std::thread::yield_now();
+            while spins < IDLE_SPINS {
+                spins += 1;
+                std::thread::yield_now();
+                if pool.news.load(Ordering::Acquire) != seen {
+                    break;
+                }
+            }
             s = pool.state();
             continue;
         }
