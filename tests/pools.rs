@@ -2152,6 +2152,50 @@ pool:close() pool:join()
     }
 }
 
+/// A table a function reaches as an upvalue and inside another upvalue (`inner`, and
+/// `outer.inner`, and deeper) is one table in a worker, as in the script, in every mode, for a
+/// pool made before the tables and one made after: copied one upvalue at a time, the worker's
+/// `outer.inner` was a second copy, which never saw the task's changes (`0/0/false` where
+/// `gil` said `1/1/true`). What a task makes of it stays: a task that puts a table of its own
+/// there finds it on its next run.
+#[test]
+fn a_table_inside_another_upvalue_is_one_table_in_a_worker() {
+    let lua = r#"
+local early = parrun.Pool(1)
+local inner = {v = 0}
+local outer = {inner = inner, deep = {x = {inner = inner}}}
+local function f()
+  inner.v = inner.v + 1
+  return outer.inner.v .. "/" .. outer.deep.x.inner.v .. "/" .. tostring(rawequal(inner, outer.inner))
+end
+local late = parrun.Pool(1)
+local function own()
+  if outer.inner == inner then outer.inner = {v = 100} end
+  outer.inner.v = outer.inner.v + 1
+  return outer.inner.v
+end
+print(table.concat(early:map(f, {1, 2, 3}, 1), " "))
+print(table.concat(late:map(f, {1, 2}, 1), " "))
+print(table.concat(late:map(own, {1, 2}, 1), " "))
+early:close() early:join() late:close() late:join()
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "nested_upvalue", "lua", lua);
+        out.assert_success();
+        // `gil`'s workers share the script's tables; the others' start from its copy.
+        let late = match mode {
+            "gil" => "4/4/true 5/5/true",
+            _ => "1/1/true 2/2/true",
+        };
+        assert_eq!(
+            out.stdout_lines(),
+            ["1/1/true 2/2/true 3/3/true", late, "101 102"],
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}
+
 /// A fresh table with each submission is a fresh table in the worker, though it may take the
 /// address of one the script made before and dropped: a worker named the script's tables by
 /// address, and handed a task the copy of an earlier table with the same contents, which an

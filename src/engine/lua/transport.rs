@@ -34,9 +34,25 @@ use crate::value::Value;
 #[derive(Serialize, Deserialize)]
 enum Wire {
     /// Bytecode: the function is the first; the others are functions its upvalues refer to.
-    Functions(Vec<FunctionDef>),
+    /// `nested`: where a table upvalue sits inside another that was copied.
+    Functions {
+        defs: Vec<FunctionDef>,
+        nested: Vec<Nested>,
+    },
     /// A function the worker already has, reached from the globals (`print`, `string.upper`).
     Path(Vec<String>),
+}
+
+/// A table upvalue that sits inside another table upvalue, copied: upvalue `table` is at `path`
+/// (its keys from the outer table down) within upvalue `within`, each named as (function, its
+/// upvalue's number from 1). The worker puts its copy of the one there in its fresh copy of the
+/// other, so that `inner` and `outer.inner` are one table to the function, as in the script
+/// (`local inner = {}; local outer = {inner = inner}`): copied one by one, they were two.
+#[derive(Serialize, Deserialize)]
+struct Nested {
+    within: (u32, u32),
+    path: Vec<Value>,
+    table: (u32, u32),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -119,6 +135,9 @@ struct Encoder<'a> {
     checks: Vec<Check>,
     /// For a fork pool's workers: the tables they inherited, named instead of copied.
     heritage: Option<&'a Heritage>,
+    /// The upvalues that are tables sent whole (copied, or named as inherited): where (function,
+    /// number from 1), the table, and whether it was copied.
+    tables: Vec<((u32, u32), Table, bool)>,
 }
 
 /// Encodes `f` for a worker (of a fork pool whose workers inherited `heritage`).
@@ -141,6 +160,7 @@ pub(super) fn encode(
         defs: Vec::new(),
         index: HashMap::new(),
         checks: Vec::new(),
+        tables: Vec::new(),
     };
     let value = LuaValue::Function(f.clone());
     let wire = if f.info().what == "C" {
@@ -150,7 +170,13 @@ pub(super) fn encode(
         Wire::Path(path)
     } else {
         match enc.function(f) {
-            Ok(_) => Wire::Functions(enc.defs),
+            Ok(_) => {
+                let nested = enc.nested()?;
+                Wire::Functions {
+                    defs: enc.defs,
+                    nested,
+                }
+            }
             // A global function whose upvalues cannot travel is still the worker's own.
             Err(e) => {
                 enc.checks.clear();
@@ -230,11 +256,22 @@ impl Encoder<'_> {
                 Err(_) => 0,
             };
             let env = matches!(&value, LuaValue::Table(t) if t == &self.globals);
+            let table = match &value {
+                LuaValue::Table(t) => Some(t.clone()),
+                _ => None,
+            };
             // (Checked as any other, so that `unchanged` meets the same upvalues.)
             let up = self.upvalue(&name, value)?;
             let first = (variable != 0 && !env)
                 .then(|| *self.variables.entry(variable).or_insert((i, n)))
                 .filter(|&first| first != (i, n));
+            if let (None, Some(table)) = (first, table) {
+                match up {
+                    Upvalue::Table { .. } => self.tables.push(((i, n), table, true)),
+                    Upvalue::Inherited { .. } => self.tables.push(((i, n), table, false)),
+                    _ => {}
+                }
+            }
             upvalues.push(match first {
                 Some((function, index)) => Upvalue::Joined { function, index },
                 None => up,
@@ -316,6 +353,52 @@ impl Encoder<'_> {
         })
     }
 
+    /// Where each table upvalue sent whole sits inside another that was copied (see [`Nested`]).
+    /// Only a function with two such upvalues or more has any; the copied ones are read again
+    /// for it, as their copy read them.
+    fn nested(&self) -> Result<Vec<Nested>, String> {
+        if self.tables.len() < 2 {
+            return Ok(Vec::new());
+        }
+        let upvalue_at: HashMap<usize, (u32, u32)> = self
+            .tables
+            .iter()
+            .map(|(at, table, _)| (table.to_pointer() as usize, *at))
+            .collect();
+        let mut found = Vec::new();
+        for (within, table, copied) in &self.tables {
+            if !copied {
+                continue;
+            }
+            let mut seen = std::collections::HashSet::from([table.to_pointer() as usize]);
+            let mut to_read = vec![(table.clone(), Vec::new())];
+            while let Some((t, path)) = to_read.pop() {
+                for pair in t.pairs::<LuaValue, LuaValue>() {
+                    let (key, value) = pair.map_err(error_text)?;
+                    let LuaValue::Table(inner) = value else {
+                        continue;
+                    };
+                    let id = inner.to_pointer() as usize;
+                    // Every place it sits is the one copy; its own copy holds what is inside.
+                    if let Some(&table) = upvalue_at.get(&id) {
+                        let mut at = path.clone();
+                        at.push(data_of(self.lua, key)?);
+                        found.push(Nested {
+                            within: *within,
+                            path: at,
+                            table,
+                        });
+                    } else if seen.insert(id) {
+                        let mut at = path.clone();
+                        at.push(data_of(self.lua, key)?);
+                        to_read.push((inner, at));
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Where the script reaches `value` from the globals: `math.floor`, `package.loaded.m`.
     fn path_of(&self, value: &LuaValue) -> Option<Vec<String>> {
         let target = value.to_pointer();
@@ -374,8 +457,9 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
                 )),
             }
         }
-        Wire::Functions(defs) => defs,
+        Wire::Functions { defs, nested } => (defs, nested),
     };
+    let (defs, nested) = defs;
     let setupvalue: Function = lua
         .named_registry_value("parrun.setupvalue")
         .map_err(error_text)?;
@@ -389,7 +473,9 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut joined = Vec::new();
-    for (def, f) in defs.iter().zip(&functions) {
+    // The table upvalues by place, and whether this decoding made their copy afresh.
+    let mut tables: HashMap<(u32, u32), (Table, bool)> = HashMap::new();
+    for (i, (def, f)) in defs.iter().zip(&functions).enumerate() {
         for (n, up) in def.upvalues.iter().enumerate() {
             let value = match up {
                 &Upvalue::Joined { function, index } => {
@@ -413,19 +499,57 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
                     id,
                     origin,
                     digest,
-                } => inherit::inherited(lua, generation, id, origin, digest)?,
+                } => {
+                    let value = inherit::inherited(lua, generation, id, origin, digest)?;
+                    if let LuaValue::Table(t) = &value {
+                        tables.insert((i as u32, n as u32 + 1), (t.clone(), false));
+                    }
+                    value
+                }
                 Upvalue::Table {
                     origin,
                     digest,
                     value,
-                } => inherit::held(lua, *origin, *digest, || {
-                    from_value(lua, value).map_err(error_text)
-                })?,
+                } => {
+                    let mut fresh = false;
+                    let value = inherit::held(lua, *origin, *digest, || {
+                        fresh = true;
+                        from_value(lua, value).map_err(error_text)
+                    })?;
+                    if let LuaValue::Table(t) = &value {
+                        tables.insert((i as u32, n as u32 + 1), (t.clone(), fresh));
+                    }
+                    value
+                }
             };
             setupvalue
                 .call::<()>((f, n + 1, value))
                 .map_err(error_text)?;
         }
+    }
+    for Nested {
+        within,
+        path,
+        table,
+    } in &nested
+    {
+        // A copy the worker held already keeps what its tasks made of it.
+        let (Some((outer, true)), Some((inner, _))) = (tables.get(within), tables.get(table))
+        else {
+            continue;
+        };
+        let Some((last, down)) = path.split_last() else {
+            continue;
+        };
+        let mut parent = outer.clone();
+        for key in down {
+            parent = parent
+                .raw_get::<Table>(from_value(lua, key).map_err(error_text)?)
+                .map_err(|e| format!("bad function encoding: nested table: {e}"))?;
+        }
+        parent
+            .raw_set(from_value(lua, last).map_err(error_text)?, inner.clone())
+            .map_err(error_text)?;
     }
     if !joined.is_empty() {
         let upvaluejoin: Function = lua
