@@ -1345,9 +1345,11 @@ t:start()
 P.sleep(0.1)
 print("waiting", coroutine.status(co), coroutine.resume(co))
 print("close", pcall(coroutine.close, co))
+-- Spins until the script has looked: a fixed count ended first on a loaded machine.
+local looked = false
 local spin = coroutine.create(function()
   local x = 0
-  for i = 1, 5e7 do x = x + 1 end
+  while not looked do x = x + 1 end
   return x
 end)
 local w = coroutine.wrap(function() P.sleep(0.4) return 1 end)
@@ -1356,6 +1358,7 @@ local t3 = P.Thread(function() w() end, {})
 t2:start() t3:start()
 P.sleep(0.1)
 print("spinning", coroutine.status(spin), coroutine.resume(spin))
+looked = true
 print("wrap", pcall(w))
 t:join() t2:join() t3:join()
 print("after", got[1], got[2], coroutine.status(co), coroutine.resume(co))
