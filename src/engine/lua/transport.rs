@@ -18,7 +18,7 @@
 //! same objects, data with the same contents: [`super::fingerprint`]), and
 //! [`unchanged`] tells whether they all still hold.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::c_int;
 
 use mlua::chunk::ChunkMode;
@@ -366,11 +366,12 @@ impl Encoder<'_> {
             .map(|(at, table, _)| (table.to_pointer() as usize, *at))
             .collect();
         let mut found = Vec::new();
+        let targets: HashSet<usize> = upvalue_at.keys().copied().collect();
         for (within, table, copied) in &self.tables {
-            if !copied {
+            if !copied || !holds_any(self.lua, table, &targets)? {
                 continue;
             }
-            let mut seen = std::collections::HashSet::from([table.to_pointer() as usize]);
+            let mut seen = HashSet::from([table.to_pointer() as usize]);
             let mut to_read = vec![(table.clone(), Vec::new())];
             while let Some((t, path)) = to_read.pop() {
                 for pair in t.pairs::<LuaValue, LuaValue>() {
@@ -439,6 +440,50 @@ impl Encoder<'_> {
         }
         None
     }
+}
+
+/// Whether `table` holds any of the tables `targets` (by address), at any depth: read in place,
+/// so that the usual function, whose copied tables hold none of its other upvalues, pays
+/// 10-20 ns an entry for the question, not a handle for each entry.
+fn holds_any(lua: &Lua, table: &Table, targets: &HashSet<usize>) -> Result<bool, String> {
+    /// # Safety
+    /// `at` holds a table, with room on the stack above it; no table is changed meanwhile.
+    unsafe fn within(
+        state: *mut ffi::lua_State,
+        at: c_int,
+        targets: &HashSet<usize>,
+        seen: &mut HashSet<usize>,
+    ) -> bool {
+        if ffi::lua_checkstack(state, 3) == 0 {
+            // Cannot tell: look the slow way.
+            return true;
+        }
+        ffi::lua_pushnil(state);
+        while ffi::lua_next(state, at) != 0 {
+            if ffi::lua_type(state, -1) == ffi::LUA_TTABLE {
+                let id = ffi::lua_topointer(state, -1) as usize;
+                if targets.contains(&id)
+                    || (seen.insert(id) && within(state, ffi::lua_gettop(state), targets, seen))
+                {
+                    ffi::lua_pop(state, 2);
+                    return true;
+                }
+            }
+            ffi::lua_pop(state, 1);
+        }
+        false
+    }
+    let mut found = false;
+    let mut seen = HashSet::from([table.to_pointer() as usize]);
+    // SAFETY: the table is at 1 in the protected call `exec_raw` makes; `within` keeps to
+    // Lua's API and pops what it pushes (a copied table is plain data, as deep as a copy goes).
+    unsafe {
+        lua.exec_raw::<()>(table, |state| {
+            found = within(state, 1, targets, &mut seen);
+        })
+    }
+    .map_err(error_text)?;
+    Ok(found)
 }
 
 /// Rebuilds an encoded function in this state.
