@@ -491,7 +491,7 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
     let wire: Wire =
         rmp_serde::from_slice(code).map_err(|e| format!("bad function encoding: {e}"))?;
     let globals = lua.globals();
-    let defs = match wire {
+    let (defs, nested) = match wire {
         Wire::Path(path) => {
             return match resolve(&globals, &path)? {
                 LuaValue::Function(f) => Ok(f),
@@ -504,7 +504,6 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
         }
         Wire::Functions { defs, nested } => (defs, nested),
     };
-    let (defs, nested) = defs;
     let setupvalue: Function = lua
         .named_registry_value("parrun.setupvalue")
         .map_err(error_text)?;
