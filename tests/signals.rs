@@ -788,11 +788,17 @@ fn close_stdout_after(
         text
     });
     {
+        let reading = Instant::now();
         let mut reader = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         while reader.read_line(&mut line).unwrap_or(0) > 0 {
             if enough(line.trim_end()) {
                 break;
+            }
+            if reading.elapsed() > TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what}: never saw what it waited for in {TIMEOUT:?} of output");
             }
             line.clear();
         }
@@ -874,7 +880,8 @@ print("the parent goes on");
 }
 
 /// Output that bypasses `print` (Lua's `io.write`, through C stdio) ends the run the same way
-/// once the reader has gone, instead of writing on into a broken pipe; and programs the script
+/// once the reader has gone, instead of writing on into a broken pipe, whether the script, a
+/// pool worker or a process writes, in every mode; and programs the script
 /// starts get SIGPIPE's default action, as under `lua` (a `yes | head -1` inside ends quietly
 /// rather than complaining of a broken pipe).
 #[test]
@@ -892,6 +899,52 @@ fn io_write_to_a_closed_stdout_ends_the_run_too_and_children_get_default_sigpipe
         "{what}: {status:?}\n{stderr}"
     );
     assert_eq!(stderr, "", "{what}: nothing on stderr");
+
+    // From a pool worker and a `Process` (and its own child): in `fork` the child's `io.write`
+    // got EPIPE back and looped for ever, at 100% CPU; now it dies of SIGPIPE and its parent
+    // ends the run, as a `print` there does.
+    let worker = r#"
+local pool = parrun.Pool(2)
+pool:map(function(x)
+  -- Whole lines: a block of C stdio cut a line, and a worker's `pid` line landed in it.
+  io.stdout:setvbuf("line")
+  print("pid " .. parrun.getpid())
+  while true do io.write("line ", x, "\n") end
+end, {1, 2}, 1)
+"#;
+    let process = r#"
+local p = parrun.Process(function()
+  local q = parrun.Process(function()
+    print("pid " .. parrun.getpid())
+    while true do io.write("deep\n") end
+  end, {})
+  q:start() q:join()
+end, {})
+p:start() p:join()
+"#;
+    for mode in MODES {
+        for (who, code, children) in [("workers", worker, 2), ("a process's child", process, 1)] {
+            let what = format!("io.write from {who}, --mode {mode}");
+            let (_dir, path) = script("iowrite_child", "lua", code);
+            let mut pids: Vec<Proc> = Vec::new();
+            let (status, stderr) =
+                close_stdout_after(&what, &["--mode", mode, path.to_str().unwrap()], |line| {
+                    if let Some(pid) = line.strip_prefix("pid ") {
+                        pids.push(Proc::now(pid.parse().unwrap()));
+                    }
+                    pids.len() == children
+                });
+            assert_eq!(
+                status.signal(),
+                Some(Signal::SIGPIPE as i32),
+                "{what}: {status:?}\n{stderr}"
+            );
+            assert_eq!(stderr, "", "{what}: nothing on stderr");
+            if mode == "fork" {
+                assert_reaped(&pids, &what);
+            }
+        }
+    }
 
     let out = common::run_code(
         &[],

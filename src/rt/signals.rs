@@ -257,20 +257,23 @@ fn end_on_sigpipe() -> std::io::Result<()> {
     Ok(())
 }
 
+/// In a forked child, which has no thread to wake, standard output gone is SIGPIPE's default
+/// action: the child dies of it, and its parent, reaping it, ends the run
+/// (`crate::rt::output::child_died_of_sigpipe`). Left to C stdio, a child's `io.write` loop got
+/// EPIPE back and ran on for ever.
 extern "C" fn on_sigpipe(_: nix::libc::c_int) {
     let saved = nix::errno::Errno::last_raw();
-    let mut stdout = nix::libc::pollfd {
-        fd: 1,
-        events: nix::libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: poll(2) and write(2) are async-signal-safe; their arguments outlive the calls.
-    unsafe {
-        let broken =
-            nix::libc::poll(&mut stdout, 1, 0) == 1 && stdout.revents & nix::libc::POLLERR != 0;
+    if crate::rt::output::stdout_is_broken() {
         let wake = STDOUT_GONE.load(Ordering::Relaxed);
-        if broken && wake >= 0 {
-            nix::libc::write(wake, [1u8].as_ptr().cast(), 1);
+        // SAFETY: write(2), signal(2) and raise(3) are async-signal-safe; the byte outlives
+        // the call. The raised SIGPIPE waits for this handler's return (it is blocked here).
+        unsafe {
+            if wake >= 0 {
+                nix::libc::write(wake, [1u8].as_ptr().cast(), 1);
+            } else if crate::rt::fork::in_forked_child() {
+                nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
+                nix::libc::raise(nix::libc::SIGPIPE);
+            }
         }
     }
     nix::errno::Errno::set_raw(saved);
