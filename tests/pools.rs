@@ -2179,6 +2179,34 @@ print(table.concat(late:map(f, {1, 2}, 1), " "))
 print(table.concat(late:map(own, {1, 2}, 1), " "))
 early:close() early:join() late:close() late:join()
 "#;
+    // Reached two ways (each a copy in the worker, the one table in both); under a table key
+    // (which a copy makes another table: left as a copy, and no second key); inside a table
+    // the worker got earlier, for another function, and had not changed.
+    let ways = r#"
+local pool = parrun.Pool(1)
+local inner = {v = 0}
+local mid = {inner = inner}
+local outer = {a = mid, b = mid, [{}] = {x = inner}, [true] = {[2.5] = {inner}}}
+local held = {stats = inner}
+pool:apply(function() return #held end)
+print(pool:apply(function()
+  inner.v = inner.v + 1
+  local n = 0
+  for _ in pairs(outer) do n = n + 1 end
+  return table.concat({outer.a.inner.v, outer.b.inner.v, outer[true][2.5][1].v, held.stats.v, n}, " ")
+end))
+pool:close() pool:join()
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "nested_ways", "lua", ways);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["1 1 1 1 4"],
+            "{mode}: {}",
+            out.describe()
+        );
+    }
     for mode in MODES {
         let out = run_code(&["--mode", mode], "nested_upvalue", "lua", lua);
         out.assert_success();

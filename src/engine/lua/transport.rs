@@ -353,9 +353,10 @@ impl Encoder<'_> {
         })
     }
 
-    /// Where each table upvalue sent whole sits inside another that was copied (see [`Nested`]).
-    /// Only a function with two such upvalues or more has any; the copied ones are read again
-    /// for it, as their copy read them.
+    /// Where each table upvalue sent whole sits inside another that was copied (see [`Nested`]),
+    /// under keys a copy keeps as they are (strings, numbers, booleans). Only a function with two
+    /// such upvalues or more has any; the copied ones are read again for it, along every path,
+    /// as their copy read them (a table met twice is copied twice).
     fn nested(&self) -> Result<Vec<Nested>, String> {
         if self.tables.len() < 2 {
             return Ok(Vec::new());
@@ -371,7 +372,6 @@ impl Encoder<'_> {
             if !copied || !holds_any(self.lua, table, &targets)? {
                 continue;
             }
-            let mut seen = HashSet::from([table.to_pointer() as usize]);
             let mut to_read = vec![(table.clone(), Vec::new())];
             while let Some((t, path)) = to_read.pop() {
                 for pair in t.pairs::<LuaValue, LuaValue>() {
@@ -379,20 +379,20 @@ impl Encoder<'_> {
                     let LuaValue::Table(inner) = value else {
                         continue;
                     };
-                    let id = inner.to_pointer() as usize;
+                    // A table key's copy is another table: nothing leads there in the worker.
+                    if !plain_key(&key) {
+                        continue;
+                    }
+                    let mut at = path.clone();
+                    at.push(data_of(self.lua, key)?);
                     // Every place it sits is the one copy; its own copy holds what is inside.
-                    if let Some(&table) = upvalue_at.get(&id) {
-                        let mut at = path.clone();
-                        at.push(data_of(self.lua, key)?);
-                        found.push(Nested {
+                    match upvalue_at.get(&(inner.to_pointer() as usize)) {
+                        Some(&table) => found.push(Nested {
                             within: *within,
                             path: at,
                             table,
-                        });
-                    } else if seen.insert(id) {
-                        let mut at = path.clone();
-                        at.push(data_of(self.lua, key)?);
-                        to_read.push((inner, at));
+                        }),
+                        None => to_read.push((inner, at)),
                     }
                 }
             }
@@ -442,29 +442,34 @@ impl Encoder<'_> {
     }
 }
 
-/// Whether `table` holds any of the tables `targets` (by address), at any depth: read in place,
-/// so that the usual function, whose copied tables hold none of its other upvalues, pays
-/// 10-20 ns an entry for the question, not a handle for each entry.
+/// Whether a key is copied as itself (so the worker finds the way down it again): a string, a
+/// number or a boolean.
+fn plain_key(key: &LuaValue) -> bool {
+    matches!(
+        key,
+        LuaValue::String(_) | LuaValue::Integer(_) | LuaValue::Number(_) | LuaValue::Boolean(_)
+    )
+}
+
+/// Whether `table` holds any of the tables `targets` (by address) under plain keys, at any
+/// depth: read in place, so that the usual function, whose copied tables hold none of its other
+/// upvalues, pays a few ns an entry for the question, not a handle for each entry. `table` was
+/// copied, so it has no cycle and no more depth than a copy takes.
 fn holds_any(lua: &Lua, table: &Table, targets: &HashSet<usize>) -> Result<bool, String> {
     /// # Safety
     /// `at` holds a table, with room on the stack above it; no table is changed meanwhile.
-    unsafe fn within(
-        state: *mut ffi::lua_State,
-        at: c_int,
-        targets: &HashSet<usize>,
-        seen: &mut HashSet<usize>,
-    ) -> bool {
+    unsafe fn within(state: *mut ffi::lua_State, at: c_int, targets: &HashSet<usize>) -> bool {
         if ffi::lua_checkstack(state, 3) == 0 {
             // Cannot tell: look the slow way.
             return true;
         }
         ffi::lua_pushnil(state);
         while ffi::lua_next(state, at) != 0 {
-            if ffi::lua_type(state, -1) == ffi::LUA_TTABLE {
+            let key = ffi::lua_type(state, -2);
+            let plain = matches!(key, ffi::LUA_TSTRING | ffi::LUA_TNUMBER | ffi::LUA_TBOOLEAN);
+            if plain && ffi::lua_type(state, -1) == ffi::LUA_TTABLE {
                 let id = ffi::lua_topointer(state, -1) as usize;
-                if targets.contains(&id)
-                    || (seen.insert(id) && within(state, ffi::lua_gettop(state), targets, seen))
-                {
+                if targets.contains(&id) || within(state, ffi::lua_gettop(state), targets) {
                     ffi::lua_pop(state, 2);
                     return true;
                 }
@@ -474,15 +479,10 @@ fn holds_any(lua: &Lua, table: &Table, targets: &HashSet<usize>) -> Result<bool,
         false
     }
     let mut found = false;
-    let mut seen = HashSet::from([table.to_pointer() as usize]);
     // SAFETY: the table is at 1 in the protected call `exec_raw` makes; `within` keeps to
-    // Lua's API and pops what it pushes (a copied table is plain data, as deep as a copy goes).
-    unsafe {
-        lua.exec_raw::<()>(table, |state| {
-            found = within(state, 1, targets, &mut seen);
-        })
-    }
-    .map_err(error_text)?;
+    // Lua's API and pops what it pushes.
+    unsafe { lua.exec_raw::<()>(table, |state| found = within(state, 1, targets)) }
+        .map_err(error_text)?;
     Ok(found)
 }
 
@@ -517,8 +517,9 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut joined = Vec::new();
-    // The table upvalues by place, and whether this decoding made their copy afresh.
-    let mut tables: HashMap<(u32, u32), (Table, bool)> = HashMap::new();
+    // The table upvalues by place: the table, whether this decoding made it afresh, and the
+    // digest the script's table had.
+    let mut tables: HashMap<(u32, u32), (Table, bool, u64)> = HashMap::new();
     for (i, (def, f)) in defs.iter().zip(&functions).enumerate() {
         for (n, up) in def.upvalues.iter().enumerate() {
             let value = match up {
@@ -546,7 +547,7 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
                 } => {
                     let value = inherit::inherited(lua, generation, id, origin, digest)?;
                     if let LuaValue::Table(t) = &value {
-                        tables.insert((i as u32, n as u32 + 1), (t.clone(), false));
+                        tables.insert((i as u32, n as u32 + 1), (t.clone(), false, digest));
                     }
                     value
                 }
@@ -561,7 +562,7 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
                         from_value(lua, value).map_err(error_text)
                     })?;
                     if let LuaValue::Table(t) = &value {
-                        tables.insert((i as u32, n as u32 + 1), (t.clone(), fresh));
+                        tables.insert((i as u32, n as u32 + 1), (t.clone(), fresh, *digest));
                     }
                     value
                 }
@@ -577,23 +578,9 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
         table,
     } in &nested
     {
-        // A copy the worker held already keeps what its tasks made of it.
-        let (Some((outer, true)), Some((inner, _))) = (tables.get(within), tables.get(table))
-        else {
-            continue;
-        };
-        let Some((last, down)) = path.split_last() else {
-            continue;
-        };
-        let mut parent = outer.clone();
-        for key in down {
-            parent = parent
-                .raw_get::<Table>(from_value(lua, key).map_err(error_text)?)
-                .map_err(|e| format!("bad function encoding: nested table: {e}"))?;
+        if let (Some(outer), Some(inner)) = (tables.get(within), tables.get(table)) {
+            put_nested(lua, outer, path, inner)?;
         }
-        parent
-            .raw_set(from_value(lua, last).map_err(error_text)?, inner.clone())
-            .map_err(error_text)?;
     }
     if !joined.is_empty() {
         let upvaluejoin: Function = lua
@@ -609,6 +596,42 @@ pub(super) fn decode(lua: &Lua, code: &[u8]) -> Result<Function, String> {
         .into_iter()
         .next()
         .ok_or_else(|| "bad function encoding: empty".into())
+}
+
+/// Puts the worker's copy `inner` (its table, whether just made, the script's table's digest) at
+/// `path` in its copy `outer`. A fresh copy of `outer` takes it there. One the worker held
+/// already (made for an earlier function, which did not have `inner`) takes it only where it
+/// still holds a table with `inner`'s contents: a table the worker's tasks put there, or
+/// changed, stays.
+fn put_nested(
+    lua: &Lua,
+    (outer, fresh, _): &(Table, bool, u64),
+    path: &[Value],
+    (inner, _, digest): &(Table, bool, u64),
+) -> Result<(), String> {
+    let Some((last, down)) = path.split_last() else {
+        return Ok(());
+    };
+    let mut parent = outer.clone();
+    for key in down {
+        match parent.raw_get(from_value(lua, key).map_err(error_text)?) {
+            Ok(LuaValue::Table(t)) => parent = t,
+            _ => return Ok(()),
+        }
+    }
+    let last = from_value(lua, last).map_err(error_text)?;
+    if !fresh {
+        match parent.raw_get::<LuaValue>(&last) {
+            Ok(LuaValue::Table(there)) if &there != inner => {
+                let same = fingerprint::of(lua, &LuaValue::Table(there)).map_err(error_text)?;
+                if same != Some(*digest) {
+                    return Ok(());
+                }
+            }
+            _ => return Ok(()),
+        }
+    }
+    parent.raw_set(last, inner.clone()).map_err(error_text)
 }
 
 /// The value at `path` from the worker's globals. A module the script required after the
