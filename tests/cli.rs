@@ -191,12 +191,17 @@ fn a_script_without_an_extension_is_lua() {
 fn a_rhai_script_taken_as_lua_for_want_of_an_extension_gets_a_hint() {
     let dir = TempDir::new("noext-hint");
     dir.write("rtool", "let x = 5;\nprint(`x is ${x}`);\n");
+    dir.write("rbang", "#!/usr/bin/env parrun\nlet x = 5;\n");
     dir.write("bad", "print(1\n");
     dir.write("fails", "error('no')\n");
     let hint = "this one parses as Rhai: run it with --lang rhai";
     let out = Run::new(["./rtool"]).dir(dir.path()).output();
     out.assert_code(1)
         .assert_stderr_contains("rtool:1: syntax error near 'x'")
+        .assert_stderr_contains(hint);
+    let out = Run::new(["./rbang"]).dir(dir.path()).output();
+    out.assert_code(1)
+        .assert_stderr_contains("rbang:2: syntax error near 'x'")
         .assert_stderr_contains(hint);
     for lua in ["./bad", "./fails"] {
         let out = Run::new([lua]).dir(dir.path()).output();

@@ -1764,7 +1764,8 @@ print(`${e.wait(9e9 - 1)}	${l.acquire(true, 9e9)}`);
     );
 }
 
-/// A wait that is answered at once (a set `Event`, a ready `AsyncResult`) does not read its
+/// A wait that is answered at once (a set `Event`, a ready `AsyncResult`, an item that has
+/// arrived for `next`) does not read its
 /// timeout's length, as Python's: a huge or a negative one answers, where it was an
 /// OverflowError or a ValueError. An unset event still refuses both; a timeout that is not a
 /// number is still an error. Every mode, both languages.
@@ -1777,20 +1778,25 @@ fn a_wait_answered_at_once_does_not_read_its_timeout() {
 local function try(f, ...) print(select(2, pcall(f, ...))) end
 local e, p = parrun.Event(), parrun.Pool(1)
 local r = p:apply_async(function(x) return x * 2 end, {21})
+-- One chunk of two: once the first has come, the second is there.
+local it = p:imap(function(x) return x end, {41, 42}, 2)
 r:wait()
+it:next(5)
 try(e.wait, e, 1e300)
 e:set()
-print(e:wait(1e300), e:wait(-5), r:get(1e300), r:get(-1), r:wait(math.huge))
+print(e:wait(1e300), e:wait(-5), r:get(1e300), it:next(-1), r:wait(math.huge))
 try(e.wait, e, "soon")
 p:close() p:join()
 "#,
         r#"
 let e = Event(); let p = Pool(1);
 let r = p.apply_async(|x| x * 2, [21]);
+let it = p.imap(|x| x, [41, 42], 2);
 r.wait();
+it.next(5);
 try { e.wait(1e300); } catch (x) { print(x); }
 e.set();
-print(`${e.wait(1e300)}	${e.wait(-5)}	${r.get(1e300)}	${r.get(-1)}	${r.wait(1.0 / 0.0)}`);
+print(`${e.wait(1e300)}	${e.wait(-5)}	${r.get(1e300)}	${it.next(-1)}	${r.wait(1.0 / 0.0)}`);
 try { e.wait("soon"); } catch (x) { print(x); }
 p.close(); p.join();
 "#,

@@ -815,19 +815,23 @@ pub(super) static BUILTINS: &[Builtin] = &[
         call: |_, args| {
             let j = job(args)?;
             // Lua's generic `for` passes (state, control) = (nil, last value): not a timeout.
-            let timeout = match args.len() {
-                2 => timeout(args, 1)?,
-                _ => None,
-            };
+            let timed = args.len() == 2;
             // An item that has arrived is taken at once, with the GIL kept, as a ready result
             // is: handed over for it, the GIL went to a busy thread for a whole switch
             // interval (5 ms) every item, and a Lua loop's yield to its driver cost 2 us.
             if let Some(ready) = j.next_item_ready() {
+                if timed {
+                    unused_timeout(args, 1)?;
+                }
                 let ret = ready.map(|v| Ret::Value(v.unwrap_or_default()));
                 return ret
                     .or_else(|f| failed("ResultIterator.next", f))
                     .map(Outcome::Done);
             }
+            let timeout = match timed {
+                true => timeout(args, 1)?,
+                false => None,
+            };
             Outcome::wait(move || {
                 j.next_item(timeout)
                     .map(|v| Ret::Value(v.unwrap_or_default()))

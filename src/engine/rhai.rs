@@ -386,9 +386,16 @@ fn standard_engine(fallbacks: impl IntoIterator<Item = ::rhai::Shared<::rhai::Mo
     engine
 }
 
-/// Whether `code` parses as a Rhai script (a shebang line skipped, as Rhai does).
+/// Whether `code` parses as a Rhai script (a shebang line skipped, as the runner does).
 pub(crate) fn compiles(code: &[u8]) -> bool {
-    std::str::from_utf8(code).is_ok_and(|code| Engine::new_raw().compile(code).is_ok())
+    let Ok(code) = std::str::from_utf8(code) else {
+        return false;
+    };
+    let code = match code.strip_prefix("#!") {
+        Some(rest) => rest.find('\n').map_or("", |end| &rest[end..]),
+        None => code,
+    };
+    Engine::new_raw().compile(code).is_ok()
 }
 
 /// Whether Rhai takes `name` as the name of a top-level constant (not a keyword or a reserved
