@@ -106,5 +106,6 @@ pub use rt::signals;
 
 pub use error::{Error, ScriptError};
 pub use host::{Mode, RhaiVm, Settings};
+pub use pool::MAX_WORKERS;
 pub use runtime::{HostArgs, Language, MapUnordered, Runtime, Script, ScriptArgs};
 pub use value::Value;

@@ -234,6 +234,12 @@ fn run(cli: Cli) -> Result<i32, Error> {
         if workers == 0 {
             return Err(Error::Usage("--pool-size must be at least 1".into()));
         }
+        if workers > parrun::MAX_WORKERS {
+            return Err(Error::Usage(format!(
+                "--pool-size must be at most {}",
+                parrun::MAX_WORKERS
+            )));
+        }
         runtime = runtime.pool_size(workers);
     }
     if let Some(depth) = cli.max_call_depth {

@@ -410,6 +410,8 @@ fn bad_option_values_are_usage_errors() {
         &["--switch-interval", "0", "ok.lua"],
         &["--switch-interval", "soon", "ok.lua"],
         &["--pool-size", "0", "ok.lua"],
+        &["--pool-size", "65537", "ok.lua"],
+        &["--pool-size", "9223372036854775807", "ok.lua"],
         &["--task-timeout", "0", "ok.lua"],
         &["--max-call-depth", "lots", "ok.lua"],
         &["--max-call-depth", "0", "ok.lua"],

@@ -1132,7 +1132,9 @@ print("end");
 /// A count given the wrong value names what was given as the script sees it (`got string`,
 /// `got -1`, `got 1.5`), not as parrun's Rust spells it (`Str("x")`, `Int(-1)`); a count of 0
 /// or less is Python's ValueError (`Chunksize must be 1+, not 0`), also for a `map`'s chunksize,
-/// which Python takes and answers with a list of None, and an `imap`'s, which parrun took.
+/// which Python takes and answers with a list of None, and an `imap`'s, which parrun took. A
+/// count past [`parrun::MAX_WORKERS`] is refused too: `Pool(1e18)` panicked (a capacity
+/// overflow, not caught), and `Pool(2^40)` grew to gigabytes before it failed.
 #[test]
 fn a_bad_count_names_the_value_given() {
     both(
@@ -1143,6 +1145,8 @@ try(parrun.Pool, "x")
 try(parrun.Pool, -1)
 try(parrun.Pool, 1.5)
 try(parrun.Pool, 0)
+try(parrun.Pool, math.maxinteger)
+try(parrun.ThreadPool, 2^40)
 try(parrun.Pool, {maxtasksperchild = 0})
 try(parrun.Pool, {task_timeout = -1})
 local pool = parrun.Pool(1)
@@ -1157,6 +1161,8 @@ try { Pool("x"); } catch (e) { print(e); }
 try { Pool(-1); } catch (e) { print(e); }
 try { Pool(1.5); } catch (e) { print(e); }
 try { Pool(0); } catch (e) { print(e); }
+try { Pool(9223372036854775807); } catch (e) { print(e); }
+try { ThreadPool(1099511627776); } catch (e) { print(e); }
 try { Pool(#{maxtasksperchild: 0}); } catch (e) { print(e); }
 try { Pool(#{task_timeout: -1}); } catch (e) { print(e); }
 let pool = Pool(1);
@@ -1169,12 +1175,16 @@ try { pool.starmap_async(|x| x, [[1]], 0); } catch (e) { print(e); }
         |out| {
             out.assert_success();
             let lines = out.stdout_lines();
-            assert_eq!(lines.len(), 11, "{}", out.describe());
+            assert_eq!(lines.len(), 13, "{}", out.describe());
             for (line, want) in lines.iter().zip([
                 "parrun.Pool: processes must be an integer, got string",
                 "parrun.Pool: processes must be at least 1, got -1 (ValueError)",
                 "parrun.Pool: processes must be an integer, got 1.5",
                 "parrun.Pool: processes must be at least 1, got 0 (ValueError)",
+                "parrun.Pool: processes must be at most 65536 (each worker is a process or a \
+                 thread), got 9223372036854775807 (ValueError)",
+                "parrun.ThreadPool: processes must be at most 65536 (each worker is a process \
+                 or a thread), got 1099511627776 (ValueError)",
                 "parrun.Pool: maxtasksperchild must be at least 1, got 0 (ValueError)",
                 "parrun.Pool: task_timeout must be a non-negative number of seconds, got -1 \
                  (ValueError)",

@@ -487,6 +487,11 @@ impl Finish for Unfinished {
     }
 }
 
+/// The most workers a pool may have: more than a machine runs, and few enough that what a pool
+/// keeps per worker cannot exhaust memory before the first one starts (`Pool(2^40)` grew to
+/// gigabytes, `Pool(1e18)` panicked with a capacity overflow).
+pub const MAX_WORKERS: usize = 65_536;
+
 impl Pool {
     /// Checks `config`, as CPython's `Pool` does, and has its execution model build the
     /// workers' engines from `engine`, as of now (the call that creates the pool: an isolated
@@ -506,6 +511,12 @@ impl Pool {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         if size == 0 {
             return Err("processes must be at least 1, got 0 (ValueError)".into());
+        }
+        if size > MAX_WORKERS {
+            return Err(format!(
+                "processes must be at most {MAX_WORKERS} (each worker is a process or a thread), \
+                 got {size} (ValueError)"
+            ));
         }
         let turnover = exec::Turnover {
             renewable: config.maxtasksperchild.is_some(),
