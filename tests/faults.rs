@@ -1836,6 +1836,41 @@ p.close(); p.join();
     );
 }
 
+/// A stack overflow in a thread is reported as one, at its line, each time: while finalizers
+/// were pending (the garbage of the threads before), one ran as the overflow was raised, found
+/// no stack left, and Lua said only "error in error handling", every other thread.
+#[test]
+fn a_stack_overflow_in_a_thread_names_its_line_each_time() {
+    if grain_pass() {
+        return;
+    }
+    let lua = r#"
+for i = 1, 6 do
+  local t = parrun.Thread(function() local function r(n) return 1 + r(n + 1) end r(1) end, {})
+  t:start() t:join()
+end
+"#;
+    let out = run_code(&[], "overflow", "lua", lua);
+    out.assert_success();
+    let reports: Vec<&str> = out
+        .stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("Exception in thread"))
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0].starts_with("Exception in thread"))
+        .map(|w| w[1])
+        .collect();
+    assert_eq!(reports.len(), 6, "{}", out.describe());
+    for report in reports {
+        assert!(
+            report.ends_with("overflow.lua:3: stack overflow"),
+            "{}",
+            out.describe()
+        );
+    }
+}
+
 /// Lua code looping inside a coroutine of the script's own (`coroutine.wrap`, `resume`) is
 /// reached as the code of the thread or task that resumed it: the instruction and call-depth
 /// limits stop it, naming the coroutine's line with its frames then the resumer's; a task

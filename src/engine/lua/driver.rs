@@ -335,6 +335,18 @@ pub(super) fn drive(
                             mlua::Error::MemoryError(message),
                         )
                     }
+                    // Lua's "error in error handling" where a stack overflow was being raised
+                    // (a finalizer that ran at that moment found no stack left): the overflow,
+                    // at its place, as a coroutine without finalizers pending reports it.
+                    mlua::Error::RuntimeError(message)
+                        if message.lines().next() == Some("error in error handling")
+                            // SAFETY: the coroutine is dead and this driver's; the GIL is held.
+                            && unsafe { overflowed(token as *mut mlua::ffi::lua_State) } =>
+                    {
+                        let state = token as *mut mlua::ffi::lua_State;
+                        let e = native::stopped_error(lua, state, "stack overflow");
+                        (e.clone(), e)
+                    }
                     e => {
                         tasks::note_raised(lua, native::raised_object(lua, &e));
                         let e = native::error_object_text(lua, e);
@@ -436,6 +448,16 @@ fn close_suspended(co: &Coroutine) {
         mlua::ffi::lua_closethread(state, std::ptr::null_mut());
         mlua::ffi::lua_settop(state, 0);
     }
+}
+
+/// Whether the dead coroutine `state` died as deep as only a stack overflow goes (Lua's stack
+/// holds a million slots; its C calls stop at 200).
+///
+/// # Safety
+/// `state` is a dead coroutine nothing else uses.
+unsafe fn overflowed(state: *mut mlua::ffi::lua_State) -> bool {
+    let mut ar: mlua::ffi::lua_Debug = std::mem::zeroed();
+    mlua::ffi::lua_getstack(state, 10_000, &mut ar) == 1
 }
 
 /// Runs the `<close>` variables a coroutine that died of `error` left pending, as a protected
