@@ -957,6 +957,45 @@ p:start() p:join()
     assert!(!out.stderr.contains("Broken pipe"), "{}", out.describe());
 }
 
+/// A Ctrl-C while `map` or `imap` reads a generator made by `coroutine.wrap` raises
+/// KeyboardInterrupt there, which `pcall` catches, in every mode: the generator's coroutine is
+/// not the one the interrupt's hook runs in, and the reading loop went on (the run was cut off
+/// 2 s later with `stopped by SIGINT`).
+#[test]
+fn ctrl_c_stops_reading_a_coroutine_generator() {
+    let generator = "coroutine.wrap(function() for i = 1, 3e8 do coroutine.yield(i) end end)";
+    let map = format!(
+        "local pool = parrun.Pool(2)\nprint('ready')\n\
+         print('caught ' .. select(2, pcall(pool.map, pool, function(x) return x end, {generator})))\n"
+    );
+    let imap = format!(
+        "local pool = parrun.Pool(2)\nprint('ready')\n\
+         print('caught ' .. select(2, pcall(function()\n\
+           for x in pool:imap(function(x) return x end, {generator}) do end\n\
+         end)))\n"
+    );
+    // All at once: each takes a Ctrl-C, and a second one soon after is a hard stop.
+    let mut runs = Vec::new();
+    for mode in MODES {
+        for (call, code) in [("map", &map), ("imap", &imap)] {
+            let what = format!("{call}, --mode {mode}");
+            let (dir, parrun) = start(&what, mode, "lua", code);
+            runs.push((what, dir, parrun));
+        }
+    }
+    for (_, _, parrun) in &mut runs {
+        parrun.line("ready");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for (what, _dir, mut parrun) in runs {
+        parrun.signal(Signal::SIGINT);
+        let caught = parrun.line("caught");
+        assert!(caught.contains("KeyboardInterrupt"), "{what}: {caught}");
+        let (status, stderr, _) = parrun.finish();
+        assert_eq!(status.code(), Some(0), "{what}: {stderr}");
+    }
+}
+
 /// A Ctrl-C during a closed pool's `join` raises KeyboardInterrupt there, as CPython's does,
 /// whether the join waits for a task or for a result's callback: it went on waiting for them
 /// (a 30 s task here), and the run was stopped 2 s later with `parrun: stopped by SIGINT`.

@@ -310,6 +310,19 @@ unsafe extern "C-unwind" fn expand_step(
             ffi::lua_rawseti(state, -4, n + 1);
             ffi::lua_replace(state, -2);
         }
+        // A Ctrl-C between items, raised here: the count hook that raises it runs no
+        // instruction of the driver's coroutine while this loop calls a C function (the one
+        // `coroutine.wrap` makes, whose generator yields back to it), so a generator that
+        // never ended could not be stopped.
+        if state as usize == super::driver::CURRENT_DRIVER.get()
+            && crate::rt::cancel::take_interrupt()
+        {
+            let text = crate::rt::cancel::KEYBOARD_INTERRUPT;
+            ffi::luaL_where(state, 1);
+            ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
+            ffi::lua_concat(state, 2);
+            ffi::lua_error(state);
+        }
         // f(nil, last)
         ffi::lua_pushvalue(state, at);
         ffi::lua_pushnil(state);
