@@ -996,6 +996,48 @@ fn ctrl_c_stops_reading_a_coroutine_generator() {
     }
 }
 
+/// A Ctrl-C while `terminate` waits for a running callback raises KeyboardInterrupt there, as a
+/// wait in the other pool calls does: it went on waiting, and the run was cut off 2 s later.
+/// The callback runs to its end, with the run.
+#[test]
+fn ctrl_c_ends_a_terminate_waiting_for_a_callback() {
+    let lua = r#"
+local pool = parrun.Pool(2)
+pool:apply_async(function() return 1 end, {}, function() parrun.sleep(1.5) end)
+parrun.sleep(0.3)
+print("ready")
+print("caught " .. select(2, pcall(pool.terminate, pool)))
+"#;
+    let rhai = r#"
+let pool = Pool(2);
+pool.apply_async(|| 1, [], |r| sleep(1.5));
+sleep(0.3);
+print("ready");
+try { pool.terminate(); } catch (e) { print(`caught ${e}`); }
+"#;
+    let mut runs = Vec::new();
+    for mode in MODES {
+        for (lang, code) in [("lua", lua), ("rhai", rhai)] {
+            let what = format!("{lang} --mode {mode}");
+            let (dir, parrun) = start(&what, mode, lang, code);
+            runs.push((what, dir, parrun));
+        }
+    }
+    for (_, _, parrun) in &mut runs {
+        parrun.line("ready");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for (_, _, parrun) in &mut runs {
+        parrun.signal(Signal::SIGINT);
+    }
+    for (what, _dir, mut parrun) in runs {
+        let caught = parrun.line("caught");
+        assert!(caught.contains("KeyboardInterrupt"), "{what}: {caught}");
+        let (status, stderr, _) = parrun.finish();
+        assert_eq!(status.code(), Some(0), "{what}: {stderr}");
+    }
+}
+
 /// A Ctrl-C during a closed pool's `join` raises KeyboardInterrupt there, as CPython's does,
 /// whether the join waits for a task or for a result's callback: it went on waiting for them
 /// (a 30 s task here), and the run was stopped 2 s later with `parrun: stopped by SIGINT`.

@@ -151,9 +151,9 @@ impl Finisher {
         self.live.wait_all_ready();
     }
 
-    /// Waits until no callback runs.
-    pub(super) fn wait_no_callback(&self) {
-        self.live.wait_no_callback();
+    /// Waits until no callback runs; false if a Ctrl-C (or a cancellation) cut the wait short.
+    pub(super) fn wait_no_callback(&self) -> bool {
+        self.live.wait_no_callback()
     }
 
     /// Whether the caller is one of the pool's callbacks.
@@ -262,12 +262,13 @@ impl LiveJobs {
             .wait_while(s, None, |s| !s.jobs.is_empty() || s.in_callback);
     }
 
-    /// Waits until no callback runs.
-    fn wait_no_callback(&self) {
-        let mut s = self.state();
-        while s.in_callback {
-            s = self.changed.wait(s);
-        }
+    /// Waits until no callback runs, or (on a thread whose waits can be cut short) a Ctrl-C or
+    /// a cancellation stops the wait: false then.
+    fn wait_no_callback(&self) -> bool {
+        let s = self.state();
+        self.changed
+            .wait_while(s, None, |s| s.in_callback)
+            .is_some()
     }
 
     /// How many jobs are not ready yet.

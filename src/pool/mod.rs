@@ -771,8 +771,11 @@ impl Pool {
         self.wait_workers();
         // From a callback, the running callback is the caller.
         if !self.finisher.on_callback_thread() {
-            self.finisher.wait_no_callback();
-            self.shut_finisher();
+            // A Ctrl-C meanwhile leaves the callback running (its thread ends with it), as
+            // Python's KeyboardInterrupt leaves its result handler thread.
+            if self.finisher.wait_no_callback() {
+                self.shut_finisher();
+            }
         }
     }
 
