@@ -974,21 +974,39 @@ fn ctrl_c_stops_reading_a_coroutine_generator() {
            for x in pool:imap(function(x) return x end, {generator}) do end\n\
          end)))\n"
     );
-    // All at once: each takes a Ctrl-C, and a second one soon after is a hard stop.
-    let mut runs = Vec::new();
-    for mode in MODES {
-        for (call, code) in [("map", &map), ("imap", &imap)] {
-            let what = format!("{call}, --mode {mode}");
-            let (dir, parrun) = start(&what, mode, "lua", code);
-            runs.push((what, dir, parrun));
-        }
-    }
-    for (_, _, parrun) in &mut runs {
+    let runs = MODES.iter().flat_map(|mode| {
+        [("map", &map), ("imap", &imap)].map(|(call, code)| {
+            (
+                format!("{call}, --mode {mode}"),
+                *mode,
+                "lua",
+                code.as_str(),
+            )
+        })
+    });
+    each_catches_a_ctrl_c(runs.collect());
+}
+
+/// Starts each of `runs` (what, mode, language, code) at once, waits for each to print `ready`,
+/// sends each a Ctrl-C, and checks that each prints `caught` with a KeyboardInterrupt and ends
+/// with 0. At once: a second Ctrl-C soon after the first would be a hard stop, so each run
+/// gets one, and waiting for each in turn made a run's wait end before its Ctrl-C came.
+fn each_catches_a_ctrl_c(runs: Vec<(String, &str, &str, &str)>) {
+    let mut started: Vec<_> = runs
+        .into_iter()
+        .map(|(what, mode, lang, code)| {
+            let (dir, parrun) = start(&what, mode, lang, code);
+            (what, dir, parrun)
+        })
+        .collect();
+    for (_, _, parrun) in &mut started {
         parrun.line("ready");
     }
     std::thread::sleep(Duration::from_millis(300));
-    for (what, _dir, mut parrun) in runs {
+    for (_, _, parrun) in &mut started {
         parrun.signal(Signal::SIGINT);
+    }
+    for (what, _dir, mut parrun) in started {
         let caught = parrun.line("caught");
         assert!(caught.contains("KeyboardInterrupt"), "{what}: {caught}");
         let (status, stderr, _) = parrun.finish();
@@ -998,44 +1016,31 @@ fn ctrl_c_stops_reading_a_coroutine_generator() {
 
 /// A Ctrl-C while `terminate` waits for a running callback raises KeyboardInterrupt there, as a
 /// wait in the other pool calls does: it went on waiting, and the run was cut off 2 s later.
-/// The callback runs to its end, with the run.
+/// The callback runs on (here until the script lets it end).
 #[test]
 fn ctrl_c_ends_a_terminate_waiting_for_a_callback() {
     let lua = r#"
-local pool = parrun.Pool(2)
-pool:apply_async(function() return 1 end, {}, function() parrun.sleep(1.5) end)
+local pool, done = parrun.Pool(2), parrun.Event()
+pool:apply_async(function() return 1 end, {}, function() done:wait() end)
 parrun.sleep(0.3)
 print("ready")
 print("caught " .. select(2, pcall(pool.terminate, pool)))
+done:set()
 "#;
     let rhai = r#"
 let pool = Pool(2);
-pool.apply_async(|| 1, [], |r| sleep(1.5));
+let done = Event();
+pool.apply_async(|| 1, [], |r| done.wait());
 sleep(0.3);
 print("ready");
 try { pool.terminate(); } catch (e) { print(`caught ${e}`); }
+done.set();
 "#;
-    let mut runs = Vec::new();
-    for mode in MODES {
-        for (lang, code) in [("lua", lua), ("rhai", rhai)] {
-            let what = format!("{lang} --mode {mode}");
-            let (dir, parrun) = start(&what, mode, lang, code);
-            runs.push((what, dir, parrun));
-        }
-    }
-    for (_, _, parrun) in &mut runs {
-        parrun.line("ready");
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    for (_, _, parrun) in &mut runs {
-        parrun.signal(Signal::SIGINT);
-    }
-    for (what, _dir, mut parrun) in runs {
-        let caught = parrun.line("caught");
-        assert!(caught.contains("KeyboardInterrupt"), "{what}: {caught}");
-        let (status, stderr, _) = parrun.finish();
-        assert_eq!(status.code(), Some(0), "{what}: {stderr}");
-    }
+    let runs = MODES.iter().flat_map(|mode| {
+        [("lua", lua), ("rhai", rhai)]
+            .map(|(lang, code)| (format!("{lang} --mode {mode}"), *mode, lang, code))
+    });
+    each_catches_a_ctrl_c(runs.collect());
 }
 
 /// A Ctrl-C during a closed pool's `join` raises KeyboardInterrupt there, as CPython's does,
