@@ -1869,6 +1869,23 @@ end
             out.describe()
         );
     }
+    // The script's own error of that text, deep in a recursion, keeps its message.
+    let own = r#"
+local function d(n) if n == 0 then error("error in error handling", 0) end return 1 + d(n - 1) end
+local t = parrun.Thread(function() d(15000) end) t:start() t:join()
+"#;
+    let out = run_code(&[], "own", "lua", own);
+    out.assert_success();
+    let after = out
+        .stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("Exception in thread"));
+    assert_eq!(
+        after.take(2).last(),
+        Some("error in error handling"),
+        "{}",
+        out.describe()
+    );
 }
 
 /// Lua code looping inside a coroutine of the script's own (`coroutine.wrap`, `resume`) is

@@ -922,8 +922,23 @@ local p = parrun.Process(function()
 end, {})
 p:start() p:join()
 "#;
+    // A child that prints while its parent waits for it in a queue: its `print` reports up,
+    // and a SIGPIPE that killed it first left the parent waiting.
+    let waited = r#"
+local q = parrun.Queue()
+local p = parrun.Process(function(q)
+  print("pid " .. parrun.getpid())
+  while true do print("line") end
+end, {q})
+p:start()
+q:get()
+"#;
     for mode in MODES {
-        for (who, code, children) in [("workers", worker, 2), ("a process's child", process, 1)] {
+        for (who, code, children) in [
+            ("workers", worker, 2),
+            ("a process's child", process, 1),
+            ("a waited-for process printing", waited, 1),
+        ] {
             let what = format!("io.write from {who}, --mode {mode}");
             let (_dir, path) = script("iowrite_child", "lua", code);
             let mut pids: Vec<Proc> = Vec::new();
@@ -940,7 +955,24 @@ p:start() p:join()
                 "{what}: {status:?}\n{stderr}"
             );
             assert_eq!(stderr, "", "{what}: nothing on stderr");
-            if mode == "fork" {
+            if mode == "fork" && who == "a process's child" {
+                // The grandchild dies with its parent (parent-death signal), reaped by whoever
+                // adopts it: this test, a subreaper, finds it dead, perhaps not yet reaped.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                for p in &pids {
+                    let mut state = p.still_there();
+                    while !matches!(state.as_deref(), None | Some("Z")) && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                        state = p.still_there();
+                    }
+                    assert!(
+                        matches!(state.as_deref(), None | Some("Z")),
+                        "{what}: {state:?}"
+                    );
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(p.pid), None);
+                }
+            } else if mode == "fork" {
                 assert_reaped(&pids, &what);
             }
         }

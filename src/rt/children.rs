@@ -81,12 +81,7 @@ pub(crate) fn wait_child(pid: Pid, block: bool) -> nix::Result<WaitStatus> {
             }
         }
     }
-    let status = reap_registered(&mut children(), pid);
-    if let Ok(WaitStatus::Signaled(_, Signal::SIGPIPE, _)) = status {
-        // (Outside the registry's lock: ending the run stops the other children.)
-        crate::rt::output::child_died_of_sigpipe();
-    }
-    status
+    reap_registered(&mut children(), pid)
 }
 
 fn reap_registered(children: &mut Children, pid: Pid) -> nix::Result<WaitStatus> {

@@ -153,11 +153,6 @@ fn detach_stdin() {
 /// Set in a forked child (and inherited by its own children).
 static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
 
-/// Whether this process is a forked child of a run (an atomic load: a signal handler may ask).
-pub(crate) fn in_forked_child() -> bool {
-    FORKED_CHILD.load(Ordering::Relaxed)
-}
-
 /// Wraps the panic hook, once per process and before its first fork, so that a panic in a
 /// forked child (a host function's, caught and made its task's error) never runs std's
 /// default hook there: that hook takes a process-wide lock of std's (the one that keeps

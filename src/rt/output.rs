@@ -260,16 +260,6 @@ pub(crate) fn stdout_is_broken() -> bool {
     unsafe { nix::libc::poll(&mut stdout, 1, 0) == 1 && stdout.revents & nix::libc::POLLERR != 0 }
 }
 
-/// A child of this process died of SIGPIPE: if that was its write to the run's standard output,
-/// which is gone (`io.write` in a forked worker, which cannot report up from the signal), the
-/// run ends here as for a `print` that found it gone, rather than going on with a task failed
-/// and a worker replaced, to write and die again.
-pub(crate) fn child_died_of_sigpipe() {
-    if END_ON_CLOSED_STDOUT.load(Ordering::Acquire) && stdout_is_broken() {
-        stdout_gone()
-    }
-}
-
 /// Writes a message to standard error in one call (for reports such as "Exception in thread").
 /// Silent while the process ends at once (a signal, standard output gone): nothing it says then
 /// is news.

@@ -246,6 +246,8 @@ static STDOUT_GONE: AtomicI32 = AtomicI32::new(-1);
 /// "ignored".
 fn end_on_sigpipe() -> std::io::Result<()> {
     let wake = signal_pipe("parrun-sigpipe", |_| crate::rt::output::stdout_gone())?;
+    // Forked children keep the write end: theirs is the same report to the top process.
+    fork::unregister_fd(wake);
     STDOUT_GONE.store(wake, Ordering::Release);
     let action = SigAction::new(
         SigHandler::Handler(on_sigpipe),
@@ -257,24 +259,15 @@ fn end_on_sigpipe() -> std::io::Result<()> {
     Ok(())
 }
 
-/// In a forked child, which has no thread to wake, standard output gone is SIGPIPE's default
-/// action: the child dies of it, and its parent, reaping it, ends the run
-/// (`crate::rt::output::child_died_of_sigpipe`). Left to C stdio, a child's `io.write` loop got
+/// A forked child (at any depth) writes to the top process's pipe too, whose thread ends the
+/// run: a child has no thread of its own to wake, and left to C stdio its `io.write` loop got
 /// EPIPE back and ran on for ever.
 extern "C" fn on_sigpipe(_: nix::libc::c_int) {
     let saved = nix::errno::Errno::last_raw();
-    if crate::rt::output::stdout_is_broken() {
-        let wake = STDOUT_GONE.load(Ordering::Relaxed);
-        // SAFETY: write(2), signal(2) and raise(3) are async-signal-safe; the byte outlives
-        // the call. The raised SIGPIPE waits for this handler's return (it is blocked here).
-        unsafe {
-            if wake >= 0 {
-                nix::libc::write(wake, [1u8].as_ptr().cast(), 1);
-            } else if crate::rt::fork::in_forked_child() {
-                nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
-                nix::libc::raise(nix::libc::SIGPIPE);
-            }
-        }
+    let wake = STDOUT_GONE.load(Ordering::Relaxed);
+    if wake >= 0 && crate::rt::output::stdout_is_broken() {
+        // SAFETY: write(2) is async-signal-safe; the byte outlives the call.
+        unsafe { nix::libc::write(wake, [1u8].as_ptr().cast(), 1) };
     }
     nix::errno::Errno::set_raw(saved);
 }
@@ -283,9 +276,9 @@ extern "C" fn on_sigpipe(_: nix::libc::c_int) {
 pub(crate) fn reset_in_child() {
     GUARDED.store(false, Ordering::Relaxed);
     WAKE.store(-1, Ordering::Relaxed);
-    // The thread that acts on a closed standard output is the parent's; a child's `print`
-    // reports it up its parent link instead (see `crate::rt::output`).
-    STDOUT_GONE.store(-1, Ordering::Relaxed);
+    // `STDOUT_GONE` stays: the thread that acts on a closed standard output is the top
+    // process's, which a child's SIGPIPE reaches through the pipe it kept (a child's `print`
+    // also reports it up its parent link: see `crate::rt::output`).
     let hangup = HANGUP.load(Ordering::Relaxed).then_some(Signal::SIGHUP);
     for signal in [Signal::SIGINT, Signal::SIGTERM].into_iter().chain(hangup) {
         // SAFETY: restoring a signal's default action.

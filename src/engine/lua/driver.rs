@@ -450,14 +450,16 @@ fn close_suspended(co: &Coroutine) {
     }
 }
 
-/// Whether the dead coroutine `state` died as deep as only a stack overflow goes (Lua's stack
-/// holds a million slots; its C calls stop at 200).
+/// Whether the dead coroutine `state` died of a stack overflow: more than 10,000 calls deep,
+/// and its stack full (it cannot take 10,000 more slots), so that a script's own
+/// `error("error in error handling")` deep in a recursion keeps its message.
 ///
 /// # Safety
 /// `state` is a dead coroutine nothing else uses.
 unsafe fn overflowed(state: *mut mlua::ffi::lua_State) -> bool {
     let mut ar: mlua::ffi::lua_Debug = std::mem::zeroed();
     mlua::ffi::lua_getstack(state, 10_000, &mut ar) == 1
+        && mlua::ffi::lua_checkstack(state, 10_000) == 0
 }
 
 /// Runs the `<close>` variables a coroutine that died of `error` left pending, as a protected
