@@ -205,11 +205,7 @@ pub(super) unsafe extern "C-unwind" fn gil_hook(
     if !relayed && crate::rt::cancel::take_interrupt() {
         // Ctrl-C: an error raised where the script runs, which `pcall` can catch.
         arm_limits(state);
-        let text = crate::rt::cancel::KEYBOARD_INTERRUPT;
-        mlua::ffi::luaL_where(state, 0);
-        mlua::ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
-        mlua::ffi::lua_concat(state, 2);
-        mlua::ffi::lua_error(state);
+        raise_keyboard_interrupt(state, 0);
     }
     let yieldable = mlua::ffi::lua_isyieldable(state) != 0 && (!relayed || RELAY_YIELDABLE.get());
     let hook_yield = |state| {
@@ -448,6 +444,19 @@ fn close_suspended(co: &Coroutine) {
         mlua::ffi::lua_closethread(state, std::ptr::null_mut());
         mlua::ffi::lua_settop(state, 0);
     }
+}
+
+/// Raises Ctrl-C's KeyboardInterrupt in `state`, placed at the function `level` up the stack
+/// (0: the one running), as Lua places an error.
+///
+/// # Safety
+/// `state` is running (a hook, or a C function of parrun's), with room for two values.
+pub(super) unsafe fn raise_keyboard_interrupt(state: *mut mlua::ffi::lua_State, level: i32) -> ! {
+    let text = crate::rt::cancel::KEYBOARD_INTERRUPT;
+    mlua::ffi::luaL_where(state, level);
+    mlua::ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
+    mlua::ffi::lua_concat(state, 2);
+    mlua::ffi::lua_error(state)
 }
 
 /// Whether the dead coroutine `state` died of a stack overflow: more than 10,000 calls deep,

@@ -317,11 +317,8 @@ unsafe extern "C-unwind" fn expand_step(
         if state as usize == super::driver::CURRENT_DRIVER.get()
             && crate::rt::cancel::take_interrupt()
         {
-            let text = crate::rt::cancel::KEYBOARD_INTERRUPT;
-            ffi::luaL_where(state, 1);
-            ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
-            ffi::lua_concat(state, 2);
-            ffi::lua_error(state);
+            // Placed at the builtin's caller.
+            super::driver::raise_keyboard_interrupt(state, 1);
         }
         // f(nil, last)
         ffi::lua_pushvalue(state, at);
