@@ -136,9 +136,8 @@ struct Encoder<'a> {
     /// For a fork pool's workers: the tables they inherited, named instead of copied.
     heritage: Option<&'a Heritage>,
     /// The upvalues that are tables sent whole (copied, or named as inherited): where (function,
-    /// number from 1), the table, and whether it was copied with tables inside (which
-    /// [`Encoder::nested`] reads for the others).
-    tables: Vec<((u32, u32), Table, bool)>,
+    /// number from 1), and the table.
+    tables: Vec<((u32, u32), Table)>,
 }
 
 /// Encodes `f` for a worker (of a fork pool whose workers inherited `heritage`).
@@ -267,13 +266,8 @@ impl Encoder<'_> {
                 .then(|| *self.variables.entry(variable).or_insert((i, n)))
                 .filter(|&first| first != (i, n));
             if let (None, Some(table)) = (first, table) {
-                match &up {
-                    // (A copy with no table inside holds no other upvalue: not read again.)
-                    Upvalue::Table { value, .. } => {
-                        self.tables.push(((i, n), table, holds_tables(value)))
-                    }
-                    Upvalue::Inherited { .. } => self.tables.push(((i, n), table, false)),
-                    _ => {}
+                if matches!(up, Upvalue::Table { .. } | Upvalue::Inherited { .. }) {
+                    self.tables.push(((i, n), table));
                 }
             }
             upvalues.push(match first {
@@ -368,11 +362,15 @@ impl Encoder<'_> {
         let upvalue_at: HashMap<usize, (u32, u32)> = self
             .tables
             .iter()
-            .map(|(at, table, _)| (table.to_pointer() as usize, *at))
+            .map(|(at, table)| (table.to_pointer() as usize, *at))
             .collect();
         let mut found = Vec::new();
         let targets: HashSet<usize> = upvalue_at.keys().copied().collect();
-        for (within, table, holds) in &self.tables {
+        for (within, table) in &self.tables {
+            // Only a copy with a table inside can hold another upvalue (an inherited table is
+            // the worker's own copy, whose insides the fork kept).
+            let copy = &self.defs[within.0 as usize].upvalues[within.1 as usize - 1];
+            let holds = matches!(copy, Upvalue::Table { value, .. } if holds_tables(value));
             if !holds || !holds_any(self.lua, table, &targets)? {
                 continue;
             }
