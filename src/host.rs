@@ -528,7 +528,7 @@ impl ForkHeld for HostForkGuard<'_> {
             trace,
         } = *self;
         gil.reset_in_child();
-        started.clear();
+        crate::rt::fork::forget_in_child(&mut *started);
         if let Some(trace) = trace {
             trace.reset_in_child();
         }

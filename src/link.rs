@@ -418,29 +418,57 @@ pub(crate) fn fork_unserved(
     keep: Vec<RawFd>,
     work: impl FnOnce() -> i32 + Send + 'static,
 ) -> Result<Unserved, String> {
+    fork_unserved_batch(host, vec![(keep, Box::new(work))])
+        .pop()
+        .expect("a batch of one forks one child or fails")
+}
+
+/// A child of [`fork_unserved_batch`]: the internal descriptors it keeps, and its work.
+pub(crate) type ChildWork = (Vec<RawFd>, Box<dyn FnOnce() -> i32 + Send>);
+
+/// [`fork_unserved`] for several children, forked in one batch (see
+/// `crate::rt::fork::fork_children`); what became of each, in order, up to the first failure.
+pub(crate) fn fork_unserved_batch(
+    host: &Arc<Host>,
+    children: Vec<ChildWork>,
+) -> Vec<Result<Unserved, String>> {
     output::report_stdout_gone_with(report_stdout_gone);
     output::forward_with(forward_output);
     trace::forward_with(forward_trace);
-    let tracer = host.trace.clone();
-    let forked = fork::fork_child(&fork_guards(host), keep, move |stream| {
-        signals::reset_in_child();
-        registry().parent_link = Some(Arc::new(LinkClient::new(stream)));
-        let status = work();
-        if let Some(tracer) = &tracer {
-            tracer.flush();
-        }
-        status
-    })?;
+    let plans = children
+        .into_iter()
+        .map(|(keep, work)| {
+            let tracer = host.trace.clone();
+            fork::ChildPlan {
+                keep,
+                work: Box::new(move |stream| {
+                    signals::reset_in_child();
+                    registry().parent_link = Some(Arc::new(LinkClient::new(stream)));
+                    let status = work();
+                    if let Some(tracer) = &tracer {
+                        tracer.flush();
+                    }
+                    status
+                }),
+            }
+        })
+        .collect();
+    let forked = fork::fork_children(&fork_guards(host), plans);
     if parent_link().is_some() {
         // A child with children of its own reaps them too when it is stopped.
         signals::guard_children();
     }
-    Ok(Unserved {
-        pid: forked.pid,
-        stream: Some(forked.stream),
-        output: host.output().clone(),
-        trace: host.trace.clone(),
-    })
+    forked
+        .into_iter()
+        .map(|forked| {
+            forked.map(|forked| Unserved {
+                pid: forked.pid,
+                stream: Some(forked.stream),
+                output: host.output().clone(),
+                trace: host.trace.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The process-wide state a fork holds across it, in the order its locks are taken.

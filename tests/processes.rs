@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -846,6 +847,48 @@ print(`after ${pool.apply(|x| x * 2, [21])}`);
             "{ext}: the pool recovered:\n{rest}"
         );
         assert!(!alive(worker), "{ext}: the killed worker was not reaped");
+    }
+}
+
+/// A fork pool forks its workers in one batch; none of them holds a descriptor of another's
+/// (a task pipe's or a result pipe's end, a link's socket): a worker holding a sibling's result
+/// pipe would keep it open after that sibling died. Each pipe or socket a worker holds is
+/// either its own or one every worker inherited from the script's process.
+#[test]
+fn a_fork_pools_workers_hold_none_of_each_others_descriptors() {
+    let lua = r#"
+local pool = parrun.Pool(3)
+local pids = pool:map(function() parrun.sleep(0.3) return parrun.getpid() end, {1, 2, 3}, 1)
+local seen = {}
+for _, pid in ipairs(pids) do
+  if not seen[pid] then
+    seen[pid] = true
+    for line in io.popen("ls -l /proc/" .. pid .. "/fd"):lines() do
+      local target = line:match("%-> ((%a+):%[%d+%])$")
+      if target then print(pid, target) end
+    end
+  end
+end
+pool:close() pool:join()
+"#;
+    let out = run_code(&["--mode", "fork"], "siblings", "lua", lua);
+    out.assert_success();
+    // (A pipe whose two ends a process holds counts once.)
+    let mut holders: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for line in out.stdout.lines() {
+        let (pid, target) = line.split_once('\t').expect("pid and target");
+        holders.entry(target).or_default().insert(pid);
+    }
+    let workers: HashSet<&str> = holders.values().flatten().copied().collect();
+    assert!(workers.len() >= 2, "{}", out.describe());
+    for (target, pids) in &holders {
+        assert!(
+            pids.len() == 1 || pids.len() == workers.len(),
+            "{target} is held by {} of {} workers:\n{}",
+            pids.len(),
+            workers.len(),
+            out.describe()
+        );
     }
 }
 

@@ -133,8 +133,8 @@ pub(super) fn start(
     // served when it first writes to it, `Link`): a fork copies every thread the parent has
     // (their stacks' and heaps' mappings), so threads started between the forks made a pool's
     // start grow as the square of its size.
-    for _ in 0..pool.size {
-        match supervisor.fork_child(None) {
+    for child in supervisor.fork_children(&vec![None; pool.size]) {
+        match child {
             Ok(child) => {
                 pool.stats.worker_started(false);
                 supervisor.children.push(child);
@@ -692,11 +692,49 @@ impl Supervisor {
     /// place `slot`, if given); the task pipe is the supervisor's to write. Call with the GIL
     /// held.
     fn fork_child(&mut self, replaces: Option<(usize, usize)>) -> Result<Child, String> {
+        self.fork_children(&[replaces])
+            .pop()
+            .expect("one worker forked or failed")
+    }
+
+    /// Forks one worker per entry of `replacing` (see [`Supervisor::fork_child`]), in one batch
+    /// (`fork::fork_children`); what became of each, in order, up to the first failure.
+    fn fork_children(
+        &mut self,
+        replacing: &[Option<(usize, usize)>],
+    ) -> Vec<Result<Child, String>> {
+        let mut planned = Vec::with_capacity(replacing.len());
+        let mut works = Vec::with_capacity(replacing.len());
+        for (i, &replaces) in replacing.iter().enumerate() {
+            match self.plan_child(self.forked + 1 + i, replaces) {
+                Ok((plan, work)) => {
+                    planned.push(plan);
+                    works.push(work);
+                }
+                // The plans made so far unregister their ends as they drop.
+                Err(e) => return vec![Err(e)],
+            }
+        }
+        // A batch cut short ends with its failure; the plans past it drop unforked.
+        let forked = link::fork_unserved_batch(&self.pool.host, works);
+        planned
+            .into_iter()
+            .zip(forked)
+            .map(|(plan, forked)| forked.and_then(|forked| self.adopt(plan, forked)))
+            .collect()
+    }
+
+    /// The supervisor's side of worker `number` about to be forked, and the work its child
+    /// runs.
+    fn plan_child(
+        &self,
+        number: usize,
+        replaces: Option<(usize, usize)>,
+    ) -> Result<(Planned, link::ChildWork), String> {
         let (task_rx, task_tx) = pipe()?;
         let (result_rx, result_tx) = pipe()?;
-        fork::register_fd(task_tx.as_raw_fd());
-        fork::register_fd(result_rx.as_raw_fd());
-        let keep = [task_rx.as_raw_fd(), result_tx.as_raw_fd()];
+        let plan = Planned::new(number, replaces, task_tx, result_rx);
+        let keep = vec![task_rx.as_raw_fd(), result_tx.as_raw_fd()];
         let engine = self.engine.clone();
         let config = &self.pool.config;
         let init = config
@@ -705,9 +743,8 @@ impl Supervisor {
             .map(|(f, args)| (f.clone(), args.clone()));
         let max_tasks = config.maxtasksperchild;
         let verify = replaces.and(self.pool.inheritance.as_ref().map(|i| i.generation()));
-        let slot = replaces.map_or(self.forked + 1, |(_, slot)| slot);
-        let who = self.pool.worker_identity(slot);
-        let forked = link::fork_unserved(&self.pool.host, keep.to_vec(), move || {
+        let who = self.pool.worker_identity(plan.slot);
+        let work = Box::new(move || {
             // Ctrl-C is for the script's main thread; the parent stops its workers itself.
             crate::rt::signals::ignore_interrupts();
             who.enter();
@@ -722,17 +759,14 @@ impl Supervisor {
                 max_tasks,
             )
         });
-        let forked = match forked {
-            Ok(c) => c,
-            Err(e) => {
-                fork::unregister_fd(task_tx.as_raw_fd());
-                fork::unregister_fd(result_rx.as_raw_fd());
-                return Err(e);
-            }
-        };
-        // (The child's ends went with the closure, dropped in this process.)
-        self.forked += 1;
-        let number = self.forked;
+        Ok((plan, (keep, work)))
+    }
+
+    /// The worker `plan` became, forked.
+    fn adopt(&mut self, mut plan: Planned, forked: link::Unserved) -> Result<Child, String> {
+        // (The child's ends went with its work, dropped in this process.)
+        self.forked = self.forked.max(plan.number);
+        let number = plan.number;
         if let Some(trace) = &self.pool.host.trace {
             // A forked child's one thread has its pid as its tid.
             let pid = forked.pid().as_raw() as u32;
@@ -740,18 +774,22 @@ impl Supervisor {
             trace.name_process(pid, format!("{name} (pid {pid})"));
             trace.name_track(pid, pid, name);
             let mut args = vec![("pid", Arg::Int(pid.into()))];
-            if let Some((old, _)) = replaces {
+            if let Some((old, _)) = plan.replaces {
                 args.push(("replaces", self.pool.worker_name(old).into()));
             }
             trace.instant(Some((pid, pid)), "fork", args);
         }
-        // (A failure from here drops the link, which kills the child.)
-        set_nonblocking(&result_rx)?;
-        let tasks = TaskPipe::new(task_tx)?;
+        // (A failure from here drops the link, which kills the child, and the plan, which
+        // unregisters its ends.)
+        let (task_tx, result_rx) = plan.ends.as_ref().expect("adopted once");
+        set_nonblocking(task_tx)?;
+        set_nonblocking(result_rx)?;
+        let (task_tx, result_rx) = plan.ends.take().expect("adopted once");
+        let tasks = TaskPipe::new(task_tx);
         Ok(Child {
             pid: forked.pid(),
             number,
-            slot,
+            slot: plan.slot,
             tasks: Some(tasks),
             results: File::from(result_rx),
             frames: FrameBuf::default(),
@@ -765,6 +803,45 @@ impl Supervisor {
             ended_idle: false,
             initialized: self.pool.config.initializer.is_none(),
         })
+    }
+}
+
+/// A worker about to be forked, seen from the supervisor: the ends of its pipes that stay
+/// here (internal descriptors: its siblings close them), unregistered if it is dropped
+/// unforked.
+struct Planned {
+    number: usize,
+    /// See [`Child::slot`].
+    slot: usize,
+    replaces: Option<(usize, usize)>,
+    /// The task pipe's write end and the result pipe's read end, until adopted.
+    ends: Option<(OwnedFd, OwnedFd)>,
+}
+
+impl Planned {
+    fn new(
+        number: usize,
+        replaces: Option<(usize, usize)>,
+        task_tx: OwnedFd,
+        result_rx: OwnedFd,
+    ) -> Planned {
+        fork::register_fd(task_tx.as_raw_fd());
+        fork::register_fd(result_rx.as_raw_fd());
+        Planned {
+            number,
+            slot: replaces.map_or(number, |(_, slot)| slot),
+            replaces,
+            ends: Some((task_tx, result_rx)),
+        }
+    }
+}
+
+impl Drop for Planned {
+    fn drop(&mut self) {
+        if let Some((task_tx, result_rx)) = &self.ends {
+            fork::unregister_fd(task_tx.as_raw_fd());
+            fork::unregister_fd(result_rx.as_raw_fd());
+        }
     }
 }
 
@@ -792,13 +869,13 @@ struct TaskPipe {
 }
 
 impl TaskPipe {
-    fn new(fd: OwnedFd) -> Result<TaskPipe, String> {
-        set_nonblocking(&fd)?;
-        Ok(TaskPipe {
+    /// A task pipe writing to `fd`, which is non-blocking.
+    fn new(fd: OwnedFd) -> TaskPipe {
+        TaskPipe {
             file: File::from(fd),
             waiting: Vec::new(),
             taken: 0,
-        })
+        }
     }
 
     /// Queues `batch` behind what waits and writes what the pipe takes. `Err`: the worker's

@@ -45,7 +45,7 @@ pub(crate) fn hold_for_fork() -> Result<ForkHold, String> {
 
 impl ForkHold {
     /// In the parent: the new child is this process's to reap.
-    pub(crate) fn add(mut self, pid: Pid) {
+    pub(crate) fn add(&mut self, pid: Pid) {
         self.0.pids.insert(pid);
     }
 
