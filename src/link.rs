@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
@@ -276,12 +276,15 @@ impl Unserved {
     /// Starts the thread that serves the child's requests on its link.
     pub(crate) fn serve(mut self) -> Result<Child, String> {
         let stream = self.stream.take().expect("served once");
+        let fd = stream.as_raw_fd();
         match serve(stream, self.output.clone(), self.trace.clone()) {
             Ok(link_server) => Ok(Child {
                 pid: self.pid,
                 link_server,
             }),
             Err(e) => {
+                // (The stream went with the thread that could not start.)
+                fork::unregister_fd(fd);
                 children::discard_child(self.pid);
                 Err(format!("cannot start the link thread: {e}"))
             }
@@ -291,7 +294,9 @@ impl Unserved {
 
 impl Drop for Unserved {
     fn drop(&mut self) {
-        if self.stream.is_some() {
+        if let Some(stream) = self.stream.take() {
+            fork::unregister_fd(stream.as_raw_fd());
+            drop(stream);
             children::discard_child(self.pid);
         }
     }
@@ -418,13 +423,23 @@ pub(crate) fn fork_unserved(
     keep: Vec<RawFd>,
     work: impl FnOnce() -> i32 + Send + 'static,
 ) -> Result<Unserved, String> {
-    fork_unserved_batch(host, vec![(keep, Box::new(work))])
+    let child = ChildWork {
+        own: Vec::new(),
+        keep,
+        work: Box::new(move |_| work()),
+    };
+    fork_unserved_batch(host, vec![child])
         .pop()
         .expect("a batch of one forks one child or fails")
 }
 
-/// A child of [`fork_unserved_batch`]: the internal descriptors it keeps, and its work.
-pub(crate) type ChildWork = (Vec<RawFd>, Box<dyn FnOnce() -> i32 + Send>);
+/// A child of [`fork_unserved_batch`]: as `crate::rt::fork::ChildPlan`, its work without the
+/// socket pair (the link is made of it).
+pub(crate) struct ChildWork {
+    pub own: Vec<OwnedFd>,
+    pub keep: Vec<RawFd>,
+    pub work: Box<dyn FnOnce(Vec<OwnedFd>) -> i32 + Send>,
+}
 
 /// [`fork_unserved`] for several children, forked in one batch (see
 /// `crate::rt::fork::fork_children`); what became of each, in order, up to the first failure.
@@ -437,14 +452,15 @@ pub(crate) fn fork_unserved_batch(
     trace::forward_with(forward_trace);
     let plans = children
         .into_iter()
-        .map(|(keep, work)| {
+        .map(|ChildWork { own, keep, work }| {
             let tracer = host.trace.clone();
             fork::ChildPlan {
+                own,
                 keep,
-                work: Box::new(move |stream| {
+                work: Box::new(move |stream, own| {
                     signals::reset_in_child();
                     registry().parent_link = Some(Arc::new(LinkClient::new(stream)));
-                    let status = work();
+                    let status = work(own);
                     if let Some(tracer) = &tracer {
                         tracer.flush();
                     }
@@ -454,7 +470,7 @@ pub(crate) fn fork_unserved_batch(
         })
         .collect();
     let forked = fork::fork_children(&fork_guards(host), plans);
-    if parent_link().is_some() {
+    if parent_link().is_some() && forked.iter().any(Result::is_ok) {
         // A child with children of its own reaps them too when it is stopped.
         signals::guard_children();
     }
@@ -840,6 +856,7 @@ const LIVENESS_CHECK: Duration = Duration::from_millis(50);
 fn serve_loop(stream: UnixStream, output: output::Output, trace: Option<Arc<Tracer>>) {
     let fd = stream.as_raw_fd();
     let Ok(writer) = stream.try_clone() else {
+        fork::unregister_fd(fd);
         return;
     };
     let reply: Arc<dyn ReplyTo> = Arc::new(Mutex::new(writer));

@@ -892,6 +892,73 @@ pool:close() pool:join()
     }
 }
 
+/// A fork pool's start holds about three descriptors a worker at once, as one fork at a time
+/// would (its pipes' ends and a link's): `Pool(40)` starts under a limit of 160 open files.
+#[test]
+fn a_fork_pool_starts_with_about_three_descriptors_a_worker() {
+    let lua = r#"
+local pool = parrun.Pool(40)
+print(#pool:map(function(x) return x end, {1, 2, 3}))
+pool:close() pool:join()
+"#;
+    let (_dir, path) = script("fdneed", "lua", lua);
+    let out = Run::new(["--mode", "fork", path.to_str().unwrap()])
+        .under(&["bash", "-c", "ulimit -n 160 && exec \"$@\"", "bash"])
+        .timeout(Duration::from_secs(60))
+        .output();
+    out.assert_success();
+    assert_eq!(out.stdout, "3\n", "{}", out.describe());
+}
+
+/// A fork pool whose start fails for want of descriptors (under a low `ulimit -n`, wherever
+/// the limit cuts it: a pipe, a link's socket pair, after some workers were forked) leaves none
+/// of its descriptors marked as parrun's own: files the script opens afterwards, which may
+/// take the same numbers, stay open in the processes it forks later.
+#[test]
+fn a_fork_pool_that_fails_to_start_leaves_later_files_open_in_children() {
+    let lua = r#"
+local ok, pool = pcall(parrun.Pool, 16)
+if ok then pool:terminate() pool:join() end
+print("pool", ok)
+local files = {}
+for i = 1, 200 do
+  local f = io.open(arg[1] .. "/f" .. i, "w")
+  if not f then break end
+  f:setvbuf("no")
+  files[#files + 1] = f
+end
+for _ = 1, 6 do table.remove(files):close() end
+local p = parrun.Process(function()
+  local closed = 0
+  for _, f in ipairs(files) do if not f:write("x") then closed = closed + 1 end end
+  print("closed in child", closed)
+end)
+p:start() p:join()
+"#;
+    let (dir, path) = script("fdlimit", "lua", lua);
+    let mut failures = 0;
+    for limit in (30..=80).step_by(2) {
+        let set_limit = format!("ulimit -n {limit} && exec \"$@\"");
+        let out = Run::new([
+            "--mode",
+            "fork",
+            path.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
+        ])
+        .under(&["bash", "-c", &set_limit, "bash"])
+        .timeout(Duration::from_secs(30))
+        .output();
+        out.assert_success();
+        failures += usize::from(out.stdout.contains("pool\tfalse"));
+        assert!(
+            out.stdout.contains("closed in child\t0\n"),
+            "ulimit -n {limit}: {}",
+            out.describe()
+        );
+    }
+    assert!(failures > 0, "no limit made the pool fail");
+}
+
 /// A fork pool's worker takes its own copy of a table the script held in a local when the
 /// pool started. One forked later in place of a killed worker holds the table as the script
 /// had it then: when the script changed it after submitting a task, that worker refuses the

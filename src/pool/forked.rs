@@ -59,6 +59,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// The longest the supervisor sleeps in `poll` without news.
 const POLL_MILLIS: u16 = 200;
 
+/// How many workers are forked in one batch (`fork::fork_children`). A batch's pipes are all
+/// made before its first fork, four descriptors a worker, so a large pool forked in one would
+/// need about five descriptors a worker at once, not three (`Pool(250)` failed under the
+/// common limit of 1024 open files); past the first few forks, a larger batch saves little.
+const FORK_BATCH: usize = 8;
+
 /// The supervisor sleeps in `poll`; the pool wakes it through a pipe.
 pub(super) struct Forked {
     wake_tx: File,
@@ -415,7 +421,6 @@ impl Supervisor {
             if let Some(h) = server {
                 let _ = h.join();
             }
-            fork::unregister_fd(child.results.as_raw_fd());
             self.trace_end(&child, &status, "ended", "ended", None);
         }
         if let Some(inheritance) = &self.pool.inheritance {
@@ -537,7 +542,6 @@ impl Supervisor {
         if let Some(h) = server {
             let _ = h.join();
         }
-        fork::unregister_fd(child.results.as_raw_fd());
         self.pool.stats.worker_ended();
         let pid = child.pid;
         let cause = match status {
@@ -697,31 +701,44 @@ impl Supervisor {
             .expect("one worker forked or failed")
     }
 
-    /// Forks one worker per entry of `replacing` (see [`Supervisor::fork_child`]), in one batch
-    /// (`fork::fork_children`); what became of each, in order, up to the first failure.
+    /// Forks one worker per entry of `replacing` (see [`Supervisor::fork_child`]), in batches
+    /// of [`FORK_BATCH`] (`fork::fork_children`); what became of each, in order, up to the
+    /// first failure.
     fn fork_children(
         &mut self,
         replacing: &[Option<(usize, usize)>],
     ) -> Vec<Result<Child, String>> {
-        let mut planned = Vec::with_capacity(replacing.len());
-        let mut works = Vec::with_capacity(replacing.len());
-        for (i, &replaces) in replacing.iter().enumerate() {
-            match self.plan_child(self.forked + 1 + i, replaces) {
-                Ok((plan, work)) => {
-                    planned.push(plan);
-                    works.push(work);
+        let mut children = Vec::with_capacity(replacing.len());
+        for batch in replacing.chunks(FORK_BATCH) {
+            let mut planned = Vec::with_capacity(batch.len());
+            let mut works = Vec::with_capacity(batch.len());
+            for &replaces in batch {
+                match self.plan_child(self.forked + 1 + planned.len(), replaces) {
+                    Ok((plan, work)) => {
+                        planned.push(plan);
+                        works.push(work);
+                    }
+                    // The plans made so far unregister their ends as they drop.
+                    Err(e) => {
+                        children.push(Err(e));
+                        return children;
+                    }
                 }
-                // The plans made so far unregister their ends as they drop.
-                Err(e) => return vec![Err(e)],
+            }
+            // A batch cut short ends with its failure; the plans past it drop unforked.
+            let forked = link::fork_unserved_batch(&self.pool.host, works);
+            let cut_short = forked.len() < planned.len() || forked.iter().any(Result::is_err);
+            children.extend(
+                planned
+                    .into_iter()
+                    .zip(forked)
+                    .map(|(plan, forked)| forked.and_then(|forked| self.adopt(plan, forked))),
+            );
+            if cut_short {
+                break;
             }
         }
-        // A batch cut short ends with its failure; the plans past it drop unforked.
-        let forked = link::fork_unserved_batch(&self.pool.host, works);
-        planned
-            .into_iter()
-            .zip(forked)
-            .map(|(plan, forked)| forked.and_then(|forked| self.adopt(plan, forked)))
-            .collect()
+        children
     }
 
     /// The supervisor's side of worker `number` about to be forked, and the work its child
@@ -734,7 +751,6 @@ impl Supervisor {
         let (task_rx, task_tx) = pipe()?;
         let (result_rx, result_tx) = pipe()?;
         let plan = Planned::new(number, replaces, task_tx, result_rx);
-        let keep = vec![task_rx.as_raw_fd(), result_tx.as_raw_fd()];
         let engine = self.engine.clone();
         let config = &self.pool.config;
         let init = config
@@ -744,7 +760,8 @@ impl Supervisor {
         let max_tasks = config.maxtasksperchild;
         let verify = replaces.and(self.pool.inheritance.as_ref().map(|i| i.generation()));
         let who = self.pool.worker_identity(plan.slot);
-        let work = Box::new(move || {
+        let work = Box::new(move |own: Vec<OwnedFd>| {
+            let [task_rx, result_tx]: [OwnedFd; 2] = own.try_into().expect("its two pipe ends");
             // Ctrl-C is for the script's main thread; the parent stops its workers itself.
             crate::rt::signals::ignore_interrupts();
             who.enter();
@@ -759,7 +776,15 @@ impl Supervisor {
                 max_tasks,
             )
         });
-        Ok((plan, (keep, work)))
+        let own = vec![task_rx, result_tx];
+        Ok((
+            plan,
+            link::ChildWork {
+                own,
+                keep: Vec::new(),
+                work,
+            },
+        ))
     }
 
     /// The worker `plan` became, forked.
@@ -842,6 +867,15 @@ impl Drop for Planned {
             fork::unregister_fd(task_tx.as_raw_fd());
             fork::unregister_fd(result_rx.as_raw_fd());
         }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // Its result pipe is closed next: no longer one of parrun's descriptors (a failed start
+        // dropped its first workers without this, and a file the script opened later under the
+        // same number was closed in every child forked after).
+        fork::unregister_fd(self.results.as_raw_fd());
     }
 }
 

@@ -15,7 +15,7 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,18 +68,24 @@ pub(crate) fn fork_child(
     work: impl FnOnce(UnixStream) -> i32 + Send + 'static,
 ) -> Result<Forked, String> {
     let plan = ChildPlan {
+        own: Vec::new(),
         keep,
-        work: Box::new(work),
+        work: Box::new(move |stream, _| work(stream)),
     };
     fork_children(guards, vec![plan])
         .pop()
         .expect("a batch of one forks one child or fails")
 }
 
-/// One child of a [`fork_children`] batch: the internal descriptors it keeps, and its work.
+/// One child of a [`fork_children`] batch.
 pub(crate) struct ChildPlan {
+    /// Descriptors for this child alone (its ends of its pipes): its work gets them; this
+    /// process closes them once the child is forked, and the batch's other children at once.
+    pub own: Vec<OwnedFd>,
+    /// Internal descriptors the child keeps that are not its own.
     pub keep: Vec<RawFd>,
-    pub work: Box<dyn FnOnce(UnixStream) -> i32 + Send>,
+    /// What the child runs, given its end of its socket pair and `own`.
+    pub work: Box<dyn FnOnce(UnixStream, Vec<OwnedFd>) -> i32 + Send>,
 }
 
 /// Forks one child per plan, one after another with nothing else done between the forks, as
@@ -89,7 +95,7 @@ pub(crate) struct ChildPlan {
 /// A pool forks its workers in one batch: each fork write-protects the parent's whole memory,
 /// so a page the parent writes between two forks is copied again after each of them (with a
 /// TLB flush on the other cores); in one batch it is copied once, and the forker thread is
-/// woken once. A plan's `keep` descriptors are closed in the children forked before its own.
+/// woken once.
 pub(crate) fn fork_children(
     guards: &[Arc<dyn ForkSafe>],
     plans: Vec<ChildPlan>,
@@ -335,20 +341,20 @@ fn fork_here(guards: &[Arc<dyn ForkSafe>], plans: Vec<ChildPlan>) -> Vec<Result<
     // stays locked while its processes are polled, which takes the children registry.
     let held: Vec<Box<dyn ForkHeld + '_>> = guards.iter().map(|g| g.hold()).collect();
     let mut fds = internal_fds();
-    // A child closes what the others of its batch keep: those are internal descriptors until
-    // the batch is over (and their ends in this process are closed).
-    let lent: Vec<RawFd> = plans
-        .iter()
-        .flat_map(|plan| plan.keep.iter().copied())
-        .filter(|&fd| fds.insert(fd))
-        .collect();
+    // A child closes what the others of its batch own: internal descriptors until theirs is
+    // forked.
+    fds.extend(
+        plans
+            .iter()
+            .flat_map(|plan| plan.own.iter().map(AsRawFd::as_raw_fd)),
+    );
     // Held so that no other thread holds it at the fork (the child then takes it).
     let mut forker = FORKER.lock().recover();
     let mut children = match children::hold_for_fork() {
         Ok(children) => children,
         Err(e) => {
-            for fd in &lent {
-                fds.remove(fd);
+            for plan in &plans {
+                unregister_own(&mut fds, &plan.own);
             }
             drop(fds);
             drop(held);
@@ -357,15 +363,15 @@ fn fork_here(guards: &[Arc<dyn ForkSafe>], plans: Vec<ChildPlan>) -> Vec<Result<
     };
     let allocator = crate::rt::spawn::hold_for_fork();
     let mut forked = Vec::with_capacity(plans.len());
-    // Dropped in the parent only once every lock is let go (a plan's work owns the child's
-    // ends of its descriptors, and whatever else it brought).
+    // Dropped in the parent only once every lock is let go (whatever a plan's work brought).
     let mut spent = Vec::with_capacity(plans.len());
     let mut plans = plans.into_iter();
-    while let Some(ChildPlan { keep, work }) = plans.next() {
+    while let Some(ChildPlan { own, keep, work }) = plans.next() {
         let (parent_end, child_end) = match UnixStream::pair() {
             Ok(pair) => pair,
             Err(e) => {
                 forked.push(Err(format!("cannot create a channel: {e}")));
+                unregister_own(&mut fds, &own);
                 spent.push(work);
                 break;
             }
@@ -378,11 +384,14 @@ fn fork_here(guards: &[Arc<dyn ForkSafe>], plans: Vec<ChildPlan>) -> Vec<Result<
         match unsafe { fork() } {
             Err(e) => {
                 forked.push(Err(format!("fork failed: {e}")));
+                unregister_own(&mut fds, &own);
                 spent.push(work);
                 break;
             }
             Ok(ForkResult::Parent { child }) => {
                 children.add(child);
+                unregister_own(&mut fds, &own);
+                drop(own);
                 fds.insert(parent_end.as_raw_fd());
                 drop(child_end);
                 forked.push(Ok(Forked {
@@ -410,13 +419,14 @@ fn fork_here(guards: &[Arc<dyn ForkSafe>], plans: Vec<ChildPlan>) -> Vec<Result<
                 std::mem::forget(forker.take());
                 drop(forker);
                 exit::reset_in_child();
+                let own_fds: Vec<RawFd> = own.iter().map(AsRawFd::as_raw_fd).collect();
                 for fd in fds.drain() {
-                    if !keep.contains(&fd) {
+                    if !keep.contains(&fd) && !own_fds.contains(&fd) {
                         // SAFETY: closing our own copy of a descriptor parrun opened.
                         unsafe { nix::libc::close(fd) };
                     }
                 }
-                fds.extend(keep.iter().copied());
+                fds.extend(keep.iter().chain(&own_fds).copied());
                 fds.insert(child_end.as_raw_fd());
                 drop(fds);
                 die_with_parent(parent_pid);
@@ -426,8 +436,8 @@ fn fork_here(guards: &[Arc<dyn ForkSafe>], plans: Vec<ChildPlan>) -> Vec<Result<
                 // own, which was most of an idle worker's private memory. Its new pages are
                 // 4 KiB pages.
                 let _ = nix::sys::prctl::set_thp_disable(true);
-                let status =
-                    catch_unwind(AssertUnwindSafe(|| work(child_end))).unwrap_or_else(|panic| {
+                let status = catch_unwind(AssertUnwindSafe(|| work(child_end, own)))
+                    .unwrap_or_else(|panic| {
                         crate::rt::output::write_stderr(&format!(
                             "parrun: internal error in child process: {}",
                             crate::rt::threads::panic_text(&*panic)
@@ -445,24 +455,31 @@ fn fork_here(guards: &[Arc<dyn ForkSafe>], plans: Vec<ChildPlan>) -> Vec<Result<
         }
     }
     // What a failure left unforked.
-    spent.extend(plans.map(|plan| plan.work));
+    for plan in plans {
+        unregister_own(&mut fds, &plan.own);
+        spent.push(plan.work);
+    }
     drop(allocator);
     drop(children);
     drop(forker);
     drop(fds);
     drop(held);
     drop(spent);
-    let mut fds = internal_fds();
-    for fd in &lent {
-        fds.remove(fd);
-    }
     forked
+}
+
+/// No longer internal descriptors: `own`, about to be closed in this process.
+fn unregister_own(fds: &mut HashSet<RawFd>, own: &[OwnedFd]) {
+    for fd in own {
+        fds.remove(&fd.as_raw_fd());
+    }
 }
 
 /// Empties, in a forked child, a list of the parent's things without dropping them: a drop
 /// writes to each (a count, the allocator's free list), and every page written is copied from
 /// the parent's (a `Pool` made after 200 others, whose handles the collector had not freed
-/// yet, took 17 µs more in each worker to drop their entries). Left alone, they stay shared.
+/// yet, took about 18 µs more in each worker to drop their entries). Left alone, they stay
+/// shared.
 pub(crate) fn forget_in_child<T>(list: &mut Vec<T>) {
     std::mem::forget(std::mem::take(list));
 }
