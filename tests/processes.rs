@@ -552,6 +552,42 @@ pool:close() pool:join()
     }
 }
 
+/// A function's upvalues that the script reaches from its globals travel by name (a module's
+/// function, an entry of a small global table, a `require`d module's), beside a global table
+/// of 5000 entries that is not looked through: a C function only it holds cannot travel.
+#[test]
+fn upvalues_are_named_through_modules_and_small_global_tables() {
+    let lua = r#"
+BIG = {}
+for i = 1, 5000 do BIG["k" .. i] = i end
+BIG.gen = coroutine.wrap(function() while true do coroutine.yield(1) end end)
+TOOLS = { upper = string.upper }
+package.preload.shout = function() return { loud = string.upper } end
+local insert, fmt, up, loud = table.insert, string.format, TOOLS.upper, require("shout").loud
+local gen = BIG.gen
+local pool = parrun.Pool(2)
+print(pool:apply(function() local t = {} insert(t, fmt("%d", 7)) return loud(up(t[1] .. "x")) end, {}))
+print(pcall(pool.apply, pool, function() return gen() end, {}))
+pool:close() pool:join()
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "named", "lua", lua);
+        out.assert_success();
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(lines.first(), Some(&"7X"), "{mode}: {}", out.describe());
+        let refused = "false\tPool.apply: cannot send a function to a worker: its upvalue `gen` \
+                       is a function not reachable from the globals";
+        match mode {
+            "gil" => assert_eq!(lines.get(1), Some(&"true\t1"), "{}", out.describe()),
+            _ => assert!(
+                lines.get(1).is_some_and(|l| l.starts_with(refused)),
+                "{mode}: {}",
+                out.describe()
+            ),
+        }
+    }
+}
+
 #[test]
 fn functions_travel_with_what_they_use() {
     both_in_modes(
