@@ -628,3 +628,59 @@ fn a_host_function_holding_the_scripts_gil_cannot_call_it_but_a_blocking_one_can
         }
     });
 }
+
+/// A host function run by a task of a pool whose `map` the script's running call waits for
+/// cannot call the script, even one that runs without the GIL: the engine thread serves one
+/// call at a time and is waiting for that very task. It is `Error::Usage` (it waited for ever
+/// in `gil` and `isolated`; a forked worker's call is refused already).
+#[test]
+fn a_task_of_the_map_a_call_waits_for_cannot_call_the_script() {
+    in_time(|| {
+        use std::sync::{Arc, OnceLock, Weak};
+        for mode in [Mode::Gil, Mode::Isolated] {
+            for (language, code) in [
+                (
+                    Language::Lua,
+                    "function dbl(x) return x * 2 end\n\
+                     function outer(x)\n\
+                       local p = parrun.Pool(2)\n\
+                       local ok, r = pcall(p.map, p, function(y) return back(y) end, {x})\n\
+                       p:close() p:join()\n\
+                       if not ok then error(r, 0) end\n\
+                       return r[1]\n\
+                     end",
+                ),
+                (
+                    Language::Rhai,
+                    "fn dbl(x) { x * 2 }\n\
+                     fn outer(x) { let p = Pool(2); let r = p.map(|y| back(y), [x]); r[0] }",
+                ),
+            ] {
+                let me: Arc<OnceLock<Weak<Script>>> = Arc::new(OnceLock::new());
+                let back = me.clone();
+                let script = Arc::new(
+                    Runtime::new()
+                        .mode(mode)
+                        .blocking_function("back", move |(x,): (i64,)| {
+                            let script = back.get().unwrap().upgrade().unwrap();
+                            script.call::<i64>("dbl", (x,)).map_err(|e| e.to_string())
+                        })
+                        .load_source(language, "again", code)
+                        .unwrap(),
+                );
+                me.set(Arc::downgrade(&script)).unwrap();
+                match script.call::<i64>("outer", (3,)) {
+                    Err(e) => assert!(
+                        e.to_string().contains(
+                            "again: a call into the script from a task of a pool whose results \
+                             the script's running call waits for would wait for itself"
+                        ),
+                        "{mode:?} {language:?}: {e}"
+                    ),
+                    other => panic!("{mode:?} {language:?}: {other:?}"),
+                }
+                assert_eq!(script.call::<i64>("dbl", (4,)).unwrap(), 8);
+            }
+        }
+    });
+}

@@ -15,8 +15,9 @@
 //! this module keeps the state and answers the script.
 
 use crate::rt::threads::Signal;
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::rt::cancel;
@@ -282,6 +283,10 @@ impl AsyncResult {
 
     /// `AsyncResult.wait`: waits until ready; false on timeout.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        if self.ready.is_set() {
+            return true;
+        }
+        let _waiting = WaitingOn::new(self);
         self.ready.wait(timeout)
     }
 
@@ -357,10 +362,12 @@ impl AsyncResult {
     pub fn next_entry(&self, timeout: Option<Duration>) -> Result<Option<Entry>, Failure> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut s = self.slots();
+        let mut waiting = None;
         loop {
             if let Some(answer) = s.arrived_entry(self.kind) {
                 return answer;
             }
+            waiting.get_or_insert_with(|| WaitingOn::new(self));
             if cancel::stop_waiting() {
                 return Err(Failure::of_job("the wait was interrupted"));
             }
@@ -386,6 +393,66 @@ impl AsyncResult {
                 Some(slice) => self.arrived.wait_timeout(s, slice),
             };
         }
+    }
+}
+
+/// The job each thread waits on while it blocks for one, by `crate::rt::spawn::current_id`.
+static WAITING: LazyLock<Mutex<HashMap<u64, usize>>> = LazyLock::new(Mutex::default);
+
+thread_local! {
+    /// The job whose task this thread (a pool's worker) runs; 0 for none.
+    static RUNNING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A job's identity while it lives.
+fn job_key(job: &AsyncResult) -> usize {
+    std::ptr::from_ref(job) as usize
+}
+
+/// Whether the task this thread runs belongs to a job that the thread `waiter` (by
+/// `crate::rt::spawn::current_id`) is waiting on: then anything that waits for `waiter` would
+/// wait for itself. (A host function a pool task runs calling into the `Script` whose engine
+/// thread waits on that pool's `map`.)
+pub(crate) fn waited_on_by(waiter: u64) -> bool {
+    let running = RUNNING.get();
+    running != 0 && WAITING.lock().recover().get(&waiter) == Some(&running)
+}
+
+/// Marks this thread, until dropped, as running a task of `job`.
+pub(super) fn running(job: &AsyncResult) -> Running {
+    Running(RUNNING.replace(job_key(job)))
+}
+
+/// See [`running`].
+pub(super) struct Running(usize);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.set(self.0);
+    }
+}
+
+/// This thread's entry in [`WAITING`] while it blocks on a job.
+struct WaitingOn {
+    thread: u64,
+    before: Option<usize>,
+}
+
+impl WaitingOn {
+    fn new(job: &AsyncResult) -> WaitingOn {
+        let thread = crate::rt::spawn::current_id();
+        let before = WAITING.lock().recover().insert(thread, job_key(job));
+        WaitingOn { thread, before }
+    }
+}
+
+impl Drop for WaitingOn {
+    fn drop(&mut self) {
+        let mut waiting = WAITING.lock().recover();
+        match self.before {
+            Some(job) => waiting.insert(self.thread, job),
+            None => waiting.remove(&self.thread),
+        };
     }
 }
 

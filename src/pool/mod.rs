@@ -53,6 +53,7 @@ mod worker;
 pub(crate) use ranks::{end_all_on_rank, end_on_rank, route_tasks, serve_on_rank, MakeEngine};
 
 use callbacks::Finisher;
+pub(crate) use job::waited_on_by;
 pub use job::{AsyncResult, Callbacks, Failure, JobKind};
 
 pub(crate) use stats::Snapshot as PoolStats;

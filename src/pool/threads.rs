@@ -375,9 +375,11 @@ fn serve(
             let _pool = pool.state();
             pool.changed.notify_all();
         }
+        let running = super::job::running(&job);
         let result = calls
             .run(|calls| run(&mut functions, &function, calls))
             .unwrap_or_else(|e| Err(e.into()));
+        drop(running);
         if let (Some(trace), Some(name), Some(start)) =
             (&pool.host.trace, job.trace_name(), started)
         {

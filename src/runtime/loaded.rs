@@ -81,7 +81,9 @@ use crate::value::Value;
 /// script's engine (in a call), its threads or its `gil`-mode workers must not call into the
 /// `Script`: they hold the GIL the engine needs, so the call would wait for itself, and it is
 /// [`Error::Usage`]. A [`Runtime::blocking_function`] runs without the GIL and may, from its
-/// threads and workers. A host function may call another `Script`, except in a forked process
+/// threads and workers, except from a task of a pool whose results the running call waits for
+/// (its `map`): the engine serves one call at a time, so that is [`Error::Usage`] as well. A
+/// host function may call another `Script`, except in a forked process
 /// (a fork-mode worker or `Process`), where no `Script`'s engine is: that call is
 /// [`Error::Usage`] too.
 ///
@@ -359,6 +361,15 @@ impl Script {
             return Err(Error::Usage(format!(
                 "{}: a call into the script from its own engine (a host function it is running) \
                  would wait for itself",
+                self.name
+            )));
+        }
+        if crate::pool::waited_on_by(self.engine_thread_id) {
+            // A pool task whose job the engine thread waits on (a `map` the script's own call
+            // made): the engine thread serves one request at a time.
+            return Err(Error::Usage(format!(
+                "{}: a call into the script from a task of a pool whose results the script's \
+                 running call waits for would wait for itself",
                 self.name
             )));
         }
