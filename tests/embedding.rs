@@ -391,3 +391,26 @@ fn rhai_nesting_limits_do_not_depend_on_the_build_profile() {
         assert_eq!(got, 2);
     });
 }
+
+/// `Runtime::language` names the language of script files (as `--lang` does); source code
+/// keeps the language it is given with.
+#[test]
+fn source_code_keeps_its_language_whatever_the_runtime_names_for_files() {
+    within_a_minute(|| {
+        let runtime = Runtime::new().language(Language::Lua);
+        let two: i64 = runtime
+            .eval(Language::Rhai, "x.rhai", "let a = 1; a + 1")
+            .unwrap();
+        assert_eq!(two, 2);
+        let script = runtime
+            .load_source(Language::Rhai, "f.rhai", "fn twice(x) { x * 2 }")
+            .unwrap();
+        assert_eq!(script.call::<i64>("twice", (4,)).unwrap(), 8);
+        let dir = std::env::temp_dir().join(format!("parrun-lang-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("named.rhai");
+        std::fs::write(&file, "return 7").unwrap();
+        assert_eq!(runtime.run_file(&file).unwrap(), 0, "the file runs as Lua");
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}

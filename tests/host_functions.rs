@@ -293,6 +293,7 @@ fn a_global_whose_name_is_no_name_is_refused_when_it_is_given() {
             "x = 1; exit(3); const y",
             "table",
             "_G",
+            "parrun",
         ] {
             match Runtime::new().global(name, &1) {
                 Err(parrun::Error::Usage(message)) => {
@@ -302,6 +303,21 @@ fn a_global_whose_name_is_no_name_is_refused_when_it_is_given() {
                     )
                 }
                 other => panic!("global {name:?}: {other:?}"),
+            }
+        }
+        // A global named as a host function would hide it in Lua (Rhai keeps both): refused when
+        // the script runs, whichever came first.
+        let both = Runtime::new()
+            .function("tick", |(x,): (i64,)| Ok::<_, String>(x))
+            .global("tick", &1)
+            .unwrap();
+        for language in [Language::Lua, Language::Rhai] {
+            match both.run_source(language, "both", "") {
+                Err(parrun::Error::Usage(message)) => assert_eq!(
+                    message, "global `tick`: a host function has that name",
+                    "{language:?}"
+                ),
+                other => panic!("{language:?}: {other:?}"),
             }
         }
         let runtime = Runtime::new().global("_limit_2", &7).unwrap();

@@ -174,8 +174,9 @@ impl Runtime {
     /// map, a list of records), converted through serde. Lua reads it as a global; Rhai as a
     /// constant, which its functions reach as `global::name`, as any top-level constant. `name`
     /// must be a name in both languages (letters, digits and `_`, not starting with a digit,
-    /// not a keyword of either, and none of Lua's standard globals): another is
-    /// [`Error::Usage`]. Rhai's maps have string keys
+    /// not a keyword of either, none of Lua's standard globals, not `parrun`) and not a host
+    /// function's: another is [`Error::Usage`] (a host function's, when the script runs or
+    /// loads). Rhai's maps have string keys
     /// only: a Rhai run or load with a global holding a map with another key (a
     /// `BTreeMap<i64, _>`, which Lua takes) is [`Error::Usage`] naming the global.
     ///
@@ -194,11 +195,11 @@ impl Runtime {
         name: &str,
         value: &T,
     ) -> Result<Self, Error> {
-        if !engine::is_variable_name(name) {
+        if !engine::is_variable_name(name) || name == "parrun" {
             return Err(Error::Usage(format!(
                 "global `{name}`: not a name scripts can use (letters, digits and _, not \
-                 starting with a digit, not a keyword of Lua or Rhai, and none of Lua's \
-                 standard globals)"
+                 starting with a digit, not a keyword of Lua or Rhai, none of Lua's standard \
+                 globals, and not `parrun`)"
             )));
         }
         let value = Value::from_serialize(value)
@@ -445,7 +446,9 @@ impl Runtime {
         &self.settings
     }
 
-    /// The language to use instead of the one the file extension names.
+    /// The language of script files ([`Runtime::run_file`], [`Runtime::load_file`]), instead
+    /// of the one their extension names (the command line's `--lang`). Source code keeps the
+    /// language it is given with.
     pub fn language(mut self, language: Language) -> Self {
         self.language = Some(language);
         self
@@ -505,19 +508,30 @@ impl Runtime {
         }
     }
 
-    /// The embedding program's functions have names scripts can call in both languages.
+    /// The embedding program's functions have names scripts can call in both languages, and
+    /// no global it added has one of them (a Lua global would hide the function; Rhai keeps
+    /// both).
     fn check_functions(&self) -> Result<(), Error> {
-        match self
-            .embedding
-            .functions
+        let functions = &self.embedding.functions;
+        if let Some(f) = functions
             .iter()
             .find(|f| !engine::is_function_name(&f.name))
         {
-            Some(f) => Err(Error::Usage(format!(
+            return Err(Error::Usage(format!(
                 "host function `{}`: not a name scripts can call (letters, digits and _, not \
                  starting with a digit, not a keyword of Lua or Rhai, none of Lua's standard \
                  globals and none of parrun's own functions)",
                 f.name
+            )));
+        }
+        match self
+            .embedding
+            .globals
+            .iter()
+            .find(|(name, _)| functions.iter().any(|f| &f.name == name))
+        {
+            Some((name, _)) => Err(Error::Usage(format!(
+                "global `{name}`: a host function has that name"
             ))),
             None => Ok(()),
         }
@@ -561,7 +575,6 @@ impl Runtime {
         code: impl AsRef<[u8]>,
     ) -> Result<Script, Error> {
         self.check_loadable()?;
-        let language = self.language.unwrap_or(language);
         Script::load(self, language, self.source(name, code.as_ref()))
     }
 
@@ -681,7 +694,6 @@ impl Runtime {
     }
 
     fn run_code(&self, language: Language, name: &str, code: &[u8]) -> Result<Ended, Error> {
-        let language = self.language.unwrap_or(language);
         self.on_ranks(|| self.run(language, self.source(name, code)))
     }
 
