@@ -90,30 +90,33 @@ pub struct ScriptError {
     pub line: Option<u32>,
     /// The column (Rhai gives one; Lua does not).
     pub column: Option<u32>,
-    /// What the script said, without the place.
+    /// What the script said, without the place (all its lines, when it has several).
     pub message: String,
     /// The calls that led there: Lua's `stack traceback:` lines, Rhai's `in call to` lines.
     pub traceback: Option<String>,
 }
 
 impl ScriptError {
-    /// Takes `FILE:LINE[:COL]: message` and what follows on other lines apart; a text that does
-    /// not start with a place is all message.
+    /// Takes `FILE:LINE[:COL]: message` and the traceback after it apart; a text that does not
+    /// start with a place is all message. A message may have lines of its own: the traceback
+    /// starts at Lua's `stack traceback:` line or Rhai's first `  in call to` line.
     fn from_text(text: String) -> ScriptError {
-        let (first, rest) = match text.split_once('\n') {
-            Some((first, rest)) => (first, Some(rest.to_owned())),
+        let (head, rest) = match traceback_start(&text) {
+            Some(at) => (&text[..at], Some(text[at + 1..].to_owned())),
             None => (text.as_str(), None),
         };
         let whole = ScriptError {
             file: None,
             line: None,
             column: None,
-            message: first.to_owned(),
+            message: head.to_owned(),
             traceback: rest.clone(),
         };
-        let Some((place, message)) = first.split_once(": ") else {
+        let first = head.split('\n').next().unwrap_or_default();
+        let Some((place, _)) = first.split_once(": ") else {
             return whole;
         };
+        let message = &head[place.len() + 2..];
         let mut parts = place.rsplitn(3, ':');
         let (last, middle, head) = (parts.next(), parts.next(), parts.next());
         let number = |s: Option<&str>| s.and_then(|s| s.parse::<u32>().ok());
@@ -142,6 +145,15 @@ impl ScriptError {
             whole
         }
     }
+}
+
+/// Where the calls a script error came through start in its text: the newline before Lua's
+/// `stack traceback:` line or Rhai's first `  in call to` line.
+fn traceback_start(text: &str) -> Option<usize> {
+    text.match_indices('\n').map(|(at, _)| at).find(|&at| {
+        let after = &text[at + 1..];
+        after.starts_with("stack traceback:") || after.starts_with("  in call to ")
+    })
 }
 
 impl fmt::Display for ScriptError {
@@ -175,6 +187,8 @@ mod tests {
             "/tmp/a:b/c.lua:12: message: with colons",
             "no place at all",
             "parrun: cannot set up Lua: not enough memory",
+            "m.lua:2: first line\nsecond line\nstack traceback:\n\t[C]: in ?",
+            "two\nlines: no place",
         ] {
             let e = ScriptError::from_text(text.to_owned());
             assert_eq!(e.to_string(), text);
@@ -190,5 +204,11 @@ mod tests {
             (Some("/tmp/a:b/c.lua"), Some(12), None)
         );
         assert_eq!(e.message, "m: n");
+        // A message of several lines stays whole; only the calls are the traceback.
+        let e = ScriptError::from_text("f.rhai:3:9: a\nb\n  in call to g at f.rhai:5:1".into());
+        assert_eq!((e.line, e.message.as_str()), (Some(3), "a\nb"));
+        assert_eq!(e.traceback.as_deref(), Some("  in call to g at f.rhai:5:1"));
+        let e = ScriptError::from_text("h.lua:1: x\ny".into());
+        assert_eq!((e.message.as_str(), e.traceback), ("x\ny", None));
     }
 }
