@@ -639,3 +639,37 @@ fn a_forked_workers_host_function_takes_std_handles_another_thread_keeps_taking(
         logger.join().unwrap();
     });
 }
+
+/// A `gil` or `isolated` task past the task timeout while it is inside a host function (which
+/// nothing interrupts) fails as the function returns, with the timeout's error, not with the
+/// function's value.
+#[test]
+fn a_task_past_its_timeout_in_a_host_function_fails_as_it_returns() {
+    in_time(|| {
+        for mode in [Mode::Gil, Mode::Isolated] {
+            let script = Runtime::new()
+                .mode(mode)
+                .task_timeout(Duration::from_millis(200))
+                .function("slow", |(ms,): (u64,)| {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    Ok::<_, String>(ms)
+                })
+                .load_source(
+                    Language::Lua,
+                    "slow.lua",
+                    "function f(ms) return slow(ms) end",
+                )
+                .unwrap();
+            match script.map::<_, u64>("f", [600u64]) {
+                Err(e) => assert!(
+                    e.to_string()
+                        .contains("the task ran longer than the task timeout of 200ms"),
+                    "{mode:?}: {e}"
+                ),
+                other => panic!("{mode:?}: {other:?}"),
+            }
+            let quick: Vec<u64> = script.map("f", [1u64, 2]).unwrap();
+            assert_eq!(quick, [1, 2], "{mode:?}: the pool goes on");
+        }
+    });
+}

@@ -380,6 +380,13 @@ fn serve(
             .run(|calls| run(&mut functions, &function, calls))
             .unwrap_or_else(|e| Err(e.into()));
         drop(running);
+        // Asked to stop while it was in a host function, which no hook interrupts (a task
+        // timeout that came then): it fails as it ends, as it would have at its next
+        // instruction, not with a value its caller then took for a result in time.
+        let result = match (result, cancel::requested()) {
+            (Ok(_), Some(reason)) => Err(reason.into()),
+            (result, _) => result,
+        };
         if let (Some(trace), Some(name), Some(start)) =
             (&pool.host.trace, job.trace_name(), started)
         {
