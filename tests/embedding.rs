@@ -296,6 +296,11 @@ fn exit_ends_the_script_not_the_host_and_eval_returns_the_scripts_value() {
         }
         let exited = Runtime::new().eval::<i64>(Language::Lua, "x.lua", "os.exit(3)");
         assert!(matches!(exited, Err(Error::Exited(3))), "{exited:?}");
+        // A script that exits with 0 has no value, in either language.
+        for (language, code) in [(Language::Lua, "os.exit(0)"), (Language::Rhai, "exit(0);")] {
+            let done = Runtime::new().eval::<()>(language, "zero", code);
+            assert!(matches!(done, Ok(())), "{language:?}: {done:?}");
+        }
         let wrong = Runtime::new().eval::<i64>(Language::Rhai, "x.rhai", "\"text\"");
         assert!(
             matches!(wrong, Err(Error::Usage(ref m)) if m.contains("invalid type")),

@@ -173,8 +173,14 @@ pub(crate) fn run(host: Arc<Host>, script: Source) -> Result<Ended, Error> {
     });
     let exit_status = *shared.exit_status.lock().recover();
     match result {
-        Ok(value) => Ok(Ended {
+        // Rhai hands an `exit(n)` at the top level back as the script's value: a script that
+        // exits has none, as in Lua.
+        Ok(_) if exit_status.is_some() => Ok(Ended {
             status: exit_status.unwrap_or(0),
+            value: Ok(Value::Nil),
+        }),
+        Ok(value) => Ok(Ended {
+            status: 0,
             value: to_value(&shared, &value),
         }),
         Err(Error::Exited(status)) => Ok(Ended {
