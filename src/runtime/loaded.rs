@@ -243,9 +243,10 @@ impl Script {
     /// The inputs are cut into chunks as the script's `pool.map` cuts them (about four per
     /// worker).
     ///
-    /// The first error in input order ends the map: [`Error::Item`] names the input's index
+    /// The map's error is its first in input order: [`Error::Item`] names the input's index
     /// and holds what the function raised there ([`Error::Script`], with file and line), printing
-    /// as `item 417: transform.lua:12: bad record`. A failure that belongs to no item (a worker
+    /// as `item 417: transform.lua:12: bad record`. As Python's `map`, it comes once every other
+    /// item has run (their results are dropped). A failure that belongs to no item (a worker
     /// killed, a [`Runtime::task_timeout`] passed) is an [`Error::Script`] that says so.
     ///
     /// ```
