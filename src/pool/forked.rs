@@ -727,14 +727,14 @@ impl Supervisor {
             }
             // A batch cut short ends with its failure; the plans past it drop unforked.
             let forked = link::fork_unserved_batch(&self.pool.host, works);
-            let cut_short = forked.len() < planned.len() || forked.iter().any(Result::is_err);
+            let cut_short = forked.len() < planned.len();
             children.extend(
                 planned
                     .into_iter()
                     .zip(forked)
                     .map(|(plan, forked)| forked.and_then(|forked| self.adopt(plan, forked))),
             );
-            if cut_short {
+            if cut_short || children.iter().any(Result::is_err) {
                 break;
             }
         }

@@ -432,7 +432,8 @@ impl Drop for Running {
     }
 }
 
-/// This thread's entry in [`WAITING`] while it blocks on a job.
+/// This thread's entry in [`WAITING`] while it blocks on a job. A thread parrun did not start
+/// (id 0: a program's own) has none: no `Script`'s engine runs on one.
 struct WaitingOn {
     thread: u64,
     before: Option<usize>,
@@ -441,13 +442,19 @@ struct WaitingOn {
 impl WaitingOn {
     fn new(job: &AsyncResult) -> WaitingOn {
         let thread = crate::rt::spawn::current_id();
-        let before = WAITING.lock().recover().insert(thread, job_key(job));
+        let before = match thread {
+            0 => None,
+            _ => WAITING.lock().recover().insert(thread, job_key(job)),
+        };
         WaitingOn { thread, before }
     }
 }
 
 impl Drop for WaitingOn {
     fn drop(&mut self) {
+        if self.thread == 0 {
+            return;
+        }
         let mut waiting = WAITING.lock().recover();
         match self.before {
             Some(job) => waiting.insert(self.thread, job),
