@@ -32,8 +32,9 @@ pub enum Mode {
     /// or global is safe in a forked worker if it computes from its arguments, reads data the
     /// host set up before the run (the child has a copy), or makes its own system calls; it
     /// must not take a lock another host thread may hold (a `Mutex` shared with the host's
-    /// threads, a logger's, an async runtime with threads of its own; std's `stdout()` and
-    /// `stderr()` are safe, a fork holds their locks, so `println!` is) nor expect its writes
+    /// threads, a logger, an async runtime with threads of its own, or std's `stdout()` when
+    /// another thread prints at the same time: `println!` takes its lock, which a fork does
+    /// not hold, since a program may hold it while it calls the script) nor expect its writes
     /// to memory to reach the host (the child's memory is its own: send results back as return
     /// values). The writers given to [`Runtime::stdout`](crate::Runtime::stdout) and
     /// [`Runtime::stderr`](crate::Runtime::stderr) are never touched in a child (its lines

@@ -419,3 +419,18 @@ fn source_code_keeps_its_language_whatever_the_runtime_names_for_files() {
         std::fs::remove_dir_all(&dir).unwrap();
     });
 }
+
+/// A program may hold std's stdout lock while it calls the script in `fork` mode: a fork does
+/// not take that lock (one that did waited for ever for the caller, which waited for it).
+#[test]
+fn a_fork_mode_map_runs_while_the_caller_holds_stdouts_lock() {
+    within_a_minute(|| {
+        let script = Runtime::new()
+            .mode(Mode::Fork)
+            .load_source(Language::Lua, "held.lua", "function f(x) return x * 2 end")
+            .unwrap();
+        let _out = std::io::stdout().lock();
+        let got: Vec<i64> = script.map("f", 0..4).unwrap();
+        assert_eq!(got, [0, 2, 4, 6]);
+    });
+}

@@ -595,51 +595,6 @@ two(1, 2, 3);
     });
 }
 
-/// A fork-mode worker's host function may take std's output handles while another thread of
-/// the embedding program keeps taking them (a logger): a fork holds their locks, so no child
-/// starts with one held by a thread it does not have (a `println!` in the worker waited for
-/// ever).
-#[test]
-fn a_forked_workers_host_function_takes_std_handles_another_thread_keeps_taking() {
-    in_time(|| {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = Arc::new(AtomicBool::new(false));
-        let logger = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    {
-                        let _out = std::io::stdout().lock();
-                        let _err = std::io::stderr().lock();
-                        std::thread::sleep(Duration::from_micros(50));
-                    }
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-            })
-        };
-        for _ in 0..10 {
-            let script = Runtime::new()
-                .mode(Mode::Fork)
-                .task_timeout(Duration::from_secs(20))
-                .function("touch", |(x,): (i64,)| {
-                    drop(std::io::stdout().lock());
-                    drop(std::io::stderr().lock());
-                    Ok::<_, String>(x)
-                })
-                .load_source(
-                    Language::Lua,
-                    "handles.lua",
-                    "function f(x) return touch(x) end",
-                )
-                .unwrap();
-            let got: Vec<i64> = script.map("f", 0..4).unwrap();
-            assert_eq!(got, [0, 1, 2, 3]);
-        }
-        stop.store(true, Ordering::Relaxed);
-        logger.join().unwrap();
-    });
-}
-
 /// A `gil` or `isolated` task past the task timeout while it is inside a host function (which
 /// nothing interrupts) fails as the function returns, with the timeout's error, not with the
 /// function's value.

@@ -15,7 +15,6 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -338,13 +337,6 @@ fn fork_here(guards: &[Arc<dyn ForkSafe>], plans: Vec<ChildPlan>) -> Vec<Result<
     // SAFETY: fflush(NULL) flushes every C stream; no Rust invariant is involved.
     unsafe { nix::libc::fflush(std::ptr::null_mut()) };
 
-    // An embedding program's threads print through std's handles (parrun's own output does
-    // not): one holding a handle's lock at the fork would leave it held for ever in the child,
-    // where a host function's `println!` then waited for ever. What another thread buffered
-    // is written first, not copied into the child.
-    let mut std_out = std::io::stdout().lock();
-    let _ = std_out.flush();
-    let std_err = std::io::stderr().lock();
     // The callers' state first, the children registry last: a host's list of started things
     // stays locked while its processes are polled, which takes the children registry.
     let held: Vec<Box<dyn ForkHeld + '_>> = guards.iter().map(|g| g.hold()).collect();
@@ -366,7 +358,6 @@ fn fork_here(guards: &[Arc<dyn ForkSafe>], plans: Vec<ChildPlan>) -> Vec<Result<
             }
             drop(fds);
             drop(held);
-            drop((std_out, std_err));
             return vec![Err(e)];
         }
     };
@@ -422,8 +413,6 @@ fn fork_here(guards: &[Arc<dyn ForkSafe>], plans: Vec<ChildPlan>) -> Vec<Result<
                 for guard in held {
                     guard.reset_in_child();
                 }
-                // (This thread holds them in the child too.)
-                drop((std_out, std_err));
                 children.reset_in_child();
                 // The parent's forker thread is not this process's: nothing of it may be
                 // dropped here (its channel's and its handle's state is the parent's).
@@ -475,7 +464,6 @@ fn fork_here(guards: &[Arc<dyn ForkSafe>], plans: Vec<ChildPlan>) -> Vec<Result<
     drop(forker);
     drop(fds);
     drop(held);
-    drop((std_out, std_err));
     drop(spent);
     forked
 }
