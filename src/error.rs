@@ -99,7 +99,8 @@ pub struct ScriptError {
 impl ScriptError {
     /// Takes `FILE:LINE[:COL]: message` and the traceback after it apart; a text that does not
     /// start with a place is all message. A message may have lines of its own: the traceback
-    /// starts at Lua's `stack traceback:` line or Rhai's first `  in call to` line.
+    /// starts at Lua's `stack traceback:` line or Rhai's first `  in call to` or `  in module`
+    /// line.
     fn from_text(text: String) -> ScriptError {
         let (head, rest) = match traceback_start(&text) {
             Some(at) => (&text[..at], Some(text[at + 1..].to_owned())),
@@ -148,11 +149,13 @@ impl ScriptError {
 }
 
 /// Where the calls a script error came through start in its text: the newline before Lua's
-/// `stack traceback:` line or Rhai's first `  in call to` line.
+/// `stack traceback:` line or Rhai's first `  in call to` or `  in module` line.
 fn traceback_start(text: &str) -> Option<usize> {
     text.match_indices('\n').map(|(at, _)| at).find(|&at| {
         let after = &text[at + 1..];
-        after.starts_with("stack traceback:") || after.starts_with("  in call to ")
+        ["stack traceback:", "  in call to ", "  in module "]
+            .iter()
+            .any(|frame| after.starts_with(frame))
     })
 }
 
@@ -208,6 +211,14 @@ mod tests {
         let e = ScriptError::from_text("f.rhai:3:9: a\nb\n  in call to g at f.rhai:5:1".into());
         assert_eq!((e.line, e.message.as_str()), (Some(3), "a\nb"));
         assert_eq!(e.traceback.as_deref(), Some("  in call to g at f.rhai:5:1"));
+        let e = ScriptError::from_text(
+            "m.rhai:2:1: boom\n  in module 'm.rhai' at main.rhai:1:8".into(),
+        );
+        assert_eq!((e.line, e.message.as_str()), (Some(2), "boom"));
+        assert_eq!(
+            e.traceback.as_deref(),
+            Some("  in module 'm.rhai' at main.rhai:1:8")
+        );
         let e = ScriptError::from_text("h.lua:1: x\ny".into());
         assert_eq!((e.message.as_str(), e.traceback), ("x\ny", None));
     }
