@@ -530,7 +530,7 @@ impl ForkHeld for HostForkGuard<'_> {
             trace,
         } = *self;
         gil.reset_in_child();
-        crate::rt::fork::forget_in_child(&mut *started);
+        crate::rt::atfork::forget_in_child(&mut *started);
         if let Some(trace) = trace {
             trace.reset_in_child();
         }

@@ -387,7 +387,7 @@ struct MainsHeld(MutexGuard<'static, Vec<Arc<MainThread>>>);
 
 impl ForkHeld for MainsHeld {
     fn reset_in_child(mut self: Box<Self>) {
-        crate::rt::fork::forget_in_child(&mut *self.0);
+        crate::rt::atfork::forget_in_child(&mut *self.0);
     }
 }
 

@@ -475,15 +475,6 @@ fn unregister_own(fds: &mut HashSet<RawFd>, own: &[OwnedFd]) {
     }
 }
 
-/// Empties, in a forked child, a list of the parent's things without dropping them: a drop
-/// writes to each (a count, the allocator's free list), and every page written is copied from
-/// the parent's (a `Pool` made after 200 others, whose handles the collector had not freed
-/// yet, took about 18 µs more in each worker to drop their entries). Left alone, they stay
-/// shared.
-pub(crate) fn forget_in_child<T>(list: &mut Vec<T>) {
-    std::mem::forget(std::mem::take(list));
-}
-
 /// Asks the kernel to kill this process when its parent dies, and checks the parent has not
 /// died already (before the request took effect).
 fn die_with_parent(parent: Pid) {

@@ -660,7 +660,7 @@ impl TraceHeld<'_> {
     /// In the child: the parent's events are the parent's; this process's go up its link. The
     /// forking thread, the child's only one, is a new track.
     pub(crate) fn reset_in_child(mut self) {
-        crate::rt::fork::forget_in_child(&mut self.0.events);
+        crate::rt::atfork::forget_in_child(&mut self.0.events);
         self.0.dropped = 0;
         self.0.child = true;
         let _ = HERE.try_with(|cell| {
