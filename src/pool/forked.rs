@@ -131,7 +131,7 @@ pub(super) fn start(
         children: Vec::with_capacity(pool.size),
         wake: wake_rx,
         task_micros: f64::NAN,
-        scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+        scratch: Box::default(),
         forked: 0,
         init_kills: 0,
     };
@@ -260,6 +260,9 @@ impl Supervisor {
     /// Supervises until the pool is stopped, or closed with no work left; then shuts the
     /// workers down.
     fn run(mut self) {
+        // Made here, after the forks: made before, its pages were the workers' too, and each
+        // first read copied them.
+        self.scratch = vec![0; READ_CHUNK].into_boxed_slice();
         while self.poll_once() {}
         self.shutdown();
     }
