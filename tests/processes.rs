@@ -2744,3 +2744,41 @@ end
         );
     }
 }
+
+/// A `Process(...)` refused for its arguments takes no number, as Python's constructor raises
+/// before it counts; one made with a name takes one.
+#[test]
+fn a_process_refused_for_its_arguments_takes_no_number() {
+    both(
+        "numbers",
+        r#"
+local a = parrun.Process(print, {})
+print(pcall(parrun.Process, print, {}, {bogus = 1}))
+print(pcall(parrun.Process, print, {}, 5))
+local c = parrun.Process(print, {}, "x")
+local b = parrun.Process(print, {})
+print(a.name, c.name, b.name)
+"#,
+        r#"
+let a = Process(|| 1, []);
+try { Process(|| 1, [], #{bogus: 1}); } catch (e) { print(`false ${e}`); }
+try { Process(|| 1, [], 5); } catch (e) { print(`false ${e}`); }
+let c = Process(|| 1, [], "x");
+let b = Process(|| 1, []);
+print(`${a.name} ${c.name} ${b.name}`);
+"#,
+        |out| {
+            out.assert_success();
+            let lines: Vec<&str> = out.stdout.lines().collect();
+            assert_eq!(lines.len(), 3, "{}", out.describe());
+            assert!(lines[0].starts_with("false"), "{}", out.describe());
+            assert!(lines[1].starts_with("false"), "{}", out.describe());
+            assert_eq!(
+                lines[2].replace('\t', " "),
+                "Process-1 x Process-3",
+                "{}",
+                out.describe()
+            );
+        },
+    );
+}

@@ -387,10 +387,7 @@ pub(super) static BUILTINS: &[Builtin] = &[
             let target = args.target(0, at)?;
             let mut mode = host.mode();
             let mut daemon = false;
-            // Every process takes a number, named or not, as Python's: `Process(f, {}, "src")`
-            // then `Process(g)` is "Process-2".
-            let (numbered, identity) = host.next_process_name();
-            let name = if !args.is_nil(2) && args.is_map(2) {
+            let name_at = if !args.is_nil(2) && args.is_map(2) {
                 known_options(args, 2, &["name", "mode", "daemon"])?;
                 if let Some(i) = args.field(2, "mode")? {
                     mode = mode_value(args, i)?;
@@ -398,13 +395,19 @@ pub(super) static BUILTINS: &[Builtin] = &[
                 if let Some(i) = args.field(2, "daemon")? {
                     daemon = flag(args, i, "daemon")?;
                 }
-                match args.field(2, "name")? {
-                    Some(i) => opt_name(args, i, || numbered)?,
-                    None => numbered,
-                }
+                args.field(2, "name")?
             } else {
-                opt_name(args, 2, || numbered)?
+                Some(2)
             };
+            let given = match name_at {
+                Some(i) if !args.is_nil(i) => Some(opt_name(args, i, String::new)?),
+                _ => None,
+            };
+            // Every process made takes a number, named or not, as Python's: `Process(f, {},
+            // "src")` then `Process(g)` is "Process-2". One refused for its arguments takes
+            // none (Python's constructor raises before it counts).
+            let (numbered, identity) = host.next_process_name();
+            let name = given.unwrap_or(numbered);
             Outcome::object(Object::Process(ScriptProcess::new(
                 name, identity, target, mode, daemon,
             )))
