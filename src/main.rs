@@ -216,8 +216,17 @@ fn run(cli: Cli) -> Result<i32, Error> {
             parrun::signals::report(&format!("parrun: {err}"));
             SCRIPT_ERROR_REPORTED.store(true, Ordering::Relaxed);
         });
-    if let Some(vm) = cli.rhai_vm {
-        runtime = runtime.rhai_vm(vm);
+    match cli.rhai_vm {
+        Some(vm) => runtime = runtime.rhai_vm(vm),
+        // The library takes an unknown name as the default; the command line says so, as
+        // it does of an unknown `--rhai-vm`.
+        None => match std::env::var(parrun::RhaiVm::ENV) {
+            Ok(name) if !name.is_empty() => {
+                name.parse::<parrun::RhaiVm>()
+                    .map_err(|e| Error::Usage(format!("{}: {e}", parrun::RhaiVm::ENV)))?;
+            }
+            _ => {}
+        },
     }
     if let Some(bytes) = cli.max_memory {
         runtime = runtime.max_memory(bytes);

@@ -605,3 +605,23 @@ fn arguments_that_are_not_utf8_reach_the_script_as_bytes() {
     out.assert_success()
         .assert_stdout_contains("[\"a\u{FFFD}b\"]");
 }
+
+/// `PARRUN_RHAI_VM` naming no VM is a usage error, as `--rhai-vm` naming none is; empty, it is
+/// unset.
+#[test]
+fn an_unknown_rhai_vm_in_the_environment_is_a_usage_error() {
+    let out = Run::new(["-e", "print(1)"])
+        .env("PARRUN_RHAI_VM", "Grain")
+        .output();
+    assert_usage_error(
+        &out,
+        "PARRUN_RHAI_VM: unknown Rhai VM `Grain` (expected ast or grain)",
+    );
+    for name in ["grain", "ast", ""] {
+        let out = Run::new(["-e", "print(1)"])
+            .env("PARRUN_RHAI_VM", name)
+            .output();
+        out.assert_success();
+        assert_eq!(out.stdout, "1\n", "{name:?}: {}", out.describe());
+    }
+}
