@@ -317,11 +317,12 @@ fn flag_errors_are_one_line() {
 }
 
 /// A memory cap too small for Lua's own start is one line, said once, naming the setting: it
-/// read "parrun: parrun: cannot set up Lua: not enough memory".
+/// read "parrun: parrun: cannot set up Lua: not enough memory". It is a bad setting, so a
+/// usage error (status 2), as a bad flag is.
 #[test]
 fn a_memory_cap_too_small_to_start_lua_is_one_plain_line() {
     let out = run_main_with(Lang::Lua, "print(1)", &["--max-memory", "1k"], &[]);
-    out.assert_code(1);
+    out.assert_code(2);
     assert_eq!(
         stderr_lines(&out),
         ["parrun: cannot set up Lua within --max-memory (1024 bytes): not enough memory"],

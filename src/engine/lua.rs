@@ -624,14 +624,13 @@ fn chunk_source(code: &[u8]) -> &[u8] {
 /// A fresh Lua state set up for `script`, its main chunk compiled, and the chunk's arguments.
 fn prepare(host: &Arc<Host>, script: &Source) -> Result<(Lua, Function, MultiValue), Error> {
     let setup = new_state(host).and_then(|lua| install_script_env(&lua, script).map(|()| lua));
-    let lua = setup.map_err(|e| {
-        let within = match (&e, host.settings.max_memory) {
-            (mlua::Error::MemoryError(_), Some(bytes)) => {
-                format!(" within --max-memory ({bytes} bytes)")
-            }
-            _ => String::new(),
-        };
-        Error::script(format!("cannot set up Lua{within}: {}", error_text(e)))
+    let lua = setup.map_err(|e| match (&e, host.settings.max_memory) {
+        // A cap too small for Lua's own start is a bad setting, as a bad flag is.
+        (mlua::Error::MemoryError(_), Some(bytes)) => Error::Usage(format!(
+            "cannot set up Lua within --max-memory ({bytes} bytes): {}",
+            error_text(e)
+        )),
+        _ => Error::script(format!("cannot set up Lua: {}", error_text(e))),
     })?;
     let source = chunk_source(&script.code);
     let mut main = lua.load(source).set_name(format!("@{}", script.name));
