@@ -74,22 +74,27 @@ pool:join()
     dir
 }
 
-/// What `probe()` returns: stock Lua 5.4's answers, except that binary chunks are refused.
-const LOAD_PROBE: &str = "42
+/// parrun's refusal of a binary chunk stock Lua would have loaded.
+const REFUSED: &str = "attempt to load a binary chunk: parrun loads text chunks only, unless \
+                        --binary-chunks (Runtime::binary_chunks) allows them";
+
+/// What `probe()` returns: stock Lua 5.4's answers, except that binary chunks are refused, with
+/// [`REFUSED`] in place of `{REFUSED}`.
+const LOAD_PROBE_TEMPLATE: &str = "42
 5
 false c:1: attempt to index a nil value (upvalue '_ENV')
 43
 nil mychunk:1: unexpected symbol near <eof>
 nil file.lua:1: unexpected symbol near <eof>
-nil attempt to load a binary chunk (mode is 't')
-nil attempt to load a binary chunk (mode is 't')
+nil {REFUSED}
+nil {REFUSED}
 141 text
 101 text
-nil attempt to load a binary chunk (mode is 't')
+nil {REFUSED}
 141 text
-false attempt to load a binary chunk (mode is 't')
+false {REFUSED}
 false error loading module 'binmod' from file F:
-\tattempt to load a binary chunk (mode is 't')
+\t{REFUSED}
 textmod!";
 
 #[test]
@@ -100,7 +105,8 @@ fn load_loadfile_dofile_and_require_behave_as_stock_for_text_and_refuse_binary()
     for mode in MODES {
         let out = Run::new(["--mode", mode, probe.to_str().unwrap(), dir_arg]).output();
         out.assert_success();
-        let want = format!("main\n{LOAD_PROBE}\nworker\n{LOAD_PROBE}\n");
+        let probe_answer = LOAD_PROBE_TEMPLATE.replace("{REFUSED}", REFUSED);
+        let want = format!("main\n{probe_answer}\nworker\n{probe_answer}\n");
         assert_eq!(out.stdout, want, "--mode {mode}\n{}", out.describe());
     }
 }

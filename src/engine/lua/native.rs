@@ -1091,6 +1091,51 @@ unsafe extern "C-unwind" fn print(state: *mut lua_State) -> c_int {
     }
 }
 
+/// Whether the mode at `idx` lets stock Lua load a binary chunk (absent: it does).
+unsafe fn allows_binary(state: *mut lua_State, idx: c_int) -> bool {
+    match ffi::lua_type(state, idx) {
+        ffi::LUA_TNONE | ffi::LUA_TNIL => true,
+        ffi::LUA_TSTRING => {
+            let mut len = 0;
+            let mode = ffi::lua_tolstring(state, idx, &mut len);
+            std::slice::from_raw_parts(mode.cast::<u8>(), len).contains(&b'b')
+        }
+        _ => false,
+    }
+}
+
+/// A stock loader's answer of `results` values, with its refusal of a binary chunk said as
+/// parrun's (see [`say_binary_refused_at_top`]) when the script's mode would have let stock Lua
+/// load it.
+unsafe fn say_binary_refused(state: *mut lua_State, results: c_int, asked_binary: bool) -> c_int {
+    if asked_binary && results == 2 && ffi::lua_isnil(state, -2) != 0 {
+        say_binary_refused_at_top(state);
+    }
+    results
+}
+
+/// Replaces the message at the top of the stack, if it is stock Lua's refusal of a binary chunk
+/// for a mode parrun narrowed to text, with parrun's: it read "attempt to load a binary chunk
+/// (mode is '')" when the script had asked for mode "b", and "(mode is 't')" when it had asked
+/// for none.
+unsafe fn say_binary_refused_at_top(state: *mut lua_State) {
+    const STOCK: &[u8] = b"attempt to load a binary chunk (mode is ";
+    if ffi::lua_type(state, -1) != ffi::LUA_TSTRING {
+        return;
+    }
+    let mut len = 0;
+    let text = ffi::lua_tolstring(state, -1, &mut len);
+    if std::slice::from_raw_parts(text.cast::<u8>(), len).starts_with(STOCK) {
+        ffi::lua_pop(state, 1);
+        ffi::lua_pushstring(
+            state,
+            c"attempt to load a binary chunk: parrun loads text chunks only, unless \
+              --binary-chunks (Runtime::binary_chunks) allows them"
+                .as_ptr(),
+        );
+    }
+}
+
 /// The mode a script asked for, without `b`: absent means text only.
 unsafe fn text_only_mode(state: *mut lua_State, idx: c_int) {
     match ffi::lua_type(state, idx) {
@@ -1130,8 +1175,10 @@ unsafe extern "C-unwind" fn load(state: *mut lua_State) -> c_int {
     if ffi::lua_gettop(state) < 3 {
         ffi::lua_settop(state, 3);
     }
+    let asked_binary = allows_binary(state, 3);
     text_only_mode(state, 3);
-    call_stock(state)
+    let results = call_stock(state);
+    say_binary_refused(state, results, asked_binary)
 }
 
 /// `loadfile([filename [, mode [, env]]])`, text chunks only.
@@ -1139,8 +1186,10 @@ unsafe extern "C-unwind" fn loadfile(state: *mut lua_State) -> c_int {
     if ffi::lua_gettop(state) < 2 {
         ffi::lua_settop(state, 2);
     }
+    let asked_binary = allows_binary(state, 2);
     text_only_mode(state, 2);
-    call_stock(state)
+    let results = call_stock(state);
+    say_binary_refused(state, results, asked_binary)
 }
 
 /// `dofile([filename])`, as stock (its chunk may yield), text chunks only.
@@ -1148,6 +1197,7 @@ unsafe extern "C-unwind" fn dofile(state: *mut lua_State) -> c_int {
     let name = ffi::luaL_optlstring(state, 1, ptr::null(), ptr::null_mut());
     ffi::lua_settop(state, 1);
     if ffi::luaL_loadfilex(state, name, c"t".as_ptr()) != ffi::LUA_OK {
+        say_binary_refused_at_top(state);
         ffi::lua_error(state);
     }
     ffi::lua_callk(state, 0, ffi::LUA_MULTRET, 0, Some(dofile_done));
@@ -1186,6 +1236,7 @@ unsafe extern "C-unwind" fn search_lua(state: *mut lua_State) -> c_int {
         ffi::lua_insert(state, -2);
         return 2;
     }
+    say_binary_refused_at_top(state);
     ffi::luaL_error(
         state,
         c"error loading module '%s' from file '%s':\n\t%s".as_ptr(),
