@@ -183,6 +183,20 @@ fn a_map_is_one_span_per_chunk_on_named_worker_tracks_in_every_mode() {
             let end = trace.instants("the run ended");
             assert_eq!(end.len(), 1, "{what}");
             assert!(tasks.iter().all(|t| ts(t) < ts(end[0])), "{what}");
+            // Each worker's end, in every mode, after its tasks.
+            let ended: Vec<&Json> = trace
+                .events
+                .iter()
+                .filter(|e| e["ph"] == "i" && e["name"].as_str().unwrap().ends_with(" ended"))
+                .filter(|e| e["name"].as_str().unwrap().starts_with("worker "))
+                .collect();
+            assert_eq!(ended.len(), 2, "{what}: {ended:?}");
+            for t in &tasks {
+                assert!(
+                    ended.iter().any(|e| ts(t) < ts(e)),
+                    "{what}: a task after every worker's end"
+                );
+            }
             if mode == "fork" {
                 assert!(!pids.contains(&main), "{what}: a task ran in the parent");
                 let processes = trace.process_names();

@@ -300,6 +300,14 @@ fn work(
             panic_text(&*panic)
         ));
     }
+    if let Some(trace) = &pool.host.trace {
+        // On the worker's own track, as a forked worker's end is on its process's.
+        trace.instant(
+            None,
+            format!("{} ended", pool.worker_name(number)),
+            Vec::new(),
+        );
+    }
     cancel::install(None);
     pool.stats.worker_ended();
     if running.fetch_sub(1, Ordering::AcqRel) == 1 {
