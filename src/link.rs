@@ -433,13 +433,9 @@ pub(crate) fn fork_unserved(
         .expect("a batch of one forks one child or fails")
 }
 
-/// A child of [`fork_unserved_batch`]: as `crate::rt::fork::ChildPlan`, its work without the
-/// socket pair (the link is made of it).
-pub(crate) struct ChildWork {
-    pub own: Vec<OwnedFd>,
-    pub keep: Vec<RawFd>,
-    pub work: Box<dyn FnOnce(Vec<OwnedFd>) -> i32 + Send>,
-}
+/// A child of [`fork_unserved_batch`]: a `crate::rt::fork::ChildPlan` whose work is given its
+/// own descriptors only (the socket pair becomes its link).
+pub(crate) type ChildWork = fork::ChildPlan<Box<dyn FnOnce(Vec<OwnedFd>) -> i32 + Send>>;
 
 /// [`fork_unserved`] for several children, forked in one batch (see
 /// `crate::rt::fork::fork_children`); what became of each, in order, up to the first failure.
@@ -454,7 +450,7 @@ pub(crate) fn fork_unserved_batch(
         .into_iter()
         .map(|ChildWork { own, keep, work }| {
             let tracer = host.trace.clone();
-            fork::ChildPlan {
+            fork::ChildPlan::<fork::ChildWork> {
                 own,
                 keep,
                 work: Box::new(move |stream, own| {

@@ -67,7 +67,7 @@ pub(crate) fn fork_child(
     keep: Vec<RawFd>,
     work: impl FnOnce(UnixStream) -> i32 + Send + 'static,
 ) -> Result<Forked, String> {
-    let plan = ChildPlan {
+    let plan = ChildPlan::<ChildWork> {
         own: Vec::new(),
         keep,
         work: Box::new(move |stream, _| work(stream)),
@@ -77,15 +77,19 @@ pub(crate) fn fork_child(
         .expect("a batch of one forks one child or fails")
 }
 
-/// One child of a [`fork_children`] batch.
-pub(crate) struct ChildPlan {
+/// What a [`fork_children`] child runs, given its end of its socket pair and its `own`
+/// descriptors; its exit status.
+pub(crate) type ChildWork = Box<dyn FnOnce(UnixStream, Vec<OwnedFd>) -> i32 + Send>;
+
+/// One child of a [`fork_children`] batch: its descriptors and its `work` (a [`ChildWork`];
+/// `crate::link` plans children whose work it wraps with their link).
+pub(crate) struct ChildPlan<W = ChildWork> {
     /// Descriptors for this child alone (its ends of its pipes): its work gets them; this
     /// process closes them once the child is forked, and the batch's other children at once.
     pub own: Vec<OwnedFd>,
     /// Internal descriptors the child keeps that are not its own.
     pub keep: Vec<RawFd>,
-    /// What the child runs, given its end of its socket pair and `own`.
-    pub work: Box<dyn FnOnce(UnixStream, Vec<OwnedFd>) -> i32 + Send>,
+    pub work: W,
 }
 
 /// Forks one child per plan, one after another with nothing else done between the forks, as
