@@ -169,6 +169,31 @@ pub(crate) trait Inheritance: Send + Sync {
     fn expect(&self, _id: usize) {}
 }
 
+/// Where a pool task's function starts, for the message of a task that cannot say where it
+/// stopped: a forked worker killed past the task timeout takes its engine with it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FunctionOrigin {
+    /// `file:line` of the function's start (Rhai: `file:line:column`).
+    pub(crate) place: String,
+    /// How the script calls it (`function slow`), where it named it.
+    pub(crate) name: Option<String>,
+}
+
+impl FunctionOrigin {
+    /// `message`, placed at the function's start: `main.lua:3: MESSAGE (in function f, which
+    /// starts here)`, as a task stopped in a `gil` or `isolated` worker reads where the line it
+    /// stopped at is not known.
+    pub(crate) fn locate(&self, message: &str) -> String {
+        match &self.name {
+            Some(name) => format!("{}: {message} (in {name}, which starts here)", self.place),
+            None => format!(
+                "{}: {message} (in the function that starts here)",
+                self.place
+            ),
+        }
+    }
+}
+
 /// A script function as a pool carries it to its workers.
 pub(crate) enum FunctionSpec {
     /// The function itself, for workers in the engine that made it (`gil`): closures keep

@@ -834,6 +834,70 @@ end
     }
 }
 
+/// A forked worker past its task timeout is killed, its engine with it, so nothing can say
+/// which line its task was at: the failure names the file and line where the task's function
+/// starts, and the function where the script named it, in both languages (it named neither).
+#[test]
+fn a_forked_task_past_its_timeout_names_where_its_function_starts() {
+    let lua = r#"function named(x) while true do end end
+local pool = parrun.Pool(1, {task_timeout = 0.2})
+print(select(2, pcall(pool.map, pool, named, {1})))
+print(select(2, pcall(pool.apply, pool, function(a, b)
+  while true do end
+end, {1, 2})))
+"#;
+    let rhai = r#"fn named(x) { loop {} }
+let pool = Pool(1, #{task_timeout: 0.2});
+try { pool.map(named, [1]); } catch (e) { print(e); }
+try { pool.apply(|a, b| { loop {} }, [1, 2]); } catch (e) { print(e); }
+"#;
+    let timeout = "the task ran longer than the task timeout of 200ms: worker process";
+    for (ext, code, wants) in [
+        (
+            "lua",
+            lua,
+            [
+                (
+                    "Pool.map: timed.lua:1: ",
+                    "(in function named, which starts here)",
+                ),
+                (
+                    "Pool.apply: timed.lua:4: ",
+                    "(in the function that starts here)",
+                ),
+            ],
+        ),
+        (
+            "rhai",
+            rhai,
+            [
+                (
+                    "Pool.map: timed.rhai:1:13: ",
+                    "(in function named, which starts here)",
+                ),
+                (
+                    "Pool.apply: timed.rhai:4:25: ",
+                    "(in an anonymous function, which starts here)",
+                ),
+            ],
+        ),
+    ] {
+        let (dir, _) = common::script("timed", ext, code);
+        let file = format!("timed.{ext}");
+        let out = Run::new(["--mode", "fork", &file]).dir(dir.path()).output();
+        out.assert_code(0);
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        for (line, (start, end)) in lines.iter().zip(wants) {
+            assert!(
+                line.starts_with(&format!("{start}{timeout}")) && line.ends_with(end),
+                "{ext}: {line:?} is not {start}...{end}\n{}",
+                out.describe()
+            );
+        }
+        assert_eq!(lines.len(), 2, "{ext}\n{}", out.describe());
+    }
+}
+
 /// The calls in progress at an operation limit are named whatever came before the call: Rhai's
 /// own limit, one operation after parrun's, stopped some scripts before parrun's step could
 /// (one `let` in front of the call was enough), and the error came without them.
@@ -901,8 +965,11 @@ nested(1);
         let ops = "instruction limit exceeded: more than 100000 operations (--max-instructions)";
         let depth = "call depth limit exceeded: more than 50 nested calls (--max-call-depth)";
         let nap = if mode == "fork" {
-            // A forked worker past its timeout is killed: nothing can say where it was.
-            "Pool.map: the task ran longer than the task timeout of 200ms: worker process".into()
+            // A forked worker past its timeout is killed, its engine with it: the failure says
+            // where the function starts.
+            "Pool.map: limits.rhai:11: the task ran longer than the task timeout of 200ms: \
+             worker process"
+                .into()
         } else {
             "Pool.map: limits.rhai:12: the task ran longer than the task timeout of 200ms: it \
              was stopped\n"

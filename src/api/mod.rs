@@ -25,7 +25,7 @@ use crate::host::Host;
 use crate::pool::{AsyncResult, PoolHandle};
 use crate::process::ScriptProcess;
 use crate::rt::gil::Gil;
-use crate::script::{Callback, FunctionSpec, ScriptEngine, Target, Travel};
+use crate::script::{Callback, FunctionOrigin, FunctionSpec, ScriptEngine, Target, Travel};
 use crate::sync::{Barrier, Condition, Event, Lock, Queue, RLock, Semaphore};
 use crate::thread::ScriptThread;
 use crate::value::Value;
@@ -351,6 +351,12 @@ pub trait Args {
     /// The name of argument `i` (a script function) where it has one the script gave it (a
     /// Lua function a global holds, a Rhai `fn`): `None` for an anonymous one.
     fn known_name(&mut self, i: usize) -> Option<String>;
+    /// Where argument `i` (a script function, called with `args` arguments) starts, for a
+    /// task's message that cannot name the line it stopped at; `None` where not known.
+    fn function_origin(&mut self, i: usize, args: usize) -> Option<FunctionOrigin> {
+        let _ = (i, args);
+        None
+    }
     /// Argument `i` (a script function) to call later in this process, with the GIL held.
     fn callback(&mut self, i: usize) -> Result<Box<dyn Callback>, String>;
     /// Field `key` of the table or map at argument `i`, appended as a new argument: its index,

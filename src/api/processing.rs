@@ -11,7 +11,9 @@ use super::args::{
 use super::{Args, Builtin, Class, Kind, Object, Outcome, PieceSink, Ret, Stream};
 use crate::exec;
 use crate::host::{Host, Mode};
-use crate::pool::{AsyncResult, Callbacks, Failure, Feed, JobKind, Pool, PoolConfig, PoolHandle};
+use crate::pool::{
+    AsyncResult, Callbacks, Failure, Feed, JobKind, JobLabels, Pool, PoolConfig, PoolHandle,
+};
 use crate::process::ScriptProcess;
 use crate::script::{Callback, Calls, FunctionSpec, InitArg, WireList};
 use crate::value::Value;
@@ -101,13 +103,8 @@ fn calls_of(items: Vec<Value>, star: bool) -> Result<Calls, String> {
 /// The fewest items a chunk has for a list to be submitted as it is read ([`ListFeed`]).
 const PIECE_ITEMS: usize = 1024;
 
-/// A job before it opens: its function, chunk size, callbacks and traced name.
-type JobParts = (
-    Arc<FunctionSpec>,
-    Option<usize>,
-    Callbacks,
-    Option<Arc<str>>,
-);
+/// A job before it opens: its function, chunk size, callbacks and labels.
+type JobParts = (Arc<FunctionSpec>, Option<usize>, Callbacks, JobLabels);
 
 /// A map's job, submitted as its list is read ([`Args::read_list`]): the pool's workers start
 /// on the first chunks while the script's thread reads the rest.
@@ -124,10 +121,10 @@ impl<'p> ListFeed<'p> {
     /// The rest of the list, then the job: submitted whole, if nothing opened it.
     fn seal(mut self, rest: Vec<Value>) -> Result<Arc<AsyncResult>, String> {
         let calls = calls_of(rest, self.star)?;
-        if let Some((f, chunksize, cbs, traced)) = self.job.take() {
+        if let Some((f, chunksize, cbs, labels)) = self.job.take() {
             return self
                 .pool
-                .submit(self.kind, f, calls, chunksize, cbs, traced);
+                .submit(self.kind, f, calls, chunksize, cbs, labels);
         }
         let mut feed = self.feed.take().expect("opened");
         feed.push(calls)?;
@@ -153,8 +150,8 @@ impl PieceSink for ListFeed<'_> {
         if len <= size || size < PIECE_ITEMS {
             return Ok(None);
         }
-        if let Some((f, chunksize, cbs, traced)) = self.job.take() {
-            self.feed = Some(self.pool.open(self.kind, f, len, chunksize, cbs, traced)?);
+        if let Some((f, chunksize, cbs, labels)) = self.job.take() {
+            self.feed = Some(self.pool.open(self.kind, f, len, chunksize, cbs, labels)?);
         }
         Ok(Some(size))
     }
@@ -221,15 +218,23 @@ fn submit(
     };
     // Only a traced run asks for the name: finding it may take a search (Lua's globals).
     let traced = p.is_traced().then(|| Arc::from(args.function_name(1)));
+    let arity = single.as_ref().map_or(1, Vec::len);
+    let labels = JobLabels {
+        traced,
+        origin: p
+            .names_origins()
+            .then(|| args.function_origin(1, arity))
+            .flatten(),
+    };
     if let Some(list) = single {
-        let job = p.submit(kind, f, Calls::Lists(vec![list]), None, cbs, traced)?;
+        let job = p.submit(kind, f, Calls::Lists(vec![list]), None, cbs, labels)?;
         return Ok((job, p));
     }
     let mut list = ListFeed {
         pool: &p,
         kind,
         star,
-        job: Some((f, chunksize, cbs, traced)),
+        job: Some((f, chunksize, cbs, labels)),
         feed: None,
     };
     // A map's list is submitted as it is read; an iterator's is read first (its chunks are of

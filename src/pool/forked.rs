@@ -619,6 +619,13 @@ impl Supervisor {
             }
         }
         let verb = if retired { "ended" } else { "died" };
+        // A killed worker's engine cannot say where its task stopped: the failure says where
+        // the task's function starts, as a thread's task stopped by the timeout does where
+        // the line is not known.
+        let failure = match running.as_ref().and_then(|t| t.job.origin()) {
+            Some(origin) if child.timed_out => origin.locate(&failure),
+            _ => failure,
+        };
         let failed = running.as_ref().map(|_| failure.as_str());
         self.trace_end(&child, &status, how, verb, failed);
         if let Some(task) = running {

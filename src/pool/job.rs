@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::rt::cancel;
 use crate::rt::poison::Recover;
 use crate::rt::progress::Tracker;
-use crate::script::{Callback, Reported, TaskError, WireList};
+use crate::script::{Callback, FunctionOrigin, Reported, TaskError, WireList};
 use crate::value::wire::unreadable;
 use crate::value::Value;
 
@@ -104,14 +104,24 @@ pub struct AsyncResult {
     called_back: bool,
     /// Its progress bar's count, if the run shows progress and the job is a map.
     progress: Option<Tracker>,
-    /// In a traced run: the function's name, for its tasks' spans (see `crate::rt::trace`).
-    traced: Option<Arc<str>>,
+    /// What its function is called in the run's trace and messages.
+    labels: JobLabels,
     /// The process whose pool runs the job: a forked child's copy never gets its results, and
     /// its locks may have been held at the fork.
     creator: u32,
     /// A worker died with some of its tasks in hand: their answers go up one by one from then
     /// on (see [`AsyncResult::read_whole`]).
     lost_a_worker: std::sync::atomic::AtomicBool,
+}
+
+/// What a job's function is called: each only where something will show it.
+#[derive(Default)]
+pub struct JobLabels {
+    /// In a traced run: the function's name, for its tasks' spans (see `crate::rt::trace`).
+    pub traced: Option<Arc<str>>,
+    /// Where the function starts, for the failure of a task whose worker was killed past the
+    /// task timeout (which cannot say where it stopped).
+    pub origin: Option<FunctionOrigin>,
 }
 
 impl AsyncResult {
@@ -130,7 +140,7 @@ impl AsyncResult {
             called_back: !callbacks.is_empty(),
             callbacks: Mutex::new(callbacks),
             progress: None,
-            traced: None,
+            labels: JobLabels::default(),
             creator: crate::rt::pid::current_pid(),
             lost_a_worker: std::sync::atomic::AtomicBool::new(false),
         }
@@ -180,15 +190,22 @@ impl AsyncResult {
         self
     }
 
-    /// The job of a traced run, whose tasks' spans are named `function`.
-    pub(super) fn traced(mut self, function: Option<Arc<str>>) -> AsyncResult {
-        self.traced = function;
+    /// The job, with what its function is called.
+    pub(super) fn labelled(mut self, labels: JobLabels) -> AsyncResult {
+        self.labels = labels;
         self
     }
 
     /// In a traced run, the name of the job's function.
     pub(super) fn trace_name(&self) -> Option<&Arc<str>> {
-        self.traced.as_ref()
+        self.labels.traced.as_ref()
+    }
+
+    /// Where the job's function starts, if the pool asked ([`Pool::names_origins`]).
+    ///
+    /// [`Pool::names_origins`]: super::Pool::names_origins
+    pub(super) fn origin(&self) -> Option<&FunctionOrigin> {
+        self.labels.origin.as_ref()
     }
 
     pub(super) fn id(&self) -> u64 {

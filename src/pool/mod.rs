@@ -54,7 +54,7 @@ pub(crate) use ranks::{end_all_on_rank, end_on_rank, route_tasks, serve_on_rank,
 
 use callbacks::Finisher;
 pub(crate) use job::waited_on_by;
-pub use job::{AsyncResult, Callbacks, Failure, JobKind};
+pub use job::{AsyncResult, Callbacks, Failure, JobKind, JobLabels};
 
 pub(crate) use stats::Snapshot as PoolStats;
 
@@ -618,8 +618,8 @@ impl Pool {
     }
 
     /// Queues a job of `calls` in chunks of `chunksize` (by default, one call each, and for
-    /// `map` Python's size). Errors if the pool is not open. `traced`: in a traced run, the
-    /// function's name, which its tasks' spans show.
+    /// `map` Python's size). Errors if the pool is not open. `labels`: what the trace and the
+    /// messages call the function.
     pub fn submit(
         &self,
         kind: JobKind,
@@ -627,7 +627,7 @@ impl Pool {
         calls: Calls,
         chunksize: Option<usize>,
         callbacks: Callbacks,
-        traced: Option<Arc<str>>,
+        labels: JobLabels,
     ) -> Result<Arc<AsyncResult>, String> {
         // One lock for the job and its chunks, as a job with its list read (`apply_async`'s
         // path): an opened job would take it twice and seal the slots after.
@@ -638,7 +638,7 @@ impl Pool {
         self.takes_work(&s)?;
         let job = AsyncResult::new(s.next_job, kind, items, callbacks)
             .tracked(progress)
-            .traced(traced);
+            .labelled(labels);
         let job = Arc::new(job);
         s.next_job += 1;
         // Entered under the pool's lock, so that a terminate either finds it or refuses it.
@@ -715,7 +715,7 @@ impl Pool {
         items: usize,
         chunksize: Option<usize>,
         callbacks: Callbacks,
-        traced: Option<Arc<str>>,
+        labels: JobLabels,
     ) -> Result<Feed<'_>, String> {
         let chunksize = self.chunk_size(kind, chunksize, items);
         let progress = self.tracker(kind, items);
@@ -724,7 +724,7 @@ impl Pool {
         let job = AsyncResult::new(s.next_job, kind, items, callbacks)
             .opened()
             .tracked(progress)
-            .traced(traced);
+            .labelled(labels);
         let job = Arc::new(job);
         s.next_job += 1;
         // Entered under the pool's lock, so that a terminate either finds it or refuses it.
@@ -905,6 +905,13 @@ impl Pool {
     /// Whether the run is traced: a submission then names its function.
     pub fn is_traced(&self) -> bool {
         self.traced.is_some()
+    }
+
+    /// Whether a submission says where its function starts ([`JobLabels::origin`]): its
+    /// workers are processes killed past the task timeout, which cannot say where the task
+    /// stopped (threads' tasks raise the timeout at their line).
+    pub fn names_origins(&self) -> bool {
+        self.config.task_timeout.is_some() && self.backend.workers_elsewhere()
     }
 
     /// The track name of worker `n` (from 1): `worker 3` in a run's first pool, `pool 2 worker
@@ -1214,8 +1221,15 @@ mod tests {
 
     fn apply(pool: &Pool, x: i64, callbacks: Callbacks) -> Arc<AsyncResult> {
         let calls = Calls::Lists(vec![vec![Value::Int(x)]]);
-        pool.submit(JobKind::Single, echo(), calls, None, callbacks, None)
-            .unwrap()
+        pool.submit(
+            JobKind::Single,
+            echo(),
+            calls,
+            None,
+            callbacks,
+            JobLabels::default(),
+        )
+        .unwrap()
     }
 
     /// A callback that records its argument, after `pause`; it panics on `panic_on`.
@@ -1411,7 +1425,7 @@ mod tests {
                     twenty(),
                     chunksize,
                     Callbacks::default(),
-                    None,
+                    JobLabels::default(),
                 )
                 .unwrap();
             let joined = job.clone();

@@ -23,7 +23,7 @@ use crate::engine;
 use crate::error::Error;
 use crate::exec;
 use crate::host::Source;
-use crate::pool::{AsyncResult, Callbacks, Failure, JobKind, Pool, PoolConfig};
+use crate::pool::{AsyncResult, Callbacks, Failure, JobKind, JobLabels, Pool, PoolConfig};
 use crate::rt::gil::Gil;
 use crate::rt::spawn::Handle;
 use crate::rt::threads::{panic_text, script_thread_stack};
@@ -599,7 +599,10 @@ impl Server {
             Calls::Each(items),
             Some(chunksize),
             Callbacks::default(),
-            pool.is_traced().then(|| Arc::from(name)),
+            JobLabels {
+                traced: pool.is_traced().then(|| Arc::from(name)),
+                origin: None,
+            },
         )
         .map_err(Error::Usage)
     }

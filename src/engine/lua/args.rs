@@ -2,6 +2,7 @@
 //! the execution models ask for it (here, or a snapshot).
 
 use crate::api::{PieceSink, Stream};
+use crate::script::FunctionOrigin;
 use mlua::ffi;
 
 use super::*;
@@ -265,6 +266,13 @@ impl Args for LuaArgs<'_> {
             (Some(src), Some(line)) => format!("function at {src}:{line}"),
             _ => "function".into(),
         }
+    }
+
+    fn function_origin(&mut self, i: usize, _args: usize) -> Option<FunctionOrigin> {
+        let info = self.script_function(i).ok()?.info();
+        let place = format!("{}:{}", info.short_src?, info.line_defined?);
+        let name = self.known_name(i).map(|name| format!("function {name}"));
+        Some(FunctionOrigin { place, name })
     }
 
     fn known_name(&mut self, i: usize) -> Option<String> {

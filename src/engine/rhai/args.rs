@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::api::{PieceSink, Stream};
+use crate::script::FunctionOrigin;
 
 pub(super) struct RhaiArgs<'a, 'b> {
     pub(super) args: &'a mut [&'b mut Dynamic],
@@ -138,6 +139,11 @@ impl Args for RhaiArgs<'_, '_> {
             Ok(f) => f.fn_name().to_owned(),
             Err(_) => "?".into(),
         }
+    }
+
+    fn function_origin(&mut self, i: usize, args: usize) -> Option<FunctionOrigin> {
+        let f = self.fn_ptr(i).ok()?;
+        super::errors::function_origin(self.shared, &f, args)
     }
 
     fn known_name(&mut self, i: usize) -> Option<String> {

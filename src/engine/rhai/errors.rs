@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::host::Settings;
+use crate::script::FunctionOrigin;
 
 /// A limit's error in the words Lua's are in, naming the setting: Rhai's own say "Too many
 /// operations", "Stack overflow" or "Length of string too large", and not what set the limit.
@@ -98,6 +99,15 @@ pub(super) fn function_place(shared: &Shared, f: &FnPtr, args: usize) -> String 
         ),
         _ => function_name(f),
     }
+}
+
+/// Where the script defines `f` for a call with `args` arguments, and its name.
+pub(super) fn function_origin(shared: &Shared, f: &FnPtr, args: usize) -> Option<FunctionOrigin> {
+    let pos = definition(shared, f, args).filter(|pos| !pos.is_none())?;
+    Some(FunctionOrigin {
+        place: format!("{}:{}", shared.script_name, position_text(pos)),
+        name: Some(function_name(f)),
+    })
 }
 
 /// Rhai says "Function not found: add (i64)" of a script function called from Rust (a pool
