@@ -2224,6 +2224,40 @@ pool:close() pool:join()
     }
 }
 
+/// A function whose upvalue is nil or NaN (a local not yet set, an optional setting) reaches
+/// the workers, directly, through a helper it calls, and as an initializer, in every mode: the
+/// encoder numbered every upvalue it copied, using the value as a table key, and failed the
+/// submission with "table index is nil" (found by the language fidelity pass).
+#[test]
+fn a_function_with_a_nil_or_nan_upvalue_travels() {
+    let lua = r#"
+local unset
+local nan = 0/0
+local cfg
+local cache
+local function helper(x)
+  if cache == nil then return x * 2 end
+  return cache
+end
+local pool = parrun.Pool(1, {initializer = function() seen = cfg == nil end})
+print(pool:apply(function() return unset == nil end, {}))
+print(pool:apply(function() return nan ~= nan end, {}))
+print(table.concat(pool:map(function(x) return helper(x) end, {1, 2}), " "))
+print(pool:apply(function() return seen end, {}))
+pool:close() pool:join()
+"#;
+    for mode in MODES {
+        let out = run_code(&["--mode", mode], "nil_upvalue", "lua", lua);
+        out.assert_success();
+        assert_eq!(
+            out.stdout_lines(),
+            ["true", "true", "2 4", "true"],
+            "{mode}: {}",
+            out.describe()
+        );
+    }
+}
+
 /// A fresh table with each submission is a fresh table in the worker, though it may take the
 /// address of one the script made before and dropped: a worker named the script's tables by
 /// address, and handed a task the copy of an earlier table with the same contents, which an

@@ -343,14 +343,21 @@ impl Encoder<'_> {
                 });
             }
         }
-        let origin = inherit::origin_of(self.lua, &value).map_err(error_text)?;
+        // Only a table has an identity to keep: a nil or NaN could not even be the key that
+        // numbers it.
+        let origin = match &value {
+            LuaValue::Table(_) => Some(inherit::origin_of(self.lua, &value).map_err(error_text)?),
+            _ => None,
+        };
         let copy = data_of(self.lua, value)?;
-        Ok(match digest {
-            Some(digest) if matches!(copy, Value::Array(_) | Value::Map(_)) => Upvalue::Table {
-                origin,
-                digest,
-                value: copy,
-            },
+        Ok(match (origin, digest) {
+            (Some(origin), Some(digest)) if matches!(copy, Value::Array(_) | Value::Map(_)) => {
+                Upvalue::Table {
+                    origin,
+                    digest,
+                    value: copy,
+                }
+            }
             _ => Upvalue::Data(copy),
         })
     }
