@@ -260,14 +260,21 @@ pub(crate) trait Finish: Send + Sync {
     }
 }
 
-/// The order in which a run's started things are finished: threads are waited for (any they
-/// start too), then pools still running are terminated, then child processes are waited for.
+/// The order in which a run's started things are finished, as Python's: threads are waited for
+/// (any they start too), daemon threads left running until then; then daemon threads are
+/// stopped, pools still running terminated, daemon processes terminated, and the other child
+/// processes waited for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Stage {
     Threads,
+    DaemonThreads,
     Pools,
+    DaemonProcesses,
     Processes,
 }
+
+/// The stages after the threads', in their order.
+const AFTER_THREADS: [Stage; 3] = [Stage::Pools, Stage::DaemonProcesses, Stage::Processes];
 
 /// How a script's run ended: its exit status (0, or what `os.exit`/`exit` gave) and the value
 /// its main chunk returned (Lua's `return x`, Rhai's last expression), if it is data.
@@ -738,7 +745,7 @@ impl Started {
             thread.finish();
             true
         });
-        for stage in [Stage::Pools, Stage::Processes] {
+        for stage in AFTER_THREADS {
             for started in self.pending(|s| s == stage) {
                 started.finish();
             }
@@ -751,7 +758,7 @@ impl Started {
         let stopped = || crate::rt::cancel::requested().is_some();
         let finished = !stopped()
             && self.finish_threads(|thread| thread.finish_unless_cancelled())
-            && [Stage::Pools, Stage::Processes].into_iter().all(|stage| {
+            && AFTER_THREADS.into_iter().all(|stage| {
                 self.pending(|s| s == stage)
                     .iter()
                     .all(|started| started.finish_unless_cancelled())
@@ -761,7 +768,7 @@ impl Started {
             // Each thread's stop waits for its end (a thread may start others meanwhile);
             // pools and processes are stopped once each, as `finish` sees to them once.
             loop {
-                let threads = self.pending(|s| s == Stage::Threads);
+                let threads = self.pending(|s| matches!(s, Stage::Threads | Stage::DaemonThreads));
                 if threads.is_empty() {
                     break;
                 }
@@ -769,7 +776,7 @@ impl Started {
                     thread.stop();
                 }
             }
-            for stage in [Stage::Pools, Stage::Processes] {
+            for stage in AFTER_THREADS {
                 for started in self.pending(|s| s == stage) {
                     started.stop();
                 }
@@ -779,10 +786,15 @@ impl Started {
     }
 
     /// Finishes every started thread with `finish_one` (and the threads they start) until none
-    /// is left; false, at once, when `finish_one` gives up on one.
+    /// is left; false, at once, when `finish_one` gives up on one. The daemon threads come
+    /// last, once no other thread runs: Python leaves them running until then, and a thread the
+    /// run waits for may be served by one.
     fn finish_threads(&self, finish_one: impl Fn(&dyn Finish) -> bool) -> bool {
         loop {
-            let running = self.pending(|stage| stage == Stage::Threads);
+            let mut running = self.pending(|stage| stage == Stage::Threads);
+            if running.is_empty() {
+                running = self.pending(|stage| stage == Stage::DaemonThreads);
+            }
             if running.is_empty() {
                 return true;
             }

@@ -636,7 +636,10 @@ fn run_stoppable(
 /// A started child process is waited for (and reaped) before the run ends, as Python does.
 impl Finish for ScriptProcess {
     fn stage(&self) -> Stage {
-        Stage::Processes
+        match self.daemon() {
+            true => Stage::DaemonProcesses,
+            false => Stage::Processes,
+        }
     }
 
     /// Also while the OS thread of a process on a thread, done with the script, has not been

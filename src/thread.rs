@@ -388,7 +388,10 @@ impl ScriptThread {
 /// A started thread is waited for before the run ends, as Python waits for non-daemon threads.
 impl Finish for ScriptThread {
     fn stage(&self) -> Stage {
-        Stage::Threads
+        match self.daemon() {
+            true => Stage::DaemonThreads,
+            false => Stage::Threads,
+        }
     }
 
     /// Also while its OS thread, done with the script, has not been joined.

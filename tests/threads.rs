@@ -967,6 +967,61 @@ print(`${t.name}	${t.daemon}	${plain.daemon}`);
     );
 }
 
+/// As the script ends, daemon threads run on until every other thread has ended, and daemon
+/// processes are terminated before the others are waited for, whatever order they started in,
+/// as Python's: a daemon server started before the client thread it serves was stopped at once,
+/// and the client waited for ever; a daemon process started after another ran to its end.
+/// ```python
+/// server = threading.Thread(target=serve, daemon=True); server.start()   # answers req with 2x
+/// threading.Thread(target=client).start()   # 3 requests, prints "client total 12"
+/// multiprocessing.Process(target=slow).start()   # sleeps 1.2 s, prints "process done"
+/// multiprocessing.Process(target=quick, daemon=True).start()   # would print after 1 s
+/// ```
+#[test]
+fn daemons_serve_until_the_others_end_whatever_order_they_started_in() {
+    both_in_modes(
+        &MODES,
+        "daemon_order",
+        r#"
+local req, rep = parrun.Queue(), parrun.Queue()
+parrun.Thread(function()
+  while true do rep:put(req:get() * 2) end
+end, {}, {daemon = true}):start()
+parrun.Thread(function()
+  local total = 0
+  for i = 1, 3 do parrun.sleep(0.05) req:put(i) total = total + rep:get() end
+  print("client total", total)
+end):start()
+parrun.Process(function() parrun.sleep(1.2) print("process done") end):start()
+parrun.Process(function() parrun.sleep(1) print("daemon process done") end, {},
+  {daemon = true}):start()
+print("main done")
+"#,
+        r#"
+let req = Queue();
+let rep = Queue();
+Thread(|req, rep| { loop { rep.put(req.get() * 2); } }, [req, rep], #{daemon: true}).start();
+Thread(|req, rep| {
+  let total = 0;
+  for i in 1..=3 { sleep(0.05); req.put(i); total += rep.get(); }
+  print(`client total	${total}`);
+}, [req, rep]).start();
+Process(|| { sleep(1.2); print("process done"); }).start();
+Process(|| { sleep(1); print("daemon process done"); }, [], #{daemon: true}).start();
+print("main done");
+"#,
+        |mode, out| {
+            out.assert_success();
+            assert_eq!(
+                out.stdout_lines(),
+                ["main done", "client total\t12", "process done"],
+                "--mode {mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}
+
 /// A thread made by a daemon thread is a daemon unless told otherwise, as Python's (`daemon`
 /// defaults to the current thread's): a daemon consumer that starts a helper looping for ever
 /// no longer keeps the run waiting for that helper (it did, for ever).

@@ -19,29 +19,125 @@ use super::Value;
 /// default depth limit), so a crafted frame cannot overflow the stack.
 const MAX_READ_DEPTH: usize = 1024;
 
+/// A value with no parts, borrowed where it has bytes: what the hot paths (a `map`'s items and
+/// results) write straight from the engine and read straight into it, with no [`Value`] made
+/// for each. Its bytes are the ones [`encode`] writes for the same value, and
+/// [`read_scalar`] reads what [`read_item`] would read as the same value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scalar<'a> {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// A UTF-8 string ([`Value::Str`]).
+    Str(&'a str),
+    /// Bytes that are not (or need not be) UTF-8 ([`Value::Bytes`]).
+    Bytes(&'a [u8]),
+}
+
+impl Scalar<'_> {
+    /// The [`Value`] it stands for.
+    pub fn to_value(self) -> Value {
+        match self {
+            Scalar::Nil => Value::Nil,
+            Scalar::Bool(b) => Value::Bool(b),
+            Scalar::Int(n) => Value::Int(n),
+            Scalar::Float(f) => Value::Float(f),
+            Scalar::Str(s) => Value::Str(s.to_owned()),
+            Scalar::Bytes(b) => Value::Bytes(b.to_vec()),
+        }
+    }
+}
+
+/// Appends `s` in MessagePack, as [`encode`] appends its [`Value`].
+#[inline]
+pub fn encode_scalar(out: &mut Vec<u8>, s: Scalar<'_>) {
+    use rmp::encode as rmp;
+    // Writing to a `Vec` cannot fail (its error type is `Infallible`).
+    match s {
+        Scalar::Nil => out.push(0xc0),
+        Scalar::Bool(b) => out.push(if b { 0xc3 } else { 0xc2 }),
+        Scalar::Int(n) => encode_int(out, n),
+        Scalar::Float(f) => {
+            let mut word = [0xcb; 9];
+            word[1..].copy_from_slice(&f.to_be_bytes());
+            out.extend_from_slice(&word);
+        }
+        Scalar::Str(s) => {
+            let _ = rmp::write_str(out, s);
+        }
+        Scalar::Bytes(b) => {
+            let _ = rmp::write_bin(out, b);
+        }
+    }
+}
+
+/// Appends `n` in the shortest of MessagePack's integer forms, as `rmp::encode::write_sint`
+/// does, in one write (rmp's writes the marker and the number apart, a capacity check each).
+#[inline]
+fn encode_int(out: &mut Vec<u8>, n: i64) {
+    let mut word = [0u8; 9];
+    let len = match n {
+        0..=127 => {
+            out.push(n as u8);
+            return;
+        }
+        -32..=-1 => {
+            out.push(n as i8 as u8);
+            return;
+        }
+        128..=0xff => {
+            word[..2].copy_from_slice(&[0xcc, n as u8]);
+            2
+        }
+        0x100..=0xffff => {
+            word[0] = 0xcd;
+            word[1..3].copy_from_slice(&(n as u16).to_be_bytes());
+            3
+        }
+        0x1_0000..=0xffff_ffff => {
+            word[0] = 0xce;
+            word[1..5].copy_from_slice(&(n as u32).to_be_bytes());
+            5
+        }
+        0x1_0000_0000.. => {
+            word[0] = 0xcf;
+            word[1..9].copy_from_slice(&(n as u64).to_be_bytes());
+            9
+        }
+        -128..=-33 => {
+            word[..2].copy_from_slice(&[0xd0, n as i8 as u8]);
+            2
+        }
+        -32768..=-129 => {
+            word[0] = 0xd1;
+            word[1..3].copy_from_slice(&(n as i16).to_be_bytes());
+            3
+        }
+        -2_147_483_648..=-32769 => {
+            word[0] = 0xd2;
+            word[1..5].copy_from_slice(&(n as i32).to_be_bytes());
+            5
+        }
+        _ => {
+            word[0] = 0xd3;
+            word[1..9].copy_from_slice(&n.to_be_bytes());
+            9
+        }
+    };
+    out.extend_from_slice(&word[..len]);
+}
+
 /// Appends `v` in MessagePack, as `rmp_serde::encode::write` would.
 pub fn encode(out: &mut Vec<u8>, v: &Value) {
     use rmp::encode as rmp;
-    // Writing to a `Vec` cannot fail (its error type is `Infallible`).
     match v {
-        Value::Nil => {
-            let _ = rmp::write_nil(out);
-        }
-        Value::Bool(b) => {
-            let _ = rmp::write_bool(out, *b);
-        }
-        Value::Int(n) => {
-            let _ = rmp::write_sint(out, *n);
-        }
-        Value::Float(f) => {
-            let _ = rmp::write_f64(out, *f);
-        }
-        Value::Str(s) => {
-            let _ = rmp::write_str(out, s);
-        }
-        Value::Bytes(b) => {
-            let _ = rmp::write_bin(out, b);
-        }
+        Value::Nil => encode_scalar(out, Scalar::Nil),
+        Value::Bool(b) => encode_scalar(out, Scalar::Bool(*b)),
+        Value::Int(n) => encode_scalar(out, Scalar::Int(*n)),
+        Value::Float(f) => encode_scalar(out, Scalar::Float(*f)),
+        Value::Str(s) => encode_scalar(out, Scalar::Str(s)),
+        Value::Bytes(b) => encode_scalar(out, Scalar::Bytes(b)),
         Value::Array(items) => encode_list(out, items),
         Value::Map(entries) => {
             let _ = rmp::write_map_len(out, entries.len() as u32);
@@ -250,41 +346,63 @@ fn be<const N: usize>(rd: &mut &[u8]) -> Result<[u8; N], String> {
     Ok(word)
 }
 
+/// Reads the value at the front of `rd` if it is a scalar (advancing `rd` past it), as
+/// [`read_item`] would read it; `None`, `rd` untouched, for a list, a map or an extension.
+#[inline]
+pub fn read_scalar<'a>(rd: &mut &'a [u8]) -> Result<Option<Scalar<'a>>, String> {
+    use rmp::Marker as M;
+    let Some(&first) = rd.first() else {
+        return Err("truncated value".into());
+    };
+    let mut at = &rd[1..];
+    let scalar = match M::from_u8(first) {
+        M::FixPos(n) => Scalar::Int(n.into()),
+        M::FixNeg(n) => Scalar::Int(n.into()),
+        M::Null => Scalar::Nil,
+        M::True => Scalar::Bool(true),
+        M::False => Scalar::Bool(false),
+        M::U8 => Scalar::Int(be::<1>(&mut at)?[0].into()),
+        M::U16 => Scalar::Int(u16::from_be_bytes(be(&mut at)?).into()),
+        M::U32 => Scalar::Int(u32::from_be_bytes(be(&mut at)?).into()),
+        M::U64 => {
+            let n = u64::from_be_bytes(be(&mut at)?);
+            Scalar::Int(
+                i64::try_from(n)
+                    .map_err(|_| format!("integer {n} does not fit in 64 signed bits"))?,
+            )
+        }
+        M::I8 => Scalar::Int(i8::from_be_bytes(be(&mut at)?).into()),
+        M::I16 => Scalar::Int(i16::from_be_bytes(be(&mut at)?).into()),
+        M::I32 => Scalar::Int(i32::from_be_bytes(be(&mut at)?).into()),
+        M::I64 => Scalar::Int(i64::from_be_bytes(be(&mut at)?)),
+        M::F32 => Scalar::Float(f32::from_be_bytes(be(&mut at)?).into()),
+        M::F64 => Scalar::Float(f64::from_be_bytes(be(&mut at)?)),
+        M::FixStr(n) => text(take(&mut at, n.into())?),
+        M::Str8 => text(sized::<1>(&mut at)?),
+        M::Str16 => text(sized::<2>(&mut at)?),
+        M::Str32 => text(sized::<4>(&mut at)?),
+        M::Bin8 => Scalar::Bytes(sized::<1>(&mut at)?),
+        M::Bin16 => Scalar::Bytes(sized::<2>(&mut at)?),
+        M::Bin32 => Scalar::Bytes(sized::<4>(&mut at)?),
+        M::Reserved => return Err("the reserved MessagePack marker 0xc1".into()),
+        _ => return Ok(None),
+    };
+    *rd = at;
+    Ok(Some(scalar))
+}
+
 /// Reads one value from the front of `rd`, which it advances past it, onto the end of `out`.
 /// It is built in its place in the list: returned by value, each item was copied through the
 /// stack in pieces the processor could not forward (a stall per item, most of a decode's time).
 fn read_into(rd: &mut &[u8], depth: usize, out: &mut Vec<Value>) -> Result<(), String> {
     use rmp::Marker as M;
+    if let Some(scalar) = read_scalar(rd)? {
+        out.push(scalar.to_value());
+        return Ok(());
+    }
     let start = *rd;
     let marker = M::from_u8(take(rd, 1)?[0]);
     match marker {
-        M::FixPos(n) => out.push(Value::Int(n.into())),
-        M::FixNeg(n) => out.push(Value::Int(n.into())),
-        M::Null => out.push(Value::Nil),
-        M::True => out.push(Value::Bool(true)),
-        M::False => out.push(Value::Bool(false)),
-        M::U8 => out.push(Value::Int(be::<1>(rd)?[0].into())),
-        M::U16 => out.push(Value::Int(u16::from_be_bytes(be(rd)?).into())),
-        M::U32 => out.push(Value::Int(u32::from_be_bytes(be(rd)?).into())),
-        M::U64 => {
-            let n = u64::from_be_bytes(be(rd)?);
-            let n = i64::try_from(n)
-                .map_err(|_| format!("integer {n} does not fit in 64 signed bits"))?;
-            out.push(Value::Int(n))
-        }
-        M::I8 => out.push(Value::Int(i8::from_be_bytes(be(rd)?).into())),
-        M::I16 => out.push(Value::Int(i16::from_be_bytes(be(rd)?).into())),
-        M::I32 => out.push(Value::Int(i32::from_be_bytes(be(rd)?).into())),
-        M::I64 => out.push(Value::Int(i64::from_be_bytes(be(rd)?))),
-        M::F32 => out.push(Value::Float(f32::from_be_bytes(be(rd)?).into())),
-        M::F64 => out.push(Value::Float(f64::from_be_bytes(be(rd)?))),
-        M::FixStr(n) => out.push(text(take(rd, n.into())?)),
-        M::Str8 => out.push(text(sized::<1>(rd)?)),
-        M::Str16 => out.push(text(sized::<2>(rd)?)),
-        M::Str32 => out.push(text(sized::<4>(rd)?)),
-        M::Bin8 => out.push(Value::Bytes(sized::<1>(rd)?.to_vec())),
-        M::Bin16 => out.push(Value::Bytes(sized::<2>(rd)?.to_vec())),
-        M::Bin32 => out.push(Value::Bytes(sized::<4>(rd)?.to_vec())),
         M::FixArray(n) => array(rd, n.into(), depth, out)?,
         M::Array16 => {
             let n = u16::from_be_bytes(be(rd)?);
@@ -303,20 +421,13 @@ fn read_into(rd: &mut &[u8], depth: usize, out: &mut Vec<Value>) -> Result<(), S
             let n = u32::from_be_bytes(be(rd)?);
             map(rd, n as usize, depth, out)?
         }
-        M::FixExt1
-        | M::FixExt2
-        | M::FixExt4
-        | M::FixExt8
-        | M::FixExt16
-        | M::Ext8
-        | M::Ext16
-        | M::Ext32 => {
-            // Through serde, from the marker on (a `&[u8]` reader advances as it reads).
+        _ => {
+            // An extension, through serde, from the marker on (a `&[u8]` reader advances as
+            // it reads).
             *rd = start;
             let mut de = rmp_serde::Deserializer::new(&mut *rd);
             out.push(serde::Deserialize::deserialize(&mut de).map_err(|e| e.to_string())?)
         }
-        M::Reserved => return Err("the reserved MessagePack marker 0xc1".into()),
     }
     Ok(())
 }
@@ -332,10 +443,10 @@ fn sized<'a, const N: usize>(rd: &mut &'a [u8]) -> Result<&'a [u8], String> {
 }
 
 /// A MessagePack `str`: a string, or bytes if it is not UTF-8 (as rmp_serde hands it over).
-fn text(body: &[u8]) -> Value {
+fn text(body: &[u8]) -> Scalar<'_> {
     match std::str::from_utf8(body) {
-        Ok(s) => Value::Str(s.to_owned()),
-        Err(_) => Value::Bytes(body.to_vec()),
+        Ok(s) => Scalar::Str(s),
+        Err(_) => Scalar::Bytes(body),
     }
 }
 
