@@ -1222,6 +1222,11 @@ try(pool.map, pool, function(x) return x end, {1}, 0)
 try(pool.imap, pool, function(x) return x end, {1}, 0)
 try(pool.imap_unordered, pool, function(x) return x end, {1}, 0)
 try(pool.starmap_async, pool, function(x) return x end, {{1}}, 0)
+try(pool.map_async, pool, function(x) return x end, {1}, function(v) end)
+local q = parrun.Queue()
+try(q.get, q, true, q)
+try(parrun.sleep, coroutine.create(print))
+try(function() parrun.Thread(print).daemon = print end)
 "#,
         r#"
 try { Pool("x"); } catch (e) { print(e); }
@@ -1238,11 +1243,16 @@ try { pool.map(|x| x, [1], 0); } catch (e) { print(e); }
 try { pool.imap(|x| x, [1], 0); } catch (e) { print(e); }
 try { pool.imap_unordered(|x| x, [1], 0); } catch (e) { print(e); }
 try { pool.starmap_async(|x| x, [[1]], 0); } catch (e) { print(e); }
+try { pool.map_async(|x| x, [1], |v| v); } catch (e) { print(e); }
+let q = Queue();
+try { q.get(true, q); } catch (e) { print(e); }
+try { sleep(|| 1); } catch (e) { print(e); }
+try { let t = Thread(|| 1); t.daemon = |x| x; } catch (e) { print(e); }
 "#,
         |out| {
             out.assert_success();
             let lines = out.stdout_lines();
-            assert_eq!(lines.len(), 13, "{}", out.describe());
+            assert_eq!(lines.len(), 17, "{}", out.describe());
             for (line, want) in lines.iter().zip([
                 "parrun.Pool: processes must be an integer, got string",
                 "parrun.Pool: processes must be at least 1, got -1 (ValueError)",
@@ -1260,8 +1270,18 @@ try { pool.starmap_async(|x| x, [[1]], 0); } catch (e) { print(e); }
                 "Pool.imap: chunksize must be at least 1, got 0 (ValueError)",
                 "Pool.imap_unordered: chunksize must be at least 1, got 0 (ValueError)",
                 "Pool.starmap_async: chunksize must be at least 1, got 0 (ValueError)",
+                // What is not data is named as a wrong type is (it was "cannot send this
+                // value to another thread or process: a function").
+                "Pool.map_async: chunksize must be an integer, got a function",
+                "Queue.get: timeout must be a number, got a Queue",
+                "parrun.sleep: seconds must be a number, got a ",
+                "Thread.daemon: daemon must be a boolean, got a function",
             ]) {
-                assert!(line.ends_with(want), "{want}\n{}", out.describe());
+                assert!(
+                    line.ends_with(want) || want.ends_with("a ") && line.contains(want),
+                    "{want}\n{}",
+                    out.describe()
+                );
             }
         },
     );

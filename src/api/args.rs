@@ -7,9 +7,22 @@ use crate::host::Mode;
 use crate::value::Value;
 
 pub(super) fn number(args: &mut dyn Args, i: usize, what: &str) -> Result<f64, String> {
-    let v = args.value(i)?;
+    let v = typed(args, i, |got| format!("{what} must be a number, got {got}"))?;
     v.as_f64()
         .ok_or_else(|| format!("{what} must be a number, got {}", v.type_name()))
+}
+
+/// Argument `i` as data, for a check of its type: one that is not data (a function, a
+/// `Queue`) is the error `wrong` makes of what it is, as a wrong type of data is.
+fn typed(
+    args: &mut dyn Args,
+    i: usize,
+    wrong: impl FnOnce(&str) -> String,
+) -> Result<Value, String> {
+    match args.kind(i) {
+        Some(kind) => Err(wrong(&kind)),
+        None => args.value(i),
+    }
 }
 
 /// An optional timeout in seconds at argument `i`: absent or nil waits forever.
@@ -150,7 +163,9 @@ pub(super) fn opt_size(
         return Ok(None);
     }
     let wrong = |got: &dyn std::fmt::Display| format!("{what} must be at least 1, got {got}");
-    match args.value(i)? {
+    match typed(args, i, |got| {
+        format!("{what} must be an integer, got {got}")
+    })? {
         Value::Nil => Ok(None),
         Value::Int(n) if n >= least => Ok(Some(n as usize)),
         Value::Float(f) if f >= least as f64 && f.fract() == 0.0 => Ok(Some(f as usize)),
@@ -167,7 +182,9 @@ pub(super) fn opt_size(
 
 /// An optional boolean at argument `i` (nil is false), named `what` in its error.
 pub(super) fn flag(args: &mut dyn Args, i: usize, what: &str) -> Result<bool, String> {
-    match args.value(i)? {
+    match typed(args, i, |got| {
+        format!("{what} must be a boolean, got {got}")
+    })? {
         Value::Bool(b) => Ok(b),
         Value::Nil => Ok(false),
         other => Err(format!(
@@ -179,7 +196,7 @@ pub(super) fn flag(args: &mut dyn Args, i: usize, what: &str) -> Result<bool, St
 
 /// A property's new name at argument `i`: a string.
 pub(super) fn name_value(args: &mut dyn Args, i: usize) -> Result<String, String> {
-    match args.value(i)? {
+    match typed(args, i, |got| format!("name must be a string, got {got}"))? {
         Value::Str(s) => Ok(s),
         other => Err(format!("name must be a string, got {}", other.type_name())),
     }
@@ -187,7 +204,9 @@ pub(super) fn name_value(args: &mut dyn Args, i: usize) -> Result<String, String
 
 /// A property's new boolean at argument `i` (`daemon`): true or false.
 pub(super) fn bool_value(args: &mut dyn Args, i: usize, what: &str) -> Result<bool, String> {
-    match args.value(i)? {
+    match typed(args, i, |got| {
+        format!("{what} must be a boolean, got {got}")
+    })? {
         Value::Bool(b) => Ok(b),
         other => Err(format!(
             "{what} must be a boolean, got {}",
@@ -205,7 +224,7 @@ pub(super) fn opt_name(
     if args.is_nil(i) {
         return Ok(default());
     }
-    match args.value(i)? {
+    match typed(args, i, |got| format!("name must be a string, got {got}"))? {
         Value::Str(s) => Ok(s),
         Value::Nil => Ok(default()),
         other => Err(format!("name must be a string, got {}", other.type_name())),

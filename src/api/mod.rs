@@ -375,6 +375,13 @@ pub trait Args {
     fn is_map(&mut self, i: usize) -> bool;
     /// Whether argument `i` is absent or nil (without converting it).
     fn is_nil(&mut self, i: usize) -> bool;
+    /// What argument `i` is where it is not data (`a function`, `a coroutine`, `a Queue`),
+    /// without converting it: a check of a number or a name says so as it says a wrong type.
+    /// `None` for data.
+    fn kind(&mut self, i: usize) -> Option<String> {
+        let _ = i;
+        None
+    }
     /// The values the script iterates over at argument `i`, if it is an iterable that is not
     /// data (a Lua iterator function, run to its end; a Rhai range); `None` for anything else.
     fn iterate(&mut self, i: usize) -> Result<Option<Vec<Value>>, String>;

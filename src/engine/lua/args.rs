@@ -356,6 +356,10 @@ impl Args for LuaArgs<'_> {
         self.get(i).is_nil()
     }
 
+    fn kind(&mut self, i: usize) -> Option<String> {
+        unsendable_kind(&self.get(i))
+    }
+
     fn iterate(&mut self, i: usize) -> Result<Option<Vec<Value>>, String> {
         let LuaValue::Function(next) = self.get(i) else {
             return Ok(None);

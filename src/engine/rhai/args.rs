@@ -202,6 +202,11 @@ impl Args for RhaiArgs<'_, '_> {
         self.arg(i, &unit).is_unit()
     }
 
+    fn kind(&mut self, i: usize) -> Option<String> {
+        let unit = Dynamic::UNIT;
+        convert::unsendable_kind(self.shared, self.arg(i, &unit))
+    }
+
     fn iterate(&mut self, i: usize) -> Result<Option<Vec<Value>>, String> {
         // Looked at in place: a map's array (the usual argument) is not cloned for this.
         let Some(d) = self.args.get(i) else {
