@@ -94,19 +94,19 @@ impl ThreadExit {
             return Ok(());
         }
         self.stopped_by.lock().recover().get_or_insert(signal);
+        let reason = format!("the process was stopped ({signal})");
+        // Asked before this returns, as a signal is sent: the target's next parrun call stops
+        // it. (Asked only by the thread below, a target putting into a queue with room went on
+        // for as long as that thread took to start: 20-1000 items.)
+        self.cancel.request(reason.clone());
         let exit = self.clone();
         crate::rt::spawn::Builder::new()
             .name("parrun-process-stop".into())
             .spawn(move || {
-                exit.cancel.stop_until(
-                    &format!("the process was stopped ({signal})"),
-                    Some(&exit.gil),
-                    |slice| {
-                        let code = exit.code.lock().recover();
-                        code.is_some()
-                            || exit.changed.wait_timeout(code, slice).recover().0.is_some()
-                    },
-                );
+                exit.cancel.stop_until(&reason, Some(&exit.gil), |slice| {
+                    let code = exit.code.lock().recover();
+                    code.is_some() || exit.changed.wait_timeout(code, slice).recover().0.is_some()
+                });
             })
             .map(drop)
             .map_err(|e| format!("cannot start an OS thread: {e}"))

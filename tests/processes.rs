@@ -2782,3 +2782,46 @@ print(`${a.name} ${c.name} ${b.name}`);
         },
     );
 }
+
+/// `terminate` stops a process that runs on a thread (`gil`, `isolated`) before its next
+/// parrun call, as a signal stops a forked one: the stop was asked by a thread started for it,
+/// and a target putting into a queue with room went on meanwhile (20-1000 items after
+/// `terminate` returned, where a forked child put at most the queue's 3).
+#[test]
+fn a_terminated_process_puts_nothing_more_in_every_mode() {
+    both_in_modes(
+        &MODES,
+        "terminated_puts",
+        r#"
+local q = parrun.Queue(3)
+local p = parrun.Process(function() for i = 1, 10000000 do q:put(i) end end)
+p:start()
+for _ = 1, 20 do q:get(5) end
+p:terminate()
+local after = 0
+while pcall(q.get, q, 0.3) do after = after + 1 end
+p:join()
+print(after <= 4 and "few" or ("after " .. after), p.exitcode)
+"#,
+        r#"
+let q = Queue(3);
+let p = Process(|q| { for i in 1..10000000 { q.put(i); } }, [q]);
+p.start();
+for k in 1..=20 { q.get(5); }
+p.terminate();
+let after = 0;
+loop { try { q.get(0.3); after += 1; } catch (e) { break; } }
+p.join();
+print(`${if after <= 4 { "few" } else { `after ${after}` }}	${p.exitcode}`);
+"#,
+        |mode, out| {
+            out.assert_success();
+            assert_eq!(
+                out.stdout_lines(),
+                ["few\t-15"],
+                "--mode {mode}: {}",
+                out.describe()
+            );
+        },
+    );
+}

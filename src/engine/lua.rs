@@ -487,6 +487,13 @@ fn raw_answer(
         }
         Err(e) => Err(e),
     };
+    if crate::rt::cancel::requested().is_some() {
+        // A cancelled task (a terminated process on a thread, a task past its timeout) stops
+        // at its next parrun call, before the call does anything, as a cancelled wait ends: one
+        // that needs no wait (a `put` with room) let a terminated process's loop run on until
+        // its engine's next check.
+        return request(Pending::Wait(Box::new(|| Ok(Ret::Value(Value::Nil)))));
+    }
     match call(host, &mut args) {
         Ok(Outcome::Done(ret @ Ret::Raise { .. })) => fits(ret_to_lua(lua, ret), 2),
         Ok(Outcome::Done(Ret::Object(object))) => match object::bare_object(lua, object)? {

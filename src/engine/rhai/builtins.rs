@@ -315,6 +315,12 @@ pub(super) fn invoke_with(
     global: Option<&GlobalRuntimeState>,
 ) -> RhaiResult<Dynamic> {
     let fail = |msg: String| -> Box<EvalAltResult> { error(msg).into() };
+    // A cancelled task (a terminated process on a thread, a task past its timeout) stops at its
+    // next parrun call, before the call does anything: one that needs no wait (a `put` with
+    // room) let a terminated process's loop run on until its engine's next check.
+    if let Some(reason) = crate::rt::cancel::requested() {
+        return Err(EvalAltResult::ErrorTerminated(reason.into(), Position::NONE).into());
+    }
     let outcome = call(&shared.host, &mut RhaiArgs::new(args, shared, global)).map_err(fail)?;
     let ret = match outcome {
         Outcome::Done(ret) => ret,
