@@ -396,8 +396,9 @@ pool:map(function(x) parrun.sleep(0) error("task failed") end, {1})
         let all = format!("{}{}", out.stdout, out.stderr);
         let timeout = "false\tPool.map: the task ran longer than the task timeout of 200ms:";
         let timed_out = if mode == "fork" {
-            // A forked worker past its timeout is killed: nothing can say where it was.
-            format!("{timeout} worker process")
+            // A forked worker past its timeout is killed: the error names where the task's
+            // function starts.
+            format!("{timeout} worker process").replace("Pool.map: ", "Pool.map: limits.lua:12: ")
         } else {
             format!("{timeout} it was stopped\nstack traceback:")
                 .replace("Pool.map: ", "Pool.map: limits.lua:12: ")
