@@ -89,11 +89,23 @@ fn progress_aware(stream: Stream, bytes: &[u8]) -> io::Result<()> {
         }
     }
     progress::suspend(|| {
-        let _whole = LineLock::take(stream);
-        match stream {
+        let whole = LineLock::take(stream);
+        let write = |bytes: &[u8]| match stream {
             Stream::Stdout => write_fd(stdout_fd(), bytes),
             Stream::Stderr => write_fd(io::stderr(), bytes),
+        };
+        let Some(whole) = whole else {
+            return write(bytes);
+        };
+        if whole.after_a_cut_line {
+            // Its holder was killed mid-line: the rest of this stream starts on a line of its
+            // own, not glued to the cut one.
+            let mut line = Vec::with_capacity(bytes.len() + 1);
+            line.push(b'\n');
+            line.extend_from_slice(bytes);
+            return whole.writing(|| write(&line));
         }
+        whole.writing(|| write(bytes))
     })
 }
 
@@ -108,7 +120,12 @@ fn progress_aware(stream: Stream, bytes: &[u8]) -> io::Result<()> {
 /// Two locks, not one: a line for standard error (a thread's error report, "stopped by
 /// SIGTERM") must not wait behind a write to a standard output whose reader has stopped
 /// reading.
-struct LineLock(*mut nix::libc::pthread_mutex_t);
+struct LineLock {
+    mutex: *mut nix::libc::pthread_mutex_t,
+    /// Set (in the shared mapping too) while the holder writes: a holder killed with it set
+    /// may have written part of its line.
+    writing: *const AtomicBool,
+}
 
 // SAFETY: the pointer is to a process-shared mutex that lives as long as the process (the
 // mapping is never unmapped); pthread mutexes are made to be shared between threads.
@@ -119,7 +136,23 @@ unsafe impl Sync for LineLock {}
 static LINE_LOCKS: OnceLock<Option<[LineLock; 2]>> = OnceLock::new();
 
 /// Holds the [`LineLock`] while it lives.
-struct LineGuard(&'static LineLock);
+struct LineGuard {
+    lock: &'static LineLock,
+    /// The last holder was killed in the middle of its write.
+    after_a_cut_line: bool,
+}
+
+impl LineGuard {
+    /// Runs `write` marked as writing (see [`LineLock`]'s `writing`).
+    fn writing<T>(&self, write: impl FnOnce() -> T) -> T {
+        // SAFETY: the flag lives in the lock's mapping, which is never unmapped.
+        let flag = unsafe { &*self.lock.writing };
+        flag.store(true, Ordering::Release);
+        let out = write();
+        flag.store(false, Ordering::Release);
+        out
+    }
+}
 
 impl LineLock {
     /// The run's line locks (made now if this is their first use), or `None` if the system
@@ -130,7 +163,9 @@ impl LineLock {
 
     fn new_pair() -> Option<[LineLock; 2]> {
         use nix::libc;
-        let size = 2 * std::mem::size_of::<libc::pthread_mutex_t>();
+        // The two mutexes, then their two `writing` flags.
+        let flags_at = 2 * std::mem::size_of::<libc::pthread_mutex_t>();
+        let size = flags_at + 2 * std::mem::size_of::<AtomicBool>();
         // SAFETY: a fresh anonymous shared mapping (zeroed by the kernel), used only as the
         // mutex below; the attribute object is initialised before use and destroyed after.
         unsafe {
@@ -159,7 +194,17 @@ impl LineLock {
                 && libc::pthread_mutex_init(second, attr.as_ptr()) == 0;
             libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
             if made {
-                Some([LineLock(first), LineLock(second)])
+                let flags = map.cast::<u8>().add(flags_at).cast::<AtomicBool>();
+                Some([
+                    LineLock {
+                        mutex: first,
+                        writing: flags,
+                    },
+                    LineLock {
+                        mutex: second,
+                        writing: flags.add(1),
+                    },
+                ])
             } else {
                 libc::munmap(map, size);
                 None
@@ -177,7 +222,7 @@ impl LineLock {
         let mut taken = nix::libc::EBUSY;
         for _ in 0..SPINS {
             // SAFETY: the mutex was initialised in `new` and is never destroyed.
-            taken = unsafe { nix::libc::pthread_mutex_trylock(lock.0) };
+            taken = unsafe { nix::libc::pthread_mutex_trylock(lock.mutex) };
             if taken != nix::libc::EBUSY {
                 break;
             }
@@ -185,16 +230,26 @@ impl LineLock {
         }
         if taken == nix::libc::EBUSY {
             // SAFETY: as above.
-            taken = unsafe { nix::libc::pthread_mutex_lock(lock.0) };
+            taken = unsafe { nix::libc::pthread_mutex_lock(lock.mutex) };
         }
         match taken {
-            0 => Some(LineGuard(lock)),
-            // Its holder died holding it (a worker killed mid-line): a line may have been cut
-            // short there, but the lock is good again.
+            0 => Some(LineGuard {
+                lock,
+                after_a_cut_line: false,
+            }),
+            // Its holder died holding it (a worker killed mid-line): its line may have been cut
+            // short there (its flag says), but the lock is good again.
             nix::libc::EOWNERDEAD => {
-                // SAFETY: this thread owns the mutex now, as EOWNERDEAD says.
-                unsafe { nix::libc::pthread_mutex_consistent(lock.0) };
-                Some(LineGuard(lock))
+                // SAFETY: this thread owns the mutex now, as EOWNERDEAD says; the flag lives in
+                // the same mapping.
+                let cut = unsafe {
+                    nix::libc::pthread_mutex_consistent(lock.mutex);
+                    (*lock.writing).swap(false, Ordering::AcqRel)
+                };
+                Some(LineGuard {
+                    lock,
+                    after_a_cut_line: cut,
+                })
             }
             _ => None,
         }
@@ -207,7 +262,7 @@ const SPINS: usize = 2000;
 impl Drop for LineGuard {
     fn drop(&mut self) {
         // SAFETY: this thread took the mutex in `LineLock::take`.
-        unsafe { nix::libc::pthread_mutex_unlock(self.0 .0) };
+        unsafe { nix::libc::pthread_mutex_unlock(self.lock.mutex) };
     }
 }
 
@@ -506,5 +561,44 @@ mod tests {
         });
         let taken = rx.recv_timeout(Duration::from_secs(10));
         assert_eq!(taken, Ok(true), "the dead child's lock was not handed on");
+    }
+
+    /// The next taker of a lock whose holder died in the middle of its write knows that a line
+    /// was cut there (and writes its own on a line of its own); after a holder that died once
+    /// its write was done, it does not.
+    #[test]
+    fn a_line_cut_by_its_writer_s_death_is_known_to_the_next_writer() {
+        share_line_lock();
+        for dies_mid_write in [true, false] {
+            // SAFETY: as in the test above.
+            match unsafe { nix::unistd::fork() }.expect("fork") {
+                nix::unistd::ForkResult::Child => {
+                    let guard = LineLock::take(Stream::Stderr).expect("the lock");
+                    guard.writing(|| {
+                        if dies_mid_write {
+                            // SAFETY: as a kill would.
+                            unsafe { nix::libc::_exit(0) }
+                        }
+                    });
+                    std::mem::forget(guard);
+                    // SAFETY: as a kill would.
+                    unsafe { nix::libc::_exit(0) }
+                }
+                nix::unistd::ForkResult::Parent { child } => {
+                    nix::sys::wait::waitpid(child, None).expect("waitpid");
+                }
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let cut = LineLock::take(Stream::Stderr).map(|g| g.after_a_cut_line);
+                let _ = tx.send(cut);
+            });
+            let cut = rx.recv_timeout(Duration::from_secs(10));
+            assert_eq!(
+                cut,
+                Ok(Some(dies_mid_write)),
+                "died mid-write: {dies_mid_write}"
+            );
+        }
     }
 }
