@@ -451,6 +451,18 @@ impl Piece {
         }
     }
 
+    /// [`Piece::add`] of a scalar the engine lends: written straight from it, with no
+    /// [`Value`] made (a string copied once, into the piece).
+    pub fn add_scalar(&mut self, item: crate::value::wire::Scalar<'_>) {
+        match self {
+            Piece::Values(items) => items.push(item.to_value()),
+            Piece::Written { items, body } => {
+                crate::value::wire::encode_scalar(body, item);
+                *items += 1;
+            }
+        }
+    }
+
     /// Hands the piece to `sink` and starts the next.
     pub fn send(&mut self, sink: &mut dyn PieceSink) -> Result<(), String> {
         match self {

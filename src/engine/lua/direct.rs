@@ -18,6 +18,7 @@ use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
 
 use crate::api::{Piece, PieceSink, Stream};
 use crate::script::Reported;
+use crate::value::wire::Scalar;
 use crate::value::{wire, Value, MAX_DEPTH};
 
 /// The [`Value`] of table `t`, as mlua's serde makes it (`detect_mixed_tables`,
@@ -111,11 +112,16 @@ pub(super) unsafe fn stream_at(
         if ffi::lua_isinteger(state, key) == 0 || ffi::lua_tointeger(state, key) != next {
             return Ok(Stream::Stopped(sent));
         }
-        let Some(item) = reader.read(state, value) else {
-            return Ok(Stream::Stopped(sent));
-        };
+        match scalar_at(state, value) {
+            Some(item) => piece_of.add_scalar(item),
+            None => {
+                let Some(item) = reader.read(state, value) else {
+                    return Ok(Stream::Stopped(sent));
+                };
+                piece_of.add(item);
+            }
+        }
         ffi::lua_settop(state, key);
-        piece_of.add(item);
         if piece_of.len() == piece {
             piece_of.send(sink)?;
             sent += piece;
@@ -326,6 +332,32 @@ impl Reader<'_> {
     }
 }
 
+/// The value at `at` if it is a scalar, as [`Reader::read`] reads it, borrowed from the stack
+/// (a string stays Lua's while it is there); `None` for a table or anything else.
+///
+/// # Safety
+/// `at` is a valid index of `state`'s stack.
+unsafe fn scalar_at<'a>(state: *mut ffi::lua_State, at: c_int) -> Option<Scalar<'a>> {
+    Some(match ffi::lua_type(state, at) {
+        ffi::LUA_TNIL => Scalar::Nil,
+        ffi::LUA_TBOOLEAN => Scalar::Bool(ffi::lua_toboolean(state, at) != 0),
+        ffi::LUA_TNUMBER if ffi::lua_isinteger(state, at) != 0 => {
+            Scalar::Int(ffi::lua_tointeger(state, at))
+        }
+        ffi::LUA_TNUMBER => Scalar::Float(ffi::lua_tonumber(state, at)),
+        ffi::LUA_TSTRING => {
+            let mut len = 0;
+            let data = ffi::lua_tolstring(state, at, &mut len);
+            let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
+            match std::str::from_utf8(bytes) {
+                Ok(s) => Scalar::Str(s),
+                Err(_) => Scalar::Bytes(bytes),
+            }
+        }
+        _ => return None,
+    })
+}
+
 /// A Lua string: [`Value::Str`] if it is UTF-8, else [`Value::Bytes`] (mlua's `LuaString`
 /// serializes so).
 ///
@@ -427,20 +459,20 @@ unsafe fn push_pieces(
     let table = ffi::lua_gettop(state);
     let mut at: ffi::lua_Integer = 0;
     let mut holes = false;
-    let mut set = |state: *mut ffi::lua_State, item: &Value| -> bool {
-        if !push(state, item, MAX_DEPTH) {
-            return false;
-        }
-        holes |= matches!(item, Value::Nil);
+    // Sets the item just pushed (a nil one, `nil`) as the next.
+    let mut set = |state: *mut ffi::lua_State, nil: bool| {
+        holes |= nil;
         at += 1;
         ffi::lua_rawseti(state, table, at);
-        true
     };
     for piece in pieces {
         match piece {
             Reported::Values(values) => {
-                if !values.iter().all(|item| set(state, item)) {
-                    return false;
+                for item in values {
+                    if !push(state, item, MAX_DEPTH) {
+                        return false;
+                    }
+                    set(state, matches!(item, Value::Nil));
                 }
             }
             Reported::Written(list) => {
@@ -448,10 +480,23 @@ unsafe fn push_pieces(
                     return false;
                 };
                 for _ in 0..n {
+                    // A scalar straight from the bytes; anything else through a `Value`.
+                    match wire::read_scalar(&mut rd) {
+                        Ok(Some(item)) => {
+                            push_scalar(state, item);
+                            set(state, item == Scalar::Nil);
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(_) => return false,
+                    }
                     scratch.clear();
-                    if wire::read_item(&mut rd, scratch).is_err() || !set(state, &scratch[0]) {
+                    if wire::read_item(&mut rd, scratch).is_err()
+                        || !push(state, &scratch[0], MAX_DEPTH)
+                    {
                         return false;
                     }
+                    set(state, matches!(scratch[0], Value::Nil));
                 }
                 if !rd.is_empty() {
                     return false;
@@ -523,6 +568,21 @@ unsafe fn push(state: *mut ffi::lua_State, v: &Value, budget: usize) -> bool {
         }
     }
     true
+}
+
+/// Pushes `item` as [`push`] pushes its [`Value`].
+///
+/// # Safety
+/// `state` is in a protected call.
+unsafe fn push_scalar(state: *mut ffi::lua_State, item: Scalar<'_>) {
+    match item {
+        Scalar::Nil => ffi::lua_pushnil(state),
+        Scalar::Bool(b) => ffi::lua_pushboolean(state, c_int::from(b)),
+        Scalar::Int(i) => ffi::lua_pushinteger(state, i),
+        Scalar::Float(f) => ffi::lua_pushnumber(state, f),
+        Scalar::Str(s) => push_bytes(state, s.as_bytes()),
+        Scalar::Bytes(b) => push_bytes(state, b),
+    }
 }
 
 /// Pushes a sequence of `items`, each nesting up to `budget` deep.
@@ -845,6 +905,33 @@ mod tests {
         }
     }
 
+    /// A [`PieceSink`] that keeps what it is given, in pieces of `piece`, written or not.
+    struct Collect {
+        piece: usize,
+        written: bool,
+        got: Vec<Value>,
+    }
+
+    impl PieceSink for Collect {
+        fn begin(&mut self, _len: usize) -> Result<Option<usize>, String> {
+            Ok(Some(self.piece))
+        }
+
+        fn piece(&mut self, items: Vec<Value>) -> Result<(), String> {
+            self.got.extend(items);
+            Ok(())
+        }
+
+        fn takes_written(&self) -> bool {
+            self.written
+        }
+
+        fn written(&mut self, list: crate::script::WireList) -> Result<(), String> {
+            self.got.extend(list.decode()?);
+            Ok(())
+        }
+    }
+
     /// From Lua: the direct path gives up only where serde fails or meets a value it may take
     /// as data (userdata, light userdata), and `data_of` agrees with serde on every value.
     fn check_lua(lua: &Lua, g: &Gen) -> Result<(), TestCaseError> {
@@ -902,6 +989,48 @@ mod tests {
         #[test]
         fn lua_values_convert_as_serde_converts_them(g in lua_value()) {
             check_lua(&Lua::new(), &g)?;
+        }
+
+        /// A list read in pieces as a map reads its list (`stream_at`), its scalars written
+        /// straight from the engine when the sink takes them written, gives serde's items:
+        /// all of them, or, where it stops, the first ones (the caller reads the rest whole).
+        #[test]
+        fn a_list_read_in_pieces_gives_serde_s_items(
+            items in proptest::collection::vec(lua_value(), 0..12),
+            piece in 1usize..4,
+            written in any::<bool>(),
+        ) {
+            let lua = Lua::new();
+            let list = lua.create_table().unwrap();
+            for (i, g) in items.iter().enumerate() {
+                list.raw_set(i + 1, g.build(&lua, &mut Vec::new())).unwrap();
+            }
+            let serde = serde_data_of(LuaValue::Table(list.clone()));
+            let mut sink = Collect { piece, written, got: Vec::new() };
+            let mut streamed = None;
+            // SAFETY: `stream_at` keeps to Lua's API on the table at 1 (see `table_data`).
+            unsafe {
+                lua.exec_raw::<()>(&list, |state| {
+                    streamed = Some(stream_at(state, 1, ArrayMetatable::Of(&lua), &mut sink));
+                    ffi::lua_settop(state, 0);
+                })
+                .unwrap();
+            }
+            let sent = match streamed.unwrap() {
+                Ok(Stream::Whole) => 0,
+                Ok(Stream::Done) => {
+                    prop_assert_eq!(text(&Ok(Value::Array(sink.got.clone()))), text(&serde));
+                    sink.got.len()
+                }
+                Ok(Stream::Stopped(sent)) => sent,
+                Err(e) => return Err(TestCaseError::fail(e)),
+            };
+            prop_assert_eq!(sink.got.len(), sent);
+            // What was sent is serde's first items (by their keys 1, 2, ...).
+            for (i, got) in sink.got.iter().enumerate() {
+                let item = serde_data_of(list.raw_get::<LuaValue>(i + 1).unwrap());
+                prop_assert_eq!(text(&Ok(got.clone())), text(&item));
+            }
         }
 
         #[test]
