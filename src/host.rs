@@ -261,20 +261,26 @@ pub(crate) trait Finish: Send + Sync {
 }
 
 /// The order in which a run's started things are finished, as Python's: threads are waited for
-/// (any they start too), daemon threads left running until then; then daemon threads are
-/// stopped, pools still running terminated, daemon processes terminated, and the other child
-/// processes waited for.
+/// (any they start too), then pools still running are terminated, daemon processes terminated
+/// and the other child processes waited for, and last the daemon threads are stopped, which
+/// run on until then (Python abandons them only as the interpreter ends, and a thread or a
+/// process the run waits for may be served by one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Stage {
     Threads,
-    DaemonThreads,
     Pools,
     DaemonProcesses,
     Processes,
+    DaemonThreads,
 }
 
-/// The stages after the threads', in their order.
-const AFTER_THREADS: [Stage; 3] = [Stage::Pools, Stage::DaemonProcesses, Stage::Processes];
+/// The stages after the (non-daemon) threads', in their order.
+const AFTER_THREADS: [Stage; 4] = [
+    Stage::Pools,
+    Stage::DaemonProcesses,
+    Stage::Processes,
+    Stage::DaemonThreads,
+];
 
 /// How a script's run ended: its exit status (0, or what `os.exit`/`exit` gave) and the value
 /// its main chunk returned (Lua's `return x`, Rhai's last expression), if it is data.
@@ -785,16 +791,11 @@ impl Started {
         self.0.lock().recover().clear();
     }
 
-    /// Finishes every started thread with `finish_one` (and the threads they start) until none
-    /// is left; false, at once, when `finish_one` gives up on one. The daemon threads come
-    /// last, once no other thread runs: Python leaves them running until then, and a thread the
-    /// run waits for may be served by one.
+    /// Finishes every started thread but the daemon ones with `finish_one` (and the threads
+    /// they start) until none is left; false, at once, when `finish_one` gives up on one.
     fn finish_threads(&self, finish_one: impl Fn(&dyn Finish) -> bool) -> bool {
         loop {
-            let mut running = self.pending(|stage| stage == Stage::Threads);
-            if running.is_empty() {
-                running = self.pending(|stage| stage == Stage::DaemonThreads);
-            }
+            let running = self.pending(|stage| stage == Stage::Threads);
             if running.is_empty() {
                 return true;
             }

@@ -898,6 +898,46 @@ try { pool.apply(|a, b| { loop {} }, [1, 2]); } catch (e) { print(e); }
     }
 }
 
+/// A task past its timeout inside a call Lua cannot yield from (a `table.sort` comparator)
+/// fails at its next parrun call with the timeout as that call's error, in the thread models:
+/// a cancelled call there returned nil without waiting, and a task looping on `q:get()` until
+/// it got an item spun for ever (found by the regression hunt; before that, the wait failed
+/// with "queue is empty").
+#[test]
+fn a_task_past_its_timeout_inside_a_c_call_fails_at_its_next_call() {
+    let code = r#"q = parrun.Queue()
+local function task()
+  local t = {3, 1, 2}
+  table.sort(t, function(a, b)
+    while true do
+      local t0 = os.clock() while os.clock() - t0 < 0.4 do end
+      if q:get() == "stop" then break end
+    end
+    return a < b
+  end)
+  return "sorted"
+end
+local pool = parrun.Pool(1, {task_timeout = 0.2})
+print(pcall(pool.apply, pool, task))
+pool:terminate()
+"#;
+    let (dir, _) = common::script("in_c", "lua", code);
+    for mode in ["gil", "isolated"] {
+        let out = Run::new(["--mode", mode, "in_c.lua"])
+            .dir(dir.path())
+            .timeout(std::time::Duration::from_secs(20))
+            .output();
+        out.assert_code(0);
+        let want = "false\tPool.apply: in_c.lua:7: Queue.get: the task ran longer than the task \
+                    timeout of 200ms: it was stopped";
+        assert!(
+            out.stdout.starts_with(want),
+            "--mode {mode}: lacks {want:?}\n{}",
+            out.describe()
+        );
+    }
+}
+
 /// The calls in progress at an operation limit are named whatever came before the call: Rhai's
 /// own limit, one operation after parrun's, stopped some scripts before parrun's step could
 /// (one `let` in front of the call was enough), and the error came without them.
@@ -1227,6 +1267,8 @@ local q = parrun.Queue()
 try(q.get, q, true, q)
 try(parrun.sleep, coroutine.create(print))
 try(function() parrun.Thread(print).daemon = print end)
+try(parrun.Semaphore, print)
+try(q.get, q, print, 1)
 "#,
         r#"
 try { Pool("x"); } catch (e) { print(e); }
@@ -1248,11 +1290,13 @@ let q = Queue();
 try { q.get(true, q); } catch (e) { print(e); }
 try { sleep(|| 1); } catch (e) { print(e); }
 try { let t = Thread(|| 1); t.daemon = |x| x; } catch (e) { print(e); }
+try { Semaphore(|x| x); } catch (e) { print(e); }
+try { q.get(|x| x, 1); } catch (e) { print(e); }
 "#,
         |out| {
             out.assert_success();
             let lines = out.stdout_lines();
-            assert_eq!(lines.len(), 17, "{}", out.describe());
+            assert_eq!(lines.len(), 19, "{}", out.describe());
             for (line, want) in lines.iter().zip([
                 "parrun.Pool: processes must be an integer, got string",
                 "parrun.Pool: processes must be at least 1, got -1 (ValueError)",
@@ -1271,14 +1315,18 @@ try { let t = Thread(|| 1); t.daemon = |x| x; } catch (e) { print(e); }
                 "Pool.imap_unordered: chunksize must be at least 1, got 0 (ValueError)",
                 "Pool.starmap_async: chunksize must be at least 1, got 0 (ValueError)",
                 // What is not data is named as a wrong type is (it was "cannot send this
-                // value to another thread or process: a function").
-                "Pool.map_async: chunksize must be an integer, got a function",
-                "Queue.get: timeout must be a number, got a Queue",
-                "parrun.sleep: seconds must be a number, got a ",
-                "Thread.daemon: daemon must be a boolean, got a function",
+                // value to another thread or process: a function"): a coroutine in Lua, a
+                // function in Rhai.
+                "Pool.map_async: chunksize must be an integer, got function",
+                "Queue.get: timeout must be a number, got Queue",
+                "parrun.sleep: seconds must be a number, got ",
+                "Thread.daemon: daemon must be a boolean, got function",
+                "parrun.Semaphore: value must be an integer, got function",
+                "Queue.get: the first argument is `block` (true or false) when a timeout \
+                 follows, got function",
             ]) {
                 assert!(
-                    line.ends_with(want) || want.ends_with("a ") && line.contains(want),
+                    line.ends_with(want) || want.ends_with("got ") && line.contains(want),
                     "{want}\n{}",
                     out.describe()
                 );

@@ -967,10 +967,11 @@ print(`${t.name}	${t.daemon}	${plain.daemon}`);
     );
 }
 
-/// As the script ends, daemon threads run on until every other thread has ended, and daemon
-/// processes are terminated before the others are waited for, whatever order they started in,
-/// as Python's: a daemon server started before the client thread it serves was stopped at once,
-/// and the client waited for ever; a daemon process started after another ran to its end.
+/// As the script ends, daemon threads run on until every other thread and process has ended,
+/// and daemon processes are terminated before the others are waited for, whatever order they
+/// started in, as Python's: a daemon server started before the client thread it serves was
+/// stopped at once, and the client waited for ever; a child process waiting for a daemon
+/// thread's message waited for ever; a daemon process started after another ran to its end.
 /// ```python
 /// server = threading.Thread(target=serve, daemon=True); server.start()   # answers req with 2x
 /// threading.Thread(target=client).start()   # 3 requests, prints "client total 12"
@@ -992,6 +993,9 @@ parrun.Thread(function()
   for i = 1, 3 do parrun.sleep(0.05) req:put(i) total = total + rep:get() end
   print("client total", total)
 end):start()
+local mail = parrun.Queue()
+parrun.Thread(function() parrun.sleep(0.3) mail:put("hello") end, {}, {daemon = true}):start()
+parrun.Process(function() print("child got", mail:get()) end):start()
 parrun.Process(function() parrun.sleep(1.2) print("process done") end):start()
 parrun.Process(function() parrun.sleep(1) print("daemon process done") end, {},
   {daemon = true}):start()
@@ -1006,15 +1010,25 @@ Thread(|req, rep| {
   for i in 1..=3 { sleep(0.05); req.put(i); total += rep.get(); }
   print(`client total	${total}`);
 }, [req, rep]).start();
+let mail = Queue();
+Thread(|mail| { sleep(0.3); mail.put("hello"); }, [mail], #{daemon: true}).start();
+Process(|mail| print(`child got	${mail.get()}`), [mail]).start();
 Process(|| { sleep(1.2); print("process done"); }).start();
 Process(|| { sleep(1); print("daemon process done"); }, [], #{daemon: true}).start();
 print("main done");
 "#,
         |mode, out| {
             out.assert_success();
+            let mut lines = out.stdout_lines();
+            lines.sort();
             assert_eq!(
-                out.stdout_lines(),
-                ["main done", "client total\t12", "process done"],
+                lines,
+                [
+                    "child got\thello",
+                    "client total\t12",
+                    "main done",
+                    "process done"
+                ],
                 "--mode {mode}: {}",
                 out.describe()
             );

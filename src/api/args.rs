@@ -13,14 +13,21 @@ pub(super) fn number(args: &mut dyn Args, i: usize, what: &str) -> Result<f64, S
 }
 
 /// Argument `i` as data, for a check of its type: one that is not data (a function, a
-/// `Queue`) is the error `wrong` makes of what it is, as a wrong type of data is.
-fn typed(
+/// `Queue`) is the error `wrong` makes of what it is, named as a wrong type of data is
+/// (`got function`, as `got string`).
+pub(super) fn typed(
     args: &mut dyn Args,
     i: usize,
     wrong: impl FnOnce(&str) -> String,
 ) -> Result<Value, String> {
     match args.kind(i) {
-        Some(kind) => Err(wrong(&kind)),
+        Some(kind) => {
+            let bare = kind
+                .strip_prefix("a ")
+                .or_else(|| kind.strip_prefix("an "))
+                .unwrap_or(&kind);
+            Err(wrong(bare))
+        }
         None => args.value(i),
     }
 }
@@ -110,7 +117,17 @@ pub(super) fn block_and_timeout(
     if args.is_nil(i) {
         return seconds(args, i + 1);
     }
-    match args.value(i)? {
+    let wrong = |got: &str| {
+        format!("the first argument is `block` (true or false) when a timeout follows, got {got}")
+    };
+    let block = match args.is_nil(i + 1) {
+        // parrun's shorthand: a number alone is the timeout.
+        true => typed(args, i, |got| {
+            format!("timeout must be a number, got {got}")
+        })?,
+        false => typed(args, i, wrong)?,
+    };
+    match block {
         Value::Bool(true) => seconds(args, i + 1),
         Value::Bool(false) => {
             let timeout = seconds(args, i + 1)?;
@@ -121,10 +138,7 @@ pub(super) fn block_and_timeout(
         }
         // parrun's shorthand: a number alone is the timeout.
         _ if args.is_nil(i + 1) => seconds(args, i),
-        other => Err(format!(
-            "the first argument is `block` (true or false) when a timeout follows, got {}",
-            other.type_name()
-        )),
+        other => Err(wrong(other.type_name())),
     }
 }
 
@@ -302,7 +316,7 @@ pub(super) fn list_items(value: Value) -> Result<Vec<Value>, String> {
 
 /// Argument `i` as an execution model: "gil", "fork" or "isolated".
 pub(super) fn mode_value(args: &mut dyn Args, i: usize) -> Result<Mode, String> {
-    match args.value(i)? {
+    match typed(args, i, |got| format!("mode must be a string, got {got}"))? {
         Value::Str(name) => name.parse(),
         other => Err(format!("mode must be a string, got {}", other.type_name())),
     }

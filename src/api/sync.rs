@@ -58,7 +58,9 @@ fn barrier(args: &mut dyn Args) -> Result<Barrier, String> {
 
 /// A whole number of at least `least` at argument `i` (absent: `default`).
 fn count(args: &mut dyn Args, i: usize, what: &str, default: u64) -> Result<i64, String> {
-    match args.value(i)? {
+    match super::args::typed(args, i, |got| {
+        format!("{what} must be an integer, got {got}")
+    })? {
         Value::Nil => Ok(default as i64),
         Value::Int(n) => Ok(n),
         Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e18 => Ok(f as i64),
@@ -159,7 +161,10 @@ pub(super) static BUILTINS: &[Builtin] = &[
                     Ok(Object::RLock(l)) => CondLock::RLock(l),
                     Ok(other) => return Err(wrong(crate::api::with_article(other.class().name()))),
                     // Not an object at all (`Condition(5)`): the same words, with its type.
-                    Err(_) => return Err(wrong(args.value(0)?.type_name().to_string())),
+                    Err(_) => {
+                        let got = super::args::typed(args, 0, |got| wrong(got.to_owned()))?;
+                        return Err(wrong(got.type_name().to_string()));
+                    }
                 }
             };
             Outcome::object(Object::Condition(Condition::new(lock)))

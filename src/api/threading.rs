@@ -69,7 +69,9 @@ fn random_float() -> f64 {
 /// `Queue([maxsize])`, `JoinableQueue([maxsize])`.
 fn new_queue(args: &mut dyn Args) -> Result<Outcome, String> {
     // As Python's `Queue(maxsize=0)`: zero or less is no limit.
-    let maxsize = match args.value(0)? {
+    let maxsize = match super::args::typed(args, 0, |got| {
+        format!("maxsize must be an integer, got {got}")
+    })? {
         Value::Nil => 0,
         Value::Int(n) => n.max(0) as usize,
         Value::Float(f) if f.fract() == 0.0 => f.max(0.0) as usize,

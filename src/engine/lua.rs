@@ -487,12 +487,17 @@ fn raw_answer(
         }
         Err(e) => Err(e),
     };
-    if crate::rt::cancel::requested().is_some() {
+    if let Some(reason) = crate::rt::cancel::requested() {
         // A cancelled task (a terminated process on a thread, a task past its timeout) stops
         // at its next parrun call, before the call does anything, as a cancelled wait ends: one
         // that needs no wait (a `put` with room) let a terminated process's loop run on until
-        // its engine's next check.
-        return request(Pending::Wait(Box::new(|| Ok(Ret::Value(Value::Nil)))));
+        // its engine's next check. The driver ends the task; where Lua cannot yield (a `gsub`
+        // callback, a `sort` comparator) the call fails with the reason instead, as a
+        // cancelled wait there does.
+        return request(Pending::Wait(named(
+            error.clone(),
+            Box::new(move || Err(reason)),
+        )));
     }
     match call(host, &mut args) {
         Ok(Outcome::Done(ret @ Ret::Raise { .. })) => fits(ret_to_lua(lua, ret), 2),

@@ -28,7 +28,7 @@
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -103,9 +103,9 @@ fn progress_aware(stream: Stream, bytes: &[u8]) -> io::Result<()> {
             let mut line = Vec::with_capacity(bytes.len() + 1);
             line.push(b'\n');
             line.extend_from_slice(bytes);
-            return whole.writing(|| write(&line));
+            return whole.writing(line.len(), || write(&line));
         }
-        whole.writing(|| write(bytes))
+        whole.writing(bytes.len(), || write(bytes))
     })
 }
 
@@ -122,9 +122,11 @@ fn progress_aware(stream: Stream, bytes: &[u8]) -> io::Result<()> {
 /// reading.
 struct LineLock {
     mutex: *mut nix::libc::pthread_mutex_t,
-    /// Set (in the shared mapping too) while the holder writes: a holder killed with it set
-    /// may have written part of its line.
-    writing: *const AtomicBool,
+    /// How many bytes the holder is writing, while it writes (in the shared mapping too): a
+    /// holder killed in a write of more than `PIPE_BUF` bytes may have written part of its
+    /// line. (A shorter write is whole or not at all; taking one for cut wrote a blank line
+    /// after nearly every worker killed while it printed short lines.)
+    writing: *const AtomicU64,
 }
 
 // SAFETY: the pointer is to a process-shared mutex that lives as long as the process (the
@@ -143,13 +145,13 @@ struct LineGuard {
 }
 
 impl LineGuard {
-    /// Runs `write` marked as writing (see [`LineLock`]'s `writing`).
-    fn writing<T>(&self, write: impl FnOnce() -> T) -> T {
-        // SAFETY: the flag lives in the lock's mapping, which is never unmapped.
-        let flag = unsafe { &*self.lock.writing };
-        flag.store(true, Ordering::Release);
+    /// Runs `write`, of `len` bytes, marked as writing them (see [`LineLock`]'s `writing`).
+    fn writing<T>(&self, len: usize, write: impl FnOnce() -> T) -> T {
+        // SAFETY: the count lives in the lock's mapping, which is never unmapped.
+        let writing = unsafe { &*self.lock.writing };
+        writing.store(len as u64, Ordering::Release);
         let out = write();
-        flag.store(false, Ordering::Release);
+        writing.store(0, Ordering::Release);
         out
     }
 }
@@ -163,9 +165,9 @@ impl LineLock {
 
     fn new_pair() -> Option<[LineLock; 2]> {
         use nix::libc;
-        // The two mutexes, then their two `writing` flags.
+        // The two mutexes, then their two `writing` counts.
         let flags_at = 2 * std::mem::size_of::<libc::pthread_mutex_t>();
-        let size = flags_at + 2 * std::mem::size_of::<AtomicBool>();
+        let size = flags_at + 2 * std::mem::size_of::<AtomicU64>();
         // SAFETY: a fresh anonymous shared mapping (zeroed by the kernel), used only as the
         // mutex below; the attribute object is initialised before use and destroyed after.
         unsafe {
@@ -194,7 +196,7 @@ impl LineLock {
                 && libc::pthread_mutex_init(second, attr.as_ptr()) == 0;
             libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
             if made {
-                let flags = map.cast::<u8>().add(flags_at).cast::<AtomicBool>();
+                let flags = map.cast::<u8>().add(flags_at).cast::<AtomicU64>();
                 Some([
                     LineLock {
                         mutex: first,
@@ -238,13 +240,13 @@ impl LineLock {
                 after_a_cut_line: false,
             }),
             // Its holder died holding it (a worker killed mid-line): its line may have been cut
-            // short there (its flag says), but the lock is good again.
+            // short there (its count says), but the lock is good again.
             nix::libc::EOWNERDEAD => {
-                // SAFETY: this thread owns the mutex now, as EOWNERDEAD says; the flag lives in
+                // SAFETY: this thread owns the mutex now, as EOWNERDEAD says; the count lives in
                 // the same mapping.
                 let cut = unsafe {
                     nix::libc::pthread_mutex_consistent(lock.mutex);
-                    (*lock.writing).swap(false, Ordering::AcqRel)
+                    (*lock.writing).swap(0, Ordering::AcqRel) > nix::libc::PIPE_BUF as u64
                 };
                 Some(LineGuard {
                     lock,
@@ -563,18 +565,21 @@ mod tests {
         assert_eq!(taken, Ok(true), "the dead child's lock was not handed on");
     }
 
-    /// The next taker of a lock whose holder died in the middle of its write knows that a line
-    /// was cut there (and writes its own on a line of its own); after a holder that died once
-    /// its write was done, it does not.
+    /// The next taker of a lock whose holder died in the middle of a long write knows that a
+    /// line may have been cut there (and writes its own on a line of its own); after a holder
+    /// that died in a short write, or once its write was done, it does not.
     #[test]
     fn a_line_cut_by_its_writer_s_death_is_known_to_the_next_writer() {
         share_line_lock();
-        for dies_mid_write in [true, false] {
+        // A long write (more than PIPE_BUF bytes) may be cut; a short one is whole or not at
+        // all; a write done is done.
+        let cases = [(5000, true, true), (100, true, false), (5000, false, false)];
+        for (len, dies_mid_write, cut_expected) in cases {
             // SAFETY: as in the test above.
             match unsafe { nix::unistd::fork() }.expect("fork") {
                 nix::unistd::ForkResult::Child => {
                     let guard = LineLock::take(Stream::Stderr).expect("the lock");
-                    guard.writing(|| {
+                    guard.writing(len, || {
                         if dies_mid_write {
                             // SAFETY: as a kill would.
                             unsafe { nix::libc::_exit(0) }
@@ -596,8 +601,8 @@ mod tests {
             let cut = rx.recv_timeout(Duration::from_secs(10));
             assert_eq!(
                 cut,
-                Ok(Some(dies_mid_write)),
-                "died mid-write: {dies_mid_write}"
+                Ok(Some(cut_expected)),
+                "{len} bytes, died mid-write: {dies_mid_write}"
             );
         }
     }

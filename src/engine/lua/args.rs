@@ -270,9 +270,19 @@ impl Args for LuaArgs<'_> {
 
     fn function_origin(&mut self, i: usize, _args: usize) -> Option<FunctionOrigin> {
         let info = self.script_function(i).ok()?.info();
-        let place = format!("{}:{}", info.short_src?, info.line_defined?);
+        let (src, line) = (info.short_src?, info.line_defined?);
+        if line == 0 {
+            // A chunk `load` made: Lua's tracebacks call it the main chunk, at no line.
+            return Some(FunctionOrigin {
+                place: src,
+                name: Some("the main chunk".into()),
+            });
+        }
         let name = self.known_name(i).map(|name| format!("function {name}"));
-        Some(FunctionOrigin { place, name })
+        Some(FunctionOrigin {
+            place: format!("{src}:{line}"),
+            name,
+        })
     }
 
     fn known_name(&mut self, i: usize) -> Option<String> {
