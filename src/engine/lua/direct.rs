@@ -237,17 +237,11 @@ impl Reader<'_> {
     /// # Safety
     /// `state` is in a protected call; `at` is a valid absolute index of its stack.
     unsafe fn read(&mut self, state: *mut ffi::lua_State, at: c_int) -> Option<Value> {
-        Some(match ffi::lua_type(state, at) {
-            ffi::LUA_TNIL => Value::Nil,
-            ffi::LUA_TBOOLEAN => Value::Bool(ffi::lua_toboolean(state, at) != 0),
-            ffi::LUA_TNUMBER if ffi::lua_isinteger(state, at) != 0 => {
-                Value::Int(ffi::lua_tointeger(state, at))
-            }
-            ffi::LUA_TNUMBER => Value::Float(ffi::lua_tonumber(state, at)),
-            ffi::LUA_TSTRING => string_at(state, at),
-            ffi::LUA_TTABLE => return self.table(state, at),
-            _ => return None,
-        })
+        match scalar_at(state, at) {
+            Some(scalar) => Some(scalar.to_value()),
+            None if ffi::lua_type(state, at) == ffi::LUA_TTABLE => self.table(state, at),
+            None => None,
+        }
     }
 
     /// The table at `at`: mlua's `SerializableTable`.
@@ -332,8 +326,9 @@ impl Reader<'_> {
     }
 }
 
-/// The value at `at` if it is a scalar, as [`Reader::read`] reads it, borrowed from the stack
-/// (a string stays Lua's while it is there); `None` for a table or anything else.
+/// The value at `at` if it is a scalar, borrowed from the stack (a string stays Lua's while it
+/// is there): a string is [`Scalar::Str`] if it is UTF-8, else [`Scalar::Bytes`], as mlua's
+/// `LuaString` serializes; `None` for a table or anything else.
 ///
 /// # Safety
 /// `at` is a valid index of `state`'s stack.
@@ -356,21 +351,6 @@ unsafe fn scalar_at<'a>(state: *mut ffi::lua_State, at: c_int) -> Option<Scalar<
         }
         _ => return None,
     })
-}
-
-/// A Lua string: [`Value::Str`] if it is UTF-8, else [`Value::Bytes`] (mlua's `LuaString`
-/// serializes so).
-///
-/// # Safety
-/// `at` holds a string.
-unsafe fn string_at(state: *mut ffi::lua_State, at: c_int) -> Value {
-    let mut len = 0;
-    let data = ffi::lua_tolstring(state, at, &mut len);
-    let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
-    match std::str::from_utf8(bytes) {
-        Ok(s) => Value::Str(s.to_owned()),
-        Err(_) => Value::Bytes(bytes.to_vec()),
-    }
 }
 
 /// A table's entries as mlua's `Table::encode_as_array` (with `detect_mixed_tables`) shapes
