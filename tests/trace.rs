@@ -483,6 +483,47 @@ fn an_unwritable_trace_file_is_a_usage_error() {
     assert!(!out.stdout.contains("ran"), "{}", out.describe());
 }
 
+/// The trace goes where its path leads, and replaces nothing else: through a symbolic link to
+/// the file it names (the link stays), appended to `/dev/stdout` after the script's output, and
+/// never over the script itself (refused). The trace was written aside and renamed over the
+/// path: it replaced a link with a file and never wrote the file, turned `/dev/null` and
+/// `/dev/stdout` into files, and overwrote the script with JSON (found by the command-line pass).
+#[test]
+fn the_trace_is_written_through_links_and_devices_and_never_over_the_script() {
+    let dir = TempDir::new("trace_paths");
+    dir.write("ok.lua", "print('ran')\n");
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::os::unix::fs::symlink("real/t.json", dir.path().join("link.json")).unwrap();
+    Run::new(["--trace", "link.json", "ok.lua"])
+        .dir(dir.path())
+        .output()
+        .assert_success();
+    let link = std::fs::symlink_metadata(dir.path().join("link.json")).unwrap();
+    assert!(link.file_type().is_symlink(), "the link was replaced");
+    let written = std::fs::read_to_string(dir.path().join("real/t.json")).unwrap();
+    serde_json::from_str::<Json>(&written).expect("the linked file holds the trace");
+
+    let out = Run::new(["--trace", "/dev/stdout", "ok.lua"])
+        .dir(dir.path())
+        .output();
+    out.assert_success();
+    let json = out
+        .stdout
+        .strip_prefix("ran\n")
+        .expect("the script's line first");
+    serde_json::from_str::<Json>(json).expect("then the trace");
+
+    let out = Run::new(["--trace", "ok.lua", "ok.lua"])
+        .dir(dir.path())
+        .output();
+    out.assert_code(2)
+        .assert_stderr_contains("cannot write the trace to ok.lua: it is the script");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ok.lua")).unwrap(),
+        "print('ran')\n"
+    );
+}
+
 /// From Rust: `Runtime::trace` records a run (`eval`) and a loaded script's maps
 /// (`Script::map`, written when the `Script` is dropped), in the fork model, where the tasks'
 /// spans come from the worker processes.

@@ -247,6 +247,9 @@ pub(crate) struct Tracer {
     /// The process that writes the file.
     owner: u32,
     file: PathBuf,
+    /// `file` is not a regular file (a device such as `/dev/null` or `/dev/stdout`, a pipe): the
+    /// trace is written through it, once, at the end, instead of replacing it.
+    through: bool,
     state: Mutex<State>,
     pools: AtomicU32,
     written: AtomicBool,
@@ -260,19 +263,42 @@ struct State {
     child: bool,
 }
 
+/// Where a trace for `file` (an absolute path) goes, and whether it is written through it: a
+/// symbolic link is followed to what it names (renaming a trace over the link replaced the
+/// link, and the file it named was never written); a path that is there and is not a regular
+/// file or a directory (`/dev/null`, `/dev/stdout`, a pipe, `>(...)`) is written through (a
+/// trace renamed over `/dev/null` replaced the device with a file), and so is any path in
+/// `/dev` or `/proc` (`/dev/stdout` redirected to a file names that file, which is open).
+fn destination(file: &Path) -> (PathBuf, bool) {
+    if file.starts_with("/dev") || file.starts_with("/proc") {
+        return (file.into(), true);
+    }
+    match std::fs::metadata(file) {
+        Ok(meta) if meta.is_file() => (std::fs::canonicalize(file).unwrap_or(file.into()), false),
+        Ok(meta) if !meta.is_dir() => (file.into(), true),
+        Ok(_) => (file.into(), false),
+        // A link whose target is not there yet: the target is made.
+        Err(_) => match std::fs::read_link(file) {
+            Ok(target) => (file.parent().unwrap_or(file).join(target), false),
+            Err(_) => (file.into(), false),
+        },
+    }
+}
+
 impl Tracer {
     /// A tracer that will write to `file`, where an empty trace is written now (so a path that
     /// cannot be written is an error at once, and the file is valid JSON from here on). `name`
     /// names this process's track group.
     pub(crate) fn create(file: &Path, name: &str) -> io::Result<Arc<Tracer>> {
         // Where the file is as of now: the script may change directory before the end.
-        let file = std::path::absolute(file)?;
+        let (file, through) = destination(&std::path::absolute(file)?);
         let epoch = clock();
         let tracer = Arc::new(Tracer {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             epoch,
             owner: crate::rt::pid::current_pid(),
             file,
+            through,
             state: Mutex::new(State {
                 events: Vec::new(),
                 dropped: 0,
@@ -281,7 +307,9 @@ impl Tracer {
             pools: AtomicU32::new(0),
             written: AtomicBool::new(false),
         });
-        tracer.write_file(Vec::new(), 0)?;
+        if !through {
+            tracer.write_file(Vec::new(), 0)?;
+        }
         let me = crate::rt::pid::current_pid();
         tracer.name_process(me, format!("parrun {name} (pid {me})"));
         let mut pending = PENDING.lock().recover();
@@ -491,14 +519,22 @@ impl Tracer {
         &self.file
     }
 
-    /// Writes `events` as a trace beside the file, then renames it over the file.
+    /// Writes `events` as a trace beside the file, then renames it over the file (or through
+    /// it, if it is not a regular file).
     fn write_file(&self, mut events: Vec<Event>, dropped: u64) -> io::Result<()> {
+        events.sort_by_key(|e| e.ts);
+        if self.through {
+            // Appended: `/dev/stdout` may be a file the run has written to.
+            let file = std::fs::OpenOptions::new().append(true).open(&self.file)?;
+            let mut out = BufWriter::new(file);
+            self.write_json(&mut out, &events, dropped)?;
+            return out.flush();
+        }
         let mut aside = self.file.clone().into_os_string();
         aside.push(format!(".{}.tmp", std::process::id()));
         let aside = PathBuf::from(aside);
         let written = (|| {
             let mut out = BufWriter::new(std::fs::File::create(&aside)?);
-            events.sort_by_key(|e| e.ts);
             self.write_json(&mut out, &events, dropped)?;
             out.into_inner().map_err(|e| e.into_error())?.sync_all()
         })();

@@ -804,9 +804,23 @@ impl TraceFile {
     pub(crate) fn start(runtime: &Runtime, script: &str) -> Result<TraceFile, Error> {
         let tracer = match &runtime.trace {
             None => None,
-            Some(path) => Some(Tracer::create(path, script).map_err(|e| {
-                Error::Usage(format!("cannot write the trace to {}: {e}", path.display()))
-            })?),
+            Some(path) => {
+                let same = |a: &std::path::Path, b: &str| {
+                    matches!(
+                        (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+                        (Ok(a), Ok(b)) if a == b
+                    )
+                };
+                if same(path, script) {
+                    return Err(Error::Usage(format!(
+                        "cannot write the trace to {}: it is the script",
+                        path.display()
+                    )));
+                }
+                Some(Tracer::create(path, script).map_err(|e| {
+                    Error::Usage(format!("cannot write the trace to {}: {e}", path.display()))
+                })?)
+            }
         };
         Ok(TraceFile {
             tracer,
