@@ -514,6 +514,10 @@ pub(crate) struct Host {
     /// The run's timeline, if it is traced (`Runtime::trace`): shared by every engine of the
     /// run, and inherited by forked children, which send their events up their links.
     pub(crate) trace: Option<Arc<Tracer>>,
+    /// In a sandbox, the one path `require` searches (the script's directory), set as the
+    /// script's engine is set up: shared with the run's isolated engines, whose `package.path`
+    /// is the script's copy, which the script may have changed.
+    pub(crate) sandbox_modules: Arc<std::sync::OnceLock<String>>,
 }
 
 /// The host's locks, held across a fork (see `crate::rt::atfork`).
@@ -554,12 +558,16 @@ impl Host {
     /// A host for an isolated engine: its own GIL and registries, the same settings and trace.
     pub(crate) fn isolated(&self) -> Arc<Host> {
         let gil = Gil::new(self.gil.interval(), self.gil.interrupter()).traced(self.trace.clone());
-        Host::with_embedding(
+        let mut host = Host::with_embedding(
             gil,
             self.settings.clone(),
             self.embedding.clone(),
             self.trace.clone(),
-        )
+        );
+        if let Some(host) = Arc::get_mut(&mut host) {
+            host.sandbox_modules = self.sandbox_modules.clone();
+        }
+        host
     }
 
     /// A host with `gil` and nothing started yet.
@@ -586,6 +594,7 @@ impl Host {
             settings,
             embedding,
             trace,
+            sandbox_modules: Arc::default(),
         })
     }
 

@@ -410,6 +410,46 @@ print(parrun.Pool(1):apply(function(x) return x * 2 end, {21}))
     out.assert_success().assert_stdout_contains("1");
 }
 
+/// A sandboxed script's `require` finds the modules next to it and nothing else, whatever it
+/// sets `package.path` to, in the script and in a pool's task of every mode, and it has no
+/// `package.searchpath` to probe for files: `package.path = "/etc/?"` read `/etc/passwd`
+/// through `require`'s error, and any `.lua` file ran (found by the command-line pass).
+#[test]
+fn a_sandboxed_require_finds_only_the_modules_beside_the_script() {
+    let dir = TempDir::new("sandbox_require");
+    dir.write("near.lua", "return {v = 42}");
+    std::fs::create_dir(dir.path().join("secret")).unwrap();
+    dir.write("secret/s.lua", "return 'SECRET'");
+    let secret = dir.path().join("secret/?.lua");
+    let code = format!(
+        r#"local secret = {secret:?}
+print(require("near").v, package.searchpath)
+package.path = secret
+print(pcall(require, "s"))
+local pool = parrun.Pool(1)
+print(pool:apply(function() return require("near").v end))
+print(pool:apply(function() package.path = secret return pcall(require, "s") end))
+pool:close() pool:join()
+"#,
+        secret = secret.to_str().unwrap()
+    );
+    dir.write("main.lua", &code);
+    for mode in MODES {
+        let out = Run::new(["--sandbox", "--mode", mode, "main.lua"])
+            .dir(dir.path())
+            .output();
+        out.assert_success();
+        let lines = out.stdout_lines();
+        assert_eq!(lines[0], "42\tnil", "--mode {mode}: {}", out.describe());
+        assert!(
+            !out.stdout.contains("SECRET") && out.stdout.contains("module 's' not found"),
+            "--mode {mode}: {}",
+            out.describe()
+        );
+        assert!(lines.contains(&"42"), "--mode {mode}: {}", out.describe());
+    }
+}
+
 #[test]
 fn a_task_past_the_memory_cap_fails_and_the_pool_survives() {
     let lua = r#"

@@ -522,7 +522,8 @@ fn named(error: impl Fn(String) -> String + Send + 'static, f: Wait) -> Wait {
 /// Sets `arg` as the stock interpreter does, and lets `require` find modules next to the script.
 fn install_script_env(lua: &Lua, script: &Source) -> mlua::Result<()> {
     // The embedding program's globals (see `Runtime::global`).
-    if let Some(host) = lua.app_data_ref::<Arc<Host>>().map(|h| h.clone()) {
+    let host = lua.app_data_ref::<Arc<Host>>().map(|h| h.clone());
+    if let Some(host) = &host {
         for (name, value) in &host.embedding.globals {
             lua.globals().set(name.as_str(), from_value(lua, value)?)?;
         }
@@ -540,11 +541,21 @@ fn install_script_env(lua: &Lua, script: &Source) -> mlua::Result<()> {
         arg.raw_set(i as i64 + 1, lua.create_string(a.as_bytes())?)?;
     }
     lua.globals().set("arg", arg)?;
-    if let Some(dir) = &script.dir {
+    let beside = script
+        .dir
+        .as_ref()
+        .map(|dir| format!("{0}/?.lua;{0}/?/init.lua", dir.display()));
+    if let Some(host) = host.filter(|host| host.settings.sandbox) {
+        // Modules next to the script only (see `Runtime::sandbox`).
+        let path = host
+            .sandbox_modules
+            .get_or_init(|| beside.unwrap_or_default());
+        return native::confine_require(lua, path);
+    }
+    if let Some(beside) = beside {
         let package: Table = lua.globals().get("package")?;
         let path: String = package.get("path")?;
-        let dir = dir.display();
-        package.set("path", format!("{dir}/?.lua;{dir}/?/init.lua;{path}"))?;
+        package.set("path", format!("{beside};{path}"))?;
     }
     Ok(())
 }
@@ -562,6 +573,7 @@ package.searchers[3], package.searchers[4] = nil, nil
 fn apply_settings(lua: &Lua, settings: &crate::host::Settings) -> mlua::Result<()> {
     if settings.sandbox {
         lua.load(SANDBOX).set_name("=parrun sandbox").exec()?;
+        native::keep_searchpath(lua)?;
     }
     alloc::install(lua, settings.max_memory)
 }
@@ -604,6 +616,8 @@ fn isolated_state(
     let call = graph
         .build(&lua)
         .map_err(|e| format!("cannot copy the script's state to an isolated engine: {e}"))?;
+    confined(&lua, &host)
+        .map_err(|e| format!("cannot set up an isolated engine: {}", error_text(e)))?;
     Ok((lua, host, call))
 }
 
@@ -616,7 +630,18 @@ pub(crate) fn instance_from_image(host: &Host, state: &[u8]) -> Result<Instance,
     let lua = new_state(&host)
         .map_err(|e| format!("cannot set up an engine for a worker: {}", error_text(e)))?;
     let call = image::decode(&lua, state)?;
+    confined(&lua, &host)
+        .map_err(|e| format!("cannot set up an engine for a worker: {}", error_text(e)))?;
     tasks::instance(lua, host, call)
+}
+
+/// In a sandbox, `require` in an engine built from the script's state searches where the
+/// script's does (see [`native::confine_require`]), not the `package.path` it copied.
+fn confined(lua: &Lua, host: &Host) -> mlua::Result<()> {
+    match host.sandbox_modules.get().filter(|_| host.settings.sandbox) {
+        Some(path) => native::confine_require(lua, path),
+        None => Ok(()),
+    }
 }
 
 /// A script file's chunk as the stock interpreter reads it (`luaL_loadfilex`): without a UTF-8

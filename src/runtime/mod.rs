@@ -319,9 +319,9 @@ impl Runtime {
 
     /// Runs scripts without file, process or code-loading facilities. Lua loses `io`,
     /// `os.execute`, `os.remove`, `os.rename`, `os.tmpname`, `loadfile`, `dofile`,
-    /// `package.loadlib` and C modules, and `debug` (its `load` takes text only, sandboxed or
-    /// not); `require` of Lua modules next to the script still works. Rhai loses `eval` and
-    /// `import`.
+    /// `package.loadlib` and C modules, `package.searchpath`, and `debug` (its `load` takes text
+    /// only, sandboxed or not); `require` finds the Lua modules next to the script, and only
+    /// those, whatever the script sets `package.path` to. Rhai loses `eval` and `import`.
     pub fn sandbox(mut self, enabled: bool) -> Self {
         self.settings.sandbox = enabled;
         self

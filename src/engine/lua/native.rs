@@ -1246,6 +1246,31 @@ unsafe extern "C-unwind" fn search_lua(state: *mut lua_State) -> c_int {
     )
 }
 
+/// Where [`keep_searchpath`] keeps the state's own `package.searchpath`.
+const STOCK_SEARCHPATH: &str = "parrun.searchpath";
+
+/// Keeps the new state's `package.searchpath` for [`confine_require`], which takes it away
+/// from the script (an isolated engine's is replaced by the script's copy, which has none).
+pub(super) fn keep_searchpath(lua: &Lua) -> mlua::Result<()> {
+    let package: Table = lua.globals().raw_get("package")?;
+    lua.set_named_registry_value(STOCK_SEARCHPATH, package.raw_get::<LuaValue>("searchpath")?)
+}
+
+/// Makes `require` of a sandboxed script search `path` only, whatever the script sets
+/// `package.path` to, and takes `package.searchpath` away (it tells whether any file exists):
+/// a script that set `package.path = "/etc/?"` read files through `require` and its errors.
+pub(super) fn confine_require(lua: &Lua, path: &str) -> mlua::Result<()> {
+    let package: Table = lua.globals().raw_get("package")?;
+    let searchpath: LuaValue = lua.named_registry_value(STOCK_SEARCHPATH)?;
+    let fixed = lua.create_table()?;
+    fixed.raw_set("path", path)?;
+    let searchers: Table = package.raw_get("searchers")?;
+    let searcher = closure(lua, search_lua, vec![LuaValue::Table(fixed), searchpath])?;
+    searchers.raw_set(2, searcher)?;
+    package.raw_set("path", path)?;
+    package.raw_set("searchpath", LuaValue::Nil)
+}
+
 /// Whether `co` is a coroutine a driver runs (upvalue 1 is the set of them).
 unsafe fn is_driver(state: *mut lua_State, co_index: c_int) -> bool {
     ffi::lua_pushvalue(state, co_index);
