@@ -64,11 +64,11 @@ struct Cli {
     max_memory: Option<usize>,
 
     /// Stop a script thread or pool task after about N instructions (Rhai: operations).
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", value_parser = parse_count::<u64>, allow_negative_numbers = true)]
     max_instructions: Option<u64>,
 
     /// Stop a script thread or pool task whose calls nest deeper than N.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", value_parser = parse_count::<usize>, allow_negative_numbers = true)]
     max_call_depth: Option<usize>,
 
     /// How Rhai runs scripts: its tree-walking interpreter (default, or what PARRUN_RHAI_VM
@@ -77,7 +77,7 @@ struct Cli {
     rhai_vm: Option<parrun::RhaiVm>,
 
     /// Workers of a Pool made without a count (default: one per CPU).
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", value_parser = parse_count::<usize>, allow_negative_numbers = true)]
     pool_size: Option<usize>,
     /// Show no progress bar (a long map shows one on stderr when stderr is a terminal).
     #[arg(long)]
@@ -185,6 +185,17 @@ fn main() -> ExitCode {
 /// waited for its threads and processes: not again when the run returns it.
 static SCRIPT_ERROR_REPORTED: AtomicBool = AtomicBool::new(false);
 
+/// A whole number: one that is not (`-1`, `x`, `1.5`) is named as such, not by what the
+/// parser of its type found ("invalid digit found in string"). 0 is left to the option's own
+/// check, which names its least.
+fn parse_count<T: std::str::FromStr>(text: &str) -> Result<T, String> {
+    text.parse().map_err(|_| match text.parse::<f64>() {
+        Ok(n) if n < 0.0 => format!("`{text}` is negative: give a whole number of at least 1"),
+        Ok(n) if n.fract() == 0.0 => format!("`{text}` is too large"),
+        _ => format!("`{text}` is not a whole number"),
+    })
+}
+
 /// `1000`, `64k`, `512M`, `2G` (powers of 1024).
 fn parse_bytes(text: &str) -> Result<usize, String> {
     let (digits, scale) = match text.char_indices().last() {
@@ -205,7 +216,13 @@ fn run(cli: Cli) -> Result<i32, Error> {
     let interval = Duration::try_from_secs_f64(cli.switch_interval / 1000.0)
         .ok()
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| Error::Usage("--switch-interval must be a positive number of ms".into()))?;
+        .ok_or_else(|| {
+            Error::Usage(match cli.switch_interval {
+                ms if ms > 1.0 => "--switch-interval is too large".into(),
+                ms if ms > 0.0 => "--switch-interval is too small: under a nanosecond".into(),
+                _ => "--switch-interval must be a positive number of ms".into(),
+            })
+        })?;
     let mut runtime = Runtime::new()
         .switch_interval(interval)
         .sandbox(cli.sandbox)
@@ -268,7 +285,10 @@ fn run(cli: Cli) -> Result<i32, Error> {
             .ok()
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
-                Error::Usage("--task-timeout must be a positive number of seconds".into())
+                Error::Usage(match secs {
+                    secs if secs > 0.0 => "--task-timeout is too small: under a nanosecond".into(),
+                    _ => "--task-timeout must be a positive number of seconds".into(),
+                })
             })?;
         runtime = runtime.task_timeout(timeout);
     }

@@ -289,7 +289,7 @@ fn unknown_flag_is_a_usage_error() {
 fn flag_errors_are_one_line() {
     let dir = TempDir::new("flagline");
     dir.write("ok.lua", "print('should not run')\n");
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 12] = [
         (&["--no-such-flag", "ok.lua"], "--no-such-flag"),
         (&["--lang", "python", "ok.lua"], "python"),
         (&["--switch-interval", "soon", "ok.lua"], "soon"),
@@ -309,6 +309,21 @@ fn flag_errors_are_one_line() {
         // Past what the clock counts: a fork pool's supervisor panicked adding it.
         (&["--task-timeout", "1e19", "ok.lua"], "too large"),
         (&["--task-timeout", "inf", "ok.lua"], "too large"),
+        // What is wrong, not what Rust's integer parser found ("invalid digit found in
+        // string"), and a positive value rounded to nothing is too small, not negative.
+        (&["--max-instructions", "-1", "ok.lua"], "`-1` is negative"),
+        (
+            &["--max-call-depth", "1.5", "ok.lua"],
+            "`1.5` is not a whole number",
+        ),
+        (
+            &["--switch-interval", "1e30", "ok.lua"],
+            "--switch-interval is too large",
+        ),
+        (
+            &["--task-timeout", "1e-10", "ok.lua"],
+            "--task-timeout is too small",
+        ),
     ];
     for (args, mentions) in cases {
         let out = Run::new(args).dir(dir.path()).output();
