@@ -505,6 +505,17 @@ print(`after ${pool.apply(|x| x + 1, [1])}`);
             .assert_stdout_contains(" too large (--max-memory)")
             .assert_stdout_contains("after 2");
     }
+    // A literal past the limit is refused by Rhai's parser, which names the setting too.
+    let out = run_code(
+        &["--max-memory", "16"],
+        "literal",
+        "rhai",
+        "let a = [1, 2, 3];",
+    );
+    out.assert_code(1).assert_stderr_contains(
+        "literal.rhai:1:13: syntax error: Size of array literal exceeds the maximum limit (1) \
+         (--max-memory)",
+    );
 }
 
 /// A value nested deeper than the 128 levels a value may have is refused with the same words

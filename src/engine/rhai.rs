@@ -142,8 +142,14 @@ fn prepare(host: &Arc<Host>, script: &Source) -> Result<Prepared, Error> {
         .map(|a| Dynamic::from(a.to_string_lossy().into_owned()))
         .collect();
     let (engine, ast) = start_engine(&shared, &args).map_err(|e| {
+        // A literal past the sizes `--max-memory` sets is refused by the parser: the error
+        // names the setting, as the same limit met at run time does.
+        let limit = match (&*e.0, host.settings.max_memory) {
+            (::rhai::ParseErrorType::LiteralTooLarge(..), Some(_)) => " (--max-memory)",
+            _ => "",
+        };
         Error::script(format!(
-            "{}:{}: syntax error: {}",
+            "{}:{}: syntax error: {}{limit}",
             script.name,
             position_text(e.1),
             e.0
