@@ -432,6 +432,30 @@ fn a_stem_runs_its_scripts_with_its_python_and_speedups_come_from_times() {
     assert_eq!(rounds[1], rotated, "round 2 starts one further along");
 }
 
+/// A mode or language named twice runs once: `--modes gil,gil` showed every row twice (found
+/// by the command-line pass).
+#[test]
+fn a_mode_or_language_named_twice_runs_once() {
+    let dir = TempDir::new("bench");
+    user_workload(&dir, "twice", &["serial time: 0.400 s"]);
+    let stem = dir.path().join("twice");
+    let out = bench(&[
+        stem.to_str().unwrap(),
+        "--repeat",
+        "1",
+        "--modes",
+        "gil,fork,gil",
+        "--langs",
+        "lua,lua",
+    ])
+    .output();
+    out.assert_success();
+    let sections = sections(&out);
+    let (_, lines) = &sections[0];
+    let rows: Vec<&String> = lines.iter().filter(|l| l.starts_with("serial")).collect();
+    assert_eq!(rows.len(), 2, "{}", out.describe());
+}
+
 #[test]
 fn a_script_without_figures_is_timed_whole_and_a_wrong_result_fails() {
     let dir = TempDir::new("bench");

@@ -123,8 +123,19 @@ fn usage(error: anyhow::Error) -> anyhow::Error {
 /// Runs the bench `options` describe, printing its tables on stdout.
 pub fn run(options: Options) -> Result<()> {
     let timeout = options.timeout;
-    let langs = options.langs.clone();
-    let modes: Vec<String> = options.modes.iter().map(|m| m.name().to_string()).collect();
+    // Each once, in the order first given: `--modes gil,gil` showed every row twice.
+    let mut langs = Vec::new();
+    for lang in &options.langs {
+        if !langs.iter().any(|l: &Lang| l.name() == lang.name()) {
+            langs.push(lang.clone());
+        }
+    }
+    let mut modes: Vec<String> = Vec::new();
+    for mode in &options.modes {
+        if !modes.iter().any(|m| m == mode.name()) {
+            modes.push(mode.name().to_string());
+        }
+    }
     let parrun = std::env::current_exe().context("cannot find the parrun binary")?;
     let parrun = parrun.to_string_lossy().into_owned();
     let python = if options.python { python3() } else { None };
