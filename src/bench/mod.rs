@@ -125,9 +125,9 @@ pub fn run(options: Options) -> Result<()> {
     let timeout = options.timeout;
     // Each once, in the order first given: `--modes gil,gil` showed every row twice.
     let mut langs = Vec::new();
-    for lang in &options.langs {
+    for &lang in &options.langs {
         if !langs.iter().any(|l: &Lang| l.name() == lang.name()) {
-            langs.push(lang.clone());
+            langs.push(lang);
         }
     }
     let mut modes: Vec<String> = Vec::new();
