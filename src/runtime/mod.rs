@@ -731,7 +731,10 @@ impl Runtime {
                 }
                 other => other,
             };
-            if let Some(trace) = &tracer_ {
+            // A process being ended at once (a signal) says so in its own last event; what the
+            // script's thread met meanwhile (its pool's workers stopped under it) is not how
+            // the run ended.
+            if let Some(trace) = tracer_.as_ref().filter(|_| !crate::rt::exit::ending()) {
                 trace.instant(None, TraceFile::outcome(&result), Vec::new());
             }
             result
