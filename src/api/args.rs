@@ -7,18 +7,18 @@ use crate::host::Mode;
 use crate::value::Value;
 
 pub(super) fn number(args: &mut dyn Args, i: usize, what: &str) -> Result<f64, String> {
-    let v = typed(args, i, |got| format!("{what} must be a number, got {got}"))?;
-    v.as_f64()
-        .ok_or_else(|| format!("{what} must be a number, got {}", v.type_name()))
+    let wrong = |got: &str| format!("{what} must be a number, got {got}");
+    let v = typed(args, i, wrong)?;
+    v.as_f64().ok_or_else(|| wrong(v.type_name()))
 }
 
 /// Argument `i` as data, for a check of its type: one that is not data (a function, a
 /// `Queue`) is the error `wrong` makes of what it is, named as a wrong type of data is
-/// (`got function`, as `got string`).
+/// (`got function`, as `got string`), so that the caller words both with one `wrong`.
 pub(super) fn typed(
     args: &mut dyn Args,
     i: usize,
-    wrong: impl FnOnce(&str) -> String,
+    wrong: impl Fn(&str) -> String,
 ) -> Result<Value, String> {
     match args.kind(i) {
         Some(kind) => {
@@ -176,56 +176,44 @@ pub(super) fn opt_size(
     if args.is_nil(i) {
         return Ok(None);
     }
-    let wrong = |got: &dyn std::fmt::Display| format!("{what} must be at least 1, got {got}");
-    match typed(args, i, |got| {
-        format!("{what} must be an integer, got {got}")
-    })? {
+    let small = |got: &dyn std::fmt::Display| format!("{what} must be at least 1, got {got}");
+    let wrong = |got: &str| format!("{what} must be an integer, got {got}");
+    match typed(args, i, wrong)? {
         Value::Nil => Ok(None),
         Value::Int(n) if n >= least => Ok(Some(n as usize)),
         Value::Float(f) if f >= least as f64 && f.fract() == 0.0 => Ok(Some(f as usize)),
-        Value::Int(n) => Err(format!("{} (ValueError)", wrong(&n))),
-        Value::Float(f) if f.fract() == 0.0 => Err(format!("{} (ValueError)", wrong(&f))),
+        Value::Int(n) => Err(format!("{} (ValueError)", small(&n))),
+        Value::Float(f) if f.fract() == 0.0 => Err(format!("{} (ValueError)", small(&f))),
         // A number is shown (`got 1.5`), anything else named by its type (`got string`).
-        Value::Float(f) => Err(format!("{what} must be an integer, got {f}")),
-        other => Err(format!(
-            "{what} must be an integer, got {}",
-            other.type_name()
-        )),
+        Value::Float(f) => Err(wrong(&f.to_string())),
+        other => Err(wrong(other.type_name())),
     }
 }
 
 /// An optional boolean at argument `i` (nil is false), named `what` in its error.
 pub(super) fn flag(args: &mut dyn Args, i: usize, what: &str) -> Result<bool, String> {
-    match typed(args, i, |got| {
-        format!("{what} must be a boolean, got {got}")
-    })? {
+    let wrong = |got: &str| format!("{what} must be a boolean, got {got}");
+    match typed(args, i, wrong)? {
         Value::Bool(b) => Ok(b),
         Value::Nil => Ok(false),
-        other => Err(format!(
-            "{what} must be a boolean, got {}",
-            other.type_name()
-        )),
+        other => Err(wrong(other.type_name())),
     }
 }
 
 /// A property's new name at argument `i`: a string.
 pub(super) fn name_value(args: &mut dyn Args, i: usize) -> Result<String, String> {
-    match typed(args, i, |got| format!("name must be a string, got {got}"))? {
+    match typed(args, i, name_wrong)? {
         Value::Str(s) => Ok(s),
-        other => Err(format!("name must be a string, got {}", other.type_name())),
+        other => Err(name_wrong(other.type_name())),
     }
 }
 
 /// A property's new boolean at argument `i` (`daemon`): true or false.
 pub(super) fn bool_value(args: &mut dyn Args, i: usize, what: &str) -> Result<bool, String> {
-    match typed(args, i, |got| {
-        format!("{what} must be a boolean, got {got}")
-    })? {
+    let wrong = |got: &str| format!("{what} must be a boolean, got {got}");
+    match typed(args, i, wrong)? {
         Value::Bool(b) => Ok(b),
-        other => Err(format!(
-            "{what} must be a boolean, got {}",
-            other.type_name()
-        )),
+        other => Err(wrong(other.type_name())),
     }
 }
 
@@ -238,11 +226,16 @@ pub(super) fn opt_name(
     if args.is_nil(i) {
         return Ok(default());
     }
-    match typed(args, i, |got| format!("name must be a string, got {got}"))? {
+    match typed(args, i, name_wrong)? {
         Value::Str(s) => Ok(s),
         Value::Nil => Ok(default()),
-        other => Err(format!("name must be a string, got {}", other.type_name())),
+        other => Err(name_wrong(other.type_name())),
     }
+}
+
+/// The error of a name that is not a string.
+fn name_wrong(got: &str) -> String {
+    format!("name must be a string, got {got}")
 }
 
 /// The elements of the array at argument `i` (an empty Lua table is an empty list, a
@@ -316,9 +309,10 @@ pub(super) fn list_items(value: Value) -> Result<Vec<Value>, String> {
 
 /// Argument `i` as an execution model: "gil", "fork" or "isolated".
 pub(super) fn mode_value(args: &mut dyn Args, i: usize) -> Result<Mode, String> {
-    match typed(args, i, |got| format!("mode must be a string, got {got}"))? {
+    let wrong = |got: &str| format!("mode must be a string, got {got}");
+    match typed(args, i, wrong)? {
         Value::Str(name) => name.parse(),
-        other => Err(format!("mode must be a string, got {}", other.type_name())),
+        other => Err(wrong(other.type_name())),
     }
 }
 

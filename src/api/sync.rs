@@ -58,19 +58,13 @@ fn barrier(args: &mut dyn Args) -> Result<Barrier, String> {
 
 /// A whole number of at least `least` at argument `i` (absent: `default`).
 fn count(args: &mut dyn Args, i: usize, what: &str, default: u64) -> Result<i64, String> {
-    match super::args::typed(args, i, |got| {
-        format!("{what} must be an integer, got {got}")
-    })? {
+    let wrong = |got: &str| format!("{what} must be an integer, got {got}");
+    match super::args::typed(args, i, wrong)? {
         Value::Nil => Ok(default as i64),
         Value::Int(n) => Ok(n),
         Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e18 => Ok(f as i64),
-        other => Err(format!(
-            "{what} must be an integer, got {}",
-            match other {
-                Value::Float(f) => f.to_string(),
-                other => other.type_name().to_owned(),
-            }
-        )),
+        Value::Float(f) => Err(wrong(&f.to_string())),
+        other => Err(wrong(other.type_name())),
     }
 }
 

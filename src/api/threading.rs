@@ -69,19 +69,13 @@ fn random_float() -> f64 {
 /// `Queue([maxsize])`, `JoinableQueue([maxsize])`.
 fn new_queue(args: &mut dyn Args) -> Result<Outcome, String> {
     // As Python's `Queue(maxsize=0)`: zero or less is no limit.
-    let maxsize = match super::args::typed(args, 0, |got| {
-        format!("maxsize must be an integer, got {got}")
-    })? {
+    let wrong = |got: &str| format!("maxsize must be an integer, got {got}");
+    let maxsize = match super::args::typed(args, 0, wrong)? {
         Value::Nil => 0,
         Value::Int(n) => n.max(0) as usize,
         Value::Float(f) if f.fract() == 0.0 => f.max(0.0) as usize,
-        other => {
-            let got = match other {
-                Value::Float(f) => f.to_string(),
-                other => other.type_name().to_owned(),
-            };
-            return Err(format!("maxsize must be an integer, got {got}"));
-        }
+        Value::Float(f) => return Err(wrong(&f.to_string())),
+        other => return Err(wrong(other.type_name())),
     };
     Outcome::object(Object::Queue(Queue::bounded(maxsize)))
 }
